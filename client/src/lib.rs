@@ -1,0 +1,1 @@
+//! cove (work in progress).

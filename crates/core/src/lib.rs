@@ -1,0 +1,1 @@
+//! cove-core (work in progress).

@@ -1,0 +1,1 @@
+//! cove-media (work in progress).

@@ -1,0 +1,1 @@
+//! cove-store (work in progress).

@@ -1,0 +1,1 @@
+//! cove-test-utils (work in progress).

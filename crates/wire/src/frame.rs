@@ -1,0 +1,418 @@
+//! The frames. `ClientFrame` travels device → relay, `ServerFrame` relay → device.
+//! Variants are only ever appended within a protocol version (see `PROTOCOL.md`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    BoundedVec, DeviceId, DeviceKey, Epoch, GroupId, Payload, RequestId, Seq, Signature, UserName,
+};
+
+/// A frame from a device to the relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// A request; the relay answers with exactly one [`ServerFrame::Response`] of the same id.
+    Request {
+        /// Chosen by the device, echoed in the response.
+        id: RequestId,
+        /// What is asked.
+        body: Request,
+    },
+}
+
+/// What a device can ask of the relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Registers a new user with its first device and authenticates this connection as it.
+    /// `signature` signs [`crate::sign::auth_challenge_message`] with `key`.
+    Register {
+        /// The user name to claim.
+        user: UserName,
+        /// The device's Ed25519 public key.
+        key: DeviceKey,
+        /// Signature over the challenge.
+        signature: Signature,
+    },
+    /// Registers a further device of an existing user and authenticates this connection as it.
+    RegisterDevice {
+        /// The existing user.
+        user: UserName,
+        /// The new device's public key.
+        key: DeviceKey,
+        /// Signature by the new key over the challenge.
+        signature: Signature,
+        /// An existing device of `user` that authorises the new one.
+        authorizer: DeviceId,
+        /// Signature by `authorizer` over [`crate::sign::add_device_message`].
+        authorization: Signature,
+    },
+    /// Authenticates this connection as an already registered device.
+    Authenticate {
+        /// The device's user.
+        user: UserName,
+        /// The device.
+        device: DeviceId,
+        /// Signature over the challenge with the device's registered key.
+        signature: Signature,
+    },
+    /// Lists a user's devices and their keys (the directory).
+    ListDevices {
+        /// Whose devices.
+        user: UserName,
+    },
+    /// Uploads KeyPackages (MLSMessage-encoded) for this device, and optionally replaces its
+    /// last-resort KeyPackage.
+    UploadKeyPackages {
+        /// Normal, single-use KeyPackages.
+        key_packages: BoundedVec<Payload>,
+        /// A last-resort KeyPackage, handed out when the stock is empty.
+        last_resort: Option<Payload>,
+    },
+    /// Claims one KeyPackage for every device of `user`.
+    ClaimKeyPackages {
+        /// Whose KeyPackages.
+        user: UserName,
+    },
+    /// Asks how many normal KeyPackages this device has left.
+    KeyPackageStock,
+    /// Creates a group whose first member is this device.
+    CreateGroup {
+        /// The new group's id (the MLS group id).
+        group: GroupId,
+    },
+    /// Appends an MLS message to a group's log.
+    Post {
+        /// The group.
+        group: GroupId,
+        /// The epoch the message was made in (in clear in MLS too).
+        epoch: Epoch,
+        /// Application, proposal or commit (with its membership change and Welcome).
+        kind: PostKind,
+        /// The MLS message (MLSMessage encoding), opaque to the relay.
+        payload: Payload,
+    },
+    /// Reads a group's log after `after` (at most `limit` entries, capped by the relay).
+    Fetch {
+        /// The group.
+        group: GroupId,
+        /// Entries with a greater sequence number are returned.
+        after: Seq,
+        /// Most entries wanted.
+        limit: u32,
+    },
+    /// Acknowledges every entry of a stream up to and including `seq`.
+    Ack {
+        /// Which log.
+        stream: Stream,
+        /// The last entry processed.
+        seq: Seq,
+    },
+    /// Lists the groups this device is a member of, with their current epoch.
+    ListGroups,
+    /// Keeps the connection alive; answered with [`Reply::Pong`].
+    Ping,
+}
+
+/// The kind of a group post, as MLS exposes it in clear.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PostKind {
+    /// An MLS application message.
+    Application,
+    /// An MLS proposal.
+    Proposal,
+    /// An MLS commit ending `epoch`. Accepted only if `epoch` is the group's current epoch;
+    /// then the group moves to `epoch + 1`, the membership change applies and the Welcome is
+    /// put in the inboxes of the `added` devices, all in one transaction.
+    Commit {
+        /// Devices this commit adds (they receive the Welcome).
+        added: BoundedVec<DeviceId>,
+        /// Devices this commit removes (they may no longer read or post).
+        removed: BoundedVec<DeviceId>,
+        /// The Welcome for the added devices.
+        welcome: Option<Payload>,
+    },
+}
+
+/// A log a device reads from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Stream {
+    /// A group's log.
+    Group(GroupId),
+    /// The device's own inbox.
+    Inbox,
+}
+
+/// A frame from the relay to a device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// First frame of every connection: a fresh random nonce to sign.
+    Challenge {
+        /// The relay's protocol version.
+        version: u16,
+        /// Fresh, random, single use.
+        nonce: [u8; 32],
+    },
+    /// The one answer to a request.
+    Response {
+        /// The request's id.
+        id: RequestId,
+        /// The outcome.
+        result: Result<Reply, ErrorReply>,
+    },
+    /// An entry pushed to the device (backlog after authentication, then live). It is
+    /// resent on every connection until acknowledged with [`Request::Ack`].
+    Deliver(Delivery),
+    /// Sent once after authentication, when the backlog has been pushed.
+    BacklogDone,
+    /// The relay is closing this connection; `code` says why.
+    Closing {
+        /// Why.
+        code: ErrorCode,
+    },
+}
+
+/// A successful reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Authenticated (after `Register`, `RegisterDevice` or `Authenticate`).
+    Authenticated {
+        /// The authenticated device.
+        device: DeviceId,
+    },
+    /// A user's devices.
+    Devices {
+        /// Whose.
+        user: UserName,
+        /// The devices and their keys, ordered by id.
+        devices: BoundedVec<DeviceInfo>,
+    },
+    /// KeyPackages stored; the device's stock of normal KeyPackages.
+    KeyPackageStock {
+        /// Normal KeyPackages left.
+        remaining: u32,
+        /// Whether a last-resort KeyPackage is on file.
+        has_last_resort: bool,
+    },
+    /// One KeyPackage per device of the claimed user (devices without any are left out).
+    KeyPackages {
+        /// Whose.
+        user: UserName,
+        /// The claimed KeyPackages.
+        key_packages: BoundedVec<ClaimedKeyPackage>,
+    },
+    /// The group was created (at epoch 0).
+    GroupCreated,
+    /// The post is durable at `seq`.
+    Posted {
+        /// Its position in the group log.
+        seq: Seq,
+    },
+    /// Log entries (for `Fetch`), in order.
+    Entries {
+        /// The entries.
+        entries: BoundedVec<GroupEntry>,
+    },
+    /// The cursor moved.
+    Acked,
+    /// The groups this device is a member of.
+    Groups {
+        /// Group and its current epoch.
+        groups: BoundedVec<GroupSummary>,
+    },
+    /// Answer to `Ping`.
+    Pong,
+}
+
+/// A device in the directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The device.
+    pub device: DeviceId,
+    /// Its Ed25519 public key.
+    pub key: DeviceKey,
+}
+
+/// A KeyPackage handed out by a claim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimedKeyPackage {
+    /// Whose KeyPackage.
+    pub device: DeviceId,
+    /// The KeyPackage (MLSMessage encoding).
+    pub key_package: Payload,
+    /// True when the stock was empty and this is the device's last-resort KeyPackage.
+    pub last_resort: bool,
+}
+
+/// A group and its current epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    /// The group.
+    pub group: GroupId,
+    /// Its current epoch.
+    pub epoch: Epoch,
+}
+
+/// An entry of a group log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupEntry {
+    /// The group.
+    pub group: GroupId,
+    /// Position in the log.
+    pub seq: Seq,
+    /// The epoch the message was posted in.
+    pub epoch: Epoch,
+    /// Which device posted it (authenticated by the relay).
+    pub sender: DeviceId,
+    /// What kind of MLS message; for commits the membership change (the Welcome is not
+    /// repeated here, it goes to the added devices' inboxes).
+    pub kind: EntryKind,
+    /// Relay time of acceptance, milliseconds since the Unix epoch (informational).
+    pub received_at_ms: u64,
+    /// The MLS message.
+    pub payload: Payload,
+}
+
+/// The kind of a stored group entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// An application message.
+    Application,
+    /// A proposal.
+    Proposal,
+    /// A commit with its membership change.
+    Commit {
+        /// Devices added.
+        added: BoundedVec<DeviceId>,
+        /// Devices removed.
+        removed: BoundedVec<DeviceId>,
+    },
+}
+
+/// An entry of a device's inbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxEntry {
+    /// Position in the inbox.
+    pub seq: Seq,
+    /// What it is.
+    pub kind: InboxKind,
+    /// Relay time of acceptance, milliseconds since the Unix epoch.
+    pub received_at_ms: u64,
+    /// The bytes (a Welcome, an MLSMessage).
+    pub payload: Payload,
+}
+
+/// What an inbox entry is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InboxKind {
+    /// A Welcome into `group`, sent by `sender` with the commit at `commit_seq`. The device's
+    /// cursor in that group starts at `commit_seq`: it reads what follows.
+    Welcome {
+        /// The group joined.
+        group: GroupId,
+        /// The log position of the commit that added this device.
+        commit_seq: Seq,
+        /// The committing device.
+        sender: DeviceId,
+    },
+}
+
+/// A pushed entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// From a group log.
+    Group(GroupEntry),
+    /// From the device's inbox.
+    Inbox(InboxEntry),
+}
+
+/// A failed request: a machine-readable code and a human-readable message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// A short explanation for people (bounded, never contains payloads or keys).
+    pub message: String,
+    /// For [`ErrorCode::RateLimited`]: when to retry, in milliseconds.
+    pub retry_after_ms: Option<u32>,
+    /// For [`ErrorCode::StaleEpoch`]: the group's current epoch.
+    pub current_epoch: Option<Epoch>,
+}
+
+impl ErrorReply {
+    /// An error with a code and message and no extra fields.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > crate::limits::MAX_ERROR_MESSAGE {
+            let mut cut = crate::limits::MAX_ERROR_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        ErrorReply { code, message, retry_after_ms: None, current_epoch: None }
+    }
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)?;
+        if let Some(ms) = self.retry_after_ms {
+            write!(f, " (retry after {ms} ms)")?;
+        }
+        if let Some(e) = self.current_epoch {
+            write!(f, " (current epoch {e})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Typed error codes. Grouped by who is at fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    // --- the peer sent something wrong ---
+    /// The frame could not be decoded.
+    Malformed,
+    /// The frame exceeded a size limit.
+    TooLarge,
+    /// The request needs an authenticated connection.
+    Unauthenticated,
+    /// A signature did not verify, or the challenge was already used.
+    AuthenticationFailed,
+    /// The connection is already authenticated.
+    AlreadyAuthenticated,
+    /// A request that is not valid as sent (e.g. empty batch, bad membership change).
+    InvalidRequest,
+    // --- state conflicts ---
+    /// The user name is taken.
+    UserTaken,
+    /// No such user.
+    UnknownUser,
+    /// No such device (or not one of the user's devices).
+    UnknownDevice,
+    /// No such group.
+    UnknownGroup,
+    /// The group id is taken.
+    GroupExists,
+    /// This device is not a member of the group.
+    NotMember,
+    /// A commit for an epoch that is not the current one; see `current_epoch`.
+    StaleEpoch,
+    /// A user already has the most devices allowed.
+    TooManyDevices,
+    /// The device's KeyPackage stock is full.
+    StockFull,
+    // --- retry later ---
+    /// Too many requests; see `retry_after_ms`.
+    RateLimited,
+    /// The relay is at its connection cap or shutting down.
+    Unavailable,
+    // --- connection management (in `Closing`) ---
+    /// Another connection authenticated as the same device; this one is closed.
+    Displaced,
+    /// The device did not read fast enough; its entries stay stored.
+    SlowReader,
+    /// No traffic within the idle timeout.
+    IdleTimeout,
+    // --- relay bug ---
+    /// Something failed inside the relay; details are in its log.
+    Internal,
+}

@@ -1,0 +1,32 @@
+//! Protocol limits. The relay enforces every one of them; clients respect them.
+//! All are defaults that a relay may lower (never raise past the hard caps here).
+
+/// Largest WebSocket message (and so largest frame) either side accepts: 1 MiB.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// Largest opaque MLS payload (message, commit, Welcome) in one post: 1 MiB minus framing room.
+pub const MAX_PAYLOAD_BYTES: usize = MAX_FRAME_BYTES - 4 * 1024;
+/// Largest application plaintext a client puts in one MLS application message: 64 KiB.
+pub const MAX_APPLICATION_PLAINTEXT: usize = 64 * 1024;
+/// Largest serialized KeyPackage accepted by the relay.
+pub const MAX_KEY_PACKAGE_BYTES: usize = 16 * 1024;
+/// Most KeyPackages in one upload batch.
+pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 200;
+/// Most KeyPackages the relay stores per device (the stock).
+pub const MAX_KEY_PACKAGE_STOCK: usize = 1000;
+/// Most devices one user may register.
+pub const MAX_DEVICES_PER_USER: usize = 16;
+/// Most device ids in one membership change (added or removed) of a commit.
+pub const MAX_MEMBERSHIP_CHANGE: usize = 1000;
+/// Most members (devices) in one group.
+pub const MAX_GROUP_DEVICES: usize = 5000;
+/// Most entries returned by one `Fetch`.
+pub const MAX_FETCH_ENTRIES: u32 = 500;
+/// Longest error message text in a [`crate::ErrorReply`].
+pub const MAX_ERROR_MESSAGE: usize = 512;
+/// Shortest and longest user name, in bytes.
+pub const USER_NAME_LEN: std::ops::RangeInclusive<usize> = 1..=32;
+/// Largest items count any `BoundedVec` may declare (a hard decode cap).
+pub const MAX_VEC_ITEMS: usize = 5000;
+/// Most backlog entries the relay queues per connection before it stops reading the store
+/// (the bounded outgoing queue; a reader slower than this is disconnected, entries stay stored).
+pub const OUTGOING_QUEUE_FRAMES: usize = 4096;

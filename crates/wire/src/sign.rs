@@ -1,0 +1,33 @@
+//! The exact bytes a device signs with its Ed25519 device key. Each starts with its own
+//! domain-separation label so a signature made for one purpose can never be replayed for
+//! another. Verification lives with whoever holds a verifier (the relay, the client core);
+//! this crate only fixes the bytes.
+
+use crate::{DeviceKey, UserName};
+
+/// Label for the connection challenge.
+pub const AUTH_LABEL: &[u8] = b"cove/v1/auth-challenge\0";
+/// Label for authorising a further device of a user.
+pub const ADD_DEVICE_LABEL: &[u8] = b"cove/v1/add-device\0";
+
+/// What a device signs to answer a connection challenge: it binds the relay's fresh nonce,
+/// the claimed user and the device key, so a response is good for one connection only.
+pub fn auth_challenge_message(nonce: &[u8; 32], user: &UserName, key: &DeviceKey) -> Vec<u8> {
+    let mut m = Vec::with_capacity(AUTH_LABEL.len() + 32 + 1 + user.as_str().len() + 32);
+    m.extend_from_slice(AUTH_LABEL);
+    m.extend_from_slice(nonce);
+    m.push(user.as_str().len() as u8); // at most 32, see limits::USER_NAME_LEN
+    m.extend_from_slice(user.as_str().as_bytes());
+    m.extend_from_slice(&key.0);
+    m
+}
+
+/// What an existing device of `user` signs to authorise `new_key` as a further device.
+pub fn add_device_message(user: &UserName, new_key: &DeviceKey) -> Vec<u8> {
+    let mut m = Vec::with_capacity(ADD_DEVICE_LABEL.len() + 1 + user.as_str().len() + 32);
+    m.extend_from_slice(ADD_DEVICE_LABEL);
+    m.push(user.as_str().len() as u8); // at most 32, see limits::USER_NAME_LEN
+    m.extend_from_slice(user.as_str().as_bytes());
+    m.extend_from_slice(&new_key.0);
+    m
+}

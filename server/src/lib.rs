@@ -1,0 +1,1 @@
+//! cove-server (work in progress).
