@@ -1,1 +1,4 @@
-//! cove-server (work in progress).
+//! cove-server: the Cove relay (work in progress).
+
+pub mod blob;
+pub mod store;

@@ -1,0 +1,3 @@
+//! The `cove-server` binary (work in progress).
+
+fn main() {}
