@@ -11,6 +11,11 @@
 //! [`RelayStore::append_batch`] is durable when it returns: the relay acknowledges a post
 //! only after that. Batching many posts into one call is how the relay coalesces fsyncs.
 
+pub mod memory;
+mod rules;
+
+pub use memory::MemoryStore;
+
 use cove_wire::{
     ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, Epoch, GroupEntry, GroupId, GroupSummary,
     InboxEntry, PostKind, Seq, Stream, UserName,

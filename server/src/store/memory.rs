@@ -1,0 +1,378 @@
+//! [`MemoryStore`]: the in-memory [`RelayStore`], for tests and for running a relay without
+//! a data directory. Everything lives behind one mutex; nothing survives a restart.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+use cove_wire::limits::MAX_DEVICES_PER_USER;
+use cove_wire::{
+    ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, GroupEntry, GroupId, GroupSummary,
+    InboxEntry, InboxKind, Payload, PostKind, Seq, Stream, UserName,
+};
+
+use super::rules::{self, GroupState};
+use super::{Appended, NewPost, RelayStore, Stock, StoreError};
+
+/// The in-memory relay store. Same semantics as the SQLite one, minus durability.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Backend("memory store lock poisoned".into()))
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    users: HashMap<UserName, Vec<DeviceId>>,
+    devices: BTreeMap<DeviceId, Device>,
+    last_device: u64,
+    groups: HashMap<GroupId, Group>,
+}
+
+struct Device {
+    user: UserName,
+    key: DeviceKey,
+    key_packages: VecDeque<Vec<u8>>,
+    last_resort: Option<Vec<u8>>,
+    inbox: Vec<InboxEntry>,
+    inbox_cursor: Seq,
+    groups: BTreeSet<GroupId>,
+}
+
+struct Group {
+    state: GroupState,
+    log: Vec<GroupEntry>,
+    cursors: HashMap<DeviceId, Seq>,
+}
+
+impl Inner {
+    fn new_device(&mut self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
+        let next = self
+            .last_device
+            .checked_add(1)
+            .ok_or(StoreError::Invalid("device ids used up"))?;
+        self.last_device = next;
+        let id = DeviceId(next);
+        self.devices.insert(
+            id,
+            Device {
+                user: user.clone(),
+                key: *key,
+                key_packages: VecDeque::new(),
+                last_resort: None,
+                inbox: Vec::new(),
+                inbox_cursor: Seq(0),
+                groups: BTreeSet::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    fn device(&self, device: DeviceId) -> Result<&Device, StoreError> {
+        self.devices.get(&device).ok_or(StoreError::UnknownDevice)
+    }
+
+    fn device_mut(&mut self, device: DeviceId) -> Result<&mut Device, StoreError> {
+        self.devices
+            .get_mut(&device)
+            .ok_or(StoreError::UnknownDevice)
+    }
+
+    fn append(&mut self, post: NewPost) -> Result<Appended, StoreError> {
+        let devices = &self.devices;
+        let group = self
+            .groups
+            .get_mut(&post.group)
+            .ok_or(StoreError::UnknownGroup)?;
+        let checked = group
+            .state
+            .check(&post, &mut |d| Ok(devices.contains_key(&d)))?;
+        group.state.apply(&post, checked);
+        let seq = checked.seq;
+        let entry = rules::entry_of(post.group, seq, &post);
+        group.log.push(entry.clone());
+        let mut appended = Appended {
+            entry,
+            members: group.state.members.clone(),
+            removed: Vec::new(),
+            welcomes: Vec::new(),
+        };
+        if let PostKind::Commit {
+            added,
+            removed,
+            welcome,
+        } = post.kind
+        {
+            for d in removed.iter() {
+                group.cursors.remove(d);
+                if let Some(dev) = self.devices.get_mut(d) {
+                    dev.groups.remove(&post.group);
+                }
+            }
+            let welcome = welcome.unwrap_or_default();
+            for d in added.iter() {
+                group.cursors.insert(*d, seq);
+                // `check` made sure every added device exists.
+                if let Some(dev) = self.devices.get_mut(d) {
+                    dev.groups.insert(post.group);
+                    let inbox_seq = Seq(dev.inbox.last().map_or(0, |e| e.seq.0).saturating_add(1));
+                    let entry = InboxEntry {
+                        seq: inbox_seq,
+                        kind: InboxKind::Welcome {
+                            group: post.group,
+                            commit_seq: seq,
+                            sender: post.sender,
+                        },
+                        received_at_ms: post.now_ms,
+                        payload: Payload(welcome.0.clone()),
+                    };
+                    dev.inbox.push(entry.clone());
+                    appended.welcomes.push((*d, entry));
+                }
+            }
+            appended.removed = removed.0;
+        }
+        Ok(appended)
+    }
+}
+
+impl RelayStore for MemoryStore {
+    fn register_user(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
+        let mut inner = self.lock()?;
+        if inner.users.contains_key(user) {
+            return Err(StoreError::UserTaken);
+        }
+        let id = inner.new_device(user, key)?;
+        inner.users.insert(user.clone(), vec![id]);
+        Ok(id)
+    }
+
+    fn add_device(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
+        let mut inner = self.lock()?;
+        let count = inner.users.get(user).ok_or(StoreError::UnknownUser)?.len();
+        if count >= MAX_DEVICES_PER_USER {
+            return Err(StoreError::TooManyDevices);
+        }
+        let id = inner.new_device(user, key)?;
+        inner.users.entry(user.clone()).or_default().push(id);
+        Ok(id)
+    }
+
+    fn devices(&self, user: &UserName) -> Result<Vec<DeviceInfo>, StoreError> {
+        let inner = self.lock()?;
+        let ids = inner.users.get(user).ok_or(StoreError::UnknownUser)?;
+        ids.iter()
+            .map(|id| {
+                Ok(DeviceInfo {
+                    device: *id,
+                    key: inner.device(*id)?.key,
+                })
+            })
+            .collect()
+    }
+
+    fn device(&self, device: DeviceId) -> Result<Option<(UserName, DeviceKey)>, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner.devices.get(&device).map(|d| (d.user.clone(), d.key)))
+    }
+
+    fn upload_key_packages(
+        &self,
+        device: DeviceId,
+        key_packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<Stock, StoreError> {
+        let mut inner = self.lock()?;
+        let dev = inner.device_mut(device)?;
+        rules::check_upload(dev.key_packages.len(), &key_packages, last_resort.as_ref())?;
+        dev.key_packages.extend(key_packages);
+        if last_resort.is_some() {
+            dev.last_resort = last_resort;
+        }
+        Ok(stock_of(dev))
+    }
+
+    fn claim_key_packages(&self, user: &UserName) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+        let mut inner = self.lock()?;
+        let ids = inner
+            .users
+            .get(user)
+            .ok_or(StoreError::UnknownUser)?
+            .clone();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let dev = inner.device_mut(id)?;
+            if let Some(kp) = dev.key_packages.pop_front() {
+                out.push(ClaimedKeyPackage {
+                    device: id,
+                    key_package: Payload(kp),
+                    last_resort: false,
+                });
+            } else if let Some(kp) = &dev.last_resort {
+                out.push(ClaimedKeyPackage {
+                    device: id,
+                    key_package: Payload(kp.clone()),
+                    last_resort: true,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn key_package_stock(&self, device: DeviceId) -> Result<Stock, StoreError> {
+        let inner = self.lock()?;
+        Ok(stock_of(inner.device(device)?))
+    }
+
+    fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if inner.groups.contains_key(&group) {
+            return Err(StoreError::GroupExists);
+        }
+        inner.device_mut(creator)?.groups.insert(group);
+        inner.groups.insert(
+            group,
+            Group {
+                state: GroupState::new(creator),
+                log: Vec::new(),
+                cursors: HashMap::from([(creator, Seq(0))]),
+            },
+        );
+        Ok(())
+    }
+
+    fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner
+            .groups
+            .get(&group)
+            .ok_or(StoreError::UnknownGroup)?
+            .state
+            .is_member(device))
+    }
+
+    fn groups_of(&self, device: DeviceId) -> Result<Vec<GroupSummary>, StoreError> {
+        let inner = self.lock()?;
+        let dev = inner.device(device)?;
+        Ok(dev
+            .groups
+            .iter()
+            .filter_map(|g| {
+                inner.groups.get(g).map(|grp| GroupSummary {
+                    group: *g,
+                    epoch: grp.state.epoch,
+                })
+            })
+            .collect())
+    }
+
+    fn append_batch(&self, posts: Vec<NewPost>) -> Vec<Result<Appended, StoreError>> {
+        let mut inner = match self.lock() {
+            Ok(inner) => inner,
+            Err(e) => {
+                let msg = e.to_string();
+                return posts
+                    .iter()
+                    .map(|_| Err(StoreError::Backend(msg.clone())))
+                    .collect();
+            }
+        };
+        posts.into_iter().map(|post| inner.append(post)).collect()
+    }
+
+    fn read_group(
+        &self,
+        group: GroupId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<GroupEntry>, StoreError> {
+        let inner = self.lock()?;
+        let grp = inner.groups.get(&group).ok_or(StoreError::UnknownGroup)?;
+        Ok(read_after(&grp.log, after, limit, |e| e.seq))
+    }
+
+    fn read_inbox(
+        &self,
+        device: DeviceId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StoreError> {
+        let inner = self.lock()?;
+        Ok(read_after(
+            &inner.device(device)?.inbox,
+            after,
+            limit,
+            |e| e.seq,
+        ))
+    }
+
+    fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError> {
+        let inner = self.lock()?;
+        let dev = inner.device(device)?;
+        match stream {
+            Stream::Inbox => Ok(dev.inbox_cursor),
+            Stream::Group(g) => {
+                let grp = inner.groups.get(&g).ok_or(StoreError::UnknownGroup)?;
+                grp.cursors
+                    .get(&device)
+                    .copied()
+                    .ok_or(StoreError::NotMember)
+            }
+        }
+    }
+
+    fn ack(&self, device: DeviceId, stream: Stream, seq: Seq) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        match stream {
+            Stream::Inbox => {
+                let dev = inner.device_mut(device)?;
+                let end = dev.inbox.last().map_or(Seq(0), |e| e.seq);
+                if seq > end {
+                    return Err(StoreError::Invalid("ack past the end of the inbox"));
+                }
+                dev.inbox_cursor = dev.inbox_cursor.max(seq);
+                Ok(())
+            }
+            Stream::Group(g) => {
+                inner.device(device)?;
+                let grp = inner.groups.get_mut(&g).ok_or(StoreError::UnknownGroup)?;
+                let end = grp.state.last_seq;
+                let cursor = grp.cursors.get_mut(&device).ok_or(StoreError::NotMember)?;
+                if seq > end {
+                    return Err(StoreError::Invalid("ack past the end of the group log"));
+                }
+                *cursor = (*cursor).max(seq);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn stock_of(dev: &Device) -> Stock {
+    Stock {
+        remaining: u32::try_from(dev.key_packages.len()).unwrap_or(u32::MAX),
+        has_last_resort: dev.last_resort.is_some(),
+    }
+}
+
+/// Entries of a seq-ordered log (seqs 1, 2, ...) after `after`, at most the capped `limit`.
+fn read_after<T: Clone>(log: &[T], after: Seq, limit: u32, seq: impl Fn(&T) -> Seq) -> Vec<T> {
+    let start = log.partition_point(|e| seq(e) <= after);
+    log.get(start..)
+        .unwrap_or_default()
+        .iter()
+        .take(rules::capped_limit(limit))
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,223 @@
+//! The rules both backends share: input bounds and the in-memory state of a group (epoch,
+//! last sequence number, members) against which posts are checked and then applied.
+//!
+//! Both backends keep a [`GroupState`] per group in memory, so the hot path (an application
+//! message to a large group) needs no per-recipient work in storage: membership checks and
+//! the member list for fan-out come from here.
+
+use cove_wire::limits::{
+    MAX_GROUP_DEVICES, MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGE_STOCK, MAX_KEY_PACKAGES_PER_UPLOAD,
+    MAX_MEMBERSHIP_CHANGE, MAX_PAYLOAD_BYTES,
+};
+use cove_wire::{DeviceId, EntryKind, Epoch, GroupEntry, GroupId, Payload, PostKind, Seq};
+
+use super::{NewPost, StoreError};
+
+/// A group's epoch, log head and members, as both backends hold it in memory.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GroupState {
+    /// The current epoch.
+    pub epoch: Epoch,
+    /// The seq of the last entry in the log (0 when empty).
+    pub last_seq: Seq,
+    /// Current members, sorted and without duplicates.
+    pub members: Vec<DeviceId>,
+}
+
+/// What a checked post will do when applied.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Checked {
+    /// The seq the post gets.
+    pub seq: Seq,
+    /// The group's epoch after the post.
+    pub epoch_after: Epoch,
+}
+
+impl GroupState {
+    /// A fresh group at epoch 0 with one member.
+    pub fn new(creator: DeviceId) -> Self {
+        GroupState {
+            epoch: Epoch(0),
+            last_seq: Seq(0),
+            members: vec![creator],
+        }
+    }
+
+    /// Whether `device` is a current member.
+    pub fn is_member(&self, device: DeviceId) -> bool {
+        self.members.binary_search(&device).is_ok()
+    }
+
+    /// Checks `post` against the group rules without changing anything. `device_exists` is
+    /// asked about every device a commit adds.
+    pub fn check(
+        &self,
+        post: &NewPost,
+        device_exists: &mut dyn FnMut(DeviceId) -> Result<bool, StoreError>,
+    ) -> Result<Checked, StoreError> {
+        if !self.is_member(post.sender) {
+            return Err(StoreError::NotMember);
+        }
+        if post.payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(StoreError::Invalid("payload too large"));
+        }
+        let seq = self
+            .last_seq
+            .0
+            .checked_add(1)
+            .map(Seq)
+            .ok_or(StoreError::Invalid("group log is full"))?;
+        let stale = StoreError::StaleEpoch {
+            current: self.epoch,
+        };
+        match &post.kind {
+            PostKind::Application | PostKind::Proposal => {
+                // Accepted in the current epoch, and in the one just before it: a message
+                // made just before a commit it raced with is still readable by members, who
+                // keep the previous epoch's secrets for a short while.
+                let previous = self.epoch.0.checked_sub(1);
+                if post.epoch != self.epoch && Some(post.epoch.0) != previous {
+                    return Err(stale);
+                }
+                Ok(Checked {
+                    seq,
+                    epoch_after: self.epoch,
+                })
+            }
+            PostKind::Commit {
+                added,
+                removed,
+                welcome,
+            } => {
+                if post.epoch != self.epoch {
+                    return Err(stale);
+                }
+                let epoch_after = self
+                    .epoch
+                    .0
+                    .checked_add(1)
+                    .map(Epoch)
+                    .ok_or(StoreError::Invalid("epoch overflow"))?;
+                if added.len() > MAX_MEMBERSHIP_CHANGE || removed.len() > MAX_MEMBERSHIP_CHANGE {
+                    return Err(StoreError::Invalid("membership change too large"));
+                }
+                if !strictly_unique(added) || !strictly_unique(removed) {
+                    return Err(StoreError::Invalid("duplicate device in membership change"));
+                }
+                if added.iter().any(|d| removed.contains(d)) {
+                    return Err(StoreError::Invalid("device both added and removed"));
+                }
+                if removed.iter().any(|d| !self.is_member(*d)) {
+                    return Err(StoreError::Invalid(
+                        "removing a device that is not a member",
+                    ));
+                }
+                if added.iter().any(|d| self.is_member(*d)) {
+                    return Err(StoreError::Invalid(
+                        "adding a device that is already a member",
+                    ));
+                }
+                match (welcome, added.is_empty()) {
+                    (Some(_), true) => {
+                        return Err(StoreError::Invalid("welcome without added devices"));
+                    }
+                    (None, false) => {
+                        return Err(StoreError::Invalid("added devices without a welcome"));
+                    }
+                    (Some(w), false) if w.len() > MAX_PAYLOAD_BYTES => {
+                        return Err(StoreError::Invalid("welcome too large"));
+                    }
+                    _ => {}
+                }
+                let size = self.members.len() - removed.len() + added.len();
+                if size > MAX_GROUP_DEVICES {
+                    return Err(StoreError::Invalid("group would exceed its size cap"));
+                }
+                for d in added.iter() {
+                    if !device_exists(*d)? {
+                        return Err(StoreError::UnknownDevice);
+                    }
+                }
+                Ok(Checked { seq, epoch_after })
+            }
+        }
+    }
+
+    /// Applies a post that [`GroupState::check`] accepted.
+    pub fn apply(&mut self, post: &NewPost, checked: Checked) {
+        self.last_seq = checked.seq;
+        self.epoch = checked.epoch_after;
+        if let PostKind::Commit { added, removed, .. } = &post.kind {
+            self.members.retain(|d| !removed.contains(d));
+            self.members.extend(added.iter().copied());
+            self.members.sort_unstable();
+            self.members.dedup();
+        }
+    }
+}
+
+/// True when no item occurs twice.
+fn strictly_unique(items: &[DeviceId]) -> bool {
+    let mut sorted = items.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).all(|w| w.first() != w.get(1))
+}
+
+/// The stored entry for an accepted post (the Welcome is not part of it).
+pub(crate) fn entry_of(group: GroupId, seq: Seq, post: &NewPost) -> GroupEntry {
+    GroupEntry {
+        group,
+        seq,
+        epoch: post.epoch,
+        sender: post.sender,
+        kind: entry_kind(&post.kind),
+        received_at_ms: post.now_ms,
+        payload: Payload(post.payload.clone()),
+    }
+}
+
+/// The stored kind of a post kind.
+pub(crate) fn entry_kind(kind: &PostKind) -> EntryKind {
+    match kind {
+        PostKind::Application => EntryKind::Application,
+        PostKind::Proposal => EntryKind::Proposal,
+        PostKind::Commit { added, removed, .. } => EntryKind::Commit {
+            added: added.clone(),
+            removed: removed.clone(),
+        },
+    }
+}
+
+/// Checks an upload against the bounds, given the stock already on file.
+pub(crate) fn check_upload(
+    remaining: usize,
+    key_packages: &[Vec<u8>],
+    last_resort: Option<&Vec<u8>>,
+) -> Result<(), StoreError> {
+    if key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+        return Err(StoreError::Invalid("too many key packages in one upload"));
+    }
+    if key_packages
+        .iter()
+        .chain(last_resort)
+        .any(|kp| kp.is_empty())
+    {
+        return Err(StoreError::Invalid("empty key package"));
+    }
+    if key_packages
+        .iter()
+        .chain(last_resort)
+        .any(|kp| kp.len() > MAX_KEY_PACKAGE_BYTES)
+    {
+        return Err(StoreError::Invalid("key package too large"));
+    }
+    if remaining.saturating_add(key_packages.len()) > MAX_KEY_PACKAGE_STOCK {
+        return Err(StoreError::StockFull);
+    }
+    Ok(())
+}
+
+/// The most entries one read returns: `limit`, capped by the protocol's fetch limit.
+pub(crate) fn capped_limit(limit: u32) -> usize {
+    usize::try_from(limit.min(cove_wire::limits::MAX_FETCH_ENTRIES)).unwrap_or(0)
+}
