@@ -376,3 +376,10 @@ fn read_after<T: Clone>(log: &[T], after: Seq, limit: u32, seq: impl Fn(&T) -> S
         .cloned()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryStore;
+
+    crate::store::conformance::relay_store_conformance!(((), MemoryStore::new()));
+}

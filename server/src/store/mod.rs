@@ -11,10 +11,14 @@
 //! [`RelayStore::append_batch`] is durable when it returns: the relay acknowledges a post
 //! only after that. Batching many posts into one call is how the relay coalesces fsyncs.
 
+#[cfg(test)]
+mod conformance;
 pub mod memory;
 mod rules;
+pub mod sqlite;
 
 pub use memory::MemoryStore;
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 use cove_wire::{
     ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, Epoch, GroupEntry, GroupId, GroupSummary,

@@ -1,0 +1,1006 @@
+//! The conformance suite every [`RelayStore`] backend passes. Each case is a function taking
+//! the store under test; [`relay_store_conformance!`] turns the whole list into `#[test]`s
+//! for one backend (see the `tests` modules of `memory.rs` and `sqlite.rs`):
+//!
+//! ```ignore
+//! crate::store::conformance::relay_store_conformance!(((), MemoryStore::new()));
+//! ```
+//!
+//! The expression yields `(guard, store)`: the guard (e.g. a temporary directory) lives as
+//! long as the test.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::Barrier;
+
+use cove_wire::limits::{
+    MAX_DEVICES_PER_USER, MAX_FETCH_ENTRIES, MAX_GROUP_DEVICES, MAX_KEY_PACKAGE_BYTES,
+    MAX_KEY_PACKAGE_STOCK, MAX_KEY_PACKAGES_PER_UPLOAD, MAX_MEMBERSHIP_CHANGE, MAX_PAYLOAD_BYTES,
+};
+use cove_wire::{
+    DeviceId, DeviceKey, EntryKind, Epoch, GroupId, InboxKind, Payload, PostKind, Seq, Stream,
+    UserName,
+};
+
+use super::{Appended, NewPost, RelayStore, Stock, StoreError};
+
+/// Expands to one `#[test]` per conformance case for the backend made by `$make`, an
+/// expression yielding `(guard, store)`.
+macro_rules! relay_store_conformance {
+    ($make:expr) => {
+        $crate::store::conformance::relay_store_conformance!(@cases $make;
+            register_and_look_up,
+            add_devices_up_to_the_cap,
+            key_packages_are_handed_out_once_then_last_resort,
+            key_package_claims_skip_devices_without_any,
+            key_package_upload_bounds,
+            concurrent_claims_never_hand_out_a_key_package_twice,
+            create_group_and_membership,
+            application_posts_are_ordered_and_checked,
+            epoch_rule_for_application_and_proposal_posts,
+            commit_adds_members_atomically,
+            commit_removes_members,
+            invalid_membership_changes_change_nothing,
+            stale_commit_is_refused_and_its_welcome_never_lands,
+            concurrent_commits_for_one_epoch_exactly_one_wins,
+            batch_results_are_in_input_order,
+            group_size_is_capped,
+            cursors_move_forward_only,
+            inbox_cursor_and_reads,
+            reads_are_bounded,
+            oversized_payloads_are_refused,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let (_guard, store) = $make;
+                $crate::store::conformance::$case(&store);
+            }
+        )*
+    };
+}
+pub(crate) use relay_store_conformance;
+
+// ---------------------------------------------------------------------------------------
+// Directory.
+
+/// Registration, UserTaken, look-ups of users and devices.
+pub(crate) fn register_and_look_up(store: &dyn RelayStore) {
+    let alice = user("alice");
+    let a1 = store.register_user(&alice, &key(1)).unwrap();
+    assert!(matches!(
+        store.register_user(&alice, &key(2)),
+        Err(StoreError::UserTaken)
+    ));
+    let b1 = store.register_user(&user("bob"), &key(3)).unwrap();
+    assert_ne!(a1, b1);
+    let devices = store.devices(&alice).unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!((devices[0].device, devices[0].key), (a1, key(1)));
+    assert_eq!(store.device(a1).unwrap(), Some((alice.clone(), key(1))));
+    assert_eq!(store.device(b1).unwrap(), Some((user("bob"), key(3))));
+    assert_eq!(store.device(DeviceId(9_999)).unwrap(), None);
+    assert_eq!(store.device(DeviceId(u64::MAX)).unwrap(), None);
+    assert!(matches!(
+        store.devices(&user("carol")),
+        Err(StoreError::UnknownUser)
+    ));
+}
+
+/// Further devices: ordered by id, capped per user, unknown users refused.
+pub(crate) fn add_devices_up_to_the_cap(store: &dyn RelayStore) {
+    let alice = user("alice");
+    let first = store.register_user(&alice, &key(0)).unwrap();
+    let mut ids = vec![first];
+    for i in 1..MAX_DEVICES_PER_USER {
+        ids.push(
+            store
+                .add_device(&alice, &key(u8::try_from(i).unwrap()))
+                .unwrap(),
+        );
+    }
+    assert!(matches!(
+        store.add_device(&alice, &key(99)),
+        Err(StoreError::TooManyDevices)
+    ));
+    assert!(matches!(
+        store.add_device(&user("nobody"), &key(1)),
+        Err(StoreError::UnknownUser)
+    ));
+    let listed: Vec<DeviceId> = store
+        .devices(&alice)
+        .unwrap()
+        .iter()
+        .map(|d| d.device)
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted);
+    assert_eq!(listed.len(), MAX_DEVICES_PER_USER);
+    // Another user's cap is independent.
+    let bob = user("bob");
+    store.register_user(&bob, &key(50)).unwrap();
+    store.add_device(&bob, &key(51)).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// KeyPackages.
+
+/// Normal KeyPackages once each in upload order, then the last-resort one, not consumed.
+pub(crate) fn key_packages_are_handed_out_once_then_last_resort(store: &dyn RelayStore) {
+    let alice = user("alice");
+    let a1 = store.register_user(&alice, &key(1)).unwrap();
+    assert_eq!(store.key_package_stock(a1).unwrap(), stock(0, false));
+    let stock_after = store
+        .upload_key_packages(
+            a1,
+            vec![b"kp1".to_vec(), b"kp2".to_vec()],
+            Some(b"lr1".to_vec()),
+        )
+        .unwrap();
+    assert_eq!(stock_after, stock(2, true));
+    let claim = |expect: &[u8], last_resort: bool| {
+        let got = store.claim_key_packages(&alice).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].device, a1);
+        assert_eq!(got[0].key_package.as_bytes(), expect);
+        assert_eq!(got[0].last_resort, last_resort);
+    };
+    claim(b"kp1", false);
+    assert_eq!(store.key_package_stock(a1).unwrap(), stock(1, true));
+    claim(b"kp2", false);
+    claim(b"lr1", true);
+    claim(b"lr1", true);
+    assert_eq!(store.key_package_stock(a1).unwrap(), stock(0, true));
+    // A new upload without a last resort keeps the old one; with one replaces it.
+    assert_eq!(
+        store
+            .upload_key_packages(a1, vec![b"kp3".to_vec()], None)
+            .unwrap(),
+        stock(1, true)
+    );
+    claim(b"kp3", false);
+    store
+        .upload_key_packages(a1, vec![], Some(b"lr2".to_vec()))
+        .unwrap();
+    claim(b"lr2", true);
+    assert!(matches!(
+        store.claim_key_packages(&user("nobody")),
+        Err(StoreError::UnknownUser)
+    ));
+    assert!(matches!(
+        store.key_package_stock(DeviceId(9_999)),
+        Err(StoreError::UnknownDevice)
+    ));
+    assert!(matches!(
+        store.upload_key_packages(DeviceId(9_999), vec![b"x".to_vec()], None),
+        Err(StoreError::UnknownDevice)
+    ));
+}
+
+/// One KeyPackage per device; a device with neither normal nor last resort is left out.
+pub(crate) fn key_package_claims_skip_devices_without_any(store: &dyn RelayStore) {
+    let alice = user("alice");
+    let a1 = store.register_user(&alice, &key(1)).unwrap();
+    let a2 = store.add_device(&alice, &key(2)).unwrap();
+    let a3 = store.add_device(&alice, &key(3)).unwrap();
+    assert!(store.claim_key_packages(&alice).unwrap().is_empty());
+    store
+        .upload_key_packages(a1, vec![b"a1-kp".to_vec()], None)
+        .unwrap();
+    store
+        .upload_key_packages(a3, vec![], Some(b"a3-lr".to_vec()))
+        .unwrap();
+    let got = store.claim_key_packages(&alice).unwrap();
+    let summary: Vec<(DeviceId, &[u8], bool)> = got
+        .iter()
+        .map(|c| (c.device, c.key_package.as_bytes(), c.last_resort))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![(a1, &b"a1-kp"[..], false), (a3, &b"a3-lr"[..], true)]
+    );
+    // a1's only normal one is gone and it has no last resort: now only a3 answers.
+    let got = store.claim_key_packages(&alice).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].device, a3);
+    assert_ne!(a2, a3);
+}
+
+/// Upload bounds: batch size, KeyPackage size, empty KeyPackages, stock cap (all-or-nothing).
+pub(crate) fn key_package_upload_bounds(store: &dyn RelayStore) {
+    let a1 = store.register_user(&user("alice"), &key(1)).unwrap();
+    let batch = |tag: usize, n: usize| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| format!("kp-{tag}-{i}").into_bytes())
+            .collect()
+    };
+    assert!(matches!(
+        store.upload_key_packages(a1, batch(0, MAX_KEY_PACKAGES_PER_UPLOAD + 1), None),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.upload_key_packages(a1, vec![vec![7; MAX_KEY_PACKAGE_BYTES + 1]], None),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.upload_key_packages(a1, vec![], Some(vec![7; MAX_KEY_PACKAGE_BYTES + 1])),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.upload_key_packages(a1, vec![b"ok".to_vec(), vec![]], None),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.key_package_stock(a1).unwrap(), stock(0, false));
+    // The largest allowed KeyPackage is fine.
+    store
+        .upload_key_packages(a1, vec![vec![1; MAX_KEY_PACKAGE_BYTES]], None)
+        .unwrap();
+    let mut uploads = 1;
+    let mut have = 1;
+    while have + MAX_KEY_PACKAGES_PER_UPLOAD <= MAX_KEY_PACKAGE_STOCK {
+        store
+            .upload_key_packages(a1, batch(uploads, MAX_KEY_PACKAGES_PER_UPLOAD), None)
+            .unwrap();
+        uploads += 1;
+        have += MAX_KEY_PACKAGES_PER_UPLOAD;
+    }
+    let room = MAX_KEY_PACKAGE_STOCK - have;
+    assert!(matches!(
+        store.upload_key_packages(a1, batch(uploads, room + 1), Some(b"lr".to_vec())),
+        Err(StoreError::StockFull)
+    ));
+    // Refused as a whole: neither the KeyPackages nor the last resort were stored.
+    let full = u32::try_from(have).unwrap();
+    assert_eq!(store.key_package_stock(a1).unwrap(), stock(full, false));
+    let filled = store
+        .upload_key_packages(a1, batch(uploads + 1, room), None)
+        .unwrap();
+    assert_eq!(
+        filled,
+        stock(u32::try_from(MAX_KEY_PACKAGE_STOCK).unwrap(), false)
+    );
+    // A full stock still accepts a new last resort.
+    assert!(
+        store
+            .upload_key_packages(a1, vec![], Some(b"lr".to_vec()))
+            .unwrap()
+            .has_last_resort
+    );
+}
+
+/// 8 threads claim concurrently from 50 KeyPackages plus a last resort: no duplicate, all
+/// 50 handed out, every other claim gets the last resort.
+pub(crate) fn concurrent_claims_never_hand_out_a_key_package_twice(store: &dyn RelayStore) {
+    let bob = user("bob");
+    let b1 = store.register_user(&bob, &key(1)).unwrap();
+    let kps: Vec<Vec<u8>> = (0..50).map(|i| format!("kp-{i}").into_bytes()).collect();
+    store
+        .upload_key_packages(b1, kps, Some(b"last".to_vec()))
+        .unwrap();
+    const THREADS: usize = 8;
+    const CLAIMS: usize = 10;
+    let barrier = Barrier::new(THREADS);
+    let claimed: Vec<Vec<(Vec<u8>, bool)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    (0..CLAIMS)
+                        .map(|_| {
+                            let got = store.claim_key_packages(&bob).unwrap();
+                            assert_eq!(got.len(), 1);
+                            (got[0].key_package.0.clone(), got[0].last_resort)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let all: Vec<(Vec<u8>, bool)> = claimed.into_iter().flatten().collect();
+    assert_eq!(all.len(), THREADS * CLAIMS);
+    let normal: Vec<&Vec<u8>> = all.iter().filter(|(_, lr)| !lr).map(|(kp, _)| kp).collect();
+    let distinct: HashSet<&Vec<u8>> = normal.iter().copied().collect();
+    assert_eq!(normal.len(), 50, "every normal KeyPackage handed out");
+    assert_eq!(distinct.len(), 50, "no KeyPackage handed out twice");
+    assert!(
+        all.iter()
+            .filter(|(_, lr)| *lr)
+            .all(|(kp, _)| kp == b"last")
+    );
+    assert_eq!(store.key_package_stock(b1).unwrap(), stock(0, true));
+}
+
+// ---------------------------------------------------------------------------------------
+// Groups.
+
+/// A new group is at epoch 0 with its creator as only member; ids are unique.
+pub(crate) fn create_group_and_membership(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    assert!(matches!(
+        store.create_group(g, b),
+        Err(StoreError::GroupExists)
+    ));
+    assert!(matches!(
+        store.create_group(gid(2), DeviceId(9_999)),
+        Err(StoreError::UnknownDevice)
+    ));
+    assert!(store.is_member(g, a).unwrap());
+    assert!(!store.is_member(g, b).unwrap());
+    assert!(matches!(
+        store.is_member(gid(3), a),
+        Err(StoreError::UnknownGroup)
+    ));
+    let groups = store.groups_of(a).unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!((groups[0].group, groups[0].epoch), (g, Epoch(0)));
+    assert!(store.groups_of(b).unwrap().is_empty());
+    assert!(matches!(
+        store.groups_of(DeviceId(9_999)),
+        Err(StoreError::UnknownDevice)
+    ));
+    store.create_group(gid(0), a).unwrap();
+    let ids: Vec<GroupId> = store
+        .groups_of(a)
+        .unwrap()
+        .iter()
+        .map(|s| s.group)
+        .collect();
+    assert_eq!(
+        ids,
+        vec![gid(0), gid(1)],
+        "groups_of is ordered by group id"
+    );
+    assert_eq!(store.cursor(a, Stream::Group(g)).unwrap(), Seq(0));
+    assert!(store.read_group(g, Seq(0), 10).unwrap().is_empty());
+}
+
+/// Members' posts get seq 1, 2, 3 and read back in order with every field; others refused.
+pub(crate) fn application_posts_are_ordered_and_checked(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    for i in 1..=3u8 {
+        let appended = one(store, app(g, a, 0, &[i; 5]));
+        let appended = appended.unwrap();
+        assert_eq!(appended.entry.seq, Seq(u64::from(i)));
+        assert_eq!(appended.members, vec![a]);
+        assert!(appended.removed.is_empty() && appended.welcomes.is_empty());
+    }
+    let proposal = NewPost {
+        kind: PostKind::Proposal,
+        ..app(g, a, 0, b"prop")
+    };
+    assert_eq!(one(store, proposal).unwrap().entry.seq, Seq(4));
+    assert!(matches!(
+        one(store, app(g, b, 0, b"x")),
+        Err(StoreError::NotMember)
+    ));
+    assert!(matches!(
+        one(store, app(gid(9), a, 0, b"x")),
+        Err(StoreError::UnknownGroup)
+    ));
+    let entries = store.read_group(g, Seq(0), 100).unwrap();
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq.0).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    let e = &entries[1];
+    assert_eq!(
+        (e.group, e.epoch, e.sender, e.received_at_ms),
+        (g, Epoch(0), a, 1_000)
+    );
+    assert_eq!(e.kind, EntryKind::Application);
+    assert_eq!(e.payload, Payload(vec![2; 5]));
+    assert_eq!(entries[3].kind, EntryKind::Proposal);
+    assert_eq!(entries[3].payload.as_bytes(), b"prop");
+    let later = store.read_group(g, Seq(2), 100).unwrap();
+    assert_eq!(
+        later.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    assert!(store.read_group(g, Seq(4), 100).unwrap().is_empty());
+    assert!(matches!(
+        store.read_group(gid(9), Seq(0), 10),
+        Err(StoreError::UnknownGroup)
+    ));
+}
+
+/// Application messages and proposals are accepted in the current epoch and the one before
+/// it (messages racing a commit), never in a future or older epoch.
+pub(crate) fn epoch_rule_for_application_and_proposal_posts(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    assert!(matches!(
+        one(store, app(g, a, 1, b"future")),
+        Err(StoreError::StaleEpoch { current: Epoch(0) })
+    ));
+    one(store, commit(g, a, 0, &[], &[], None)).unwrap();
+    one(store, app(g, a, 1, b"current")).unwrap();
+    one(store, app(g, a, 0, b"previous")).unwrap();
+    one(
+        store,
+        NewPost {
+            kind: PostKind::Proposal,
+            ..app(g, a, 0, b"prev-prop")
+        },
+    )
+    .unwrap();
+    one(store, commit(g, a, 1, &[], &[], None)).unwrap();
+    assert!(matches!(
+        one(store, app(g, a, 0, b"too old")),
+        Err(StoreError::StaleEpoch { current: Epoch(2) })
+    ));
+    assert!(matches!(
+        one(
+            store,
+            NewPost {
+                kind: PostKind::Proposal,
+                ..app(g, a, 3, b"future")
+            }
+        ),
+        Err(StoreError::StaleEpoch { current: Epoch(2) })
+    ));
+    one(store, app(g, a, 1, b"previous")).unwrap();
+    assert_eq!(store.groups_of(a).unwrap()[0].epoch, Epoch(2));
+}
+
+/// A commit adding a device: epoch advances, the device becomes a member with its cursor at
+/// the commit, and the Welcome lands in its inbox, all reported in `Appended`.
+pub(crate) fn commit_adds_members_atomically(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let c = device(store, "carol", 3);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    one(store, app(g, a, 0, b"before")).unwrap();
+    let appended = one(store, commit(g, a, 0, &[c, b], &[], Some(b"welcome-1"))).unwrap();
+    assert_eq!(appended.entry.seq, Seq(2));
+    assert_eq!(appended.entry.epoch, Epoch(0));
+    assert_eq!(
+        appended.entry.kind,
+        EntryKind::Commit {
+            added: vec![c, b].into(),
+            removed: vec![].into()
+        }
+    );
+    assert_eq!(appended.members, sorted(vec![a, b, c]));
+    assert!(appended.removed.is_empty());
+    let mut welcomed: Vec<DeviceId> = appended.welcomes.iter().map(|(d, _)| *d).collect();
+    welcomed.sort();
+    assert_eq!(welcomed, sorted(vec![b, c]));
+    for (d, w) in &appended.welcomes {
+        assert_eq!(w.seq, Seq(1));
+        assert_eq!(
+            w.kind,
+            InboxKind::Welcome {
+                group: g,
+                commit_seq: Seq(2),
+                sender: a
+            }
+        );
+        assert_eq!(w.payload.as_bytes(), b"welcome-1");
+        assert_eq!(store.read_inbox(*d, Seq(0), 10).unwrap(), vec![w.clone()]);
+    }
+    for d in [b, c] {
+        assert!(store.is_member(g, d).unwrap());
+        assert_eq!(store.cursor(d, Stream::Group(g)).unwrap(), Seq(2));
+        let groups = store.groups_of(d).unwrap();
+        assert_eq!((groups[0].group, groups[0].epoch), (g, Epoch(1)));
+    }
+    assert!(store.read_inbox(a, Seq(0), 10).unwrap().is_empty());
+    // The commit is in the log (without its Welcome); the new members can post.
+    let log = store.read_group(g, Seq(1), 10).unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].payload.as_bytes(), b"commit");
+    let from_b = one(store, app(g, b, 1, b"hi from bob")).unwrap();
+    assert_eq!(from_b.entry.seq, Seq(3));
+    assert_eq!(from_b.members, sorted(vec![a, b, c]));
+    // A second Welcome to b gets the next inbox seq.
+    let h = gid(2);
+    store.create_group(h, c).unwrap();
+    let second = one(store, commit(h, c, 0, &[b], &[], Some(b"welcome-2"))).unwrap();
+    assert_eq!(second.welcomes[0].1.seq, Seq(2));
+    assert_eq!(store.read_inbox(b, Seq(1), 10).unwrap().len(), 1);
+}
+
+/// A commit removing a device: it is told (in `removed`), then loses access.
+pub(crate) fn commit_removes_members(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    one(store, commit(g, a, 0, &[b], &[], Some(b"w"))).unwrap();
+    let appended = one(store, commit(g, a, 1, &[], &[b], None)).unwrap();
+    assert_eq!(appended.members, vec![a]);
+    assert_eq!(appended.removed, vec![b]);
+    assert_eq!(
+        appended.entry.kind,
+        EntryKind::Commit {
+            added: vec![].into(),
+            removed: vec![b].into()
+        }
+    );
+    assert!(!store.is_member(g, b).unwrap());
+    assert!(matches!(
+        one(store, app(g, b, 2, b"x")),
+        Err(StoreError::NotMember)
+    ));
+    assert!(matches!(
+        store.cursor(b, Stream::Group(g)),
+        Err(StoreError::NotMember)
+    ));
+    assert!(matches!(
+        store.ack(b, Stream::Group(g), Seq(1)),
+        Err(StoreError::NotMember)
+    ));
+    assert!(store.groups_of(b).unwrap().is_empty());
+    // Re-adding starts b's cursor at the new commit.
+    let again = one(store, commit(g, a, 2, &[b], &[], Some(b"w2"))).unwrap();
+    assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), again.entry.seq);
+    // A committer may remove itself (e.g. leaving); it is told like any removed device.
+    let left = one(store, commit(g, a, 3, &[], &[a], None)).unwrap();
+    assert_eq!((left.members, left.removed), (vec![b], vec![a]));
+}
+
+/// Bad membership changes are Invalid / UnknownDevice and change nothing.
+pub(crate) fn invalid_membership_changes_change_nothing(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let c = device(store, "carol", 3);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    one(store, commit(g, a, 0, &[b], &[], Some(b"w"))).unwrap();
+    let invalid = [
+        commit(g, a, 1, &[b], &[], Some(b"w")),    // already a member
+        commit(g, a, 1, &[], &[c], None),          // not a member
+        commit(g, a, 1, &[c, c], &[], Some(b"w")), // duplicate
+        commit(g, a, 1, &[], &[b, b], None),       // duplicate
+        commit(g, a, 1, &[c], &[], None),          // added without Welcome
+        commit(g, a, 1, &[], &[], Some(b"w")),     // Welcome without added
+        commit(g, a, 1, &[c], &[c], Some(b"w")),   // both added and removed
+    ];
+    for post in invalid {
+        assert!(matches!(one(store, post), Err(StoreError::Invalid(_))));
+    }
+    let too_many: Vec<DeviceId> = (0..=MAX_MEMBERSHIP_CHANGE as u64)
+        .map(|i| DeviceId(10_000 + i))
+        .collect();
+    assert!(matches!(
+        one(store, commit(g, a, 1, &too_many, &[], Some(b"w"))),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        one(
+            store,
+            commit(g, a, 1, &[c, DeviceId(9_999)], &[], Some(b"w"))
+        ),
+        Err(StoreError::UnknownDevice)
+    ));
+    assert!(matches!(
+        one(store, commit(g, c, 1, &[], &[], None)),
+        Err(StoreError::NotMember)
+    ));
+    // Nothing changed: epoch 1, members a and b, log of one commit, no Welcome for c.
+    assert_eq!(store.groups_of(a).unwrap()[0].epoch, Epoch(1));
+    assert!(!store.is_member(g, c).unwrap());
+    assert!(store.is_member(g, b).unwrap());
+    assert_eq!(store.read_group(g, Seq(0), 100).unwrap().len(), 1);
+    assert!(store.read_inbox(c, Seq(0), 10).unwrap().is_empty());
+    assert_eq!(store.read_inbox(b, Seq(0), 10).unwrap().len(), 1);
+    assert_eq!(
+        one(store, commit(g, a, 1, &[c], &[b], Some(b"w")))
+            .unwrap()
+            .members,
+        vec![a, c]
+    );
+}
+
+/// Two commits for one epoch: the second is refused with the current epoch and its Welcome
+/// never reaches the device it would have added.
+pub(crate) fn stale_commit_is_refused_and_its_welcome_never_lands(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let c = device(store, "carol", 3);
+    let d = device(store, "dave", 4);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    one(store, commit(g, a, 0, &[b], &[], Some(b"wb"))).unwrap();
+    one(store, commit(g, b, 1, &[c], &[], Some(b"wc"))).unwrap();
+    let refused = one(store, commit(g, a, 1, &[d], &[], Some(b"wd")));
+    assert!(matches!(
+        refused,
+        Err(StoreError::StaleEpoch { current: Epoch(2) })
+    ));
+    let future = one(store, commit(g, a, 5, &[d], &[], Some(b"wd")));
+    assert!(matches!(
+        future,
+        Err(StoreError::StaleEpoch { current: Epoch(2) })
+    ));
+    assert!(store.read_inbox(d, Seq(0), 10).unwrap().is_empty());
+    assert!(!store.is_member(g, d).unwrap());
+    assert!(store.groups_of(d).unwrap().is_empty());
+    assert_eq!(store.read_group(g, Seq(0), 10).unwrap().len(), 2);
+    // The loser retries on the current epoch and wins.
+    one(store, commit(g, a, 2, &[d], &[], Some(b"wd"))).unwrap();
+    assert_eq!(store.read_inbox(d, Seq(0), 10).unwrap().len(), 1);
+}
+
+/// Eight devices commit for the same epoch at once, each adding its own new device: exactly
+/// one commit is accepted, the others are told the new epoch, only the winner's Welcome lands.
+pub(crate) fn concurrent_commits_for_one_epoch_exactly_one_wins(store: &dyn RelayStore) {
+    const N: u8 = 8;
+    let g = gid(1);
+    let committers: Vec<DeviceId> = (0..N).map(|i| device(store, &format!("m{i}"), i)).collect();
+    let joiners: Vec<DeviceId> = (0..N)
+        .map(|i| device(store, &format!("j{i}"), 100 + i))
+        .collect();
+    let first = committers[0];
+    store.create_group(g, first).unwrap();
+    let rest: Vec<DeviceId> = committers[1..].to_vec();
+    one(store, commit(g, first, 0, &rest, &[], Some(b"w"))).unwrap();
+    let barrier = Barrier::new(usize::from(N));
+    let results: Vec<(DeviceId, Result<Appended, StoreError>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = committers
+            .iter()
+            .zip(&joiners)
+            .map(|(&who, &joiner)| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    let welcome = format!("welcome-{joiner}");
+                    (
+                        joiner,
+                        one(
+                            store,
+                            commit(g, who, 1, &[joiner], &[], Some(welcome.as_bytes())),
+                        ),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<DeviceId> = results
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(joiner, _)| *joiner)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one commit accepted");
+    for (_, r) in results.iter().filter(|(_, r)| r.is_err()) {
+        assert!(matches!(
+            r,
+            Err(StoreError::StaleEpoch { current: Epoch(2) })
+        ));
+    }
+    for joiner in &joiners {
+        let inbox = store.read_inbox(*joiner, Seq(0), 10).unwrap();
+        if *joiner == winners[0] {
+            assert_eq!(inbox.len(), 1);
+            assert_eq!(
+                inbox[0].payload.as_bytes(),
+                format!("welcome-{joiner}").as_bytes()
+            );
+        } else {
+            assert!(inbox.is_empty(), "a refused commit's Welcome never lands");
+            assert!(!store.is_member(g, *joiner).unwrap());
+        }
+    }
+    assert_eq!(store.read_group(g, Seq(0), 100).unwrap().len(), 2);
+}
+
+/// One batch of mixed posts: each checked on its own, in order, results in input order, and
+/// later posts see the effect of earlier ones in the same batch.
+pub(crate) fn batch_results_are_in_input_order(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let c = device(store, "carol", 3);
+    let g = gid(1);
+    let h = gid(2);
+    store.create_group(g, a).unwrap();
+    store.create_group(h, c).unwrap();
+    let results = store.append_batch(vec![
+        app(g, a, 0, b"one"),                   // ok seq 1
+        app(g, b, 0, b"not a member"),          // NotMember
+        commit(g, a, 0, &[b], &[], Some(b"w")), // ok seq 2, epoch -> 1
+        commit(g, a, 0, &[c], &[], Some(b"w")), // StaleEpoch(1)
+        app(g, b, 1, b"bob now a member"),      // ok seq 3
+        app(h, c, 0, b"other group"),           // ok seq 1 in h
+        app(gid(9), a, 0, b"no group"),         // UnknownGroup
+        app(g, a, 0, b"previous epoch"),        // ok seq 4
+    ]);
+    assert_eq!(results.len(), 8);
+    let seq = |i: usize| results[i].as_ref().unwrap().entry.seq.0;
+    assert_eq!(seq(0), 1);
+    assert!(matches!(results[1], Err(StoreError::NotMember)));
+    assert_eq!(seq(2), 2);
+    assert!(matches!(
+        results[3],
+        Err(StoreError::StaleEpoch { current: Epoch(1) })
+    ));
+    assert_eq!(seq(4), 3);
+    assert_eq!(results[5].as_ref().unwrap().entry.group, h);
+    assert_eq!(seq(5), 1);
+    assert!(matches!(results[6], Err(StoreError::UnknownGroup)));
+    assert_eq!(seq(7), 4);
+    let payloads: Vec<Vec<u8>> = store
+        .read_group(g, Seq(0), 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.payload.0)
+        .collect();
+    assert_eq!(
+        payloads,
+        vec![
+            b"one".to_vec(),
+            b"commit".to_vec(),
+            b"bob now a member".to_vec(),
+            b"previous epoch".to_vec()
+        ]
+    );
+    assert!(store.read_inbox(c, Seq(0), 10).unwrap().is_empty());
+    assert!(store.append_batch(Vec::new()).is_empty());
+}
+
+/// A group cannot grow past MAX_GROUP_DEVICES.
+pub(crate) fn group_size_is_capped(store: &dyn RelayStore) {
+    let creator = device(store, "creator", 0);
+    let g = gid(1);
+    store.create_group(g, creator).unwrap();
+    let mut epoch = 0;
+    let mut added = 1;
+    while added < MAX_GROUP_DEVICES {
+        let n = (MAX_GROUP_DEVICES - added).min(MAX_MEMBERSHIP_CHANGE);
+        let batch: Vec<DeviceId> = (0..n)
+            .map(|i| device(store, &format!("u{}", added + i), 7))
+            .collect();
+        one(store, commit(g, creator, epoch, &batch, &[], Some(b"w"))).unwrap();
+        epoch += 1;
+        added += n;
+    }
+    let extra = device(store, "one-too-many", 8);
+    assert!(matches!(
+        one(store, commit(g, creator, epoch, &[extra], &[], Some(b"w"))),
+        Err(StoreError::Invalid(_))
+    ));
+    // Swapping one member for another keeps the size and is fine.
+    let last = DeviceId(extra.0 - 1);
+    let swapped = one(
+        store,
+        commit(g, creator, epoch, &[extra], &[last], Some(b"w")),
+    )
+    .unwrap();
+    assert_eq!(swapped.members.len(), MAX_GROUP_DEVICES);
+}
+
+/// Group cursors only move forward and never past the end of the log.
+pub(crate) fn cursors_move_forward_only(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    for _ in 0..3 {
+        one(store, app(g, a, 0, b"m")).unwrap();
+    }
+    let s = Stream::Group(g);
+    assert_eq!(store.cursor(a, s).unwrap(), Seq(0));
+    store.ack(a, s, Seq(2)).unwrap();
+    assert_eq!(store.cursor(a, s).unwrap(), Seq(2));
+    store.ack(a, s, Seq(1)).unwrap();
+    assert_eq!(store.cursor(a, s).unwrap(), Seq(2), "never backwards");
+    assert!(matches!(
+        store.ack(a, s, Seq(4)),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.ack(a, s, Seq(u64::MAX)),
+        Err(StoreError::Invalid(_))
+    ));
+    store.ack(a, s, Seq(3)).unwrap();
+    assert_eq!(store.cursor(a, s).unwrap(), Seq(3));
+    assert!(matches!(
+        store.ack(b, s, Seq(1)),
+        Err(StoreError::NotMember)
+    ));
+    assert!(matches!(store.cursor(b, s), Err(StoreError::NotMember)));
+    let unknown = Stream::Group(gid(9));
+    assert!(matches!(
+        store.ack(a, unknown, Seq(1)),
+        Err(StoreError::UnknownGroup)
+    ));
+    assert!(matches!(
+        store.cursor(a, unknown),
+        Err(StoreError::UnknownGroup)
+    ));
+    assert!(matches!(
+        store.ack(DeviceId(9_999), s, Seq(1)),
+        Err(StoreError::UnknownDevice)
+    ));
+    assert!(matches!(
+        store.cursor(DeviceId(9_999), s),
+        Err(StoreError::UnknownDevice)
+    ));
+}
+
+/// The inbox: ordered reads after a cursor, forward-only ack, Invalid past the end.
+pub(crate) fn inbox_cursor_and_reads(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    assert_eq!(store.cursor(b, Stream::Inbox).unwrap(), Seq(0));
+    assert!(matches!(
+        store.ack(b, Stream::Inbox, Seq(1)),
+        Err(StoreError::Invalid(_))
+    ));
+    store.ack(b, Stream::Inbox, Seq(0)).unwrap();
+    for i in 0..3u8 {
+        let g = gid(i);
+        store.create_group(g, a).unwrap();
+        one(store, commit(g, a, 0, &[b], &[], Some(&[i; 3]))).unwrap();
+    }
+    let inbox = store.read_inbox(b, Seq(0), 10).unwrap();
+    assert_eq!(
+        inbox.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(inbox[2].payload, Payload(vec![2; 3]));
+    assert_eq!(
+        inbox[1].kind,
+        InboxKind::Welcome {
+            group: gid(1),
+            commit_seq: Seq(1),
+            sender: a
+        }
+    );
+    assert_eq!(store.read_inbox(b, Seq(1), 1).unwrap().len(), 1);
+    assert_eq!(store.read_inbox(b, Seq(1), 1).unwrap()[0].seq, Seq(2));
+    store.ack(b, Stream::Inbox, Seq(2)).unwrap();
+    store.ack(b, Stream::Inbox, Seq(1)).unwrap();
+    assert_eq!(store.cursor(b, Stream::Inbox).unwrap(), Seq(2));
+    assert!(matches!(
+        store.ack(b, Stream::Inbox, Seq(4)),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.cursor(a, Stream::Inbox).unwrap(), Seq(0));
+    assert!(matches!(
+        store.read_inbox(DeviceId(9_999), Seq(0), 1),
+        Err(StoreError::UnknownDevice)
+    ));
+    assert!(matches!(
+        store.cursor(DeviceId(9_999), Stream::Inbox),
+        Err(StoreError::UnknownDevice)
+    ));
+}
+
+/// Reads return at most MAX_FETCH_ENTRIES whatever the caller asks.
+pub(crate) fn reads_are_bounded(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    let total = MAX_FETCH_ENTRIES as usize + 100;
+    let posts: Vec<NewPost> = (0..total).map(|i| app(g, a, 0, &i.to_be_bytes())).collect();
+    assert!(store.append_batch(posts).iter().all(Result::is_ok));
+    let all = store.read_group(g, Seq(0), u32::MAX).unwrap();
+    assert_eq!(all.len(), MAX_FETCH_ENTRIES as usize);
+    assert_eq!(all.last().unwrap().seq, Seq(u64::from(MAX_FETCH_ENTRIES)));
+    let rest = store
+        .read_group(g, Seq(u64::from(MAX_FETCH_ENTRIES)), u32::MAX)
+        .unwrap();
+    assert_eq!(rest.len(), 100);
+    assert_eq!(
+        rest[0].payload.as_bytes(),
+        (MAX_FETCH_ENTRIES as usize).to_be_bytes()
+    );
+    assert!(store.read_group(g, Seq(0), 0).unwrap().is_empty());
+    assert_eq!(store.read_group(g, Seq(10), 5).unwrap().len(), 5);
+    assert!(store.read_group(g, Seq(u64::MAX), 5).unwrap().is_empty());
+}
+
+/// Payloads and Welcomes over MAX_PAYLOAD_BYTES are refused; the largest allowed ones pass.
+pub(crate) fn oversized_payloads_are_refused(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    let big = vec![0xab; MAX_PAYLOAD_BYTES + 1];
+    assert!(matches!(
+        one(store, app(g, a, 0, &big)),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        one(store, commit(g, a, 0, &[b], &[], Some(&big))),
+        Err(StoreError::Invalid(_))
+    ));
+    let max = &big[..MAX_PAYLOAD_BYTES];
+    assert_eq!(
+        one(store, app(g, a, 0, max)).unwrap().entry.payload.len(),
+        MAX_PAYLOAD_BYTES
+    );
+    one(store, commit(g, a, 0, &[b], &[], Some(max))).unwrap();
+    assert_eq!(
+        store.read_inbox(b, Seq(0), 1).unwrap()[0].payload.len(),
+        MAX_PAYLOAD_BYTES
+    );
+    assert_eq!(
+        store.read_group(g, Seq(0), 1).unwrap()[0]
+            .payload
+            .as_bytes(),
+        max
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers.
+
+pub(crate) fn user(name: &str) -> UserName {
+    UserName::new(name).unwrap()
+}
+
+pub(crate) fn key(n: u8) -> DeviceKey {
+    DeviceKey([n; 32])
+}
+
+pub(crate) fn gid(n: u8) -> GroupId {
+    GroupId([n; 16])
+}
+
+fn stock(remaining: u32, has_last_resort: bool) -> Stock {
+    Stock {
+        remaining,
+        has_last_resort,
+    }
+}
+
+fn sorted(mut v: Vec<DeviceId>) -> Vec<DeviceId> {
+    v.sort();
+    v
+}
+
+/// Registers a user with one device.
+pub(crate) fn device(store: &dyn RelayStore, name: &str, k: u8) -> DeviceId {
+    store.register_user(&user(name), &key(k)).unwrap()
+}
+
+/// An application post at 1000 ms.
+pub(crate) fn app(group: GroupId, sender: DeviceId, epoch: u64, payload: &[u8]) -> NewPost {
+    NewPost {
+        group,
+        sender,
+        epoch: Epoch(epoch),
+        kind: PostKind::Application,
+        payload: payload.to_vec(),
+        now_ms: 1_000,
+    }
+}
+
+/// A commit with payload `b"commit"`.
+pub(crate) fn commit(
+    group: GroupId,
+    sender: DeviceId,
+    epoch: u64,
+    added: &[DeviceId],
+    removed: &[DeviceId],
+    welcome: Option<&[u8]>,
+) -> NewPost {
+    NewPost {
+        kind: PostKind::Commit {
+            added: added.to_vec().into(),
+            removed: removed.to_vec().into(),
+            welcome: welcome.map(Payload::from),
+        },
+        ..app(group, sender, epoch, b"commit")
+    }
+}
+
+/// Appends a single post.
+pub(crate) fn one(store: &dyn RelayStore, post: NewPost) -> Result<Appended, StoreError> {
+    let mut results = store.append_batch(vec![post]);
+    assert_eq!(results.len(), 1);
+    results.pop().unwrap()
+}

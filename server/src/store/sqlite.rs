@@ -1,0 +1,1094 @@
+//! [`SqliteStore`]: the embedded, durable [`RelayStore`] (one SQLite file in WAL mode).
+//!
+//! Durability: WAL with `synchronous=FULL` by default, so a transaction is on stable storage
+//! (the WAL is fsynced) before the call that made it returns; an acknowledged post survives
+//! `kill -9` and power loss. [`Synchronous::Normal`] is offered for deployments that accept
+//! losing the last transactions on power loss (never on a process crash: in WAL mode a
+//! committed transaction has been written to the OS before `COMMIT` returns).
+//! [`RelayStore::append_batch`] writes all its posts in one transaction, so a batch costs one
+//! fsync however many posts it carries; that is how the relay coalesces writes.
+//!
+//! Hot path: each group's epoch, log head and member list are cached in memory (loaded on
+//! first use, updated only after a transaction commits), so an application message costs
+//! one indexed insert into the log and no per-recipient row. Per-device state in a group is
+//! only its cursor (`members.cursor`), written on ack.
+//!
+//! Concurrency: one write connection behind a mutex (every write transaction is
+//! `BEGIN IMMEDIATE`, so it also excludes other processes), and one read connection for
+//! log and inbox reads, which in WAL mode run beside the writer. The cache assumes this
+//! process is the only writer of the file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use cove_wire::limits::MAX_DEVICES_PER_USER;
+use cove_wire::{
+    ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, EntryKind, Epoch, GroupEntry, GroupId,
+    GroupSummary, InboxEntry, InboxKind, Payload, PostKind, Seq, Stream, UserName,
+};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::rules::{self, GroupState};
+use super::{Appended, NewPost, RelayStore, Stock, StoreError};
+
+/// How hard SQLite syncs a committed transaction to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync the WAL on every commit: survives process crashes and power loss (default).
+    #[default]
+    Full,
+    /// fsync only at checkpoints: survives process crashes (`kill -9`); on power loss the
+    /// last committed transactions may be lost (the database stays consistent).
+    Normal,
+}
+
+/// Options for [`SqliteStore::open_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SqliteOptions {
+    /// The sync level; see [`Synchronous`].
+    pub synchronous: Synchronous,
+}
+
+/// The SQLite relay store.
+pub struct SqliteStore {
+    writer: Mutex<Writer>,
+    reader: Mutex<Connection>,
+}
+
+/// The write connection and the group cache it keeps in step with the database.
+struct Writer {
+    conn: Connection,
+    /// Committed state of every group used since open.
+    groups: HashMap<GroupId, GroupState>,
+}
+
+/// The schema, one entry per version; entry `i` migrates from version `i` to `i + 1`.
+/// Append only: a released migration is never edited.
+const MIGRATIONS: &[&str] = &[
+    // Version 1.
+    "
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY
+    ) WITHOUT ROWID;
+    -- AUTOINCREMENT: device ids are never reused.
+    CREATE TABLE devices (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user TEXT NOT NULL REFERENCES users(name),
+        key BLOB NOT NULL,
+        inbox_cursor INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX devices_by_user ON devices(user, id);
+    CREATE TABLE key_packages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device INTEGER NOT NULL REFERENCES devices(id),
+        data BLOB NOT NULL
+    );
+    CREATE INDEX key_packages_by_device ON key_packages(device, id);
+    CREATE TABLE last_resort_key_packages (
+        device INTEGER PRIMARY KEY REFERENCES devices(id),
+        data BLOB NOT NULL
+    );
+    CREATE TABLE groups (
+        id BLOB PRIMARY KEY,
+        epoch INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- Current members and their cursor (last acknowledged seq) in the group.
+    CREATE TABLE members (
+        group_id BLOB NOT NULL,
+        device INTEGER NOT NULL,
+        cursor INTEGER NOT NULL,
+        PRIMARY KEY (group_id, device)
+    ) WITHOUT ROWID;
+    CREATE INDEX members_by_device ON members(device, group_id);
+    -- kind: 0 application, 1 proposal, 2 commit (added/removed: 8-byte big-endian ids).
+    CREATE TABLE group_log (
+        group_id BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        epoch INTEGER NOT NULL,
+        sender INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        added BLOB,
+        removed BLOB,
+        received_at_ms INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        PRIMARY KEY (group_id, seq)
+    ) WITHOUT ROWID;
+    -- A Welcome is stored once however many devices it adds.
+    CREATE TABLE inbox_payloads (
+        id INTEGER PRIMARY KEY,
+        data BLOB NOT NULL
+    );
+    -- kind: 0 Welcome (group_id, commit_seq, sender set).
+    CREATE TABLE inbox (
+        device INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        group_id BLOB,
+        commit_seq INTEGER,
+        sender INTEGER,
+        received_at_ms INTEGER NOT NULL,
+        payload INTEGER NOT NULL REFERENCES inbox_payloads(id),
+        PRIMARY KEY (device, seq)
+    ) WITHOUT ROWID;
+    ",
+];
+
+const KIND_APPLICATION: i64 = 0;
+const KIND_PROPOSAL: i64 = 1;
+const KIND_COMMIT: i64 = 2;
+const INBOX_WELCOME: i64 = 0;
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` with the default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (creating if needed) the store at `path`, migrating its schema to the current
+    /// version. Fails if the file was written by a newer relay.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let mut conn = Connection::open(path)?;
+        configure(&conn, options)?;
+        migrate(&mut conn)?;
+        let reader = Connection::open(path)?;
+        configure(&reader, options)?;
+        reader.pragma_update(None, "query_only", true)?;
+        Ok(SqliteStore {
+            writer: Mutex::new(Writer {
+                conn,
+                groups: HashMap::new(),
+            }),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    /// The schema version this build writes.
+    pub fn schema_version() -> u32 {
+        u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX)
+    }
+
+    fn writer(&self) -> Result<MutexGuard<'_, Writer>, StoreError> {
+        self.writer
+            .lock()
+            .map_err(|_| StoreError::Backend("writer lock poisoned".into()))
+    }
+
+    fn reader(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.reader
+            .lock()
+            .map_err(|_| StoreError::Backend("reader lock poisoned".into()))
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the write connection and commits.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>, &mut HashMap<GroupId, GroupState>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.writer()?;
+        let Writer { conn, groups } = &mut *guard;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx, groups)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        tracing::error!(error = %e, "relay store: SQLite failed");
+        StoreError::Backend(e.to_string())
+    }
+}
+
+impl RelayStore for SqliteStore {
+    fn register_user(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
+        self.write(|tx, _| {
+            if user_exists(tx, user)? {
+                return Err(StoreError::UserTaken);
+            }
+            tx.prepare_cached("INSERT INTO users (name) VALUES (?1)")?
+                .execute(params![user.as_str()])?;
+            insert_device(tx, user, key)
+        })
+    }
+
+    fn add_device(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
+        self.write(|tx, _| {
+            if !user_exists(tx, user)? {
+                return Err(StoreError::UnknownUser);
+            }
+            let count: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM devices WHERE user = ?1")?
+                .query_row(params![user.as_str()], |r| r.get(0))?;
+            if usize::try_from(count).map_or(true, |c| c >= MAX_DEVICES_PER_USER) {
+                return Err(StoreError::TooManyDevices);
+            }
+            insert_device(tx, user, key)
+        })
+    }
+
+    fn devices(&self, user: &UserName) -> Result<Vec<DeviceInfo>, StoreError> {
+        let conn = self.reader()?;
+        let tx = conn.unchecked_transaction()?;
+        if !user_exists(&tx, user)? {
+            return Err(StoreError::UnknownUser);
+        }
+        let mut stmt =
+            tx.prepare_cached("SELECT id, key FROM devices WHERE user = ?1 ORDER BY id")?;
+        let rows = stmt.query_map(params![user.as_str()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, key) = row?;
+            out.push(DeviceInfo {
+                device: device_id(id)?,
+                key: device_key(&key)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn device(&self, device: DeviceId) -> Result<Option<(UserName, DeviceKey)>, StoreError> {
+        let conn = self.reader()?;
+        let Ok(id) = i64::try_from(device.0) else {
+            return Ok(None);
+        };
+        let row = conn
+            .prepare_cached("SELECT user, key FROM devices WHERE id = ?1")?
+            .query_row(params![id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((user, key)) => Ok(Some((
+                UserName::new(user).map_err(|_| corrupt("user name"))?,
+                device_key(&key)?,
+            ))),
+        }
+    }
+
+    fn upload_key_packages(
+        &self,
+        device: DeviceId,
+        key_packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<Stock, StoreError> {
+        self.write(|tx, _| {
+            let id = existing_device(tx, device)?;
+            let before = stock(tx, id)?;
+            rules::check_upload(
+                usize::try_from(before.remaining).unwrap_or(usize::MAX),
+                &key_packages,
+                last_resort.as_ref(),
+            )?;
+            let mut insert =
+                tx.prepare_cached("INSERT INTO key_packages (device, data) VALUES (?1, ?2)")?;
+            for kp in &key_packages {
+                insert.execute(params![id, kp])?;
+            }
+            if let Some(kp) = &last_resort {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO last_resort_key_packages (device, data) VALUES (?1, ?2)",
+                )?
+                .execute(params![id, kp])?;
+            }
+            stock(tx, id)
+        })
+    }
+
+    fn claim_key_packages(&self, user: &UserName) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+        self.write(|tx, _| {
+            if !user_exists(tx, user)? {
+                return Err(StoreError::UnknownUser);
+            }
+            let ids: Vec<i64> = tx
+                .prepare_cached("SELECT id FROM devices WHERE user = ?1 ORDER BY id")?
+                .query_map(params![user.as_str()], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let normal = tx
+                    .prepare_cached(
+                        "SELECT id, data FROM key_packages WHERE device = ?1 ORDER BY id LIMIT 1",
+                    )?
+                    .query_row(params![id], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    })
+                    .optional()?;
+                if let Some((kp_id, data)) = normal {
+                    tx.prepare_cached("DELETE FROM key_packages WHERE id = ?1")?
+                        .execute(params![kp_id])?;
+                    out.push(ClaimedKeyPackage {
+                        device: device_id(id)?,
+                        key_package: Payload(data),
+                        last_resort: false,
+                    });
+                    continue;
+                }
+                let fallback = tx
+                    .prepare_cached("SELECT data FROM last_resort_key_packages WHERE device = ?1")?
+                    .query_row(params![id], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()?;
+                if let Some(data) = fallback {
+                    out.push(ClaimedKeyPackage {
+                        device: device_id(id)?,
+                        key_package: Payload(data),
+                        last_resort: true,
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn key_package_stock(&self, device: DeviceId) -> Result<Stock, StoreError> {
+        let conn = self.reader()?;
+        let tx = conn.unchecked_transaction()?;
+        let id = existing_device(&tx, device)?;
+        stock(&tx, id)
+    }
+
+    fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
+        let mut guard = self.writer()?;
+        let Writer { conn, groups } = &mut *guard;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let creator_id = existing_device(&tx, creator)?;
+        if group_epoch(&tx, group)?.is_some() {
+            return Err(StoreError::GroupExists);
+        }
+        tx.prepare_cached("INSERT INTO groups (id, epoch) VALUES (?1, 0)")?
+            .execute(params![group.0.as_slice()])?;
+        tx.prepare_cached("INSERT INTO members (group_id, device, cursor) VALUES (?1, ?2, 0)")?
+            .execute(params![group.0.as_slice(), creator_id])?;
+        tx.commit()?;
+        groups.insert(group, GroupState::new(creator));
+        Ok(())
+    }
+
+    fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {
+        let mut guard = self.writer()?;
+        let Writer { conn, groups } = &mut *guard;
+        Ok(cached_group(conn, groups, group)?.is_member(device))
+    }
+
+    fn groups_of(&self, device: DeviceId) -> Result<Vec<GroupSummary>, StoreError> {
+        let conn = self.reader()?;
+        let tx = conn.unchecked_transaction()?;
+        let id = existing_device(&tx, device)?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT g.id, g.epoch FROM members m JOIN groups g ON g.id = m.group_id
+             WHERE m.device = ?1 ORDER BY g.id",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (group, epoch) = row?;
+            out.push(GroupSummary {
+                group: group_id(&group)?,
+                epoch: Epoch(to_u64(epoch)?),
+            });
+        }
+        Ok(out)
+    }
+
+    fn append_batch(&self, posts: Vec<NewPost>) -> Vec<Result<Appended, StoreError>> {
+        let count = posts.len();
+        let all_failed = |msg: String| -> Vec<Result<Appended, StoreError>> {
+            (0..count)
+                .map(|_| Err(StoreError::Backend(msg.clone())))
+                .collect()
+        };
+        if count == 0 {
+            return Vec::new();
+        }
+        let mut guard = match self.writer() {
+            Ok(g) => g,
+            Err(e) => return all_failed(e.to_string()),
+        };
+        let Writer { conn, groups } = &mut *guard;
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => return all_failed(StoreError::from(e).to_string()),
+        };
+        // Group states as this transaction changes them; merged into the cache on commit.
+        let mut touched: HashMap<GroupId, GroupState> = HashMap::new();
+        let mut results = Vec::with_capacity(count);
+        for post in posts {
+            match append_one(&tx, groups, &mut touched, post) {
+                Err(StoreError::Backend(msg)) => {
+                    // Dropping the transaction rolls back every post of the batch.
+                    drop(tx);
+                    return all_failed(msg);
+                }
+                other => results.push(other),
+            }
+        }
+        if let Err(e) = tx.commit() {
+            return all_failed(StoreError::from(e).to_string());
+        }
+        groups.extend(touched);
+        results
+    }
+
+    fn read_group(
+        &self,
+        group: GroupId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<GroupEntry>, StoreError> {
+        let conn = self.reader()?;
+        let tx = conn.unchecked_transaction()?;
+        if group_epoch(&tx, group)?.is_none() {
+            return Err(StoreError::UnknownGroup);
+        }
+        let limit = rules::capped_limit(limit);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after = i64::try_from(after.0).unwrap_or(i64::MAX);
+        let mut stmt = tx.prepare_cached(
+            "SELECT seq, epoch, sender, kind, added, removed, received_at_ms, payload
+             FROM group_log WHERE group_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let mut rows = stmt.query(params![group.0.as_slice(), after, limit])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let kind = match r.get::<_, i64>(3)? {
+                KIND_APPLICATION => EntryKind::Application,
+                KIND_PROPOSAL => EntryKind::Proposal,
+                KIND_COMMIT => EntryKind::Commit {
+                    added: id_list_from_blob(r.get::<_, Option<Vec<u8>>>(4)?)?.into(),
+                    removed: id_list_from_blob(r.get::<_, Option<Vec<u8>>>(5)?)?.into(),
+                },
+                _ => return Err(corrupt("group entry kind")),
+            };
+            out.push(GroupEntry {
+                group,
+                seq: Seq(to_u64(r.get(0)?)?),
+                epoch: Epoch(to_u64(r.get(1)?)?),
+                sender: device_id(r.get(2)?)?,
+                kind,
+                received_at_ms: to_u64(r.get(6)?)?,
+                payload: Payload(r.get(7)?),
+            });
+        }
+        Ok(out)
+    }
+
+    fn read_inbox(
+        &self,
+        device: DeviceId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StoreError> {
+        let conn = self.reader()?;
+        let tx = conn.unchecked_transaction()?;
+        let id = existing_device(&tx, device)?;
+        let limit = rules::capped_limit(limit);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after = i64::try_from(after.0).unwrap_or(i64::MAX);
+        let mut stmt = tx.prepare_cached(
+            "SELECT i.seq, i.kind, i.group_id, i.commit_seq, i.sender, i.received_at_ms, p.data
+             FROM inbox i JOIN inbox_payloads p ON p.id = i.payload
+             WHERE i.device = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
+        )?;
+        let mut rows = stmt.query(params![id, after, limit])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let kind = match r.get::<_, i64>(1)? {
+                INBOX_WELCOME => InboxKind::Welcome {
+                    group: group_id(&r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default())?,
+                    commit_seq: Seq(to_u64(r.get::<_, Option<i64>>(3)?.unwrap_or(-1))?),
+                    sender: device_id(r.get::<_, Option<i64>>(4)?.unwrap_or(-1))?,
+                },
+                _ => return Err(corrupt("inbox entry kind")),
+            };
+            out.push(InboxEntry {
+                seq: Seq(to_u64(r.get(0)?)?),
+                kind,
+                received_at_ms: to_u64(r.get(5)?)?,
+                payload: Payload(r.get(6)?),
+            });
+        }
+        Ok(out)
+    }
+
+    fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError> {
+        let conn = self.reader()?;
+        let tx = conn.unchecked_transaction()?;
+        let id = existing_device(&tx, device)?;
+        let cursor = match stream {
+            Stream::Inbox => tx
+                .prepare_cached("SELECT inbox_cursor FROM devices WHERE id = ?1")?
+                .query_row(params![id], |r| r.get::<_, i64>(0))?,
+            Stream::Group(g) => {
+                if group_epoch(&tx, g)?.is_none() {
+                    return Err(StoreError::UnknownGroup);
+                }
+                member_cursor(&tx, g, id)?.ok_or(StoreError::NotMember)?
+            }
+        };
+        Ok(Seq(to_u64(cursor)?))
+    }
+
+    fn ack(&self, device: DeviceId, stream: Stream, seq: Seq) -> Result<(), StoreError> {
+        self.write(|tx, groups| {
+            let id = existing_device(tx, device)?;
+            match stream {
+                Stream::Inbox => {
+                    let end: i64 = tx
+                        .prepare_cached(
+                            "SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE device = ?1",
+                        )?
+                        .query_row(params![id], |r| r.get(0))?;
+                    if seq.0 > to_u64(end)? {
+                        return Err(StoreError::Invalid("ack past the end of the inbox"));
+                    }
+                    tx.prepare_cached(
+                        "UPDATE devices SET inbox_cursor = MAX(inbox_cursor, ?2) WHERE id = ?1",
+                    )?
+                    .execute(params![id, to_i64(seq.0)?])?;
+                }
+                Stream::Group(g) => {
+                    let end = cached_group(tx, groups, g)?.last_seq;
+                    if member_cursor(tx, g, id)?.is_none() {
+                        return Err(StoreError::NotMember);
+                    }
+                    if seq > end {
+                        return Err(StoreError::Invalid("ack past the end of the group log"));
+                    }
+                    tx.prepare_cached(
+                        "UPDATE members SET cursor = MAX(cursor, ?3)
+                         WHERE group_id = ?1 AND device = ?2",
+                    )?
+                    .execute(params![g.0.as_slice(), id, to_i64(seq.0)?])?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Checks and, if accepted, writes one post inside the batch transaction.
+fn append_one(
+    tx: &Transaction<'_>,
+    cache: &mut HashMap<GroupId, GroupState>,
+    touched: &mut HashMap<GroupId, GroupState>,
+    post: NewPost,
+) -> Result<Appended, StoreError> {
+    let state = match touched.entry(post.group) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(cached_group(tx, cache, post.group)?.clone())
+        }
+    };
+    let checked = state.check(&post, &mut |d| device_exists(tx, d))?;
+    // From here on the post is accepted: any failure must fail the whole batch (the
+    // transaction is rolled back), never leave this post half written.
+    let (removed, welcomes) = write_post(tx, &post, checked).map_err(|e| match e {
+        StoreError::Backend(msg) => StoreError::Backend(msg),
+        other => StoreError::Backend(other.to_string()),
+    })?;
+    state.apply(&post, checked);
+    let entry = GroupEntry {
+        group: post.group,
+        seq: checked.seq,
+        epoch: post.epoch,
+        sender: post.sender,
+        kind: rules::entry_kind(&post.kind),
+        received_at_ms: post.now_ms,
+        payload: Payload(post.payload),
+    };
+    Ok(Appended {
+        entry,
+        members: state.members.clone(),
+        removed,
+        welcomes,
+    })
+}
+
+/// What [`write_post`] made: the removed devices and the new inbox entries.
+type Written = (Vec<DeviceId>, Vec<(DeviceId, InboxEntry)>);
+
+/// Writes an accepted post: its log entry and, for a commit, the epoch, the membership
+/// change, the new members' cursors and the Welcome in their inboxes. Returns the removed
+/// devices and the inbox entries made.
+fn write_post(
+    tx: &Transaction<'_>,
+    post: &NewPost,
+    checked: rules::Checked,
+) -> Result<Written, StoreError> {
+    let seq = checked.seq;
+    let group = post.group.0;
+    let (kind, added, removed) = match &post.kind {
+        PostKind::Application => (KIND_APPLICATION, None, None),
+        PostKind::Proposal => (KIND_PROPOSAL, None, None),
+        PostKind::Commit { added, removed, .. } => (
+            KIND_COMMIT,
+            Some(id_list_to_blob(added)),
+            Some(id_list_to_blob(removed)),
+        ),
+    };
+    tx.prepare_cached(
+        "INSERT INTO group_log
+         (group_id, seq, epoch, sender, kind, added, removed, received_at_ms, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        group.as_slice(),
+        to_i64(seq.0)?,
+        to_i64(post.epoch.0)?,
+        to_i64(post.sender.0)?,
+        kind,
+        added,
+        removed,
+        clamp_i64(post.now_ms),
+        post.payload,
+    ])?;
+    let mut welcomes = Vec::new();
+    let mut removed_devices = Vec::new();
+    if let PostKind::Commit {
+        added,
+        removed,
+        welcome,
+    } = &post.kind
+    {
+        tx.prepare_cached("UPDATE groups SET epoch = ?2 WHERE id = ?1")?
+            .execute(params![group.as_slice(), to_i64(checked.epoch_after.0)?])?;
+        let mut delete =
+            tx.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND device = ?2")?;
+        for d in removed.iter() {
+            delete.execute(params![group.as_slice(), to_i64(d.0)?])?;
+        }
+        removed_devices = removed.0.clone();
+        if let Some(welcome) = welcome {
+            tx.prepare_cached("INSERT INTO inbox_payloads (data) VALUES (?1)")?
+                .execute(params![welcome.as_bytes()])?;
+            let payload_id = tx.last_insert_rowid();
+            let mut add_member = tx.prepare_cached(
+                "INSERT INTO members (group_id, device, cursor) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut inbox_end =
+                tx.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE device = ?1")?;
+            let mut inbox_insert = tx.prepare_cached(
+                "INSERT INTO inbox
+                 (device, seq, kind, group_id, commit_seq, sender, received_at_ms, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for d in added.iter() {
+                let device = to_i64(d.0)?;
+                add_member.execute(params![group.as_slice(), device, to_i64(seq.0)?])?;
+                let end: i64 = inbox_end.query_row(params![device], |r| r.get(0))?;
+                let inbox_seq = to_u64(end)?
+                    .checked_add(1)
+                    .ok_or(StoreError::Invalid("inbox is full"))?;
+                inbox_insert.execute(params![
+                    device,
+                    to_i64(inbox_seq)?,
+                    INBOX_WELCOME,
+                    group.as_slice(),
+                    to_i64(seq.0)?,
+                    to_i64(post.sender.0)?,
+                    clamp_i64(post.now_ms),
+                    payload_id,
+                ])?;
+                welcomes.push((
+                    *d,
+                    InboxEntry {
+                        seq: Seq(inbox_seq),
+                        kind: InboxKind::Welcome {
+                            group: post.group,
+                            commit_seq: seq,
+                            sender: post.sender,
+                        },
+                        received_at_ms: post.now_ms,
+                        payload: welcome.clone(),
+                    },
+                ));
+            }
+        }
+    }
+    Ok((removed_devices, welcomes))
+}
+
+/// The committed state of `group`, loaded into the cache on first use.
+fn cached_group<'a>(
+    conn: &Connection,
+    cache: &'a mut HashMap<GroupId, GroupState>,
+    group: GroupId,
+) -> Result<&'a GroupState, StoreError> {
+    match cache.entry(group) {
+        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let state = load_group(conn, group)?.ok_or(StoreError::UnknownGroup)?;
+            Ok(e.insert(state))
+        }
+    }
+}
+
+fn load_group(conn: &Connection, group: GroupId) -> Result<Option<GroupState>, StoreError> {
+    let Some(epoch) = group_epoch(conn, group)? else {
+        return Ok(None);
+    };
+    let last_seq: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM group_log WHERE group_id = ?1")?
+        .query_row(params![group.0.as_slice()], |r| r.get(0))?;
+    let mut members = Vec::new();
+    let mut stmt = conn.prepare_cached("SELECT device FROM members WHERE group_id = ?1")?;
+    let mut rows = stmt.query(params![group.0.as_slice()])?;
+    while let Some(r) = rows.next()? {
+        members.push(device_id(r.get(0)?)?);
+    }
+    members.sort_unstable();
+    members.dedup();
+    Ok(Some(GroupState {
+        epoch,
+        last_seq: Seq(to_u64(last_seq)?),
+        members,
+    }))
+}
+
+fn configure(conn: &Connection, options: SqliteOptions) -> Result<(), StoreError> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "could not enable WAL mode (got {mode})"
+        )));
+    }
+    let sync = match options.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let version: Option<i64> =
+        tx.query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))?;
+    let current = usize::try_from(version.unwrap_or(0)).map_err(|_| corrupt("schema version"))?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "database schema version {current} is newer than this relay's {}",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        tx.execute_batch(sql)?;
+        let version = i64::try_from(i + 1).map_err(|_| corrupt("schema version"))?;
+        tx.execute("DELETE FROM schema_version", [])?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            params![version],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn user_exists(conn: &Connection, user: &UserName) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM users WHERE name = ?1")?
+        .query_row(params![user.as_str()], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn insert_device(
+    tx: &Transaction<'_>,
+    user: &UserName,
+    key: &DeviceKey,
+) -> Result<DeviceId, StoreError> {
+    tx.prepare_cached("INSERT INTO devices (user, key) VALUES (?1, ?2)")?
+        .execute(params![user.as_str(), key.0.as_slice()])?;
+    device_id(tx.last_insert_rowid())
+}
+
+fn device_exists(conn: &Connection, device: DeviceId) -> Result<bool, StoreError> {
+    let Ok(id) = i64::try_from(device.0) else {
+        return Ok(false);
+    };
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM devices WHERE id = ?1")?
+        .query_row(params![id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// The device's row id, or UnknownDevice.
+fn existing_device(conn: &Connection, device: DeviceId) -> Result<i64, StoreError> {
+    if device_exists(conn, device)? {
+        i64::try_from(device.0).map_err(|_| StoreError::UnknownDevice)
+    } else {
+        Err(StoreError::UnknownDevice)
+    }
+}
+
+fn stock(conn: &Connection, device: i64) -> Result<Stock, StoreError> {
+    let remaining: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM key_packages WHERE device = ?1")?
+        .query_row(params![device], |r| r.get(0))?;
+    let has_last_resort = conn
+        .prepare_cached("SELECT 1 FROM last_resort_key_packages WHERE device = ?1")?
+        .query_row(params![device], |_| Ok(()))
+        .optional()?
+        .is_some();
+    Ok(Stock {
+        remaining: u32::try_from(remaining).map_err(|_| corrupt("key package count"))?,
+        has_last_resort,
+    })
+}
+
+fn group_epoch(conn: &Connection, group: GroupId) -> Result<Option<Epoch>, StoreError> {
+    let epoch = conn
+        .prepare_cached("SELECT epoch FROM groups WHERE id = ?1")?
+        .query_row(params![group.0.as_slice()], |r| r.get::<_, i64>(0))
+        .optional()?;
+    epoch.map(|e| Ok(Epoch(to_u64(e)?))).transpose()
+}
+
+fn member_cursor(
+    conn: &Connection,
+    group: GroupId,
+    device: i64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT cursor FROM members WHERE group_id = ?1 AND device = ?2")?
+        .query_row(params![group.0.as_slice(), device], |r| r.get(0))
+        .optional()?)
+}
+
+fn corrupt(what: &str) -> StoreError {
+    tracing::error!(what, "relay store: corrupt row");
+    StoreError::Backend(format!("corrupt {what} in the database"))
+}
+
+fn to_u64(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| corrupt("negative number"))
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Invalid("number out of range"))
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn device_id(v: i64) -> Result<DeviceId, StoreError> {
+    Ok(DeviceId(to_u64(v)?))
+}
+
+fn device_key(bytes: &[u8]) -> Result<DeviceKey, StoreError> {
+    Ok(DeviceKey(
+        bytes.try_into().map_err(|_| corrupt("device key"))?,
+    ))
+}
+
+fn group_id(bytes: &[u8]) -> Result<GroupId, StoreError> {
+    Ok(GroupId(bytes.try_into().map_err(|_| corrupt("group id"))?))
+}
+
+fn id_list_to_blob(ids: &[DeviceId]) -> Vec<u8> {
+    ids.iter().flat_map(|d| d.0.to_be_bytes()).collect()
+}
+
+fn id_list_from_blob(blob: Option<Vec<u8>>) -> Result<Vec<DeviceId>, StoreError> {
+    let blob = blob.unwrap_or_default();
+    let chunks = blob.chunks_exact(8);
+    if !chunks.remainder().is_empty() {
+        return Err(corrupt("device id list"));
+    }
+    chunks
+        .map(|c| {
+            let bytes: [u8; 8] = c.try_into().map_err(|_| corrupt("device id list"))?;
+            Ok(DeviceId(u64::from_be_bytes(bytes)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use cove_wire::{DeviceId, Epoch, Seq, Stream};
+
+    use super::{SqliteOptions, SqliteStore, Synchronous};
+    use crate::store::conformance::{app, commit, device, gid, key, one, user};
+    use crate::store::{RelayStore, StoreError};
+
+    fn open_temp() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("relay.db")).unwrap();
+        (dir, store)
+    }
+
+    crate::store::conformance::relay_store_conformance!(open_temp());
+
+    /// Everything written survives dropping the store and opening the same file again, and
+    /// ids keep counting from where they were.
+    #[test]
+    fn reopen_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let (a, b, c, g) = {
+            let store = SqliteStore::open(&path).unwrap();
+            let a = device(&store, "alice", 1);
+            let b = device(&store, "bob", 2);
+            let c = store.add_device(&user("bob"), &key(3)).unwrap();
+            store
+                .upload_key_packages(
+                    c,
+                    vec![b"kp1".to_vec(), b"kp2".to_vec()],
+                    Some(b"lr".to_vec()),
+                )
+                .unwrap();
+            store.claim_key_packages(&user("bob")).unwrap();
+            let g = gid(1);
+            store.create_group(g, a).unwrap();
+            one(&store, app(g, a, 0, b"m1")).unwrap();
+            one(&store, commit(g, a, 0, &[b, c], &[], Some(b"welcome"))).unwrap();
+            one(&store, app(g, b, 1, b"m2")).unwrap();
+            store.ack(a, Stream::Group(g), Seq(2)).unwrap();
+            store.ack(b, Stream::Inbox, Seq(1)).unwrap();
+            (a, b, c, g)
+        };
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.device(c).unwrap(), Some((user("bob"), key(3))));
+        assert_eq!(store.devices(&user("bob")).unwrap().len(), 2);
+        assert!(matches!(
+            store.register_user(&user("alice"), &key(9)),
+            Err(StoreError::UserTaken)
+        ));
+        let stock = store.key_package_stock(c).unwrap();
+        assert_eq!((stock.remaining, stock.has_last_resort), (1, true));
+        let claimed = store.claim_key_packages(&user("bob")).unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].key_package.as_bytes(), b"kp2");
+        let log = store.read_group(g, Seq(0), 10).unwrap();
+        let payloads: Vec<&[u8]> = log.iter().map(|e| e.payload.as_bytes()).collect();
+        assert_eq!(payloads, vec![&b"m1"[..], b"commit", b"m2"]);
+        assert_eq!(store.groups_of(b).unwrap()[0].epoch, Epoch(1));
+        assert!(store.is_member(g, c).unwrap());
+        assert_eq!(store.cursor(a, Stream::Group(g)).unwrap(), Seq(2));
+        assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), Seq(2));
+        assert_eq!(store.cursor(b, Stream::Inbox).unwrap(), Seq(1));
+        assert_eq!(
+            store.read_inbox(c, Seq(0), 10).unwrap()[0]
+                .payload
+                .as_bytes(),
+            b"welcome"
+        );
+        // The epoch and log head were reloaded: a stale commit is refused, the next seq is 4.
+        assert!(matches!(
+            one(&store, commit(g, a, 0, &[], &[], None)),
+            Err(StoreError::StaleEpoch { current: Epoch(1) })
+        ));
+        assert_eq!(one(&store, app(g, a, 1, b"m3")).unwrap().entry.seq, Seq(4));
+        // Device ids are never reused.
+        let d = device(&store, "dave", 4);
+        assert!(d > c);
+        assert!(d > DeviceId(3));
+    }
+
+    /// Corrupt rows give Backend errors, never a panic.
+    #[test]
+    fn corrupt_rows_are_backend_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let a = device(&store, "alice", 1);
+        let g = gid(1);
+        store.create_group(g, a).unwrap();
+        one(&store, commit(g, a, 0, &[], &[], None)).unwrap();
+        one(&store, app(g, a, 1, b"m")).unwrap();
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "UPDATE group_log SET added = x'0102' WHERE seq = 1;
+             UPDATE group_log SET kind = 77 WHERE seq = 2;
+             UPDATE devices SET key = x'00';",
+        )
+        .unwrap();
+        assert!(matches!(
+            store.read_group(g, Seq(0), 1),
+            Err(StoreError::Backend(_))
+        ));
+        assert!(matches!(
+            store.read_group(g, Seq(1), 1),
+            Err(StoreError::Backend(_))
+        ));
+        assert!(matches!(store.device(a), Err(StoreError::Backend(_))));
+        assert!(matches!(
+            store.devices(&user("alice")),
+            Err(StoreError::Backend(_))
+        ));
+        raw.execute_batch(
+            "UPDATE group_log SET payload = 42 WHERE seq = 2; UPDATE group_log SET kind = 0;",
+        )
+        .unwrap();
+        assert!(matches!(
+            store.read_group(g, Seq(1), 1),
+            Err(StoreError::Backend(_))
+        ));
+        raw.execute_batch("UPDATE groups SET epoch = -5").unwrap();
+        drop(store);
+        // A fresh store loads the corrupt group state lazily: an error, not a panic.
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(matches!(store.groups_of(a), Err(StoreError::Backend(_))));
+        let results = store.append_batch(vec![app(g, a, 1, b"m")]);
+        assert!(matches!(results[0], Err(StoreError::Backend(_))));
+    }
+
+    /// A file written by a newer schema is refused rather than misread.
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        let version: i64 = raw
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, i64::from(SqliteStore::schema_version()));
+        raw.execute("UPDATE schema_version SET version = version + 1", [])
+            .unwrap();
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::Backend(_))
+        ));
+    }
+
+    /// The file is in WAL mode with the requested sync level on the write connection.
+    #[test]
+    fn wal_and_sync_level() {
+        let dir = tempfile::tempdir().unwrap();
+        for (sync, expected) in [(Synchronous::Full, 2), (Synchronous::Normal, 1)] {
+            let path = dir.path().join(format!("relay-{expected}.db"));
+            let store = SqliteStore::open_with(&path, SqliteOptions { synchronous: sync }).unwrap();
+            let writer = store.writer().unwrap();
+            let mode: String = writer
+                .conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            let level: i64 = writer
+                .conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!((mode.as_str(), level), ("wal", expected));
+        }
+    }
+}
