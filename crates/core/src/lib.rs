@@ -1,1 +1,3 @@
 //! cove-core (work in progress).
+
+pub mod attachment;
