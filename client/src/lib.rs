@@ -1,1 +1,22 @@
-//! cove (work in progress).
+//! `cove`: the Cove client shell. It owns everything `cove-core` does not: the clock, the
+//! random number generator, TLS and the WebSocket, the SQLite file, and the user interface.
+//!
+//! The core is a synchronous state machine; this crate runs it in one task and pumps it:
+//!
+//! ```text
+//! socket frame  -> decode -> client.handle_frame(now_ms, frame)
+//! client.poll_output() -> Send(frame)  -> encode -> socket
+//!                      -> Event(event) -> completions of waiting commands, and the UI
+//! ```
+//!
+//! [`Device`] is the API the CLI, the demo, the tests and the benchmark use: open a home,
+//! run a command, wait for its completion, read messages.
+
+pub mod config;
+mod device;
+pub mod transport;
+mod views;
+
+pub use cove_wire::{GroupId, UserName};
+pub use device::{Device, DeviceError};
+pub use views::{GroupView, MessageView};

@@ -1,0 +1,43 @@
+//! `cove init`: create the home, the device identity, and register with the relay.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use cove::config::Home;
+use cove::{Device, UserName};
+
+/// Arguments of `cove init`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Example:
+  cove --home ~/.cove-alice init --server wss://127.0.0.1:4433 --user alice --ca cove-data/cert.pem
+
+Registers the user name on the relay (the first device claims it) and uploads KeyPackages so
+others can add this device to groups. The CA file is copied into the home.")]
+pub struct InitArgs {
+    /// The relay, as wss://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// The user name to register (1-32 of a-z 0-9 _ . -).
+    #[arg(long, value_name = "NAME")]
+    pub user: UserName,
+    /// Trust this PEM certificate for the relay (its self-signed certificate) instead of the
+    /// public web PKI.
+    #[arg(long, value_name = "CERT.pem")]
+    pub ca: Option<PathBuf>,
+}
+
+/// Runs `cove init`.
+pub async fn run(home: Home, args: InitArgs) -> anyhow::Result<()> {
+    let device = Device::init(&home, &args.server, args.user, args.ca.as_deref()).await?;
+    println!(
+        "initialised {} as {} (device {}) on {}",
+        home.dir().display(),
+        device.user(),
+        device.device_id(),
+        device.server()
+    );
+    device.close().await;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! `cove send`, `cove sync`, `cove listen` and `cove history`.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use cove::config::Home;
+use cove::{Device, MessageView};
+
+/// Arguments of `cove send`.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  cove send friends 'see you at 8'")]
+pub struct SendArgs {
+    /// The group.
+    pub name: String,
+    /// The text (at most 64 KiB).
+    pub text: String,
+}
+
+/// Arguments of `cove sync`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  cove sync
+  cove sync --json | jq .text
+
+Prints `group <from> text` per message, or with --json one object per line:
+  {\"group\":\"friends\",\"from\":\"alice\",\"text\":\"hi\",\"id\":\"..\",\"sent_at\":1700000000000}")]
+pub struct SyncArgs {
+    /// One JSON object per line (group, group_id, from, device, text, id, sent_at).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `cove listen`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  cove listen
+  cove listen --json
+
+Stays connected (reconnecting when the relay goes away) until Ctrl-C.")]
+pub struct ListenArgs {
+    /// One JSON object per line (group, group_id, from, device, text, id, sent_at).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `cove history`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  cove history friends\n  cove history friends --json")]
+pub struct HistoryArgs {
+    /// The group.
+    pub name: String,
+    /// One JSON object per line (group, group_id, from, device, text, id, sent_at).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `cove send`.
+pub async fn run_send(home: Home, args: SendArgs) -> anyhow::Result<()> {
+    let device = Device::open(&home).await?;
+    let sent = device.send_text(&args.name, &args.text).await;
+    device.close().await;
+    let sent = sent?;
+    println!("sent to {} (id {})", sent.group, sent.id);
+    Ok(())
+}
+
+/// Runs `cove sync`.
+pub async fn run_sync(home: Home, args: SyncArgs) -> anyhow::Result<()> {
+    let mut device = Device::open(&home).await?;
+    let result = device.sync().await;
+    device.close().await;
+    let messages = result?;
+    for m in &messages {
+        print_message(m, args.json)?;
+    }
+    if !args.json && messages.is_empty() {
+        eprintln!("nothing new");
+    }
+    Ok(())
+}
+
+/// Runs `cove listen`.
+pub async fn run_listen(home: Home, args: ListenArgs) -> anyhow::Result<()> {
+    let mut device = Device::open(&home).await?;
+    if !args.json {
+        eprintln!("listening as {} on {} (Ctrl-C to stop)", device.user(), device.server());
+    }
+    let result = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            m = device.next_message() => match m {
+                Ok(m) => print_message(&m, args.json)?,
+                Err(e) => break Err(e),
+            },
+        }
+    };
+    device.close().await;
+    Ok(result?)
+}
+
+/// Runs `cove history`.
+pub async fn run_history(home: Home, args: HistoryArgs) -> anyhow::Result<()> {
+    let device = Device::open_offline(&home).await?;
+    let history = device.history(&args.name).await;
+    device.close().await;
+    for m in history? {
+        print_message(&m, args.json)?;
+    }
+    Ok(())
+}
+
+fn print_message(m: &MessageView, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, m).context("writing JSON")?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", m.line())?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The command line: one module per command group. To add a command, add a module with an
+//! `Args` struct (clap derive, with an `after_help` example) and an `async fn run`, then one
+//! variant in [`Command`] and one arm in [`run`].
+
+mod group;
+mod init;
+mod messages;
+mod safety;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use cove::config::Home;
+
+/// Cove: end-to-end encrypted group chat. The relay only ever sees MLS ciphertext.
+#[derive(Debug, Parser)]
+#[command(name = "cove", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// The client's home directory (config.toml, cove.db). Defaults to $COVE_HOME, then the
+    /// platform data directory.
+    #[arg(long, global = true, env = "COVE_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Log protocol details to stderr (-v: debug, -vv: trace). Never logs plaintext or keys.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  cove demo                                     # everything in-process: relay, alice, bob, carol
+  cove init --server wss://127.0.0.1:4433 --user alice --ca cove-data/cert.pem
+  cove group create friends && cove group add friends bob
+  cove send friends 'hello'
+  cove listen";
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create this device's identity and register it with a relay.
+    Init(init::InitArgs),
+    /// Create, change or leave a group.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
+    /// List the groups this device is a member of.
+    Groups(group::GroupsArgs),
+    /// Send a text message to a group.
+    Send(messages::SendArgs),
+    /// Connect, receive and print everything pending, then exit.
+    Sync(messages::SyncArgs),
+    /// Stay connected and print messages as they arrive.
+    Listen(messages::ListenArgs),
+    /// Print a group's stored messages.
+    History(messages::HistoryArgs),
+    /// Show the safety number to compare with another user out of band.
+    SafetyNumber(safety::SafetyNumberArgs),
+    /// Run a relay and three users in-process and show them chatting.
+    Demo(crate::demo::DemoArgs),
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = cli.home;
+    match cli.command {
+        Command::Init(args) => init::run(resolve_home(home)?, args).await,
+        Command::Group(cmd) => group::run(resolve_home(home)?, cmd).await,
+        Command::Groups(args) => group::run_groups(resolve_home(home)?, args).await,
+        Command::Send(args) => messages::run_send(resolve_home(home)?, args).await,
+        Command::Sync(args) => messages::run_sync(resolve_home(home)?, args).await,
+        Command::Listen(args) => messages::run_listen(resolve_home(home)?, args).await,
+        Command::History(args) => messages::run_history(resolve_home(home)?, args).await,
+        Command::SafetyNumber(args) => safety::run(resolve_home(home)?, args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+    }
+}
+
+/// `--home`, else `$COVE_HOME` (handled by clap), else the platform data directory.
+fn resolve_home(home: Option<PathBuf>) -> anyhow::Result<Home> {
+    if let Some(dir) = home {
+        return Ok(Home::new(dir));
+    }
+    let dirs = directories::ProjectDirs::from("", "", "cove")
+        .context("no home directory found; pass --home DIR or set COVE_HOME")?;
+    Ok(Home::new(dirs.data_dir()))
+}
+
+/// Formats an error and its causes on one line: `what: why: root cause`.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        // Skip a cause whose text its parent already included (thiserror `{0}` wrapping).
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}
+
+/// Logs to stderr at `warn` by default, more with `-v`; `RUST_LOG` overrides.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
