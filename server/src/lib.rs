@@ -1,4 +1,50 @@
-//! cove-server: the Cove relay (work in progress).
+//! `cove-server`: the Cove relay. It stores and forwards MLS ciphertext between devices,
+//! keeps encrypted blobs, and never sees plaintext or keys. It depends on `cove-wire` only.
+//!
+//! What it owns:
+//! - the network shell: TCP → rustls → hyper (HTTP/1.1) → WebSocket at `/v1/ws`
+//!   ([`http`] routing, one task per connection, a connection cap, handshake deadlines);
+//! - sessions ([`session`]): challenge-response authentication with Ed25519 device keys,
+//!   requests and replies, backlog and live delivery, rate limits;
+//! - the hot path ([`pipeline`]): one writer thread appends queued posts in batches (one
+//!   sync per batch) and fans each entry out, encoded once, to every online member's bounded
+//!   queue ([`hub`]);
+//! - durable state behind [`store::RelayStore`] (SQLite or memory) and blobs ([`blob`]).
+//!
+//! Start a relay in-process:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cove_server::StartError> {
+//! use cove_server::{Relay, RelayConfig, StoreKind};
+//! let mut config = RelayConfig::new("127.0.0.1:0".parse().expect("valid"), "/tmp/cove-demo");
+//! config.store = StoreKind::Memory;
+//! let relay = Relay::start(config).await?;
+//! println!("wss://{}/v1/ws  fingerprint {}", relay.local_addr(), relay.fingerprint());
+//! relay.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! A connection's life (see `PROTOCOL.md`, "Client-relay protocol"):
+//!
+//! ```text
+//! accept (permit) → TLS → HTTP GET /v1/ws → 101 → WebSocket
+//! relay → Challenge{nonce};  device → Register | RegisterDevice | Authenticate
+//! relay → Authenticated, Deliver(backlog...), BacklogDone, then live Deliver as posts land
+//! device → Post | Ack | Fetch | ... ; relay → exactly one Response per request
+//! ```
+
+#![deny(missing_docs)]
 
 pub mod blob;
+pub mod config;
+mod http;
+mod hub;
+mod pipeline;
+mod relay;
+mod session;
 pub mod store;
+mod tls;
+
+pub use config::{ConfigFile, Limits, RelayConfig, StoreKind, TlsSource};
+pub use relay::{Relay, RelayHandle, StartError};
+pub use tls::{TlsError, fingerprint};

@@ -1,0 +1,379 @@
+//! Relay configuration: where to listen, where the data lives, which certificate to serve,
+//! which storage backend to use, and every limit. [`ConfigFile`] is the TOML form that
+//! `cove-server --config FILE` reads; command-line flags override it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::blob::BlobConfig;
+
+/// The default listen address of `cove-server`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+/// The default data directory of `cove-server`.
+pub const DEFAULT_DATA_DIR: &str = "./cove-data";
+
+/// Everything [`crate::Relay::start`] needs.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Address to bind; port 0 picks a free port (see [`crate::RelayHandle::local_addr`]).
+    pub listen: SocketAddr,
+    /// Data directory: `relay.db` (SQLite), `blobs/`, and `tls/` for a self-signed certificate.
+    pub data_dir: PathBuf,
+    /// The certificate to serve.
+    pub tls: TlsSource,
+    /// The storage backend.
+    pub store: StoreKind,
+    /// Limits on connections, frames, rates and queues.
+    pub limits: Limits,
+    /// Limits of the blob (attachment) store.
+    pub blob: BlobConfig,
+}
+
+impl RelayConfig {
+    /// A configuration with every default: self-signed certificate and SQLite in `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        RelayConfig {
+            listen,
+            data_dir: data_dir.into(),
+            tls: TlsSource::SelfSigned,
+            store: StoreKind::Sqlite,
+            limits: Limits::default(),
+            blob: BlobConfig::default(),
+        }
+    }
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Clone, Debug)]
+pub enum TlsSource {
+    /// A self-signed certificate created once under `DATA/tls/{cert.pem,key.pem}` and reused.
+    SelfSigned,
+    /// A certificate chain and private key in PEM files.
+    Files {
+        /// Certificate chain (leaf first).
+        cert: PathBuf,
+        /// Private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+}
+
+/// The storage backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In memory: nothing survives a restart (tests, demos).
+    Memory,
+    /// SQLite in WAL mode at `DATA/relay.db` (the default).
+    Sqlite,
+}
+
+/// Every limit of the relay. Defaults follow `DESIGN.md`; all can be set in the `[limits]`
+/// table of the config file. Durations are in milliseconds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest WebSocket message and frame accepted, in bytes (capped at
+    /// [`cove_wire::limits::MAX_FRAME_BYTES`]).
+    pub max_message_bytes: usize,
+    /// Bytes tungstenite buffers before writing to the socket (writes are also flushed after
+    /// each batch of queued frames).
+    pub write_buffer_bytes: usize,
+    /// Hard cap of a connection's write buffer, in bytes.
+    pub max_write_buffer_bytes: usize,
+    /// TLS + HTTP + WebSocket handshake deadline, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Most simultaneous connections (WebSocket and HTTP); further clients wait in the
+    /// kernel's accept queue.
+    pub max_connections: usize,
+    /// Interval of WebSocket pings, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// A connection with no traffic (not even a pong) for this long after a ping is closed
+    /// with `Closing { IdleTimeout }`, in milliseconds.
+    pub pong_timeout_ms: u64,
+    /// Frames queued per connection before the relay gives up on a slow reader
+    /// (`Closing { SlowReader }`; its entries stay stored).
+    pub outgoing_queue_frames: usize,
+    /// Sustained requests per second per device.
+    pub requests_per_second: u32,
+    /// Burst of requests per device above the sustained rate.
+    pub request_burst: u32,
+    /// Sustained KeyPackage claims per minute per device.
+    pub claims_per_minute: u32,
+    /// Burst of KeyPackage claims per device.
+    pub claim_burst: u32,
+    /// Payload bytes of posts waiting for the store; a connection posting past this waits.
+    pub post_queue_bytes: usize,
+    /// Most posts appended in one store batch (one sync).
+    pub post_batch_max: usize,
+    /// How long a closing connection may take to deliver its `Closing` frame, in ms.
+    pub close_grace_ms: u64,
+    /// How long shutdown waits for connections to close, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: cove_wire::limits::MAX_FRAME_BYTES,
+            write_buffer_bytes: 128 * 1024,
+            max_write_buffer_bytes: 4 * 1024 * 1024,
+            handshake_timeout_ms: 10_000,
+            max_connections: 10_000,
+            ping_interval_ms: 30_000,
+            pong_timeout_ms: 30_000,
+            outgoing_queue_frames: cove_wire::limits::OUTGOING_QUEUE_FRAMES,
+            requests_per_second: 200,
+            request_burst: 1000,
+            claims_per_minute: 120,
+            claim_burst: 60,
+            post_queue_bytes: 64 * 1024 * 1024,
+            post_batch_max: 1024,
+            close_grace_ms: 2_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The message size limit actually enforced (never above the protocol's hard cap).
+    pub fn message_bytes(&self) -> usize {
+        self.max_message_bytes
+            .min(cove_wire::limits::MAX_FRAME_BYTES)
+    }
+    /// Handshake deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// Ping interval (at least 1 ms).
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms.max(1))
+    }
+    /// How long a connection may stay silent before it is closed.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.ping_interval_ms
+                .saturating_add(self.pong_timeout_ms)
+                .max(1),
+        )
+    }
+    /// Grace for a closing connection's last frames.
+    pub fn close_grace(&self) -> Duration {
+        Duration::from_millis(self.close_grace_ms)
+    }
+    /// Grace for shutdown.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(&str, bool); 7] = [
+            (
+                "max_message_bytes must be at least 1024",
+                self.max_message_bytes >= 1024,
+            ),
+            (
+                "max_connections must be at least 1",
+                self.max_connections >= 1,
+            ),
+            (
+                "outgoing_queue_frames must be at least 1",
+                self.outgoing_queue_frames >= 1,
+            ),
+            (
+                "requests_per_second and request_burst must be at least 1",
+                { self.requests_per_second >= 1 && self.request_burst >= 1 },
+            ),
+            ("claims_per_minute and claim_burst must be at least 1", {
+                self.claims_per_minute >= 1 && self.claim_burst >= 1
+            }),
+            (
+                "post_queue_bytes must be at least the largest message",
+                self.post_queue_bytes >= self.message_bytes(),
+            ),
+            (
+                "max_write_buffer_bytes must exceed write_buffer_bytes by the largest message",
+                self.max_write_buffer_bytes
+                    >= self.write_buffer_bytes.saturating_add(self.message_bytes()),
+            ),
+        ];
+        match checks.iter().find(|(_, ok)| !ok) {
+            Some((msg, _)) => Err(ConfigError::Invalid(msg)),
+            None if self.post_batch_max == 0 => {
+                Err(ConfigError::Invalid("post_batch_max must be at least 1"))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// The TOML config file (`cove-server --config FILE`). Every key is optional.
+///
+/// ```toml
+/// listen = "0.0.0.0:7443"
+/// data = "/var/lib/cove"
+/// cert = "/etc/cove/cert.pem"   # with key; omit both for a self-signed certificate
+/// key = "/etc/cove/key.pem"
+/// store = "sqlite"              # or "memory"
+///
+/// [limits]
+/// requests_per_second = 200
+/// outgoing_queue_frames = 4096
+///
+/// [blob]
+/// max_blob_bytes = 2147483648
+/// quota_bytes_per_user = 10737418240
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Listen address.
+    pub listen: Option<SocketAddr>,
+    /// Data directory.
+    pub data: Option<PathBuf>,
+    /// Certificate chain PEM.
+    pub cert: Option<PathBuf>,
+    /// Private key PEM.
+    pub key: Option<PathBuf>,
+    /// Storage backend.
+    pub store: Option<StoreKind>,
+    /// Limits.
+    pub limits: Limits,
+    /// Blob store limits.
+    pub blob: BlobLimits,
+}
+
+/// The `[blob]` table of the config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobLimits {
+    /// Largest blob accepted, in bytes.
+    pub max_blob_bytes: u64,
+    /// Per-user quota, in bytes.
+    pub quota_bytes_per_user: u64,
+}
+
+impl Default for BlobLimits {
+    fn default() -> Self {
+        let d = BlobConfig::default();
+        BlobLimits {
+            max_blob_bytes: d.max_blob_bytes,
+            quota_bytes_per_user: d.quota_bytes_per_user,
+        }
+    }
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for [`ConfigFile`].
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid limits: {0}")]
+    Invalid(&'static str),
+    /// Only one of certificate and key was given.
+    #[error("give both a certificate and a key (--cert and --key), or neither")]
+    CertWithoutKey,
+}
+
+impl ConfigFile {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses config file text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Turns the file (with overrides already applied to its fields) into a relay
+    /// configuration, filling in defaults.
+    pub fn into_config(self) -> Result<RelayConfig, ConfigError> {
+        let listen = match self.listen {
+            Some(addr) => addr,
+            None => DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| ConfigError::Invalid("default listen address"))?,
+        };
+        let tls = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+            (None, None) => TlsSource::SelfSigned,
+            _ => return Err(ConfigError::CertWithoutKey),
+        };
+        self.limits.validate()?;
+        Ok(RelayConfig {
+            listen,
+            data_dir: self.data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            tls,
+            store: self.store.unwrap_or(StoreKind::Sqlite),
+            limits: self.limits,
+            blob: BlobConfig {
+                max_blob_bytes: self.blob.max_blob_bytes,
+                quota_bytes_per_user: self.blob.quota_bytes_per_user,
+            },
+        })
+    }
+}
+
+/// Checks a configuration's limits (also done by [`crate::Relay::start`]).
+pub fn validate(config: &RelayConfig) -> Result<(), ConfigError> {
+    config.limits.validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg = ConfigFile::parse("").and_then(|f| f.into_config().map_err(|e| e.to_string()));
+        let cfg = cfg.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(cfg.store, StoreKind::Sqlite);
+        assert!(matches!(cfg.tls, TlsSource::SelfSigned));
+    }
+
+    #[test]
+    fn limits_and_unknown_keys() {
+        let f = ConfigFile::parse("store = \"memory\"\n[limits]\nrequests_per_second = 5\n");
+        let f = f.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.limits.requests_per_second, 5);
+        assert_eq!(f.limits.request_burst, Limits::default().request_burst);
+        assert!(ConfigFile::parse("[limits]\nno_such_limit = 1\n").is_err());
+        let bad = ConfigFile::parse("[limits]\nmax_connections = 0\n").unwrap_or_default();
+        assert!(bad.into_config().is_err());
+    }
+
+    #[test]
+    fn cert_needs_key() {
+        let f = ConfigFile {
+            cert: Some("c.pem".into()),
+            ..ConfigFile::default()
+        };
+        assert!(matches!(f.into_config(), Err(ConfigError::CertWithoutKey)));
+    }
+}

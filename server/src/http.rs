@@ -1,0 +1,206 @@
+//! One TCP connection: TLS handshake, HTTP/1.1 (hyper) and, for `GET /v1/ws`, the WebSocket
+//! upgrade. Everything up to an open WebSocket runs under the handshake deadline, inside the
+//! connection's own task.
+//!
+//! Routes: `/v1/ws` (WebSocket, protocol v1), `/v1/blobs...` and `/s/...` (the blob service),
+//! `/` (a short text page), anything else 404.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, timeout_at};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::debug;
+
+use crate::blob::BlobBody;
+use crate::relay::Shared;
+
+/// The text served at `/`.
+const INDEX_PAGE: &str = "Cove relay\n\n\
+This is a Cove relay. Cove clients connect to wss://<this host>/v1/ws.\n\
+Encrypted attachments live under /v1/blobs; share links under /s/.\n\
+The relay stores and forwards ciphertext only.\n";
+
+type UpgradeSlot = Arc<Mutex<Option<OnUpgrade>>>;
+
+/// Serves one accepted TCP connection until it closes. `permit` is its connection slot.
+pub(crate) async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let deadline = Instant::now() + shared.limits.handshake_timeout();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&shared.tls));
+    let tls = match timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+
+    let slot: UpgradeSlot = Arc::new(Mutex::new(None));
+    let service = {
+        let shared = Arc::clone(&shared);
+        let slot = Arc::clone(&slot);
+        hyper::service::service_fn(move |req| route(req, Arc::clone(&shared), Arc::clone(&slot)))
+    };
+    let header_timeout = deadline.saturating_duration_since(Instant::now());
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(64 * 1024);
+    let conn = builder
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let mut shutdown = shared.shutdown.clone();
+    let served = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = crate::relay::stopped(&mut shutdown) => None,
+    };
+    let served = match served {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(shared.limits.shutdown_grace(), conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = served {
+        debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
+    let upgrade = slot.lock().map(|mut s| s.take()).unwrap_or_default();
+    let Some(upgrade) = upgrade else { return };
+    let upgraded = match timeout_at(deadline, upgrade).await {
+        Ok(Ok(upgraded)) => upgraded,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "WebSocket upgrade failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "WebSocket upgrade timed out");
+            return;
+        }
+    };
+    let ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        Some(shared.ws_config),
+    )
+    .await;
+    crate::session::run(ws, shared, peer).await;
+}
+
+async fn route(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    slot: UpgradeSlot,
+) -> Result<Response<BlobBody>, Infallible> {
+    let path = req.uri().path();
+    if path == cove_wire::WS_PATH {
+        return Ok(websocket_upgrade(req, &slot));
+    }
+    if path.starts_with("/v1/blobs") || path.starts_with("/s/") {
+        return Ok(shared.blob.handle(req).await);
+    }
+    if path == "/" && (req.method() == Method::GET || req.method() == Method::HEAD) {
+        return Ok(text(StatusCode::OK, INDEX_PAGE));
+    }
+    Ok(text(StatusCode::NOT_FOUND, "not found\n"))
+}
+
+/// Answers a WebSocket upgrade request (RFC 6455 section 4.2) and parks the upgrade for the
+/// connection task.
+fn websocket_upgrade(mut req: Request<Incoming>, slot: &UpgradeSlot) -> Response<BlobBody> {
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    if req.method() != Method::GET
+        || !has_token(header::UPGRADE, "websocket")
+        || !has_token(header::CONNECTION, "upgrade")
+    {
+        return text(StatusCode::UPGRADE_REQUIRED, "WebSocket upgrade required\n");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut resp = text(StatusCode::BAD_REQUEST, "unsupported WebSocket version\n");
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            header::HeaderValue::from_static("13"),
+        );
+        return resp;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let Ok(accept) = header::HeaderValue::from_str(&accept) else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    match slot.lock() {
+        Ok(mut s) => *s = Some(on_upgrade),
+        Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+    }
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<BlobBody> {
+    let body = Full::new(Bytes::from_static(body.as_bytes()))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn empty() -> BlobBody {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}

@@ -1,0 +1,469 @@
+//! Who is online, and how frames reach them.
+//!
+//! Each authenticated connection has an [`Outbox`]: a bounded queue of encoded frames that
+//! its writer task drains, and a close signal. The [`Hub`] maps each online device to its
+//! outbox. A device is first *syncing* (its backlog is being read from the store; live
+//! entries wait in a bounded pending list) and then *live* (entries go straight into its
+//! queue). The post writer fans each accepted entry out through [`Hub::fanout`], holding
+//! the hub's lock once per batch; the frame is encoded once and shared (`Bytes`), so a
+//! delivery to one more device costs a map look-up and a queue push.
+//!
+//! A full queue means the device does not read fast enough: the connection is closed with
+//! `Closing { SlowReader }` and its entries stay in the store for the next connection.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cove_wire::{DeviceId, ErrorCode, Seq, Stream};
+use tokio::sync::{mpsc, watch};
+
+/// Why a connection is being closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// Tell the device why with a `Closing { code }` frame, then close.
+    Code(ErrorCode),
+    /// The peer went away or the transport failed: just close.
+    Quiet,
+}
+
+/// One connection's outgoing side, shared by its tasks, the hub and the post writer.
+pub(crate) struct Outbox {
+    /// Unique per connection (displacement and unregistering compare it).
+    pub conn_id: u64,
+    queue: mpsc::Sender<Bytes>,
+    close: watch::Sender<Option<CloseReason>>,
+}
+
+impl Outbox {
+    /// A new outbox with a queue of `capacity` frames; returns the receiving ends for the
+    /// writer task.
+    pub fn new(
+        conn_id: u64,
+        capacity: usize,
+    ) -> (
+        Arc<Outbox>,
+        mpsc::Receiver<Bytes>,
+        watch::Receiver<Option<CloseReason>>,
+    ) {
+        let (queue, rx) = mpsc::channel(capacity.max(1));
+        let (close, close_rx) = watch::channel(None);
+        (
+            Arc::new(Outbox {
+                conn_id,
+                queue,
+                close,
+            }),
+            rx,
+            close_rx,
+        )
+    }
+
+    /// Queues a frame without waiting. A full queue closes the connection as a slow reader
+    /// (and returns false); so does a connection already closing.
+    pub fn push(&self, frame: Bytes) -> bool {
+        match self.queue.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseReason::Code(ErrorCode::SlowReader));
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a frame, waiting for room (backlog pushes). Returns false once the
+    /// connection is closing.
+    pub async fn send(&self, frame: Bytes) -> bool {
+        let mut closed = self.close.subscribe();
+        if closed.borrow().is_some() {
+            return false;
+        }
+        tokio::select! {
+            r = self.queue.send(frame) => r.is_ok(),
+            _ = closed.changed() => false,
+        }
+    }
+
+    /// Asks the connection to close; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        self.close.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Whether a close was requested.
+    pub fn is_closing(&self) -> bool {
+        self.close.borrow().is_some()
+    }
+}
+
+/// A live entry that arrived while the device's backlog was being read.
+struct Pending {
+    stream: Stream,
+    seq: Seq,
+    frame: Bytes,
+}
+
+enum Presence {
+    Syncing {
+        outbox: Arc<Outbox>,
+        pending: Vec<Pending>,
+    },
+    Live {
+        outbox: Arc<Outbox>,
+    },
+}
+
+impl Presence {
+    fn outbox(&self) -> &Arc<Outbox> {
+        match self {
+            Presence::Syncing { outbox, .. } | Presence::Live { outbox } => outbox,
+        }
+    }
+}
+
+/// Device ids are small relay-assigned integers: hash them with one multiplication.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<V> = HashMap<DeviceId, V, BuildHasherDefault<IdHasher>>;
+
+/// The online map and the per-device rate limiters.
+pub(crate) struct Hub {
+    online: Mutex<IdMap<Presence>>,
+    buckets: Mutex<IdMap<Buckets>>,
+    next_conn: AtomicU64,
+    pending_cap: usize,
+    rates: Rates,
+}
+
+/// Token-bucket parameters.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rates {
+    /// Requests per second.
+    pub requests_per_second: f64,
+    /// Request burst.
+    pub request_burst: f64,
+    /// Claims per second.
+    pub claims_per_second: f64,
+    /// Claim burst.
+    pub claim_burst: f64,
+}
+
+struct Buckets {
+    requests: TokenBucket,
+    claims: TokenBucket,
+}
+
+impl Hub {
+    /// An empty hub; `pending_cap` bounds the live entries held for a syncing device.
+    pub fn new(pending_cap: usize, rates: Rates) -> Self {
+        Hub {
+            online: Mutex::new(IdMap::default()),
+            buckets: Mutex::new(IdMap::default()),
+            next_conn: AtomicU64::new(1),
+            pending_cap: pending_cap.max(1),
+            rates,
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn online(&self) -> MutexGuard<'_, IdMap<Presence>> {
+        // A panic while holding this lock would be a relay bug; the map itself stays
+        // consistent (every operation is a single insert/remove), so keep serving.
+        self.online
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers an authenticated device as syncing. An older connection of the same device
+    /// is closed with `Displaced`.
+    pub fn register(&self, device: DeviceId, outbox: Arc<Outbox>) {
+        let old = self.online().insert(
+            device,
+            Presence::Syncing {
+                outbox,
+                pending: Vec::new(),
+            },
+        );
+        if let Some(old) = old {
+            old.outbox().close(CloseReason::Code(ErrorCode::Displaced));
+        }
+    }
+
+    /// Ends the syncing phase: pending entries newer than what the backlog sent (`sent`,
+    /// the last seq pushed per stream) go into the queue, then the device is live.
+    pub fn go_live(&self, device: DeviceId, conn_id: u64, sent: &HashMap<Stream, Seq>) {
+        let mut online = self.online();
+        let Some(presence) = online.get_mut(&device) else {
+            return;
+        };
+        let Presence::Syncing { outbox, pending } = presence else {
+            return;
+        };
+        if outbox.conn_id != conn_id {
+            return;
+        }
+        let outbox = Arc::clone(outbox);
+        for p in std::mem::take(pending) {
+            let already = sent.get(&p.stream).is_some_and(|last| p.seq <= *last);
+            if !already && !outbox.push(p.frame) {
+                break;
+            }
+        }
+        *presence = Presence::Live { outbox };
+    }
+
+    /// Removes a connection's device from the online map (if it is still that connection).
+    pub fn unregister(&self, device: DeviceId, conn_id: u64) {
+        let mut online = self.online();
+        if online
+            .get(&device)
+            .is_some_and(|p| p.outbox().conn_id == conn_id)
+        {
+            online.remove(&device);
+        }
+    }
+
+    /// Whether `device` has an authenticated connection.
+    pub fn is_online(&self, device: DeviceId) -> bool {
+        self.online().contains_key(&device)
+    }
+
+    /// Number of authenticated connections.
+    pub fn online_count(&self) -> usize {
+        self.online().len()
+    }
+
+    /// Closes every authenticated connection with `code`.
+    pub fn close_all(&self, code: ErrorCode) {
+        for presence in self.online().values() {
+            presence.outbox().close(CloseReason::Code(code));
+        }
+    }
+
+    /// Locks the online map for fanning out a batch of entries.
+    pub fn fanout(&self) -> Fanout<'_> {
+        Fanout {
+            online: self.online(),
+            pending_cap: self.pending_cap,
+        }
+    }
+
+    /// Takes one request token for `device`; on refusal, the milliseconds until one is due.
+    pub fn take_request(&self, device: DeviceId) -> Result<(), u32> {
+        self.take(device, |b| &mut b.requests)
+    }
+
+    /// Takes one KeyPackage-claim token for `device`.
+    pub fn take_claim(&self, device: DeviceId) -> Result<(), u32> {
+        self.take(device, |b| &mut b.claims)
+    }
+
+    fn take(
+        &self,
+        device: DeviceId,
+        which: fn(&mut Buckets) -> &mut TokenBucket,
+    ) -> Result<(), u32> {
+        let now = Instant::now();
+        let rates = self.rates;
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let b = buckets.entry(device).or_insert_with(|| Buckets {
+            requests: TokenBucket::new(rates.requests_per_second, rates.request_burst, now),
+            claims: TokenBucket::new(rates.claims_per_second, rates.claim_burst, now),
+        });
+        which(b).take(now)
+    }
+}
+
+/// The online map, locked for one batch of deliveries.
+pub(crate) struct Fanout<'a> {
+    online: MutexGuard<'a, IdMap<Presence>>,
+    pending_cap: usize,
+}
+
+impl Fanout<'_> {
+    /// Delivers one encoded entry (`stream`, `seq`) to every online device in `recipients`.
+    pub fn deliver(&mut self, recipients: &[DeviceId], stream: Stream, seq: Seq, frame: &Bytes) {
+        for device in recipients {
+            let Some(presence) = self.online.get_mut(device) else {
+                continue;
+            };
+            match presence {
+                Presence::Live { outbox } => {
+                    outbox.push(frame.clone());
+                }
+                Presence::Syncing { outbox, pending } => {
+                    if outbox.is_closing() {
+                        continue;
+                    }
+                    if pending.len() >= self.pending_cap {
+                        outbox.close(CloseReason::Code(ErrorCode::SlowReader));
+                        pending.clear();
+                        continue;
+                    }
+                    pending.push(Pending {
+                        stream,
+                        seq,
+                        frame: frame.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A token bucket: `burst` tokens, refilled at `rate` per second.
+pub(crate) struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        TokenBucket {
+            tokens: burst,
+            rate: rate.max(f64::MIN_POSITIVE),
+            burst,
+            last: now,
+        }
+    }
+
+    /// Takes a token, or says how many milliseconds until one is available.
+    pub fn take(&mut self, now: Instant) -> Result<(), u32> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).min(3600.0));
+            Err(u32::try_from(wait.as_millis().saturating_add(1)).unwrap_or(u32::MAX))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_refuses_past_burst_and_refills() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 2.0, t0);
+        assert!(b.take(t0).is_ok());
+        assert!(b.take(t0).is_ok());
+        let wait = b.take(t0);
+        assert!(
+            matches!(wait, Err(ms) if (90..=101).contains(&ms)),
+            "{wait:?}"
+        );
+        assert!(b.take(t0 + Duration::from_millis(150)).is_ok());
+    }
+
+    #[test]
+    fn full_queue_closes_as_slow_reader() {
+        let (outbox, _rx, close) = Outbox::new(1, 2);
+        assert!(outbox.push(Bytes::from_static(b"a")));
+        assert!(outbox.push(Bytes::from_static(b"b")));
+        assert!(!outbox.push(Bytes::from_static(b"c")));
+        assert_eq!(
+            *close.borrow(),
+            Some(CloseReason::Code(ErrorCode::SlowReader))
+        );
+    }
+
+    #[test]
+    fn syncing_device_gets_pending_entries_after_backlog_without_duplicates() {
+        let hub = Hub::new(
+            8,
+            Rates {
+                requests_per_second: 1.0,
+                request_burst: 1.0,
+                claims_per_second: 1.0,
+                claim_burst: 1.0,
+            },
+        );
+        let (outbox, mut rx, _close) = Outbox::new(7, 16);
+        let d = DeviceId(1);
+        let g = Stream::Group(cove_wire::GroupId([1; 16]));
+        hub.register(d, outbox);
+        {
+            let mut f = hub.fanout();
+            for seq in 1..=4u64 {
+                f.deliver(&[d], g, Seq(seq), &Bytes::from(vec![seq as u8]));
+            }
+        }
+        // The backlog already sent up to seq 2.
+        hub.go_live(d, 7, &HashMap::from([(g, Seq(2))]));
+        hub.fanout()
+            .deliver(&[d], g, Seq(5), &Bytes::from_static(&[5]));
+        let mut got = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            got.extend_from_slice(&f);
+        }
+        assert_eq!(got, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn second_connection_displaces_the_first() {
+        let rates = Rates {
+            requests_per_second: 1.0,
+            request_burst: 1.0,
+            claims_per_second: 1.0,
+            claim_burst: 1.0,
+        };
+        let hub = Hub::new(8, rates);
+        let (first, _rx1, close1) = Outbox::new(1, 4);
+        let (second, _rx2, close2) = Outbox::new(2, 4);
+        hub.register(DeviceId(9), first);
+        hub.register(DeviceId(9), second);
+        assert_eq!(
+            *close1.borrow(),
+            Some(CloseReason::Code(ErrorCode::Displaced))
+        );
+        assert_eq!(*close2.borrow(), None);
+        hub.unregister(DeviceId(9), 1);
+        assert!(
+            hub.is_online(DeviceId(9)),
+            "the old connection must not remove the new one"
+        );
+        hub.unregister(DeviceId(9), 2);
+        assert!(!hub.is_online(DeviceId(9)));
+    }
+}

@@ -1,0 +1,164 @@
+//! The post pipeline: the relay's hot path.
+//!
+//! Connections hand posts to one writer thread through a channel. The thread takes
+//! everything queued (up to `post_batch_max`), appends it with one
+//! [`RelayStore::append_batch`] call (group commit: one transaction, one sync for the whole
+//! batch), answers each poster with `Posted { seq }` only after that returned (durable), and
+//! fans each accepted entry out: the `Deliver` frame is encoded once and the same `Bytes`
+//! is pushed to every online member's queue. Because one thread appends and fans out in
+//! order, every device sees a group's entries in seq order.
+//!
+//! Memory is bounded by a byte semaphore: a post holds permits for its size until it has
+//! been appended, so connections posting faster than the store can sync wait.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use cove_wire::{Delivery, ErrorCode, ErrorReply, Reply, RequestId, ServerFrame, Stream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tracing::{debug, error, warn};
+
+use crate::hub::{Hub, Outbox};
+use crate::session::{encode_frame, response, store_error_reply};
+use crate::store::{NewPost, RelayStore};
+
+/// Fixed per-post overhead counted against the byte budget besides the payload.
+const POST_OVERHEAD_BYTES: usize = 256;
+
+/// A post waiting for the writer thread.
+pub(crate) struct PostJob {
+    /// The post.
+    pub post: NewPost,
+    /// The request to answer.
+    pub request: RequestId,
+    /// Where to answer.
+    pub reply_to: Arc<Outbox>,
+    /// Byte budget held until the post is appended.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// The sending side of the pipeline, held by connections.
+pub(crate) struct Pipeline {
+    jobs: mpsc::UnboundedSender<PostJob>,
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
+}
+
+impl Pipeline {
+    /// Starts the writer thread.
+    pub fn start(
+        store: Arc<dyn RelayStore>,
+        hub: Arc<Hub>,
+        budget_bytes: usize,
+        batch_max: usize,
+    ) -> std::io::Result<(Pipeline, JoinHandle<()>)> {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("cove-post-writer".into())
+            .spawn(move || writer_thread(store, hub, rx, batch_max.max(1)))?;
+        let budget_bytes = budget_bytes.min(Semaphore::MAX_PERMITS);
+        let budget = Arc::new(Semaphore::new(budget_bytes));
+        Ok((
+            Pipeline {
+                jobs,
+                budget,
+                budget_bytes,
+            },
+            thread,
+        ))
+    }
+
+    /// Reserves budget for a post of `payload_len` bytes (waits while the store is behind).
+    pub async fn reserve(&self, payload_len: usize) -> Option<OwnedSemaphorePermit> {
+        let want = payload_len
+            .saturating_add(POST_OVERHEAD_BYTES)
+            .min(self.budget_bytes);
+        let want = u32::try_from(want).unwrap_or(u32::MAX);
+        Arc::clone(&self.budget).acquire_many_owned(want).await.ok()
+    }
+
+    /// Queues a post. False if the writer has stopped.
+    pub fn submit(&self, job: PostJob) -> bool {
+        self.jobs.send(job).is_ok()
+    }
+}
+
+fn writer_thread(
+    store: Arc<dyn RelayStore>,
+    hub: Arc<Hub>,
+    mut rx: mpsc::UnboundedReceiver<PostJob>,
+    batch_max: usize,
+) {
+    let mut jobs: Vec<PostJob> = Vec::with_capacity(batch_max);
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < batch_max {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut posts = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs.drain(..) {
+            posts.push(job.post);
+            replies.push((job.request, job.reply_to, job.permit));
+        }
+        let count = posts.len();
+        let results = store.append_batch(posts);
+        if results.len() != count {
+            error!(
+                expected = count,
+                got = results.len(),
+                "store returned a wrong number of results"
+            );
+            for (request, reply_to, _) in &replies {
+                reply(
+                    reply_to,
+                    *request,
+                    Err(ErrorReply::new(ErrorCode::Internal, "internal error")),
+                );
+            }
+            continue;
+        }
+        debug!(batch = count, "appended post batch");
+        let mut fanout = hub.fanout();
+        for ((request, reply_to, permit), result) in replies.into_iter().zip(results) {
+            drop(permit);
+            let appended = match result {
+                Ok(appended) => appended,
+                Err(e) => {
+                    reply(&reply_to, request, Err(store_error_reply(&e)));
+                    continue;
+                }
+            };
+            let group = appended.entry.group;
+            let seq = appended.entry.seq;
+            reply(&reply_to, request, Ok(Reply::Posted { seq }));
+            let Some(frame) = encode_frame(&ServerFrame::Deliver(Delivery::Group(appended.entry)))
+            else {
+                continue;
+            };
+            fanout.deliver(&appended.members, Stream::Group(group), seq, &frame);
+            fanout.deliver(&appended.removed, Stream::Group(group), seq, &frame);
+            for (device, entry) in appended.welcomes {
+                let inbox_seq = entry.seq;
+                if let Some(frame) = encode_frame(&ServerFrame::Deliver(Delivery::Inbox(entry))) {
+                    fanout.deliver(&[device], Stream::Inbox, inbox_seq, &frame);
+                }
+            }
+        }
+    }
+    debug!("post writer stopped");
+}
+
+fn reply(to: &Outbox, id: RequestId, result: Result<Reply, ErrorReply>) {
+    match encode_frame(&response(id, result)) {
+        Some(frame) => {
+            if !to.push(frame) {
+                warn!(conn = to.conn_id, "post reply dropped: connection closing");
+            }
+        }
+        None => to.close(crate::hub::CloseReason::Code(ErrorCode::Internal)),
+    }
+}

@@ -1,0 +1,315 @@
+//! Starting and stopping a relay: [`Relay::start`] binds, loads the TLS identity, opens the
+//! store and the blob service, starts the post writer and the accept loop, and returns a
+//! [`RelayHandle`].
+//!
+//! The accept loop takes a connection slot (a `Semaphore` permit, so at most
+//! `max_connections` connections exist), accepts, and spawns one task per connection
+//! ([`crate::http::serve`]). Shutdown is broadcast through a `watch` channel: the loop stops
+//! accepting, every connection is closed with `Closing { Unavailable }`, and once they are
+//! gone the post writer drains its queue and the store is dropped (closed) last.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle as ThreadHandle;
+
+use cove_wire::{DeviceId, ErrorCode};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::{info, warn};
+
+use crate::blob::{BlobError, BlobService};
+use crate::config::{ConfigError, Limits, RelayConfig, StoreKind};
+use crate::hub::{Hub, Rates};
+use crate::pipeline::Pipeline;
+use crate::store::{MemoryStore, RelayStore, StoreError};
+use crate::tls::{self, TlsError};
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS identity could not be loaded or created.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// The blob service could not be opened.
+    #[error("cannot open the blob store: {0}")]
+    Blob(#[from] BlobError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The post writer thread could not be started.
+    #[error("cannot start the post writer: {0}")]
+    Thread(std::io::Error),
+}
+
+/// State shared by every connection.
+pub(crate) struct Shared {
+    pub store: Arc<dyn RelayStore>,
+    pub hub: Arc<Hub>,
+    pub pipeline: Pipeline,
+    pub limits: Limits,
+    pub blob: BlobService,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub ws_config: WebSocketConfig,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The relay.
+pub struct Relay;
+
+impl Relay {
+    /// Starts a relay and returns once it is listening.
+    pub async fn start(config: RelayConfig) -> Result<RelayHandle, StartError> {
+        crate::config::validate(&config)?;
+        let RelayConfig {
+            listen,
+            data_dir,
+            tls: tls_source,
+            store: store_kind,
+            limits,
+            blob,
+        } = config;
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let identity = tls::load(&tls_source, &data_dir, local_addr)?;
+        let fingerprint = tls::fingerprint(&identity.cert_der);
+
+        let store = open_store(store_kind, &data_dir)?;
+        let blob = BlobService::open(&data_dir, blob, Arc::clone(&store))?;
+        let hub = Arc::new(Hub::new(
+            limits.outgoing_queue_frames,
+            Rates {
+                requests_per_second: f64::from(limits.requests_per_second),
+                request_burst: f64::from(limits.request_burst),
+                claims_per_second: f64::from(limits.claims_per_minute) / 60.0,
+                claim_burst: f64::from(limits.claim_burst),
+            },
+        ));
+        let (pipeline, writer) = Pipeline::start(
+            Arc::clone(&store),
+            Arc::clone(&hub),
+            limits.post_queue_bytes,
+            limits.post_batch_max,
+        )
+        .map_err(StartError::Thread)?;
+        let message_bytes = limits.message_bytes();
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(message_bytes))
+            .max_frame_size(Some(message_bytes))
+            .write_buffer_size(limits.write_buffer_bytes)
+            .max_write_buffer_size(limits.max_write_buffer_bytes)
+            .read_buffer_size(16 * 1024);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            store,
+            hub: Arc::clone(&hub),
+            pipeline,
+            limits,
+            blob,
+            tls: identity.server_config,
+            ws_config,
+            shutdown: shutdown_rx,
+        });
+        info!(
+            addr = %local_addr,
+            store = ?store_kind,
+            data = %data_dir.display(),
+            "relay started"
+        );
+        let accept = tokio::spawn(accept_loop(listener, shared));
+        Ok(RelayHandle {
+            local_addr,
+            cert_pem: identity.cert_pem,
+            cert_der: identity.cert_der.to_vec(),
+            cert_path: identity.cert_path,
+            cert_created: identity.created,
+            fingerprint,
+            hub,
+            shutdown: shutdown_tx,
+            accept: Some(accept),
+            writer: Some(writer),
+        })
+    }
+}
+
+/// A running relay. Dropping it without [`RelayHandle::shutdown`] also stops the relay
+/// (without waiting for it).
+pub struct RelayHandle {
+    local_addr: SocketAddr,
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    cert_path: PathBuf,
+    cert_created: bool,
+    fingerprint: String,
+    hub: Arc<Hub>,
+    shutdown: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+    writer: Option<ThreadHandle<()>>,
+}
+
+impl RelayHandle {
+    /// The bound address (with the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+    /// The served certificate, PEM (clients trust it with `--ca`).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+    /// The served certificate, DER.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+    /// Where the certificate file is.
+    pub fn cert_path(&self) -> &std::path::Path {
+        &self.cert_path
+    }
+    /// Whether the self-signed certificate was created by this start.
+    pub fn cert_created(&self) -> bool {
+        self.cert_created
+    }
+    /// SHA-256 fingerprint of the certificate (colon-separated hex).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+    /// Whether `device` has an authenticated connection right now.
+    pub fn is_online(&self, device: DeviceId) -> bool {
+        self.hub.is_online(device)
+    }
+    /// Number of authenticated connections.
+    pub fn online_count(&self) -> usize {
+        self.hub.online_count()
+    }
+
+    /// Stops accepting, closes every connection with `Closing { Unavailable }`, waits for
+    /// them (up to the shutdown grace), lets the post writer finish and closes the store.
+    pub async fn shutdown(mut self) {
+        self.shutdown.send_replace(true);
+        if let Some(accept) = self.accept.take()
+            && let Err(e) = accept.await
+        {
+            warn!(error = %e, "accept loop failed");
+        }
+        if let Some(writer) = self.writer.take() {
+            // The last `Shared` is gone once every connection task ended, which ends the
+            // writer's channel; joining it waits for the last batch to be durable.
+            match tokio::task::spawn_blocking(move || writer.join()).await {
+                Ok(Ok(())) => {}
+                _ => warn!("post writer ended abnormally"),
+            }
+        }
+        info!("relay stopped");
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let mut shutdown = shared.shutdown.clone();
+    let mut tasks = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = stopped(&mut shutdown) => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped(&mut shutdown) => break,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    warn!(error = %e, "set_nodelay failed");
+                }
+                tasks.spawn(crate::http::serve(tcp, peer, Arc::clone(&shared), permit));
+            }
+            Err(e) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(listener);
+    info!(
+        connections = tasks.len(),
+        "shutting down: closing connections"
+    );
+    shared.hub.close_all(ErrorCode::Unavailable);
+    let grace = shared.limits.shutdown_grace();
+    drop(shared);
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!(
+            connections = tasks.len(),
+            "connections did not close in time; aborting them"
+        );
+        tasks.shutdown().await;
+    }
+}
+
+/// Opens the configured store.
+fn open_store(
+    kind: StoreKind,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn RelayStore>, StartError> {
+    match kind {
+        StoreKind::Memory => Ok(Arc::new(MemoryStore::new())),
+        StoreKind::Sqlite => {
+            // TODO(relay): switch to SqliteStore::open(data_dir.join("relay.db")) once it lands.
+            warn!(
+                path = %data_dir.join("relay.db").display(),
+                "SQLite store not available yet: using the in-memory store (nothing survives a restart)"
+            );
+            Ok(Arc::new(MemoryStore::new()))
+        }
+    }
+}
+
+/// Resolves once shutdown was requested (or the relay handle is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
