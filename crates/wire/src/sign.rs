@@ -31,3 +31,22 @@ pub fn add_device_message(user: &UserName, new_key: &DeviceKey) -> Vec<u8> {
     m.extend_from_slice(&new_key.0);
     m
 }
+
+/// Label for HTTP requests to the relay's blob store.
+pub const BLOB_REQUEST_LABEL: &[u8] = b"cove/v1/blob-request\0";
+
+/// What a device signs to authenticate one HTTP request to the blob store (headers
+/// `Cove-Device`, `Cove-Timestamp`, `Cove-Signature`): the method, the path (without query),
+/// the timestamp (ms since the Unix epoch, accepted within ±5 minutes) and `value`, the
+/// request's `Upload-Length` for a create, its `Upload-Offset` for an append, else 0.
+pub fn blob_request_message(method: &str, path: &str, timestamp_ms: u64, value: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(BLOB_REQUEST_LABEL.len() + 32 + method.len() + path.len());
+    m.extend_from_slice(BLOB_REQUEST_LABEL);
+    m.extend_from_slice(&(method.len() as u64).to_be_bytes());
+    m.extend_from_slice(method.as_bytes());
+    m.extend_from_slice(&(path.len() as u64).to_be_bytes());
+    m.extend_from_slice(path.as_bytes());
+    m.extend_from_slice(&timestamp_ms.to_be_bytes());
+    m.extend_from_slice(&value.to_be_bytes());
+    m
+}
