@@ -1,1 +1,74 @@
-//! cove-media (work in progress).
+//! cove-media: the media half of Cove calls.
+//!
+//! It owns everything that touches media and the network for a call, and nothing about MLS:
+//! the client core hands in signalling *values* (SDP, ICE candidates) that it carried inside
+//! MLS, and SFrame base keys it exported from the group's epoch; this crate hands signalling
+//! values back out as events.
+//!
+//! - [`sframe`]: RFC 9605 SFrame encryption of encoded frames (AES_128_GCM_SHA256_128).
+//! - [`codec`]: Opus (48 kHz mono, 20 ms) and VP8 (libvpx) encoders and decoders.
+//! - [`source`]: headless media sources and sinks: WAV files, tones, a test pattern, Y4M.
+//! - [`session`]: one webrtc-rs peer connection with SFrame-protected audio/video tracks, a
+//!   control data channel, DTLS fingerprint pinning, relay-only mode and stats.
+//! - [`call`]: a call of up to 6 participants as a full mesh of sessions sharing one SFrame
+//!   sender and one encoder per medium.
+//! - [`turn_server`]: a TURN server (webrtc-rs `turn`) with TURN REST credentials.
+//!
+//! The main loop of a call, as the CLI drives it:
+//! ```text
+//! let call = Call::new(config, sframe_sender, keyring);           // keys from the core
+//! let session = call.dial(peer) / call.answer(peer, offer)        // -> CallEvent::LocalSignal
+//! while let Some(ev) = call.next_event().await {                  // send signals via MLS
+//!     match ev { LocalSignal(s) => core.send_call_signal(s), Connected, FirstAudio.. }
+//! }
+//! call.apply_remote_signal(peer, signal)                          // from MLS
+//! ```
+#![deny(missing_docs)]
+
+pub mod call;
+pub mod codec;
+pub mod session;
+pub mod sframe;
+pub mod source;
+pub mod turn_server;
+
+pub use call::{Call, CallConfig, CallEvent, CallStats, PeerStats};
+pub use session::{
+    ControlMessage, IceCandidate, IceServer, PeerSession, SessionDescription, SessionError, Signal,
+};
+pub use sframe::EpochKey;
+pub use turn_server::{TurnCredentials, TurnServerHandle, start_turn_server, turn_credentials};
+
+/// Codec errors (Opus, VP8).
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// libopus reported an error.
+    #[error("opus: {0}")]
+    Opus(String),
+    /// libvpx reported an error.
+    #[error("vpx: {0}")]
+    Vpx(String),
+    /// A frame of the wrong size or shape was passed in or received.
+    #[error("bad media frame")]
+    BadFrame,
+    /// Video dimensions are zero, odd, too large, or do not match the encoder.
+    #[error("bad video dimensions")]
+    BadDimensions,
+}
+
+/// Errors reading or writing media files and devices.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaIoError {
+    /// File system error.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// WAV encoding or decoding error.
+    #[error("WAV: {0}")]
+    Wav(String),
+    /// Unsupported or malformed file or argument.
+    #[error("format: {0}")]
+    Format(&'static str),
+    /// Real devices need the `devices` cargo feature (off by default).
+    #[error("microphone/camera support is not built in (enable the `devices` feature)")]
+    DevicesUnavailable,
+}

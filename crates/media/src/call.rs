@@ -1,0 +1,653 @@
+//! A call: a full mesh of [`PeerSession`]s (up to [`MAX_PARTICIPANTS`]) that share one audio
+//! encoder, one video encoder, one SFrame sender and one SFrame keyring.
+//!
+//! Each outgoing frame is encoded once, SFrame-encrypted once (so `(KID, CTR)` is unique across
+//! all peers), and written to every connected peer. Incoming frames are SFrame-decrypted with
+//! the keyring, then decoded, recorded and counted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::codec::{I420Frame, OpusEncoder, Vp8Encoder};
+use crate::session::{ControlMessage, IceServer, PeerSession, SessionError, Signal};
+use crate::sframe::{EpochKey, SframeError, SframeKeyring, SframeSender};
+use crate::source::{AudioInput, VideoInput, WavSink, write_ppm};
+
+/// Most participants in one mesh call (including the local one).
+pub const MAX_PARTICIPANTS: usize = 6;
+
+/// How a call is set up. Plain data: the CLI fills it from its flags and the relay's TURN
+/// credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallConfig {
+    /// Local UDP addresses to bind (default `["127.0.0.1:0"]`; `0.0.0.0:0` skips loopback in
+    /// webrtc-rs 0.21, so list concrete interface addresses for real networks).
+    pub bind_addrs: Vec<String>,
+    /// STUN/TURN servers.
+    pub ice_servers: Vec<IceServer>,
+    /// Use only relayed (TURN) candidates: hides the local addresses from peers.
+    pub relay_only: bool,
+    /// Trickle ICE: emit candidates as separate signals instead of waiting for gathering.
+    pub trickle_ice: bool,
+    /// Outgoing audio (`None`: no audio track unless `receive_only`).
+    pub audio: Option<AudioInput>,
+    /// Outgoing video (`None`: no video track unless `receive_only`).
+    pub video: Option<VideoInput>,
+    /// Negotiate audio and video tracks even when sending nothing.
+    pub receive_only: bool,
+    /// Video frame rate.
+    pub video_fps: u32,
+    /// Video target bitrate (kbit/s).
+    pub video_kbps: u32,
+    /// Directory for `audio-<peer>.wav`, `video-<peer>/frame-N.ppm` and `stats.json`.
+    pub record_dir: Option<PathBuf>,
+    /// Save every Nth received video frame as PPM.
+    pub record_every_nth_frame: u64,
+    /// How long the previous epoch's key stays valid for decryption after a rekey.
+    pub sframe_grace: Duration,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        Self {
+            bind_addrs: vec!["127.0.0.1:0".into()],
+            ice_servers: Vec::new(),
+            relay_only: false,
+            trickle_ice: false,
+            audio: Some(AudioInput::Tone(440.0)),
+            video: None,
+            receive_only: true,
+            video_fps: 15,
+            video_kbps: 500,
+            record_dir: None,
+            record_every_nth_frame: 15,
+            sframe_grace: crate::sframe::DEFAULT_GRACE,
+        }
+    }
+}
+
+/// What a call reports to its driver (the CLI).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEvent {
+    /// Send this signal to `peer` inside MLS.
+    LocalSignal {
+        /// The remote participant.
+        peer: String,
+        /// The value to carry.
+        signal: Signal,
+    },
+    /// DTLS and ICE are up with `peer`.
+    Connected {
+        /// The remote participant.
+        peer: String,
+    },
+    /// The first audio frame from `peer` was decrypted and decoded.
+    FirstAudio {
+        /// The remote participant.
+        peer: String,
+        /// Time since `dial`/`answer` for this peer.
+        since_dial: Duration,
+    },
+    /// The first video frame from `peer` was decrypted and decoded.
+    FirstVideo {
+        /// The remote participant.
+        peer: String,
+    },
+    /// A control message arrived on the data channel.
+    Control {
+        /// The remote participant.
+        peer: String,
+        /// The message.
+        message: ControlMessage,
+    },
+    /// A remote signal was refused (e.g. fingerprint mismatch); the session was closed.
+    Refused {
+        /// The remote participant.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection with `peer` failed.
+    Failed {
+        /// The remote participant.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection with `peer` closed.
+    Closed {
+        /// The remote participant.
+        peer: String,
+    },
+}
+
+/// Per-peer statistics, written to `stats.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeerStats {
+    /// The remote participant.
+    pub peer: String,
+    /// Dial (or answer) to connected, milliseconds.
+    pub connect_ms: Option<f64>,
+    /// Dial (or answer) to the first decoded audio frame, milliseconds.
+    pub dial_to_first_audio_ms: Option<f64>,
+    /// Audio frames sent / decoded.
+    pub audio_frames_sent: u64,
+    /// Audio frames received, decrypted and decoded.
+    pub audio_frames_received: u64,
+    /// Video frames sent.
+    pub video_frames_sent: u64,
+    /// Video frames received, decrypted and decoded.
+    pub video_frames_received: u64,
+    /// Frames refused by SFrame (unknown KID, bad tag, replay).
+    pub sframe_failures: u64,
+    /// Frames that failed to decode.
+    pub decode_failures: u64,
+    /// RTP packets sent (all streams).
+    pub packets_sent: u64,
+    /// RTP packets received (all streams).
+    pub packets_received: u64,
+    /// RTP packets lost (all inbound streams, from sequence numbers).
+    pub packets_lost: i64,
+    /// Largest inbound interarrival jitter, milliseconds.
+    pub jitter_ms: f64,
+    /// Round-trip time (ICE candidate pair or RTCP), milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+/// Statistics of a whole call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CallStats {
+    /// One entry per peer.
+    pub peers: Vec<PeerStats>,
+}
+
+/// A call (see the module docs). Cheap to clone.
+#[derive(Clone)]
+pub struct Call {
+    inner: Arc<CallInner>,
+}
+
+pub(crate) struct CallInner {
+    pub(crate) config: CallConfig,
+    events: mpsc::UnboundedSender<CallEvent>,
+    sessions: Mutex<HashMap<String, Arc<PeerSession>>>,
+    sender: Mutex<SframeSender>,
+    keyring: Mutex<SframeKeyring>,
+    recorders: Mutex<HashMap<String, Recorder>>,
+    pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+struct Recorder {
+    audio: Option<WavSink>,
+    video_dir: Option<PathBuf>,
+}
+
+impl Call {
+    /// Creates a call for the local member `member_index` with the current epoch's key.
+    ///
+    /// `members` are the member indexes allowed to send in that epoch. Returns the call and
+    /// its event stream. Media pumps start at once (frames go to peers once connected).
+    pub fn new(
+        config: CallConfig,
+        member_index: u32,
+        key: EpochKey,
+        members: impl IntoIterator<Item = u32>,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<CallEvent>), SessionError> {
+        let mut sender = SframeSender::new(member_index).map_err(sframe_err)?;
+        sender.install(&key).map_err(sframe_err)?;
+        let mut keyring = SframeKeyring::new(config.sframe_grace);
+        keyring
+            .install(key, members, Instant::now())
+            .map_err(sframe_err)?;
+        if let Some(dir) = &config.record_dir {
+            std::fs::create_dir_all(dir).map_err(|e| SessionError::Io(e.into()))?;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(CallInner {
+            config,
+            events: tx,
+            sessions: Mutex::new(HashMap::new()),
+            sender: Mutex::new(sender),
+            keyring: Mutex::new(keyring),
+            recorders: Mutex::new(HashMap::new()),
+            pumps: Mutex::new(Vec::new()),
+        });
+        let call = Self { inner };
+        call.start_pumps()?;
+        Ok((call, rx))
+    }
+
+    /// Dials `peer`: creates its session and emits the offer as a [`CallEvent::LocalSignal`].
+    pub async fn dial(&self, peer: &str, member_index: Option<u32>) -> Result<(), SessionError> {
+        let session = self.new_session(peer, member_index, true).await?;
+        let offer = session.create_offer().await?;
+        self.inner.emit(CallEvent::LocalSignal {
+            peer: peer.into(),
+            signal: Signal::Offer(offer),
+        });
+        Ok(())
+    }
+
+    /// Applies a signal from `peer` that the core received (and authenticated) inside MLS.
+    ///
+    /// An offer from an unknown peer creates its session and emits the answer. A description
+    /// whose SDP fingerprint differs from its signed fingerprint is refused: the session is
+    /// closed, [`CallEvent::Refused`] is emitted and [`SessionError::FingerprintMismatch`]
+    /// returned, before any media flows.
+    pub async fn apply_signal(
+        &self,
+        peer: &str,
+        member_index: Option<u32>,
+        signal: Signal,
+    ) -> Result<(), SessionError> {
+        let result = self.apply_signal_inner(peer, member_index, signal).await;
+        if let Err(e @ (SessionError::FingerprintMismatch | SessionError::BadSignal(_))) = &result {
+            let reason = e.to_string();
+            if let Some(s) = self.remove_session(peer) {
+                s.close().await;
+            }
+            self.inner.emit(CallEvent::Refused {
+                peer: peer.into(),
+                reason,
+            });
+        }
+        result
+    }
+
+    async fn apply_signal_inner(
+        &self,
+        peer: &str,
+        member_index: Option<u32>,
+        signal: Signal,
+    ) -> Result<(), SessionError> {
+        match signal {
+            Signal::Offer(offer) => {
+                let session = self.new_session(peer, member_index, false).await?;
+                let answer = session.accept_offer(&offer).await?;
+                self.inner.emit(CallEvent::LocalSignal {
+                    peer: peer.into(),
+                    signal: Signal::Answer(answer),
+                });
+                Ok(())
+            }
+            Signal::Answer(answer) => self.session(peer)?.accept_answer(&answer).await,
+            Signal::Candidate(c) => self.session(peer)?.add_candidate(&c).await,
+        }
+    }
+
+    /// Installs the key of a new MLS epoch (after a commit): the local sender switches to it
+    /// at once; the previous epoch stays decryptable for the grace period.
+    pub fn rekey(
+        &self,
+        key: EpochKey,
+        members: impl IntoIterator<Item = u32>,
+    ) -> Result<(), SframeError> {
+        self.inner
+            .sender
+            .lock()
+            .map_err(|_| SframeError::NoSendingKey)?
+            .install(&key)?;
+        self.inner
+            .keyring
+            .lock()
+            .map_err(|_| SframeError::NoSendingKey)?
+            .install(key, members, Instant::now())
+    }
+
+    /// Stops accepting media from a removed member at once (before the rekey arrives).
+    pub fn remove_member(&self, member_index: u32) {
+        if let Ok(mut k) = self.inner.keyring.lock() {
+            k.remove_member(member_index);
+        }
+    }
+
+    /// Sends a control message to `peer`.
+    pub async fn send_control(&self, peer: &str, msg: &ControlMessage) -> Result<(), SessionError> {
+        self.session(peer)?.send_control(msg).await
+    }
+
+    /// Hangs up with `peer` (tells it on the control channel, then closes).
+    pub async fn hang_up(&self, peer: &str) {
+        if let Some(s) = self.remove_session(peer) {
+            let _ = s.send_control(&ControlMessage::Hangup).await;
+            s.close().await;
+        }
+    }
+
+    /// Ends the call: stops the media pumps, closes every session, finishes recordings and
+    /// writes `stats.json` (if recording). Returns the final statistics.
+    pub async fn end(&self) -> CallStats {
+        let pumps: Vec<_> = self
+            .inner
+            .pumps
+            .lock()
+            .map(|mut p| p.drain(..).collect())
+            .unwrap_or_default();
+        for p in pumps {
+            p.abort();
+        }
+        let stats = self.stats().await;
+        let sessions: Vec<_> = self
+            .inner
+            .sessions
+            .lock()
+            .map(|mut s| s.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        for s in sessions {
+            let _ = s.send_control(&ControlMessage::Hangup).await;
+            s.close().await;
+        }
+        let recorders: Vec<_> = self
+            .inner
+            .recorders
+            .lock()
+            .map(|mut r| r.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        for r in recorders {
+            if let Some(a) = r.audio {
+                let _ = a.finish();
+            }
+        }
+        if let Some(dir) = &self.inner.config.record_dir {
+            let _ = write_stats(dir, &stats);
+        }
+        stats
+    }
+
+    /// Current statistics of every session.
+    pub async fn stats(&self) -> CallStats {
+        let sessions: Vec<_> = self.sessions();
+        let mut peers = Vec::new();
+        for s in sessions {
+            peers.push(peer_stats(&s).await);
+        }
+        peers.sort_by(|a, b| a.peer.cmp(&b.peer));
+        CallStats { peers }
+    }
+
+    /// The session with `peer`, if any.
+    pub fn peer_session(&self, peer: &str) -> Option<Arc<PeerSession>> {
+        self.inner
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(peer).cloned())
+    }
+
+    /// All sessions.
+    pub fn sessions(&self) -> Vec<Arc<PeerSession>> {
+        self.inner
+            .sessions
+            .lock()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn session(&self, peer: &str) -> Result<Arc<PeerSession>, SessionError> {
+        self.peer_session(peer).ok_or(SessionError::UnknownPeer)
+    }
+
+    fn remove_session(&self, peer: &str) -> Option<Arc<PeerSession>> {
+        self.inner
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(peer))
+    }
+
+    async fn new_session(
+        &self,
+        peer: &str,
+        member_index: Option<u32>,
+        caller: bool,
+    ) -> Result<Arc<PeerSession>, SessionError> {
+        if peer.is_empty() || peer.len() > 256 {
+            return Err(SessionError::BadSignal("bad peer id"));
+        }
+        {
+            let sessions = self
+                .inner
+                .sessions
+                .lock()
+                .map_err(|_| SessionError::PeerExists)?;
+            if sessions.contains_key(peer) || sessions.len() + 1 >= MAX_PARTICIPANTS {
+                return Err(SessionError::PeerExists);
+            }
+        }
+        let session = PeerSession::new(&self.inner, peer.to_owned(), member_index, caller).await?;
+        let mut sessions = self
+            .inner
+            .sessions
+            .lock()
+            .map_err(|_| SessionError::PeerExists)?;
+        if sessions.contains_key(peer) {
+            return Err(SessionError::PeerExists);
+        }
+        sessions.insert(peer.to_owned(), session.clone());
+        drop(sessions);
+        self.inner.open_recorder(peer)?;
+        Ok(session)
+    }
+
+    fn start_pumps(&self) -> Result<(), SessionError> {
+        let mut handles = Vec::new();
+        if let Some(input) = &self.inner.config.audio {
+            let mut source = input.open()?;
+            let mut encoder = OpusEncoder::new(32_000)?;
+            let weak = Arc::downgrade(&self.inner);
+            handles.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::codec::AUDIO_FRAME_DURATION);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let targets = inner.connected_sessions();
+                    // Keep the source running so the timeline is continuous.
+                    let pcm = source.next_frame();
+                    if targets.is_empty() {
+                        continue;
+                    }
+                    let Ok(packet) = encoder.encode(&pcm) else {
+                        continue;
+                    };
+                    let Some(ct) = inner.seal(&packet) else {
+                        continue;
+                    };
+                    let ct = Bytes::from(ct);
+                    for s in targets {
+                        let _ = s.write_audio(ct.clone()).await;
+                    }
+                }
+            }));
+        }
+        if let Some(input) = &self.inner.config.video {
+            let mut source = input.open()?;
+            let (w, h) = source.dimensions();
+            let fps = self.inner.config.video_fps.clamp(1, 60);
+            let mut encoder = Vp8Encoder::new(w, h, fps, self.inner.config.video_kbps)?;
+            let weak = Arc::downgrade(&self.inner);
+            let period = Duration::from_secs(1) / fps;
+            handles.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let targets = inner.connected_sessions();
+                    let picture = source.next_frame();
+                    if targets.is_empty() {
+                        continue;
+                    }
+                    let keyframe = targets
+                        .iter()
+                        .any(|s| s.want_keyframe.swap(false, Ordering::AcqRel));
+                    let Ok(frames) = encoder.encode(&picture, keyframe) else {
+                        continue;
+                    };
+                    for f in frames {
+                        let Some(ct) = inner.seal(&f.data) else {
+                            continue;
+                        };
+                        let ct = Bytes::from(ct);
+                        for s in &targets {
+                            let _ = s.write_video(ct.clone(), period).await;
+                        }
+                    }
+                }
+            }));
+        }
+        if let Ok(mut p) = self.inner.pumps.lock() {
+            p.extend(handles);
+        }
+        Ok(())
+    }
+}
+
+impl CallInner {
+    pub(crate) fn emit(&self, ev: CallEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    fn connected_sessions(&self) -> Vec<Arc<PeerSession>> {
+        self.sessions
+            .lock()
+            .map(|s| {
+                s.values()
+                    .filter(|s| s.connected.load(Ordering::Acquire))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn seal(&self, frame: &[u8]) -> Option<Vec<u8>> {
+        self.sender.lock().ok()?.encrypt(b"", frame).ok()
+    }
+
+    /// SFrame-decrypts a frame from `session`; counts and drops failures.
+    pub(crate) fn open_frame(&self, session: &PeerSession, ct: &[u8]) -> Option<Vec<u8>> {
+        let result = self.keyring.lock().ok()?.decrypt(b"", ct, Instant::now());
+        match result {
+            Ok(f) if session.member_index.is_none_or(|i| i == f.member_index) => Some(f.payload),
+            _ => {
+                session
+                    .counters
+                    .sframe_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn open_recorder(&self, peer: &str) -> Result<(), SessionError> {
+        let Some(dir) = &self.config.record_dir else {
+            return Ok(());
+        };
+        let name = file_safe(peer);
+        let audio = WavSink::create(&dir.join(format!("audio-{name}.wav")))?;
+        let video_dir = dir.join(format!("video-{name}"));
+        std::fs::create_dir_all(&video_dir).map_err(|e| SessionError::Io(e.into()))?;
+        if let Ok(mut r) = self.recorders.lock() {
+            r.insert(
+                peer.to_owned(),
+                Recorder {
+                    audio: Some(audio),
+                    video_dir: Some(video_dir),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn record_audio(&self, peer: &str, pcm: &[i16]) {
+        if let Ok(mut r) = self.recorders.lock()
+            && let Some(a) = r.get_mut(peer).and_then(|r| r.audio.as_mut())
+        {
+            let _ = a.write(pcm);
+        }
+    }
+
+    pub(crate) fn record_video(&self, peer: &str, n: u64, picture: &I420Frame) {
+        let every = self.config.record_every_nth_frame.max(1);
+        if n % every != 0 {
+            return;
+        }
+        let dir = self
+            .recorders
+            .lock()
+            .ok()
+            .and_then(|r| r.get(peer).and_then(|r| r.video_dir.clone()));
+        if let Some(dir) = dir {
+            let _ = write_ppm(&dir.join(format!("frame-{n:06}.ppm")), picture);
+        }
+    }
+}
+
+fn sframe_err(e: SframeError) -> SessionError {
+    SessionError::WebRtc(format!("sframe: {e}"))
+}
+
+/// Keeps `[A-Za-z0-9._-]`, replaces the rest with `_` (peer ids become file names).
+fn file_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Writes `stats.json` into `dir`.
+pub fn write_stats(dir: &Path, stats: &CallStats) -> Result<(), crate::MediaIoError> {
+    let text =
+        serde_json::to_string_pretty(stats).map_err(|_| crate::MediaIoError::Format("stats"))?;
+    std::fs::write(dir.join("stats.json"), text)?;
+    Ok(())
+}
+
+async fn peer_stats(s: &PeerSession) -> PeerStats {
+    let ms = |t: Option<&Instant>| {
+        t.map(|t| t.saturating_duration_since(s.started).as_secs_f64() * 1000.0)
+    };
+    let mut st = PeerStats {
+        peer: s.peer.clone(),
+        connect_ms: ms(s.connected_at.get()),
+        dial_to_first_audio_ms: ms(s.first_audio_at.get()),
+        audio_frames_sent: s.counters.audio_frames_sent.load(Ordering::Relaxed),
+        audio_frames_received: s.counters.audio_frames_decoded.load(Ordering::Relaxed),
+        video_frames_sent: s.counters.video_frames_sent.load(Ordering::Relaxed),
+        video_frames_received: s.counters.video_frames_decoded.load(Ordering::Relaxed),
+        sframe_failures: s.counters.sframe_failures.load(Ordering::Relaxed),
+        decode_failures: s.counters.decode_failures.load(Ordering::Relaxed),
+        ..Default::default()
+    };
+    if s.closed.load(Ordering::Acquire) {
+        return st;
+    }
+    let report = s.rtc_stats().await;
+    for o in report.outbound_rtp_streams() {
+        st.packets_sent += o.sent_rtp_stream_stats.packets_sent;
+    }
+    for i in report.inbound_rtp_streams() {
+        let r = &i.received_rtp_stream_stats;
+        st.packets_received += r.packets_received;
+        st.packets_lost += r.packets_lost;
+        st.jitter_ms = st.jitter_ms.max(r.jitter * 1000.0);
+    }
+    for p in report.candidate_pairs() {
+        if p.current_round_trip_time > 0.0 {
+            st.rtt_ms = Some(p.current_round_trip_time * 1000.0);
+        }
+    }
+    st
+}
