@@ -1,3 +1,46 @@
-//! cove-core (work in progress).
+//! `cove-core`: the sans-IO Cove client. One [`Client`] per device drives the whole relay
+//! protocol and the MLS groups; it performs no I/O, reads no clock and draws no randomness
+//! of its own: the shell (the `cove` crate) feeds it frames, the current time and a seed,
+//! and carries out what it asks.
+//!
+//! It owns: the device identity (an Ed25519 key, also the MLS signature key); registration
+//! and challenge authentication; KeyPackage generation and top-up; groups (create, add and
+//! remove users with directory checks and trust-on-first-use key pinning, leave); sending and
+//! receiving messages with duplicate dropping, future-epoch buffering and commit-race
+//! retries; safety numbers. State lives in a [`cove_store::Store`], which is also openmls's
+//! storage, so every inbound message is applied in one transaction with its plaintext and
+//! cursor.
+//!
+//! The main loop of a shell:
+//!
+//! ```text
+//! let mut client = Client::open(store, seed_from_os_rng)?;
+//! loop {
+//!     connect();                                    client.handle_connected(now_ms());
+//!     while let Some(frame) = receive() {           client.handle_frame(now_ms(), frame)?;
+//!         while let Some(out) = client.poll_output() {
+//!             match out { Output::Send(f) => send(f), Output::Event(e) => show(e) }
+//!         }
+//!     }
+//!     client.handle_disconnected();                 // requests in flight are retried later
+//! }
+//! // Commands (create_group, add_users, send_text, ...) may be called at any time; they
+//! // return an OpId and complete with Event::OpDone { op, result }.
+//! ```
 
-pub mod attachment;
+#![deny(missing_docs)]
+
+mod client;
+pub mod content;
+pub mod provider;
+mod types;
+
+pub use client::{
+    CIPHERSUITE, Client, GROUP_NAME_EXTENSION, KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW_WATER,
+    MAX_COMMIT_RETRIES, MAX_GROUP_NAME, MAX_PAST_EPOCHS, MAX_PENDING_PER_GROUP,
+    credential_identity, safety_number,
+};
+pub use content::{Content, Envelope};
+pub use cove_store;
+pub use cove_wire;
+pub use types::*;

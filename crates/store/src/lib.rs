@@ -1,1 +1,355 @@
-//! cove-store (work in progress).
+//! `cove-store`: a Cove client's durable state behind one trait, [`Store`].
+//!
+//! It owns everything a device keeps between runs: its identity (user, device id, Ed25519
+//! device key), small config values, the pinned device keys of other users (trust on first
+//! use), the groups it is in with their names, the plaintext history, the outbox (outgoing
+//! posts persisted *before* they are sent), the per-stream cursors, the ids of processed
+//! messages (duplicate detection) and **all of openmls's group state**: every [`Store`] is
+//! also an openmls [`StorageProvider`], so the client core can apply an inbound MLS message,
+//! store its plaintext and advance the cursor in **one transaction**:
+//!
+//! ```text
+//! store.begin()?;                       // BEGIN IMMEDIATE on SQLite, an undo journal in memory
+//! group.process_message(&provider, m)?; // openmls writes its new state through the same store
+//! store.put_message(&msg)?;             // the plaintext
+//! store.set_cursor(stream, seq)?;       // the cursor
+//! store.commit()?;                      // all or nothing (rollback() on any error)
+//! ```
+//!
+//! Backends implement only the small [`Kv`] trait (ordered byte keys in a few namespaces plus
+//! begin/commit/rollback) and the openmls storage trait with [`impl_mls_storage!`]; the typed
+//! API of [`Store`] is written once on top of it. Two backends ship: [`SqliteStore`] (one file,
+//! WAL) and [`MemoryStore`]. Both pass the same conformance suite (`tests/store/`).
+
+#![deny(missing_docs)]
+
+mod memory;
+#[doc(hidden)]
+pub mod mls;
+mod records;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
+pub use records::*;
+pub use sqlite::SqliteStore;
+
+use cove_wire::{DeviceId, GroupId, Seq, Stream, UserName};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, SQLite error, corruption).
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    /// A stored value could not be decoded (corruption or an incompatible format).
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+    /// A value could not be encoded (a bug).
+    #[error("could not encode a value: {0}")]
+    Encode(String),
+    /// `begin` while a transaction is open, or `commit`/`rollback` without one (a caller bug).
+    #[error("transaction misuse: {0}")]
+    Transaction(&'static str),
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+impl From<postcard::Error> for StoreError {
+    fn from(e: postcard::Error) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// The namespaces of the key-value layer. Each is an ordered map from byte keys to byte
+/// values. The numbers are stored on disk: never renumber, only append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Namespace {
+    /// openmls's own state (keys built by [`mls`]).
+    Mls = 1,
+    /// The device identity (one record).
+    Identity = 2,
+    /// Small string settings.
+    Config = 3,
+    /// Pinned device keys: user ‖ 0 ‖ device (big endian).
+    Pinned = 4,
+    /// Groups: group id.
+    Group = 5,
+    /// Plaintext history: group id ‖ seq (big endian).
+    Message = 6,
+    /// Outbox: local id (big endian).
+    Outbox = 7,
+    /// Cursors: stream key.
+    Cursor = 8,
+    /// Processed message ids: group id ‖ message id.
+    Seen = 9,
+    /// Inbound entries waiting for an epoch we have not reached yet: group ‖ seq.
+    Pending = 10,
+}
+
+/// The primitive operations a backend provides. Keys are ordered bytewise within a
+/// namespace. Writes outside a transaction are durable on return; inside one they become
+/// durable together at [`Kv::commit`] or vanish at [`Kv::rollback`].
+pub trait Kv {
+    /// Reads one value.
+    fn kv_get(&self, ns: Namespace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Inserts or replaces one value.
+    fn kv_put(&self, ns: Namespace, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// Removes one value (no error if absent).
+    fn kv_delete(&self, ns: Namespace, key: &[u8]) -> Result<(), StoreError>;
+    /// All entries whose key starts with `prefix`, in key order.
+    fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Starts a transaction. Transactions do not nest.
+    fn begin(&self) -> Result<(), StoreError>;
+    /// Makes every write since [`Kv::begin`] durable, atomically.
+    fn commit(&self) -> Result<(), StoreError>;
+    /// Undoes every write since [`Kv::begin`].
+    fn rollback(&self) -> Result<(), StoreError>;
+    /// Whether a transaction is open.
+    fn in_transaction(&self) -> bool;
+}
+
+/// A Cove client store: the typed client state on top of [`Kv`], and openmls's storage.
+///
+/// Implemented automatically for every `Kv + StorageProvider` backend (see
+/// [`impl_mls_storage!`]).
+pub trait Store: Kv + StorageProvider<CURRENT_VERSION, Error = StoreError> + Send {
+    /// Runs `f` in a transaction: commit if it returns `Ok`, roll back if it returns `Err`.
+    fn transaction<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        Self: Sized,
+    {
+        self.begin()?;
+        match f(self) {
+            Ok(v) => {
+                if let Err(e) = self.commit() {
+                    let _ = self.rollback();
+                    return Err(e.into());
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                self.rollback()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The device identity, if initialised.
+    fn identity(&self) -> Result<Option<Identity>, StoreError> {
+        get_record(self, Namespace::Identity, b"identity")
+    }
+    /// Stores the device identity.
+    fn set_identity(&self, identity: &Identity) -> Result<(), StoreError> {
+        put_record(self, Namespace::Identity, b"identity", identity)
+    }
+
+    /// A config value.
+    fn config(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match self.kv_get(Namespace::Config, key.as_bytes())? {
+            Some(v) => String::from_utf8(v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(e.to_string())),
+            None => Ok(None),
+        }
+    }
+    /// Sets a config value.
+    fn set_config(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.kv_put(Namespace::Config, key.as_bytes(), value.as_bytes())
+    }
+
+    /// The pinned devices of `user`, ordered by device id.
+    fn pinned_devices(&self, user: &UserName) -> Result<Vec<PinnedDevice>, StoreError> {
+        let mut prefix = user.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        self.kv_scan(Namespace::Pinned, &prefix)?
+            .into_iter()
+            .map(|(_, v)| Ok(postcard::from_bytes(&v)?))
+            .collect()
+    }
+    /// Pins (or re-pins, after the user accepted a change) a device key.
+    fn pin_device(&self, pin: &PinnedDevice) -> Result<(), StoreError> {
+        put_record(
+            self,
+            Namespace::Pinned,
+            &pin_key(&pin.user, pin.device),
+            pin,
+        )
+    }
+
+    /// A group record.
+    fn group(&self, group: &GroupId) -> Result<Option<GroupRecord>, StoreError> {
+        get_record(self, Namespace::Group, &group.0)
+    }
+    /// Inserts or replaces a group record.
+    fn put_group(&self, record: &GroupRecord) -> Result<(), StoreError> {
+        put_record(self, Namespace::Group, &record.id.0, record)
+    }
+    /// Every group record, ordered by group id.
+    fn groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+        self.kv_scan(Namespace::Group, &[])?
+            .into_iter()
+            .map(|(_, v)| Ok(postcard::from_bytes(&v)?))
+            .collect()
+    }
+
+    /// Appends a message to the plaintext history (keyed by group and log seq).
+    fn put_message(&self, message: &StoredMessage) -> Result<(), StoreError> {
+        put_record(
+            self,
+            Namespace::Message,
+            &group_seq_key(&message.group, message.seq),
+            message,
+        )
+    }
+    /// The history of a group in log order.
+    fn messages(&self, group: &GroupId) -> Result<Vec<StoredMessage>, StoreError> {
+        self.kv_scan(Namespace::Message, &group.0)?
+            .into_iter()
+            .map(|(_, v)| Ok(postcard::from_bytes(&v)?))
+            .collect()
+    }
+
+    /// Whether a message id was already processed in `group`.
+    fn is_seen(&self, group: &GroupId, message_id: &[u8; 16]) -> Result<bool, StoreError> {
+        Ok(self
+            .kv_get(Namespace::Seen, &seen_key(group, message_id))?
+            .is_some())
+    }
+    /// Records a processed message id.
+    fn mark_seen(&self, group: &GroupId, message_id: &[u8; 16]) -> Result<(), StoreError> {
+        self.kv_put(Namespace::Seen, &seen_key(group, message_id), &[])
+    }
+
+    /// Adds an outbox item. Its `local_id` must be unique (use [`Store::next_local_id`]).
+    fn put_outbox(&self, item: &OutboxItem) -> Result<(), StoreError> {
+        put_record(self, Namespace::Outbox, &item.local_id.to_be_bytes(), item)
+    }
+    /// Removes an outbox item.
+    fn delete_outbox(&self, local_id: u64) -> Result<(), StoreError> {
+        self.kv_delete(Namespace::Outbox, &local_id.to_be_bytes())
+    }
+    /// The outbox, oldest first.
+    fn outbox(&self) -> Result<Vec<OutboxItem>, StoreError> {
+        self.kv_scan(Namespace::Outbox, &[])?
+            .into_iter()
+            .map(|(_, v)| Ok(postcard::from_bytes(&v)?))
+            .collect()
+    }
+    /// A fresh, never reused local id (a persisted counter).
+    fn next_local_id(&self) -> Result<u64, StoreError> {
+        let current = match self.kv_get(Namespace::Config, b"\0next_local_id")? {
+            Some(v) => u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("local id".into()))?,
+            ),
+            None => 1,
+        };
+        self.kv_put(
+            Namespace::Config,
+            b"\0next_local_id",
+            &(current + 1).to_be_bytes(),
+        )?;
+        Ok(current)
+    }
+
+    /// The last processed seq of a stream (0 if none).
+    fn cursor(&self, stream: &Stream) -> Result<Seq, StoreError> {
+        match self.kv_get(Namespace::Cursor, &stream_key(stream))? {
+            Some(v) => Ok(Seq(u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("cursor".into()))?,
+            ))),
+            None => Ok(Seq(0)),
+        }
+    }
+    /// Sets the last processed seq of a stream.
+    fn set_cursor(&self, stream: &Stream, seq: Seq) -> Result<(), StoreError> {
+        self.kv_put(Namespace::Cursor, &stream_key(stream), &seq.0.to_be_bytes())
+    }
+
+    /// Parks an entry that cannot be applied yet (future epoch), keyed by group and seq.
+    fn put_pending(&self, group: &GroupId, seq: Seq, entry: &[u8]) -> Result<(), StoreError> {
+        self.kv_put(Namespace::Pending, &group_seq_key(group, seq), entry)
+    }
+    /// Parked entries of a group in seq order.
+    fn pending(&self, group: &GroupId) -> Result<Vec<(Seq, Vec<u8>)>, StoreError> {
+        self.kv_scan(Namespace::Pending, &group.0)?
+            .into_iter()
+            .map(|(k, v)| {
+                let seq: [u8; 8] = k
+                    .get(16..24)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or_else(|| StoreError::Corrupt("pending key".into()))?;
+                Ok((Seq(u64::from_be_bytes(seq)), v))
+            })
+            .collect()
+    }
+    /// Removes a parked entry.
+    fn delete_pending(&self, group: &GroupId, seq: Seq) -> Result<(), StoreError> {
+        self.kv_delete(Namespace::Pending, &group_seq_key(group, seq))
+    }
+}
+
+impl<T: Kv + StorageProvider<CURRENT_VERSION, Error = StoreError> + Send> Store for T {}
+
+fn get_record<T: serde::de::DeserializeOwned>(
+    kv: &(impl Kv + ?Sized),
+    ns: Namespace,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match kv.kv_get(ns, key)? {
+        Some(v) => Ok(Some(postcard::from_bytes(&v)?)),
+        None => Ok(None),
+    }
+}
+
+fn put_record<T: serde::Serialize>(
+    kv: &(impl Kv + ?Sized),
+    ns: Namespace,
+    key: &[u8],
+    value: &T,
+) -> Result<(), StoreError> {
+    let bytes = postcard::to_stdvec(value).map_err(|e| StoreError::Encode(e.to_string()))?;
+    kv.kv_put(ns, key, &bytes)
+}
+
+fn pin_key(user: &UserName, device: DeviceId) -> Vec<u8> {
+    let mut k = user.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&device.0.to_be_bytes());
+    k
+}
+
+fn group_seq_key(group: &GroupId, seq: Seq) -> Vec<u8> {
+    let mut k = group.0.to_vec();
+    k.extend_from_slice(&seq.0.to_be_bytes());
+    k
+}
+
+fn seen_key(group: &GroupId, id: &[u8; 16]) -> Vec<u8> {
+    let mut k = group.0.to_vec();
+    k.extend_from_slice(id);
+    k
+}
+
+fn stream_key(stream: &Stream) -> Vec<u8> {
+    match stream {
+        Stream::Inbox => vec![0],
+        Stream::Group(g) => {
+            let mut k = vec![1];
+            k.extend_from_slice(&g.0);
+            k
+        }
+    }
+}

@@ -1,0 +1,2152 @@
+//! The client state machine.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use cove_store::{
+    GroupRecord, Identity, Membership, OutboxItem, PinnedDevice, Store, StoreError, StoredMessage,
+};
+use cove_wire::{
+    BoundedVec, ClaimedKeyPackage, ClientFrame, Delivery, DeviceId, DeviceInfo, DeviceKey,
+    EntryKind, Epoch, ErrorCode, ErrorReply, GroupEntry, GroupId, InboxEntry, InboxKind, Payload,
+    PostKind, Reply, Request, RequestId, Seq, ServerFrame, Signature, Stream, UserName,
+};
+use ed25519_dalek::{Signer as _, SigningKey};
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::{
+    BasicCredential, Capabilities, Ciphersuite, Credential, CredentialWithKey, Extension,
+    ExtensionType, Extensions, GroupId as MlsGroupId, KeyPackage, KeyPackageIn, LeafNodeIndex,
+    MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
+    ProcessedMessageContent, ProtocolVersion, Sender, StagedWelcome, UnknownExtension,
+};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::OpenMlsProvider as _;
+use openmls_traits::types::SignatureScheme;
+use sha2::{Digest, Sha512};
+use zeroize::Zeroizing;
+
+use crate::content::{Content, ENVELOPE_VERSION, Envelope, MAX_TEXT_BYTES};
+use crate::provider::CoveProvider;
+use crate::types::*;
+
+/// The one ciphersuite Cove uses.
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// Private-use group context extension carrying the group name (UTF-8).
+pub const GROUP_NAME_EXTENSION: u16 = 0xf0c0;
+/// KeyPackages uploaded per batch.
+pub const KEY_PACKAGE_BATCH: usize = 50;
+/// Top up when the relay holds fewer than this many.
+pub const KEY_PACKAGE_LOW_WATER: u32 = 10;
+/// Longest group name, bytes.
+pub const MAX_GROUP_NAME: usize = 128;
+/// Past epochs whose keys are kept to decrypt late application messages.
+pub const MAX_PAST_EPOCHS: usize = 8;
+/// How often a commit is rebuilt after losing a race before giving up.
+pub const MAX_COMMIT_RETRIES: u32 = 20;
+/// Most parked (future-epoch or not-yet-joined) entries kept per group.
+pub const MAX_PENDING_PER_GROUP: usize = 10_000;
+/// Most entries asked for per Fetch.
+const FETCH_LIMIT: u32 = 100;
+
+/// A Cove device: the sans-IO client core. See the crate docs for the main loop.
+pub struct Client<S: Store> {
+    provider: CoveProvider<S>,
+    signer: SignatureKeyPair,
+    signing_key: SigningKey,
+    identity: Identity,
+    /// Loaded MLS groups of which this device is an active member.
+    groups: HashMap<GroupId, MlsGroup>,
+    /// Group records (names, membership), cached from the store.
+    records: BTreeMap<GroupId, GroupRecord>,
+    conn: Conn,
+    next_request: u32,
+    requests: HashMap<RequestId, Pending>,
+    next_op: u64,
+    ops: BTreeMap<OpId, Op>,
+    /// Outbox items in flight: local id -> the op waiting for it (if any).
+    outbox_ops: HashMap<u64, OpId>,
+    outputs: VecDeque<Output>,
+    key_package_request_in_flight: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Conn {
+    Disconnected,
+    AwaitChallenge,
+    Authenticating,
+    Ready,
+}
+
+/// What a request in flight was for.
+#[derive(Debug)]
+enum Pending {
+    Auth { registered: bool },
+    Stock,
+    Upload,
+    CreateGroup { op: OpId },
+    Directory { op: OpId, user: UserName },
+    Claim { op: OpId, user: UserName },
+    PostApplication { local_id: u64 },
+    PostCommit { op: OpId },
+    Fetch,
+    Ack,
+}
+
+struct Op {
+    kind: OpKind,
+    retries: u32,
+}
+
+enum OpKind {
+    CreateGroup {
+        group: GroupId,
+        name: String,
+        requested: bool,
+    },
+    Send,
+    Change(Change),
+}
+
+/// An add / remove in progress.
+struct Change {
+    group: GroupId,
+    add: Vec<UserName>,
+    remove: Vec<UserName>,
+    /// Remove exactly these devices (for leave requests).
+    remove_devices: Vec<DeviceId>,
+    stage: ChangeStage,
+    directory: BTreeMap<UserName, Option<Vec<DeviceInfo>>>,
+    claims: BTreeMap<UserName, Option<Vec<ClaimedKeyPackage>>>,
+    key_packages: Vec<(UserName, DeviceId, KeyPackage)>,
+    /// The commit posted (kept to resend after a reconnect).
+    posted: Option<(Epoch, PostKind, Vec<u8>)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChangeStage {
+    /// Waiting for directory answers.
+    Directory,
+    /// Waiting for KeyPackage claims.
+    Claim,
+    /// Ready to build and post the commit (waits for a connection / other commits).
+    Commit,
+    /// Commit posted, waiting for the relay.
+    Posting,
+    /// Lost a race at this epoch: wait until the group moved past it, then rebuild.
+    AwaitEpoch(u64),
+}
+
+/// What the credential of a member says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MemberId {
+    user: UserName,
+    device: DeviceId,
+    key: Vec<u8>,
+}
+
+impl<S: Store> Client<S> {
+    // ----------------------------------------------------------------------------------
+    // Construction
+    // ----------------------------------------------------------------------------------
+
+    /// Creates a new device identity for `user` (a fresh Ed25519 key from `rng_seed`'s
+    /// stream) and persists it. The device registers with the relay on the first
+    /// connection.
+    pub fn init(store: S, user: UserName, rng_seed: [u8; 32]) -> Result<Self, OpenError> {
+        if let Some(id) = store.identity()? {
+            return Err(OpenError::AlreadyInitialised(id.user));
+        }
+        let provider = CoveProvider::new(store, rng_seed);
+        let mut seed = Zeroizing::new([0u8; 32]);
+        provider
+            .rng()
+            .fill(seed.as_mut())
+            .map_err(|e| OpenError::Mls(e.to_string()))?;
+        let signing_key = SigningKey::from_bytes(&seed);
+        let identity = Identity {
+            user,
+            device: None,
+            secret_key: seed,
+            public_key: DeviceKey(signing_key.verifying_key().to_bytes()),
+        };
+        provider.store().set_identity(&identity)?;
+        Self::from_parts(provider, identity)
+    }
+
+    /// Opens an initialised device: loads its identity and groups.
+    pub fn open(store: S, rng_seed: [u8; 32]) -> Result<Self, OpenError> {
+        let identity = store.identity()?.ok_or(OpenError::NoIdentity)?;
+        Self::from_parts(CoveProvider::new(store, rng_seed), identity)
+    }
+
+    fn from_parts(provider: CoveProvider<S>, identity: Identity) -> Result<Self, OpenError> {
+        let signing_key = SigningKey::from_bytes(&identity.secret_key);
+        let signer = SignatureKeyPair::from_raw(
+            SignatureScheme::ED25519,
+            identity.secret_key.to_vec(),
+            identity.public_key.0.to_vec(),
+        );
+        let mut groups = HashMap::new();
+        let mut records = BTreeMap::new();
+        for record in provider.store().groups()? {
+            if record.membership == Membership::Active {
+                let mls_id = MlsGroupId::from_slice(&record.id.0);
+                match MlsGroup::load(provider.storage(), &mls_id) {
+                    Ok(Some(g)) => {
+                        groups.insert(record.id, g);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(OpenError::Mls(e.to_string())),
+                }
+            }
+            records.insert(record.id, record);
+        }
+        Ok(Client {
+            provider,
+            signer,
+            signing_key,
+            identity,
+            groups,
+            records,
+            conn: Conn::Disconnected,
+            next_request: 1,
+            requests: HashMap::new(),
+            next_op: 1,
+            ops: BTreeMap::new(),
+            outbox_ops: HashMap::new(),
+            outputs: VecDeque::new(),
+            key_package_request_in_flight: false,
+        })
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Accessors and queries
+    // ----------------------------------------------------------------------------------
+
+    /// This device's user.
+    pub fn user(&self) -> &UserName {
+        &self.identity.user
+    }
+
+    /// This device's id (once registered).
+    pub fn device(&self) -> Option<DeviceId> {
+        self.identity.device
+    }
+
+    /// This device's Ed25519 public key.
+    pub fn device_key(&self) -> DeviceKey {
+        self.identity.public_key
+    }
+
+    /// The store (for the shell's own config values).
+    pub fn store(&self) -> &S {
+        self.provider.store()
+    }
+
+    /// Whether the connection is authenticated.
+    pub fn is_ready(&self) -> bool {
+        self.conn == Conn::Ready
+    }
+
+    /// Whether any command is still running (useful for `sync`-style shells).
+    pub fn has_pending_ops(&self) -> bool {
+        !self.ops.is_empty()
+    }
+
+    /// The groups this device is or was in.
+    pub fn groups(&self) -> Vec<GroupInfo> {
+        self.records
+            .values()
+            .map(|r| {
+                let (epoch, members) = match self.groups.get(&r.id) {
+                    Some(g) => {
+                        let mut users: Vec<UserName> = g
+                            .members()
+                            .filter_map(|m| parse_credential(&m.credential).ok())
+                            .map(|m| m.user)
+                            .collect();
+                        users.sort();
+                        users.dedup();
+                        (g.epoch().as_u64(), users)
+                    }
+                    None => (0, Vec::new()),
+                };
+                GroupInfo {
+                    id: r.id,
+                    name: r.name.clone(),
+                    epoch,
+                    members,
+                    active: r.membership == Membership::Active,
+                }
+            })
+            .collect()
+    }
+
+    /// The history of a group (name or hex id), in log order.
+    pub fn history(&self, group: &str) -> Result<Vec<ChatMessage>, QueryError> {
+        let id = self.resolve(group).map_err(|e| match e {
+            CommandError::AmbiguousGroup(g) => QueryError::AmbiguousGroup(g),
+            _ => QueryError::UnknownGroup(group.to_string()),
+        })?;
+        let name = self
+            .records
+            .get(&id)
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for m in self.provider.store().messages(&id)? {
+            if let Ok(env) = Envelope::decode(&m.content) {
+                if let Content::Text { text } = env.content {
+                    out.push(ChatMessage {
+                        group: id,
+                        group_name: name.clone(),
+                        from: m.from,
+                        from_device: m.from_device,
+                        id: MessageId(m.message_id),
+                        sent_at_ms: m.sent_at_ms,
+                        text,
+                        seq: m.seq,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The safety number between this user and `user`: 12 groups of 5 digits over both
+    /// users' device keys (sorted), identical on both sides. Needs `user`'s pinned keys.
+    pub fn safety_number(&self, user: &UserName) -> Result<String, QueryError> {
+        let theirs: Vec<DeviceKey> = self
+            .provider
+            .store()
+            .pinned_devices(user)?
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        if theirs.is_empty() {
+            return Err(QueryError::UnknownUser(user.clone()));
+        }
+        let mut mine: Vec<DeviceKey> = self
+            .provider
+            .store()
+            .pinned_devices(&self.identity.user)?
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        mine.push(self.identity.public_key);
+        Ok(safety_number(&self.identity.user, &mine, user, &theirs))
+    }
+
+    /// Accepts the keys `user` presents now (after a [`Event::KeyChanged`] and an
+    /// out-of-band safety number check): re-pins them.
+    pub fn accept_key_change(
+        &mut self,
+        now_ms: u64,
+        user: &UserName,
+        device: DeviceId,
+        key: DeviceKey,
+    ) -> Result<(), StoreError> {
+        self.provider.store().pin_device(&PinnedDevice {
+            user: user.clone(),
+            device,
+            key,
+            pinned_at_ms: now_ms,
+        })
+    }
+
+    /// The current epoch authenticator of a group (equal on all members in the same
+    /// epoch): for tests and for out-of-band fork checks.
+    pub fn epoch_authenticator(&self, group: &GroupId) -> Option<Vec<u8>> {
+        self.groups
+            .get(group)
+            .map(|g| g.epoch_authenticator().as_slice().to_vec())
+    }
+
+    /// The current MLS epoch of a group.
+    pub fn epoch(&self, group: &GroupId) -> Option<u64> {
+        self.groups.get(group).map(|g| g.epoch().as_u64())
+    }
+
+    /// Resolves a group name or hex id.
+    pub fn resolve(&self, group: &str) -> Result<GroupId, CommandError> {
+        if let Ok(id) = GroupId::from_hex(group) {
+            if self.records.contains_key(&id) {
+                return Ok(id);
+            }
+        }
+        let found: Vec<GroupId> = self
+            .records
+            .values()
+            .filter(|r| r.name == group)
+            .map(|r| r.id)
+            .collect();
+        // Prefer active groups when a name was reused after leaving.
+        let active: Vec<GroupId> = found
+            .iter()
+            .copied()
+            .filter(|g| {
+                self.records
+                    .get(g)
+                    .is_some_and(|r| r.membership == Membership::Active)
+            })
+            .collect();
+        let pick = if active.is_empty() { found } else { active };
+        match pick.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(CommandError::UnknownGroup(group.to_string())),
+            _ => Err(CommandError::AmbiguousGroup(group.to_string())),
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Connection inputs
+    // ----------------------------------------------------------------------------------
+
+    /// A fresh connection is up; the relay's `Challenge` comes next.
+    pub fn handle_connected(&mut self, _now_ms: u64) {
+        self.requests.clear();
+        self.key_package_request_in_flight = false;
+        self.conn = Conn::AwaitChallenge;
+    }
+
+    /// The connection is gone. Requests in flight are retried on the next connection:
+    /// outbox messages are resent (receivers drop duplicates by message id), commands
+    /// restart their current step.
+    pub fn handle_disconnected(&mut self) {
+        self.conn = Conn::Disconnected;
+        self.requests.clear();
+        self.key_package_request_in_flight = false;
+        for op in self.ops.values_mut() {
+            if let OpKind::CreateGroup { requested, .. } = &mut op.kind {
+                *requested = false;
+            }
+        }
+    }
+
+    /// The next thing to do: a frame to send or an event for the user.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Handles one frame from the relay. Never panics on hostile input: a bad entry is
+    /// skipped (acknowledged) with an [`Event::Warning`]; an error return means the frame
+    /// was not processed and will come again (storage failure) or the connection should
+    /// be dropped (protocol violation, `Closing`).
+    pub fn handle_frame(&mut self, now_ms: u64, frame: ServerFrame) -> Result<(), HandleError> {
+        match frame {
+            ServerFrame::Challenge { nonce, .. } => self.on_challenge(&nonce),
+            ServerFrame::Response { id, result } => self.on_response(now_ms, id, result),
+            ServerFrame::Deliver(Delivery::Group(entry)) => self.on_group_entry(now_ms, entry),
+            ServerFrame::Deliver(Delivery::Inbox(entry)) => self.on_inbox_entry(now_ms, entry),
+            ServerFrame::BacklogDone => {
+                self.on_backlog_done()?;
+                self.event(Event::BacklogDone);
+                Ok(())
+            }
+            ServerFrame::Closing { code } => {
+                self.handle_disconnected();
+                Err(HandleError::Closing(code))
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Commands
+    // ----------------------------------------------------------------------------------
+
+    /// Creates a group named `name` with this device as its only member.
+    pub fn create_group(&mut self, _now_ms: u64, name: &str) -> Result<OpId, CommandError> {
+        if name.is_empty() || name.len() > MAX_GROUP_NAME {
+            return Err(CommandError::Invalid(format!(
+                "group names are 1-{MAX_GROUP_NAME} bytes"
+            )));
+        }
+        let mut id = [0u8; 16];
+        self.provider
+            .rng()
+            .fill(&mut id)
+            .map_err(|e| CommandError::Mls(e.to_string()))?;
+        let op = self.new_op(OpKind::CreateGroup {
+            group: GroupId(id),
+            name: name.to_string(),
+            requested: false,
+        });
+        self.drive(op);
+        Ok(op)
+    }
+
+    /// Adds every device of each user to a group (name or hex id).
+    pub fn add_users(
+        &mut self,
+        _now_ms: u64,
+        group: &str,
+        users: &[UserName],
+    ) -> Result<OpId, CommandError> {
+        let id = self.active_group(group)?;
+        if users.is_empty() {
+            return Err(CommandError::Invalid("no users given".into()));
+        }
+        let op = self.new_change(id, users.to_vec(), Vec::new(), Vec::new());
+        Ok(op)
+    }
+
+    /// Removes every device of each user from a group.
+    pub fn remove_users(
+        &mut self,
+        _now_ms: u64,
+        group: &str,
+        users: &[UserName],
+    ) -> Result<OpId, CommandError> {
+        let id = self.active_group(group)?;
+        if users.is_empty() {
+            return Err(CommandError::Invalid("no users given".into()));
+        }
+        let op = self.new_change(id, Vec::new(), users.to_vec(), Vec::new());
+        Ok(op)
+    }
+
+    /// Leaves a group: sends a leave request (a remaining member commits the removal),
+    /// then forgets the group's keys. Completes when the relay accepted the request.
+    pub fn leave(&mut self, now_ms: u64, group: &str) -> Result<OpId, CommandError> {
+        let id = self.active_group(group)?;
+        let op = self.send_content(now_ms, id, Content::LeaveRequest)?;
+        Ok(op)
+    }
+
+    /// Sends a text message. It is encrypted and persisted in the outbox now and sent
+    /// (again after reconnects) until the relay accepts it.
+    pub fn send_text(
+        &mut self,
+        now_ms: u64,
+        group: &str,
+        text: &str,
+    ) -> Result<OpId, CommandError> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(CommandError::TooLarge(text.len(), MAX_TEXT_BYTES));
+        }
+        let id = self.active_group(group)?;
+        self.send_content(
+            now_ms,
+            id,
+            Content::Text {
+                text: text.to_string(),
+            },
+        )
+    }
+
+    /// Sends any content (used by the attachment and call modules).
+    pub fn send_content(
+        &mut self,
+        now_ms: u64,
+        group: GroupId,
+        content: Content,
+    ) -> Result<OpId, CommandError> {
+        let mut message_id = [0u8; 16];
+        self.provider
+            .rng()
+            .fill(&mut message_id)
+            .map_err(|e| CommandError::Mls(e.to_string()))?;
+        let env = Envelope {
+            version: ENVELOPE_VERSION,
+            id: message_id,
+            sent_at_ms: now_ms,
+            content,
+        };
+        let bytes = env
+            .encode()
+            .map_err(|e| CommandError::Invalid(e.to_string()))?;
+        let store = self.provider.store();
+        let mls = self
+            .groups
+            .get_mut(&group)
+            .ok_or_else(|| CommandError::NotMember(group.to_hex()))?;
+        store.begin()?;
+        let result = (|| -> Result<OutboxItem, CommandError> {
+            let out = mls
+                .create_message(&self.provider, &self.signer, &bytes)
+                .map_err(|e| CommandError::Mls(e.to_string()))?;
+            let payload = out
+                .to_bytes()
+                .map_err(|e| CommandError::Mls(e.to_string()))?;
+            let item = OutboxItem {
+                local_id: store.next_local_id()?,
+                group,
+                epoch: Epoch(mls.epoch().as_u64()),
+                message_id,
+                sent_at_ms: now_ms,
+                content: bytes.clone(),
+                payload,
+            };
+            store.put_outbox(&item)?;
+            Ok(item)
+        })();
+        let item = match result {
+            Ok(item) => {
+                store.commit()?;
+                item
+            }
+            Err(e) => {
+                let _ = store.rollback();
+                self.reload_group(&group);
+                return Err(e);
+            }
+        };
+        let op = self.new_op(OpKind::Send);
+        self.outbox_ops.insert(item.local_id, op);
+        if self.conn == Conn::Ready {
+            self.post_outbox_item(&item);
+        }
+        Ok(op)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Connection handling
+    // ----------------------------------------------------------------------------------
+
+    fn on_challenge(&mut self, nonce: &[u8; 32]) -> Result<(), HandleError> {
+        if self.conn != Conn::AwaitChallenge {
+            return Err(HandleError::Protocol("unexpected challenge".into()));
+        }
+        let msg = cove_wire::sign::auth_challenge_message(
+            nonce,
+            &self.identity.user,
+            &self.identity.public_key,
+        );
+        let signature = Signature(self.signing_key.sign(&msg).to_bytes());
+        let (body, registered) = match self.identity.device {
+            None => (
+                Request::Register {
+                    user: self.identity.user.clone(),
+                    key: self.identity.public_key,
+                    signature,
+                },
+                true,
+            ),
+            Some(device) => (
+                Request::Authenticate {
+                    user: self.identity.user.clone(),
+                    device,
+                    signature,
+                },
+                false,
+            ),
+        };
+        self.conn = Conn::Authenticating;
+        self.request(body, Pending::Auth { registered });
+        Ok(())
+    }
+
+    fn on_authenticated(&mut self, device: DeviceId, registered: bool) -> Result<(), HandleError> {
+        if self.identity.device != Some(device) {
+            if self.identity.device.is_some() {
+                return Err(HandleError::Protocol(
+                    "relay authenticated another device".into(),
+                ));
+            }
+            self.identity.device = Some(device);
+            self.provider.store().set_identity(&self.identity)?;
+        }
+        self.conn = Conn::Ready;
+        self.event(Event::Authenticated { device, registered });
+        // KeyPackages: check the stock (uploads when low).
+        self.request(Request::KeyPackageStock, Pending::Stock);
+        self.key_package_request_in_flight = true;
+        // Resend the outbox.
+        for item in self.provider.store().outbox()? {
+            self.post_outbox_item(&item);
+        }
+        // Restart commands.
+        let ids: Vec<OpId> = self.ops.keys().copied().collect();
+        for op in ids {
+            if let Some(Op {
+                kind: OpKind::Change(c),
+                ..
+            }) = self.ops.get_mut(&op)
+            {
+                match c.stage {
+                    ChangeStage::Directory | ChangeStage::Claim => {
+                        c.stage = ChangeStage::Directory;
+                        c.directory.values_mut().for_each(|v| *v = None);
+                        c.claims.clear();
+                    }
+                    ChangeStage::Posting => {
+                        // Resend the same commit: if it was accepted before the cut, the
+                        // relay answers StaleEpoch and our own echo arrives in the backlog.
+                        if let Some((epoch, kind, payload)) = c.posted.clone() {
+                            let group = c.group;
+                            self.request(
+                                Request::Post {
+                                    group,
+                                    epoch,
+                                    kind,
+                                    payload: Payload(payload),
+                                },
+                                Pending::PostCommit { op },
+                            );
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            self.drive(op);
+        }
+        Ok(())
+    }
+
+    fn on_backlog_done(&mut self) -> Result<(), HandleError> {
+        // A pending commit no command owns (we crashed after building it) and whose echo
+        // was not in the backlog was never accepted: drop it.
+        let owned: BTreeSet<GroupId> = self
+            .ops
+            .values()
+            .filter_map(|o| match &o.kind {
+                OpKind::Change(c) if c.stage == ChangeStage::Posting => Some(c.group),
+                _ => None,
+            })
+            .collect();
+        let orphaned: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(id, g)| g.pending_commit().is_some() && !owned.contains(*id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphaned {
+            if let Some(g) = self.groups.get_mut(&id) {
+                g.clear_pending_commit(self.provider.storage())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_response(
+        &mut self,
+        now_ms: u64,
+        id: RequestId,
+        result: Result<Reply, ErrorReply>,
+    ) -> Result<(), HandleError> {
+        let Some(pending) = self.requests.remove(&id) else {
+            self.warn(format!("response to unknown request {id}"));
+            return Ok(());
+        };
+        match (pending, result) {
+            (Pending::Auth { registered }, Ok(Reply::Authenticated { device })) => {
+                self.on_authenticated(device, registered)
+            }
+            (Pending::Auth { .. }, Err(e)) => {
+                self.conn = Conn::Disconnected;
+                Err(HandleError::Protocol(format!(
+                    "authentication refused: {e}"
+                )))
+            }
+            (
+                Pending::Stock,
+                Ok(Reply::KeyPackageStock {
+                    remaining,
+                    has_last_resort,
+                }),
+            )
+            | (
+                Pending::Upload,
+                Ok(Reply::KeyPackageStock {
+                    remaining,
+                    has_last_resort,
+                }),
+            ) => {
+                self.key_package_request_in_flight = false;
+                if remaining < KEY_PACKAGE_LOW_WATER || !has_last_resort {
+                    self.upload_key_packages(!has_last_resort)?;
+                }
+                Ok(())
+            }
+            (Pending::Stock | Pending::Upload, Err(e)) => {
+                self.key_package_request_in_flight = false;
+                self.warn(format!("KeyPackage upload failed: {e}"));
+                Ok(())
+            }
+            (Pending::CreateGroup { op }, r) => self.on_group_created(now_ms, op, r),
+            (Pending::Directory { op, user }, r) => {
+                self.on_directory(now_ms, op, user, r);
+                Ok(())
+            }
+            (Pending::Claim { op, user }, r) => {
+                self.on_claim(op, user, r);
+                Ok(())
+            }
+            (Pending::PostApplication { local_id }, r) => self.on_app_posted(local_id, r),
+            (Pending::PostCommit { op }, r) => self.on_commit_posted(op, r),
+            (Pending::Fetch, Ok(Reply::Entries { entries })) => {
+                for e in entries {
+                    self.on_group_entry(now_ms, e)?;
+                }
+                Ok(())
+            }
+            (Pending::Ack, Ok(_)) => Ok(()),
+            (Pending::Ack, Err(e)) => {
+                // Acks for entries of groups we were removed from are refused; harmless.
+                if e.code != ErrorCode::NotMember {
+                    self.warn(format!("ack refused: {e}"));
+                }
+                Ok(())
+            }
+            (_, Err(e)) => {
+                self.warn(format!("request failed: {e}"));
+                Ok(())
+            }
+            (p, Ok(r)) => {
+                self.warn(format!("unexpected reply {r:?} to {p:?}"));
+                Ok(())
+            }
+        }
+    }
+
+    fn upload_key_packages(&mut self, with_last_resort: bool) -> Result<(), HandleError> {
+        let Some(device) = self.identity.device else {
+            return Ok(());
+        };
+        let cred = self.credential_with_key(device);
+        let store = self.provider.store();
+        store.begin()?;
+        let result = (|| -> Result<(Vec<Payload>, Option<Payload>), String> {
+            let mut kps = Vec::with_capacity(KEY_PACKAGE_BATCH);
+            for _ in 0..KEY_PACKAGE_BATCH {
+                let bundle = KeyPackage::builder()
+                    .leaf_node_capabilities(capabilities())
+                    .build(CIPHERSUITE, &self.provider, &self.signer, cred.clone())
+                    .map_err(|e| e.to_string())?;
+                let bytes = openmls::prelude::MlsMessageOut::from(bundle.key_package().clone())
+                    .to_bytes()
+                    .map_err(|e| e.to_string())?;
+                kps.push(Payload(bytes));
+            }
+            let last_resort = if with_last_resort {
+                let bundle = KeyPackage::builder()
+                    .leaf_node_capabilities(capabilities())
+                    .mark_as_last_resort()
+                    .build(CIPHERSUITE, &self.provider, &self.signer, cred.clone())
+                    .map_err(|e| e.to_string())?;
+                let bytes = openmls::prelude::MlsMessageOut::from(bundle.key_package().clone())
+                    .to_bytes()
+                    .map_err(|e| e.to_string())?;
+                Some(Payload(bytes))
+            } else {
+                None
+            };
+            Ok((kps, last_resort))
+        })();
+        match result {
+            Ok((key_packages, last_resort)) => {
+                store.commit()?;
+                self.key_package_request_in_flight = true;
+                self.request(
+                    Request::UploadKeyPackages {
+                        key_packages: BoundedVec(key_packages),
+                        last_resort,
+                    },
+                    Pending::Upload,
+                );
+            }
+            Err(e) => {
+                let _ = store.rollback();
+                self.warn(format!("could not generate KeyPackages: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Inbound entries
+    // ----------------------------------------------------------------------------------
+
+    fn on_inbox_entry(&mut self, now_ms: u64, entry: InboxEntry) -> Result<(), HandleError> {
+        let store = self.provider.store();
+        if entry.seq <= store.cursor(&Stream::Inbox)? {
+            self.ack(Stream::Inbox, entry.seq);
+            return Ok(());
+        }
+        let InboxKind::Welcome {
+            group,
+            commit_seq,
+            sender,
+        } = entry.kind.clone();
+        store.begin()?;
+        let result = self.join_from_welcome(now_ms, &entry, group, commit_seq, sender);
+        match result {
+            Ok(events) => {
+                let store = self.provider.store();
+                store.set_cursor(&Stream::Inbox, entry.seq)?;
+                store.commit()?;
+                for e in events {
+                    self.event(e);
+                }
+                self.apply_parked(now_ms, group)?;
+            }
+            Err(reason) => {
+                let _ = self.provider.store().rollback();
+                self.groups.remove(&group);
+                self.reload_group(&group);
+                self.provider
+                    .store()
+                    .set_cursor(&Stream::Inbox, entry.seq)?;
+                self.warn(format!("skipped a Welcome into group {group}: {reason}"));
+            }
+        }
+        self.ack(Stream::Inbox, entry.seq);
+        // A KeyPackage was consumed: check the stock.
+        if self.conn == Conn::Ready && !self.key_package_request_in_flight {
+            self.key_package_request_in_flight = true;
+            self.request(Request::KeyPackageStock, Pending::Stock);
+        }
+        Ok(())
+    }
+
+    fn join_from_welcome(
+        &mut self,
+        now_ms: u64,
+        entry: &InboxEntry,
+        group: GroupId,
+        commit_seq: Seq,
+        sender: DeviceId,
+    ) -> Result<Vec<Event>, String> {
+        if self.groups.contains_key(&group) {
+            return Err("already a member".into());
+        }
+        let msg = MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
+            .map_err(|e| format!("undecodable Welcome: {e}"))?;
+        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+            return Err("not a Welcome".into());
+        };
+        let staged = StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
+            .map_err(|e| format!("Welcome rejected: {e}"))?;
+        let mls = staged
+            .into_group(&self.provider)
+            .map_err(|e| format!("join failed: {e}"))?;
+        if mls.group_id().as_slice() != group.0 {
+            return Err("Welcome is for another group than announced".into());
+        }
+        let mut events = Vec::new();
+        let mut by = None;
+        for m in mls.members() {
+            let id = member_id(&m)?;
+            if id.device == sender {
+                by = Some(id.user.clone());
+            }
+            self.check_pin(now_ms, &id, &mut events)
+                .map_err(|e| e.to_string())?;
+        }
+        let by = by.ok_or("the Welcome's sender is not a member")?;
+        let name = mls
+            .extensions()
+            .unknown(GROUP_NAME_EXTENSION)
+            .and_then(|e| String::from_utf8(e.0.clone()).ok())
+            .unwrap_or_default();
+        let record = GroupRecord {
+            id: group,
+            name: name.clone(),
+            membership: Membership::Active,
+            joined_at_ms: now_ms,
+        };
+        let store = self.provider.store();
+        store.put_group(&record).map_err(|e| e.to_string())?;
+        store
+            .set_cursor(&Stream::Group(group), commit_seq)
+            .map_err(|e| e.to_string())?;
+        self.records.insert(group, record);
+        self.groups.insert(group, mls);
+        events.insert(0, Event::Joined { group, name, by });
+        Ok(events)
+    }
+
+    fn on_group_entry(&mut self, now_ms: u64, entry: GroupEntry) -> Result<(), HandleError> {
+        let group = entry.group;
+        let stream = Stream::Group(group);
+        let store = self.provider.store();
+        // Not (yet) a member locally: either the Welcome has not been processed yet (park
+        // it), or we left / were removed (ignore).
+        match self.records.get(&group).map(|r| r.membership) {
+            Some(Membership::Left) | Some(Membership::Removed) => {
+                self.ack(stream, entry.seq);
+                return Ok(());
+            }
+            Some(Membership::Active) if self.groups.contains_key(&group) => {}
+            _ => {
+                self.park(&entry)?;
+                self.ack(stream, entry.seq);
+                return Ok(());
+            }
+        }
+        if entry.seq <= store.cursor(&stream)? {
+            self.ack(stream, entry.seq);
+            return Ok(());
+        }
+        let epoch = self
+            .groups
+            .get(&group)
+            .map(|g| g.epoch().as_u64())
+            .unwrap_or(0);
+        if entry.epoch.0 > epoch {
+            self.park(&entry)?;
+            self.ack(stream, entry.seq);
+            return Ok(());
+        }
+        let merged = self.apply_entry(now_ms, &entry)?;
+        self.ack(stream, entry.seq);
+        if merged {
+            self.after_epoch_change(now_ms, group)?;
+        }
+        Ok(())
+    }
+
+    fn park(&mut self, entry: &GroupEntry) -> Result<(), HandleError> {
+        let store = self.provider.store();
+        if store.pending(&entry.group)?.len() >= MAX_PENDING_PER_GROUP {
+            self.warn(format!(
+                "dropped entry {} of group {}: too many parked",
+                entry.seq, entry.group
+            ));
+            return Ok(());
+        }
+        let bytes = postcard::to_stdvec(entry).map_err(|e| StoreError::Encode(e.to_string()))?;
+        store.put_pending(&entry.group, entry.seq, &bytes)?;
+        Ok(())
+    }
+
+    /// Applies parked entries of `group` that have become applicable, in seq order.
+    fn apply_parked(&mut self, now_ms: u64, group: GroupId) -> Result<(), HandleError> {
+        loop {
+            let Some(mls) = self.groups.get(&group) else {
+                return Ok(());
+            };
+            let epoch = mls.epoch().as_u64();
+            let cursor = self.provider.store().cursor(&Stream::Group(group))?;
+            let parked = self.provider.store().pending(&group)?;
+            let mut progressed = false;
+            for (seq, bytes) in parked {
+                let entry: GroupEntry = match postcard::from_bytes(&bytes) {
+                    Ok(e) => e,
+                    Err(_) => {
+                        self.provider.store().delete_pending(&group, seq)?;
+                        continue;
+                    }
+                };
+                if entry.seq <= cursor {
+                    self.provider.store().delete_pending(&group, seq)?;
+                    continue;
+                }
+                if entry.epoch.0 > epoch {
+                    break;
+                }
+                self.provider.store().delete_pending(&group, seq)?;
+                let merged = self.apply_entry(now_ms, &entry)?;
+                progressed = true;
+                if merged {
+                    self.after_epoch_change(now_ms, group)?;
+                    break;
+                }
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies one entry (epoch ≤ ours) in one transaction together with its plaintext and
+    /// the cursor. Returns whether the group moved to a new epoch. A bad entry is skipped
+    /// (cursor advanced) with a warning.
+    fn apply_entry(&mut self, now_ms: u64, entry: &GroupEntry) -> Result<bool, HandleError> {
+        let group = entry.group;
+        let store = self.provider.store();
+        store.begin()?;
+        let result = self.apply_entry_in_tx(now_ms, entry);
+        let store = self.provider.store();
+        match result {
+            Ok(outcome) => {
+                store.set_cursor(&Stream::Group(group), entry.seq)?;
+                if let Err(e) = store.commit() {
+                    let _ = store.rollback();
+                    self.reload_group(&group);
+                    return Err(e.into());
+                }
+                for e in outcome.events {
+                    self.event(e);
+                }
+                if let Some(op) = outcome.completed_op {
+                    self.finish(op, Ok(()));
+                }
+                if outcome.removed {
+                    self.groups.remove(&group);
+                    self.fail_group_ops(group, "removed from the group");
+                }
+                for leaver in outcome.leave_requests {
+                    self.handle_leave_request(group, leaver);
+                }
+                Ok(outcome.merged)
+            }
+            Err(reason) => {
+                let _ = store.rollback();
+                self.reload_group(&group);
+                let store = self.provider.store();
+                store.set_cursor(&Stream::Group(group), entry.seq)?;
+                self.warn(format!(
+                    "skipped entry {} of group {} from device {}: {reason}",
+                    entry.seq, group, entry.sender
+                ));
+                Ok(false)
+            }
+        }
+    }
+
+    fn apply_entry_in_tx(&mut self, now_ms: u64, entry: &GroupEntry) -> Result<Outcome, String> {
+        let group = entry.group;
+        let me = self.identity.device;
+        let mut out = Outcome::default();
+        let store = self.provider.store();
+        let mls = self.groups.get_mut(&group).ok_or("not a member")?;
+        let our_epoch = mls.epoch().as_u64();
+
+        if Some(entry.sender) == me {
+            match &entry.kind {
+                EntryKind::Commit { .. } => {
+                    if mls.pending_commit().is_some() && entry.epoch.0 == our_epoch {
+                        // Our own commit, accepted (its Posted reply may be lost or later).
+                        mls.merge_pending_commit(&self.provider)
+                            .map_err(|e| e.to_string())?;
+                        out.merged = true;
+                        out.completed_op = self
+                            .ops
+                            .iter()
+                            .find(|(_, o)| matches!(&o.kind, OpKind::Change(c) if c.group == group && c.stage == ChangeStage::Posting))
+                            .map(|(id, _)| *id);
+                        if let Some(op) = out.completed_op {
+                            // The Posted reply, if it still comes, finds no op.
+                            self.requests.retain(
+                                |_, p| !matches!(p, Pending::PostCommit { op: o } if *o == op),
+                            );
+                        }
+                    }
+                    return Ok(out);
+                }
+                EntryKind::Application => {
+                    // Our own message: move it from the outbox to the history at this seq.
+                    for item in store.outbox().map_err(|e| e.to_string())? {
+                        if item.group == group && item.payload == entry.payload.as_bytes() {
+                            let msg = own_message(&self.identity, entry.seq, &item);
+                            record_own(store, &item, &msg).map_err(|e| e.to_string())?;
+                            out.events.extend(self.to_chat_event(&msg));
+                            if let Some(op) = self.outbox_ops.remove(&item.local_id) {
+                                out.completed_op = Some(op);
+                            }
+                        }
+                    }
+                    return Ok(out);
+                }
+                EntryKind::Proposal => return Ok(out),
+            }
+        }
+
+        let msg = MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
+            .map_err(|e| format!("undecodable MLS message: {e}"))?;
+        let protocol = msg
+            .try_into_protocol_message()
+            .map_err(|e| format!("not a group message: {e}"))?;
+        let is_commit = matches!(entry.kind, EntryKind::Commit { .. });
+        if is_commit && mls.pending_commit().is_some() {
+            // Another member's commit won this epoch: drop ours (the command retries).
+            mls.clear_pending_commit(store).map_err(|e| e.to_string())?;
+        }
+        let before: Vec<MemberId> = mls.members().filter_map(|m| member_id(&m).ok()).collect();
+        let processed = mls
+            .process_message(&self.provider, protocol)
+            .map_err(|e| format!("{e}"))?;
+        let sender_id = match processed.sender() {
+            Sender::Member(idx) => mls
+                .member_at(*idx)
+                .and_then(|m| member_id(&m).ok())
+                .ok_or("unknown sender")?,
+            _ => return Err("not sent by a member".into()),
+        };
+        if sender_id.device != entry.sender {
+            return Err(format!(
+                "relay says device {} sent it, MLS says device {}",
+                entry.sender, sender_id.device
+            ));
+        }
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let bytes = app.into_bytes();
+                let env = Envelope::decode(&bytes).map_err(|e| e.to_string())?;
+                if store.is_seen(&group, &env.id).map_err(|e| e.to_string())? {
+                    return Err("duplicate message id".into());
+                }
+                store
+                    .mark_seen(&group, &env.id)
+                    .map_err(|e| e.to_string())?;
+                match &env.content {
+                    Content::Text { .. } => {}
+                    Content::GroupInfo { name } => {
+                        if let Some(r) = self.records.get_mut(&group) {
+                            if name.len() <= MAX_GROUP_NAME {
+                                r.name = name.clone();
+                                store.put_group(r).map_err(|e| e.to_string())?;
+                            }
+                        }
+                    }
+                    Content::LeaveRequest => out.leave_requests.push(sender_id.device),
+                }
+                let stored = StoredMessage {
+                    group,
+                    seq: entry.seq,
+                    from: sender_id.user.clone(),
+                    from_device: sender_id.device,
+                    message_id: env.id,
+                    sent_at_ms: env.sent_at_ms,
+                    content: bytes,
+                };
+                store.put_message(&stored).map_err(|e| e.to_string())?;
+                out.events.extend(self.to_chat_event(&stored));
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let removed_self = staged.self_removed();
+                mls.merge_staged_commit(&self.provider, *staged)
+                    .map_err(|e| e.to_string())?;
+                out.merged = true;
+                if removed_self {
+                    out.removed = true;
+                    if let Some(r) = self.records.get_mut(&group) {
+                        r.membership = Membership::Removed;
+                        store.put_group(r).map_err(|e| e.to_string())?;
+                    }
+                    out.events.push(Event::RemovedFromGroup { group });
+                    return Ok(out);
+                }
+                let after: Vec<MemberId> =
+                    mls.members().filter_map(|m| member_id(&m).ok()).collect();
+                let added: Vec<MemberId> = after
+                    .iter()
+                    .filter(|m| !before.contains(m))
+                    .cloned()
+                    .collect();
+                let removed: Vec<MemberId> = before
+                    .iter()
+                    .filter(|m| !after.contains(m))
+                    .cloned()
+                    .collect();
+                let mut pin_events = Vec::new();
+                for m in &added {
+                    self.check_pin(now_ms, m, &mut pin_events)
+                        .map_err(|e| e.to_string())?;
+                }
+                if !added.is_empty() || !removed.is_empty() {
+                    out.events.push(Event::MembersChanged {
+                        group,
+                        by: sender_id.user.clone(),
+                        added: users_of(&added),
+                        removed: users_of(&removed),
+                    });
+                }
+                out.events.extend(pin_events);
+            }
+            _ => {
+                return Err("proposals are not used by Cove".into());
+            }
+        }
+        Ok(out)
+    }
+
+    fn to_chat_event(&self, m: &StoredMessage) -> Option<Event> {
+        let env = Envelope::decode(&m.content).ok()?;
+        let Content::Text { text } = env.content else {
+            return None;
+        };
+        Some(Event::Message(ChatMessage {
+            group: m.group,
+            group_name: self
+                .records
+                .get(&m.group)
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+            from: m.from.clone(),
+            from_device: m.from_device,
+            id: MessageId(m.message_id),
+            sent_at_ms: m.sent_at_ms,
+            text,
+            seq: m.seq,
+        }))
+    }
+
+    /// Pins a key on first sight; a different key from the pinned one raises KeyChanged.
+    fn check_pin(
+        &self,
+        now_ms: u64,
+        m: &MemberId,
+        events: &mut Vec<Event>,
+    ) -> Result<bool, StoreError> {
+        if m.device == self.identity.device.unwrap_or(DeviceId(u64::MAX)) {
+            return Ok(true);
+        }
+        let Ok(key) = <[u8; 32]>::try_from(m.key.as_slice()) else {
+            return Ok(false);
+        };
+        let key = DeviceKey(key);
+        let store = self.provider.store();
+        match store
+            .pinned_devices(&m.user)?
+            .into_iter()
+            .find(|p| p.device == m.device)
+        {
+            Some(p) if p.key == key => Ok(true),
+            Some(p) => {
+                events.push(Event::KeyChanged {
+                    user: m.user.clone(),
+                    device: m.device,
+                    pinned: p.key,
+                    presented: key,
+                });
+                Ok(false)
+            }
+            None => {
+                store.pin_device(&PinnedDevice {
+                    user: m.user.clone(),
+                    device: m.device,
+                    key,
+                    pinned_at_ms: now_ms,
+                })?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn after_epoch_change(&mut self, now_ms: u64, group: GroupId) -> Result<(), HandleError> {
+        // Commands waiting for this group may proceed.
+        let ids: Vec<OpId> = self
+            .ops
+            .iter()
+            .filter(|(_, o)| matches!(&o.kind, OpKind::Change(c) if c.group == group))
+            .map(|(id, _)| *id)
+            .collect();
+        for op in ids {
+            self.drive(op);
+        }
+        self.apply_parked(now_ms, group)
+    }
+
+    fn handle_leave_request(&mut self, group: GroupId, leaver: DeviceId) {
+        // The remaining member with the lowest leaf index commits the removal; the others
+        // would only lose the commit race.
+        let Some(mls) = self.groups.get(&group) else {
+            return;
+        };
+        let me = mls.own_leaf_index();
+        let first = mls
+            .members()
+            .filter(|m| {
+                parse_credential(&m.credential)
+                    .map(|c| c.device != leaver)
+                    .unwrap_or(false)
+            })
+            .map(|m| m.index)
+            .min();
+        if first == Some(me) {
+            self.new_change(group, Vec::new(), Vec::new(), vec![leaver]);
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Commands: state machines
+    // ----------------------------------------------------------------------------------
+
+    fn new_op(&mut self, kind: OpKind) -> OpId {
+        let id = OpId(self.next_op);
+        self.next_op += 1;
+        self.ops.insert(id, Op { kind, retries: 0 });
+        id
+    }
+
+    fn new_change(
+        &mut self,
+        group: GroupId,
+        add: Vec<UserName>,
+        remove: Vec<UserName>,
+        remove_devices: Vec<DeviceId>,
+    ) -> OpId {
+        let stage = if add.is_empty() {
+            ChangeStage::Commit
+        } else {
+            ChangeStage::Directory
+        };
+        let directory = add.iter().map(|u| (u.clone(), None)).collect();
+        let op = self.new_op(OpKind::Change(Change {
+            group,
+            add,
+            remove,
+            remove_devices,
+            stage,
+            directory,
+            claims: BTreeMap::new(),
+            key_packages: Vec::new(),
+            posted: None,
+        }));
+        self.drive(op);
+        op
+    }
+
+    fn finish(&mut self, op: OpId, result: Result<(), OpError>) {
+        if self.ops.remove(&op).is_some() {
+            self.event(Event::OpDone { op, result });
+        }
+    }
+
+    fn fail_group_ops(&mut self, group: GroupId, why: &str) {
+        let ids: Vec<OpId> = self
+            .ops
+            .iter()
+            .filter(|(_, o)| matches!(&o.kind, OpKind::Change(c) if c.group == group))
+            .map(|(id, _)| *id)
+            .collect();
+        for op in ids {
+            self.finish(op, Err(OpError::NotApplicable(why.to_string())));
+        }
+    }
+
+    /// Moves a command forward as far as it can go now.
+    fn drive(&mut self, op: OpId) {
+        let ready = self.conn == Conn::Ready;
+        let Some(o) = self.ops.get_mut(&op) else {
+            return;
+        };
+        match &mut o.kind {
+            OpKind::Send => {}
+            OpKind::CreateGroup {
+                group, requested, ..
+            } => {
+                if ready && !*requested {
+                    *requested = true;
+                    let group = *group;
+                    self.request(Request::CreateGroup { group }, Pending::CreateGroup { op });
+                }
+            }
+            OpKind::Change(c) => match c.stage {
+                ChangeStage::Directory => {
+                    if ready && c.directory.values().all(|v| v.is_none()) {
+                        let users: Vec<UserName> = c.directory.keys().cloned().collect();
+                        for user in users {
+                            self.request(
+                                Request::ListDevices { user: user.clone() },
+                                Pending::Directory { op, user },
+                            );
+                        }
+                    }
+                }
+                ChangeStage::Claim => {}
+                ChangeStage::Commit => {
+                    if ready {
+                        self.try_commit(op);
+                    }
+                }
+                ChangeStage::AwaitEpoch(lost_at) => {
+                    let group = c.group;
+                    let now = self.groups.get(&group).map(|g| g.epoch().as_u64());
+                    if now.is_some_and(|e| e > lost_at) {
+                        c.stage = ChangeStage::Commit;
+                        o.retries += 1;
+                        if o.retries > MAX_COMMIT_RETRIES {
+                            let n = o.retries;
+                            self.finish(op, Err(OpError::TooManyRetries(n)));
+                        } else if ready {
+                            self.try_commit(op);
+                        }
+                    }
+                }
+                ChangeStage::Posting => {}
+            },
+        }
+    }
+
+    fn on_group_created(
+        &mut self,
+        now_ms: u64,
+        op: OpId,
+        result: Result<Reply, ErrorReply>,
+    ) -> Result<(), HandleError> {
+        let Some(Op {
+            kind: OpKind::CreateGroup { group, name, .. },
+            ..
+        }) = self.ops.get(&op)
+        else {
+            return Ok(());
+        };
+        let (group, name) = (*group, name.clone());
+        match result {
+            Ok(Reply::GroupCreated) => {}
+            Ok(other) => {
+                self.finish(
+                    op,
+                    Err(OpError::Relay(format!("unexpected reply {other:?}"))),
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                self.finish(op, Err(OpError::Relay(e.to_string())));
+                return Ok(());
+            }
+        }
+        let Some(device) = self.identity.device else {
+            self.finish(op, Err(OpError::NotApplicable("not registered".into())));
+            return Ok(());
+        };
+        let config = match Extensions::single(Extension::Unknown(
+            GROUP_NAME_EXTENSION,
+            UnknownExtension(name.as_bytes().to_vec()),
+        )) {
+            Ok(ext) => MlsGroupCreateConfig::builder()
+                .ciphersuite(CIPHERSUITE)
+                .use_ratchet_tree_extension(true)
+                .max_past_epochs(MAX_PAST_EPOCHS)
+                .capabilities(capabilities())
+                .with_group_context_extensions(ext)
+                .build(),
+            Err(e) => {
+                self.finish(op, Err(OpError::Mls(e.to_string())));
+                return Ok(());
+            }
+        };
+        let store = self.provider.store();
+        store.begin()?;
+        let created = MlsGroup::new_with_group_id(
+            &self.provider,
+            &self.signer,
+            &config,
+            MlsGroupId::from_slice(&group.0),
+            self.credential_with_key(device),
+        );
+        match created {
+            Ok(mls) => {
+                let record = GroupRecord {
+                    id: group,
+                    name,
+                    membership: Membership::Active,
+                    joined_at_ms: now_ms,
+                };
+                if let Err(e) = store.put_group(&record).and_then(|_| store.commit()) {
+                    let _ = store.rollback();
+                    return Err(e.into());
+                }
+                self.records.insert(group, record);
+                self.groups.insert(group, mls);
+                self.finish(op, Ok(()));
+            }
+            Err(e) => {
+                let _ = store.rollback();
+                self.finish(op, Err(OpError::Mls(e.to_string())));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_directory(
+        &mut self,
+        now_ms: u64,
+        op: OpId,
+        user: UserName,
+        result: Result<Reply, ErrorReply>,
+    ) {
+        let devices = match result {
+            Ok(Reply::Devices { user: u, devices }) if u == user => devices.0,
+            Ok(_) => {
+                self.finish(op, Err(OpError::Relay("unexpected directory reply".into())));
+                return;
+            }
+            Err(e) => {
+                self.finish(op, Err(OpError::Relay(format!("{user}: {e}"))));
+                return;
+            }
+        };
+        if devices.is_empty() {
+            self.finish(op, Err(OpError::NoDevices(user)));
+            return;
+        }
+        // Trust on first use: pin unknown devices, refuse changed keys.
+        let mut events = Vec::new();
+        let mut changed = false;
+        for d in &devices {
+            let m = MemberId {
+                user: user.clone(),
+                device: d.device,
+                key: d.key.0.to_vec(),
+            };
+            match self.check_pin(now_ms, &m, &mut events) {
+                Ok(true) => {}
+                Ok(false) => changed = true,
+                Err(e) => {
+                    self.finish(op, Err(OpError::Storage(e.to_string())));
+                    return;
+                }
+            }
+        }
+        for e in events {
+            self.event(e);
+        }
+        if changed {
+            self.finish(op, Err(OpError::KeyChanged(user)));
+            return;
+        }
+        let Some(Op {
+            kind: OpKind::Change(c),
+            ..
+        }) = self.ops.get_mut(&op)
+        else {
+            return;
+        };
+        c.directory.insert(user, Some(devices));
+        if c.directory.values().all(|v| v.is_some()) {
+            c.stage = ChangeStage::Claim;
+            let users: Vec<UserName> = c.directory.keys().cloned().collect();
+            for user in users {
+                self.request(
+                    Request::ClaimKeyPackages { user: user.clone() },
+                    Pending::Claim { op, user },
+                );
+            }
+        }
+    }
+
+    fn on_claim(&mut self, op: OpId, user: UserName, result: Result<Reply, ErrorReply>) {
+        let claimed = match result {
+            Ok(Reply::KeyPackages {
+                user: u,
+                key_packages,
+            }) if u == user => key_packages.0,
+            Ok(_) => {
+                self.finish(op, Err(OpError::Relay("unexpected claim reply".into())));
+                return;
+            }
+            Err(e) => {
+                self.finish(op, Err(OpError::Relay(format!("{user}: {e}"))));
+                return;
+            }
+        };
+        if claimed.is_empty() {
+            self.finish(op, Err(OpError::NoDevices(user)));
+            return;
+        }
+        let Some(Op {
+            kind: OpKind::Change(c),
+            ..
+        }) = self.ops.get_mut(&op)
+        else {
+            return;
+        };
+        c.claims.insert(user, Some(claimed));
+        if c.claims.len() < c.directory.len() || c.claims.values().any(|v| v.is_none()) {
+            return;
+        }
+        // All claims in: validate each KeyPackage against the directory.
+        let mut kps = Vec::new();
+        let mut failure = None;
+        for (user, claimed) in &c.claims {
+            let devices = c.directory.get(user).cloned().flatten().unwrap_or_default();
+            for ck in claimed.iter().flatten() {
+                match validate_key_package(&self.provider, user, ck, &devices) {
+                    Ok(kp) => kps.push((user.clone(), ck.device, kp)),
+                    Err(reason) => {
+                        failure = Some(OpError::InvalidKeyMaterial {
+                            user: user.clone(),
+                            reason,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(f) = failure {
+            self.finish(op, Err(f));
+            return;
+        }
+        c.key_packages = kps;
+        c.stage = ChangeStage::Commit;
+        self.drive(op);
+    }
+
+    /// Builds and posts the commit of a change, if the group has no commit in flight.
+    fn try_commit(&mut self, op: OpId) {
+        let Some(Op {
+            kind: OpKind::Change(c),
+            ..
+        }) = self.ops.get(&op)
+        else {
+            return;
+        };
+        let group = c.group;
+        let Some(mls) = self.groups.get_mut(&group) else {
+            self.finish(
+                op,
+                Err(OpError::NotApplicable("not a member of the group".into())),
+            );
+            return;
+        };
+        if mls.pending_commit().is_some() {
+            return; // another command's commit is in flight; retried after it settles
+        }
+        let members: Vec<(LeafNodeIndex, MemberId)> = mls
+            .members()
+            .filter_map(|m| member_id(&m).ok().map(|id| (m.index, id)))
+            .collect();
+        let present: BTreeSet<DeviceId> = members.iter().map(|(_, m)| m.device).collect();
+        let to_add: Vec<(DeviceId, KeyPackage)> = c
+            .key_packages
+            .iter()
+            .filter(|(_, d, _)| !present.contains(d))
+            .map(|(_, d, kp)| (*d, kp.clone()))
+            .collect();
+        let to_remove: Vec<(LeafNodeIndex, DeviceId)> = members
+            .iter()
+            .filter(|(_, m)| c.remove.contains(&m.user) || c.remove_devices.contains(&m.device))
+            .filter(|(_, m)| Some(m.device) != self.identity.device)
+            .map(|(i, m)| (*i, m.device))
+            .collect();
+        if to_add.is_empty() && to_remove.is_empty() {
+            let result = if !c.remove.is_empty() && c.add.is_empty() {
+                Err(OpError::NotApplicable(
+                    "none of these users is a member".into(),
+                ))
+            } else {
+                Ok(())
+            };
+            self.finish(op, result);
+            return;
+        }
+        let epoch = Epoch(mls.epoch().as_u64());
+        let store = self.provider.store();
+        if let Err(e) = store.begin() {
+            self.finish(op, Err(OpError::Storage(e.to_string())));
+            return;
+        }
+        let built = (|| -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+            if !to_add.is_empty() && !to_remove.is_empty() {
+                return Err("add and remove in one command are not supported".into());
+            }
+            if !to_add.is_empty() {
+                let kps: Vec<KeyPackage> = to_add.iter().map(|(_, kp)| kp.clone()).collect();
+                let (commit, welcome, _) = mls
+                    .add_members(&self.provider, &self.signer, &kps)
+                    .map_err(|e| e.to_string())?;
+                Ok((
+                    commit.to_bytes().map_err(|e| e.to_string())?,
+                    Some(welcome.to_bytes().map_err(|e| e.to_string())?),
+                ))
+            } else {
+                let leaves: Vec<LeafNodeIndex> = to_remove.iter().map(|(i, _)| *i).collect();
+                let (commit, _, _) = mls
+                    .remove_members(&self.provider, &self.signer, &leaves)
+                    .map_err(|e| e.to_string())?;
+                Ok((commit.to_bytes().map_err(|e| e.to_string())?, None))
+            }
+        })();
+        let (commit, welcome) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = store.rollback();
+                self.reload_group(&group);
+                self.finish(op, Err(OpError::Mls(e)));
+                return;
+            }
+        };
+        if let Err(e) = store.commit() {
+            let _ = store.rollback();
+            self.reload_group(&group);
+            self.finish(op, Err(OpError::Storage(e.to_string())));
+            return;
+        }
+        let kind = PostKind::Commit {
+            added: BoundedVec(to_add.iter().map(|(d, _)| *d).collect()),
+            removed: BoundedVec(to_remove.iter().map(|(_, d)| *d).collect()),
+            welcome: welcome.map(Payload),
+        };
+        if let Some(Op {
+            kind: OpKind::Change(c),
+            ..
+        }) = self.ops.get_mut(&op)
+        {
+            c.stage = ChangeStage::Posting;
+            c.posted = Some((epoch, kind.clone(), commit.clone()));
+        }
+        self.request(
+            Request::Post {
+                group,
+                epoch,
+                kind,
+                payload: Payload(commit),
+            },
+            Pending::PostCommit { op },
+        );
+    }
+
+    fn on_commit_posted(
+        &mut self,
+        op: OpId,
+        result: Result<Reply, ErrorReply>,
+    ) -> Result<(), HandleError> {
+        let Some(Op {
+            kind: OpKind::Change(c),
+            ..
+        }) = self.ops.get_mut(&op)
+        else {
+            return Ok(());
+        };
+        let group = c.group;
+        match result {
+            Ok(Reply::Posted { .. }) => {
+                c.posted = None;
+                if let Some(mls) = self.groups.get_mut(&group) {
+                    if mls.pending_commit().is_some() {
+                        let store = self.provider.store();
+                        store.begin()?;
+                        match mls.merge_pending_commit(&self.provider) {
+                            Ok(()) => store.commit()?,
+                            Err(e) => {
+                                let _ = store.rollback();
+                                self.reload_group(&group);
+                                self.finish(op, Err(OpError::Mls(e.to_string())));
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                self.finish(op, Ok(()));
+                self.after_epoch_change(0, group)
+            }
+            Err(e) if e.code == ErrorCode::StaleEpoch => {
+                // Lost the race. Keep our pending commit until we see the winner (it might
+                // be our own, accepted before a reconnect); then rebuild.
+                let lost_at = self
+                    .groups
+                    .get(&group)
+                    .map(|g| g.epoch().as_u64())
+                    .unwrap_or(0);
+                c.stage = ChangeStage::AwaitEpoch(lost_at);
+                c.posted = None;
+                let after = self.provider.store().cursor(&Stream::Group(group))?;
+                self.request(
+                    Request::Fetch {
+                        group,
+                        after,
+                        limit: FETCH_LIMIT,
+                    },
+                    Pending::Fetch,
+                );
+                Ok(())
+            }
+            other => {
+                if let Some(mls) = self.groups.get_mut(&group) {
+                    mls.clear_pending_commit(self.provider.storage())?;
+                }
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    Ok(r) => format!("unexpected reply {r:?}"),
+                };
+                self.finish(op, Err(OpError::Relay(why)));
+                Ok(())
+            }
+        }
+    }
+
+    fn post_outbox_item(&mut self, item: &OutboxItem) {
+        self.request(
+            Request::Post {
+                group: item.group,
+                epoch: item.epoch,
+                kind: PostKind::Application,
+                payload: Payload(item.payload.clone()),
+            },
+            Pending::PostApplication {
+                local_id: item.local_id,
+            },
+        );
+    }
+
+    fn on_app_posted(
+        &mut self,
+        local_id: u64,
+        result: Result<Reply, ErrorReply>,
+    ) -> Result<(), HandleError> {
+        let store = self.provider.store();
+        let Some(item) = store.outbox()?.into_iter().find(|i| i.local_id == local_id) else {
+            // Already moved to history by its echo.
+            return Ok(());
+        };
+        match result {
+            Ok(Reply::Posted { seq }) => {
+                let msg = own_message(&self.identity, seq, &item);
+                store.begin()?;
+                if let Err(e) = record_own(store, &item, &msg) {
+                    let _ = store.rollback();
+                    return Err(e.into());
+                }
+                store.commit()?;
+                if let Some(ev) = self.to_chat_event(&msg) {
+                    self.event(ev);
+                }
+                let is_leave = matches!(
+                    Envelope::decode(&item.content).map(|e| e.content),
+                    Ok(Content::LeaveRequest)
+                );
+                if is_leave {
+                    self.forget_group(item.group, Membership::Left)?;
+                }
+                if let Some(op) = self.outbox_ops.remove(&local_id) {
+                    self.finish(op, Ok(()));
+                }
+            }
+            Err(e) => {
+                // Refused for good (not a member, too large...): drop it from the outbox.
+                store.delete_outbox(local_id)?;
+                let why = e.to_string();
+                if let Some(op) = self.outbox_ops.remove(&local_id) {
+                    self.finish(op, Err(OpError::Relay(why)));
+                } else {
+                    self.warn(format!("a queued message was refused by the relay: {why}"));
+                }
+            }
+            Ok(other) => self.warn(format!("unexpected reply to a post: {other:?}")),
+        }
+        Ok(())
+    }
+
+    fn forget_group(&mut self, group: GroupId, membership: Membership) -> Result<(), HandleError> {
+        let store = self.provider.store();
+        if let Some(r) = self.records.get_mut(&group) {
+            r.membership = membership;
+            store.put_group(r)?;
+        }
+        if let Some(mut mls) = self.groups.remove(&group) {
+            store.begin()?;
+            match mls.delete(store) {
+                Ok(()) => store.commit()?,
+                Err(e) => {
+                    let _ = store.rollback();
+                    return Err(e.into());
+                }
+            }
+        }
+        self.fail_group_ops(group, "left the group");
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Helpers
+    // ----------------------------------------------------------------------------------
+
+    fn active_group(&self, group: &str) -> Result<GroupId, CommandError> {
+        let id = self.resolve(group)?;
+        if !self.groups.contains_key(&id) {
+            return Err(CommandError::NotMember(group.to_string()));
+        }
+        Ok(id)
+    }
+
+    fn reload_group(&mut self, group: &GroupId) {
+        let mls_id = MlsGroupId::from_slice(&group.0);
+        match MlsGroup::load(self.provider.storage(), &mls_id) {
+            Ok(Some(g)) => {
+                self.groups.insert(*group, g);
+            }
+            _ => {
+                self.groups.remove(group);
+            }
+        }
+    }
+
+    fn credential_with_key(&self, device: DeviceId) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: BasicCredential::new(credential_identity(&self.identity.user, device))
+                .into(),
+            signature_key: self.identity.public_key.0.to_vec().into(),
+        }
+    }
+
+    fn request(&mut self, body: Request, pending: Pending) {
+        let id = RequestId(self.next_request);
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        self.requests.insert(id, pending);
+        self.outputs
+            .push_back(Output::Send(ClientFrame::Request { id, body }));
+    }
+
+    fn ack(&mut self, stream: Stream, seq: Seq) {
+        if self.conn == Conn::Ready {
+            self.request(Request::Ack { stream, seq }, Pending::Ack);
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    fn warn(&mut self, text: String) {
+        self.event(Event::Warning(text));
+    }
+}
+
+#[derive(Default)]
+struct Outcome {
+    merged: bool,
+    removed: bool,
+    events: Vec<Event>,
+    completed_op: Option<OpId>,
+    leave_requests: Vec<DeviceId>,
+}
+
+fn own_message(identity: &Identity, seq: Seq, item: &OutboxItem) -> StoredMessage {
+    StoredMessage {
+        group: item.group,
+        seq,
+        from: identity.user.clone(),
+        from_device: identity.device.unwrap_or_default(),
+        message_id: item.message_id,
+        sent_at_ms: item.sent_at_ms,
+        content: item.content.clone(),
+    }
+}
+
+fn record_own<S: Store>(
+    store: &S,
+    item: &OutboxItem,
+    msg: &StoredMessage,
+) -> Result<(), StoreError> {
+    store.put_message(msg)?;
+    store.mark_seen(&item.group, &item.message_id)?;
+    store.delete_outbox(item.local_id)
+}
+
+fn users_of(members: &[MemberId]) -> Vec<UserName> {
+    let mut u: Vec<UserName> = members.iter().map(|m| m.user.clone()).collect();
+    u.sort();
+    u.dedup();
+    u
+}
+
+fn capabilities() -> Capabilities {
+    Capabilities::new(
+        None,
+        Some(&[CIPHERSUITE]),
+        Some(&[ExtensionType::Unknown(GROUP_NAME_EXTENSION)]),
+        None,
+        None,
+    )
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}
+
+/// The MLS BasicCredential identity of a device: `cove:<user>:<device id>`.
+pub fn credential_identity(user: &UserName, device: DeviceId) -> Vec<u8> {
+    format!("cove:{}:{}", user, device.0).into_bytes()
+}
+
+fn parse_credential(credential: &Credential) -> Result<MemberId, String> {
+    let basic = BasicCredential::try_from(credential.clone()).map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(basic.identity()).map_err(|_| "credential is not UTF-8")?;
+    let rest = text.strip_prefix("cove:").ok_or("not a Cove credential")?;
+    let (user, device) = rest.rsplit_once(':').ok_or("malformed credential")?;
+    let user = UserName::new(user).map_err(|e| e.to_string())?;
+    let device = DeviceId(
+        device
+            .parse()
+            .map_err(|_| "malformed device id in credential")?,
+    );
+    Ok(MemberId {
+        user,
+        device,
+        key: Vec::new(),
+    })
+}
+
+fn member_id(m: &openmls::prelude::Member) -> Result<MemberId, String> {
+    let mut id = parse_credential(&m.credential)?;
+    id.key = m.signature_key.clone();
+    Ok(id)
+}
+
+fn validate_key_package<S: Store>(
+    provider: &CoveProvider<S>,
+    user: &UserName,
+    claimed: &ClaimedKeyPackage,
+    directory: &[DeviceInfo],
+) -> Result<KeyPackage, String> {
+    let msg = MlsMessageIn::tls_deserialize_exact(claimed.key_package.as_bytes())
+        .map_err(|e| format!("undecodable KeyPackage: {e}"))?;
+    let MlsMessageBodyIn::KeyPackage(kp_in) = msg.extract() else {
+        return Err("not a KeyPackage".into());
+    };
+    let kp_in: KeyPackageIn = kp_in;
+    let kp = kp_in
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .map_err(|e| format!("invalid KeyPackage: {e}"))?;
+    if kp.ciphersuite() != CIPHERSUITE {
+        return Err("KeyPackage has the wrong ciphersuite".into());
+    }
+    let id = parse_credential(kp.leaf_node().credential())?;
+    if &id.user != user || id.device != claimed.device {
+        return Err("KeyPackage credential names another device".into());
+    }
+    let dir = directory
+        .iter()
+        .find(|d| d.device == claimed.device)
+        .ok_or("KeyPackage for a device not in the directory")?;
+    if kp.leaf_node().signature_key().as_slice() != dir.key.0 {
+        return Err("KeyPackage signature key differs from the directory key".into());
+    }
+    Ok(kp)
+}
+
+/// The safety number of two users over their device keys: for each user, 30 digits from an
+/// iterated SHA-512 over a label, the name and the sorted keys; the two halves in name order.
+pub fn safety_number(
+    a: &UserName,
+    a_keys: &[DeviceKey],
+    b: &UserName,
+    b_keys: &[DeviceKey],
+) -> String {
+    fn half(user: &UserName, keys: &[DeviceKey]) -> String {
+        let mut keys: Vec<[u8; 32]> = keys.iter().map(|k| k.0).collect();
+        keys.sort();
+        keys.dedup();
+        let mut input = Vec::new();
+        input.extend_from_slice(b"cove/v1/safety-number\0");
+        input.extend_from_slice(&(user.as_str().len() as u64).to_be_bytes());
+        input.extend_from_slice(user.as_str().as_bytes());
+        for k in &keys {
+            input.extend_from_slice(k);
+        }
+        let mut h = Sha512::digest(&input).to_vec();
+        for _ in 0..1024 {
+            let mut d = Sha512::new();
+            d.update(&h);
+            d.update(&input);
+            h = d.finalize().to_vec();
+        }
+        let mut out = String::new();
+        for chunk in h.chunks(5).take(6) {
+            let mut v: u64 = 0;
+            for b in chunk {
+                v = (v << 8) | u64::from(*b);
+            }
+            out.push_str(&format!("{:05}", v % 100_000));
+        }
+        out
+    }
+    let (first, second) = if a <= b {
+        ((a, a_keys), (b, b_keys))
+    } else {
+        ((b, b_keys), (a, a_keys))
+    };
+    let digits = half(first.0, first.1) + &half(second.0, second.1);
+    let groups: Vec<String> = digits
+        .as_bytes()
+        .chunks(5)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    groups.join(" ")
+}

@@ -1,0 +1,112 @@
+//! What travels inside MLS application messages: a versioned, postcard-encoded envelope.
+//! See `PROTOCOL.md`, "Messages inside MLS".
+
+use serde::{Deserialize, Serialize};
+
+/// Envelope version written by this crate.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// Largest text a user may send in one message (bytes of UTF-8). The whole encoded
+/// envelope must also fit [`cove_wire::limits::MAX_APPLICATION_PLAINTEXT`].
+pub const MAX_TEXT_BYTES: usize = 60 * 1024;
+
+/// The plaintext of every MLS application message Cove sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// [`ENVELOPE_VERSION`]; a receiver skips envelopes of a version it does not know.
+    pub version: u8,
+    /// Random, unique per message; receivers drop a second message with the same id.
+    pub id: [u8; 16],
+    /// Sender's clock at sending, ms since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// What it is.
+    pub content: Content,
+}
+
+/// The kinds of application content. **Variants are only ever appended** (postcard
+/// encodes the variant index): a receiver that does not know a variant skips the message
+/// with a warning, it never misreads it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Content {
+    /// A text message.
+    Text {
+        /// The text (UTF-8, at most [`MAX_TEXT_BYTES`]).
+        text: String,
+    },
+    /// Renames the group (the creator's name travels in the group context; see
+    /// `PROTOCOL.md`).
+    GroupInfo {
+        /// The group's new name.
+        name: String,
+    },
+    /// The sender's device asks to be removed from the group (it has left and deleted its
+    /// group state). A remaining member commits the removal.
+    LeaveRequest,
+}
+
+/// Why an envelope could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ContentError {
+    /// Larger than the application plaintext limit.
+    #[error("application plaintext of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// Not a valid envelope (or a content kind this client does not know).
+    #[error("undecodable application content: {0}")]
+    Malformed(String),
+    /// An envelope version this client does not know.
+    #[error("unknown envelope version {0}")]
+    UnknownVersion(u8),
+}
+
+impl Envelope {
+    /// Encodes the envelope.
+    pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
+        let bytes =
+            postcard::to_stdvec(self).map_err(|e| ContentError::Malformed(e.to_string()))?;
+        if bytes.len() > cove_wire::limits::MAX_APPLICATION_PLAINTEXT {
+            return Err(ContentError::TooLarge(bytes.len()));
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes an envelope: bounded size, known version, no trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ContentError> {
+        if bytes.len() > cove_wire::limits::MAX_APPLICATION_PLAINTEXT {
+            return Err(ContentError::TooLarge(bytes.len()));
+        }
+        let (env, rest): (Envelope, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| ContentError::Malformed(e.to_string()))?;
+        if env.version != ENVELOPE_VERSION {
+            return Err(ContentError::UnknownVersion(env.version));
+        }
+        if !rest.is_empty() {
+            return Err(ContentError::Malformed("trailing bytes".into()));
+        }
+        Ok(env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips_and_rejects_garbage() {
+        let e = Envelope {
+            version: ENVELOPE_VERSION,
+            id: [3; 16],
+            sent_at_ms: 42,
+            content: Content::Text { text: "hi".into() },
+        };
+        let bytes = e.encode().unwrap_or_default();
+        assert_eq!(Envelope::decode(&bytes), Ok(e));
+        assert!(Envelope::decode(&[1, 2, 3]).is_err());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(Envelope::decode(&long).is_err());
+        assert!(matches!(
+            Envelope::decode(&vec![0; cove_wire::limits::MAX_APPLICATION_PLAINTEXT + 1]),
+            Err(ContentError::TooLarge(_))
+        ));
+    }
+}

@@ -1,0 +1,255 @@
+//! The public types of the client API: outputs, events, messages, errors.
+
+use cove_wire::{ClientFrame, DeviceId, DeviceKey, GroupId, Seq, UserName};
+
+/// Identifies a command (`create_group`, `add_users`, `send_text`, ...). Its completion
+/// arrives as [`Event::OpDone`] with the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpId(pub u64);
+
+/// A random 16-byte message id chosen by the sender; duplicates are dropped by it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageId({})", self.to_hex())
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// What the core wants the shell to do next (drain with `Client::poll_output`).
+#[derive(Debug)]
+pub enum Output {
+    /// Send this frame to the relay (in order, on the current connection).
+    Send(ClientFrame),
+    /// Tell the user.
+    Event(Event),
+}
+
+/// Something the user (or the application) should know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The connection is authenticated as this device (after registration the first time).
+    Authenticated {
+        /// This device.
+        device: DeviceId,
+        /// True if the relay just registered this device.
+        registered: bool,
+    },
+    /// The relay pushed the whole backlog; what follows is live.
+    BacklogDone,
+    /// A message in a group (also this device's own, once the relay accepted it).
+    Message(ChatMessage),
+    /// This device was added to a group.
+    Joined {
+        /// The group.
+        group: GroupId,
+        /// Its name (set by the creator).
+        name: String,
+        /// Who added us.
+        by: UserName,
+    },
+    /// The members of a group changed (by a commit from `by`).
+    MembersChanged {
+        /// The group.
+        group: GroupId,
+        /// Who committed the change.
+        by: UserName,
+        /// Users with devices added.
+        added: Vec<UserName>,
+        /// Users with devices removed.
+        removed: Vec<UserName>,
+    },
+    /// This device was removed from a group: it can read nothing new there.
+    RemovedFromGroup {
+        /// The group.
+        group: GroupId,
+    },
+    /// A device key of `user` differs from the key pinned on first sight. The new key is
+    /// not trusted until the user accepts it (`Client::accept_key_change`).
+    KeyChanged {
+        /// Whose key.
+        user: UserName,
+        /// The device.
+        device: DeviceId,
+        /// The pinned key.
+        pinned: DeviceKey,
+        /// The key now presented.
+        presented: DeviceKey,
+    },
+    /// A command finished.
+    OpDone {
+        /// The command.
+        op: OpId,
+        /// How.
+        result: Result<(), OpError>,
+    },
+    /// Something was skipped or went wrong without stopping the client (a message that
+    /// could not be decrypted or decoded, an unexpected reply, ...). Never contains plaintext.
+    Warning(String),
+}
+
+/// A chat message as the user sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// The group.
+    pub group: GroupId,
+    /// The group's name.
+    pub group_name: String,
+    /// Sender user (from its MLS credential, checked against pinned keys).
+    pub from: UserName,
+    /// Sender device.
+    pub from_device: DeviceId,
+    /// The sender's message id.
+    pub id: MessageId,
+    /// The sender's clock when sending (ms since the Unix epoch; as claimed by the sender).
+    pub sent_at_ms: u64,
+    /// The text.
+    pub text: String,
+    /// Position in the group log: every member sees the same order.
+    pub seq: Seq,
+}
+
+/// A group as listed by `Client::groups`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The group.
+    pub id: GroupId,
+    /// Its name.
+    pub name: String,
+    /// The MLS epoch.
+    pub epoch: u64,
+    /// The member users (sorted, deduplicated).
+    pub members: Vec<UserName>,
+    /// Whether this device is still a member.
+    pub active: bool,
+}
+
+/// Why a command failed (reported in [`Event::OpDone`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// The relay refused the request.
+    #[error("the relay refused: {0}")]
+    Relay(String),
+    /// A user has no devices or no KeyPackages.
+    #[error("user {0} has no device to add")]
+    NoDevices(UserName),
+    /// A user's device key differs from the pinned one; see [`Event::KeyChanged`].
+    #[error("the key of {0} changed; compare safety numbers and accept the change first")]
+    KeyChanged(UserName),
+    /// A KeyPackage or directory entry did not check out (the relay or the user misbehaved).
+    #[error("invalid key material for {user}: {reason}")]
+    InvalidKeyMaterial {
+        /// Whose.
+        user: UserName,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The operation's MLS step failed.
+    #[error("MLS operation failed: {0}")]
+    Mls(String),
+    /// Local storage failed.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// The group changed so that the command no longer applies.
+    #[error("{0}")]
+    NotApplicable(String),
+    /// Retried too often because of concurrent commits.
+    #[error("gave up after {0} commit races")]
+    TooManyRetries(u32),
+}
+
+/// Why a command could not even be queued (caller error or local failure).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No group with that name or id.
+    #[error("no group named {0:?}")]
+    UnknownGroup(String),
+    /// More than one group has that name; use the hex id.
+    #[error("several groups are named {0:?}; use the group id")]
+    AmbiguousGroup(String),
+    /// This device is no longer a member of the group.
+    #[error("not a member of group {0}")]
+    NotMember(String),
+    /// The text or content is too large.
+    #[error("message too large: {0} bytes (limit {1})")]
+    TooLarge(usize, usize),
+    /// A bad argument (e.g. empty user list, a name too long).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// The device has no identity / is not registered yet.
+    #[error("the device is not registered yet; connect to the relay first")]
+    NotRegistered,
+    /// Local storage failed.
+    #[error(transparent)]
+    Store(#[from] cove_store::StoreError),
+    /// An MLS operation failed locally.
+    #[error("MLS error: {0}")]
+    Mls(String),
+}
+
+/// Why opening or initialising a client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// `open` on a store without identity (run `init` first).
+    #[error("no identity in the store; initialise the device first")]
+    NoIdentity,
+    /// `init` on a store that already has an identity.
+    #[error("the store already has an identity for user {0}")]
+    AlreadyInitialised(UserName),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] cove_store::StoreError),
+    /// Loading MLS state failed.
+    #[error("MLS state could not be loaded: {0}")]
+    Mls(String),
+}
+
+/// Why an inbound frame could not be handled. The client stays usable: the shell may log
+/// this and continue (the offending entry was skipped and reported as a Warning if
+/// possible), or reconnect.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The relay sent something that violates the protocol.
+    #[error("protocol violation by the relay: {0}")]
+    Protocol(String),
+    /// The relay closed the connection (`Closing`); reconnect later unless it says otherwise.
+    #[error("the relay is closing the connection: {0:?}")]
+    Closing(cove_wire::ErrorCode),
+    /// Local storage failed; the frame was not processed (it will be redelivered).
+    #[error(transparent)]
+    Store(#[from] cove_store::StoreError),
+}
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// No group with that name or id.
+    #[error("no group named {0:?}")]
+    UnknownGroup(String),
+    /// More than one group has that name.
+    #[error("several groups are named {0:?}; use the group id")]
+    AmbiguousGroup(String),
+    /// No pinned keys for that user yet (share a group first).
+    #[error("no keys known for user {0}")]
+    UnknownUser(UserName),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] cove_store::StoreError),
+    /// MLS state failed to load.
+    #[error("MLS error: {0}")]
+    Mls(String),
+}

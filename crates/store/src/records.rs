@@ -1,0 +1,109 @@
+//! The typed records the store keeps (postcard-encoded on disk; fields are only appended).
+
+use std::fmt;
+
+use cove_wire::{DeviceId, DeviceKey, Epoch, GroupId, Seq, UserName};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// The device identity: who this device is and its Ed25519 device key (also its MLS
+/// signature key).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Identity {
+    /// The user this device belongs to.
+    pub user: UserName,
+    /// The device id the relay assigned at registration (`None` until registered).
+    pub device: Option<DeviceId>,
+    /// The Ed25519 secret key seed. Never logged (see the redacting `Debug`).
+    pub secret_key: Zeroizing<[u8; 32]>,
+    /// The Ed25519 public key.
+    pub public_key: DeviceKey,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("user", &self.user)
+            .field("device", &self.device)
+            .field("secret_key", &"<redacted>")
+            .field("public_key", &self.public_key)
+            .finish()
+    }
+}
+
+/// A device key pinned on first sight (trust on first use).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedDevice {
+    /// Whose device.
+    pub user: UserName,
+    /// The device.
+    pub device: DeviceId,
+    /// Its Ed25519 key as first seen (or as last accepted by the user).
+    pub key: DeviceKey,
+    /// When it was pinned (client time, ms since the Unix epoch).
+    pub pinned_at_ms: u64,
+}
+
+/// What this device's membership in a group is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Membership {
+    /// A current member.
+    Active,
+    /// This device left.
+    Left,
+    /// Another member removed this device.
+    Removed,
+}
+
+/// A group this device is or was in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The group (= MLS group id).
+    pub id: GroupId,
+    /// Its name, as the creator set it (shared inside the group); empty until known.
+    pub name: String,
+    /// Current membership.
+    pub membership: Membership,
+    /// When this device created or joined it (client time, ms).
+    pub joined_at_ms: u64,
+}
+
+/// One message of the plaintext history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// The group.
+    pub group: GroupId,
+    /// Position in the group log (the order everyone sees).
+    pub seq: Seq,
+    /// Sender user.
+    pub from: UserName,
+    /// Sender device.
+    pub from_device: DeviceId,
+    /// The sender's random message id.
+    pub message_id: [u8; 16],
+    /// The sender's clock at sending, ms since the Unix epoch (as claimed by the sender).
+    pub sent_at_ms: u64,
+    /// The encoded application content (cove-core's `Content`), kept whole so that
+    /// kinds added later survive in history.
+    pub content: Vec<u8>,
+}
+
+/// An outgoing application message, persisted before it is first sent and removed when the
+/// relay acknowledged it (then it is in the history).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    /// Local, unique id.
+    pub local_id: u64,
+    /// The group.
+    pub group: GroupId,
+    /// The epoch the MLS message was made in.
+    pub epoch: Epoch,
+    /// The message id inside the content.
+    pub message_id: [u8; 16],
+    /// The sender timestamp inside the content.
+    pub sent_at_ms: u64,
+    /// The encoded content (for the history once posted).
+    pub content: Vec<u8>,
+    /// The MLS message to post.
+    pub payload: Vec<u8>,
+}
