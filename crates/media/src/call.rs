@@ -576,7 +576,7 @@ impl CallInner {
 
     pub(crate) fn record_video(&self, peer: &str, n: u64, picture: &I420Frame) {
         let every = self.config.record_every_nth_frame.max(1);
-        if n % every != 0 {
+        if !n.is_multiple_of(every) {
             return;
         }
         let dir = self

@@ -121,8 +121,8 @@ impl I420Frame {
     pub fn new(width: u32, height: u32) -> Result<Self, CodecError> {
         if width == 0
             || height == 0
-            || width % 2 != 0
-            || height % 2 != 0
+            || !width.is_multiple_of(2)
+            || !height.is_multiple_of(2)
             || width > MAX_VIDEO_DIMENSION
             || height > MAX_VIDEO_DIMENSION
         {

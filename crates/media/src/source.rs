@@ -431,9 +431,8 @@ impl VideoSource for Y4mSource {
     }
 
     fn next_frame(&mut self) -> I420Frame {
-        match self.read_frame() {
-            Ok(Some(f)) => return f,
-            Ok(None) | Err(_) => {}
+        if let Ok(Some(f)) = self.read_frame() {
+            return f;
         }
         // Loop: reopen at the first frame; on any failure produce black.
         if let Ok(file) = File::open(&self.path) {
