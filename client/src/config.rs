@@ -154,19 +154,33 @@ impl Home {
             }
             Err(e) => return Err(self.io(&path, e)),
         };
-        let invalid = |reason: String| ConfigError::Invalid { path: path.clone(), reason };
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.clone(),
+            reason,
+        };
         let file: ConfigFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         let user = UserName::new(file.user).map_err(|e| invalid(e.to_string()))?;
-        Ok(Config { server: file.server, user, custom_ca: file.custom_ca })
+        Ok(Config {
+            server: file.server,
+            user,
+            custom_ca: file.custom_ca,
+        })
     }
 
     /// The TLS trust for `config`.
     pub fn trust(&self, config: &Config) -> TlsTrust {
-        if config.custom_ca { TlsTrust::CaFile(self.ca_path()) } else { TlsTrust::WebPki }
+        if config.custom_ca {
+            TlsTrust::CaFile(self.ca_path())
+        } else {
+            TlsTrust::WebPki
+        }
     }
 
     fn io(&self, path: &Path, source: std::io::Error) -> ConfigError {
-        ConfigError::Io { path: path.to_owned(), source }
+        ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
@@ -181,7 +195,9 @@ mod tests {
         let home = Home::new(dir.path().join("h"));
         assert!(matches!(home.load(), Err(ConfigError::NotInitialised(_))));
         let user = UserName::new("alice").unwrap();
-        let c = home.initialise("wss://127.0.0.1:4433/", user.clone(), None).unwrap();
+        let c = home
+            .initialise("wss://127.0.0.1:4433/", user.clone(), None)
+            .unwrap();
         assert_eq!(c.server, "wss://127.0.0.1:4433");
         assert_eq!(home.load().unwrap(), c);
         assert!(matches!(

@@ -1,12 +1,29 @@
-//! A device: the home's configuration and database, and the session task that pumps the core.
-//! (Placeholder until cove-core's API lands.)
+//! A device: the home's configuration and database, and the session that pumps the core.
+//!
+//! This is the API the CLI, the demo, the end-to-end tests and the benchmark use.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use cove_wire::UserName;
+use rand::RngCore;
+use tokio::sync::mpsc;
 
-use crate::config::{ConfigError, Home};
+use cove_core::{ChatMessage, Client, CommandError, Event, GroupInfo, OpenError, QueryError};
+use cove_store::{SqliteStore, Store, StoreError};
+use cove_wire::{DeviceId, GroupId, UserName};
+
+use crate::config::{Config, ConfigError, Home};
+use crate::session::{self, Endpoint, LinkState, Session, SessionError, SessionEvent};
+use crate::transport::{self, TransportError};
 use crate::views::{GroupView, MessageView};
+
+/// How long a command waits for the relay by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Store config key prefix for the last printed log position per group (see
+/// [`Device::next_message`]).
+const PRINTED_KEY: &str = "cli.printed.";
 
 /// Why a device operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -14,94 +31,371 @@ pub enum DeviceError {
     /// The home or configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Not available yet.
-    #[error("not implemented yet")]
-    NotImplemented,
+    /// TLS or URL setup failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The database could not be opened or used.
+    #[error("client database: {0}")]
+    Store(#[from] StoreError),
+    /// The device state could not be loaded.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The command was refused locally (unknown group, bad argument, ...).
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A query failed.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// The relay did not complete the command, or refused it.
+    #[error(transparent)]
+    Session(#[from] SessionError),
 }
 
 /// One device of a user, with its session to the relay.
 pub struct Device {
-    user: UserName,
-    server: String,
+    config: Config,
+    session: Session<SqliteStore>,
+    events: mpsc::UnboundedReceiver<SessionEvent>,
+    /// Messages collected for [`Device::next_message`] but not returned yet.
+    unprinted: std::collections::VecDeque<MessageView>,
+    device: Option<DeviceId>,
+    timeout: Duration,
 }
 
 impl Device {
-    /// Initialises `home` and registers a new user with its first device.
+    /// Initialises `home` (config, CA copy, database with a fresh device identity), connects
+    /// and registers `user` with its first device, and waits until its KeyPackages are on the
+    /// relay.
     pub async fn init(
         home: &Home,
         server: &str,
         user: UserName,
         ca: Option<&Path>,
     ) -> Result<Device, DeviceError> {
-        home.initialise(server, user, ca)?;
-        Err(DeviceError::NotImplemented)
+        if home.is_initialised() {
+            return Err(ConfigError::AlreadyInitialised(home.dir().to_owned()).into());
+        }
+        // Check the URL and CA before creating anything.
+        transport::endpoint_url(server)?;
+        if let Some(ca) = ca {
+            transport::read_certs(ca)?;
+        }
+        std::fs::create_dir_all(home.dir()).map_err(|source| ConfigError::Io {
+            path: home.dir().to_owned(),
+            source,
+        })?;
+        let store = SqliteStore::open(home.database_path())?;
+        let client = Client::init(store, user.clone(), seed())?;
+        let config = home.initialise(server, user, ca)?;
+        let mut device = Self::start(home, config, client, true)?;
+        device.settle().await?;
+        Ok(device)
     }
-    /// Opens an initialised home and connects.
+
+    /// Opens an initialised home and connects (in the background; commands wait for the
+    /// connection).
     pub async fn open(home: &Home) -> Result<Device, DeviceError> {
-        let c = home.load()?;
-        let _ = (c.user, c.server);
-        Err(DeviceError::NotImplemented)
+        let config = home.load()?;
+        let client = Client::open(SqliteStore::open(home.database_path())?, seed())?;
+        Self::start(home, config, client, true)
     }
-    /// Opens an initialised home without connecting.
+
+    /// Opens an initialised home without connecting (for local queries).
     pub async fn open_offline(home: &Home) -> Result<Device, DeviceError> {
-        Self::open(home).await
+        let config = home.load()?;
+        let client = Client::open(SqliteStore::open(home.database_path())?, seed())?;
+        Self::start(home, config, client, false)
     }
+
+    fn start(
+        home: &Home,
+        config: Config,
+        client: Client<SqliteStore>,
+        online: bool,
+    ) -> Result<Device, DeviceError> {
+        let device = client.device();
+        let endpoint = if online {
+            let tls = transport::client_config(&home.trust(&config))?;
+            Some(Endpoint {
+                server: config.server.clone(),
+                tls: Arc::new(tls),
+            })
+        } else {
+            None
+        };
+        let (session, events) = Session::start(client, endpoint);
+        Ok(Device {
+            config,
+            session,
+            events,
+            unprinted: Default::default(),
+            device,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
     /// The user.
     pub fn user(&self) -> &UserName {
-        &self.user
+        &self.config.user
     }
+
     /// The relay URL.
     pub fn server(&self) -> &str {
-        &self.server
+        &self.config.server
     }
-    /// The relay-assigned device id.
-    pub fn device_id(&self) -> u64 {
-        0
+
+    /// The relay-assigned device id (known once registered).
+    pub fn device_id(&self) -> Option<DeviceId> {
+        self.device
     }
+
+    /// Changes how long commands wait for the relay.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The session (for direct access to the core in tests and tools).
+    pub fn session(&self) -> &Session<SqliteStore> {
+        &self.session
+    }
+
+    /// Waits until connected, caught up and quiet (no request or command outstanding).
+    pub async fn settle(&mut self) -> Result<(), DeviceError> {
+        self.session.settled(self.timeout).await?;
+        self.refresh_device_id().await;
+        Ok(())
+    }
+
     /// Creates a group.
-    pub async fn create_group(&self, _name: &str) -> Result<GroupView, DeviceError> {
-        Err(DeviceError::NotImplemented)
+    pub async fn create_group(&self, name: &str) -> Result<GroupView, DeviceError> {
+        let owned = name.to_owned();
+        self.session
+            .op(self.timeout, move |c| {
+                c.create_group(session::now_ms(), &owned)
+            })
+            .await??;
+        let groups = self.groups().await?;
+        // The newest group of that name is ours; names can repeat, ids cannot.
+        groups
+            .into_iter()
+            .rev()
+            .find(|g| g.name == name)
+            .ok_or_else(|| DeviceError::Command(CommandError::UnknownGroup(name.to_owned())))
     }
-    /// Adds users to a group.
-    pub async fn add_users(&self, _group: &str, _users: &[UserName]) -> Result<(), DeviceError> {
-        Err(DeviceError::NotImplemented)
+
+    /// Adds users (all their devices) to a group (name or hex id).
+    pub async fn add_users(&self, group: &str, users: &[UserName]) -> Result<(), DeviceError> {
+        let (group, users) = (group.to_owned(), users.to_vec());
+        self.session
+            .op(self.timeout, move |c| {
+                c.add_users(session::now_ms(), &group, &users)
+            })
+            .await??;
+        Ok(())
     }
-    /// Removes users from a group.
-    pub async fn remove_users(
-        &self,
-        _group: &str,
-        _users: &[UserName],
-    ) -> Result<(), DeviceError> {
-        Err(DeviceError::NotImplemented)
+
+    /// Removes users (all their devices) from a group.
+    pub async fn remove_users(&self, group: &str, users: &[UserName]) -> Result<(), DeviceError> {
+        let (group, users) = (group.to_owned(), users.to_vec());
+        self.session
+            .op(self.timeout, move |c| {
+                c.remove_users(session::now_ms(), &group, &users)
+            })
+            .await??;
+        Ok(())
     }
+
     /// Leaves a group.
-    pub async fn leave(&self, _group: &str) -> Result<(), DeviceError> {
-        Err(DeviceError::NotImplemented)
+    pub async fn leave(&self, group: &str) -> Result<(), DeviceError> {
+        let group = group.to_owned();
+        self.session
+            .op(self.timeout, move |c| c.leave(session::now_ms(), &group))
+            .await??;
+        Ok(())
     }
-    /// Sends a text.
-    pub async fn send_text(&self, _group: &str, _text: &str) -> Result<MessageView, DeviceError> {
-        Err(DeviceError::NotImplemented)
+
+    /// Sends a text; returns once the relay has stored it.
+    pub async fn send_text(&self, group: &str, text: &str) -> Result<(), DeviceError> {
+        let (group, text) = (group.to_owned(), text.to_owned());
+        self.session
+            .op(self.timeout, move |c| {
+                c.send_text(session::now_ms(), &group, &text)
+            })
+            .await??;
+        Ok(())
     }
-    /// Receives everything pending.
+
+    /// Receives everything pending and returns the messages not shown before (other
+    /// devices' messages, in log order per group), marking them shown.
     pub async fn sync(&mut self) -> Result<Vec<MessageView>, DeviceError> {
-        Err(DeviceError::NotImplemented)
+        self.settle().await?;
+        self.collect_unprinted(None).await?;
+        Ok(self.unprinted.drain(..).collect())
     }
-    /// The next message received.
+
+    /// The next message not shown before, waiting for one to arrive. Messages received by
+    /// earlier commands (e.g. during `send`) come first.
     pub async fn next_message(&mut self) -> Result<MessageView, DeviceError> {
-        Err(DeviceError::NotImplemented)
+        if self.unprinted.is_empty() && self.device.is_none() {
+            self.refresh_device_id().await;
+        }
+        if self.unprinted.is_empty() {
+            // Anything stored but not shown yet (first call).
+            self.collect_unprinted(None).await?;
+        }
+        loop {
+            if let Some(m) = self.unprinted.pop_front() {
+                return Ok(m);
+            }
+            match self.events.recv().await {
+                None => return Err(SessionError::Stopped(None).into()),
+                Some(SessionEvent::Core(Event::Message(m))) => {
+                    self.collect_unprinted(Some(m.group)).await?;
+                }
+                Some(SessionEvent::Core(Event::Authenticated { device, .. })) => {
+                    self.device = Some(device);
+                }
+                Some(SessionEvent::Core(Event::Joined { group, .. })) => {
+                    self.collect_unprinted(Some(group)).await?;
+                }
+                Some(_) => {
+                    if let LinkState::Stopped(reason) = self.session.link() {
+                        return Err(SessionError::Stopped(reason).into());
+                    }
+                }
+            }
+        }
     }
-    /// The groups.
+
+    /// The next event from the session (core events and connection changes), unfiltered.
+    /// Do not mix with [`Device::next_message`], which consumes the same stream.
+    pub async fn next_event(&mut self) -> Option<SessionEvent> {
+        self.events.recv().await
+    }
+
+    /// The groups this device is or was in.
     pub async fn groups(&self) -> Result<Vec<GroupView>, DeviceError> {
-        Err(DeviceError::NotImplemented)
+        let groups = self.session.call(|c| c.groups()).await?;
+        Ok(groups
+            .into_iter()
+            .filter(|g| g.active)
+            .map(group_view)
+            .collect())
     }
-    /// A group's history.
-    pub async fn history(&self, _group: &str) -> Result<Vec<MessageView>, DeviceError> {
-        Err(DeviceError::NotImplemented)
+
+    /// The core's full group list (including groups this device left or was removed from).
+    pub async fn group_infos(&self) -> Result<Vec<GroupInfo>, DeviceError> {
+        Ok(self.session.call(|c| c.groups()).await?)
     }
+
+    /// A group's stored messages, in log order.
+    pub async fn history(&self, group: &str) -> Result<Vec<MessageView>, DeviceError> {
+        let group = group.to_owned();
+        let messages = self.session.call(move |c| c.history(&group)).await??;
+        Ok(messages.iter().map(message_view).collect())
+    }
+
     /// The safety number with `user`.
-    pub async fn safety_number(&self, _user: &UserName) -> Result<String, DeviceError> {
-        Err(DeviceError::NotImplemented)
+    pub async fn safety_number(&self, user: &UserName) -> Result<String, DeviceError> {
+        let user = user.clone();
+        Ok(self.session.call(move |c| c.safety_number(&user)).await??)
     }
-    /// Closes the session.
-    pub async fn close(self) {}
+
+    /// The epoch and epoch authenticator of a group, if this device is a member.
+    pub async fn epoch_state(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>, DeviceError> {
+        Ok(self
+            .session
+            .call(move |c| c.epoch(&group).zip(c.epoch_authenticator(&group)))
+            .await?)
+    }
+
+    /// Waits (up to the timeout) until the core has processed every delivery the relay
+    /// pushed so far, then closes the connection and the database.
+    pub async fn close(self) {
+        if matches!(self.session.link(), LinkState::CaughtUp) {
+            let _ = self.session.settled(Duration::from_secs(5)).await;
+        }
+        let _ = self.session.stop().await;
+    }
+
+    /// Closes without waiting for anything (simulates a device going away abruptly,
+    /// e.g. in tests; the database stays consistent because every step is transactional).
+    pub async fn close_now(self) {
+        let _ = self.session.stop().await;
+    }
+
+    async fn refresh_device_id(&mut self) {
+        if let Ok(d) = self.session.call(|c| c.device()).await {
+            self.device = d;
+        }
+    }
+
+    /// Queues the not-yet-shown messages of `group` (or of every group) and marks them shown.
+    async fn collect_unprinted(&mut self, group: Option<GroupId>) -> Result<(), DeviceError> {
+        let me = self.device;
+        let found = self
+            .session
+            .call(move |c| -> Result<Vec<ChatMessage>, DeviceError> {
+                let groups: Vec<GroupId> = match group {
+                    Some(g) => vec![g],
+                    None => c.groups().into_iter().map(|g| g.id).collect(),
+                };
+                let mut out = Vec::new();
+                for g in groups {
+                    let key = format!("{PRINTED_KEY}{}", g.to_hex());
+                    let printed: u64 = c
+                        .store()
+                        .config(&key)?
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let messages = c.history(&g.to_hex())?;
+                    let mut last = printed;
+                    for m in messages {
+                        if m.seq.0 > printed {
+                            last = last.max(m.seq.0);
+                            if Some(m.from_device) != me {
+                                out.push(m);
+                            }
+                        }
+                    }
+                    if last != printed {
+                        c.store().set_config(&key, &last.to_string())?;
+                    }
+                }
+                Ok(out)
+            })
+            .await??;
+        self.unprinted.extend(found.iter().map(message_view));
+        Ok(())
+    }
+}
+
+/// A fresh 32-byte seed for the core's RNG, from the operating system.
+fn seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    seed
+}
+
+/// The view of a core message.
+pub fn message_view(m: &ChatMessage) -> MessageView {
+    MessageView {
+        group: m.group_name.clone(),
+        group_id: m.group.to_hex(),
+        from: m.from.to_string(),
+        device: m.from_device.0,
+        text: m.text.clone(),
+        id: m.id.to_hex(),
+        sent_at: m.sent_at_ms,
+        seq: m.seq.0,
+    }
+}
+
+fn group_view(g: GroupInfo) -> GroupView {
+    GroupView {
+        name: g.name,
+        id: g.id.to_hex(),
+        epoch: g.epoch,
+        members: g.members.iter().map(|u| u.to_string()).collect(),
+    }
 }

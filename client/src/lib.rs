@@ -14,9 +14,12 @@
 
 pub mod config;
 mod device;
+pub mod session;
 pub mod transport;
 mod views;
 
-pub use cove_wire::{GroupId, UserName};
-pub use device::{Device, DeviceError};
+pub use cove_core::{ChatMessage, Event};
+pub use cove_wire::{DeviceId, GroupId, UserName};
+pub use device::{DEFAULT_TIMEOUT, Device, DeviceError, message_view};
+pub use session::{Session, SessionError, SessionEvent};
 pub use views::{GroupView, MessageView};

@@ -79,7 +79,10 @@ pub enum TransportError {
 /// Normalises a server URL to the WebSocket endpoint: `wss://HOST:PORT` becomes
 /// `wss://HOST:PORT/v1/ws`; an explicit path is kept. Only `wss://` is accepted.
 pub fn endpoint_url(server: &str) -> Result<String, TransportError> {
-    let bad = |reason| TransportError::BadUrl { url: server.to_owned(), reason };
+    let bad = |reason| TransportError::BadUrl {
+        url: server.to_owned(),
+        reason,
+    };
     let rest = server
         .strip_prefix("wss://")
         .ok_or_else(|| bad("it must start with wss:// (the relay only speaks TLS)"))?;
@@ -123,7 +126,10 @@ pub fn client_config(trust: &TlsTrust) -> Result<rustls::ClientConfig, Transport
 
 /// Reads every certificate from a PEM file; fails if there is none.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
-    let bad = |reason: String| TransportError::BadCa { path: path.to_owned(), reason };
+    let bad = |reason: String| TransportError::BadCa {
+        path: path.to_owned(),
+        reason,
+    };
     let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
@@ -165,7 +171,10 @@ impl Connection {
         );
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
             Err(_) => Err(TransportError::Timeout(url)),
-            Ok(Err(e)) => Err(TransportError::Connect { url, source: Box::new(e) }),
+            Ok(Err(e)) => Err(TransportError::Connect {
+                url,
+                source: Box::new(e),
+            }),
             Ok(Ok((ws, _response))) => Ok(Connection { ws }),
         }
     }
@@ -175,6 +184,23 @@ impl Connection {
         let bytes = cove_wire::encode(frame)?;
         self.ws
             .send(Message::Binary(bytes.into()))
+            .await
+            .map_err(|e| TransportError::Io(Box::new(e)))
+    }
+
+    /// Queues one frame without flushing (see [`Connection::flush`]).
+    pub async fn feed(&mut self, frame: &ClientFrame) -> Result<(), TransportError> {
+        let bytes = cove_wire::encode(frame)?;
+        self.ws
+            .feed(Message::Binary(bytes.into()))
+            .await
+            .map_err(|e| TransportError::Io(Box::new(e)))
+    }
+
+    /// Flushes queued frames to the socket.
+    pub async fn flush(&mut self) -> Result<(), TransportError> {
+        self.ws
+            .flush()
             .await
             .map_err(|e| TransportError::Io(Box::new(e)))
     }
@@ -209,7 +235,10 @@ mod tests {
 
     #[test]
     fn endpoint_urls_are_normalised() {
-        assert_eq!(endpoint_url("wss://127.0.0.1:4433").unwrap(), "wss://127.0.0.1:4433/v1/ws");
+        assert_eq!(
+            endpoint_url("wss://127.0.0.1:4433").unwrap(),
+            "wss://127.0.0.1:4433/v1/ws"
+        );
         assert_eq!(endpoint_url("wss://h:1/").unwrap(), "wss://h:1/v1/ws");
         assert_eq!(endpoint_url("wss://h:1/v1/ws").unwrap(), "wss://h:1/v1/ws");
         assert!(endpoint_url("ws://h:1").is_err());

@@ -19,6 +19,8 @@ pub struct MessageView {
     pub id: String,
     /// The sender's timestamp, milliseconds since the Unix epoch.
     pub sent_at: u64,
+    /// Position in the group's log on the relay (the same order on every member).
+    pub seq: u64,
 }
 
 impl MessageView {

@@ -75,14 +75,26 @@ pub async fn run_groups(home: Home, _args: GroupsArgs) -> anyhow::Result<()> {
     device.close().await;
     let groups = groups?;
     if groups.is_empty() {
-        println!("no groups yet (cove group create NAME, or ask someone to add you and run cove sync)");
+        println!(
+            "no groups yet (cove group create NAME, or ask someone to add you and run cove sync)"
+        );
     }
     for g in groups {
-        println!("{}  {}  epoch {}  members: {}", g.name, g.id, g.epoch, g.members.join(", "));
+        println!(
+            "{}  {}  epoch {}  members: {}",
+            g.name,
+            g.id,
+            g.epoch,
+            g.members.join(", ")
+        );
     }
     Ok(())
 }
 
 fn join(users: &[UserName]) -> String {
-    users.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", ")
+    users
+        .iter()
+        .map(|u| u.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -35,7 +35,10 @@ pub async fn run(home: Home, args: InitArgs) -> anyhow::Result<()> {
         "initialised {} as {} (device {}) on {}",
         home.dir().display(),
         device.user(),
-        device.device_id(),
+        device
+            .device_id()
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "?".into()),
         device.server()
     );
     device.close().await;

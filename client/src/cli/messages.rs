@@ -63,8 +63,8 @@ pub async fn run_send(home: Home, args: SendArgs) -> anyhow::Result<()> {
     let device = Device::open(&home).await?;
     let sent = device.send_text(&args.name, &args.text).await;
     device.close().await;
-    let sent = sent?;
-    println!("sent to {} (id {})", sent.group, sent.id);
+    sent?;
+    println!("sent to {}", args.name);
     Ok(())
 }
 
@@ -87,7 +87,11 @@ pub async fn run_sync(home: Home, args: SyncArgs) -> anyhow::Result<()> {
 pub async fn run_listen(home: Home, args: ListenArgs) -> anyhow::Result<()> {
     let mut device = Device::open(&home).await?;
     if !args.json {
-        eprintln!("listening as {} on {} (Ctrl-C to stop)", device.user(), device.server());
+        eprintln!(
+            "listening as {} on {} (Ctrl-C to stop)",
+            device.user(),
+            device.server()
+        );
     }
     let result = loop {
         tokio::select! {

@@ -20,7 +20,7 @@ pub struct SafetyNumberArgs {
 
 /// Runs `cove safety-number`.
 pub async fn run(home: Home, args: SafetyNumberArgs) -> anyhow::Result<()> {
-    let device = Device::open(&home).await?;
+    let device = Device::open_offline(&home).await?;
     let number = device.safety_number(&args.user).await;
     device.close().await;
     println!("{}", number?);
