@@ -1,14 +1,45 @@
 //! Encrypted blob store and share pages over HTTPS (owned by the attachments work).
 //! The relay's HTTP router hands every request under `/v1/blobs` and `/s/` to
 //! [`BlobService::handle`].
+//!
+//! Blobs are ciphertext produced by clients (`cove_core::attachment`); the relay never sees a
+//! key. Endpoints (all documented in `PROTOCOL.md`, "Attachments and share links"):
+//!
+//! ```text
+//! POST   /v1/blobs          signed, Upload-Length: N       -> 201, Location, Upload-Offset: 0
+//! HEAD   /v1/blobs/<id>     signed (owner)                 -> Upload-Offset, Upload-Length
+//! PATCH  /v1/blobs/<id>     signed (owner), Upload-Offset  -> 204, Upload-Offset (409 mismatch)
+//! DELETE /v1/blobs/<id>     signed (owner)                 -> 204
+//! GET    /v1/blobs/<id>     public, Range                  -> 200/206 ciphertext
+//! GET    /s/<id>            public                         -> the share page (HTML, strict CSP)
+//! ```
+//!
+//! Bodies stream through a small bounded channel to a blocking writer/reader thread, so
+//! memory per transfer is a few MiB whatever the blob size. A sweep thread deletes expired
+//! blobs: incomplete uploads after [`BlobConfig::incomplete_retention`], complete blobs after
+//! [`BlobConfig::retention`].
 
+mod auth;
+mod body;
+mod share;
+pub mod store;
+
+use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use cove_wire::{BlobId, UserName};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use rand::RngCore;
+use tracing::{debug, info, warn};
 
 use crate::store::RelayStore;
+pub use store::{BlobMeta, BlobStore, BlobStoreError, BlobWriter, FsBlobStore};
 
 /// The response body type of the blob service.
 pub type BlobBody = BoxBody<Bytes, std::io::Error>;
@@ -18,13 +49,27 @@ pub type BlobBody = BoxBody<Bytes, std::io::Error>;
 pub struct BlobConfig {
     /// Largest blob accepted, in bytes.
     pub max_blob_bytes: u64,
-    /// Per-user quota, in bytes.
+    /// Per-user quota, in bytes (declared lengths of all the user's blobs, complete or not).
     pub quota_bytes_per_user: u64,
+    /// How long a complete blob is kept after its upload finished. The relay cannot see
+    /// which messages refer to a blob (they are end-to-end encrypted), so blobs live for a
+    /// fixed retention, like Signal's attachment store.
+    pub retention: Duration,
+    /// How long an unfinished upload is kept (resumable during that time).
+    pub incomplete_retention: Duration,
+    /// How often expired blobs are deleted.
+    pub sweep_interval: Duration,
 }
 
 impl Default for BlobConfig {
     fn default() -> Self {
-        BlobConfig { max_blob_bytes: 2 << 30, quota_bytes_per_user: 10 << 30 }
+        BlobConfig {
+            max_blob_bytes: 2 << 30,
+            quota_bytes_per_user: 10 << 30,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            incomplete_retention: Duration::from_secs(24 * 3600),
+            sweep_interval: Duration::from_secs(600),
+        }
     }
 }
 
@@ -34,34 +79,532 @@ pub enum BlobError {
     /// The data directory could not be prepared.
     #[error("blob store I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The blob store could not be opened.
+    #[error("blob store: {0}")]
+    Store(#[from] BlobStoreError),
 }
 
 /// Serves blob upload/download and share pages.
 pub struct BlobService {
-    _store: Arc<dyn RelayStore>,
+    inner: Arc<Inner>,
 }
 
+struct Inner {
+    blobs: Arc<dyn BlobStore>,
+    relay: Arc<dyn RelayStore>,
+    config: BlobConfig,
+    share: share::SharePage,
+}
+
+/// Frames buffered between the network and the disk thread of one transfer.
+const CHANNEL_FRAMES: usize = 16;
+/// Read size of downloads.
+const READ_CHUNK: usize = 256 << 10;
+
 impl BlobService {
-    /// Opens the blob store under `data_dir/blobs`.
+    /// Opens the blob store under `data_dir/blobs` and starts its sweep thread (which ends
+    /// when the service is dropped).
     pub fn open(
-        _data_dir: &Path,
-        _config: BlobConfig,
+        data_dir: &Path,
+        config: BlobConfig,
         store: Arc<dyn RelayStore>,
     ) -> Result<Self, BlobError> {
-        Ok(BlobService { _store: store })
+        let blobs: Arc<dyn BlobStore> = Arc::new(FsBlobStore::open(&data_dir.join("blobs"))?);
+        let service = Self::with_store(blobs, config, store);
+        service.sweep_now();
+        let weak = Arc::downgrade(&service.inner);
+        let interval = service.inner.config.sweep_interval;
+        std::thread::Builder::new()
+            .name("cove-blob-sweep".into())
+            .spawn(move || sweep_loop(weak, interval))?;
+        Ok(service)
+    }
+
+    /// A service over any blob-store backend (no sweep thread: call [`Self::sweep_now`]).
+    pub fn with_store(
+        blobs: Arc<dyn BlobStore>,
+        config: BlobConfig,
+        relay: Arc<dyn RelayStore>,
+    ) -> Self {
+        BlobService {
+            inner: Arc::new(Inner {
+                blobs,
+                relay,
+                config,
+                share: share::SharePage::new(),
+            }),
+        }
+    }
+
+    /// Deletes expired blobs now; returns how many.
+    pub fn sweep_now(&self) -> usize {
+        sweep(&self.inner)
+    }
+
+    /// The blob-store backend.
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+        &self.inner.blobs
     }
 
     /// Handles one HTTP request under `/v1/blobs` or `/s/`.
-    pub async fn handle(
-        &self,
-        _req: http::Request<hyper::body::Incoming>,
-    ) -> http::Response<BlobBody> {
-        use http_body_util::{BodyExt, Full};
-        let body = Full::new(Bytes::from_static(b"not found\n"))
-            .map_err(|never| match never {})
-            .boxed();
-        let mut resp = http::Response::new(body);
-        *resp.status_mut() = http::StatusCode::NOT_FOUND;
-        resp
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<BlobBody> {
+        let inner = &self.inner;
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        if path == "/v1/blobs" || path == "/v1/blobs/" {
+            return match method {
+                Method::POST => inner.create(req).await,
+                _ => method_not_allowed("POST"),
+            };
+        }
+        if let Some(id) = path.strip_prefix("/v1/blobs/") {
+            let Ok(id) = BlobId::from_hex(id) else {
+                return text(StatusCode::NOT_FOUND, "no such blob");
+            };
+            return match method {
+                Method::HEAD => inner.head(req, id).await,
+                Method::PATCH => inner.append(req, id).await,
+                Method::GET => inner.download(req, id).await,
+                Method::DELETE => inner.delete(req, id).await,
+                _ => method_not_allowed("GET, HEAD, PATCH, DELETE"),
+            };
+        }
+        if let Some(id) = path.strip_prefix("/s/") {
+            if method != Method::GET && method != Method::HEAD {
+                return method_not_allowed("GET, HEAD");
+            }
+            let exists = match BlobId::from_hex(id) {
+                Ok(id) => matches!(inner.meta(id).await, Ok(Some(m)) if m.complete()),
+                Err(_) => false,
+            };
+            return inner.share.response(exists);
+        }
+        text(StatusCode::NOT_FOUND, "not found")
     }
+}
+
+impl Inner {
+    async fn meta(&self, id: BlobId) -> Result<Option<BlobMeta>, BlobStoreError> {
+        let blobs = Arc::clone(&self.blobs);
+        blocking(move || blobs.meta(&id)).await
+    }
+
+    /// Checks the request signature; returns the user.
+    async fn authenticate(
+        &self,
+        req: &Request<Incoming>,
+        value: u64,
+    ) -> Result<UserName, Response<BlobBody>> {
+        let signed = auth::SignedHeaders::parse(req.headers())
+            .map_err(|m| text(StatusCode::UNAUTHORIZED, m))?;
+        let relay = Arc::clone(&self.relay);
+        let device = signed.device;
+        let found = blocking(move || {
+            relay
+                .device(device)
+                .map_err(|e| BlobStoreError::Io(std::io::Error::other(e.to_string())))
+        })
+        .await;
+        let (user, key) = match found {
+            Ok(Some(found)) => found,
+            Ok(None) => return Err(text(StatusCode::UNAUTHORIZED, "unknown device")),
+            Err(e) => {
+                warn!(error = %e, "device lookup failed");
+                return Err(text(StatusCode::SERVICE_UNAVAILABLE, "try again later"));
+            }
+        };
+        signed
+            .verify(
+                req.method().as_str(),
+                req.uri().path(),
+                value,
+                &key,
+                now_ms(),
+            )
+            .map_err(|m| text(StatusCode::UNAUTHORIZED, m))?;
+        Ok(user)
+    }
+
+    async fn owned(
+        &self,
+        req: &Request<Incoming>,
+        id: BlobId,
+        value: u64,
+    ) -> Result<BlobMeta, Response<BlobBody>> {
+        let user = self.authenticate(req, value).await?;
+        match self.meta(id).await {
+            Ok(Some(meta)) if meta.owner == user => Ok(meta),
+            Ok(Some(_)) => Err(text(
+                StatusCode::FORBIDDEN,
+                "this blob belongs to another user",
+            )),
+            Ok(None) => Err(text(StatusCode::NOT_FOUND, "no such blob")),
+            Err(e) => Err(internal(&e)),
+        }
+    }
+
+    async fn create(&self, req: Request<Incoming>) -> Response<BlobBody> {
+        let Some(length) = header_u64(&req, "upload-length") else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "missing or invalid Upload-Length header",
+            );
+        };
+        let user = match self.authenticate(&req, length).await {
+            Ok(u) => u,
+            Err(r) => return r,
+        };
+        let max = self.config.max_blob_bytes;
+        if length > max {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "blob too large: {length} bytes exceeds the relay's maximum of {max} bytes"
+                ),
+            );
+        }
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let id = BlobId(id);
+        let now = now_ms();
+        let expires = now.saturating_add(millis(self.config.incomplete_retention));
+        let quota = self.config.quota_bytes_per_user;
+        let blobs = Arc::clone(&self.blobs);
+        let owner = user.clone();
+        match blocking(move || blobs.create(id, &owner, length, quota, now, expires)).await {
+            Ok(_) => {
+                info!(blob = %id, user = %user, length, "blob upload created");
+                let mut r = text(StatusCode::CREATED, &id.to_hex());
+                set(&mut r, header::LOCATION, &format!("/v1/blobs/{id}"));
+                set(&mut r, "upload-offset", "0");
+                set(&mut r, "upload-length", &length.to_string());
+                r
+            }
+            Err(e @ BlobStoreError::QuotaExceeded { .. }) => {
+                text(StatusCode::INSUFFICIENT_STORAGE, &e.to_string())
+            }
+            Err(e) => internal(&e),
+        }
+    }
+
+    async fn head(&self, req: Request<Incoming>, id: BlobId) -> Response<BlobBody> {
+        match self.owned(&req, id, 0).await {
+            Ok(meta) => offsets(StatusCode::OK, &meta),
+            Err(r) => r,
+        }
+    }
+
+    async fn delete(&self, req: Request<Incoming>, id: BlobId) -> Response<BlobBody> {
+        if let Err(r) = self.owned(&req, id, 0).await {
+            return r;
+        }
+        let blobs = Arc::clone(&self.blobs);
+        match blocking(move || blobs.delete(&id)).await {
+            Ok(()) => empty(StatusCode::NO_CONTENT),
+            Err(e) => internal(&e),
+        }
+    }
+
+    async fn append(&self, req: Request<Incoming>, id: BlobId) -> Response<BlobBody> {
+        let Some(offset) = header_u64(&req, "upload-offset") else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "missing or invalid Upload-Offset header",
+            );
+        };
+        let meta = match self.owned(&req, id, offset).await {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
+        if let Some(len) = header_u64(&req, header::CONTENT_LENGTH.as_str())
+            && offset.checked_add(len).is_none_or(|end| end > meta.length)
+        {
+            let mut r = text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("upload past the declared length of {} bytes", meta.length),
+            );
+            set(&mut r, "upload-offset", &meta.offset.to_string());
+            return r;
+        }
+        let blobs = Arc::clone(&self.blobs);
+        let mut writer = match blocking(move || blobs.writer(&id, offset)).await {
+            Ok(w) => w,
+            Err(BlobStoreError::OffsetMismatch { stored }) => {
+                let mut r = text(
+                    StatusCode::CONFLICT,
+                    &format!("offset mismatch: {stored} bytes stored, continue from there"),
+                );
+                set(&mut r, "upload-offset", &stored.to_string());
+                return r;
+            }
+            Err(BlobStoreError::Busy) => {
+                return text(
+                    StatusCode::CONFLICT,
+                    "another upload to this blob is in progress",
+                );
+            }
+            Err(e) => return internal(&e),
+        };
+
+        // Network -> bounded channel -> blocking disk writer.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_FRAMES);
+        let disk = tokio::task::spawn_blocking(move || {
+            while let Some(data) = rx.blocking_recv() {
+                if let Err(e) = writer.write(&data) {
+                    return (Err(e), writer);
+                }
+            }
+            (Ok(()), writer)
+        });
+        let mut body = req.into_body();
+        let mut cut = false;
+        loop {
+            match body.frame().await {
+                None => break,
+                Some(Err(e)) => {
+                    debug!(blob = %id, error = %e, "upload body ended early");
+                    cut = true;
+                    break;
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data()
+                        && tx.send(data).await.is_err()
+                    {
+                        break; // the writer stopped (past end or disk error)
+                    }
+                }
+            }
+        }
+        drop(tx);
+        let Ok((written, writer)) = disk.await else {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        };
+        // Keep whatever arrived, even from a cut or overlong request: the client resumes
+        // from the stored offset.
+        let expires = now_ms().saturating_add(millis(self.config.retention));
+        let meta = match blocking(move || writer.commit(expires)).await {
+            Ok(m) => m,
+            Err(e) => return internal(&e),
+        };
+        if meta.complete() {
+            info!(blob = %id, length = meta.length, "blob upload complete");
+        }
+        match written {
+            Ok(()) if cut => offsets(StatusCode::BAD_REQUEST, &meta),
+            Ok(()) => offsets(StatusCode::NO_CONTENT, &meta),
+            Err(e @ BlobStoreError::PastEnd { .. }) => {
+                let mut r = text(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
+                set(&mut r, "upload-offset", &meta.offset.to_string());
+                r
+            }
+            Err(e) => internal(&e),
+        }
+    }
+
+    async fn download(&self, req: Request<Incoming>, id: BlobId) -> Response<BlobBody> {
+        let meta = match self.meta(id).await {
+            Ok(Some(m)) if m.complete() => m,
+            Ok(_) => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "no such blob (or its upload is not finished)",
+                );
+            }
+            Err(e) => return internal(&e),
+        };
+        let total = meta.length;
+        let range = match req
+            .headers()
+            .get(header::RANGE)
+            .map(|v| parse_range(v, total))
+        {
+            None => None,
+            Some(Some(r)) => Some(r),
+            Some(None) => {
+                let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
+                set(&mut r, header::CONTENT_RANGE, &format!("bytes */{total}"));
+                return r;
+            }
+        };
+        let (start, end) = range.unwrap_or((0, total)); // end exclusive
+        let len = end - start;
+        let status = if range.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        let body = if req.method() == Method::HEAD || len == 0 {
+            body::empty()
+        } else {
+            let blobs = Arc::clone(&self.blobs);
+            let reader = match blocking(move || blobs.reader(&id, start)).await {
+                Ok(r) => r,
+                Err(e) => return internal(&e),
+            };
+            stream_reader(reader, len)
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        set(&mut r, header::CONTENT_TYPE, "application/octet-stream");
+        set(&mut r, header::CONTENT_LENGTH, &len.to_string());
+        set(&mut r, header::ACCEPT_RANGES, "bytes");
+        set(&mut r, header::CACHE_CONTROL, "no-store");
+        set(&mut r, header::CONTENT_DISPOSITION, "attachment");
+        set(&mut r, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        if range.is_some() {
+            set(
+                &mut r,
+                header::CONTENT_RANGE,
+                &format!("bytes {start}-{}/{total}", end - 1),
+            );
+        }
+        r
+    }
+}
+
+/// Streams `len` bytes of `reader` from a blocking thread through a bounded channel.
+fn stream_reader(mut reader: Box<dyn Read + Send>, len: u64) -> BlobBody {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut left = len;
+        while left > 0 {
+            let want = usize::try_from(left).unwrap_or(READ_CHUNK).min(READ_CHUNK);
+            let mut buf = BytesMut::zeroed(want);
+            match reader.read(&mut buf) {
+                Ok(0) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "blob shorter than recorded",
+                    )));
+                    return;
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    left -= n as u64;
+                    if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                        return; // client went away
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    body::ChannelBody::new(rx, len).boxed()
+}
+
+fn sweep(inner: &Inner) -> usize {
+    match inner.blobs.sweep(now_ms()) {
+        Ok(0) => 0,
+        Ok(n) => {
+            info!(deleted = n, "expired blobs deleted");
+            n
+        }
+        Err(e) => {
+            warn!(error = %e, "blob sweep failed");
+            0
+        }
+    }
+}
+
+fn sweep_loop(weak: Weak<Inner>, interval: Duration) {
+    let tick = Duration::from_secs(1).min(interval);
+    let mut waited = Duration::ZERO;
+    loop {
+        std::thread::sleep(tick);
+        waited += tick;
+        let Some(inner) = weak.upgrade() else { return };
+        if waited >= interval {
+            waited = Duration::ZERO;
+            sweep(&inner);
+        }
+    }
+}
+
+/// Parses a single `bytes=a-b`, `bytes=a-` or `bytes=-n` range into `[start, end)`.
+/// `None` if unsatisfiable or malformed.
+fn parse_range(v: &HeaderValue, total: u64) -> Option<(u64, u64)> {
+    let spec = v.to_str().ok()?.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (total.saturating_sub(n), total)
+        }
+        (a, "") => (a.parse().ok()?, total),
+        (a, b) => {
+            let b: u64 = b.parse().ok()?;
+            (a.parse().ok()?, b.saturating_add(1).min(total))
+        }
+    };
+    (start < end || (start == 0 && total == 0)).then_some((start, end))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BlobStoreError> + Send + 'static,
+) -> Result<T, BlobStoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
+        Err(BlobStoreError::Io(std::io::Error::other(
+            "blob task panicked",
+        )))
+    })
+}
+
+fn header_u64(req: &Request<Incoming>, name: &str) -> Option<u64> {
+    req.headers().get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn set<K: header::IntoHeaderName>(r: &mut Response<BlobBody>, name: K, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+fn text(status: StatusCode, message: &str) -> Response<BlobBody> {
+    let mut r = Response::new(body::full(format!("{message}\n")));
+    *r.status_mut() = status;
+    set(&mut r, header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    set(&mut r, header::CACHE_CONTROL, "no-store");
+    r
+}
+
+fn empty(status: StatusCode) -> Response<BlobBody> {
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = status;
+    r
+}
+
+fn offsets(status: StatusCode, meta: &BlobMeta) -> Response<BlobBody> {
+    let mut r = empty(status);
+    set(&mut r, "upload-offset", &meta.offset.to_string());
+    set(&mut r, "upload-length", &meta.length.to_string());
+    set(&mut r, header::CACHE_CONTROL, "no-store");
+    r
+}
+
+fn method_not_allowed(allow: &str) -> Response<BlobBody> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    set(&mut r, header::ALLOW, allow);
+    r
+}
+
+fn internal(e: &BlobStoreError) -> Response<BlobBody> {
+    warn!(error = %e, "blob store failure");
+    text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }

@@ -1,0 +1,388 @@
+//! Where blob bytes and their metadata live: the [`BlobStore`] trait and its embedded
+//! backend, [`FsBlobStore`] (one file per blob under `DATA/blobs/`, metadata in
+//! `DATA/blobs/meta.sqlite`). An S3-compatible backend implements the same trait later.
+//!
+//! Calls block on disk; the service calls them from `spawn_blocking`.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use cove_wire::{BlobId, UserName};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Metadata of a stored blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobMeta {
+    /// The blob.
+    pub id: BlobId,
+    /// The user who created it (quota is charged to this user).
+    pub owner: UserName,
+    /// Declared total length in bytes.
+    pub length: u64,
+    /// Bytes stored so far (the next upload offset).
+    pub offset: u64,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// When the sweep deletes it, ms since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+impl BlobMeta {
+    /// All declared bytes are stored.
+    pub fn complete(&self) -> bool {
+        self.offset == self.length
+    }
+}
+
+/// Why a blob-store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobStoreError {
+    /// No such blob.
+    #[error("unknown blob")]
+    NotFound,
+    /// Creating the blob would take the owner over the quota.
+    #[error("quota exceeded: {used} bytes in use of {quota}, this upload needs {needed}")]
+    QuotaExceeded {
+        /// Bytes charged to the owner now.
+        used: u64,
+        /// The owner's quota.
+        quota: u64,
+        /// The new blob's length.
+        needed: u64,
+    },
+    /// An append at an offset other than the stored length.
+    #[error("offset mismatch: {stored} bytes stored")]
+    OffsetMismatch {
+        /// Bytes stored.
+        stored: u64,
+    },
+    /// Another append to the same blob is running.
+    #[error("another upload to this blob is in progress")]
+    Busy,
+    /// An append past the declared length.
+    #[error("upload past the declared length of {length} bytes")]
+    PastEnd {
+        /// Declared length.
+        length: u64,
+    },
+    /// Disk or database failure.
+    #[error("blob storage I/O: {0}")]
+    Io(#[from] io::Error),
+    /// Database failure.
+    #[error("blob metadata database: {0}")]
+    Db(#[from] rusqlite::Error),
+}
+
+/// An append in progress; bytes become durable and count as stored at [`BlobWriter::commit`].
+pub trait BlobWriter: Send {
+    /// Appends bytes (fails with `PastEnd` beyond the declared length).
+    fn write(&mut self, data: &[u8]) -> Result<(), BlobStoreError>;
+    /// Makes what was written durable and records the new offset; returns it. When the blob
+    /// is now complete, its expiry becomes `complete_expires_ms`.
+    fn commit(self: Box<Self>, complete_expires_ms: u64) -> Result<BlobMeta, BlobStoreError>;
+}
+
+/// Storage of encrypted blobs.
+pub trait BlobStore: Send + Sync + 'static {
+    /// Creates an empty blob of declared `length` owned by `owner`, atomically checking that
+    /// the owner's blobs (complete or not) plus `length` fit in `quota`.
+    fn create(
+        &self,
+        id: BlobId,
+        owner: &UserName,
+        length: u64,
+        quota: u64,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<BlobMeta, BlobStoreError>;
+    /// A blob's metadata.
+    fn meta(&self, id: &BlobId) -> Result<Option<BlobMeta>, BlobStoreError>;
+    /// Starts an append at `offset`, which must equal the stored length. One writer per blob
+    /// at a time (`Busy` otherwise).
+    fn writer(&self, id: &BlobId, offset: u64) -> Result<Box<dyn BlobWriter>, BlobStoreError>;
+    /// Reads the stored bytes from `start`.
+    fn reader(&self, id: &BlobId, start: u64) -> Result<Box<dyn Read + Send>, BlobStoreError>;
+    /// Bytes charged to `owner` (declared lengths of all its blobs).
+    fn usage(&self, owner: &UserName) -> Result<u64, BlobStoreError>;
+    /// Deletes a blob (no error if absent).
+    fn delete(&self, id: &BlobId) -> Result<(), BlobStoreError>;
+    /// Deletes every blob whose expiry is at or before `now_ms`; returns how many.
+    fn sweep(&self, now_ms: u64) -> Result<usize, BlobStoreError>;
+}
+
+/// Blob files under a directory, metadata in a SQLite file beside them.
+pub struct FsBlobStore {
+    dir: PathBuf,
+    db: Arc<Mutex<Connection>>,
+    /// Blobs with an append in progress.
+    writing: Arc<Mutex<HashSet<BlobId>>>,
+}
+
+impl FsBlobStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, BlobStoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = Connection::open(dir.join("meta.sqlite"))?;
+        db.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS blobs (
+                 id BLOB PRIMARY KEY,
+                 owner TEXT NOT NULL,
+                 length INTEGER NOT NULL,
+                 stored INTEGER NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 expires_ms INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS blobs_owner ON blobs(owner);
+             CREATE INDEX IF NOT EXISTS blobs_expiry ON blobs(expires_ms);",
+        )?;
+        Ok(FsBlobStore {
+            dir: dir.to_owned(),
+            db: Arc::new(Mutex::new(db)),
+            writing: Arc::new(Mutex::new(HashSet::new())),
+        })
+    }
+
+    fn path(&self, id: &BlobId) -> PathBuf {
+        self.dir.join(id.to_hex())
+    }
+
+    fn db(&self) -> Result<std::sync::MutexGuard<'_, Connection>, BlobStoreError> {
+        self.db
+            .lock()
+            .map_err(|_| BlobStoreError::Io(io::Error::other("metadata lock poisoned")))
+    }
+}
+
+fn to_i64(v: u64) -> Result<i64, BlobStoreError> {
+    i64::try_from(v).map_err(|_| BlobStoreError::Io(io::Error::other("value out of range")))
+}
+
+fn row_meta(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, String, i64, i64, i64, i64)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+fn parse_meta(raw: (Vec<u8>, String, i64, i64, i64, i64)) -> Result<BlobMeta, BlobStoreError> {
+    let bad = || BlobStoreError::Io(io::Error::other("corrupt blob metadata"));
+    let (id, owner, length, stored, created, expires) = raw;
+    Ok(BlobMeta {
+        id: BlobId(id.as_slice().try_into().map_err(|_| bad())?),
+        owner: UserName::new(owner).map_err(|_| bad())?,
+        length: u64::try_from(length).map_err(|_| bad())?,
+        offset: u64::try_from(stored).map_err(|_| bad())?,
+        created_ms: u64::try_from(created).map_err(|_| bad())?,
+        expires_ms: u64::try_from(expires).map_err(|_| bad())?,
+    })
+}
+
+const SELECT: &str = "SELECT id, owner, length, stored, created_ms, expires_ms FROM blobs";
+
+impl BlobStore for FsBlobStore {
+    fn create(
+        &self,
+        id: BlobId,
+        owner: &UserName,
+        length: u64,
+        quota: u64,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<BlobMeta, BlobStoreError> {
+        let mut db = self.db()?;
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let used: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(length), 0) FROM blobs WHERE owner = ?1",
+            params![owner.as_str()],
+            |r| r.get(0),
+        )?;
+        let used = u64::try_from(used).unwrap_or(u64::MAX);
+        if used.checked_add(length).is_none_or(|total| total > quota) {
+            return Err(BlobStoreError::QuotaExceeded {
+                used,
+                quota,
+                needed: length,
+            });
+        }
+        File::create(self.path(&id))?;
+        tx.execute(
+            "INSERT INTO blobs (id, owner, length, stored, created_ms, expires_ms)
+             VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+            params![
+                id.0.as_slice(),
+                owner.as_str(),
+                to_i64(length)?,
+                to_i64(now_ms)?,
+                to_i64(expires_ms)?
+            ],
+        )?;
+        tx.commit()?;
+        Ok(BlobMeta {
+            id,
+            owner: owner.clone(),
+            length,
+            offset: 0,
+            created_ms: now_ms,
+            expires_ms,
+        })
+    }
+
+    fn meta(&self, id: &BlobId) -> Result<Option<BlobMeta>, BlobStoreError> {
+        let db = self.db()?;
+        let raw = db
+            .query_row(
+                &format!("{SELECT} WHERE id = ?1"),
+                params![id.0.as_slice()],
+                row_meta,
+            )
+            .optional()?;
+        raw.map(parse_meta).transpose()
+    }
+
+    fn writer(&self, id: &BlobId, offset: u64) -> Result<Box<dyn BlobWriter>, BlobStoreError> {
+        let meta = self.meta(id)?.ok_or(BlobStoreError::NotFound)?;
+        if meta.offset != offset {
+            return Err(BlobStoreError::OffsetMismatch {
+                stored: meta.offset,
+            });
+        }
+        {
+            let mut w = self
+                .writing
+                .lock()
+                .map_err(|_| BlobStoreError::Io(io::Error::other("lock poisoned")))?;
+            if !w.insert(*id) {
+                return Err(BlobStoreError::Busy);
+            }
+        }
+        let guard = WritingGuard {
+            set: Arc::clone(&self.writing),
+            id: *id,
+        };
+        let mut file = OpenOptions::new().write(true).open(self.path(id))?;
+        // Bytes past the recorded offset (a crash between write and commit) are dropped.
+        file.set_len(offset)?;
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(Box::new(FsWriter {
+            file: BufWriter::with_capacity(1 << 20, file),
+            meta,
+            written: 0,
+            db: Arc::clone(&self.db),
+            _guard: guard,
+        }))
+    }
+
+    fn reader(&self, id: &BlobId, start: u64) -> Result<Box<dyn Read + Send>, BlobStoreError> {
+        let mut f = File::open(self.path(id)).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => BlobStoreError::NotFound,
+            _ => BlobStoreError::Io(e),
+        })?;
+        f.seek(SeekFrom::Start(start))?;
+        Ok(Box::new(f))
+    }
+
+    fn usage(&self, owner: &UserName) -> Result<u64, BlobStoreError> {
+        let db = self.db()?;
+        let used: i64 = db.query_row(
+            "SELECT COALESCE(SUM(length), 0) FROM blobs WHERE owner = ?1",
+            params![owner.as_str()],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(used).unwrap_or(0))
+    }
+
+    fn delete(&self, id: &BlobId) -> Result<(), BlobStoreError> {
+        match std::fs::remove_file(self.path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.db()?
+            .execute("DELETE FROM blobs WHERE id = ?1", params![id.0.as_slice()])?;
+        Ok(())
+    }
+
+    fn sweep(&self, now_ms: u64) -> Result<usize, BlobStoreError> {
+        let expired: Vec<Vec<u8>> = {
+            let db = self.db()?;
+            let mut stmt = db.prepare("SELECT id FROM blobs WHERE expires_ms <= ?1")?;
+            let rows = stmt.query_map(params![to_i64(now_ms)?], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut n = 0;
+        for raw in expired {
+            if let Ok(arr) = <[u8; 16]>::try_from(raw.as_slice()) {
+                self.delete(&BlobId(arr))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+struct WritingGuard {
+    set: Arc<Mutex<HashSet<BlobId>>>,
+    id: BlobId,
+}
+
+impl Drop for WritingGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.set.lock() {
+            s.remove(&self.id);
+        }
+    }
+}
+
+struct FsWriter {
+    file: BufWriter<File>,
+    meta: BlobMeta,
+    written: u64,
+    db: Arc<Mutex<Connection>>,
+    _guard: WritingGuard,
+}
+
+impl BlobWriter for FsWriter {
+    fn write(&mut self, data: &[u8]) -> Result<(), BlobStoreError> {
+        let room = self.meta.length - self.meta.offset - self.written;
+        if data.len() as u64 > room {
+            return Err(BlobStoreError::PastEnd {
+                length: self.meta.length,
+            });
+        }
+        self.file.write_all(data)?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>, complete_expires_ms: u64) -> Result<BlobMeta, BlobStoreError> {
+        self.file.flush()?;
+        self.file.get_ref().sync_data()?;
+        let mut meta = self.meta.clone();
+        meta.offset += self.written;
+        if meta.complete() {
+            meta.expires_ms = complete_expires_ms;
+        }
+        let db = self
+            .db
+            .lock()
+            .map_err(|_| BlobStoreError::Io(io::Error::other("metadata lock poisoned")))?;
+        db.execute(
+            "UPDATE blobs SET stored = ?2, expires_ms = ?3 WHERE id = ?1",
+            params![
+                meta.id.0.as_slice(),
+                to_i64(meta.offset)?,
+                to_i64(meta.expires_ms)?
+            ],
+        )?;
+        Ok(meta)
+    }
+}
