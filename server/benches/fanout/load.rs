@@ -1,0 +1,478 @@
+//! The load generator: N receiving connections and one sending connection, all over
+//! loopback TLS, on the load runtime. It speaks either the bare broadcast protocol or Cove's
+//! wire protocol (as a real device would: challenge-response registration, `Post`s of
+//! opaque application payloads, cumulative `Ack`s every `ack_every` entries).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use cove_wire::{
+    ClientFrame, Delivery, DeviceId, DeviceKey, EntryKind, Epoch, GroupId, Payload, PostKind,
+    Reply, Request, RequestId, ServerFrame, Signature, Stream as WireStream, UserName,
+};
+use ed25519_dalek::{Signer, SigningKey};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::stats::{self, Tracker};
+
+/// A client WebSocket over TLS.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connections opened at once while setting up.
+const CONNECT_CONCURRENCY: usize = 32;
+
+/// Which server the load generator talks to.
+#[derive(Clone, Copy)]
+pub enum Proto {
+    /// The bare broadcast server.
+    Bare,
+    /// Cove's relay: posts go to `group` at `epoch`.
+    Relay {
+        /// The benchmark group.
+        group: GroupId,
+        /// Its current epoch.
+        epoch: Epoch,
+    },
+}
+
+/// A rustls client config trusting exactly `cert`.
+pub fn client_tls(cert: CertificateDer<'static>) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert)?;
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Opens a WebSocket over TLS to `addr` at `path`, with Nagle off.
+pub async fn connect(addr: SocketAddr, path: &str, tls: &Arc<rustls::ClientConfig>) -> Result<Ws> {
+    let url = format!("wss://127.0.0.1:{}{path}", addr.port());
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        None,
+        true,
+        Some(Connector::Rustls(tls.clone())),
+    )
+    .await
+    .with_context(|| format!("connecting to {addr}"))?;
+    Ok(ws)
+}
+
+// ---------------------------------------------------------------------------------------
+// Bare protocol
+
+/// Connects `n` bare receivers and spawns their read loops.
+pub async fn bare_receivers(
+    n: usize,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    tracker: Arc<Tracker>,
+) -> Result<()> {
+    let conns = futures_util::stream::iter(0..n)
+        .map(|_| {
+            let tls = tls.clone();
+            async move {
+                let mut ws = connect(addr, "/", &tls).await?;
+                ws.send(Message::text("recv")).await?;
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) if t.as_str() == "ok" => Ok(ws),
+                    other => Err(anyhow!("bare receiver not accepted: {other:?}")),
+                }
+            }
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .collect::<Vec<Result<Ws>>>()
+        .await;
+    for ws in conns {
+        let mut ws = ws?;
+        let tracker = tracker.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Binary(b) = msg {
+                    match stats::parse(&b) {
+                        Some((id, ts)) => tracker.on_delivery(id, ts),
+                        None => {
+                            tracker.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Connects the bare sender.
+pub async fn bare_sender(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> Result<Sender> {
+    let mut ws = connect(addr, "/", tls).await?;
+    ws.send(Message::text("send")).await?;
+    let (sink, _stream) = ws.split();
+    Ok(Sender::new(
+        sink,
+        Proto::Bare,
+        Arc::new(SenderStats::default()),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// Cove protocol
+
+/// A registered device on an open connection.
+pub struct Device {
+    /// The connection.
+    pub ws: Ws,
+    /// The id the relay gave it.
+    pub id: DeviceId,
+    next_request: u32,
+}
+
+impl Device {
+    /// Connects and registers a fresh user `user` with a new device key.
+    pub async fn register(
+        addr: SocketAddr,
+        tls: &Arc<rustls::ClientConfig>,
+        user: &str,
+    ) -> Result<Device> {
+        let mut ws = connect(addr, cove_wire::WS_PATH, tls).await?;
+        let nonce = match next_frame(&mut ws).await? {
+            ServerFrame::Challenge { nonce, .. } => nonce,
+            other => bail!("expected a challenge, got {other:?}"),
+        };
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let user = UserName::new(user)?;
+        let public = DeviceKey(key.verifying_key().to_bytes());
+        let msg = cove_wire::sign::auth_challenge_message(&nonce, &user, &public);
+        let signature = Signature(key.sign(&msg).to_bytes());
+        let mut dev = Device {
+            ws,
+            id: DeviceId(0),
+            next_request: 1,
+        };
+        let reply = dev
+            .request(Request::Register {
+                user,
+                key: public,
+                signature,
+            })
+            .await?;
+        match reply {
+            Reply::Authenticated { device } => dev.id = device,
+            other => bail!("expected Authenticated, got {other:?}"),
+        }
+        Ok(dev)
+    }
+
+    /// Sends a request and waits for its response, skipping other frames.
+    pub async fn request(&mut self, body: Request) -> Result<Reply> {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        let bytes = cove_wire::encode(&ClientFrame::Request { id, body })?;
+        self.ws.send(Message::binary(bytes)).await?;
+        loop {
+            match next_frame(&mut self.ws).await? {
+                ServerFrame::Response { id: got, result } if got == id => {
+                    return result.map_err(|e| anyhow!("relay refused: {e}"));
+                }
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// The next decoded server frame.
+async fn next_frame(ws: &mut Ws) -> Result<ServerFrame> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => return Ok(cove_wire::decode(&b)?),
+            Some(Ok(Message::Close(c))) => bail!("connection closed: {c:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection closed"),
+        }
+    }
+}
+
+/// Registers `n` receiving devices (users `{prefix}{i}`), concurrently.
+pub async fn relay_devices(
+    n: usize,
+    prefix: &str,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Vec<Device>> {
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let tls = tls.clone();
+            let user = format!("{prefix}{i}");
+            async move { Device::register(addr, &tls, &user).await }
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .collect::<Vec<Result<Device>>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Spawns the read loop of a receiving device: every application entry of the group is
+/// counted; every `ack_every` group entries (and every inbox entry) it acks cumulatively
+/// (`ack_every == 0`: group entries are never acked).
+pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, ack_every: u64) {
+    tokio::spawn(async move {
+        let mut ws = dev.ws;
+        let mut next_request = dev.next_request;
+        let mut unacked = 0u64;
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Binary(b) = msg else { continue };
+            let ack = match cove_wire::decode::<ServerFrame>(&b) {
+                Ok(ServerFrame::Deliver(Delivery::Group(e))) => {
+                    if e.kind == EntryKind::Application {
+                        match stats::parse(e.payload.as_bytes()) {
+                            Some((id, ts)) => tracker.on_delivery(id, ts),
+                            None => {
+                                tracker.bad_frames.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    unacked += 1;
+                    (ack_every > 0 && unacked >= ack_every)
+                        .then_some((WireStream::Group(e.group), e.seq))
+                }
+                Ok(ServerFrame::Deliver(Delivery::Inbox(e))) => Some((WireStream::Inbox, e.seq)),
+                Ok(ServerFrame::Response { result: Err(_), .. }) | Err(_) => {
+                    tracker.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                Ok(_) => None,
+            };
+            if let Some((stream, seq)) = ack {
+                unacked = 0;
+                let id = RequestId(next_request);
+                next_request = next_request.wrapping_add(1);
+                let body = Request::Ack { stream, seq };
+                let Ok(bytes) = cove_wire::encode(&ClientFrame::Request { id, body }) else {
+                    break;
+                };
+                if ws.send(Message::binary(bytes)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+/// Turns a registered device into the benchmark sender: a task reads its frames (counting
+/// refused posts, acking its own pushed entries), and the returned [`Sender`] posts.
+pub fn relay_sender(dev: Device, group: GroupId, epoch: Epoch) -> Sender {
+    let stats = Arc::new(SenderStats::default());
+    let (sink, stream) = dev.ws.split();
+    tokio::spawn(read_sender_frames(stream, stats.clone()));
+    let mut s = Sender::new(sink, Proto::Relay { group, epoch }, stats);
+    s.next_request = dev.next_request;
+    s
+}
+
+async fn read_sender_frames(mut stream: SplitStream<Ws>, stats: Arc<SenderStats>) {
+    while let Some(Ok(msg)) = stream.next().await {
+        let Message::Binary(b) = msg else { continue };
+        match cove_wire::decode::<ServerFrame>(&b) {
+            Ok(ServerFrame::Response {
+                result: Ok(Reply::Posted { .. }),
+                ..
+            }) => {
+                stats.posted.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(ServerFrame::Response { result: Err(e), .. }) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = stats.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+            }
+            Ok(ServerFrame::Deliver(Delivery::Group(e))) => {
+                stats.own_seq.fetch_max(e.seq.0, Ordering::Relaxed);
+            }
+            Ok(ServerFrame::Closing { code }) => {
+                if let Ok(mut last) = stats.last_error.lock() {
+                    *last = Some(format!("relay closed the sender: {code:?}"));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The sender
+
+/// What the relay told the sender.
+#[derive(Default)]
+pub struct SenderStats {
+    /// Posts acknowledged as durable.
+    pub posted: AtomicU64,
+    /// Posts refused.
+    pub refused: AtomicU64,
+    /// Highest group seq pushed back to the sender itself (it acks up to here).
+    pub own_seq: AtomicU64,
+    /// The last refusal or close reason.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+/// The one sending connection.
+pub struct Sender {
+    sink: SplitSink<Ws, Message>,
+    proto: Proto,
+    next_request: u32,
+    /// Messages sent so far (ids are 0..sent).
+    pub sent: u64,
+    /// Replies seen by the reader task.
+    pub stats: Arc<SenderStats>,
+    acked_own: u64,
+}
+
+/// Outcome of one load phase.
+pub struct PhaseResult {
+    /// Measured time.
+    pub elapsed: Duration,
+    /// Largest lag of the open-loop schedule (0 for the closed loop).
+    pub max_lag: Duration,
+}
+
+impl Sender {
+    fn new(sink: SplitSink<Ws, Message>, proto: Proto, stats: Arc<SenderStats>) -> Self {
+        Sender {
+            sink,
+            proto,
+            next_request: 1,
+            sent: 0,
+            stats,
+            acked_own: 0,
+        }
+    }
+
+    /// Queues message number `self.sent` (not flushed).
+    async fn feed(&mut self, size: usize, tracker: &Tracker) -> Result<()> {
+        let payload = stats::payload(size, self.sent, tracker.now_ns());
+        let msg = match self.proto {
+            Proto::Bare => Message::binary(payload),
+            Proto::Relay { group, epoch } => {
+                let id = RequestId(self.next_request);
+                self.next_request = self.next_request.wrapping_add(1);
+                let body = Request::Post {
+                    group,
+                    epoch,
+                    kind: PostKind::Application,
+                    payload: Payload(payload),
+                };
+                Message::binary(cove_wire::encode(&ClientFrame::Request { id, body })?)
+            }
+        };
+        self.sent += 1;
+        self.sink.feed(msg).await?;
+        Ok(())
+    }
+
+    /// Acks the entries pushed back to the sender itself, every 64 of them.
+    async fn ack_own(&mut self) -> Result<()> {
+        let Proto::Relay { group, .. } = self.proto else {
+            return Ok(());
+        };
+        let seq = self.stats.own_seq.load(Ordering::Relaxed);
+        if seq >= self.acked_own + 64 {
+            self.acked_own = seq;
+            let id = RequestId(self.next_request);
+            self.next_request = self.next_request.wrapping_add(1);
+            let body = Request::Ack {
+                stream: WireStream::Group(group),
+                seq: cove_wire::Seq(seq),
+            };
+            self.sink
+                .feed(Message::binary(cove_wire::encode(&ClientFrame::Request {
+                    id,
+                    body,
+                })?))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Closed loop for `duration`: keeps `window` messages in flight, a message leaving the
+    /// window when every receiver has it.
+    pub async fn closed_loop(
+        &mut self,
+        tracker: &Tracker,
+        size: usize,
+        window: u64,
+        duration: Duration,
+    ) -> Result<PhaseResult> {
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            let done = tracker.done.load(Ordering::Acquire);
+            let in_flight = self.sent - done;
+            if in_flight < window {
+                for _ in in_flight..window {
+                    self.feed(size, tracker).await?;
+                }
+                self.ack_own().await?;
+                self.sink.flush().await?;
+            } else if tokio::time::timeout(Duration::from_secs(10), tracker.notify.notified())
+                .await
+                .is_err()
+            {
+                bail!(
+                    "closed loop stalled: {} of {} messages complete",
+                    done,
+                    self.sent
+                );
+            }
+        }
+        Ok(PhaseResult {
+            elapsed: start.elapsed(),
+            max_lag: Duration::ZERO,
+        })
+    }
+
+    /// Open loop for `duration`: one message every `1/rate` seconds, whatever the receivers do.
+    pub async fn open_loop(
+        &mut self,
+        tracker: &Tracker,
+        size: usize,
+        rate: f64,
+        duration: Duration,
+    ) -> Result<PhaseResult> {
+        let start = tokio::time::Instant::now();
+        let mut max_lag = Duration::ZERO;
+        let mut i = 0u64;
+        loop {
+            let at = start + Duration::from_secs_f64(i as f64 / rate);
+            if at - start >= duration {
+                break;
+            }
+            tokio::time::sleep_until(at).await;
+            max_lag = max_lag.max(tokio::time::Instant::now() - at);
+            // Everything due by now goes out in one flush.
+            loop {
+                self.feed(size, tracker).await?;
+                i += 1;
+                let next = start + Duration::from_secs_f64(i as f64 / rate);
+                if next > tokio::time::Instant::now() || next - start >= duration {
+                    break;
+                }
+            }
+            self.ack_own().await?;
+            self.sink.flush().await?;
+        }
+        Ok(PhaseResult {
+            elapsed: start.elapsed(),
+            max_lag,
+        })
+    }
+}

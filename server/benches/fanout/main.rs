@@ -1,0 +1,579 @@
+//! Relay fan-out benchmark (issue 2, item 5; goals R1-R3 of `performance.md`).
+//!
+//! One sender posts to one group of N receiving devices over loopback TLS. The same load
+//! generator drives, back to back in one run, the bare tokio-tungstenite broadcast server
+//! (`bare.rs`, the "physical limit") and Cove's relay (durable SQLite storage in a temp dir,
+//! devices registered and members of one group, receivers acking every `ack_every` entries).
+//!
+//! For each N and payload size, and each server:
+//! 1. closed loop: the sender keeps `window` messages in flight, a message leaving the window
+//!    when all N receivers have it; deliveries/s is the saturation throughput;
+//! 2. open loop at `load` (default 10%) of the *bare* server's saturation rate, counted in
+//!    deliveries (posts/s = load × bare deliveries/s ÷ N): post-to-delivery p50/p99.
+//!
+//! Server threads are pinned to CPU 0 and the load generator to CPU 1 (the machine has two).
+//!
+//! ```text
+//! cargo bench -p cove-server --bench fanout
+//! FANOUT_N=1000 FANOUT_SIZES=256 FANOUT_SECS=10 FANOUT_REPS=3 cargo bench -p cove-server --bench fanout
+//! ```
+//!
+//! Settings (environment): `FANOUT_N` (list, default `100,1000`), `FANOUT_SIZES` (payload
+//! bytes, default `256,4096`), `FANOUT_SECS` (closed-loop measurement, default 4),
+//! `FANOUT_OPEN_SECS` (open loop, default 4), `FANOUT_WARMUP_SECS` (default 1),
+//! `FANOUT_WINDOW` (default 64 at N >= 1000, 64,000 ÷ N below), `FANOUT_LOAD` (default 0.1), `FANOUT_ACK_EVERY` (default 64; 0 = receivers never ack, a diagnostic),
+//! `FANOUT_REPS` (default 1), `FANOUT_SERVERS` (`bare,relay`), `FANOUT_STORE` (`sqlite` or
+//! `memory`), `FANOUT_PIN` (`1`; `0` leaves scheduling to the OS).
+
+mod bare;
+mod load;
+mod relay;
+mod stats;
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::load::Sender;
+use crate::stats::Tracker;
+
+fn main() -> Result<()> {
+    let cfg = Config::from_env()?;
+    if cfg.pin {
+        pin(1);
+    }
+    eprintln!("fanout: {cfg:?}");
+    eprintln!("fanout: load average {}", load_average());
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .thread_name("fanout-load")
+        .on_thread_start(move || {
+            if cfg.pin {
+                pin(1);
+            }
+        })
+        .enable_all()
+        .build()?;
+    let cfg2 = cfg.clone();
+    let rows = client_rt.block_on(async move { tokio::spawn(run(cfg2)).await })??;
+    println!("{}", report(&cfg, &rows));
+    client_rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// The benchmark settings.
+#[derive(Clone, Debug)]
+struct Config {
+    ns: Vec<usize>,
+    sizes: Vec<usize>,
+    secs: f64,
+    open_secs: f64,
+    warmup_secs: f64,
+    /// Messages in flight in the closed loop; `None`: 64 at N >= 1000, scaled up at smaller
+    /// N so that 64,000 deliveries are in flight (else the loop measures round trips).
+    window: Option<u64>,
+    load: f64,
+    ack_every: u64,
+    reps: usize,
+    bare: bool,
+    relay: bool,
+    sqlite: bool,
+    pin: bool,
+}
+
+impl Config {
+    fn window(&self, n: usize) -> u64 {
+        self.window
+            .unwrap_or_else(|| (64_000 / n.max(1) as u64).max(64))
+    }
+
+    fn from_env() -> Result<Self> {
+        let servers = env_str("FANOUT_SERVERS", "bare,relay");
+        let cfg = Config {
+            ns: env_list("FANOUT_N", "100,1000")?,
+            sizes: env_list("FANOUT_SIZES", "256,4096")?,
+            secs: env_parse("FANOUT_SECS", 4.0)?,
+            open_secs: env_parse("FANOUT_OPEN_SECS", 4.0)?,
+            warmup_secs: env_parse("FANOUT_WARMUP_SECS", 1.0)?,
+            window: match std::env::var("FANOUT_WINDOW") {
+                Ok(v) => Some(
+                    v.trim()
+                        .parse()
+                        .map_err(|_| anyhow!("FANOUT_WINDOW={v:?}"))?,
+                ),
+                Err(_) => None,
+            },
+            load: env_parse("FANOUT_LOAD", 0.1)?,
+            ack_every: env_parse("FANOUT_ACK_EVERY", 64)?,
+            reps: env_parse("FANOUT_REPS", 1)?,
+            bare: servers.split(',').any(|s| s.trim() == "bare"),
+            relay: servers.split(',').any(|s| s.trim() == "relay"),
+            sqlite: env_str("FANOUT_STORE", "sqlite") != "memory",
+            pin: env_str("FANOUT_PIN", "1") != "0",
+        };
+        if cfg.ns.contains(&0) || cfg.window == Some(0) {
+            return Err(anyhow!("FANOUT_N and FANOUT_WINDOW must be positive"));
+        }
+        if cfg.sizes.iter().any(|&s| s < stats::HEADER) {
+            return Err(anyhow!(
+                "payload sizes must be at least {} bytes",
+                stats::HEADER
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+fn env_str(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_owned())
+}
+
+fn env_parse<T: FromStr>(key: &str, default: T) -> Result<T> {
+    match std::env::var(key) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("{key}={v:?} is not valid")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn env_list(key: &str, default: &str) -> Result<Vec<usize>> {
+    env_str(key, default)
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| anyhow!("{key}: {s:?} is not a number"))
+        })
+        .collect()
+}
+
+/// Pins the calling thread to `core` (best effort).
+fn pin(core: usize) {
+    if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().nth(core)) {
+        core_affinity::set_for_current(id);
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Which server a row measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Server {
+    Bare,
+    Relay,
+}
+
+/// One (server, N, size, repetition) measurement.
+#[derive(Clone, Debug)]
+struct Row {
+    server: Server,
+    n: usize,
+    size: usize,
+    rep: usize,
+    closed: Measured,
+    /// Posts per second of the open loop.
+    open_rate: f64,
+    open: Measured,
+}
+
+/// What one phase measured.
+#[derive(Clone, Debug, Default)]
+struct Measured {
+    deliveries: u64,
+    secs: f64,
+    p50_ns: u64,
+    p99_ns: u64,
+    server_cpu: Duration,
+    load_cpu: Duration,
+    max_lag: Duration,
+}
+
+impl Measured {
+    fn per_sec(&self) -> f64 {
+        self.deliveries as f64 / self.secs.max(1e-9)
+    }
+    fn server_us_per_delivery(&self) -> f64 {
+        self.server_cpu.as_secs_f64() * 1e6 / (self.deliveries.max(1) as f64)
+    }
+    fn server_util(&self) -> f64 {
+        self.server_cpu.as_secs_f64() / self.secs.max(1e-9)
+    }
+    fn load_util(&self) -> f64 {
+        self.load_cpu.as_secs_f64() / self.secs.max(1e-9)
+    }
+}
+
+/// A server under test with its connected load generator.
+struct Target {
+    sender: Sender,
+    tracker: Arc<Tracker>,
+}
+
+async fn run(cfg: Config) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &n in &cfg.ns {
+        // A fresh server runtime per N: dropping it ends every server task of that round.
+        let server_rt = server_runtime(cfg.pin)?;
+        let mut bare = None;
+        if cfg.bare {
+            eprintln!("fanout: N={n}: starting the bare server and {n} receivers");
+            bare = Some(start_bare(&server_rt, n).await?);
+        }
+        let mut relay = None;
+        if cfg.relay {
+            eprintln!("fanout: N={n}: starting the relay, registering {n} devices");
+            let started = std::time::Instant::now();
+            relay = Some(relay::start(&server_rt, n, &cfg).await?);
+            eprintln!(
+                "fanout: relay ready in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        for rep in 0..cfg.reps {
+            for &size in &cfg.sizes {
+                let mut bare_rate = None;
+                if let Some(t) = bare.as_mut() {
+                    let row = measure(&cfg, Server::Bare, t, n, size, rep, None).await?;
+                    bare_rate = Some(row.open_rate);
+                    eprintln!("{}", row_line(&row));
+                    rows.push(row);
+                }
+                if let Some(r) = relay.as_mut() {
+                    let row = measure(&cfg, Server::Relay, &mut r.target, n, size, rep, bare_rate)
+                        .await?;
+                    eprintln!("{}", row_line(&row));
+                    rows.push(row);
+                }
+            }
+        }
+        if let Some(r) = relay {
+            r.stop().await;
+        }
+        drop(bare);
+        server_rt.shutdown_background();
+    }
+    Ok(rows)
+}
+
+fn server_runtime(pin_threads: bool) -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("fanout-server")
+        .on_thread_start(move || {
+            if pin_threads {
+                pin(0);
+            }
+        })
+        .enable_all()
+        .build()?)
+}
+
+/// A self-signed certificate for 127.0.0.1 and a rustls server config serving it (ring).
+fn bare_tls() -> Result<(Arc<rustls::ServerConfig>, CertificateDer<'static>)> {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])?;
+    let cert = ck.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)?;
+    Ok((Arc::new(cfg), cert))
+}
+
+async fn start_bare(rt: &tokio::runtime::Runtime, n: usize) -> Result<Target> {
+    let (server_tls, cert) = bare_tls()?;
+    // Spawned on the server runtime so every server thread is created there (and pinned).
+    let addr = rt.spawn(bare::start(server_tls)).await??;
+    let tls = load::client_tls(cert)?;
+    let tracker = Arc::new(Tracker::new(u32::try_from(n)?));
+    load::bare_receivers(n, addr, tls.clone(), tracker.clone()).await?;
+    let sender = load::bare_sender(addr, &tls).await?;
+    Ok(Target { sender, tracker })
+}
+
+/// Runs the closed and the open loop against one server.
+async fn measure(
+    cfg: &Config,
+    server: Server,
+    t: &mut Target,
+    n: usize,
+    size: usize,
+    rep: usize,
+    bare_open_rate: Option<f64>,
+) -> Result<Row> {
+    let tracker = t.tracker.clone();
+    let drain = Duration::from_secs(30);
+    // Closed loop: warm up, then measure.
+    t.sender
+        .closed_loop(
+            &tracker,
+            size,
+            cfg.window(n),
+            Duration::from_secs_f64(cfg.warmup_secs),
+        )
+        .await
+        .with_context(|| format!("{server:?} warm-up"))?;
+    let closed = phase(&tracker, async {
+        let r = t
+            .sender
+            .closed_loop(
+                &tracker,
+                size,
+                cfg.window(n),
+                Duration::from_secs_f64(cfg.secs),
+            )
+            .await?;
+        Ok((r.elapsed, r.max_lag))
+    })
+    .await
+    .with_context(|| format!("{server:?} closed loop"))?;
+    if !tracker.drain(t.sender.sent, drain).await {
+        return Err(anyhow!(
+            "{server:?}: deliveries stalled after the closed loop"
+        ));
+    }
+    // Open loop at `load` of the bare server's saturation (the relay reuses the bare rate).
+    let open_rate = bare_open_rate
+        .unwrap_or(cfg.load * closed.per_sec() / n as f64)
+        .max(1.0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let open = phase(&tracker, async {
+        let r = t
+            .sender
+            .open_loop(
+                &tracker,
+                size,
+                open_rate,
+                Duration::from_secs_f64(cfg.open_secs),
+            )
+            .await?;
+        Ok((r.elapsed, r.max_lag))
+    })
+    .await
+    .with_context(|| format!("{server:?} open loop"))?;
+    if !tracker.drain(t.sender.sent, drain).await {
+        return Err(anyhow!(
+            "{server:?}: deliveries stalled after the open loop"
+        ));
+    }
+    let bad = tracker
+        .bad_frames
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let refused = t
+        .sender
+        .stats
+        .refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let posted = t
+        .sender
+        .stats
+        .posted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if server == Server::Relay && posted + refused < t.sender.sent {
+        eprintln!(
+            "fanout: note: {} of {} posts acknowledged as durable so far",
+            posted, t.sender.sent
+        );
+    }
+    if bad > 0 || refused > 0 {
+        let last = t
+            .sender
+            .stats
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|l| l.clone());
+        eprintln!("fanout: WARNING {server:?}: {bad} bad frames, {refused} refused posts {last:?}");
+    }
+    Ok(Row {
+        server,
+        n,
+        size,
+        rep,
+        closed,
+        open_rate,
+        open,
+    })
+}
+
+/// Runs one recorded phase and collects its numbers.
+async fn phase<F>(tracker: &Tracker, f: F) -> Result<Measured>
+where
+    F: std::future::Future<Output = Result<(Duration, Duration)>>,
+{
+    let (s0, l0) = stats::cpu_times();
+    tracker.start_recording();
+    let (elapsed, max_lag) = f.await?;
+    // Deliveries still in flight at the end belong to this phase's latency but not to its
+    // throughput window; give them a moment to land in the histogram.
+    let deliveries = tracker
+        .deliveries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let (s1, l1) = stats::cpu_times();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tracker.stop_recording();
+    Ok(Measured {
+        deliveries,
+        secs: elapsed.as_secs_f64(),
+        p50_ns: tracker.hist.quantile(0.50),
+        p99_ns: tracker.hist.quantile(0.99),
+        server_cpu: s1.saturating_sub(s0),
+        load_cpu: l1.saturating_sub(l0),
+        max_lag,
+    })
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+fn row_line(r: &Row) -> String {
+    format!(
+        "fanout: {:?} N={} {} B rep {}: closed {:.0} deliveries/s (server {:.0}% CPU, {:.2} µs/delivery; load gen {:.0}%), p50/p99 {:.2}/{:.2} ms | open {:.0} posts/s: p50/p99 {:.2}/{:.2} ms (server {:.2} µs/delivery, {:.0}% CPU; schedule lag max {:.1} ms)",
+        r.server,
+        r.n,
+        r.size,
+        r.rep,
+        r.closed.per_sec(),
+        r.closed.server_util() * 100.0,
+        r.closed.server_us_per_delivery(),
+        r.closed.load_util() * 100.0,
+        ms(r.closed.p50_ns),
+        ms(r.closed.p99_ns),
+        r.open_rate,
+        ms(r.open.p50_ns),
+        ms(r.open.p99_ns),
+        r.open.server_us_per_delivery(),
+        r.open.server_util() * 100.0,
+        r.open.max_lag.as_secs_f64() * 1e3,
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        l if l % 2 == 1 => v.get(l / 2).copied().unwrap_or(f64::NAN),
+        l => {
+            (v.get(l / 2 - 1).copied().unwrap_or(0.0) + v.get(l / 2).copied().unwrap_or(0.0)) / 2.0
+        }
+    }
+}
+
+/// The side-by-side table (markdown) and the ratios against the goals.
+fn report(cfg: &Config, rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n## Fan-out results (closed loop window {} messages, open loop at {:.0}% of bare saturation, {} s + {} s per point, load average {})\n",
+        cfg.ns
+            .iter()
+            .map(|&n| format!("{} at N={n}", cfg.window(n)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        cfg.load * 100.0,
+        cfg.secs,
+        cfg.open_secs,
+        load_average()
+    );
+    let _ = writeln!(
+        out,
+        "| N | payload | rep | server | deliveries/s | server CPU | µs CPU/delivery | load-gen CPU | sat. p50 / p99 ms | open posts/s | open p50 / p99 ms | open µs CPU/delivery |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} B | {} | {:?} | {:.0} | {:.0}% | {:.2} | {:.0}% | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.2} |",
+            r.n,
+            r.size,
+            r.rep,
+            r.server,
+            r.closed.per_sec(),
+            r.closed.server_util() * 100.0,
+            r.closed.server_us_per_delivery(),
+            r.closed.load_util() * 100.0,
+            ms(r.closed.p50_ns),
+            ms(r.closed.p99_ns),
+            r.open_rate,
+            ms(r.open.p50_ns),
+            ms(r.open.p99_ns),
+            r.open.server_us_per_delivery(),
+        );
+    }
+    if !(cfg.bare && cfg.relay) {
+        return out;
+    }
+    let _ = writeln!(out, "\n### Ratios relay ÷ bare (median over repetitions)\n");
+    let _ = writeln!(
+        out,
+        "| N | payload | deliveries/s ratio (goal ≥ 0.6) | open p50 ratio | open p99 ratio (goal ≤ 2) | CPU/delivery ratio at open load | verdict |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for &n in &cfg.ns {
+        for &size in &cfg.sizes {
+            let pairs: Vec<(&Row, &Row)> = (0..cfg.reps)
+                .filter_map(|rep| {
+                    let find = |s| {
+                        rows.iter()
+                            .find(|r| r.server == s && r.n == n && r.size == size && r.rep == rep)
+                    };
+                    Some((find(Server::Bare)?, find(Server::Relay)?))
+                })
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let thr = median(
+                pairs
+                    .iter()
+                    .map(|(b, r)| r.closed.per_sec() / b.closed.per_sec())
+                    .collect(),
+            );
+            let p50 = median(
+                pairs
+                    .iter()
+                    .map(|(b, r)| r.open.p50_ns as f64 / b.open.p50_ns.max(1) as f64)
+                    .collect(),
+            );
+            let p99 = median(
+                pairs
+                    .iter()
+                    .map(|(b, r)| r.open.p99_ns as f64 / b.open.p99_ns.max(1) as f64)
+                    .collect(),
+            );
+            let cpu = median(
+                pairs
+                    .iter()
+                    .map(|(b, r)| {
+                        r.open.server_us_per_delivery() / b.open.server_us_per_delivery().max(1e-9)
+                    })
+                    .collect(),
+            );
+            let verdict = match (thr >= 0.6, p99 <= 2.0) {
+                (true, true) => "meets both goals",
+                (false, true) => "throughput below goal",
+                (true, false) => "p99 above goal",
+                (false, false) => "misses both goals",
+            };
+            let _ = writeln!(
+                out,
+                "| {n} | {size} B | {thr:.2} | {p50:.2} | {p99:.2} | {cpu:.2} | {verdict} |"
+            );
+        }
+    }
+    out
+}
