@@ -16,12 +16,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::codec::{I420Frame, OpusEncoder, Vp8Encoder};
-use crate::session::{ControlMessage, IceServer, PeerSession, SessionError, Signal};
+use crate::session::{ControlMessage, IceCandidate, IceServer, PeerSession, SessionError, Signal};
 use crate::sframe::{EpochKey, SframeError, SframeKeyring, SframeSender};
 use crate::source::{AudioInput, VideoInput, WavSink, write_ppm};
 
 /// Most participants in one mesh call (including the local one).
 pub const MAX_PARTICIPANTS: usize = 6;
+/// Most trickled candidates buffered per peer before its description arrives.
+pub const MAX_PENDING_CANDIDATES: usize = 64;
+/// Most peers with buffered candidates.
+pub const MAX_PENDING_PEERS: usize = 16;
 
 /// How a call is set up. Plain data: the CLI fills it from its flags and the relay's TURN
 /// credentials.
@@ -181,6 +185,8 @@ pub(crate) struct CallInner {
     sender: Mutex<SframeSender>,
     keyring: Mutex<SframeKeyring>,
     recorders: Mutex<HashMap<String, Recorder>>,
+    /// Trickled candidates that arrived before their session's remote description.
+    pending: Mutex<HashMap<String, Vec<IceCandidate>>>,
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -217,6 +223,7 @@ impl Call {
             sender: Mutex::new(sender),
             keyring: Mutex::new(keyring),
             recorders: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             pumps: Mutex::new(Vec::new()),
         });
         let call = Self { inner };
@@ -271,14 +278,60 @@ impl Call {
             Signal::Offer(offer) => {
                 let session = self.new_session(peer, member_index, false).await?;
                 let answer = session.accept_offer(&offer).await?;
+                self.flush_candidates(&session).await;
                 self.inner.emit(CallEvent::LocalSignal {
                     peer: peer.into(),
                     signal: Signal::Answer(answer),
                 });
                 Ok(())
             }
-            Signal::Answer(answer) => self.session(peer)?.accept_answer(&answer).await,
-            Signal::Candidate(c) => self.session(peer)?.add_candidate(&c).await,
+            Signal::Answer(answer) => {
+                let session = self.session(peer)?;
+                session.accept_answer(&answer).await?;
+                self.flush_candidates(&session).await;
+                Ok(())
+            }
+            Signal::Candidate(c) => {
+                let ready = {
+                    let mut pending = self
+                        .inner
+                        .pending
+                        .lock()
+                        .map_err(|_| SessionError::UnknownPeer)?;
+                    match self.peer_session(peer) {
+                        Some(s) if s.remote_set.load(Ordering::Acquire) => Some(s),
+                        _ => {
+                            if pending.len() >= MAX_PENDING_PEERS && !pending.contains_key(peer) {
+                                return Err(SessionError::BadSignal("too many pending peers"));
+                            }
+                            let list = pending.entry(peer.to_owned()).or_default();
+                            if list.len() >= MAX_PENDING_CANDIDATES {
+                                return Err(SessionError::BadSignal("too many candidates"));
+                            }
+                            list.push(c.clone());
+                            None
+                        }
+                    }
+                };
+                match ready {
+                    Some(s) => s.add_candidate(&c).await,
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Marks the remote description applied and adds candidates that arrived before it.
+    async fn flush_candidates(&self, session: &PeerSession) {
+        let queued = match self.inner.pending.lock() {
+            Ok(mut pending) => {
+                session.remote_set.store(true, Ordering::Release);
+                pending.remove(&session.peer).unwrap_or_default()
+            }
+            Err(_) => Vec::new(),
+        };
+        for c in queued {
+            let _ = session.add_candidate(&c).await;
         }
     }
 
@@ -395,6 +448,9 @@ impl Call {
     }
 
     fn remove_session(&self, peer: &str) -> Option<Arc<PeerSession>> {
+        if let Ok(mut p) = self.inner.pending.lock() {
+            p.remove(peer);
+        }
         self.inner
             .sessions
             .lock()

@@ -71,4 +71,7 @@ pub enum MediaIoError {
     /// Real devices need the `devices` cargo feature (off by default).
     #[error("microphone/camera support is not built in (enable the `devices` feature)")]
     DevicesUnavailable,
+    /// The `devices` feature is on, but device capture is not implemented yet.
+    #[error("microphone/camera capture is not implemented yet; use WAV/tone/pattern/Y4M inputs")]
+    DeviceNotImplemented,
 }

@@ -208,6 +208,8 @@ pub struct PeerSession {
     video: Option<LocalTrack>,
     control: OnceLock<Arc<dyn DataChannel>>,
     pub(crate) connected: AtomicBool,
+    /// Set (under the call's pending-candidates lock) once the remote description is applied.
+    pub(crate) remote_set: AtomicBool,
     pub(crate) closed: AtomicBool,
     pub(crate) counters: Counters,
     /// When the local side dialled or started answering.
@@ -289,6 +291,7 @@ impl PeerSession {
             video,
             control: OnceLock::new(),
             connected: AtomicBool::new(false),
+            remote_set: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
             started: Instant::now(),

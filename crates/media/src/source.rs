@@ -497,12 +497,20 @@ pub fn write_ppm(path: &Path, f: &I420Frame) -> Result<(), MediaIoError> {
 
 /// Opens the default microphone. Needs the `devices` feature; without it, a clear error.
 pub fn open_microphone() -> Result<Box<dyn AudioSource>, MediaIoError> {
-    Err(MediaIoError::DevicesUnavailable)
+    Err(devices_error())
 }
 
 /// Opens the default camera. Needs the `devices` feature; without it, a clear error.
 pub fn open_camera() -> Result<Box<dyn VideoSource>, MediaIoError> {
-    Err(MediaIoError::DevicesUnavailable)
+    Err(devices_error())
+}
+
+fn devices_error() -> MediaIoError {
+    if cfg!(feature = "devices") {
+        MediaIoError::DeviceNotImplemented
+    } else {
+        MediaIoError::DevicesUnavailable
+    }
 }
 
 /// Dominant frequency of `samples` (48 kHz) among `candidates`, by the Goertzel algorithm:

@@ -463,3 +463,76 @@ async fn removed_member_cannot_decrypt_after_rekey() {
         call.end().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_but_foreign_fingerprint_fails_dtls() {
+    // A signer who commits to a fingerprint that is not its DTLS certificate's (or a
+    // man in the middle whose certificate does not match the signed fingerprint): the SDP and
+    // the signed value agree, but the DTLS handshake must fail, so no media is decoded.
+    let mut mesh = Mesh::new();
+    let fake = "sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+    mesh.tamper = Some(Arc::new(move |_from, _to, s: &mut Signal| {
+        if let Signal::Offer(d) = s {
+            d.sdp = d
+                .sdp
+                .lines()
+                .map(|l| {
+                    if l.starts_with("a=fingerprint:") {
+                        format!("a=fingerprint:{fake}")
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\r\n")
+                + "\r\n";
+            d.fingerprint = fake.to_owned();
+        }
+    }));
+    let alice = mesh.add("alice", 0, audio_config(440.0, None), key(1, 1), &[0, 1]);
+    let bob = mesh.add("bob", 1, audio_config(440.0, None), key(1, 1), &[0, 1]);
+    alice.dial("bob", Some(1)).await.unwrap();
+    let mut seen = Vec::new();
+    mesh.drain_for(&mut seen, Duration::from_secs(6)).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, e)| matches!(e, CallEvent::FirstAudio { .. })),
+        "{seen:?}"
+    );
+    for call in [&alice, &bob] {
+        for s in call.sessions() {
+            assert_eq!(s.audio_frames_decoded(), 0);
+        }
+    }
+    alice.end().await;
+    bob.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickle_ice_call() {
+    let mut mesh = Mesh::new();
+    let cfg = |tone| CallConfig {
+        trickle_ice: true,
+        ..audio_config(tone, None)
+    };
+    let alice = mesh.add("alice", 0, cfg(440.0), key(1, 3), &[0, 1]);
+    let bob = mesh.add("bob", 1, cfg(660.0), key(1, 3), &[0, 1]);
+    alice.dial("bob", Some(1)).await.unwrap();
+    let mut seen = Vec::new();
+    mesh.wait_for(&mut seen, first_audio("bob", "alice")).await;
+    mesh.wait_for(&mut seen, first_audio("alice", "bob")).await;
+    let signals = mesh.signals.lock().unwrap().clone();
+    let trickled = |from: &str| {
+        signals
+            .iter()
+            .filter(|(f, _, s)| f == from && matches!(s, Signal::Candidate(_)))
+            .count()
+    };
+    assert!(
+        trickled("alice") >= 1 && trickled("bob") >= 1,
+        "{signals:?}"
+    );
+    alice.end().await;
+    bob.end().await;
+}
