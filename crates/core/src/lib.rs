@@ -30,6 +30,7 @@
 
 #![deny(missing_docs)]
 
+pub mod attachment;
 mod client;
 pub mod content;
 pub mod provider;

@@ -38,6 +38,7 @@ pub use format::{
 pub use link::{ShareLink, ShareLinkError};
 pub use pointer::{
     AttachmentPointer, FileKey, KEY_LEN, MAX_MEDIA_TYPE_LEN, MAX_NAME_LEN, PointerError,
+    validate_media_type, validate_name,
 };
 pub use stream::{Decryptor, Encryptor, Expected, Opened, Sealed};
 
