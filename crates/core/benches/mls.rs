@@ -1,1 +1,3 @@
+//! MLS benchmark (placeholder, see below).
+
 fn main() {}

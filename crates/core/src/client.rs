@@ -103,7 +103,7 @@ enum OpKind {
         requested: bool,
     },
     Send,
-    Change(Change),
+    Change(Box<Change>),
 }
 
 /// An add / remove in progress.
@@ -294,19 +294,19 @@ impl<S: Store> Client<S> {
             .unwrap_or_default();
         let mut out = Vec::new();
         for m in self.provider.store().messages(&id)? {
-            if let Ok(env) = Envelope::decode(&m.content) {
-                if let Content::Text { text } = env.content {
-                    out.push(ChatMessage {
-                        group: id,
-                        group_name: name.clone(),
-                        from: m.from,
-                        from_device: m.from_device,
-                        id: MessageId(m.message_id),
-                        sent_at_ms: m.sent_at_ms,
-                        text,
-                        seq: m.seq,
-                    });
-                }
+            if let Ok(env) = Envelope::decode(&m.content)
+                && let Content::Text { text } = env.content
+            {
+                out.push(ChatMessage {
+                    group: id,
+                    group_name: name.clone(),
+                    from: m.from,
+                    from_device: m.from_device,
+                    id: MessageId(m.message_id),
+                    sent_at_ms: m.sent_at_ms,
+                    text,
+                    seq: m.seq,
+                });
             }
         }
         Ok(out)
@@ -368,10 +368,10 @@ impl<S: Store> Client<S> {
 
     /// Resolves a group name or hex id.
     pub fn resolve(&self, group: &str) -> Result<GroupId, CommandError> {
-        if let Ok(id) = GroupId::from_hex(group) {
-            if self.records.contains_key(&id) {
-                return Ok(id);
-            }
+        if let Ok(id) = GroupId::from_hex(group)
+            && self.records.contains_key(&id)
+        {
+            return Ok(id);
         }
         let found: Vec<GroupId> = self
             .records
@@ -961,9 +961,13 @@ impl<S: Store> Client<S> {
         let stream = Stream::Group(group);
         let store = self.provider.store();
         // Not (yet) a member locally: either the Welcome has not been processed yet (park
-        // it), or we left / were removed (ignore).
+        // it; after a removal, later entries mean we were added again), or we left (ignore).
         match self.records.get(&group).map(|r| r.membership) {
-            Some(Membership::Left) | Some(Membership::Removed) => {
+            Some(Membership::Left) => {
+                self.ack(stream, entry.seq);
+                return Ok(());
+            }
+            Some(Membership::Removed) if entry.seq <= store.cursor(&stream)? => {
                 self.ack(stream, entry.seq);
                 return Ok(());
             }
@@ -1073,8 +1077,9 @@ impl<S: Store> Client<S> {
                     self.finish(op, Ok(()));
                 }
                 if outcome.removed {
-                    self.groups.remove(&group);
-                    self.fail_group_ops(group, "removed from the group");
+                    // Forget the group's keys: nothing later can be decrypted anyway, and a
+                    // later re-add starts from a fresh Welcome.
+                    self.forget_group(group, Membership::Removed)?;
                 }
                 for leaver in outcome.leave_requests {
                     self.handle_leave_request(group, leaver);
@@ -1183,11 +1188,11 @@ impl<S: Store> Client<S> {
                 match &env.content {
                     Content::Text { .. } => {}
                     Content::GroupInfo { name } => {
-                        if let Some(r) = self.records.get_mut(&group) {
-                            if name.len() <= MAX_GROUP_NAME {
-                                r.name = name.clone();
-                                store.put_group(r).map_err(|e| e.to_string())?;
-                            }
+                        if let Some(r) = self.records.get_mut(&group)
+                            && name.len() <= MAX_GROUP_NAME
+                        {
+                            r.name = name.clone();
+                            store.put_group(r).map_err(|e| e.to_string())?;
                         }
                     }
                     Content::LeaveRequest => out.leave_requests.push(sender_id.device),
@@ -1374,7 +1379,7 @@ impl<S: Store> Client<S> {
             ChangeStage::Directory
         };
         let directory = add.iter().map(|u| (u.clone(), None)).collect();
-        let op = self.new_op(OpKind::Change(Change {
+        let op = self.new_op(OpKind::Change(Box::new(Change {
             group,
             add,
             remove,
@@ -1384,7 +1389,7 @@ impl<S: Store> Client<S> {
             claims: BTreeMap::new(),
             key_packages: Vec::new(),
             posted: None,
-        }));
+        })));
         self.drive(op);
         op
     }
@@ -1795,18 +1800,18 @@ impl<S: Store> Client<S> {
         match result {
             Ok(Reply::Posted { .. }) => {
                 c.posted = None;
-                if let Some(mls) = self.groups.get_mut(&group) {
-                    if mls.pending_commit().is_some() {
-                        let store = self.provider.store();
-                        store.begin()?;
-                        match mls.merge_pending_commit(&self.provider) {
-                            Ok(()) => store.commit()?,
-                            Err(e) => {
-                                let _ = store.rollback();
-                                self.reload_group(&group);
-                                self.finish(op, Err(OpError::Mls(e.to_string())));
-                                return Ok(());
-                            }
+                if let Some(mls) = self.groups.get_mut(&group)
+                    && mls.pending_commit().is_some()
+                {
+                    let store = self.provider.store();
+                    store.begin()?;
+                    match mls.merge_pending_commit(&self.provider) {
+                        Ok(()) => store.commit()?,
+                        Err(e) => {
+                            let _ = store.rollback();
+                            self.reload_group(&group);
+                            self.finish(op, Err(OpError::Mls(e.to_string())));
+                            return Ok(());
                         }
                     }
                 }
@@ -1816,11 +1821,12 @@ impl<S: Store> Client<S> {
             Err(e) if e.code == ErrorCode::StaleEpoch => {
                 // Lost the race. Keep our pending commit until we see the winner (it might
                 // be our own, accepted before a reconnect); then rebuild.
-                let lost_at = self
+                let current = self
                     .groups
                     .get(&group)
                     .map(|g| g.epoch().as_u64())
                     .unwrap_or(0);
+                let lost_at = c.posted.as_ref().map(|p| p.0.0).unwrap_or(current);
                 c.stage = ChangeStage::AwaitEpoch(lost_at);
                 c.posted = None;
                 let after = self.provider.store().cursor(&Stream::Group(group))?;
@@ -1832,6 +1838,8 @@ impl<S: Store> Client<S> {
                     },
                     Pending::Fetch,
                 );
+                // The winner may already be processed (it can arrive before this reply).
+                self.drive(op);
                 Ok(())
             }
             other => {
@@ -1926,7 +1934,12 @@ impl<S: Store> Client<S> {
                 }
             }
         }
-        self.fail_group_ops(group, "left the group");
+        let why = if membership == Membership::Removed {
+            "removed from the group"
+        } else {
+            "left the group"
+        };
+        self.fail_group_ops(group, why);
         Ok(())
     }
 
@@ -1943,6 +1956,10 @@ impl<S: Store> Client<S> {
     }
 
     fn reload_group(&mut self, group: &GroupId) {
+        if self.records.get(group).map(|r| r.membership) != Some(Membership::Active) {
+            self.groups.remove(group);
+            return;
+        }
         let mls_id = MlsGroupId::from_slice(&group.0);
         match MlsGroup::load(self.provider.storage(), &mls_id) {
             Ok(Some(g)) => {

@@ -92,6 +92,9 @@ pub enum Namespace {
     Pending = 10,
 }
 
+/// A key and its value, as returned by [`Kv::kv_scan`].
+pub type KvPair = (Vec<u8>, Vec<u8>);
+
 /// The primitive operations a backend provides. Keys are ordered bytewise within a
 /// namespace. Writes outside a transaction are durable on return; inside one they become
 /// durable together at [`Kv::commit`] or vanish at [`Kv::rollback`].
@@ -103,7 +106,7 @@ pub trait Kv {
     /// Removes one value (no error if absent).
     fn kv_delete(&self, ns: Namespace, key: &[u8]) -> Result<(), StoreError>;
     /// All entries whose key starts with `prefix`, in key order.
-    fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<KvPair>, StoreError>;
     /// Starts a transaction. Transactions do not nest.
     fn begin(&self) -> Result<(), StoreError>;
     /// Makes every write since [`Kv::begin`] durable, atomically.

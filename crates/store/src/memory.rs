@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::{Kv, Namespace, StoreError};
+use crate::{Kv, KvPair, Namespace, StoreError};
 
 type Key = (Namespace, Vec<u8>);
 
@@ -70,7 +70,7 @@ impl Kv for MemoryStore {
         Ok(())
     }
 
-    fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<KvPair>, StoreError> {
         let inner = self.lock()?;
         Ok(inner
             .map

@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{Kv, Namespace, StoreError};
+use crate::{Kv, KvPair, Namespace, StoreError};
 
 /// A [`crate::Store`] in one SQLite file.
 ///
@@ -112,7 +112,7 @@ impl Kv for SqliteStore {
         Ok(())
     }
 
-    fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<KvPair>, StoreError> {
         let s = self.lock()?;
         let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?));
         match prefix_end(prefix) {

@@ -1,0 +1,531 @@
+//! cove-core protocol tests: several clients and an in-process relay, no sockets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod relay;
+
+use cove_core::cove_store::{MemoryStore, SqliteStore, Store};
+use cove_core::{Client, Event, OpError, OpId};
+use cove_wire::{
+    ClientFrame, Delivery, GroupId, PostKind, Request, RequestId, ServerFrame, UserName,
+};
+use relay::Net;
+
+fn user(name: &str) -> UserName {
+    UserName::new(name).unwrap()
+}
+
+fn seed(n: u8) -> [u8; 32] {
+    [n; 32]
+}
+
+/// Creates a device for `name` with a memory store and registers it.
+fn device(net: &mut Net<MemoryStore>, name: &str) -> usize {
+    let n = net.nodes.len() as u8 + 1;
+    let c = Client::init(MemoryStore::new(), user(name), seed(n)).unwrap();
+    let slot = net.add(c);
+    net.run();
+    slot
+}
+
+fn op_result<S: Store>(net: &mut Net<S>, slot: usize, op: OpId) -> Result<(), OpError> {
+    net.run();
+    let found = net.nodes[slot].events.iter().find_map(|e| match e {
+        Event::OpDone { op: o, result } if *o == op => Some(result.clone()),
+        _ => None,
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "op {op:?} of slot {slot} did not complete: {:?}",
+            net.nodes[slot].events
+        )
+    })
+}
+
+fn texts(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(m.text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn warnings(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Warning(w) => Some(w.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// alice creates "friends" and adds the others.
+fn group_of<S: Store>(net: &mut Net<S>, creator: usize, others: &[&str]) -> GroupId {
+    let now = net.now_ms;
+    let op = net.client(creator).create_group(now, "friends").unwrap();
+    op_result(net, creator, op).unwrap();
+    if !others.is_empty() {
+        let users: Vec<UserName> = others.iter().map(|u| user(u)).collect();
+        let op = net
+            .client(creator)
+            .add_users(now, "friends", &users)
+            .unwrap();
+        op_result(net, creator, op).unwrap();
+    }
+    net.run();
+    net.client(creator).resolve("friends").unwrap()
+}
+
+fn send<S: Store>(net: &mut Net<S>, slot: usize, text: &str) -> OpId {
+    let now = net.now_ms;
+    let group = net.client(slot).groups()[0].id.to_hex();
+    net.client(slot).send_text(now, &group, text).unwrap()
+}
+
+#[test]
+fn three_clients_chat_and_see_the_same_messages_once_in_the_same_order() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    let group = group_of(&mut net, alice, &["bob", "carol"]);
+
+    let joined = net.take_events(bob);
+    assert!(
+        joined.iter().any(|e| matches!(e, Event::Joined { group: g, name, by } if *g == group && name == "friends" && by.as_str() == "alice")),
+        "bob sees the creator's group name: {joined:?}"
+    );
+    net.take_events(alice);
+    net.take_events(carol);
+
+    // Interleaved sends: every client queues before the relay orders them.
+    for round in 0..3 {
+        for (slot, who) in [(alice, "alice"), (bob, "bob"), (carol, "carol")] {
+            send(&mut net, slot, &format!("{who} {round}"));
+        }
+        net.step();
+    }
+    net.run();
+
+    let mut orders = Vec::new();
+    for slot in [alice, bob, carol] {
+        let events = net.take_events(slot);
+        let got = texts(&events);
+        assert_eq!(
+            got.len(),
+            9,
+            "slot {slot} saw every message exactly once: {got:?}"
+        );
+        let mut dedup = got.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), 9);
+        assert!(
+            warnings(&events).is_empty(),
+            "no warnings: {:?}",
+            warnings(&events)
+        );
+        let history: Vec<(String, String, u64)> = net
+            .client(slot)
+            .history("friends")
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.from.to_string(), m.text, m.seq.0))
+            .collect();
+        assert_eq!(history.len(), 9);
+        orders.push(history);
+    }
+    assert_eq!(orders[0], orders[1]);
+    assert_eq!(orders[1], orders[2]);
+    let auth: Vec<_> = [alice, bob, carol]
+        .iter()
+        .map(|s| net.client(*s).epoch_authenticator(&group))
+        .collect();
+    assert!(auth[0].is_some());
+    assert_eq!(auth[0], auth[1]);
+    assert_eq!(auth[1], auth[2]);
+}
+
+#[test]
+fn concurrent_commits_one_wins_the_other_retries_and_everyone_agrees() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    let dave = device(&mut net, "dave");
+    let erin = device(&mut net, "erin");
+    let group = group_of(&mut net, alice, &["bob", "carol", "dave"]);
+    let start = net.client(alice).epoch(&group).unwrap();
+
+    // Three commits at the same epoch before the relay sees any of them.
+    let now = net.now_ms;
+    let op_a = net
+        .client(alice)
+        .remove_users(now, "friends", &[user("carol")])
+        .unwrap();
+    let op_b = net
+        .client(bob)
+        .remove_users(now, "friends", &[user("dave")])
+        .unwrap();
+    let op_d = net
+        .client(dave)
+        .remove_users(now, "friends", &[user("carol")])
+        .unwrap();
+    net.run();
+    assert!(net.relay.stale_rejections >= 2, "the commits raced");
+    assert_eq!(op_result(&mut net, alice, op_a), Ok(()));
+    assert_eq!(op_result(&mut net, bob, op_b), Ok(()));
+    // dave lost and was then removed by bob (or found nothing left to do).
+    let d = op_result(&mut net, dave, op_d);
+    assert!(
+        matches!(d, Ok(()) | Err(OpError::NotApplicable(_))),
+        "{d:?}"
+    );
+    assert!(
+        net.take_events(carol)
+            .iter()
+            .any(|e| matches!(e, Event::RemovedFromGroup { .. }))
+    );
+    assert!(
+        net.take_events(dave)
+            .iter()
+            .any(|e| matches!(e, Event::RemovedFromGroup { .. }))
+    );
+
+    // An add racing a message and another add.
+    let op_b = net
+        .client(bob)
+        .add_users(now, "friends", &[user("erin")])
+        .unwrap();
+    let op_a = net
+        .client(alice)
+        .add_users(now, "friends", &[user("dave")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, bob, op_b), Ok(()));
+    assert_eq!(op_result(&mut net, alice, op_a), Ok(()));
+
+    let members = [alice, bob, dave, erin];
+    let epochs: Vec<_> = members
+        .iter()
+        .map(|s| net.client(*s).epoch(&group))
+        .collect();
+    let auths: Vec<_> = members
+        .iter()
+        .map(|s| net.client(*s).epoch_authenticator(&group))
+        .collect();
+    assert_eq!(epochs[0], Some(start + 4), "two removals and two adds");
+    assert!(
+        epochs.windows(2).all(|w| w[0] == w[1]),
+        "same epoch: {epochs:?}"
+    );
+    assert!(
+        auths.windows(2).all(|w| w[0] == w[1]),
+        "same epoch authenticator"
+    );
+
+    // And they can still talk.
+    send(&mut net, erin, "hello from erin");
+    net.run();
+    for s in [alice, bob, dave] {
+        assert!(texts(&net.take_events(s)).contains(&"hello from erin".to_string()));
+    }
+}
+
+#[test]
+fn a_removed_member_cannot_read_later_messages_and_the_relay_refuses_it() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    let group = group_of(&mut net, alice, &["bob", "carol"]);
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .remove_users(now, "friends", &[user("carol")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    send(&mut net, alice, "after carol left");
+    net.run();
+    let carol_events = net.take_events(carol);
+    assert!(
+        carol_events
+            .iter()
+            .any(|e| matches!(e, Event::RemovedFromGroup { group: g } if *g == group))
+    );
+    assert!(!texts(&carol_events).contains(&"after carol left".to_string()));
+    assert!(texts(&net.take_events(bob)).contains(&"after carol left".to_string()));
+    assert!(
+        net.client(carol)
+            .send_text(now, "friends", "still here?")
+            .is_err()
+    );
+    assert!(!net.client(carol).groups()[0].active);
+    // The relay refuses a post from carol's device.
+    let frames = net.relay.handle(
+        carol,
+        ClientFrame::Request {
+            id: RequestId(999),
+            body: Request::Post {
+                group,
+                epoch: cove_wire::Epoch(0),
+                kind: PostKind::Application,
+                payload: vec![1, 2, 3].into(),
+            },
+        },
+        now,
+    );
+    assert!(matches!(
+        &frames[0].1,
+        ServerFrame::Response { result: Err(e), .. } if e.code == cove_wire::ErrorCode::NotMember
+    ));
+}
+
+#[test]
+fn a_future_epoch_message_is_buffered_then_applied_in_order() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let _carol = device(&mut net, "carol");
+    let _group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    net.nodes[bob].hold = true;
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .add_users(now, "friends", &[user("carol")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    send(&mut net, alice, "in the new epoch");
+    net.run();
+    // Reverse the order of the group entries bob is about to receive.
+    let frames: Vec<ServerFrame> = net.nodes[bob].inbound.drain(..).collect();
+    let (group_frames, other): (Vec<_>, Vec<_>) = frames
+        .into_iter()
+        .partition(|f| matches!(f, ServerFrame::Deliver(Delivery::Group(_))));
+    assert_eq!(group_frames.len(), 2, "a commit and a message");
+    net.nodes[bob].inbound.extend(other);
+    net.nodes[bob]
+        .inbound
+        .extend(group_frames.into_iter().rev());
+    net.nodes[bob].hold = false;
+    net.run();
+    let events = net.take_events(bob);
+    assert_eq!(texts(&events), vec!["in the new epoch".to_string()]);
+    assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
+    assert!(events.iter().any(
+        |e| matches!(e, Event::MembersChanged { added, .. } if added == &vec![user("carol")])
+    ));
+    assert_eq!(
+        net.client(bob).epoch(&_group),
+        net.client(alice).epoch(&_group)
+    );
+}
+
+#[test]
+fn duplicate_deliveries_are_dropped() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    net.nodes[bob].hold = true;
+    send(&mut net, alice, "once");
+    net.run();
+    let frames: Vec<ServerFrame> = net.nodes[bob].inbound.drain(..).collect();
+    for f in frames {
+        net.nodes[bob].inbound.push_back(f.clone());
+        net.nodes[bob].inbound.push_back(f);
+    }
+    net.nodes[bob].hold = false;
+    net.run();
+    // And again after a reconnect (the relay resends nothing: it was acked; a replay of
+    // old frames is dropped too).
+    let events = net.take_events(bob);
+    assert_eq!(texts(&events), vec!["once".to_string()]);
+    assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
+    assert_eq!(net.client(bob).history("friends").unwrap().len(), 1);
+}
+
+#[test]
+fn a_changed_device_key_is_surfaced_and_not_accepted() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    group_of(&mut net, alice, &["bob"]);
+    let bob_device = net.client(bob).device().unwrap();
+    net.relay
+        .tampered_keys
+        .insert(bob_device, cove_wire::DeviceKey([9; 32]));
+    let now = net.now_ms;
+    let op = net.client(alice).create_group(now, "second").unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    let op = net
+        .client(alice)
+        .add_users(now, "second", &[user("bob")])
+        .unwrap();
+    assert_eq!(
+        op_result(&mut net, alice, op),
+        Err(OpError::KeyChanged(user("bob")))
+    );
+    let events = net.take_events(alice);
+    assert!(events.iter().any(|e| matches!(e, Event::KeyChanged { user: u, device, .. } if u.as_str() == "bob" && *device == bob_device)));
+    // The safety number still uses the pinned key, and both sides agree on it.
+    let a = net.client(alice).safety_number(&user("bob")).unwrap();
+    let b = net.client(bob).safety_number(&user("alice")).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.split(' ').count(), 12);
+    assert!(
+        a.split(' ')
+            .all(|g| g.len() == 5 && g.bytes().all(|c| c.is_ascii_digit()))
+    );
+}
+
+#[test]
+fn resume_after_a_crash_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bob.db");
+    let mut net: Net<SqliteStore> = Net::new();
+    let alice = net.add(
+        Client::init(
+            SqliteStore::open(dir.path().join("alice.db")).unwrap(),
+            user("alice"),
+            seed(1),
+        )
+        .unwrap(),
+    );
+    net.run();
+    let bob =
+        net.add(Client::init(SqliteStore::open(&path).unwrap(), user("bob"), seed(2)).unwrap());
+    net.run();
+    group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+
+    net.nodes[bob].hold = true;
+    send(&mut net, alice, "m1");
+    send(&mut net, alice, "m2");
+    net.run();
+    // bob processes m1 but crashes before its ack leaves; m2 is never processed.
+    let m1 = net.nodes[bob].inbound.pop_front().unwrap();
+    let now = net.now_ms;
+    net.client(bob).handle_frame(now, m1).unwrap();
+    net.nodes[bob].client = None; // crash: outputs (the ack, the event) are lost
+    net.disconnect(bob);
+    let device = net.nodes[bob].events.len();
+    assert_eq!(device, 0);
+
+    let reopened = Client::open(SqliteStore::open(&path).unwrap(), seed(3)).unwrap();
+    net.nodes[bob].client = Some(reopened);
+    net.nodes[bob].hold = false;
+    net.connect(bob);
+    net.run();
+    let events = net.take_events(bob);
+    // m1 was processed before the crash (its event was lost with the process, the history
+    // has it); m2 arrives now. Nothing twice.
+    assert_eq!(texts(&events), vec!["m2".to_string()]);
+    let history: Vec<String> = net
+        .client(bob)
+        .history("friends")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(history, vec!["m1".to_string(), "m2".to_string()]);
+    assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
+    let bob_device = net.client(bob).device().unwrap();
+    let group = net.client(bob).resolve("friends").unwrap();
+    assert_eq!(
+        net.relay
+            .cursor(bob_device, cove_wire::Stream::Group(group))
+            .0,
+        3,
+        "acked through m2 (seq 1 is the commit that added bob)"
+    );
+}
+
+#[test]
+fn hostile_payloads_produce_warnings_not_panics() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    let alice_device = net.client(alice).device().unwrap();
+    let now = net.now_ms;
+    for payload in [
+        vec![],
+        vec![0xff; 10],
+        vec![0x00, 0x01, 0x00, 0x02, 0x41],
+        vec![7u8; 900_000],
+    ] {
+        let frames = net.relay.inject(group, alice_device, payload, now);
+        net.deliver(frames);
+    }
+    net.run();
+    let events = net.take_events(bob);
+    assert_eq!(warnings(&events).len(), 4, "{events:?}");
+    assert!(texts(&events).is_empty());
+    // A hostile frame that claims an unknown request id is a warning too.
+    let now = net.now_ms;
+    net.client(bob)
+        .handle_frame(
+            now,
+            ServerFrame::Response {
+                id: RequestId(77_777),
+                result: Ok(cove_wire::Reply::Pong),
+            },
+        )
+        .unwrap();
+    // Still working.
+    send(&mut net, alice, "still fine");
+    net.run();
+    assert!(texts(&net.take_events(bob)).contains(&"still fine".to_string()));
+}
+
+#[test]
+fn leaving_a_group_gets_the_device_removed() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    let now = net.now_ms;
+    let op = net.client(bob).leave(now, "friends").unwrap();
+    assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    net.run();
+    assert!(!net.client(bob).groups()[0].active);
+    let info = net
+        .client(alice)
+        .groups()
+        .into_iter()
+        .find(|g| g.id == group)
+        .unwrap();
+    assert_eq!(info.members, vec![user("alice")]);
+}
+
+#[test]
+fn key_packages_are_uploaded_and_topped_up() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let _bob = device(&mut net, "bob");
+    // Each group with bob consumes one of bob's KeyPackages; the stock is refilled.
+    for i in 0..(cove_core::KEY_PACKAGE_BATCH as u32 - cove_core::KEY_PACKAGE_LOW_WATER + 2) {
+        let now = net.now_ms;
+        let name = format!("g{i}");
+        let op = net.client(alice).create_group(now, &name).unwrap();
+        op_result(&mut net, alice, op).unwrap();
+        let op = net
+            .client(alice)
+            .add_users(now, &name, &[user("bob")])
+            .unwrap();
+        assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    }
+    net.run();
+    assert_eq!(net.client(_bob).groups().len(), 42);
+    let bob_device = net.client(_bob).device().unwrap();
+    assert!(
+        net.relay.stock(bob_device) >= cove_core::KEY_PACKAGE_BATCH,
+        "topped up"
+    );
+}
