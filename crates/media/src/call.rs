@@ -22,6 +22,8 @@ use crate::source::{AudioInput, VideoInput, WavSink, write_ppm};
 
 /// Most participants in one mesh call (including the local one).
 pub const MAX_PARTICIPANTS: usize = 6;
+/// Capacity of the event queue returned by [`Call::new`]; events beyond it are dropped.
+pub const EVENT_QUEUE: usize = 1024;
 /// Most trickled candidates buffered per peer before its description arrives.
 pub const MAX_PENDING_CANDIDATES: usize = 64;
 /// Most peers with buffered candidates.
@@ -180,7 +182,7 @@ pub struct Call {
 
 pub(crate) struct CallInner {
     pub(crate) config: CallConfig,
-    events: mpsc::UnboundedSender<CallEvent>,
+    events: mpsc::Sender<CallEvent>,
     sessions: Mutex<HashMap<String, Arc<PeerSession>>>,
     sender: Mutex<SframeSender>,
     keyring: Mutex<SframeKeyring>,
@@ -199,13 +201,14 @@ impl Call {
     /// Creates a call for the local member `member_index` with the current epoch's key.
     ///
     /// `members` are the member indexes allowed to send in that epoch. Returns the call and
-    /// its event stream. Media pumps start at once (frames go to peers once connected).
+    /// its event stream (bounded by [`EVENT_QUEUE`]: keep reading it). Media pumps start at
+    /// once (frames go to peers once connected). Must be called within a Tokio runtime.
     pub fn new(
         config: CallConfig,
         member_index: u32,
         key: EpochKey,
         members: impl IntoIterator<Item = u32>,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<CallEvent>), SessionError> {
+    ) -> Result<(Self, mpsc::Receiver<CallEvent>), SessionError> {
         let mut sender = SframeSender::new(member_index).map_err(sframe_err)?;
         sender.install(&key).map_err(sframe_err)?;
         let mut keyring = SframeKeyring::new(config.sframe_grace);
@@ -215,7 +218,7 @@ impl Call {
         if let Some(dir) = &config.record_dir {
             std::fs::create_dir_all(dir).map_err(|e| SessionError::Io(e.into()))?;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let inner = Arc::new(CallInner {
             config,
             events: tx,
@@ -568,7 +571,9 @@ impl Call {
 
 impl CallInner {
     pub(crate) fn emit(&self, ev: CallEvent) {
-        let _ = self.events.send(ev);
+        // A driver that stops reading loses events rather than letting a peer (e.g. flooding
+        // control messages) grow memory without bound.
+        let _ = self.events.try_send(ev);
     }
 
     fn connected_sessions(&self) -> Vec<Arc<PeerSession>> {

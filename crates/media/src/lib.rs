@@ -14,14 +14,20 @@
 //!   sender and one encoder per medium.
 //! - [`turn_server`]: a TURN server (webrtc-rs `turn`) with TURN REST credentials.
 //!
-//! The main loop of a call, as the CLI drives it:
+//! The main loop of a call, as the CLI drives it (signalling travels inside MLS):
 //! ```text
-//! let call = Call::new(config, sframe_sender, keyring);           // keys from the core
-//! let session = call.dial(peer) / call.answer(peer, offer)        // -> CallEvent::LocalSignal
-//! while let Some(ev) = call.next_event().await {                  // send signals via MLS
-//!     match ev { LocalSignal(s) => core.send_call_signal(s), Connected, FirstAudio.. }
-//! }
-//! call.apply_remote_signal(peer, signal)                          // from MLS
+//! let key = EpochKey::new(epoch, &mls.export_secret("SFrame 1.0 Base Key", call_id, 32))?;
+//! let (call, mut events) = Call::new(config, my_leaf_index, key, member_leaf_indexes)?;
+//! call.dial("bob/phone", Some(bob_leaf)).await?;             // caller; callee waits for offer
+//! loop { select! {
+//!     ev = events.recv() => match ev {
+//!         CallEvent::LocalSignal { peer, signal } => core.send_call_signal(peer, signal),
+//!         CallEvent::FirstAudio { .. } | Connected | Control | Refused | Failed | ..
+//!     },
+//!     (peer, leaf, signal) = core.next_call_signal() => call.apply_signal(&peer, leaf, signal).await?,
+//!     epoch_changed(key, members) => call.rekey(key, members)?,
+//! }}
+//! let stats = call.end().await;                              // writes stats.json if recording
 //! ```
 #![deny(missing_docs)]
 
