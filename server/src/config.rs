@@ -334,6 +334,7 @@ impl ConfigFile {
             blob: BlobConfig {
                 max_blob_bytes: self.blob.max_blob_bytes,
                 quota_bytes_per_user: self.blob.quota_bytes_per_user,
+                ..BlobConfig::default()
             },
         })
     }

@@ -39,12 +39,14 @@ pub mod blob;
 pub mod config;
 mod http;
 mod hub;
+mod logging;
 mod pipeline;
 mod relay;
 mod session;
 pub mod store;
 mod tls;
 
+pub use logging::log_filter;
 pub use config::{ConfigFile, Limits, RelayConfig, StoreKind, TlsSource};
 pub use relay::{Relay, RelayHandle, StartError};
 pub use tls::{TlsError, fingerprint};

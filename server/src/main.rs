@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use cove_server::{ConfigFile, Relay, StoreKind};
-use tracing_subscriber::EnvFilter;
 
 /// The Cove relay: stores and forwards end-to-end encrypted messages, files and call
 /// signalling between devices. It never sees plaintext or keys.
@@ -61,9 +60,9 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(cove_server::log_filter(
+            &std::env::var("RUST_LOG").unwrap_or_default(),
+        ))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();

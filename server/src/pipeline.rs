@@ -14,7 +14,9 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use cove_wire::{Delivery, ErrorCode, ErrorReply, Reply, RequestId, ServerFrame, Stream};
+use cove_wire::{
+    Delivery, EntryKind, ErrorCode, ErrorReply, Reply, RequestId, ServerFrame, Stream,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, error, warn};
 
@@ -135,11 +137,25 @@ fn writer_thread(
             let group = appended.entry.group;
             let seq = appended.entry.seq;
             reply(&reply_to, request, Ok(Reply::Posted { seq }));
+            // Devices a commit adds start reading after it (their Welcome carries it), so
+            // the commit goes to the other members and to the removed devices.
+            let others: Option<Vec<_>> = match &appended.entry.kind {
+                EntryKind::Commit { added, .. } if !added.is_empty() => Some(
+                    appended
+                        .members
+                        .iter()
+                        .copied()
+                        .filter(|d| !added.contains(d))
+                        .collect(),
+                ),
+                _ => None,
+            };
+            let members = others.as_deref().unwrap_or(appended.members.as_slice());
             let Some(frame) = encode_frame(&ServerFrame::Deliver(Delivery::Group(appended.entry)))
             else {
                 continue;
             };
-            fanout.deliver(&appended.members, Stream::Group(group), seq, &frame);
+            fanout.deliver(members, Stream::Group(group), seq, &frame);
             fanout.deliver(&appended.removed, Stream::Group(group), seq, &frame);
             for (device, entry) in appended.welcomes {
                 let inbox_seq = entry.seq;

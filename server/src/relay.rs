@@ -24,7 +24,7 @@ use crate::blob::{BlobError, BlobService};
 use crate::config::{ConfigError, Limits, RelayConfig, StoreKind};
 use crate::hub::{Hub, Rates};
 use crate::pipeline::Pipeline;
-use crate::store::{MemoryStore, RelayStore, StoreError};
+use crate::store::{MemoryStore, RelayStore, SqliteStore, StoreError};
 use crate::tls::{self, TlsError};
 
 /// Why the relay could not start.
@@ -299,12 +299,8 @@ fn open_store(
     match kind {
         StoreKind::Memory => Ok(Arc::new(MemoryStore::new())),
         StoreKind::Sqlite => {
-            // TODO(relay): switch to SqliteStore::open(data_dir.join("relay.db")) once it lands.
-            warn!(
-                path = %data_dir.join("relay.db").display(),
-                "SQLite store not available yet: using the in-memory store (nothing survives a restart)"
-            );
-            Ok(Arc::new(MemoryStore::new()))
+            let path = data_dir.join("relay.db");
+            Ok(Arc::new(SqliteStore::open(&path)?))
         }
     }
 }

@@ -1,0 +1,210 @@
+//! KeyPackage upload, claims under concurrency, last resort, bounds and the claim rate limit.
+
+use std::collections::HashSet;
+
+use cove_server::{Limits, StoreKind};
+use cove_test_utils::{TestRelay, test_limits};
+use cove_wire::limits::{MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGES_PER_UPLOAD};
+use cove_wire::{BoundedVec, ErrorCode, Payload, Reply, Request, UserName};
+
+use crate::relay;
+
+fn upload(prefix: &str, n: usize, last_resort: Option<&str>) -> Request {
+    let key_packages: Vec<Payload> = (0..n)
+        .map(|i| Payload::from(format!("{prefix}-{i}").into_bytes()))
+        .collect();
+    Request::UploadKeyPackages {
+        key_packages: BoundedVec(key_packages),
+        last_resort: last_resort.map(|s| Payload::from(s.as_bytes())),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_claims_never_hand_out_a_key_package_twice() {
+    let relay = TestRelay::sqlite().await;
+    let (mut phone, alice) = relay.register("alice").await.unwrap();
+    let mut laptop_keys = cove_test_utils::DeviceKeys::generate("alice");
+    let mut laptop = relay.connect().await.unwrap();
+    laptop
+        .register_device(&mut laptop_keys, &alice)
+        .await
+        .unwrap();
+    // The phone has 10 and no last resort; the laptop 5 and a last resort.
+    let r = phone.call(upload("phone", 10, None)).await.unwrap();
+    assert_eq!(
+        r,
+        Reply::KeyPackageStock {
+            remaining: 10,
+            has_last_resort: false
+        }
+    );
+    let r = laptop
+        .call(upload("laptop", 5, Some("laptop-last")))
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Reply::KeyPackageStock {
+            remaining: 5,
+            has_last_resort: true
+        }
+    );
+
+    let claimers = 20;
+    let mut tasks = Vec::new();
+    for i in 0..claimers {
+        let (mut client, _) = relay.register(&format!("claimer{i}")).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            client
+                .call(Request::ClaimKeyPackages {
+                    user: UserName::new("alice").unwrap(),
+                })
+                .await
+        }));
+    }
+    let mut normal = Vec::new();
+    let mut last_resort = 0;
+    for task in tasks {
+        let Reply::KeyPackages { key_packages, .. } = task.await.unwrap().unwrap() else {
+            panic!("expected KeyPackages")
+        };
+        assert!(key_packages.len() <= 2, "at most one per device");
+        for kp in key_packages {
+            let text = String::from_utf8(kp.key_package.into_vec()).unwrap();
+            if kp.last_resort {
+                assert_eq!(kp.device, laptop_keys.id());
+                assert_eq!(text, "laptop-last");
+                last_resort += 1;
+            } else {
+                normal.push(text);
+            }
+        }
+    }
+    let unique: HashSet<&String> = normal.iter().collect();
+    assert_eq!(
+        unique.len(),
+        normal.len(),
+        "a KeyPackage was handed out twice: {normal:?}"
+    );
+    assert_eq!(
+        normal.len(),
+        15,
+        "every normal KeyPackage is handed out once"
+    );
+    assert_eq!(
+        last_resort,
+        claimers - 5,
+        "the laptop's last resort once its stock ran out"
+    );
+
+    let r = phone.call(Request::KeyPackageStock).await.unwrap();
+    assert_eq!(
+        r,
+        Reply::KeyPackageStock {
+            remaining: 0,
+            has_last_resort: false
+        }
+    );
+    let r = laptop.call(Request::KeyPackageStock).await.unwrap();
+    assert_eq!(
+        r,
+        Reply::KeyPackageStock {
+            remaining: 0,
+            has_last_resort: true
+        }
+    );
+}
+
+#[tokio::test]
+async fn uploads_are_bounded() {
+    let relay = relay().await;
+    let (mut client, _) = relay.register("alice").await.unwrap();
+    let err = client
+        .call(upload("x", MAX_KEY_PACKAGES_PER_UPLOAD + 1, None))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest));
+    let huge = Request::UploadKeyPackages {
+        key_packages: BoundedVec(vec![Payload(vec![1; MAX_KEY_PACKAGE_BYTES + 1])]),
+        last_resort: None,
+    };
+    assert_eq!(
+        client.call(huge).await.err().unwrap().code(),
+        Some(ErrorCode::TooLarge)
+    );
+    let r = client.call(Request::KeyPackageStock).await.unwrap();
+    assert_eq!(
+        r,
+        Reply::KeyPackageStock {
+            remaining: 0,
+            has_last_resort: false
+        }
+    );
+    // Claiming an unknown user.
+    let err = client
+        .call(Request::ClaimKeyPackages {
+            user: UserName::new("nobody").unwrap(),
+        })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownUser));
+}
+
+#[tokio::test]
+async fn claims_are_rate_limited_with_a_retry_after() {
+    let limits = Limits {
+        claim_burst: 3,
+        claims_per_minute: 1,
+        ..test_limits()
+    };
+    let relay = TestRelay::start(StoreKind::Memory, limits).await;
+    let (mut alice, _) = relay.register("alice").await.unwrap();
+    alice.call(upload("a", 10, None)).await.unwrap();
+    let (mut bob, _) = relay.register("bob").await.unwrap();
+    let claim = || Request::ClaimKeyPackages {
+        user: UserName::new("alice").unwrap(),
+    };
+    for _ in 0..3 {
+        bob.call(claim()).await.unwrap();
+    }
+    let err = bob.request(claim()).await.unwrap().unwrap_err();
+    assert_eq!(err.code, ErrorCode::RateLimited);
+    assert!(err.retry_after_ms.is_some_and(|ms| ms > 0), "{err:?}");
+    // Other requests still work.
+    assert_eq!(bob.call(Request::Ping).await.unwrap(), Reply::Pong);
+    // The refused claim took nothing: 3 claimed, 7 left.
+    let r = alice.call(Request::KeyPackageStock).await.unwrap();
+    assert_eq!(
+        r,
+        Reply::KeyPackageStock {
+            remaining: 7,
+            has_last_resort: false
+        }
+    );
+}
+
+#[tokio::test]
+async fn requests_are_rate_limited_per_device() {
+    let limits = Limits {
+        request_burst: 5,
+        requests_per_second: 1,
+        ..Limits::default()
+    };
+    let relay = TestRelay::start(StoreKind::Memory, limits).await;
+    let (mut alice, _) = relay.register("alice").await.unwrap();
+    let mut refused = None;
+    for _ in 0..10 {
+        if let Err(e) = alice.request(Request::Ping).await.unwrap() {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("a burst past the limit is refused");
+    assert_eq!(e.code, ErrorCode::RateLimited);
+    assert!(
+        e.retry_after_ms.is_some_and(|ms| ms > 0 && ms <= 1001),
+        "{e:?}"
+    );
+}
