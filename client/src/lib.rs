@@ -14,6 +14,7 @@
 
 pub mod config;
 mod device;
+pub mod raw;
 pub mod session;
 pub mod transport;
 mod views;

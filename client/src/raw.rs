@@ -1,0 +1,128 @@
+//! Direct relay requests outside the core, for what the core does not do itself: linking a
+//! further device of a user (`RegisterDevice`), and probing what the relay allows a device
+//! (e.g. that a removed member is refused). Signatures are made inside the device's session
+//! task with its key; no key leaves it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cove_wire::{
+    ClientFrame, DeviceId, DeviceKey, ErrorReply, Reply, Request, RequestId, ServerFrame,
+    Signature, UserName,
+};
+
+use crate::transport::{Connection, TransportError};
+
+/// How long a raw exchange may take.
+pub const RAW_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a raw exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RawError {
+    /// Connecting or talking failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The relay sent something unexpected.
+    #[error("unexpected answer from the relay: {0}")]
+    Unexpected(String),
+    /// The relay refused to authenticate.
+    #[error("the relay refused: {0}")]
+    Refused(ErrorReply),
+    /// No answer in time.
+    #[error("the relay did not answer in time")]
+    Timeout,
+}
+
+/// An authenticated raw connection.
+pub struct RawConnection {
+    conn: Connection,
+    next_id: u32,
+    /// The authenticated device.
+    pub device: DeviceId,
+}
+
+impl RawConnection {
+    /// Connects and reads the relay's challenge nonce; authenticate next with
+    /// [`RawConnection::authenticate`].
+    pub async fn open(
+        server: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<(RawConnection, [u8; 32]), RawError> {
+        tokio::time::timeout(RAW_TIMEOUT, async {
+            let mut conn = Connection::connect_with(server, tls).await?;
+            match conn.recv().await? {
+                Some(ServerFrame::Challenge { nonce, .. }) => Ok((
+                    RawConnection {
+                        conn,
+                        next_id: 1,
+                        device: DeviceId(0),
+                    },
+                    nonce,
+                )),
+                other => Err(RawError::Unexpected(format!("{other:?}"))),
+            }
+        })
+        .await
+        .map_err(|_| RawError::Timeout)?
+    }
+
+    /// Authenticates (or registers) with `body`.
+    pub async fn authenticate(&mut self, body: Request) -> Result<DeviceId, RawError> {
+        match self.request(body).await? {
+            Ok(Reply::Authenticated { device }) => {
+                self.device = device;
+                Ok(device)
+            }
+            Ok(other) => Err(RawError::Unexpected(format!("{other:?}"))),
+            Err(e) => Err(RawError::Refused(e)),
+        }
+    }
+
+    /// Sends one request and returns its reply (deliveries in between are skipped).
+    pub async fn request(&mut self, body: Request) -> Result<Result<Reply, ErrorReply>, RawError> {
+        tokio::time::timeout(RAW_TIMEOUT, self.request_inner(body))
+            .await
+            .map_err(|_| RawError::Timeout)?
+    }
+
+    async fn request_inner(
+        &mut self,
+        body: Request,
+    ) -> Result<Result<Reply, ErrorReply>, RawError> {
+        let id = RequestId(self.next_id);
+        self.next_id = self.next_id.wrapping_add(1);
+        self.conn.send(&ClientFrame::Request { id, body }).await?;
+        loop {
+            match self.conn.recv().await? {
+                None => return Err(RawError::Unexpected("connection closed".into())),
+                Some(ServerFrame::Response { id: got, result }) if got == id => return Ok(result),
+                Some(ServerFrame::Closing { code }) => {
+                    return Err(RawError::Unexpected(format!("closing: {code:?}")));
+                }
+                Some(_) => continue,
+            }
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.conn.close().await;
+    }
+}
+
+/// The `RegisterDevice` request for `new_key` of `user`, authorised by `authorizer`.
+pub fn register_device_request(
+    user: &UserName,
+    new_key: DeviceKey,
+    challenge_signature: Signature,
+    authorizer: DeviceId,
+    authorization: Signature,
+) -> Request {
+    Request::RegisterDevice {
+        user: user.clone(),
+        key: new_key,
+        signature: challenge_signature,
+        authorizer,
+        authorization,
+    }
+}
