@@ -372,8 +372,7 @@ impl Call {
     /// Hangs up with `peer` (tells it on the control channel, then closes).
     pub async fn hang_up(&self, peer: &str) {
         if let Some(s) = self.remove_session(peer) {
-            let _ = s.send_control(&ControlMessage::Hangup).await;
-            s.close().await;
+            s.hang_up().await;
         }
     }
 
@@ -397,8 +396,7 @@ impl Call {
             .map(|mut s| s.drain().map(|(_, v)| v).collect())
             .unwrap_or_default();
         for s in sessions {
-            let _ = s.send_control(&ControlMessage::Hangup).await;
-            s.close().await;
+            s.hang_up().await;
         }
         let recorders: Vec<_> = self
             .inner
@@ -703,7 +701,13 @@ async fn peer_stats(s: &PeerSession) -> PeerStats {
         let r = &i.received_rtp_stream_stats;
         st.packets_received += r.packets_received;
         st.packets_lost += r.packets_lost;
-        st.jitter_ms = st.jitter_ms.max(r.jitter * 1000.0);
+        // rtc 0.21 fills `jitter` with the raw RTCP value (RTP timestamp units), not the
+        // seconds its docs promise: convert with the codec clock rate.
+        let clock = match r.rtp_stream_stats.kind {
+            rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video => 90_000.0,
+            _ => 48_000.0,
+        };
+        st.jitter_ms = st.jitter_ms.max(r.jitter / clock * 1000.0);
     }
     for p in report.candidate_pairs() {
         if p.current_round_trip_time > 0.0 {

@@ -471,6 +471,20 @@ impl PeerSession {
         self.pc.get_stats(Instant::now(), StatsSelector::None).await
     }
 
+    /// Sends a hang-up on the control channel, waits (at most 500 ms) until the peer has
+    /// acknowledged it, then closes.
+    pub(crate) async fn hang_up(&self) {
+        if self.send_control(&ControlMessage::Hangup).await.is_ok()
+            && let Some(dc) = self.control.get()
+        {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < deadline && dc.outstanding_bytes().await.unwrap_or(0) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        self.close().await;
+    }
+
     /// Closes the connection.
     pub(crate) async fn close(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use cove_media::IceServer;
 use cove_media::call::{Call, CallConfig, CallEvent};
-use cove_media::session::{SessionError, Signal};
+use cove_media::session::{ControlMessage, SessionError, Signal};
 use cove_media::sframe::EpochKey;
 use cove_media::source::{AudioInput, VideoInput, dominant_frequency, pattern_bar_match};
 use cove_media::turn_server::{start_turn_server, turn_credentials};
@@ -158,7 +158,12 @@ async fn audio_call_records_the_440_hz_tone() {
     mesh.wait_for(&mut seen, first_audio("alice", "bob")).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let alice_stats = alice.end().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Alice's hang-up reaches Bob on the control channel.
+    mesh.wait_for(&mut seen, |w, e| {
+        w == "bob"
+            && matches!(e, CallEvent::Control { peer, message: ControlMessage::Hangup } if peer == "alice")
+    })
+    .await;
     let bob_stats = bob.end().await;
 
     let sent = alice_stats.peers[0].audio_frames_sent;
@@ -188,8 +193,9 @@ async fn audio_call_records_the_440_hz_tone() {
         frames.len()
     );
 
-    let stats: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("stats.json")).unwrap()).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("stats.json")).unwrap();
+    println!("bob's stats.json: {text}");
+    let stats: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(
         stats["peers"][0]["dial_to_first_audio_ms"]
             .as_f64()
@@ -197,6 +203,8 @@ async fn audio_call_records_the_440_hz_tone() {
             > 0.0
     );
     assert!(stats["peers"][0]["packets_received"].as_u64().unwrap() > 0);
+    // Loopback jitter is a few milliseconds, not seconds (unit conversion check).
+    assert!(stats["peers"][0]["jitter_ms"].as_f64().unwrap() < 1000.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
