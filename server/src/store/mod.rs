@@ -108,17 +108,26 @@ pub struct Stock {
 }
 
 /// The relay's durable state. Implementations are internally synchronised.
+///
+/// Errors common to all methods: `UnknownDevice` for a `device` argument that does not exist,
+/// `UnknownGroup` for a `group` that does not exist, `Backend` when storage fails (the
+/// operation then had no effect).
 pub trait RelayStore: Send + Sync + 'static {
-    /// Registers `user` with its first device.
+    /// Registers `user` with its first device (UserTaken if the name exists). Device ids are
+    /// assigned by the store, start at 1 and are never reused.
     fn register_user(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError>;
     /// Adds a further device to an existing user (authorisation is checked by the caller).
+    /// UnknownUser, or TooManyDevices at `limits::MAX_DEVICES_PER_USER`.
     fn add_device(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError>;
-    /// A user's devices, ordered by id.
+    /// A user's devices, ordered by id (UnknownUser if no such user).
     fn devices(&self, user: &UserName) -> Result<Vec<DeviceInfo>, StoreError>;
     /// A device's user and key, if it exists.
     fn device(&self, device: DeviceId) -> Result<Option<(UserName, DeviceKey)>, StoreError>;
 
     /// Adds normal KeyPackages to a device's stock and optionally replaces its last-resort one.
+    /// All or nothing: Invalid for more than `limits::MAX_KEY_PACKAGES_PER_UPLOAD`, an empty
+    /// KeyPackage or one over `limits::MAX_KEY_PACKAGE_BYTES`; StockFull if the stock would
+    /// exceed `limits::MAX_KEY_PACKAGE_STOCK`. Returns the stock after the upload.
     fn upload_key_packages(
         &self,
         device: DeviceId,
@@ -128,6 +137,8 @@ pub trait RelayStore: Send + Sync + 'static {
     /// Claims one KeyPackage for each device of `user`: each normal KeyPackage is handed out
     /// exactly once (atomically, even under concurrent claims); a device with an empty stock
     /// yields its last-resort KeyPackage (not consumed); a device with neither is left out.
+    /// Normal KeyPackages go out in upload order; results are ordered by device id.
+    /// UnknownUser if no such user.
     fn claim_key_packages(&self, user: &UserName) -> Result<Vec<ClaimedKeyPackage>, StoreError>;
     /// A device's stock.
     fn key_package_stock(&self, device: DeviceId) -> Result<Stock, StoreError>;
@@ -136,32 +147,55 @@ pub trait RelayStore: Send + Sync + 'static {
     fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError>;
     /// Whether `device` is a current member of `group` (UnknownGroup if no such group).
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError>;
-    /// The groups `device` is a member of, with their current epochs.
+    /// The groups `device` is a member of, with their current epochs, ordered by group id.
     fn groups_of(&self, device: DeviceId) -> Result<Vec<GroupSummary>, StoreError>;
 
     /// Appends posts, each checked on its own (membership, epoch rule), all accepted ones
     /// made durable together before returning (one transaction, one sync). Results are in
-    /// input order. For a commit: only if `epoch` equals the current epoch; then the epoch
-    /// advances, the membership change applies, each added device's cursor in the group is
-    /// set to the commit's seq, and the Welcome goes to each added device's inbox.
+    /// input order, and each post sees the effect of the ones before it in the batch. If the
+    /// backend fails, every post of the batch fails with `Backend` and none is stored.
+    ///
+    /// Checks, in order: UnknownGroup; NotMember if the sender is not a current member;
+    /// Invalid for a payload (or Welcome) over `limits::MAX_PAYLOAD_BYTES`; then the epoch
+    /// rule, refused with `StaleEpoch { current }`:
+    /// - application messages and proposals: `epoch` is the current epoch or the one just
+    ///   before it (a message made just before a commit it raced with; members keep the
+    ///   previous epoch's secrets briefly, and an older or future epoch is never accepted);
+    /// - commits: `epoch` equals the current epoch exactly (one commit per epoch).
+    ///
+    /// A commit's membership change must be consistent or the commit is Invalid: no device
+    /// twice, none both added and removed, removed devices are members, added ones are not,
+    /// at most `limits::MAX_MEMBERSHIP_CHANGE` each, the group stays within
+    /// `limits::MAX_GROUP_DEVICES`, and a Welcome is present exactly when devices are added.
+    /// An added device that does not exist is UnknownDevice. A committer may remove itself.
+    ///
+    /// An accepted commit advances the epoch, applies the membership change, sets each added
+    /// device's cursor in the group to the commit's seq, and puts the Welcome in each added
+    /// device's inbox (`InboxKind::Welcome`), all in the same transaction; a refused commit
+    /// changes nothing. Removed devices lose their cursor in the group.
     fn append_batch(&self, posts: Vec<NewPost>) -> Vec<Result<Appended, StoreError>>;
-    /// Group entries with seq > `after`, at most `limit`, in order (caller checks membership).
+    /// Group entries with seq > `after`, at most `limit` (capped at
+    /// `limits::MAX_FETCH_ENTRIES`), in order (caller checks membership).
     fn read_group(
         &self,
         group: GroupId,
         after: Seq,
         limit: u32,
     ) -> Result<Vec<GroupEntry>, StoreError>;
-    /// Inbox entries of `device` with seq > `after`, at most `limit`, in order.
+    /// Inbox entries of `device` with seq > `after`, at most `limit` (capped at
+    /// `limits::MAX_FETCH_ENTRIES`), in order.
     fn read_inbox(
         &self,
         device: DeviceId,
         after: Seq,
         limit: u32,
     ) -> Result<Vec<InboxEntry>, StoreError>;
-    /// The device's cursor (last acknowledged seq) in a stream; 0 if none.
+    /// The device's cursor (last acknowledged seq) in a stream; 0 if nothing was acknowledged
+    /// (for a device added by a commit: the commit's seq). NotMember for a group the device
+    /// is not in.
     fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError>;
-    /// Moves the cursor forward to `seq` (never backwards; Invalid past the stream's end;
-    /// NotMember for a group the device is not in).
+    /// Moves the cursor forward to `seq` (never backwards: an older `seq` is accepted and
+    /// changes nothing; Invalid past the stream's end; NotMember for a group the device is
+    /// not in).
     fn ack(&self, device: DeviceId, stream: Stream, seq: Seq) -> Result<(), StoreError>;
 }
