@@ -16,6 +16,7 @@ pub mod config;
 mod device;
 pub mod raw;
 pub mod session;
+pub mod transfer;
 pub mod transport;
 mod views;
 

@@ -1,0 +1,344 @@
+//! HTTPS requests to the blob store: hyper 1 (HTTP/1.1) over tokio-rustls, one connection
+//! per request, signed where the relay asks for it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cove_wire::{BlobId, DeviceId};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use indicatif::ProgressBar;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::{BlobClient, TransferError, UploadSource};
+
+type ReqBody = BoxBody<Bytes, std::io::Error>;
+
+/// Longest error message read from the relay.
+const MAX_ERROR_BODY: usize = 4096;
+
+/// Signs a message with the device's Ed25519 key.
+pub type SignFn = Arc<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>;
+
+/// Signs blob-store requests as one device.
+#[derive(Clone)]
+pub struct RequestSigner {
+    pub(crate) device: DeviceId,
+    pub(crate) sign: SignFn,
+}
+
+/// `HOST` and `PORT` of `wss://HOST:PORT/...` or `https://HOST:PORT/...`.
+pub(crate) fn authority(server: &str) -> Result<(String, u16), TransferError> {
+    let bad = || TransferError::BadServer(server.to_owned());
+    let rest = server
+        .strip_prefix("wss://")
+        .or_else(|| server.strip_prefix("https://"))
+        .ok_or_else(bad)?;
+    let auth = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if auth.is_empty() || auth.contains('@') {
+        return Err(bad());
+    }
+    let (host, port) = if let Some(v6) = auth.strip_prefix('[') {
+        let (h, p) = v6.split_once(']').ok_or_else(bad)?;
+        (h, p.strip_prefix(':'))
+    } else {
+        match auth.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (auth, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().map_err(|_| bad())?,
+        None => 443,
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port))
+}
+
+pub(crate) struct Conn<'a> {
+    client: &'a BlobClient,
+}
+
+impl<'a> Conn<'a> {
+    pub(crate) fn new(client: &'a BlobClient) -> Self {
+        Conn { client }
+    }
+
+    /// Creates a blob of `length` bytes; returns its id.
+    pub(crate) async fn create(&self, length: u64) -> Result<BlobId, TransferError> {
+        let req = self
+            .signed(Method::POST, "/v1/blobs", length)?
+            .header("upload-length", length);
+        let resp = self.send(req, empty()).await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(refused(resp).await);
+        }
+        let body = read_text(resp.into_body()).await;
+        BlobId::from_hex(body.trim())
+            .map_err(|_| TransferError::Network("the relay returned a malformed blob id".into()))
+    }
+
+    /// The relay's stored offset of an upload.
+    pub(crate) async fn offset(&self, id: BlobId) -> Result<u64, TransferError> {
+        let path = format!("/v1/blobs/{id}");
+        let req = self.signed(Method::HEAD, &path, 0)?;
+        let resp = self.send(req, empty()).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(refused(resp).await);
+        }
+        header_u64(&resp, "upload-offset")
+            .ok_or_else(|| TransferError::Network("the relay sent no Upload-Offset".into()))
+    }
+
+    /// Sends the ciphertext from `offset` to `total`; returns the whole blob's digest.
+    pub(crate) async fn append(
+        &self,
+        id: BlobId,
+        offset: u64,
+        total: u64,
+        source: UploadSource,
+        bar: &ProgressBar,
+    ) -> Result<[u8; 32], TransferError> {
+        let path = format!("/v1/blobs/{id}");
+        let req = self
+            .signed(Method::PATCH, &path, offset)?
+            .header("upload-offset", offset)
+            .header(header::CONTENT_TYPE, "application/offset+octet-stream")
+            .header(header::CONTENT_LENGTH, total - offset);
+        let (tx, rx) = mpsc::channel(4);
+        let producer = tokio::task::spawn_blocking(move || source.produce(&tx));
+        let body = ChannelBody {
+            rx,
+            remaining: total - offset,
+            bar: bar.clone(),
+        }
+        .boxed();
+        bar.set_position(offset);
+        let resp = self.send(req, body).await;
+        let produced = producer.await;
+        let resp = resp?;
+        if resp.status() != StatusCode::NO_CONTENT {
+            return Err(refused(resp).await);
+        }
+        if header_u64(&resp, "upload-offset") != Some(total) {
+            return Err(TransferError::Network(
+                "the relay did not store every byte".into(),
+            ));
+        }
+        produced.map_err(|_| TransferError::Network("upload task failed".into()))?
+    }
+
+    /// Streams blob bytes from `from` into `tx`; returns how many were forwarded, also on
+    /// failure.
+    pub(crate) async fn fetch(
+        &self,
+        id: BlobId,
+        from: u64,
+        tx: &mpsc::Sender<Bytes>,
+        bar: &ProgressBar,
+    ) -> Result<u64, (u64, TransferError)> {
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("/v1/blobs/{id}"));
+        if from > 0 {
+            req = req.header(header::RANGE, format!("bytes={from}-"));
+        }
+        let resp = self.send(req, empty()).await.map_err(|e| (0, e))?;
+        let ok = match resp.status() {
+            StatusCode::OK => from == 0,
+            StatusCode::PARTIAL_CONTENT => resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(&format!("bytes {from}-"))),
+            _ => false,
+        };
+        if !ok {
+            return Err((0, refused(resp).await));
+        }
+        if let Some(len) = header_u64(&resp, header::CONTENT_LENGTH.as_str())
+            && bar.length().unwrap_or(0) == 0
+        {
+            bar.set_length(from + len);
+        }
+        bar.set_position(from);
+        let mut body = resp.into_body();
+        let mut n = 0u64;
+        loop {
+            match body.frame().await {
+                None => return Ok(n),
+                Some(Err(e)) => return Err((n, TransferError::Network(e.to_string()))),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let len = data.len() as u64;
+                    if tx.send(data).await.is_err() {
+                        // The decryptor stopped (verification failed); its error wins.
+                        return Ok(n);
+                    }
+                    n += len;
+                    bar.inc(len);
+                }
+            }
+        }
+    }
+
+    fn signed(
+        &self,
+        method: Method,
+        path: &str,
+        value: u64,
+    ) -> Result<http::request::Builder, TransferError> {
+        let signer = self
+            .client
+            .signer
+            .as_ref()
+            .ok_or_else(|| TransferError::Refused {
+                status: 401,
+                message: "uploading needs a registered device (run cove init)".into(),
+            })?;
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let msg = cove_wire::sign::blob_request_message(method.as_str(), path, ts, value);
+        let sig = (signer.sign)(&msg);
+        Ok(Request::builder()
+            .method(method)
+            .uri(path)
+            .header("cove-device", signer.device.0)
+            .header("cove-timestamp", ts)
+            .header("cove-signature", hex::encode(sig)))
+    }
+
+    async fn send(
+        &self,
+        req: http::request::Builder,
+        body: ReqBody,
+    ) -> Result<Response<Incoming>, TransferError> {
+        let c = self.client;
+        let host_header = if c.host.contains(':') {
+            format!("[{}]:{}", c.host, c.port)
+        } else {
+            format!("{}:{}", c.host, c.port)
+        };
+        let req = req
+            .header(header::HOST, host_header)
+            .body(body)
+            .map_err(|e| TransferError::Network(e.to_string()))?;
+        let net = |e: &dyn std::fmt::Display| TransferError::Network(e.to_string());
+        let tcp = TcpStream::connect((c.host.as_str(), c.port))
+            .await
+            .map_err(|e| net(&e))?;
+        tcp.set_nodelay(true).map_err(|e| net(&e))?;
+        let name = rustls::pki_types::ServerName::try_from(c.host.clone())
+            .map_err(|_| TransferError::BadServer(c.host.clone()))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&c.tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| net(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| net(&e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender.send_request(req).await.map_err(|e| net(&e))
+    }
+}
+
+fn empty() -> ReqBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+fn header_u64(resp: &Response<Incoming>, name: &str) -> Option<u64> {
+    resp.headers().get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Reads at most [`MAX_ERROR_BODY`] bytes of a body as text.
+async fn read_text(mut body: Incoming) -> String {
+    let mut out = Vec::new();
+    while out.len() < MAX_ERROR_BODY {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    out.extend_from_slice(&d);
+                }
+            }
+            _ => break,
+        }
+    }
+    out.truncate(MAX_ERROR_BODY);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn refused(resp: Response<Incoming>) -> TransferError {
+    let status = resp.status().as_u16();
+    let text = read_text(resp.into_body()).await;
+    let message = text.lines().next().unwrap_or_default().trim().to_owned();
+    let message = if message.is_empty() {
+        resp_reason(status)
+    } else {
+        message.chars().filter(|c| !c.is_control()).collect()
+    };
+    TransferError::Refused { status, message }
+}
+
+fn resp_reason(status: u16) -> String {
+    StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("error")
+        .to_owned()
+}
+
+/// The upload body: ciphertext from the producer thread, exactly `remaining` bytes.
+struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    remaining: u64,
+    bar: ProgressBar,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                if self.remaining == 0 {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(std::io::Error::other(
+                        "upload source ended early",
+                    ))))
+                }
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Ok(b))) => {
+                let len = b.len() as u64;
+                self.remaining = self.remaining.saturating_sub(len);
+                self.bar.inc(len);
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}

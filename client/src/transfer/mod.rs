@@ -1,0 +1,513 @@
+//! Attachment transfers: encrypt-while-uploading to the relay's blob store, resumable
+//! verified downloads, share links.
+//!
+//! ```text
+//! upload:   file --read 1 MiB--> seal chunk (cove_core::attachment) --> SHA-256 --> PATCH body
+//!           (a blocking thread produces, hyper sends; a cut resumes from the relay's HEAD offset)
+//! download: GET (Range on resume) --> Decryptor (plaintext only after each chunk authenticates)
+//!           --> temporary file in the target directory --> rename only after the final chunk,
+//!           the size and the ciphertext digest all check out
+//! ```
+//!
+//! Uploads are signed with the device key (`Cove-Device`, `Cove-Timestamp`,
+//! `Cove-Signature` over `cove_wire::sign::blob_request_message`); downloads are public (the
+//! blob is ciphertext and its 128-bit id unguessable). The file key never leaves this process
+//! except inside an MLS message or a share link's fragment.
+
+mod http;
+
+use std::fs::File;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cove_core::attachment::{
+    AttachmentError, AttachmentPointer, ChunkCipher, DEFAULT_CHUNK_SIZE, Decryptor, Expected,
+    FileKey, Header, MAX_NAME_LEN, NONCE_PREFIX_LEN, ShareLink, ShareLinkError, TAG_LEN,
+    chunk_count, ciphertext_len,
+};
+use cove_wire::{BlobId, DeviceId};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+pub use http::{RequestSigner, SignFn};
+
+/// How many times a transfer reconnects after a network failure before giving up (reset
+/// whenever an attempt made progress).
+pub const MAX_RETRIES: u32 = 6;
+
+/// Why a transfer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The server address is not `wss://HOST:PORT` or `https://HOST:PORT`.
+    #[error("invalid server address {0:?}")]
+    BadServer(String),
+    /// The link is not a Cove share link.
+    #[error(transparent)]
+    BadLink(#[from] ShareLinkError),
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The target file exists.
+    #[error("{0} already exists (choose another name with -o)")]
+    Exists(PathBuf),
+    /// The relay could not be reached, or the connection failed repeatedly.
+    #[error("network error talking to the relay: {0}")]
+    Network(String),
+    /// The relay refused the request; `message` is its explanation.
+    #[error("the relay refused: {message} (HTTP {status})")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The relay's one-line message.
+        message: String,
+    },
+    /// The downloaded data failed verification; nothing was written.
+    #[error("the file failed verification, nothing was saved: {0}")]
+    Integrity(#[from] AttachmentError),
+    /// The file changed while it was being uploaded.
+    #[error("{0} changed while it was being uploaded")]
+    Changed(PathBuf),
+}
+
+/// A connection target on the relay plus the trust to use.
+#[derive(Clone)]
+pub struct BlobClient {
+    host: String,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    signer: Option<RequestSigner>,
+    progress: bool,
+}
+
+impl BlobClient {
+    /// A client for the relay at `server` (`wss://HOST:PORT[/...]` or `https://HOST:PORT`).
+    pub fn new(server: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self, TransferError> {
+        let (host, port) = http::authority(server)?;
+        Ok(BlobClient {
+            host,
+            port,
+            tls,
+            signer: None,
+            progress: false,
+        })
+    }
+
+    /// Signs uploads as `device` with `sign` (the device's Ed25519 key).
+    pub fn with_signer(mut self, device: DeviceId, sign: SignFn) -> Self {
+        self.signer = Some(RequestSigner { device, sign });
+        self
+    }
+
+    /// Shows progress bars on stderr when it is a terminal.
+    pub fn with_progress(mut self, on: bool) -> Self {
+        self.progress = on && std::io::stderr().is_terminal();
+        self
+    }
+
+    /// `https://HOST:PORT`, the origin of share links.
+    pub fn origin(&self) -> String {
+        if self.host.contains(':') {
+            format!("https://[{}]:{}", self.host, self.port)
+        } else {
+            format!("https://{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Encrypts and uploads `path`, resuming after cuts; returns the pointer to send.
+    pub async fn upload_file(&self, path: &Path) -> Result<AttachmentPointer, TransferError> {
+        let io = |source| TransferError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        let chunk_size = DEFAULT_CHUNK_SIZE;
+        if chunk_count(size, chunk_size) > u64::from(u32::MAX) {
+            return Err(TransferError::Integrity(AttachmentError::TooLarge));
+        }
+        let total = ciphertext_len(size, chunk_size);
+        let mut rng = rand::rngs::OsRng;
+        let key = FileKey::generate(&mut rng);
+        let mut prefix = [0u8; NONCE_PREFIX_LEN];
+        rng.fill_bytes(&mut prefix);
+        let header = Header::new(chunk_size, prefix).map_err(TransferError::Integrity)?;
+
+        let conn = http::Conn::new(self);
+        let blob_id = conn.create(total).await?;
+        let bar = self.bar(total, "upload");
+        let mut retries = 0;
+        let mut offset = 0u64;
+        let digest = loop {
+            let source = UploadSource {
+                path: path.to_owned(),
+                key: key.clone(),
+                header,
+                size,
+                skip: offset,
+            };
+            match conn.append(blob_id, offset, total, source, &bar).await {
+                Ok(digest) => break digest,
+                Err(
+                    e @ (TransferError::Network(_) | TransferError::Refused { status: 409, .. }),
+                ) => {
+                    retries += 1;
+                    if retries > MAX_RETRIES {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(backoff(retries)).await;
+                    match conn.offset(blob_id).await {
+                        Ok(stored) => {
+                            if stored > offset {
+                                retries = 0;
+                            }
+                            offset = stored;
+                        }
+                        Err(TransferError::Network(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                    if offset == total {
+                        // Everything is stored but the answer was lost: hash locally.
+                        let (p, k) = (path.to_owned(), key.clone());
+                        break tokio::task::spawn_blocking(move || {
+                            hash_ciphertext(&p, &k, header, size)
+                        })
+                        .await
+                        .map_err(|_| TransferError::Network("hashing task failed".into()))??;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        bar.finish_and_clear();
+        Ok(AttachmentPointer {
+            blob_id,
+            key,
+            digest,
+            size,
+            name: file_name(path),
+            media_type: media_type(path).to_owned(),
+            chunk_size,
+        })
+    }
+
+    /// Uploads `path` and returns its share link.
+    pub async fn share(&self, path: &Path) -> Result<ShareLink, TransferError> {
+        let pointer = self.upload_file(path).await?;
+        Ok(ShareLink::from_pointer(&self.origin(), &pointer))
+    }
+
+    /// Downloads, verifies and decrypts an attachment into `out` (a file path, or a
+    /// directory to put `pointer.name` in). Nothing is left at `out` unless every check
+    /// passed.
+    pub async fn download(
+        &self,
+        pointer: &AttachmentPointer,
+        out: &Path,
+    ) -> Result<PathBuf, TransferError> {
+        let expected = Expected {
+            digest: Some(pointer.digest),
+            size: Some(pointer.size),
+            chunk_size: Some(pointer.chunk_size),
+        };
+        let target = target_path(out, &pointer.name)?;
+        self.download_blob(
+            pointer.blob_id,
+            &pointer.key,
+            expected,
+            Some(pointer.ciphertext_len()),
+            &target,
+        )
+        .await?;
+        Ok(target)
+    }
+
+    /// Downloads blob `id` and decrypts it to `target` (see [`Self::download`]).
+    async fn download_blob(
+        &self,
+        id: BlobId,
+        key: &FileKey,
+        expected: Expected,
+        total: Option<u64>,
+        target: &Path,
+    ) -> Result<(), TransferError> {
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let temp = tempfile::Builder::new()
+            .prefix(".cove-download-")
+            .suffix(".part")
+            .tempfile_in(&dir)
+            .map_err(|source| TransferError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let key = key.clone();
+        let sink = tokio::task::spawn_blocking(move || decrypt_to(rx, temp, key, expected));
+        let conn = http::Conn::new(self);
+        let bar = self.bar(total.unwrap_or(0), "download");
+        let mut received = 0u64;
+        let mut retries = 0;
+        let fetched = loop {
+            match conn.fetch(id, received, &tx, &bar).await {
+                Ok(_) => break Ok(()),
+                Err((n, e @ TransferError::Network(_))) => {
+                    received += n;
+                    retries = if n > 0 { 1 } else { retries + 1 };
+                    if retries > MAX_RETRIES {
+                        break Err(e);
+                    }
+                    tokio::time::sleep(backoff(retries)).await;
+                }
+                Err((_, e)) => break Err(e),
+            }
+        };
+        drop(tx);
+        let sunk = sink
+            .await
+            .map_err(|_| TransferError::Network("download task failed".into()))?;
+        bar.finish_and_clear();
+        fetched?;
+        let temp = sunk?;
+        let target_owned = target.to_owned();
+        temp.persist_noclobber(target).map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                TransferError::Exists(target_owned.clone())
+            } else {
+                TransferError::Io {
+                    path: target_owned.clone(),
+                    source: e.error,
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    fn bar(&self, len: u64, what: &str) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg:8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_owned());
+        bar
+    }
+}
+
+/// Fetches a share link into `out` (a file, a directory, or `None` for the current directory
+/// and the link's file name). `tls` decides which relay certificates are trusted.
+pub async fn fetch(
+    link: &str,
+    tls: Arc<rustls::ClientConfig>,
+    out: Option<&Path>,
+    progress: bool,
+) -> Result<PathBuf, TransferError> {
+    let link = ShareLink::parse(link)?;
+    let client = BlobClient::new(&link.origin, tls)?.with_progress(progress);
+    let name = link
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}.bin", link.blob_id));
+    let target = target_path(out.unwrap_or(Path::new(".")), &name)?;
+    let expected = Expected {
+        digest: link.digest,
+        size: link.size,
+        chunk_size: None,
+    };
+    let total = link.size.map(|s| ciphertext_len(s, DEFAULT_CHUNK_SIZE));
+    client
+        .download_blob(link.blob_id, &link.key, expected, total, &target)
+        .await?;
+    Ok(target)
+}
+
+/// What the upload producer thread reads and seals.
+pub(crate) struct UploadSource {
+    path: PathBuf,
+    key: FileKey,
+    header: Header,
+    size: u64,
+    /// Ciphertext bytes already stored on the relay (produced and hashed, not sent).
+    skip: u64,
+}
+
+impl UploadSource {
+    /// Produces the ciphertext into `tx` from `skip` on; returns the digest of the whole blob.
+    pub(crate) fn produce(
+        self,
+        tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) -> Result<[u8; 32], TransferError> {
+        let io = |source| TransferError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = File::open(&self.path).map_err(io)?;
+        if file.metadata().map_err(io)?.len() != self.size {
+            return Err(TransferError::Changed(self.path.clone()));
+        }
+        let cipher = ChunkCipher::new(&self.key, self.header);
+        let cs = self.header.chunk_size as usize; // at most 1 MiB
+        let mut hasher = Sha256::new();
+        let header = self.header.encode();
+        hasher.update(header);
+        let mut pos = 0u64; // ciphertext position
+        let mut skip = self.skip;
+        let mut emit = |data: Vec<u8>, pos: &mut u64| -> Result<(), TransferError> {
+            let len = data.len() as u64;
+            let start = usize::try_from(skip.min(len)).unwrap_or(0);
+            skip -= start as u64;
+            *pos += len;
+            if start as u64 == len {
+                return Ok(());
+            }
+            let bytes = Bytes::from(data).slice(start..);
+            tx.blocking_send(Ok(bytes))
+                .map_err(|_| TransferError::Network("upload cut".into()))
+        };
+        emit(header.to_vec(), &mut pos)?;
+        let chunks = chunk_count(self.size, self.header.chunk_size);
+        let mut left = self.size;
+        for index in 0..chunks {
+            let n = usize::try_from(left.min(cs as u64)).unwrap_or(cs);
+            let mut buf = vec![0u8; n];
+            file.read_exact(&mut buf)
+                .map_err(|_| TransferError::Changed(self.path.clone()))?;
+            left -= n as u64;
+            let index = u32::try_from(index).map_err(|_| AttachmentError::TooLarge)?;
+            let tag = cipher.seal(index, index as u64 + 1 == chunks, &mut buf);
+            buf.reserve_exact(TAG_LEN);
+            buf.extend_from_slice(&tag);
+            hasher.update(&buf);
+            emit(buf, &mut pos)?;
+        }
+        Ok(hasher.finalize().into())
+    }
+}
+
+/// Recomputes the blob digest from the file (used when the last attempt did not see it all).
+fn hash_ciphertext(
+    path: &Path,
+    key: &FileKey,
+    header: Header,
+    size: u64,
+) -> Result<[u8; 32], TransferError> {
+    // Nothing is sent: every byte is skipped.
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let source = UploadSource {
+        path: path.to_owned(),
+        key: key.clone(),
+        header,
+        size,
+        skip: u64::MAX,
+    };
+    source.produce(&tx)
+}
+
+/// The decrypting sink of a download: runs on a blocking thread.
+fn decrypt_to(
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+    temp: tempfile::NamedTempFile,
+    key: FileKey,
+    expected: Expected,
+) -> Result<tempfile::NamedTempFile, TransferError> {
+    let path = temp.path().to_owned();
+    let io = |source| TransferError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, temp);
+    let mut dec = Decryptor::new(&key, expected);
+    let mut plain = Vec::with_capacity(2 << 20);
+    while let Some(data) = rx.blocking_recv() {
+        dec.push(&data, &mut plain)?;
+        if plain.len() >= 1 << 20 {
+            out.write_all(&plain).map_err(io)?;
+            plain.clear();
+        }
+    }
+    // The temporary file (deleted on drop) never becomes visible unless this succeeds.
+    dec.finish(&mut plain)?;
+    out.write_all(&plain).map_err(io)?;
+    let temp = out.into_inner().map_err(|e| io(e.into_error()))?;
+    temp.as_file().sync_all().map_err(io)?;
+    Ok(temp)
+}
+
+fn backoff(retry: u32) -> Duration {
+    Duration::from_millis(100u64 << retry.min(6)).min(Duration::from_secs(5))
+}
+
+/// `out` if it is a file path, `out/name` if it is a directory.
+fn target_path(out: &Path, name: &str) -> Result<PathBuf, TransferError> {
+    let safe = if cove_core::attachment::validate_name(name).is_ok() {
+        name.to_owned()
+    } else {
+        "download.bin".to_owned()
+    };
+    Ok(if out.is_dir() {
+        out.join(safe)
+    } else {
+        out.to_owned()
+    })
+}
+
+/// The file's name as sent (no directories, at most 255 bytes).
+pub fn file_name(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut name: String = name
+        .chars()
+        .filter(|c| !c.is_control() && *c != '\\')
+        .collect();
+    while name.len() > MAX_NAME_LEN {
+        name.pop();
+    }
+    if name.is_empty() || name == "." || name == ".." {
+        "file".to_owned()
+    } else {
+        name
+    }
+}
+
+/// A media type from the file extension (`application/octet-stream` if unknown).
+pub fn media_type(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "txt" | "log" => "text/plain",
+        "md" => "text/markdown",
+        "csv" => "text/csv",
+        "html" | "htm" => "text/html",
+        "json" => "application/json",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "svg" => "image/svg+xml",
+        "mp3" => "audio/mpeg",
+        "ogg" | "opus" => "audio/ogg",
+        "wav" => "audio/wav",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        _ => "application/octet-stream",
+    }
+}

@@ -1,0 +1,441 @@
+//! Attachments end to end: a real relay on 127.0.0.1:0 (TLS, SQLite, blob files), the
+//! `cove::transfer` client, a cutting TCP proxy for resumption, and headless Chromium for
+//! the share page.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod browser;
+mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cove::transfer::{BlobClient, TransferError, fetch};
+use cove_core::attachment::{AttachmentError, ShareLink};
+use cove_server::blob::BlobConfig;
+use cove_server::{Relay, RelayConfig, RelayHandle, StoreKind};
+use cove_test_utils::{DeviceKeys, TestClient, client_tls_config, test_limits, ws_url};
+use rand::{RngCore, SeedableRng};
+
+pub struct Env {
+    pub relay: Option<RelayHandle>,
+    pub data: tempfile::TempDir,
+    pub work: tempfile::TempDir,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub client: BlobClient,
+    pub keys: Arc<DeviceKeys>,
+}
+
+impl Env {
+    pub async fn start(blob: BlobConfig) -> Env {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), data.path());
+        config.store = StoreKind::Sqlite;
+        config.limits = test_limits();
+        config.blob = blob;
+        let relay = Relay::start(config).await.unwrap();
+        let tls = client_tls_config(relay.cert_der()).unwrap();
+        let url = ws_url(relay.local_addr());
+        let mut keys = DeviceKeys::generate("alice");
+        let mut ws = TestClient::connect(&url, Arc::clone(&tls)).await.unwrap();
+        ws.register(&mut keys).await.unwrap();
+        let keys = Arc::new(keys);
+        let client = client_for(&url, &tls, &keys);
+        Env {
+            relay: Some(relay),
+            data,
+            work: tempfile::tempdir().unwrap(),
+            tls,
+            client,
+            keys,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        ws_url(self.relay.as_ref().unwrap().local_addr())
+    }
+
+    pub fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let p = self.work.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    pub fn out_dir(&self) -> PathBuf {
+        let p = self.work.path().join("out");
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    pub fn blob_path(&self, id: &cove_wire::BlobId) -> PathBuf {
+        self.data.path().join("blobs").join(id.to_hex())
+    }
+}
+
+pub fn client_for(
+    url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    keys: &Arc<DeviceKeys>,
+) -> BlobClient {
+    let k = Arc::clone(keys);
+    let sign: cove::transfer::SignFn = Arc::new(move |m: &[u8]| k.sign_raw(m).0);
+    BlobClient::new(url, Arc::clone(tls))
+        .unwrap()
+        .with_signer(keys.id(), sign)
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+fn leftover_parts(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+async fn upload_download(env: &Env, name: &str, content: &[u8]) {
+    let path = env.file(name, content);
+    let pointer = env.client.upload_file(&path).await.unwrap();
+    assert_eq!(pointer.size, content.len() as u64);
+    assert_eq!(pointer.name, name);
+    // The relay holds exactly the ciphertext length.
+    let stored = std::fs::metadata(env.blob_path(&pointer.blob_id))
+        .unwrap()
+        .len();
+    assert_eq!(stored, pointer.ciphertext_len());
+    let out = env.out_dir().join(format!("{name}.down"));
+    let got = env.client.download(&pointer, &out).await.unwrap();
+    assert_eq!(got, out);
+    assert!(
+        std::fs::read(&out).unwrap() == content,
+        "{name}: download differs"
+    );
+    // And through a share link.
+    let link = ShareLink::from_pointer(&env.client.origin(), &pointer).to_url();
+    let fetched = env.out_dir().join(format!("{name}.fetched"));
+    fetch(&link, Arc::clone(&env.tls), Some(&fetched), false)
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(&fetched).unwrap() == content,
+        "{name}: fetch differs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_at_every_edge() {
+    let env = Env::start(BlobConfig::default()).await;
+    let mib = 1 << 20;
+    for (i, len) in [0, 1, mib, mib + 1].into_iter().enumerate() {
+        upload_download(
+            &env,
+            &format!("file-{len}.bin"),
+            &random_bytes(len, i as u64),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_large_file() {
+    let env = Env::start(BlobConfig::default()).await;
+    upload_download(&env, "large.bin", &random_bytes(64 << 20, 99)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_cut_midway_resumes_byte_identical() {
+    let env = Env::start(BlobConfig::default()).await;
+    let size = 8 << 20;
+    let content = random_bytes(size, 7);
+    let path = env.file("cut.bin", &content);
+    let relay_addr = env.relay.as_ref().unwrap().local_addr();
+    let proxy = proxy::Proxy::start(relay_addr, Some(3 << 20), None).await;
+    let via_proxy = client_for(&ws_url(proxy.addr), &env.tls, &env.keys);
+    let pointer = via_proxy.upload_file(&path).await.unwrap();
+    assert!(proxy.cuts() == 1, "the proxy cut the upload once");
+    // Resumed, not restarted: the bytes sent are the file once plus what was in flight.
+    let sent = proxy.up_bytes();
+    assert!(
+        sent < size as u64 + (2 << 20),
+        "upload restarted from zero: {sent} bytes sent"
+    );
+    let out = env.out_dir().join("cut.bin");
+    env.client.download(&pointer, &out).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == content);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_cut_midway_resumes_with_range() {
+    let env = Env::start(BlobConfig::default()).await;
+    let size = 8 << 20;
+    let content = random_bytes(size, 8);
+    let pointer = env
+        .client
+        .upload_file(&env.file("d.bin", &content))
+        .await
+        .unwrap();
+    let relay_addr = env.relay.as_ref().unwrap().local_addr();
+    let proxy = proxy::Proxy::start(relay_addr, None, Some(3 << 20)).await;
+    let via_proxy = client_for(&ws_url(proxy.addr), &env.tls, &env.keys);
+    let out = env.out_dir().join("d.bin");
+    via_proxy.download(&pointer, &out).await.unwrap();
+    assert_eq!(proxy.cuts(), 1);
+    let received = proxy.down_bytes();
+    assert!(
+        received < size as u64 + (2 << 20),
+        "download restarted: {received} bytes"
+    );
+    assert!(std::fs::read(&out).unwrap() == content);
+}
+
+fn assert_nothing_written(dir: &Path) {
+    let left = leftover_parts(dir);
+    assert!(
+        left.is_empty(),
+        "files left behind after a failed download: {left:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_swapping_a_blob_is_detected() {
+    let env = Env::start(BlobConfig::default()).await;
+    let a = env
+        .client
+        .upload_file(&env.file("a.bin", &random_bytes(3 << 20, 1)))
+        .await
+        .unwrap();
+    let b = env
+        .client
+        .upload_file(&env.file("b.bin", &random_bytes(3 << 20, 2)))
+        .await
+        .unwrap();
+    // The relay serves b's ciphertext (same length) under a's id.
+    std::fs::copy(env.blob_path(&b.blob_id), env.blob_path(&a.blob_id)).unwrap();
+    let dir = env.work.path().join("swap");
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = env.client.download(&a, &dir).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransferError::Integrity(AttachmentError::Authentication { chunk: 0 })
+        ),
+        "{err}"
+    );
+    assert_nothing_written(&dir);
+    // The share link (digest in the fragment) is refused the same way.
+    let link = ShareLink::from_pointer(&env.client.origin(), &a).to_url();
+    assert!(
+        fetch(&link, Arc::clone(&env.tls), Some(&dir), false)
+            .await
+            .is_err()
+    );
+    assert_nothing_written(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_truncating_a_blob_is_detected() {
+    let env = Env::start(BlobConfig::default()).await;
+    let p = env
+        .client
+        .upload_file(&env.file("t.bin", &random_bytes(3 << 20, 3)))
+        .await
+        .unwrap();
+    // A relay that drops the last chunk and claims the blob is that long.
+    let new_len = p.ciphertext_len() - (1 << 20) - 16;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(env.blob_path(&p.blob_id))
+        .unwrap();
+    f.set_len(new_len).unwrap();
+    let db = rusqlite::Connection::open(env.data.path().join("blobs/meta.sqlite")).unwrap();
+    db.execute(
+        "UPDATE blobs SET length = ?1, stored = ?1 WHERE id = ?2",
+        rusqlite::params![new_len as i64, p.blob_id.0.as_slice()],
+    )
+    .unwrap();
+    let dir = env.work.path().join("trunc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = env.client.download(&p, &dir).await.unwrap_err();
+    assert!(matches!(err, TransferError::Integrity(_)), "{err}");
+    assert_nothing_written(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_and_size_limits_give_clear_errors() {
+    let config = BlobConfig {
+        max_blob_bytes: 2 << 20,
+        quota_bytes_per_user: 5 << 20,
+        ..BlobConfig::default()
+    };
+    let env = Env::start(config).await;
+    let err = env
+        .client
+        .upload_file(&env.file("big.bin", &random_bytes(3 << 20, 1)))
+        .await
+        .unwrap_err();
+    match err {
+        TransferError::Refused {
+            status: 413,
+            message,
+        } => {
+            assert!(message.contains("exceeds the relay's maximum"), "{message}")
+        }
+        e => panic!("expected 413, got {e}"),
+    }
+    let small = env.file("s.bin", &random_bytes((3 << 19) + 5, 2));
+    env.client.upload_file(&small).await.unwrap();
+    env.client.upload_file(&small).await.unwrap();
+    env.client.upload_file(&small).await.unwrap();
+    let err = env.client.upload_file(&small).await.unwrap_err();
+    match err {
+        TransferError::Refused {
+            status: 507,
+            message,
+        } => {
+            assert!(message.starts_with("quota exceeded"), "{message}")
+        }
+        e => panic!("expected 507, got {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_missing_signatures_are_refused() {
+    let env = Env::start(BlobConfig::default()).await;
+    let path = env.file("x.bin", b"x");
+    // Claims alice's device id but signs with another key.
+    let mallory = Arc::new(DeviceKeys::generate("mallory"));
+    let m = Arc::clone(&mallory);
+    let sign: cove::transfer::SignFn = Arc::new(move |msg: &[u8]| m.sign_raw(msg).0);
+    let forged = BlobClient::new(&env.url(), Arc::clone(&env.tls))
+        .unwrap()
+        .with_signer(env.keys.id(), sign);
+    match forged.upload_file(&path).await.unwrap_err() {
+        TransferError::Refused {
+            status: 401,
+            message,
+        } => {
+            assert!(message.contains("signature"), "{message}")
+        }
+        e => panic!("expected 401, got {e}"),
+    }
+    let unsigned = BlobClient::new(&env.url(), Arc::clone(&env.tls)).unwrap();
+    assert!(unsigned.upload_file(&path).await.is_err());
+}
+
+/// Every file under the relay's data directory, concatenated.
+fn data_dir_bytes(dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                all.extend(std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_data_dir_holds_no_plaintext_and_no_key() {
+    let env = Env::start(BlobConfig::default()).await;
+    let marker = b"TOP-SECRET-PLAINTEXT-MARKER-0123456789 ".repeat(2000);
+    let name = "secret-plans-name.txt";
+    let p = env
+        .client
+        .upload_file(&env.file(name, &marker))
+        .await
+        .unwrap();
+    let link = ShareLink::from_pointer(&env.client.origin(), &p).to_url();
+    // Fetch through the link too, so the relay saw a share download.
+    fetch(&link, Arc::clone(&env.tls), Some(&env.out_dir()), false)
+        .await
+        .unwrap();
+    let all = data_dir_bytes(env.data.path());
+    assert!(!all.is_empty());
+    assert!(
+        !contains(&all, b"TOP-SECRET-PLAINTEXT"),
+        "plaintext on the relay"
+    );
+    assert!(!contains(&all, name.as_bytes()), "file name on the relay");
+    assert!(!contains(&all, p.key.as_bytes()), "raw key on the relay");
+    let fragment = link.split_once('#').unwrap().1;
+    let key_b64 = fragment.split('.').next().unwrap();
+    assert!(
+        !contains(&all, key_b64.as_bytes()),
+        "encoded key on the relay"
+    );
+    assert!(
+        !contains(&all, hex::encode(p.key.as_bytes()).as_bytes()),
+        "hex key on the relay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_blobs_are_swept() {
+    let config = BlobConfig {
+        retention: std::time::Duration::ZERO,
+        sweep_interval: std::time::Duration::from_millis(200),
+        ..BlobConfig::default()
+    };
+    let env = Env::start(config).await;
+    let p = env
+        .client
+        .upload_file(&env.file("e.bin", b"expires"))
+        .await
+        .unwrap();
+    let path = env.blob_path(&p.blob_id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while path.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!path.exists(), "expired blob still on disk");
+    let err = env.client.download(&p, &env.out_dir()).await.unwrap_err();
+    assert!(
+        matches!(err, TransferError::Refused { status: 404, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_page_decrypts_in_headless_chromium() {
+    let env = Env::start(BlobConfig::default()).await;
+    let text = "Hello from Cove! <b>not markup</b> \u{2713}\nsecond line\n";
+    let p = env
+        .client
+        .upload_file(&env.file("greeting.txt", text.as_bytes()))
+        .await
+        .unwrap();
+    let link = ShareLink::from_pointer(&env.client.origin(), &p).to_url();
+    let Some(dom) = browser::dump_dom(&link).await else {
+        return;
+    };
+    assert!(
+        dom.contains("data-state=\"done\""),
+        "page did not finish: {dom}"
+    );
+    assert!(dom.contains("greeting.txt"), "name not shown: {dom}");
+    assert!(
+        dom.contains("Hello from Cove! &lt;b&gt;not markup&lt;/b&gt; \u{2713}"),
+        "text not shown: {dom}"
+    );
+    assert!(dom.contains("Decrypted and verified"));
+
+    // A wrong key in the fragment: the page refuses and shows no content.
+    let mut bad = ShareLink::parse(&link).unwrap();
+    bad.key = cove_core::attachment::FileKey::from_bytes([7; 32]);
+    let dom = browser::dump_dom(&bad.to_url()).await.unwrap();
+    assert!(dom.contains("data-state=\"error\""), "{dom}");
+    assert!(!dom.contains("Hello from Cove"));
+}
