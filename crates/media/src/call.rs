@@ -58,6 +58,9 @@ pub struct CallConfig {
     pub record_every_nth_frame: u64,
     /// How long the previous epoch's key stays valid for decryption after a rekey.
     pub sframe_grace: Duration,
+    /// Interval between ICE connectivity checks (webrtc-rs default 200 ms; we use 50 ms with
+    /// proportionally more attempts, so the first check round does not wait 200 ms).
+    pub ice_check_interval: Duration,
 }
 
 impl Default for CallConfig {
@@ -75,6 +78,7 @@ impl Default for CallConfig {
             record_dir: None,
             record_every_nth_frame: 15,
             sframe_grace: crate::sframe::DEFAULT_GRACE,
+            ice_check_interval: Duration::from_millis(50),
         }
     }
 }

@@ -25,7 +25,8 @@ use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer,
     RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, StatsSelector, register_default_interceptors,
+    RTCSessionDescription, Registry, SettingEngineBuilder, StatsSelector,
+    register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -256,6 +257,16 @@ impl PeerSession {
             .with_ice_servers(ice_servers)
             .with_ice_transport_policy(policy)
             .build();
+        // Keep the total connection-attempt time at webrtc-rs's default (7 x 200 ms).
+        let interval = cfg
+            .ice_check_interval
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let attempts = u16::try_from(1400 / interval.as_millis().max(1))
+            .unwrap_or(7)
+            .max(7);
+        let settings = SettingEngineBuilder::new()
+            .with_ice_connection_attempts(Some(interval), Some(attempts))
+            .build();
         let (pc_tx, pc_rx) = tokio::sync::oneshot::channel::<Weak<PeerSession>>();
         let handler = Arc::new(SessionHandler {
             call: Arc::downgrade(call),
@@ -266,6 +277,7 @@ impl PeerSession {
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_media_engine(media_engine)
+            .with_setting_engine(settings)
             .with_interceptor_registry(registry)
             .with_handler(handler.clone())
             .with_udp_addrs(cfg.bind_addrs.clone())
