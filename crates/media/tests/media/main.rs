@@ -3,4 +3,5 @@
 
 mod calls;
 mod codecs;
+mod fuzz;
 mod sframe;
