@@ -198,4 +198,12 @@ pub trait RelayStore: Send + Sync + 'static {
     /// changes nothing; Invalid past the stream's end; NotMember for a group the device is
     /// not in).
     fn ack(&self, device: DeviceId, stream: Stream, seq: Seq) -> Result<(), StoreError>;
+
+    /// Makes buffered state durable. Posts, registrations, KeyPackages and groups are always
+    /// durable when their call returns; a backend may buffer acknowledgements (an ack lost
+    /// in a crash only means a redelivery) and write them here, with the next batch of posts,
+    /// or on its own schedule. The relay calls this at shutdown. The default does nothing.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

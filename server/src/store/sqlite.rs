@@ -9,19 +9,29 @@
 //! fsync however many posts it carries; that is how the relay coalesces writes.
 //!
 //! Hot path: each group's epoch, log head and member list are cached in memory (loaded on
-//! first use, updated only after a transaction commits), so an application message costs
+//! first use, replaced only after a transaction commits), so an application message costs
 //! one indexed insert into the log and no per-recipient row. Per-device state in a group is
-//! only its cursor (`members.cursor`), written on ack.
+//! only its cursor (`members.cursor`).
+//!
+//! Acknowledgements are buffered: [`RelayStore::ack`] checks the ack, records it in memory
+//! (where [`RelayStore::cursor`] sees it at once) and returns without a transaction. The
+//! buffer is written by the next `append_batch` (in the same transaction, so it costs no
+//! extra sync), by [`RelayStore::flush`], when it holds [`ACK_FLUSH_ENTRIES`] entries or
+//! is [`ACK_FLUSH_AGE`] old, and on drop. A crash loses at most the buffered acks, which
+//! only means those entries are delivered again (delivery is at-least-once and clients drop
+//! duplicates); it never loses a post. Without this every ack would cost a sync, and acks
+//! come once per delivered entry and device.
 //!
 //! Concurrency: one write connection behind a mutex (every write transaction is
-//! `BEGIN IMMEDIATE`, so it also excludes other processes), and one read connection for
-//! log and inbox reads, which in WAL mode run beside the writer. The cache assumes this
-//! process is the only writer of the file.
+//! `BEGIN IMMEDIATE`, so it also excludes other processes), one read connection for reads,
+//! which in WAL mode run beside the writer, and the group cache behind a read-write lock,
+//! so membership checks never wait for a sync. Lock order: writer, groups, acks. The cache
+//! assumes this process is the only writer of the file.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use cove_wire::limits::MAX_DEVICES_PER_USER;
 use cove_wire::{
@@ -51,17 +61,68 @@ pub struct SqliteOptions {
     pub synchronous: Synchronous,
 }
 
+/// Buffered acknowledgements are written once this many are pending.
+pub const ACK_FLUSH_ENTRIES: usize = 4096;
+/// Buffered acknowledgements are written once the oldest is this old (checked on each ack).
+pub const ACK_FLUSH_AGE: Duration = Duration::from_secs(1);
+
 /// The SQLite relay store.
 pub struct SqliteStore {
-    writer: Mutex<Writer>,
+    /// The write connection.
+    writer: Mutex<Connection>,
+    /// The read connection.
     reader: Mutex<Connection>,
+    /// Committed state of every group used since open. The writer replaces an entry after
+    /// its transaction commits; a reader that loads a missing entry inserts it only if it is
+    /// still missing, so a load that raced with a commit never overwrites newer state.
+    groups: RwLock<HashMap<GroupId, GroupState>>,
+    /// Acknowledgements not yet written.
+    acks: Mutex<PendingAcks>,
 }
 
-/// The write connection and the group cache it keeps in step with the database.
-struct Writer {
-    conn: Connection,
-    /// Committed state of every group used since open.
-    groups: HashMap<GroupId, GroupState>,
+/// Acknowledged cursors not yet written. An entry stays until a transaction that wrote it
+/// (or a later value) has committed, so a cursor is always in the buffer or on disk.
+#[derive(Default)]
+struct PendingAcks {
+    group: HashMap<(GroupId, DeviceId), Seq>,
+    inbox: HashMap<DeviceId, Seq>,
+    /// When the oldest pending ack arrived.
+    since: Option<Instant>,
+}
+
+impl PendingAcks {
+    fn len(&self) -> usize {
+        self.group.len() + self.inbox.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn snapshot(&self) -> PendingAcks {
+        PendingAcks {
+            group: self.group.clone(),
+            inbox: self.inbox.clone(),
+            since: None,
+        }
+    }
+
+    /// Drops the entries a committed transaction wrote (unless acked further since).
+    fn written(&mut self, done: &PendingAcks) {
+        for (k, seq) in &done.group {
+            if self.group.get(k).is_some_and(|s| s <= seq) {
+                self.group.remove(k);
+            }
+        }
+        for (k, seq) in &done.inbox {
+            if self.inbox.get(k).is_some_and(|s| s <= seq) {
+                self.inbox.remove(k);
+            }
+        }
+        if self.is_empty() {
+            self.since = None;
+        }
+    }
 }
 
 /// The schema, one entry per version; entry `i` migrates from version `i` to `i + 1`.
@@ -157,11 +218,10 @@ impl SqliteStore {
         configure(&reader, options)?;
         reader.pragma_update(None, "query_only", true)?;
         Ok(SqliteStore {
-            writer: Mutex::new(Writer {
-                conn,
-                groups: HashMap::new(),
-            }),
+            writer: Mutex::new(conn),
             reader: Mutex::new(reader),
+            groups: RwLock::new(HashMap::new()),
+            acks: Mutex::new(PendingAcks::default()),
         })
     }
 
@@ -170,7 +230,7 @@ impl SqliteStore {
         u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX)
     }
 
-    fn writer(&self) -> Result<MutexGuard<'_, Writer>, StoreError> {
+    fn writer(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         self.writer
             .lock()
             .map_err(|_| StoreError::Backend("writer lock poisoned".into()))
@@ -182,17 +242,63 @@ impl SqliteStore {
             .map_err(|_| StoreError::Backend("reader lock poisoned".into()))
     }
 
+    fn acks(&self) -> Result<MutexGuard<'_, PendingAcks>, StoreError> {
+        self.acks
+            .lock()
+            .map_err(|_| StoreError::Backend("ack buffer lock poisoned".into()))
+    }
+
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the write connection and commits.
     fn write<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>, &mut HashMap<GroupId, GroupState>) -> Result<T, StoreError>,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut guard = self.writer()?;
-        let Writer { conn, groups } = &mut *guard;
+        let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx, groups)?;
+        let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Runs `f` on the committed state of `group`, loading it into the cache if needed.
+    fn with_group<T>(
+        &self,
+        group: GroupId,
+        f: impl FnOnce(&GroupState) -> T,
+    ) -> Result<T, StoreError> {
+        let poisoned = || StoreError::Backend("group cache lock poisoned".into());
+        if let Some(state) = self.groups.read().map_err(|_| poisoned())?.get(&group) {
+            return Ok(f(state));
+        }
+        let loaded = {
+            let conn = self.reader()?;
+            let tx = conn.unchecked_transaction()?;
+            load_group(&tx, group)?.ok_or(StoreError::UnknownGroup)?
+        };
+        let mut cache = self.groups.write().map_err(|_| poisoned())?;
+        Ok(f(cache.entry(group).or_insert(loaded)))
+    }
+
+    /// Writes the buffered acknowledgements now.
+    fn flush_acks(&self) -> Result<(), StoreError> {
+        let mut conn = self.writer()?;
+        let pending = self.acks()?.snapshot();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        write_acks(&tx, &pending)?;
+        tx.commit()?;
+        self.acks()?.written(&pending);
+        Ok(())
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_acks() {
+            tracing::error!(error = %e, "relay store: could not write buffered acks on close");
+        }
     }
 }
 
@@ -205,7 +311,7 @@ impl From<rusqlite::Error> for StoreError {
 
 impl RelayStore for SqliteStore {
     fn register_user(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
-        self.write(|tx, _| {
+        self.write(|tx| {
             if user_exists(tx, user)? {
                 return Err(StoreError::UserTaken);
             }
@@ -216,7 +322,7 @@ impl RelayStore for SqliteStore {
     }
 
     fn add_device(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
-        self.write(|tx, _| {
+        self.write(|tx| {
             if !user_exists(tx, user)? {
                 return Err(StoreError::UnknownUser);
             }
@@ -278,7 +384,7 @@ impl RelayStore for SqliteStore {
         key_packages: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
     ) -> Result<Stock, StoreError> {
-        self.write(|tx, _| {
+        self.write(|tx| {
             let id = existing_device(tx, device)?;
             let before = stock(tx, id)?;
             rules::check_upload(
@@ -302,7 +408,7 @@ impl RelayStore for SqliteStore {
     }
 
     fn claim_key_packages(&self, user: &UserName) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
-        self.write(|tx, _| {
+        self.write(|tx| {
             if !user_exists(tx, user)? {
                 return Err(StoreError::UnknownUser);
             }
@@ -354,8 +460,7 @@ impl RelayStore for SqliteStore {
     }
 
     fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
-        let mut guard = self.writer()?;
-        let Writer { conn, groups } = &mut *guard;
+        let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let creator_id = existing_device(&tx, creator)?;
         if group_epoch(&tx, group)?.is_some() {
@@ -366,14 +471,15 @@ impl RelayStore for SqliteStore {
         tx.prepare_cached("INSERT INTO members (group_id, device, cursor) VALUES (?1, ?2, 0)")?
             .execute(params![group.0.as_slice(), creator_id])?;
         tx.commit()?;
-        groups.insert(group, GroupState::new(creator));
+        self.groups
+            .write()
+            .map_err(|_| StoreError::Backend("group cache lock poisoned".into()))?
+            .insert(group, GroupState::new(creator));
         Ok(())
     }
 
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {
-        let mut guard = self.writer()?;
-        let Writer { conn, groups } = &mut *guard;
-        Ok(cached_group(conn, groups, group)?.is_member(device))
+        self.with_group(group, |state| state.is_member(device))
     }
 
     fn groups_of(&self, device: DeviceId) -> Result<Vec<GroupSummary>, StoreError> {
@@ -408,20 +514,27 @@ impl RelayStore for SqliteStore {
         if count == 0 {
             return Vec::new();
         }
-        let mut guard = match self.writer() {
+        let mut conn = match self.writer() {
             Ok(g) => g,
             Err(e) => return all_failed(e.to_string()),
         };
-        let Writer { conn, groups } = &mut *guard;
         let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => return all_failed(StoreError::from(e).to_string()),
         };
+        // Buffered acks ride along in this transaction (no extra sync).
+        let acks = match self.acks() {
+            Ok(acks) => acks.snapshot(),
+            Err(e) => return all_failed(e.to_string()),
+        };
+        if let Err(e) = write_acks(&tx, &acks) {
+            return all_failed(e.to_string());
+        }
         // Group states as this transaction changes them; merged into the cache on commit.
         let mut touched: HashMap<GroupId, GroupState> = HashMap::new();
         let mut results = Vec::with_capacity(count);
         for post in posts {
-            match append_one(&tx, groups, &mut touched, post) {
+            match append_one(&tx, &self.groups, &mut touched, post) {
                 Err(StoreError::Backend(msg)) => {
                     // Dropping the transaction rolls back every post of the batch.
                     drop(tx);
@@ -433,7 +546,13 @@ impl RelayStore for SqliteStore {
         if let Err(e) = tx.commit() {
             return all_failed(StoreError::from(e).to_string());
         }
-        groups.extend(touched);
+        match self.groups.write() {
+            Ok(mut cache) => cache.extend(touched),
+            Err(_) => return all_failed("group cache lock poisoned".into()),
+        }
+        if let Ok(mut pending) = self.acks() {
+            pending.written(&acks);
+        }
         results
     }
 
@@ -523,6 +642,14 @@ impl RelayStore for SqliteStore {
     }
 
     fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError> {
+        // The buffer first, then the file: an ack leaves the buffer only after it is on disk.
+        let pending = {
+            let acks = self.acks()?;
+            match stream {
+                Stream::Inbox => acks.inbox.get(&device).copied(),
+                Stream::Group(g) => acks.group.get(&(g, device)).copied(),
+            }
+        };
         let conn = self.reader()?;
         let tx = conn.unchecked_transaction()?;
         let id = existing_device(&tx, device)?;
@@ -537,58 +664,93 @@ impl RelayStore for SqliteStore {
                 member_cursor(&tx, g, id)?.ok_or(StoreError::NotMember)?
             }
         };
-        Ok(Seq(to_u64(cursor)?))
+        Ok(Seq(to_u64(cursor)?).max(pending.unwrap_or_default()))
     }
 
     fn ack(&self, device: DeviceId, stream: Stream, seq: Seq) -> Result<(), StoreError> {
-        self.write(|tx, groups| {
-            let id = existing_device(tx, device)?;
-            match stream {
-                Stream::Inbox => {
-                    let end: i64 = tx
-                        .prepare_cached(
-                            "SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE device = ?1",
-                        )?
-                        .query_row(params![id], |r| r.get(0))?;
-                    if seq.0 > to_u64(end)? {
-                        return Err(StoreError::Invalid("ack past the end of the inbox"));
-                    }
-                    tx.prepare_cached(
-                        "UPDATE devices SET inbox_cursor = MAX(inbox_cursor, ?2) WHERE id = ?1",
-                    )?
-                    .execute(params![id, to_i64(seq.0)?])?;
-                }
-                Stream::Group(g) => {
-                    let end = cached_group(tx, groups, g)?.last_seq;
-                    if member_cursor(tx, g, id)?.is_none() {
-                        return Err(StoreError::NotMember);
-                    }
-                    if seq > end {
-                        return Err(StoreError::Invalid("ack past the end of the group log"));
-                    }
-                    tx.prepare_cached(
-                        "UPDATE members SET cursor = MAX(cursor, ?3)
-                         WHERE group_id = ?1 AND device = ?2",
-                    )?
-                    .execute(params![g.0.as_slice(), id, to_i64(seq.0)?])?;
+        {
+            let conn = self.reader()?;
+            let tx = conn.unchecked_transaction()?;
+            let id = existing_device(&tx, device)?;
+            if stream == Stream::Inbox {
+                let end: i64 = tx
+                    .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE device = ?1")?
+                    .query_row(params![id], |r| r.get(0))?;
+                if seq.0 > to_u64(end)? {
+                    return Err(StoreError::Invalid("ack past the end of the inbox"));
                 }
             }
-            Ok(())
-        })
+        }
+        if let Stream::Group(g) = stream {
+            let (member, end) = self.with_group(g, |s| (s.is_member(device), s.last_seq))?;
+            if !member {
+                return Err(StoreError::NotMember);
+            }
+            if seq > end {
+                return Err(StoreError::Invalid("ack past the end of the group log"));
+            }
+        }
+        let flush_now = {
+            let mut acks = self.acks()?;
+            let slot = match stream {
+                Stream::Inbox => acks.inbox.entry(device).or_default(),
+                Stream::Group(g) => acks.group.entry((g, device)).or_default(),
+            };
+            *slot = (*slot).max(seq);
+            let since = *acks.since.get_or_insert_with(Instant::now);
+            acks.len() >= ACK_FLUSH_ENTRIES || since.elapsed() >= ACK_FLUSH_AGE
+        };
+        if flush_now {
+            self.flush_acks()?;
+        }
+        Ok(())
     }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.flush_acks()
+    }
+}
+
+/// Writes buffered acknowledgements (never moving a cursor backwards; a cursor of a device
+/// that has left the group meanwhile has no row and is dropped).
+fn write_acks(tx: &Transaction<'_>, acks: &PendingAcks) -> Result<(), StoreError> {
+    if acks.is_empty() {
+        return Ok(());
+    }
+    let mut group = tx.prepare_cached(
+        "UPDATE members SET cursor = MAX(cursor, ?3) WHERE group_id = ?1 AND device = ?2",
+    )?;
+    for ((g, d), seq) in &acks.group {
+        group.execute(params![g.0.as_slice(), to_i64(d.0)?, to_i64(seq.0)?])?;
+    }
+    let mut inbox =
+        tx.prepare_cached("UPDATE devices SET inbox_cursor = MAX(inbox_cursor, ?2) WHERE id = ?1")?;
+    for (d, seq) in &acks.inbox {
+        inbox.execute(params![to_i64(d.0)?, to_i64(seq.0)?])?;
+    }
+    Ok(())
 }
 
 /// Checks and, if accepted, writes one post inside the batch transaction.
 fn append_one(
     tx: &Transaction<'_>,
-    cache: &mut HashMap<GroupId, GroupState>,
+    cache: &RwLock<HashMap<GroupId, GroupState>>,
     touched: &mut HashMap<GroupId, GroupState>,
     post: NewPost,
 ) -> Result<Appended, StoreError> {
     let state = match touched.entry(post.group) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => {
-            e.insert(cached_group(tx, cache, post.group)?.clone())
+            let cached = cache
+                .read()
+                .map_err(|_| StoreError::Backend("group cache lock poisoned".into()))?
+                .get(&post.group)
+                .cloned();
+            let state = match cached {
+                Some(state) => state,
+                None => load_group(tx, post.group)?.ok_or(StoreError::UnknownGroup)?,
+            };
+            e.insert(state)
         }
     };
     let checked = state.check(&post, &mut |d| device_exists(tx, d))?;
@@ -718,21 +880,6 @@ fn write_post(
         }
     }
     Ok((removed_devices, welcomes))
-}
-
-/// The committed state of `group`, loaded into the cache on first use.
-fn cached_group<'a>(
-    conn: &Connection,
-    cache: &'a mut HashMap<GroupId, GroupState>,
-    group: GroupId,
-) -> Result<&'a GroupState, StoreError> {
-    match cache.entry(group) {
-        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
-        std::collections::hash_map::Entry::Vacant(e) => {
-            let state = load_group(conn, group)?.ok_or(StoreError::UnknownGroup)?;
-            Ok(e.insert(state))
-        }
-    }
 }
 
 fn load_group(conn: &Connection, group: GroupId) -> Result<Option<GroupState>, StoreError> {
@@ -1104,6 +1251,70 @@ mod tests {
         }
     }
 
+    /// Acks are buffered: visible through `cursor` at once, written to the file by the next
+    /// batch of posts, by `flush`, or when the buffer is full.
+    #[test]
+    fn acks_are_buffered_and_written_with_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let a = device(&store, "alice", 1);
+        let b = device(&store, "bob", 2);
+        let g = gid(1);
+        store.create_group(g, a).unwrap();
+        one(&store, commit(g, a, 0, &[b], &[], Some(b"w"))).unwrap();
+        for _ in 0..3 {
+            one(&store, app(g, a, 1, b"m")).unwrap();
+        }
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        let on_disk = |device: DeviceId| -> (i64, i64) {
+            let group: i64 = raw
+                .query_row(
+                    "SELECT cursor FROM members WHERE group_id = ?1 AND device = ?2",
+                    rusqlite::params![g.0.as_slice(), device.0 as i64],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let inbox: i64 = raw
+                .query_row(
+                    "SELECT inbox_cursor FROM devices WHERE id = ?1",
+                    rusqlite::params![device.0 as i64],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (group, inbox)
+        };
+        store.ack(a, Stream::Group(g), Seq(2)).unwrap();
+        store.ack(b, Stream::Inbox, Seq(1)).unwrap();
+        assert_eq!(store.cursor(a, Stream::Group(g)).unwrap(), Seq(2));
+        assert_eq!(store.cursor(b, Stream::Inbox).unwrap(), Seq(1));
+        assert_eq!(
+            (on_disk(a), on_disk(b)),
+            ((0, 0), (1, 0)),
+            "buffered, not yet written"
+        );
+        one(&store, app(g, a, 1, b"m")).unwrap();
+        assert_eq!(
+            (on_disk(a), on_disk(b)),
+            ((2, 0), (1, 1)),
+            "written with the batch"
+        );
+        store.ack(b, Stream::Group(g), Seq(4)).unwrap();
+        assert_eq!(on_disk(b).0, 1);
+        store.flush().unwrap();
+        assert_eq!(on_disk(b).0, 4);
+        assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), Seq(4));
+        // A full buffer is written without waiting for a post.
+        let mut devices = Vec::new();
+        for i in 0..super::ACK_FLUSH_ENTRIES {
+            devices.push(device(&store, &format!("d{i}"), 3));
+        }
+        for d in &devices {
+            store.ack(*d, Stream::Inbox, Seq(0)).unwrap();
+        }
+        assert!(store.acks().unwrap().is_empty());
+    }
+
     /// Corrupt rows give Backend errors, never a panic.
     #[test]
     fn corrupt_rows_are_backend_errors() {
@@ -1180,11 +1391,9 @@ mod tests {
             let store = SqliteStore::open_with(&path, SqliteOptions { synchronous: sync }).unwrap();
             let writer = store.writer().unwrap();
             let mode: String = writer
-                .conn
                 .query_row("PRAGMA journal_mode", [], |r| r.get(0))
                 .unwrap();
             let level: i64 = writer
-                .conn
                 .query_row("PRAGMA synchronous", [], |r| r.get(0))
                 .unwrap();
             assert_eq!((mode.as_str(), level), ("wal", expected));
