@@ -96,6 +96,9 @@ pub struct Limits {
     /// Frames queued per connection before the relay gives up on a slow reader
     /// (`Closing { SlowReader }`; its entries stay stored).
     pub outgoing_queue_frames: usize,
+    /// Bytes queued per connection before the relay gives up on a slow reader (at least one
+    /// largest message).
+    pub outgoing_queue_bytes: usize,
     /// Sustained requests per second per device.
     pub requests_per_second: u32,
     /// Burst of requests per device above the sustained rate.
@@ -125,6 +128,7 @@ impl Default for Limits {
             ping_interval_ms: 30_000,
             pong_timeout_ms: 30_000,
             outgoing_queue_frames: cove_wire::limits::OUTGOING_QUEUE_FRAMES,
+            outgoing_queue_bytes: 16 * 1024 * 1024,
             requests_per_second: 200,
             request_burst: 1000,
             claims_per_minute: 120,
@@ -169,7 +173,11 @@ impl Limits {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&str, bool); 7] = [
+        let checks: [(&str, bool); 8] = [
+            (
+                "outgoing_queue_bytes must be at least the largest message",
+                self.outgoing_queue_bytes >= self.message_bytes(),
+            ),
             (
                 "max_message_bytes must be at least 1024",
                 self.max_message_bytes >= 1024,

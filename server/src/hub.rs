@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cove_wire::{DeviceId, ErrorCode, Seq, Stream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 /// Why a connection is being closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,48 +30,69 @@ pub(crate) enum CloseReason {
     Quiet,
 }
 
-/// One connection's outgoing side, shared by its tasks, the hub and the post writer.
+/// One connection's outgoing side, shared by its tasks, the hub and the post writer. The
+/// queue is bounded twice: in frames (the channel) and in bytes (a semaphore of bytes whose
+/// permits the writer task gives back as it takes frames out).
 pub(crate) struct Outbox {
     /// Unique per connection (displacement and unregistering compare it).
     pub conn_id: u64,
     queue: mpsc::Sender<Bytes>,
+    bytes: Arc<Semaphore>,
     close: watch::Sender<Option<CloseReason>>,
 }
 
+/// The writer task's end of an [`Outbox`].
+pub(crate) struct OutboxReceiver {
+    /// Queued frames.
+    pub frames: mpsc::Receiver<Bytes>,
+    /// Byte budget to give back as frames are taken out (the writer adds each frame's length back).
+    pub bytes: Arc<Semaphore>,
+    /// The close signal.
+    pub close: watch::Receiver<Option<CloseReason>>,
+}
+
 impl Outbox {
-    /// A new outbox with a queue of `capacity` frames; returns the receiving ends for the
-    /// writer task.
-    pub fn new(
-        conn_id: u64,
-        capacity: usize,
-    ) -> (
-        Arc<Outbox>,
-        mpsc::Receiver<Bytes>,
-        watch::Receiver<Option<CloseReason>>,
-    ) {
-        let (queue, rx) = mpsc::channel(capacity.max(1));
+    /// A new outbox holding at most `frames` frames and `bytes` bytes.
+    pub fn new(conn_id: u64, frames: usize, bytes: usize) -> (Arc<Outbox>, OutboxReceiver) {
+        let (queue, rx) = mpsc::channel(frames.max(1));
         let (close, close_rx) = watch::channel(None);
-        (
-            Arc::new(Outbox {
-                conn_id,
-                queue,
-                close,
-            }),
-            rx,
-            close_rx,
-        )
+        let budget = Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS)));
+        let outbox = Outbox {
+            conn_id,
+            queue,
+            bytes: Arc::clone(&budget),
+            close,
+        };
+        let receiver = OutboxReceiver {
+            frames: rx,
+            bytes: budget,
+            close: close_rx,
+        };
+        (Arc::new(outbox), receiver)
     }
 
-    /// Queues a frame without waiting. A full queue closes the connection as a slow reader
-    /// (and returns false); so does a connection already closing.
+    /// Queues a frame without waiting. A full queue (frames or bytes) closes the connection
+    /// as a slow reader (and returns false); so does a connection already closing.
     pub fn push(&self, frame: Bytes) -> bool {
+        let Ok(len) = u32::try_from(frame.len()) else {
+            return false;
+        };
+        match self.bytes.try_acquire_many(len) {
+            Ok(permit) => permit.forget(),
+            Err(_) => {
+                self.close(CloseReason::Code(ErrorCode::SlowReader));
+                return false;
+            }
+        }
         match self.queue.try_send(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseReason::Code(ErrorCode::SlowReader));
+            Err(e) => {
+                self.bytes.add_permits(e.into_inner().len());
+                if !self.queue.is_closed() {
+                    self.close(CloseReason::Code(ErrorCode::SlowReader));
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -82,8 +103,19 @@ impl Outbox {
         if closed.borrow().is_some() {
             return false;
         }
+        let Ok(len) = u32::try_from(frame.len()) else {
+            return false;
+        };
+        let queued = async {
+            self.bytes.acquire_many(len).await.map_err(|_| ())?.forget();
+            if let Err(e) = self.queue.send(frame).await {
+                self.bytes.add_permits(e.0.len());
+                return Err(());
+            }
+            Ok(())
+        };
         tokio::select! {
-            r = self.queue.send(frame) => r.is_ok(),
+            r = queued => r.is_ok(),
             _ = closed.changed() => false,
         }
     }
@@ -397,8 +429,33 @@ mod tests {
     }
 
     #[test]
+    fn queued_bytes_are_bounded_and_given_back() {
+        let (outbox, mut rx) = Outbox::new(1, 100, 10);
+        assert!(outbox.push(Bytes::from_static(b"123456")));
+        let close = rx.close.clone();
+        assert!(
+            !outbox.push(Bytes::from_static(b"123456")),
+            "12 bytes exceed 10"
+        );
+        assert_eq!(
+            *close.borrow(),
+            Some(CloseReason::Code(ErrorCode::SlowReader))
+        );
+        let (outbox, mut rx2) = Outbox::new(2, 100, 10);
+        assert!(outbox.push(Bytes::from_static(b"123456")));
+        let taken = rx2.frames.try_recv().unwrap_or_default();
+        rx2.bytes.add_permits(taken.len());
+        assert!(
+            outbox.push(Bytes::from_static(b"123456")),
+            "budget was given back"
+        );
+        let _ = rx.frames.try_recv();
+    }
+
+    #[test]
     fn full_queue_closes_as_slow_reader() {
-        let (outbox, _rx, close) = Outbox::new(1, 2);
+        let (outbox, rx) = Outbox::new(1, 2, 1024);
+        let close = rx.close.clone();
         assert!(outbox.push(Bytes::from_static(b"a")));
         assert!(outbox.push(Bytes::from_static(b"b")));
         assert!(!outbox.push(Bytes::from_static(b"c")));
@@ -419,7 +476,7 @@ mod tests {
                 claim_burst: 1.0,
             },
         );
-        let (outbox, mut rx, _close) = Outbox::new(7, 16);
+        let (outbox, mut rx) = Outbox::new(7, 16, 1024);
         let d = DeviceId(1);
         let g = Stream::Group(cove_wire::GroupId([1; 16]));
         hub.register(d, outbox);
@@ -434,7 +491,7 @@ mod tests {
         hub.fanout()
             .deliver(&[d], g, Seq(5), &Bytes::from_static(&[5]));
         let mut got = Vec::new();
-        while let Ok(f) = rx.try_recv() {
+        while let Ok(f) = rx.frames.try_recv() {
             got.extend_from_slice(&f);
         }
         assert_eq!(got, vec![3, 4, 5]);
@@ -449,8 +506,10 @@ mod tests {
             claim_burst: 1.0,
         };
         let hub = Hub::new(8, rates);
-        let (first, _rx1, close1) = Outbox::new(1, 4);
-        let (second, _rx2, close2) = Outbox::new(2, 4);
+        let (first, rx1) = Outbox::new(1, 4, 1024);
+        let close1 = rx1.close.clone();
+        let (second, rx2) = Outbox::new(2, 4, 1024);
+        let close2 = rx2.close.clone();
         hub.register(DeviceId(9), first);
         hub.register(DeviceId(9), second);
         assert_eq!(

@@ -165,6 +165,10 @@ fn writer_thread(
             }
         }
     }
+    // Every connection is gone: write whatever the store buffers (acks) before it closes.
+    if let Err(e) = store.flush() {
+        error!(error = %e, "flushing the store failed");
+    }
     debug!("post writer stopped");
 }
 

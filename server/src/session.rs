@@ -28,7 +28,6 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -36,7 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, error, info};
 
-use crate::hub::{CloseReason, Outbox, TokenBucket};
+use crate::hub::{CloseReason, Outbox, OutboxReceiver, TokenBucket};
 use crate::pipeline::PostJob;
 use crate::relay::Shared;
 use crate::store::{NewPost, RelayStore, StoreError};
@@ -59,11 +58,15 @@ where
     let conn_id = shared.hub.next_conn_id();
     let limits = &shared.limits;
     let (sink, mut stream) = ws.split();
-    let (outbox, queue, close_rx) = Outbox::new(conn_id, limits.outgoing_queue_frames);
+    let (outbox, receiver) = Outbox::new(
+        conn_id,
+        limits.outgoing_queue_frames,
+        limits.outgoing_queue_bytes,
+    );
+    let close_rx = receiver.close.clone();
     let writer = tokio::spawn(write_loop(
         sink,
-        queue,
-        close_rx.clone(),
+        receiver,
         limits.ping_interval(),
         limits.close_grace(),
     ));
@@ -86,11 +89,18 @@ where
         preauth: TokenBucket::new(PREAUTH_RATE, PREAUTH_BURST, Instant::now()),
         backlog: None,
         start_backlog: false,
+        close_after_answer: None,
     };
     let mut closing = close_rx;
     let mut shutdown = shared.shutdown.clone();
     let idle = limits.idle_timeout();
+    // An unauthenticated connection gets the handshake timeout to authenticate.
+    let auth_deadline = tokio::time::Instant::now() + limits.handshake_timeout();
     loop {
+        let deadline = match session.device {
+            Some(_) => tokio::time::Instant::now() + idle,
+            None => auth_deadline,
+        };
         let next = tokio::select! {
             biased;
             _ = closing.changed() => break,
@@ -98,9 +108,14 @@ where
                 outbox.close(CloseReason::Code(ErrorCode::Unavailable));
                 break;
             }
-            next = tokio::time::timeout(idle, stream.next()) => next,
+            next = tokio::time::timeout_at(deadline, stream.next()) => next,
         };
         let message = match next {
+            Err(_) if session.device.is_none() => {
+                debug!(conn = conn_id, "no authentication in time");
+                outbox.close(CloseReason::Code(ErrorCode::Unauthenticated));
+                break;
+            }
             Err(_) => {
                 debug!(conn = conn_id, "idle timeout");
                 outbox.close(CloseReason::Code(ErrorCode::IdleTimeout));
@@ -175,6 +190,8 @@ struct Session {
     backlog: Option<JoinHandle<()>>,
     /// Set on authentication: start the backlog once the reply is queued.
     start_backlog: bool,
+    /// Close the connection with this code once the current reply is queued.
+    close_after_answer: Option<ErrorCode>,
 }
 
 impl Session {
@@ -529,6 +546,9 @@ impl Session {
             }
             None => self.outbox.close(CloseReason::Code(ErrorCode::Internal)),
         }
+        if let Some(code) = self.close_after_answer.take() {
+            self.outbox.close(CloseReason::Code(code));
+        }
         if let (true, Some(device)) = (std::mem::take(&mut self.start_backlog), self.device) {
             let shared = Arc::clone(&self.shared);
             let outbox = Arc::clone(&self.outbox);
@@ -614,13 +634,17 @@ fn removes(entry: &GroupEntry, device: DeviceId) -> bool {
 /// Drains the outgoing queue into the socket, coalescing writes; pings; closes.
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
-    mut queue: mpsc::Receiver<Bytes>,
-    mut close: watch::Receiver<Option<CloseReason>>,
+    receiver: OutboxReceiver,
     ping_interval: std::time::Duration,
     grace: std::time::Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let OutboxReceiver {
+        frames: mut queue,
+        bytes,
+        mut close,
+    } = receiver;
     let start = tokio::time::Instant::now() + ping_interval;
     let mut ping = tokio::time::interval_at(start, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -639,10 +663,14 @@ async fn write_loop<S>(
             frame = queue.recv() => {
                 let Some(frame) = frame else { break CloseReason::Quiet };
                 let io = async {
+                    bytes.add_permits(frame.len());
                     sink.feed(Message::Binary(frame)).await?;
                     for _ in 1..COALESCE_FRAMES {
                         match queue.try_recv() {
-                            Ok(frame) => sink.feed(Message::Binary(frame)).await?,
+                            Ok(frame) => {
+                                bytes.add_permits(frame.len());
+                                sink.feed(Message::Binary(frame)).await?;
+                            }
                             Err(_) => break,
                         }
                     }

@@ -345,6 +345,21 @@ impl SpawnedRelay {
         Ok(())
     }
 
+    /// Waits for the process to exit on its own (e.g. after SIGTERM), up to 30 s; kills it
+    /// and fails if it does not.
+    pub fn wait_exit(mut self) -> Result<std::process::ExitStatus, ClientError> {
+        let deadline = std::time::Instant::now() + DEFAULT_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(ClientError::Timeout("the relay process to exit"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

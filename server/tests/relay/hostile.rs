@@ -227,3 +227,18 @@ async fn a_raw_websocket_can_send_requests_before_auth_and_is_told_so() {
     assert_eq!(id, RequestId(5));
     assert_eq!(result.unwrap_err().code, ErrorCode::Unauthenticated);
 }
+
+#[tokio::test]
+async fn a_connection_that_never_authenticates_is_closed() {
+    let limits = cove_server::Limits {
+        handshake_timeout_ms: 1500,
+        ..cove_test_utils::test_limits()
+    };
+    let relay = TestRelay::start(cove_server::StoreKind::Memory, limits).await;
+    let mut idle = relay.connect().await.unwrap();
+    let (_, closing) = idle.read_until_closed().await;
+    assert_eq!(closing, Some(ErrorCode::Unauthenticated));
+    // An authenticated connection is not subject to it.
+    let (mut alice, _) = relay.register("alice").await.unwrap();
+    assert_eq!(alice.call(Request::Ping).await.unwrap(), Reply::Pong);
+}
