@@ -67,6 +67,11 @@ pub struct Device {
     events: mpsc::UnboundedReceiver<SessionEvent>,
     /// Messages collected for [`Device::next_message`] but not returned yet.
     unprinted: std::collections::VecDeque<MessageView>,
+    /// Highest log position queued per group (in memory; the persistent mark is set by
+    /// [`Device::mark_shown`] once the caller has shown a message).
+    queued: std::collections::HashMap<GroupId, u64>,
+    /// The message [`Device::next_message`] returned last, marked shown on the next call.
+    returned: Option<MessageView>,
     device: Option<DeviceId>,
     timeout: Duration,
 }
@@ -139,6 +144,8 @@ impl Device {
             session,
             events,
             unprinted: Default::default(),
+            queued: Default::default(),
+            returned: None,
             device,
             timeout: DEFAULT_TIMEOUT,
         })
@@ -323,37 +330,44 @@ impl Device {
     }
 
     /// Receives everything pending and returns the messages not shown before (other
-    /// devices' messages, in log order per group), marking them shown.
+    /// devices' messages, in log order per group). Call [`Device::mark_shown`] for them once
+    /// they are shown, so a crash in between shows them again rather than never.
     pub async fn sync(&mut self) -> Result<Vec<MessageView>, DeviceError> {
         self.settle().await?;
-        self.collect_unprinted(None).await?;
+        self.collect_unprinted().await?;
         Ok(self.unprinted.drain(..).collect())
     }
 
     /// The next message not shown before, waiting for one to arrive. Messages received by
-    /// earlier commands (e.g. during `send`) come first.
+    /// earlier commands (e.g. during `send`) come first. The previous one returned is
+    /// marked shown when this is called again (or at [`Device::close`]).
     pub async fn next_message(&mut self) -> Result<MessageView, DeviceError> {
-        if self.unprinted.is_empty() && self.device.is_none() {
-            self.refresh_device_id().await;
+        if let Some(m) = self.returned.take() {
+            self.mark_shown(&m).await?;
         }
-        if self.unprinted.is_empty() {
+        if self.queued.is_empty() {
+            self.refresh_device_id().await;
             // Anything stored but not shown yet (first call).
-            self.collect_unprinted(None).await?;
+            self.collect_unprinted().await?;
         }
         loop {
             if let Some(m) = self.unprinted.pop_front() {
+                self.returned = Some(m.clone());
                 return Ok(m);
             }
             match self.events.recv().await {
                 None => return Err(SessionError::Stopped(None).into()),
                 Some(SessionEvent::Core(Event::Message(m))) => {
-                    self.collect_unprinted(Some(m.group)).await?;
+                    let queued = self.queued.entry(m.group).or_insert(0);
+                    if m.seq.0 > *queued {
+                        *queued = m.seq.0;
+                        if Some(m.from_device) != self.device {
+                            self.unprinted.push_back(message_view(&m));
+                        }
+                    }
                 }
                 Some(SessionEvent::Core(Event::Authenticated { device, .. })) => {
                     self.device = Some(device);
-                }
-                Some(SessionEvent::Core(Event::Joined { group, .. })) => {
-                    self.collect_unprinted(Some(group)).await?;
                 }
                 Some(_) => {
                     if let LinkState::Stopped(reason) = self.session.link() {
@@ -362,6 +376,26 @@ impl Device {
                 }
             }
         }
+    }
+
+    /// Records that `message` (and everything before it in its group) was shown.
+    pub async fn mark_shown(&self, message: &MessageView) -> Result<(), DeviceError> {
+        let key = format!("{PRINTED_KEY}{}", message.group_id);
+        let seq = message.seq;
+        self.session
+            .call(move |c| -> Result<(), StoreError> {
+                let shown: u64 = c
+                    .store()
+                    .config(&key)?
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if seq > shown {
+                    c.store().set_config(&key, &seq.to_string())?;
+                }
+                Ok(())
+            })
+            .await??;
+        Ok(())
     }
 
     /// The next event from the session (core events and connection changes), unfiltered.
@@ -408,7 +442,10 @@ impl Device {
 
     /// Waits (up to the timeout) until the core has processed every delivery the relay
     /// pushed so far, then closes the connection and the database.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
+        if let Some(m) = self.returned.take() {
+            let _ = self.mark_shown(&m).await;
+        }
         if matches!(self.session.link(), LinkState::CaughtUp) {
             let _ = self.session.settled(Duration::from_secs(5)).await;
         }
@@ -427,42 +464,46 @@ impl Device {
         }
     }
 
-    /// Queues the not-yet-shown messages of `group` (or of every group) and marks them shown.
-    async fn collect_unprinted(&mut self, group: Option<GroupId>) -> Result<(), DeviceError> {
+    /// Queues every stored message not shown yet (by the persistent marks).
+    async fn collect_unprinted(&mut self) -> Result<(), DeviceError> {
         let me = self.device;
         let found = self
             .session
-            .call(move |c| -> Result<Vec<ChatMessage>, DeviceError> {
-                let groups: Vec<GroupId> = match group {
-                    Some(g) => vec![g],
-                    None => c.groups().into_iter().map(|g| g.id).collect(),
-                };
-                let mut out = Vec::new();
-                for g in groups {
-                    let key = format!("{PRINTED_KEY}{}", g.to_hex());
-                    let printed: u64 = c
-                        .store()
-                        .config(&key)?
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    let messages = c.history(&g.to_hex())?;
-                    let mut last = printed;
-                    for m in messages {
-                        if m.seq.0 > printed {
-                            last = last.max(m.seq.0);
-                            if Some(m.from_device) != me {
-                                out.push(m);
+            .call(
+                move |c| -> Result<Vec<(GroupId, u64, Vec<ChatMessage>)>, DeviceError> {
+                    let mut out = Vec::new();
+                    for g in c.groups() {
+                        let key = format!("{PRINTED_KEY}{}", g.id.to_hex());
+                        let shown: u64 = c
+                            .store()
+                            .config(&key)?
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        let mut last = shown;
+                        let mut new = Vec::new();
+                        for m in c.history(&g.id.to_hex())? {
+                            if m.seq.0 > shown {
+                                last = last.max(m.seq.0);
+                                if Some(m.from_device) != me {
+                                    new.push(m);
+                                }
                             }
                         }
+                        out.push((g.id, last, new));
                     }
-                    if last != printed {
-                        c.store().set_config(&key, &last.to_string())?;
-                    }
-                }
-                Ok(out)
-            })
+                    Ok(out)
+                },
+            )
             .await??;
-        self.unprinted.extend(found.iter().map(message_view));
+        for (group, last, new) in found {
+            let queued = self.queued.entry(group).or_insert(0);
+            for m in new {
+                if m.seq.0 > *queued {
+                    self.unprinted.push_back(message_view(&m));
+                }
+            }
+            *queued = (*queued).max(last);
+        }
         Ok(())
     }
 }

@@ -72,11 +72,18 @@ pub async fn run_send(home: Home, args: SendArgs) -> anyhow::Result<()> {
 pub async fn run_sync(home: Home, args: SyncArgs) -> anyhow::Result<()> {
     let mut device = Device::open(&home).await?;
     let result = device.sync().await;
-    device.close().await;
-    let messages = result?;
+    let messages = match result {
+        Ok(m) => m,
+        Err(e) => {
+            device.close().await;
+            return Err(e.into());
+        }
+    };
     for m in &messages {
         print_message(m, args.json)?;
+        device.mark_shown(m).await?;
     }
+    device.close().await;
     if !args.json && messages.is_empty() {
         eprintln!("nothing new");
     }

@@ -1,0 +1,215 @@
+//! Shared fixtures: a relay, user homes, and helpers that read a device's events.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cove::config::Home;
+use cove::{ChatMessage, Device, Event, GroupId, SessionEvent, UserName};
+use cove_test_utils::TestRelay;
+
+/// Longest wait for anything in these tests (a failure, not a timing assertion).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A relay and a directory for user homes.
+pub struct Net {
+    /// Kept alive for the test's duration.
+    _relay: TestRelay,
+    pub server: String,
+    pub ca: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Net {
+    /// An in-process relay with the SQLite store.
+    pub async fn sqlite() -> Net {
+        let relay = TestRelay::sqlite().await;
+        let server = format!("wss://{}", relay.addr());
+        let ca = relay.handle().cert_path().to_owned();
+        Net {
+            _relay: relay,
+            server,
+            ca,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The home of `name`.
+    pub fn home(&self, name: &str) -> Home {
+        Home::new(self.dir.path().join(name))
+    }
+
+    /// Registers user `name` with a fresh home of the same name.
+    pub async fn user(&self, name: &str) -> Device {
+        register(&self.home(name), &self.server, name, &self.ca).await
+    }
+}
+
+/// Registers `user` in `home` against `server`.
+pub async fn register(home: &Home, server: &str, user: &str, ca: &Path) -> Device {
+    Device::init(home, server, UserName::new(user).unwrap(), Some(ca))
+        .await
+        .unwrap_or_else(|e| panic!("registering {user}: {e}"))
+}
+
+pub fn names(users: &[&str]) -> Vec<UserName> {
+    users.iter().map(|u| UserName::new(*u).unwrap()).collect()
+}
+
+/// Reads `device`'s events until `done` is true for one; returns every message seen on
+/// the way (including the matching event's, if a message).
+pub async fn until(
+    device: &mut Device,
+    what: &str,
+    mut done: impl FnMut(&Event) -> bool,
+) -> Vec<ChatMessage> {
+    let mut messages = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, device.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not see {what} in time", device.user()))
+            .unwrap_or_else(|| panic!("{}'s session stopped before {what}", device.user()));
+        if let SessionEvent::Core(event) = event {
+            if let Event::Message(m) = &event {
+                messages.push(m.clone());
+            }
+            if done(&event) {
+                return messages;
+            }
+        }
+    }
+}
+
+/// Waits for the Welcome into some group.
+pub async fn joined(device: &mut Device) {
+    until(device, "a Welcome", |e| matches!(e, Event::Joined { .. })).await;
+}
+
+/// Reads message events until `n` have arrived.
+pub async fn messages(device: &mut Device, n: usize) -> Vec<ChatMessage> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let want = n - out.len();
+        let mut got = 0;
+        out.extend(
+            until(device, &format!("{want} more messages"), |e| {
+                if matches!(e, Event::Message(_)) {
+                    got += 1;
+                }
+                got == want
+            })
+            .await,
+        );
+    }
+    out
+}
+
+/// Settles `device` and returns any messages that still arrive within a short quiet period
+/// (used to show that nothing more, e.g. no duplicate, arrives).
+pub async fn quiet(device: &mut Device) -> Vec<ChatMessage> {
+    device.settle().await.unwrap();
+    let mut late = Vec::new();
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(500), device.next_event()).await
+    {
+        if let SessionEvent::Core(Event::Message(m)) = event {
+            late.push(m);
+        }
+    }
+    late
+}
+
+/// The id of the group named `name` on `device`.
+pub async fn group_id(device: &Device, name: &str) -> GroupId {
+    let groups = device.groups().await.unwrap();
+    let g = groups
+        .iter()
+        .find(|g| g.name == name)
+        .expect("group exists");
+    GroupId::from_hex(&g.id).unwrap()
+}
+
+/// Asserts that message ids are unique.
+pub fn assert_unique(who: &str, messages: &[ChatMessage]) {
+    let ids: BTreeSet<_> = messages.iter().map(|m| m.id).collect();
+    assert_eq!(
+        ids.len(),
+        messages.len(),
+        "{who} saw a message more than once"
+    );
+}
+
+pub fn texts(messages: &[ChatMessage]) -> Vec<String> {
+    messages.iter().map(|m| m.text.clone()).collect()
+}
+
+/// Path of a binary of this workspace (`cove-server`, `cove`), built if missing.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/cove_e2e-HASH -> target/<profile>/<bin>
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
+    let path = dir.join(bin);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", package, "--bin", bin])
+            .status()
+            .expect("running cargo build");
+        assert!(
+            status.success(),
+            "cargo build -p {package} --bin {bin} failed"
+        );
+    }
+    assert!(path.exists(), "{} not found", path.display());
+    path
+}
+
+/// The real `cove-server` binary as a child process on a given address.
+pub struct RelayProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl RelayProcess {
+    /// Starts `cove-server --listen LISTEN --data DATA` and waits for `listening on ADDR`.
+    pub fn spawn(data: &Path, listen: &str) -> RelayProcess {
+        use std::io::{BufRead, BufReader};
+        let binary = workspace_binary("cove-server", "cove-server");
+        let mut child = Command::new(binary)
+            .args(["--listen", listen, "--data"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning cove-server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("cove-server exited before listening")
+                .unwrap();
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.trim().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        RelayProcess { child, addr }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
