@@ -3,12 +3,12 @@
 //!
 //! What it owns:
 //! - the network shell: TCP → rustls → hyper (HTTP/1.1) → WebSocket at `/v1/ws`
-//!   ([`http`] routing, one task per connection, a connection cap, handshake deadlines);
-//! - sessions ([`session`]): challenge-response authentication with Ed25519 device keys,
+//!   (`http.rs` routing, one task per connection, a connection cap, handshake deadlines);
+//! - sessions (`session.rs`): challenge-response authentication with Ed25519 device keys,
 //!   requests and replies, backlog and live delivery, rate limits;
-//! - the hot path ([`pipeline`]): one writer thread appends queued posts in batches (one
+//! - the hot path (`pipeline.rs`): one writer thread appends queued posts in batches (one
 //!   sync per batch) and fans each entry out, encoded once, to every online member's bounded
-//!   queue ([`hub`]);
+//!   queue (`hub.rs`);
 //! - durable state behind [`store::RelayStore`] (SQLite or memory) and blobs ([`blob`]).
 //!
 //! Start a relay in-process:

@@ -663,17 +663,19 @@ async fn write_loop<S>(
             frame = queue.recv() => {
                 let Some(frame) = frame else { break CloseReason::Quiet };
                 let io = async {
-                    bytes.add_permits(frame.len());
+                    // Give the byte budget back once per batch (one semaphore release).
+                    let mut taken = frame.len();
                     sink.feed(Message::Binary(frame)).await?;
                     for _ in 1..COALESCE_FRAMES {
                         match queue.try_recv() {
                             Ok(frame) => {
-                                bytes.add_permits(frame.len());
+                                taken += frame.len();
                                 sink.feed(Message::Binary(frame)).await?;
                             }
                             Err(_) => break,
                         }
                     }
+                    bytes.add_permits(taken);
                     sink.flush().await
                 };
                 tokio::select! {
