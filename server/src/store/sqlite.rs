@@ -668,11 +668,11 @@ impl RelayStore for SqliteStore {
     }
 
     fn ack(&self, device: DeviceId, stream: Stream, seq: Seq) -> Result<(), StoreError> {
-        {
-            let conn = self.reader()?;
-            let tx = conn.unchecked_transaction()?;
-            let id = existing_device(&tx, device)?;
-            if stream == Stream::Inbox {
+        match stream {
+            Stream::Inbox => {
+                let conn = self.reader()?;
+                let tx = conn.unchecked_transaction()?;
+                let id = existing_device(&tx, device)?;
                 let end: i64 = tx
                     .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE device = ?1")?
                     .query_row(params![id], |r| r.get(0))?;
@@ -680,14 +680,23 @@ impl RelayStore for SqliteStore {
                     return Err(StoreError::Invalid("ack past the end of the inbox"));
                 }
             }
-        }
-        if let Stream::Group(g) = stream {
-            let (member, end) = self.with_group(g, |s| (s.is_member(device), s.last_seq))?;
-            if !member {
-                return Err(StoreError::NotMember);
-            }
-            if seq > end {
-                return Err(StoreError::Invalid("ack past the end of the group log"));
+            Stream::Group(g) => {
+                // The hot path: a member (so an existing device) acks from the cache alone.
+                let (member, end) = match self.with_group(g, |s| (s.is_member(device), s.last_seq))
+                {
+                    Err(StoreError::UnknownGroup) => {
+                        existing_device(&*self.reader()?, device)?;
+                        return Err(StoreError::UnknownGroup);
+                    }
+                    other => other?,
+                };
+                if !member {
+                    existing_device(&*self.reader()?, device)?;
+                    return Err(StoreError::NotMember);
+                }
+                if seq > end {
+                    return Err(StoreError::Invalid("ack past the end of the group log"));
+                }
             }
         }
         let flush_now = {
