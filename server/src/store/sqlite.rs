@@ -164,7 +164,10 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX members_by_device ON members(device, group_id);
     -- kind: 0 application, 1 proposal, 2 commit (added/removed: 8-byte big-endian ids).
+    -- Rows carry payloads up to 1 MiB: a rowid table (appends go to its last leaf) with a
+    -- small unique index for reads by (group, seq), rather than a WITHOUT ROWID table.
     CREATE TABLE group_log (
+        id INTEGER PRIMARY KEY,
         group_id BLOB NOT NULL,
         seq INTEGER NOT NULL,
         epoch INTEGER NOT NULL,
@@ -174,8 +177,8 @@ const MIGRATIONS: &[&str] = &[
         removed BLOB,
         received_at_ms INTEGER NOT NULL,
         payload BLOB NOT NULL,
-        PRIMARY KEY (group_id, seq)
-    ) WITHOUT ROWID;
+        UNIQUE (group_id, seq)
+    );
     -- A Welcome is stored once however many devices it adds.
     CREATE TABLE inbox_payloads (
         id INTEGER PRIMARY KEY,
