@@ -29,6 +29,8 @@ use webrtc_util::vnet::net::Net;
 
 /// Longest credential lifetime handed out (24 h, as Signal's TURN provider allows).
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Suggested credential lifetime (clients cache credentials for at most this long).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Longest user name embedded in a TURN username.
 pub const MAX_USER_LEN: usize = 128;
 
@@ -157,7 +159,8 @@ impl TurnServerHandle {
         self.local_addr
     }
 
-    /// The `turn:` URL clients use.
+    /// The `turn:` URL clients use (with the listening address; behind NAT or when bound to
+    /// `0.0.0.0`, build the URL from the public address instead).
     pub fn url(&self) -> String {
         format!("turn:{}?transport=udp", self.local_addr)
     }
@@ -173,7 +176,7 @@ impl TurnServerHandle {
 
 /// Starts a TURN server on `udp_addr` (port 0 picks one). Relayed addresses are allocated on
 /// the same IP as `udp_addr` (so an unspecified address is refused: give the public or
-/// loopback IP).
+/// loopback IP, or use [`start_turn_server_with_relay_ip`]).
 pub async fn start_turn_server(
     udp_addr: SocketAddr,
     realm: &str,
@@ -184,6 +187,22 @@ pub async fn start_turn_server(
             "bind a concrete IP (it is also the relay IP)",
         ));
     }
+    start_turn_server_with_relay_ip(udp_addr, udp_addr.ip(), realm, shared_secret).await
+}
+
+/// Starts a TURN server listening on `udp_addr` (which may be `0.0.0.0:3478`) that allocates
+/// relayed addresses on `relay_ip` (the address clients can reach, e.g. the public IP).
+pub async fn start_turn_server_with_relay_ip(
+    udp_addr: SocketAddr,
+    relay_ip: IpAddr,
+    realm: &str,
+    shared_secret: &[u8],
+) -> Result<TurnServerHandle, TurnError> {
+    if relay_ip.is_unspecified() {
+        return Err(TurnError::BadParameters(
+            "the relay IP must be a concrete address",
+        ));
+    }
     if shared_secret.len() < 16 {
         return Err(TurnError::BadParameters(
             "shared secret must be at least 16 bytes",
@@ -191,13 +210,14 @@ pub async fn start_turn_server(
     }
     let conn = Arc::new(UdpSocket::bind(udp_addr).await?);
     let local_addr = conn.local_addr()?;
-    let relay_ip: IpAddr = local_addr.ip();
+    // Relayed sockets bind on the listening IP and are announced as `relay_ip`.
+    let bind_ip = udp_addr.ip();
     let server = Server::new(ServerConfig {
         conn_configs: vec![ConnConfig {
             conn,
             relay_addr_generator: Box::new(RelayAddressGeneratorStatic {
                 relay_address: relay_ip,
-                address: relay_ip.to_string(),
+                address: bind_ip.to_string(),
                 net: Arc::new(Net::new(None)),
             }),
         }],
