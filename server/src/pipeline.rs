@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use cove_wire::{
-    Delivery, EntryKind, ErrorCode, ErrorReply, Reply, RequestId, ServerFrame, Stream,
+    Delivery, DeviceId, EntryKind, ErrorCode, ErrorReply, Reply, RequestId, Seq, ServerFrame,
+    Stream,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, error, warn};
@@ -170,6 +171,54 @@ fn writer_thread(
         error!(error = %e, "flushing the store failed");
     }
     debug!("post writer stopped");
+}
+
+/// An acknowledgement waiting for the ack thread.
+pub(crate) struct AckJob {
+    /// The acking device.
+    pub device: DeviceId,
+    /// Which log.
+    pub stream: Stream,
+    /// Up to which entry.
+    pub seq: Seq,
+    /// The request to answer.
+    pub request: RequestId,
+    /// Where to answer.
+    pub reply_to: Arc<Outbox>,
+}
+
+/// Acks are frequent (every device acks what it receives), tiny and cheap for the store
+/// (backends may buffer them). One thread applies them in order, without a blocking-pool
+/// hand-off per ack; connections wait when it is behind.
+pub(crate) struct AckLane {
+    jobs: mpsc::Sender<AckJob>,
+}
+
+impl AckLane {
+    /// Starts the ack thread.
+    pub fn start(store: Arc<dyn RelayStore>) -> std::io::Result<(AckLane, JoinHandle<()>)> {
+        let (jobs, mut rx) = mpsc::channel::<AckJob>(4096);
+        let thread = std::thread::Builder::new()
+            .name("cove-acks".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    let result = store
+                        .ack(job.device, job.stream, job.seq)
+                        .map(|()| Reply::Acked)
+                        .map_err(|e| store_error_reply(&e));
+                    reply(&job.reply_to, job.request, result);
+                }
+                if let Err(e) = store.flush() {
+                    error!(error = %e, "flushing the store failed");
+                }
+            })?;
+        Ok((AckLane { jobs }, thread))
+    }
+
+    /// Queues an ack (waits while the thread is behind). False if it has stopped.
+    pub async fn submit(&self, job: AckJob) -> bool {
+        self.jobs.send(job).await.is_ok()
+    }
 }
 
 fn reply(to: &Outbox, id: RequestId, result: Result<Reply, ErrorReply>) {

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::blob::{BlobError, BlobService};
 use crate::config::{ConfigError, Limits, RelayConfig, StoreKind};
 use crate::hub::{Hub, Rates};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{AckLane, Pipeline};
 use crate::store::{MemoryStore, RelayStore, SqliteStore, StoreError};
 use crate::tls::{self, TlsError};
 
@@ -68,6 +68,7 @@ pub(crate) struct Shared {
     pub store: Arc<dyn RelayStore>,
     pub hub: Arc<Hub>,
     pub pipeline: Pipeline,
+    pub acks: AckLane,
     pub limits: Limits,
     pub blob: BlobService,
     pub tls: Arc<rustls::ServerConfig>,
@@ -125,6 +126,7 @@ impl Relay {
             limits.post_batch_max,
         )
         .map_err(StartError::Thread)?;
+        let (acks, ack_thread) = AckLane::start(Arc::clone(&store)).map_err(StartError::Thread)?;
         let message_bytes = limits.message_bytes();
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(message_bytes))
@@ -137,6 +139,7 @@ impl Relay {
             store,
             hub: Arc::clone(&hub),
             pipeline,
+            acks,
             limits,
             blob,
             tls: identity.server_config,
@@ -160,7 +163,7 @@ impl Relay {
             hub,
             shutdown: shutdown_tx,
             accept: Some(accept),
-            writer: Some(writer),
+            threads: vec![writer, ack_thread],
         })
     }
 }
@@ -177,7 +180,7 @@ pub struct RelayHandle {
     hub: Arc<Hub>,
     shutdown: watch::Sender<bool>,
     accept: Option<JoinHandle<()>>,
-    writer: Option<ThreadHandle<()>>,
+    threads: Vec<ThreadHandle<()>>,
 }
 
 impl RelayHandle {
@@ -223,12 +226,13 @@ impl RelayHandle {
         {
             warn!(error = %e, "accept loop failed");
         }
-        if let Some(writer) = self.writer.take() {
-            // The last `Shared` is gone once every connection task ended, which ends the
-            // writer's channel; joining it waits for the last batch to be durable.
-            match tokio::task::spawn_blocking(move || writer.join()).await {
+        // The last `Shared` is gone once every connection task ended, which ends the post
+        // writer's and the ack thread's channels; joining them waits for the last batch to
+        // be durable and the store to be flushed.
+        for thread in std::mem::take(&mut self.threads) {
+            match tokio::task::spawn_blocking(move || thread.join()).await {
                 Ok(Ok(())) => {}
-                _ => warn!("post writer ended abnormally"),
+                _ => warn!("a relay thread ended abnormally"),
             }
         }
         info!("relay stopped");

@@ -36,7 +36,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, error, info};
 
 use crate::hub::{CloseReason, Outbox, OutboxReceiver, TokenBucket};
-use crate::pipeline::PostJob;
+use crate::pipeline::{AckJob, PostJob};
 use crate::relay::Shared;
 use crate::store::{NewPost, RelayStore, StoreError};
 
@@ -282,6 +282,23 @@ impl Session {
                     }
                 }
             }
+            (Request::Ack { stream, seq }, Some(device)) => {
+                let reply_to = Arc::clone(&self.outbox);
+                let job = AckJob {
+                    device,
+                    stream,
+                    seq,
+                    request: id,
+                    reply_to,
+                };
+                if self.shared.acks.submit(job).await {
+                    return;
+                }
+                Err(ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    "relay is shutting down",
+                ))
+            }
             (body, Some(device)) => self.authenticated_request(device, body).await,
         };
         self.answer(id, result);
@@ -401,11 +418,9 @@ impl Session {
                     entries: BoundedVec(fit_in_frame(entries)),
                 })
             }
-            Request::Ack { stream, seq } => {
-                blocking(shared, move |s| s.ack(device, stream, seq))
-                    .await
-                    .map_err(|e| store_error_reply(&e))?;
-                Ok(Reply::Acked)
+            Request::Ack { .. } => {
+                error!("request routed to the wrong handler");
+                Err(ErrorReply::new(ErrorCode::Internal, "internal error"))
             }
             Request::ListGroups => {
                 let mut groups = blocking(shared, move |s| s.groups_of(device))
