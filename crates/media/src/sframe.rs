@@ -51,6 +51,12 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 /// Width of the per-KID anti-replay window, in frames.
 pub const REPLAY_WINDOW: u64 = 128;
 
+/// The MLS exporter label for the per-epoch base key (RFC 9605 §5.2):
+/// `base_key = MLS-Exporter(EXPORTER_LABEL, call_id, EXPORTER_LENGTH)`.
+pub const EXPORTER_LABEL: &str = "SFrame 1.0 Base Key";
+/// Length of the exported base key.
+pub const EXPORTER_LENGTH: usize = 32;
+
 const KEY_LABEL: &[u8] = b"SFrame 1.0 Secret key ";
 const SALT_LABEL: &[u8] = b"SFrame 1.0 Secret salt ";
 
