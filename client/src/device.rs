@@ -426,6 +426,56 @@ impl Device {
         Ok(messages.iter().map(message_view).collect())
     }
 
+    /// Sends an uploaded file's pointer to a group (see [`crate::transfer`]).
+    pub async fn send_attachment(
+        &self,
+        group: &str,
+        pointer: cove_core::attachment::AttachmentPointer,
+    ) -> Result<(), DeviceError> {
+        let group = group.to_owned();
+        self.session
+            .op(self.timeout, move |c| {
+                c.send_attachment(session::now_ms(), &group, pointer)
+            })
+            .await??;
+        Ok(())
+    }
+
+    /// The attachment of a stored message of `group`, by message id or blob id (hex).
+    pub async fn attachment(
+        &self,
+        group: &str,
+        id: &str,
+    ) -> Result<Option<cove_core::attachment::AttachmentPointer>, DeviceError> {
+        let (group, id) = (group.to_owned(), id.trim().to_ascii_lowercase());
+        let messages = self.session.call(move |c| c.history(&group)).await??;
+        Ok(messages.into_iter().find_map(|m| {
+            let blob = m.attachment.as_ref().map(|p| p.blob_id.to_hex());
+            (m.id.to_hex() == id || blob.as_deref() == Some(id.as_str()))
+                .then_some(m.attachment)
+                .flatten()
+        }))
+    }
+
+    /// The signer for blob-store uploads and the relay's TLS trust (see [`crate::transfer`]).
+    pub async fn blob_access(
+        &self,
+    ) -> Result<
+        (
+            cove_core::attachment::BlobRequestSigner,
+            Arc<rustls::ClientConfig>,
+        ),
+        DeviceError,
+    > {
+        let signer = self
+            .session
+            .call(|c| c.blob_request_signer())
+            .await?
+            .ok_or(DeviceError::NotRegistered)?;
+        let tls = Arc::new(transport::client_config(&self.home.trust(&self.config))?);
+        Ok((signer, tls))
+    }
+
     /// The safety number with `user`.
     pub async fn safety_number(&self, user: &UserName) -> Result<String, DeviceError> {
         let user = user.clone();
@@ -526,6 +576,7 @@ pub fn message_view(m: &ChatMessage) -> MessageView {
         id: m.id.to_hex(),
         sent_at: m.sent_at_ms,
         seq: m.seq.0,
+        attachment: m.attachment.as_ref().map(crate::transfer::AttachmentView::from),
     }
 }
 

@@ -21,6 +21,9 @@ pub struct MessageView {
     pub sent_at: u64,
     /// Position in the group's log on the relay (the same order on every member).
     pub seq: u64,
+    /// The attached file of an attachment message (`text` then describes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<crate::transfer::AttachmentView>,
 }
 
 impl MessageView {

@@ -2,6 +2,7 @@
 //! `Args` struct (clap derive, with an `after_help` example) and an `async fn run`, then one
 //! variant in [`Command`] and one arm in [`run`].
 
+mod files;
 mod group;
 mod init;
 mod messages;
@@ -62,6 +63,14 @@ pub enum Command {
     SafetyNumber(safety::SafetyNumberArgs),
     /// Run a relay and three users in-process and show them chatting.
     Demo(crate::demo::DemoArgs),
+    /// Encrypt a file, upload it and send it to a group.
+    SendFile(files::SendFileArgs),
+    /// Download, verify and decrypt a file sent to a group.
+    Download(files::DownloadArgs),
+    /// Encrypt and upload a file and print a share link (key in the link's fragment).
+    Share(files::ShareArgs),
+    /// Download and decrypt a share link.
+    Fetch(files::FetchArgs),
 }
 
 /// Runs one command.
@@ -77,6 +86,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History(args) => messages::run_history(resolve_home(home)?, args).await,
         Command::SafetyNumber(args) => safety::run(resolve_home(home)?, args).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::SendFile(args) => files::run_send_file(resolve_home(home)?, args).await,
+        Command::Download(args) => files::run_download(resolve_home(home)?, args).await,
+        Command::Share(args) => files::run_share(resolve_home(home)?, args).await,
+        Command::Fetch(args) => files::run_fetch(resolve_home(home).ok(), args).await,
     }
 }
 

@@ -76,6 +76,82 @@ pub enum TransferError {
     /// The file changed while it was being uploaded.
     #[error("{0} changed while it was being uploaded")]
     Changed(PathBuf),
+    /// The local device could not be used.
+    #[error(transparent)]
+    Device(#[from] crate::DeviceError),
+    /// No message with that id has an attachment.
+    #[error("no attachment with id {0} in this group (run `cove sync` to receive new messages)")]
+    NoSuchAttachment(String),
+}
+
+/// What `sync`/`listen`/`history --json` show of an attachment (never the key).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AttachmentView {
+    /// The blob id (hex): `cove download GROUP ID` accepts it, or the message id.
+    pub id: String,
+    /// File name.
+    pub name: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Media type.
+    #[serde(rename = "type")]
+    pub media_type: String,
+}
+
+impl From<&AttachmentPointer> for AttachmentView {
+    fn from(p: &AttachmentPointer) -> Self {
+        AttachmentView {
+            id: p.blob_id.to_hex(),
+            name: p.name.clone(),
+            size: p.size,
+            media_type: p.media_type.clone(),
+        }
+    }
+}
+
+/// Encrypts and uploads `path`, then posts its pointer to `group` (`cove send-file`).
+pub async fn send_file(
+    device: &crate::Device,
+    group: &str,
+    path: &Path,
+    progress: bool,
+) -> Result<AttachmentPointer, TransferError> {
+    let client = BlobClient::for_device(device)
+        .await?
+        .with_progress(progress);
+    let pointer = client.upload_file(path).await?;
+    device.send_attachment(group, pointer.clone()).await?;
+    Ok(pointer)
+}
+
+/// Downloads the attachment of message (or blob) `id` in `group` (`cove download`).
+pub async fn download(
+    device: &crate::Device,
+    group: &str,
+    id: &str,
+    out: &Path,
+    progress: bool,
+) -> Result<PathBuf, TransferError> {
+    let pointer = device
+        .attachment(group, id)
+        .await?
+        .ok_or_else(|| TransferError::NoSuchAttachment(id.to_owned()))?;
+    let client = BlobClient::for_device(device)
+        .await?
+        .with_progress(progress);
+    client.download(&pointer, out).await
+}
+
+/// Uploads `path` and returns its share link (`cove share`).
+pub async fn share(
+    device: &crate::Device,
+    path: &Path,
+    progress: bool,
+) -> Result<String, TransferError> {
+    let client = BlobClient::for_device(device)
+        .await?
+        .with_progress(progress);
+    Ok(client.share(path).await?.to_url())
 }
 
 /// A connection target on the relay plus the trust to use.
@@ -99,6 +175,14 @@ impl BlobClient {
             signer: None,
             progress: false,
         })
+    }
+
+    /// A client for `device`'s relay, signing uploads with its key.
+    pub async fn for_device(device: &crate::Device) -> Result<Self, TransferError> {
+        let (signer, tls) = device.blob_access().await?;
+        let id = signer.device();
+        let sign: SignFn = Arc::new(move |m: &[u8]| signer.sign(m));
+        Ok(BlobClient::new(device.server(), tls)?.with_signer(id, sign))
     }
 
     /// Signs uploads as `device` with `sign` (the device's Ed25519 key).

@@ -295,7 +295,7 @@ impl<S: Store> Client<S> {
         let mut out = Vec::new();
         for m in self.provider.store().messages(&id)? {
             if let Ok(env) = Envelope::decode(&m.content)
-                && let Content::Text { text } = env.content
+                && let Some((text, attachment)) = crate::attachment::displayed(env.content)
             {
                 out.push(ChatMessage {
                     group: id,
@@ -305,6 +305,7 @@ impl<S: Store> Client<S> {
                     id: MessageId(m.message_id),
                     sent_at_ms: m.sent_at_ms,
                     text,
+                    attachment,
                     seq: m.seq,
                 });
             }
@@ -510,6 +511,17 @@ impl<S: Store> Client<S> {
         let id = self.active_group(group)?;
         let op = self.send_content(now_ms, id, Content::LeaveRequest)?;
         Ok(op)
+    }
+
+    /// Sends an uploaded file's pointer, like a text message (see `cove send-file`).
+    pub fn send_attachment(
+        &mut self,
+        now_ms: u64,
+        group: &str,
+        pointer: crate::attachment::AttachmentPointer,
+    ) -> Result<OpId, CommandError> {
+        let id = self.active_group(group)?;
+        self.send_content(now_ms, id, Content::Attachment(pointer))
     }
 
     /// Sends a text message. It is encrypted and persisted in the outbox now and sent
@@ -1196,6 +1208,7 @@ impl<S: Store> Client<S> {
                         }
                     }
                     Content::LeaveRequest => out.leave_requests.push(sender_id.device),
+                    Content::Attachment(_) => {}
                 }
                 let stored = StoredMessage {
                     group,
@@ -1259,9 +1272,7 @@ impl<S: Store> Client<S> {
 
     fn to_chat_event(&self, m: &StoredMessage) -> Option<Event> {
         let env = Envelope::decode(&m.content).ok()?;
-        let Content::Text { text } = env.content else {
-            return None;
-        };
+        let (text, attachment) = crate::attachment::displayed(env.content)?;
         Some(Event::Message(ChatMessage {
             group: m.group,
             group_name: self
@@ -1274,6 +1285,7 @@ impl<S: Store> Client<S> {
             id: MessageId(m.message_id),
             sent_at_ms: m.sent_at_ms,
             text,
+            attachment,
             seq: m.seq,
         }))
     }

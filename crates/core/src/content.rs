@@ -42,6 +42,9 @@ pub enum Content {
     /// The sender's device asks to be removed from the group (it has left and deleted its
     /// group state). A remaining member commits the removal.
     LeaveRequest,
+    /// A file: where its ciphertext is on the relay and how to decrypt and verify it (see
+    /// `PROTOCOL.md`, "Attachments and share links").
+    Attachment(crate::attachment::AttachmentPointer),
 }
 
 /// Why an envelope could not be decoded.

@@ -119,6 +119,8 @@ pub struct ChatMessage {
     pub sent_at_ms: u64,
     /// The text.
     pub text: String,
+    /// The attached file, for an attachment message (`text` then describes it).
+    pub attachment: Option<crate::attachment::AttachmentPointer>,
     /// Position in the group log: every member sees the same order.
     pub seq: Seq,
 }

@@ -87,3 +87,64 @@ pub enum AttachmentError {
     #[error("file too large for the attachment format")]
     TooLarge,
 }
+
+/// How a message's content shows in the chat: the line of text and, for a file, its pointer.
+/// `None` for content that is not shown as a message (group renames, leave requests).
+pub fn displayed(content: crate::content::Content) -> Option<(String, Option<AttachmentPointer>)> {
+    use crate::content::Content;
+    match content {
+        Content::Text { text } => Some((text, None)),
+        Content::Attachment(p) => {
+            let line = format!(
+                "[file] {} ({}, {})",
+                p.name,
+                human_size(p.size),
+                p.media_type
+            );
+            Some((line, Some(p)))
+        }
+        _ => None,
+    }
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} bytes"),
+        _ => format!("{v:.1} {}", UNITS.get(unit).copied().unwrap_or("TiB")),
+    }
+}
+
+/// Signs blob-store HTTP requests with the device key (see `cove_wire::sign::
+/// blob_request_message`). Holds a copy of the device's signing key (zeroized on drop) and
+/// exposes nothing but this signature; it has no `Debug`.
+#[derive(Clone)]
+pub struct BlobRequestSigner {
+    device: cove_wire::DeviceId,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl BlobRequestSigner {
+    /// A signer for `device` with its key.
+    pub fn new(device: cove_wire::DeviceId, key: ed25519_dalek::SigningKey) -> Self {
+        BlobRequestSigner { device, key }
+    }
+
+    /// The signing device.
+    pub fn device(&self) -> cove_wire::DeviceId {
+        self.device
+    }
+
+    /// Signs `message` (the bytes of `blob_request_message`).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer as _;
+        self.key.sign(message).to_bytes()
+    }
+}
