@@ -337,6 +337,45 @@ impl<S: Store> Client<S> {
         Ok(safety_number(&self.identity.user, &mine, user, &theirs))
     }
 
+    /// On an existing device: authorises `new_key` as a further device of this user (the
+    /// new device shows its key; this device signs it). Returns what the new device needs:
+    /// give it to [`Client::set_device_authorization`] there.
+    pub fn authorize_device(&self, new_key: &DeviceKey) -> Option<(DeviceId, Signature)> {
+        let device = self.identity.device?;
+        let msg = cove_wire::sign::add_device_message(&self.identity.user, new_key);
+        Some((device, Signature(self.signing_key.sign(&msg).to_bytes())))
+    }
+
+    /// A signer for blob-store HTTP requests (attachment uploads), once registered.
+    pub fn blob_request_signer(&self) -> Option<crate::attachment::BlobRequestSigner> {
+        Some(crate::attachment::BlobRequestSigner::new(
+            self.identity.device?,
+            self.signing_key.clone(),
+        ))
+    }
+
+    /// On a new, not yet registered device of an existing user: stores the authorisation
+    /// from [`Client::authorize_device`] so that the next connection registers this device
+    /// with `RegisterDevice` instead of claiming the user name.
+    pub fn set_device_authorization(
+        &mut self,
+        authorizer: DeviceId,
+        authorization: Signature,
+    ) -> Result<(), StoreError> {
+        let store = self.provider.store();
+        store.set_config("\0authorizer", &authorizer.0.to_string())?;
+        store.set_config("\0authorization", &hex::encode(authorization.0))
+    }
+
+    fn pending_authorization(&self) -> Option<(DeviceId, Signature)> {
+        let store = self.provider.store();
+        let authorizer = store.config("\0authorizer").ok()??.parse().ok()?;
+        let sig = store.config("\0authorization").ok()??;
+        let mut bytes = [0u8; 64];
+        hex::decode_to_slice(sig, &mut bytes).ok()?;
+        Some((DeviceId(authorizer), Signature(bytes)))
+    }
+
     /// Accepts the keys `user` presents now (after a [`Event::KeyChanged`] and an
     /// out-of-band safety number check): re-pins them.
     pub fn accept_key_change(
@@ -360,6 +399,28 @@ impl<S: Store> Client<S> {
         self.groups
             .get(group)
             .map(|g| g.epoch_authenticator().as_slice().to_vec())
+    }
+
+    /// Exports a secret from the group's current epoch (RFC 9420 MLS-Exporter), e.g. for
+    /// SFrame call keys.
+    pub fn export_secret(
+        &self,
+        group: &GroupId,
+        label: &str,
+        context: &[u8],
+        length: usize,
+    ) -> Result<Vec<u8>, QueryError> {
+        let mls = self
+            .groups
+            .get(group)
+            .ok_or_else(|| QueryError::UnknownGroup(group.to_hex()))?;
+        mls.export_secret(self.provider.crypto(), label, context, length)
+            .map_err(|e| QueryError::Mls(e.to_string()))
+    }
+
+    /// This device's MLS leaf index in a group.
+    pub fn own_leaf_index(&self, group: &GroupId) -> Option<u32> {
+        self.groups.get(group).map(|g| g.own_leaf_index().u32())
     }
 
     /// The current MLS epoch of a group.
@@ -624,8 +685,19 @@ impl<S: Store> Client<S> {
             &self.identity.public_key,
         );
         let signature = Signature(self.signing_key.sign(&msg).to_bytes());
-        let (body, registered) = match self.identity.device {
-            None => (
+        let authorization = self.pending_authorization();
+        let (body, registered) = match (self.identity.device, authorization) {
+            (None, Some((authorizer, authorization))) => (
+                Request::RegisterDevice {
+                    user: self.identity.user.clone(),
+                    key: self.identity.public_key,
+                    signature,
+                    authorizer,
+                    authorization,
+                },
+                true,
+            ),
+            (None, None) => (
                 Request::Register {
                     user: self.identity.user.clone(),
                     key: self.identity.public_key,
@@ -633,7 +705,7 @@ impl<S: Store> Client<S> {
                 },
                 true,
             ),
-            Some(device) => (
+            (Some(device), _) => (
                 Request::Authenticate {
                     user: self.identity.user.clone(),
                     device,
@@ -785,7 +857,7 @@ impl<S: Store> Client<S> {
                 Ok(())
             }
             (Pending::PostApplication { local_id }, r) => self.on_app_posted(local_id, r),
-            (Pending::PostCommit { op }, r) => self.on_commit_posted(op, r),
+            (Pending::PostCommit { op }, r) => self.on_commit_posted(now_ms, op, r),
             (Pending::Fetch, Ok(Reply::Entries { entries })) => {
                 for e in entries {
                     self.on_group_entry(now_ms, e)?;
@@ -1088,6 +1160,9 @@ impl<S: Store> Client<S> {
                 if let Some(op) = outcome.completed_op {
                     self.finish(op, Ok(()));
                 }
+                if outcome.left {
+                    self.forget_group(group, Membership::Left)?;
+                }
                 if outcome.removed {
                     // Forget the group's keys: nothing later can be decrypted anyway, and a
                     // later re-add starts from a fresh Welcome.
@@ -1152,6 +1227,12 @@ impl<S: Store> Client<S> {
                             if let Some(op) = self.outbox_ops.remove(&item.local_id) {
                                 out.completed_op = Some(op);
                             }
+                            if matches!(
+                                Envelope::decode(&item.content).map(|e| e.content),
+                                Ok(Content::LeaveRequest)
+                            ) {
+                                out.left = true;
+                            }
                         }
                     }
                     return Ok(out);
@@ -1170,10 +1251,19 @@ impl<S: Store> Client<S> {
             // Another member's commit won this epoch: drop ours (the command retries).
             mls.clear_pending_commit(store).map_err(|e| e.to_string())?;
         }
-        let before: Vec<MemberId> = mls.members().filter_map(|m| member_id(&m).ok()).collect();
+        // Only commits change membership; keep messages O(1) in the group size.
+        let before: Vec<MemberId> = if is_commit {
+            mls.members().filter_map(|m| member_id(&m).ok()).collect()
+        } else {
+            Vec::new()
+        };
         let processed = mls
             .process_message(&self.provider, protocol)
             .map_err(|e| format!("{e}"))?;
+        let sender_leaf = match processed.sender() {
+            Sender::Member(idx) => idx.u32(),
+            _ => u32::MAX,
+        };
         let sender_id = match processed.sender() {
             Sender::Member(idx) => mls
                 .member_at(*idx)
@@ -1208,7 +1298,7 @@ impl<S: Store> Client<S> {
                         }
                     }
                     Content::LeaveRequest => out.leave_requests.push(sender_id.device),
-                    Content::Attachment(_) => {}
+                    _ => {} // attachments, calls, ...: handled by their modules (Event::Content)
                 }
                 let stored = StoredMessage {
                     group,
@@ -1220,7 +1310,22 @@ impl<S: Store> Client<S> {
                     content: bytes,
                 };
                 store.put_message(&stored).map_err(|e| e.to_string())?;
-                out.events.extend(self.to_chat_event(&stored));
+                // What the user sees (text, attachments) is a Message; anything else goes
+                // to the module that handles it as Content.
+                if let Some(ev) = self.to_chat_event(&stored) {
+                    out.events.push(ev);
+                } else {
+                    out.events.push(Event::Content(ReceivedContent {
+                        group,
+                        from: sender_id.user.clone(),
+                        from_device: sender_id.device,
+                        sender_leaf,
+                        id: MessageId(env.id),
+                        sent_at_ms: env.sent_at_ms,
+                        seq: entry.seq,
+                        content: env.content,
+                    }));
+                }
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 let removed_self = staged.self_removed();
@@ -1798,6 +1903,7 @@ impl<S: Store> Client<S> {
 
     fn on_commit_posted(
         &mut self,
+        now_ms: u64,
         op: OpId,
         result: Result<Reply, ErrorReply>,
     ) -> Result<(), HandleError> {
@@ -1828,7 +1934,7 @@ impl<S: Store> Client<S> {
                     }
                 }
                 self.finish(op, Ok(()));
-                self.after_epoch_change(0, group)
+                self.after_epoch_change(now_ms, group)
             }
             Err(e) if e.code == ErrorCode::StaleEpoch => {
                 // Lost the race. Keep our pending commit until we see the winner (it might
@@ -1888,7 +1994,7 @@ impl<S: Store> Client<S> {
         result: Result<Reply, ErrorReply>,
     ) -> Result<(), HandleError> {
         let store = self.provider.store();
-        let Some(item) = store.outbox()?.into_iter().find(|i| i.local_id == local_id) else {
+        let Some(item) = store.outbox_item(local_id)? else {
             // Already moved to history by its echo.
             return Ok(());
         };
@@ -2017,6 +2123,8 @@ impl<S: Store> Client<S> {
 #[derive(Default)]
 struct Outcome {
     merged: bool,
+    /// Our own leave request was accepted.
+    left: bool,
     removed: bool,
     events: Vec<Event>,
     completed_op: Option<OpId>,

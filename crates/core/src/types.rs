@@ -97,6 +97,10 @@ pub enum Event {
         /// How.
         result: Result<(), OpError>,
     },
+    /// Application content that is not shown as a [`Event::Message`] (group info, leave
+    /// requests, call signalling, ...), for the code that handles it. Emitted in log order,
+    /// once per message id, for messages of other members.
+    Content(ReceivedContent),
     /// Something was skipped or went wrong without stopping the client (a message that
     /// could not be decrypted or decoded, an unexpected reply, ...). Never contains plaintext.
     Warning(String),
@@ -123,6 +127,27 @@ pub struct ChatMessage {
     pub attachment: Option<crate::attachment::AttachmentPointer>,
     /// Position in the group log: every member sees the same order.
     pub seq: Seq,
+}
+
+/// Non-text application content received in a group (see [`Event::Content`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedContent {
+    /// The group.
+    pub group: GroupId,
+    /// Sender user.
+    pub from: UserName,
+    /// Sender device.
+    pub from_device: DeviceId,
+    /// The sender's MLS leaf index in the epoch the message was sent in.
+    pub sender_leaf: u32,
+    /// The sender's message id.
+    pub id: MessageId,
+    /// The sender's clock when sending.
+    pub sent_at_ms: u64,
+    /// Position in the group log.
+    pub seq: Seq,
+    /// The content.
+    pub content: crate::content::Content,
 }
 
 /// A group as listed by `Client::groups`.

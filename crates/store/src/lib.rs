@@ -240,6 +240,10 @@ pub trait Store: Kv + StorageProvider<CURRENT_VERSION, Error = StoreError> + Sen
     fn delete_outbox(&self, local_id: u64) -> Result<(), StoreError> {
         self.kv_delete(Namespace::Outbox, &local_id.to_be_bytes())
     }
+    /// One outbox item.
+    fn outbox_item(&self, local_id: u64) -> Result<Option<OutboxItem>, StoreError> {
+        get_record(self, Namespace::Outbox, &local_id.to_be_bytes())
+    }
     /// The outbox, oldest first.
     fn outbox(&self) -> Result<Vec<OutboxItem>, StoreError> {
         self.kv_scan(Namespace::Outbox, &[])?

@@ -529,3 +529,46 @@ fn key_packages_are_uploaded_and_topped_up() {
         "topped up"
     );
 }
+
+#[test]
+fn a_user_with_two_devices_receives_on_both() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    // bob's second device: created offline, authorised by the first, then connected.
+    let mut second = Client::init(MemoryStore::new(), user("bob"), seed(42)).unwrap();
+    let (authorizer, authorization) = net
+        .client(bob)
+        .authorize_device(&second.device_key())
+        .unwrap();
+    second
+        .set_device_authorization(authorizer, authorization)
+        .unwrap();
+    let bob2 = net.add(second);
+    net.run();
+    assert!(
+        net.client(bob2)
+            .device()
+            .is_some_and(|d| Some(d) != net.nodes[bob].client.as_ref().unwrap().device())
+    );
+    group_of(&mut net, alice, &["bob"]);
+    send(&mut net, alice, "to both");
+    net.run();
+    for slot in [bob, bob2] {
+        assert_eq!(
+            texts(&net.take_events(slot)),
+            vec!["to both".to_string()],
+            "slot {slot}"
+        );
+    }
+    let members = net.client(alice).groups()[0].members.clone();
+    assert_eq!(members, vec![user("alice"), user("bob")]);
+    // A forged authorisation is refused.
+    let mut forged = Client::init(MemoryStore::new(), user("bob"), seed(43)).unwrap();
+    forged
+        .set_device_authorization(authorizer, cove_wire::Signature([1; 64]))
+        .unwrap();
+    let f = net.add(forged);
+    net.run();
+    assert!(net.client(f).device().is_none());
+}

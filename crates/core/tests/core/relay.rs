@@ -1,6 +1,8 @@
 //! A tiny in-process relay with the semantics of `server/src/store` (one commit per epoch,
 //! ordered logs, cursors, KeyPackage claims, Welcomes into inboxes) and a network of
-//! clients driven step by step, without sockets.
+//! clients driven step by step, without sockets. Shared with `benches/mls.rs`.
+
+#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -173,6 +175,41 @@ impl Relay {
                 if u != user || !self.verify(slot, &user, &key, &signature) {
                     return Err(Self::err(ErrorCode::AuthenticationFailed));
                 }
+                if let Some(c) = self.conns.get_mut(&slot) {
+                    c.1 = Some(device);
+                }
+                self.backlog(device, slot, out);
+                Ok(Reply::Authenticated { device })
+            }
+            Request::RegisterDevice {
+                user,
+                key,
+                signature,
+                authorizer,
+                authorization,
+            } => {
+                if !self.verify(slot, &user, &key, &signature) {
+                    return Err(Self::err(ErrorCode::AuthenticationFailed));
+                }
+                let Some((u, akey)) = self.devices.get(&authorizer).cloned() else {
+                    return Err(Self::err(ErrorCode::UnknownDevice));
+                };
+                let msg = cove_wire::sign::add_device_message(&user, &key);
+                let ok = u == user
+                    && VerifyingKey::from_bytes(&akey.0).is_ok_and(|vk| {
+                        vk.verify(&msg, &Signature::from_bytes(&authorization.0))
+                            .is_ok()
+                    });
+                if !ok {
+                    return Err(Self::err(ErrorCode::AuthenticationFailed));
+                }
+                self.next_device += 1;
+                let device = DeviceId(self.next_device);
+                self.users
+                    .entry(user.clone())
+                    .or_default()
+                    .push(DeviceInfo { device, key });
+                self.devices.insert(device, (user, key));
                 if let Some(c) = self.conns.get_mut(&slot) {
                     c.1 = Some(device);
                 }
@@ -384,8 +421,27 @@ impl Relay {
                 groups: Vec::new().into(),
             }),
             Request::Ping => Ok(Reply::Pong),
-            Request::RegisterDevice { .. } => Err(Self::err(ErrorCode::InvalidRequest)),
         }
+    }
+
+    /// Registers a user with one device directly (benchmark setup for members that are not
+    /// full clients).
+    pub fn register_raw(&mut self, user: UserName, key: DeviceKey) -> DeviceId {
+        self.next_device += 1;
+        let device = DeviceId(self.next_device);
+        self.users
+            .insert(user.clone(), vec![DeviceInfo { device, key }]);
+        self.devices.insert(device, (user, key));
+        device
+    }
+
+    /// Stores a KeyPackage for a device directly.
+    pub fn upload_raw(&mut self, device: DeviceId, key_package: Payload) {
+        self.key_packages
+            .entry(device)
+            .or_default()
+            .0
+            .push_back(key_package);
     }
 
     /// Normal KeyPackages a device has on file.
