@@ -22,6 +22,8 @@ use crate::views::{GroupView, MessageView};
 
 /// How long a command waits for the relay by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a command waits for a connection before it reports the relay unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Store config key prefix for the last printed log position per group (see
 /// [`Device::next_message`]).
@@ -74,6 +76,7 @@ pub struct Device {
     returned: Option<MessageView>,
     device: Option<DeviceId>,
     timeout: Duration,
+    online: bool,
 }
 
 impl Device {
@@ -102,7 +105,20 @@ impl Device {
         let client = Client::init(store, user.clone(), seed())?;
         let config = home.initialise(server, user, ca)?;
         let mut device = Self::start(home, config, client, true)?;
-        device.settle().await?;
+        if let Err(e) = device.settle().await {
+            // Not registered: leave no half-initialised home behind.
+            device.close_now().await;
+            for file in [home.config_path(), home.ca_path(), home.database_path()] {
+                let _ = std::fs::remove_file(&file);
+                for suffix in ["-wal", "-shm", "-journal"] {
+                    let mut name = file.clone().into_os_string();
+                    name.push(suffix);
+                    let _ = std::fs::remove_file(name);
+                }
+            }
+            let _ = std::fs::remove_dir(home.dir()); // only if empty
+            return Err(e);
+        }
         Ok(device)
     }
 
@@ -148,6 +164,7 @@ impl Device {
             returned: None,
             device,
             timeout: DEFAULT_TIMEOUT,
+            online,
         })
     }
 
@@ -265,6 +282,7 @@ impl Device {
 
     /// Waits until connected, caught up and quiet (no request or command outstanding).
     pub async fn settle(&mut self) -> Result<(), DeviceError> {
+        self.reachable().await?;
         self.session.settled(self.timeout).await?;
         self.refresh_device_id().await;
         Ok(())
@@ -272,6 +290,7 @@ impl Device {
 
     /// Creates a group.
     pub async fn create_group(&self, name: &str) -> Result<GroupView, DeviceError> {
+        self.reachable().await?;
         let owned = name.to_owned();
         self.session
             .op(self.timeout, move |c| {
@@ -289,6 +308,7 @@ impl Device {
 
     /// Adds users (all their devices) to a group (name or hex id).
     pub async fn add_users(&self, group: &str, users: &[UserName]) -> Result<(), DeviceError> {
+        self.reachable().await?;
         let (group, users) = (group.to_owned(), users.to_vec());
         self.session
             .op(self.timeout, move |c| {
@@ -300,6 +320,7 @@ impl Device {
 
     /// Removes users (all their devices) from a group.
     pub async fn remove_users(&self, group: &str, users: &[UserName]) -> Result<(), DeviceError> {
+        self.reachable().await?;
         let (group, users) = (group.to_owned(), users.to_vec());
         self.session
             .op(self.timeout, move |c| {
@@ -311,6 +332,7 @@ impl Device {
 
     /// Leaves a group.
     pub async fn leave(&self, group: &str) -> Result<(), DeviceError> {
+        self.reachable().await?;
         let group = group.to_owned();
         self.session
             .op(self.timeout, move |c| c.leave(session::now_ms(), &group))
@@ -320,6 +342,7 @@ impl Device {
 
     /// Sends a text; returns once the relay has stored it.
     pub async fn send_text(&self, group: &str, text: &str) -> Result<(), DeviceError> {
+        self.reachable().await?;
         let (group, text) = (group.to_owned(), text.to_owned());
         self.session
             .op(self.timeout, move |c| {
@@ -508,6 +531,16 @@ impl Device {
         let _ = self.session.stop().await;
     }
 
+    /// Fails fast with the connection error if the relay cannot be reached at all.
+    async fn reachable(&self) -> Result<(), DeviceError> {
+        if self.online {
+            self.session
+                .connected(CONNECT_TIMEOUT.min(self.timeout))
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn refresh_device_id(&mut self) {
         if let Ok(d) = self.session.call(|c| c.device()).await {
             self.device = d;
@@ -576,7 +609,10 @@ pub fn message_view(m: &ChatMessage) -> MessageView {
         id: m.id.to_hex(),
         sent_at: m.sent_at_ms,
         seq: m.seq.0,
-        attachment: m.attachment.as_ref().map(crate::transfer::AttachmentView::from),
+        attachment: m
+            .attachment
+            .as_ref()
+            .map(crate::transfer::AttachmentView::from),
     }
 }
 

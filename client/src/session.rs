@@ -45,6 +45,8 @@ pub fn now_ms() -> u64 {
 
 /// What the session reports besides the core's events.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// Events move once through a channel; boxing the large one would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum SessionEvent {
     /// An event from the core.
     Core(Event),
