@@ -119,6 +119,8 @@ struct Change {
     key_packages: Vec<(UserName, DeviceId, KeyPackage)>,
     /// The commit posted (kept to resend after a reconnect).
     posted: Option<(Epoch, PostKind, Vec<u8>)>,
+    /// The directory requests of the current connection were sent.
+    directory_requested: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -478,8 +480,10 @@ impl<S: Store> Client<S> {
         self.requests.clear();
         self.key_package_request_in_flight = false;
         for op in self.ops.values_mut() {
-            if let OpKind::CreateGroup { requested, .. } = &mut op.kind {
-                *requested = false;
+            match &mut op.kind {
+                OpKind::CreateGroup { requested, .. } => *requested = false,
+                OpKind::Change(c) => c.directory_requested = false,
+                OpKind::Send => {}
             }
         }
     }
@@ -734,46 +738,6 @@ impl<S: Store> Client<S> {
         // KeyPackages: check the stock (uploads when low).
         self.request(Request::KeyPackageStock, Pending::Stock);
         self.key_package_request_in_flight = true;
-        // Resend the outbox.
-        for item in self.provider.store().outbox()? {
-            self.post_outbox_item(&item);
-        }
-        // Restart commands.
-        let ids: Vec<OpId> = self.ops.keys().copied().collect();
-        for op in ids {
-            if let Some(Op {
-                kind: OpKind::Change(c),
-                ..
-            }) = self.ops.get_mut(&op)
-            {
-                match c.stage {
-                    ChangeStage::Directory | ChangeStage::Claim => {
-                        c.stage = ChangeStage::Directory;
-                        c.directory.values_mut().for_each(|v| *v = None);
-                        c.claims.clear();
-                    }
-                    ChangeStage::Posting => {
-                        // Resend the same commit: if it was accepted before the cut, the
-                        // relay answers StaleEpoch and our own echo arrives in the backlog.
-                        if let Some((epoch, kind, payload)) = c.posted.clone() {
-                            let group = c.group;
-                            self.request(
-                                Request::Post {
-                                    group,
-                                    epoch,
-                                    kind,
-                                    payload: Payload(payload),
-                                },
-                                Pending::PostCommit { op },
-                            );
-                        }
-                        continue;
-                    }
-                    _ => {}
-                }
-            }
-            self.drive(op);
-        }
         Ok(())
     }
 
@@ -794,10 +758,52 @@ impl<S: Store> Client<S> {
             .filter(|(id, g)| g.pending_commit().is_some() && !owned.contains(*id))
             .map(|(id, _)| *id)
             .collect();
-        for id in orphaned {
-            if let Some(g) = self.groups.get_mut(&id) {
+        for id in &orphaned {
+            if let Some(g) = self.groups.get_mut(id) {
                 g.clear_pending_commit(self.provider.storage())?;
             }
+        }
+        // Resend the outbox (after the backlog: items whose echo was in it are done).
+        for item in self.provider.store().outbox()? {
+            self.post_outbox_item(&item);
+        }
+        // Restart commands.
+        let ids: Vec<OpId> = self.ops.keys().copied().collect();
+        for op in ids {
+            if let Some(Op {
+                kind: OpKind::Change(c),
+                ..
+            }) = self.ops.get_mut(&op)
+            {
+                match c.stage {
+                    ChangeStage::Directory | ChangeStage::Claim => {
+                        c.stage = ChangeStage::Directory;
+                        c.directory.values_mut().for_each(|v| *v = None);
+                        c.claims.clear();
+                        c.directory_requested = false;
+                    }
+                    ChangeStage::Posting => {
+                        // Not in the backlog, so not accepted (yet): resend the same commit.
+                        // (If the relay took it meanwhile, it answers StaleEpoch and the echo
+                        // that follows merges it.)
+                        if let Some((epoch, kind, payload)) = c.posted.clone() {
+                            let group = c.group;
+                            self.request(
+                                Request::Post {
+                                    group,
+                                    epoch,
+                                    kind,
+                                    payload: Payload(payload),
+                                },
+                                Pending::PostCommit { op },
+                            );
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            self.drive(op);
         }
         Ok(())
     }
@@ -1208,12 +1214,8 @@ impl<S: Store> Client<S> {
                             .iter()
                             .find(|(_, o)| matches!(&o.kind, OpKind::Change(c) if c.group == group && c.stage == ChangeStage::Posting))
                             .map(|(id, _)| *id);
-                        if let Some(op) = out.completed_op {
-                            // The Posted reply, if it still comes, finds no op.
-                            self.requests.retain(
-                                |_, p| !matches!(p, Pending::PostCommit { op: o } if *o == op),
-                            );
-                        }
+                        // The Posted (or StaleEpoch, after a resend) reply, if it still
+                        // comes, finds the command finished and is ignored.
                     }
                     return Ok(out);
                 }
@@ -1506,6 +1508,7 @@ impl<S: Store> Client<S> {
             claims: BTreeMap::new(),
             key_packages: Vec::new(),
             posted: None,
+            directory_requested: false,
         })));
         self.drive(op);
         op
@@ -1548,7 +1551,8 @@ impl<S: Store> Client<S> {
             }
             OpKind::Change(c) => match c.stage {
                 ChangeStage::Directory => {
-                    if ready && c.directory.values().all(|v| v.is_none()) {
+                    if ready && !c.directory_requested {
+                        c.directory_requested = true;
                         let users: Vec<UserName> = c.directory.keys().cloned().collect();
                         for user in users {
                             self.request(

@@ -572,3 +572,90 @@ fn a_user_with_two_devices_receives_on_both() {
     net.run();
     assert!(net.client(f).device().is_none());
 }
+
+#[test]
+fn a_commit_whose_reply_was_lost_is_merged_from_its_echo_after_reconnecting() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    let group = group_of(&mut net, alice, &["bob", "carol"]);
+    net.take_events(alice);
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .remove_users(now, "friends", &[user("carol")])
+        .unwrap();
+    // The commit reaches the relay, but the connection drops before alice reads the reply.
+    net.nodes[alice].hold = true;
+    net.step();
+    net.disconnect(alice);
+    net.nodes[alice].hold = false;
+    net.run();
+    net.connect(alice);
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    net.run();
+    let events = net.take_events(alice);
+    assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
+    assert_eq!(
+        net.client(alice).epoch(&group),
+        net.client(bob).epoch(&group)
+    );
+    assert_eq!(
+        net.client(alice).epoch_authenticator(&group),
+        net.client(bob).epoch_authenticator(&group)
+    );
+    assert!(
+        net.take_events(carol)
+            .iter()
+            .any(|e| matches!(e, Event::RemovedFromGroup { .. }))
+    );
+    send(&mut net, alice, "after");
+    net.run();
+    assert_eq!(
+        texts(&net.take_events(bob)).last(),
+        Some(&"after".to_string())
+    );
+}
+
+#[test]
+fn a_message_whose_reply_was_lost_is_resent_and_shown_once() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    group_of(&mut net, alice, &["bob"]);
+    net.take_events(alice);
+    net.take_events(bob);
+    let op = send(&mut net, alice, "exactly once");
+    net.nodes[alice].hold = true;
+    net.step();
+    net.disconnect(alice);
+    net.nodes[alice].hold = false;
+    net.run();
+    net.connect(alice);
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    net.run();
+    let events = net.take_events(bob);
+    assert_eq!(texts(&events), vec!["exactly once".to_string()]);
+    assert!(
+        warnings(&events).is_empty(),
+        "not even posted twice: {:?}",
+        warnings(&events)
+    );
+    let a: Vec<String> = net
+        .client(alice)
+        .history("friends")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    let b: Vec<String> = net
+        .client(bob)
+        .history("friends")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(a, vec!["exactly once".to_string()]);
+    assert_eq!(a, b);
+}
