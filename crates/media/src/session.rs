@@ -266,6 +266,9 @@ impl PeerSession {
             .max(7);
         let settings = SettingEngineBuilder::new()
             .with_ice_connection_attempts(Some(interval), Some(attempts))
+            // webrtc-rs waits 2 s before nominating a relayed pair, hoping for a direct one;
+            // in relay-only mode none can come.
+            .with_relay_acceptance_min_wait(cfg.relay_only.then_some(Duration::ZERO))
             .build();
         let (pc_tx, pc_rx) = tokio::sync::oneshot::channel::<Weak<PeerSession>>();
         let handler = Arc::new(SessionHandler {
