@@ -256,7 +256,8 @@ pub enum HandleError {
     /// The relay closed the connection (`Closing`); reconnect later unless it says otherwise.
     #[error("the relay is closing the connection: {0:?}")]
     Closing(cove_wire::ErrorCode),
-    /// Local storage failed; the frame was not processed (it will be redelivered).
+    /// Local storage failed; the frame was not processed. Drop the connection and reconnect
+    /// (the relay then redelivers everything not acknowledged).
     #[error(transparent)]
     Store(#[from] cove_store::StoreError),
 }

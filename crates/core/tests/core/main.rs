@@ -659,3 +659,56 @@ fn a_message_whose_reply_was_lost_is_resent_and_shown_once() {
     assert_eq!(a, vec!["exactly once".to_string()]);
     assert_eq!(a, b);
 }
+
+#[test]
+fn mutated_ciphertexts_never_panic_and_are_skipped() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    net.nodes[bob].hold = true;
+    send(&mut net, alice, &"m".repeat(1024));
+    net.run();
+    let original = net.nodes[bob].inbound.pop_front().unwrap();
+    let ServerFrame::Deliver(Delivery::Group(entry)) = &original else {
+        panic!("{original:?}")
+    };
+    let payload = entry.payload.0.clone();
+    net.nodes[bob].inbound.push_back(original.clone());
+    let mut mutants = Vec::new();
+    for i in (0..payload.len()).step_by(37) {
+        let mut m = payload.clone();
+        m[i] ^= 0x40;
+        mutants.push(m);
+    }
+    for cut in [1, 5, 20, payload.len() / 2, payload.len() - 1] {
+        mutants.push(payload[..cut].to_vec());
+    }
+    let mut longer = payload.clone();
+    longer.extend_from_slice(&[0; 9]);
+    mutants.push(longer);
+    let alice_device = net.client(alice).device().unwrap();
+    let now = net.now_ms;
+    for m in &mutants {
+        let frames = net.relay.inject(group, alice_device, m.clone(), now);
+        net.deliver(frames);
+    }
+    // The original again (a replayed frame), after the mutants.
+    net.nodes[bob].inbound.push_back(original);
+    net.nodes[bob].hold = false;
+    net.run();
+    let events = net.take_events(bob);
+    assert_eq!(texts(&events).len(), 1, "only the original is shown");
+    assert_eq!(
+        warnings(&events).len(),
+        mutants.len(),
+        "every mutant is skipped with a warning"
+    );
+    send(&mut net, alice, "after the storm");
+    net.run();
+    assert_eq!(
+        texts(&net.take_events(bob)),
+        vec!["after the storm".to_string()]
+    );
+}
