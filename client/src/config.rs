@@ -15,6 +15,14 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const DATABASE_FILE: &str = "cove.db";
 /// The copied CA certificate's name inside the home directory.
 pub const CA_FILE: &str = "ca.pem";
+/// The lock file's name inside the home directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// The exclusive lock on a home (see [`Home::lock`]); released when dropped.
+#[derive(Debug)]
+pub struct HomeLock {
+    _file: std::fs::File,
+}
 
 /// Why the home or its configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +50,11 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// Another process (e.g. `cove listen`) is using this home.
+    #[error(
+        "{0} is in use by another cove process (only one connected command per home at a time; stop `cove listen` or use it to read)"
+    )]
+    Busy(PathBuf),
     /// The server URL or CA file is unusable.
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
@@ -176,6 +189,24 @@ impl Home {
         }
     }
 
+    /// Takes the home's exclusive lock (`HOME/lock`), so two processes never drive the same
+    /// device (and its MLS state) at once. Held until the returned guard is dropped.
+    pub fn lock(&self) -> Result<HomeLock, ConfigError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| self.io(&self.dir, e))?;
+        let path = self.dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| self.io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(HomeLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ConfigError::Busy(self.dir.clone())),
+            Err(std::fs::TryLockError::Error(e)) => Err(self.io(&path, e)),
+        }
+    }
+
     fn io(&self, path: &Path, source: std::io::Error) -> ConfigError {
         ConfigError::Io {
             path: path.to_owned(),
@@ -204,6 +235,16 @@ mod tests {
             home.initialise("wss://127.0.0.1:4433", user, None),
             Err(ConfigError::AlreadyInitialised(_))
         ));
+    }
+
+    #[test]
+    fn a_home_is_locked_while_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let lock = home.lock().unwrap();
+        assert!(matches!(home.lock(), Err(ConfigError::Busy(_))));
+        drop(lock);
+        home.lock().unwrap();
     }
 
     #[test]

@@ -14,7 +14,7 @@ use cove_store::{SqliteStore, Store, StoreError};
 use cove_wire::{DeviceId, DeviceKey, ErrorReply, GroupId, Reply, Request, Signature, UserName};
 use ed25519_dalek::{Signer as _, SigningKey};
 
-use crate::config::{Config, ConfigError, Home};
+use crate::config::{Config, ConfigError, Home, HomeLock};
 use crate::raw::{self, RawConnection, RawError};
 use crate::session::{self, Endpoint, LinkState, Session, SessionError, SessionEvent};
 use crate::transport::{self, TransportError};
@@ -77,6 +77,8 @@ pub struct Device {
     device: Option<DeviceId>,
     timeout: Duration,
     online: bool,
+    /// Held while connected: one process drives a device at a time.
+    _lock: Option<HomeLock>,
 }
 
 impl Device {
@@ -97,18 +99,21 @@ impl Device {
         if let Some(ca) = ca {
             transport::read_certs(ca)?;
         }
-        std::fs::create_dir_all(home.dir()).map_err(|source| ConfigError::Io {
-            path: home.dir().to_owned(),
-            source,
-        })?;
+        let lock = home.lock()?;
         let store = SqliteStore::open(home.database_path())?;
         let client = Client::init(store, user.clone(), seed())?;
         let config = home.initialise(server, user, ca)?;
-        let mut device = Self::start(home, config, client, true)?;
+        let mut device = Self::start(home, config, client, Some(lock))?;
         if let Err(e) = device.settle().await {
             // Not registered: leave no half-initialised home behind.
             device.close_now().await;
-            for file in [home.config_path(), home.ca_path(), home.database_path()] {
+            let lock = home.dir().join(crate::config::LOCK_FILE);
+            for file in [
+                home.config_path(),
+                home.ca_path(),
+                home.database_path(),
+                lock,
+            ] {
                 let _ = std::fs::remove_file(&file);
                 for suffix in ["-wal", "-shm", "-journal"] {
                     let mut name = file.clone().into_os_string();
@@ -126,23 +131,25 @@ impl Device {
     /// connection).
     pub async fn open(home: &Home) -> Result<Device, DeviceError> {
         let config = home.load()?;
+        let lock = home.lock()?;
         let client = Client::open(SqliteStore::open(home.database_path())?, seed())?;
-        Self::start(home, config, client, true)
+        Self::start(home, config, client, Some(lock))
     }
 
     /// Opens an initialised home without connecting (for local queries).
     pub async fn open_offline(home: &Home) -> Result<Device, DeviceError> {
         let config = home.load()?;
         let client = Client::open(SqliteStore::open(home.database_path())?, seed())?;
-        Self::start(home, config, client, false)
+        Self::start(home, config, client, None)
     }
 
     fn start(
         home: &Home,
         config: Config,
         client: Client<SqliteStore>,
-        online: bool,
+        lock: Option<HomeLock>,
     ) -> Result<Device, DeviceError> {
+        let online = lock.is_some();
         let device = client.device();
         let endpoint = if online {
             let tls = transport::client_config(&home.trust(&config))?;
@@ -165,6 +172,7 @@ impl Device {
             device,
             timeout: DEFAULT_TIMEOUT,
             online,
+            _lock: lock,
         })
     }
 
@@ -178,10 +186,7 @@ impl Device {
         }
         let authorizer = existing.device.ok_or(DeviceError::NotRegistered)?;
         let user = existing.config.user.clone();
-        std::fs::create_dir_all(home.dir()).map_err(|source| ConfigError::Io {
-            path: home.dir().to_owned(),
-            source,
-        })?;
+        let lock = home.lock()?;
         let client = Client::init(
             SqliteStore::open(home.database_path())?,
             user.clone(),
@@ -217,7 +222,7 @@ impl Device {
         let ca = existing.config.custom_ca.then(|| existing.home.ca_path());
         let config = home.initialise(&existing.config.server, user, ca.as_deref())?;
         let client = Client::open(SqliteStore::open(home.database_path())?, seed())?;
-        let mut device = Self::start(home, config, client, true)?;
+        let mut device = Self::start(home, config, client, Some(lock))?;
         device.settle().await?;
         Ok(device)
     }
