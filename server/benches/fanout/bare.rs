@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Per-receiver queue capacity in frames.
 const QUEUE: usize = 4096;
@@ -41,7 +42,8 @@ pub async fn start(tls: Arc<rustls::ServerConfig>) -> std::io::Result<SocketAddr
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let Ok(ws) = tokio_tungstenite::accept_async(tls).await else {
+                let config = Some(ws_config());
+                let Ok(ws) = tokio_tungstenite::accept_async_with_config(tls, config).await else {
                     return;
                 };
                 connection(ws, receivers).await;
@@ -49,6 +51,16 @@ pub async fn start(tls: Arc<rustls::ServerConfig>) -> std::io::Result<SocketAddr
         }
     });
     Ok(addr)
+}
+
+/// The relay's WebSocket settings (`cove_server::Limits` defaults): tungstenite zeroes
+/// `read_buffer_size` bytes before every read, so its 128 KiB default would cost a 128 KiB
+/// memset per read; the relay uses 16 KiB and so does this baseline.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(128 * 1024)
+        .max_write_buffer_size(4 * 1024 * 1024)
 }
 
 async fn connection<S>(ws: tokio_tungstenite::WebSocketStream<S>, receivers: Receivers)

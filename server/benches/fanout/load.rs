@@ -55,12 +55,13 @@ pub fn client_tls(cert: CertificateDer<'static>) -> Result<Arc<rustls::ClientCon
     Ok(Arc::new(cfg))
 }
 
-/// Opens a WebSocket over TLS to `addr` at `path`, with Nagle off.
+/// Opens a WebSocket over TLS to `addr` at `path`, with Nagle off and the same WebSocket
+/// buffer settings as the servers.
 pub async fn connect(addr: SocketAddr, path: &str, tls: &Arc<rustls::ClientConfig>) -> Result<Ws> {
     let url = format!("wss://127.0.0.1:{}{path}", addr.port());
     let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
         url,
-        None,
+        Some(crate::bare::ws_config()),
         true,
         Some(Connector::Rustls(tls.clone())),
     )
