@@ -120,10 +120,12 @@ pub fn one_line(err: &anyhow::Error) -> String {
     out.replace('\n', " ")
 }
 
-/// Logs to stderr at `warn` by default, more with `-v`; `RUST_LOG` overrides.
+/// Logs to stderr at `warn` by default (openmls off), more with `-v`; `RUST_LOG` overrides.
 pub fn init_logging(verbose: u8) {
+    // openmls logs at ERROR level for inputs the core handles itself (e.g. a duplicate
+    // delivery it drops), so it is silent unless asked for.
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,openmls=off",
         1 => "debug",
         _ => "trace",
     };
