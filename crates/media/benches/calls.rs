@@ -45,6 +45,36 @@ fn main() {
         setup.push(callee);
         caller_side.push(caller);
     }
+    let mut relay = Vec::new();
+    let turn_secret = b"bench-turn-secret-0123456789";
+    let turn = rt
+        .block_on(cove_media::turn_server::start_turn_server(
+            "127.0.0.1:0".parse().unwrap(),
+            "cove",
+            turn_secret,
+        ))
+        .unwrap();
+    for _ in 0..(calls / 4).max(3) {
+        let c = cove_media::turn_server::turn_credentials(
+            turn_secret,
+            "bench",
+            Duration::from_secs(600),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let cfg = CallConfig {
+            audio: Some(AudioInput::Tone(440.0)),
+            relay_only: true,
+            ice_servers: vec![cove_media::IceServer {
+                urls: vec![turn.url()],
+                username: c.username,
+                credential: c.password,
+            }],
+            ..CallConfig::default()
+        };
+        relay.push(rt.block_on(one_call_setup_with(cfg)).0);
+    }
+    rt.block_on(turn.close()).unwrap();
     let mut bare = Vec::new();
     let mut bare_fast = Vec::new();
     for _ in 0..calls {
@@ -58,6 +88,10 @@ fn main() {
     report(
         "call setup: dial -> first decoded audio at caller",
         &mut caller_side,
+    );
+    report(
+        "relay-only call setup through local TURN: dial -> first audio at callee",
+        &mut relay,
     );
     report(
         "bare webrtc-rs connect, default 200 ms ICE checks (offer -> both Connected)",
@@ -164,6 +198,10 @@ async fn one_call_setup() -> (Duration, Duration) {
         audio: Some(AudioInput::Tone(440.0)),
         ..CallConfig::default()
     };
+    one_call_setup_with(cfg).await
+}
+
+async fn one_call_setup_with(cfg: CallConfig) -> (Duration, Duration) {
     let (a, b, mut rx) = pair(cfg).await;
     let t0 = Instant::now();
     a.dial("b", Some(1)).await.unwrap();
