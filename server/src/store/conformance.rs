@@ -1004,3 +1004,240 @@ pub(crate) fn one(store: &dyn RelayStore, post: NewPost) -> Result<Appended, Sto
     assert_eq!(results.len(), 1);
     results.pop().unwrap()
 }
+
+// ---------------------------------------------------------------------------------------
+// Differential test: random operation sequences give the same results on both backends.
+
+mod differential {
+    use cove_wire::{DeviceId, Epoch, Payload, PostKind, Seq, Stream};
+    use proptest::prelude::*;
+    use serde::Serialize;
+
+    use super::{gid, key, user};
+    use crate::store::{
+        MemoryStore, NewPost, RelayStore, SqliteOptions, SqliteStore, StoreError, Synchronous,
+    };
+
+    const USERS: u8 = 4;
+    const DEVICES: u64 = 9;
+    const GROUPS: u8 = 2;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Register(u8),
+        AddDevice(u8),
+        Device(u64),
+        Devices(u8),
+        Upload(u64, u8, bool),
+        Claim(u8),
+        Stock(u64),
+        CreateGroup(u8, u64),
+        IsMember(u8, u64),
+        GroupsOf(u64),
+        Batch(Vec<PostOp>),
+        ReadGroup(u8, u64, u32),
+        ReadInbox(u64, u64, u32),
+        Cursor(u64, Option<u8>),
+        Ack(u64, Option<u8>, u64),
+    }
+
+    #[derive(Clone, Debug)]
+    struct PostOp {
+        group: u8,
+        sender: u64,
+        /// The post's epoch is the group's current epoch minus this.
+        epoch_back: i8,
+        kind: u8,
+        added: Vec<u64>,
+        removed: Vec<u64>,
+        /// Mostly a Welcome exactly when devices are added; sometimes always or never.
+        welcome: u8,
+    }
+
+    /// Mostly devices that the prelude registers, sometimes any.
+    fn device() -> impl Strategy<Value = u64> {
+        prop_oneof![4 => 1..=6u64, 1 => 1..=DEVICES]
+    }
+
+    /// Four users, two with a second device (ids 1 to 6), and both groups.
+    fn prelude() -> Vec<Op> {
+        vec![
+            Op::Register(0),
+            Op::Register(1),
+            Op::Register(2),
+            Op::Register(3),
+            Op::AddDevice(0),
+            Op::AddDevice(1),
+            Op::CreateGroup(0, 1),
+            Op::CreateGroup(1, 2),
+        ]
+    }
+
+    fn post_op() -> impl Strategy<Value = PostOp> {
+        (
+            0..GROUPS,
+            // Group creators (1 and 2) most often, so that posts get past membership.
+            prop_oneof![3 => 1..=2u64, 2 => device()],
+            prop_oneof![6 => Just(0i8), 2 => Just(1), 1 => Just(2), 1 => Just(-1)],
+            0..3u8,
+            prop::collection::vec(1..=DEVICES, 0..3),
+            prop::collection::vec(device(), 0..2),
+            0..8u8,
+        )
+            .prop_map(
+                |(group, sender, epoch_back, kind, added, removed, welcome)| PostOp {
+                    group,
+                    sender,
+                    epoch_back,
+                    kind,
+                    added,
+                    removed,
+                    welcome,
+                },
+            )
+    }
+
+    fn stream() -> impl Strategy<Value = Option<u8>> {
+        prop::option::of(0..GROUPS)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => (0..USERS).prop_map(Op::Register),
+            1 => (0..USERS).prop_map(Op::AddDevice),
+            1 => device().prop_map(Op::Device),
+            1 => (0..USERS).prop_map(Op::Devices),
+            1 => (device(), 0..3u8, any::<bool>()).prop_map(|(d, n, lr)| Op::Upload(d, n, lr)),
+            1 => (0..USERS).prop_map(Op::Claim),
+            1 => device().prop_map(Op::Stock),
+            1 => (0..GROUPS, device()).prop_map(|(g, d)| Op::CreateGroup(g, d)),
+            1 => (0..GROUPS, device()).prop_map(|(g, d)| Op::IsMember(g, d)),
+            1 => device().prop_map(Op::GroupsOf),
+            6 => prop::collection::vec(post_op(), 1..4).prop_map(Op::Batch),
+            1 => (0..GROUPS, 0..6u64, 0..4u32).prop_map(|(g, a, l)| Op::ReadGroup(g, a, l)),
+            1 => (device(), 0..3u64, 0..3u32).prop_map(|(d, a, l)| Op::ReadInbox(d, a, l)),
+            1 => (device(), stream()).prop_map(|(d, s)| Op::Cursor(d, s)),
+            2 => (device(), stream(), 0..6u64).prop_map(|(d, s, q)| Op::Ack(d, s, q)),
+        ]
+    }
+
+    type Out = Result<Vec<u8>, String>;
+
+    fn out<T: Serialize>(r: Result<T, StoreError>) -> Out {
+        r.map(|v| cove_wire::encode(&v).unwrap())
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    fn to_stream(s: Option<u8>) -> Stream {
+        s.map_or(Stream::Inbox, |g| Stream::Group(gid(g)))
+    }
+
+    fn run(store: &dyn RelayStore, op: &Op, step: usize, epochs: &[u64]) -> Vec<Out> {
+        let name = |u: u8| user(&format!("user{u}"));
+        let tag = u8::try_from(step % 250).unwrap();
+        match op {
+            Op::Register(u) => vec![out(store.register_user(&name(*u), &key(tag)))],
+            Op::AddDevice(u) => vec![out(store.add_device(&name(*u), &key(tag)))],
+            Op::Device(d) => vec![out(store.device(DeviceId(*d)))],
+            Op::Devices(u) => vec![out(store.devices(&name(*u)))],
+            Op::Upload(d, n, lr) => {
+                let kps = (0..*n).map(|i| vec![tag, i]).collect();
+                let stock = store.upload_key_packages(DeviceId(*d), kps, lr.then(|| vec![tag]));
+                vec![out(stock.map(|s| (s.remaining, s.has_last_resort)))]
+            }
+            Op::Claim(u) => vec![out(store.claim_key_packages(&name(*u)))],
+            Op::Stock(d) => {
+                let stock = store.key_package_stock(DeviceId(*d));
+                vec![out(stock.map(|s| (s.remaining, s.has_last_resort)))]
+            }
+            Op::CreateGroup(g, d) => vec![out(store.create_group(gid(*g), DeviceId(*d)))],
+            Op::IsMember(g, d) => vec![out(store.is_member(gid(*g), DeviceId(*d)))],
+            Op::GroupsOf(d) => vec![out(store.groups_of(DeviceId(*d)))],
+            Op::Batch(posts) => {
+                let posts = posts
+                    .iter()
+                    .map(|p| NewPost {
+                        group: gid(p.group),
+                        sender: DeviceId(p.sender),
+                        epoch: Epoch(
+                            epochs[usize::from(p.group)]
+                                .saturating_add_signed(-i64::from(p.epoch_back)),
+                        ),
+                        kind: match p.kind {
+                            0 => PostKind::Application,
+                            1 => PostKind::Proposal,
+                            _ => PostKind::Commit {
+                                added: p
+                                    .added
+                                    .iter()
+                                    .map(|d| DeviceId(*d))
+                                    .collect::<Vec<_>>()
+                                    .into(),
+                                removed: p
+                                    .removed
+                                    .iter()
+                                    .map(|d| DeviceId(*d))
+                                    .collect::<Vec<_>>()
+                                    .into(),
+                                welcome: match p.welcome {
+                                    0 => None,
+                                    1 => Some(Payload(vec![tag, 0xee])),
+                                    _ => (!p.added.is_empty()).then(|| Payload(vec![tag, 0xee])),
+                                },
+                            },
+                        },
+                        payload: vec![tag; 3],
+                        now_ms: step as u64,
+                    })
+                    .collect();
+                store
+                    .append_batch(posts)
+                    .into_iter()
+                    .map(|r| out(r.map(|a| (a.entry, a.members, a.removed, a.welcomes))))
+                    .collect()
+            }
+            Op::ReadGroup(g, after, limit) => {
+                vec![out(store.read_group(gid(*g), Seq(*after), *limit))]
+            }
+            Op::ReadInbox(d, after, limit) => {
+                vec![out(store.read_inbox(DeviceId(*d), Seq(*after), *limit))]
+            }
+            Op::Cursor(d, s) => vec![out(store.cursor(DeviceId(*d), to_stream(*s)))],
+            Op::Ack(d, s, seq) => vec![out(store.ack(DeviceId(*d), to_stream(*s), Seq(*seq)))],
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Both backends give identical results for the same operations, and the SQLite
+        /// one still gives them after a reopen.
+        #[test]
+        fn memory_and_sqlite_agree(random in prop::collection::vec(op(), 1..60)) {
+            let ops: Vec<Op> = prelude().into_iter().chain(random).collect();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("relay.db");
+            // The sync level does not change semantics; Normal keeps the test quick.
+            let options = SqliteOptions { synchronous: Synchronous::Normal };
+            let memory = MemoryStore::new();
+            let mut sqlite = SqliteStore::open_with(&path, options).unwrap();
+            let mut epochs = [0u64; GROUPS as usize];
+            for (step, op) in ops.iter().enumerate() {
+                if step == ops.len() / 2 {
+                    drop(sqlite);
+                    sqlite = SqliteStore::open_with(&path, options).unwrap();
+                }
+                let expected = run(&memory, op, step, &epochs);
+                let got = run(&sqlite, op, step, &epochs);
+                prop_assert_eq!(&got, &expected, "step {}: {:?}", step, op);
+                if let Op::Batch(posts) = op {
+                    for (post, result) in posts.iter().zip(&expected) {
+                        if post.kind == 2 && result.is_ok() {
+                            epochs[usize::from(post.group)] += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

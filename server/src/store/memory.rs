@@ -237,6 +237,7 @@ impl RelayStore for MemoryStore {
 
     fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
         let mut inner = self.lock()?;
+        inner.device(creator)?;
         if inner.groups.contains_key(&group) {
             return Err(StoreError::GroupExists);
         }
