@@ -19,7 +19,7 @@ mod relay;
 
 use std::time::{Duration, Instant};
 
-use cove_core::cove_store::{MemoryStore, SqliteStore, Store};
+use cove_core::cove_store::{Durability, MemoryStore, SqliteStore, Store};
 use cove_core::{CIPHERSUITE, Client, Event, GROUP_NAME_EXTENSION, credential_identity};
 use cove_wire::{DeviceKey, UserName};
 use openmls::prelude::tls_codec::Deserialize as _;
@@ -54,7 +54,6 @@ fn us(d: Duration) -> String {
 struct Bare {
     alice: (OpenMlsRustCrypto, SignatureKeyPair, MlsGroup),
     bob: (OpenMlsRustCrypto, MlsGroup),
-    removable: Vec<LeafNodeIndex>,
 }
 
 fn bare_member(name: &str) -> (OpenMlsRustCrypto, SignatureKeyPair, CredentialWithKey) {
@@ -114,15 +113,10 @@ fn bare_group(n: usize) -> Bare {
         .unwrap()
         .into_group(&bp)
         .unwrap();
-    let removable: Vec<LeafNodeIndex> = g
-        .members()
-        .filter(|m| m.credential.serialized_content().starts_with(b"dummy"))
-        .map(|m| m.index)
-        .collect();
+    assert_eq!(g.members().count(), n.max(2));
     Bare {
         alice: (ap, asig, g),
         bob: (bp, bg),
-        removable,
     }
 }
 
@@ -152,11 +146,12 @@ fn bare_message(b: &mut Bare, payload: &[u8]) -> (Duration, Duration) {
 }
 
 fn bare_commit(b: &mut Bare) -> (Duration, Duration) {
-    let leaf = b.removable.pop().unwrap();
     let (ap, asig, ag) = &mut b.alice;
     let t = Instant::now();
-    let (commit, _, _) = ag.remove_members(ap, asig, &[leaf]).unwrap();
-    let bytes = commit.to_bytes().unwrap();
+    let bundle = ag
+        .self_update(ap, asig, LeafNodeParameters::default())
+        .unwrap();
+    let bytes = bundle.commit().to_bytes().unwrap();
     ag.merge_pending_commit(ap).unwrap();
     let create = t.elapsed();
     let (bp, bg) = &mut b.bob;
@@ -187,7 +182,6 @@ struct Cove<S: Store> {
     net: Net<S>,
     alice: usize,
     bob: usize,
-    removable: Vec<UserName>,
 }
 
 fn cove_group<S: Store>(mut net: Net<S>, make: &mut dyn FnMut(&str) -> S, n: usize) -> Cove<S> {
@@ -204,7 +198,7 @@ fn cove_group<S: Store>(mut net: Net<S>, make: &mut dyn FnMut(&str) -> S, n: usi
         None,
         None,
     );
-    let mut removable = Vec::new();
+    let mut dummies = Vec::new();
     for i in 2..n {
         let name = user(&format!("dummy{i}"));
         let sig = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).unwrap();
@@ -222,13 +216,13 @@ fn cove_group<S: Store>(mut net: Net<S>, make: &mut dyn FnMut(&str) -> S, n: usi
             .to_bytes()
             .unwrap();
         net.relay.upload_raw(device, bytes.into());
-        removable.push(name);
+        dummies.push(name);
     }
     let now = net.now_ms;
     net.client(alice).create_group(now, "bench").unwrap();
     net.run();
     let mut users = vec![user("bob")];
-    users.extend(removable.iter().cloned());
+    users.extend(dummies.iter().cloned());
     net.client(alice).add_users(now, "bench", &users).unwrap();
     net.run();
     for slot in [alice, bob] {
@@ -246,12 +240,7 @@ fn cove_group<S: Store>(mut net: Net<S>, make: &mut dyn FnMut(&str) -> S, n: usi
         net.client(bob).groups().first().is_some_and(|g| g.active),
         "bob joined"
     );
-    Cove {
-        net,
-        alice,
-        bob,
-        removable,
-    }
+    Cove { net, alice, bob }
 }
 
 /// Handles the frames waiting for `slot`, timed (outputs stay queued, not timed).
@@ -295,13 +284,9 @@ fn cove_message<S: Store>(c: &mut Cove<S>, text: &str) -> (Duration, Duration) {
 }
 
 fn cove_commit<S: Store>(c: &mut Cove<S>) -> (Duration, Duration) {
-    let victim = c.removable.pop().unwrap();
     let now = c.net.now_ms;
     let t = Instant::now();
-    c.net
-        .client(c.alice)
-        .remove_users(now, "bench", &[victim])
-        .unwrap();
+    c.net.client(c.alice).update_keys(now, "bench").unwrap();
     let mut create = t.elapsed();
     flush(&mut c.net);
     create += handle_inbound(&mut c.net, c.alice);
@@ -337,8 +322,17 @@ fn main() {
             &mut |n| SqliteStore::open(dir.path().join(format!("{n}.db"))).unwrap(),
             2,
         );
+        let mut full = cove_group(
+            Net::new(),
+            &mut |n| {
+                SqliteStore::open_with(dir.path().join(format!("{n}-full.db")), Durability::Full)
+                    .unwrap()
+            },
+            2,
+        );
         let (mut be, mut bd, mut ce, mut cd, mut se, mut sd) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut fe, mut fd) = (vec![], vec![]);
         for i in 0..msg_iters {
             // Interleave to share machine noise.
             let (e, d) = bare_message(&mut bare, text.as_bytes());
@@ -351,6 +345,11 @@ fn main() {
                 let (e, d) = cove_message(&mut sql, &text);
                 se.push(e);
                 sd.push(d);
+            }
+            if i % 16 == 0 {
+                let (e, d) = cove_message(&mut full, &text);
+                fe.push(e);
+                fd.push(d);
             }
         }
         let (be, bd, ce, cd) = (median(be), median(bd), median(ce), median(cd));
@@ -369,29 +368,53 @@ fn main() {
             bare: be + bd,
             cove: ce + cd,
         });
+        let (se, sd, fe, fd) = (median(se), median(sd), median(fe), median(fd));
         rows.push(Row {
-            what: "1 KiB message: encrypt + decrypt, SQLite store".into(),
-            bare: be + bd,
-            cove: median(se) + median(sd),
+            what: "1 KiB message: send, SQLite (WAL, sync=NORMAL)".into(),
+            bare: be,
+            cove: se,
+        });
+        rows.push(Row {
+            what: "1 KiB message: receive, SQLite (WAL, sync=NORMAL)".into(),
+            bare: bd,
+            cove: sd,
+        });
+        rows.push(Row {
+            what: "1 KiB message: send, SQLite (WAL, sync=FULL)".into(),
+            bare: be,
+            cove: fe,
+        });
+        rows.push(Row {
+            what: "1 KiB message: receive, SQLite (WAL, sync=FULL)".into(),
+            bare: bd,
+            cove: fd,
         });
     }
 
-    // Commits (remove one member, with path) at 10, 100, 1000 members.
+    // Commits (key update: a self-update with path) at 10, 100, 1000 members.
     for (n, iters) in [
-        (10usize, if quick { 3 } else { 7 }),
-        (100, if quick { 2 } else { 5 }),
-        (1000, if quick { 1 } else { 3 }),
+        (10usize, if quick { 3 } else { 41 }),
+        (100, if quick { 2 } else { 21 }),
+        (1000, if quick { 1 } else { 7 }),
     ] {
         let mut bare = bare_group(n);
         let mut cove = cove_group(Net::new(), &mut |_| MemoryStore::new(), n);
         let (mut bc, mut bp, mut cc, mut cp) = (vec![], vec![], vec![], vec![]);
-        for _ in 0..iters {
-            let (c, p) = bare_commit(&mut bare);
-            bc.push(c);
-            bp.push(p);
+        for i in 0..iters {
+            // Alternate which goes first, to share machine noise fairly.
+            if i % 2 == 0 {
+                let (c, p) = bare_commit(&mut bare);
+                bc.push(c);
+                bp.push(p);
+            }
             let (c, p) = cove_commit(&mut cove);
             cc.push(c);
             cp.push(p);
+            if i % 2 == 1 {
+                let (c, p) = bare_commit(&mut bare);
+                bc.push(c);
+                bp.push(p);
+            }
         }
         rows.push(Row {
             what: format!("commit create, {n} members"),
@@ -420,8 +443,8 @@ fn main() {
     }
     println!();
     println!(
-        "medians; message: {msg_iters} iterations (SQLite: every 4th); commit = remove one member \
-         (with update path), created by one member, processed by another; cove-core on MemoryStore \
+        "medians; message: {msg_iters} iterations (SQLite NORMAL: every 4th, FULL: every 16th); \
+         commit = key update (self-update with path), created by one member, processed by another; cove-core on MemoryStore \
          unless noted"
     );
 }

@@ -15,8 +15,9 @@ use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{
     BasicCredential, Capabilities, Ciphersuite, Credential, CredentialWithKey, Extension,
     ExtensionType, Extensions, GroupId as MlsGroupId, KeyPackage, KeyPackageIn, LeafNodeIndex,
-    MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
-    ProcessedMessageContent, ProtocolVersion, Sender, StagedWelcome, UnknownExtension,
+    LeafNodeParameters, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn,
+    MlsMessageIn, ProcessedMessageContent, ProtocolVersion, Sender, StagedWelcome,
+    UnknownExtension,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider as _;
@@ -121,6 +122,8 @@ struct Change {
     posted: Option<(Epoch, PostKind, Vec<u8>)>,
     /// The directory requests of the current connection were sent.
     directory_requested: bool,
+    /// A key update (self-update commit) rather than a membership change.
+    update_keys: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -551,7 +554,7 @@ impl<S: Store> Client<S> {
         if users.is_empty() {
             return Err(CommandError::Invalid("no users given".into()));
         }
-        let op = self.new_change(id, users.to_vec(), Vec::new(), Vec::new());
+        let op = self.new_change(id, users.to_vec(), Vec::new(), Vec::new(), false);
         Ok(op)
     }
 
@@ -566,8 +569,15 @@ impl<S: Store> Client<S> {
         if users.is_empty() {
             return Err(CommandError::Invalid("no users given".into()));
         }
-        let op = self.new_change(id, Vec::new(), users.to_vec(), Vec::new());
+        let op = self.new_change(id, Vec::new(), users.to_vec(), Vec::new(), false);
         Ok(op)
+    }
+
+    /// Rotates this device's keys in a group (an MLS self-update commit): post-compromise
+    /// security for everything sent after it.
+    pub fn update_keys(&mut self, _now_ms: u64, group: &str) -> Result<OpId, CommandError> {
+        let id = self.active_group(group)?;
+        Ok(self.new_change(id, Vec::new(), Vec::new(), Vec::new(), true))
     }
 
     /// Leaves a group: sends a leave request (a remaining member commits the removal),
@@ -1314,7 +1324,7 @@ impl<S: Store> Client<S> {
                 store.put_message(&stored).map_err(|e| e.to_string())?;
                 // What the user sees (text, attachments) is a Message; anything else goes
                 // to the module that handles it as Content.
-                if let Some(ev) = self.to_chat_event(&stored) {
+                if let Some(ev) = self.chat_event(&stored, env.content.clone()) {
                     out.events.push(ev);
                 } else {
                     out.events.push(Event::Content(ReceivedContent {
@@ -1379,7 +1389,13 @@ impl<S: Store> Client<S> {
 
     fn to_chat_event(&self, m: &StoredMessage) -> Option<Event> {
         let env = Envelope::decode(&m.content).ok()?;
-        let (text, attachment) = crate::attachment::displayed(env.content)?;
+        self.chat_event(m, env.content)
+    }
+
+    /// The Message event for stored message `m` with its (already decoded) content, if
+    /// that content is shown to the user.
+    fn chat_event(&self, m: &StoredMessage, content: Content) -> Option<Event> {
+        let (text, attachment) = crate::attachment::displayed(content)?;
         Some(Event::Message(ChatMessage {
             group: m.group,
             group_name: self
@@ -1470,7 +1486,7 @@ impl<S: Store> Client<S> {
             .map(|m| m.index)
             .min();
         if first == Some(me) {
-            self.new_change(group, Vec::new(), Vec::new(), vec![leaver]);
+            self.new_change(group, Vec::new(), Vec::new(), vec![leaver], false);
         }
     }
 
@@ -1491,6 +1507,7 @@ impl<S: Store> Client<S> {
         add: Vec<UserName>,
         remove: Vec<UserName>,
         remove_devices: Vec<DeviceId>,
+        update_keys: bool,
     ) -> OpId {
         let stage = if add.is_empty() {
             ChangeStage::Commit
@@ -1509,6 +1526,7 @@ impl<S: Store> Client<S> {
             key_packages: Vec::new(),
             posted: None,
             directory_requested: false,
+            update_keys,
         })));
         self.drive(op);
         op
@@ -1828,7 +1846,8 @@ impl<S: Store> Client<S> {
             .filter(|(_, m)| Some(m.device) != self.identity.device)
             .map(|(i, m)| (*i, m.device))
             .collect();
-        if to_add.is_empty() && to_remove.is_empty() {
+        let update_keys = c.update_keys;
+        if to_add.is_empty() && to_remove.is_empty() && !update_keys {
             let result = if !c.remove.is_empty() && c.add.is_empty() {
                 Err(OpError::NotApplicable(
                     "none of these users is a member".into(),
@@ -1848,6 +1867,12 @@ impl<S: Store> Client<S> {
         let built = (|| -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
             if !to_add.is_empty() && !to_remove.is_empty() {
                 return Err("add and remove in one command are not supported".into());
+            }
+            if to_add.is_empty() && to_remove.is_empty() {
+                let bundle = mls
+                    .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
+                    .map_err(|e| e.to_string())?;
+                return Ok((bundle.commit().to_bytes().map_err(|e| e.to_string())?, None));
             }
             if !to_add.is_empty() {
                 let kps: Vec<KeyPackage> = to_add.iter().map(|(_, kp)| kp.clone()).collect();

@@ -32,7 +32,7 @@ mod sqlite;
 pub use memory::MemoryStore;
 pub use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
 pub use records::*;
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 
 use cove_wire::{DeviceId, GroupId, Seq, Stream, UserName};
 

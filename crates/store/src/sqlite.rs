@@ -7,10 +7,23 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{Kv, KvPair, Namespace, StoreError};
 
-/// A [`crate::Store`] in one SQLite file.
+/// How hard a commit waits for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// WAL with `synchronous=NORMAL` (the default): a committed transaction survives a crash
+    /// or `kill -9` of the process; after a power loss or OS crash the last transactions
+    /// may be rolled back (the database stays consistent). Those entries were already acked,
+    /// so a device could miss them; choose [`Durability::Full`] where that matters more than
+    /// about 1 ms per message.
+    #[default]
+    Process,
+    /// WAL with `synchronous=FULL`: every commit is fsynced before it returns.
+    Full,
+}
+
+/// A [`crate::Store`] in one SQLite file (WAL mode).
 ///
-/// Writes outside a transaction are each their own SQLite transaction. `synchronous=FULL`
-/// so that a committed transaction survives power loss, not only a process crash.
+/// Writes outside a transaction are each their own SQLite transaction.
 pub struct SqliteStore {
     conn: Mutex<State>,
 }
@@ -31,22 +44,36 @@ fn backend(e: rusqlite::Error) -> StoreError {
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the store file at `path`.
+    /// Opens (or creates) the store file at `path` with [`Durability::Process`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, Durability::default())
+    }
+
+    /// Opens (or creates) the store file at `path`.
+    pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(backend)?;
-        Self::setup(conn)
+        Self::setup(conn, durability)
     }
 
     /// A store in a private in-memory SQLite database (for tests).
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::setup(Connection::open_in_memory().map_err(backend)?)
+        Self::setup(
+            Connection::open_in_memory().map_err(backend)?,
+            Durability::Process,
+        )
     }
 
-    fn setup(conn: Connection) -> Result<Self, StoreError> {
+    fn setup(conn: Connection, durability: Durability) -> Result<Self, StoreError> {
+        let sync = match durability {
+            Durability::Process => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};"
+        ))
+        .map_err(backend)?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=FULL;
-             PRAGMA busy_timeout=5000;
+            "PRAGMA busy_timeout=5000;
              CREATE TABLE IF NOT EXISTS kv (
                  ns INTEGER NOT NULL,
                  key BLOB NOT NULL,

@@ -712,3 +712,27 @@ fn mutated_ciphertexts_never_panic_and_are_skipped() {
         vec!["after the storm".to_string()]
     );
 }
+
+#[test]
+fn a_key_update_keeps_everyone_in_step() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    let before = net.client(bob).epoch(&group).unwrap();
+    let now = net.now_ms;
+    let op = net.client(bob).update_keys(now, "friends").unwrap();
+    assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    net.run();
+    assert_eq!(net.client(alice).epoch(&group), Some(before + 1));
+    assert_eq!(
+        net.client(alice).epoch_authenticator(&group),
+        net.client(bob).epoch_authenticator(&group)
+    );
+    send(&mut net, alice, "new keys");
+    net.run();
+    assert_eq!(
+        texts(&net.take_events(bob)).last(),
+        Some(&"new keys".to_string())
+    );
+}

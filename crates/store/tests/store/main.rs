@@ -326,6 +326,13 @@ conformance!(sqlite, {
     let d = tempfile::tempdir().unwrap();
     (SqliteStore::open(d.path().join("cove.db")).unwrap(), d)
 });
+conformance!(sqlite_full_durability, {
+    let d = tempfile::tempdir().unwrap();
+    (
+        SqliteStore::open_with(d.path().join("cove.db"), cove_store::Durability::Full).unwrap(),
+        d,
+    )
+});
 
 #[test]
 fn sqlite_persists_across_reopen_and_drops_uncommitted_writes() {
