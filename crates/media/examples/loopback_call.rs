@@ -20,6 +20,9 @@ use cove_media::turn_server::{start_turn_server, turn_credentials};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let mut seconds = 5u64;
     let mut record = std::env::temp_dir().join("cove-loopback-call");
     let mut audio: AudioInput = "tone:440".parse()?;
