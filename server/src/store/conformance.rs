@@ -45,6 +45,7 @@ macro_rules! relay_store_conformance {
             stale_commit_is_refused_and_its_welcome_never_lands,
             concurrent_commits_for_one_epoch_exactly_one_wins,
             batch_results_are_in_input_order,
+            readers_never_see_part_of_a_batch,
             group_size_is_capped,
             cursors_move_forward_only,
             inbox_cursor_and_reads,
@@ -747,6 +748,48 @@ pub(crate) fn batch_results_are_in_input_order(store: &dyn RelayStore) {
     );
     assert!(store.read_inbox(c, Seq(0), 10).unwrap().is_empty());
     assert!(store.append_batch(Vec::new()).is_empty());
+}
+
+/// Readers running beside a writer see whole batches only: every read is a gap-free prefix
+/// of the log whose length is a multiple of the batch size.
+pub(crate) fn readers_never_see_part_of_a_batch(store: &dyn RelayStore) {
+    const BATCH: usize = 10;
+    const BATCHES: usize = 40;
+    let a = device(store, "alice", 1);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    let total = BATCH * BATCHES;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..BATCHES {
+                let posts = (0..BATCH)
+                    .map(|j| app(g, a, 0, &[(i * BATCH + j) as u8]))
+                    .collect();
+                assert!(store.append_batch(posts).iter().all(Result::is_ok));
+            }
+        });
+        for _ in 0..3 {
+            s.spawn(|| {
+                let mut seen = 0;
+                // Bounded, so a failed writer ends the test instead of hanging it.
+                for _ in 0..1_000_000 {
+                    if seen == total {
+                        break;
+                    }
+                    let entries = store.read_group(g, Seq(0), u32::MAX).unwrap();
+                    assert!(entries.len() >= seen, "a read went backwards");
+                    assert_eq!(entries.len() % BATCH, 0, "saw part of a batch");
+                    for (i, e) in entries.iter().enumerate() {
+                        assert_eq!(e.seq, Seq(i as u64 + 1));
+                        assert_eq!(e.payload.as_bytes(), [i as u8]);
+                    }
+                    seen = entries.len();
+                    std::thread::yield_now();
+                }
+                assert_eq!(seen, total);
+            });
+        }
+    });
 }
 
 /// A group cannot grow past MAX_GROUP_DEVICES.

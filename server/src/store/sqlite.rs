@@ -23,14 +23,15 @@
 //! come once per delivered entry and device.
 //!
 //! Concurrency: one write connection behind a mutex (every write transaction is
-//! `BEGIN IMMEDIATE`, so it also excludes other processes), one read connection for reads,
-//! which in WAL mode run beside the writer, and the group cache behind a read-write lock,
+//! `BEGIN IMMEDIATE`, so it also excludes other processes), a few read connections, whose
+//! reads in WAL mode run beside the writer and each other, and the group cache behind a read-write lock,
 //! so membership checks never wait for a sync. Lock order: writer, groups, acks. The cache
 //! assumes this process is the only writer of the file.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use cove_wire::limits::MAX_DEVICES_PER_USER;
@@ -61,6 +62,9 @@ pub struct SqliteOptions {
     pub synchronous: Synchronous,
 }
 
+/// Read connections per store (reads run side by side with each other and with the writer).
+const READERS: usize = 4;
+
 /// Buffered acknowledgements are written once this many are pending.
 pub const ACK_FLUSH_ENTRIES: usize = 4096;
 /// Buffered acknowledgements are written once the oldest is this old (checked on each ack).
@@ -71,7 +75,10 @@ pub struct SqliteStore {
     /// The write connection.
     writer: Mutex<Connection>,
     /// The read connection.
-    reader: Mutex<Connection>,
+    /// Read connections; a read takes a free one, so reads run side by side.
+    readers: Vec<Mutex<Connection>>,
+    /// Where the next read that finds no free connection waits.
+    next_reader: AtomicUsize,
     /// Committed state of every group used since open. The writer replaces an entry after
     /// its transaction commits; a reader that loads a missing entry inserts it only if it is
     /// still missing, so a load that raced with a commit never overwrites newer state.
@@ -217,12 +224,17 @@ impl SqliteStore {
         let mut conn = Connection::open(path)?;
         configure(&conn, options)?;
         migrate(&mut conn)?;
-        let reader = Connection::open(path)?;
-        configure(&reader, options)?;
-        reader.pragma_update(None, "query_only", true)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open(path)?;
+            configure(&reader, options)?;
+            reader.pragma_update(None, "query_only", true)?;
+            readers.push(Mutex::new(reader));
+        }
         Ok(SqliteStore {
             writer: Mutex::new(conn),
-            reader: Mutex::new(reader),
+            readers,
+            next_reader: AtomicUsize::new(0),
             groups: RwLock::new(HashMap::new()),
             acks: Mutex::new(PendingAcks::default()),
         })
@@ -240,9 +252,20 @@ impl SqliteStore {
     }
 
     fn reader(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.reader
+        let poisoned = || StoreError::Backend("reader lock poisoned".into());
+        for reader in &self.readers {
+            match reader.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+            }
+        }
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len().max(1);
+        self.readers
+            .get(i)
+            .ok_or_else(poisoned)?
             .lock()
-            .map_err(|_| StoreError::Backend("reader lock poisoned".into()))
+            .map_err(|_| poisoned())
     }
 
     fn acks(&self) -> Result<MutexGuard<'_, PendingAcks>, StoreError> {
