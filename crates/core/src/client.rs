@@ -2050,9 +2050,27 @@ impl<S: Store> Client<S> {
                     self.finish(op, Ok(()));
                 }
             }
+            Err(e)
+                if matches!(
+                    e.code,
+                    ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
+                ) =>
+            {
+                // Retryable: it stays in the outbox and goes out again after the next
+                // (re)connection.
+                self.warn(format!("a message will be resent later: {e}"));
+            }
             Err(e) => {
                 // Refused for good (not a member, too large...): drop it from the outbox.
                 store.delete_outbox(local_id)?;
+                if e.code == ErrorCode::NotMember
+                    && self.records.get(&item.group).map(|r| r.membership)
+                        == Some(Membership::Active)
+                {
+                    // We were removed while offline and missed the commit.
+                    self.forget_group(item.group, Membership::Removed)?;
+                    self.event(Event::RemovedFromGroup { group: item.group });
+                }
                 let why = e.to_string();
                 if let Some(op) = self.outbox_ops.remove(&local_id) {
                     self.finish(op, Err(OpError::Relay(why)));

@@ -261,11 +261,10 @@ pub trait Store: Kv + StorageProvider<CURRENT_VERSION, Error = StoreError> + Sen
             ),
             None => 1,
         };
-        self.kv_put(
-            Namespace::Config,
-            b"\0next_local_id",
-            &(current + 1).to_be_bytes(),
-        )?;
+        let next = current
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt("local id".into()))?;
+        self.kv_put(Namespace::Config, b"\0next_local_id", &next.to_be_bytes())?;
         Ok(current)
     }
 

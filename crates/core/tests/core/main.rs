@@ -736,3 +736,25 @@ fn a_key_update_keeps_everyone_in_step() {
         Some(&"new keys".to_string())
     );
 }
+
+#[test]
+fn a_device_removed_while_offline_learns_it_from_the_relay() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.disconnect(bob);
+    let now = net.now_ms;
+    let op = net.client(alice).remove_users(now, "friends", &[user("bob")]).unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    net.connect(bob);
+    net.run();
+    net.take_events(bob);
+    let op = send(&mut net, bob, "anyone?");
+    let result = op_result(&mut net, bob, op);
+    assert!(matches!(result, Err(OpError::Relay(_))), "{result:?}");
+    let events = net.take_events(bob);
+    assert!(events.iter().any(|e| matches!(e, Event::RemovedFromGroup { group: g } if *g == group)));
+    assert!(!net.client(bob).groups()[0].active);
+    assert!(texts(&net.take_events(alice)).is_empty());
+}
