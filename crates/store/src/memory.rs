@@ -10,7 +10,8 @@ type Key = (Namespace, Vec<u8>);
 
 #[derive(Default)]
 struct Inner {
-    map: BTreeMap<Key, Vec<u8>>,
+    /// One ordered map per namespace (lookups by `&[u8]` without allocating).
+    map: BTreeMap<Namespace, BTreeMap<Vec<u8>, Vec<u8>>>,
     /// Old values of keys written in the open transaction, oldest first.
     journal: Option<Vec<(Key, Option<Vec<u8>>)>>,
 }
@@ -41,20 +42,29 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl Inner {
-    fn set(&mut self, key: Key, value: Option<Vec<u8>>) {
-        let old = match value {
-            Some(v) => self.map.insert(key.clone(), v),
-            None => self.map.remove(&key),
-        };
-        if let Some(j) = self.journal.as_mut() {
-            j.push((key, old));
+    fn set(&mut self, (ns, key): Key, value: Option<Vec<u8>>) {
+        let space = self.map.entry(ns).or_default();
+        match self.journal.as_mut() {
+            Some(j) => {
+                let old = match value {
+                    Some(v) => space.insert(key.clone(), v),
+                    None => space.remove(&key),
+                };
+                j.push(((ns, key), old));
+            }
+            None => {
+                match value {
+                    Some(v) => space.insert(key, v),
+                    None => space.remove(&key),
+                };
+            }
         }
     }
 }
 
 impl Kv for MemoryStore {
     fn kv_get(&self, ns: Namespace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.lock()?.map.get(&(ns, key.to_vec())).cloned())
+        Ok(self.lock()?.map.get(&ns).and_then(|m| m.get(key)).cloned())
     }
 
     fn kv_put(&self, ns: Namespace, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -64,7 +74,7 @@ impl Kv for MemoryStore {
 
     fn kv_delete(&self, ns: Namespace, key: &[u8]) -> Result<(), StoreError> {
         let mut inner = self.lock()?;
-        if inner.map.contains_key(&(ns, key.to_vec())) {
+        if inner.map.get(&ns).is_some_and(|m| m.contains_key(key)) {
             inner.set((ns, key.to_vec()), None);
         }
         Ok(())
@@ -72,11 +82,16 @@ impl Kv for MemoryStore {
 
     fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<KvPair>, StoreError> {
         let inner = self.lock()?;
-        Ok(inner
-            .map
-            .range((ns, prefix.to_vec())..)
-            .take_while(|((n, k), _)| *n == ns && k.starts_with(prefix))
-            .map(|((_, k), v)| (k.clone(), v.clone()))
+        let Some(space) = inner.map.get(&ns) else {
+            return Ok(Vec::new());
+        };
+        Ok(space
+            .range::<[u8], _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
 
@@ -102,10 +117,11 @@ impl Kv for MemoryStore {
         let Some(journal) = inner.journal.take() else {
             return Err(StoreError::Transaction("rollback without a transaction"));
         };
-        for (key, old) in journal.into_iter().rev() {
+        for ((ns, key), old) in journal.into_iter().rev() {
+            let space = inner.map.entry(ns).or_default();
             match old {
-                Some(v) => inner.map.insert(key, v),
-                None => inner.map.remove(&key),
+                Some(v) => space.insert(key, v),
+                None => space.remove(&key),
             };
         }
         Ok(())
