@@ -52,6 +52,8 @@ pub struct CallConfig {
     pub video_fps: u32,
     /// Video target bitrate (kbit/s).
     pub video_kbps: u32,
+    /// A key frame at least every this many frames (also on connect and on request).
+    pub video_keyframe_interval: u32,
     /// Directory for `audio-<peer>.wav`, `video-<peer>/frame-N.ppm` and `stats.json`.
     pub record_dir: Option<PathBuf>,
     /// Save every Nth received video frame as PPM.
@@ -75,6 +77,7 @@ impl Default for CallConfig {
             receive_only: true,
             video_fps: 15,
             video_kbps: 500,
+            video_keyframe_interval: 30,
             record_dir: None,
             record_every_nth_frame: 15,
             sframe_grace: crate::sframe::DEFAULT_GRACE,
@@ -153,6 +156,10 @@ pub struct PeerStats {
     pub audio_frames_received: u64,
     /// Video frames sent.
     pub video_frames_sent: u64,
+    /// Video key frames sent.
+    pub video_keyframes_sent: u64,
+    /// Key frame requests sent to the peer (after lost or undecodable frames).
+    pub keyframe_requests_sent: u64,
     /// Video frames received, decrypted and decoded.
     pub video_frames_received: u64,
     /// Frames refused by SFrame (unknown KID, bad tag, replay).
@@ -532,7 +539,9 @@ impl Call {
             let mut source = input.open()?;
             let (w, h) = source.dimensions();
             let fps = self.inner.config.video_fps.clamp(1, 60);
-            let mut encoder = Vp8Encoder::new(w, h, fps, self.inner.config.video_kbps)?;
+            let kf = self.inner.config.video_keyframe_interval.max(1);
+            let mut encoder =
+                Vp8Encoder::with_keyframe_interval(w, h, fps, self.inner.config.video_kbps, kf)?;
             let weak = Arc::downgrade(&self.inner);
             let period = Duration::from_secs(1) / fps;
             handles.push(tokio::spawn(async move {
@@ -558,7 +567,7 @@ impl Call {
                         };
                         let ct = Bytes::from(ct);
                         for s in &targets {
-                            let _ = s.write_video(ct.clone(), period).await;
+                            let _ = s.write_video(ct.clone(), period, f.keyframe).await;
                         }
                     }
                 }
@@ -576,6 +585,10 @@ impl CallInner {
         // A driver that stops reading loses events rather than letting a peer (e.g. flooding
         // control messages) grow memory without bound.
         let _ = self.events.try_send(ev);
+    }
+
+    pub(crate) fn session(&self, peer: &str) -> Option<Arc<PeerSession>> {
+        self.sessions.lock().ok().and_then(|s| s.get(peer).cloned())
     }
 
     fn connected_sessions(&self) -> Vec<Arc<PeerSession>> {
@@ -689,6 +702,8 @@ async fn peer_stats(s: &PeerSession) -> PeerStats {
         audio_frames_sent: s.counters.audio_frames_sent.load(Ordering::Relaxed),
         audio_frames_received: s.counters.audio_frames_decoded.load(Ordering::Relaxed),
         video_frames_sent: s.counters.video_frames_sent.load(Ordering::Relaxed),
+        video_keyframes_sent: s.counters.video_keyframes_sent.load(Ordering::Relaxed),
+        keyframe_requests_sent: s.counters.keyframe_requests_sent.load(Ordering::Relaxed),
         video_frames_received: s.counters.video_frames_decoded.load(Ordering::Relaxed),
         sframe_failures: s.counters.sframe_failures.load(Ordering::Relaxed),
         decode_failures: s.counters.decode_failures.load(Ordering::Relaxed),

@@ -222,12 +222,24 @@ pub mod vp8 {
     unsafe impl Send for Vp8Encoder {}
 
     impl Vp8Encoder {
-        /// A new encoder for `width`x`height` at `fps`, `bitrate_kbps` target, realtime speed.
+        /// A new encoder for `width`x`height` at `fps`, `bitrate_kbps` target, realtime speed,
+        /// with a key frame at least every second.
         pub fn new(
             width: u32,
             height: u32,
             fps: u32,
             bitrate_kbps: u32,
+        ) -> Result<Self, CodecError> {
+            Self::with_keyframe_interval(width, height, fps, bitrate_kbps, fps)
+        }
+
+        /// Like [`Vp8Encoder::new`] with a key frame at least every `keyframe_interval` frames.
+        pub fn with_keyframe_interval(
+            width: u32,
+            height: u32,
+            fps: u32,
+            bitrate_kbps: u32,
+            keyframe_interval: u32,
         ) -> Result<Self, CodecError> {
             if width == 0
                 || height == 0
@@ -260,7 +272,7 @@ pub mod vp8 {
                 cfg.g_error_resilient = 1;
                 cfg.rc_end_usage = ffi::vpx_rc_mode::VPX_CBR;
                 cfg.kf_mode = ffi::vpx_kf_mode::VPX_KF_AUTO;
-                cfg.kf_max_dist = fps;
+                cfg.kf_max_dist = keyframe_interval.max(1);
                 let mut ctx = Box::new(MaybeUninit::<ffi::vpx_codec_ctx_t>::zeroed().assume_init());
                 check(ffi::vpx_codec_enc_init_ver(
                     &mut *ctx,

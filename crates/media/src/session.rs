@@ -116,6 +116,9 @@ pub enum ControlMessage {
     },
     /// Free text (chat during the call, diagnostics).
     Text(String),
+    /// The receiver lost video frames: send a key frame (handled inside the call; not
+    /// reported as an event).
+    KeyframeRequest,
 }
 
 /// Errors of peer sessions.
@@ -156,6 +159,8 @@ fn rtc_err(e: impl std::fmt::Display) -> SessionError {
 pub(crate) struct Counters {
     pub audio_frames_sent: AtomicU64,
     pub video_frames_sent: AtomicU64,
+    pub video_keyframes_sent: AtomicU64,
+    pub keyframe_requests_sent: AtomicU64,
     pub audio_frames_decoded: AtomicU64,
     pub video_frames_decoded: AtomicU64,
     pub sframe_failures: AtomicU64,
@@ -221,6 +226,7 @@ pub struct PeerSession {
     /// The last decoded video frame (for checks and previews).
     pub(crate) last_video: Mutex<Option<crate::codec::I420Frame>>,
     pub(crate) want_keyframe: AtomicBool,
+    last_keyframe_request: Mutex<Option<Instant>>,
     gathered: tokio::sync::Notify,
     gathering_done: AtomicBool,
     trickle: bool,
@@ -315,6 +321,7 @@ impl PeerSession {
             first_video_at: OnceLock::new(),
             last_video: Mutex::new(None),
             want_keyframe: AtomicBool::new(true),
+            last_keyframe_request: Mutex::new(None),
             gathered: tokio::sync::Notify::new(),
             gathering_done: AtomicBool::new(false),
             trickle: cfg.trickle_ice,
@@ -347,6 +354,12 @@ impl PeerSession {
                         let Ok(msg) = serde_json::from_slice::<ControlMessage>(&m.data) else {
                             continue;
                         };
+                        if msg == ControlMessage::KeyframeRequest {
+                            if let Some(s) = call.upgrade().and_then(|c| c.session(&peer)) {
+                                s.want_keyframe.store(true, Ordering::Release);
+                            }
+                            continue;
+                        }
                         if let Some(call) = call.upgrade() {
                             call.emit(CallEvent::Control {
                                 peer: peer.clone(),
@@ -471,14 +484,48 @@ impl PeerSession {
         &self,
         frame: Bytes,
         duration: Duration,
+        keyframe: bool,
     ) -> Result<(), SessionError> {
         if let Some(t) = &self.video {
             t.write(frame, duration).await?;
             self.counters
                 .video_frames_sent
                 .fetch_add(1, Ordering::Relaxed);
+            if keyframe {
+                self.counters
+                    .video_keyframes_sent
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(())
+    }
+
+    /// Asks the peer for a key frame on the control channel (at most one per 500 ms).
+    pub async fn request_keyframe(&self) {
+        let now = Instant::now();
+        {
+            let Ok(mut last) = self.last_keyframe_request.lock() else {
+                return;
+            };
+            if last.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_millis(500)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        if self
+            .send_control(&ControlMessage::KeyframeRequest)
+            .await
+            .is_ok()
+        {
+            self.counters
+                .keyframe_requests_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Key frames sent to this peer so far.
+    pub fn video_keyframes_sent(&self) -> u64 {
+        self.counters.video_keyframes_sent.load(Ordering::Relaxed)
     }
 
     /// webrtc-rs statistics for this connection.
@@ -797,16 +844,22 @@ async fn receive_video(
         let TrackRemoteEvent::OnRtpPacket(pkt) = ev else {
             continue;
         };
-        let Some(frame) = assembler.push(
+        let dropped_before = assembler.dropped_frames();
+        let frame = assembler.push(
             pkt.header.sequence_number,
             pkt.header.timestamp,
             pkt.header.marker,
             &pkt.payload,
-        ) else {
-            continue;
-        };
+        );
         let (Some(call), Some(session)) = (call.upgrade(), session.upgrade()) else {
             return;
+        };
+        // A lost frame breaks every following inter frame: ask for a key frame.
+        if assembler.dropped_frames() > dropped_before {
+            session.request_keyframe().await;
+        }
+        let Some(frame) = frame else {
+            continue;
         };
         let Some(vp8) = call.open_frame(&session, &frame) else {
             continue;
@@ -836,6 +889,7 @@ async fn receive_video(
                     .counters
                     .decode_failures
                     .fetch_add(1, Ordering::Relaxed);
+                session.request_keyframe().await;
             }
         }
     }
@@ -844,6 +898,7 @@ async fn receive_video(
 /// Reassembles VP8 RTP payloads (RFC 7741) into whole (SFrame-encrypted) frames.
 #[derive(Default)]
 pub struct Vp8Assembler {
+    dropped: u64,
     buf: Vec<u8>,
     timestamp: Option<u32>,
     next_seq: Option<u16>,
@@ -851,6 +906,11 @@ pub struct Vp8Assembler {
 }
 
 impl Vp8Assembler {
+    /// Frames dropped so far because a packet was missing.
+    pub fn dropped_frames(&self) -> u64 {
+        self.dropped
+    }
+
     /// Adds one RTP packet; returns a complete frame when the marker packet arrives and no
     /// packet of the frame was lost.
     pub fn push(
@@ -878,6 +938,9 @@ impl Vp8Assembler {
         }
         if marker {
             let done = !self.broken && !self.buf.is_empty();
+            if !done {
+                self.dropped += 1;
+            }
             self.timestamp = None;
             self.broken = false;
             let frame = std::mem::take(&mut self.buf);

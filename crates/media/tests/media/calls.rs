@@ -544,3 +544,52 @@ async fn trickle_ice_call() {
     alice.end().await;
     bob.end().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframe_request_over_the_control_channel() {
+    let mut mesh = Mesh::new();
+    let sender_cfg = CallConfig {
+        audio: None,
+        video: Some(VideoInput::Pattern {
+            width: 160,
+            height: 120,
+        }),
+        // No periodic key frames: only the one on connect and requested ones.
+        video_keyframe_interval: 100_000,
+        ..CallConfig::default()
+    };
+    let receiver_cfg = CallConfig {
+        audio: None,
+        ..CallConfig::default()
+    };
+    let alice = mesh.add("alice", 0, sender_cfg, key(2, 4), &[0, 1]);
+    let bob = mesh.add("bob", 1, receiver_cfg, key(2, 4), &[0, 1]);
+    alice.dial("bob", Some(1)).await.unwrap();
+    let mut seen = Vec::new();
+    mesh.wait_for(&mut seen, |w, e| {
+        w == "bob" && matches!(e, CallEvent::FirstVideo { .. })
+    })
+    .await;
+    // Let the data channel open and any connect-time key frames settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let to_bob = alice.peer_session("bob").unwrap();
+    let before = to_bob.video_keyframes_sent();
+    assert!(before >= 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        to_bob.video_keyframes_sent(),
+        before,
+        "periodic key frames are off"
+    );
+    bob.peer_session("alice").unwrap().request_keyframe().await;
+    tokio::time::timeout(WAIT, async {
+        while to_bob.video_keyframes_sent() == before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no key frame after the request");
+    let stats = bob.end().await;
+    assert_eq!(stats.peers[0].keyframe_requests_sent, 1);
+    alice.end().await;
+}
