@@ -3,27 +3,29 @@
 //! Connections hand posts to one writer thread through a channel. The thread takes
 //! everything queued (up to `post_batch_max`), appends it with one
 //! [`RelayStore::append_batch`] call (group commit: one transaction, one sync for the whole
-//! batch), answers each poster with `Posted { seq }` only after that returned (durable), and
-//! fans each accepted entry out: the `Deliver` frame is encoded once and the same `Bytes`
-//! is pushed to every online member's queue. Because one thread appends and fans out in
-//! order, every device sees a group's entries in seq order.
+//! batch), and encodes each post's reply and each accepted entry's `Deliver` frame once.
+//! It hands the batch to one fan-out task on the async runtime (one cross-thread wake-up per
+//! batch), which answers each poster with `Posted { seq }` (the post is durable by then) and
+//! pushes the same `Bytes` to every online recipient's queue. One thread appends and one task
+//! fans out, both in order, so every device sees a group's entries in seq order.
 //!
 //! Memory is bounded by a byte semaphore: a post holds permits for its size until it has
-//! been appended, so connections posting faster than the store can sync wait.
+//! been fanned out, so connections posting faster than the store can sync wait.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
 use cove_wire::{
-    Delivery, DeviceId, EntryKind, ErrorCode, ErrorReply, Reply, RequestId, Seq, ServerFrame,
-    Stream,
+    Delivery, DeviceId, EntryKind, ErrorCode, ErrorReply, GroupId, Reply, RequestId, Seq,
+    ServerFrame, Stream,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, error, warn};
 
-use crate::hub::{Hub, Outbox};
+use crate::hub::{CloseReason, Hub, Outbox};
 use crate::session::{encode_frame, response, store_error_reply};
-use crate::store::{NewPost, RelayStore};
+use crate::store::{Appended, NewPost, RelayStore, StoreError};
 
 /// Fixed per-post overhead counted against the byte budget besides the payload.
 const POST_OVERHEAD_BYTES: usize = 256;
@@ -36,7 +38,7 @@ pub(crate) struct PostJob {
     pub request: RequestId,
     /// Where to answer.
     pub reply_to: Arc<Outbox>,
-    /// Byte budget held until the post is appended.
+    /// Byte budget held until the post is fanned out.
     pub permit: OwnedSemaphorePermit,
 }
 
@@ -56,9 +58,11 @@ impl Pipeline {
         batch_max: usize,
     ) -> std::io::Result<(Pipeline, JoinHandle<()>)> {
         let (jobs, rx) = mpsc::unbounded_channel();
+        let (done, done_rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("cove-post-writer".into())
-            .spawn(move || writer_thread(store, hub, rx, batch_max.max(1)))?;
+            .spawn(move || writer_thread(store, rx, done, batch_max.max(1)))?;
+        tokio::spawn(fanout_task(hub, done_rx));
         let budget_bytes = budget_bytes.min(Semaphore::MAX_PERMITS);
         let budget = Arc::new(Semaphore::new(budget_bytes));
         Ok((
@@ -88,8 +92,8 @@ impl Pipeline {
 
 fn writer_thread(
     store: Arc<dyn RelayStore>,
-    hub: Arc<Hub>,
     mut rx: mpsc::UnboundedReceiver<PostJob>,
+    done: mpsc::UnboundedSender<Vec<Outcome>>,
     batch_max: usize,
 ) {
     let mut jobs: Vec<PostJob> = Vec::with_capacity(batch_max);
@@ -109,61 +113,29 @@ fn writer_thread(
         }
         let count = posts.len();
         let results = store.append_batch(posts);
-        if results.len() != count {
+        let outcomes: Vec<Outcome> = if results.len() == count {
+            debug!(batch = count, "appended post batch");
+            replies
+                .into_iter()
+                .zip(results)
+                .map(|(r, result)| outcome(r, result))
+                .collect()
+        } else {
             error!(
                 expected = count,
                 got = results.len(),
                 "store returned a wrong number of results"
             );
-            for (request, reply_to, _) in &replies {
-                reply(
-                    reply_to,
-                    *request,
-                    Err(ErrorReply::new(ErrorCode::Internal, "internal error")),
-                );
-            }
-            continue;
-        }
-        debug!(batch = count, "appended post batch");
-        let mut fanout = hub.fanout();
-        for ((request, reply_to, permit), result) in replies.into_iter().zip(results) {
-            drop(permit);
-            let appended = match result {
-                Ok(appended) => appended,
-                Err(e) => {
-                    reply(&reply_to, request, Err(store_error_reply(&e)));
-                    continue;
-                }
-            };
-            let group = appended.entry.group;
-            let seq = appended.entry.seq;
-            reply(&reply_to, request, Ok(Reply::Posted { seq }));
-            // Devices a commit adds start reading after it (their Welcome carries it), so
-            // the commit goes to the other members and to the removed devices.
-            let others: Option<Vec<_>> = match &appended.entry.kind {
-                EntryKind::Commit { added, .. } if !added.is_empty() => Some(
-                    appended
-                        .members
-                        .iter()
-                        .copied()
-                        .filter(|d| !added.contains(d))
-                        .collect(),
-                ),
-                _ => None,
-            };
-            let members = others.as_deref().unwrap_or(appended.members.as_slice());
-            let Some(frame) = encode_frame(&ServerFrame::Deliver(Delivery::Group(appended.entry)))
-            else {
-                continue;
-            };
-            fanout.deliver(members, Stream::Group(group), seq, &frame);
-            fanout.deliver(&appended.removed, Stream::Group(group), seq, &frame);
-            for (device, entry) in appended.welcomes {
-                let inbox_seq = entry.seq;
-                if let Some(frame) = encode_frame(&ServerFrame::Deliver(Delivery::Inbox(entry))) {
-                    fanout.deliver(&[device], Stream::Inbox, inbox_seq, &frame);
-                }
-            }
+            let internal = || Err(StoreError::Backend("wrong number of results".into()));
+            replies
+                .into_iter()
+                .map(|r| outcome(r, internal()))
+                .collect()
+        };
+        // The fan-out runs on the async runtime: one cross-thread wake-up per batch instead
+        // of one per recipient connection.
+        if done.send(outcomes).is_err() {
+            break;
         }
     }
     // Every connection is gone: write whatever the store buffers (acks) before it closes.
@@ -171,6 +143,101 @@ fn writer_thread(
         error!(error = %e, "flushing the store failed");
     }
     debug!("post writer stopped");
+}
+
+/// A post after the store: its encoded reply and, if accepted, its encoded deliveries.
+pub(crate) struct Outcome {
+    reply_to: Arc<Outbox>,
+    reply: Option<Bytes>,
+    accepted: Option<Accepted>,
+    /// Released once the post has been fanned out.
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Accepted {
+    group: GroupId,
+    seq: Seq,
+    /// Who gets the entry (members, minus devices the commit added, plus removed ones).
+    recipients: Vec<DeviceId>,
+    frame: Bytes,
+    welcomes: Vec<(DeviceId, Seq, Bytes)>,
+}
+
+fn outcome(
+    (request, reply_to, permit): (RequestId, Arc<Outbox>, OwnedSemaphorePermit),
+    result: Result<Appended, StoreError>,
+) -> Outcome {
+    let appended = match result {
+        Ok(appended) => appended,
+        Err(e) => {
+            let reply = encode_frame(&response(request, Err(store_error_reply(&e))));
+            return Outcome {
+                reply_to,
+                reply,
+                accepted: None,
+                _permit: permit,
+            };
+        }
+    };
+    let group = appended.entry.group;
+    let seq = appended.entry.seq;
+    let reply = encode_frame(&response(request, Ok(Reply::Posted { seq })));
+    // Devices a commit adds start reading after it (their Welcome carries it), so the
+    // commit goes to the other members and to the removed devices.
+    let mut recipients = appended.members;
+    if let EntryKind::Commit { added, .. } = &appended.entry.kind
+        && !added.is_empty()
+    {
+        recipients.retain(|d| !added.contains(d));
+    }
+    recipients.extend_from_slice(&appended.removed);
+    let accepted =
+        encode_frame(&ServerFrame::Deliver(Delivery::Group(appended.entry))).map(|frame| {
+            Accepted {
+                group,
+                seq,
+                recipients,
+                frame,
+                welcomes: appended
+                    .welcomes
+                    .into_iter()
+                    .filter_map(|(device, entry)| {
+                        let seq = entry.seq;
+                        encode_frame(&ServerFrame::Deliver(Delivery::Inbox(entry)))
+                            .map(|f| (device, seq, f))
+                    })
+                    .collect(),
+            }
+        });
+    Outcome {
+        reply_to,
+        reply,
+        accepted,
+        _permit: permit,
+    }
+}
+
+/// Answers posters and pushes each accepted entry to its online recipients, batch by batch,
+/// in order.
+async fn fanout_task(hub: Arc<Hub>, mut done: mpsc::UnboundedReceiver<Vec<Outcome>>) {
+    while let Some(outcomes) = done.recv().await {
+        let mut fanout = hub.fanout();
+        for outcome in outcomes {
+            match outcome.reply {
+                Some(frame) => {
+                    outcome.reply_to.push(frame);
+                }
+                None => outcome
+                    .reply_to
+                    .close(CloseReason::Code(ErrorCode::Internal)),
+            }
+            let Some(a) = outcome.accepted else { continue };
+            fanout.deliver(&a.recipients, Stream::Group(a.group), a.seq, &a.frame);
+            for (device, seq, frame) in &a.welcomes {
+                fanout.deliver(&[*device], Stream::Inbox, *seq, frame);
+            }
+        }
+    }
 }
 
 /// An acknowledgement waiting for the ack thread.

@@ -101,14 +101,23 @@ where
             Some(_) => tokio::time::Instant::now() + idle,
             None => auth_deadline,
         };
+        // Cheap checks first; the select polls the close and shutdown signals (which takes
+        // locks) only when no message is ready.
+        if closing.has_changed().unwrap_or(true) {
+            break;
+        }
+        if *shutdown.borrow() {
+            outbox.close(CloseReason::Code(ErrorCode::Unavailable));
+            break;
+        }
         let next = tokio::select! {
             biased;
+            next = tokio::time::timeout_at(deadline, stream.next()) => next,
             _ = closing.changed() => break,
             () = crate::relay::stopped(&mut shutdown) => {
                 outbox.close(CloseReason::Code(ErrorCode::Unavailable));
                 break;
             }
-            next = tokio::time::timeout_at(deadline, stream.next()) => next,
         };
         let message = match next {
             Err(_) if session.device.is_none() => {
@@ -660,23 +669,29 @@ async fn write_loop<S>(
         bytes,
         mut close,
     } = receiver;
-    let start = tokio::time::Instant::now() + ping_interval;
-    let mut ping = tokio::time::interval_at(start, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Branch order matters on the hot path: with `biased`, a ready queue wins and the close
+    // and ping branches are not even polled (polling them takes locks), so under load each
+    // wake-up costs a channel receive, the writes and one flush. The close flag and the ping
+    // deadline are checked with an uncontended read lock and a clock read instead.
+    let mut next_ping = tokio::time::Instant::now() + ping_interval;
     let reason = loop {
-        let current = *close.borrow_and_update();
-        if let Some(reason) = current {
+        let requested = *close.borrow();
+        if let Some(reason) = requested {
             break reason;
+        }
+        if tokio::time::Instant::now() >= next_ping {
+            next_ping = tokio::time::Instant::now() + ping_interval;
+            if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                break CloseReason::Quiet;
+            }
         }
         tokio::select! {
             biased;
-            changed = close.changed() => {
-                if changed.is_err() {
-                    break CloseReason::Quiet;
-                }
-            }
             frame = queue.recv() => {
-                let Some(frame) = frame else { break CloseReason::Quiet };
+                let Some(frame) = frame else {
+                    // The connection is over; a close reason set before still counts.
+                    break (*close.borrow()).unwrap_or(CloseReason::Quiet);
+                };
                 let io = async {
                     // Give the byte budget back once per batch (one semaphore release).
                     let mut taken = frame.len();
@@ -694,15 +709,14 @@ async fn write_loop<S>(
                     sink.flush().await
                 };
                 tokio::select! {
+                    biased;
                     r = io => if r.is_err() { break CloseReason::Quiet },
+                    // A reader that stopped reading blocks the write: closing interrupts it.
                     _ = close.changed() => {}
                 }
             }
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break CloseReason::Quiet;
-                }
-            }
+            _ = close.changed() => {}
+            () = tokio::time::sleep_until(next_ping) => {}
         }
     };
     let finish = async {
