@@ -115,7 +115,10 @@ pub enum ControlMessage {
         video: bool,
     },
     /// Free text (chat during the call, diagnostics).
-    Text(String),
+    Text {
+        /// The text.
+        text: String,
+    },
     /// The receiver lost video frames: send a key frame (handled inside the call; not
     /// reported as an event).
     KeyframeRequest,

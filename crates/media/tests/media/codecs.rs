@@ -110,3 +110,41 @@ fn devices_are_behind_a_feature() {
     assert!(cove_media::source::open_microphone().is_err());
     assert!(cove_media::source::open_camera().is_err());
 }
+
+#[test]
+fn signalling_values_round_trip_as_json() {
+    use cove_media::session::{ControlMessage, IceCandidate, SessionDescription, Signal};
+    let desc = SessionDescription {
+        sdp: "v=0\r\n".into(),
+        fingerprint: "sha-256 AB:CD".into(),
+    };
+    for s in [
+        Signal::Offer(desc.clone()),
+        Signal::Answer(desc),
+        Signal::Candidate(IceCandidate {
+            candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+            username_fragment: None,
+        }),
+    ] {
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Signal>(&json).unwrap(), s);
+    }
+    for m in [
+        ControlMessage::Hangup,
+        ControlMessage::Mute {
+            audio: true,
+            video: false,
+        },
+        ControlMessage::Text { text: "hi".into() },
+        ControlMessage::KeyframeRequest,
+    ] {
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<ControlMessage>(&json).unwrap(), m);
+    }
+    assert_eq!(
+        serde_json::to_string(&ControlMessage::KeyframeRequest).unwrap(),
+        r#"{"type":"keyframe_request"}"#
+    );
+}
