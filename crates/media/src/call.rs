@@ -39,6 +39,11 @@ pub struct CallConfig {
     /// STUN/TURN servers.
     pub ice_servers: Vec<IceServer>,
     /// Use only relayed (TURN) candidates: hides the local addresses from peers.
+    ///
+    /// Known limit of webrtc-rs 0.21: its driver hands a datagram to the TURN relayer after the
+    /// relayer's write queue was drained for that loop iteration, so while a connection is idle
+    /// each relayed DTLS flight waits for the next wake-up (~200 ms). A relay-only call
+    /// therefore takes about 1.5-2 s to connect even on loopback (media then flows normally).
     pub relay_only: bool,
     /// Trickle ICE: emit candidates as separate signals instead of waiting for gathering.
     pub trickle_ice: bool,
@@ -350,7 +355,10 @@ impl Call {
     }
 
     /// Installs the key of a new MLS epoch (after a commit): the local sender switches to it
-    /// at once; the previous epoch stays decryptable for the grace period.
+    /// at once; the previous epoch stays decryptable for the grace period. Call it as soon as
+    /// the commit is merged; a peer that has not merged it yet drops the frames it cannot
+    /// decrypt (counted in `sframe_failures`) until it does. To drop a removed member from a
+    /// mesh call, also [`Call::hang_up`] its session.
     pub fn rekey(
         &self,
         key: EpochKey,
