@@ -67,6 +67,9 @@ pub struct Client<S: Store> {
     outbox_ops: HashMap<u64, OpId>,
     outputs: VecDeque<Output>,
     key_package_request_in_flight: bool,
+    /// Users whose keys were first seen in MLS (a Welcome or another member's commit) and
+    /// are to be checked against the relay's directory.
+    to_verify: BTreeSet<UserName>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +88,7 @@ enum Pending {
     Upload,
     CreateGroup { op: OpId },
     Directory { op: OpId, user: UserName },
+    Verify { user: UserName },
     Claim { op: OpId, user: UserName },
     PostApplication { local_id: u64 },
     PostCommit { op: OpId },
@@ -220,6 +224,7 @@ impl<S: Store> Client<S> {
             outbox_ops: HashMap::new(),
             outputs: VecDeque::new(),
             key_package_request_in_flight: false,
+            to_verify: BTreeSet::new(),
         })
     }
 
@@ -501,6 +506,19 @@ impl<S: Store> Client<S> {
     /// was not processed and will come again (storage failure) or the connection should
     /// be dropped (protocol violation, `Closing`).
     pub fn handle_frame(&mut self, now_ms: u64, frame: ServerFrame) -> Result<(), HandleError> {
+        let result = self.dispatch(now_ms, frame);
+        if self.conn == Conn::Ready && !self.to_verify.is_empty() {
+            for user in std::mem::take(&mut self.to_verify) {
+                self.request(
+                    Request::ListDevices { user: user.clone() },
+                    Pending::Verify { user },
+                );
+            }
+        }
+        result
+    }
+
+    fn dispatch(&mut self, now_ms: u64, frame: ServerFrame) -> Result<(), HandleError> {
         match frame {
             ServerFrame::Challenge { nonce, .. } => self.on_challenge(&nonce),
             ServerFrame::Response { id, result } => self.on_response(now_ms, id, result),
@@ -868,6 +886,10 @@ impl<S: Store> Client<S> {
                 self.on_directory(now_ms, op, user, r);
                 Ok(())
             }
+            (Pending::Verify { user }, Ok(Reply::Devices { user: u, devices })) if u == user => {
+                self.verify_against_directory(&user, &devices)?;
+                Ok(())
+            }
             (Pending::Claim { op, user }, r) => {
                 self.on_claim(op, user, r);
                 Ok(())
@@ -1032,6 +1054,9 @@ impl<S: Store> Client<S> {
             }
             self.check_pin(now_ms, &id, &mut events)
                 .map_err(|e| e.to_string())?;
+            if Some(id.device) != self.identity.device {
+                self.to_verify.insert(id.user.clone());
+            }
         }
         let by = by.ok_or("the Welcome's sender is not a member")?;
         let name = mls
@@ -1369,6 +1394,9 @@ impl<S: Store> Client<S> {
                 for m in &added {
                     self.check_pin(now_ms, m, &mut pin_events)
                         .map_err(|e| e.to_string())?;
+                    if Some(sender_id.device) != self.identity.device {
+                        self.to_verify.insert(m.user.clone());
+                    }
                 }
                 if !added.is_empty() || !removed.is_empty() {
                     out.events.push(Event::MembersChanged {
@@ -1453,6 +1481,30 @@ impl<S: Store> Client<S> {
                 Ok(true)
             }
         }
+    }
+
+    /// Compares the keys pinned from MLS credentials with the relay's directory.
+    fn verify_against_directory(
+        &mut self,
+        user: &UserName,
+        directory: &[DeviceInfo],
+    ) -> Result<(), HandleError> {
+        for pin in self.provider.store().pinned_devices(user)? {
+            match directory.iter().find(|d| d.device == pin.device) {
+                Some(d) if d.key == pin.key => {}
+                Some(d) => self.event(Event::KeyChanged {
+                    user: user.clone(),
+                    device: pin.device,
+                    pinned: pin.key,
+                    presented: d.key,
+                }),
+                None => self.warn(format!(
+                    "device {} of {user} is a group member but not in the relay's directory",
+                    pin.device
+                )),
+            }
+        }
+        Ok(())
     }
 
     fn after_epoch_change(&mut self, now_ms: u64, group: GroupId) -> Result<(), HandleError> {

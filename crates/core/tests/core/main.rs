@@ -745,7 +745,10 @@ fn a_device_removed_while_offline_learns_it_from_the_relay() {
     let group = group_of(&mut net, alice, &["bob"]);
     net.disconnect(bob);
     let now = net.now_ms;
-    let op = net.client(alice).remove_users(now, "friends", &[user("bob")]).unwrap();
+    let op = net
+        .client(alice)
+        .remove_users(now, "friends", &[user("bob")])
+        .unwrap();
     assert_eq!(op_result(&mut net, alice, op), Ok(()));
     net.connect(bob);
     net.run();
@@ -754,7 +757,48 @@ fn a_device_removed_while_offline_learns_it_from_the_relay() {
     let result = op_result(&mut net, bob, op);
     assert!(matches!(result, Err(OpError::Relay(_))), "{result:?}");
     let events = net.take_events(bob);
-    assert!(events.iter().any(|e| matches!(e, Event::RemovedFromGroup { group: g } if *g == group)));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::RemovedFromGroup { group: g } if *g == group))
+    );
     assert!(!net.client(bob).groups()[0].active);
     assert!(texts(&net.take_events(alice)).is_empty());
+}
+
+#[test]
+fn keys_first_seen_in_a_welcome_are_checked_against_the_directory() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    // The directory lies about alice's key to carol only after alice registered.
+    let alice_device = net.client(alice).device().unwrap();
+    net.relay
+        .tampered_keys
+        .insert(alice_device, cove_wire::DeviceKey([7; 32]));
+    group_of(&mut net, alice, &["bob"]);
+    net.run();
+    // bob saw alice's real key in the Welcome, the directory disagrees: surfaced.
+    let events = net.take_events(bob);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::KeyChanged { user, .. } if user.as_str() == "alice")),
+        "{events:?}"
+    );
+    net.relay.tampered_keys.clear();
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .add_users(now, "friends", &[user("carol")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    net.run();
+    let events = net.take_events(carol);
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::KeyChanged { .. })),
+        "{events:?}"
+    );
+    assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
 }
