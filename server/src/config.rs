@@ -30,6 +30,9 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// Limits of the blob (attachment) store.
     pub blob: BlobConfig,
+    /// UDP address of the TURN server for calls (`None`: no TURN server). It must be a
+    /// concrete IP (it is also the relayed address), e.g. `127.0.0.1:3478`.
+    pub turn_listen: Option<SocketAddr>,
 }
 
 impl RelayConfig {
@@ -42,6 +45,7 @@ impl RelayConfig {
             store: StoreKind::Sqlite,
             limits: Limits::default(),
             blob: BlobConfig::default(),
+            turn_listen: None,
         }
     }
 }
@@ -251,6 +255,8 @@ pub struct ConfigFile {
     pub limits: Limits,
     /// Blob store limits.
     pub blob: BlobLimits,
+    /// UDP address of the TURN server for calls (off when absent).
+    pub turn_listen: Option<SocketAddr>,
 }
 
 /// The `[blob]` table of the config file.
@@ -344,6 +350,7 @@ impl ConfigFile {
                 quota_bytes_per_user: self.blob.quota_bytes_per_user,
                 ..BlobConfig::default()
             },
+            turn_listen: self.turn_listen,
         })
     }
 }

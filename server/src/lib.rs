@@ -45,6 +45,7 @@ mod relay;
 mod session;
 pub mod store;
 mod tls;
+mod turn;
 
 pub use logging::log_filter;
 pub use config::{ConfigFile, Limits, RelayConfig, StoreKind, TlsSource};

@@ -56,6 +56,10 @@ struct Args {
     /// Keep everything in memory instead of SQLite (nothing survives a restart).
     #[arg(long)]
     memory: bool,
+    /// Run a TURN server for calls on this UDP address (a concrete IP, e.g. 127.0.0.1:3478;
+    /// off by default). Devices get 10-minute credentials from the relay.
+    #[arg(long, value_name = "ADDR")]
+    turn_listen: Option<SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +87,9 @@ fn main() -> anyhow::Result<()> {
     if args.memory {
         file.store = Some(StoreKind::Memory);
     }
+    if args.turn_listen.is_some() {
+        file.turn_listen = args.turn_listen;
+    }
     let config = file.into_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -101,6 +108,9 @@ async fn serve(config: cove_server::RelayConfig) -> anyhow::Result<()> {
     println!("certificate {}{created}", relay.cert_path().display());
     println!("fingerprint SHA-256 {}", relay.fingerprint());
     println!("listening on {}", relay.local_addr());
+    if let Some(turn) = relay.turn_addr() {
+        println!("TURN on udp {turn}");
+    }
     wait_for_signal().await?;
     tracing::info!("signal received: shutting down");
     relay.shutdown().await;

@@ -61,6 +61,9 @@ pub enum StartError {
     /// The post writer thread could not be started.
     #[error("cannot start the post writer: {0}")]
     Thread(std::io::Error),
+    /// The TURN server could not be started.
+    #[error(transparent)]
+    Turn(#[from] crate::turn::TurnError),
 }
 
 /// State shared by every connection.
@@ -74,6 +77,7 @@ pub(crate) struct Shared {
     pub tls: Arc<rustls::ServerConfig>,
     pub ws_config: WebSocketConfig,
     pub shutdown: watch::Receiver<bool>,
+    pub turn: Option<Arc<crate::turn::TurnService>>,
 }
 
 /// The relay.
@@ -90,6 +94,7 @@ impl Relay {
             store: store_kind,
             limits,
             blob,
+            turn_listen,
         } = config;
         std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
@@ -108,6 +113,11 @@ impl Relay {
         let identity = tls::load(&tls_source, &data_dir, local_addr)?;
         let fingerprint = tls::fingerprint(&identity.cert_der);
 
+        let turn = match turn_listen {
+            Some(addr) => Some(crate::turn::TurnService::start(addr, &data_dir).await?),
+            None => None,
+        };
+        let turn_addr = turn.as_ref().map(|t| t.local_addr());
         let store = open_store(store_kind, &data_dir)?;
         let blob = BlobService::open(&data_dir, blob, Arc::clone(&store))?;
         let hub = Arc::new(Hub::new(
@@ -145,7 +155,9 @@ impl Relay {
             tls: identity.server_config,
             ws_config,
             shutdown: shutdown_rx,
+            turn: turn.map(Arc::new),
         });
+        let turn_handle = shared.turn.clone();
         info!(
             addr = %local_addr,
             store = ?store_kind,
@@ -164,6 +176,8 @@ impl Relay {
             shutdown: shutdown_tx,
             accept: Some(accept),
             threads: vec![writer, ack_thread],
+            turn_addr,
+            turn: turn_handle,
         })
     }
 }
@@ -181,12 +195,18 @@ pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
     accept: Option<JoinHandle<()>>,
     threads: Vec<ThreadHandle<()>>,
+    turn_addr: Option<SocketAddr>,
+    turn: Option<Arc<crate::turn::TurnService>>,
 }
 
 impl RelayHandle {
     /// The bound address (with the real port when started on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+    /// The TURN server's UDP address, if one runs.
+    pub fn turn_addr(&self) -> Option<SocketAddr> {
+        self.turn_addr
     }
     /// The served certificate, PEM (clients trust it with `--ca`).
     pub fn cert_pem(&self) -> &str {
@@ -234,6 +254,9 @@ impl RelayHandle {
                 Ok(Ok(())) => {}
                 _ => warn!("a relay thread ended abnormally"),
             }
+        }
+        if let Some(turn) = self.turn.take().and_then(|t| Arc::try_unwrap(t).ok()) {
+            turn.close().await;
         }
         info!("relay stopped");
     }

@@ -441,6 +441,13 @@ impl Session {
                 })
             }
             Request::Ping => Ok(Reply::Pong),
+            Request::TurnCredentials => match &shared.turn {
+                Some(turn) => turn.credentials(device),
+                None => Err(ErrorReply::new(
+                    ErrorCode::InvalidRequest,
+                    "this relay runs no TURN server",
+                )),
+            },
             Request::Post { .. }
             | Request::Register { .. }
             | Request::RegisterDevice { .. }

@@ -110,6 +110,10 @@ pub enum Request {
     ListGroups,
     /// Keeps the connection alive; answered with [`Reply::Pong`].
     Ping,
+    /// Asks for short-lived TURN credentials for calls (authenticated devices only);
+    /// answered with [`Reply::TurnCredentials`], or `InvalidRequest` if the relay runs no
+    /// TURN server.
+    TurnCredentials,
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -220,6 +224,17 @@ pub enum Reply {
     },
     /// Answer to `Ping`.
     Pong,
+    /// TURN REST credentials for the relay's TURN server (answer to `TurnCredentials`).
+    TurnCredentials {
+        /// TURN URLs, e.g. `turn:relay.example:3478?transport=udp`.
+        urls: BoundedVec<String>,
+        /// `"<expiry unix seconds>:<user>"`.
+        username: String,
+        /// `base64(HMAC-SHA1(secret, username))`.
+        password: String,
+        /// When the credentials expire, ms since the Unix epoch.
+        expires_at_ms: u64,
+    },
 }
 
 /// A device in the directory.
