@@ -4,10 +4,12 @@
 //! and carries out what it asks.
 //!
 //! It owns: the device identity (an Ed25519 key, also the MLS signature key); registration
-//! and challenge authentication; KeyPackage generation and top-up; groups (create, add and
-//! remove users with directory checks and trust-on-first-use key pinning, leave); sending and
+//! (first device, or a further device authorised by an existing one) and challenge
+//! authentication; KeyPackage generation and top-up; groups (create, add and remove users with
+//! directory checks and trust-on-first-use key pinning, key updates, leave); sending and
 //! receiving messages with duplicate dropping, future-epoch buffering and commit-race
-//! retries; safety numbers. State lives in a [`cove_store::Store`], which is also openmls's
+//! retries; safety numbers. The wire format of what travels inside MLS is in [`content`] and
+//! `PROTOCOL.md` ("Messages inside MLS"). State lives in a [`cove_store::Store`], which is also openmls's
 //! storage, so every inbound message is applied in one transaction with its plaintext and
 //! cursor.
 //!
