@@ -428,6 +428,25 @@ impl<S: Store> Client<S> {
             .map_err(|e| QueryError::Mls(e.to_string()))
     }
 
+    /// The member devices of a group with their MLS leaf indexes (for calls).
+    pub fn group_members(&self, group: &GroupId) -> Vec<crate::call::GroupMember> {
+        self.groups
+            .get(group)
+            .map(|g| {
+                g.members()
+                    .filter_map(|m| {
+                        let leaf = m.index.u32();
+                        member_id(&m).ok().map(|id| crate::call::GroupMember {
+                            leaf,
+                            user: id.user,
+                            device: id.device,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// This device's MLS leaf index in a group.
     pub fn own_leaf_index(&self, group: &GroupId) -> Option<u32> {
         self.groups.get(group).map(|g| g.own_leaf_index().u32())

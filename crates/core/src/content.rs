@@ -45,6 +45,9 @@ pub enum Content {
     /// A file: where its ciphertext is on the relay and how to decrypt and verify it (see
     /// `PROTOCOL.md`, "Attachments and share links").
     Attachment(crate::attachment::AttachmentPointer),
+    /// Call signalling (offer, answer, ICE candidate, hang-up, busy, decline) for one call;
+    /// see [`crate::call`] and `PROTOCOL.md`, "Calls".
+    Call(crate::call::CallMessage),
 }
 
 /// Why an envelope could not be decoded.

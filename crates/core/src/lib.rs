@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod attachment;
+pub mod call;
 mod client;
 pub mod content;
 pub mod provider;
