@@ -1307,12 +1307,6 @@ impl<S: Store> Client<S> {
             // Another member's commit won this epoch: drop ours (the command retries).
             mls.clear_pending_commit(store).map_err(|e| e.to_string())?;
         }
-        // Only commits change membership; keep messages O(1) in the group size.
-        let before: Vec<MemberId> = if is_commit {
-            mls.members().filter_map(|m| member_id(&m).ok()).collect()
-        } else {
-            Vec::new()
-        };
         let processed = mls
             .process_message(&self.provider, protocol)
             .map_err(|e| format!("{e}"))?;
@@ -1385,6 +1379,31 @@ impl<S: Store> Client<S> {
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 let removed_self = staged.self_removed();
+                // The membership change, from the commit itself (O(changes), not O(group)).
+                let mut added = Vec::new();
+                for p in staged.add_proposals() {
+                    let leaf = p.add_proposal().key_package().leaf_node();
+                    let mut id = parse_credential(leaf.credential())?;
+                    id.key = leaf.signature_key().as_slice().to_vec();
+                    added.push(id);
+                }
+                let removed: Vec<MemberId> = staged
+                    .remove_proposals()
+                    .filter_map(|p| mls.member_at(p.remove_proposal().removed()))
+                    .filter_map(|m| member_id(&m).ok())
+                    .collect();
+                // A committer's new leaf (update path) must keep its credential and key.
+                let updated = match staged.update_path_leaf_node() {
+                    Some(leaf) => {
+                        let mut id = parse_credential(leaf.credential())?;
+                        id.key = leaf.signature_key().as_slice().to_vec();
+                        if id.device != sender_id.device || id.user != sender_id.user {
+                            return Err("a commit changed the committer's identity".into());
+                        }
+                        Some(id)
+                    }
+                    None => None,
+                };
                 mls.merge_staged_commit(&self.provider, *staged)
                     .map_err(|e| e.to_string())?;
                 out.merged = true;
@@ -1397,19 +1416,11 @@ impl<S: Store> Client<S> {
                     out.events.push(Event::RemovedFromGroup { group });
                     return Ok(out);
                 }
-                let after: Vec<MemberId> =
-                    mls.members().filter_map(|m| member_id(&m).ok()).collect();
-                let added: Vec<MemberId> = after
-                    .iter()
-                    .filter(|m| !before.contains(m))
-                    .cloned()
-                    .collect();
-                let removed: Vec<MemberId> = before
-                    .iter()
-                    .filter(|m| !after.contains(m))
-                    .cloned()
-                    .collect();
                 let mut pin_events = Vec::new();
+                if let Some(id) = &updated {
+                    self.check_pin(now_ms, id, &mut pin_events)
+                        .map_err(|e| e.to_string())?;
+                }
                 for m in &added {
                     self.check_pin(now_ms, m, &mut pin_events)
                         .map_err(|e| e.to_string())?;
