@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cove_wire::{BlobId, DeviceId};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
@@ -20,6 +20,9 @@ use tokio::sync::mpsc;
 use super::{BlobClient, TransferError, UploadSource};
 
 type ReqBody = BoxBody<Bytes, std::io::Error>;
+
+/// Bytes handed to the decrypting thread at a time.
+const BATCH: usize = 1 << 20;
 
 /// Longest error message read from the relay.
 const MAX_ERROR_BODY: usize = 4096;
@@ -172,23 +175,41 @@ impl<'a> Conn<'a> {
         }
         bar.set_position(from);
         let mut body = resp.into_body();
+        // Frames are small (a TLS record or a read buffer); hand the decrypting thread 1 MiB
+        // batches so that it wakes once per chunk, not once per frame.
+        let mut batch = BytesMut::with_capacity(BATCH);
         let mut n = 0u64;
+        let mut failure = None;
         loop {
             match body.frame().await {
-                None => return Ok(n),
-                Some(Err(e)) => return Err((n, TransferError::Network(e.to_string()))),
+                None => {}
+                Some(Err(e)) => failure = Some(TransferError::Network(e.to_string())),
                 Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    let len = data.len() as u64;
-                    if tx.send(data).await.is_err() {
-                        // The decryptor stopped (verification failed); its error wins.
-                        return Ok(n);
+                    if let Ok(data) = frame.into_data() {
+                        batch.extend_from_slice(&data);
                     }
-                    n += len;
-                    bar.inc(len);
+                    if batch.len() < BATCH {
+                        continue;
+                    }
                 }
+            }
+            let done = batch.len() < BATCH;
+            if !batch.is_empty() {
+                let data = batch.split().freeze();
+                batch.reserve(BATCH);
+                let len = data.len() as u64;
+                if tx.send(data).await.is_err() {
+                    // The decryptor stopped (verification failed); its error wins.
+                    return Ok(n);
+                }
+                n += len;
+                bar.inc(len);
+            }
+            if done {
+                return match failure {
+                    Some(e) => Err((n, e)),
+                    None => Ok(n),
+                };
             }
         }
     }

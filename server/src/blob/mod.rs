@@ -99,7 +99,7 @@ struct Inner {
 /// Frames buffered between the network and the disk thread of one transfer.
 const CHANNEL_FRAMES: usize = 16;
 /// Read size of downloads.
-const READ_CHUNK: usize = 256 << 10;
+const READ_CHUNK: usize = 1 << 20;
 
 impl BlobService {
     /// Opens the blob store under `data_dir/blobs` and starts its sweep thread (which ends
