@@ -94,6 +94,8 @@ enum Pending {
     PostCommit { op: OpId },
     Fetch,
     Ack,
+    /// Made with `send_request`: the reply goes out as `Event::Reply`.
+    External,
 }
 
 struct Op {
@@ -445,6 +447,18 @@ impl<S: Store> Client<S> {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Sends a request the core does not interpret itself (e.g. `Request::TurnCredentials`)
+    /// on the current connection; the answer comes back as [`Event::Reply`] with the returned
+    /// id. `None` if the connection is not ready (authenticated) yet.
+    pub fn send_request(&mut self, body: Request) -> Option<RequestId> {
+        if self.conn != Conn::Ready {
+            return None;
+        }
+        let id = RequestId(self.next_request);
+        self.request(body, Pending::External);
+        Some(id)
     }
 
     /// This device's MLS leaf index in a group.
@@ -921,6 +935,10 @@ impl<S: Store> Client<S> {
                 }
                 Ok(())
             }
+            (Pending::External, result) => {
+                self.event(Event::Reply { id, result });
+                Ok(())
+            }
             (Pending::Ack, Ok(_)) => Ok(()),
             (Pending::Ack, Err(e)) => {
                 // Acks for entries of groups we were removed from are refused; harmless.
@@ -1014,8 +1032,19 @@ impl<S: Store> Client<S> {
         match result {
             Ok(events) => {
                 let store = self.provider.store();
-                store.set_cursor(&Stream::Inbox, entry.seq)?;
-                store.commit()?;
+                if let Err(e) = store
+                    .set_cursor(&Stream::Inbox, entry.seq)
+                    .and_then(|_| store.commit())
+                {
+                    let _ = store.rollback();
+                    self.groups.remove(&group);
+                    self.records.remove(&group);
+                    if let Ok(Some(r)) = self.provider.store().group(&group) {
+                        self.records.insert(group, r);
+                    }
+                    self.reload_group(&group);
+                    return Err(e.into());
+                }
                 for e in events {
                     self.event(e);
                 }
@@ -1136,7 +1165,7 @@ impl<S: Store> Client<S> {
             self.ack(stream, entry.seq);
             return Ok(());
         }
-        let merged = self.apply_entry(now_ms, &entry)?;
+        let merged = self.apply_entry(now_ms, &entry, false)?;
         self.ack(stream, entry.seq);
         if merged {
             self.after_epoch_change(now_ms, group)?;
@@ -1183,8 +1212,8 @@ impl<S: Store> Client<S> {
                 if entry.epoch.0 > epoch {
                     break;
                 }
-                self.provider.store().delete_pending(&group, seq)?;
-                let merged = self.apply_entry(now_ms, &entry)?;
+                // Removed from the parking area in the same transaction that applies it.
+                let merged = self.apply_entry(now_ms, &entry, true)?;
                 progressed = true;
                 if merged {
                     self.after_epoch_change(now_ms, group)?;
@@ -1200,16 +1229,31 @@ impl<S: Store> Client<S> {
     /// Applies one entry (epoch ≤ ours) in one transaction together with its plaintext and
     /// the cursor. Returns whether the group moved to a new epoch. A bad entry is skipped
     /// (cursor advanced) with a warning.
-    fn apply_entry(&mut self, now_ms: u64, entry: &GroupEntry) -> Result<bool, HandleError> {
+    fn apply_entry(
+        &mut self,
+        now_ms: u64,
+        entry: &GroupEntry,
+        parked: bool,
+    ) -> Result<bool, HandleError> {
         let group = entry.group;
+        let stream = Stream::Group(group);
         let store = self.provider.store();
         store.begin()?;
         let result = self.apply_entry_in_tx(now_ms, entry);
         let store = self.provider.store();
         match result {
             Ok(outcome) => {
-                store.set_cursor(&Stream::Group(group), entry.seq)?;
-                if let Err(e) = store.commit() {
+                let finished = store
+                    .set_cursor(&stream, entry.seq)
+                    .and_then(|_| {
+                        if parked {
+                            store.delete_pending(&group, entry.seq)
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .and_then(|_| store.commit());
+                if let Err(e) = finished {
                     let _ = store.rollback();
                     self.reload_group(&group);
                     return Err(e.into());
@@ -1237,7 +1281,13 @@ impl<S: Store> Client<S> {
                 let _ = store.rollback();
                 self.reload_group(&group);
                 let store = self.provider.store();
-                store.set_cursor(&Stream::Group(group), entry.seq)?;
+                store.transaction(|store| {
+                    store.set_cursor(&stream, entry.seq)?;
+                    if parked {
+                        store.delete_pending(&group, entry.seq)?;
+                    }
+                    Ok::<_, StoreError>(())
+                })?;
                 self.warn(format!(
                     "skipped entry {} of group {} from device {}: {reason}",
                     entry.seq, group, entry.sender

@@ -109,7 +109,8 @@ pub trait Kv {
     fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<KvPair>, StoreError>;
     /// Starts a transaction. Transactions do not nest.
     fn begin(&self) -> Result<(), StoreError>;
-    /// Makes every write since [`Kv::begin`] durable, atomically.
+    /// Makes every write since [`Kv::begin`] durable, atomically. On error the writes are
+    /// rolled back; either way the transaction is closed.
     fn commit(&self) -> Result<(), StoreError>;
     /// Undoes every write since [`Kv::begin`].
     fn rollback(&self) -> Result<(), StoreError>;

@@ -186,8 +186,13 @@ impl Kv for SqliteStore {
         if !s.in_tx {
             return Err(StoreError::Transaction("commit without a transaction"));
         }
-        s.conn.execute_batch("COMMIT").map_err(backend)?;
+        // Whatever happens, the transaction is over afterwards: a failed COMMIT is rolled
+        // back, so callers never stay stuck inside a half-open transaction.
         s.in_tx = false;
+        if let Err(e) = s.conn.execute_batch("COMMIT") {
+            let _ = s.conn.execute_batch("ROLLBACK");
+            return Err(backend(e));
+        }
         Ok(())
     }
 
