@@ -104,6 +104,14 @@ pub enum Event {
     /// Something was skipped or went wrong without stopping the client (a message that
     /// could not be decrypted or decoded, an unexpected reply, ...). Never contains plaintext.
     Warning(String),
+    /// The relay's answer to a request made with `Client::send_request` (e.g. TURN
+    /// credentials for calls).
+    Reply {
+        /// The request.
+        id: cove_wire::RequestId,
+        /// The answer.
+        result: Result<cove_wire::Reply, cove_wire::ErrorReply>,
+    },
 }
 
 /// A chat message as the user sees it.
