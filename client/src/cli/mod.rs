@@ -71,6 +71,10 @@ pub enum Command {
     Share(files::ShareArgs),
     /// Download and decrypt a share link.
     Fetch(files::FetchArgs),
+    /// Call a group (voice/video, end-to-end encrypted; signalling inside MLS).
+    Call(cove::call::cli::CallArgs),
+    /// Wait for an incoming call and answer it.
+    Answer(cove::call::cli::AnswerArgs),
 }
 
 /// Runs one command.
@@ -90,6 +94,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download(args) => files::run_download(resolve_home(home)?, args).await,
         Command::Share(args) => files::run_share(resolve_home(home)?, args).await,
         Command::Fetch(args) => files::run_fetch(resolve_home(home).ok(), args).await,
+        Command::Call(args) => cove::call::cli::run_call(resolve_home(home)?, args).await,
+        Command::Answer(args) => cove::call::cli::run_answer(resolve_home(home)?, args).await,
     }
 }
 

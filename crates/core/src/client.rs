@@ -94,7 +94,6 @@ enum Pending {
     PostCommit { op: OpId },
     Fetch,
     Ack,
-    /// Made with `send_request`: the reply goes out as `Event::Reply`.
     External,
 }
 
