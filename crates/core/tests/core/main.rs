@@ -802,3 +802,160 @@ fn keys_first_seen_in_a_welcome_are_checked_against_the_directory() {
     );
     assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
 }
+
+/// A member driven by bare openmls, which can send whatever it likes inside MLS.
+mod mallory {
+    use cove_core::{CIPHERSUITE, GROUP_NAME_EXTENSION, credential_identity};
+    use cove_wire::{DeviceId, DeviceKey, UserName};
+    use openmls::prelude::tls_codec::Deserialize as _;
+    use openmls::prelude::*;
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+
+    use super::relay::Relay;
+
+    pub struct Mallory {
+        pub provider: OpenMlsRustCrypto,
+        pub signer: SignatureKeyPair,
+        pub device: DeviceId,
+        pub group: Option<MlsGroup>,
+    }
+
+    impl Mallory {
+        pub fn register(relay: &mut Relay, name: &str) -> Self {
+            let provider = OpenMlsRustCrypto::default();
+            let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).unwrap();
+            signer.store(provider.storage()).unwrap();
+            let user = UserName::new(name).unwrap();
+            let device =
+                relay.register_raw(user.clone(), DeviceKey(signer.public().try_into().unwrap()));
+            let cred = CredentialWithKey {
+                credential: BasicCredential::new(credential_identity(&user, device)).into(),
+                signature_key: signer.to_public_vec().into(),
+            };
+            let caps = Capabilities::new(
+                None,
+                Some(&[CIPHERSUITE]),
+                Some(&[ExtensionType::Unknown(GROUP_NAME_EXTENSION)]),
+                None,
+                None,
+            );
+            let kp = KeyPackage::builder()
+                .leaf_node_capabilities(caps)
+                .build(CIPHERSUITE, &provider, &signer, cred)
+                .unwrap();
+            relay.upload_raw(
+                device,
+                MlsMessageOut::from(kp.key_package().clone())
+                    .to_bytes()
+                    .unwrap()
+                    .into(),
+            );
+            Mallory {
+                provider,
+                signer,
+                device,
+                group: None,
+            }
+        }
+
+        pub fn join(&mut self, relay: &Relay) {
+            let entry = relay.inbox_of(self.device).pop().unwrap();
+            let MlsMessageBodyIn::Welcome(w) =
+                MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
+                    .unwrap()
+                    .extract()
+            else {
+                panic!("not a Welcome")
+            };
+            let cfg = MlsGroupJoinConfig::builder()
+                .use_ratchet_tree_extension(true)
+                .build();
+            let g = StagedWelcome::new_from_welcome(&self.provider, &cfg, w, None)
+                .unwrap()
+                .into_group(&self.provider)
+                .unwrap();
+            self.group = Some(g);
+        }
+
+        /// Encrypts arbitrary plaintext as an application message.
+        pub fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
+            let g = self.group.as_mut().unwrap();
+            g.create_message(&self.provider, &self.signer, plaintext)
+                .unwrap()
+                .to_bytes()
+                .unwrap()
+        }
+    }
+}
+
+#[test]
+fn hostile_plaintexts_from_a_member_are_skipped_and_duplicate_ids_dropped() {
+    use cove_core::content::{Content, ENVELOPE_VERSION, Envelope};
+
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let mut mallory = mallory::Mallory::register(&mut net.relay, "mallory");
+    let group = group_of(&mut net, alice, &["bob", "mallory"]);
+    mallory.join(&net.relay);
+    net.take_events(bob);
+
+    let envelope = |id: u8, text: String| {
+        Envelope {
+            version: ENVELOPE_VERSION,
+            id: [id; 16],
+            sent_at_ms: 1,
+            content: Content::Text { text },
+        }
+        .encode()
+        .unwrap()
+    };
+    let mut unknown_variant = envelope(1, "x".into());
+    // Envelope = version, id (16), sent_at varint (1), then the variant index: make it 200.
+    unknown_variant[18] = 200;
+    let plaintexts: Vec<Vec<u8>> = vec![
+        envelope(2, "hello from mallory".into()),      // fine
+        envelope(2, "same id, new ciphertext".into()), // duplicate id: dropped
+        vec![0u8; 70 * 1024],                          // oversized plaintext
+        // A well-formed envelope just over the limit (cove-core refuses to encode it).
+        postcard::to_stdvec(&Envelope {
+            version: ENVELOPE_VERSION,
+            id: [3; 16],
+            sent_at_ms: 1,
+            content: Content::Text {
+                text: "y".repeat(65 * 1024),
+            },
+        })
+        .unwrap(),
+        unknown_variant, // unknown content kind
+        {
+            let mut e = envelope(4, "v".into());
+            e[0] = 9; // unknown envelope version
+            e
+        },
+        vec![], // empty
+        envelope(5, "still fine".into()),
+    ];
+    let now = net.now_ms;
+    for p in &plaintexts {
+        let bytes = mallory.seal(p);
+        let frames = net.relay.inject(group, mallory.device, bytes, now);
+        net.deliver(frames);
+    }
+    net.run();
+    for slot in [alice, bob] {
+        let events = net.take_events(slot);
+        assert_eq!(
+            texts(&events),
+            vec!["hello from mallory".to_string(), "still fine".to_string()],
+            "slot {slot}"
+        );
+        assert_eq!(
+            warnings(&events).len(),
+            6,
+            "slot {slot}: {:?}",
+            warnings(&events)
+        );
+    }
+}

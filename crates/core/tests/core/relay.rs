@@ -447,6 +447,11 @@ impl Relay {
             .push_back(key_package);
     }
 
+    /// A device's inbox (for members driven by bare openmls in tests).
+    pub fn inbox_of(&self, device: DeviceId) -> Vec<InboxEntry> {
+        self.inbox.get(&device).cloned().unwrap_or_default()
+    }
+
     /// Normal KeyPackages a device has on file.
     pub fn stock(&self, device: DeviceId) -> usize {
         self.key_packages
