@@ -28,7 +28,8 @@ use cove_core::{Content, Event};
 use cove_media::sframe::{EXPORTER_LABEL, EpochKey};
 use cove_media::source::{AudioInput, VideoInput};
 use cove_media::{
-    Call, CallConfig, CallEvent, CallStats, IceCandidate, IceServer, SessionDescription, Signal,
+    Call, CallConfig, CallEvent, CallStats, IceCandidate, IceServer, PeerStats, SessionDescription,
+    Signal,
 };
 use cove_wire::{ErrorCode, GroupId, Reply, Request};
 use rand::RngCore;
@@ -382,8 +383,10 @@ struct Driver {
     duration: Option<Duration>,
     verbose: bool,
     used_turn: bool,
+    record: Option<PathBuf>,
     rejections: Vec<String>,
     inbox: Inbox,
+    departed: Vec<PeerStats>,
 }
 
 impl Driver {
@@ -428,8 +431,10 @@ impl Driver {
             duration: options.duration,
             verbose: options.verbose,
             used_turn,
+            record: options.record.clone(),
             rejections: Vec::new(),
             inbox,
+            departed: Vec::new(),
         })
     }
 
@@ -447,10 +452,15 @@ impl Driver {
                 let _ = send(device, group, message).await;
             }
         }
-        for peer in self.peers.keys() {
-            self.call.hang_up(peer).await;
+        // `end` hangs up every session (after reading their statistics).
+        let mut stats = self.call.end().await;
+        if !self.departed.is_empty() {
+            stats.peers.append(&mut self.departed);
+            stats.peers.sort_by(|a, b| a.peer.cmp(&b.peer));
+            if let Some(dir) = &self.record {
+                let _ = cove_media::call::write_stats(dir, &stats);
+            }
         }
-        let stats = self.call.end().await;
         result?;
         Ok(CallReport {
             call_id: self.call_id.to_hex(),
@@ -644,6 +654,10 @@ impl Driver {
                     if !matches!(reason, CallSignal::HangUp) {
                         self.rejections.push(format!("{what} by {}", peer.name));
                     }
+                    // Keep its statistics: a closed session leaves the call's list.
+                    let snapshot = self.call.stats().await;
+                    self.departed
+                        .extend(snapshot.peers.into_iter().filter(|p| p.peer == peer.name));
                     self.call.hang_up(&peer.name).await;
                     self.peers.remove(&peer.name);
                 }

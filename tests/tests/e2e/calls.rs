@@ -1,0 +1,354 @@
+//! Calls end to end: real relay (with its TURN server), real clients, signalling inside MLS,
+//! real WebRTC over loopback, headless tone sources and recordings.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cove::Device;
+use cove::call::{self, CallError, CallOptions, CallReport};
+use cove::config::Home;
+use cove_core::Content;
+use cove_core::call::{CallId, CallMessage, CallSignal};
+use cove_media::sframe::EXPORTER_LABEL;
+use cove_media::source::{AudioInput, dominant_frequency};
+use cove_server::{Relay, RelayConfig, RelayHandle, StoreKind};
+
+use crate::support::*;
+
+const CANDIDATES: [f64; 8] = [220.0, 330.0, 440.0, 550.0, 660.0, 880.0, 1000.0, 1320.0];
+
+/// A relay with a TURN server on 127.0.0.1, in a data directory that outlives it.
+async fn relay_with_turn(dir: &Path) -> RelayHandle {
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("relay"));
+    config.store = StoreKind::Sqlite;
+    config.limits = cove_test_utils::test_limits();
+    config.turn_listen = Some("127.0.0.1:0".parse().unwrap());
+    Relay::start(config).await.unwrap()
+}
+
+/// alice and bob in group `talk`.
+async fn pair(dir: &Path, server: &str, ca: &Path) -> (Device, Device) {
+    let home = |n: &str| Home::new(dir.join(n));
+    let alice = register(&home("alice"), server, "alice", ca).await;
+    let mut bob = register(&home("bob"), server, "bob", ca).await;
+    alice.create_group("talk").await.unwrap();
+    alice.add_users("talk", &names(&["bob"])).await.unwrap();
+    joined(&mut bob).await;
+    (alice, bob)
+}
+
+fn options(tone: f32, record: Option<&Path>, duration: Option<u64>) -> CallOptions {
+    CallOptions {
+        audio: Some(AudioInput::Tone(tone)),
+        record: record.map(Path::to_owned),
+        duration: duration.map(Duration::from_secs),
+        ring_timeout: WAIT,
+        ..CallOptions::default()
+    }
+}
+
+/// Bob answers in the background (until alice hangs up); alice calls for `secs` seconds.
+async fn call_and_answer(
+    mut alice: Device,
+    mut bob: Device,
+    caller: CallOptions,
+    callee: CallOptions,
+) -> (CallReport, CallReport, Device, Device) {
+    let answering = tokio::spawn(async move {
+        let report = call::answer(&mut bob, Some("talk"), &callee).await;
+        (report, bob)
+    });
+    let placed = call::place(&mut alice, "talk", &caller).await.unwrap();
+    let (answered, bob) = answering.await.unwrap();
+    (placed, answered.unwrap(), alice, bob)
+}
+
+fn read_wav(path: &Path) -> Vec<i16> {
+    let r = hound::WavReader::open(path).unwrap();
+    r.into_samples::<i16>().map(|s| s.unwrap()).collect()
+}
+
+/// Bob's recording of alice is a 440 Hz tone in at least 95% of its 20 ms frames, and bob
+/// decoded at least 95% of the frames alice sent him.
+fn assert_tone_received(placed: &CallReport, answered: &CallReport, record: &Path) {
+    let sent = placed.stats.peers[0].audio_frames_sent;
+    let received = answered.stats.peers[0].audio_frames_received;
+    assert!(sent >= 50, "alice sent only {sent} frames");
+    assert!(
+        received * 100 >= sent * 95,
+        "bob decoded {received} of the {sent} frames alice sent"
+    );
+    assert_eq!(answered.stats.peers[0].sframe_failures, 0);
+    let pcm = read_wav(&record.join("audio-alice.wav"));
+    let frames: Vec<_> = pcm.chunks_exact(960).skip(10).collect();
+    assert!(frames.len() >= 40, "only {} frames recorded", frames.len());
+    let good = frames
+        .iter()
+        .filter(|c| dominant_frequency(c, &CANDIDATES).map(|(f, _)| f) == Some(440.0))
+        .count();
+    assert!(
+        good * 100 >= frames.len() * 95,
+        "{good} of {} recorded frames at 440 Hz",
+        frames.len()
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(record.join("stats.json")).unwrap()).unwrap();
+    assert!(
+        stats["peers"][0]["dial_to_first_audio_ms"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(stats["peers"][0]["packets_received"].as_u64().unwrap() > 0);
+}
+
+/// A 1:1 audio call placed with `cove call`'s driver and answered with `cove answer`'s:
+/// signalling through the relay inside MLS, media over loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_one_call_records_the_440_hz_tone() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with_turn(dir.path()).await;
+    let server = format!("wss://{}", relay.local_addr());
+    let (alice, bob) = pair(dir.path(), &server, relay.cert_path()).await;
+    let record = dir.path().join("bob-rec");
+    let (placed, answered, alice, bob) = call_and_answer(
+        alice,
+        bob,
+        options(440.0, None, Some(3)),
+        options(660.0, Some(&record), None),
+    )
+    .await;
+    assert_eq!(placed.peers, vec!["bob".to_string()]);
+    assert_eq!(answered.peers, vec!["alice".to_string()]);
+    assert!(placed.used_turn, "the relay handed out TURN credentials");
+    assert_tone_received(&placed, &answered, &record);
+    // The caller heard the callee too.
+    assert!(placed.stats.peers[0].audio_frames_received > 0);
+    alice.close().await;
+    bob.close().await;
+    relay.shutdown().await;
+}
+
+/// Both sides forced to relayed candidates: media flows through the relay's TURN server.
+/// Afterwards, neither the relay's data directory nor its logs (the real binary at
+/// RUST_LOG=trace) hold SDP, ICE candidates, DTLS fingerprints or the media key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_call_through_the_relays_turn_server_leaves_no_secrets_on_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    std::fs::create_dir_all(&data).unwrap();
+    let log_path = dir.path().join("relay.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let binary = workspace_binary("cove-server", "cove-server");
+    let mut child = std::process::Command::new(binary)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--turn-listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(&data)
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let addr = {
+        use std::io::{BufRead, BufReader};
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("relay exited").unwrap();
+            if let Some(a) = line.strip_prefix("listening on ") {
+                break a.trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        addr
+    };
+    let server = format!("wss://{addr}");
+    let ca = data.join("tls").join("cert.pem");
+    let (alice, bob) = pair(dir.path(), &server, &ca).await;
+    let record = dir.path().join("bob-rec");
+    let relay_only = |o: CallOptions| CallOptions {
+        relay_only: true,
+        ..o
+    };
+    let (placed, answered, alice, bob) = call_and_answer(
+        alice,
+        bob,
+        relay_only(options(440.0, None, Some(3))),
+        relay_only(options(660.0, Some(&record), None)),
+    )
+    .await;
+    assert!(placed.used_turn && answered.used_turn);
+    assert_tone_received(&placed, &answered, &record);
+
+    // The media key of this call, as both members export it.
+    let group = group_id(&alice, "talk").await;
+    let call_id = CallId(hex::decode(&placed.call_id).unwrap().try_into().unwrap());
+    let key = alice
+        .session()
+        .call(move |c| c.export_secret(&group, EXPORTER_LABEL, &call_id.0, 32))
+        .await
+        .unwrap()
+        .unwrap();
+    alice.close().await;
+    bob.close().await;
+    // SIGTERM: the relay flushes and exits.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+
+    let mut haystack = std::fs::read(&log_path).unwrap();
+    assert!(
+        contains(&haystack, b"cove_server"),
+        "scan sanity check: the relay logged nothing"
+    );
+    for f in files(&data) {
+        haystack.extend(std::fs::read(f).unwrap());
+    }
+    assert!(contains(&haystack, b"alice"), "scan sanity check");
+    let needles: Vec<Vec<u8>> = vec![
+        b"a=fingerprint".to_vec(),
+        b"a=ice-ufrag".to_vec(),
+        b"a=candidate".to_vec(),
+        b"typ relay".to_vec(),
+        b"typ host".to_vec(),
+        b"sha-256 ".to_vec(),
+        b"v=0\r\n".to_vec(),
+        key.clone(),
+        hex::encode(&key).into_bytes(),
+    ];
+    for needle in &needles {
+        assert!(
+            !contains(&haystack, needle),
+            "{:?} found on the relay",
+            String::from_utf8_lossy(needle)
+        );
+    }
+}
+
+/// An offer whose SDP carries a different DTLS fingerprint than the one signed in the same
+/// MLS message is refused by the callee before any media flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_fingerprint_in_the_offer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with_turn(dir.path()).await;
+    let server = format!("wss://{}", relay.local_addr());
+    let (alice, mut bob) = pair(dir.path(), &server, relay.cert_path()).await;
+    let record = dir.path().join("bob-rec");
+    let answering = tokio::spawn(async move {
+        let r = call::answer(&mut bob, Some("talk"), &options(660.0, Some(&record), None)).await;
+        (r, bob, record)
+    });
+
+    // A real offer from a real media session, with one hex digit of the SDP's fingerprint
+    // line changed; the signed `fingerprint` field keeps the true value.
+    let (media, mut events) = cove_media::Call::new(
+        cove_media::CallConfig::default(),
+        0,
+        cove_media::EpochKey::new(1, &[1; 32]).unwrap(),
+        [0, 1],
+    )
+    .unwrap();
+    media.dial("bob", Some(1)).await.unwrap();
+    let offer = loop {
+        if let Some(cove_media::CallEvent::LocalSignal {
+            signal: cove_media::Signal::Offer(d),
+            ..
+        }) = events.recv().await
+        {
+            break d;
+        }
+    };
+    let line = offer
+        .sdp
+        .lines()
+        .find(|l| l.starts_with("a=fingerprint:"))
+        .unwrap()
+        .to_owned();
+    let last = line.chars().last().unwrap();
+    let swapped = format!(
+        "{}{}",
+        &line[..line.len() - 1],
+        if last == '0' { '1' } else { '0' }
+    );
+    let tampered = offer.sdp.replace(&line, &swapped);
+    assert_ne!(tampered, offer.sdp);
+    let bob_device = {
+        let group = group_id(&alice, "talk").await;
+        let members = alice
+            .session()
+            .call(move |c| c.group_members(&group))
+            .await
+            .unwrap();
+        members
+            .iter()
+            .find(|m| m.user.as_str() == "bob")
+            .unwrap()
+            .device
+    };
+    let group = group_id(&alice, "talk").await;
+    let message = CallMessage {
+        call_id: CallId([5; 16]),
+        to: Some(bob_device),
+        signal: CallSignal::Offer {
+            sdp: tampered,
+            fingerprint: offer.fingerprint.clone(),
+            video: false,
+        },
+    };
+    alice
+        .session()
+        .op(WAIT, move |c| {
+            c.send_content(cove::session::now_ms(), group, Content::Call(message))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+
+    let (result, bob, record) = answering.await.unwrap();
+    match result {
+        Err(CallError::Refused { peer, reason }) => {
+            assert_eq!(peer, "alice");
+            assert!(reason.contains("fingerprint"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // No media was received.
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(record.join("stats.json")).unwrap())
+            .unwrap_or(serde_json::Value::Null);
+    let frames = stats["peers"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .map(|s| s["audio_frames_received"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        })
+        .unwrap_or(0);
+    assert_eq!(frames, 0);
+    media.end().await;
+    alice.close().await;
+    bob.close().await;
+    relay.shutdown().await;
+}
+
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
