@@ -131,7 +131,8 @@ pub fn init_logging(verbose: u8) {
     // openmls logs at ERROR level for inputs the core handles itself (e.g. a duplicate
     // delivery it drops), so it is silent unless asked for.
     let default = match verbose {
-        0 => "warn,openmls=off",
+        // webrtc-rs warns about benign transient states while a call connects.
+        0 => "warn,openmls=off,rtc=error,rtc_dtls=error,rtc_ice=error,webrtc=error",
         1 => "debug",
         _ => "trace",
     };

@@ -6,6 +6,7 @@
 //! large) and append it to [`STEPS`]; [`Demo::expect`] and [`Demo::say`] do the waiting and
 //! printing.
 
+mod call;
 mod chat;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,7 @@ pub const STEPS: &[Step] = &[
     ("bob comes back and catches up", chat::bob_returns),
     ("alice removes carol", chat::remove_carol),
     ("the relay never saw a plaintext", chat::scan_relay),
+    ("alice calls bob (2 s of audio)", call::call),
 ];
 
 /// How long any single wait may take before the demo fails with a clear error.
