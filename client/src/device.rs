@@ -61,6 +61,15 @@ pub enum DeviceError {
     Session(#[from] SessionError),
 }
 
+/// What [`Device::next_incoming`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A message from another device.
+    Message(MessageView),
+    /// Something for the user to know, as one line of text.
+    Notice(String),
+}
+
 /// One device of a user, with its session to the relay.
 pub struct Device {
     home: Home,
@@ -68,7 +77,9 @@ pub struct Device {
     session: Session<SqliteStore>,
     events: mpsc::UnboundedReceiver<SessionEvent>,
     /// Messages collected for [`Device::next_message`] but not returned yet.
-    unprinted: std::collections::VecDeque<MessageView>,
+    unprinted: std::collections::VecDeque<Incoming>,
+    /// Whether a connection was up since the last loss (to report losses once).
+    was_connected: bool,
     /// Highest log position queued per group (in memory; the persistent mark is set by
     /// [`Device::mark_shown`] once the caller has shown a message).
     queued: std::collections::HashMap<GroupId, u64>,
@@ -167,6 +178,7 @@ impl Device {
             session,
             events,
             unprinted: Default::default(),
+            was_connected: false,
             queued: Default::default(),
             returned: None,
             device,
@@ -363,13 +375,31 @@ impl Device {
     pub async fn sync(&mut self) -> Result<Vec<MessageView>, DeviceError> {
         self.settle().await?;
         self.collect_unprinted().await?;
-        Ok(self.unprinted.drain(..).collect())
+        Ok(self
+            .unprinted
+            .drain(..)
+            .filter_map(|i| match i {
+                Incoming::Message(m) => Some(m),
+                Incoming::Notice(_) => None,
+            })
+            .collect())
     }
 
     /// The next message not shown before, waiting for one to arrive. Messages received by
     /// earlier commands (e.g. during `send`) come first. The previous one returned is
     /// marked shown when this is called again (or at [`Device::close`]).
     pub async fn next_message(&mut self) -> Result<MessageView, DeviceError> {
+        loop {
+            if let Incoming::Message(m) = self.next_incoming().await? {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// Like [`Device::next_message`], and also returns notices for the user as they happen
+    /// (joined or removed from a group, membership changes, a changed device key, the
+    /// connection lost and back).
+    pub async fn next_incoming(&mut self) -> Result<Incoming, DeviceError> {
         if let Some(m) = self.returned.take() {
             self.mark_shown(&m).await?;
         }
@@ -379,31 +409,97 @@ impl Device {
             self.collect_unprinted().await?;
         }
         loop {
-            if let Some(m) = self.unprinted.pop_front() {
-                self.returned = Some(m.clone());
-                return Ok(m);
+            if let Some(next) = self.unprinted.pop_front() {
+                if let Incoming::Message(m) = &next {
+                    self.returned = Some(m.clone());
+                }
+                return Ok(next);
             }
-            match self.events.recv().await {
-                None => return Err(SessionError::Stopped(None).into()),
-                Some(SessionEvent::Core(Event::Message(m))) => {
+            let Some(event) = self.events.recv().await else {
+                return Err(SessionError::Stopped(None).into());
+            };
+            let notice = match event {
+                SessionEvent::Core(Event::Message(m)) => {
                     let queued = self.queued.entry(m.group).or_insert(0);
                     if m.seq.0 > *queued {
                         *queued = m.seq.0;
                         if Some(m.from_device) != self.device {
-                            self.unprinted.push_back(message_view(&m));
+                            self.unprinted
+                                .push_back(Incoming::Message(message_view(&m)));
                         }
                     }
+                    None
                 }
-                Some(SessionEvent::Core(Event::Authenticated { device, .. })) => {
+                SessionEvent::Core(Event::Authenticated { device, .. }) => {
                     self.device = Some(device);
+                    None
                 }
-                Some(_) => {
-                    if let LinkState::Stopped(reason) = self.session.link() {
-                        return Err(SessionError::Stopped(reason).into());
+                SessionEvent::Core(Event::Joined { name, by, .. }) => {
+                    Some(format!("joined {name} (added by {by})"))
+                }
+                SessionEvent::Core(Event::MembersChanged {
+                    group,
+                    by,
+                    added,
+                    removed,
+                }) => {
+                    let name = self.group_name(group).await;
+                    let list = |v: &[UserName]| {
+                        v.iter()
+                            .map(UserName::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    match (added.is_empty(), removed.is_empty()) {
+                        (false, true) => Some(format!("{by} added {} to {name}", list(&added))),
+                        (true, false) => {
+                            Some(format!("{by} removed {} from {name}", list(&removed)))
+                        }
+                        (false, false) => Some(format!(
+                            "{by} added {} and removed {} in {name}",
+                            list(&added),
+                            list(&removed)
+                        )),
+                        (true, true) => None,
                     }
                 }
+                SessionEvent::Core(Event::RemovedFromGroup { group }) => Some(format!(
+                    "you were removed from {}",
+                    self.group_name(group).await
+                )),
+                SessionEvent::Core(Event::KeyChanged { user, .. }) => Some(format!(
+                    "WARNING: a device key of {user} changed; compare `cove safety-number {user}` with them"
+                )),
+                SessionEvent::Connected => {
+                    let back = !self.was_connected && self.device.is_some();
+                    self.was_connected = true;
+                    back.then(|| "connected to the relay".to_owned())
+                }
+                SessionEvent::Disconnected(reason) => {
+                    tracing::debug!(%reason, "disconnected");
+                    let lost = std::mem::replace(&mut self.was_connected, false);
+                    lost.then(|| "connection to the relay lost; reconnecting".to_owned())
+                }
+                SessionEvent::Core(_) => None,
+            };
+            if let Some(notice) = notice {
+                self.unprinted.push_back(Incoming::Notice(notice));
+            }
+            if let LinkState::Stopped(reason) = self.session.link()
+                && self.unprinted.is_empty()
+            {
+                return Err(SessionError::Stopped(reason).into());
             }
         }
+    }
+
+    async fn group_name(&self, group: GroupId) -> String {
+        let groups = self.session.call(|c| c.groups()).await.unwrap_or_default();
+        groups
+            .into_iter()
+            .find(|g| g.id == group)
+            .map(|g| g.name)
+            .unwrap_or_else(|| group.to_hex())
     }
 
     /// Records that `message` (and everything before it in its group) was shown.
@@ -587,7 +683,8 @@ impl Device {
             let queued = self.queued.entry(group).or_insert(0);
             for m in new {
                 if m.seq.0 > *queued {
-                    self.unprinted.push_back(message_view(&m));
+                    self.unprinted
+                        .push_back(Incoming::Message(message_view(&m)));
                 }
             }
             *queued = (*queued).max(last);

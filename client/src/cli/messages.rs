@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use cove::config::Home;
-use cove::{Device, MessageView};
+use cove::{Device, Incoming, MessageView};
 
 /// Arguments of `cove send`.
 #[derive(Debug, Args)]
@@ -103,8 +103,9 @@ pub async fn run_listen(home: Home, args: ListenArgs) -> anyhow::Result<()> {
     let result = loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break Ok(()),
-            m = device.next_message() => match m {
-                Ok(m) => print_message(&m, args.json)?,
+            next = device.next_incoming() => match next {
+                Ok(Incoming::Message(m)) => print_message(&m, args.json)?,
+                Ok(Incoming::Notice(text)) => eprintln!("-- {text}"),
                 Err(e) => break Err(e),
             },
         }
