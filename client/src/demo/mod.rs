@@ -8,6 +8,7 @@
 
 mod call;
 mod chat;
+mod files;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -60,6 +61,10 @@ pub const STEPS: &[Step] = &[
     ),
     ("bob comes back and catches up", chat::bob_returns),
     ("alice removes carol", chat::remove_carol),
+    (
+        "alice sends bob a file and shares a link",
+        files::send_and_share,
+    ),
     ("the relay never saw a plaintext", chat::scan_relay),
     ("alice calls bob (2 s of audio)", call::call),
 ];
