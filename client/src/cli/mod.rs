@@ -2,6 +2,7 @@
 //! `Args` struct (clap derive, with an `after_help` example) and an `async fn run`, then one
 //! variant in [`Command`] and one arm in [`run`].
 
+mod device;
 mod files;
 mod group;
 mod init;
@@ -61,6 +62,9 @@ pub enum Command {
     History(messages::HistoryArgs),
     /// Show the safety number to compare with another user out of band.
     SafetyNumber(safety::SafetyNumberArgs),
+    /// Link a further device of the same user.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
     /// Run a relay and three users in-process and show them chatting.
     Demo(crate::demo::DemoArgs),
     /// Encrypt a file, upload it and send it to a group.
@@ -89,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Listen(args) => messages::run_listen(resolve_home(home)?, args).await,
         Command::History(args) => messages::run_history(resolve_home(home)?, args).await,
         Command::SafetyNumber(args) => safety::run(resolve_home(home)?, args).await,
+        Command::Device(cmd) => device::run(resolve_home(home)?, cmd).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::SendFile(args) => files::run_send_file(resolve_home(home)?, args).await,
         Command::Download(args) => files::run_download(resolve_home(home)?, args).await,

@@ -49,6 +49,7 @@ async fn init_create_add_send_sync_with_json() {
 
     // The CLI blocks; run it off the runtime's threads.
     let (alice2, bob2) = (alice.clone(), bob.clone());
+    let bob_laptop = dir.path().join("bob-laptop");
     let lines = tokio::task::spawn_blocking(move || {
         let (alice, bob) = (alice2.as_path(), bob2.as_path());
         let out = ok(
@@ -60,6 +61,12 @@ async fn init_create_add_send_sync_with_json() {
             bob,
             &["init", "--server", &server, "--user", "bob", "--ca", &ca],
         );
+        // bob's second device, linked from the first.
+        let out = ok(
+            &bob_laptop,
+            &["device", "link", "--from", bob.to_str().unwrap()],
+        );
+        assert!(out.contains("of bob"), "{out}");
         ok(alice, &["group", "create", "friends"]);
         ok(alice, &["group", "add", "friends", "bob"]);
         ok(alice, &["send", "friends", "hello bob"]);
@@ -70,6 +77,14 @@ async fn init_create_add_send_sync_with_json() {
             .lines()
             .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
             .collect();
+        // The second device received the same messages.
+        let laptop = ok(&bob_laptop, &["sync", "--json"]);
+        let laptop: Vec<serde_json::Value> = laptop
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(laptop.len(), 2);
+        assert_eq!(laptop[0]["id"], lines[0]["id"]);
 
         // A second sync shows nothing new; bob answers; alice sees only bob's message.
         assert_eq!(ok(bob, &["sync", "--json"]), "");
@@ -169,6 +184,7 @@ fn every_command_has_help_with_an_example() {
         &["listen"],
         &["history"],
         &["safety-number"],
+        &["device", "link"],
         &["demo"],
     ] {
         let mut args = cmd.to_vec();
