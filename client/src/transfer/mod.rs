@@ -513,17 +513,40 @@ fn decrypt_to(
         source,
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, temp);
-    let mut dec = Decryptor::new(&key, expected);
-    let mut plain = Vec::with_capacity(2 << 20);
-    while let Some(data) = rx.blocking_recv() {
-        dec.push(&data, &mut plain)?;
-        if plain.len() >= 1 << 20 {
-            out.write_all(&plain).map_err(io)?;
-            plain.clear();
+    // The SHA-256 of the ciphertext runs on its own thread, beside decryption.
+    let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+    let hasher = std::thread::spawn(move || {
+        let mut h = Sha256::new();
+        while let Ok(data) = hrx.recv() {
+            h.update(&data);
         }
-    }
-    // The temporary file (deleted on drop) never becomes visible unless this succeeds.
+        <[u8; 32]>::from(h.finalize())
+    });
+    let mut dec = Decryptor::new(&key, expected).hash_elsewhere();
+    let mut plain = Vec::with_capacity(2 << 20);
+    let mut decrypt = || -> Result<(), TransferError> {
+        while let Some(data) = rx.blocking_recv() {
+            // The hasher only stops if it panicked; the join below reports that.
+            let _ = htx.send(data.clone());
+            dec.push(&data, &mut plain)?;
+            if plain.len() >= 1 << 20 {
+                out.write_all(&plain).map_err(io)?;
+                plain.clear();
+            }
+        }
+        Ok(())
+    };
+    let decrypted = decrypt();
+    drop(htx);
+    let digest = hasher
+        .join()
+        .map_err(|_| TransferError::Network("hashing thread failed".into()))?;
+    decrypted?;
+    // The temporary file (deleted on drop) never becomes visible unless all this succeeds.
     dec.finish(&mut plain)?;
+    if expected.digest.is_some_and(|d| d != digest) {
+        return Err(TransferError::Integrity(AttachmentError::DigestMismatch));
+    }
     out.write_all(&plain).map_err(io)?;
     let temp = out.into_inner().map_err(|e| io(e.into_error()))?;
     temp.as_file().sync_all().map_err(io)?;

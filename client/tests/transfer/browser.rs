@@ -16,11 +16,20 @@ pub async fn dump_dom(url: &str) -> Option<String> {
         std::path::Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing (apt-get install chromium, or set COVE_SKIP_BROWSER=1)"
     );
-    let url = url.to_owned();
-    let out = tokio::task::spawn_blocking(move || run(&url))
-        .await
-        .unwrap();
-    Some(out)
+    // `--dump-dom` dumps when virtual time runs out; on a loaded machine the page may still
+    // be working then. A page still "loading" is retried; a finished one ("done" or "error")
+    // is returned as it is.
+    let mut dom = String::new();
+    for _ in 0..4 {
+        let url = url.to_owned();
+        dom = tokio::task::spawn_blocking(move || run(&url))
+            .await
+            .unwrap();
+        if !dom.contains("data-state=\"loading\"") {
+            break;
+        }
+    }
+    Some(dom)
 }
 
 fn run(url: &str) -> String {

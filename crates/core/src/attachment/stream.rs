@@ -141,8 +141,9 @@ pub struct Expected {
 /// What [`Decryptor::finish`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Opened {
-    /// SHA-256 of the whole blob.
-    pub digest: [u8; 32],
+    /// SHA-256 of the whole blob (`None` if the caller hashes it elsewhere, see
+    /// [`Decryptor::hash_elsewhere`]).
+    pub digest: Option<[u8; 32]>,
     /// Plaintext bytes released.
     pub plaintext_len: u64,
     /// Blob bytes consumed.
@@ -164,12 +165,22 @@ pub struct Decryptor {
     buf: Vec<u8>,
     chunk_len: usize,
     next_index: u32,
-    hasher: Sha256,
+    /// `None` when the caller hashes the blob itself.
+    hasher: Option<Sha256>,
     plaintext_len: u64,
     ciphertext_len: u64,
 }
 
 impl Decryptor {
+    /// Leaves the SHA-256 of the blob to the caller (e.g. on another core, in parallel with
+    /// decryption). The caller must then check the digest itself before trusting the file;
+    /// any expected digest is ignored here.
+    pub fn hash_elsewhere(mut self) -> Self {
+        self.hasher = None;
+        self.expected.digest = None;
+        self
+    }
+
     /// A decryptor for the blob encrypted under `key`.
     pub fn new(key: &FileKey, expected: Expected) -> Self {
         Decryptor {
@@ -181,7 +192,7 @@ impl Decryptor {
             buf: Vec::new(),
             chunk_len: 0,
             next_index: 0,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             plaintext_len: 0,
             ciphertext_len: 0,
         }
@@ -195,7 +206,9 @@ impl Decryptor {
     /// Feeds blob bytes; appends authenticated plaintext to `out`.
     pub fn push(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), AttachmentError> {
         self.ciphertext_len += input.len() as u64;
-        self.hasher.update(input);
+        if let Some(h) = &mut self.hasher {
+            h.update(input);
+        }
         if self.cipher.is_none() {
             let need = HEADER_LEN - self.header_len;
             let take = need.min(input.len());
@@ -244,7 +257,7 @@ impl Decryptor {
             return Err(AttachmentError::EmptyFinalChunk);
         }
         self.open_buf(true, out)?;
-        let digest: [u8; 32] = self.hasher.finalize().into();
+        let digest: Option<[u8; 32]> = self.hasher.take().map(|h| h.finalize().into());
         if let Some(size) = self.expected.size
             && size != self.plaintext_len
         {
@@ -254,7 +267,7 @@ impl Decryptor {
             });
         }
         if let Some(d) = self.expected.digest
-            && d != digest
+            && Some(d) != digest
         {
             return Err(AttachmentError::DigestMismatch);
         }
