@@ -276,6 +276,7 @@ impl BlobStore for FsBlobStore {
             file: BufWriter::with_capacity(1 << 20, file),
             meta,
             written: 0,
+            committed: false,
             db: Arc::clone(&self.db),
             _guard: guard,
         }))
@@ -346,6 +347,9 @@ struct FsWriter {
     file: BufWriter<File>,
     meta: BlobMeta,
     written: u64,
+    /// Set once the offset was recorded; otherwise `Drop` records it (a handler cancelled
+    /// mid-request still keeps what reached the disk).
+    committed: bool,
     db: Arc<Mutex<Connection>>,
     _guard: WritingGuard,
 }
@@ -364,6 +368,13 @@ impl BlobWriter for FsWriter {
     }
 
     fn commit(mut self: Box<Self>, complete_expires_ms: u64) -> Result<BlobMeta, BlobStoreError> {
+        self.persist(complete_expires_ms)
+    }
+}
+
+impl FsWriter {
+    fn persist(&mut self, complete_expires_ms: u64) -> Result<BlobMeta, BlobStoreError> {
+        self.committed = true;
         self.file.flush()?;
         self.file.get_ref().sync_data()?;
         let mut meta = self.meta.clone();
@@ -384,5 +395,16 @@ impl BlobWriter for FsWriter {
             ],
         )?;
         Ok(meta)
+    }
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Keeps the current expiry: a blob completed this way expires like an
+            // unfinished upload unless re-committed; best effort.
+            let expires = self.meta.expires_ms;
+            let _ = self.persist(expires);
+        }
     }
 }
