@@ -246,6 +246,10 @@ struct CallState {
     pending: BTreeMap<DeviceId, Peer>,
     /// The offer waiting for our answer (callee side).
     offer: Option<(Peer, CallSignal)>,
+    /// Other participants seen answering someone else (for mesh dialling).
+    joined: BTreeMap<DeviceId, Peer>,
+    /// Our leaf index when the call started.
+    my_leaf: Option<u32>,
 }
 
 /// The call-signalling state machine of one device (sans-IO; see the module docs).
@@ -323,6 +327,8 @@ impl Calls {
                 peers: BTreeMap::new(),
                 pending: others.into_iter().map(|p| (p.device, p)).collect(),
                 offer: None,
+                joined: BTreeMap::new(),
+                my_leaf: members.iter().find(|m| m.device == self.me).map(|m| m.leaf),
             },
         );
         Ok(actions)
@@ -359,11 +365,26 @@ impl Calls {
         let (peer, offer) = call.offer.take().ok_or("no offer")?;
         call.phase = CallPhase::Active;
         call.peers.insert(peer.device, peer.clone());
-        Ok(vec![CallAction::Apply {
+        let mut out = vec![CallAction::Apply {
             call_id,
             peer,
             signal: offer,
-        }])
+        }];
+        // Participants that joined before us: the lower leaf index dials.
+        let joined: Vec<Peer> = std::mem::take(&mut call.joined).into_values().collect();
+        for other in joined {
+            if call.peers.contains_key(&other.device) || call.peers.len() + 1 >= MAX_PARTICIPANTS {
+                continue;
+            }
+            if call.my_leaf.is_some_and(|l| l < other.leaf) {
+                call.peers.insert(other.device, other.clone());
+                out.push(CallAction::Dial {
+                    call_id,
+                    peer: other,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Declines a ringing call.
@@ -465,6 +486,8 @@ impl Calls {
                         peers: BTreeMap::new(),
                         pending: BTreeMap::new(),
                         offer: Some((from.clone(), msg.signal.clone())),
+                        joined: BTreeMap::new(),
+                        my_leaf,
                     },
                 );
                 vec![CallAction::Incoming {
@@ -505,8 +528,12 @@ impl Calls {
                         peer: from,
                         signal: msg.signal.clone(),
                     });
-                } else if call.phase == CallPhase::Active
-                    && !call.peers.contains_key(&from.device)
+                } else if call.phase != CallPhase::Active {
+                    // Not answered yet: remember who is in, for when we answer.
+                    if call.joined.len() < MAX_PARTICIPANTS {
+                        call.joined.insert(from.device, from);
+                    }
+                } else if !call.peers.contains_key(&from.device)
                     && call.peers.len() + 1 < MAX_PARTICIPANTS
                 {
                     // Another participant joined: the lower leaf index dials.
@@ -770,6 +797,32 @@ mod tests {
             carol
                 .handle(20, &received(&b, 20, from_bob), &members)
                 .is_empty()
+        );
+        // The other order: Carol's answer reaches Bob while he still rings; he dials her
+        // when he answers.
+        let mut late_bob = Calls::new(b.device);
+        let o = CallMessage {
+            call_id: id,
+            to: Some(b.device),
+            signal: offer(),
+        };
+        late_bob.handle(10, &received(&a, 10, o), &members);
+        let carols = CallMessage {
+            call_id: id,
+            to: Some(a.device),
+            signal: CallSignal::Answer {
+                sdp: "v=0".into(),
+                fingerprint: "f".into(),
+            },
+        };
+        assert!(
+            late_bob
+                .handle(20, &received(&c, 20, carols), &members)
+                .is_empty()
+        );
+        let got = late_bob.answer(id).unwrap();
+        assert!(
+            matches!(&got[..], [CallAction::Apply { .. }, CallAction::Dial { peer, .. }] if peer.device == c.device)
         );
         // Removing Carol from the group drops her from Bob's call.
         let left = bob.member_removed(group, c.device);

@@ -352,3 +352,70 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A three-party call: alice rings bob and carol, both answer, bob (the lower leaf index of
+/// the two) dials carol, and everyone hears both others. Alice also sends video (the test
+/// pattern), which both receive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_party_mesh_call_with_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with_turn(dir.path()).await;
+    let server = format!("wss://{}", relay.local_addr());
+    let ca = relay.cert_path().to_owned();
+    let home = |n: &str| Home::new(dir.path().join(n));
+    let mut alice = register(&home("alice"), &server, "alice", &ca).await;
+    let mut bob = register(&home("bob"), &server, "bob", &ca).await;
+    let mut carol = register(&home("carol"), &server, "carol", &ca).await;
+    alice.create_group("talk").await.unwrap();
+    alice
+        .add_users("talk", &names(&["bob", "carol"]))
+        .await
+        .unwrap();
+    joined(&mut bob).await;
+    joined(&mut carol).await;
+    let answer = |mut device: Device, tone: f32| {
+        let options = options(tone, None, Some(4));
+        tokio::spawn(async move {
+            let r = call::answer(&mut device, Some("talk"), &options).await;
+            (r, device)
+        })
+    };
+    let bob_task = answer(bob, 660.0);
+    let carol_task = answer(carol, 880.0);
+    let caller = CallOptions {
+        video: Some("pattern".parse().unwrap()),
+        ..options(440.0, None, Some(4))
+    };
+    let placed = call::place(&mut alice, "talk", &caller).await.unwrap();
+    let (bob_report, bob) = bob_task.await.unwrap();
+    let (carol_report, carol) = carol_task.await.unwrap();
+    let (bob_report, carol_report) = (bob_report.unwrap(), carol_report.unwrap());
+    for (who, report, others) in [
+        ("alice", &placed, ["bob", "carol"]),
+        ("bob", &bob_report, ["alice", "carol"]),
+        ("carol", &carol_report, ["alice", "bob"]),
+    ] {
+        let heard: Vec<&str> = report
+            .stats
+            .peers
+            .iter()
+            .filter(|p| p.audio_frames_received > 0)
+            .map(|p| p.peer.as_str())
+            .collect();
+        assert_eq!(heard, others, "{who} heard {heard:?}: {:?}", report.stats);
+    }
+    for report in [&bob_report, &carol_report] {
+        let from_alice = report
+            .stats
+            .peers
+            .iter()
+            .find(|p| p.peer == "alice")
+            .unwrap();
+        assert!(from_alice.video_frames_received > 0, "{:?}", report.stats);
+        assert_eq!(from_alice.sframe_failures, 0);
+    }
+    alice.close().await;
+    bob.close().await;
+    carol.close().await;
+    relay.shutdown().await;
+}
