@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod browser;
+mod cli;
 mod proxy;
 
 use std::path::{Path, PathBuf};
