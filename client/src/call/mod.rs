@@ -560,6 +560,7 @@ impl Driver {
             SessionEvent::Core(Event::Content(received))
                 if received.group == self.group && matches!(received.content, Content::Call(_)) =>
             {
+                self.rekey(device).await?;
                 let members = members(device, self.group).await?;
                 let actions = self.calls.handle(session::now_ms(), &received, &members);
                 self.run_actions(device, actions).await
@@ -568,16 +569,15 @@ impl Driver {
                 self.say("removed from the group: leaving the call".into());
                 Ok(true)
             }
-            SessionEvent::Core(Event::MembersChanged { group, .. }) if group == self.group => {
+            SessionEvent::Core(Event::Content(_) | Event::Warning(_) | Event::Reply { .. })
+            | SessionEvent::Connected
+            | SessionEvent::Disconnected(_) => Ok(false),
+            SessionEvent::Core(_) => {
+                // A commit (ours, e.g. a removal, completes as OpDone; others' show as
+                // MembersChanged or not at all, e.g. key updates) may have moved the epoch.
                 self.rekey(device).await?;
                 Ok(false)
             }
-            SessionEvent::Core(Event::Message(m)) if m.group == self.group => {
-                // Any commit (e.g. a key update) may have moved the epoch.
-                self.rekey(device).await?;
-                Ok(false)
-            }
-            _ => Ok(false),
         }
     }
 

@@ -419,3 +419,90 @@ async fn three_party_mesh_call_with_video() {
     carol.close().await;
     relay.shutdown().await;
 }
+
+/// During a three-party call alice removes carol from the group: alice and bob export the
+/// next epoch's key and rekey, hang up carol's sessions and keep talking; carol's call ends
+/// with her removal and her client never gets the new epoch (so it cannot derive the media
+/// key used after the rekey).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with_turn(dir.path()).await;
+    let server = format!("wss://{}", relay.local_addr());
+    let ca = relay.cert_path().to_owned();
+    let home = |n: &str| Home::new(dir.path().join(n));
+    let mut alice = register(&home("alice"), &server, "alice", &ca).await;
+    let mut bob = register(&home("bob"), &server, "bob", &ca).await;
+    let mut carol = register(&home("carol"), &server, "carol", &ca).await;
+    alice.create_group("talk").await.unwrap();
+    alice
+        .add_users("talk", &names(&["bob", "carol"]))
+        .await
+        .unwrap();
+    joined(&mut bob).await;
+    joined(&mut carol).await;
+    let group = group_id(&alice, "talk").await;
+    let epoch_before = alice.epoch_state(group).await.unwrap().unwrap().0;
+    let answer = |mut device: Device, tone: f32| {
+        let options = options(tone, None, Some(5));
+        tokio::spawn(async move {
+            let r = call::answer(&mut device, Some("talk"), &options).await;
+            (r, device)
+        })
+    };
+    let bob_task = answer(bob, 660.0);
+    let carol_task = answer(carol, 880.0);
+    // Alice's session handle, to remove carol while her device runs the call.
+    let session = alice.session().clone();
+    let remover = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let carol = names(&["carol"]);
+        session
+            .op(WAIT, move |c| {
+                c.remove_users(cove::session::now_ms(), "talk", &carol)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    let placed = call::place(&mut alice, "talk", &options(440.0, None, Some(5)))
+        .await
+        .unwrap();
+    remover.await.unwrap();
+    let (bob_report, bob) = bob_task.await.unwrap();
+    let (carol_report, carol) = carol_task.await.unwrap();
+    let bob_report = bob_report.unwrap();
+    carol_report.unwrap(); // ended by the removal, not an error
+
+    // Alice and bob moved to the next epoch; carol's client did not.
+    let (alice_epoch, _) = alice.epoch_state(group).await.unwrap().unwrap();
+    assert!(alice_epoch > epoch_before);
+    let carol_epoch = carol.epoch_state(group).await.unwrap().map(|e| e.0);
+    assert!(
+        carol_epoch.is_none_or(|e| e == epoch_before),
+        "carol reached epoch {carol_epoch:?}"
+    );
+    // Alice and bob kept hearing each other for the whole call, carol only until removed.
+    let frames = |r: &CallReport, peer: &str| {
+        r.stats
+            .peers
+            .iter()
+            .find(|p| p.peer == peer)
+            .map_or(0, |p| p.audio_frames_received)
+    };
+    let alice_from_bob = frames(&placed, "bob");
+    let bob_from_alice = frames(&bob_report, "alice");
+    let alice_from_carol = frames(&placed, "carol");
+    assert!(
+        bob_from_alice > 150 && alice_from_bob > 150,
+        "alice/bob frames after the rekey: {alice_from_bob}/{bob_from_alice}"
+    );
+    assert!(
+        alice_from_carol < alice_from_bob,
+        "carol's media stopped at her removal ({alice_from_carol} vs {alice_from_bob})"
+    );
+    alice.close().await;
+    bob.close().await;
+    carol.close().await;
+    relay.shutdown().await;
+}
