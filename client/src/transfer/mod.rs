@@ -334,7 +334,7 @@ impl BlobClient {
                 path: dir.clone(),
                 source,
             })?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
         let key = key.clone();
         let sink = tokio::task::spawn_blocking(move || decrypt_to(rx, temp, key, expected));
         let conn = http::Conn::new(self);
@@ -514,7 +514,7 @@ fn decrypt_to(
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, temp);
     // The SHA-256 of the ciphertext runs on its own thread, beside decryption.
-    let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+    let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(4);
     let hasher = std::thread::spawn(move || {
         let mut h = Sha256::new();
         while let Ok(data) = hrx.recv() {
