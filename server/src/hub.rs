@@ -122,7 +122,7 @@ impl Outbox {
 
     /// Asks the connection to close; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
-        self.close.send_if_modified(|current| {
+        let first = self.close.send_if_modified(|current| {
             if current.is_none() {
                 *current = Some(reason);
                 true
@@ -130,6 +130,12 @@ impl Outbox {
                 false
             }
         });
+        if first {
+            // Wake an idle writer through its queue (an empty frame is never written), so its
+            // idle wait need not watch the close signal. A full queue means it is busy and
+            // checks the signal before its next batch.
+            let _ = self.queue.try_send(Bytes::new());
+        }
     }
 
     /// Whether a close was requested.

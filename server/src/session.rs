@@ -94,13 +94,14 @@ where
     let mut closing = close_rx;
     let mut shutdown = shared.shutdown.clone();
     let idle = limits.idle_timeout();
-    // An unauthenticated connection gets the handshake timeout to authenticate.
-    let auth_deadline = tokio::time::Instant::now() + limits.handshake_timeout();
+    // One timer for the whole connection, registered once: first the deadline to
+    // authenticate (the handshake timeout), then the idle check. It is pushed back only when
+    // it fires and messages arrived meanwhile, so a silent connection is closed after one to
+    // two idle periods and an active one costs no timer work per message.
+    let timer = tokio::time::sleep(limits.handshake_timeout());
+    tokio::pin!(timer);
+    let mut heard = false;
     loop {
-        let deadline = match session.device {
-            Some(_) => tokio::time::Instant::now() + idle,
-            None => auth_deadline,
-        };
         // Cheap checks first; the select polls the close and shutdown signals (which takes
         // locks) only when no message is ready.
         if closing.has_changed().unwrap_or(true) {
@@ -112,13 +113,19 @@ where
         }
         let next = tokio::select! {
             biased;
-            next = tokio::time::timeout_at(deadline, stream.next()) => next,
+            next = stream.next() => Ok(next),
+            () = &mut timer => Err(()),
             _ = closing.changed() => break,
             () = crate::relay::stopped(&mut shutdown) => {
                 outbox.close(CloseReason::Code(ErrorCode::Unavailable));
                 break;
             }
         };
+        if next.is_err() && session.device.is_some() && std::mem::take(&mut heard) {
+            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            continue;
+        }
+        heard = true;
         let message = match next {
             Err(_) if session.device.is_none() => {
                 debug!(conn = conn_id, "no authentication in time");
@@ -151,7 +158,13 @@ where
         match message {
             Message::Binary(bytes) => match cove_wire::decode::<ClientFrame>(&bytes) {
                 Ok(ClientFrame::Request { id, body }) => {
+                    let was_authenticated = session.device.is_some();
                     session.request(id, body, bytes.len()).await;
+                    if !was_authenticated && session.device.is_some() {
+                        // From now on the timer checks for idleness.
+                        timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                        heard = false;
+                    }
                 }
                 Err(e) => {
                     debug!(conn = conn_id, error = %e, len = bytes.len(), "undecodable frame");
@@ -676,18 +689,20 @@ async fn write_loop<S>(
         bytes,
         mut close,
     } = receiver;
-    // Branch order matters on the hot path: with `biased`, a ready queue wins and the close
-    // and ping branches are not even polled (polling them takes locks), so under load each
-    // wake-up costs a channel receive, the writes and one flush. The close flag and the ping
-    // deadline are checked with an uncontended read lock and a clock read instead.
-    let mut next_ping = tokio::time::Instant::now() + ping_interval;
+    // The hot path is one wake-up per batch of queued frames: a channel receive, the writes
+    // and one flush. The idle wait is only the queue and a timer registered once (a close
+    // request wakes it through the queue, see `Outbox::close`); the close flag and the ping
+    // deadline are checked with an uncontended read lock and an atomic load.
+    let ping = tokio::time::sleep(ping_interval);
+    tokio::pin!(ping);
     let reason = loop {
         let requested = *close.borrow();
         if let Some(reason) = requested {
             break reason;
         }
-        if tokio::time::Instant::now() >= next_ping {
-            next_ping = tokio::time::Instant::now() + ping_interval;
+        if ping.is_elapsed() {
+            ping.as_mut()
+                .reset(tokio::time::Instant::now() + ping_interval);
             if sink.send(Message::Ping(Bytes::new())).await.is_err() {
                 break CloseReason::Quiet;
             }
@@ -699,12 +714,16 @@ async fn write_loop<S>(
                     // The connection is over; a close reason set before still counts.
                     break (*close.borrow()).unwrap_or(CloseReason::Quiet);
                 };
+                if frame.is_empty() {
+                    continue;
+                }
                 let io = async {
                     // Give the byte budget back once per batch (one semaphore release).
                     let mut taken = frame.len();
                     sink.feed(Message::Binary(frame)).await?;
                     for _ in 1..COALESCE_FRAMES {
                         match queue.try_recv() {
+                            Ok(frame) if frame.is_empty() => break,
                             Ok(frame) => {
                                 taken += frame.len();
                                 sink.feed(Message::Binary(frame)).await?;
@@ -722,8 +741,7 @@ async fn write_loop<S>(
                     _ = close.changed() => {}
                 }
             }
-            _ = close.changed() => {}
-            () = tokio::time::sleep_until(next_ping) => {}
+            () = &mut ping => {}
         }
     };
     let finish = async {
@@ -731,7 +749,9 @@ async fn write_loop<S>(
             if code != ErrorCode::SlowReader {
                 // Frames already queued (e.g. the reply explaining the close) go first.
                 while let Ok(frame) = queue.try_recv() {
-                    sink.feed(Message::Binary(frame)).await?;
+                    if !frame.is_empty() {
+                        sink.feed(Message::Binary(frame)).await?;
+                    }
                 }
             }
             if let Some(frame) = encode_frame(&ServerFrame::Closing { code }) {

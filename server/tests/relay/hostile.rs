@@ -242,3 +242,19 @@ async fn a_connection_that_never_authenticates_is_closed() {
     let (mut alice, _) = relay.register("alice").await.unwrap();
     assert_eq!(alice.call(Request::Ping).await.unwrap(), Reply::Pong);
 }
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_as_idle() {
+    let limits = cove_server::Limits {
+        ping_interval_ms: 100,
+        pong_timeout_ms: 100,
+        ..cove_test_utils::test_limits()
+    };
+    let relay = TestRelay::start(cove_server::StoreKind::Memory, limits).await;
+    // Authenticated, then it neither reads (so it never answers pings) nor sends.
+    let (mut silent, _) = relay.register("silent").await.unwrap();
+    // Well past two idle periods (the most the relay waits) before reading anything.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (_, closing) = silent.read_until_closed().await;
+    assert_eq!(closing, Some(ErrorCode::IdleTimeout));
+}
