@@ -506,3 +506,76 @@ async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
     carol.close().await;
     relay.shutdown().await;
 }
+
+/// The commands as a user runs them in two terminals: `cove answer` waits, `cove call`
+/// dials; the answering side records audio and stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cove_call_and_cove_answer_binaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with_turn(dir.path()).await;
+    let server = format!("wss://{}", relay.local_addr());
+    let (alice, bob) = pair(dir.path(), &server, relay.cert_path()).await;
+    alice.close().await;
+    bob.close().await;
+    let cove = workspace_binary("cove", "cove");
+    let record = dir.path().join("rec");
+    let answering = tokio::task::spawn_blocking({
+        let cove = cove.clone();
+        let home = dir.path().join("bob");
+        let record = record.clone();
+        move || {
+            std::process::Command::new(cove)
+                .arg("--home")
+                .arg(home)
+                .args(["answer", "talk", "--wait", "60", "--record"])
+                .arg(record)
+                .output()
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let call = tokio::task::spawn_blocking({
+        let cove = cove.clone();
+        let home = dir.path().join("alice");
+        move || {
+            std::process::Command::new(cove)
+                .arg("--home")
+                .arg(home)
+                .args(["call", "talk", "--duration", "2", "--ring-timeout", "60"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let answered = answering.await.unwrap();
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(call.status.success(), "cove call: {}", text(&call));
+    assert!(
+        answered.status.success(),
+        "cove answer: {}",
+        text(&answered)
+    );
+    assert!(text(&call).contains("bob answered"), "{}", text(&call));
+    assert!(text(&answered).contains("incoming call from alice"));
+    assert!(record.join("audio-alice.wav").exists());
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(record.join("stats.json")).unwrap()).unwrap();
+    assert!(stats["peers"][0]["audio_frames_received"].as_u64().unwrap() > 0);
+    // A group that does not exist is a clear error.
+    let bad = std::process::Command::new(&cove)
+        .arg("--home")
+        .arg(dir.path().join("alice"))
+        .args(["call", "no-such-group"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("no group named"), "{}", text(&bad));
+    relay.shutdown().await;
+}
