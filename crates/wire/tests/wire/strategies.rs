@@ -128,6 +128,7 @@ pub fn request() -> impl Strategy<Value = Request> {
         (stream(), seq()).prop_map(|(stream, seq)| Request::Ack { stream, seq }),
         Just(Request::ListGroups),
         Just(Request::Ping),
+        Just(Request::TurnCredentials),
     ]
 }
 
@@ -268,6 +269,14 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         bounded((group_id(), epoch()).prop_map(|(group, epoch)| GroupSummary { group, epoch }))
             .prop_map(|groups| Reply::Groups { groups }),
         Just(Reply::Pong),
+        (bounded(".{0,40}"), ".{0,40}", ".{0,40}", any::<u64>()).prop_map(
+            |(urls, username, password, expires_at_ms)| Reply::TurnCredentials {
+                urls,
+                username,
+                password,
+                expires_at_ms
+            }
+        ),
     ]
 }
 
