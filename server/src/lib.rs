@@ -47,7 +47,7 @@ pub mod store;
 mod tls;
 mod turn;
 
-pub use logging::log_filter;
 pub use config::{ConfigFile, Limits, RelayConfig, StoreKind, TlsSource};
+pub use logging::log_filter;
 pub use relay::{Relay, RelayHandle, StartError};
 pub use tls::{TlsError, fingerprint};
