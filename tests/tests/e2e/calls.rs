@@ -140,7 +140,7 @@ async fn relay_only_call_through_the_relays_turn_server_leaves_no_secrets_on_the
     let log_path = dir.path().join("relay.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let binary = workspace_binary("cove-server", "cove-server");
-    let mut child = std::process::Command::new(binary)
+    let child = std::process::Command::new(binary)
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -154,9 +154,11 @@ async fn relay_only_call_through_the_relays_turn_server_leaves_no_secrets_on_the
         .stderr(log)
         .spawn()
         .unwrap();
+    // Killed on drop if the test fails before its clean SIGTERM below.
+    let mut child = KillOnDrop(child);
     let addr = {
         use std::io::{BufRead, BufReader};
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
         let addr = loop {
             let line = lines.next().expect("relay exited").unwrap();
             if let Some(a) = line.strip_prefix("listening on ") {
@@ -197,9 +199,9 @@ async fn relay_only_call_through_the_relays_turn_server_leaves_no_secrets_on_the
     bob.close().await;
     // SIGTERM: the relay flushes and exits.
     let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let _ = child.wait();
+    let _ = child.0.wait();
 
     let mut haystack = std::fs::read(&log_path).unwrap();
     assert!(
@@ -334,6 +336,15 @@ async fn tampered_fingerprint_in_the_offer_is_refused() {
     alice.close().await;
     bob.close().await;
     relay.shutdown().await;
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
