@@ -444,40 +444,54 @@ impl UploadSource {
         }
         let cipher = ChunkCipher::new(&self.key, self.header);
         let cs = self.header.chunk_size as usize; // at most 1 MiB
-        let mut hasher = Sha256::new();
-        let header = self.header.encode();
-        hasher.update(header);
-        let mut pos = 0u64; // ciphertext position
+        // The SHA-256 of the ciphertext runs on its own thread, beside encryption.
+        let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(4);
+        let hasher = std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            while let Ok(data) = hrx.recv() {
+                h.update(&data);
+            }
+            <[u8; 32]>::from(h.finalize())
+        });
         let mut skip = self.skip;
-        let mut emit = |data: Vec<u8>, pos: &mut u64| -> Result<(), TransferError> {
-            let len = data.len() as u64;
+        let mut emit = |data: Vec<u8>| -> Result<(), TransferError> {
+            let bytes = Bytes::from(data);
+            // The hasher only stops if it panicked; the join below reports that.
+            let _ = htx.send(bytes.clone());
+            let len = bytes.len() as u64;
             let start = usize::try_from(skip.min(len)).unwrap_or(0);
             skip -= start as u64;
-            *pos += len;
             if start as u64 == len {
                 return Ok(());
             }
-            let bytes = Bytes::from(data).slice(start..);
-            tx.blocking_send(Ok(bytes))
+            tx.blocking_send(Ok(bytes.slice(start..)))
                 .map_err(|_| TransferError::Network("upload cut".into()))
         };
-        emit(header.to_vec(), &mut pos)?;
-        let chunks = chunk_count(self.size, self.header.chunk_size);
-        let mut left = self.size;
-        for index in 0..chunks {
-            let n = usize::try_from(left.min(cs as u64)).unwrap_or(cs);
-            let mut buf = vec![0u8; n];
-            file.read_exact(&mut buf)
-                .map_err(|_| TransferError::Changed(self.path.clone()))?;
-            left -= n as u64;
-            let index = u32::try_from(index).map_err(|_| AttachmentError::TooLarge)?;
-            let tag = cipher.seal(index, index as u64 + 1 == chunks, &mut buf);
-            buf.reserve_exact(TAG_LEN);
-            buf.extend_from_slice(&tag);
-            hasher.update(&buf);
-            emit(buf, &mut pos)?;
-        }
-        Ok(hasher.finalize().into())
+        let mut seal_all = || -> Result<(), TransferError> {
+            emit(self.header.encode().to_vec())?;
+            let chunks = chunk_count(self.size, self.header.chunk_size);
+            let mut left = self.size;
+            for index in 0..chunks {
+                let n = usize::try_from(left.min(cs as u64)).unwrap_or(cs);
+                let mut buf = Vec::with_capacity(n + TAG_LEN);
+                buf.resize(n, 0);
+                file.read_exact(&mut buf)
+                    .map_err(|_| TransferError::Changed(self.path.clone()))?;
+                left -= n as u64;
+                let index = u32::try_from(index).map_err(|_| AttachmentError::TooLarge)?;
+                let tag = cipher.seal(index, u64::from(index) + 1 == chunks, &mut buf);
+                buf.extend_from_slice(&tag);
+                emit(buf)?;
+            }
+            Ok(())
+        };
+        let sealed = seal_all();
+        drop(htx);
+        let digest = hasher
+            .join()
+            .map_err(|_| TransferError::Network("hashing thread failed".into()))?;
+        sealed?;
+        Ok(digest)
     }
 }
 
