@@ -40,7 +40,7 @@ pub struct MediaArgs {
     /// Video to send: `pattern`, `pattern:WxH` or a Y4M file (no video by default).
     #[arg(long, value_name = "pattern|FILE.y4m")]
     pub video_in: Option<String>,
-    /// Record what is received into DIR (audio-<user>.wav, video frames, stats.json).
+    /// Record what is received into DIR (`audio-<user>.wav`, video frames, `stats.json`).
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
     /// Hang up this many seconds after connecting (0: stay until the others hang up).

@@ -363,7 +363,12 @@ impl ErrorReply {
             }
             message.truncate(cut);
         }
-        ErrorReply { code, message, retry_after_ms: None, current_epoch: None }
+        ErrorReply {
+            code,
+            message,
+            retry_after_ms: None,
+            current_epoch: None,
+        }
     }
 }
 

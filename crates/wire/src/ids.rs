@@ -190,11 +190,10 @@ impl Serialize for Signature {
 impl<'de> Deserialize<'de> for Signature {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let p = crate::Payload::deserialize(d)?;
-        let arr: [u8; 64] = p
-            .0
-            .as_slice()
-            .try_into()
-            .map_err(|_| serde::de::Error::custom("signature must be 64 bytes"))?;
+        let arr: [u8; 64] =
+            p.0.as_slice()
+                .try_into()
+                .map_err(|_| serde::de::Error::custom("signature must be 64 bytes"))?;
         Ok(Signature(arr))
     }
 }
