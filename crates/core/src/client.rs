@@ -47,6 +47,11 @@ pub const MAX_COMMIT_RETRIES: u32 = 20;
 pub const MAX_PENDING_PER_GROUP: usize = 10_000;
 /// Most entries asked for per Fetch.
 const FETCH_LIMIT: u32 = 100;
+/// First delay before resending a post the relay refused as retryable (when it gave no
+/// `retry_after_ms`); doubles per attempt up to [`MAX_RETRY_DELAY_MS`].
+pub const MIN_RETRY_DELAY_MS: u64 = 500;
+/// Longest delay before resending a post refused as retryable.
+pub const MAX_RETRY_DELAY_MS: u64 = 30_000;
 
 /// A Cove device: the sans-IO client core. See the crate docs for the main loop.
 pub struct Client<S: Store> {
@@ -70,6 +75,17 @@ pub struct Client<S: Store> {
     /// Users whose keys were first seen in MLS (a Welcome or another member's commit) and
     /// are to be checked against the relay's directory.
     to_verify: BTreeSet<UserName>,
+    /// Outbox items refused with a retryable error: local id -> when to resend.
+    retries: BTreeMap<u64, Retry>,
+}
+
+/// A post to resend after a retryable refusal.
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    /// Refusals so far on this connection (for the backoff).
+    attempts: u32,
+    /// When to resend (ms); `None` while the resent post is in flight.
+    due_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +145,9 @@ struct Change {
     directory_requested: bool,
     /// A key update (self-update commit) rather than a membership change.
     update_keys: bool,
+    /// Adding our own missing devices right after creating the group: a failure is a
+    /// warning, the command (group creation) still succeeds.
+    best_effort: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,6 +245,7 @@ impl<S: Store> Client<S> {
             outputs: VecDeque::new(),
             key_package_request_in_flight: false,
             to_verify: BTreeSet::new(),
+            retries: BTreeMap::new(),
         })
     }
 
@@ -260,7 +280,7 @@ impl<S: Store> Client<S> {
 
     /// Whether any command is still running (useful for `sync`-style shells).
     pub fn has_pending_ops(&self) -> bool {
-        !self.ops.is_empty()
+        !self.ops.is_empty() || !self.retries.is_empty()
     }
 
     /// The groups this device is or was in.
@@ -518,6 +538,8 @@ impl<S: Store> Client<S> {
     pub fn handle_disconnected(&mut self) {
         self.conn = Conn::Disconnected;
         self.requests.clear();
+        // The whole outbox goes out again after the next backlog: no timers meanwhile.
+        self.retries.clear();
         self.key_package_request_in_flight = false;
         for op in self.ops.values_mut() {
             match &mut op.kind {
@@ -531,6 +553,45 @@ impl<S: Store> Client<S> {
     /// The next thing to do: a frame to send or an event for the user.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// The next deadline (ms, same clock as `now_ms`) at which the shell must call
+    /// [`Client::handle_timeout`]; `None` when nothing is scheduled. Today: resending posts
+    /// the relay refused as retryable (`RateLimited`, `Unavailable`, `Internal`).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.conn != Conn::Ready {
+            return None;
+        }
+        self.retries.values().filter_map(|r| r.due_ms).min()
+    }
+
+    /// Time has reached `now_ms`: resends the posts whose retry delay is over. Calling it
+    /// early or more than once is harmless.
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), HandleError> {
+        if self.conn != Conn::Ready {
+            return Ok(());
+        }
+        let due: Vec<u64> = self
+            .retries
+            .iter()
+            .filter(|(_, r)| r.due_ms.is_some_and(|d| d <= now_ms))
+            .map(|(id, _)| *id)
+            .collect();
+        for local_id in due {
+            match self.provider.store().outbox_item(local_id)? {
+                Some(item) => {
+                    if let Some(r) = self.retries.get_mut(&local_id) {
+                        r.due_ms = None;
+                    }
+                    self.post_outbox_item(&item);
+                }
+                // Moved to the history by its echo meanwhile.
+                None => {
+                    self.retries.remove(&local_id);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Handles one frame from the relay. Never panics on hostile input: a bad entry is
@@ -593,7 +654,8 @@ impl<S: Store> Client<S> {
         Ok(op)
     }
 
-    /// Adds every device of each user to a group (name or hex id).
+    /// Adds every device of each user to a group (name or hex id), and any device of our
+    /// own user that is missing from it (looked up and key-checked like the others).
     pub fn add_users(
         &mut self,
         _now_ms: u64,
@@ -926,7 +988,7 @@ impl<S: Store> Client<S> {
                 self.on_claim(op, user, r);
                 Ok(())
             }
-            (Pending::PostApplication { local_id }, r) => self.on_app_posted(local_id, r),
+            (Pending::PostApplication { local_id }, r) => self.on_app_posted(now_ms, local_id, r),
             (Pending::PostCommit { op }, r) => self.on_commit_posted(now_ms, op, r),
             (Pending::Fetch, Ok(Reply::Entries { entries })) => {
                 for e in entries {
@@ -1645,7 +1707,12 @@ impl<S: Store> Client<S> {
         } else {
             ChangeStage::Directory
         };
-        let directory = add.iter().map(|u| (u.clone(), None)).collect();
+        let mut directory: BTreeMap<UserName, Option<Vec<DeviceInfo>>> =
+            add.iter().map(|u| (u.clone(), None)).collect();
+        if !add.is_empty() {
+            // Our own other devices belong in every group we add people to.
+            directory.insert(self.identity.user.clone(), None);
+        }
         let op = self.new_op(OpKind::Change(Box::new(Change {
             group,
             add,
@@ -1658,14 +1725,66 @@ impl<S: Store> Client<S> {
             posted: None,
             directory_requested: false,
             update_keys,
+            best_effort: false,
         })));
         self.drive(op);
         op
     }
 
+    /// The change that adds our own other devices to a group just created, in place of the
+    /// creation command (which completes when it does).
+    fn own_devices_change(group: GroupId, user: UserName) -> OpKind {
+        OpKind::Change(Box::new(Change {
+            group,
+            add: Vec::new(),
+            remove: Vec::new(),
+            remove_devices: Vec::new(),
+            stage: ChangeStage::Directory,
+            directory: BTreeMap::from([(user, None)]),
+            claims: BTreeMap::new(),
+            key_packages: Vec::new(),
+            posted: None,
+            directory_requested: false,
+            update_keys: false,
+            best_effort: true,
+        }))
+    }
+
     fn finish(&mut self, op: OpId, result: Result<(), OpError>) {
-        if self.ops.remove(&op).is_some() {
+        if let Some(o) = self.ops.remove(&op) {
+            let result = match (result, &o.kind) {
+                (Err(e), OpKind::Change(c)) if c.best_effort => {
+                    self.warn(format!(
+                        "our other devices were not added to the group: {e}"
+                    ));
+                    Ok(())
+                }
+                (r, _) => r,
+            };
             self.event(Event::OpDone { op, result });
+        }
+    }
+
+    /// Drops our own user from a change (nothing to add, or its look-up failed: the change
+    /// goes on for the other users), then moves the change on if it was waiting only for it.
+    fn drop_own_user(&mut self, op: OpId, why: Option<String>) {
+        if let Some(why) = why {
+            self.warn(format!("our other devices are not added: {why}"));
+        }
+        let own = self.identity.user.clone();
+        let Some(Op {
+            kind: OpKind::Change(c),
+            ..
+        }) = self.ops.get_mut(&op)
+        else {
+            return;
+        };
+        c.directory.remove(&own);
+        c.claims.remove(&own);
+        match c.stage {
+            ChangeStage::Directory => self.directory_progress(op),
+            ChangeStage::Claim => self.claims_progress(op),
+            _ => {}
         }
     }
 
@@ -1807,7 +1926,12 @@ impl<S: Store> Client<S> {
                 }
                 self.records.insert(group, record);
                 self.groups.insert(group, mls);
-                self.finish(op, Ok(()));
+                // Our own other devices join at once (first commit); the creation command
+                // completes when that is done.
+                if let Some(o) = self.ops.get_mut(&op) {
+                    o.kind = Self::own_devices_change(group, self.identity.user.clone());
+                }
+                self.drive(op);
             }
             Err(e) => {
                 let _ = store.rollback();
@@ -1824,10 +1948,15 @@ impl<S: Store> Client<S> {
         user: UserName,
         result: Result<Reply, ErrorReply>,
     ) {
+        let own = user == self.identity.user;
         let devices = match result {
             Ok(Reply::Devices { user: u, devices }) if u == user => devices.0,
             Ok(_) => {
                 self.finish(op, Err(OpError::Relay("unexpected directory reply".into())));
+                return;
+            }
+            Err(e) if own => {
+                self.drop_own_user(op, Some(e.to_string()));
                 return;
             }
             Err(e) => {
@@ -1835,10 +1964,33 @@ impl<S: Store> Client<S> {
                 return;
             }
         };
-        if devices.is_empty() {
+        if devices.is_empty() && !own {
             self.finish(op, Err(OpError::NoDevices(user)));
             return;
         }
+        // Our own user: only devices not yet in the group (never this one) are added.
+        let devices = if own {
+            let present: BTreeSet<DeviceId> = self
+                .groups
+                .get(&self.op_group(op))
+                .map(|g| {
+                    g.members()
+                        .filter_map(|m| member_id(&m).ok().map(|id| id.device))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let missing: Vec<DeviceInfo> = devices
+                .into_iter()
+                .filter(|d| Some(d.device) != self.identity.device && !present.contains(&d.device))
+                .collect();
+            if missing.is_empty() {
+                self.drop_own_user(op, None);
+                return;
+            }
+            missing
+        } else {
+            devices
+        };
         // Trust on first use: pin unknown devices, refuse changed keys.
         let mut events = Vec::new();
         let mut changed = false;
@@ -1861,7 +2013,11 @@ impl<S: Store> Client<S> {
             self.event(e);
         }
         if changed {
-            self.finish(op, Err(OpError::KeyChanged(user)));
+            if own {
+                self.drop_own_user(op, Some(format!("a key of {user} changed")));
+            } else {
+                self.finish(op, Err(OpError::KeyChanged(user)));
+            }
             return;
         }
         let Some(Op {
@@ -1872,19 +2028,47 @@ impl<S: Store> Client<S> {
             return;
         };
         c.directory.insert(user, Some(devices));
-        if c.directory.values().all(|v| v.is_some()) {
-            c.stage = ChangeStage::Claim;
-            let users: Vec<UserName> = c.directory.keys().cloned().collect();
-            for user in users {
-                self.request(
-                    Request::ClaimKeyPackages { user: user.clone() },
-                    Pending::Claim { op, user },
-                );
-            }
+        self.directory_progress(op);
+    }
+
+    /// The group of a change (the zero id when `op` is not a change).
+    fn op_group(&self, op: OpId) -> GroupId {
+        match self.ops.get(&op).map(|o| &o.kind) {
+            Some(OpKind::Change(c)) => c.group,
+            _ => GroupId([0; 16]),
+        }
+    }
+
+    /// Claims KeyPackages once every directory answer is in (commits at once when no user
+    /// is left to add).
+    fn directory_progress(&mut self, op: OpId) {
+        let Some(Op {
+            kind: OpKind::Change(c),
+            ..
+        }) = self.ops.get_mut(&op)
+        else {
+            return;
+        };
+        if c.stage != ChangeStage::Directory || !c.directory.values().all(|v| v.is_some()) {
+            return;
+        }
+        if c.directory.is_empty() {
+            c.stage = ChangeStage::Commit;
+            self.drive(op);
+            return;
+        }
+        c.stage = ChangeStage::Claim;
+        let users: Vec<UserName> = c.directory.keys().cloned().collect();
+        for user in users {
+            self.request(
+                Request::ClaimKeyPackages { user: user.clone() },
+                Pending::Claim { op, user },
+            );
         }
     }
 
     fn on_claim(&mut self, op: OpId, user: UserName, result: Result<Reply, ErrorReply>) {
+        let own = user == self.identity.user;
         let claimed = match result {
             Ok(Reply::KeyPackages {
                 user: u,
@@ -1894,15 +2078,15 @@ impl<S: Store> Client<S> {
                 self.finish(op, Err(OpError::Relay("unexpected claim reply".into())));
                 return;
             }
+            Err(e) if own => {
+                self.drop_own_user(op, Some(e.to_string()));
+                return;
+            }
             Err(e) => {
                 self.finish(op, Err(OpError::Relay(format!("{user}: {e}"))));
                 return;
             }
         };
-        if claimed.is_empty() {
-            self.finish(op, Err(OpError::NoDevices(user)));
-            return;
-        }
         let Some(Op {
             kind: OpKind::Change(c),
             ..
@@ -1910,8 +2094,43 @@ impl<S: Store> Client<S> {
         else {
             return;
         };
+        // Only KeyPackages of the devices looked up count (for our own user the relay
+        // also hands out one of this device's, which is not added).
+        let wanted = c
+            .directory
+            .get(&user)
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
+        let claimed: Vec<ClaimedKeyPackage> = claimed
+            .into_iter()
+            .filter(|k| wanted.iter().any(|d| d.device == k.device))
+            .collect();
+        if claimed.is_empty() {
+            if own {
+                self.drop_own_user(op, Some("no KeyPackage for them".into()));
+            } else {
+                self.finish(op, Err(OpError::NoDevices(user)));
+            }
+            return;
+        }
         c.claims.insert(user, Some(claimed));
-        if c.claims.len() < c.directory.len() || c.claims.values().any(|v| v.is_none()) {
+        self.claims_progress(op);
+    }
+
+    /// Validates the claimed KeyPackages once every claim is in, then commits.
+    fn claims_progress(&mut self, op: OpId) {
+        let Some(Op {
+            kind: OpKind::Change(c),
+            ..
+        }) = self.ops.get_mut(&op)
+        else {
+            return;
+        };
+        if c.stage != ChangeStage::Claim
+            || c.claims.len() < c.directory.len()
+            || c.claims.values().any(|v| v.is_none())
+        {
             return;
         }
         // All claims in: validate each KeyPackage against the directory.
@@ -2150,9 +2369,11 @@ impl<S: Store> Client<S> {
 
     fn on_app_posted(
         &mut self,
+        now_ms: u64,
         local_id: u64,
         result: Result<Reply, ErrorReply>,
     ) -> Result<(), HandleError> {
+        let retry = self.retries.remove(&local_id);
         let store = self.provider.store();
         let Some(item) = store.outbox_item(local_id)? else {
             // Already moved to history by its echo.
@@ -2187,9 +2408,23 @@ impl<S: Store> Client<S> {
                     ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
                 ) =>
             {
-                // Retryable: it stays in the outbox and goes out again after the next
-                // (re)connection.
-                self.warn(format!("a message will be resent later: {e}"));
+                // Retryable: it stays in the outbox and goes out again when the relay's
+                // delay (or our backoff) is over, or after the next (re)connection.
+                let attempts = retry.map_or(0, |r| r.attempts);
+                let backoff = MIN_RETRY_DELAY_MS
+                    .saturating_mul(1u64 << attempts.min(16))
+                    .min(MAX_RETRY_DELAY_MS);
+                let delay = e
+                    .retry_after_ms
+                    .map_or(backoff, |ms| u64::from(ms).min(MAX_RETRY_DELAY_MS));
+                self.retries.insert(
+                    local_id,
+                    Retry {
+                        attempts: attempts.saturating_add(1),
+                        due_ms: Some(now_ms.saturating_add(delay)),
+                    },
+                );
+                self.warn(format!("a message will be resent in {delay} ms: {e}"));
             }
             Err(e) => {
                 // Refused for good (not a member, too large...): drop it from the outbox.

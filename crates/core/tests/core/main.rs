@@ -959,3 +959,187 @@ fn hostile_plaintexts_from_a_member_are_skipped_and_duplicate_ids_dropped() {
         );
     }
 }
+
+/// A further device of `of`'s user, authorised by `of` and connected.
+fn linked_device(net: &mut Net<MemoryStore>, of: usize, name: &str, n: u8) -> usize {
+    let mut second = Client::init(MemoryStore::new(), user(name), seed(n)).unwrap();
+    let (authorizer, authorization) = net
+        .client(of)
+        .authorize_device(&second.device_key())
+        .unwrap();
+    second
+        .set_device_authorization(authorizer, authorization)
+        .unwrap();
+    let slot = net.add(second);
+    net.run();
+    assert!(net.client(slot).device().is_some());
+    slot
+}
+
+fn devices_in(net: &mut Net<MemoryStore>, slot: usize, group: &GroupId) -> Vec<(String, u64)> {
+    let mut m: Vec<(String, u64)> = net
+        .client(slot)
+        .group_members(group)
+        .into_iter()
+        .map(|m| (m.user.to_string(), m.device.0))
+        .collect();
+    m.sort();
+    m
+}
+
+#[test]
+fn a_creator_with_two_devices_has_both_in_the_group_and_both_chat() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let alice2 = linked_device(&mut net, alice, "alice", 42);
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    let a2 = net.client(alice2).device().unwrap().0;
+    let everyone = devices_in(&mut net, alice, &group);
+    assert!(
+        everyone.contains(&("alice".to_string(), a2)),
+        "alice's second device is a member: {everyone:?}"
+    );
+    assert_eq!(everyone.len(), 3, "{everyone:?}");
+    for slot in [alice2, bob] {
+        assert_eq!(devices_in(&mut net, slot, &group), everyone, "slot {slot}");
+    }
+    for slot in [alice, alice2, bob] {
+        net.take_events(slot);
+    }
+    send(&mut net, bob, "hi alices");
+    net.run();
+    net.take_events(bob);
+    for slot in [alice, alice2] {
+        assert_eq!(
+            texts(&net.take_events(slot)),
+            vec!["hi alices".to_string()],
+            "slot {slot}"
+        );
+    }
+    let op = send(&mut net, alice2, "from the second device");
+    assert_eq!(op_result(&mut net, alice2, op), Ok(()));
+    net.run();
+    for slot in [alice, bob] {
+        assert_eq!(
+            texts(&net.take_events(slot)),
+            vec!["from the second device".to_string()],
+            "slot {slot}"
+        );
+    }
+    let b: Vec<String> = net
+        .client(bob)
+        .history("friends")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(b, vec!["hi alices", "from the second device"]);
+}
+
+#[test]
+fn a_device_linked_later_joins_the_group_at_its_users_next_add() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let _carol = device(&mut net, "carol");
+    let group = group_of(&mut net, alice, &["bob"]);
+    let alice2 = linked_device(&mut net, alice, "alice", 42);
+    assert!(net.client(alice2).groups().is_empty());
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .add_users(now, "friends", &[user("carol")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    net.run();
+    let a2 = net.client(alice2).device().unwrap().0;
+    assert!(devices_in(&mut net, bob, &group).contains(&("alice".to_string(), a2)));
+    net.take_events(alice2);
+    send(&mut net, bob, "welcome, second device");
+    net.run();
+    assert_eq!(
+        texts(&net.take_events(alice2)),
+        vec!["welcome, second device".to_string()]
+    );
+}
+
+#[test]
+fn a_rate_limited_post_is_resent_once_after_the_timeout() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    group_of(&mut net, alice, &["bob"]);
+    net.take_events(alice);
+    net.take_events(bob);
+    assert_eq!(net.client(alice).poll_timeout(), None);
+    net.relay.rate_limit_posts = 1;
+    net.relay.rate_limit_retry_ms = Some(2_000);
+    let op = send(&mut net, alice, "patience");
+    net.run();
+    assert!(texts(&net.take_events(bob)).is_empty());
+    assert!(
+        !net.nodes[alice]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::OpDone { op: o, .. } if *o == op)),
+        "still pending"
+    );
+    let deadline = net
+        .client(alice)
+        .poll_timeout()
+        .expect("a retry is scheduled");
+    assert!(
+        deadline > net.now_ms,
+        "the relay's retry_after_ms is honoured"
+    );
+    // Too early: nothing happens.
+    let early = deadline - 1;
+    net.client(alice).handle_timeout(early).unwrap();
+    net.run();
+    assert_eq!(net.relay.app_posts, 0);
+    assert!(texts(&net.take_events(bob)).is_empty());
+    net.now_ms = deadline;
+    net.client(alice).handle_timeout(deadline).unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    net.run();
+    assert_eq!(texts(&net.take_events(bob)), vec!["patience".to_string()]);
+    assert_eq!(net.relay.app_posts, 1, "posted exactly once");
+    assert_eq!(net.client(alice).poll_timeout(), None);
+    assert!(!net.client(alice).has_pending_ops());
+    // A second timeout call later sends nothing more.
+    let later = net.now_ms + 60_000;
+    net.client(alice).handle_timeout(later).unwrap();
+    net.run();
+    assert_eq!(net.relay.app_posts, 1);
+    assert!(texts(&net.take_events(bob)).is_empty());
+}
+
+#[test]
+fn without_retry_after_the_backoff_doubles_and_is_capped() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    net.relay.rate_limit_posts = 10;
+    net.relay.rate_limit_retry_ms = None;
+    send(&mut net, alice, "eventually");
+    net.run();
+    let mut delays = Vec::new();
+    for _ in 0..10 {
+        let deadline = net.client(alice).poll_timeout().expect("scheduled");
+        delays.push(deadline - net.now_ms);
+        net.now_ms = deadline;
+        net.client(alice).handle_timeout(deadline).unwrap();
+        net.run();
+    }
+    // 500 ms doubling per refusal, capped at 30 s (minus the few simulated ms the
+    // refusal took to arrive).
+    assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+    assert!(delays[0] <= 500 && delays[1] > 500, "{delays:?}");
+    assert!(delays.iter().all(|d| *d <= 30_000), "{delays:?}");
+    assert!(delays[9] > 29_000, "{delays:?}");
+    assert_eq!(texts(&net.take_events(bob)), vec!["eventually".to_string()]);
+    assert_eq!(net.relay.app_posts, 1);
+}

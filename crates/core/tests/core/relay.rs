@@ -39,6 +39,12 @@ pub struct Relay {
     pub tampered_keys: HashMap<DeviceId, DeviceKey>,
     /// How many commits were refused with StaleEpoch.
     pub stale_rejections: usize,
+    /// Test hook: refuse this many application posts with `RateLimited` (retry after
+    /// `rate_limit_retry_ms`) before accepting again.
+    pub rate_limit_posts: usize,
+    pub rate_limit_retry_ms: Option<u32>,
+    /// Application posts accepted into a group log.
+    pub app_posts: usize,
 }
 
 impl Relay {
@@ -307,6 +313,15 @@ impl Relay {
                     .ok_or(Self::err(ErrorCode::UnknownGroup))?;
                 if !g.members.contains(&device) {
                     return Err(Self::err(ErrorCode::NotMember));
+                }
+                if matches!(kind, PostKind::Application) {
+                    if self.rate_limit_posts > 0 {
+                        self.rate_limit_posts -= 1;
+                        let mut e = Self::err(ErrorCode::RateLimited);
+                        e.retry_after_ms = self.rate_limit_retry_ms;
+                        return Err(e);
+                    }
+                    self.app_posts += 1;
                 }
                 let seq = Seq(g.log.len() as u64 + 1);
                 let mut removed_now = Vec::new();
