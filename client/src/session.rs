@@ -7,6 +7,7 @@
 //!     select {
 //!         frame from socket → client.handle_frame(now, frame)
 //!         command from a [`Session`] handle → run it against &mut client
+//!         client.poll_timeout() reached → client.handle_timeout(now)
 //!     }
 //!     after each: drain client.poll_output(): Send → socket, Event → waiters and the UI
 //!     socket closed → client.handle_disconnected(), back off, reconnect
@@ -456,7 +457,18 @@ impl<S: Store + 'static> Pump<S> {
             if let Err(e) = self.drain(&mut conn).await {
                 break Ended::Lost(e.to_string());
             }
+            // The core's next deadline (resending refused posts), on the tokio clock.
+            let deadline = self.client.poll_timeout().map(|at| {
+                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                tokio::time::Instant::now() + wait
+            });
             tokio::select! {
+                () = sleep_until_some(deadline) => {
+                    if let Err(e) = self.client.handle_timeout(now_ms()) {
+                        warn!(error = %e, "timer not processed; reconnecting");
+                        break Ended::Lost(e.to_string());
+                    }
+                }
                 frame = conn.recv() => match frame {
                     Ok(Some(frame)) => {
                         if let ServerFrame::Response { id, .. } = &frame {
@@ -550,9 +562,15 @@ impl<S: Store + 'static> Pump<S> {
 
 /// The id of a request frame (every client frame today; future kinds may have none).
 #[allow(irrefutable_let_patterns, unreachable_patterns)]
-fn request_id(frame: &ClientFrame) -> Option<RequestId> {
-    match frame {
-        ClientFrame::Request { id, .. } => Some(*id),
-        _ => None,
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
+}
+
+fn request_id(frame: &ClientFrame) -> Option<RequestId> {
+    let ClientFrame::Request { id, .. } = frame;
+    Some(*id)
 }

@@ -113,7 +113,8 @@ async fn an_offline_member_catches_up_in_order() {
     bob.close().await;
 }
 
-/// A user with two devices receives on both; what one device sends, the other receives.
+/// A user with two devices creates a group: the other device joins it with the first commit,
+/// receives on it and sends from it; what one device sends, the other receives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_with_two_devices_receives_on_both() {
     let net = Net::sqlite().await;
@@ -125,10 +126,10 @@ async fn a_user_with_two_devices_receives_on_both() {
     assert_ne!(bob_phone.device_id(), bob_laptop.device_id());
     assert_eq!(bob_laptop.user().as_str(), "bob");
 
-    alice.create_group("g").await.unwrap();
-    alice.add_users("g", &names(&["bob"])).await.unwrap();
-    joined(&mut bob_phone).await;
+    bob_phone.create_group("g").await.unwrap();
     joined(&mut bob_laptop).await;
+    bob_phone.add_users("g", &names(&["alice"])).await.unwrap();
+    joined(&mut alice).await;
 
     alice
         .send_text("g", "to both of bob's devices")
