@@ -16,16 +16,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
+use cove_wire::limits::MAX_FRAME_BYTES;
 use cove_wire::{
-    Delivery, DeviceId, EntryKind, ErrorCode, ErrorReply, GroupId, Reply, RequestId, Seq,
-    ServerFrame, Stream,
+    Delivery, DeviceId, EntryKind, ErrorCode, ErrorReply, GroupId, InboxEntry, Payload, Reply,
+    RequestId, Seq, ServerFrame, Stream,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, error, warn};
 
 use crate::hub::{CloseReason, Hub, Outbox};
 use crate::session::{encode_frame, response, store_error_reply};
-use crate::store::{Appended, NewPost, RelayStore, StoreError};
+use crate::store::{Appended, NewPost, RelayStore, StoreError, Welcome};
 
 /// Fixed per-post overhead counted against the byte budget besides the payload.
 const POST_OVERHEAD_BYTES: usize = 256;
@@ -198,15 +199,16 @@ fn outcome(
                 seq,
                 recipients,
                 frame,
-                welcomes: appended
-                    .welcomes
-                    .into_iter()
-                    .filter_map(|(device, entry)| {
-                        let seq = entry.seq;
-                        encode_frame(&ServerFrame::Deliver(Delivery::Inbox(entry)))
-                            .map(|f| (device, seq, f))
-                    })
-                    .collect(),
+                welcomes: match &appended.welcome {
+                    Some(welcome) => appended
+                        .welcomes
+                        .iter()
+                        .filter_map(|&(device, seq)| {
+                            encode_welcome(welcome, seq).map(|f| (device, seq, f))
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                },
             }
         });
     Outcome {
@@ -215,6 +217,44 @@ fn outcome(
         accepted,
         _permit: permit,
     }
+}
+
+/// The `Deliver(Inbox(..))` frame of `welcome` at inbox `seq`, encoded without copying the
+/// shared payload into an [`InboxEntry`] first: the payload is the frame's last field, so
+/// the frame is the encoding with an empty payload (whose last byte is its length, 0) with
+/// that byte replaced by the real length (a varint) and the bytes.
+fn encode_welcome(welcome: &Welcome, seq: Seq) -> Option<Bytes> {
+    let head = InboxEntry {
+        seq,
+        kind: welcome.kind.clone(),
+        received_at_ms: welcome.received_at_ms,
+        payload: Payload::default(),
+    };
+    let mut frame = match cove_wire::encode(&ServerFrame::Deliver(Delivery::Inbox(head))) {
+        Ok(frame) => frame,
+        Err(e) => {
+            error!(error = %e, "cannot encode a server frame");
+            return None;
+        }
+    };
+    if frame.pop() != Some(0) {
+        error!("unexpected encoding of an empty payload");
+        return None;
+    }
+    let payload = &welcome.payload[..];
+    frame.reserve(payload.len().saturating_add(10));
+    let mut len = payload.len();
+    while len >= 0x80 {
+        frame.push(u8::try_from(len & 0x7f).unwrap_or(0) | 0x80);
+        len >>= 7;
+    }
+    frame.push(u8::try_from(len).unwrap_or(0));
+    frame.extend_from_slice(payload);
+    if frame.len() > MAX_FRAME_BYTES {
+        error!(len = frame.len(), "welcome frame too large");
+        return None;
+    }
+    Some(Bytes::from(frame))
 }
 
 /// Answers posters and pushes each accepted entry to its online recipients, batch by batch,
@@ -296,5 +336,40 @@ fn reply(to: &Outbox, id: RequestId, result: Result<Reply, ErrorReply>) {
             }
         }
         None => to.close(crate::hub::CloseReason::Code(ErrorCode::Internal)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use cove_wire::{Delivery, DeviceId, GroupId, InboxKind, Seq, ServerFrame};
+
+    use super::encode_welcome;
+    use crate::session::encode_frame;
+    use crate::store::Welcome;
+
+    /// The frame built around the shared payload is byte for byte the codec's encoding of
+    /// the whole entry, for payload lengths on both sides of each varint width.
+    #[test]
+    fn welcome_frames_match_the_codec() {
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000, 1_000_000] {
+            let welcome = Welcome {
+                kind: InboxKind::Welcome {
+                    group: GroupId([7; 16]),
+                    commit_seq: Seq(300),
+                    sender: DeviceId(5),
+                },
+                received_at_ms: 1_700_000_000_000,
+                payload: Arc::from(vec![0xab; len]),
+            };
+            for seq in [Seq(1), Seq(200), Seq(u64::MAX)] {
+                let expected =
+                    encode_frame(&ServerFrame::Deliver(Delivery::Inbox(welcome.entry(seq))));
+                assert_eq!(encode_welcome(&welcome, seq), expected, "len {len}");
+            }
+        }
     }
 }

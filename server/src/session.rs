@@ -20,7 +20,7 @@ use cove_wire::limits::{
 };
 use cove_wire::{
     BoundedVec, ClientFrame, DecodeError, Delivery, DeviceId, DeviceKey, EntryKind, ErrorCode,
-    ErrorReply, GroupEntry, PROTOCOL_VERSION, Reply, Request, RequestId, Seq, ServerFrame,
+    ErrorReply, GroupEntry, GroupId, PROTOCOL_VERSION, Reply, Request, RequestId, Seq, ServerFrame,
     Signature, Stream, UserName,
 };
 use ed25519_dalek::VerifyingKey;
@@ -428,11 +428,9 @@ impl Session {
                 after,
                 limit,
             } => {
+                // A member reads from the commit that added it on, never earlier entries.
                 let entries = blocking(shared, move |s| {
-                    if !s.is_member(group, device)? {
-                        return Err(StoreError::NotMember);
-                    }
-                    s.read_group(group, after, limit.min(MAX_FETCH_ENTRIES))
+                    s.fetch(group, device, after, limit.min(MAX_FETCH_ENTRIES))
                 })
                 .await
                 .map_err(|e| store_error_reply(&e))?;
@@ -624,11 +622,32 @@ async fn push_backlog(shared: Arc<Shared>, outbox: Arc<Outbox>, device: DeviceId
             }
         }
         sent.insert(Stream::Inbox, after);
-        let groups = blocking(&shared, move |s| s.groups_of(device)).await?;
-        for summary in groups {
-            let group = summary.group;
+        // Groups it is in, then groups it was removed from without having acked the removal
+        // commit: those up to and including that commit, nothing after.
+        let mut streams: Vec<(GroupId, Option<Seq>)> =
+            blocking(&shared, move |s| s.groups_of(device))
+                .await?
+                .into_iter()
+                .map(|summary| (summary.group, None))
+                .collect();
+        streams.extend(
+            blocking(&shared, move |s| s.departures(device))
+                .await?
+                .into_iter()
+                .map(|(group, removed_at)| (group, Some(removed_at))),
+        );
+        for (group, removed_at) in streams {
             let stream = Stream::Group(group);
-            let mut after = blocking(&shared, move |s| s.cursor(device, stream)).await?;
+            if sent.contains_key(&stream) {
+                // Removed while its backlog was read: the removal commit went out already.
+                continue;
+            }
+            let mut after = match blocking(&shared, move |s| s.cursor(device, stream)).await {
+                Ok(after) => after,
+                // The removal was acked (or the device left) meanwhile.
+                Err(StoreError::NotMember) => continue,
+                Err(e) => return Err(e),
+            };
             'group: loop {
                 let entries =
                     blocking(&shared, move |s| s.read_group(group, after, BACKLOG_STEP)).await?;
@@ -636,6 +655,9 @@ async fn push_backlog(shared: Arc<Shared>, outbox: Arc<Outbox>, device: DeviceId
                     break;
                 }
                 for entry in entries {
+                    if removed_at.is_some_and(|r| entry.seq > r) {
+                        break 'group;
+                    }
                     after = entry.seq;
                     let removes_me = removes(&entry, device);
                     let Some(frame) = encode_frame(&ServerFrame::Deliver(Delivery::Group(entry)))

@@ -51,6 +51,8 @@ macro_rules! relay_store_conformance {
             inbox_cursor_and_reads,
             reads_are_bounded,
             oversized_payloads_are_refused,
+            fetch_starts_at_the_join_commit,
+            removed_device_keeps_its_cursor_until_it_acks_the_removal,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -64,6 +66,126 @@ macro_rules! relay_store_conformance {
     };
 }
 pub(crate) use relay_store_conformance;
+
+// ---------------------------------------------------------------------------------------
+// Join seqs and departures.
+
+/// A member reads from the commit that added it on, never earlier entries; the creator from
+/// the start; a device removed and added again from its latest join.
+pub(crate) fn fetch_starts_at_the_join_commit(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let c = device(store, "carol", 3);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    one(store, app(g, a, 0, b"before b")).unwrap();
+    one(store, app(g, a, 0, b"still before b")).unwrap();
+    let added = one(store, commit(g, a, 0, &[b], &[], Some(b"w"))).unwrap();
+    assert_eq!(added.entry.seq, Seq(3));
+    one(store, app(g, b, 1, b"after b")).unwrap();
+    assert_eq!(store.joined(g, a).unwrap(), Some(Seq(0)));
+    assert_eq!(store.joined(g, b).unwrap(), Some(Seq(3)));
+    assert_eq!(store.joined(g, c).unwrap(), None);
+    let seqs = |d: DeviceId, after: u64| -> Vec<u64> {
+        store
+            .fetch(g, d, Seq(after), 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq.0)
+            .collect()
+    };
+    assert_eq!(seqs(a, 0), vec![1, 2, 3, 4]);
+    assert_eq!(seqs(b, 0), vec![4]);
+    assert_eq!(seqs(b, 1), vec![4]);
+    assert_eq!(seqs(b, 4), Vec::<u64>::new());
+    assert!(matches!(
+        store.fetch(g, c, Seq(0), 100),
+        Err(StoreError::NotMember)
+    ));
+    assert!(matches!(
+        store.fetch(gid(9), a, Seq(0), 100),
+        Err(StoreError::UnknownGroup)
+    ));
+    // Removed, then added again: reads from the second join.
+    one(store, commit(g, a, 1, &[], &[b], None)).unwrap();
+    assert!(matches!(
+        store.fetch(g, b, Seq(0), 100),
+        Err(StoreError::NotMember)
+    ));
+    one(store, app(g, a, 2, b"while b is away")).unwrap();
+    let again = one(store, commit(g, a, 2, &[b], &[], Some(b"w2"))).unwrap();
+    assert_eq!(again.entry.seq, Seq(7));
+    assert_eq!(store.joined(g, b).unwrap(), Some(Seq(7)));
+    assert_eq!(seqs(b, 0), Vec::<u64>::new());
+    one(store, app(g, a, 3, b"welcome back")).unwrap();
+    assert_eq!(seqs(b, 0), vec![8]);
+    // The unchecked log read is unchanged.
+    assert_eq!(store.read_group(g, Seq(0), 100).unwrap().len(), 8);
+}
+
+/// A removed device keeps a departure record with its cursor until it acks the commit that
+/// removed it: it may ack up to that commit and no further, it cannot read or post, and an
+/// ack reaching the commit (or being added again) drops the record.
+pub(crate) fn removed_device_keeps_its_cursor_until_it_acks_the_removal(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let g = gid(1);
+    let h = gid(2);
+    store.create_group(g, a).unwrap();
+    store.create_group(h, a).unwrap();
+    one(store, commit(g, a, 0, &[b], &[], Some(b"w"))).unwrap(); // g seq 1
+    one(store, commit(h, a, 0, &[b], &[], Some(b"w"))).unwrap(); // h seq 1
+    one(store, app(g, a, 1, b"m2")).unwrap();
+    one(store, app(g, a, 1, b"m3")).unwrap();
+    store.ack(b, Stream::Group(g), Seq(2)).unwrap();
+    let removal = one(store, commit(g, a, 1, &[], &[b], None)).unwrap();
+    assert_eq!(removal.entry.seq, Seq(4));
+    one(store, app(g, a, 2, b"after removal")).unwrap();
+    one(store, commit(h, a, 1, &[], &[b], None)).unwrap(); // h seq 2
+    assert_eq!(store.departures(b).unwrap(), vec![(g, Seq(4)), (h, Seq(2))]);
+    assert!(store.departures(a).unwrap().is_empty());
+    assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), Seq(2));
+    assert!(store.groups_of(b).unwrap().is_empty());
+    assert!(matches!(
+        store.fetch(g, b, Seq(0), 10),
+        Err(StoreError::NotMember)
+    ));
+    assert!(matches!(
+        one(store, app(g, b, 2, b"x")),
+        Err(StoreError::NotMember)
+    ));
+    // Acks up to the removal commit only; backwards changes nothing.
+    assert!(matches!(
+        store.ack(b, Stream::Group(g), Seq(5)),
+        Err(StoreError::Invalid(_))
+    ));
+    store.ack(b, Stream::Group(g), Seq(3)).unwrap();
+    store.ack(b, Stream::Group(g), Seq(1)).unwrap();
+    assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), Seq(3));
+    store.flush().unwrap();
+    assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), Seq(3));
+    store.ack(b, Stream::Group(g), Seq(4)).unwrap();
+    assert_eq!(store.departures(b).unwrap(), vec![(h, Seq(2))]);
+    assert!(matches!(
+        store.cursor(b, Stream::Group(g)),
+        Err(StoreError::NotMember)
+    ));
+    assert!(matches!(
+        store.ack(b, Stream::Group(g), Seq(4)),
+        Err(StoreError::NotMember)
+    ));
+    // Being added again drops the record; the cursor starts at the new commit.
+    let again = one(store, commit(h, a, 2, &[b], &[], Some(b"w2"))).unwrap();
+    assert!(store.departures(b).unwrap().is_empty());
+    assert_eq!(store.cursor(b, Stream::Group(h)).unwrap(), again.entry.seq);
+    // A member's buffered ack written after its removal is kept in the record.
+    one(store, app(h, a, 3, b"m")).unwrap(); // h seq 4
+    store.ack(b, Stream::Group(h), Seq(4)).unwrap();
+    one(store, commit(h, a, 3, &[], &[b], None)).unwrap(); // h seq 5
+    store.flush().unwrap();
+    assert_eq!(store.cursor(b, Stream::Group(h)).unwrap(), Seq(4));
+    assert_eq!(store.departures(b).unwrap(), vec![(h, Seq(5))]);
+}
 
 // ---------------------------------------------------------------------------------------
 // Directory.
@@ -477,7 +599,10 @@ pub(crate) fn commit_adds_members_atomically(store: &dyn RelayStore) {
     let mut welcomed: Vec<DeviceId> = appended.welcomes.iter().map(|(d, _)| *d).collect();
     welcomed.sort();
     assert_eq!(welcomed, sorted(vec![b, c]));
-    for (d, w) in &appended.welcomes {
+    // One shared copy of the Welcome for all the devices it adds.
+    let shared = appended.welcome.as_ref().unwrap();
+    for (d, seq) in &appended.welcomes {
+        let w = shared.entry(*seq);
         assert_eq!(w.seq, Seq(1));
         assert_eq!(
             w.kind,
@@ -508,7 +633,7 @@ pub(crate) fn commit_adds_members_atomically(store: &dyn RelayStore) {
     let h = gid(2);
     store.create_group(h, c).unwrap();
     let second = one(store, commit(h, c, 0, &[b], &[], Some(b"welcome-2"))).unwrap();
-    assert_eq!(second.welcomes[0].1.seq, Seq(2));
+    assert_eq!(second.welcomes[0].1, Seq(2));
     assert_eq!(store.read_inbox(b, Seq(1), 10).unwrap().len(), 1);
 }
 
@@ -534,6 +659,10 @@ pub(crate) fn commit_removes_members(store: &dyn RelayStore) {
         one(store, app(g, b, 2, b"x")),
         Err(StoreError::NotMember)
     ));
+    // b keeps its cursor until it acks the commit that removed it.
+    assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), Seq(1));
+    assert_eq!(store.departures(b).unwrap(), vec![(g, Seq(2))]);
+    store.ack(b, Stream::Group(g), Seq(2)).unwrap();
     assert!(matches!(
         store.cursor(b, Stream::Group(g)),
         Err(StoreError::NotMember)
@@ -543,6 +672,7 @@ pub(crate) fn commit_removes_members(store: &dyn RelayStore) {
         Err(StoreError::NotMember)
     ));
     assert!(store.groups_of(b).unwrap().is_empty());
+    assert!(store.departures(b).unwrap().is_empty());
     // Re-adding starts b's cursor at the new commit.
     let again = one(store, commit(g, a, 2, &[b], &[], Some(b"w2"))).unwrap();
     assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), again.entry.seq);

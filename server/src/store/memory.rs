@@ -2,7 +2,7 @@
 //! a data directory. Everything lives behind one mutex; nothing survives a restart.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use cove_wire::limits::MAX_DEVICES_PER_USER;
 use cove_wire::{
@@ -11,7 +11,7 @@ use cove_wire::{
 };
 
 use super::rules::{self, GroupState};
-use super::{Appended, NewPost, RelayStore, Stock, StoreError};
+use super::{Appended, NewPost, RelayStore, Stock, StoreError, Welcome};
 
 /// The in-memory relay store. Same semantics as the SQLite one, minus durability.
 #[derive(Default)]
@@ -45,15 +45,22 @@ struct Device {
     key: DeviceKey,
     key_packages: VecDeque<Vec<u8>>,
     last_resort: Option<Vec<u8>>,
-    inbox: Vec<InboxEntry>,
+    /// Inbox entries by seq; a Welcome's payload is shared by every device it added.
+    inbox: Vec<(Seq, Welcome)>,
     inbox_cursor: Seq,
     groups: BTreeSet<GroupId>,
+    /// Groups with a departure record of this device.
+    departing: BTreeSet<GroupId>,
 }
 
 struct Group {
     state: GroupState,
     log: Vec<GroupEntry>,
     cursors: HashMap<DeviceId, Seq>,
+    /// Each member's join seq.
+    joined: HashMap<DeviceId, Seq>,
+    /// Removed devices that have not acked their removal: (cursor, removal commit seq).
+    departed: HashMap<DeviceId, (Seq, Seq)>,
 }
 
 impl Inner {
@@ -74,6 +81,7 @@ impl Inner {
                 inbox: Vec::new(),
                 inbox_cursor: Seq(0),
                 groups: BTreeSet::new(),
+                departing: BTreeSet::new(),
             },
         );
         Ok(id)
@@ -107,6 +115,7 @@ impl Inner {
             members: group.state.members.clone(),
             removed: Vec::new(),
             welcomes: Vec::new(),
+            welcome: None,
         };
         if let PostKind::Commit {
             added,
@@ -115,31 +124,38 @@ impl Inner {
         } = post.kind
         {
             for d in removed.iter() {
-                group.cursors.remove(d);
+                let cursor = group.cursors.remove(d).unwrap_or_default();
+                group.joined.remove(d);
+                group.departed.insert(*d, (cursor, seq));
                 if let Some(dev) = self.devices.get_mut(d) {
                     dev.groups.remove(&post.group);
+                    dev.departing.insert(post.group);
                 }
             }
-            let welcome = welcome.unwrap_or_default();
+            let welcome = Welcome {
+                kind: InboxKind::Welcome {
+                    group: post.group,
+                    commit_seq: seq,
+                    sender: post.sender,
+                },
+                received_at_ms: post.now_ms,
+                payload: Arc::from(welcome.unwrap_or_default().0),
+            };
             for d in added.iter() {
                 group.cursors.insert(*d, seq);
+                group.joined.insert(*d, seq);
+                group.departed.remove(d);
                 // `check` made sure every added device exists.
                 if let Some(dev) = self.devices.get_mut(d) {
                     dev.groups.insert(post.group);
-                    let inbox_seq = Seq(dev.inbox.last().map_or(0, |e| e.seq.0).saturating_add(1));
-                    let entry = InboxEntry {
-                        seq: inbox_seq,
-                        kind: InboxKind::Welcome {
-                            group: post.group,
-                            commit_seq: seq,
-                            sender: post.sender,
-                        },
-                        received_at_ms: post.now_ms,
-                        payload: Payload(welcome.0.clone()),
-                    };
-                    dev.inbox.push(entry.clone());
-                    appended.welcomes.push((*d, entry));
+                    dev.departing.remove(&post.group);
+                    let inbox_seq = Seq(dev.inbox.last().map_or(0, |e| e.0.0).saturating_add(1));
+                    dev.inbox.push((inbox_seq, welcome.clone()));
+                    appended.welcomes.push((*d, inbox_seq));
                 }
+            }
+            if !added.is_empty() {
+                appended.welcome = Some(welcome);
             }
             appended.removed = removed.0;
         }
@@ -248,6 +264,8 @@ impl RelayStore for MemoryStore {
                 state: GroupState::new(creator),
                 log: Vec::new(),
                 cursors: HashMap::from([(creator, Seq(0))]),
+                joined: HashMap::from([(creator, Seq(0))]),
+                departed: HashMap::new(),
             },
         );
         Ok(())
@@ -310,12 +328,32 @@ impl RelayStore for MemoryStore {
         limit: u32,
     ) -> Result<Vec<InboxEntry>, StoreError> {
         let inner = self.lock()?;
-        Ok(read_after(
-            &inner.device(device)?.inbox,
-            after,
-            limit,
-            |e| e.seq,
-        ))
+        Ok(
+            read_after(&inner.device(device)?.inbox, after, limit, |e| e.0)
+                .into_iter()
+                .map(|(seq, welcome)| welcome.entry(seq))
+                .collect(),
+        )
+    }
+
+    fn joined(&self, group: GroupId, device: DeviceId) -> Result<Option<Seq>, StoreError> {
+        let inner = self.lock()?;
+        inner.device(device)?;
+        let grp = inner.groups.get(&group).ok_or(StoreError::UnknownGroup)?;
+        Ok(grp.joined.get(&device).copied())
+    }
+
+    fn departures(&self, device: DeviceId) -> Result<Vec<(GroupId, Seq)>, StoreError> {
+        let inner = self.lock()?;
+        let dev = inner.device(device)?;
+        Ok(dev
+            .departing
+            .iter()
+            .filter_map(|g| {
+                let (_, removed_at) = inner.groups.get(g)?.departed.get(&device)?;
+                Some((*g, *removed_at))
+            })
+            .collect())
     }
 
     fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError> {
@@ -327,6 +365,7 @@ impl RelayStore for MemoryStore {
                 let grp = inner.groups.get(&g).ok_or(StoreError::UnknownGroup)?;
                 grp.cursors
                     .get(&device)
+                    .or_else(|| grp.departed.get(&device).map(|(cursor, _)| cursor))
                     .copied()
                     .ok_or(StoreError::NotMember)
             }
@@ -338,7 +377,7 @@ impl RelayStore for MemoryStore {
         match stream {
             Stream::Inbox => {
                 let dev = inner.device_mut(device)?;
-                let end = dev.inbox.last().map_or(Seq(0), |e| e.seq);
+                let end = dev.inbox.last().map_or(Seq(0), |e| e.0);
                 if seq > end {
                     return Err(StoreError::Invalid("ack past the end of the inbox"));
                 }
@@ -349,11 +388,25 @@ impl RelayStore for MemoryStore {
                 inner.device(device)?;
                 let grp = inner.groups.get_mut(&g).ok_or(StoreError::UnknownGroup)?;
                 let end = grp.state.last_seq;
-                let cursor = grp.cursors.get_mut(&device).ok_or(StoreError::NotMember)?;
-                if seq > end {
-                    return Err(StoreError::Invalid("ack past the end of the group log"));
+                if let Some(cursor) = grp.cursors.get_mut(&device) {
+                    if seq > end {
+                        return Err(StoreError::Invalid("ack past the end of the group log"));
+                    }
+                    *cursor = (*cursor).max(seq);
+                    return Ok(());
+                }
+                let (cursor, removed_at) =
+                    grp.departed.get_mut(&device).ok_or(StoreError::NotMember)?;
+                if seq > *removed_at {
+                    return Err(StoreError::Invalid("ack past the commit that removed it"));
                 }
                 *cursor = (*cursor).max(seq);
+                if *cursor >= *removed_at {
+                    grp.departed.remove(&device);
+                    if let Some(dev) = inner.devices.get_mut(&device) {
+                        dev.departing.remove(&g);
+                    }
+                }
                 Ok(())
             }
         }

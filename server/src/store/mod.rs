@@ -20,9 +20,11 @@ pub mod sqlite;
 pub use memory::MemoryStore;
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
+use std::sync::Arc;
+
 use cove_wire::{
     ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, Epoch, GroupEntry, GroupId, GroupSummary,
-    InboxEntry, PostKind, Seq, Stream, UserName,
+    InboxEntry, InboxKind, Payload, PostKind, Seq, Stream, UserName,
 };
 
 /// Why a store operation failed.
@@ -94,8 +96,36 @@ pub struct Appended {
     pub members: Vec<DeviceId>,
     /// Devices removed by this commit (they receive this entry, then nothing more).
     pub removed: Vec<DeviceId>,
-    /// Inbox entries created by this commit's Welcome, one per added device.
-    pub welcomes: Vec<(DeviceId, InboxEntry)>,
+    /// The inbox entries this commit's Welcome created: one per added device, with its seq
+    /// in that device's inbox. They all carry [`Appended::welcome`].
+    pub welcomes: Vec<(DeviceId, Seq)>,
+    /// The commit's Welcome, held once however many devices it adds (`None` when it adds
+    /// none).
+    pub welcome: Option<Welcome>,
+}
+
+/// A Welcome as it sits in the inboxes of the devices a commit added: everything of the
+/// [`InboxEntry`] but its seq, with the payload shared (one copy per commit, not per device).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// What the entries are (`InboxKind::Welcome { group, commit_seq, sender }`).
+    pub kind: InboxKind,
+    /// Relay time of acceptance, milliseconds since the Unix epoch.
+    pub received_at_ms: u64,
+    /// The Welcome's bytes.
+    pub payload: Arc<[u8]>,
+}
+
+impl Welcome {
+    /// The inbox entry at `seq` (copies the payload).
+    pub fn entry(&self, seq: Seq) -> InboxEntry {
+        InboxEntry {
+            seq,
+            kind: self.kind.clone(),
+            received_at_ms: self.received_at_ms,
+            payload: Payload(self.payload.to_vec()),
+        }
+    }
 }
 
 /// Stock of a device's KeyPackages.
@@ -172,7 +202,11 @@ pub trait RelayStore: Send + Sync + 'static {
     /// An accepted commit advances the epoch, applies the membership change, sets each added
     /// device's cursor in the group to the commit's seq, and puts the Welcome in each added
     /// device's inbox (`InboxKind::Welcome`), all in the same transaction; a refused commit
-    /// changes nothing. Removed devices lose their cursor in the group.
+    /// changes nothing. Each added device's join seq (see [`RelayStore::joined`]) is the
+    /// commit's seq. Removed devices stop being members but keep their cursor in a
+    /// *departure* record (device, group, removal commit seq) until they acknowledge the
+    /// removal commit (see [`RelayStore::departures`]); re-adding a device drops its
+    /// departure record.
     fn append_batch(&self, posts: Vec<NewPost>) -> Vec<Result<Appended, StoreError>>;
     /// Group entries with seq > `after`, at most `limit` (capped at
     /// `limits::MAX_FETCH_ENTRIES`), in order (caller checks membership).
@@ -182,6 +216,26 @@ pub trait RelayStore: Send + Sync + 'static {
         after: Seq,
         limit: u32,
     ) -> Result<Vec<GroupEntry>, StoreError>;
+    /// The seq from which `device` may read `group`: the seq of the commit that added it (0
+    /// for the creator). `None` if it is not a current member.
+    fn joined(&self, group: GroupId, device: DeviceId) -> Result<Option<Seq>, StoreError>;
+    /// What a member reads with `Fetch`: entries with seq > max(`after`, its join seq), as
+    /// [`RelayStore::read_group`]. NotMember if `device` is not a current member.
+    fn fetch(
+        &self,
+        group: GroupId,
+        device: DeviceId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<GroupEntry>, StoreError> {
+        let joined = self.joined(group, device)?.ok_or(StoreError::NotMember)?;
+        self.read_group(group, after.max(joined), limit)
+    }
+    /// The groups `device` was removed from without having acknowledged the removal commit
+    /// yet, each with that commit's seq, ordered by group id. The device still receives the
+    /// group's entries from its cursor up to and including that commit (nothing after), and
+    /// may ack up to it; acking it drops the record.
+    fn departures(&self, device: DeviceId) -> Result<Vec<(GroupId, Seq)>, StoreError>;
     /// Inbox entries of `device` with seq > `after`, at most `limit` (capped at
     /// `limits::MAX_FETCH_ENTRIES`), in order.
     fn read_inbox(
@@ -191,12 +245,14 @@ pub trait RelayStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<InboxEntry>, StoreError>;
     /// The device's cursor (last acknowledged seq) in a stream; 0 if nothing was acknowledged
-    /// (for a device added by a commit: the commit's seq). NotMember for a group the device
-    /// is not in.
+    /// (for a device added by a commit: the commit's seq). For a group the device was removed
+    /// from and has a departure record in: its cursor there. NotMember for a group the device
+    /// is neither in nor departing from.
     fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError>;
     /// Moves the cursor forward to `seq` (never backwards: an older `seq` is accepted and
     /// changes nothing; Invalid past the stream's end; NotMember for a group the device is
-    /// not in).
+    /// not in). A device with a departure record in the group may ack up to the removal
+    /// commit (Invalid past it); reaching it drops the record (then NotMember).
     fn ack(&self, device: DeviceId, stream: Stream, seq: Seq) -> Result<(), StoreError>;
 
     /// Makes buffered state durable. Posts, registrations, KeyPackages and groups are always

@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use cove_wire::limits::MAX_DEVICES_PER_USER;
@@ -42,7 +42,7 @@ use cove_wire::{
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::rules::{self, GroupState};
-use super::{Appended, NewPost, RelayStore, Stock, StoreError};
+use super::{Appended, NewPost, RelayStore, Stock, StoreError, Welcome};
 
 /// How hard SQLite syncs a committed transaction to disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -204,6 +204,21 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (device, seq)
     ) WITHOUT ROWID;
     ",
+    // Version 2: join seqs, and removed devices that have not acknowledged their removal.
+    "
+    -- The seq of the commit that added the member (0 for the creator, and for members that
+    -- joined before version 2); Fetch starts there.
+    ALTER TABLE members ADD COLUMN joined INTEGER NOT NULL DEFAULT 0;
+    -- A removed device's cursor, kept until it acks the commit that removed it (removed_at).
+    CREATE TABLE departures (
+        group_id BLOB NOT NULL,
+        device INTEGER NOT NULL,
+        cursor INTEGER NOT NULL,
+        removed_at INTEGER NOT NULL,
+        PRIMARY KEY (group_id, device)
+    ) WITHOUT ROWID;
+    CREATE INDEX departures_by_device ON departures(device, group_id);
+    ",
 ];
 
 const KIND_APPLICATION: i64 = 0;
@@ -306,6 +321,30 @@ impl SqliteStore {
     }
 
     /// Writes the buffered acknowledgements now.
+    /// An ack in a group `device` is not a member of: allowed up to the commit that removed
+    /// it while its departure record lasts, written at once (rare), and dropping the record
+    /// when it reaches that commit.
+    fn ack_departure(&self, device: DeviceId, group: GroupId, seq: Seq) -> Result<(), StoreError> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id = existing_device(&tx, device)?;
+        let (_, removed_at) = departure(&tx, group, id)?.ok_or(StoreError::NotMember)?;
+        if seq.0 > to_u64(removed_at)? {
+            return Err(StoreError::Invalid("ack past the commit that removed it"));
+        }
+        let args = params![group.0.as_slice(), id, to_i64(seq.0)?];
+        tx.prepare_cached(
+            "UPDATE departures SET cursor = MAX(cursor, ?3) WHERE group_id = ?1 AND device = ?2",
+        )?
+        .execute(args)?;
+        tx.prepare_cached(
+            "DELETE FROM departures WHERE group_id = ?1 AND device = ?2 AND cursor >= removed_at",
+        )?
+        .execute(params![group.0.as_slice(), id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn flush_acks(&self) -> Result<(), StoreError> {
         let mut conn = self.writer()?;
         let pending = self.acks()?.snapshot();
@@ -667,6 +706,35 @@ impl RelayStore for SqliteStore {
         Ok(out)
     }
 
+    fn joined(&self, group: GroupId, device: DeviceId) -> Result<Option<Seq>, StoreError> {
+        let conn = self.reader()?;
+        let tx = conn.unchecked_transaction()?;
+        let id = existing_device(&tx, device)?;
+        if group_epoch(&tx, group)?.is_none() {
+            return Err(StoreError::UnknownGroup);
+        }
+        let joined: Option<i64> = tx
+            .prepare_cached("SELECT joined FROM members WHERE group_id = ?1 AND device = ?2")?
+            .query_row(params![group.0.as_slice(), id], |r| r.get(0))
+            .optional()?;
+        joined.map(|j| to_u64(j).map(Seq)).transpose()
+    }
+
+    fn departures(&self, device: DeviceId) -> Result<Vec<(GroupId, Seq)>, StoreError> {
+        let conn = self.reader()?;
+        let tx = conn.unchecked_transaction()?;
+        let id = existing_device(&tx, device)?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT group_id, removed_at FROM departures WHERE device = ?1 ORDER BY group_id",
+        )?;
+        let mut rows = stmt.query(params![id])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push((group_id(&r.get::<_, Vec<u8>>(0)?)?, Seq(to_u64(r.get(1)?)?)));
+        }
+        Ok(out)
+    }
+
     fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError> {
         // The buffer first, then the file: an ack leaves the buffer only after it is on disk.
         let pending = {
@@ -687,7 +755,12 @@ impl RelayStore for SqliteStore {
                 if group_epoch(&tx, g)?.is_none() {
                     return Err(StoreError::UnknownGroup);
                 }
-                member_cursor(&tx, g, id)?.ok_or(StoreError::NotMember)?
+                match member_cursor(&tx, g, id)? {
+                    Some(cursor) => cursor,
+                    None => departure(&tx, g, id)?
+                        .map(|(cursor, _)| cursor)
+                        .ok_or(StoreError::NotMember)?,
+                }
             }
         };
         Ok(Seq(to_u64(cursor)?).max(pending.unwrap_or_default()))
@@ -717,8 +790,7 @@ impl RelayStore for SqliteStore {
                     other => other?,
                 };
                 if !member {
-                    existing_device(&*self.reader()?, device)?;
-                    return Err(StoreError::NotMember);
+                    return self.ack_departure(device, g, seq);
                 }
                 if seq > end {
                     return Err(StoreError::Invalid("ack past the end of the group log"));
@@ -758,6 +830,16 @@ fn write_acks(tx: &Transaction<'_>, acks: &PendingAcks) -> Result<(), StoreError
     for ((g, d), seq) in &acks.group {
         group.execute(params![g.0.as_slice(), to_i64(d.0)?, to_i64(seq.0)?])?;
     }
+    let mut departed = tx.prepare_cached(
+        "UPDATE departures SET cursor = MAX(cursor, ?3) WHERE group_id = ?1 AND device = ?2",
+    )?;
+    let mut done = tx.prepare_cached(
+        "DELETE FROM departures WHERE group_id = ?1 AND device = ?2 AND cursor >= removed_at",
+    )?;
+    for ((g, d), seq) in &acks.group {
+        departed.execute(params![g.0.as_slice(), to_i64(d.0)?, to_i64(seq.0)?])?;
+        done.execute(params![g.0.as_slice(), to_i64(d.0)?])?;
+    }
     let mut inbox =
         tx.prepare_cached("UPDATE devices SET inbox_cursor = MAX(inbox_cursor, ?2) WHERE id = ?1")?;
     for (d, seq) in &acks.inbox {
@@ -791,7 +873,7 @@ fn append_one(
     let checked = state.check(&post, &mut |d| device_exists(tx, d))?;
     // From here on the post is accepted: any failure must fail the whole batch (the
     // transaction is rolled back), never leave this post half written.
-    let (removed, welcomes) = write_post(tx, &post, checked).map_err(|e| match e {
+    let (removed, welcomes, welcome) = write_post(tx, &post, checked).map_err(|e| match e {
         StoreError::Backend(msg) => StoreError::Backend(msg),
         other => StoreError::Backend(other.to_string()),
     })?;
@@ -810,11 +892,12 @@ fn append_one(
         members: state.members.clone(),
         removed,
         welcomes,
+        welcome,
     })
 }
 
-/// What [`write_post`] made: the removed devices and the new inbox entries.
-type Written = (Vec<DeviceId>, Vec<(DeviceId, InboxEntry)>);
+/// What [`write_post`] made: the removed devices, the new inbox entries and their Welcome.
+type Written = (Vec<DeviceId>, Vec<(DeviceId, Seq)>, Option<Welcome>);
 
 /// Writes an accepted post: its log entry and, for a commit, the epoch, the membership
 /// change, the new members' cursors and the Welcome in their inboxes. Returns the removed
@@ -852,6 +935,7 @@ fn write_post(
         post.payload,
     ])?;
     let mut welcomes = Vec::new();
+    let mut shared_welcome = None;
     let mut removed_devices = Vec::new();
     if let PostKind::Commit {
         added,
@@ -861,9 +945,15 @@ fn write_post(
     {
         tx.prepare_cached("UPDATE groups SET epoch = ?2 WHERE id = ?1")?
             .execute(params![group.as_slice(), to_i64(checked.epoch_after.0)?])?;
+        let mut depart = tx.prepare_cached(
+            "INSERT OR REPLACE INTO departures (group_id, device, cursor, removed_at)
+             SELECT group_id, device, cursor, ?3 FROM members
+             WHERE group_id = ?1 AND device = ?2",
+        )?;
         let mut delete =
             tx.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND device = ?2")?;
         for d in removed.iter() {
+            depart.execute(params![group.as_slice(), to_i64(d.0)?, to_i64(seq.0)?])?;
             delete.execute(params![group.as_slice(), to_i64(d.0)?])?;
         }
         removed_devices = removed.0.clone();
@@ -872,8 +962,10 @@ fn write_post(
                 .execute(params![welcome.as_bytes()])?;
             let payload_id = tx.last_insert_rowid();
             let mut add_member = tx.prepare_cached(
-                "INSERT INTO members (group_id, device, cursor) VALUES (?1, ?2, ?3)",
+                "INSERT INTO members (group_id, device, cursor, joined) VALUES (?1, ?2, ?3, ?3)",
             )?;
+            let mut undepart =
+                tx.prepare_cached("DELETE FROM departures WHERE group_id = ?1 AND device = ?2")?;
             let mut inbox_end =
                 tx.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE device = ?1")?;
             let mut inbox_insert = tx.prepare_cached(
@@ -884,6 +976,7 @@ fn write_post(
             for d in added.iter() {
                 let device = to_i64(d.0)?;
                 add_member.execute(params![group.as_slice(), device, to_i64(seq.0)?])?;
+                undepart.execute(params![group.as_slice(), device])?;
                 let end: i64 = inbox_end.query_row(params![device], |r| r.get(0))?;
                 let inbox_seq = to_u64(end)?
                     .checked_add(1)
@@ -898,23 +991,20 @@ fn write_post(
                     clamp_i64(post.now_ms),
                     payload_id,
                 ])?;
-                welcomes.push((
-                    *d,
-                    InboxEntry {
-                        seq: Seq(inbox_seq),
-                        kind: InboxKind::Welcome {
-                            group: post.group,
-                            commit_seq: seq,
-                            sender: post.sender,
-                        },
-                        received_at_ms: post.now_ms,
-                        payload: welcome.clone(),
-                    },
-                ));
+                welcomes.push((*d, Seq(inbox_seq)));
             }
+            shared_welcome = Some(Welcome {
+                kind: InboxKind::Welcome {
+                    group: post.group,
+                    commit_seq: seq,
+                    sender: post.sender,
+                },
+                received_at_ms: post.now_ms,
+                payload: Arc::from(welcome.as_bytes()),
+            });
         }
     }
-    Ok((removed_devices, welcomes))
+    Ok((removed_devices, welcomes, shared_welcome))
 }
 
 fn load_group(conn: &Connection, group: GroupId) -> Result<Option<GroupState>, StoreError> {
@@ -1051,6 +1141,22 @@ fn member_cursor(
     Ok(conn
         .prepare_cached("SELECT cursor FROM members WHERE group_id = ?1 AND device = ?2")?
         .query_row(params![group.0.as_slice(), device], |r| r.get(0))
+        .optional()?)
+}
+
+/// A departure record: (cursor, removal commit seq).
+fn departure(
+    conn: &Connection,
+    group: GroupId,
+    device: i64,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT cursor, removed_at FROM departures WHERE group_id = ?1 AND device = ?2",
+        )?
+        .query_row(params![group.0.as_slice(), device], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?)
 }
 

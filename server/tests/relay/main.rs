@@ -9,6 +9,7 @@ mod groups;
 mod hostile;
 mod keypackages;
 mod logs;
+mod membership;
 mod slow_reader;
 
 use cove_test_utils::{DeviceKeys, TestClient, TestRelay};
