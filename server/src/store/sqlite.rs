@@ -1523,6 +1523,56 @@ mod tests {
         ));
     }
 
+    /// A version-1 file (no join seqs, no departures) is upgraded in place: its members
+    /// count as joined at 0 and keep their cursors, and removals then leave departures.
+    #[test]
+    fn version_1_file_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let g = gid(1);
+        {
+            let raw = rusqlite::Connection::open(&path).unwrap();
+            raw.execute_batch(super::MIGRATIONS[0]).unwrap();
+            raw.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (1);
+                 INSERT INTO users (name) VALUES ('alice'), ('bob');",
+            )
+            .unwrap();
+            for (user, k) in [("alice", 1u8), ("bob", 2u8)] {
+                raw.execute(
+                    "INSERT INTO devices (user, key) VALUES (?1, ?2)",
+                    rusqlite::params![user, vec![k; 32]],
+                )
+                .unwrap();
+            }
+            raw.execute(
+                "INSERT INTO groups (id, epoch) VALUES (?1, 1)",
+                rusqlite::params![g.0.as_slice()],
+            )
+            .unwrap();
+            for (device, cursor) in [(1i64, 0i64), (2, 1)] {
+                raw.execute(
+                    "INSERT INTO members (group_id, device, cursor) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![g.0.as_slice(), device, cursor],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let (a, b) = (DeviceId(1), DeviceId(2));
+        assert_eq!(store.joined(g, a).unwrap(), Some(Seq(0)));
+        assert_eq!(store.joined(g, b).unwrap(), Some(Seq(0)));
+        assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), Seq(1));
+        assert!(store.departures(b).unwrap().is_empty());
+        let removal = one(&store, commit(g, a, 1, &[], &[b], None)).unwrap();
+        assert_eq!(store.departures(b).unwrap(), vec![(g, removal.entry.seq)]);
+        assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), Seq(1));
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.departures(b).unwrap(), vec![(g, removal.entry.seq)]);
+    }
+
     /// The file is in WAL mode with the requested sync level on the write connection.
     #[test]
     fn wal_and_sync_level() {
