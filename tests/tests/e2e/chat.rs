@@ -1,6 +1,8 @@
 //! Group chat: exactly once, same order, offline catch-up, several devices per user.
 
-use cove::Device;
+use std::time::Duration;
+
+use cove::{Device, Event, SessionEvent};
 
 use crate::support::*;
 
@@ -161,4 +163,49 @@ async fn a_user_with_two_devices_receives_on_both() {
     for d in [alice, bob_phone, bob_laptop] {
         d.close().await;
     }
+}
+
+/// A relay with a tight request rate refuses some posts with `RateLimited`: the client
+/// resends each when the relay's `retry_after_ms` is over (its timer, not a reconnection),
+/// and every message arrives exactly once, in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_posts_are_resent_after_the_delay_and_arrive_once() {
+    let net = Net::with_limits(cove_server::Limits {
+        requests_per_second: 20,
+        request_burst: 40,
+        ..cove_server::Limits::default()
+    })
+    .await;
+    let mut alice = net.user("alice").await;
+    let mut bob = net.user("bob").await;
+    alice.create_group("g").await.unwrap();
+    alice.add_users("g", &names(&["bob"])).await.unwrap();
+    joined(&mut bob).await;
+
+    let sent: Vec<String> = (0..60).map(|i| format!("m{i}")).collect();
+    for text in &sent {
+        alice.send_text("g", text).await.unwrap();
+    }
+    // Some posts were refused and resent on the timer (while the connection stayed up).
+    let mut resent = false;
+    let mut disconnected = false;
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(200), alice.next_event()).await
+    {
+        match event {
+            SessionEvent::Core(Event::Warning(w)) if w.contains("will be resent") => {
+                resent = true;
+            }
+            SessionEvent::Disconnected(_) => disconnected = true,
+            _ => {}
+        }
+    }
+    assert!(resent, "the relay refused at least one post");
+    assert!(!disconnected, "resent without reconnecting");
+    let got = messages(&mut bob, sent.len()).await;
+    assert_eq!(texts(&got), sent);
+    assert_unique("bob", &got);
+    assert!(quiet(&mut bob).await.is_empty(), "no duplicates");
+    alice.close().await;
+    bob.close().await;
 }

@@ -25,7 +25,15 @@ pub struct Net {
 impl Net {
     /// An in-process relay with the SQLite store.
     pub async fn sqlite() -> Net {
-        let relay = TestRelay::sqlite().await;
+        Net::start(TestRelay::sqlite().await)
+    }
+
+    /// An in-process relay with the SQLite store and these limits.
+    pub async fn with_limits(limits: cove_server::Limits) -> Net {
+        Net::start(TestRelay::start(cove_server::StoreKind::Sqlite, limits).await)
+    }
+
+    fn start(relay: TestRelay) -> Net {
         let server = format!("wss://{}", relay.addr());
         let ca = relay.handle().cert_path().to_owned();
         Net {
