@@ -8,13 +8,13 @@ use cove::{Device, UserName};
 /// `cove group ...`
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
-    /// Create a group with this device as its only member.
+    /// Create a group with this device and your other devices as its members.
     #[command(after_help = "Example:\n  cove group create friends")]
     Create {
         /// The group's name, shown to every member.
         name: String,
     },
-    /// Add users (all their devices) to a group.
+    /// Add users (all their devices, and any of your own devices missing) to a group.
     #[command(after_help = "Example:\n  cove group add friends bob carol")]
     Add {
         /// The group.

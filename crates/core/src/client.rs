@@ -633,7 +633,9 @@ impl<S: Store> Client<S> {
     // Commands
     // ----------------------------------------------------------------------------------
 
-    /// Creates a group named `name` with this device as its only member.
+    /// Creates a group named `name` with this device as its first member, then adds the
+    /// user's other registered devices (the command completes after that commit; a failure
+    /// there is a warning, the group exists).
     pub fn create_group(&mut self, _now_ms: u64, name: &str) -> Result<OpId, CommandError> {
         if name.is_empty() || name.len() > MAX_GROUP_NAME {
             return Err(CommandError::Invalid(format!(
