@@ -1615,12 +1615,27 @@ impl<S: Store> Client<S> {
                 Ok(false)
             }
             None => {
+                // Devices pinned together (one Welcome, one directory answer) are one first
+                // sight; a device pinned later than the user's others is new.
+                let known = store
+                    .pinned_devices(&m.user)?
+                    .iter()
+                    .filter(|p| p.pinned_at_ms < now_ms)
+                    .count();
                 store.pin_device(&PinnedDevice {
                     user: m.user.clone(),
                     device: m.device,
                     key,
                     pinned_at_ms: now_ms,
                 })?;
+                if known > 0 {
+                    // Not silent: a further device changes the user's safety number.
+                    events.push(Event::Warning(format!(
+                        "{} has a new device {} (key pinned on first sight; compare safety \
+                         numbers to be sure it is theirs)",
+                        m.user, m.device
+                    )));
+                }
                 Ok(true)
             }
         }

@@ -1143,3 +1143,47 @@ fn without_retry_after_the_backoff_doubles_and_is_capped() {
     assert_eq!(texts(&net.take_events(bob)), vec!["eventually".to_string()]);
     assert_eq!(net.relay.app_posts, 1);
 }
+
+#[test]
+fn a_new_device_of_a_member_is_announced_to_the_others_and_key_checked() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    assert!(warnings(&net.take_events(alice)).is_empty());
+    let bob2 = linked_device(&mut net, bob, "bob", 42);
+    // bob adds his own new device (adding his own name adds just the missing devices).
+    let now = net.now_ms;
+    let op = net
+        .client(bob)
+        .add_users(now, "friends", &[user("bob")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    net.run();
+    let b2 = net.client(bob2).device().unwrap().0;
+    assert!(devices_in(&mut net, alice, &group).contains(&("bob".to_string(), b2)));
+    let events = net.take_events(alice);
+    let w = warnings(&events);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("bob has a new device") && w.contains(&b2.to_string())),
+        "{w:?}"
+    );
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::KeyChanged { .. })),
+        "the directory agrees with the key in the commit"
+    );
+    // Running the add again changes nothing.
+    let now = net.now_ms;
+    let op = net
+        .client(bob)
+        .add_users(now, "friends", &[user("bob")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    send(&mut net, alice, "hello bob's devices");
+    net.run();
+    assert_eq!(
+        texts(&net.take_events(bob2)),
+        vec!["hello bob's devices".to_string()]
+    );
+}
