@@ -13,6 +13,7 @@
 //! been fanned out, so connections posting faster than the store can sync wait.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -292,11 +293,15 @@ pub(crate) struct AckJob {
     pub request: RequestId,
     /// Where to answer.
     pub reply_to: Arc<Outbox>,
+    /// The connection's count of acks in the lane, decremented once this one is answered.
+    pub in_lane: Arc<AtomicUsize>,
 }
 
 /// Acks are frequent (every device acks what it receives), tiny and cheap for the store
-/// (backends may buffer them). One thread applies them in order, without a blocking-pool
-/// hand-off per ack; connections wait when it is behind.
+/// (backends may buffer them). Most group acks are applied in the connection task
+/// ([`RelayStore::try_ack_buffered`]); the rest (inbox acks, departures, a due flush of the
+/// buffer) come here. One thread applies them in order, without a blocking-pool hand-off per
+/// ack; connections wait when it is behind.
 pub(crate) struct AckLane {
     jobs: mpsc::Sender<AckJob>,
 }
@@ -314,6 +319,7 @@ impl AckLane {
                         .map(|()| Reply::Acked)
                         .map_err(|e| store_error_reply(&e));
                     reply(&job.reply_to, job.request, result);
+                    job.in_lane.fetch_sub(1, Ordering::AcqRel);
                 }
                 if let Err(e) = store.flush() {
                     error!(error = %e, "flushing the store failed");

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -90,6 +91,7 @@ where
         backlog: None,
         start_backlog: false,
         close_after_answer: None,
+        acks_in_lane: Arc::new(AtomicUsize::new(0)),
     };
     let mut closing = close_rx;
     let mut shutdown = shared.shutdown.clone();
@@ -214,6 +216,8 @@ struct Session {
     start_backlog: bool,
     /// Close the connection with this code once the current reply is queued.
     close_after_answer: Option<ErrorCode>,
+    /// This connection's acks waiting in or applied by the ack lane, not yet answered.
+    acks_in_lane: Arc<AtomicUsize>,
 }
 
 impl Session {
@@ -305,17 +309,33 @@ impl Session {
                 }
             }
             (Request::Ack { stream, seq }, Some(device)) => {
+                // Inline when the store can apply it without I/O and no earlier ack of this
+                // connection is still in the lane (replies keep request order). The `Acked`
+                // reply joins the outbox like any frame, so it shares the writer's batch.
+                if self.acks_in_lane.load(Ordering::Acquire) == 0
+                    && let Some(result) = self.shared.store.try_ack_buffered(device, stream, seq)
+                {
+                    let result = result
+                        .map(|()| Reply::Acked)
+                        .map_err(|e| store_error_reply(&e));
+                    self.answer(id, result);
+                    return;
+                }
                 let reply_to = Arc::clone(&self.outbox);
+                self.acks_in_lane.fetch_add(1, Ordering::AcqRel);
                 let job = AckJob {
                     device,
                     stream,
                     seq,
                     request: id,
                     reply_to,
+                    in_lane: Arc::clone(&self.acks_in_lane),
                 };
                 if self.shared.acks.submit(job).await {
                     return;
                 }
+                // The job (and its count) was dropped with the stopped lane.
+                self.acks_in_lane.fetch_sub(1, Ordering::AcqRel);
                 Err(ErrorReply::new(
                     ErrorCode::Unavailable,
                     "relay is shutting down",

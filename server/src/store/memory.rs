@@ -372,6 +372,19 @@ impl RelayStore for MemoryStore {
         }
     }
 
+    fn try_ack_buffered(
+        &self,
+        device: DeviceId,
+        stream: Stream,
+        seq: Seq,
+    ) -> Option<Result<(), StoreError>> {
+        // All in memory: group acks apply inline (inbox acks keep the ack thread's path).
+        match stream {
+            Stream::Group(_) => Some(self.ack(device, stream, seq)),
+            Stream::Inbox => None,
+        }
+    }
+
     fn ack(&self, device: DeviceId, stream: Stream, seq: Seq) -> Result<(), StoreError> {
         let mut inner = self.lock()?;
         match stream {

@@ -254,6 +254,19 @@ pub trait RelayStore: Send + Sync + 'static {
     /// not in). A device with a departure record in the group may ack up to the removal
     /// commit (Invalid past it); reaching it drops the record (then NotMember).
     fn ack(&self, device: DeviceId, stream: Stream, seq: Seq) -> Result<(), StoreError>;
+    /// [`RelayStore::ack`] if it can be applied without I/O and without waiting on a lock
+    /// held across I/O (the relay calls this on its async runtime): `None` when it would need
+    /// the disk (inbox acks, departure records, a group not in memory, a due flush of buffered
+    /// acks) or a lock is busy; the caller then uses `ack` off the runtime. The default
+    /// never applies inline.
+    fn try_ack_buffered(
+        &self,
+        _device: DeviceId,
+        _stream: Stream,
+        _seq: Seq,
+    ) -> Option<Result<(), StoreError>> {
+        None
+    }
 
     /// Makes buffered state durable. Posts, registrations, KeyPackages and groups are always
     /// durable when their call returns; a backend may buffer acknowledgements (an ack lost

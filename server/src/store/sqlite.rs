@@ -17,10 +17,12 @@
 //! (where [`RelayStore::cursor`] sees it at once) and returns without a transaction. The
 //! buffer is written by the next `append_batch` (in the same transaction, so it costs no
 //! extra sync), by [`RelayStore::flush`], when it holds [`ACK_FLUSH_ENTRIES`] entries or
-//! is [`ACK_FLUSH_AGE`] old, and on drop. A crash loses at most the buffered acks, which
-//! only means those entries are delivered again (delivery is at-least-once and clients drop
-//! duplicates); it never loses a post. Without this every ack would cost a sync, and acks
-//! come once per delivered entry and device.
+//! is [`ACK_FLUSH_AGE`] old, and on drop. [`RelayStore::try_ack_buffered`] is the same
+//! for a member's group ack from the cache alone; it declines (so the relay calls `ack` off
+//! its async runtime) whenever that would touch the file, including a due flush. A crash
+//! loses at most the buffered acks, which only means those entries are delivered again
+//! (delivery is at-least-once and clients drop duplicates); it never loses a post. Without
+//! this every ack would cost a sync, and acks come once per delivered entry and device.
 //!
 //! Concurrency: one write connection behind a mutex (every write transaction is
 //! `BEGIN IMMEDIATE`, so it also excludes other processes), a few read connections, whose
@@ -813,6 +815,43 @@ impl RelayStore for SqliteStore {
         Ok(())
     }
 
+    fn try_ack_buffered(
+        &self,
+        device: DeviceId,
+        stream: Stream,
+        seq: Seq,
+    ) -> Option<Result<(), StoreError>> {
+        // Group acks of members only, from the cache alone; never waits for a lock (the
+        // group cache is written after a commit, the ack buffer is locked only briefly).
+        let Stream::Group(g) = stream else {
+            return None;
+        };
+        let (member, end) = {
+            let cache = self.groups.try_read().ok()?;
+            let state = cache.get(&g)?;
+            (state.is_member(device), state.last_seq)
+        };
+        if !member {
+            return None;
+        }
+        if seq > end {
+            return Some(Err(StoreError::Invalid(
+                "ack past the end of the group log",
+            )));
+        }
+        let mut acks = self.acks.try_lock().ok()?;
+        // Leave a due flush (and the ack that makes it due) to `ack` off the runtime.
+        let due = acks.len().saturating_add(1) >= ACK_FLUSH_ENTRIES
+            || acks.since.is_some_and(|t| t.elapsed() >= ACK_FLUSH_AGE);
+        if due {
+            return None;
+        }
+        let slot = acks.group.entry((g, device)).or_default();
+        *slot = (*slot).max(seq);
+        acks.since.get_or_insert_with(Instant::now);
+        Some(Ok(()))
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.flush_acks()
     }
@@ -1454,6 +1493,74 @@ mod tests {
             store.ack(*d, Stream::Inbox, Seq(0)).unwrap();
         }
         assert!(store.acks().unwrap().is_empty());
+    }
+
+    /// `try_ack_buffered` applies a member's group ack from memory only and declines
+    /// (`None`) whatever would need the disk: inbox acks, non-members, groups not cached,
+    /// a due flush of the buffer.
+    #[test]
+    fn try_ack_buffered_declines_what_needs_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let a = device(&store, "alice", 1);
+        let b = device(&store, "bob", 2);
+        let c = device(&store, "carol", 3);
+        let g = gid(1);
+        store.create_group(g, a).unwrap();
+        one(&store, commit(g, a, 0, &[b], &[], Some(b"w"))).unwrap();
+        let end = (0..3)
+            .map(|_| one(&store, app(g, a, 1, b"m")).unwrap().entry.seq)
+            .last()
+            .unwrap();
+        assert!(store.try_ack_buffered(b, Stream::Inbox, Seq(0)).is_none());
+        assert!(
+            store
+                .try_ack_buffered(c, Stream::Group(g), Seq(1))
+                .is_none()
+        );
+        assert!(
+            store
+                .try_ack_buffered(b, Stream::Group(gid(9)), Seq(1))
+                .is_none()
+        );
+        assert!(matches!(
+            store.try_ack_buffered(b, Stream::Group(g), Seq(end.0 + 1)),
+            Some(Err(StoreError::Invalid(_)))
+        ));
+        assert!(matches!(
+            store.try_ack_buffered(b, Stream::Group(g), end),
+            Some(Ok(()))
+        ));
+        assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), end);
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        let on_disk = || -> i64 {
+            raw.query_row(
+                "SELECT cursor FROM members WHERE group_id = ?1 AND device = ?2",
+                rusqlite::params![g.0.as_slice(), b.0 as i64],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert!(on_disk() < end.0 as i64, "buffered, not written inline");
+        // A due flush (here: the buffer is old) is left to `ack`, off the async runtime.
+        store.acks().unwrap().since = super::Instant::now().checked_sub(super::ACK_FLUSH_AGE);
+        assert!(store.try_ack_buffered(a, Stream::Group(g), end).is_none());
+        assert!(on_disk() < end.0 as i64, "nothing written by the decline");
+        store.ack(a, Stream::Group(g), end).unwrap();
+        assert!(store.acks().unwrap().is_empty());
+        assert_eq!(on_disk(), end.0 as i64);
+        // A full buffer is left to `ack` too.
+        for i in 0..super::ACK_FLUSH_ENTRIES - 1 {
+            store
+                .acks()
+                .unwrap()
+                .inbox
+                .insert(DeviceId(1000 + i as u64), Seq(0));
+        }
+        store.acks().unwrap().since = Some(super::Instant::now());
+        assert!(store.try_ack_buffered(a, Stream::Group(g), end).is_none());
+        assert!(store.try_ack_buffered(b, Stream::Group(g), end).is_none());
     }
 
     /// Corrupt rows give Backend errors, never a panic.
