@@ -65,7 +65,7 @@ pub struct ShareArgs {
 #[command(after_help = "\
 Examples:
   cove fetch 'https://relay.example:4433/s/5d1e...#k3Jd...'
-  cove fetch 'https://127.0.0.1:4433/s/5d1e...#k3Jd...' --ca cove-data/cert.pem -o out.pdf
+  cove fetch 'https://127.0.0.1:7443/s/5d1e...#k3Jd...' --ca cove-data/tls/cert.pem -o out.pdf
 
 Needs no account. Quote the link: the shell would treat '#' as a comment otherwise.")]
 pub struct FetchArgs {

@@ -11,7 +11,7 @@ use cove::{Device, UserName};
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Example:
-  cove --home ~/.cove-alice init --server wss://127.0.0.1:4433 --user alice --ca cove-data/cert.pem
+  cove --home ~/.cove-alice init --server wss://127.0.0.1:7443 --user alice --ca cove-data/tls/cert.pem
 
 Registers the user name on the relay (the first device claims it) and uploads KeyPackages so
 others can add this device to groups. The CA file is copied into the home.")]

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 use cove::config::Home;
 
-/// Cove: end-to-end encrypted group chat. The relay only ever sees MLS ciphertext.
+/// Cove: end-to-end encrypted group chat, file sharing and calls. The relay only ever sees ciphertext.
 #[derive(Debug, Parser)]
 #[command(name = "cove", version, after_help = EXAMPLES)]
 pub struct Cli {
@@ -37,7 +37,7 @@ pub struct Cli {
 const EXAMPLES: &str = "\
 Examples:
   cove demo                                     # everything in-process: relay, alice, bob, carol
-  cove init --server wss://127.0.0.1:4433 --user alice --ca cove-data/cert.pem
+  cove init --server wss://127.0.0.1:7443 --user alice --ca cove-data/tls/cert.pem
   cove group create friends && cove group add friends bob
   cove send friends 'hello'
   cove listen";
