@@ -1966,18 +1966,13 @@ impl<S: Store> Client<S> {
         result: Result<Reply, ErrorReply>,
     ) {
         let own = user == self.identity.user;
-        let devices = match result {
-            Ok(Reply::Devices { user: u, devices }) if u == user => devices.0,
-            Ok(_) => {
+        let Some(reply) = self.lookup_reply(op, &user, result) else {
+            return;
+        };
+        let devices = match reply {
+            Reply::Devices { user: u, devices } if u == user => devices.0,
+            _ => {
                 self.finish(op, Err(OpError::Relay("unexpected directory reply".into())));
-                return;
-            }
-            Err(e) if own => {
-                self.drop_own_user(op, Some(e.to_string()));
-                return;
-            }
-            Err(e) => {
-                self.finish(op, Err(OpError::Relay(format!("{user}: {e}"))));
                 return;
             }
         };
@@ -2084,23 +2079,40 @@ impl<S: Store> Client<S> {
         }
     }
 
-    fn on_claim(&mut self, op: OpId, user: UserName, result: Result<Reply, ErrorReply>) {
-        let own = user == self.identity.user;
-        let claimed = match result {
-            Ok(Reply::KeyPackages {
-                user: u,
-                key_packages,
-            }) if u == user => key_packages.0,
-            Ok(_) => {
-                self.finish(op, Err(OpError::Relay("unexpected claim reply".into())));
-                return;
-            }
-            Err(e) if own => {
+    /// The relay's answer to a directory look-up or a claim for `user`, or `None` when it
+    /// failed: a failure for our own user only drops our own devices from the change (with a
+    /// warning), a failure for anyone else fails the operation.
+    fn lookup_reply(
+        &mut self,
+        op: OpId,
+        user: &UserName,
+        result: Result<Reply, ErrorReply>,
+    ) -> Option<Reply> {
+        match result {
+            Ok(reply) => Some(reply),
+            Err(e) if *user == self.identity.user => {
                 self.drop_own_user(op, Some(e.to_string()));
-                return;
+                None
             }
             Err(e) => {
                 self.finish(op, Err(OpError::Relay(format!("{user}: {e}"))));
+                None
+            }
+        }
+    }
+
+    fn on_claim(&mut self, op: OpId, user: UserName, result: Result<Reply, ErrorReply>) {
+        let own = user == self.identity.user;
+        let Some(reply) = self.lookup_reply(op, &user, result) else {
+            return;
+        };
+        let claimed = match reply {
+            Reply::KeyPackages {
+                user: u,
+                key_packages,
+            } if u == user => key_packages.0,
+            _ => {
+                self.finish(op, Err(OpError::Relay("unexpected claim reply".into())));
                 return;
             }
         };
