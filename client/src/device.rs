@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 
 use cove_core::{ChatMessage, Client, CommandError, Event, GroupInfo, OpenError, QueryError};
 use cove_store::{SqliteStore, Store, StoreError};
-use cove_wire::{DeviceId, DeviceKey, ErrorReply, GroupId, Reply, Request, Signature, UserName};
+use cove_wire::{
+    DeviceId, DeviceKey, ErrorReply, GroupId, Reply, Request, Seq, Signature, UserName,
+};
 use ed25519_dalek::{Signer as _, SigningKey};
 
 use crate::config::{Config, ConfigError, Home, HomeLock};
@@ -665,12 +667,12 @@ impl Device {
                             .unwrap_or(0);
                         let mut last = shown;
                         let mut new = Vec::new();
-                        for m in c.history(&g.id.to_hex())? {
-                            if m.seq.0 > shown {
-                                last = last.max(m.seq.0);
-                                if Some(m.from_device) != me {
-                                    new.push(m);
-                                }
+                        // Only what follows the shown position is read: the cost of a
+                        // sync follows what is new, not the length of the history.
+                        for m in c.history_after(&g.id, Seq(shown))? {
+                            last = last.max(m.seq.0);
+                            if Some(m.from_device) != me {
+                                new.push(m);
                             }
                         }
                         out.push((g.id, last, new));

@@ -318,13 +318,29 @@ impl<S: Store> Client<S> {
             CommandError::AmbiguousGroup(g) => QueryError::AmbiguousGroup(g),
             _ => QueryError::UnknownGroup(group.to_string()),
         })?;
+        Ok(self.chat_messages(id, self.provider.store().messages(&id)?))
+    }
+
+    /// The messages of `group` stored after log position `after`, in log order. Reads only
+    /// those, so a caller that keeps its own "shown up to" position (as `cove sync` does)
+    /// pays for what is new, not for the whole history.
+    pub fn history_after(
+        &self,
+        group: &GroupId,
+        after: Seq,
+    ) -> Result<Vec<ChatMessage>, QueryError> {
+        let stored = self.provider.store().messages_after(group, after)?;
+        Ok(self.chat_messages(*group, stored))
+    }
+
+    fn chat_messages(&self, id: GroupId, stored: Vec<StoredMessage>) -> Vec<ChatMessage> {
         let name = self
             .records
             .get(&id)
             .map(|r| r.name.clone())
             .unwrap_or_default();
         let mut out = Vec::new();
-        for m in self.provider.store().messages(&id)? {
+        for m in stored {
             if let Ok(env) = Envelope::decode(&m.content)
                 && let Some((text, attachment)) = crate::attachment::displayed(env.content)
             {
@@ -341,7 +357,7 @@ impl<S: Store> Client<S> {
                 });
             }
         }
-        Ok(out)
+        out
     }
 
     /// The safety number between this user and `user`: 12 groups of 5 digits over both

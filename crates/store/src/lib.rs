@@ -105,8 +105,19 @@ pub trait Kv {
     fn kv_put(&self, ns: Namespace, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     /// Removes one value (no error if absent).
     fn kv_delete(&self, ns: Namespace, key: &[u8]) -> Result<(), StoreError>;
+    /// All entries whose key starts with `prefix` and is at least `from`, in key order.
+    /// `from` lets a caller read only what follows a position it already has (a cursor)
+    /// instead of the whole prefix.
+    fn kv_scan_from(
+        &self,
+        ns: Namespace,
+        prefix: &[u8],
+        from: &[u8],
+    ) -> Result<Vec<KvPair>, StoreError>;
     /// All entries whose key starts with `prefix`, in key order.
-    fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<KvPair>, StoreError>;
+    fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<KvPair>, StoreError> {
+        self.kv_scan_from(ns, prefix, prefix)
+    }
     /// Starts a transaction. Transactions do not nest.
     fn begin(&self) -> Result<(), StoreError>;
     /// Makes every write since [`Kv::begin`] durable, atomically. On error the writes are
@@ -220,6 +231,26 @@ pub trait Store: Kv + StorageProvider<CURRENT_VERSION, Error = StoreError> + Sen
             .into_iter()
             .map(|(_, v)| Ok(postcard::from_bytes(&v)?))
             .collect()
+    }
+
+    /// The history of a group after log position `after`, in log order. Reads only those
+    /// rows, so its cost follows what is new, not the length of the history.
+    fn messages_after(
+        &self,
+        group: &GroupId,
+        after: Seq,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let Some(first) = after.0.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.kv_scan_from(
+            Namespace::Message,
+            &group.0,
+            &group_seq_key(group, Seq(first)),
+        )?
+        .into_iter()
+        .map(|(_, v)| Ok(postcard::from_bytes(&v)?))
+        .collect()
     }
 
     /// Whether a message id was already processed in `group`.

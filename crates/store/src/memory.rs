@@ -80,16 +80,19 @@ impl Kv for MemoryStore {
         Ok(())
     }
 
-    fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<KvPair>, StoreError> {
+    fn kv_scan_from(
+        &self,
+        ns: Namespace,
+        prefix: &[u8],
+        from: &[u8],
+    ) -> Result<Vec<KvPair>, StoreError> {
         let inner = self.lock()?;
         let Some(space) = inner.map.get(&ns) else {
             return Ok(Vec::new());
         };
+        let start = if from > prefix { from } else { prefix };
         Ok(space
-            .range::<[u8], _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
+            .range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())

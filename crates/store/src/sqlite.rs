@@ -139,9 +139,15 @@ impl Kv for SqliteStore {
         Ok(())
     }
 
-    fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<KvPair>, StoreError> {
+    fn kv_scan_from(
+        &self,
+        ns: Namespace,
+        prefix: &[u8],
+        from: &[u8],
+    ) -> Result<Vec<KvPair>, StoreError> {
         let s = self.lock()?;
         let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?));
+        let start = if from > prefix { from } else { prefix };
         match prefix_end(prefix) {
             Some(end) => {
                 let mut stmt = s
@@ -152,7 +158,7 @@ impl Kv for SqliteStore {
                     )
                     .map_err(backend)?;
                 let rows = stmt
-                    .query_map(params![ns as u8, prefix, end], map)
+                    .query_map(params![ns as u8, start, end], map)
                     .map_err(backend)?;
                 rows.collect::<Result<_, _>>().map_err(backend)
             }
@@ -164,7 +170,7 @@ impl Kv for SqliteStore {
                     )
                     .map_err(backend)?;
                 let rows = stmt
-                    .query_map(params![ns as u8, prefix], map)
+                    .query_map(params![ns as u8, start], map)
                     .map_err(backend)?;
                 rows.collect::<Result<_, _>>().map_err(backend)
             }

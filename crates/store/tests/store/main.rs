@@ -48,6 +48,26 @@ fn scan_is_ordered_and_prefix_bounded(s: &impl Store) {
             b"b\xff\xff".to_vec()
         ]
     );
+    let from: Vec<Vec<u8>> = s
+        .kv_scan_from(Namespace::Message, b"b", b"b\x02")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(from, vec![b"b\x02".to_vec(), b"b\xff\xff".to_vec()]);
+    assert_eq!(
+        s.kv_scan_from(Namespace::Message, b"b", b"a")
+            .unwrap()
+            .len(),
+        4,
+        "a start before the prefix reads the whole prefix"
+    );
+    assert!(
+        s.kv_scan_from(Namespace::Message, b"b", b"c")
+            .unwrap()
+            .is_empty(),
+        "a start past the prefix reads nothing"
+    );
     let all = s.kv_scan(Namespace::Message, b"").unwrap();
     assert_eq!(all.len(), 6);
     assert_eq!(s.kv_scan(Namespace::Message, b"\xff").unwrap().len(), 0);
@@ -171,6 +191,31 @@ fn typed_records(s: &impl Store) {
         .collect();
     assert_eq!(seqs, vec![1, 2, 256, 300], "history in log order");
     assert!(s.messages(&h.id).unwrap().is_empty());
+    let after = |group: &GroupId, seq: u64| -> Vec<u64> {
+        s.messages_after(group, Seq(seq))
+            .unwrap()
+            .into_iter()
+            .map(|m| m.seq.0)
+            .collect()
+    };
+    assert_eq!(after(&g.id, 0), vec![1, 2, 256, 300]);
+    assert_eq!(
+        after(&g.id, 2),
+        vec![256, 300],
+        "only what follows the position"
+    );
+    assert_eq!(
+        after(&g.id, 255),
+        vec![256, 300],
+        "a position between two entries"
+    );
+    assert_eq!(after(&g.id, 300), Vec::<u64>::new());
+    assert_eq!(
+        after(&g.id, u64::MAX),
+        Vec::<u64>::new(),
+        "no overflow at the end"
+    );
+    assert_eq!(after(&h.id, 0), Vec::<u64>::new(), "bounded to its group");
 
     assert!(!s.is_seen(&g.id, &[1; 16]).unwrap());
     s.mark_seen(&g.id, &[1; 16]).unwrap();
