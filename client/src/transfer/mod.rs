@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cove_core::attachment::{
-    AttachmentError, AttachmentPointer, ChunkCipher, DEFAULT_CHUNK_SIZE, Decryptor, Expected,
+    AttachmentError, AttachmentPointer, DEFAULT_CHUNK_SIZE, Decryptor, Encryptor, Expected,
     FileKey, Header, MAX_NAME_LEN, NONCE_PREFIX_LEN, ShareLink, ShareLinkError, TAG_LEN,
     chunk_count, ciphertext_len,
 };
@@ -442,9 +442,15 @@ impl UploadSource {
         if file.metadata().map_err(io)?.len() != self.size {
             return Err(TransferError::Changed(self.path.clone()));
         }
-        let cipher = ChunkCipher::new(&self.key, self.header);
+        // The core's tested encryptor, fed whole chunks that it seals in place (no copy);
+        // the SHA-256 of the ciphertext runs on its own thread, beside encryption.
+        let mut encryptor = Encryptor::with_nonce_prefix(
+            &self.key,
+            self.header.nonce_prefix,
+            self.header.chunk_size,
+        )?
+        .hash_elsewhere();
         let cs = self.header.chunk_size as usize; // at most 1 MiB
-        // The SHA-256 of the ciphertext runs on its own thread, beside encryption.
         let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(4);
         let hasher = std::thread::spawn(move || {
             let mut h = Sha256::new();
@@ -468,7 +474,7 @@ impl UploadSource {
                 .map_err(|_| TransferError::Network("upload cut".into()))
         };
         let mut seal_all = || -> Result<(), TransferError> {
-            emit(self.header.encode().to_vec())?;
+            emit(encryptor.header().encode().to_vec())?;
             let chunks = chunk_count(self.size, self.header.chunk_size);
             let mut left = self.size;
             for index in 0..chunks {
@@ -478,9 +484,7 @@ impl UploadSource {
                 file.read_exact(&mut buf)
                     .map_err(|_| TransferError::Changed(self.path.clone()))?;
                 left -= n as u64;
-                let index = u32::try_from(index).map_err(|_| AttachmentError::TooLarge)?;
-                let tag = cipher.seal(index, u64::from(index) + 1 == chunks, &mut buf);
-                buf.extend_from_slice(&tag);
+                encryptor.seal_chunk(&mut buf, index + 1 == chunks)?;
                 emit(buf)?;
             }
             Ok(())

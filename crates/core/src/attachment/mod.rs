@@ -86,6 +86,10 @@ pub enum AttachmentError {
     /// More than 2^32 chunks.
     #[error("file too large for the attachment format")]
     TooLarge,
+    /// The caller misused [`Encryptor::seal_chunk`]: a chunk of the wrong size, a chunk
+    /// after the last one, or mixed with [`Encryptor::push`]. A bug in the caller.
+    #[error("encryptor misused: wrong chunk size, or a chunk after the last")]
+    ChunkMisuse,
 }
 
 /// How a message's content shows in the chat: the line of text and, for a file, its pointer.

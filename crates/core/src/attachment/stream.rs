@@ -9,8 +9,9 @@ use super::{AttachmentError, FileKey};
 /// What [`Encryptor::finish`] reports: the values that go into the pointer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sealed {
-    /// SHA-256 of the whole blob.
-    pub digest: [u8; 32],
+    /// SHA-256 of the whole blob (`None` if the caller hashes it elsewhere, see
+    /// [`Encryptor::hash_elsewhere`]).
+    pub digest: Option<[u8; 32]>,
     /// Plaintext bytes encrypted.
     pub plaintext_len: u64,
     /// Blob bytes produced (header included).
@@ -19,9 +20,11 @@ pub struct Sealed {
     pub chunk_size: u32,
 }
 
-/// Encrypts a file pushed in pieces of any size. It holds back up to one chunk of plaintext
-/// (it must know whether a chunk is the last before sealing it), so memory is bounded by
-/// the chunk size.
+/// Encrypts a file, either pushed in pieces of any size ([`Encryptor::push`]; it holds back
+/// up to one chunk of plaintext, as it must know whether a chunk is the last before sealing
+/// it, so memory is bounded by the chunk size) or handed over one whole chunk at a time and
+/// sealed in place without a copy ([`Encryptor::seal_chunk`], what the shipped upload uses).
+/// Both ways produce the same bytes and run the same sealing code.
 pub struct Encryptor {
     cipher: ChunkCipher,
     chunk_size: usize,
@@ -29,7 +32,10 @@ pub struct Encryptor {
     buf: Vec<u8>,
     next_index: u32,
     header_written: bool,
-    hasher: Sha256,
+    /// Set once the last chunk is sealed; nothing may follow it.
+    finished: bool,
+    /// `None` when the caller hashes the blob itself.
+    hasher: Option<Sha256>,
     plaintext_len: u64,
     ciphertext_len: u64,
 }
@@ -61,15 +67,49 @@ impl Encryptor {
             buf: Vec::with_capacity(chunk_size + TAG_LEN),
             next_index: 0,
             header_written: false,
-            hasher: Sha256::new(),
+            finished: false,
+            hasher: Some(Sha256::new()),
             plaintext_len: 0,
             ciphertext_len: 0,
         })
     }
 
+    /// Leaves the SHA-256 of the blob to the caller (e.g. on another core, in parallel with
+    /// encryption); [`Sealed::digest`] is then `None`.
+    pub fn hash_elsewhere(mut self) -> Self {
+        self.hasher = None;
+        self
+    }
+
     /// The blob header (also the first bytes of the output).
     pub fn header(&self) -> &Header {
         self.cipher.header()
+    }
+
+    /// Seals one whole chunk in place: `chunk` holds the plaintext of the next chunk (exactly
+    /// the chunk size, or 1 to chunk-size bytes for the last one; an empty file is one empty
+    /// last chunk) and becomes its ciphertext, tag appended. The header is not included:
+    /// the caller writes [`Header::encode`] of [`Encryptor::header`] before the first chunk.
+    /// Cannot be mixed with [`Encryptor::push`].
+    pub fn seal_chunk(&mut self, chunk: &mut Vec<u8>, last: bool) -> Result<(), AttachmentError> {
+        let first = self.next_index == 0;
+        let size_ok = if last {
+            chunk.len() <= self.chunk_size && (first || !chunk.is_empty())
+        } else {
+            chunk.len() == self.chunk_size
+        };
+        if self.finished || !self.buf.is_empty() || !size_ok {
+            return Err(AttachmentError::ChunkMisuse);
+        }
+        if !self.header_written {
+            self.header_written = true;
+            self.ciphertext_len += HEADER_LEN as u64;
+            if let Some(h) = &mut self.hasher {
+                h.update(self.cipher.header().encode());
+            }
+        }
+        self.plaintext_len += chunk.len() as u64;
+        self.seal_in_place(chunk, last)
     }
 
     /// Encrypts `input`, appending every finished chunk (and, the first time, the header) to
@@ -90,12 +130,15 @@ impl Encryptor {
         Ok(())
     }
 
-    /// Seals the final chunk into `out` and reports digest and sizes.
+    /// Seals the final chunk into `out` (unless [`Encryptor::seal_chunk`] already sealed
+    /// it) and reports digest and sizes.
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<Sealed, AttachmentError> {
-        self.write_header(out);
-        self.seal_buf(true, out)?;
+        if !self.finished {
+            self.write_header(out);
+            self.seal_buf(true, out)?;
+        }
         Ok(Sealed {
-            digest: self.hasher.finalize().into(),
+            digest: self.hasher.take().map(|h| h.finalize().into()),
             plaintext_len: self.plaintext_len,
             ciphertext_len: self.ciphertext_len,
             chunk_size: self.cipher.header().chunk_size,
@@ -105,7 +148,9 @@ impl Encryptor {
     fn write_header(&mut self, out: &mut Vec<u8>) {
         if !self.header_written {
             let h = self.cipher.header().encode();
-            self.hasher.update(h);
+            if let Some(hasher) = &mut self.hasher {
+                hasher.update(h);
+            }
             out.extend_from_slice(&h);
             self.ciphertext_len += HEADER_LEN as u64;
             self.header_written = true;
@@ -113,15 +158,31 @@ impl Encryptor {
     }
 
     fn seal_buf(&mut self, last: bool, out: &mut Vec<u8>) -> Result<(), AttachmentError> {
+        if self.finished {
+            return Err(AttachmentError::ChunkMisuse);
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        let sealed = self.seal_in_place(&mut buf, last);
+        if sealed.is_ok() {
+            out.extend_from_slice(&buf);
+        }
+        buf.clear();
+        self.buf = buf;
+        sealed
+    }
+
+    /// The one sealing step both ways of encrypting run: plaintext in, ciphertext and tag
+    /// out, in the same buffer.
+    fn seal_in_place(&mut self, buf: &mut Vec<u8>, last: bool) -> Result<(), AttachmentError> {
         let index = self.next_index;
         self.next_index = index.checked_add(1).ok_or(AttachmentError::TooLarge)?;
-        let tag = self.cipher.seal(index, last, &mut self.buf);
-        self.hasher.update(&self.buf);
-        self.hasher.update(tag);
-        out.extend_from_slice(&self.buf);
-        out.extend_from_slice(&tag);
-        self.ciphertext_len += (self.buf.len() + TAG_LEN) as u64;
-        self.buf.clear();
+        let tag = self.cipher.seal(index, last, buf);
+        buf.extend_from_slice(&tag);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..]);
+        }
+        self.ciphertext_len += buf.len() as u64;
+        self.finished = last;
         Ok(())
     }
 }

@@ -26,6 +26,25 @@ fn encrypt(key: &FileKey, prefix: [u8; 7], cs: u32, pt: &[u8], step: usize) -> (
     (out, sealed)
 }
 
+/// Whole chunks sealed in place, as the shipped upload (`cove::transfer`) feeds the
+/// encryptor.
+fn encrypt_chunks(key: &FileKey, prefix: [u8; 7], cs: u32, pt: &[u8]) -> (Vec<u8>, Sealed) {
+    let mut enc = Encryptor::with_nonce_prefix(key, prefix, cs).unwrap();
+    let mut out = enc.header().encode().to_vec();
+    let chunks: Vec<&[u8]> = if pt.is_empty() {
+        vec![&[]]
+    } else {
+        pt.chunks(cs as usize).collect()
+    };
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut buf = chunk.to_vec();
+        enc.seal_chunk(&mut buf, i + 1 == chunks.len()).unwrap();
+        out.extend_from_slice(&buf);
+    }
+    let sealed = enc.finish(&mut out).unwrap();
+    (out, sealed)
+}
+
 fn decrypt(
     key: &FileKey,
     expected: Expected,
@@ -120,10 +139,19 @@ fn test_vectors_match() {
             ciphertext_len(pt.len() as u64, v.chunk_size) as usize,
             v.ciphertext_len
         );
-        assert_eq!(sealed.digest.as_slice(), v.digest.as_slice(), "{}", v.name);
+        assert_eq!(
+            sealed.digest.unwrap().as_slice(),
+            v.digest.as_slice(),
+            "{}",
+            v.name
+        );
         if let Some(ct) = &v.ciphertext {
             assert_eq!(&blob, ct, "{}", v.name);
         }
+        // The shipped upload's way (whole chunks sealed in place) gives the same bytes.
+        let (chunked, chunked_sealed) = encrypt_chunks(&key, prefix, v.chunk_size, &pt);
+        assert_eq!(chunked, blob, "{}: seal_chunk", v.name);
+        assert_eq!(chunked_sealed, sealed, "{}: seal_chunk", v.name);
         // Each tag sits at the end of its chunk.
         let stride = v.chunk_size as usize + TAG_LEN;
         for (i, tag) in v.tags.iter().enumerate() {
@@ -169,7 +197,7 @@ fn round_trip(len: usize, cs: u32, seed: u64) {
     assert_eq!(sealed.plaintext_len, len as u64);
     assert_eq!(blob.len() as u64, ciphertext_len(len as u64, cs));
     let expected = Expected {
-        digest: Some(sealed.digest),
+        digest: sealed.digest,
         size: Some(len as u64),
         chunk_size: Some(cs),
     };
@@ -182,7 +210,7 @@ fn round_trip(len: usize, cs: u32, seed: u64) {
         rest = &rest[n..];
     }
     let opened = dec.finish(&mut out).unwrap();
-    assert_eq!(opened.digest, Some(sealed.digest));
+    assert_eq!(opened.digest, sealed.digest);
     assert!(out == pt, "round trip of {len} bytes differs");
 }
 
@@ -256,7 +284,7 @@ fn assert_refused(f: &Fixture, blob: &[u8], what: &str) {
     for expected in [
         Expected::default(),
         Expected {
-            digest: Some(f.sealed.digest),
+            digest: f.sealed.digest,
             size: Some(f.pt.len() as u64),
             chunk_size: Some(CS),
         },
@@ -283,7 +311,7 @@ fn assert_refused(f: &Fixture, blob: &[u8], what: &str) {
 fn untouched_fixture_decrypts() {
     let f = fixture();
     let expected = Expected {
-        digest: Some(f.sealed.digest),
+        digest: f.sealed.digest,
         size: Some(f.pt.len() as u64),
         chunk_size: Some(CS),
     };
@@ -433,7 +461,7 @@ fn swapped_blob_fails_the_digest_and_size_checks() {
     let f = fixture();
     let (other, _) = encrypt(&f.key, [9; 7], CS, &pattern(f.pt.len() + 1), 4096);
     let expected = Expected {
-        digest: Some(f.sealed.digest),
+        digest: f.sealed.digest,
         size: None,
         chunk_size: Some(CS),
     };
@@ -595,4 +623,48 @@ fn arbitrary_input_is_refused_without_panicking() {
         let text = String::from_utf8_lossy(&junk[..junk.len().min(300)]).into_owned();
         let _ = ShareLink::parse(&format!("https://h/s/{}#{text}", "ab".repeat(16)));
     }
+}
+
+/// Whole-chunk sealing refuses what would produce a blob no decryptor accepts: a short
+/// chunk that is not the last, a chunk after the last, an empty last chunk after others.
+#[test]
+fn seal_chunk_refuses_misuse() {
+    let key = fixed_key();
+    let cs = CS as usize;
+    let mut enc = Encryptor::with_nonce_prefix(&key, [3; 7], CS).unwrap();
+    let mut short = vec![0u8; cs - 1];
+    assert_eq!(
+        enc.seal_chunk(&mut short, false),
+        Err(AttachmentError::ChunkMisuse)
+    );
+    let mut full = vec![0u8; cs];
+    enc.seal_chunk(&mut full, false).unwrap();
+    let mut empty = Vec::new();
+    assert_eq!(
+        enc.seal_chunk(&mut empty, true),
+        Err(AttachmentError::ChunkMisuse),
+        "an empty final chunk after others"
+    );
+    let mut last = vec![1u8; 10];
+    enc.seal_chunk(&mut last, true).unwrap();
+    let mut after = vec![1u8; 10];
+    assert_eq!(
+        enc.seal_chunk(&mut after, true),
+        Err(AttachmentError::ChunkMisuse),
+        "nothing after the last chunk"
+    );
+    // The blob it made opens.
+    let mut blob = enc.header().encode().to_vec();
+    blob.extend_from_slice(&full);
+    blob.extend_from_slice(&last);
+    let sealed = enc.finish(&mut blob).unwrap();
+    assert_eq!(sealed.plaintext_len, cs as u64 + 10);
+    let expected = Expected {
+        digest: sealed.digest,
+        size: Some(cs as u64 + 10),
+        chunk_size: Some(CS),
+    };
+    let mut plain = vec![0u8; cs];
+    plain.extend_from_slice(&[1u8; 10]);
+    assert_eq!(decrypt(&key, expected, &blob, 4096).unwrap(), plain);
 }
