@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod browser;
-mod cli;
 mod proxy;
 
 use std::path::{Path, PathBuf};

@@ -528,7 +528,7 @@ async fn cove_call_and_cove_answer_binaries() {
     let (alice, bob) = pair(dir.path(), &server, relay.cert_path()).await;
     alice.close().await;
     bob.close().await;
-    let cove = workspace_binary("cove", "cove");
+    let cove = workspace_binary("cove-cli", "cove");
     let record = dir.path().join("rec");
     let answering = tokio::task::spawn_blocking({
         let cove = cove.clone();

@@ -90,7 +90,7 @@ async fn a_client_killed_mid_processing_resumes_without_loss_or_repetition() {
     }
 
     // bob's CLI starts processing the backlog and is killed after a few messages.
-    let cove = workspace_binary("cove", "cove");
+    let cove = workspace_binary("cove-cli", "cove");
     let mut listen = Command::new(&cove)
         .arg("--home")
         .arg(net.home("bob").dir())

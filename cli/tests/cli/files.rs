@@ -3,8 +3,14 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::{Env, random_bytes};
-use cove_server::blob::BlobConfig;
+use cove_server::{Relay, RelayConfig, StoreKind};
+use rand::{RngCore, SeedableRng};
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
 
 fn cove(home: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cove"))
@@ -28,12 +34,15 @@ fn ok(home: &Path, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_file_download_share_and_fetch_through_the_cli() {
-    let env = Env::start(BlobConfig::default()).await;
-    let server = env.url().trim_end_matches("/v1/ws").to_owned();
-    let ca = env.work.path().join("ca.pem");
-    std::fs::write(&ca, env.relay.as_ref().unwrap().cert_pem()).unwrap();
-    let ca = ca.to_str().unwrap();
-    let (alice, bob) = (env.work.path().join("alice"), env.work.path().join("bob"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("relay"));
+    config.store = StoreKind::Sqlite;
+    let relay = Relay::start(config).await.unwrap();
+    let server = format!("wss://{}", relay.local_addr());
+    let ca = relay.cert_path().to_str().unwrap().to_owned();
+    let ca = ca.as_str();
+    let work = dir.path();
+    let (alice, bob) = (work.join("alice"), work.join("bob"));
     ok(
         &alice,
         &["init", "--server", &server, "--user", "carla", "--ca", ca],
@@ -45,7 +54,8 @@ async fn send_file_download_share_and_fetch_through_the_cli() {
     ok(&alice, &["group", "create", "team"]);
     ok(&alice, &["group", "add", "team", "dave"]);
     let content = random_bytes((3 << 20) + 17, 42);
-    let file = env.file("report.pdf", &content);
+    let file = work.join("report.pdf");
+    std::fs::write(&file, &content).unwrap();
     let sent = ok(&alice, &["send-file", "team", file.to_str().unwrap()]);
     assert!(sent.contains("report.pdf"), "{sent}");
 
@@ -65,7 +75,7 @@ async fn send_file_download_share_and_fetch_through_the_cli() {
     );
     let id = a["id"].as_str().unwrap().to_owned();
 
-    let out = env.work.path().join("got.pdf");
+    let out = work.join("got.pdf");
     ok(
         &bob,
         &["download", "team", &id, "-o", out.to_str().unwrap()],
@@ -89,8 +99,8 @@ async fn send_file_download_share_and_fetch_through_the_cli() {
         link.starts_with(&format!("{}/s/", server.replace("wss://", "https://"))),
         "{link}"
     );
-    let fetched = env.work.path().join("fetched.pdf");
-    let nobody = env.work.path().join("nobody");
+    let fetched = work.join("fetched.pdf");
+    let nobody = work.join("nobody");
     ok(
         &nobody,
         &["fetch", link, "--ca", ca, "-o", fetched.to_str().unwrap()],

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod files;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
