@@ -304,9 +304,14 @@ impl Gate {
         let method = m.typ.method;
         if expiry > now {
             if method == METHOD_ALLOCATE {
+                // The first username stays until the server closes that allocation (as the
+                // server itself refuses a second allocation for the same address), so a spoofed
+                // Allocate from the same address cannot take over the renewal right.
                 let mut allocations = lock(&self.allocations);
-                if allocations.len() < MAX_TRACKED_ALLOCATIONS || allocations.contains_key(&src) {
-                    allocations.insert(src, username.to_owned());
+                if allocations.len() < MAX_TRACKED_ALLOCATIONS {
+                    allocations
+                        .entry(src)
+                        .or_insert_with(|| username.to_owned());
                 }
             }
             return Ok(());
