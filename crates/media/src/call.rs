@@ -68,6 +68,11 @@ pub struct CallConfig {
     /// Interval between ICE connectivity checks (webrtc-rs default 200 ms; we use 50 ms with
     /// proportionally more attempts, so the first check round does not wait 200 ms).
     pub ice_check_interval: Duration,
+    /// Longest interval between TURN allocation refreshes (`None`: webrtc-rs refreshes at half
+    /// the allocation lifetime the server granted, 5 minutes by default). Shorter intervals
+    /// keep NAT mappings warm; tests use them to watch refreshes happen.
+    #[serde(default)]
+    pub turn_refresh_interval: Option<Duration>,
 }
 
 impl Default for CallConfig {
@@ -87,6 +92,7 @@ impl Default for CallConfig {
             record_every_nth_frame: 15,
             sframe_grace: crate::sframe::DEFAULT_GRACE,
             ice_check_interval: Duration::from_millis(50),
+            turn_refresh_interval: None,
         }
     }
 }

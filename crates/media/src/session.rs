@@ -273,12 +273,15 @@ impl PeerSession {
         let attempts = u16::try_from(1400 / interval.as_millis().max(1))
             .unwrap_or(7)
             .max(7);
-        let settings = SettingEngineBuilder::new()
+        let mut settings = SettingEngineBuilder::new()
             .with_ice_connection_attempts(Some(interval), Some(attempts))
             // webrtc-rs waits 2 s before nominating a relayed pair, hoping for a direct one;
             // in relay-only mode none can come.
-            .with_relay_acceptance_min_wait(cfg.relay_only.then_some(Duration::ZERO))
-            .build();
+            .with_relay_acceptance_min_wait(cfg.relay_only.then_some(Duration::ZERO));
+        if let Some(cap) = cfg.turn_refresh_interval {
+            settings = settings.with_turn_allocation_refresh_interval_cap(cap);
+        }
+        let settings = settings.build();
         let (pc_tx, pc_rx) = tokio::sync::oneshot::channel::<Weak<PeerSession>>();
         let handler = Arc::new(SessionHandler {
             call: Arc::downgrade(call),
@@ -555,6 +558,16 @@ impl PeerSession {
         if !self.closed.swap(true, Ordering::AcqRel) {
             let _ = self.pc.close().await;
         }
+    }
+
+    /// Audio frames sent to this peer so far.
+    pub fn audio_frames_sent(&self) -> u64 {
+        self.counters.audio_frames_sent.load(Ordering::Relaxed)
+    }
+
+    /// Video frames sent to this peer so far.
+    pub fn video_frames_sent(&self) -> u64 {
+        self.counters.video_frames_sent.load(Ordering::Relaxed)
     }
 
     /// Audio frames received from this peer, decrypted and decoded so far.

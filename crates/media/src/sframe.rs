@@ -48,7 +48,11 @@ pub const BASE_KEY_LEN_RANGE: std::ops::RangeInclusive<usize> = 16..=64;
 pub const EPOCH_BITS: u32 = 8;
 /// Default time the previous epoch's key stays usable for decryption after a rotation.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
-/// Width of the per-KID anti-replay window, in frames.
+/// Width of the per-KID anti-replay window, in frames: the highest counter accepted so far and
+/// the `REPLAY_WINDOW - 1` = 127 counters below it. A frame whose counter is above the highest
+/// is accepted (and moves the window); one 1..=127 below it is accepted once; one 128 or more
+/// below it is refused as [`SframeError::Replay`]. Each KID (member and epoch) has its own
+/// window, and only frames that authenticate move it.
 pub const REPLAY_WINDOW: u64 = 128;
 
 /// The MLS exporter label for the per-epoch base key (RFC 9605 §5.2):
@@ -470,6 +474,10 @@ impl SframeSender {
     }
 
     /// Encrypts one encoded media frame. `metadata` is authenticated but not sent.
+    ///
+    /// Counters run from 0 to `u64::MAX - 1` per epoch; after that every call returns
+    /// [`SframeError::CounterExhausted`] (never a wrapped, reused counter) until a new epoch
+    /// key is installed.
     pub fn encrypt(&mut self, metadata: &[u8], frame: &[u8]) -> Result<Vec<u8>, SframeError> {
         let cur = self.current.as_mut().ok_or(SframeError::NoSendingKey)?;
         let ctr = cur.next_ctr;
@@ -623,7 +631,12 @@ impl KidState {
 
     fn accept(&mut self, ctr: u64) {
         match self.highest {
-            Some(h) if ctr <= h => self.window |= 1 << (h - ctr),
+            // `is_replay` refused anything older than the window; a stale one is ignored here.
+            Some(h) if ctr <= h => {
+                if h - ctr < REPLAY_WINDOW {
+                    self.window |= 1 << (h - ctr);
+                }
+            }
             Some(h) => {
                 let shift = ctr - h;
                 self.window = if shift >= 128 {
@@ -679,5 +692,34 @@ mod tests {
         assert!(s.is_replay(9));
         assert!(s.is_replay(50));
         assert!(!s.is_replay(199));
+        // Edges: 127 behind is inside the window, 128 behind is not.
+        assert!(!s.is_replay(200 - 127));
+        assert!(s.is_replay(200 - 128));
+        // A stale counter passed to `accept` is ignored, not a shift overflow.
+        s.accept(0);
+        assert!(s.is_replay(0));
+        assert!(!s.is_replay(199));
+    }
+
+    #[test]
+    fn sender_counter_exhaustion_is_an_error_not_a_wrap() {
+        let mut tx = SframeSender::new(1).unwrap();
+        tx.install(&EpochKey::new(3, &[9; 32]).unwrap()).unwrap();
+        tx.current.as_mut().unwrap().next_ctr = u64::MAX - 1;
+        let last = tx.encrypt(b"", b"last").unwrap();
+        assert_eq!(Header::decode(&last).unwrap().0.ctr, u64::MAX - 1);
+        // Counter u64::MAX would leave no next value: the sender stops instead of wrapping to 0
+        // (which would reuse a nonce), and keeps refusing until a new epoch is installed.
+        assert_eq!(tx.encrypt(b"", b"x"), Err(SframeError::CounterExhausted));
+        assert_eq!(tx.encrypt(b"", b"x"), Err(SframeError::CounterExhausted));
+        tx.install(&EpochKey::new(4, &[9; 32]).unwrap()).unwrap();
+        let first = tx.encrypt(b"", b"first").unwrap();
+        assert_eq!(
+            Header::decode(&first).unwrap().0,
+            Header {
+                kid: kid_for(1, 4),
+                ctr: 0
+            }
+        );
     }
 }

@@ -1,23 +1,44 @@
-//! Real WebRTC calls over loopback: audio, video, TURN relay-only, 3-party mesh, tampered
-//! fingerprint, rekey after removal. Signalling is passed directly between in-process calls
-//! (the core would carry the same values inside MLS).
+//! Real WebRTC calls over loopback: audio, video, TURN relay-only, TURN credentials against
+//! the running TURN server, 3-party mesh, tampered fingerprint, rekey after removal. Signalling
+//! is passed directly between in-process calls (the core would carry the same values inside
+//! MLS). Nothing here passes or fails on a wall-clock window: tests wait for events or counts,
+//! with [`WAIT`] only as the bound that stops a hung test.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cove_media::IceServer;
 use cove_media::call::{Call, CallConfig, CallEvent};
-use cove_media::session::{ControlMessage, SessionError, Signal};
+use cove_media::session::{ControlMessage, Signal};
 use cove_media::sframe::EpochKey;
 use cove_media::source::{AudioInput, VideoInput, dominant_frequency, pattern_bar_match};
-use cove_media::turn_server::{start_turn_server, turn_credentials};
+use cove_media::turn_server::{
+    REASON_BAD_CREDENTIALS, REASON_EXPIRED, TurnCredentials, TurnStats, start_turn_server,
+    turn_credentials,
+};
+use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use turn::client::{Client as TurnClient, ClientConfig as TurnClientConfig};
+use webrtc_util::Conn;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 fn key(epoch: u64, byte: u8) -> EpochKey {
     EpochKey::new(epoch, &[byte; 32]).unwrap()
+}
+
+/// Polls `cond` until it holds. [`WAIT`] only stops a hung test; it is not what is checked.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 type Tamper = Arc<dyn Fn(&str, &str, &mut Signal) + Send + Sync>;
@@ -109,16 +130,6 @@ impl Mesh {
         .await
         .unwrap_or_else(|_| panic!("timed out; events so far: {seen:?}"));
     }
-
-    /// Collects events for `d`.
-    async fn drain_for(&mut self, seen: &mut Vec<(String, CallEvent)>, d: Duration) {
-        let _ = tokio::time::timeout(d, async {
-            while let Some(x) = self.events.recv().await {
-                seen.push(x);
-            }
-        })
-        .await;
-    }
 }
 
 fn first_audio(at: &'static str, from: &'static str) -> impl Fn(&str, &CallEvent) -> bool {
@@ -156,7 +167,12 @@ async fn audio_call_records_the_440_hz_tone() {
     let mut seen = Vec::new();
     mesh.wait_for(&mut seen, first_audio("bob", "alice")).await;
     mesh.wait_for(&mut seen, first_audio("alice", "bob")).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Three seconds of audio (150 frames of 20 ms) decoded by Bob.
+    let from_alice = bob.peer_session("alice").unwrap();
+    wait_until("Bob decoded 150 frames from Alice", || {
+        from_alice.audio_frames_decoded() >= 150
+    })
+    .await;
     let alice_stats = alice.end().await;
     // Alice's hang-up reaches Bob on the control channel.
     mesh.wait_for(&mut seen, |w, e| {
@@ -168,7 +184,7 @@ async fn audio_call_records_the_440_hz_tone() {
 
     let sent = alice_stats.peers[0].audio_frames_sent;
     let received = bob_stats.peers[0].audio_frames_received;
-    assert!(sent >= 100, "alice sent {sent} frames");
+    assert!(received >= 150, "bob decoded {received} frames");
     assert!(
         received * 100 >= sent * 95,
         "bob decoded {received} of {sent} frames"
@@ -233,7 +249,14 @@ async fn video_call_shows_the_sent_pattern() {
         w == "bob" && matches!(e, CallEvent::FirstVideo { .. })
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Ten decoded frames, two of them recorded (every 5th).
+    let from_alice = bob.peer_session("alice").unwrap();
+    let recorded = dir.path().join("video-alice");
+    wait_until("Bob decoded 10 frames and recorded 2", || {
+        from_alice.video_frames_decoded() >= 10
+            && std::fs::read_dir(&recorded).map_or(0, |d| d.count()) >= 2
+    })
+    .await;
     let frame = bob
         .peer_session("alice")
         .unwrap()
@@ -297,45 +320,239 @@ async fn relay_only_call_through_turn() {
     alice.end().await;
     bob.end().await;
     turn.close().await.unwrap();
+}
 
-    // Expired or forged credentials are refused by the server (no relay, no call).
-    let c = turn_credentials(
-        b"wrong-secret-wrong-secret",
-        "eve",
-        Duration::from_secs(600),
-        SystemTime::now(),
-    )
+/// A TURN client on its own UDP socket, talking to `server`.
+async fn turn_client(server: SocketAddr, username: &str, password: &str) -> TurnClient {
+    let conn = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let client = TurnClient::new(TurnClientConfig {
+        stun_serv_addr: String::new(),
+        turn_serv_addr: server.to_string(),
+        username: username.to_owned(),
+        password: password.to_owned(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn,
+        vnet: None,
+    })
+    .await
     .unwrap();
+    client.listen().await.unwrap();
+    client
+}
+
+/// The error a refused `Allocate` ends in, as the TURN client reports the server's answer.
+async fn allocate_error(server: SocketAddr, c: &TurnCredentials) -> String {
+    let client = turn_client(server, &c.username, &c.password).await;
+    let err = match client.allocate().await {
+        Ok(relay) => panic!("allocated {:?} for {c:?}", relay.local_addr()),
+        Err(turn::Error::Other(text)) => text,
+        Err(e) => panic!("unexpected {e:?}"),
+    };
+    client.close().await.unwrap();
+    err
+}
+
+/// Sends `payload` from the relay to `peer` and checks it arrives from the relayed address.
+async fn relay_to(relay: &impl Conn, peer: &UdpSocket, payload: &[u8]) {
+    relay
+        .send_to(payload, peer.local_addr().unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = tokio::time::timeout(WAIT, peer.recv_from(&mut buf))
+        .await
+        .expect("nothing arrived through the relay")
+        .unwrap();
+    assert_eq!(&buf[..n], payload);
+    assert_eq!(from, relay.local_addr().unwrap());
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_server_refuses_expired_and_forged_credentials() {
+    let secret = b"turn-shared-secret-for-tests";
     let turn = start_turn_server("127.0.0.1:0".parse().unwrap(), "cove", secret)
         .await
         .unwrap();
-    let eve_cfg = CallConfig {
+    let server = turn.local_addr();
+    let now = SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+
+    // Expired: correctly signed with the server's secret, expired over an hour ago.
+    let expired = turn_credentials(
+        secret,
+        "eve",
+        Duration::from_secs(600),
+        now - Duration::from_secs(7200),
+    )
+    .unwrap();
+    assert!(expired.expires_at < unix_now());
+    assert_eq!(
+        allocate_error(server, &expired).await,
+        format!("Allocate error response (error 401: {REASON_EXPIRED})")
+    );
+    let stats = turn.stats();
+    assert!(stats.refused_expired >= 1, "{stats:?}");
+    assert_eq!(stats.refused_bad_credentials, 0);
+
+    // Forged: signed with another secret.
+    let forged = turn_credentials(
+        b"wrong-secret-wrong-secret",
+        "mallory",
+        Duration::from_secs(600),
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        allocate_error(server, &forged).await,
+        format!("Allocate error response (error 401: {REASON_BAD_CREDENTIALS})")
+    );
+    // Forged: Eve's expired credential with its expiry moved a day ahead (HMAC no longer
+    // matches the username).
+    let extended = TurnCredentials {
+        username: format!("{}:eve", unix_now() + day.as_secs()),
+        ..expired.clone()
+    };
+    assert_eq!(
+        allocate_error(server, &extended).await,
+        format!("Allocate error response (error 401: {REASON_BAD_CREDENTIALS})")
+    );
+    let stats = turn.stats();
+    assert!(stats.refused_bad_credentials >= 2, "{stats:?}");
+    let refused_expired = stats.refused_expired;
+
+    // Valid: an allocation on the server's IP that relays both ways.
+    let valid = turn_credentials(secret, "alice", Duration::from_secs(600), now).unwrap();
+    let client = turn_client(server, &valid.username, &valid.password).await;
+    let relay = client.allocate().await.unwrap();
+    let relayed = relay.local_addr().unwrap();
+    assert_eq!(relayed.ip(), server.ip());
+    assert_ne!(relayed, server);
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    relay_to(&relay, &peer, b"through the relay").await;
+    peer.send_to(b"and back", relayed).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = tokio::time::timeout(WAIT, relay.recv_from(&mut buf))
+        .await
+        .expect("nothing came back through the relay")
+        .unwrap();
+    assert_eq!(
+        (&buf[..n], from),
+        (&b"and back"[..], peer.local_addr().unwrap())
+    );
+    relay.close().await.unwrap();
+    client.close().await.unwrap();
+    let stats = turn.stats();
+    assert_eq!(stats.refused_expired, refused_expired, "{stats:?}");
+    turn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_allocation_outlives_its_credential_but_a_new_one_is_refused() {
+    let secret = b"turn-shared-secret-for-tests";
+    let turn = start_turn_server("127.0.0.1:0".parse().unwrap(), "cove", secret)
+        .await
+        .unwrap();
+    let server = turn.local_addr();
+    // A short-lived credential: it expires at the next whole second plus two.
+    let c = turn_credentials(secret, "carol", Duration::from_secs(3), SystemTime::now()).unwrap();
+    let client = turn_client(server, &c.username, &c.password).await;
+    let relay = client.allocate().await.unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    relay_to(&relay, &peer, b"before expiry").await;
+    assert_eq!(turn.stats(), TurnStats::default());
+
+    wait_until("the credential expired", || unix_now() > c.expires_at).await;
+    // A new allocation with the expired credential is refused...
+    assert_eq!(
+        allocate_error(server, &c).await,
+        format!("Allocate error response (error 401: {REASON_EXPIRED})")
+    );
+    assert!(turn.stats().refused_expired >= 1);
+    let refused = turn.stats().refused_expired;
+    // ...while the allocation made with it still gets new permissions (a peer on another
+    // loopback IP needs a CreatePermission) and relays to them...
+    let other_peer = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    relay_to(&relay, &other_peer, b"after expiry").await;
+    relay_to(&relay, &peer, b"old peer too").await;
+    let stats = turn.stats();
+    assert!(stats.permissions_after_expiry >= 1, "{stats:?}");
+    // ...and is refreshed (closing it is a Refresh with lifetime 0).
+    relay.close().await.unwrap();
+    wait_until("the closing Refresh succeeded", || {
+        turn.stats().refreshes_after_expiry >= 1
+    })
+    .await;
+    assert_eq!(turn.stats().refused_expired, refused);
+    client.close().await.unwrap();
+    turn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_call_outlives_its_turn_credential() {
+    let secret = b"turn-shared-secret-for-tests";
+    let turn = start_turn_server("127.0.0.1:0".parse().unwrap(), "cove", secret)
+        .await
+        .unwrap();
+    // Credentials valid for a few seconds (the allocations are made when the call is set up,
+    // well within them); the clients refresh their allocations every second.
+    let creds: Vec<_> = ["alice", "bob"]
+        .iter()
+        .map(|u| turn_credentials(secret, u, Duration::from_secs(6), SystemTime::now()).unwrap())
+        .collect();
+    let expires_at = creds.iter().map(|c| c.expires_at).max().unwrap();
+    let cfg = |c: &TurnCredentials, tone: f32| CallConfig {
         relay_only: true,
         ice_servers: vec![IceServer {
             urls: vec![turn.url()],
-            username: c.username,
-            credential: c.password,
+            username: c.username.clone(),
+            credential: c.password.clone(),
         }],
-        ..audio_config(440.0, None)
+        turn_refresh_interval: Some(Duration::from_secs(1)),
+        ..audio_config(tone, None)
     };
-    let mesh = Mesh::new();
-    let eve = mesh.add("eve", 0, eve_cfg, key(1, 2), &[0, 1]);
-    let _bob = mesh.add("bob", 1, audio_config(440.0, None), key(1, 2), &[0, 1]);
-    let offer = eve.dial("bob", Some(1)).await;
-    // Either gathering yields no relay candidate (the offer has none) or it times out.
-    match offer {
-        Err(SessionError::GatheringTimeout) => {}
-        Ok(()) => {
-            let signals = mesh.signals.lock().unwrap().clone();
-            for (_, _, s) in &signals {
-                if let Signal::Offer(d) = s {
-                    assert!(!d.sdp.contains("typ relay"));
-                }
-            }
-        }
-        Err(e) => panic!("unexpected {e}"),
-    }
-    eve.end().await;
+    let mut mesh = Mesh::new();
+    let alice = mesh.add("alice", 0, cfg(&creds[0], 440.0), key(1, 2), &[0, 1]);
+    let bob = mesh.add("bob", 1, cfg(&creds[1], 660.0), key(1, 2), &[0, 1]);
+    alice.dial("bob", Some(1)).await.unwrap();
+    let mut seen = Vec::new();
+    mesh.wait_for(&mut seen, first_audio("bob", "alice")).await;
+    mesh.wait_for(&mut seen, first_audio("alice", "bob")).await;
+
+    wait_until("the credentials expired", || unix_now() > expires_at).await;
+    // Both allocations get refreshed after expiry (a refused refresh ends the wait at once).
+    wait_until("4 refreshes after expiry", || {
+        let s = turn.stats();
+        s.refreshes_after_expiry >= 4 || s.refused_expired > 0
+    })
+    .await;
+    let stats = turn.stats();
+    assert_eq!(stats.refused_expired, 0, "{stats:?}");
+    assert_eq!(stats.refused_bad_credentials, 0, "{stats:?}");
+    // Media still flows through the relay: another second of audio each way.
+    let (at_bob, at_alice) = (
+        bob.peer_session("alice").unwrap(),
+        alice.peer_session("bob").unwrap(),
+    );
+    let (b0, a0) = (
+        at_bob.audio_frames_decoded(),
+        at_alice.audio_frames_decoded(),
+    );
+    wait_until("50 more frames each way", || {
+        at_bob.audio_frames_decoded() >= b0 + 50 && at_alice.audio_frames_decoded() >= a0 + 50
+    })
+    .await;
+    assert!(at_bob.is_connected() && at_alice.is_connected());
+    alice.end().await;
+    bob.end().await;
     turn.close().await.unwrap();
 }
 
@@ -360,7 +577,14 @@ async fn three_party_mesh() {
     ] {
         mesh.wait_for(&mut seen, first_audio(at, from)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    for call in [&a, &b, &c] {
+        for s in call.sessions() {
+            wait_until(&format!("11 frames from {}", s.peer), || {
+                s.audio_frames_decoded() > 10
+            })
+            .await;
+        }
+    }
     for call in [&a, &b, &c] {
         let stats = call.stats().await;
         assert_eq!(stats.peers.len(), 2);
@@ -404,7 +628,7 @@ async fn tampered_fingerprint_is_refused_before_media() {
         w == "bob" && matches!(e, CallEvent::Refused { .. })
     })
     .await;
-    mesh.drain_for(&mut seen, Duration::from_secs(2)).await;
+    // Refused before media: nothing connected or decoded up to the refusal...
     assert!(
         !seen.iter().any(|(_, e)| matches!(
             e,
@@ -413,7 +637,13 @@ async fn tampered_fingerprint_is_refused_before_media() {
         "{seen:?}"
     );
     assert!(bob.peer_session("alice").is_none());
-    // No answer was ever produced.
+    let to_bob = alice.peer_session("bob").unwrap();
+    assert!(!to_bob.is_connected());
+    assert_eq!(to_bob.audio_frames_decoded(), 0);
+    alice.end().await;
+    bob.end().await;
+    // ...and no answer was ever produced, so Alice's side had nothing to connect to (a
+    // connection needs Bob's answer: this, not a quiet period, is why none came later).
     assert!(
         !mesh
             .signals
@@ -422,8 +652,6 @@ async fn tampered_fingerprint_is_refused_before_media() {
             .iter()
             .any(|(_, _, s)| matches!(s, Signal::Answer(_)))
     );
-    alice.end().await;
-    bob.end().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,28 +673,31 @@ async fn removed_member_cannot_decrypt_after_rekey() {
 
     // C is removed: the group moves to epoch 2; A and B get the new key, C does not. The
     // connection A-C stays up (as a media relay or SFU would keep forwarding).
-    a.rekey(key(2, 0x22), [0, 1]).unwrap();
+    // B learns the new key first (as the core would install it on the Commit before A sends
+    // under it), then A switches: every frame A encrypts from here on is epoch 2.
     b.rekey(key(2, 0x22), [0, 1]).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let count = |call: &Call, peer: &str| {
-        let s = call.peer_session(peer).unwrap();
-        (s.audio_frames_decoded(), s.sframe_failures())
-    };
-    let (c_before, c_fail_before) = count(&c, "a");
-    let (b_before, _) = count(&b, "a");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (c_after, c_fail_after) = count(&c, "a");
-    let (b_after, b_fail) = count(&b, "a");
-    assert_eq!(c_after, c_before, "C decoded media after the rekey");
-    assert!(
-        c_fail_after >= c_fail_before + 50,
-        "C saw {c_fail_after} failures"
+    let at_c = c.peer_session("a").unwrap();
+    let at_b = b.peer_session("a").unwrap();
+    assert_eq!(at_c.sframe_failures(), 0);
+    a.rekey(key(2, 0x22), [0, 1]).unwrap();
+    // Frames A encrypted under epoch 1 before the switch may still be in flight. Once C has
+    // refused 5 epoch-2 frames (100 ms of audio after them, in order on loopback), those
+    // have arrived: C's decoded count is final from here.
+    wait_until("C refused 5 frames", || at_c.sframe_failures() >= 5).await;
+    let c_decoded = at_c.audio_frames_decoded();
+    let c_failed = at_c.sframe_failures();
+    let b_decoded = at_b.audio_frames_decoded();
+    // Another second of A's audio: B decodes it, C refuses it.
+    wait_until("C refused 50 more frames and B decoded 50 more", || {
+        at_c.sframe_failures() >= c_failed + 50 && at_b.audio_frames_decoded() >= b_decoded + 50
+    })
+    .await;
+    assert_eq!(
+        at_c.audio_frames_decoded(),
+        c_decoded,
+        "C decoded media after the rekey"
     );
-    assert!(
-        b_after >= b_before + 50,
-        "B stopped decoding: {b_before} -> {b_after}"
-    );
-    assert_eq!(b_fail, 0);
+    assert_eq!(at_b.sframe_failures(), 0);
     for call in [a, b, c] {
         call.end().await;
     }
@@ -501,7 +732,12 @@ async fn consistent_but_foreign_fingerprint_fails_dtls() {
     let bob = mesh.add("bob", 1, audio_config(440.0, None), key(1, 1), &[0, 1]);
     alice.dial("bob", Some(1)).await.unwrap();
     let mut seen = Vec::new();
-    mesh.drain_for(&mut seen, Duration::from_secs(6)).await;
+    // Bob's DTLS handshake fails (Alice's certificate does not match), so Bob's connection
+    // closes; Bob sent no media keys, so none can flow after it.
+    mesh.wait_for(&mut seen, |w, e| {
+        w == "bob" && matches!(e, CallEvent::Closed { peer } | CallEvent::Failed { peer, .. } if peer == "alice")
+    })
+    .await;
     assert!(
         !seen
             .iter()
@@ -570,25 +806,51 @@ async fn keyframe_request_over_the_control_channel() {
         w == "bob" && matches!(e, CallEvent::FirstVideo { .. })
     })
     .await;
-    // Let the data channel open and any connect-time key frames settle.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    mesh.wait_for(&mut seen, |w, e| {
+        w == "alice" && matches!(e, CallEvent::Connected { .. })
+    })
+    .await;
+    // The control channel is open both ways once a text from Alice reaches Bob.
     let to_bob = alice.peer_session("bob").unwrap();
+    let sentinel = ControlMessage::Text {
+        text: "channel open".into(),
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while to_bob.send_control(&sentinel).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "control channel never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    mesh.wait_for(&mut seen, |w, e| {
+        w == "bob" && matches!(e, CallEvent::Control { message, .. } if *message == sentinel)
+    })
+    .await;
+    // Connect-time key frames (session start, Connected) are behind us after two more frames.
+    let sent = to_bob.video_frames_sent();
+    wait_until("Alice sent 2 more frames", || {
+        to_bob.video_frames_sent() >= sent + 2
+    })
+    .await;
     let before = to_bob.video_keyframes_sent();
     assert!(before >= 1);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Periodic key frames are off: 20 more frames, none of them a key frame.
+    let sent = to_bob.video_frames_sent();
+    wait_until("Alice sent 20 more frames", || {
+        to_bob.video_frames_sent() >= sent + 20
+    })
+    .await;
     assert_eq!(
         to_bob.video_keyframes_sent(),
         before,
         "periodic key frames are off"
     );
     bob.peer_session("alice").unwrap().request_keyframe().await;
-    tokio::time::timeout(WAIT, async {
-        while to_bob.video_keyframes_sent() == before {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    wait_until("a key frame follows the request", || {
+        to_bob.video_keyframes_sent() > before
     })
-    .await
-    .expect("no key frame after the request");
+    .await;
     let stats = bob.end().await;
     assert_eq!(stats.peers[0].keyframe_requests_sent, 1);
     alice.end().await;

@@ -1,10 +1,11 @@
-//! SFrame: RFC 9605 Appendix C vectors, tampering, unknown and removed KIDs, rekeying.
+//! SFrame: RFC 9605 Appendix C vectors, tampering, unknown and removed KIDs, rekeying, replay
+//! window edges (127/128/129 behind, per KID, across a rekey, counters near `u64::MAX`).
 
 use std::time::{Duration, Instant};
 
 use cove_media::sframe::{
-    CIPHER_SUITE_AES_128_GCM_SHA256_128, EpochKey, Header, KeyMaterial, SframeError, SframeKeyring,
-    SframeSender, decrypt_frame, derive_key_material, encrypt_frame, kid_for,
+    CIPHER_SUITE_AES_128_GCM_SHA256_128, EpochKey, Header, KeyMaterial, REPLAY_WINDOW, SframeError,
+    SframeKeyring, SframeSender, decrypt_frame, derive_key_material, encrypt_frame, kid_for,
 };
 use serde_json::Value;
 
@@ -225,4 +226,172 @@ fn key_material_debug_is_redacted() {
     assert_eq!(format!("{m:?}"), "KeyMaterial(..)");
     let k = key(3, 0xab);
     assert!(!format!("{k:?}").contains("ab"));
+}
+
+/// A frame from `member` in `epoch` (base key `[byte; 32]`) with an arbitrary counter, as a
+/// sender (or an insider replaying/forging counters) would put on the wire.
+fn frame_at(member: u32, epoch: u64, byte: u8, ctr: u64) -> Vec<u8> {
+    let kid = kid_for(member, epoch);
+    let material = derive_key_material(&[byte; 32], kid);
+    encrypt_frame(&material, kid, ctr, b"", &ctr.to_be_bytes()).unwrap()
+}
+
+/// Decrypts and checks the payload (the counter it was made with) and sender.
+fn accept(keyring: &mut SframeKeyring, frame: &[u8], now: Instant) -> (u32, u64, u64) {
+    let d = keyring.decrypt(b"", frame, now).unwrap();
+    assert_eq!(d.payload, d.ctr.to_be_bytes());
+    (d.member_index, d.epoch, d.ctr)
+}
+
+#[test]
+fn replay_window_edges_127_128_and_129_behind() {
+    let now = Instant::now();
+    let mut rx = SframeKeyring::new(Duration::from_secs(2));
+    rx.install(key(1, 0x10), [0], now).unwrap();
+    let f = |ctr| frame_at(0, 1, 0x10, ctr);
+    assert_eq!(accept(&mut rx, &f(1000), now), (0, 1, 1000));
+    // REPLAY_WINDOW frames: the highest and the 127 below it.
+    assert_eq!(REPLAY_WINDOW, 128);
+    assert_eq!(accept(&mut rx, &f(1000 - 127), now), (0, 1, 873));
+    assert_eq!(
+        rx.decrypt(b"", &f(1000 - 128), now),
+        Err(SframeError::Replay)
+    );
+    assert_eq!(
+        rx.decrypt(b"", &f(1000 - 129), now),
+        Err(SframeError::Replay)
+    );
+    // Inside the window each counter is accepted exactly once.
+    assert_eq!(rx.decrypt(b"", &f(873), now), Err(SframeError::Replay));
+    assert_eq!(rx.decrypt(b"", &f(1000), now), Err(SframeError::Replay));
+    assert_eq!(accept(&mut rx, &f(999), now).2, 999);
+    assert_eq!(rx.decrypt(b"", &f(999), now), Err(SframeError::Replay));
+    // The window slides with the highest counter: 874 is now 127 behind 1001, 873 is 128.
+    assert_eq!(accept(&mut rx, &f(1001), now).2, 1001);
+    assert_eq!(accept(&mut rx, &f(874), now).2, 874);
+    assert_eq!(rx.decrypt(b"", &f(873), now), Err(SframeError::Replay));
+    assert_eq!(rx.decrypt(b"", &f(872), now), Err(SframeError::Replay));
+    // A frame that fails authentication does not move the window, however far ahead it is.
+    let mut forged = f(5000);
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(
+        rx.decrypt(b"", &forged, now),
+        Err(SframeError::AuthenticationFailed)
+    );
+    assert_eq!(accept(&mut rx, &f(1002), now).2, 1002);
+    assert_eq!(
+        rx.decrypt(b"", &f(1002 - 128), now),
+        Err(SframeError::Replay)
+    );
+}
+
+#[test]
+fn replay_window_is_per_key() {
+    let now = Instant::now();
+    let mut rx = SframeKeyring::new(Duration::from_secs(2));
+    rx.install(key(1, 0x20), [0, 1], now).unwrap();
+    // Member 0's counter runs far ahead...
+    assert_eq!(
+        accept(&mut rx, &frame_at(0, 1, 0x20, 10_000), now),
+        (0, 1, 10_000)
+    );
+    // ...member 1 (another KID, another key) still starts at 0 with its own window.
+    assert_eq!(accept(&mut rx, &frame_at(1, 1, 0x20, 0), now), (1, 1, 0));
+    assert_eq!(accept(&mut rx, &frame_at(1, 1, 0x20, 5), now), (1, 1, 5));
+    assert_eq!(accept(&mut rx, &frame_at(1, 1, 0x20, 1), now), (1, 1, 1));
+    assert_eq!(
+        rx.decrypt(b"", &frame_at(1, 1, 0x20, 1), now),
+        Err(SframeError::Replay)
+    );
+    // And member 1 moving ahead does not open member 0's old counters or close its window.
+    assert_eq!(
+        accept(&mut rx, &frame_at(1, 1, 0x20, 20_000), now).2,
+        20_000
+    );
+    assert_eq!(
+        rx.decrypt(b"", &frame_at(0, 1, 0x20, 10_000 - 128), now),
+        Err(SframeError::Replay)
+    );
+    assert_eq!(
+        accept(&mut rx, &frame_at(0, 1, 0x20, 10_000 - 127), now),
+        (0, 1, 9873)
+    );
+}
+
+#[test]
+fn replay_windows_across_a_rekey_are_independent() {
+    let t0 = Instant::now();
+    let mut rx = SframeKeyring::new(Duration::from_secs(2));
+    rx.install(key(4, 0x44), [0], t0).unwrap();
+    assert_eq!(accept(&mut rx, &frame_at(0, 4, 0x44, 500), t0), (0, 4, 500));
+    rx.install(key(5, 0x55), [0], t0).unwrap();
+    // The new epoch's KID starts with a fresh window: counter 0 is accepted.
+    assert_eq!(accept(&mut rx, &frame_at(0, 5, 0x55, 0), t0), (0, 5, 0));
+    assert_eq!(
+        rx.decrypt(b"", &frame_at(0, 5, 0x55, 0), t0),
+        Err(SframeError::Replay)
+    );
+    // The old epoch keeps its own window during the grace period.
+    assert_eq!(accept(&mut rx, &frame_at(0, 4, 0x44, 499), t0), (0, 4, 499));
+    assert_eq!(
+        rx.decrypt(b"", &frame_at(0, 4, 0x44, 500), t0),
+        Err(SframeError::Replay)
+    );
+    assert_eq!(
+        rx.decrypt(b"", &frame_at(0, 4, 0x44, 500 - 128), t0),
+        Err(SframeError::Replay)
+    );
+    // Moving the new epoch far ahead does not touch the old epoch's window, and vice versa.
+    assert_eq!(
+        accept(&mut rx, &frame_at(0, 5, 0x55, 1_000_000), t0).2,
+        1_000_000
+    );
+    assert_eq!(accept(&mut rx, &frame_at(0, 4, 0x44, 498), t0), (0, 4, 498));
+    assert_eq!(
+        accept(&mut rx, &frame_at(0, 4, 0x44, 2_000_000), t0).2,
+        2_000_000
+    );
+    assert_eq!(
+        accept(&mut rx, &frame_at(0, 5, 0x55, 1_000_000 - 127), t0),
+        (0, 5, 999_873)
+    );
+    // Epoch 260 has the same KID as epoch 4 (260 mod 256 = 4) but another key: it replaces
+    // epoch 4 and starts a fresh window; epoch 4's frames no longer authenticate.
+    rx.install(key(260, 0x66), [0], t0).unwrap();
+    assert_eq!(kid_for(0, 260), kid_for(0, 4));
+    assert_eq!(accept(&mut rx, &frame_at(0, 260, 0x66, 0), t0), (0, 260, 0));
+    assert_eq!(
+        rx.decrypt(b"", &frame_at(0, 4, 0x44, 2_000_001), t0),
+        Err(SframeError::AuthenticationFailed)
+    );
+}
+
+#[test]
+fn counters_near_u64_max() {
+    let now = Instant::now();
+    let max = u64::MAX;
+    let mut rx = SframeKeyring::new(Duration::from_secs(2));
+    rx.install(key(9, 0x99), [0, 1], now).unwrap();
+    let f = |member, ctr| frame_at(member, 9, 0x99, ctr);
+    // From 0 straight to the top: the window resets, nothing overflows.
+    assert_eq!(accept(&mut rx, &f(0, 0), now).2, 0);
+    assert_eq!(accept(&mut rx, &f(0, max - 1), now).2, max - 1);
+    assert_eq!(accept(&mut rx, &f(0, max), now).2, max);
+    assert_eq!(rx.decrypt(b"", &f(0, max), now), Err(SframeError::Replay));
+    assert_eq!(
+        rx.decrypt(b"", &f(0, max - 1), now),
+        Err(SframeError::Replay)
+    );
+    assert_eq!(accept(&mut rx, &f(0, max - 127), now).2, max - 127);
+    assert_eq!(
+        rx.decrypt(b"", &f(0, max - 128), now),
+        Err(SframeError::Replay)
+    );
+    assert_eq!(rx.decrypt(b"", &f(0, 0), now), Err(SframeError::Replay));
+    assert_eq!(rx.decrypt(b"", &f(0, 1), now), Err(SframeError::Replay));
+    // A KID whose first frame is u64::MAX: accepted once; everything else is then behind it.
+    assert_eq!(accept(&mut rx, &f(1, max), now).2, max);
+    assert_eq!(rx.decrypt(b"", &f(1, max), now), Err(SframeError::Replay));
+    assert_eq!(accept(&mut rx, &f(1, max - 1), now).2, max - 1);
 }
