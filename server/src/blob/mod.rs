@@ -94,6 +94,8 @@ struct Inner {
     relay: Arc<dyn RelayStore>,
     config: BlobConfig,
     share: share::SharePage,
+    /// Signatures already used (a second use is refused as a replay).
+    replay: auth::ReplayGuard,
 }
 
 /// Frames buffered between the network and the disk thread of one transfer.
@@ -132,6 +134,7 @@ impl BlobService {
                 relay,
                 config,
                 share: share::SharePage::new(),
+                replay: auth::ReplayGuard::default(),
             }),
         }
     }
@@ -213,16 +216,27 @@ impl Inner {
                 return Err(text(StatusCode::SERVICE_UNAVAILABLE, "try again later"));
             }
         };
+        let now = now_ms();
         signed
-            .verify(
-                req.method().as_str(),
-                req.uri().path(),
-                value,
-                &key,
-                now_ms(),
-            )
+            .verify(req.method().as_str(), req.uri().path(), value, &key, now)
             .map_err(|m| text(StatusCode::UNAUTHORIZED, m))?;
-        Ok(user)
+        match self
+            .replay
+            .admit(signed.signature(), signed.timestamp_ms(), now)
+        {
+            Ok(()) => Ok(user),
+            Err(auth::Replay::Seen) => {
+                debug!(device = %device, "replayed blob request signature");
+                Err(text(
+                    StatusCode::UNAUTHORIZED,
+                    "replayed request signature (sign every request afresh)",
+                ))
+            }
+            Err(auth::Replay::Full) => {
+                warn!("blob request replay cache full");
+                Err(text(StatusCode::SERVICE_UNAVAILABLE, "try again later"))
+            }
+        }
     }
 
     async fn owned(
@@ -301,6 +315,10 @@ impl Inner {
         let blobs = Arc::clone(&self.blobs);
         match blocking(move || blobs.delete(&id)).await {
             Ok(()) => empty(StatusCode::NO_CONTENT),
+            Err(BlobStoreError::Busy) => text(
+                StatusCode::CONFLICT,
+                "an upload to this blob is in progress",
+            ),
             Err(e) => internal(&e),
         }
     }
@@ -343,6 +361,7 @@ impl Inner {
                     "another upload to this blob is in progress",
                 );
             }
+            Err(BlobStoreError::NotFound) => return text(StatusCode::NOT_FOUND, "no such blob"),
             Err(e) => return internal(&e),
         };
 
@@ -384,6 +403,7 @@ impl Inner {
         let expires = now_ms().saturating_add(millis(self.config.retention));
         let meta = match blocking(move || writer.commit(expires)).await {
             Ok(m) => m,
+            Err(BlobStoreError::NotFound) => return text(StatusCode::NOT_FOUND, "no such blob"),
             Err(e) => return internal(&e),
         };
         if meta.complete() {
