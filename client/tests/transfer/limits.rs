@@ -178,9 +178,9 @@ async fn client_uploads_started_together_cannot_exceed_the_quota() {
         ..BlobConfig::default()
     })
     .await;
-    // Same-size files (a 16-byte header and one 16-byte tag: 300 000 bytes of ciphertext
-    // each), uploaded at once by the real client, so their creations are signed in the same
-    // millisecond or close to it.
+    // The same file (a 16-byte header and one 16-byte tag: 300 000 bytes of ciphertext)
+    // uploaded six times at once by the real client: identical creation requests but for
+    // the timestamp, which the client never repeats (the relay refuses a reused signature).
     let path = env.file("same.bin", &random_bytes(LEN as usize - 32, 6));
     let results =
         futures_util::future::join_all((0..6).map(|_| env.client.upload_file(&path))).await;

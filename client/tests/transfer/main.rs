@@ -1,6 +1,7 @@
 //! Attachments end to end: a real relay on 127.0.0.1:0 (TLS, SQLite, blob files), the
-//! `cove::transfer` client, a cutting TCP proxy for resumption, and headless Chromium for
-//! the share page.
+//! `cove::transfer` client, raw HTTPS requests for what that client never sends (bad
+//! signatures, replays, another user's requests), a cutting TCP proxy for resumption, and
+//! headless Chromium for the share page.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod browser;

@@ -14,10 +14,14 @@
 //! GET    /s/<id>            public                         -> the share page (HTML, strict CSP)
 //! ```
 //!
+//! Signed requests are refused (`401`) when a header is missing or malformed, the device is
+//! unknown, the signature does not verify, the timestamp is more than 5 minutes off, or the
+//! signature was already used (a replay); another user's blob answers `403`.
+//!
 //! Bodies stream through a small bounded channel to a blocking writer/reader thread, so
 //! memory per transfer is a few MiB whatever the blob size. A sweep thread deletes expired
 //! blobs: incomplete uploads after [`BlobConfig::incomplete_retention`], complete blobs after
-//! [`BlobConfig::retention`].
+//! [`BlobConfig::retention`]; a blob with an append running is left to the next sweep.
 
 mod auth;
 mod body;
