@@ -90,7 +90,15 @@ pub(crate) enum Replay {
 /// past, when the skew check refuses them anyway.
 #[derive(Default)]
 pub(crate) struct ReplayGuard {
-    seen: Mutex<HashMap<[u8; 64], u64>>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Signature -> its timestamp.
+    map: HashMap<[u8; 64], u64>,
+    /// When expired entries were last dropped (at most once a second, as it walks them all).
+    pruned_ms: u64,
 }
 
 impl ReplayGuard {
@@ -102,16 +110,17 @@ impl ReplayGuard {
         now_ms: u64,
     ) -> Result<(), Replay> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains_key(signature) {
+        if seen.map.contains_key(signature) {
             return Err(Replay::Seen);
         }
-        if seen.len() >= MAX_REMEMBERED / 2 {
-            prune(&mut seen, now_ms);
+        if seen.map.len() >= MAX_REMEMBERED / 2 && now_ms >= seen.pruned_ms.saturating_add(1000) {
+            prune(&mut seen.map, now_ms);
+            seen.pruned_ms = now_ms;
         }
-        if seen.len() >= MAX_REMEMBERED {
+        if seen.map.len() >= MAX_REMEMBERED {
             return Err(Replay::Full);
         }
-        seen.insert(*signature, timestamp_ms);
+        seen.map.insert(*signature, timestamp_ms);
         Ok(())
     }
 
@@ -119,8 +128,8 @@ impl ReplayGuard {
     #[cfg(test)]
     fn prune(&self, now_ms: u64) -> usize {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        prune(&mut seen, now_ms);
-        seen.len()
+        prune(&mut seen.map, now_ms);
+        seen.map.len()
     }
 }
 
