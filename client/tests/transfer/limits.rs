@@ -263,3 +263,100 @@ async fn an_abandoned_upload_is_swept_once_its_incomplete_retention_passed() {
     env.client.download(&done, &out).await.unwrap();
     assert!(std::fs::read(&out).unwrap() == content);
 }
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A PATCH of 20 bytes from offset 0 that stops after 10, its connection held open
+/// (written by hand: hyper would not let a body stall).
+async fn stalled_patch(env: &Env, path: &str, ts: u64) -> Tls {
+    use tokio::io::AsyncWriteExt;
+    let tcp = tokio::net::TcpStream::connect(env.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::from(env.addr().ip());
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::clone(&env.tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let msg = cove_wire::sign::blob_request_message("PATCH", path, ts, 0);
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: 20\r\nupload-offset: 0\r\n\
+         cove-device: {}\r\ncove-timestamp: {ts}\r\ncove-signature: {}\r\n\r\n",
+        env.addr(),
+        env.keys.id().0,
+        hex::encode(env.keys.sign_raw(&msg).0)
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&[5; 10]).await.unwrap();
+    tls.flush().await.unwrap();
+    tls
+}
+
+/// Reads one response (head and `Content-Length` body); returns the head lowercased and
+/// the body.
+async fn response(tls: &mut Tls) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let end = loop {
+        if let Some(i) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed: {answer:?}");
+        answer.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while answer.len() < end + len {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed: {answer:?}");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&answer[end..]).into_owned();
+    (head, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_with_an_append_running_is_not_deleted() {
+    use tokio::io::AsyncWriteExt;
+
+    let env = Env::start(BlobConfig::default()).await;
+    let id = env.create_raw(20).await;
+    let path = format!("/v1/blobs/{id}");
+    // Two stalled appends: one holds the blob (and answers only when its body is complete),
+    // the other is refused at once as busy. The first answer tells which is which.
+    let ts = now_ms();
+    let mut a = stalled_patch(&env, &path, ts).await;
+    let mut b = stalled_patch(&env, &path, ts + 1).await;
+    let ((head, body), mut holder) = tokio::select! {
+        r = response(&mut a) => (r, b),
+        r = response(&mut b) => (r, a),
+    };
+    assert!(head.starts_with("http/1.1 409"), "{head}");
+    assert_eq!(body, "another upload to this blob is in progress\n");
+
+    // While it runs, its blob is not deleted.
+    let delete = || raw::signed(&env.keys, Method::DELETE, &path, now_ms(), 0);
+    env.send(delete(), vec![])
+        .await
+        .assert(409, "an upload to this blob is in progress");
+    assert!(env.blob_path(&BlobId::from_hex(&id).unwrap()).exists());
+    assert_eq!(blob_rows(&env), (1, 20, 0));
+
+    // The append finishes; the blob is complete and can be deleted now.
+    holder.write_all(&[5; 10]).await.unwrap();
+    holder.flush().await.unwrap();
+    let (done, body) = response(&mut holder).await;
+    assert!(done.starts_with("http/1.1 204"), "{done}");
+    assert!(done.contains("upload-offset: 20\r\n"), "{done}");
+    assert_eq!(body, "");
+    assert_eq!(blob_rows(&env), (1, 20, 20));
+    assert_eq!(
+        std::fs::read(env.blob_path(&BlobId::from_hex(&id).unwrap())).unwrap(),
+        vec![5; 20]
+    );
+    assert_eq!(env.send(delete(), vec![]).await.status, 204);
+    assert_eq!(blob_rows(&env), (0, 0, 0));
+}
