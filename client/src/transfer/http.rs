@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -228,10 +229,7 @@ impl<'a> Conn<'a> {
                 status: 401,
                 message: "uploading needs a registered device (run cove init)".into(),
             })?;
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        let ts = signing_timestamp();
         let msg = cove_wire::sign::blob_request_message(method.as_str(), path, ts, value);
         let sig = (signer.sign)(&msg);
         Ok(Request::builder()
@@ -276,6 +274,25 @@ impl<'a> Conn<'a> {
         });
         sender.send_request(req).await.map_err(|e| net(&e))
     }
+}
+
+/// The last timestamp signed by this process.
+static LAST_SIGNED_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Now in ms since the Unix epoch, but always later than the previous call: the relay accepts
+/// each signature once, and two requests signed in the same millisecond with the same method,
+/// path and value would otherwise carry the same signature (Ed25519 is deterministic).
+fn signing_timestamp() -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let prev = LAST_SIGNED_MS
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(now.max(last.saturating_add(1)))
+        })
+        .unwrap_or(now);
+    now.max(prev.saturating_add(1))
 }
 
 fn empty() -> ReqBody {

@@ -14,10 +14,14 @@
 //! GET    /s/<id>            public                         -> the share page (HTML, strict CSP)
 //! ```
 //!
+//! Signed requests are refused (`401`) when a header is missing or malformed, the device is
+//! unknown, the signature does not verify, the timestamp is more than 5 minutes off, or the
+//! signature was already used (a replay); another user's blob answers `403`.
+//!
 //! Bodies stream through a small bounded channel to a blocking writer/reader thread, so
 //! memory per transfer is a few MiB whatever the blob size. A sweep thread deletes expired
 //! blobs: incomplete uploads after [`BlobConfig::incomplete_retention`], complete blobs after
-//! [`BlobConfig::retention`].
+//! [`BlobConfig::retention`]; a blob with an append running is left to the next sweep.
 
 mod auth;
 mod body;
@@ -94,6 +98,8 @@ struct Inner {
     relay: Arc<dyn RelayStore>,
     config: BlobConfig,
     share: share::SharePage,
+    /// Signatures already used (a second use is refused as a replay).
+    replay: auth::ReplayGuard,
 }
 
 /// Frames buffered between the network and the disk thread of one transfer.
@@ -132,6 +138,7 @@ impl BlobService {
                 relay,
                 config,
                 share: share::SharePage::new(),
+                replay: auth::ReplayGuard::default(),
             }),
         }
     }
@@ -213,16 +220,27 @@ impl Inner {
                 return Err(text(StatusCode::SERVICE_UNAVAILABLE, "try again later"));
             }
         };
+        let now = now_ms();
         signed
-            .verify(
-                req.method().as_str(),
-                req.uri().path(),
-                value,
-                &key,
-                now_ms(),
-            )
+            .verify(req.method().as_str(), req.uri().path(), value, &key, now)
             .map_err(|m| text(StatusCode::UNAUTHORIZED, m))?;
-        Ok(user)
+        match self
+            .replay
+            .admit(signed.signature(), signed.timestamp_ms(), now)
+        {
+            Ok(()) => Ok(user),
+            Err(auth::Replay::Seen) => {
+                debug!(device = %device, "replayed blob request signature");
+                Err(text(
+                    StatusCode::UNAUTHORIZED,
+                    "replayed request signature (sign every request afresh)",
+                ))
+            }
+            Err(auth::Replay::Full) => {
+                warn!("blob request replay cache full");
+                Err(text(StatusCode::SERVICE_UNAVAILABLE, "try again later"))
+            }
+        }
     }
 
     async fn owned(
@@ -301,6 +319,10 @@ impl Inner {
         let blobs = Arc::clone(&self.blobs);
         match blocking(move || blobs.delete(&id)).await {
             Ok(()) => empty(StatusCode::NO_CONTENT),
+            Err(BlobStoreError::Busy) => text(
+                StatusCode::CONFLICT,
+                "an upload to this blob is in progress",
+            ),
             Err(e) => internal(&e),
         }
     }
@@ -343,6 +365,7 @@ impl Inner {
                     "another upload to this blob is in progress",
                 );
             }
+            Err(BlobStoreError::NotFound) => return text(StatusCode::NOT_FOUND, "no such blob"),
             Err(e) => return internal(&e),
         };
 
@@ -384,6 +407,7 @@ impl Inner {
         let expires = now_ms().saturating_add(millis(self.config.retention));
         let meta = match blocking(move || writer.commit(expires)).await {
             Ok(m) => m,
+            Err(BlobStoreError::NotFound) => return text(StatusCode::NOT_FOUND, "no such blob"),
             Err(e) => return internal(&e),
         };
         if meta.complete() {

@@ -81,7 +81,8 @@ pub trait BlobWriter: Send {
     /// Appends bytes (fails with `PastEnd` beyond the declared length).
     fn write(&mut self, data: &[u8]) -> Result<(), BlobStoreError>;
     /// Makes what was written durable and records the new offset; returns it. When the blob
-    /// is now complete, its expiry becomes `complete_expires_ms`.
+    /// is now complete, its expiry becomes `complete_expires_ms`. `NotFound` if the blob's
+    /// record is gone.
     fn commit(self: Box<Self>, complete_expires_ms: u64) -> Result<BlobMeta, BlobStoreError>;
 }
 
@@ -107,9 +108,10 @@ pub trait BlobStore: Send + Sync + 'static {
     fn reader(&self, id: &BlobId, start: u64) -> Result<Box<dyn Read + Send>, BlobStoreError>;
     /// Bytes charged to `owner` (declared lengths of all its blobs).
     fn usage(&self, owner: &UserName) -> Result<u64, BlobStoreError>;
-    /// Deletes a blob (no error if absent).
+    /// Deletes a blob (no error if absent); `Busy` while an append to it is running.
     fn delete(&self, id: &BlobId) -> Result<(), BlobStoreError>;
-    /// Deletes every blob whose expiry is at or before `now_ms`; returns how many.
+    /// Deletes every blob whose expiry is at or before `now_ms`, except those with an append
+    /// running (a later sweep gets them); returns how many were deleted.
     fn sweep(&self, now_ms: u64) -> Result<usize, BlobStoreError>;
 }
 
@@ -149,6 +151,12 @@ impl FsBlobStore {
 
     fn path(&self, id: &BlobId) -> PathBuf {
         self.dir.join(id.to_hex())
+    }
+
+    fn writing(&self) -> Result<std::sync::MutexGuard<'_, HashSet<BlobId>>, BlobStoreError> {
+        self.writing
+            .lock()
+            .map_err(|_| BlobStoreError::Io(io::Error::other("lock poisoned")))
     }
 
     fn db(&self) -> Result<std::sync::MutexGuard<'_, Connection>, BlobStoreError> {
@@ -255,20 +263,20 @@ impl BlobStore for FsBlobStore {
                 stored: meta.offset,
             });
         }
-        {
-            let mut w = self
-                .writing
-                .lock()
-                .map_err(|_| BlobStoreError::Io(io::Error::other("lock poisoned")))?;
-            if !w.insert(*id) {
-                return Err(BlobStoreError::Busy);
-            }
+        if !self.writing()?.insert(*id) {
+            return Err(BlobStoreError::Busy);
         }
         let guard = WritingGuard {
             set: Arc::clone(&self.writing),
             id: *id,
         };
-        let mut file = OpenOptions::new().write(true).open(self.path(id))?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(self.path(id))
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => BlobStoreError::NotFound,
+                _ => BlobStoreError::Io(e),
+            })?;
         // Bytes past the recorded offset (a crash between write and commit) are dropped.
         file.set_len(offset)?;
         file.seek(SeekFrom::Start(offset))?;
@@ -302,6 +310,11 @@ impl BlobStore for FsBlobStore {
     }
 
     fn delete(&self, id: &BlobId) -> Result<(), BlobStoreError> {
+        // Held throughout, so that no append starts between the check and the removal.
+        let writing = self.writing()?;
+        if writing.contains(id) {
+            return Err(BlobStoreError::Busy);
+        }
         match std::fs::remove_file(self.path(id)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -309,6 +322,7 @@ impl BlobStore for FsBlobStore {
         }
         self.db()?
             .execute("DELETE FROM blobs WHERE id = ?1", params![id.0.as_slice()])?;
+        drop(writing);
         Ok(())
     }
 
@@ -322,8 +336,13 @@ impl BlobStore for FsBlobStore {
         let mut n = 0;
         for raw in expired {
             if let Ok(arr) = <[u8; 16]>::try_from(raw.as_slice()) {
-                self.delete(&BlobId(arr))?;
-                n += 1;
+                match self.delete(&BlobId(arr)) {
+                    Ok(()) => n += 1,
+                    // An append is running: the next sweep deletes it if it is still
+                    // expired then (a completed upload gets a new expiry).
+                    Err(BlobStoreError::Busy) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(n)
@@ -386,7 +405,7 @@ impl FsWriter {
             .db
             .lock()
             .map_err(|_| BlobStoreError::Io(io::Error::other("metadata lock poisoned")))?;
-        db.execute(
+        let updated = db.execute(
             "UPDATE blobs SET stored = ?2, expires_ms = ?3 WHERE id = ?1",
             params![
                 meta.id.0.as_slice(),
@@ -394,6 +413,9 @@ impl FsWriter {
                 to_i64(meta.expires_ms)?
             ],
         )?;
+        if updated == 0 {
+            return Err(BlobStoreError::NotFound);
+        }
         Ok(meta)
     }
 }
@@ -406,5 +428,63 @@ impl Drop for FsWriter {
             let expires = self.meta.expires_ms;
             let _ = self.persist(expires);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn alice() -> UserName {
+        UserName::new("alice").unwrap()
+    }
+
+    #[test]
+    fn a_blob_being_appended_is_neither_swept_nor_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let id = BlobId([1; 16]);
+        store.create(id, &alice(), 4, 100, 0, 10).unwrap();
+        let mut writer = store.writer(&id, 0).unwrap();
+        writer.write(b"ab").unwrap();
+        // Expired, but an append is running: kept.
+        assert_eq!(store.sweep(1_000).unwrap(), 0);
+        assert!(matches!(store.delete(&id), Err(BlobStoreError::Busy)));
+        assert!(dir.path().join(id.to_hex()).exists());
+        // The append's bytes are recorded (an incomplete blob keeps its expiry).
+        let meta = writer.commit(50).unwrap();
+        assert_eq!((meta.offset, meta.expires_ms), (2, 10));
+        assert_eq!(store.meta(&id).unwrap(), Some(meta));
+        // Once the append is over, the next sweep deletes it.
+        assert_eq!(store.sweep(1_000).unwrap(), 1);
+        assert_eq!(store.meta(&id).unwrap(), None);
+        assert!(!dir.path().join(id.to_hex()).exists());
+        assert_eq!(store.usage(&alice()).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_incomplete_blob_is_swept_at_its_expiry_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let (stale, done) = (BlobId([2; 16]), BlobId([3; 16]));
+        store.create(stale, &alice(), 4, 100, 0, 10).unwrap();
+        store.create(done, &alice(), 2, 100, 0, 10).unwrap();
+        let mut w = store.writer(&stale, 0).unwrap();
+        w.write(b"a").unwrap();
+        w.commit(500).unwrap();
+        let mut w = store.writer(&done, 0).unwrap();
+        w.write(b"ok").unwrap();
+        assert_eq!(
+            w.commit(500).unwrap().expires_ms,
+            500,
+            "complete: new expiry"
+        );
+        assert_eq!(store.sweep(9).unwrap(), 0);
+        assert_eq!(store.sweep(10).unwrap(), 1);
+        assert_eq!(store.meta(&stale).unwrap(), None);
+        assert!(!dir.path().join(stale.to_hex()).exists());
+        assert!(store.meta(&done).unwrap().is_some_and(|m| m.complete()));
+        assert_eq!(store.usage(&alice()).unwrap(), 2);
     }
 }
