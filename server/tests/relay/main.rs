@@ -8,6 +8,7 @@ mod durability;
 mod groups;
 mod hostile;
 mod keypackages;
+mod limits;
 mod logs;
 mod membership;
 mod slow_reader;
@@ -93,4 +94,17 @@ pub fn assert_in_order(entries: &[GroupEntry]) {
 /// A relay with the memory store (most tests) — SQLite is used where durability matters.
 pub async fn relay() -> TestRelay {
     TestRelay::memory().await
+}
+
+/// Polls `condition` every 10 ms until it holds; fails the test after
+/// [`cove_test_utils::DEFAULT_TIMEOUT`] (only to stop a hung test).
+pub async fn wait_until(mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + cove_test_utils::DEFAULT_TIMEOUT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
