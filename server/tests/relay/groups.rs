@@ -1,12 +1,12 @@
 //! Group logs: one commit per epoch, Welcomes only with accepted commits, membership checks,
 //! ordered live delivery and backlog after reconnecting.
 
-use std::future::Future;
-use std::task::{Context, Poll, Waker};
-
 use cove_wire::{EntryKind, Epoch, ErrorCode, PostKind, Reply, Request, Seq, Stream};
 
-use crate::{assert_in_order, group_entry, group_with, inbox_entry, read_group_entries, relay};
+use crate::{
+    assert_in_order, complete_without_yielding, group_entry, group_with, inbox_entry,
+    read_group_entries, relay,
+};
 
 /// Alice and Bob commit for epoch 1 and both commits are in the relay's sockets before the
 /// relay has read either (so both are in flight at the same epoch before either answer):
@@ -364,18 +364,4 @@ async fn a_removed_device_gets_its_removal_and_nothing_after() {
         .err()
         .unwrap();
     assert_eq!(err.code(), Some(ErrorCode::NotMember));
-}
-
-/// Runs `future` to completion in a single poll, so that no other task of this thread's
-/// runtime (here: the whole in-process relay) runs meanwhile. Panics if it would have to wait.
-fn complete_without_yielding<F: Future>(future: F) -> F::Output {
-    // `unconstrained`: tokio's cooperative budget must not make the poll return early.
-    let mut future = std::pin::pin!(tokio::task::unconstrained(future));
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the send could not complete without waiting"),
-    }
 }

@@ -13,6 +13,9 @@ mod logs;
 mod membership;
 mod slow_reader;
 
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
 use cove_test_utils::{DeviceKeys, TestClient, TestRelay};
 use cove_wire::{Delivery, DeviceId, Epoch, GroupEntry, GroupId, InboxEntry, Seq, Stream};
 
@@ -106,5 +109,21 @@ pub async fn wait_until(mut condition: impl FnMut() -> bool) {
             "condition not reached in time"
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs `future` to completion in a single poll, so that no other task of this thread's
+/// runtime runs meanwhile. In a `current_thread` test that is the whole in-process relay:
+/// requests sent this way one after another are all in the relay's sockets before it reads
+/// any of them. Panics if the future would have to wait.
+pub fn complete_without_yielding<F: Future>(future: F) -> F::Output {
+    // `unconstrained`: tokio's cooperative budget must not make the poll return early.
+    let mut future = std::pin::pin!(tokio::task::unconstrained(future));
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the future could not complete without waiting"),
     }
 }
