@@ -395,8 +395,9 @@ pub(crate) fn key_package_upload_bounds(store: &dyn RelayStore) {
     );
 }
 
-/// 8 threads claim concurrently from 50 KeyPackages plus a last resort: no duplicate, all
-/// 50 handed out, every other claim gets the last resort.
+/// 8 threads released together by one barrier claim from 50 KeyPackages plus a last resort
+/// (how their calls interleave inside the store is up to the scheduler and not checked): no
+/// duplicate, all 50 handed out, every other claim gets the last resort.
 pub(crate) fn concurrent_claims_never_hand_out_a_key_package_twice(store: &dyn RelayStore) {
     let bob = user("bob");
     let b1 = store.register_user(&bob, &key(1)).unwrap();
