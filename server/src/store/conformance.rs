@@ -43,7 +43,7 @@ macro_rules! relay_store_conformance {
             commit_removes_members,
             invalid_membership_changes_change_nothing,
             stale_commit_is_refused_and_its_welcome_never_lands,
-            concurrent_commits_for_one_epoch_exactly_one_wins,
+            commits_from_eight_threads_for_one_epoch_exactly_one_wins,
             batch_results_are_in_input_order,
             readers_never_see_part_of_a_batch,
             group_size_is_capped,
@@ -395,8 +395,9 @@ pub(crate) fn key_package_upload_bounds(store: &dyn RelayStore) {
     );
 }
 
-/// 8 threads claim concurrently from 50 KeyPackages plus a last resort: no duplicate, all
-/// 50 handed out, every other claim gets the last resort.
+/// 8 threads released together by one barrier claim from 50 KeyPackages plus a last resort
+/// (how their calls interleave inside the store is up to the scheduler and not checked): no
+/// duplicate, all 50 handed out, every other claim gets the last resort.
 pub(crate) fn concurrent_claims_never_hand_out_a_key_package_twice(store: &dyn RelayStore) {
     let bob = user("bob");
     let b1 = store.register_user(&bob, &key(1)).unwrap();
@@ -764,9 +765,14 @@ pub(crate) fn stale_commit_is_refused_and_its_welcome_never_lands(store: &dyn Re
     assert_eq!(store.read_inbox(d, Seq(0), 10).unwrap().len(), 1);
 }
 
-/// Eight devices commit for the same epoch at once, each adding its own new device: exactly
-/// one commit is accepted, the others are told the new epoch, only the winner's Welcome lands.
-pub(crate) fn concurrent_commits_for_one_epoch_exactly_one_wins(store: &dyn RelayStore) {
+/// Eight devices commit for the same epoch from eight threads released together by one
+/// barrier, each adding its own new device: exactly one commit is accepted, the others are
+/// told the new epoch, only the winner's Welcome lands. Whether any two calls overlap inside
+/// the store is up to the scheduler (this does not check it); the outcome must be this one
+/// in every interleaving. Two commits for one epoch that are certainly in flight together
+/// (one batch, as the relay's writer hands them over) are in
+/// [`batch_results_are_in_input_order`].
+pub(crate) fn commits_from_eight_threads_for_one_epoch_exactly_one_wins(store: &dyn RelayStore) {
     const N: u8 = 8;
     let g = gid(1);
     let committers: Vec<DeviceId> = (0..N).map(|i| device(store, &format!("m{i}"), i)).collect();

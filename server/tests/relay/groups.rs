@@ -3,16 +3,27 @@
 
 use cove_wire::{EntryKind, Epoch, ErrorCode, PostKind, Reply, Request, Seq, Stream};
 
-use crate::{assert_in_order, group_entry, group_with, inbox_entry, read_group_entries, relay};
+use crate::{
+    assert_in_order, complete_without_yielding, group_entry, group_with, inbox_entry,
+    read_group_entries, relay,
+};
 
-#[tokio::test]
+/// Alice and Bob commit for epoch 1 and both commits are in the relay's sockets before the
+/// relay has read either (so both are in flight at the same epoch before either answer):
+/// exactly one is accepted, the other gets `StaleEpoch` with the new epoch, and both see the
+/// winner's commit only.
+///
+/// How the race is staged: the relay runs in this test's single-threaded runtime, so none of
+/// its tasks runs until this test awaits. Each commit is written by polling its send once
+/// (it must complete at once, which a small frame on a fresh socket does); no `.await` comes
+/// between the two, so the relay reads neither before both are sent.
+#[tokio::test(flavor = "current_thread")]
 async fn two_concurrent_commits_for_one_epoch_exactly_one_wins() {
     let relay = relay().await;
     let (mut alice, _) = relay.register("alice").await.unwrap();
     let (mut bob, bob_keys) = relay.register("bob").await.unwrap();
     let group = group_with(&mut alice, &mut [(&mut bob, &bob_keys)]).await;
 
-    // Both commit for epoch 1 at once (pipelined, neither waits for the other).
     let commit = |payload: &[u8]| Request::Post {
         group,
         epoch: Epoch(1),
@@ -23,8 +34,8 @@ async fn two_concurrent_commits_for_one_epoch_exactly_one_wins() {
         },
         payload: payload.into(),
     };
-    let a = alice.send_request(commit(b"alice-commit")).await.unwrap();
-    let b = bob.send_request(commit(b"bob-commit")).await.unwrap();
+    let a = complete_without_yielding(alice.send_request(commit(b"alice-commit"))).unwrap();
+    let b = complete_without_yielding(bob.send_request(commit(b"bob-commit"))).unwrap();
     let (ra, rb) = (
         alice.response(a).await.unwrap(),
         bob.response(b).await.unwrap(),

@@ -7,7 +7,7 @@ use cove_test_utils::{TestRelay, test_limits};
 use cove_wire::limits::{MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGES_PER_UPLOAD};
 use cove_wire::{BoundedVec, ErrorCode, Payload, Reply, Request, UserName};
 
-use crate::relay;
+use crate::{complete_without_yielding, relay};
 
 fn upload(prefix: &str, n: usize, last_resort: Option<&str>) -> Request {
     let key_packages: Vec<Payload> = (0..n)
@@ -19,7 +19,9 @@ fn upload(prefix: &str, n: usize, last_resort: Option<&str>) -> Request {
     }
 }
 
-#[tokio::test]
+/// 20 devices claim Alice's KeyPackages, all claims sent before the relay reads any: no
+/// KeyPackage is handed out twice, each of the 15 normal ones once, then the last resort.
+#[tokio::test(flavor = "current_thread")]
 async fn concurrent_claims_never_hand_out_a_key_package_twice() {
     let relay = TestRelay::sqlite().await;
     let (mut phone, alice) = relay.register("alice").await.unwrap();
@@ -50,22 +52,29 @@ async fn concurrent_claims_never_hand_out_a_key_package_twice() {
         }
     );
 
+    // All 20 claims are in the relay's sockets before it reads any (see
+    // `complete_without_yielding`), so they are in flight together.
     let claimers = 20;
-    let mut tasks = Vec::new();
+    let mut clients = Vec::new();
     for i in 0..claimers {
-        let (mut client, _) = relay.register(&format!("claimer{i}")).await.unwrap();
-        tasks.push(tokio::spawn(async move {
-            client
-                .call(Request::ClaimKeyPackages {
-                    user: UserName::new("alice").unwrap(),
-                })
-                .await
-        }));
+        let (client, _) = relay.register(&format!("claimer{i}")).await.unwrap();
+        clients.push(client);
+    }
+    let claim = || Request::ClaimKeyPackages {
+        user: UserName::new("alice").unwrap(),
+    };
+    let ids: Vec<_> = clients
+        .iter_mut()
+        .map(|client| complete_without_yielding(client.send_request(claim())).unwrap())
+        .collect();
+    let mut replies = Vec::new();
+    for (client, id) in clients.iter_mut().zip(ids) {
+        replies.push(client.response(id).await.unwrap());
     }
     let mut normal = Vec::new();
     let mut last_resort = 0;
-    for task in tasks {
-        let Reply::KeyPackages { key_packages, .. } = task.await.unwrap().unwrap() else {
+    for reply in replies {
+        let Ok(Reply::KeyPackages { key_packages, .. }) = reply else {
             panic!("expected KeyPackages")
         };
         assert!(key_packages.len() <= 2, "at most one per device");

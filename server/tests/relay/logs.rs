@@ -52,7 +52,11 @@ async fn payloads_nonces_and_signatures_never_reach_the_logs() {
         device: alice_keys.id(),
         signature: bob_keys.sign_challenge(&mallory.nonce()),
     };
-    assert!(mallory.call(bad).await.is_err());
+    let refused = mallory.call(bad).await.err().unwrap();
+    assert_eq!(
+        refused.code(),
+        Some(cove_wire::ErrorCode::AuthenticationFailed)
+    );
     relay.shutdown().await;
 
     let text = logs.contents();

@@ -8,9 +8,13 @@ mod durability;
 mod groups;
 mod hostile;
 mod keypackages;
+mod limits;
 mod logs;
 mod membership;
 mod slow_reader;
+
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
 
 use cove_test_utils::{DeviceKeys, TestClient, TestRelay};
 use cove_wire::{Delivery, DeviceId, Epoch, GroupEntry, GroupId, InboxEntry, Seq, Stream};
@@ -93,4 +97,33 @@ pub fn assert_in_order(entries: &[GroupEntry]) {
 /// A relay with the memory store (most tests) — SQLite is used where durability matters.
 pub async fn relay() -> TestRelay {
     TestRelay::memory().await
+}
+
+/// Polls `condition` every 10 ms until it holds; fails the test after
+/// [`cove_test_utils::DEFAULT_TIMEOUT`] (only to stop a hung test).
+pub async fn wait_until(mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + cove_test_utils::DEFAULT_TIMEOUT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs `future` to completion in a single poll, so that no other task of this thread's
+/// runtime runs meanwhile. In a `current_thread` test that is the whole in-process relay:
+/// requests sent this way one after another are all in the relay's sockets before it reads
+/// any of them. Panics if the future would have to wait.
+pub fn complete_without_yielding<F: Future>(future: F) -> F::Output {
+    // `unconstrained`: tokio's cooperative budget must not make the poll return early.
+    let mut future = std::pin::pin!(tokio::task::unconstrained(future));
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the future could not complete without waiting"),
+    }
 }

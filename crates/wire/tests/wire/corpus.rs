@@ -100,8 +100,12 @@ pub const UNKNOWN_TAG: u64 = 100;
 pub const SERVER_FRAME_VARIANTS: u64 = 5;
 pub const SRV_RESPONSE: u64 = 1;
 pub const SRV_DELIVER: u64 = 2;
+pub const SRV_BACKLOG_DONE: u64 = 3;
+pub const SRV_CLOSING: u64 = 4;
 pub const REPLY_DEVICES: u64 = 1;
 pub const REPLY_KEY_PACKAGE_STOCK: u64 = 2;
+pub const REPLY_KEY_PACKAGES: u64 = 3;
+pub const REPLY_GROUP_CREATED: u64 = 4;
 pub const REPLY_VARIANTS: u64 = 10;
 pub const ERROR_CODE_VARIANTS: u64 = 21;
 
@@ -109,12 +113,23 @@ pub const ERROR_CODE_VARIANTS: u64 = 21;
 pub const GIB: u64 = 1 << 30;
 
 /// The 10-byte client frame that declares a 1 GiB KeyPackage:
-/// `Request { id: 1, UploadKeyPackages { key_packages: [<1 GiB>...] } }` with one byte of it.
+/// `Request { id: 1, UploadKeyPackages { key_packages: [<1 GiB>], last_resort: None } }`,
+/// of whose KeyPackage none of the bytes follow.
 pub fn ten_bytes_declaring_a_gib() -> Vec<u8> {
+    upload_one_key_package_declaring(GIB)
+}
+
+/// [`ten_bytes_declaring_a_gib`] with the declared length repaired (an empty KeyPackage): it
+/// decodes, so the declared length alone makes the other fail.
+pub fn ten_bytes_declaring_a_gib_repaired() -> Vec<u8> {
+    upload_one_key_package_declaring(0)
+}
+
+fn upload_one_key_package_declaring(len: u64) -> Vec<u8> {
     Raw::request(1, REQ_UPLOAD_KEY_PACKAGES)
         .v(1)
-        .v(GIB)
-        .raw(&[0xaa])
+        .v(len)
+        .v(0)
         .done()
 }
 
@@ -162,11 +177,46 @@ fn garbage(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Every generated corpus file: side, name, bytes.
-pub fn generated() -> Vec<(Side, String, Vec<u8>)> {
-    let mut out: Vec<(Side, String, Vec<u8>)> = Vec::new();
-    let mut add =
-        |side: Side, name: &str, bytes: Vec<u8>| out.push((side, format!("{name}.bin"), bytes));
+/// One generated corpus file.
+pub struct Case {
+    pub side: Side,
+    /// File name (`ok-*.bin` or `err-*.bin`).
+    pub name: String,
+    pub bytes: Vec<u8>,
+    /// For a hand-made `err-` frame: the same frame with its one defect repaired, which must
+    /// decode. It shows the frame fails for the reason its name gives, not for a mistake
+    /// elsewhere in the hand-written bytes.
+    pub repaired: Option<Vec<u8>>,
+}
+
+/// `err-` files with no valid frame one repair away (empty, runs, pseudo-random garbage).
+const WITHOUT_REPAIR: &[&str] = &[
+    "err-empty",
+    "-run-",
+    "err-garbage-",
+    "err-post-then-garbage-",
+];
+
+/// Every generated corpus file.
+pub fn generated() -> Vec<Case> {
+    let cases = std::cell::RefCell::new(Vec::new());
+    let add = |side: Side, name: &str, bytes: Vec<u8>| {
+        cases.borrow_mut().push(Case {
+            side,
+            name: format!("{name}.bin"),
+            bytes,
+            repaired: None,
+        })
+    };
+    // A hostile frame and the same frame with its defect repaired.
+    let bad = |side: Side, name: &str, bytes: Vec<u8>, repaired: Vec<u8>| {
+        cases.borrow_mut().push(Case {
+            side,
+            name: format!("{name}.bin"),
+            bytes,
+            repaired: Some(repaired),
+        })
+    };
     use Side::{Client, Server};
 
     // --- client: valid frames ---
@@ -271,155 +321,201 @@ pub fn generated() -> Vec<(Side, String, Vec<u8>)> {
     }
     add(Client, "ok-max-vec-items", max_items.clone().v(0).done());
 
-    // --- client: hostile frames ---
+    // --- client: hostile frames (each with its repaired twin where one exists) ---
     add(Client, "err-empty", vec![]);
-    add(
+    bad(
         Client,
         "err-unknown-frame-tag",
         Raw::new().v(UNKNOWN_TAG).v(1).v(REQ_PING).done(),
+        Raw::new().v(0).v(1).v(REQ_PING).done(),
     );
-    add(
+    let ping = Raw::request(1, REQ_PING).done();
+    bad(
         Client,
         "err-unknown-request-tag",
         Raw::request(1, UNKNOWN_TAG).done(),
+        ping.clone(),
     );
-    add(
+    bad(
         Client,
         "err-unknown-request-tag-u32-max",
         Raw::request(1, u64::from(u32::MAX)).done(),
+        ping.clone(),
     );
-    add(
-        Client,
-        "err-unknown-post-kind-tag",
+    let post_kind = |tag: u64| {
         Raw::request(1, REQ_POST)
             .raw(&group().0)
             .v(0)
-            .v(UNKNOWN_TAG)
+            .v(tag)
             .bytes(b"x")
-            .done(),
+            .done()
+    };
+    bad(
+        Client,
+        "err-unknown-post-kind-tag",
+        post_kind(UNKNOWN_TAG),
+        post_kind(0),
     );
-    add(
+    bad(
         Client,
         "err-unknown-stream-tag",
         Raw::request(1, REQ_ACK).v(UNKNOWN_TAG).v(1).done(),
+        Raw::request(1, REQ_ACK).v(1).v(1).done(),
     );
-    add(
+    bad(
         Client,
         "err-truncated-register",
         register[..register.len() - 1].to_vec(),
+        register.clone(),
     );
-    add(Client, "err-truncated-to-tag", register[..2].to_vec());
-    add(
+    bad(
+        Client,
+        "err-truncated-to-tag",
+        register[..2].to_vec(),
+        register.clone(),
+    );
+    bad(
         Client,
         "err-trailing-byte",
         Raw::request(1, REQ_PING).v(0).done(),
+        ping.clone(),
     );
-    add(
+    bad(
         Client,
         "err-huge-payload-length",
         ten_bytes_declaring_a_gib(),
+        ten_bytes_declaring_a_gib_repaired(),
     );
-    add(
-        Client,
-        "err-huge-post-payload-length",
+    let post_payload = |len: u64| {
         Raw::request(1, REQ_POST)
             .raw(&group().0)
             .v(0)
             .v(0)
-            .v(GIB)
+            .v(len)
             .raw(b"tiny")
-            .done(),
+            .done()
+    };
+    bad(
+        Client,
+        "err-huge-post-payload-length",
+        post_payload(GIB),
+        post_payload(4),
     );
-    add(
+    let upload_count = |count: u64| {
+        Raw::request(1, REQ_UPLOAD_KEY_PACKAGES)
+            .v(count)
+            .bytes(b"a")
+            .v(0)
+            .done()
+    };
+    bad(
         Client,
         "err-huge-vec-count",
-        Raw::request(1, REQ_UPLOAD_KEY_PACKAGES)
-            .v(u64::from(u32::MAX))
-            .bytes(b"a")
-            .done(),
+        upload_count(u64::from(u32::MAX)),
+        upload_count(1),
     );
-    add(
+    let upload_empties = |count: usize| {
+        Raw::request(1, REQ_UPLOAD_KEY_PACKAGES)
+            .v(count as u64)
+            .raw(&vec![0; count])
+            .v(0)
+            .done()
+    };
+    bad(
         Client,
         "err-too-many-items",
-        Raw::request(1, REQ_UPLOAD_KEY_PACKAGES)
-            .v(MAX_VEC_ITEMS as u64 + 1)
-            .raw(&vec![0; MAX_VEC_ITEMS + 1])
-            .v(0)
-            .done(),
+        upload_empties(MAX_VEC_ITEMS + 1),
+        upload_empties(MAX_VEC_ITEMS),
     );
     // The count says 5000 but 5001 items follow: the decoder stops at the count and the rest
     // is trailing garbage.
-    add(
+    bad(
         Client,
         "err-more-items-than-declared",
-        max_items.v(0).v(0).done(),
+        max_items.clone().v(0).v(0).done(),
+        max_items.v(0).done(),
     );
-    add(
+    let list_devices = |name: &[u8]| Raw::request(1, REQ_LIST_DEVICES).bytes(name).done();
+    let alice = list_devices(b"alice");
+    bad(
         Client,
         "err-user-name-uppercase",
-        Raw::request(1, REQ_LIST_DEVICES).bytes(b"Alice").done(),
+        list_devices(b"Alice"),
+        alice.clone(),
     );
-    add(
+    bad(
         Client,
         "err-user-name-empty",
-        Raw::request(1, REQ_LIST_DEVICES).bytes(b"").done(),
+        list_devices(b""),
+        alice.clone(),
     );
-    add(
+    bad(
         Client,
         "err-user-name-33-bytes",
-        Raw::request(1, REQ_LIST_DEVICES).bytes(&[b'a'; 33]).done(),
+        list_devices(&[b'a'; 33]),
+        list_devices(&[b'a'; 32]),
     );
-    add(
+    bad(
         Client,
         "err-user-name-not-utf8",
-        Raw::request(1, REQ_LIST_DEVICES)
-            .bytes(&[0xff, 0xfe])
-            .done(),
+        list_devices(&[0xff, 0xfe]),
+        alice.clone(),
     );
-    add(
+    let user_name_length = |len: u64| {
+        Raw::request(1, REQ_LIST_DEVICES)
+            .v(len)
+            .raw(b"alice")
+            .done()
+    };
+    bad(
         Client,
         "err-user-name-huge-length",
-        Raw::request(1, REQ_LIST_DEVICES)
-            .v(GIB)
-            .raw(b"alice")
-            .done(),
+        user_name_length(GIB),
+        user_name_length(5),
     );
-    add(
+    let signature = |len: usize| {
+        Raw::request(1, REQ_REGISTER)
+            .bytes(b"alice")
+            .raw(&[0x42; 32])
+            .bytes(&vec![0x5a; len])
+            .done()
+    };
+    bad(
         Client,
         "err-signature-63-bytes",
-        Raw::request(1, REQ_REGISTER)
-            .bytes(b"alice")
-            .raw(&[0x42; 32])
-            .bytes(&[0x5a; 63])
-            .done(),
+        signature(63),
+        signature(64),
     );
-    add(
+    bad(
         Client,
         "err-signature-65-bytes",
-        Raw::request(1, REQ_REGISTER)
-            .bytes(b"alice")
-            .raw(&[0x42; 32])
-            .bytes(&[0x5a; 65])
-            .done(),
+        signature(65),
+        signature(64),
     );
-    add(
-        Client,
-        "err-bad-option-tag",
-        Raw::request(1, REQ_UPLOAD_KEY_PACKAGES).v(0).v(2).done(),
-    );
-    add(
+    let option_tag = |tag: u64| Raw::request(1, REQ_UPLOAD_KEY_PACKAGES).v(0).v(tag).done();
+    bad(Client, "err-bad-option-tag", option_tag(2), option_tag(0));
+    bad(
         Client,
         "err-varint-overflow",
-        Raw::new().v(0).raw(&[0xff; 11]).done(),
-    );
-    add(
-        Client,
-        "err-varint-u32-overflow",
+        Raw::new().v(0).raw(&[0xff; 11]).v(REQ_PING).done(),
         Raw::new()
             .v(0)
-            .raw(&[0xff, 0xff, 0xff, 0xff, 0x1f])
+            .raw(&[0xff, 0xff, 0xff, 0xff, 0x0f])
             .v(REQ_PING)
             .done(),
+    );
+    let id_varint = |last: u8| {
+        Raw::new()
+            .v(0)
+            .raw(&[0xff, 0xff, 0xff, 0xff, last])
+            .v(REQ_PING)
+            .done()
+    };
+    bad(
+        Client,
+        "err-varint-u32-overflow",
+        id_varint(0x1f),
+        id_varint(0x0f),
     );
     add(Client, "err-continuation-run-16k", vec![0x80; 16 * 1024]);
     add(Client, "err-zero-run-16k", vec![0; 16 * 1024]);
@@ -440,10 +536,11 @@ pub fn generated() -> Vec<(Side, String, Vec<u8>)> {
         },
     );
     add(Client, "ok-frame-inside-payloads", nested.clone());
-    add(
+    bad(
         Client,
         "err-frame-inside-payloads-truncated",
         nested[..nested.len() - 1].to_vec(),
+        nested,
     );
     for seed in 1..=6u64 {
         let mut bytes = garbage(seed, 16 << seed);
@@ -563,139 +660,181 @@ pub fn generated() -> Vec<(Side, String, Vec<u8>)> {
         }))),
     );
 
-    // --- server: hostile frames ---
+    // --- server: hostile frames (each with its repaired twin where one exists) ---
     add(Server, "err-empty", vec![]);
-    add(
+    bad(
         Server,
         "err-unknown-frame-tag",
         Raw::new().v(UNKNOWN_TAG).done(),
+        Raw::new().v(SRV_BACKLOG_DONE).done(),
     );
-    add(
+    let reply = |tag: u64| Raw::new().v(SRV_RESPONSE).v(1).v(0).v(tag).done();
+    bad(
         Server,
         "err-unknown-reply-tag",
-        Raw::new().v(SRV_RESPONSE).v(1).v(0).v(UNKNOWN_TAG).done(),
+        reply(UNKNOWN_TAG),
+        reply(REPLY_GROUP_CREATED),
     );
-    add(
-        Server,
-        "err-unknown-result-tag",
-        Raw::new().v(SRV_RESPONSE).v(1).v(2).done(),
-    );
-    add(
+    let result = |tag: u64| {
+        Raw::new()
+            .v(SRV_RESPONSE)
+            .v(1)
+            .v(tag)
+            .v(REPLY_GROUP_CREATED)
+            .done()
+    };
+    bad(Server, "err-unknown-result-tag", result(2), result(0));
+    bad(
         Server,
         "err-unknown-error-code",
-        Raw::new().v(4).v(UNKNOWN_TAG).done(),
+        Raw::new().v(SRV_CLOSING).v(UNKNOWN_TAG).done(),
+        Raw::new().v(SRV_CLOSING).v(0).done(),
     );
-    add(
+    // Deliver(Group(entry)) with a one-byte payload, `tag` as the delivery tag.
+    let delivery = |tag: u64, payload_len: u64| {
+        Raw::new()
+            .v(SRV_DELIVER)
+            .v(tag)
+            .raw(&group().0)
+            .v(1)
+            .v(1)
+            .v(1)
+            .v(0)
+            .v(0)
+            .v(payload_len)
+            .raw(b"x")
+            .done()
+    };
+    bad(
         Server,
         "err-unknown-delivery-tag",
-        Raw::new().v(SRV_DELIVER).v(UNKNOWN_TAG).done(),
+        delivery(UNKNOWN_TAG, 1),
+        delivery(0, 1),
     );
-    add(
-        Server,
-        "err-unknown-inbox-kind",
+    let inbox_kind = |tag: u64| {
         Raw::new()
             .v(SRV_DELIVER)
             .v(1)
             .v(1)
-            .v(UNKNOWN_TAG)
+            .v(tag)
             .raw(&group().0)
             .v(1)
             .v(1)
             .v(1)
             .bytes(b"w")
-            .done(),
+            .done()
+    };
+    bad(
+        Server,
+        "err-unknown-inbox-kind",
+        inbox_kind(UNKNOWN_TAG),
+        inbox_kind(0),
     );
-    add(
+    bad(
         Server,
         "err-truncated-challenge",
         Raw::new().v(0).v(1).raw(&[0xc3; 31]).done(),
+        Raw::new().v(0).v(1).raw(&[0xc3; 32]).done(),
     );
-    add(Server, "err-trailing-byte", Raw::new().v(3).v(0).done());
-    add(
+    bad(
         Server,
-        "err-bad-bool",
+        "err-trailing-byte",
+        Raw::new().v(SRV_BACKLOG_DONE).v(0).done(),
+        Raw::new().v(SRV_BACKLOG_DONE).done(),
+    );
+    let stock = |has_last_resort: u64| {
         Raw::new()
             .v(SRV_RESPONSE)
             .v(1)
             .v(0)
             .v(REPLY_KEY_PACKAGE_STOCK)
             .v(3)
-            .v(2)
-            .done(),
-    );
-    add(
+            .v(has_last_resort)
+            .done()
+    };
+    bad(Server, "err-bad-bool", stock(2), stock(1));
+    bad(
         Server,
         "err-huge-payload-length",
-        Raw::new()
-            .v(SRV_DELIVER)
-            .v(0)
-            .raw(&group().0)
-            .v(1)
-            .v(1)
-            .v(1)
-            .v(0)
-            .v(0)
-            .v(GIB)
-            .raw(b"x")
-            .done(),
+        delivery(0, GIB),
+        delivery(0, 1),
     );
-    add(
+    // Err(ErrorReply { code: Malformed, message, retry_after_ms: None, current_epoch: None })
+    let error_reply = |message: Raw| {
+        Raw::new()
+            .v(SRV_RESPONSE)
+            .v(1)
+            .v(1)
+            .v(0)
+            .raw(&message.done())
+            .v(0)
+            .v(0)
+            .done()
+    };
+    bad(
         Server,
         "err-huge-error-message-length",
-        Raw::new()
-            .v(SRV_RESPONSE)
-            .v(1)
-            .v(1)
-            .v(0)
-            .v(GIB)
-            .raw(b"oops")
-            .done(),
+        error_reply(Raw::new().v(GIB).raw(b"oops")),
+        error_reply(Raw::new().v(4).raw(b"oops")),
     );
-    add(
+    bad(
         Server,
         "err-error-message-not-utf8",
-        Raw::new()
+        error_reply(Raw::new().bytes(&[0xc3, 0x28])),
+        error_reply(Raw::new().bytes("é".as_bytes())),
+    );
+    // KeyPackages { user: bob, key_packages: [count × { device 1, empty, not last resort }] }
+    let claimed = |count: usize| {
+        let mut raw = Raw::new()
             .v(SRV_RESPONSE)
             .v(1)
-            .v(1)
             .v(0)
-            .bytes(&[0xc3, 0x28])
-            .v(0)
-            .v(0)
-            .done(),
-    );
-    add(
+            .v(REPLY_KEY_PACKAGES)
+            .bytes(b"bob")
+            .v(count as u64);
+        for _ in 0..count {
+            raw = raw.v(1).bytes(b"").v(0);
+        }
+        raw.done()
+    };
+    bad(
         Server,
-        "err-too-many-devices",
+        "err-too-many-claimed-key-packages",
+        claimed(MAX_VEC_ITEMS + 1),
+        claimed(MAX_VEC_ITEMS),
+    );
+    let devices_of = |user: &[u8]| {
         Raw::new()
             .v(SRV_RESPONSE)
             .v(1)
             .v(0)
             .v(REPLY_DEVICES)
-            .bytes(b"bob")
-            .v(MAX_VEC_ITEMS as u64 + 1)
-            .done(),
-    );
-    add(
+            .bytes(user)
+            .v(0)
+            .done()
+    };
+    bad(
         Server,
         "err-devices-invalid-user",
+        devices_of(b"-bob"),
+        devices_of(b"bob"),
+    );
+    // A response whose request id is an 11-byte varint.
+    let response_id = |id: &[u8]| {
         Raw::new()
             .v(SRV_RESPONSE)
-            .v(1)
+            .raw(id)
             .v(0)
-            .v(REPLY_DEVICES)
-            .bytes(b"-bob")
-            .v(0)
-            .done(),
-    );
-    add(
+            .v(REPLY_GROUP_CREATED)
+            .done()
+    };
+    let mut eleven = vec![0x80; 10];
+    eleven.push(0x7f);
+    bad(
         Server,
         "err-varint-overflow",
-        Raw::new()
-            .v(SRV_RESPONSE)
-            .raw(&[0x80; 10])
-            .raw(&[0x7f])
-            .done(),
+        response_id(&eleven),
+        response_id(&[0xff, 0xff, 0xff, 0xff, 0x0f]),
     );
     add(Server, "err-continuation-run-16k", vec![0x80; 16 * 1024]);
     add(Server, "err-ff-run-4k", vec![0xff; 4096]);
@@ -706,7 +845,7 @@ pub fn generated() -> Vec<(Side, String, Vec<u8>)> {
         }
         add(Server, &format!("err-garbage-{seed}"), bytes);
     }
-    out
+    cases.into_inner()
 }
 
 fn corpus_dir() -> PathBuf {
@@ -718,7 +857,10 @@ fn corpus_dir() -> PathBuf {
 fn corpus_matches_the_generator() {
     let write = std::env::var_os("COVE_WRITE_CORPUS").is_some();
     let mut stale = Vec::new();
-    for (side, name, bytes) in generated() {
+    for Case {
+        side, name, bytes, ..
+    } in generated()
+    {
         let expect_ok = name.starts_with("ok-");
         assert_eq!(
             side.decodes(&bytes),
@@ -738,6 +880,37 @@ fn corpus_matches_the_generator() {
         "corpus files missing or different from the generator (wire format change?), rerun \
          with COVE_WRITE_CORPUS=1 if intended: {stale:?}"
     );
+}
+
+/// Each hand-made `err-` frame is a valid frame but for its one defect: the repaired twin
+/// decodes (so a slip elsewhere in the hand-written bytes cannot be what makes the `err-`
+/// frame fail), and only the files that have no valid frame nearby lack a twin.
+#[test]
+fn hostile_frames_fail_only_for_their_defect() {
+    let mut repaired = 0;
+    for case in generated() {
+        if !case.name.starts_with("err-") {
+            assert!(case.repaired.is_none(), "{}", case.name);
+            continue;
+        }
+        match &case.repaired {
+            Some(twin) => {
+                assert!(
+                    case.side.decodes(twin),
+                    "{}: the repaired frame does not decode either",
+                    case.name
+                );
+                assert_ne!(twin, &case.bytes);
+                repaired += 1;
+            }
+            None => assert!(
+                WITHOUT_REPAIR.iter().any(|p| case.name.contains(p)),
+                "{} needs its repaired twin",
+                case.name
+            ),
+        }
+    }
+    assert!(repaired >= 30, "only {repaired} repaired twins");
 }
 
 /// Every file in the corpus decodes (`ok-`) or is refused (`err-`), without a panic.
