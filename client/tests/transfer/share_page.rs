@@ -143,7 +143,7 @@ async fn share_page_refuses_truncated_reordered_and_replaced_ciphertext() {
     let sealed = enc.finish(&mut other).unwrap();
     assert_eq!(other.len(), original.len());
     assert_eq!(&other[..16], &original[..16]);
-    assert_ne!(sealed.digest, p.digest);
+    assert_ne!(sealed.digest, Some(p.digest));
     std::fs::write(&path, &other).unwrap();
     let dom = browser::dump_dom(&link).await.unwrap();
     assert_refused(
