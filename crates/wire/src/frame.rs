@@ -423,7 +423,8 @@ pub enum ErrorCode {
     // --- retry later ---
     /// Too many requests; see `retry_after_ms`.
     RateLimited,
-    /// The relay is at its connection cap or shutting down.
+    /// The relay is shutting down (at its connection cap it queues new connections in the
+    /// accept backlog instead of refusing them).
     Unavailable,
     // --- connection management (in `Closing`) ---
     /// Another connection authenticated as the same device; this one is closed.
