@@ -2690,7 +2690,12 @@ fn capabilities() -> Capabilities {
     Capabilities::new(
         None,
         Some(&[CIPHERSUITE]),
-        Some(&[ExtensionType::Unknown(GROUP_NAME_EXTENSION)]),
+        // A KeyPackage's own extensions must be listed too: the last-resort one is, or
+        // every last-resort KeyPackage is refused by the members that claim it.
+        Some(&[
+            ExtensionType::Unknown(GROUP_NAME_EXTENSION),
+            ExtensionType::LastResort,
+        ]),
         None,
         None,
     )
