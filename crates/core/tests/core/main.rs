@@ -1407,3 +1407,66 @@ fn an_entry_that_cannot_be_processed_is_kept_unacknowledged_reported_and_recover
     );
     assert!(net.relay.cursor(bob_device, stream) > before);
 }
+
+#[test]
+fn one_last_resort_key_package_serves_two_joins_and_both_groups_decrypt() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let bob_device = net.client(bob).device().unwrap();
+    // bob is offline (no top-up) and his normal KeyPackages are gone.
+    net.disconnect(bob);
+    assert!(net.relay.drain_stock(bob_device) > 0);
+    let now = net.now_ms;
+    for name in ["one", "two"] {
+        let op = net.client(alice).create_group(now, name).unwrap();
+        assert_eq!(op_result(&mut net, alice, op), Ok(()));
+        let op = net
+            .client(alice)
+            .add_users(now, name, &[user("bob")])
+            .unwrap();
+        assert_eq!(
+            op_result(&mut net, alice, op),
+            Ok(()),
+            "adding bob to {name}"
+        );
+        net.client(alice)
+            .send_text(now, name, &format!("hello in {name}"))
+            .unwrap();
+    }
+    assert_eq!(
+        net.relay.stock(bob_device),
+        0,
+        "both adds used the last-resort one"
+    );
+    net.connect(bob);
+    net.run();
+    net.take_events(alice);
+    let events = net.take_events(bob);
+    assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
+    let mut got = texts(&events);
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["hello in one".to_string(), "hello in two".to_string()]
+    );
+    for name in ["one", "two"] {
+        let group = net.client(alice).resolve(name).unwrap();
+        assert_eq!(
+            net.client(bob).epoch_authenticator(&group),
+            net.client(alice).epoch_authenticator(&group)
+        );
+        let op = net
+            .client(bob)
+            .send_text(now, name, &format!("bob in {name}"))
+            .unwrap();
+        assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    }
+    net.run();
+    let mut got = texts(&net.take_events(alice));
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["bob in one".to_string(), "bob in two".to_string()]
+    );
+}
