@@ -70,6 +70,9 @@ pub enum Incoming {
     Message(MessageView),
     /// Something for the user to know, as one line of text.
     Notice(String),
+    /// Something went wrong that the user must hear about (an entry skipped, a device not
+    /// in the directory, ...): the core's [`Event::Warning`], as one line of text.
+    Warning(String),
 }
 
 /// One device of a user, with its session to the relay.
@@ -375,16 +378,41 @@ impl Device {
     /// devices' messages, in log order per group). Call [`Device::mark_shown`] for them once
     /// they are shown, so a crash in between shows them again rather than never.
     pub async fn sync(&mut self) -> Result<Vec<MessageView>, DeviceError> {
-        self.settle().await?;
-        self.collect_unprinted().await?;
         Ok(self
-            .unprinted
-            .drain(..)
+            .sync_incoming()
+            .await?
+            .into_iter()
             .filter_map(|i| match i {
                 Incoming::Message(m) => Some(m),
-                Incoming::Notice(_) => None,
+                Incoming::Notice(_) | Incoming::Warning(_) => None,
             })
             .collect())
+    }
+
+    /// Like [`Device::sync`], and also returns every warning the core raised meanwhile (as
+    /// [`Incoming::Warning`], before the messages); other notices are left out.
+    pub async fn sync_incoming(&mut self) -> Result<Vec<Incoming>, DeviceError> {
+        self.settle().await?;
+        // Everything the core said while catching up is in the channel by now (the session
+        // is idle only after it drained the core's outputs). Messages are collected from the
+        // store below; warnings exist only as events.
+        let mut warnings = Vec::new();
+        while let Ok(event) = self.events.try_recv() {
+            if let SessionEvent::Core(Event::Warning(text)) = event {
+                warnings.push(Incoming::Warning(text));
+            }
+        }
+        self.collect_unprinted().await?;
+        let mut messages = Vec::new();
+        for i in self.unprinted.drain(..) {
+            match i {
+                Incoming::Message(_) => messages.push(i),
+                Incoming::Warning(_) => warnings.push(i),
+                Incoming::Notice(_) => {}
+            }
+        }
+        warnings.extend(messages);
+        Ok(warnings)
     }
 
     /// The next message not shown before, waiting for one to arrive. Messages received by
@@ -400,7 +428,7 @@ impl Device {
 
     /// Like [`Device::next_message`], and also returns notices for the user as they happen
     /// (joined or removed from a group, membership changes, a changed device key, the
-    /// connection lost and back).
+    /// connection lost and back) and the core's warnings.
     pub async fn next_incoming(&mut self) -> Result<Incoming, DeviceError> {
         if let Some(m) = self.returned.take() {
             self.mark_shown(&m).await?;
@@ -469,6 +497,10 @@ impl Device {
                     "you were removed from {}",
                     self.group_name(group).await
                 )),
+                SessionEvent::Core(Event::Warning(text)) => {
+                    self.unprinted.push_back(Incoming::Warning(text));
+                    None
+                }
                 SessionEvent::Core(Event::KeyChanged { user, .. }) => Some(format!(
                     "WARNING: a device key of {user} changed; compare `cove safety-number {user}` with them"
                 )),

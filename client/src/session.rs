@@ -238,15 +238,22 @@ impl<S: Store + 'static> Session<S> {
     /// for its reply and no command running. A quiet point to read state or to close.
     pub async fn settled(&self, timeout: Duration) -> Result<(), SessionError> {
         let mut idle = self.idle.clone();
+        let mut link = self.link.clone();
         let wait = async {
             loop {
                 if *idle.borrow_and_update() {
                     return Ok(());
                 }
-                if let LinkState::Stopped(reason) = self.link() {
+                if let LinkState::Stopped(reason) = link.borrow_and_update().clone() {
                     return Err(SessionError::Stopped(reason));
                 }
-                if idle.changed().await.is_err() {
+                // A session that stops (e.g. the relay refused to authenticate us) never
+                // becomes idle: wake on either, so the caller hears it at once.
+                let changed = tokio::select! {
+                    r = idle.changed() => r,
+                    r = link.changed() => r,
+                };
+                if changed.is_err() {
                     return Err(self.stopped());
                 }
             }
@@ -410,7 +417,9 @@ impl<S: Store + 'static> Pump<S> {
                 Ended::Stop(reply) => return Some(reply),
                 Ended::Orphaned => return None,
                 Ended::Fatal(reason) => {
-                    warn!(%reason, "giving up on the relay");
+                    // The caller hears the reason (`LinkState::Stopped`); logging it as a
+                    // warning too would print it twice.
+                    debug!(%reason, "giving up on the relay");
                     let _ = self.events.send(SessionEvent::Disconnected(reason.clone()));
                     self.link.send_replace(LinkState::Stopped(Some(reason)));
                     // Keep serving local commands (queries) until stopped.

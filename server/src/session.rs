@@ -619,11 +619,38 @@ impl Session {
     }
 }
 
-/// Pushes the inbox and every group log from the device's cursors, then `BacklogDone`,
-/// then makes the device live.
+/// Pushes, from the device's cursors: the groups it was removed from without having acked
+/// the removal (up to and including the removal commit, also when it was added again
+/// since: a device always receives the commit that removed it, before the Welcome that adds
+/// it again), the inbox, and every group it is in; then `BacklogDone`; then makes the device
+/// live.
 async fn push_backlog(shared: Arc<Shared>, outbox: Arc<Outbox>, device: DeviceId) {
     let mut sent: HashMap<Stream, Seq> = HashMap::new();
     let result = async {
+        let members: Vec<GroupId> = blocking(&shared, move |s| s.groups_of(device))
+            .await?
+            .into_iter()
+            .map(|summary| summary.group)
+            .collect();
+        let departures = blocking(&shared, move |s| s.departures(device)).await?;
+        for (group, removed_at) in departures {
+            let stream = Stream::Group(group);
+            let cursor = match blocking(&shared, move |s| s.departure_cursor(device, group)).await?
+            {
+                Some(cursor) => cursor,
+                // The removal was acked meanwhile.
+                None => continue,
+            };
+            let Some(after) =
+                push_group(&shared, &outbox, device, group, cursor, Some(removed_at)).await?
+            else {
+                return Ok(false);
+            };
+            // A member again: its live stream starts from its member cursor, below.
+            if !members.contains(&group) {
+                sent.insert(stream, after);
+            }
+        }
         let cursor = blocking(&shared, move |s| s.cursor(device, Stream::Inbox)).await?;
         let mut after = cursor;
         loop {
@@ -642,56 +669,21 @@ async fn push_backlog(shared: Arc<Shared>, outbox: Arc<Outbox>, device: DeviceId
             }
         }
         sent.insert(Stream::Inbox, after);
-        // Groups it is in, then groups it was removed from without having acked the removal
-        // commit: those up to and including that commit, nothing after.
-        let mut streams: Vec<(GroupId, Option<Seq>)> =
-            blocking(&shared, move |s| s.groups_of(device))
-                .await?
-                .into_iter()
-                .map(|summary| (summary.group, None))
-                .collect();
-        streams.extend(
-            blocking(&shared, move |s| s.departures(device))
-                .await?
-                .into_iter()
-                .map(|(group, removed_at)| (group, Some(removed_at))),
-        );
-        for (group, removed_at) in streams {
+        for group in members {
             let stream = Stream::Group(group);
             if sent.contains_key(&stream) {
-                // Removed while its backlog was read: the removal commit went out already.
                 continue;
             }
-            let mut after = match blocking(&shared, move |s| s.cursor(device, stream)).await {
-                Ok(after) => after,
-                // The removal was acked (or the device left) meanwhile.
+            let cursor = match blocking(&shared, move |s| s.cursor(device, stream)).await {
+                Ok(cursor) => cursor,
+                // Removed (and told, live) or left meanwhile.
                 Err(StoreError::NotMember) => continue,
                 Err(e) => return Err(e),
             };
-            'group: loop {
-                let entries =
-                    blocking(&shared, move |s| s.read_group(group, after, BACKLOG_STEP)).await?;
-                if entries.is_empty() {
-                    break;
-                }
-                for entry in entries {
-                    if removed_at.is_some_and(|r| entry.seq > r) {
-                        break 'group;
-                    }
-                    after = entry.seq;
-                    let removes_me = removes(&entry, device);
-                    let Some(frame) = encode_frame(&ServerFrame::Deliver(Delivery::Group(entry)))
-                    else {
-                        continue;
-                    };
-                    if !outbox.send(frame).await {
-                        return Ok(false);
-                    }
-                    if removes_me {
-                        break 'group;
-                    }
-                }
-            }
+            let Some(after) = push_group(&shared, &outbox, device, group, cursor, None).await?
+            else {
+                return Ok(false);
+            };
             sent.insert(stream, after);
         }
         Ok::<bool, StoreError>(true)
@@ -709,6 +701,41 @@ async fn push_backlog(shared: Arc<Shared>, outbox: Arc<Outbox>, device: DeviceId
         Err(e) => {
             error!(%device, error = %e, "reading the backlog failed");
             outbox.close(CloseReason::Code(ErrorCode::Internal));
+        }
+    }
+}
+
+/// Pushes `group`'s entries after `after` (up to and including `removed_at` if given, and
+/// never past a commit that removes the device). Returns the last seq pushed (`after` if
+/// none), or `None` when the connection went away.
+async fn push_group(
+    shared: &Arc<Shared>,
+    outbox: &Arc<Outbox>,
+    device: DeviceId,
+    group: GroupId,
+    mut after: Seq,
+    removed_at: Option<Seq>,
+) -> Result<Option<Seq>, StoreError> {
+    loop {
+        let entries = blocking(shared, move |s| s.read_group(group, after, BACKLOG_STEP)).await?;
+        if entries.is_empty() {
+            return Ok(Some(after));
+        }
+        for entry in entries {
+            if removed_at.is_some_and(|r| entry.seq > r) {
+                return Ok(Some(after));
+            }
+            after = entry.seq;
+            let removes_me = removes(&entry, device);
+            let Some(frame) = encode_frame(&ServerFrame::Deliver(Delivery::Group(entry))) else {
+                continue;
+            };
+            if !outbox.send(frame).await {
+                return Ok(None);
+            }
+            if removes_me {
+                return Ok(Some(after));
+            }
         }
     }
 }

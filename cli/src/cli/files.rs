@@ -83,6 +83,7 @@ pub struct FetchArgs {
 
 /// Runs `cove send-file`.
 pub async fn run_send_file(home: Home, args: SendFileArgs) -> anyhow::Result<()> {
+    one_file(&args.path, "send-file")?;
     let device = Device::open(&home).await?;
     let sent = cove::transfer::send_file(&device, &args.group, &args.path, true).await;
     device.close().await;
@@ -109,6 +110,7 @@ pub async fn run_download(home: Home, args: DownloadArgs) -> anyhow::Result<()> 
 
 /// Runs `cove share`.
 pub async fn run_share(home: Home, args: ShareArgs) -> anyhow::Result<()> {
+    one_file(&args.path, "share")?;
     let device = Device::open_offline(&home).await?;
     let link = cove::transfer::share(&device, &args.path, true).await;
     device.close().await;
@@ -126,5 +128,17 @@ pub async fn run_fetch(home: Option<Home>, args: FetchArgs) -> anyhow::Result<()
     let tls = Arc::new(transport::client_config(&trust)?);
     let got = cove::transfer::fetch(&args.link, tls, args.output.as_deref(), true).await?;
     println!("saved {}", got.display());
+    Ok(())
+}
+
+/// Refuses a directory up front with a message that names the problem (reading it as a
+/// file fails deep in the upload with an unhelpful I/O error).
+fn one_file(path: &std::path::Path, command: &str) -> anyhow::Result<()> {
+    if path.is_dir() {
+        anyhow::bail!(
+            "{} is a directory; {command} sends one file",
+            path.display()
+        );
+    }
     Ok(())
 }

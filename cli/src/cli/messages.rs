@@ -26,7 +26,9 @@ Examples:
   cove sync --json | jq .text
 
 Prints `group <from> text` per message, or with --json one object per line:
-  {\"group\":\"friends\",\"from\":\"alice\",\"text\":\"hi\",\"id\":\"..\",\"sent_at\":1700000000000}")]
+  {\"group\":\"friends\",\"from\":\"alice\",\"text\":\"hi\",\"id\":\"..\",\"sent_at\":1700000000000}
+Warnings (an entry that could not be read, a new device of a member, ...) go to stderr as
+`warning: ...`, or with --json as {\"warning\":\"...\"} lines.")]
 pub struct SyncArgs {
     /// One JSON object per line (group, group_id, from, device, text, id, sent_at).
     #[arg(long)]
@@ -71,20 +73,28 @@ pub async fn run_send(home: Home, args: SendArgs) -> anyhow::Result<()> {
 /// Runs `cove sync`.
 pub async fn run_sync(home: Home, args: SyncArgs) -> anyhow::Result<()> {
     let mut device = Device::open(&home).await?;
-    let result = device.sync().await;
-    let messages = match result {
+    let result = device.sync_incoming().await;
+    let incoming = match result {
         Ok(m) => m,
         Err(e) => {
             device.close().await;
             return Err(e.into());
         }
     };
-    for m in &messages {
-        print_message(m, args.json)?;
-        device.mark_shown(m).await?;
+    let mut messages = 0;
+    for i in &incoming {
+        match i {
+            Incoming::Message(m) => {
+                print_message(m, args.json)?;
+                device.mark_shown(m).await?;
+                messages += 1;
+            }
+            Incoming::Warning(text) => print_warning(text, args.json)?,
+            Incoming::Notice(_) => {}
+        }
     }
     device.close().await;
-    if !args.json && messages.is_empty() {
+    if !args.json && messages == 0 {
         eprintln!("nothing new");
     }
     Ok(())
@@ -106,6 +116,7 @@ pub async fn run_listen(home: Home, args: ListenArgs) -> anyhow::Result<()> {
             next = device.next_incoming() => match next {
                 Ok(Incoming::Message(m)) => print_message(&m, args.json)?,
                 Ok(Incoming::Notice(text)) => eprintln!("-- {text}"),
+                Ok(Incoming::Warning(text)) => print_warning(&text, args.json)?,
                 Err(e) => break Err(e),
             },
         }
@@ -134,5 +145,20 @@ fn print_message(m: &MessageView, json: bool) -> anyhow::Result<()> {
         writeln!(out, "{}", m.line())?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// A warning from the core: `warning: ...` on stderr, or with `--json` one
+/// `{"warning": "..."}` object on stdout among the messages.
+fn print_warning(text: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer(&mut out, &serde_json::json!({ "warning": text }))
+            .context("writing JSON")?;
+        writeln!(out)?;
+        out.flush()?;
+    } else {
+        eprintln!("warning: {text}");
+    }
     Ok(())
 }

@@ -198,3 +198,362 @@ fn every_command_has_help_with_an_example() {
         );
     }
 }
+
+/// A relay on 127.0.0.1:0 (TLS, SQLite) and the `--server`/`--ca` arguments for `cove init`.
+async fn relay(dir: &Path) -> (cove_server::RelayHandle, String, String) {
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("relay"));
+    config.store = StoreKind::Sqlite;
+    let relay = Relay::start(config).await.unwrap();
+    let server = format!("wss://{}", relay.local_addr());
+    let ca = relay.cert_path().to_str().unwrap().to_owned();
+    (relay, server, ca)
+}
+
+fn init(home: &Path, server: &str, ca: &str, user: &str) {
+    ok(
+        home,
+        &["init", "--server", server, "--user", user, "--ca", ca],
+    );
+}
+
+/// `cove sync` prints every warning of the core: on stderr as `warning: ...`, with `--json`
+/// as a `{"warning": ...}` line on stdout. The warning used here: a member's user gets a
+/// further device (its key is pinned on first sight, which changes the safety number).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_prints_the_cores_warnings_on_stderr_and_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (alice, bob) = (d.join("alice"), d.join("bob"));
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        ok(&alice, &["group", "create", "friends"]);
+        ok(&alice, &["group", "add", "friends", "bob"]);
+        ok(&bob, &["sync"]);
+
+        // bob links a laptop and brings it into the group (his add includes his own
+        // devices that are missing).
+        let laptop = d.join("bob-laptop");
+        ok(
+            &laptop,
+            &["device", "link", "--from", bob.to_str().unwrap()],
+        );
+        ok(&bob, &["group", "add", "friends", "alice"]);
+        let out = cove(&alice, &["sync"]);
+        assert!(out.status.success());
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let warning = stderr
+            .lines()
+            .find(|l| l.starts_with("warning: "))
+            .unwrap_or_else(|| panic!("no warning printed: {stderr}"));
+        assert!(warning.contains("bob has a new device"), "{stderr}");
+
+        // Again with --json: the warning is a JSON line of its own.
+        let tablet = d.join("bob-tablet");
+        ok(
+            &tablet,
+            &["device", "link", "--from", bob.to_str().unwrap()],
+        );
+        ok(&bob, &["group", "add", "friends", "alice"]);
+        let out = ok(&alice, &["sync", "--json"]);
+        let warnings: Vec<String> = out
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON lines"))
+            .filter_map(|v| v["warning"].as_str().map(str::to_owned))
+            .collect();
+        assert!(
+            warnings.iter().any(|w| w.contains("bob has a new device")),
+            "{out}"
+        );
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// A second `group create` of a name this device already has is refused with a clear
+/// error, and the name keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_group_name_is_refused_and_the_first_group_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let alice = d.join("alice");
+        init(&alice, &server, &ca, "alice");
+        ok(&alice, &["group", "create", "friends"]);
+        let err = fails(&alice, &["group", "create", "friends"]);
+        assert_eq!(
+            err.trim_end(),
+            "error: a group named \"friends\" already exists; choose another name"
+        );
+        let groups = ok(&alice, &["groups"]);
+        assert_eq!(groups.lines().count(), 1, "{groups}");
+        ok(&alice, &["send", "friends", "still one group"]);
+        assert_eq!(ok(&alice, &["history", "friends"]).lines().count(), 1);
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// `send-file` on a directory names the problem; `init` with a taken user name fails with
+/// the relay's reason, not with a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_file_on_a_directory_and_a_taken_user_name_fail_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let alice = d.join("alice");
+        init(&alice, &server, &ca, "alice");
+        ok(&alice, &["group", "create", "friends"]);
+        let folder = d.join("photos");
+        std::fs::create_dir(&folder).unwrap();
+        let err = fails(&alice, &["send-file", "friends", folder.to_str().unwrap()]);
+        assert_eq!(
+            err.trim_end(),
+            format!(
+                "error: {} is a directory; send-file sends one file",
+                folder.display()
+            )
+        );
+
+        let other = d.join("other-alice");
+        let err = fails(
+            &other,
+            &["init", "--server", &server, "--user", "alice", "--ca", &ca],
+        );
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains("user name taken"), "{err}");
+        assert!(!err.contains("timed out"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(!other.join("config.toml").exists());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// bob is removed and added again while offline: his next sync still receives what was
+/// sent before his removal and the commit that removed him (no warning about a missed
+/// removal), joins again, reads what was sent after the re-add, and can send again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_and_re_added_while_offline_reads_and_sends_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (alice, bob) = (d.join("alice"), d.join("bob"));
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        ok(&alice, &["group", "create", "friends"]);
+        ok(&alice, &["group", "add", "friends", "bob"]);
+        ok(&alice, &["send", "friends", "first"]);
+        assert_eq!(ok(&bob, &["sync"]).trim(), "friends <alice> first");
+
+        ok(&alice, &["send", "friends", "before the removal"]);
+        ok(&alice, &["group", "remove", "friends", "bob"]);
+        ok(&alice, &["group", "add", "friends", "bob"]);
+        ok(&alice, &["send", "friends", "welcome back"]);
+        let out = cove(&bob, &["sync"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "friends <alice> before the removal\nfriends <alice> welcome back\n"
+        );
+        assert!(!stderr.contains("warning:"), "{stderr}");
+        ok(&bob, &["send", "friends", "glad to be back"]);
+        assert_eq!(
+            ok(&alice, &["sync"]).trim(),
+            "friends <bob> glad to be back"
+        );
+        let alice_groups = ok(&alice, &["groups"]);
+        let bob_groups = ok(&bob, &["groups"]);
+        let epoch = |s: &str| {
+            s.split("epoch ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(epoch(&alice_groups), epoch(&bob_groups));
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// Issue 16: a device whose normal KeyPackages are used up joins through its last-resort
+/// KeyPackage, and the same last-resort KeyPackage serves a second group too: both joins
+/// succeed and both groups decrypt both ways. Real relay, real devices (library API).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_last_resort_key_package_serves_two_joins_and_both_groups_work() {
+    use cove::config::Home;
+    use cove::{Device, UserName};
+    use cove_wire::{Reply, Request};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("relay"));
+    config.store = StoreKind::Sqlite;
+    // carol claims a whole stock below; the default claim burst would refuse that.
+    config.limits.claim_burst = 10_000;
+    let relay = Relay::start(config).await.unwrap();
+    let server = format!("wss://{}", relay.local_addr());
+    let ca = relay.cert_path().to_owned();
+    let home = |n: &str| Home::new(dir.path().join(n));
+    let name = |n: &str| UserName::new(n).unwrap();
+    let mut alice = Device::init(&home("alice"), &server, name("alice"), Some(&ca))
+        .await
+        .unwrap();
+    let bob = Device::init(&home("bob"), &server, name("bob"), Some(&ca))
+        .await
+        .unwrap();
+    let carol = Device::init(&home("carol"), &server, name("carol"), Some(&ca))
+        .await
+        .unwrap();
+    // bob is offline from now on, so he cannot top his stock up. carol's probes use their
+    // own connections; her session stays offline so that it cannot displace them.
+    bob.close().await;
+    carol.close().await;
+    let carol = Device::open_offline(&home("carol")).await.unwrap();
+    let claim = || async {
+        let reply = carol
+            .probe(Request::ClaimKeyPackages { user: name("bob") })
+            .await
+            .unwrap()
+            .unwrap();
+        let Reply::KeyPackages { key_packages, .. } = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(key_packages.0.len(), 1, "bob has one device");
+        key_packages.0[0].last_resort
+    };
+    let mut used = 0;
+    while !claim().await {
+        used += 1;
+        assert!(used < 1_000, "the stock never ran out");
+    }
+    assert!(used > 0, "bob had normal KeyPackages before");
+
+    for group in ["one", "two"] {
+        alice.create_group(group).await.unwrap();
+        alice.add_users(group, &[name("bob")]).await.unwrap();
+    }
+    // Still only the last-resort one on file: both adds were served by it.
+    assert!(claim().await);
+    alice.send_text("one", "in one").await.unwrap();
+    alice.send_text("two", "in two").await.unwrap();
+
+    let mut bob = Device::open(&home("bob")).await.unwrap();
+    let mut got: Vec<(String, String)> = bob
+        .sync()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.group, m.text))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("one".to_owned(), "in one".to_owned()),
+            ("two".to_owned(), "in two".to_owned())
+        ]
+    );
+    bob.send_text("one", "bob in one").await.unwrap();
+    bob.send_text("two", "bob in two").await.unwrap();
+    // alice stayed connected: bob's messages reach her live (a deadline only against a hang).
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(60), alice.next_message())
+            .await
+            .expect("bob's messages reach alice")
+            .unwrap();
+        got.push((m.group, m.text));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("one".to_owned(), "bob in one".to_owned()),
+            ("two".to_owned(), "bob in two".to_owned())
+        ]
+    );
+    for device in [alice, bob, carol] {
+        device.close().await;
+    }
+    relay.shutdown().await;
+}
+
+/// `cove listen` prints the core's warnings as they happen (stderr, `warning: ...`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_prints_the_cores_warnings_as_they_happen() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (alice, bob) = (d.join("alice"), d.join("bob"));
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        ok(&alice, &["group", "create", "friends"]);
+        ok(&alice, &["group", "add", "friends", "bob"]);
+        ok(&bob, &["sync"]);
+        let mut listen = Command::new(env!("CARGO_BIN_EXE_cove"))
+            .arg("--home")
+            .arg(&alice)
+            .arg("listen")
+            .env_remove("COVE_HOME")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = listen.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        // A generous deadline per line, only against a hang.
+        let next = || rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap();
+        let mut seen = Vec::new();
+        while !seen
+            .iter()
+            .any(|l: &String| l.starts_with("listening as alice"))
+        {
+            seen.push(next());
+        }
+        let laptop = d.join("bob-laptop");
+        ok(
+            &laptop,
+            &["device", "link", "--from", bob.to_str().unwrap()],
+        );
+        ok(&bob, &["group", "add", "friends", "alice"]);
+        let warning = loop {
+            let line = next();
+            if line.starts_with("warning: ") && line.contains("bob has a new device") {
+                break line;
+            }
+            seen.push(line);
+        };
+        listen.kill().unwrap();
+        listen.wait().unwrap();
+        assert!(
+            warning.contains("(key pinned on first sight"),
+            "{warning} after {seen:?}"
+        );
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}

@@ -77,6 +77,9 @@ pub struct Client<S: Store> {
     to_verify: BTreeSet<UserName>,
     /// Outbox items refused with a retryable error: local id -> when to resend.
     retries: BTreeMap<u64, Retry>,
+    /// Groups that had entries parked on this connection (reported at `BacklogDone` if
+    /// they are still parked; groups with a record are checked anyway).
+    parked_groups: BTreeSet<GroupId>,
 }
 
 /// A post to resend after a retryable refusal.
@@ -246,6 +249,7 @@ impl<S: Store> Client<S> {
             key_package_request_in_flight: false,
             to_verify: BTreeSet::new(),
             retries: BTreeMap::new(),
+            parked_groups: BTreeSet::new(),
         })
     }
 
@@ -560,7 +564,16 @@ impl<S: Store> Client<S> {
         for op in self.ops.values_mut() {
             match &mut op.kind {
                 OpKind::CreateGroup { requested, .. } => *requested = false,
-                OpKind::Change(c) => c.directory_requested = false,
+                OpKind::Change(c) => {
+                    // The look-ups and claims of the lost connection will never be answered:
+                    // the change starts its directory stage again on the next one.
+                    if matches!(c.stage, ChangeStage::Directory | ChangeStage::Claim) {
+                        c.stage = ChangeStage::Directory;
+                        c.directory.values_mut().for_each(|v| *v = None);
+                        c.claims.clear();
+                    }
+                    c.directory_requested = false;
+                }
                 OpKind::Send => {}
             }
         }
@@ -635,6 +648,7 @@ impl<S: Store> Client<S> {
             ServerFrame::Deliver(Delivery::Inbox(entry)) => self.on_inbox_entry(now_ms, entry),
             ServerFrame::BacklogDone => {
                 self.on_backlog_done()?;
+                self.report_parked()?;
                 self.event(Event::BacklogDone);
                 Ok(())
             }
@@ -651,12 +665,25 @@ impl<S: Store> Client<S> {
 
     /// Creates a group named `name` with this device as its first member, then adds the
     /// user's other registered devices (the command completes after that commit; a failure
-    /// there is a warning, the group exists).
+    /// there is a warning, the group exists). Refused with
+    /// [`CommandError::DuplicateGroupName`] when this device is already in (or creating) a
+    /// group of that name.
     pub fn create_group(&mut self, _now_ms: u64, name: &str) -> Result<OpId, CommandError> {
         if name.is_empty() || name.len() > MAX_GROUP_NAME {
             return Err(CommandError::Invalid(format!(
                 "group names are 1-{MAX_GROUP_NAME} bytes"
             )));
+        }
+        let active = self
+            .records
+            .values()
+            .any(|r| r.name == name && r.membership == Membership::Active);
+        let creating = self
+            .ops
+            .values()
+            .any(|o| matches!(&o.kind, OpKind::CreateGroup { name: n, .. } if n == name));
+        if active || creating {
+            return Err(CommandError::DuplicateGroupName(name.to_string()));
         }
         let mut id = [0u8; 16];
         self.provider
@@ -916,12 +943,12 @@ impl<S: Store> Client<S> {
             }) = self.ops.get_mut(&op)
             {
                 match c.stage {
-                    ChangeStage::Directory | ChangeStage::Claim => {
-                        c.stage = ChangeStage::Directory;
-                        c.directory.values_mut().for_each(|v| *v = None);
-                        c.claims.clear();
-                        c.directory_requested = false;
-                    }
+                    // A change in its directory or claim stage was reset when the last
+                    // connection was lost; if it sent its look-ups on this connection (it was
+                    // started or driven before the backlog ended), their replies are still
+                    // coming: resetting it here would send them twice and drop the claims of
+                    // the first round (wasting the KeyPackages the relay handed out).
+                    ChangeStage::Directory | ChangeStage::Claim => {}
                     ChangeStage::Posting => {
                         // Not in the backlog, so not accepted (yet): resend the same commit.
                         // (If the relay took it meanwhile, it answers StaleEpoch and the echo
@@ -1156,23 +1183,49 @@ impl<S: Store> Client<S> {
         commit_seq: Seq,
         sender: DeviceId,
     ) -> Result<Vec<Event>, String> {
-        if self.groups.contains_key(&group) {
-            return Err("already a member".into());
-        }
         let msg = MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
             .map_err(|e| format!("undecodable Welcome: {e}"))?;
         let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
             return Err("not a Welcome".into());
         };
-        let staged = StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
+        let held = self.groups.get(&group).map(|g| g.epoch().as_u64());
+        let mut builder =
+            StagedWelcome::build_from_welcome(&self.provider, &join_config(), welcome)
+                .map_err(|e| format!("Welcome rejected: {e}"))?;
+        if held.is_some() {
+            builder = builder.replace_old_group();
+        }
+        let staged = builder
+            .build()
             .map_err(|e| format!("Welcome rejected: {e}"))?;
-        let mls = staged
-            .into_group(&self.provider)
-            .map_err(|e| format!("join failed: {e}"))?;
-        if mls.group_id().as_slice() != group.0 {
+        if staged.group_context().group_id().as_slice() != group.0 {
             return Err("Welcome is for another group than announced".into());
         }
         let mut events = Vec::new();
+        if let Some(ours) = held {
+            // We still hold the group: we were removed and added again while we did not see
+            // the removal. A Welcome into a later epoch replaces the stale state (with which
+            // nothing of the group can be read or sent any more); one into our epoch or an
+            // earlier one is a replay.
+            let offered = staged.group_context().epoch().as_u64();
+            if offered <= ours {
+                return Err(format!(
+                    "already a member (the Welcome is for epoch {offered}, we are at {ours})"
+                ));
+            }
+            if let Some(mut old) = self.groups.remove(&group) {
+                old.delete(self.provider.storage())
+                    .map_err(|e| format!("could not drop the stale group state: {e}"))?;
+            }
+            events.push(Event::Warning(format!(
+                "re-added to group {group} at epoch {offered} while this device still held \
+                 epoch {ours} (the removal was missed): the old state is replaced; messages \
+                 sent while this device was not a member cannot be read"
+            )));
+        }
+        let mls = staged
+            .into_group(&self.provider)
+            .map_err(|e| format!("join failed: {e}"))?;
         let mut by = None;
         for m in mls.members() {
             let id = member_id(&m)?;
@@ -1225,8 +1278,9 @@ impl<S: Store> Client<S> {
             }
             Some(Membership::Active) if self.groups.contains_key(&group) => {}
             _ => {
+                // Kept here and not acknowledged: until it is applied, the relay delivers it
+                // (and what it depends on) again on the next connection.
                 self.park(&entry)?;
-                self.ack(stream, entry.seq);
                 return Ok(());
             }
         }
@@ -1240,8 +1294,8 @@ impl<S: Store> Client<S> {
             .map(|g| g.epoch().as_u64())
             .unwrap_or(0);
         if entry.epoch.0 > epoch {
+            // A commit before it is missing (yet): kept, not acknowledged (see above).
             self.park(&entry)?;
-            self.ack(stream, entry.seq);
             return Ok(());
         }
         let merged = self.apply_entry(now_ms, &entry, false)?;
@@ -1252,7 +1306,36 @@ impl<S: Store> Client<S> {
         Ok(())
     }
 
+    /// After the backlog every entry should be applicable: the ones still parked are kept
+    /// (never dropped, and applied as soon as the commit or Welcome they wait for arrives),
+    /// and the user is told, once per group and connection.
+    fn report_parked(&mut self) -> Result<(), HandleError> {
+        let mut groups: BTreeSet<GroupId> = self.records.keys().copied().collect();
+        groups.extend(std::mem::take(&mut self.parked_groups));
+        for group in groups {
+            let parked = self.provider.store().pending(&group)?.len();
+            if parked == 0 {
+                continue;
+            }
+            let why = match self.groups.get(&group) {
+                Some(mls) => format!(
+                    "they belong to a later epoch than this device's ({}); they are applied \
+                     when the commit they need arrives",
+                    mls.epoch().as_u64()
+                ),
+                None => "this device is not a member of it (yet); they are applied when its \
+                         Welcome arrives"
+                    .to_string(),
+            };
+            self.warn(format!(
+                "{parked} entries of group {group} could not be processed and are kept: {why}"
+            ));
+        }
+        Ok(())
+    }
+
     fn park(&mut self, entry: &GroupEntry) -> Result<(), HandleError> {
+        self.parked_groups.insert(entry.group);
         let store = self.provider.store();
         if store.pending(&entry.group)?.len() >= MAX_PENDING_PER_GROUP {
             self.warn(format!(
@@ -1293,6 +1376,7 @@ impl<S: Store> Client<S> {
                 }
                 // Removed from the parking area in the same transaction that applies it.
                 let merged = self.apply_entry(now_ms, &entry, true)?;
+                self.ack(Stream::Group(group), entry.seq);
                 progressed = true;
                 if merged {
                     self.after_epoch_change(now_ms, group)?;
@@ -2622,7 +2706,12 @@ fn capabilities() -> Capabilities {
     Capabilities::new(
         None,
         Some(&[CIPHERSUITE]),
-        Some(&[ExtensionType::Unknown(GROUP_NAME_EXTENSION)]),
+        // A KeyPackage's own extensions must be listed too: the last-resort one is, or
+        // every last-resort KeyPackage is refused by the members that claim it.
+        Some(&[
+            ExtensionType::Unknown(GROUP_NAME_EXTENSION),
+            ExtensionType::LastResort,
+        ]),
         None,
         None,
     )

@@ -216,6 +216,10 @@ pub enum CommandError {
     /// More than one group has that name; use the hex id.
     #[error("several groups are named {0:?}; use the group id")]
     AmbiguousGroup(String),
+    /// This device is already in a group of that name (or is creating one): names are how
+    /// commands find groups, so a second one would make the name ambiguous.
+    #[error("a group named {0:?} already exists; choose another name")]
+    DuplicateGroupName(String),
     /// This device is no longer a member of the group.
     #[error("not a member of group {0}")]
     NotMember(String),

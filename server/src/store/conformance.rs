@@ -174,10 +174,19 @@ pub(crate) fn removed_device_keeps_its_cursor_until_it_acks_the_removal(store: &
         store.ack(b, Stream::Group(g), Seq(4)),
         Err(StoreError::NotMember)
     ));
-    // Being added again drops the record; the cursor starts at the new commit.
-    let again = one(store, commit(h, a, 2, &[b], &[], Some(b"w2"))).unwrap();
-    assert!(store.departures(b).unwrap().is_empty());
+    // Being added again keeps the record (b still receives the commit that removed it); the
+    // member cursor starts at the new commit, and an ack of the removal drops the record.
+    assert_eq!(store.departure_cursor(b, h).unwrap(), Some(Seq(1)));
+    let again = one(store, commit(h, a, 2, &[b], &[], Some(b"w2"))).unwrap(); // h seq 3
+    assert_eq!(store.departures(b).unwrap(), vec![(h, Seq(2))]);
+    assert_eq!(store.departure_cursor(b, h).unwrap(), Some(Seq(1)));
     assert_eq!(store.cursor(b, Stream::Group(h)).unwrap(), again.entry.seq);
+    store.ack(b, Stream::Group(h), Seq(2)).unwrap();
+    store.flush().unwrap();
+    assert!(store.departures(b).unwrap().is_empty());
+    assert_eq!(store.departure_cursor(b, h).unwrap(), None);
+    assert_eq!(store.cursor(b, Stream::Group(h)).unwrap(), again.entry.seq);
+    assert_eq!(store.departure_cursor(b, g).unwrap(), None);
     // A member's buffered ack written after its removal is kept in the record.
     one(store, app(h, a, 3, b"m")).unwrap(); // h seq 4
     store.ack(b, Stream::Group(h), Seq(4)).unwrap();

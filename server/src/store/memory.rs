@@ -144,11 +144,10 @@ impl Inner {
             for d in added.iter() {
                 group.cursors.insert(*d, seq);
                 group.joined.insert(*d, seq);
-                group.departed.remove(d);
-                // `check` made sure every added device exists.
+                // `check` made sure every added device exists. A departure record stays: the
+                // device still receives the commit that removed it.
                 if let Some(dev) = self.devices.get_mut(d) {
                     dev.groups.insert(post.group);
-                    dev.departing.remove(&post.group);
                     let inbox_seq = Seq(dev.inbox.last().map_or(0, |e| e.0.0).saturating_add(1));
                     dev.inbox.push((inbox_seq, welcome.clone()));
                     appended.welcomes.push((*d, inbox_seq));
@@ -356,6 +355,17 @@ impl RelayStore for MemoryStore {
             .collect())
     }
 
+    fn departure_cursor(
+        &self,
+        device: DeviceId,
+        group: GroupId,
+    ) -> Result<Option<Seq>, StoreError> {
+        let inner = self.lock()?;
+        inner.device(device)?;
+        let grp = inner.groups.get(&group).ok_or(StoreError::UnknownGroup)?;
+        Ok(grp.departed.get(&device).map(|(cursor, _)| *cursor))
+    }
+
     fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError> {
         let inner = self.lock()?;
         let dev = inner.device(device)?;
@@ -406,6 +416,16 @@ impl RelayStore for MemoryStore {
                         return Err(StoreError::Invalid("ack past the end of the group log"));
                     }
                     *cursor = (*cursor).max(seq);
+                    // Added again before it acked its removal: the record moves along.
+                    if let Some((cursor, removed_at)) = grp.departed.get_mut(&device) {
+                        *cursor = (*cursor).max(seq);
+                        if *cursor >= *removed_at {
+                            grp.departed.remove(&device);
+                            if let Some(dev) = inner.devices.get_mut(&device) {
+                                dev.departing.remove(&g);
+                            }
+                        }
+                    }
                     return Ok(());
                 }
                 let (cursor, removed_at) =

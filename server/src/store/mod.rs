@@ -205,8 +205,9 @@ pub trait RelayStore: Send + Sync + 'static {
     /// changes nothing. Each added device's join seq (see [`RelayStore::joined`]) is the
     /// commit's seq. Removed devices stop being members but keep their cursor in a
     /// *departure* record (device, group, removal commit seq) until they acknowledge the
-    /// removal commit (see [`RelayStore::departures`]); re-adding a device drops its
-    /// departure record.
+    /// removal commit (see [`RelayStore::departures`]). Re-adding a device keeps its
+    /// departure record: a device always receives the commit that removed it, also when it
+    /// was added again before it saw it.
     fn append_batch(&self, posts: Vec<NewPost>) -> Vec<Result<Appended, StoreError>>;
     /// Group entries with seq > `after`, at most `limit` (capped at
     /// `limits::MAX_FETCH_ENTRIES`), in order (caller checks membership).
@@ -234,8 +235,15 @@ pub trait RelayStore: Send + Sync + 'static {
     /// The groups `device` was removed from without having acknowledged the removal commit
     /// yet, each with that commit's seq, ordered by group id. The device still receives the
     /// group's entries from its cursor up to and including that commit (nothing after), and
-    /// may ack up to it; acking it drops the record.
+    /// may ack up to it; acking it drops the record. A device added to the group again has
+    /// both a departure record and a membership: its acks up to the removal commit move the
+    /// record's cursor (and drop it on reaching the commit).
     fn departures(&self, device: DeviceId) -> Result<Vec<(GroupId, Seq)>, StoreError>;
+    /// The cursor of `device`'s departure record in `group` (see
+    /// [`RelayStore::departures`]), whether or not it is a member again; `None` without a
+    /// record.
+    fn departure_cursor(&self, device: DeviceId, group: GroupId)
+    -> Result<Option<Seq>, StoreError>;
     /// Inbox entries of `device` with seq > `after`, at most `limit` (capped at
     /// `limits::MAX_FETCH_ENTRIES`), in order.
     fn read_inbox(

@@ -737,6 +737,27 @@ impl RelayStore for SqliteStore {
         Ok(out)
     }
 
+    fn departure_cursor(
+        &self,
+        device: DeviceId,
+        group: GroupId,
+    ) -> Result<Option<Seq>, StoreError> {
+        // A re-added member's acks are buffered like any member's; they move the record's
+        // cursor when written (and drop the record on reaching the removal commit).
+        let pending = self.acks()?.group.get(&(group, device)).copied();
+        let conn = self.reader()?;
+        let tx = conn.unchecked_transaction()?;
+        let id = existing_device(&tx, device)?;
+        if group_epoch(&tx, group)?.is_none() {
+            return Err(StoreError::UnknownGroup);
+        }
+        let Some((cursor, removed_at)) = departure(&tx, group, id)? else {
+            return Ok(None);
+        };
+        let cursor = Seq(to_u64(cursor)?).max(pending.unwrap_or_default());
+        Ok((cursor < Seq(to_u64(removed_at)?)).then_some(cursor))
+    }
+
     fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError> {
         // The buffer first, then the file: an ack leaves the buffer only after it is on disk.
         let pending = {
@@ -1003,8 +1024,6 @@ fn write_post(
             let mut add_member = tx.prepare_cached(
                 "INSERT INTO members (group_id, device, cursor, joined) VALUES (?1, ?2, ?3, ?3)",
             )?;
-            let mut undepart =
-                tx.prepare_cached("DELETE FROM departures WHERE group_id = ?1 AND device = ?2")?;
             let mut inbox_end =
                 tx.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE device = ?1")?;
             let mut inbox_insert = tx.prepare_cached(
@@ -1015,7 +1034,8 @@ fn write_post(
             for d in added.iter() {
                 let device = to_i64(d.0)?;
                 add_member.execute(params![group.as_slice(), device, to_i64(seq.0)?])?;
-                undepart.execute(params![group.as_slice(), device])?;
+                // A departure record stays: the device still receives the commit that
+                // removed it (see `RelayStore::append_batch`).
                 let end: i64 = inbox_end.query_row(params![device], |r| r.get(0))?;
                 let inbox_seq = to_u64(end)?
                     .checked_add(1)

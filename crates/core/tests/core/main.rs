@@ -5,7 +5,7 @@
 mod relay;
 
 use cove_core::cove_store::{MemoryStore, SqliteStore, Store};
-use cove_core::{Client, Event, OpError, OpId};
+use cove_core::{Client, CommandError, Event, OpError, OpId};
 use cove_wire::{
     ClientFrame, Delivery, GroupId, PostKind, Request, RequestId, ServerFrame, UserName,
 };
@@ -1185,5 +1185,288 @@ fn a_new_device_of_a_member_is_announced_to_the_others_and_key_checked() {
     assert_eq!(
         texts(&net.take_events(bob2)),
         vec!["hello bob's devices".to_string()]
+    );
+}
+
+/// Replays `slot`'s reconnection up to (not including) the relay's `BacklogDone`, which is
+/// returned: the device is authenticated and has its backlog, and the end of the backlog is
+/// still to come.
+fn reconnect_holding_backlog_done(net: &mut Net<MemoryStore>, slot: usize) -> ServerFrame {
+    net.disconnect(slot);
+    net.connect(slot);
+    net.nodes[slot].hold = true;
+    // The challenge is answered; the relay's reply, the backlog and BacklogDone are queued.
+    let challenge = net.nodes[slot].inbound.pop_front().unwrap();
+    let now = net.now_ms;
+    net.client(slot).handle_frame(now, challenge).unwrap();
+    net.step();
+    let frames: Vec<ServerFrame> = net.nodes[slot].inbound.drain(..).collect();
+    let at = frames
+        .iter()
+        .position(|f| matches!(f, ServerFrame::BacklogDone))
+        .expect("the relay ends the backlog");
+    let mut frames = frames.into_iter();
+    for f in frames.by_ref().take(at) {
+        net.client(slot).handle_frame(now, f).unwrap();
+    }
+    let done = frames.next().unwrap();
+    net.nodes[slot].inbound.extend(frames);
+    assert!(net.client(slot).is_ready());
+    done
+}
+
+#[test]
+fn an_add_started_before_the_backlog_ends_claims_once_and_succeeds() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &[]);
+    let bob_device = net.client(bob).device().unwrap();
+    let stock = net.relay.stock(bob_device);
+    let backlog_done = reconnect_holding_backlog_done(&mut net, alice);
+    // `cove group add` right after authentication: the look-ups go out before the backlog
+    // ends, and their replies and the claims' replies come after BacklogDone.
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .add_users(now, "friends", &[user("bob")])
+        .unwrap();
+    net.nodes[alice].hold = false;
+    net.step(); // directory look-ups out, answered
+    net.step(); // claims out, answered
+    assert_eq!(
+        net.relay.stock(bob_device),
+        stock - 1,
+        "bob's KeyPackage is claimed"
+    );
+    net.nodes[alice].inbound.push_front(backlog_done);
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    net.run();
+    assert_eq!(
+        net.relay.stock(bob_device) + 1,
+        stock,
+        "exactly one KeyPackage of bob was claimed (none wasted)"
+    );
+    assert_eq!(
+        net.client(bob).epoch(&group),
+        net.client(alice).epoch(&group)
+    );
+    send(&mut net, alice, "welcome bob");
+    net.run();
+    assert_eq!(
+        texts(&net.take_events(bob)),
+        vec!["welcome bob".to_string()]
+    );
+}
+
+#[test]
+fn a_second_group_of_the_same_name_is_refused_locally() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let now = net.now_ms;
+    // Refused while the first creation is still under way...
+    let op = net.client(alice).create_group(now, "friends").unwrap();
+    let second = net.client(alice).create_group(now, "friends");
+    assert!(
+        matches!(&second, Err(CommandError::DuplicateGroupName(n)) if n == "friends"),
+        "{second:?}"
+    );
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    // ... and once it exists; the name keeps working, another name is fine.
+    let again = net.client(alice).create_group(now, "friends");
+    assert!(
+        matches!(&again, Err(CommandError::DuplicateGroupName(n)) if n == "friends"),
+        "{again:?}"
+    );
+    assert_eq!(net.client(alice).groups().len(), 1);
+    net.client(alice).resolve("friends").unwrap();
+    let op = net.client(alice).create_group(now, "family").unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+}
+
+#[test]
+fn a_member_removed_and_added_again_while_offline_takes_the_new_welcome_and_reads_on() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    let held = net.client(bob).epoch(&group).unwrap();
+    net.disconnect(bob);
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .remove_users(now, "friends", &[user("bob")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    let op = net
+        .client(alice)
+        .add_users(now, "friends", &[user("bob")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    send(&mut net, alice, "welcome back");
+    net.run();
+    net.take_events(bob);
+    // bob never sees the removal (this relay moves his cursor to the re-add), only the
+    // Welcome into a later epoch of a group he still holds.
+    net.connect(bob);
+    net.run();
+    let events = net.take_events(bob);
+    assert_eq!(texts(&events), vec!["welcome back".to_string()]);
+    let warned = warnings(&events);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains("re-added") && warned[0].contains(&format!("epoch {held}")),
+        "{warned:?}"
+    );
+    assert_eq!(
+        net.client(bob).epoch_authenticator(&group),
+        net.client(alice).epoch_authenticator(&group)
+    );
+    net.take_events(alice);
+    let op = send(&mut net, bob, "glad to be back");
+    assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    net.run();
+    assert_eq!(
+        texts(&net.take_events(alice)),
+        vec!["glad to be back".to_string()]
+    );
+}
+
+#[test]
+fn an_entry_that_cannot_be_processed_is_kept_unacknowledged_reported_and_recovered() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let _carol = device(&mut net, "carol");
+    let group = group_of(&mut net, alice, &["bob"]);
+    let bob_device = net.client(bob).device().unwrap();
+    let stream = cove_wire::Stream::Group(group);
+    let before = net.relay.cursor(bob_device, stream);
+    net.take_events(bob);
+    // bob loses the commit that adds carol on the way, then gets a message of the new epoch.
+    net.nodes[bob].hold = true;
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .add_users(now, "friends", &[user("carol")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    net.run();
+    let lost: Vec<ServerFrame> = net.nodes[bob].inbound.drain(..).collect();
+    assert!(
+        matches!(lost.as_slice(), [ServerFrame::Deliver(Delivery::Group(e))] if matches!(e.kind, cove_wire::EntryKind::Commit { .. })),
+        "{lost:?}"
+    );
+    send(&mut net, alice, "in the new epoch");
+    net.nodes[bob].hold = false;
+    net.run();
+    // Kept, not shown, and not acknowledged: the relay still holds bob's cursor before the
+    // commit he missed.
+    let events = net.take_events(bob);
+    assert!(texts(&events).is_empty(), "{events:?}");
+    assert_eq!(net.relay.cursor(bob_device, stream), before);
+
+    // Reconnecting with the commit lost once more: after the backlog, bob is told.
+    net.disconnect(bob);
+    net.connect(bob);
+    net.nodes[bob].hold = true;
+    let challenge = net.nodes[bob].inbound.pop_front().unwrap();
+    let now = net.now_ms;
+    net.client(bob).handle_frame(now, challenge).unwrap();
+    net.step();
+    let frames: Vec<ServerFrame> = net.nodes[bob].inbound.drain(..).collect();
+    for f in frames {
+        let commit = matches!(&f, ServerFrame::Deliver(Delivery::Group(e)) if matches!(e.kind, cove_wire::EntryKind::Commit { .. }));
+        if !commit {
+            net.client(bob).handle_frame(now, f).unwrap();
+        }
+    }
+    net.nodes[bob].hold = false;
+    net.run();
+    let events = net.take_events(bob);
+    assert!(texts(&events).is_empty(), "{events:?}");
+    let warned = warnings(&events);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].starts_with(&format!(
+            "1 entries of group {group} could not be processed and are kept"
+        )),
+        "{warned:?}"
+    );
+
+    // The next connection delivers the commit: the kept message is applied after it.
+    net.disconnect(bob);
+    net.connect(bob);
+    net.run();
+    let events = net.take_events(bob);
+    assert_eq!(texts(&events), vec!["in the new epoch".to_string()]);
+    assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
+    assert_eq!(
+        net.client(bob).epoch_authenticator(&group),
+        net.client(alice).epoch_authenticator(&group)
+    );
+    assert!(net.relay.cursor(bob_device, stream) > before);
+}
+
+#[test]
+fn one_last_resort_key_package_serves_two_joins_and_both_groups_decrypt() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let bob_device = net.client(bob).device().unwrap();
+    // bob is offline (no top-up) and his normal KeyPackages are gone.
+    net.disconnect(bob);
+    assert!(net.relay.drain_stock(bob_device) > 0);
+    let now = net.now_ms;
+    for name in ["one", "two"] {
+        let op = net.client(alice).create_group(now, name).unwrap();
+        assert_eq!(op_result(&mut net, alice, op), Ok(()));
+        let op = net
+            .client(alice)
+            .add_users(now, name, &[user("bob")])
+            .unwrap();
+        assert_eq!(
+            op_result(&mut net, alice, op),
+            Ok(()),
+            "adding bob to {name}"
+        );
+        net.client(alice)
+            .send_text(now, name, &format!("hello in {name}"))
+            .unwrap();
+    }
+    assert_eq!(
+        net.relay.stock(bob_device),
+        0,
+        "both adds used the last-resort one"
+    );
+    net.connect(bob);
+    net.run();
+    net.take_events(alice);
+    let events = net.take_events(bob);
+    assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
+    let mut got = texts(&events);
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["hello in one".to_string(), "hello in two".to_string()]
+    );
+    for name in ["one", "two"] {
+        let group = net.client(alice).resolve(name).unwrap();
+        assert_eq!(
+            net.client(bob).epoch_authenticator(&group),
+            net.client(alice).epoch_authenticator(&group)
+        );
+        let op = net
+            .client(bob)
+            .send_text(now, name, &format!("bob in {name}"))
+            .unwrap();
+        assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    }
+    net.run();
+    let mut got = texts(&net.take_events(alice));
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["bob in one".to_string(), "bob in two".to_string()]
     );
 }

@@ -467,6 +467,15 @@ impl Relay {
         self.inbox.get(&device).cloned().unwrap_or_default()
     }
 
+    /// Takes away a device's normal KeyPackages (as if others had claimed them); returns
+    /// how many there were. Its last-resort KeyPackage stays.
+    pub fn drain_stock(&mut self, device: DeviceId) -> usize {
+        self.key_packages
+            .get_mut(&device)
+            .map(|k| k.0.drain(..).count())
+            .unwrap_or(0)
+    }
+
     /// Normal KeyPackages a device has on file.
     pub fn stock(&self, device: DeviceId) -> usize {
         self.key_packages
