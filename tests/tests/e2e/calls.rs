@@ -1,15 +1,18 @@
 //! Calls end to end: real relay (with its TURN server), real clients, signalling inside MLS,
 //! real WebRTC over loopback, headless tone sources and recordings.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use cove::Device;
 use cove::call::{self, CallError, CallOptions, CallReport};
 use cove::config::Home;
+use cove::{Event, GroupId, SessionEvent};
 use cove_core::Content;
-use cove_core::call::{CallId, CallMessage, CallSignal};
-use cove_media::sframe::EXPORTER_LABEL;
+use cove_core::call::{CallAction, CallId, CallMessage, CallSignal, Calls, Peer};
+use cove_media::CallEvent;
+use cove_media::sframe::{self, EXPORTER_LABEL, SframeError};
 use cove_media::source::{AudioInput, dominant_frequency};
 use cove_server::{Relay, RelayConfig, RelayHandle, StoreKind};
 
@@ -431,10 +434,14 @@ async fn three_party_mesh_call_with_video() {
     relay.shutdown().await;
 }
 
-/// During a three-party call alice removes carol from the group: alice and bob export the
-/// next epoch's key and rekey, hang up carol's sessions and keep talking; carol's call ends
-/// with her removal and her client never gets the new epoch (so it cannot derive the media
-/// key used after the rekey).
+/// During a three-party call alice removes carol from the group. The SFrame base key the
+/// members export for the new epoch differs from the old one (which carol had, and which
+/// her client can no longer derive anew after the removal). bob's side is driven by the
+/// test (the real signalling state machine and a real media `Call`, but no automatic
+/// rekey), so it holds only the old key: once alice has rekeyed, her frames fail to
+/// decrypt with it and none decrypts any more; installed with the new epoch's key, the same
+/// media session decodes alice's frames again. The old base key does not open a frame
+/// sealed for the new epoch's key id either. carol's call ends with her removal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
     let dir = tempfile::tempdir().unwrap();
@@ -452,70 +459,336 @@ async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
         .unwrap();
     joined(&mut bob).await;
     joined(&mut carol).await;
+    bob.settle().await.unwrap();
+    carol.settle().await.unwrap();
     let group = group_id(&alice, "talk").await;
     let epoch_before = alice.epoch_state(group).await.unwrap().unwrap().0;
-    let answer = |mut device: Device, tone: f32| {
-        let options = options(tone, None, Some(5));
-        tokio::spawn(async move {
-            let r = call::answer(&mut device, Some("talk"), &options).await;
-            (r, device)
-        })
-    };
-    let bob_task = answer(bob, 660.0);
-    let carol_task = answer(carol, 880.0);
-    // Alice's session handle, to remove carol while her device runs the call.
-    let session = alice.session().clone();
-    let remover = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let carol = names(&["carol"]);
-        session
-            .op(WAIT, move |c| {
-                c.remove_users(cove::session::now_ms(), "talk", &carol)
-            })
-            .await
-            .unwrap()
-            .unwrap();
-    });
-    let placed = call::place(&mut alice, "talk", &options(440.0, None, Some(5)))
+    let alice_leaf = alice
+        .session()
+        .call(move |c| c.own_leaf_index(&group))
         .await
+        .unwrap()
         .unwrap();
-    remover.await.unwrap();
-    let (bob_report, bob) = bob_task.await.unwrap();
-    let (carol_report, carol) = carol_task.await.unwrap();
-    let bob_report = bob_report.unwrap();
-    carol_report.unwrap(); // ended by the removal, not an error
 
-    // Alice and bob moved to the next epoch; carol's client did not.
+    // carol answers with the real driver until her removal ends her call; alice calls
+    // with no time limit (the call ends when bob hangs up and carol is gone).
+    let carol_session = carol.session().clone();
+    let carol_task = tokio::spawn(async move {
+        let r = call::answer(&mut carol, Some("talk"), &options(880.0, None, None)).await;
+        (r, carol)
+    });
+    let alice_session = alice.session().clone();
+    let alice_task = tokio::spawn(async move {
+        let r = call::place(&mut alice, "talk", &options(440.0, None, None)).await;
+        (r, alice)
+    });
+    let mut bob = Observer::new(bob, group);
+    bob.wait("audio from alice and carol", |b| {
+        b.counters("alice").0 >= 25 && b.counters("carol").0 >= 1
+    })
+    .await;
+    let call_id = bob.call_id();
+    let export =
+        move |c: &mut cove_core::Client<_>| c.export_secret(&group, EXPORTER_LABEL, &call_id.0, 32);
+    let old_key = bob.device.session().call(export).await.unwrap().unwrap();
+    let carols_key = carol_session.call(export).await.unwrap().unwrap();
+    assert_eq!(carols_key, old_key, "carol had the old epoch's key");
+    let (_, failures_before) = bob.counters("alice");
+    assert_eq!(failures_before, 0, "no SFrame failure before the rekey");
+
+    // alice removes carol while the call runs (her driver sees the commit and rekeys).
+    let carol_name = names(&["carol"]);
+    alice_session
+        .op(WAIT, move |c| {
+            c.remove_users(cove::session::now_ms(), "talk", &carol_name)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let new_epoch = loop {
+        let epoch = bob.device.epoch_state(group).await.unwrap().unwrap().0;
+        if epoch > epoch_before {
+            break epoch;
+        }
+        bob.step(deadline, "bob merging the removal").await;
+    };
+    assert_eq!(new_epoch, epoch_before + 1);
+    let new_key = bob.device.session().call(export).await.unwrap().unwrap();
+    assert_ne!(
+        new_key, old_key,
+        "the SFrame base key changed with the epoch"
+    );
+
+    // With only the old key, alice's frames stop decrypting once she has rekeyed ...
+    bob.wait("alice's rekeyed frames refused", |b| {
+        b.counters("alice").1 >= 25
+    })
+    .await;
+    let (decoded_at, failures_at) = bob.counters("alice");
+    bob.wait("25 more of alice's frames refused", |b| {
+        b.counters("alice").1 >= failures_at + 25
+    })
+    .await;
+    assert_eq!(
+        bob.counters("alice").0,
+        decoded_at,
+        "a frame sent after the rekey decrypted with the old epoch's key"
+    );
+    // ... and the old base key does not open a frame sealed for the new epoch's key id.
+    let kid = sframe::kid_for(alice_leaf, new_epoch);
+    let sealed = sframe::encrypt_frame(
+        &sframe::derive_key_material(&new_key, kid),
+        kid,
+        7,
+        b"",
+        b"a media frame",
+    )
+    .unwrap();
+    assert_eq!(
+        sframe::decrypt_frame(&sframe::derive_key_material(&old_key, kid), b"", &sealed)
+            .unwrap_err(),
+        SframeError::AuthenticationFailed
+    );
+    assert_eq!(
+        sframe::decrypt_frame(&sframe::derive_key_material(&new_key, kid), b"", &sealed)
+            .unwrap()
+            .1,
+        b"a media frame"
+    );
+    // The same media session with the new epoch's key decodes alice's frames again.
+    bob.install(new_epoch, &new_key).await;
+    bob.wait("alice's frames decoded with the new key", |b| {
+        b.counters("alice").0 >= decoded_at + 25
+    })
+    .await;
+    bob.hang_up().await;
+
+    let (placed, alice) = alice_task.await.unwrap();
+    let placed = placed.unwrap();
+    let (carol_report, carol) = carol_task.await.unwrap();
+    carol_report.unwrap(); // ended by the removal, not an error
+    assert!(
+        placed.peers.contains(&"bob".to_string()),
+        "{:?}",
+        placed.peers
+    );
+
+    // alice moved to the next epoch; carol's client did not, and exports nothing for it.
     let (alice_epoch, _) = alice.epoch_state(group).await.unwrap().unwrap();
-    assert!(alice_epoch > epoch_before);
+    assert_eq!(alice_epoch, new_epoch);
     let carol_epoch = carol.epoch_state(group).await.unwrap().map(|e| e.0);
     assert!(
         carol_epoch.is_none_or(|e| e == epoch_before),
         "carol reached epoch {carol_epoch:?}"
     );
-    // Alice and bob kept hearing each other for the whole call, carol only until removed.
-    let frames = |r: &CallReport, peer: &str| {
-        r.stats
-            .peers
-            .iter()
-            .find(|p| p.peer == peer)
-            .map_or(0, |p| p.audio_frames_received)
-    };
-    let alice_from_bob = frames(&placed, "bob");
-    let bob_from_alice = frames(&bob_report, "alice");
-    let alice_from_carol = frames(&placed, "carol");
-    assert!(
-        bob_from_alice > 150 && alice_from_bob > 150,
-        "alice/bob frames after the rekey: {alice_from_bob}/{bob_from_alice}"
-    );
-    assert!(
-        alice_from_carol < alice_from_bob,
-        "carol's media stopped at her removal ({alice_from_carol} vs {alice_from_bob})"
-    );
+    assert!(carol.session().call(export).await.unwrap().is_err());
     alice.close().await;
-    bob.close().await;
+    bob.device.close().await;
     carol.close().await;
     relay.shutdown().await;
+}
+
+/// A call participant driven by the test instead of `cove::call`: a device for the
+/// signalling (the real `Calls` state machine, inside MLS) and a real media `Call`, whose
+/// SFrame keys only the test installs. It answers the first incoming call of its group.
+struct Observer {
+    device: Device,
+    group: GroupId,
+    calls: Calls,
+    call: Option<(
+        CallId,
+        cove_media::Call,
+        tokio::sync::mpsc::Receiver<CallEvent>,
+    )>,
+    peers: HashMap<String, Peer>,
+}
+
+impl Observer {
+    fn new(device: Device, group: GroupId) -> Observer {
+        let me = device.device_id().unwrap();
+        Observer {
+            device,
+            group,
+            calls: Calls::new(me),
+            call: None,
+            peers: HashMap::new(),
+        }
+    }
+
+    fn call_id(&self) -> CallId {
+        self.call.as_ref().expect("in a call").0
+    }
+
+    /// Audio frames decoded from `peer` and SFrame failures on its session.
+    fn counters(&self, peer: &str) -> (u64, u64) {
+        self.call
+            .as_ref()
+            .and_then(|(_, call, _)| call.peer_session(peer))
+            .map_or((0, 0), |s| (s.audio_frames_decoded(), s.sframe_failures()))
+    }
+
+    /// Runs the call until `done` holds (checked after every event and every 50 ms).
+    async fn wait(&mut self, what: &str, done: impl Fn(&Observer) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !done(self) {
+            self.step(deadline, what).await;
+        }
+    }
+
+    /// Handles the next session or media event, or returns after 50 ms without one.
+    async fn step(&mut self, deadline: tokio::time::Instant, what: &str) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob did not see {what} in time"
+        );
+        enum Next {
+            Session(Option<SessionEvent>),
+            Media(Option<CallEvent>),
+            Tick,
+        }
+        let Observer { device, call, .. } = self;
+        let media = async {
+            match call {
+                Some((_, _, events)) => events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            e = device.next_event() => Next::Session(e),
+            e = media => Next::Media(e),
+            () = tokio::time::sleep(Duration::from_millis(50)) => Next::Tick,
+        };
+        let actions = match next {
+            Next::Session(None) => panic!("bob's session stopped"),
+            Next::Media(None) => panic!("bob's media engine stopped"),
+            Next::Tick => Vec::new(),
+            Next::Session(Some(SessionEvent::Core(Event::Content(received))))
+                if received.group == self.group =>
+            {
+                let group = self.group;
+                let members = self
+                    .device
+                    .session()
+                    .call(move |c| c.group_members(&group))
+                    .await
+                    .unwrap();
+                self.calls
+                    .handle(cove::session::now_ms(), &received, &members)
+            }
+            Next::Session(Some(_)) => Vec::new(),
+            Next::Media(Some(CallEvent::LocalSignal { peer, signal })) => {
+                match (self.peers.get(&peer), &self.call) {
+                    (Some(p), Some((call_id, _, _))) => self
+                        .calls
+                        .local_signal(*call_id, p, call::to_core(signal, false))
+                        .into_iter()
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            }
+            Next::Media(Some(_)) => Vec::new(),
+        };
+        self.run(actions).await;
+    }
+
+    async fn run(&mut self, actions: Vec<CallAction>) {
+        let mut queue: std::collections::VecDeque<CallAction> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                CallAction::Incoming { call_id, .. } if self.call.is_none() => {
+                    let group = self.group;
+                    let (members, leaf, epoch, key) = self
+                        .device
+                        .session()
+                        .call(move |c| {
+                            (
+                                c.group_members(&group),
+                                c.own_leaf_index(&group).unwrap(),
+                                c.epoch(&group).unwrap(),
+                                c.export_secret(&group, EXPORTER_LABEL, &call_id.0, 32)
+                                    .unwrap(),
+                            )
+                        })
+                        .await
+                        .unwrap();
+                    let config = cove_media::CallConfig {
+                        audio: Some(AudioInput::Tone(660.0)),
+                        ..cove_media::CallConfig::default()
+                    };
+                    let (media, events) = cove_media::Call::new(
+                        config,
+                        leaf,
+                        cove_media::EpochKey::new(epoch, &key).unwrap(),
+                        members.iter().map(|m| m.leaf),
+                    )
+                    .unwrap();
+                    self.call = Some((call_id, media, events));
+                    queue.extend(self.calls.answer(call_id).unwrap());
+                }
+                CallAction::Send { group, message } => {
+                    self.device
+                        .session()
+                        .call(move |c| {
+                            c.send_content(cove::session::now_ms(), group, Content::Call(message))
+                        })
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+                CallAction::Dial { peer, .. } => {
+                    self.peers.insert(peer.name.clone(), peer.clone());
+                    let (_, media, _) = self.call.as_ref().unwrap();
+                    media.dial(&peer.name, Some(peer.leaf)).await.unwrap();
+                }
+                CallAction::Apply { peer, signal, .. } => {
+                    self.peers.insert(peer.name.clone(), peer.clone());
+                    let (_, media, _) = self.call.as_ref().unwrap();
+                    // A refused description shows as CallEvent::Refused (as in the driver).
+                    if let Some(signal) = call::to_media(signal)
+                        && let Err(e) = media
+                            .apply_signal(&peer.name, Some(peer.leaf), signal)
+                            .await
+                    {
+                        eprintln!("bob: signal from {} not applied: {e}", peer.name);
+                    }
+                }
+                CallAction::PeerLeft { peer, .. } => {
+                    if let Some((_, media, _)) = &self.call {
+                        media.hang_up(&peer.name).await;
+                    }
+                    self.peers.remove(&peer.name);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Installs the key of `epoch` for sending and receiving (the current members may send).
+    async fn install(&mut self, epoch: u64, key: &[u8]) {
+        let group = self.group;
+        let members = self
+            .device
+            .session()
+            .call(move |c| c.group_members(&group))
+            .await
+            .unwrap();
+        let (_, media, _) = self.call.as_ref().unwrap();
+        media
+            .rekey(
+                cove_media::EpochKey::new(epoch, key).unwrap(),
+                members.iter().map(|m| m.leaf),
+            )
+            .unwrap();
+    }
+
+    /// Hangs up (tells the others inside MLS) and ends the media call.
+    async fn hang_up(&mut self) {
+        let actions = self.calls.hang_up(self.call_id());
+        self.run(actions).await;
+        let (_, media, _) = self.call.take().unwrap();
+        media.end().await;
+    }
 }
 
 /// The commands as a user runs them in two terminals: `cove answer` waits, `cove call`
@@ -530,21 +803,45 @@ async fn cove_call_and_cove_answer_binaries() {
     bob.close().await;
     let cove = workspace_binary("cove", "cove");
     let record = dir.path().join("rec");
+    // `cove answer` runs until the call ends; `cove call` starts once it is waiting (it
+    // prints "waiting for a call..." after opening bob's home).
+    let (waiting_tx, waiting_rx) = tokio::sync::oneshot::channel();
     let answering = tokio::task::spawn_blocking({
         let cove = cove.clone();
         let home = dir.path().join("bob");
         let record = record.clone();
         move || {
-            std::process::Command::new(cove)
+            use std::io::{BufRead, BufReader, Read};
+            let mut child = std::process::Command::new(cove)
                 .arg("--home")
                 .arg(home)
                 .args(["answer", "talk", "--wait", "60", "--record"])
                 .arg(record)
-                .output()
-                .unwrap()
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stderr = child.stderr.take().unwrap();
+            let stderr = std::thread::spawn(move || {
+                let mut all = Vec::new();
+                stderr.read_to_end(&mut all).unwrap();
+                all
+            });
+            let mut stdout = BufReader::new(child.stdout.take().unwrap());
+            let mut first = String::new();
+            stdout.read_line(&mut first).unwrap();
+            let _ = waiting_tx.send(first.clone());
+            let mut rest = String::new();
+            stdout.read_to_string(&mut rest).unwrap();
+            std::process::Output {
+                status: child.wait().unwrap(),
+                stdout: format!("{first}{rest}").into_bytes(),
+                stderr: stderr.join().unwrap(),
+            }
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = waiting_rx.await.expect("cove answer printed nothing");
+    assert_eq!(first.trim(), "waiting for a call...");
     let call = tokio::task::spawn_blocking({
         let cove = cove.clone();
         let home = dir.path().join("alice");
