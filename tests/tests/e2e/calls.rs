@@ -11,6 +11,7 @@ use cove::config::Home;
 use cove::{Event, GroupId, SessionEvent};
 use cove_core::Content;
 use cove_core::call::{CallAction, CallId, CallMessage, CallSignal, Calls, Peer};
+use cove_core::cove_store::{SqliteStore, Store as _};
 use cove_media::CallEvent;
 use cove_media::sframe::{self, EXPORTER_LABEL, SframeError};
 use cove_media::source::{AudioInput, dominant_frequency};
@@ -50,20 +51,116 @@ fn options(tone: f32, record: Option<&Path>, duration: Option<u64>) -> CallOptio
     }
 }
 
-/// Bob answers in the background (until alice hangs up); alice calls for `secs` seconds.
+/// Bob answers in the background and alice calls, both with no time limit, until
+/// `recorded` holds for the recordings (checked every 50 ms, up to [`WAIT`]); then the
+/// test hangs up for bob and for alice (see [`hang_up_as`]) and both drivers finish.
 async fn call_and_answer(
-    mut alice: Device,
-    mut bob: Device,
+    alice: Device,
+    bob: Device,
     caller: CallOptions,
     callee: CallOptions,
+    recorded: impl Fn() -> bool,
 ) -> (CallReport, CallReport, Device, Device) {
-    let answering = tokio::spawn(async move {
-        let report = call::answer(&mut bob, Some("talk"), &callee).await;
-        (report, bob)
+    let group = group_id(&alice, "talk").await;
+    let (alice_session, bob_session) = (alice.session().clone(), bob.session().clone());
+    let mut answering = spawn_answer(bob, callee);
+    let mut placing = tokio::spawn(async move {
+        let mut alice = alice;
+        let report = call::place(&mut alice, "talk", &caller).await;
+        (report, alice)
     });
-    let placed = call::place(&mut alice, "talk", &caller).await.unwrap();
-    let (answered, bob) = answering.await.unwrap();
-    (placed, answered.unwrap(), alice, bob)
+    wait_for("the recordings", recorded).await;
+    hang_up_as(&bob_session, group).await;
+    hang_up_as(&alice_session, group).await;
+    let ((placed, alice), (answered, bob)) = tokio::time::timeout(WAIT, async {
+        tokio::try_join!(&mut placing, &mut answering)
+    })
+    .await
+    .expect("both calls ended after the hang-ups")
+    .unwrap();
+    (placed.unwrap(), answered.unwrap(), alice, bob)
+}
+
+/// `device` answers the next call of `talk` with `options`, in the background.
+fn spawn_answer(
+    mut device: Device,
+    options: CallOptions,
+) -> tokio::task::JoinHandle<(Result<CallReport, CallError>, Device)> {
+    tokio::spawn(async move {
+        let r = call::answer(&mut device, Some("talk"), &options).await;
+        (r, device)
+    })
+}
+
+/// Waits (up to [`WAIT`]) for a call task to finish.
+async fn finished<T>(task: tokio::task::JoinHandle<T>, who: &str) -> T {
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap_or_else(|_| panic!("{who}'s call did not end"))
+        .unwrap()
+}
+
+/// Polls (every 50 ms, up to [`WAIT`]) until `done` holds.
+async fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not reached in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Audio frames in a recording so far: 20 ms of 48 kHz mono 16-bit PCM is 1920 bytes,
+/// after the 44-byte WAV header (the writer buffers, so this trails by a few frames).
+fn recorded_frames(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len().saturating_sub(44) / 1920)
+}
+
+/// Video frames saved in a recording directory so far.
+fn recorded_pictures(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+/// Hangs up the running call of `group` on behalf of `session`'s device: sends the
+/// `HangUp` its driver sends when hanging up, to every participant (the others' drivers
+/// drop it from the call and end when nobody is left; its own driver ignores its own
+/// message, so every participant is hung up for in turn). The call id is the one in the
+/// call signalling the device has stored.
+async fn hang_up_as(session: &cove::Session<SqliteStore>, group: GroupId) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let call_id = loop {
+        let stored = session
+            .call(move |c| c.store().messages(&group))
+            .await
+            .unwrap()
+            .unwrap();
+        let found = stored.iter().rev().find_map(|m| {
+            match cove_core::Envelope::decode(&m.content).ok()?.content {
+                Content::Call(msg) => Some(msg.call_id),
+                _ => None,
+            }
+        });
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no call signalling stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let message = CallMessage {
+        call_id,
+        to: None,
+        signal: CallSignal::HangUp,
+    };
+    session
+        .call(move |c| c.send_content(cove::session::now_ms(), group, Content::Call(message)))
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 fn read_wav(path: &Path) -> Vec<i16> {
@@ -106,7 +203,8 @@ fn assert_tone_received(placed: &CallReport, answered: &CallReport, record: &Pat
 }
 
 /// A 1:1 audio call placed with `cove call`'s driver and answered with `cove answer`'s:
-/// signalling through the relay inside MLS, media over loopback.
+/// signalling through the relay inside MLS, media over loopback. It lasts until each side
+/// recorded 150 frames (3 s) of the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_one_call_records_the_440_hz_tone() {
     let dir = tempfile::tempdir().unwrap();
@@ -114,11 +212,16 @@ async fn one_to_one_call_records_the_440_hz_tone() {
     let server = format!("wss://{}", relay.local_addr());
     let (alice, bob) = pair(dir.path(), &server, relay.cert_path()).await;
     let record = dir.path().join("bob-rec");
+    let alice_record = dir.path().join("alice-rec");
     let (placed, answered, alice, bob) = call_and_answer(
         alice,
         bob,
-        options(440.0, None, Some(3)),
+        options(440.0, Some(&alice_record), None),
         options(660.0, Some(&record), None),
+        || {
+            recorded_frames(&record.join("audio-alice.wav")) >= 150
+                && recorded_frames(&alice_record.join("audio-bob.wav")) >= 150
+        },
     )
     .await;
     assert_eq!(placed.peers, vec!["bob".to_string()]);
@@ -134,7 +237,8 @@ async fn one_to_one_call_records_the_440_hz_tone() {
 
 /// Both sides forced to relayed candidates: media flows through the relay's TURN server.
 /// Afterwards, neither the relay's data directory nor its logs (the real binary at
-/// RUST_LOG=trace) hold SDP, ICE candidates, DTLS fingerprints or the media key.
+/// RUST_LOG=trace) hold SDP, ICE candidates, DTLS fingerprints or the media key. The call
+/// lasts until bob recorded 150 frames (3 s) of alice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_call_through_the_relays_turn_server_leaves_no_secrets_on_the_relay() {
     let dir = tempfile::tempdir().unwrap();
@@ -182,8 +286,9 @@ async fn relay_only_call_through_the_relays_turn_server_leaves_no_secrets_on_the
     let (placed, answered, alice, bob) = call_and_answer(
         alice,
         bob,
-        relay_only(options(440.0, None, Some(3))),
+        relay_only(options(440.0, None, None)),
         relay_only(options(660.0, Some(&record), None)),
+        || recorded_frames(&record.join("audio-alice.wav")) >= 150,
     )
     .await;
     assert!(placed.used_turn && answered.used_turn);
@@ -369,7 +474,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// A three-party call: alice rings bob and carol, both answer, bob (the lower leaf index of
 /// the two) dials carol, and everyone hears both others. Alice also sends video (the test
-/// pattern), which both receive.
+/// pattern), which both receive. The call lasts until every recording shows that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_party_mesh_call_with_video() {
     let dir = tempfile::tempdir().unwrap();
@@ -387,22 +492,43 @@ async fn three_party_mesh_call_with_video() {
         .unwrap();
     joined(&mut bob).await;
     joined(&mut carol).await;
-    let answer = |mut device: Device, tone: f32| {
-        let options = options(tone, None, Some(4));
-        tokio::spawn(async move {
-            let r = call::answer(&mut device, Some("talk"), &options).await;
-            (r, device)
-        })
-    };
-    let bob_task = answer(bob, 660.0);
-    let carol_task = answer(carol, 880.0);
+    let group = group_id(&alice, "talk").await;
+    let rec = |who: &str| dir.path().join(format!("{who}-rec"));
+    let (bob_session, carol_session) = (bob.session().clone(), carol.session().clone());
+    let alice_session = alice.session().clone();
+    let bob_task = spawn_answer(bob, options(660.0, Some(&rec("bob")), None));
+    let carol_task = spawn_answer(carol, options(880.0, Some(&rec("carol")), None));
     let caller = CallOptions {
         video: Some("pattern".parse().unwrap()),
-        ..options(440.0, None, Some(4))
+        ..options(440.0, Some(&rec("alice")), None)
     };
-    let placed = call::place(&mut alice, "talk", &caller).await.unwrap();
-    let (bob_report, bob) = bob_task.await.unwrap();
-    let (carol_report, carol) = carol_task.await.unwrap();
+    let alice_task = tokio::spawn(async move {
+        let r = call::place(&mut alice, "talk", &caller).await;
+        (r, alice)
+    });
+    // Everyone has recorded audio of both others, and bob and carol a picture of alice.
+    wait_for("audio from both others, video from alice", || {
+        let heard = |who: &str, from: &str| {
+            recorded_frames(&rec(who).join(format!("audio-{from}.wav"))) >= 1
+        };
+        heard("alice", "bob")
+            && heard("alice", "carol")
+            && heard("bob", "alice")
+            && heard("bob", "carol")
+            && heard("carol", "alice")
+            && heard("carol", "bob")
+            && recorded_pictures(&rec("bob").join("video-alice")) >= 1
+            && recorded_pictures(&rec("carol").join("video-alice")) >= 1
+    })
+    .await;
+    // bob, carol and alice hang up: everyone's call ends.
+    hang_up_as(&bob_session, group).await;
+    hang_up_as(&carol_session, group).await;
+    hang_up_as(&alice_session, group).await;
+    let (placed, alice) = finished(alice_task, "alice").await;
+    let placed = placed.unwrap();
+    let (bob_report, bob) = finished(bob_task, "bob").await;
+    let (carol_report, carol) = finished(carol_task, "carol").await;
     let (bob_report, carol_report) = (bob_report.unwrap(), carol_report.unwrap());
     for (who, report, others) in [
         ("alice", &placed, ["bob", "carol"]),
@@ -564,9 +690,9 @@ async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
     .await;
     bob.hang_up().await;
 
-    let (placed, alice) = alice_task.await.unwrap();
+    let (placed, alice) = finished(alice_task, "alice").await;
     let placed = placed.unwrap();
-    let (carol_report, carol) = carol_task.await.unwrap();
+    let (carol_report, carol) = finished(carol_task, "carol").await;
     carol_report.unwrap(); // ended by the removal, not an error
     assert!(
         placed.peers.contains(&"bob".to_string()),
