@@ -560,14 +560,15 @@ async fn three_party_mesh_call_with_video() {
     relay.shutdown().await;
 }
 
-/// During a three-party call alice removes carol from the group. The SFrame base key the
+/// During a four-party call alice removes carol from the group. The SFrame base key the
 /// members export for the new epoch differs from the old one (which carol had, and which
 /// her client can no longer derive anew after the removal). bob's side is driven by the
 /// test (the real signalling state machine and a real media `Call`, but no automatic
 /// rekey), so it holds only the old key: once alice has rekeyed, her frames fail to
 /// decrypt with it and none decrypts any more; installed with the new epoch's key, the same
 /// media session decodes alice's frames again. The old base key does not open a frame
-/// sealed for the new epoch's key id either. carol's call ends with her removal.
+/// sealed for the new epoch's key id either. dave, on the real driver, rekeys by himself
+/// and keeps recording alice after her rekey. carol's call ends with her removal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
     let dir = tempfile::tempdir().unwrap();
@@ -578,15 +579,16 @@ async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
     let mut alice = register(&home("alice"), &server, "alice", &ca).await;
     let mut bob = register(&home("bob"), &server, "bob", &ca).await;
     let mut carol = register(&home("carol"), &server, "carol", &ca).await;
+    let mut dave = register(&home("dave"), &server, "dave", &ca).await;
     alice.create_group("talk").await.unwrap();
     alice
-        .add_users("talk", &names(&["bob", "carol"]))
+        .add_users("talk", &names(&["bob", "carol", "dave"]))
         .await
         .unwrap();
-    joined(&mut bob).await;
-    joined(&mut carol).await;
-    bob.settle().await.unwrap();
-    carol.settle().await.unwrap();
+    for d in [&mut bob, &mut carol, &mut dave] {
+        joined(d).await;
+        d.settle().await.unwrap();
+    }
     let group = group_id(&alice, "talk").await;
     let epoch_before = alice.epoch_state(group).await.unwrap().unwrap().0;
     let alice_leaf = alice
@@ -596,8 +598,12 @@ async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
         .unwrap()
         .unwrap();
 
-    // carol answers with the real driver until her removal ends her call; alice calls
-    // with no time limit (the call ends when bob hangs up and carol is gone).
+    // carol answers with the real driver until her removal ends her call, dave with the
+    // real driver and a recording; alice calls with no time limit (the test hangs up).
+    let dave_record = dir.path().join("dave-rec");
+    let dave_session = dave.session().clone();
+    let dave_task = spawn_answer(dave, options(550.0, Some(&dave_record), None));
+    let dave_heard_alice = || recorded_frames(&dave_record.join("audio-alice.wav"));
     let carol_session = carol.session().clone();
     let carol_task = tokio::spawn(async move {
         let r = call::answer(&mut carol, Some("talk"), &options(880.0, None, None)).await;
@@ -609,8 +615,8 @@ async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
         (r, alice)
     });
     let mut bob = Observer::new(bob, group);
-    bob.wait("audio from alice and carol", |b| {
-        b.counters("alice").0 >= 25 && b.counters("carol").0 >= 1
+    bob.wait("audio from alice and carol, dave hearing alice", |b| {
+        b.counters("alice").0 >= 25 && b.counters("carol").0 >= 1 && dave_heard_alice() >= 1
     })
     .await;
     let call_id = bob.call_id();
@@ -652,6 +658,7 @@ async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
     })
     .await;
     let (decoded_at, failures_at) = bob.counters("alice");
+    let dave_at = dave_heard_alice();
     bob.wait("25 more of alice's frames refused", |b| {
         b.counters("alice").1 >= failures_at + 25
     })
@@ -688,12 +695,22 @@ async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
         b.counters("alice").0 >= decoded_at + 25
     })
     .await;
+    // dave's driver installed the new key itself: he keeps recording alice.
+    bob.wait("dave recording alice after her rekey", |_| {
+        dave_heard_alice() >= dave_at + 50
+    })
+    .await;
+    // bob and dave hang up (alice's call then ends), then alice (dave's call ends).
     bob.hang_up().await;
+    hang_up_as(&dave_session, group).await;
+    hang_up_as(&alice_session, group).await;
 
     let (placed, alice) = finished(alice_task, "alice").await;
     let placed = placed.unwrap();
     let (carol_report, carol) = finished(carol_task, "carol").await;
     carol_report.unwrap(); // ended by the removal, not an error
+    let (dave_report, dave) = finished(dave_task, "dave").await;
+    dave_report.unwrap();
     assert!(
         placed.peers.contains(&"bob".to_string()),
         "{:?}",
@@ -712,6 +729,7 @@ async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
     alice.close().await;
     bob.device.close().await;
     carol.close().await;
+    dave.close().await;
     relay.shutdown().await;
 }
 
