@@ -41,11 +41,13 @@ async fn pair(dir: &Path, server: &str, ca: &Path) -> (Device, Device) {
     (alice, bob)
 }
 
-fn options(tone: f32, record: Option<&Path>, duration: Option<u64>) -> CallOptions {
+/// A call sending a `tone`, recording into `record`, with no time limit: the calls of these
+/// tests end when the test hangs up, once what it waits for has happened.
+fn options(tone: f32, record: Option<&Path>) -> CallOptions {
     CallOptions {
         audio: Some(AudioInput::Tone(tone)),
         record: record.map(Path::to_owned),
-        duration: duration.map(Duration::from_secs),
+        duration: None,
         ring_timeout: WAIT,
         ..CallOptions::default()
     }
@@ -216,8 +218,8 @@ async fn one_to_one_call_records_the_440_hz_tone() {
     let (placed, answered, alice, bob) = call_and_answer(
         alice,
         bob,
-        options(440.0, Some(&alice_record), None),
-        options(660.0, Some(&record), None),
+        options(440.0, Some(&alice_record)),
+        options(660.0, Some(&record)),
         || {
             recorded_frames(&record.join("audio-alice.wav")) >= 150
                 && recorded_frames(&alice_record.join("audio-bob.wav")) >= 150
@@ -286,8 +288,8 @@ async fn relay_only_call_through_the_relays_turn_server_leaves_no_secrets_on_the
     let (placed, answered, alice, bob) = call_and_answer(
         alice,
         bob,
-        relay_only(options(440.0, None, None)),
-        relay_only(options(660.0, Some(&record), None)),
+        relay_only(options(440.0, None)),
+        relay_only(options(660.0, Some(&record))),
         || recorded_frames(&record.join("audio-alice.wav")) >= 150,
     )
     .await;
@@ -350,7 +352,7 @@ async fn tampered_fingerprint_in_the_offer_is_refused() {
     let (alice, mut bob) = pair(dir.path(), &server, relay.cert_path()).await;
     let record = dir.path().join("bob-rec");
     let answering = tokio::spawn(async move {
-        let r = call::answer(&mut bob, Some("talk"), &options(660.0, Some(&record), None)).await;
+        let r = call::answer(&mut bob, Some("talk"), &options(660.0, Some(&record))).await;
         (r, bob, record)
     });
 
@@ -496,11 +498,11 @@ async fn three_party_mesh_call_with_video() {
     let rec = |who: &str| dir.path().join(format!("{who}-rec"));
     let (bob_session, carol_session) = (bob.session().clone(), carol.session().clone());
     let alice_session = alice.session().clone();
-    let bob_task = spawn_answer(bob, options(660.0, Some(&rec("bob")), None));
-    let carol_task = spawn_answer(carol, options(880.0, Some(&rec("carol")), None));
+    let bob_task = spawn_answer(bob, options(660.0, Some(&rec("bob"))));
+    let carol_task = spawn_answer(carol, options(880.0, Some(&rec("carol"))));
     let caller = CallOptions {
         video: Some("pattern".parse().unwrap()),
-        ..options(440.0, Some(&rec("alice")), None)
+        ..options(440.0, Some(&rec("alice")))
     };
     let alice_task = tokio::spawn(async move {
         let r = call::place(&mut alice, "talk", &caller).await;
@@ -602,16 +604,16 @@ async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
     // real driver and a recording; alice calls with no time limit (the test hangs up).
     let dave_record = dir.path().join("dave-rec");
     let dave_session = dave.session().clone();
-    let dave_task = spawn_answer(dave, options(550.0, Some(&dave_record), None));
+    let dave_task = spawn_answer(dave, options(550.0, Some(&dave_record)));
     let dave_heard_alice = || recorded_frames(&dave_record.join("audio-alice.wav"));
     let carol_session = carol.session().clone();
     let carol_task = tokio::spawn(async move {
-        let r = call::answer(&mut carol, Some("talk"), &options(880.0, None, None)).await;
+        let r = call::answer(&mut carol, Some("talk"), &options(880.0, None)).await;
         (r, carol)
     });
     let alice_session = alice.session().clone();
     let alice_task = tokio::spawn(async move {
-        let r = call::place(&mut alice, "talk", &options(440.0, None, None)).await;
+        let r = call::place(&mut alice, "talk", &options(440.0, None)).await;
         (r, alice)
     });
     let mut bob = Observer::new(bob, group);
