@@ -1,4 +1,5 @@
-//! Group changes: concurrent commits converge; a removed member is locked out.
+//! Group changes: concurrent changes converge, racing commits are refused as stale and
+//! rebuilt; a removed member is locked out.
 
 use cove::{Device, DeviceError, Event};
 use cove_core::cove_store::SqliteStore;
@@ -21,8 +22,9 @@ use crate::support::*;
 /// authenticators and the same member list.
 ///
 /// Whether the two commits of a pair actually collided (one refused as stale, then
-/// rebuilt) depends on timing and is not checked here: the core's tests drive that race
-/// deterministically (`net.relay.stale_rejections`).
+/// rebuilt) depends on timing and is not checked here (add and remove build their commits
+/// only after relay round trips); `concurrent_key_updates_one_is_refused_as_stale_and_rebuilt`
+/// shows that race end to end, and the core's tests drive it deterministically.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_membership_changes_each_commit_once_and_members_converge() {
     let net = Net::sqlite().await;
@@ -139,6 +141,124 @@ async fn concurrent_membership_changes_each_commit_once_and_members_converge() {
             |e| matches!(e, Event::Message(m) if m.text == "all in sync"),
         )
         .await;
+    }
+}
+
+/// alice and bob rotate their keys at the same time. Each builds its commit at once, for
+/// the epoch its client is in at that moment (the command runs with the connection ready
+/// and no other command pending, so `try_commit` builds it there and then). When both were
+/// built for the same epoch, the relay cannot have taken both there: its log holds one at
+/// that epoch and the other at the next, so one was refused as stale and rebuilt. The test
+/// repeats the pair until that happened (at most five times; concurrent sends make it the
+/// first time in practice) and checks the members converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_key_updates_one_is_refused_as_stale_and_rebuilt() {
+    let net = Net::sqlite().await;
+    let mut alice = net.user("alice").await;
+    let mut bob = net.user("bob").await;
+    let mut carol = net.user("carol").await;
+    alice.create_group("g").await.unwrap();
+    alice
+        .add_users("g", &names(&["bob", "carol"]))
+        .await
+        .unwrap();
+    joined(&mut bob).await;
+    joined(&mut carol).await;
+    carol.settle().await.unwrap();
+    let group = group_id(&alice, "g").await;
+    let devices = [alice.device_id().unwrap(), bob.device_id().unwrap()];
+
+    /// Starts a key update and returns the epoch its commit was built for.
+    async fn update(device: &Device, group: cove::GroupId) -> u64 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        device
+            .session()
+            .op(WAIT, move |c| {
+                assert!(
+                    c.is_ready() && !c.has_pending_ops(),
+                    "the commit would not be built at once (ready {}, pending ops {})",
+                    c.is_ready(),
+                    c.has_pending_ops()
+                );
+                let _ = tx.send(c.epoch(&group).unwrap());
+                c.update_keys(cove::session::now_ms(), "g")
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        rx.await.unwrap()
+    }
+
+    // carol reads the log (a probe displaces the prober's session, so not the racers).
+    let log_after = |after: Seq| {
+        let carol = &carol;
+        async move {
+            match carol
+                .probe(Request::Fetch {
+                    group,
+                    after,
+                    limit: 500,
+                })
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Reply::Entries { entries } => entries,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let mut raced = false;
+    for _attempt in 0..5 {
+        let after = log_after(Seq(0)).await.last().map_or(Seq(0), |e| e.seq);
+        for d in [&mut alice, &mut bob] {
+            d.settle().await.unwrap();
+        }
+        let (built_a, built_b) = tokio::join!(update(&alice, group), update(&bob, group));
+        let entries = log_after(after).await;
+        let commits: Vec<_> = entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::Commit { .. }))
+            .map(|e| (e.sender, e.epoch.0))
+            .collect();
+        assert_eq!(commits.len(), 2, "one accepted commit each: {commits:?}");
+        let mut senders: Vec<_> = commits.iter().map(|c| c.0).collect();
+        senders.sort();
+        let mut expected = devices.to_vec();
+        expected.sort();
+        assert_eq!(senders, expected);
+        let start = built_a.min(built_b);
+        assert_eq!(
+            commits.iter().map(|c| c.1).collect::<Vec<_>>(),
+            [start, start + 1],
+            "one commit per epoch"
+        );
+        if built_a == built_b {
+            // Both built for `start`, yet one sits at `start + 1`: refused, then rebuilt.
+            raced = true;
+            break;
+        }
+    }
+    assert!(raced, "the two commits never collided in five attempts");
+
+    // Everyone ends in the same epoch with equal authenticators.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut states = Vec::new();
+        for d in [&alice, &bob, &carol] {
+            d.session().settled(WAIT).await.unwrap();
+            states.push(d.epoch_state(group).await.unwrap().unwrap());
+        }
+        if states.iter().all(|s| s == &states[0]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "members differ: {:?}",
+            states.iter().map(|s| s.0).collect::<Vec<_>>()
+        );
+        // Poll interval only: the condition above decides.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
