@@ -1,15 +1,19 @@
 //! Calls end to end: real relay (with its TURN server), real clients, signalling inside MLS,
 //! real WebRTC over loopback, headless tone sources and recordings.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use cove::Device;
 use cove::call::{self, CallError, CallOptions, CallReport};
 use cove::config::Home;
+use cove::{Event, GroupId, SessionEvent};
 use cove_core::Content;
-use cove_core::call::{CallId, CallMessage, CallSignal};
-use cove_media::sframe::EXPORTER_LABEL;
+use cove_core::call::{CallAction, CallId, CallMessage, CallSignal, Calls, Peer};
+use cove_core::cove_store::{SqliteStore, Store as _};
+use cove_media::CallEvent;
+use cove_media::sframe::{self, EXPORTER_LABEL, SframeError};
 use cove_media::source::{AudioInput, dominant_frequency};
 use cove_server::{Relay, RelayConfig, RelayHandle, StoreKind};
 
@@ -37,30 +41,128 @@ async fn pair(dir: &Path, server: &str, ca: &Path) -> (Device, Device) {
     (alice, bob)
 }
 
-fn options(tone: f32, record: Option<&Path>, duration: Option<u64>) -> CallOptions {
+/// A call sending a `tone`, recording into `record`, with no time limit: the calls of these
+/// tests end when the test hangs up, once what it waits for has happened.
+fn options(tone: f32, record: Option<&Path>) -> CallOptions {
     CallOptions {
         audio: Some(AudioInput::Tone(tone)),
         record: record.map(Path::to_owned),
-        duration: duration.map(Duration::from_secs),
+        duration: None,
         ring_timeout: WAIT,
         ..CallOptions::default()
     }
 }
 
-/// Bob answers in the background (until alice hangs up); alice calls for `secs` seconds.
+/// Bob answers in the background and alice calls, both with no time limit, until
+/// `recorded` holds for the recordings (checked every 50 ms, up to [`WAIT`]); then the
+/// test hangs up for bob and for alice (see [`hang_up_as`]) and both drivers finish.
 async fn call_and_answer(
-    mut alice: Device,
-    mut bob: Device,
+    alice: Device,
+    bob: Device,
     caller: CallOptions,
     callee: CallOptions,
+    recorded: impl Fn() -> bool,
 ) -> (CallReport, CallReport, Device, Device) {
-    let answering = tokio::spawn(async move {
-        let report = call::answer(&mut bob, Some("talk"), &callee).await;
-        (report, bob)
+    let group = group_id(&alice, "talk").await;
+    let (alice_session, bob_session) = (alice.session().clone(), bob.session().clone());
+    let mut answering = spawn_answer(bob, callee);
+    let mut placing = tokio::spawn(async move {
+        let mut alice = alice;
+        let report = call::place(&mut alice, "talk", &caller).await;
+        (report, alice)
     });
-    let placed = call::place(&mut alice, "talk", &caller).await.unwrap();
-    let (answered, bob) = answering.await.unwrap();
-    (placed, answered.unwrap(), alice, bob)
+    wait_for("the recordings", recorded).await;
+    hang_up_as(&bob_session, group).await;
+    hang_up_as(&alice_session, group).await;
+    let ((placed, alice), (answered, bob)) = tokio::time::timeout(WAIT, async {
+        tokio::try_join!(&mut placing, &mut answering)
+    })
+    .await
+    .expect("both calls ended after the hang-ups")
+    .unwrap();
+    (placed.unwrap(), answered.unwrap(), alice, bob)
+}
+
+/// `device` answers the next call of `talk` with `options`, in the background.
+fn spawn_answer(
+    mut device: Device,
+    options: CallOptions,
+) -> tokio::task::JoinHandle<(Result<CallReport, CallError>, Device)> {
+    tokio::spawn(async move {
+        let r = call::answer(&mut device, Some("talk"), &options).await;
+        (r, device)
+    })
+}
+
+/// Waits (up to [`WAIT`]) for a call task to finish.
+async fn finished<T>(task: tokio::task::JoinHandle<T>, who: &str) -> T {
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap_or_else(|_| panic!("{who}'s call did not end"))
+        .unwrap()
+}
+
+/// Polls (every 50 ms, up to [`WAIT`]) until `done` holds.
+async fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not reached in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Audio frames in a recording so far: 20 ms of 48 kHz mono 16-bit PCM is 1920 bytes,
+/// after the 44-byte WAV header (the writer buffers, so this trails by a few frames).
+fn recorded_frames(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len().saturating_sub(44) / 1920)
+}
+
+/// Video frames saved in a recording directory so far.
+fn recorded_pictures(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+/// Hangs up the running call of `group` on behalf of `session`'s device: sends the
+/// `HangUp` its driver sends when hanging up, to every participant (the others' drivers
+/// drop it from the call and end when nobody is left; its own driver ignores its own
+/// message, so every participant is hung up for in turn). The call id is the one in the
+/// call signalling the device has stored.
+async fn hang_up_as(session: &cove::Session<SqliteStore>, group: GroupId) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let call_id = loop {
+        let stored = session
+            .call(move |c| c.store().messages(&group))
+            .await
+            .unwrap()
+            .unwrap();
+        let found = stored.iter().rev().find_map(|m| {
+            match cove_core::Envelope::decode(&m.content).ok()?.content {
+                Content::Call(msg) => Some(msg.call_id),
+                _ => None,
+            }
+        });
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no call signalling stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let message = CallMessage {
+        call_id,
+        to: None,
+        signal: CallSignal::HangUp,
+    };
+    session
+        .call(move |c| c.send_content(cove::session::now_ms(), group, Content::Call(message)))
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 fn read_wav(path: &Path) -> Vec<i16> {
@@ -103,7 +205,8 @@ fn assert_tone_received(placed: &CallReport, answered: &CallReport, record: &Pat
 }
 
 /// A 1:1 audio call placed with `cove call`'s driver and answered with `cove answer`'s:
-/// signalling through the relay inside MLS, media over loopback.
+/// signalling through the relay inside MLS, media over loopback. It lasts until each side
+/// recorded 150 frames (3 s) of the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_one_call_records_the_440_hz_tone() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,11 +214,16 @@ async fn one_to_one_call_records_the_440_hz_tone() {
     let server = format!("wss://{}", relay.local_addr());
     let (alice, bob) = pair(dir.path(), &server, relay.cert_path()).await;
     let record = dir.path().join("bob-rec");
+    let alice_record = dir.path().join("alice-rec");
     let (placed, answered, alice, bob) = call_and_answer(
         alice,
         bob,
-        options(440.0, None, Some(3)),
-        options(660.0, Some(&record), None),
+        options(440.0, Some(&alice_record)),
+        options(660.0, Some(&record)),
+        || {
+            recorded_frames(&record.join("audio-alice.wav")) >= 150
+                && recorded_frames(&alice_record.join("audio-bob.wav")) >= 150
+        },
     )
     .await;
     assert_eq!(placed.peers, vec!["bob".to_string()]);
@@ -131,7 +239,8 @@ async fn one_to_one_call_records_the_440_hz_tone() {
 
 /// Both sides forced to relayed candidates: media flows through the relay's TURN server.
 /// Afterwards, neither the relay's data directory nor its logs (the real binary at
-/// RUST_LOG=trace) hold SDP, ICE candidates, DTLS fingerprints or the media key.
+/// RUST_LOG=trace) hold SDP, ICE candidates, DTLS fingerprints or the media key. The call
+/// lasts until bob recorded 150 frames (3 s) of alice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_call_through_the_relays_turn_server_leaves_no_secrets_on_the_relay() {
     let dir = tempfile::tempdir().unwrap();
@@ -179,8 +288,9 @@ async fn relay_only_call_through_the_relays_turn_server_leaves_no_secrets_on_the
     let (placed, answered, alice, bob) = call_and_answer(
         alice,
         bob,
-        relay_only(options(440.0, None, Some(3))),
-        relay_only(options(660.0, Some(&record), None)),
+        relay_only(options(440.0, None)),
+        relay_only(options(660.0, Some(&record))),
+        || recorded_frames(&record.join("audio-alice.wav")) >= 150,
     )
     .await;
     assert!(placed.used_turn && answered.used_turn);
@@ -242,7 +352,7 @@ async fn tampered_fingerprint_in_the_offer_is_refused() {
     let (alice, mut bob) = pair(dir.path(), &server, relay.cert_path()).await;
     let record = dir.path().join("bob-rec");
     let answering = tokio::spawn(async move {
-        let r = call::answer(&mut bob, Some("talk"), &options(660.0, Some(&record), None)).await;
+        let r = call::answer(&mut bob, Some("talk"), &options(660.0, Some(&record))).await;
         (r, bob, record)
     });
 
@@ -366,7 +476,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// A three-party call: alice rings bob and carol, both answer, bob (the lower leaf index of
 /// the two) dials carol, and everyone hears both others. Alice also sends video (the test
-/// pattern), which both receive.
+/// pattern), which both receive. The call lasts until every recording shows that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_party_mesh_call_with_video() {
     let dir = tempfile::tempdir().unwrap();
@@ -384,22 +494,43 @@ async fn three_party_mesh_call_with_video() {
         .unwrap();
     joined(&mut bob).await;
     joined(&mut carol).await;
-    let answer = |mut device: Device, tone: f32| {
-        let options = options(tone, None, Some(4));
-        tokio::spawn(async move {
-            let r = call::answer(&mut device, Some("talk"), &options).await;
-            (r, device)
-        })
-    };
-    let bob_task = answer(bob, 660.0);
-    let carol_task = answer(carol, 880.0);
+    let group = group_id(&alice, "talk").await;
+    let rec = |who: &str| dir.path().join(format!("{who}-rec"));
+    let (bob_session, carol_session) = (bob.session().clone(), carol.session().clone());
+    let alice_session = alice.session().clone();
+    let bob_task = spawn_answer(bob, options(660.0, Some(&rec("bob"))));
+    let carol_task = spawn_answer(carol, options(880.0, Some(&rec("carol"))));
     let caller = CallOptions {
         video: Some("pattern".parse().unwrap()),
-        ..options(440.0, None, Some(4))
+        ..options(440.0, Some(&rec("alice")))
     };
-    let placed = call::place(&mut alice, "talk", &caller).await.unwrap();
-    let (bob_report, bob) = bob_task.await.unwrap();
-    let (carol_report, carol) = carol_task.await.unwrap();
+    let alice_task = tokio::spawn(async move {
+        let r = call::place(&mut alice, "talk", &caller).await;
+        (r, alice)
+    });
+    // Everyone has recorded audio of both others, and bob and carol a picture of alice.
+    wait_for("audio from both others, video from alice", || {
+        let heard = |who: &str, from: &str| {
+            recorded_frames(&rec(who).join(format!("audio-{from}.wav"))) >= 1
+        };
+        heard("alice", "bob")
+            && heard("alice", "carol")
+            && heard("bob", "alice")
+            && heard("bob", "carol")
+            && heard("carol", "alice")
+            && heard("carol", "bob")
+            && recorded_pictures(&rec("bob").join("video-alice")) >= 1
+            && recorded_pictures(&rec("carol").join("video-alice")) >= 1
+    })
+    .await;
+    // bob, carol and alice hang up: everyone's call ends.
+    hang_up_as(&bob_session, group).await;
+    hang_up_as(&carol_session, group).await;
+    hang_up_as(&alice_session, group).await;
+    let (placed, alice) = finished(alice_task, "alice").await;
+    let placed = placed.unwrap();
+    let (bob_report, bob) = finished(bob_task, "bob").await;
+    let (carol_report, carol) = finished(carol_task, "carol").await;
     let (bob_report, carol_report) = (bob_report.unwrap(), carol_report.unwrap());
     for (who, report, others) in [
         ("alice", &placed, ["bob", "carol"]),
@@ -431,10 +562,15 @@ async fn three_party_mesh_call_with_video() {
     relay.shutdown().await;
 }
 
-/// During a three-party call alice removes carol from the group: alice and bob export the
-/// next epoch's key and rekey, hang up carol's sessions and keep talking; carol's call ends
-/// with her removal and her client never gets the new epoch (so it cannot derive the media
-/// key used after the rekey).
+/// During a four-party call alice removes carol from the group. The SFrame base key the
+/// members export for the new epoch differs from the old one (which carol had, and which
+/// her client can no longer derive anew after the removal). bob's side is driven by the
+/// test (the real signalling state machine and a real media `Call`, but no automatic
+/// rekey), so it holds only the old key: once alice has rekeyed, her frames fail to
+/// decrypt with it and none decrypts any more; installed with the new epoch's key, the same
+/// media session decodes alice's frames again. The old base key does not open a frame
+/// sealed for the new epoch's key id either. dave, on the real driver, rekeys by himself
+/// and keeps recording alice after her rekey. carol's call ends with her removal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
     let dir = tempfile::tempdir().unwrap();
@@ -445,77 +581,360 @@ async fn member_removed_during_a_call_is_cut_off_by_the_rekey() {
     let mut alice = register(&home("alice"), &server, "alice", &ca).await;
     let mut bob = register(&home("bob"), &server, "bob", &ca).await;
     let mut carol = register(&home("carol"), &server, "carol", &ca).await;
+    let mut dave = register(&home("dave"), &server, "dave", &ca).await;
     alice.create_group("talk").await.unwrap();
     alice
-        .add_users("talk", &names(&["bob", "carol"]))
+        .add_users("talk", &names(&["bob", "carol", "dave"]))
         .await
         .unwrap();
-    joined(&mut bob).await;
-    joined(&mut carol).await;
+    for d in [&mut bob, &mut carol, &mut dave] {
+        joined(d).await;
+        d.settle().await.unwrap();
+    }
     let group = group_id(&alice, "talk").await;
     let epoch_before = alice.epoch_state(group).await.unwrap().unwrap().0;
-    let answer = |mut device: Device, tone: f32| {
-        let options = options(tone, None, Some(5));
-        tokio::spawn(async move {
-            let r = call::answer(&mut device, Some("talk"), &options).await;
-            (r, device)
-        })
-    };
-    let bob_task = answer(bob, 660.0);
-    let carol_task = answer(carol, 880.0);
-    // Alice's session handle, to remove carol while her device runs the call.
-    let session = alice.session().clone();
-    let remover = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let carol = names(&["carol"]);
-        session
-            .op(WAIT, move |c| {
-                c.remove_users(cove::session::now_ms(), "talk", &carol)
-            })
-            .await
-            .unwrap()
-            .unwrap();
-    });
-    let placed = call::place(&mut alice, "talk", &options(440.0, None, Some(5)))
+    let alice_leaf = alice
+        .session()
+        .call(move |c| c.own_leaf_index(&group))
         .await
+        .unwrap()
         .unwrap();
-    remover.await.unwrap();
-    let (bob_report, bob) = bob_task.await.unwrap();
-    let (carol_report, carol) = carol_task.await.unwrap();
-    let bob_report = bob_report.unwrap();
-    carol_report.unwrap(); // ended by the removal, not an error
 
-    // Alice and bob moved to the next epoch; carol's client did not.
+    // carol answers with the real driver until her removal ends her call, dave with the
+    // real driver and a recording; alice calls with no time limit (the test hangs up).
+    let dave_record = dir.path().join("dave-rec");
+    let dave_session = dave.session().clone();
+    let dave_task = spawn_answer(dave, options(550.0, Some(&dave_record)));
+    let dave_heard_alice = || recorded_frames(&dave_record.join("audio-alice.wav"));
+    let carol_session = carol.session().clone();
+    let carol_task = tokio::spawn(async move {
+        let r = call::answer(&mut carol, Some("talk"), &options(880.0, None)).await;
+        (r, carol)
+    });
+    let alice_session = alice.session().clone();
+    let alice_task = tokio::spawn(async move {
+        let r = call::place(&mut alice, "talk", &options(440.0, None)).await;
+        (r, alice)
+    });
+    let mut bob = Observer::new(bob, group);
+    bob.wait("audio from alice and carol, dave hearing alice", |b| {
+        b.counters("alice").0 >= 25 && b.counters("carol").0 >= 1 && dave_heard_alice() >= 1
+    })
+    .await;
+    let call_id = bob.call_id();
+    let export =
+        move |c: &mut cove_core::Client<_>| c.export_secret(&group, EXPORTER_LABEL, &call_id.0, 32);
+    let old_key = bob.device.session().call(export).await.unwrap().unwrap();
+    let carols_key = carol_session.call(export).await.unwrap().unwrap();
+    assert_eq!(carols_key, old_key, "carol had the old epoch's key");
+    let (_, failures_before) = bob.counters("alice");
+    assert_eq!(failures_before, 0, "no SFrame failure before the rekey");
+
+    // alice removes carol while the call runs (her driver sees the commit and rekeys).
+    let carol_name = names(&["carol"]);
+    alice_session
+        .op(WAIT, move |c| {
+            c.remove_users(cove::session::now_ms(), "talk", &carol_name)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let new_epoch = loop {
+        let epoch = bob.device.epoch_state(group).await.unwrap().unwrap().0;
+        if epoch > epoch_before {
+            break epoch;
+        }
+        bob.step(deadline, "bob merging the removal").await;
+    };
+    assert_eq!(new_epoch, epoch_before + 1);
+    let new_key = bob.device.session().call(export).await.unwrap().unwrap();
+    assert_ne!(
+        new_key, old_key,
+        "the SFrame base key changed with the epoch"
+    );
+
+    // With only the old key, alice's frames stop decrypting once she has rekeyed ...
+    bob.wait("alice's rekeyed frames refused", |b| {
+        b.counters("alice").1 >= 25
+    })
+    .await;
+    let (decoded_at, failures_at) = bob.counters("alice");
+    let dave_at = dave_heard_alice();
+    bob.wait("25 more of alice's frames refused", |b| {
+        b.counters("alice").1 >= failures_at + 25
+    })
+    .await;
+    assert_eq!(
+        bob.counters("alice").0,
+        decoded_at,
+        "a frame sent after the rekey decrypted with the old epoch's key"
+    );
+    // ... and the old base key does not open a frame sealed for the new epoch's key id.
+    let kid = sframe::kid_for(alice_leaf, new_epoch);
+    let sealed = sframe::encrypt_frame(
+        &sframe::derive_key_material(&new_key, kid),
+        kid,
+        7,
+        b"",
+        b"a media frame",
+    )
+    .unwrap();
+    assert_eq!(
+        sframe::decrypt_frame(&sframe::derive_key_material(&old_key, kid), b"", &sealed)
+            .unwrap_err(),
+        SframeError::AuthenticationFailed
+    );
+    assert_eq!(
+        sframe::decrypt_frame(&sframe::derive_key_material(&new_key, kid), b"", &sealed)
+            .unwrap()
+            .1,
+        b"a media frame"
+    );
+    // The same media session with the new epoch's key decodes alice's frames again.
+    bob.install(new_epoch, &new_key).await;
+    bob.wait("alice's frames decoded with the new key", |b| {
+        b.counters("alice").0 >= decoded_at + 25
+    })
+    .await;
+    // dave's driver installed the new key itself: he keeps recording alice.
+    bob.wait("dave recording alice after her rekey", |_| {
+        dave_heard_alice() >= dave_at + 50
+    })
+    .await;
+    // bob and dave hang up (alice's call then ends), then alice (dave's call ends).
+    bob.hang_up().await;
+    hang_up_as(&dave_session, group).await;
+    hang_up_as(&alice_session, group).await;
+
+    let (placed, alice) = finished(alice_task, "alice").await;
+    let placed = placed.unwrap();
+    let (carol_report, carol) = finished(carol_task, "carol").await;
+    carol_report.unwrap(); // ended by the removal, not an error
+    let (dave_report, dave) = finished(dave_task, "dave").await;
+    dave_report.unwrap();
+    assert!(
+        placed.peers.contains(&"bob".to_string()),
+        "{:?}",
+        placed.peers
+    );
+
+    // alice moved to the next epoch; carol's client did not, and exports nothing for it.
     let (alice_epoch, _) = alice.epoch_state(group).await.unwrap().unwrap();
-    assert!(alice_epoch > epoch_before);
+    assert_eq!(alice_epoch, new_epoch);
     let carol_epoch = carol.epoch_state(group).await.unwrap().map(|e| e.0);
     assert!(
         carol_epoch.is_none_or(|e| e == epoch_before),
         "carol reached epoch {carol_epoch:?}"
     );
-    // Alice and bob kept hearing each other for the whole call, carol only until removed.
-    let frames = |r: &CallReport, peer: &str| {
-        r.stats
-            .peers
-            .iter()
-            .find(|p| p.peer == peer)
-            .map_or(0, |p| p.audio_frames_received)
-    };
-    let alice_from_bob = frames(&placed, "bob");
-    let bob_from_alice = frames(&bob_report, "alice");
-    let alice_from_carol = frames(&placed, "carol");
-    assert!(
-        bob_from_alice > 150 && alice_from_bob > 150,
-        "alice/bob frames after the rekey: {alice_from_bob}/{bob_from_alice}"
-    );
-    assert!(
-        alice_from_carol < alice_from_bob,
-        "carol's media stopped at her removal ({alice_from_carol} vs {alice_from_bob})"
-    );
+    assert!(carol.session().call(export).await.unwrap().is_err());
     alice.close().await;
-    bob.close().await;
+    bob.device.close().await;
     carol.close().await;
+    dave.close().await;
     relay.shutdown().await;
+}
+
+/// A call participant driven by the test instead of `cove::call`: a device for the
+/// signalling (the real `Calls` state machine, inside MLS) and a real media `Call`, whose
+/// SFrame keys only the test installs. It answers the first incoming call of its group.
+struct Observer {
+    device: Device,
+    group: GroupId,
+    calls: Calls,
+    call: Option<(
+        CallId,
+        cove_media::Call,
+        tokio::sync::mpsc::Receiver<CallEvent>,
+    )>,
+    peers: HashMap<String, Peer>,
+}
+
+impl Observer {
+    fn new(device: Device, group: GroupId) -> Observer {
+        let me = device.device_id().unwrap();
+        Observer {
+            device,
+            group,
+            calls: Calls::new(me),
+            call: None,
+            peers: HashMap::new(),
+        }
+    }
+
+    fn call_id(&self) -> CallId {
+        self.call.as_ref().expect("in a call").0
+    }
+
+    /// Audio frames decoded from `peer` and SFrame failures on its session.
+    fn counters(&self, peer: &str) -> (u64, u64) {
+        self.call
+            .as_ref()
+            .and_then(|(_, call, _)| call.peer_session(peer))
+            .map_or((0, 0), |s| (s.audio_frames_decoded(), s.sframe_failures()))
+    }
+
+    /// Runs the call until `done` holds (checked after every event and every 50 ms).
+    async fn wait(&mut self, what: &str, done: impl Fn(&Observer) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !done(self) {
+            self.step(deadline, what).await;
+        }
+    }
+
+    /// Handles the next session or media event, or returns after 50 ms without one.
+    async fn step(&mut self, deadline: tokio::time::Instant, what: &str) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob did not see {what} in time"
+        );
+        enum Next {
+            Session(Option<SessionEvent>),
+            Media(Option<CallEvent>),
+            Tick,
+        }
+        let Observer { device, call, .. } = self;
+        let media = async {
+            match call {
+                Some((_, _, events)) => events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            e = device.next_event() => Next::Session(e),
+            e = media => Next::Media(e),
+            () = tokio::time::sleep(Duration::from_millis(50)) => Next::Tick,
+        };
+        let actions = match next {
+            Next::Session(None) => panic!("bob's session stopped"),
+            Next::Media(None) => panic!("bob's media engine stopped"),
+            Next::Tick => Vec::new(),
+            Next::Session(Some(SessionEvent::Core(Event::Content(received))))
+                if received.group == self.group =>
+            {
+                let group = self.group;
+                let members = self
+                    .device
+                    .session()
+                    .call(move |c| c.group_members(&group))
+                    .await
+                    .unwrap();
+                self.calls
+                    .handle(cove::session::now_ms(), &received, &members)
+            }
+            Next::Session(Some(_)) => Vec::new(),
+            Next::Media(Some(CallEvent::LocalSignal { peer, signal })) => {
+                match (self.peers.get(&peer), &self.call) {
+                    (Some(p), Some((call_id, _, _))) => self
+                        .calls
+                        .local_signal(*call_id, p, call::to_core(signal, false))
+                        .into_iter()
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            }
+            Next::Media(Some(_)) => Vec::new(),
+        };
+        self.run(actions).await;
+    }
+
+    async fn run(&mut self, actions: Vec<CallAction>) {
+        let mut queue: std::collections::VecDeque<CallAction> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                CallAction::Incoming { call_id, .. } if self.call.is_none() => {
+                    let group = self.group;
+                    let (members, leaf, epoch, key) = self
+                        .device
+                        .session()
+                        .call(move |c| {
+                            (
+                                c.group_members(&group),
+                                c.own_leaf_index(&group).unwrap(),
+                                c.epoch(&group).unwrap(),
+                                c.export_secret(&group, EXPORTER_LABEL, &call_id.0, 32)
+                                    .unwrap(),
+                            )
+                        })
+                        .await
+                        .unwrap();
+                    let config = cove_media::CallConfig {
+                        audio: Some(AudioInput::Tone(660.0)),
+                        ..cove_media::CallConfig::default()
+                    };
+                    let (media, events) = cove_media::Call::new(
+                        config,
+                        leaf,
+                        cove_media::EpochKey::new(epoch, &key).unwrap(),
+                        members.iter().map(|m| m.leaf),
+                    )
+                    .unwrap();
+                    self.call = Some((call_id, media, events));
+                    queue.extend(self.calls.answer(call_id).unwrap());
+                }
+                CallAction::Send { group, message } => {
+                    self.device
+                        .session()
+                        .call(move |c| {
+                            c.send_content(cove::session::now_ms(), group, Content::Call(message))
+                        })
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+                CallAction::Dial { peer, .. } => {
+                    self.peers.insert(peer.name.clone(), peer.clone());
+                    let (_, media, _) = self.call.as_ref().unwrap();
+                    media.dial(&peer.name, Some(peer.leaf)).await.unwrap();
+                }
+                CallAction::Apply { peer, signal, .. } => {
+                    self.peers.insert(peer.name.clone(), peer.clone());
+                    let (_, media, _) = self.call.as_ref().unwrap();
+                    // A refused description shows as CallEvent::Refused (as in the driver).
+                    if let Some(signal) = call::to_media(signal)
+                        && let Err(e) = media
+                            .apply_signal(&peer.name, Some(peer.leaf), signal)
+                            .await
+                    {
+                        eprintln!("bob: signal from {} not applied: {e}", peer.name);
+                    }
+                }
+                CallAction::PeerLeft { peer, .. } => {
+                    if let Some((_, media, _)) = &self.call {
+                        media.hang_up(&peer.name).await;
+                    }
+                    self.peers.remove(&peer.name);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Installs the key of `epoch` for sending and receiving (the current members may send).
+    async fn install(&mut self, epoch: u64, key: &[u8]) {
+        let group = self.group;
+        let members = self
+            .device
+            .session()
+            .call(move |c| c.group_members(&group))
+            .await
+            .unwrap();
+        let (_, media, _) = self.call.as_ref().unwrap();
+        media
+            .rekey(
+                cove_media::EpochKey::new(epoch, key).unwrap(),
+                members.iter().map(|m| m.leaf),
+            )
+            .unwrap();
+    }
+
+    /// Hangs up (tells the others inside MLS) and ends the media call.
+    async fn hang_up(&mut self) {
+        let actions = self.calls.hang_up(self.call_id());
+        self.run(actions).await;
+        let (_, media, _) = self.call.take().unwrap();
+        media.end().await;
+    }
 }
 
 /// The commands as a user runs them in two terminals: `cove answer` waits, `cove call`
@@ -530,21 +949,45 @@ async fn cove_call_and_cove_answer_binaries() {
     bob.close().await;
     let cove = workspace_binary("cove-cli", "cove");
     let record = dir.path().join("rec");
+    // `cove answer` runs until the call ends; `cove call` starts once it is waiting (it
+    // prints "waiting for a call..." after opening bob's home).
+    let (waiting_tx, waiting_rx) = tokio::sync::oneshot::channel();
     let answering = tokio::task::spawn_blocking({
         let cove = cove.clone();
         let home = dir.path().join("bob");
         let record = record.clone();
         move || {
-            std::process::Command::new(cove)
+            use std::io::{BufRead, BufReader, Read};
+            let mut child = std::process::Command::new(cove)
                 .arg("--home")
                 .arg(home)
                 .args(["answer", "talk", "--wait", "60", "--record"])
                 .arg(record)
-                .output()
-                .unwrap()
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stderr = child.stderr.take().unwrap();
+            let stderr = std::thread::spawn(move || {
+                let mut all = Vec::new();
+                stderr.read_to_end(&mut all).unwrap();
+                all
+            });
+            let mut stdout = BufReader::new(child.stdout.take().unwrap());
+            let mut first = String::new();
+            stdout.read_line(&mut first).unwrap();
+            let _ = waiting_tx.send(first.clone());
+            let mut rest = String::new();
+            stdout.read_to_string(&mut rest).unwrap();
+            std::process::Output {
+                status: child.wait().unwrap(),
+                stdout: format!("{first}{rest}").into_bytes(),
+                stderr: stderr.join().unwrap(),
+            }
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = waiting_rx.await.expect("cove answer printed nothing");
+    assert_eq!(first.trim(), "waiting for a call...");
     let call = tokio::task::spawn_blocking({
         let cove = cove.clone();
         let home = dir.path().join("alice");

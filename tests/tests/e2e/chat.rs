@@ -1,13 +1,13 @@
 //! Group chat: exactly once, same order, offline catch-up, several devices per user.
 
-use std::time::Duration;
-
+use cove::config::Home;
 use cove::{Device, Event, SessionEvent};
 
 use crate::support::*;
 
-/// Three users send concurrently; each sees every message exactly once, and all in the
-/// same order (the relay's log order), both as events and in the stored history.
+/// Three users send concurrently; each sees every message exactly once (nothing more
+/// before a sentinel sent afterwards), and all in the same order (the relay's log order),
+/// both as events and in the stored history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_users_see_every_message_once_in_the_same_order() {
     let net = Net::sqlite().await;
@@ -35,11 +35,13 @@ async fn three_users_see_every_message_once_in_the_same_order() {
         send(&carol, "carol")
     );
 
+    // Sent after every other send completed: last in the log.
+    alice.send_text("trio", SENTINEL).await.unwrap();
+
     let total = 3 * PER_USER;
     let mut seen = Vec::new();
     for device in [&mut alice, &mut bob, &mut carol] {
-        let mut got = messages(device, total).await;
-        got.extend(quiet(device).await);
+        let got = before_sentinel(device).await;
         let who = device.user().to_string();
         assert_eq!(got.len(), total, "{who} saw {} messages", got.len());
         assert_unique(&who, &got);
@@ -70,7 +72,7 @@ async fn three_users_see_every_message_once_in_the_same_order() {
     let h_alice = alice.history("trio").await.unwrap();
     let h_bob = bob.history("trio").await.unwrap();
     let h_carol = carol.history("trio").await.unwrap();
-    assert_eq!(h_alice.len(), total);
+    assert_eq!(h_alice.len(), total + 1, "the messages and the sentinel");
     assert_eq!(h_alice, h_bob);
     assert_eq!(h_alice, h_carol);
     for d in [alice, bob, carol] {
@@ -78,7 +80,8 @@ async fn three_users_see_every_message_once_in_the_same_order() {
     }
 }
 
-/// A member that is offline while others chat gets everything, in order, on reconnect.
+/// A member that is offline while others chat gets everything, in order, on reconnect, and
+/// nothing twice (nothing but the sentinel sent after the reconnection follows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_member_catches_up_in_order() {
     let net = Net::sqlite().await;
@@ -99,8 +102,9 @@ async fn an_offline_member_catches_up_in_order() {
         alice.send_text("g", text).await.unwrap();
     }
     let mut bob = Device::open(&net.home("bob")).await.unwrap();
-    let mut got = messages(&mut bob, sent.len()).await;
-    got.extend(quiet(&mut bob).await);
+    bob.settle().await.unwrap();
+    alice.send_text("g", SENTINEL).await.unwrap();
+    let got = before_sentinel(&mut bob).await;
     assert_eq!(texts(&got), sent, "bob's catch-up");
     let history: Vec<String> = bob
         .history("g")
@@ -110,7 +114,8 @@ async fn an_offline_member_catches_up_in_order() {
         .map(|m| m.text)
         .collect();
     assert_eq!(history[0], "before");
-    assert_eq!(history[1..], sent[..]);
+    assert_eq!(history[1..=sent.len()], sent[..]);
+    assert_eq!(history[sent.len() + 1..], [SENTINEL]);
     alice.close().await;
     bob.close().await;
 }
@@ -167,7 +172,8 @@ async fn a_user_with_two_devices_receives_on_both() {
 
 /// A relay with a tight request rate refuses some posts with `RateLimited`: the client
 /// resends each when the relay's `retry_after_ms` is over (its timer, not a reconnection),
-/// and every message arrives exactly once, in the order sent.
+/// and every message arrives exactly once, in the order sent (nothing else before a
+/// sentinel sent afterwards).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_posts_are_resent_after_the_delay_and_arrive_once() {
     let net = Net::with_limits(cove_server::Limits {
@@ -186,26 +192,100 @@ async fn rate_limited_posts_are_resent_after_the_delay_and_arrive_once() {
     for text in &sent {
         alice.send_text("g", text).await.unwrap();
     }
-    // Some posts were refused and resent on the timer (while the connection stayed up).
+    // Some posts were refused and resent on the timer (while the connection stayed up):
+    // alice's events up to the echo of her last message, which follows every resend.
+    let last = sent.last().unwrap().clone();
     let mut resent = false;
     let mut disconnected = false;
-    while let Ok(Some(event)) =
-        tokio::time::timeout(Duration::from_millis(200), alice.next_event()).await
-    {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, alice.next_event())
+            .await
+            .expect("alice's last message echoed in time")
+            .expect("alice's session running");
         match event {
             SessionEvent::Core(Event::Warning(w)) if w.contains("will be resent") => {
                 resent = true;
             }
             SessionEvent::Disconnected(_) => disconnected = true,
+            SessionEvent::Core(Event::Message(m)) if m.text == last => break,
             _ => {}
         }
     }
     assert!(resent, "the relay refused at least one post");
     assert!(!disconnected, "resent without reconnecting");
-    let got = messages(&mut bob, sent.len()).await;
-    assert_eq!(texts(&got), sent);
-    assert_unique("bob", &got);
-    assert!(quiet(&mut bob).await.is_empty(), "no duplicates");
+    alice.send_text("g", SENTINEL).await.unwrap();
+    let got = before_sentinel(&mut bob).await;
+    assert_eq!(texts(&got), sent, "each once, in order, nothing else");
     alice.close().await;
     bob.close().await;
+}
+
+/// A long outage: bob is offline while alice sends more than one backlog page
+/// (`MAX_FETCH_ENTRIES`) of messages, and the relay goes down (`kill -9`) in the middle; bob
+/// starts while it is down, fails to connect several times, and reconnects by himself once
+/// it is back. He then has every message exactly once, in order (nothing but the sentinel
+/// follows), as events and in his history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_back_after_a_long_outage_gets_more_than_a_backlog_page_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    let relay = RelayProcess::spawn(&data, "127.0.0.1:0");
+    let addr = relay.addr;
+    let server = format!("wss://{addr}");
+    let ca = data.join("tls").join("cert.pem");
+    let home = |n: &str| Home::new(dir.path().join(n));
+    let alice = register(&home("alice"), &server, "alice", &ca).await;
+    let mut bob = register(&home("bob"), &server, "bob", &ca).await;
+    alice.create_group("g").await.unwrap();
+    alice.add_users("g", &names(&["bob"])).await.unwrap();
+    joined(&mut bob).await;
+    bob.settle().await.unwrap();
+    bob.close_now().await;
+
+    let page = cove_core::cove_wire::limits::MAX_FETCH_ENTRIES as usize;
+    let sent: Vec<String> = (0..page + 100).map(|i| format!("outage {i:04}")).collect();
+    let (first, second) = sent.split_at(page / 2);
+    for text in first {
+        alice.send_text("g", text).await.unwrap();
+    }
+
+    // The relay goes down; bob starts meanwhile and keeps failing to connect.
+    relay.kill9();
+    let mut bob = Device::open(&home("bob")).await.unwrap();
+    let mut failures = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while failures < 3 {
+        match tokio::time::timeout_at(deadline, bob.next_event()).await {
+            Ok(Some(SessionEvent::Disconnected(_))) => failures += 1,
+            Ok(Some(SessionEvent::Connected)) => panic!("connected to a relay that is down"),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("bob's session stopped"),
+            Err(_) => panic!("bob did not retry in time"),
+        }
+    }
+
+    // Back on the same address and data; alice (reconnecting by herself) sends the rest.
+    let relay = RelayProcess::spawn(&data, &addr.to_string());
+    assert_eq!(relay.addr, addr);
+    for text in second {
+        alice.send_text("g", text).await.unwrap();
+    }
+    alice.send_text("g", SENTINEL).await.unwrap();
+
+    let got = before_sentinel(&mut bob).await;
+    assert_eq!(got.len(), sent.len(), "bob got {} messages", got.len());
+    assert_eq!(texts(&got), sent, "each once, in the order sent");
+    let history: Vec<String> = bob
+        .history("g")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(history[..sent.len()], sent[..]);
+    assert_eq!(history[sent.len()..], [SENTINEL]);
+    alice.close().await;
+    bob.close().await;
+    drop(relay);
 }

@@ -1,5 +1,7 @@
-//! Crashes: the relay killed with SIGKILL between send and delivery, and a client killed in
-//! the middle of processing its backlog.
+//! Crashes, meaning killed processes: the relay binary killed with SIGKILL between send and
+//! delivery, and the `cove` CLI killed with SIGKILL in the middle of processing its backlog.
+//! A killed process loses what it had in memory, not what the kernel has (the page cache
+//! survives), so these tests say nothing about power loss or a missing fsync.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -43,19 +45,17 @@ async fn kill_9_of_the_relay_between_send_and_delivery_loses_nothing() {
     let relay = RelayProcess::spawn(&data, &addr.to_string());
     assert_eq!(relay.addr, addr);
     let mut bob = Device::open(&home("bob")).await.unwrap();
-    let mut got = messages(&mut bob, first.len()).await;
-    got.extend(quiet(&mut bob).await);
+
+    // alice's session reconnects by itself and the group works after the restart: her
+    // sentinel, sent now, is the last entry of the log.
+    alice.send_text("g", SENTINEL).await.unwrap();
+    let got = before_sentinel(&mut bob).await;
     assert_eq!(texts(&got), first, "bob after the relay restart");
 
     // carol may have received some before the crash; in total she has each exactly once.
-    let mut on_carol = messages(&mut carol, first.len()).await;
-    on_carol.extend(quiet(&mut carol).await);
+    let on_carol = before_sentinel(&mut carol).await;
     assert_eq!(texts(&on_carol), first, "carol across the relay restart");
 
-    // alice's session reconnected by itself; the group works after the restart.
-    alice.send_text("g", "after the crash").await.unwrap();
-    let got = messages(&mut bob, 1).await;
-    assert_eq!(texts(&got), ["after the crash"]);
     let history: Vec<String> = carol
         .history("g")
         .await
@@ -122,10 +122,17 @@ async fn a_client_killed_mid_processing_resumes_without_loss_or_repetition() {
     bob.settle().await.unwrap();
     let mut history = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while history.len() < sent.len() && tokio::time::Instant::now() < deadline {
+    while history.len() < sent.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob has {} of {} messages",
+            history.len(),
+            sent.len()
+        );
         bob.settle().await.unwrap();
         history = bob.history("g").await.unwrap();
         if history.len() < sent.len() {
+            // Poll interval only: the loop condition decides.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }

@@ -115,19 +115,22 @@ pub async fn messages(device: &mut Device, n: usize) -> Vec<ChatMessage> {
     out
 }
 
-/// Settles `device` and returns any messages that still arrive within a short quiet period
-/// (used to show that nothing more, e.g. no duplicate, arrives).
-pub async fn quiet(device: &mut Device) -> Vec<ChatMessage> {
-    device.settle().await.unwrap();
-    let mut late = Vec::new();
-    while let Ok(Some(event)) =
-        tokio::time::timeout(Duration::from_millis(500), device.next_event()).await
-    {
-        if let SessionEvent::Core(Event::Message(m)) = event {
-            late.push(m);
-        }
-    }
-    late
+/// Text of the sentinel message tests send after everything else.
+pub const SENTINEL: &str = "sentinel: nothing after this";
+
+/// Reads `device`'s message events up to the sentinel (see [`SENTINEL`]) and returns the
+/// messages before it. Sent after everything else in the same group, the sentinel comes
+/// last in the group's log: a duplicate or a late message shows up before it, so no quiet
+/// period is needed to see one.
+pub async fn before_sentinel(device: &mut Device) -> Vec<ChatMessage> {
+    let mut got = until(
+        device,
+        "the sentinel",
+        |e| matches!(e, Event::Message(m) if m.text == SENTINEL),
+    )
+    .await;
+    assert_eq!(got.pop().map(|m| m.text).as_deref(), Some(SENTINEL));
+    got
 }
 
 /// The id of the group named `name` on `device`.
