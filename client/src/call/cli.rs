@@ -22,14 +22,16 @@ neither read nor change them; media is SFrame-encrypted with keys exported from 
 epoch. In another terminal, the callee runs `cove answer friends`.
 
 With --record DIR: audio-<user>.wav (what each peer sent), video-<user>/frame-N.ppm and
-stats.json (dial to first decoded audio, packets sent/received/lost, jitter, round-trip time).";
+stats.json (dial to first decoded audio, packets sent/received/lost, jitter, round-trip time).
+Ctrl-C hangs up cleanly (the others are told; recordings and stats.json are finished).";
 
 const ANSWER_HELP: &str = "\
 Examples:
   cove answer                                        # answer the next call in any group
   cove answer friends --record ./rec --duration 10   # answer a call in `friends`, record it
 
-Waits (up to --wait seconds) for a call; a call placed up to a minute before also rings.";
+Waits (up to --wait seconds) for a call; a call placed up to a minute before also rings.
+Ctrl-C hangs up cleanly (the others are told; recordings and stats.json are finished).";
 
 /// Options shared by `cove call` and `cove answer`.
 #[derive(Debug, Args)]
@@ -43,7 +45,8 @@ pub struct MediaArgs {
     /// Record what is received into DIR (`audio-<user>.wav`, video frames, `stats.json`).
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
-    /// Hang up this many seconds after connecting (0: stay until the others hang up).
+    /// Hang up this many seconds after connecting (0: stay until the others hang up or
+    /// Ctrl-C). Ctrl-C always hangs up cleanly, recordings and statistics finished.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub duration: u64,
     /// Use only the relay's TURN server for media (hides addresses from the peers).

@@ -472,6 +472,9 @@ impl Driver {
     }
 
     async fn event_loop(&mut self, device: &mut Device) -> Result<(), CallError> {
+        // Created once, so a Ctrl-C that arrives while an event is being handled is not lost.
+        let interrupt = tokio::signal::ctrl_c();
+        tokio::pin!(interrupt);
         loop {
             let now = Instant::now();
             let until_ring = self
@@ -500,6 +503,14 @@ impl Driver {
                     }
                     None => return Err(CallError::Stopped),
                 },
+                // Ctrl-C (SIGINT) hangs up cleanly: the others are told, recordings and
+                // statistics are finished, and the command exits with its report.
+                interrupted = &mut interrupt => {
+                    if interrupted.is_ok() {
+                        self.say("hanging up".into());
+                        return Ok(());
+                    }
+                }
                 () = tokio::time::sleep(wake) => {
                     if until_ring.is_some_and(|d| d.is_zero()) {
                         return Err(CallError::NoAnswer(self.ring_timeout.as_secs()));

@@ -988,21 +988,38 @@ async fn cove_call_and_cove_answer_binaries() {
     });
     let first = waiting_rx.await.expect("cove answer printed nothing");
     assert_eq!(first.trim(), "waiting for a call...");
-    let call = tokio::task::spawn_blocking({
-        let cove = cove.clone();
-        let home = dir.path().join("alice");
-        move || {
-            std::process::Command::new(cove)
-                .arg("--home")
-                .arg(home)
-                .args(["call", "talk", "--duration", "2", "--ring-timeout", "60"])
-                .output()
-                .unwrap()
-        }
+    // `cove call` stays on until Ctrl-C (no --duration): the test waits until bob's
+    // recording holds alice's audio, then interrupts it as a user would, and the call
+    // must end cleanly on both sides.
+    let calling = std::process::Command::new(&cove)
+        .arg("--home")
+        .arg(dir.path().join("alice"))
+        .args(["call", "talk", "--duration", "0", "--ring-timeout", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let audio = record.join("audio-alice.wav");
+    wait_for("bob records alice's audio", || {
+        recorded_frames(&audio) >= 25
     })
+    .await;
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &calling.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let call = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || calling.wait_with_output().unwrap()),
+    )
     .await
+    .expect("cove call did not end after Ctrl-C")
     .unwrap();
-    let answered = answering.await.unwrap();
+    let answered = tokio::time::timeout(WAIT, answering)
+        .await
+        .expect("cove answer did not end after the caller hung up")
+        .unwrap();
     let text = |o: &std::process::Output| {
         format!(
             "{}{}",
@@ -1010,7 +1027,12 @@ async fn cove_call_and_cove_answer_binaries() {
             String::from_utf8_lossy(&o.stderr)
         )
     };
-    assert!(call.status.success(), "cove call: {}", text(&call));
+    assert!(
+        call.status.success(),
+        "cove call: {:?} {}",
+        call.status,
+        text(&call)
+    );
     assert!(
         answered.status.success(),
         "cove answer: {}",
@@ -1021,7 +1043,8 @@ async fn cove_call_and_cove_answer_binaries() {
     assert!(record.join("audio-alice.wav").exists());
     let stats: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(record.join("stats.json")).unwrap()).unwrap();
-    assert!(stats["peers"][0]["audio_frames_received"].as_u64().unwrap() > 0);
+    assert!(stats["peers"][0]["audio_frames_received"].as_u64().unwrap() >= 25);
+    assert!(text(&call).contains("hanging up"), "{}", text(&call));
     // A group that does not exist is a clear error.
     let bad = std::process::Command::new(&cove)
         .arg("--home")

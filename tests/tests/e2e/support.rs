@@ -158,6 +158,10 @@ pub fn texts(messages: &[ChatMessage]) -> Vec<String> {
 }
 
 /// Path of a binary of this workspace (`cove-server`, `cove`), built if missing.
+/// `cargo test --workspace` builds every binary before the tests run; with `-p cove-e2e`
+/// alone an existing binary is used as it is, so build it first (`cargo build -p cove-cli`)
+/// after changing its code. (A `cargo build` from inside a test would wait for the lock the
+/// outer `cargo test` holds.)
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/cove_e2e-HASH -> target/<profile>/<bin>
