@@ -25,7 +25,10 @@ fn reconnect_until_authenticated<S: Store>(net: &mut Net<S>, slot: usize) {
         "{reply:?}"
     );
     assert!(
-        matches!(net.nodes[slot].inbound.back(), Some(ServerFrame::BacklogDone)),
+        matches!(
+            net.nodes[slot].inbound.back(),
+            Some(ServerFrame::BacklogDone)
+        ),
         "the backlog is still to come"
     );
     let now = net.now_ms;
@@ -67,7 +70,10 @@ fn a_message_posted_before_the_backlog_ends_is_not_posted_again_at_backlog_done(
     send(&mut net, alice, "sentinel");
     net.run();
     let events = net.take_events(bob);
-    assert_eq!(texts(&events), vec!["once".to_string(), "sentinel".to_string()]);
+    assert_eq!(
+        texts(&events),
+        vec!["once".to_string(), "sentinel".to_string()]
+    );
     assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
     assert_eq!(history(&mut net, bob), vec!["once", "sentinel"]);
 }
@@ -172,11 +178,17 @@ fn a_post_refused_as_stale_before_the_commits_arrive_is_sent_after_them() {
     net.nodes[alice].hold = false;
     assert_eq!(op_result(&mut net, alice, op), Ok(()));
     net.run();
-    assert_eq!(net.relay.stale_app_rejections, 1, "refused once, then accepted");
+    assert_eq!(
+        net.relay.stale_app_rejections, 1,
+        "refused once, then accepted"
+    );
     send(&mut net, alice, "sentinel");
     net.run();
     let events = net.take_events(bob);
-    assert_eq!(texts(&events), vec!["raced".to_string(), "sentinel".to_string()]);
+    assert_eq!(
+        texts(&events),
+        vec!["raced".to_string(), "sentinel".to_string()]
+    );
     assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
     assert_eq!(history(&mut net, alice), vec!["raced", "sentinel"]);
 }
@@ -236,5 +248,8 @@ fn a_client_dropped_with_unacknowledged_messages_sends_each_once_after_reopening
         ]
     );
     assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
-    assert_eq!(history(&mut net, alice), vec!["stored", "unsent", "sentinel"]);
+    assert_eq!(
+        history(&mut net, alice),
+        vec!["stored", "unsent", "sentinel"]
+    );
 }

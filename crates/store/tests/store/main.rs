@@ -343,7 +343,7 @@ fn sqlite_persists_across_reopen_and_drops_uncommitted_writes() {
         s.set_config("server", "wss://x").unwrap();
         s.begin().unwrap();
         s.set_config("half", "done").unwrap();
-        // Dropped mid-transaction: a crash.
+        // Dropped mid-transaction (closed without a commit; not a killed process).
     }
     let s = SqliteStore::open(&path).unwrap();
     assert_eq!(s.config("server").unwrap(), Some("wss://x".into()));
