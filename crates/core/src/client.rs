@@ -538,7 +538,8 @@ impl<S: Store> Client<S> {
     }
 
     /// The connection is gone. Requests in flight are retried on the next connection:
-    /// outbox messages are resent (receivers drop duplicates by message id), commands
+    /// outbox messages not seen in the backlog are resent once (the relay answers a repeated
+    /// post with its original seq; receivers also drop duplicates by message id), commands
     /// restart their current step.
     pub fn handle_disconnected(&mut self) {
         self.conn = Conn::Disconnected;
