@@ -63,6 +63,18 @@ pub enum DeviceError {
     Session(#[from] SessionError),
 }
 
+/// What became of a message handed to [`Device::send_text`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// The relay stored it (it answered `Posted`).
+    Delivered,
+    /// The relay did not answer in time, so whether it stored the message is unknown. The
+    /// message stays in this device's persisted outbox and goes out at the next connection
+    /// (of any command), exactly once: if the relay did store it, its echo in the backlog
+    /// completes it, and the relay answers a repeated post with the original entry.
+    Queued,
+}
+
 /// What [`Device::next_incoming`] returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Incoming {
@@ -362,16 +374,25 @@ impl Device {
         Ok(())
     }
 
-    /// Sends a text; returns once the relay has stored it.
-    pub async fn send_text(&self, group: &str, text: &str) -> Result<(), DeviceError> {
+    /// Sends a text: [`Sent::Delivered`] once the relay has stored it, [`Sent::Queued`] if
+    /// it did not answer within the timeout (the message is persisted and sent once later;
+    /// sending it again would post it twice). An error means it was not sent and will not
+    /// be: refused locally (nothing queued) or by the relay.
+    pub async fn send_text(&self, group: &str, text: &str) -> Result<Sent, DeviceError> {
         self.reachable().await?;
         let (group, text) = (group.to_owned(), text.to_owned());
-        self.session
+        let done = self
+            .session
             .op(self.timeout, move |c| {
                 c.send_text(session::now_ms(), &group, &text)
             })
-            .await??;
-        Ok(())
+            .await?;
+        match done {
+            Ok(()) => Ok(Sent::Delivered),
+            // The core persisted it in the outbox before posting it.
+            Err(SessionError::Timeout { .. }) => Ok(Sent::Queued),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Receives everything pending and returns the messages not shown before (other

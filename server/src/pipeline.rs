@@ -171,6 +171,15 @@ fn outcome(
 ) -> Outcome {
     let appended = match result {
         Ok(appended) => appended,
+        // A resend of a stored post: the poster gets the original seq, nobody gets a copy.
+        Err(StoreError::Duplicate { seq }) => {
+            return Outcome {
+                reply_to,
+                reply: encode_frame(&response(request, Ok(Reply::Posted { seq }))),
+                accepted: None,
+                _permit: permit,
+            };
+        }
         Err(e) => {
             let reply = encode_frame(&response(request, Err(store_error_reply(&e))));
             return Outcome {

@@ -930,6 +930,8 @@ pub(crate) fn store_error_reply(e: &StoreError) -> ErrorReply {
             return reply;
         }
         StoreError::Invalid(why) => (ErrorCode::InvalidRequest, *why),
+        // Answered `Posted` by the pipeline; here only if another path ever reports it.
+        StoreError::Duplicate { .. } => (ErrorCode::InvalidRequest, "duplicate post"),
         StoreError::Backend(details) => {
             error!(error = %details, "store failed");
             (ErrorCode::Internal, "internal error")

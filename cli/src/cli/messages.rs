@@ -6,11 +6,18 @@ use anyhow::Context as _;
 use clap::Args;
 
 use cove::config::Home;
-use cove::{Device, Incoming, MessageView};
+use cove::{Device, Incoming, MessageView, Sent};
 
 /// Arguments of `cove send`.
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  cove send friends 'see you at 8'")]
+#[command(after_help = "\
+Example:
+  cove send friends 'see you at 8'
+
+Prints `sent to GROUP` once the relay has stored the message. If the relay does not answer
+in time, prints `queued for GROUP: ...` and exits 0 as well: the message is kept in this
+device's outbox and sent exactly once at the next connection (any command that connects,
+e.g. `cove sync`). Do not send it again. Exit code 1: not sent (refused, or no relay).")]
 pub struct SendArgs {
     /// The group.
     pub name: String,
@@ -65,8 +72,14 @@ pub async fn run_send(home: Home, args: SendArgs) -> anyhow::Result<()> {
     let device = Device::open(&home).await?;
     let sent = device.send_text(&args.name, &args.text).await;
     device.close().await;
-    sent?;
-    println!("sent to {}", args.name);
+    match sent? {
+        Sent::Delivered => println!("sent to {}", args.name),
+        Sent::Queued => println!(
+            "queued for {}: the relay has not confirmed it yet; it stays in this device's \
+             outbox and goes out once at the next connection (e.g. `cove sync`)",
+            args.name
+        ),
+    }
     Ok(())
 }
 

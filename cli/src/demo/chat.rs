@@ -157,7 +157,7 @@ pub fn remove_carol(d: &mut Demo) -> StepFuture<'_> {
         // Her own client refuses to send, and the relay refuses her directly.
         let carol = d.user("carol")?;
         match carol.send_text(GROUP, "am I still in?").await {
-            Ok(()) => bail!("carol could still send to the group"),
+            Ok(_) => bail!("carol could still send to the group"),
             Err(e) => println!("[carol] tries to send: refused by her client ({e})"),
         }
         let fetch = Request::Fetch {

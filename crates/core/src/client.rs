@@ -80,6 +80,10 @@ pub struct Client<S: Store> {
     /// Groups that had entries parked on this connection (reported at `BacklogDone` if
     /// they are still parked; groups with a record are checked anyway).
     parked_groups: BTreeSet<GroupId>,
+    /// Outbox items the relay refused as `StaleEpoch` while this device was not ahead of
+    /// their epoch: they are encrypted again at this device's next epoch change (or at the
+    /// next connection's backlog end). Cleared on disconnect.
+    stale_posts: BTreeSet<u64>,
 }
 
 /// A post to resend after a retryable refusal.
@@ -250,6 +254,7 @@ impl<S: Store> Client<S> {
             to_verify: BTreeSet::new(),
             retries: BTreeMap::new(),
             parked_groups: BTreeSet::new(),
+            stale_posts: BTreeSet::new(),
         })
     }
 
@@ -553,13 +558,15 @@ impl<S: Store> Client<S> {
     }
 
     /// The connection is gone. Requests in flight are retried on the next connection:
-    /// outbox messages are resent (receivers drop duplicates by message id), commands
+    /// outbox messages not seen in the backlog are resent once (the relay answers a repeated
+    /// post with its original seq; receivers also drop duplicates by message id), commands
     /// restart their current step.
     pub fn handle_disconnected(&mut self) {
         self.conn = Conn::Disconnected;
         self.requests.clear();
         // The whole outbox goes out again after the next backlog: no timers meanwhile.
         self.retries.clear();
+        self.stale_posts.clear();
         self.key_package_request_in_flight = false;
         for op in self.ops.values_mut() {
             match &mut op.kind {
@@ -798,6 +805,26 @@ impl<S: Store> Client<S> {
         let bytes = env
             .encode()
             .map_err(|e| CommandError::Invalid(e.to_string()))?;
+        let item = self.seal_into_outbox(None, group, message_id, now_ms, bytes)?;
+        let op = self.new_op(OpKind::Send);
+        self.outbox_ops.insert(item.local_id, op);
+        if self.conn == Conn::Ready {
+            self.post_outbox_item(&item);
+        }
+        Ok(op)
+    }
+
+    /// Encrypts `content` (an encoded envelope) at the group's current epoch and persists it
+    /// in the outbox, in one transaction: under `local_id` when given (a queued message
+    /// encrypted again), else under a fresh local id.
+    fn seal_into_outbox(
+        &mut self,
+        local_id: Option<u64>,
+        group: GroupId,
+        message_id: [u8; 16],
+        sent_at_ms: u64,
+        content: Vec<u8>,
+    ) -> Result<OutboxItem, CommandError> {
         let store = self.provider.store();
         let mls = self
             .groups
@@ -806,40 +833,38 @@ impl<S: Store> Client<S> {
         store.begin()?;
         let result = (|| -> Result<OutboxItem, CommandError> {
             let out = mls
-                .create_message(&self.provider, &self.signer, &bytes)
+                .create_message(&self.provider, &self.signer, &content)
                 .map_err(|e| CommandError::Mls(e.to_string()))?;
             let payload = out
                 .to_bytes()
                 .map_err(|e| CommandError::Mls(e.to_string()))?;
+            let local_id = match local_id {
+                Some(id) => id,
+                None => store.next_local_id()?,
+            };
             let item = OutboxItem {
-                local_id: store.next_local_id()?,
+                local_id,
                 group,
                 epoch: Epoch(mls.epoch().as_u64()),
                 message_id,
-                sent_at_ms: now_ms,
-                content: bytes.clone(),
+                sent_at_ms,
+                content,
                 payload,
             };
             store.put_outbox(&item)?;
             Ok(item)
         })();
-        let item = match result {
+        match result {
             Ok(item) => {
                 store.commit()?;
-                item
+                Ok(item)
             }
             Err(e) => {
                 let _ = store.rollback();
                 self.reload_group(&group);
-                return Err(e);
+                Err(e)
             }
-        };
-        let op = self.new_op(OpKind::Send);
-        self.outbox_ops.insert(item.local_id, op);
-        if self.conn == Conn::Ready {
-            self.post_outbox_item(&item);
         }
-        Ok(op)
     }
 
     // ----------------------------------------------------------------------------------
@@ -930,9 +955,16 @@ impl<S: Store> Client<S> {
                 g.clear_pending_commit(self.provider.storage())?;
             }
         }
-        // Resend the outbox (after the backlog: items whose echo was in it are done).
+        // Resend the outbox (after the backlog: items whose echo was in it are done). Not
+        // the items already posted on this connection and waiting for their reply, nor those
+        // waiting for a retry: a second copy of the same ciphertext in the log cannot be
+        // decrypted by the other members (its MLS generation is used up).
+        let in_flight = self.posts_in_flight();
         for item in self.provider.store().outbox()? {
-            self.post_outbox_item(&item);
+            if in_flight.contains(&item.local_id) || self.retries.contains_key(&item.local_id) {
+                continue;
+            }
+            self.resend_outbox_item(item)?;
         }
         // Restart commands.
         let ids: Vec<OpId> = self.ops.keys().copied().collect();
@@ -1766,6 +1798,7 @@ impl<S: Store> Client<S> {
     }
 
     fn after_epoch_change(&mut self, now_ms: u64, group: GroupId) -> Result<(), HandleError> {
+        self.reseal_stale_posts(group)?;
         // Commands waiting for this group may proceed.
         let ids: Vec<OpId> = self
             .ops
@@ -2482,6 +2515,82 @@ impl<S: Store> Client<S> {
         }
     }
 
+    /// Local ids of the outbox items posted on this connection whose reply has not come.
+    fn posts_in_flight(&self) -> BTreeSet<u64> {
+        self.requests
+            .values()
+            .filter_map(|p| match p {
+                Pending::PostApplication { local_id } => Some(*local_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Posts a queued item once the backlog is in. The relay accepts an application message
+    /// only in its current epoch or the one before, and its epoch is at least ours: an item
+    /// older than that (queued while offline across commits) is encrypted again at our
+    /// current epoch first. It was not stored: its echo would have been in the backlog.
+    fn resend_outbox_item(&mut self, item: OutboxItem) -> Result<(), HandleError> {
+        let ours = self.groups.get(&item.group).map(|g| g.epoch().as_u64());
+        match ours {
+            Some(ours) if item.epoch.0.saturating_add(1) < ours => self.reseal_and_post(&item),
+            _ => {
+                self.post_outbox_item(&item);
+                Ok(())
+            }
+        }
+    }
+
+    /// Encrypts a queued item again at the group's current epoch (same envelope, so the
+    /// same message id) and posts it. If that fails (e.g. a commit of ours is pending), it
+    /// waits for the next epoch change.
+    fn reseal_and_post(&mut self, item: &OutboxItem) -> Result<(), HandleError> {
+        match self.seal_into_outbox(
+            Some(item.local_id),
+            item.group,
+            item.message_id,
+            item.sent_at_ms,
+            item.content.clone(),
+        ) {
+            Ok(resealed) => {
+                self.stale_posts.remove(&item.local_id);
+                if self.conn == Conn::Ready {
+                    self.post_outbox_item(&resealed);
+                }
+                Ok(())
+            }
+            Err(CommandError::Store(e)) => Err(e.into()),
+            Err(e) => {
+                self.stale_posts.insert(item.local_id);
+                self.warn(format!(
+                    "a queued message could not be encrypted at the current epoch yet: {e}"
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// After an epoch change in `group`: the queued items the relay refused as stale are
+    /// encrypted at the new epoch and posted.
+    fn reseal_stale_posts(&mut self, group: GroupId) -> Result<(), HandleError> {
+        let ids: Vec<u64> = self.stale_posts.iter().copied().collect();
+        for local_id in ids {
+            match self.provider.store().outbox_item(local_id)? {
+                Some(item) if item.group == group => {
+                    let ours = self.groups.get(&group).map(|g| g.epoch().as_u64());
+                    if ours.is_some_and(|e| e > item.epoch.0) {
+                        self.reseal_and_post(&item)?;
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    self.stale_posts.remove(&local_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn post_outbox_item(&mut self, item: &OutboxItem) {
         self.request(
             Request::Post {
@@ -2554,6 +2663,18 @@ impl<S: Store> Client<S> {
                     },
                 );
                 self.warn(format!("a message will be resent in {delay} ms: {e}"));
+            }
+            Err(e) if e.code == ErrorCode::StaleEpoch && self.groups.contains_key(&item.group) => {
+                // Not stored: the group moved past the message's epoch while it waited
+                // (offline, or racing a commit). It is not dropped: it is encrypted again at
+                // our current epoch, now if we are ahead of it, else after our next epoch
+                // change (the commit that made it stale is on its way to us).
+                let ours = self.groups.get(&item.group).map(|g| g.epoch().as_u64());
+                if ours.is_some_and(|ours| ours > item.epoch.0) {
+                    self.reseal_and_post(&item)?;
+                } else {
+                    self.stale_posts.insert(local_id);
+                }
             }
             Err(e) => {
                 // Refused for good (not a member, too large...): drop it from the outbox.

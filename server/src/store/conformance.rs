@@ -38,6 +38,7 @@ macro_rules! relay_store_conformance {
             concurrent_claims_never_hand_out_a_key_package_twice,
             create_group_and_membership,
             application_posts_are_ordered_and_checked,
+            a_repeated_post_is_not_stored_again,
             epoch_rule_for_application_and_proposal_posts,
             commit_adds_members_atomically,
             commit_removes_members,
@@ -496,6 +497,56 @@ pub(crate) fn create_group_and_membership(store: &dyn RelayStore) {
 }
 
 /// Members' posts get seq 1, 2, 3 and read back in order with every field; others refused.
+/// A resend of the same bytes by the same device (its client missed the reply) is not
+/// stored again, in the same batch or a later one, even after the epoch moved on: the store
+/// answers `Duplicate` with the original seq. The same bytes from another member, and
+/// commits, are not affected.
+pub(crate) fn a_repeated_post_is_not_stored_again(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    one(store, commit(g, a, 0, &[b], &[], Some(b"welcome"))).unwrap();
+    assert_eq!(one(store, app(g, a, 1, b"m1")).unwrap().entry.seq, Seq(2));
+    assert!(matches!(
+        one(store, app(g, a, 1, b"m1")),
+        Err(StoreError::Duplicate { seq: Seq(2) })
+    ));
+    let batch = store.append_batch(vec![app(g, a, 1, b"m2"), app(g, a, 1, b"m2")]);
+    assert_eq!(batch[0].as_ref().unwrap().entry.seq, Seq(3));
+    assert!(matches!(
+        batch[1],
+        Err(StoreError::Duplicate { seq: Seq(3) })
+    ));
+    // Another sender's identical bytes are its own post.
+    assert_eq!(one(store, app(g, b, 1, b"m1")).unwrap().entry.seq, Seq(4));
+    // Two commits later the original epoch is stale; the resend still gets its seq.
+    one(store, commit(g, a, 1, &[], &[], None)).unwrap();
+    one(store, commit(g, b, 2, &[], &[], None)).unwrap();
+    assert!(matches!(
+        one(store, app(g, a, 1, b"m1")),
+        Err(StoreError::Duplicate { seq: Seq(2) })
+    ));
+    assert!(matches!(
+        one(store, app(g, a, 1, b"new")),
+        Err(StoreError::StaleEpoch { current: Epoch(3) })
+    ));
+    let seqs: Vec<u64> = store
+        .read_group(g, Seq(0), 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq.0)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6], "nothing stored twice");
+    // The window is bounded: a post older than the last RECENT_POSTS is forgotten.
+    for i in 0..crate::store::rules::RECENT_POSTS {
+        let payload = format!("filler {i}");
+        one(store, app(g, b, 3, payload.as_bytes())).unwrap();
+    }
+    let m = one(store, app(g, a, 3, b"m1")).unwrap();
+    assert_eq!(m.entry.seq.0, 7 + crate::store::rules::RECENT_POSTS as u64);
+}
+
 pub(crate) fn application_posts_are_ordered_and_checked(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
@@ -581,7 +632,8 @@ pub(crate) fn epoch_rule_for_application_and_proposal_posts(store: &dyn RelaySto
         ),
         Err(StoreError::StaleEpoch { current: Epoch(2) })
     ));
-    one(store, app(g, a, 1, b"previous")).unwrap();
+    // (Not the bytes of the earlier "previous": those would be a repeated post.)
+    one(store, app(g, a, 1, b"previous 2")).unwrap();
     assert_eq!(store.groups_of(a).unwrap()[0].epoch, Epoch(2));
 }
 
@@ -907,8 +959,9 @@ pub(crate) fn readers_never_see_part_of_a_batch(store: &dyn RelayStore) {
     std::thread::scope(|s| {
         s.spawn(|| {
             for i in 0..BATCHES {
+                // Distinct payloads (a repeated one would not be stored again).
                 let posts = (0..BATCH)
-                    .map(|j| app(g, a, 0, &[(i * BATCH + j) as u8]))
+                    .map(|j| app(g, a, 0, &((i * BATCH + j) as u16).to_be_bytes()))
                     .collect();
                 assert!(store.append_batch(posts).iter().all(Result::is_ok));
             }
@@ -926,7 +979,7 @@ pub(crate) fn readers_never_see_part_of_a_batch(store: &dyn RelayStore) {
                     assert_eq!(entries.len() % BATCH, 0, "saw part of a batch");
                     for (i, e) in entries.iter().enumerate() {
                         assert_eq!(e.seq, Seq(i as u64 + 1));
-                        assert_eq!(e.payload.as_bytes(), [i as u8]);
+                        assert_eq!(e.payload.as_bytes(), (i as u16).to_be_bytes());
                     }
                     seen = entries.len();
                     std::thread::yield_now();
@@ -974,8 +1027,8 @@ pub(crate) fn cursors_move_forward_only(store: &dyn RelayStore) {
     let b = device(store, "bob", 2);
     let g = gid(1);
     store.create_group(g, a).unwrap();
-    for _ in 0..3 {
-        one(store, app(g, a, 0, b"m")).unwrap();
+    for i in 0..3u8 {
+        one(store, app(g, a, 0, &[b'm', i])).unwrap();
     }
     let s = Stream::Group(g);
     assert_eq!(store.cursor(a, s).unwrap(), Seq(0));

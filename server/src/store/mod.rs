@@ -60,6 +60,14 @@ pub enum StoreError {
         /// The group's current epoch.
         current: Epoch,
     },
+    /// The same sender posted the same bytes to the group recently (a client resending a post
+    /// whose reply it did not get): not stored again. `seq` is the original entry's; the
+    /// relay answers `Posted { seq }` and delivers nothing.
+    #[error("duplicate of the entry at seq {seq}")]
+    Duplicate {
+        /// The seq of the entry first stored with these bytes.
+        seq: Seq,
+    },
     /// A request that cannot apply (e.g. adding a device that is already a member, ack past
     /// the end of the log, a group growing past its cap).
     #[error("invalid: {0}")]
@@ -186,8 +194,12 @@ pub trait RelayStore: Send + Sync + 'static {
     /// backend fails, every post of the batch fails with `Backend` and none is stored.
     ///
     /// Checks, in order: UnknownGroup; NotMember if the sender is not a current member;
-    /// Invalid for a payload (or Welcome) over `limits::MAX_PAYLOAD_BYTES`; then the epoch
-    /// rule, refused with `StaleEpoch { current }`:
+    /// Invalid for a payload (or Welcome) over `limits::MAX_PAYLOAD_BYTES`; then, for
+    /// application messages and proposals, `Duplicate { seq }` when the same sender's post
+    /// with the same payload is among the group's last `rules::RECENT_POSTS` application
+    /// messages and proposals (remembered as a SHA-256 prefix of the payload, so memory per
+    /// group is bounded; the SQLite backend rebuilds the window from its log on load); then
+    /// the epoch rule, refused with `StaleEpoch { current }`:
     /// - application messages and proposals: `epoch` is the current epoch or the one just
     ///   before it (a message made just before a commit it raced with; members keep the
     ///   previous epoch's secrets briefly, and an older or future epoch is never accepted);

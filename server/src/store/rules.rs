@@ -9,9 +9,28 @@ use cove_wire::limits::{
     MAX_GROUP_DEVICES, MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGE_STOCK, MAX_KEY_PACKAGES_PER_UPLOAD,
     MAX_MEMBERSHIP_CHANGE, MAX_PAYLOAD_BYTES,
 };
+use std::collections::VecDeque;
+
 use cove_wire::{DeviceId, EntryKind, Epoch, GroupEntry, GroupId, Payload, PostKind, Seq};
+use sha2::{Digest as _, Sha256};
 
 use super::{NewPost, StoreError};
+
+/// How many of a group's latest application messages and proposals the duplicate check
+/// remembers (32 bytes each). A client resends a post only when it missed the reply, soon
+/// after (at its next connection), so a short window per group suffices.
+pub(crate) const RECENT_POSTS: usize = 256;
+
+/// A post remembered by the duplicate check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecentPost {
+    /// Who posted it.
+    pub sender: DeviceId,
+    /// The first 16 bytes of the SHA-256 of its payload.
+    pub digest: [u8; 16],
+    /// Where it is in the log.
+    pub seq: Seq,
+}
 
 /// A group's epoch, log head and members, as both backends hold it in memory.
 #[derive(Clone, Debug, Default)]
@@ -22,6 +41,9 @@ pub(crate) struct GroupState {
     pub last_seq: Seq,
     /// Current members, sorted and without duplicates.
     pub members: Vec<DeviceId>,
+    /// The group's last [`RECENT_POSTS`] application messages and proposals, oldest first,
+    /// for the duplicate check.
+    pub recent: VecDeque<RecentPost>,
 }
 
 /// What a checked post will do when applied.
@@ -31,6 +53,8 @@ pub(crate) struct Checked {
     pub seq: Seq,
     /// The group's epoch after the post.
     pub epoch_after: Epoch,
+    /// The payload digest of an application message or proposal (for the duplicate check).
+    pub digest: Option<[u8; 16]>,
 }
 
 impl GroupState {
@@ -40,7 +64,16 @@ impl GroupState {
             epoch: Epoch(0),
             last_seq: Seq(0),
             members: vec![creator],
+            recent: VecDeque::new(),
         }
+    }
+
+    /// Remembers an application message or proposal for the duplicate check.
+    pub fn remember(&mut self, post: RecentPost) {
+        if self.recent.len() >= RECENT_POSTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(post);
     }
 
     /// Whether `device` is a current member.
@@ -72,6 +105,17 @@ impl GroupState {
         };
         match &post.kind {
             PostKind::Application | PostKind::Proposal => {
+                // A resend of a post already stored (its reply was lost): answered with the
+                // original's seq, before the epoch rule (the group may have moved on since).
+                let digest = payload_digest(&post.payload);
+                if let Some(original) = self
+                    .recent
+                    .iter()
+                    .rev()
+                    .find(|r| r.sender == post.sender && r.digest == digest)
+                {
+                    return Err(StoreError::Duplicate { seq: original.seq });
+                }
                 // Accepted in the current epoch, and in the one just before it: a message
                 // made just before a commit it raced with is still readable by members, who
                 // keep the previous epoch's secrets for a short while.
@@ -82,6 +126,7 @@ impl GroupState {
                 Ok(Checked {
                     seq,
                     epoch_after: self.epoch,
+                    digest: Some(digest),
                 })
             }
             PostKind::Commit {
@@ -138,7 +183,11 @@ impl GroupState {
                         return Err(StoreError::UnknownDevice);
                     }
                 }
-                Ok(Checked { seq, epoch_after })
+                Ok(Checked {
+                    seq,
+                    epoch_after,
+                    digest: None,
+                })
             }
         }
     }
@@ -147,6 +196,13 @@ impl GroupState {
     pub fn apply(&mut self, post: &NewPost, checked: Checked) {
         self.last_seq = checked.seq;
         self.epoch = checked.epoch_after;
+        if let Some(digest) = checked.digest {
+            self.remember(RecentPost {
+                sender: post.sender,
+                digest,
+                seq: checked.seq,
+            });
+        }
         if let PostKind::Commit { added, removed, .. } = &post.kind {
             self.members.retain(|d| !removed.contains(d));
             self.members.extend(added.iter().copied());
@@ -154,6 +210,14 @@ impl GroupState {
             self.members.dedup();
         }
     }
+}
+
+/// The duplicate check's digest of a payload: the first 16 bytes of its SHA-256.
+pub(crate) fn payload_digest(payload: &[u8]) -> [u8; 16] {
+    let full = Sha256::digest(payload);
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&full[..16]);
+    digest
 }
 
 /// True when no item occurs twice.

@@ -1081,11 +1081,36 @@ fn load_group(conn: &Connection, group: GroupId) -> Result<Option<GroupState>, S
     }
     members.sort_unstable();
     members.dedup();
-    Ok(Some(GroupState {
+    let mut state = GroupState {
         epoch,
         last_seq: Seq(to_u64(last_seq)?),
         members,
-    }))
+        recent: std::collections::VecDeque::new(),
+    };
+    // The duplicate check's window: the latest application messages and proposals.
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, sender, payload FROM group_log
+         WHERE group_id = ?1 AND kind IN (?2, ?3) ORDER BY seq DESC LIMIT ?4",
+    )?;
+    let window = i64::try_from(rules::RECENT_POSTS).unwrap_or(i64::MAX);
+    let mut rows = stmt.query(params![
+        group.0.as_slice(),
+        KIND_APPLICATION,
+        KIND_PROPOSAL,
+        window
+    ])?;
+    let mut recent = Vec::new();
+    while let Some(r) = rows.next()? {
+        recent.push(rules::RecentPost {
+            seq: Seq(to_u64(r.get(0)?)?),
+            sender: device_id(r.get(1)?)?,
+            digest: rules::payload_digest(&r.get::<_, Vec<u8>>(2)?),
+        });
+    }
+    for post in recent.into_iter().rev() {
+        state.remember(post);
+    }
+    Ok(Some(state))
 }
 
 fn configure(conn: &Connection, options: SqliteOptions) -> Result<(), StoreError> {
@@ -1286,6 +1311,30 @@ mod tests {
 
     crate::store::conformance::relay_store_conformance!(open_temp());
 
+    /// The duplicate check survives a restart: its window is rebuilt from the log, so a
+    /// post resent to a restarted relay is answered with its original seq, not stored twice.
+    #[test]
+    fn a_repeated_post_is_recognised_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let (a, g) = {
+            let store = SqliteStore::open(&path).unwrap();
+            let a = device(&store, "alice", 1);
+            let g = gid(1);
+            store.create_group(g, a).unwrap();
+            assert_eq!(one(&store, app(g, a, 0, b"m1")).unwrap().entry.seq, Seq(1));
+            assert_eq!(one(&store, app(g, a, 0, b"m2")).unwrap().entry.seq, Seq(2));
+            (a, g)
+        };
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(matches!(
+            one(&store, app(g, a, 0, b"m1")),
+            Err(StoreError::Duplicate { seq: Seq(1) })
+        ));
+        assert_eq!(one(&store, app(g, a, 0, b"m3")).unwrap().entry.seq, Seq(3));
+        assert_eq!(store.read_group(g, Seq(0), 10).unwrap().len(), 3);
+    }
+
     /// Everything written survives dropping the store and opening the same file again, and
     /// ids keep counting from where they were.
     #[test]
@@ -1463,8 +1512,8 @@ mod tests {
         let g = gid(1);
         store.create_group(g, a).unwrap();
         one(&store, commit(g, a, 0, &[b], &[], Some(b"w"))).unwrap();
-        for _ in 0..3 {
-            one(&store, app(g, a, 1, b"m")).unwrap();
+        for i in 0..3u8 {
+            one(&store, app(g, a, 1, &[b'm', i])).unwrap();
         }
         let raw = rusqlite::Connection::open(&path).unwrap();
         let on_disk = |device: DeviceId| -> (i64, i64) {
@@ -1530,7 +1579,7 @@ mod tests {
         store.create_group(g, a).unwrap();
         one(&store, commit(g, a, 0, &[b], &[], Some(b"w"))).unwrap();
         let end = (0..3)
-            .map(|_| one(&store, app(g, a, 1, b"m")).unwrap().entry.seq)
+            .map(|i: u8| one(&store, app(g, a, 1, &[b'm', i])).unwrap().entry.seq)
             .last()
             .unwrap();
         assert!(store.try_ack_buffered(b, Stream::Inbox, Seq(0)).is_none());

@@ -365,3 +365,71 @@ async fn a_removed_device_gets_its_removal_and_nothing_after() {
         .unwrap();
     assert_eq!(err.code(), Some(ErrorCode::NotMember));
 }
+
+/// Issue 8: a device resending a post it already made (its client missed the reply) gets
+/// `Posted` with the original seq, on the same connection and on a new one; the log holds
+/// one entry, and the other members receive one copy (checked with a sentinel posted after
+/// the resends: the next entry bob receives is the sentinel).
+#[tokio::test]
+async fn a_repeated_post_is_answered_with_its_original_seq_and_not_stored_again() {
+    let relay = cove_test_utils::TestRelay::sqlite().await;
+    let (mut alice, alice_keys) = relay.register("alice").await.unwrap();
+    let (mut bob, bob_keys) = relay.register("bob").await.unwrap();
+    let group = group_with(&mut alice, &mut [(&mut bob, &bob_keys)]).await;
+
+    let seq = alice
+        .post_app(group, Epoch(1), b"ciphertext")
+        .await
+        .unwrap();
+    // A resend on the same connection.
+    let again = alice
+        .post_app(group, Epoch(1), b"ciphertext")
+        .await
+        .unwrap();
+    assert_eq!(again, seq);
+    // And from a new connection of the same device.
+    alice.close().await;
+    let mut alice = relay.login(&alice_keys).await.unwrap();
+    assert_eq!(
+        alice
+            .post_app(group, Epoch(1), b"ciphertext")
+            .await
+            .unwrap(),
+        seq
+    );
+    // The same bytes from another member are that member's own post.
+    let bobs = bob.post_app(group, Epoch(1), b"ciphertext").await.unwrap();
+    assert!(bobs > seq);
+    let sentinel = alice.post_app(group, Epoch(1), b"sentinel").await.unwrap();
+    assert!(sentinel > bobs);
+
+    let entries = read_group_entries(&mut bob, group, 3).await;
+    let got: Vec<(Seq, &[u8])> = entries
+        .iter()
+        .map(|e| (e.seq, e.payload.as_bytes()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (seq, &b"ciphertext"[..]),
+            (bobs, &b"ciphertext"[..]),
+            (sentinel, &b"sentinel"[..])
+        ]
+    );
+    let log = alice
+        .call(Request::Fetch {
+            group,
+            after: Seq(0),
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let Reply::Entries { entries } = log else {
+        panic!("{log:?}")
+    };
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![Seq(1), seq, bobs, sentinel],
+        "the commit that added bob, then one entry per post"
+    );
+}

@@ -8,5 +8,6 @@ mod calls;
 mod chat;
 mod durability;
 mod groups;
+mod outbox;
 mod privacy;
 mod support;

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod outbox;
 mod relay;
 
 use cove_core::cove_store::{MemoryStore, SqliteStore, Store};
@@ -384,7 +385,7 @@ fn a_changed_device_key_is_surfaced_and_not_accepted() {
 }
 
 #[test]
-fn resume_after_a_crash_loses_and_repeats_nothing() {
+fn a_client_dropped_before_its_ack_left_resumes_without_loss_or_repeat() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bob.db");
     let mut net: Net<SqliteStore> = Net::new();
@@ -407,11 +408,12 @@ fn resume_after_a_crash_loses_and_repeats_nothing() {
     send(&mut net, alice, "m1");
     send(&mut net, alice, "m2");
     net.run();
-    // bob processes m1 but crashes before its ack leaves; m2 is never processed.
+    // bob processes m1, then his client is dropped before its ack leaves (its outputs are
+    // lost; the process is not killed); m2 is never processed.
     let m1 = net.nodes[bob].inbound.pop_front().unwrap();
     let now = net.now_ms;
     net.client(bob).handle_frame(now, m1).unwrap();
-    net.nodes[bob].client = None; // crash: outputs (the ack, the event) are lost
+    net.nodes[bob].client = None; // dropped: outputs (the ack, the event) are lost
     net.disconnect(bob);
     let device = net.nodes[bob].events.len();
     assert_eq!(device, 0);
@@ -422,7 +424,7 @@ fn resume_after_a_crash_loses_and_repeats_nothing() {
     net.connect(bob);
     net.run();
     let events = net.take_events(bob);
-    // m1 was processed before the crash (its event was lost with the process, the history
+    // m1 was processed before the drop (its event was lost with the client, the history
     // has it); m2 arrives now. Nothing twice.
     assert_eq!(texts(&events), vec!["m2".to_string()]);
     let history: Vec<String> = net

@@ -45,6 +45,9 @@ pub struct Relay {
     pub rate_limit_retry_ms: Option<u32>,
     /// Application posts accepted into a group log.
     pub app_posts: usize,
+    /// Application posts refused with StaleEpoch (the real relay's rule: an application
+    /// message is accepted in the group's current epoch or the one just before it).
+    pub stale_app_rejections: usize,
 }
 
 impl Relay {
@@ -313,6 +316,15 @@ impl Relay {
                     .ok_or(Self::err(ErrorCode::UnknownGroup))?;
                 if !g.members.contains(&device) {
                     return Err(Self::err(ErrorCode::NotMember));
+                }
+                if matches!(kind, PostKind::Application | PostKind::Proposal)
+                    && epoch.0 != g.epoch
+                    && Some(epoch.0) != g.epoch.checked_sub(1)
+                {
+                    self.stale_app_rejections += 1;
+                    let mut e = Self::err(ErrorCode::StaleEpoch);
+                    e.current_epoch = Some(Epoch(g.epoch));
+                    return Err(e);
                 }
                 if matches!(kind, PostKind::Application) {
                     if self.rate_limit_posts > 0 {
