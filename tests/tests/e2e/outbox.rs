@@ -194,7 +194,7 @@ impl Proxy {
 
 /// Runs the `cove` binary for `home` with `args` and returns its output.
 fn cove(home: &cove::config::Home, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(workspace_binary("cove", "cove"))
+    std::process::Command::new(workspace_binary("cove-cli", "cove"))
         .arg("--home")
         .arg(home.dir())
         .args(args)
@@ -274,7 +274,7 @@ async fn a_killed_cove_send_sends_its_message_exactly_once_after_restart() {
         // A large message, so the proxy can tell its post from the handshakes.
         let text = format!("{mode:?} {i} {}", "x".repeat(48 * 1024));
         proxy.set(mode);
-        let mut send = std::process::Command::new(workspace_binary("cove", "cove"))
+        let mut send = std::process::Command::new(workspace_binary("cove-cli", "cove"))
             .arg("--home")
             .arg(home.dir())
             .args(["send", "g", &text])
