@@ -762,7 +762,10 @@ pub fn message_view(m: &ChatMessage) -> MessageView {
         group_id: m.group.to_hex(),
         from: m.from.to_string(),
         device: m.from_device.0,
-        text: m.text.clone(),
+        text: match &m.attachment {
+            Some(p) => crate::views::file_line(p),
+            None => m.text.clone(),
+        },
         id: m.id.to_hex(),
         sent_at: m.sent_at_ms,
         seq: m.seq.0,

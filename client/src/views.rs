@@ -1,5 +1,6 @@
 //! What the shell shows: plain, owned views of messages and groups for printing and JSON.
 
+use cove_core::attachment::AttachmentPointer;
 use serde::Serialize;
 
 /// One message as the user sees it. `--json` prints exactly these fields.
@@ -13,7 +14,7 @@ pub struct MessageView {
     pub from: String,
     /// The sending device.
     pub device: u64,
-    /// The text.
+    /// The text; for a file, its description (`[file] NAME (SIZE, TYPE)`, see [`file_line`]).
     pub text: String,
     /// The message's unique id (hex), the same on every member.
     pub id: String,
@@ -44,4 +45,47 @@ pub struct GroupView {
     pub epoch: u64,
     /// Member user names (each once, sorted).
     pub members: Vec<String>,
+}
+
+/// How a file message reads in the chat: `[file] report.pdf (3.0 MiB, application/pdf)`.
+pub fn file_line(p: &AttachmentPointer) -> String {
+    format!(
+        "[file] {} ({}, {})",
+        p.name,
+        human_size(p.size),
+        p.media_type
+    )
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} bytes"),
+        _ => format!("{v:.1} {}", UNITS.get(unit).copied().unwrap_or("TiB")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_size(0), "0 bytes");
+        assert_eq!(human_size(1023), "1023 bytes");
+        assert_eq!(human_size(1024), "1.0 KiB");
+        assert_eq!(human_size(3 << 20), "3.0 MiB");
+        assert_eq!(
+            human_size(u64::MAX),
+            "16777216.0 TiB",
+            "TiB is the largest unit"
+        );
+    }
 }

@@ -91,7 +91,7 @@ pub async fn run_send_file(home: Home, args: SendFileArgs) -> anyhow::Result<()>
     println!(
         "sent {} ({}) to {} [attachment {}]",
         p.name,
-        cove_core::attachment::human_size(p.size),
+        cove::human_size(p.size),
         args.group,
         p.blob_id
     );

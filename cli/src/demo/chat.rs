@@ -141,7 +141,7 @@ pub fn remove_carol(d: &mut Demo) -> StepFuture<'_> {
             tokio::time::timeout(Duration::from_millis(300), carol.next_event()).await
         {
             if let SessionEvent::Core(Event::Message(m)) = event {
-                println!("[carol] {} <{}> {}", m.group_name, m.from, m.text);
+                println!("[carol] {}", cove::message_view(&m).line());
                 late += 1;
             }
         }

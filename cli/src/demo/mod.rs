@@ -242,7 +242,7 @@ fn show(user: &str, me: Option<cove::DeviceId>, event: &Event, seen: &mut Vec<Ch
         Event::Message(m) => {
             seen.push(m.clone());
             if Some(m.from_device) != me {
-                println!("[{user}] {} <{}> {}", m.group_name, m.from, m.text);
+                println!("[{user}] {}", cove::message_view(m).line());
             }
         }
         Event::Joined { name, by, .. } => println!("[{user}] joined {name} (added by {by})"),

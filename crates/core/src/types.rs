@@ -129,9 +129,10 @@ pub struct ChatMessage {
     pub id: MessageId,
     /// The sender's clock when sending (ms since the Unix epoch; as claimed by the sender).
     pub sent_at_ms: u64,
-    /// The text.
+    /// The text (empty for an attachment message: the shell describes the file from
+    /// `attachment`; the core formats nothing for display).
     pub text: String,
-    /// The attached file, for an attachment message (`text` then describes it).
+    /// The attached file, for an attachment message.
     pub attachment: Option<crate::attachment::AttachmentPointer>,
     /// Position in the group log: every member sees the same order.
     pub seq: Seq,

@@ -18,7 +18,7 @@
 //! enc.push(b"hello", &mut blob).unwrap();
 //! let sealed = enc.finish(&mut blob).unwrap();
 //!
-//! let expected = Expected { digest: Some(sealed.digest), size: Some(5), ..Expected::default() };
+//! let expected = Expected { digest: sealed.digest, size: Some(5), ..Expected::default() };
 //! let mut dec = Decryptor::new(&key, expected);
 //! let mut plain = Vec::new();
 //! dec.push(&blob, &mut plain).unwrap();
@@ -92,37 +92,17 @@ pub enum AttachmentError {
     ChunkMisuse,
 }
 
-/// How a message's content shows in the chat: the line of text and, for a file, its pointer.
-/// `None` for content that is not shown as a message (group renames, leave requests).
-pub fn displayed(content: crate::content::Content) -> Option<(String, Option<AttachmentPointer>)> {
+/// The parts of a content that is a chat message: its text (empty for a file: how a file
+/// is described is the shell's business) and, for a file, its pointer. `None` for content
+/// that is not a chat message (group renames, leave requests, call signalling).
+pub(crate) fn chat_parts(
+    content: crate::content::Content,
+) -> Option<(String, Option<AttachmentPointer>)> {
     use crate::content::Content;
     match content {
         Content::Text { text } => Some((text, None)),
-        Content::Attachment(p) => {
-            let line = format!(
-                "[file] {} ({}, {})",
-                p.name,
-                human_size(p.size),
-                p.media_type
-            );
-            Some((line, Some(p)))
-        }
+        Content::Attachment(p) => Some((String::new(), Some(p))),
         _ => None,
-    }
-}
-
-/// `1.5 MiB`-style sizes.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    match unit {
-        0 => format!("{bytes} bytes"),
-        _ => format!("{v:.1} {}", UNITS.get(unit).copied().unwrap_or("TiB")),
     }
 }
 
