@@ -15,7 +15,7 @@ fn open_temp() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
-crate::store::conformance::relay_store_conformance!(open_temp());
+crate::relay_store_conformance!(conformance, open_temp);
 
 /// The duplicate check survives a restart: its window is rebuilt from the log, so a
 /// post resent to a restarted relay is answered with its original seq, not stored twice.
