@@ -1,13 +1,28 @@
-//! The conformance suite every [`RelayStore`] backend passes. Each case is a function taking
-//! the store under test; [`relay_store_conformance!`] turns the whole list into `#[test]`s
-//! for one backend (see the `tests` modules of `memory.rs` and `sqlite.rs`):
+//! The conformance suite every [`RelayStore`] backend passes. Each case is a public function
+//! taking the store under test and panicking when the store breaks the trait's contract;
+//! [`relay_store_conformance!`](crate::relay_store_conformance) turns the whole list into
+//! `#[test]`s for one backend.
 //!
-//! ```ignore
-//! crate::store::conformance::relay_store_conformance!(((), MemoryStore::new()));
+//! Built for this crate's own tests, and for other crates with the `conformance` feature, so
+//! a backend living elsewhere runs the same suite. In its `Cargo.toml`:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! cove-server = { workspace = true, features = ["conformance"] }
 //! ```
 //!
-//! The expression yields `(guard, store)`: the guard (e.g. a temporary directory) lives as
-//! long as the test.
+//! and in a test file:
+//!
+//! ```ignore
+//! cove_server::relay_store_conformance!(my_backend, || {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     let store = MyStore::open(dir.path()).unwrap();
+//!     (dir, store)
+//! });
+//! ```
+//!
+//! The closure yields `(guard, store)`: the guard (e.g. a temporary directory, `()` when
+//! there is none) lives as long as the test. Each case gets a fresh store.
 
 #![allow(clippy::unwrap_used)]
 
@@ -25,11 +40,18 @@ use cove_wire::{
 
 use super::{Appended, NewPost, RelayStore, Stock, StoreError};
 
-/// Expands to one `#[test]` per conformance case for the backend made by `$make`, an
-/// expression yielding `(guard, store)`.
+/// Expands to a module `$name` with one `#[test]` per conformance case, each run on a fresh
+/// store made by `$make`, a closure (or function) returning `(guard, store)` where `store`
+/// implements [`RelayStore`](crate::store::RelayStore) and `guard` lives as long as the
+/// test. Items of the calling module are in scope inside `$make`.
+///
+/// ```ignore
+/// cove_server::relay_store_conformance!(memory, || ((), MemoryStore::new()));
+/// ```
+#[macro_export]
 macro_rules! relay_store_conformance {
-    ($make:expr) => {
-        $crate::store::conformance::relay_store_conformance!(@cases $make;
+    ($name:ident, $make:expr $(,)?) => {
+        $crate::relay_store_conformance!(@cases $name, $make;
             register_and_look_up,
             add_devices_up_to_the_cap,
             key_packages_are_handed_out_once_then_last_resort,
@@ -56,24 +78,27 @@ macro_rules! relay_store_conformance {
             removed_device_keeps_its_cursor_until_it_acks_the_removal,
         );
     };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                let (_guard, store) = $make;
-                $crate::store::conformance::$case(&store);
-            }
-        )*
+    (@cases $name:ident, $make:expr; $($case:ident),* $(,)?) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $case() {
+                    let (_guard, store) = ($make)();
+                    $crate::store::conformance::$case(&store);
+                }
+            )*
+        }
     };
 }
-pub(crate) use relay_store_conformance;
 
 // ---------------------------------------------------------------------------------------
 // Join seqs and departures.
 
 /// A member reads from the commit that added it on, never earlier entries; the creator from
 /// the start; a device removed and added again from its latest join.
-pub(crate) fn fetch_starts_at_the_join_commit(store: &dyn RelayStore) {
+pub fn fetch_starts_at_the_join_commit(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     let c = device(store, "carol", 3);
@@ -127,7 +152,7 @@ pub(crate) fn fetch_starts_at_the_join_commit(store: &dyn RelayStore) {
 /// A removed device keeps a departure record with its cursor until it acks the commit that
 /// removed it: it may ack up to that commit and no further, it cannot read or post, and an
 /// ack reaching the commit (or being added again) drops the record.
-pub(crate) fn removed_device_keeps_its_cursor_until_it_acks_the_removal(store: &dyn RelayStore) {
+pub fn removed_device_keeps_its_cursor_until_it_acks_the_removal(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     let g = gid(1);
@@ -201,7 +226,7 @@ pub(crate) fn removed_device_keeps_its_cursor_until_it_acks_the_removal(store: &
 // Directory.
 
 /// Registration, UserTaken, look-ups of users and devices.
-pub(crate) fn register_and_look_up(store: &dyn RelayStore) {
+pub fn register_and_look_up(store: &dyn RelayStore) {
     let alice = user("alice");
     let a1 = store.register_user(&alice, &key(1)).unwrap();
     assert!(matches!(
@@ -224,7 +249,7 @@ pub(crate) fn register_and_look_up(store: &dyn RelayStore) {
 }
 
 /// Further devices: ordered by id, capped per user, unknown users refused.
-pub(crate) fn add_devices_up_to_the_cap(store: &dyn RelayStore) {
+pub fn add_devices_up_to_the_cap(store: &dyn RelayStore) {
     let alice = user("alice");
     let first = store.register_user(&alice, &key(0)).unwrap();
     let mut ids = vec![first];
@@ -263,7 +288,7 @@ pub(crate) fn add_devices_up_to_the_cap(store: &dyn RelayStore) {
 // KeyPackages.
 
 /// Normal KeyPackages once each in upload order, then the last-resort one, not consumed.
-pub(crate) fn key_packages_are_handed_out_once_then_last_resort(store: &dyn RelayStore) {
+pub fn key_packages_are_handed_out_once_then_last_resort(store: &dyn RelayStore) {
     let alice = user("alice");
     let a1 = store.register_user(&alice, &key(1)).unwrap();
     assert_eq!(store.key_package_stock(a1).unwrap(), stock(0, false));
@@ -315,7 +340,7 @@ pub(crate) fn key_packages_are_handed_out_once_then_last_resort(store: &dyn Rela
 }
 
 /// One KeyPackage per device; a device with neither normal nor last resort is left out.
-pub(crate) fn key_package_claims_skip_devices_without_any(store: &dyn RelayStore) {
+pub fn key_package_claims_skip_devices_without_any(store: &dyn RelayStore) {
     let alice = user("alice");
     let a1 = store.register_user(&alice, &key(1)).unwrap();
     let a2 = store.add_device(&alice, &key(2)).unwrap();
@@ -344,7 +369,7 @@ pub(crate) fn key_package_claims_skip_devices_without_any(store: &dyn RelayStore
 }
 
 /// Upload bounds: batch size, KeyPackage size, empty KeyPackages, stock cap (all-or-nothing).
-pub(crate) fn key_package_upload_bounds(store: &dyn RelayStore) {
+pub fn key_package_upload_bounds(store: &dyn RelayStore) {
     let a1 = store.register_user(&user("alice"), &key(1)).unwrap();
     let batch = |tag: usize, n: usize| -> Vec<Vec<u8>> {
         (0..n)
@@ -408,7 +433,7 @@ pub(crate) fn key_package_upload_bounds(store: &dyn RelayStore) {
 /// 8 threads released together by one barrier claim from 50 KeyPackages plus a last resort
 /// (how their calls interleave inside the store is up to the scheduler and not checked): no
 /// duplicate, all 50 handed out, every other claim gets the last resort.
-pub(crate) fn concurrent_claims_never_hand_out_a_key_package_twice(store: &dyn RelayStore) {
+pub fn concurrent_claims_never_hand_out_a_key_package_twice(store: &dyn RelayStore) {
     let bob = user("bob");
     let b1 = store.register_user(&bob, &key(1)).unwrap();
     let kps: Vec<Vec<u8>> = (0..50).map(|i| format!("kp-{i}").into_bytes()).collect();
@@ -453,7 +478,7 @@ pub(crate) fn concurrent_claims_never_hand_out_a_key_package_twice(store: &dyn R
 // Groups.
 
 /// A new group is at epoch 0 with its creator as only member; ids are unique.
-pub(crate) fn create_group_and_membership(store: &dyn RelayStore) {
+pub fn create_group_and_membership(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     let g = gid(1);
@@ -501,7 +526,7 @@ pub(crate) fn create_group_and_membership(store: &dyn RelayStore) {
 /// stored again, in the same batch or a later one, even after the epoch moved on: the store
 /// answers `Duplicate` with the original seq. The same bytes from another member, and
 /// commits, are not affected.
-pub(crate) fn a_repeated_post_is_not_stored_again(store: &dyn RelayStore) {
+pub fn a_repeated_post_is_not_stored_again(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     let g = gid(1);
@@ -547,7 +572,10 @@ pub(crate) fn a_repeated_post_is_not_stored_again(store: &dyn RelayStore) {
     assert_eq!(m.entry.seq.0, 7 + crate::store::rules::RECENT_POSTS as u64);
 }
 
-pub(crate) fn application_posts_are_ordered_and_checked(store: &dyn RelayStore) {
+/// Members' posts (three application messages, then a proposal) get seq 1 to 4 and read
+/// back in order with every field, also from a later seq; a non-member's post is NotMember,
+/// a post to (or a read of) an unknown group UnknownGroup.
+pub fn application_posts_are_ordered_and_checked(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     let g = gid(1);
@@ -598,7 +626,7 @@ pub(crate) fn application_posts_are_ordered_and_checked(store: &dyn RelayStore) 
 
 /// Application messages and proposals are accepted in the current epoch and the one before
 /// it (messages racing a commit), never in a future or older epoch.
-pub(crate) fn epoch_rule_for_application_and_proposal_posts(store: &dyn RelayStore) {
+pub fn epoch_rule_for_application_and_proposal_posts(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let g = gid(1);
     store.create_group(g, a).unwrap();
@@ -639,7 +667,7 @@ pub(crate) fn epoch_rule_for_application_and_proposal_posts(store: &dyn RelaySto
 
 /// A commit adding a device: epoch advances, the device becomes a member with its cursor at
 /// the commit, and the Welcome lands in its inbox, all reported in `Appended`.
-pub(crate) fn commit_adds_members_atomically(store: &dyn RelayStore) {
+pub fn commit_adds_members_atomically(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     let c = device(store, "carol", 3);
@@ -700,7 +728,7 @@ pub(crate) fn commit_adds_members_atomically(store: &dyn RelayStore) {
 }
 
 /// A commit removing a device: it is told (in `removed`), then loses access.
-pub(crate) fn commit_removes_members(store: &dyn RelayStore) {
+pub fn commit_removes_members(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     let g = gid(1);
@@ -744,7 +772,7 @@ pub(crate) fn commit_removes_members(store: &dyn RelayStore) {
 }
 
 /// Bad membership changes are Invalid / UnknownDevice and change nothing.
-pub(crate) fn invalid_membership_changes_change_nothing(store: &dyn RelayStore) {
+pub fn invalid_membership_changes_change_nothing(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     let c = device(store, "carol", 3);
@@ -798,7 +826,7 @@ pub(crate) fn invalid_membership_changes_change_nothing(store: &dyn RelayStore) 
 
 /// Two commits for one epoch: the second is refused with the current epoch and its Welcome
 /// never reaches the device it would have added.
-pub(crate) fn stale_commit_is_refused_and_its_welcome_never_lands(store: &dyn RelayStore) {
+pub fn stale_commit_is_refused_and_its_welcome_never_lands(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     let c = device(store, "carol", 3);
@@ -833,7 +861,7 @@ pub(crate) fn stale_commit_is_refused_and_its_welcome_never_lands(store: &dyn Re
 /// in every interleaving. Two commits for one epoch that are certainly in flight together
 /// (one batch, as the relay's writer hands them over) are in
 /// [`batch_results_are_in_input_order`].
-pub(crate) fn commits_from_eight_threads_for_one_epoch_exactly_one_wins(store: &dyn RelayStore) {
+pub fn commits_from_eight_threads_for_one_epoch_exactly_one_wins(store: &dyn RelayStore) {
     const N: u8 = 8;
     let g = gid(1);
     let committers: Vec<DeviceId> = (0..N).map(|i| device(store, &format!("m{i}"), i)).collect();
@@ -896,7 +924,7 @@ pub(crate) fn commits_from_eight_threads_for_one_epoch_exactly_one_wins(store: &
 
 /// One batch of mixed posts: each checked on its own, in order, results in input order, and
 /// later posts see the effect of earlier ones in the same batch.
-pub(crate) fn batch_results_are_in_input_order(store: &dyn RelayStore) {
+pub fn batch_results_are_in_input_order(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     let c = device(store, "carol", 3);
@@ -949,7 +977,7 @@ pub(crate) fn batch_results_are_in_input_order(store: &dyn RelayStore) {
 
 /// Readers running beside a writer see whole batches only: every read is a gap-free prefix
 /// of the log whose length is a multiple of the batch size.
-pub(crate) fn readers_never_see_part_of_a_batch(store: &dyn RelayStore) {
+pub fn readers_never_see_part_of_a_batch(store: &dyn RelayStore) {
     const BATCH: usize = 10;
     const BATCHES: usize = 40;
     let a = device(store, "alice", 1);
@@ -991,7 +1019,7 @@ pub(crate) fn readers_never_see_part_of_a_batch(store: &dyn RelayStore) {
 }
 
 /// A group cannot grow past MAX_GROUP_DEVICES.
-pub(crate) fn group_size_is_capped(store: &dyn RelayStore) {
+pub fn group_size_is_capped(store: &dyn RelayStore) {
     let creator = device(store, "creator", 0);
     let g = gid(1);
     store.create_group(g, creator).unwrap();
@@ -1022,7 +1050,7 @@ pub(crate) fn group_size_is_capped(store: &dyn RelayStore) {
 }
 
 /// Group cursors only move forward and never past the end of the log.
-pub(crate) fn cursors_move_forward_only(store: &dyn RelayStore) {
+pub fn cursors_move_forward_only(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     let g = gid(1);
@@ -1071,7 +1099,7 @@ pub(crate) fn cursors_move_forward_only(store: &dyn RelayStore) {
 }
 
 /// The inbox: ordered reads after a cursor, forward-only ack, Invalid past the end.
-pub(crate) fn inbox_cursor_and_reads(store: &dyn RelayStore) {
+pub fn inbox_cursor_and_reads(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     assert_eq!(store.cursor(b, Stream::Inbox).unwrap(), Seq(0));
@@ -1120,7 +1148,7 @@ pub(crate) fn inbox_cursor_and_reads(store: &dyn RelayStore) {
 }
 
 /// Reads return at most MAX_FETCH_ENTRIES whatever the caller asks.
-pub(crate) fn reads_are_bounded(store: &dyn RelayStore) {
+pub fn reads_are_bounded(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let g = gid(1);
     store.create_group(g, a).unwrap();
@@ -1144,7 +1172,7 @@ pub(crate) fn reads_are_bounded(store: &dyn RelayStore) {
 }
 
 /// Payloads and Welcomes over MAX_PAYLOAD_BYTES are refused; the largest allowed ones pass.
-pub(crate) fn oversized_payloads_are_refused(store: &dyn RelayStore) {
+pub fn oversized_payloads_are_refused(store: &dyn RelayStore) {
     let a = device(store, "alice", 1);
     let b = device(store, "bob", 2);
     let g = gid(1);
@@ -1179,15 +1207,18 @@ pub(crate) fn oversized_payloads_are_refused(store: &dyn RelayStore) {
 // ---------------------------------------------------------------------------------------
 // Helpers.
 
-pub(crate) fn user(name: &str) -> UserName {
+/// The user name `name` (must be valid).
+pub fn user(name: &str) -> UserName {
     UserName::new(name).unwrap()
 }
 
-pub(crate) fn key(n: u8) -> DeviceKey {
+/// A device key made of the byte `n`.
+pub fn key(n: u8) -> DeviceKey {
     DeviceKey([n; 32])
 }
 
-pub(crate) fn gid(n: u8) -> GroupId {
+/// A group id made of the byte `n`.
+pub fn gid(n: u8) -> GroupId {
     GroupId([n; 16])
 }
 
@@ -1204,12 +1235,12 @@ fn sorted(mut v: Vec<DeviceId>) -> Vec<DeviceId> {
 }
 
 /// Registers a user with one device.
-pub(crate) fn device(store: &dyn RelayStore, name: &str, k: u8) -> DeviceId {
+pub fn device(store: &dyn RelayStore, name: &str, k: u8) -> DeviceId {
     store.register_user(&user(name), &key(k)).unwrap()
 }
 
 /// An application post at 1000 ms.
-pub(crate) fn app(group: GroupId, sender: DeviceId, epoch: u64, payload: &[u8]) -> NewPost {
+pub fn app(group: GroupId, sender: DeviceId, epoch: u64, payload: &[u8]) -> NewPost {
     NewPost {
         group,
         sender,
@@ -1221,7 +1252,7 @@ pub(crate) fn app(group: GroupId, sender: DeviceId, epoch: u64, payload: &[u8]) 
 }
 
 /// A commit with payload `b"commit"`.
-pub(crate) fn commit(
+pub fn commit(
     group: GroupId,
     sender: DeviceId,
     epoch: u64,
@@ -1240,7 +1271,7 @@ pub(crate) fn commit(
 }
 
 /// Appends a single post.
-pub(crate) fn one(store: &dyn RelayStore, post: NewPost) -> Result<Appended, StoreError> {
+pub fn one(store: &dyn RelayStore, post: NewPost) -> Result<Appended, StoreError> {
     let mut results = store.append_batch(vec![post]);
     assert_eq!(results.len(), 1);
     results.pop().unwrap()
@@ -1249,6 +1280,7 @@ pub(crate) fn one(store: &dyn RelayStore, post: NewPost) -> Result<Appended, Sto
 // ---------------------------------------------------------------------------------------
 // Differential test: random operation sequences give the same results on both backends.
 
+#[cfg(test)]
 mod differential {
     use cove_wire::{DeviceId, Epoch, Payload, PostKind, Seq, Stream};
     use proptest::prelude::*;

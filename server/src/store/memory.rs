@@ -468,5 +468,5 @@ fn read_after<T: Clone>(log: &[T], after: Seq, limit: u32, seq: impl Fn(&T) -> S
 mod tests {
     use super::MemoryStore;
 
-    crate::store::conformance::relay_store_conformance!(((), MemoryStore::new()));
+    crate::relay_store_conformance!(conformance, || ((), MemoryStore::new()));
 }

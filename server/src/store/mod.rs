@@ -1,6 +1,7 @@
 //! The relay's durable state behind one trait, [`RelayStore`], with a SQLite backend (the
 //! embedded default, WAL mode, in the data directory) and an in-memory one. Both pass the
-//! same conformance suite (`conformance.rs`).
+//! same conformance suite (`conformance.rs`, also built for other crates with the
+//! `conformance` feature, so a backend in another crate runs it too).
 //!
 //! The relay stores only what it must to route ciphertext: user names, device public keys,
 //! opaque KeyPackages, group membership by device id, opaque MLS messages and Welcomes,
@@ -11,8 +12,8 @@
 //! [`RelayStore::append_batch`] is durable when it returns: the relay acknowledges a post
 //! only after that. Batching many posts into one call is how the relay coalesces fsyncs.
 
-#[cfg(test)]
-mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod memory;
 mod rules;
 pub mod sqlite;

@@ -1,0 +1,141 @@
+//! The `RelayStore` conformance suite run from outside `cove-server`, through its
+//! `conformance` feature, the way a backend in another crate runs it: once against the
+//! in-memory store and once against the SQLite store in a temporary directory. Each case is
+//! a `#[test]` named `memory::<case>` or `sqlite::<case>`. A deliberately broken backend
+//! shows that the exposed suite can fail.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Mutex;
+
+use cove_server::store::{
+    Appended, MemoryStore, NewPost, RelayStore, SqliteStore, Stock, StoreError, conformance,
+};
+use cove_wire::{
+    ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, GroupEntry, GroupId, GroupSummary,
+    InboxEntry, Seq, Stream, UserName,
+};
+
+/// A SQLite store in a fresh temporary directory, which lives as long as the test.
+fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("relay.db")).unwrap();
+    (dir, store)
+}
+
+cove_server::relay_store_conformance!(memory, || ((), MemoryStore::new()));
+cove_server::relay_store_conformance!(sqlite, sqlite_store);
+
+/// A backend that breaks one rule of the trait: an ack sets the cursor even when it is
+/// older than the current one (the rule is "never backwards"). Everything else is the
+/// memory store's.
+struct BackwardsCursors {
+    inner: MemoryStore,
+    acked: Mutex<HashMap<(DeviceId, Stream), Seq>>,
+}
+
+impl RelayStore for BackwardsCursors {
+    fn register_user(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
+        self.inner.register_user(user, key)
+    }
+    fn add_device(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
+        self.inner.add_device(user, key)
+    }
+    fn devices(&self, user: &UserName) -> Result<Vec<DeviceInfo>, StoreError> {
+        self.inner.devices(user)
+    }
+    fn device(&self, device: DeviceId) -> Result<Option<(UserName, DeviceKey)>, StoreError> {
+        self.inner.device(device)
+    }
+    fn upload_key_packages(
+        &self,
+        device: DeviceId,
+        key_packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<Stock, StoreError> {
+        self.inner
+            .upload_key_packages(device, key_packages, last_resort)
+    }
+    fn claim_key_packages(&self, user: &UserName) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+        self.inner.claim_key_packages(user)
+    }
+    fn key_package_stock(&self, device: DeviceId) -> Result<Stock, StoreError> {
+        self.inner.key_package_stock(device)
+    }
+    fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
+        self.inner.create_group(group, creator)
+    }
+    fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {
+        self.inner.is_member(group, device)
+    }
+    fn groups_of(&self, device: DeviceId) -> Result<Vec<GroupSummary>, StoreError> {
+        self.inner.groups_of(device)
+    }
+    fn append_batch(&self, posts: Vec<NewPost>) -> Vec<Result<Appended, StoreError>> {
+        self.inner.append_batch(posts)
+    }
+    fn read_group(
+        &self,
+        group: GroupId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<GroupEntry>, StoreError> {
+        self.inner.read_group(group, after, limit)
+    }
+    fn joined(&self, group: GroupId, device: DeviceId) -> Result<Option<Seq>, StoreError> {
+        self.inner.joined(group, device)
+    }
+    fn departures(&self, device: DeviceId) -> Result<Vec<(GroupId, Seq)>, StoreError> {
+        self.inner.departures(device)
+    }
+    fn departure_cursor(
+        &self,
+        device: DeviceId,
+        group: GroupId,
+    ) -> Result<Option<Seq>, StoreError> {
+        self.inner.departure_cursor(device, group)
+    }
+    fn read_inbox(
+        &self,
+        device: DeviceId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StoreError> {
+        self.inner.read_inbox(device, after, limit)
+    }
+    fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError> {
+        let real = self.inner.cursor(device, stream)?;
+        let acked = self.acked.lock().unwrap().get(&(device, stream)).copied();
+        Ok(acked.unwrap_or(real))
+    }
+    fn ack(&self, device: DeviceId, stream: Stream, seq: Seq) -> Result<(), StoreError> {
+        self.inner.ack(device, stream, seq)?;
+        self.acked.lock().unwrap().insert((device, stream), seq);
+        Ok(())
+    }
+}
+
+/// The exposed suite fails a broken backend from outside the crate: a store whose acks move
+/// a cursor backwards fails `cursors_move_forward_only` at its "never backwards" assertion.
+#[test]
+fn a_backend_moving_cursors_backwards_fails_the_suite() {
+    let store = BackwardsCursors {
+        inner: MemoryStore::new(),
+        acked: Mutex::new(HashMap::new()),
+    };
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        conformance::cursors_move_forward_only(&store);
+    }));
+    let payload = outcome.expect_err("the suite must reject this backend");
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(
+        message.contains("never backwards"),
+        "failed elsewhere: {message}"
+    );
+}

@@ -1,0 +1,62 @@
+//! Device inboxes (`inbox`, `inbox_payloads`): reading a device's inbox and its end. Welcomes
+//! are written by the commit that carries them (`log.rs`), with the payload stored once.
+
+use cove_wire::{DeviceId, InboxEntry, InboxKind, Payload, Seq};
+use rusqlite::{Connection, params};
+
+use super::directory::existing_device;
+use super::rows::{corrupt, device_id, group_id, to_u64};
+use crate::store::StoreError;
+use crate::store::rules;
+
+/// `inbox.kind` of a Welcome (with `group_id`, `commit_seq` and `sender` set).
+pub(super) const INBOX_WELCOME: i64 = 0;
+
+/// Inbox entries of `device` after `after` (see `RelayStore::read_inbox`).
+pub(super) fn read(
+    conn: &Connection,
+    device: DeviceId,
+    after: Seq,
+    limit: u32,
+) -> Result<Vec<InboxEntry>, StoreError> {
+    let id = existing_device(conn, device)?;
+    let limit = rules::capped_limit(limit);
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let after = i64::try_from(after.0).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.seq, i.kind, i.group_id, i.commit_seq, i.sender, i.received_at_ms, p.data
+         FROM inbox i JOIN inbox_payloads p ON p.id = i.payload
+         WHERE i.device = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![id, after, limit])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let kind = match r.get::<_, i64>(1)? {
+            INBOX_WELCOME => InboxKind::Welcome {
+                group: group_id(&r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default())?,
+                commit_seq: Seq(to_u64(r.get::<_, Option<i64>>(3)?.unwrap_or(-1))?),
+                sender: device_id(r.get::<_, Option<i64>>(4)?.unwrap_or(-1))?,
+            },
+            _ => return Err(corrupt("inbox entry kind")),
+        };
+        out.push(InboxEntry {
+            seq: Seq(to_u64(r.get(0)?)?),
+            kind,
+            received_at_ms: to_u64(r.get(5)?)?,
+            payload: Payload(r.get(6)?),
+        });
+    }
+    Ok(out)
+}
+
+/// The seq of the last entry in `device`'s inbox (0 when empty); UnknownDevice if no such
+/// device.
+pub(super) fn end(conn: &Connection, device: DeviceId) -> Result<Seq, StoreError> {
+    let id = existing_device(conn, device)?;
+    let end: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE device = ?1")?
+        .query_row(params![id], |r| r.get(0))?;
+    Ok(Seq(to_u64(end)?))
+}
