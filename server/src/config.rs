@@ -33,6 +33,10 @@ pub struct RelayConfig {
     /// UDP address of the TURN server for calls (`None`: no TURN server). It must be a
     /// concrete IP (it is also the relayed address), e.g. `127.0.0.1:3478`.
     pub turn_listen: Option<SocketAddr>,
+    /// Lifetime of the TURN credentials handed to devices (default 10 minutes, at most 24
+    /// hours). An allocation made in time outlives its credential; a new one needs a fresh
+    /// credential.
+    pub turn_credential_ttl: Duration,
 }
 
 impl RelayConfig {
@@ -46,6 +50,7 @@ impl RelayConfig {
             limits: Limits::default(),
             blob: BlobConfig::default(),
             turn_listen: None,
+            turn_credential_ttl: crate::turn::CREDENTIAL_TTL,
         }
     }
 }
@@ -351,12 +356,20 @@ impl ConfigFile {
                 ..BlobConfig::default()
             },
             turn_listen: self.turn_listen,
+            turn_credential_ttl: crate::turn::CREDENTIAL_TTL,
         })
     }
 }
 
 /// Checks a configuration's limits (also done by [`crate::Relay::start`]).
 pub fn validate(config: &RelayConfig) -> Result<(), ConfigError> {
+    if config.turn_credential_ttl < Duration::from_secs(1)
+        || config.turn_credential_ttl > cove_turn::MAX_TTL
+    {
+        return Err(ConfigError::Invalid(
+            "turn_credential_ttl must be between 1 second and 24 hours",
+        ));
+    }
     config.limits.validate()
 }
 
