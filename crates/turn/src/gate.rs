@@ -22,6 +22,7 @@ use tokio::net::UdpSocket;
 use turn::allocation::AllocationInfo;
 use turn::auth::generate_auth_key;
 use webrtc_util::Conn;
+use zeroize::Zeroizing;
 
 use crate::credentials::{MAX_TTL, parse_username, rest_password};
 
@@ -65,7 +66,7 @@ pub struct TurnStats {
 ///   nothing new.
 pub(crate) struct Gate {
     realm: String,
-    secret: Vec<u8>,
+    secret: Zeroizing<Vec<u8>>,
     /// Client address -> the username its allocation was made with.
     allocations: Mutex<HashMap<SocketAddr, String>>,
     /// Transaction ids of renewals let through after expiry, awaiting the server's answer.
@@ -91,7 +92,7 @@ impl Gate {
     pub(crate) fn new(realm: &str, secret: &[u8]) -> Self {
         Gate {
             realm: realm.to_owned(),
-            secret: secret.to_vec(),
+            secret: Zeroizing::new(secret.to_vec()),
             allocations: Mutex::default(),
             renewals: Mutex::default(),
             refused_expired: AtomicU64::new(0),

@@ -15,6 +15,7 @@ use turn::relay::relay_static::RelayAddressGeneratorStatic;
 use turn::server::Server;
 use turn::server::config::{ConnConfig, ServerConfig};
 use webrtc_util::vnet::net::Net;
+use zeroize::Zeroizing;
 
 use crate::TurnError;
 use crate::credentials::{parse_username, rest_password};
@@ -26,7 +27,7 @@ use crate::gate::{Gate, GatedConn, TurnStats};
 /// allocation it belongs to) is decided before the request reaches the crate, by [`Gate`],
 /// which answers refused requests itself with `401 Unauthorized`.
 struct RestAuth {
-    secret: Vec<u8>,
+    secret: Zeroizing<Vec<u8>>,
 }
 
 impl AuthHandler for RestAuth {
@@ -137,7 +138,7 @@ pub async fn start_turn_server_with_relay_ip(
         }],
         realm: realm.to_owned(),
         auth_handler: Arc::new(RestAuth {
-            secret: shared_secret.to_vec(),
+            secret: Zeroizing::new(shared_secret.to_vec()),
         }),
         channel_bind_timeout: Duration::from_secs(0),
         alloc_close_notify: Some(closed_tx),
