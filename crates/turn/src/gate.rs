@@ -1,5 +1,9 @@
 //! The check in front of the TURN server's socket: every authenticated request is judged here
-//! before the `turn` crate sees it (see [`Gate`]).
+//! before the `turn` crate sees it. Forged credentials are refused with `401`
+//! ([`REASON_BAD_CREDENTIALS`]), and so are expired ones ([`REASON_EXPIRED`]), except that the
+//! allocation made with a credential can be refreshed, and its permissions and channels
+//! created, with it from the same address for up to [`MAX_TTL`] after it expired. [`TurnStats`]
+//! counts what was refused and what was renewed after expiry.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
