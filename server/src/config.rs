@@ -33,6 +33,10 @@ pub struct RelayConfig {
     /// UDP address of the TURN server for calls (`None`: no TURN server). It must be a
     /// concrete IP (it is also the relayed address), e.g. `127.0.0.1:3478`.
     pub turn_listen: Option<SocketAddr>,
+    /// Lifetime of the TURN credentials handed to devices (default 10 minutes, at most 24
+    /// hours). An allocation made in time outlives its credential; a new one needs a fresh
+    /// credential.
+    pub turn_credential_ttl: Duration,
 }
 
 impl RelayConfig {
@@ -46,6 +50,7 @@ impl RelayConfig {
             limits: Limits::default(),
             blob: BlobConfig::default(),
             turn_listen: None,
+            turn_credential_ttl: crate::turn::CREDENTIAL_TTL,
         }
     }
 }
@@ -234,6 +239,9 @@ impl Limits {
 /// requests_per_second = 200
 /// outgoing_queue_frames = 4096
 ///
+/// turn_listen = "203.0.113.7:3478"   # TURN server for calls (off when absent)
+/// turn_credential_ttl_secs = 600
+///
 /// [blob]
 /// max_blob_bytes = 2147483648
 /// quota_bytes_per_user = 10737418240
@@ -257,6 +265,9 @@ pub struct ConfigFile {
     pub blob: BlobLimits,
     /// UDP address of the TURN server for calls (off when absent).
     pub turn_listen: Option<SocketAddr>,
+    /// Lifetime of the TURN credentials handed to devices, in seconds (1 to 86400; 600 when
+    /// absent).
+    pub turn_credential_ttl_secs: Option<u64>,
 }
 
 /// The `[blob]` table of the config file.
@@ -299,7 +310,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is out of range.
-    #[error("invalid limits: {0}")]
+    #[error("invalid configuration: {0}")]
     Invalid(&'static str),
     /// Only one of certificate and key was given.
     #[error("give both a certificate and a key (--cert and --key), or neither")]
@@ -339,7 +350,7 @@ impl ConfigFile {
             _ => return Err(ConfigError::CertWithoutKey),
         };
         self.limits.validate()?;
-        Ok(RelayConfig {
+        let config = RelayConfig {
             listen,
             data_dir: self.data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             tls,
@@ -351,12 +362,24 @@ impl ConfigFile {
                 ..BlobConfig::default()
             },
             turn_listen: self.turn_listen,
-        })
+            turn_credential_ttl: self
+                .turn_credential_ttl_secs
+                .map_or(crate::turn::CREDENTIAL_TTL, Duration::from_secs),
+        };
+        validate(&config)?;
+        Ok(config)
     }
 }
 
 /// Checks a configuration's limits (also done by [`crate::Relay::start`]).
 pub fn validate(config: &RelayConfig) -> Result<(), ConfigError> {
+    if config.turn_credential_ttl < Duration::from_secs(1)
+        || config.turn_credential_ttl > cove_turn::MAX_TTL
+    {
+        return Err(ConfigError::Invalid(
+            "turn_credential_ttl must be between 1 second and 24 hours",
+        ));
+    }
     config.limits.validate()
 }
 
@@ -382,6 +405,34 @@ mod tests {
         assert!(ConfigFile::parse("[limits]\nno_such_limit = 1\n").is_err());
         let bad = ConfigFile::parse("[limits]\nmax_connections = 0\n").unwrap_or_default();
         assert!(bad.into_config().is_err());
+    }
+
+    #[test]
+    fn turn_credential_ttl_defaults_to_ten_minutes_and_is_bounded() {
+        let ttl = |text: &str| {
+            ConfigFile::parse(text)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_config()
+                .map(|c| c.turn_credential_ttl)
+        };
+        assert_eq!(ttl("").ok(), Some(Duration::from_secs(600)));
+        assert_eq!(
+            ttl("turn_credential_ttl_secs = 60").ok(),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            ttl("turn_credential_ttl_secs = 86400").ok(),
+            Some(Duration::from_secs(86400))
+        );
+        for bad in [
+            "turn_credential_ttl_secs = 0",
+            "turn_credential_ttl_secs = 86401",
+        ] {
+            assert!(
+                matches!(ttl(bad), Err(ConfigError::Invalid(_))),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

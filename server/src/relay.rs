@@ -95,6 +95,7 @@ impl Relay {
             limits,
             blob,
             turn_listen,
+            turn_credential_ttl,
         } = config;
         std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
@@ -114,7 +115,9 @@ impl Relay {
         let fingerprint = tls::fingerprint(&identity.cert_der);
 
         let turn = match turn_listen {
-            Some(addr) => Some(crate::turn::TurnService::start(addr, &data_dir).await?),
+            Some(addr) => {
+                Some(crate::turn::TurnService::start(addr, &data_dir, turn_credential_ttl).await?)
+            }
             None => None,
         };
         let turn_addr = turn.as_ref().map(|t| t.local_addr());
@@ -207,6 +210,10 @@ impl RelayHandle {
     /// The TURN server's UDP address, if one runs.
     pub fn turn_addr(&self) -> Option<SocketAddr> {
         self.turn_addr
+    }
+    /// The TURN server's counters (refused credentials, renewals after expiry), if one runs.
+    pub fn turn_stats(&self) -> Option<cove_turn::TurnStats> {
+        self.turn.as_ref().map(|t| t.stats())
     }
     /// The served certificate, PEM (clients trust it with `--ca`).
     pub fn cert_pem(&self) -> &str {

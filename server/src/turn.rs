@@ -1,5 +1,6 @@
-//! The relay's TURN server (RFC 5766, the webrtc-rs `turn` crate) and the short-lived TURN
-//! REST credentials it hands to authenticated devices (`Request::TurnCredentials`).
+//! The relay's TURN server (`cove-turn`, the one TURN implementation Cove has) and the
+//! short-lived TURN REST credentials it hands to authenticated devices
+//! (`Request::TurnCredentials`).
 //!
 //! ```text
 //! username = "<expiry unix seconds>:d<device id>"
@@ -8,48 +9,36 @@
 //!
 //! The shared secret is 32 random bytes created once per data directory
 //! (`DATA/turn.secret`, mode 0600) and never logged. The TURN server derives the password
-//! itself from the username, so it keeps no per-device state. The relay only relays UDP
-//! datagrams for calls; what it relays is DTLS-SRTP carrying SFrame-encrypted media.
+//! itself from the username, so it keeps no per-device state. An expired credential cannot make
+//! a new allocation but still renews the allocation made with it (see `cove-turn`), so a call
+//! outlives its credential. The relay only relays UDP datagrams for calls; what it relays is
+//! DTLS-SRTP carrying SFrame-encrypted media.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use cove_turn::{TurnServerHandle, TurnStats, turn_credentials};
 use cove_wire::{BoundedVec, DeviceId, ErrorCode, ErrorReply, Reply};
 use rand::RngCore;
-use ring::hmac;
-use tokio::net::UdpSocket;
-use turn::auth::{AuthHandler, generate_auth_key};
-use turn::relay::relay_static::RelayAddressGeneratorStatic;
-use turn::server::Server;
-use turn::server::config::{ConnConfig, ServerConfig};
-use webrtc_util::vnet::net::Net;
 
-/// Lifetime of the credentials handed out.
+/// Default lifetime of the credentials handed out ([`crate::RelayConfig::turn_credential_ttl`]).
 pub const CREDENTIAL_TTL: Duration = Duration::from_secs(600);
 /// The TURN realm.
 pub const REALM: &str = "cove";
 /// The secret's file name in the data directory.
 pub const SECRET_FILE: &str = "turn.secret";
-/// Longest identity embedded in a TURN username.
-const MAX_USER_LEN: usize = 128;
 
 /// Why the TURN server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TurnError {
-    /// Binding the UDP socket or reading/writing the secret failed.
-    #[error("TURN: {0}")]
+    /// Reading or writing the secret failed.
+    #[error("TURN secret: {0}")]
     Io(#[from] std::io::Error),
-    /// The `turn` crate refused the configuration.
+    /// The TURN server could not start (binding its socket failed, or the listen address is
+    /// unspecified: it is also the relayed address, so it must be a concrete IP).
     #[error("TURN server: {0}")]
-    Turn(String),
-    /// The listen address is unusable (it is also the relayed address, so it must be a
-    /// concrete IP).
-    #[error("turn_listen must be a concrete IP address (it is also the relayed address)")]
-    Unspecified,
+    Server(#[from] cove_turn::TurnError),
 }
 
 struct Secret(Vec<u8>);
@@ -62,63 +51,52 @@ impl Drop for Secret {
 
 /// The running TURN server and its credential minting.
 pub(crate) struct TurnService {
-    server: Server,
-    local_addr: SocketAddr,
-    secret: Arc<Secret>,
+    server: TurnServerHandle,
+    secret: Secret,
+    ttl: Duration,
 }
 
 impl TurnService {
-    /// Loads (or creates) the secret in `data_dir` and starts the server on `listen`.
-    pub(crate) async fn start(listen: SocketAddr, data_dir: &Path) -> Result<Self, TurnError> {
-        if listen.ip().is_unspecified() {
-            return Err(TurnError::Unspecified);
-        }
-        let secret = Arc::new(load_secret(data_dir)?);
-        let conn = Arc::new(UdpSocket::bind(listen).await?);
-        let local_addr = conn.local_addr()?;
-        let server = Server::new(ServerConfig {
-            conn_configs: vec![ConnConfig {
-                conn,
-                relay_addr_generator: Box::new(RelayAddressGeneratorStatic {
-                    relay_address: listen.ip(),
-                    address: listen.ip().to_string(),
-                    net: Arc::new(Net::new(None)),
-                }),
-            }],
-            realm: REALM.to_owned(),
-            auth_handler: Arc::new(RestAuth {
-                secret: Arc::clone(&secret),
-            }),
-            channel_bind_timeout: Duration::from_secs(0),
-            alloc_close_notify: None,
-        })
-        .await
-        .map_err(|e| TurnError::Turn(e.to_string()))?;
+    /// Loads (or creates) the secret in `data_dir` and starts the server on `listen`; the
+    /// credentials it hands out are valid for `ttl`.
+    pub(crate) async fn start(
+        listen: SocketAddr,
+        data_dir: &Path,
+        ttl: Duration,
+    ) -> Result<Self, TurnError> {
+        let secret = load_secret(data_dir)?;
+        let server = cove_turn::start_turn_server(listen, REALM, &secret.0).await?;
         Ok(TurnService {
             server,
-            local_addr,
             secret,
+            ttl,
         })
     }
 
     /// The UDP address the server listens on.
     pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.server.local_addr()
     }
 
-    /// Credentials for `device`, valid for [`CREDENTIAL_TTL`].
+    /// Counters of refused credentials and renewals after expiry.
+    pub(crate) fn stats(&self) -> TurnStats {
+        self.server.stats()
+    }
+
+    /// Credentials for `device`, valid for the configured lifetime.
     pub(crate) fn credentials(&self, device: DeviceId) -> Result<Reply, ErrorReply> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| ErrorReply::new(ErrorCode::Internal, "clock"))?;
-        let expires = now + CREDENTIAL_TTL;
-        let username = format!("{}:d{device}", expires.as_secs());
-        let password = rest_password(&self.secret.0, &username);
+        let c = turn_credentials(
+            &self.secret.0,
+            &format!("d{device}"),
+            self.ttl,
+            SystemTime::now(),
+        )
+        .map_err(|_| ErrorReply::new(ErrorCode::Internal, "TURN credentials"))?;
         Ok(Reply::TurnCredentials {
-            urls: BoundedVec(vec![format!("turn:{}?transport=udp", self.local_addr)]),
-            username,
-            password,
-            expires_at_ms: u64::try_from(expires.as_millis()).unwrap_or(u64::MAX),
+            urls: BoundedVec(vec![self.server.url()]),
+            username: c.username,
+            password: c.password,
+            expires_at_ms: c.expires_at.saturating_mul(1000),
         })
     }
 
@@ -163,40 +141,6 @@ fn load_secret(data_dir: &Path) -> Result<Secret, TurnError> {
     Ok(Secret(bytes))
 }
 
-fn rest_password(secret: &[u8], username: &str) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
-    BASE64.encode(hmac::sign(&key, username.as_bytes()).as_ref())
-}
-
-struct RestAuth {
-    secret: Arc<Secret>,
-}
-
-impl AuthHandler for RestAuth {
-    fn auth_handle(
-        &self,
-        username: &str,
-        realm: &str,
-        _src_addr: SocketAddr,
-    ) -> Result<Vec<u8>, turn::Error> {
-        let (expiry, user) = username
-            .split_once(':')
-            .ok_or_else(|| turn::Error::Other("bad username".into()))?;
-        let expiry: u64 = expiry
-            .parse()
-            .map_err(|_| turn::Error::Other("bad expiry".into()))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| turn::Error::Other("clock".into()))?
-            .as_secs();
-        if expiry <= now || user.is_empty() || user.len() > MAX_USER_LEN {
-            return Err(turn::Error::Other("expired or bad credentials".into()));
-        }
-        let password = rest_password(&self.secret.0, username);
-        Ok(generate_auth_key(username, realm, &password))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -222,23 +166,45 @@ mod tests {
         assert!(load_secret(dir.path()).is_err());
     }
 
-    #[test]
-    fn auth_handler_accepts_fresh_credentials_only() {
-        let secret = Arc::new(Secret(vec![9; 32]));
-        let auth = RestAuth {
-            secret: Arc::clone(&secret),
+    /// The credentials the relay hands out carry the device and the configured lifetime, and
+    /// check against the data directory's secret (and no other).
+    #[tokio::test]
+    async fn credentials_name_the_device_and_verify_with_the_secret_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(90);
+        let turn = TurnService::start("127.0.0.1:0".parse().unwrap(), dir.path(), ttl)
+            .await
+            .unwrap();
+        let before = SystemTime::now();
+        let Reply::TurnCredentials {
+            urls,
+            username,
+            password,
+            expires_at_ms,
+        } = turn.credentials(DeviceId(7)).unwrap()
+        else {
+            panic!("not TurnCredentials");
         };
-        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let future = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
+        assert_eq!(
+            urls.0,
+            vec![format!("turn:{}?transport=udp", turn.local_addr())]
+        );
+        let expires_at = expires_at_ms / 1000;
+        assert_eq!(username, format!("{expires_at}:d7"));
+        let now_secs = before
+            .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_secs()
-            + 60;
-        let user = format!("{future}:d1");
-        let key = auth.auth_handle(&user, REALM, addr).unwrap();
-        let password = rest_password(&secret.0, &user);
-        assert_eq!(key, generate_auth_key(&user, REALM, &password));
-        assert!(auth.auth_handle("1:d1", REALM, addr).is_err());
-        assert!(auth.auth_handle("nocolon", REALM, addr).is_err());
+            .as_secs();
+        assert!((now_secs + 89..=now_secs + 91).contains(&expires_at));
+        let secret = load_secret(dir.path()).unwrap();
+        assert_eq!(
+            cove_turn::verify_turn_credentials(&secret.0, &username, &password, before),
+            Some("d7".to_owned())
+        );
+        assert_eq!(
+            cove_turn::verify_turn_credentials(&[9; 32], &username, &password, before),
+            None
+        );
+        turn.close().await;
     }
 }

@@ -48,14 +48,14 @@ fn main() {
     let mut relay = Vec::new();
     let turn_secret = b"bench-turn-secret-0123456789";
     let turn = rt
-        .block_on(cove_media::turn_server::start_turn_server(
+        .block_on(cove_turn::start_turn_server(
             "127.0.0.1:0".parse().unwrap(),
             "cove",
             turn_secret,
         ))
         .unwrap();
     for _ in 0..(calls / 4).max(3) {
-        let c = cove_media::turn_server::turn_credentials(
+        let c = cove_turn::turn_credentials(
             turn_secret,
             "bench",
             Duration::from_secs(600),

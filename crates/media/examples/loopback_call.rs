@@ -16,7 +16,7 @@ use cove_media::IceServer;
 use cove_media::call::{Call, CallConfig, CallEvent};
 use cove_media::sframe::EpochKey;
 use cove_media::source::{AudioInput, VideoInput};
-use cove_media::turn_server::{start_turn_server, turn_credentials};
+use cove_turn::{start_turn_server, turn_credentials};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

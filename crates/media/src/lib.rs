@@ -12,7 +12,6 @@
 //!   control data channel, DTLS fingerprint pinning, relay-only mode and stats.
 //! - [`call`]: a call of up to 6 participants as a full mesh of sessions sharing one SFrame
 //!   sender and one encoder per medium.
-//! - [`turn_server`]: a TURN server (webrtc-rs `turn`) with TURN REST credentials.
 //!
 //! The main loop of a call, as the CLI drives it (signalling travels inside MLS):
 //! ```text
@@ -36,14 +35,12 @@ pub mod codec;
 pub mod session;
 pub mod sframe;
 pub mod source;
-pub mod turn_server;
 
 pub use call::{Call, CallConfig, CallEvent, CallStats, PeerStats};
 pub use session::{
     ControlMessage, IceCandidate, IceServer, PeerSession, SessionDescription, SessionError, Signal,
 };
 pub use sframe::EpochKey;
-pub use turn_server::{TurnCredentials, TurnServerHandle, start_turn_server, turn_credentials};
 
 /// Codec errors (Opus, VP8).
 #[derive(Debug, thiserror::Error)]

@@ -190,11 +190,22 @@ impl TestRelay {
 
     /// A relay with the given store and limits. Panics if it cannot start (test fixture).
     pub async fn start(store: StoreKind, limits: Limits) -> Self {
+        Self::configured(|config| {
+            config.store = store;
+            config.limits = limits;
+        })
+        .await
+    }
+
+    /// A relay with the in-memory store and test limits, then whatever `configure` changes
+    /// (e.g. a TURN server). Panics if it cannot start (test fixture).
+    pub async fn configured(configure: impl FnOnce(&mut RelayConfig)) -> Self {
         #[allow(clippy::expect_used)]
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = RelayConfig::new(loopback(), dir.path());
-        config.store = store;
-        config.limits = limits;
+        config.store = StoreKind::Memory;
+        config.limits = test_limits();
+        configure(&mut config);
         #[allow(clippy::expect_used)]
         let handle = Relay::start(config).await.expect("relay starts");
         #[allow(clippy::expect_used)]

@@ -12,6 +12,7 @@ mod limits;
 mod logs;
 mod membership;
 mod slow_reader;
+mod turn;
 
 use std::future::Future;
 use std::task::{Context, Poll, Waker};

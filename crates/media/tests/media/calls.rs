@@ -14,7 +14,7 @@ use cove_media::call::{Call, CallConfig, CallEvent};
 use cove_media::session::{ControlMessage, Signal};
 use cove_media::sframe::EpochKey;
 use cove_media::source::{AudioInput, VideoInput, dominant_frequency, pattern_bar_match};
-use cove_media::turn_server::{
+use cove_turn::{
     REASON_BAD_CREDENTIALS, REASON_EXPIRED, TurnCredentials, TurnStats, start_turn_server,
     turn_credentials,
 };

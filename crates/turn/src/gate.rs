@@ -1,32 +1,17 @@
-//! A TURN server (RFC 5766, the webrtc-rs `turn` crate) with TURN REST credentials.
-//!
-//! Credentials are short-lived and need no per-user state on the server: the relay that hands
-//! them out and the TURN server share one secret.
-//!
-//! ```text
-//! username = "<expiry unix seconds>:<user>"
-//! password = base64(HMAC-SHA1(shared_secret, username))
-//! ```
-//!
-//! The server derives the password itself. A new allocation needs a credential whose expiry is
-//! in the future; the allocation made with it can be refreshed with it after it expired (see
-//! `Gate` in the source), so a call outlives its credential. Expired and forged credentials are
-//! answered with `401 Unauthorized` ([`REASON_EXPIRED`], [`REASON_BAD_CREDENTIALS`]). The
-//! only state kept is which client address holds an allocation under which username. This
-//! module depends on nothing else in cove-media, so the relay can call it (or copy it) without
-//! linking MLS.
+//! The check in front of the TURN server's socket: every authenticated request is judged here
+//! before the `turn` crate sees it. Forged credentials are refused with `401`
+//! ([`REASON_BAD_CREDENTIALS`]), and so are expired ones ([`REASON_EXPIRED`]), except that the
+//! allocation made with a credential can be refreshed, and its permissions and channels
+//! created, with it from the same address for up to [`MAX_TTL`] after it expired. [`TurnStats`]
+//! counts what was refused and what was renewed after expiry.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use ring::hmac;
-use serde::{Deserialize, Serialize};
 use stun::agent::TransactionId;
 use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
 use stun::error_code::{CODE_UNAUTHORIZED, ErrorCodeAttribute};
@@ -38,137 +23,12 @@ use stun::message::{
 };
 use stun::textattrs::{Nonce, Realm, Username};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use turn::allocation::AllocationInfo;
-use turn::auth::{AuthHandler, generate_auth_key};
-use turn::relay::relay_static::RelayAddressGeneratorStatic;
-use turn::server::Server;
-use turn::server::config::{ConnConfig, ServerConfig};
+use turn::auth::generate_auth_key;
 use webrtc_util::Conn;
-use webrtc_util::vnet::net::Net;
+use zeroize::Zeroizing;
 
-/// Longest credential lifetime handed out (24 h, as Signal's TURN provider allows).
-pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Suggested credential lifetime (clients cache credentials for at most this long).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Longest user name embedded in a TURN username.
-pub const MAX_USER_LEN: usize = 128;
-
-/// Errors of the TURN server.
-#[derive(Debug, thiserror::Error)]
-pub enum TurnError {
-    /// Binding the UDP socket failed.
-    #[error("bind: {0}")]
-    Bind(#[from] std::io::Error),
-    /// The `turn` crate refused the configuration or failed.
-    #[error("turn: {0}")]
-    Turn(String),
-    /// Bad parameters (caller misuse).
-    #[error("bad TURN parameters: {0}")]
-    BadParameters(&'static str),
-}
-
-/// TURN REST credentials for one user.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TurnCredentials {
-    /// `expiry:user`.
-    pub username: String,
-    /// `base64(HMAC-SHA1(secret, username))`.
-    pub password: String,
-    /// Expiry, Unix seconds.
-    pub expires_at: u64,
-}
-
-impl std::fmt::Debug for TurnCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TurnCredentials")
-            .field("username", &self.username)
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Mints credentials for `user` valid for `ttl` (at most [`MAX_TTL`]) from `now`.
-pub fn turn_credentials(
-    shared_secret: &[u8],
-    user: &str,
-    ttl: Duration,
-    now: SystemTime,
-) -> Result<TurnCredentials, TurnError> {
-    if user.is_empty() || user.len() > MAX_USER_LEN || user.contains(':') {
-        return Err(TurnError::BadParameters(
-            "user must be 1..=128 bytes without ':'",
-        ));
-    }
-    let ttl = ttl.min(MAX_TTL);
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| TurnError::BadParameters("clock"))?;
-    let expires_at = (now + ttl).as_secs();
-    let username = format!("{expires_at}:{user}");
-    let password = rest_password(shared_secret, &username);
-    Ok(TurnCredentials {
-        username,
-        password,
-        expires_at,
-    })
-}
-
-fn rest_password(secret: &[u8], username: &str) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
-    BASE64.encode(hmac::sign(&key, username.as_bytes()).as_ref())
-}
-
-/// Checks TURN REST credentials; returns the user name if valid at `now`.
-pub fn verify_turn_credentials(
-    shared_secret: &[u8],
-    username: &str,
-    password: &str,
-    now: SystemTime,
-) -> Option<String> {
-    let (expiry, user) = username.split_once(':')?;
-    let expiry: u64 = expiry.parse().ok()?;
-    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    if expiry <= now || user.is_empty() || user.len() > MAX_USER_LEN {
-        return None;
-    }
-    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, shared_secret);
-    let given = BASE64.decode(password).ok()?;
-    hmac::verify(&key, username.as_bytes(), &given).ok()?;
-    Some(user.to_owned())
-}
-
-/// The key derivation the `turn` crate's server runs for every authenticated request.
-///
-/// It refuses only malformed usernames: whether a credential is good (signature, expiry, the
-/// allocation it belongs to) is decided before the request reaches the crate, by [`Gate`],
-/// which answers refused requests itself with `401 Unauthorized`.
-struct RestAuth {
-    secret: Vec<u8>,
-}
-
-impl AuthHandler for RestAuth {
-    fn auth_handle(
-        &self,
-        username: &str,
-        realm: &str,
-        _src_addr: SocketAddr,
-    ) -> Result<Vec<u8>, turn::Error> {
-        parse_username(username).ok_or_else(|| turn::Error::Other("bad username".into()))?;
-        let password = rest_password(&self.secret, username);
-        Ok(generate_auth_key(username, realm, &password))
-    }
-}
-
-/// `(expiry, user)` of a well-formed TURN REST username.
-fn parse_username(username: &str) -> Option<(u64, &str)> {
-    let (expiry, user) = username.split_once(':')?;
-    let expiry: u64 = expiry.parse().ok()?;
-    if user.is_empty() || user.len() > MAX_USER_LEN {
-        return None;
-    }
-    Some((expiry, user))
-}
+use crate::credentials::{MAX_TTL, parse_username, rest_password};
 
 /// The reason phrase of a `401` for a correctly signed but expired credential.
 pub const REASON_EXPIRED: &str = "Unauthorized: credential expired";
@@ -208,9 +68,9 @@ pub struct TurnStats {
 ///   credential from the same address after it expired, for at most [`MAX_TTL`] past its
 ///   expiry, so a call outlives its credential but a leaked, expired credential opens
 ///   nothing new.
-struct Gate {
+pub(crate) struct Gate {
     realm: String,
-    secret: Vec<u8>,
+    secret: Zeroizing<Vec<u8>>,
     /// Client address -> the username its allocation was made with.
     allocations: Mutex<HashMap<SocketAddr, String>>,
     /// Transaction ids of renewals let through after expiry, awaiting the server's answer.
@@ -232,7 +92,21 @@ enum Refusal {
 }
 
 impl Gate {
-    fn stats(&self) -> TurnStats {
+    /// A gate for `realm` and `secret`, tracking no allocation yet.
+    pub(crate) fn new(realm: &str, secret: &[u8]) -> Self {
+        Gate {
+            realm: realm.to_owned(),
+            secret: Zeroizing::new(secret.to_vec()),
+            allocations: Mutex::default(),
+            renewals: Mutex::default(),
+            refused_expired: AtomicU64::new(0),
+            refused_bad_credentials: AtomicU64::new(0),
+            refreshes_after_expiry: AtomicU64::new(0),
+            permissions_after_expiry: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> TurnStats {
         TurnStats {
             refused_expired: self.refused_expired.load(Ordering::Relaxed),
             refused_bad_credentials: self.refused_bad_credentials.load(Ordering::Relaxed),
@@ -379,7 +253,7 @@ impl Gate {
     }
 
     /// Forgets an allocation the server closed.
-    fn closed(&self, info: &AllocationInfo) {
+    pub(crate) fn closed(&self, info: &AllocationInfo) {
         let mut allocations = lock(&self.allocations);
         if allocations.get(&info.five_tuple.src_addr) == Some(&info.username) {
             allocations.remove(&info.five_tuple.src_addr);
@@ -392,9 +266,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The server's UDP socket with the [`Gate`] in front of it.
-struct GatedConn {
+pub(crate) struct GatedConn {
     socket: Arc<UdpSocket>,
     gate: Arc<Gate>,
+}
+
+impl GatedConn {
+    /// `socket` with `gate` in front of it.
+    pub(crate) fn new(socket: Arc<UdpSocket>, gate: Arc<Gate>) -> Self {
+        GatedConn { socket, gate }
+    }
 }
 
 #[async_trait]
@@ -449,161 +330,151 @@ impl Conn for GatedConn {
     }
 }
 
-/// A running TURN server.
-pub struct TurnServerHandle {
-    server: Server,
-    local_addr: SocketAddr,
-    gate: Arc<Gate>,
-}
-
-impl TurnServerHandle {
-    /// The UDP address it listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The `turn:` URL clients use (with the listening address; behind NAT or when bound to
-    /// `0.0.0.0`, build the URL from the public address instead).
-    pub fn url(&self) -> String {
-        format!("turn:{}?transport=udp", self.local_addr)
-    }
-
-    /// Counters of refused credentials and renewals after expiry.
-    pub fn stats(&self) -> TurnStats {
-        self.gate.stats()
-    }
-
-    /// Stops the server.
-    pub async fn close(self) -> Result<(), TurnError> {
-        self.server
-            .close()
-            .await
-            .map_err(|e| TurnError::Turn(e.to_string()))
-    }
-}
-
-/// Starts a TURN server on `udp_addr` (port 0 picks one). Relayed addresses are allocated on
-/// the same IP as `udp_addr` (so an unspecified address is refused: give the public or
-/// loopback IP, or use [`start_turn_server_with_relay_ip`]).
-pub async fn start_turn_server(
-    udp_addr: SocketAddr,
-    realm: &str,
-    shared_secret: &[u8],
-) -> Result<TurnServerHandle, TurnError> {
-    if udp_addr.ip().is_unspecified() {
-        return Err(TurnError::BadParameters(
-            "bind a concrete IP (it is also the relay IP)",
-        ));
-    }
-    start_turn_server_with_relay_ip(udp_addr, udp_addr.ip(), realm, shared_secret).await
-}
-
-/// Starts a TURN server listening on `udp_addr` (which may be `0.0.0.0:3478`) that allocates
-/// relayed addresses on `relay_ip` (the address clients can reach, e.g. the public IP).
-pub async fn start_turn_server_with_relay_ip(
-    udp_addr: SocketAddr,
-    relay_ip: IpAddr,
-    realm: &str,
-    shared_secret: &[u8],
-) -> Result<TurnServerHandle, TurnError> {
-    if relay_ip.is_unspecified() {
-        return Err(TurnError::BadParameters(
-            "the relay IP must be a concrete address",
-        ));
-    }
-    if shared_secret.len() < 16 {
-        return Err(TurnError::BadParameters(
-            "shared secret must be at least 16 bytes",
-        ));
-    }
-    let socket = Arc::new(UdpSocket::bind(udp_addr).await?);
-    let local_addr = socket.local_addr()?;
-    let gate = Arc::new(Gate {
-        realm: realm.to_owned(),
-        secret: shared_secret.to_vec(),
-        allocations: Mutex::default(),
-        renewals: Mutex::default(),
-        refused_expired: AtomicU64::new(0),
-        refused_bad_credentials: AtomicU64::new(0),
-        refreshes_after_expiry: AtomicU64::new(0),
-        permissions_after_expiry: AtomicU64::new(0),
-    });
-    let conn = Arc::new(GatedConn {
-        socket,
-        gate: gate.clone(),
-    });
-    // Closed allocations are forgotten by the gate; the task ends with the server.
-    let (closed_tx, mut closed_rx) = mpsc::channel::<AllocationInfo>(64);
-    let closed_gate = Arc::downgrade(&gate);
-    tokio::spawn(async move {
-        while let Some(info) = closed_rx.recv().await {
-            let Some(gate) = closed_gate.upgrade() else {
-                break;
-            };
-            gate.closed(&info);
-        }
-    });
-    // Relayed sockets bind on the listening IP and are announced as `relay_ip`.
-    let bind_ip = udp_addr.ip();
-    let server = Server::new(ServerConfig {
-        conn_configs: vec![ConnConfig {
-            conn,
-            relay_addr_generator: Box::new(RelayAddressGeneratorStatic {
-                relay_address: relay_ip,
-                address: bind_ip.to_string(),
-                net: Arc::new(Net::new(None)),
-            }),
-        }],
-        realm: realm.to_owned(),
-        auth_handler: Arc::new(RestAuth {
-            secret: shared_secret.to_vec(),
-        }),
-        channel_bind_timeout: Duration::from_secs(0),
-        alloc_close_notify: Some(closed_tx),
-    })
-    .await
-    .map_err(|e| TurnError::Turn(e.to_string()))?;
-    Ok(TurnServerHandle {
-        server,
-        local_addr,
-        gate,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn rest_credentials_round_trip_and_expiry() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let c =
-            turn_credentials(b"0123456789abcdef", "alice", Duration::from_secs(600), now).unwrap();
-        assert_eq!(c.username, "1700000600:alice");
-        assert_eq!(
-            verify_turn_credentials(b"0123456789abcdef", &c.username, &c.password, now),
-            Some("alice".into())
-        );
-        let later = now + Duration::from_secs(601);
-        assert_eq!(
-            verify_turn_credentials(b"0123456789abcdef", &c.username, &c.password, later),
-            None
-        );
-        assert_eq!(
-            verify_turn_credentials(b"another-secret-x", &c.username, &c.password, now),
-            None
-        );
-        assert!(turn_credentials(b"k", "a:b", Duration::from_secs(1), now).is_err());
-        // TTL is capped.
-        let c = turn_credentials(
-            b"0123456789abcdef",
-            "bob",
-            Duration::from_secs(1 << 30),
-            now,
-        )
+    use stun::fingerprint::FINGERPRINT;
+    use stun::message::Getter;
+
+    use super::*;
+    use crate::credentials::turn_credentials;
+
+    const SECRET: &[u8] = b"turn-shared-secret-for-tests";
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// An authenticated request as a TURN client sends it.
+    fn request(method: Method, username: &str, realm: &str, password: &str) -> Vec<u8> {
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+            Box::new(Username::new(ATTR_USERNAME, username.to_owned())),
+            Box::new(Realm::new(ATTR_REALM, realm.to_owned())),
+            Box::new(MessageIntegrity::new_long_term_integrity(
+                username.to_owned(),
+                realm.to_owned(),
+                password.to_owned(),
+            )),
+            Box::new(FINGERPRINT),
+        ])
         .unwrap();
-        assert_eq!(c.expires_at, 1_700_000_000 + MAX_TTL.as_secs());
-        assert!(!format!("{c:?}").contains(&c.password));
+        m.raw
+    }
+
+    /// `None` if the gate passes the packet, else the refusal's code and reason.
+    fn verdict(gate: &Gate, packet: &[u8], src: SocketAddr, now: SystemTime) -> Option<String> {
+        match gate.inspect(packet, src, now) {
+            Verdict::Pass => None,
+            Verdict::Refuse(raw) => {
+                let mut m = Message::new();
+                m.unmarshal_binary(&raw).unwrap();
+                assert_eq!(m.typ.class, CLASS_ERROR_RESPONSE);
+                let mut code = ErrorCodeAttribute::default();
+                code.get_from(&m).unwrap();
+                Some(format!(
+                    "{} {}",
+                    code.code.0,
+                    String::from_utf8_lossy(&code.reason)
+                ))
+            }
+        }
+    }
+
+    /// The rules of the gate, request by request: a fresh credential allocates; an expired
+    /// one neither allocates nor renews another address's allocation, but renews its own
+    /// (until `MAX_TTL` past its expiry); forged, malformed and foreign-realm credentials are
+    /// refused as bad; unauthenticated requests and non-STUN datagrams pass to the crate.
+    #[test]
+    fn gate_allocates_with_fresh_credentials_and_renews_only_its_own_allocation_after_expiry() {
+        let gate = Gate::new("cove", SECRET);
+        let carol: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let eve: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        let t0 = 1_700_000_000;
+        let c = turn_credentials(SECRET, "carol", Duration::from_secs(60), at(t0)).unwrap();
+        let req = |method| request(method, &c.username, "cove", &c.password);
+        let expired = format!("401 {REASON_EXPIRED}");
+        let bad = format!("401 {REASON_BAD_CREDENTIALS}");
+
+        assert_eq!(verdict(&gate, &req(METHOD_ALLOCATE), carol, at(t0)), None);
+        assert_eq!(
+            verdict(&gate, &req(METHOD_REFRESH), carol, at(t0 + 1)),
+            None
+        );
+        let later = at(c.expires_at);
+        assert_eq!(
+            verdict(&gate, &req(METHOD_ALLOCATE), eve, later),
+            Some(expired.clone())
+        );
+        assert_eq!(
+            verdict(&gate, &req(METHOD_REFRESH), eve, later),
+            Some(expired.clone())
+        );
+        for method in [
+            METHOD_REFRESH,
+            METHOD_CREATE_PERMISSION,
+            METHOD_CHANNEL_BIND,
+        ] {
+            assert_eq!(verdict(&gate, &req(method), carol, later), None);
+        }
+        assert_eq!(
+            verdict(&gate, &req(METHOD_ALLOCATE), carol, later),
+            Some(expired.clone())
+        );
+        let too_late = at(c.expires_at + MAX_TTL.as_secs());
+        assert_eq!(
+            verdict(&gate, &req(METHOD_REFRESH), carol, too_late),
+            Some(expired.clone())
+        );
+        assert_eq!(gate.stats().refused_expired, 4);
+
+        // Forged, malformed, foreign realm.
+        let forged = request(METHOD_ALLOCATE, &c.username, "cove", "not-the-password");
+        assert_eq!(verdict(&gate, &forged, eve, at(t0)), Some(bad.clone()));
+        let nocolon = request(METHOD_ALLOCATE, "nocolon", "cove", &c.password);
+        assert_eq!(verdict(&gate, &nocolon, eve, at(t0)), Some(bad.clone()));
+        let foreign = request(METHOD_ALLOCATE, &c.username, "other", &c.password);
+        assert_eq!(verdict(&gate, &foreign, eve, at(t0)), Some(bad));
+        assert_eq!(gate.stats().refused_bad_credentials, 3);
+
+        // Unauthenticated requests and non-STUN datagrams are the crate's business.
+        let mut probe = Message::new();
+        probe
+            .build(&[
+                Box::new(TransactionId::new()),
+                Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            ])
+            .unwrap();
+        assert_eq!(verdict(&gate, &probe.raw, eve, later), None);
+        assert_eq!(verdict(&gate, b"not stun at all", eve, later), None);
+    }
+
+    /// A closed allocation gives up its renewal right: the expired credential no longer
+    /// refreshes from that address.
+    #[test]
+    fn a_closed_allocation_is_no_longer_renewed_after_expiry() {
+        let gate = Gate::new("cove", SECRET);
+        let carol: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let t0 = 1_700_000_000;
+        let c = turn_credentials(SECRET, "carol", Duration::from_secs(60), at(t0)).unwrap();
+        let req = |method| request(method, &c.username, "cove", &c.password);
+        assert_eq!(verdict(&gate, &req(METHOD_ALLOCATE), carol, at(t0)), None);
+        let info = AllocationInfo::new(
+            turn::allocation::five_tuple::FiveTuple {
+                src_addr: carol,
+                ..Default::default()
+            },
+            c.username.clone(),
+            "127.0.0.1:5000".parse().unwrap(),
+        );
+        gate.closed(&info);
+        assert_eq!(
+            verdict(&gate, &req(METHOD_REFRESH), carol, at(c.expires_at)),
+            Some(format!("401 {REASON_EXPIRED}"))
+        );
     }
 }

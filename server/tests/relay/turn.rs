@@ -1,0 +1,266 @@
+//! The relay's TURN server with the credentials the relay hands out over the wire
+//! (`Request::TurnCredentials`), driven by a raw STUN/TURN client on a UDP socket so every
+//! answer (success, `401` and its reason) is seen as the server sent it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cove_test_utils::TestRelay;
+use cove_turn::{REASON_BAD_CREDENTIALS, REASON_EXPIRED, TurnStats};
+use cove_wire::{Reply, Request};
+use stun::agent::TransactionId;
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+use stun::error_code::{CODE_UNAUTHORIZED, ErrorCodeAttribute};
+use stun::fingerprint::FINGERPRINT;
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, METHOD_ALLOCATE,
+    METHOD_CREATE_PERMISSION, METHOD_REFRESH, Message, MessageClass, MessageType, Method, Setter,
+};
+use stun::textattrs::{Nonce, Realm, Username};
+use tokio::net::UdpSocket;
+use turn::proto::PROTO_UDP;
+use turn::proto::lifetime::Lifetime;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::relayaddr::RelayedAddress;
+use turn::proto::reqtrans::RequestedTransport;
+
+/// Only stops a hung test; nothing passes or fails on it.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A TURN client speaking raw STUN from its own UDP socket (one 5-tuple, one allocation).
+struct RawTurn {
+    socket: UdpSocket,
+    server: SocketAddr,
+    username: String,
+    password: String,
+    /// Realm and nonce from the server's first `401` challenge.
+    challenge: Option<(Realm, Nonce)>,
+}
+
+/// The server's answer to one request: its class, and its error code and reason if any.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    class: MessageClass,
+    error: Option<(u16, String)>,
+}
+
+impl RawTurn {
+    async fn new(server: SocketAddr, username: &str, password: &str) -> Self {
+        RawTurn {
+            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            server,
+            username: username.to_owned(),
+            password: password.to_owned(),
+            challenge: None,
+        }
+    }
+
+    /// Sends `request` and returns the response with its transaction id.
+    async fn transact(&self, request: &Message) -> Message {
+        self.socket
+            .send_to(&request.raw, self.server)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1500];
+        loop {
+            let (n, from) = tokio::time::timeout(WAIT, self.socket.recv_from(&mut buf))
+                .await
+                .expect("the TURN server did not answer")
+                .unwrap();
+            assert_eq!(from, self.server);
+            let mut response = Message::new();
+            response.unmarshal_binary(&buf[..n]).unwrap();
+            if response.transaction_id == request.transaction_id {
+                return response;
+            }
+        }
+    }
+
+    /// Sends an authenticated `method` request with `attrs`, first fetching the realm and
+    /// nonce with an unauthenticated `Allocate` if this client has none yet.
+    async fn request(&mut self, method: Method, attrs: Vec<Box<dyn Setter>>) -> Message {
+        if self.challenge.is_none() {
+            let mut probe = Message::new();
+            probe
+                .build(&[
+                    Box::new(TransactionId::new()),
+                    Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+                    Box::new(RequestedTransport {
+                        protocol: PROTO_UDP,
+                    }),
+                    Box::new(FINGERPRINT),
+                ])
+                .unwrap();
+            let challenge = self.transact(&probe).await;
+            assert_eq!(error_of(&challenge).map(|e| e.0), Some(401));
+            self.challenge = Some((
+                Realm::get_from_as(&challenge, ATTR_REALM).unwrap(),
+                Nonce::get_from_as(&challenge, ATTR_NONCE).unwrap(),
+            ));
+        }
+        let (realm, nonce) = self.challenge.clone().unwrap();
+        let integrity = MessageIntegrity::new_long_term_integrity(
+            self.username.clone(),
+            realm.text.clone(),
+            self.password.clone(),
+        );
+        let mut all: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+        ];
+        all.extend(attrs);
+        all.push(Box::new(Username::new(
+            ATTR_USERNAME,
+            self.username.clone(),
+        )));
+        all.push(Box::new(realm));
+        all.push(Box::new(nonce));
+        all.push(Box::new(integrity));
+        all.push(Box::new(FINGERPRINT));
+        let mut request = Message::new();
+        request.build(&all).unwrap();
+        self.transact(&request).await
+    }
+
+    async fn allocate(&mut self) -> Message {
+        let transport = RequestedTransport {
+            protocol: PROTO_UDP,
+        };
+        self.request(METHOD_ALLOCATE, vec![Box::new(transport)])
+            .await
+    }
+
+    async fn refresh(&mut self, lifetime: Duration) -> Message {
+        self.request(METHOD_REFRESH, vec![Box::new(Lifetime(lifetime))])
+            .await
+    }
+
+    async fn create_permission(&mut self, peer: SocketAddr) -> Message {
+        let peer = PeerAddress {
+            ip: peer.ip(),
+            port: peer.port(),
+        };
+        self.request(METHOD_CREATE_PERMISSION, vec![Box::new(peer)])
+            .await
+    }
+}
+
+fn error_of(m: &Message) -> Option<(u16, String)> {
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(m).ok()?;
+    Some((
+        code.code.0,
+        String::from_utf8_lossy(&code.reason).into_owned(),
+    ))
+}
+
+fn answer(m: &Message) -> Answer {
+    Answer {
+        class: m.typ.class,
+        error: error_of(m),
+    }
+}
+
+fn success() -> Answer {
+    Answer {
+        class: CLASS_SUCCESS_RESPONSE,
+        error: None,
+    }
+}
+
+fn unauthorized(reason: &str) -> Answer {
+    Answer {
+        class: CLASS_ERROR_RESPONSE,
+        error: Some((CODE_UNAUTHORIZED.0, reason.to_owned())),
+    }
+}
+
+/// A credential the relay handed out over the wire (its lifetime configured to 3 seconds):
+/// before it expires it makes an allocation; after it expired, the allocation made with it is
+/// still refreshed and gets a new permission, while a new allocation with it from another
+/// address is refused `401` with the expired reason, and the same credential with a wrong
+/// password is refused `401` as forged. The relay's TURN counters agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_issued_turn_credential_renews_its_allocation_after_expiry_but_allocates_nothing_new()
+{
+    let relay = TestRelay::configured(|config| {
+        config.turn_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.turn_credential_ttl = Duration::from_secs(3);
+    })
+    .await;
+    let server = relay.handle().turn_addr().unwrap();
+    let (mut client, keys) = relay.register("alice").await.unwrap();
+    let Reply::TurnCredentials {
+        urls,
+        username,
+        password,
+        expires_at_ms,
+    } = client.call(Request::TurnCredentials).await.unwrap()
+    else {
+        panic!("not TurnCredentials");
+    };
+    assert_eq!(urls.0, vec![format!("turn:{server}?transport=udp")]);
+    let expires_at = expires_at_ms / 1000;
+    assert_eq!(username, format!("{expires_at}:d{}", keys.id()));
+
+    // Allocated while the credential is fresh (it has at least two seconds left).
+    let mut carol = RawTurn::new(server, &username, &password).await;
+    let allocated = carol.allocate().await;
+    assert_eq!(answer(&allocated), success());
+    let mut relayed = RelayedAddress::default();
+    relayed.get_from(&allocated).unwrap();
+    assert_eq!(relayed.ip, server.ip());
+    assert_eq!(relay.handle().turn_stats(), Some(TurnStats::default()));
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while unix_now() <= expires_at {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the credential never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A new allocation with the expired credential, from another address: refused.
+    let mut eve = RawTurn::new(server, &username, &password).await;
+    assert_eq!(answer(&eve.allocate().await), unauthorized(REASON_EXPIRED));
+    // The same credential with a wrong password: refused as forged.
+    let mut mallory = RawTurn::new(server, &username, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=").await;
+    assert_eq!(
+        answer(&mallory.allocate().await),
+        unauthorized(REASON_BAD_CREDENTIALS)
+    );
+
+    // The allocation made with it is refreshed and gets a new permission.
+    let refreshed = carol.refresh(Duration::from_secs(600)).await;
+    assert_eq!(answer(&refreshed), success());
+    let mut lifetime = Lifetime::default();
+    lifetime.get_from(&refreshed).unwrap();
+    assert!(lifetime.0 > Duration::ZERO, "{lifetime:?}");
+    let peer = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    assert_eq!(
+        answer(&carol.create_permission(peer.local_addr().unwrap()).await),
+        success()
+    );
+
+    assert_eq!(
+        relay.handle().turn_stats(),
+        Some(TurnStats {
+            refused_expired: 1,
+            refused_bad_credentials: 1,
+            refreshes_after_expiry: 1,
+            permissions_after_expiry: 1,
+        })
+    );
+    // Closing the allocation (a Refresh with lifetime 0) works after expiry too.
+    assert_eq!(answer(&carol.refresh(Duration::ZERO).await), success());
+    relay.shutdown().await;
+}
