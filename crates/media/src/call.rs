@@ -16,7 +16,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::codec::{I420Frame, OpusEncoder, Vp8Encoder};
-use crate::session::{ControlMessage, IceCandidate, IceServer, PeerSession, SessionError, Signal};
+use cove_wire::call::CallSignal;
+
+use crate::session::{
+    ControlMessage, IceCandidate, IceServer, PeerSession, SessionDescription, SessionError,
+};
 use crate::sframe::{EpochKey, SframeError, SframeKeyring, SframeSender};
 use crate::source::{AudioInput, VideoInput, WavSink, write_ppm};
 
@@ -105,7 +109,7 @@ pub enum CallEvent {
         /// The remote participant.
         peer: String,
         /// The value to carry.
-        signal: Signal,
+        signal: CallSignal,
     },
     /// DTLS and ICE are up with `peer`.
     Connected {
@@ -262,7 +266,11 @@ impl Call {
         let offer = session.create_offer().await?;
         self.inner.emit(CallEvent::LocalSignal {
             peer: peer.into(),
-            signal: Signal::Offer(offer),
+            signal: CallSignal::Offer {
+                sdp: offer.sdp,
+                fingerprint: offer.fingerprint,
+                video: self.inner.config.video.is_some(),
+            },
         });
         Ok(())
     }
@@ -272,12 +280,13 @@ impl Call {
     /// An offer from an unknown peer creates its session and emits the answer. A description
     /// whose SDP fingerprint differs from its signed fingerprint is refused: the session is
     /// closed, [`CallEvent::Refused`] is emitted and [`SessionError::FingerprintMismatch`]
-    /// returned, before any media flows.
+    /// returned, before any media flows. Call-state signals (hang-up, busy, decline) are not
+    /// media: they return [`SessionError::NotMedia`] and change nothing.
     pub async fn apply_signal(
         &self,
         peer: &str,
         member_index: Option<u32>,
-        signal: Signal,
+        signal: CallSignal,
     ) -> Result<(), SessionError> {
         let result = self.apply_signal_inner(peer, member_index, signal).await;
         if let Err(e @ (SessionError::FingerprintMismatch | SessionError::BadSignal(_))) = &result {
@@ -297,26 +306,44 @@ impl Call {
         &self,
         peer: &str,
         member_index: Option<u32>,
-        signal: Signal,
+        signal: CallSignal,
     ) -> Result<(), SessionError> {
         match signal {
-            Signal::Offer(offer) => {
+            CallSignal::Offer {
+                sdp, fingerprint, ..
+            } => {
+                let offer = SessionDescription { sdp, fingerprint };
                 let session = self.new_session(peer, member_index, false).await?;
                 let answer = session.accept_offer(&offer).await?;
                 self.flush_candidates(&session).await;
                 self.inner.emit(CallEvent::LocalSignal {
                     peer: peer.into(),
-                    signal: Signal::Answer(answer),
+                    signal: CallSignal::Answer {
+                        sdp: answer.sdp,
+                        fingerprint: answer.fingerprint,
+                    },
                 });
                 Ok(())
             }
-            Signal::Answer(answer) => {
+            CallSignal::Answer { sdp, fingerprint } => {
+                let answer = SessionDescription { sdp, fingerprint };
                 let session = self.session(peer)?;
                 session.accept_answer(&answer).await?;
                 self.flush_candidates(&session).await;
                 Ok(())
             }
-            Signal::Candidate(c) => {
+            CallSignal::Candidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+                username_fragment,
+            } => {
+                let c = IceCandidate {
+                    candidate,
+                    sdp_mid,
+                    sdp_mline_index,
+                    username_fragment,
+                };
                 let ready = {
                     let mut pending = self
                         .inner
@@ -342,6 +369,9 @@ impl Call {
                     Some(s) => s.add_candidate(&c).await,
                     None => Ok(()),
                 }
+            }
+            CallSignal::HangUp | CallSignal::Busy | CallSignal::Decline => {
+                Err(SessionError::NotMedia)
             }
         }
     }

@@ -1,7 +1,7 @@
 //! One webrtc-rs peer connection of a call, and the signalling values it exchanges.
 //!
 //! A [`PeerSession`] carries SFrame-protected Opus and VP8 tracks and a `control` data channel.
-//! It never touches keys' origin or the signalling transport: [`Signal`] values go out as
+//! It never touches keys' origin or the signalling transport: [`CallSignal`] values go out as
 //! [`crate::call::CallEvent::LocalSignal`] and come back in through
 //! [`crate::call::Call::apply_signal`]; the client core carries them inside MLS.
 
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cove_wire::call::CallSignal;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
@@ -33,10 +34,11 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::call::{CallEvent, CallInner};
 use crate::codec::{AUDIO_FRAME_DURATION, OpusDecoder, Vp8Decoder};
 
-/// Largest SDP accepted from a peer.
-pub const MAX_SDP_LEN: usize = 64 * 1024;
-/// Largest ICE candidate string accepted from a peer.
-pub const MAX_CANDIDATE_LEN: usize = 1024;
+/// Largest SDP accepted from a peer (the signalling limit of [`cove_wire::call`]).
+pub const MAX_SDP_LEN: usize = cove_wire::call::MAX_SDP_BYTES;
+/// Largest ICE candidate string accepted from a peer (the signalling limit of
+/// [`cove_wire::call`]).
+pub const MAX_CANDIDATE_LEN: usize = cove_wire::call::MAX_CANDIDATE_BYTES;
 /// Largest reassembled (encrypted) video frame.
 pub const MAX_VIDEO_FRAME: usize = 1 << 20;
 /// Largest control message on the data channel.
@@ -44,19 +46,8 @@ pub const MAX_CONTROL_LEN: usize = 4096;
 /// The label of the call-control data channel.
 pub const CONTROL_CHANNEL: &str = "cove-control";
 
-/// A signalling value to carry to the peer (inside MLS) or received from it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Signal {
-    /// The caller's session description.
-    Offer(SessionDescription),
-    /// The callee's session description.
-    Answer(SessionDescription),
-    /// One trickled ICE candidate (only when trickle ICE is enabled).
-    Candidate(IceCandidate),
-}
-
-/// An SDP offer or answer with the DTLS fingerprint it commits to.
+/// An SDP offer or answer with the DTLS fingerprint it commits to (the media side of
+/// [`CallSignal::Offer`] and [`CallSignal::Answer`]).
 ///
 /// The whole value travels inside one MLS application message, so `fingerprint` is
 /// authenticated by the sender's MLS signature. [`crate::call::Call::apply_signal`] refuses the
@@ -69,7 +60,8 @@ pub struct SessionDescription {
     pub fingerprint: String,
 }
 
-/// A trickled ICE candidate (W3C `RTCIceCandidateInit`).
+/// A trickled ICE candidate (W3C `RTCIceCandidateInit`; the media side of
+/// [`CallSignal::Candidate`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceCandidate {
     /// The `candidate:` attribute.
@@ -133,6 +125,10 @@ pub enum SessionError {
     /// The signal is malformed, too large, or unexpected in this state (peer misbehaved).
     #[error("bad signal: {0}")]
     BadSignal(&'static str),
+    /// The signal is call state (hang-up, busy, decline), which the core handles, not media
+    /// (caller misuse; see [`CallSignal::is_media`]).
+    #[error("not a media signal")]
+    NotMedia,
     /// No session with that peer (caller misuse).
     #[error("unknown peer")]
     UnknownPeer,
@@ -723,12 +719,12 @@ impl PeerConnectionEventHandler for SessionHandler {
         if let Some(call) = self.call.upgrade() {
             call.emit(CallEvent::LocalSignal {
                 peer: self.peer.clone(),
-                signal: Signal::Candidate(IceCandidate {
+                signal: CallSignal::Candidate {
                     candidate: init.candidate,
                     sdp_mid: init.sdp_mid,
                     sdp_mline_index: init.sdp_mline_index,
                     username_fragment: init.username_fragment,
-                }),
+                },
             });
         }
     }
