@@ -12,17 +12,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cove_wire::call::CallSignal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::codec::{I420Frame, OpusEncoder, Vp8Encoder};
-use cove_wire::call::CallSignal;
-
 use crate::session::{
-    ControlMessage, IceCandidate, IceServer, PeerSession, SessionDescription, SessionError,
+    CallHost, ControlMessage, IceCandidate, PeerSession, SessionDescription, SessionError,
 };
 use crate::sframe::{EpochKey, SframeError, SframeKeyring, SframeSender};
-use crate::source::{AudioInput, VideoInput, WavSink, write_ppm};
+use crate::source::{WavSink, write_ppm};
 
 /// Most participants in one mesh call (including the local one).
 pub const MAX_PARTICIPANTS: usize = 6;
@@ -33,128 +32,7 @@ pub const MAX_PENDING_CANDIDATES: usize = 64;
 /// Most peers with buffered candidates.
 pub const MAX_PENDING_PEERS: usize = 16;
 
-/// How a call is set up. Plain data: the CLI fills it from its flags and the relay's TURN
-/// credentials.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CallConfig {
-    /// Local UDP addresses to bind (default `["127.0.0.1:0"]`; `0.0.0.0:0` skips loopback in
-    /// webrtc-rs 0.21, so list concrete interface addresses for real networks).
-    pub bind_addrs: Vec<String>,
-    /// STUN/TURN servers.
-    pub ice_servers: Vec<IceServer>,
-    /// Use only relayed (TURN) candidates: hides the local addresses from peers.
-    ///
-    /// Known limit of webrtc-rs 0.21: its driver hands a datagram to the TURN relayer after the
-    /// relayer's write queue was drained for that loop iteration, so while a connection is idle
-    /// each relayed DTLS flight waits for the next wake-up (~200 ms). A relay-only call
-    /// therefore takes about 1.5-2 s to connect even on loopback (media then flows normally).
-    pub relay_only: bool,
-    /// Trickle ICE: emit candidates as separate signals instead of waiting for gathering.
-    pub trickle_ice: bool,
-    /// Outgoing audio (`None`: no audio track unless `receive_only`).
-    pub audio: Option<AudioInput>,
-    /// Outgoing video (`None`: no video track unless `receive_only`).
-    pub video: Option<VideoInput>,
-    /// Negotiate audio and video tracks even when sending nothing.
-    pub receive_only: bool,
-    /// Video frame rate.
-    pub video_fps: u32,
-    /// Video target bitrate (kbit/s).
-    pub video_kbps: u32,
-    /// A key frame at least every this many frames (also on connect and on request).
-    pub video_keyframe_interval: u32,
-    /// Directory for `audio-<peer>.wav`, `video-<peer>/frame-N.ppm` and `stats.json`.
-    pub record_dir: Option<PathBuf>,
-    /// Save every Nth received video frame as PPM.
-    pub record_every_nth_frame: u64,
-    /// How long the previous epoch's key stays valid for decryption after a rekey.
-    pub sframe_grace: Duration,
-    /// Interval between ICE connectivity checks (webrtc-rs default 200 ms; we use 50 ms with
-    /// proportionally more attempts, so the first check round does not wait 200 ms).
-    pub ice_check_interval: Duration,
-    /// Longest interval between TURN allocation refreshes (`None`: webrtc-rs refreshes at half
-    /// the allocation lifetime the server granted, 5 minutes by default). Shorter intervals
-    /// keep NAT mappings warm; tests use them to watch refreshes happen.
-    #[serde(default)]
-    pub turn_refresh_interval: Option<Duration>,
-}
-
-impl Default for CallConfig {
-    fn default() -> Self {
-        Self {
-            bind_addrs: vec!["127.0.0.1:0".into()],
-            ice_servers: Vec::new(),
-            relay_only: false,
-            trickle_ice: false,
-            audio: Some(AudioInput::Tone(440.0)),
-            video: None,
-            receive_only: true,
-            video_fps: 15,
-            video_kbps: 500,
-            video_keyframe_interval: 30,
-            record_dir: None,
-            record_every_nth_frame: 15,
-            sframe_grace: crate::sframe::DEFAULT_GRACE,
-            ice_check_interval: Duration::from_millis(50),
-            turn_refresh_interval: None,
-        }
-    }
-}
-
-/// What a call reports to its driver (the CLI).
-#[derive(Debug, Clone, PartialEq)]
-pub enum CallEvent {
-    /// Send this signal to `peer` inside MLS.
-    LocalSignal {
-        /// The remote participant.
-        peer: String,
-        /// The value to carry.
-        signal: CallSignal,
-    },
-    /// DTLS and ICE are up with `peer`.
-    Connected {
-        /// The remote participant.
-        peer: String,
-    },
-    /// The first audio frame from `peer` was decrypted and decoded.
-    FirstAudio {
-        /// The remote participant.
-        peer: String,
-        /// Time since `dial`/`answer` for this peer.
-        since_dial: Duration,
-    },
-    /// The first video frame from `peer` was decrypted and decoded.
-    FirstVideo {
-        /// The remote participant.
-        peer: String,
-    },
-    /// A control message arrived on the data channel.
-    Control {
-        /// The remote participant.
-        peer: String,
-        /// The message.
-        message: ControlMessage,
-    },
-    /// A remote signal was refused (e.g. fingerprint mismatch); the session was closed.
-    Refused {
-        /// The remote participant.
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// The connection with `peer` failed.
-    Failed {
-        /// The remote participant.
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// The connection with `peer` closed.
-    Closed {
-        /// The remote participant.
-        peer: String,
-    },
-}
+pub use crate::types::{CallConfig, CallEvent};
 
 /// Per-peer statistics, written to `stats.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -533,7 +411,8 @@ impl Call {
                 return Err(SessionError::PeerExists);
             }
         }
-        let session = PeerSession::new(&self.inner, peer.to_owned(), member_index, caller).await?;
+        let host: Arc<dyn CallHost> = self.inner.clone();
+        let session = PeerSession::new(&host, peer.to_owned(), member_index, caller).await?;
         let mut sessions = self
             .inner
             .sessions
@@ -707,6 +586,32 @@ impl CallInner {
         if let Some(dir) = dir {
             let _ = write_ppm(&dir.join(format!("frame-{n:06}.ppm")), picture);
         }
+    }
+}
+
+impl CallHost for CallInner {
+    fn config(&self) -> &CallConfig {
+        &self.config
+    }
+
+    fn emit(&self, ev: CallEvent) {
+        CallInner::emit(self, ev);
+    }
+
+    fn session(&self, peer: &str) -> Option<Arc<PeerSession>> {
+        CallInner::session(self, peer)
+    }
+
+    fn open_frame(&self, session: &PeerSession, ct: &[u8]) -> Option<Vec<u8>> {
+        CallInner::open_frame(self, session, ct)
+    }
+
+    fn record_audio(&self, peer: &str, pcm: &[i16]) {
+        CallInner::record_audio(self, peer, pcm);
+    }
+
+    fn record_video(&self, peer: &str, n: u64, picture: &I420Frame) {
+        CallInner::record_video(self, peer, n, picture);
     }
 }
 

@@ -35,6 +35,7 @@ pub mod codec;
 pub mod session;
 pub mod sframe;
 pub mod source;
+mod types;
 
 pub use call::{Call, CallConfig, CallEvent, CallStats, PeerStats};
 /// The one call-signalling type, shared with the client core (which carries it inside MLS).

@@ -2,8 +2,8 @@
 //!
 //! A [`PeerSession`] carries SFrame-protected Opus and VP8 tracks and a `control` data channel.
 //! It never touches keys' origin or the signalling transport: [`CallSignal`] values go out as
-//! [`crate::call::CallEvent::LocalSignal`] and come back in through
-//! [`crate::call::Call::apply_signal`]; the client core carries them inside MLS.
+//! [`CallEvent::LocalSignal`] and come back in through
+//! `Call::apply_signal`; the client core carries them inside MLS.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -31,8 +31,8 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
-use crate::call::{CallEvent, CallInner};
 use crate::codec::{AUDIO_FRAME_DURATION, OpusDecoder, Vp8Decoder};
+use crate::types::{CallConfig, CallEvent};
 
 /// Largest SDP accepted from a peer (the signalling limit of [`cove_wire::call`]).
 pub const MAX_SDP_LEN: usize = cove_wire::call::MAX_SDP_BYTES;
@@ -50,7 +50,7 @@ pub const CONTROL_CHANNEL: &str = "cove-control";
 /// [`CallSignal::Offer`] and [`CallSignal::Answer`]).
 ///
 /// The whole value travels inside one MLS application message, so `fingerprint` is
-/// authenticated by the sender's MLS signature. [`crate::call::Call::apply_signal`] refuses the
+/// authenticated by the sender's MLS signature. `Call::apply_signal` refuses the
 /// description if any `a=fingerprint` line in `sdp` differs from `fingerprint`, before media.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionDescription {
@@ -74,46 +74,23 @@ pub struct IceCandidate {
     pub username_fragment: Option<String>,
 }
 
-/// A STUN/TURN server for ICE (e.g. from the relay's TURN credentials).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IceServer {
-    /// URLs such as `turn:127.0.0.1:3478?transport=udp`.
-    pub urls: Vec<String>,
-    /// TURN username (`expiry:user` for TURN REST credentials).
-    pub username: String,
-    /// TURN password.
-    pub credential: String,
-}
+pub use crate::types::{ControlMessage, IceServer};
 
-impl std::fmt::Debug for IceServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IceServer")
-            .field("urls", &self.urls)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A call-control message on the data channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ControlMessage {
-    /// The peer hangs up.
-    Hangup,
-    /// The peer muted or unmuted a medium.
-    Mute {
-        /// Audio muted.
-        audio: bool,
-        /// Video muted.
-        video: bool,
-    },
-    /// Free text (chat during the call, diagnostics).
-    Text {
-        /// The text.
-        text: String,
-    },
-    /// The receiver lost video frames: send a key frame (handled inside the call; not
-    /// reported as an event).
-    KeyframeRequest,
+/// What a peer session needs from the call that owns it (implemented by the call's shared
+/// state). Sessions hold it weakly: a session never keeps its call alive.
+pub(crate) trait CallHost: Send + Sync {
+    /// The call's configuration.
+    fn config(&self) -> &CallConfig;
+    /// Reports an event to the call's driver.
+    fn emit(&self, ev: CallEvent);
+    /// The session with `peer`, if any.
+    fn session(&self, peer: &str) -> Option<Arc<PeerSession>>;
+    /// SFrame-decrypts a frame received from `session`'s peer (`None`: refused).
+    fn open_frame(&self, session: &PeerSession, ct: &[u8]) -> Option<Vec<u8>>;
+    /// Records decoded audio from `peer` (if recording).
+    fn record_audio(&self, peer: &str, pcm: &[i16]);
+    /// Records the `n`th decoded video frame from `peer` (if recording).
+    fn record_video(&self, peer: &str, n: u64, picture: &crate::codec::I420Frame);
 }
 
 /// Errors of peer sessions.
@@ -153,7 +130,7 @@ fn rtc_err(e: impl std::fmt::Display) -> SessionError {
     SessionError::WebRtc(e.to_string())
 }
 
-/// Counters of one session (see [`crate::call::PeerStats`] for the exported form).
+/// Counters of one session (see `PeerStats` for the exported form).
 #[derive(Default)]
 pub(crate) struct Counters {
     pub audio_frames_sent: AtomicU64,
@@ -234,12 +211,12 @@ pub struct PeerSession {
 impl PeerSession {
     /// Builds the peer connection, its tracks and (for the caller) the control channel.
     pub(crate) async fn new(
-        call: &Arc<CallInner>,
+        call: &Arc<dyn CallHost>,
         peer: String,
         member_index: Option<u32>,
         caller: bool,
     ) -> Result<Arc<Self>, SessionError> {
-        let cfg = &call.config;
+        let cfg = call.config();
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs().map_err(rtc_err)?;
         let registry =
@@ -340,7 +317,7 @@ impl PeerSession {
         Ok(session)
     }
 
-    fn attach_control(self: &Arc<Self>, call: &Arc<CallInner>, dc: Arc<dyn DataChannel>) {
+    fn attach_control(self: &Arc<Self>, call: &Arc<dyn CallHost>, dc: Arc<dyn DataChannel>) {
         if self.control.set(dc.clone()).is_err() {
             return;
         }
@@ -682,7 +659,7 @@ fn checked_sdp(desc: &SessionDescription) -> Result<String, SessionError> {
 }
 
 struct SessionHandler {
-    call: Weak<CallInner>,
+    call: Weak<dyn CallHost>,
     peer: String,
     session: tokio::sync::OnceCell<Weak<PeerSession>>,
     session_rx: Mutex<Option<tokio::sync::oneshot::Receiver<Weak<PeerSession>>>>,
@@ -800,7 +777,7 @@ impl PeerConnectionEventHandler for SessionHandler {
 }
 
 async fn receive_audio(
-    call: Weak<CallInner>,
+    call: Weak<dyn CallHost>,
     session: Weak<PeerSession>,
     track: Arc<dyn TrackRemote>,
 ) {
@@ -844,7 +821,7 @@ async fn receive_audio(
 }
 
 async fn receive_video(
-    call: Weak<CallInner>,
+    call: Weak<dyn CallHost>,
     session: Weak<PeerSession>,
     track: Arc<dyn TrackRemote>,
 ) {
