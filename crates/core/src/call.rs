@@ -69,8 +69,8 @@ pub struct CallMessage {
 
 impl CallMessage {
     /// Checks the size limits (see [`CallSignal::check_limits`]).
-    pub fn validate(&self) -> Result<(), String> {
-        self.signal.check_limits().map_err(|e| e.to_string())
+    pub fn validate(&self) -> Result<(), CallSignalError> {
+        self.signal.check_limits()
     }
 }
 
