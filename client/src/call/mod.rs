@@ -27,10 +27,7 @@ use cove_core::call::{CallAction, CallId, CallMessage, CallSignal, Calls, GroupM
 use cove_core::{Content, Event};
 use cove_media::sframe::{EXPORTER_LABEL, EpochKey};
 use cove_media::source::{AudioInput, VideoInput};
-use cove_media::{
-    Call, CallConfig, CallEvent, CallStats, IceCandidate, IceServer, PeerStats, SessionDescription,
-    Signal,
-};
+use cove_media::{Call, CallConfig, CallEvent, CallStats, IceServer, PeerStats};
 use cove_wire::{ErrorCode, GroupId, Reply, Request};
 use rand::RngCore;
 use tokio::sync::mpsc;
@@ -372,7 +369,6 @@ struct Driver {
     group: GroupId,
     call_id: CallId,
     epoch: u64,
-    video: bool,
     peers: HashMap<String, Peer>,
     took_part: Vec<String>,
     first_audio: Vec<(String, f64)>,
@@ -420,7 +416,6 @@ impl Driver {
             group,
             call_id,
             epoch: state.epoch,
-            video: options.video.is_some(),
             peers: HashMap::new(),
             took_part: Vec::new(),
             first_audio: Vec::new(),
@@ -530,7 +525,6 @@ impl Driver {
                 let Some(p) = self.peers.get(&peer) else {
                     return Ok(());
                 };
-                let signal = to_core(signal, self.video);
                 if let Some(CallAction::Send { group, message }) =
                     self.calls.local_signal(self.call_id, p, signal)
                 {
@@ -640,7 +634,7 @@ impl Driver {
                     if !self.took_part.contains(&peer.name) {
                         self.took_part.push(peer.name.clone());
                     }
-                    if let Some(signal) = to_media(signal) {
+                    if signal.is_media() {
                         // A refused description is reported as CallEvent::Refused.
                         if let Err(e) = self
                             .call
@@ -681,49 +675,4 @@ impl Driver {
         }
         Ok(ended)
     }
-}
-
-/// A media signal as the core carries it.
-pub fn to_core(signal: Signal, video: bool) -> CallSignal {
-    match signal {
-        Signal::Offer(d) => CallSignal::Offer {
-            sdp: d.sdp,
-            fingerprint: d.fingerprint,
-            video,
-        },
-        Signal::Answer(d) => CallSignal::Answer {
-            sdp: d.sdp,
-            fingerprint: d.fingerprint,
-        },
-        Signal::Candidate(c) => CallSignal::Candidate {
-            candidate: c.candidate,
-            sdp_mid: c.sdp_mid,
-            sdp_mline_index: c.sdp_mline_index,
-            username_fragment: c.username_fragment,
-        },
-    }
-}
-
-/// A core signal as the media layer takes it (`None` for call-state signals).
-pub fn to_media(signal: CallSignal) -> Option<Signal> {
-    Some(match signal {
-        CallSignal::Offer {
-            sdp, fingerprint, ..
-        } => Signal::Offer(SessionDescription { sdp, fingerprint }),
-        CallSignal::Answer { sdp, fingerprint } => {
-            Signal::Answer(SessionDescription { sdp, fingerprint })
-        }
-        CallSignal::Candidate {
-            candidate,
-            sdp_mid,
-            sdp_mline_index,
-            username_fragment,
-        } => Signal::Candidate(IceCandidate {
-            candidate,
-            sdp_mid,
-            sdp_mline_index,
-            username_fragment,
-        }),
-        CallSignal::HangUp | CallSignal::Busy | CallSignal::Decline => return None,
-    })
 }

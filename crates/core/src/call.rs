@@ -29,12 +29,10 @@ use serde::{Deserialize, Serialize};
 use crate::content::Content;
 use crate::types::ReceivedContent;
 
-/// Largest SDP carried (bytes).
-pub const MAX_SDP_BYTES: usize = 64 * 1024;
-/// Largest ICE candidate carried (bytes).
-pub const MAX_CANDIDATE_BYTES: usize = 1024;
-/// Largest DTLS fingerprint string carried (bytes).
-pub const MAX_FINGERPRINT_BYTES: usize = 256;
+pub use cove_wire::call::{
+    CallSignal, CallSignalError, MAX_CANDIDATE_BYTES, MAX_FINGERPRINT_BYTES, MAX_SDP_BYTES,
+};
+
 /// Signalling older than this (by the sender's clock) is ignored: a call offer found in the
 /// backlog after a minute does not ring.
 pub const MAX_SIGNAL_AGE_MS: u64 = 60_000;
@@ -69,72 +67,10 @@ pub struct CallMessage {
     pub signal: CallSignal,
 }
 
-/// The signalling values (mirroring `cove_media::Signal`, plus call state).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CallSignal {
-    /// An SDP offer and the DTLS fingerprint it commits to (signed with the message).
-    Offer {
-        /// The SDP.
-        sdp: String,
-        /// `"sha-256 AB:CD:..."`.
-        fingerprint: String,
-        /// Whether the caller sends video.
-        video: bool,
-    },
-    /// An SDP answer and its DTLS fingerprint.
-    Answer {
-        /// The SDP.
-        sdp: String,
-        /// `"sha-256 AB:CD:..."`.
-        fingerprint: String,
-    },
-    /// A trickled ICE candidate.
-    Candidate {
-        /// The `candidate:` attribute.
-        candidate: String,
-        /// Media section id.
-        sdp_mid: Option<String>,
-        /// Media section index.
-        sdp_mline_index: Option<u16>,
-        /// ICE username fragment.
-        username_fragment: Option<String>,
-    },
-    /// The sender left the call.
-    HangUp,
-    /// The sender is in another call.
-    Busy,
-    /// The sender declined the call.
-    Decline,
-}
-
 impl CallMessage {
-    /// Checks the size limits.
-    pub fn validate(&self) -> Result<(), String> {
-        let too_long = |s: &str, max: usize| s.len() > max;
-        match &self.signal {
-            CallSignal::Offer {
-                sdp, fingerprint, ..
-            }
-            | CallSignal::Answer { sdp, fingerprint } => {
-                if too_long(sdp, MAX_SDP_BYTES) || too_long(fingerprint, MAX_FINGERPRINT_BYTES) {
-                    return Err("SDP or fingerprint too long".into());
-                }
-            }
-            CallSignal::Candidate {
-                candidate,
-                sdp_mid,
-                username_fragment,
-                ..
-            } => {
-                let extra = sdp_mid.as_deref().map_or(0, str::len)
-                    + username_fragment.as_deref().map_or(0, str::len);
-                if too_long(candidate, MAX_CANDIDATE_BYTES) || extra > MAX_CANDIDATE_BYTES {
-                    return Err("ICE candidate too long".into());
-                }
-            }
-            CallSignal::HangUp | CallSignal::Busy | CallSignal::Decline => {}
-        }
-        Ok(())
+    /// Checks the size limits (see [`CallSignal::check_limits`]).
+    pub fn validate(&self) -> Result<(), CallSignalError> {
+        self.signal.check_limits()
     }
 }
 

@@ -108,10 +108,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn signal_name(s: &cove_media::Signal) -> &'static str {
+fn signal_name(s: &cove_media::CallSignal) -> &'static str {
     match s {
-        cove_media::Signal::Offer(_) => "offer",
-        cove_media::Signal::Answer(_) => "answer",
-        cove_media::Signal::Candidate(_) => "candidate",
+        cove_media::CallSignal::Offer { .. } => "offer",
+        cove_media::CallSignal::Answer { .. } => "answer",
+        cove_media::CallSignal::Candidate { .. } => "candidate",
+        cove_media::CallSignal::HangUp => "hang-up",
+        cove_media::CallSignal::Busy => "busy",
+        cove_media::CallSignal::Decline => "decline",
     }
 }

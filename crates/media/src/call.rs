@@ -12,13 +12,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cove_wire::call::CallSignal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::codec::{I420Frame, OpusEncoder, Vp8Encoder};
-use crate::session::{ControlMessage, IceCandidate, IceServer, PeerSession, SessionError, Signal};
+use crate::session::{
+    CallHost, ControlMessage, IceCandidate, PeerSession, SessionDescription, SessionError,
+};
 use crate::sframe::{EpochKey, SframeError, SframeKeyring, SframeSender};
-use crate::source::{AudioInput, VideoInput, WavSink, write_ppm};
+use crate::source::{WavSink, write_ppm};
 
 /// Most participants in one mesh call (including the local one).
 pub const MAX_PARTICIPANTS: usize = 6;
@@ -29,128 +32,7 @@ pub const MAX_PENDING_CANDIDATES: usize = 64;
 /// Most peers with buffered candidates.
 pub const MAX_PENDING_PEERS: usize = 16;
 
-/// How a call is set up. Plain data: the CLI fills it from its flags and the relay's TURN
-/// credentials.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CallConfig {
-    /// Local UDP addresses to bind (default `["127.0.0.1:0"]`; `0.0.0.0:0` skips loopback in
-    /// webrtc-rs 0.21, so list concrete interface addresses for real networks).
-    pub bind_addrs: Vec<String>,
-    /// STUN/TURN servers.
-    pub ice_servers: Vec<IceServer>,
-    /// Use only relayed (TURN) candidates: hides the local addresses from peers.
-    ///
-    /// Known limit of webrtc-rs 0.21: its driver hands a datagram to the TURN relayer after the
-    /// relayer's write queue was drained for that loop iteration, so while a connection is idle
-    /// each relayed DTLS flight waits for the next wake-up (~200 ms). A relay-only call
-    /// therefore takes about 1.5-2 s to connect even on loopback (media then flows normally).
-    pub relay_only: bool,
-    /// Trickle ICE: emit candidates as separate signals instead of waiting for gathering.
-    pub trickle_ice: bool,
-    /// Outgoing audio (`None`: no audio track unless `receive_only`).
-    pub audio: Option<AudioInput>,
-    /// Outgoing video (`None`: no video track unless `receive_only`).
-    pub video: Option<VideoInput>,
-    /// Negotiate audio and video tracks even when sending nothing.
-    pub receive_only: bool,
-    /// Video frame rate.
-    pub video_fps: u32,
-    /// Video target bitrate (kbit/s).
-    pub video_kbps: u32,
-    /// A key frame at least every this many frames (also on connect and on request).
-    pub video_keyframe_interval: u32,
-    /// Directory for `audio-<peer>.wav`, `video-<peer>/frame-N.ppm` and `stats.json`.
-    pub record_dir: Option<PathBuf>,
-    /// Save every Nth received video frame as PPM.
-    pub record_every_nth_frame: u64,
-    /// How long the previous epoch's key stays valid for decryption after a rekey.
-    pub sframe_grace: Duration,
-    /// Interval between ICE connectivity checks (webrtc-rs default 200 ms; we use 50 ms with
-    /// proportionally more attempts, so the first check round does not wait 200 ms).
-    pub ice_check_interval: Duration,
-    /// Longest interval between TURN allocation refreshes (`None`: webrtc-rs refreshes at half
-    /// the allocation lifetime the server granted, 5 minutes by default). Shorter intervals
-    /// keep NAT mappings warm; tests use them to watch refreshes happen.
-    #[serde(default)]
-    pub turn_refresh_interval: Option<Duration>,
-}
-
-impl Default for CallConfig {
-    fn default() -> Self {
-        Self {
-            bind_addrs: vec!["127.0.0.1:0".into()],
-            ice_servers: Vec::new(),
-            relay_only: false,
-            trickle_ice: false,
-            audio: Some(AudioInput::Tone(440.0)),
-            video: None,
-            receive_only: true,
-            video_fps: 15,
-            video_kbps: 500,
-            video_keyframe_interval: 30,
-            record_dir: None,
-            record_every_nth_frame: 15,
-            sframe_grace: crate::sframe::DEFAULT_GRACE,
-            ice_check_interval: Duration::from_millis(50),
-            turn_refresh_interval: None,
-        }
-    }
-}
-
-/// What a call reports to its driver (the CLI).
-#[derive(Debug, Clone, PartialEq)]
-pub enum CallEvent {
-    /// Send this signal to `peer` inside MLS.
-    LocalSignal {
-        /// The remote participant.
-        peer: String,
-        /// The value to carry.
-        signal: Signal,
-    },
-    /// DTLS and ICE are up with `peer`.
-    Connected {
-        /// The remote participant.
-        peer: String,
-    },
-    /// The first audio frame from `peer` was decrypted and decoded.
-    FirstAudio {
-        /// The remote participant.
-        peer: String,
-        /// Time since `dial`/`answer` for this peer.
-        since_dial: Duration,
-    },
-    /// The first video frame from `peer` was decrypted and decoded.
-    FirstVideo {
-        /// The remote participant.
-        peer: String,
-    },
-    /// A control message arrived on the data channel.
-    Control {
-        /// The remote participant.
-        peer: String,
-        /// The message.
-        message: ControlMessage,
-    },
-    /// A remote signal was refused (e.g. fingerprint mismatch); the session was closed.
-    Refused {
-        /// The remote participant.
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// The connection with `peer` failed.
-    Failed {
-        /// The remote participant.
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// The connection with `peer` closed.
-    Closed {
-        /// The remote participant.
-        peer: String,
-    },
-}
+pub use crate::types::{CallConfig, CallEvent};
 
 /// Per-peer statistics, written to `stats.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -262,7 +144,11 @@ impl Call {
         let offer = session.create_offer().await?;
         self.inner.emit(CallEvent::LocalSignal {
             peer: peer.into(),
-            signal: Signal::Offer(offer),
+            signal: CallSignal::Offer {
+                sdp: offer.sdp,
+                fingerprint: offer.fingerprint,
+                video: self.inner.config.video.is_some(),
+            },
         });
         Ok(())
     }
@@ -272,12 +158,13 @@ impl Call {
     /// An offer from an unknown peer creates its session and emits the answer. A description
     /// whose SDP fingerprint differs from its signed fingerprint is refused: the session is
     /// closed, [`CallEvent::Refused`] is emitted and [`SessionError::FingerprintMismatch`]
-    /// returned, before any media flows.
+    /// returned, before any media flows. Call-state signals (hang-up, busy, decline) are not
+    /// media: they return [`SessionError::NotMedia`] and change nothing.
     pub async fn apply_signal(
         &self,
         peer: &str,
         member_index: Option<u32>,
-        signal: Signal,
+        signal: CallSignal,
     ) -> Result<(), SessionError> {
         let result = self.apply_signal_inner(peer, member_index, signal).await;
         if let Err(e @ (SessionError::FingerprintMismatch | SessionError::BadSignal(_))) = &result {
@@ -297,26 +184,44 @@ impl Call {
         &self,
         peer: &str,
         member_index: Option<u32>,
-        signal: Signal,
+        signal: CallSignal,
     ) -> Result<(), SessionError> {
         match signal {
-            Signal::Offer(offer) => {
+            CallSignal::Offer {
+                sdp, fingerprint, ..
+            } => {
+                let offer = SessionDescription { sdp, fingerprint };
                 let session = self.new_session(peer, member_index, false).await?;
                 let answer = session.accept_offer(&offer).await?;
                 self.flush_candidates(&session).await;
                 self.inner.emit(CallEvent::LocalSignal {
                     peer: peer.into(),
-                    signal: Signal::Answer(answer),
+                    signal: CallSignal::Answer {
+                        sdp: answer.sdp,
+                        fingerprint: answer.fingerprint,
+                    },
                 });
                 Ok(())
             }
-            Signal::Answer(answer) => {
+            CallSignal::Answer { sdp, fingerprint } => {
+                let answer = SessionDescription { sdp, fingerprint };
                 let session = self.session(peer)?;
                 session.accept_answer(&answer).await?;
                 self.flush_candidates(&session).await;
                 Ok(())
             }
-            Signal::Candidate(c) => {
+            CallSignal::Candidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+                username_fragment,
+            } => {
+                let c = IceCandidate {
+                    candidate,
+                    sdp_mid,
+                    sdp_mline_index,
+                    username_fragment,
+                };
                 let ready = {
                     let mut pending = self
                         .inner
@@ -342,6 +247,9 @@ impl Call {
                     Some(s) => s.add_candidate(&c).await,
                     None => Ok(()),
                 }
+            }
+            CallSignal::HangUp | CallSignal::Busy | CallSignal::Decline => {
+                Err(SessionError::NotMedia)
             }
         }
     }
@@ -503,7 +411,8 @@ impl Call {
                 return Err(SessionError::PeerExists);
             }
         }
-        let session = PeerSession::new(&self.inner, peer.to_owned(), member_index, caller).await?;
+        let host: Arc<dyn CallHost> = self.inner.clone();
+        let session = PeerSession::new(&host, peer.to_owned(), member_index, caller).await?;
         let mut sessions = self
             .inner
             .sessions
@@ -677,6 +586,32 @@ impl CallInner {
         if let Some(dir) = dir {
             let _ = write_ppm(&dir.join(format!("frame-{n:06}.ppm")), picture);
         }
+    }
+}
+
+impl CallHost for CallInner {
+    fn config(&self) -> &CallConfig {
+        &self.config
+    }
+
+    fn emit(&self, ev: CallEvent) {
+        CallInner::emit(self, ev);
+    }
+
+    fn session(&self, peer: &str) -> Option<Arc<PeerSession>> {
+        CallInner::session(self, peer)
+    }
+
+    fn open_frame(&self, session: &PeerSession, ct: &[u8]) -> Option<Vec<u8>> {
+        CallInner::open_frame(self, session, ct)
+    }
+
+    fn record_audio(&self, peer: &str, pcm: &[i16]) {
+        CallInner::record_audio(self, peer, pcm);
+    }
+
+    fn record_video(&self, peer: &str, n: u64, picture: &I420Frame) {
+        CallInner::record_video(self, peer, n, picture);
     }
 }
 

@@ -35,10 +35,13 @@ pub mod codec;
 pub mod session;
 pub mod sframe;
 pub mod source;
+mod types;
 
 pub use call::{Call, CallConfig, CallEvent, CallStats, PeerStats};
+/// The one call-signalling type, shared with the client core (which carries it inside MLS).
+pub use cove_wire::call::CallSignal;
 pub use session::{
-    ControlMessage, IceCandidate, IceServer, PeerSession, SessionDescription, SessionError, Signal,
+    ControlMessage, IceCandidate, IceServer, PeerSession, SessionDescription, SessionError,
 };
 pub use sframe::EpochKey;
 

@@ -1,15 +1,16 @@
 //! One webrtc-rs peer connection of a call, and the signalling values it exchanges.
 //!
 //! A [`PeerSession`] carries SFrame-protected Opus and VP8 tracks and a `control` data channel.
-//! It never touches keys' origin or the signalling transport: [`Signal`] values go out as
-//! [`crate::call::CallEvent::LocalSignal`] and come back in through
-//! [`crate::call::Call::apply_signal`]; the client core carries them inside MLS.
+//! It never touches keys' origin or the signalling transport: [`CallSignal`] values go out as
+//! [`CallEvent::LocalSignal`] and come back in through
+//! `Call::apply_signal`; the client core carries them inside MLS.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cove_wire::call::CallSignal;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
@@ -30,13 +31,14 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
-use crate::call::{CallEvent, CallInner};
 use crate::codec::{AUDIO_FRAME_DURATION, OpusDecoder, Vp8Decoder};
+use crate::types::{CallConfig, CallEvent};
 
-/// Largest SDP accepted from a peer.
-pub const MAX_SDP_LEN: usize = 64 * 1024;
-/// Largest ICE candidate string accepted from a peer.
-pub const MAX_CANDIDATE_LEN: usize = 1024;
+/// Largest SDP accepted from a peer (the signalling limit of [`cove_wire::call`]).
+pub const MAX_SDP_LEN: usize = cove_wire::call::MAX_SDP_BYTES;
+/// Largest ICE candidate string accepted from a peer (the signalling limit of
+/// [`cove_wire::call`]).
+pub const MAX_CANDIDATE_LEN: usize = cove_wire::call::MAX_CANDIDATE_BYTES;
 /// Largest reassembled (encrypted) video frame.
 pub const MAX_VIDEO_FRAME: usize = 1 << 20;
 /// Largest control message on the data channel.
@@ -44,22 +46,11 @@ pub const MAX_CONTROL_LEN: usize = 4096;
 /// The label of the call-control data channel.
 pub const CONTROL_CHANNEL: &str = "cove-control";
 
-/// A signalling value to carry to the peer (inside MLS) or received from it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Signal {
-    /// The caller's session description.
-    Offer(SessionDescription),
-    /// The callee's session description.
-    Answer(SessionDescription),
-    /// One trickled ICE candidate (only when trickle ICE is enabled).
-    Candidate(IceCandidate),
-}
-
-/// An SDP offer or answer with the DTLS fingerprint it commits to.
+/// An SDP offer or answer with the DTLS fingerprint it commits to (the media side of
+/// [`CallSignal::Offer`] and [`CallSignal::Answer`]).
 ///
 /// The whole value travels inside one MLS application message, so `fingerprint` is
-/// authenticated by the sender's MLS signature. [`crate::call::Call::apply_signal`] refuses the
+/// authenticated by the sender's MLS signature. `Call::apply_signal` refuses the
 /// description if any `a=fingerprint` line in `sdp` differs from `fingerprint`, before media.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionDescription {
@@ -69,7 +60,8 @@ pub struct SessionDescription {
     pub fingerprint: String,
 }
 
-/// A trickled ICE candidate (W3C `RTCIceCandidateInit`).
+/// A trickled ICE candidate (W3C `RTCIceCandidateInit`; the media side of
+/// [`CallSignal::Candidate`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceCandidate {
     /// The `candidate:` attribute.
@@ -82,46 +74,23 @@ pub struct IceCandidate {
     pub username_fragment: Option<String>,
 }
 
-/// A STUN/TURN server for ICE (e.g. from the relay's TURN credentials).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IceServer {
-    /// URLs such as `turn:127.0.0.1:3478?transport=udp`.
-    pub urls: Vec<String>,
-    /// TURN username (`expiry:user` for TURN REST credentials).
-    pub username: String,
-    /// TURN password.
-    pub credential: String,
-}
+pub use crate::types::{ControlMessage, IceServer};
 
-impl std::fmt::Debug for IceServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IceServer")
-            .field("urls", &self.urls)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A call-control message on the data channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ControlMessage {
-    /// The peer hangs up.
-    Hangup,
-    /// The peer muted or unmuted a medium.
-    Mute {
-        /// Audio muted.
-        audio: bool,
-        /// Video muted.
-        video: bool,
-    },
-    /// Free text (chat during the call, diagnostics).
-    Text {
-        /// The text.
-        text: String,
-    },
-    /// The receiver lost video frames: send a key frame (handled inside the call; not
-    /// reported as an event).
-    KeyframeRequest,
+/// What a peer session needs from the call that owns it (implemented by the call's shared
+/// state). Sessions hold it weakly: a session never keeps its call alive.
+pub(crate) trait CallHost: Send + Sync {
+    /// The call's configuration.
+    fn config(&self) -> &CallConfig;
+    /// Reports an event to the call's driver.
+    fn emit(&self, ev: CallEvent);
+    /// The session with `peer`, if any.
+    fn session(&self, peer: &str) -> Option<Arc<PeerSession>>;
+    /// SFrame-decrypts a frame received from `session`'s peer (`None`: refused).
+    fn open_frame(&self, session: &PeerSession, ct: &[u8]) -> Option<Vec<u8>>;
+    /// Records decoded audio from `peer` (if recording).
+    fn record_audio(&self, peer: &str, pcm: &[i16]);
+    /// Records the `n`th decoded video frame from `peer` (if recording).
+    fn record_video(&self, peer: &str, n: u64, picture: &crate::codec::I420Frame);
 }
 
 /// Errors of peer sessions.
@@ -133,6 +102,10 @@ pub enum SessionError {
     /// The signal is malformed, too large, or unexpected in this state (peer misbehaved).
     #[error("bad signal: {0}")]
     BadSignal(&'static str),
+    /// The signal is call state (hang-up, busy, decline), which the core handles, not media
+    /// (caller misuse; see [`CallSignal::is_media`]).
+    #[error("not a media signal")]
+    NotMedia,
     /// No session with that peer (caller misuse).
     #[error("unknown peer")]
     UnknownPeer,
@@ -157,7 +130,7 @@ fn rtc_err(e: impl std::fmt::Display) -> SessionError {
     SessionError::WebRtc(e.to_string())
 }
 
-/// Counters of one session (see [`crate::call::PeerStats`] for the exported form).
+/// Counters of one session (see `PeerStats` for the exported form).
 #[derive(Default)]
 pub(crate) struct Counters {
     pub audio_frames_sent: AtomicU64,
@@ -238,12 +211,12 @@ pub struct PeerSession {
 impl PeerSession {
     /// Builds the peer connection, its tracks and (for the caller) the control channel.
     pub(crate) async fn new(
-        call: &Arc<CallInner>,
+        call: &Arc<dyn CallHost>,
         peer: String,
         member_index: Option<u32>,
         caller: bool,
     ) -> Result<Arc<Self>, SessionError> {
-        let cfg = &call.config;
+        let cfg = call.config();
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs().map_err(rtc_err)?;
         let registry =
@@ -344,7 +317,7 @@ impl PeerSession {
         Ok(session)
     }
 
-    fn attach_control(self: &Arc<Self>, call: &Arc<CallInner>, dc: Arc<dyn DataChannel>) {
+    fn attach_control(self: &Arc<Self>, call: &Arc<dyn CallHost>, dc: Arc<dyn DataChannel>) {
         if self.control.set(dc.clone()).is_err() {
             return;
         }
@@ -686,7 +659,7 @@ fn checked_sdp(desc: &SessionDescription) -> Result<String, SessionError> {
 }
 
 struct SessionHandler {
-    call: Weak<CallInner>,
+    call: Weak<dyn CallHost>,
     peer: String,
     session: tokio::sync::OnceCell<Weak<PeerSession>>,
     session_rx: Mutex<Option<tokio::sync::oneshot::Receiver<Weak<PeerSession>>>>,
@@ -723,12 +696,12 @@ impl PeerConnectionEventHandler for SessionHandler {
         if let Some(call) = self.call.upgrade() {
             call.emit(CallEvent::LocalSignal {
                 peer: self.peer.clone(),
-                signal: Signal::Candidate(IceCandidate {
+                signal: CallSignal::Candidate {
                     candidate: init.candidate,
                     sdp_mid: init.sdp_mid,
                     sdp_mline_index: init.sdp_mline_index,
                     username_fragment: init.username_fragment,
-                }),
+                },
             });
         }
     }
@@ -804,7 +777,7 @@ impl PeerConnectionEventHandler for SessionHandler {
 }
 
 async fn receive_audio(
-    call: Weak<CallInner>,
+    call: Weak<dyn CallHost>,
     session: Weak<PeerSession>,
     track: Arc<dyn TrackRemote>,
 ) {
@@ -848,7 +821,7 @@ async fn receive_audio(
 }
 
 async fn receive_video(
-    call: Weak<CallInner>,
+    call: Weak<dyn CallHost>,
     session: Weak<PeerSession>,
     track: Arc<dyn TrackRemote>,
 ) {

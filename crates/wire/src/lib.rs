@@ -5,6 +5,7 @@
 //!   (relay → device), with request ids and typed error codes;
 //! - validated id newtypes ([`UserName`], [`DeviceId`], [`GroupId`], [`Epoch`], [`Seq`], ...);
 //! - the protocol [`limits`];
+//! - the call-signalling values shared by the client core and the media engine ([`call`]);
 //! - the one codec ([`encode`] / [`decode`]): postcard (serde, compact, varint lengths) with
 //!   decoding that never allocates more than the input's own size and rejects trailing bytes.
 //!
@@ -18,6 +19,7 @@
 //! relay  → Response { id, .. } (exactly one per request)  and Deliver { .. } as entries arrive
 //! ```
 
+pub mod call;
 mod codec;
 mod frame;
 mod ids;

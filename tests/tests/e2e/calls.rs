@@ -368,11 +368,13 @@ async fn tampered_fingerprint_in_the_offer_is_refused() {
     media.dial("bob", Some(1)).await.unwrap();
     let offer = loop {
         if let Some(cove_media::CallEvent::LocalSignal {
-            signal: cove_media::Signal::Offer(d),
+            signal: CallSignal::Offer {
+                sdp, fingerprint, ..
+            },
             ..
         }) = events.recv().await
         {
-            break d;
+            break cove_media::SessionDescription { sdp, fingerprint };
         }
     };
     let line = offer
@@ -827,7 +829,7 @@ impl Observer {
                 match (self.peers.get(&peer), &self.call) {
                     (Some(p), Some((call_id, _, _))) => self
                         .calls
-                        .local_signal(*call_id, p, call::to_core(signal, false))
+                        .local_signal(*call_id, p, signal)
                         .into_iter()
                         .collect(),
                     _ => Vec::new(),
@@ -891,7 +893,7 @@ impl Observer {
                     self.peers.insert(peer.name.clone(), peer.clone());
                     let (_, media, _) = self.call.as_ref().unwrap();
                     // A refused description shows as CallEvent::Refused (as in the driver).
-                    if let Some(signal) = call::to_media(signal)
+                    if signal.is_media()
                         && let Err(e) = media
                             .apply_signal(&peer.name, Some(peer.leaf), signal)
                             .await

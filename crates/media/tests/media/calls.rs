@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cove_media::CallSignal;
 use cove_media::IceServer;
 use cove_media::call::{Call, CallConfig, CallEvent};
-use cove_media::session::{ControlMessage, Signal};
+use cove_media::session::ControlMessage;
 use cove_media::sframe::EpochKey;
 use cove_media::source::{AudioInput, VideoInput, dominant_frequency, pattern_bar_match};
 use cove_turn::{
@@ -41,14 +42,14 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-type Tamper = Arc<dyn Fn(&str, &str, &mut Signal) + Send + Sync>;
+type Tamper = Arc<dyn Fn(&str, &str, &mut CallSignal) + Send + Sync>;
 
 /// In-process signalling between calls, plus a log of every event for assertions.
 struct Mesh {
     calls: Arc<Mutex<HashMap<String, (Call, u32)>>>,
     events: mpsc::UnboundedReceiver<(String, CallEvent)>,
     events_tx: mpsc::UnboundedSender<(String, CallEvent)>,
-    signals: Arc<Mutex<Vec<(String, String, Signal)>>>,
+    signals: Arc<Mutex<Vec<(String, String, CallSignal)>>>,
     tamper: Option<Tamper>,
 }
 
@@ -307,9 +308,8 @@ async fn relay_only_call_through_turn() {
     // Only relayed candidates were offered, on the TURN server's address.
     let signals = mesh.signals.lock().unwrap().clone();
     for (_, _, s) in &signals {
-        if let Signal::Offer(d) | Signal::Answer(d) = s {
-            let cands: Vec<_> = d
-                .sdp
+        if let CallSignal::Offer { sdp, .. } | CallSignal::Answer { sdp, .. } = s {
+            let cands: Vec<_> = sdp
                 .lines()
                 .filter(|l| l.starts_with("a=candidate"))
                 .collect();
@@ -603,10 +603,9 @@ async fn tampered_fingerprint_is_refused_before_media() {
     let mut mesh = Mesh::new();
     // The relay (or anyone on the signalling path) swaps the DTLS fingerprint inside the SDP;
     // the signed fingerprint next to it is unchanged.
-    mesh.tamper = Some(Arc::new(|_from, _to, s: &mut Signal| {
-        if let Signal::Offer(d) = s {
-            d.sdp = d
-                .sdp
+    mesh.tamper = Some(Arc::new(|_from, _to, s: &mut CallSignal| {
+        if let CallSignal::Offer { sdp, .. } = s {
+            *sdp = sdp
                 .lines()
                 .map(|l| {
                     if let Some(fp) = l.strip_prefix("a=fingerprint:sha-256 ") {
@@ -650,7 +649,7 @@ async fn tampered_fingerprint_is_refused_before_media() {
             .lock()
             .unwrap()
             .iter()
-            .any(|(_, _, s)| matches!(s, Signal::Answer(_)))
+            .any(|(_, _, s)| matches!(s, CallSignal::Answer { .. }))
     );
 }
 
@@ -710,10 +709,12 @@ async fn consistent_but_foreign_fingerprint_fails_dtls() {
     // the signed value agree, but the DTLS handshake must fail, so no media is decoded.
     let mut mesh = Mesh::new();
     let fake = "sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
-    mesh.tamper = Some(Arc::new(move |_from, _to, s: &mut Signal| {
-        if let Signal::Offer(d) = s {
-            d.sdp = d
-                .sdp
+    mesh.tamper = Some(Arc::new(move |_from, _to, s: &mut CallSignal| {
+        if let CallSignal::Offer {
+            sdp, fingerprint, ..
+        } = s
+        {
+            *sdp = sdp
                 .lines()
                 .map(|l| {
                     if l.starts_with("a=fingerprint:") {
@@ -725,7 +726,7 @@ async fn consistent_but_foreign_fingerprint_fails_dtls() {
                 .collect::<Vec<_>>()
                 .join("\r\n")
                 + "\r\n";
-            d.fingerprint = fake.to_owned();
+            *fingerprint = fake.to_owned();
         }
     }));
     let alice = mesh.add("alice", 0, audio_config(440.0, None), key(1, 1), &[0, 1]);
@@ -770,7 +771,7 @@ async fn trickle_ice_call() {
     let trickled = |from: &str| {
         signals
             .iter()
-            .filter(|(f, _, s)| f == from && matches!(s, Signal::Candidate(_)))
+            .filter(|(f, _, s)| f == from && matches!(s, CallSignal::Candidate { .. }))
             .count()
     };
     assert!(

@@ -111,25 +111,31 @@ fn devices_are_behind_a_feature() {
     assert!(cove_media::source::open_camera().is_err());
 }
 
+/// Call signals round-trip through the wire codec the core carries them with (inside MLS);
+/// control messages round-trip as the JSON of the data channel.
 #[test]
-fn signalling_values_round_trip_as_json() {
-    use cove_media::session::{ControlMessage, IceCandidate, SessionDescription, Signal};
-    let desc = SessionDescription {
-        sdp: "v=0\r\n".into(),
-        fingerprint: "sha-256 AB:CD".into(),
-    };
+fn signalling_values_round_trip() {
+    use cove_media::CallSignal;
+    use cove_media::session::ControlMessage;
     for s in [
-        Signal::Offer(desc.clone()),
-        Signal::Answer(desc),
-        Signal::Candidate(IceCandidate {
+        CallSignal::Offer {
+            sdp: "v=0\r\n".into(),
+            fingerprint: "sha-256 AB:CD".into(),
+            video: true,
+        },
+        CallSignal::Answer {
+            sdp: "v=0\r\n".into(),
+            fingerprint: "sha-256 AB:CD".into(),
+        },
+        CallSignal::Candidate {
             candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
             sdp_mid: Some("0".into()),
             sdp_mline_index: Some(0),
             username_fragment: None,
-        }),
+        },
     ] {
-        let json = serde_json::to_string(&s).unwrap();
-        assert_eq!(serde_json::from_str::<Signal>(&json).unwrap(), s);
+        let bytes = cove_wire::encode(&s).unwrap();
+        assert_eq!(cove_wire::decode::<CallSignal>(&bytes).unwrap(), s);
     }
     for m in [
         ControlMessage::Hangup,

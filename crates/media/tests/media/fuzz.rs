@@ -1,9 +1,10 @@
 //! Property tests over the decoders at trust boundaries: SFrame headers and ciphertexts, VP8
-//! RTP payloads, SDP fingerprints, signalling JSON. Nothing panics; round trips hold.
+//! RTP payloads, SDP fingerprints, call signals (wire codec). Nothing panics; round trips hold.
 
 use std::time::{Duration, Instant};
 
-use cove_media::session::{Signal, Vp8Assembler, sdp_fingerprints};
+use cove_media::CallSignal;
+use cove_media::session::{Vp8Assembler, sdp_fingerprints};
 use cove_media::sframe::{EpochKey, Header, SframeKeyring, SframeSender};
 use proptest::prelude::*;
 
@@ -26,7 +27,7 @@ proptest! {
         let mut asm = Vp8Assembler::default();
         let _ = asm.push(1, 2, true, &bytes);
         let _ = sdp_fingerprints(&String::from_utf8_lossy(&bytes));
-        let _ = serde_json::from_slice::<Signal>(&bytes);
+        let _ = cove_wire::decode::<CallSignal>(&bytes);
     }
 
     #[test]
