@@ -34,28 +34,8 @@ impl Device {
         let store = SqliteStore::open(home.database_path())?;
         let client = Client::init(store, user.clone(), seed())?;
         let config = home.initialise(server, user, ca)?;
-        let mut device = Self::start(home, config, client, Some(lock))?;
-        if let Err(e) = device.settle().await {
-            // Not registered: leave no half-initialised home behind.
-            device.close_now().await;
-            let lock = home.dir().join(crate::config::LOCK_FILE);
-            for file in [
-                home.config_path(),
-                home.ca_path(),
-                home.database_path(),
-                lock,
-            ] {
-                let _ = std::fs::remove_file(&file);
-                for suffix in ["-wal", "-shm", "-journal"] {
-                    let mut name = file.clone().into_os_string();
-                    name.push(suffix);
-                    let _ = std::fs::remove_file(name);
-                }
-            }
-            let _ = std::fs::remove_dir(home.dir()); // only if empty
-            return Err(e);
-        }
-        Ok(device)
+        let device = Self::start(home, config, client, Some(lock))?;
+        device.registered_or_removed(home).await
     }
 
     /// Opens an initialised home and connects (in the background; commands wait for the
@@ -73,4 +53,40 @@ impl Device {
         let client = Client::open(SqliteStore::open(home.database_path())?, seed())?;
         Self::start(home, config, client, None)
     }
+
+    /// Waits until a device just created in `home` is registered and settled. If it does
+    /// not get there, closes it and leaves no half-initialised home behind (the home's
+    /// directory too, if nothing else is in it), and returns why.
+    pub(super) async fn registered_or_removed(
+        mut self,
+        home: &Home,
+    ) -> Result<Device, DeviceError> {
+        let Err(e) = self.settle().await else {
+            return Ok(self);
+        };
+        self.close_now().await;
+        remove_home(home);
+        Err(e)
+    }
+}
+
+/// Removes what [`Device::init`] or [`Device::link`] created in `home` (configuration, CA
+/// copy, database, lock file), and the home's directory if nothing else is in it. For a
+/// device that did not get registered; its database must be closed.
+pub(super) fn remove_home(home: &Home) {
+    let lock = home.dir().join(crate::config::LOCK_FILE);
+    for file in [
+        home.config_path(),
+        home.ca_path(),
+        home.database_path(),
+        lock,
+    ] {
+        let _ = std::fs::remove_file(&file);
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut name = file.clone().into_os_string();
+            name.push(suffix);
+            let _ = std::fs::remove_file(name);
+        }
+    }
+    let _ = std::fs::remove_dir(home.dir()); // only if empty
 }
