@@ -1,15 +1,12 @@
-//! Direct relay requests outside the core, for what the core does not do itself: linking a
-//! further device of a user (`RegisterDevice`), and probing what the relay allows a device
-//! (e.g. that a removed member is refused). Signatures are made inside the device's session
+//! Direct relay requests outside the core, for what the core does not do itself: probing
+//! what the relay allows a device (e.g. that a removed member is refused). Linking a further
+//! device goes through the core (see [`crate::Device::link`]). Signatures are made inside the device's session
 //! task with its key; no key leaves it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cove_wire::{
-    ClientFrame, DeviceId, DeviceKey, ErrorReply, Reply, Request, RequestId, ServerFrame,
-    Signature, UserName,
-};
+use cove_wire::{ClientFrame, DeviceId, ErrorReply, Reply, Request, RequestId, ServerFrame};
 
 use crate::transport::{Connection, TransportError};
 
@@ -107,22 +104,5 @@ impl RawConnection {
     /// Closes the connection.
     pub async fn close(self) {
         self.conn.close().await;
-    }
-}
-
-/// The `RegisterDevice` request for `new_key` of `user`, authorised by `authorizer`.
-pub fn register_device_request(
-    user: &UserName,
-    new_key: DeviceKey,
-    challenge_signature: Signature,
-    authorizer: DeviceId,
-    authorization: Signature,
-) -> Request {
-    Request::RegisterDevice {
-        user: user.clone(),
-        key: new_key,
-        signature: challenge_signature,
-        authorizer,
-        authorization,
     }
 }

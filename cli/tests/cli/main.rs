@@ -171,6 +171,34 @@ fn errors_are_one_line_with_a_non_zero_exit() {
     assert!(!home.join("config.toml").exists() && !home.join("cove.db").exists());
 }
 
+/// A `device link` whose new device cannot register (the relay is gone) fails with the
+/// reason in one line and leaves nothing in the new home, as a failed `init` does, so it
+/// can simply be run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_device_link_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let (bob, laptop) = (dir.path().join("bob"), dir.path().join("bob-laptop"));
+    let home = bob.clone();
+    tokio::task::spawn_blocking(move || init(&home, &server, &ca, "bob"))
+        .await
+        .unwrap();
+    relay.shutdown().await;
+    let home = laptop.clone();
+    let err = tokio::task::spawn_blocking(move || {
+        fails(&home, &["device", "link", "--from", bob.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(
+        err.contains("not connected") && err.contains("refused"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!laptop.join("config.toml").exists() && !laptop.join("cove.db").exists());
+}
+
 #[test]
 fn every_command_has_help_with_an_example() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,41 @@
+//! Why a device operation failed.
+
+use cove_core::{CommandError, OpenError, QueryError};
+use cove_store::StoreError;
+
+use crate::config::ConfigError;
+use crate::raw::RawError;
+use crate::session::SessionError;
+use crate::transport::TransportError;
+
+/// Why a device operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The home or configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// TLS or URL setup failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The database could not be opened or used.
+    #[error("client database: {0}")]
+    Store(#[from] StoreError),
+    /// The device state could not be loaded.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The command was refused locally (unknown group, bad argument, ...).
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A query failed.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// A direct relay exchange failed.
+    #[error(transparent)]
+    Raw(#[from] RawError),
+    /// The device has no identity or is not registered yet.
+    #[error("this device is not registered with the relay yet")]
+    NotRegistered,
+    /// The relay did not complete the command, or refused it.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}

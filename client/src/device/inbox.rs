@@ -1,0 +1,42 @@
+//! What the message stream of a device yields, and the views of core messages.
+
+use cove_core::ChatMessage;
+
+use crate::views::MessageView;
+
+/// Store config key prefix for the last printed log position per group (see
+/// [`Device::next_message`](super::Device::next_message)).
+pub(super) const PRINTED_KEY: &str = "cli.printed.";
+
+/// What [`Device::next_incoming`](super::Device::next_incoming) returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A message from another device.
+    Message(MessageView),
+    /// Something for the user to know, as one line of text.
+    Notice(String),
+    /// Something went wrong that the user must hear about (an entry skipped, a device not
+    /// in the directory, ...): the core's [`Event::Warning`](cove_core::Event::Warning), as one line of text.
+    Warning(String),
+}
+
+/// The view of a core message.
+pub fn message_view(m: &ChatMessage) -> MessageView {
+    MessageView {
+        group: m.group_name.clone(),
+        group_id: m.group.to_hex(),
+        from: m.from.to_string(),
+        device: m.from_device.0,
+        text: match &m.attachment {
+            Some(p) => crate::views::file_line(p),
+            None => m.text.clone(),
+        },
+        id: m.id.to_hex(),
+        sent_at: m.sent_at_ms,
+        seq: m.seq.0,
+        attachment: m
+            .attachment
+            .as_ref()
+            .map(crate::transfer::AttachmentView::from),
+    }
+}

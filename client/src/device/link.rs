@@ -1,0 +1,98 @@
+//! Linking a further device of a user, and probing the relay on a side connection.
+
+use std::sync::Arc;
+
+use cove_core::Client;
+use cove_store::{SqliteStore, Store};
+use cove_wire::{ErrorReply, Reply, Request, Signature};
+use ed25519_dalek::{Signer as _, SigningKey};
+
+use super::error::DeviceError;
+use super::handle::{Device, seed};
+use super::open::remove_home;
+use crate::config::{ConfigError, Home};
+use crate::raw::RawConnection;
+use crate::transport;
+
+impl Device {
+    /// Links a further device of `existing`'s user in `home`: a fresh device key,
+    /// authorised by a signature of `existing` and registered with the relay
+    /// (`RegisterDevice`), then connected like any device. Groups the user joins from now on
+    /// include it (users are added with all their devices). If the new device does not get
+    /// registered, it leaves no half-initialised home behind (as [`Device::init`]).
+    ///
+    /// The cores do the work: `existing`'s core signs the new key
+    /// ([`Client::authorize_device`]), the new core stores that authorisation
+    /// ([`Client::set_device_authorization`]) and registers with it on its first connection.
+    pub async fn link(existing: &Device, home: &Home) -> Result<Device, DeviceError> {
+        if home.is_initialised() {
+            return Err(ConfigError::AlreadyInitialised(home.dir().to_owned()).into());
+        }
+        existing.device.ok_or(DeviceError::NotRegistered)?;
+        let user = existing.config.user.clone();
+        let lock = home.lock()?;
+        let mut client = Client::init(
+            SqliteStore::open(home.database_path())?,
+            user.clone(),
+            seed(),
+        )?;
+        // From here on the new database is ours: if linking stops short of a started
+        // device, remove it again so that `home` can be linked (or initialised) later.
+        let new_key = client.device_key();
+        let prepared = async {
+            let (authorizer, authorization) = existing
+                .session
+                .call(move |c| c.authorize_device(&new_key))
+                .await?
+                .ok_or(DeviceError::NotRegistered)?;
+            client.set_device_authorization(authorizer, authorization)?;
+            let ca = existing.config.custom_ca.then(|| existing.home.ca_path());
+            Ok::<_, DeviceError>(home.initialise(&existing.config.server, user, ca.as_deref())?)
+        }
+        .await;
+        let config = match prepared {
+            Ok(config) => config,
+            Err(e) => {
+                drop(client);
+                drop(lock);
+                remove_home(home);
+                return Err(e);
+            }
+        };
+        let device = Self::start(home, config, client, Some(lock))?;
+        device.registered_or_removed(home).await
+    }
+
+    /// Sends one request to the relay on a separate connection authenticated as this
+    /// device, and returns the relay's answer. For probing what the relay allows (the
+    /// device's own session may be displaced meanwhile; it reconnects by itself).
+    pub async fn probe(&self, body: Request) -> Result<Result<Reply, ErrorReply>, DeviceError> {
+        let device = self.device.ok_or(DeviceError::NotRegistered)?;
+        let user = self.config.user.clone();
+        let key = self.session.call(|c| c.device_key()).await?;
+        let tls = Arc::new(transport::client_config(&self.home.trust(&self.config))?);
+        let (mut raw, nonce) = RawConnection::open(&self.config.server, tls).await?;
+        let msg = cove_wire::sign::auth_challenge_message(&nonce, &user, &key);
+        let signature = self.sign(msg).await?;
+        raw.authenticate(Request::Authenticate {
+            user,
+            device,
+            signature,
+        })
+        .await?;
+        let reply = raw.request(body).await?;
+        raw.close().await;
+        Ok(reply)
+    }
+
+    /// Signs `message` with this device's key (inside the session task).
+    async fn sign(&self, message: Vec<u8>) -> Result<Signature, DeviceError> {
+        self.session
+            .call(move |c| -> Result<Signature, DeviceError> {
+                let identity = c.store().identity()?.ok_or(DeviceError::NotRegistered)?;
+                let key = SigningKey::from_bytes(&identity.secret_key);
+                Ok(Signature(key.sign(&message).to_bytes()))
+            })
+            .await?
+    }
+}

@@ -1,0 +1,32 @@
+//! A device: the home's configuration and database, and the session that pumps the core.
+//!
+//! This is the API the CLI, the demo, the end-to-end tests and the benchmark use. The
+//! [`Device`] type is defined in `handle`; each other module adds the methods of one job.
+//! A module depends only on modules above it in this list (no cycles):
+//!
+//! - `error`: [`DeviceError`].
+//! - `inbox`: what the message stream yields ([`Incoming`]) and the views of core messages.
+//! - `handle`: the [`Device`] itself, its start, accessors and waiting for the relay.
+//! - `messages`: sending text, `sync`, `next_message`, shown positions, warnings.
+//! - `close`: closing a device.
+//! - `open`: initialising (registering) and opening a home.
+//! - `link`: linking a further device, and probing the relay on a side connection.
+//! - `queries`: groups, history, safety numbers, epochs.
+//! - `groups`: group commands (create, add, remove, leave).
+//! - `attachments`: the glue for [`crate::transfer`].
+
+mod attachments;
+mod close;
+mod error;
+mod groups;
+mod handle;
+mod inbox;
+mod link;
+mod messages;
+mod open;
+mod queries;
+
+pub use error::DeviceError;
+pub use handle::{DEFAULT_TIMEOUT, Device};
+pub use inbox::{Incoming, message_view};
+pub use messages::Sent;
