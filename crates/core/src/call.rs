@@ -24,119 +24,20 @@
 use std::collections::{BTreeMap, HashMap};
 
 use cove_wire::{DeviceId, GroupId, UserName};
-use serde::{Deserialize, Serialize};
 
 use crate::content::Content;
 use crate::types::ReceivedContent;
 
-/// Largest SDP carried (bytes).
-pub const MAX_SDP_BYTES: usize = 64 * 1024;
-/// Largest ICE candidate carried (bytes).
-pub const MAX_CANDIDATE_BYTES: usize = 1024;
-/// Largest DTLS fingerprint string carried (bytes).
-pub const MAX_FINGERPRINT_BYTES: usize = 256;
+pub use crate::call_signal::{
+    CallId, CallMessage, CallMessageError, CallSignal, MAX_CANDIDATE_BYTES, MAX_FINGERPRINT_BYTES,
+    MAX_SDP_BYTES,
+};
+
 /// Signalling older than this (by the sender's clock) is ignored: a call offer found in the
 /// backlog after a minute does not ring.
 pub const MAX_SIGNAL_AGE_MS: u64 = 60_000;
 /// Most participants of one call (full mesh).
 pub const MAX_PARTICIPANTS: usize = 6;
-
-/// A random call id chosen by the caller; also the context of the SFrame key export.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct CallId(pub [u8; 16]);
-
-impl CallId {
-    /// Lowercase hex.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl std::fmt::Debug for CallId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CallId({})", self.to_hex())
-    }
-}
-
-/// One call-signalling message (the content of [`Content::Call`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallMessage {
-    /// The call.
-    pub call_id: CallId,
-    /// The device it is for (`None`: every member, e.g. a hang-up).
-    pub to: Option<DeviceId>,
-    /// What it says.
-    pub signal: CallSignal,
-}
-
-/// The signalling values (mirroring `cove_media::Signal`, plus call state).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CallSignal {
-    /// An SDP offer and the DTLS fingerprint it commits to (signed with the message).
-    Offer {
-        /// The SDP.
-        sdp: String,
-        /// `"sha-256 AB:CD:..."`.
-        fingerprint: String,
-        /// Whether the caller sends video.
-        video: bool,
-    },
-    /// An SDP answer and its DTLS fingerprint.
-    Answer {
-        /// The SDP.
-        sdp: String,
-        /// `"sha-256 AB:CD:..."`.
-        fingerprint: String,
-    },
-    /// A trickled ICE candidate.
-    Candidate {
-        /// The `candidate:` attribute.
-        candidate: String,
-        /// Media section id.
-        sdp_mid: Option<String>,
-        /// Media section index.
-        sdp_mline_index: Option<u16>,
-        /// ICE username fragment.
-        username_fragment: Option<String>,
-    },
-    /// The sender left the call.
-    HangUp,
-    /// The sender is in another call.
-    Busy,
-    /// The sender declined the call.
-    Decline,
-}
-
-impl CallMessage {
-    /// Checks the size limits.
-    pub fn validate(&self) -> Result<(), String> {
-        let too_long = |s: &str, max: usize| s.len() > max;
-        match &self.signal {
-            CallSignal::Offer {
-                sdp, fingerprint, ..
-            }
-            | CallSignal::Answer { sdp, fingerprint } => {
-                if too_long(sdp, MAX_SDP_BYTES) || too_long(fingerprint, MAX_FINGERPRINT_BYTES) {
-                    return Err("SDP or fingerprint too long".into());
-                }
-            }
-            CallSignal::Candidate {
-                candidate,
-                sdp_mid,
-                username_fragment,
-                ..
-            } => {
-                let extra = sdp_mid.as_deref().map_or(0, str::len)
-                    + username_fragment.as_deref().map_or(0, str::len);
-                if too_long(candidate, MAX_CANDIDATE_BYTES) || extra > MAX_CANDIDATE_BYTES {
-                    return Err("ICE candidate too long".into());
-                }
-            }
-            CallSignal::HangUp | CallSignal::Busy | CallSignal::Decline => {}
-        }
-        Ok(())
-    }
-}
 
 /// A member device of a group, with its MLS leaf index (see `Client::group_members`).
 #[derive(Clone, Debug, PartialEq, Eq)]

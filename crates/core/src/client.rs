@@ -351,7 +351,7 @@ impl<S: Store> Client<S> {
         let mut out = Vec::new();
         for m in stored {
             if let Ok(env) = Envelope::decode(&m.content)
-                && let Some((text, attachment)) = crate::attachment::chat_parts(env.content)
+                && let Some((text, attachment)) = env.content.into_chat_parts()
             {
                 out.push(ChatMessage {
                     group: id,
@@ -1698,7 +1698,7 @@ impl<S: Store> Client<S> {
     /// The Message event for stored message `m` with its (already decoded) content, if
     /// that content is shown to the user.
     fn chat_event(&self, m: &StoredMessage, content: Content) -> Option<Event> {
-        let (text, attachment) = crate::attachment::chat_parts(content)?;
+        let (text, attachment) = content.into_chat_parts()?;
         Some(Event::Message(ChatMessage {
             group: m.group,
             group_name: self

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attachment::AttachmentPointer;
+
 /// Envelope version written by this crate.
 pub const ENVELOPE_VERSION: u8 = 1;
 
@@ -44,10 +46,10 @@ pub enum Content {
     LeaveRequest,
     /// A file: where its ciphertext is on the relay and how to decrypt and verify it (see
     /// `PROTOCOL.md`, "Attachments and share links").
-    Attachment(crate::attachment::AttachmentPointer),
+    Attachment(AttachmentPointer),
     /// Call signalling (offer, answer, ICE candidate, hang-up, busy, decline) for one call;
     /// see [`crate::call`] and `PROTOCOL.md`, "Calls".
-    Call(crate::call::CallMessage),
+    Call(crate::call_signal::CallMessage),
 }
 
 /// Why an envelope could not be decoded.
@@ -89,6 +91,19 @@ impl Envelope {
             return Err(ContentError::Malformed("trailing bytes".into()));
         }
         Ok(env)
+    }
+}
+
+impl Content {
+    /// The parts of a content that is a chat message: its text (empty for a file: how a file
+    /// is described is the shell's business) and, for a file, its pointer. `None` for content
+    /// that is not a chat message (group renames, leave requests, call signalling).
+    pub(crate) fn into_chat_parts(self) -> Option<(String, Option<AttachmentPointer>)> {
+        match self {
+            Content::Text { text } => Some((text, None)),
+            Content::Attachment(p) => Some((String::new(), Some(p))),
+            _ => None,
+        }
     }
 }
 

@@ -34,6 +34,7 @@
 
 pub mod attachment;
 pub mod call;
+mod call_signal;
 mod client;
 pub mod content;
 pub mod provider;
