@@ -1522,7 +1522,7 @@ impl<S: Store> Client<S> {
                     // Our own message: move it from the outbox to the history at this seq.
                     for item in store.outbox().map_err(|e| e.to_string())? {
                         if item.group == group && item.payload == entry.payload.as_bytes() {
-                            let msg = own_message(&self.identity, entry.seq, &item);
+                            let msg = own_message(&self.identity, entry.sender, entry.seq, &item);
                             record_own(store, &item, &msg).map_err(|e| e.to_string())?;
                             out.events.extend(self.to_chat_event(&msg));
                             if let Some(op) = self.outbox_ops.remove(&item.local_id) {
@@ -1723,7 +1723,7 @@ impl<S: Store> Client<S> {
         m: &MemberId,
         events: &mut Vec<Event>,
     ) -> Result<bool, StoreError> {
-        if m.device == self.identity.device.unwrap_or(DeviceId(u64::MAX)) {
+        if Some(m.device) == self.identity.device {
             return Ok(true);
         }
         let Ok(key) = <[u8; 32]>::try_from(m.key.as_slice()) else {
@@ -2116,8 +2116,8 @@ impl<S: Store> Client<S> {
         // Our own user: only devices not yet in the group (never this one) are added.
         let devices = if own {
             let present: BTreeSet<DeviceId> = self
-                .groups
-                .get(&self.op_group(op))
+                .op_group(op)
+                .and_then(|group| self.groups.get(&group))
                 .map(|g| {
                     g.members()
                         .filter_map(|m| member_id(&m).ok().map(|id| id.device))
@@ -2176,11 +2176,11 @@ impl<S: Store> Client<S> {
         self.directory_progress(op);
     }
 
-    /// The group of a change (the zero id when `op` is not a change).
-    fn op_group(&self, op: OpId) -> GroupId {
+    /// The group of a change (`None` when `op` is not a change).
+    fn op_group(&self, op: OpId) -> Option<GroupId> {
         match self.ops.get(&op).map(|o| &o.kind) {
-            Some(OpKind::Change(c)) => c.group,
-            _ => GroupId([0; 16]),
+            Some(OpKind::Change(c)) => Some(c.group),
+            _ => None,
         }
     }
 
@@ -2619,7 +2619,13 @@ impl<S: Store> Client<S> {
         };
         match result {
             Ok(Reply::Posted { seq }) => {
-                let msg = own_message(&self.identity, seq, &item);
+                let Some(device) = self.identity.device else {
+                    // Posts are sent only once authenticated, hence registered.
+                    return Err(HandleError::Protocol(
+                        "a Posted reply before registration".into(),
+                    ));
+                };
+                let msg = own_message(&self.identity, device, seq, &item);
                 store.begin()?;
                 if let Err(e) = record_own(store, &item, &msg) {
                     let _ = store.rollback();
@@ -2794,12 +2800,18 @@ struct Outcome {
     leave_requests: Vec<DeviceId>,
 }
 
-fn own_message(identity: &Identity, seq: Seq, item: &OutboxItem) -> StoredMessage {
+/// Our own message `item`, sent by this `device`, as stored at `seq`.
+fn own_message(
+    identity: &Identity,
+    device: DeviceId,
+    seq: Seq,
+    item: &OutboxItem,
+) -> StoredMessage {
     StoredMessage {
         group: item.group,
         seq,
         from: identity.user.clone(),
-        from_device: identity.device.unwrap_or_default(),
+        from_device: device,
         message_id: item.message_id,
         sent_at_ms: item.sent_at_ms,
         content: item.content.clone(),
