@@ -26,6 +26,7 @@ use sha2::{Digest, Sha512};
 use zeroize::Zeroizing;
 
 use crate::content::{Content, ENVELOPE_VERSION, Envelope, MAX_TEXT_BYTES};
+use crate::error::{CredentialError, EntryError, KeyPackageError, WelcomeError};
 use crate::provider::CoveProvider;
 use crate::types::*;
 
@@ -1214,24 +1215,22 @@ impl<S: Store> Client<S> {
         group: GroupId,
         commit_seq: Seq,
         sender: DeviceId,
-    ) -> Result<Vec<Event>, String> {
+    ) -> Result<Vec<Event>, WelcomeError> {
         let msg = MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
-            .map_err(|e| format!("undecodable Welcome: {e}"))?;
+            .map_err(WelcomeError::Undecodable)?;
         let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
-            return Err("not a Welcome".into());
+            return Err(WelcomeError::NotWelcome);
         };
         let held = self.groups.get(&group).map(|g| g.epoch().as_u64());
         let mut builder =
             StagedWelcome::build_from_welcome(&self.provider, &join_config(), welcome)
-                .map_err(|e| format!("Welcome rejected: {e}"))?;
+                .map_err(WelcomeError::Rejected)?;
         if held.is_some() {
             builder = builder.replace_old_group();
         }
-        let staged = builder
-            .build()
-            .map_err(|e| format!("Welcome rejected: {e}"))?;
+        let staged = builder.build().map_err(WelcomeError::Rejected)?;
         if staged.group_context().group_id().as_slice() != group.0 {
-            return Err("Welcome is for another group than announced".into());
+            return Err(WelcomeError::OtherGroup);
         }
         let mut events = Vec::new();
         if let Some(ours) = held {
@@ -1241,13 +1240,11 @@ impl<S: Store> Client<S> {
             // earlier one is a replay.
             let offered = staged.group_context().epoch().as_u64();
             if offered <= ours {
-                return Err(format!(
-                    "already a member (the Welcome is for epoch {offered}, we are at {ours})"
-                ));
+                return Err(WelcomeError::AlreadyMember { offered, ours });
             }
             if let Some(mut old) = self.groups.remove(&group) {
                 old.delete(self.provider.storage())
-                    .map_err(|e| format!("could not drop the stale group state: {e}"))?;
+                    .map_err(WelcomeError::DropStale)?;
             }
             events.push(Event::Warning(format!(
                 "re-added to group {group} at epoch {offered} while this device still held \
@@ -1257,20 +1254,19 @@ impl<S: Store> Client<S> {
         }
         let mls = staged
             .into_group(&self.provider)
-            .map_err(|e| format!("join failed: {e}"))?;
+            .map_err(WelcomeError::Join)?;
         let mut by = None;
         for m in mls.members() {
             let id = member_id(&m)?;
             if id.device == sender {
                 by = Some(id.user.clone());
             }
-            self.check_pin(now_ms, &id, &mut events)
-                .map_err(|e| e.to_string())?;
+            self.check_pin(now_ms, &id, &mut events)?;
             if Some(id.device) != self.identity.device {
                 self.to_verify.insert(id.user.clone());
             }
         }
-        let by = by.ok_or("the Welcome's sender is not a member")?;
+        let by = by.ok_or(WelcomeError::SenderNotMember)?;
         let name = mls
             .extensions()
             .unknown(GROUP_NAME_EXTENSION)
@@ -1283,10 +1279,8 @@ impl<S: Store> Client<S> {
             joined_at_ms: now_ms,
         };
         let store = self.provider.store();
-        store.put_group(&record).map_err(|e| e.to_string())?;
-        store
-            .set_cursor(&Stream::Group(group), commit_seq)
-            .map_err(|e| e.to_string())?;
+        store.put_group(&record)?;
+        store.set_cursor(&Stream::Group(group), commit_seq)?;
         self.records.insert(group, record);
         self.groups.insert(group, mls);
         events.insert(0, Event::Joined { group, name, by });
@@ -1492,12 +1486,16 @@ impl<S: Store> Client<S> {
         }
     }
 
-    fn apply_entry_in_tx(&mut self, now_ms: u64, entry: &GroupEntry) -> Result<Outcome, String> {
+    fn apply_entry_in_tx(
+        &mut self,
+        now_ms: u64,
+        entry: &GroupEntry,
+    ) -> Result<Outcome, EntryError> {
         let group = entry.group;
         let me = self.identity.device;
         let mut out = Outcome::default();
         let store = self.provider.store();
-        let mls = self.groups.get_mut(&group).ok_or("not a member")?;
+        let mls = self.groups.get_mut(&group).ok_or(EntryError::NotMember)?;
         let our_epoch = mls.epoch().as_u64();
 
         if Some(entry.sender) == me {
@@ -1506,7 +1504,7 @@ impl<S: Store> Client<S> {
                     if mls.pending_commit().is_some() && entry.epoch.0 == our_epoch {
                         // Our own commit, accepted (its Posted reply may be lost or later).
                         mls.merge_pending_commit(&self.provider)
-                            .map_err(|e| e.to_string())?;
+                            .map_err(EntryError::MergePending)?;
                         out.merged = true;
                         out.completed_op = self
                             .ops
@@ -1520,10 +1518,10 @@ impl<S: Store> Client<S> {
                 }
                 EntryKind::Application => {
                     // Our own message: move it from the outbox to the history at this seq.
-                    for item in store.outbox().map_err(|e| e.to_string())? {
+                    for item in store.outbox()? {
                         if item.group == group && item.payload == entry.payload.as_bytes() {
                             let msg = own_message(&self.identity, entry.sender, entry.seq, &item);
-                            record_own(store, &item, &msg).map_err(|e| e.to_string())?;
+                            record_own(store, &item, &msg)?;
                             out.events.extend(self.to_chat_event(&msg));
                             if let Some(op) = self.outbox_ops.remove(&item.local_id) {
                                 out.completed_op = Some(op);
@@ -1543,18 +1541,18 @@ impl<S: Store> Client<S> {
         }
 
         let msg = MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
-            .map_err(|e| format!("undecodable MLS message: {e}"))?;
+            .map_err(EntryError::Undecodable)?;
         let protocol = msg
             .try_into_protocol_message()
-            .map_err(|e| format!("not a group message: {e}"))?;
+            .map_err(EntryError::NotGroupMessage)?;
         let is_commit = matches!(entry.kind, EntryKind::Commit { .. });
         if is_commit && mls.pending_commit().is_some() {
             // Another member's commit won this epoch: drop ours (the command retries).
-            mls.clear_pending_commit(store).map_err(|e| e.to_string())?;
+            mls.clear_pending_commit(store)?;
         }
         let processed = mls
             .process_message(&self.provider, protocol)
-            .map_err(|e| format!("{e}"))?;
+            .map_err(EntryError::Process)?;
         let sender_leaf = match processed.sender() {
             Sender::Member(idx) => idx.u32(),
             _ => u32::MAX,
@@ -1563,25 +1561,23 @@ impl<S: Store> Client<S> {
             Sender::Member(idx) => mls
                 .member_at(*idx)
                 .and_then(|m| member_id(&m).ok())
-                .ok_or("unknown sender")?,
-            _ => return Err("not sent by a member".into()),
+                .ok_or(EntryError::UnknownSender)?,
+            _ => return Err(EntryError::NotFromMember),
         };
         if sender_id.device != entry.sender {
-            return Err(format!(
-                "relay says device {} sent it, MLS says device {}",
-                entry.sender, sender_id.device
-            ));
+            return Err(EntryError::SenderMismatch {
+                relay: entry.sender,
+                mls: sender_id.device,
+            });
         }
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let bytes = app.into_bytes();
-                let env = Envelope::decode(&bytes).map_err(|e| e.to_string())?;
-                if store.is_seen(&group, &env.id).map_err(|e| e.to_string())? {
-                    return Err("duplicate message id".into());
+                let env = Envelope::decode(&bytes)?;
+                if store.is_seen(&group, &env.id)? {
+                    return Err(EntryError::Duplicate);
                 }
-                store
-                    .mark_seen(&group, &env.id)
-                    .map_err(|e| e.to_string())?;
+                store.mark_seen(&group, &env.id)?;
                 match &env.content {
                     Content::Text { .. } => {}
                     Content::GroupInfo { name } => {
@@ -1589,7 +1585,7 @@ impl<S: Store> Client<S> {
                             && name.len() <= MAX_GROUP_NAME
                         {
                             r.name = name.clone();
-                            store.put_group(r).map_err(|e| e.to_string())?;
+                            store.put_group(r)?;
                         }
                     }
                     Content::LeaveRequest => out.leave_requests.push(sender_id.device),
@@ -1604,7 +1600,7 @@ impl<S: Store> Client<S> {
                     sent_at_ms: env.sent_at_ms,
                     content: bytes,
                 };
-                store.put_message(&stored).map_err(|e| e.to_string())?;
+                store.put_message(&stored)?;
                 // What the user sees (text, attachments) is a Message; anything else goes
                 // to the module that handles it as Content.
                 if let Some(ev) = self.chat_event(&stored, env.content.clone()) {
@@ -1643,32 +1639,30 @@ impl<S: Store> Client<S> {
                         let mut id = parse_credential(leaf.credential())?;
                         id.key = leaf.signature_key().as_slice().to_vec();
                         if id.device != sender_id.device || id.user != sender_id.user {
-                            return Err("a commit changed the committer's identity".into());
+                            return Err(EntryError::IdentityChanged);
                         }
                         Some(id)
                     }
                     None => None,
                 };
                 mls.merge_staged_commit(&self.provider, *staged)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(EntryError::Merge)?;
                 out.merged = true;
                 if removed_self {
                     out.removed = true;
                     if let Some(r) = self.records.get_mut(&group) {
                         r.membership = Membership::Removed;
-                        store.put_group(r).map_err(|e| e.to_string())?;
+                        store.put_group(r)?;
                     }
                     out.events.push(Event::RemovedFromGroup { group });
                     return Ok(out);
                 }
                 let mut pin_events = Vec::new();
                 if let Some(id) = &updated {
-                    self.check_pin(now_ms, id, &mut pin_events)
-                        .map_err(|e| e.to_string())?;
+                    self.check_pin(now_ms, id, &mut pin_events)?;
                 }
                 for m in &added {
-                    self.check_pin(now_ms, m, &mut pin_events)
-                        .map_err(|e| e.to_string())?;
+                    self.check_pin(now_ms, m, &mut pin_events)?;
                     if Some(sender_id.device) != self.identity.device {
                         self.to_verify.insert(m.user.clone());
                     }
@@ -1684,7 +1678,7 @@ impl<S: Store> Client<S> {
                 out.events.extend(pin_events);
             }
             _ => {
-                return Err("proposals are not used by Cove".into());
+                return Err(EntryError::Proposal);
             }
         }
         Ok(out)
@@ -2306,7 +2300,7 @@ impl<S: Store> Client<S> {
                     Err(reason) => {
                         failure = Some(OpError::InvalidKeyMaterial {
                             user: user.clone(),
-                            reason,
+                            reason: reason.to_string(),
                         });
                     }
                 }
@@ -2862,17 +2856,13 @@ pub fn credential_identity(user: &UserName, device: DeviceId) -> Vec<u8> {
     format!("cove:{}:{}", user, device.0).into_bytes()
 }
 
-fn parse_credential(credential: &Credential) -> Result<MemberId, String> {
-    let basic = BasicCredential::try_from(credential.clone()).map_err(|e| e.to_string())?;
-    let text = std::str::from_utf8(basic.identity()).map_err(|_| "credential is not UTF-8")?;
-    let rest = text.strip_prefix("cove:").ok_or("not a Cove credential")?;
-    let (user, device) = rest.rsplit_once(':').ok_or("malformed credential")?;
-    let user = UserName::new(user).map_err(|e| e.to_string())?;
-    let device = DeviceId(
-        device
-            .parse()
-            .map_err(|_| "malformed device id in credential")?,
-    );
+fn parse_credential(credential: &Credential) -> Result<MemberId, CredentialError> {
+    let basic = BasicCredential::try_from(credential.clone())?;
+    let text = std::str::from_utf8(basic.identity()).map_err(|_| CredentialError::NotUtf8)?;
+    let rest = text.strip_prefix("cove:").ok_or(CredentialError::NotCove)?;
+    let (user, device) = rest.rsplit_once(':').ok_or(CredentialError::Malformed)?;
+    let user = UserName::new(user)?;
+    let device = DeviceId(device.parse().map_err(|_| CredentialError::DeviceId)?);
     Ok(MemberId {
         user,
         device,
@@ -2880,7 +2870,7 @@ fn parse_credential(credential: &Credential) -> Result<MemberId, String> {
     })
 }
 
-fn member_id(m: &openmls::prelude::Member) -> Result<MemberId, String> {
+fn member_id(m: &openmls::prelude::Member) -> Result<MemberId, CredentialError> {
     let mut id = parse_credential(&m.credential)?;
     id.key = m.signature_key.clone();
     Ok(id)
@@ -2891,29 +2881,29 @@ fn validate_key_package<S: Store>(
     user: &UserName,
     claimed: &ClaimedKeyPackage,
     directory: &[DeviceInfo],
-) -> Result<KeyPackage, String> {
+) -> Result<KeyPackage, KeyPackageError> {
     let msg = MlsMessageIn::tls_deserialize_exact(claimed.key_package.as_bytes())
-        .map_err(|e| format!("undecodable KeyPackage: {e}"))?;
+        .map_err(KeyPackageError::Undecodable)?;
     let MlsMessageBodyIn::KeyPackage(kp_in) = msg.extract() else {
-        return Err("not a KeyPackage".into());
+        return Err(KeyPackageError::NotKeyPackage);
     };
     let kp_in: KeyPackageIn = kp_in;
     let kp = kp_in
         .validate(provider.crypto(), ProtocolVersion::Mls10)
-        .map_err(|e| format!("invalid KeyPackage: {e}"))?;
+        .map_err(KeyPackageError::Invalid)?;
     if kp.ciphersuite() != CIPHERSUITE {
-        return Err("KeyPackage has the wrong ciphersuite".into());
+        return Err(KeyPackageError::WrongCiphersuite);
     }
     let id = parse_credential(kp.leaf_node().credential())?;
     if &id.user != user || id.device != claimed.device {
-        return Err("KeyPackage credential names another device".into());
+        return Err(KeyPackageError::OtherDevice);
     }
     let dir = directory
         .iter()
         .find(|d| d.device == claimed.device)
-        .ok_or("KeyPackage for a device not in the directory")?;
+        .ok_or(KeyPackageError::NotInDirectory)?;
     if kp.leaf_node().signature_key().as_slice() != dir.key.0 {
-        return Err("KeyPackage signature key differs from the directory key".into());
+        return Err(KeyPackageError::KeyMismatch);
     }
     Ok(kp)
 }

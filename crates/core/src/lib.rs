@@ -37,6 +37,7 @@ pub mod call;
 mod call_signal;
 mod client;
 pub mod content;
+mod error;
 pub mod provider;
 mod types;
 
