@@ -1024,9 +1024,7 @@ impl<S: Store> Client<S> {
             }
             (Pending::Auth { .. }, Err(e)) => {
                 self.conn = Conn::Disconnected;
-                Err(HandleError::Protocol(format!(
-                    "authentication refused: {e}"
-                )))
+                Err(HandleError::AuthRefused(e))
             }
             (
                 Pending::Stock,

@@ -266,6 +266,10 @@ pub enum HandleError {
     /// The relay sent something that violates the protocol.
     #[error("protocol violation by the relay: {0}")]
     Protocol(String),
+    /// The relay refused to authenticate this device (e.g. it is revoked or unknown): a
+    /// retry cannot succeed. The client is disconnected.
+    #[error("authentication refused: {0}")]
+    AuthRefused(cove_wire::ErrorReply),
     /// The relay closed the connection (`Closing`); reconnect later unless it says otherwise.
     #[error("the relay is closing the connection: {0:?}")]
     Closing(cove_wire::ErrorCode),
