@@ -26,7 +26,10 @@ use sha2::{Digest, Sha512};
 use zeroize::Zeroizing;
 
 use crate::content::{Content, ENVELOPE_VERSION, Envelope, MAX_TEXT_BYTES};
-use crate::error::{CredentialError, EntryError, KeyPackageError, WelcomeError};
+use crate::error::{
+    CommitBuildError, CredentialError, EntryError, KeyPackageBuildError, KeyPackageError,
+    WelcomeError,
+};
 use crate::provider::CoveProvider;
 use crate::types::*;
 
@@ -1102,16 +1105,16 @@ impl<S: Store> Client<S> {
         let cred = self.credential_with_key(device);
         let store = self.provider.store();
         store.begin()?;
-        let result = (|| -> Result<(Vec<Payload>, Option<Payload>), String> {
+        let result = (|| -> Result<(Vec<Payload>, Option<Payload>), KeyPackageBuildError> {
             let mut kps = Vec::with_capacity(KEY_PACKAGE_BATCH);
             for _ in 0..KEY_PACKAGE_BATCH {
                 let bundle = KeyPackage::builder()
                     .leaf_node_capabilities(capabilities())
                     .build(CIPHERSUITE, &self.provider, &self.signer, cred.clone())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(KeyPackageBuildError::New)?;
                 let bytes = openmls::prelude::MlsMessageOut::from(bundle.key_package().clone())
                     .to_bytes()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(KeyPackageBuildError::Encode)?;
                 kps.push(Payload(bytes));
             }
             let last_resort = if with_last_resort {
@@ -1119,10 +1122,10 @@ impl<S: Store> Client<S> {
                     .leaf_node_capabilities(capabilities())
                     .mark_as_last_resort()
                     .build(CIPHERSUITE, &self.provider, &self.signer, cred.clone())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(KeyPackageBuildError::New)?;
                 let bytes = openmls::prelude::MlsMessageOut::from(bundle.key_package().clone())
                     .to_bytes()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(KeyPackageBuildError::Encode)?;
                 Some(Payload(bytes))
             } else {
                 None
@@ -2368,31 +2371,37 @@ impl<S: Store> Client<S> {
             self.finish(op, Err(OpError::Storage(e.to_string())));
             return;
         }
-        let built = (|| -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+        let built = (|| -> Result<(Vec<u8>, Option<Vec<u8>>), CommitBuildError> {
             if !to_add.is_empty() && !to_remove.is_empty() {
-                return Err("add and remove in one command are not supported".into());
+                return Err(CommitBuildError::AddAndRemove);
             }
             if to_add.is_empty() && to_remove.is_empty() {
                 let bundle = mls
                     .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
-                    .map_err(|e| e.to_string())?;
-                return Ok((bundle.commit().to_bytes().map_err(|e| e.to_string())?, None));
+                    .map_err(CommitBuildError::SelfUpdate)?;
+                return Ok((
+                    bundle
+                        .commit()
+                        .to_bytes()
+                        .map_err(CommitBuildError::Encode)?,
+                    None,
+                ));
             }
             if !to_add.is_empty() {
                 let kps: Vec<KeyPackage> = to_add.iter().map(|(_, kp)| kp.clone()).collect();
                 let (commit, welcome, _) = mls
                     .add_members(&self.provider, &self.signer, &kps)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(CommitBuildError::Add)?;
                 Ok((
-                    commit.to_bytes().map_err(|e| e.to_string())?,
-                    Some(welcome.to_bytes().map_err(|e| e.to_string())?),
+                    commit.to_bytes().map_err(CommitBuildError::Encode)?,
+                    Some(welcome.to_bytes().map_err(CommitBuildError::Encode)?),
                 ))
             } else {
                 let leaves: Vec<LeafNodeIndex> = to_remove.iter().map(|(i, _)| *i).collect();
                 let (commit, _, _) = mls
                     .remove_members(&self.provider, &self.signer, &leaves)
-                    .map_err(|e| e.to_string())?;
-                Ok((commit.to_bytes().map_err(|e| e.to_string())?, None))
+                    .map_err(CommitBuildError::Remove)?;
+                Ok((commit.to_bytes().map_err(CommitBuildError::Encode)?, None))
             }
         })();
         let (commit, welcome) = match built {
@@ -2400,7 +2409,7 @@ impl<S: Store> Client<S> {
             Err(e) => {
                 let _ = store.rollback();
                 self.reload_group(&group);
-                self.finish(op, Err(OpError::Mls(e)));
+                self.finish(op, Err(OpError::Mls(e.to_string())));
                 return;
             }
         };

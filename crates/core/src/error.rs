@@ -8,10 +8,11 @@
 use cove_store::StoreError;
 use cove_wire::DeviceId;
 
-use openmls::framing::errors::ProtocolMessageError;
+use openmls::framing::errors::{MlsMessageError, ProtocolMessageError};
 use openmls::prelude::{
-    BasicCredentialError, KeyPackageVerifyError, MergeCommitError, MergePendingCommitError,
-    ProcessMessageError, WelcomeError as MlsWelcomeError, tls_codec,
+    AddMembersError, BasicCredentialError, KeyPackageNewError, KeyPackageVerifyError,
+    MergeCommitError, MergePendingCommitError, ProcessMessageError, RemoveMembersError,
+    SelfUpdateError, WelcomeError as MlsWelcomeError, tls_codec,
 };
 
 use crate::content::ContentError;
@@ -164,4 +165,37 @@ pub enum EntryError {
     /// This device: storage failed.
     #[error("{0}")]
     Store(#[from] StoreError),
+}
+
+/// Why this device could not build a commit for a membership change or a key update. Passed
+/// to the command as [`crate::OpError::Mls`] (its text).
+#[derive(Debug, thiserror::Error)]
+pub enum CommitBuildError {
+    /// The caller: one command both adds and removes members.
+    #[error("add and remove in one command are not supported")]
+    AddAndRemove,
+    /// openmls could not build a key update.
+    #[error("{0}")]
+    SelfUpdate(SelfUpdateError<StoreError>),
+    /// openmls could not build an add.
+    #[error("{0}")]
+    Add(AddMembersError<StoreError>),
+    /// openmls could not build a removal.
+    #[error("{0}")]
+    Remove(RemoveMembersError<StoreError>),
+    /// The commit or Welcome could not be encoded.
+    #[error("{0}")]
+    Encode(MlsMessageError),
+}
+
+/// Why this device could not generate KeyPackages (reported as a warning; retried at the
+/// next stock check).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyPackageBuildError {
+    /// openmls could not build one.
+    #[error("{0}")]
+    New(KeyPackageNewError),
+    /// It could not be encoded.
+    #[error("{0}")]
+    Encode(MlsMessageError),
 }
