@@ -197,10 +197,7 @@ impl<S: Store> Client<S> {
         }
         let provider = CoveProvider::new(store, rng_seed);
         let mut seed = Zeroizing::new([0u8; 32]);
-        provider
-            .rng()
-            .fill(seed.as_mut())
-            .map_err(|e| OpenError::Mls(e.to_string()))?;
+        provider.rng().fill(seed.as_mut()).map_err(OpenError::Rng)?;
         let signing_key = SigningKey::from_bytes(&seed);
         let identity = Identity {
             user,
@@ -235,7 +232,7 @@ impl<S: Store> Client<S> {
                         groups.insert(record.id, g);
                     }
                     Ok(None) => {}
-                    Err(e) => return Err(OpenError::Mls(e.to_string())),
+                    Err(e) => return Err(OpenError::Mls(e)),
                 }
             }
             records.insert(record.id, record);
@@ -475,7 +472,7 @@ impl<S: Store> Client<S> {
             .get(group)
             .ok_or_else(|| QueryError::UnknownGroup(group.to_hex()))?;
         mls.export_secret(self.provider.crypto(), label, context, length)
-            .map_err(|e| QueryError::Mls(e.to_string()))
+            .map_err(QueryError::Export)
     }
 
     /// The member devices of a group with their MLS leaf indexes (for calls).
@@ -700,7 +697,7 @@ impl<S: Store> Client<S> {
         self.provider
             .rng()
             .fill(&mut id)
-            .map_err(|e| CommandError::Mls(e.to_string()))?;
+            .map_err(CommandError::Rng)?;
         let op = self.new_op(OpKind::CreateGroup {
             group: GroupId(id),
             name: name.to_string(),
@@ -799,16 +796,14 @@ impl<S: Store> Client<S> {
         self.provider
             .rng()
             .fill(&mut message_id)
-            .map_err(|e| CommandError::Mls(e.to_string()))?;
+            .map_err(CommandError::Rng)?;
         let env = Envelope {
             version: ENVELOPE_VERSION,
             id: message_id,
             sent_at_ms: now_ms,
             content,
         };
-        let bytes = env
-            .encode()
-            .map_err(|e| CommandError::Invalid(e.to_string()))?;
+        let bytes = env.encode().map_err(CommandError::Content)?;
         let item = self.seal_into_outbox(None, group, message_id, now_ms, bytes)?;
         let op = self.new_op(OpKind::Send);
         self.outbox_ops.insert(item.local_id, op);
@@ -838,10 +833,8 @@ impl<S: Store> Client<S> {
         let result = (|| -> Result<OutboxItem, CommandError> {
             let out = mls
                 .create_message(&self.provider, &self.signer, &content)
-                .map_err(|e| CommandError::Mls(e.to_string()))?;
-            let payload = out
-                .to_bytes()
-                .map_err(|e| CommandError::Mls(e.to_string()))?;
+                .map_err(CommandError::Seal)?;
+            let payload = out.to_bytes().map_err(CommandError::Encode)?;
             let local_id = match local_id {
                 Some(id) => id,
                 None => store.next_local_id()?,

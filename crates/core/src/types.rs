@@ -236,9 +236,18 @@ pub enum CommandError {
     /// Local storage failed.
     #[error(transparent)]
     Store(#[from] cove_store::StoreError),
-    /// An MLS operation failed locally.
+    /// The random number generator failed (its lock was poisoned).
     #[error("MLS error: {0}")]
-    Mls(String),
+    Rng(#[from] crate::provider::RandError),
+    /// Encrypting the message for the group failed.
+    #[error("MLS error: {0}")]
+    Seal(#[from] openmls::prelude::CreateMessageError),
+    /// Encoding the encrypted message failed.
+    #[error("MLS error: {0}")]
+    Encode(#[from] openmls::framing::errors::MlsMessageError),
+    /// The content cannot be sent (its envelope is too large).
+    #[error("invalid argument: {0}")]
+    Content(#[from] crate::content::ContentError),
 }
 
 /// Why opening or initialising a client failed.
@@ -255,7 +264,10 @@ pub enum OpenError {
     Store(#[from] cove_store::StoreError),
     /// Loading MLS state failed.
     #[error("MLS state could not be loaded: {0}")]
-    Mls(String),
+    Mls(cove_store::StoreError),
+    /// The random number generator failed (its lock was poisoned).
+    #[error("MLS state could not be loaded: {0}")]
+    Rng(#[from] crate::provider::RandError),
 }
 
 /// Why an inbound frame could not be handled. The client stays usable: the shell may log
@@ -294,7 +306,7 @@ pub enum QueryError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] cove_store::StoreError),
-    /// MLS state failed to load.
+    /// The secret could not be exported (e.g. a length over the limit).
     #[error("MLS error: {0}")]
-    Mls(String),
+    Export(#[from] openmls::prelude::ExportSecretError),
 }
