@@ -2009,15 +2009,17 @@ impl<S: Store> Client<S> {
         let (group, name) = (*group, name.clone());
         match result {
             Ok(Reply::GroupCreated) => {}
-            Ok(other) => {
+            Ok(_) => {
                 self.finish(
                     op,
-                    Err(OpError::Relay(format!("unexpected reply {other:?}"))),
+                    Err(OpError::UnexpectedReply {
+                        to: "group creation",
+                    }),
                 );
                 return Ok(());
             }
             Err(e) => {
-                self.finish(op, Err(OpError::Relay(e.to_string())));
+                self.finish(op, Err(OpError::Relay(e)));
                 return Ok(());
             }
         }
@@ -2093,7 +2095,7 @@ impl<S: Store> Client<S> {
         let devices = match reply {
             Reply::Devices { user: u, devices } if u == user => devices.0,
             _ => {
-                self.finish(op, Err(OpError::Relay("unexpected directory reply".into())));
+                self.finish(op, Err(OpError::UnexpectedReply { to: "directory" }));
                 return;
             }
         };
@@ -2216,7 +2218,13 @@ impl<S: Store> Client<S> {
                 None
             }
             Err(e) => {
-                self.finish(op, Err(OpError::Relay(format!("{user}: {e}"))));
+                self.finish(
+                    op,
+                    Err(OpError::UserRefused {
+                        user: user.clone(),
+                        reply: e,
+                    }),
+                );
                 None
             }
         }
@@ -2233,7 +2241,7 @@ impl<S: Store> Client<S> {
                 key_packages,
             } if u == user => key_packages.0,
             _ => {
-                self.finish(op, Err(OpError::Relay("unexpected claim reply".into())));
+                self.finish(op, Err(OpError::UnexpectedReply { to: "claim" }));
                 return;
             }
         };
@@ -2500,10 +2508,10 @@ impl<S: Store> Client<S> {
                     mls.clear_pending_commit(self.provider.storage())?;
                 }
                 let why = match other {
-                    Err(e) => e.to_string(),
-                    Ok(r) => format!("unexpected reply {r:?}"),
+                    Err(e) => OpError::Relay(e),
+                    Ok(_) => OpError::UnexpectedReply { to: "commit" },
                 };
-                self.finish(op, Err(OpError::Relay(why)));
+                self.finish(op, Err(why));
                 Ok(())
             }
         }
@@ -2687,11 +2695,10 @@ impl<S: Store> Client<S> {
                     self.forget_group(item.group, Membership::Removed)?;
                     self.event(Event::RemovedFromGroup { group: item.group });
                 }
-                let why = e.to_string();
                 if let Some(op) = self.outbox_ops.remove(&local_id) {
-                    self.finish(op, Err(OpError::Relay(why)));
+                    self.finish(op, Err(OpError::Relay(e)));
                 } else {
-                    self.warn(format!("a queued message was refused by the relay: {why}"));
+                    self.warn(format!("a queued message was refused by the relay: {e}"));
                 }
             }
             Ok(other) => self.warn(format!("unexpected reply to a post: {other:?}")),

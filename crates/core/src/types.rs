@@ -177,9 +177,24 @@ pub struct GroupInfo {
 /// Why a command failed (reported in [`Event::OpDone`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OpError {
-    /// The relay refused the request.
+    /// The relay refused the request, with its reply (whose code says whether a retry can
+    /// help, e.g. `RateLimited`, or not, e.g. `NotMember`).
     #[error("the relay refused: {0}")]
-    Relay(String),
+    Relay(cove_wire::ErrorReply),
+    /// The relay refused a lookup (directory or KeyPackage claim) for one of the users.
+    #[error("the relay refused: {user}: {reply}")]
+    UserRefused {
+        /// The user looked up.
+        user: UserName,
+        /// The relay's reply.
+        reply: cove_wire::ErrorReply,
+    },
+    /// The relay answered with a reply of the wrong kind (a protocol violation by the relay).
+    #[error("the relay refused: unexpected {to} reply")]
+    UnexpectedReply {
+        /// The request answered ("directory", "claim", ...).
+        to: &'static str,
+    },
     /// A user has no devices or no KeyPackages.
     #[error("user {0} has no device to add")]
     NoDevices(UserName),

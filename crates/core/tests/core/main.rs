@@ -757,7 +757,10 @@ fn a_device_removed_while_offline_learns_it_from_the_relay() {
     net.take_events(bob);
     let op = send(&mut net, bob, "anyone?");
     let result = op_result(&mut net, bob, op);
-    assert!(matches!(result, Err(OpError::Relay(_))), "{result:?}");
+    assert!(
+        matches!(&result, Err(OpError::Relay(r)) if r.code == cove_wire::ErrorCode::NotMember),
+        "{result:?}"
+    );
     let events = net.take_events(bob);
     assert!(
         events
