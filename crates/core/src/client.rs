@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 use crate::content::{Content, ENVELOPE_VERSION, Envelope, MAX_TEXT_BYTES};
 use crate::error::{
     CommitBuildError, CredentialError, EntryError, KeyPackageBuildError, KeyPackageError,
-    WelcomeError,
+    OwnDevicesSkipped, WelcomeError,
 };
 use crate::provider::CoveProvider;
 use crate::types::*;
@@ -1905,7 +1905,7 @@ impl<S: Store> Client<S> {
 
     /// Drops our own user from a change (nothing to add, or its look-up failed: the change
     /// goes on for the other users), then moves the change on if it was waiting only for it.
-    fn drop_own_user(&mut self, op: OpId, why: Option<String>) {
+    fn drop_own_user(&mut self, op: OpId, why: Option<OwnDevicesSkipped>) {
         if let Some(why) = why {
             self.warn(format!("our other devices are not added: {why}"));
         }
@@ -2149,7 +2149,7 @@ impl<S: Store> Client<S> {
         }
         if changed {
             if own {
-                self.drop_own_user(op, Some(format!("a key of {user} changed")));
+                self.drop_own_user(op, Some(OwnDevicesSkipped::KeyChanged(user.clone())));
             } else {
                 self.finish(op, Err(OpError::KeyChanged(user)));
             }
@@ -2214,7 +2214,7 @@ impl<S: Store> Client<S> {
         match result {
             Ok(reply) => Some(reply),
             Err(e) if *user == self.identity.user => {
-                self.drop_own_user(op, Some(e.to_string()));
+                self.drop_own_user(op, Some(OwnDevicesSkipped::Refused(e)));
                 None
             }
             Err(e) => {
@@ -2266,7 +2266,7 @@ impl<S: Store> Client<S> {
             .collect();
         if claimed.is_empty() {
             if own {
-                self.drop_own_user(op, Some("no KeyPackage for them".into()));
+                self.drop_own_user(op, Some(OwnDevicesSkipped::NoKeyPackage));
             } else {
                 self.finish(op, Err(OpError::NoDevices(user)));
             }

@@ -58,9 +58,16 @@ pub enum ContentError {
     /// Larger than the application plaintext limit.
     #[error("application plaintext of {0} bytes exceeds the limit")]
     TooLarge(usize),
-    /// Not a valid envelope (or a content kind this client does not know).
+    /// Not a valid envelope (or a content kind this client does not know): the sender is at
+    /// fault.
     #[error("undecodable application content: {0}")]
-    Malformed(String),
+    Malformed(postcard::Error),
+    /// A valid envelope followed by more bytes: the sender is at fault.
+    #[error("undecodable application content: trailing bytes")]
+    TrailingBytes,
+    /// This envelope could not be encoded (a bug in this client).
+    #[error("application content could not be encoded: {0}")]
+    Encode(postcard::Error),
     /// An envelope version this client does not know.
     #[error("unknown envelope version {0}")]
     UnknownVersion(u8),
@@ -69,8 +76,7 @@ pub enum ContentError {
 impl Envelope {
     /// Encodes the envelope.
     pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
-        let bytes =
-            postcard::to_stdvec(self).map_err(|e| ContentError::Malformed(e.to_string()))?;
+        let bytes = postcard::to_stdvec(self).map_err(ContentError::Encode)?;
         if bytes.len() > cove_wire::limits::MAX_APPLICATION_PLAINTEXT {
             return Err(ContentError::TooLarge(bytes.len()));
         }
@@ -83,12 +89,12 @@ impl Envelope {
             return Err(ContentError::TooLarge(bytes.len()));
         }
         let (env, rest): (Envelope, _) =
-            postcard::take_from_bytes(bytes).map_err(|e| ContentError::Malformed(e.to_string()))?;
+            postcard::take_from_bytes(bytes).map_err(ContentError::Malformed)?;
         if env.version != ENVELOPE_VERSION {
             return Err(ContentError::UnknownVersion(env.version));
         }
         if !rest.is_empty() {
-            return Err(ContentError::Malformed("trailing bytes".into()));
+            return Err(ContentError::TrailingBytes);
         }
         Ok(env)
     }
@@ -121,10 +127,13 @@ mod tests {
         };
         let bytes = e.encode().unwrap_or_default();
         assert_eq!(Envelope::decode(&bytes), Ok(e));
-        assert!(Envelope::decode(&[1, 2, 3]).is_err());
+        assert!(matches!(
+            Envelope::decode(&[1, 2, 3]),
+            Err(ContentError::Malformed(_))
+        ));
         let mut long = bytes.clone();
         long.push(0);
-        assert!(Envelope::decode(&long).is_err());
+        assert_eq!(Envelope::decode(&long), Err(ContentError::TrailingBytes));
         assert!(matches!(
             Envelope::decode(&vec![0; cove_wire::limits::MAX_APPLICATION_PLAINTEXT + 1]),
             Err(ContentError::TooLarge(_))

@@ -199,3 +199,18 @@ pub enum KeyPackageBuildError {
     #[error("{0}")]
     Encode(MlsMessageError),
 }
+
+/// Why this user's other devices are left out of a membership change (reported as a
+/// warning; the change goes on without them).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OwnDevicesSkipped {
+    /// The relay refused the directory lookup or the KeyPackage claim.
+    #[error("{0}")]
+    Refused(cove_wire::ErrorReply),
+    /// The key of one of our own devices changed (accept it first).
+    #[error("a key of {0} changed")]
+    KeyChanged(cove_wire::UserName),
+    /// None of our other devices has a KeyPackage left.
+    #[error("no KeyPackage for them")]
+    NoKeyPackage,
+}
