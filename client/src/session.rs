@@ -488,8 +488,8 @@ impl<S: Store + 'static> Pump<S> {
                                 HandleError::Closing(code) => {
                                     break Ended::Lost(format!("the relay closed the connection ({code:?})"));
                                 }
-                                HandleError::Protocol(reason) if reason.starts_with("authentication refused") => {
-                                    break Ended::Fatal(reason);
+                                refused @ HandleError::AuthRefused(_) => {
+                                    break Ended::Fatal(refused.to_string());
                                 }
                                 other => {
                                     warn!(error = %other, "frame not processed; reconnecting");

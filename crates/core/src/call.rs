@@ -24,11 +24,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use cove_wire::{DeviceId, GroupId, UserName};
-use serde::{Deserialize, Serialize};
 
 use crate::content::Content;
 use crate::types::ReceivedContent;
 
+pub use crate::call_signal::{CallId, CallMessage};
 pub use cove_wire::call::{
     CallSignal, CallSignalError, MAX_CANDIDATE_BYTES, MAX_FINGERPRINT_BYTES, MAX_SDP_BYTES,
 };
@@ -38,41 +38,6 @@ pub use cove_wire::call::{
 pub const MAX_SIGNAL_AGE_MS: u64 = 60_000;
 /// Most participants of one call (full mesh).
 pub const MAX_PARTICIPANTS: usize = 6;
-
-/// A random call id chosen by the caller; also the context of the SFrame key export.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct CallId(pub [u8; 16]);
-
-impl CallId {
-    /// Lowercase hex.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl std::fmt::Debug for CallId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CallId({})", self.to_hex())
-    }
-}
-
-/// One call-signalling message (the content of [`Content::Call`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallMessage {
-    /// The call.
-    pub call_id: CallId,
-    /// The device it is for (`None`: every member, e.g. a hang-up).
-    pub to: Option<DeviceId>,
-    /// What it says.
-    pub signal: CallSignal,
-}
-
-impl CallMessage {
-    /// Checks the size limits (see [`CallSignal::check_limits`]).
-    pub fn validate(&self) -> Result<(), CallSignalError> {
-        self.signal.check_limits()
-    }
-}
 
 /// A member device of a group, with its MLS leaf index (see `Client::group_members`).
 #[derive(Clone, Debug, PartialEq, Eq)]

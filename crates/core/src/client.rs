@@ -26,6 +26,10 @@ use sha2::{Digest, Sha512};
 use zeroize::Zeroizing;
 
 use crate::content::{Content, ENVELOPE_VERSION, Envelope, MAX_TEXT_BYTES};
+use crate::error::{
+    CommitBuildError, CredentialError, EntryError, KeyPackageBuildError, KeyPackageError,
+    OwnDevicesSkipped, WelcomeError,
+};
 use crate::provider::CoveProvider;
 use crate::types::*;
 
@@ -193,10 +197,7 @@ impl<S: Store> Client<S> {
         }
         let provider = CoveProvider::new(store, rng_seed);
         let mut seed = Zeroizing::new([0u8; 32]);
-        provider
-            .rng()
-            .fill(seed.as_mut())
-            .map_err(|e| OpenError::Mls(e.to_string()))?;
+        provider.rng().fill(seed.as_mut()).map_err(OpenError::Rng)?;
         let signing_key = SigningKey::from_bytes(&seed);
         let identity = Identity {
             user,
@@ -231,7 +232,7 @@ impl<S: Store> Client<S> {
                         groups.insert(record.id, g);
                     }
                     Ok(None) => {}
-                    Err(e) => return Err(OpenError::Mls(e.to_string())),
+                    Err(e) => return Err(OpenError::Mls(e)),
                 }
             }
             records.insert(record.id, record);
@@ -351,7 +352,7 @@ impl<S: Store> Client<S> {
         let mut out = Vec::new();
         for m in stored {
             if let Ok(env) = Envelope::decode(&m.content)
-                && let Some((text, attachment)) = crate::attachment::chat_parts(env.content)
+                && let Some((text, attachment)) = env.content.into_chat_parts()
             {
                 out.push(ChatMessage {
                     group: id,
@@ -471,7 +472,7 @@ impl<S: Store> Client<S> {
             .get(group)
             .ok_or_else(|| QueryError::UnknownGroup(group.to_hex()))?;
         mls.export_secret(self.provider.crypto(), label, context, length)
-            .map_err(|e| QueryError::Mls(e.to_string()))
+            .map_err(QueryError::Export)
     }
 
     /// The member devices of a group with their MLS leaf indexes (for calls).
@@ -696,7 +697,7 @@ impl<S: Store> Client<S> {
         self.provider
             .rng()
             .fill(&mut id)
-            .map_err(|e| CommandError::Mls(e.to_string()))?;
+            .map_err(CommandError::Rng)?;
         let op = self.new_op(OpKind::CreateGroup {
             group: GroupId(id),
             name: name.to_string(),
@@ -795,16 +796,14 @@ impl<S: Store> Client<S> {
         self.provider
             .rng()
             .fill(&mut message_id)
-            .map_err(|e| CommandError::Mls(e.to_string()))?;
+            .map_err(CommandError::Rng)?;
         let env = Envelope {
             version: ENVELOPE_VERSION,
             id: message_id,
             sent_at_ms: now_ms,
             content,
         };
-        let bytes = env
-            .encode()
-            .map_err(|e| CommandError::Invalid(e.to_string()))?;
+        let bytes = env.encode().map_err(CommandError::Content)?;
         let item = self.seal_into_outbox(None, group, message_id, now_ms, bytes)?;
         let op = self.new_op(OpKind::Send);
         self.outbox_ops.insert(item.local_id, op);
@@ -834,10 +833,8 @@ impl<S: Store> Client<S> {
         let result = (|| -> Result<OutboxItem, CommandError> {
             let out = mls
                 .create_message(&self.provider, &self.signer, &content)
-                .map_err(|e| CommandError::Mls(e.to_string()))?;
-            let payload = out
-                .to_bytes()
-                .map_err(|e| CommandError::Mls(e.to_string()))?;
+                .map_err(CommandError::Seal)?;
+            let payload = out.to_bytes().map_err(CommandError::Encode)?;
             let local_id = match local_id {
                 Some(id) => id,
                 None => store.next_local_id()?,
@@ -1023,9 +1020,7 @@ impl<S: Store> Client<S> {
             }
             (Pending::Auth { .. }, Err(e)) => {
                 self.conn = Conn::Disconnected;
-                Err(HandleError::Protocol(format!(
-                    "authentication refused: {e}"
-                )))
+                Err(HandleError::AuthRefused(e))
             }
             (
                 Pending::Stock,
@@ -1103,16 +1098,16 @@ impl<S: Store> Client<S> {
         let cred = self.credential_with_key(device);
         let store = self.provider.store();
         store.begin()?;
-        let result = (|| -> Result<(Vec<Payload>, Option<Payload>), String> {
+        let result = (|| -> Result<(Vec<Payload>, Option<Payload>), KeyPackageBuildError> {
             let mut kps = Vec::with_capacity(KEY_PACKAGE_BATCH);
             for _ in 0..KEY_PACKAGE_BATCH {
                 let bundle = KeyPackage::builder()
                     .leaf_node_capabilities(capabilities())
                     .build(CIPHERSUITE, &self.provider, &self.signer, cred.clone())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(KeyPackageBuildError::New)?;
                 let bytes = openmls::prelude::MlsMessageOut::from(bundle.key_package().clone())
                     .to_bytes()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(KeyPackageBuildError::Encode)?;
                 kps.push(Payload(bytes));
             }
             let last_resort = if with_last_resort {
@@ -1120,10 +1115,10 @@ impl<S: Store> Client<S> {
                     .leaf_node_capabilities(capabilities())
                     .mark_as_last_resort()
                     .build(CIPHERSUITE, &self.provider, &self.signer, cred.clone())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(KeyPackageBuildError::New)?;
                 let bytes = openmls::prelude::MlsMessageOut::from(bundle.key_package().clone())
                     .to_bytes()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(KeyPackageBuildError::Encode)?;
                 Some(Payload(bytes))
             } else {
                 None
@@ -1214,24 +1209,22 @@ impl<S: Store> Client<S> {
         group: GroupId,
         commit_seq: Seq,
         sender: DeviceId,
-    ) -> Result<Vec<Event>, String> {
+    ) -> Result<Vec<Event>, WelcomeError> {
         let msg = MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
-            .map_err(|e| format!("undecodable Welcome: {e}"))?;
+            .map_err(WelcomeError::Undecodable)?;
         let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
-            return Err("not a Welcome".into());
+            return Err(WelcomeError::NotWelcome);
         };
         let held = self.groups.get(&group).map(|g| g.epoch().as_u64());
         let mut builder =
             StagedWelcome::build_from_welcome(&self.provider, &join_config(), welcome)
-                .map_err(|e| format!("Welcome rejected: {e}"))?;
+                .map_err(WelcomeError::Rejected)?;
         if held.is_some() {
             builder = builder.replace_old_group();
         }
-        let staged = builder
-            .build()
-            .map_err(|e| format!("Welcome rejected: {e}"))?;
+        let staged = builder.build().map_err(WelcomeError::Rejected)?;
         if staged.group_context().group_id().as_slice() != group.0 {
-            return Err("Welcome is for another group than announced".into());
+            return Err(WelcomeError::OtherGroup);
         }
         let mut events = Vec::new();
         if let Some(ours) = held {
@@ -1241,13 +1234,11 @@ impl<S: Store> Client<S> {
             // earlier one is a replay.
             let offered = staged.group_context().epoch().as_u64();
             if offered <= ours {
-                return Err(format!(
-                    "already a member (the Welcome is for epoch {offered}, we are at {ours})"
-                ));
+                return Err(WelcomeError::AlreadyMember { offered, ours });
             }
             if let Some(mut old) = self.groups.remove(&group) {
                 old.delete(self.provider.storage())
-                    .map_err(|e| format!("could not drop the stale group state: {e}"))?;
+                    .map_err(WelcomeError::DropStale)?;
             }
             events.push(Event::Warning(format!(
                 "re-added to group {group} at epoch {offered} while this device still held \
@@ -1257,20 +1248,19 @@ impl<S: Store> Client<S> {
         }
         let mls = staged
             .into_group(&self.provider)
-            .map_err(|e| format!("join failed: {e}"))?;
+            .map_err(WelcomeError::Join)?;
         let mut by = None;
         for m in mls.members() {
             let id = member_id(&m)?;
             if id.device == sender {
                 by = Some(id.user.clone());
             }
-            self.check_pin(now_ms, &id, &mut events)
-                .map_err(|e| e.to_string())?;
+            self.check_pin(now_ms, &id, &mut events)?;
             if Some(id.device) != self.identity.device {
                 self.to_verify.insert(id.user.clone());
             }
         }
-        let by = by.ok_or("the Welcome's sender is not a member")?;
+        let by = by.ok_or(WelcomeError::SenderNotMember)?;
         let name = mls
             .extensions()
             .unknown(GROUP_NAME_EXTENSION)
@@ -1283,10 +1273,8 @@ impl<S: Store> Client<S> {
             joined_at_ms: now_ms,
         };
         let store = self.provider.store();
-        store.put_group(&record).map_err(|e| e.to_string())?;
-        store
-            .set_cursor(&Stream::Group(group), commit_seq)
-            .map_err(|e| e.to_string())?;
+        store.put_group(&record)?;
+        store.set_cursor(&Stream::Group(group), commit_seq)?;
         self.records.insert(group, record);
         self.groups.insert(group, mls);
         events.insert(0, Event::Joined { group, name, by });
@@ -1492,12 +1480,16 @@ impl<S: Store> Client<S> {
         }
     }
 
-    fn apply_entry_in_tx(&mut self, now_ms: u64, entry: &GroupEntry) -> Result<Outcome, String> {
+    fn apply_entry_in_tx(
+        &mut self,
+        now_ms: u64,
+        entry: &GroupEntry,
+    ) -> Result<Outcome, EntryError> {
         let group = entry.group;
         let me = self.identity.device;
         let mut out = Outcome::default();
         let store = self.provider.store();
-        let mls = self.groups.get_mut(&group).ok_or("not a member")?;
+        let mls = self.groups.get_mut(&group).ok_or(EntryError::NotMember)?;
         let our_epoch = mls.epoch().as_u64();
 
         if Some(entry.sender) == me {
@@ -1506,7 +1498,7 @@ impl<S: Store> Client<S> {
                     if mls.pending_commit().is_some() && entry.epoch.0 == our_epoch {
                         // Our own commit, accepted (its Posted reply may be lost or later).
                         mls.merge_pending_commit(&self.provider)
-                            .map_err(|e| e.to_string())?;
+                            .map_err(EntryError::MergePending)?;
                         out.merged = true;
                         out.completed_op = self
                             .ops
@@ -1520,10 +1512,10 @@ impl<S: Store> Client<S> {
                 }
                 EntryKind::Application => {
                     // Our own message: move it from the outbox to the history at this seq.
-                    for item in store.outbox().map_err(|e| e.to_string())? {
+                    for item in store.outbox()? {
                         if item.group == group && item.payload == entry.payload.as_bytes() {
-                            let msg = own_message(&self.identity, entry.seq, &item);
-                            record_own(store, &item, &msg).map_err(|e| e.to_string())?;
+                            let msg = own_message(&self.identity, entry.sender, entry.seq, &item);
+                            record_own(store, &item, &msg)?;
                             out.events.extend(self.to_chat_event(&msg));
                             if let Some(op) = self.outbox_ops.remove(&item.local_id) {
                                 out.completed_op = Some(op);
@@ -1543,18 +1535,18 @@ impl<S: Store> Client<S> {
         }
 
         let msg = MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
-            .map_err(|e| format!("undecodable MLS message: {e}"))?;
+            .map_err(EntryError::Undecodable)?;
         let protocol = msg
             .try_into_protocol_message()
-            .map_err(|e| format!("not a group message: {e}"))?;
+            .map_err(EntryError::NotGroupMessage)?;
         let is_commit = matches!(entry.kind, EntryKind::Commit { .. });
         if is_commit && mls.pending_commit().is_some() {
             // Another member's commit won this epoch: drop ours (the command retries).
-            mls.clear_pending_commit(store).map_err(|e| e.to_string())?;
+            mls.clear_pending_commit(store)?;
         }
         let processed = mls
             .process_message(&self.provider, protocol)
-            .map_err(|e| format!("{e}"))?;
+            .map_err(EntryError::Process)?;
         let sender_leaf = match processed.sender() {
             Sender::Member(idx) => idx.u32(),
             _ => u32::MAX,
@@ -1563,25 +1555,23 @@ impl<S: Store> Client<S> {
             Sender::Member(idx) => mls
                 .member_at(*idx)
                 .and_then(|m| member_id(&m).ok())
-                .ok_or("unknown sender")?,
-            _ => return Err("not sent by a member".into()),
+                .ok_or(EntryError::UnknownSender)?,
+            _ => return Err(EntryError::NotFromMember),
         };
         if sender_id.device != entry.sender {
-            return Err(format!(
-                "relay says device {} sent it, MLS says device {}",
-                entry.sender, sender_id.device
-            ));
+            return Err(EntryError::SenderMismatch {
+                relay: entry.sender,
+                mls: sender_id.device,
+            });
         }
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let bytes = app.into_bytes();
-                let env = Envelope::decode(&bytes).map_err(|e| e.to_string())?;
-                if store.is_seen(&group, &env.id).map_err(|e| e.to_string())? {
-                    return Err("duplicate message id".into());
+                let env = Envelope::decode(&bytes)?;
+                if store.is_seen(&group, &env.id)? {
+                    return Err(EntryError::Duplicate);
                 }
-                store
-                    .mark_seen(&group, &env.id)
-                    .map_err(|e| e.to_string())?;
+                store.mark_seen(&group, &env.id)?;
                 match &env.content {
                     Content::Text { .. } => {}
                     Content::GroupInfo { name } => {
@@ -1589,7 +1579,7 @@ impl<S: Store> Client<S> {
                             && name.len() <= MAX_GROUP_NAME
                         {
                             r.name = name.clone();
-                            store.put_group(r).map_err(|e| e.to_string())?;
+                            store.put_group(r)?;
                         }
                     }
                     Content::LeaveRequest => out.leave_requests.push(sender_id.device),
@@ -1604,7 +1594,7 @@ impl<S: Store> Client<S> {
                     sent_at_ms: env.sent_at_ms,
                     content: bytes,
                 };
-                store.put_message(&stored).map_err(|e| e.to_string())?;
+                store.put_message(&stored)?;
                 // What the user sees (text, attachments) is a Message; anything else goes
                 // to the module that handles it as Content.
                 if let Some(ev) = self.chat_event(&stored, env.content.clone()) {
@@ -1643,32 +1633,30 @@ impl<S: Store> Client<S> {
                         let mut id = parse_credential(leaf.credential())?;
                         id.key = leaf.signature_key().as_slice().to_vec();
                         if id.device != sender_id.device || id.user != sender_id.user {
-                            return Err("a commit changed the committer's identity".into());
+                            return Err(EntryError::IdentityChanged);
                         }
                         Some(id)
                     }
                     None => None,
                 };
                 mls.merge_staged_commit(&self.provider, *staged)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(EntryError::Merge)?;
                 out.merged = true;
                 if removed_self {
                     out.removed = true;
                     if let Some(r) = self.records.get_mut(&group) {
                         r.membership = Membership::Removed;
-                        store.put_group(r).map_err(|e| e.to_string())?;
+                        store.put_group(r)?;
                     }
                     out.events.push(Event::RemovedFromGroup { group });
                     return Ok(out);
                 }
                 let mut pin_events = Vec::new();
                 if let Some(id) = &updated {
-                    self.check_pin(now_ms, id, &mut pin_events)
-                        .map_err(|e| e.to_string())?;
+                    self.check_pin(now_ms, id, &mut pin_events)?;
                 }
                 for m in &added {
-                    self.check_pin(now_ms, m, &mut pin_events)
-                        .map_err(|e| e.to_string())?;
+                    self.check_pin(now_ms, m, &mut pin_events)?;
                     if Some(sender_id.device) != self.identity.device {
                         self.to_verify.insert(m.user.clone());
                     }
@@ -1684,7 +1672,7 @@ impl<S: Store> Client<S> {
                 out.events.extend(pin_events);
             }
             _ => {
-                return Err("proposals are not used by Cove".into());
+                return Err(EntryError::Proposal);
             }
         }
         Ok(out)
@@ -1698,7 +1686,7 @@ impl<S: Store> Client<S> {
     /// The Message event for stored message `m` with its (already decoded) content, if
     /// that content is shown to the user.
     fn chat_event(&self, m: &StoredMessage, content: Content) -> Option<Event> {
-        let (text, attachment) = crate::attachment::chat_parts(content)?;
+        let (text, attachment) = content.into_chat_parts()?;
         Some(Event::Message(ChatMessage {
             group: m.group,
             group_name: self
@@ -1723,7 +1711,7 @@ impl<S: Store> Client<S> {
         m: &MemberId,
         events: &mut Vec<Event>,
     ) -> Result<bool, StoreError> {
-        if m.device == self.identity.device.unwrap_or(DeviceId(u64::MAX)) {
+        if Some(m.device) == self.identity.device {
             return Ok(true);
         }
         let Ok(key) = <[u8; 32]>::try_from(m.key.as_slice()) else {
@@ -1917,7 +1905,7 @@ impl<S: Store> Client<S> {
 
     /// Drops our own user from a change (nothing to add, or its look-up failed: the change
     /// goes on for the other users), then moves the change on if it was waiting only for it.
-    fn drop_own_user(&mut self, op: OpId, why: Option<String>) {
+    fn drop_own_user(&mut self, op: OpId, why: Option<OwnDevicesSkipped>) {
         if let Some(why) = why {
             self.warn(format!("our other devices are not added: {why}"));
         }
@@ -2021,15 +2009,17 @@ impl<S: Store> Client<S> {
         let (group, name) = (*group, name.clone());
         match result {
             Ok(Reply::GroupCreated) => {}
-            Ok(other) => {
+            Ok(_) => {
                 self.finish(
                     op,
-                    Err(OpError::Relay(format!("unexpected reply {other:?}"))),
+                    Err(OpError::UnexpectedReply {
+                        to: "group creation",
+                    }),
                 );
                 return Ok(());
             }
             Err(e) => {
-                self.finish(op, Err(OpError::Relay(e.to_string())));
+                self.finish(op, Err(OpError::Relay(e)));
                 return Ok(());
             }
         }
@@ -2105,7 +2095,7 @@ impl<S: Store> Client<S> {
         let devices = match reply {
             Reply::Devices { user: u, devices } if u == user => devices.0,
             _ => {
-                self.finish(op, Err(OpError::Relay("unexpected directory reply".into())));
+                self.finish(op, Err(OpError::UnexpectedReply { to: "directory" }));
                 return;
             }
         };
@@ -2116,8 +2106,8 @@ impl<S: Store> Client<S> {
         // Our own user: only devices not yet in the group (never this one) are added.
         let devices = if own {
             let present: BTreeSet<DeviceId> = self
-                .groups
-                .get(&self.op_group(op))
+                .op_group(op)
+                .and_then(|group| self.groups.get(&group))
                 .map(|g| {
                     g.members()
                         .filter_map(|m| member_id(&m).ok().map(|id| id.device))
@@ -2159,7 +2149,7 @@ impl<S: Store> Client<S> {
         }
         if changed {
             if own {
-                self.drop_own_user(op, Some(format!("a key of {user} changed")));
+                self.drop_own_user(op, Some(OwnDevicesSkipped::KeyChanged(user.clone())));
             } else {
                 self.finish(op, Err(OpError::KeyChanged(user)));
             }
@@ -2176,11 +2166,11 @@ impl<S: Store> Client<S> {
         self.directory_progress(op);
     }
 
-    /// The group of a change (the zero id when `op` is not a change).
-    fn op_group(&self, op: OpId) -> GroupId {
+    /// The group of a change (`None` when `op` is not a change).
+    fn op_group(&self, op: OpId) -> Option<GroupId> {
         match self.ops.get(&op).map(|o| &o.kind) {
-            Some(OpKind::Change(c)) => c.group,
-            _ => GroupId([0; 16]),
+            Some(OpKind::Change(c)) => Some(c.group),
+            _ => None,
         }
     }
 
@@ -2224,11 +2214,17 @@ impl<S: Store> Client<S> {
         match result {
             Ok(reply) => Some(reply),
             Err(e) if *user == self.identity.user => {
-                self.drop_own_user(op, Some(e.to_string()));
+                self.drop_own_user(op, Some(OwnDevicesSkipped::Refused(e)));
                 None
             }
             Err(e) => {
-                self.finish(op, Err(OpError::Relay(format!("{user}: {e}"))));
+                self.finish(
+                    op,
+                    Err(OpError::UserRefused {
+                        user: user.clone(),
+                        reply: e,
+                    }),
+                );
                 None
             }
         }
@@ -2245,7 +2241,7 @@ impl<S: Store> Client<S> {
                 key_packages,
             } if u == user => key_packages.0,
             _ => {
-                self.finish(op, Err(OpError::Relay("unexpected claim reply".into())));
+                self.finish(op, Err(OpError::UnexpectedReply { to: "claim" }));
                 return;
             }
         };
@@ -2270,7 +2266,7 @@ impl<S: Store> Client<S> {
             .collect();
         if claimed.is_empty() {
             if own {
-                self.drop_own_user(op, Some("no KeyPackage for them".into()));
+                self.drop_own_user(op, Some(OwnDevicesSkipped::NoKeyPackage));
             } else {
                 self.finish(op, Err(OpError::NoDevices(user)));
             }
@@ -2306,7 +2302,7 @@ impl<S: Store> Client<S> {
                     Err(reason) => {
                         failure = Some(OpError::InvalidKeyMaterial {
                             user: user.clone(),
-                            reason,
+                            reason: reason.to_string(),
                         });
                     }
                 }
@@ -2376,31 +2372,37 @@ impl<S: Store> Client<S> {
             self.finish(op, Err(OpError::Storage(e.to_string())));
             return;
         }
-        let built = (|| -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+        let built = (|| -> Result<(Vec<u8>, Option<Vec<u8>>), CommitBuildError> {
             if !to_add.is_empty() && !to_remove.is_empty() {
-                return Err("add and remove in one command are not supported".into());
+                return Err(CommitBuildError::AddAndRemove);
             }
             if to_add.is_empty() && to_remove.is_empty() {
                 let bundle = mls
                     .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
-                    .map_err(|e| e.to_string())?;
-                return Ok((bundle.commit().to_bytes().map_err(|e| e.to_string())?, None));
+                    .map_err(CommitBuildError::SelfUpdate)?;
+                return Ok((
+                    bundle
+                        .commit()
+                        .to_bytes()
+                        .map_err(CommitBuildError::Encode)?,
+                    None,
+                ));
             }
             if !to_add.is_empty() {
                 let kps: Vec<KeyPackage> = to_add.iter().map(|(_, kp)| kp.clone()).collect();
                 let (commit, welcome, _) = mls
                     .add_members(&self.provider, &self.signer, &kps)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(CommitBuildError::Add)?;
                 Ok((
-                    commit.to_bytes().map_err(|e| e.to_string())?,
-                    Some(welcome.to_bytes().map_err(|e| e.to_string())?),
+                    commit.to_bytes().map_err(CommitBuildError::Encode)?,
+                    Some(welcome.to_bytes().map_err(CommitBuildError::Encode)?),
                 ))
             } else {
                 let leaves: Vec<LeafNodeIndex> = to_remove.iter().map(|(i, _)| *i).collect();
                 let (commit, _, _) = mls
                     .remove_members(&self.provider, &self.signer, &leaves)
-                    .map_err(|e| e.to_string())?;
-                Ok((commit.to_bytes().map_err(|e| e.to_string())?, None))
+                    .map_err(CommitBuildError::Remove)?;
+                Ok((commit.to_bytes().map_err(CommitBuildError::Encode)?, None))
             }
         })();
         let (commit, welcome) = match built {
@@ -2408,7 +2410,7 @@ impl<S: Store> Client<S> {
             Err(e) => {
                 let _ = store.rollback();
                 self.reload_group(&group);
-                self.finish(op, Err(OpError::Mls(e)));
+                self.finish(op, Err(OpError::Mls(e.to_string())));
                 return;
             }
         };
@@ -2506,10 +2508,10 @@ impl<S: Store> Client<S> {
                     mls.clear_pending_commit(self.provider.storage())?;
                 }
                 let why = match other {
-                    Err(e) => e.to_string(),
-                    Ok(r) => format!("unexpected reply {r:?}"),
+                    Err(e) => OpError::Relay(e),
+                    Ok(_) => OpError::UnexpectedReply { to: "commit" },
                 };
-                self.finish(op, Err(OpError::Relay(why)));
+                self.finish(op, Err(why));
                 Ok(())
             }
         }
@@ -2619,7 +2621,13 @@ impl<S: Store> Client<S> {
         };
         match result {
             Ok(Reply::Posted { seq }) => {
-                let msg = own_message(&self.identity, seq, &item);
+                let Some(device) = self.identity.device else {
+                    // Posts are sent only once authenticated, hence registered.
+                    return Err(HandleError::Protocol(
+                        "a Posted reply before registration".into(),
+                    ));
+                };
+                let msg = own_message(&self.identity, device, seq, &item);
                 store.begin()?;
                 if let Err(e) = record_own(store, &item, &msg) {
                     let _ = store.rollback();
@@ -2687,11 +2695,10 @@ impl<S: Store> Client<S> {
                     self.forget_group(item.group, Membership::Removed)?;
                     self.event(Event::RemovedFromGroup { group: item.group });
                 }
-                let why = e.to_string();
                 if let Some(op) = self.outbox_ops.remove(&local_id) {
-                    self.finish(op, Err(OpError::Relay(why)));
+                    self.finish(op, Err(OpError::Relay(e)));
                 } else {
-                    self.warn(format!("a queued message was refused by the relay: {why}"));
+                    self.warn(format!("a queued message was refused by the relay: {e}"));
                 }
             }
             Ok(other) => self.warn(format!("unexpected reply to a post: {other:?}")),
@@ -2794,12 +2801,18 @@ struct Outcome {
     leave_requests: Vec<DeviceId>,
 }
 
-fn own_message(identity: &Identity, seq: Seq, item: &OutboxItem) -> StoredMessage {
+/// Our own message `item`, sent by this `device`, as stored at `seq`.
+fn own_message(
+    identity: &Identity,
+    device: DeviceId,
+    seq: Seq,
+    item: &OutboxItem,
+) -> StoredMessage {
     StoredMessage {
         group: item.group,
         seq,
         from: identity.user.clone(),
-        from_device: identity.device.unwrap_or_default(),
+        from_device: device,
         message_id: item.message_id,
         sent_at_ms: item.sent_at_ms,
         content: item.content.clone(),
@@ -2850,17 +2863,13 @@ pub fn credential_identity(user: &UserName, device: DeviceId) -> Vec<u8> {
     format!("cove:{}:{}", user, device.0).into_bytes()
 }
 
-fn parse_credential(credential: &Credential) -> Result<MemberId, String> {
-    let basic = BasicCredential::try_from(credential.clone()).map_err(|e| e.to_string())?;
-    let text = std::str::from_utf8(basic.identity()).map_err(|_| "credential is not UTF-8")?;
-    let rest = text.strip_prefix("cove:").ok_or("not a Cove credential")?;
-    let (user, device) = rest.rsplit_once(':').ok_or("malformed credential")?;
-    let user = UserName::new(user).map_err(|e| e.to_string())?;
-    let device = DeviceId(
-        device
-            .parse()
-            .map_err(|_| "malformed device id in credential")?,
-    );
+fn parse_credential(credential: &Credential) -> Result<MemberId, CredentialError> {
+    let basic = BasicCredential::try_from(credential.clone())?;
+    let text = std::str::from_utf8(basic.identity()).map_err(|_| CredentialError::NotUtf8)?;
+    let rest = text.strip_prefix("cove:").ok_or(CredentialError::NotCove)?;
+    let (user, device) = rest.rsplit_once(':').ok_or(CredentialError::Malformed)?;
+    let user = UserName::new(user)?;
+    let device = DeviceId(device.parse().map_err(|_| CredentialError::DeviceId)?);
     Ok(MemberId {
         user,
         device,
@@ -2868,7 +2877,7 @@ fn parse_credential(credential: &Credential) -> Result<MemberId, String> {
     })
 }
 
-fn member_id(m: &openmls::prelude::Member) -> Result<MemberId, String> {
+fn member_id(m: &openmls::prelude::Member) -> Result<MemberId, CredentialError> {
     let mut id = parse_credential(&m.credential)?;
     id.key = m.signature_key.clone();
     Ok(id)
@@ -2879,29 +2888,29 @@ fn validate_key_package<S: Store>(
     user: &UserName,
     claimed: &ClaimedKeyPackage,
     directory: &[DeviceInfo],
-) -> Result<KeyPackage, String> {
+) -> Result<KeyPackage, KeyPackageError> {
     let msg = MlsMessageIn::tls_deserialize_exact(claimed.key_package.as_bytes())
-        .map_err(|e| format!("undecodable KeyPackage: {e}"))?;
+        .map_err(KeyPackageError::Undecodable)?;
     let MlsMessageBodyIn::KeyPackage(kp_in) = msg.extract() else {
-        return Err("not a KeyPackage".into());
+        return Err(KeyPackageError::NotKeyPackage);
     };
     let kp_in: KeyPackageIn = kp_in;
     let kp = kp_in
         .validate(provider.crypto(), ProtocolVersion::Mls10)
-        .map_err(|e| format!("invalid KeyPackage: {e}"))?;
+        .map_err(KeyPackageError::Invalid)?;
     if kp.ciphersuite() != CIPHERSUITE {
-        return Err("KeyPackage has the wrong ciphersuite".into());
+        return Err(KeyPackageError::WrongCiphersuite);
     }
     let id = parse_credential(kp.leaf_node().credential())?;
     if &id.user != user || id.device != claimed.device {
-        return Err("KeyPackage credential names another device".into());
+        return Err(KeyPackageError::OtherDevice);
     }
     let dir = directory
         .iter()
         .find(|d| d.device == claimed.device)
-        .ok_or("KeyPackage for a device not in the directory")?;
+        .ok_or(KeyPackageError::NotInDirectory)?;
     if kp.leaf_node().signature_key().as_slice() != dir.key.0 {
-        return Err("KeyPackage signature key differs from the directory key".into());
+        return Err(KeyPackageError::KeyMismatch);
     }
     Ok(kp)
 }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attachment::AttachmentPointer;
+
 /// Envelope version written by this crate.
 pub const ENVELOPE_VERSION: u8 = 1;
 
@@ -44,10 +46,10 @@ pub enum Content {
     LeaveRequest,
     /// A file: where its ciphertext is on the relay and how to decrypt and verify it (see
     /// `PROTOCOL.md`, "Attachments and share links").
-    Attachment(crate::attachment::AttachmentPointer),
+    Attachment(AttachmentPointer),
     /// Call signalling (offer, answer, ICE candidate, hang-up, busy, decline) for one call;
     /// see [`crate::call`] and `PROTOCOL.md`, "Calls".
-    Call(crate::call::CallMessage),
+    Call(crate::call_signal::CallMessage),
 }
 
 /// Why an envelope could not be decoded.
@@ -56,9 +58,16 @@ pub enum ContentError {
     /// Larger than the application plaintext limit.
     #[error("application plaintext of {0} bytes exceeds the limit")]
     TooLarge(usize),
-    /// Not a valid envelope (or a content kind this client does not know).
+    /// Not a valid envelope (or a content kind this client does not know): the sender is at
+    /// fault.
     #[error("undecodable application content: {0}")]
-    Malformed(String),
+    Malformed(postcard::Error),
+    /// A valid envelope followed by more bytes: the sender is at fault.
+    #[error("undecodable application content: trailing bytes")]
+    TrailingBytes,
+    /// This envelope could not be encoded (a bug in this client).
+    #[error("application content could not be encoded: {0}")]
+    Encode(postcard::Error),
     /// An envelope version this client does not know.
     #[error("unknown envelope version {0}")]
     UnknownVersion(u8),
@@ -67,8 +76,7 @@ pub enum ContentError {
 impl Envelope {
     /// Encodes the envelope.
     pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
-        let bytes =
-            postcard::to_stdvec(self).map_err(|e| ContentError::Malformed(e.to_string()))?;
+        let bytes = postcard::to_stdvec(self).map_err(ContentError::Encode)?;
         if bytes.len() > cove_wire::limits::MAX_APPLICATION_PLAINTEXT {
             return Err(ContentError::TooLarge(bytes.len()));
         }
@@ -81,14 +89,27 @@ impl Envelope {
             return Err(ContentError::TooLarge(bytes.len()));
         }
         let (env, rest): (Envelope, _) =
-            postcard::take_from_bytes(bytes).map_err(|e| ContentError::Malformed(e.to_string()))?;
+            postcard::take_from_bytes(bytes).map_err(ContentError::Malformed)?;
         if env.version != ENVELOPE_VERSION {
             return Err(ContentError::UnknownVersion(env.version));
         }
         if !rest.is_empty() {
-            return Err(ContentError::Malformed("trailing bytes".into()));
+            return Err(ContentError::TrailingBytes);
         }
         Ok(env)
+    }
+}
+
+impl Content {
+    /// The parts of a content that is a chat message: its text (empty for a file: how a file
+    /// is described is the shell's business) and, for a file, its pointer. `None` for content
+    /// that is not a chat message (group renames, leave requests, call signalling).
+    pub(crate) fn into_chat_parts(self) -> Option<(String, Option<AttachmentPointer>)> {
+        match self {
+            Content::Text { text } => Some((text, None)),
+            Content::Attachment(p) => Some((String::new(), Some(p))),
+            _ => None,
+        }
     }
 }
 
@@ -106,10 +127,13 @@ mod tests {
         };
         let bytes = e.encode().unwrap_or_default();
         assert_eq!(Envelope::decode(&bytes), Ok(e));
-        assert!(Envelope::decode(&[1, 2, 3]).is_err());
+        assert!(matches!(
+            Envelope::decode(&[1, 2, 3]),
+            Err(ContentError::Malformed(_))
+        ));
         let mut long = bytes.clone();
         long.push(0);
-        assert!(Envelope::decode(&long).is_err());
+        assert_eq!(Envelope::decode(&long), Err(ContentError::TrailingBytes));
         assert!(matches!(
             Envelope::decode(&vec![0; cove_wire::limits::MAX_APPLICATION_PLAINTEXT + 1]),
             Err(ContentError::TooLarge(_))

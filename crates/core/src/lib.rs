@@ -34,8 +34,10 @@
 
 pub mod attachment;
 pub mod call;
+mod call_signal;
 mod client;
 pub mod content;
+mod error;
 pub mod provider;
 mod types;
 

@@ -177,9 +177,24 @@ pub struct GroupInfo {
 /// Why a command failed (reported in [`Event::OpDone`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OpError {
-    /// The relay refused the request.
+    /// The relay refused the request, with its reply (whose code says whether a retry can
+    /// help, e.g. `RateLimited`, or not, e.g. `NotMember`).
     #[error("the relay refused: {0}")]
-    Relay(String),
+    Relay(cove_wire::ErrorReply),
+    /// The relay refused a lookup (directory or KeyPackage claim) for one of the users.
+    #[error("the relay refused: {user}: {reply}")]
+    UserRefused {
+        /// The user looked up.
+        user: UserName,
+        /// The relay's reply.
+        reply: cove_wire::ErrorReply,
+    },
+    /// The relay answered with a reply of the wrong kind (a protocol violation by the relay).
+    #[error("the relay refused: unexpected {to} reply")]
+    UnexpectedReply {
+        /// The request answered ("directory", "claim", ...).
+        to: &'static str,
+    },
     /// A user has no devices or no KeyPackages.
     #[error("user {0} has no device to add")]
     NoDevices(UserName),
@@ -236,9 +251,18 @@ pub enum CommandError {
     /// Local storage failed.
     #[error(transparent)]
     Store(#[from] cove_store::StoreError),
-    /// An MLS operation failed locally.
+    /// The random number generator failed (its lock was poisoned).
     #[error("MLS error: {0}")]
-    Mls(String),
+    Rng(#[from] crate::provider::RandError),
+    /// Encrypting the message for the group failed.
+    #[error("MLS error: {0}")]
+    Seal(#[from] openmls::prelude::CreateMessageError),
+    /// Encoding the encrypted message failed.
+    #[error("MLS error: {0}")]
+    Encode(#[from] openmls::framing::errors::MlsMessageError),
+    /// The content cannot be sent (its envelope is too large).
+    #[error("invalid argument: {0}")]
+    Content(#[from] crate::content::ContentError),
 }
 
 /// Why opening or initialising a client failed.
@@ -255,7 +279,10 @@ pub enum OpenError {
     Store(#[from] cove_store::StoreError),
     /// Loading MLS state failed.
     #[error("MLS state could not be loaded: {0}")]
-    Mls(String),
+    Mls(cove_store::StoreError),
+    /// The random number generator failed (its lock was poisoned).
+    #[error("MLS state could not be loaded: {0}")]
+    Rng(#[from] crate::provider::RandError),
 }
 
 /// Why an inbound frame could not be handled. The client stays usable: the shell may log
@@ -266,6 +293,10 @@ pub enum HandleError {
     /// The relay sent something that violates the protocol.
     #[error("protocol violation by the relay: {0}")]
     Protocol(String),
+    /// The relay refused to authenticate this device (e.g. it is revoked or unknown): a
+    /// retry cannot succeed. The client is disconnected.
+    #[error("authentication refused: {0}")]
+    AuthRefused(cove_wire::ErrorReply),
     /// The relay closed the connection (`Closing`); reconnect later unless it says otherwise.
     #[error("the relay is closing the connection: {0:?}")]
     Closing(cove_wire::ErrorCode),
@@ -290,7 +321,7 @@ pub enum QueryError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] cove_store::StoreError),
-    /// MLS state failed to load.
+    /// The secret could not be exported (e.g. a length over the limit).
     #[error("MLS error: {0}")]
-    Mls(String),
+    Export(#[from] openmls::prelude::ExportSecretError),
 }

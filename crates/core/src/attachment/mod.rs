@@ -92,20 +92,6 @@ pub enum AttachmentError {
     ChunkMisuse,
 }
 
-/// The parts of a content that is a chat message: its text (empty for a file: how a file
-/// is described is the shell's business) and, for a file, its pointer. `None` for content
-/// that is not a chat message (group renames, leave requests, call signalling).
-pub(crate) fn chat_parts(
-    content: crate::content::Content,
-) -> Option<(String, Option<AttachmentPointer>)> {
-    use crate::content::Content;
-    match content {
-        Content::Text { text } => Some((text, None)),
-        Content::Attachment(p) => Some((String::new(), Some(p))),
-        _ => None,
-    }
-}
-
 /// Signs blob-store HTTP requests with the device key (see `cove_wire::sign::
 /// blob_request_message`). Holds a copy of the device's signing key (zeroized on drop) and
 /// exposes nothing but this signature; it has no `Debug`.

@@ -757,7 +757,10 @@ fn a_device_removed_while_offline_learns_it_from_the_relay() {
     net.take_events(bob);
     let op = send(&mut net, bob, "anyone?");
     let result = op_result(&mut net, bob, op);
-    assert!(matches!(result, Err(OpError::Relay(_))), "{result:?}");
+    assert!(
+        matches!(&result, Err(OpError::Relay(r)) if r.code == cove_wire::ErrorCode::NotMember),
+        "{result:?}"
+    );
     let events = net.take_events(bob);
     assert!(
         events
@@ -1471,4 +1474,45 @@ fn one_last_resort_key_package_serves_two_joins_and_both_groups_decrypt() {
         got,
         vec!["bob in one".to_string(), "bob in two".to_string()]
     );
+}
+
+/// When the relay refuses a registered device's authentication, `handle_frame` fails with
+/// `HandleError::AuthRefused` carrying the relay's reply (the shell stops retrying by this
+/// type, not by the error's text), and the client is not ready.
+#[test]
+fn a_refused_authentication_is_auth_refused_with_the_relays_reply() {
+    use cove_core::{HandleError, Output};
+    use cove_wire::{ErrorCode, ErrorReply};
+    let mut net = Net::new();
+    let a = device(&mut net, "alice");
+    net.disconnect(a);
+    net.connect(a);
+    net.nodes[a].hold = true;
+    let challenge = net.nodes[a].inbound.pop_front().unwrap();
+    let now = net.now_ms;
+    net.client(a).handle_frame(now, challenge).unwrap();
+    let mut auth = None;
+    while let Some(out) = net.client(a).poll_output() {
+        if let Output::Send(ClientFrame::Request {
+            id,
+            body: Request::Authenticate { .. },
+        }) = out
+        {
+            auth = Some(id);
+        }
+    }
+    let id = auth.expect("a registered device authenticates");
+    let refusal = ErrorReply::new(ErrorCode::AuthenticationFailed, "device revoked");
+    let result = net.client(a).handle_frame(
+        now,
+        ServerFrame::Response {
+            id,
+            result: Err(refusal.clone()),
+        },
+    );
+    assert!(
+        matches!(&result, Err(HandleError::AuthRefused(r)) if *r == refusal),
+        "{result:?}"
+    );
+    assert!(!net.client(a).is_ready());
 }

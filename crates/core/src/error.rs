@@ -1,0 +1,216 @@
+//! Typed errors of the inbound paths of [`crate::Client`]: what a peer (another member, or
+//! the relay) sent that could not be applied. They are reported to the user as warnings (the
+//! entry or Welcome is skipped); their text is what the user reads. Each variant says who is
+//! to blame: the peer (the message is bad), or this device (storage, internal state).
+//!
+//! A leaf module: it imports only [`crate::content`] and other crates.
+
+use cove_store::StoreError;
+use cove_wire::DeviceId;
+
+use openmls::framing::errors::{MlsMessageError, ProtocolMessageError};
+use openmls::prelude::{
+    AddMembersError, BasicCredentialError, KeyPackageNewError, KeyPackageVerifyError,
+    MergeCommitError, MergePendingCommitError, ProcessMessageError, RemoveMembersError,
+    SelfUpdateError, WelcomeError as MlsWelcomeError, tls_codec,
+};
+
+use crate::content::ContentError;
+
+/// Why an MLS credential is not a Cove device credential (`cove:<user>:<device id>`). The
+/// peer that presented it is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// Not an MLS BasicCredential.
+    #[error("{0}")]
+    NotBasic(#[from] BasicCredentialError),
+    /// The identity is not UTF-8.
+    #[error("credential is not UTF-8")]
+    NotUtf8,
+    /// The identity does not start with `cove:`.
+    #[error("not a Cove credential")]
+    NotCove,
+    /// No `:` between the user and the device id.
+    #[error("malformed credential")]
+    Malformed,
+    /// The user part is not a valid user name.
+    #[error("{0}")]
+    UserName(#[from] cove_wire::IdError),
+    /// The device part is not a decimal device id.
+    #[error("malformed device id in credential")]
+    DeviceId,
+}
+
+/// Why a claimed KeyPackage is refused when adding a device to a group. The relay or the
+/// user that uploaded it is at fault; the command fails with
+/// [`crate::OpError::InvalidKeyMaterial`].
+#[derive(Debug, thiserror::Error)]
+pub enum KeyPackageError {
+    /// Not a TLS-encoded MLS message.
+    #[error("undecodable KeyPackage: {0}")]
+    Undecodable(tls_codec::Error),
+    /// An MLS message, but not a KeyPackage.
+    #[error("not a KeyPackage")]
+    NotKeyPackage,
+    /// Its signature or contents do not verify.
+    #[error("invalid KeyPackage: {0}")]
+    Invalid(KeyPackageVerifyError),
+    /// Not Cove's ciphersuite.
+    #[error("KeyPackage has the wrong ciphersuite")]
+    WrongCiphersuite,
+    /// Its credential is not a Cove credential.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    /// Its credential names another user or device than the one claimed for.
+    #[error("KeyPackage credential names another device")]
+    OtherDevice,
+    /// The device is not in the user's directory entry.
+    #[error("KeyPackage for a device not in the directory")]
+    NotInDirectory,
+    /// Its signature key is not the directory's key for the device.
+    #[error("KeyPackage signature key differs from the directory key")]
+    KeyMismatch,
+}
+
+/// Why a Welcome was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum WelcomeError {
+    /// The sender: not a TLS-encoded MLS message.
+    #[error("undecodable Welcome: {0}")]
+    Undecodable(tls_codec::Error),
+    /// The sender: an MLS message, but not a Welcome.
+    #[error("not a Welcome")]
+    NotWelcome,
+    /// The sender (or none of our KeyPackages matches): openmls refused it.
+    #[error("Welcome rejected: {0}")]
+    Rejected(MlsWelcomeError<StoreError>),
+    /// The sender or the relay: the group id differs from the one the relay announced.
+    #[error("Welcome is for another group than announced")]
+    OtherGroup,
+    /// A replay: we hold the group at this epoch or a later one.
+    #[error("already a member (the Welcome is for epoch {offered}, we are at {ours})")]
+    AlreadyMember {
+        /// The epoch the Welcome is for.
+        offered: u64,
+        /// The epoch we hold.
+        ours: u64,
+    },
+    /// This device: the stale state of the group could not be deleted.
+    #[error("could not drop the stale group state: {0}")]
+    DropStale(StoreError),
+    /// Joining the group (building its state) failed.
+    #[error("join failed: {0}")]
+    Join(MlsWelcomeError<StoreError>),
+    /// The sender: a member's credential is not a Cove credential.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    /// The relay: the device it names as the sender is not in the group.
+    #[error("the Welcome's sender is not a member")]
+    SenderNotMember,
+    /// This device: storage failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Why an entry of a group log was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// This device: it holds no state for the group.
+    #[error("not a member")]
+    NotMember,
+    /// The sender: not a TLS-encoded MLS message.
+    #[error("undecodable MLS message: {0}")]
+    Undecodable(tls_codec::Error),
+    /// The sender: not a group (public or private) message.
+    #[error("not a group message: {0}")]
+    NotGroupMessage(ProtocolMessageError),
+    /// openmls could not process it (wrong epoch, bad signature, cannot decrypt, ...).
+    #[error("{0}")]
+    Process(ProcessMessageError<StoreError>),
+    /// This device: merging our own accepted commit failed.
+    #[error("{0}")]
+    MergePending(MergePendingCommitError<StoreError>),
+    /// This device: merging another member's commit failed.
+    #[error("{0}")]
+    Merge(MergeCommitError<StoreError>),
+    /// The sender's leaf is empty in our tree, or its credential is not a Cove one.
+    #[error("unknown sender")]
+    UnknownSender,
+    /// Not sent by a member (an external or preconfigured sender).
+    #[error("not sent by a member")]
+    NotFromMember,
+    /// The relay attributes the entry to another device than its MLS sender.
+    #[error("relay says device {relay} sent it, MLS says device {mls}")]
+    SenderMismatch {
+        /// The device according to the relay.
+        relay: DeviceId,
+        /// The device according to MLS.
+        mls: DeviceId,
+    },
+    /// The sender: the application content is not a valid envelope.
+    #[error("{0}")]
+    Content(#[from] ContentError),
+    /// The sender: a message id seen before in this group.
+    #[error("duplicate message id")]
+    Duplicate,
+    /// The sender: a credential in the commit is not a Cove credential.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    /// The sender: its commit changed its own user or device.
+    #[error("a commit changed the committer's identity")]
+    IdentityChanged,
+    /// The sender: a standalone proposal (Cove commits proposals at once).
+    #[error("proposals are not used by Cove")]
+    Proposal,
+    /// This device: storage failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Why this device could not build a commit for a membership change or a key update. Passed
+/// to the command as [`crate::OpError::Mls`] (its text).
+#[derive(Debug, thiserror::Error)]
+pub enum CommitBuildError {
+    /// The caller: one command both adds and removes members.
+    #[error("add and remove in one command are not supported")]
+    AddAndRemove,
+    /// openmls could not build a key update.
+    #[error("{0}")]
+    SelfUpdate(SelfUpdateError<StoreError>),
+    /// openmls could not build an add.
+    #[error("{0}")]
+    Add(AddMembersError<StoreError>),
+    /// openmls could not build a removal.
+    #[error("{0}")]
+    Remove(RemoveMembersError<StoreError>),
+    /// The commit or Welcome could not be encoded.
+    #[error("{0}")]
+    Encode(MlsMessageError),
+}
+
+/// Why this device could not generate KeyPackages (reported as a warning; retried at the
+/// next stock check).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyPackageBuildError {
+    /// openmls could not build one.
+    #[error("{0}")]
+    New(KeyPackageNewError),
+    /// It could not be encoded.
+    #[error("{0}")]
+    Encode(MlsMessageError),
+}
+
+/// Why this user's other devices are left out of a membership change (reported as a
+/// warning; the change goes on without them).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OwnDevicesSkipped {
+    /// The relay refused the directory lookup or the KeyPackage claim.
+    #[error("{0}")]
+    Refused(cove_wire::ErrorReply),
+    /// The key of one of our own devices changed (accept it first).
+    #[error("a key of {0} changed")]
+    KeyChanged(cove_wire::UserName),
+    /// None of our other devices has a KeyPackage left.
+    #[error("no KeyPackage for them")]
+    NoKeyPackage,
+}
