@@ -13,7 +13,7 @@ use crate::blob::BlobService;
 use crate::config::Limits;
 use crate::hub::Hub;
 use crate::pipeline::{AckLane, Pipeline};
-use crate::store::RelayStore;
+use crate::store::{RelayStore, StoreError};
 
 /// State shared by every connection.
 pub(crate) struct Shared {
@@ -32,4 +32,17 @@ pub(crate) struct Shared {
 /// Resolves once shutdown was requested (or the relay handle is gone).
 pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Runs a store call on the blocking pool.
+pub(crate) async fn blocking<T, F>(shared: &Shared, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn RelayStore) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = Arc::clone(&shared.store);
+    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+        Ok(result) => result,
+        Err(e) => Err(StoreError::Backend(format!("store task failed: {e}"))),
+    }
 }
