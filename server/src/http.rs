@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::debug;
 
 use crate::blob::BlobBody;
-use crate::relay::Shared;
+use crate::shared::{Shared, stopped};
 
 /// The text served at `/`.
 const INDEX_PAGE: &str = "Cove relay\n\n\
@@ -75,7 +75,7 @@ pub(crate) async fn serve(
     let mut shutdown = shared.shutdown.clone();
     let served = tokio::select! {
         r = conn.as_mut() => Some(r),
-        () = crate::relay::stopped(&mut shutdown) => None,
+        () = stopped(&mut shutdown) => None,
     };
     let served = match served {
         Some(r) => r,

@@ -4,8 +4,9 @@
 //! What it owns:
 //! - the network shell: TCP → rustls → hyper (HTTP/1.1) → WebSocket at `/v1/ws`
 //!   (`http.rs` routing, one task per connection, a connection cap, handshake deadlines);
-//! - sessions (`session.rs`): challenge-response authentication with Ed25519 device keys,
-//!   requests and replies, backlog and live delivery, rate limits;
+//! - sessions (`session/`, split by job: connection, requests, auth, state, backlog, writer):
+//!   challenge-response authentication with Ed25519 device keys, requests and replies
+//!   (`reply.rs`), backlog and live delivery, rate limits;
 //! - the hot path (`pipeline.rs`): one writer thread appends queued posts in batches (one
 //!   sync per batch) and fans each entry out, encoded once, to every online member's bounded
 //!   queue (`hub.rs`);
@@ -42,7 +43,9 @@ mod hub;
 mod logging;
 mod pipeline;
 mod relay;
+mod reply;
 mod session;
+mod shared;
 pub mod store;
 mod tls;
 mod turn;

@@ -17,16 +17,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use cove_wire::limits::MAX_FRAME_BYTES;
 use cove_wire::{
-    Delivery, DeviceId, EntryKind, ErrorCode, ErrorReply, GroupId, InboxEntry, Payload, Reply,
-    RequestId, Seq, ServerFrame, Stream,
+    Delivery, DeviceId, EntryKind, ErrorCode, ErrorReply, GroupId, Reply, RequestId, Seq,
+    ServerFrame, Stream,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, error, warn};
 
 use crate::hub::{CloseReason, Hub, Outbox};
-use crate::session::{encode_frame, response, store_error_reply};
+use crate::reply::{encode_frame, response, store_error_reply};
 use crate::store::{Appended, NewPost, RelayStore, StoreError, Welcome};
 
 /// Fixed per-post overhead counted against the byte budget besides the payload.
@@ -229,42 +228,22 @@ fn outcome(
     }
 }
 
-/// The `Deliver(Inbox(..))` frame of `welcome` at inbox `seq`, encoded without copying the
-/// shared payload into an [`InboxEntry`] first: the payload is the frame's last field, so
-/// the frame is the encoding with an empty payload (whose last byte is its length, 0) with
-/// that byte replaced by the real length (a varint) and the bytes.
+/// The `Deliver(Inbox(..))` frame of `welcome` at inbox `seq`, encoded by
+/// [`cove_wire::encode_inbox_delivery`] around the shared payload (no copy into an
+/// [`cove_wire::InboxEntry`] first).
 fn encode_welcome(welcome: &Welcome, seq: Seq) -> Option<Bytes> {
-    let head = InboxEntry {
+    match cove_wire::encode_inbox_delivery(
         seq,
-        kind: welcome.kind.clone(),
-        received_at_ms: welcome.received_at_ms,
-        payload: Payload::default(),
-    };
-    let mut frame = match cove_wire::encode(&ServerFrame::Deliver(Delivery::Inbox(head))) {
-        Ok(frame) => frame,
+        &welcome.kind,
+        welcome.received_at_ms,
+        &welcome.payload,
+    ) {
+        Ok(frame) => Some(Bytes::from(frame)),
         Err(e) => {
-            error!(error = %e, "cannot encode a server frame");
-            return None;
+            error!(error = %e, "cannot encode a welcome frame");
+            None
         }
-    };
-    if frame.pop() != Some(0) {
-        error!("unexpected encoding of an empty payload");
-        return None;
     }
-    let payload = &welcome.payload[..];
-    frame.reserve(payload.len().saturating_add(10));
-    let mut len = payload.len();
-    while len >= 0x80 {
-        frame.push(u8::try_from(len & 0x7f).unwrap_or(0) | 0x80);
-        len >>= 7;
-    }
-    frame.push(u8::try_from(len).unwrap_or(0));
-    frame.extend_from_slice(payload);
-    if frame.len() > MAX_FRAME_BYTES {
-        error!(len = frame.len(), "welcome frame too large");
-        return None;
-    }
-    Some(Bytes::from(frame))
 }
 
 /// Answers posters and pushes each accepted entry to its online recipients, batch by batch,
@@ -363,7 +342,7 @@ mod tests {
     use cove_wire::{Delivery, DeviceId, GroupId, InboxKind, Seq, ServerFrame};
 
     use super::encode_welcome;
-    use crate::session::encode_frame;
+    use crate::reply::encode_frame;
     use crate::store::Welcome;
 
     /// The frame built around the shared payload is byte for byte the codec's encoding of

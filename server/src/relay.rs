@@ -21,9 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{info, warn};
 
 use crate::blob::{BlobError, BlobService};
-use crate::config::{ConfigError, Limits, RelayConfig, StoreKind};
+use crate::config::{ConfigError, RelayConfig, StoreKind};
 use crate::hub::{Hub, Rates};
 use crate::pipeline::{AckLane, Pipeline};
+use crate::shared::{Shared, stopped};
 use crate::store::{MemoryStore, RelayStore, SqliteStore, StoreError};
 use crate::tls::{self, TlsError};
 
@@ -64,20 +65,6 @@ pub enum StartError {
     /// The TURN server could not be started.
     #[error(transparent)]
     Turn(#[from] crate::turn::TurnError),
-}
-
-/// State shared by every connection.
-pub(crate) struct Shared {
-    pub store: Arc<dyn RelayStore>,
-    pub hub: Arc<Hub>,
-    pub pipeline: Pipeline,
-    pub acks: AckLane,
-    pub limits: Limits,
-    pub blob: BlobService,
-    pub tls: Arc<rustls::ServerConfig>,
-    pub ws_config: WebSocketConfig,
-    pub shutdown: watch::Receiver<bool>,
-    pub turn: Option<Arc<crate::turn::TurnService>>,
 }
 
 /// The relay.
@@ -337,9 +324,4 @@ fn open_store(
             Ok(Arc::new(SqliteStore::open(&path)?))
         }
     }
-}
-
-/// Resolves once shutdown was requested (or the relay handle is gone).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }

@@ -7,7 +7,9 @@
 //! - the protocol [`limits`];
 //! - the call-signalling values shared by the client core and the media engine ([`call`]);
 //! - the one codec ([`encode`] / [`decode`]): postcard (serde, compact, varint lengths) with
-//!   decoding that never allocates more than the input's own size and rejects trailing bytes.
+//!   decoding that never allocates more than the input's own size and rejects trailing bytes;
+//! - frames encoded around a borrowed, shared payload ([`encode_inbox_delivery`]), byte for
+//!   byte what [`encode`] makes of the same frame.
 //!
 //! A connection runs like this (see `PROTOCOL.md` for every frame):
 //!
@@ -26,11 +28,13 @@ mod ids;
 pub mod limits;
 mod payload;
 pub mod sign;
+mod splice;
 
 pub use codec::{DecodeError, EncodeError, decode, encode};
 pub use frame::*;
 pub use ids::*;
 pub use payload::{BoundedVec, Payload};
+pub use splice::encode_inbox_delivery;
 
 /// The protocol version this crate speaks. It is also the path segment of the WebSocket
 /// endpoint (`/v1/ws`). Rules: within a version, frames and enum variants are only ever

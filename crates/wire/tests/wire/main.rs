@@ -1,5 +1,6 @@
 //! Integration tests of the wire codec: property round-trips, hostile inputs, an allocation
-//! bound for huge declared lengths, and the checked-in corpus of `crates/wire/fuzz-corpus/`.
+//! bound for huge declared lengths, frames spliced around a borrowed payload, and the
+//! checked-in corpus of `crates/wire/fuzz-corpus/`.
 
 #![allow(clippy::unwrap_used)]
 // The counting allocator in `alloc.rs` implements `GlobalAlloc`, which is unsafe by nature.
@@ -9,4 +10,5 @@ mod alloc;
 mod corpus;
 mod hostile;
 mod roundtrip;
+mod splice;
 mod strategies;

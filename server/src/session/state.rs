@@ -1,0 +1,32 @@
+//! One connection's state.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use cove_wire::{DeviceId, ErrorCode};
+use tokio::task::JoinHandle;
+
+use crate::hub::{Outbox, TokenBucket};
+use crate::shared::Shared;
+
+/// One connection's state, read and changed by the request handling.
+pub(super) struct Session {
+    /// What every connection shares.
+    pub(super) shared: Arc<Shared>,
+    /// The connection's outgoing queue.
+    pub(super) outbox: Arc<Outbox>,
+    /// The challenge; `None` once used (authenticated or a signature failed).
+    pub(super) nonce: Option<[u8; 32]>,
+    /// The authenticated device, once authenticated.
+    pub(super) device: Option<DeviceId>,
+    /// Request rate limit before authentication.
+    pub(super) preauth: TokenBucket,
+    /// The backlog task, once started.
+    pub(super) backlog: Option<JoinHandle<()>>,
+    /// Set on authentication: start the backlog once the reply is queued.
+    pub(super) start_backlog: bool,
+    /// Close the connection with this code once the current reply is queued.
+    pub(super) close_after_answer: Option<ErrorCode>,
+    /// This connection's acks waiting in or applied by the ack lane, not yet answered.
+    pub(super) acks_in_lane: Arc<AtomicUsize>,
+}
