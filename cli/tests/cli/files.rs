@@ -1,10 +1,8 @@
 //! The attachment commands through the built `cove` binary.
 
-use std::path::Path;
-use std::process::Command;
-
-use cove_server::{Relay, RelayConfig, StoreKind};
 use rand::{RngCore, SeedableRng};
+
+use super::{fails, init, ok, relay};
 
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; n];
@@ -12,45 +10,15 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-fn cove(home: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cove"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let (success, stdout, stderr) = cove(home, args);
-    assert!(success, "cove {args:?} failed: {stderr}");
-    stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_file_download_share_and_fetch_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("relay"));
-    config.store = StoreKind::Sqlite;
-    let relay = Relay::start(config).await.unwrap();
-    let server = format!("wss://{}", relay.local_addr());
-    let ca = relay.cert_path().to_str().unwrap().to_owned();
+    let (_relay, server, ca) = relay(dir.path()).await;
     let ca = ca.as_str();
     let work = dir.path();
     let (alice, bob) = (work.join("alice"), work.join("bob"));
-    ok(
-        &alice,
-        &["init", "--server", &server, "--user", "carla", "--ca", ca],
-    );
-    ok(
-        &bob,
-        &["init", "--server", &server, "--user", "dave", "--ca", ca],
-    );
+    init(&alice, &server, ca, "carla");
+    init(&bob, &server, ca, "dave");
     ok(&alice, &["group", "create", "team"]);
     ok(&alice, &["group", "add", "team", "dave"]);
     let content = random_bytes((3 << 20) + 17, 42);
@@ -82,16 +50,13 @@ async fn send_file_download_share_and_fetch_through_the_cli() {
     );
     assert!(std::fs::read(&out).unwrap() == content);
     // Same target again: refused with a clear error, the existing file untouched.
-    let (success, _, stderr) = cove(
+    let stderr = fails(
         &bob,
         &["download", "team", &id, "-o", out.to_str().unwrap()],
     );
-    assert!(!success && stderr.contains("already exists"), "{stderr}");
-    let (success, _, stderr) = cove(&bob, &["download", "team", "00ff"]);
-    assert!(
-        !success && stderr.starts_with("error: no attachment"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let stderr = fails(&bob, &["download", "team", "00ff"]);
+    assert!(stderr.starts_with("error: no attachment"), "{stderr}");
 
     let link = ok(&alice, &["share", file.to_str().unwrap()]);
     let link = link.trim();

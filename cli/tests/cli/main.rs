@@ -41,11 +41,7 @@ fn fails(home: &Path, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_create_add_send_sync_with_json() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("relay"));
-    config.store = StoreKind::Sqlite;
-    let relay = Relay::start(config).await.unwrap();
-    let server = format!("wss://{}", relay.local_addr());
-    let ca = relay.cert_path().to_str().unwrap().to_owned();
+    let (relay, server, ca) = relay(dir.path()).await;
     let alice = dir.path().join("alice");
     let bob = dir.path().join("bob");
 
