@@ -1311,6 +1311,13 @@ fn a_member_removed_and_added_again_while_offline_takes_the_new_welcome_and_read
     send(&mut net, alice, "welcome back");
     net.run();
     net.take_events(bob);
+    // What a hostile relay could keep and replay later: the Welcome that re-adds bob.
+    let bob_device = net.client(bob).device().unwrap();
+    let mut welcome = net
+        .relay
+        .inbox_of(bob_device)
+        .pop()
+        .expect("bob's re-add Welcome waits in his inbox");
     // bob never sees the removal (this relay moves his cursor to the re-add), only the
     // Welcome into a later epoch of a group he still holds.
     net.connect(bob);
@@ -1334,6 +1341,35 @@ fn a_member_removed_and_added_again_while_offline_takes_the_new_welcome_and_read
     assert_eq!(
         texts(&net.take_events(alice)),
         vec!["glad to be back".to_string()]
+    );
+    net.take_events(bob);
+
+    // A hostile relay replays that Welcome under a new inbox position (an old position is
+    // dropped as a duplicate before it is even read): a Welcome for the epoch bob already
+    // holds must not replace his group state (a rollback); he is warned and stays put.
+    welcome.seq = cove_wire::Seq(welcome.seq.0 + 1000);
+    let before = net.client(bob).epoch_authenticator(&group);
+    net.deliver(vec![(bob, ServerFrame::Deliver(Delivery::Inbox(welcome)))]);
+    net.run();
+    let warned = warnings(&net.take_events(bob));
+    assert_eq!(warned.len(), 1, "the replay is reported: {warned:?}");
+    // Refused (here already because its KeyPackage was used up; with a last-resort one the
+    // epoch check refuses it as "already a member"), never taken.
+    assert!(
+        warned[0].starts_with("skipped a Welcome"),
+        "refused, not taken: {warned:?}"
+    );
+    assert_eq!(net.client(bob).epoch_authenticator(&group), before);
+    assert_eq!(
+        net.client(bob).epoch_authenticator(&group),
+        net.client(alice).epoch_authenticator(&group)
+    );
+    send(&mut net, alice, "still here");
+    net.run();
+    assert_eq!(
+        texts(&net.take_events(bob)),
+        vec!["still here".to_string()],
+        "bob still reads the group after the replay"
     );
 }
 
