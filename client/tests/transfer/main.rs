@@ -174,6 +174,30 @@ async fn round_trip_large_file() {
     upload_download(&env, "large.bin", &random_bytes(64 << 20, 99)).await;
 }
 
+/// Waits (polling) until `cond` holds; the deadline only guards against a hang.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The proxy holds the transfer at 3 MiB; once the receiving side has 1 MiB on disk (its
+/// writers flush in steps of up to 1 MiB), it cuts. Resumption must then send at most the
+/// rest from 1 MiB (plus framing); a restart would send the whole 8 MiB again.
+const CUT_AT: u64 = 3 << 20;
+const ON_DISK_AT_CUT: u64 = 1 << 20;
+/// HTTP headers and TLS records of the resumed request, far above what they take.
+const FRAMING: u64 = 128 << 10;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_cut_midway_resumes_byte_identical() {
     let env = Env::start(BlobConfig::default()).await;
@@ -181,15 +205,30 @@ async fn upload_cut_midway_resumes_byte_identical() {
     let content = random_bytes(size, 7);
     let path = env.file("cut.bin", &content);
     let relay_addr = env.relay.as_ref().unwrap().local_addr();
-    let proxy = proxy::Proxy::start(relay_addr, Some(3 << 20), None).await;
+    let proxy = proxy::Proxy::start(relay_addr, Some(CUT_AT), None).await;
     let via_proxy = client_for(&ws_url(proxy.addr), &env.tls, &env.keys);
-    let pointer = via_proxy.upload_file(&path).await.unwrap();
+    let blobs = env.data.path().join("blobs");
+    let (pointer, ()) = tokio::join!(via_proxy.upload_file(&path), async {
+        until("the proxy holds the upload", || proxy.held()).await;
+        // The relay has consumed and written 1 MiB of what was forwarded.
+        until("1 MiB of the upload on the relay's disk", || {
+            std::fs::read_dir(&blobs).unwrap().any(|e| {
+                let e = e.unwrap();
+                !e.file_name().to_string_lossy().starts_with("meta.sqlite")
+                    && file_len(&e.path()) >= ON_DISK_AT_CUT
+            })
+        })
+        .await;
+        proxy.cut();
+    });
+    let pointer = pointer.unwrap();
     assert!(proxy.cuts() == 1, "the proxy cut the upload once");
-    // Resumed, not restarted: the bytes sent are the file once plus what was in flight.
-    let sent = proxy.up_bytes();
+    // Resumed, not restarted: after the cut only the rest from the stored offset is sent.
+    let resent = proxy.up_bytes() - CUT_AT;
+    let most = pointer.ciphertext_len() - ON_DISK_AT_CUT + FRAMING;
     assert!(
-        sent < size as u64 + (2 << 20),
-        "upload restarted from zero: {sent} bytes sent"
+        resent <= most,
+        "upload restarted: {resent} bytes sent after the cut, at most {most} expected"
     );
     let out = env.out_dir().join("cut.bin");
     env.client.download(&pointer, &out).await.unwrap();
@@ -207,15 +246,29 @@ async fn download_cut_midway_resumes_with_range() {
         .await
         .unwrap();
     let relay_addr = env.relay.as_ref().unwrap().local_addr();
-    let proxy = proxy::Proxy::start(relay_addr, None, Some(3 << 20)).await;
+    let proxy = proxy::Proxy::start(relay_addr, None, Some(CUT_AT)).await;
     let via_proxy = client_for(&ws_url(proxy.addr), &env.tls, &env.keys);
-    let out = env.out_dir().join("d.bin");
-    via_proxy.download(&pointer, &out).await.unwrap();
+    let dir = env.out_dir().join("resume");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("d.bin");
+    let (got, ()) = tokio::join!(via_proxy.download(&pointer, &out), async {
+        until("the proxy holds the download", || proxy.held()).await;
+        // The client has verified, decrypted and written 1 MiB (its temporary file).
+        until("1 MiB of the download on the client's disk", || {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .any(|e| file_len(&e.unwrap().path()) >= ON_DISK_AT_CUT)
+        })
+        .await;
+        proxy.cut();
+    });
+    got.unwrap();
     assert_eq!(proxy.cuts(), 1);
-    let received = proxy.down_bytes();
+    let resent = proxy.down_bytes() - CUT_AT;
+    let most = pointer.ciphertext_len() - ON_DISK_AT_CUT + FRAMING;
     assert!(
-        received < size as u64 + (2 << 20),
-        "download restarted: {received} bytes"
+        resent <= most,
+        "download restarted: {resent} bytes received after the cut, at most {most} expected"
     );
     assert!(std::fs::read(&out).unwrap() == content);
 }

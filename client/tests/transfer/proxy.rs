@@ -1,5 +1,10 @@
 //! A loopback TCP proxy that cuts the first connection whose traffic in one direction
 //! passes a threshold (a network failure in the middle of a transfer).
+//!
+//! At the threshold the proxy forwards exactly up to it, then holds the connection open
+//! until the test calls [`Proxy::cut`]: the test first waits until the far side has
+//! consumed what was forwarded, so how much a resumption may resend does not depend on
+//! what the kernel buffered at the moment of the cut.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +20,8 @@ struct State {
     cuts: AtomicU64,
     armed_up: AtomicBool,
     armed_down: AtomicBool,
+    held: AtomicBool,
+    release: tokio::sync::Notify,
 }
 
 pub struct Proxy {
@@ -40,15 +47,8 @@ impl Proxy {
                     };
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
-                    let up = pump(&mut cr, &mut sw, &st.up, cut_up, &st.armed_up, &st.cuts);
-                    let down = pump(
-                        &mut sr,
-                        &mut cw,
-                        &st.down,
-                        cut_down,
-                        &st.armed_down,
-                        &st.cuts,
-                    );
+                    let up = pump(&mut cr, &mut sw, &st.up, cut_up, &st.armed_up, &st);
+                    let down = pump(&mut sr, &mut cw, &st.down, cut_down, &st.armed_down, &st);
                     let _ = tokio::try_join!(up, down);
                 });
             }
@@ -67,6 +67,16 @@ impl Proxy {
     pub fn cuts(&self) -> u64 {
         self.state.cuts.load(Ordering::SeqCst)
     }
+
+    /// Whether a connection reached its threshold and is held, waiting for [`Self::cut`].
+    pub fn held(&self) -> bool {
+        self.state.held.load(Ordering::SeqCst)
+    }
+
+    /// Cuts the held connection (or the next one to reach its threshold).
+    pub fn cut(&self) {
+        self.state.release.notify_one();
+    }
 }
 
 impl Drop for Proxy {
@@ -81,7 +91,7 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     total: &AtomicU64,
     cut: Option<u64>,
     armed: &AtomicBool,
-    cuts: &AtomicU64,
+    state: &State,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 << 10];
     let mut here = 0u64;
@@ -97,8 +107,11 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         {
             let keep = (c - here) as usize;
             w.write_all(&buf[..keep]).await?;
+            w.flush().await?;
             total.fetch_add(keep as u64, Ordering::SeqCst);
-            cuts.fetch_add(1, Ordering::SeqCst);
+            state.held.store(true, Ordering::SeqCst);
+            state.release.notified().await;
+            state.cuts.fetch_add(1, Ordering::SeqCst);
             return Err(std::io::Error::other("cut"));
         }
         w.write_all(&buf[..n]).await?;
