@@ -38,6 +38,7 @@ mod call_signal;
 mod client;
 pub mod content;
 mod error;
+pub mod identity;
 pub mod link;
 pub mod provider;
 mod types;
