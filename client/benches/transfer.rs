@@ -272,11 +272,90 @@ impl Server {
     }
 }
 
+/// One side's figures from one repetition.
+struct Round {
+    up: Measured,
+    down: Measured,
+    server_rss_kib: u64,
+}
+
+/// Flushes dirty pages so that one run's writeback does not land in the next run's time.
+fn settle_disk() {
+    let _ = Command::new("sync").status();
+}
+
+/// Upload then download through the real relay and `cove::transfer`.
+fn cove_round(work: &Path, file: &str, size: u64) -> Round {
+    let relay_dir = work.join("relay");
+    std::fs::create_dir_all(&relay_dir).unwrap();
+    let relay = Server::start("relay", &relay_dir);
+    let pointer = work.join("pointer.bin");
+    let port = relay.port.to_string();
+    settle_disk();
+    let up = run_child(&[
+        "cove-upload",
+        &port,
+        &relay.cert,
+        file,
+        pointer.to_str().unwrap(),
+    ]);
+    let out = work.join("cove-out.bin");
+    settle_disk();
+    let down = run_child(&[
+        "cove-download",
+        &port,
+        &relay.cert,
+        pointer.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    let server_rss_kib = relay.stop();
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_dir_all(&relay_dir).unwrap();
+    Round {
+        up,
+        down,
+        server_rss_kib,
+    }
+}
+
+/// The same with the bare hyper + rustls server and client.
+fn bare_round(work: &Path, file: &str, size: u64) -> Round {
+    let bare_dir = work.join("bare");
+    std::fs::create_dir_all(&bare_dir).unwrap();
+    let bare = Server::start("bare-server", &bare_dir);
+    let port = bare.port.to_string();
+    settle_disk();
+    let up = run_child(&["bare-upload", &port, &bare.cert, file]);
+    let out = work.join("bare-out.bin");
+    settle_disk();
+    let down = run_child(&["bare-download", &port, &bare.cert, out.to_str().unwrap()]);
+    let server_rss_kib = bare.stop();
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_dir_all(&bare_dir).unwrap();
+    Round {
+        up,
+        down,
+        server_rss_kib,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn transfers() {
     let size: u64 = std::env::var("COVE_BENCH_BYTES")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1 << 30);
+    let reps: usize = std::env::var("COVE_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let work = tempfile::tempdir_in(
         std::env::var("COVE_BENCH_DIR")
             .map(PathBuf::from)
@@ -295,83 +374,74 @@ fn transfers() {
             std::io::Write::write_all(&mut f, &buf[..n]).unwrap();
             left -= n as u64;
         }
+        f.into_inner().unwrap().sync_all().unwrap();
     }
     let file_s = file.to_str().unwrap().to_owned();
 
-    // Cove: relay + cove::transfer.
-    let relay_dir = work.path().join("relay");
-    std::fs::create_dir_all(&relay_dir).unwrap();
-    let relay = Server::start("relay", &relay_dir);
-    let pointer = work.path().join("pointer.bin");
-    let port = relay.port.to_string();
-    let up = run_child(&[
-        "cove-upload",
-        &port,
-        &relay.cert,
-        &file_s,
-        pointer.to_str().unwrap(),
-    ]);
-    let out = work.path().join("cove-out.bin");
-    let down = run_child(&[
-        "cove-download",
-        &port,
-        &relay.cert,
-        pointer.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ]);
-    let relay_rss = relay.stop();
-    assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
-    std::fs::remove_file(&out).unwrap();
-    std::fs::remove_dir_all(&relay_dir).unwrap();
+    // Alternate the order (Cove first, then bare first, ...) so that neither side always
+    // runs on a disk or page cache the other just stirred up.
+    let mut cove = Vec::new();
+    let mut bare = Vec::new();
+    for rep in 0..reps {
+        if rep % 2 == 0 {
+            cove.push(cove_round(work.path(), &file_s, size));
+            bare.push(bare_round(work.path(), &file_s, size));
+        } else {
+            bare.push(bare_round(work.path(), &file_s, size));
+            cove.push(cove_round(work.path(), &file_s, size));
+        }
+        eprintln!(
+            "rep {rep}: upload {:.2} s vs {:.2} s, download {:.2} s vs {:.2} s",
+            cove[rep].up.secs, bare[rep].up.secs, cove[rep].down.secs, bare[rep].down.secs
+        );
+    }
 
-    // Bare HTTPS: hyper + rustls, no end-to-end encryption.
-    let bare_dir = work.path().join("bare");
-    std::fs::create_dir_all(&bare_dir).unwrap();
-    let bare = Server::start("bare-server", &bare_dir);
-    let port = bare.port.to_string();
-    let bup = run_child(&["bare-upload", &port, &bare.cert, &file_s]);
-    let out = work.path().join("bare-out.bin");
-    let bdown = run_child(&["bare-download", &port, &bare.cert, out.to_str().unwrap()]);
-    let bare_rss = bare.stop();
-    assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
-
-    let mbs = |m: &Measured| size as f64 / m.secs / 1e6;
+    let secs = |rounds: &[Round], f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+    let (up, bup) = (secs(&cove, |r| r.up.secs), secs(&bare, |r| r.up.secs));
+    let (down, bdown) = (secs(&cove, |r| r.down.secs), secs(&bare, |r| r.down.secs));
+    let ratios = |f: fn(&Round) -> f64| {
+        cove.iter()
+            .zip(&bare)
+            .map(|(c, b)| format!("{:.2}", f(b) / f(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let max = |rounds: &[Round], f: fn(&Round) -> u64| rounds.iter().map(f).max().unwrap_or(0);
+    let mbs = |secs: f64| size as f64 / secs / 1e6;
     println!(
-        "## Transfer of a {} MiB file over loopback TLS (each side its own process)",
+        "## Transfer of a {} MiB file over loopback TLS (each side its own process; median of {reps}, order alternating)",
         size >> 20
     );
-    println!("| | Cove (E2E encrypted) | bare HTTPS | ratio |");
-    println!("|---|---|---|---|");
+    println!("| | Cove (E2E encrypted) | bare HTTPS | ratio of medians | ratio per repetition |");
+    println!("|---|---|---|---|---|");
     println!(
-        "| upload | {:.0} MB/s ({:.2} s) | {:.0} MB/s ({:.2} s) | **{:.2}** |",
-        mbs(&up),
-        up.secs,
-        mbs(&bup),
-        bup.secs,
-        bup.secs / up.secs
+        "| upload | {:.0} MB/s ({up:.2} s) | {:.0} MB/s ({bup:.2} s) | **{:.2}** | {} |",
+        mbs(up),
+        mbs(bup),
+        bup / up,
+        ratios(|r| r.up.secs)
     );
     println!(
-        "| download | {:.0} MB/s ({:.2} s) | {:.0} MB/s ({:.2} s) | **{:.2}** |",
-        mbs(&down),
-        down.secs,
-        mbs(&bdown),
-        bdown.secs,
-        bdown.secs / down.secs
+        "| download | {:.0} MB/s ({down:.2} s) | {:.0} MB/s ({bdown:.2} s) | **{:.2}** | {} |",
+        mbs(down),
+        mbs(bdown),
+        bdown / down,
+        ratios(|r| r.down.secs)
     );
     println!(
-        "| peak RSS client, upload | {} MiB | {} MiB | |",
-        up.rss_kib >> 10,
-        bup.rss_kib >> 10
+        "| peak RSS client, upload | {} MiB | {} MiB | | |",
+        max(&cove, |r| r.up.rss_kib) >> 10,
+        max(&bare, |r| r.up.rss_kib) >> 10
     );
     println!(
-        "| peak RSS client, download | {} MiB | {} MiB | |",
-        down.rss_kib >> 10,
-        bdown.rss_kib >> 10
+        "| peak RSS client, download | {} MiB | {} MiB | | |",
+        max(&cove, |r| r.down.rss_kib) >> 10,
+        max(&bare, |r| r.down.rss_kib) >> 10
     );
     println!(
-        "| peak RSS server (whole run) | {} MiB (relay) | {} MiB | |",
-        relay_rss >> 10,
-        bare_rss >> 10
+        "| peak RSS server (whole round) | {} MiB (relay) | {} MiB | | |",
+        max(&cove, |r| r.server_rss_kib) >> 10,
+        max(&bare, |r| r.server_rss_kib) >> 10
     );
 }
 
