@@ -27,7 +27,7 @@ mod requests;
 
 pub use auth::Auth;
 pub use backlog::{Backlog, BacklogStep};
-pub use posts::{Fanout, PostOutcome, posted};
+pub use posts::{Fanout, PostOutcome, append, posted};
 pub(crate) use requests::ENTRY_OVERHEAD_BYTES;
 pub use requests::{acked, request};
 
@@ -220,11 +220,7 @@ impl Connection {
             Route::Answer(reply) => (Answer::reply(reply), None),
             Route::Authenticate(auth) => (self.authenticate(store, auth), None),
             Route::Post(post) => {
-                let result = store
-                    .append_batch(vec![post])
-                    .pop()
-                    .unwrap_or_else(|| Err(wrong_count()));
-                let outcome = posted(result);
+                let outcome = append(store, post);
                 (Answer::reply(outcome.reply), outcome.fanout)
             }
             Route::Ack {

@@ -3,7 +3,7 @@
 use cove_wire::{DeviceId, EntryKind, ErrorReply, GroupEntry, Reply, Seq};
 
 use crate::reply::store_error_reply;
-use crate::store::{Appended, StoreError, Welcome};
+use crate::store::{Appended, NewPost, RelayStore, StoreError, Welcome};
 
 /// The outcome of one post after the store: the poster's reply and, if the post was stored,
 /// its fan-out.
@@ -68,4 +68,14 @@ pub fn posted(result: Result<Appended, StoreError>) -> PostOutcome {
             welcomes: appended.welcomes,
         }),
     }
+}
+
+/// Appends one post on its own (one [`RelayStore::append_batch`] of one post) and decides
+/// its outcome; the relay's pipeline batches instead, then calls [`posted`] per post.
+pub fn append(store: &dyn RelayStore, post: NewPost) -> PostOutcome {
+    let result = store
+        .append_batch(vec![post])
+        .pop()
+        .unwrap_or_else(|| Err(super::wrong_count()));
+    posted(result)
 }
