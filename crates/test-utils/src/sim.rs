@@ -199,3 +199,214 @@ impl Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use cove_wire::{
+        ClientFrame, Delivery, Epoch, ErrorCode, Payload, PostKind, Reply, Request, RequestId,
+        ServerFrame, Signature,
+    };
+
+    use super::{Frames, Relay};
+    use crate::{DeviceKeys, random_group_id};
+
+    fn request(id: u32, body: Request) -> ClientFrame {
+        ClientFrame::Request {
+            id: RequestId(id),
+            body,
+        }
+    }
+
+    fn nonce(challenge: &ServerFrame) -> [u8; 32] {
+        match challenge {
+            ServerFrame::Challenge { nonce, .. } => *nonce,
+            other => panic!("not a challenge: {other:?}"),
+        }
+    }
+
+    /// Connects `slot` and registers `keys` there; returns the frames after the challenge.
+    fn register(relay: &mut Relay, slot: usize, keys: &mut DeviceKeys) -> Frames {
+        let challenge = relay.connect(slot);
+        let body = Request::Register {
+            user: keys.user.clone(),
+            key: keys.public_key(),
+            signature: keys.sign_challenge(&nonce(&challenge)),
+        };
+        let frames = relay.handle(slot, request(1, body), 1);
+        match &frames[0] {
+            (
+                s,
+                ServerFrame::Response {
+                    result: Ok(Reply::Authenticated { device }),
+                    ..
+                },
+            ) if *s == slot => keys.device = Some(*device),
+            other => panic!("not authenticated: {other:?}"),
+        }
+        frames
+    }
+
+    fn authenticate(relay: &mut Relay, slot: usize, keys: &DeviceKeys) -> Frames {
+        let challenge = relay.connect(slot);
+        let body = Request::Authenticate {
+            user: keys.user.clone(),
+            device: keys.id(),
+            signature: keys.sign_challenge(&nonce(&challenge)),
+        };
+        relay.handle(slot, request(1, body), 1)
+    }
+
+    /// Each connection gets its own challenge; the response comes first, then (here empty)
+    /// the backlog's end.
+    #[test]
+    fn registration_answers_then_ends_the_backlog() {
+        let mut relay = Relay::new();
+        let first = nonce(&relay.connect(0));
+        let second = nonce(&relay.connect(1));
+        assert_ne!(first, second);
+        let mut alice = DeviceKeys::generate("alice");
+        let frames = register(&mut relay, 0, &mut alice);
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert_eq!(frames[1], (0, ServerFrame::BacklogDone));
+        assert_eq!(relay.device(0), Some(alice.id()));
+    }
+
+    /// A bad signature is answered `AuthenticationFailed`, then the connection closes and
+    /// later frames get nothing.
+    #[test]
+    fn a_bad_signature_closes_the_connection() {
+        let mut relay = Relay::new();
+        relay.connect(0);
+        let alice = DeviceKeys::generate("alice");
+        let body = Request::Register {
+            user: alice.user.clone(),
+            key: alice.public_key(),
+            signature: Signature([1; 64]),
+        };
+        let frames = relay.handle(0, request(1, body), 1);
+        assert!(
+            matches!(&frames[0], (0, ServerFrame::Response { result: Err(e), .. }) if e.code == ErrorCode::AuthenticationFailed),
+            "{frames:?}"
+        );
+        assert_eq!(
+            frames[1],
+            (
+                0,
+                ServerFrame::Closing {
+                    code: ErrorCode::AuthenticationFailed
+                }
+            )
+        );
+        assert_eq!(frames.len(), 2);
+        assert!(relay.handle(0, request(2, Request::Ping), 2).is_empty());
+    }
+
+    /// A post is answered, then its entry goes to the online members (the poster included)
+    /// and not to offline ones; an offline member gets it in its backlog, then
+    /// `BacklogDone`.
+    #[test]
+    fn posts_reach_online_members_and_the_backlog_of_offline_ones() {
+        let mut relay = Relay::new();
+        let mut alice = DeviceKeys::generate("alice");
+        let mut bob = DeviceKeys::generate("bob");
+        register(&mut relay, 0, &mut alice);
+        register(&mut relay, 1, &mut bob);
+        let group = random_group_id();
+        let frames = relay.handle(0, request(2, Request::CreateGroup { group }), 2);
+        assert!(matches!(
+            &frames[..],
+            [(
+                0,
+                ServerFrame::Response {
+                    result: Ok(Reply::GroupCreated),
+                    ..
+                }
+            )]
+        ));
+        // Add bob by a commit (the relay does not read the MLS bytes).
+        let commit = Request::Post {
+            group,
+            epoch: Epoch(0),
+            kind: PostKind::Commit {
+                added: vec![bob.id()].into(),
+                removed: Vec::new().into(),
+                welcome: Some(Payload(vec![9; 8])),
+            },
+            payload: Payload(vec![1; 8]),
+        };
+        let frames = relay.handle(0, request(3, commit), 3);
+        assert_eq!(frames.len(), 3, "{frames:?}");
+        assert!(
+            matches!(&frames[1], (0, ServerFrame::Deliver(Delivery::Group(e))) if e.seq.0 == 1)
+        );
+        assert!(
+            matches!(&frames[2], (1, ServerFrame::Deliver(Delivery::Inbox(w))) if w.payload.0 == vec![9; 8]),
+            "the added device gets the Welcome, not the commit: {frames:?}"
+        );
+        relay.disconnect(1);
+        let post = Request::Post {
+            group,
+            epoch: Epoch(1),
+            kind: PostKind::Application,
+            payload: Payload(vec![2; 8]),
+        };
+        let frames = relay.handle(0, request(4, post.clone()), 4);
+        assert!(
+            matches!(
+                &frames[..],
+                [
+                    (0, ServerFrame::Response { result: Ok(Reply::Posted { seq }), .. }),
+                    (0, ServerFrame::Deliver(Delivery::Group(_)))
+                ] if seq.0 == 2
+            ),
+            "{frames:?}"
+        );
+        // The same bytes again: answered with the original seq, delivered to nobody.
+        let frames = relay.handle(0, request(5, post), 5);
+        assert!(
+            matches!(
+                &frames[..],
+                [(0, ServerFrame::Response { result: Ok(Reply::Posted { seq }), .. })] if seq.0 == 2
+            ),
+            "{frames:?}"
+        );
+        let frames = authenticate(&mut relay, 1, &bob);
+        let kinds: Vec<String> = frames
+            .iter()
+            .map(|(slot, f)| {
+                assert_eq!(*slot, 1);
+                match f {
+                    ServerFrame::Response { .. } => "response".into(),
+                    ServerFrame::Deliver(Delivery::Inbox(_)) => "welcome".into(),
+                    ServerFrame::Deliver(Delivery::Group(e)) => format!("entry {}", e.seq.0),
+                    ServerFrame::BacklogDone => "done".into(),
+                    other => format!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(kinds, ["response", "welcome", "entry 2", "done"]);
+    }
+
+    /// A second connection of the same device displaces the first.
+    #[test]
+    fn a_second_connection_displaces_the_first() {
+        let mut relay = Relay::new();
+        let mut alice = DeviceKeys::generate("alice");
+        register(&mut relay, 0, &mut alice);
+        let frames = authenticate(&mut relay, 1, &alice);
+        assert!(
+            frames.contains(&(
+                0,
+                ServerFrame::Closing {
+                    code: ErrorCode::Displaced
+                }
+            )),
+            "{frames:?}"
+        );
+        assert_eq!(relay.device(0), None);
+        assert_eq!(relay.device(1), Some(alice.id()));
+        assert!(relay.handle(0, request(9, Request::Ping), 9).is_empty());
+    }
+}

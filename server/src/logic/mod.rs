@@ -9,7 +9,7 @@
 //! the time are inputs.
 //!
 //! Two drivers wrap it:
-//! - the relay's connection layer ([`crate::session`], [`crate::pipeline`], [`crate::hub`]),
+//! - the relay's connection layer (`session/`, `pipeline.rs`, `hub.rs`),
 //!   which adds only I/O: TLS and WebSocket, rate limits, the post pipeline (batching posts
 //!   into one [`RelayStore::append_batch`], then [`posted`] per post), the ack lane, the
 //!   bounded queues and back-pressure, the backlog task stepping [`Backlog`];
@@ -246,4 +246,41 @@ pub fn no_turn() -> Result<Reply, ErrorReply> {
 /// The store answered a batch with the wrong number of results.
 pub(crate) fn wrong_count() -> crate::store::StoreError {
     crate::store::StoreError::Backend("wrong number of results".into())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The core stays sans-IO: none of its files names the runtime, sockets, the clock or
+    /// the connection layer it is wrapped by (which would also make a module cycle).
+    #[test]
+    fn the_core_does_no_io_and_knows_nothing_of_its_drivers() {
+        let files = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("auth.rs", include_str!("auth.rs")),
+            ("backlog.rs", include_str!("backlog.rs")),
+            ("posts.rs", include_str!("posts.rs")),
+            ("requests.rs", include_str!("requests.rs")),
+        ];
+        let forbidden = [
+            "tokio",
+            "std::net",
+            "std::fs",
+            "SystemTime",
+            "Instant",
+            "rand::",
+            "crate::session",
+            "crate::pipeline",
+            "crate::hub",
+            "crate::shared",
+            "crate::http",
+            "crate::relay",
+        ];
+        for (name, text) in files {
+            // This test's own list is not a use.
+            let code = text.split("#[cfg(test)]").next().unwrap_or(text);
+            for word in forbidden {
+                assert!(!code.contains(word), "logic/{name} mentions {word}");
+            }
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! cove-core protocol tests: several clients and an in-process relay, no sockets.
+//! cove-core protocol tests: several clients and the relay core of cove-server (through
+//! `cove_test_utils::sim`), no sockets.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
