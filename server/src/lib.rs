@@ -4,6 +4,10 @@
 //! What it owns:
 //! - the network shell: TCP → rustls → hyper (HTTP/1.1) → WebSocket at `/v1/ws`
 //!   (`http.rs` routing, one task per connection, a connection cap, handshake deadlines);
+//! - the relay core ([`logic`]): every decision of the relay (authentication, requests,
+//!   the epoch and repeated-post rules through the store, replies, fan-out recipients,
+//!   backlogs), synchronous and without I/O; the connection layer wraps it, and
+//!   `cove_test_utils::sim` drives it without sockets for `cove-core`'s tests;
 //! - sessions (`session/`, split by job: connection, requests, auth, state, backlog, writer):
 //!   challenge-response authentication with Ed25519 device keys, requests and replies
 //!   (`reply.rs`), backlog and live delivery, rate limits;
@@ -41,6 +45,7 @@ pub mod config;
 mod http;
 mod hub;
 mod logging;
+pub mod logic;
 mod pipeline;
 mod relay;
 pub mod rendezvous;

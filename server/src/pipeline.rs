@@ -1,4 +1,5 @@
-//! The post pipeline: the relay's hot path.
+//! The post pipeline: the relay's hot path. The relay core ([`crate::logic::posted`])
+//! decides each post's reply and recipients; the pipeline batches, encodes and delivers.
 //!
 //! Connections hand posts to one writer thread through a channel. The thread takes
 //! everything queued (up to `post_batch_max`), appends it with one
@@ -18,14 +19,14 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use cove_wire::{
-    Delivery, DeviceId, EntryKind, ErrorCode, ErrorReply, GroupId, Reply, RequestId, Seq,
-    ServerFrame, Stream,
+    Delivery, DeviceId, ErrorCode, ErrorReply, GroupId, Reply, RequestId, Seq, ServerFrame, Stream,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, error, warn};
 
 use crate::hub::{CloseReason, Hub, Outbox};
-use crate::reply::{encode_frame, response, store_error_reply};
+use crate::logic::{self, Fanout, PostOutcome};
+use crate::reply::{encode_frame, response};
 use crate::store::{Appended, NewPost, RelayStore, StoreError, Welcome};
 
 /// Fixed per-post overhead counted against the byte budget besides the payload.
@@ -127,7 +128,7 @@ fn writer_thread(
                 got = results.len(),
                 "store returned a wrong number of results"
             );
-            let internal = || Err(StoreError::Backend("wrong number of results".into()));
+            let internal = || Err(logic::wrong_count());
             replies
                 .into_iter()
                 .map(|r| outcome(r, internal()))
@@ -168,58 +169,34 @@ fn outcome(
     (request, reply_to, permit): (RequestId, Arc<Outbox>, OwnedSemaphorePermit),
     result: Result<Appended, StoreError>,
 ) -> Outcome {
-    let appended = match result {
-        Ok(appended) => appended,
-        // A resend of a stored post: the poster gets the original seq, nobody gets a copy.
-        Err(StoreError::Duplicate { seq }) => {
-            return Outcome {
-                reply_to,
-                reply: encode_frame(&response(request, Ok(Reply::Posted { seq }))),
-                accepted: None,
-                _permit: permit,
-            };
-        }
-        Err(e) => {
-            let reply = encode_frame(&response(request, Err(store_error_reply(&e))));
-            return Outcome {
-                reply_to,
-                reply,
-                accepted: None,
-                _permit: permit,
-            };
-        }
-    };
-    let group = appended.entry.group;
-    let seq = appended.entry.seq;
-    let reply = encode_frame(&response(request, Ok(Reply::Posted { seq })));
-    // Devices a commit adds start reading after it (their Welcome carries it), so the
-    // commit goes to the other members and to the removed devices.
-    let mut recipients = appended.members;
-    if let EntryKind::Commit { added, .. } = &appended.entry.kind
-        && !added.is_empty()
-    {
-        recipients.retain(|d| !added.contains(d));
-    }
-    recipients.extend_from_slice(&appended.removed);
-    let accepted =
-        encode_frame(&ServerFrame::Deliver(Delivery::Group(appended.entry))).map(|frame| {
-            Accepted {
-                group,
-                seq,
-                recipients,
-                frame,
-                welcomes: match &appended.welcome {
-                    Some(welcome) => appended
-                        .welcomes
-                        .iter()
-                        .filter_map(|&(device, seq)| {
-                            encode_welcome(welcome, seq).map(|f| (device, seq, f))
-                        })
-                        .collect(),
-                    None => Vec::new(),
-                },
-            }
-        });
+    // The core decides the reply and who gets what; this encodes each frame once.
+    let PostOutcome { reply, fanout } = logic::posted(result);
+    let reply = encode_frame(&response(request, reply));
+    let accepted = fanout.and_then(|fanout| {
+        let Fanout {
+            entry,
+            recipients,
+            welcome,
+            welcomes,
+        } = fanout;
+        let group = entry.group;
+        let seq = entry.seq;
+        encode_frame(&ServerFrame::Deliver(Delivery::Group(entry))).map(|frame| Accepted {
+            group,
+            seq,
+            recipients,
+            frame,
+            welcomes: match &welcome {
+                Some(welcome) => welcomes
+                    .iter()
+                    .filter_map(|&(device, seq)| {
+                        encode_welcome(welcome, seq).map(|f| (device, seq, f))
+                    })
+                    .collect(),
+                None => Vec::new(),
+            },
+        })
+    });
     Outcome {
         reply_to,
         reply,
@@ -302,10 +279,7 @@ impl AckLane {
             .name("cove-acks".into())
             .spawn(move || {
                 while let Some(job) = rx.blocking_recv() {
-                    let result = store
-                        .ack(job.device, job.stream, job.seq)
-                        .map(|()| Reply::Acked)
-                        .map_err(|e| store_error_reply(&e));
+                    let result = logic::acked(store.ack(job.device, job.stream, job.seq));
                     reply(&job.reply_to, job.request, result);
                     job.in_lane.fetch_sub(1, Ordering::AcqRel);
                 }

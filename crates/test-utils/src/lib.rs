@@ -7,6 +7,8 @@
 //! - [`TestClient`]: a wire-level client over real TLS and WebSocket. It registers or
 //!   authenticates with a [`DeviceKeys`] Ed25519 key, sends requests and awaits their
 //!   responses by id, collects deliveries, and acks.
+//! - [`sim::Relay`]: the relay core without sockets, driven frame by frame over a store
+//!   (the in-memory one by default); `cove-core`'s tests run their clients through it.
 //! - [`LogCapture`]: a global tracing subscriber that records every log line, so tests can
 //!   assert that secrets never reach the logs.
 //!
@@ -19,6 +21,8 @@
 //! client.register(&mut alice).await?;
 //! # Ok(()) }
 //! ```
+
+pub mod sim;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};

@@ -2,15 +2,15 @@
 //!
 //! The module is split by job; each part depends only on the ones below it:
 //! - [`run`] (this file): the connection: challenge, the read loop, teardown;
-//! - `requests`: one request's handling and its answer (starts the backlog on
-//!   authentication);
-//! - `auth`: registration and challenge-response authentication;
-//! - `state`: the per-connection `Session` state;
-//! - `backlog`: pushing the stored backlog after authentication;
+//! - `requests`: one request: rate limits, the core's routing, where the work runs (blocking
+//!   pool, pipeline, ack lane), the answer (starts the backlog on authentication);
+//! - `state`: the per-connection `Session` state (around the core's [`Connection`]);
+//! - `backlog`: the backlog task, stepping the core's [`crate::logic::Backlog`];
 //! - `writer`: the connection's writer task.
 //!
-//! Below those: [`crate::reply`] (response frames, store error mapping), [`crate::shared`]
-//! (what every connection shares), [`crate::pipeline`] and [`crate::hub`].
+//! Below those: [`crate::logic`] (the relay core: every decision, without I/O),
+//! [`crate::reply`] (response frames, store error mapping), [`crate::shared`] (what every
+//! connection shares), [`crate::pipeline`] and [`crate::hub`].
 //!
 //! Three tasks serve a connection:
 //! - the **reader** (this module's [`run`]) decodes frames and answers requests in order;
@@ -20,7 +20,6 @@
 //! - the **backlog** task, started on authentication, pushes the device's inbox and every
 //!   group log from its cursors, then `BacklogDone`, then makes the device live in the hub.
 
-mod auth;
 mod backlog;
 mod requests;
 mod state;
@@ -31,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
-use cove_wire::{ClientFrame, DecodeError, ErrorCode, PROTOCOL_VERSION, ServerFrame};
+use cove_wire::{ClientFrame, DecodeError, ErrorCode};
 use futures_util::StreamExt;
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -40,6 +39,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, error};
 
 use crate::hub::{CloseReason, Outbox, TokenBucket};
+use crate::logic::Connection;
 use crate::reply::encode_frame;
 use crate::shared::{Shared, stopped};
 
@@ -74,18 +74,14 @@ where
 
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let challenge = ServerFrame::Challenge {
-        version: PROTOCOL_VERSION,
-        nonce,
-    };
-    if let Some(frame) = encode_frame(&challenge) {
+    let conn = Connection::new(nonce);
+    if let Some(frame) = conn.challenge().as_ref().and_then(encode_frame) {
         outbox.push(frame);
     }
     let mut session = Session {
         shared: Arc::clone(&shared),
         outbox: Arc::clone(&outbox),
-        nonce: Some(nonce),
-        device: None,
+        conn,
         preauth: TokenBucket::new(PREAUTH_RATE, PREAUTH_BURST, Instant::now()),
         backlog: None,
         start_backlog: false,
@@ -122,13 +118,13 @@ where
                 break;
             }
         };
-        if next.is_err() && session.device.is_some() && std::mem::take(&mut heard) {
+        if next.is_err() && session.conn.device().is_some() && std::mem::take(&mut heard) {
             timer.as_mut().reset(tokio::time::Instant::now() + idle);
             continue;
         }
         heard = true;
         let message = match next {
-            Err(_) if session.device.is_none() => {
+            Err(_) if session.conn.device().is_none() => {
                 debug!(conn = conn_id, "no authentication in time");
                 outbox.close(CloseReason::Code(ErrorCode::Unauthenticated));
                 break;
@@ -159,9 +155,9 @@ where
         match message {
             Message::Binary(bytes) => match cove_wire::decode::<ClientFrame>(&bytes) {
                 Ok(ClientFrame::Request { id, body }) => {
-                    let was_authenticated = session.device.is_some();
+                    let was_authenticated = session.conn.device().is_some();
                     session.request(id, body, bytes.len()).await;
-                    if !was_authenticated && session.device.is_some() {
+                    if !was_authenticated && session.conn.device().is_some() {
                         // From now on the timer checks for idleness.
                         timer.as_mut().reset(tokio::time::Instant::now() + idle);
                         heard = false;
@@ -192,7 +188,7 @@ where
     if let Some(backlog) = session.backlog.take() {
         backlog.abort();
     }
-    if let Some(device) = session.device {
+    if let Some(device) = session.conn.device() {
         shared.hub.unregister(device, conn_id);
     }
     drop(session);

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use cove_wire::{DeviceId, ErrorCode};
+use cove_wire::ErrorCode;
 use tokio::task::JoinHandle;
 
 use crate::hub::{Outbox, TokenBucket};
+use crate::logic::Connection;
 use crate::shared::Shared;
 
 /// One connection's state, read and changed by the request handling.
@@ -15,10 +16,8 @@ pub(super) struct Session {
     pub(super) shared: Arc<Shared>,
     /// The connection's outgoing queue.
     pub(super) outbox: Arc<Outbox>,
-    /// The challenge; `None` once used (authenticated or a signature failed).
-    pub(super) nonce: Option<[u8; 32]>,
-    /// The authenticated device, once authenticated.
-    pub(super) device: Option<DeviceId>,
+    /// The relay core's state of this connection: the challenge, then the device.
+    pub(super) conn: Connection,
     /// Request rate limit before authentication.
     pub(super) preauth: TokenBucket,
     /// The backlog task, once started.

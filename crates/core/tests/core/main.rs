@@ -1,4 +1,5 @@
-//! cove-core protocol tests: several clients and an in-process relay, no sockets.
+//! cove-core protocol tests: several clients and the relay core of cove-server (through
+//! `cove_test_utils::sim`), no sockets.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -739,6 +740,9 @@ fn a_key_update_keeps_everyone_in_step() {
     );
 }
 
+/// The relay keeps the commit that removed an offline device until the device acks it: at
+/// reconnection the backlog delivers it, the device learns of its removal before it tries
+/// anything, and the relay refuses its posts.
 #[test]
 fn a_device_removed_while_offline_learns_it_from_the_relay() {
     let mut net = Net::new();
@@ -752,6 +756,64 @@ fn a_device_removed_while_offline_learns_it_from_the_relay() {
         .remove_users(now, "friends", &[user("bob")])
         .unwrap();
     assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    net.connect(bob);
+    net.run();
+    let events = net.take_events(bob);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::RemovedFromGroup { group: g } if *g == group)),
+        "{events:?}"
+    );
+    assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
+    assert!(!net.client(bob).groups()[0].active);
+    // The core refuses to send to a group it was removed from...
+    let now = net.now_ms;
+    let refused = net.client(bob).send_text(now, &group.to_hex(), "anyone?");
+    assert!(
+        matches!(&refused, Err(CommandError::NotMember(_))),
+        "{refused:?}"
+    );
+    // ... and so does the relay, for a post made anyway.
+    let frames = net.relay.handle(
+        bob,
+        ClientFrame::Request {
+            id: RequestId(999),
+            body: Request::Post {
+                group,
+                epoch: cove_wire::Epoch(1),
+                kind: PostKind::Application,
+                payload: vec![1, 2, 3].into(),
+            },
+        },
+        now,
+    );
+    assert!(matches!(
+        &frames[0].1,
+        ServerFrame::Response { result: Err(e), .. } if e.code == cove_wire::ErrorCode::NotMember
+    ));
+    assert_eq!(frames.len(), 1, "nothing is delivered: {frames:?}");
+    assert!(texts(&net.take_events(alice)).is_empty());
+}
+
+/// When the commit that removed it never reaches the device (a relay that lost its
+/// departure record), the device learns of its removal from the relay's `NotMember`
+/// refusal of its next post.
+#[test]
+fn a_device_whose_removal_commit_is_lost_learns_it_from_the_relays_refusal() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    let bob_device = net.client(bob).device().unwrap();
+    net.disconnect(bob);
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .remove_users(now, "friends", &[user("bob")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    assert_eq!(net.relay.forget_departures(bob_device), 1);
     net.connect(bob);
     net.run();
     net.take_events(bob);
@@ -1289,6 +1351,59 @@ fn a_second_group_of_the_same_name_is_refused_locally() {
     assert_eq!(op_result(&mut net, alice, op), Ok(()));
 }
 
+/// Issue 8: a member removed and added again while offline receives the commit that
+/// removed it first (the relay keeps it for him), then the Welcome that adds it again: it
+/// leaves the old group state, joins at the new epoch and reads on, without warnings.
+#[test]
+fn a_member_removed_and_added_again_while_offline_sees_the_removal_then_joins_again() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    let bob_device = net.client(bob).device().unwrap();
+    net.disconnect(bob);
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .remove_users(now, "friends", &[user("bob")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    let op = net
+        .client(alice)
+        .add_users(now, "friends", &[user("bob")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    send(&mut net, alice, "welcome back");
+    net.run();
+    net.take_events(bob);
+    net.connect(bob);
+    net.run();
+    let events = net.take_events(bob);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::RemovedFromGroup { group: g } if *g == group)),
+        "the removal is delivered: {events:?}"
+    );
+    assert_eq!(texts(&events), vec!["welcome back".to_string()]);
+    assert!(warnings(&events).is_empty(), "{:?}", warnings(&events));
+    assert!(net.client(bob).groups()[0].active);
+    assert_eq!(
+        net.client(bob).epoch_authenticator(&group),
+        net.client(alice).epoch_authenticator(&group)
+    );
+    // bob acked the removal: the relay holds no departure record for him any more.
+    assert_eq!(net.relay.forget_departures(bob_device), 0);
+    net.take_events(alice);
+    let op = send(&mut net, bob, "glad to be back");
+    assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    net.run();
+    assert_eq!(
+        texts(&net.take_events(alice)),
+        vec!["glad to be back".to_string()]
+    );
+}
+
 #[test]
 fn a_member_removed_and_added_again_while_offline_takes_the_new_welcome_and_reads_on() {
     let mut net = Net::new();
@@ -1318,8 +1433,10 @@ fn a_member_removed_and_added_again_while_offline_takes_the_new_welcome_and_read
         .inbox_of(bob_device)
         .pop()
         .expect("bob's re-add Welcome waits in his inbox");
-    // bob never sees the removal (this relay moves his cursor to the re-add), only the
-    // Welcome into a later epoch of a group he still holds.
+    // bob never sees the removal (this relay moves his cursor to the re-add, as the relay
+    // did before it kept departure records), only the Welcome into a later epoch of a
+    // group he still holds.
+    assert_eq!(net.relay.forget_departures(bob_device), 1);
     net.connect(bob);
     net.run();
     let events = net.take_events(bob);
@@ -1348,6 +1465,7 @@ fn a_member_removed_and_added_again_while_offline_takes_the_new_welcome_and_read
     // dropped as a duplicate before it is even read): a Welcome for the epoch bob already
     // holds must not replace his group state (a rollback); he is warned and stays put.
     welcome.seq = cove_wire::Seq(welcome.seq.0 + 1000);
+    net.relay.fabricated_inbox.insert(bob_device, welcome.seq);
     let before = net.client(bob).epoch_authenticator(&group);
     net.deliver(vec![(bob, ServerFrame::Deliver(Delivery::Inbox(welcome)))]);
     net.run();

@@ -1,510 +1,364 @@
-//! A tiny in-process relay with the semantics of `server/src/store` (one commit per epoch,
-//! ordered logs, cursors, KeyPackage claims, Welcomes into inboxes) and a network of
-//! clients driven step by step, without sockets. Shared with `benches/mls.rs`.
+//! The network the core tests run on: the relay core of `cove-server`
+//! (`cove_test_utils::sim::Relay`, over the in-memory `RelayStore`) behind a thin layer of
+//! test hooks, and a network of clients driven step by step, without sockets. Shared with
+//! `benches/mls.rs`.
+//!
+//! The layer never decides what the relay does; it only plays a hostile or unlucky relay
+//! around the real one: it rewrites directory replies (`tampered_keys`), refuses posts with
+//! `RateLimited` before the relay sees them, posts bytes as a member would (`inject`),
+//! counts what the store accepted and refused (a decorator of the store), and sets up or
+//! inspects the store directly.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cove_core::cove_store::Store;
 use cove_core::{Client, Event, Output};
+use cove_server::store::{Appended, MemoryStore, NewPost, RelayStore, Stock, StoreError};
+use cove_test_utils::sim;
+use cove_wire::limits::MAX_FETCH_ENTRIES;
 use cove_wire::{
-    ClaimedKeyPackage, ClientFrame, Delivery, DeviceId, DeviceInfo, DeviceKey, EntryKind, Epoch,
-    ErrorCode, ErrorReply, GroupEntry, GroupId, InboxEntry, InboxKind, Payload, PostKind, Reply,
-    Request, Seq, ServerFrame, Stream, UserName,
+    ClaimedKeyPackage, ClientFrame, DeviceId, DeviceInfo, DeviceKey, Epoch, ErrorCode, ErrorReply,
+    GroupEntry, GroupId, GroupSummary, InboxEntry, Payload, PostKind, Reply, Request, Seq,
+    ServerFrame, Stream, UserName,
 };
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 
+/// What the store accepted and refused, counted by [`Counting`].
 #[derive(Default)]
-struct Group {
-    epoch: u64,
-    members: BTreeSet<DeviceId>,
-    log: Vec<GroupEntry>,
+struct Counts {
+    /// Application messages stored (a repeated post the relay answers with the original
+    /// seq is not stored again, so it does not count).
+    app_posts: AtomicUsize,
+    /// Commits refused with StaleEpoch.
+    stale_commits: AtomicUsize,
+    /// Application messages and proposals refused with StaleEpoch.
+    stale_app: AtomicUsize,
 }
 
-/// The relay state.
-#[derive(Default)]
+/// The in-memory store, counting what `append_batch` does; every call goes to it unchanged.
+struct Counting {
+    inner: MemoryStore,
+    counts: Arc<Counts>,
+}
+
+impl RelayStore for Counting {
+    fn register_user(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
+        self.inner.register_user(user, key)
+    }
+    fn add_device(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
+        self.inner.add_device(user, key)
+    }
+    fn devices(&self, user: &UserName) -> Result<Vec<DeviceInfo>, StoreError> {
+        self.inner.devices(user)
+    }
+    fn device(&self, device: DeviceId) -> Result<Option<(UserName, DeviceKey)>, StoreError> {
+        self.inner.device(device)
+    }
+    fn upload_key_packages(
+        &self,
+        device: DeviceId,
+        key_packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<Stock, StoreError> {
+        self.inner
+            .upload_key_packages(device, key_packages, last_resort)
+    }
+    fn claim_key_packages(&self, user: &UserName) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+        self.inner.claim_key_packages(user)
+    }
+    fn key_package_stock(&self, device: DeviceId) -> Result<Stock, StoreError> {
+        self.inner.key_package_stock(device)
+    }
+    fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
+        self.inner.create_group(group, creator)
+    }
+    fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {
+        self.inner.is_member(group, device)
+    }
+    fn groups_of(&self, device: DeviceId) -> Result<Vec<GroupSummary>, StoreError> {
+        self.inner.groups_of(device)
+    }
+    fn append_batch(&self, posts: Vec<NewPost>) -> Vec<Result<Appended, StoreError>> {
+        let commits: Vec<bool> = posts
+            .iter()
+            .map(|p| matches!(p.kind, PostKind::Commit { .. }))
+            .collect();
+        let results = self.inner.append_batch(posts);
+        for (commit, result) in commits.into_iter().zip(&results) {
+            let counter = match (commit, result) {
+                (false, Ok(a)) if matches!(a.entry.kind, cove_wire::EntryKind::Application) => {
+                    &self.counts.app_posts
+                }
+                (true, Err(StoreError::StaleEpoch { .. })) => &self.counts.stale_commits,
+                (false, Err(StoreError::StaleEpoch { .. })) => &self.counts.stale_app,
+                _ => continue,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        results
+    }
+    fn read_group(
+        &self,
+        group: GroupId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<GroupEntry>, StoreError> {
+        self.inner.read_group(group, after, limit)
+    }
+    fn joined(&self, group: GroupId, device: DeviceId) -> Result<Option<Seq>, StoreError> {
+        self.inner.joined(group, device)
+    }
+    fn fetch(
+        &self,
+        group: GroupId,
+        device: DeviceId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<GroupEntry>, StoreError> {
+        self.inner.fetch(group, device, after, limit)
+    }
+    fn departures(&self, device: DeviceId) -> Result<Vec<(GroupId, Seq)>, StoreError> {
+        self.inner.departures(device)
+    }
+    fn departure_cursor(
+        &self,
+        device: DeviceId,
+        group: GroupId,
+    ) -> Result<Option<Seq>, StoreError> {
+        self.inner.departure_cursor(device, group)
+    }
+    fn read_inbox(
+        &self,
+        device: DeviceId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StoreError> {
+        self.inner.read_inbox(device, after, limit)
+    }
+    fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError> {
+        self.inner.cursor(device, stream)
+    }
+    fn ack(&self, device: DeviceId, stream: Stream, seq: Seq) -> Result<(), StoreError> {
+        self.inner.ack(device, stream, seq)
+    }
+    fn try_ack_buffered(
+        &self,
+        device: DeviceId,
+        stream: Stream,
+        seq: Seq,
+    ) -> Option<Result<(), StoreError>> {
+        self.inner.try_ack_buffered(device, stream, seq)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+}
+
+/// The relay core with test hooks around it.
 pub struct Relay {
-    users: BTreeMap<UserName, Vec<DeviceInfo>>,
-    devices: HashMap<DeviceId, (UserName, DeviceKey)>,
-    next_device: u64,
-    key_packages: HashMap<DeviceId, (VecDeque<Payload>, Option<Payload>)>,
-    groups: HashMap<GroupId, Group>,
-    inbox: HashMap<DeviceId, Vec<InboxEntry>>,
-    cursors: HashMap<(DeviceId, Stream), Seq>,
-    /// Per connection slot: nonce and authenticated device.
-    conns: HashMap<usize, ([u8; 32], Option<DeviceId>)>,
-    nonce_counter: u8,
+    sim: sim::Relay,
+    counts: Arc<Counts>,
     /// Test hook: the directory presents these keys instead of the registered ones.
     pub tampered_keys: HashMap<DeviceId, DeviceKey>,
-    /// How many commits were refused with StaleEpoch.
+    /// Test hook: inbox positions up to this one were made up for the device (a replayed
+    /// entry delivered under a new seq); being the relay that made them up, it answers
+    /// their acks with `Acked` instead of refusing them as past the inbox's end.
+    pub fabricated_inbox: HashMap<DeviceId, Seq>,
+    /// How many commits the relay refused with StaleEpoch.
     pub stale_rejections: usize,
-    /// Test hook: refuse this many application posts with `RateLimited` (retry after
-    /// `rate_limit_retry_ms`) before accepting again.
+    /// Test hook: refuse this many application posts of members with `RateLimited` (retry
+    /// after `rate_limit_retry_ms`) before passing them on again.
     pub rate_limit_posts: usize,
     pub rate_limit_retry_ms: Option<u32>,
-    /// Application posts accepted into a group log.
+    /// Application posts the relay stored in a group log.
     pub app_posts: usize,
-    /// Application posts refused with StaleEpoch (the real relay's rule: an application
+    /// Application posts and proposals the relay refused with StaleEpoch (an application
     /// message is accepted in the group's current epoch or the one just before it).
     pub stale_app_rejections: usize,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        let counts = Arc::new(Counts::default());
+        let store = Counting {
+            inner: MemoryStore::new(),
+            counts: Arc::clone(&counts),
+        };
+        Relay {
+            sim: sim::Relay::with_store(Arc::new(store)),
+            counts,
+            tampered_keys: HashMap::new(),
+            fabricated_inbox: HashMap::new(),
+            stale_rejections: 0,
+            rate_limit_posts: 0,
+            rate_limit_retry_ms: None,
+            app_posts: 0,
+            stale_app_rejections: 0,
+        }
+    }
 }
 
 impl Relay {
     /// A connection opens in `slot`: returns the challenge.
     pub fn connect(&mut self, slot: usize) -> ServerFrame {
-        self.nonce_counter = self.nonce_counter.wrapping_add(1);
-        let nonce = [self.nonce_counter; 32];
-        self.conns.insert(slot, (nonce, None));
-        ServerFrame::Challenge { version: 1, nonce }
+        self.sim.connect(slot)
     }
 
     pub fn disconnect(&mut self, slot: usize) {
-        self.conns.remove(&slot);
+        self.sim.disconnect(slot);
     }
 
-    fn slot_device(&self, slot: usize) -> Option<DeviceId> {
-        self.conns.get(&slot).and_then(|c| c.1)
+    fn store(&self) -> &dyn RelayStore {
+        self.sim.store()
     }
 
-    /// Handles one frame; returns frames per slot.
+    /// Copies the store's counts into the public counters.
+    fn count(&mut self) {
+        self.app_posts = self.counts.app_posts.load(Ordering::Relaxed);
+        self.stale_rejections = self.counts.stale_commits.load(Ordering::Relaxed);
+        self.stale_app_rejections = self.counts.stale_app.load(Ordering::Relaxed);
+    }
+
+    /// Handles one frame; returns frames per slot (the response first).
     pub fn handle(
         &mut self,
         slot: usize,
         frame: ClientFrame,
         now_ms: u64,
     ) -> Vec<(usize, ServerFrame)> {
-        let ClientFrame::Request { id, body } = frame;
-        let mut out = Vec::new();
-        let result = self.request(slot, body, now_ms, &mut out);
-        let mut frames = vec![(slot, ServerFrame::Response { id, result })];
-        frames.extend(out);
+        let ClientFrame::Request { id, body } = &frame;
+        if let Request::Post {
+            group,
+            kind: PostKind::Application,
+            ..
+        } = body
+            && self.rate_limit_posts > 0
+            && self
+                .sim
+                .device(slot)
+                .is_some_and(|d| matches!(self.store().is_member(*group, d), Ok(true)))
+        {
+            self.rate_limit_posts -= 1;
+            let mut e = ErrorReply::new(ErrorCode::RateLimited, "test hook: rate limited");
+            e.retry_after_ms = self.rate_limit_retry_ms;
+            return vec![(
+                slot,
+                ServerFrame::Response {
+                    id: *id,
+                    result: Err(e),
+                },
+            )];
+        }
+        if let Request::Ack {
+            stream: Stream::Inbox,
+            seq,
+        } = body
+            && let Some(device) = self.sim.device(slot)
+            && self.fabricated_inbox.get(&device).is_some_and(|f| seq <= f)
+            && self.inbox_of(device).last().is_none_or(|e| e.seq < *seq)
+        {
+            return vec![(
+                slot,
+                ServerFrame::Response {
+                    id: *id,
+                    result: Ok(Reply::Acked),
+                },
+            )];
+        }
+        let directory = matches!(body, Request::ListDevices { .. });
+        let mut frames = self.sim.handle(slot, frame, now_ms);
+        self.count();
+        if directory
+            && let Some((
+                _,
+                ServerFrame::Response {
+                    result: Ok(Reply::Devices { devices, .. }),
+                    ..
+                },
+            )) = frames.first_mut()
+        {
+            for d in devices.0.iter_mut() {
+                if let Some(k) = self.tampered_keys.get(&d.device) {
+                    d.key = *k;
+                }
+            }
+        }
         frames
-    }
-
-    fn verify(
-        &self,
-        slot: usize,
-        user: &UserName,
-        key: &DeviceKey,
-        sig: &cove_wire::Signature,
-    ) -> bool {
-        let Some((nonce, _)) = self.conns.get(&slot) else {
-            return false;
-        };
-        let msg = cove_wire::sign::auth_challenge_message(nonce, user, key);
-        let Ok(vk) = VerifyingKey::from_bytes(&key.0) else {
-            return false;
-        };
-        vk.verify(&msg, &Signature::from_bytes(&sig.0)).is_ok()
-    }
-
-    fn backlog(&self, device: DeviceId, slot: usize, out: &mut Vec<(usize, ServerFrame)>) {
-        let c = self
-            .cursors
-            .get(&(device, Stream::Inbox))
-            .copied()
-            .unwrap_or_default();
-        for e in self.inbox.get(&device).into_iter().flatten() {
-            if e.seq > c {
-                out.push((slot, ServerFrame::Deliver(Delivery::Inbox(e.clone()))));
-            }
-        }
-        let mut ids: Vec<&GroupId> = self.groups.keys().collect();
-        ids.sort();
-        for gid in ids {
-            let g = &self.groups[gid];
-            if !g.members.contains(&device) {
-                continue;
-            }
-            let c = self
-                .cursors
-                .get(&(device, Stream::Group(*gid)))
-                .copied()
-                .unwrap_or_default();
-            for e in &g.log {
-                if e.seq > c {
-                    out.push((slot, ServerFrame::Deliver(Delivery::Group(e.clone()))));
-                }
-            }
-        }
-        out.push((slot, ServerFrame::BacklogDone));
-    }
-
-    fn slots_of(&self, device: DeviceId) -> Vec<usize> {
-        self.conns
-            .iter()
-            .filter(|(_, c)| c.1 == Some(device))
-            .map(|(s, _)| *s)
-            .collect()
-    }
-
-    fn err(code: ErrorCode) -> ErrorReply {
-        ErrorReply::new(code, format!("{code:?}"))
-    }
-
-    fn request(
-        &mut self,
-        slot: usize,
-        body: Request,
-        now_ms: u64,
-        out: &mut Vec<(usize, ServerFrame)>,
-    ) -> Result<Reply, ErrorReply> {
-        match body {
-            Request::Register {
-                user,
-                key,
-                signature,
-            } => {
-                if !self.verify(slot, &user, &key, &signature) {
-                    return Err(Self::err(ErrorCode::AuthenticationFailed));
-                }
-                if self.users.contains_key(&user) {
-                    return Err(Self::err(ErrorCode::UserTaken));
-                }
-                self.next_device += 1;
-                let device = DeviceId(self.next_device);
-                self.users
-                    .insert(user.clone(), vec![DeviceInfo { device, key }]);
-                self.devices.insert(device, (user, key));
-                if let Some(c) = self.conns.get_mut(&slot) {
-                    c.1 = Some(device);
-                }
-                self.backlog(device, slot, out);
-                Ok(Reply::Authenticated { device })
-            }
-            Request::Authenticate {
-                user,
-                device,
-                signature,
-            } => {
-                let Some((u, key)) = self.devices.get(&device).cloned() else {
-                    return Err(Self::err(ErrorCode::UnknownDevice));
-                };
-                if u != user || !self.verify(slot, &user, &key, &signature) {
-                    return Err(Self::err(ErrorCode::AuthenticationFailed));
-                }
-                if let Some(c) = self.conns.get_mut(&slot) {
-                    c.1 = Some(device);
-                }
-                self.backlog(device, slot, out);
-                Ok(Reply::Authenticated { device })
-            }
-            Request::RegisterDevice {
-                user,
-                key,
-                signature,
-                authorizer,
-                authorization,
-            } => {
-                if !self.verify(slot, &user, &key, &signature) {
-                    return Err(Self::err(ErrorCode::AuthenticationFailed));
-                }
-                let Some((u, akey)) = self.devices.get(&authorizer).cloned() else {
-                    return Err(Self::err(ErrorCode::UnknownDevice));
-                };
-                let msg = cove_wire::sign::add_device_message(&user, &key);
-                let ok = u == user
-                    && VerifyingKey::from_bytes(&akey.0).is_ok_and(|vk| {
-                        vk.verify(&msg, &Signature::from_bytes(&authorization.0))
-                            .is_ok()
-                    });
-                if !ok {
-                    return Err(Self::err(ErrorCode::AuthenticationFailed));
-                }
-                self.next_device += 1;
-                let device = DeviceId(self.next_device);
-                self.users
-                    .entry(user.clone())
-                    .or_default()
-                    .push(DeviceInfo { device, key });
-                self.devices.insert(device, (user, key));
-                if let Some(c) = self.conns.get_mut(&slot) {
-                    c.1 = Some(device);
-                }
-                self.backlog(device, slot, out);
-                Ok(Reply::Authenticated { device })
-            }
-            _ if self.slot_device(slot).is_none() => Err(Self::err(ErrorCode::Unauthenticated)),
-            Request::ListDevices { user } => {
-                let mut devices = self
-                    .users
-                    .get(&user)
-                    .cloned()
-                    .ok_or(Self::err(ErrorCode::UnknownUser))?;
-                for d in &mut devices {
-                    if let Some(k) = self.tampered_keys.get(&d.device) {
-                        d.key = *k;
-                    }
-                }
-                Ok(Reply::Devices {
-                    user,
-                    devices: devices.into(),
-                })
-            }
-            Request::UploadKeyPackages {
-                key_packages,
-                last_resort,
-            } => {
-                let device = self.slot_device(slot).unwrap_or_default();
-                let e = self.key_packages.entry(device).or_default();
-                e.0.extend(key_packages.0);
-                if last_resort.is_some() {
-                    e.1 = last_resort;
-                }
-                Ok(Reply::KeyPackageStock {
-                    remaining: e.0.len() as u32,
-                    has_last_resort: e.1.is_some(),
-                })
-            }
-            Request::KeyPackageStock => {
-                let device = self.slot_device(slot).unwrap_or_default();
-                let e = self.key_packages.entry(device).or_default();
-                Ok(Reply::KeyPackageStock {
-                    remaining: e.0.len() as u32,
-                    has_last_resort: e.1.is_some(),
-                })
-            }
-            Request::ClaimKeyPackages { user } => {
-                let devices = self
-                    .users
-                    .get(&user)
-                    .cloned()
-                    .ok_or(Self::err(ErrorCode::UnknownUser))?;
-                let mut kps = Vec::new();
-                for d in devices {
-                    let e = self.key_packages.entry(d.device).or_default();
-                    if let Some(kp) = e.0.pop_front() {
-                        kps.push(ClaimedKeyPackage {
-                            device: d.device,
-                            key_package: kp,
-                            last_resort: false,
-                        });
-                    } else if let Some(kp) = e.1.clone() {
-                        kps.push(ClaimedKeyPackage {
-                            device: d.device,
-                            key_package: kp,
-                            last_resort: true,
-                        });
-                    }
-                }
-                Ok(Reply::KeyPackages {
-                    user,
-                    key_packages: kps.into(),
-                })
-            }
-            Request::CreateGroup { group } => {
-                if self.groups.contains_key(&group) {
-                    return Err(Self::err(ErrorCode::GroupExists));
-                }
-                let device = self.slot_device(slot).unwrap_or_default();
-                let mut g = Group::default();
-                g.members.insert(device);
-                self.groups.insert(group, g);
-                Ok(Reply::GroupCreated)
-            }
-            Request::Post {
-                group,
-                epoch,
-                kind,
-                payload,
-            } => {
-                let device = self.slot_device(slot).unwrap_or_default();
-                let g = self
-                    .groups
-                    .get_mut(&group)
-                    .ok_or(Self::err(ErrorCode::UnknownGroup))?;
-                if !g.members.contains(&device) {
-                    return Err(Self::err(ErrorCode::NotMember));
-                }
-                if matches!(kind, PostKind::Application | PostKind::Proposal)
-                    && epoch.0 != g.epoch
-                    && Some(epoch.0) != g.epoch.checked_sub(1)
-                {
-                    self.stale_app_rejections += 1;
-                    let mut e = Self::err(ErrorCode::StaleEpoch);
-                    e.current_epoch = Some(Epoch(g.epoch));
-                    return Err(e);
-                }
-                if matches!(kind, PostKind::Application) {
-                    if self.rate_limit_posts > 0 {
-                        self.rate_limit_posts -= 1;
-                        let mut e = Self::err(ErrorCode::RateLimited);
-                        e.retry_after_ms = self.rate_limit_retry_ms;
-                        return Err(e);
-                    }
-                    self.app_posts += 1;
-                }
-                let seq = Seq(g.log.len() as u64 + 1);
-                let mut removed_now = Vec::new();
-                let mut welcomes = Vec::new();
-                let entry_kind = match kind {
-                    PostKind::Application => EntryKind::Application,
-                    PostKind::Proposal => EntryKind::Proposal,
-                    PostKind::Commit {
-                        added,
-                        removed,
-                        welcome,
-                    } => {
-                        if epoch.0 != g.epoch {
-                            self.stale_rejections += 1;
-                            let mut e = Self::err(ErrorCode::StaleEpoch);
-                            e.current_epoch = Some(Epoch(g.epoch));
-                            return Err(e);
-                        }
-                        g.epoch += 1;
-                        for d in removed.iter() {
-                            g.members.remove(d);
-                            removed_now.push(*d);
-                        }
-                        for d in added.iter() {
-                            g.members.insert(*d);
-                            self.cursors.insert((*d, Stream::Group(group)), seq);
-                            if let Some(w) = &welcome {
-                                welcomes.push((*d, w.clone()));
-                            }
-                        }
-                        EntryKind::Commit { added, removed }
-                    }
-                };
-                let entry = GroupEntry {
-                    group,
-                    seq,
-                    epoch,
-                    sender: device,
-                    kind: entry_kind,
-                    received_at_ms: now_ms,
-                    payload,
-                };
-                g.log.push(entry.clone());
-                let mut targets: Vec<DeviceId> = g.members.iter().copied().collect();
-                targets.extend(removed_now);
-                for (d, w) in welcomes {
-                    let inbox = self.inbox.entry(d).or_default();
-                    let ie = InboxEntry {
-                        seq: Seq(inbox.len() as u64 + 1),
-                        kind: InboxKind::Welcome {
-                            group,
-                            commit_seq: seq,
-                            sender: device,
-                        },
-                        received_at_ms: now_ms,
-                        payload: w,
-                    };
-                    inbox.push(ie.clone());
-                    for s in self.slots_of(d) {
-                        out.push((s, ServerFrame::Deliver(Delivery::Inbox(ie.clone()))));
-                    }
-                }
-                for d in targets {
-                    for s in self.slots_of(d) {
-                        out.push((s, ServerFrame::Deliver(Delivery::Group(entry.clone()))));
-                    }
-                }
-                Ok(Reply::Posted { seq })
-            }
-            Request::Fetch {
-                group,
-                after,
-                limit,
-            } => {
-                let device = self.slot_device(slot).unwrap_or_default();
-                let g = self
-                    .groups
-                    .get(&group)
-                    .ok_or(Self::err(ErrorCode::UnknownGroup))?;
-                if !g.members.contains(&device) {
-                    return Err(Self::err(ErrorCode::NotMember));
-                }
-                let entries: Vec<GroupEntry> = g
-                    .log
-                    .iter()
-                    .filter(|e| e.seq > after)
-                    .take(limit as usize)
-                    .cloned()
-                    .collect();
-                Ok(Reply::Entries {
-                    entries: entries.into(),
-                })
-            }
-            Request::Ack { stream, seq } => {
-                let device = self.slot_device(slot).unwrap_or_default();
-                if let Stream::Group(g) = stream {
-                    let member = self
-                        .groups
-                        .get(&g)
-                        .is_some_and(|g| g.members.contains(&device));
-                    if !member {
-                        return Err(Self::err(ErrorCode::NotMember));
-                    }
-                }
-                let c = self.cursors.entry((device, stream)).or_default();
-                if seq > *c {
-                    *c = seq;
-                }
-                Ok(Reply::Acked)
-            }
-            Request::ListGroups => Ok(Reply::Groups {
-                groups: Vec::new().into(),
-            }),
-            Request::Ping => Ok(Reply::Pong),
-            // Requests this test relay does not serve (TURN credentials, later additions).
-            #[allow(unreachable_patterns)]
-            _ => Err(Self::err(ErrorCode::InvalidRequest)),
-        }
     }
 
     /// Registers a user with one device directly (benchmark setup for members that are not
     /// full clients).
     pub fn register_raw(&mut self, user: UserName, key: DeviceKey) -> DeviceId {
-        self.next_device += 1;
-        let device = DeviceId(self.next_device);
-        self.users
-            .insert(user.clone(), vec![DeviceInfo { device, key }]);
-        self.devices.insert(device, (user, key));
-        device
+        self.store()
+            .register_user(&user, &key)
+            .expect("register at the relay")
     }
 
     /// Stores a KeyPackage for a device directly.
     pub fn upload_raw(&mut self, device: DeviceId, key_package: Payload) {
-        self.key_packages
-            .entry(device)
-            .or_default()
-            .0
-            .push_back(key_package);
+        self.store()
+            .upload_key_packages(device, vec![key_package.into_vec()], None)
+            .expect("upload a KeyPackage");
     }
 
     /// A device's inbox (for members driven by bare openmls in tests).
     pub fn inbox_of(&self, device: DeviceId) -> Vec<InboxEntry> {
-        self.inbox.get(&device).cloned().unwrap_or_default()
+        self.store()
+            .read_inbox(device, Seq(0), MAX_FETCH_ENTRIES)
+            .unwrap_or_default()
     }
 
-    /// Takes away a device's normal KeyPackages (as if others had claimed them); returns
-    /// how many there were. Its last-resort KeyPackage stays.
+    /// Takes away a device's normal KeyPackages by claiming them as others would (claims
+    /// take one KeyPackage of each device of the user); returns how many there were. Its
+    /// last-resort KeyPackage stays.
     pub fn drain_stock(&mut self, device: DeviceId) -> usize {
-        self.key_packages
-            .get_mut(&device)
-            .map(|k| k.0.drain(..).count())
-            .unwrap_or(0)
+        let Ok(Some((user, _))) = self.store().device(device) else {
+            return 0;
+        };
+        let mut drained = 0;
+        while self.stock(device) > 0 {
+            let claimed = self.store().claim_key_packages(&user).unwrap_or_default();
+            let normal = claimed.iter().any(|c| c.device == device && !c.last_resort);
+            if !normal {
+                break;
+            }
+            drained += 1;
+        }
+        drained
     }
 
     /// Normal KeyPackages a device has on file.
     pub fn stock(&self, device: DeviceId) -> usize {
-        self.key_packages
-            .get(&device)
-            .map(|k| k.0.len())
+        self.store()
+            .key_package_stock(device)
+            .map(|s| s.remaining as usize)
             .unwrap_or(0)
     }
 
     /// The cursor of a device in a stream (for assertions).
     pub fn cursor(&self, device: DeviceId, stream: Stream) -> Seq {
-        self.cursors
-            .get(&(device, stream))
-            .copied()
-            .unwrap_or_default()
+        self.store().cursor(device, stream).unwrap_or_default()
     }
 
-    /// Injects an entry into a group log as if `sender` had posted it (hostile tests).
+    /// Test hook: a relay that loses removals (as the relay did before it kept departure
+    /// records): acks, on the device's behalf, each removal commit it has not acked, so its
+    /// next backlog starts after them. Returns how many there were.
+    pub fn forget_departures(&mut self, device: DeviceId) -> usize {
+        let departures = self.store().departures(device).expect("departures");
+        for (group, removed_at) in &departures {
+            self.store()
+                .ack(device, Stream::Group(*group), *removed_at)
+                .expect("ack the removal");
+        }
+        departures.len()
+    }
+
+    /// Posts `payload` as an application message of `sender`, a member of `group`, at the
+    /// group's current epoch, through the relay's rules (a hostile member can post any
+    /// bytes); returns what its online members receive.
     pub fn inject(
         &mut self,
         group: GroupId,
@@ -512,26 +366,28 @@ impl Relay {
         payload: Vec<u8>,
         now_ms: u64,
     ) -> Vec<(usize, ServerFrame)> {
-        let g = self.groups.get_mut(&group).expect("group");
-        let seq = Seq(g.log.len() as u64 + 1);
-        let entry = GroupEntry {
+        let epoch: Epoch = self
+            .store()
+            .groups_of(sender)
+            .expect("groups of the sender")
+            .into_iter()
+            .find(|g| g.group == group)
+            .expect("the sender is a member")
+            .epoch;
+        let (reply, frames) = self.sim.append(NewPost {
             group,
-            seq,
-            epoch: Epoch(g.epoch),
             sender,
-            kind: EntryKind::Application,
-            received_at_ms: now_ms,
-            payload: Payload(payload),
-        };
-        g.log.push(entry.clone());
-        let members: Vec<DeviceId> = g.members.iter().copied().collect();
-        let mut out = Vec::new();
-        for d in members {
-            for s in self.slots_of(d) {
-                out.push((s, ServerFrame::Deliver(Delivery::Group(entry.clone()))));
-            }
-        }
-        out
+            epoch,
+            kind: PostKind::Application,
+            payload,
+            now_ms,
+        });
+        self.count();
+        assert!(
+            matches!(reply, Ok(Reply::Posted { .. })),
+            "the relay refused the injected entry: {reply:?}"
+        );
+        frames
     }
 }
 

@@ -1,0 +1,209 @@
+//! Registration and challenge-response authentication (Ed25519 device keys).
+
+use cove_wire::{DeviceId, DeviceKey, ErrorCode, ErrorReply, Reply, Signature, UserName};
+use ed25519_dalek::VerifyingKey;
+use tracing::{debug, info};
+
+use crate::reply::store_error_reply;
+use crate::store::RelayStore;
+
+use super::{Answer, Connection};
+
+/// A request that authenticates a connection.
+#[derive(Debug)]
+pub enum Auth {
+    /// A new user with its first device.
+    Register {
+        /// The user name to claim.
+        user: UserName,
+        /// The device's public key.
+        key: DeviceKey,
+        /// Signature by `key` over the challenge.
+        signature: Signature,
+    },
+    /// A further device of an existing user, authorised by one of its devices.
+    RegisterDevice {
+        /// The existing user.
+        user: UserName,
+        /// The new device's public key.
+        key: DeviceKey,
+        /// Signature by `key` over the challenge.
+        signature: Signature,
+        /// The authorising device of `user`.
+        authorizer: DeviceId,
+        /// Signature by `authorizer` over the add-device message.
+        authorization: Signature,
+    },
+    /// A registered device.
+    Authenticate {
+        /// The device's user.
+        user: UserName,
+        /// The device.
+        device: DeviceId,
+        /// Signature by the device's registered key over the challenge.
+        signature: Signature,
+    },
+}
+
+impl Connection {
+    /// Authenticates the connection (registering the user or device first if asked). A
+    /// challenge serves one signature check: after a failed check the connection closes with
+    /// `AuthenticationFailed`; after success it is this device's.
+    pub fn authenticate(&mut self, store: &dyn RelayStore, auth: Auth) -> Answer {
+        let Some(nonce) = self.nonce else {
+            return Answer::reply(Err(ErrorReply::new(
+                ErrorCode::AuthenticationFailed,
+                "challenge already used; reconnect",
+            )));
+        };
+        let result = match auth {
+            Auth::Register {
+                user,
+                key,
+                signature,
+            } => register(store, &nonce, user, key, signature),
+            Auth::RegisterDevice {
+                user,
+                key,
+                signature,
+                authorizer,
+                authorization,
+            } => register_device(
+                store,
+                &nonce,
+                user,
+                key,
+                signature,
+                authorizer,
+                authorization,
+            ),
+            Auth::Authenticate {
+                user,
+                device,
+                signature,
+            } => authenticate(store, &nonce, user, device, signature),
+        };
+        match result {
+            Ok(device) => {
+                self.nonce = None;
+                self.device = Some(device);
+                Answer {
+                    reply: Ok(Reply::Authenticated { device }),
+                    close: None,
+                    authenticated: Some(device),
+                }
+            }
+            Err(Refused::Reply(reply)) => Answer::reply(Err(reply)),
+            Err(Refused::BadSignature(what)) => {
+                // The challenge is spent; the connection closes.
+                self.nonce = None;
+                info!(what, "authentication failed");
+                Answer {
+                    reply: Err(ErrorReply::new(
+                        ErrorCode::AuthenticationFailed,
+                        "signature did not verify",
+                    )),
+                    close: Some(ErrorCode::AuthenticationFailed),
+                    authenticated: None,
+                }
+            }
+        }
+    }
+}
+
+/// Why an authentication was refused.
+enum Refused {
+    /// A signature did not verify (named for the log).
+    BadSignature(&'static str),
+    /// Any other refusal, answered with this.
+    Reply(ErrorReply),
+}
+
+impl From<crate::store::StoreError> for Refused {
+    fn from(e: crate::store::StoreError) -> Self {
+        Refused::Reply(store_error_reply(&e))
+    }
+}
+
+fn register(
+    store: &dyn RelayStore,
+    nonce: &[u8; 32],
+    user: UserName,
+    key: DeviceKey,
+    signature: Signature,
+) -> Result<DeviceId, Refused> {
+    let message = cove_wire::sign::auth_challenge_message(nonce, &user, &key);
+    if !verify(&key, &message, &signature) {
+        return Err(Refused::BadSignature("register"));
+    }
+    let device = store.register_user(&user, &key)?;
+    info!(%device, %user, "registered user");
+    Ok(device)
+}
+
+fn register_device(
+    store: &dyn RelayStore,
+    nonce: &[u8; 32],
+    user: UserName,
+    key: DeviceKey,
+    signature: Signature,
+    authorizer: DeviceId,
+    authorization: Signature,
+) -> Result<DeviceId, Refused> {
+    let message = cove_wire::sign::auth_challenge_message(nonce, &user, &key);
+    if !verify(&key, &message, &signature) {
+        return Err(Refused::BadSignature("register device"));
+    }
+    let authorizer_key = match store.device(authorizer)? {
+        Some((owner, authorizer_key)) if owner == user => authorizer_key,
+        _ => {
+            return Err(Refused::Reply(ErrorReply::new(
+                ErrorCode::UnknownDevice,
+                "the authorizer is not a device of this user",
+            )));
+        }
+    };
+    let grant = cove_wire::sign::add_device_message(&user, &key);
+    if !verify(&authorizer_key, &grant, &authorization) {
+        return Err(Refused::BadSignature("device authorization"));
+    }
+    let device = store.add_device(&user, &key)?;
+    info!(%device, %user, %authorizer, "registered device");
+    Ok(device)
+}
+
+fn authenticate(
+    store: &dyn RelayStore,
+    nonce: &[u8; 32],
+    user: UserName,
+    device: DeviceId,
+    signature: Signature,
+) -> Result<DeviceId, Refused> {
+    let key = match store.device(device)? {
+        Some((owner, key)) if owner == user => key,
+        _ => {
+            return Err(Refused::Reply(ErrorReply::new(
+                ErrorCode::UnknownDevice,
+                "no such device for this user",
+            )));
+        }
+    };
+    let message = cove_wire::sign::auth_challenge_message(nonce, &user, &key);
+    if !verify(&key, &message, &signature) {
+        return Err(Refused::BadSignature("authenticate"));
+    }
+    debug!(%device, "authenticated");
+    Ok(device)
+}
+
+/// Verifies an Ed25519 signature strictly (no malleable or small-order cases).
+fn verify(key: &DeviceKey, message: &[u8], signature: &Signature) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(&key.0) else {
+        return false;
+    };
+    if key.is_weak() {
+        return false;
+    }
+    let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
+    key.verify_strict(message, &signature).is_ok()
+}

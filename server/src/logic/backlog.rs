@@ -1,0 +1,214 @@
+//! A device's backlog: the stored entries it has not acknowledged, step by step.
+
+use std::collections::{HashMap, VecDeque};
+
+use cove_wire::limits::MAX_FETCH_ENTRIES;
+use cove_wire::{Delivery, DeviceId, EntryKind, GroupEntry, GroupId, Seq, Stream};
+
+use crate::store::{RelayStore, StoreError};
+
+/// Entries read from the store per step.
+const STEP: u32 = MAX_FETCH_ENTRIES;
+
+/// The backlog of a device that has just authenticated, read from the store in steps of at
+/// most one store page each, in this order: the groups it was removed from without having
+/// acked the removal (up to and including the removal commit, also when it was added again
+/// since: a device always receives the commit that removed it, before the Welcome that adds
+/// it again), its inbox, and every group it is in (never past a commit that removes it).
+/// After the last step the device goes live: entries stored meanwhile are delivered live,
+/// those the backlog already sent are not sent twice (see [`BacklogStep::Done`]).
+#[derive(Debug)]
+pub struct Backlog {
+    device: DeviceId,
+    phase: Phase,
+    /// The groups the device is a member of (read at the start).
+    members: Vec<GroupId>,
+    /// The last seq pushed per stream.
+    sent: HashMap<Stream, Seq>,
+}
+
+/// What to do after one step.
+#[derive(Debug)]
+pub enum BacklogStep {
+    /// Send these to the device, in order, then step again.
+    Deliver(Vec<Delivery>),
+    /// The backlog is complete: send `BacklogDone` and make the device live. `sent` is the
+    /// last seq pushed per stream: a live entry of a stream at or below it was in the
+    /// backlog and is not delivered again.
+    Done(HashMap<Stream, Seq>),
+}
+
+#[derive(Debug)]
+enum Phase {
+    Start,
+    Departures(VecDeque<(GroupId, Seq)>, Option<Reading>),
+    Inbox(Option<Seq>),
+    Groups(VecDeque<GroupId>, Option<Reading>),
+    Done,
+}
+
+/// One group log being read.
+#[derive(Debug)]
+struct Reading {
+    group: GroupId,
+    /// The last seq pushed (the cursor before the first).
+    after: Seq,
+    /// For a departure: the removal commit, the last entry to push.
+    removed_at: Option<Seq>,
+}
+
+impl Backlog {
+    /// The backlog of `device`, not read yet.
+    pub fn new(device: DeviceId) -> Self {
+        Backlog {
+            device,
+            phase: Phase::Start,
+            members: Vec::new(),
+            sent: HashMap::new(),
+        }
+    }
+
+    /// Reads the next step from the store. After `Done`, every step is `Done` with nothing
+    /// sent.
+    pub fn step(&mut self, store: &dyn RelayStore) -> Result<BacklogStep, StoreError> {
+        let device = self.device;
+        loop {
+            match std::mem::replace(&mut self.phase, Phase::Done) {
+                Phase::Start => {
+                    self.members = store
+                        .groups_of(device)?
+                        .into_iter()
+                        .map(|summary| summary.group)
+                        .collect();
+                    let departures = store.departures(device)?;
+                    self.phase = Phase::Departures(departures.into(), None);
+                }
+                Phase::Departures(mut list, current) => {
+                    let mut reading = match current {
+                        Some(reading) => reading,
+                        None => {
+                            let Some((group, removed_at)) = list.pop_front() else {
+                                self.phase = Phase::Inbox(None);
+                                continue;
+                            };
+                            match store.departure_cursor(device, group)? {
+                                Some(after) => Reading {
+                                    group,
+                                    after,
+                                    removed_at: Some(removed_at),
+                                },
+                                // The removal was acked meanwhile.
+                                None => {
+                                    self.phase = Phase::Departures(list, None);
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    let (out, finished) = read_group(store, device, &mut reading)?;
+                    if finished {
+                        // A member again: its live stream starts from its member cursor.
+                        if !self.members.contains(&reading.group) {
+                            self.sent
+                                .insert(Stream::Group(reading.group), reading.after);
+                        }
+                        self.phase = Phase::Departures(list, None);
+                    } else {
+                        self.phase = Phase::Departures(list, Some(reading));
+                    }
+                    if !out.is_empty() {
+                        return Ok(BacklogStep::Deliver(out));
+                    }
+                }
+                Phase::Inbox(after) => {
+                    let after = match after {
+                        Some(after) => after,
+                        None => store.cursor(device, Stream::Inbox)?,
+                    };
+                    let entries = store.read_inbox(device, after, STEP)?;
+                    let Some(last) = entries.last() else {
+                        self.sent.insert(Stream::Inbox, after);
+                        self.phase = Phase::Groups(self.members.clone().into(), None);
+                        continue;
+                    };
+                    self.phase = Phase::Inbox(Some(last.seq));
+                    return Ok(BacklogStep::Deliver(
+                        entries.into_iter().map(Delivery::Inbox).collect(),
+                    ));
+                }
+                Phase::Groups(mut list, current) => {
+                    let mut reading = match current {
+                        Some(reading) => reading,
+                        None => {
+                            let Some(group) = list.pop_front() else {
+                                return Ok(BacklogStep::Done(std::mem::take(&mut self.sent)));
+                            };
+                            let stream = Stream::Group(group);
+                            if self.sent.contains_key(&stream) {
+                                self.phase = Phase::Groups(list, None);
+                                continue;
+                            }
+                            match store.cursor(device, stream) {
+                                Ok(after) => Reading {
+                                    group,
+                                    after,
+                                    removed_at: None,
+                                },
+                                // Removed (and told, live) or left meanwhile.
+                                Err(StoreError::NotMember) => {
+                                    self.phase = Phase::Groups(list, None);
+                                    continue;
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    };
+                    let (out, finished) = read_group(store, device, &mut reading)?;
+                    if finished {
+                        self.sent
+                            .insert(Stream::Group(reading.group), reading.after);
+                        self.phase = Phase::Groups(list, None);
+                    } else {
+                        self.phase = Phase::Groups(list, Some(reading));
+                    }
+                    if !out.is_empty() {
+                        return Ok(BacklogStep::Deliver(out));
+                    }
+                }
+                Phase::Done => return Ok(BacklogStep::Done(HashMap::new())),
+            }
+        }
+    }
+}
+
+/// One page of a group log after `reading.after` (up to and including `removed_at` if
+/// given, never past a commit that removes the device). Returns the entries and whether the
+/// log is finished for this backlog.
+fn read_group(
+    store: &dyn RelayStore,
+    device: DeviceId,
+    reading: &mut Reading,
+) -> Result<(Vec<Delivery>, bool), StoreError> {
+    let entries = store.read_group(reading.group, reading.after, STEP)?;
+    if entries.is_empty() {
+        return Ok((Vec::new(), true));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if reading.removed_at.is_some_and(|r| entry.seq > r) {
+            return Ok((out, true));
+        }
+        reading.after = entry.seq;
+        let removes_me = removes(&entry, device);
+        out.push(Delivery::Group(entry));
+        if removes_me {
+            return Ok((out, true));
+        }
+    }
+    Ok((out, false))
+}
+
+/// Whether `entry` is a commit that removes `device`.
+fn removes(entry: &GroupEntry, device: DeviceId) -> bool {
+    matches!(&entry.kind, EntryKind::Commit { removed, .. } if removed.contains(&device))
+}

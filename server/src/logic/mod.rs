@@ -1,0 +1,286 @@
+//! The relay core: every decision of the relay, synchronous and without I/O.
+//!
+//! Given the store ([`RelayStore`]) and one connection's state ([`Connection`]), the core
+//! decides what a request does and what it answers: the challenge-response authentication
+//! (Register, RegisterDevice, Authenticate with the Ed25519 signature over the nonce), every
+//! authenticated request (directory, KeyPackages, groups, fetch, acks), what an appended post
+//! answers and to whom its entry and Welcome go ([`posted`]), and what a device's backlog is
+//! ([`Backlog`]). It has no sockets, no runtime, no clock and no randomness: the nonce and
+//! the time are inputs.
+//!
+//! Two drivers wrap it:
+//! - the relay's connection layer (`session/`, `pipeline.rs`, `hub.rs`),
+//!   which adds only I/O: TLS and WebSocket, rate limits, the post pipeline (batching posts
+//!   into one [`RelayStore::append_batch`], then [`posted`] per post), the ack lane, the
+//!   bounded queues and back-pressure, the backlog task stepping [`Backlog`];
+//! - `cove_test_utils::sim::Relay`, a step-by-step relay without sockets over the same core
+//!   and the in-memory store, which `cove-core`'s tests drive.
+//!
+//! [`Connection::route`] says where a request goes; [`Connection::handle`] runs one request
+//! to the end synchronously (what the simulation uses), built from the same parts the
+//! connection layer calls one by one ([`Connection::authenticate`], [`request`], [`posted`]).
+
+mod auth;
+mod backlog;
+mod posts;
+mod requests;
+
+pub use auth::Auth;
+pub use backlog::{Backlog, BacklogStep};
+pub use posts::{Fanout, PostOutcome, append, posted};
+pub(crate) use requests::ENTRY_OVERHEAD_BYTES;
+pub use requests::{acked, request};
+
+use cove_wire::{
+    DeviceId, ErrorCode, ErrorReply, PROTOCOL_VERSION, Reply, Request, Seq, ServerFrame, Stream,
+};
+
+use crate::store::{NewPost, RelayStore};
+
+/// One connection's state in the core: its challenge until it is used, then the device it
+/// authenticated as.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    /// The challenge; `None` once used (authenticated, or a signature failed).
+    nonce: Option<[u8; 32]>,
+    /// The authenticated device.
+    device: Option<DeviceId>,
+}
+
+/// What the connection does with a request, decided by [`Connection::route`].
+#[derive(Debug)]
+pub enum Route {
+    /// Answer this at once; nothing else happens.
+    Answer(Result<Reply, ErrorReply>),
+    /// Register, RegisterDevice or Authenticate: [`Connection::authenticate`].
+    Authenticate(Auth),
+    /// A post by the connection's device: append it ([`RelayStore::append_batch`], alone or
+    /// in a batch), then answer and fan out what [`posted`] says.
+    Post(NewPost),
+    /// An acknowledgement by the connection's device: [`RelayStore::ack`], answered by
+    /// [`acked`].
+    Ack {
+        /// The acking device.
+        device: DeviceId,
+        /// Which log.
+        stream: Stream,
+        /// Up to which entry.
+        seq: Seq,
+    },
+    /// TURN credentials for the device: answered by the relay's TURN service, or by
+    /// [`no_turn`] when it runs none.
+    TurnCredentials(DeviceId),
+    /// Any other request of an authenticated device: [`request`].
+    Request(DeviceId, Request),
+}
+
+/// The answer to a request and what follows it on the connection.
+#[derive(Debug)]
+pub struct Answer {
+    /// The reply.
+    pub reply: Result<Reply, ErrorReply>,
+    /// Close the connection with this code once the reply is sent.
+    pub close: Option<ErrorCode>,
+    /// The connection has just authenticated as this device: after the reply, send its
+    /// backlog ([`Backlog`]), then `BacklogDone`, then deliver live. An older connection
+    /// of the same device is displaced.
+    pub authenticated: Option<DeviceId>,
+}
+
+impl Answer {
+    /// Just a reply.
+    pub fn reply(reply: Result<Reply, ErrorReply>) -> Self {
+        Answer {
+            reply,
+            close: None,
+            authenticated: None,
+        }
+    }
+}
+
+/// One request handled to the end by [`Connection::handle`].
+#[derive(Debug)]
+pub struct Handled {
+    /// The answer to the requesting connection.
+    pub answer: Answer,
+    /// For an accepted post: what goes to the other devices.
+    pub fanout: Option<Fanout>,
+}
+
+impl Connection {
+    /// A fresh connection whose challenge is `nonce` (random, from the caller).
+    pub fn new(nonce: [u8; 32]) -> Self {
+        Connection {
+            nonce: Some(nonce),
+            device: None,
+        }
+    }
+
+    /// The first frame of the connection: the challenge.
+    pub fn challenge(&self) -> Option<ServerFrame> {
+        self.nonce.map(|nonce| ServerFrame::Challenge {
+            version: PROTOCOL_VERSION,
+            nonce,
+        })
+    }
+
+    /// The device this connection authenticated as.
+    pub fn device(&self) -> Option<DeviceId> {
+        self.device
+    }
+
+    /// Where a request goes. `now_ms` stamps a post.
+    pub fn route(&self, body: Request, now_ms: u64) -> Route {
+        match (body, self.device) {
+            (Request::Ping, _) => Route::Answer(Ok(Reply::Pong)),
+            (
+                Request::Register {
+                    user,
+                    key,
+                    signature,
+                },
+                None,
+            ) => Route::Authenticate(Auth::Register {
+                user,
+                key,
+                signature,
+            }),
+            (
+                Request::RegisterDevice {
+                    user,
+                    key,
+                    signature,
+                    authorizer,
+                    authorization,
+                },
+                None,
+            ) => Route::Authenticate(Auth::RegisterDevice {
+                user,
+                key,
+                signature,
+                authorizer,
+                authorization,
+            }),
+            (
+                Request::Authenticate {
+                    user,
+                    device,
+                    signature,
+                },
+                None,
+            ) => Route::Authenticate(Auth::Authenticate {
+                user,
+                device,
+                signature,
+            }),
+            (
+                Request::Register { .. }
+                | Request::RegisterDevice { .. }
+                | Request::Authenticate { .. },
+                Some(_),
+            ) => Route::Answer(Err(ErrorReply::new(
+                ErrorCode::AlreadyAuthenticated,
+                "already authenticated",
+            ))),
+            (_, None) => Route::Answer(Err(ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                "authenticate first",
+            ))),
+            (
+                Request::Post {
+                    group,
+                    epoch,
+                    kind,
+                    payload,
+                },
+                Some(device),
+            ) => Route::Post(NewPost {
+                group,
+                sender: device,
+                epoch,
+                kind,
+                payload: payload.into_vec(),
+                now_ms,
+            }),
+            (Request::Ack { stream, seq }, Some(device)) => Route::Ack {
+                device,
+                stream,
+                seq,
+            },
+            (Request::TurnCredentials, Some(device)) => Route::TurnCredentials(device),
+            (body, Some(device)) => Route::Request(device, body),
+        }
+    }
+
+    /// Handles one request to the end, synchronously, with the store: authentication, the
+    /// request, or a post appended on its own. What the relay does with the request, minus
+    /// rate limits, batching and back-pressure (the connection layer's), and without TURN.
+    pub fn handle(&mut self, store: &dyn RelayStore, body: Request, now_ms: u64) -> Handled {
+        let (answer, fanout) = match self.route(body, now_ms) {
+            Route::Answer(reply) => (Answer::reply(reply), None),
+            Route::Authenticate(auth) => (self.authenticate(store, auth), None),
+            Route::Post(post) => {
+                let outcome = append(store, post);
+                (Answer::reply(outcome.reply), outcome.fanout)
+            }
+            Route::Ack {
+                device,
+                stream,
+                seq,
+            } => (Answer::reply(acked(store.ack(device, stream, seq))), None),
+            Route::TurnCredentials(_) => (Answer::reply(no_turn()), None),
+            Route::Request(device, body) => (Answer::reply(request(store, device, body)), None),
+        };
+        Handled { answer, fanout }
+    }
+}
+
+/// The answer to `TurnCredentials` on a relay without a TURN server.
+pub fn no_turn() -> Result<Reply, ErrorReply> {
+    Err(ErrorReply::new(
+        ErrorCode::InvalidRequest,
+        "this relay runs no TURN server",
+    ))
+}
+
+/// The store answered a batch with the wrong number of results.
+pub(crate) fn wrong_count() -> crate::store::StoreError {
+    crate::store::StoreError::Backend("wrong number of results".into())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The core stays sans-IO: none of its files names the runtime, sockets, the clock or
+    /// the connection layer it is wrapped by (which would also make a module cycle).
+    #[test]
+    fn the_core_does_no_io_and_knows_nothing_of_its_drivers() {
+        let files = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("auth.rs", include_str!("auth.rs")),
+            ("backlog.rs", include_str!("backlog.rs")),
+            ("posts.rs", include_str!("posts.rs")),
+            ("requests.rs", include_str!("requests.rs")),
+        ];
+        let forbidden = [
+            "tokio",
+            "std::net",
+            "std::fs",
+            "SystemTime",
+            "Instant",
+            "rand::",
+            "crate::session",
+            "crate::pipeline",
+            "crate::hub",
+            "crate::shared",
+            "crate::http",
+            "crate::relay",
+        ];
+        for (name, text) in files {
+            // This test's own list is not a use.
+            let code = text.split("#[cfg(test)]").next().unwrap_or(text);
+            for word in forbidden {
+                assert!(!code.contains(word), "logic/{name} mentions {word}");
+            }
+        }
+    }
+}

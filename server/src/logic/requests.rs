@@ -1,0 +1,139 @@
+//! The requests of an authenticated device that are answered from the store.
+
+use cove_wire::limits::{
+    MAX_FETCH_ENTRIES, MAX_FRAME_BYTES, MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGES_PER_UPLOAD,
+    MAX_VEC_ITEMS,
+};
+use cove_wire::{
+    BoundedVec, DeviceId, EntryKind, ErrorCode, ErrorReply, GroupEntry, Payload, Reply, Request,
+};
+use tracing::error;
+
+use crate::reply::{invalid, store_error_reply};
+use crate::store::{RelayStore, StoreError};
+
+/// Room left in a frame for everything but the payload of a stored entry.
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 1024;
+
+/// Answers one request of `device` from the store: the directory, KeyPackages, group
+/// creation, fetch, acks, the group list, ping. Posts, authentication and TURN credentials
+/// are routed elsewhere ([`super::Connection::route`]) and answered `Internal` here.
+pub fn request(
+    store: &dyn RelayStore,
+    device: DeviceId,
+    body: Request,
+) -> Result<Reply, ErrorReply> {
+    let stored = |e: StoreError| store_error_reply(&e);
+    match body {
+        Request::ListDevices { user } => {
+            let devices = store.devices(&user).map_err(stored)?;
+            Ok(Reply::Devices {
+                user,
+                devices: BoundedVec(devices),
+            })
+        }
+        Request::UploadKeyPackages {
+            key_packages,
+            last_resort,
+        } => {
+            let too_large = |p: &Payload| p.len() > MAX_KEY_PACKAGE_BYTES;
+            if key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+                return Err(invalid("too many key packages in one upload"));
+            }
+            if key_packages
+                .iter()
+                .chain(last_resort.as_ref())
+                .any(too_large)
+            {
+                return Err(ErrorReply::new(
+                    ErrorCode::TooLarge,
+                    "key package too large",
+                ));
+            }
+            let kps: Vec<Vec<u8>> = key_packages.into_iter().map(|p| p.into_vec()).collect();
+            let last_resort = last_resort.map(|p| p.into_vec());
+            let stock = store
+                .upload_key_packages(device, kps, last_resort)
+                .map_err(stored)?;
+            Ok(Reply::KeyPackageStock {
+                remaining: stock.remaining,
+                has_last_resort: stock.has_last_resort,
+            })
+        }
+        Request::ClaimKeyPackages { user } => {
+            let key_packages = store.claim_key_packages(&user).map_err(stored)?;
+            Ok(Reply::KeyPackages {
+                user,
+                key_packages: BoundedVec(key_packages),
+            })
+        }
+        Request::KeyPackageStock => {
+            let stock = store.key_package_stock(device).map_err(stored)?;
+            Ok(Reply::KeyPackageStock {
+                remaining: stock.remaining,
+                has_last_resort: stock.has_last_resort,
+            })
+        }
+        Request::CreateGroup { group } => {
+            store.create_group(group, device).map_err(stored)?;
+            Ok(Reply::GroupCreated)
+        }
+        Request::Fetch {
+            group,
+            after,
+            limit,
+        } => {
+            // A member reads from the commit that added it on, never earlier entries.
+            let entries = store
+                .fetch(group, device, after, limit.min(MAX_FETCH_ENTRIES))
+                .map_err(stored)?;
+            Ok(Reply::Entries {
+                entries: BoundedVec(fit_in_frame(entries)),
+            })
+        }
+        Request::Ack { stream, seq } => acked(store.ack(device, stream, seq)),
+        Request::ListGroups => {
+            let mut groups = store.groups_of(device).map_err(stored)?;
+            groups.truncate(MAX_VEC_ITEMS);
+            Ok(Reply::Groups {
+                groups: BoundedVec(groups),
+            })
+        }
+        Request::Ping => Ok(Reply::Pong),
+        Request::Post { .. }
+        | Request::Register { .. }
+        | Request::RegisterDevice { .. }
+        | Request::Authenticate { .. }
+        | Request::TurnCredentials => {
+            error!("request routed to the wrong handler");
+            Err(ErrorReply::new(ErrorCode::Internal, "internal error"))
+        }
+    }
+}
+
+/// The answer to an acknowledgement the store applied (or refused).
+pub fn acked(result: Result<(), StoreError>) -> Result<Reply, ErrorReply> {
+    result
+        .map(|()| Reply::Acked)
+        .map_err(|e| store_error_reply(&e))
+}
+
+/// Keeps the leading entries that fit in one frame (always at least one).
+fn fit_in_frame(mut entries: Vec<GroupEntry>) -> Vec<GroupEntry> {
+    let budget = MAX_FRAME_BYTES.saturating_sub(4 * ENTRY_OVERHEAD_BYTES);
+    let mut used = 0usize;
+    let mut keep = 0usize;
+    for entry in &entries {
+        let ids = match &entry.kind {
+            EntryKind::Commit { added, removed } => 10 * (added.len() + removed.len()),
+            _ => 0,
+        };
+        used = used.saturating_add(entry.payload.len() + ids + 64);
+        if used > budget && keep > 0 {
+            break;
+        }
+        keep += 1;
+    }
+    entries.truncate(keep);
+    entries
+}
