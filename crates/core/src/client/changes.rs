@@ -17,7 +17,7 @@ use openmls::prelude::{
 };
 
 use super::context::Cx;
-use super::effects::{Effects, Pending};
+use super::effects::{Effects, Lookup, Pending};
 use super::key_packages::validate_key_package;
 use super::mls::{
     CIPHERSUITE, GROUP_NAME_EXTENSION, MAX_PAST_EPOCHS, MemberId, capabilities, member_id,
@@ -355,28 +355,51 @@ impl Changes {
         Ok(())
     }
 
-    /// The relay's directory answer for `user`: pins unknown devices, refuses changed keys,
-    /// then claims KeyPackages once every answer is in.
-    pub(super) fn on_directory<S: Store>(
+    /// The relay's answer to a directory look-up or a KeyPackage claim for `user`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_lookup<S: Store>(
         &mut self,
         op: OpId,
+        lookup: Lookup,
         user: UserName,
         now_ms: u64,
         result: Result<Reply, ErrorReply>,
         mut cx: Cx<'_, S>,
         fx: &mut Effects,
     ) {
-        let own = &user == cx.me.user();
         let Some(reply) = self.lookup_reply(op, &user, result, cx.reborrow(), fx) else {
             return;
         };
-        let devices = match reply {
-            Reply::Devices { user: u, devices } if u == user => devices.0,
-            _ => {
-                self.finish(op, Err(OpError::UnexpectedReply { to: "directory" }), fx);
-                return;
+        match (lookup, reply) {
+            (Lookup::Directory, Reply::Devices { user: u, devices }) if u == user => {
+                self.on_devices(op, user, devices.0, now_ms, cx, fx)
             }
-        };
+            (
+                Lookup::Claim,
+                Reply::KeyPackages {
+                    user: u,
+                    key_packages,
+                },
+            ) if u == user => self.on_key_packages(op, user, key_packages.0, cx, fx),
+            (lookup, _) => {
+                let to = lookup.request();
+                self.finish(op, Err(OpError::UnexpectedReply { to }), fx);
+            }
+        }
+    }
+
+    /// The relay's directory answer for `user`: pins unknown devices, refuses changed keys,
+    /// then claims KeyPackages once every answer is in.
+    fn on_devices<S: Store>(
+        &mut self,
+        op: OpId,
+        user: UserName,
+        devices: Vec<DeviceInfo>,
+        now_ms: u64,
+        cx: Cx<'_, S>,
+        fx: &mut Effects,
+    ) {
+        let own = &user == cx.me.user();
         if devices.is_empty() && !own {
             self.finish(op, Err(OpError::NoDevices(user)), fx);
             return;
@@ -437,29 +460,16 @@ impl Changes {
         self.directory_progress(op, cx, fx);
     }
 
-    /// The relay's answer to a KeyPackage claim for `user`.
-    pub(super) fn on_claim<S: Store>(
+    /// The KeyPackages the relay handed out for `user`: validated once every claim is in.
+    fn on_key_packages<S: Store>(
         &mut self,
         op: OpId,
         user: UserName,
-        result: Result<Reply, ErrorReply>,
-        mut cx: Cx<'_, S>,
+        claimed: Vec<ClaimedKeyPackage>,
+        cx: Cx<'_, S>,
         fx: &mut Effects,
     ) {
         let own = &user == cx.me.user();
-        let Some(reply) = self.lookup_reply(op, &user, result, cx.reborrow(), fx) else {
-            return;
-        };
-        let claimed = match reply {
-            Reply::KeyPackages {
-                user: u,
-                key_packages,
-            } if u == user => key_packages.0,
-            _ => {
-                self.finish(op, Err(OpError::UnexpectedReply { to: "claim" }), fx);
-                return;
-            }
-        };
         let Some(c) = self.changes.get_mut(&op) else {
             return;
         };
@@ -580,13 +590,8 @@ impl Changes {
                 if ready && !c.directory_requested {
                     c.directory_requested = true;
                     for user in c.directory.keys() {
-                        fx.request(
-                            Request::ListDevices { user: user.clone() },
-                            Pending::Directory {
-                                op,
-                                user: user.clone(),
-                            },
-                        );
+                        let body = Request::ListDevices { user: user.clone() };
+                        fx.request(body, Lookup::Directory.pending(op, user));
                     }
                 }
             }
@@ -676,13 +681,8 @@ impl Changes {
         }
         c.stage = ChangeStage::Claim;
         for user in c.directory.keys() {
-            fx.request(
-                Request::ClaimKeyPackages { user: user.clone() },
-                Pending::Claim {
-                    op,
-                    user: user.clone(),
-                },
-            );
+            let body = Request::ClaimKeyPackages { user: user.clone() };
+            fx.request(body, Lookup::Claim.pending(op, user));
         }
     }
 

@@ -21,12 +21,14 @@ pub(super) enum Pending {
     Upload,
     /// A group creation command's `CreateGroup`.
     CreateGroup { op: OpId },
-    /// A membership change's directory look-up for `user`.
-    Directory { op: OpId, user: UserName },
+    /// A membership change's directory look-up or KeyPackage claim for `user`.
+    Lookup {
+        op: OpId,
+        lookup: Lookup,
+        user: UserName,
+    },
     /// A check of keys first seen in MLS against the directory.
     Verify { user: UserName },
-    /// A membership change's KeyPackage claim for `user`.
-    Claim { op: OpId, user: UserName },
     /// An outbox item's post.
     PostApplication { local_id: u64 },
     /// A membership change's commit.
@@ -37,6 +39,34 @@ pub(super) enum Pending {
     Ack,
     /// A request of the shell (`Client::send_request`); its answer is an event.
     External,
+}
+
+/// What a membership change asks the relay about a user to add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lookup {
+    /// The user's devices and keys (`ListDevices`).
+    Directory,
+    /// One KeyPackage per device (`ClaimKeyPackages`).
+    Claim,
+}
+
+impl Lookup {
+    /// What the request of change `op` about `user` is for.
+    pub(super) fn pending(self, op: OpId, user: &UserName) -> Pending {
+        Pending::Lookup {
+            op,
+            lookup: self,
+            user: user.clone(),
+        }
+    }
+
+    /// The request, as named in [`crate::OpError::UnexpectedReply`].
+    pub(super) fn request(self) -> &'static str {
+        match self {
+            Lookup::Directory => "directory",
+            Lookup::Claim => "claim",
+        }
+    }
 }
 
 /// One thing to do, in the order it was asked for.

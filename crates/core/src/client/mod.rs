@@ -457,11 +457,7 @@ impl<S: Store> Client<S> {
         group: &str,
         users: &[UserName],
     ) -> Result<OpId, CommandError> {
-        let id = self.groups.active(group)?;
-        if users.is_empty() {
-            return Err(CommandError::Invalid(InvalidArgument::NoUsers));
-        }
-        Ok(self.start_change(id, Goal::Add(users.to_vec())))
+        self.change_users(group, users, Goal::Add)
     }
 
     /// Removes every device of each user from a group.
@@ -471,11 +467,7 @@ impl<S: Store> Client<S> {
         group: &str,
         users: &[UserName],
     ) -> Result<OpId, CommandError> {
-        let id = self.groups.active(group)?;
-        if users.is_empty() {
-            return Err(CommandError::Invalid(InvalidArgument::NoUsers));
-        }
-        Ok(self.start_change(id, Goal::Remove(users.to_vec())))
+        self.change_users(group, users, Goal::Remove)
     }
 
     /// Rotates this device's keys in a group (an MLS self-update commit): post-compromise
@@ -616,17 +608,13 @@ impl<S: Store> Client<S> {
             (Pending::CreateGroup { op }, r) => {
                 self.changes.on_group_created(op, now_ms, r, cx!(self), fx)
             }
-            (Pending::Directory { op, user }, r) => {
+            (Pending::Lookup { op, lookup, user }, r) => {
                 self.changes
-                    .on_directory(op, user, now_ms, r, cx!(self), fx);
+                    .on_lookup(op, lookup, user, now_ms, r, cx!(self), fx);
                 Ok(())
             }
             (Pending::Verify { user }, Ok(Reply::Devices { user: u, devices })) if u == user => {
                 trust::verify_against_directory(self.provider.store(), &user, &devices, fx)?;
-                Ok(())
-            }
-            (Pending::Claim { op, user }, r) => {
-                self.changes.on_claim(op, user, r, cx!(self), fx);
                 Ok(())
             }
             (Pending::PostApplication { local_id }, r) => {
@@ -801,6 +789,20 @@ impl<S: Store> Client<S> {
         let id = OpId(self.next_op);
         self.next_op += 1;
         id
+    }
+
+    /// Starts adding or removing `users` (at least one) in `group`.
+    fn change_users(
+        &mut self,
+        group: &str,
+        users: &[UserName],
+        goal: fn(Vec<UserName>) -> Goal,
+    ) -> Result<OpId, CommandError> {
+        let id = self.groups.active(group)?;
+        if users.is_empty() {
+            return Err(CommandError::Invalid(InvalidArgument::NoUsers));
+        }
+        Ok(self.start_change(id, goal(users.to_vec())))
     }
 
     fn start_change(&mut self, group: GroupId, goal: Goal) -> OpId {
