@@ -232,9 +232,12 @@ pub enum NotApplicable {
 /// A bad argument to a command ([`crate::CommandError::Invalid`]). The caller is at fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidArgument {
-    /// A group name is empty or longer than [`crate::MAX_GROUP_NAME`] bytes.
-    #[error("group names are 1-{} bytes", crate::MAX_GROUP_NAME)]
-    GroupNameLength,
+    /// A group name is empty or longer than `max` bytes.
+    #[error("group names are 1-{max} bytes")]
+    GroupNameLength {
+        /// The longest name allowed ([`crate::MAX_GROUP_NAME`]).
+        max: usize,
+    },
     /// A command that adds or removes users was given none.
     #[error("no users given")]
     NoUsers,

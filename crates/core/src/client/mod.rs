@@ -432,7 +432,9 @@ impl<S: Store> Client<S> {
     /// group of that name.
     pub fn create_group(&mut self, _now_ms: u64, name: &str) -> Result<OpId, CommandError> {
         if name.is_empty() || name.len() > MAX_GROUP_NAME {
-            return Err(CommandError::Invalid(InvalidArgument::GroupNameLength));
+            return Err(CommandError::Invalid(InvalidArgument::GroupNameLength {
+                max: MAX_GROUP_NAME,
+            }));
         }
         if self.groups.name_in_use(name) || self.changes.creating(name) {
             return Err(CommandError::DuplicateGroupName(name.to_string()));
