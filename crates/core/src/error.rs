@@ -336,3 +336,20 @@ pub(crate) enum OwnDevicesSkipped {
     #[error("no KeyPackage for them")]
     NoKeyPackage,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{NotApplicable, Shared};
+
+    /// Clones of a shared error are equal (an event and its clone compare equal); two errors
+    /// made separately are not, even with the same contents.
+    #[test]
+    fn shared_errors_are_equal_to_their_clones_only() {
+        let a = Shared::new(NotApplicable::LeftGroup);
+        let b = Shared::new(NotApplicable::LeftGroup);
+        assert_eq!(a, a.clone());
+        assert_ne!(a, b);
+        assert_eq!(*a, *b);
+        assert_eq!(a.to_string(), "left the group");
+    }
+}

@@ -852,3 +852,41 @@ impl<S: Store> Client<S> {
         id
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The parts in their documented order (see the module docs and ARCHITECTURE.md).
+    const PARTS: [(&str, &str); 12] = [
+        ("effects", include_str!("effects.rs")),
+        ("mls", include_str!("mls.rs")),
+        ("identity", include_str!("identity.rs")),
+        ("groups", include_str!("groups.rs")),
+        ("context", include_str!("context.rs")),
+        ("history", include_str!("history.rs")),
+        ("trust", include_str!("trust.rs")),
+        ("key_packages", include_str!("key_packages.rs")),
+        ("outbox", include_str!("outbox.rs")),
+        ("changes", include_str!("changes.rs")),
+        ("welcome", include_str!("welcome.rs")),
+        ("inbound", include_str!("inbound.rs")),
+    ];
+
+    /// Each part imports only parts listed before it, so there are no import cycles among
+    /// them (the dispatcher, `mod.rs`, comes last and may import every part).
+    #[test]
+    fn parts_import_only_parts_listed_before_them() {
+        for (index, (part, source)) in PARTS.iter().enumerate() {
+            let imported = source
+                .lines()
+                .filter_map(|line| line.trim_start().strip_prefix("use super::"))
+                .map(|path| path.split([':', ';']).next().unwrap_or(path));
+            for target in imported {
+                let at = PARTS.iter().position(|(name, _)| *name == target);
+                assert!(
+                    at.is_some_and(|at| at < index),
+                    "{part} imports {target}, which is not a part listed before it"
+                );
+            }
+        }
+    }
+}
