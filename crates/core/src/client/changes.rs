@@ -214,21 +214,21 @@ impl Changes {
             .collect();
         ops.sort();
         for op in ops {
-            if let Some(c) = self.changes.get(&op) {
-                // A change in its directory or claim stage was reset when the last
-                // connection was lost; if it sent its look-ups on this connection (it was
-                // started or driven before the backlog ended), their replies are still
-                // coming: resetting it here would send them twice and drop the claims of
-                // the first round (wasting the KeyPackages the relay handed out).
-                if c.stage == ChangeStage::Posting {
-                    // Not in the backlog, so not accepted (yet): resend the same commit.
-                    // (If the relay took it meanwhile, it answers StaleEpoch and the echo
-                    // that follows merges it.)
-                    if let Some((epoch, kind, payload)) = c.posted.clone() {
-                        post_commit(op, c.group, epoch, kind, payload, fx);
-                    }
-                    continue;
+            // A change in its directory or claim stage is driven, not reset: it was reset
+            // when the last connection was lost, and if it sent its look-ups on this
+            // connection (it was started or driven before the backlog ended), their replies
+            // are still coming: resetting it here would send them twice and drop the claims
+            // of the first round (wasting the KeyPackages the relay handed out).
+            if let Some(c) = self.changes.get(&op)
+                && c.stage == ChangeStage::Posting
+            {
+                // Not in the backlog, so not accepted (yet): resend the same commit. (If the
+                // relay took it meanwhile, it answers StaleEpoch and the echo that follows
+                // merges it.)
+                if let Some((epoch, kind, payload)) = c.posted.clone() {
+                    post_commit(op, c.group, epoch, kind, payload, fx);
                 }
+                continue;
             }
             self.drive(op, cx.reborrow(), fx);
         }
