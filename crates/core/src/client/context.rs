@@ -3,8 +3,8 @@
 
 use cove_store::Store;
 
+use super::device::Me;
 use super::groups::Groups;
-use super::identity::Me;
 use crate::provider::CoveProvider;
 
 /// The shared parts a step of the outbox, a membership change or an inbound message needs.

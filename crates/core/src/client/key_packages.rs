@@ -12,8 +12,8 @@ use openmls::prelude::{
 };
 use openmls_traits::OpenMlsProvider as _;
 
+use super::device::Me;
 use super::effects::{Effects, Pending};
-use super::identity::Me;
 use super::mls::{CIPHERSUITE, capabilities, parse_credential};
 use crate::error::{KeyPackageBuildError, KeyPackageError};
 use crate::provider::CoveProvider;

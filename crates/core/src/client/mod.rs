@@ -11,7 +11,7 @@
 //! ```text
 //! effects       Effect, Pending: what the parts ask the dispatcher to do
 //! mls           ciphersuite, group-name extension, Cove credentials
-//! identity      Me: this device's keys, challenge answers, device authorisations
+//! device        Me: this device's keys, challenge answers, device authorisations
 //! groups        Groups: loaded MLS groups and group records; name resolution, queries
 //! context       Cx: provider + Me + Groups + readiness, lent to one step of a part
 //! history       chat messages from stored messages
@@ -27,10 +27,10 @@
 
 mod changes;
 mod context;
+mod device;
 mod effects;
 mod groups;
 mod history;
-mod identity;
 mod inbound;
 mod key_packages;
 mod mls;
@@ -50,9 +50,9 @@ use zeroize::Zeroizing;
 
 use self::changes::{Changes, Goal};
 use self::context::Cx;
+use self::device::Me;
 use self::effects::{Effect, Effects, Pending};
 use self::groups::Groups;
-use self::identity::Me;
 use self::inbound::{Inbound, Route};
 use self::key_packages::KeyPackages;
 use self::outbox::Outbox;
@@ -264,7 +264,7 @@ impl<S: Store> Client<S> {
         authorizer: DeviceId,
         authorization: Signature,
     ) -> Result<(), StoreError> {
-        identity::set_device_authorization(self.provider.store(), authorizer, authorization)
+        device::set_device_authorization(self.provider.store(), authorizer, authorization)
     }
 
     /// Accepts the keys `user` presents now (after a [`Event::KeyChanged`] and an
@@ -859,7 +859,7 @@ mod tests {
     const PARTS: [(&str, &str); 12] = [
         ("effects", include_str!("effects.rs")),
         ("mls", include_str!("mls.rs")),
-        ("identity", include_str!("identity.rs")),
+        ("device", include_str!("device.rs")),
         ("groups", include_str!("groups.rs")),
         ("context", include_str!("context.rs")),
         ("history", include_str!("history.rs")),

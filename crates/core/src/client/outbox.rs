@@ -11,9 +11,9 @@ use cove_wire::{
 };
 
 use super::context::Cx;
+use super::device::Me;
 use super::effects::{Effects, Pending};
 use super::history;
-use super::identity::Me;
 use crate::content::{Content, ENVELOPE_VERSION, Envelope};
 use crate::error::ProtocolViolation;
 use crate::types::{CommandError, Event, HandleError, OpError, OpId};
