@@ -43,6 +43,7 @@ mod hub;
 mod logging;
 mod pipeline;
 mod relay;
+pub mod rendezvous;
 mod reply;
 mod session;
 mod shared;

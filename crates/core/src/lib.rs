@@ -38,6 +38,8 @@ mod call_signal;
 mod client;
 pub mod content;
 pub mod error;
+pub mod identity;
+pub mod link;
 pub mod provider;
 mod types;
 

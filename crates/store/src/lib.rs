@@ -34,6 +34,7 @@ pub use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
 pub use records::*;
 pub use sqlite::{Durability, SqliteStore};
 
+use cove_wire::identity::ListEntry;
 use cove_wire::{DeviceId, GroupId, Seq, Stream, UserName};
 
 /// Why a store operation failed.
@@ -90,6 +91,12 @@ pub enum Namespace {
     Seen = 9,
     /// Inbound entries waiting for an epoch we have not reached yet: group ‖ seq.
     Pending = 10,
+    /// The user's identity secret, on devices that hold it (one record).
+    UserIdentity = 11,
+    /// Pinned identity keys and device-list heads: user.
+    IdentityPin = 12,
+    /// The last verified device list of each user: user.
+    DeviceList = 13,
 }
 
 /// A key and its value, as returned by [`Kv::kv_scan`].
@@ -165,6 +172,44 @@ pub trait Store: Kv + StorageProvider<CURRENT_VERSION, Error = StoreError> + Sen
     /// Stores the device identity.
     fn set_identity(&self, identity: &Identity) -> Result<(), StoreError> {
         put_record(self, Namespace::Identity, b"identity", identity)
+    }
+
+    /// The user's identity secret, if this device holds it.
+    fn user_identity(&self) -> Result<Option<UserIdentity>, StoreError> {
+        get_record(self, Namespace::UserIdentity, b"user-identity")
+    }
+    /// Stores the user's identity secret.
+    fn set_user_identity(&self, identity: &UserIdentity) -> Result<(), StoreError> {
+        put_record(self, Namespace::UserIdentity, b"user-identity", identity)
+    }
+
+    /// The identity key pinned for `user`, with the device-list head seen last.
+    fn identity_pin(&self, user: &UserName) -> Result<Option<PinnedIdentity>, StoreError> {
+        get_record(self, Namespace::IdentityPin, user.as_str().as_bytes())
+    }
+    /// Pins (or moves the head of, or re-pins after the user accepted a change) `user`'s
+    /// identity.
+    fn set_identity_pin(&self, pin: &PinnedIdentity) -> Result<(), StoreError> {
+        put_record(
+            self,
+            Namespace::IdentityPin,
+            pin.user.as_str().as_bytes(),
+            pin,
+        )
+    }
+
+    /// The last verified device list of `user` (its signed entries, from entry 0).
+    fn device_list(&self, user: &UserName) -> Result<Option<Vec<ListEntry>>, StoreError> {
+        get_record(self, Namespace::DeviceList, user.as_str().as_bytes())
+    }
+    /// Stores `user`'s verified device list.
+    fn set_device_list(&self, user: &UserName, entries: &[ListEntry]) -> Result<(), StoreError> {
+        put_record(
+            self,
+            Namespace::DeviceList,
+            user.as_str().as_bytes(),
+            &entries,
+        )
     }
 
     /// A config value.

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use cove_wire::identity::{IdentityKey, ListHead};
 use cove_wire::{DeviceId, DeviceKey, Epoch, GroupId, Seq, UserName};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -29,6 +30,44 @@ impl fmt::Debug for Identity {
             .field("public_key", &self.public_key)
             .finish()
     }
+}
+
+/// The user's identity secret (Ed25519), on a device that holds it: it signs the user's
+/// device list.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct UserIdentity {
+    /// Whose identity.
+    pub user: UserName,
+    /// The identity public key.
+    pub identity: IdentityKey,
+    /// The secret key seed. Never logged (see the redacting `Debug`).
+    pub secret_key: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for UserIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserIdentity")
+            .field("user", &self.user)
+            .field("identity", &self.identity)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A user's identity key as pinned on first sight (or as last accepted), and the newest
+/// device-list head verified for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedIdentity {
+    /// Whose identity.
+    pub user: UserName,
+    /// The pinned identity key.
+    pub identity: IdentityKey,
+    /// The newest verified head of the user's device list (`None` before a list was seen).
+    pub head: Option<ListHead>,
+    /// Whether the user compared safety numbers and confirmed this identity.
+    pub verified: bool,
+    /// When it was pinned (client time, ms since the Unix epoch).
+    pub pinned_at_ms: u64,
 }
 
 /// A device key pinned on first sight (trust on first use).

@@ -5,6 +5,8 @@
 //!   (relay → device), with request ids and typed error codes;
 //! - validated id newtypes ([`UserName`], [`DeviceId`], [`GroupId`], [`Epoch`], [`Seq`], ...);
 //! - the protocol [`limits`];
+//! - a user's identity values: identity key, signed device list, device certificate
+//!   ([`identity`]);
 //! - the call-signalling values shared by the client core and the media engine ([`call`]);
 //! - the one codec ([`encode`] / [`decode`]): postcard (serde, compact, varint lengths) with
 //!   decoding that never allocates more than the input's own size and rejects trailing bytes;
@@ -24,6 +26,7 @@
 pub mod call;
 mod codec;
 mod frame;
+pub mod identity;
 mod ids;
 pub mod limits;
 mod payload;

@@ -30,3 +30,8 @@ pub const MAX_VEC_ITEMS: usize = 5000;
 /// Most backlog entries the relay queues per connection before it stops reading the store
 /// (the bounded outgoing queue; a reader slower than this is disconnected, entries stay stored).
 pub const OUTGOING_QUEUE_FRAMES: usize = 4096;
+/// Shortest and longest device name, in bytes.
+pub const DEVICE_NAME_LEN: std::ops::RangeInclusive<usize> = 1..=64;
+/// Most entries in one user's device list over its whole life (adds and revokes; each entry
+/// is about 200 bytes, so a whole list fits one frame).
+pub const MAX_DEVICE_LIST_ENTRIES: usize = 1024;

@@ -170,6 +170,49 @@ async fn a_user_with_two_devices_receives_on_both() {
     }
 }
 
+/// A device linked after its user's group exists: the user's other device adds it (adding
+/// its own user name adds the devices the group lacks), and the messages sent right after
+/// that add, by the adder and by another member, reach the new device, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_linked_later_receives_what_is_sent_right_after_it_is_added() {
+    let net = Net::sqlite().await;
+    let mut alice = net.user("alice").await;
+    let mut bob_phone = net.user("bob").await;
+    bob_phone.create_group("g").await.unwrap();
+    bob_phone.add_users("g", &names(&["alice"])).await.unwrap();
+    joined(&mut alice).await;
+    alice.send_text("g", "before the laptop").await.unwrap();
+    assert_eq!(
+        texts(&messages(&mut bob_phone, 1).await),
+        ["before the laptop"]
+    );
+
+    let mut bob_laptop = Device::link(&bob_phone, &net.home("bob-laptop"))
+        .await
+        .unwrap();
+    bob_phone.add_users("g", &names(&["bob"])).await.unwrap();
+    bob_phone
+        .send_text("g", "right after the add")
+        .await
+        .unwrap();
+    // alice sends once she has processed the add (her message is in the new epoch).
+    until(&mut alice, "the laptop's add", |e| {
+        matches!(e, cove::Event::MembersChanged { .. })
+    })
+    .await;
+    alice.send_text("g", "from alice after").await.unwrap();
+    alice.send_text("g", SENTINEL).await.unwrap();
+
+    joined(&mut bob_laptop).await;
+    let got = before_sentinel(&mut bob_laptop).await;
+    assert_eq!(texts(&got), ["right after the add", "from alice after"]);
+    let members = &alice.groups().await.unwrap()[0].members;
+    assert_eq!(members, &["alice", "bob"]);
+    for d in [alice, bob_phone, bob_laptop] {
+        d.close().await;
+    }
+}
+
 /// A relay with a tight request rate refuses some posts with `RateLimited`: the client
 /// resends each when the relay's `retry_after_ms` is over (its timer, not a reconnection),
 /// and every message arrives exactly once, in the order sent (nothing else before a
