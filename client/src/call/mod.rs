@@ -92,9 +92,13 @@ pub enum CallError {
     /// A device operation failed (unknown group, relay unreachable, ...).
     #[error(transparent)]
     Device(#[from] DeviceError),
-    /// The group has nobody else, or too many members for a mesh call.
+    /// This device is not a member of the group.
     #[error("{0}")]
     Group(String),
+    /// The group has nobody else, or too many members for a mesh call; or the call cannot
+    /// be answered.
+    #[error(transparent)]
+    Command(#[from] cove_core::call::CallCommandError),
     /// Nobody answered in time.
     #[error("nobody answered within {0} s")]
     NoAnswer(u64),
@@ -206,9 +210,7 @@ pub async fn place(
     let me = device.device_id().ok_or(DeviceError::NotRegistered)?;
     let mut calls = Calls::new(me);
     let state = group_state(device, group, call_id).await?;
-    let actions = calls
-        .dial(call_id, group, &state.members)
-        .map_err(CallError::Group)?;
+    let actions = calls.dial(call_id, group, &state.members)?;
     let mut driver = Driver::new(options, ice, group, call_id, calls, state, inbox)?;
     driver.say(format!(
         "calling {} (call {})",
@@ -288,7 +290,7 @@ pub async fn answer(
     let state = group_state(device, group, call_id).await?;
     let mut driver = Driver::new(options, ice, group, call_id, calls, state, inbox)?;
     driver.say(format!("incoming call from {}: answering", from.name));
-    let actions = driver.calls.answer(call_id).map_err(CallError::Group)?;
+    let actions = driver.calls.answer(call_id)?;
     driver.answered = true;
     driver.active_since = Some(Instant::now());
     driver.run_actions(device, actions).await?;

@@ -153,6 +153,30 @@ struct CallState {
     my_leaf: Option<u32>,
 }
 
+/// Why a call command ([`Calls::dial`], [`Calls::answer`]) cannot be carried out. The
+/// caller is at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallCommandError {
+    /// The group has no other member device to call.
+    #[error("nobody else is in this group")]
+    Alone,
+    /// The group is larger than a mesh call allows.
+    #[error("a call has at most {MAX_PARTICIPANTS} participants; this group has {members}")]
+    TooManyParticipants {
+        /// Member devices of the group, this one included.
+        members: usize,
+    },
+    /// No call with that id.
+    #[error("no such call")]
+    UnknownCall,
+    /// The call is not ringing (already answered, declined or ended).
+    #[error("the call is not ringing")]
+    NotRinging,
+    /// The call rang without an offer to answer.
+    #[error("no offer")]
+    NoOffer,
+}
+
 /// The call-signalling state machine of one device (sans-IO; see the module docs).
 pub struct Calls {
     me: DeviceId,
@@ -198,20 +222,19 @@ impl Calls {
         call_id: CallId,
         group: GroupId,
         members: &[GroupMember],
-    ) -> Result<Vec<CallAction>, String> {
+    ) -> Result<Vec<CallAction>, CallCommandError> {
         let others: Vec<Peer> = members
             .iter()
             .filter(|m| m.device != self.me)
             .map(|m| peer_of(m, members))
             .collect();
         if others.is_empty() {
-            return Err("nobody else is in this group".into());
+            return Err(CallCommandError::Alone);
         }
         if others.len() + 1 > MAX_PARTICIPANTS {
-            return Err(format!(
-                "a call has at most {MAX_PARTICIPANTS} participants; this group has {}",
-                others.len() + 1
-            ));
+            return Err(CallCommandError::TooManyParticipants {
+                members: others.len() + 1,
+            });
         }
         let actions = others
             .iter()
@@ -258,12 +281,15 @@ impl Calls {
 
     /// Answers a ringing call: the offer goes to the media layer (whose answer the shell
     /// sends with [`Calls::local_signal`]).
-    pub fn answer(&mut self, call_id: CallId) -> Result<Vec<CallAction>, String> {
-        let call = self.calls.get_mut(&call_id).ok_or("no such call")?;
+    pub fn answer(&mut self, call_id: CallId) -> Result<Vec<CallAction>, CallCommandError> {
+        let call = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(CallCommandError::UnknownCall)?;
         if call.phase != CallPhase::Ringing {
-            return Err("the call is not ringing".into());
+            return Err(CallCommandError::NotRinging);
         }
-        let (peer, offer) = call.offer.take().ok_or("no offer")?;
+        let (peer, offer) = call.offer.take().ok_or(CallCommandError::NoOffer)?;
         call.phase = CallPhase::Active;
         call.peers.insert(peer.device, peer.clone());
         let mut out = vec![CallAction::Apply {

@@ -1,18 +1,25 @@
-//! Typed errors of the inbound paths of [`crate::Client`]: what a peer (another member, or
-//! the relay) sent that could not be applied. They are reported to the user as warnings (the
-//! entry or Welcome is skipped); their text is what the user reads. Each variant says who is
-//! to blame: the peer (the message is bad), or this device (storage, internal state).
+//! Typed errors of [`crate::Client`] below the API's own enums ([`crate::OpError`],
+//! [`crate::HandleError`], ...): what a peer (another member, or the relay) sent that could
+//! not be applied (reported as warnings: the entry or Welcome is skipped), why the MLS step
+//! of a command failed, what a command no longer applies to. Each variant says who is to
+//! blame: the peer (the message is bad), the caller, or this device (storage, internal
+//! state). They wrap the errors of openmls and the store as they are; nothing is turned into
+//! text before the shell displays it.
 //!
 //! A leaf module: it imports only [`crate::content`] and other crates.
+
+use std::fmt;
+use std::sync::Arc;
 
 use cove_store::StoreError;
 use cove_wire::DeviceId;
 
 use openmls::framing::errors::{MlsMessageError, ProtocolMessageError};
 use openmls::prelude::{
-    AddMembersError, BasicCredentialError, KeyPackageNewError, KeyPackageVerifyError,
-    MergeCommitError, MergePendingCommitError, ProcessMessageError, RemoveMembersError,
-    SelfUpdateError, WelcomeError as MlsWelcomeError, tls_codec,
+    AddMembersError, BasicCredentialError, InvalidExtensionError, KeyPackageNewError,
+    KeyPackageVerifyError, MergeCommitError, MergePendingCommitError, NewGroupError,
+    ProcessMessageError, RemoveMembersError, SelfUpdateError, WelcomeError as MlsWelcomeError,
+    tls_codec,
 };
 
 use crate::content::ContentError;
@@ -168,12 +175,9 @@ pub enum EntryError {
 }
 
 /// Why this device could not build a commit for a membership change or a key update. Passed
-/// to the command as [`crate::OpError::Mls`] (its text).
+/// to the command as [`crate::OpError::Mls`].
 #[derive(Debug, thiserror::Error)]
 pub enum CommitBuildError {
-    /// The caller: one command both adds and removes members.
-    #[error("add and remove in one command are not supported")]
-    AddAndRemove,
     /// openmls could not build a key update.
     #[error("{0}")]
     SelfUpdate(SelfUpdateError<StoreError>),
@@ -185,7 +189,125 @@ pub enum CommitBuildError {
     Remove(RemoveMembersError<StoreError>),
     /// The commit or Welcome could not be encoded.
     #[error("{0}")]
-    Encode(MlsMessageError),
+    Encode(#[from] MlsMessageError),
+}
+
+/// Why the MLS step of a command failed on this device ([`crate::OpError::Mls`]).
+#[derive(Debug, thiserror::Error)]
+pub enum MlsStepError {
+    /// The group name does not fit in its group context extension.
+    #[error("{0}")]
+    GroupConfig(#[from] InvalidExtensionError),
+    /// openmls could not create the group.
+    #[error("{0}")]
+    CreateGroup(#[from] NewGroupError<StoreError>),
+    /// The commit could not be built.
+    #[error(transparent)]
+    Commit(#[from] CommitBuildError),
+    /// Our accepted commit could not be merged.
+    #[error("{0}")]
+    Merge(#[from] MergePendingCommitError<StoreError>),
+}
+
+/// Why a command no longer applies ([`crate::OpError::NotApplicable`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotApplicable {
+    /// The caller: this device is not registered yet.
+    #[error("not registered")]
+    NotRegistered,
+    /// This device is not (any more) a member of the group.
+    #[error("not a member of the group")]
+    NotMember,
+    /// This device was removed from the group meanwhile.
+    #[error("removed from the group")]
+    RemovedFromGroup,
+    /// This device left the group meanwhile.
+    #[error("left the group")]
+    LeftGroup,
+    /// The caller: none of the users to remove is a member.
+    #[error("none of these users is a member")]
+    NoneAreMembers,
+}
+
+/// A bad argument to a command ([`crate::CommandError::Invalid`]). The caller is at fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidArgument {
+    /// A group name is empty or longer than `max` bytes.
+    #[error("group names are 1-{max} bytes")]
+    GroupNameLength {
+        /// The longest name allowed ([`crate::MAX_GROUP_NAME`]).
+        max: usize,
+    },
+    /// A command that adds or removes users was given none.
+    #[error("no users given")]
+    NoUsers,
+}
+
+/// How the relay violated the protocol ([`crate::HandleError::Protocol`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolViolation {
+    /// A `Challenge` when none was due.
+    #[error("unexpected challenge")]
+    UnexpectedChallenge,
+    /// The relay authenticated another device than this one.
+    #[error("relay authenticated another device")]
+    OtherDevice,
+    /// A `Posted` reply before this device was registered.
+    #[error("a Posted reply before registration")]
+    PostedBeforeRegistration,
+}
+
+/// An error carried by an [`crate::Event`]: events are cloned and compared, and the errors of
+/// openmls and the store are neither `Clone` nor `PartialEq`, so they are shared. Clones are
+/// equal; two errors made separately are not, even with equal contents. Dereferences to the
+/// error.
+pub struct Shared<E>(Arc<E>);
+
+impl<E> Shared<E> {
+    /// Wraps `error`.
+    pub fn new(error: E) -> Self {
+        Shared(Arc::new(error))
+    }
+}
+
+impl<E> Clone for Shared<E> {
+    fn clone(&self) -> Self {
+        Shared(Arc::clone(&self.0))
+    }
+}
+
+impl<E> PartialEq for Shared<E> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<E> Eq for Shared<E> {}
+
+impl<E> std::ops::Deref for Shared<E> {
+    type Target = E;
+
+    fn deref(&self) -> &E {
+        &self.0
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for Shared<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Shared<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: std::error::Error> std::error::Error for Shared<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// Why this device could not generate KeyPackages (reported as a warning; retried at the
@@ -213,4 +335,21 @@ pub(crate) enum OwnDevicesSkipped {
     /// None of our other devices has a KeyPackage left.
     #[error("no KeyPackage for them")]
     NoKeyPackage,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NotApplicable, Shared};
+
+    /// Clones of a shared error are equal (an event and its clone compare equal); two errors
+    /// made separately are not, even with the same contents.
+    #[test]
+    fn shared_errors_are_equal_to_their_clones_only() {
+        let a = Shared::new(NotApplicable::LeftGroup);
+        let b = Shared::new(NotApplicable::LeftGroup);
+        assert_eq!(a, a.clone());
+        assert_ne!(a, b);
+        assert_eq!(*a, *b);
+        assert_eq!(a.to_string(), "left the group");
+    }
 }

@@ -37,7 +37,7 @@ pub mod call;
 mod call_signal;
 mod client;
 pub mod content;
-mod error;
+pub mod error;
 pub mod identity;
 pub mod link;
 pub mod provider;
@@ -45,8 +45,8 @@ mod types;
 
 pub use client::{
     CIPHERSUITE, Client, GROUP_NAME_EXTENSION, KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW_WATER,
-    MAX_COMMIT_RETRIES, MAX_GROUP_NAME, MAX_PAST_EPOCHS, MAX_PENDING_PER_GROUP,
-    credential_identity, safety_number,
+    MAX_COMMIT_RETRIES, MAX_GROUP_NAME, MAX_PAST_EPOCHS, MAX_PENDING_PER_GROUP, MAX_RETRY_DELAY_MS,
+    MIN_RETRY_DELAY_MS, credential_identity, safety_number,
 };
 pub use content::{Content, Envelope};
 pub use cove_store;

@@ -1,6 +1,11 @@
 //! The public types of the client API: outputs, events, messages, errors.
 
+use cove_store::StoreError;
 use cove_wire::{ClientFrame, DeviceId, DeviceKey, GroupId, Seq, UserName};
+
+use crate::error::{
+    InvalidArgument, KeyPackageError, MlsStepError, NotApplicable, ProtocolViolation, Shared,
+};
 
 /// Identifies a command (`create_group`, `add_users`, `send_text`, ...). Its completion
 /// arrives as [`Event::OpDone`] with the same id.
@@ -207,17 +212,17 @@ pub enum OpError {
         /// Whose.
         user: UserName,
         /// What was wrong.
-        reason: String,
+        reason: Shared<KeyPackageError>,
     },
     /// The operation's MLS step failed.
     #[error("MLS operation failed: {0}")]
-    Mls(String),
+    Mls(Shared<MlsStepError>),
     /// Local storage failed.
     #[error("storage failed: {0}")]
-    Storage(String),
+    Storage(Shared<StoreError>),
     /// The group changed so that the command no longer applies.
     #[error("{0}")]
-    NotApplicable(String),
+    NotApplicable(NotApplicable),
     /// Retried too often because of concurrent commits.
     #[error("gave up after {0} commit races")]
     TooManyRetries(u32),
@@ -244,7 +249,7 @@ pub enum CommandError {
     TooLarge(usize, usize),
     /// A bad argument (e.g. empty user list, a name too long).
     #[error("invalid argument: {0}")]
-    Invalid(String),
+    Invalid(InvalidArgument),
     /// The device has no identity / is not registered yet.
     #[error("the device is not registered yet; connect to the relay first")]
     NotRegistered,
@@ -292,7 +297,7 @@ pub enum OpenError {
 pub enum HandleError {
     /// The relay sent something that violates the protocol.
     #[error("protocol violation by the relay: {0}")]
-    Protocol(String),
+    Protocol(ProtocolViolation),
     /// The relay refused to authenticate this device (e.g. it is revoked or unknown): a
     /// retry cannot succeed. The client is disconnected.
     #[error("authentication refused: {0}")]
@@ -304,6 +309,10 @@ pub enum HandleError {
     /// (the relay then redelivers everything not acknowledged).
     #[error(transparent)]
     Store(#[from] cove_store::StoreError),
+    /// An entry to keep for later (a future epoch) could not be encoded (a bug); the frame
+    /// was not processed.
+    #[error("could not encode an entry to keep: {0}")]
+    Encode(postcard::Error),
 }
 
 /// Why a query failed.

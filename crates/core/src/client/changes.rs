@@ -1,0 +1,881 @@
+//! The commands that change groups, as state machines: creating a group (then adding the
+//! user's other devices), adding users (directory look-up with key pinning, KeyPackage
+//! claims and their validation), removing users or devices (also for other members' leave
+//! requests), key updates; building the commit, posting it, and rebuilding it after losing
+//! a commit race.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cove_store::{GroupRecord, Membership, Store};
+use cove_wire::{
+    BoundedVec, ClaimedKeyPackage, DeviceId, DeviceInfo, Epoch, ErrorCode, ErrorReply, GroupId,
+    Payload, PostKind, Reply, Request, Stream, UserName,
+};
+use openmls::prelude::{
+    Extension, Extensions, GroupId as MlsGroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters,
+    MlsGroup, MlsGroupCreateConfig, UnknownExtension,
+};
+
+use super::context::Cx;
+use super::effects::{Effects, Lookup, Pending};
+use super::key_packages::validate_key_package;
+use super::mls::{
+    CIPHERSUITE, GROUP_NAME_EXTENSION, MAX_PAST_EPOCHS, MemberId, capabilities, member_id,
+    parse_credential,
+};
+use super::trust::{self, Pin};
+use crate::error::{CommitBuildError, MlsStepError, NotApplicable, OwnDevicesSkipped, Shared};
+use crate::types::{HandleError, OpError, OpId};
+
+/// How often a commit is rebuilt after losing a race before giving up.
+pub const MAX_COMMIT_RETRIES: u32 = 20;
+/// Most entries asked for per Fetch.
+const FETCH_LIMIT: u32 = 100;
+
+/// The group commands in progress.
+#[derive(Default)]
+pub(super) struct Changes {
+    /// Group creations waiting for the relay.
+    creating: BTreeMap<OpId, Creation>,
+    /// Membership changes and key updates.
+    changes: BTreeMap<OpId, Change>,
+}
+
+/// A group creation waiting for the relay's `GroupCreated`.
+struct Creation {
+    group: GroupId,
+    name: String,
+    /// `CreateGroup` was sent on this connection.
+    requested: bool,
+}
+
+/// What a change is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Goal {
+    /// Add every device of these users (and our own missing devices).
+    Add(Vec<UserName>),
+    /// Add our own other devices to a group just created, in place of the creation command
+    /// (which completes when it does): a failure is a warning, the group exists.
+    OwnDevices,
+    /// Remove every device of these users.
+    Remove(Vec<UserName>),
+    /// Remove exactly these devices (for leave requests).
+    RemoveDevices(Vec<DeviceId>),
+    /// A key update (self-update commit).
+    UpdateKeys,
+}
+
+/// An add / remove / key update in progress.
+struct Change {
+    group: GroupId,
+    goal: Goal,
+    stage: ChangeStage,
+    /// The directory answer per user to add (`None` until it is in).
+    directory: BTreeMap<UserName, Option<Vec<DeviceInfo>>>,
+    /// The KeyPackages claimed per user (`None` until the claim is answered).
+    claims: BTreeMap<UserName, Option<Vec<ClaimedKeyPackage>>>,
+    /// The validated KeyPackages of the devices to add.
+    key_packages: Vec<(UserName, DeviceId, KeyPackage)>,
+    /// The commit posted (kept to resend after a reconnect).
+    posted: Option<(Epoch, PostKind, Vec<u8>)>,
+    /// The directory requests of the current connection were sent.
+    directory_requested: bool,
+    /// Commits rebuilt after lost races.
+    retries: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChangeStage {
+    /// Waiting for directory answers.
+    Directory,
+    /// Waiting for KeyPackage claims.
+    Claim,
+    /// Ready to build and post the commit (waits for a connection / other commits).
+    Commit,
+    /// Commit posted, waiting for the relay.
+    Posting,
+    /// Lost a race at this epoch: wait until the group moved past it, then rebuild.
+    AwaitEpoch(u64),
+}
+
+impl Changes {
+    /// Whether no command is running.
+    pub(super) fn is_empty(&self) -> bool {
+        self.creating.is_empty() && self.changes.is_empty()
+    }
+
+    /// Whether a group of that name is being created.
+    pub(super) fn creating(&self, name: &str) -> bool {
+        self.creating.values().any(|c| c.name == name)
+    }
+
+    /// Starts creating a group.
+    pub(super) fn create<S: Store>(
+        &mut self,
+        op: OpId,
+        group: GroupId,
+        name: String,
+        cx: Cx<'_, S>,
+        fx: &mut Effects,
+    ) {
+        self.creating.insert(
+            op,
+            Creation {
+                group,
+                name,
+                requested: false,
+            },
+        );
+        self.drive(op, cx, fx);
+    }
+
+    /// Starts a membership change or key update of `group`.
+    pub(super) fn start<S: Store>(
+        &mut self,
+        op: OpId,
+        group: GroupId,
+        goal: Goal,
+        cx: Cx<'_, S>,
+        fx: &mut Effects,
+    ) {
+        let directory: BTreeMap<UserName, Option<Vec<DeviceInfo>>> = match &goal {
+            // Our own other devices belong in every group we add people to.
+            Goal::Add(users) => users
+                .iter()
+                .chain([cx.me.user()])
+                .map(|u| (u.clone(), None))
+                .collect(),
+            Goal::OwnDevices => BTreeMap::from([(cx.me.user().clone(), None)]),
+            _ => BTreeMap::new(),
+        };
+        let stage = if directory.is_empty() {
+            ChangeStage::Commit
+        } else {
+            ChangeStage::Directory
+        };
+        self.changes.insert(
+            op,
+            Change {
+                group,
+                goal,
+                stage,
+                directory,
+                claims: BTreeMap::new(),
+                key_packages: Vec::new(),
+                posted: None,
+                directory_requested: false,
+                retries: 0,
+            },
+        );
+        self.drive(op, cx, fx);
+    }
+
+    /// The connection is gone: look-ups and claims will never be answered, so changes in
+    /// those stages start their directory stage again on the next connection.
+    pub(super) fn disconnected(&mut self) {
+        for c in self.creating.values_mut() {
+            c.requested = false;
+        }
+        for c in self.changes.values_mut() {
+            if matches!(c.stage, ChangeStage::Directory | ChangeStage::Claim) {
+                c.stage = ChangeStage::Directory;
+                c.directory.values_mut().for_each(|v| *v = None);
+                c.claims.clear();
+            }
+            c.directory_requested = false;
+        }
+    }
+
+    /// The groups with a commit of ours posted and not yet settled.
+    pub(super) fn posting_groups(&self) -> BTreeSet<GroupId> {
+        self.changes
+            .values()
+            .filter(|c| c.stage == ChangeStage::Posting)
+            .map(|c| c.group)
+            .collect()
+    }
+
+    /// The command whose commit in `group` is posted (its echo has come).
+    pub(super) fn posting_in(&self, group: GroupId) -> Option<OpId> {
+        self.changes
+            .iter()
+            .find(|(_, c)| c.group == group && c.stage == ChangeStage::Posting)
+            .map(|(op, _)| *op)
+    }
+
+    /// After the backlog: resends the commits not seen in it, and moves every other
+    /// command on.
+    pub(super) fn restart<S: Store>(&mut self, mut cx: Cx<'_, S>, fx: &mut Effects) {
+        let mut ops: Vec<OpId> = self
+            .creating
+            .keys()
+            .chain(self.changes.keys())
+            .copied()
+            .collect();
+        ops.sort();
+        for op in ops {
+            // A change in its directory or claim stage is driven, not reset: it was reset
+            // when the last connection was lost, and if it sent its look-ups on this
+            // connection (it was started or driven before the backlog ended), their replies
+            // are still coming: resetting it here would send them twice and drop the claims
+            // of the first round (wasting the KeyPackages the relay handed out).
+            if let Some(c) = self.changes.get(&op)
+                && c.stage == ChangeStage::Posting
+            {
+                // Not in the backlog, so not accepted (yet): resend the same commit. (If the
+                // relay took it meanwhile, it answers StaleEpoch and the echo that follows
+                // merges it.)
+                if let Some((epoch, kind, payload)) = c.posted.clone() {
+                    post_commit(op, c.group, epoch, kind, payload, fx);
+                }
+                continue;
+            }
+            self.drive(op, cx.reborrow(), fx);
+        }
+    }
+
+    /// Moves the changes of `group` on (after an epoch change).
+    pub(super) fn drive_group<S: Store>(
+        &mut self,
+        group: GroupId,
+        mut cx: Cx<'_, S>,
+        fx: &mut Effects,
+    ) {
+        for op in self.ops_of(group) {
+            self.drive(op, cx.reborrow(), fx);
+        }
+    }
+
+    /// Fails the changes of `group` (we left it or were removed).
+    pub(super) fn fail_group(&mut self, group: GroupId, why: NotApplicable, fx: &mut Effects) {
+        for op in self.ops_of(group) {
+            self.finish(op, Err(OpError::NotApplicable(why)), fx);
+        }
+    }
+
+    /// Completes a command (a failure of adding our own devices after creating a group is
+    /// only a warning).
+    pub(super) fn finish(&mut self, op: OpId, result: Result<(), OpError>, fx: &mut Effects) {
+        let best_effort = match self.changes.remove(&op) {
+            Some(c) => c.goal == Goal::OwnDevices,
+            None if self.creating.remove(&op).is_some() => false,
+            None => return,
+        };
+        let result = match result {
+            Err(e) if best_effort => {
+                fx.warn(format!(
+                    "our other devices were not added to the group: {e}"
+                ));
+                Ok(())
+            }
+            r => r,
+        };
+        fx.op_done(op, result);
+    }
+
+    /// The relay's answer to `CreateGroup`: creates the MLS group and goes on with adding
+    /// our own other devices.
+    pub(super) fn on_group_created<S: Store>(
+        &mut self,
+        op: OpId,
+        now_ms: u64,
+        result: Result<Reply, ErrorReply>,
+        cx: Cx<'_, S>,
+        fx: &mut Effects,
+    ) -> Result<(), HandleError> {
+        let Some(creation) = self.creating.get(&op) else {
+            return Ok(());
+        };
+        let (group, name) = (creation.group, creation.name.clone());
+        match result {
+            Ok(Reply::GroupCreated) => {}
+            Ok(_) => {
+                let to = "group creation";
+                self.finish(op, Err(OpError::UnexpectedReply { to }), fx);
+                return Ok(());
+            }
+            Err(e) => {
+                self.finish(op, Err(OpError::Relay(e)), fx);
+                return Ok(());
+            }
+        }
+        let Some(device) = cx.me.device() else {
+            let why = NotApplicable::NotRegistered;
+            self.finish(op, Err(OpError::NotApplicable(why)), fx);
+            return Ok(());
+        };
+        let config = match Extensions::single(Extension::Unknown(
+            GROUP_NAME_EXTENSION,
+            UnknownExtension(name.as_bytes().to_vec()),
+        )) {
+            Ok(ext) => MlsGroupCreateConfig::builder()
+                .ciphersuite(CIPHERSUITE)
+                .use_ratchet_tree_extension(true)
+                .max_past_epochs(MAX_PAST_EPOCHS)
+                .capabilities(capabilities())
+                .with_group_context_extensions(ext)
+                .build(),
+            Err(e) => {
+                self.finish(op, Err(mls_failure(e)), fx);
+                return Ok(());
+            }
+        };
+        let store = cx.provider.store();
+        store.begin()?;
+        let created = MlsGroup::new_with_group_id(
+            cx.provider,
+            &cx.me.signer,
+            &config,
+            MlsGroupId::from_slice(&group.0),
+            cx.me.credential_with_key(device),
+        );
+        match created {
+            Ok(mls) => {
+                let record = GroupRecord {
+                    id: group,
+                    name,
+                    membership: Membership::Active,
+                    joined_at_ms: now_ms,
+                };
+                if let Err(e) = store.put_group(&record).and_then(|_| store.commit()) {
+                    let _ = store.rollback();
+                    return Err(e.into());
+                }
+                cx.groups.insert(record, mls);
+                // Our own other devices join at once (first commit); the creation command
+                // completes when that is done.
+                self.creating.remove(&op);
+                self.start(op, group, Goal::OwnDevices, cx, fx);
+            }
+            Err(e) => {
+                let _ = store.rollback();
+                self.finish(op, Err(mls_failure(e)), fx);
+            }
+        }
+        Ok(())
+    }
+
+    /// The relay's answer to a directory look-up or a KeyPackage claim for `user`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_lookup<S: Store>(
+        &mut self,
+        op: OpId,
+        lookup: Lookup,
+        user: UserName,
+        now_ms: u64,
+        result: Result<Reply, ErrorReply>,
+        mut cx: Cx<'_, S>,
+        fx: &mut Effects,
+    ) {
+        let Some(reply) = self.lookup_reply(op, &user, result, cx.reborrow(), fx) else {
+            return;
+        };
+        match (lookup, reply) {
+            (Lookup::Directory, Reply::Devices { user: u, devices }) if u == user => {
+                self.on_devices(op, user, devices.0, now_ms, cx, fx)
+            }
+            (
+                Lookup::Claim,
+                Reply::KeyPackages {
+                    user: u,
+                    key_packages,
+                },
+            ) if u == user => self.on_key_packages(op, user, key_packages.0, cx, fx),
+            (lookup, _) => {
+                let to = lookup.request();
+                self.finish(op, Err(OpError::UnexpectedReply { to }), fx);
+            }
+        }
+    }
+
+    /// The relay's directory answer for `user`: pins unknown devices, refuses changed keys,
+    /// then claims KeyPackages once every answer is in.
+    fn on_devices<S: Store>(
+        &mut self,
+        op: OpId,
+        user: UserName,
+        devices: Vec<DeviceInfo>,
+        now_ms: u64,
+        cx: Cx<'_, S>,
+        fx: &mut Effects,
+    ) {
+        let own = &user == cx.me.user();
+        if devices.is_empty() && !own {
+            self.finish(op, Err(OpError::NoDevices(user)), fx);
+            return;
+        }
+        // Our own user: only devices not yet in the group (never this one) are added.
+        let devices = if own {
+            let present = self
+                .changes
+                .get(&op)
+                .map(|c| cx.groups.member_devices(&c.group))
+                .unwrap_or_default();
+            let missing: Vec<DeviceInfo> = devices
+                .into_iter()
+                .filter(|d| !cx.me.is(d.device) && !present.contains(&d.device))
+                .collect();
+            if missing.is_empty() {
+                self.drop_own_user(op, None, cx, fx);
+                return;
+            }
+            missing
+        } else {
+            devices
+        };
+        // Trust on first use: pin unknown devices, refuse changed keys.
+        let mut events = Vec::new();
+        let mut changed = false;
+        for d in &devices {
+            let m = MemberId {
+                user: user.clone(),
+                device: d.device,
+                key: d.key.0.to_vec(),
+            };
+            match trust::check_pin(cx.provider.store(), cx.me.device(), now_ms, &m, &mut events) {
+                Ok(Pin::Trusted) => {}
+                Ok(Pin::Changed) => changed = true,
+                Err(e) => {
+                    self.finish(op, Err(OpError::Storage(Shared::new(e))), fx);
+                    return;
+                }
+            }
+        }
+        for e in events {
+            fx.event(e);
+        }
+        if changed {
+            if own {
+                let why = OwnDevicesSkipped::KeyChanged(user);
+                self.drop_own_user(op, Some(why), cx, fx);
+            } else {
+                self.finish(op, Err(OpError::KeyChanged(user)), fx);
+            }
+            return;
+        }
+        let Some(c) = self.changes.get_mut(&op) else {
+            return;
+        };
+        c.directory.insert(user, Some(devices));
+        self.directory_progress(op, cx, fx);
+    }
+
+    /// The KeyPackages the relay handed out for `user`: validated once every claim is in.
+    fn on_key_packages<S: Store>(
+        &mut self,
+        op: OpId,
+        user: UserName,
+        claimed: Vec<ClaimedKeyPackage>,
+        cx: Cx<'_, S>,
+        fx: &mut Effects,
+    ) {
+        let own = &user == cx.me.user();
+        let Some(c) = self.changes.get_mut(&op) else {
+            return;
+        };
+        // Only KeyPackages of the devices looked up count (for our own user the relay
+        // also hands out one of this device's, which is not added).
+        let wanted = c.looked_up(&user);
+        let claimed: Vec<ClaimedKeyPackage> = claimed
+            .into_iter()
+            .filter(|k| wanted.iter().any(|d| d.device == k.device))
+            .collect();
+        if claimed.is_empty() {
+            if own {
+                let why = OwnDevicesSkipped::NoKeyPackage;
+                self.drop_own_user(op, Some(why), cx, fx);
+            } else {
+                self.finish(op, Err(OpError::NoDevices(user)), fx);
+            }
+            return;
+        }
+        c.claims.insert(user, Some(claimed));
+        self.claims_progress(op, cx, fx);
+    }
+
+    /// The relay's answer to a posted commit. Returns the group when its epoch changed.
+    pub(super) fn on_commit_posted<S: Store>(
+        &mut self,
+        op: OpId,
+        result: Result<Reply, ErrorReply>,
+        cx: Cx<'_, S>,
+        fx: &mut Effects,
+    ) -> Result<Option<GroupId>, HandleError> {
+        let Some(c) = self.changes.get_mut(&op) else {
+            return Ok(None);
+        };
+        let group = c.group;
+        match result {
+            Ok(Reply::Posted { .. }) => {
+                c.posted = None;
+                if let Some(mls) = cx.groups.get_mut(&group)
+                    && mls.pending_commit().is_some()
+                {
+                    let store = cx.provider.store();
+                    store.begin()?;
+                    match mls.merge_pending_commit(cx.provider) {
+                        Ok(()) => store.commit()?,
+                        Err(e) => {
+                            let _ = store.rollback();
+                            cx.groups.reload(store, &group);
+                            self.finish(op, Err(mls_failure(e)), fx);
+                            return Ok(None);
+                        }
+                    }
+                }
+                self.finish(op, Ok(()), fx);
+                Ok(Some(group))
+            }
+            Err(e) if e.code == ErrorCode::StaleEpoch => {
+                // Lost the race. Keep our pending commit until we see the winner (it might
+                // be our own, accepted before a reconnect); then rebuild.
+                let current = cx.groups.epoch(&group).unwrap_or(0);
+                let lost_at = c.posted.as_ref().map(|p| p.0.0).unwrap_or(current);
+                c.stage = ChangeStage::AwaitEpoch(lost_at);
+                c.posted = None;
+                let after = cx.provider.store().cursor(&Stream::Group(group))?;
+                fx.request(
+                    Request::Fetch {
+                        group,
+                        after,
+                        limit: FETCH_LIMIT,
+                    },
+                    Pending::Fetch,
+                );
+                // The winner may already be processed (it can arrive before this reply).
+                self.drive(op, cx, fx);
+                Ok(None)
+            }
+            other => {
+                if let Some(mls) = cx.groups.get_mut(&group) {
+                    mls.clear_pending_commit(cx.provider.store())?;
+                }
+                let why = match other {
+                    Err(e) => OpError::Relay(e),
+                    Ok(_) => OpError::UnexpectedReply { to: "commit" },
+                };
+                self.finish(op, Err(why), fx);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The changes of `group`, in command order.
+    fn ops_of(&self, group: GroupId) -> Vec<OpId> {
+        self.changes
+            .iter()
+            .filter(|(_, c)| c.group == group)
+            .map(|(op, _)| *op)
+            .collect()
+    }
+
+    /// Moves a command forward as far as it can go now.
+    fn drive<S: Store>(&mut self, op: OpId, cx: Cx<'_, S>, fx: &mut Effects) {
+        let ready = cx.ready;
+        if let Some(c) = self.creating.get_mut(&op) {
+            if ready && !c.requested {
+                c.requested = true;
+                fx.request(
+                    Request::CreateGroup { group: c.group },
+                    Pending::CreateGroup { op },
+                );
+            }
+            return;
+        }
+        let Some(c) = self.changes.get_mut(&op) else {
+            return;
+        };
+        match c.stage {
+            ChangeStage::Directory => {
+                if ready && !c.directory_requested {
+                    c.directory_requested = true;
+                    for user in c.directory.keys() {
+                        let body = Request::ListDevices { user: user.clone() };
+                        fx.request(body, Lookup::Directory.pending(op, user));
+                    }
+                }
+            }
+            ChangeStage::Claim | ChangeStage::Posting => {}
+            ChangeStage::Commit => {
+                if ready {
+                    self.try_commit(op, cx, fx);
+                }
+            }
+            ChangeStage::AwaitEpoch(lost_at) => {
+                if cx.groups.epoch(&c.group).is_some_and(|e| e > lost_at) {
+                    c.stage = ChangeStage::Commit;
+                    c.retries += 1;
+                    if c.retries > MAX_COMMIT_RETRIES {
+                        let n = c.retries;
+                        self.finish(op, Err(OpError::TooManyRetries(n)), fx);
+                    } else if ready {
+                        self.try_commit(op, cx, fx);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The relay's answer to a directory look-up or a claim for `user`, or `None` when it
+    /// failed: a failure for our own user only drops our own devices from the change (with a
+    /// warning), a failure for anyone else fails the operation.
+    fn lookup_reply<S: Store>(
+        &mut self,
+        op: OpId,
+        user: &UserName,
+        result: Result<Reply, ErrorReply>,
+        cx: Cx<'_, S>,
+        fx: &mut Effects,
+    ) -> Option<Reply> {
+        match result {
+            Ok(reply) => Some(reply),
+            Err(e) if user == cx.me.user() => {
+                self.drop_own_user(op, Some(OwnDevicesSkipped::Refused(e)), cx, fx);
+                None
+            }
+            Err(e) => {
+                let user = user.clone();
+                self.finish(op, Err(OpError::UserRefused { user, reply: e }), fx);
+                None
+            }
+        }
+    }
+
+    /// Drops our own user from a change (nothing to add, or its look-up failed: the change
+    /// goes on for the other users), then moves the change on if it was waiting only for it.
+    fn drop_own_user<S: Store>(
+        &mut self,
+        op: OpId,
+        why: Option<OwnDevicesSkipped>,
+        cx: Cx<'_, S>,
+        fx: &mut Effects,
+    ) {
+        if let Some(why) = why {
+            fx.warn(format!("our other devices are not added: {why}"));
+        }
+        let Some(c) = self.changes.get_mut(&op) else {
+            return;
+        };
+        c.directory.remove(cx.me.user());
+        c.claims.remove(cx.me.user());
+        match c.stage {
+            ChangeStage::Directory => self.directory_progress(op, cx, fx),
+            ChangeStage::Claim => self.claims_progress(op, cx, fx),
+            _ => {}
+        }
+    }
+
+    /// Claims KeyPackages once every directory answer is in (commits at once when no user
+    /// is left to add).
+    fn directory_progress<S: Store>(&mut self, op: OpId, cx: Cx<'_, S>, fx: &mut Effects) {
+        let Some(c) = self.changes.get_mut(&op) else {
+            return;
+        };
+        if c.stage != ChangeStage::Directory || !c.directory.values().all(|v| v.is_some()) {
+            return;
+        }
+        if c.directory.is_empty() {
+            c.stage = ChangeStage::Commit;
+            self.drive(op, cx, fx);
+            return;
+        }
+        c.stage = ChangeStage::Claim;
+        for user in c.directory.keys() {
+            let body = Request::ClaimKeyPackages { user: user.clone() };
+            fx.request(body, Lookup::Claim.pending(op, user));
+        }
+    }
+
+    /// Validates the claimed KeyPackages once every claim is in, then commits.
+    fn claims_progress<S: Store>(&mut self, op: OpId, cx: Cx<'_, S>, fx: &mut Effects) {
+        let Some(c) = self.changes.get_mut(&op) else {
+            return;
+        };
+        if c.stage != ChangeStage::Claim
+            || c.claims.len() < c.directory.len()
+            || c.claims.values().any(|v| v.is_none())
+        {
+            return;
+        }
+        // All claims in: validate each KeyPackage against the directory.
+        let mut kps = Vec::new();
+        let mut failure = None;
+        for (user, claimed) in &c.claims {
+            let devices = c.looked_up(user);
+            for ck in claimed.iter().flatten() {
+                match validate_key_package(cx.provider, user, ck, &devices) {
+                    Ok(kp) => kps.push((user.clone(), ck.device, kp)),
+                    Err(reason) => {
+                        failure = Some(OpError::InvalidKeyMaterial {
+                            user: user.clone(),
+                            reason: Shared::new(reason),
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(f) = failure {
+            self.finish(op, Err(f), fx);
+            return;
+        }
+        c.key_packages = kps;
+        c.stage = ChangeStage::Commit;
+        self.drive(op, cx, fx);
+    }
+
+    /// Builds and posts the commit of a change, if the group has no commit in flight.
+    fn try_commit<S: Store>(&mut self, op: OpId, cx: Cx<'_, S>, fx: &mut Effects) {
+        let Some(c) = self.changes.get_mut(&op) else {
+            return;
+        };
+        let group = c.group;
+        let me = cx.me.device();
+        let Some(mls) = cx.groups.get_mut(&group) else {
+            let why = NotApplicable::NotMember;
+            self.finish(op, Err(OpError::NotApplicable(why)), fx);
+            return;
+        };
+        if mls.pending_commit().is_some() {
+            return; // another command's commit is in flight; retried after it settles
+        }
+        let members: Vec<(LeafNodeIndex, MemberId)> = mls
+            .members()
+            .filter_map(|m| member_id(&m).ok().map(|id| (m.index, id)))
+            .collect();
+        let present: BTreeSet<DeviceId> = members.iter().map(|(_, m)| m.device).collect();
+        let to_add: Vec<(DeviceId, KeyPackage)> = c
+            .key_packages
+            .iter()
+            .filter(|(_, d, _)| !present.contains(d))
+            .map(|(_, d, kp)| (*d, kp.clone()))
+            .collect();
+        let to_remove: Vec<(LeafNodeIndex, DeviceId)> = members
+            .iter()
+            .filter(|(_, m)| c.goal.removes(m))
+            .filter(|(_, m)| Some(m.device) != me)
+            .map(|(i, m)| (*i, m.device))
+            .collect();
+        let update_keys = c.goal == Goal::UpdateKeys;
+        if to_add.is_empty() && to_remove.is_empty() && !update_keys {
+            let result = match c.goal {
+                Goal::Remove(_) => Err(OpError::NotApplicable(NotApplicable::NoneAreMembers)),
+                _ => Ok(()),
+            };
+            self.finish(op, result, fx);
+            return;
+        }
+        let epoch = Epoch(mls.epoch().as_u64());
+        let store = cx.provider.store();
+        if let Err(e) = store.begin() {
+            self.finish(op, Err(OpError::Storage(Shared::new(e))), fx);
+            return;
+        }
+        let built = (|| -> Result<(Vec<u8>, Option<Vec<u8>>), CommitBuildError> {
+            if !to_add.is_empty() {
+                let kps: Vec<KeyPackage> = to_add.iter().map(|(_, kp)| kp.clone()).collect();
+                let (commit, welcome, _) = mls
+                    .add_members(cx.provider, &cx.me.signer, &kps)
+                    .map_err(CommitBuildError::Add)?;
+                Ok((commit.to_bytes()?, Some(welcome.to_bytes()?)))
+            } else if !to_remove.is_empty() {
+                let leaves: Vec<LeafNodeIndex> = to_remove.iter().map(|(i, _)| *i).collect();
+                let (commit, _, _) = mls
+                    .remove_members(cx.provider, &cx.me.signer, &leaves)
+                    .map_err(CommitBuildError::Remove)?;
+                Ok((commit.to_bytes()?, None))
+            } else {
+                let bundle = mls
+                    .self_update(cx.provider, &cx.me.signer, LeafNodeParameters::default())
+                    .map_err(CommitBuildError::SelfUpdate)?;
+                Ok((bundle.commit().to_bytes()?, None))
+            }
+        })();
+        let committed = match built {
+            Ok(built) => store
+                .commit()
+                .map(|()| built)
+                .map_err(|e| OpError::Storage(Shared::new(e))),
+            Err(e) => Err(mls_failure(e)),
+        };
+        let (commit, welcome) = match committed {
+            Ok(built) => built,
+            Err(failure) => {
+                let _ = store.rollback();
+                cx.groups.reload(store, &group);
+                self.finish(op, Err(failure), fx);
+                return;
+            }
+        };
+        let kind = PostKind::Commit {
+            added: BoundedVec(to_add.iter().map(|(d, _)| *d).collect()),
+            removed: BoundedVec(to_remove.iter().map(|(_, d)| *d).collect()),
+            welcome: welcome.map(Payload),
+        };
+        c.stage = ChangeStage::Posting;
+        c.posted = Some((epoch, kind.clone(), commit.clone()));
+        post_commit(op, group, epoch, kind, commit, fx);
+    }
+}
+
+impl Change {
+    /// The devices the directory lists for `user` (none before its answer).
+    fn looked_up(&self, user: &UserName) -> Vec<DeviceInfo> {
+        self.directory
+            .get(user)
+            .cloned()
+            .flatten()
+            .unwrap_or_default()
+    }
+}
+
+impl Goal {
+    /// Whether the change removes member `m`.
+    fn removes(&self, m: &MemberId) -> bool {
+        match self {
+            Goal::Remove(users) => users.contains(&m.user),
+            Goal::RemoveDevices(devices) => devices.contains(&m.device),
+            _ => false,
+        }
+    }
+}
+
+/// Whether this device is the one to commit the removal of `leaver` from `mls` (after its
+/// leave request): the remaining member with the lowest leaf index does; the others would
+/// only lose the commit race.
+pub(super) fn commits_leave(mls: &MlsGroup, leaver: DeviceId) -> bool {
+    let first = mls
+        .members()
+        .filter(|m| {
+            parse_credential(&m.credential)
+                .map(|c| c.device != leaver)
+                .unwrap_or(false)
+        })
+        .map(|m| m.index)
+        .min();
+    first == Some(mls.own_leaf_index())
+}
+
+/// A failed MLS step of a command.
+fn mls_failure(e: impl Into<MlsStepError>) -> OpError {
+    OpError::Mls(Shared::new(e.into()))
+}
+
+/// Posts the commit of change `op`.
+fn post_commit(
+    op: OpId,
+    group: GroupId,
+    epoch: Epoch,
+    kind: PostKind,
+    payload: Vec<u8>,
+    fx: &mut Effects,
+) {
+    fx.request(
+        Request::Post {
+            group,
+            epoch,
+            kind,
+            payload: Payload(payload),
+        },
+        Pending::PostCommit { op },
+    );
+}

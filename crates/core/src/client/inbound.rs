@@ -1,0 +1,417 @@
+//! Entries of the group logs: which to apply, acknowledge again or park (future epochs, and
+//! groups whose Welcome has not been processed yet); applying one entry in one transaction
+//! with its plaintext and the cursor (messages with duplicate suppression, our own echoes,
+//! commits with their membership changes and key checks); a bad entry is skipped with a
+//! warning.
+
+use std::collections::BTreeSet;
+
+use cove_store::{Membership, Store, StoreError, StoredMessage};
+use cove_wire::{DeviceId, EntryKind, GroupEntry, GroupId, Stream};
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::{MlsMessageIn, ProcessedMessageContent, Sender};
+
+use super::context::Cx;
+use super::effects::Effects;
+use super::groups::Groups;
+use super::history;
+use super::mls::{MAX_GROUP_NAME, MemberId, member_id, parse_credential, users_of};
+use super::outbox::{is_leave_request, own_message, record_own};
+use super::trust::{self, Trust};
+use crate::content::{Content, Envelope};
+use crate::error::EntryError;
+use crate::types::{Event, HandleError, MessageId, ReceivedContent};
+
+/// Most parked (future-epoch or not-yet-joined) entries kept per group.
+pub const MAX_PENDING_PER_GROUP: usize = 10_000;
+
+/// The parking area's bookkeeping (the parked entries themselves are in the store).
+#[derive(Default)]
+pub(super) struct Inbound {
+    /// Groups that had entries parked on this connection (reported at `BacklogDone` if
+    /// they are still parked; groups with a record are checked anyway).
+    parked_groups: BTreeSet<GroupId>,
+}
+
+/// What to do with an entry that just arrived.
+pub(super) enum Route {
+    /// Seen before, or of a group we left: acknowledge it again.
+    Ack,
+    /// Not applicable yet: keep it, unacknowledged, until it is.
+    Park,
+    /// Apply it.
+    Apply,
+}
+
+/// What applying an entry asks of the other parts (its events are already reported).
+#[derive(Default)]
+pub(super) struct Applied {
+    /// The group moved to a new epoch.
+    pub(super) merged: bool,
+    /// Our own commit was accepted: the command that posted it is done.
+    pub(super) own_commit: bool,
+    /// The echo of this outbox item: its command is done.
+    pub(super) own_message: Option<u64>,
+    /// Our own leave request was accepted.
+    pub(super) left: bool,
+    /// A commit removed this device.
+    pub(super) removed: bool,
+    /// Devices that asked to leave the group.
+    pub(super) leave_requests: Vec<DeviceId>,
+}
+
+impl Inbound {
+    /// Where an entry goes.
+    pub(super) fn route(
+        &self,
+        store: &impl Store,
+        groups: &Groups,
+        entry: &GroupEntry,
+    ) -> Result<Route, StoreError> {
+        let group = entry.group;
+        let seen = || -> Result<bool, StoreError> {
+            Ok(entry.seq <= store.cursor(&Stream::Group(group))?)
+        };
+        // Not (yet) a member locally: either the Welcome has not been processed yet (park
+        // it; after a removal, later entries mean we were added again), or we left (ignore).
+        // A parked entry is not acknowledged: until it is applied, the relay delivers it
+        // (and what it depends on) again on the next connection.
+        match groups.membership(&group) {
+            Some(Membership::Left) => return Ok(Route::Ack),
+            Some(Membership::Removed) if seen()? => return Ok(Route::Ack),
+            Some(Membership::Active) if groups.holds(&group) => {}
+            _ => return Ok(Route::Park),
+        }
+        if seen()? {
+            return Ok(Route::Ack);
+        }
+        let epoch = groups.epoch(&group).unwrap_or(0);
+        if entry.epoch.0 > epoch {
+            // A commit before it is missing (yet).
+            return Ok(Route::Park);
+        }
+        Ok(Route::Apply)
+    }
+
+    /// Keeps an entry until it can be applied (dropped with a warning when the group has
+    /// too many parked).
+    pub(super) fn park(
+        &mut self,
+        store: &impl Store,
+        entry: &GroupEntry,
+        fx: &mut Effects,
+    ) -> Result<(), HandleError> {
+        self.parked_groups.insert(entry.group);
+        if store.pending(&entry.group)?.len() >= MAX_PENDING_PER_GROUP {
+            fx.warn(format!(
+                "dropped entry {} of group {}: too many parked",
+                entry.seq, entry.group
+            ));
+            return Ok(());
+        }
+        let bytes = postcard::to_stdvec(entry).map_err(HandleError::Encode)?;
+        store.put_pending(&entry.group, entry.seq, &bytes)?;
+        Ok(())
+    }
+
+    /// The parked entries of `group` that can be applied now, in seq order (up to the first
+    /// of a later epoch). Parked entries already applied or undecodable are deleted.
+    pub(super) fn applicable(
+        &self,
+        store: &impl Store,
+        groups: &Groups,
+        group: GroupId,
+    ) -> Result<Vec<GroupEntry>, StoreError> {
+        let Some(epoch) = groups.epoch(&group) else {
+            return Ok(Vec::new());
+        };
+        let cursor = store.cursor(&Stream::Group(group))?;
+        let mut ready = Vec::new();
+        for (seq, bytes) in store.pending(&group)? {
+            let entry: GroupEntry = match postcard::from_bytes::<GroupEntry>(&bytes) {
+                Ok(e) if e.seq > cursor => e,
+                _ => {
+                    store.delete_pending(&group, seq)?;
+                    continue;
+                }
+            };
+            if entry.epoch.0 > epoch {
+                break;
+            }
+            ready.push(entry);
+        }
+        Ok(ready)
+    }
+
+    /// After the backlog every entry should be applicable: the ones still parked are kept
+    /// (never dropped, and applied as soon as the commit or Welcome they wait for arrives),
+    /// and the user is told, once per group and connection.
+    pub(super) fn report_parked(
+        &mut self,
+        store: &impl Store,
+        groups: &Groups,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let mut ids: BTreeSet<GroupId> = groups.ids().collect();
+        ids.extend(std::mem::take(&mut self.parked_groups));
+        for group in ids {
+            let parked = store.pending(&group)?.len();
+            if parked == 0 {
+                continue;
+            }
+            let why = match groups.epoch(&group) {
+                Some(epoch) => format!(
+                    "they belong to a later epoch than this device's ({epoch}); they are \
+                     applied when the commit they need arrives"
+                ),
+                None => "this device is not a member of it (yet); they are applied when its \
+                         Welcome arrives"
+                    .to_string(),
+            };
+            fx.warn(format!(
+                "{parked} entries of group {group} could not be processed and are kept: {why}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Applies one entry (epoch ≤ ours) in one transaction together with its plaintext and the
+/// cursor (and its removal from the parking area when `parked`), then reports its events. A
+/// bad entry is skipped (cursor advanced) with a warning.
+pub(super) fn apply<S: Store>(
+    mut cx: Cx<'_, S>,
+    trust: &mut Trust,
+    now_ms: u64,
+    entry: &GroupEntry,
+    parked: bool,
+    fx: &mut Effects,
+) -> Result<Applied, HandleError> {
+    let group = entry.group;
+    let stream = Stream::Group(group);
+    cx.provider.store().begin()?;
+    let result = apply_in_tx(cx.reborrow(), trust, now_ms, entry);
+    let store = cx.provider.store();
+    let advance = |store: &S| -> Result<(), StoreError> {
+        store.set_cursor(&stream, entry.seq)?;
+        if parked {
+            store.delete_pending(&group, entry.seq)?;
+        }
+        Ok(())
+    };
+    match result {
+        Ok((applied, events)) => {
+            if let Err(e) = advance(store).and_then(|_| store.commit()) {
+                let _ = store.rollback();
+                cx.groups.reload(store, &group);
+                return Err(e.into());
+            }
+            for e in events {
+                fx.event(e);
+            }
+            Ok(applied)
+        }
+        Err(reason) => {
+            let _ = store.rollback();
+            cx.groups.reload(store, &group);
+            store.transaction(advance)?;
+            fx.warn(format!(
+                "skipped entry {} of group {} from device {}: {reason}",
+                entry.seq, group, entry.sender
+            ));
+            Ok(Applied::default())
+        }
+    }
+}
+
+/// The body of [`apply`]'s transaction: what the entry changes, and the events to report.
+fn apply_in_tx<S: Store>(
+    cx: Cx<'_, S>,
+    trust: &mut Trust,
+    now_ms: u64,
+    entry: &GroupEntry,
+) -> Result<(Applied, Vec<Event>), EntryError> {
+    let group = entry.group;
+    let mut out = Applied::default();
+    let mut events = Vec::new();
+    let store = cx.provider.store();
+    let (mls, mut record) = cx
+        .groups
+        .get_with_record(&group)
+        .ok_or(EntryError::NotMember)?;
+    let our_epoch = mls.epoch().as_u64();
+
+    if cx.me.is(entry.sender) {
+        match &entry.kind {
+            EntryKind::Commit { .. } => {
+                if mls.pending_commit().is_some() && entry.epoch.0 == our_epoch {
+                    // Our own commit, accepted (its Posted reply may be lost or later).
+                    mls.merge_pending_commit(cx.provider)
+                        .map_err(EntryError::MergePending)?;
+                    out.merged = true;
+                    // The Posted (or StaleEpoch, after a resend) reply, if it still comes,
+                    // finds the command finished and is ignored.
+                    out.own_commit = true;
+                }
+                return Ok((out, events));
+            }
+            EntryKind::Application => {
+                // Our own message: move it from the outbox to the history at this seq.
+                let echoed = store
+                    .outbox()?
+                    .into_iter()
+                    .find(|item| item.group == group && item.payload == entry.payload.as_bytes());
+                if let Some(item) = echoed {
+                    let msg = own_message(cx.me, entry.sender, entry.seq, &item);
+                    record_own(store, &item, &msg)?;
+                    events.extend(history::stored_chat_event(cx.groups, &msg));
+                    out.own_message = Some(item.local_id);
+                    out.left = is_leave_request(&item);
+                }
+                return Ok((out, events));
+            }
+            EntryKind::Proposal => return Ok((out, events)),
+        }
+    }
+
+    let msg = MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
+        .map_err(EntryError::Undecodable)?;
+    let protocol = msg
+        .try_into_protocol_message()
+        .map_err(EntryError::NotGroupMessage)?;
+    let is_commit = matches!(entry.kind, EntryKind::Commit { .. });
+    if is_commit && mls.pending_commit().is_some() {
+        // Another member's commit won this epoch: drop ours (the command retries).
+        mls.clear_pending_commit(store)?;
+    }
+    let processed = mls
+        .process_message(cx.provider, protocol)
+        .map_err(EntryError::Process)?;
+    let (sender_leaf, sender_id) = match processed.sender() {
+        Sender::Member(idx) => (
+            idx.u32(),
+            mls.member_at(*idx)
+                .and_then(|m| member_id(&m).ok())
+                .ok_or(EntryError::UnknownSender)?,
+        ),
+        _ => return Err(EntryError::NotFromMember),
+    };
+    if sender_id.device != entry.sender {
+        return Err(EntryError::SenderMismatch {
+            relay: entry.sender,
+            mls: sender_id.device,
+        });
+    }
+    match processed.into_content() {
+        ProcessedMessageContent::ApplicationMessage(app) => {
+            let bytes = app.into_bytes();
+            let env = Envelope::decode(&bytes)?;
+            if store.is_seen(&group, &env.id)? {
+                return Err(EntryError::Duplicate);
+            }
+            store.mark_seen(&group, &env.id)?;
+            match &env.content {
+                Content::GroupInfo { name } => {
+                    if let Some(r) = record.as_deref_mut()
+                        && name.len() <= MAX_GROUP_NAME
+                    {
+                        r.name = name.clone();
+                        store.put_group(r)?;
+                    }
+                }
+                Content::LeaveRequest => out.leave_requests.push(sender_id.device),
+                _ => {} // texts, attachments, calls, ...: reported below
+            }
+            let stored = StoredMessage {
+                group,
+                seq: entry.seq,
+                from: sender_id.user.clone(),
+                from_device: sender_id.device,
+                message_id: env.id,
+                sent_at_ms: env.sent_at_ms,
+                content: bytes,
+            };
+            store.put_message(&stored)?;
+            // What the user sees (text, attachments) is a Message; anything else goes to
+            // the module that handles it as Content.
+            let group_name = record.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+            let shown = history::chat_message(&stored, group_name, env.content.clone());
+            events.push(match shown {
+                Some(m) => Event::Message(m),
+                None => Event::Content(ReceivedContent {
+                    group,
+                    from: sender_id.user,
+                    from_device: sender_id.device,
+                    sender_leaf,
+                    id: MessageId(env.id),
+                    sent_at_ms: env.sent_at_ms,
+                    seq: entry.seq,
+                    content: env.content,
+                }),
+            });
+        }
+        ProcessedMessageContent::StagedCommitMessage(staged) => {
+            let removed_self = staged.self_removed();
+            // The membership change, from the commit itself (O(changes), not O(group)).
+            let mut added = Vec::new();
+            for p in staged.add_proposals() {
+                let leaf = p.add_proposal().key_package().leaf_node();
+                let mut id = parse_credential(leaf.credential())?;
+                id.key = leaf.signature_key().as_slice().to_vec();
+                added.push(id);
+            }
+            let removed: Vec<MemberId> = staged
+                .remove_proposals()
+                .filter_map(|p| mls.member_at(p.remove_proposal().removed()))
+                .filter_map(|m| member_id(&m).ok())
+                .collect();
+            // A committer's new leaf (update path) must keep its credential and key.
+            let updated = match staged.update_path_leaf_node() {
+                Some(leaf) => {
+                    let mut id = parse_credential(leaf.credential())?;
+                    id.key = leaf.signature_key().as_slice().to_vec();
+                    if id.device != sender_id.device || id.user != sender_id.user {
+                        return Err(EntryError::IdentityChanged);
+                    }
+                    Some(id)
+                }
+                None => None,
+            };
+            mls.merge_staged_commit(cx.provider, *staged)
+                .map_err(EntryError::Merge)?;
+            out.merged = true;
+            if removed_self {
+                out.removed = true;
+                if let Some(r) = record {
+                    r.membership = Membership::Removed;
+                    store.put_group(r)?;
+                }
+                events.push(Event::RemovedFromGroup { group });
+                return Ok((out, events));
+            }
+            let mut pin_events = Vec::new();
+            let me = cx.me.device();
+            for id in updated.iter().chain(&added) {
+                trust::check_pin(store, me, now_ms, id, &mut pin_events)?;
+            }
+            if !cx.me.is(sender_id.device) {
+                for m in &added {
+                    trust.verify_later(&m.user);
+                }
+            }
+            if !added.is_empty() || !removed.is_empty() {
+                events.push(Event::MembersChanged {
+                    group,
+                    by: sender_id.user.clone(),
+                    added: users_of(&added),
+                    removed: users_of(&removed),
+                });
+            }
+            events.extend(pin_events);
+        }
+        _ => {
+            return Err(EntryError::Proposal);
+        }
+    }
+    Ok((out, events))
+}

@@ -1,0 +1,88 @@
+//! Cove's MLS parameters and credentials: the ciphersuite, the group-name extension, the
+//! capabilities and join configuration every group uses, and the `cove:<user>:<device id>`
+//! credential format with its parser. A leaf: it knows nothing of the client's state.
+
+use cove_wire::{DeviceId, UserName};
+use openmls::prelude::{
+    BasicCredential, Capabilities, Ciphersuite, Credential, ExtensionType, Member,
+    MlsGroupJoinConfig,
+};
+
+use crate::error::CredentialError;
+
+/// The one ciphersuite Cove uses.
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// Private-use group context extension carrying the group name (UTF-8).
+pub const GROUP_NAME_EXTENSION: u16 = 0xf0c0;
+/// Longest group name, bytes.
+pub const MAX_GROUP_NAME: usize = 128;
+/// Past epochs whose keys are kept to decrypt late application messages.
+pub const MAX_PAST_EPOCHS: usize = 8;
+
+/// What the credential of a member says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct MemberId {
+    pub(super) user: UserName,
+    pub(super) device: DeviceId,
+    /// The signature key (empty when only the credential was parsed).
+    pub(super) key: Vec<u8>,
+}
+
+/// The MLS BasicCredential identity of a device: `cove:<user>:<device id>`.
+pub fn credential_identity(user: &UserName, device: DeviceId) -> Vec<u8> {
+    format!("cove:{}:{}", user, device.0).into_bytes()
+}
+
+/// Parses a Cove credential (the key is left empty).
+pub(super) fn parse_credential(credential: &Credential) -> Result<MemberId, CredentialError> {
+    let basic = BasicCredential::try_from(credential.clone())?;
+    let text = std::str::from_utf8(basic.identity()).map_err(|_| CredentialError::NotUtf8)?;
+    let rest = text.strip_prefix("cove:").ok_or(CredentialError::NotCove)?;
+    let (user, device) = rest.rsplit_once(':').ok_or(CredentialError::Malformed)?;
+    let user = UserName::new(user)?;
+    let device = DeviceId(device.parse().map_err(|_| CredentialError::DeviceId)?);
+    Ok(MemberId {
+        user,
+        device,
+        key: Vec::new(),
+    })
+}
+
+/// A group member's credential with its signature key.
+pub(super) fn member_id(m: &Member) -> Result<MemberId, CredentialError> {
+    let mut id = parse_credential(&m.credential)?;
+    id.key = m.signature_key.clone();
+    Ok(id)
+}
+
+/// The users of `members`, sorted and deduplicated.
+pub(super) fn users_of(members: &[MemberId]) -> Vec<UserName> {
+    let mut u: Vec<UserName> = members.iter().map(|m| m.user.clone()).collect();
+    u.sort();
+    u.dedup();
+    u
+}
+
+/// The leaf capabilities of every Cove device.
+pub(super) fn capabilities() -> Capabilities {
+    Capabilities::new(
+        None,
+        Some(&[CIPHERSUITE]),
+        // A KeyPackage's own extensions must be listed too: the last-resort one is, or
+        // every last-resort KeyPackage is refused by the members that claim it.
+        Some(&[
+            ExtensionType::Unknown(GROUP_NAME_EXTENSION),
+            ExtensionType::LastResort,
+        ]),
+        None,
+        None,
+    )
+}
+
+/// How a device joins a group from a Welcome.
+pub(super) fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}

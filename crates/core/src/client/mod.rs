@@ -1,0 +1,892 @@
+//! The client state machine: a small dispatcher over parts that own their state.
+//!
+//! [`Client`] holds the connection state, the requests in flight and the output queue, and
+//! routes each input (a frame, a command, a timeout) to the part it concerns. The parts never
+//! send anything themselves: they push [`effects::Effect`]s (requests with what their answer
+//! is for, events, acks) and return what the other parts must do (an epoch changed, a group
+//! is to be forgotten, a command completed), which the dispatcher applies in order.
+//!
+//! The parts, each importing only those listed before it (no cycles):
+//!
+//! ```text
+//! effects       Effect, Pending: what the parts ask the dispatcher to do
+//! mls           ciphersuite, group-name extension, Cove credentials
+//! device        Me: this device's keys, challenge answers, device authorisations
+//! groups        Groups: loaded MLS groups and group records; name resolution, queries
+//! context       Cx: provider + Me + Groups + readiness, lent to one step of a part
+//! history       chat messages from stored messages
+//! trust         Trust: key pinning, key changes, directory checks, safety numbers
+//! key_packages  KeyPackages: stock check and top-up; validation of claimed KeyPackages
+//! outbox        Outbox: sealing, posting, retries with backoff, resealing stale posts
+//! changes       Changes: group creation, add/remove (directory, claims), key updates,
+//!               commits and commit races, leave requests of others
+//! welcome       Welcomes: joining a group from the inbox
+//! inbound       Inbound: group log entries: route, park, apply
+//! mod           Client: the dispatcher and the public API
+//! ```
+
+mod changes;
+mod context;
+mod device;
+mod effects;
+mod groups;
+mod history;
+mod inbound;
+mod key_packages;
+mod mls;
+mod outbox;
+mod trust;
+mod welcome;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use cove_store::{Identity, Membership, Store, StoreError};
+use cove_wire::{
+    ClientFrame, Delivery, DeviceId, DeviceKey, ErrorCode, ErrorReply, GroupEntry, GroupId,
+    InboxEntry, Reply, Request, RequestId, Seq, ServerFrame, Signature, Stream, UserName,
+};
+use ed25519_dalek::SigningKey;
+use zeroize::Zeroizing;
+
+use self::changes::{Changes, Goal};
+use self::context::Cx;
+use self::device::Me;
+use self::effects::{Effect, Effects, Pending};
+use self::groups::Groups;
+use self::inbound::{Inbound, Route};
+use self::key_packages::KeyPackages;
+use self::outbox::Outbox;
+use self::trust::Trust;
+use self::welcome::Inboxed;
+use crate::content::{Content, MAX_TEXT_BYTES};
+use crate::error::{InvalidArgument, NotApplicable, ProtocolViolation};
+use crate::provider::CoveProvider;
+use crate::types::*;
+
+pub use self::changes::MAX_COMMIT_RETRIES;
+pub use self::inbound::MAX_PENDING_PER_GROUP;
+pub use self::key_packages::{KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW_WATER};
+pub use self::mls::{
+    CIPHERSUITE, GROUP_NAME_EXTENSION, MAX_GROUP_NAME, MAX_PAST_EPOCHS, credential_identity,
+};
+pub use self::outbox::{MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS};
+pub use self::trust::safety_number;
+
+/// A Cove device: the sans-IO client core. See the crate docs for the main loop.
+pub struct Client<S: Store> {
+    /// Store, crypto and the injected randomness.
+    provider: CoveProvider<S>,
+    /// This device.
+    me: Me,
+    /// The connection's state.
+    conn: Conn,
+    /// The id of the next request.
+    next_request: u32,
+    /// Requests in flight on this connection, by id.
+    requests: HashMap<RequestId, Pending>,
+    /// The id of the next command.
+    next_op: u64,
+    /// What the shell is to do next.
+    outputs: VecDeque<Output>,
+    /// Effects the parts asked for and not yet applied (empty between inputs).
+    fx: Effects,
+    /// The groups.
+    groups: Groups,
+    /// Group creations, membership changes, key updates.
+    changes: Changes,
+    /// Messages on their way out.
+    outbox: Outbox,
+    /// Group log entries parked.
+    inbound: Inbound,
+    /// Keys to check against the directory.
+    trust: Trust,
+    /// This device's KeyPackage stock.
+    key_packages: KeyPackages,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Conn {
+    Disconnected,
+    AwaitChallenge,
+    Authenticating,
+    Ready,
+}
+
+/// Lends the shared parts of a [`Client`] (one expression, so that the other fields stay
+/// free to borrow).
+macro_rules! cx {
+    ($self:ident) => {
+        Cx {
+            provider: &$self.provider,
+            me: &$self.me,
+            groups: &mut $self.groups,
+            ready: $self.conn == Conn::Ready,
+        }
+    };
+}
+
+impl<S: Store> Client<S> {
+    // ----------------------------------------------------------------------------------
+    // Construction
+    // ----------------------------------------------------------------------------------
+
+    /// Creates a new device identity for `user` (a fresh Ed25519 key from `rng_seed`'s
+    /// stream) and persists it. The device registers with the relay on the first
+    /// connection.
+    pub fn init(store: S, user: UserName, rng_seed: [u8; 32]) -> Result<Self, OpenError> {
+        if let Some(id) = store.identity()? {
+            return Err(OpenError::AlreadyInitialised(id.user));
+        }
+        let provider = CoveProvider::new(store, rng_seed);
+        let mut seed = Zeroizing::new([0u8; 32]);
+        provider.rng().fill(seed.as_mut()).map_err(OpenError::Rng)?;
+        let signing_key = SigningKey::from_bytes(&seed);
+        let identity = Identity {
+            user,
+            device: None,
+            secret_key: seed,
+            public_key: DeviceKey(signing_key.verifying_key().to_bytes()),
+        };
+        provider.store().set_identity(&identity)?;
+        Self::from_parts(provider, identity)
+    }
+
+    /// Opens an initialised device: loads its identity and groups.
+    pub fn open(store: S, rng_seed: [u8; 32]) -> Result<Self, OpenError> {
+        let identity = store.identity()?.ok_or(OpenError::NoIdentity)?;
+        Self::from_parts(CoveProvider::new(store, rng_seed), identity)
+    }
+
+    fn from_parts(provider: CoveProvider<S>, identity: Identity) -> Result<Self, OpenError> {
+        let groups = Groups::load(&provider)?;
+        Ok(Client {
+            provider,
+            me: Me::new(identity),
+            conn: Conn::Disconnected,
+            next_request: 1,
+            requests: HashMap::new(),
+            next_op: 1,
+            outputs: VecDeque::new(),
+            fx: Effects::default(),
+            groups,
+            changes: Changes::default(),
+            outbox: Outbox::default(),
+            inbound: Inbound::default(),
+            trust: Trust::default(),
+            key_packages: KeyPackages::default(),
+        })
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Accessors and queries
+    // ----------------------------------------------------------------------------------
+
+    /// This device's user.
+    pub fn user(&self) -> &UserName {
+        self.me.user()
+    }
+
+    /// This device's id (once registered).
+    pub fn device(&self) -> Option<DeviceId> {
+        self.me.device()
+    }
+
+    /// This device's Ed25519 public key.
+    pub fn device_key(&self) -> DeviceKey {
+        self.me.key()
+    }
+
+    /// The store (for the shell's own config values).
+    pub fn store(&self) -> &S {
+        self.provider.store()
+    }
+
+    /// Whether the connection is authenticated.
+    pub fn is_ready(&self) -> bool {
+        self.conn == Conn::Ready
+    }
+
+    /// Whether any command is still running (useful for `sync`-style shells).
+    pub fn has_pending_ops(&self) -> bool {
+        !self.changes.is_empty() || self.outbox.busy()
+    }
+
+    /// The groups this device is or was in.
+    pub fn groups(&self) -> Vec<GroupInfo> {
+        self.groups.infos()
+    }
+
+    /// The history of a group (name or hex id), in log order.
+    pub fn history(&self, group: &str) -> Result<Vec<ChatMessage>, QueryError> {
+        let id = self.groups.resolve(group).map_err(|e| match e {
+            CommandError::AmbiguousGroup(g) => QueryError::AmbiguousGroup(g),
+            _ => QueryError::UnknownGroup(group.to_string()),
+        })?;
+        let stored = self.provider.store().messages(&id)?;
+        Ok(history::chat_messages(&self.groups, id, stored))
+    }
+
+    /// The messages of `group` stored after log position `after`, in log order. Reads only
+    /// those, so a caller that keeps its own "shown up to" position (as `cove sync` does)
+    /// pays for what is new, not for the whole history.
+    pub fn history_after(
+        &self,
+        group: &GroupId,
+        after: Seq,
+    ) -> Result<Vec<ChatMessage>, QueryError> {
+        let stored = self.provider.store().messages_after(group, after)?;
+        Ok(history::chat_messages(&self.groups, *group, stored))
+    }
+
+    /// The safety number between this user and `user`: 12 groups of 5 digits over both
+    /// users' device keys (sorted), identical on both sides. Needs `user`'s pinned keys.
+    pub fn safety_number(&self, user: &UserName) -> Result<String, QueryError> {
+        trust::safety_number_with(self.provider.store(), self.me.user(), self.me.key(), user)
+    }
+
+    /// On an existing device: authorises `new_key` as a further device of this user (the
+    /// new device shows its key; this device signs it). Returns what the new device needs:
+    /// give it to [`Client::set_device_authorization`] there.
+    pub fn authorize_device(&self, new_key: &DeviceKey) -> Option<(DeviceId, Signature)> {
+        self.me.authorize_device(new_key)
+    }
+
+    /// A signer for blob-store HTTP requests (attachment uploads), once registered.
+    pub fn blob_request_signer(&self) -> Option<crate::attachment::BlobRequestSigner> {
+        self.me.blob_request_signer()
+    }
+
+    /// On a new, not yet registered device of an existing user: stores the authorisation
+    /// from [`Client::authorize_device`] so that the next connection registers this device
+    /// with `RegisterDevice` instead of claiming the user name.
+    pub fn set_device_authorization(
+        &mut self,
+        authorizer: DeviceId,
+        authorization: Signature,
+    ) -> Result<(), StoreError> {
+        device::set_device_authorization(self.provider.store(), authorizer, authorization)
+    }
+
+    /// Accepts the keys `user` presents now (after a [`Event::KeyChanged`] and an
+    /// out-of-band safety number check): re-pins them.
+    pub fn accept_key_change(
+        &mut self,
+        now_ms: u64,
+        user: &UserName,
+        device: DeviceId,
+        key: DeviceKey,
+    ) -> Result<(), StoreError> {
+        trust::accept_key(self.provider.store(), now_ms, user, device, key)
+    }
+
+    /// The current epoch authenticator of a group (equal on all members in the same
+    /// epoch): for tests and for out-of-band fork checks.
+    pub fn epoch_authenticator(&self, group: &GroupId) -> Option<Vec<u8>> {
+        self.groups
+            .get(group)
+            .map(|g| g.epoch_authenticator().as_slice().to_vec())
+    }
+
+    /// Exports a secret from the group's current epoch (RFC 9420 MLS-Exporter), e.g. for
+    /// SFrame call keys.
+    pub fn export_secret(
+        &self,
+        group: &GroupId,
+        label: &str,
+        context: &[u8],
+        length: usize,
+    ) -> Result<Vec<u8>, QueryError> {
+        self.groups
+            .export_secret(&self.provider, group, label, context, length)
+    }
+
+    /// The member devices of a group with their MLS leaf indexes (for calls).
+    pub fn group_members(&self, group: &GroupId) -> Vec<crate::call::GroupMember> {
+        self.groups.call_members(group)
+    }
+
+    /// Sends a request the core does not interpret itself (e.g. `Request::TurnCredentials`)
+    /// on the current connection; the answer comes back as [`Event::Reply`] with the returned
+    /// id. `None` if the connection is not ready (authenticated) yet.
+    pub fn send_request(&mut self, body: Request) -> Option<RequestId> {
+        if self.conn != Conn::Ready {
+            return None;
+        }
+        Some(self.send(body, Pending::External))
+    }
+
+    /// This device's MLS leaf index in a group.
+    pub fn own_leaf_index(&self, group: &GroupId) -> Option<u32> {
+        self.groups.get(group).map(|g| g.own_leaf_index().u32())
+    }
+
+    /// The current MLS epoch of a group.
+    pub fn epoch(&self, group: &GroupId) -> Option<u64> {
+        self.groups.epoch(group)
+    }
+
+    /// Resolves a group name or hex id.
+    pub fn resolve(&self, group: &str) -> Result<GroupId, CommandError> {
+        self.groups.resolve(group)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Connection inputs
+    // ----------------------------------------------------------------------------------
+
+    /// A fresh connection is up; the relay's `Challenge` comes next.
+    pub fn handle_connected(&mut self, _now_ms: u64) {
+        self.requests.clear();
+        self.key_packages.reset();
+        self.conn = Conn::AwaitChallenge;
+    }
+
+    /// The connection is gone. Requests in flight are retried on the next connection:
+    /// outbox messages not seen in the backlog are resent once (the relay answers a repeated
+    /// post with its original seq; receivers also drop duplicates by message id), commands
+    /// restart their current step.
+    pub fn handle_disconnected(&mut self) {
+        self.conn = Conn::Disconnected;
+        self.requests.clear();
+        // The whole outbox goes out again after the next backlog: no timers meanwhile.
+        self.outbox.disconnected();
+        self.key_packages.reset();
+        self.changes.disconnected();
+    }
+
+    /// The next thing to do: a frame to send or an event for the user.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next deadline (ms, same clock as `now_ms`) at which the shell must call
+    /// [`Client::handle_timeout`]; `None` when nothing is scheduled. Today: resending posts
+    /// the relay refused as retryable (`RateLimited`, `Unavailable`, `Internal`).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.conn != Conn::Ready {
+            return None;
+        }
+        self.outbox.next_retry()
+    }
+
+    /// Time has reached `now_ms`: resends the posts whose retry delay is over. Calling it
+    /// early or more than once is harmless.
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), HandleError> {
+        if self.conn != Conn::Ready {
+            return Ok(());
+        }
+        let result = self
+            .outbox
+            .on_timeout(self.provider.store(), now_ms, &mut self.fx);
+        self.apply_effects();
+        result
+    }
+
+    /// Handles one frame from the relay. Never panics on hostile input: a bad entry is
+    /// skipped (acknowledged) with an [`Event::Warning`]; an error return means the frame
+    /// was not processed and will come again (storage failure) or the connection should
+    /// be dropped (protocol violation, `Closing`).
+    pub fn handle_frame(&mut self, now_ms: u64, frame: ServerFrame) -> Result<(), HandleError> {
+        let result = self.dispatch(now_ms, frame);
+        self.apply_effects();
+        if self.conn == Conn::Ready {
+            for user in self.trust.take_to_verify() {
+                self.send(
+                    Request::ListDevices { user: user.clone() },
+                    Pending::Verify { user },
+                );
+            }
+        }
+        result
+    }
+
+    fn dispatch(&mut self, now_ms: u64, frame: ServerFrame) -> Result<(), HandleError> {
+        match frame {
+            ServerFrame::Challenge { nonce, .. } => self.on_challenge(&nonce),
+            ServerFrame::Response { id, result } => self.on_response(now_ms, id, result),
+            ServerFrame::Deliver(Delivery::Group(entry)) => self.on_group_entry(now_ms, entry),
+            ServerFrame::Deliver(Delivery::Inbox(entry)) => self.on_inbox_entry(now_ms, entry),
+            ServerFrame::BacklogDone => {
+                self.on_backlog_done()?;
+                let store = self.provider.store();
+                self.inbound
+                    .report_parked(store, &self.groups, &mut self.fx)?;
+                self.fx.event(Event::BacklogDone);
+                Ok(())
+            }
+            ServerFrame::Closing { code } => {
+                self.handle_disconnected();
+                Err(HandleError::Closing(code))
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Commands
+    // ----------------------------------------------------------------------------------
+
+    /// Creates a group named `name` with this device as its first member, then adds the
+    /// user's other registered devices (the command completes after that commit; a failure
+    /// there is a warning, the group exists). Refused with
+    /// [`CommandError::DuplicateGroupName`] when this device is already in (or creating) a
+    /// group of that name.
+    pub fn create_group(&mut self, _now_ms: u64, name: &str) -> Result<OpId, CommandError> {
+        if name.is_empty() || name.len() > MAX_GROUP_NAME {
+            return Err(CommandError::Invalid(InvalidArgument::GroupNameLength {
+                max: MAX_GROUP_NAME,
+            }));
+        }
+        if self.groups.name_in_use(name) || self.changes.creating(name) {
+            return Err(CommandError::DuplicateGroupName(name.to_string()));
+        }
+        let mut id = [0u8; 16];
+        self.provider
+            .rng()
+            .fill(&mut id)
+            .map_err(CommandError::Rng)?;
+        let op = self.new_op();
+        self.changes
+            .create(op, GroupId(id), name.to_string(), cx!(self), &mut self.fx);
+        self.apply_effects();
+        Ok(op)
+    }
+
+    /// Adds every device of each user to a group (name or hex id), and any device of our
+    /// own user that is missing from it (looked up and key-checked like the others).
+    pub fn add_users(
+        &mut self,
+        _now_ms: u64,
+        group: &str,
+        users: &[UserName],
+    ) -> Result<OpId, CommandError> {
+        self.change_users(group, users, Goal::Add)
+    }
+
+    /// Removes every device of each user from a group.
+    pub fn remove_users(
+        &mut self,
+        _now_ms: u64,
+        group: &str,
+        users: &[UserName],
+    ) -> Result<OpId, CommandError> {
+        self.change_users(group, users, Goal::Remove)
+    }
+
+    /// Rotates this device's keys in a group (an MLS self-update commit): post-compromise
+    /// security for everything sent after it.
+    pub fn update_keys(&mut self, _now_ms: u64, group: &str) -> Result<OpId, CommandError> {
+        let id = self.groups.active(group)?;
+        Ok(self.start_change(id, Goal::UpdateKeys))
+    }
+
+    /// Leaves a group: sends a leave request (a remaining member commits the removal),
+    /// then forgets the group's keys. Completes when the relay accepted the request.
+    pub fn leave(&mut self, now_ms: u64, group: &str) -> Result<OpId, CommandError> {
+        let id = self.groups.active(group)?;
+        self.send_content(now_ms, id, Content::LeaveRequest)
+    }
+
+    /// Sends an uploaded file's pointer, like a text message (see `cove send-file`).
+    pub fn send_attachment(
+        &mut self,
+        now_ms: u64,
+        group: &str,
+        pointer: crate::attachment::AttachmentPointer,
+    ) -> Result<OpId, CommandError> {
+        let id = self.groups.active(group)?;
+        self.send_content(now_ms, id, Content::Attachment(pointer))
+    }
+
+    /// Sends a text message. It is encrypted and persisted in the outbox now and sent
+    /// (again after reconnects) until the relay accepts it.
+    pub fn send_text(
+        &mut self,
+        now_ms: u64,
+        group: &str,
+        text: &str,
+    ) -> Result<OpId, CommandError> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(CommandError::TooLarge(text.len(), MAX_TEXT_BYTES));
+        }
+        let id = self.groups.active(group)?;
+        let text = text.to_string();
+        self.send_content(now_ms, id, Content::Text { text })
+    }
+
+    /// Sends any content (used by the attachment and call modules).
+    pub fn send_content(
+        &mut self,
+        now_ms: u64,
+        group: GroupId,
+        content: Content,
+    ) -> Result<OpId, CommandError> {
+        // The command id is taken only once the message is queued.
+        let op = OpId(self.next_op);
+        let sent = self
+            .outbox
+            .send(cx!(self), op, now_ms, group, content, &mut self.fx);
+        self.apply_effects();
+        sent?;
+        self.next_op += 1;
+        Ok(op)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Connection handling
+    // ----------------------------------------------------------------------------------
+
+    fn on_challenge(&mut self, nonce: &[u8; 32]) -> Result<(), HandleError> {
+        if self.conn != Conn::AwaitChallenge {
+            return Err(HandleError::Protocol(
+                ProtocolViolation::UnexpectedChallenge,
+            ));
+        }
+        let (body, registered) = self.me.answer_challenge(self.provider.store(), nonce);
+        self.conn = Conn::Authenticating;
+        self.fx.request(body, Pending::Auth { registered });
+        Ok(())
+    }
+
+    fn on_authenticated(&mut self, device: DeviceId, registered: bool) -> Result<(), HandleError> {
+        self.me.authenticated(self.provider.store(), device)?;
+        self.conn = Conn::Ready;
+        self.fx.event(Event::Authenticated { device, registered });
+        // KeyPackages: check the stock (uploads when low).
+        self.key_packages.check(&mut self.fx);
+        Ok(())
+    }
+
+    fn on_backlog_done(&mut self) -> Result<(), HandleError> {
+        // A pending commit no command owns (we crashed after building it) and whose echo
+        // was not in the backlog was never accepted: drop it.
+        let owned = self.changes.posting_groups();
+        self.groups
+            .clear_orphaned_commits(self.provider.store(), &owned)?;
+        // Resend the outbox (after the backlog: items whose echo was in it are done), but
+        // not what is still in flight on this connection.
+        self.apply_effects();
+        let in_flight = self.posts_in_flight();
+        self.outbox
+            .resend_all(cx!(self), &in_flight, &mut self.fx)?;
+        // Restart commands.
+        self.changes.restart(cx!(self), &mut self.fx);
+        Ok(())
+    }
+
+    fn on_response(
+        &mut self,
+        now_ms: u64,
+        id: RequestId,
+        result: Result<Reply, ErrorReply>,
+    ) -> Result<(), HandleError> {
+        let Some(pending) = self.requests.remove(&id) else {
+            self.fx.warn(format!("response to unknown request {id}"));
+            return Ok(());
+        };
+        let fx = &mut self.fx;
+        match (pending, result) {
+            (Pending::Auth { registered }, Ok(Reply::Authenticated { device })) => {
+                self.on_authenticated(device, registered)
+            }
+            (Pending::Auth { .. }, Err(e)) => {
+                self.conn = Conn::Disconnected;
+                Err(HandleError::AuthRefused(e))
+            }
+            (
+                Pending::Stock | Pending::Upload,
+                Ok(Reply::KeyPackageStock {
+                    remaining,
+                    has_last_resort,
+                }),
+            ) => {
+                let stock = Ok((remaining, has_last_resort));
+                self.key_packages
+                    .on_stock(&self.provider, &self.me, stock, fx)
+            }
+            (Pending::Stock | Pending::Upload, Err(e)) => {
+                self.key_packages
+                    .on_stock(&self.provider, &self.me, Err(e), fx)
+            }
+            (Pending::CreateGroup { op }, r) => {
+                self.changes.on_group_created(op, now_ms, r, cx!(self), fx)
+            }
+            (Pending::Lookup { op, lookup, user }, r) => {
+                self.changes
+                    .on_lookup(op, lookup, user, now_ms, r, cx!(self), fx);
+                Ok(())
+            }
+            (Pending::Verify { user }, Ok(Reply::Devices { user: u, devices })) if u == user => {
+                trust::verify_against_directory(self.provider.store(), &user, &devices, fx)?;
+                Ok(())
+            }
+            (Pending::PostApplication { local_id }, r) => {
+                let posted = self.outbox.on_posted(cx!(self), now_ms, local_id, r, fx)?;
+                if let Some((group, membership)) = posted.forget {
+                    self.forget_group(group, membership)?;
+                }
+                for e in posted.then {
+                    self.fx.event(e);
+                }
+                Ok(())
+            }
+            (Pending::PostCommit { op }, r) => {
+                match self.changes.on_commit_posted(op, r, cx!(self), fx)? {
+                    Some(group) => self.after_epoch_change(now_ms, group),
+                    None => Ok(()),
+                }
+            }
+            (Pending::Fetch, Ok(Reply::Entries { entries })) => {
+                for e in entries {
+                    self.on_group_entry(now_ms, e)?;
+                }
+                Ok(())
+            }
+            (Pending::External, result) => {
+                fx.event(Event::Reply { id, result });
+                Ok(())
+            }
+            (Pending::Ack, Ok(_)) => Ok(()),
+            (Pending::Ack, Err(e)) => {
+                // Acks for entries of groups we were removed from are refused; harmless.
+                if e.code != ErrorCode::NotMember {
+                    fx.warn(format!("ack refused: {e}"));
+                }
+                Ok(())
+            }
+            (_, Err(e)) => {
+                fx.warn(format!("request failed: {e}"));
+                Ok(())
+            }
+            (p, Ok(r)) => {
+                fx.warn(format!("unexpected reply {r:?} to {p:?}"));
+                Ok(())
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Inbound entries
+    // ----------------------------------------------------------------------------------
+
+    fn on_inbox_entry(&mut self, now_ms: u64, entry: InboxEntry) -> Result<(), HandleError> {
+        let inboxed =
+            welcome::on_inbox_entry(cx!(self), &mut self.trust, now_ms, &entry, &mut self.fx)?;
+        if let Inboxed::Joined(group) = inboxed {
+            self.apply_parked(now_ms, group)?;
+        }
+        self.fx.ack(Stream::Inbox, entry.seq);
+        // A KeyPackage was consumed: check the stock.
+        if !matches!(inboxed, Inboxed::Seen) && self.conn == Conn::Ready {
+            self.key_packages.check_if_idle(&mut self.fx);
+        }
+        Ok(())
+    }
+
+    fn on_group_entry(&mut self, now_ms: u64, entry: GroupEntry) -> Result<(), HandleError> {
+        let store = self.provider.store();
+        match self.inbound.route(store, &self.groups, &entry)? {
+            Route::Ack => self.fx.ack(Stream::Group(entry.group), entry.seq),
+            Route::Park => self.inbound.park(store, &entry, &mut self.fx)?,
+            Route::Apply => {
+                let merged = self.apply_entry(now_ms, &entry, false)?;
+                self.fx.ack(Stream::Group(entry.group), entry.seq);
+                if merged {
+                    self.after_epoch_change(now_ms, entry.group)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies parked entries of `group` that have become applicable, in seq order.
+    fn apply_parked(&mut self, now_ms: u64, group: GroupId) -> Result<(), HandleError> {
+        loop {
+            let ready = self
+                .inbound
+                .applicable(self.provider.store(), &self.groups, group)?;
+            if ready.is_empty() {
+                return Ok(());
+            }
+            for entry in ready {
+                // Removed from the parking area in the same transaction that applies it.
+                let merged = self.apply_entry(now_ms, &entry, true)?;
+                self.fx.ack(Stream::Group(group), entry.seq);
+                if merged {
+                    self.after_epoch_change(now_ms, group)?;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Applies one entry and what it asks of the other parts. Returns whether the group
+    /// moved to a new epoch.
+    fn apply_entry(
+        &mut self,
+        now_ms: u64,
+        entry: &GroupEntry,
+        parked: bool,
+    ) -> Result<bool, HandleError> {
+        let group = entry.group;
+        let applied = inbound::apply(
+            cx!(self),
+            &mut self.trust,
+            now_ms,
+            entry,
+            parked,
+            &mut self.fx,
+        )?;
+        if applied.own_commit
+            && let Some(op) = self.changes.posting_in(group)
+        {
+            self.changes.finish(op, Ok(()), &mut self.fx);
+        }
+        if let Some(op) = applied.own_message.and_then(|id| self.outbox.complete(id)) {
+            self.fx.op_done(op, Ok(()));
+        }
+        if applied.left {
+            self.forget_group(group, Membership::Left)?;
+        }
+        if applied.removed {
+            // Forget the group's keys: nothing later can be decrypted anyway, and a later
+            // re-add starts from a fresh Welcome.
+            self.forget_group(group, Membership::Removed)?;
+        }
+        for leaver in applied.leave_requests {
+            if self
+                .groups
+                .get(&group)
+                .is_some_and(|mls| changes::commits_leave(mls, leaver))
+            {
+                self.start_change(group, Goal::RemoveDevices(vec![leaver]));
+            }
+        }
+        Ok(applied.merged)
+    }
+
+    fn after_epoch_change(&mut self, now_ms: u64, group: GroupId) -> Result<(), HandleError> {
+        self.outbox.reseal_stale(cx!(self), group, &mut self.fx)?;
+        // Commands waiting for this group may proceed.
+        self.changes.drive_group(group, cx!(self), &mut self.fx);
+        self.apply_parked(now_ms, group)
+    }
+
+    fn forget_group(&mut self, group: GroupId, membership: Membership) -> Result<(), HandleError> {
+        self.groups
+            .forget(self.provider.store(), &group, membership)?;
+        let why = if membership == Membership::Removed {
+            NotApplicable::RemovedFromGroup
+        } else {
+            NotApplicable::LeftGroup
+        };
+        self.changes.fail_group(group, why, &mut self.fx);
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Helpers
+    // ----------------------------------------------------------------------------------
+
+    fn new_op(&mut self) -> OpId {
+        let id = OpId(self.next_op);
+        self.next_op += 1;
+        id
+    }
+
+    /// Starts adding or removing `users` (at least one) in `group`.
+    fn change_users(
+        &mut self,
+        group: &str,
+        users: &[UserName],
+        goal: fn(Vec<UserName>) -> Goal,
+    ) -> Result<OpId, CommandError> {
+        let id = self.groups.active(group)?;
+        if users.is_empty() {
+            return Err(CommandError::Invalid(InvalidArgument::NoUsers));
+        }
+        Ok(self.start_change(id, goal(users.to_vec())))
+    }
+
+    fn start_change(&mut self, group: GroupId, goal: Goal) -> OpId {
+        let op = self.new_op();
+        self.changes.start(op, group, goal, cx!(self), &mut self.fx);
+        self.apply_effects();
+        op
+    }
+
+    /// Local ids of the outbox items posted on this connection whose reply has not come.
+    fn posts_in_flight(&self) -> BTreeSet<u64> {
+        self.requests
+            .values()
+            .filter_map(|p| match p {
+                Pending::PostApplication { local_id } => Some(*local_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Applies the effects the parts asked for, in order.
+    fn apply_effects(&mut self) {
+        while let Some(effect) = self.fx.next() {
+            match effect {
+                Effect::Request(body, pending) => {
+                    self.send(body, pending);
+                }
+                Effect::Event(event) => self.outputs.push_back(Output::Event(event)),
+                Effect::Ack(stream, seq) => {
+                    if self.conn == Conn::Ready {
+                        self.send(Request::Ack { stream, seq }, Pending::Ack);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a request now.
+    fn send(&mut self, body: Request, pending: Pending) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        self.requests.insert(id, pending);
+        self.outputs
+            .push_back(Output::Send(ClientFrame::Request { id, body }));
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The parts in their documented order (see the module docs and ARCHITECTURE.md).
+    const PARTS: [(&str, &str); 12] = [
+        ("effects", include_str!("effects.rs")),
+        ("mls", include_str!("mls.rs")),
+        ("device", include_str!("device.rs")),
+        ("groups", include_str!("groups.rs")),
+        ("context", include_str!("context.rs")),
+        ("history", include_str!("history.rs")),
+        ("trust", include_str!("trust.rs")),
+        ("key_packages", include_str!("key_packages.rs")),
+        ("outbox", include_str!("outbox.rs")),
+        ("changes", include_str!("changes.rs")),
+        ("welcome", include_str!("welcome.rs")),
+        ("inbound", include_str!("inbound.rs")),
+    ];
+
+    /// Each part imports only parts listed before it, so there are no import cycles among
+    /// them (the dispatcher, `mod.rs`, comes last and may import every part).
+    #[test]
+    fn parts_import_only_parts_listed_before_them() {
+        for (index, (part, source)) in PARTS.iter().enumerate() {
+            let imported = source
+                .lines()
+                .filter_map(|line| line.trim_start().strip_prefix("use super::"))
+                .map(|path| path.split([':', ';']).next().unwrap_or(path));
+            for target in imported {
+                let at = PARTS.iter().position(|(name, _)| *name == target);
+                assert!(
+                    at.is_some_and(|at| at < index),
+                    "{part} imports {target}, which is not a part listed before it"
+                );
+            }
+        }
+    }
+}

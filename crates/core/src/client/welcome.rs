@@ -1,0 +1,164 @@
+//! Welcomes (the inbox stream): joining a group, in one transaction with the inbox cursor,
+//! pinning the members' keys; a Welcome into a later epoch of a group this device still
+//! holds (it missed its removal) replaces the stale state, an older one is a replay.
+
+use cove_store::{GroupRecord, Membership, Store};
+use cove_wire::{DeviceId, GroupId, InboxEntry, InboxKind, Seq, Stream};
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, StagedWelcome};
+
+use super::context::Cx;
+use super::effects::Effects;
+use super::mls::{GROUP_NAME_EXTENSION, join_config, member_id};
+use super::trust::{self, Trust};
+use crate::error::WelcomeError;
+use crate::types::{Event, HandleError};
+
+/// What became of an inbox entry.
+pub(super) enum Inboxed {
+    /// Seen before: only to acknowledge again.
+    Seen,
+    /// Joined this group (its parked entries may now apply).
+    Joined(GroupId),
+    /// Skipped with a warning.
+    Skipped,
+}
+
+/// Handles one inbox entry: joins the group of a Welcome, or skips it with a warning. The
+/// caller acknowledges it.
+pub(super) fn on_inbox_entry<S: Store>(
+    mut cx: Cx<'_, S>,
+    trust: &mut Trust,
+    now_ms: u64,
+    entry: &InboxEntry,
+    fx: &mut Effects,
+) -> Result<Inboxed, HandleError> {
+    let store = cx.provider.store();
+    if entry.seq <= store.cursor(&Stream::Inbox)? {
+        return Ok(Inboxed::Seen);
+    }
+    let InboxKind::Welcome {
+        group,
+        commit_seq,
+        sender,
+    } = entry.kind.clone();
+    store.begin()?;
+    let result = join(
+        cx.reborrow(),
+        trust,
+        now_ms,
+        entry,
+        group,
+        commit_seq,
+        sender,
+    );
+    let store = cx.provider.store();
+    match result {
+        Ok(events) => {
+            if let Err(e) = store
+                .set_cursor(&Stream::Inbox, entry.seq)
+                .and_then(|_| store.commit())
+            {
+                let _ = store.rollback();
+                cx.groups.restore(store, &group);
+                return Err(e.into());
+            }
+            for e in events {
+                fx.event(e);
+            }
+            Ok(Inboxed::Joined(group))
+        }
+        Err(reason) => {
+            let _ = store.rollback();
+            cx.groups.unload(&group);
+            cx.groups.reload(store, &group);
+            store.set_cursor(&Stream::Inbox, entry.seq)?;
+            fx.warn(format!("skipped a Welcome into group {group}: {reason}"));
+            Ok(Inboxed::Skipped)
+        }
+    }
+}
+
+/// Joins `group` from the Welcome in `entry` (inside the caller's transaction); returns the
+/// events to report once it is committed.
+fn join<S: Store>(
+    cx: Cx<'_, S>,
+    trust: &mut Trust,
+    now_ms: u64,
+    entry: &InboxEntry,
+    group: GroupId,
+    commit_seq: Seq,
+    sender: DeviceId,
+) -> Result<Vec<Event>, WelcomeError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
+        .map_err(WelcomeError::Undecodable)?;
+    let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+        return Err(WelcomeError::NotWelcome);
+    };
+    let held = cx.groups.epoch(&group);
+    let mut builder = StagedWelcome::build_from_welcome(cx.provider, &join_config(), welcome)
+        .map_err(WelcomeError::Rejected)?;
+    if held.is_some() {
+        builder = builder.replace_old_group();
+    }
+    let staged = builder.build().map_err(WelcomeError::Rejected)?;
+    if staged.group_context().group_id().as_slice() != group.0 {
+        return Err(WelcomeError::OtherGroup);
+    }
+    let mut events = Vec::new();
+    if let Some(ours) = held {
+        // We still hold the group: we were removed and added again while we did not see
+        // the removal. A Welcome into a later epoch replaces the stale state (with which
+        // nothing of the group can be read or sent any more); one into our epoch or an
+        // earlier one is a replay.
+        let offered = staged.group_context().epoch().as_u64();
+        if offered <= ours {
+            return Err(WelcomeError::AlreadyMember { offered, ours });
+        }
+        if let Some(mut old) = cx.groups.unload(&group) {
+            old.delete(cx.provider.store())
+                .map_err(WelcomeError::DropStale)?;
+        }
+        events.push(Event::Warning(format!(
+            "re-added to group {group} at epoch {offered} while this device still held \
+             epoch {ours} (the removal was missed): the old state is replaced; messages \
+             sent while this device was not a member cannot be read"
+        )));
+    }
+    let mls = staged.into_group(cx.provider).map_err(WelcomeError::Join)?;
+    let mut by = None;
+    for m in mls.members() {
+        let id = member_id(&m)?;
+        if id.device == sender {
+            by = Some(id.user.clone());
+        }
+        trust::check_pin(
+            cx.provider.store(),
+            cx.me.device(),
+            now_ms,
+            &id,
+            &mut events,
+        )?;
+        if !cx.me.is(id.device) {
+            trust.verify_later(&id.user);
+        }
+    }
+    let by = by.ok_or(WelcomeError::SenderNotMember)?;
+    let name = mls
+        .extensions()
+        .unknown(GROUP_NAME_EXTENSION)
+        .and_then(|e| String::from_utf8(e.0.clone()).ok())
+        .unwrap_or_default();
+    let record = GroupRecord {
+        id: group,
+        name: name.clone(),
+        membership: Membership::Active,
+        joined_at_ms: now_ms,
+    };
+    let store = cx.provider.store();
+    store.put_group(&record)?;
+    store.set_cursor(&Stream::Group(group), commit_seq)?;
+    cx.groups.insert(record, mls);
+    events.insert(0, Event::Joined { group, name, by });
+    Ok(events)
+}
