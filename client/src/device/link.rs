@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use cove_core::Client;
-use cove_store::{SqliteStore, Store};
-use cove_wire::{ErrorReply, Reply, Request, Signature};
-use ed25519_dalek::{Signer as _, SigningKey};
+use cove_store::SqliteStore;
+use cove_wire::{ErrorReply, Reply, Request};
 
 use super::error::DeviceError;
 use super::handle::{Device, seed};
@@ -67,32 +66,17 @@ impl Device {
     /// device, and returns the relay's answer. For probing what the relay allows (the
     /// device's own session may be displaced meanwhile; it reconnects by itself).
     pub async fn probe(&self, body: Request) -> Result<Result<Reply, ErrorReply>, DeviceError> {
-        let device = self.device.ok_or(DeviceError::NotRegistered)?;
-        let user = self.config.user.clone();
-        let key = self.session.call(|c| c.device_key()).await?;
+        self.device.ok_or(DeviceError::NotRegistered)?;
         let tls = Arc::new(transport::client_config(&self.home.trust(&self.config))?);
         let (mut raw, nonce) = RawConnection::open(&self.config.server, tls).await?;
-        let msg = cove_wire::sign::auth_challenge_message(&nonce, &user, &key);
-        let signature = self.sign(msg).await?;
-        raw.authenticate(Request::Authenticate {
-            user,
-            device,
-            signature,
-        })
-        .await?;
+        let authenticate = self
+            .session
+            .call(move |c| c.side_authentication(&nonce))
+            .await?
+            .ok_or(DeviceError::NotRegistered)?;
+        raw.authenticate(authenticate).await?;
         let reply = raw.request(body).await?;
         raw.close().await;
         Ok(reply)
-    }
-
-    /// Signs `message` with this device's key (inside the session task).
-    async fn sign(&self, message: Vec<u8>) -> Result<Signature, DeviceError> {
-        self.session
-            .call(move |c| -> Result<Signature, DeviceError> {
-                let identity = c.store().identity()?.ok_or(DeviceError::NotRegistered)?;
-                let key = SigningKey::from_bytes(&identity.secret_key);
-                Ok(Signature(key.sign(&message).to_bytes()))
-            })
-            .await?
     }
 }

@@ -251,6 +251,16 @@ impl<S: Store> Client<S> {
         self.me.authorize_device(new_key)
     }
 
+    /// The `Authenticate` request answering challenge `nonce` on a side connection (one
+    /// the shell opens beside the session, e.g. to probe what the relay allows), once this
+    /// device is registered. The core signs; the shell never handles the device key.
+    pub fn side_authentication(&self, nonce: &[u8; 32]) -> Option<cove_wire::Request> {
+        match self.me.answer_challenge(self.provider.store(), nonce) {
+            (request @ cove_wire::Request::Authenticate { .. }, false) => Some(request),
+            _ => None,
+        }
+    }
+
     /// A signer for blob-store HTTP requests (attachment uploads), once registered.
     pub fn blob_request_signer(&self) -> Option<crate::attachment::BlobRequestSigner> {
         self.me.blob_request_signer()
