@@ -68,8 +68,8 @@ impl Device {
         // store below; warnings exist only as events.
         let mut warnings = Vec::new();
         while let Ok(event) = self.events.try_recv() {
-            if let SessionEvent::Core(Event::Warning(text)) = event {
-                warnings.push(Incoming::Warning(text));
+            if let SessionEvent::Core(Event::Warning(warning)) = event {
+                warnings.push(Incoming::Warning(warning.to_string()));
             }
         }
         self.collect_unprinted().await?;
@@ -167,8 +167,9 @@ impl Device {
                     "you were removed from {}",
                     self.group_name(group).await
                 )),
-                SessionEvent::Core(Event::Warning(text)) => {
-                    self.unprinted.push_back(Incoming::Warning(text));
+                SessionEvent::Core(Event::Warning(warning)) => {
+                    self.unprinted
+                        .push_back(Incoming::Warning(warning.to_string()));
                     None
                 }
                 SessionEvent::Core(Event::KeyChanged { user, .. }) => Some(format!(

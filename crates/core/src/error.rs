@@ -324,8 +324,8 @@ pub enum KeyPackageBuildError {
 
 /// Why this user's other devices are left out of a membership change (reported as a
 /// warning; the change goes on without them).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum OwnDevicesSkipped {
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OwnDevicesSkipped {
     /// The relay refused the directory lookup or the KeyPackage claim.
     #[error("{0}")]
     Refused(cove_wire::ErrorReply),
@@ -335,6 +335,143 @@ pub(crate) enum OwnDevicesSkipped {
     /// None of our other devices has a KeyPackage left.
     #[error("no KeyPackage for them")]
     NoKeyPackage,
+}
+
+/// Something skipped or wrong that did not stop the client ([`crate::Event::Warning`]).
+/// Never contains plaintext. Its `Display` is the sentence a shell may show.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Warning {
+    /// Creating a group succeeded, but adding this user's other devices to it failed.
+    #[error("our other devices were not added to the group: {0}")]
+    OwnDevicesNotAdded(crate::OpError),
+    /// A membership change goes on without this user's other devices.
+    #[error("our other devices are not added: {0}")]
+    OwnDevicesSkipped(OwnDevicesSkipped),
+    /// A queued message waits: it cannot be encrypted at the group's current epoch yet.
+    #[error("a queued message could not be encrypted at the current epoch yet: {0}")]
+    QueuedNotEncrypted(Shared<crate::CommandError>),
+    /// The relay asked to retry a post later.
+    #[error("a message will be resent in {delay_ms} ms: {error}")]
+    Resending {
+        /// When it is resent.
+        delay_ms: u64,
+        /// The relay's refusal.
+        error: cove_wire::ErrorReply,
+    },
+    /// The relay refused a queued message for good.
+    #[error("a queued message was refused by the relay: {0}")]
+    QueuedRefused(cove_wire::ErrorReply),
+    /// The relay answered a post with something else than `Posted`.
+    #[error("unexpected reply to a post: {0:?}")]
+    UnexpectedPostReply(cove_wire::Reply),
+    /// The relay refused this device's KeyPackages.
+    #[error("KeyPackage upload failed: {0}")]
+    KeyPackageUpload(cove_wire::ErrorReply),
+    /// This device could not generate KeyPackages (retried at the next stock check).
+    #[error("could not generate KeyPackages: {0}")]
+    KeyPackageGeneration(Shared<KeyPackageBuildError>),
+    /// The relay answered a request this device did not make.
+    #[error("response to unknown request {0}")]
+    UnknownResponse(cove_wire::RequestId),
+    /// The relay refused an ack.
+    #[error("ack refused: {0}")]
+    AckRefused(cove_wire::ErrorReply),
+    /// The relay refused a request.
+    #[error("request failed: {0}")]
+    RequestFailed(cove_wire::ErrorReply),
+    /// The relay answered a request with a reply of another kind.
+    #[error("unexpected reply {reply:?} to {request}")]
+    UnexpectedReply {
+        /// The reply.
+        reply: cove_wire::Reply,
+        /// What the request was for.
+        request: &'static str,
+    },
+    /// A Welcome was skipped.
+    #[error("skipped a Welcome into group {group}: {reason}")]
+    WelcomeSkipped {
+        /// The group.
+        group: cove_wire::GroupId,
+        /// Why.
+        reason: Shared<WelcomeError>,
+    },
+    /// A Welcome into a group this device still held at an older epoch replaced that state.
+    #[error(
+        "re-added to group {group} at epoch {offered} while this device still held epoch {ours} \
+         (the removal was missed): the old state is replaced; messages sent while this device \
+         was not a member cannot be read"
+    )]
+    ReAddedAfterMissedRemoval {
+        /// The group.
+        group: cove_wire::GroupId,
+        /// The Welcome's epoch.
+        offered: u64,
+        /// The epoch this device held.
+        ours: u64,
+    },
+    /// A user has a further device (pinned on first sight).
+    #[error(
+        "{user} has a new device {device} (key pinned on first sight; compare safety numbers \
+         to be sure it is theirs)"
+    )]
+    NewDevice {
+        /// Whose.
+        user: cove_wire::UserName,
+        /// The device.
+        device: DeviceId,
+    },
+    /// A group member's device is missing from the relay's directory.
+    #[error("device {device} of {user} is a group member but not in the relay's directory")]
+    MemberNotInDirectory {
+        /// Whose.
+        user: cove_wire::UserName,
+        /// The device.
+        device: DeviceId,
+    },
+    /// An entry was dropped because too many of its group are parked already.
+    #[error("dropped entry {seq} of group {group}: too many parked")]
+    ParkedOverflow {
+        /// The group.
+        group: cove_wire::GroupId,
+        /// The entry.
+        seq: cove_wire::Seq,
+    },
+    /// Entries of a group are kept unprocessed (and unacknowledged) for now.
+    #[error("{count} entries of group {group} could not be processed and are kept: {why}")]
+    EntriesKept {
+        /// The group.
+        group: cove_wire::GroupId,
+        /// How many.
+        count: usize,
+        /// Why they wait.
+        why: KeptBecause,
+    },
+    /// An entry of a group log was skipped.
+    #[error("skipped entry {seq} of group {group} from device {sender}: {reason}")]
+    EntrySkipped {
+        /// The group.
+        group: cove_wire::GroupId,
+        /// The entry.
+        seq: cove_wire::Seq,
+        /// Its sender.
+        sender: DeviceId,
+        /// Why.
+        reason: Shared<EntryError>,
+    },
+}
+
+/// Why entries of a group wait unprocessed ([`Warning::EntriesKept`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeptBecause {
+    /// They belong to a later epoch than this device's.
+    #[error(
+        "they belong to a later epoch than this device's ({0}); they are applied when the \
+         commit they need arrives"
+    )]
+    LaterEpoch(u64),
+    /// This device is not (yet) a member of the group.
+    #[error("this device is not a member of it (yet); they are applied when its Welcome arrives")]
+    NotMember,
 }
 
 #[cfg(test)]

@@ -108,7 +108,7 @@ pub enum Event {
     Content(ReceivedContent),
     /// Something was skipped or went wrong without stopping the client (a message that
     /// could not be decrypted or decoded, an unexpected reply, ...). Never contains plaintext.
-    Warning(String),
+    Warning(crate::error::Warning),
     /// The relay's answer to a request made with `Client::send_request` (e.g. TURN
     /// credentials for calls).
     Reply {

@@ -247,7 +247,10 @@ async fn rate_limited_posts_are_resent_after_the_delay_and_arrive_once() {
             .expect("alice's last message echoed in time")
             .expect("alice's session running");
         match event {
-            SessionEvent::Core(Event::Warning(w)) if w.contains("will be resent") => {
+            SessionEvent::Core(Event::Warning(cove_core::error::Warning::Resending {
+                error,
+                ..
+            })) if error.code == cove_wire::ErrorCode::RateLimited => {
                 resent = true;
             }
             SessionEvent::Disconnected(_) => disconnected = true,

@@ -24,7 +24,9 @@ use super::mls::{
     parse_credential,
 };
 use super::trust::{self, Pin};
-use crate::error::{CommitBuildError, MlsStepError, NotApplicable, OwnDevicesSkipped, Shared};
+use crate::error::{
+    CommitBuildError, MlsStepError, NotApplicable, OwnDevicesSkipped, Shared, Warning,
+};
 use crate::types::{HandleError, OpError, OpId};
 
 /// How often a commit is rebuilt after losing a race before giving up.
@@ -263,9 +265,7 @@ impl Changes {
         };
         let result = match result {
             Err(e) if best_effort => {
-                fx.warn(format!(
-                    "our other devices were not added to the group: {e}"
-                ));
+                fx.warn(Warning::OwnDevicesNotAdded(e));
                 Ok(())
             }
             r => r,
@@ -651,7 +651,7 @@ impl Changes {
         fx: &mut Effects,
     ) {
         if let Some(why) = why {
-            fx.warn(format!("our other devices are not added: {why}"));
+            fx.warn(Warning::OwnDevicesSkipped(why));
         }
         let Some(c) = self.changes.get_mut(&op) else {
             return;

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use cove_wire::{Request, Seq, Stream, UserName};
 
+use crate::error::Warning;
 use crate::types::{Event, OpError, OpId};
 
 /// What a request in flight was for (the dispatcher routes its answer by it).
@@ -39,6 +40,25 @@ pub(super) enum Pending {
     Ack,
     /// A request of the shell (`Client::send_request`); its answer is an event.
     External,
+}
+
+impl Pending {
+    /// What the request was for, in a few words (for [`crate::error::Warning`]).
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Pending::Auth { .. } => "authentication",
+            Pending::Stock => "the KeyPackage stock check",
+            Pending::Upload => "a KeyPackage upload",
+            Pending::CreateGroup { .. } => "a group creation",
+            Pending::Lookup { .. } => "a directory look-up or KeyPackage claim",
+            Pending::Verify { .. } => "a key check against the directory",
+            Pending::PostApplication { .. } => "a message post",
+            Pending::PostCommit { .. } => "a commit post",
+            Pending::Fetch => "a fetch",
+            Pending::Ack => "an ack",
+            Pending::External => "a request of the shell",
+        }
+    }
 }
 
 /// What a membership change asks the relay about a user to add.
@@ -96,8 +116,8 @@ impl Effects {
     }
 
     /// Tells the user of something skipped or refused.
-    pub(super) fn warn(&mut self, text: String) {
-        self.event(Event::Warning(text));
+    pub(super) fn warn(&mut self, warning: Warning) {
+        self.event(Event::Warning(warning));
     }
 
     /// A command finished.

@@ -19,7 +19,7 @@ use super::mls::{MAX_GROUP_NAME, MemberId, member_id, parse_credential, users_of
 use super::outbox::{is_leave_request, own_message, record_own};
 use super::trust::{self, Trust};
 use crate::content::{Content, Envelope};
-use crate::error::EntryError;
+use crate::error::{EntryError, KeptBecause, Shared, Warning};
 use crate::types::{Event, HandleError, MessageId, ReceivedContent};
 
 /// Most parked (future-epoch or not-yet-joined) entries kept per group.
@@ -103,10 +103,10 @@ impl Inbound {
     ) -> Result<(), HandleError> {
         self.parked_groups.insert(entry.group);
         if store.pending(&entry.group)?.len() >= MAX_PENDING_PER_GROUP {
-            fx.warn(format!(
-                "dropped entry {} of group {}: too many parked",
-                entry.seq, entry.group
-            ));
+            fx.warn(Warning::ParkedOverflow {
+                group: entry.group,
+                seq: entry.seq,
+            });
             return Ok(());
         }
         let bytes = postcard::to_stdvec(entry).map_err(HandleError::Encode)?;
@@ -160,17 +160,14 @@ impl Inbound {
                 continue;
             }
             let why = match groups.epoch(&group) {
-                Some(epoch) => format!(
-                    "they belong to a later epoch than this device's ({epoch}); they are \
-                     applied when the commit they need arrives"
-                ),
-                None => "this device is not a member of it (yet); they are applied when its \
-                         Welcome arrives"
-                    .to_string(),
+                Some(epoch) => KeptBecause::LaterEpoch(epoch),
+                None => KeptBecause::NotMember,
             };
-            fx.warn(format!(
-                "{parked} entries of group {group} could not be processed and are kept: {why}"
-            ));
+            fx.warn(Warning::EntriesKept {
+                group,
+                count: parked,
+                why,
+            });
         }
         Ok(())
     }
@@ -215,10 +212,12 @@ pub(super) fn apply<S: Store>(
             let _ = store.rollback();
             cx.groups.reload(store, &group);
             store.transaction(advance)?;
-            fx.warn(format!(
-                "skipped entry {} of group {} from device {}: {reason}",
-                entry.seq, group, entry.sender
-            ));
+            fx.warn(Warning::EntrySkipped {
+                group,
+                seq: entry.seq,
+                sender: entry.sender,
+                reason: Shared::new(reason),
+            });
             Ok(Applied::default())
         }
     }

@@ -15,7 +15,7 @@ use openmls_traits::OpenMlsProvider as _;
 use super::device::Me;
 use super::effects::{Effects, Pending};
 use super::mls::{CIPHERSUITE, capabilities, parse_credential};
-use crate::error::{KeyPackageBuildError, KeyPackageError};
+use crate::error::{KeyPackageBuildError, KeyPackageError, Shared, Warning};
 use crate::provider::CoveProvider;
 use crate::types::HandleError;
 
@@ -66,7 +66,7 @@ impl KeyPackages {
                     self.upload(provider, me, !has_last_resort, fx)?;
                 }
             }
-            Err(e) => fx.warn(format!("KeyPackage upload failed: {e}")),
+            Err(e) => fx.warn(Warning::KeyPackageUpload(e)),
         }
         Ok(())
     }
@@ -120,7 +120,7 @@ impl KeyPackages {
             }
             Err(e) => {
                 let _ = store.rollback();
-                fx.warn(format!("could not generate KeyPackages: {e}"));
+                fx.warn(Warning::KeyPackageGeneration(Shared::new(e)));
             }
         }
         Ok(())

@@ -59,7 +59,7 @@ use self::outbox::Outbox;
 use self::trust::Trust;
 use self::welcome::Inboxed;
 use crate::content::{Content, MAX_TEXT_BYTES};
-use crate::error::{InvalidArgument, NotApplicable, ProtocolViolation};
+use crate::error::{InvalidArgument, NotApplicable, ProtocolViolation, Warning};
 use crate::provider::CoveProvider;
 use crate::types::*;
 
@@ -590,7 +590,7 @@ impl<S: Store> Client<S> {
         result: Result<Reply, ErrorReply>,
     ) -> Result<(), HandleError> {
         let Some(pending) = self.requests.remove(&id) else {
-            self.fx.warn(format!("response to unknown request {id}"));
+            self.fx.warn(Warning::UnknownResponse(id));
             return Ok(());
         };
         let fx = &mut self.fx;
@@ -659,16 +659,19 @@ impl<S: Store> Client<S> {
             (Pending::Ack, Err(e)) => {
                 // Acks for entries of groups we were removed from are refused; harmless.
                 if e.code != ErrorCode::NotMember {
-                    fx.warn(format!("ack refused: {e}"));
+                    fx.warn(Warning::AckRefused(e));
                 }
                 Ok(())
             }
             (_, Err(e)) => {
-                fx.warn(format!("request failed: {e}"));
+                fx.warn(Warning::RequestFailed(e));
                 Ok(())
             }
             (p, Ok(r)) => {
-                fx.warn(format!("unexpected reply {r:?} to {p:?}"));
+                fx.warn(Warning::UnexpectedReply {
+                    reply: r,
+                    request: p.name(),
+                });
                 Ok(())
             }
         }

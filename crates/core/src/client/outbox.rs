@@ -15,7 +15,7 @@ use super::device::Me;
 use super::effects::{Effects, Pending};
 use super::history;
 use crate::content::{Content, ENVELOPE_VERSION, Envelope};
-use crate::error::ProtocolViolation;
+use crate::error::{ProtocolViolation, Shared, Warning};
 use crate::types::{CommandError, Event, HandleError, OpError, OpId};
 
 /// First delay before resending a post the relay refused as retryable (when it gave no
@@ -230,9 +230,7 @@ impl Outbox {
             Err(CommandError::Store(e)) => Err(e.into()),
             Err(e) => {
                 self.stale.insert(item.local_id);
-                fx.warn(format!(
-                    "a queued message could not be encrypted at the current epoch yet: {e}"
-                ));
+                fx.warn(Warning::QueuedNotEncrypted(Shared::new(e)));
                 Ok(())
             }
         }
@@ -296,7 +294,10 @@ impl Outbox {
                         due_ms: Some(now_ms.saturating_add(delay)),
                     },
                 );
-                fx.warn(format!("a message will be resent in {delay} ms: {e}"));
+                fx.warn(Warning::Resending {
+                    delay_ms: delay,
+                    error: e,
+                });
             }
             Err(e) if e.code == ErrorCode::StaleEpoch && cx.groups.holds(&item.group) => {
                 // Not stored: the group moved past the message's epoch while it waited
@@ -328,12 +329,10 @@ impl Outbox {
                         op,
                         result: Err(OpError::Relay(e)),
                     }),
-                    None => out.then.push(Event::Warning(format!(
-                        "a queued message was refused by the relay: {e}"
-                    ))),
+                    None => out.then.push(Event::Warning(Warning::QueuedRefused(e))),
                 }
             }
-            Ok(other) => fx.warn(format!("unexpected reply to a post: {other:?}")),
+            Ok(other) => fx.warn(Warning::UnexpectedPostReply(other)),
         }
         Ok(out)
     }

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha512};
 
 use super::effects::Effects;
 use super::mls::MemberId;
+use crate::error::Warning;
 use crate::types::{Event, QueryError};
 
 /// Users whose keys were first seen in MLS (a Welcome or another member's commit) and are to
@@ -88,11 +89,10 @@ pub(super) fn check_pin(
             })?;
             if known > 0 {
                 // Not silent: a further device changes the user's safety number.
-                events.push(Event::Warning(format!(
-                    "{} has a new device {} (key pinned on first sight; compare safety \
-                     numbers to be sure it is theirs)",
-                    m.user, m.device
-                )));
+                events.push(Event::Warning(Warning::NewDevice {
+                    user: m.user.clone(),
+                    device: m.device,
+                }));
             }
             Ok(Pin::Trusted)
         }
@@ -115,10 +115,10 @@ pub(super) fn verify_against_directory(
                 pinned: pin.key,
                 presented: d.key,
             }),
-            None => fx.warn(format!(
-                "device {} of {user} is a group member but not in the relay's directory",
-                pin.device
-            )),
+            None => fx.warn(Warning::MemberNotInDirectory {
+                user: user.clone(),
+                device: pin.device,
+            }),
         }
     }
     Ok(())

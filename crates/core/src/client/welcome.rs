@@ -11,7 +11,7 @@ use super::context::Cx;
 use super::effects::Effects;
 use super::mls::{GROUP_NAME_EXTENSION, join_config, member_id};
 use super::trust::{self, Trust};
-use crate::error::WelcomeError;
+use crate::error::{Shared, Warning, WelcomeError};
 use crate::types::{Event, HandleError};
 
 /// What became of an inbox entry.
@@ -73,7 +73,10 @@ pub(super) fn on_inbox_entry<S: Store>(
             cx.groups.unload(&group);
             cx.groups.reload(store, &group);
             store.set_cursor(&Stream::Inbox, entry.seq)?;
-            fx.warn(format!("skipped a Welcome into group {group}: {reason}"));
+            fx.warn(Warning::WelcomeSkipped {
+                group,
+                reason: Shared::new(reason),
+            });
             Ok(Inboxed::Skipped)
         }
     }
@@ -119,11 +122,11 @@ fn join<S: Store>(
             old.delete(cx.provider.store())
                 .map_err(WelcomeError::DropStale)?;
         }
-        events.push(Event::Warning(format!(
-            "re-added to group {group} at epoch {offered} while this device still held \
-             epoch {ours} (the removal was missed): the old state is replaced; messages \
-             sent while this device was not a member cannot be read"
-        )));
+        events.push(Event::Warning(Warning::ReAddedAfterMissedRemoval {
+            group,
+            offered,
+            ours,
+        }));
     }
     let mls = staged.into_group(cx.provider).map_err(WelcomeError::Join)?;
     let mut by = None;

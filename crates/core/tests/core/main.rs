@@ -58,7 +58,7 @@ fn warnings(events: &[Event]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Warning(w) => Some(w.clone()),
+            Event::Warning(w) => Some(w.to_string()),
             _ => None,
         })
         .collect()
@@ -572,8 +572,16 @@ fn a_user_with_two_devices_receives_on_both() {
         .set_device_authorization(authorizer, cove_wire::Signature([1; 64]))
         .unwrap();
     let f = net.add(forged);
+    net.nodes[f].expect_handle_errors = true;
     net.run();
     assert!(net.client(f).device().is_none());
+    assert_eq!(
+        net.nodes[f].handle_errors,
+        [
+            "authentication refused: AuthenticationFailed: signature did not verify",
+            "the relay is closing the connection: AuthenticationFailed",
+        ]
+    );
 }
 
 #[test]

@@ -399,6 +399,10 @@ pub struct Node<S: Store> {
     pub connected: bool,
     /// While true, inbound frames are kept, not handed to the client.
     pub hold: bool,
+    /// Errors of `Client::handle_frame`, collected when `expect_handle_errors` is set (a
+    /// test that provokes them); otherwise the first one stops the test.
+    pub handle_errors: Vec<String>,
+    pub expect_handle_errors: bool,
 }
 
 /// Relay plus devices; time advances 1 ms per step.
@@ -425,6 +429,8 @@ impl<S: Store> Net<S> {
             events: Vec::new(),
             connected: false,
             hold: false,
+            handle_errors: Vec::new(),
+            expect_handle_errors: false,
         });
         let slot = self.nodes.len() - 1;
         self.connect(slot);
@@ -480,8 +486,10 @@ impl<S: Store> Net<S> {
                 while let Some(f) = node.inbound.pop_front() {
                     moved = true;
                     if let Err(e) = client.handle_frame(now, f) {
-                        node.events
-                            .push(Event::Warning(format!("handle error: {e}")));
+                        // A frame the client refuses outright is a protocol failure: only
+                        // a test that provokes one expects it.
+                        assert!(node.expect_handle_errors, "slot {slot}: handle error: {e}");
+                        node.handle_errors.push(e.to_string());
                     }
                 }
             }
