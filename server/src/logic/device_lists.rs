@@ -84,11 +84,12 @@ fn refused(e: &ListError, appending: bool) -> ErrorReply {
         ListError::WrongUser { .. } => "an entry of another user's list",
         ListError::BadSignature { .. } => "an entry not signed by the identity key",
         ListError::WrongIndex { expected, got } if appending && got < expected => {
-            "a rollback: it does not extend the stored list"
+            "a rollback: it repeats or replaces entries the stored list has"
         }
-        ListError::WrongIndex { .. } | ListError::WrongPrev { .. } if appending => {
-            "a fork: it does not extend the stored head"
+        ListError::WrongIndex { .. } if appending => {
+            "a gap: it does not start right after the stored head"
         }
+        ListError::WrongPrev { .. } if appending => "a fork: it does not follow the stored head",
         _ => "an invalid list",
     };
     invalid(&format!("device list refused, {rule}: {e}"))
