@@ -15,7 +15,7 @@
 //!
 //! Every refusal is `InvalidRequest` with a message that names the rule.
 
-use cove_identity::{DeviceList, ListError};
+use cove_identity::{DeviceList, ListError, entry_hash};
 use cove_wire::identity::ListEntry;
 use cove_wire::limits::MAX_DEVICE_LIST_ENTRIES;
 use cove_wire::{BoundedVec, DeviceId, ErrorReply, Reply, UserName};
@@ -52,6 +52,9 @@ pub fn publish(
         }
         list
     } else {
+        // Cheap checks first (no signature): a rollback, gap or fork is refused before the
+        // stored list is verified again.
+        precheck_append(&stored, &entries).map_err(|e| refused(&e, true))?;
         let mut list = DeviceList::verify(&user, &stored).map_err(|e| {
             tracing::error!(error = %e, user = %user, "stored device list does not verify");
             store_error_reply(&crate::store::StoreError::Backend(
@@ -67,6 +70,25 @@ pub fn publish(
         .append_device_list(&user, stored.len() as u64, entries)
         .map_err(stored_err)?;
     Ok(Reply::DeviceListHead { head: list.head() })
+}
+
+/// Whether the first of `entries` sits right after the last of `stored` (index and `prev`
+/// hash), without checking any signature.
+fn precheck_append(stored: &[ListEntry], entries: &[ListEntry]) -> Result<(), ListError> {
+    let (Some(last), Some(first)) = (stored.last(), entries.first()) else {
+        return Ok(());
+    };
+    let expected = stored.len() as u64;
+    if first.body.index != expected {
+        return Err(ListError::WrongIndex {
+            expected,
+            got: first.body.index,
+        });
+    }
+    if first.body.prev != Some(entry_hash(last)?) {
+        return Err(ListError::WrongPrev { index: expected });
+    }
+    Ok(())
 }
 
 /// A user's stored list.
