@@ -8,6 +8,7 @@ use std::path::Path;
 use cove_identity::{DeviceList, IdentitySigner};
 use cove_test_utils::{ClientError, DeviceKeys, SpawnedRelay, TestClient, TestRelay};
 use cove_wire::identity::{DeviceName, ListEntry, ListHead, list_entry_message};
+use cove_wire::limits::MAX_DEVICE_LIST_ENTRIES;
 use cove_wire::{BoundedVec, DeviceKey, ErrorCode, Reply, Request, UserName};
 
 fn name(n: &str) -> DeviceName {
@@ -189,4 +190,37 @@ async fn a_device_list_survives_a_relay_restart() {
     assert_eq!(new_head, list.head());
     assert_ne!(new_head, head);
     assert_refused(&mut alice, &list.entries()[..2], "rollback").await;
+}
+
+#[tokio::test]
+async fn device_list_requests_need_authentication_a_known_user_and_bounded_entries() {
+    let relay = TestRelay::sqlite().await;
+    let mut anonymous = relay.connect().await.unwrap();
+    let fetch_alice = Request::FetchDeviceList {
+        user: user("alice"),
+    };
+    let err = anonymous.call(fetch_alice.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated));
+
+    let (mut alice, alice_keys) = relay.register("alice").await.unwrap();
+    let list = signer("alice", 1)
+        .create(alice_keys.public_key(), name("laptop"), 1)
+        .unwrap();
+    let publish_body = Request::PublishDeviceList {
+        entries: BoundedVec(list.entries().to_vec()),
+    };
+    let err = anonymous.call(publish_body).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated));
+
+    let err = alice
+        .call(Request::FetchDeviceList {
+            user: user("nobody"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownUser));
+    assert_refused(&mut alice, &[], "no entries to publish").await;
+    let too_many = vec![list.entries()[0].clone(); MAX_DEVICE_LIST_ENTRIES + 1];
+    assert_refused(&mut alice, &too_many, "more than 1024 entries").await;
+    assert_eq!(fetch(&mut alice, "alice").await, vec![]);
 }
