@@ -43,6 +43,10 @@ pub(crate) fn store_error_reply(e: &StoreError) -> ErrorReply {
         StoreError::Invalid(why) => (ErrorCode::InvalidRequest, *why),
         // Answered `Posted` by the pipeline; here only if another path ever reports it.
         StoreError::Duplicate { .. } => (ErrorCode::InvalidRequest, "duplicate post"),
+        StoreError::ListChanged { .. } => (
+            ErrorCode::InvalidRequest,
+            "device list refused: the stored list changed meanwhile; fetch it and publish again",
+        ),
         StoreError::Backend(details) => {
             error!(error = %details, "store failed");
             (ErrorCode::Internal, "internal error")

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{ListEntry, ListHead};
 use crate::{
     BoundedVec, DeviceId, DeviceKey, Epoch, GroupId, Payload, RequestId, Seq, Signature, UserName,
 };
@@ -114,6 +115,20 @@ pub enum Request {
     /// answered with [`Reply::TurnCredentials`], or `InvalidRequest` if the relay runs no
     /// TURN server.
     TurnCredentials,
+    /// Appends signed entries to the device list of this device's user (see
+    /// [`crate::identity`]). The first publish carries the whole list from entry 0 (its
+    /// `Create` entry), which must list this device's key; every later one carries only the
+    /// entries after the stored head. The relay verifies the chain and stores it; answered
+    /// with [`Reply::DeviceListHead`]. At most `limits::MAX_DEVICE_LIST_ENTRIES` entries.
+    PublishDeviceList {
+        /// The entries to append, in order.
+        entries: BoundedVec<ListEntry>,
+    },
+    /// Reads a user's whole device list; answered with [`Reply::DeviceList`].
+    FetchDeviceList {
+        /// Whose list.
+        user: UserName,
+    },
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -234,6 +249,18 @@ pub enum Reply {
         password: String,
         /// When the credentials expire, ms since the Unix epoch.
         expires_at_ms: u64,
+    },
+    /// The device list was stored (answer to `PublishDeviceList`): its newest entry.
+    DeviceListHead {
+        /// The head of the stored list.
+        head: ListHead,
+    },
+    /// A user's device list as stored (answer to `FetchDeviceList`): every entry from entry
+    /// 0, empty if the user has published none. The relay verified it when it was published;
+    /// a client verifies it again and checks it against the head it pinned.
+    DeviceList {
+        /// The signed entries, from entry 0.
+        entries: BoundedVec<ListEntry>,
     },
 }
 

@@ -3,7 +3,7 @@
 //! Given the store ([`RelayStore`]) and one connection's state ([`Connection`]), the core
 //! decides what a request does and what it answers: the challenge-response authentication
 //! (Register, RegisterDevice, Authenticate with the Ed25519 signature over the nonce), every
-//! authenticated request (directory, KeyPackages, groups, fetch, acks), what an appended post
+//! authenticated request (directory, device lists, KeyPackages, groups, fetch, acks), what an appended post
 //! answers and to whom its entry and Welcome go ([`posted`]), and what a device's backlog is
 //! ([`Backlog`]). It has no sockets, no runtime, no clock and no randomness: the nonce and
 //! the time are inputs.
@@ -22,6 +22,7 @@
 
 mod auth;
 mod backlog;
+mod device_lists;
 mod posts;
 mod requests;
 
@@ -258,6 +259,7 @@ mod tests {
             ("mod.rs", include_str!("mod.rs")),
             ("auth.rs", include_str!("auth.rs")),
             ("backlog.rs", include_str!("backlog.rs")),
+            ("device_lists.rs", include_str!("device_lists.rs")),
             ("posts.rs", include_str!("posts.rs")),
             ("requests.rs", include_str!("requests.rs")),
         ];

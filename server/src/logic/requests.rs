@@ -15,7 +15,7 @@ use crate::store::{RelayStore, StoreError};
 /// Room left in a frame for everything but the payload of a stored entry.
 pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 1024;
 
-/// Answers one request of `device` from the store: the directory, KeyPackages, group
+/// Answers one request of `device` from the store: the directory, device lists, KeyPackages, group
 /// creation, fetch, acks, the group list, ping. Posts, authentication and TURN credentials
 /// are routed elsewhere ([`super::Connection::route`]) and answered `Internal` here.
 pub fn request(
@@ -100,6 +100,10 @@ pub fn request(
             })
         }
         Request::Ping => Ok(Reply::Pong),
+        Request::PublishDeviceList { entries } => {
+            super::device_lists::publish(store, device, entries.0)
+        }
+        Request::FetchDeviceList { user } => super::device_lists::fetch(store, &user),
         Request::Post { .. }
         | Request::Register { .. }
         | Request::RegisterDevice { .. }

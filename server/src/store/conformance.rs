@@ -29,13 +29,15 @@
 use std::collections::HashSet;
 use std::sync::Barrier;
 
+use cove_wire::identity::{DeviceName, EntryBody, EntryHash, IdentityKey, ListEntry, ListOp};
 use cove_wire::limits::{
-    MAX_DEVICES_PER_USER, MAX_FETCH_ENTRIES, MAX_GROUP_DEVICES, MAX_KEY_PACKAGE_BYTES,
-    MAX_KEY_PACKAGE_STOCK, MAX_KEY_PACKAGES_PER_UPLOAD, MAX_MEMBERSHIP_CHANGE, MAX_PAYLOAD_BYTES,
+    MAX_DEVICE_LIST_ENTRIES, MAX_DEVICES_PER_USER, MAX_FETCH_ENTRIES, MAX_GROUP_DEVICES,
+    MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGE_STOCK, MAX_KEY_PACKAGES_PER_UPLOAD,
+    MAX_MEMBERSHIP_CHANGE, MAX_PAYLOAD_BYTES,
 };
 use cove_wire::{
-    DeviceId, DeviceKey, EntryKind, Epoch, GroupId, InboxKind, Payload, PostKind, Seq, Stream,
-    UserName,
+    DeviceId, DeviceKey, EntryKind, Epoch, GroupId, InboxKind, Payload, PostKind, Seq, Signature,
+    Stream, UserName,
 };
 
 use super::{Appended, NewPost, RelayStore, Stock, StoreError};
@@ -76,6 +78,10 @@ macro_rules! relay_store_conformance {
             oversized_payloads_are_refused,
             fetch_starts_at_the_join_commit,
             removed_device_keeps_its_cursor_until_it_acks_the_removal,
+            device_lists_append_and_read_back,
+            a_device_list_append_needs_the_expected_length,
+            concurrent_device_list_appends_exactly_one_wins,
+            device_list_append_bounds,
         );
     };
     (@cases $name:ident, $make:expr; $($case:ident),* $(,)?) => {
@@ -91,6 +97,166 @@ macro_rules! relay_store_conformance {
             )*
         }
     };
+}
+
+// ---------------------------------------------------------------------------------------
+// Device lists.
+
+/// A device-list entry of `name`'s list at `index` (the store checks shape only: the
+/// signature and chain are left empty; `tag` makes entries differ).
+pub fn list_entry(name: &str, index: u64, tag: u8) -> ListEntry {
+    ListEntry {
+        body: EntryBody {
+            user: user(name),
+            index,
+            prev: (index > 0).then_some(EntryHash([tag; 32])),
+            time_ms: 1_000 + index,
+            op: if index == 0 {
+                ListOp::Create {
+                    identity: IdentityKey([tag; 32]),
+                }
+            } else {
+                ListOp::Add {
+                    device: key(tag),
+                    name: DeviceName::new(format!("device {index}")).unwrap(),
+                }
+            },
+        },
+        signature: Signature([tag; 64]),
+    }
+}
+
+/// A user has no list until it appends one; appends read back in order, per user; an
+/// unknown user is UnknownUser.
+pub fn device_lists_append_and_read_back(store: &dyn RelayStore) {
+    assert!(matches!(
+        store.device_list(&user("nobody")),
+        Err(StoreError::UnknownUser)
+    ));
+    assert!(matches!(
+        store.append_device_list(&user("nobody"), 0, vec![list_entry("nobody", 0, 1)]),
+        Err(StoreError::UnknownUser)
+    ));
+    device(store, "alice", 1);
+    device(store, "bob", 2);
+    assert_eq!(store.device_list(&user("alice")).unwrap(), vec![]);
+    let first = vec![list_entry("alice", 0, 1), list_entry("alice", 1, 2)];
+    assert_eq!(
+        store
+            .append_device_list(&user("alice"), 0, first.clone())
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.device_list(&user("alice")).unwrap(), first);
+    let more = vec![list_entry("alice", 2, 3)];
+    assert_eq!(
+        store
+            .append_device_list(&user("alice"), 2, more.clone())
+            .unwrap(),
+        3
+    );
+    let mut all = first;
+    all.extend(more);
+    assert_eq!(store.device_list(&user("alice")).unwrap(), all);
+    assert_eq!(store.device_list(&user("bob")).unwrap(), vec![]);
+}
+
+/// An append verified against another length than the stored list's is ListChanged with
+/// the stored length, and stores nothing.
+pub fn a_device_list_append_needs_the_expected_length(store: &dyn RelayStore) {
+    device(store, "alice", 1);
+    let alice = user("alice");
+    let first = vec![list_entry("alice", 0, 1), list_entry("alice", 1, 2)];
+    store.append_device_list(&alice, 0, first.clone()).unwrap();
+    // A stale caller that believed the list empty.
+    assert!(matches!(
+        store.append_device_list(&alice, 0, vec![list_entry("alice", 0, 9)]),
+        Err(StoreError::ListChanged { stored: 2 })
+    ));
+    // One that believed it longer.
+    assert!(matches!(
+        store.append_device_list(&alice, 3, vec![list_entry("alice", 3, 9)]),
+        Err(StoreError::ListChanged { stored: 2 })
+    ));
+    assert_eq!(store.device_list(&alice).unwrap(), first);
+}
+
+/// Eight threads append a different entry 1 to the same one-entry list at once: exactly one
+/// wins, the others are ListChanged { stored: 2 }, and the stored entry is the winner's.
+pub fn concurrent_device_list_appends_exactly_one_wins(store: &dyn RelayStore) {
+    const N: u8 = 8;
+    device(store, "alice", 1);
+    let alice = user("alice");
+    store
+        .append_device_list(&alice, 0, vec![list_entry("alice", 0, 1)])
+        .unwrap();
+    let barrier = Barrier::new(usize::from(N));
+    let results: Vec<(u8, Result<u64, StoreError>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let (barrier, alice) = (&barrier, &alice);
+                s.spawn(move || {
+                    barrier.wait();
+                    let entry = list_entry("alice", 1, 10 + i);
+                    (10 + i, store.append_device_list(alice, 1, vec![entry]))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<u8> = results
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(tag, _)| *tag)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one append accepted");
+    for (_, r) in results.iter().filter(|(_, r)| r.is_err()) {
+        assert!(matches!(r, Err(StoreError::ListChanged { stored: 2 })));
+    }
+    let stored = store.device_list(&alice).unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[1], list_entry("alice", 1, winners[0]));
+}
+
+/// Shape checks, each storing nothing: no entries, another user's entry, an entry out of
+/// its place, a list past `MAX_DEVICE_LIST_ENTRIES` (a list of exactly that many is
+/// accepted).
+pub fn device_list_append_bounds(store: &dyn RelayStore) {
+    device(store, "alice", 1);
+    let alice = user("alice");
+    let invalid = |r: Result<u64, StoreError>| matches!(r, Err(StoreError::Invalid(_)));
+    assert!(invalid(store.append_device_list(&alice, 0, vec![])));
+    assert!(invalid(store.append_device_list(
+        &alice,
+        0,
+        vec![list_entry("bob", 0, 1)]
+    )));
+    assert!(invalid(store.append_device_list(
+        &alice,
+        0,
+        vec![list_entry("alice", 0, 1), list_entry("alice", 2, 2)]
+    )));
+    assert!(invalid(store.append_device_list(
+        &alice,
+        0,
+        vec![list_entry("alice", 1, 1)]
+    )));
+    assert_eq!(store.device_list(&alice).unwrap(), vec![]);
+    let max = MAX_DEVICE_LIST_ENTRIES as u64;
+    let too_many: Vec<ListEntry> = (0..=max).map(|i| list_entry("alice", i, 1)).collect();
+    assert!(invalid(store.append_device_list(&alice, 0, too_many)));
+    assert_eq!(store.device_list(&alice).unwrap(), vec![]);
+    let full: Vec<ListEntry> = (0..max).map(|i| list_entry("alice", i, 1)).collect();
+    assert_eq!(
+        store.append_device_list(&alice, 0, full.clone()).unwrap(),
+        max
+    );
+    assert!(invalid(store.append_device_list(
+        &alice,
+        max,
+        vec![list_entry("alice", max, 1)]
+    )));
+    assert_eq!(store.device_list(&alice).unwrap(), full);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use cove_wire::identity::ListEntry;
 use cove_wire::limits::MAX_DEVICES_PER_USER;
 use cove_wire::{
     ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, GroupEntry, GroupId, GroupSummary,
@@ -11,7 +12,7 @@ use cove_wire::{
 };
 
 use super::rules::{self, GroupState};
-use super::{Appended, NewPost, RelayStore, Stock, StoreError, Welcome};
+use super::{Appended, NewPost, RelayStore, Stock, StoreError, Welcome, check_list_append};
 
 /// The in-memory relay store. Same semantics as the SQLite one, minus durability.
 #[derive(Default)]
@@ -38,6 +39,8 @@ struct Inner {
     devices: BTreeMap<DeviceId, Device>,
     last_device: u64,
     groups: HashMap<GroupId, Group>,
+    /// Device lists by user (only users that published one).
+    device_lists: HashMap<UserName, Vec<ListEntry>>,
 }
 
 struct Device {
@@ -182,6 +185,34 @@ impl RelayStore for MemoryStore {
         let id = inner.new_device(user, key)?;
         inner.users.entry(user.clone()).or_default().push(id);
         Ok(id)
+    }
+
+    fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {
+        let inner = self.lock()?;
+        if !inner.users.contains_key(user) {
+            return Err(StoreError::UnknownUser);
+        }
+        Ok(inner.device_lists.get(user).cloned().unwrap_or_default())
+    }
+
+    fn append_device_list(
+        &self,
+        user: &UserName,
+        expected_len: u64,
+        entries: Vec<ListEntry>,
+    ) -> Result<u64, StoreError> {
+        let mut inner = self.lock()?;
+        if !inner.users.contains_key(user) {
+            return Err(StoreError::UnknownUser);
+        }
+        let list = inner.device_lists.entry(user.clone()).or_default();
+        let stored = list.len() as u64;
+        if stored != expected_len {
+            return Err(StoreError::ListChanged { stored });
+        }
+        check_list_append(user, stored, &entries)?;
+        list.extend(entries);
+        Ok(list.len() as u64)
     }
 
     fn devices(&self, user: &UserName) -> Result<Vec<DeviceInfo>, StoreError> {

@@ -23,6 +23,7 @@ pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 use std::sync::Arc;
 
+use cove_wire::identity::ListEntry;
 use cove_wire::{
     ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, Epoch, GroupEntry, GroupId, GroupSummary,
     InboxEntry, InboxKind, Payload, PostKind, Seq, Stream, UserName,
@@ -76,6 +77,13 @@ pub enum StoreError {
     /// The backend failed (I/O, corruption). Details are logged by the backend.
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// A device-list append whose caller verified it against another list than the stored
+    /// one (another append won meanwhile): nothing was stored.
+    #[error("the device list has {stored} entries, not the expected number")]
+    ListChanged {
+        /// How many entries the stored list has.
+        stored: u64,
+    },
 }
 
 /// A post to append to a group log.
@@ -289,6 +297,31 @@ pub trait RelayStore: Send + Sync + 'static {
         None
     }
 
+    /// A user's device list as stored, from entry 0 (empty if the user published none).
+    /// UnknownUser if no such user. The default (for backends without device lists) is
+    /// `Backend`.
+    fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {
+        let _ = user;
+        Err(no_device_lists())
+    }
+    /// Appends `entries` to `user`'s device list, atomically, if the stored list has exactly
+    /// `expected_len` entries (the list the caller verified `entries` against); otherwise
+    /// `ListChanged { stored }` and nothing is stored, so of two concurrent appends to the
+    /// same list only one wins. The store does not check signatures or the hash chain (the
+    /// caller does, with `cove-identity`); it checks only the shape: Invalid for no entries,
+    /// an entry whose user is not `user` or whose index is not its position, or a list
+    /// growing past `limits::MAX_DEVICE_LIST_ENTRIES`. UnknownUser if no such user. Durable
+    /// when it returns; returns the new length. The default is `Backend`.
+    fn append_device_list(
+        &self,
+        user: &UserName,
+        expected_len: u64,
+        entries: Vec<ListEntry>,
+    ) -> Result<u64, StoreError> {
+        let _ = (user, expected_len, entries);
+        Err(no_device_lists())
+    }
+
     /// Makes buffered state durable. Posts, registrations, KeyPackages and groups are always
     /// durable when their call returns; a backend may buffer acknowledgements (an ack lost
     /// in a crash only means a redelivery) and write them here, with the next batch of posts,
@@ -296,4 +329,39 @@ pub trait RelayStore: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// What the default device-list methods answer.
+fn no_device_lists() -> StoreError {
+    StoreError::Backend("this store keeps no device lists".into())
+}
+
+/// The shape checks of [`RelayStore::append_device_list`] on `entries` appended to a list of
+/// `stored` entries: Invalid for none, another user's entry, an entry out of its place, or
+/// a list growing past `limits::MAX_DEVICE_LIST_ENTRIES`.
+pub(crate) fn check_list_append(
+    user: &UserName,
+    stored: u64,
+    entries: &[ListEntry],
+) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Err(StoreError::Invalid("no device-list entries to append"));
+    }
+    let total = usize::try_from(stored)
+        .ok()
+        .and_then(|s| s.checked_add(entries.len()));
+    if total.is_none_or(|t| t > cove_wire::limits::MAX_DEVICE_LIST_ENTRIES) {
+        return Err(StoreError::Invalid(
+            "the device list would grow past its cap",
+        ));
+    }
+    for (i, entry) in (stored..).zip(entries) {
+        if &entry.body.user != user {
+            return Err(StoreError::Invalid("a device-list entry of another user"));
+        }
+        if entry.body.index != i {
+            return Err(StoreError::Invalid("a device-list entry out of its place"));
+        }
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod auth;
+mod device_lists;
 mod durability;
 mod groups;
 mod hostile;

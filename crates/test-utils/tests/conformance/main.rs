@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use cove_server::store::{
     Appended, MemoryStore, NewPost, RelayStore, SqliteStore, Stock, StoreError, conformance,
 };
+use cove_wire::identity::ListEntry;
 use cove_wire::{
     ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, GroupEntry, GroupId, GroupSummary,
     InboxEntry, Seq, Stream, UserName,
@@ -48,6 +49,17 @@ impl RelayStore for BackwardsCursors {
     }
     fn device(&self, device: DeviceId) -> Result<Option<(UserName, DeviceKey)>, StoreError> {
         self.inner.device(device)
+    }
+    fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {
+        self.inner.device_list(user)
+    }
+    fn append_device_list(
+        &self,
+        user: &UserName,
+        expected_len: u64,
+        entries: Vec<ListEntry>,
+    ) -> Result<u64, StoreError> {
+        self.inner.append_device_list(user, expected_len, entries)
     }
     fn upload_key_packages(
         &self,

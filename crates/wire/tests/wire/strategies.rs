@@ -1,5 +1,8 @@
 //! proptest strategies for every wire type.
 
+use cove_wire::identity::{
+    DeviceName, EntryBody, EntryHash, IdentityKey, ListEntry, ListHead, ListOp,
+};
 use cove_wire::{
     BoundedVec, ClaimedKeyPackage, ClientFrame, Delivery, DeviceId, DeviceInfo, DeviceKey,
     EntryKind, Epoch, ErrorCode, ErrorReply, GroupEntry, GroupId, GroupSummary, InboxEntry,
@@ -129,7 +132,40 @@ pub fn request() -> impl Strategy<Value = Request> {
         Just(Request::ListGroups),
         Just(Request::Ping),
         Just(Request::TurnCredentials),
+        bounded(list_entry()).prop_map(|entries| Request::PublishDeviceList { entries }),
+        user_name().prop_map(|user| Request::FetchDeviceList { user }),
     ]
+}
+
+pub fn list_entry() -> impl Strategy<Value = ListEntry> {
+    let op = prop_oneof![
+        any::<[u8; 32]>().prop_map(|k| ListOp::Create {
+            identity: IdentityKey(k)
+        }),
+        (device_key(), "[a-z ]{1,64}").prop_map(|(device, name)| ListOp::Add {
+            device,
+            name: DeviceName::new(name).unwrap()
+        }),
+        device_key().prop_map(|device| ListOp::Revoke { device }),
+    ];
+    (
+        user_name(),
+        any::<u64>(),
+        proptest::option::of(any::<[u8; 32]>().prop_map(EntryHash)),
+        any::<u64>(),
+        op,
+        signature(),
+    )
+        .prop_map(|(user, index, prev, time_ms, op, signature)| ListEntry {
+            body: EntryBody {
+                user,
+                index,
+                prev,
+                time_ms,
+                op,
+            },
+            signature,
+        })
 }
 
 pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
@@ -277,6 +313,13 @@ pub fn reply() -> impl Strategy<Value = Reply> {
                 expires_at_ms
             }
         ),
+        (any::<u64>(), any::<[u8; 32]>()).prop_map(|(index, hash)| Reply::DeviceListHead {
+            head: ListHead {
+                index,
+                hash: EntryHash(hash)
+            }
+        }),
+        bounded(list_entry()).prop_map(|entries| Reply::DeviceList { entries }),
     ]
 }
 

@@ -34,13 +34,14 @@
 //! locking) and implements [`RelayStore`] by taking the right connection or transaction and
 //! calling the table modules, which hold the SQL and never use this file: `schema`
 //! (migrations, connection settings), `directory` (users, devices), `key_packages`, `groups`
-//! (groups, members), `inbox`, `cursors` (cursors on disk, departure records), `log` (group
+//! (groups, members), `device_lists`, `inbox`, `cursors` (cursors on disk, departure records), `log` (group
 //! logs, commits, the repeated-post window) and `acks` (the ack buffer). They use each other
 //! only downward (`log` uses `groups`, `inbox` and `directory`; all use `rows`, the column
 //! conversions).
 
 mod acks;
 mod cursors;
+mod device_lists;
 mod directory;
 mod groups;
 mod inbox;
@@ -57,6 +58,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::Instant;
 
+use cove_wire::identity::ListEntry;
 use cove_wire::{
     ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, GroupEntry, GroupId, GroupSummary,
     InboxEntry, Seq, Stream, UserName,
@@ -233,6 +235,19 @@ impl RelayStore for SqliteStore {
 
     fn device(&self, device: DeviceId) -> Result<Option<(UserName, DeviceKey)>, StoreError> {
         directory::device(&*self.reader()?, device)
+    }
+
+    fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {
+        self.read(|conn| device_lists::read(conn, user))
+    }
+
+    fn append_device_list(
+        &self,
+        user: &UserName,
+        expected_len: u64,
+        entries: Vec<ListEntry>,
+    ) -> Result<u64, StoreError> {
+        self.write(|tx| device_lists::append(tx, user, expected_len, &entries))
     }
 
     fn upload_key_packages(

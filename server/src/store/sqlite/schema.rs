@@ -114,6 +114,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX departures_by_device ON departures(device, group_id);
     ",
+    // Version 3: users' signed device lists (entry: the postcard-encoded `ListEntry`).
+    "
+    CREATE TABLE device_lists (
+        user TEXT NOT NULL REFERENCES users(name),
+        idx INTEGER NOT NULL,
+        entry BLOB NOT NULL,
+        PRIMARY KEY (user, idx)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.
