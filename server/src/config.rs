@@ -112,9 +112,10 @@ pub struct Limits {
     pub requests_per_second: u32,
     /// Burst of requests per device above the sustained rate.
     pub request_burst: u32,
-    /// Sustained KeyPackage claims per minute per device.
+    /// Sustained KeyPackage claims per minute per device (device-list publishes, which
+    /// verify signatures, count against the same budget).
     pub claims_per_minute: u32,
-    /// Burst of KeyPackage claims per device.
+    /// Burst of KeyPackage claims (and device-list publishes) per device.
     pub claim_burst: u32,
     /// Payload bytes of posts waiting for the store; a connection posting past this waits.
     pub post_queue_bytes: usize,

@@ -90,10 +90,16 @@ impl Session {
                 None => logic::no_turn(),
             },
             Route::Request(device, body) => {
-                let claim = matches!(body, Request::ClaimKeyPackages { .. });
-                match claim.then(|| self.shared.hub.take_claim(device)) {
-                    Some(Err(retry_after_ms)) => {
-                        let mut e = ErrorReply::new(ErrorCode::RateLimited, "too many claims");
+                // Costly requests share the claim bucket: a KeyPackage claim hands out a
+                // KeyPackage, a device-list publish verifies up to a whole list's signatures.
+                let costly = match &body {
+                    Request::ClaimKeyPackages { .. } => Some("too many claims"),
+                    Request::PublishDeviceList { .. } => Some("too many device-list publishes"),
+                    _ => None,
+                };
+                match costly.map(|what| (what, self.shared.hub.take_claim(device))) {
+                    Some((what, Err(retry_after_ms))) => {
+                        let mut e = ErrorReply::new(ErrorCode::RateLimited, what);
                         e.retry_after_ms = Some(retry_after_ms);
                         Err(e)
                     }

@@ -298,12 +298,8 @@ pub trait RelayStore: Send + Sync + 'static {
     }
 
     /// A user's device list as stored, from entry 0 (empty if the user published none).
-    /// UnknownUser if no such user. The default (for backends without device lists) is
-    /// `Backend`.
-    fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {
-        let _ = user;
-        Err(no_device_lists())
-    }
+    /// UnknownUser if no such user.
+    fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError>;
     /// Appends `entries` to `user`'s device list, atomically, if the stored list has exactly
     /// `expected_len` entries (the list the caller verified `entries` against); otherwise
     /// `ListChanged { stored }` and nothing is stored, so of two concurrent appends to the
@@ -311,16 +307,13 @@ pub trait RelayStore: Send + Sync + 'static {
     /// caller does, with `cove-identity`); it checks only the shape: Invalid for no entries,
     /// an entry whose user is not `user` or whose index is not its position, or a list
     /// growing past `limits::MAX_DEVICE_LIST_ENTRIES`. UnknownUser if no such user. Durable
-    /// when it returns; returns the new length. The default is `Backend`.
+    /// when it returns; returns the new length.
     fn append_device_list(
         &self,
         user: &UserName,
         expected_len: u64,
         entries: Vec<ListEntry>,
-    ) -> Result<u64, StoreError> {
-        let _ = (user, expected_len, entries);
-        Err(no_device_lists())
-    }
+    ) -> Result<u64, StoreError>;
 
     /// Makes buffered state durable. Posts, registrations, KeyPackages and groups are always
     /// durable when their call returns; a backend may buffer acknowledgements (an ack lost
@@ -332,10 +325,6 @@ pub trait RelayStore: Send + Sync + 'static {
 }
 
 /// What the default device-list methods answer.
-fn no_device_lists() -> StoreError {
-    StoreError::Backend("this store keeps no device lists".into())
-}
-
 /// The shape checks of [`RelayStore::append_device_list`] on `entries` appended to a list of
 /// `stored` entries: Invalid for none, another user's entry, an entry out of its place, or
 /// a list growing past `limits::MAX_DEVICE_LIST_ENTRIES`.

@@ -224,3 +224,41 @@ async fn device_list_requests_need_authentication_a_known_user_and_bounded_entri
     assert_refused(&mut alice, &too_many, "more than 1024 entries").await;
     assert_eq!(fetch(&mut alice, "alice").await, vec![]);
 }
+
+/// Publishes verify signatures (up to a whole list's), so they spend the same per-device
+/// budget as KeyPackage claims: past it the relay answers `RateLimited` with a retry delay,
+/// stores nothing, and serves other requests.
+#[tokio::test]
+async fn device_list_publishes_are_rate_limited_like_claims() {
+    let limits = cove_server::Limits {
+        claim_burst: 2,
+        claims_per_minute: 1,
+        ..cove_test_utils::test_limits()
+    };
+    let relay = TestRelay::start(cove_server::StoreKind::Memory, limits).await;
+    let (mut alice, alice_keys) = relay.register("alice").await.unwrap();
+    let id = signer("alice", 1);
+    let mut list = id
+        .create(alice_keys.public_key(), name("laptop"), 1)
+        .unwrap();
+    publish(&mut alice, list.entries()).await.unwrap();
+    let phone = id.add(&mut list, other_key(), name("phone"), 2).unwrap();
+    publish(&mut alice, std::slice::from_ref(&phone.entry))
+        .await
+        .unwrap();
+    let tablet = id.add(&mut list, other_key(), name("tablet"), 3).unwrap();
+    match publish(&mut alice, std::slice::from_ref(&tablet.entry)).await {
+        Err(ClientError::Refused(e)) => {
+            assert_eq!(e.code, ErrorCode::RateLimited, "{e}");
+            assert_eq!(e.message, "too many device-list publishes");
+            assert!(e.retry_after_ms.is_some_and(|ms| ms > 0), "{e:?}");
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    assert_eq!(alice.call(Request::Ping).await.unwrap(), Reply::Pong);
+    assert_eq!(
+        fetch(&mut alice, "alice").await.len(),
+        3,
+        "the refused entry was not stored"
+    );
+}

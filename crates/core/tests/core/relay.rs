@@ -51,6 +51,20 @@ impl RelayStore for Counting {
     fn add_device(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
         self.inner.add_device(user, key)
     }
+    fn device_list(
+        &self,
+        user: &UserName,
+    ) -> Result<Vec<cove_wire::identity::ListEntry>, StoreError> {
+        self.inner.device_list(user)
+    }
+    fn append_device_list(
+        &self,
+        user: &UserName,
+        expected_len: u64,
+        entries: Vec<cove_wire::identity::ListEntry>,
+    ) -> Result<u64, StoreError> {
+        self.inner.append_device_list(user, expected_len, entries)
+    }
     fn devices(&self, user: &UserName) -> Result<Vec<DeviceInfo>, StoreError> {
         self.inner.devices(user)
     }
