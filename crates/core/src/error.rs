@@ -373,6 +373,9 @@ pub enum Warning {
     /// The relay answered a request this device did not make.
     #[error("response to unknown request {0}")]
     UnknownResponse(cove_wire::RequestId),
+    /// The relay refused this user's device list (retried at the next connection).
+    #[error("the relay refused our device list: {0}")]
+    DeviceListNotPublished(cove_wire::ErrorReply),
     /// The relay refused an ack.
     #[error("ack refused: {0}")]
     AckRefused(cove_wire::ErrorReply),
@@ -472,6 +475,20 @@ pub enum KeptBecause {
     /// This device is not (yet) a member of the group.
     #[error("this device is not a member of it (yet); they are applied when its Welcome arrives")]
     NotMember,
+}
+
+/// Why this first device could not create its user's identity key and device list.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnIdentityError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No randomness for the identity key.
+    #[error("no randomness for the identity key")]
+    Rng,
+    /// The list could not be made (never for a fresh list; kept typed).
+    #[error(transparent)]
+    List(#[from] cove_identity::ListError),
 }
 
 #[cfg(test)]

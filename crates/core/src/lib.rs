@@ -49,6 +49,7 @@ pub use client::{
     MIN_RETRY_DELAY_MS, credential_identity, safety_number,
 };
 pub use content::{Content, Envelope};
+pub use cove_identity;
 pub use cove_store;
 pub use cove_wire;
 pub use types::*;

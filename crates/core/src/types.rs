@@ -313,6 +313,10 @@ pub enum HandleError {
     /// was not processed.
     #[error("could not encode an entry to keep: {0}")]
     Encode(postcard::Error),
+    /// This first device could not create its user's identity; the registration was not
+    /// sent (it is retried at the next connection).
+    #[error("could not create the user's identity: {0}")]
+    OwnIdentity(#[from] crate::error::OwnIdentityError),
 }
 
 /// Why a query failed.

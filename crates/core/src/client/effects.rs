@@ -40,6 +40,8 @@ pub(super) enum Pending {
     Ack,
     /// A request of the shell (`Client::send_request`); its answer is an event.
     External,
+    /// Publishing the own device list, bringing the relay's copy to `len` entries.
+    PublishList { len: u64 },
 }
 
 impl Pending {
@@ -57,6 +59,7 @@ impl Pending {
             Pending::Fetch => "a fetch",
             Pending::Ack => "an ack",
             Pending::External => "a request of the shell",
+            Pending::PublishList { .. } => "publishing the device list",
         }
     }
 }

@@ -12,6 +12,7 @@
 //! effects       Effect, Pending: what the parts ask the dispatcher to do
 //! mls           ciphersuite, group-name extension, Cove credentials
 //! device        Me: this device's keys, challenge answers, device authorisations
+//! own_list      the user's identity key and signed device list (first device), publishing
 //! groups        Groups: loaded MLS groups and group records; name resolution, queries
 //! context       Cx: provider + Me + Groups + readiness, lent to one step of a part
 //! history       chat messages from stored messages
@@ -35,6 +36,7 @@ mod inbound;
 mod key_packages;
 mod mls;
 mod outbox;
+mod own_list;
 mod trust;
 mod welcome;
 
@@ -251,6 +253,12 @@ impl<S: Store> Client<S> {
         self.me.authorize_device(new_key)
     }
 
+    /// This user's verified device list, on a device that holds the user's identity (the
+    /// first device): its identity key, devices and head.
+    pub fn own_device_list(&self) -> Result<Option<cove_identity::DeviceList>, StoreError> {
+        own_list::own_list(self.provider.store(), &self.me)
+    }
+
     /// The `Authenticate` request answering challenge `nonce` on a side connection (one
     /// the shell opens beside the session, e.g. to probe what the relay allows), once this
     /// device is registered. The core signs; the shell never handles the device key.
@@ -412,7 +420,7 @@ impl<S: Store> Client<S> {
 
     fn dispatch(&mut self, now_ms: u64, frame: ServerFrame) -> Result<(), HandleError> {
         match frame {
-            ServerFrame::Challenge { nonce, .. } => self.on_challenge(&nonce),
+            ServerFrame::Challenge { nonce, .. } => self.on_challenge(now_ms, &nonce),
             ServerFrame::Response { id, result } => self.on_response(now_ms, id, result),
             ServerFrame::Deliver(Delivery::Group(entry)) => self.on_group_entry(now_ms, entry),
             ServerFrame::Deliver(Delivery::Inbox(entry)) => self.on_inbox_entry(now_ms, entry),
@@ -545,13 +553,17 @@ impl<S: Store> Client<S> {
     // Connection handling
     // ----------------------------------------------------------------------------------
 
-    fn on_challenge(&mut self, nonce: &[u8; 32]) -> Result<(), HandleError> {
+    fn on_challenge(&mut self, now_ms: u64, nonce: &[u8; 32]) -> Result<(), HandleError> {
         if self.conn != Conn::AwaitChallenge {
             return Err(HandleError::Protocol(
                 ProtocolViolation::UnexpectedChallenge,
             ));
         }
         let (body, registered) = self.me.answer_challenge(self.provider.store(), nonce);
+        if matches!(body, Request::Register { .. }) {
+            // The user's first device: its identity exists before the relay knows the user.
+            own_list::ensure(self.provider.store(), self.provider.rng(), &self.me, now_ms)?;
+        }
         self.conn = Conn::Authenticating;
         self.fx.request(body, Pending::Auth { registered });
         Ok(())
@@ -563,6 +575,10 @@ impl<S: Store> Client<S> {
         self.fx.event(Event::Authenticated { device, registered });
         // KeyPackages: check the stock (uploads when low).
         self.key_packages.check(&mut self.fx);
+        // The device list: publish what the relay does not have yet.
+        if let Some((request, len)) = own_list::unpublished(self.provider.store(), &self.me)? {
+            self.fx.request(request, Pending::PublishList { len });
+        }
         Ok(())
     }
 
@@ -623,6 +639,16 @@ impl<S: Store> Client<S> {
             (Pending::Lookup { op, lookup, user }, r) => {
                 self.changes
                     .on_lookup(op, lookup, user, now_ms, r, cx!(self), fx);
+                Ok(())
+            }
+            (Pending::PublishList { len }, Ok(Reply::DeviceListHead { head }))
+                if head.index.checked_add(1) == Some(len) =>
+            {
+                own_list::published(self.provider.store(), len)?;
+                Ok(())
+            }
+            (Pending::PublishList { .. }, Err(e)) => {
+                fx.warn(Warning::DeviceListNotPublished(e));
                 Ok(())
             }
             (Pending::Verify { user }, Ok(Reply::Devices { user: u, devices })) if u == user => {

@@ -533,6 +533,51 @@ fn key_packages_are_uploaded_and_topped_up() {
     );
 }
 
+/// The user's first device creates the user's identity key and signed device list before it
+/// registers, and publishes the list once the relay knows the user: the relay's copy
+/// verifies, names the same identity key and lists this device. A reconnection publishes
+/// nothing again; a further device (authorised by the first) makes no identity of its own.
+#[test]
+fn a_first_device_publishes_its_users_signed_device_list() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    assert!(warnings(&net.take_events(alice)).is_empty());
+    let own = net.client(alice).own_device_list().unwrap().unwrap();
+    let stored = net.relay.device_list_of(&user("alice"));
+    let verified = cove_core::cove_identity::DeviceList::verify(&user("alice"), &stored).unwrap();
+    assert_eq!(verified.head(), own.head());
+    assert_eq!(verified.identity(), own.identity());
+    assert_eq!(verified.head().index, 1, "Create, then Add of this device");
+    let key = net.client(alice).device_key();
+    assert!(verified.is_listed(&key));
+    assert_eq!(net.relay.device_list_appends(), 1);
+
+    net.disconnect(alice);
+    net.connect(alice);
+    net.run();
+    assert!(warnings(&net.take_events(alice)).is_empty());
+    assert_eq!(
+        net.relay.device_list_appends(),
+        1,
+        "nothing published again"
+    );
+    assert_eq!(net.relay.device_list_of(&user("alice")), stored);
+
+    let mut second = Client::init(MemoryStore::new(), user("alice"), seed(77)).unwrap();
+    let (authorizer, authorization) = net
+        .client(alice)
+        .authorize_device(&second.device_key())
+        .unwrap();
+    second
+        .set_device_authorization(authorizer, authorization)
+        .unwrap();
+    let alice2 = net.add(second);
+    net.run();
+    assert!(net.client(alice2).device().is_some());
+    assert!(net.client(alice2).own_device_list().unwrap().is_none());
+    assert_eq!(net.relay.device_list_appends(), 1);
+}
+
 #[test]
 fn a_user_with_two_devices_receives_on_both() {
     let mut net = Net::new();

@@ -36,6 +36,8 @@ struct Counts {
     stale_commits: AtomicUsize,
     /// Application messages and proposals refused with StaleEpoch.
     stale_app: AtomicUsize,
+    /// Device-list appends stored.
+    list_appends: AtomicUsize,
 }
 
 /// The in-memory store, counting what `append_batch` does; every call goes to it unchanged.
@@ -63,7 +65,9 @@ impl RelayStore for Counting {
         expected_len: u64,
         entries: Vec<cove_wire::identity::ListEntry>,
     ) -> Result<u64, StoreError> {
-        self.inner.append_device_list(user, expected_len, entries)
+        let len = self.inner.append_device_list(user, expected_len, entries)?;
+        self.counts.list_appends.fetch_add(1, Ordering::Relaxed);
+        Ok(len)
     }
     fn devices(&self, user: &UserName) -> Result<Vec<DeviceInfo>, StoreError> {
         self.inner.devices(user)
@@ -319,6 +323,16 @@ impl Relay {
     }
 
     /// A device's inbox (for members driven by bare openmls in tests).
+    /// `user`'s device list as the relay stores it.
+    pub fn device_list_of(&self, user: &UserName) -> Vec<cove_wire::identity::ListEntry> {
+        self.store().device_list(user).unwrap_or_default()
+    }
+
+    /// How many device-list appends the relay stored.
+    pub fn device_list_appends(&self) -> usize {
+        self.counts.list_appends.load(Ordering::Relaxed)
+    }
+
     pub fn inbox_of(&self, device: DeviceId) -> Vec<InboxEntry> {
         self.store()
             .read_inbox(device, Seq(0), MAX_FETCH_ENTRIES)

@@ -1,0 +1,103 @@
+//! This user's identity key and signed device list, on the user's first device (issue 9).
+//!
+//! The first device of a user (the one that registers with `Register`, not with another
+//! device's authorisation) creates the user's identity key and the list `Create`, `Add` (this
+//! device) before it sends its registration, so a crash cannot leave a registered user
+//! without one. After every authentication, the entries the relay does not have yet are
+//! published (`PublishDeviceList`); the relay verifies them (`cove-identity`) and stores
+//! them; any device can fetch them to check this user's devices.
+//!
+//! Not yet here: lists of further devices (linking by code adds them), revocation, and
+//! certificates in leaves.
+
+use cove_identity::{DeviceList, IdentitySigner};
+use cove_store::{PinnedIdentity, Store, StoreError, UserIdentity};
+use cove_wire::identity::{DeviceName, ListEntry};
+use cove_wire::{BoundedVec, Request};
+use zeroize::Zeroizing;
+
+use super::device::Me;
+use crate::error::OwnIdentityError;
+use crate::provider::SeededRand;
+
+/// How many entries of the own list the relay has confirmed (config key).
+const PUBLISHED_KEY: &str = "device-list-published";
+/// The name of a user's first device in its list.
+const FIRST_DEVICE_NAME: &str = "first device";
+
+/// Creates the user's identity key and device list if this first device has none yet.
+pub(super) fn ensure<S: Store>(
+    store: &S,
+    rng: &SeededRand,
+    me: &Me,
+    now_ms: u64,
+) -> Result<(), OwnIdentityError> {
+    if store.user_identity()?.is_some() {
+        return Ok(());
+    }
+    let mut secret = Zeroizing::new([0u8; 32]);
+    rng.fill(secret.as_mut())
+        .map_err(|_| OwnIdentityError::Rng)?;
+    let user = me.user().clone();
+    let signer = IdentitySigner::new(user.clone(), &secret);
+    let name = DeviceName::new(FIRST_DEVICE_NAME).map_err(|_| OwnIdentityError::Rng)?;
+    let list = signer.create(me.key(), name, now_ms)?;
+    store.transaction(|s: &S| -> Result<(), StoreError> {
+        s.set_user_identity(&UserIdentity {
+            user: user.clone(),
+            identity: signer.identity(),
+            secret_key: secret.clone(),
+        })?;
+        s.set_device_list(&user, list.entries())?;
+        // Our own identity is pinned and verified: we made it.
+        s.set_identity_pin(&PinnedIdentity {
+            user: user.clone(),
+            identity: signer.identity(),
+            head: Some(list.head()),
+            verified: true,
+            pinned_at_ms: now_ms,
+        })?;
+        s.set_config(PUBLISHED_KEY, "0")
+    })?;
+    Ok(())
+}
+
+/// The request that publishes what the relay does not have yet of the own list, and the
+/// list length it brings the relay to.
+pub(super) fn unpublished<S: Store>(
+    store: &S,
+    me: &Me,
+) -> Result<Option<(Request, u64)>, StoreError> {
+    if store.user_identity()?.is_none() {
+        return Ok(None);
+    }
+    let Some(entries) = store.device_list(me.user())? else {
+        return Ok(None);
+    };
+    let published: usize = store
+        .config(PUBLISHED_KEY)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let rest: Vec<ListEntry> = entries.iter().skip(published).cloned().collect();
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((
+        Request::PublishDeviceList {
+            entries: BoundedVec(rest),
+        },
+        entries.len() as u64,
+    )))
+}
+
+/// The relay confirmed the own list up to `len` entries.
+pub(super) fn published<S: Store>(store: &S, len: u64) -> Result<(), StoreError> {
+    store.set_config(PUBLISHED_KEY, &len.to_string())
+}
+
+/// The own verified list, if this device holds the user's identity.
+pub(super) fn own_list<S: Store>(store: &S, me: &Me) -> Result<Option<DeviceList>, StoreError> {
+    Ok(store
+        .device_list(me.user())?
+        .and_then(|entries| DeviceList::verify(me.user(), &entries).ok()))
+}
