@@ -41,8 +41,8 @@ impl Device {
         let prepared = async {
             let (authorizer, authorization) = existing
                 .session
-                .call(move |c| c.authorize_device(&new_key))
-                .await?
+                .call(move |c| c.authorize_device(crate::session::now_ms(), &new_key))
+                .await??
                 .ok_or(DeviceError::NotRegistered)?;
             client.set_device_authorization(authorizer, authorization)?;
             let ca = existing.config.custom_ca.then(|| existing.home.ca_path());

@@ -335,6 +335,9 @@ pub enum OwnDevicesSkipped {
     /// None of our other devices has a KeyPackage left.
     #[error("no KeyPackage for them")]
     NoKeyPackage,
+    /// Our own device list as the relay serves it was refused.
+    #[error("{0}")]
+    List(crate::OpError),
 }
 
 /// Something skipped or wrong that did not stop the client ([`crate::Event::Warning`]).
@@ -373,6 +376,22 @@ pub enum Warning {
     /// The relay answered a request this device did not make.
     #[error("response to unknown request {0}")]
     UnknownResponse(cove_wire::RequestId),
+    /// The relay's directory names a device that the user's signed device list does not
+    /// list: it is not added (a device the relay made up, or one added since the list).
+    #[error("device {device} of {user} is not in {user}'s signed device list: not added")]
+    UnlistedDevice {
+        /// Whose.
+        user: cove_wire::UserName,
+        /// The device.
+        device: DeviceId,
+    },
+    /// A user's identity key changed (not verified before): the new one is pinned; their
+    /// safety number changed.
+    #[error("{user}'s identity key changed: compare safety numbers with them")]
+    IdentityChanged {
+        /// Whose.
+        user: cove_wire::UserName,
+    },
     /// The relay refused this user's device list (retried at the next connection).
     #[error("the relay refused our device list: {0}")]
     DeviceListNotPublished(cove_wire::ErrorReply),
@@ -486,9 +505,12 @@ pub enum OwnIdentityError {
     /// No randomness for the identity key.
     #[error("no randomness for the identity key")]
     Rng,
-    /// The list could not be made (never for a fresh list; kept typed).
+    /// The list could not be made or extended (the list's rules, e.g. the device cap).
     #[error(transparent)]
     List(#[from] cove_identity::ListError),
+    /// A device name outside the rules.
+    #[error(transparent)]
+    Name(#[from] cove_wire::identity::DeviceNameError),
 }
 
 #[cfg(test)]

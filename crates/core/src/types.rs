@@ -186,6 +186,10 @@ pub enum OpError {
     /// help, e.g. `RateLimited`, or not, e.g. `NotMember`).
     #[error("the relay refused: {0}")]
     Relay(cove_wire::ErrorReply),
+    /// The relay served a device list for `user` that this device refuses (forged, rolled
+    /// back, forked, or a verified identity that changed).
+    #[error("{0}")]
+    DeviceList(crate::error::Shared<crate::identity::IdentityError>),
     /// The relay refused a lookup (directory or KeyPackage claim) for one of the users.
     #[error("the relay refused: {user}: {reply}")]
     UserRefused {
@@ -259,6 +263,9 @@ pub enum CommandError {
     /// The random number generator failed (its lock was poisoned).
     #[error("MLS error: {0}")]
     Rng(#[from] crate::provider::RandError),
+    /// The user's device list could not be extended.
+    #[error("the device list could not be extended: {0}")]
+    OwnIdentity(#[from] crate::error::OwnIdentityError),
     /// Encrypting the message for the group failed.
     #[error("MLS error: {0}")]
     Seal(#[from] openmls::prelude::CreateMessageError),

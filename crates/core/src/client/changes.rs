@@ -371,6 +371,9 @@ impl Changes {
             return;
         };
         match (lookup, reply) {
+            (Lookup::List, Reply::DeviceList { entries }) => {
+                self.on_device_list(op, user, entries.0, now_ms, cx, fx)
+            }
             (Lookup::Directory, Reply::Devices { user: u, devices }) if u == user => {
                 self.on_devices(op, user, devices.0, now_ms, cx, fx)
             }
@@ -388,8 +391,58 @@ impl Changes {
         }
     }
 
-    /// The relay's directory answer for `user`: pins unknown devices, refuses changed keys,
-    /// then claims KeyPackages once every answer is in.
+    /// `user`'s signed device list as the relay serves it: checked against what this device
+    /// pinned (`crate::identity::observe_list`); then the directory is asked. A user who
+    /// never published a list (and whom this device never saw with one) is looked up in the
+    /// directory alone.
+    fn on_device_list<S: Store>(
+        &mut self,
+        op: OpId,
+        user: UserName,
+        entries: Vec<cove_wire::identity::ListEntry>,
+        now_ms: u64,
+        cx: Cx<'_, S>,
+        fx: &mut Effects,
+    ) {
+        let store = cx.provider.store();
+        let observed = if entries.is_empty() {
+            match store.identity_pin(&user) {
+                // A list seen before and none now: the relay dropped it.
+                Ok(Some(pin)) => match pin.head {
+                    Some(head) => Err(crate::identity::IdentityError::History {
+                        user: user.clone(),
+                        source: cove_identity::ListError::Rollback {
+                            pinned: head.index,
+                            got: 0,
+                        },
+                    }),
+                    None => Ok(None),
+                },
+                Ok(None) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        } else {
+            crate::identity::observe_list(store, &user, &entries, now_ms).map(Some)
+        };
+        match observed {
+            Ok(verdict) => {
+                if let Some(crate::identity::ListVerdict::NewIdentity { .. }) = verdict {
+                    fx.warn(Warning::IdentityChanged { user: user.clone() });
+                }
+                let body = Request::ListDevices { user: user.clone() };
+                fx.request(body, Lookup::Directory.pending(op, &user));
+            }
+            Err(e) if &user == cx.me.user() => {
+                let e = OpError::DeviceList(Shared::new(e));
+                self.drop_own_user(op, Some(OwnDevicesSkipped::List(e)), cx, fx);
+            }
+            Err(e) => self.finish(op, Err(OpError::DeviceList(Shared::new(e))), fx),
+        }
+    }
+
+    /// The relay's directory answer for `user`: keeps only devices the user's signed list
+    /// names (when the user has one), pins unknown devices, refuses changed keys, then claims
+    /// KeyPackages once every answer is in.
     fn on_devices<S: Store>(
         &mut self,
         op: OpId,
@@ -423,6 +476,48 @@ impl Changes {
         } else {
             devices
         };
+        // Only devices in the user's signed list (the relay cannot add one). A device
+        // pinned before with another key goes on to the pin check, which reports the change.
+        let store = cx.provider.store();
+        let pinned: Vec<(DeviceId, cove_wire::DeviceKey)> = match store.pinned_devices(&user) {
+            Ok(p) => p.into_iter().map(|p| (p.device, p.key)).collect(),
+            Err(e) => {
+                self.finish(op, Err(OpError::Storage(Shared::new(e))), fx);
+                return;
+            }
+        };
+        let devices = match store.device_list(&user) {
+            Ok(Some(entries)) => match cove_identity::DeviceList::verify(&user, &entries) {
+                Ok(list) => devices
+                    .into_iter()
+                    .filter(|d| {
+                        let changed = pinned.iter().any(|(id, k)| *id == d.device && *k != d.key);
+                        let listed = list.is_listed(&d.key) || changed;
+                        if !listed {
+                            fx.warn(Warning::UnlistedDevice {
+                                user: user.clone(),
+                                device: d.device,
+                            });
+                        }
+                        listed
+                    })
+                    .collect(),
+                Err(_) => devices,
+            },
+            Ok(None) => devices,
+            Err(e) => {
+                self.finish(op, Err(OpError::Storage(Shared::new(e))), fx);
+                return;
+            }
+        };
+        if devices.is_empty() {
+            if own {
+                self.drop_own_user(op, None, cx, fx);
+            } else {
+                self.finish(op, Err(OpError::NoDevices(user)), fx);
+            }
+            return;
+        }
         // Trust on first use: pin unknown devices, refuse changed keys.
         let mut events = Vec::new();
         let mut changed = false;
@@ -589,9 +684,10 @@ impl Changes {
             ChangeStage::Directory => {
                 if ready && !c.directory_requested {
                     c.directory_requested = true;
+                    // The signed device list first; the directory once it is checked.
                     for user in c.directory.keys() {
-                        let body = Request::ListDevices { user: user.clone() };
-                        fx.request(body, Lookup::Directory.pending(op, user));
+                        let body = Request::FetchDeviceList { user: user.clone() };
+                        fx.request(body, Lookup::List.pending(op, user));
                     }
                 }
             }

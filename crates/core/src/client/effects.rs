@@ -67,6 +67,8 @@ impl Pending {
 /// What a membership change asks the relay about a user to add.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Lookup {
+    /// The user's signed device list (`FetchDeviceList`), before the directory.
+    List,
     /// The user's devices and keys (`ListDevices`).
     Directory,
     /// One KeyPackage per device (`ClaimKeyPackages`).
@@ -86,6 +88,7 @@ impl Lookup {
     /// The request, as named in [`crate::OpError::UnexpectedReply`].
     pub(super) fn request(self) -> &'static str {
         match self {
+            Lookup::List => "device list",
             Lookup::Directory => "directory",
             Lookup::Claim => "claim",
         }

@@ -248,9 +248,24 @@ impl<S: Store> Client<S> {
 
     /// On an existing device: authorises `new_key` as a further device of this user (the
     /// new device shows its key; this device signs it). Returns what the new device needs:
-    /// give it to [`Client::set_device_authorization`] there.
-    pub fn authorize_device(&self, new_key: &DeviceKey) -> Option<(DeviceId, Signature)> {
-        self.me.authorize_device(new_key)
+    /// give it to [`Client::set_device_authorization`] there. When this device holds the
+    /// user's identity, the new device is also added to the signed device list, which is
+    /// published now (or at the next connection), so other users' clients add it to groups.
+    pub fn authorize_device(
+        &mut self,
+        now_ms: u64,
+        new_key: &DeviceKey,
+    ) -> Result<Option<(DeviceId, Signature)>, CommandError> {
+        let Some(grant) = self.me.authorize_device(new_key) else {
+            return Ok(None);
+        };
+        own_list::add_device(self.provider.store(), &self.me, *new_key, now_ms)?;
+        if self.conn == Conn::Ready
+            && let Some((request, len)) = own_list::unpublished(self.provider.store(), &self.me)?
+        {
+            self.send(request, Pending::PublishList { len });
+        }
+        Ok(Some(grant))
     }
 
     /// This user's verified device list, on a device that holds the user's identity (the

@@ -40,7 +40,7 @@ pub(super) fn ensure<S: Store>(
         .map_err(|_| OwnIdentityError::Rng)?;
     let user = me.user().clone();
     let signer = IdentitySigner::new(user.clone(), &secret);
-    let name = DeviceName::new(FIRST_DEVICE_NAME).map_err(|_| OwnIdentityError::Rng)?;
+    let name = DeviceName::new(FIRST_DEVICE_NAME)?;
     let list = signer.create(me.key(), name, now_ms)?;
     store.transaction(|s: &S| -> Result<(), StoreError> {
         s.set_user_identity(&UserIdentity {
@@ -58,6 +58,37 @@ pub(super) fn ensure<S: Store>(
             pinned_at_ms: now_ms,
         })?;
         s.set_config(PUBLISHED_KEY, "0")
+    })?;
+    Ok(())
+}
+
+/// Adds `device` to the own list (when this device holds the user's identity); the name is
+/// "device N" for its position. A device already listed is left as it is.
+pub(super) fn add_device<S: Store>(
+    store: &S,
+    me: &Me,
+    device: cove_wire::DeviceKey,
+    now_ms: u64,
+) -> Result<(), OwnIdentityError> {
+    let Some(identity) = store.user_identity()? else {
+        return Ok(());
+    };
+    let Some(mut list) = own_list(store, me)? else {
+        return Ok(());
+    };
+    if list.is_listed(&device) {
+        return Ok(());
+    }
+    let signer = IdentitySigner::new(me.user().clone(), &identity.secret_key);
+    let name = DeviceName::new(format!("device {}", list.entries().len()))?;
+    signer.add(&mut list, device, name, now_ms)?;
+    store.transaction(|s: &S| -> Result<(), StoreError> {
+        s.set_device_list(me.user(), list.entries())?;
+        if let Some(mut pin) = s.identity_pin(me.user())? {
+            pin.head = Some(list.head());
+            s.set_identity_pin(&pin)?;
+        }
+        Ok(())
     })?;
     Ok(())
 }

@@ -536,7 +536,8 @@ fn key_packages_are_uploaded_and_topped_up() {
 /// The user's first device creates the user's identity key and signed device list before it
 /// registers, and publishes the list once the relay knows the user: the relay's copy
 /// verifies, names the same identity key and lists this device. A reconnection publishes
-/// nothing again; a further device (authorised by the first) makes no identity of its own.
+/// nothing again; a further device authorised by the first makes no identity of its own and
+/// is added to the list by the first, which publishes that entry.
 #[test]
 fn a_first_device_publishes_its_users_signed_device_list() {
     let mut net = Net::new();
@@ -564,9 +565,11 @@ fn a_first_device_publishes_its_users_signed_device_list() {
     assert_eq!(net.relay.device_list_of(&user("alice")), stored);
 
     let mut second = Client::init(MemoryStore::new(), user("alice"), seed(77)).unwrap();
+    let now = net.now_ms;
     let (authorizer, authorization) = net
         .client(alice)
-        .authorize_device(&second.device_key())
+        .authorize_device(now, &second.device_key())
+        .unwrap()
         .unwrap();
     second
         .set_device_authorization(authorizer, authorization)
@@ -575,7 +578,53 @@ fn a_first_device_publishes_its_users_signed_device_list() {
     net.run();
     assert!(net.client(alice2).device().is_some());
     assert!(net.client(alice2).own_device_list().unwrap().is_none());
-    assert_eq!(net.relay.device_list_appends(), 1);
+    // The authorising device added it to the list and published that entry alone.
+    assert_eq!(net.relay.device_list_appends(), 2);
+    let stored = net.relay.device_list_of(&user("alice"));
+    let verified = cove_core::cove_identity::DeviceList::verify(&user("alice"), &stored).unwrap();
+    assert_eq!(verified.head().index, 2);
+    let key2 = net.client(alice2).device_key();
+    assert!(verified.is_listed(&key2));
+    assert_eq!(
+        net.client(alice).own_device_list().unwrap().unwrap().head(),
+        verified.head()
+    );
+    assert!(warnings(&net.take_events(alice)).is_empty());
+}
+
+/// A relay that adds a device of its own to bob's account (in its directory, with a
+/// KeyPackage whose credential says bob) cannot get it into a group: bob's signed device list
+/// does not name its key, so alice adds only bob's real device, is told about the other one,
+/// and no Welcome goes to it.
+#[test]
+fn a_device_the_relay_adds_to_a_user_is_not_added_to_groups() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let ghost = mallory::Mallory::ghost_of(&mut net.relay, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    let warned = warnings(&net.take_events(alice));
+    assert_eq!(
+        warned,
+        [format!(
+            "device {} of bob is not in bob's signed device list: not added",
+            ghost.device
+        )]
+    );
+    assert!(
+        net.relay.inbox_of(ghost.device).is_empty(),
+        "no Welcome for the relay's device"
+    );
+    assert!(
+        net.take_events(bob)
+            .iter()
+            .any(|e| matches!(e, Event::Joined { group: g, .. } if *g == group))
+    );
+    send(&mut net, alice, "only bob");
+    net.run();
+    assert_eq!(texts(&net.take_events(bob)), ["only bob"]);
+    let members = net.client(alice).groups()[0].members.clone();
+    assert_eq!(members, vec![user("alice"), user("bob")]);
 }
 
 #[test]
@@ -585,9 +634,11 @@ fn a_user_with_two_devices_receives_on_both() {
     let bob = device(&mut net, "bob");
     // bob's second device: created offline, authorised by the first, then connected.
     let mut second = Client::init(MemoryStore::new(), user("bob"), seed(42)).unwrap();
+    let now = net.now_ms;
     let (authorizer, authorization) = net
         .client(bob)
-        .authorize_device(&second.device_key())
+        .authorize_device(now, &second.device_key())
+        .unwrap()
         .unwrap();
     second
         .set_device_authorization(authorizer, authorization)
@@ -942,13 +993,31 @@ mod mallory {
     }
 
     impl Mallory {
+        /// A new user `name` registered at the relay, with one KeyPackage there.
         pub fn register(relay: &mut Relay, name: &str) -> Self {
+            Self::with_device(relay, name, Relay::register_raw)
+        }
+
+        /// A device the relay itself adds to the existing user `name` (a ghost), with one
+        /// KeyPackage whose credential names that user.
+        pub fn ghost_of(relay: &mut Relay, name: &str) -> Self {
+            Self::with_device(relay, name, Relay::add_device_raw)
+        }
+
+        fn with_device(
+            relay: &mut Relay,
+            name: &str,
+            make: fn(&mut Relay, UserName, DeviceKey) -> DeviceId,
+        ) -> Self {
             let provider = OpenMlsRustCrypto::default();
             let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).unwrap();
             signer.store(provider.storage()).unwrap();
             let user = UserName::new(name).unwrap();
-            let device =
-                relay.register_raw(user.clone(), DeviceKey(signer.public().try_into().unwrap()));
+            let device = make(
+                relay,
+                user.clone(),
+                DeviceKey(signer.public().try_into().unwrap()),
+            );
             let cred = CredentialWithKey {
                 credential: BasicCredential::new(credential_identity(&user, device)).into(),
                 signature_key: signer.to_public_vec().into(),
@@ -1083,9 +1152,11 @@ fn hostile_plaintexts_from_a_member_are_skipped_and_duplicate_ids_dropped() {
 /// A further device of `of`'s user, authorised by `of` and connected.
 fn linked_device(net: &mut Net<MemoryStore>, of: usize, name: &str, n: u8) -> usize {
     let mut second = Client::init(MemoryStore::new(), user(name), seed(n)).unwrap();
+    let now = net.now_ms;
     let (authorizer, authorization) = net
         .client(of)
-        .authorize_device(&second.device_key())
+        .authorize_device(now, &second.device_key())
+        .unwrap()
         .unwrap();
     second
         .set_device_authorization(authorizer, authorization)
@@ -1352,6 +1423,7 @@ fn an_add_started_before_the_backlog_ends_claims_once_and_succeeds() {
         .add_users(now, "friends", &[user("bob")])
         .unwrap();
     net.nodes[alice].hold = false;
+    net.step(); // signed device lists fetched, answered
     net.step(); // directory look-ups out, answered
     net.step(); // claims out, answered
     assert_eq!(

@@ -315,6 +315,14 @@ impl Relay {
             .expect("register at the relay")
     }
 
+    /// Adds a device to an existing user's account directly (what a hostile relay can do
+    /// to its own directory).
+    pub fn add_device_raw(&mut self, user: UserName, key: DeviceKey) -> DeviceId {
+        self.store()
+            .add_device(&user, &key)
+            .expect("add a device at the relay")
+    }
+
     /// Stores a KeyPackage for a device directly.
     pub fn upload_raw(&mut self, device: DeviceId, key_package: Payload) {
         self.store()
