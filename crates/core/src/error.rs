@@ -385,6 +385,15 @@ pub enum Warning {
         /// The device.
         device: DeviceId,
     },
+    /// The relay served a device list for `user` that this device refuses (forged, rolled
+    /// back, forked, or a verified identity that changed).
+    #[error("{error}")]
+    DeviceListRefused {
+        /// Whose list.
+        user: cove_wire::UserName,
+        /// Why.
+        error: Shared<crate::identity::IdentityError>,
+    },
     /// A user's identity key changed (not verified before): the new one is pinned; their
     /// safety number changed.
     #[error("{user}'s identity key changed: compare safety numbers with them")]

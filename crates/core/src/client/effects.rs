@@ -42,6 +42,8 @@ pub(super) enum Pending {
     External,
     /// Publishing the own device list, bringing the relay's copy to `len` entries.
     PublishList { len: u64 },
+    /// Fetching `user`'s device list to pin (or check) it, outside any command.
+    ObserveList { user: UserName },
 }
 
 impl Pending {
@@ -60,6 +62,7 @@ impl Pending {
             Pending::Ack => "an ack",
             Pending::External => "a request of the shell",
             Pending::PublishList { .. } => "publishing the device list",
+            Pending::ObserveList { .. } => "fetching a device list",
         }
     }
 }

@@ -61,7 +61,7 @@ use self::outbox::Outbox;
 use self::trust::Trust;
 use self::welcome::Inboxed;
 use crate::content::{Content, MAX_TEXT_BYTES};
-use crate::error::{InvalidArgument, NotApplicable, ProtocolViolation, Warning};
+use crate::error::{InvalidArgument, NotApplicable, ProtocolViolation, Shared, Warning};
 use crate::provider::CoveProvider;
 use crate::types::*;
 
@@ -240,10 +240,25 @@ impl<S: Store> Client<S> {
         Ok(history::chat_messages(&self.groups, *group, stored))
     }
 
-    /// The safety number between this user and `user`: 12 groups of 5 digits over both
-    /// users' device keys (sorted), identical on both sides. Needs `user`'s pinned keys.
+    /// The safety number between this user and `user`: 12 groups of 5 digits, identical on
+    /// both sides. Over both users' identity keys once both are pinned (from their signed
+    /// device lists), so adding or revoking a device does not change it; before that (a
+    /// user who never published a list), over both users' pinned device keys.
     pub fn safety_number(&self, user: &UserName) -> Result<String, QueryError> {
-        trust::safety_number_with(self.provider.store(), self.me.user(), self.me.key(), user)
+        // Over identity keys once both are pinned: devices come and go without changing it.
+        let store = self.provider.store();
+        if let (Some(mine), Some(theirs)) = (
+            store.identity_pin(self.me.user())?,
+            store.identity_pin(user)?,
+        ) {
+            return Ok(crate::identity::identity_safety_number(
+                self.me.user(),
+                &mine.identity,
+                user,
+                &theirs.identity,
+            ));
+        }
+        trust::safety_number_with(store, self.me.user(), self.me.key(), user)
     }
 
     /// On an existing device: authorises `new_key` as a further device of this user (the
@@ -424,6 +439,11 @@ impl<S: Store> Client<S> {
         self.apply_effects();
         if self.conn == Conn::Ready {
             for user in self.trust.take_to_verify() {
+                // The user's signed device list too: it pins their identity key.
+                self.send(
+                    Request::FetchDeviceList { user: user.clone() },
+                    Pending::ObserveList { user: user.clone() },
+                );
                 self.send(
                     Request::ListDevices { user: user.clone() },
                     Pending::Verify { user },
@@ -590,9 +610,21 @@ impl<S: Store> Client<S> {
         self.fx.event(Event::Authenticated { device, registered });
         // KeyPackages: check the stock (uploads when low).
         self.key_packages.check(&mut self.fx);
-        // The device list: publish what the relay does not have yet.
+        // The device list: publish what the relay does not have yet; a device without the
+        // user's identity (a linked one) fetches its own user's list to pin that identity.
         if let Some((request, len)) = own_list::unpublished(self.provider.store(), &self.me)? {
             self.fx.request(request, Pending::PublishList { len });
+        } else if self
+            .provider
+            .store()
+            .identity_pin(self.me.user())?
+            .is_none()
+        {
+            let user = self.me.user().clone();
+            self.fx.request(
+                Request::FetchDeviceList { user: user.clone() },
+                Pending::ObserveList { user },
+            );
         }
         Ok(())
     }
@@ -664,6 +696,23 @@ impl<S: Store> Client<S> {
             }
             (Pending::PublishList { .. }, Err(e)) => {
                 fx.warn(Warning::DeviceListNotPublished(e));
+                Ok(())
+            }
+            (Pending::ObserveList { user }, Ok(Reply::DeviceList { entries })) => {
+                if !entries.0.is_empty() {
+                    let store = self.provider.store();
+                    match crate::identity::observe_list(store, &user, &entries.0, now_ms) {
+                        Ok(crate::identity::ListVerdict::NewIdentity { .. }) => {
+                            fx.warn(Warning::IdentityChanged { user });
+                        }
+                        Ok(_) => {}
+                        Err(crate::identity::IdentityError::Storage(e)) => return Err(e.into()),
+                        Err(e) => fx.warn(Warning::DeviceListRefused {
+                            user,
+                            error: Shared::new(e),
+                        }),
+                    }
+                }
                 Ok(())
             }
             (Pending::Verify { user }, Ok(Reply::Devices { user: u, devices })) if u == user => {

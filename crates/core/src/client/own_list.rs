@@ -128,6 +128,9 @@ pub(super) fn published<S: Store>(store: &S, len: u64) -> Result<(), StoreError>
 
 /// The own verified list, if this device holds the user's identity.
 pub(super) fn own_list<S: Store>(store: &S, me: &Me) -> Result<Option<DeviceList>, StoreError> {
+    if store.user_identity()?.is_none() {
+        return Ok(None);
+    }
     Ok(store
         .device_list(me.user())?
         .and_then(|entries| DeviceList::verify(me.user(), &entries).ok()))

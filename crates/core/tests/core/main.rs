@@ -627,6 +627,67 @@ fn a_device_the_relay_adds_to_a_user_is_not_added_to_groups() {
     assert_eq!(members, vec![user("alice"), user("bob")]);
 }
 
+/// Safety numbers are over identity keys once both users' signed device lists are pinned:
+/// both sides compute the same number, it is not the device-key number, and bob adding a
+/// second device to his list (and to the group) changes it for nobody, the new device
+/// included.
+#[test]
+fn safety_numbers_are_over_identity_keys_and_a_new_device_does_not_change_them() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    group_of(&mut net, alice, &["bob"]);
+    let number = net.client(alice).safety_number(&user("bob")).unwrap();
+    assert_eq!(
+        net.client(bob).safety_number(&user("alice")).unwrap(),
+        number
+    );
+    let (alice_key, bob_key) = (net.client(alice).device_key(), net.client(bob).device_key());
+    assert_ne!(
+        number,
+        cove_core::safety_number(&user("alice"), &[alice_key], &user("bob"), &[bob_key])
+    );
+
+    let bob2 = linked_device(&mut net, bob, "bob", 50);
+    let now = net.now_ms;
+    let op = net
+        .client(bob)
+        .add_users(now, "friends", &[user("bob")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    net.run();
+    assert!(
+        net.take_events(bob2)
+            .iter()
+            .any(|e| matches!(e, Event::Joined { .. }))
+    );
+    assert_eq!(
+        net.client(alice).safety_number(&user("bob")).unwrap(),
+        number
+    );
+    assert_eq!(
+        net.client(bob).safety_number(&user("alice")).unwrap(),
+        number
+    );
+    assert_eq!(
+        net.client(bob2).safety_number(&user("alice")).unwrap(),
+        number
+    );
+    // alice is told about bob's new device (the number stays the same).
+    let bob2_device = net.client(bob2).device().unwrap();
+    assert_eq!(
+        warnings(&net.take_events(alice)),
+        [format!(
+            "bob has a new device {bob2_device} (key pinned on first sight; compare safety \
+             numbers to be sure it is theirs)"
+        )]
+    );
+    for slot in [bob, bob2] {
+        let w = warnings(&net.take_events(slot));
+        assert!(w.is_empty(), "slot {slot}: {w:?}");
+    }
+}
+
 #[test]
 fn a_user_with_two_devices_receives_on_both() {
     let mut net = Net::new();
