@@ -1,4 +1,4 @@
-//! `cove device link`: a further device of the same user.
+//! `cove device link|list|revoke`: the devices of this user.
 
 use std::path::PathBuf;
 
@@ -23,6 +23,27 @@ all their devices). The existing home must not be in use (stop its `cove listen`
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
     },
+    /// Show this user's devices as the user's signed device list names them (fetched from
+    /// the relay and checked against the user's identity key).
+    #[command(after_help = "\
+Example:
+  cove device list
+
+Each line: the device key (the first 16 hex digits; `cove device revoke` takes any unique
+prefix), its name, when it was added, and which one is this device. Revoked devices follow.")]
+    List,
+    /// Revoke a device of this user for good (lost or stolen): signs a revoke entry with the
+    /// user's identity key (only the user's first device holds it) and publishes it.
+    #[command(after_help = "\
+Example:
+  cove device revoke 9f8e7d6c
+
+From then on the relay refuses the revoked device's logins, and no client adds it to a group
+again. It cannot be undone: a revoked key is never listed again.")]
+    Revoke {
+        /// The device's key, or a unique prefix of it in hex (see `cove device list`).
+        key: String,
+    },
 }
 
 /// Runs `cove device ...`.
@@ -45,5 +66,73 @@ pub async fn run(home: Home, cmd: DeviceCommand) -> anyhow::Result<()> {
             linked.close().await;
             Ok(())
         }
+        DeviceCommand::List => {
+            let mut device = Device::open(&home).await?;
+            let synced = device.settle().await;
+            let view = device.device_list().await;
+            device.close().await;
+            synced?;
+            let Some(view) = view? else {
+                println!("no signed device list known for this user yet");
+                return Ok(());
+            };
+            println!("identity key {}", short(&view.identity));
+            for d in &view.devices {
+                println!(
+                    "  {}  {:<16}  added {}{}",
+                    short(&d.key),
+                    d.name,
+                    utc(d.added_ms),
+                    if d.this { "  (this device)" } else { "" }
+                );
+            }
+            for key in &view.revoked {
+                println!("  {}  revoked", short(key));
+            }
+            Ok(())
+        }
+        DeviceCommand::Revoke { key } => {
+            let mut device = Device::open(&home).await?;
+            let revoked = device.revoke_device(&key).await;
+            device.close().await;
+            println!("revoked device {}", short(&revoked?));
+            Ok(())
+        }
+    }
+}
+
+/// The first 16 hex digits of a key.
+fn short(hex: &str) -> &str {
+    hex.get(..16).unwrap_or(hex)
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of a time in ms since the Unix epoch.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00 UTC");
+        assert_eq!(super::utc(1_796_433_840_000), "2026-12-05 01:24 UTC");
     }
 }

@@ -211,6 +211,8 @@ fn every_command_has_help_with_an_example() {
         &["history"],
         &["safety-number"],
         &["device", "link"],
+        &["device", "list"],
+        &["device", "revoke"],
         &["demo"],
     ] {
         let mut args = cmd.to_vec();
@@ -316,6 +318,67 @@ async fn a_duplicate_group_name_is_refused_and_the_first_group_keeps_working() {
         assert_eq!(groups.lines().count(), 1, "{groups}");
         ok(&alice, &["send", "friends", "still one group"]);
         assert_eq!(ok(&alice, &["history", "friends"]).lines().count(), 1);
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// Through the binaries: bob's first device lists both of his devices (the linked one added
+/// to the signed list), revokes the laptop by a key prefix, and from then on the laptop's
+/// `cove sync` fails with the relay's reason, while the list shows it revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_list_shows_both_devices_and_a_revoked_laptop_is_locked_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let bob = d.join("bob");
+        let laptop = d.join("bob-laptop");
+        init(&bob, &server, &ca, "bob");
+        ok(
+            &laptop,
+            &["device", "link", "--from", bob.to_str().unwrap()],
+        );
+        let out = ok(&bob, &["device", "list"]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("identity key "), "{out}");
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(
+            lines[1].contains("first device") && lines[1].ends_with("(this device)"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("device 2") && !lines[2].contains("this device"),
+            "{out}"
+        );
+        let laptop_key = lines[2].split_whitespace().next().unwrap().to_owned();
+        // The laptop sees the same list, itself marked.
+        let seen = ok(&laptop, &["device", "list"]);
+        assert!(
+            seen.lines()
+                .nth(2)
+                .is_some_and(|l| l.ends_with("(this device)")),
+            "{seen}"
+        );
+        // The laptop cannot revoke (it does not hold the identity key).
+        let err = fails(&laptop, &["device", "revoke", &lines[1][2..10]]);
+        assert!(
+            err.contains("does not hold the user's identity key"),
+            "{err}"
+        );
+
+        let out = ok(&bob, &["device", "revoke", &laptop_key[..8]]);
+        assert_eq!(out.trim_end(), format!("revoked device {laptop_key}"));
+        let err = fails(&laptop, &["sync"]);
+        assert!(err.contains("this device was revoked by its user"), "{err}");
+        let out = ok(&bob, &["device", "list"]);
+        assert_eq!(out.lines().count(), 3, "{out}");
+        assert_eq!(
+            out.lines().nth(2).unwrap().trim(),
+            format!("{laptop_key}  revoked")
+        );
+        assert!(fails(&bob, &["device", "revoke", "zz"]).contains("no device of this user"));
     })
     .await
     .unwrap();

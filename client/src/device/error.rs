@@ -32,6 +32,12 @@ pub enum DeviceError {
     /// A direct relay exchange failed.
     #[error(transparent)]
     Raw(#[from] RawError),
+    /// No listed device key of this user starts with these hex digits.
+    #[error("no device of this user has a key starting with {0:?} (see `cove device list`)")]
+    UnknownDeviceKey(String),
+    /// Several listed device keys start with these hex digits.
+    #[error("several devices have a key starting with {0:?}: give more digits")]
+    AmbiguousDeviceKey(String),
     /// The device has no identity or is not registered yet.
     #[error("this device is not registered with the relay yet")]
     NotRegistered,

@@ -80,3 +80,91 @@ impl Device {
         Ok(reply)
     }
 }
+
+/// One device of a user's signed device list, as `cove device list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedDeviceView {
+    /// The device key (hex).
+    pub key: String,
+    /// Its name in the list.
+    pub name: String,
+    /// When it was added (ms since the Unix epoch, by the adding device's clock).
+    pub added_ms: u64,
+    /// Whether it is this device.
+    pub this: bool,
+}
+
+/// A user's signed device list as this device verified it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceListView {
+    /// The user's identity key (hex).
+    pub identity: String,
+    /// The devices listed now.
+    pub devices: Vec<ListedDeviceView>,
+    /// The keys (hex) of revoked devices.
+    pub revoked: Vec<String>,
+}
+
+impl Device {
+    /// This user's devices as the signed device list names them (after syncing with the
+    /// relay when online), or `None` if this device has not seen its user's list.
+    pub async fn device_list(&self) -> Result<Option<DeviceListView>, DeviceError> {
+        let user = self.config.user.clone();
+        let (list, me) = self
+            .session
+            .call(move |c| (c.device_list_of(&user), c.device_key()))
+            .await?;
+        let Some(list) = list? else {
+            return Ok(None);
+        };
+        let revoked = list
+            .entries()
+            .iter()
+            .filter_map(|e| match &e.body.op {
+                cove_wire::identity::ListOp::Revoke { device } => Some(device.to_hex()),
+                _ => None,
+            })
+            .collect();
+        Ok(Some(DeviceListView {
+            identity: list.identity().to_hex(),
+            devices: list
+                .devices()
+                .map(|d| ListedDeviceView {
+                    key: d.key.to_hex(),
+                    name: d.name.to_string(),
+                    added_ms: d.added_ms,
+                    this: d.key == me,
+                })
+                .collect(),
+            revoked,
+        }))
+    }
+
+    /// Revokes the device of this user whose key starts with the hex digits `key_prefix`
+    /// (on the user's first device, which holds the identity key), and waits until the relay
+    /// has the signed entry. Returns the revoked key (hex).
+    pub async fn revoke_device(&mut self, key_prefix: &str) -> Result<String, DeviceError> {
+        let prefix = key_prefix.trim().to_ascii_lowercase();
+        let view = self
+            .device_list()
+            .await?
+            .ok_or(DeviceError::NotRegistered)?;
+        let matches: Vec<&ListedDeviceView> = view
+            .devices
+            .iter()
+            .filter(|d| !prefix.is_empty() && d.key.starts_with(&prefix))
+            .collect();
+        let key = match matches.as_slice() {
+            [one] => one.key.clone(),
+            [] => return Err(DeviceError::UnknownDeviceKey(key_prefix.to_owned())),
+            _ => return Err(DeviceError::AmbiguousDeviceKey(key_prefix.to_owned())),
+        };
+        let device_key = cove_wire::DeviceKey::from_hex(&key)
+            .map_err(|_| DeviceError::UnknownDeviceKey(key_prefix.to_owned()))?;
+        self.session
+            .call(move |c| c.revoke_device(crate::session::now_ms(), &device_key))
+            .await??;
+        self.settle().await?;
+        Ok(key)
+    }
+}

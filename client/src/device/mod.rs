@@ -29,4 +29,5 @@ mod queries;
 pub use error::DeviceError;
 pub use handle::{DEFAULT_TIMEOUT, Device};
 pub use inbox::{Incoming, message_view};
+pub use link::{DeviceListView, ListedDeviceView};
 pub use messages::Sent;

@@ -520,6 +520,13 @@ pub enum OwnIdentityError {
     /// A device name outside the rules.
     #[error(transparent)]
     Name(#[from] cove_wire::identity::DeviceNameError),
+    /// This device does not hold the user's identity key (only the user's first device
+    /// does): it cannot sign device-list entries.
+    #[error("this device does not hold the user's identity key (use the user's first device)")]
+    NotIdentityHolder,
+    /// A device cannot revoke itself.
+    #[error("a device cannot revoke itself")]
+    RevokeSelf,
 }
 
 #[cfg(test)]

@@ -167,6 +167,8 @@ fn register_device(
     if !verify(&authorizer_key, &grant, &authorization) {
         return Err(Refused::BadSignature("device authorization"));
     }
+    refuse_revoked(store, &user, &authorizer_key)?;
+    refuse_revoked(store, &user, &key)?;
     let device = store.add_device(&user, &key)?;
     info!(%device, %user, %authorizer, "registered device");
     Ok(device)
@@ -192,8 +194,25 @@ fn authenticate(
     if !verify(&key, &message, &signature) {
         return Err(Refused::BadSignature("authenticate"));
     }
+    refuse_revoked(store, &user, &key)?;
     debug!(%device, "authenticated");
     Ok(device)
+}
+
+/// Refuses a device its user revoked in the signed device list (the list was verified when
+/// it was published, so a `Revoke` entry in it was signed by the user's identity key).
+fn refuse_revoked(store: &dyn RelayStore, user: &UserName, key: &DeviceKey) -> Result<(), Refused> {
+    let revoked = store.device_list(user)?.iter().any(
+        |e| matches!(&e.body.op, cove_wire::identity::ListOp::Revoke { device } if device == key),
+    );
+    if revoked {
+        info!(%user, "login of a revoked device refused");
+        return Err(Refused::Reply(ErrorReply::new(
+            ErrorCode::UnknownDevice,
+            "this device was revoked by its user",
+        )));
+    }
+    Ok(())
 }
 
 /// Verifies an Ed25519 signature strictly (no malleable or small-order cases).

@@ -283,6 +283,31 @@ impl<S: Store> Client<S> {
         Ok(Some(grant))
     }
 
+    /// Revokes this user's device `device` in the signed device list (on the device that
+    /// holds the user's identity) and publishes the entry now (or at the next connection):
+    /// the relay then refuses the device's logins, and no client adds it to a group again.
+    pub fn revoke_device(&mut self, now_ms: u64, device: &DeviceKey) -> Result<(), CommandError> {
+        own_list::revoke_device(self.provider.store(), &self.me, *device, now_ms)?;
+        if self.conn == Conn::Ready
+            && let Some((request, len)) = own_list::unpublished(self.provider.store(), &self.me)?
+        {
+            self.send(request, Pending::PublishList { len });
+        }
+        Ok(())
+    }
+
+    /// The last verified device list of `user` (this user's own included) this device holds.
+    pub fn device_list_of(
+        &self,
+        user: &UserName,
+    ) -> Result<Option<cove_identity::DeviceList>, StoreError> {
+        Ok(self
+            .provider
+            .store()
+            .device_list(user)?
+            .and_then(|entries| cove_identity::DeviceList::verify(user, &entries).ok()))
+    }
+
     /// This user's verified device list, on a device that holds the user's identity (the
     /// first device): its identity key, devices and head.
     pub fn own_device_list(&self) -> Result<Option<cove_identity::DeviceList>, StoreError> {

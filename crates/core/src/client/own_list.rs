@@ -93,6 +93,35 @@ pub(super) fn add_device<S: Store>(
     Ok(())
 }
 
+/// Revokes `device` in the own list (signed by the identity key this device holds).
+pub(super) fn revoke_device<S: Store>(
+    store: &S,
+    me: &Me,
+    device: cove_wire::DeviceKey,
+    now_ms: u64,
+) -> Result<(), OwnIdentityError> {
+    let Some(identity) = store.user_identity()? else {
+        return Err(OwnIdentityError::NotIdentityHolder);
+    };
+    let Some(mut list) = own_list(store, me)? else {
+        return Err(OwnIdentityError::NotIdentityHolder);
+    };
+    if device == me.key() {
+        return Err(OwnIdentityError::RevokeSelf);
+    }
+    let signer = IdentitySigner::new(me.user().clone(), &identity.secret_key);
+    signer.revoke(&mut list, device, now_ms)?;
+    store.transaction(|s: &S| -> Result<(), StoreError> {
+        s.set_device_list(me.user(), list.entries())?;
+        if let Some(mut pin) = s.identity_pin(me.user())? {
+            pin.head = Some(list.head());
+            s.set_identity_pin(&pin)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
 /// The request that publishes what the relay does not have yet of the own list, and the
 /// list length it brings the relay to.
 pub(super) fn unpublished<S: Store>(

@@ -7,6 +7,7 @@ mod outbox;
 mod relay;
 
 use cove_core::cove_store::{MemoryStore, SqliteStore, Store};
+use cove_core::error::OwnIdentityError;
 use cove_core::{Client, CommandError, Event, OpError, OpId};
 use cove_wire::{
     ClientFrame, Delivery, GroupId, PostKind, Request, RequestId, ServerFrame, UserName,
@@ -686,6 +687,65 @@ fn safety_numbers_are_over_identity_keys_and_a_new_device_does_not_change_them()
         let w = warnings(&net.take_events(slot));
         assert!(w.is_empty(), "slot {slot}: {w:?}");
     }
+}
+
+/// A user's first device revokes a linked device: the signed entry is published, the relay
+/// refuses the revoked device's next login, and adding that user to a group leaves it out.
+/// Only the holder of the identity key can revoke, and not itself.
+#[test]
+fn a_revoked_device_cannot_log_in_and_is_not_added_again() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let alice2 = linked_device(&mut net, alice, "alice", 60);
+    let (key1, key2) = (
+        net.client(alice).device_key(),
+        net.client(alice2).device_key(),
+    );
+    let device2 = net.client(alice2).device().unwrap();
+    let now = net.now_ms;
+    assert!(matches!(
+        net.client(alice2).revoke_device(now, &key1),
+        Err(CommandError::OwnIdentity(
+            OwnIdentityError::NotIdentityHolder
+        ))
+    ));
+    assert!(matches!(
+        net.client(alice).revoke_device(now, &key1),
+        Err(CommandError::OwnIdentity(OwnIdentityError::RevokeSelf))
+    ));
+    net.client(alice).revoke_device(now, &key2).unwrap();
+    net.run();
+    let stored = net.relay.device_list_of(&user("alice"));
+    let list = cove_core::cove_identity::DeviceList::verify(&user("alice"), &stored).unwrap();
+    assert!(list.is_revoked(&key2));
+    assert!(list.is_listed(&key1));
+
+    net.nodes[alice2].expect_handle_errors = true;
+    net.disconnect(alice2);
+    net.connect(alice2);
+    net.run();
+    assert_eq!(
+        net.nodes[alice2].handle_errors,
+        ["authentication refused: UnknownDevice: this device was revoked by its user"]
+    );
+
+    group_of(&mut net, bob, &["alice"]);
+    assert!(
+        net.relay.inbox_of(device2).is_empty(),
+        "no Welcome for the revoked device"
+    );
+    assert!(
+        net.take_events(alice)
+            .iter()
+            .any(|e| matches!(e, Event::Joined { .. }))
+    );
+    assert_eq!(
+        warnings(&net.take_events(bob)),
+        [format!(
+            "device {device2} of alice is not in alice's signed device list: not added"
+        )]
+    );
 }
 
 #[test]
