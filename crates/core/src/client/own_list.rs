@@ -5,10 +5,11 @@
 //! device) before it sends its registration, so a crash cannot leave a registered user
 //! without one. After every authentication, the entries the relay does not have yet are
 //! published (`PublishDeviceList`); the relay verifies them (`cove-identity`) and stores
-//! them; any device can fetch them to check this user's devices.
+//! them; any device can fetch them to check this user's devices. Authorising a further
+//! device adds it ([`add_device`]); a lost one is revoked ([`revoke_device`]). Only this
+//! first device holds the identity key, so only it signs entries.
 //!
-//! Not yet here: lists of further devices (linking by code adds them), revocation, and
-//! certificates in leaves.
+//! Not yet here: certificates in MLS leaves.
 
 use cove_identity::{DeviceList, IdentitySigner};
 use cove_store::{PinnedIdentity, Store, StoreError, UserIdentity};
