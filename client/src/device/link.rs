@@ -99,7 +99,7 @@ pub struct ListedDeviceView {
 pub struct DeviceListView {
     /// The user's identity key (hex).
     pub identity: String,
-    /// The devices listed now.
+    /// The devices listed now, in the order they were added.
     pub devices: Vec<ListedDeviceView>,
     /// The keys (hex) of revoked devices.
     pub revoked: Vec<String>,
@@ -125,10 +125,13 @@ impl Device {
                 _ => None,
             })
             .collect();
+        // In the order they were added.
+        let mut listed: Vec<_> = list.devices().collect();
+        listed.sort_by_key(|d| d.index);
         Ok(Some(DeviceListView {
             identity: list.identity().to_hex(),
-            devices: list
-                .devices()
+            devices: listed
+                .into_iter()
                 .map(|d| ListedDeviceView {
                     key: d.key.to_hex(),
                     name: d.name.to_string(),
