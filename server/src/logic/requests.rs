@@ -26,7 +26,19 @@ pub fn request(
     let stored = |e: StoreError| store_error_reply(&e);
     match body {
         Request::ListDevices { user } => {
-            let devices = store.devices(&user).map_err(stored)?;
+            let mut devices = store.devices(&user).map_err(stored)?;
+            // Devices the user revoked in the signed list are not in the directory.
+            let list = match store.device_list(&user) {
+                Ok(list) => list,
+                Err(crate::store::StoreError::UnknownUser) => Vec::new(),
+                Err(e) => return Err(stored(e)),
+            };
+            let revoked = |key: &cove_wire::DeviceKey| {
+                list.iter().any(|e| {
+                    matches!(&e.body.op, cove_wire::identity::ListOp::Revoke { device } if device == key)
+                })
+            };
+            devices.retain(|d| !revoked(&d.key));
             Ok(Reply::Devices {
                 user,
                 devices: BoundedVec(devices),

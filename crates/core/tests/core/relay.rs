@@ -229,7 +229,7 @@ impl Relay {
         self.sim.disconnect(slot);
     }
 
-    fn store(&self) -> &dyn RelayStore {
+    pub fn store(&self) -> &dyn RelayStore {
         self.sim.store()
     }
 
