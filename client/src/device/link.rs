@@ -117,14 +117,7 @@ impl Device {
         let Some(list) = list? else {
             return Ok(None);
         };
-        let revoked = list
-            .entries()
-            .iter()
-            .filter_map(|e| match &e.body.op {
-                cove_wire::identity::ListOp::Revoke { device } => Some(device.to_hex()),
-                _ => None,
-            })
-            .collect();
+        let revoked = list.revoked().map(|k| k.to_hex()).collect();
         // In the order they were added.
         let mut listed: Vec<_> = list.devices().collect();
         listed.sort_by_key(|d| d.index);

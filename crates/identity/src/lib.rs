@@ -21,7 +21,7 @@
 mod list;
 mod signer;
 
-pub use list::{DeviceList, ListError, ListedDevice, entry_hash};
+pub use list::{DeviceList, ListError, ListedDevice, entry_hash, revokes};
 pub use signer::IdentitySigner;
 
 use cove_wire::identity::{DeviceCertificate, ListOp};

@@ -123,6 +123,14 @@ pub struct DeviceList {
     revoked: BTreeMap<DeviceKey, u64>,
 }
 
+/// Whether `entries` revoke `device`. For a list that was verified when it was stored (the
+/// relay's, after `PublishDeviceList`): it reads the entries and checks no signature.
+pub fn revokes(entries: &[ListEntry], device: &DeviceKey) -> bool {
+    entries
+        .iter()
+        .any(|e| matches!(&e.body.op, ListOp::Revoke { device: d } if d == device))
+}
+
 /// The hash of a signed entry, as the next entry's `prev` holds it.
 pub fn entry_hash(entry: &ListEntry) -> Result<EntryHash, EncodeError> {
     Ok(EntryHash(Sha256::digest(entry_hash_input(entry)?).into()))
@@ -302,6 +310,11 @@ impl DeviceList {
     /// Whether `device` was revoked.
     pub fn is_revoked(&self, device: &DeviceKey) -> bool {
         self.revoked.contains_key(device)
+    }
+
+    /// The revoked device keys, in key order.
+    pub fn revoked(&self) -> impl Iterator<Item = &DeviceKey> {
+        self.revoked.keys()
     }
 }
 

@@ -202,10 +202,7 @@ fn authenticate(
 /// Refuses a device its user revoked in the signed device list (the list was verified when
 /// it was published, so a `Revoke` entry in it was signed by the user's identity key).
 fn refuse_revoked(store: &dyn RelayStore, user: &UserName, key: &DeviceKey) -> Result<(), Refused> {
-    let revoked = store.device_list(user)?.iter().any(
-        |e| matches!(&e.body.op, cove_wire::identity::ListOp::Revoke { device } if device == key),
-    );
-    if revoked {
+    if cove_identity::revokes(&store.device_list(user)?, key) {
         info!(%user, "login of a revoked device refused");
         return Err(Refused::Reply(ErrorReply::new(
             ErrorCode::UnknownDevice,

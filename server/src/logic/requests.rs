@@ -33,12 +33,7 @@ pub fn request(
                 Err(crate::store::StoreError::UnknownUser) => Vec::new(),
                 Err(e) => return Err(stored(e)),
             };
-            let revoked = |key: &cove_wire::DeviceKey| {
-                list.iter().any(|e| {
-                    matches!(&e.body.op, cove_wire::identity::ListOp::Revoke { device } if device == key)
-                })
-            };
-            devices.retain(|d| !revoked(&d.key));
+            devices.retain(|d| !cove_identity::revokes(&list, &d.key));
             Ok(Reply::Devices {
                 user,
                 devices: BoundedVec(devices),

@@ -275,11 +275,7 @@ impl<S: Store> Client<S> {
             return Ok(None);
         };
         own_list::add_device(self.provider.store(), &self.me, *new_key, now_ms)?;
-        if self.conn == Conn::Ready
-            && let Some((request, len)) = own_list::unpublished(self.provider.store(), &self.me)?
-        {
-            self.send(request, Pending::PublishList { len });
-        }
+        self.publish_own_list()?;
         Ok(Some(grant))
     }
 
@@ -288,6 +284,13 @@ impl<S: Store> Client<S> {
     /// the relay then refuses the device's logins, and no client adds it to a group again.
     pub fn revoke_device(&mut self, now_ms: u64, device: &DeviceKey) -> Result<(), CommandError> {
         own_list::revoke_device(self.provider.store(), &self.me, *device, now_ms)?;
+        self.publish_own_list()?;
+        Ok(())
+    }
+
+    /// Publishes the entries of the own list the relay does not have yet, if connected
+    /// (otherwise at the next authentication).
+    fn publish_own_list(&mut self) -> Result<(), StoreError> {
         if self.conn == Conn::Ready
             && let Some((request, len)) = own_list::unpublished(self.provider.store(), &self.me)?
         {

@@ -71,27 +71,15 @@ pub(super) fn add_device<S: Store>(
     device: cove_wire::DeviceKey,
     now_ms: u64,
 ) -> Result<(), OwnIdentityError> {
-    let Some(identity) = store.user_identity()? else {
-        return Ok(());
-    };
-    let Some(mut list) = own_list(store, me)? else {
+    let Some((signer, mut list)) = signer_and_list(store, me)? else {
         return Ok(());
     };
     if list.is_listed(&device) {
         return Ok(());
     }
-    let signer = IdentitySigner::new(me.user().clone(), &identity.secret_key);
     let name = DeviceName::new(format!("device {}", list.entries().len()))?;
     signer.add(&mut list, device, name, now_ms)?;
-    store.transaction(|s: &S| -> Result<(), StoreError> {
-        s.set_device_list(me.user(), list.entries())?;
-        if let Some(mut pin) = s.identity_pin(me.user())? {
-            pin.head = Some(list.head());
-            s.set_identity_pin(&pin)?;
-        }
-        Ok(())
-    })?;
-    Ok(())
+    Ok(store_own(store, me, &list)?)
 }
 
 /// Revokes `device` in the own list (signed by the identity key this device holds).
@@ -101,17 +89,30 @@ pub(super) fn revoke_device<S: Store>(
     device: cove_wire::DeviceKey,
     now_ms: u64,
 ) -> Result<(), OwnIdentityError> {
-    let Some(identity) = store.user_identity()? else {
-        return Err(OwnIdentityError::NotIdentityHolder);
-    };
-    let Some(mut list) = own_list(store, me)? else {
+    let Some((signer, mut list)) = signer_and_list(store, me)? else {
         return Err(OwnIdentityError::NotIdentityHolder);
     };
     if device == me.key() {
         return Err(OwnIdentityError::RevokeSelf);
     }
-    let signer = IdentitySigner::new(me.user().clone(), &identity.secret_key);
     signer.revoke(&mut list, device, now_ms)?;
+    Ok(store_own(store, me, &list)?)
+}
+
+/// The identity signer and the own list, on the device that holds the identity key.
+fn signer_and_list<S: Store>(
+    store: &S,
+    me: &Me,
+) -> Result<Option<(IdentitySigner, DeviceList)>, StoreError> {
+    let Some(identity) = store.user_identity()? else {
+        return Ok(None);
+    };
+    let signer = IdentitySigner::new(me.user().clone(), &identity.secret_key);
+    Ok(own_list(store, me)?.map(|list| (signer, list)))
+}
+
+/// Stores the extended own list and moves the own pin to its head, in one transaction.
+fn store_own<S: Store>(store: &S, me: &Me, list: &DeviceList) -> Result<(), StoreError> {
     store.transaction(|s: &S| -> Result<(), StoreError> {
         s.set_device_list(me.user(), list.entries())?;
         if let Some(mut pin) = s.identity_pin(me.user())? {
@@ -119,8 +120,7 @@ pub(super) fn revoke_device<S: Store>(
             s.set_identity_pin(&pin)?;
         }
         Ok(())
-    })?;
-    Ok(())
+    })
 }
 
 /// The request that publishes what the relay does not have yet of the own list, and the
