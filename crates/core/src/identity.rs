@@ -97,7 +97,7 @@ pub enum LeafVerdict {
 }
 
 /// Why a leaf was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LeafRefusal {
     /// The certificate itself does not hold (wrong user, wrong device, bad signature).
     #[error("its certificate is invalid: {0}")]

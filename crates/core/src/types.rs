@@ -109,6 +109,8 @@ pub enum Event {
     /// Something was skipped or went wrong without stopping the client (a message that
     /// could not be decrypted or decoded, an unexpected reply, ...). Never contains plaintext.
     Warning(crate::error::Warning),
+    /// A user's identity or devices changed, or a group member was refused (issue 9).
+    Identity(IdentityEvent),
     /// The relay's answer to a request made with `Client::send_request` (e.g. TURN
     /// credentials for calls).
     Reply {
@@ -116,6 +118,50 @@ pub enum Event {
         id: cove_wire::RequestId,
         /// The answer.
         result: Result<cove_wire::Reply, cove_wire::ErrorReply>,
+    },
+}
+
+/// What a user is told about identities and devices (see [`Event::Identity`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityEvent {
+    /// `user`'s signed device list gained a device (their safety number is unchanged).
+    DeviceAdded {
+        /// Whose device.
+        user: UserName,
+        /// The new device's key.
+        device: DeviceKey,
+        /// Its name in the list.
+        name: String,
+    },
+    /// `user` revoked a device in their signed list: it is removed from every group and
+    /// never added again.
+    DeviceRevoked {
+        /// Whose device.
+        user: UserName,
+        /// The revoked device's key.
+        device: DeviceKey,
+    },
+    /// `user`'s identity key changed: their safety number changed. `verified` says whether
+    /// the old one had been verified (then sending to groups with them is blocked until the
+    /// user verifies again).
+    IdentityChanged {
+        /// Whose identity.
+        user: UserName,
+        /// Whether the previous identity was verified.
+        verified: bool,
+    },
+    /// A member's leaf in `group` does not carry a valid certificate of its user's pinned
+    /// identity (forged, another identity, revoked, not listed): its messages are not shown
+    /// as anyone's, and this device removes it when it may.
+    LeafRefused {
+        /// The group.
+        group: GroupId,
+        /// The user the leaf claims to be.
+        user: UserName,
+        /// The device id it claims.
+        device: DeviceId,
+        /// Why it was refused.
+        reason: crate::identity::LeafRefusal,
     },
 }
 

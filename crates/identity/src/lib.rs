@@ -29,7 +29,7 @@ use cove_wire::{DeviceKey, UserName};
 use ed25519_dalek::{Signature, VerifyingKey};
 
 /// Why a device certificate was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CertificateError {
     /// The certificate's entry does not add a device.
     #[error("the certificate is not a device's Add entry")]

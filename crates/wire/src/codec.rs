@@ -21,7 +21,7 @@ pub enum DecodeError {
 }
 
 /// Why a frame could not be encoded (a caller bug, e.g. a frame over the size limit).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EncodeError {
     /// The encoded frame would exceed [`MAX_FRAME_BYTES`].
     #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
