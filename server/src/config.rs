@@ -125,6 +125,9 @@ pub struct Limits {
     pub close_grace_ms: u64,
     /// How long shutdown waits for connections to close, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// How long a link code (a rendezvous slot for linking a new machine) lives from its
+    /// opening, in milliseconds (default 5 minutes).
+    pub link_code_lifetime_ms: u64,
 }
 
 impl Default for Limits {
@@ -147,6 +150,7 @@ impl Default for Limits {
             post_batch_max: 1024,
             close_grace_ms: 2_000,
             shutdown_grace_ms: 5_000,
+            link_code_lifetime_ms: crate::rendezvous::SLOT_LIFETIME_MS,
         }
     }
 }

@@ -44,6 +44,7 @@ pub mod blob;
 pub mod config;
 mod http;
 mod hub;
+mod links;
 mod logging;
 pub mod logic;
 mod pipeline;

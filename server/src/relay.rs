@@ -135,6 +135,11 @@ impl Relay {
             .max_write_buffer_size(limits.max_write_buffer_bytes)
             .read_buffer_size(16 * 1024);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let links = Arc::new(crate::links::Links::new(limits.link_code_lifetime_ms));
+        tokio::spawn(crate::links::sweep_loop(
+            Arc::clone(&links),
+            shutdown_rx.clone(),
+        ));
         let shared = Arc::new(Shared {
             store,
             hub: Arc::clone(&hub),
@@ -146,6 +151,7 @@ impl Relay {
             ws_config,
             shutdown: shutdown_rx,
             turn: turn.map(Arc::new),
+            links,
         });
         let turn_handle = shared.turn.clone();
         info!(

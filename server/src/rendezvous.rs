@@ -6,7 +6,9 @@
 //!
 //! - a slot takes **one joiner, ever**: a second join is refused (`Taken`), and a slot is not
 //!   reused after its host closes it, so whoever guesses the code gets one try per slot;
-//! - a slot lives at most [`SLOT_LIFETIME_MS`] (5 minutes) from its opening;
+//! - a slot lives at most [`SLOT_LIFETIME_MS`] (5 minutes, configurable) from its opening;
+//!   for [`TOMBSTONE_MS`] after it expired, a join of its number is told `Expired` rather
+//!   than `NoSuchSlot`;
 //! - bounded everything: slots in all, one open slot per host connection, messages per slot
 //!   and bytes per message.
 //!
@@ -20,6 +22,8 @@ use rand::Rng;
 
 /// How long a slot may be joined and used, from its opening.
 pub const SLOT_LIFETIME_MS: u64 = 5 * 60 * 1000;
+/// How long an expired slot's number answers `Expired` to a join.
+pub const TOMBSTONE_MS: u64 = 10 * 60 * 1000;
 /// Most slots open at once on a relay.
 pub const MAX_SLOTS: usize = 10_000;
 /// Most messages forwarded through one slot (both directions together).
@@ -72,13 +76,26 @@ pub struct Rendezvous<C> {
     slots: HashMap<u32, Slot<C>>,
     /// Each connection's slot (host or joiner).
     of: HashMap<C, u32>,
+    /// Numbers of expired slots, until when a join of them is told `Expired`.
+    expired: HashMap<u32, u64>,
+    /// How long a slot lives from its opening.
+    lifetime_ms: u64,
 }
 
 impl<C> Default for Rendezvous<C> {
     fn default() -> Self {
+        Self::with_lifetime(SLOT_LIFETIME_MS)
+    }
+}
+
+impl<C> Rendezvous<C> {
+    /// No slots; each slot will live `lifetime_ms` from its opening.
+    pub fn with_lifetime(lifetime_ms: u64) -> Self {
         Rendezvous {
             slots: HashMap::new(),
             of: HashMap::new(),
+            expired: HashMap::new(),
+            lifetime_ms,
         }
     }
 }
@@ -108,12 +125,13 @@ impl<C: Copy + Eq + Hash> Rendezvous<C> {
             .map(|_| rng.gen_range(1..=top))
             .find(|n| !self.slots.contains_key(n))
             .ok_or(RendezvousError::Busy)?;
+        self.expired.remove(&nameplate);
         self.slots.insert(
             nameplate,
             Slot {
                 host,
                 joiner: None,
-                expires_ms: now_ms.saturating_add(SLOT_LIFETIME_MS),
+                expires_ms: now_ms.saturating_add(self.lifetime_ms),
                 messages: 0,
             },
         );
@@ -126,10 +144,12 @@ impl<C: Copy + Eq + Hash> Rendezvous<C> {
         if self.of.contains_key(&joiner) {
             return Err(RendezvousError::AlreadyOpen);
         }
-        let slot = self
-            .slots
-            .get_mut(&nameplate)
-            .ok_or(RendezvousError::NoSuchSlot)?;
+        let Some(slot) = self.slots.get_mut(&nameplate) else {
+            return match self.expired.get(&nameplate) {
+                Some(until) if now_ms < *until => Err(RendezvousError::Expired),
+                _ => Err(RendezvousError::NoSuchSlot),
+            };
+        };
         if now_ms >= slot.expires_ms {
             return Err(RendezvousError::Expired);
         }
@@ -193,7 +213,11 @@ impl<C: Copy + Eq + Hash> Rendezvous<C> {
             .map(|(n, _)| *n)
             .collect();
         let mut tell = Vec::new();
+        self.expired.retain(|_, until| now_ms < *until);
         for n in expired {
+            if self.expired.len() < MAX_SLOTS {
+                self.expired.insert(n, now_ms.saturating_add(TOMBSTONE_MS));
+            }
             if let Some(slot) = self.slots.remove(&n) {
                 self.of.remove(&slot.host);
                 tell.push(slot.host);
@@ -277,10 +301,18 @@ mod tests {
         told.sort_unstable();
         assert_eq!(told, [1, 3, 4]);
         assert!(r.is_empty());
+        // A join after the sweep still hears that the code expired, for a while.
         assert_eq!(
             r.join(5, m, 2_000 + SLOT_LIFETIME_MS),
-            Err(RendezvousError::NoSuchSlot)
+            Err(RendezvousError::Expired)
         );
+        let later = 2_000 + SLOT_LIFETIME_MS + TOMBSTONE_MS;
+        r.sweep(later);
+        assert_eq!(r.join(5, m, later), Err(RendezvousError::NoSuchSlot));
+        // The lifetime is configurable.
+        let mut short = Rendezvous::with_lifetime(10);
+        let n = short.open(1u64, 0, &mut rng()).unwrap();
+        assert_eq!(short.join(2, n, 10), Err(RendezvousError::Expired));
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub ws_config: WebSocketConfig,
     pub shutdown: watch::Receiver<bool>,
     pub turn: Option<Arc<crate::turn::TurnService>>,
+    /// The link rendezvous (linking a new machine by a code).
+    pub links: Arc<crate::links::Links>,
 }
 
 /// Resolves once shutdown was requested (or the relay handle is gone).

@@ -397,6 +397,8 @@ pub struct TestClient {
     next_id: u32,
     responses: HashMap<RequestId, Result<Reply, ErrorReply>>,
     deliveries: VecDeque<Delivery>,
+    /// Link rendezvous pushes (`LinkPeerJoined`, `LinkMessage`, `LinkClosed`), in order.
+    link_frames: VecDeque<ServerFrame>,
     backlog_done: bool,
     closing: Option<ErrorCode>,
     closed: bool,
@@ -415,6 +417,7 @@ impl TestClient {
             next_id: 0,
             responses: HashMap::new(),
             deliveries: VecDeque::new(),
+            link_frames: VecDeque::new(),
             backlog_done: false,
             closing: None,
             closed: false,
@@ -719,8 +722,22 @@ impl TestClient {
             ServerFrame::BacklogDone => self.backlog_done = true,
             ServerFrame::Challenge { nonce, .. } => self.nonce = nonce,
             ServerFrame::Closing { .. } => {}
+            link @ (ServerFrame::LinkPeerJoined
+            | ServerFrame::LinkMessage { .. }
+            | ServerFrame::LinkClosed { .. }) => self.link_frames.push_back(link),
         }
         Ok(())
+    }
+
+    /// The next link rendezvous push (`LinkPeerJoined`, `LinkMessage`, `LinkClosed`),
+    /// buffered or read, waiting up to the timeout.
+    pub async fn next_link_frame(&mut self) -> Result<ServerFrame, ClientError> {
+        loop {
+            if let Some(f) = self.link_frames.pop_front() {
+                return Ok(f);
+            }
+            self.pump("a link frame").await?;
+        }
     }
 
     /// Closes the connection politely.

@@ -129,6 +129,25 @@ pub enum Request {
         /// Whose list.
         user: UserName,
     },
+    /// Opens a link rendezvous slot for linking a new machine by a code (authenticated
+    /// devices only); answered with [`Reply::LinkOpened`]. One open slot per connection;
+    /// the slot lives until this connection closes it (disconnects) or it expires.
+    OpenLink,
+    /// Joins the link slot `nameplate` (the first part of the code the other device shows);
+    /// allowed before authentication (the new machine has no account yet). Answered with
+    /// [`Reply::LinkJoined`]; the slot's host is pushed [`ServerFrame::LinkPeerJoined`]. A
+    /// slot takes one joiner, ever.
+    JoinLink {
+        /// The slot number.
+        nameplate: u32,
+    },
+    /// Sends opaque bytes to the other device of this connection's link slot (pushed to it
+    /// as [`ServerFrame::LinkMessage`]); allowed before authentication. At most
+    /// [`crate::limits::MAX_LINK_MESSAGE_BYTES`] bytes.
+    LinkSend {
+        /// The bytes (a SPAKE2 message, a confirmation or a sealed channel message).
+        bytes: Payload,
+    },
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -186,6 +205,18 @@ pub enum ServerFrame {
     Closing {
         /// Why.
         code: ErrorCode,
+    },
+    /// To a link slot's host: a machine joined the slot.
+    LinkPeerJoined,
+    /// Bytes the other device of this connection's link slot sent (`LinkSend`).
+    LinkMessage {
+        /// The bytes, as sent.
+        bytes: Payload,
+    },
+    /// This connection's link slot is closed; nothing more passes through it.
+    LinkClosed {
+        /// Why.
+        reason: LinkCloseReason,
     },
 }
 
@@ -262,6 +293,24 @@ pub enum Reply {
         /// The signed entries, from entry 0.
         entries: BoundedVec<ListEntry>,
     },
+    /// A link slot is open (answer to `OpenLink`).
+    LinkOpened {
+        /// Its number, the first part of the link code.
+        nameplate: u32,
+    },
+    /// This connection joined the link slot (answer to `JoinLink`).
+    LinkJoined,
+    /// The bytes were passed on to the other device (answer to `LinkSend`).
+    LinkSent,
+}
+
+/// Why a link slot closed (in [`ServerFrame::LinkClosed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkCloseReason {
+    /// The other device disconnected.
+    PeerLeft,
+    /// The slot outlived its lifetime (5 minutes by default).
+    Expired,
 }
 
 /// A device in the directory.
@@ -463,4 +512,11 @@ pub enum ErrorCode {
     // --- relay bug ---
     /// Something failed inside the relay; details are in its log.
     Internal,
+    // --- linking by code (appended) ---
+    /// No device is waiting with this link code (never opened, closed, or long expired).
+    LinkNotFound,
+    /// Another machine already joined this link slot.
+    LinkTaken,
+    /// The link code expired.
+    LinkExpired,
 }

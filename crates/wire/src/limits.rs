@@ -35,3 +35,6 @@ pub const DEVICE_NAME_LEN: std::ops::RangeInclusive<usize> = 1..=64;
 /// Most entries in one user's device list over its whole life (adds and revokes; each entry
 /// is about 200 bytes, so a whole list fits one frame).
 pub const MAX_DEVICE_LIST_ENTRIES: usize = 1024;
+/// Largest message passed through a link slot (`LinkSend`): a sealed channel message of
+/// 512 KiB plaintext with its tag and room to spare.
+pub const MAX_LINK_MESSAGE_BYTES: usize = 512 * 1024 + 64;

@@ -73,6 +73,10 @@ pub enum Route {
     TurnCredentials(DeviceId),
     /// Any other request of an authenticated device: [`request`].
     Request(DeviceId, Request),
+    /// A link rendezvous request (`OpenLink` of an authenticated device, `JoinLink` and
+    /// `LinkSend` of any connection): answered by the relay's rendezvous, or by [`no_link`]
+    /// where it runs none.
+    Link(Request),
 }
 
 /// The answer to a request and what follows it on the connection.
@@ -183,6 +187,8 @@ impl Connection {
                 ErrorCode::AlreadyAuthenticated,
                 "already authenticated",
             ))),
+            (body @ (Request::JoinLink { .. } | Request::LinkSend { .. }), _) => Route::Link(body),
+            (body @ Request::OpenLink, Some(_)) => Route::Link(body),
             (_, None) => Route::Answer(Err(ErrorReply::new(
                 ErrorCode::Unauthenticated,
                 "authenticate first",
@@ -230,6 +236,7 @@ impl Connection {
                 seq,
             } => (Answer::reply(acked(store.ack(device, stream, seq))), None),
             Route::TurnCredentials(_) => (Answer::reply(no_turn()), None),
+            Route::Link(_) => (Answer::reply(no_link()), None),
             Route::Request(device, body) => (Answer::reply(request(store, device, body)), None),
         };
         Handled { answer, fanout }
@@ -241,6 +248,14 @@ pub fn no_turn() -> Result<Reply, ErrorReply> {
     Err(ErrorReply::new(
         ErrorCode::InvalidRequest,
         "this relay runs no TURN server",
+    ))
+}
+
+/// The answer to a link request where no rendezvous runs (the simulation).
+pub fn no_link() -> Result<Reply, ErrorReply> {
+    Err(ErrorReply::new(
+        ErrorCode::InvalidRequest,
+        "this relay runs no link rendezvous",
     ))
 }
 

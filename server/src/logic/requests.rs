@@ -115,7 +115,10 @@ pub fn request(
         | Request::Register { .. }
         | Request::RegisterDevice { .. }
         | Request::Authenticate { .. }
-        | Request::TurnCredentials => {
+        | Request::TurnCredentials
+        | Request::OpenLink
+        | Request::JoinLink { .. }
+        | Request::LinkSend { .. } => {
             error!("request routed to the wrong handler");
             Err(ErrorReply::new(ErrorCode::Internal, "internal error"))
         }

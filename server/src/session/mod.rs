@@ -122,6 +122,12 @@ where
             timer.as_mut().reset(tokio::time::Instant::now() + idle);
             continue;
         }
+        // A new machine linking by a code stays unauthenticated while in its link slot
+        // (bounded by the slot's lifetime); it is not closed for not authenticating.
+        if next.is_err() && session.conn.device().is_none() && shared.links.is_linked(conn_id) {
+            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            continue;
+        }
         heard = true;
         let message = match next {
             Err(_) if session.conn.device().is_none() => {
@@ -185,6 +191,7 @@ where
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
+    shared.links.close(conn_id);
     if let Some(backlog) = session.backlog.take() {
         backlog.abort();
     }

@@ -85,6 +85,21 @@ impl Session {
                     "relay is shutting down",
                 ))
             }
+            Route::Link(body) => {
+                let links = &self.shared.links;
+                match body {
+                    Request::OpenLink => links
+                        .open(&self.outbox)
+                        .map(|nameplate| Reply::LinkOpened { nameplate }),
+                    Request::JoinLink { nameplate } => links
+                        .join(&self.outbox, nameplate)
+                        .map(|()| Reply::LinkJoined),
+                    Request::LinkSend { bytes } => links
+                        .send(self.outbox.conn_id, bytes)
+                        .map(|()| Reply::LinkSent),
+                    _ => logic::no_link(),
+                }
+            }
             Route::TurnCredentials(device) => match &self.shared.turn {
                 Some(turn) => turn.credentials(device),
                 None => logic::no_turn(),

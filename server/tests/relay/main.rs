@@ -10,6 +10,7 @@ mod groups;
 mod hostile;
 mod keypackages;
 mod limits;
+mod link;
 mod logs;
 mod membership;
 mod slow_reader;

@@ -499,6 +499,10 @@ impl<S: Store> Client<S> {
                 self.handle_disconnected();
                 Err(HandleError::Closing(code))
             }
+            // Linking by a code runs on a side connection of the shell, never the session's.
+            ServerFrame::LinkPeerJoined
+            | ServerFrame::LinkMessage { .. }
+            | ServerFrame::LinkClosed { .. } => Ok(()),
         }
     }
 

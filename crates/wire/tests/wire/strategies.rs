@@ -6,8 +6,8 @@ use cove_wire::identity::{
 use cove_wire::{
     BoundedVec, ClaimedKeyPackage, ClientFrame, Delivery, DeviceId, DeviceInfo, DeviceKey,
     EntryKind, Epoch, ErrorCode, ErrorReply, GroupEntry, GroupId, GroupSummary, InboxEntry,
-    InboxKind, Payload, PostKind, Reply, Request, RequestId, Seq, ServerFrame, Signature, Stream,
-    UserName,
+    InboxKind, LinkCloseReason, Payload, PostKind, Reply, Request, RequestId, Seq, ServerFrame,
+    Signature, Stream, UserName,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -134,6 +134,9 @@ pub fn request() -> impl Strategy<Value = Request> {
         Just(Request::TurnCredentials),
         bounded(list_entry()).prop_map(|entries| Request::PublishDeviceList { entries }),
         user_name().prop_map(|user| Request::FetchDeviceList { user }),
+        Just(Request::OpenLink),
+        any::<u32>().prop_map(|nameplate| Request::JoinLink { nameplate }),
+        payload().prop_map(|bytes| Request::LinkSend { bytes }),
     ]
 }
 
@@ -196,6 +199,9 @@ pub fn error_code() -> impl Strategy<Value = ErrorCode> {
         SlowReader,
         IdleTimeout,
         Internal,
+        LinkNotFound,
+        LinkTaken,
+        LinkExpired,
     ])
 }
 
@@ -320,6 +326,9 @@ pub fn reply() -> impl Strategy<Value = Reply> {
             }
         }),
         bounded(list_entry()).prop_map(|entries| Reply::DeviceList { entries }),
+        any::<u32>().prop_map(|nameplate| Reply::LinkOpened { nameplate }),
+        Just(Reply::LinkJoined),
+        Just(Reply::LinkSent),
     ]
 }
 
@@ -339,5 +348,12 @@ pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
         .prop_map(ServerFrame::Deliver),
         Just(ServerFrame::BacklogDone),
         error_code().prop_map(|code| ServerFrame::Closing { code }),
+        Just(ServerFrame::LinkPeerJoined),
+        payload().prop_map(|bytes| ServerFrame::LinkMessage { bytes }),
+        prop_oneof![
+            Just(LinkCloseReason::PeerLeft),
+            Just(LinkCloseReason::Expired)
+        ]
+        .prop_map(|reason| ServerFrame::LinkClosed { reason }),
     ]
 }
