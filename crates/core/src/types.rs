@@ -119,6 +119,20 @@ pub enum Event {
         /// The answer.
         result: Result<cove_wire::Reply, cove_wire::ErrorReply>,
     },
+    /// A push of the relay's link rendezvous on this connection (after an `OpenLink` the
+    /// shell sent with `Client::send_request`, for linking a new machine by a code).
+    Link(LinkPush),
+}
+
+/// A link rendezvous push (see [`Event::Link`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkPush {
+    /// A machine joined the slot.
+    PeerJoined,
+    /// Bytes from the other machine.
+    Message(Vec<u8>),
+    /// The slot closed.
+    Closed(cove_wire::LinkCloseReason),
 }
 
 /// What a user is told about identities and devices (see [`Event::Identity`]).

@@ -34,6 +34,7 @@ mod groups;
 mod history;
 mod inbound;
 mod key_packages;
+mod link_history;
 mod mls;
 mod outbox;
 mod own_list;
@@ -311,6 +312,30 @@ impl<S: Store> Client<S> {
             .and_then(|entries| cove_identity::DeviceList::verify(user, &entries).ok()))
     }
 
+    /// Whether the relay confirmed every entry of the own signed device list (always true
+    /// on a device that does not hold the user's identity). After
+    /// [`Client::authorize_device`], the new device may register once this is true.
+    pub fn own_list_published(&self) -> Result<bool, StoreError> {
+        Ok(own_list::unpublished(self.provider.store(), &self.me)?.is_none())
+    }
+
+    /// The message history of every group this device is an active member of, in chunks
+    /// that each fit one link message (at most [`crate::link::MAX_HISTORY_CHUNKS`]; the
+    /// oldest messages are left out beyond that), for a newly linked device of this user.
+    pub fn export_history(&self) -> Result<Vec<crate::link::HistoryChunk>, StoreError> {
+        link_history::export(self.provider.store(), &self.groups)
+    }
+
+    /// Stores a history chunk from [`Client::export_history`] of another device of this
+    /// user (skipping messages already here); returns how many messages were stored. The
+    /// history queries show them like any message, once this device is in their group.
+    pub fn import_history(
+        &mut self,
+        chunk: crate::link::HistoryChunk,
+    ) -> Result<usize, StoreError> {
+        link_history::import(self.provider.store(), chunk)
+    }
+
     /// This user's verified device list, on a device that holds the user's identity (the
     /// first device): its identity key, devices and head.
     pub fn own_device_list(&self) -> Result<Option<cove_identity::DeviceList>, StoreError> {
@@ -499,10 +524,20 @@ impl<S: Store> Client<S> {
                 self.handle_disconnected();
                 Err(HandleError::Closing(code))
             }
-            // Linking by a code runs on a side connection of the shell, never the session's.
-            ServerFrame::LinkPeerJoined
-            | ServerFrame::LinkMessage { .. }
-            | ServerFrame::LinkClosed { .. } => Ok(()),
+            // Linking by a code: the shell drives it (see `crate::link`).
+            ServerFrame::LinkPeerJoined => {
+                self.fx.event(Event::Link(LinkPush::PeerJoined));
+                Ok(())
+            }
+            ServerFrame::LinkMessage { bytes } => {
+                self.fx
+                    .event(Event::Link(LinkPush::Message(bytes.into_vec())));
+                Ok(())
+            }
+            ServerFrame::LinkClosed { reason } => {
+                self.fx.event(Event::Link(LinkPush::Closed(reason)));
+                Ok(())
+            }
         }
     }
 

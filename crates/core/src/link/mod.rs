@@ -18,6 +18,12 @@
 //!
 //! Sans-IO: randomness comes in as an argument, nothing here reads a clock or a socket.
 
+mod messages;
+
+pub use messages::{
+    HistoryChunk, HistoryMessage, LINK_VERSION, LinkMessage, MAX_FAILED_REASON, MAX_HISTORY_CHUNKS,
+};
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -63,6 +69,9 @@ pub enum LinkError {
     /// A channel message is larger than [`MAX_LINK_MESSAGE`].
     #[error("a link message is larger than {MAX_LINK_MESSAGE} bytes")]
     TooLarge,
+    /// The other device speaks another version of the link messages.
+    #[error("the other device runs an incompatible Cove version (link version {0}); update both")]
+    Version(u16),
 }
 
 /// Which device this is.
