@@ -24,8 +24,8 @@ mod views;
 pub use cove_core::{ChatMessage, Event};
 pub use cove_wire::{DeviceId, GroupId, UserName};
 pub use device::{
-    DEFAULT_TIMEOUT, Device, DeviceError, DeviceListView, Incoming, ListedDeviceView, Sent,
-    message_view,
+    DEFAULT_TIMEOUT, Device, DeviceError, DeviceListView, Incoming, LinkFailure, LinkProgress,
+    ListedDeviceView, Sent, message_view,
 };
 pub use session::{Session, SessionError, SessionEvent};
 pub use views::{GroupView, MessageView, file_line, human_size};

@@ -3,6 +3,7 @@
 //! device goes through the core (see [`crate::Device::link`]). Signatures are made inside the device's session
 //! task with its key; no key leaves it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ pub enum RawError {
 pub struct RawConnection {
     conn: Connection,
     next_id: u32,
+    /// Link rendezvous pushes read while waiting for a response.
+    link_frames: VecDeque<ServerFrame>,
     /// The authenticated device.
     pub device: DeviceId,
 }
@@ -52,6 +55,7 @@ impl RawConnection {
                     RawConnection {
                         conn,
                         next_id: 1,
+                        link_frames: VecDeque::new(),
                         device: DeviceId(0),
                     },
                     nonce,
@@ -96,9 +100,40 @@ impl RawConnection {
                 Some(ServerFrame::Closing { code }) => {
                     return Err(RawError::Unexpected(format!("closing: {code:?}")));
                 }
+                Some(
+                    link @ (ServerFrame::LinkPeerJoined
+                    | ServerFrame::LinkMessage { .. }
+                    | ServerFrame::LinkClosed { .. }),
+                ) => self.link_frames.push_back(link),
                 Some(_) => continue,
             }
         }
+    }
+
+    /// The next link rendezvous push (`LinkPeerJoined`, `LinkMessage`, `LinkClosed`), waiting
+    /// up to `timeout`.
+    pub async fn next_link_frame(&mut self, timeout: Duration) -> Result<ServerFrame, RawError> {
+        if let Some(frame) = self.link_frames.pop_front() {
+            return Ok(frame);
+        }
+        tokio::time::timeout(timeout, async {
+            loop {
+                match self.conn.recv().await? {
+                    None => return Err(RawError::Unexpected("connection closed".into())),
+                    Some(ServerFrame::Closing { code }) => {
+                        return Err(RawError::Unexpected(format!("closing: {code:?}")));
+                    }
+                    Some(
+                        link @ (ServerFrame::LinkPeerJoined
+                        | ServerFrame::LinkMessage { .. }
+                        | ServerFrame::LinkClosed { .. }),
+                    ) => return Ok(link),
+                    Some(_) => continue,
+                }
+            }
+        })
+        .await
+        .map_err(|_| RawError::Timeout)?
     }
 
     /// Closes the connection.

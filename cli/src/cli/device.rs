@@ -1,27 +1,50 @@
-//! `cove device link|list|revoke`: the devices of this user.
+//! `cove device link|join|list|revoke`: the devices of this user.
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use cove::Device;
 use cove::config::Home;
+use cove::{Device, LinkProgress};
 
 /// `cove device ...`
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
-    /// Register this home as a further device of the user of an existing home on this
-    /// machine (the existing device signs the new device's key).
+    /// Link a new machine to this user: prints a one-time code and waits until the new
+    /// machine joins with it (`cove device join CODE ...` there). With `--from`, registers
+    /// this home instead as a further device of the user of another home on this machine.
+    #[command(after_help = "\
+Examples:
+  cove device link                     # on the existing device: prints a code, waits
+  cove device join 7-crossword-harbor --server wss://relay.example:7443   # on the new machine
+  cove --home ~/.cove-bob-laptop device link --from ~/.cove-bob   # both homes on this machine
+
+The code lasts 5 minutes and works once. The new device is added to every group of this
+device and receives their message history, end-to-end encrypted between the two devices
+(the relay cannot read it or learn the code). With --from, the existing home must not be in
+use (stop its `cove listen`).")]
+    Link {
+        /// The home of an existing, registered device of the user (on this machine).
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+    },
+    /// Join this machine (a new home) as a further device of a user, with the code that
+    /// `cove device link` shows on one of their devices.
     #[command(after_help = "\
 Example:
-  cove --home ~/.cove-bob-laptop device link --from ~/.cove-bob
+  cove --home ~/.cove device join 7-crossword-harbor --server wss://127.0.0.1:7443 --ca cert.pem
 
-The new device receives in the groups the user is added to from now on (users are added with
-all their devices). The existing home must not be in use (stop its `cove listen`).")]
-    Link {
-        /// The home of an existing, registered device of the user.
-        #[arg(long, value_name = "DIR")]
-        from: PathBuf,
+Creates the home, registers this device with the relay (authorised by the other device),
+joins every group of the other device and stores their message history.")]
+    Join {
+        /// The code the other device shows (e.g. 7-crossword-harbor).
+        code: String,
+        /// The relay, as wss://HOST:PORT.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// Trust this PEM certificate for the relay instead of the public web PKI.
+        #[arg(long, value_name = "CERT.pem")]
+        ca: Option<PathBuf>,
     },
     /// Show this user's devices as the user's signed device list names them (fetched from
     /// the relay and checked against the user's identity key).
@@ -49,7 +72,33 @@ again. It cannot be undone: a revoked key is never listed again.")]
 /// Runs `cove device ...`.
 pub async fn run(home: Home, cmd: DeviceCommand) -> anyhow::Result<()> {
     match cmd {
-        DeviceCommand::Link { from } => {
+        DeviceCommand::Link { from: None } => {
+            let mut device = Device::open(&home).await?;
+            let server = device.server().to_owned();
+            let linked = device.link_by_code(|p| say(&p, &server, true)).await;
+            device.close().await;
+            let linked = linked?;
+            println!("linked device {linked}");
+            Ok(())
+        }
+        DeviceCommand::Join { code, server, ca } => {
+            let joined = Device::join_by_code(&home, &server, ca.as_deref(), &code, |p| {
+                say(&p, &server, false)
+            })
+            .await?;
+            println!(
+                "joined {} as a new device ({}) of {}",
+                home.dir().display(),
+                joined
+                    .device_id()
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                joined.user()
+            );
+            joined.close().await;
+            Ok(())
+        }
+        DeviceCommand::Link { from: Some(from) } => {
             let existing = Device::open(&Home::new(from)).await?;
             let linked = Device::link(&existing, &home).await;
             existing.close().await;
@@ -98,6 +147,28 @@ pub async fn run(home: Home, cmd: DeviceCommand) -> anyhow::Result<()> {
             println!("revoked device {}", short(&revoked?));
             Ok(())
         }
+    }
+}
+
+/// Prints a progress line of linking by a code.
+fn say(progress: &LinkProgress, server: &str, host: bool) {
+    match progress {
+        LinkProgress::Code(code) => {
+            println!("link code: {code}");
+            println!("on the new machine run: cove device join {code} --server {server}");
+            println!("waiting for the new machine (the code works once, for 5 minutes)...");
+        }
+        LinkProgress::PeerJoined => println!("a machine joined; checking the code..."),
+        LinkProgress::Confirmed => println!("code confirmed; secure channel up"),
+        LinkProgress::Authorized => println!("authorised the new device's key"),
+        LinkProgress::Registered(id) => println!("new device {id} registered"),
+        LinkProgress::AddedTo(group) => println!("added the new device to {group}"),
+        LinkProgress::NotAddedTo(group, why) => {
+            println!("could not add the new device to {group}: {why}")
+        }
+        LinkProgress::History(n) if host => println!("sent {n} messages of history"),
+        LinkProgress::History(n) => println!("received {n} messages of history"),
+        LinkProgress::Done => println!("linking complete"),
     }
 }
 

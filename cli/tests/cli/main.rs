@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod files;
+mod link;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -212,6 +213,7 @@ fn every_command_has_help_with_an_example() {
         &["safety-number"],
         &["device", "link"],
         &["device", "list"],
+        &["device", "join"],
         &["device", "revoke"],
         &["demo"],
     ] {

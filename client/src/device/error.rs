@@ -44,4 +44,7 @@ pub enum DeviceError {
     /// The relay did not complete the command, or refused it.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// Linking a machine by a code failed.
+    #[error(transparent)]
+    Link(#[from] super::link_code::LinkFailure),
 }

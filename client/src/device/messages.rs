@@ -29,6 +29,13 @@ impl Device {
     /// be: refused locally (nothing queued) or by the relay.
     pub async fn send_text(&self, group: &str, text: &str) -> Result<Sent, DeviceError> {
         self.reachable().await?;
+        // Encrypt at the group's current epoch: process the backlog (commits made while
+        // this device was away) first. A message made at an older epoch is still accepted
+        // by the relay, but a device added since cannot read it. If the backlog does not
+        // arrive in time, the message is sent anyway (re-encrypted if the relay refuses it).
+        if self.online {
+            let _ = self.session.caught_up(self.timeout).await;
+        }
         let (group, text) = (group.to_owned(), text.to_owned());
         let done = self
             .session

@@ -11,6 +11,7 @@
 //! - `close`: closing a device.
 //! - `open`: initialising (registering) and opening a home.
 //! - `link`: linking a further device, and probing the relay on a side connection.
+//! - `link_code`: linking any machine by a short code (host and joiner).
 //! - `queries`: groups, history, safety numbers, epochs.
 //! - `groups`: group commands (create, add, remove, leave).
 //! - `attachments`: the glue for [`crate::transfer`].
@@ -22,6 +23,7 @@ mod groups;
 mod handle;
 mod inbox;
 mod link;
+mod link_code;
 mod messages;
 mod open;
 mod queries;
@@ -30,4 +32,5 @@ pub use error::DeviceError;
 pub use handle::{DEFAULT_TIMEOUT, Device};
 pub use inbox::{Incoming, message_view};
 pub use link::{DeviceListView, ListedDeviceView};
+pub use link_code::{LinkFailure, LinkProgress};
 pub use messages::Sent;

@@ -41,13 +41,13 @@ pub(super) fn export<S: Store>(
     let total: usize = all.iter().map(size).sum();
     if total > budget {
         // Keep the newest that fit.
-        all.sort_by(|a, b| b.sent_at_ms.cmp(&a.sent_at_ms));
+        all.sort_by_key(|m| std::cmp::Reverse(m.sent_at_ms));
         let mut used = 0usize;
         all.retain(|m| {
             used += size(m);
             used <= budget
         });
-        all.sort_by(|a, b| (a.group.0, a.seq).cmp(&(b.group.0, b.seq)));
+        all.sort_by_key(|m| (m.group.0, m.seq));
     }
     let mut chunks = Vec::new();
     let mut current: Vec<HistoryMessage> = Vec::new();
