@@ -17,6 +17,7 @@ impl Device {
         group: &str,
         pointer: AttachmentPointer,
     ) -> Result<(), DeviceError> {
+        self.caught_up_for_sending().await;
         let group = group.to_owned();
         self.session
             .op(self.timeout, move |c| {

@@ -528,10 +528,14 @@ async fn joiner_steps(
     let id = device.device_id().ok_or(DeviceError::NotRegistered)?;
     progress(LinkProgress::Registered(id));
     link.send(&LinkMessage::Ready { device: id }).await?;
-    let mut stored = 0;
+    let (mut stored, mut chunks) = (0, 0);
     let groups = loop {
         match link.recv().await? {
             LinkMessage::History(chunk) => {
+                chunks += 1;
+                if chunks > MAX_HISTORY_CHUNKS {
+                    return Err(LinkFailure::Unexpected("too much history").into());
+                }
                 stored += device
                     .session
                     .call(move |c| c.import_history(chunk))

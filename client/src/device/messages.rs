@@ -23,19 +23,24 @@ pub enum Sent {
 }
 
 impl Device {
+    /// Before encrypting a message: waits (up to the timeout) until the relay pushed the
+    /// backlog, so the message is made at the group's current epoch. A message made at an
+    /// older epoch is still accepted by the relay, but a device added by a commit since
+    /// (e.g. a just linked device) cannot read it. If the backlog does not arrive in time,
+    /// the message is sent anyway.
+    pub(super) async fn caught_up_for_sending(&self) {
+        if self.online {
+            let _ = self.session.caught_up(self.timeout).await;
+        }
+    }
+
     /// Sends a text: [`Sent::Delivered`] once the relay has stored it, [`Sent::Queued`] if
     /// it did not answer within the timeout (the message is persisted and sent once later;
     /// sending it again would post it twice). An error means it was not sent and will not
     /// be: refused locally (nothing queued) or by the relay.
     pub async fn send_text(&self, group: &str, text: &str) -> Result<Sent, DeviceError> {
         self.reachable().await?;
-        // Encrypt at the group's current epoch: process the backlog (commits made while
-        // this device was away) first. A message made at an older epoch is still accepted
-        // by the relay, but a device added since cannot read it. If the backlog does not
-        // arrive in time, the message is sent anyway (re-encrypted if the relay refuses it).
-        if self.online {
-            let _ = self.session.caught_up(self.timeout).await;
-        }
+        self.caught_up_for_sending().await;
         let (group, text) = (group.to_owned(), text.to_owned());
         let done = self
             .session
