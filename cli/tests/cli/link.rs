@@ -242,3 +242,38 @@ async fn a_second_joiner_of_a_code_is_refused() {
     .unwrap();
     relay.shutdown().await;
 }
+
+/// A code not used within its lifetime (shortened to 1 s by the relay's config): the waiting
+/// device stops with "the code expired", and a machine joining with it afterwards is told so
+/// and keeps no home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_code_fails_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        cove_server::RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("relay"));
+    config.store = cove_server::StoreKind::Sqlite;
+    config.limits.link_code_lifetime_ms = 1_000;
+    let relay = cove_server::Relay::start(config).await.unwrap();
+    let server = format!("wss://{}", relay.local_addr());
+    let ca = relay.cert_path().to_str().unwrap().to_owned();
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let bob = d.join("bob");
+        init(&bob, &server, &ca, "bob");
+        let mut host = Running::start(&bob, &["device", "link"]);
+        let code = host.line_starting("link code: ");
+        let (success, lines, stderr) = host.finish();
+        assert!(!success, "{lines:?}");
+        assert!(stderr.contains("the code expired"), "{stderr}");
+        let laptop = d.join("laptop");
+        let err = fails(
+            &laptop,
+            &["device", "join", &code, "--server", &server, "--ca", &ca],
+        );
+        assert!(err.contains("the code expired"), "{err}");
+        assert!(!laptop.join("config.toml").exists());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
