@@ -196,6 +196,7 @@ pub fn error_code() -> impl Strategy<Value = ErrorCode> {
         SlowReader,
         IdleTimeout,
         Internal,
+        NotInDeviceList,
     ])
 }
 
