@@ -34,6 +34,91 @@ impl MessageView {
     }
 }
 
+/// What the user is told about another user's identity or devices, or a refused member
+/// (the core's `Event::Identity`). `--json` prints it as one object whose `identity` field
+/// names the kind (`device_added`, `device_revoked`, `identity_changed`, `leaf_refused`),
+/// with the fields below; the names are stable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "identity", rename_all = "snake_case")]
+pub enum IdentityView {
+    /// `user`'s signed device list gained a device.
+    DeviceAdded {
+        /// Whose device.
+        user: String,
+        /// The new device's key (hex).
+        device_key: String,
+        /// Its name in the list.
+        name: String,
+    },
+    /// `user` revoked a device.
+    DeviceRevoked {
+        /// Whose device.
+        user: String,
+        /// The revoked device's key (hex).
+        device_key: String,
+    },
+    /// `user`'s identity key changed (their safety number changed).
+    IdentityChanged {
+        /// Whose identity.
+        user: String,
+        /// Whether the old key was verified: then sending to groups with `user` is blocked
+        /// until `cove verify USER`.
+        verified: bool,
+    },
+    /// A member of `group` claiming to be `user` was refused: its messages are not shown.
+    LeafRefused {
+        /// The group's name.
+        group: String,
+        /// The group's id (hex).
+        group_id: String,
+        /// The user the member claims to be.
+        user: String,
+        /// The device id it claims.
+        device: u64,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+impl IdentityView {
+    /// The human form, e.g. `alice added a device (safety number unchanged)`.
+    pub fn line(&self) -> String {
+        match self {
+            IdentityView::DeviceAdded { user, .. } => {
+                format!("{user} added a device (safety number unchanged)")
+            }
+            IdentityView::DeviceRevoked { user, device_key } => format!(
+                "{user} revoked a device ({}): it is removed from every group",
+                device_key.get(..16).unwrap_or(device_key)
+            ),
+            IdentityView::IdentityChanged {
+                user,
+                verified: true,
+            } => format!(
+                "{user}'s identity key changed since you verified it: sending to groups with \
+                 {user} is blocked until you compare safety numbers again (`cove verify {user}`)"
+            ),
+            IdentityView::IdentityChanged {
+                user,
+                verified: false,
+            } => format!(
+                "{user}'s identity key changed: their safety number changed; compare it with \
+                 them (`cove verify {user}`)"
+            ),
+            IdentityView::LeafRefused {
+                group,
+                user,
+                device,
+                reason,
+                ..
+            } => format!(
+                "refused a member of {group} claiming to be {user} (device {device}): {reason}; \
+                 its messages are not shown"
+            ),
+        }
+    }
+}
+
 /// A group this device is a member of.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GroupView {
