@@ -159,7 +159,81 @@ pub fn human_size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::human_size;
+    use super::{IdentityView, human_size};
+
+    /// The JSON of every identity event: the `identity` field names the kind, the other
+    /// field names are the documented ones (scripts depend on them).
+    #[test]
+    fn identity_events_have_stable_json_and_lines() {
+        let json = |v: &IdentityView| serde_json::to_value(v).unwrap();
+        let added = IdentityView::DeviceAdded {
+            user: "alice".into(),
+            device_key: "ab".repeat(32),
+            name: "laptop".into(),
+        };
+        assert_eq!(
+            json(&added),
+            serde_json::json!({"identity": "device_added", "user": "alice",
+                "device_key": "ab".repeat(32), "name": "laptop"})
+        );
+        assert_eq!(
+            added.line(),
+            "alice added a device (safety number unchanged)"
+        );
+        let revoked = IdentityView::DeviceRevoked {
+            user: "alice".into(),
+            device_key: "cd".repeat(32),
+        };
+        assert_eq!(
+            json(&revoked),
+            serde_json::json!({"identity": "device_revoked", "user": "alice",
+                "device_key": "cd".repeat(32)})
+        );
+        assert_eq!(
+            revoked.line(),
+            "alice revoked a device (cdcdcdcdcdcdcdcd): it is removed from every group"
+        );
+        let changed = IdentityView::IdentityChanged {
+            user: "bob".into(),
+            verified: true,
+        };
+        assert_eq!(
+            json(&changed),
+            serde_json::json!({"identity": "identity_changed", "user": "bob", "verified": true})
+        );
+        assert!(
+            changed
+                .line()
+                .contains("sending to groups with bob is blocked")
+        );
+        let unverified = IdentityView::IdentityChanged {
+            user: "bob".into(),
+            verified: false,
+        };
+        assert!(
+            unverified
+                .line()
+                .starts_with("bob's identity key changed: their safety number")
+        );
+        let refused = IdentityView::LeafRefused {
+            group: "friends".into(),
+            group_id: "00".repeat(16),
+            user: "alice".into(),
+            device: 7,
+            reason: "it is certified by another identity than the user's".into(),
+        };
+        assert_eq!(
+            json(&refused),
+            serde_json::json!({"identity": "leaf_refused", "group": "friends",
+                "group_id": "00".repeat(16), "user": "alice", "device": 7,
+                "reason": "it is certified by another identity than the user's"})
+        );
+        assert_eq!(
+            refused.line(),
+            "refused a member of friends claiming to be alice (device 7): it is certified by \
+             another identity than the user's; its messages are not shown"
+        );
+    }
 
     #[test]
     fn sizes_read_as_people_write_them() {

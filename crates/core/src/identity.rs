@@ -115,7 +115,10 @@ pub enum LeafRefusal {
 
 /// Verifies `entries` as `user`'s device list and compares it with what this client pinned;
 /// on success pins the new head (and, for a first or an unverified changed identity, the
-/// identity key) and stores the list.
+/// identity key) and stores the list. A changed identity is kept ([`IdentityChange`]) until
+/// the user verifies it ([`verify_identity`]): an unverified user's is only marked; a
+/// verified user's blocks sending to groups with them ([`blocking_changes`]) until then, or
+/// until the relay serves a list of the verified key again.
 pub fn observe_list(
     store: &impl Store,
     user: &UserName,
@@ -195,9 +198,18 @@ pub fn observe_list(
         },
     })?;
     store.set_device_list(user, list.entries())?;
-    if let ListVerdict::NewIdentity { previous, .. } = &verdict {
-        // Marked as changed until the user verifies the new key (not blocking).
-        record_change(store, user, *previous, &list, false, now_ms)?;
+    match (&pin, &verdict) {
+        (_, ListVerdict::NewIdentity { previous, .. }) => {
+            // Marked as changed until the user verifies the new key (not blocking).
+            record_change(store, user, *previous, &list, false, now_ms)?;
+        }
+        (Some(p), ListVerdict::Unchanged | ListVerdict::Changed { .. }) if p.verified => {
+            // The verified key is back: a change seen meanwhile no longer blocks.
+            if store.identity_change(user)?.is_some_and(|c| c.blocking) {
+                store.remove_identity_change(user)?;
+            }
+        }
+        _ => {}
     }
     Ok(verdict)
 }
@@ -595,6 +607,116 @@ mod tests {
         assert_eq!(
             observe_list(&store, &user("alice"), list.entries(), 5).unwrap(),
             ListVerdict::Unchanged
+        );
+    }
+
+    /// The change kept for `cove verify`: an unverified change is marked until verified; a
+    /// verified one blocks, keeps the key the user last knew over further changes, and only
+    /// the newest key can be verified (which pins it and ends the block).
+    #[test]
+    fn changes_are_kept_until_the_shown_key_is_verified() {
+        let store = MemoryStore::new();
+        let (signer, list) = alice();
+        let me = user("bob");
+        observe_list(&store, &user("alice"), list.entries(), 1).unwrap();
+        let state = identity_state(&store, &me, &user("alice"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.verification, Verification::Unverified);
+        assert_eq!(
+            state.safety_number, None,
+            "bob's own identity is not pinned"
+        );
+        let relist = |k: u8| {
+            let s = IdentitySigner::new(user("alice"), &[k; 32]);
+            (s.identity(), s.create(key(1), name("laptop"), 5).unwrap())
+        };
+        // Unverified: pinned at once, marked as changed until verified.
+        let (k2, l2) = relist(43);
+        observe_list(&store, &user("alice"), l2.entries(), 2).unwrap();
+        let state = identity_state(&store, &me, &user("alice"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.identity, k2);
+        assert_eq!(
+            state.verification,
+            Verification::Changed { blocking: false }
+        );
+        assert!(
+            blocking_changes(&store, &[user("alice")])
+                .unwrap()
+                .is_empty()
+        );
+        verify_identity(&store, &user("alice"), &k2, 3).unwrap();
+        assert_eq!(
+            identity_state(&store, &me, &user("alice"))
+                .unwrap()
+                .unwrap()
+                .verification,
+            Verification::Verified
+        );
+        // Verified, then two changes: both block, the newest is the one to verify.
+        let (k3, l3) = relist(44);
+        let (k4, l4) = relist(45);
+        assert!(observe_list(&store, &user("alice"), l3.entries(), 4).is_err());
+        assert!(observe_list(&store, &user("alice"), l4.entries(), 5).is_err());
+        let kept = store.identity_change(&user("alice")).unwrap().unwrap();
+        assert_eq!(
+            (kept.previous, kept.presented, kept.blocking),
+            (k2, k4, true)
+        );
+        assert_eq!(
+            blocking_changes(&store, &[user("carol"), user("alice")]).unwrap(),
+            [user("alice")]
+        );
+        assert_eq!(
+            store
+                .identity_pin(&user("alice"))
+                .unwrap()
+                .unwrap()
+                .identity,
+            k2
+        );
+        for stale in [k2, k3, signer.identity()] {
+            assert!(matches!(
+                verify_identity(&store, &user("alice"), &stale, 6),
+                Err(VerifyError::Stale(_))
+            ));
+        }
+        verify_identity(&store, &user("alice"), &k4, 7).unwrap();
+        let pin = store.identity_pin(&user("alice")).unwrap().unwrap();
+        assert_eq!((pin.identity, pin.verified), (k4, true));
+        assert!(store.identity_change(&user("alice")).unwrap().is_none());
+        assert!(
+            blocking_changes(&store, &[user("alice")])
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            verify_identity(&store, &user("carol"), &k4, 8),
+            Err(VerifyError::Unknown(_))
+        ));
+        // A change that goes away (the verified key's list is served again) stops blocking.
+        assert!(observe_list(&store, &user("alice"), l3.entries(), 9).is_err());
+        assert_eq!(
+            blocking_changes(&store, &[user("alice")]).unwrap(),
+            [user("alice")]
+        );
+        assert_eq!(
+            observe_list(&store, &user("alice"), l4.entries(), 10).unwrap(),
+            ListVerdict::Unchanged
+        );
+        assert!(
+            blocking_changes(&store, &[user("alice")])
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            identity_state(&store, &me, &user("alice"))
+                .unwrap()
+                .unwrap()
+                .verification,
+            Verification::Verified
         );
     }
 
