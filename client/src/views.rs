@@ -164,6 +164,7 @@ mod tests {
     /// The JSON of every identity event: the `identity` field names the kind, the other
     /// field names are the documented ones (scripts depend on them).
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn identity_events_have_stable_json_and_lines() {
         let json = |v: &IdentityView| serde_json::to_value(v).unwrap();
         let added = IdentityView::DeviceAdded {

@@ -203,11 +203,11 @@ pub fn observe_list(
             // Marked as changed until the user verifies the new key (not blocking).
             record_change(store, user, *previous, &list, false, now_ms)?;
         }
-        (Some(p), ListVerdict::Unchanged | ListVerdict::Changed { .. }) if p.verified => {
+        (Some(p), ListVerdict::Unchanged | ListVerdict::Changed { .. })
+            if p.verified && store.identity_change(user)?.is_some_and(|c| c.blocking) =>
+        {
             // The verified key is back: a change seen meanwhile no longer blocks.
-            if store.identity_change(user)?.is_some_and(|c| c.blocking) {
-                store.remove_identity_change(user)?;
-            }
+            store.remove_identity_change(user)?;
         }
         _ => {}
     }
