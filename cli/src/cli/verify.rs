@@ -45,6 +45,10 @@ pub async fn run(home: Home, args: VerifyArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let mut device = Device::open(&home).await?;
+    if &user == device.user() {
+        device.close().await;
+        anyhow::bail!("{user} is this device's own user: verify other users");
+    }
     let state = device.identity(&user).await;
     let result = match state {
         Ok(state) => confirm_and_verify(&device, &user, state, args.yes).await,

@@ -731,6 +731,10 @@ async fn verify_shows_the_number_and_a_changed_identity_blocks_sending_until_ver
             format!("{:<16} verified", "bob")
         );
         assert!(ok(&bob, &["verify"]).contains("alice            unverified"));
+        let err = fails(&bob, &["verify", "bob"]);
+        assert!(err.contains("bob is this device's own user"), "{err}");
+        let err = fails(&alice, &["verify", "nobody"]);
+        assert!(err.contains("no identity key known for nobody"), "{err}");
 
         // carol's group with alice; then bob's list changes identity at the relay.
         ok(&carol, &["group", "create", "club"]);
@@ -772,6 +776,78 @@ async fn verify_shows_the_number_and_a_changed_identity_blocks_sending_until_ver
         ok(&alice, &["send", "friends", "after verifying"]);
         let out = ok(&bob, &["sync"]);
         assert!(out.contains("friends <alice> after verifying"), "{out}");
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// `cove listen --json` prints identity events as they happen, as JSON lines of their own:
+/// bob's list names another identity key at the relay, carol adds bob to a group alice is in,
+/// and alice (who never verified bob) sees `{"identity":"identity_changed","user":"bob",
+/// "verified":false}`; her sends to bob are not blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_json_prints_an_identity_change_as_it_happens() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (alice, bob, carol) = (d.join("alice"), d.join("bob"), d.join("carol"));
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        init(&carol, &server, &ca, "carol");
+        ok(&alice, &["group", "create", "friends"]);
+        ok(&alice, &["group", "add", "friends", "bob"]);
+        ok(&carol, &["group", "create", "club"]);
+        ok(&carol, &["group", "add", "club", "alice"]);
+        ok(&alice, &["sync"]);
+        let mut listen = Command::new(env!("CARGO_BIN_EXE_cove"))
+            .arg("--home")
+            .arg(&alice)
+            .args(["listen", "--json"])
+            .env_remove("COVE_HOME")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = listen.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        rewrite_list_at_relay(&d.join("relay"), "bob", 78);
+        ok(&carol, &["group", "add", "club", "bob"]);
+        // A generous deadline per line, only against a hang.
+        let mut seen = Vec::new();
+        let event = loop {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("{e} after {seen:?}"));
+            let value: serde_json::Value = serde_json::from_str(&line).expect("JSON lines");
+            if value.get("identity").is_some() {
+                break value;
+            }
+            seen.push(line);
+        };
+        listen.kill().unwrap();
+        listen.wait().unwrap();
+        assert_eq!(
+            event,
+            serde_json::json!({"identity": "identity_changed", "user": "bob", "verified": false}),
+            "after {seen:?}"
+        );
+        ok(&alice, &["send", "friends", "not blocked"]);
+        assert!(
+            ok(&alice, &["verify"])
+                .contains("bob              changed (identity key changed; not verified)")
+        );
     })
     .await
     .unwrap();
