@@ -696,7 +696,8 @@ fn safety_number_in(out: &str) -> String {
 /// and `cove verify` lists bob as verified. Then the relay serves a list of bob's signed by
 /// another identity key: when carol adds bob to a group alice is in, alice's `cove sync
 /// --json` reports `{"identity":"identity_changed","user":"bob","verified":true}`, her sends
-/// to the group with bob fail naming him, `cove verify` lists him as changed, and once she
+/// (text and file) to the group with bob fail naming him, `cove verify` lists him as changed,
+/// and once she
 /// verifies the new key (a new number) her message reaches bob.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_shows_the_number_and_a_changed_identity_blocks_sending_until_verified() {
@@ -754,6 +755,13 @@ async fn verify_shows_the_number_and_a_changed_identity_blocks_sending_until_ver
             "{out}"
         );
         let err = fails(&alice, &["send", "friends", "blocked?"]);
+        assert!(
+            err.contains("not sent: the identity key of bob changed since you verified it"),
+            "{err}"
+        );
+        let file = d.join("note.txt");
+        std::fs::write(&file, b"a file for bob").unwrap();
+        let err = fails(&alice, &["send-file", "friends", file.to_str().unwrap()]);
         assert!(
             err.contains("not sent: the identity key of bob changed since you verified it"),
             "{err}"
