@@ -52,7 +52,9 @@ Examples:
   cove listen
   cove listen --json
 
-Stays connected (reconnecting when the relay goes away) until Ctrl-C.")]
+Stays connected (reconnecting when the relay goes away) until Ctrl-C. Prints messages and
+identity events (`-- ...` lines, or with --json {\"identity\":\"identity_changed\",...}) as in
+`cove sync`; other notices go to stderr as `-- ...`.")]
 pub struct ListenArgs {
     /// One JSON object per line (group, group_id, from, device, text, id, sent_at).
     #[arg(long)]
