@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use cove::config::Home;
-use cove::{Device, Incoming, MessageView, Sent};
+use cove::{Device, IdentityView, Incoming, MessageView, Sent};
 
 /// Arguments of `cove send`.
 #[derive(Debug, Args)]
@@ -35,7 +35,10 @@ Examples:
 Prints `group <from> text` per message, or with --json one object per line:
   {\"group\":\"friends\",\"from\":\"alice\",\"text\":\"hi\",\"id\":\"..\",\"sent_at\":1700000000000}
 Warnings (an entry that could not be read, a new device of a member, ...) go to stderr as
-`warning: ...`, or with --json as {\"warning\":\"...\"} lines.")]
+`warning: ...`, or with --json as {\"warning\":\"...\"} lines. Identity events (a contact
+added or revoked a device, changed identity key, a refused member) print as `-- ...` lines, or
+with --json as {\"identity\":\"device_added\",\"user\":\"alice\",...} lines (kinds:
+device_added, device_revoked, identity_changed, leaf_refused).")]
 pub struct SyncArgs {
     /// One JSON object per line (group, group_id, from, device, text, id, sent_at).
     #[arg(long)]
@@ -49,7 +52,9 @@ Examples:
   cove listen
   cove listen --json
 
-Stays connected (reconnecting when the relay goes away) until Ctrl-C.")]
+Stays connected (reconnecting when the relay goes away) until Ctrl-C. Prints messages and
+identity events (`-- ...` lines, or with --json {\"identity\":\"identity_changed\",...}) as in
+`cove sync`; other notices go to stderr as `-- ...`.")]
 pub struct ListenArgs {
     /// One JSON object per line (group, group_id, from, device, text, id, sent_at).
     #[arg(long)]
@@ -103,6 +108,7 @@ pub async fn run_sync(home: Home, args: SyncArgs) -> anyhow::Result<()> {
                 messages += 1;
             }
             Incoming::Warning(text) => print_warning(text, args.json)?,
+            Incoming::Identity(event) => print_identity(event, args.json)?,
             Incoming::Notice(_) => {}
         }
     }
@@ -130,6 +136,7 @@ pub async fn run_listen(home: Home, args: ListenArgs) -> anyhow::Result<()> {
                 Ok(Incoming::Message(m)) => print_message(&m, args.json)?,
                 Ok(Incoming::Notice(text)) => eprintln!("-- {text}"),
                 Ok(Incoming::Warning(text)) => print_warning(&text, args.json)?,
+                Ok(Incoming::Identity(event)) => print_identity(&event, args.json)?,
                 Err(e) => break Err(e),
             },
         }
@@ -156,6 +163,21 @@ fn print_message(m: &MessageView, json: bool) -> anyhow::Result<()> {
         writeln!(out)?;
     } else {
         writeln!(out, "{}", m.line())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// An identity event (a device added or revoked, an identity key changed, a member
+/// refused): `-- LINE` on stdout, or with `--json` one object whose `identity` field names
+/// the kind.
+fn print_identity(event: &IdentityView, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, event).context("writing JSON")?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "-- {}", event.line())?;
     }
     out.flush()?;
     Ok(())

@@ -8,6 +8,7 @@ mod group;
 mod init;
 mod messages;
 mod safety;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -62,6 +63,8 @@ pub enum Command {
     History(messages::HistoryArgs),
     /// Show the safety number to compare with another user out of band.
     SafetyNumber(safety::SafetyNumberArgs),
+    /// Compare safety numbers with a user and mark them verified (or list contacts).
+    Verify(verify::VerifyArgs),
     /// Link a further device of the same user.
     #[command(subcommand)]
     Device(device::DeviceCommand),
@@ -93,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Listen(args) => messages::run_listen(resolve_home(home)?, args).await,
         Command::History(args) => messages::run_history(resolve_home(home)?, args).await,
         Command::SafetyNumber(args) => safety::run(resolve_home(home)?, args).await,
+        Command::Verify(args) => verify::run(resolve_home(home)?, args).await,
         Command::Device(cmd) => device::run(resolve_home(home)?, cmd).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::SendFile(args) => files::run_send_file(resolve_home(home)?, args).await,

@@ -646,3 +646,220 @@ async fn listen_prints_the_cores_warnings_as_they_happen() {
     .unwrap();
     relay.shutdown().await;
 }
+
+/// Replaces `user`'s device list in the relay's SQLite file by one signed by another identity
+/// key (made of byte `seed`) that names the user's first device: what a hostile relay could
+/// serve, or what others see of a user who started over. Returns the new identity key (hex).
+fn rewrite_list_at_relay(relay_dir: &Path, user: &str, seed: u8) -> String {
+    use cove_core::cove_identity::IdentitySigner;
+    use cove_wire::identity::DeviceName;
+    let db = rusqlite::Connection::open(relay_dir.join("relay.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+    let key: Vec<u8> = db
+        .query_row(
+            "SELECT key FROM devices WHERE user = ?1 ORDER BY id LIMIT 1",
+            [user],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let device = cove_wire::DeviceKey(key.try_into().unwrap());
+    let signer = IdentitySigner::new(cove_wire::UserName::new(user).unwrap(), &[seed; 32]);
+    let list = signer
+        .create(device, DeviceName::new("reinstalled").unwrap(), 1)
+        .unwrap();
+    db.execute("DELETE FROM device_lists WHERE user = ?1", [user])
+        .unwrap();
+    for e in list.entries() {
+        db.execute(
+            "INSERT INTO device_lists (user, idx, entry) VALUES (?1, ?2, ?3)",
+            rusqlite::params![
+                user,
+                i64::try_from(e.body.index).unwrap(),
+                cove_wire::encode(e).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+    signer.identity().to_hex()
+}
+
+/// The safety number `cove verify` printed (the line after `safety number with ...:`).
+fn safety_number_in(out: &str) -> String {
+    let mut lines = out.lines();
+    lines
+        .by_ref()
+        .find(|l| l.starts_with("safety number with "))
+        .unwrap_or_else(|| panic!("no safety number in {out}"));
+    lines.next().unwrap().trim().to_owned()
+}
+
+/// `cove verify` through the binaries. alice and bob see the same number; bob's run without
+/// a terminal and without `--yes` verifies nothing and says why; alice confirms with `--yes`
+/// and `cove verify` lists bob as verified. Then the relay serves a list of bob's signed by
+/// another identity key: when carol adds bob to a group alice is in, alice's `cove sync
+/// --json` reports `{"identity":"identity_changed","user":"bob","verified":true}`, her sends
+/// (text and file) to the group with bob fail naming him, `cove verify` lists him as changed,
+/// and once she
+/// verifies the new key (a new number) her message reaches bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_shows_the_number_and_a_changed_identity_blocks_sending_until_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (alice, bob, carol) = (d.join("alice"), d.join("bob"), d.join("carol"));
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        init(&carol, &server, &ca, "carol");
+        ok(&alice, &["group", "create", "friends"]);
+        ok(&alice, &["group", "add", "friends", "bob"]);
+        ok(&bob, &["sync"]);
+
+        let out = cove(&bob, &["verify", "alice"]);
+        assert!(out.status.success());
+        let bobs = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.contains("not marked verified: stdin is not a terminal"),
+            "{stderr}"
+        );
+        assert!(bobs.contains("state: unverified"), "{bobs}");
+        let out = ok(&alice, &["verify", "bob", "--yes"]);
+        let number = safety_number_in(&out);
+        assert_eq!(number, safety_number_in(&bobs), "both sides see one number");
+        assert_eq!(number.split(' ').count(), 12, "{number}");
+        assert!(out.contains("bob is verified"), "{out}");
+        assert_eq!(
+            ok(&alice, &["verify"]).trim_end(),
+            format!("{:<16} verified", "bob")
+        );
+        assert!(ok(&bob, &["verify"]).contains("alice            unverified"));
+        let err = fails(&bob, &["verify", "bob"]);
+        assert!(err.contains("bob is this device's own user"), "{err}");
+        let err = fails(&alice, &["verify", "nobody"]);
+        assert!(err.contains("no identity key known for nobody"), "{err}");
+
+        // carol's group with alice; then bob's list changes identity at the relay.
+        ok(&carol, &["group", "create", "club"]);
+        ok(&carol, &["group", "add", "club", "alice"]);
+        ok(&alice, &["sync"]);
+        let new_identity = rewrite_list_at_relay(&d.join("relay"), "bob", 77);
+        ok(&carol, &["group", "add", "club", "bob"]);
+        let out = ok(&alice, &["sync", "--json"]);
+        let events: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON lines"))
+            .filter(|v| v.get("identity").is_some())
+            .collect();
+        assert_eq!(
+            events,
+            [serde_json::json!({"identity": "identity_changed", "user": "bob", "verified": true})],
+            "{out}"
+        );
+        let err = fails(&alice, &["send", "friends", "blocked?"]);
+        assert!(
+            err.contains("not sent: the identity key of bob changed since you verified it"),
+            "{err}"
+        );
+        let file = d.join("note.txt");
+        std::fs::write(&file, b"a file for bob").unwrap();
+        let err = fails(&alice, &["send-file", "friends", file.to_str().unwrap()]);
+        assert!(
+            err.contains("not sent: the identity key of bob changed since you verified it"),
+            "{err}"
+        );
+        assert!(
+            ok(&alice, &["verify"]).contains("changed since verified (sending blocked"),
+            "listed as changed"
+        );
+        let out = ok(&alice, &["verify", "bob", "--yes"]);
+        assert!(out.contains(&new_identity), "{out}");
+        assert_ne!(
+            safety_number_in(&out),
+            number,
+            "a new identity, a new number"
+        );
+        assert!(
+            out.contains("bob is verified; sending to groups with bob works again"),
+            "{out}"
+        );
+        ok(&alice, &["send", "friends", "after verifying"]);
+        let out = ok(&bob, &["sync"]);
+        assert!(out.contains("friends <alice> after verifying"), "{out}");
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// `cove listen --json` prints identity events as they happen, as JSON lines of their own:
+/// bob's list names another identity key at the relay, carol adds bob to a group alice is in,
+/// and alice (who never verified bob) sees `{"identity":"identity_changed","user":"bob",
+/// "verified":false}`; her sends to bob are not blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_json_prints_an_identity_change_as_it_happens() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (alice, bob, carol) = (d.join("alice"), d.join("bob"), d.join("carol"));
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        init(&carol, &server, &ca, "carol");
+        ok(&alice, &["group", "create", "friends"]);
+        ok(&alice, &["group", "add", "friends", "bob"]);
+        ok(&carol, &["group", "create", "club"]);
+        ok(&carol, &["group", "add", "club", "alice"]);
+        ok(&alice, &["sync"]);
+        let mut listen = Command::new(env!("CARGO_BIN_EXE_cove"))
+            .arg("--home")
+            .arg(&alice)
+            .args(["listen", "--json"])
+            .env_remove("COVE_HOME")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = listen.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        rewrite_list_at_relay(&d.join("relay"), "bob", 78);
+        ok(&carol, &["group", "add", "club", "bob"]);
+        // A generous deadline per line, only against a hang.
+        let mut seen = Vec::new();
+        let event = loop {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("{e} after {seen:?}"));
+            let value: serde_json::Value = serde_json::from_str(&line).expect("JSON lines");
+            if value.get("identity").is_some() {
+                break value;
+            }
+            seen.push(line);
+        };
+        listen.kill().unwrap();
+        listen.wait().unwrap();
+        assert_eq!(
+            event,
+            serde_json::json!({"identity": "identity_changed", "user": "bob", "verified": false}),
+            "after {seen:?}"
+        );
+        ok(&alice, &["send", "friends", "not blocked"]);
+        assert!(
+            ok(&alice, &["verify"])
+                .contains("bob              changed (identity key changed; not verified)")
+        );
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}

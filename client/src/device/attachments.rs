@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use cove_core::CommandError;
 use cove_core::attachment::{AttachmentPointer, BlobRequestSigner};
 
 use super::error::DeviceError;
@@ -25,6 +26,24 @@ impl Device {
             })
             .await??;
         Ok(())
+    }
+
+    /// Refuses, before anything is uploaded, what [`Device::send_attachment`] would refuse
+    /// anyway: an unknown group, or one with a member whose verified identity changed
+    /// (`CommandError::IdentityNotVerified`).
+    pub async fn check_can_send(&self, group: &str) -> Result<(), DeviceError> {
+        let group = group.to_owned();
+        self.session
+            .call(move |c| -> Result<(), DeviceError> {
+                let id = c.resolve(&group)?;
+                let blocked = c.unverified_changes_in(&id)?;
+                if blocked.is_empty() {
+                    Ok(())
+                } else {
+                    Err(CommandError::IdentityNotVerified(blocked).into())
+                }
+            })
+            .await?
     }
 
     /// The attachment of a stored message of `group`, by message id or blob id (hex).

@@ -29,6 +29,9 @@ pub enum DeviceError {
     /// A query failed.
     #[error(transparent)]
     Query(#[from] QueryError),
+    /// Verifying a user's identity was refused (unknown, or it changed meanwhile).
+    #[error(transparent)]
+    Verify(#[from] cove_core::identity::VerifyError),
     /// A direct relay exchange failed.
     #[error(transparent)]
     Raw(#[from] RawError),

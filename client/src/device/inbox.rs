@@ -1,8 +1,8 @@
 //! What the message stream of a device yields, and the views of core messages.
 
-use cove_core::ChatMessage;
+use cove_core::{ChatMessage, IdentityEvent};
 
-use crate::views::MessageView;
+use crate::views::{IdentityView, MessageView};
 
 /// Store config key prefix for the last printed log position per group (see
 /// [`Device::next_message`](super::Device::next_message)).
@@ -15,6 +15,9 @@ pub enum Incoming {
     Message(MessageView),
     /// Something for the user to know, as one line of text.
     Notice(String),
+    /// Another user's identity or devices changed, or a group member was refused (the
+    /// core's [`Event::Identity`](cove_core::Event::Identity)).
+    Identity(IdentityView),
     /// Something went wrong that the user must hear about (an entry skipped, a device not
     /// in the directory, ...): the core's [`Event::Warning`](cove_core::Event::Warning), as one line of text.
     Warning(String),
@@ -38,5 +41,36 @@ pub fn message_view(m: &ChatMessage) -> MessageView {
             .attachment
             .as_ref()
             .map(crate::transfer::AttachmentView::from),
+    }
+}
+
+/// The view of an identity event; `group_name` names the group of a refused member.
+pub fn identity_view(event: &IdentityEvent, group_name: impl FnOnce() -> String) -> IdentityView {
+    match event {
+        IdentityEvent::DeviceAdded { user, device, name } => IdentityView::DeviceAdded {
+            user: user.to_string(),
+            device_key: device.to_hex(),
+            name: name.clone(),
+        },
+        IdentityEvent::DeviceRevoked { user, device } => IdentityView::DeviceRevoked {
+            user: user.to_string(),
+            device_key: device.to_hex(),
+        },
+        IdentityEvent::IdentityChanged { user, verified } => IdentityView::IdentityChanged {
+            user: user.to_string(),
+            verified: *verified,
+        },
+        IdentityEvent::LeafRefused {
+            group,
+            user,
+            device,
+            reason,
+        } => IdentityView::LeafRefused {
+            group: group_name(),
+            group_id: group.to_hex(),
+            user: user.to_string(),
+            device: device.0,
+            reason: reason.to_string(),
+        },
     }
 }

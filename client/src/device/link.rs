@@ -45,6 +45,12 @@ impl Device {
                 .await??
                 .ok_or(DeviceError::NotRegistered)?;
             client.set_device_authorization(authorizer, authorization)?;
+            // The relay registers only devices the user's signed list adds: wait until it
+            // confirmed the Add entry `authorize_device` published. (The empty call returns
+            // once the session has sent the publish, so `settled` sees it in flight.)
+            existing.session.call(|_| ()).await?;
+            existing.reachable().await?;
+            existing.session.settled(existing.timeout).await?;
             let ca = existing.config.custom_ca.then(|| existing.home.ca_path());
             Ok::<_, DeviceError>(home.initialise(&existing.config.server, user, ca.as_deref())?)
         }

@@ -1,14 +1,14 @@
 //! Messages: sending text, `sync`, `next_message`, shown positions and warnings.
 
-use cove_core::{ChatMessage, Event};
+use cove_core::{ChatMessage, Event, IdentityEvent};
 use cove_store::{Store, StoreError};
 use cove_wire::{GroupId, Seq, UserName};
 
 use super::error::DeviceError;
 use super::handle::Device;
-use super::inbox::{Incoming, PRINTED_KEY, message_view};
+use super::inbox::{Incoming, PRINTED_KEY, identity_view, message_view};
 use crate::session::{self, LinkState, SessionError, SessionEvent};
-use crate::views::MessageView;
+use crate::views::{IdentityView, MessageView};
 
 /// What became of a message handed to [`Device::send_text`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,22 +66,33 @@ impl Device {
             .into_iter()
             .filter_map(|i| match i {
                 Incoming::Message(m) => Some(m),
-                Incoming::Notice(_) | Incoming::Warning(_) => None,
+                Incoming::Notice(_) | Incoming::Warning(_) | Incoming::Identity(_) => None,
             })
             .collect())
     }
 
-    /// Like [`Device::sync`], and also returns every warning the core raised meanwhile (as
-    /// [`Incoming::Warning`], before the messages); other notices are left out.
+    /// Like [`Device::sync`], and also returns every warning and identity event the core
+    /// raised meanwhile (as [`Incoming::Warning`] and [`Incoming::Identity`], before the
+    /// messages); other notices are left out.
     pub async fn sync_incoming(&mut self) -> Result<Vec<Incoming>, DeviceError> {
         self.settle().await?;
         // Everything the core said while catching up is in the channel by now (the session
         // is idle only after it drained the core's outputs). Messages are collected from the
         // store below; warnings exist only as events.
-        let mut warnings = Vec::new();
+        let mut events = Vec::new();
         while let Ok(event) = self.events.try_recv() {
-            if let SessionEvent::Core(Event::Warning(warning)) = event {
-                warnings.push(Incoming::Warning(warning.to_string()));
+            events.push(event);
+        }
+        let mut warnings = Vec::new();
+        for event in events {
+            match event {
+                SessionEvent::Core(Event::Warning(warning)) => {
+                    warnings.push(Incoming::Warning(warning.to_string()));
+                }
+                SessionEvent::Core(Event::Identity(event)) => {
+                    warnings.push(Incoming::Identity(self.identity_view(&event).await));
+                }
+                _ => {}
             }
         }
         self.collect_unprinted().await?;
@@ -89,7 +100,7 @@ impl Device {
         for i in self.unprinted.drain(..) {
             match i {
                 Incoming::Message(_) => messages.push(i),
-                Incoming::Warning(_) => warnings.push(i),
+                Incoming::Warning(_) | Incoming::Identity(_) => warnings.push(i),
                 Incoming::Notice(_) => {}
             }
         }
@@ -110,7 +121,7 @@ impl Device {
 
     /// Like [`Device::next_message`], and also returns notices for the user as they happen
     /// (joined or removed from a group, membership changes, a changed device key, the
-    /// connection lost and back) and the core's warnings.
+    /// connection lost and back), identity events and the core's warnings.
     pub async fn next_incoming(&mut self) -> Result<Incoming, DeviceError> {
         if let Some(m) = self.returned.take() {
             self.mark_shown(&m).await?;
@@ -184,6 +195,11 @@ impl Device {
                         .push_back(Incoming::Warning(warning.to_string()));
                     None
                 }
+                SessionEvent::Core(Event::Identity(event)) => {
+                    let view = self.identity_view(&event).await;
+                    self.unprinted.push_back(Incoming::Identity(view));
+                    None
+                }
                 SessionEvent::Core(Event::KeyChanged { user, .. }) => Some(format!(
                     "WARNING: a device key of {user} changed; compare `cove safety-number {user}` with them"
                 )),
@@ -208,6 +224,15 @@ impl Device {
                 return Err(SessionError::Stopped(reason).into());
             }
         }
+    }
+
+    /// The view of an identity event (with the group's name for a refused member).
+    async fn identity_view(&self, event: &IdentityEvent) -> IdentityView {
+        let name = match event {
+            IdentityEvent::LeafRefused { group, .. } => self.group_name(*group).await,
+            _ => String::new(),
+        };
+        identity_view(event, || name)
     }
 
     async fn group_name(&self, group: GroupId) -> String {

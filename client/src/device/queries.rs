@@ -1,6 +1,8 @@
-//! Local queries: groups, history, safety numbers, epochs.
+//! Local queries: groups, history, safety numbers and identities (and verifying one), epochs.
 
 use cove_core::GroupInfo;
+use cove_core::identity::IdentityState;
+use cove_wire::identity::IdentityKey;
 use cove_wire::{GroupId, UserName};
 
 use super::error::DeviceError;
@@ -35,6 +37,49 @@ impl Device {
     pub async fn safety_number(&self, user: &UserName) -> Result<String, DeviceError> {
         let user = user.clone();
         Ok(self.session.call(move |c| c.safety_number(&user)).await??)
+    }
+
+    /// `user`'s identity as this device knows it (the key to compare, verified or changed,
+    /// the safety number), after fetching `user`'s signed device list when online, so a
+    /// change at the relay shows (and is announced) now. `None` if no identity is known
+    /// for `user` (no signed list).
+    pub async fn identity(
+        &mut self,
+        user: &UserName,
+    ) -> Result<Option<IdentityState>, DeviceError> {
+        if self.online {
+            self.settle().await?;
+            let who = user.clone();
+            if self.session.call(move |c| c.refresh_identity(&who)).await? {
+                // Returns after the session sent the request, so `settle` waits for it.
+                self.session.call(|_| ()).await?;
+                self.settle().await?;
+            }
+        }
+        let user = user.clone();
+        Ok(self
+            .session
+            .call(move |c| c.identity_state(&user))
+            .await??)
+    }
+
+    /// Every other user's identity this device pinned, ordered by user name.
+    pub async fn identities(&self) -> Result<Vec<IdentityState>, DeviceError> {
+        Ok(self.session.call(|c| c.identity_states()).await??)
+    }
+
+    /// Marks `user`'s identity key `shown` verified (the user compared the safety number over
+    /// it; see [`Device::identity`]); after a change, pins it and unblocks sending.
+    pub async fn verify_user(
+        &self,
+        user: &UserName,
+        shown: IdentityKey,
+    ) -> Result<(), DeviceError> {
+        let user = user.clone();
+        self.session
+            .call(move |c| c.verify_user(crate::session::now_ms(), &user, &shown))
+            .await??;
+        Ok(())
     }
 
     /// The epoch and epoch authenticator of a group, if this device is a member.

@@ -116,6 +116,8 @@ pub async fn send_file(
     path: &Path,
     progress: bool,
 ) -> Result<AttachmentPointer, TransferError> {
+    // Nothing is uploaded for a message that would be refused.
+    device.check_can_send(group).await?;
     let client = BlobClient::for_device(device)
         .await?
         .with_progress(progress);

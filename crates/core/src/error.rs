@@ -394,13 +394,6 @@ pub enum Warning {
         /// Why.
         error: Shared<crate::identity::IdentityError>,
     },
-    /// A user's identity key changed (not verified before): the new one is pinned; their
-    /// safety number changed.
-    #[error("{user}'s identity key changed: compare safety numbers with them")]
-    IdentityChanged {
-        /// Whose.
-        user: cove_wire::UserName,
-    },
     /// The relay refused this user's device list (retried at the next connection).
     #[error("the relay refused our device list: {0}")]
     DeviceListNotPublished(cove_wire::ErrorReply),

@@ -11,7 +11,7 @@
 //! without changing the user's safety number ([`identity_safety_number`]).
 
 use cove_identity::{CertificateError, DeviceList, ListError, ListedDevice, verify_certificate};
-use cove_store::{PinnedIdentity, Store, StoreError};
+use cove_store::{IdentityChange, PinnedIdentity, Store, StoreError};
 use cove_wire::identity::{DeviceCertificate, IdentityKey, ListEntry};
 use cove_wire::{DeviceKey, UserName};
 
@@ -115,7 +115,10 @@ pub enum LeafRefusal {
 
 /// Verifies `entries` as `user`'s device list and compares it with what this client pinned;
 /// on success pins the new head (and, for a first or an unverified changed identity, the
-/// identity key) and stores the list.
+/// identity key) and stores the list. A changed identity is kept ([`IdentityChange`]) until
+/// the user verifies it ([`verify_identity`]): an unverified user's is only marked; a
+/// verified user's blocks sending to groups with them ([`blocking_changes`]) until then, or
+/// until the relay serves a list of the verified key again.
 pub fn observe_list(
     store: &impl Store,
     user: &UserName,
@@ -134,6 +137,9 @@ pub fn observe_list(
         },
         Some(p) if p.identity != list.identity() => {
             if p.verified {
+                // Nothing is re-pinned; the change is kept (it blocks sending to groups
+                // with the user) until the user verifies the new key.
+                record_change(store, user, p.identity, &list, true, now_ms)?;
                 return Err(IdentityError::VerifiedIdentityChanged {
                     user: user.clone(),
                     pinned: p.identity,
@@ -192,7 +198,48 @@ pub fn observe_list(
         },
     })?;
     store.set_device_list(user, list.entries())?;
+    match (&pin, &verdict) {
+        (_, ListVerdict::NewIdentity { previous, .. }) => {
+            // Marked as changed until the user verifies the new key (not blocking).
+            record_change(store, user, *previous, &list, false, now_ms)?;
+        }
+        (Some(p), ListVerdict::Unchanged | ListVerdict::Changed { .. })
+            if p.verified && store.identity_change(user)?.is_some_and(|c| c.blocking) =>
+        {
+            // The verified key is back: a change seen meanwhile no longer blocks.
+            store.remove_identity_change(user)?;
+        }
+        _ => {}
+    }
     Ok(verdict)
+}
+
+/// Keeps `list`'s identity as `user`'s changed identity (see [`IdentityChange`]), unless the
+/// same change is already kept.
+fn record_change(
+    store: &impl Store,
+    user: &UserName,
+    previous: IdentityKey,
+    list: &DeviceList,
+    blocking: bool,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let kept = store.identity_change(user)?;
+    if let Some(kept) = &kept
+        && kept.presented == list.identity()
+        && kept.entries.len() >= list.entries().len()
+    {
+        return Ok(());
+    }
+    store.set_identity_change(&IdentityChange {
+        user: user.clone(),
+        // After several changes, the one the user last knew (verified or pinned).
+        previous: kept.map_or(previous, |k| k.previous),
+        presented: list.identity(),
+        entries: list.entries().to_vec(),
+        blocking,
+        seen_at_ms: now_ms,
+    })
 }
 
 /// Checks the certificate `cert` of a leaf that claims to be `device` of `user`, against the
@@ -238,6 +285,12 @@ pub fn mark_verified(store: &impl Store, user: &UserName) -> Result<bool, StoreE
     };
     pin.verified = true;
     store.set_identity_pin(&pin)?;
+    if store
+        .identity_change(user)?
+        .is_some_and(|c| c.presented == pin.identity)
+    {
+        store.remove_identity_change(user)?;
+    }
     Ok(true)
 }
 
@@ -261,6 +314,7 @@ pub fn accept_identity(
         pinned_at_ms: now_ms,
     })?;
     store.set_device_list(user, list.entries())?;
+    store.remove_identity_change(user)?;
     Ok(list.identity())
 }
 
@@ -269,6 +323,138 @@ pub fn accept_identity(
 /// what blocks sending to groups with them meanwhile.
 pub fn is_verified(store: &impl Store, user: &UserName) -> Result<bool, StoreError> {
     Ok(store.identity_pin(user)?.is_some_and(|p| p.verified))
+}
+
+/// How far this user trusts another user's identity key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Pinned on first sight (trust on first use); safety numbers not compared yet.
+    Unverified,
+    /// The user compared safety numbers and confirmed this identity key.
+    Verified,
+    /// The identity key changed since it was pinned, and the user has not verified the new
+    /// one yet.
+    Changed {
+        /// Whether the previous key was verified: then sending to groups with the user is
+        /// blocked until the user verifies the new one.
+        blocking: bool,
+    },
+}
+
+/// Another user's identity as this client knows it, for `cove verify`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityState {
+    /// Whose identity.
+    pub user: UserName,
+    /// The identity key to compare: the one the user's device list names now (after a
+    /// change, the new one, even while the old one stays pinned).
+    pub identity: IdentityKey,
+    /// Verified, unverified or changed.
+    pub verification: Verification,
+    /// The safety number over this user's and `user`'s identity keys (`identity`); `None`
+    /// while this user's own identity is not pinned yet.
+    pub safety_number: Option<String>,
+}
+
+/// Why [`verify_identity`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// No identity is pinned for the user: their device list was never seen.
+    #[error("no identity key known for {0} yet")]
+    Unknown(UserName),
+    /// The key the user compared is not the one to verify now (it changed meanwhile).
+    #[error("{0}'s identity key changed while you compared: compare the new safety number")]
+    Stale(UserName),
+    /// The kept list of a changed identity no longer verifies (a corrupt store).
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
+/// The identity of `user` as seen from `me` (`None` if nothing is pinned for `user`).
+pub fn identity_state(
+    store: &impl Store,
+    me: &UserName,
+    user: &UserName,
+) -> Result<Option<IdentityState>, StoreError> {
+    let Some(pin) = store.identity_pin(user)? else {
+        return Ok(None);
+    };
+    let change = store.identity_change(user)?;
+    let (identity, verification) = match &change {
+        Some(c) => (
+            c.presented,
+            Verification::Changed {
+                blocking: c.blocking,
+            },
+        ),
+        None if pin.verified => (pin.identity, Verification::Verified),
+        None => (pin.identity, Verification::Unverified),
+    };
+    let safety_number = store
+        .identity_pin(me)?
+        .map(|mine| identity_safety_number(me, &mine.identity, user, &identity));
+    Ok(Some(IdentityState {
+        user: user.clone(),
+        identity,
+        verification,
+        safety_number,
+    }))
+}
+
+/// The user compared the safety number over `shown` (from [`identity_state`]) with `user`
+/// and confirmed it: marks that identity verified, pinning it first after a change. Refused
+/// if `shown` is not the key to verify now.
+pub fn verify_identity<S: Store>(
+    store: &S,
+    user: &UserName,
+    shown: &IdentityKey,
+    now_ms: u64,
+) -> Result<(), VerifyError> {
+    store.transaction(|s: &S| -> Result<(), VerifyError> {
+        let pin = s
+            .identity_pin(user)?
+            .ok_or_else(|| VerifyError::Unknown(user.clone()))?;
+        match s.identity_change(user)? {
+            Some(c) if c.presented == *shown => {
+                if c.blocking {
+                    accept_identity(s, user, &c.entries, now_ms)?;
+                } else {
+                    s.remove_identity_change(user)?;
+                }
+            }
+            Some(_) => return Err(VerifyError::Stale(user.clone())),
+            None if pin.identity != *shown => return Err(VerifyError::Stale(user.clone())),
+            None => {}
+        }
+        mark_verified(s, user)?;
+        Ok(())
+    })
+}
+
+/// The event that tells the user `user`'s identity key changed (`verified`: the previous
+/// one was verified, so sending to groups with them is blocked).
+pub fn changed_event(user: &UserName, verified: bool) -> crate::Event {
+    crate::Event::Identity(crate::IdentityEvent::IdentityChanged {
+        user: user.clone(),
+        verified,
+    })
+}
+
+/// The users among `members` whose verified identity changed and who were not verified
+/// again: sending to a group with them is blocked.
+pub fn blocking_changes(
+    store: &impl Store,
+    members: &[UserName],
+) -> Result<Vec<UserName>, StoreError> {
+    Ok(store
+        .identity_changes()?
+        .into_iter()
+        .filter(|c| c.blocking && members.contains(&c.user))
+        .map(|c| c.user)
+        .collect())
 }
 
 /// The safety number of two users over their identity keys: unchanged by devices coming
@@ -421,6 +607,116 @@ mod tests {
         assert_eq!(
             observe_list(&store, &user("alice"), list.entries(), 5).unwrap(),
             ListVerdict::Unchanged
+        );
+    }
+
+    /// The change kept for `cove verify`: an unverified change is marked until verified; a
+    /// verified one blocks, keeps the key the user last knew over further changes, and only
+    /// the newest key can be verified (which pins it and ends the block).
+    #[test]
+    fn changes_are_kept_until_the_shown_key_is_verified() {
+        let store = MemoryStore::new();
+        let (signer, list) = alice();
+        let me = user("bob");
+        observe_list(&store, &user("alice"), list.entries(), 1).unwrap();
+        let state = identity_state(&store, &me, &user("alice"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.verification, Verification::Unverified);
+        assert_eq!(
+            state.safety_number, None,
+            "bob's own identity is not pinned"
+        );
+        let relist = |k: u8| {
+            let s = IdentitySigner::new(user("alice"), &[k; 32]);
+            (s.identity(), s.create(key(1), name("laptop"), 5).unwrap())
+        };
+        // Unverified: pinned at once, marked as changed until verified.
+        let (k2, l2) = relist(43);
+        observe_list(&store, &user("alice"), l2.entries(), 2).unwrap();
+        let state = identity_state(&store, &me, &user("alice"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.identity, k2);
+        assert_eq!(
+            state.verification,
+            Verification::Changed { blocking: false }
+        );
+        assert!(
+            blocking_changes(&store, &[user("alice")])
+                .unwrap()
+                .is_empty()
+        );
+        verify_identity(&store, &user("alice"), &k2, 3).unwrap();
+        assert_eq!(
+            identity_state(&store, &me, &user("alice"))
+                .unwrap()
+                .unwrap()
+                .verification,
+            Verification::Verified
+        );
+        // Verified, then two changes: both block, the newest is the one to verify.
+        let (k3, l3) = relist(44);
+        let (k4, l4) = relist(45);
+        assert!(observe_list(&store, &user("alice"), l3.entries(), 4).is_err());
+        assert!(observe_list(&store, &user("alice"), l4.entries(), 5).is_err());
+        let kept = store.identity_change(&user("alice")).unwrap().unwrap();
+        assert_eq!(
+            (kept.previous, kept.presented, kept.blocking),
+            (k2, k4, true)
+        );
+        assert_eq!(
+            blocking_changes(&store, &[user("carol"), user("alice")]).unwrap(),
+            [user("alice")]
+        );
+        assert_eq!(
+            store
+                .identity_pin(&user("alice"))
+                .unwrap()
+                .unwrap()
+                .identity,
+            k2
+        );
+        for stale in [k2, k3, signer.identity()] {
+            assert!(matches!(
+                verify_identity(&store, &user("alice"), &stale, 6),
+                Err(VerifyError::Stale(_))
+            ));
+        }
+        verify_identity(&store, &user("alice"), &k4, 7).unwrap();
+        let pin = store.identity_pin(&user("alice")).unwrap().unwrap();
+        assert_eq!((pin.identity, pin.verified), (k4, true));
+        assert!(store.identity_change(&user("alice")).unwrap().is_none());
+        assert!(
+            blocking_changes(&store, &[user("alice")])
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            verify_identity(&store, &user("carol"), &k4, 8),
+            Err(VerifyError::Unknown(_))
+        ));
+        // A change that goes away (the verified key's list is served again) stops blocking.
+        assert!(observe_list(&store, &user("alice"), l3.entries(), 9).is_err());
+        assert_eq!(
+            blocking_changes(&store, &[user("alice")]).unwrap(),
+            [user("alice")]
+        );
+        assert_eq!(
+            observe_list(&store, &user("alice"), l4.entries(), 10).unwrap(),
+            ListVerdict::Unchanged
+        );
+        assert!(
+            blocking_changes(&store, &[user("alice")])
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            identity_state(&store, &me, &user("alice"))
+                .unwrap()
+                .unwrap()
+                .verification,
+            Verification::Verified
         );
     }
 

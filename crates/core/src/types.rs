@@ -308,6 +308,14 @@ pub enum CommandError {
     /// This device is no longer a member of the group.
     #[error("not a member of group {0}")]
     NotMember(String),
+    /// The identity key of these members changed after the user verified it: nothing is
+    /// sent to the group until the user verifies their new identity (`Client::verify_user`).
+    #[error(
+        "not sent: the identity key of {} changed since you verified it; compare safety \
+         numbers and verify again",
+        .0.iter().map(UserName::as_str).collect::<Vec<_>>().join(", ")
+    )]
+    IdentityNotVerified(Vec<UserName>),
     /// The text or content is too large.
     #[error("message too large: {0} bytes (limit {1})")]
     TooLarge(usize, usize),

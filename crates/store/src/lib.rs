@@ -97,6 +97,8 @@ pub enum Namespace {
     IdentityPin = 12,
     /// The last verified device list of each user: user.
     DeviceList = 13,
+    /// Changed identity keys of other users not verified yet: user.
+    IdentityChange = 14,
 }
 
 /// A key and its value, as returned by [`Kv::kv_scan`].
@@ -196,6 +198,39 @@ pub trait Store: Kv + StorageProvider<CURRENT_VERSION, Error = StoreError> + Sen
             pin.user.as_str().as_bytes(),
             pin,
         )
+    }
+
+    /// Every pinned identity, ordered by user name.
+    fn identity_pins(&self) -> Result<Vec<PinnedIdentity>, StoreError> {
+        self.kv_scan(Namespace::IdentityPin, &[])?
+            .into_iter()
+            .map(|(_, v)| Ok(postcard::from_bytes(&v)?))
+            .collect()
+    }
+
+    /// The changed identity of `user` that the user has not verified yet, if any.
+    fn identity_change(&self, user: &UserName) -> Result<Option<IdentityChange>, StoreError> {
+        get_record(self, Namespace::IdentityChange, user.as_str().as_bytes())
+    }
+    /// Records (or replaces) a changed identity of `change.user`.
+    fn set_identity_change(&self, change: &IdentityChange) -> Result<(), StoreError> {
+        put_record(
+            self,
+            Namespace::IdentityChange,
+            change.user.as_str().as_bytes(),
+            change,
+        )
+    }
+    /// Forgets the changed identity of `user` (the user verified it).
+    fn remove_identity_change(&self, user: &UserName) -> Result<(), StoreError> {
+        self.kv_delete(Namespace::IdentityChange, user.as_str().as_bytes())
+    }
+    /// Every changed identity not verified yet, ordered by user name.
+    fn identity_changes(&self) -> Result<Vec<IdentityChange>, StoreError> {
+        self.kv_scan(Namespace::IdentityChange, &[])?
+            .into_iter()
+            .map(|(_, v)| Ok(postcard::from_bytes(&v)?))
+            .collect()
     }
 
     /// The last verified device list of `user` (its signed entries, from entry 0).

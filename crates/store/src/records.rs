@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use cove_wire::identity::{IdentityKey, ListHead};
+use cove_wire::identity::{IdentityKey, ListEntry, ListHead};
 use cove_wire::{DeviceId, DeviceKey, Epoch, GroupId, Seq, UserName};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -68,6 +68,26 @@ pub struct PinnedIdentity {
     pub verified: bool,
     /// When it was pinned (client time, ms since the Unix epoch).
     pub pinned_at_ms: u64,
+}
+
+/// Another user's identity key that changed since it was pinned, until the user verifies
+/// the new one (compares safety numbers): it marks the user as changed, and, when the
+/// previous identity was verified, blocks sending to groups with them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityChange {
+    /// Whose identity.
+    pub user: UserName,
+    /// The identity key pinned before the change.
+    pub previous: IdentityKey,
+    /// The identity key the user's device list names now.
+    pub presented: IdentityKey,
+    /// That list (signed by `presented`), pinned when the user verifies it.
+    pub entries: Vec<ListEntry>,
+    /// Whether `previous` was verified: then `presented` is not pinned yet and sending to
+    /// groups with the user is blocked until the user verifies it.
+    pub blocking: bool,
+    /// When the change was seen (client time, ms since the Unix epoch).
+    pub seen_at_ms: u64,
 }
 
 /// A device key pinned on first sight (trust on first use).

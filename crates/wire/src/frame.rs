@@ -519,4 +519,9 @@ pub enum ErrorCode {
     LinkTaken,
     /// The link code expired.
     LinkExpired,
+    // --- identities (appended: codes are encoded by position) ---
+    /// `RegisterDevice` of a key that the user's signed device list does not name as an
+    /// unrevoked device: the user's identity must sign (and a device publish) its `Add`
+    /// entry first.
+    NotInDeviceList,
 }

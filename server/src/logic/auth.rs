@@ -169,6 +169,7 @@ fn register_device(
     }
     refuse_revoked(store, &user, &authorizer_key)?;
     refuse_revoked(store, &user, &key)?;
+    refuse_unlisted(store, &user, &key)?;
     let device = store.add_device(&user, &key)?;
     info!(%device, %user, %authorizer, "registered device");
     Ok(device)
@@ -207,6 +208,28 @@ fn refuse_revoked(store: &dyn RelayStore, user: &UserName, key: &DeviceKey) -> R
         return Err(Refused::Reply(ErrorReply::new(
             ErrorCode::UnknownDevice,
             "this device was revoked by its user",
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to register a device that the user's signed device list does not add (checked
+/// after [`refuse_revoked`], so a listed key here is also unrevoked): only the user's
+/// identity key decides which devices the user has, not a device's authorisation and not
+/// the relay.
+fn refuse_unlisted(
+    store: &dyn RelayStore,
+    user: &UserName,
+    key: &DeviceKey,
+) -> Result<(), Refused> {
+    let listed = store.device_list(user)?.iter().any(
+        |e| matches!(&e.body.op, cove_wire::identity::ListOp::Add { device, .. } if device == key),
+    );
+    if !listed {
+        info!(%user, "registration of a device not in the signed list refused");
+        return Err(Refused::Reply(ErrorReply::new(
+            ErrorCode::NotInDeviceList,
+            "the device is not in the user's signed device list: publish its Add entry first",
         )));
     }
     Ok(())

@@ -82,6 +82,8 @@ macro_rules! relay_store_conformance {
             a_device_list_append_needs_the_expected_length,
             concurrent_device_list_appends_exactly_one_wins,
             device_list_append_bounds,
+            revoked_devices_do_not_count_against_the_cap,
+            a_revoke_withdraws_the_devices_key_packages,
         );
     };
     (@cases $name:ident, $make:expr; $($case:ident),* $(,)?) => {
@@ -216,6 +218,89 @@ pub fn concurrent_device_list_appends_exactly_one_wins(store: &dyn RelayStore) {
     let stored = store.device_list(&alice).unwrap();
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[1], list_entry("alice", 1, winners[0]));
+}
+
+/// A `Revoke` entry of `name`'s list at `index` for `device` (shape only, like
+/// [`list_entry`]).
+pub fn revoke_entry(name: &str, index: u64, device: DeviceKey) -> ListEntry {
+    let mut entry = list_entry(name, index, 0xee);
+    entry.body.op = ListOp::Revoke { device };
+    entry
+}
+
+/// The per-user cap counts devices not revoked in the stored list: at the cap, a revoke
+/// makes room for exactly one more device; another user's list changes nothing.
+pub fn revoked_devices_do_not_count_against_the_cap(store: &dyn RelayStore) {
+    let alice = user("alice");
+    store.register_user(&alice, &key(0)).unwrap();
+    for i in 1..MAX_DEVICES_PER_USER {
+        store
+            .add_device(&alice, &key(u8::try_from(i).unwrap()))
+            .unwrap();
+    }
+    assert!(matches!(
+        store.add_device(&alice, &key(99)),
+        Err(StoreError::TooManyDevices)
+    ));
+    // Bob revoking a key of alice's in his own list does not count for alice.
+    device(store, "bob", 50);
+    let bobs = vec![list_entry("bob", 0, 50), revoke_entry("bob", 1, key(1))];
+    store.append_device_list(&user("bob"), 0, bobs).unwrap();
+    assert!(matches!(
+        store.add_device(&alice, &key(99)),
+        Err(StoreError::TooManyDevices)
+    ));
+    let list = vec![list_entry("alice", 0, 7), revoke_entry("alice", 1, key(1))];
+    store.append_device_list(&alice, 0, list).unwrap();
+    let added = store.add_device(&alice, &key(99)).unwrap();
+    assert!(
+        store
+            .devices(&alice)
+            .unwrap()
+            .iter()
+            .any(|d| d.device == added)
+    );
+    assert!(matches!(
+        store.add_device(&alice, &key(100)),
+        Err(StoreError::TooManyDevices)
+    ));
+}
+
+/// The append of a `Revoke` entry deletes the revoked device's KeyPackages (normal and
+/// last resort), not another device's, and claims leave the revoked device out.
+pub fn a_revoke_withdraws_the_devices_key_packages(store: &dyn RelayStore) {
+    let alice = user("alice");
+    let a1 = store.register_user(&alice, &key(1)).unwrap();
+    let a2 = store.add_device(&alice, &key(2)).unwrap();
+    for (d, tag) in [(a1, "a1"), (a2, "a2")] {
+        let kps = vec![
+            format!("{tag}-kp1").into_bytes(),
+            format!("{tag}-kp2").into_bytes(),
+        ];
+        store
+            .upload_key_packages(d, kps, Some(format!("{tag}-lr").into_bytes()))
+            .unwrap();
+    }
+    store
+        .append_device_list(&alice, 0, vec![list_entry("alice", 0, 1)])
+        .unwrap();
+    store
+        .append_device_list(&alice, 1, vec![revoke_entry("alice", 1, key(2))])
+        .unwrap();
+    assert_eq!(store.key_package_stock(a2).unwrap(), stock(0, false));
+    assert_eq!(store.key_package_stock(a1).unwrap(), stock(2, true));
+    let claimed = store.claim_key_packages(&alice).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].device, a1);
+    assert_eq!(claimed[0].key_package.as_bytes(), b"a1-kp1");
+    // Uploaded again after the revoke (e.g. over a connection still open): never claimed.
+    store
+        .upload_key_packages(a2, vec![b"late".to_vec()], Some(b"late-lr".to_vec()))
+        .unwrap();
+    for _ in 0..3 {
+        let claimed = store.claim_key_packages(&alice).unwrap();
+        assert!(claimed.iter().all(|c| c.device == a1), "{claimed:?}");
+    }
 }
 
 /// Shape checks, each storing nothing: no entries, another user's entry, an entry out of

@@ -12,7 +12,9 @@ use cove_wire::{
 };
 
 use super::rules::{self, GroupState};
-use super::{Appended, NewPost, RelayStore, Stock, StoreError, Welcome, check_list_append};
+use super::{
+    Appended, NewPost, RelayStore, Stock, StoreError, Welcome, check_list_append, revoked_keys,
+};
 
 /// The in-memory relay store. Same semantics as the SQLite one, minus durability.
 #[derive(Default)]
@@ -178,7 +180,17 @@ impl RelayStore for MemoryStore {
 
     fn add_device(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
         let mut inner = self.lock()?;
-        let count = inner.users.get(user).ok_or(StoreError::UnknownUser)?.len();
+        let ids = inner.users.get(user).ok_or(StoreError::UnknownUser)?;
+        let revoked = revoked_keys(inner.device_lists.get(user).map_or(&[][..], Vec::as_slice));
+        let count = ids
+            .iter()
+            .filter(|id| {
+                inner
+                    .devices
+                    .get(id)
+                    .is_some_and(|d| !revoked.contains(&d.key))
+            })
+            .count();
         if count >= MAX_DEVICES_PER_USER {
             return Err(StoreError::TooManyDevices);
         }
@@ -211,8 +223,20 @@ impl RelayStore for MemoryStore {
             return Err(StoreError::ListChanged { stored });
         }
         check_list_append(user, stored, &entries)?;
+        let withdrawn = revoked_keys(&entries);
         list.extend(entries);
-        Ok(list.len() as u64)
+        let len = list.len() as u64;
+        // Revoked devices' KeyPackages are withdrawn with the entry that revokes them.
+        let ids = inner.users.get(user).cloned().unwrap_or_default();
+        for id in ids {
+            if let Some(dev) = inner.devices.get_mut(&id)
+                && withdrawn.contains(&dev.key)
+            {
+                dev.key_packages.clear();
+                dev.last_resort = None;
+            }
+        }
+        Ok(len)
     }
 
     fn devices(&self, user: &UserName) -> Result<Vec<DeviceInfo>, StoreError> {
@@ -256,9 +280,13 @@ impl RelayStore for MemoryStore {
             .get(user)
             .ok_or(StoreError::UnknownUser)?
             .clone();
+        let revoked = revoked_keys(inner.device_lists.get(user).map_or(&[][..], Vec::as_slice));
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let dev = inner.device_mut(id)?;
+            if revoked.contains(&dev.key) {
+                continue;
+            }
             if let Some(kp) = dev.key_packages.pop_front() {
                 out.push(ClaimedKeyPackage {
                     device: id,

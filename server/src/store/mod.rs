@@ -164,7 +164,9 @@ pub trait RelayStore: Send + Sync + 'static {
     /// assigned by the store, start at 1 and are never reused.
     fn register_user(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError>;
     /// Adds a further device to an existing user (authorisation is checked by the caller).
-    /// UnknownUser, or TooManyDevices at `limits::MAX_DEVICES_PER_USER`.
+    /// UnknownUser, or TooManyDevices when the user has `limits::MAX_DEVICES_PER_USER`
+    /// devices that are not revoked in the user's stored device list (revoked devices do not
+    /// count: a lost device cannot keep a user from adding new ones).
     fn add_device(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError>;
     /// A user's devices, ordered by id (UnknownUser if no such user).
     fn devices(&self, user: &UserName) -> Result<Vec<DeviceInfo>, StoreError>;
@@ -183,8 +185,8 @@ pub trait RelayStore: Send + Sync + 'static {
     ) -> Result<Stock, StoreError>;
     /// Claims one KeyPackage for each device of `user`: each normal KeyPackage is handed out
     /// exactly once (atomically, even under concurrent claims); a device with an empty stock
-    /// yields its last-resort KeyPackage (not consumed); a device with neither is left out.
-    /// Normal KeyPackages go out in upload order; results are ordered by device id.
+    /// yields its last-resort KeyPackage (not consumed); a device with neither, or one whose
+    /// key the user's stored device list revokes, is left out. Normal KeyPackages go out in upload order; results are ordered by device id.
     /// UnknownUser if no such user.
     fn claim_key_packages(&self, user: &UserName) -> Result<Vec<ClaimedKeyPackage>, StoreError>;
     /// A device's stock.
@@ -307,7 +309,9 @@ pub trait RelayStore: Send + Sync + 'static {
     /// caller does, with `cove-identity`); it checks only the shape: Invalid for no entries,
     /// an entry whose user is not `user` or whose index is not its position, or a list
     /// growing past `limits::MAX_DEVICE_LIST_ENTRIES`. UnknownUser if no such user. Durable
-    /// when it returns; returns the new length.
+    /// when it returns; returns the new length. In the same transaction, each appended
+    /// `Revoke` entry withdraws the KeyPackages (normal and last-resort) of the user's
+    /// devices with the revoked key.
     fn append_device_list(
         &self,
         user: &UserName,
@@ -324,7 +328,17 @@ pub trait RelayStore: Send + Sync + 'static {
     }
 }
 
-/// What the default device-list methods answer.
+/// The keys that `entries` (a user's stored device list) revoke.
+pub(crate) fn revoked_keys(entries: &[ListEntry]) -> std::collections::HashSet<DeviceKey> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.body.op {
+            cove_wire::identity::ListOp::Revoke { device } => Some(*device),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The shape checks of [`RelayStore::append_device_list`] on `entries` appended to a list of
 /// `stored` entries: Invalid for none, another user's entry, an entry out of its place, or
 /// a list growing past `limits::MAX_DEVICE_LIST_ENTRIES`.

@@ -130,9 +130,13 @@ async fn an_unknown_device_is_refused() {
 #[tokio::test]
 async fn a_second_device_needs_a_valid_authorization() {
     let relay = relay().await;
-    let (_alice_client, alice) = relay.register("alice").await.unwrap();
+    let (mut alice_client, alice) = relay.register("alice").await.unwrap();
     let (_bob_client, bob) = relay.register("bob").await.unwrap();
     let mut laptop = DeviceKeys::generate("alice");
+    // Alice's signed list names the laptop (the rule of `RegisterDevice` tested in
+    // `device_lists`), so what is refused below is the authorisation.
+    crate::device_lists::publish_signed_list(&mut alice_client, &alice, &[laptop.public_key()])
+        .await;
 
     // Authorised by a key that is not Alice's (but naming Alice's device).
     let stranger = DeviceKeys::generate("alice");

@@ -262,3 +262,199 @@ async fn device_list_publishes_are_rate_limited_like_claims() {
         "the refused entry was not stored"
     );
 }
+
+/// Publishes, from `first`'s connection, a list of `first`'s user signed by identity 1: its
+/// `Create`, `first`'s key, then `more`. Returns the signer and the list.
+pub async fn publish_signed_list(
+    client: &mut TestClient,
+    first: &DeviceKeys,
+    more: &[DeviceKey],
+) -> (IdentitySigner, DeviceList) {
+    let id = signer(first.user.as_str(), 1);
+    let mut list = id.create(first.public_key(), name("first"), 1).unwrap();
+    for (i, key) in more.iter().enumerate() {
+        id.add(&mut list, *key, name(&format!("device {i}")), 2)
+            .unwrap();
+    }
+    publish(client, list.entries()).await.unwrap();
+    (id, list)
+}
+
+/// Asserts `RegisterDevice` of `keys` (authorised by `by`) on `client` is refused with `code`
+/// and a message containing `says`.
+async fn assert_registration_refused(
+    client: &mut TestClient,
+    keys: &mut DeviceKeys,
+    by: &DeviceKeys,
+    code: ErrorCode,
+    says: &str,
+) {
+    match client.register_device(keys, by).await {
+        Err(ClientError::Refused(e)) => {
+            assert_eq!(e.code, code, "{e}");
+            assert!(e.message.contains(says), "{says:?} not in {:?}", e.message);
+        }
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
+}
+
+/// The relay registers a further device only if the user's signed list adds its key and
+/// does not revoke it: a valid authorisation by a registered device is not enough, with no
+/// list or with one that does not name the key (`NotInDeviceList`, the challenge stays
+/// usable), and a key added and revoked is refused as revoked.
+#[tokio::test]
+async fn register_device_needs_a_key_the_signed_list_adds() {
+    let relay = TestRelay::sqlite().await;
+    let (mut alice, alice_keys) = relay.register("alice").await.unwrap();
+    let mut laptop = DeviceKeys::generate("alice");
+    let mut client = relay.connect().await.unwrap();
+    let no_list = "not in the user's signed device list";
+    assert_registration_refused(
+        &mut client,
+        &mut laptop,
+        &alice_keys,
+        ErrorCode::NotInDeviceList,
+        no_list,
+    )
+    .await;
+    let (id, mut list) = publish_signed_list(&mut alice, &alice_keys, &[]).await;
+    assert_registration_refused(
+        &mut client,
+        &mut laptop,
+        &alice_keys,
+        ErrorCode::NotInDeviceList,
+        no_list,
+    )
+    .await;
+    // Once listed, the same connection (same challenge) registers it.
+    let cert = id
+        .add(&mut list, laptop.public_key(), name("laptop"), 3)
+        .unwrap();
+    publish(&mut alice, &[cert.entry]).await.unwrap();
+    let laptop_id = client
+        .register_device(&mut laptop, &alice_keys)
+        .await
+        .unwrap();
+    let reply = alice
+        .call(Request::ListDevices {
+            user: user("alice"),
+        })
+        .await
+        .unwrap();
+    let Reply::Devices { devices, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        devices.iter().map(|d| d.device).collect::<Vec<_>>(),
+        [alice_keys.id(), laptop_id]
+    );
+
+    // Listed, then revoked before it ever registered.
+    let mut tablet = DeviceKeys::generate("alice");
+    let add = id
+        .add(&mut list, tablet.public_key(), name("tablet"), 4)
+        .unwrap();
+    let revoke = id.revoke(&mut list, tablet.public_key(), 5).unwrap();
+    publish(&mut alice, &[add.entry, revoke]).await.unwrap();
+    let mut client = relay.connect().await.unwrap();
+    assert_registration_refused(
+        &mut client,
+        &mut tablet,
+        &alice_keys,
+        ErrorCode::UnknownDevice,
+        "revoked",
+    )
+    .await;
+}
+
+/// The per-user cap (16) counts only devices the signed list does not revoke: with 16
+/// registered, revoking one lets exactly one new listed device register.
+#[tokio::test]
+async fn the_device_cap_counts_only_unrevoked_devices() {
+    use cove_wire::limits::MAX_DEVICES_PER_USER;
+    let relay = TestRelay::memory().await;
+    let (mut alice, alice_keys) = relay.register("alice").await.unwrap();
+    let mut others: Vec<DeviceKeys> = (1..MAX_DEVICES_PER_USER)
+        .map(|_| DeviceKeys::generate("alice"))
+        .collect();
+    let keys: Vec<DeviceKey> = others.iter().map(DeviceKeys::public_key).collect();
+    let (id, mut list) = publish_signed_list(&mut alice, &alice_keys, &keys).await;
+    for keys in &mut others {
+        let mut client = relay.connect().await.unwrap();
+        client.register_device(keys, &alice_keys).await.unwrap();
+    }
+    let count = |reply: Reply| match reply {
+        Reply::Devices { devices, .. } => devices.len(),
+        other => panic!("{other:?}"),
+    };
+    let list_devices = || Request::ListDevices {
+        user: user("alice"),
+    };
+    assert_eq!(
+        count(alice.call(list_devices()).await.unwrap()),
+        MAX_DEVICES_PER_USER
+    );
+    // Revoke one; list a new device in its place: the relay registers it.
+    let revoke = id.revoke(&mut list, others[3].public_key(), 9).unwrap();
+    let mut new = DeviceKeys::generate("alice");
+    let add = id
+        .add(&mut list, new.public_key(), name("new"), 10)
+        .unwrap();
+    publish(&mut alice, &[revoke, add.entry]).await.unwrap();
+    let mut client = relay.connect().await.unwrap();
+    client.register_device(&mut new, &alice_keys).await.unwrap();
+    assert_eq!(
+        count(alice.call(list_devices()).await.unwrap()),
+        MAX_DEVICES_PER_USER,
+        "16 unrevoked devices in the directory (the revoked one is left out)"
+    );
+}
+
+/// When a publish revokes a device, its KeyPackages (normal and last-resort) are withdrawn:
+/// a claim returns none of them, also of ones it uploads afterwards over a connection that
+/// was open before the revoke; the other device's KeyPackages are claimed as before.
+#[tokio::test]
+async fn a_revoked_devices_key_packages_are_withdrawn() {
+    let relay = TestRelay::sqlite().await;
+    let (mut alice, alice_keys) = relay.register("alice").await.unwrap();
+    let mut laptop_keys = DeviceKeys::generate("alice");
+    let (id, mut list) =
+        publish_signed_list(&mut alice, &alice_keys, &[laptop_keys.public_key()]).await;
+    let mut laptop = relay.connect().await.unwrap();
+    laptop
+        .register_device(&mut laptop_keys, &alice_keys)
+        .await
+        .unwrap();
+    let upload = |tag: &str| Request::UploadKeyPackages {
+        key_packages: BoundedVec(vec![
+            cove_wire::Payload::from(format!("{tag}-1").into_bytes()),
+            cove_wire::Payload::from(format!("{tag}-2").into_bytes()),
+        ]),
+        last_resort: Some(cove_wire::Payload::from(format!("{tag}-lr").into_bytes())),
+    };
+    alice.call(upload("alice")).await.unwrap();
+    laptop.call(upload("laptop")).await.unwrap();
+
+    let revoke = id.revoke(&mut list, laptop_keys.public_key(), 3).unwrap();
+    publish(&mut alice, &[revoke]).await.unwrap();
+    laptop.call(upload("late")).await.unwrap();
+
+    let (mut bob, _) = relay.register("bob").await.unwrap();
+    let mut claimed = Vec::new();
+    for _ in 0..4 {
+        let reply = bob
+            .call(Request::ClaimKeyPackages {
+                user: user("alice"),
+            })
+            .await
+            .unwrap();
+        let Reply::KeyPackages { key_packages, .. } = reply else {
+            panic!("{reply:?}")
+        };
+        for kp in key_packages.0 {
+            assert_eq!(kp.device, alice_keys.id(), "only alice's unrevoked device");
+            claimed.push(String::from_utf8(kp.key_package.into_vec()).unwrap());
+        }
+    }
+    assert_eq!(claimed, ["alice-1", "alice-2", "alice-lr", "alice-lr"]);
+}

@@ -26,6 +26,7 @@ async fn concurrent_claims_never_hand_out_a_key_package_twice() {
     let relay = TestRelay::sqlite().await;
     let (mut phone, alice) = relay.register("alice").await.unwrap();
     let mut laptop_keys = cove_test_utils::DeviceKeys::generate("alice");
+    crate::device_lists::publish_signed_list(&mut phone, &alice, &[laptop_keys.public_key()]).await;
     let mut laptop = relay.connect().await.unwrap();
     laptop
         .register_device(&mut laptop_keys, &alice)

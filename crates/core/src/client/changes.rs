@@ -427,7 +427,7 @@ impl Changes {
         match observed {
             Ok(verdict) => {
                 if let Some(crate::identity::ListVerdict::NewIdentity { .. }) = verdict {
-                    fx.warn(Warning::IdentityChanged { user: user.clone() });
+                    fx.event(crate::identity::changed_event(&user, false));
                 }
                 let body = Request::ListDevices { user: user.clone() };
                 fx.request(body, Lookup::Directory.pending(op, &user));
@@ -436,7 +436,12 @@ impl Changes {
                 let e = OpError::DeviceList(Shared::new(e));
                 self.drop_own_user(op, Some(OwnDevicesSkipped::List(e)), cx, fx);
             }
-            Err(e) => self.finish(op, Err(OpError::DeviceList(Shared::new(e))), fx),
+            Err(e) => {
+                if let crate::identity::IdentityError::VerifiedIdentityChanged { .. } = e {
+                    fx.event(crate::identity::changed_event(&user, true));
+                }
+                self.finish(op, Err(OpError::DeviceList(Shared::new(e))), fx)
+            }
         }
     }
 

@@ -262,6 +262,80 @@ impl<S: Store> Client<S> {
         trust::safety_number_with(store, self.me.user(), self.me.key(), user)
     }
 
+    /// `user`'s identity as this device knows it: the key to compare, whether it is
+    /// verified or changed, and the safety number over it (`None` if nothing is pinned for
+    /// `user`: call [`Client::refresh_identity`] first).
+    pub fn identity_state(
+        &self,
+        user: &UserName,
+    ) -> Result<Option<crate::identity::IdentityState>, StoreError> {
+        crate::identity::identity_state(self.provider.store(), self.me.user(), user)
+    }
+
+    /// The identities of every other user this device pinned, ordered by user name.
+    pub fn identity_states(&self) -> Result<Vec<crate::identity::IdentityState>, StoreError> {
+        let store = self.provider.store();
+        let mut out = Vec::new();
+        for pin in store.identity_pins()? {
+            if &pin.user == self.me.user() {
+                continue;
+            }
+            if let Some(state) = crate::identity::identity_state(store, self.me.user(), &pin.user)?
+            {
+                out.push(state);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches `user`'s signed device list now and checks it against the pin (a changed
+    /// identity is announced as [`IdentityEvent::IdentityChanged`]). Returns false when not
+    /// connected (nothing sent).
+    pub fn refresh_identity(&mut self, user: &UserName) -> bool {
+        if self.conn != Conn::Ready {
+            return false;
+        }
+        self.send(
+            Request::FetchDeviceList { user: user.clone() },
+            Pending::ObserveList { user: user.clone() },
+        );
+        true
+    }
+
+    /// The user compared the safety number of `user`'s identity key `shown` (from
+    /// [`Client::identity_state`]) with them and confirmed it: marks it verified (pinning it
+    /// first if it is a changed identity, which unblocks sending to groups with `user`).
+    pub fn verify_user(
+        &mut self,
+        now_ms: u64,
+        user: &UserName,
+        shown: &cove_wire::identity::IdentityKey,
+    ) -> Result<(), crate::identity::VerifyError> {
+        crate::identity::verify_identity(self.provider.store(), user, shown, now_ms)
+    }
+
+    /// The members of `group` whose verified identity changed and who were not verified
+    /// again (sending to the group is refused while there are any).
+    pub fn unverified_changes_in(&self, group: &GroupId) -> Result<Vec<UserName>, StoreError> {
+        let members: Vec<UserName> = self
+            .groups
+            .call_members(group)
+            .into_iter()
+            .map(|m| m.user)
+            .collect();
+        crate::identity::blocking_changes(self.provider.store(), &members)
+    }
+
+    /// Refuses to send to `group` while a member's verified identity changed.
+    fn check_identities(&self, group: &GroupId) -> Result<(), CommandError> {
+        let blocked = self.unverified_changes_in(group)?;
+        if blocked.is_empty() {
+            Ok(())
+        } else {
+            Err(CommandError::IdentityNotVerified(blocked))
+        }
+    }
+
     /// On an existing device: authorises `new_key` as a further device of this user (the
     /// new device shows its key; this device signs it). Returns what the new device needs:
     /// give it to [`Client::set_device_authorization`] there. When this device holds the
@@ -606,7 +680,8 @@ impl<S: Store> Client<S> {
         self.send_content(now_ms, id, Content::LeaveRequest)
     }
 
-    /// Sends an uploaded file's pointer, like a text message (see `cove send-file`).
+    /// Sends an uploaded file's pointer, like a text message (see `cove send-file`). Refused
+    /// with [`CommandError::IdentityNotVerified`] like [`Client::send_text`].
     pub fn send_attachment(
         &mut self,
         now_ms: u64,
@@ -614,11 +689,14 @@ impl<S: Store> Client<S> {
         pointer: crate::attachment::AttachmentPointer,
     ) -> Result<OpId, CommandError> {
         let id = self.groups.active(group)?;
+        self.check_identities(&id)?;
         self.send_content(now_ms, id, Content::Attachment(pointer))
     }
 
     /// Sends a text message. It is encrypted and persisted in the outbox now and sent
-    /// (again after reconnects) until the relay accepts it.
+    /// (again after reconnects) until the relay accepts it. Refused with
+    /// [`CommandError::IdentityNotVerified`] while a member's verified identity key changed
+    /// and the user has not verified the new one.
     pub fn send_text(
         &mut self,
         now_ms: u64,
@@ -629,6 +707,7 @@ impl<S: Store> Client<S> {
             return Err(CommandError::TooLarge(text.len(), MAX_TEXT_BYTES));
         }
         let id = self.groups.active(group)?;
+        self.check_identities(&id)?;
         let text = text.to_string();
         self.send_content(now_ms, id, Content::Text { text })
     }
@@ -770,10 +849,13 @@ impl<S: Store> Client<S> {
                     let store = self.provider.store();
                     match crate::identity::observe_list(store, &user, &entries.0, now_ms) {
                         Ok(crate::identity::ListVerdict::NewIdentity { .. }) => {
-                            fx.warn(Warning::IdentityChanged { user });
+                            fx.event(crate::identity::changed_event(&user, false));
                         }
                         Ok(_) => {}
                         Err(crate::identity::IdentityError::Storage(e)) => return Err(e.into()),
+                        Err(crate::identity::IdentityError::VerifiedIdentityChanged { .. }) => {
+                            fx.event(crate::identity::changed_event(&user, true));
+                        }
                         Err(e) => fx.warn(Warning::DeviceListRefused {
                             user,
                             error: Shared::new(e),

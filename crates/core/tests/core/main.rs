@@ -9,7 +9,8 @@ mod relay;
 
 use cove_core::cove_store::{MemoryStore, SqliteStore, Store};
 use cove_core::error::OwnIdentityError;
-use cove_core::{Client, CommandError, Event, OpError, OpId};
+use cove_core::identity::{Verification, VerifyError};
+use cove_core::{Client, CommandError, Event, IdentityEvent, OpError, OpId};
 use cove_wire::{
     ClientFrame, Delivery, GroupId, PostKind, Request, RequestId, ServerFrame, UserName,
 };
@@ -688,6 +689,234 @@ fn safety_numbers_are_over_identity_keys_and_a_new_device_does_not_change_them()
         let w = warnings(&net.take_events(slot));
         assert!(w.is_empty(), "slot {slot}: {w:?}");
     }
+}
+
+/// A list of `name`'s signed by a new identity key (made of byte `k`) that names `device`:
+/// what other clients see when the user starts over with a new identity (or when the relay
+/// lies about it).
+fn new_identity_list(
+    name: &str,
+    k: u8,
+    device: cove_wire::DeviceKey,
+) -> (
+    cove_wire::identity::IdentityKey,
+    Vec<cove_wire::identity::ListEntry>,
+) {
+    let signer = cove_core::cove_identity::IdentitySigner::new(user(name), &[k; 32]);
+    let list = signer
+        .create(
+            device,
+            cove_wire::identity::DeviceName::new("reinstalled").unwrap(),
+            1,
+        )
+        .unwrap();
+    (signer.identity(), list.entries().to_vec())
+}
+
+/// Safety numbers stay the same when bob revokes a device (as when he adds one, above), for
+/// both sides, and change when the relay serves a list of bob's signed by another identity
+/// key: alice is told, and the number `cove verify` shows her is over the new key.
+#[test]
+fn safety_numbers_are_unchanged_by_a_revoke_and_changed_by_a_new_identity_key() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let bob2 = linked_device(&mut net, bob, "bob", 51);
+    group_of(&mut net, alice, &["bob"]);
+    let number = net.client(alice).safety_number(&user("bob")).unwrap();
+    let now = net.now_ms;
+    let key2 = net.client(bob2).device_key();
+    net.client(bob).revoke_device(now, &key2).unwrap();
+    net.run();
+    assert!(net.client(alice).refresh_identity(&user("bob")));
+    net.run();
+    let list = net
+        .client(alice)
+        .device_list_of(&user("bob"))
+        .unwrap()
+        .unwrap();
+    assert!(list.is_revoked(&key2), "alice saw the revoke");
+    assert_eq!(
+        net.client(alice).safety_number(&user("bob")).unwrap(),
+        number
+    );
+    assert_eq!(
+        net.client(bob).safety_number(&user("alice")).unwrap(),
+        number
+    );
+    let state = net
+        .client(alice)
+        .identity_state(&user("bob"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.safety_number.as_deref(), Some(number.as_str()));
+    assert_eq!(state.verification, Verification::Unverified);
+
+    let bob_key = net.client(bob).device_key();
+    let (identity, entries) = new_identity_list("bob", 99, bob_key);
+    net.relay.served_lists.insert(user("bob"), entries);
+    net.take_events(alice);
+    assert!(net.client(alice).refresh_identity(&user("bob")));
+    net.run();
+    let announced: Vec<Event> = net
+        .take_events(alice)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Identity(_)))
+        .collect();
+    assert_eq!(
+        announced,
+        [Event::Identity(IdentityEvent::IdentityChanged {
+            user: user("bob"),
+            verified: false
+        })]
+    );
+    let changed = net
+        .client(alice)
+        .identity_state(&user("bob"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.identity, identity);
+    assert_eq!(
+        changed.verification,
+        Verification::Changed { blocking: false }
+    );
+    let new_number = changed.safety_number.unwrap();
+    assert_ne!(new_number, number);
+    assert_eq!(
+        net.client(alice).safety_number(&user("bob")).unwrap(),
+        new_number,
+        "an unverified user's new key is pinned at once"
+    );
+}
+
+/// alice verified bob; then bob's list names a new identity key: alice is told (verified:
+/// true), her sends to the group with bob fail with `IdentityNotVerified([bob])` and queue
+/// nothing, until she verifies the new key (verifying the old one is refused as stale); then
+/// her message reaches bob. carol, never verified, changes too: announced, not blocking.
+#[test]
+fn a_verified_contacts_new_identity_blocks_sending_until_verified_again() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    group_of(&mut net, alice, &["bob", "carol"]);
+    let now = net.now_ms;
+    let before = net
+        .client(alice)
+        .identity_state(&user("bob"))
+        .unwrap()
+        .unwrap();
+    net.client(alice)
+        .verify_user(now, &user("bob"), &before.identity)
+        .unwrap();
+    let verified = net
+        .client(alice)
+        .identity_state(&user("bob"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(verified.verification, Verification::Verified);
+    assert_eq!(verified.safety_number, before.safety_number);
+
+    let (bob_identity, bob_list) = new_identity_list("bob", 98, net.client(bob).device_key());
+    let (_, carol_list) = new_identity_list("carol", 97, net.client(carol).device_key());
+    net.relay.served_lists.insert(user("bob"), bob_list);
+    net.relay.served_lists.insert(user("carol"), carol_list);
+    for slot in [alice, bob, carol] {
+        net.take_events(slot);
+    }
+    assert!(net.client(alice).refresh_identity(&user("bob")));
+    assert!(net.client(alice).refresh_identity(&user("carol")));
+    net.run();
+    let announced: Vec<Event> = net
+        .take_events(alice)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Identity(_)))
+        .collect();
+    assert_eq!(
+        announced,
+        [
+            Event::Identity(IdentityEvent::IdentityChanged {
+                user: user("bob"),
+                verified: true
+            }),
+            Event::Identity(IdentityEvent::IdentityChanged {
+                user: user("carol"),
+                verified: false
+            }),
+        ]
+    );
+    let err = net
+        .client(alice)
+        .send_text(now, "friends", "blocked")
+        .unwrap_err();
+    assert!(
+        matches!(&err, CommandError::IdentityNotVerified(users) if users == &[user("bob")]),
+        "{err}"
+    );
+    let group = net.client(alice).resolve("friends").unwrap();
+    assert_eq!(
+        net.client(alice).unverified_changes_in(&group).unwrap(),
+        [user("bob")]
+    );
+    let changed = net
+        .client(alice)
+        .identity_state(&user("bob"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.identity, bob_identity);
+    assert_eq!(
+        changed.verification,
+        Verification::Changed { blocking: true }
+    );
+    assert_ne!(changed.safety_number, before.safety_number);
+    assert_eq!(
+        net.client(alice)
+            .identity_state(&user("carol"))
+            .unwrap()
+            .unwrap()
+            .verification,
+        Verification::Changed { blocking: false }
+    );
+    // Still blocked after a reconnect (the change is stored).
+    net.disconnect(alice);
+    net.connect(alice);
+    net.run();
+    assert!(matches!(
+        net.client(alice).send_text(now, "friends", "blocked"),
+        Err(CommandError::IdentityNotVerified(_))
+    ));
+    // The old key is not the one to verify any more.
+    assert!(matches!(
+        net.client(alice)
+            .verify_user(now, &user("bob"), &before.identity),
+        Err(VerifyError::Stale(_))
+    ));
+    net.client(alice)
+        .verify_user(now, &user("bob"), &changed.identity)
+        .unwrap();
+    let after = net
+        .client(alice)
+        .identity_state(&user("bob"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.verification, Verification::Verified);
+    assert_eq!(after.identity, bob_identity);
+    assert_eq!(after.safety_number, changed.safety_number);
+    let op = net
+        .client(alice)
+        .send_text(now, "friends", "after verifying")
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    net.run();
+    assert_eq!(texts(&net.take_events(bob)), ["after verifying"]);
+    assert_eq!(texts(&net.take_events(carol)), ["after verifying"]);
+    assert!(
+        net.client(alice)
+            .identity_states()
+            .unwrap()
+            .iter()
+            .all(|s| s.user != user("alice"))
+    );
 }
 
 /// A user's first device revokes a linked device: the signed entry is published, the relay

@@ -181,6 +181,10 @@ pub struct Relay {
     counts: Arc<Counts>,
     /// Test hook: the directory presents these keys instead of the registered ones.
     pub tampered_keys: HashMap<DeviceId, DeviceKey>,
+    /// Test hook: `FetchDeviceList` of these users is answered with these entries instead
+    /// of the stored list (a relay that lies, or a user who started over with a new
+    /// identity key, as far as other clients can tell).
+    pub served_lists: HashMap<UserName, Vec<cove_wire::identity::ListEntry>>,
     /// Test hook: inbox positions up to this one were made up for the device (a replayed
     /// entry delivered under a new seq); being the relay that made them up, it answers
     /// their acks with `Acked` instead of refusing them as past the inbox's end.
@@ -209,6 +213,7 @@ impl Default for Relay {
             sim: sim::Relay::with_store(Arc::new(store)),
             counts,
             tampered_keys: HashMap::new(),
+            served_lists: HashMap::new(),
             fabricated_inbox: HashMap::new(),
             stale_rejections: 0,
             rate_limit_posts: 0,
@@ -287,8 +292,23 @@ impl Relay {
             )];
         }
         let directory = matches!(body, Request::ListDevices { .. });
+        let served = match body {
+            Request::FetchDeviceList { user } => self.served_lists.get(user).cloned(),
+            _ => None,
+        };
         let mut frames = self.sim.handle(slot, frame, now_ms);
         self.count();
+        if let Some(served) = served
+            && let Some((
+                _,
+                ServerFrame::Response {
+                    result: Ok(Reply::DeviceList { entries }),
+                    ..
+                },
+            )) = frames.first_mut()
+        {
+            entries.0 = served;
+        }
         if directory
             && let Some((
                 _,

@@ -202,6 +202,7 @@ pub fn error_code() -> impl Strategy<Value = ErrorCode> {
         LinkNotFound,
         LinkTaken,
         LinkExpired,
+        NotInDeviceList,
     ])
 }
 

@@ -1,5 +1,7 @@
 //! Users' signed device lists (`device_lists`): one row per entry, the entry stored as its
 //! postcard encoding, appended only when the stored list has the length the caller expects.
+//! An appended `Revoke` entry withdraws the revoked device's KeyPackages in the same
+//! transaction.
 
 use cove_wire::UserName;
 use cove_wire::identity::ListEntry;
@@ -7,7 +9,7 @@ use rusqlite::{Connection, Transaction, params};
 
 use super::directory::user_exists;
 use super::rows::{corrupt, to_i64, to_u64};
-use crate::store::{StoreError, check_list_append};
+use crate::store::{StoreError, check_list_append, revoked_keys};
 
 /// A user's list, from entry 0 (see `RelayStore::device_list`).
 pub(super) fn read(conn: &Connection, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {
@@ -57,6 +59,20 @@ pub(super) fn append(
         let bytes = cove_wire::encode(entry)
             .map_err(|_| StoreError::Invalid("a device-list entry that cannot be encoded"))?;
         insert.execute(params![user.as_str(), to_i64(entry.body.index)?, bytes])?;
+    }
+    // Revoked devices' KeyPackages are withdrawn with the entry that revokes them.
+    for key in revoked_keys(entries) {
+        let key = key.0.as_slice();
+        tx.prepare_cached(
+            "DELETE FROM key_packages WHERE device IN \
+             (SELECT id FROM devices WHERE user = ?1 AND key = ?2)",
+        )?
+        .execute(params![user.as_str(), key])?;
+        tx.prepare_cached(
+            "DELETE FROM last_resort_key_packages WHERE device IN \
+             (SELECT id FROM devices WHERE user = ?1 AND key = ?2)",
+        )?
+        .execute(params![user.as_str(), key])?;
     }
     Ok(stored + entries.len() as u64)
 }

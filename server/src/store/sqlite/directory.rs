@@ -1,5 +1,5 @@
 //! The directory: users and their devices (`users`, `devices`), registration, adding a
-//! device under the per-user cap, and the device lookups every other table module uses to
+//! device under the per-user cap (of devices not revoked in the user's list), and the device lookups every other table module uses to
 //! turn a [`DeviceId`] into a row id.
 
 use cove_wire::limits::MAX_DEVICES_PER_USER;
@@ -7,7 +7,7 @@ use cove_wire::{DeviceId, DeviceInfo, DeviceKey, UserName};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::rows::{corrupt, device_id, device_key};
-use crate::store::StoreError;
+use crate::store::{StoreError, revoked_keys};
 
 /// Registers `user` with its first device (see `RelayStore::register_user`).
 pub(super) fn register_user(
@@ -32,10 +32,13 @@ pub(super) fn add_device(
     if !user_exists(tx, user)? {
         return Err(StoreError::UnknownUser);
     }
-    let count: i64 = tx
-        .prepare_cached("SELECT COUNT(*) FROM devices WHERE user = ?1")?
-        .query_row(params![user.as_str()], |r| r.get(0))?;
-    if usize::try_from(count).map_or(true, |c| c >= MAX_DEVICES_PER_USER) {
+    // Devices revoked in the user's signed list do not count against the cap.
+    let revoked = revoked_keys(&super::device_lists::read(tx, user)?);
+    let count = devices(tx, user)?
+        .iter()
+        .filter(|d| !revoked.contains(&d.key))
+        .count();
+    if count >= MAX_DEVICES_PER_USER {
         return Err(StoreError::TooManyDevices);
     }
     insert_device(tx, user, key)

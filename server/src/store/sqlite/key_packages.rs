@@ -5,9 +5,9 @@ use cove_wire::{ClaimedKeyPackage, DeviceId, Payload, UserName};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::directory::{existing_device, user_exists};
-use super::rows::{corrupt, device_id};
+use super::rows::{corrupt, device_id, device_key};
 use crate::store::rules;
-use crate::store::{Stock, StoreError};
+use crate::store::{Stock, StoreError, revoked_keys};
 
 /// Adds KeyPackages to a device's stock (see `RelayStore::upload_key_packages`).
 pub(super) fn upload(
@@ -45,12 +45,17 @@ pub(super) fn claim(
     if !user_exists(tx, user)? {
         return Err(StoreError::UnknownUser);
     }
-    let ids: Vec<i64> = tx
-        .prepare_cached("SELECT id FROM devices WHERE user = ?1 ORDER BY id")?
-        .query_map(params![user.as_str()], |r| r.get(0))?
+    // Devices revoked in the user's signed list are left out.
+    let revoked = revoked_keys(&super::device_lists::read(tx, user)?);
+    let rows: Vec<(i64, Vec<u8>)> = tx
+        .prepare_cached("SELECT id, key FROM devices WHERE user = ?1 ORDER BY id")?
+        .query_map(params![user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, key) in rows {
+        if revoked.contains(&device_key(&key)?) {
+            continue;
+        }
         let normal = tx
             .prepare_cached(
                 "SELECT id, data FROM key_packages WHERE device = ?1 ORDER BY id LIMIT 1",
