@@ -18,7 +18,7 @@ use super::context::Cx;
 use super::effects::Effects;
 use super::groups::Groups;
 use super::history;
-use super::leaves::{self, LeafCheck, LeafCheckError, RefusedLeaf};
+use super::leaves::{self, LeafCheck, LeafCheckError, Leaves, RefusedLeaf};
 use super::mls::{MAX_GROUP_NAME, MemberId, member_id, parse_credential, users_of};
 use super::outbox::{is_leave_request, own_message, record_own};
 use super::trust::{self, Trust};
@@ -70,6 +70,8 @@ pub(super) struct Applied {
     /// Users whose leaves a commit removed: their lists are fetched again (a revocation
     /// is told to everyone in the group that way).
     pub(super) refresh: BTreeSet<UserName>,
+    /// The key of the sender's leaf of a message, found trusted.
+    pub(super) trusted_sender: Option<cove_wire::DeviceKey>,
 }
 
 impl Inbound {
@@ -198,13 +200,13 @@ pub(super) fn apply<S: Store>(
     now_ms: u64,
     entry: &GroupEntry,
     parked: bool,
-    answered: &BTreeSet<UserName>,
+    leaves: &Leaves,
     fx: &mut Effects,
 ) -> Result<Applied, HandleError> {
     let group = entry.group;
     let stream = Stream::Group(group);
     cx.provider.store().begin()?;
-    let result = apply_in_tx(cx.reborrow(), trust, now_ms, entry, answered);
+    let result = apply_in_tx(cx.reborrow(), trust, now_ms, entry, leaves);
     let store = cx.provider.store();
     let advance = |store: &S| -> Result<(), StoreError> {
         store.set_cursor(&stream, entry.seq)?;
@@ -267,8 +269,9 @@ fn apply_in_tx<S: Store>(
     trust: &mut Trust,
     now_ms: u64,
     entry: &GroupEntry,
-    answered: &BTreeSet<UserName>,
+    leaves: &Leaves,
 ) -> Result<(Applied, Vec<Event>), EntryError> {
+    let answered = leaves.answered();
     let group = entry.group;
     let mut out = Applied::default();
     let mut events = Vec::new();
@@ -347,8 +350,17 @@ fn apply_in_tx<S: Store>(
                 .public_group()
                 .leaf(openmls::prelude::LeafNodeIndex::new(sender_leaf))
                 .ok_or(EntryError::UnknownSender)?;
-            match leaves::check_leaf_node(store, leaf, answered).map_err(leaf_check_error)? {
-                LeafCheck::Trusted => {}
+            let key = <[u8; 32]>::try_from(leaf.signature_key().as_slice())
+                .ok()
+                .map(cove_wire::DeviceKey);
+            let known = key.is_some_and(|k| leaves.is_trusted(group, k));
+            let check = if known {
+                LeafCheck::Trusted
+            } else {
+                leaves::check_leaf_node(store, leaf, answered).map_err(leaf_check_error)?
+            };
+            match check {
+                LeafCheck::Trusted => out.trusted_sender = key,
                 LeafCheck::NeedList(user) => {
                     out.need_lists.insert(user);
                     return Ok((out, events));

@@ -126,6 +126,9 @@ pub(super) struct Leaves {
     answered: BTreeSet<UserName>,
     /// Refused leaves already reported (and whose removal was started), by group and key.
     reported: BTreeSet<(GroupId, DeviceKey)>,
+    /// Senders found trusted, by group and key, until a device list changes (so that a
+    /// message costs no list verification).
+    trusted: BTreeSet<(GroupId, DeviceKey)>,
 }
 
 /// What an answered list releases.
@@ -145,6 +148,22 @@ impl Leaves {
         self.held_inbox = None;
         self.fetching.clear();
         self.answered.clear();
+    }
+
+    /// Whether the leaf with `key` in `group` was found trusted since lists last changed.
+    pub(super) fn is_trusted(&self, group: GroupId, key: DeviceKey) -> bool {
+        self.trusted.contains(&(group, key))
+    }
+
+    /// The leaf with `key` in `group` was found trusted.
+    pub(super) fn trusted(&mut self, group: GroupId, key: DeviceKey) {
+        self.trusted.insert((group, key));
+    }
+
+    /// A device list changed (a device added or revoked, an identity changed): every leaf
+    /// is checked again.
+    pub(super) fn lists_changed(&mut self) {
+        self.trusted.clear();
     }
 
     /// Users whose list was just fetched for the check being repeated.
@@ -227,8 +246,10 @@ impl Leaves {
     }
 
     /// Whether refused leaf `key` of `group` is reported for the first time (then it is
-    /// reported and removed; later messages from it are only skipped).
+    /// reported and removed; later messages from it are only skipped). It is no longer
+    /// trusted either way.
     pub(super) fn first_report(&mut self, group: GroupId, key: DeviceKey) -> bool {
+        self.trusted.remove(&(group, key));
         self.reported.insert((group, key))
     }
 

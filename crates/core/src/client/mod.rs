@@ -947,7 +947,7 @@ impl<S: Store> Client<S> {
             now_ms,
             entry,
             parked,
-            self.leaves.answered(),
+            &self.leaves,
             &mut self.fx,
         )?;
         if !applied.need_lists.is_empty() {
@@ -983,6 +983,9 @@ impl<S: Store> Client<S> {
             {
                 self.start_change(group, Goal::RemoveDevices(vec![leaver]));
             }
+        }
+        if let Some(key) = applied.trusted_sender {
+            self.leaves.trusted(group, key);
         }
         if !applied.removed && !applied.left {
             self.refuse_leaves(group, applied.refused);
@@ -1062,9 +1065,16 @@ impl<S: Store> Client<S> {
         user: &UserName,
         verdict: crate::identity::ListVerdict,
     ) {
-        let crate::identity::ListVerdict::Changed { added, revoked } = verdict else {
-            return;
+        let (added, revoked) = match verdict {
+            crate::identity::ListVerdict::Unchanged => return,
+            crate::identity::ListVerdict::Changed { added, revoked } => (added, revoked),
+            crate::identity::ListVerdict::FirstSeen { .. }
+            | crate::identity::ListVerdict::NewIdentity { .. } => {
+                self.leaves.lists_changed();
+                return;
+            }
         };
+        self.leaves.lists_changed();
         for d in &added {
             self.fx.event(Event::Identity(IdentityEvent::DeviceAdded {
                 user: user.clone(),
