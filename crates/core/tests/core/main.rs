@@ -973,6 +973,14 @@ fn a_key_update_keeps_everyone_in_step() {
         texts(&net.take_events(bob)).last(),
         Some(&"new keys".to_string())
     );
+    // bob's new leaf kept his device certificate: alice refuses nothing and reads him.
+    let events = net.take_events(alice);
+    assert!(refusals(&events).is_empty(), "{events:?}");
+    send(&mut net, bob, "same bob");
+    net.run();
+    let events = net.take_events(alice);
+    assert!(refusals(&events).is_empty(), "{events:?}");
+    assert_eq!(texts(&events), ["same bob"]);
 }
 
 /// The relay keeps the commit that removed an offline device until the device acks it: at
