@@ -703,7 +703,8 @@ impl<S: Store> Client<S> {
         // KeyPackages: check the stock (uploads when low).
         self.key_packages.check(&mut self.fx);
         // The device list: publish what the relay does not have yet; a device without the
-        // user's identity (a linked one) fetches its own user's list to pin that identity.
+        // user's identity (a linked one) fetches its own user's list to pin that identity,
+        // and again at every connection until that list certifies it.
         if let Some((request, len)) = own_list::unpublished(self.provider.store(), &self.me)? {
             self.fx.request(request, Pending::PublishList { len });
         } else if self
@@ -711,6 +712,7 @@ impl<S: Store> Client<S> {
             .store()
             .identity_pin(self.me.user())?
             .is_none()
+            || own_list::certificate(self.provider.store(), &self.me)?.is_none()
         {
             let user = self.me.user().clone();
             self.fx.request(
