@@ -2113,7 +2113,7 @@ fn refusals(events: &[Event]) -> Vec<(GroupId, String, cove_wire::DeviceId, Leaf
 fn assert_forged_leaf_refused_and_removed(
     net: &mut Net<MemoryStore>,
     group: GroupId,
-    mallory: cove_wire::DeviceId,
+    (claimed, mallory): (&str, cove_wire::DeviceId),
     [bob, carol]: [usize; 2],
     reason: LeafRefusal,
 ) {
@@ -2121,7 +2121,7 @@ fn assert_forged_leaf_refused_and_removed(
         let events = net.take_events(slot);
         assert_eq!(
             refusals(&events),
-            [(group, "alice".to_string(), mallory, reason.clone())],
+            [(group, claimed.to_string(), mallory, reason.clone())],
             "slot {slot}: {events:?}"
         );
         assert!(
@@ -2132,7 +2132,11 @@ fn assert_forged_leaf_refused_and_removed(
         );
         let skipped = warnings(&events)
             .into_iter()
-            .filter(|w| w.contains("sent from a refused leaf claiming to be alice's device"))
+            .filter(|w| {
+                w.contains(&format!(
+                    "sent from a refused leaf claiming to be {claimed}'s device"
+                ))
+            })
             .count();
         assert_eq!(skipped, 1, "slot {slot}: {:?}", warnings(&events));
         assert!(
@@ -2182,7 +2186,7 @@ fn a_leaf_claiming_to_be_alice_without_a_certificate_is_refused_and_removed() {
     assert_forged_leaf_refused_and_removed(
         &mut net,
         group,
-        mallory.device,
+        ("alice", mallory.device),
         [bob, carol],
         LeafRefusal::NoCertificate,
     );
@@ -2231,7 +2235,7 @@ fn a_leaf_certified_by_another_identity_than_the_users_is_refused_and_removed() 
     assert_forged_leaf_refused_and_removed(
         &mut net,
         group,
-        mallory.device,
+        ("alice", mallory.device),
         [bob, carol],
         LeafRefusal::OtherIdentity,
     );
@@ -2379,5 +2383,43 @@ fn add_own_devices_everywhere_puts_a_new_device_in_every_group() {
     assert!(
         refusals(&events).is_empty(),
         "the new device's leaf is trusted: {events:?}"
+    );
+}
+
+/// The same with a leaf claiming to be a device of "zed", a user the relay does not know,
+/// certified by an identity key mallory made for him: bob and carol ask for zed's list
+/// before taking the Welcome, get none, and refuse the leaf as having no list that
+/// certifies it.
+#[test]
+fn a_leaf_of_a_user_without_a_device_list_is_refused_and_removed() {
+    let mut net = Net::new();
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    let mut mallory = mallory::Mallory::register(&mut net.relay, "mallory");
+    let fake = cove_core::cove_identity::IdentitySigner::new(user("zed"), &[0x67; 32]);
+    let key = cove_wire::DeviceKey(mallory.signer.public().try_into().unwrap());
+    let name = cove_wire::identity::DeviceName::new("zed's").unwrap();
+    let cert = fake
+        .create(key, name, 1)
+        .unwrap()
+        .certificate(&key)
+        .unwrap();
+    let group = mallory.create_group_as(&mut net, "zed's", "zed", Some(&cert), &["bob", "carol"]);
+    mallory.send_text(&mut net, "hi, it's zed");
+    net.run();
+    for slot in [bob, carol] {
+        assert!(
+            net.client(slot)
+                .device_list_of(&user("zed"))
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert_forged_leaf_refused_and_removed(
+        &mut net,
+        group,
+        ("zed", mallory.device),
+        [bob, carol],
+        LeafRefusal::NoList,
     );
 }
