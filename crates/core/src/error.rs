@@ -448,6 +448,14 @@ pub enum Warning {
     /// The relay refused this user's device list (retried at the next connection).
     #[error("the relay refused our device list: {0}")]
     DeviceListNotPublished(cove_wire::ErrorReply),
+    /// This (linked) device's user's signed device list still does not list it after a few
+    /// fetches: it has no certificate, so it makes no KeyPackages and cannot be added to
+    /// groups (asked again at the next connection).
+    #[error(
+        "this device is not in its user's signed device list yet: it cannot join groups until \
+         it is (checked again at the next connection)"
+    )]
+    NoDeviceCertificate,
     /// The relay refused an ack.
     #[error("ack refused: {0}")]
     AckRefused(cove_wire::ErrorReply),

@@ -112,7 +112,26 @@ pub struct Client<S: Store> {
     key_packages: KeyPackages,
     /// Leaf checks: what waits for device lists, refusals reported.
     leaves: Leaves,
+    /// A linked device whose user's list does not certify it yet (the authorising device's
+    /// publication may be on its way): when to fetch the list again.
+    certificate_retry: Option<CertificateRetry>,
 }
+
+/// Fetching this device's own list again until it certifies the device.
+#[derive(Clone, Copy, Debug)]
+struct CertificateRetry {
+    /// When to fetch again (`None` while a fetch is in flight).
+    at_ms: Option<u64>,
+    /// The delay before that fetch.
+    delay_ms: u64,
+    /// Fetches made so far.
+    attempts: u32,
+}
+
+/// First delay before fetching the own list again (doubled each time).
+const CERTIFICATE_RETRY_FIRST_MS: u64 = 250;
+/// Fetches of the own list, after the first, before giving up until the next connection.
+const CERTIFICATE_RETRIES: u32 = 6;
 
 /// What became of a group log entry.
 enum Step {
@@ -193,6 +212,7 @@ impl<S: Store> Client<S> {
             trust: Trust::default(),
             key_packages: KeyPackages::default(),
             leaves: Leaves::default(),
+            certificate_retry: None,
         })
     }
 
@@ -227,7 +247,7 @@ impl<S: Store> Client<S> {
 
     /// Whether any command is still running (useful for `sync`-style shells).
     pub fn has_pending_ops(&self) -> bool {
-        !self.changes.is_empty() || self.outbox.busy()
+        !self.changes.is_empty() || self.outbox.busy() || self.certificate_retry.is_some()
     }
 
     /// The groups this device is or was in.
@@ -466,6 +486,7 @@ impl<S: Store> Client<S> {
         self.requests.clear();
         self.key_packages.reset();
         self.leaves.reset();
+        self.certificate_retry = None;
         self.conn = Conn::AwaitChallenge;
     }
 
@@ -490,16 +511,21 @@ impl<S: Store> Client<S> {
 
     /// The next deadline (ms, same clock as `now_ms`) at which the shell must call
     /// [`Client::handle_timeout`]; `None` when nothing is scheduled. Today: resending posts
-    /// the relay refused as retryable (`RateLimited`, `Unavailable`, `Internal`).
+    /// the relay refused as retryable (`RateLimited`, `Unavailable`, `Internal`), and, on a
+    /// linked device its user's list does not certify yet, fetching that list again.
     pub fn poll_timeout(&self) -> Option<u64> {
         if self.conn != Conn::Ready {
             return None;
         }
-        self.outbox.next_retry()
+        let certificate = self.certificate_retry.and_then(|r| r.at_ms);
+        match (self.outbox.next_retry(), certificate) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Time has reached `now_ms`: resends the posts whose retry delay is over. Calling it
-    /// early or more than once is harmless.
+    /// Time has reached `now_ms`: resends the posts whose retry delay is over (and fetches
+    /// the own list again when that is due). Calling it early or more than once is harmless.
     pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), HandleError> {
         if self.conn != Conn::Ready {
             return Ok(());
@@ -507,6 +533,16 @@ impl<S: Store> Client<S> {
         let result = self
             .outbox
             .on_timeout(self.provider.store(), now_ms, &mut self.fx);
+        if let Some(retry) = &mut self.certificate_retry
+            && retry.at_ms.is_some_and(|at| at <= now_ms)
+        {
+            retry.at_ms = None;
+            let user = self.me.user().clone();
+            self.fx.request(
+                Request::FetchDeviceList { user: user.clone() },
+                Pending::ObserveList { user },
+            );
+        }
         self.apply_effects();
         result
     }
@@ -1037,12 +1073,31 @@ impl<S: Store> Client<S> {
             Err(e) => self.fx.warn(Warning::RequestFailed(e)),
         }
         // A linked device has its certificate once its user's list is pinned: its
-        // KeyPackages can be made now.
-        if own
-            && !had_certificate
-            && own_list::certificate(self.provider.store(), &self.me)?.is_some()
-        {
-            self.key_packages.check_if_idle(&mut self.fx);
+        // KeyPackages can be made now. A list that does not list it yet is fetched again a
+        // little later (the authorising device may still be publishing it).
+        if own {
+            let store = self.provider.store();
+            if own_list::certificate(store, &self.me)?.is_some() {
+                self.certificate_retry = None;
+                if !had_certificate {
+                    self.key_packages.check_if_idle(&mut self.fx);
+                }
+            } else if store.user_identity()?.is_none() {
+                let (delay_ms, attempts) = match self.certificate_retry {
+                    Some(r) => (r.delay_ms.saturating_mul(2), r.attempts + 1),
+                    None => (CERTIFICATE_RETRY_FIRST_MS, 1),
+                };
+                self.certificate_retry = if attempts > CERTIFICATE_RETRIES {
+                    self.fx.warn(Warning::NoDeviceCertificate);
+                    None
+                } else {
+                    Some(CertificateRetry {
+                        at_ms: Some(now_ms.saturating_add(delay_ms)),
+                        delay_ms,
+                        attempts,
+                    })
+                };
+            }
         }
         let released = self.leaves.on_list(&user);
         let result = (|| {

@@ -2423,3 +2423,68 @@ fn a_leaf_of_a_user_without_a_device_list_is_refused_and_removed() {
         LeafRefusal::NoList,
     );
 }
+
+/// A linked device whose authorising device has not published the new list entry yet (it
+/// was offline) finds itself missing from its user's list: it makes no KeyPackage, keeps a
+/// command pending and a timer set, and fetches the list again when the timer fires; once
+/// the entry is published it has its certificate, uploads KeyPackages and joins a group.
+#[test]
+fn a_linked_device_fetches_its_list_again_until_it_is_certified() {
+    let mut net = Net::new();
+    let bob = device(&mut net, "bob");
+    net.disconnect(bob);
+    let mut laptop = Client::init(MemoryStore::new(), user("bob"), seed(63)).unwrap();
+    let now = net.now_ms;
+    let (authorizer, authorization) = net
+        .client(bob)
+        .authorize_device(now, &laptop.device_key())
+        .unwrap()
+        .unwrap();
+    laptop
+        .set_device_authorization(authorizer, authorization)
+        .unwrap();
+    let laptop = net.add(laptop);
+    net.run();
+    let laptop_device = net.client(laptop).device().unwrap();
+    assert_eq!(
+        net.relay.stock(laptop_device),
+        0,
+        "no KeyPackage without a certificate"
+    );
+    assert!(net.client(laptop).has_pending_ops());
+    let first = net.client(laptop).poll_timeout().expect("a retry is set");
+
+    // Fired before bob published: fetched again, still missing, a later retry is set.
+    net.now_ms = first;
+    net.client(laptop).handle_timeout(first).unwrap();
+    net.run();
+    let second = net.client(laptop).poll_timeout().expect("retried again");
+    assert!(
+        second - first > first - now,
+        "the delay grows: {first} then {second}"
+    );
+    assert_eq!(net.relay.stock(laptop_device), 0);
+
+    // bob comes back and publishes the entry; the next retry finds it.
+    net.connect(bob);
+    net.run();
+    net.now_ms = second;
+    net.client(laptop).handle_timeout(second).unwrap();
+    net.run();
+    assert!(
+        net.relay.stock(laptop_device) > 0,
+        "KeyPackages with the certificate"
+    );
+    assert!(!net.client(laptop).has_pending_ops());
+    assert_eq!(net.client(laptop).poll_timeout(), None);
+    assert!(warnings(&net.take_events(laptop)).is_empty());
+    let now = net.now_ms;
+    let op = net.client(bob).create_group(now, "friends").unwrap();
+    assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    net.run();
+    assert!(
+        net.take_events(laptop)
+            .iter()
+            .any(|e| matches!(e, Event::Joined { .. }))
+    );
+}
