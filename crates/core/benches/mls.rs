@@ -20,7 +20,10 @@ mod relay;
 use std::time::{Duration, Instant};
 
 use cove_core::cove_store::{Durability, MemoryStore, SqliteStore, Store};
-use cove_core::{CIPHERSUITE, Client, Event, GROUP_NAME_EXTENSION, credential_identity};
+use cove_core::{
+    CIPHERSUITE, Client, DEVICE_CERTIFICATE_EXTENSION, Event, GROUP_NAME_EXTENSION,
+    credential_identity,
+};
 use cove_wire::{DeviceKey, UserName};
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
@@ -189,12 +192,16 @@ fn cove_group<S: Store>(mut net: Net<S>, make: &mut dyn FnMut(&str) -> S, n: usi
     net.run();
     let bob = net.add(Client::init(make("bob"), user("bob"), [2; 32]).unwrap());
     net.run();
-    // Members 3..n are registered directly at the relay with one KeyPackage each.
+    // Members 3..n are registered directly at the relay with a signed device list and one
+    // KeyPackage each (carrying the device's certificate).
     let dp = OpenMlsRustCrypto::default();
     let caps = Capabilities::new(
         None,
         Some(&[CIPHERSUITE]),
-        Some(&[ExtensionType::Unknown(GROUP_NAME_EXTENSION)]),
+        Some(&[
+            ExtensionType::Unknown(GROUP_NAME_EXTENSION),
+            ExtensionType::Unknown(DEVICE_CERTIFICATE_EXTENSION),
+        ]),
         None,
         None,
     );
@@ -204,12 +211,23 @@ fn cove_group<S: Store>(mut net: Net<S>, make: &mut dyn FnMut(&str) -> S, n: usi
         let sig = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).unwrap();
         let key = DeviceKey(sig.public().try_into().unwrap());
         let device = net.relay.register_raw(name.clone(), key);
+        let identity = cove_core::cove_identity::IdentitySigner::new(name.clone(), &[7; 32]);
+        let device_name = cove_wire::identity::DeviceName::new("dummy").unwrap();
+        let list = identity.create(key, device_name, 1).unwrap();
+        net.relay.publish_list_raw(&name, list.entries().to_vec());
+        let cert = list.certificate(&key).unwrap();
+        let extensions = Extensions::single(Extension::Unknown(
+            DEVICE_CERTIFICATE_EXTENSION,
+            UnknownExtension(cove_wire::encode(&cert).unwrap()),
+        ))
+        .unwrap();
         let cred = CredentialWithKey {
             credential: BasicCredential::new(credential_identity(&name, device)).into(),
             signature_key: sig.to_public_vec().into(),
         };
         let kp = KeyPackage::builder()
             .leaf_node_capabilities(caps.clone())
+            .leaf_node_extensions(extensions)
             .build(CIPHERSUITE, &dp, &sig, cred)
             .unwrap();
         let bytes = MlsMessageOut::from(kp.key_package().clone())

@@ -77,6 +77,13 @@ pub enum KeyPackageError {
     /// Its signature key is not the directory's key for the device.
     #[error("KeyPackage signature key differs from the directory key")]
     KeyMismatch,
+    /// Its leaf's device certificate does not hold against the user's pinned identity and
+    /// verified device list (missing, forged, another identity, revoked, not listed).
+    #[error("KeyPackage's device certificate refused: {0}")]
+    Certificate(crate::identity::LeafRefusal),
+    /// This device: the store failed while checking it.
+    #[error("{0}")]
+    Store(StoreError),
 }
 
 /// Why a Welcome was skipped.
@@ -166,6 +173,19 @@ pub enum EntryError {
     /// The sender: its commit changed its own user or device.
     #[error("a commit changed the committer's identity")]
     IdentityChanged,
+    /// The sender's leaf was refused (its device certificate does not hold): its messages
+    /// are shown as nobody's.
+    #[error("sent from a refused leaf claiming to be {user}'s device {device}: {reason}")]
+    RefusedSender {
+        /// The user the leaf claims to be.
+        user: cove_wire::UserName,
+        /// The device id it claims.
+        device: DeviceId,
+        /// Its signature key.
+        key: cove_wire::DeviceKey,
+        /// Why it was refused.
+        reason: crate::identity::LeafRefusal,
+    },
     /// The sender: a standalone proposal (Cove commits proposals at once).
     #[error("proposals are not used by Cove")]
     Proposal,
@@ -207,6 +227,12 @@ pub enum MlsStepError {
     /// Our accepted commit could not be merged.
     #[error("{0}")]
     Merge(#[from] MergePendingCommitError<StoreError>),
+    /// This device's certificate could not be put in its leaf.
+    #[error(transparent)]
+    Certificate(#[from] LeafExtensionError),
+    /// openmls refused the certificate extension for the creator's leaf.
+    #[error("{0}")]
+    LeafNode(#[from] openmls::treesync::errors::LeafNodeValidationError),
 }
 
 /// Why a command no longer applies ([`crate::OpError::NotApplicable`]).
@@ -227,6 +253,10 @@ pub enum NotApplicable {
     /// The caller: none of the users to remove is a member.
     #[error("none of these users is a member")]
     NoneAreMembers,
+    /// This device has no device certificate yet (its user's signed device list has not
+    /// been fetched and verified, or does not list it), so it cannot make its MLS leaf.
+    #[error("this device has no device certificate yet")]
+    NoCertificate,
 }
 
 /// A bad argument to a command ([`crate::CommandError::Invalid`]). The caller is at fault.
@@ -320,6 +350,20 @@ pub enum KeyPackageBuildError {
     /// It could not be encoded.
     #[error("{0}")]
     Encode(MlsMessageError),
+    /// This device's certificate could not be put in its leaf.
+    #[error(transparent)]
+    Certificate(#[from] LeafExtensionError),
+}
+
+/// Why this device's certificate could not be made into a leaf-node extension.
+#[derive(Debug, thiserror::Error)]
+pub enum LeafExtensionError {
+    /// The certificate could not be encoded.
+    #[error("the device certificate could not be encoded: {0}")]
+    Encode(#[from] cove_wire::EncodeError),
+    /// openmls refused the extension.
+    #[error("{0}")]
+    Extension(#[from] InvalidExtensionError),
 }
 
 /// Why this user's other devices are left out of a membership change (reported as a
@@ -397,6 +441,14 @@ pub enum Warning {
     /// The relay refused this user's device list (retried at the next connection).
     #[error("the relay refused our device list: {0}")]
     DeviceListNotPublished(cove_wire::ErrorReply),
+    /// This (linked) device's user's signed device list still does not list it after a few
+    /// fetches: it has no certificate, so it makes no KeyPackages and cannot be added to
+    /// groups (asked again at the next connection).
+    #[error(
+        "this device is not in its user's signed device list yet: it cannot join groups until \
+         it is (checked again at the next connection)"
+    )]
+    NoDeviceCertificate,
     /// The relay refused an ack.
     #[error("ack refused: {0}")]
     AckRefused(cove_wire::ErrorReply),

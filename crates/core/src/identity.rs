@@ -111,6 +111,15 @@ pub enum LeafRefusal {
     /// The certificate's entry is not the one the verified list holds at its index.
     #[error("its certificate is not in the user's device list")]
     NotListed,
+    /// The leaf carries no device certificate.
+    #[error("it carries no device certificate")]
+    NoCertificate,
+    /// The leaf's certificate extension does not decode.
+    #[error("its device certificate does not decode")]
+    Undecodable,
+    /// The user's device list, fetched for it, could not be verified or does not name it.
+    #[error("its user's device list could not be fetched or does not hold its certificate")]
+    NoList,
 }
 
 /// Verifies `entries` as `user`'s device list and compares it with what this client pinned;

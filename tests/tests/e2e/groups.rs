@@ -457,3 +457,68 @@ fn copy_database(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Through the real relay: bob's first device revokes his laptop, which is in a group with
+/// alice. The laptop is removed from the group (it is told), alice is told bob revoked a
+/// device, and what alice sends afterwards reaches bob's phone (up to a sentinel) but is not
+/// in the laptop's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_laptop_is_removed_from_its_groups_and_others_are_told() {
+    let net = Net::sqlite().await;
+    let mut alice = net.user("alice").await;
+    let mut bob_phone = net.user("bob").await;
+    let mut bob_laptop = Device::link(&bob_phone, &net.home("bob-laptop"))
+        .await
+        .unwrap();
+    bob_phone.create_group("g").await.unwrap();
+    joined(&mut bob_laptop).await;
+    bob_phone.add_users("g", &names(&["alice"])).await.unwrap();
+    joined(&mut alice).await;
+    let laptop_key = bob_laptop
+        .device_list()
+        .await
+        .unwrap()
+        .unwrap()
+        .devices
+        .into_iter()
+        .find(|d| d.this)
+        .unwrap()
+        .key;
+
+    assert_eq!(
+        bob_phone.revoke_device(&laptop_key[..12]).await.unwrap(),
+        laptop_key
+    );
+    until(&mut bob_laptop, "its removal", |e| {
+        matches!(e, Event::RemovedFromGroup { .. })
+    })
+    .await;
+    until(&mut alice, "bob's revocation", |e| {
+        matches!(
+            e,
+            Event::Identity(cove_core::IdentityEvent::DeviceRevoked { user, device })
+                if user.as_str() == "bob" && device.to_hex() == laptop_key
+        )
+    })
+    .await;
+    alice.send_text("g", "after the revocation").await.unwrap();
+    alice.send_text("g", SENTINEL).await.unwrap();
+    let got = before_sentinel(&mut bob_phone).await;
+    assert_eq!(texts(&got), ["after the revocation"]);
+    let members: Vec<_> = alice.groups().await.unwrap()[0].members.clone();
+    assert_eq!(members, ["alice", "bob"]);
+    let on_laptop: Vec<String> = bob_laptop
+        .history("g")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert!(
+        !on_laptop.iter().any(|t| t == "after the revocation"),
+        "{on_laptop:?}"
+    );
+    for d in [alice, bob_phone, bob_laptop] {
+        d.close().await;
+    }
+}

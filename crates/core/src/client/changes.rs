@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cove_store::{GroupRecord, Membership, Store};
 use cove_wire::{
-    BoundedVec, ClaimedKeyPackage, DeviceId, DeviceInfo, Epoch, ErrorCode, ErrorReply, GroupId,
-    Payload, PostKind, Reply, Request, Stream, UserName,
+    BoundedVec, ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, Epoch, ErrorCode, ErrorReply,
+    GroupId, Payload, PostKind, Reply, Request, Stream, UserName,
 };
 use openmls::prelude::{
     Extension, Extensions, GroupId as MlsGroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters,
@@ -20,9 +20,10 @@ use super::context::Cx;
 use super::effects::{Effects, Lookup, Pending};
 use super::key_packages::validate_key_package;
 use super::mls::{
-    CIPHERSUITE, GROUP_NAME_EXTENSION, MAX_PAST_EPOCHS, MemberId, capabilities, member_id,
-    parse_credential,
+    CIPHERSUITE, GROUP_NAME_EXTENSION, MAX_PAST_EPOCHS, MemberId, capabilities,
+    certificate_extensions, member_id, parse_credential,
 };
+use super::own_list;
 use super::trust::{self, Pin};
 use crate::error::{
     CommitBuildError, MlsStepError, NotApplicable, OwnDevicesSkipped, Shared, Warning,
@@ -41,6 +42,9 @@ pub(super) struct Changes {
     creating: BTreeMap<OpId, Creation>,
     /// Membership changes and key updates.
     changes: BTreeMap<OpId, Change>,
+    /// Device lists verified while looking users up, with what they changed, for the
+    /// dispatcher (devices added and revoked: events, removals, own devices to add).
+    observed: Vec<(UserName, crate::identity::ListVerdict)>,
 }
 
 /// A group creation waiting for the relay's `GroupCreated`.
@@ -63,6 +67,8 @@ pub(super) enum Goal {
     Remove(Vec<UserName>),
     /// Remove exactly these devices (for leave requests).
     RemoveDevices(Vec<DeviceId>),
+    /// Remove the leaves with these signature keys (refused leaves, revoked devices).
+    RemoveKeys(Vec<DeviceKey>),
     /// A key update (self-update commit).
     UpdateKeys,
 }
@@ -104,6 +110,11 @@ impl Changes {
     /// Whether no command is running.
     pub(super) fn is_empty(&self) -> bool {
         self.creating.is_empty() && self.changes.is_empty()
+    }
+
+    /// The device lists verified by look-ups since the last call, with their verdicts.
+    pub(super) fn take_observed(&mut self) -> Vec<(UserName, crate::identity::ListVerdict)> {
+        std::mem::take(&mut self.observed)
     }
 
     /// Whether a group of that name is being created.
@@ -304,17 +315,28 @@ impl Changes {
             self.finish(op, Err(OpError::NotApplicable(why)), fx);
             return Ok(());
         };
-        let config = match Extensions::single(Extension::Unknown(
-            GROUP_NAME_EXTENSION,
-            UnknownExtension(name.as_bytes().to_vec()),
-        )) {
-            Ok(ext) => MlsGroupCreateConfig::builder()
+        // The creator's leaf carries this device's certificate, as its KeyPackages do.
+        let Some(cert) = own_list::certificate(cx.provider.store(), cx.me)? else {
+            let why = NotApplicable::NoCertificate;
+            self.finish(op, Err(OpError::NotApplicable(why)), fx);
+            return Ok(());
+        };
+        let config = (|| -> Result<MlsGroupCreateConfig, MlsStepError> {
+            let ext = Extensions::single(Extension::Unknown(
+                GROUP_NAME_EXTENSION,
+                UnknownExtension(name.as_bytes().to_vec()),
+            ))?;
+            Ok(MlsGroupCreateConfig::builder()
                 .ciphersuite(CIPHERSUITE)
                 .use_ratchet_tree_extension(true)
                 .max_past_epochs(MAX_PAST_EPOCHS)
                 .capabilities(capabilities())
                 .with_group_context_extensions(ext)
-                .build(),
+                .with_leaf_node_extensions(certificate_extensions(&cert)?)?
+                .build())
+        })();
+        let config = match config {
+            Ok(config) => config,
             Err(e) => {
                 self.finish(op, Err(mls_failure(e)), fx);
                 return Ok(());
@@ -428,6 +450,9 @@ impl Changes {
             Ok(verdict) => {
                 if let Some(crate::identity::ListVerdict::NewIdentity { .. }) = verdict {
                     fx.event(crate::identity::changed_event(&user, false));
+                }
+                if let Some(verdict) = verdict {
+                    self.observed.push((user.clone(), verdict));
                 }
                 let body = Request::ListDevices { user: user.clone() };
                 fx.request(body, Lookup::Directory.pending(op, &user));
@@ -830,7 +855,6 @@ impl Changes {
             return;
         };
         let group = c.group;
-        let me = cx.me.device();
         let Some(mls) = cx.groups.get_mut(&group) else {
             let why = NotApplicable::NotMember;
             self.finish(op, Err(OpError::NotApplicable(why)), fx);
@@ -850,10 +874,12 @@ impl Changes {
             .filter(|(_, d, _)| !present.contains(d))
             .map(|(_, d, kp)| (*d, kp.clone()))
             .collect();
+        // Never this device's own leaf (but a leaf that only claims its device id, yes).
+        let own_leaf = mls.own_leaf_index();
         let to_remove: Vec<(LeafNodeIndex, DeviceId)> = members
             .iter()
             .filter(|(_, m)| c.goal.removes(m))
-            .filter(|(_, m)| Some(m.device) != me)
+            .filter(|(i, _)| *i != own_leaf)
             .map(|(i, m)| (*i, m.device))
             .collect();
         let update_keys = c.goal == Goal::UpdateKeys;
@@ -935,6 +961,7 @@ impl Goal {
         match self {
             Goal::Remove(users) => users.contains(&m.user),
             Goal::RemoveDevices(devices) => devices.contains(&m.device),
+            Goal::RemoveKeys(keys) => keys.iter().any(|k| k.0.as_slice() == m.key.as_slice()),
             _ => false,
         }
     }

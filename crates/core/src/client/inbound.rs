@@ -2,19 +2,23 @@
 //! groups whose Welcome has not been processed yet); applying one entry in one transaction
 //! with its plaintext and the cursor (messages with duplicate suppression, our own echoes,
 //! commits with their membership changes and key checks); a bad entry is skipped with a
-//! warning.
+//! warning. Every leaf a commit adds or updates, and the sender of every application
+//! message, is checked against its user's device list (`leaves`): an entry that needs a list
+//! this device does not hold yet is not applied (the caller parks it and holds the group),
+//! a message from a refused leaf is skipped.
 
 use std::collections::BTreeSet;
 
 use cove_store::{Membership, Store, StoreError, StoredMessage};
-use cove_wire::{DeviceId, EntryKind, GroupEntry, GroupId, Stream};
+use cove_wire::{DeviceId, EntryKind, GroupEntry, GroupId, Stream, UserName};
 use openmls::prelude::tls_codec::Deserialize as _;
-use openmls::prelude::{MlsMessageIn, ProcessedMessageContent, Sender};
+use openmls::prelude::{LeafNode, MlsMessageIn, ProcessedMessageContent, Sender};
 
 use super::context::Cx;
 use super::effects::Effects;
 use super::groups::Groups;
 use super::history;
+use super::leaves::{self, LeafCheck, LeafCheckError, Leaves, RefusedLeaf};
 use super::mls::{MAX_GROUP_NAME, MemberId, member_id, parse_credential, users_of};
 use super::outbox::{is_leave_request, own_message, record_own};
 use super::trust::{self, Trust};
@@ -58,6 +62,16 @@ pub(super) struct Applied {
     pub(super) removed: bool,
     /// Devices that asked to leave the group.
     pub(super) leave_requests: Vec<DeviceId>,
+    /// Not applied: the device lists of these users are needed first (nothing else in
+    /// this value is set, the transaction was rolled back).
+    pub(super) need_lists: BTreeSet<UserName>,
+    /// Leaves refused (added or updated by a commit, or the sender of a message).
+    pub(super) refused: Vec<RefusedLeaf>,
+    /// Users whose leaves a commit removed: their lists are fetched again (a revocation
+    /// is told to everyone in the group that way).
+    pub(super) refresh: BTreeSet<UserName>,
+    /// The key of the sender's leaf of a message, found trusted.
+    pub(super) trusted_sender: Option<cove_wire::DeviceKey>,
 }
 
 impl Inbound {
@@ -146,15 +160,18 @@ impl Inbound {
     /// After the backlog every entry should be applicable: the ones still parked are kept
     /// (never dropped, and applied as soon as the commit or Welcome they wait for arrives),
     /// and the user is told, once per group and connection.
+    /// Groups for which `waiting` holds (they wait for device lists, which are on their
+    /// way) are not reported.
     pub(super) fn report_parked(
         &mut self,
         store: &impl Store,
         groups: &Groups,
+        waiting: impl Fn(&GroupId) -> bool,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
         let mut ids: BTreeSet<GroupId> = groups.ids().collect();
         ids.extend(std::mem::take(&mut self.parked_groups));
-        for group in ids {
+        for group in ids.into_iter().filter(|g| !waiting(g)) {
             let parked = store.pending(&group)?.len();
             if parked == 0 {
                 continue;
@@ -176,18 +193,20 @@ impl Inbound {
 /// Applies one entry (epoch ≤ ours) in one transaction together with its plaintext and the
 /// cursor (and its removal from the parking area when `parked`), then reports its events. A
 /// bad entry is skipped (cursor advanced) with a warning.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn apply<S: Store>(
     mut cx: Cx<'_, S>,
     trust: &mut Trust,
     now_ms: u64,
     entry: &GroupEntry,
     parked: bool,
+    leaves: &Leaves,
     fx: &mut Effects,
 ) -> Result<Applied, HandleError> {
     let group = entry.group;
     let stream = Stream::Group(group);
     cx.provider.store().begin()?;
-    let result = apply_in_tx(cx.reborrow(), trust, now_ms, entry);
+    let result = apply_in_tx(cx.reborrow(), trust, now_ms, entry, leaves);
     let store = cx.provider.store();
     let advance = |store: &S| -> Result<(), StoreError> {
         store.set_cursor(&stream, entry.seq)?;
@@ -197,6 +216,12 @@ pub(super) fn apply<S: Store>(
         Ok(())
     };
     match result {
+        Ok((applied, _)) if !applied.need_lists.is_empty() => {
+            // Not applied yet: nothing of it stays, the cursor does not move.
+            store.rollback()?;
+            cx.groups.reload(store, &group);
+            Ok(applied)
+        }
         Ok((applied, events)) => {
             if let Err(e) = advance(store).and_then(|_| store.commit()) {
                 let _ = store.rollback();
@@ -212,13 +237,28 @@ pub(super) fn apply<S: Store>(
             let _ = store.rollback();
             cx.groups.reload(store, &group);
             store.transaction(advance)?;
+            let mut applied = Applied::default();
+            if let EntryError::RefusedSender {
+                user,
+                device,
+                key,
+                reason,
+            } = &reason
+            {
+                applied.refused.push(RefusedLeaf {
+                    user: user.clone(),
+                    device: *device,
+                    key: *key,
+                    reason: reason.clone(),
+                });
+            }
             fx.warn(Warning::EntrySkipped {
                 group,
                 seq: entry.seq,
                 sender: entry.sender,
                 reason: Shared::new(reason),
             });
-            Ok(Applied::default())
+            Ok(applied)
         }
     }
 }
@@ -229,7 +269,9 @@ fn apply_in_tx<S: Store>(
     trust: &mut Trust,
     now_ms: u64,
     entry: &GroupEntry,
+    leaves: &Leaves,
 ) -> Result<(Applied, Vec<Event>), EntryError> {
+    let answered = leaves.answered();
     let group = entry.group;
     let mut out = Applied::default();
     let mut events = Vec::new();
@@ -303,6 +345,35 @@ fn apply_in_tx<S: Store>(
     }
     match processed.into_content() {
         ProcessedMessageContent::ApplicationMessage(app) => {
+            // Shown as someone's only from a leaf certified by its user's identity.
+            let leaf = mls
+                .public_group()
+                .leaf(openmls::prelude::LeafNodeIndex::new(sender_leaf))
+                .ok_or(EntryError::UnknownSender)?;
+            let key = <[u8; 32]>::try_from(leaf.signature_key().as_slice())
+                .ok()
+                .map(cove_wire::DeviceKey);
+            let known = key.is_some_and(|k| leaves.is_trusted(group, k));
+            let check = if known {
+                LeafCheck::Trusted
+            } else {
+                leaves::check_leaf_node(store, leaf, answered).map_err(leaf_check_error)?
+            };
+            match check {
+                LeafCheck::Trusted => out.trusted_sender = key,
+                LeafCheck::NeedList(user) => {
+                    out.need_lists.insert(user);
+                    return Ok((out, events));
+                }
+                LeafCheck::Refused(r) => {
+                    return Err(EntryError::RefusedSender {
+                        user: r.user,
+                        device: r.device,
+                        key: r.key,
+                        reason: r.reason,
+                    });
+                }
+            }
             let bytes = app.into_bytes();
             let env = Envelope::decode(&bytes)?;
             if store.is_seen(&group, &env.id)? {
@@ -376,6 +447,30 @@ fn apply_in_tx<S: Store>(
                 }
                 None => None,
             };
+            // Every leaf the commit brings in (added, or a member's new leaf) is checked
+            // before anything of it is merged.
+            let new_leaves: Vec<LeafNode> = staged
+                .add_proposals()
+                .map(|p| p.add_proposal().key_package().leaf_node().clone())
+                .chain(staged.update_path_leaf_node().cloned())
+                .chain(
+                    staged
+                        .update_proposals()
+                        .map(|p| p.update_proposal().leaf_node().clone()),
+                )
+                .collect();
+            let (need, refused) =
+                leaves::check_all(store, new_leaves.iter(), answered).map_err(leaf_check_error)?;
+            if !need.is_empty() {
+                out.need_lists = need;
+                return Ok((out, events));
+            }
+            out.refused = refused;
+            out.refresh = removed
+                .iter()
+                .filter(|m| !cx.me.is(m.device))
+                .map(|m| m.user.clone())
+                .collect();
             mls.merge_staged_commit(cx.provider, *staged)
                 .map_err(EntryError::Merge)?;
             out.merged = true;
@@ -413,4 +508,12 @@ fn apply_in_tx<S: Store>(
         }
     }
     Ok((out, events))
+}
+
+/// A leaf that could not be checked is an entry that cannot be applied.
+fn leaf_check_error(e: LeafCheckError) -> EntryError {
+    match e {
+        LeafCheckError::Credential(e) => EntryError::Credential(e),
+        LeafCheckError::Store(e) => EntryError::Store(e),
+    }
 }

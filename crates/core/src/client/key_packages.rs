@@ -1,6 +1,7 @@
 //! KeyPackages: this device's stock at the relay (checked after authentication and after a
-//! Welcome used one; topped up when low, with a last-resort one when missing) and the
-//! validation of the KeyPackages claimed for other devices.
+//! Welcome used one; topped up when low, with a last-resort one when missing; each carries
+//! this device's certificate in its leaf, so none is made before the device has one) and the
+//! validation of the KeyPackages claimed for other devices (their certificates included).
 
 use cove_store::Store;
 use cove_wire::{
@@ -14,7 +15,9 @@ use openmls_traits::OpenMlsProvider as _;
 
 use super::device::Me;
 use super::effects::{Effects, Pending};
-use super::mls::{CIPHERSUITE, capabilities, parse_credential};
+use super::leaves::{LeafCheck, LeafCheckError, check_leaf_node};
+use super::mls::{CIPHERSUITE, capabilities, certificate_extensions, parse_credential};
+use super::own_list;
 use crate::error::{KeyPackageBuildError, KeyPackageError, Shared, Warning};
 use crate::provider::CoveProvider;
 use crate::types::HandleError;
@@ -83,11 +86,25 @@ impl KeyPackages {
         let Some(device) = me.device() else {
             return Ok(());
         };
-        let cred = me.credential_with_key(device);
         let store = provider.store();
+        // No certificate yet (a linked device before its user's list is pinned): the
+        // KeyPackages must carry it, so they are made once it is there.
+        let Some(cert) = own_list::certificate(store, me)? else {
+            return Ok(());
+        };
+        let extensions = match certificate_extensions(&cert) {
+            Ok(e) => e,
+            Err(e) => {
+                fx.warn(Warning::KeyPackageGeneration(Shared::new(e.into())));
+                return Ok(());
+            }
+        };
+        let cred = me.credential_with_key(device);
         store.begin()?;
         let build = |last_resort: bool| -> Result<Payload, KeyPackageBuildError> {
-            let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities());
+            let mut builder = KeyPackage::builder()
+                .leaf_node_capabilities(capabilities())
+                .leaf_node_extensions(extensions.clone());
             if last_resort {
                 builder = builder.mark_as_last_resort();
             }
@@ -157,5 +174,16 @@ pub(super) fn validate_key_package<S: Store>(
     if kp.leaf_node().signature_key().as_slice() != dir.key.0 {
         return Err(KeyPackageError::KeyMismatch);
     }
-    Ok(kp)
+    // The user's list was fetched for this change: a certificate it does not decide is
+    // refused, not waited for.
+    let answered = [user.clone()].into();
+    match check_leaf_node(provider.store(), kp.leaf_node(), &answered) {
+        Ok(LeafCheck::Trusted) => Ok(kp),
+        Ok(LeafCheck::NeedList(_)) => Err(KeyPackageError::Certificate(
+            crate::identity::LeafRefusal::NoList,
+        )),
+        Ok(LeafCheck::Refused(r)) => Err(KeyPackageError::Certificate(r.reason)),
+        Err(LeafCheckError::Credential(e)) => Err(e.into()),
+        Err(LeafCheckError::Store(e)) => Err(KeyPackageError::Store(e)),
+    }
 }

@@ -1,19 +1,27 @@
 //! Cove's MLS parameters and credentials: the ciphersuite, the group-name extension, the
-//! capabilities and join configuration every group uses, and the `cove:<user>:<device id>`
-//! credential format with its parser. A leaf: it knows nothing of the client's state.
+//! device-certificate leaf extension, the capabilities and join configuration every group
+//! uses, and the `cove:<user>:<device id>` credential format with its parser. A leaf: it
+//! knows nothing of the client's state.
 
+use cove_wire::identity::DeviceCertificate;
 use cove_wire::{DeviceId, UserName};
 use openmls::prelude::{
-    BasicCredential, Capabilities, Ciphersuite, Credential, ExtensionType, Member,
-    MlsGroupJoinConfig,
+    BasicCredential, Capabilities, Ciphersuite, Credential, Extension, ExtensionType, Extensions,
+    LeafNode, Member, MlsGroupJoinConfig, UnknownExtension,
 };
 
-use crate::error::CredentialError;
+use crate::error::{CredentialError, LeafExtensionError};
+use crate::identity::LeafRefusal;
 
 /// The one ciphersuite Cove uses.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 /// Private-use group context extension carrying the group name (UTF-8).
 pub const GROUP_NAME_EXTENSION: u16 = 0xf0c0;
+/// Private-use leaf-node extension carrying the device's certificate (its user's identity
+/// key and the signed `Add` entry of the device, a postcard-encoded
+/// [`DeviceCertificate`]): in every KeyPackage's leaf and in a group creator's leaf, kept on
+/// updates. Every member checks it against the user's pinned identity and device list.
+pub const DEVICE_CERTIFICATE_EXTENSION: u16 = 0xf0c1;
 /// Longest group name, bytes.
 pub const MAX_GROUP_NAME: usize = 128;
 /// Past epochs whose keys are kept to decrypt late application messages.
@@ -72,11 +80,32 @@ pub(super) fn capabilities() -> Capabilities {
         // every last-resort KeyPackage is refused by the members that claim it.
         Some(&[
             ExtensionType::Unknown(GROUP_NAME_EXTENSION),
+            ExtensionType::Unknown(DEVICE_CERTIFICATE_EXTENSION),
             ExtensionType::LastResort,
         ]),
         None,
         None,
     )
+}
+
+/// The leaf-node extensions of this device: its certificate.
+pub(super) fn certificate_extensions(
+    cert: &DeviceCertificate,
+) -> Result<Extensions<LeafNode>, LeafExtensionError> {
+    let bytes = cove_wire::encode(cert)?;
+    Ok(Extensions::single(Extension::Unknown(
+        DEVICE_CERTIFICATE_EXTENSION,
+        UnknownExtension(bytes),
+    ))?)
+}
+
+/// The device certificate a leaf carries (refused when it has none or it does not decode).
+pub(super) fn leaf_certificate(leaf: &LeafNode) -> Result<DeviceCertificate, LeafRefusal> {
+    let ext = leaf
+        .extensions()
+        .unknown(DEVICE_CERTIFICATE_EXTENSION)
+        .ok_or(LeafRefusal::NoCertificate)?;
+    cove_wire::decode(&ext.0).map_err(|_| LeafRefusal::Undecodable)
 }
 
 /// How a device joins a group from a Welcome.

@@ -12,7 +12,10 @@
 //! effects       Effect, Pending: what the parts ask the dispatcher to do
 //! mls           ciphersuite, group-name extension, Cove credentials
 //! device        Me: this device's keys, challenge answers, device authorisations
-//! own_list      the user's identity key and signed device list (first device), publishing
+//! own_list      the user's identity key and signed device list (first device), publishing;
+//!               this device's certificate
+//! leaves        Leaves: leaf certificates checked; Welcomes and group logs held until the
+//!               device lists they need are in; refused leaves reported once
 //! groups        Groups: loaded MLS groups and group records; name resolution, queries
 //! context       Cx: provider + Me + Groups + readiness, lent to one step of a part
 //! history       chat messages from stored messages
@@ -34,6 +37,7 @@ mod groups;
 mod history;
 mod inbound;
 mod key_packages;
+mod leaves;
 mod link_history;
 mod mls;
 mod outbox;
@@ -58,6 +62,7 @@ use self::effects::{Effect, Effects, Pending};
 use self::groups::Groups;
 use self::inbound::{Inbound, Route};
 use self::key_packages::KeyPackages;
+use self::leaves::{Leaves, RefusedLeaf};
 use self::outbox::Outbox;
 use self::trust::Trust;
 use self::welcome::Inboxed;
@@ -70,7 +75,8 @@ pub use self::changes::MAX_COMMIT_RETRIES;
 pub use self::inbound::MAX_PENDING_PER_GROUP;
 pub use self::key_packages::{KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW_WATER};
 pub use self::mls::{
-    CIPHERSUITE, GROUP_NAME_EXTENSION, MAX_GROUP_NAME, MAX_PAST_EPOCHS, credential_identity,
+    CIPHERSUITE, DEVICE_CERTIFICATE_EXTENSION, GROUP_NAME_EXTENSION, MAX_GROUP_NAME,
+    MAX_PAST_EPOCHS, credential_identity,
 };
 pub use self::outbox::{MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS};
 pub use self::trust::safety_number;
@@ -105,6 +111,35 @@ pub struct Client<S: Store> {
     trust: Trust,
     /// This device's KeyPackage stock.
     key_packages: KeyPackages,
+    /// Leaf checks: what waits for device lists, refusals reported.
+    leaves: Leaves,
+    /// A linked device whose user's list does not certify it yet (the authorising device's
+    /// publication may be on its way): when to fetch the list again.
+    certificate_retry: Option<CertificateRetry>,
+}
+
+/// Fetching this device's own list again until it certifies the device.
+#[derive(Clone, Copy, Debug)]
+struct CertificateRetry {
+    /// When to fetch again (`None` while a fetch is in flight).
+    at_ms: Option<u64>,
+    /// The delay before that fetch.
+    delay_ms: u64,
+    /// Fetches made so far.
+    attempts: u32,
+}
+
+/// First delay before fetching the own list again (doubled each time).
+const CERTIFICATE_RETRY_FIRST_MS: u64 = 250;
+/// Fetches of the own list, after the first, before giving up until the next connection.
+const CERTIFICATE_RETRIES: u32 = 6;
+
+/// What became of a group log entry.
+enum Step {
+    /// Applied (or skipped with a warning); whether the group moved to a new epoch.
+    Applied { merged: bool },
+    /// Not applied: parked, the group held until device lists arrive.
+    Held,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +212,8 @@ impl<S: Store> Client<S> {
             inbound: Inbound::default(),
             trust: Trust::default(),
             key_packages: KeyPackages::default(),
+            leaves: Leaves::default(),
+            certificate_retry: None,
         })
     }
 
@@ -211,7 +248,7 @@ impl<S: Store> Client<S> {
 
     /// Whether any command is still running (useful for `sync`-style shells).
     pub fn has_pending_ops(&self) -> bool {
-        !self.changes.is_empty() || self.outbox.busy()
+        !self.changes.is_empty() || self.outbox.busy() || self.certificate_retry.is_some()
     }
 
     /// The groups this device is or was in.
@@ -311,7 +348,11 @@ impl<S: Store> Client<S> {
         user: &UserName,
         shown: &cove_wire::identity::IdentityKey,
     ) -> Result<(), crate::identity::VerifyError> {
-        crate::identity::verify_identity(self.provider.store(), user, shown, now_ms)
+        crate::identity::verify_identity(self.provider.store(), user, shown, now_ms)?;
+        // A new identity may have been pinned: leaves trusted under the old one are checked
+        // again.
+        self.leaves.lists_changed();
+        Ok(())
     }
 
     /// The members of `group` whose verified identity changed and who were not verified
@@ -357,10 +398,44 @@ impl<S: Store> Client<S> {
     /// Revokes this user's device `device` in the signed device list (on the device that
     /// holds the user's identity) and publishes the entry now (or at the next connection):
     /// the relay then refuses the device's logins, and no client adds it to a group again.
+    ///
+    /// This device also removes the revoked device from every group it is in at once (one
+    /// commit per group) and reports [`IdentityEvent::DeviceRevoked`].
     pub fn revoke_device(&mut self, now_ms: u64, device: &DeviceKey) -> Result<(), CommandError> {
         own_list::revoke_device(self.provider.store(), &self.me, *device, now_ms)?;
         self.publish_own_list()?;
+        let user = self.me.user().clone();
+        let revoked = crate::identity::ListVerdict::Changed {
+            added: Vec::new(),
+            revoked: vec![*device],
+        };
+        self.on_list_verdict(now_ms, &user, revoked);
+        self.apply_effects();
         Ok(())
+    }
+
+    /// Adds every device of this user that its signed device list names (not revoked), that
+    /// the relay has registered and that is missing from a group, to every group this device
+    /// is in: one change per group (the list is fetched and checked, the directory asked and
+    /// KeyPackages claimed as [`Client::add_users`] does). Returns the changes' ids; each
+    /// completes with [`Event::OpDone`] (a failure is only a warning: nothing to add is not
+    /// one). Called by the link flow once a new device registered, and by the core itself
+    /// when it sees its own user's list gain a device.
+    pub fn add_own_devices_everywhere(&mut self, _now_ms: u64) -> Result<Vec<OpId>, CommandError> {
+        if self.me.device().is_none() {
+            return Err(CommandError::NotRegistered);
+        }
+        let groups: Vec<GroupId> = self
+            .groups
+            .ids()
+            .filter(|g| {
+                self.groups.membership(g) == Some(Membership::Active) && self.groups.holds(g)
+            })
+            .collect();
+        Ok(groups
+            .into_iter()
+            .map(|g| self.start_change(g, Goal::OwnDevices))
+            .collect())
     }
 
     /// Publishes the entries of the own list the relay does not have yet, if connected
@@ -513,6 +588,8 @@ impl<S: Store> Client<S> {
     pub fn handle_connected(&mut self, _now_ms: u64) {
         self.requests.clear();
         self.key_packages.reset();
+        self.leaves.reset();
+        self.certificate_retry = None;
         self.conn = Conn::AwaitChallenge;
     }
 
@@ -526,6 +603,7 @@ impl<S: Store> Client<S> {
         // The whole outbox goes out again after the next backlog: no timers meanwhile.
         self.outbox.disconnected();
         self.key_packages.reset();
+        self.leaves.reset();
         self.changes.disconnected();
     }
 
@@ -536,16 +614,21 @@ impl<S: Store> Client<S> {
 
     /// The next deadline (ms, same clock as `now_ms`) at which the shell must call
     /// [`Client::handle_timeout`]; `None` when nothing is scheduled. Today: resending posts
-    /// the relay refused as retryable (`RateLimited`, `Unavailable`, `Internal`).
+    /// the relay refused as retryable (`RateLimited`, `Unavailable`, `Internal`), and, on a
+    /// linked device its user's list does not certify yet, fetching that list again.
     pub fn poll_timeout(&self) -> Option<u64> {
         if self.conn != Conn::Ready {
             return None;
         }
-        self.outbox.next_retry()
+        let certificate = self.certificate_retry.and_then(|r| r.at_ms);
+        match (self.outbox.next_retry(), certificate) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Time has reached `now_ms`: resends the posts whose retry delay is over. Calling it
-    /// early or more than once is harmless.
+    /// Time has reached `now_ms`: resends the posts whose retry delay is over (and fetches
+    /// the own list again when that is due). Calling it early or more than once is harmless.
     pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), HandleError> {
         if self.conn != Conn::Ready {
             return Ok(());
@@ -553,6 +636,16 @@ impl<S: Store> Client<S> {
         let result = self
             .outbox
             .on_timeout(self.provider.store(), now_ms, &mut self.fx);
+        if let Some(retry) = &mut self.certificate_retry
+            && retry.at_ms.is_some_and(|at| at <= now_ms)
+        {
+            retry.at_ms = None;
+            let user = self.me.user().clone();
+            self.fx.request(
+                Request::FetchDeviceList { user: user.clone() },
+                Pending::ObserveList { user },
+            );
+        }
         self.apply_effects();
         result
     }
@@ -563,6 +656,11 @@ impl<S: Store> Client<S> {
     /// be dropped (protocol violation, `Closing`).
     pub fn handle_frame(&mut self, now_ms: u64, frame: ServerFrame) -> Result<(), HandleError> {
         let result = self.dispatch(now_ms, frame);
+        self.apply_effects();
+        // Device lists the look-ups of changes verified: devices added and revoked.
+        for (user, verdict) in self.changes.take_observed() {
+            self.on_list_verdict(now_ms, &user, verdict);
+        }
         self.apply_effects();
         if self.conn == Conn::Ready {
             for user in self.trust.take_to_verify() {
@@ -589,8 +687,14 @@ impl<S: Store> Client<S> {
             ServerFrame::BacklogDone => {
                 self.on_backlog_done()?;
                 let store = self.provider.store();
+                // Not what waits for device lists (applied when they arrive, in a moment).
+                let leaves = &self.leaves;
+                let groups = &self.groups;
+                let waiting = |g: &GroupId| {
+                    leaves.holds_group(g) || (leaves.holds_inbox() && !groups.holds(g))
+                };
                 self.inbound
-                    .report_parked(store, &self.groups, &mut self.fx)?;
+                    .report_parked(store, &self.groups, waiting, &mut self.fx)?;
                 self.fx.event(Event::BacklogDone);
                 Ok(())
             }
@@ -757,7 +861,8 @@ impl<S: Store> Client<S> {
         // KeyPackages: check the stock (uploads when low).
         self.key_packages.check(&mut self.fx);
         // The device list: publish what the relay does not have yet; a device without the
-        // user's identity (a linked one) fetches its own user's list to pin that identity.
+        // user's identity (a linked one) fetches its own user's list to pin that identity,
+        // and again at every connection until that list certifies it.
         if let Some((request, len)) = own_list::unpublished(self.provider.store(), &self.me)? {
             self.fx.request(request, Pending::PublishList { len });
         } else if self
@@ -765,6 +870,7 @@ impl<S: Store> Client<S> {
             .store()
             .identity_pin(self.me.user())?
             .is_none()
+            || own_list::certificate(self.provider.store(), &self.me)?.is_none()
         {
             let user = self.me.user().clone();
             self.fx.request(
@@ -844,26 +950,7 @@ impl<S: Store> Client<S> {
                 fx.warn(Warning::DeviceListNotPublished(e));
                 Ok(())
             }
-            (Pending::ObserveList { user }, Ok(Reply::DeviceList { entries })) => {
-                if !entries.0.is_empty() {
-                    let store = self.provider.store();
-                    match crate::identity::observe_list(store, &user, &entries.0, now_ms) {
-                        Ok(crate::identity::ListVerdict::NewIdentity { .. }) => {
-                            fx.event(crate::identity::changed_event(&user, false));
-                        }
-                        Ok(_) => {}
-                        Err(crate::identity::IdentityError::Storage(e)) => return Err(e.into()),
-                        Err(crate::identity::IdentityError::VerifiedIdentityChanged { .. }) => {
-                            fx.event(crate::identity::changed_event(&user, true));
-                        }
-                        Err(e) => fx.warn(Warning::DeviceListRefused {
-                            user,
-                            error: Shared::new(e),
-                        }),
-                    }
-                }
-                Ok(())
-            }
+            (Pending::ObserveList { user }, result) => self.on_list_answer(now_ms, user, result),
             (Pending::Verify { user }, Ok(Reply::Devices { user: u, devices })) if u == user => {
                 trust::verify_against_directory(self.provider.store(), &user, &devices, fx)?;
                 Ok(())
@@ -921,11 +1008,32 @@ impl<S: Store> Client<S> {
     // ----------------------------------------------------------------------------------
 
     fn on_inbox_entry(&mut self, now_ms: u64, entry: InboxEntry) -> Result<(), HandleError> {
-        let inboxed =
-            welcome::on_inbox_entry(cx!(self), &mut self.trust, now_ms, &entry, &mut self.fx)?;
-        if let Inboxed::Joined(group) = inboxed {
-            self.apply_parked(now_ms, group)?;
+        // Behind a Welcome waiting for device lists: in order, after it.
+        if self.leaves.holds_inbox() {
+            self.leaves.queue_inbox(entry);
+            return Ok(());
         }
+        let inboxed = welcome::on_inbox_entry(
+            cx!(self),
+            &mut self.trust,
+            now_ms,
+            &entry,
+            self.leaves.answered(),
+            &mut self.fx,
+        )?;
+        let inboxed = match inboxed {
+            Inboxed::NeedLists(users) => {
+                // Not acknowledged: taken again once the lists are in (or redelivered).
+                self.leaves.hold_inbox(entry, users, &mut self.fx);
+                return Ok(());
+            }
+            Inboxed::Joined(group, refused) => {
+                self.apply_parked(now_ms, group)?;
+                self.refuse_leaves(group, refused);
+                Inboxed::Joined(group, Vec::new())
+            }
+            other => other,
+        };
         self.fx.ack(Stream::Inbox, entry.seq);
         // A KeyPackage was consumed: check the stock.
         if !matches!(inboxed, Inboxed::Seen) && self.conn == Conn::Ready {
@@ -939,13 +1047,19 @@ impl<S: Store> Client<S> {
         match self.inbound.route(store, &self.groups, &entry)? {
             Route::Ack => self.fx.ack(Stream::Group(entry.group), entry.seq),
             Route::Park => self.inbound.park(store, &entry, &mut self.fx)?,
-            Route::Apply => {
-                let merged = self.apply_entry(now_ms, &entry, false)?;
-                self.fx.ack(Stream::Group(entry.group), entry.seq);
-                if merged {
-                    self.after_epoch_change(now_ms, entry.group)?;
-                }
+            // Held until device lists arrive: behind the entry that waits for them.
+            Route::Apply if self.leaves.holds_group(&entry.group) => {
+                self.inbound.park(store, &entry, &mut self.fx)?
             }
+            Route::Apply => match self.apply_entry(now_ms, &entry, false)? {
+                Step::Held => {}
+                Step::Applied { merged } => {
+                    self.fx.ack(Stream::Group(entry.group), entry.seq);
+                    if merged {
+                        self.after_epoch_change(now_ms, entry.group)?;
+                    }
+                }
+            },
         }
         Ok(())
     }
@@ -953,6 +1067,9 @@ impl<S: Store> Client<S> {
     /// Applies parked entries of `group` that have become applicable, in seq order.
     fn apply_parked(&mut self, now_ms: u64, group: GroupId) -> Result<(), HandleError> {
         loop {
+            if self.leaves.holds_group(&group) {
+                return Ok(());
+            }
             let ready = self
                 .inbound
                 .applicable(self.provider.store(), &self.groups, group)?;
@@ -961,24 +1078,28 @@ impl<S: Store> Client<S> {
             }
             for entry in ready {
                 // Removed from the parking area in the same transaction that applies it.
-                let merged = self.apply_entry(now_ms, &entry, true)?;
-                self.fx.ack(Stream::Group(group), entry.seq);
-                if merged {
-                    self.after_epoch_change(now_ms, group)?;
-                    break;
+                match self.apply_entry(now_ms, &entry, true)? {
+                    Step::Held => return Ok(()),
+                    Step::Applied { merged } => {
+                        self.fx.ack(Stream::Group(group), entry.seq);
+                        if merged {
+                            self.after_epoch_change(now_ms, group)?;
+                            break;
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Applies one entry and what it asks of the other parts. Returns whether the group
-    /// moved to a new epoch.
+    /// Applies one entry and what it asks of the other parts; or parks it and holds the
+    /// group when it needs device lists first.
     fn apply_entry(
         &mut self,
         now_ms: u64,
         entry: &GroupEntry,
         parked: bool,
-    ) -> Result<bool, HandleError> {
+    ) -> Result<Step, HandleError> {
         let group = entry.group;
         let applied = inbound::apply(
             cx!(self),
@@ -986,8 +1107,18 @@ impl<S: Store> Client<S> {
             now_ms,
             entry,
             parked,
+            &self.leaves,
             &mut self.fx,
         )?;
+        if !applied.need_lists.is_empty() {
+            if !parked {
+                self.inbound
+                    .park(self.provider.store(), entry, &mut self.fx)?;
+            }
+            self.leaves
+                .hold_group(group, applied.need_lists, &mut self.fx);
+            return Ok(Step::Held);
+        }
         if applied.own_commit
             && let Some(op) = self.changes.posting_in(group)
         {
@@ -1013,7 +1144,178 @@ impl<S: Store> Client<S> {
                 self.start_change(group, Goal::RemoveDevices(vec![leaver]));
             }
         }
-        Ok(applied.merged)
+        if let Some(key) = applied.trusted_sender {
+            self.leaves.trusted(group, key);
+        }
+        if !applied.removed && !applied.left {
+            self.refuse_leaves(group, applied.refused);
+        }
+        for user in applied.refresh {
+            self.leaves.refresh(&user, &mut self.fx);
+        }
+        Ok(Step::Applied {
+            merged: applied.merged,
+        })
+    }
+
+    /// The answer to a fetch of `user`'s device list outside any command: pins or checks it
+    /// (what it changed is told, and acted on), then applies again what waited for it.
+    fn on_list_answer(
+        &mut self,
+        now_ms: u64,
+        user: UserName,
+        result: Result<Reply, ErrorReply>,
+    ) -> Result<(), HandleError> {
+        let own = &user == self.me.user();
+        let had_certificate =
+            own && own_list::certificate(self.provider.store(), &self.me)?.is_some();
+        match result {
+            Ok(Reply::DeviceList { entries }) if !entries.0.is_empty() => {
+                let store = self.provider.store();
+                match crate::identity::observe_list(store, &user, &entries.0, now_ms) {
+                    Ok(verdict) => {
+                        if let crate::identity::ListVerdict::NewIdentity { .. } = verdict {
+                            self.fx
+                                .event(crate::identity::changed_event(&user, false));
+                        }
+                        self.on_list_verdict(now_ms, &user, verdict);
+                    }
+                    Err(crate::identity::IdentityError::Storage(e)) => return Err(e.into()),
+                    Err(crate::identity::IdentityError::VerifiedIdentityChanged { .. }) => {
+                        self.fx.event(crate::identity::changed_event(&user, true));
+                    }
+                    Err(e) => self.fx.warn(Warning::DeviceListRefused {
+                        user: user.clone(),
+                        error: Shared::new(e),
+                    }),
+                }
+            }
+            Ok(Reply::DeviceList { .. }) => {}
+            Ok(reply) => self.fx.warn(Warning::UnexpectedReply {
+                reply,
+                request: "fetching a device list",
+            }),
+            Err(e) => self.fx.warn(Warning::RequestFailed(e)),
+        }
+        // A linked device has its certificate once its user's list is pinned: its
+        // KeyPackages can be made now. A list that does not list it yet is fetched again a
+        // little later (the authorising device may still be publishing it).
+        if own {
+            let store = self.provider.store();
+            if own_list::certificate(store, &self.me)?.is_some() {
+                self.certificate_retry = None;
+                if !had_certificate {
+                    self.key_packages.check_if_idle(&mut self.fx);
+                }
+            } else if store.user_identity()?.is_none() {
+                let (delay_ms, attempts) = match self.certificate_retry {
+                    Some(r) => (r.delay_ms.saturating_mul(2), r.attempts + 1),
+                    None => (CERTIFICATE_RETRY_FIRST_MS, 1),
+                };
+                self.certificate_retry = if attempts > CERTIFICATE_RETRIES {
+                    self.fx.warn(Warning::NoDeviceCertificate);
+                    None
+                } else {
+                    Some(CertificateRetry {
+                        at_ms: Some(now_ms.saturating_add(delay_ms)),
+                        delay_ms,
+                        attempts,
+                    })
+                };
+            }
+        }
+        let released = self.leaves.on_list(&user);
+        let result = (|| {
+            for entry in released.inbox {
+                self.on_inbox_entry(now_ms, entry)?;
+            }
+            for group in released.groups {
+                self.apply_parked(now_ms, group)?;
+            }
+            Ok(())
+        })();
+        self.leaves.done(&user);
+        result
+    }
+
+    /// What a verified device list changed: devices added and revoked are told; revoked
+    /// ones are removed from every group this device is in; a new device of this user is
+    /// added to every group.
+    fn on_list_verdict(
+        &mut self,
+        now_ms: u64,
+        user: &UserName,
+        verdict: crate::identity::ListVerdict,
+    ) {
+        let (added, revoked) = match verdict {
+            crate::identity::ListVerdict::Unchanged => return,
+            crate::identity::ListVerdict::Changed { added, revoked } => (added, revoked),
+            crate::identity::ListVerdict::FirstSeen { .. }
+            | crate::identity::ListVerdict::NewIdentity { .. } => {
+                self.leaves.lists_changed();
+                return;
+            }
+        };
+        self.leaves.lists_changed();
+        for d in &added {
+            self.fx.event(Event::Identity(IdentityEvent::DeviceAdded {
+                user: user.clone(),
+                device: d.key,
+                name: d.name.to_string(),
+            }));
+        }
+        for key in &revoked {
+            self.fx.event(Event::Identity(IdentityEvent::DeviceRevoked {
+                user: user.clone(),
+                device: *key,
+            }));
+        }
+        if !revoked.is_empty() {
+            self.remove_everywhere(&revoked);
+        }
+        if user == self.me.user() && added.iter().any(|d| d.key != self.me.key()) {
+            // Not registered yet is fine: nothing to add then.
+            let _ = self.add_own_devices_everywhere(now_ms);
+        }
+    }
+
+    /// Removes the leaves with these keys from every group this device is in (one commit per
+    /// group that has any).
+    fn remove_everywhere(&mut self, keys: &[DeviceKey]) {
+        let groups: Vec<GroupId> = self
+            .groups
+            .ids()
+            .filter(|g| {
+                self.groups.get(g).is_some_and(|mls| {
+                    mls.members().any(|m| {
+                        m.index != mls.own_leaf_index()
+                            && keys.iter().any(|k| k.0.as_slice() == m.signature_key)
+                    })
+                })
+            })
+            .collect();
+        for group in groups {
+            self.start_change(group, Goal::RemoveKeys(keys.to_vec()));
+        }
+    }
+
+    /// Reports refused leaves of `group` (once each) and removes them.
+    fn refuse_leaves(&mut self, group: GroupId, refused: Vec<RefusedLeaf>) {
+        let mut keys = Vec::new();
+        for r in refused {
+            if self.leaves.first_report(group, r.key) {
+                self.fx.event(Event::Identity(IdentityEvent::LeafRefused {
+                    group,
+                    user: r.user,
+                    device: r.device,
+                    reason: r.reason,
+                }));
+                keys.push(r.key);
+            }
+        }
+        if !keys.is_empty() && self.groups.holds(&group) {
+            self.start_change(group, Goal::RemoveKeys(keys));
+        }
     }
 
     fn after_epoch_change(&mut self, now_ms: u64, group: GroupId) -> Result<(), HandleError> {
@@ -1108,10 +1410,12 @@ impl<S: Store> Client<S> {
 #[cfg(test)]
 mod tests {
     /// The parts in their documented order (see the module docs and ARCHITECTURE.md).
-    const PARTS: [(&str, &str); 12] = [
+    const PARTS: [(&str, &str); 14] = [
         ("effects", include_str!("effects.rs")),
         ("mls", include_str!("mls.rs")),
         ("device", include_str!("device.rs")),
+        ("own_list", include_str!("own_list.rs")),
+        ("leaves", include_str!("leaves.rs")),
         ("groups", include_str!("groups.rs")),
         ("context", include_str!("context.rs")),
         ("history", include_str!("history.rs")),

@@ -9,11 +9,14 @@
 //! device adds it ([`add_device`]); a lost one is revoked ([`revoke_device`]). Only this
 //! first device holds the identity key, so only it signs entries.
 //!
-//! Not yet here: certificates in MLS leaves.
+//! Every device's **certificate** (the identity key and the signed `Add` entry of its key,
+//! which travels in its MLS leaves) comes from this list: the first device takes it from the
+//! list it creates, a linked device from its user's list once it fetched, verified and pinned
+//! it after authenticating ([`certificate`]). It is stored once made.
 
 use cove_identity::{DeviceList, IdentitySigner};
 use cove_store::{PinnedIdentity, Store, StoreError, UserIdentity};
-use cove_wire::identity::{DeviceName, ListEntry};
+use cove_wire::identity::{DeviceCertificate, DeviceName, ListEntry};
 use cove_wire::{BoundedVec, Request};
 use zeroize::Zeroizing;
 
@@ -21,6 +24,8 @@ use super::device::Me;
 use crate::error::OwnIdentityError;
 use crate::provider::SeededRand;
 
+/// This device's certificate, postcard in hex (config key).
+const CERTIFICATE_KEY: &str = "device-certificate";
 /// How many entries of the own list the relay has confirmed (config key).
 const PUBLISHED_KEY: &str = "device-list-published";
 /// The name of a user's first device in its list.
@@ -164,4 +169,32 @@ pub(super) fn own_list<S: Store>(store: &S, me: &Me) -> Result<Option<DeviceList
     Ok(store
         .device_list(me.user())?
         .and_then(|entries| DeviceList::verify(me.user(), &entries).ok()))
+}
+
+/// This device's certificate: the stored one, or else the one made from its user's verified
+/// list (own, or fetched and pinned) if it lists this device, then stored. `None` until
+/// then: this device makes no KeyPackage and creates no group before it has one.
+pub(super) fn certificate<S: Store>(
+    store: &S,
+    me: &Me,
+) -> Result<Option<DeviceCertificate>, StoreError> {
+    if let Some(cert) = store
+        .config(CERTIFICATE_KEY)?
+        .and_then(|hex| hex::decode(hex).ok())
+        .and_then(|bytes| cove_wire::decode::<DeviceCertificate>(&bytes).ok())
+        .filter(|c| cove_identity::verify_certificate(c, me.user(), &me.key()).is_ok())
+    {
+        return Ok(Some(cert));
+    }
+    let Some(cert) = store
+        .device_list(me.user())?
+        .and_then(|entries| DeviceList::verify(me.user(), &entries).ok())
+        .and_then(|list| list.certificate(&me.key()))
+    else {
+        return Ok(None);
+    };
+    if let Ok(bytes) = cove_wire::encode(&cert) {
+        store.set_config(CERTIFICATE_KEY, &hex::encode(bytes))?;
+    }
+    Ok(Some(cert))
 }

@@ -1,14 +1,19 @@
 //! Welcomes (the inbox stream): joining a group, in one transaction with the inbox cursor,
-//! pinning the members' keys; a Welcome into a later epoch of a group this device still
-//! holds (it missed its removal) replaces the stale state, an older one is a replay.
+//! pinning the members' keys and checking every member's leaf certificate (a Welcome naming
+//! a user whose device list this device does not hold yet is not taken until it does); a
+//! Welcome into a later epoch of a group this device still holds (it missed its removal)
+//! replaces the stale state, an older one is a replay.
+
+use std::collections::BTreeSet;
 
 use cove_store::{GroupRecord, Membership, Store};
-use cove_wire::{DeviceId, GroupId, InboxEntry, InboxKind, Seq, Stream};
+use cove_wire::{DeviceId, GroupId, InboxEntry, InboxKind, Seq, Stream, UserName};
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, StagedWelcome};
 
 use super::context::Cx;
 use super::effects::Effects;
+use super::leaves::{self, LeafCheckError, RefusedLeaf};
 use super::mls::{GROUP_NAME_EXTENSION, join_config, member_id};
 use super::trust::{self, Trust};
 use crate::error::{Shared, Warning, WelcomeError};
@@ -18,8 +23,11 @@ use crate::types::{Event, HandleError};
 pub(super) enum Inboxed {
     /// Seen before: only to acknowledge again.
     Seen,
-    /// Joined this group (its parked entries may now apply).
-    Joined(GroupId),
+    /// Joined this group (its parked entries may now apply), refusing these leaves.
+    Joined(GroupId, Vec<RefusedLeaf>),
+    /// Not taken yet: these users' device lists are needed first (nothing was stored, the
+    /// cursor did not move).
+    NeedLists(BTreeSet<UserName>),
     /// Skipped with a warning.
     Skipped,
 }
@@ -31,6 +39,7 @@ pub(super) fn on_inbox_entry<S: Store>(
     trust: &mut Trust,
     now_ms: u64,
     entry: &InboxEntry,
+    answered: &BTreeSet<UserName>,
     fx: &mut Effects,
 ) -> Result<Inboxed, HandleError> {
     let store = cx.provider.store();
@@ -51,10 +60,17 @@ pub(super) fn on_inbox_entry<S: Store>(
         group,
         commit_seq,
         sender,
+        answered,
     );
     let store = cx.provider.store();
     match result {
-        Ok(events) => {
+        Ok(Joined::NeedLists(users)) => {
+            store.rollback()?;
+            cx.groups.unload(&group);
+            cx.groups.reload(store, &group);
+            Ok(Inboxed::NeedLists(users))
+        }
+        Ok(Joined::Joined(events, refused)) => {
             if let Err(e) = store
                 .set_cursor(&Stream::Inbox, entry.seq)
                 .and_then(|_| store.commit())
@@ -66,7 +82,7 @@ pub(super) fn on_inbox_entry<S: Store>(
             for e in events {
                 fx.event(e);
             }
-            Ok(Inboxed::Joined(group))
+            Ok(Inboxed::Joined(group, refused))
         }
         Err(reason) => {
             let _ = store.rollback();
@@ -82,8 +98,17 @@ pub(super) fn on_inbox_entry<S: Store>(
     }
 }
 
+/// What [`join`] did.
+enum Joined {
+    /// Joined: the events to report once committed, and the leaves refused.
+    Joined(Vec<Event>, Vec<RefusedLeaf>),
+    /// Not joined: the caller rolls back; these users' lists are needed first.
+    NeedLists(BTreeSet<UserName>),
+}
+
 /// Joins `group` from the Welcome in `entry` (inside the caller's transaction); returns the
 /// events to report once it is committed.
+#[allow(clippy::too_many_arguments)]
 fn join<S: Store>(
     cx: Cx<'_, S>,
     trust: &mut Trust,
@@ -92,7 +117,8 @@ fn join<S: Store>(
     group: GroupId,
     commit_seq: Seq,
     sender: DeviceId,
-) -> Result<Vec<Event>, WelcomeError> {
+    answered: &BTreeSet<UserName>,
+) -> Result<Joined, WelcomeError> {
     let msg = MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
         .map_err(WelcomeError::Undecodable)?;
     let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
@@ -129,6 +155,21 @@ fn join<S: Store>(
         }));
     }
     let mls = staged.into_group(cx.provider).map_err(WelcomeError::Join)?;
+    // Every member's leaf but our own carries a certificate of its user's identity.
+    let own = mls.own_leaf_index();
+    let others: Vec<&openmls::prelude::LeafNode> = mls
+        .members()
+        .filter(|m| m.index != own)
+        .filter_map(|m| mls.public_group().leaf(m.index))
+        .collect();
+    let (need, refused) = match leaves::check_all(cx.provider.store(), others, answered) {
+        Ok(checked) => checked,
+        Err(LeafCheckError::Credential(e)) => return Err(e.into()),
+        Err(LeafCheckError::Store(e)) => return Err(e.into()),
+    };
+    if !need.is_empty() {
+        return Ok(Joined::NeedLists(need));
+    }
     let mut by = None;
     for m in mls.members() {
         let id = member_id(&m)?;
@@ -163,5 +204,5 @@ fn join<S: Store>(
     store.set_cursor(&Stream::Group(group), commit_seq)?;
     cx.groups.insert(record, mls);
     events.insert(0, Event::Joined { group, name, by });
-    Ok(events)
+    Ok(Joined::Joined(events, refused))
 }

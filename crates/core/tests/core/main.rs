@@ -9,7 +9,7 @@ mod relay;
 
 use cove_core::cove_store::{MemoryStore, SqliteStore, Store};
 use cove_core::error::OwnIdentityError;
-use cove_core::identity::{Verification, VerifyError};
+use cove_core::identity::{LeafRefusal, Verification, VerifyError};
 use cove_core::{Client, CommandError, Event, IdentityEvent, OpError, OpId};
 use cove_wire::{
     ClientFrame, Delivery, GroupId, PostKind, Request, RequestId, ServerFrame, UserName,
@@ -1202,6 +1202,14 @@ fn a_key_update_keeps_everyone_in_step() {
         texts(&net.take_events(bob)).last(),
         Some(&"new keys".to_string())
     );
+    // bob's new leaf kept his device certificate: alice refuses nothing and reads him.
+    let events = net.take_events(alice);
+    assert!(refusals(&events).is_empty(), "{events:?}");
+    send(&mut net, bob, "same bob");
+    net.run();
+    let events = net.take_events(alice);
+    assert!(refusals(&events).is_empty(), "{events:?}");
+    assert_eq!(texts(&events), ["same bob"]);
 }
 
 /// The relay keeps the commit that removed an offline device until the device acks it: at
@@ -1336,32 +1344,77 @@ fn keys_first_seen_in_a_welcome_are_checked_against_the_directory() {
 
 /// A member driven by bare openmls, which can send whatever it likes inside MLS.
 mod mallory {
-    use cove_core::{CIPHERSUITE, GROUP_NAME_EXTENSION, credential_identity};
-    use cove_wire::{DeviceId, DeviceKey, UserName};
+    use cove_core::cove_identity::IdentitySigner;
+    use cove_core::{
+        CIPHERSUITE, DEVICE_CERTIFICATE_EXTENSION, GROUP_NAME_EXTENSION, credential_identity,
+    };
+    use cove_wire::identity::{DeviceCertificate, DeviceName};
+    use cove_wire::{BoundedVec, DeviceId, DeviceKey, GroupId, Payload, PostKind, UserName};
     use openmls::prelude::tls_codec::Deserialize as _;
     use openmls::prelude::*;
     use openmls_basic_credential::SignatureKeyPair;
     use openmls_rust_crypto::OpenMlsRustCrypto;
 
-    use super::relay::Relay;
+    use super::relay::{Net, Relay};
 
     pub struct Mallory {
         pub provider: OpenMlsRustCrypto,
         pub signer: SignatureKeyPair,
         pub device: DeviceId,
         pub group: Option<MlsGroup>,
+        /// The certificate of her own device in her own (published) list, if she has one.
+        pub certificate: Option<DeviceCertificate>,
+    }
+
+    /// The leaf capabilities of a Cove device (the certificate extension included).
+    fn capabilities() -> Capabilities {
+        Capabilities::new(
+            None,
+            Some(&[CIPHERSUITE]),
+            Some(&[
+                ExtensionType::Unknown(GROUP_NAME_EXTENSION),
+                ExtensionType::Unknown(DEVICE_CERTIFICATE_EXTENSION),
+            ]),
+            None,
+            None,
+        )
+    }
+
+    /// The leaf extensions carrying `cert` (none without one).
+    pub fn leaf_extensions(cert: Option<&DeviceCertificate>) -> Extensions<LeafNode> {
+        match cert {
+            Some(c) => Extensions::single(Extension::Unknown(
+                DEVICE_CERTIFICATE_EXTENSION,
+                UnknownExtension(cove_wire::encode(c).unwrap()),
+            ))
+            .unwrap(),
+            None => Extensions::default(),
+        }
     }
 
     impl Mallory {
-        /// A new user `name` registered at the relay, with one KeyPackage there.
+        /// A new user `name` registered at the relay, with a signed device list of her own
+        /// published there and one KeyPackage carrying her certificate.
         pub fn register(relay: &mut Relay, name: &str) -> Self {
-            Self::with_device(relay, name, Relay::register_raw)
+            let mut m = Self::with_device(relay, name, Relay::register_raw);
+            let user = UserName::new(name).unwrap();
+            let identity = IdentitySigner::new(user.clone(), &[0x6d; 32]);
+            let key = DeviceKey(m.signer.public().try_into().unwrap());
+            let list = identity
+                .create(key, DeviceName::new("mallory's").unwrap(), 1)
+                .unwrap();
+            relay.publish_list_raw(&user, list.entries().to_vec());
+            m.certificate = list.certificate(&key);
+            m.upload_key_package(relay, &user);
+            m
         }
 
         /// A device the relay itself adds to the existing user `name` (a ghost), with one
-        /// KeyPackage whose credential names that user.
+        /// KeyPackage whose credential names that user (and no certificate).
         pub fn ghost_of(relay: &mut Relay, name: &str) -> Self {
-            Self::with_device(relay, name, Relay::add_device_raw)
+            let m = Self::with_device(relay, name, Relay::add_device_raw);
+            m.upload_key_package(relay, &UserName::new(name).unwrap());
+            m
         }
 
         fn with_device(
@@ -1378,34 +1431,41 @@ mod mallory {
                 user.clone(),
                 DeviceKey(signer.public().try_into().unwrap()),
             );
-            let cred = CredentialWithKey {
-                credential: BasicCredential::new(credential_identity(&user, device)).into(),
-                signature_key: signer.to_public_vec().into(),
-            };
-            let caps = Capabilities::new(
-                None,
-                Some(&[CIPHERSUITE]),
-                Some(&[ExtensionType::Unknown(GROUP_NAME_EXTENSION)]),
-                None,
-                None,
-            );
-            let kp = KeyPackage::builder()
-                .leaf_node_capabilities(caps)
-                .build(CIPHERSUITE, &provider, &signer, cred)
-                .unwrap();
-            relay.upload_raw(
-                device,
-                MlsMessageOut::from(kp.key_package().clone())
-                    .to_bytes()
-                    .unwrap()
-                    .into(),
-            );
             Mallory {
                 provider,
                 signer,
                 device,
                 group: None,
+                certificate: None,
             }
+        }
+
+        /// Her credential claiming to be a device of `user` (with her own device id and key).
+        fn credential(&self, user: &UserName) -> CredentialWithKey {
+            CredentialWithKey {
+                credential: BasicCredential::new(credential_identity(user, self.device)).into(),
+                signature_key: self.signer.to_public_vec().into(),
+            }
+        }
+
+        fn upload_key_package(&self, relay: &mut Relay, user: &UserName) {
+            let kp = KeyPackage::builder()
+                .leaf_node_capabilities(capabilities())
+                .leaf_node_extensions(leaf_extensions(self.certificate.as_ref()))
+                .build(
+                    CIPHERSUITE,
+                    &self.provider,
+                    &self.signer,
+                    self.credential(user),
+                )
+                .unwrap();
+            relay.upload_raw(
+                self.device,
+                MlsMessageOut::from(kp.key_package().clone())
+                    .to_bytes()
+                    .unwrap()
+                    .into(),
+            );
         }
 
         pub fn join(&mut self, relay: &Relay) {
@@ -1427,6 +1487,81 @@ mod mallory {
             self.group = Some(g);
         }
 
+        /// Creates a group named `name` at the relay whose only leaf, hers, claims to be a
+        /// device of `as_user`, carrying `cert` (or no certificate), then adds every device
+        /// of `users` with KeyPackages claimed from the relay; returns the group and what
+        /// the online members receive.
+        pub fn create_group_as(
+            &mut self,
+            net: &mut Net<cove_core::cove_store::MemoryStore>,
+            name: &str,
+            as_user: &str,
+            cert: Option<&DeviceCertificate>,
+            users: &[&str],
+        ) -> GroupId {
+            let group = GroupId([0x6d; 16]);
+            let config = MlsGroupCreateConfig::builder()
+                .ciphersuite(CIPHERSUITE)
+                .use_ratchet_tree_extension(true)
+                .capabilities(capabilities())
+                .with_group_context_extensions(
+                    Extensions::single(Extension::Unknown(
+                        GROUP_NAME_EXTENSION,
+                        UnknownExtension(name.as_bytes().to_vec()),
+                    ))
+                    .unwrap(),
+                )
+                .with_leaf_node_extensions(leaf_extensions(cert))
+                .unwrap()
+                .build();
+            let mut mls = MlsGroup::new_with_group_id(
+                &self.provider,
+                &self.signer,
+                &config,
+                openmls::group::GroupId::from_slice(&group.0),
+                self.credential(&UserName::new(as_user).unwrap()),
+            )
+            .unwrap();
+            net.relay.create_group_raw(group, self.device);
+            let mut added = Vec::new();
+            let mut kps = Vec::new();
+            for user in users {
+                let claimed = net
+                    .relay
+                    .store()
+                    .claim_key_packages(&UserName::new(*user).unwrap())
+                    .unwrap();
+                for c in claimed {
+                    let MlsMessageBodyIn::KeyPackage(kp) =
+                        MlsMessageIn::tls_deserialize_exact(c.key_package.as_bytes())
+                            .unwrap()
+                            .extract()
+                    else {
+                        panic!("not a KeyPackage")
+                    };
+                    kps.push(
+                        kp.validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                            .unwrap(),
+                    );
+                    added.push(c.device);
+                }
+            }
+            let (commit, welcome, _) = mls.add_members(&self.provider, &self.signer, &kps).unwrap();
+            mls.merge_pending_commit(&self.provider).unwrap();
+            let kind = PostKind::Commit {
+                added: BoundedVec(added),
+                removed: BoundedVec(Vec::new()),
+                welcome: Some(Payload(welcome.to_bytes().unwrap())),
+            };
+            let now = net.now_ms;
+            let frames =
+                net.relay
+                    .post_raw(group, self.device, kind, commit.to_bytes().unwrap(), now);
+            net.deliver(frames);
+            self.group = Some(mls);
+            group
+        }
+
         /// Encrypts arbitrary plaintext as an application message.
         pub fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
             let g = self.group.as_mut().unwrap();
@@ -1434,6 +1569,35 @@ mod mallory {
                 .unwrap()
                 .to_bytes()
                 .unwrap()
+        }
+
+        /// Sends `text` as a Cove text message from her leaf; returns what the online
+        /// members receive.
+        pub fn send_text(&mut self, net: &mut Net<cove_core::cove_store::MemoryStore>, text: &str) {
+            use cove_core::content::{Content, ENVELOPE_VERSION, Envelope};
+            let plaintext = Envelope {
+                version: ENVELOPE_VERSION,
+                id: [0x6d; 16],
+                sent_at_ms: 1,
+                content: Content::Text {
+                    text: text.to_string(),
+                },
+            }
+            .encode()
+            .unwrap();
+            let bytes = self.seal(&plaintext);
+            let group = GroupId(
+                self.group
+                    .as_ref()
+                    .unwrap()
+                    .group_id()
+                    .as_slice()
+                    .try_into()
+                    .unwrap(),
+            );
+            let now = net.now_ms;
+            let frames = net.relay.inject(group, self.device, bytes, now);
+            net.deliver(frames);
         }
     }
 }
@@ -2154,4 +2318,402 @@ fn a_refused_authentication_is_auth_refused_with_the_relays_reply() {
         "{result:?}"
     );
     assert!(!net.client(a).is_ready());
+}
+
+/// The `LeafRefused` events of `events`: (group, claimed user, claimed device, reason).
+fn refusals(events: &[Event]) -> Vec<(GroupId, String, cove_wire::DeviceId, LeafRefusal)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Identity(IdentityEvent::LeafRefused {
+                group,
+                user,
+                device,
+                reason,
+            }) => Some((*group, user.to_string(), *device, reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// After mallory's forged group `group` reached bob and carol: each refused her leaf once
+/// for `reason`, showed none of its messages (her text was skipped as a refused leaf's),
+/// and a commit of theirs removed it; bob's next text reaches carol in the group.
+fn assert_forged_leaf_refused_and_removed(
+    net: &mut Net<MemoryStore>,
+    group: GroupId,
+    (claimed, mallory): (&str, cove_wire::DeviceId),
+    [bob, carol]: [usize; 2],
+    reason: LeafRefusal,
+) {
+    for slot in [bob, carol] {
+        let events = net.take_events(slot);
+        assert_eq!(
+            refusals(&events),
+            [(group, claimed.to_string(), mallory, reason.clone())],
+            "slot {slot}: {events:?}"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::Message(m) if m.group == group)),
+            "slot {slot}: {events:?}"
+        );
+        let skipped = warnings(&events)
+            .into_iter()
+            .filter(|w| {
+                w.contains(&format!(
+                    "sent from a refused leaf claiming to be {claimed}'s device"
+                ))
+            })
+            .count();
+        assert_eq!(skipped, 1, "slot {slot}: {:?}", warnings(&events));
+        assert!(
+            net.client(slot)
+                .history(&group.to_hex())
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert!(
+        !net.relay.store().is_member(group, mallory).unwrap(),
+        "removed at the relay too"
+    );
+    let (b, c) = (
+        net.client(bob).device().unwrap().0,
+        net.client(carol).device().unwrap().0,
+    );
+    for slot in [bob, carol] {
+        assert_eq!(
+            devices_in(net, slot, &group),
+            [("bob".to_string(), b), ("carol".to_string(), c)]
+        );
+    }
+    let now = net.now_ms;
+    net.client(bob)
+        .send_text(now, &group.to_hex(), "just us now")
+        .unwrap();
+    net.run();
+    assert_eq!(texts(&net.take_events(carol)), ["just us now"]);
+}
+
+/// mallory, a member driven by bare openmls, creates a group whose only leaf claims to be
+/// alice's (`cove:alice:<mallory's device id>` with mallory's key) and carries no device
+/// certificate, adds bob and carol (who know alice) and writes in it: both refuse the leaf,
+/// neither shows her text, and the leaf is removed by their commit.
+#[test]
+fn a_leaf_claiming_to_be_alice_without_a_certificate_is_refused_and_removed() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    group_of(&mut net, alice, &["bob", "carol"]);
+    let mut mallory = mallory::Mallory::register(&mut net.relay, "mallory");
+    let group = mallory.create_group_as(&mut net, "forged", "alice", None, &["bob", "carol"]);
+    mallory.send_text(&mut net, "hi, it's alice");
+    net.run();
+    assert_forged_leaf_refused_and_removed(
+        &mut net,
+        group,
+        ("alice", mallory.device),
+        [bob, carol],
+        LeafRefusal::NoCertificate,
+    );
+}
+
+/// The same with a certificate mallory made for "alice" with an identity key of her own:
+/// bob and carol never saw alice's list, so they fetch it before taking the Welcome, pin
+/// alice's real identity key, and refuse the leaf as certified by another identity.
+#[test]
+fn a_leaf_certified_by_another_identity_than_the_users_is_refused_and_removed() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    let mut mallory = mallory::Mallory::register(&mut net.relay, "mallory");
+    let fake = cove_core::cove_identity::IdentitySigner::new(user("alice"), &[0x66; 32]);
+    let key = cove_wire::DeviceKey(mallory.signer.public().try_into().unwrap());
+    let name = cove_wire::identity::DeviceName::new("alice's laptop").unwrap();
+    let cert = fake
+        .create(key, name, 1)
+        .unwrap()
+        .certificate(&key)
+        .unwrap();
+    for slot in [bob, carol] {
+        assert!(
+            net.client(slot)
+                .device_list_of(&user("alice"))
+                .unwrap()
+                .is_none()
+        );
+    }
+    let group =
+        mallory.create_group_as(&mut net, "forged", "alice", Some(&cert), &["bob", "carol"]);
+    mallory.send_text(&mut net, "hi, it's alice");
+    net.run();
+    let real = net
+        .client(alice)
+        .own_device_list()
+        .unwrap()
+        .unwrap()
+        .identity();
+    for slot in [bob, carol] {
+        let pinned = net.client(slot).device_list_of(&user("alice")).unwrap();
+        assert_eq!(pinned.map(|l| l.identity()), Some(real), "slot {slot}");
+    }
+    assert_forged_leaf_refused_and_removed(
+        &mut net,
+        group,
+        ("alice", mallory.device),
+        [bob, carol],
+        LeafRefusal::OtherIdentity,
+    );
+}
+
+/// alice revokes her second device, which is in two groups with bob: her first device
+/// removes it from both at once (each group moves on by one epoch, the device is out of
+/// it), bob is told of the revocation once, the revoked device gets nothing sent after
+/// (bob's text reaches alice's first device only), and a later add of alice leaves it out.
+#[test]
+fn a_revoked_device_leaves_every_group_in_the_next_epoch_and_is_not_added_again() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let laptop = linked_device(&mut net, alice, "alice", 61);
+    let laptop_key = net.client(laptop).device_key();
+    let laptop_device = net.client(laptop).device().unwrap();
+    let now = net.now_ms;
+    let mut groups = Vec::new();
+    for name in ["one", "two"] {
+        let op = net.client(alice).create_group(now, name).unwrap();
+        assert_eq!(op_result(&mut net, alice, op), Ok(()));
+        let op = net
+            .client(alice)
+            .add_users(now, name, &[user("bob")])
+            .unwrap();
+        assert_eq!(op_result(&mut net, alice, op), Ok(()));
+        groups.push(net.client(alice).resolve(name).unwrap());
+    }
+    net.run();
+    for g in &groups {
+        assert!(devices_in(&mut net, bob, g).contains(&("alice".to_string(), laptop_device.0)));
+    }
+    let epochs: Vec<u64> = groups
+        .iter()
+        .map(|g| net.client(bob).epoch(g).unwrap())
+        .collect();
+    for slot in [alice, bob, laptop] {
+        net.take_events(slot);
+    }
+    let inbox_before = net.relay.inbox_of(laptop_device).len();
+
+    let now = net.now_ms;
+    net.client(alice).revoke_device(now, &laptop_key).unwrap();
+    net.run();
+    let revoked = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| {
+                matches!(e, Event::Identity(IdentityEvent::DeviceRevoked { user, device })
+                    if user.as_str() == "alice" && *device == laptop_key)
+            })
+            .count()
+    };
+    assert_eq!(revoked(&net.take_events(alice)), 1);
+    assert_eq!(revoked(&net.take_events(bob)), 1, "bob is told once");
+    let laptop_events = net.take_events(laptop);
+    for (g, before) in groups.iter().zip(&epochs) {
+        assert_eq!(net.client(bob).epoch(g), Some(before + 1), "the next epoch");
+        assert!(!devices_in(&mut net, bob, g).contains(&("alice".to_string(), laptop_device.0)));
+        assert!(!net.relay.store().is_member(*g, laptop_device).unwrap());
+        assert!(
+            laptop_events
+                .iter()
+                .any(|e| matches!(e, Event::RemovedFromGroup { group } if group == g)),
+            "{laptop_events:?}"
+        );
+    }
+
+    let now = net.now_ms;
+    net.client(bob)
+        .send_text(now, "one", "after the revocation")
+        .unwrap();
+    net.run();
+    assert_eq!(texts(&net.take_events(alice)), ["after the revocation"]);
+    assert!(texts(&net.take_events(laptop)).is_empty());
+
+    // Never added again: not by bob adding alice, not by alice adding her own devices.
+    let op = net
+        .client(bob)
+        .add_users(now, "one", &[user("alice")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    for op in net.client(alice).add_own_devices_everywhere(now).unwrap() {
+        assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    }
+    net.run();
+    assert_eq!(net.relay.inbox_of(laptop_device).len(), inbox_before);
+    for g in &groups {
+        assert!(!devices_in(&mut net, bob, g).contains(&("alice".to_string(), laptop_device.0)));
+    }
+}
+
+/// A second device of alice, registered after she is in two groups with bob, is in neither
+/// until `add_own_devices_everywhere` adds it to both (one change each); bob is told of the
+/// new device once, and a text sent right after reaches it.
+#[test]
+fn add_own_devices_everywhere_puts_a_new_device_in_every_group() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let now = net.now_ms;
+    for name in ["one", "two"] {
+        let op = net.client(alice).create_group(now, name).unwrap();
+        assert_eq!(op_result(&mut net, alice, op), Ok(()));
+        let op = net
+            .client(alice)
+            .add_users(now, name, &[user("bob")])
+            .unwrap();
+        assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    }
+    net.run();
+    net.take_events(bob);
+    let phone = linked_device(&mut net, alice, "alice", 62);
+    assert!(net.client(phone).groups().is_empty());
+    let phone_key = net.client(phone).device_key();
+    let ops = net.client(alice).add_own_devices_everywhere(now).unwrap();
+    assert_eq!(ops.len(), 2);
+    for op in ops {
+        assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    }
+    let now = net.now_ms;
+    net.client(alice)
+        .send_text(now, "one", "right after")
+        .unwrap();
+    net.run();
+    let events = net.take_events(phone);
+    let joined = events
+        .iter()
+        .filter(|e| matches!(e, Event::Joined { .. }))
+        .count();
+    assert_eq!(joined, 2, "{events:?}");
+    assert_eq!(texts(&events), ["right after"]);
+    let events = net.take_events(bob);
+    let added: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Identity(IdentityEvent::DeviceAdded { user, device, .. }) => {
+                Some((user.to_string(), *device))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(added, [("alice".to_string(), phone_key)]);
+    assert!(
+        refusals(&events).is_empty(),
+        "the new device's leaf is trusted: {events:?}"
+    );
+}
+
+/// The same with a leaf claiming to be a device of "zed", a user the relay does not know,
+/// certified by an identity key mallory made for him: bob and carol ask for zed's list
+/// before taking the Welcome, get none, and refuse the leaf as having no list that
+/// certifies it.
+#[test]
+fn a_leaf_of_a_user_without_a_device_list_is_refused_and_removed() {
+    let mut net = Net::new();
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    let mut mallory = mallory::Mallory::register(&mut net.relay, "mallory");
+    let fake = cove_core::cove_identity::IdentitySigner::new(user("zed"), &[0x67; 32]);
+    let key = cove_wire::DeviceKey(mallory.signer.public().try_into().unwrap());
+    let name = cove_wire::identity::DeviceName::new("zed's").unwrap();
+    let cert = fake
+        .create(key, name, 1)
+        .unwrap()
+        .certificate(&key)
+        .unwrap();
+    let group = mallory.create_group_as(&mut net, "zed's", "zed", Some(&cert), &["bob", "carol"]);
+    mallory.send_text(&mut net, "hi, it's zed");
+    net.run();
+    for slot in [bob, carol] {
+        assert!(
+            net.client(slot)
+                .device_list_of(&user("zed"))
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert_forged_leaf_refused_and_removed(
+        &mut net,
+        group,
+        ("zed", mallory.device),
+        [bob, carol],
+        LeafRefusal::NoList,
+    );
+}
+
+/// A linked device whose authorising device has not published the new list entry yet (it
+/// was offline) finds itself missing from its user's list: it makes no KeyPackage, keeps a
+/// command pending and a timer set, and fetches the list again when the timer fires; once
+/// the entry is published it has its certificate, uploads KeyPackages and joins a group.
+#[test]
+fn a_linked_device_fetches_its_list_again_until_it_is_certified() {
+    let mut net = Net::new();
+    let bob = device(&mut net, "bob");
+    net.disconnect(bob);
+    let mut laptop = Client::init(MemoryStore::new(), user("bob"), seed(63)).unwrap();
+    let now = net.now_ms;
+    let (authorizer, authorization) = net
+        .client(bob)
+        .authorize_device(now, &laptop.device_key())
+        .unwrap()
+        .unwrap();
+    laptop
+        .set_device_authorization(authorizer, authorization)
+        .unwrap();
+    let laptop = net.add(laptop);
+    net.run();
+    let laptop_device = net.client(laptop).device().unwrap();
+    assert_eq!(
+        net.relay.stock(laptop_device),
+        0,
+        "no KeyPackage without a certificate"
+    );
+    assert!(net.client(laptop).has_pending_ops());
+    let first = net.client(laptop).poll_timeout().expect("a retry is set");
+
+    // Fired before bob published: fetched again, still missing, a later retry is set.
+    net.now_ms = first;
+    net.client(laptop).handle_timeout(first).unwrap();
+    net.run();
+    let second = net.client(laptop).poll_timeout().expect("retried again");
+    assert!(
+        second - first > first - now,
+        "the delay grows: {first} then {second}"
+    );
+    assert_eq!(net.relay.stock(laptop_device), 0);
+
+    // bob comes back and publishes the entry; the next retry finds it.
+    net.connect(bob);
+    net.run();
+    net.now_ms = second;
+    net.client(laptop).handle_timeout(second).unwrap();
+    net.run();
+    assert!(
+        net.relay.stock(laptop_device) > 0,
+        "KeyPackages with the certificate"
+    );
+    assert!(!net.client(laptop).has_pending_ops());
+    assert_eq!(net.client(laptop).poll_timeout(), None);
+    assert!(warnings(&net.take_events(laptop)).is_empty());
+    let now = net.now_ms;
+    let op = net.client(bob).create_group(now, "friends").unwrap();
+    assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    net.run();
+    assert!(
+        net.take_events(laptop)
+            .iter()
+            .any(|e| matches!(e, Event::Joined { .. }))
+    );
 }

@@ -412,6 +412,61 @@ impl Relay {
         departures.len()
     }
 
+    /// Stores `entries` as `user`'s device list directly (a user driven by bare openmls
+    /// in tests publishes its list so).
+    pub fn publish_list_raw(
+        &mut self,
+        user: &UserName,
+        entries: Vec<cove_wire::identity::ListEntry>,
+    ) {
+        let len = self.device_list_of(user).len() as u64;
+        self.store()
+            .append_device_list(user, len, entries)
+            .expect("append to the device list");
+    }
+
+    /// Creates `group` at the relay with `creator` as its only member (a member driven by
+    /// bare openmls in tests).
+    pub fn create_group_raw(&mut self, group: GroupId, creator: DeviceId) {
+        self.store()
+            .create_group(group, creator)
+            .expect("create the group");
+    }
+
+    /// Posts `payload` as `kind` from `sender` at the group's current epoch, through the
+    /// relay's rules; returns what its online members receive.
+    pub fn post_raw(
+        &mut self,
+        group: GroupId,
+        sender: DeviceId,
+        kind: PostKind,
+        payload: Vec<u8>,
+        now_ms: u64,
+    ) -> Vec<(usize, ServerFrame)> {
+        let epoch: Epoch = self
+            .store()
+            .groups_of(sender)
+            .expect("groups of the sender")
+            .into_iter()
+            .find(|g| g.group == group)
+            .expect("the sender is a member")
+            .epoch;
+        let (reply, frames) = self.sim.append(NewPost {
+            group,
+            sender,
+            epoch,
+            kind,
+            payload,
+            now_ms,
+        });
+        self.count();
+        assert!(
+            matches!(reply, Ok(Reply::Posted { .. })),
+            "the relay refused the post: {reply:?}"
+        );
+        frames
+    }
+
     /// Posts `payload` as an application message of `sender`, a member of `group`, at the
     /// group's current epoch, through the relay's rules (a hostile member can post any
     /// bytes); returns what its online members receive.
