@@ -150,25 +150,36 @@ pub async fn run(home: Home, cmd: DeviceCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Prints a progress line of linking by a code.
+/// Prints the progress lines of linking by a code.
 fn say(progress: &LinkProgress, server: &str, host: bool) {
+    for line in link_progress_lines(progress, server, host) {
+        println!("{line}");
+    }
+}
+
+/// The lines that tell the user how linking by a code goes (`host`: the existing device).
+pub(crate) fn link_progress_lines(
+    progress: &LinkProgress,
+    server: &str,
+    host: bool,
+) -> Vec<String> {
     match progress {
-        LinkProgress::Code(code) => {
-            println!("link code: {code}");
-            println!("on the new machine run: cove device join {code} --server {server}");
-            println!("waiting for the new machine (the code works once, for 5 minutes)...");
-        }
-        LinkProgress::PeerJoined => println!("a machine joined; checking the code..."),
-        LinkProgress::Confirmed => println!("code confirmed; secure channel up"),
-        LinkProgress::Authorized => println!("authorised the new device's key"),
-        LinkProgress::Registered(id) => println!("new device {id} registered"),
-        LinkProgress::AddedTo(group) => println!("added the new device to {group}"),
+        LinkProgress::Code(code) => vec![
+            format!("link code: {code}"),
+            format!("on the new machine run: cove device join {code} --server {server}"),
+            "waiting for the new machine (the code works once, for 5 minutes)...".to_owned(),
+        ],
+        LinkProgress::PeerJoined => vec!["a machine joined; checking the code...".to_owned()],
+        LinkProgress::Confirmed => vec!["code confirmed; secure channel up".to_owned()],
+        LinkProgress::Authorized => vec!["authorised the new device's key".to_owned()],
+        LinkProgress::Registered(id) => vec![format!("new device {id} registered")],
+        LinkProgress::AddedTo(group) => vec![format!("added the new device to {group}")],
         LinkProgress::NotAddedTo(group, why) => {
-            println!("could not add the new device to {group}: {why}")
+            vec![format!("could not add the new device to {group}: {why}")]
         }
-        LinkProgress::History(n) if host => println!("sent {n} messages of history"),
-        LinkProgress::History(n) => println!("received {n} messages of history"),
-        LinkProgress::Done => println!("linking complete"),
+        LinkProgress::History(n) if host => vec![format!("sent {n} messages of history")],
+        LinkProgress::History(n) => vec![format!("received {n} messages of history")],
+        LinkProgress::Done => vec!["linking complete".to_owned()],
     }
 }
 

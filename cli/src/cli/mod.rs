@@ -2,7 +2,7 @@
 //! `Args` struct (clap derive, with an `after_help` example) and an `async fn run`, then one
 //! variant in [`Command`] and one arm in [`run`].
 
-mod device;
+pub(crate) mod device;
 mod files;
 mod group;
 mod init;

@@ -8,6 +8,7 @@
 
 mod call;
 mod chat;
+mod devices;
 mod files;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use clap::Args;
 
 use cove::config::Home;
 use cove::{ChatMessage, Device, Event, SessionEvent, UserName};
+use cove_core::IdentityEvent;
 use cove_server::{Relay, RelayConfig, RelayHandle};
 
 /// Arguments of `cove demo`.
@@ -31,7 +33,8 @@ Example:
 
 Starts a relay on 127.0.0.1 (a free port, a temporary data directory, a self-signed
 certificate) and three users with their own homes; they chat over TLS, bob goes offline and
-catches up, carol is removed. Everything is deleted at the end.")]
+catches up, carol is removed, bob links a laptop by a code and revokes it, alice calls
+bob. Everything is deleted at the end.")]
 pub struct DemoArgs {
     /// Keep the temporary directory (relay data and the three homes) and print its path.
     #[arg(long)]
@@ -64,6 +67,14 @@ pub const STEPS: &[Step] = &[
     (
         "alice sends bob a file and shares a link",
         files::send_and_share,
+    ),
+    (
+        "bob links his laptop by a one-time code; it gets the history",
+        devices::link_laptop,
+    ),
+    (
+        "bob revokes the laptop: out of the group, locked out",
+        devices::revoke_laptop,
     ),
     ("the relay never saw a plaintext", chat::scan_relay),
     ("alice calls bob (2 s of audio)", call::call),
@@ -261,6 +272,18 @@ fn show(user: &str, me: Option<cove::DeviceId>, event: &Event, seen: &mut Vec<Ch
         Event::KeyChanged { user: who, .. } => {
             println!("[{user}] WARNING: the key of {who} changed")
         }
+        Event::Identity(IdentityEvent::DeviceAdded { user: who, .. }) => {
+            println!("[{user}] {who} added a device (safety number unchanged)")
+        }
+        Event::Identity(IdentityEvent::DeviceRevoked { user: who, .. }) => {
+            println!("[{user}] {who} revoked a device: it is removed from every group")
+        }
+        Event::Identity(IdentityEvent::IdentityChanged { user: who, .. }) => {
+            println!("[{user}] WARNING: the identity key of {who} changed")
+        }
+        Event::Identity(IdentityEvent::LeafRefused {
+            user: who, reason, ..
+        }) => println!("[{user}] refused a member claiming to be {who}: {reason}"),
         Event::Warning(w) => println!("[{user}] warning: {w}"),
         _ => {}
     }

@@ -141,7 +141,12 @@ async fn a_machine_linked_by_code_has_the_groups_the_history_and_new_messages() 
         let out = cove(&laptop, &["sync"]);
         assert!(out.status.success());
         // Every message decrypted: no warning.
-        assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "",
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let synced = String::from_utf8(out.stdout).unwrap();
         assert_eq!(
             synced.lines().collect::<Vec<_>>(),

@@ -696,11 +696,10 @@ fn safety_number_in(out: &str) -> String {
 /// `cove verify` through the binaries. alice and bob see the same number; bob's run without
 /// a terminal and without `--yes` verifies nothing and says why; alice confirms with `--yes`
 /// and `cove verify` lists bob as verified. Then the relay serves a list of bob's signed by
-/// another identity key: when carol adds bob to a group alice is in, alice's `cove sync
-/// --json` reports `{"identity":"identity_changed","user":"bob","verified":true}`, her sends
+/// another identity key: when carol removes bob from a group alice is in (members fetch the
+/// list of a user whose leaf is removed), alice's `cove sync --json` reports `{"identity":"identity_changed","user":"bob","verified":true}`, her sends
 /// (text and file) to the group with bob fail naming him, `cove verify` lists him as changed,
-/// and once she
-/// verifies the new key (a new number) her message reaches bob.
+/// and once she verifies the new key (a new number) her message reaches bob.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_shows_the_number_and_a_changed_identity_blocks_sending_until_verified() {
     let dir = tempfile::tempdir().unwrap();
@@ -739,12 +738,15 @@ async fn verify_shows_the_number_and_a_changed_identity_blocks_sending_until_ver
         let err = fails(&alice, &["verify", "nobody"]);
         assert!(err.contains("no identity key known for nobody"), "{err}");
 
-        // carol's group with alice; then bob's list changes identity at the relay.
+        // carol's group with alice and bob; then bob's list changes identity at the relay,
+        // and carol removes bob from her group: a member whose leaf is removed has their
+        // list fetched again by the others (it may be a revocation).
         ok(&carol, &["group", "create", "club"]);
         ok(&carol, &["group", "add", "club", "alice"]);
+        ok(&carol, &["group", "add", "club", "bob"]);
         ok(&alice, &["sync"]);
         let new_identity = rewrite_list_at_relay(&d.join("relay"), "bob", 77);
-        ok(&carol, &["group", "add", "club", "bob"]);
+        ok(&carol, &["group", "remove", "club", "bob"]);
         let out = ok(&alice, &["sync", "--json"]);
         let events: Vec<serde_json::Value> = out
             .lines()
@@ -793,8 +795,8 @@ async fn verify_shows_the_number_and_a_changed_identity_blocks_sending_until_ver
 }
 
 /// `cove listen --json` prints identity events as they happen, as JSON lines of their own:
-/// bob's list names another identity key at the relay, carol adds bob to a group alice is in,
-/// and alice (who never verified bob) sees `{"identity":"identity_changed","user":"bob",
+/// bob's list names another identity key at the relay, carol removes bob from a group alice is
+/// in (so alice fetches his list again), and alice (who never verified bob) sees `{"identity":"identity_changed","user":"bob",
 /// "verified":false}`; her sends to bob are not blocked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_json_prints_an_identity_change_as_it_happens() {
@@ -813,6 +815,7 @@ async fn listen_json_prints_an_identity_change_as_it_happens() {
         ok(&alice, &["group", "add", "friends", "bob"]);
         ok(&carol, &["group", "create", "club"]);
         ok(&carol, &["group", "add", "club", "alice"]);
+        ok(&carol, &["group", "add", "club", "bob"]);
         ok(&alice, &["sync"]);
         let mut listen = Command::new(env!("CARGO_BIN_EXE_cove"))
             .arg("--home")
@@ -833,7 +836,8 @@ async fn listen_json_prints_an_identity_change_as_it_happens() {
             }
         });
         rewrite_list_at_relay(&d.join("relay"), "bob", 78);
-        ok(&carol, &["group", "add", "club", "bob"]);
+        // A commit removing bob's leaf makes alice fetch his list again.
+        ok(&carol, &["group", "remove", "club", "bob"]);
         // A generous deadline per line, only against a hang.
         let mut seen = Vec::new();
         let event = loop {

@@ -825,9 +825,10 @@ impl<S: Store> Client<S> {
     ) -> Result<OpId, CommandError> {
         // The command id is taken only once the message is queued.
         let op = OpId(self.next_op);
+        let held = self.leaves.holds_group(&group);
         let sent = self
             .outbox
-            .send(cx!(self), op, now_ms, group, content, &mut self.fx);
+            .send(cx!(self), op, now_ms, group, content, held, &mut self.fx);
         self.apply_effects();
         sent?;
         self.next_op += 1;
@@ -891,8 +892,13 @@ impl<S: Store> Client<S> {
         // not what is still in flight on this connection.
         self.apply_effects();
         let in_flight = self.posts_in_flight();
-        self.outbox
-            .resend_all(cx!(self), &in_flight, &mut self.fx)?;
+        let leaves = &self.leaves;
+        self.outbox.resend_all(
+            cx!(self),
+            &in_flight,
+            |g| leaves.holds_group(g),
+            &mut self.fx,
+        )?;
         // Restart commands.
         self.changes.restart(cx!(self), &mut self.fx);
         Ok(())
@@ -1074,7 +1080,8 @@ impl<S: Store> Client<S> {
                 .inbound
                 .applicable(self.provider.store(), &self.groups, group)?;
             if ready.is_empty() {
-                return Ok(());
+                // What was sent while the log was held goes out now.
+                return self.outbox.release(cx!(self), group, &mut self.fx);
             }
             for entry in ready {
                 // Removed from the parking area in the same transaction that applies it.
@@ -1175,8 +1182,7 @@ impl<S: Store> Client<S> {
                 match crate::identity::observe_list(store, &user, &entries.0, now_ms) {
                     Ok(verdict) => {
                         if let crate::identity::ListVerdict::NewIdentity { .. } = verdict {
-                            self.fx
-                                .event(crate::identity::changed_event(&user, false));
+                            self.fx.event(crate::identity::changed_event(&user, false));
                         }
                         self.on_list_verdict(now_ms, &user, verdict);
                     }

@@ -35,6 +35,11 @@ pub(super) struct Outbox {
     /// their epoch: they are encrypted again at this device's next epoch change (or at the
     /// next connection's backlog end). Cleared on disconnect.
     stale: BTreeSet<u64>,
+    /// Outbox items not posted because their group's log is held (waiting for device
+    /// lists): a commit behind the hold may move the epoch, and a message made at the
+    /// epoch before it cannot be read by the devices that commit adds. Posted (encrypted
+    /// again if the epoch moved) when the hold is released ([`Outbox::release`]).
+    held_back: BTreeSet<u64>,
 }
 
 /// A post to resend after a retryable refusal.
@@ -61,6 +66,7 @@ impl Outbox {
     pub(super) fn disconnected(&mut self) {
         self.retries.clear();
         self.stale.clear();
+        self.held_back.clear();
     }
 
     /// Whether a command or a retry is waiting.
@@ -79,7 +85,9 @@ impl Outbox {
     }
 
     /// Encrypts and persists a new message with `content` (under a fresh random message
-    /// id) for command `op`, and posts it if the connection is ready.
+    /// id) for command `op`, and posts it if the connection is ready and the group's log is
+    /// not `held` (then it is posted when the hold ends).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn send<S: Store>(
         &mut self,
         cx: Cx<'_, S>,
@@ -87,6 +95,7 @@ impl Outbox {
         now_ms: u64,
         group: GroupId,
         content: Content,
+        held: bool,
         fx: &mut Effects,
     ) -> Result<(), CommandError> {
         let mut message_id = [0u8; 16];
@@ -101,8 +110,38 @@ impl Outbox {
         let ready = cx.ready;
         let item = seal(cx, None, group, message_id, now_ms, bytes)?;
         self.ops.insert(item.local_id, op);
-        if ready {
+        if held {
+            self.held_back.insert(item.local_id);
+        } else if ready {
             post(&item, fx);
+        }
+        Ok(())
+    }
+
+    /// The log of `group` is no longer held and all of it that could be applied was: its
+    /// held-back items are posted, encrypted again first if the epoch moved meanwhile.
+    pub(super) fn release<S: Store>(
+        &mut self,
+        mut cx: Cx<'_, S>,
+        group: GroupId,
+        fx: &mut Effects,
+    ) -> Result<(), HandleError> {
+        let ids: Vec<u64> = self.held_back.iter().copied().collect();
+        for local_id in ids {
+            match cx.provider.store().outbox_item(local_id)? {
+                Some(item) if item.group == group => {
+                    self.held_back.remove(&local_id);
+                    if cx.groups.epoch(&group).is_some_and(|e| e > item.epoch.0) {
+                        self.reseal_and_post(cx.reborrow(), &item, fx)?;
+                    } else if cx.ready {
+                        post(&item, fx);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    self.held_back.remove(&local_id);
+                }
+            }
         }
         Ok(())
     }
@@ -145,10 +184,15 @@ impl Outbox {
         &mut self,
         mut cx: Cx<'_, S>,
         in_flight: &BTreeSet<u64>,
+        held: impl Fn(&GroupId) -> bool,
         fx: &mut Effects,
     ) -> Result<(), HandleError> {
         for item in cx.provider.store().outbox()? {
             if in_flight.contains(&item.local_id) || self.retries.contains_key(&item.local_id) {
+                continue;
+            }
+            if held(&item.group) {
+                self.held_back.insert(item.local_id);
                 continue;
             }
             self.resend(cx.reborrow(), item, fx)?;

@@ -2717,3 +2717,65 @@ fn a_linked_device_fetches_its_list_again_until_it_is_certified() {
             .any(|e| matches!(e, Event::Joined { .. }))
     );
 }
+
+/// A message sent while the sender's group log is held (a commit in the backlog adds a
+/// device whose certificate is newer than the sender's copy of its user's list, so the list
+/// is being fetched) is not posted at the old epoch: it waits for the hold, goes out at the
+/// epoch of that commit, and the added device reads it. (Posted at once, the new device
+/// could never decrypt it: it joined after that epoch.)
+#[test]
+fn a_message_sent_while_a_group_waits_for_a_device_list_reaches_the_device_being_added() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let now = net.now_ms;
+    let op = net.client(bob).create_group(now, "friends").unwrap();
+    assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    let op = net
+        .client(bob)
+        .add_users(now, "friends", &[user("alice")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    net.run();
+    net.take_events(alice);
+    let group = net.client(alice).groups()[0].id;
+    let before = net.client(alice).epoch(&group).unwrap();
+
+    // alice is offline while bob links a laptop and adds it to the group.
+    net.disconnect(alice);
+    let laptop = linked_device(&mut net, bob, "bob", 64);
+    let now = net.now_ms;
+    for op in net.client(bob).add_own_devices_everywhere(now).unwrap() {
+        assert_eq!(op_result(&mut net, bob, op), Ok(()));
+    }
+    net.run();
+    assert_eq!(net.client(laptop).groups().len(), 1);
+
+    // alice comes back: the backlog has the commit adding the laptop, whose certificate is
+    // newer than alice's copy of bob's list, so the log is held while she fetches it.
+    net.connect(alice);
+    for _ in 0..100 {
+        net.step();
+        if net.nodes[alice]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::BacklogDone))
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        net.client(alice).epoch(&group),
+        Some(before),
+        "the commit waits for bob's list"
+    );
+    let now = net.now_ms;
+    net.client(alice)
+        .send_text(now, "friends", "sent while held")
+        .unwrap();
+    net.run();
+    assert_eq!(net.client(alice).epoch(&group), Some(before + 1));
+    let events = net.take_events(laptop);
+    assert_eq!(texts(&events), ["sent while held"], "{events:?}");
+    assert_eq!(texts(&net.take_events(bob)), ["sent while held"]);
+}
