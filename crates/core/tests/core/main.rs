@@ -2654,11 +2654,12 @@ fn a_leaf_of_a_user_without_a_device_list_is_refused_and_removed() {
 }
 
 /// A linked device whose authorising device has not published the new list entry yet (it
-/// was offline) finds itself missing from its user's list: it makes no KeyPackage, keeps a
-/// command pending and a timer set, and fetches the list again when the timer fires; once
-/// the entry is published it has its certificate, uploads KeyPackages and joins a group.
+/// was offline) cannot register: the relay refuses `RegisterDevice` of a key the user's
+/// signed list does not add (`NotInDeviceList`), so there is never a registered device
+/// without a certificate. Once the entry is published it registers, has its certificate at
+/// once (no retry pending), uploads KeyPackages carrying it and joins a group.
 #[test]
-fn a_linked_device_fetches_its_list_again_until_it_is_certified() {
+fn a_linked_device_registers_only_once_its_list_entry_is_published() {
     let mut net = Net::new();
     let bob = device(&mut net, "bob");
     net.disconnect(bob);
@@ -2673,33 +2674,24 @@ fn a_linked_device_fetches_its_list_again_until_it_is_certified() {
         .set_device_authorization(authorizer, authorization)
         .unwrap();
     let laptop = net.add(laptop);
+    net.nodes[laptop].expect_handle_errors = true;
     net.run();
-    let laptop_device = net.client(laptop).device().unwrap();
+    assert_eq!(net.client(laptop).device(), None, "not registered");
     assert_eq!(
-        net.relay.stock(laptop_device),
-        0,
-        "no KeyPackage without a certificate"
+        net.nodes[laptop].handle_errors,
+        [
+            "authentication refused: NotInDeviceList: the device is not in the user's signed device list: publish its Add entry first"
+        ]
     );
-    assert!(net.client(laptop).has_pending_ops());
-    let first = net.client(laptop).poll_timeout().expect("a retry is set");
+    net.nodes[laptop].expect_handle_errors = false;
+    net.disconnect(laptop);
 
-    // Fired before bob published: fetched again, still missing, a later retry is set.
-    net.now_ms = first;
-    net.client(laptop).handle_timeout(first).unwrap();
-    net.run();
-    let second = net.client(laptop).poll_timeout().expect("retried again");
-    assert!(
-        second - first > first - now,
-        "the delay grows: {first} then {second}"
-    );
-    assert_eq!(net.relay.stock(laptop_device), 0);
-
-    // bob comes back and publishes the entry; the next retry finds it.
+    // bob comes back and publishes the entry; the laptop registers at its next connection.
     net.connect(bob);
     net.run();
-    net.now_ms = second;
-    net.client(laptop).handle_timeout(second).unwrap();
+    net.connect(laptop);
     net.run();
+    let laptop_device = net.client(laptop).device().expect("registered");
     assert!(
         net.relay.stock(laptop_device) > 0,
         "KeyPackages with the certificate"
