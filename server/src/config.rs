@@ -37,6 +37,10 @@ pub struct RelayConfig {
     /// hours). An allocation made in time outlives its credential; a new one needs a fresh
     /// credential.
     pub turn_credential_ttl: Duration,
+    /// Which peers the TURN server relays to (by default never loopback, private,
+    /// link-local, multicast or the relay's own addresses) and its allocation caps per
+    /// credential and per user.
+    pub turn_peers: cove_turn::PeerPolicy,
 }
 
 impl RelayConfig {
@@ -51,6 +55,7 @@ impl RelayConfig {
             blob: BlobConfig::default(),
             turn_listen: None,
             turn_credential_ttl: crate::turn::CREDENTIAL_TTL,
+            turn_peers: cove_turn::PeerPolicy::default(),
         }
     }
 }
@@ -246,6 +251,9 @@ impl Limits {
 ///
 /// turn_listen = "203.0.113.7:3478"   # TURN server for calls (off when absent)
 /// turn_credential_ttl_secs = 600
+/// turn_allow_peers = ["192.168.1.0/24"]   # peers allowed although internal (default none)
+/// turn_max_allocations_per_credential = 8
+/// turn_max_allocations_per_user = 32
 ///
 /// [blob]
 /// max_blob_bytes = 2147483648
@@ -273,6 +281,13 @@ pub struct ConfigFile {
     /// Lifetime of the TURN credentials handed to devices, in seconds (1 to 86400; 600 when
     /// absent).
     pub turn_credential_ttl_secs: Option<u64>,
+    /// Peer ranges the TURN server relays to although they are internal (loopback, private,
+    /// ...), e.g. `["192.168.1.0/24"]` on a LAN; none when absent.
+    pub turn_allow_peers: Vec<String>,
+    /// Most TURN allocations one credential holds at once (8 when absent).
+    pub turn_max_allocations_per_credential: Option<usize>,
+    /// Most TURN allocations one user's credentials hold at once (32 when absent).
+    pub turn_max_allocations_per_user: Option<usize>,
 }
 
 /// The `[blob]` table of the config file.
@@ -317,6 +332,9 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("invalid configuration: {0}")]
     Invalid(&'static str),
+    /// A `turn_allow_peers` entry is not an IP range.
+    #[error("invalid configuration: turn_allow_peers: {0}")]
+    PeerRange(#[from] cove_turn::peers::BadIpRange),
     /// Only one of certificate and key was given.
     #[error("give both a certificate and a key (--cert and --key), or neither")]
     CertWithoutKey,
@@ -370,6 +388,21 @@ impl ConfigFile {
             turn_credential_ttl: self
                 .turn_credential_ttl_secs
                 .map_or(crate::turn::CREDENTIAL_TTL, Duration::from_secs),
+            turn_peers: {
+                let ranges = self
+                    .turn_allow_peers
+                    .iter()
+                    .map(|r| r.parse::<cove_turn::IpRange>())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut peers = cove_turn::PeerPolicy::allowing(ranges);
+                if let Some(n) = self.turn_max_allocations_per_credential {
+                    peers.max_allocations_per_credential = n;
+                }
+                if let Some(n) = self.turn_max_allocations_per_user {
+                    peers.max_allocations_per_user = n;
+                }
+                peers
+            },
         };
         validate(&config)?;
         Ok(config)

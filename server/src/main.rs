@@ -60,6 +60,11 @@ struct Args {
     /// off by default). Devices get 10-minute credentials from the relay.
     #[arg(long, value_name = "ADDR")]
     turn_listen: Option<SocketAddr>,
+    /// Let the TURN server relay to this range although it is internal (loopback, private,
+    /// link-local: refused by default), e.g. 127.0.0.0/8 to try calls through TURN on one
+    /// machine. Repeatable; adds to the config file's `turn_allow_peers`.
+    #[arg(long, value_name = "RANGE")]
+    turn_allow_peer: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +95,7 @@ fn main() -> anyhow::Result<()> {
     if args.turn_listen.is_some() {
         file.turn_listen = args.turn_listen;
     }
+    file.turn_allow_peers.extend(args.turn_allow_peer);
     let config = file.into_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

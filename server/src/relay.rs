@@ -83,6 +83,7 @@ impl Relay {
             blob,
             turn_listen,
             turn_credential_ttl,
+            turn_peers,
         } = config;
         std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
@@ -102,9 +103,10 @@ impl Relay {
         let fingerprint = tls::fingerprint(&identity.cert_der);
 
         let turn = match turn_listen {
-            Some(addr) => {
-                Some(crate::turn::TurnService::start(addr, &data_dir, turn_credential_ttl).await?)
-            }
+            Some(addr) => Some(
+                crate::turn::TurnService::start(addr, &data_dir, turn_credential_ttl, turn_peers)
+                    .await?,
+            ),
             None => None,
         };
         let turn_addr = turn.as_ref().map(|t| t.local_addr());

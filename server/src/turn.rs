@@ -3,9 +3,14 @@
 //! (`Request::TurnCredentials`).
 //!
 //! ```text
-//! username = "<expiry unix seconds>:d<device id>"
+//! username = "<expiry unix seconds>:<user>/d<device id>"
 //! password = base64(HMAC-SHA1(secret, username))
 //! ```
+//!
+//! The TURN server relays only to peers its [`cove_turn::PeerPolicy`] permits (never the
+//! relay host's loopback, private or link-local networks, nor its own addresses, unless the
+//! config's `turn_allow_peers` names them) and caps the allocations per credential and per
+//! user (the user part before the `/`).
 //!
 //! The shared secret is 32 random bytes created once per data directory
 //! (`DATA/turn.secret`, mode 0600) and never logged. The TURN server derives the password
@@ -63,9 +68,10 @@ impl TurnService {
         listen: SocketAddr,
         data_dir: &Path,
         ttl: Duration,
+        peers: cove_turn::PeerPolicy,
     ) -> Result<Self, TurnError> {
         let secret = load_secret(data_dir)?;
-        let server = cove_turn::start_turn_server(listen, REALM, &secret.0).await?;
+        let server = cove_turn::start_turn_server(listen, REALM, &secret.0, peers).await?;
         Ok(TurnService {
             server,
             secret,
@@ -83,11 +89,15 @@ impl TurnService {
         self.server.stats()
     }
 
-    /// Credentials for `device`, valid for the configured lifetime.
-    pub(crate) fn credentials(&self, device: DeviceId) -> Result<Reply, ErrorReply> {
+    /// Credentials for `device` of `user`, valid for the configured lifetime.
+    pub(crate) fn credentials(
+        &self,
+        user: &cove_wire::UserName,
+        device: DeviceId,
+    ) -> Result<Reply, ErrorReply> {
         let c = turn_credentials(
             &self.secret.0,
-            &format!("d{device}"),
+            &format!("{user}/d{device}"),
             self.ttl,
             SystemTime::now(),
         )
@@ -166,22 +176,28 @@ mod tests {
         assert!(load_secret(dir.path()).is_err());
     }
 
-    /// The credentials the relay hands out carry the device and the configured lifetime, and
-    /// check against the data directory's secret (and no other).
+    /// The credentials the relay hands out carry the user and device and the configured
+    /// lifetime, and check against the data directory's secret (and no other).
     #[tokio::test]
     async fn credentials_name_the_device_and_verify_with_the_secret_only() {
         let dir = tempfile::tempdir().unwrap();
         let ttl = Duration::from_secs(90);
-        let turn = TurnService::start("127.0.0.1:0".parse().unwrap(), dir.path(), ttl)
-            .await
-            .unwrap();
+        let turn = TurnService::start(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path(),
+            ttl,
+            cove_turn::PeerPolicy::default(),
+        )
+        .await
+        .unwrap();
+        let alice = cove_wire::UserName::new("alice").unwrap();
         let before = SystemTime::now();
         let Reply::TurnCredentials {
             urls,
             username,
             password,
             expires_at_ms,
-        } = turn.credentials(DeviceId(7)).unwrap()
+        } = turn.credentials(&alice, DeviceId(7)).unwrap()
         else {
             panic!("not TurnCredentials");
         };
@@ -190,7 +206,7 @@ mod tests {
             vec![format!("turn:{}?transport=udp", turn.local_addr())]
         );
         let expires_at = expires_at_ms / 1000;
-        assert_eq!(username, format!("{expires_at}:d7"));
+        assert_eq!(username, format!("{expires_at}:alice/d7"));
         let now_secs = before
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -199,7 +215,7 @@ mod tests {
         let secret = load_secret(dir.path()).unwrap();
         assert_eq!(
             cove_turn::verify_turn_credentials(&secret.0, &username, &password, before),
-            Some("d7".to_owned())
+            Some("alice/d7".to_owned())
         );
         assert_eq!(
             cove_turn::verify_turn_credentials(&[9; 32], &username, &password, before),

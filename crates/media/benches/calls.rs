@@ -52,6 +52,7 @@ fn main() {
             "127.0.0.1:0".parse().unwrap(),
             "cove",
             turn_secret,
+            cove_turn::PeerPolicy::allowing(["127.0.0.0/8".parse().unwrap()]),
         ))
         .unwrap();
     for _ in 0..(calls / 4).max(3) {

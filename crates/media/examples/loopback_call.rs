@@ -41,7 +41,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let secret = b"loopback-example-turn-secret";
     let turn = if relay_only {
-        Some(start_turn_server("127.0.0.1:0".parse()?, "cove", secret).await?)
+        Some(
+            start_turn_server(
+                "127.0.0.1:0".parse()?,
+                "cove",
+                secret,
+                // The peers are on this machine: allow loopback (never on a real server).
+                cove_turn::PeerPolicy::allowing(["127.0.0.0/8".parse()?]),
+            )
+            .await?,
+        )
     } else {
         None
     };

@@ -2,39 +2,51 @@
 //! before the `turn` crate sees it. Forged credentials are refused with `401`
 //! ([`REASON_BAD_CREDENTIALS`]), and so are expired ones ([`REASON_EXPIRED`]), except that the
 //! allocation made with a credential can be refreshed, and its permissions and channels
-//! created, with it from the same address for up to [`MAX_TTL`] after it expired. [`TurnStats`]
-//! counts what was refused and what was renewed after expiry.
+//! created, with it from the same address for up to [`MAX_TTL`] after it expired. Peers the
+//! [`PeerPolicy`] refuses are answered `403 Forbidden` ([`REASON_FORBIDDEN_PEER`]), and an
+//! `Allocate` over a credential's or a user's cap `486 Allocation Quota Reached`.
+//! [`TurnStats`] counts what was refused and what was renewed after expiry.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use stun::agent::TransactionId;
-use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
-use stun::error_code::{CODE_UNAUTHORIZED, ErrorCodeAttribute};
+use stun::attributes::{
+    ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
+};
+use stun::error_code::{
+    CODE_ALLOC_QUOTA_REACHED, CODE_FORBIDDEN, CODE_UNAUTHORIZED, ErrorCode, ErrorCodeAttribute,
+};
 use stun::integrity::MessageIntegrity;
 use stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, METHOD_ALLOCATE,
-    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, Message, MessageType, Method,
-    Setter, is_message,
+    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
+    MAGIC_COOKIE, METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH,
+    METHOD_SEND, Message, MessageType, Method, Setter, is_message,
 };
 use stun::textattrs::{Nonce, Realm, Username};
 use tokio::net::UdpSocket;
 use turn::allocation::AllocationInfo;
 use turn::auth::generate_auth_key;
+use turn::proto::relayaddr::RelayedAddress;
 use webrtc_util::Conn;
 use zeroize::Zeroizing;
 
 use crate::credentials::{MAX_TTL, parse_username, rest_password};
+use crate::peers::{Peer, PeerPolicy, canonical};
 
 /// The reason phrase of a `401` for a correctly signed but expired credential.
 pub const REASON_EXPIRED: &str = "Unauthorized: credential expired";
 /// The reason phrase of a `401` for a forged credential (wrong HMAC, malformed username,
 /// foreign realm).
 pub const REASON_BAD_CREDENTIALS: &str = "Unauthorized";
+/// The reason phrase of a `403` for a peer address the [`PeerPolicy`] refuses.
+pub const REASON_FORBIDDEN_PEER: &str = "Forbidden: peer address not allowed";
+/// The reason phrase of a `486` for an allocation over a credential's or a user's cap.
+pub const REASON_QUOTA: &str = "Allocation Quota Reached";
 /// Most allocations tracked for renewal after their credential expired; beyond it, new
 /// allocations still work but cannot be renewed past their credential's expiry.
 const MAX_TRACKED_ALLOCATIONS: usize = 65_536;
@@ -54,6 +66,10 @@ pub struct TurnStats {
     /// `CreatePermission` and `ChannelBind` requests answered with success for an allocation
     /// whose credential had already expired.
     pub permissions_after_expiry: u64,
+    /// `CreatePermission` and `ChannelBind` requests refused `403` for a peer address.
+    pub refused_peers: u64,
+    /// `Allocate` requests refused `486` for a credential's or a user's cap.
+    pub refused_quota: u64,
 }
 
 /// Checks TURN REST credentials before the `turn` crate sees a request.
@@ -75,6 +91,16 @@ pub(crate) struct Gate {
     allocations: Mutex<HashMap<SocketAddr, String>>,
     /// Transaction ids of renewals let through after expiry, awaiting the server's answer.
     renewals: Mutex<HashMap<TransactionId, Method>>,
+    /// Transaction ids of new allocations counted against the caps, awaiting the server's
+    /// answer (a refused one is not counted any more).
+    pending_allocations: Mutex<HashMap<TransactionId, SocketAddr>>,
+    /// Which peers may be reached; the allocation caps.
+    policy: PeerPolicy,
+    /// The relayed addresses of the allocations the server granted: the only ports of its
+    /// own addresses a peer may be at.
+    relayed: Mutex<HashSet<SocketAddr>>,
+    refused_peers: AtomicU64,
+    refused_quota: AtomicU64,
     refused_expired: AtomicU64,
     refused_bad_credentials: AtomicU64,
     refreshes_after_expiry: AtomicU64,
@@ -89,16 +115,23 @@ enum Verdict {
 enum Refusal {
     Expired,
     BadCredentials,
+    ForbiddenPeer,
+    Quota,
 }
 
 impl Gate {
-    /// A gate for `realm` and `secret`, tracking no allocation yet.
-    pub(crate) fn new(realm: &str, secret: &[u8]) -> Self {
+    /// A gate for `realm` and `secret` applying `policy`, tracking no allocation yet.
+    pub(crate) fn new(realm: &str, secret: &[u8], policy: PeerPolicy) -> Self {
         Gate {
             realm: realm.to_owned(),
             secret: Zeroizing::new(secret.to_vec()),
             allocations: Mutex::default(),
             renewals: Mutex::default(),
+            pending_allocations: Mutex::default(),
+            policy,
+            relayed: Mutex::default(),
+            refused_peers: AtomicU64::new(0),
+            refused_quota: AtomicU64::new(0),
             refused_expired: AtomicU64::new(0),
             refused_bad_credentials: AtomicU64::new(0),
             refreshes_after_expiry: AtomicU64::new(0),
@@ -112,6 +145,8 @@ impl Gate {
             refused_bad_credentials: self.refused_bad_credentials.load(Ordering::Relaxed),
             refreshes_after_expiry: self.refreshes_after_expiry.load(Ordering::Relaxed),
             permissions_after_expiry: self.permissions_after_expiry.load(Ordering::Relaxed),
+            refused_peers: self.refused_peers.load(Ordering::Relaxed),
+            refused_quota: self.refused_quota.load(Ordering::Relaxed),
         }
     }
 
@@ -122,10 +157,19 @@ impl Gate {
             return Verdict::Pass;
         }
         let mut m = Message::new();
-        if m.unmarshal_binary(packet).is_err()
-            || m.typ.class != CLASS_REQUEST
-            || !m.contains(ATTR_MESSAGE_INTEGRITY)
-        {
+        if m.unmarshal_binary(packet).is_err() {
+            return Verdict::Pass;
+        }
+        if m.typ.class == CLASS_INDICATION && m.typ.method == METHOD_SEND {
+            // Data to a peer (unauthenticated, needs a permission for the peer's IP): the
+            // port matters for the server's own IP.
+            if self.peers_permitted(&m) {
+                return Verdict::Pass;
+            }
+            self.refused_peers.fetch_add(1, Ordering::Relaxed);
+            return Verdict::Refuse(Vec::new());
+        }
+        if m.typ.class != CLASS_REQUEST || !m.contains(ATTR_MESSAGE_INTEGRITY) {
             return Verdict::Pass;
         }
         let (Ok(username), Ok(realm)) = (
@@ -138,14 +182,20 @@ impl Gate {
         match self.check(&mut m, &username.text, &realm.text, src, now) {
             Ok(()) => Verdict::Pass,
             Err(refusal) => {
-                let (counter, reason) = match refusal {
-                    Refusal::Expired => (&self.refused_expired, REASON_EXPIRED),
-                    Refusal::BadCredentials => {
-                        (&self.refused_bad_credentials, REASON_BAD_CREDENTIALS)
+                let (counter, code, reason) = match refusal {
+                    Refusal::Expired => (&self.refused_expired, CODE_UNAUTHORIZED, REASON_EXPIRED),
+                    Refusal::BadCredentials => (
+                        &self.refused_bad_credentials,
+                        CODE_UNAUTHORIZED,
+                        REASON_BAD_CREDENTIALS,
+                    ),
+                    Refusal::ForbiddenPeer => {
+                        (&self.refused_peers, CODE_FORBIDDEN, REASON_FORBIDDEN_PEER)
                     }
+                    Refusal::Quota => (&self.refused_quota, CODE_ALLOC_QUOTA_REACHED, REASON_QUOTA),
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                match self.unauthorized(&m, reason) {
+                match self.error_response(&m, code, reason) {
                     Some(response) => Verdict::Refuse(response),
                     // Cannot happen for the attributes used; dropping the request is safe.
                     None => Verdict::Refuse(Vec::new()),
@@ -176,17 +226,14 @@ impl Gate {
             .map_err(|_| Refusal::Expired)?
             .as_secs();
         let method = m.typ.method;
+        if matches!(method, METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND)
+            && !self.peers_permitted(m)
+        {
+            return Err(Refusal::ForbiddenPeer);
+        }
         if expiry > now {
             if method == METHOD_ALLOCATE {
-                // The first username stays until the server closes that allocation (as the
-                // server itself refuses a second allocation for the same address), so a spoofed
-                // Allocate from the same address cannot take over the renewal right.
-                let mut allocations = lock(&self.allocations);
-                if allocations.len() < MAX_TRACKED_ALLOCATIONS {
-                    allocations
-                        .entry(src)
-                        .or_insert_with(|| username.to_owned());
-                }
+                self.admit_allocation(m.transaction_id, username, src)?;
             }
             return Ok(());
         }
@@ -205,6 +252,92 @@ impl Gate {
             return Ok(());
         }
         Err(Refusal::Expired)
+    }
+
+    /// Whether every `XOR-PEER-ADDRESS` of `m` is a peer the policy permits (one that does
+    /// not decode is not). At the server's own IP, a permission (`CreatePermission`, per IP)
+    /// is granted, while a channel or data needs the port of one of its allocations.
+    fn peers_permitted(&self, m: &Message) -> bool {
+        let per_ip = m.typ.method == METHOD_CREATE_PERMISSION;
+        m.attributes
+            .0
+            .iter()
+            .filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS)
+            .all(|a| {
+                let Some(peer) = xor_peer(&a.value, &m.transaction_id) else {
+                    return false;
+                };
+                match self.policy.judge(peer.ip()) {
+                    Peer::Allowed => true,
+                    Peer::Forbidden => false,
+                    Peer::Own => {
+                        per_ip
+                            || lock(&self.relayed)
+                                .contains(&SocketAddr::new(canonical(peer.ip()), peer.port()))
+                    }
+                }
+            })
+    }
+
+    /// Counts a new allocation from `src` under `username` against the caps. The first
+    /// username stays until the server closes that allocation (as the server itself refuses
+    /// a second allocation for the same address), so a spoofed Allocate from the same
+    /// address cannot take over the renewal right; a repeated Allocate from an address that
+    /// holds one is not counted again.
+    fn admit_allocation(
+        &self,
+        transaction: TransactionId,
+        username: &str,
+        src: SocketAddr,
+    ) -> Result<(), Refusal> {
+        let mut allocations = lock(&self.allocations);
+        if allocations.contains_key(&src) {
+            return Ok(());
+        }
+        let user = user_of(username);
+        let (mut same_credential, mut same_user) = (0usize, 0usize);
+        for held in allocations.values() {
+            same_credential += usize::from(held == username);
+            same_user += usize::from(user_of(held) == user);
+        }
+        if same_credential >= self.policy.max_allocations_per_credential
+            || same_user >= self.policy.max_allocations_per_user
+        {
+            return Err(Refusal::Quota);
+        }
+        if allocations.len() < MAX_TRACKED_ALLOCATIONS {
+            allocations.insert(src, username.to_owned());
+            let mut pending = lock(&self.pending_allocations);
+            if pending.len() >= MAX_PENDING_RENEWALS {
+                // Their allocations stay counted until the server closes them.
+                pending.clear();
+            }
+            pending.insert(transaction, src);
+        }
+        Ok(())
+    }
+
+    /// An error response to request `m`: `code` with `reason`, and for `401` the realm and
+    /// the request's nonce.
+    fn error_response(&self, m: &Message, code: ErrorCode, reason: &str) -> Option<Vec<u8>> {
+        if code != CODE_UNAUTHORIZED {
+            let mut response = Message::new();
+            response
+                .build(&[
+                    Box::new(Message {
+                        transaction_id: m.transaction_id,
+                        ..Default::default()
+                    }),
+                    Box::new(MessageType::new(m.typ.method, CLASS_ERROR_RESPONSE)),
+                    Box::new(ErrorCodeAttribute {
+                        code,
+                        reason: reason.as_bytes().to_vec(),
+                    }),
+                ])
+                .ok()?;
+            return Some(response.raw);
+        }
+        self.unauthorized(m, reason)
     }
 
     /// `401 Unauthorized` for request `m`, with the realm and the request's nonce.
@@ -231,12 +364,29 @@ impl Gate {
 
     /// Notes the server's answer to a renewal let through after its credential expired.
     fn observe_outgoing(&self, packet: &[u8]) {
-        if lock(&self.renewals).is_empty() || !is_message(packet) {
+        if (lock(&self.renewals).is_empty() && lock(&self.pending_allocations).is_empty())
+            || !is_message(packet)
+        {
             return;
         }
         let mut m = Message::new();
         if m.unmarshal_binary(packet).is_err() {
             return;
+        }
+        let allocated = lock(&self.pending_allocations).remove(&m.transaction_id);
+        if let Some(src) = allocated {
+            if m.typ.class == CLASS_SUCCESS_RESPONSE {
+                let mut relayed = RelayedAddress::default();
+                if relayed.get_from(&m).is_ok() {
+                    let mut set = lock(&self.relayed);
+                    if set.len() < MAX_TRACKED_ALLOCATIONS {
+                        set.insert(SocketAddr::new(canonical(relayed.ip), relayed.port));
+                    }
+                }
+            } else {
+                // Refused by the server: no allocation to count (nor to renew).
+                lock(&self.allocations).remove(&src);
+            }
         }
         let Some(method) = lock(&self.renewals).remove(&m.transaction_id) else {
             return;
@@ -254,10 +404,50 @@ impl Gate {
 
     /// Forgets an allocation the server closed.
     pub(crate) fn closed(&self, info: &AllocationInfo) {
+        lock(&self.relayed).remove(&SocketAddr::new(
+            canonical(info.relay_addr.ip()),
+            info.relay_addr.port(),
+        ));
         let mut allocations = lock(&self.allocations);
         if allocations.get(&info.five_tuple.src_addr) == Some(&info.username) {
             allocations.remove(&info.five_tuple.src_addr);
         }
+    }
+}
+
+/// The user of a credential's username for the per-user cap: its user part up to the first
+/// `/` (the relay mints `<user>/d<device>`), or the whole user part.
+fn user_of(username: &str) -> &str {
+    let user = parse_username(username).map_or(username, |(_, user)| user);
+    user.split('/').next().unwrap_or(user)
+}
+
+/// The address of an `XOR-PEER-ADDRESS` value (RFC 8489 §14.2: family, port and address
+/// XORed with the magic cookie and, for IPv6, the transaction id).
+fn xor_peer(value: &[u8], transaction: &TransactionId) -> Option<SocketAddr> {
+    let port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]) ^ (MAGIC_COOKIE >> 16) as u16;
+    xor_peer_ip(value, transaction).map(|ip| SocketAddr::new(ip, port))
+}
+
+fn xor_peer_ip(value: &[u8], transaction: &TransactionId) -> Option<IpAddr> {
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    key[4..].copy_from_slice(&transaction.0);
+    let family = u16::from_be_bytes([*value.first()?, *value.get(1)?]);
+    let xored = |len: usize| -> Option<Vec<u8>> {
+        let addr = value.get(4..4 + len)?;
+        Some(addr.iter().zip(key.iter()).map(|(a, k)| a ^ k).collect())
+    };
+    match family {
+        0x01 => {
+            let b = xored(4)?;
+            Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
+        }
+        0x02 => {
+            let b: [u8; 16] = xored(16)?.try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
     }
 }
 
@@ -391,7 +581,7 @@ mod tests {
     /// refused as bad; unauthenticated requests and non-STUN datagrams pass to the crate.
     #[test]
     fn gate_allocates_with_fresh_credentials_and_renews_only_its_own_allocation_after_expiry() {
-        let gate = Gate::new("cove", SECRET);
+        let gate = Gate::new("cove", SECRET, PeerPolicy::default());
         let carol: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let eve: SocketAddr = "127.0.0.1:4001".parse().unwrap();
         let t0 = 1_700_000_000;
@@ -457,7 +647,7 @@ mod tests {
     /// refreshes from that address.
     #[test]
     fn a_closed_allocation_is_no_longer_renewed_after_expiry() {
-        let gate = Gate::new("cove", SECRET);
+        let gate = Gate::new("cove", SECRET, PeerPolicy::default());
         let carol: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let t0 = 1_700_000_000;
         let c = turn_credentials(SECRET, "carol", Duration::from_secs(60), at(t0)).unwrap();

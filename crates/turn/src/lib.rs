@@ -22,17 +22,23 @@
 //!
 //! - [`credentials`]: minting and checking credentials.
 //! - [`gate`]: the check every authenticated request passes before the `turn` crate sees it.
+//! - [`peers`]: which peers an allocation may reach (never the relay's own network by
+//!   default) and the allocation caps per credential and per user.
 //! - [`server`]: starting and stopping the server ([`start_turn_server`]).
 #![deny(missing_docs)]
 
 pub mod credentials;
 pub mod gate;
+pub mod peers;
 pub mod server;
 
 pub use credentials::{
     DEFAULT_TTL, MAX_TTL, MAX_USER_LEN, TurnCredentials, turn_credentials, verify_turn_credentials,
 };
-pub use gate::{REASON_BAD_CREDENTIALS, REASON_EXPIRED, TurnStats};
+pub use gate::{
+    REASON_BAD_CREDENTIALS, REASON_EXPIRED, REASON_FORBIDDEN_PEER, REASON_QUOTA, TurnStats,
+};
+pub use peers::{IpRange, PeerPolicy};
 pub use server::{TurnServerHandle, start_turn_server, start_turn_server_with_relay_ip};
 
 /// Errors of the TURN server.

@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 use crate::TurnError;
 use crate::credentials::{parse_username, rest_password};
 use crate::gate::{Gate, GatedConn, TurnStats};
+use crate::peers::PeerPolicy;
 
 /// The key derivation the `turn` crate's server runs for every authenticated request.
 ///
@@ -76,29 +77,34 @@ impl TurnServerHandle {
     }
 }
 
-/// Starts a TURN server on `udp_addr` (port 0 picks one). Relayed addresses are allocated on
-/// the same IP as `udp_addr` (so an unspecified address is refused: give the public or
-/// loopback IP, or use [`start_turn_server_with_relay_ip`]).
+/// Starts a TURN server on `udp_addr` (port 0 picks one) relaying only to the peers `policy`
+/// permits (its own addresses are added to the refused ones). Relayed addresses are
+/// allocated on the same IP as `udp_addr` (so an unspecified address is refused: give the
+/// public or loopback IP, or use [`start_turn_server_with_relay_ip`]).
 pub async fn start_turn_server(
     udp_addr: SocketAddr,
     realm: &str,
     shared_secret: &[u8],
+    policy: PeerPolicy,
 ) -> Result<TurnServerHandle, TurnError> {
     if udp_addr.ip().is_unspecified() {
         return Err(TurnError::BadParameters(
             "bind a concrete IP (it is also the relay IP)",
         ));
     }
-    start_turn_server_with_relay_ip(udp_addr, udp_addr.ip(), realm, shared_secret).await
+    start_turn_server_with_relay_ip(udp_addr, udp_addr.ip(), realm, shared_secret, policy).await
 }
 
 /// Starts a TURN server listening on `udp_addr` (which may be `0.0.0.0:3478`) that allocates
-/// relayed addresses on `relay_ip` (the address clients can reach, e.g. the public IP).
+/// relayed addresses on `relay_ip` (the address clients can reach, e.g. the public IP) and
+/// relays only to the peers `policy` permits (never to `udp_addr`'s or `relay_ip`'s own
+/// address unless the policy's allow list names them).
 pub async fn start_turn_server_with_relay_ip(
     udp_addr: SocketAddr,
     relay_ip: IpAddr,
     realm: &str,
     shared_secret: &[u8],
+    mut policy: PeerPolicy,
 ) -> Result<TurnServerHandle, TurnError> {
     if relay_ip.is_unspecified() {
         return Err(TurnError::BadParameters(
@@ -112,7 +118,11 @@ pub async fn start_turn_server_with_relay_ip(
     }
     let socket = Arc::new(UdpSocket::bind(udp_addr).await?);
     let local_addr = socket.local_addr()?;
-    let gate = Arc::new(Gate::new(realm, shared_secret));
+    policy.refuse_own(relay_ip);
+    if !udp_addr.ip().is_unspecified() {
+        policy.refuse_own(udp_addr.ip());
+    }
+    let gate = Arc::new(Gate::new(realm, shared_secret, policy));
     let conn = Arc::new(GatedConn::new(socket, Arc::clone(&gate)));
     // Closed allocations are forgotten by the gate; the task ends with the server.
     let (closed_tx, mut closed_rx) = mpsc::channel::<AllocationInfo>(64);

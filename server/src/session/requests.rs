@@ -101,7 +101,12 @@ impl Session {
                 }
             }
             Route::TurnCredentials(device) => match &self.shared.turn {
-                Some(turn) => turn.credentials(device),
+                // The user names the per-user allocation cap's bucket.
+                Some(turn) => match blocking(&self.shared, move |s| s.device(device)).await {
+                    Ok(Some((user, _))) => turn.credentials(&user, device),
+                    Ok(None) => Err(ErrorReply::new(ErrorCode::UnknownDevice, "unknown device")),
+                    Err(e) => Err(store_error_reply(&e)),
+                },
                 None => logic::no_turn(),
             },
             Route::Request(device, body) => {

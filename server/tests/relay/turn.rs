@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cove_test_utils::TestRelay;
-use cove_turn::{REASON_BAD_CREDENTIALS, REASON_EXPIRED, TurnStats};
+use cove_turn::{
+    PeerPolicy, REASON_BAD_CREDENTIALS, REASON_EXPIRED, REASON_FORBIDDEN_PEER, REASON_QUOTA,
+    TurnStats,
+};
 use cove_wire::{Reply, Request};
 use stun::agent::TransactionId;
 use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
@@ -14,12 +17,15 @@ use stun::error_code::{CODE_UNAUTHORIZED, ErrorCodeAttribute};
 use stun::fingerprint::FINGERPRINT;
 use stun::integrity::MessageIntegrity;
 use stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, METHOD_ALLOCATE,
-    METHOD_CREATE_PERMISSION, METHOD_REFRESH, Message, MessageClass, MessageType, Method, Setter,
+    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
+    METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND,
+    Message, MessageClass, MessageType, Method, Setter,
 };
 use stun::textattrs::{Nonce, Realm, Username};
 use tokio::net::UdpSocket;
 use turn::proto::PROTO_UDP;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::data::Data;
 use turn::proto::lifetime::Lifetime;
 use turn::proto::peeraddr::PeerAddress;
 use turn::proto::relayaddr::RelayedAddress;
@@ -151,6 +157,47 @@ impl RawTurn {
         self.request(METHOD_CREATE_PERMISSION, vec![Box::new(peer)])
             .await
     }
+
+    /// Sends `data` to `peer` in a `Send` indication (no answer comes).
+    async fn send_indication(&self, peer: SocketAddr, data: &[u8]) {
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
+            Box::new(PeerAddress {
+                ip: peer.ip(),
+                port: peer.port(),
+            }),
+            Box::new(Data(data.to_vec())),
+            Box::new(FINGERPRINT),
+        ])
+        .unwrap();
+        self.socket.send_to(&m.raw, self.server).await.unwrap();
+    }
+
+    async fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Message {
+        let peer = PeerAddress {
+            ip: peer.ip(),
+            port: peer.port(),
+        };
+        self.request(
+            METHOD_CHANNEL_BIND,
+            vec![Box::new(ChannelNumber(channel)), Box::new(peer)],
+        )
+        .await
+    }
+}
+
+/// TURN credentials the relay hands to a freshly registered device of `user`.
+async fn credentials_of(relay: &TestRelay, user: &str) -> (String, String) {
+    let (mut client, _) = relay.register(user).await.unwrap();
+    let Reply::TurnCredentials {
+        username, password, ..
+    } = client.call(Request::TurnCredentials).await.unwrap()
+    else {
+        panic!("not TurnCredentials");
+    };
+    (username, password)
 }
 
 fn error_of(m: &Message) -> Option<(u16, String)> {
@@ -194,6 +241,8 @@ async fn relay_issued_turn_credential_renews_its_allocation_after_expiry_but_all
     let relay = TestRelay::configured(|config| {
         config.turn_listen = Some("127.0.0.1:0".parse().unwrap());
         config.turn_credential_ttl = Duration::from_secs(3);
+        // The peer below is on this machine.
+        config.turn_peers = PeerPolicy::allowing(["127.0.0.0/8".parse().unwrap()]);
     })
     .await;
     let server = relay.handle().turn_addr().unwrap();
@@ -209,7 +258,7 @@ async fn relay_issued_turn_credential_renews_its_allocation_after_expiry_but_all
     };
     assert_eq!(urls.0, vec![format!("turn:{server}?transport=udp")]);
     let expires_at = expires_at_ms / 1000;
-    assert_eq!(username, format!("{expires_at}:d{}", keys.id()));
+    assert_eq!(username, format!("{expires_at}:alice/d{}", keys.id()));
 
     // Allocated while the credential is fresh (it has at least two seconds left).
     let mut carol = RawTurn::new(server, &username, &password).await;
@@ -258,9 +307,185 @@ async fn relay_issued_turn_credential_renews_its_allocation_after_expiry_but_all
             refused_bad_credentials: 1,
             refreshes_after_expiry: 1,
             permissions_after_expiry: 1,
+            refused_peers: 0,
+            refused_quota: 0,
         })
     );
     // Closing the allocation (a Refresh with lifetime 0) works after expiry too.
     assert_eq!(answer(&carol.refresh(Duration::ZERO).await), success());
+    relay.shutdown().await;
+}
+
+fn refused(code: u16, reason: &str) -> Answer {
+    Answer {
+        class: CLASS_ERROR_RESPONSE,
+        error: Some((code, reason.to_owned())),
+    }
+}
+
+/// With the default policy the relay's TURN server is no open relay into its own network: a
+/// member's allocation gets no permission and no channel to loopback (IPv4, IPv6, mapped),
+/// private, link-local or metadata addresses, each refused `403`; at the relay's own IP only
+/// the ports of allocations are reachable (a channel to another port is refused, data sent
+/// there dropped); a permission to a public address is granted, and the counters agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_allocation_cannot_reach_loopback_private_or_the_relay_itself() {
+    let relay = TestRelay::configured(|config| {
+        config.turn_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let server = relay.handle().turn_addr().unwrap();
+    let (username, password) = credentials_of(&relay, "alice").await;
+    let mut alice = RawTurn::new(server, &username, &password).await;
+    assert_eq!(answer(&alice.allocate().await), success());
+
+    let internal = [
+        "10.0.0.1:53",
+        "192.168.1.1:80",
+        "172.16.0.1:80",
+        "169.254.169.254:80",
+        "100.64.0.1:80",
+        "127.0.0.2:22",
+        "[::1]:22",
+        "[fd00::1]:22",
+        "[fe80::1]:22",
+        "[::ffff:127.0.0.2]:22",
+        "0.0.0.0:22",
+        "224.0.0.1:5000",
+    ];
+    for peer in internal {
+        let peer: SocketAddr = peer.parse().unwrap();
+        assert_eq!(
+            answer(&alice.create_permission(peer).await),
+            refused(403, REASON_FORBIDDEN_PEER),
+            "permission to {peer}"
+        );
+    }
+    let channel_peer: SocketAddr = "10.0.0.1:3478".parse().unwrap();
+    assert_eq!(
+        answer(&alice.channel_bind(0x4000, channel_peer).await),
+        refused(403, REASON_FORBIDDEN_PEER)
+    );
+    // A public peer is fine (a permission sends nothing by itself).
+    let public: SocketAddr = "203.0.113.7:5000".parse().unwrap();
+    assert_eq!(answer(&alice.create_permission(public).await), success());
+
+    // The relay's own IP (127.0.0.1 here) is a peer only at the ports of its allocations:
+    // the permission (per IP) is granted, a channel to another port of the host is not, nor
+    // is data sent there; a channel to bob's relayed address is.
+    let (bob_user, bob_password) = credentials_of(&relay, "bob").await;
+    let mut bob = RawTurn::new(server, &bob_user, &bob_password).await;
+    let allocated = bob.allocate().await;
+    assert_eq!(answer(&allocated), success());
+    let mut bobs = RelayedAddress::default();
+    bobs.get_from(&allocated).unwrap();
+    let bobs = SocketAddr::new(bobs.ip, bobs.port);
+    assert_eq!(bobs.ip(), server.ip());
+    assert_eq!(answer(&alice.create_permission(server).await), success());
+    let host_service = SocketAddr::new(server.ip(), 22);
+    assert_eq!(
+        answer(&alice.channel_bind(0x4001, host_service).await),
+        refused(403, REASON_FORBIDDEN_PEER)
+    );
+    assert_eq!(answer(&alice.channel_bind(0x4002, bobs).await), success());
+    alice
+        .send_indication(server, b"to the relay's own TURN port")
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let expected = internal.len() as u64 + 3;
+    while relay.handle().turn_stats().unwrap().refused_peers < expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the Send was not judged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        relay.handle().turn_stats(),
+        Some(TurnStats {
+            refused_peers: expected,
+            ..TurnStats::default()
+        })
+    );
+    relay.shutdown().await;
+}
+
+/// Allocations are capped per credential and per user (the user's devices together): with
+/// caps of 2 and 3, alice's first credential allocates twice and is refused a third time
+/// (`486`); her second device's credential allocates once more and is then refused for the
+/// user's cap, while bob is not affected; a released allocation frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_allocations_are_capped_per_credential_and_per_user() {
+    let relay = TestRelay::configured(|config| {
+        config.turn_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.turn_peers.max_allocations_per_credential = 2;
+        config.turn_peers.max_allocations_per_user = 3;
+    })
+    .await;
+    let server = relay.handle().turn_addr().unwrap();
+    let (mut alice_client, alice_keys) = relay.register("alice").await.unwrap();
+    let mut phone_keys = cove_test_utils::DeviceKeys::generate("alice");
+    crate::device_lists::publish_signed_list(
+        &mut alice_client,
+        &alice_keys,
+        &[phone_keys.public_key()],
+    )
+    .await;
+    let Reply::TurnCredentials {
+        username: laptop_user,
+        password: laptop_password,
+        ..
+    } = alice_client.call(Request::TurnCredentials).await.unwrap()
+    else {
+        panic!("not TurnCredentials");
+    };
+    let mut laptop = Vec::new();
+    for _ in 0..2 {
+        let mut c = RawTurn::new(server, &laptop_user, &laptop_password).await;
+        assert_eq!(answer(&c.allocate().await), success());
+        laptop.push(c);
+    }
+    let mut third = RawTurn::new(server, &laptop_user, &laptop_password).await;
+    assert_eq!(answer(&third.allocate().await), refused(486, REASON_QUOTA));
+
+    // alice's second device: its own credential, the same user.
+    let mut phone_client = relay.connect().await.unwrap();
+    phone_client
+        .register_device(&mut phone_keys, &alice_keys)
+        .await
+        .unwrap();
+    let Reply::TurnCredentials {
+        username: phone_user,
+        password: phone_password,
+        ..
+    } = phone_client.call(Request::TurnCredentials).await.unwrap()
+    else {
+        panic!("not TurnCredentials");
+    };
+    assert_ne!(phone_user, laptop_user);
+    let mut phone = RawTurn::new(server, &phone_user, &phone_password).await;
+    assert_eq!(answer(&phone.allocate().await), success());
+    let mut phone2 = RawTurn::new(server, &phone_user, &phone_password).await;
+    assert_eq!(answer(&phone2.allocate().await), refused(486, REASON_QUOTA));
+
+    // bob is not affected.
+    let (bob_user, bob_password) = credentials_of(&relay, "bob").await;
+    let mut bob = RawTurn::new(server, &bob_user, &bob_password).await;
+    assert_eq!(answer(&bob.allocate().await), success());
+
+    // Releasing one of the laptop's allocations makes room for the refused one.
+    assert_eq!(answer(&laptop[0].refresh(Duration::ZERO).await), success());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let a = answer(&third.allocate().await);
+        if a == success() {
+            break;
+        }
+        // The server tells the gate about the closed allocation a moment later.
+        assert_eq!(a, refused(486, REASON_QUOTA));
+        assert!(tokio::time::Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(relay.handle().turn_stats().unwrap().refused_quota >= 2);
     relay.shutdown().await;
 }

@@ -27,6 +27,8 @@ async fn relay_with_turn(dir: &Path) -> RelayHandle {
     config.store = StoreKind::Sqlite;
     config.limits = cove_test_utils::test_limits();
     config.turn_listen = Some("127.0.0.1:0".parse().unwrap());
+    // The peers are on this machine: let the TURN server relay to loopback.
+    config.turn_peers = cove_turn::PeerPolicy::allowing(["127.0.0.0/8".parse().unwrap()]);
     Relay::start(config).await.unwrap()
 }
 
@@ -255,6 +257,9 @@ async fn relay_only_call_through_the_relays_turn_server_leaves_no_secrets_on_the
             "127.0.0.1:0",
             "--turn-listen",
             "127.0.0.1:0",
+            // Both clients are on this machine.
+            "--turn-allow-peer",
+            "127.0.0.0/8",
             "--data",
         ])
         .arg(&data)

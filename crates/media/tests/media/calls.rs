@@ -281,9 +281,14 @@ async fn video_call_shows_the_sent_pattern() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_call_through_turn() {
     let secret = b"turn-shared-secret-for-tests";
-    let turn = start_turn_server("127.0.0.1:0".parse().unwrap(), "cove", secret)
-        .await
-        .unwrap();
+    let turn = start_turn_server(
+        "127.0.0.1:0".parse().unwrap(),
+        "cove",
+        secret,
+        loopback_peers(),
+    )
+    .await
+    .unwrap();
     let ice = |user: &str| {
         let c =
             turn_credentials(secret, user, Duration::from_secs(600), SystemTime::now()).unwrap();
@@ -379,9 +384,14 @@ fn unix_now() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turn_server_refuses_expired_and_forged_credentials() {
     let secret = b"turn-shared-secret-for-tests";
-    let turn = start_turn_server("127.0.0.1:0".parse().unwrap(), "cove", secret)
-        .await
-        .unwrap();
+    let turn = start_turn_server(
+        "127.0.0.1:0".parse().unwrap(),
+        "cove",
+        secret,
+        loopback_peers(),
+    )
+    .await
+    .unwrap();
     let server = turn.local_addr();
     let now = SystemTime::now();
     let day = Duration::from_secs(24 * 3600);
@@ -458,9 +468,14 @@ async fn turn_server_refuses_expired_and_forged_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turn_allocation_outlives_its_credential_but_a_new_one_is_refused() {
     let secret = b"turn-shared-secret-for-tests";
-    let turn = start_turn_server("127.0.0.1:0".parse().unwrap(), "cove", secret)
-        .await
-        .unwrap();
+    let turn = start_turn_server(
+        "127.0.0.1:0".parse().unwrap(),
+        "cove",
+        secret,
+        loopback_peers(),
+    )
+    .await
+    .unwrap();
     let server = turn.local_addr();
     // A short-lived credential: it expires at the next whole second plus two.
     let c = turn_credentials(secret, "carol", Duration::from_secs(3), SystemTime::now()).unwrap();
@@ -499,9 +514,14 @@ async fn turn_allocation_outlives_its_credential_but_a_new_one_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_call_outlives_its_turn_credential() {
     let secret = b"turn-shared-secret-for-tests";
-    let turn = start_turn_server("127.0.0.1:0".parse().unwrap(), "cove", secret)
-        .await
-        .unwrap();
+    let turn = start_turn_server(
+        "127.0.0.1:0".parse().unwrap(),
+        "cove",
+        secret,
+        loopback_peers(),
+    )
+    .await
+    .unwrap();
     // Credentials valid for a few seconds (the allocations are made when the call is set up,
     // well within them); the clients refresh their allocations every second.
     let creds: Vec<_> = ["alice", "bob"]
@@ -855,4 +875,10 @@ async fn keyframe_request_over_the_control_channel() {
     let stats = bob.end().await;
     assert_eq!(stats.peers[0].keyframe_requests_sent, 1);
     alice.end().await;
+}
+
+/// The peers of these tests are on this machine: a TURN server that relays to loopback (a
+/// real one never does, see `cove_turn::peers`).
+fn loopback_peers() -> cove_turn::PeerPolicy {
+    cove_turn::PeerPolicy::allowing(["127.0.0.0/8".parse().unwrap()])
 }
