@@ -25,7 +25,7 @@ pub use cove_core::{ChatMessage, Event};
 pub use cove_wire::{DeviceId, GroupId, UserName};
 pub use device::{
     DEFAULT_TIMEOUT, Device, DeviceError, DeviceListView, Incoming, LinkFailure, LinkProgress,
-    ListedDeviceView, Sent, message_view,
+    ListedDeviceView, RevokedDeviceView, Sent, message_view,
 };
 pub use session::{Session, SessionError, SessionEvent};
 pub use views::{GroupView, IdentityView, MessageView, file_line, human_size};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use cove::config::Home;
-use cove::{Device, LinkProgress};
+use cove::{Device, DeviceId, DeviceListView, LinkProgress};
 
 /// `cove device ...`
 #[derive(Debug, Subcommand)]
@@ -53,7 +53,9 @@ Example:
   cove device list
 
 Each line: the device key (the first 16 hex digits; `cove device revoke` takes any unique
-prefix), its name, when it was added, and which one is this device. Revoked devices follow.")]
+prefix), its relay id, its name, when it was added, when it last logged in to the relay
+(only the user's own devices may ask), and which one is this device. Revoked devices follow.
+Offline, the list this device last verified is shown, with ids and last seen unknown.")]
     List,
     /// Revoke a device of this user for good (lost or stolen): signs a revoke entry with the
     /// user's identity key (only the user's first device holds it) and publishes it.
@@ -120,23 +122,16 @@ pub async fn run(home: Home, cmd: DeviceCommand) -> anyhow::Result<()> {
             let synced = device.settle().await;
             let view = device.device_list().await;
             device.close().await;
-            synced?;
             let Some(view) = view? else {
+                synced?;
                 println!("no signed device list known for this user yet");
                 return Ok(());
             };
-            println!("identity key {}", short(&view.identity));
-            for d in &view.devices {
-                println!(
-                    "  {}  {:<16}  added {}{}",
-                    short(&d.key),
-                    d.name,
-                    utc(d.added_ms),
-                    if d.this { "  (this device)" } else { "" }
-                );
+            for line in device_list_lines(&view) {
+                println!("{line}");
             }
-            for key in &view.revoked {
-                println!("  {}  revoked", short(key));
+            if let Err(e) = synced {
+                println!("relay not reachable: {e}; showing the list this device last verified");
             }
             Ok(())
         }
@@ -148,6 +143,45 @@ pub async fn run(home: Home, cmd: DeviceCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The lines of `cove device list`: the identity key, then per device its key prefix, relay
+/// id, name, when it was added, when it last logged in to the relay ("now" for this device,
+/// whose connection just answered), and which one is this device; revoked devices after
+/// them. Without the relay's answer ids show as `?`, last seen as unknown, and a last line
+/// says so.
+pub(crate) fn device_list_lines(view: &DeviceListView) -> Vec<String> {
+    let id = |id: Option<DeviceId>| id.map_or_else(|| "?".to_owned(), |d| d.to_string());
+    let seen = |ms: Option<u64>| ms.map_or_else(|| "unknown".to_owned(), utc);
+    let mut lines = vec![format!("identity key {}", short(&view.identity))];
+    for d in &view.devices {
+        let last_seen = if d.this && view.from_relay {
+            "now".to_owned()
+        } else {
+            seen(d.last_seen_ms)
+        };
+        lines.push(format!(
+            "  {}  id {:<3}  {:<16}  added {}  last seen {}{}",
+            short(&d.key),
+            id(d.id),
+            d.name,
+            utc(d.added_ms),
+            last_seen,
+            if d.this { "  (this device)" } else { "" }
+        ));
+    }
+    for d in &view.revoked {
+        lines.push(format!(
+            "  {}  revoked  id {}  last seen {}",
+            short(&d.key),
+            id(d.id),
+            seen(d.last_seen_ms)
+        ));
+    }
+    if !view.from_relay {
+        lines.push("device ids and last seen unknown: the relay did not answer".to_owned());
+    }
+    lines
 }
 
 /// Prints the progress lines of linking by a code.

@@ -327,13 +327,16 @@ async fn a_duplicate_group_name_is_refused_and_the_first_group_keeps_working() {
 }
 
 /// Through the binaries: bob's first device lists both of his devices (the linked one added
-/// to the signed list), revokes the laptop by a key prefix, and from then on the laptop's
-/// `cove sync` fails with the relay's reason, while the list shows it revoked.
+/// to the signed list) with their relay ids and last-seen times, revokes the laptop by a key
+/// prefix, and from then on the laptop's `cove sync` fails with the relay's reason, while the
+/// list shows it revoked with its id and last login. With the relay gone, the list is still
+/// shown, ids and last seen unknown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_list_shows_both_devices_and_a_revoked_laptop_is_locked_out() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, server, ca) = relay(dir.path()).await;
     let d = dir.path().to_owned();
+    let bob_home = d.join("bob");
     tokio::task::spawn_blocking(move || {
         let bob = d.join("bob");
         let laptop = d.join("bob-laptop");
@@ -354,13 +357,34 @@ async fn device_list_shows_both_devices_and_a_revoked_laptop_is_locked_out() {
             lines[2].contains("device 2") && !lines[2].contains("this device"),
             "{out}"
         );
+        // The relay's ids (bob's first device is the relay's first) and last-seen times:
+        // "now" for the asking device, the laptop's login time for the laptop.
+        let fields = |line: &str| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fields(lines[1])[1..3], ["id", "1"], "{out}");
+        assert_eq!(fields(lines[2])[1..3], ["id", "2"], "{out}");
+        assert!(lines[1].contains("  last seen now  (this device)"), "{out}");
+        assert!(
+            lines[2].contains("  last seen 20") && lines[2].ends_with(" UTC"),
+            "{out}"
+        );
         let laptop_key = lines[2].split_whitespace().next().unwrap().to_owned();
-        // The laptop sees the same list, itself marked.
+        // The laptop sees the same list, itself marked, and bob's phone's last login.
         let seen = ok(&laptop, &["device", "list"]);
+        assert_eq!(seen.lines().count(), 3, "{seen}");
         assert!(
             seen.lines()
                 .nth(2)
-                .is_some_and(|l| l.ends_with("(this device)")),
+                .is_some_and(|l| l.ends_with("  last seen now  (this device)")),
+            "{seen}"
+        );
+        let phone = seen.lines().nth(1).unwrap();
+        assert_eq!(fields(phone)[1..3], ["id", "1"], "{seen}");
+        assert!(
+            phone.contains("  last seen 20") && phone.ends_with(" UTC"),
             "{seen}"
         );
         // The laptop cannot revoke (it does not hold the identity key).
@@ -376,15 +400,43 @@ async fn device_list_shows_both_devices_and_a_revoked_laptop_is_locked_out() {
         assert!(err.contains("this device was revoked by its user"), "{err}");
         let out = ok(&bob, &["device", "list"]);
         assert_eq!(out.lines().count(), 3, "{out}");
-        assert_eq!(
-            out.lines().nth(2).unwrap().trim(),
-            format!("{laptop_key}  revoked")
+        // The revoked laptop, with its id and the last login it made.
+        let revoked = out.lines().nth(2).unwrap().trim();
+        assert!(
+            revoked.starts_with(&format!("{laptop_key}  revoked  id 2  last seen 20"))
+                && revoked.ends_with(" UTC"),
+            "{out}"
         );
         assert!(fails(&bob, &["device", "revoke", "zz"]).contains("no device of this user"));
     })
     .await
     .unwrap();
     relay.shutdown().await;
+
+    // Offline: what this device last verified, without ids or times.
+    tokio::task::spawn_blocking(move || {
+        let out = ok(&bob_home, &["device", "list"]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 5, "{out}");
+        assert!(lines[0].starts_with("identity key "), "{out}");
+        assert!(
+            lines[1].contains("  id ?  ")
+                && lines[1].contains("first device")
+                && lines[1].ends_with("  last seen unknown  (this device)"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("  revoked  id ?  last seen unknown"),
+            "{out}"
+        );
+        assert_eq!(
+            lines[3],
+            "device ids and last seen unknown: the relay did not answer"
+        );
+        assert!(lines[4].starts_with("relay not reachable: "), "{out}");
+    })
+    .await
+    .unwrap();
 }
 
 /// `send-file` on a directory names the problem; `init` with a taken user name fails with

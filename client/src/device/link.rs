@@ -1,16 +1,19 @@
 //! Linking a further device of a user, and probing the relay on a side connection.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use cove_core::Client;
+use cove_core::{Client, Event};
 use cove_store::SqliteStore;
-use cove_wire::{ErrorReply, Reply, Request};
+use cove_wire::{DeviceId, ErrorReply, OwnDevice, Reply, Request};
+use tracing::warn;
 
 use super::error::DeviceError;
 use super::handle::{Device, seed};
 use super::open::remove_home;
 use crate::config::{ConfigError, Home};
 use crate::raw::RawConnection;
+use crate::session::SessionEvent;
 use crate::transport;
 
 impl Device {
@@ -98,23 +101,73 @@ pub struct ListedDeviceView {
     pub added_ms: u64,
     /// Whether it is this device.
     pub this: bool,
+    /// Its relay-assigned id (`None` when the relay did not answer, or has no device with
+    /// this key: listed but not registered yet).
+    pub id: Option<DeviceId>,
+    /// When it last authenticated with the relay (ms since the Unix epoch, by the relay's
+    /// clock); `None` when unknown.
+    pub last_seen_ms: Option<u64>,
 }
 
-/// A user's signed device list as this device verified it.
+/// A revoked device of the user, as `cove device list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedDeviceView {
+    /// The device key (hex).
+    pub key: String,
+    /// Its relay-assigned id, as [`ListedDeviceView::id`].
+    pub id: Option<DeviceId>,
+    /// Its last login before (or since) the revocation, as [`ListedDeviceView::last_seen_ms`].
+    pub last_seen_ms: Option<u64>,
+}
+
+/// A user's signed device list as this device verified it, joined by key with what the
+/// relay says of the user's devices (ids and last-seen times) when it could be asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceListView {
     /// The user's identity key (hex).
     pub identity: String,
     /// The devices listed now, in the order they were added.
     pub devices: Vec<ListedDeviceView>,
-    /// The keys (hex) of revoked devices.
-    pub revoked: Vec<String>,
+    /// The revoked devices, in the order the list names them.
+    pub revoked: Vec<RevokedDeviceView>,
+    /// Whether the relay answered (`ListOwnDevices`): when false (offline, or the relay
+    /// refused or did not answer in time), no id or last-seen time is known.
+    pub from_relay: bool,
 }
 
 impl Device {
     /// This user's devices as the signed device list names them (after syncing with the
-    /// relay when online), or `None` if this device has not seen its user's list.
-    pub async fn device_list(&self) -> Result<Option<DeviceListView>, DeviceError> {
+    /// relay when online), or `None` if this device has not seen its user's list. When
+    /// connected, also asks the relay for the user's devices (`ListOwnDevices`, on this
+    /// device's session) and adds their ids and last-seen times, matched by key: the names,
+    /// times added and revocations come only from the signed list, never from the relay.
+    ///
+    /// Session events that arrive while waiting for the relay's answer are dropped (as while
+    /// linking): received messages stay stored and are shown by a later `sync`.
+    pub async fn device_list(&mut self) -> Result<Option<DeviceListView>, DeviceError> {
+        let Some(mut view) = self.signed_device_list().await? else {
+            return Ok(None);
+        };
+        if let Some(relay) = self.own_devices_at_relay().await? {
+            let by_key: HashMap<String, &OwnDevice> =
+                relay.iter().map(|d| (d.key.to_hex(), d)).collect();
+            for d in &mut view.devices {
+                if let Some(r) = by_key.get(&d.key) {
+                    (d.id, d.last_seen_ms) = (Some(r.device), r.last_seen_ms);
+                }
+            }
+            for d in &mut view.revoked {
+                if let Some(r) = by_key.get(&d.key) {
+                    (d.id, d.last_seen_ms) = (Some(r.device), r.last_seen_ms);
+                }
+            }
+            view.from_relay = true;
+        }
+        Ok(Some(view))
+    }
+
+    /// The signed device list alone, as this device verified it (no relay round trip).
+    async fn signed_device_list(&self) -> Result<Option<DeviceListView>, DeviceError> {
         let user = self.config.user.clone();
         let (list, me) = self
             .session
@@ -123,7 +176,14 @@ impl Device {
         let Some(list) = list? else {
             return Ok(None);
         };
-        let revoked = list.revoked().map(|k| k.to_hex()).collect();
+        let revoked = list
+            .revoked()
+            .map(|k| RevokedDeviceView {
+                key: k.to_hex(),
+                id: None,
+                last_seen_ms: None,
+            })
+            .collect();
         // In the order they were added.
         let mut listed: Vec<_> = list.devices().collect();
         listed.sort_by_key(|d| d.index);
@@ -136,10 +196,53 @@ impl Device {
                     name: d.name.to_string(),
                     added_ms: d.added_ms,
                     this: d.key == me,
+                    id: None,
+                    last_seen_ms: None,
                 })
                 .collect(),
             revoked,
+            from_relay: false,
         }))
+    }
+
+    /// The relay's answer to `ListOwnDevices` on this device's session, or `None` when not
+    /// connected, refused, or not answered within the device's timeout (logged).
+    async fn own_devices_at_relay(&mut self) -> Result<Option<Vec<OwnDevice>>, DeviceError> {
+        let Some(id) = self
+            .session
+            .call(|c| c.send_request(Request::ListOwnDevices))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(None),
+                Err(_) => {
+                    warn!("the relay did not answer ListOwnDevices in time");
+                    return Ok(None);
+                }
+            };
+            match event {
+                SessionEvent::Core(Event::Reply { id: got, result }) if got == id => {
+                    return Ok(match result {
+                        Ok(Reply::OwnDevices { devices }) => Some(devices.0),
+                        Ok(other) => {
+                            warn!(?other, "unexpected answer to ListOwnDevices");
+                            None
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "the relay refused ListOwnDevices");
+                            None
+                        }
+                    });
+                }
+                SessionEvent::Disconnected(_) => return Ok(None),
+                _ => {}
+            }
+        }
     }
 
     /// Revokes the device of this user whose key starts with the hex digits `key_prefix`
@@ -148,7 +251,7 @@ impl Device {
     pub async fn revoke_device(&mut self, key_prefix: &str) -> Result<String, DeviceError> {
         let prefix = key_prefix.trim().to_ascii_lowercase();
         let view = self
-            .device_list()
+            .signed_device_list()
             .await?
             .ok_or(DeviceError::NotRegistered)?;
         let matches: Vec<&ListedDeviceView> = view

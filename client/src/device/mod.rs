@@ -31,6 +31,6 @@ mod queries;
 pub use error::DeviceError;
 pub use handle::{DEFAULT_TIMEOUT, Device};
 pub use inbox::{Incoming, message_view};
-pub use link::{DeviceListView, ListedDeviceView};
+pub use link::{DeviceListView, ListedDeviceView, RevokedDeviceView};
 pub use link_code::{LinkFailure, LinkProgress};
 pub use messages::Sent;

@@ -148,6 +148,11 @@ pub enum Request {
         /// The bytes (a SPAKE2 message, a confirmation or a sealed channel message).
         bytes: Payload,
     },
+    /// Lists the devices of this device's own user with what only the user may learn: when
+    /// each last authenticated, and whether the user's signed list revokes it. Answered
+    /// with [`Reply::OwnDevices`]. There is no way to ask this of another user: last-seen
+    /// times never leave the relay for anyone but the devices' own user.
+    ListOwnDevices,
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -302,6 +307,12 @@ pub enum Reply {
     LinkJoined,
     /// The bytes were passed on to the other device (answer to `LinkSend`).
     LinkSent,
+    /// The requesting device's own user's devices (answer to `ListOwnDevices`), revoked
+    /// ones included, ordered by id. At most [`crate::limits::MAX_VEC_ITEMS`] devices.
+    OwnDevices {
+        /// The devices.
+        devices: BoundedVec<OwnDevice>,
+    },
 }
 
 /// Why a link slot closed (in [`ServerFrame::LinkClosed`]).
@@ -320,6 +331,21 @@ pub struct DeviceInfo {
     pub device: DeviceId,
     /// Its Ed25519 public key.
     pub key: DeviceKey,
+}
+
+/// A device of the requester's own user, as the relay knows it (in [`Reply::OwnDevices`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnDevice {
+    /// The device (its relay-assigned id).
+    pub device: DeviceId,
+    /// Its Ed25519 public key.
+    pub key: DeviceKey,
+    /// When it last authenticated or registered, ms since the Unix epoch by the relay's
+    /// clock; `None` if the relay has no record (a device registered before the relay
+    /// recorded logins, and not seen since).
+    pub last_seen_ms: Option<u64>,
+    /// Whether the user's stored signed device list revokes its key.
+    pub revoked: bool,
 }
 
 /// A KeyPackage handed out by a claim.

@@ -2,7 +2,7 @@
 
 use cove_wire::{DeviceId, DeviceKey, ErrorCode, ErrorReply, Reply, Signature, UserName};
 use ed25519_dalek::VerifyingKey;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::reply::store_error_reply;
 use crate::store::RelayStore;
@@ -49,7 +49,10 @@ impl Connection {
     /// Authenticates the connection (registering the user or device first if asked). A
     /// challenge serves one signature check: after a failed check the connection closes with
     /// `AuthenticationFailed`; after success it is this device's.
-    pub fn authenticate(&mut self, store: &dyn RelayStore, auth: Auth) -> Answer {
+    ///
+    /// On success the device's last seen time becomes `now_ms` (relay time, ms since the
+    /// Unix epoch); a store failure there is logged and does not refuse the login.
+    pub fn authenticate(&mut self, store: &dyn RelayStore, auth: Auth, now_ms: u64) -> Answer {
         let Some(nonce) = self.nonce else {
             return Answer::reply(Err(ErrorReply::new(
                 ErrorCode::AuthenticationFailed,
@@ -85,6 +88,9 @@ impl Connection {
         };
         match result {
             Ok(device) => {
+                if let Err(error) = store.record_seen(device, now_ms) {
+                    warn!(%device, %error, "could not record the device's login time");
+                }
                 self.nonce = None;
                 self.device = Some(device);
                 Answer {

@@ -225,7 +225,7 @@ impl Connection {
     pub fn handle(&mut self, store: &dyn RelayStore, body: Request, now_ms: u64) -> Handled {
         let (answer, fanout) = match self.route(body, now_ms) {
             Route::Answer(reply) => (Answer::reply(reply), None),
-            Route::Authenticate(auth) => (self.authenticate(store, auth), None),
+            Route::Authenticate(auth) => (self.authenticate(store, auth, now_ms), None),
             Route::Post(post) => {
                 let outcome = append(store, post);
                 (Answer::reply(outcome.reply), outcome.fanout)

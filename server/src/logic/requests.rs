@@ -5,7 +5,8 @@ use cove_wire::limits::{
     MAX_VEC_ITEMS,
 };
 use cove_wire::{
-    BoundedVec, DeviceId, EntryKind, ErrorCode, ErrorReply, GroupEntry, Payload, Reply, Request,
+    BoundedVec, DeviceId, EntryKind, ErrorCode, ErrorReply, GroupEntry, OwnDevice, Payload, Reply,
+    Request,
 };
 use tracing::error;
 
@@ -39,6 +40,7 @@ pub fn request(
                 devices: BoundedVec(devices),
             })
         }
+        Request::ListOwnDevices => own_devices(store, device),
         Request::UploadKeyPackages {
             key_packages,
             last_resort,
@@ -123,6 +125,39 @@ pub fn request(
             Err(ErrorReply::new(ErrorCode::Internal, "internal error"))
         }
     }
+}
+
+/// The devices of `device`'s own user with their last-seen times and whether the user's
+/// signed list revokes them (`ListOwnDevices`). The user is the authenticated device's,
+/// never one the request names: no one learns another user's last-seen times.
+fn own_devices(store: &dyn RelayStore, device: DeviceId) -> Result<Reply, ErrorReply> {
+    let stored = |e: StoreError| store_error_reply(&e);
+    let (user, _) = store
+        .device(device)
+        .map_err(stored)?
+        .ok_or_else(|| stored(StoreError::UnknownDevice))?;
+    let devices = store.devices(&user).map_err(stored)?;
+    let seen: std::collections::HashMap<DeviceId, Option<u64>> = store
+        .last_seen(&user)
+        .map_err(stored)?
+        .into_iter()
+        .collect();
+    let list = store.device_list(&user).map_err(stored)?;
+    let mut own: Vec<OwnDevice> = devices
+        .into_iter()
+        .map(|d| OwnDevice {
+            device: d.device,
+            last_seen_ms: seen.get(&d.device).copied().flatten(),
+            revoked: cove_identity::revokes(&list, &d.key),
+            key: d.key,
+        })
+        .collect();
+    // A user has at most `MAX_DEVICES_PER_USER` unrevoked devices and a bounded list, so
+    // this never cuts in practice; the cap keeps the reply decodable whatever the store holds.
+    own.truncate(MAX_VEC_ITEMS);
+    Ok(Reply::OwnDevices {
+        devices: BoundedVec(own),
+    })
 }
 
 /// The answer to an acknowledgement the store applied (or refused).

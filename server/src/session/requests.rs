@@ -137,8 +137,9 @@ impl Session {
     /// once the reply is queued; after a failed signature the connection closes.
     async fn authenticate(&mut self, auth: Auth) -> Result<Reply, ErrorReply> {
         let mut conn = self.conn;
+        let now = now_ms();
         let done = blocking(&self.shared, move |s| {
-            let answer = conn.authenticate(s, auth);
+            let answer = conn.authenticate(s, auth, now);
             Ok((conn, answer))
         })
         .await;

@@ -84,6 +84,7 @@ macro_rules! relay_store_conformance {
             device_list_append_bounds,
             revoked_devices_do_not_count_against_the_cap,
             a_revoke_withdraws_the_devices_key_packages,
+            last_seen_moves_forward_per_device,
         );
     };
     (@cases $name:ident, $make:expr; $($case:ident),* $(,)?) => {
@@ -495,6 +496,55 @@ pub fn register_and_look_up(store: &dyn RelayStore) {
     assert_eq!(store.device(DeviceId(u64::MAX)).unwrap(), None);
     assert!(matches!(
         store.devices(&user("carol")),
+        Err(StoreError::UnknownUser)
+    ));
+}
+
+/// Last seen: none until recorded, then the latest recorded time, never backwards, per
+/// device and per user; unknown devices and users refused.
+pub fn last_seen_moves_forward_per_device(store: &dyn RelayStore) {
+    let alice = user("alice");
+    let a1 = store.register_user(&alice, &key(1)).unwrap();
+    let a2 = store.add_device(&alice, &key(2)).unwrap();
+    let b1 = device(store, "bob", 3);
+    assert_eq!(
+        store.last_seen(&alice).unwrap(),
+        vec![(a1, None), (a2, None)]
+    );
+
+    store.record_seen(a1, 1_000).unwrap();
+    store.record_seen(b1, 5_000).unwrap();
+    assert_eq!(
+        store.last_seen(&alice).unwrap(),
+        vec![(a1, Some(1_000)), (a2, None)]
+    );
+    store.record_seen(a1, 2_000).unwrap();
+    store.record_seen(a2, 1_500).unwrap();
+    // An older time (a clock step back) does not move it backwards.
+    store.record_seen(a1, 1_200).unwrap();
+    assert_eq!(
+        store.last_seen(&alice).unwrap(),
+        vec![(a1, Some(2_000)), (a2, Some(1_500))]
+    );
+    assert_eq!(
+        store.last_seen(&user("bob")).unwrap(),
+        vec![(b1, Some(5_000))]
+    );
+    // Times past i64 (SQLite's integers) are kept as the largest it can hold, not refused.
+    store.record_seen(b1, u64::MAX).unwrap();
+    let bob = store.last_seen(&user("bob")).unwrap();
+    assert!(bob[0].1.is_some_and(|t| t >= i64::MAX as u64), "{bob:?}");
+
+    assert!(matches!(
+        store.record_seen(DeviceId(9_999), 1),
+        Err(StoreError::UnknownDevice)
+    ));
+    assert!(matches!(
+        store.record_seen(DeviceId(u64::MAX), 1),
+        Err(StoreError::UnknownDevice)
+    ));
+    assert!(matches!(
+        store.last_seen(&user("carol")),
         Err(StoreError::UnknownUser)
     ));
 }

@@ -48,6 +48,8 @@ struct Inner {
 struct Device {
     user: UserName,
     key: DeviceKey,
+    /// When it last authenticated (relay ms), if ever recorded.
+    last_seen_ms: Option<u64>,
     key_packages: VecDeque<Vec<u8>>,
     last_resort: Option<Vec<u8>>,
     /// Inbox entries by seq; a Welcome's payload is shared by every device it added.
@@ -81,6 +83,7 @@ impl Inner {
             Device {
                 user: user.clone(),
                 key: *key,
+                last_seen_ms: None,
                 key_packages: VecDeque::new(),
                 last_resort: None,
                 inbox: Vec::new(),
@@ -255,6 +258,21 @@ impl RelayStore for MemoryStore {
     fn device(&self, device: DeviceId) -> Result<Option<(UserName, DeviceKey)>, StoreError> {
         let inner = self.lock()?;
         Ok(inner.devices.get(&device).map(|d| (d.user.clone(), d.key)))
+    }
+
+    fn record_seen(&self, device: DeviceId, now_ms: u64) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        let dev = inner.device_mut(device)?;
+        dev.last_seen_ms = Some(dev.last_seen_ms.map_or(now_ms, |seen| seen.max(now_ms)));
+        Ok(())
+    }
+
+    fn last_seen(&self, user: &UserName) -> Result<Vec<(DeviceId, Option<u64>)>, StoreError> {
+        let inner = self.lock()?;
+        let ids = inner.users.get(user).ok_or(StoreError::UnknownUser)?;
+        ids.iter()
+            .map(|id| Ok((*id, inner.device(*id)?.last_seen_ms)))
+            .collect()
     }
 
     fn upload_key_packages(

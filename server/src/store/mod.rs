@@ -172,6 +172,14 @@ pub trait RelayStore: Send + Sync + 'static {
     fn devices(&self, user: &UserName) -> Result<Vec<DeviceInfo>, StoreError>;
     /// A device's user and key, if it exists.
     fn device(&self, device: DeviceId) -> Result<Option<(UserName, DeviceKey)>, StoreError>;
+    /// Records that `device` authenticated (or registered) at `now_ms`, relay time in ms
+    /// since the Unix epoch. Last seen never moves backwards: an older `now_ms` than the one
+    /// recorded changes nothing. One small write per login; durable when it returns.
+    fn record_seen(&self, device: DeviceId, now_ms: u64) -> Result<(), StoreError>;
+    /// When each device of `user` last authenticated, ordered by id (the devices of
+    /// [`RelayStore::devices`]): `None` for a device with no record. UnknownUser if no such
+    /// user.
+    fn last_seen(&self, user: &UserName) -> Result<Vec<(DeviceId, Option<u64>)>, StoreError>;
 
     /// Adds normal KeyPackages to a device's stock and optionally replaces its last-resort one.
     /// All or nothing: Invalid for more than `limits::MAX_KEY_PACKAGES_PER_UPLOAD`, an empty

@@ -9,6 +9,7 @@ mod durability;
 mod groups;
 mod hostile;
 mod keypackages;
+mod last_seen;
 mod limits;
 mod link;
 mod logs;

@@ -75,6 +75,12 @@ impl RelayStore for Counting {
     fn device(&self, device: DeviceId) -> Result<Option<(UserName, DeviceKey)>, StoreError> {
         self.inner.device(device)
     }
+    fn record_seen(&self, device: DeviceId, now_ms: u64) -> Result<(), StoreError> {
+        self.inner.record_seen(device, now_ms)
+    }
+    fn last_seen(&self, user: &UserName) -> Result<Vec<(DeviceId, Option<u64>)>, StoreError> {
+        self.inner.last_seen(user)
+    }
     fn upload_key_packages(
         &self,
         device: DeviceId,

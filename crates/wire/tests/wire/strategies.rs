@@ -6,8 +6,8 @@ use cove_wire::identity::{
 use cove_wire::{
     BoundedVec, ClaimedKeyPackage, ClientFrame, Delivery, DeviceId, DeviceInfo, DeviceKey,
     EntryKind, Epoch, ErrorCode, ErrorReply, GroupEntry, GroupId, GroupSummary, InboxEntry,
-    InboxKind, LinkCloseReason, Payload, PostKind, Reply, Request, RequestId, Seq, ServerFrame,
-    Signature, Stream, UserName,
+    InboxKind, LinkCloseReason, OwnDevice, Payload, PostKind, Reply, Request, RequestId, Seq,
+    ServerFrame, Signature, Stream, UserName,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -137,6 +137,7 @@ pub fn request() -> impl Strategy<Value = Request> {
         Just(Request::OpenLink),
         any::<u32>().prop_map(|nameplate| Request::JoinLink { nameplate }),
         payload().prop_map(|bytes| Request::LinkSend { bytes }),
+        Just(Request::ListOwnDevices),
     ]
 }
 
@@ -330,6 +331,21 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         any::<u32>().prop_map(|nameplate| Reply::LinkOpened { nameplate }),
         Just(Reply::LinkJoined),
         Just(Reply::LinkSent),
+        bounded(
+            (
+                device_id(),
+                device_key(),
+                proptest::option::of(any::<u64>()),
+                any::<bool>()
+            )
+                .prop_map(|(device, key, last_seen_ms, revoked)| OwnDevice {
+                    device,
+                    key,
+                    last_seen_ms,
+                    revoked
+                })
+        )
+        .prop_map(|devices| Reply::OwnDevices { devices }),
     ]
 }
 

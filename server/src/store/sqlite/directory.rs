@@ -6,7 +6,7 @@ use cove_wire::limits::MAX_DEVICES_PER_USER;
 use cove_wire::{DeviceId, DeviceInfo, DeviceKey, UserName};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::rows::{corrupt, device_id, device_key};
+use super::rows::{clamp_i64, corrupt, device_id, device_key, to_u64};
 use crate::store::{StoreError, revoked_keys};
 
 /// Registers `user` with its first device (see `RelayStore::register_user`).
@@ -61,6 +61,51 @@ pub(super) fn devices(conn: &Connection, user: &UserName) -> Result<Vec<DeviceIn
             device: device_id(id)?,
             key: device_key(&key)?,
         });
+    }
+    Ok(out)
+}
+
+/// Records a login of `device` at `now_ms`, never moving last seen backwards (see
+/// `RelayStore::record_seen`).
+pub(super) fn record_seen(
+    tx: &Transaction<'_>,
+    device: DeviceId,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let Ok(id) = i64::try_from(device.0) else {
+        return Err(StoreError::UnknownDevice);
+    };
+    let changed = tx
+        .prepare_cached(
+            "UPDATE devices SET last_seen_ms = \
+             CASE WHEN last_seen_ms IS NULL OR last_seen_ms < ?2 THEN ?2 ELSE last_seen_ms END \
+             WHERE id = ?1",
+        )?
+        .execute(params![id, clamp_i64(now_ms)])?;
+    if changed == 0 {
+        return Err(StoreError::UnknownDevice);
+    }
+    Ok(())
+}
+
+/// When each device of `user` last authenticated, ordered by id (see
+/// `RelayStore::last_seen`).
+pub(super) fn last_seen(
+    conn: &Connection,
+    user: &UserName,
+) -> Result<Vec<(DeviceId, Option<u64>)>, StoreError> {
+    if !user_exists(conn, user)? {
+        return Err(StoreError::UnknownUser);
+    }
+    let mut stmt =
+        conn.prepare_cached("SELECT id, last_seen_ms FROM devices WHERE user = ?1 ORDER BY id")?;
+    let rows = stmt.query_map(params![user.as_str()], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, seen) = row?;
+        out.push((device_id(id)?, seen.map(to_u64).transpose()?));
     }
     Ok(out)
 }

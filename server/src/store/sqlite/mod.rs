@@ -237,6 +237,14 @@ impl RelayStore for SqliteStore {
         directory::device(&*self.reader()?, device)
     }
 
+    fn record_seen(&self, device: DeviceId, now_ms: u64) -> Result<(), StoreError> {
+        self.write(|tx| directory::record_seen(tx, device, now_ms))
+    }
+
+    fn last_seen(&self, user: &UserName) -> Result<Vec<(DeviceId, Option<u64>)>, StoreError> {
+        self.read(|conn| directory::last_seen(conn, user))
+    }
+
     fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {
         self.read(|conn| device_lists::read(conn, user))
     }

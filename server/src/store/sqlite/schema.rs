@@ -123,6 +123,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user, idx)
     ) WITHOUT ROWID;
     ",
+    // Version 4: when each device last authenticated (relay ms; NULL: not recorded yet).
+    "
+    ALTER TABLE devices ADD COLUMN last_seen_ms INTEGER;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -455,6 +455,41 @@ fn version_1_file_is_upgraded() {
     assert_eq!(store.departures(b).unwrap(), vec![(g, removal.entry.seq)]);
 }
 
+/// A version-3 file (no last-seen column) is upgraded in place: its devices have no last
+/// seen until they log in, then the recorded time, kept across a reopen.
+#[test]
+fn version_3_file_gets_last_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        for sql in &super::schema::MIGRATIONS[..3] {
+            raw.execute_batch(sql).unwrap();
+        }
+        raw.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version (version) VALUES (3);
+             INSERT INTO users (name) VALUES ('alice');",
+        )
+        .unwrap();
+        raw.execute(
+            "INSERT INTO devices (user, key) VALUES ('alice', ?1)",
+            rusqlite::params![vec![1u8; 32]],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let alice = user("alice");
+    assert_eq!(store.last_seen(&alice).unwrap(), vec![(DeviceId(1), None)]);
+    store.record_seen(DeviceId(1), 42).unwrap();
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.last_seen(&alice).unwrap(),
+        vec![(DeviceId(1), Some(42))]
+    );
+}
+
 /// The file is in WAL mode with the requested sync level on the write connection.
 #[test]
 fn wal_and_sync_level() {
