@@ -485,10 +485,12 @@ pub enum Warning {
         /// The epoch this device held.
         ours: u64,
     },
-    /// A user has a further device (pinned on first sight).
+    /// A user has a further device (pinned on first sight) that their verified signed
+    /// device list does not name. A listed one is announced by
+    /// [`crate::IdentityEvent::DeviceAdded`] instead, without a warning.
     #[error(
-        "{user} has a new device {device} (key pinned on first sight; compare safety numbers \
-         to be sure it is theirs)"
+        "{user} has a new device {device} that their signed device list does not name (key \
+         pinned on first sight; compare safety numbers to be sure it is theirs)"
     )]
     NewDevice {
         /// Whose.

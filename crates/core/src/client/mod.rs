@@ -1038,6 +1038,21 @@ impl<S: Store> Client<S> {
                 self.refuse_leaves(group, refused);
                 Inboxed::Joined(group, Vec::new())
             }
+            Inboxed::AdderRefused(group, adder) => {
+                // Reported only: the group is not joined, so there is nothing to remove.
+                // Its entries parked meanwhile are dropped and acknowledged, like the rest
+                // of its log from now on.
+                self.refuse_leaves(group, vec![adder]);
+                let store = self.provider.store();
+                let parked = store.pending(&group)?;
+                for (seq, _) in &parked {
+                    store.delete_pending(&group, *seq)?;
+                }
+                if let Some((last, _)) = parked.last() {
+                    self.fx.ack(Stream::Group(group), *last);
+                }
+                Inboxed::Skipped
+            }
             other => other,
         };
         self.fx.ack(Stream::Inbox, entry.seq);
