@@ -568,8 +568,12 @@ pub enum OwnIdentityError {
     #[error(transparent)]
     Name(#[from] cove_wire::identity::DeviceNameError),
     /// This device does not hold the user's identity key (only the user's first device
-    /// does): it cannot sign device-list entries.
-    #[error("this device does not hold the user's identity key (use the user's first device)")]
+    /// does): it cannot sign device-list entries, so it can neither link (authorise) nor
+    /// revoke devices.
+    #[error(
+        "this device does not hold the user's identity key: only the user's first device \
+         (which holds the identity key) can link new devices or revoke devices"
+    )]
     NotIdentityHolder,
     /// A device cannot revoke itself.
     #[error("a device cannot revoke itself")]

@@ -918,7 +918,7 @@ fn a_verified_contacts_new_identity_blocks_sending_until_verified_again() {
 
 /// A user's first device revokes a linked device: the signed entry is published, the relay
 /// refuses the revoked device's next login, and adding that user to a group leaves it out.
-/// Only the holder of the identity key can revoke, and not itself.
+/// Only the holder of the identity key can revoke (and authorise devices), and not itself.
 #[test]
 fn a_revoked_device_cannot_log_in_and_is_not_added_again() {
     let mut net = Net::new();
@@ -933,6 +933,17 @@ fn a_revoked_device_cannot_log_in_and_is_not_added_again() {
     let now = net.now_ms;
     assert!(matches!(
         net.client(alice2).revoke_device(now, &key1),
+        Err(CommandError::OwnIdentity(
+            OwnIdentityError::NotIdentityHolder
+        ))
+    ));
+    // Nor can it authorise (link) a device: it could not add it to the signed list.
+    assert!(!net.client(alice2).holds_user_identity().unwrap());
+    assert!(net.client(alice).holds_user_identity().unwrap());
+    let stranger = Client::init(MemoryStore::new(), user("alice"), seed(64)).unwrap();
+    assert!(matches!(
+        net.client(alice2)
+            .authorize_device(now, &stranger.device_key()),
         Err(CommandError::OwnIdentity(
             OwnIdentityError::NotIdentityHolder
         ))
