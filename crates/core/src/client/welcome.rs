@@ -15,7 +15,7 @@ use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, StagedWelcome};
 use super::context::Cx;
 use super::effects::Effects;
 use super::leaves::{self, LeafCheckError, RefusedLeaf};
-use super::mls::{GROUP_NAME_EXTENSION, join_config, member_id};
+use super::mls::{GROUP_NAME_EXTENSION, join_config, member_id, parse_credential};
 use super::trust::{self, Trust};
 use crate::error::{Shared, Warning, WelcomeError};
 use crate::types::{Event, HandleError};
@@ -26,7 +26,7 @@ pub(super) enum Inboxed {
     Seen,
     /// Joined this group (its parked entries may now apply), refusing these leaves.
     Joined(GroupId, Vec<RefusedLeaf>),
-    /// Not joined: the leaf of the device that sent the Welcome is refused (see
+    /// Not joined: the adder's leaf (the member that signed the Welcome) is refused (see
     /// [`JoinOutcome::AdderRefused`]). The group is recorded as left, so that its log is
     /// acknowledged and ignored.
     AdderRefused(GroupId, RefusedLeaf),
@@ -137,7 +137,8 @@ enum JoinOutcome {
     Joined(Vec<Event>, Vec<RefusedLeaf>),
     /// Not joined: the caller rolls back; these users' lists are needed first.
     NeedLists(BTreeSet<UserName>),
-    /// Not joined: the leaf of the device that sent the Welcome (the adder) is refused.
+    /// Not joined: the adder's leaf (the member that signed the Welcome's GroupInfo, as MLS
+    /// checked) is refused.
     ///
     /// The adder is the only one who vouches for the group: its name, its members and its
     /// tree all come from them. A Welcome sent by a forged leaf (one claiming to be alice
@@ -198,6 +199,13 @@ fn join<S: Store>(
             ours,
         }));
     }
+    // The adder is the member who signed the Welcome's GroupInfo (MLS checked that
+    // signature against its leaf), whoever the relay names as the sender.
+    let adder = staged
+        .welcome_sender()
+        .map_err(|_| WelcomeError::SenderNotMember)?;
+    let adder_key = adder.signature_key().as_slice().to_vec();
+    let adder_user = parse_credential(adder.credential())?.user;
     let mls = staged.into_group(cx.provider).map_err(WelcomeError::Join)?;
     // Every member's leaf but our own carries a certificate of its user's identity.
     let own = mls.own_leaf_index();
@@ -215,22 +223,13 @@ fn join<S: Store>(
         return Ok(JoinOutcome::NeedLists(need));
     }
     // The adder's leaf is checked before anything names them.
-    let adder_key = mls
-        .members()
-        .find(|m| member_id(m).is_ok_and(|id| id.device == sender))
-        .map(|m| m.signature_key);
-    if let Some(adder) = refused
-        .iter()
-        .find(|r| adder_key.as_deref() == Some(r.key.0.as_slice()))
-    {
+    if let Some(adder) = refused.iter().find(|r| r.key.0.as_slice() == adder_key) {
         return Ok(JoinOutcome::AdderRefused(adder.clone()));
     }
-    let mut by = None;
+    let mut sender_is_member = false;
     for m in mls.members() {
         let id = member_id(&m)?;
-        if id.device == sender {
-            by = Some(id.user.clone());
-        }
+        sender_is_member |= id.device == sender;
         trust::check_pin(
             cx.provider.store(),
             cx.me.device(),
@@ -242,7 +241,10 @@ fn join<S: Store>(
             trust.verify_later(&id.user);
         }
     }
-    let by = by.ok_or(WelcomeError::SenderNotMember)?;
+    if !sender_is_member {
+        return Err(WelcomeError::SenderNotMember);
+    }
+    let by = adder_user;
     let name = mls
         .extensions()
         .unknown(GROUP_NAME_EXTENSION)
