@@ -288,6 +288,51 @@ fn a_removed_member_cannot_read_later_messages_and_the_relay_refuses_it() {
     ));
 }
 
+/// The relay names the sender of a Welcome, but MLS authenticates the member that signed it:
+/// a relay that names carol as the sender of alice's Welcome to bob does not make bob's
+/// `Joined` say that carol added him.
+#[test]
+fn a_joined_names_the_member_that_signed_the_welcome_not_the_relays_sender() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    let group = group_of(&mut net, alice, &["carol"]);
+    net.take_events(bob);
+    net.nodes[bob].hold = true;
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .add_users(now, "friends", &[user("bob")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    net.run();
+    let carol_device = net.client(carol).device().unwrap();
+    let mut rewritten = 0;
+    for frame in net.nodes[bob].inbound.iter_mut() {
+        if let ServerFrame::Deliver(Delivery::Inbox(cove_wire::InboxEntry {
+            kind: cove_wire::InboxKind::Welcome { sender, .. },
+            ..
+        })) = frame
+        {
+            *sender = carol_device;
+            rewritten += 1;
+        }
+    }
+    assert_eq!(rewritten, 1);
+    net.nodes[bob].hold = false;
+    net.run();
+    let events = net.take_events(bob);
+    let joined: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Joined { group: g, by, .. } if *g == group => Some(by.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(joined, ["alice"], "{events:?}");
+}
+
 #[test]
 fn a_future_epoch_message_is_buffered_then_applied_in_order() {
     let mut net = Net::new();
