@@ -230,6 +230,13 @@ fn join<S: Store>(
     for m in mls.members() {
         let id = member_id(&m)?;
         sender_is_member |= id.device == sender;
+        if refused
+            .iter()
+            .any(|r| r.key.0.as_slice() == id.key.as_slice())
+        {
+            // Reported (`LeafRefused`) and removed: not pinned as what it claims to be.
+            continue;
+        }
         trust::check_pin(
             cx.provider.store(),
             cx.me.device(),

@@ -1615,6 +1615,52 @@ mod mallory {
             group
         }
 
+        /// Commits, in her group, the add of `devices` of `user` (their KeyPackages claimed
+        /// from the relay) and posts it with its Welcome; the online members receive it.
+        pub fn add_devices(
+            &mut self,
+            net: &mut Net<cove_core::cove_store::MemoryStore>,
+            user: &str,
+            devices: &[DeviceId],
+        ) {
+            let mut kps = Vec::new();
+            for c in net
+                .relay
+                .store()
+                .claim_key_packages(&UserName::new(user).unwrap())
+                .unwrap()
+                .into_iter()
+                .filter(|c| devices.contains(&c.device))
+            {
+                let MlsMessageBodyIn::KeyPackage(kp) =
+                    MlsMessageIn::tls_deserialize_exact(c.key_package.as_bytes())
+                        .unwrap()
+                        .extract()
+                else {
+                    panic!("not a KeyPackage")
+                };
+                kps.push(
+                    kp.validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                        .unwrap(),
+                );
+            }
+            assert_eq!(kps.len(), devices.len(), "a KeyPackage for every device");
+            let mls = self.group.as_mut().unwrap();
+            let group = GroupId(mls.group_id().as_slice().try_into().unwrap());
+            let (commit, welcome, _) = mls.add_members(&self.provider, &self.signer, &kps).unwrap();
+            mls.merge_pending_commit(&self.provider).unwrap();
+            let kind = PostKind::Commit {
+                added: BoundedVec(devices.to_vec()),
+                removed: BoundedVec(Vec::new()),
+                welcome: Some(Payload(welcome.to_bytes().unwrap())),
+            };
+            let now = net.now_ms;
+            let frames =
+                net.relay
+                    .post_raw(group, self.device, kind, commit.to_bytes().unwrap(), now);
+            net.deliver(frames);
+        }
+
         /// Encrypts arbitrary plaintext as an application message.
         pub fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
             let g = self.group.as_mut().unwrap();
@@ -1652,6 +1698,44 @@ mod mallory {
             let frames = net.relay.inject(group, self.device, bytes, now);
             net.deliver(frames);
         }
+    }
+}
+
+/// mallory, a member of alice's group with bob, commits the add of a device the relay made
+/// up for alice (a KeyPackage claiming `cove:alice:<ghost>`, without a certificate): alice and
+/// bob each refuse its leaf once (`NoCertificate`) and raise no "new device" warning for it
+/// (its key is not pinned as alice's), and the leaf is removed by their commit.
+#[test]
+fn a_refused_leaf_added_by_a_commit_is_reported_once_without_a_new_device_warning() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let mut mallory = mallory::Mallory::register(&mut net.relay, "mallory");
+    let group = group_of(&mut net, alice, &["bob", "mallory"]);
+    mallory.join(&net.relay);
+    let ghost = mallory::Mallory::ghost_of(&mut net.relay, "alice");
+    for slot in [alice, bob] {
+        net.take_events(slot);
+    }
+    mallory.add_devices(&mut net, "alice", &[ghost.device]);
+    net.run();
+    for slot in [alice, bob] {
+        let events = net.take_events(slot);
+        assert_eq!(
+            refusals(&events),
+            [(
+                group,
+                "alice".to_string(),
+                ghost.device,
+                LeafRefusal::NoCertificate
+            )],
+            "slot {slot}: {events:?}"
+        );
+        assert!(warnings(&events).is_empty(), "slot {slot}: {events:?}");
+        assert!(
+            !devices_in(&mut net, slot, &group).contains(&("alice".to_string(), ghost.device.0)),
+            "slot {slot}: removed"
+        );
     }
 }
 
