@@ -282,3 +282,56 @@ async fn an_expired_code_fails_on_both_sides() {
     .unwrap();
     relay.shutdown().await;
 }
+
+/// A linked device does not hold its user's identity key, so it cannot add a device to the
+/// signed list: `cove device link` on it fails at once with that reason, before any code is
+/// shown (the relay's codes live 1 s here, so a code shown would end in "the code expired"
+/// instead), and so does `cove device link --from` it, which leaves no home behind. The
+/// first device still links the same machine afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_device_refuses_to_link_before_showing_a_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        cove_server::RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("relay"));
+    config.store = cove_server::StoreKind::Sqlite;
+    config.limits.link_code_lifetime_ms = 1_000;
+    let relay = cove_server::Relay::start(config).await.unwrap();
+    let server = format!("wss://{}", relay.local_addr());
+    let ca = relay.cert_path().to_str().unwrap().to_owned();
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let reason = "only the user's first device (which holds the identity key) can link new \
+                      devices";
+        let (bob, laptop, tablet) = (d.join("bob"), d.join("laptop"), d.join("tablet"));
+        init(&bob, &server, &ca, "bob");
+        ok(
+            &laptop,
+            &["device", "link", "--from", bob.to_str().unwrap()],
+        );
+
+        let out = cove(&laptop, &["device", "link"]);
+        let (stdout, stderr) = (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        );
+        assert!(!out.status.success(), "{stdout}");
+        assert!(stderr.contains(reason), "{stderr}");
+        assert!(!stdout.contains("link code"), "{stdout}");
+
+        let err = fails(
+            &tablet,
+            &["device", "link", "--from", laptop.to_str().unwrap()],
+        );
+        assert!(err.contains(reason), "{err}");
+        assert!(!tablet.join("config.toml").exists());
+
+        ok(
+            &tablet,
+            &["device", "link", "--from", bob.to_str().unwrap()],
+        );
+        assert!(tablet.join("config.toml").exists());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}

@@ -262,10 +262,19 @@ impl Device {
     /// reports the code ([`LinkProgress::Code`]), waits for the new machine
     /// ([`Device::join_by_code`] there), authorises it, adds it to every group this device
     /// is in and hands over the message history. Returns the new device's id.
+    ///
+    /// Only the user's first device, which holds the identity key, can link: on any other
+    /// this fails at once, before a code is shown
+    /// ([`OwnIdentityError::NotIdentityHolder`](cove_core::error::OwnIdentityError)),
+    /// rather than letting the new machine fail to register.
     pub async fn link_by_code(
         &mut self,
         mut progress: impl FnMut(LinkProgress),
     ) -> Result<DeviceId, DeviceError> {
+        if !self.session.call(|c| c.holds_user_identity()).await?? {
+            let refused = cove_core::error::OwnIdentityError::NotIdentityHolder;
+            return Err(cove_core::CommandError::from(refused).into());
+        }
         self.settle().await?;
         let user = self.config.user.clone();
         let deadline = Instant::now() + LINK_DEADLINE;

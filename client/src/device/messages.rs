@@ -235,12 +235,15 @@ impl Device {
         identity_view(event, || name)
     }
 
+    /// The group's name, or its id (hex) when it has none here (a group whose Welcome was
+    /// refused is kept without the name its impostor gave it).
     async fn group_name(&self, group: GroupId) -> String {
         let groups = self.session.call(|c| c.groups()).await.unwrap_or_default();
         groups
             .into_iter()
             .find(|g| g.id == group)
             .map(|g| g.name)
+            .filter(|name| !name.is_empty())
             .unwrap_or_else(|| group.to_hex())
     }
 

@@ -485,10 +485,12 @@ pub enum Warning {
         /// The epoch this device held.
         ours: u64,
     },
-    /// A user has a further device (pinned on first sight).
+    /// A user has a further device (pinned on first sight) that their verified signed
+    /// device list does not name. A listed one is announced by
+    /// [`crate::IdentityEvent::DeviceAdded`] instead, without a warning.
     #[error(
-        "{user} has a new device {device} (key pinned on first sight; compare safety numbers \
-         to be sure it is theirs)"
+        "{user} has a new device {device} that their signed device list does not name (key \
+         pinned on first sight; compare safety numbers to be sure it is theirs)"
     )]
     NewDevice {
         /// Whose.
@@ -566,8 +568,12 @@ pub enum OwnIdentityError {
     #[error(transparent)]
     Name(#[from] cove_wire::identity::DeviceNameError),
     /// This device does not hold the user's identity key (only the user's first device
-    /// does): it cannot sign device-list entries.
-    #[error("this device does not hold the user's identity key (use the user's first device)")]
+    /// does): it cannot sign device-list entries, so it can neither link (authorise) nor
+    /// revoke devices.
+    #[error(
+        "this device does not hold the user's identity key: only the user's first device \
+         (which holds the identity key) can link new devices or revoke devices"
+    )]
     NotIdentityHolder,
     /// A device cannot revoke itself.
     #[error("a device cannot revoke itself")]

@@ -166,7 +166,9 @@ pub enum IdentityEvent {
     },
     /// A member's leaf in `group` does not carry a valid certificate of its user's pinned
     /// identity (forged, another identity, revoked, not listed): its messages are not shown
-    /// as anyone's, and this device removes it when it may.
+    /// as anyone's, and this device removes it when it may. When the refused leaf sent a
+    /// Welcome to this device, the Welcome is not taken: `group` is not joined (no
+    /// [`Event::Joined`] names the user the leaf claims to be).
     LeafRefused {
         /// The group.
         group: GroupId,

@@ -100,6 +100,11 @@ impl Groups {
         self.records.insert(record.id, record);
     }
 
+    /// Records a group this device holds no MLS state of (a Welcome it refused).
+    pub(super) fn insert_record(&mut self, record: GroupRecord) {
+        self.records.insert(record.id, record);
+    }
+
     /// Drops the loaded MLS state of a group (its stored state is untouched).
     pub(super) fn unload(&mut self, group: &GroupId) -> Option<MlsGroup> {
         self.mls.remove(group)

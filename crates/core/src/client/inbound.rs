@@ -485,11 +485,18 @@ fn apply_in_tx<S: Store>(
             }
             let mut pin_events = Vec::new();
             let me = cx.me.device();
-            for id in updated.iter().chain(&added) {
+            // A refused leaf is reported (`LeafRefused`) and removed: its key is not pinned
+            // as the device it claims to be, and it raises no "new device" warning besides.
+            let refused = |id: &&MemberId| {
+                out.refused
+                    .iter()
+                    .any(|r| r.key.0.as_slice() == id.key.as_slice())
+            };
+            for id in updated.iter().chain(&added).filter(|id| !refused(id)) {
                 trust::check_pin(store, me, now_ms, id, &mut pin_events)?;
             }
             if !cx.me.is(sender_id.device) {
-                for m in &added {
+                for m in added.iter().filter(|id| !refused(id)) {
                     trust.verify_later(&m.user);
                 }
             }

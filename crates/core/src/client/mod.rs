@@ -377,16 +377,26 @@ impl<S: Store> Client<S> {
         }
     }
 
-    /// On an existing device: authorises `new_key` as a further device of this user (the
-    /// new device shows its key; this device signs it). Returns what the new device needs:
-    /// give it to [`Client::set_device_authorization`] there. When this device holds the
-    /// user's identity, the new device is also added to the signed device list, which is
-    /// published now (or at the next connection), so other users' clients add it to groups.
+    /// On the user's first device (the one holding the user's identity key): authorises
+    /// `new_key` as a further device of this user (the new device shows its key; this device
+    /// signs it) and adds it to the signed device list, which is published now (or at the
+    /// next connection), so that the relay registers it and other users' clients add it to
+    /// groups. Returns what the new device needs: give it to
+    /// [`Client::set_device_authorization`] there; `None` if this device is not registered
+    /// yet.
+    ///
+    /// A device without the identity key (a linked one) is refused at once
+    /// ([`OwnIdentityError::NotIdentityHolder`](crate::error::OwnIdentityError)): it could
+    /// sign the relay's authorisation but not the list entry, and the relay registers no
+    /// key the list does not add.
     pub fn authorize_device(
         &mut self,
         now_ms: u64,
         new_key: &DeviceKey,
     ) -> Result<Option<(DeviceId, Signature)>, CommandError> {
+        if !self.holds_user_identity()? {
+            return Err(crate::error::OwnIdentityError::NotIdentityHolder.into());
+        }
         let Some(grant) = self.me.authorize_device(new_key) else {
             return Ok(None);
         };
@@ -459,6 +469,13 @@ impl<S: Store> Client<S> {
             .store()
             .device_list(user)?
             .and_then(|entries| cove_identity::DeviceList::verify(user, &entries).ok()))
+    }
+
+    /// Whether this device holds its user's identity key (it is the user's first device):
+    /// only such a device signs device-list entries, so only it can link (authorise) or
+    /// revoke devices.
+    pub fn holds_user_identity(&self) -> Result<bool, StoreError> {
+        Ok(self.provider.store().user_identity()?.is_some())
     }
 
     /// Whether the relay confirmed every entry of the own signed device list (always true
@@ -1037,6 +1054,21 @@ impl<S: Store> Client<S> {
                 self.apply_parked(now_ms, group)?;
                 self.refuse_leaves(group, refused);
                 Inboxed::Joined(group, Vec::new())
+            }
+            Inboxed::AdderRefused(group, adder) => {
+                // Reported only: the group is not joined, so there is nothing to remove.
+                // Its entries parked meanwhile are dropped and acknowledged, like the rest
+                // of its log from now on.
+                self.refuse_leaves(group, vec![adder]);
+                let store = self.provider.store();
+                let parked = store.pending(&group)?;
+                for (seq, _) in &parked {
+                    store.delete_pending(&group, *seq)?;
+                }
+                if let Some((last, _)) = parked.last() {
+                    self.fx.ack(Stream::Group(group), *last);
+                }
+                Inboxed::Skipped
             }
             other => other,
         };

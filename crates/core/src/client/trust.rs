@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use cove_identity::DeviceList;
 use cove_store::{PinnedDevice, Store, StoreError};
 use cove_wire::{DeviceId, DeviceInfo, DeviceKey, UserName};
 use sha2::{Digest, Sha512};
@@ -43,7 +44,9 @@ impl Trust {
 }
 
 /// Pins a key on first sight; a different key from the pinned one raises
-/// [`Event::KeyChanged`]. `me` is this device (always trusted).
+/// [`Event::KeyChanged`]. A further device of a user already known raises
+/// [`Warning::NewDevice`] only when the user's verified device list does not name it.
+/// `me` is this device (always trusted).
 pub(super) fn check_pin(
     store: &impl Store,
     me: Option<DeviceId>,
@@ -87,8 +90,11 @@ pub(super) fn check_pin(
                 key,
                 pinned_at_ms: now_ms,
             })?;
-            if known > 0 {
-                // Not silent: a further device changes the user's safety number.
+            if known > 0 && !listed(store, &m.user, &key)? {
+                // A device the user's verified signed list names is announced by
+                // `IdentityEvent::DeviceAdded` (and leaves the safety number, computed over
+                // identity keys, unchanged): warning about it would contradict that. One the
+                // list does not name is vouched for by nobody but the relay.
                 events.push(Event::Warning(Warning::NewDevice {
                     user: m.user.clone(),
                     device: m.device,
@@ -97,6 +103,14 @@ pub(super) fn check_pin(
             Ok(Pin::Trusted)
         }
     }
+}
+
+/// Whether `user`'s verified signed device list (as last stored) names `key`, unrevoked.
+fn listed(store: &impl Store, user: &UserName, key: &DeviceKey) -> Result<bool, StoreError> {
+    Ok(store
+        .device_list(user)?
+        .and_then(|entries| DeviceList::verify(user, &entries).ok())
+        .is_some_and(|list| list.is_listed(key) && !list.is_revoked(key)))
 }
 
 /// Compares the keys pinned from MLS credentials with the relay's directory.

@@ -1,6 +1,7 @@
 //! Welcomes (the inbox stream): joining a group, in one transaction with the inbox cursor,
 //! pinning the members' keys and checking every member's leaf certificate (a Welcome naming
-//! a user whose device list this device does not hold yet is not taken until it does); a
+//! a user whose device list this device does not hold yet is not taken until it does; one
+//! sent by a refused leaf is not taken at all, see [`JoinOutcome::AdderRefused`]); a
 //! Welcome into a later epoch of a group this device still holds (it missed its removal)
 //! replaces the stale state, an older one is a replay.
 
@@ -14,7 +15,7 @@ use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, StagedWelcome};
 use super::context::Cx;
 use super::effects::Effects;
 use super::leaves::{self, LeafCheckError, RefusedLeaf};
-use super::mls::{GROUP_NAME_EXTENSION, join_config, member_id};
+use super::mls::{GROUP_NAME_EXTENSION, join_config, member_id, parse_credential};
 use super::trust::{self, Trust};
 use crate::error::{Shared, Warning, WelcomeError};
 use crate::types::{Event, HandleError};
@@ -25,6 +26,10 @@ pub(super) enum Inboxed {
     Seen,
     /// Joined this group (its parked entries may now apply), refusing these leaves.
     Joined(GroupId, Vec<RefusedLeaf>),
+    /// Not joined: the adder's leaf (the member that signed the Welcome) is refused (see
+    /// [`JoinOutcome::AdderRefused`]). The group is recorded as left, so that its log is
+    /// acknowledged and ignored.
+    AdderRefused(GroupId, RefusedLeaf),
     /// Not taken yet: these users' device lists are needed first (nothing was stored, the
     /// cursor did not move).
     NeedLists(BTreeSet<UserName>),
@@ -64,13 +69,41 @@ pub(super) fn on_inbox_entry<S: Store>(
     );
     let store = cx.provider.store();
     match result {
-        Ok(Joined::NeedLists(users)) => {
+        Ok(JoinOutcome::NeedLists(users)) => {
             store.rollback()?;
             cx.groups.unload(&group);
             cx.groups.reload(store, &group);
             Ok(Inboxed::NeedLists(users))
         }
-        Ok(Joined::Joined(events, refused)) => {
+        Ok(JoinOutcome::AdderRefused(adder)) => {
+            store.rollback()?;
+            cx.groups.unload(&group);
+            cx.groups.reload(store, &group);
+            store.begin()?;
+            let recorded = (|| {
+                if cx.groups.membership(&group).is_none() {
+                    // Neither the name nor anything else of the group is kept: it all came
+                    // from the impostor.
+                    let record = GroupRecord {
+                        id: group,
+                        name: String::new(),
+                        membership: Membership::Left,
+                        joined_at_ms: now_ms,
+                    };
+                    store.put_group(&record)?;
+                    cx.groups.insert_record(record);
+                }
+                store.set_cursor(&Stream::Inbox, entry.seq)?;
+                store.commit()
+            })();
+            if let Err(e) = recorded {
+                let _ = store.rollback();
+                cx.groups.restore(store, &group);
+                return Err(e.into());
+            }
+            Ok(Inboxed::AdderRefused(group, adder))
+        }
+        Ok(JoinOutcome::Joined(events, refused)) => {
             if let Err(e) = store
                 .set_cursor(&Stream::Inbox, entry.seq)
                 .and_then(|_| store.commit())
@@ -99,11 +132,23 @@ pub(super) fn on_inbox_entry<S: Store>(
 }
 
 /// What [`join`] did.
-enum Joined {
+enum JoinOutcome {
     /// Joined: the events to report once committed, and the leaves refused.
     Joined(Vec<Event>, Vec<RefusedLeaf>),
     /// Not joined: the caller rolls back; these users' lists are needed first.
     NeedLists(BTreeSet<UserName>),
+    /// Not joined: the adder's leaf (the member that signed the Welcome's GroupInfo, as MLS
+    /// checked) is refused.
+    ///
+    /// The adder is the only one who vouches for the group: its name, its members and its
+    /// tree all come from them. A Welcome sent by a forged leaf (one claiming to be alice
+    /// without alice's certificate), by another identity's or by a revoked device is an
+    /// impostor's invitation, and a serious messenger does not show it as anyone's group:
+    /// no `Joined { by: alice }` (which would name the user the impostor claims to be), no
+    /// group to write in. The user is told once ([`crate::IdentityEvent::LeafRefused`]); the
+    /// Welcome is acknowledged and the group's log ignored. A real member can add this
+    /// device again with a Welcome of its own.
+    AdderRefused(RefusedLeaf),
 }
 
 /// Joins `group` from the Welcome in `entry` (inside the caller's transaction); returns the
@@ -118,7 +163,7 @@ fn join<S: Store>(
     commit_seq: Seq,
     sender: DeviceId,
     answered: &BTreeSet<UserName>,
-) -> Result<Joined, WelcomeError> {
+) -> Result<JoinOutcome, WelcomeError> {
     let msg = MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
         .map_err(WelcomeError::Undecodable)?;
     let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
@@ -154,6 +199,13 @@ fn join<S: Store>(
             ours,
         }));
     }
+    // The adder is the member who signed the Welcome's GroupInfo (MLS checked that
+    // signature against its leaf), whoever the relay names as the sender.
+    let adder = staged
+        .welcome_sender()
+        .map_err(|_| WelcomeError::SenderNotMember)?;
+    let adder_key = adder.signature_key().as_slice().to_vec();
+    let adder_user = parse_credential(adder.credential())?.user;
     let mls = staged.into_group(cx.provider).map_err(WelcomeError::Join)?;
     // Every member's leaf but our own carries a certificate of its user's identity.
     let own = mls.own_leaf_index();
@@ -168,13 +220,22 @@ fn join<S: Store>(
         Err(LeafCheckError::Store(e)) => return Err(e.into()),
     };
     if !need.is_empty() {
-        return Ok(Joined::NeedLists(need));
+        return Ok(JoinOutcome::NeedLists(need));
     }
-    let mut by = None;
+    // The adder's leaf is checked before anything names them.
+    if let Some(adder) = refused.iter().find(|r| r.key.0.as_slice() == adder_key) {
+        return Ok(JoinOutcome::AdderRefused(adder.clone()));
+    }
+    let mut sender_is_member = false;
     for m in mls.members() {
         let id = member_id(&m)?;
-        if id.device == sender {
-            by = Some(id.user.clone());
+        sender_is_member |= id.device == sender;
+        if refused
+            .iter()
+            .any(|r| r.key.0.as_slice() == id.key.as_slice())
+        {
+            // Reported (`LeafRefused`) and removed: not pinned as what it claims to be.
+            continue;
         }
         trust::check_pin(
             cx.provider.store(),
@@ -187,7 +248,10 @@ fn join<S: Store>(
             trust.verify_later(&id.user);
         }
     }
-    let by = by.ok_or(WelcomeError::SenderNotMember)?;
+    if !sender_is_member {
+        return Err(WelcomeError::SenderNotMember);
+    }
+    let by = adder_user;
     let name = mls
         .extensions()
         .unknown(GROUP_NAME_EXTENSION)
@@ -204,5 +268,5 @@ fn join<S: Store>(
     store.set_cursor(&Stream::Group(group), commit_seq)?;
     cx.groups.insert(record, mls);
     events.insert(0, Event::Joined { group, name, by });
-    Ok(Joined::Joined(events, refused))
+    Ok(JoinOutcome::Joined(events, refused))
 }

@@ -288,6 +288,51 @@ fn a_removed_member_cannot_read_later_messages_and_the_relay_refuses_it() {
     ));
 }
 
+/// The relay names the sender of a Welcome, but MLS authenticates the member that signed it:
+/// a relay that names carol as the sender of alice's Welcome to bob does not make bob's
+/// `Joined` say that carol added him.
+#[test]
+fn a_joined_names_the_member_that_signed_the_welcome_not_the_relays_sender() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    let group = group_of(&mut net, alice, &["carol"]);
+    net.take_events(bob);
+    net.nodes[bob].hold = true;
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .add_users(now, "friends", &[user("bob")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    net.run();
+    let carol_device = net.client(carol).device().unwrap();
+    let mut rewritten = 0;
+    for frame in net.nodes[bob].inbound.iter_mut() {
+        if let ServerFrame::Deliver(Delivery::Inbox(cove_wire::InboxEntry {
+            kind: cove_wire::InboxKind::Welcome { sender, .. },
+            ..
+        })) = frame
+        {
+            *sender = carol_device;
+            rewritten += 1;
+        }
+    }
+    assert_eq!(rewritten, 1);
+    net.nodes[bob].hold = false;
+    net.run();
+    let events = net.take_events(bob);
+    let joined: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Joined { group: g, by, .. } if *g == group => Some(by.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(joined, ["alice"], "{events:?}");
+}
+
 #[test]
 fn a_future_epoch_message_is_buffered_then_applied_in_order() {
     let mut net = Net::new();
@@ -676,15 +721,12 @@ fn safety_numbers_are_over_identity_keys_and_a_new_device_does_not_change_them()
         net.client(bob2).safety_number(&user("alice")).unwrap(),
         number
     );
-    // alice is told about bob's new device (the number stays the same).
-    let bob2_device = net.client(bob2).device().unwrap();
-    assert_eq!(
-        warnings(&net.take_events(alice)),
-        [format!(
-            "bob has a new device {bob2_device} (key pinned on first sight; compare safety \
-             numbers to be sure it is theirs)"
-        )]
-    );
+    // alice is told about bob's new device once, as a device his signed list added (the
+    // number stays the same), and not warned about it as an unknown one.
+    let bob2_key = net.client(bob2).device_key();
+    let events = net.take_events(alice);
+    assert_eq!(devices_added(&events), [("bob".to_string(), bob2_key)]);
+    assert!(warnings(&events).is_empty(), "{events:?}");
     for slot in [bob, bob2] {
         let w = warnings(&net.take_events(slot));
         assert!(w.is_empty(), "slot {slot}: {w:?}");
@@ -921,7 +963,7 @@ fn a_verified_contacts_new_identity_blocks_sending_until_verified_again() {
 
 /// A user's first device revokes a linked device: the signed entry is published, the relay
 /// refuses the revoked device's next login, and adding that user to a group leaves it out.
-/// Only the holder of the identity key can revoke, and not itself.
+/// Only the holder of the identity key can revoke (and authorise devices), and not itself.
 #[test]
 fn a_revoked_device_cannot_log_in_and_is_not_added_again() {
     let mut net = Net::new();
@@ -936,6 +978,17 @@ fn a_revoked_device_cannot_log_in_and_is_not_added_again() {
     let now = net.now_ms;
     assert!(matches!(
         net.client(alice2).revoke_device(now, &key1),
+        Err(CommandError::OwnIdentity(
+            OwnIdentityError::NotIdentityHolder
+        ))
+    ));
+    // Nor can it authorise (link) a device: it could not add it to the signed list.
+    assert!(!net.client(alice2).holds_user_identity().unwrap());
+    assert!(net.client(alice).holds_user_identity().unwrap());
+    let stranger = Client::init(MemoryStore::new(), user("alice"), seed(64)).unwrap();
+    assert!(matches!(
+        net.client(alice2)
+            .authorize_device(now, &stranger.device_key()),
         Err(CommandError::OwnIdentity(
             OwnIdentityError::NotIdentityHolder
         ))
@@ -1562,6 +1615,52 @@ mod mallory {
             group
         }
 
+        /// Commits, in her group, the add of `devices` of `user` (their KeyPackages claimed
+        /// from the relay) and posts it with its Welcome; the online members receive it.
+        pub fn add_devices(
+            &mut self,
+            net: &mut Net<cove_core::cove_store::MemoryStore>,
+            user: &str,
+            devices: &[DeviceId],
+        ) {
+            let mut kps = Vec::new();
+            for c in net
+                .relay
+                .store()
+                .claim_key_packages(&UserName::new(user).unwrap())
+                .unwrap()
+                .into_iter()
+                .filter(|c| devices.contains(&c.device))
+            {
+                let MlsMessageBodyIn::KeyPackage(kp) =
+                    MlsMessageIn::tls_deserialize_exact(c.key_package.as_bytes())
+                        .unwrap()
+                        .extract()
+                else {
+                    panic!("not a KeyPackage")
+                };
+                kps.push(
+                    kp.validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                        .unwrap(),
+                );
+            }
+            assert_eq!(kps.len(), devices.len(), "a KeyPackage for every device");
+            let mls = self.group.as_mut().unwrap();
+            let group = GroupId(mls.group_id().as_slice().try_into().unwrap());
+            let (commit, welcome, _) = mls.add_members(&self.provider, &self.signer, &kps).unwrap();
+            mls.merge_pending_commit(&self.provider).unwrap();
+            let kind = PostKind::Commit {
+                added: BoundedVec(devices.to_vec()),
+                removed: BoundedVec(Vec::new()),
+                welcome: Some(Payload(welcome.to_bytes().unwrap())),
+            };
+            let now = net.now_ms;
+            let frames =
+                net.relay
+                    .post_raw(group, self.device, kind, commit.to_bytes().unwrap(), now);
+            net.deliver(frames);
+        }
+
         /// Encrypts arbitrary plaintext as an application message.
         pub fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
             let g = self.group.as_mut().unwrap();
@@ -1599,6 +1698,44 @@ mod mallory {
             let frames = net.relay.inject(group, self.device, bytes, now);
             net.deliver(frames);
         }
+    }
+}
+
+/// mallory, a member of alice's group with bob, commits the add of a device the relay made
+/// up for alice (a KeyPackage claiming `cove:alice:<ghost>`, without a certificate): alice and
+/// bob each refuse its leaf once (`NoCertificate`) and raise no "new device" warning for it
+/// (its key is not pinned as alice's), and the leaf is removed by their commit.
+#[test]
+fn a_refused_leaf_added_by_a_commit_is_reported_once_without_a_new_device_warning() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let mut mallory = mallory::Mallory::register(&mut net.relay, "mallory");
+    let group = group_of(&mut net, alice, &["bob", "mallory"]);
+    mallory.join(&net.relay);
+    let ghost = mallory::Mallory::ghost_of(&mut net.relay, "alice");
+    for slot in [alice, bob] {
+        net.take_events(slot);
+    }
+    mallory.add_devices(&mut net, "alice", &[ghost.device]);
+    net.run();
+    for slot in [alice, bob] {
+        let events = net.take_events(slot);
+        assert_eq!(
+            refusals(&events),
+            [(
+                group,
+                "alice".to_string(),
+                ghost.device,
+                LeafRefusal::NoCertificate
+            )],
+            "slot {slot}: {events:?}"
+        );
+        assert!(warnings(&events).is_empty(), "slot {slot}: {events:?}");
+        assert!(
+            !devices_in(&mut net, slot, &group).contains(&("alice".to_string(), ghost.device.0)),
+            "slot {slot}: removed"
+        );
     }
 }
 
@@ -1878,12 +2015,12 @@ fn a_new_device_of_a_member_is_announced_to_the_others_and_key_checked() {
     let b2 = net.client(bob2).device().unwrap().0;
     assert!(devices_in(&mut net, alice, &group).contains(&("bob".to_string(), b2)));
     let events = net.take_events(alice);
+    // Announced as added by bob's signed list, without a "new device" warning (which is
+    // for a device the list does not name).
+    let b2_key = net.client(bob2).device_key();
+    assert_eq!(devices_added(&events), [("bob".to_string(), b2_key)]);
     let w = warnings(&events);
-    assert!(
-        w.iter()
-            .any(|w| w.contains("bob has a new device") && w.contains(&b2.to_string())),
-        "{w:?}"
-    );
+    assert!(w.is_empty(), "{w:?}");
     assert!(
         !events.iter().any(|e| matches!(e, Event::KeyChanged { .. })),
         "the directory agrees with the key in the commit"
@@ -2320,6 +2457,19 @@ fn a_refused_authentication_is_auth_refused_with_the_relays_reply() {
     assert!(!net.client(a).is_ready());
 }
 
+/// The `DeviceAdded` events of `events`: (user, device key).
+fn devices_added(events: &[Event]) -> Vec<(String, cove_wire::DeviceKey)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Identity(IdentityEvent::DeviceAdded { user, device, .. }) => {
+                Some((user.to_string(), *device))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The `LeafRefused` events of `events`: (group, claimed user, claimed device, reason).
 fn refusals(events: &[Event]) -> Vec<(GroupId, String, cove_wire::DeviceId, LeafRefusal)> {
     events
@@ -2336,21 +2486,32 @@ fn refusals(events: &[Event]) -> Vec<(GroupId, String, cove_wire::DeviceId, Leaf
         .collect()
 }
 
-/// After mallory's forged group `group` reached bob and carol: each refused her leaf once
-/// for `reason`, showed none of its messages (her text was skipped as a refused leaf's),
-/// and a commit of theirs removed it; bob's next text reaches carol in the group.
-fn assert_forged_leaf_refused_and_removed(
+/// After mallory's forged group `group` (her leaf claiming to be `claimed`'s) reached bob
+/// and carol, with a text of hers in it: each refused her leaf once for `reason` and did not
+/// take her Welcome. No `Joined` into the group (so none naming `claimed` as the adder),
+/// none of her messages, no warning but `expected_warnings`; the group is kept only as a left record without its name
+/// (nothing of it is shown), nothing of its log waits (after a reconnection nothing more is
+/// reported), and a later text of mallory's in it is ignored without a word. Then a real
+/// user can still put bob and carol in a group of their own: carol's `Joined` names bob.
+fn assert_forged_welcome_refused(
     net: &mut Net<MemoryStore>,
     group: GroupId,
-    (claimed, mallory): (&str, cove_wire::DeviceId),
+    (claimed, mallory): (&str, &mut mallory::Mallory),
     [bob, carol]: [usize; 2],
     reason: LeafRefusal,
+    expected_warnings: &[&str],
 ) {
     for slot in [bob, carol] {
         let events = net.take_events(slot);
         assert_eq!(
             refusals(&events),
-            [(group, claimed.to_string(), mallory, reason.clone())],
+            [(group, claimed.to_string(), mallory.device, reason.clone())],
+            "slot {slot}: {events:?}"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::Joined { group: g, .. } if *g == group)),
             "slot {slot}: {events:?}"
         );
         assert!(
@@ -2359,15 +2520,13 @@ fn assert_forged_leaf_refused_and_removed(
                 .any(|e| matches!(e, Event::Message(m) if m.group == group)),
             "slot {slot}: {events:?}"
         );
-        let skipped = warnings(&events)
-            .into_iter()
-            .filter(|w| {
-                w.contains(&format!(
-                    "sent from a refused leaf claiming to be {claimed}'s device"
-                ))
-            })
-            .count();
-        assert_eq!(skipped, 1, "slot {slot}: {:?}", warnings(&events));
+        assert_eq!(warnings(&events), expected_warnings, "slot {slot}");
+        let infos = net.client(slot).groups();
+        let info = infos.iter().find(|g| g.id == group).expect("recorded");
+        assert!(!info.active, "slot {slot}: {info:?}");
+        assert_eq!(info.name, "", "slot {slot}");
+        assert!(info.members.is_empty(), "slot {slot}: {info:?}");
+        assert_eq!(net.client(slot).epoch(&group), None, "slot {slot}");
         assert!(
             net.client(slot)
                 .history(&group.to_hex())
@@ -2376,33 +2535,53 @@ fn assert_forged_leaf_refused_and_removed(
         );
     }
     assert!(
-        !net.relay.store().is_member(group, mallory).unwrap(),
-        "removed at the relay too"
+        net.relay.store().is_member(group, mallory.device).unwrap(),
+        "nobody joined, so nobody removed her"
     );
-    let (b, c) = (
-        net.client(bob).device().unwrap().0,
-        net.client(carol).device().unwrap().0,
-    );
+    mallory.send_text(net, "still alice");
+    net.run();
     for slot in [bob, carol] {
-        assert_eq!(
-            devices_in(net, slot, &group),
-            [("bob".to_string(), b), ("carol".to_string(), c)]
+        net.disconnect(slot);
+        net.connect(slot);
+    }
+    net.run();
+    for slot in [bob, carol] {
+        let events = net.take_events(slot);
+        assert!(
+            !events.iter().any(|e| matches!(
+                e,
+                Event::Message(_) | Event::Warning(_) | Event::Joined { .. }
+            )),
+            "slot {slot}: {events:?}"
         );
     }
     let now = net.now_ms;
-    net.client(bob)
-        .send_text(now, &group.to_hex(), "just us now")
+    let op = net.client(bob).create_group(now, "ours").unwrap();
+    assert_eq!(op_result(net, bob, op), Ok(()));
+    let op = net
+        .client(bob)
+        .add_users(now, "ours", &[user("carol")])
         .unwrap();
+    assert_eq!(op_result(net, bob, op), Ok(()));
+    net.client(bob).send_text(now, "ours", "just us").unwrap();
     net.run();
-    assert_eq!(texts(&net.take_events(carol)), ["just us now"]);
+    let events = net.take_events(carol);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Joined { name, by, .. } if name == "ours" && by.as_str() == "bob")),
+        "{events:?}"
+    );
+    assert_eq!(texts(&events), ["just us"]);
 }
 
 /// mallory, a member driven by bare openmls, creates a group whose only leaf claims to be
 /// alice's (`cove:alice:<mallory's device id>` with mallory's key) and carries no device
-/// certificate, adds bob and carol (who know alice) and writes in it: both refuse the leaf,
-/// neither shows her text, and the leaf is removed by their commit.
+/// certificate, adds bob and carol (who know alice) and writes in it: both refuse the leaf
+/// and, as it is the adder's, do not take the Welcome (no "joined, added by alice"), and
+/// neither shows her text.
 #[test]
-fn a_leaf_claiming_to_be_alice_without_a_certificate_is_refused_and_removed() {
+fn a_leaf_claiming_to_be_alice_without_a_certificate_is_refused_and_its_welcome_not_taken() {
     let mut net = Net::new();
     let alice = device(&mut net, "alice");
     let bob = device(&mut net, "bob");
@@ -2412,20 +2591,22 @@ fn a_leaf_claiming_to_be_alice_without_a_certificate_is_refused_and_removed() {
     let group = mallory.create_group_as(&mut net, "forged", "alice", None, &["bob", "carol"]);
     mallory.send_text(&mut net, "hi, it's alice");
     net.run();
-    assert_forged_leaf_refused_and_removed(
+    assert_forged_welcome_refused(
         &mut net,
         group,
-        ("alice", mallory.device),
+        ("alice", &mut mallory),
         [bob, carol],
         LeafRefusal::NoCertificate,
+        &[],
     );
 }
 
 /// The same with a certificate mallory made for "alice" with an identity key of her own:
 /// bob and carol never saw alice's list, so they fetch it before taking the Welcome, pin
-/// alice's real identity key, and refuse the leaf as certified by another identity.
+/// alice's real identity key, and refuse the leaf as certified by another identity (and so
+/// the Welcome it sent).
 #[test]
-fn a_leaf_certified_by_another_identity_than_the_users_is_refused_and_removed() {
+fn a_leaf_certified_by_another_identity_than_the_users_is_refused_and_its_welcome_not_taken() {
     let mut net = Net::new();
     let alice = device(&mut net, "alice");
     let bob = device(&mut net, "bob");
@@ -2461,12 +2642,13 @@ fn a_leaf_certified_by_another_identity_than_the_users_is_refused_and_removed() 
         let pinned = net.client(slot).device_list_of(&user("alice")).unwrap();
         assert_eq!(pinned.map(|l| l.identity()), Some(real), "slot {slot}");
     }
-    assert_forged_leaf_refused_and_removed(
+    assert_forged_welcome_refused(
         &mut net,
         group,
-        ("alice", mallory.device),
+        ("alice", &mut mallory),
         [bob, carol],
         LeafRefusal::OtherIdentity,
+        &[],
     );
 }
 
@@ -2618,9 +2800,9 @@ fn add_own_devices_everywhere_puts_a_new_device_in_every_group() {
 /// The same with a leaf claiming to be a device of "zed", a user the relay does not know,
 /// certified by an identity key mallory made for him: bob and carol ask for zed's list
 /// before taking the Welcome, get none, and refuse the leaf as having no list that
-/// certifies it.
+/// certifies it (and so the Welcome it sent).
 #[test]
-fn a_leaf_of_a_user_without_a_device_list_is_refused_and_removed() {
+fn a_leaf_of_a_user_without_a_device_list_is_refused_and_its_welcome_not_taken() {
     let mut net = Net::new();
     let bob = device(&mut net, "bob");
     let carol = device(&mut net, "carol");
@@ -2644,12 +2826,14 @@ fn a_leaf_of_a_user_without_a_device_list_is_refused_and_removed() {
                 .is_none()
         );
     }
-    assert_forged_leaf_refused_and_removed(
+    assert_forged_welcome_refused(
         &mut net,
         group,
-        ("zed", mallory.device),
+        ("zed", &mut mallory),
         [bob, carol],
         LeafRefusal::NoList,
+        // The relay knows no zed: the list fetch fails, which is what refuses the leaf.
+        &["request failed: UnknownUser: unknown user"],
     );
 }
 
