@@ -261,11 +261,25 @@ fn show(user: &str, me: Option<cove::DeviceId>, event: &Event, seen: &mut Vec<Ch
             by, added, removed, ..
         } => {
             let names = |v: &[UserName]| v.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+            // A user adding or removing a device of their own shows as themselves.
+            let who = |v: &[UserName]| {
+                names(v)
+                    .into_iter()
+                    .map(|n| {
+                        if n == by.as_str() {
+                            format!("a device of {n}")
+                        } else {
+                            n
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             if !added.is_empty() {
-                println!("[{user}] {by} added {}", names(added).join(", "));
+                println!("[{user}] {by} added {}", who(added));
             }
             if !removed.is_empty() {
-                println!("[{user}] {by} removed {}", names(removed).join(", "));
+                println!("[{user}] {by} removed {}", who(removed));
             }
         }
         Event::RemovedFromGroup { .. } => println!("[{user}] was removed from the group"),
