@@ -100,11 +100,7 @@ impl RawConnection {
                 Some(ServerFrame::Closing { code }) => {
                     return Err(RawError::Unexpected(format!("closing: {code:?}")));
                 }
-                Some(
-                    link @ (ServerFrame::LinkPeerJoined
-                    | ServerFrame::LinkMessage { .. }
-                    | ServerFrame::LinkClosed { .. }),
-                ) => self.link_frames.push_back(link),
+                Some(link) if is_link_push(&link) => self.link_frames.push_back(link),
                 Some(_) => continue,
             }
         }
@@ -123,11 +119,7 @@ impl RawConnection {
                     Some(ServerFrame::Closing { code }) => {
                         return Err(RawError::Unexpected(format!("closing: {code:?}")));
                     }
-                    Some(
-                        link @ (ServerFrame::LinkPeerJoined
-                        | ServerFrame::LinkMessage { .. }
-                        | ServerFrame::LinkClosed { .. }),
-                    ) => return Ok(link),
+                    Some(link) if is_link_push(&link) => return Ok(link),
                     Some(_) => continue,
                 }
             }
@@ -140,4 +132,14 @@ impl RawConnection {
     pub async fn close(self) {
         self.conn.close().await;
     }
+}
+
+/// Whether `frame` is a push of the link rendezvous.
+fn is_link_push(frame: &ServerFrame) -> bool {
+    matches!(
+        frame,
+        ServerFrame::LinkPeerJoined
+            | ServerFrame::LinkMessage { .. }
+            | ServerFrame::LinkClosed { .. }
+    )
 }

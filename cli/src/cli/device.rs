@@ -60,13 +60,15 @@ Offline, the list this device last verified is shown, with ids and last seen unk
     /// Revoke a device of this user for good (lost or stolen): signs a revoke entry with the
     /// user's identity key (only the user's first device holds it) and publishes it.
     #[command(after_help = "\
-Example:
-  cove device revoke 9f8e7d6c
+Examples:
+  cove device revoke 9f8e7d6c      # by key prefix
+  cove device revoke 2             # by the id `cove device list` shows
 
 From then on the relay refuses the revoked device's logins, and no client adds it to a group
 again. It cannot be undone: a revoked key is never listed again.")]
     Revoke {
-        /// The device's key, or a unique prefix of it in hex (see `cove device list`).
+        /// The device's relay id (a number `cove device list` shows; taken as an id when one
+        /// matches), or its key or a unique prefix of the key in hex.
         key: String,
     },
 }

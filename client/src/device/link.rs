@@ -245,20 +245,34 @@ impl Device {
         }
     }
 
-    /// Revokes the device of this user whose key starts with the hex digits `key_prefix`
-    /// (on the user's first device, which holds the identity key), and waits until the relay
-    /// has the signed entry. Returns the revoked key (hex).
+    /// Revokes the device of this user whose relay id `key_prefix` is (a decimal number that
+    /// is an id), or else whose key starts with the hex digits `key_prefix`, on the user's
+    /// first device (which holds the identity key), and waits until the relay has the signed
+    /// entry. Returns the revoked key (hex).
     pub async fn revoke_device(&mut self, key_prefix: &str) -> Result<String, DeviceError> {
         let prefix = key_prefix.trim().to_ascii_lowercase();
-        let view = self
-            .signed_device_list()
-            .await?
-            .ok_or(DeviceError::NotRegistered)?;
-        let matches: Vec<&ListedDeviceView> = view
+        // A number may be a relay id (`cove device list` shows them): ask the relay then.
+        let id: Option<u64> = prefix.parse().ok();
+        let view = if id.is_some() {
+            self.settle().await?;
+            self.device_list().await?
+        } else {
+            self.signed_device_list().await?
+        }
+        .ok_or(DeviceError::NotRegistered)?;
+        let by_id: Vec<&ListedDeviceView> = view
             .devices
             .iter()
-            .filter(|d| !prefix.is_empty() && d.key.starts_with(&prefix))
+            .filter(|d| id.is_some() && d.id.map(|i| i.0) == id)
             .collect();
+        let matches: Vec<&ListedDeviceView> = if by_id.is_empty() {
+            view.devices
+                .iter()
+                .filter(|d| !prefix.is_empty() && d.key.starts_with(&prefix))
+                .collect()
+        } else {
+            by_id
+        };
         let key = match matches.as_slice() {
             [one] => one.key.clone(),
             [] => return Err(DeviceError::UnknownDeviceKey(key_prefix.to_owned())),

@@ -4,7 +4,7 @@
 //! message).
 
 use cove_store::{Store, StoredMessage};
-use cove_wire::{BoundedVec, Payload};
+use cove_wire::BoundedVec;
 
 use super::groups::Groups;
 use crate::link::{HistoryChunk, HistoryMessage, MAX_HISTORY_CHUNKS, MAX_LINK_MESSAGE};
@@ -62,15 +62,7 @@ pub(super) fn export<S: Store>(
             used = 0;
         }
         used += len;
-        current.push(HistoryMessage {
-            group: m.group,
-            seq: m.seq,
-            from: m.from,
-            from_device: m.from_device,
-            message_id: m.message_id,
-            sent_at_ms: m.sent_at_ms,
-            content: Payload(m.content),
-        });
+        current.push(HistoryMessage::from(m));
     }
     if !current.is_empty() {
         chunks.push(HistoryChunk {
@@ -92,16 +84,9 @@ pub(super) fn import<S: Store>(
             if s.is_seen(&m.group, &m.message_id)? {
                 continue;
             }
-            s.put_message(&StoredMessage {
-                group: m.group,
-                seq: m.seq,
-                from: m.from,
-                from_device: m.from_device,
-                message_id: m.message_id,
-                sent_at_ms: m.sent_at_ms,
-                content: m.content.into_vec(),
-            })?;
-            s.mark_seen(&m.group, &m.message_id)?;
+            let (group, id) = (m.group, m.message_id);
+            s.put_message(&StoredMessage::from(m))?;
+            s.mark_seen(&group, &id)?;
             stored += 1;
         }
         Ok(stored)

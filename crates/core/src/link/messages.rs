@@ -102,6 +102,34 @@ pub struct HistoryMessage {
     pub content: Payload,
 }
 
+impl From<cove_store::StoredMessage> for HistoryMessage {
+    fn from(m: cove_store::StoredMessage) -> Self {
+        HistoryMessage {
+            group: m.group,
+            seq: m.seq,
+            from: m.from,
+            from_device: m.from_device,
+            message_id: m.message_id,
+            sent_at_ms: m.sent_at_ms,
+            content: Payload(m.content),
+        }
+    }
+}
+
+impl From<HistoryMessage> for cove_store::StoredMessage {
+    fn from(m: HistoryMessage) -> Self {
+        cove_store::StoredMessage {
+            group: m.group,
+            seq: m.seq,
+            from: m.from,
+            from_device: m.from_device,
+            message_id: m.message_id,
+            sent_at_ms: m.sent_at_ms,
+            content: m.content.into_vec(),
+        }
+    }
+}
+
 impl LinkMessage {
     /// The message's bytes, to seal.
     pub fn encode(&self) -> Result<Vec<u8>, LinkError> {
