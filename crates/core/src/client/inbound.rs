@@ -500,12 +500,21 @@ fn apply_in_tx<S: Store>(
                     trust.verify_later(&m.user);
                 }
             }
-            if !added.is_empty() || !removed.is_empty() {
+            // A refused leaf is nobody's: it is not reported as its claimed user joining, nor
+            // its removal as that user leaving.
+            let trusted_added: Vec<MemberId> =
+                added.iter().filter(|id| !refused(id)).cloned().collect();
+            let trusted_removed: Vec<MemberId> = removed
+                .iter()
+                .filter(|id| !leaves.was_refused(group, &id.key))
+                .cloned()
+                .collect();
+            if !trusted_added.is_empty() || !trusted_removed.is_empty() {
                 events.push(Event::MembersChanged {
                     group,
                     by: sender_id.user.clone(),
-                    added: users_of(&added),
-                    removed: users_of(&removed),
+                    added: users_of(&trusted_added),
+                    removed: users_of(&trusted_removed),
                 });
             }
             events.extend(pin_events);

@@ -245,6 +245,11 @@ impl Leaves {
         self.answered.remove(user);
     }
 
+    /// Whether leaf `key` of `group` was refused and reported.
+    pub(super) fn was_refused(&self, group: GroupId, key: &[u8]) -> bool {
+        <[u8; 32]>::try_from(key).is_ok_and(|k| self.reported.contains(&(group, DeviceKey(k))))
+    }
+
     /// Whether refused leaf `key` of `group` is reported for the first time (then it is
     /// reported and removed; later messages from it are only skipped). It is no longer
     /// trusted either way.

@@ -1704,7 +1704,8 @@ mod mallory {
 /// mallory, a member of alice's group with bob, commits the add of a device the relay made
 /// up for alice (a KeyPackage claiming `cove:alice:<ghost>`, without a certificate): alice and
 /// bob each refuse its leaf once (`NoCertificate`) and raise no "new device" warning for it
-/// (its key is not pinned as alice's), and the leaf is removed by their commit.
+/// (its key is not pinned as alice's), the leaf is removed by their commit, and neither the
+/// add nor the removal is shown as a membership change of alice.
 #[test]
 fn a_refused_leaf_added_by_a_commit_is_reported_once_without_a_new_device_warning() {
     let mut net = Net::new();
@@ -1736,6 +1737,12 @@ fn a_refused_leaf_added_by_a_commit_is_reported_once_without_a_new_device_warnin
             !devices_in(&mut net, slot, &group).contains(&("alice".to_string(), ghost.device.0)),
             "slot {slot}: removed"
         );
+        // Neither the forged add nor its removal is shown as alice joining or leaving.
+        let membership: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e, Event::MembersChanged { .. }))
+            .collect();
+        assert!(membership.is_empty(), "slot {slot}: {membership:?}");
     }
 }
 
