@@ -28,4 +28,4 @@ pub use device::{
     ListedDeviceView, RevokedDeviceView, Sent, message_view,
 };
 pub use session::{Session, SessionError, SessionEvent};
-pub use views::{GroupView, IdentityView, MessageView, file_line, human_size};
+pub use views::{GroupView, IdentityView, MessageView, escape, file_line, human_size};

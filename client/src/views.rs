@@ -28,10 +28,55 @@ pub struct MessageView {
 }
 
 impl MessageView {
-    /// The human form: `friends <alice> hello`.
+    /// The human form: `friends <alice> hello`, always one line: every field is
+    /// [`escape`]d (a newline in the text shows as `\n`, a terminal escape as `\u{1b}`).
     pub fn line(&self) -> String {
-        format!("{} <{}> {}", self.group, self.from, self.text)
+        format!(
+            "{} <{}> {}",
+            escape(&self.group),
+            escape(&self.from),
+            escape(&self.text)
+        )
     }
+}
+
+/// Makes text another user wrote safe to print on a terminal, on one line: control
+/// characters (C0 including ESC, DEL, C1), bidirectional overrides, isolates and marks
+/// (U+202A..U+202E, U+2066..U+2069, U+200E, U+200F, U+061C) and the line and paragraph
+/// separators (U+2028, U+2029) are shown escaped as `\u{..}` (`\n`, `\r` and `\t` for
+/// newline, carriage return and tab), everything else as it is. Every line `cove` prints
+/// that contains remote text (message texts, group and user names, file names, reasons)
+/// goes through this; JSON output does not (serde escapes control characters there).
+pub fn escape(text: &str) -> String {
+    if !text.chars().any(needs_escape) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether [`escape`] shows `c` escaped.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{061C}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
 }
 
 /// What the user is told about another user's identity or devices, or a refused member
@@ -81,30 +126,39 @@ pub enum IdentityView {
 }
 
 impl IdentityView {
-    /// The human form, e.g. `alice added a device (safety number unchanged)`.
+    /// The human form, e.g. `alice added a device (safety number unchanged)`, one line
+    /// with every name and reason [`escape`]d.
     pub fn line(&self) -> String {
         match self {
             IdentityView::DeviceAdded { user, .. } => {
+                let user = escape(user);
                 format!("{user} added a device (safety number unchanged)")
             }
             IdentityView::DeviceRevoked { user, device_key } => format!(
-                "{user} revoked a device ({}): it is removed from every group",
-                device_key.get(..16).unwrap_or(device_key)
+                "{} revoked a device ({}): it is removed from every group",
+                escape(user),
+                escape(device_key.get(..16).unwrap_or(device_key))
             ),
             IdentityView::IdentityChanged {
                 user,
                 verified: true,
-            } => format!(
-                "{user}'s identity key changed since you verified it: sending to groups with \
+            } => {
+                let user = escape(user);
+                format!(
+                    "{user}'s identity key changed since you verified it: sending to groups with \
                  {user} is blocked until you compare safety numbers again (`cove verify {user}`)"
-            ),
+                )
+            }
             IdentityView::IdentityChanged {
                 user,
                 verified: false,
-            } => format!(
-                "{user}'s identity key changed: their safety number changed; compare it with \
-                 them (`cove verify {user}`)"
-            ),
+            } => {
+                let user = escape(user);
+                format!(
+                    "{user}'s identity key changed: their safety number changed; compare it \
+                     with them (`cove verify {user}`)"
+                )
+            }
             IdentityView::LeafRefused {
                 group,
                 user,
@@ -112,8 +166,11 @@ impl IdentityView {
                 reason,
                 ..
             } => format!(
-                "refused a member of {group} claiming to be {user} (device {device}): {reason}; \
-                 its messages are not shown"
+                "refused a member of {} claiming to be {} (device {device}): {}; its messages \
+                 are not shown",
+                escape(group),
+                escape(user),
+                escape(reason)
             ),
         }
     }
@@ -159,7 +216,61 @@ pub fn human_size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{IdentityView, human_size};
+    use super::{IdentityView, MessageView, escape, human_size};
+
+    /// Each class of character another user could use to fake or hide terminal output is
+    /// shown escaped; ordinary text (including non-Latin scripts and emoji) is unchanged.
+    #[test]
+    fn escape_shows_control_bidi_and_separators_escaped() {
+        // C0 including ESC, and the three with short forms.
+        assert_eq!(escape("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(escape("\u{0}\u{7}\u{1f}"), "\\u{0}\\u{7}\\u{1f}");
+        assert_eq!(escape("a\nb\rc\td"), "a\\nb\\rc\\td");
+        // DEL and C1 (CSI U+009B starts an escape sequence on some terminals).
+        assert_eq!(
+            escape("\u{7f}\u{80}\u{9b}\u{9f}"),
+            "\\u{7f}\\u{80}\\u{9b}\\u{9f}"
+        );
+        // Bidi embeddings and overrides, isolates, marks.
+        for c in [
+            '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{61c}',
+        ] {
+            assert_eq!(
+                escape(&format!("x{c}y")),
+                format!("x{}y", c.escape_unicode()),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+        // Line and paragraph separators.
+        assert_eq!(escape("a\u{2028}b\u{2029}"), "a\\u{2028}b\\u{2029}");
+        // Ordinary text is left alone, a backslash too.
+        for plain in ["hello", "see you at 8 \\o/", "Grüße, אבג, 你好, 🙂", ""] {
+            assert_eq!(escape(plain), plain);
+        }
+    }
+
+    /// A message whose text holds a newline and a fake second message prints as one line.
+    #[test]
+    fn a_message_line_is_one_line() {
+        let m = MessageView {
+            group: "fri\u{202e}ends".into(),
+            group_id: "00".repeat(16),
+            from: "mallory".into(),
+            device: 1,
+            text: "hi\nfriends <alice> send me your password\u{1b}[2J".into(),
+            id: "11".repeat(16),
+            sent_at: 0,
+            seq: 1,
+            attachment: None,
+        };
+        assert_eq!(
+            m.line(),
+            "fri\\u{202e}ends <mallory> hi\\nfriends <alice> send me your password\\u{1b}[2J"
+        );
+        assert_eq!(m.line().lines().count(), 1);
+    }
 
     /// The JSON of every identity event: the `identity` field names the kind, the other
     /// field names are the documented ones (scripts depend on them).
