@@ -28,4 +28,6 @@ pub use device::{
     ListedDeviceView, RevokedDeviceView, Sent, message_view,
 };
 pub use session::{Session, SessionError, SessionEvent};
-pub use views::{GroupView, IdentityView, MessageView, escape, file_line, human_size};
+pub use views::{
+    GroupInfoView, GroupView, IdentityView, MemberView, MessageView, escape, file_line, human_size,
+};

@@ -189,6 +189,59 @@ pub struct GroupView {
     pub members: Vec<String>,
 }
 
+/// `cove group info`: a group's state, for two members to compare out of band (equal epoch
+/// and authenticator mean the same MLS state). `--json` prints exactly these fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupInfoView {
+    /// The name the creator gave.
+    pub name: String,
+    /// The group id (hex).
+    pub id: String,
+    /// The current MLS epoch.
+    pub epoch: u64,
+    /// The epoch authenticator (hex), equal on every member in the same epoch.
+    pub epoch_authenticator: String,
+    /// The member devices, ordered by user, then device id.
+    pub members: Vec<MemberView>,
+}
+
+/// One member device of a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberView {
+    /// The user.
+    pub user: String,
+    /// The device id.
+    pub device: u64,
+    /// The device's MLS signature key (hex).
+    pub key: String,
+}
+
+impl GroupInfoView {
+    /// The human form: a header line, the authenticator, then one line per member device
+    /// (`  alice  device 1  key 0123456789abcdef`), names [`escape`]d.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![
+            format!(
+                "group {} ({})  epoch {}",
+                escape(&self.name),
+                self.id,
+                self.epoch
+            ),
+            format!("epoch authenticator {}", self.epoch_authenticator),
+            format!("members ({} devices):", self.members.len()),
+        ];
+        out.extend(self.members.iter().map(|m| {
+            format!(
+                "  {}  device {}  key {}",
+                escape(&m.user),
+                m.device,
+                m.key.get(..16).unwrap_or(&m.key)
+            )
+        }));
+        out
+    }
+}
+
 /// How a file message reads in the chat: `[file] report.pdf (3.0 MiB, application/pdf)`.
 pub fn file_line(p: &AttachmentPointer) -> String {
     format!(

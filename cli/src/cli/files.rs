@@ -90,9 +90,9 @@ pub async fn run_send_file(home: Home, args: SendFileArgs) -> anyhow::Result<()>
     let p = sent?;
     println!(
         "sent {} ({}) to {} [attachment {}]",
-        p.name,
+        cove::escape(&p.name),
         cove::human_size(p.size),
-        args.group,
+        cove::escape(&args.group),
         p.blob_id
     );
     Ok(())
@@ -104,7 +104,7 @@ pub async fn run_download(home: Home, args: DownloadArgs) -> anyhow::Result<()> 
     let out = args.output.unwrap_or_else(|| PathBuf::from("."));
     let got = cove::transfer::download(&device, &args.group, &args.id, &out, true).await;
     device.close().await;
-    println!("saved {}", got?.display());
+    println!("saved {}", cove::escape(&got?.display().to_string()));
     Ok(())
 }
 
@@ -127,7 +127,7 @@ pub async fn run_fetch(home: Option<Home>, args: FetchArgs) -> anyhow::Result<()
     };
     let tls = Arc::new(transport::client_config(&trust)?);
     let got = cove::transfer::fetch(&args.link, tls, args.output.as_deref(), true).await?;
-    println!("saved {}", got.display());
+    println!("saved {}", cove::escape(&got.display().to_string()));
     Ok(())
 }
 

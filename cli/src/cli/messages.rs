@@ -78,11 +78,11 @@ pub async fn run_send(home: Home, args: SendArgs) -> anyhow::Result<()> {
     let sent = device.send_text(&args.name, &args.text).await;
     device.close().await;
     match sent? {
-        Sent::Delivered => println!("sent to {}", args.name),
+        Sent::Delivered => println!("sent to {}", cove::escape(&args.name)),
         Sent::Queued => println!(
             "queued for {}: the relay has not confirmed it yet; it stays in this device's \
              outbox and goes out once at the next connection (e.g. `cove sync`)",
-            args.name
+            cove::escape(&args.name)
         ),
     }
     Ok(())
@@ -134,7 +134,7 @@ pub async fn run_listen(home: Home, args: ListenArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break Ok(()),
             next = device.next_incoming() => match next {
                 Ok(Incoming::Message(m)) => print_message(&m, args.json)?,
-                Ok(Incoming::Notice(text)) => eprintln!("-- {text}"),
+                Ok(Incoming::Notice(text)) => eprintln!("-- {}", cove::escape(&text)),
                 Ok(Incoming::Warning(text)) => print_warning(&text, args.json)?,
                 Ok(Incoming::Identity(event)) => print_identity(&event, args.json)?,
                 Err(e) => break Err(e),
@@ -193,7 +193,7 @@ fn print_warning(text: &str, json: bool) -> anyhow::Result<()> {
         writeln!(out)?;
         out.flush()?;
     } else {
-        eprintln!("warning: {text}");
+        eprintln!("warning: {}", cove::escape(text));
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use cove::config::Home;
-use cove::{ChatMessage, Device, Event, SessionEvent, UserName};
+use cove::{ChatMessage, Device, Event, SessionEvent, UserName, escape};
 use cove_core::IdentityEvent;
 use cove_server::{Relay, RelayConfig, RelayHandle};
 
@@ -197,7 +197,7 @@ impl Demo {
             .send_text(group, text)
             .await
             .with_context(|| format!("{user} sending to {group}"))?;
-        println!("[{user}] -> {group}: {text}");
+        println!("[{user}] -> {}: {}", escape(group), escape(text));
         self.sent.push(text.to_owned());
         Ok(())
     }
@@ -256,17 +256,21 @@ fn show(user: &str, me: Option<cove::DeviceId>, event: &Event, seen: &mut Vec<Ch
                 println!("[{user}] {}", cove::message_view(m).line());
             }
         }
-        Event::Joined { name, by, .. } => println!("[{user}] joined {name} (added by {by})"),
+        Event::Joined { name, by, .. } => println!(
+            "[{user}] joined {} (added by {})",
+            escape(name),
+            escape(by.as_str())
+        ),
         Event::MembersChanged {
             by, added, removed, ..
         } => {
-            let names = |v: &[UserName]| v.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+            let names = |v: &[UserName]| v.iter().map(|u| escape(u.as_str())).collect::<Vec<_>>();
             // A user adding or removing a device of their own shows as themselves.
             let who = |v: &[UserName]| {
                 names(v)
                     .into_iter()
                     .map(|n| {
-                        if n == by.as_str() {
+                        if n == escape(by.as_str()) {
                             format!("a device of {n}")
                         } else {
                             n
@@ -276,29 +280,45 @@ fn show(user: &str, me: Option<cove::DeviceId>, event: &Event, seen: &mut Vec<Ch
                     .join(", ")
             };
             if !added.is_empty() {
-                println!("[{user}] {by} added {}", who(added));
+                println!("[{user}] {} added {}", escape(by.as_str()), who(added));
             }
             if !removed.is_empty() {
-                println!("[{user}] {by} removed {}", who(removed));
+                println!("[{user}] {} removed {}", escape(by.as_str()), who(removed));
             }
         }
         Event::RemovedFromGroup { .. } => println!("[{user}] was removed from the group"),
         Event::KeyChanged { user: who, .. } => {
-            println!("[{user}] WARNING: the key of {who} changed")
+            println!(
+                "[{user}] WARNING: the key of {} changed",
+                escape(who.as_str())
+            )
         }
         Event::Identity(IdentityEvent::DeviceAdded { user: who, .. }) => {
-            println!("[{user}] {who} added a device (safety number unchanged)")
+            println!(
+                "[{user}] {} added a device (safety number unchanged)",
+                escape(who.as_str())
+            )
         }
         Event::Identity(IdentityEvent::DeviceRevoked { user: who, .. }) => {
-            println!("[{user}] {who} revoked a device: it is removed from every group")
+            println!(
+                "[{user}] {} revoked a device: it is removed from every group",
+                escape(who.as_str())
+            )
         }
         Event::Identity(IdentityEvent::IdentityChanged { user: who, .. }) => {
-            println!("[{user}] WARNING: the identity key of {who} changed")
+            println!(
+                "[{user}] WARNING: the identity key of {} changed",
+                escape(who.as_str())
+            )
         }
         Event::Identity(IdentityEvent::LeafRefused {
             user: who, reason, ..
-        }) => println!("[{user}] refused a member claiming to be {who}: {reason}"),
-        Event::Warning(w) => println!("[{user}] warning: {w}"),
+        }) => println!(
+            "[{user}] refused a member claiming to be {}: {}",
+            escape(who.as_str()),
+            escape(&reason.to_string())
+        ),
+        Event::Warning(w) => println!("[{user}] warning: {}", escape(&w.to_string())),
         _ => {}
     }
 }

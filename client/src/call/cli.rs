@@ -150,7 +150,7 @@ fn print_report(report: &CallReport, media: &MediaArgs) -> anyhow::Result<()> {
         println!(
             "  {}: first audio {} ms, audio frames sent {} / received {}, video frames received {}, \
              packets sent {} / received {} / lost {}, jitter {:.1} ms, rtt {}",
-            p.peer,
+            crate::views::escape(&p.peer.to_string()),
             p.dial_to_first_audio_ms
                 .map_or("-".into(), |v| format!("{v:.0}")),
             p.audio_frames_sent,

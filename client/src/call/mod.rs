@@ -437,7 +437,7 @@ impl Driver {
 
     fn say(&self, line: String) {
         if self.verbose {
-            println!("{line}");
+            println!("{}", crate::views::escape(&line));
         }
     }
 

@@ -8,7 +8,7 @@ use cove_wire::{GroupId, UserName};
 use super::error::DeviceError;
 use super::handle::Device;
 use super::inbox::message_view;
-use crate::views::{GroupView, MessageView};
+use crate::views::{GroupInfoView, GroupView, MemberView, MessageView};
 
 impl Device {
     /// The groups this device is or was in.
@@ -88,6 +88,44 @@ impl Device {
             .session
             .call(move |c| c.epoch(&group).zip(c.epoch_authenticator(&group)))
             .await?)
+    }
+}
+
+impl Device {
+    /// A group's epoch, epoch authenticator and member devices, for `cove group info`.
+    /// `None` if this device is not a member of the group.
+    pub async fn group_info(&self, group: &str) -> Result<Option<GroupInfoView>, DeviceError> {
+        let group = group.to_owned();
+        let view = self
+            .session
+            .call(move |c| {
+                let id = c.resolve(&group)?;
+                let Some(info) = c.groups().into_iter().find(|g| g.id == id && g.active) else {
+                    return Ok(None);
+                };
+                let Some((epoch, auth)) = c.epoch(&id).zip(c.epoch_authenticator(&id)) else {
+                    return Ok(None);
+                };
+                let mut members: Vec<MemberView> = c
+                    .group_member_keys(&id)
+                    .into_iter()
+                    .map(|(m, key)| MemberView {
+                        user: m.user.to_string(),
+                        device: m.device.0,
+                        key: hex::encode(key),
+                    })
+                    .collect();
+                members.sort_by(|a, b| (&a.user, a.device).cmp(&(&b.user, b.device)));
+                Ok::<_, cove_core::CommandError>(Some(GroupInfoView {
+                    name: info.name,
+                    id: id.to_hex(),
+                    epoch,
+                    epoch_authenticator: hex::encode(auth),
+                    members,
+                }))
+            })
+            .await??;
+        Ok(view)
     }
 }
 

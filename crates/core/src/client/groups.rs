@@ -236,6 +236,28 @@ impl Groups {
             .unwrap_or_default()
     }
 
+    /// The member devices of a group with their leaf signature keys.
+    pub(super) fn member_keys(&self, group: &GroupId) -> Vec<(crate::call::GroupMember, Vec<u8>)> {
+        self.mls
+            .get(group)
+            .map(|g| {
+                g.members()
+                    .filter_map(|m| {
+                        let leaf = m.index.u32();
+                        member_id(&m).ok().map(|id| {
+                            let member = crate::call::GroupMember {
+                                leaf,
+                                user: id.user,
+                                device: id.device,
+                            };
+                            (member, id.key)
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Exports a secret from the group's current epoch.
     pub(super) fn export_secret<S: Store>(
         &self,

@@ -572,6 +572,12 @@ impl<S: Store> Client<S> {
         self.groups.call_members(group)
     }
 
+    /// The member devices of a group with their MLS leaf signature keys (read-only; for
+    /// `cove group info`, to compare members out of band).
+    pub fn group_member_keys(&self, group: &GroupId) -> Vec<(crate::call::GroupMember, Vec<u8>)> {
+        self.groups.member_keys(group)
+    }
+
     /// Sends a request the core does not interpret itself (e.g. `Request::TurnCredentials`)
     /// on the current connection; the answer comes back as [`Event::Reply`] with the returned
     /// id. `None` if the connection is not ready (authenticated) yet.
