@@ -206,6 +206,7 @@ fn every_command_has_help_with_an_example() {
         &["group", "add"],
         &["group", "remove"],
         &["group", "leave"],
+        &["group", "info"],
         &["groups"],
         &["send"],
         &["sync"],
