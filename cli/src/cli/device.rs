@@ -166,7 +166,7 @@ pub(crate) fn device_list_lines(view: &DeviceListView) -> Vec<String> {
             "  {}  id {:<3}  {:<16}  added {}  last seen {}{}",
             short(&d.key),
             id(d.id),
-            d.name,
+            cove::escape(&d.name),
             utc(d.added_ms),
             last_seen,
             if d.this { "  (this device)" } else { "" }

@@ -118,7 +118,8 @@ fn resolve_home(home: Option<PathBuf>) -> anyhow::Result<Home> {
     Ok(Home::new(dirs.data_dir()))
 }
 
-/// Formats an error and its causes on one line: `what: why: root cause`.
+/// Formats an error and its causes on one line: `what: why: root cause`, with what another
+/// user wrote in it (a group name, a peer's reason) [`cove::escape`]d.
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in err.chain() {
@@ -132,7 +133,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
         }
         out.push_str(&text);
     }
-    out.replace('\n', " ")
+    cove::escape(&out.replace('\n', " "))
 }
 
 /// Logs to stderr at `warn` by default (openmls off), more with `-v`; `RUST_LOG` overrides.

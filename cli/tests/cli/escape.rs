@@ -184,9 +184,11 @@ async fn group_info_shows_the_same_epoch_and_authenticator_on_every_member() {
         assert_eq!(a2["epoch"].as_u64().unwrap(), epoch + 1);
         assert_ne!(a2["epoch_authenticator"].as_str().unwrap(), auth);
         assert_eq!(a2["members"].as_array().unwrap().len(), 3);
-        // Not a member: a clear error.
-        let err = super::fails(&carol, &["group", "info", "nope"]);
+        // An unknown group: an error on one line, the name as typed shown escaped.
+        let err = super::fails(&carol, &["group", "info", "no\u{1b}[2Jpe"]);
         assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains("no\\u{1b}[2Jpe"), "{err}");
+        assert!(!err.contains('\u{1b}'), "{err}");
     })
     .await
     .unwrap();
