@@ -133,6 +133,10 @@ pub struct Limits {
     /// How long a link code (a rendezvous slot for linking a new machine) lives from its
     /// opening, in milliseconds (default 5 minutes).
     pub link_code_lifetime_ms: u64,
+    /// Payload bytes one `Fetch` or one backlog step reads from the store (default 4 MiB):
+    /// a read stops before the entry that would pass it, but always returns one entry, so
+    /// a reader makes progress through entries of any allowed size.
+    pub max_read_bytes: usize,
 }
 
 impl Default for Limits {
@@ -156,6 +160,7 @@ impl Default for Limits {
             close_grace_ms: 2_000,
             shutdown_grace_ms: 5_000,
             link_code_lifetime_ms: crate::rendezvous::SLOT_LIFETIME_MS,
+            max_read_bytes: crate::store::DEFAULT_READ_BYTES,
         }
     }
 }
@@ -192,7 +197,11 @@ impl Limits {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&str, bool); 8] = [
+        let checks: [(&str, bool); 9] = [
+            (
+                "max_read_bytes must be at least 1",
+                self.max_read_bytes >= 1,
+            ),
             (
                 "outgoing_queue_bytes must be at least the largest message",
                 self.outgoing_queue_bytes >= self.message_bytes(),

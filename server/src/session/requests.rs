@@ -117,15 +117,18 @@ impl Session {
                     Request::PublishDeviceList { .. } => Some("too many device-list publishes"),
                     _ => None,
                 };
+                let read_bytes = self.shared.limits.max_read_bytes;
                 match costly.map(|what| (what, self.shared.hub.take_claim(device))) {
                     Some((what, Err(retry_after_ms))) => {
                         let mut e = ErrorReply::new(ErrorCode::RateLimited, what);
                         e.retry_after_ms = Some(retry_after_ms);
                         Err(e)
                     }
-                    _ => blocking(&self.shared, move |s| Ok(logic::request(s, device, body)))
-                        .await
-                        .unwrap_or_else(|e| Err(store_error_reply(&e))),
+                    _ => blocking(&self.shared, move |s| {
+                        Ok(logic::request(s, device, body, read_bytes))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(store_error_reply(&e))),
                 }
             }
         };
