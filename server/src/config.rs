@@ -122,6 +122,12 @@ pub struct Limits {
     pub claims_per_minute: u32,
     /// Burst of KeyPackage claims (and device-list publishes) per device.
     pub claim_burst: u32,
+    /// Sustained KeyPackage claims per minute on one target user, from all claimers
+    /// together (RFC 9420 16.8: a burst of claims, even from many registered devices, must
+    /// not drain a user's KeyPackages).
+    pub target_claims_per_minute: u32,
+    /// Burst of KeyPackage claims on one target user.
+    pub target_claim_burst: u32,
     /// Payload bytes of posts waiting for the store; a connection posting past this waits.
     pub post_queue_bytes: usize,
     /// Most posts appended in one store batch (one sync).
@@ -155,6 +161,8 @@ impl Default for Limits {
             request_burst: 1000,
             claims_per_minute: 120,
             claim_burst: 60,
+            target_claims_per_minute: 60,
+            target_claim_burst: 30,
             post_queue_bytes: 64 * 1024 * 1024,
             post_batch_max: 1024,
             close_grace_ms: 2_000,
@@ -197,7 +205,11 @@ impl Limits {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&str, bool); 9] = [
+        let checks: [(&str, bool); 10] = [
+            (
+                "target_claims_per_minute and target_claim_burst must be at least 1",
+                self.target_claims_per_minute >= 1 && self.target_claim_burst >= 1,
+            ),
             (
                 "max_read_bytes must be at least 1",
                 self.max_read_bytes >= 1,

@@ -118,8 +118,21 @@ impl Session {
                     _ => None,
                 };
                 let read_bytes = self.shared.limits.max_read_bytes;
-                match costly.map(|what| (what, self.shared.hub.take_claim(device))) {
-                    Some((what, Err(retry_after_ms))) => {
+                let hub = &self.shared.hub;
+                // A claim also takes a token of its target user's bucket, shared by every
+                // claimer, once the claimer's own bucket allowed it.
+                let limited = costly.and_then(|what| match hub.take_claim(device) {
+                    Err(retry) => Some((what, retry)),
+                    Ok(()) => match &body {
+                        Request::ClaimKeyPackages { user } => hub
+                            .take_target_claim(user)
+                            .err()
+                            .map(|retry| ("too many claims of this user's KeyPackages", retry)),
+                        _ => None,
+                    },
+                });
+                match limited {
+                    Some((what, retry_after_ms)) => {
                         let mut e = ErrorReply::new(ErrorCode::RateLimited, what);
                         e.retry_after_ms = Some(retry_after_ms);
                         Err(e)
