@@ -122,6 +122,12 @@ pub struct Limits {
     pub claims_per_minute: u32,
     /// Burst of KeyPackage claims (and device-list publishes) per device.
     pub claim_burst: u32,
+    /// Sustained KeyPackage claims per minute on one target user, from all claimers
+    /// together (RFC 9420 16.8: a burst of claims, even from many registered devices, must
+    /// not drain a user's KeyPackages).
+    pub target_claims_per_minute: u32,
+    /// Burst of KeyPackage claims on one target user.
+    pub target_claim_burst: u32,
     /// Payload bytes of posts waiting for the store; a connection posting past this waits.
     pub post_queue_bytes: usize,
     /// Most posts appended in one store batch (one sync).
@@ -133,6 +139,10 @@ pub struct Limits {
     /// How long a link code (a rendezvous slot for linking a new machine) lives from its
     /// opening, in milliseconds (default 5 minutes).
     pub link_code_lifetime_ms: u64,
+    /// Payload bytes one `Fetch` or one backlog step reads from the store (default 4 MiB):
+    /// a read stops before the entry that would pass it, but always returns one entry, so
+    /// a reader makes progress through entries of any allowed size.
+    pub max_read_bytes: usize,
 }
 
 impl Default for Limits {
@@ -151,11 +161,14 @@ impl Default for Limits {
             request_burst: 1000,
             claims_per_minute: 120,
             claim_burst: 60,
+            target_claims_per_minute: 60,
+            target_claim_burst: 30,
             post_queue_bytes: 64 * 1024 * 1024,
             post_batch_max: 1024,
             close_grace_ms: 2_000,
             shutdown_grace_ms: 5_000,
             link_code_lifetime_ms: crate::rendezvous::SLOT_LIFETIME_MS,
+            max_read_bytes: crate::store::DEFAULT_READ_BYTES,
         }
     }
 }
@@ -192,7 +205,15 @@ impl Limits {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&str, bool); 8] = [
+        let checks: [(&str, bool); 10] = [
+            (
+                "target_claims_per_minute and target_claim_burst must be at least 1",
+                self.target_claims_per_minute >= 1 && self.target_claim_burst >= 1,
+            ),
+            (
+                "max_read_bytes must be at least 1",
+                self.max_read_bytes >= 1,
+            ),
             (
                 "outgoing_queue_bytes must be at least the largest message",
                 self.outgoing_queue_bytes >= self.message_bytes(),

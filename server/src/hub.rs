@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cove_wire::{DeviceId, ErrorCode, Seq, Stream};
+use cove_wire::{DeviceId, ErrorCode, Seq, Stream, UserName};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 /// Why a connection is being closed.
@@ -194,6 +194,9 @@ type IdMap<V> = HashMap<DeviceId, V, BuildHasherDefault<IdHasher>>;
 pub(crate) struct Hub {
     online: Mutex<IdMap<Presence>>,
     buckets: Mutex<IdMap<Buckets>>,
+    /// KeyPackage claims per target user (RFC 9420 16.8: one burst of claims, from however
+    /// many claimers, must not drain a user's KeyPackages).
+    target_claims: Mutex<HashMap<UserName, TokenBucket>>,
     next_conn: AtomicU64,
     pending_cap: usize,
     rates: Rates,
@@ -210,7 +213,15 @@ pub(crate) struct Rates {
     pub claims_per_second: f64,
     /// Claim burst.
     pub claim_burst: f64,
+    /// Claims per second on one target user (from all claimers together).
+    pub target_claims_per_second: f64,
+    /// Claim burst on one target user.
+    pub target_claim_burst: f64,
 }
+
+/// Target users whose claim buckets the hub tracks before it forgets the full ones (a full
+/// bucket is the same as none).
+const MAX_TRACKED_TARGETS: usize = 100_000;
 
 struct Buckets {
     requests: TokenBucket,
@@ -223,6 +234,7 @@ impl Hub {
         Hub {
             online: Mutex::new(IdMap::default()),
             buckets: Mutex::new(IdMap::default()),
+            target_claims: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             pending_cap: pending_cap.max(1),
             rates,
@@ -326,6 +338,31 @@ impl Hub {
         self.take(device, |b| &mut b.claims)
     }
 
+    /// Takes one claim token on the target `user`'s bucket (shared by every claimer); on
+    /// refusal, the milliseconds until one is due.
+    pub fn take_target_claim(&self, user: &UserName) -> Result<(), u32> {
+        let now = Instant::now();
+        let rates = self.rates;
+        let mut targets = self
+            .target_claims
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if targets.len() >= MAX_TRACKED_TARGETS && !targets.contains_key(user) {
+            targets.retain(|_, bucket| !bucket.is_full(now));
+        }
+        if let Some(bucket) = targets.get_mut(user) {
+            return bucket.take(now);
+        }
+        let mut bucket = TokenBucket::new(
+            rates.target_claims_per_second,
+            rates.target_claim_burst,
+            now,
+        );
+        let taken = bucket.take(now);
+        targets.insert(user.clone(), bucket);
+        taken
+    }
+
     fn take(
         &self,
         device: DeviceId,
@@ -414,11 +451,39 @@ impl TokenBucket {
             Err(u32::try_from(wait.as_millis().saturating_add(1)).unwrap_or(u32::MAX))
         }
     }
+
+    /// Whether the bucket has refilled to its burst by `now` (then it limits nothing).
+    fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn target_claims_share_one_bucket_per_user() {
+        let hub = Hub::new(
+            8,
+            Rates {
+                requests_per_second: 1.0,
+                request_burst: 1.0,
+                claims_per_second: 1.0,
+                claim_burst: 1.0,
+                target_claims_per_second: 0.001,
+                target_claim_burst: 2.0,
+            },
+        );
+        let alice = UserName::new("alice").unwrap();
+        let bob = UserName::new("bob").unwrap();
+        assert!(hub.take_target_claim(&alice).is_ok());
+        assert!(hub.take_target_claim(&alice).is_ok());
+        assert!(hub.take_target_claim(&alice).is_err_and(|ms| ms > 0));
+        assert!(hub.take_target_claim(&bob).is_ok());
+    }
 
     #[test]
     fn bucket_refuses_past_burst_and_refills() {
@@ -480,6 +545,8 @@ mod tests {
                 request_burst: 1.0,
                 claims_per_second: 1.0,
                 claim_burst: 1.0,
+                target_claims_per_second: 1.0,
+                target_claim_burst: 1.0,
             },
         );
         let (outbox, mut rx) = Outbox::new(7, 16, 1024);
@@ -510,6 +577,8 @@ mod tests {
             request_burst: 1.0,
             claims_per_second: 1.0,
             claim_burst: 1.0,
+            target_claims_per_second: 1.0,
+            target_claim_burst: 1.0,
         };
         let hub = Hub::new(8, rates);
         let (first, rx1) = Outbox::new(1, 4, 1024);

@@ -119,6 +119,8 @@ impl Relay {
                 request_burst: f64::from(limits.request_burst),
                 claims_per_second: f64::from(limits.claims_per_minute) / 60.0,
                 claim_burst: f64::from(limits.claim_burst),
+                target_claims_per_second: f64::from(limits.target_claims_per_minute) / 60.0,
+                target_claim_burst: f64::from(limits.target_claim_burst),
             },
         ));
         let (pipeline, writer) = Pipeline::start(

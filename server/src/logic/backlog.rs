@@ -5,13 +5,13 @@ use std::collections::{HashMap, VecDeque};
 use cove_wire::limits::MAX_FETCH_ENTRIES;
 use cove_wire::{Delivery, DeviceId, EntryKind, GroupEntry, GroupId, Seq, Stream};
 
-use crate::store::{RelayStore, StoreError};
+use crate::store::{DEFAULT_READ_BYTES, RelayStore, StoreError};
 
-/// Entries read from the store per step.
+/// Most entries read from the store per step (the byte budget usually stops a step first).
 const STEP: u32 = MAX_FETCH_ENTRIES;
 
 /// The backlog of a device that has just authenticated, read from the store in steps of at
-/// most one store page each, in this order: the groups it was removed from without having
+/// most one store page each (bounded in entries and in payload bytes), in this order: the groups it was removed from without having
 /// acked the removal (up to and including the removal commit, also when it was added again
 /// since: a device always receives the commit that removed it, before the Welcome that adds
 /// it again), its inbox, and every group it is in (never past a commit that removes it).
@@ -25,6 +25,8 @@ pub struct Backlog {
     members: Vec<GroupId>,
     /// The last seq pushed per stream.
     sent: HashMap<Stream, Seq>,
+    /// Payload bytes read from the store per step (the first entry of a step always is).
+    read_bytes: usize,
 }
 
 /// What to do after one step.
@@ -58,13 +60,21 @@ struct Reading {
 }
 
 impl Backlog {
-    /// The backlog of `device`, not read yet.
+    /// The backlog of `device`, not read yet, read in steps of at most
+    /// [`DEFAULT_READ_BYTES`] of payload.
     pub fn new(device: DeviceId) -> Self {
+        Self::with_read_bytes(device, DEFAULT_READ_BYTES)
+    }
+
+    /// The backlog of `device`, read in steps of at most `read_bytes` of payload (and
+    /// `MAX_FETCH_ENTRIES` entries); a step holds one entry larger than that.
+    pub fn with_read_bytes(device: DeviceId, read_bytes: usize) -> Self {
         Backlog {
             device,
             phase: Phase::Start,
             members: Vec::new(),
             sent: HashMap::new(),
+            read_bytes,
         }
     }
 
@@ -105,7 +115,7 @@ impl Backlog {
                             }
                         }
                     };
-                    let (out, finished) = read_group(store, device, &mut reading)?;
+                    let (out, finished) = read_group(store, device, &mut reading, self.read_bytes)?;
                     if finished {
                         // A member again: its live stream starts from its member cursor.
                         if !self.members.contains(&reading.group) {
@@ -125,7 +135,7 @@ impl Backlog {
                         Some(after) => after,
                         None => store.cursor(device, Stream::Inbox)?,
                     };
-                    let entries = store.read_inbox(device, after, STEP)?;
+                    let entries = store.read_inbox(device, after, STEP, self.read_bytes)?;
                     let Some(last) = entries.last() else {
                         self.sent.insert(Stream::Inbox, after);
                         self.phase = Phase::Groups(self.members.clone().into(), None);
@@ -163,7 +173,7 @@ impl Backlog {
                             }
                         }
                     };
-                    let (out, finished) = read_group(store, device, &mut reading)?;
+                    let (out, finished) = read_group(store, device, &mut reading, self.read_bytes)?;
                     if finished {
                         self.sent
                             .insert(Stream::Group(reading.group), reading.after);
@@ -188,8 +198,9 @@ fn read_group(
     store: &dyn RelayStore,
     device: DeviceId,
     reading: &mut Reading,
+    read_bytes: usize,
 ) -> Result<(Vec<Delivery>, bool), StoreError> {
-    let entries = store.read_group(reading.group, reading.after, STEP)?;
+    let entries = store.read_group(reading.group, reading.after, STEP, read_bytes)?;
     if entries.is_empty() {
         return Ok((Vec::new(), true));
     }
@@ -211,4 +222,76 @@ fn read_group(
 /// Whether `entry` is a commit that removes `device`.
 fn removes(entry: &GroupEntry, device: DeviceId) -> bool {
     matches!(&entry.kind, EntryKind::Commit { removed, .. } if removed.contains(&device))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use cove_wire::{Delivery, Seq};
+
+    use super::{Backlog, BacklogStep};
+    use crate::store::conformance::{app, commit, device, gid, one};
+    use crate::store::{MemoryStore, RelayStore, SqliteStore};
+
+    /// 500 entries of 2 KiB and a Welcome, read with a 10 KiB budget: every step holds at
+    /// most 10 KiB of payload (five entries), and the steps deliver the Welcome and then
+    /// every entry once, in order.
+    fn steps_stay_within_the_byte_budget(store: &dyn RelayStore) {
+        const SIZE: usize = 2048;
+        const BUDGET: usize = 10 * 1024;
+        let a = device(store, "alice", 1);
+        let b = device(store, "bob", 2);
+        let g = gid(1);
+        store.create_group(g, a).unwrap();
+        one(store, commit(g, a, 0, &[b], &[], Some(&[9u8; SIZE]))).unwrap();
+        let payload = |i: u32| {
+            let mut p = vec![0u8; SIZE];
+            p[..4].copy_from_slice(&i.to_be_bytes());
+            p
+        };
+        let posts = (0..500).map(|i| app(g, a, 1, &payload(i))).collect();
+        assert!(store.append_batch(posts).iter().all(Result::is_ok));
+
+        let mut backlog = Backlog::with_read_bytes(b, BUDGET);
+        let mut steps = Vec::new();
+        while let BacklogStep::Deliver(deliveries) = backlog.step(store).unwrap() {
+            steps.push(deliveries);
+        }
+        let bytes = |d: &Delivery| match d {
+            Delivery::Group(e) => e.payload.len(),
+            Delivery::Inbox(e) => e.payload.len(),
+        };
+        for step in &steps {
+            assert!(step.iter().map(bytes).sum::<usize>() <= BUDGET);
+        }
+        // The inbox step, then 100 group steps of exactly five entries.
+        assert_eq!(steps.len(), 101);
+        assert!(steps[1..].iter().all(|s| s.len() == 5));
+        let all: Vec<Delivery> = steps.into_iter().flatten().collect();
+        assert!(matches!(&all[0], Delivery::Inbox(_)));
+        let group: Vec<(Seq, Vec<u8>)> = all[1..]
+            .iter()
+            .map(|d| match d {
+                Delivery::Group(e) => (e.seq, e.payload.as_bytes()[..4].to_vec()),
+                Delivery::Inbox(e) => panic!("inbox entry {} among group entries", e.seq),
+            })
+            .collect();
+        let expected: Vec<(Seq, Vec<u8>)> = (0..500u32)
+            .map(|i| (Seq(u64::from(i) + 2), i.to_be_bytes().to_vec()))
+            .collect();
+        assert_eq!(group, expected);
+    }
+
+    #[test]
+    fn memory_steps_stay_within_the_byte_budget() {
+        steps_stay_within_the_byte_budget(&MemoryStore::new());
+    }
+
+    #[test]
+    fn sqlite_steps_stay_within_the_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("relay.db")).unwrap();
+        steps_stay_within_the_byte_budget(&store);
+    }
 }

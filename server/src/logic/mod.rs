@@ -36,7 +36,7 @@ use cove_wire::{
     DeviceId, ErrorCode, ErrorReply, PROTOCOL_VERSION, Reply, Request, Seq, ServerFrame, Stream,
 };
 
-use crate::store::{NewPost, RelayStore};
+use crate::store::{DEFAULT_READ_BYTES, NewPost, RelayStore};
 
 /// One connection's state in the core: its challenge until it is used, then the device it
 /// authenticated as.
@@ -237,7 +237,10 @@ impl Connection {
             } => (Answer::reply(acked(store.ack(device, stream, seq))), None),
             Route::TurnCredentials(_) => (Answer::reply(no_turn()), None),
             Route::Link(_) => (Answer::reply(no_link()), None),
-            Route::Request(device, body) => (Answer::reply(request(store, device, body)), None),
+            Route::Request(device, body) => (
+                Answer::reply(request(store, device, body, DEFAULT_READ_BYTES)),
+                None,
+            ),
         };
         Handled { answer, fanout }
     }

@@ -18,11 +18,13 @@ pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 1024;
 
 /// Answers one request of `device` from the store: the directory, device lists, KeyPackages, group
 /// creation, fetch, acks, the group list, ping. Posts, authentication and TURN credentials
-/// are routed elsewhere ([`super::Connection::route`]) and answered `Internal` here.
+/// are routed elsewhere ([`super::Connection::route`]) and answered `Internal` here. A
+/// `Fetch` reads at most `read_bytes` of payload from the store (at least one entry).
 pub fn request(
     store: &dyn RelayStore,
     device: DeviceId,
     body: Request,
+    read_bytes: usize,
 ) -> Result<Reply, ErrorReply> {
     let stored = |e: StoreError| store_error_reply(&e);
     match body {
@@ -94,7 +96,13 @@ pub fn request(
         } => {
             // A member reads from the commit that added it on, never earlier entries.
             let entries = store
-                .fetch(group, device, after, limit.min(MAX_FETCH_ENTRIES))
+                .fetch(
+                    group,
+                    device,
+                    after,
+                    limit.min(MAX_FETCH_ENTRIES),
+                    read_bytes,
+                )
                 .map_err(stored)?;
             Ok(Reply::Entries {
                 entries: BoundedVec(fit_in_frame(entries)),

@@ -14,7 +14,7 @@ use crate::shared::{Shared, blocking};
 /// Pushes the device's backlog (see [`Backlog`]), waiting for room in its queue, then
 /// `BacklogDone`, then makes the device live in the hub.
 pub(super) async fn push_backlog(shared: Arc<Shared>, outbox: Arc<Outbox>, device: DeviceId) {
-    let mut backlog = Backlog::new(device);
+    let mut backlog = Backlog::with_read_bytes(device, shared.limits.max_read_bytes);
     loop {
         let stepped = blocking(&shared, move |s| {
             let step = backlog.step(s);

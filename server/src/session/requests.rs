@@ -117,15 +117,31 @@ impl Session {
                     Request::PublishDeviceList { .. } => Some("too many device-list publishes"),
                     _ => None,
                 };
-                match costly.map(|what| (what, self.shared.hub.take_claim(device))) {
-                    Some((what, Err(retry_after_ms))) => {
+                let read_bytes = self.shared.limits.max_read_bytes;
+                let hub = &self.shared.hub;
+                // A claim also takes a token of its target user's bucket, shared by every
+                // claimer, once the claimer's own bucket allowed it.
+                let limited = costly.and_then(|what| match hub.take_claim(device) {
+                    Err(retry) => Some((what, retry)),
+                    Ok(()) => match &body {
+                        Request::ClaimKeyPackages { user } => hub
+                            .take_target_claim(user)
+                            .err()
+                            .map(|retry| ("too many claims of this user's KeyPackages", retry)),
+                        _ => None,
+                    },
+                });
+                match limited {
+                    Some((what, retry_after_ms)) => {
                         let mut e = ErrorReply::new(ErrorCode::RateLimited, what);
                         e.retry_after_ms = Some(retry_after_ms);
                         Err(e)
                     }
-                    _ => blocking(&self.shared, move |s| Ok(logic::request(s, device, body)))
-                        .await
-                        .unwrap_or_else(|e| Err(store_error_reply(&e))),
+                    _ => blocking(&self.shared, move |s| {
+                        Ok(logic::request(s, device, body, read_bytes))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(store_error_reply(&e))),
                 }
             }
         };

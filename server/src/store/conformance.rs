@@ -75,6 +75,7 @@ macro_rules! relay_store_conformance {
             cursors_move_forward_only,
             inbox_cursor_and_reads,
             reads_are_bounded,
+            reads_are_bounded_in_bytes,
             oversized_payloads_are_refused,
             fetch_starts_at_the_join_commit,
             removed_device_keeps_its_cursor_until_it_acks_the_removal,
@@ -366,7 +367,7 @@ pub fn fetch_starts_at_the_join_commit(store: &dyn RelayStore) {
     assert_eq!(store.joined(g, c).unwrap(), None);
     let seqs = |d: DeviceId, after: u64| -> Vec<u64> {
         store
-            .fetch(g, d, Seq(after), 100)
+            .fetch(g, d, Seq(after), 100, usize::MAX)
             .unwrap()
             .iter()
             .map(|e| e.seq.0)
@@ -377,17 +378,17 @@ pub fn fetch_starts_at_the_join_commit(store: &dyn RelayStore) {
     assert_eq!(seqs(b, 1), vec![4]);
     assert_eq!(seqs(b, 4), Vec::<u64>::new());
     assert!(matches!(
-        store.fetch(g, c, Seq(0), 100),
+        store.fetch(g, c, Seq(0), 100, usize::MAX),
         Err(StoreError::NotMember)
     ));
     assert!(matches!(
-        store.fetch(gid(9), a, Seq(0), 100),
+        store.fetch(gid(9), a, Seq(0), 100, usize::MAX),
         Err(StoreError::UnknownGroup)
     ));
     // Removed, then added again: reads from the second join.
     one(store, commit(g, a, 1, &[], &[b], None)).unwrap();
     assert!(matches!(
-        store.fetch(g, b, Seq(0), 100),
+        store.fetch(g, b, Seq(0), 100, usize::MAX),
         Err(StoreError::NotMember)
     ));
     one(store, app(g, a, 2, b"while b is away")).unwrap();
@@ -398,7 +399,10 @@ pub fn fetch_starts_at_the_join_commit(store: &dyn RelayStore) {
     one(store, app(g, a, 3, b"welcome back")).unwrap();
     assert_eq!(seqs(b, 0), vec![8]);
     // The unchecked log read is unchanged.
-    assert_eq!(store.read_group(g, Seq(0), 100).unwrap().len(), 8);
+    assert_eq!(
+        store.read_group(g, Seq(0), 100, usize::MAX).unwrap().len(),
+        8
+    );
 }
 
 /// A removed device keeps a departure record with its cursor until it acks the commit that
@@ -425,7 +429,7 @@ pub fn removed_device_keeps_its_cursor_until_it_acks_the_removal(store: &dyn Rel
     assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), Seq(2));
     assert!(store.groups_of(b).unwrap().is_empty());
     assert!(matches!(
-        store.fetch(g, b, Seq(0), 10),
+        store.fetch(g, b, Seq(0), 10, usize::MAX),
         Err(StoreError::NotMember)
     ));
     assert!(matches!(
@@ -819,7 +823,12 @@ pub fn create_group_and_membership(store: &dyn RelayStore) {
         "groups_of is ordered by group id"
     );
     assert_eq!(store.cursor(a, Stream::Group(g)).unwrap(), Seq(0));
-    assert!(store.read_group(g, Seq(0), 10).unwrap().is_empty());
+    assert!(
+        store
+            .read_group(g, Seq(0), 10, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Members' posts get seq 1, 2, 3 and read back in order with every field; others refused.
@@ -858,7 +867,7 @@ pub fn a_repeated_post_is_not_stored_again(store: &dyn RelayStore) {
         Err(StoreError::StaleEpoch { current: Epoch(3) })
     ));
     let seqs: Vec<u64> = store
-        .read_group(g, Seq(0), 100)
+        .read_group(g, Seq(0), 100, usize::MAX)
         .unwrap()
         .iter()
         .map(|e| e.seq.0)
@@ -901,7 +910,7 @@ pub fn application_posts_are_ordered_and_checked(store: &dyn RelayStore) {
         one(store, app(gid(9), a, 0, b"x")),
         Err(StoreError::UnknownGroup)
     ));
-    let entries = store.read_group(g, Seq(0), 100).unwrap();
+    let entries = store.read_group(g, Seq(0), 100, usize::MAX).unwrap();
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq.0).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4]);
     let e = &entries[1];
@@ -913,14 +922,19 @@ pub fn application_posts_are_ordered_and_checked(store: &dyn RelayStore) {
     assert_eq!(e.payload, Payload(vec![2; 5]));
     assert_eq!(entries[3].kind, EntryKind::Proposal);
     assert_eq!(entries[3].payload.as_bytes(), b"prop");
-    let later = store.read_group(g, Seq(2), 100).unwrap();
+    let later = store.read_group(g, Seq(2), 100, usize::MAX).unwrap();
     assert_eq!(
         later.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
         vec![3, 4]
     );
-    assert!(store.read_group(g, Seq(4), 100).unwrap().is_empty());
+    assert!(
+        store
+            .read_group(g, Seq(4), 100, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
     assert!(matches!(
-        store.read_group(gid(9), Seq(0), 10),
+        store.read_group(gid(9), Seq(0), 10, usize::MAX),
         Err(StoreError::UnknownGroup)
     ));
 }
@@ -1004,7 +1018,10 @@ pub fn commit_adds_members_atomically(store: &dyn RelayStore) {
             }
         );
         assert_eq!(w.payload.as_bytes(), b"welcome-1");
-        assert_eq!(store.read_inbox(*d, Seq(0), 10).unwrap(), vec![w.clone()]);
+        assert_eq!(
+            store.read_inbox(*d, Seq(0), 10, usize::MAX).unwrap(),
+            vec![w.clone()]
+        );
     }
     for d in [b, c] {
         assert!(store.is_member(g, d).unwrap());
@@ -1012,9 +1029,14 @@ pub fn commit_adds_members_atomically(store: &dyn RelayStore) {
         let groups = store.groups_of(d).unwrap();
         assert_eq!((groups[0].group, groups[0].epoch), (g, Epoch(1)));
     }
-    assert!(store.read_inbox(a, Seq(0), 10).unwrap().is_empty());
+    assert!(
+        store
+            .read_inbox(a, Seq(0), 10, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
     // The commit is in the log (without its Welcome); the new members can post.
-    let log = store.read_group(g, Seq(1), 10).unwrap();
+    let log = store.read_group(g, Seq(1), 10, usize::MAX).unwrap();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].payload.as_bytes(), b"commit");
     let from_b = one(store, app(g, b, 1, b"hi from bob")).unwrap();
@@ -1025,7 +1047,10 @@ pub fn commit_adds_members_atomically(store: &dyn RelayStore) {
     store.create_group(h, c).unwrap();
     let second = one(store, commit(h, c, 0, &[b], &[], Some(b"welcome-2"))).unwrap();
     assert_eq!(second.welcomes[0].1, Seq(2));
-    assert_eq!(store.read_inbox(b, Seq(1), 10).unwrap().len(), 1);
+    assert_eq!(
+        store.read_inbox(b, Seq(1), 10, usize::MAX).unwrap().len(),
+        1
+    );
 }
 
 /// A commit removing a device: it is told (in `removed`), then loses access.
@@ -1114,9 +1139,20 @@ pub fn invalid_membership_changes_change_nothing(store: &dyn RelayStore) {
     assert_eq!(store.groups_of(a).unwrap()[0].epoch, Epoch(1));
     assert!(!store.is_member(g, c).unwrap());
     assert!(store.is_member(g, b).unwrap());
-    assert_eq!(store.read_group(g, Seq(0), 100).unwrap().len(), 1);
-    assert!(store.read_inbox(c, Seq(0), 10).unwrap().is_empty());
-    assert_eq!(store.read_inbox(b, Seq(0), 10).unwrap().len(), 1);
+    assert_eq!(
+        store.read_group(g, Seq(0), 100, usize::MAX).unwrap().len(),
+        1
+    );
+    assert!(
+        store
+            .read_inbox(c, Seq(0), 10, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.read_inbox(b, Seq(0), 10, usize::MAX).unwrap().len(),
+        1
+    );
     assert_eq!(
         one(store, commit(g, a, 1, &[c], &[b], Some(b"w")))
             .unwrap()
@@ -1146,13 +1182,24 @@ pub fn stale_commit_is_refused_and_its_welcome_never_lands(store: &dyn RelayStor
         future,
         Err(StoreError::StaleEpoch { current: Epoch(2) })
     ));
-    assert!(store.read_inbox(d, Seq(0), 10).unwrap().is_empty());
+    assert!(
+        store
+            .read_inbox(d, Seq(0), 10, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
     assert!(!store.is_member(g, d).unwrap());
     assert!(store.groups_of(d).unwrap().is_empty());
-    assert_eq!(store.read_group(g, Seq(0), 10).unwrap().len(), 2);
+    assert_eq!(
+        store.read_group(g, Seq(0), 10, usize::MAX).unwrap().len(),
+        2
+    );
     // The loser retries on the current epoch and wins.
     one(store, commit(g, a, 2, &[d], &[], Some(b"wd"))).unwrap();
-    assert_eq!(store.read_inbox(d, Seq(0), 10).unwrap().len(), 1);
+    assert_eq!(
+        store.read_inbox(d, Seq(0), 10, usize::MAX).unwrap().len(),
+        1
+    );
 }
 
 /// Eight devices commit for the same epoch from eight threads released together by one
@@ -1208,7 +1255,7 @@ pub fn commits_from_eight_threads_for_one_epoch_exactly_one_wins(store: &dyn Rel
         ));
     }
     for joiner in &joiners {
-        let inbox = store.read_inbox(*joiner, Seq(0), 10).unwrap();
+        let inbox = store.read_inbox(*joiner, Seq(0), 10, usize::MAX).unwrap();
         if *joiner == winners[0] {
             assert_eq!(inbox.len(), 1);
             assert_eq!(
@@ -1220,7 +1267,10 @@ pub fn commits_from_eight_threads_for_one_epoch_exactly_one_wins(store: &dyn Rel
             assert!(!store.is_member(g, *joiner).unwrap());
         }
     }
-    assert_eq!(store.read_group(g, Seq(0), 100).unwrap().len(), 2);
+    assert_eq!(
+        store.read_group(g, Seq(0), 100, usize::MAX).unwrap().len(),
+        2
+    );
 }
 
 /// One batch of mixed posts: each checked on its own, in order, results in input order, and
@@ -1258,7 +1308,7 @@ pub fn batch_results_are_in_input_order(store: &dyn RelayStore) {
     assert!(matches!(results[6], Err(StoreError::UnknownGroup)));
     assert_eq!(seq(7), 4);
     let payloads: Vec<Vec<u8>> = store
-        .read_group(g, Seq(0), 100)
+        .read_group(g, Seq(0), 100, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|e| e.payload.0)
@@ -1272,7 +1322,12 @@ pub fn batch_results_are_in_input_order(store: &dyn RelayStore) {
             b"previous epoch".to_vec()
         ]
     );
-    assert!(store.read_inbox(c, Seq(0), 10).unwrap().is_empty());
+    assert!(
+        store
+            .read_inbox(c, Seq(0), 10, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.append_batch(Vec::new()).is_empty());
 }
 
@@ -1303,7 +1358,7 @@ pub fn readers_never_see_part_of_a_batch(store: &dyn RelayStore) {
                     if seen == total {
                         break;
                     }
-                    let entries = store.read_group(g, Seq(0), u32::MAX).unwrap();
+                    let entries = store.read_group(g, Seq(0), u32::MAX, usize::MAX).unwrap();
                     assert!(entries.len() >= seen, "a read went backwards");
                     assert_eq!(entries.len() % BATCH, 0, "saw part of a batch");
                     for (i, e) in entries.iter().enumerate() {
@@ -1414,7 +1469,7 @@ pub fn inbox_cursor_and_reads(store: &dyn RelayStore) {
         store.create_group(g, a).unwrap();
         one(store, commit(g, a, 0, &[b], &[], Some(&[i; 3]))).unwrap();
     }
-    let inbox = store.read_inbox(b, Seq(0), 10).unwrap();
+    let inbox = store.read_inbox(b, Seq(0), 10, usize::MAX).unwrap();
     assert_eq!(
         inbox.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
         vec![1, 2, 3]
@@ -1428,8 +1483,11 @@ pub fn inbox_cursor_and_reads(store: &dyn RelayStore) {
             sender: a
         }
     );
-    assert_eq!(store.read_inbox(b, Seq(1), 1).unwrap().len(), 1);
-    assert_eq!(store.read_inbox(b, Seq(1), 1).unwrap()[0].seq, Seq(2));
+    assert_eq!(store.read_inbox(b, Seq(1), 1, usize::MAX).unwrap().len(), 1);
+    assert_eq!(
+        store.read_inbox(b, Seq(1), 1, usize::MAX).unwrap()[0].seq,
+        Seq(2)
+    );
     store.ack(b, Stream::Inbox, Seq(2)).unwrap();
     store.ack(b, Stream::Inbox, Seq(1)).unwrap();
     assert_eq!(store.cursor(b, Stream::Inbox).unwrap(), Seq(2));
@@ -1439,7 +1497,7 @@ pub fn inbox_cursor_and_reads(store: &dyn RelayStore) {
     ));
     assert_eq!(store.cursor(a, Stream::Inbox).unwrap(), Seq(0));
     assert!(matches!(
-        store.read_inbox(DeviceId(9_999), Seq(0), 1),
+        store.read_inbox(DeviceId(9_999), Seq(0), 1, usize::MAX),
         Err(StoreError::UnknownDevice)
     ));
     assert!(matches!(
@@ -1456,20 +1514,92 @@ pub fn reads_are_bounded(store: &dyn RelayStore) {
     let total = MAX_FETCH_ENTRIES as usize + 100;
     let posts: Vec<NewPost> = (0..total).map(|i| app(g, a, 0, &i.to_be_bytes())).collect();
     assert!(store.append_batch(posts).iter().all(Result::is_ok));
-    let all = store.read_group(g, Seq(0), u32::MAX).unwrap();
+    let all = store.read_group(g, Seq(0), u32::MAX, usize::MAX).unwrap();
     assert_eq!(all.len(), MAX_FETCH_ENTRIES as usize);
     assert_eq!(all.last().unwrap().seq, Seq(u64::from(MAX_FETCH_ENTRIES)));
     let rest = store
-        .read_group(g, Seq(u64::from(MAX_FETCH_ENTRIES)), u32::MAX)
+        .read_group(g, Seq(u64::from(MAX_FETCH_ENTRIES)), u32::MAX, usize::MAX)
         .unwrap();
     assert_eq!(rest.len(), 100);
     assert_eq!(
         rest[0].payload.as_bytes(),
         (MAX_FETCH_ENTRIES as usize).to_be_bytes()
     );
-    assert!(store.read_group(g, Seq(0), 0).unwrap().is_empty());
-    assert_eq!(store.read_group(g, Seq(10), 5).unwrap().len(), 5);
-    assert!(store.read_group(g, Seq(u64::MAX), 5).unwrap().is_empty());
+    assert!(
+        store
+            .read_group(g, Seq(0), 0, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.read_group(g, Seq(10), 5, usize::MAX).unwrap().len(),
+        5
+    );
+    assert!(
+        store
+            .read_group(g, Seq(u64::MAX), 5, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Reads stop before the first entry that would take the payload bytes past `max_bytes`,
+/// always return the first entry (even one larger than the budget), keep order, and page
+/// through the whole log; the inbox is bounded the same way.
+pub fn reads_are_bounded_in_bytes(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    let size = 1000usize;
+    let posts: Vec<NewPost> = (0..25u32)
+        .map(|i| {
+            let mut payload = vec![0u8; size];
+            payload[..4].copy_from_slice(&i.to_be_bytes());
+            app(g, a, 0, &payload)
+        })
+        .collect();
+    assert!(store.append_batch(posts).iter().all(Result::is_ok));
+    // 3500 bytes hold three entries of 1000; the fourth would make 4000.
+    let page = store.read_group(g, Seq(0), 100, 3_500).unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![Seq(1), Seq(2), Seq(3)]
+    );
+    // Exactly on the budget: the entry that reaches it is returned.
+    assert_eq!(store.read_group(g, Seq(0), 100, 3_000).unwrap().len(), 3);
+    // A budget below one entry still returns that entry.
+    let one_entry = store.read_group(g, Seq(5), 100, 1).unwrap();
+    assert_eq!(one_entry.len(), 1);
+    assert_eq!(one_entry[0].seq, Seq(6));
+    assert_eq!(store.fetch(g, a, Seq(0), 100, 3_500).unwrap().len(), 3);
+    // The entry limit still applies under a large byte budget.
+    assert_eq!(store.read_group(g, Seq(0), 2, usize::MAX).unwrap().len(), 2);
+    // Paging with a byte budget reads every entry once, in order.
+    let mut after = Seq(0);
+    let mut seen = Vec::new();
+    loop {
+        let page = store.read_group(g, after, 100, 4_500).unwrap();
+        let Some(last) = page.last() else { break };
+        assert!(page.len() <= 4);
+        after = last.seq;
+        seen.extend(page.iter().map(|e| e.payload.as_bytes()[..4].to_vec()));
+    }
+    let expected: Vec<Vec<u8>> = (0..25u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    assert_eq!(seen, expected);
+    // The inbox: two Welcomes of 1000 bytes, a budget for one and a half.
+    let b = device(store, "bob", 2);
+    let c = device(store, "carol", 3);
+    let welcome = vec![7u8; size];
+    one(store, commit(g, a, 0, &[b], &[], Some(&welcome))).unwrap();
+    let g2 = gid(2);
+    store.create_group(g2, c).unwrap();
+    one(store, commit(g2, c, 0, &[b], &[], Some(&welcome))).unwrap();
+    let first = store.read_inbox(b, Seq(0), 10, 1_500).unwrap();
+    assert_eq!(first.len(), 1);
+    let second = store.read_inbox(b, first[0].seq, 10, 1_500).unwrap();
+    assert_eq!(second.len(), 1);
+    assert!(second[0].seq > first[0].seq);
+    assert_eq!(store.read_inbox(b, Seq(0), 10, 2_000).unwrap().len(), 2);
 }
 
 /// Payloads and Welcomes over MAX_PAYLOAD_BYTES are refused; the largest allowed ones pass.
@@ -1494,11 +1624,13 @@ pub fn oversized_payloads_are_refused(store: &dyn RelayStore) {
     );
     one(store, commit(g, a, 0, &[b], &[], Some(max))).unwrap();
     assert_eq!(
-        store.read_inbox(b, Seq(0), 1).unwrap()[0].payload.len(),
+        store.read_inbox(b, Seq(0), 1, usize::MAX).unwrap()[0]
+            .payload
+            .len(),
         MAX_PAYLOAD_BYTES
     );
     assert_eq!(
-        store.read_group(g, Seq(0), 1).unwrap()[0]
+        store.read_group(g, Seq(0), 1, usize::MAX).unwrap()[0]
             .payload
             .as_bytes(),
         max
@@ -1771,10 +1903,20 @@ mod differential {
                     .collect()
             }
             Op::ReadGroup(g, after, limit) => {
-                vec![out(store.read_group(gid(*g), Seq(*after), *limit))]
+                vec![out(store.read_group(
+                    gid(*g),
+                    Seq(*after),
+                    *limit,
+                    usize::MAX,
+                ))]
             }
             Op::ReadInbox(d, after, limit) => {
-                vec![out(store.read_inbox(DeviceId(*d), Seq(*after), *limit))]
+                vec![out(store.read_inbox(
+                    DeviceId(*d),
+                    Seq(*after),
+                    *limit,
+                    usize::MAX,
+                ))]
             }
             Op::Cursor(d, s) => vec![out(store.cursor(DeviceId(*d), to_stream(*s)))],
             Op::Ack(d, s, seq) => vec![out(store.ack(DeviceId(*d), to_stream(*s), Seq(*seq)))],

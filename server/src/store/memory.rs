@@ -391,10 +391,13 @@ impl RelayStore for MemoryStore {
         group: GroupId,
         after: Seq,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<GroupEntry>, StoreError> {
         let inner = self.lock()?;
         let grp = inner.groups.get(&group).ok_or(StoreError::UnknownGroup)?;
-        Ok(read_after(&grp.log, after, limit, |e| e.seq))
+        Ok(read_after(&grp.log, after, limit, max_bytes, |e| {
+            (e.seq, e.payload.len())
+        }))
     }
 
     fn read_inbox(
@@ -402,13 +405,16 @@ impl RelayStore for MemoryStore {
         device: DeviceId,
         after: Seq,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<InboxEntry>, StoreError> {
         let inner = self.lock()?;
         Ok(
-            read_after(&inner.device(device)?.inbox, after, limit, |e| e.0)
-                .into_iter()
-                .map(|(seq, welcome)| welcome.entry(seq))
-                .collect(),
+            read_after(&inner.device(device)?.inbox, after, limit, max_bytes, |e| {
+                (e.0, e.1.payload.len())
+            })
+            .into_iter()
+            .map(|(seq, welcome)| welcome.entry(seq))
+            .collect(),
         )
     }
 
@@ -531,13 +537,24 @@ fn stock_of(dev: &Device) -> Stock {
 }
 
 /// Entries of a seq-ordered log (seqs 1, 2, ...) after `after`, at most the capped `limit`.
-fn read_after<T: Clone>(log: &[T], after: Seq, limit: u32, seq: impl Fn(&T) -> Seq) -> Vec<T> {
-    let start = log.partition_point(|e| seq(e) <= after);
+/// The entries of `log` after `after`, at most `limit` and `max_bytes` of payload (the
+/// first always); `key` gives an entry's seq and payload length.
+fn read_after<T: Clone>(
+    log: &[T],
+    after: Seq,
+    limit: u32,
+    max_bytes: usize,
+    key: impl Fn(&T) -> (Seq, usize),
+) -> Vec<T> {
+    let start = log.partition_point(|e| key(e).0 <= after);
+    let mut used = 0usize;
     log.get(start..)
         .unwrap_or_default()
         .iter()
         .take(rules::capped_limit(limit))
-        .cloned()
+        .enumerate()
+        .take_while(|(i, e)| rules::fits_budget(&mut used, key(e).1, max_bytes, *i == 0))
+        .map(|(_, e)| e.clone())
         .collect()
 }
 

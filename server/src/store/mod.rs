@@ -19,6 +19,7 @@ mod rules;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
+pub use rules::DEFAULT_READ_BYTES;
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 use std::sync::Arc;
@@ -241,27 +242,34 @@ pub trait RelayStore: Send + Sync + 'static {
     /// was added again before it saw it.
     fn append_batch(&self, posts: Vec<NewPost>) -> Vec<Result<Appended, StoreError>>;
     /// Group entries with seq > `after`, at most `limit` (capped at
-    /// `limits::MAX_FETCH_ENTRIES`), in order (caller checks membership).
+    /// `limits::MAX_FETCH_ENTRIES`), in order (caller checks membership). The entries'
+    /// payloads total at most `max_bytes`, except that the first entry after `after` is
+    /// always returned: the read stops at the first entry past the budget (without loading
+    /// it), so a reader pages through large entries holding a few MiB, never `limit` times
+    /// the largest entry.
     fn read_group(
         &self,
         group: GroupId,
         after: Seq,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<GroupEntry>, StoreError>;
     /// The seq from which `device` may read `group`: the seq of the commit that added it (0
     /// for the creator). `None` if it is not a current member.
     fn joined(&self, group: GroupId, device: DeviceId) -> Result<Option<Seq>, StoreError>;
     /// What a member reads with `Fetch`: entries with seq > max(`after`, its join seq), as
-    /// [`RelayStore::read_group`]. NotMember if `device` is not a current member.
+    /// [`RelayStore::read_group`] (bounded by `limit` entries and `max_bytes` payload bytes).
+    /// NotMember if `device` is not a current member.
     fn fetch(
         &self,
         group: GroupId,
         device: DeviceId,
         after: Seq,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<GroupEntry>, StoreError> {
         let joined = self.joined(group, device)?.ok_or(StoreError::NotMember)?;
-        self.read_group(group, after.max(joined), limit)
+        self.read_group(group, after.max(joined), limit, max_bytes)
     }
     /// The groups `device` was removed from without having acknowledged the removal commit
     /// yet, each with that commit's seq, ordered by group id. The device still receives the
@@ -276,12 +284,14 @@ pub trait RelayStore: Send + Sync + 'static {
     fn departure_cursor(&self, device: DeviceId, group: GroupId)
     -> Result<Option<Seq>, StoreError>;
     /// Inbox entries of `device` with seq > `after`, at most `limit` (capped at
-    /// `limits::MAX_FETCH_ENTRIES`), in order.
+    /// `limits::MAX_FETCH_ENTRIES`) and at most `max_bytes` of payload (the first entry is
+    /// always returned), in order, as [`RelayStore::read_group`].
     fn read_inbox(
         &self,
         device: DeviceId,
         after: Seq,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<InboxEntry>, StoreError>;
     /// The device's cursor (last acknowledged seq) in a stream; 0 if nothing was acknowledged
     /// (for a device added by a commit: the commit's seq). For a group the device was removed

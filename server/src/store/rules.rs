@@ -285,3 +285,19 @@ pub(crate) fn check_upload(
 pub(crate) fn capped_limit(limit: u32) -> usize {
     usize::try_from(limit.min(cove_wire::limits::MAX_FETCH_ENTRIES)).unwrap_or(0)
 }
+
+/// Payload bytes one store read returns by default (`[limits] max_read_bytes`): a few MiB, so
+/// a `Fetch` or a backlog step never holds hundreds of large entries at once.
+pub const DEFAULT_READ_BYTES: usize = 4 * 1024 * 1024;
+
+/// Counts the payload bytes of a read against its budget: whether an entry of `len` bytes
+/// is returned after `used` bytes already were (the first entry always is, so a reader
+/// makes progress). A read stops at the first entry that does not fit, keeping order.
+pub(crate) fn fits_budget(used: &mut usize, len: usize, max_bytes: usize, first: bool) -> bool {
+    let total = used.saturating_add(len);
+    if !first && total > max_bytes {
+        return false;
+    }
+    *used = total;
+    true
+}

@@ -195,6 +195,73 @@ async fn claims_are_rate_limited_with_a_retry_after() {
     );
 }
 
+/// With a per-target budget of 5 claims (refilling at 1 a minute), four claimers (each its
+/// own registered user, each well within its own claim budget) claim Alice's KeyPackages
+/// three times each: exactly 5 claims succeed, the other 7 are refused `RateLimited` with a
+/// `retry_after_ms`, Alice keeps 15 of her 20 KeyPackages, and a refused claimer's claim of
+/// Bob's KeyPackages still succeeds.
+#[tokio::test]
+async fn claims_on_one_user_are_limited_across_claimers() {
+    let limits = Limits {
+        target_claim_burst: 5,
+        target_claims_per_minute: 1,
+        ..test_limits()
+    };
+    let relay = TestRelay::start(StoreKind::Memory, limits).await;
+    let (mut alice, _) = relay.register("alice").await.unwrap();
+    alice.call(upload("a", 20, None)).await.unwrap();
+    let (mut bob, _) = relay.register("bob").await.unwrap();
+    bob.call(upload("b", 3, None)).await.unwrap();
+    let mut claimers = Vec::new();
+    for i in 0..4 {
+        let (client, _) = relay.register(&format!("claimer{i}")).await.unwrap();
+        claimers.push(client);
+    }
+    let claim = |user: &str| Request::ClaimKeyPackages {
+        user: UserName::new(user).unwrap(),
+    };
+    let (mut claimed, mut refused) = (0, 0);
+    for _ in 0..3 {
+        for claimer in &mut claimers {
+            match claimer.request(claim("alice")).await.unwrap() {
+                Ok(Reply::KeyPackages { key_packages, .. }) => {
+                    assert_eq!(key_packages.0.len(), 1);
+                    claimed += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.code, ErrorCode::RateLimited, "{e:?}");
+                    assert!(e.retry_after_ms.is_some_and(|ms| ms > 0), "{e:?}");
+                    refused += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!((claimed, refused), (5, 7));
+    let r = alice.call(Request::KeyPackageStock).await.unwrap();
+    assert_eq!(
+        r,
+        Reply::KeyPackageStock {
+            remaining: 15,
+            has_last_resort: false
+        }
+    );
+    // The last claimer was refused on Alice; its claim of Bob is served.
+    let last = claimers.last_mut().unwrap();
+    match last.call(claim("bob")).await.unwrap() {
+        Reply::KeyPackages { key_packages, .. } => assert_eq!(key_packages.0.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    let r = bob.call(Request::KeyPackageStock).await.unwrap();
+    assert_eq!(
+        r,
+        Reply::KeyPackageStock {
+            remaining: 2,
+            has_last_resort: false
+        }
+    );
+}
+
 #[tokio::test]
 async fn requests_are_rate_limited_per_device() {
     let limits = Limits {

@@ -245,3 +245,73 @@ fn accept_queue(addr: SocketAddr) -> u32 {
     let rx = queues.split(':').nth(1).unwrap();
     u32::from_str_radix(rx, 16).unwrap()
 }
+
+/// With `max_read_bytes` at 600 KiB, 500 entries of 257 KiB (each within the post size
+/// limit; three would still fit in one frame) are read two per store read: a reconnecting
+/// member's backlog delivers all 500 in order, and `Fetch` pages through them in exactly
+/// 250 replies of two entries, each within the byte bound, in order.
+#[tokio::test]
+async fn fetch_and_backlog_of_large_entries_are_bounded_in_bytes() {
+    const SIZE: usize = 257 * 1024;
+    const BOUND: usize = 600 * 1024;
+    const POSTS: usize = 500;
+    let limits = Limits {
+        max_read_bytes: BOUND,
+        ..test_limits()
+    };
+    let relay = TestRelay::start(StoreKind::Sqlite, limits).await;
+    let (mut alice, _) = relay.register("alice").await.unwrap();
+    let (mut bob, bob_keys) = relay.register("bob").await.unwrap();
+    let group = group_with(&mut alice, &mut [(&mut bob, &bob_keys)]).await;
+    // Bob is offline while Alice posts: everything waits in his backlog.
+    drop(bob);
+    let payload = |i: usize| {
+        let mut p = format!("large {i:03} ").into_bytes();
+        p.resize(SIZE, b'.');
+        p
+    };
+    let mut seqs = Vec::with_capacity(POSTS);
+    for i in 0..POSTS {
+        seqs.push(alice.post_app(group, Epoch(1), &payload(i)).await.unwrap());
+    }
+    let tag = |e: &GroupEntry| e.payload.as_bytes()[..10].to_vec();
+    let expected: Vec<Vec<u8>> = (0..POSTS).map(|i| payload(i)[..10].to_vec()).collect();
+
+    let mut bob = relay.login(&bob_keys).await.unwrap();
+    let backlog: Vec<GroupEntry> = bob
+        .backlog()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(crate::group_entry)
+        .collect();
+    assert_eq!(backlog.len(), POSTS);
+    assert_eq!(backlog.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
+    assert_eq!(backlog.iter().map(tag).collect::<Vec<_>>(), expected);
+    assert!(backlog.iter().all(|e| e.payload.len() == SIZE));
+
+    let mut after = cove_wire::Seq(0);
+    let mut fetched = Vec::new();
+    let mut pages = 0;
+    loop {
+        let body = Request::Fetch {
+            group,
+            after,
+            limit: 500,
+        };
+        let entries = match bob.call(body).await.unwrap() {
+            Reply::Entries { entries } => entries.0,
+            other => panic!("{other:?}"),
+        };
+        let Some(last) = entries.last() else { break };
+        after = last.seq;
+        let bytes: usize = entries.iter().map(|e| e.payload.len()).sum();
+        assert!(bytes <= BOUND, "a page of {bytes} bytes");
+        assert_eq!(entries.len(), 2);
+        pages += 1;
+        fetched.extend(entries);
+    }
+    assert_eq!(pages, POSTS / 2);
+    assert_eq!(fetched.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
+    assert_eq!(fetched.iter().map(tag).collect::<Vec<_>>(), expected);
+}

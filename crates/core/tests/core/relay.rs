@@ -129,8 +129,9 @@ impl RelayStore for Counting {
         group: GroupId,
         after: Seq,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<GroupEntry>, StoreError> {
-        self.inner.read_group(group, after, limit)
+        self.inner.read_group(group, after, limit, max_bytes)
     }
     fn joined(&self, group: GroupId, device: DeviceId) -> Result<Option<Seq>, StoreError> {
         self.inner.joined(group, device)
@@ -141,8 +142,9 @@ impl RelayStore for Counting {
         device: DeviceId,
         after: Seq,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<GroupEntry>, StoreError> {
-        self.inner.fetch(group, device, after, limit)
+        self.inner.fetch(group, device, after, limit, max_bytes)
     }
     fn departures(&self, device: DeviceId) -> Result<Vec<(GroupId, Seq)>, StoreError> {
         self.inner.departures(device)
@@ -159,8 +161,9 @@ impl RelayStore for Counting {
         device: DeviceId,
         after: Seq,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<InboxEntry>, StoreError> {
-        self.inner.read_inbox(device, after, limit)
+        self.inner.read_inbox(device, after, limit, max_bytes)
     }
     fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError> {
         self.inner.cursor(device, stream)
@@ -369,7 +372,7 @@ impl Relay {
 
     pub fn inbox_of(&self, device: DeviceId) -> Vec<InboxEntry> {
         self.store()
-            .read_inbox(device, Seq(0), MAX_FETCH_ENTRIES)
+            .read_inbox(device, Seq(0), MAX_FETCH_ENTRIES, usize::MAX)
             .unwrap_or_default()
     }
 

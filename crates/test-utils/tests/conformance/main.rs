@@ -99,8 +99,9 @@ impl RelayStore for BackwardsCursors {
         group: GroupId,
         after: Seq,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<GroupEntry>, StoreError> {
-        self.inner.read_group(group, after, limit)
+        self.inner.read_group(group, after, limit, max_bytes)
     }
     fn joined(&self, group: GroupId, device: DeviceId) -> Result<Option<Seq>, StoreError> {
         self.inner.joined(group, device)
@@ -120,8 +121,9 @@ impl RelayStore for BackwardsCursors {
         device: DeviceId,
         after: Seq,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<InboxEntry>, StoreError> {
-        self.inner.read_inbox(device, after, limit)
+        self.inner.read_inbox(device, after, limit, max_bytes)
     }
     fn cursor(&self, device: DeviceId, stream: Stream) -> Result<Seq, StoreError> {
         let real = self.inner.cursor(device, stream)?;

@@ -18,6 +18,7 @@ pub(super) fn read(
     device: DeviceId,
     after: Seq,
     limit: u32,
+    max_bytes: usize,
 ) -> Result<Vec<InboxEntry>, StoreError> {
     let id = existing_device(conn, device)?;
     let limit = rules::capped_limit(limit);
@@ -26,13 +27,20 @@ pub(super) fn read(
     }
     let after = i64::try_from(after.0).unwrap_or(i64::MAX);
     let mut stmt = conn.prepare_cached(
-        "SELECT i.seq, i.kind, i.group_id, i.commit_seq, i.sender, i.received_at_ms, p.data
+        "SELECT i.seq, i.kind, i.group_id, i.commit_seq, i.sender, i.received_at_ms, p.data,
+                length(p.data)
          FROM inbox i JOIN inbox_payloads p ON p.id = i.payload
          WHERE i.device = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
     )?;
     let mut rows = stmt.query(params![id, after, limit])?;
     let mut out = Vec::new();
+    let mut used = 0usize;
     while let Some(r) = rows.next()? {
+        // As the group log: the budget is checked on the stored length before loading.
+        let len = usize::try_from(r.get::<_, i64>(7)?).map_err(|_| corrupt("payload length"))?;
+        if !rules::fits_budget(&mut used, len, max_bytes, out.is_empty()) {
+            break;
+        }
         let kind = match r.get::<_, i64>(1)? {
             INBOX_WELCOME => InboxKind::Welcome {
                 group: group_id(&r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default())?,

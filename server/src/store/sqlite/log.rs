@@ -33,6 +33,7 @@ pub(super) fn read(
     group: GroupId,
     after: Seq,
     limit: u32,
+    max_bytes: usize,
 ) -> Result<Vec<GroupEntry>, StoreError> {
     if group_epoch(conn, group)?.is_none() {
         return Err(StoreError::UnknownGroup);
@@ -43,12 +44,20 @@ pub(super) fn read(
     }
     let after = i64::try_from(after.0).unwrap_or(i64::MAX);
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, epoch, sender, kind, added, removed, received_at_ms, payload
+        "SELECT seq, epoch, sender, kind, added, removed, received_at_ms, payload,
+                length(payload)
          FROM group_log WHERE group_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
     let mut rows = stmt.query(params![group.0.as_slice(), after, limit])?;
     let mut out = Vec::new();
+    let mut used = 0usize;
     while let Some(r) = rows.next()? {
+        // The byte budget is checked on the stored length, before the payload is loaded;
+        // the rows past it are never read.
+        let len = usize::try_from(r.get::<_, i64>(8)?).map_err(|_| corrupt("payload length"))?;
+        if !rules::fits_budget(&mut used, len, max_bytes, out.is_empty()) {
+            break;
+        }
         let kind = match r.get::<_, i64>(3)? {
             KIND_APPLICATION => EntryKind::Application,
             KIND_PROPOSAL => EntryKind::Proposal,

@@ -349,8 +349,9 @@ impl RelayStore for SqliteStore {
         group: GroupId,
         after: Seq,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<GroupEntry>, StoreError> {
-        self.read(|conn| log::read(conn, group, after, limit))
+        self.read(|conn| log::read(conn, group, after, limit, max_bytes))
     }
 
     fn read_inbox(
@@ -358,8 +359,9 @@ impl RelayStore for SqliteStore {
         device: DeviceId,
         after: Seq,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<InboxEntry>, StoreError> {
-        self.read(|conn| inbox::read(conn, device, after, limit))
+        self.read(|conn| inbox::read(conn, device, after, limit, max_bytes))
     }
 
     fn joined(&self, group: GroupId, device: DeviceId) -> Result<Option<Seq>, StoreError> {

@@ -38,7 +38,10 @@ fn a_repeated_post_is_recognised_after_reopening() {
         Err(StoreError::Duplicate { seq: Seq(1) })
     ));
     assert_eq!(one(&store, app(g, a, 0, b"m3")).unwrap().entry.seq, Seq(3));
-    assert_eq!(store.read_group(g, Seq(0), 10).unwrap().len(), 3);
+    assert_eq!(
+        store.read_group(g, Seq(0), 10, usize::MAX).unwrap().len(),
+        3
+    );
 }
 
 /// Everything written survives dropping the store and opening the same file again, and
@@ -81,7 +84,7 @@ fn reopen_keeps_everything() {
     let claimed = store.claim_key_packages(&user("bob")).unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].key_package.as_bytes(), b"kp2");
-    let log = store.read_group(g, Seq(0), 10).unwrap();
+    let log = store.read_group(g, Seq(0), 10, usize::MAX).unwrap();
     let payloads: Vec<&[u8]> = log.iter().map(|e| e.payload.as_bytes()).collect();
     assert_eq!(payloads, vec![&b"m1"[..], b"commit", b"m2"]);
     assert_eq!(store.groups_of(b).unwrap()[0].epoch, Epoch(1));
@@ -90,7 +93,7 @@ fn reopen_keeps_everything() {
     assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), Seq(2));
     assert_eq!(store.cursor(b, Stream::Inbox).unwrap(), Seq(1));
     assert_eq!(
-        store.read_inbox(c, Seq(0), 10).unwrap()[0]
+        store.read_inbox(c, Seq(0), 10, usize::MAX).unwrap()[0]
             .payload
             .as_bytes(),
         b"welcome"
@@ -154,7 +157,7 @@ fn kill_9_loses_no_acknowledged_post() {
     let mut stored = Vec::new();
     let mut after = Seq(0);
     loop {
-        let page = store.read_group(g, after, 500).unwrap();
+        let page = store.read_group(g, after, 500, usize::MAX).unwrap();
         let Some(last) = page.last() else { break };
         after = last.seq;
         stored.extend(page.iter().map(|e| (e.seq.0, e.payload.0.clone())));
@@ -357,11 +360,11 @@ fn corrupt_rows_are_backend_errors() {
     )
     .unwrap();
     assert!(matches!(
-        store.read_group(g, Seq(0), 1),
+        store.read_group(g, Seq(0), 1, usize::MAX),
         Err(StoreError::Backend(_))
     ));
     assert!(matches!(
-        store.read_group(g, Seq(1), 1),
+        store.read_group(g, Seq(1), 1, usize::MAX),
         Err(StoreError::Backend(_))
     ));
     assert!(matches!(store.device(a), Err(StoreError::Backend(_))));
@@ -374,7 +377,7 @@ fn corrupt_rows_are_backend_errors() {
     )
     .unwrap();
     assert!(matches!(
-        store.read_group(g, Seq(1), 1),
+        store.read_group(g, Seq(1), 1, usize::MAX),
         Err(StoreError::Backend(_))
     ));
     raw.execute_batch("UPDATE groups SET epoch = -5").unwrap();
