@@ -578,8 +578,10 @@ async fn one_last_resort_key_package_serves_two_joins_and_both_groups_work() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("relay"));
     config.store = StoreKind::Sqlite;
-    // carol claims a whole stock below; the default claim burst would refuse that.
+    // carol claims a whole stock below; the default claim bursts (per claimer and per
+    // target user) would refuse that.
     config.limits.claim_burst = 10_000;
+    config.limits.target_claim_burst = 10_000;
     let relay = Relay::start(config).await.unwrap();
     let server = format!("wss://{}", relay.local_addr());
     let ca = relay.cert_path().to_owned();
