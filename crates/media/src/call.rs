@@ -104,6 +104,8 @@ struct Recorder {
 impl Call {
     /// Creates a call for the local member `member_index` with the current epoch's key.
     ///
+    /// Its SFrame sender draws a fresh random context, so a second call with the same key and
+    /// member index (a re-dial or re-answer) never reuses a key and nonce (see [`crate::sframe`]).
     /// `members` are the member indexes allowed to send in that epoch. Returns the call and
     /// its event stream (bounded by [`EVENT_QUEUE`]: keep reading it). Media pumps start at
     /// once (frames go to peers once connected). Must be called within a Tokio runtime.

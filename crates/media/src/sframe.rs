@@ -8,21 +8,26 @@
 //! hands it to this module as an [`EpochKey`]. Each member encrypts under its own KID:
 //!
 //! ```text
-//! KID = (member_index << 8) | (epoch mod 256)        (RFC 9605 §5.2 with E = 8, context = 0)
+//! KID = (context << 24) | (member_index << 8) | (epoch mod 256)   (RFC 9605 §5.2, E = 8, S = 16)
 //! ```
 //!
 //! so every member has its own `sframe_key`/`sframe_salt` per epoch, and a key rotation (new
-//! epoch) changes every KID. The [`SframeSender`] keeps one strictly increasing counter per KID,
+//! epoch) changes every KID. `context` is 40 random bits drawn by each [`SframeSender`] when it
+//! is created: two senders of the same member with the same base key (a second `Call` with the
+//! same call id, epoch and leaf, e.g. a re-answer after a restart) use different KIDs, hence
+//! different keys and salts, so their counters, which both start at 0, never meet under one key
+//! (AES-GCM nonce reuse). The [`SframeSender`] keeps one strictly increasing counter per KID,
 //! so a `(KID, CTR)` pair is never used twice by one sender; one sender object must serve all
 //! streams and all peers of a member in a call (the [`crate::call::Call`] does that).
 //!
 //! The [`SframeKeyring`] decrypts: it holds the current epoch and, for a short grace period, the
-//! previous one; it accepts only KIDs of members listed for that epoch, so a member removed by
+//! previous one; it accepts only KIDs of members listed for that epoch (one live context per
+//! member: a member's newer context retires the older one, whose frames are then refused), so a member removed by
 //! the epoch change is refused as soon as the grace period ends, and a member that never had a
 //! key for the new epoch cannot decrypt anything sent under it. A small sliding window per KID
 //! refuses replayed counters.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -46,6 +51,17 @@ pub const MAX_FRAME_LEN: usize = 1 << 20;
 pub const BASE_KEY_LEN_RANGE: std::ops::RangeInclusive<usize> = 16..=64;
 /// Number of low epoch bits carried in the KID (`E` in RFC 9605 §5.2).
 pub const EPOCH_BITS: u32 = 8;
+/// Number of member index bits in the KID (`S` in RFC 9605 §5.2): leaf indexes up to
+/// [`MAX_MEMBER_INDEX`].
+pub const INDEX_BITS: u32 = 16;
+/// Largest member (leaf) index a KID can carry.
+pub const MAX_MEMBER_INDEX: u32 = (1 << INDEX_BITS) - 1;
+/// Number of sender context bits in the KID (the rest of its 64 bits).
+pub const CONTEXT_BITS: u32 = 64 - INDEX_BITS - EPOCH_BITS;
+/// Largest sender context.
+pub const MAX_CONTEXT: u64 = (1 << CONTEXT_BITS) - 1;
+/// Retired KIDs (a member's older contexts) a keyring remembers per epoch, to refuse them.
+pub const MAX_RETIRED_KIDS: usize = 64;
 /// Default time the previous epoch's key stays usable for decryption after a rotation.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 /// Width of the per-KID anti-replay window, in frames: the highest counter accepted so far and
@@ -102,6 +118,12 @@ pub enum SframeError {
     /// The member index does not fit the KID layout (caller misuse).
     #[error("member index out of range")]
     BadMemberIndex,
+    /// The sender context does not fit the KID layout (caller misuse).
+    #[error("sender context out of range")]
+    BadContext,
+    /// The system random number generator failed (retryable).
+    #[error("no randomness for the SFrame sender context")]
+    NoRandomness,
 }
 
 /// A per-epoch base key handed in by the client core (from the MLS exporter).
@@ -145,16 +167,29 @@ impl Drop for EpochKey {
     }
 }
 
-/// The KID of `member_index` in `epoch` (see the module docs).
+/// The KID of `member_index` in `epoch` with sender context 0 (see the module docs).
 pub fn kid_for(member_index: u32, epoch: u64) -> u64 {
-    (u64::from(member_index) << EPOCH_BITS) | (epoch & ((1 << EPOCH_BITS) - 1))
+    kid_for_context(0, member_index, epoch)
 }
 
-/// Splits a KID into `(member_index, epoch mod 256)`; `None` if the index part is too large.
+/// The KID of `member_index` in `epoch` under sender `context` (see the module docs). Only the
+/// low [`CONTEXT_BITS`] of `context` and [`INDEX_BITS`] of `member_index` are used.
+pub fn kid_for_context(context: u64, member_index: u32, epoch: u64) -> u64 {
+    ((context & MAX_CONTEXT) << (INDEX_BITS + EPOCH_BITS))
+        | (u64::from(member_index & MAX_MEMBER_INDEX) << EPOCH_BITS)
+        | (epoch & ((1 << EPOCH_BITS) - 1))
+}
+
+/// Splits a KID into `(member_index, epoch mod 256)` (the sender context is ignored).
 pub fn split_kid(kid: u64) -> Option<(u32, u8)> {
-    let index = u32::try_from(kid >> EPOCH_BITS).ok()?;
+    let index = u32::try_from((kid >> EPOCH_BITS) & u64::from(MAX_MEMBER_INDEX)).ok()?;
     let epoch_low = u8::try_from(kid & ((1 << EPOCH_BITS) - 1)).ok()?;
     Some((index, epoch_low))
+}
+
+/// The sender context of a KID.
+pub fn kid_context(kid: u64) -> u64 {
+    kid >> (INDEX_BITS + EPOCH_BITS)
 }
 
 /// An SFrame header: key id and counter (RFC 9605 §4.3).
@@ -421,6 +456,8 @@ fn open(
 /// The sending side of one member: encrypts frames under the current epoch's KID.
 pub struct SframeSender {
     member_index: u32,
+    /// Random per sender (see the module docs), the same for all its epochs.
+    context: u64,
     current: Option<SenderEpoch>,
 }
 
@@ -432,13 +469,27 @@ struct SenderEpoch {
 }
 
 impl SframeSender {
-    /// A sender for the member at `member_index` (its MLS leaf index). No key yet.
+    /// A sender for the member at `member_index` (its MLS leaf index, at most
+    /// [`MAX_MEMBER_INDEX`]) with a fresh random context (see the module docs). No key yet.
     pub fn new(member_index: u32) -> Result<Self, SframeError> {
-        if u64::from(member_index) > (u64::MAX >> EPOCH_BITS) {
+        let mut bytes = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| SframeError::NoRandomness)?;
+        Self::with_context(member_index, u64::from_be_bytes(bytes) & MAX_CONTEXT)
+    }
+
+    /// A sender with a chosen context (at most [`MAX_CONTEXT`]). Test vectors and tests only:
+    /// reusing a context with the same base key and member index reuses nonces.
+    pub fn with_context(member_index: u32, context: u64) -> Result<Self, SframeError> {
+        if member_index > MAX_MEMBER_INDEX {
             return Err(SframeError::BadMemberIndex);
+        }
+        if context > MAX_CONTEXT {
+            return Err(SframeError::BadContext);
         }
         Ok(Self {
             member_index,
+            context,
             current: None,
         })
     }
@@ -446,6 +497,16 @@ impl SframeSender {
     /// The member index this sender encrypts as.
     pub fn member_index(&self) -> u32 {
         self.member_index
+    }
+
+    /// This sender's context (the high bits of its KIDs).
+    pub fn context(&self) -> u64 {
+        self.context
+    }
+
+    /// The KID in use, if a key is installed.
+    pub fn kid(&self) -> Option<u64> {
+        self.current.as_ref().map(|c| c.kid)
     }
 
     /// The epoch currently used for sending, if any.
@@ -463,7 +524,7 @@ impl SframeSender {
                 new: key.epoch,
             });
         }
-        let kid = kid_for(self.member_index, key.epoch);
+        let kid = kid_for_context(self.context, self.member_index, key.epoch);
         self.current = Some(SenderEpoch {
             epoch: key.epoch,
             kid,
@@ -511,7 +572,12 @@ struct ReceiverEpoch {
     members: HashSet<u32>,
     /// When this epoch stops being accepted (set when a newer epoch is installed).
     expires: Option<Instant>,
+    /// The live KID of each member (one context per member), created by the first frame that
+    /// authenticates under it.
     ciphers: HashMap<u64, KidState>,
+    /// KIDs replaced by a newer context of the same member (oldest first, bounded by
+    /// [`MAX_RETIRED_KIDS`]); their frames are refused.
+    retired: VecDeque<u64>,
 }
 
 struct KidState {
@@ -565,6 +631,7 @@ impl SframeKeyring {
             members: members.into_iter().collect(),
             expires: None,
             ciphers: HashMap::new(),
+            retired: VecDeque::new(),
         });
         Ok(())
     }
@@ -597,17 +664,45 @@ impl SframeKeyring {
         if entry.expires.is_some_and(|t| t <= now) || !entry.members.contains(&index) {
             return Err(SframeError::UnknownKeyId(header.kid));
         }
-        let base_key = &entry.key.base_key;
-        let state = entry.ciphers.entry(header.kid).or_insert_with(|| KidState {
-            cipher: KidCipher::new(base_key, header.kid),
-            highest: None,
-            window: 0,
-        });
-        if state.is_replay(header.ctr) {
-            return Err(SframeError::Replay);
+        if entry.retired.contains(&header.kid) {
+            return Err(SframeError::UnknownKeyId(header.kid));
         }
-        let payload = open(&state.cipher, header, header_len, metadata, ciphertext)?;
-        state.accept(header.ctr);
+        let payload = match entry.ciphers.get_mut(&header.kid) {
+            Some(state) => {
+                if state.is_replay(header.ctr) {
+                    return Err(SframeError::Replay);
+                }
+                let payload = open(&state.cipher, header, header_len, metadata, ciphertext)?;
+                state.accept(header.ctr);
+                payload
+            }
+            None => {
+                // A new context of this member: state is kept only once a frame authenticates,
+                // so garbage KIDs cost no memory; it retires the member's previous context.
+                let mut state = KidState {
+                    cipher: KidCipher::new(&entry.key.base_key, header.kid),
+                    highest: None,
+                    window: 0,
+                };
+                let payload = open(&state.cipher, header, header_len, metadata, ciphertext)?;
+                state.accept(header.ctr);
+                let old: Vec<u64> = entry
+                    .ciphers
+                    .keys()
+                    .copied()
+                    .filter(|k| split_kid(*k).map(|(i, _)| i) == Some(index))
+                    .collect();
+                for k in old {
+                    entry.ciphers.remove(&k);
+                    if entry.retired.len() >= MAX_RETIRED_KIDS {
+                        entry.retired.pop_front();
+                    }
+                    entry.retired.push_back(k);
+                }
+                entry.ciphers.insert(header.kid, state);
+                payload
+            }
+        };
         Ok(DecryptedFrame {
             member_index: index,
             epoch: entry.key.epoch,
@@ -702,6 +797,38 @@ mod tests {
     }
 
     #[test]
+    fn frames_under_unknown_contexts_that_fail_to_authenticate_keep_no_state() {
+        let now = Instant::now();
+        let mut rx = SframeKeyring::new(Duration::from_secs(2));
+        rx.install(EpochKey::new(1, &[3; 32]).unwrap(), [0], now)
+            .unwrap();
+        for context in 0..500u64 {
+            let kid = kid_for_context(context, 0, 1);
+            let mut forged = Header { kid, ctr: 0 }.to_bytes();
+            forged.extend_from_slice(&[0; 40]);
+            assert_eq!(
+                rx.decrypt(b"", &forged, now),
+                Err(SframeError::AuthenticationFailed)
+            );
+        }
+        assert!(rx.epochs[0].ciphers.is_empty());
+        assert!(rx.epochs[0].retired.is_empty());
+        let mut tx = SframeSender::with_context(0, 5).unwrap();
+        tx.install(&EpochKey::new(1, &[3; 32]).unwrap()).unwrap();
+        rx.decrypt(b"", &tx.encrypt(b"", b"ok").unwrap(), now)
+            .unwrap();
+        assert_eq!(rx.epochs[0].ciphers.len(), 1);
+        assert_eq!(
+            SframeSender::with_context(0, MAX_CONTEXT + 1).err(),
+            Some(SframeError::BadContext)
+        );
+        assert_eq!(
+            SframeSender::new(MAX_MEMBER_INDEX + 1).err(),
+            Some(SframeError::BadMemberIndex)
+        );
+    }
+
+    #[test]
     fn sender_counter_exhaustion_is_an_error_not_a_wrap() {
         let mut tx = SframeSender::new(1).unwrap();
         tx.install(&EpochKey::new(3, &[9; 32]).unwrap()).unwrap();
@@ -717,7 +844,7 @@ mod tests {
         assert_eq!(
             Header::decode(&first).unwrap().0,
             Header {
-                kid: kid_for(1, 4),
+                kid: kid_for_context(tx.context(), 1, 4),
                 ctr: 0
             }
         );

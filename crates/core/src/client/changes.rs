@@ -20,7 +20,7 @@ use super::context::Cx;
 use super::effects::{Effects, Lookup, Pending};
 use super::key_packages::validate_key_package;
 use super::mls::{
-    CIPHERSUITE, GROUP_NAME_EXTENSION, MAX_PAST_EPOCHS, MemberId, capabilities,
+    CIPHERSUITE, GROUP_NAME_EXTENSION, MAX_PAST_EPOCHS, MemberId, PADDING_BUCKET, capabilities,
     certificate_extensions, member_id, parse_credential,
 };
 use super::own_list;
@@ -330,6 +330,7 @@ impl Changes {
                 .ciphersuite(CIPHERSUITE)
                 .use_ratchet_tree_extension(true)
                 .max_past_epochs(MAX_PAST_EPOCHS)
+                .padding_size(PADDING_BUCKET)
                 .capabilities(capabilities())
                 .with_group_context_extensions(ext)
                 .with_leaf_node_extensions(certificate_extensions(&cert)?)?

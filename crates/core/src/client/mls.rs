@@ -26,6 +26,12 @@ pub const DEVICE_CERTIFICATE_EXTENSION: u16 = 0xf0c1;
 pub const MAX_GROUP_NAME: usize = 128;
 /// Past epochs whose keys are kept to decrypt late application messages.
 pub const MAX_PAST_EPOCHS: usize = 8;
+/// MLS padding bucket, bytes: every `PrivateMessage` (application messages) is padded so that
+/// its encrypted content (content, signature, padding and AEAD tag) is a multiple of this, and
+/// the relay sees only the bucket, not the exact length. 512 puts every text up to a few
+/// hundred bytes (with the envelope and the Ed25519 signature) in one bucket. See
+/// `PROTOCOL.md`, "Padding".
+pub const PADDING_BUCKET: usize = 512;
 
 /// What the credential of a member says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,5 +119,6 @@ pub(super) fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .use_ratchet_tree_extension(true)
         .max_past_epochs(MAX_PAST_EPOCHS)
+        .padding_size(PADDING_BUCKET)
         .build()
 }

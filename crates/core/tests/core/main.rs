@@ -1233,6 +1233,47 @@ fn mutated_ciphertexts_never_panic_and_are_skipped() {
     );
 }
 
+/// MLS padding (`PADDING_BUCKET`): the relay stores a 1-byte and a 200-byte text as
+/// application payloads of the same length, and one well past the bucket as a longer payload
+/// that is a whole number of buckets longer; the texts still arrive intact.
+#[test]
+fn texts_of_different_lengths_reach_the_relay_padded_to_one_bucket() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    let long = "l".repeat(cove_core::PADDING_BUCKET + 100);
+    for text in ["a", &"b".repeat(200), &long] {
+        send(&mut net, alice, text);
+        net.run();
+    }
+    let lengths: Vec<usize> = net
+        .relay
+        .store()
+        .read_group(group, cove_wire::Seq(0), 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == cove_wire::EntryKind::Application)
+        .map(|e| e.payload.0.len())
+        .collect();
+    assert_eq!(lengths.len(), 3, "three application posts: {lengths:?}");
+    assert_eq!(
+        lengths[0], lengths[1],
+        "1 and 200 bytes look alike: {lengths:?}"
+    );
+    assert!(lengths[2] > lengths[1], "{lengths:?}");
+    assert_eq!(
+        (lengths[2] - lengths[1]) % cove_core::PADDING_BUCKET,
+        0,
+        "lengths differ by whole buckets: {lengths:?}"
+    );
+    assert_eq!(
+        texts(&net.take_events(bob)),
+        vec!["a".to_string(), "b".repeat(200), long]
+    );
+}
+
 #[test]
 fn a_key_update_keeps_everyone_in_step() {
     let mut net = Net::new();

@@ -1,11 +1,13 @@
 //! SFrame: RFC 9605 Appendix C vectors, tampering, unknown and removed KIDs, rekeying, replay
-//! window edges (127/128/129 behind, per KID, across a rekey, counters near `u64::MAX`).
+//! window edges (127/128/129 behind, per KID, across a rekey, counters near `u64::MAX`), no
+//! key and nonce shared across a re-dial.
 
 use std::time::{Duration, Instant};
 
 use cove_media::sframe::{
     CIPHER_SUITE_AES_128_GCM_SHA256_128, EpochKey, Header, KeyMaterial, REPLAY_WINDOW, SframeError,
     SframeKeyring, SframeSender, decrypt_frame, derive_key_material, encrypt_frame, kid_for,
+    kid_for_context,
 };
 use serde_json::Value;
 
@@ -94,6 +96,78 @@ fn key(epoch: u64, byte: u8) -> EpochKey {
     EpochKey::new(epoch, &[byte; 32]).unwrap()
 }
 
+/// A re-dial (a second sender for the same member index and the same epoch key, as a second
+/// `Call` with the same call id, epoch and leaf makes): both start at counter 0, but under
+/// different KIDs whose derived keys and salts differ, so equal first frames encrypt to
+/// different bytes and no (key, nonce) is shared. A receiver takes the new dial's frames and
+/// from then on refuses the old one's.
+#[test]
+fn a_redial_with_the_same_key_and_leaf_never_reuses_a_key_and_nonce() {
+    let now = Instant::now();
+    let base = [5u8; 32];
+    let mut first = SframeSender::new(2).unwrap();
+    let mut second = SframeSender::new(2).unwrap();
+    first.install(&EpochKey::new(9, &base).unwrap()).unwrap();
+    second.install(&EpochKey::new(9, &base).unwrap()).unwrap();
+    let a = first.encrypt(b"", b"same first frame").unwrap();
+    let b = second.encrypt(b"", b"same first frame").unwrap();
+    let (ha, la) = Header::decode(&a).unwrap();
+    let (hb, lb) = Header::decode(&b).unwrap();
+    assert_eq!((ha.ctr, hb.ctr), (0, 0), "both dials start at counter 0");
+    assert_ne!(ha.kid, hb.kid, "each dial has its own KID");
+    assert_eq!(Some(ha.kid), first.kid());
+    assert_eq!(ha.kid, kid_for_context(first.context(), 2, 9));
+    let (ka, kb) = (
+        derive_key_material(&base, ha.kid),
+        derive_key_material(&base, hb.kid),
+    );
+    assert_ne!(ka.key, kb.key, "different AEAD keys");
+    assert_ne!(ka.salt, kb.salt, "different nonce salts");
+    assert_ne!(
+        a[la..],
+        b[lb..],
+        "equal plaintexts encrypt to different bytes"
+    );
+    // Each frame opens only under its own dial's key material.
+    assert_eq!(decrypt_frame(&ka, b"", &a).unwrap().1, b"same first frame");
+    assert_eq!(
+        decrypt_frame(&kb, b"", &a).unwrap_err(),
+        SframeError::AuthenticationFailed
+    );
+
+    let mut rx = SframeKeyring::new(Duration::from_secs(2));
+    rx.install(EpochKey::new(9, &base).unwrap(), [2], now)
+        .unwrap();
+    let a2 = first.encrypt(b"", b"old dial").unwrap();
+    assert_eq!(
+        rx.decrypt(b"", &a, now).unwrap().payload,
+        b"same first frame"
+    );
+    let d = rx.decrypt(b"", &b, now).unwrap();
+    assert_eq!((d.member_index, d.epoch, d.ctr), (2, 9, 0));
+    // The newer dial retired the older one: its later frames are refused.
+    assert_eq!(
+        rx.decrypt(b"", &a2, now),
+        Err(SframeError::UnknownKeyId(ha.kid))
+    );
+    // A frame under an unknown context that does not authenticate is refused and does not
+    // retire the live one.
+    let forged = encrypt_frame(
+        &derive_key_material(&[6; 32], kid_for_context(77, 2, 9)),
+        kid_for_context(77, 2, 9),
+        0,
+        b"",
+        b"forged",
+    )
+    .unwrap();
+    assert_eq!(
+        rx.decrypt(b"", &forged, now),
+        Err(SframeError::AuthenticationFailed)
+    );
+    let b2 = second.encrypt(b"", b"new dial").unwrap();
+    assert_eq!(rx.decrypt(b"", &b2, now).unwrap().payload, b"new dial");
+}
+
 #[test]
 fn sender_keyring_round_trip_and_replay() {
     let now = Instant::now();
@@ -107,7 +181,7 @@ fn sender_keyring_round_trip_and_replay() {
     assert_ne!(f1, f2);
     let (h1, _) = Header::decode(&f1).unwrap();
     let (h2, _) = Header::decode(&f2).unwrap();
-    assert_eq!(h1.kid, kid_for(3, 7));
+    assert_eq!(h1.kid, kid_for_context(alice.context(), 3, 7));
     assert_eq!(h2.ctr, h1.ctr + 1);
     // Out of order is fine, a replay is not.
     let d2 = bob.decrypt(b"", &f2, now).unwrap();
