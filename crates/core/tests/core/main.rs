@@ -1251,7 +1251,7 @@ fn texts_of_different_lengths_reach_the_relay_padded_to_one_bucket() {
     let lengths: Vec<usize> = net
         .relay
         .store()
-        .read_group(group, cove_wire::Seq(0), 100)
+        .read_group(group, cove_wire::Seq(0), 100, usize::MAX)
         .unwrap()
         .into_iter()
         .filter(|e| e.kind == cove_wire::EntryKind::Application)
