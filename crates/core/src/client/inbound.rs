@@ -202,10 +202,9 @@ impl Inbound {
     }
 
     /// After the backlog every entry should be applicable: the ones still parked are kept
-    /// (never dropped, and applied as soon as the commit or Welcome they wait for arrives),
-    /// and the user is told, once per group and connection.
-    /// Groups for which `waiting` holds (they wait for device lists, which are on their
-    /// way) are not reported.
+    /// (applied as soon as the commit or Welcome they wait for arrives), and the user is
+    /// told, once per group and connection. Groups for which `waiting` holds (they wait for
+    /// device lists, which are on their way) are not reported.
     /// Entries of a group this device has no record of (never joined: no Welcome came) are
     /// dropped and acknowledged once they have been found so for [`UNJOINED_PARK_MS`].
     pub(super) fn report_parked(
