@@ -514,6 +514,24 @@ pub enum Warning {
         /// The entry.
         seq: cove_wire::Seq,
     },
+    /// An entry was dropped because the parked entries of all groups together reached
+    /// their cap in bytes ([`crate::MAX_PARKED_BYTES`]).
+    #[error("dropped entry {seq} of group {group}: too many parked bytes")]
+    ParkedBytesOverflow {
+        /// The group.
+        group: cove_wire::GroupId,
+        /// The entry.
+        seq: cove_wire::Seq,
+    },
+    /// The parked entries of a group this device never joined (no Welcome came) were
+    /// dropped and acknowledged after waiting [`crate::UNJOINED_PARK_MS`].
+    #[error("dropped {count} entries of group {group}: this device never joined it")]
+    UnjoinedDropped {
+        /// The group.
+        group: cove_wire::GroupId,
+        /// How many entries were dropped.
+        count: usize,
+    },
     /// Entries of a group are kept unprocessed (and unacknowledged) for now.
     #[error("{count} entries of group {group} could not be processed and are kept: {why}")]
     EntriesKept {

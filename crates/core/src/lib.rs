@@ -45,9 +45,9 @@ mod types;
 
 pub use client::{
     CIPHERSUITE, Client, DEVICE_CERTIFICATE_EXTENSION, GROUP_NAME_EXTENSION, KEY_PACKAGE_BATCH,
-    KEY_PACKAGE_LOW_WATER, MAX_COMMIT_RETRIES, MAX_GROUP_NAME, MAX_PAST_EPOCHS,
+    KEY_PACKAGE_LOW_WATER, MAX_COMMIT_RETRIES, MAX_GROUP_NAME, MAX_PARKED_BYTES, MAX_PAST_EPOCHS,
     MAX_PENDING_PER_GROUP, MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS, PADDING_BUCKET,
-    credential_identity, safety_number,
+    UNJOINED_PARK_MS, credential_identity, safety_number,
 };
 pub use content::{Content, Envelope};
 pub use cove_identity;

@@ -417,6 +417,28 @@ pub trait Store: Kv + StorageProvider<CURRENT_VERSION, Error = StoreError> + Sen
     fn delete_pending(&self, group: &GroupId, seq: Seq) -> Result<(), StoreError> {
         self.kv_delete(Namespace::Pending, &group_seq_key(group, seq))
     }
+    /// The groups that have parked entries, in id order.
+    fn pending_groups(&self) -> Result<Vec<GroupId>, StoreError> {
+        let mut groups: Vec<GroupId> = Vec::new();
+        for (k, _) in self.kv_scan(Namespace::Pending, &[])? {
+            let id: [u8; 16] = k
+                .get(..16)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| StoreError::Corrupt("pending key".into()))?;
+            if groups.last() != Some(&GroupId(id)) {
+                groups.push(GroupId(id));
+            }
+        }
+        Ok(groups)
+    }
+    /// The total size in bytes of the parked entries of all groups.
+    fn pending_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .kv_scan(Namespace::Pending, &[])?
+            .iter()
+            .map(|(_, v)| v.len() as u64)
+            .sum())
+    }
 }
 
 impl<T: Kv + StorageProvider<CURRENT_VERSION, Error = StoreError> + Send> Store for T {}

@@ -7,7 +7,7 @@
 //! this device does not hold yet is not applied (the caller parks it and holds the group),
 //! a message from a refused leaf is skipped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cove_store::{Membership, Store, StoreError, StoredMessage};
 use cove_wire::{DeviceId, EntryKind, GroupEntry, GroupId, Stream, UserName};
@@ -29,12 +29,26 @@ use crate::types::{Event, HandleError, MessageId, ReceivedContent};
 /// Most parked (future-epoch or not-yet-joined) entries kept per group.
 pub const MAX_PENDING_PER_GROUP: usize = 10_000;
 
+/// Most bytes of parked entries kept, all groups together.
+pub const MAX_PARKED_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How long entries of a group this device never joined (no Welcome came, and no record of
+/// the group exists) stay parked, counted from the first backlog end that found them
+/// (on this run of the client), before they are dropped and acknowledged.
+pub const UNJOINED_PARK_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// The parking area's bookkeeping (the parked entries themselves are in the store).
 #[derive(Default)]
 pub(super) struct Inbound {
     /// Groups that had entries parked on this connection (reported at `BacklogDone` if
     /// they are still parked; groups with a record are checked anyway).
     parked_groups: BTreeSet<GroupId>,
+    /// The total size of the parked entries, when known (read from the store once, then
+    /// kept up to date by `park`; forgotten whenever parked entries are deleted).
+    parked_bytes: Option<u64>,
+    /// Groups without a record that have parked entries: when a backlog end first found
+    /// them so.
+    unjoined_since: BTreeMap<GroupId, u64>,
 }
 
 /// What to do with an entry that just arrived.
@@ -108,15 +122,23 @@ impl Inbound {
     }
 
     /// Keeps an entry until it can be applied (dropped with a warning when the group has
-    /// too many parked).
+    /// too many parked, or all parked entries together reach [`MAX_PARKED_BYTES`]; an entry
+    /// of a group this device has no record of is then acknowledged as well, so the relay
+    /// stops sending it).
     pub(super) fn park(
         &mut self,
         store: &impl Store,
+        groups: &Groups,
         entry: &GroupEntry,
         fx: &mut Effects,
     ) -> Result<(), HandleError> {
         self.parked_groups.insert(entry.group);
-        if store.pending(&entry.group)?.len() >= MAX_PENDING_PER_GROUP {
+        let parked = store.pending(&entry.group)?;
+        if parked.iter().any(|(seq, _)| *seq == entry.seq) {
+            // Sent again (not acknowledged yet): parked already.
+            return Ok(());
+        }
+        if parked.len() >= MAX_PENDING_PER_GROUP {
             fx.warn(Warning::ParkedOverflow {
                 group: entry.group,
                 seq: entry.seq,
@@ -124,8 +146,30 @@ impl Inbound {
             return Ok(());
         }
         let bytes = postcard::to_stdvec(entry).map_err(HandleError::Encode)?;
+        let total = match self.parked_bytes {
+            Some(total) => total,
+            None => store.pending_bytes()?,
+        };
+        let len = bytes.len() as u64;
+        if total.saturating_add(len) > MAX_PARKED_BYTES {
+            self.parked_bytes = Some(total);
+            if groups.membership(&entry.group).is_none() {
+                fx.ack(Stream::Group(entry.group), entry.seq);
+            }
+            fx.warn(Warning::ParkedBytesOverflow {
+                group: entry.group,
+                seq: entry.seq,
+            });
+            return Ok(());
+        }
         store.put_pending(&entry.group, entry.seq, &bytes)?;
+        self.parked_bytes = Some(total + len);
         Ok(())
+    }
+
+    /// Parked entries were deleted elsewhere: the total is read again when next needed.
+    pub(super) fn forget_bytes(&mut self) {
+        self.parked_bytes = None;
     }
 
     /// The parked entries of `group` that can be applied now, in seq order (up to the first
@@ -158,23 +202,52 @@ impl Inbound {
     }
 
     /// After the backlog every entry should be applicable: the ones still parked are kept
-    /// (never dropped, and applied as soon as the commit or Welcome they wait for arrives),
-    /// and the user is told, once per group and connection.
-    /// Groups for which `waiting` holds (they wait for device lists, which are on their
-    /// way) are not reported.
+    /// (applied as soon as the commit or Welcome they wait for arrives), and the user is
+    /// told, once per group and connection. Groups for which `waiting` holds (they wait for
+    /// device lists, which are on their way) are not reported.
+    /// Entries of a group this device has no record of (never joined: no Welcome came) are
+    /// dropped and acknowledged once they have been found so for [`UNJOINED_PARK_MS`].
     pub(super) fn report_parked(
         &mut self,
         store: &impl Store,
         groups: &Groups,
+        now_ms: u64,
         waiting: impl Fn(&GroupId) -> bool,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
         let mut ids: BTreeSet<GroupId> = groups.ids().collect();
         ids.extend(std::mem::take(&mut self.parked_groups));
+        // Also what was parked on an earlier run and is not sent again.
+        ids.extend(store.pending_groups()?);
         for group in ids.into_iter().filter(|g| !waiting(g)) {
-            let parked = store.pending(&group)?.len();
+            let pending = store.pending(&group)?;
+            let parked = pending.len();
             if parked == 0 {
+                self.unjoined_since.remove(&group);
                 continue;
+            }
+            if groups.membership(&group).is_none() {
+                let since = *self.unjoined_since.entry(group).or_insert(now_ms);
+                if now_ms.saturating_sub(since) >= UNJOINED_PARK_MS {
+                    store.transaction(|s| {
+                        for (seq, _) in &pending {
+                            s.delete_pending(&group, *seq)?;
+                        }
+                        Ok::<(), StoreError>(())
+                    })?;
+                    self.parked_bytes = None;
+                    self.unjoined_since.remove(&group);
+                    if let Some((last, _)) = pending.last() {
+                        fx.ack(Stream::Group(group), *last);
+                    }
+                    fx.warn(Warning::UnjoinedDropped {
+                        group,
+                        count: parked,
+                    });
+                    continue;
+                }
+            } else {
+                self.unjoined_since.remove(&group);
             }
             let why = match groups.epoch(&group) {
                 Some(epoch) => KeptBecause::LaterEpoch(epoch),

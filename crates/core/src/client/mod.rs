@@ -72,7 +72,7 @@ use crate::provider::CoveProvider;
 use crate::types::*;
 
 pub use self::changes::MAX_COMMIT_RETRIES;
-pub use self::inbound::MAX_PENDING_PER_GROUP;
+pub use self::inbound::{MAX_PARKED_BYTES, MAX_PENDING_PER_GROUP, UNJOINED_PARK_MS};
 pub use self::key_packages::{KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW_WATER};
 pub use self::mls::{
     CIPHERSUITE, DEVICE_CERTIFICATE_EXTENSION, GROUP_NAME_EXTENSION, MAX_GROUP_NAME,
@@ -717,7 +717,7 @@ impl<S: Store> Client<S> {
                     leaves.holds_group(g) || (leaves.holds_inbox() && !groups.holds(g))
                 };
                 self.inbound
-                    .report_parked(store, &self.groups, waiting, &mut self.fx)?;
+                    .report_parked(store, &self.groups, now_ms, waiting, &mut self.fx)?;
                 self.fx.event(Event::BacklogDone);
                 Ok(())
             }
@@ -1071,6 +1071,7 @@ impl<S: Store> Client<S> {
                 for (seq, _) in &parked {
                     store.delete_pending(&group, *seq)?;
                 }
+                self.inbound.forget_bytes();
                 if let Some((last, _)) = parked.last() {
                     self.fx.ack(Stream::Group(group), *last);
                 }
@@ -1090,10 +1091,13 @@ impl<S: Store> Client<S> {
         let store = self.provider.store();
         match self.inbound.route(store, &self.groups, &entry)? {
             Route::Ack => self.fx.ack(Stream::Group(entry.group), entry.seq),
-            Route::Park => self.inbound.park(store, &entry, &mut self.fx)?,
+            Route::Park => self
+                .inbound
+                .park(store, &self.groups, &entry, &mut self.fx)?,
             // Held until device lists arrive: behind the entry that waits for them.
             Route::Apply if self.leaves.holds_group(&entry.group) => {
-                self.inbound.park(store, &entry, &mut self.fx)?
+                self.inbound
+                    .park(store, &self.groups, &entry, &mut self.fx)?
             }
             Route::Apply => match self.apply_entry(now_ms, &entry, false)? {
                 Step::Held => {}
@@ -1110,6 +1114,8 @@ impl<S: Store> Client<S> {
 
     /// Applies parked entries of `group` that have become applicable, in seq order.
     fn apply_parked(&mut self, now_ms: u64, group: GroupId) -> Result<(), HandleError> {
+        // Applied (or undecodable) parked entries are deleted below.
+        self.inbound.forget_bytes();
         loop {
             if self.leaves.holds_group(&group) {
                 return Ok(());
@@ -1155,10 +1161,14 @@ impl<S: Store> Client<S> {
             &self.leaves,
             &mut self.fx,
         )?;
+        if parked {
+            // Its parked copy may be deleted now.
+            self.inbound.forget_bytes();
+        }
         if !applied.need_lists.is_empty() {
             if !parked {
                 self.inbound
-                    .park(self.provider.store(), entry, &mut self.fx)?;
+                    .park(self.provider.store(), &self.groups, entry, &mut self.fx)?;
             }
             self.leaves
                 .hold_group(group, applied.need_lists, &mut self.fx);

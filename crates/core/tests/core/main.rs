@@ -5,6 +5,7 @@
 
 mod link_history;
 mod outbox;
+mod parked;
 mod relay;
 
 use cove_core::cove_store::{MemoryStore, SqliteStore, Store};
