@@ -219,21 +219,10 @@ impl Groups {
 
     /// The member devices of a group with their MLS leaf indexes (for calls).
     pub(super) fn call_members(&self, group: &GroupId) -> Vec<crate::call::GroupMember> {
-        self.mls
-            .get(group)
-            .map(|g| {
-                g.members()
-                    .filter_map(|m| {
-                        let leaf = m.index.u32();
-                        member_id(&m).ok().map(|id| crate::call::GroupMember {
-                            leaf,
-                            user: id.user,
-                            device: id.device,
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.member_keys(group)
+            .into_iter()
+            .map(|(member, _)| member)
+            .collect()
     }
 
     /// The member devices of a group with their leaf signature keys.
