@@ -128,7 +128,12 @@ impl<'a> Conn<'a> {
         .boxed();
         bar.set_position(offset);
         let resp = self.send(req, body).await;
-        let produced = producer.await;
+        // A producer that stopped on its own (the file changed or could not be read) cut the
+        // body: its error, not the network error that follows, is the answer (no retry).
+        let produced = match producer.await {
+            Ok(Err(e)) if !matches!(e, TransferError::Network(_)) => return Err(e),
+            other => other,
+        };
         let resp = resp?;
         if resp.status() != StatusCode::NO_CONTENT {
             return Err(refused(resp).await);

@@ -231,6 +231,9 @@ impl BlobClient {
         let bar = self.bar(total, "upload");
         let mut retries = 0;
         let mut offset = 0u64;
+        // The SHA-256 of every plaintext chunk sealed so far: a resumption re-reads the file
+        // and refuses before sealing a chunk whose plaintext differs (same key and nonce).
+        let sealed = SealedChunks::default();
         let digest = loop {
             let source = UploadSource {
                 path: path.to_owned(),
@@ -238,6 +241,7 @@ impl BlobClient {
                 header,
                 size,
                 skip: offset,
+                sealed: sealed.clone(),
             };
             match conn.append(blob_id, offset, total, source, &bar).await {
                 Ok(digest) => break digest,
@@ -261,9 +265,9 @@ impl BlobClient {
                     }
                     if offset == total {
                         // Everything is stored but the answer was lost: hash locally.
-                        let (p, k) = (path.to_owned(), key.clone());
+                        let (p, k, s) = (path.to_owned(), key.clone(), sealed.clone());
                         break tokio::task::spawn_blocking(move || {
-                            hash_ciphertext(&p, &k, header, size)
+                            hash_ciphertext(&p, &k, header, size, s)
                         })
                         .await
                         .map_err(|_| TransferError::Network("hashing task failed".into()))??;
@@ -420,6 +424,10 @@ pub async fn fetch(
     Ok(target)
 }
 
+/// The SHA-256 of each plaintext chunk an upload sealed, by chunk index, shared by its
+/// attempts.
+pub(crate) type SealedChunks = Arc<std::sync::Mutex<Vec<[u8; 32]>>>;
+
 /// What the upload producer thread reads and seals.
 pub(crate) struct UploadSource {
     path: PathBuf,
@@ -428,6 +436,8 @@ pub(crate) struct UploadSource {
     size: u64,
     /// Ciphertext bytes already stored on the relay (produced and hashed, not sent).
     skip: u64,
+    /// Plaintext chunk hashes of earlier attempts (checked), extended by this one.
+    sealed: SealedChunks,
 }
 
 impl UploadSource {
@@ -486,6 +496,20 @@ impl UploadSource {
                 file.read_exact(&mut buf)
                     .map_err(|_| TransferError::Changed(self.path.clone()))?;
                 left -= n as u64;
+                // Never seal other plaintext under a key and nonce used before: a chunk an
+                // earlier attempt sealed must read back identical, else the upload stops.
+                let hash = <[u8; 32]>::from(Sha256::digest(&buf));
+                {
+                    let mut sealed = self.sealed.lock().unwrap_or_else(|e| e.into_inner());
+                    let i = usize::try_from(index).unwrap_or(usize::MAX);
+                    match sealed.get(i) {
+                        Some(before) if *before != hash => {
+                            return Err(TransferError::Changed(self.path.clone()));
+                        }
+                        Some(_) => {}
+                        None => sealed.push(hash),
+                    }
+                }
                 encryptor.seal_chunk(&mut buf, index + 1 == chunks)?;
                 emit(buf)?;
             }
@@ -507,6 +531,7 @@ fn hash_ciphertext(
     key: &FileKey,
     header: Header,
     size: u64,
+    sealed: SealedChunks,
 ) -> Result<[u8; 32], TransferError> {
     // Nothing is sent: every byte is skipped.
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
@@ -516,6 +541,7 @@ fn hash_ciphertext(
         header,
         size,
         skip: u64::MAX,
+        sealed,
     };
     source.produce(&tx)
 }

@@ -235,6 +235,56 @@ async fn upload_cut_midway_resumes_byte_identical() {
     assert!(std::fs::read(&out).unwrap() == content);
 }
 
+/// Issue 10: the file changes (same size, in the prefix already sent) while an upload is cut;
+/// the resumption refuses with `Changed` before sealing anything new, so no bytes of the new
+/// content go out under the first key and nonces, and the relay's partial blob holds only
+/// bytes sent before the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_resumed_after_the_file_changed_refuses() {
+    let env = Env::start(BlobConfig::default()).await;
+    let size = 8 << 20;
+    let content = random_bytes(size, 11);
+    let path = env.file("changing.bin", &content);
+    let relay_addr = env.relay.as_ref().unwrap().local_addr();
+    let proxy = proxy::Proxy::start(relay_addr, Some(CUT_AT), None).await;
+    let via_proxy = client_for(&ws_url(proxy.addr), &env.tls, &env.keys);
+    let blobs = env.data.path().join("blobs");
+    let (result, ()) = tokio::join!(via_proxy.upload_file(&path), async {
+        until("the proxy holds the upload", || proxy.held()).await;
+        until("1 MiB of the upload on the relay's disk", || {
+            std::fs::read_dir(&blobs).unwrap().any(|e| {
+                let e = e.unwrap();
+                !e.file_name().to_string_lossy().starts_with("meta.sqlite")
+                    && file_len(&e.path()) >= ON_DISK_AT_CUT
+            })
+        })
+        .await;
+        // Same size, other bytes at the start: size alone cannot tell.
+        let mut changed = content.clone();
+        changed[..4096].iter_mut().for_each(|b| *b ^= 0xff);
+        std::fs::write(&path, &changed).unwrap();
+        proxy.cut();
+    });
+    match result {
+        Err(TransferError::Changed(p)) => assert_eq!(p, path),
+        other => panic!("expected Changed, got {other:?}"),
+    }
+    assert!(proxy.cuts() == 1, "the proxy cut the upload once");
+    // Nothing but request framing went out after the cut: no chunk (1 MiB) of new content.
+    let resent = proxy.up_bytes() - CUT_AT;
+    assert!(
+        resent <= FRAMING,
+        "{resent} bytes sent after the cut, at most {FRAMING} expected"
+    );
+    // The relay's only blob is incomplete and holds at most what was forwarded before the cut.
+    let (count, length, stored) = blob_rows(&env);
+    assert_eq!(count, 1);
+    assert!(
+        stored <= CUT_AT && stored < length,
+        "stored {stored} of {length}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_cut_midway_resumes_with_range() {
     let env = Env::start(BlobConfig::default()).await;
