@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod calls;
+mod chaos;
 mod chat;
 mod durability;
 mod groups;
