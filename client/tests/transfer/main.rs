@@ -235,10 +235,10 @@ async fn upload_cut_midway_resumes_byte_identical() {
     assert!(std::fs::read(&out).unwrap() == content);
 }
 
-/// Issue 10: the file changes (same size, in the prefix already sent) while an upload is cut;
-/// the resumption refuses with `Changed` before sealing anything new, so no bytes of the new
-/// content go out under the first key and nonces, and the relay's partial blob holds only
-/// bytes sent before the cut.
+/// Issue 10: the file changes in place (same size, in the prefix already sent) while an
+/// upload is cut; the resumption refuses with `Changed` before sealing anything new, so no
+/// bytes of the new content go out under the first key and nonces, and the relay's partial
+/// blob holds only bytes sent before the cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_resumed_after_the_file_changed_refuses() {
     let env = Env::start(BlobConfig::default()).await;
@@ -259,10 +259,16 @@ async fn upload_resumed_after_the_file_changed_refuses() {
             })
         })
         .await;
-        // Same size, other bytes at the start: size alone cannot tell.
-        let mut changed = content.clone();
-        changed[..4096].iter_mut().for_each(|b| *b ^= 0xff);
-        std::fs::write(&path, &changed).unwrap();
+        // Same size, other bytes at the start: size alone cannot tell. Written in place
+        // over the first 4 KiB, never truncated: the first attempt's producer may still be
+        // sealing the chunks after the 3 MiB the proxy holds, and a file truncated under it
+        // would stop it with `Changed` by itself (no cut, no resumption: not the case this
+        // test is about). Chunk 0, the one changed, was sealed and sent before the hold.
+        let mut start = content[..4096].to_vec();
+        start.iter_mut().for_each(|b| *b ^= 0xff);
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut file, &start).unwrap();
+        drop(file);
         proxy.cut();
     });
     match result {
@@ -270,8 +276,13 @@ async fn upload_resumed_after_the_file_changed_refuses() {
         other => panic!("expected Changed, got {other:?}"),
     }
     assert!(proxy.cuts() == 1, "the proxy cut the upload once");
-    // Nothing but request framing went out after the cut: no chunk (1 MiB) of new content.
+    // The client came back after the cut (the refusal is the resumption's), and nothing but
+    // request framing went out: no chunk (1 MiB) of new content.
     let resent = proxy.up_bytes() - CUT_AT;
+    assert!(
+        resent > 0,
+        "no request after the cut: the upload did not resume"
+    );
     assert!(
         resent <= FRAMING,
         "{resent} bytes sent after the cut, at most {FRAMING} expected"
