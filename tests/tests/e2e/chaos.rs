@@ -25,8 +25,9 @@ const USERS: [&str; 3] = ["alice", "bob", "carol"];
 const SHARED: &str = "shared";
 
 /// The relay is killed with SIGKILL and restarted in a loop (every 0.3 to 3 s, down for up
-/// to 0.3 s) while alice, bob and carol, each a library client with its own SQLite store,
-/// concurrently send texts to the shared group, add and remove each other there, and
+/// to 0.3 s, one time in five for 1 to 4 s) while alice, bob and carol, each a library
+/// client with its own SQLite store and a command timeout of 2 to 10 s (so that some sends
+/// are left queued in the outbox and some commands fail), concurrently send texts to the shared group, add and remove each other there, and
 /// create groups of their own (adding one other user and sending there). Then the relay is
 /// left up, every user is added back to the shared group, and the test checks:
 ///
@@ -77,7 +78,7 @@ async fn chaos() {
     let mut devices = Vec::new();
     for user in USERS {
         let mut d = register(&home(user), &server, user, &ca).await;
-        d.set_timeout(Duration::from_secs(10));
+        d.set_timeout(Duration::from_secs(rng.range(2, 11)));
         devices.push(d);
     }
     let ids: Vec<DeviceId> = devices.iter().map(|d| d.device_id().unwrap()).collect();
@@ -254,6 +255,11 @@ async fn chaos() {
             }
         }
     }
+    // The checks above checked something.
+    assert!(
+        checked > 0,
+        "no acknowledged message had a member left to check"
+    );
     // Nothing refused was sent.
     for (from, log) in logs.iter().enumerate() {
         for s in &log.refused {
@@ -326,7 +332,11 @@ async fn kill_in_a_loop(
             return (relay, kills);
         }
         tokio::time::sleep(up).await;
-        let down = Duration::from_millis(rng.range(0, 300));
+        let down = Duration::from_millis(if rng.below(5) == 0 {
+            rng.range(1000, 4000)
+        } else {
+            rng.range(0, 300)
+        });
         let data = data.clone();
         relay = tokio::task::spawn_blocking(move || {
             relay.kill9();
