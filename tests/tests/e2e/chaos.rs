@@ -127,6 +127,7 @@ async fn chaos() {
 
     // The relay stays up now. Everyone is caught up and a member of the shared group again.
     for d in devices.iter_mut() {
+        d.set_timeout(WAIT);
         settle(d).await;
     }
     readd_everyone(&mut devices).await;
