@@ -166,7 +166,7 @@ async fn chaos() {
         shown.push(got);
     }
 
-    // The relay's log of every group, and who was a member in which epoch.
+    // Every device's history of every group (empty where it is not a member).
     let mut histories: Vec<BTreeMap<String, Vec<cove::MessageView>>> = Vec::new();
     for d in &devices {
         let mut per_group = BTreeMap::new();
