@@ -40,10 +40,12 @@
 
 #![deny(missing_docs)]
 
+mod admission;
 pub mod blob;
 pub mod config;
 mod http;
 mod hub;
+mod idle;
 mod links;
 mod logging;
 pub mod logic;
