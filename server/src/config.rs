@@ -503,6 +503,46 @@ mod tests {
     }
 
     #[test]
+    fn per_address_limits_and_body_idle_are_read_and_refused_at_zero() {
+        let text = "[limits]\nmax_connections_per_ip = 3\nhttp_body_idle_ms = 500\n\
+                    registrations_per_minute = 4\nregistration_burst = 5\n";
+        let f = ConfigFile::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = f.into_config().unwrap_or_else(|e| panic!("{e}"));
+        let l = &cfg.limits;
+        assert_eq!(
+            (
+                l.max_connections_per_ip,
+                l.http_body_idle(),
+                l.registrations_per_minute,
+                l.registration_burst
+            ),
+            (3, Duration::from_millis(500), 4, 5)
+        );
+        let d = Limits::default();
+        assert_eq!(
+            (
+                d.max_connections_per_ip,
+                d.http_body_idle_ms,
+                d.registrations_per_minute,
+                d.registration_burst
+            ),
+            (64, 30_000, 10, 20)
+        );
+        for zero in [
+            "max_connections_per_ip",
+            "http_body_idle_ms",
+            "registrations_per_minute",
+            "registration_burst",
+        ] {
+            let f = ConfigFile::parse(&format!("[limits]\n{zero} = 0\n")).unwrap_or_default();
+            assert!(
+                matches!(f.into_config(), Err(ConfigError::Invalid(_))),
+                "{zero} = 0 accepted"
+            );
+        }
+    }
+
+    #[test]
     fn turn_credential_ttl_defaults_to_ten_minutes_and_is_bounded() {
         let ttl = |text: &str| {
             ConfigFile::parse(text)
