@@ -30,11 +30,12 @@ type Chunk = (Reader, std::io::Result<BytesMut>);
 
 /// Exactly `remaining` bytes of a blob reader, one chunk at a time.
 ///
-/// A chunk is read only when hyper asks for the next frame, i.e. once the previous one was
-/// handed to the connection: each read runs on the blocking pool for just that read (the
-/// way `tokio::fs::File` works) and no thread waits on the client. A client that stops
-/// reading therefore holds no thread and at most one chunk here; dropping the body (the
-/// connection went) frees it (a read in flight finishes and is dropped).
+/// Each read runs on the blocking pool for just that read (the way `tokio::fs::File`
+/// works), and the next one starts only when hyper took the previous chunk (one chunk of
+/// read-ahead, so disk and network overlap): no thread ever waits on the client. A client
+/// that stops reading therefore holds no thread, and two chunks at most (the one hyper is
+/// sending and the one read ahead); dropping the body (the connection went) frees them (a
+/// read in flight finishes and is dropped).
 pub(crate) struct ReaderBody {
     state: State,
     remaining: u64,
@@ -58,6 +59,21 @@ impl ReaderBody {
             chunk: chunk.max(1),
         }
     }
+
+    /// Reads the next chunk on the blocking pool.
+    fn read_next(&self, mut reader: Reader) -> JoinHandle<Chunk> {
+        let want = usize::try_from(self.remaining)
+            .unwrap_or(self.chunk)
+            .min(self.chunk);
+        tokio::task::spawn_blocking(move || {
+            let mut buf = BytesMut::zeroed(want);
+            let read = reader.read(&mut buf).map(|n| {
+                buf.truncate(n);
+                buf
+            });
+            (reader, read)
+        })
+    }
 }
 
 impl Body for ReaderBody {
@@ -74,18 +90,8 @@ impl Body for ReaderBody {
                 State::Done => return Poll::Ready(None),
                 State::Idle(_) if this.remaining == 0 => return Poll::Ready(None),
                 State::Idle(reader) => {
-                    let mut reader = reader.into_inner().unwrap_or_else(|p| p.into_inner());
-                    let want = usize::try_from(this.remaining)
-                        .unwrap_or(this.chunk)
-                        .min(this.chunk);
-                    this.state = State::Reading(tokio::task::spawn_blocking(move || {
-                        let mut buf = BytesMut::zeroed(want);
-                        let read = reader.read(&mut buf).map(|n| {
-                            buf.truncate(n);
-                            buf
-                        });
-                        (reader, read)
-                    }));
+                    let reader = reader.into_inner().unwrap_or_else(|p| p.into_inner());
+                    this.state = State::Reading(this.read_next(reader));
                 }
                 State::Reading(mut task) => {
                     let joined = match Pin::new(&mut task).poll(cx) {
@@ -110,7 +116,11 @@ impl Body for ReaderBody {
                         Err(e) => return Poll::Ready(Some(Err(e))),
                     };
                     this.remaining = this.remaining.saturating_sub(buf.len() as u64);
-                    this.state = State::Idle(Mutex::new(reader));
+                    // Read ahead one chunk while the connection sends this one.
+                    this.state = match this.remaining {
+                        0 => State::Done,
+                        _ => State::Reading(this.read_next(reader)),
+                    };
                     return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
                 }
             }
