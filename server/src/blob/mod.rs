@@ -18,9 +18,9 @@
 //! unknown, the signature does not verify, the timestamp is more than 5 minutes off, or the
 //! signature was already used (a replay); another user's blob answers `403`.
 //!
-//! Bodies move one chunk at a time ([`TRANSFER_CHUNK`]): a download reads the next chunk
-//! only once the connection took the previous one, an upload writes a chunk once it
-//! arrived. Each disk call runs on tokio's blocking pool for just that call (as
+//! Bodies move one chunk at a time ([`TRANSFER_CHUNK`]): a download starts reading the
+//! next chunk (one ahead) only once the connection took the previous one, an upload writes a
+//! chunk once it arrived. Each disk call runs on tokio's blocking pool for just that call (as
 //! `tokio::fs` does); no thread ever waits on a client, so a client that stops reading or
 //! sending holds no thread and at most one chunk of memory, freed when it goes. An upload
 //! body that makes no progress for the relay's `http_body_idle_ms` is cut off (`408`,
