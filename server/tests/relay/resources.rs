@@ -21,7 +21,8 @@ const STALLED_DOWNLOADS: usize = 600;
 const BLOB_BYTES: usize = 8 << 20;
 
 /// 600 TLS connections that each request a blob, read the response head and then never
-/// read again do not stop another client from logging in, posting and fetching.
+/// read again do not stop another client from logging in, posting and fetching; once they
+/// are dropped the relay serves none of them any more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_blob_downloads_do_not_stop_a_login_post_and_fetch() {
     let limits = Limits {
@@ -80,7 +81,9 @@ async fn stalled_blob_downloads_do_not_stop_a_login_post_and_fetch() {
     assert_eq!(payloads, vec![(seq, b"still served".to_vec())]);
     // All the while, every stalled download was still open.
     assert!(relay.handle().connection_count() >= STALLED_DOWNLOADS);
+    // When their clients go, the relay lets go of them too (only Alice and Bob stay).
     drop(stalled);
+    wait_until(|| relay.handle().connection_count() == 2).await;
 }
 
 /// An upload whose body stops arriving is answered `408` with the bytes that did arrive
