@@ -102,6 +102,18 @@ pub struct Limits {
     /// Most simultaneous connections (WebSocket and HTTP); further clients wait in the
     /// kernel's accept queue.
     pub max_connections: usize,
+    /// Most simultaneous connections (WebSocket and HTTP) from one client address (an IPv4
+    /// address or an IPv6 /64; loopback too). A connection over it is closed at once,
+    /// before TLS.
+    pub max_connections_per_ip: usize,
+    /// An HTTP body (a blob upload or download) that moves no byte for this long is cut
+    /// off and its connection closed, in milliseconds (an upload is answered `408` first).
+    pub http_body_idle_ms: u64,
+    /// Sustained registrations (`Register` and `RegisterDevice`) per minute from one client
+    /// address; over it they are refused with `RateLimited`.
+    pub registrations_per_minute: u32,
+    /// Burst of registrations from one client address.
+    pub registration_burst: u32,
     /// Interval of WebSocket pings, in milliseconds.
     pub ping_interval_ms: u64,
     /// A connection with no traffic (not even a pong) for this long after a ping is closed
@@ -153,6 +165,10 @@ impl Default for Limits {
             max_write_buffer_bytes: 4 * 1024 * 1024,
             handshake_timeout_ms: 10_000,
             max_connections: 10_000,
+            max_connections_per_ip: 64,
+            http_body_idle_ms: 30_000,
+            registrations_per_minute: 10,
+            registration_burst: 20,
             ping_interval_ms: 30_000,
             pong_timeout_ms: 30_000,
             outgoing_queue_frames: cove_wire::limits::OUTGOING_QUEUE_FRAMES,
@@ -203,9 +219,25 @@ impl Limits {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
+    /// How long an HTTP body may make no progress (at least 1 ms).
+    pub fn http_body_idle(&self) -> Duration {
+        Duration::from_millis(self.http_body_idle_ms.max(1))
+    }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&str, bool); 10] = [
+        let checks: [(&str, bool); 13] = [
+            (
+                "max_connections_per_ip must be at least 1",
+                self.max_connections_per_ip >= 1,
+            ),
+            (
+                "http_body_idle_ms must be at least 1",
+                self.http_body_idle_ms >= 1,
+            ),
+            (
+                "registrations_per_minute and registration_burst must be at least 1",
+                self.registrations_per_minute >= 1 && self.registration_burst >= 1,
+            ),
             (
                 "target_claims_per_minute and target_claim_burst must be at least 1",
                 self.target_claims_per_minute >= 1 && self.target_claim_burst >= 1,
@@ -269,6 +301,10 @@ impl Limits {
 /// [limits]
 /// requests_per_second = 200
 /// outgoing_queue_frames = 4096
+/// max_connections_per_ip = 64      # per IPv4 address or IPv6 /64, loopback included
+/// http_body_idle_ms = 30000        # a blob transfer that moves no byte this long is cut
+/// registrations_per_minute = 10    # Register + RegisterDevice per client address
+/// registration_burst = 20
 ///
 /// turn_listen = "203.0.113.7:3478"   # TURN server for calls (off when absent)
 /// turn_credential_ttl_secs = 600
@@ -464,6 +500,46 @@ mod tests {
         assert!(ConfigFile::parse("[limits]\nno_such_limit = 1\n").is_err());
         let bad = ConfigFile::parse("[limits]\nmax_connections = 0\n").unwrap_or_default();
         assert!(bad.into_config().is_err());
+    }
+
+    #[test]
+    fn per_address_limits_and_body_idle_are_read_and_refused_at_zero() {
+        let text = "[limits]\nmax_connections_per_ip = 3\nhttp_body_idle_ms = 500\n\
+                    registrations_per_minute = 4\nregistration_burst = 5\n";
+        let f = ConfigFile::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = f.into_config().unwrap_or_else(|e| panic!("{e}"));
+        let l = &cfg.limits;
+        assert_eq!(
+            (
+                l.max_connections_per_ip,
+                l.http_body_idle(),
+                l.registrations_per_minute,
+                l.registration_burst
+            ),
+            (3, Duration::from_millis(500), 4, 5)
+        );
+        let d = Limits::default();
+        assert_eq!(
+            (
+                d.max_connections_per_ip,
+                d.http_body_idle_ms,
+                d.registrations_per_minute,
+                d.registration_burst
+            ),
+            (64, 30_000, 10, 20)
+        );
+        for zero in [
+            "max_connections_per_ip",
+            "http_body_idle_ms",
+            "registrations_per_minute",
+            "registration_burst",
+        ] {
+            let f = ConfigFile::parse(&format!("[limits]\n{zero} = 0\n")).unwrap_or_default();
+            assert!(
+                matches!(f.into_config(), Err(ConfigError::Invalid(_))),
+                "{zero} = 0 accepted"
+            );
+        }
     }
 
     #[test]

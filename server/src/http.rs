@@ -1,12 +1,15 @@
 //! One TCP connection: TLS handshake, HTTP/1.1 (hyper) and, for `GET /v1/ws`, the WebSocket
 //! upgrade. Everything up to an open WebSocket runs under the handshake deadline, inside the
-//! connection's own task.
+//! connection's own task. Until an upgrade, writes that make no progress for
+//! `http_body_idle_ms` end the connection ([`crate::idle`]); upload bodies have the same
+//! idle bound in the blob service.
 //!
 //! Routes: `/v1/ws` (WebSocket, protocol v1), `/v1/blobs...` and `/s/...` (the blob service),
 //! `/` (a short text page), anything else 404.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -23,7 +26,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::debug;
 
+use crate::admission::AddressSlot;
 use crate::blob::BlobBody;
+use crate::idle::WriteIdle;
 use crate::shared::{Shared, stopped};
 
 /// The text served at `/`.
@@ -34,14 +39,15 @@ The relay stores and forwards ciphertext only.\n";
 
 type UpgradeSlot = Arc<Mutex<Option<OnUpgrade>>>;
 
-/// Serves one accepted TCP connection until it closes. `permit` is its connection slot.
+/// Serves one accepted TCP connection until it closes. `slots` are its connection slot and
+/// its address's; both are given back when it ends.
 pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    permit: OwnedSemaphorePermit,
+    slots: (OwnedSemaphorePermit, AddressSlot),
 ) {
-    let _permit = permit;
+    let _slots = slots;
     let deadline = Instant::now() + shared.limits.handshake_timeout();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&shared.tls));
     let tls = match timeout_at(deadline, acceptor.accept(tcp)).await {
@@ -68,8 +74,11 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_buf_size(64 * 1024);
+    // Until an upgrade, a response that the client does not read for the body idle
+    // timeout ends the connection.
+    let (io, write_idle) = WriteIdle::new(tls, shared.limits.http_body_idle());
     let conn = builder
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let mut shutdown = shared.shutdown.clone();
@@ -92,6 +101,7 @@ pub(crate) async fn serve(
     }
     let upgrade = slot.lock().map(|mut s| s.take()).unwrap_or_default();
     let Some(upgrade) = upgrade else { return };
+    write_idle.store(false, Ordering::Relaxed);
     let upgraded = match timeout_at(deadline, upgrade).await {
         Ok(Ok(upgraded)) => upgraded,
         Ok(Err(e)) => {
@@ -122,7 +132,10 @@ async fn route(
         return Ok(websocket_upgrade(req, &slot));
     }
     if path.starts_with("/v1/blobs") || path.starts_with("/s/") {
-        return Ok(shared.blob.handle(req).await);
+        return Ok(shared
+            .blob
+            .handle(req, shared.limits.http_body_idle())
+            .await);
     }
     if path == "/" && (req.method() == Method::GET || req.method() == Method::HEAD) {
         return Ok(text(StatusCode::OK, INDEX_PAGE));

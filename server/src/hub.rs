@@ -453,7 +453,7 @@ impl TokenBucket {
     }
 
     /// Whether the bucket has refilled to its burst by `now` (then it limits nothing).
-    fn is_full(&self, now: Instant) -> bool {
+    pub(crate) fn is_full(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens + elapsed * self.rate >= self.burst
     }

@@ -3,7 +3,8 @@
 //!
 //! What it owns:
 //! - the network shell: TCP → rustls → hyper (HTTP/1.1) → WebSocket at `/v1/ws`
-//!   (`http.rs` routing, one task per connection, a connection cap, handshake deadlines);
+//!   (`http.rs` routing, one task per connection, a connection cap and one per client
+//!   address, handshake deadlines, HTTP body idle timeouts);
 //! - the relay core ([`logic`]): every decision of the relay (authentication, requests,
 //!   the epoch and repeated-post rules through the store, replies, fan-out recipients,
 //!   backlogs), synchronous and without I/O; the connection layer wraps it, and
@@ -40,10 +41,12 @@
 
 #![deny(missing_docs)]
 
+mod admission;
 pub mod blob;
 pub mod config;
 mod http;
 mod hub;
+mod idle;
 mod links;
 mod logging;
 pub mod logic;

@@ -32,6 +32,10 @@ EXAMPLES:
       requests_per_second = 200   # per device
       outgoing_queue_frames = 4096
       handshake_timeout_ms = 10000
+      max_connections_per_ip = 64 # per IPv4 address or IPv6 /64 (loopback too)
+      http_body_idle_ms = 30000   # a blob upload/download moving no byte this long is cut
+      registrations_per_minute = 10 # new users and devices per client address
+      registration_burst = 20
 
   More logging: RUST_LOG=cove_server=debug cove-server
   The relay prints `listening on ADDR` on stdout once it accepts connections. Stop it with

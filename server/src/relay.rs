@@ -3,8 +3,9 @@
 //! [`RelayHandle`].
 //!
 //! The accept loop takes a connection slot (a `Semaphore` permit, so at most
-//! `max_connections` connections exist), accepts, and spawns one task per connection
-//! ([`crate::http::serve`]). Shutdown is broadcast through a `watch` channel: the loop stops
+//! `max_connections` connections exist), accepts, closes the connection at once if its
+//! address already holds `max_connections_per_ip` ([`crate::admission`]), and spawns one
+//! task per connection ([`crate::http::serve`]). Shutdown is broadcast through a `watch` channel: the loop stops
 //! accepting, every connection is closed with `Closing { Unavailable }`, and once they are
 //! gone the post writer drains its queue and the store is dropped (closed) last.
 
@@ -18,8 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::admission::{ConnectionsPerAddress, RegistrationsPerAddress};
 use crate::blob::{BlobError, BlobService};
 use crate::config::{ConfigError, RelayConfig, StoreKind};
 use crate::hub::{Hub, Rates};
@@ -139,6 +141,11 @@ impl Relay {
             .max_write_buffer_size(limits.max_write_buffer_bytes)
             .read_buffer_size(16 * 1024);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let registrations = RegistrationsPerAddress::new(
+            limits.registrations_per_minute,
+            limits.registration_burst,
+        );
+        let connections = ConnectionsPerAddress::new(limits.max_connections_per_ip);
         let links = Arc::new(crate::links::Links::new(limits.link_code_lifetime_ms));
         tokio::spawn(crate::links::sweep_loop(
             Arc::clone(&links),
@@ -156,6 +163,7 @@ impl Relay {
             shutdown: shutdown_rx,
             turn: turn.map(Arc::new),
             links,
+            registrations,
         });
         let turn_handle = shared.turn.clone();
         info!(
@@ -164,7 +172,7 @@ impl Relay {
             data = %data_dir.display(),
             "relay started"
         );
-        let accept = tokio::spawn(accept_loop(listener, shared));
+        let accept = tokio::spawn(accept_loop(listener, shared, Arc::clone(&connections)));
         Ok(RelayHandle {
             local_addr,
             cert_pem: identity.cert_pem,
@@ -178,6 +186,7 @@ impl Relay {
             threads: vec![writer, ack_thread],
             turn_addr,
             turn: turn_handle,
+            connections,
         })
     }
 }
@@ -197,6 +206,7 @@ pub struct RelayHandle {
     threads: Vec<ThreadHandle<()>>,
     turn_addr: Option<SocketAddr>,
     turn: Option<Arc<crate::turn::TurnService>>,
+    connections: Arc<ConnectionsPerAddress>,
 }
 
 impl RelayHandle {
@@ -240,6 +250,11 @@ impl RelayHandle {
     pub fn online_count(&self) -> usize {
         self.hub.online_count()
     }
+    /// Number of TCP connections (HTTP and WebSocket, authenticated or not) being served
+    /// now; a connection counts from its acceptance until its task ended.
+    pub fn connection_count(&self) -> usize {
+        self.connections.total()
+    }
 
     /// Stops accepting, closes every connection with `Closing { Unavailable }`, waits for
     /// them (up to the shutdown grace), lets the post writer finish and closes the store.
@@ -272,7 +287,11 @@ impl Drop for RelayHandle {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    per_address: Arc<ConnectionsPerAddress>,
+) {
     let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
     let mut shutdown = shared.shutdown.clone();
     let mut tasks = JoinSet::new();
@@ -289,12 +308,20 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             () = stopped(&mut shutdown) => break,
         };
         match accepted {
-            Ok((tcp, peer)) => {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    warn!(error = %e, "set_nodelay failed");
+            // Over its address's cap, a connection is closed before TLS costs anything.
+            Ok((tcp, peer)) => match per_address.admit(peer.ip()) {
+                None => {
+                    debug!(%peer, "connection refused: too many from this address");
+                    drop(tcp);
                 }
-                tasks.spawn(crate::http::serve(tcp, peer, Arc::clone(&shared), permit));
-            }
+                Some(address_slot) => {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        warn!(error = %e, "set_nodelay failed");
+                    }
+                    let held = (permit, address_slot);
+                    tasks.spawn(crate::http::serve(tcp, peer, Arc::clone(&shared), held));
+                }
+            },
             Err(e) => {
                 // E.g. out of file descriptors: back off instead of spinning.
                 warn!(error = %e, "accept failed");

@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub turn: Option<Arc<crate::turn::TurnService>>,
     /// The link rendezvous (linking a new machine by a code).
     pub links: Arc<crate::links::Links>,
+    /// Registrations per client address (a token bucket each).
+    pub registrations: crate::admission::RegistrationsPerAddress,
 }
 
 /// Resolves once shutdown was requested (or the relay handle is gone).

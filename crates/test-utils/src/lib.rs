@@ -275,11 +275,16 @@ impl TestRelay {
     }
 }
 
-/// Limits for tests: the defaults with request rates high enough for bulk tests.
+/// Limits for tests: the defaults with request rates high enough for bulk tests, and the
+/// per-address limits (every test client comes from 127.0.0.1) raised out of the way: tests
+/// of those limits set them.
 pub fn test_limits() -> Limits {
     Limits {
         requests_per_second: 100_000,
         request_burst: 100_000,
+        max_connections_per_ip: 10_000,
+        registrations_per_minute: 100_000,
+        registration_burst: 100_000,
         ..Limits::default()
     }
 }
@@ -752,11 +757,80 @@ pub async fn connect_tls(
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
     let tcp = TcpStream::connect(addr).await?;
+    tls_over(tcp, addr, tls).await
+}
+
+/// A TLS connection to the relay whose socket receive buffer is as small as the kernel
+/// allows (a few KiB), for tests of clients that stop reading: what the relay sends then
+/// piles up in the relay, not in this process's kernel buffers.
+pub async fn connect_tls_small_window(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_recv_buffer_size(4096)?;
+    let tcp = socket.connect(addr).await?;
+    tls_over(tcp, addr, tls).await
+}
+
+async fn tls_over(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
     let name = ServerName::IpAddress(addr.ip().into());
     let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await?;
     Ok(stream)
+}
+
+/// The headers (each ending in CRLF) that sign one request to the relay's blob store as
+/// `keys`' registered device, now: `cove-device`, `cove-timestamp`, `cove-signature` over
+/// [`cove_wire::sign::blob_request_message`] (`value` is `Upload-Length` for `POST`,
+/// `Upload-Offset` for `PATCH`, else 0).
+pub fn blob_signature_headers(keys: &DeviceKeys, method: &str, path: &str, value: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let message = cove_wire::sign::blob_request_message(method, path, now, value);
+    let signature: String = keys
+        .sign_raw(&message)
+        .0
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "cove-device: {}\r\ncove-timestamp: {now}\r\ncove-signature: {signature}\r\n",
+        keys.id().0
+    )
+}
+
+/// Reads one HTTP/1.1 response head (status line and headers, up to the blank line) from a
+/// raw stream, byte by byte so that nothing after it is consumed. Fails with
+/// [`ClientError::Closed`] if the stream ends first.
+pub async fn read_response_head<S>(stream: &mut S) -> Result<String, ClientError>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 {
+            return Err(ClientError::Unexpected("response head too long".into()));
+        }
+        let n = tokio::time::timeout(DEFAULT_TIMEOUT, stream.read(&mut byte))
+            .await
+            .map_err(|_| ClientError::Timeout("a response head"))??;
+        if n == 0 {
+            return Err(ClientError::Closed(None));
+        }
+        head.extend_from_slice(&byte);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
 /// Upgrades a raw TLS stream to a WebSocket by hand (so a test can then write raw frame
@@ -771,24 +845,9 @@ where
         cove_wire::WS_PATH
     );
     stream.write_all(request.as_bytes()).await?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() > 16 * 1024 {
-            return Err(ClientError::Unexpected("response head too long".into()));
-        }
-        let n = tokio::time::timeout(DEFAULT_TIMEOUT, stream.read(&mut byte))
-            .await
-            .map_err(|_| ClientError::Timeout("the upgrade response"))??;
-        if n == 0 {
-            return Err(ClientError::Closed(None));
-        }
-        head.extend_from_slice(&byte);
-    }
-    if !head.starts_with(b"HTTP/1.1 101") {
-        return Err(ClientError::Unexpected(
-            String::from_utf8_lossy(&head).into_owned(),
-        ));
+    let head = read_response_head(stream).await?;
+    if !head.starts_with("HTTP/1.1 101") {
+        return Err(ClientError::Unexpected(head));
     }
     Ok(())
 }

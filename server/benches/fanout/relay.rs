@@ -53,6 +53,10 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
     };
     config.limits.requests_per_second = 10_000_000;
     config.limits.request_burst = 10_000_000;
+    // Every bench device connects and registers from 127.0.0.1.
+    config.limits.max_connections_per_ip = 1_000_000;
+    config.limits.registrations_per_minute = 10_000_000;
+    config.limits.registration_burst = 10_000_000;
     // Spawned on the server runtime so the relay's threads (post writer, blocking pool)
     // are created there and inherit its CPU pinning.
     let handle = rt

@@ -18,9 +18,15 @@
 //! unknown, the signature does not verify, the timestamp is more than 5 minutes off, or the
 //! signature was already used (a replay); another user's blob answers `403`.
 //!
-//! Bodies stream through a small bounded channel to a blocking writer/reader thread, so
-//! memory per transfer is a few MiB whatever the blob size. A sweep thread deletes expired
-//! blobs: incomplete uploads after [`BlobConfig::incomplete_retention`], complete blobs after
+//! Bodies move one chunk at a time ([`TRANSFER_CHUNK`]): a download starts reading the
+//! next chunk (one ahead) only once the connection took the previous one, an upload writes a
+//! chunk once it arrived. Each disk call runs on tokio's blocking pool for just that call (as
+//! `tokio::fs` does); no thread ever waits on a client, so a client that stops reading or
+//! sending holds no thread and at most one chunk of memory, freed when it goes. An upload
+//! body that makes no progress for the relay's `http_body_idle_ms` is cut off (`408`,
+//! connection closed; what arrived is kept); a stalled download is cut off by the
+//! connection's write idle timeout (`crate::http`). A sweep thread deletes expired blobs:
+//! incomplete uploads after [`BlobConfig::incomplete_retention`], complete blobs after
 //! [`BlobConfig::retention`]; a blob with an append running is left to the next sweep.
 
 mod auth;
@@ -28,12 +34,11 @@ mod body;
 mod share;
 pub mod store;
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cove_wire::{BlobId, UserName};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -102,10 +107,9 @@ struct Inner {
     replay: auth::ReplayGuard,
 }
 
-/// Frames buffered between the network and the disk thread of one transfer.
-const CHANNEL_FRAMES: usize = 16;
-/// Read size of downloads.
-const READ_CHUNK: usize = 1 << 20;
+/// Bytes read from disk per download step, and collected from the network before an
+/// upload's next disk write: the memory one transfer holds in the service.
+pub const TRANSFER_CHUNK: usize = 128 * 1024;
 
 impl BlobService {
     /// Opens the blob store under `data_dir/blobs` and starts its sweep thread (which ends
@@ -153,8 +157,9 @@ impl BlobService {
         &self.inner.blobs
     }
 
-    /// Handles one HTTP request under `/v1/blobs` or `/s/`.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<BlobBody> {
+    /// Handles one HTTP request under `/v1/blobs` or `/s/`. An upload body that brings no
+    /// byte for `body_idle` is cut off.
+    pub async fn handle(&self, req: Request<Incoming>, body_idle: Duration) -> Response<BlobBody> {
         let inner = &self.inner;
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
@@ -170,7 +175,7 @@ impl BlobService {
             };
             return match method {
                 Method::HEAD => inner.head(req, id).await,
-                Method::PATCH => inner.append(req, id).await,
+                Method::PATCH => inner.append(req, id, body_idle).await,
                 Method::GET => inner.download(req, id).await,
                 Method::DELETE => inner.delete(req, id).await,
                 _ => method_not_allowed("GET, HEAD, PATCH, DELETE"),
@@ -327,7 +332,12 @@ impl Inner {
         }
     }
 
-    async fn append(&self, req: Request<Incoming>, id: BlobId) -> Response<BlobBody> {
+    async fn append(
+        &self,
+        req: Request<Incoming>,
+        id: BlobId,
+        body_idle: Duration,
+    ) -> Response<BlobBody> {
         let Some(offset) = header_u64(&req, "upload-offset") else {
             return text(
                 StatusCode::BAD_REQUEST,
@@ -349,7 +359,7 @@ impl Inner {
             return r;
         }
         let blobs = Arc::clone(&self.blobs);
-        let mut writer = match blocking(move || blobs.writer(&id, offset)).await {
+        let writer = match blocking(move || blobs.writer(&id, offset)).await {
             Ok(w) => w,
             Err(BlobStoreError::OffsetMismatch { stored }) => {
                 let mut r = text(
@@ -369,37 +379,62 @@ impl Inner {
             Err(e) => return internal(&e),
         };
 
-        // Network -> bounded channel -> blocking disk writer.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_FRAMES);
-        let disk = tokio::task::spawn_blocking(move || {
-            while let Some(data) = rx.blocking_recv() {
-                if let Err(e) = writer.write(&data) {
-                    return (Err(e), writer);
-                }
-            }
-            (Ok(()), writer)
-        });
+        // Network -> one chunk -> disk, each write on the blocking pool for just that write.
+        let mut writer = WriterSlot(Some(writer));
         let mut body = req.into_body();
-        let mut cut = false;
+        let mut pending: Vec<Bytes> = Vec::new();
+        let mut pending_bytes = 0usize;
+        let mut written: Result<(), BlobStoreError> = Ok(());
+        let mut ended = Ended::Complete;
         loop {
-            match body.frame().await {
-                None => break,
-                Some(Err(e)) => {
+            let frame = match tokio::time::timeout(body_idle, body.frame()).await {
+                Err(_) => {
+                    debug!(blob = %id, idle_ms = millis(body_idle), "upload body idle: cut off");
+                    ended = Ended::Idle;
+                    None
+                }
+                Ok(None) => None,
+                Ok(Some(Err(e))) => {
                     debug!(blob = %id, error = %e, "upload body ended early");
-                    cut = true;
+                    ended = Ended::Cut;
+                    None
+                }
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Some(data),
+                    Err(_) => continue, // trailers
+                },
+            };
+            let last = frame.is_none();
+            if let Some(data) = frame {
+                pending_bytes += data.len();
+                pending.push(data);
+            }
+            if pending_bytes >= TRANSFER_CHUNK || (last && !pending.is_empty()) {
+                let frames = std::mem::take(&mut pending);
+                pending_bytes = 0;
+                let Some(w) = writer.0.take() else { break };
+                // Frame by frame, as they came: one past the declared end is refused whole.
+                let (w, result) = match tokio::task::spawn_blocking(move || {
+                    let mut w = w;
+                    let result = frames.iter().try_for_each(|data| w.write(data));
+                    (w, result)
+                })
+                .await
+                {
+                    Ok(done) => done,
+                    Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+                };
+                writer.0 = Some(w);
+                if let Err(e) = result {
+                    written = Err(e); // past the end or a disk error: stop reading
                     break;
                 }
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data()
-                        && tx.send(data).await.is_err()
-                    {
-                        break; // the writer stopped (past end or disk error)
-                    }
-                }
+            }
+            if last {
+                break;
             }
         }
-        drop(tx);
-        let Ok((written, writer)) = disk.await else {
+        let Some(writer) = writer.0.take() else {
             return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
         };
         // Keep whatever arrived, even from a cut or overlong request: the client resumes
@@ -414,7 +449,12 @@ impl Inner {
             info!(blob = %id, length = meta.length, "blob upload complete");
         }
         match written {
-            Ok(()) if cut => offsets(StatusCode::BAD_REQUEST, &meta),
+            Ok(()) if ended == Ended::Idle => {
+                let mut r = offsets(StatusCode::REQUEST_TIMEOUT, &meta);
+                set(&mut r, header::CONNECTION, "close");
+                r
+            }
+            Ok(()) if ended == Ended::Cut => offsets(StatusCode::BAD_REQUEST, &meta),
             Ok(()) => offsets(StatusCode::NO_CONTENT, &meta),
             Err(e @ BlobStoreError::PastEnd { .. }) => {
                 let mut r = text(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
@@ -465,7 +505,7 @@ impl Inner {
                 Ok(r) => r,
                 Err(e) => return internal(&e),
             };
-            stream_reader(reader, len)
+            body::ReaderBody::new(reader, len, TRANSFER_CHUNK).boxed()
         };
         let mut r = Response::new(body);
         *r.status_mut() = status;
@@ -486,37 +526,31 @@ impl Inner {
     }
 }
 
-/// Streams `len` bytes of `reader` from a blocking thread through a bounded channel.
-fn stream_reader(mut reader: Box<dyn Read + Send>, len: u64) -> BlobBody {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
-        let mut left = len;
-        while left > 0 {
-            let want = usize::try_from(left).unwrap_or(READ_CHUNK).min(READ_CHUNK);
-            let mut buf = BytesMut::zeroed(want);
-            match reader.read(&mut buf) {
-                Ok(0) => {
-                    let _ = tx.blocking_send(Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "blob shorter than recorded",
-                    )));
-                    return;
-                }
-                Ok(n) => {
-                    buf.truncate(n);
-                    left -= n as u64;
-                    if tx.blocking_send(Ok(buf.freeze())).is_err() {
-                        return; // client went away
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
+/// How an upload body ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// All of it arrived.
+    Complete,
+    /// The client cut it (connection error).
+    Cut,
+    /// It brought nothing for the idle timeout.
+    Idle,
+}
+
+/// The blob writer of an append, between its disk calls. Dropped with one (the handler was
+/// cancelled: the connection went), it is dropped on the blocking pool, since dropping it
+/// records what reached the disk (a sync and a database update).
+struct WriterSlot(Option<Box<dyn BlobWriter>>);
+
+impl Drop for WriterSlot {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || drop(writer))),
+                Err(_) => drop(writer),
             }
         }
-    });
-    body::ChannelBody::new(rx, len).boxed()
+    }
 }
 
 fn sweep(inner: &Inner) -> usize {

@@ -83,6 +83,7 @@ where
         outbox: Arc::clone(&outbox),
         conn,
         preauth: TokenBucket::new(PREAUTH_RATE, PREAUTH_BURST, Instant::now()),
+        peer: peer.ip(),
         backlog: None,
         start_backlog: false,
         close_after_answer: None,

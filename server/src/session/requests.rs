@@ -35,7 +35,27 @@ impl Session {
         }
         let result = match self.conn.route(body, now_ms()) {
             Route::Answer(result) => result,
-            Route::Authenticate(auth) => self.authenticate(auth).await,
+            Route::Authenticate(auth) => {
+                let registers = matches!(auth, Auth::Register { .. } | Auth::RegisterDevice { .. });
+                let limited = registers
+                    .then(|| self.shared.registrations.take(self.peer, Instant::now()))
+                    .and_then(Result::err);
+                match limited {
+                    Some(retry_after_ms) => {
+                        info!(
+                            conn = self.outbox.conn_id,
+                            "registration refused: too many from this address"
+                        );
+                        let mut e = ErrorReply::new(
+                            ErrorCode::RateLimited,
+                            "too many registrations from this address",
+                        );
+                        e.retry_after_ms = Some(retry_after_ms);
+                        Err(e)
+                    }
+                    None => self.authenticate(auth).await,
+                }
+            }
             Route::Post(post) => {
                 let room = self
                     .shared

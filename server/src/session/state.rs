@@ -1,5 +1,6 @@
 //! One connection's state.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
@@ -20,6 +21,8 @@ pub(super) struct Session {
     pub(super) conn: Connection,
     /// Request rate limit before authentication.
     pub(super) preauth: TokenBucket,
+    /// The client's address (registrations are rate limited per address).
+    pub(super) peer: IpAddr,
     /// The backlog task, once started.
     pub(super) backlog: Option<JoinHandle<()>>,
     /// Set on authentication: start the backlog once the reply is queued.
