@@ -128,6 +128,7 @@ impl Relay {
             Arc::clone(&hub),
             limits.post_queue_bytes,
             limits.post_batch_max,
+            limits.quotas(),
         )
         .map_err(StartError::Thread)?;
         let (acks, ack_thread) = AckLane::start(Arc::clone(&store)).map_err(StartError::Thread)?;

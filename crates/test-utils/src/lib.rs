@@ -275,11 +275,20 @@ impl TestRelay {
     }
 }
 
-/// Limits for tests: the defaults with request rates high enough for bulk tests.
+/// Limits for tests: the defaults with request rates and post quotas high enough for bulk
+/// tests.
 pub fn test_limits() -> Limits {
     Limits {
         requests_per_second: 100_000,
         request_burst: 100_000,
+        sender_posts_per_minute: 1_000_000,
+        sender_post_burst: 1_000_000,
+        sender_bytes_per_minute: 1 << 40,
+        sender_byte_burst: 1 << 40,
+        group_posts_per_minute: 1_000_000,
+        group_post_burst: 1_000_000,
+        group_bytes_per_minute: 1 << 40,
+        group_byte_burst: 1 << 40,
         ..Limits::default()
     }
 }

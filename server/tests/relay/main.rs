@@ -14,6 +14,7 @@ mod limits;
 mod link;
 mod logs;
 mod membership;
+mod quotas;
 mod slow_reader;
 mod turn;
 
