@@ -15,6 +15,7 @@ mod link;
 mod logs;
 mod membership;
 mod quotas;
+mod retention;
 mod slow_reader;
 mod turn;
 
