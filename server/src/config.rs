@@ -571,6 +571,39 @@ mod tests {
         }
     }
 
+    /// The quota and retention keys parse under `[limits]`, default to the documented
+    /// values, and out-of-range values are refused.
+    #[test]
+    fn quota_and_retention_limits() {
+        let d = Limits::default();
+        assert_eq!((d.sender_posts_per_minute, d.sender_post_burst), (120, 240));
+        assert_eq!(d.sender_bytes_per_minute, 8 * 1024 * 1024);
+        assert_eq!((d.group_posts_per_minute, d.group_post_burst), (600, 1200));
+        assert_eq!(d.retention_max_age_ms, 30 * 24 * 3600 * 1000);
+        let f = ConfigFile::parse(
+            "[limits]\nsender_posts_per_minute = 5\ngroup_post_burst = 9\n\
+             retention_max_age_ms = 86400000\nprune_interval_ms = 1000\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.limits.sender_posts_per_minute, 5);
+        assert_eq!(f.limits.group_post_burst, 9);
+        assert_eq!(f.limits.prune_interval(), Duration::from_secs(1));
+        assert!(f.into_config().is_ok());
+        for bad in [
+            "sender_post_burst = 0",
+            "group_posts_per_minute = 0",
+            "sender_byte_burst = 1000",
+            "group_byte_burst = 1000",
+            "retention_max_age_ms = 59999",
+        ] {
+            let f = ConfigFile::parse(&format!("[limits]\n{bad}\n")).unwrap_or_default();
+            assert!(
+                matches!(f.into_config(), Err(ConfigError::Invalid(_))),
+                "{bad} accepted"
+            );
+        }
+    }
+
     #[test]
     fn cert_needs_key() {
         let f = ConfigFile {

@@ -18,7 +18,8 @@
 //!
 //! Memory: a bucket that has refilled is the same as no bucket, so [`Quotas::sweep`] drops
 //! those, at most once a minute of post time, and whenever more than
-//! [`MAX_TRACKED_BUCKETS`] are tracked.
+//! [`MAX_TRACKED_BUCKETS`] (and twice what the last sweep left) are tracked. What stays is
+//! the buckets still refilling, i.e. of devices and groups that posted in the last minutes.
 
 use std::collections::HashMap;
 
@@ -71,6 +72,9 @@ pub struct Quotas {
     groups: HashMap<GroupId, Pair>,
     /// Post time of the last sweep.
     swept_ms: u64,
+    /// Bucket pairs left by the last sweep: an early sweep waits until twice as many are
+    /// tracked, so sweeps cost O(1) per post however many buckets are busy.
+    left_by_sweep: usize,
 }
 
 impl Quotas {
@@ -81,6 +85,7 @@ impl Quotas {
             senders: HashMap::new(),
             groups: HashMap::new(),
             swept_ms: 0,
+            left_by_sweep: 0,
         }
     }
 
@@ -159,11 +164,13 @@ impl Quotas {
     }
 
     /// Drops the buckets that have refilled by `now_ms` (they limit nothing), at most once
-    /// per [`SWEEP_INTERVAL_MS`] of post time unless more than [`MAX_TRACKED_BUCKETS`] are
-    /// tracked.
+    /// per [`SWEEP_INTERVAL_MS`] of post time unless more than [`MAX_TRACKED_BUCKETS`] (and
+    /// more than twice what the last sweep left) are tracked.
     pub fn sweep(&mut self, now_ms: u64) {
         let due = now_ms.saturating_sub(self.swept_ms) >= SWEEP_INTERVAL_MS;
-        if !due && self.tracked() <= MAX_TRACKED_BUCKETS {
+        let crowded =
+            self.tracked() > MAX_TRACKED_BUCKETS.max(self.left_by_sweep.saturating_mul(2));
+        if !due && !crowded {
             return;
         }
         self.swept_ms = now_ms;
@@ -172,6 +179,7 @@ impl Quotas {
             .retain(|_, pair| !pair.is_full(&sender_rates, now_ms));
         self.groups
             .retain(|_, pair| !pair.is_full(&group_rates, now_ms));
+        self.left_by_sweep = self.tracked();
     }
 
     /// How many bucket pairs are tracked (senders and groups).
