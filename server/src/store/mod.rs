@@ -346,7 +346,7 @@ pub trait RelayStore: Send + Sync + 'static {
         entries: Vec<ListEntry>,
     ) -> Result<u64, StoreError>;
 
-    /// Retention: removes, in one transaction,
+    /// Retention: removes
     /// - from each group log, the entries every reader has acknowledged: those at or below
     ///   the lowest cursor of its members and of its departure records (the whole log when
     ///   it has neither);
@@ -358,8 +358,11 @@ pub trait RelayStore: Send + Sync + 'static {
     /// A log always keeps a suffix of itself. Nothing else changes: seqs are never reused
     /// (a log's next seq, the end an ack is checked against, and an inbox's next seq stay
     /// what they were, also across a reopen), cursors and departure records stay, the
-    /// repeated-post window stays, and a read after a pruned seq returns what remains.
-    /// Buffered acknowledgements count (a backend writes them first).
+    /// repeated-post window stays (SQLite rebuilds it after a reopen from the entries that
+    /// remain), and a read after a pruned seq returns what remains. Buffered
+    /// acknowledgements count (a backend writes them first). Each group's pruning is
+    /// atomic; a backend may prune groups in several transactions (SQLite: 256 groups
+    /// each, so posts are not held up), and a failure leaves what was done so far.
     fn prune(&self, now_ms: u64, max_age_ms: u64) -> Result<Pruned, StoreError>;
 
     /// Makes buffered state durable. Posts, registrations, KeyPackages and groups are always

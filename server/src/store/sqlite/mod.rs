@@ -486,27 +486,43 @@ impl RelayStore for SqliteStore {
     }
 
     fn prune(&self, now_ms: u64, max_age_ms: u64) -> Result<Pruned, StoreError> {
-        let mut conn = self.writer()?;
-        // Buffered acks count: they are written in the same transaction first.
-        let pending = self.acks()?.snapshot();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        acks::write_acks(&tx, &pending)?;
-        let pruned = retention::prune(&tx, now_ms.saturating_sub(max_age_ms))?;
-        tx.commit()?;
-        self.acks()?.written(&pending);
-        // Copy the WAL into the file and empty it, so the WAL does not keep the size of
-        // the deletes (a reader in the way only makes it a partial checkpoint).
-        let (busy, wal_pages): (i64, i64) =
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        tracing::debug!(
-            group_entries = pruned.group_entries,
-            inbox_entries = pruned.inbox_entries,
-            checkpoint_busy = busy,
-            wal_pages,
-            "pruned"
-        );
-        Ok(pruned)
+        let cutoff = now_ms.saturating_sub(max_age_ms);
+        let groups = self.read(retention::group_ids)?;
+        let mut pruned = Pruned::default();
+        // A transaction per chunk of groups, then one for the inboxes, each writing the
+        // buffered acks first (they count).
+        let mut chunks = groups.chunks(retention::GROUPS_PER_TRANSACTION);
+        loop {
+            let chunk = chunks.next();
+            let mut conn = self.writer()?;
+            let pending = self.acks()?.snapshot();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            acks::write_acks(&tx, &pending)?;
+            match chunk {
+                Some(chunk) => {
+                    let n = retention::prune_groups(&tx, chunk, cutoff)?;
+                    pruned.group_entries = pruned.group_entries.saturating_add(n);
+                }
+                None => pruned.inbox_entries = retention::prune_inboxes(&tx, cutoff)?,
+            }
+            tx.commit()?;
+            self.acks()?.written(&pending);
+            if chunk.is_none() {
+                // Copy the WAL into the file and empty it, so the WAL does not keep the
+                // size of the deletes (a reader in the way only makes it partial).
+                let (busy, wal_pages): (i64, i64) =
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
+                tracing::debug!(
+                    group_entries = pruned.group_entries,
+                    inbox_entries = pruned.inbox_entries,
+                    checkpoint_busy = busy,
+                    wal_pages,
+                    "pruned"
+                );
+                return Ok(pruned);
+            }
+        }
     }
 }

@@ -7,26 +7,34 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, Transaction, params};
 
 use super::rows::clamp_i64;
-use crate::store::{Pruned, StoreError};
+use crate::store::StoreError;
 
-/// Prunes every group log and inbox; `cutoff` is relay time in ms: entries received
-/// before it have expired.
-pub(super) fn prune(tx: &Transaction<'_>, cutoff: u64) -> Result<Pruned, StoreError> {
+/// Groups pruned per transaction: the writer lock is let go between chunks, so posts are
+/// not held up by a prune of a large store.
+pub(super) const GROUPS_PER_TRANSACTION: usize = 256;
+
+/// The ids of every group, in id order.
+pub(super) fn group_ids(conn: &Connection) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM groups ORDER BY id")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Prunes the logs of `groups`; `cutoff` is relay time in ms: entries received before it
+/// have expired. Returns the entries removed.
+pub(super) fn prune_groups(
+    tx: &Transaction<'_>,
+    groups: &[Vec<u8>],
+    cutoff: u64,
+) -> Result<u64, StoreError> {
     let cutoff = clamp_i64(cutoff);
-    let mut pruned = Pruned::default();
-    let groups: Vec<Vec<u8>> = {
-        let mut stmt = tx.prepare_cached("SELECT id FROM groups")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        rows.collect::<Result<_, _>>()?
-    };
+    let mut pruned = 0u64;
     for group in groups {
-        let n = prune_group(tx, &group, cutoff)?;
-        pruned.group_entries = pruned.group_entries.saturating_add(n);
+        pruned = pruned.saturating_add(prune_group(tx, group, cutoff)?);
     }
-    pruned.inbox_entries = prune_inboxes(tx, cutoff)?;
     Ok(pruned)
 }
 
@@ -74,9 +82,10 @@ fn prune_group(tx: &Transaction<'_>, group: &[u8], cutoff: i64) -> Result<u64, S
     Ok(u64::try_from(n).unwrap_or(u64::MAX))
 }
 
-/// Removes acknowledged and expired inbox entries, and the Welcome payloads no entry uses
-/// any more.
-fn prune_inboxes(tx: &Transaction<'_>, cutoff: i64) -> Result<u64, StoreError> {
+/// Removes acknowledged and expired inbox entries (received before `cutoff`), and the
+/// Welcome payloads no entry uses any more. Returns the entries removed.
+pub(super) fn prune_inboxes(tx: &Transaction<'_>, cutoff: u64) -> Result<u64, StoreError> {
+    let cutoff = clamp_i64(cutoff);
     let doomed: Vec<(i64, i64)> = {
         let mut stmt = tx.prepare_cached(
             "SELECT i.device, i.seq FROM inbox i JOIN devices d ON d.id = i.device
