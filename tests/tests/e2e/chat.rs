@@ -330,7 +330,16 @@ async fn posts_over_the_sender_quota_are_resent_after_the_delay_and_arrive_once(
 async fn a_member_back_after_a_long_outage_gets_more_than_a_backlog_page_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("relay");
-    let relay = RelayProcess::spawn(&data, "127.0.0.1:0");
+    // Alice sends 600 messages at once: far past the default post quota of a device in a
+    // group (burst 240, then 120/min), which this test is not about.
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nsender_posts_per_minute = 100000\nsender_post_burst = 100000\n",
+    )
+    .unwrap();
+    let args = [std::ffi::OsStr::new("--config"), config.as_os_str()];
+    let relay = RelayProcess::spawn_with(&data, "127.0.0.1:0", &args);
     let addr = relay.addr;
     let server = format!("wss://{addr}");
     let ca = data.join("tls").join("cert.pem");
@@ -366,7 +375,7 @@ async fn a_member_back_after_a_long_outage_gets_more_than_a_backlog_page_once_in
     }
 
     // Back on the same address and data; alice (reconnecting by herself) sends the rest.
-    let relay = RelayProcess::spawn(&data, &addr.to_string());
+    let relay = RelayProcess::spawn_with(&data, &addr.to_string(), &args);
     assert_eq!(relay.addr, addr);
     for text in second {
         alice.send_text("g", text).await.unwrap();
