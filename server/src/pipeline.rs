@@ -119,20 +119,26 @@ fn writer_thread(
         // place among the batch's outcomes.
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
         let mut posts = Vec::with_capacity(jobs.len());
-        let mut replies = Vec::with_capacity(jobs.len());
+        let mut admitted = Vec::with_capacity(jobs.len());
         for job in jobs.drain(..) {
             match quotas.admit(&job.post) {
                 Ok(ticket) => {
-                    replies.push((outcomes.len(), ticket, job.post.now_ms));
+                    admitted.push((outcomes.len(), ticket, job.post.now_ms));
                     outcomes.push(None);
                     posts.push((job.post, (job.request, job.reply_to, job.permit)));
                 }
-                Err(refusal) => outcomes.push(Some(Outcome {
-                    reply: encode_frame(&response(job.request, Err(refusal))),
-                    reply_to: job.reply_to,
-                    accepted: None,
-                    _permit: job.permit,
-                })),
+                Err(refusal) => {
+                    debug!(
+                        device = job.post.sender.0,
+                        "post over quota: {}", refusal.message
+                    );
+                    outcomes.push(Some(Outcome {
+                        reply: encode_frame(&response(job.request, Err(refusal))),
+                        reply_to: job.reply_to,
+                        accepted: None,
+                        _permit: job.permit,
+                    }));
+                }
             }
         }
         let (posts, reply_to): (Vec<NewPost>, Vec<_>) = posts.into_iter().unzip();
@@ -153,7 +159,7 @@ fn writer_thread(
             );
             (0..count).map(|_| Err(logic::wrong_count())).collect()
         };
-        for (((slot, ticket, now_ms), r), result) in replies.into_iter().zip(reply_to).zip(results)
+        for (((slot, ticket, now_ms), r), result) in admitted.into_iter().zip(reply_to).zip(results)
         {
             quotas.settle(ticket, result.is_ok(), now_ms);
             if let Some(place) = outcomes.get_mut(slot) {
