@@ -155,6 +155,32 @@ pub struct Limits {
     /// a read stops before the entry that would pass it, but always returns one entry, so
     /// a reader makes progress through entries of any allowed size.
     pub max_read_bytes: usize,
+    /// Sustained posts per minute by one device to one group (commits and proposals
+    /// count; see PROTOCOL.md "Quotas"). A post over quota is refused with `RateLimited`
+    /// and nothing is stored.
+    pub sender_posts_per_minute: u32,
+    /// Burst of posts by one device to one group.
+    pub sender_post_burst: u32,
+    /// Sustained payload bytes per minute by one device to one group (a commit's Welcome
+    /// counts).
+    pub sender_bytes_per_minute: u64,
+    /// Burst of payload bytes by one device to one group (at least the largest message).
+    pub sender_byte_burst: u64,
+    /// Sustained posts per minute to one group, from all its members together.
+    pub group_posts_per_minute: u32,
+    /// Burst of posts to one group.
+    pub group_post_burst: u32,
+    /// Sustained payload bytes per minute to one group, from all its members together.
+    pub group_bytes_per_minute: u64,
+    /// Burst of payload bytes to one group (at least the largest message).
+    pub group_byte_burst: u64,
+    /// Group-log and inbox entries older than this are pruned even if a device has not
+    /// acknowledged them, in milliseconds (default 30 days). A device offline for longer
+    /// loses them.
+    pub retention_max_age_ms: u64,
+    /// How often the relay prunes acknowledged and expired entries, in milliseconds
+    /// (default 10 minutes).
+    pub prune_interval_ms: u64,
 }
 
 impl Default for Limits {
@@ -185,6 +211,16 @@ impl Default for Limits {
             shutdown_grace_ms: 5_000,
             link_code_lifetime_ms: crate::rendezvous::SLOT_LIFETIME_MS,
             max_read_bytes: crate::store::DEFAULT_READ_BYTES,
+            sender_posts_per_minute: 120,
+            sender_post_burst: 240,
+            sender_bytes_per_minute: 8 * 1024 * 1024,
+            sender_byte_burst: 16 * 1024 * 1024,
+            group_posts_per_minute: 600,
+            group_post_burst: 1200,
+            group_bytes_per_minute: 32 * 1024 * 1024,
+            group_byte_burst: 64 * 1024 * 1024,
+            retention_max_age_ms: 30 * 24 * 60 * 60 * 1000,
+            prune_interval_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -224,8 +260,27 @@ impl Limits {
         Duration::from_millis(self.http_body_idle_ms.max(1))
     }
 
+    /// The post quotas these limits set.
+    pub fn quotas(&self) -> crate::logic::QuotaLimits {
+        crate::logic::QuotaLimits {
+            sender_posts_per_minute: self.sender_posts_per_minute,
+            sender_post_burst: self.sender_post_burst,
+            sender_bytes_per_minute: self.sender_bytes_per_minute,
+            sender_byte_burst: self.sender_byte_burst,
+            group_posts_per_minute: self.group_posts_per_minute,
+            group_post_burst: self.group_post_burst,
+            group_bytes_per_minute: self.group_bytes_per_minute,
+            group_byte_burst: self.group_byte_burst,
+        }
+    }
+    /// How often the relay prunes (at least 1 ms).
+    pub fn prune_interval(&self) -> Duration {
+        Duration::from_millis(self.prune_interval_ms.max(1))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&str, bool); 13] = [
+        let message_bytes = u64::try_from(self.message_bytes()).unwrap_or(u64::MAX);
+        let checks: [(&str, bool); 17] = [
             (
                 "max_connections_per_ip must be at least 1",
                 self.max_connections_per_ip >= 1,
@@ -237,6 +292,26 @@ impl Limits {
             (
                 "registrations_per_minute and registration_burst must be at least 1",
                 self.registrations_per_minute >= 1 && self.registration_burst >= 1,
+            ),
+            (
+                "sender_posts_per_minute, sender_post_burst, group_posts_per_minute and \
+                 group_post_burst must be at least 1",
+                self.sender_posts_per_minute >= 1
+                    && self.sender_post_burst >= 1
+                    && self.group_posts_per_minute >= 1
+                    && self.group_post_burst >= 1,
+            ),
+            (
+                "sender_bytes_per_minute and group_bytes_per_minute must be at least 1",
+                self.sender_bytes_per_minute >= 1 && self.group_bytes_per_minute >= 1,
+            ),
+            (
+                "sender_byte_burst and group_byte_burst must be at least the largest message",
+                self.sender_byte_burst >= message_bytes && self.group_byte_burst >= message_bytes,
+            ),
+            (
+                "retention_max_age_ms must be at least one minute",
+                self.retention_max_age_ms >= 60_000,
             ),
             (
                 "target_claims_per_minute and target_claim_burst must be at least 1",
@@ -305,6 +380,8 @@ impl Limits {
 /// http_body_idle_ms = 30000        # a blob transfer that moves no byte this long is cut
 /// registrations_per_minute = 10    # Register + RegisterDevice per client address
 /// registration_burst = 20
+/// sender_posts_per_minute = 120     # per device and group; see PROTOCOL.md "Quotas"
+/// retention_max_age_ms = 2592000000 # 30 days: older entries are pruned even if unread
 ///
 /// turn_listen = "203.0.113.7:3478"   # TURN server for calls (off when absent)
 /// turn_credential_ttl_secs = 600
@@ -565,6 +642,39 @@ mod tests {
         ] {
             assert!(
                 matches!(ttl(bad), Err(ConfigError::Invalid(_))),
+                "{bad} accepted"
+            );
+        }
+    }
+
+    /// The quota and retention keys parse under `[limits]`, default to the documented
+    /// values, and out-of-range values are refused.
+    #[test]
+    fn quota_and_retention_limits() {
+        let d = Limits::default();
+        assert_eq!((d.sender_posts_per_minute, d.sender_post_burst), (120, 240));
+        assert_eq!(d.sender_bytes_per_minute, 8 * 1024 * 1024);
+        assert_eq!((d.group_posts_per_minute, d.group_post_burst), (600, 1200));
+        assert_eq!(d.retention_max_age_ms, 30 * 24 * 3600 * 1000);
+        let f = ConfigFile::parse(
+            "[limits]\nsender_posts_per_minute = 5\ngroup_post_burst = 9\n\
+             retention_max_age_ms = 86400000\nprune_interval_ms = 1000\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.limits.sender_posts_per_minute, 5);
+        assert_eq!(f.limits.group_post_burst, 9);
+        assert_eq!(f.limits.prune_interval(), Duration::from_secs(1));
+        assert!(f.into_config().is_ok());
+        for bad in [
+            "sender_post_burst = 0",
+            "group_posts_per_minute = 0",
+            "sender_byte_burst = 1000",
+            "group_byte_burst = 1000",
+            "retention_max_age_ms = 59999",
+        ] {
+            let f = ConfigFile::parse(&format!("[limits]\n{bad}\n")).unwrap_or_default();
+            assert!(
+                matches!(f.into_config(), Err(ConfigError::Invalid(_))),
                 "{bad} accepted"
             );
         }

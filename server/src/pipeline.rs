@@ -10,6 +10,10 @@
 //! pushes the same `Bytes` to every online recipient's queue. One thread appends and one task
 //! fans out, both in order, so every device sees a group's entries in seq order.
 //!
+//! Before the store, each post passes the quotas per sender and per group
+//! ([`crate::logic::Quotas`], owned by the writer thread); a post over quota is answered
+//! `RateLimited` and never stored.
+//!
 //! Memory is bounded by a byte semaphore: a post holds permits for its size until it has
 //! been fanned out, so connections posting faster than the store can sync wait.
 
@@ -25,7 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, error, warn};
 
 use crate::hub::{CloseReason, Hub, Outbox};
-use crate::logic::{self, Fanout, PostOutcome};
+use crate::logic::{self, Fanout, PostOutcome, QuotaLimits, Quotas};
 use crate::reply::{encode_frame, response};
 use crate::store::{Appended, NewPost, RelayStore, StoreError, Welcome};
 
@@ -58,12 +62,13 @@ impl Pipeline {
         hub: Arc<Hub>,
         budget_bytes: usize,
         batch_max: usize,
+        quotas: QuotaLimits,
     ) -> std::io::Result<(Pipeline, JoinHandle<()>)> {
         let (jobs, rx) = mpsc::unbounded_channel();
         let (done, done_rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("cove-post-writer".into())
-            .spawn(move || writer_thread(store, rx, done, batch_max.max(1)))?;
+            .spawn(move || writer_thread(store, rx, done, batch_max.max(1), quotas))?;
         tokio::spawn(fanout_task(hub, done_rx));
         let budget_bytes = budget_bytes.min(Semaphore::MAX_PERMITS);
         let budget = Arc::new(Semaphore::new(budget_bytes));
@@ -97,7 +102,10 @@ fn writer_thread(
     mut rx: mpsc::UnboundedReceiver<PostJob>,
     done: mpsc::UnboundedSender<Vec<Outcome>>,
     batch_max: usize,
+    limits: QuotaLimits,
 ) {
+    // The quotas live here: this thread sees every post, in order.
+    let mut quotas = Quotas::new(limits);
     let mut jobs: Vec<PostJob> = Vec::with_capacity(batch_max);
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
@@ -107,36 +115,60 @@ fn writer_thread(
                 Err(_) => break,
             }
         }
+        // Posts over quota are answered without reaching the store; the others keep their
+        // place among the batch's outcomes.
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
         let mut posts = Vec::with_capacity(jobs.len());
-        let mut replies = Vec::with_capacity(jobs.len());
+        let mut admitted = Vec::with_capacity(jobs.len());
         for job in jobs.drain(..) {
-            posts.push(job.post);
-            replies.push((job.request, job.reply_to, job.permit));
+            match quotas.admit(&job.post) {
+                Ok(ticket) => {
+                    admitted.push((outcomes.len(), ticket, job.post.now_ms));
+                    outcomes.push(None);
+                    posts.push((job.post, (job.request, job.reply_to, job.permit)));
+                }
+                Err(refusal) => {
+                    debug!(
+                        device = job.post.sender.0,
+                        "post over quota: {}", refusal.message
+                    );
+                    outcomes.push(Some(Outcome {
+                        reply: encode_frame(&response(job.request, Err(refusal))),
+                        reply_to: job.reply_to,
+                        accepted: None,
+                        _permit: job.permit,
+                    }));
+                }
+            }
         }
+        let (posts, reply_to): (Vec<NewPost>, Vec<_>) = posts.into_iter().unzip();
         let count = posts.len();
-        let results = store.append_batch(posts);
-        let outcomes: Vec<Outcome> = if results.len() == count {
+        let results = if count == 0 {
+            Vec::new()
+        } else {
+            store.append_batch(posts)
+        };
+        let results: Vec<Result<Appended, StoreError>> = if results.len() == count {
             debug!(batch = count, "appended post batch");
-            replies
-                .into_iter()
-                .zip(results)
-                .map(|(r, result)| outcome(r, result))
-                .collect()
+            results
         } else {
             error!(
                 expected = count,
                 got = results.len(),
                 "store returned a wrong number of results"
             );
-            let internal = || Err(logic::wrong_count());
-            replies
-                .into_iter()
-                .map(|r| outcome(r, internal()))
-                .collect()
+            (0..count).map(|_| Err(logic::wrong_count())).collect()
         };
+        for (((slot, ticket, now_ms), r), result) in admitted.into_iter().zip(reply_to).zip(results)
+        {
+            quotas.settle(ticket, result.is_ok(), now_ms);
+            if let Some(place) = outcomes.get_mut(slot) {
+                *place = Some(outcome(r, result));
+            }
+        }
         // The fan-out runs on the async runtime: one cross-thread wake-up per batch instead
         // of one per recipient connection.
-        if done.send(outcomes).is_err() {
+        if done.send(outcomes.into_iter().flatten().collect()).is_err() {
             break;
         }
     }

@@ -8,18 +8,22 @@
 //! task per connection ([`crate::http::serve`]). Shutdown is broadcast through a `watch` channel: the loop stops
 //! accepting, every connection is closed with `Closing { Unavailable }`, and once they are
 //! gone the post writer drains its queue and the store is dropped (closed) last.
+//!
+//! Beside them a task prunes the store every `prune_interval_ms` ([`RelayStore::prune`]:
+//! acknowledged entries, and entries older than `retention_max_age_ms`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle as ThreadHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use cove_wire::{DeviceId, ErrorCode};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::admission::{ConnectionsPerAddress, RegistrationsPerAddress};
 use crate::blob::{BlobError, BlobService};
@@ -27,7 +31,7 @@ use crate::config::{ConfigError, RelayConfig, StoreKind};
 use crate::hub::{Hub, Rates};
 use crate::pipeline::{AckLane, Pipeline};
 use crate::shared::{Shared, stopped};
-use crate::store::{MemoryStore, RelayStore, SqliteStore, StoreError};
+use crate::store::{MemoryStore, Pruned, RelayStore, SqliteStore, StoreError};
 use crate::tls::{self, TlsError};
 
 /// Why the relay could not start.
@@ -130,6 +134,7 @@ impl Relay {
             Arc::clone(&hub),
             limits.post_queue_bytes,
             limits.post_batch_max,
+            limits.quotas(),
         )
         .map_err(StartError::Thread)?;
         let (acks, ack_thread) = AckLane::start(Arc::clone(&store)).map_err(StartError::Thread)?;
@@ -146,6 +151,15 @@ impl Relay {
             limits.registration_burst,
         );
         let connections = ConnectionsPerAddress::new(limits.max_connections_per_ip);
+        let retention = Retention {
+            store: Arc::clone(&store),
+            max_age_ms: limits.retention_max_age_ms,
+        };
+        tokio::spawn(prune_loop(
+            retention.clone(),
+            limits.prune_interval(),
+            shutdown_rx.clone(),
+        ));
         let links = Arc::new(crate::links::Links::new(limits.link_code_lifetime_ms));
         tokio::spawn(crate::links::sweep_loop(
             Arc::clone(&links),
@@ -187,6 +201,7 @@ impl Relay {
             turn_addr,
             turn: turn_handle,
             connections,
+            retention: Some(retention),
         })
     }
 }
@@ -207,6 +222,8 @@ pub struct RelayHandle {
     turn_addr: Option<SocketAddr>,
     turn: Option<Arc<crate::turn::TurnService>>,
     connections: Arc<ConnectionsPerAddress>,
+    /// The store and the maximum age, for [`RelayHandle::prune`]; dropped at shutdown.
+    retention: Option<Retention>,
 }
 
 impl RelayHandle {
@@ -256,10 +273,21 @@ impl RelayHandle {
         self.connections.total()
     }
 
+    /// Prunes the store now, as the relay does every `prune_interval_ms`
+    /// ([`RelayStore::prune`] at the current time with `retention_max_age_ms`).
+    pub async fn prune(&self) -> Result<Pruned, StoreError> {
+        match &self.retention {
+            Some(retention) => retention.clone().run().await,
+            None => Err(StoreError::Backend("the relay is shut down".into())),
+        }
+    }
+
     /// Stops accepting, closes every connection with `Closing { Unavailable }`, waits for
     /// them (up to the shutdown grace), lets the post writer finish and closes the store.
     pub async fn shutdown(mut self) {
         self.shutdown.send_replace(true);
+        // The store closes once the threads below, its last users, are done.
+        self.retention = None;
         if let Some(accept) = self.accept.take()
             && let Err(e) = accept.await
         {
@@ -346,6 +374,53 @@ async fn accept_loop(
             "connections did not close in time; aborting them"
         );
         tasks.shutdown().await;
+    }
+}
+
+/// What the periodic prune needs.
+#[derive(Clone)]
+struct Retention {
+    store: Arc<dyn RelayStore>,
+    max_age_ms: u64,
+}
+
+impl Retention {
+    /// One prune on the blocking pool, at the current time.
+    async fn run(self) -> Result<Pruned, StoreError> {
+        let Retention { store, max_age_ms } = self;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        tokio::task::spawn_blocking(move || store.prune(now_ms, max_age_ms))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Backend(format!("prune task failed: {e}"))))
+    }
+}
+
+/// Prunes acknowledged and expired entries every `interval` until shutdown (the first
+/// time one interval after the start).
+async fn prune_loop(
+    retention: Retention,
+    interval: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let start = tokio::time::Instant::now() + interval;
+    let mut ticks = tokio::time::interval_at(start, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stopped(&mut shutdown) => break,
+        }
+        match retention.clone().run().await {
+            Ok(pruned) => info!(
+                group_entries = pruned.group_entries,
+                inbox_entries = pruned.inbox_entries,
+                "pruned acknowledged and expired entries"
+            ),
+            Err(e) => error!(error = %e, "pruning the store failed"),
+        }
     }
 }
 

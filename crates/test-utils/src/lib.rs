@@ -275,9 +275,9 @@ impl TestRelay {
     }
 }
 
-/// Limits for tests: the defaults with request rates high enough for bulk tests, and the
-/// per-address limits (every test client comes from 127.0.0.1) raised out of the way: tests
-/// of those limits set them.
+/// Limits for tests: the defaults with request rates and post quotas high enough for bulk
+/// tests, and the per-address limits (every test client comes from 127.0.0.1) raised out of
+/// the way: tests of those limits set them.
 pub fn test_limits() -> Limits {
     Limits {
         requests_per_second: 100_000,
@@ -285,6 +285,14 @@ pub fn test_limits() -> Limits {
         max_connections_per_ip: 10_000,
         registrations_per_minute: 100_000,
         registration_burst: 100_000,
+        sender_posts_per_minute: 1_000_000,
+        sender_post_burst: 1_000_000,
+        sender_bytes_per_minute: 1 << 40,
+        sender_byte_burst: 1 << 40,
+        group_posts_per_minute: 1_000_000,
+        group_post_burst: 1_000_000,
+        group_bytes_per_minute: 1 << 40,
+        group_byte_burst: 1 << 40,
         ..Limits::default()
     }
 }

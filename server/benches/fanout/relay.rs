@@ -57,6 +57,14 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
     config.limits.max_connections_per_ip = 1_000_000;
     config.limits.registrations_per_minute = 10_000_000;
     config.limits.registration_burst = 10_000_000;
+    config.limits.sender_posts_per_minute = u32::MAX;
+    config.limits.sender_post_burst = u32::MAX;
+    config.limits.sender_bytes_per_minute = u64::MAX;
+    config.limits.sender_byte_burst = u64::MAX;
+    config.limits.group_posts_per_minute = u32::MAX;
+    config.limits.group_post_burst = u32::MAX;
+    config.limits.group_bytes_per_minute = u64::MAX;
+    config.limits.group_byte_burst = u64::MAX;
     // Spawned on the server runtime so the relay's threads (post writer, blocking pool)
     // are created there and inherit its CPU pinning.
     let handle = rt

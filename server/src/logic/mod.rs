@@ -4,7 +4,8 @@
 //! decides what a request does and what it answers: the challenge-response authentication
 //! (Register, RegisterDevice, Authenticate with the Ed25519 signature over the nonce), every
 //! authenticated request (directory, device lists, KeyPackages, groups, fetch, acks), what an appended post
-//! answers and to whom its entry and Welcome go ([`posted`]), and what a device's backlog is
+//! answers and to whom its entry and Welcome go ([`posted`]), the post quotas per sender and
+//! per group ([`Quotas`]), and what a device's backlog is
 //! ([`Backlog`]). It has no sockets, no runtime, no clock and no randomness: the nonce and
 //! the time are inputs.
 //!
@@ -24,11 +25,13 @@ mod auth;
 mod backlog;
 mod device_lists;
 mod posts;
+mod quotas;
 mod requests;
 
 pub use auth::Auth;
 pub use backlog::{Backlog, BacklogStep};
 pub use posts::{Fanout, PostOutcome, append, posted};
+pub use quotas::{MAX_TRACKED_BUCKETS, QuotaLimits, Quotas, SWEEP_INTERVAL_MS, Ticket};
 pub(crate) use requests::ENTRY_OVERHEAD_BYTES;
 pub use requests::{acked, request};
 
@@ -279,6 +282,7 @@ mod tests {
             ("backlog.rs", include_str!("backlog.rs")),
             ("device_lists.rs", include_str!("device_lists.rs")),
             ("posts.rs", include_str!("posts.rs")),
+            ("quotas.rs", include_str!("quotas.rs")),
             ("requests.rs", include_str!("requests.rs")),
         ];
         let forbidden = [

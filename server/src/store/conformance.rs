@@ -40,7 +40,7 @@ use cove_wire::{
     Stream, UserName,
 };
 
-use super::{Appended, NewPost, RelayStore, Stock, StoreError};
+use super::{Appended, NewPost, Pruned, RelayStore, Stock, StoreError};
 
 /// Expands to a module `$name` with one `#[test]` per conformance case, each run on a fresh
 /// store made by `$make`, a closure (or function) returning `(guard, store)` where `store`
@@ -86,6 +86,8 @@ macro_rules! relay_store_conformance {
             revoked_devices_do_not_count_against_the_cap,
             a_revoke_withdraws_the_devices_key_packages,
             last_seen_moves_forward_per_device,
+            acknowledged_entries_are_pruned,
+            expired_entries_are_pruned_even_if_unacknowledged,
         );
     };
     (@cases $name:ident, $make:expr; $($case:ident),* $(,)?) => {
@@ -1634,6 +1636,158 @@ pub fn oversized_payloads_are_refused(store: &dyn RelayStore) {
             .payload
             .as_bytes(),
         max
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Retention.
+
+/// The seqs of `group`'s stored entries (all of them, from seq 0).
+fn log_seqs(store: &dyn RelayStore, group: GroupId) -> Vec<u64> {
+    store
+        .read_group(group, Seq(0), 500, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq.0)
+        .collect()
+}
+
+/// The seqs of `device`'s stored inbox entries.
+fn inbox_seqs(store: &dyn RelayStore, device: DeviceId) -> Vec<u64> {
+    store
+        .read_inbox(device, Seq(0), 500, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq.0)
+        .collect()
+}
+
+/// Pruning removes the group-log entries every member and every departing device has
+/// acknowledged (the lowest cursor), and the acknowledged inbox entries, nothing else
+/// (nothing expires with an unbounded maximum age); seqs are not reused afterwards (the
+/// next post, the end an ack is checked against, the next Welcome in an emptied inbox),
+/// and a second prune finds nothing.
+pub fn acknowledged_entries_are_pruned(store: &dyn RelayStore) {
+    let no_expiry = u64::MAX;
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    one(store, commit(g, a, 0, &[b], &[], Some(b"welcome"))).unwrap();
+    for p in [b"m2", b"m3", b"m4"] {
+        one(store, app(g, a, 1, p)).unwrap();
+    }
+    store.ack(a, Stream::Group(g), Seq(4)).unwrap();
+    store.ack(b, Stream::Group(g), Seq(2)).unwrap();
+    let pruned = store.prune(10_000, no_expiry).unwrap();
+    assert_eq!(
+        pruned,
+        Pruned {
+            group_entries: 2,
+            inbox_entries: 0
+        }
+    );
+    assert_eq!(log_seqs(store, g), vec![3, 4]);
+    assert_eq!(
+        inbox_seqs(store, b),
+        vec![1],
+        "the Welcome is not acknowledged"
+    );
+    // A reader whose cursor points before the pruned range gets what remains.
+    let fetched = store.fetch(g, b, Seq(0), 500, usize::MAX).unwrap();
+    assert_eq!(
+        fetched.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), Seq(2));
+    assert_eq!(store.prune(10_000, no_expiry).unwrap(), Pruned::default());
+
+    store.ack(b, Stream::Inbox, Seq(1)).unwrap();
+    store.ack(b, Stream::Group(g), Seq(4)).unwrap();
+    assert_eq!(
+        store.prune(10_000, no_expiry).unwrap(),
+        Pruned {
+            group_entries: 2,
+            inbox_entries: 1
+        }
+    );
+    assert!(log_seqs(store, g).is_empty());
+    assert!(inbox_seqs(store, b).is_empty());
+    // Emptied, the log and the inbox go on from where they were.
+    assert!(matches!(
+        store.ack(a, Stream::Group(g), Seq(5)),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.ack(b, Stream::Inbox, Seq(2)),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(one(store, app(g, a, 1, b"m5")).unwrap().entry.seq, Seq(5));
+    let g2 = gid(2);
+    store.create_group(g2, a).unwrap();
+    let added = one(store, commit(g2, a, 0, &[b], &[], Some(b"again"))).unwrap();
+    assert_eq!(added.welcomes, vec![(b, Seq(2))]);
+
+    // A departure record holds the log at its cursor until the removal is acknowledged.
+    let c = device(store, "carol", 3);
+    one(store, commit(g, a, 1, &[c], &[], Some(b"w"))).unwrap(); // seq 6
+    one(store, commit(g, a, 2, &[], &[b], None)).unwrap(); // seq 7: b departs at cursor 4
+    store.ack(a, Stream::Group(g), Seq(7)).unwrap();
+    store.ack(c, Stream::Group(g), Seq(7)).unwrap();
+    store.prune(10_000, no_expiry).unwrap();
+    assert_eq!(log_seqs(store, g), vec![5, 6, 7]);
+    store.ack(b, Stream::Group(g), Seq(7)).unwrap();
+    store.prune(10_000, no_expiry).unwrap();
+    assert!(log_seqs(store, g).is_empty());
+    assert_eq!(one(store, app(g, a, 3, b"m8")).unwrap().entry.seq, Seq(8));
+}
+
+/// Entries older than the maximum age are pruned although nobody acknowledged them: the
+/// group log's oldest entries (in seq order) received before `now - max_age`, and such
+/// inbox entries; cursors stay, and a device behind gets what remains. With a maximum age
+/// of zero everything received before `now` goes.
+pub fn expired_entries_are_pruned_even_if_unacknowledged(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    let at = |post: NewPost, now_ms: u64| NewPost { now_ms, ..post };
+    one(store, at(commit(g, a, 0, &[b], &[], Some(b"w")), 1_000)).unwrap();
+    for (i, t) in [2_000u64, 3_000, 4_000].into_iter().enumerate() {
+        one(store, at(app(g, a, 1, &[i as u8]), t)).unwrap();
+    }
+    // Cutoff 2500: the commit (1000), the first message (2000) and the Welcome (1000).
+    assert_eq!(
+        store.prune(10_000, 7_500).unwrap(),
+        Pruned {
+            group_entries: 2,
+            inbox_entries: 1
+        }
+    );
+    assert_eq!(log_seqs(store, g), vec![3, 4]);
+    assert!(inbox_seqs(store, b).is_empty());
+    assert_eq!(store.cursor(b, Stream::Group(g)).unwrap(), Seq(1));
+    let fetched = store.fetch(g, b, Seq(1), 500, usize::MAX).unwrap();
+    assert_eq!(
+        fetched.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    store.ack(b, Stream::Group(g), Seq(3)).unwrap();
+    store.ack(b, Stream::Inbox, Seq(1)).unwrap();
+    assert_eq!(
+        store.prune(10_000, 0).unwrap(),
+        Pruned {
+            group_entries: 2,
+            inbox_entries: 0
+        }
+    );
+    assert!(log_seqs(store, g).is_empty());
+    assert_eq!(
+        one(store, at(app(g, a, 1, b"late"), 11_000))
+            .unwrap()
+            .entry
+            .seq,
+        Seq(5)
     );
 }
 

@@ -13,7 +13,8 @@ use cove_wire::{
 
 use super::rules::{self, GroupState};
 use super::{
-    Appended, NewPost, RelayStore, Stock, StoreError, Welcome, check_list_append, revoked_keys,
+    Appended, NewPost, Pruned, RelayStore, Stock, StoreError, Welcome, check_list_append,
+    revoked_keys,
 };
 
 /// The in-memory relay store. Same semantics as the SQLite one, minus durability.
@@ -54,6 +55,8 @@ struct Device {
     last_resort: Option<Vec<u8>>,
     /// Inbox entries by seq; a Welcome's payload is shared by every device it added.
     inbox: Vec<(Seq, Welcome)>,
+    /// The seq of the last inbox entry ever made (pruning does not move it back).
+    inbox_end: Seq,
     inbox_cursor: Seq,
     groups: BTreeSet<GroupId>,
     /// Groups with a departure record of this device.
@@ -87,6 +90,7 @@ impl Inner {
                 key_packages: VecDeque::new(),
                 last_resort: None,
                 inbox: Vec::new(),
+                inbox_end: Seq(0),
                 inbox_cursor: Seq(0),
                 groups: BTreeSet::new(),
                 departing: BTreeSet::new(),
@@ -156,7 +160,8 @@ impl Inner {
                 // device still receives the commit that removed it.
                 if let Some(dev) = self.devices.get_mut(d) {
                     dev.groups.insert(post.group);
-                    let inbox_seq = Seq(dev.inbox.last().map_or(0, |e| e.0.0).saturating_add(1));
+                    let inbox_seq = Seq(dev.inbox_end.0.saturating_add(1));
+                    dev.inbox_end = inbox_seq;
                     dev.inbox.push((inbox_seq, welcome.clone()));
                     appended.welcomes.push((*d, inbox_seq));
                 }
@@ -478,13 +483,16 @@ impl RelayStore for MemoryStore {
         }
     }
 
+    fn prune(&self, now_ms: u64, max_age_ms: u64) -> Result<Pruned, StoreError> {
+        Ok(self.lock()?.prune(now_ms, max_age_ms))
+    }
+
     fn ack(&self, device: DeviceId, stream: Stream, seq: Seq) -> Result<(), StoreError> {
         let mut inner = self.lock()?;
         match stream {
             Stream::Inbox => {
                 let dev = inner.device_mut(device)?;
-                let end = dev.inbox.last().map_or(Seq(0), |e| e.0);
-                if seq > end {
+                if seq > dev.inbox_end {
                     return Err(StoreError::Invalid("ack past the end of the inbox"));
                 }
                 dev.inbox_cursor = dev.inbox_cursor.max(seq);
@@ -526,6 +534,45 @@ impl RelayStore for MemoryStore {
                 Ok(())
             }
         }
+    }
+}
+
+impl Inner {
+    fn prune(&mut self, now_ms: u64, max_age_ms: u64) -> Pruned {
+        let cutoff = now_ms.saturating_sub(max_age_ms);
+        let mut pruned = Pruned::default();
+        for grp in self.groups.values_mut() {
+            let acked = grp
+                .cursors
+                .values()
+                .chain(grp.departed.values().map(|(cursor, _)| cursor))
+                .min()
+                .copied()
+                .unwrap_or(grp.state.last_seq);
+            let expired = grp
+                .log
+                .iter()
+                .take_while(|e| e.received_at_ms < cutoff)
+                .last()
+                .map_or(Seq(0), |e| e.seq);
+            let floor = acked.max(expired);
+            let n = grp.log.partition_point(|e| e.seq <= floor);
+            grp.log.drain(..n);
+            pruned.group_entries = pruned
+                .group_entries
+                .saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+        }
+        for dev in self.devices.values_mut() {
+            let before = dev.inbox.len();
+            let cursor = dev.inbox_cursor;
+            dev.inbox
+                .retain(|(seq, w)| *seq > cursor && w.received_at_ms >= cutoff);
+            let n = before.saturating_sub(dev.inbox.len());
+            pruned.inbox_entries = pruned
+                .inbox_entries
+                .saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+        }
+        pruned
     }
 }
 

@@ -146,6 +146,15 @@ impl Welcome {
     }
 }
 
+/// What [`RelayStore::prune`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Group-log entries removed.
+    pub group_entries: u64,
+    /// Inbox entries removed.
+    pub inbox_entries: u64,
+}
+
 /// Stock of a device's KeyPackages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stock {
@@ -336,6 +345,25 @@ pub trait RelayStore: Send + Sync + 'static {
         expected_len: u64,
         entries: Vec<ListEntry>,
     ) -> Result<u64, StoreError>;
+
+    /// Retention: removes
+    /// - from each group log, the entries every reader has acknowledged: those at or below
+    ///   the lowest cursor of its members and of its departure records (the whole log when
+    ///   it has neither);
+    /// - from each group log, its oldest entries received before `now_ms - max_age_ms`,
+    ///   acknowledged or not: the longest prefix of the log (in seq order) of such entries;
+    /// - from each inbox, the entries at or below the device's inbox cursor, and every
+    ///   entry received before `now_ms - max_age_ms`.
+    ///
+    /// A log always keeps a suffix of itself. Nothing else changes: seqs are never reused
+    /// (a log's next seq, the end an ack is checked against, and an inbox's next seq stay
+    /// what they were, also across a reopen), cursors and departure records stay, the
+    /// repeated-post window stays (SQLite rebuilds it after a reopen from the entries that
+    /// remain), and a read after a pruned seq returns what remains. Buffered
+    /// acknowledgements count (a backend writes them first). Each group's pruning is
+    /// atomic; a backend may prune groups in several transactions (SQLite: 256 groups
+    /// each, so posts are not held up), and a failure leaves what was done so far.
+    fn prune(&self, now_ms: u64, max_age_ms: u64) -> Result<Pruned, StoreError>;
 
     /// Makes buffered state durable. Posts, registrations, KeyPackages and groups are always
     /// durable when their call returns; a backend may buffer acknowledgements (an ack lost

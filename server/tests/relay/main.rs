@@ -14,7 +14,9 @@ mod limits;
 mod link;
 mod logs;
 mod membership;
+mod quotas;
 mod resources;
+mod retention;
 mod slow_reader;
 mod turn;
 

@@ -267,6 +267,60 @@ async fn rate_limited_posts_are_resent_after_the_delay_and_arrive_once() {
     bob.close().await;
 }
 
+/// A relay whose per-sender post quota (burst 10, ten posts a second) is smaller than what
+/// alice sends at once refuses the posts over it with `RateLimited` ("too many posts by this
+/// device to this group"), not stored: the client resends each after the relay's
+/// `retry_after_ms`, on its timer (no reconnection), and every message arrives exactly
+/// once, in the order sent (nothing else before a sentinel sent afterwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_over_the_sender_quota_are_resent_after_the_delay_and_arrive_once() {
+    let net = Net::with_limits(cove_server::Limits {
+        sender_posts_per_minute: 600,
+        sender_post_burst: 10,
+        ..cove_server::Limits::default()
+    })
+    .await;
+    let mut alice = net.user("alice").await;
+    let mut bob = net.user("bob").await;
+    alice.create_group("g").await.unwrap();
+    alice.add_users("g", &names(&["bob"])).await.unwrap();
+    joined(&mut bob).await;
+
+    let sent: Vec<String> = (0..30).map(|i| format!("q{i}")).collect();
+    for text in &sent {
+        alice.send_text("g", text).await.unwrap();
+    }
+    let last = sent.last().unwrap().clone();
+    let mut over_quota = false;
+    let mut disconnected = false;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, alice.next_event())
+            .await
+            .expect("alice's last message echoed in time")
+            .expect("alice's session running");
+        match event {
+            SessionEvent::Core(Event::Warning(cove_core::error::Warning::Resending {
+                error,
+                ..
+            })) if error.code == cove_wire::ErrorCode::RateLimited => {
+                assert_eq!(error.message, "too many posts by this device to this group");
+                over_quota = true;
+            }
+            SessionEvent::Disconnected(_) => disconnected = true,
+            SessionEvent::Core(Event::Message(m)) if m.text == last => break,
+            _ => {}
+        }
+    }
+    assert!(over_quota, "the relay refused at least one post over quota");
+    assert!(!disconnected, "resent without reconnecting");
+    alice.send_text("g", SENTINEL).await.unwrap();
+    let got = before_sentinel(&mut bob).await;
+    assert_eq!(texts(&got), sent, "each once, in order, nothing else");
+    alice.close().await;
+    bob.close().await;
+}
+
 /// A long outage: bob is offline while alice sends more than one backlog page
 /// (`MAX_FETCH_ENTRIES`) of messages, and the relay goes down (`kill -9`) in the middle; bob
 /// starts while it is down, fails to connect several times, and reconnects by himself once
@@ -276,7 +330,16 @@ async fn rate_limited_posts_are_resent_after_the_delay_and_arrive_once() {
 async fn a_member_back_after_a_long_outage_gets_more_than_a_backlog_page_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("relay");
-    let relay = RelayProcess::spawn(&data, "127.0.0.1:0");
+    // Alice sends 600 messages at once: far past the default post quota of a device in a
+    // group (burst 240, then 120/min), which this test is not about.
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nsender_posts_per_minute = 100000\nsender_post_burst = 100000\n",
+    )
+    .unwrap();
+    let args = [std::ffi::OsStr::new("--config"), config.as_os_str()];
+    let relay = RelayProcess::spawn_with(&data, "127.0.0.1:0", &args);
     let addr = relay.addr;
     let server = format!("wss://{addr}");
     let ca = data.join("tls").join("cert.pem");
@@ -312,7 +375,7 @@ async fn a_member_back_after_a_long_outage_gets_more_than_a_backlog_page_once_in
     }
 
     // Back on the same address and data; alice (reconnecting by herself) sends the rest.
-    let relay = RelayProcess::spawn(&data, &addr.to_string());
+    let relay = RelayProcess::spawn_with(&data, &addr.to_string(), &args);
     assert_eq!(relay.addr, addr);
     for text in second {
         alice.send_text("g", text).await.unwrap();

@@ -191,11 +191,17 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts `cove-server --listen LISTEN --data DATA` and waits for `listening on ADDR`.
     pub fn spawn(data: &Path, listen: &str) -> RelayProcess {
+        Self::spawn_with(data, listen, &[])
+    }
+
+    /// [`RelayProcess::spawn`] with extra command-line arguments (e.g. `--config FILE`).
+    pub fn spawn_with(data: &Path, listen: &str, extra: &[&std::ffi::OsStr]) -> RelayProcess {
         use std::io::{BufRead, BufReader};
         let binary = workspace_binary("cove-server", "cove-server");
         let mut child = Command::new(binary)
             .args(["--listen", listen, "--data"])
             .arg(data)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

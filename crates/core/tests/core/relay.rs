@@ -182,6 +182,13 @@ impl RelayStore for Counting {
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
     }
+    fn prune(
+        &self,
+        now_ms: u64,
+        max_age_ms: u64,
+    ) -> Result<cove_server::store::Pruned, StoreError> {
+        self.inner.prune(now_ms, max_age_ms)
+    }
 }
 
 /// The relay core with test hooks around it.

@@ -135,6 +135,13 @@ impl RelayStore for BackwardsCursors {
         self.acked.lock().unwrap().insert((device, stream), seq);
         Ok(())
     }
+    fn prune(
+        &self,
+        now_ms: u64,
+        max_age_ms: u64,
+    ) -> Result<cove_server::store::Pruned, StoreError> {
+        self.inner.prune(now_ms, max_age_ms)
+    }
 }
 
 /// The exposed suite fails a broken backend from outside the crate: a store whose acks move

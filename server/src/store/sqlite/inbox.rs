@@ -9,6 +9,12 @@ use super::rows::{corrupt, device_id, group_id, to_u64};
 use crate::store::StoreError;
 use crate::store::rules;
 
+/// The seq of the last entry ever made in the inbox of device `?1`: pruning may have
+/// emptied it, then it is the highest seq pruned.
+pub(super) const END_SQL: &str =
+    "SELECT MAX(COALESCE((SELECT MAX(seq) FROM inbox WHERE device = ?1), 0),
+                COALESCE((SELECT inbox_pruned_through FROM devices WHERE id = ?1), 0))";
+
 /// `inbox.kind` of a Welcome (with `group_id`, `commit_seq` and `sender` set).
 pub(super) const INBOX_WELCOME: i64 = 0;
 
@@ -64,7 +70,7 @@ pub(super) fn read(
 pub(super) fn end(conn: &Connection, device: DeviceId) -> Result<Seq, StoreError> {
     let id = existing_device(conn, device)?;
     let end: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE device = ?1")?
+        .prepare_cached(END_SQL)?
         .query_row(params![id], |r| r.get(0))?;
     Ok(Seq(to_u64(end)?))
 }

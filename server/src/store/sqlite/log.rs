@@ -196,8 +196,7 @@ fn write_post(
             let mut add_member = tx.prepare_cached(
                 "INSERT INTO members (group_id, device, cursor, joined) VALUES (?1, ?2, ?3, ?3)",
             )?;
-            let mut inbox_end =
-                tx.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE device = ?1")?;
+            let mut inbox_end = tx.prepare_cached(super::inbox::END_SQL)?;
             let mut inbox_insert = tx.prepare_cached(
                 "INSERT INTO inbox
                  (device, seq, kind, group_id, commit_seq, sender, received_at_ms, payload)
@@ -247,8 +246,12 @@ pub(super) fn load_group(
     let Some(epoch) = group_epoch(conn, group)? else {
         return Ok(None);
     };
+    // Pruning may have emptied the log: its head is then the highest seq pruned.
     let last_seq: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM group_log WHERE group_id = ?1")?
+        .prepare_cached(
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM group_log WHERE group_id = ?1), 0),
+                        (SELECT pruned_through FROM groups WHERE id = ?1))",
+        )?
         .query_row(params![group.0.as_slice()], |r| r.get(0))?;
     let mut members = Vec::new();
     let mut stmt = conn.prepare_cached("SELECT device FROM members WHERE group_id = ?1")?;

@@ -35,7 +35,7 @@
 //! calling the table modules, which hold the SQL and never use this file: `schema`
 //! (migrations, connection settings), `directory` (users, devices), `key_packages`, `groups`
 //! (groups, members), `device_lists`, `inbox`, `cursors` (cursors on disk, departure records), `log` (group
-//! logs, commits, the repeated-post window) and `acks` (the ack buffer). They use each other
+//! logs, commits, the repeated-post window), `retention` (pruning) and `acks` (the ack buffer). They use each other
 //! only downward (`log` uses `groups`, `inbox` and `directory`; all use `rows`, the column
 //! conversions).
 
@@ -47,6 +47,7 @@ mod groups;
 mod inbox;
 mod key_packages;
 mod log;
+mod retention;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -67,7 +68,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use self::acks::PendingAcks;
 use super::rules::GroupState;
-use super::{Appended, NewPost, RelayStore, Stock, StoreError};
+use super::{Appended, NewPost, Pruned, RelayStore, Stock, StoreError};
 
 pub use self::acks::{ACK_FLUSH_AGE, ACK_FLUSH_ENTRIES};
 pub use self::schema::{SqliteOptions, Synchronous};
@@ -482,5 +483,46 @@ impl RelayStore for SqliteStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.flush_acks()
+    }
+
+    fn prune(&self, now_ms: u64, max_age_ms: u64) -> Result<Pruned, StoreError> {
+        let cutoff = now_ms.saturating_sub(max_age_ms);
+        let groups = self.read(retention::group_ids)?;
+        let mut pruned = Pruned::default();
+        // A transaction per chunk of groups, then one for the inboxes, each writing the
+        // buffered acks first (they count).
+        let mut chunks = groups.chunks(retention::GROUPS_PER_TRANSACTION);
+        loop {
+            let chunk = chunks.next();
+            let mut conn = self.writer()?;
+            let pending = self.acks()?.snapshot();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            acks::write_acks(&tx, &pending)?;
+            match chunk {
+                Some(chunk) => {
+                    let n = retention::prune_groups(&tx, chunk, cutoff)?;
+                    pruned.group_entries = pruned.group_entries.saturating_add(n);
+                }
+                None => pruned.inbox_entries = retention::prune_inboxes(&tx, cutoff)?,
+            }
+            tx.commit()?;
+            self.acks()?.written(&pending);
+            if chunk.is_none() {
+                // Copy the WAL into the file and empty it, so the WAL does not keep the
+                // size of the deletes (a reader in the way only makes it partial).
+                let (busy, wal_pages): (i64, i64) =
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
+                tracing::debug!(
+                    group_entries = pruned.group_entries,
+                    inbox_entries = pruned.inbox_entries,
+                    checkpoint_busy = busy,
+                    wal_pages,
+                    "pruned"
+                );
+                return Ok(pruned);
+            }
+        }
     }
 }

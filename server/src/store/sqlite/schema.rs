@@ -127,6 +127,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE devices ADD COLUMN last_seen_ms INTEGER;
     ",
+    // Version 5: retention. The highest seq pruned from a group log and from a device's
+    // inbox, so that seqs are never reused once a log or inbox is emptied.
+    "
+    ALTER TABLE groups ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN inbox_pruned_through INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// The schema version this build writes.
