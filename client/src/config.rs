@@ -33,6 +33,8 @@ pub const CA_FILE: &str = "ca.pem";
 pub const LOCK_FILE: &str = "lock";
 /// The database key file's name inside the home directory.
 pub const KEY_FILE: &str = "db.key";
+/// The password-locked database key's name inside the home directory.
+pub const LOCKED_KEY_FILE: &str = "db.key.locked";
 
 /// What a home's `cove.db` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +100,22 @@ pub enum ConfigError {
         "{0} does not open with this home's db.key (the files come from different homes, or one is damaged)"
     )]
     DatabaseKeyMismatch(PathBuf),
+    /// The home is locked with a password and none was given.
+    #[error(
+        "{0} is locked with a password: set COVE_PASSWORD, pass --password-file FILE, or run from a terminal to be asked"
+    )]
+    PasswordNeeded(PathBuf),
+    /// The password does not unlock the home.
+    #[error("wrong password for {0}")]
+    WrongPassword(PathBuf),
+    /// The locked key file is damaged or from an unknown version.
+    #[error("{path}: {reason}")]
+    LockedKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The database could not be opened.
     #[error("{path}: {source}")]
     Database {
@@ -131,15 +149,56 @@ struct ConfigFile {
 }
 
 /// A client home directory.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Home {
     dir: PathBuf,
+    /// The password that unlocks (or, with `lock_new`, locks) the database key.
+    password: Option<std::sync::Arc<Zeroizing<String>>>,
+    /// Whether a new home's database key is locked with `password` (`cove init --lock`).
+    lock_new: bool,
+}
+
+impl std::fmt::Debug for Home {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Home")
+            .field("dir", &self.dir)
+            .field("password", &self.password.as_ref().map(|_| ".."))
+            .field("lock_new", &self.lock_new)
+            .finish()
+    }
 }
 
 impl Home {
     /// Uses `dir` as the home (it need not exist yet).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Home { dir: dir.into() }
+        Home {
+            dir: dir.into(),
+            password: None,
+            lock_new: false,
+        }
+    }
+
+    /// The same home, with the password that unlocks its database key.
+    pub fn with_password(mut self, password: Zeroizing<String>) -> Self {
+        self.password = Some(std::sync::Arc::new(password));
+        self
+    }
+
+    /// The same home, to be created locked with `password`: its database key is kept wrapped
+    /// under Argon2id of the password (`db.key.locked`) instead of in `db.key`.
+    pub fn locked_with(mut self, password: Zeroizing<String>) -> Self {
+        self.lock_new = true;
+        self.with_password(password)
+    }
+
+    /// Whether the home's database key is locked with a password.
+    pub fn is_locked(&self) -> bool {
+        self.locked_key_path().exists()
+    }
+
+    /// Path of the password-locked database key.
+    pub fn locked_key_path(&self) -> PathBuf {
+        self.dir.join(LOCKED_KEY_FILE)
     }
 
     /// The directory.
@@ -343,8 +402,30 @@ impl Home {
         })
     }
 
-    /// The key in `db.key`, if the file exists.
+    /// The key in `db.key` or, for a locked home, unlocked from `db.key.locked` with the
+    /// password; `None` if neither file exists.
     fn read_key(&self) -> Result<Option<DatabaseKey>, ConfigError> {
+        let locked_path = self.locked_key_path();
+        match std::fs::read(&locked_path) {
+            Ok(locked) => {
+                let password = self
+                    .password
+                    .as_ref()
+                    .ok_or_else(|| ConfigError::PasswordNeeded(self.dir.clone()))?;
+                return match cove_account::home_key::unlock(password.as_bytes(), &locked) {
+                    Ok(key) => Ok(Some(DatabaseKey::from_bytes(*key))),
+                    Err(cove_account::AccountError::WrongPassword) => {
+                        Err(ConfigError::WrongPassword(self.dir.clone()))
+                    }
+                    Err(e) => Err(ConfigError::LockedKey {
+                        path: locked_path,
+                        reason: e.to_string(),
+                    }),
+                };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io(&locked_path, e)),
+        }
         let path = self.key_path();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => Zeroizing::new(t),
@@ -357,10 +438,23 @@ impl Home {
         Ok(Some(DatabaseKey::from_bytes(*bytes)))
     }
 
-    /// Writes `db.key` (0600). If one exists already (another process won a race), keeps it.
+    /// Writes `db.key` (0600), or `db.key.locked` for a home created locked. If one exists
+    /// already (another process won a race), keeps it.
     fn write_key(&self, key: &DatabaseKey) -> Result<(), ConfigError> {
-        let path = self.key_path();
-        let text = Zeroizing::new(hex::encode(key.as_bytes()) + "\n");
+        let (path, bytes) = match (&self.password, self.lock_new) {
+            (Some(password), true) => {
+                let locked = cove_account::home_key::lock(password.as_bytes(), key.as_bytes())
+                    .map_err(|e| ConfigError::LockedKey {
+                        path: self.locked_key_path(),
+                        reason: e.to_string(),
+                    })?;
+                (self.locked_key_path(), Zeroizing::new(locked))
+            }
+            _ => (
+                self.key_path(),
+                Zeroizing::new((hex::encode(key.as_bytes()) + "\n").into_bytes()),
+            ),
+        };
         let mut file = match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -371,7 +465,7 @@ impl Home {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
             Err(e) => return Err(self.io(&path, e)),
         };
-        file.write_all(text.as_bytes())
+        file.write_all(&bytes)
             .and_then(|()| file.sync_all())
             .map_err(|e| self.io(&path, e))
     }

@@ -79,6 +79,7 @@ pub(super) fn remove_home(home: &Home) {
         home.ca_path(),
         home.database_path(),
         home.key_path(),
+        home.locked_key_path(),
         lock,
     ] {
         let _ = std::fs::remove_file(&file);

@@ -4,12 +4,14 @@
 //! - [`opaque`]: OPAQUE (RFC 9807) registration and login, both sides, as byte messages;
 //! - [`bundle`]: the account bundle (identity key, history backup key), wrapped with an AEAD
 //!   under the OPAQUE export key or the recovery key;
-//! - [`recovery`]: the recovery key, its written form and the key that signs a reset.
+//! - [`recovery`]: the recovery key, its written form and the key that signs a reset;
+//! - [`home_key`]: the database key of a home locked with a password.
 //!
 //! Sans-IO, like `cove-identity`: the relay links the server half, the client the client
 //! half; neither needs MLS.
 
 pub mod bundle;
+pub mod home_key;
 pub mod opaque;
 pub mod recovery;
 
@@ -23,6 +25,9 @@ pub enum AccountError {
     /// Wrong user name or password (OPAQUE cannot tell which, and neither does Cove).
     #[error("wrong user name or password")]
     LoginFailed,
+    /// The password does not unlock this (the locked home key).
+    #[error("wrong password")]
+    WrongPassword,
     /// A wrapped bundle did not open: wrong secret, another user's or kind's bundle, or
     /// changed bytes.
     #[error("the account bundle did not open (wrong key or tampered)")]

@@ -2,6 +2,7 @@
 //! wrapped bundle, the recovery key, and what the relay's side holds.
 
 mod bundle;
+mod home_key;
 mod login;
 mod recovery;
 
