@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use cove::config::Home;
 use cove::{Device, Event, SessionEvent, UserName};
 use cove_server::{Relay, RelayConfig, StoreKind};
-use cove_store::{Kv, SqliteStore, Store};
+use cove_store::{Kv, Store};
 use cove_wire::Stream;
 use rand::RngCore;
 
@@ -167,7 +167,7 @@ impl Setup {
 /// Copies the one stored message of `group` in the closed home until the group's history
 /// holds `total` messages, all marked shown.
 fn write_history(home: &Home, group_hex: &str, total: usize) {
-    let store = SqliteStore::open(home.database_path()).unwrap();
+    let store = home.open_database().unwrap();
     let record = store
         .groups()
         .unwrap()

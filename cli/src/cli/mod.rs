@@ -26,6 +26,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "COVE_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
 
+    /// Read the home's password from this file (its first line) instead of asking; for
+    /// scripts and tests. `COVE_PASSWORD` gives the password itself. Only a home created with
+    /// `cove init --lock` has a password.
+    #[arg(long, global = true, env = "COVE_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
     /// Log protocol details to stderr (-v: debug, -vv: trace). Never logs plaintext or keys.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -86,9 +92,27 @@ pub enum Command {
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let passwords = password::Source::new(cli.password_file);
+    let resolve_home = |home: Option<PathBuf>| -> anyhow::Result<Home> {
+        let home = resolve_home(home)?;
+        if home.is_locked() {
+            let why = format!("{} is locked with a password", home.dir().display());
+            Ok(home.with_password(passwords.get("password for this Cove home: ", &why)?))
+        } else {
+            Ok(home)
+        }
+    };
     let home = cli.home;
     match cli.command {
-        Command::Init(args) => init::run(resolve_home(home)?, args).await,
+        Command::Init(args) => {
+            let home = resolve_home(home)?;
+            let home = if args.lock {
+                home.locked_with(passwords.new_password()?)
+            } else {
+                home
+            };
+            init::run(home, args).await
+        }
         Command::Group(cmd) => group::run(resolve_home(home)?, cmd).await,
         Command::Groups(args) => group::run_groups(resolve_home(home)?, args).await,
         Command::Send(args) => messages::run_send(resolve_home(home)?, args).await,
@@ -105,6 +129,80 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fetch(args) => files::run_fetch(resolve_home(home).ok(), args).await,
         Command::Call(args) => cove::call::cli::run_call(resolve_home(home)?, args).await,
         Command::Answer(args) => cove::call::cli::run_answer(resolve_home(home)?, args).await,
+    }
+}
+
+mod password {
+    //! Where a home's password comes from: `--password-file`, `COVE_PASSWORD`, or the
+    //! terminal (without echo).
+
+    use std::path::PathBuf;
+
+    use anyhow::{Context as _, bail};
+    use zeroize::Zeroizing;
+
+    /// Why `init --lock` asks.
+    const WHY_NEW: &str = "--lock needs a password for the new home";
+
+    /// The longest password file read (a password is one line).
+    const MAX_PASSWORD_FILE: u64 = 4096;
+
+    /// The password source of one command.
+    pub struct Source {
+        file: Option<PathBuf>,
+    }
+
+    impl Source {
+        pub fn new(file: Option<PathBuf>) -> Source {
+            Source { file }
+        }
+
+        /// The password, from the file, the environment or the terminal.
+        pub fn get(&self, prompt: &str, why: &str) -> anyhow::Result<Zeroizing<String>> {
+            if let Some(path) = &self.file {
+                let meta = std::fs::metadata(path)
+                    .with_context(|| format!("reading the password file {}", path.display()))?;
+                if meta.len() > MAX_PASSWORD_FILE {
+                    bail!("{} is not a password file (over 4 KiB)", path.display());
+                }
+                let text =
+                    Zeroizing::new(std::fs::read_to_string(path).with_context(|| {
+                        format!("reading the password file {}", path.display())
+                    })?);
+                let line = text.lines().next().unwrap_or("");
+                return non_empty(Zeroizing::new(line.to_owned()));
+            }
+            if let Ok(password) = std::env::var("COVE_PASSWORD") {
+                return non_empty(Zeroizing::new(password));
+            }
+            if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                bail!(
+                    "{why}: set COVE_PASSWORD or pass --password-file FILE (there is no terminal to ask on)"
+                );
+            }
+            let typed = Zeroizing::new(rpassword::prompt_password(prompt)?);
+            non_empty(typed)
+        }
+
+        /// A new password: from the file or the environment as given, or typed twice.
+        pub fn new_password(&self) -> anyhow::Result<Zeroizing<String>> {
+            if self.file.is_some() || std::env::var_os("COVE_PASSWORD").is_some() {
+                return self.get("", WHY_NEW);
+            }
+            let first = self.get("new password for this Cove home: ", WHY_NEW)?;
+            let second = self.get("the same password again: ", WHY_NEW)?;
+            if first != second {
+                bail!("the two passwords differ; nothing was created");
+            }
+            Ok(first)
+        }
+    }
+
+    fn non_empty(password: Zeroizing<String>) -> anyhow::Result<Zeroizing<String>> {
+        if password.is_empty() {
+            bail!("the password is empty");
+        }
+        Ok(password)
     }
 }
 

@@ -6,6 +6,7 @@
 mod escape;
 mod files;
 mod link;
+mod locked;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cove_core::{Client, Event};
-use cove_store::SqliteStore;
 use cove_wire::{DeviceId, ErrorReply, OwnDevice, Reply, Request};
 use tracing::warn;
 
@@ -33,11 +32,7 @@ impl Device {
         existing.device.ok_or(DeviceError::NotRegistered)?;
         let user = existing.config.user.clone();
         let lock = home.lock()?;
-        let mut client = Client::init(
-            SqliteStore::open(home.database_path())?,
-            user.clone(),
-            seed(),
-        )?;
+        let mut client = Client::init(home.open_database()?, user.clone(), seed())?;
         // From here on the new database is ours: if linking stops short of a started
         // device, remove it again so that `home` can be linked (or initialised) later.
         let new_key = client.device_key();

@@ -20,7 +20,6 @@ use cove_core::link::{
     Channel, Handshake, LINK_VERSION, LinkCode, LinkError, LinkMessage, MAX_HISTORY_CHUNKS, Role,
 };
 use cove_core::{Client, Event, LinkPush};
-use cove_store::SqliteStore;
 use cove_wire::{
     BoundedVec, DeviceId, ErrorCode, ErrorReply, GroupId, LinkCloseReason, Payload, Reply, Request,
     RequestId, ServerFrame, UserName,
@@ -486,11 +485,7 @@ impl Device {
         };
         // From here on the home is ours: on any failure, remove it again.
         let started = async {
-            let mut client = Client::init(
-                SqliteStore::open(home.database_path())?,
-                user.clone(),
-                seed(),
-            )?;
+            let mut client = Client::init(home.open_database()?, user.clone(), seed())?;
             link.send(&LinkMessage::Hello {
                 version: LINK_VERSION,
                 device_key: client.device_key(),

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use cove_core::Client;
-use cove_store::SqliteStore;
 use cove_wire::UserName;
 
 use super::error::DeviceError;
@@ -31,7 +30,7 @@ impl Device {
             transport::read_certs(ca)?;
         }
         let lock = home.lock()?;
-        let store = SqliteStore::open(home.database_path())?;
+        let store = home.open_database()?;
         let client = Client::init(store, user.clone(), seed())?;
         let config = home.initialise(server, user, ca)?;
         let device = Self::start(home, config, client, Some(lock))?;
@@ -43,14 +42,14 @@ impl Device {
     pub async fn open(home: &Home) -> Result<Device, DeviceError> {
         let config = home.load()?;
         let lock = home.lock()?;
-        let client = Client::open(SqliteStore::open(home.database_path())?, seed())?;
+        let client = Client::open(home.open_database()?, seed())?;
         Self::start(home, config, client, Some(lock))
     }
 
     /// Opens an initialised home without connecting (for local queries).
     pub async fn open_offline(home: &Home) -> Result<Device, DeviceError> {
         let config = home.load()?;
-        let client = Client::open(SqliteStore::open(home.database_path())?, seed())?;
+        let client = Client::open(home.open_database()?, seed())?;
         Self::start(home, config, client, None)
     }
 
@@ -71,7 +70,7 @@ impl Device {
 }
 
 /// Removes what [`Device::init`] or [`Device::link`] created in `home` (configuration, CA
-/// copy, database, lock file), and the home's directory if nothing else is in it. For a
+/// copy, database and its key, lock file), and the home's directory if nothing else is in it. For a
 /// device that did not get registered; its database must be closed.
 pub(super) fn remove_home(home: &Home) {
     let lock = home.dir().join(crate::config::LOCK_FILE);
@@ -79,6 +78,8 @@ pub(super) fn remove_home(home: &Home) {
         home.config_path(),
         home.ca_path(),
         home.database_path(),
+        home.key_path(),
+        home.locked_key_path(),
         lock,
     ] {
         let _ = std::fs::remove_file(&file);

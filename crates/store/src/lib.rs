@@ -32,7 +32,7 @@ mod sqlite;
 pub use memory::MemoryStore;
 pub use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
 pub use records::*;
-pub use sqlite::{Durability, SqliteStore};
+pub use sqlite::{DatabaseKey, Durability, SqliteStore};
 
 use cove_wire::identity::ListEntry;
 use cove_wire::{DeviceId, GroupId, Seq, Stream, UserName};
@@ -52,6 +52,9 @@ pub enum StoreError {
     /// `begin` while a transaction is open, or `commit`/`rollback` without one (a caller bug).
     #[error("transaction misuse: {0}")]
     Transaction(&'static str),
+    /// The database key does not open the database file (or the file is not a database).
+    #[error("the database key does not open this database (wrong key, or not a Cove database)")]
+    WrongKey,
 }
 
 impl From<serde_json::Error> for StoreError {

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
+use zeroize::Zeroizing;
 
 use crate::{Kv, KvPair, Namespace, StoreError};
 
@@ -19,6 +20,43 @@ pub enum Durability {
     Process,
     /// WAL with `synchronous=FULL`: every commit is fsynced before it returns.
     Full,
+}
+
+/// The 256-bit key of an encrypted store (SQLCipher's raw key: no passphrase stretching,
+/// the caller holds a random key). Zeroed on drop; its `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseKey(Zeroizing<[u8; 32]>);
+
+impl DatabaseKey {
+    /// A key from its bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> DatabaseKey {
+        DatabaseKey(Zeroizing::new(bytes))
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// SQLCipher's raw-key literal, `"x'<64 hex digits>'"`.
+    fn literal(&self) -> Zeroizing<String> {
+        let mut s = Zeroizing::new(String::with_capacity(69));
+        s.push_str("\"x'");
+        for b in self.0.iter() {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        s.push_str("'\"");
+        s
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl std::fmt::Debug for DatabaseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseKey(..)")
+    }
 }
 
 /// A [`crate::Store`] in one SQLite file (WAL mode).
@@ -55,6 +93,57 @@ impl SqliteStore {
         Self::setup(conn, durability)
     }
 
+    /// Opens (or creates) the store file at `path`, encrypted with `key` (SQLCipher 4: every
+    /// page, the WAL and the schema; nothing in the file is readable without the key).
+    /// [`StoreError::WrongKey`] if the file exists and `key` does not open it (or it is not
+    /// a database).
+    pub fn open_encrypted(
+        path: impl AsRef<Path>,
+        key: &DatabaseKey,
+        durability: Durability,
+    ) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        apply_key(&conn, key)?;
+        Self::setup(conn, durability)
+    }
+
+    /// Encrypts the plaintext store at `path` with `key` in place (SQLCipher's
+    /// `sqlcipher_export` into a new file beside it, then an atomic rename over the old
+    /// one), for homes created before the database was encrypted. The old file's free pages
+    /// go with it.
+    pub fn encrypt_in_place(path: impl AsRef<Path>, key: &DatabaseKey) -> Result<(), StoreError> {
+        let path = path.as_ref();
+        let tmp = path.with_extension("encrypting");
+        let _ = std::fs::remove_file(&tmp);
+        {
+            let conn = Connection::open(path).map_err(backend)?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(backend)?;
+            let tmp_str = tmp
+                .to_str()
+                .ok_or_else(|| StoreError::Backend("database path is not UTF-8".into()))?;
+            // SQLCipher reads a key of the form x'<hex>' as a raw key.
+            let raw = key.literal();
+            let raw = raw.trim_matches('"');
+            conn.execute(
+                "ATTACH DATABASE ?1 AS encrypted KEY ?2",
+                params![tmp_str, raw],
+            )
+            .map_err(backend)?;
+            conn.query_row("SELECT sqlcipher_export('encrypted')", [], |_| Ok(()))
+                .map_err(backend)?;
+            conn.execute_batch("DETACH DATABASE encrypted;")
+                .map_err(backend)?;
+        }
+        std::fs::rename(&tmp, path).map_err(|e| StoreError::Backend(e.to_string()))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let _ = std::fs::remove_file(std::path::PathBuf::from(side));
+        }
+        Ok(())
+    }
+
     /// A store in a private in-memory SQLite database (for tests).
     pub fn open_in_memory() -> Result<Self, StoreError> {
         Self::setup(
@@ -72,8 +161,11 @@ impl SqliteStore {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};"
         ))
         .map_err(backend)?;
+        // Deleted rows (old epoch secrets, removed messages) are overwritten, not left in
+        // free pages.
         conn.execute_batch(
             "PRAGMA busy_timeout=5000;
+             PRAGMA secure_delete=ON;
              CREATE TABLE IF NOT EXISTS kv (
                  ns INTEGER NOT NULL,
                  key BLOB NOT NULL,
@@ -91,6 +183,27 @@ impl SqliteStore {
         self.conn
             .lock()
             .map_err(|_| StoreError::Backend("sqlite store lock poisoned".into()))
+    }
+}
+
+/// Keys `conn` and checks the key opens it (SQLCipher only reports a wrong key at the first
+/// read).
+fn apply_key(conn: &Connection, key: &DatabaseKey) -> Result<(), StoreError> {
+    // A wrong key makes SQLCipher log an HMAC failure to stderr; the caller reports it.
+    conn.execute_batch("PRAGMA cipher_log_level = NONE;")
+        .map_err(backend)?;
+    conn.execute_batch(&format!("PRAGMA key = {};", key.literal().as_str()))
+        .map_err(backend)?;
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            Err(StoreError::WrongKey)
+        }
+        Err(e) => Err(backend(e)),
     }
 }
 

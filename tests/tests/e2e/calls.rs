@@ -477,10 +477,6 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 /// A three-party call: alice rings bob and carol, both answer, bob (the lower leaf index of
 /// the two) dials carol, and everyone hears both others. Alice also sends video (the test
 /// pattern), which both receive. The call lasts until every recording shows that.

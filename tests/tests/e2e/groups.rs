@@ -358,7 +358,12 @@ async fn a_removed_member_can_read_nothing_new_and_the_relay_refuses_it() {
     assert_eq!(secret_entry.epoch.0, member_epoch + 1);
 
     // carol's pre-removal state decrypts her last epoch's message ...
-    let provider = CoveProvider::new(SqliteStore::open(&snapshot).unwrap(), [7; 32]);
+    let key = database_key(&net.home("carol"));
+    let provider = CoveProvider::new(
+        SqliteStore::open_encrypted(&snapshot, &key, cove_core::cove_store::Durability::Process)
+            .unwrap(),
+        [7; 32],
+    );
     let mut state = MlsGroup::load(provider.store(), &MlsGroupId::from_slice(&group.0))
         .unwrap()
         .expect("the snapshot holds the group");

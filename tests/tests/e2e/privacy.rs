@@ -1,6 +1,9 @@
-//! The relay stores ciphertext only.
+//! The relay stores ciphertext only, and a client's home is private and encrypted at rest.
 
-use cove::config::Home;
+use std::os::unix::fs::PermissionsExt as _;
+
+use cove::config::{ConfigError, Home};
+use cove::{Device, DeviceError};
 use cove_server::{Relay, RelayConfig, StoreKind};
 
 use crate::support::*;
@@ -77,6 +80,77 @@ fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// A client's home after a chat: the directory is 0700 and every file in it 0600; no file
+/// holds a message text, the group's name, the SQLite header or the database key's bytes; the
+/// database copied without `db.key`, or with another home's `db.key`, does not open, with an
+/// error that says so. Bob's home is the control: the same scan finds his messages in his
+/// database once it is decrypted (he can read his history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_home_is_private_and_its_database_encrypted() {
+    let net = Net::sqlite().await;
+    let alice = net.user("alice").await;
+    let mut bob = net.user("bob").await;
+    let group_name = "home-probe-group-name";
+    alice.create_group(group_name).await.unwrap();
+    alice.add_users(group_name, &names(&["bob"])).await.unwrap();
+    joined(&mut bob).await;
+    let sent: Vec<String> = (0..10).map(|i| format!("HOME-CANARY-{i:02}")).collect();
+    for text in &sent {
+        alice.send_text(group_name, text).await.unwrap();
+    }
+    assert_eq!(texts(&messages(&mut bob, sent.len()).await), sent);
+    alice.close().await;
+    bob.close().await;
+
+    let home = net.home("alice");
+    let dir_mode = std::fs::metadata(home.dir()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700, "home directory mode");
+    let mut files = Vec::new();
+    walk(home.dir(), &mut files);
+    assert!(files.iter().any(|f| f.ends_with("cove.db")));
+    assert!(files.iter().any(|f| f.ends_with("db.key")));
+    let key_hex = std::fs::read_to_string(home.key_path()).unwrap();
+    let key = hex::decode(key_hex.trim()).unwrap();
+    assert_eq!(key.len(), 32);
+    for f in &files {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} mode", f.display());
+        if f.ends_with("db.key") {
+            continue;
+        }
+        let data = std::fs::read(f).unwrap();
+        for needle in sent.iter().map(String::as_bytes).chain([
+            group_name.as_bytes(),
+            b"SQLite format 3",
+            &key[..],
+        ]) {
+            assert!(
+                !contains(&data, needle),
+                "{:?} found in {}",
+                String::from_utf8_lossy(needle),
+                f.display()
+            );
+        }
+    }
+
+    // The database without its key, and with bob's key.
+    let copy = Home::new(net.home("alice").dir().with_file_name("alice-copy"));
+    std::fs::create_dir_all(copy.dir()).unwrap();
+    std::fs::copy(home.config_path(), copy.config_path()).unwrap();
+    std::fs::copy(home.database_path(), copy.database_path()).unwrap();
+    match Device::open_offline(&copy).await {
+        Err(DeviceError::Config(ConfigError::DatabaseKeyMissing(_))) => {}
+        other => panic!("opened without db.key: {:?}", other.map(|_| ())),
+    }
+    std::fs::copy(net.home("bob").key_path(), copy.key_path()).unwrap();
+    match Device::open_offline(&copy).await {
+        Err(DeviceError::Config(ConfigError::DatabaseKeyMismatch(_))) => {}
+        other => panic!("opened with another key: {:?}", other.map(|_| ())),
+    }
+    // With its own key the copy opens and holds the history.
+    std::fs::copy(home.key_path(), copy.key_path()).unwrap();
+    let reopened = Device::open_offline(&copy).await.unwrap();
+    let history = reopened.history(group_name).await.unwrap();
+    assert_eq!(history.len(), sent.len());
+    reopened.close().await;
 }

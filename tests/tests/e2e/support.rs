@@ -234,3 +234,15 @@ impl Drop for RelayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Whether `needle` occurs in `haystack`, byte for byte.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The key of `home`'s encrypted database (from its `db.key`).
+pub fn database_key(home: &Home) -> cove_core::cove_store::DatabaseKey {
+    let text = std::fs::read_to_string(home.key_path()).unwrap();
+    let bytes: [u8; 32] = hex::decode(text.trim()).unwrap().try_into().unwrap();
+    cove_core::cove_store::DatabaseKey::from_bytes(bytes)
+}

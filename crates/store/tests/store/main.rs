@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use cove_store::{
-    GroupRecord, Identity, Kv, Membership, MemoryStore, Namespace, OutboxItem, PinnedDevice,
-    SqliteStore, Store, StoredMessage,
+    DatabaseKey, Durability, GroupRecord, Identity, Kv, Membership, MemoryStore, Namespace,
+    OutboxItem, PinnedDevice, SqliteStore, Store, StoredMessage,
 };
 use cove_wire::{DeviceId, DeviceKey, Epoch, GroupId, Seq, Stream, UserName};
 
@@ -374,7 +374,7 @@ conformance!(sqlite, {
 conformance!(sqlite_full_durability, {
     let d = tempfile::tempdir().unwrap();
     (
-        SqliteStore::open_with(d.path().join("cove.db"), cove_store::Durability::Full).unwrap(),
+        SqliteStore::open_with(d.path().join("cove.db"), Durability::Full).unwrap(),
         d,
     )
 });
@@ -394,4 +394,90 @@ fn sqlite_persists_across_reopen_and_drops_uncommitted_writes() {
     let s = SqliteStore::open(&path).unwrap();
     assert_eq!(s.config("server").unwrap(), Some("wss://x".into()));
     assert_eq!(s.config("half").unwrap(), None);
+}
+
+/// Every file the store at `path` consists of (the database, its WAL and shared memory).
+fn store_files(path: &std::path::Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        if let Ok(bytes) = std::fs::read(std::path::PathBuf::from(p)) {
+            all.extend_from_slice(&bytes);
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+const MARKER: &[u8] = b"plaintext-marker-7d1f0c";
+
+#[test]
+fn an_encrypted_store_holds_no_plaintext_and_opens_only_with_its_key() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("cove.db");
+    let key = DatabaseKey::from_bytes([0x5a; 32]);
+    {
+        let s = SqliteStore::open_encrypted(&path, &key, Durability::Process).unwrap();
+        s.kv_put(Namespace::Config, b"k", MARKER).unwrap();
+        // The same text as a plaintext store writes it, to prove the scan can see it.
+        let plain = SqliteStore::open(d.path().join("plain.db")).unwrap();
+        plain.kv_put(Namespace::Config, b"k", MARKER).unwrap();
+        assert!(contains(&store_files(&d.path().join("plain.db")), MARKER));
+        let files = store_files(&path);
+        assert!(!contains(&files, MARKER));
+        assert!(!contains(&files, b"SQLite format 3"));
+        assert!(!contains(&files, b"CREATE TABLE"));
+        assert!(!contains(&files, key.as_bytes()));
+    }
+    assert!(matches!(
+        SqliteStore::open_encrypted(
+            &path,
+            &DatabaseKey::from_bytes([0x5b; 32]),
+            Durability::Process
+        ),
+        Err(cove_store::StoreError::WrongKey)
+    ));
+    // Opened as a plaintext store, it is not a database.
+    assert!(SqliteStore::open(&path).is_err());
+    let s = SqliteStore::open_encrypted(&path, &key, Durability::Process).unwrap();
+    assert_eq!(
+        s.kv_get(Namespace::Config, b"k").unwrap(),
+        Some(MARKER.to_vec())
+    );
+}
+
+#[test]
+fn a_plaintext_store_is_encrypted_in_place_with_nothing_lost() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("cove.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        for i in 0..200u32 {
+            s.kv_put(Namespace::Message, &i.to_be_bytes(), MARKER)
+                .unwrap();
+        }
+    }
+    assert!(contains(&store_files(&path), MARKER));
+    let key = DatabaseKey::from_bytes([7; 32]);
+    SqliteStore::encrypt_in_place(&path, &key).unwrap();
+    assert!(!contains(&store_files(&path), MARKER));
+    let s = SqliteStore::open_encrypted(&path, &key, Durability::Process).unwrap();
+    assert_eq!(s.kv_scan(Namespace::Message, b"").unwrap().len(), 200);
+}
+
+#[test]
+fn a_deleted_value_does_not_linger_in_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("cove.db");
+    let s = SqliteStore::open(&path).unwrap();
+    s.kv_put(Namespace::Config, b"secret", MARKER).unwrap();
+    s.kv_put(Namespace::Config, b"other", b"x").unwrap();
+    s.kv_delete(Namespace::Config, b"secret").unwrap();
+    drop(s);
+    // Closing checkpoints the WAL into the file: with secure_delete the freed cell is zeroed.
+    assert!(!contains(&store_files(&path), MARKER));
 }
