@@ -2,9 +2,10 @@
 //! decides each post's reply and recipients; the pipeline batches, encodes and delivers.
 //!
 //! Connections hand posts to one writer thread through a channel. The thread takes
-//! everything queued (up to `post_batch_max`), appends it with one
-//! [`RelayStore::append_batch`] call (group commit: one transaction, one sync for the whole
-//! batch), and encodes each post's reply and each accepted entry's `Deliver` frame once.
+//! everything queued (up to `post_batch_max`), appends it with [`logic::append_posts`] (one
+//! [`RelayStore::append_batch`] call for application messages, group commit: one
+//! transaction, one sync for the whole batch; each handshake validated and appended on its
+//! own), and encodes each post's reply and each accepted entry's `Deliver` frame once.
 //! It hands the batch to one fan-out task on the async runtime (one cross-thread wake-up per
 //! batch), which answers each poster with `Posted { seq }` (the post is durable by then) and
 //! pushes the same `Bytes` to every online recipient's queue. One thread appends and one task
@@ -25,9 +26,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, error, warn};
 
 use crate::hub::{CloseReason, Hub, Outbox};
-use crate::logic::{self, Fanout, PostOutcome};
+use crate::logic::{self, Fanout, Handshakes, PostError, PostOutcome};
 use crate::reply::{encode_frame, response};
-use crate::store::{Appended, NewPost, RelayStore, StoreError, Welcome};
+use crate::store::{Appended, NewPost, RelayStore, Welcome};
 
 /// Fixed per-post overhead counted against the byte budget besides the payload.
 const POST_OVERHEAD_BYTES: usize = 256;
@@ -55,6 +56,7 @@ impl Pipeline {
     /// Starts the writer thread.
     pub fn start(
         store: Arc<dyn RelayStore>,
+        handshakes: Arc<Handshakes>,
         hub: Arc<Hub>,
         budget_bytes: usize,
         batch_max: usize,
@@ -63,7 +65,7 @@ impl Pipeline {
         let (done, done_rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("cove-post-writer".into())
-            .spawn(move || writer_thread(store, rx, done, batch_max.max(1)))?;
+            .spawn(move || writer_thread(store, &handshakes, rx, done, batch_max.max(1)))?;
         tokio::spawn(fanout_task(hub, done_rx));
         let budget_bytes = budget_bytes.min(Semaphore::MAX_PERMITS);
         let budget = Arc::new(Semaphore::new(budget_bytes));
@@ -94,6 +96,7 @@ impl Pipeline {
 
 fn writer_thread(
     store: Arc<dyn RelayStore>,
+    handshakes: &Handshakes,
     mut rx: mpsc::UnboundedReceiver<PostJob>,
     done: mpsc::UnboundedSender<Vec<Outcome>>,
     batch_max: usize,
@@ -114,7 +117,9 @@ fn writer_thread(
             replies.push((job.request, job.reply_to, job.permit));
         }
         let count = posts.len();
-        let results = store.append_batch(posts);
+        // Handshakes are validated here, one at a time in post order: validation, append
+        // and merge of a group's commit never race another commit of the group.
+        let results = logic::append_posts(store.as_ref(), handshakes, posts);
         let outcomes: Vec<Outcome> = if results.len() == count {
             debug!(batch = count, "appended post batch");
             replies
@@ -128,7 +133,7 @@ fn writer_thread(
                 got = results.len(),
                 "store returned a wrong number of results"
             );
-            let internal = || Err(logic::wrong_count());
+            let internal = || Err(logic::wrong_count().into());
             replies
                 .into_iter()
                 .map(|r| outcome(r, internal()))
@@ -167,7 +172,7 @@ struct Accepted {
 
 fn outcome(
     (request, reply_to, permit): (RequestId, Arc<Outbox>, OwnedSemaphorePermit),
-    result: Result<Appended, StoreError>,
+    result: Result<Appended, PostError>,
 ) -> Outcome {
     // The core decides the reply and who gets what; this encodes each frame once.
     let PostOutcome { reply, fanout } = logic::posted(result);

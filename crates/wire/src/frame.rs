@@ -75,10 +75,17 @@ pub enum Request {
     },
     /// Asks how many normal KeyPackages this device has left.
     KeyPackageStock,
-    /// Creates a group whose first member is this device.
+    /// Creates a group whose first member is this device. A relay that validates handshakes
+    /// (the default) starts the group's public MLS state from `group_info` and `tree` and
+    /// refuses the request with `InvalidCommit` when they do not verify, are not at epoch 0,
+    /// are of another group, or do not hold exactly this device's leaf.
     CreateGroup {
         /// The new group's id (the MLS group id).
         group: GroupId,
+        /// The creator's GroupInfo at epoch 0 (MLSMessage encoding), signed by the creator.
+        group_info: Payload,
+        /// The group's ratchet tree at epoch 0 (TLS encoding of the MLS `RatchetTree`).
+        tree: Payload,
     },
     /// Appends an MLS message to a group's log.
     Post {
@@ -172,6 +179,9 @@ pub enum PostKind {
         removed: BoundedVec<DeviceId>,
         /// The Welcome for the added devices.
         welcome: Option<Payload>,
+        /// The GroupInfo of the epoch this commit starts (MLSMessage encoding), signed by the
+        /// committer: the relay checks it against the commit and keeps the latest one.
+        group_info: Payload,
     },
 }
 
@@ -550,4 +560,9 @@ pub enum ErrorCode {
     /// unrevoked device: the user's identity must sign (and a device publish) its `Add`
     /// entry first.
     NotInDeviceList,
+    // --- handshake validation (appended) ---
+    /// A handshake the relay's public MLS state refuses: not a PublicMessage, a bad
+    /// signature, a non-member committer, a GroupInfo that does not match the commit, or
+    /// `added`/`removed` lists that disagree with the commit's proposals. Nothing was stored.
+    InvalidCommit,
 }

@@ -53,6 +53,10 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
     };
     config.limits.requests_per_second = 10_000_000;
     config.limits.request_burst = 10_000_000;
+    // The group is set up with placeholder commits (one per 1000 receivers), so handshake
+    // validation is off; what is measured is application messages, which the relay never
+    // parses with validation on either.
+    config.validate_handshakes = false;
     // Spawned on the server runtime so the relay's threads (post writer, blocking pool)
     // are created there and inherit its CPU pinning.
     let handle = rt
@@ -65,7 +69,12 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
     let mut sender = Device::register(addr, &tls, "fanout-sender").await?;
     let receivers = load::relay_devices(n, "fanout-r", addr, tls.clone()).await?;
     let group = GroupId(rand::random());
-    match sender.request(Request::CreateGroup { group }).await? {
+    let create = Request::CreateGroup {
+        group,
+        group_info: Payload::default(),
+        tree: Payload::default(),
+    };
+    match sender.request(create).await? {
         Reply::GroupCreated => {}
         other => bail!("expected GroupCreated, got {other:?}"),
     }
@@ -76,6 +85,7 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
             added: BoundedVec(chunk.to_vec()),
             removed: BoundedVec(Vec::new()),
             welcome: Some(Payload(vec![0x77; 512])),
+            group_info: Payload::default(),
         };
         let post = Request::Post {
             group,

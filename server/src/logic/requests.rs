@@ -22,6 +22,7 @@ pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 1024;
 /// `Fetch` reads at most `read_bytes` of payload from the store (at least one entry).
 pub fn request(
     store: &dyn RelayStore,
+    handshakes: &super::Handshakes,
     device: DeviceId,
     body: Request,
     read_bytes: usize,
@@ -85,8 +86,27 @@ pub fn request(
                 has_last_resort: stock.has_last_resort,
             })
         }
-        Request::CreateGroup { group } => {
-            store.create_group(group, device).map_err(stored)?;
+        Request::CreateGroup {
+            group,
+            group_info,
+            tree,
+        } => {
+            // The id first, so a taken id answers GroupExists whatever the state.
+            if store.public_state(group).is_ok() {
+                return Err(stored(StoreError::GroupExists));
+            }
+            let state = handshakes
+                .check_create(
+                    store,
+                    group,
+                    device,
+                    group_info.as_bytes(),
+                    tree.as_bytes(),
+                )
+                .map_err(|e| e.reply())?;
+            store
+                .create_group_with_state(group, device, state)
+                .map_err(stored)?;
             Ok(Reply::GroupCreated)
         }
         Request::Fetch {

@@ -127,6 +127,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE devices ADD COLUMN last_seen_ms INTEGER;
     ",
+    // Version 5: each group's latest public MLS state (GroupInfo and ratchet tree, opaque to
+    // the store), replaced with every validated commit.
+    "
+    CREATE TABLE group_public_state (
+        group_id BLOB PRIMARY KEY NOT NULL REFERENCES groups(id),
+        group_info BLOB NOT NULL,
+        tree BLOB NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.
