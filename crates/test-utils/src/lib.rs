@@ -120,6 +120,12 @@ impl DeviceKeys {
         DeviceKey(self.signing.verifying_key().to_bytes())
     }
 
+    /// The Ed25519 secret key (a test that signs MLS messages with the device's key, as
+    /// Cove devices do, builds its MLS signer from it).
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
     /// Signs a connection challenge.
     pub fn sign_challenge(&self, nonce: &[u8; 32]) -> Signature {
         let message =

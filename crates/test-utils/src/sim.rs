@@ -63,6 +63,12 @@ impl Relay {
         }
     }
 
+    /// Turns handshake validation on or off from now on (a test that then posts placeholder
+    /// or bare-openmls bytes, to test a client's own defences, turns it off).
+    pub fn set_validate_handshakes(&mut self, on: bool) {
+        self.handshakes = Handshakes::new(on);
+    }
+
     /// The store (for set-up and assertions).
     pub fn store(&self) -> &dyn RelayStore {
         self.store.as_ref()

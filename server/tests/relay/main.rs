@@ -16,6 +16,7 @@ mod logs;
 mod membership;
 mod slow_reader;
 mod turn;
+mod validation;
 
 use std::future::Future;
 use std::task::{Context, Poll, Waker};

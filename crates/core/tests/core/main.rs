@@ -1647,6 +1647,7 @@ mod mallory {
                 added: BoundedVec(added),
                 removed: BoundedVec(Vec::new()),
                 welcome: Some(Payload(welcome.to_bytes().unwrap())),
+                group_info: Payload::default(),
             };
             let now = net.now_ms;
             let frames =
@@ -1695,6 +1696,7 @@ mod mallory {
                 added: BoundedVec(devices.to_vec()),
                 removed: BoundedVec(Vec::new()),
                 welcome: Some(Payload(welcome.to_bytes().unwrap())),
+                group_info: Payload::default(),
             };
             let now = net.now_ms;
             let frames =

@@ -436,7 +436,13 @@ impl Relay {
 
     /// Creates `group` at the relay with `creator` as its only member (a member driven by
     /// bare openmls in tests).
+    ///
+    /// Such a group has no public MLS state at the relay, and the hostile posts that follow
+    /// ([`Relay::post_raw`]) are bytes a validating relay would refuse: this turns the
+    /// relay's handshake validation off, as these tests are about the clients' own defences
+    /// (against a relay that does not validate, or a member it could not judge).
     pub fn create_group_raw(&mut self, group: GroupId, creator: DeviceId) {
+        self.sim.set_validate_handshakes(false);
         self.store()
             .create_group(group, creator)
             .expect("create the group");
@@ -467,6 +473,7 @@ impl Relay {
             kind,
             payload,
             now_ms,
+            public_state: None,
         });
         self.count();
         assert!(
@@ -501,6 +508,7 @@ impl Relay {
             kind: PostKind::Application,
             payload,
             now_ms,
+            public_state: None,
         });
         self.count();
         assert!(
