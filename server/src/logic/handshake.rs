@@ -209,9 +209,9 @@ impl Handshakes {
     /// Checks a post before the store sees it. Application messages (and every post when
     /// validation is off) pass unparsed (`None`). A commit is validated as the module says
     /// and its next state returned, to store with it ([`NewPost::public_state`]) and then
-    /// hand to [`Handshakes::stored`]. A commit for another epoch than the group's current
-    /// one, or by a non-member, is refused with the store's own error (`StaleEpoch`,
-    /// `NotMember`) before any MLS work, as the store would refuse it.
+    /// hand to [`Handshakes::stored`]. A commit by a non-member is refused `NotMember`, and
+    /// one for another epoch than the group's current one passes unparsed (`None`) for the
+    /// store to refuse with `StaleEpoch`, before any MLS work, as without validation.
     pub fn check_post(
         &self,
         store: &dyn RelayStore,
@@ -234,13 +234,25 @@ impl Handshakes {
                 rebuild(&state)?
             }
         };
-        let current = tracked.group.group_context().epoch().as_u64();
-        if post.epoch != Epoch(current) {
+        let current = Epoch(tracked.group.group_context().epoch().as_u64());
+        if post.epoch != current {
             keep(&mut groups, post.group, tracked);
-            return Err(StoreError::StaleEpoch {
-                current: Epoch(current),
-            }
-            .into());
+            drop(groups);
+            // Not this epoch: the store refuses it (`StaleEpoch`) by its own rule, as
+            // without validation. Its epoch is the public state's (both change in one
+            // transaction); were they ever out of step, the commit is refused here.
+            let stored = store
+                .groups_of(post.sender)?
+                .into_iter()
+                .find(|g| g.group == post.group)
+                .map(|g| g.epoch);
+            return match stored {
+                Some(epoch) if epoch == post.epoch => Err(HandshakeError::Internal(format!(
+                    "public state at epoch {current}, store at {epoch}"
+                ))
+                .into()),
+                _ => Ok(None),
+            };
         }
         drop(groups);
         match validate_commit(store, &tracked, post, group_info.as_bytes()) {

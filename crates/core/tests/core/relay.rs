@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cove_core::cove_store::Store;
 use cove_core::{Client, Event, Output};
-use cove_server::store::{Appended, MemoryStore, NewPost, RelayStore, Stock, StoreError};
+use cove_server::store::{
+    Appended, MemoryStore, NewPost, PublicGroupState, RelayStore, Stock, StoreError,
+};
 use cove_test_utils::sim;
 use cove_wire::limits::MAX_FETCH_ENTRIES;
 use cove_wire::{
@@ -96,8 +98,16 @@ impl RelayStore for Counting {
     fn key_package_stock(&self, device: DeviceId) -> Result<Stock, StoreError> {
         self.inner.key_package_stock(device)
     }
-    fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
-        self.inner.create_group(group, creator)
+    fn create_group_with_state(
+        &self,
+        group: GroupId,
+        creator: DeviceId,
+        state: Option<PublicGroupState>,
+    ) -> Result<(), StoreError> {
+        self.inner.create_group_with_state(group, creator, state)
+    }
+    fn public_state(&self, group: GroupId) -> Result<Option<PublicGroupState>, StoreError> {
+        self.inner.public_state(group)
     }
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {
         self.inner.is_member(group, device)
