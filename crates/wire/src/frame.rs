@@ -160,6 +160,14 @@ pub enum Request {
     /// with [`Reply::OwnDevices`]. There is no way to ask this of another user: last-seen
     /// times never leave the relay for anyone but the devices' own user.
     ListOwnDevices,
+    /// Asks for a group's latest public MLS state (members only; appended): answered with
+    /// [`Reply::GroupState`]. A member that cannot process a logged commit rejoins from it
+    /// by an external commit. `NotMember`; `InvalidRequest` if the relay keeps no state for
+    /// the group; `TooLarge` if it does not fit a frame.
+    FetchGroupState {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -322,6 +330,15 @@ pub enum Reply {
     OwnDevices {
         /// The devices.
         devices: BoundedVec<OwnDevice>,
+    },
+    /// A group's latest public MLS state (answer to `FetchGroupState`; appended).
+    GroupState {
+        /// The group.
+        group: GroupId,
+        /// The latest GroupInfo (MLSMessage encoding), signed by the last committer.
+        group_info: Payload,
+        /// The ratchet tree of the same epoch (TLS encoding).
+        tree: Payload,
     },
 }
 

@@ -13,8 +13,11 @@
 //!   user, with the registered key as signature key); and the GroupInfo it carries must be of
 //!   the epoch it starts, carry an `external_pub`, be signed by the committer, and rebuild
 //!   the very state the relay merged (same confirmation tag and group context);
-//! - proposals are not accepted on their own (clients commit them inline), and neither are
-//!   external commits (not built yet);
+//! - an external commit is accepted only as a member's rejoin: its joiner leaf is the
+//!   posting device (a current member, with its registered key), it adds no one and removes
+//!   at most that device's own old leaves, and its lists are empty (membership does not
+//!   change); members fetch the state to rejoin from with `FetchGroupState`;
+//! - proposals are not accepted on their own (clients commit them inline);
 //! - application messages are not parsed (the fan-out hot path).
 //!
 //! The relay cannot check what needs the group's secrets (membership tag, confirmation tag,
@@ -60,8 +63,9 @@ pub enum HandshakeError {
     /// A standalone proposal: not accepted (commit proposals inline).
     #[error("standalone proposals are not accepted; commit them inline")]
     Proposal,
-    /// An external commit (a joiner's): not accepted.
-    #[error("external commits are not accepted")]
+    /// An external commit that is not the posting member rejoining (it adds someone, or
+    /// removes another device's leaf).
+    #[error("an external commit may only rejoin the posting device, removing only its own old leaves")]
     External,
     /// openmls refused the commit (signature, epoch, sender, proposals).
     #[error("the commit does not verify: {0}")]
@@ -342,42 +346,67 @@ fn validate_commit(
     let processed = pg
         .process_message(crypto, message)
         .map_err(|e| HandshakeError::Refused(e.to_string()))?;
-    let committer_index = match processed.sender() {
-        Sender::Member(i) => *i,
-        Sender::NewMemberCommit => return Err(HandshakeError::External),
-        _ => return Err(HandshakeError::NotPoster),
-    };
+    let sender = processed.sender().clone();
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         return Err(HandshakeError::NotCommit);
     };
-    let committer = pg.leaf(committer_index).ok_or(HandshakeError::NotPoster)?;
-    if registered_device(store, committer)? != post.sender {
+    // The leaf that signs the GroupInfo: the committer's after the commit (an update path
+    // may replace it), which must be the posting device with its registered key.
+    let signer: LeafNode = match sender {
+        Sender::Member(index) => {
+            let committer = pg.leaf(index).ok_or(HandshakeError::NotPoster)?;
+            if registered_device(store, committer)? != post.sender {
+                return Err(HandshakeError::NotPoster);
+            }
+            let mut derived_added = Vec::new();
+            for add in staged.add_proposals() {
+                let leaf = add.add_proposal().key_package().leaf_node();
+                derived_added.push(registered_device(store, leaf)?);
+            }
+            let mut derived_removed = Vec::new();
+            for remove in staged.remove_proposals() {
+                // The leaf as it is before the merge.
+                let leaf = pg
+                    .leaf(remove.remove_proposal().removed())
+                    .ok_or(HandshakeError::RemovedMismatch)?;
+                derived_removed.push(credential_device(leaf.credential())?.1);
+            }
+            if !same_set(derived_added, added) {
+                return Err(HandshakeError::AddedMismatch);
+            }
+            if !same_set(derived_removed, removed) {
+                return Err(HandshakeError::RemovedMismatch);
+            }
+            staged.update_path_leaf_node().unwrap_or(committer).clone()
+        }
+        // A rejoin: a member that lost its group state joins again from the relay's
+        // GroupInfo. openmls authorizes no external commit (RFC 9420 12.4.3.2), so the
+        // relay does: the joiner is the posting device (a member, checked before), it adds
+        // no one, and it removes at most its own old leaves; membership does not change.
+        Sender::NewMemberCommit => {
+            let joiner = staged
+                .update_path_leaf_node()
+                .ok_or(HandshakeError::External)?;
+            if staged.add_proposals().next().is_some() {
+                return Err(HandshakeError::External);
+            }
+            for remove in staged.remove_proposals() {
+                let leaf = pg
+                    .leaf(remove.remove_proposal().removed())
+                    .ok_or(HandshakeError::External)?;
+                if credential_device(leaf.credential())?.1 != post.sender {
+                    return Err(HandshakeError::External);
+                }
+            }
+            if !added.is_empty() || !removed.is_empty() {
+                return Err(HandshakeError::RemovedMismatch);
+            }
+            joiner.clone()
+        }
+        _ => return Err(HandshakeError::NotPoster),
+    };
+    if registered_device(store, &signer)? != post.sender {
         return Err(HandshakeError::NotPoster);
-    }
-    // The committer's leaf after the commit (an update path may replace it) signs the
-    // GroupInfo, and must still be the posting device with its registered key.
-    let signer = staged.update_path_leaf_node().unwrap_or(committer);
-    if registered_device(store, signer)? != post.sender {
-        return Err(HandshakeError::NotPoster);
-    }
-    let mut derived_added = Vec::new();
-    for add in staged.add_proposals() {
-        let leaf = add.add_proposal().key_package().leaf_node();
-        derived_added.push(registered_device(store, leaf)?);
-    }
-    let mut derived_removed = Vec::new();
-    for remove in staged.remove_proposals() {
-        // The leaf as it is before the merge.
-        let leaf = pg
-            .leaf(remove.remove_proposal().removed())
-            .ok_or(HandshakeError::RemovedMismatch)?;
-        derived_removed.push(credential_device(leaf.credential())?.1);
-    }
-    if !same_set(derived_added, added) {
-        return Err(HandshakeError::AddedMismatch);
-    }
-    if !same_set(derived_removed, removed) {
-        return Err(HandshakeError::RemovedMismatch);
     }
     let vgi = verifiable_group_info(group_info)?;
     if vgi.group_context() != staged.group_context() {

@@ -109,6 +109,26 @@ pub fn request(
                 .map_err(stored)?;
             Ok(Reply::GroupCreated)
         }
+        Request::FetchGroupState { group } => {
+            if !store.is_member(group, device).map_err(stored)? {
+                return Err(stored(StoreError::NotMember));
+            }
+            let state = store
+                .public_state(group)
+                .map_err(stored)?
+                .ok_or_else(|| invalid("the relay keeps no public MLS state for this group"))?;
+            if state.group_info.len() + state.tree.len() + ENTRY_OVERHEAD_BYTES > MAX_FRAME_BYTES {
+                return Err(ErrorReply::new(
+                    ErrorCode::TooLarge,
+                    "the group's state does not fit a frame",
+                ));
+            }
+            Ok(Reply::GroupState {
+                group,
+                group_info: Payload(state.group_info),
+                tree: Payload(state.tree),
+            })
+        }
         Request::Fetch {
             group,
             after,

@@ -11,11 +11,11 @@ use cove_wire::{
 use openmls::messages::group_info::GroupInfo;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, LeafNodeIndex,
+    BasicCredential, Ciphersuite, ContentType, CredentialWithKey, KeyPackage, LeafNodeIndex,
     MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
     MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, OpenMlsProvider as _,
     PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, SignatureScheme, StagedWelcome,
-    GroupId as MlsGroupId, WireFormatPolicy,
+    GroupId as MlsGroupId, RatchetTreeIn, WireFormatPolicy,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -237,11 +237,13 @@ impl Member {
         self.mls = Some(staged.into_group(&self.provider).unwrap());
     }
 
-    /// Reads the next entry of `group` and processes it as a commit (merging it).
+    /// Reads the next entry of `group` another device posted and processes it as a commit
+    /// (merging it).
     async fn apply_next_commit(&mut self, group: GroupId) -> Seq {
+        let me = self.keys.id();
         let entry = loop {
             match self.client.next_delivery().await.unwrap() {
-                Delivery::Group(e) if e.group == group => break e,
+                Delivery::Group(e) if e.group == group && e.sender != me => break e,
                 _ => {}
             }
         };
@@ -625,4 +627,161 @@ async fn the_relay_store_holds_no_secret() {
         assert!(!contains(&disk, secret), "secret {i} is in the relay's files");
     }
     let _ = bob;
+}
+
+impl Member {
+    /// Fetches the group's public state from the relay: (GroupInfo, tree).
+    async fn fetch_state(&mut self, group: GroupId) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
+        match self.client.call(Request::FetchGroupState { group }).await? {
+            Reply::GroupState {
+                group: g,
+                group_info,
+                tree,
+            } if g == group => Ok((group_info.0, tree.0)),
+            other => panic!("expected GroupState: {other:?}"),
+        }
+    }
+
+    /// Joins `group` by an external commit from the relay's state, signing with `signer`
+    /// (this device's key, or another to forge), with `provider`'s storage; returns the
+    /// group (already merged, as openmls does) and the commit to post.
+    fn external_commit(
+        &self,
+        provider: &OpenMlsRustCrypto,
+        signer: &SignatureKeyPair,
+        state: &(Vec<u8>, Vec<u8>),
+    ) -> (MlsGroup, Commit) {
+        let message = MlsMessageIn::tls_deserialize_exact(&state.0).unwrap();
+        let MlsMessageBodyIn::GroupInfo(vgi) = message.extract() else {
+            panic!("not a GroupInfo");
+        };
+        let epoch = Epoch(vgi.epoch().as_u64());
+        let tree = RatchetTreeIn::tls_deserialize_exact(&state.1).unwrap();
+        let config = MlsGroupJoinConfig::builder()
+            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(true)
+            .build();
+        let mut credential = self.credential();
+        credential.signature_key = signer.public().to_vec().into();
+        let (mls, bundle) = MlsGroup::external_commit_builder()
+            .with_config(config)
+            .with_ratchet_tree(tree)
+            .build_group(provider, vgi, credential)
+            .unwrap()
+            .load_psks(provider.storage())
+            .unwrap()
+            .create_group_info(true)
+            .build(provider.rand(), provider.crypto(), signer, |_| true)
+            .unwrap()
+            .finalize(provider)
+            .unwrap();
+        let gi: GroupInfo = bundle.group_info().cloned().unwrap();
+        let commit = Commit {
+            payload: bundle.commit().to_bytes().unwrap(),
+            welcome: None,
+            group_info: MlsMessageOut::from(gi).to_bytes().unwrap(),
+            epoch,
+        };
+        (mls, commit)
+    }
+
+    /// Encrypts `text` and posts it as an application message.
+    async fn send_text(&mut self, group: GroupId, text: &[u8]) -> Seq {
+        let provider = &self.provider;
+        let mls = self.mls.as_mut().unwrap();
+        let epoch = Epoch(mls.epoch().as_u64());
+        let message = mls
+            .create_message(provider, &self.signer, text)
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        self.client.post_app(group, epoch, &message).await.unwrap()
+    }
+
+    /// Reads this group's entries up to the next application message another device sent
+    /// (commits before it, e.g. ones this device no longer holds the epoch of, are passed
+    /// over) and decrypts it.
+    async fn receive_text(&mut self, group: GroupId) -> Vec<u8> {
+        let me = self.keys.id();
+        let (entry, message) = loop {
+            let Delivery::Group(e) = self.client.next_delivery().await.unwrap() else {
+                continue;
+            };
+            if e.group != group || e.sender == me {
+                continue;
+            }
+            let message = MlsMessageIn::tls_deserialize_exact(e.payload.as_bytes())
+                .unwrap()
+                .try_into_protocol_message()
+                .unwrap();
+            if message.content_type() == ContentType::Application {
+                break (e, message);
+            }
+        };
+        let provider = &self.provider;
+        let mls = self.mls.as_mut().unwrap();
+        let processed = mls.process_message(provider, message).unwrap();
+        let ProcessedMessageContent::ApplicationMessage(m) = processed.into_content() else {
+            panic!("entry {} is not an application message", entry.seq);
+        };
+        m.into_bytes()
+    }
+}
+
+/// A member that lost its group state (so it cannot process the commits in the log) asks
+/// the relay for the group's public state and rejoins by an external commit: the relay takes
+/// it (the joiner is the posting member's device with its registered key, removing only its
+/// own old leaf), the other member processes it, both agree on the epoch, and messages
+/// flow both ways. A non-member cannot read the state; an external commit whose joiner
+/// leaf has another key than the device's, or posted by another member, is refused
+/// `InvalidCommit`.
+#[tokio::test]
+async fn a_member_rejoins_by_an_external_commit_from_the_relays_state() {
+    let relay = validating_relay().await;
+    let (mut alice, mut bob, group) = alice_and_bob(&relay).await;
+    let mut eve = Member::new(relay.connect().await.unwrap(), "eve").await;
+    // Alice moves the group on; bob has lost his state and cannot follow.
+    let update = alice.update();
+    alice.post(group, &update, &[], &[]).await.unwrap();
+    alice.merge();
+    let provider = &bob.provider;
+    bob.mls.take().unwrap().delete(provider.storage()).unwrap();
+
+    assert_eq!(
+        eve.fetch_state(group).await.unwrap_err().code(),
+        Some(ErrorCode::NotMember)
+    );
+    let state = bob.fetch_state(group).await.unwrap();
+
+    // Another signature key under bob's credential: not his device's key.
+    let forged_signer = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+    let (_, forged) = bob.external_commit(&OpenMlsRustCrypto::default(), &forged_signer, &state);
+    assert_eq!(
+        refused(bob.post(group, &forged, &[], &[]).await),
+        ErrorCode::InvalidCommit
+    );
+    // Bob's real rejoin, posted by alice (not the joiner) or with a list: refused.
+    let (mls, rejoin) = bob.external_commit(&bob.provider, &bob.signer, &state);
+    assert_eq!(rejoin.epoch, Epoch(2));
+    assert_eq!(
+        refused(alice.post(group, &rejoin, &[], &[]).await),
+        ErrorCode::InvalidCommit
+    );
+    assert_eq!(
+        refused(bob.post(group, &rejoin, &[], &[bob.keys.id()]).await),
+        ErrorCode::InvalidCommit
+    );
+    let seq = bob.post(group, &rejoin, &[], &[]).await.unwrap();
+    bob.mls = Some(mls);
+    assert_eq!(alice.apply_next_commit(group).await, seq);
+    assert_eq!(
+        alice.mls().epoch_authenticator().as_slice(),
+        bob.mls().epoch_authenticator().as_slice()
+    );
+    assert_eq!(alice.mls().members().count(), 2, "bob's old leaf is gone");
+
+    alice.send_text(group, b"welcome back").await;
+    assert_eq!(bob.receive_text(group).await, b"welcome back");
+    bob.send_text(group, b"thanks").await;
+    assert_eq!(alice.receive_text(group).await, b"thanks");
 }

@@ -619,6 +619,23 @@ pub fn generated() -> Vec<Case> {
         ),
     );
     add(
+        Client,
+        "ok-fetch-group-state",
+        client(13, Request::FetchGroupState { group: group() }),
+    );
+    add(
+        Server,
+        "ok-response-group-state",
+        enc(&ServerFrame::Response {
+            id: RequestId(13),
+            result: Ok(Reply::GroupState {
+                group: group(),
+                group_info: Payload::from(&b"group info"[..]),
+                tree: Payload::from(&b"ratchet tree"[..]),
+            }),
+        }),
+    );
+    add(
         Server,
         "ok-response-devices",
         enc(&ServerFrame::Response {
