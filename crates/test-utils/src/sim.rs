@@ -325,7 +325,10 @@ mod tests {
     #[test]
     fn posts_reach_online_members_and_the_backlog_of_offline_ones() {
         // Placeholder MLS bytes: this is about routing, so handshake validation is off.
-        let mut relay = Relay::configured(Arc::new(MemoryStore::new()), false);
+        let mut relay = Relay::configured(
+            std::sync::Arc::new(cove_server::store::MemoryStore::new()),
+            false,
+        );
         let mut alice = DeviceKeys::generate("alice");
         let mut bob = DeviceKeys::generate("bob");
         register(&mut relay, 0, &mut alice);

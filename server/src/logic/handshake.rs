@@ -65,7 +65,9 @@ pub enum HandshakeError {
     Proposal,
     /// An external commit that is not the posting member rejoining (it adds someone, or
     /// removes another device's leaf).
-    #[error("an external commit may only rejoin the posting device, removing only its own old leaves")]
+    #[error(
+        "an external commit may only rejoin the posting device, removing only its own old leaves"
+    )]
     External,
     /// openmls refused the commit (signature, epoch, sender, proposals).
     #[error("the commit does not verify: {0}")]
@@ -234,7 +236,9 @@ impl Handshakes {
         let tracked = match groups.remove(&post.group) {
             Some(tracked) => tracked,
             None => {
-                let state = store.public_state(post.group)?.ok_or(HandshakeError::NoState)?;
+                let state = store
+                    .public_state(post.group)?
+                    .ok_or(HandshakeError::NoState)?;
                 rebuild(&state)?
             }
         };
@@ -261,7 +265,7 @@ impl Handshakes {
         drop(groups);
         match validate_commit(store, &tracked, post, group_info.as_bytes()) {
             Ok(staged) => {
-                let prepared = merge(post.group, tracked, staged, group_info.as_bytes())?;
+                let prepared = merge(post.group, tracked, *staged, group_info.as_bytes())?;
                 Ok(Some(prepared))
             }
             Err(e) => {
@@ -410,7 +414,9 @@ fn validate_commit(
     }
     let vgi = verifiable_group_info(group_info)?;
     if vgi.group_context() != staged.group_context() {
-        return Err(HandshakeError::GroupInfo("is not of the epoch the commit starts"));
+        return Err(HandshakeError::GroupInfo(
+            "is not of the epoch the commit starts",
+        ));
     }
     if vgi.extensions().external_pub().is_none() {
         return Err(HandshakeError::GroupInfo("has no external_pub extension"));
@@ -430,12 +436,12 @@ fn validate_commit(
 fn merge(
     group: GroupId,
     mut tracked: Tracked,
-    staged: Box<openmls::prelude::StagedCommit>,
+    staged: openmls::prelude::StagedCommit,
     group_info: &[u8],
 ) -> Result<Prepared, HandshakeError> {
     tracked
         .group
-        .merge_commit(tracked.provider.storage(), *staged)
+        .merge_commit(tracked.provider.storage(), staged)
         .map_err(|e| HandshakeError::Internal(e.to_string()))?;
     let tree = tracked
         .group
@@ -518,10 +524,17 @@ mod tests {
     /// The credential parser accepts exactly `cove:<user>:<decimal id>`.
     #[test]
     fn credentials_parse_only_in_the_cove_format() {
-        let parse = |s: &str| credential_device(&BasicCredential::new(s.as_bytes().to_vec()).into());
+        let parse =
+            |s: &str| credential_device(&BasicCredential::new(s.as_bytes().to_vec()).into());
         let (user, device) = parse("cove:alice:7").unwrap();
         assert_eq!((user.as_str(), device), ("alice", DeviceId(7)));
-        for bad in ["alice:7", "cove:alice", "cove:alice:x", "cove::7", "cove:alice:-1"] {
+        for bad in [
+            "alice:7",
+            "cove:alice",
+            "cove:alice:x",
+            "cove::7",
+            "cove:alice:-1",
+        ] {
             assert!(
                 matches!(parse(bad), Err(HandshakeError::Credential(_))),
                 "{bad}"

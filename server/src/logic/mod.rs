@@ -247,13 +247,7 @@ impl Connection {
             Route::TurnCredentials(_) => (Answer::reply(no_turn()), None),
             Route::Link(_) => (Answer::reply(no_link()), None),
             Route::Request(device, body) => (
-                Answer::reply(request(
-                    store,
-                    handshakes,
-                    device,
-                    body,
-                    DEFAULT_READ_BYTES,
-                )),
+                Answer::reply(request(store, handshakes, device, body, DEFAULT_READ_BYTES)),
                 None,
             ),
         };

@@ -96,13 +96,7 @@ pub fn request(
                 return Err(stored(StoreError::GroupExists));
             }
             let state = handshakes
-                .check_create(
-                    store,
-                    group,
-                    device,
-                    group_info.as_bytes(),
-                    tree.as_bytes(),
-                )
+                .check_create(store, group, device, group_info.as_bytes(), tree.as_bytes())
                 .map_err(|e| e.reply())?;
             store
                 .create_group_with_state(group, device, state)

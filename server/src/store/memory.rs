@@ -13,8 +13,8 @@ use cove_wire::{
 
 use super::rules::{self, GroupState};
 use super::{
-    Appended, NewPost, PublicGroupState, RelayStore, Stock, StoreError, Welcome,
-    check_list_append, revoked_keys,
+    Appended, NewPost, PublicGroupState, RelayStore, Stock, StoreError, Welcome, check_list_append,
+    revoked_keys,
 };
 
 /// The in-memory relay store. Same semantics as the SQLite one, minus durability.

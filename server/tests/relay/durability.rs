@@ -29,7 +29,10 @@ async fn kill_9_and_restart_lose_no_acknowledged_post() {
     bob_client.close().await;
     let group = alice.create().await;
     let add = alice.add(&[bob_kp]);
-    alice.post(group, &add, &[bob_keys.id()], &[]).await.unwrap();
+    alice
+        .post(group, &add, &[bob_keys.id()], &[])
+        .await
+        .unwrap();
     alice.merge();
     let (mut alice, alice_keys) = (alice.client, alice.keys);
 

@@ -11,11 +11,11 @@ use cove_wire::{
 use openmls::messages::group_info::GroupInfo;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, Ciphersuite, ContentType, CredentialWithKey, KeyPackage, LeafNodeIndex,
-    MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
-    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, OpenMlsProvider as _,
-    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, SignatureScheme, StagedWelcome,
-    GroupId as MlsGroupId, RatchetTreeIn, WireFormatPolicy,
+    BasicCredential, Ciphersuite, ContentType, CredentialWithKey, GroupId as MlsGroupId,
+    KeyPackage, LeafNodeIndex, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig,
+    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, OpenMlsProvider as _,
+    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, RatchetTreeIn, SignatureScheme,
+    StagedWelcome, WireFormatPolicy,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -205,7 +205,11 @@ impl Member {
     /// Merges this member's own pending commit (the relay took it).
     pub fn merge(&mut self) {
         let provider = &self.provider;
-        self.mls.as_mut().unwrap().merge_pending_commit(provider).unwrap();
+        self.mls
+            .as_mut()
+            .unwrap()
+            .merge_pending_commit(provider)
+            .unwrap();
     }
 
     /// Drops this member's own pending commit (the relay refused it).
@@ -233,7 +237,8 @@ impl Member {
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(true)
             .build();
-        let staged = StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None).unwrap();
+        let staged =
+            StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None).unwrap();
         self.mls = Some(staged.into_group(&self.provider).unwrap());
     }
 
@@ -290,7 +295,10 @@ async fn alice_and_bob(relay: &TestRelay) -> (Member, Member, GroupId) {
     let group = alice.create().await;
     let kp = bob.key_package();
     let add = alice.add(&[kp]);
-    alice.post(group, &add, &[bob.keys.id()], &[]).await.unwrap();
+    alice
+        .post(group, &add, &[bob.keys.id()], &[])
+        .await
+        .unwrap();
     alice.merge();
     bob.join().await;
     (alice, bob, group)
@@ -530,7 +538,10 @@ async fn validation_survives_a_relay_restart() {
     let mut bob = Member::new(connect().await.unwrap(), "bob").await;
     let group = alice.create().await;
     let add = alice.add(&[bob.key_package()]);
-    alice.post(group, &add, &[bob.keys.id()], &[]).await.unwrap();
+    alice
+        .post(group, &add, &[bob.keys.id()], &[])
+        .await
+        .unwrap();
     alice.merge();
     bob.join().await;
     let update = alice.update();
@@ -585,7 +596,10 @@ async fn the_relay_store_holds_no_secret() {
     fn record(m: &Member, secrets: &mut Vec<Vec<u8>>) {
         let mls = m.mls.as_ref().unwrap();
         secrets.push(mls.epoch_authenticator().as_slice().to_vec());
-        secrets.push(mls.export_secret(m.provider.crypto(), "cove test", b"", 32).unwrap());
+        secrets.push(
+            mls.export_secret(m.provider.crypto(), "cove test", b"", 32)
+                .unwrap(),
+        );
     }
     record(&alice, &mut secrets);
     let update = alice.update();
@@ -621,10 +635,20 @@ async fn the_relay_store_holds_no_secret() {
     }
     let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
     // The search can find: the tree's bytes, which the store keeps, are on disk.
-    let tree = alice.mls().export_ratchet_tree().tls_serialize_detached().unwrap();
-    assert!(contains(&disk, &tree[..64]), "the public state is not where it was looked for");
+    let tree = alice
+        .mls()
+        .export_ratchet_tree()
+        .tls_serialize_detached()
+        .unwrap();
+    assert!(
+        contains(&disk, &tree[..64]),
+        "the public state is not where it was looked for"
+    );
     for (i, secret) in secrets.iter().enumerate() {
-        assert!(!contains(&disk, secret), "secret {i} is in the relay's files");
+        assert!(
+            !contains(&disk, secret),
+            "secret {i} is in the relay's files"
+        );
     }
     let _ = bob;
 }

@@ -1694,7 +1694,8 @@ mod mallory {
             assert_eq!(kps.len(), devices.len(), "a KeyPackage for every device");
             let mls = self.group.as_mut().unwrap();
             let group = GroupId(mls.group_id().as_slice().try_into().unwrap());
-            let (commit, welcome, gi) = mls.add_members(&self.provider, &self.signer, &kps).unwrap();
+            let (commit, welcome, gi) =
+                mls.add_members(&self.provider, &self.signer, &kps).unwrap();
             mls.merge_pending_commit(&self.provider).unwrap();
             let kind = PostKind::Commit {
                 added: BoundedVec(devices.to_vec()),
