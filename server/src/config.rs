@@ -41,6 +41,10 @@ pub struct RelayConfig {
     /// link-local, multicast or the relay's own addresses) and its allocation caps per
     /// credential and per user.
     pub turn_peers: cove_turn::PeerPolicy,
+    /// Validate every MLS handshake against the group's public state (`logic/handshake.rs`):
+    /// on by default and always on from the config file. Only tests that post placeholder
+    /// MLS bytes (about storage, backlog or fan-out) turn it off.
+    pub validate_handshakes: bool,
 }
 
 impl RelayConfig {
@@ -56,6 +60,7 @@ impl RelayConfig {
             turn_listen: None,
             turn_credential_ttl: crate::turn::CREDENTIAL_TTL,
             turn_peers: cove_turn::PeerPolicy::default(),
+            validate_handshakes: true,
         }
     }
 }
@@ -511,6 +516,7 @@ impl ConfigFile {
             listen,
             data_dir: self.data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             tls,
+            validate_handshakes: true,
             store: self.store.unwrap_or(StoreKind::Sqlite),
             limits: self.limits,
             blob: BlobConfig {

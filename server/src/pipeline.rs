@@ -2,9 +2,10 @@
 //! decides each post's reply and recipients; the pipeline batches, encodes and delivers.
 //!
 //! Connections hand posts to one writer thread through a channel. The thread takes
-//! everything queued (up to `post_batch_max`), appends it with one
-//! [`RelayStore::append_batch`] call (group commit: one transaction, one sync for the whole
-//! batch), and encodes each post's reply and each accepted entry's `Deliver` frame once.
+//! everything queued (up to `post_batch_max`), appends it with [`logic::append_posts`] (one
+//! [`RelayStore::append_batch`] call for application messages, group commit: one
+//! transaction, one sync for the whole batch; each handshake validated and appended on its
+//! own), and encodes each post's reply and each accepted entry's `Deliver` frame once.
 //! It hands the batch to one fan-out task on the async runtime (one cross-thread wake-up per
 //! batch), which answers each poster with `Posted { seq }` (the post is durable by then) and
 //! pushes the same `Bytes` to every online recipient's queue. One thread appends and one task
@@ -29,9 +30,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, error, warn};
 
 use crate::hub::{CloseReason, Hub, Outbox};
-use crate::logic::{self, Fanout, PostOutcome, QuotaLimits, Quotas};
+use crate::logic::{self, Fanout, Handshakes, PostError, PostOutcome, QuotaLimits, Quotas};
 use crate::reply::{encode_frame, response};
-use crate::store::{Appended, NewPost, RelayStore, StoreError, Welcome};
+use crate::store::{Appended, NewPost, RelayStore, Welcome};
 
 /// Fixed per-post overhead counted against the byte budget besides the payload.
 const POST_OVERHEAD_BYTES: usize = 256;
@@ -59,6 +60,7 @@ impl Pipeline {
     /// Starts the writer thread.
     pub fn start(
         store: Arc<dyn RelayStore>,
+        handshakes: Arc<Handshakes>,
         hub: Arc<Hub>,
         budget_bytes: usize,
         batch_max: usize,
@@ -68,7 +70,7 @@ impl Pipeline {
         let (done, done_rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("cove-post-writer".into())
-            .spawn(move || writer_thread(store, rx, done, batch_max.max(1), quotas))?;
+            .spawn(move || writer_thread(store, &handshakes, rx, done, batch_max.max(1), quotas))?;
         tokio::spawn(fanout_task(hub, done_rx));
         let budget_bytes = budget_bytes.min(Semaphore::MAX_PERMITS);
         let budget = Arc::new(Semaphore::new(budget_bytes));
@@ -99,6 +101,7 @@ impl Pipeline {
 
 fn writer_thread(
     store: Arc<dyn RelayStore>,
+    handshakes: &Handshakes,
     mut rx: mpsc::UnboundedReceiver<PostJob>,
     done: mpsc::UnboundedSender<Vec<Outcome>>,
     batch_max: usize,
@@ -143,12 +146,14 @@ fn writer_thread(
         }
         let (posts, reply_to): (Vec<NewPost>, Vec<_>) = posts.into_iter().unzip();
         let count = posts.len();
+        // Handshakes are validated here, one at a time in post order: validation, append
+        // and merge of a group's commit never race another commit of the group.
         let results = if count == 0 {
             Vec::new()
         } else {
-            store.append_batch(posts)
+            logic::append_posts(store.as_ref(), handshakes, posts)
         };
-        let results: Vec<Result<Appended, StoreError>> = if results.len() == count {
+        let results: Vec<Result<Appended, PostError>> = if results.len() == count {
             debug!(batch = count, "appended post batch");
             results
         } else {
@@ -157,7 +162,9 @@ fn writer_thread(
                 got = results.len(),
                 "store returned a wrong number of results"
             );
-            (0..count).map(|_| Err(logic::wrong_count())).collect()
+            (0..count)
+                .map(|_| Err(logic::wrong_count().into()))
+                .collect()
         };
         for (((slot, ticket, now_ms), r), result) in admitted.into_iter().zip(reply_to).zip(results)
         {
@@ -199,7 +206,7 @@ struct Accepted {
 
 fn outcome(
     (request, reply_to, permit): (RequestId, Arc<Outbox>, OwnedSemaphorePermit),
-    result: Result<Appended, StoreError>,
+    result: Result<Appended, PostError>,
 ) -> Outcome {
     // The core decides the reply and who gets what; this encodes each frame once.
     let PostOutcome { reply, fanout } = logic::posted(result);

@@ -90,6 +90,7 @@ impl Relay {
             turn_listen,
             turn_credential_ttl,
             turn_peers,
+            validate_handshakes,
         } = config;
         std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
@@ -129,8 +130,10 @@ impl Relay {
                 target_claim_burst: f64::from(limits.target_claim_burst),
             },
         ));
+        let handshakes = Arc::new(crate::logic::Handshakes::new(validate_handshakes));
         let (pipeline, writer) = Pipeline::start(
             Arc::clone(&store),
+            Arc::clone(&handshakes),
             Arc::clone(&hub),
             limits.post_queue_bytes,
             limits.post_batch_max,
@@ -167,6 +170,7 @@ impl Relay {
         ));
         let shared = Arc::new(Shared {
             store,
+            handshakes,
             hub: Arc::clone(&hub),
             pipeline,
             acks,

@@ -18,6 +18,8 @@ use crate::store::{RelayStore, StoreError};
 /// State shared by every connection.
 pub(crate) struct Shared {
     pub store: Arc<dyn RelayStore>,
+    /// Handshake validation (the public MLS state of groups).
+    pub handshakes: Arc<crate::logic::Handshakes>,
     pub hub: Arc<Hub>,
     pub pipeline: Pipeline,
     pub acks: AckLane,

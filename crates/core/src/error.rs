@@ -210,6 +210,9 @@ pub enum CommitBuildError {
     /// The commit or Welcome could not be encoded.
     #[error("{0}")]
     Encode(#[from] MlsMessageError),
+    /// openmls made no GroupInfo for the commit (the relay needs one with every commit).
+    #[error("the commit has no GroupInfo")]
+    NoGroupInfo,
 }
 
 /// Why the MLS step of a command failed on this device ([`crate::OpError::Mls`]).
@@ -233,6 +236,18 @@ pub enum MlsStepError {
     /// openmls refused the certificate extension for the creator's leaf.
     #[error("{0}")]
     LeafNode(#[from] openmls::treesync::errors::LeafNodeValidationError),
+    /// The new group's GroupInfo could not be made (for the relay's public state).
+    #[error("{0}")]
+    ExportGroupInfo(#[from] openmls::prelude::ExportGroupInfoError),
+    /// The new group's GroupInfo could not be encoded.
+    #[error("{0}")]
+    EncodeGroupInfo(#[from] MlsMessageError),
+    /// The new group's ratchet tree could not be encoded.
+    #[error("{0}")]
+    EncodeTree(#[from] openmls::prelude::tls_codec::Error),
+    /// The group's MLS state could not be stored or deleted.
+    #[error("{0}")]
+    Storage(#[from] StoreError),
 }
 
 /// Why a command no longer applies ([`crate::OpError::NotApplicable`]).

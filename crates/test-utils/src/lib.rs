@@ -120,6 +120,12 @@ impl DeviceKeys {
         DeviceKey(self.signing.verifying_key().to_bytes())
     }
 
+    /// The Ed25519 secret key (a test that signs MLS messages with the device's key, as
+    /// Cove devices do, builds its MLS signer from it).
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
     /// Signs a connection challenge.
     pub fn sign_challenge(&self, nonce: &[u8; 32]) -> Signature {
         let message =
@@ -203,12 +209,18 @@ impl TestRelay {
 
     /// A relay with the in-memory store and test limits, then whatever `configure` changes
     /// (e.g. a TURN server). Panics if it cannot start (test fixture).
+    ///
+    /// Handshake validation is OFF here: the wire-level [`TestClient`] posts placeholder MLS
+    /// bytes, and the tests using it are about storage, backlog and fan-out. Tests with real
+    /// MLS clients (the e2e suite, the relay's `validation` tests) turn it on in `configure`
+    /// (`config.validate_handshakes = true`), as every production relay has it.
     pub async fn configured(configure: impl FnOnce(&mut RelayConfig)) -> Self {
         #[allow(clippy::expect_used)]
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = RelayConfig::new(loopback(), dir.path());
         config.store = StoreKind::Memory;
         config.limits = test_limits();
+        config.validate_handshakes = false;
         configure(&mut config);
         #[allow(clippy::expect_used)]
         let handle = Relay::start(config).await.expect("relay starts");
@@ -581,9 +593,26 @@ impl TestClient {
         }
     }
 
-    /// Creates a group with this device as its first member.
+    /// Creates a group with this device as its first member, without MLS state (for a relay
+    /// that does not validate handshakes).
     pub async fn create_group(&mut self, group: GroupId) -> Result<(), ClientError> {
-        match self.call(Request::CreateGroup { group }).await? {
+        self.create_group_with(group, Vec::new(), Vec::new()).await
+    }
+
+    /// Creates a group with this device as its first member, with the creator's GroupInfo
+    /// and ratchet tree at epoch 0.
+    pub async fn create_group_with(
+        &mut self,
+        group: GroupId,
+        group_info: Vec<u8>,
+        tree: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let body = Request::CreateGroup {
+            group,
+            group_info: Payload(group_info),
+            tree: Payload(tree),
+        };
+        match self.call(body).await? {
             Reply::GroupCreated => Ok(()),
             other => Err(ClientError::Unexpected(format!(
                 "expected GroupCreated: {other:?}"
@@ -638,6 +667,7 @@ impl TestClient {
             added: added.into(),
             removed: removed.into(),
             welcome: welcome.map(Payload::from),
+            group_info: Payload::default(),
         };
         self.post(group, epoch, kind, payload).await
     }

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use cove_server::logic::{Backlog, BacklogStep, Connection, Fanout, PostOutcome};
+use cove_server::logic::{Backlog, BacklogStep, Connection, Fanout, Handshakes, PostOutcome};
 use cove_server::store::{MemoryStore, NewPost, RelayStore};
 use cove_wire::{ClientFrame, Delivery, DeviceId, ErrorCode, ServerFrame};
 
@@ -24,6 +24,8 @@ pub type Frames = Vec<(usize, ServerFrame)>;
 /// The relay core behind numbered connection slots.
 pub struct Relay {
     store: Arc<dyn RelayStore>,
+    /// Handshake validation, as the relay does it (on unless turned off).
+    handshakes: Handshakes,
     /// The open connections by slot.
     conns: BTreeMap<usize, Connection>,
     /// The slot of each authenticated device.
@@ -44,14 +46,27 @@ impl Relay {
         Relay::with_store(Arc::new(MemoryStore::new()))
     }
 
-    /// A relay over `store`.
+    /// A relay over `store`, validating handshakes as the relay does by default.
     pub fn with_store(store: Arc<dyn RelayStore>) -> Self {
+        Relay::configured(store, true)
+    }
+
+    /// A relay over `store` with handshake validation on or off (off only for tests that
+    /// post placeholder MLS bytes).
+    pub fn configured(store: Arc<dyn RelayStore>, validate_handshakes: bool) -> Self {
         Relay {
             store,
+            handshakes: Handshakes::new(validate_handshakes),
             conns: BTreeMap::new(),
             online: HashMap::new(),
             opened: 0,
         }
+    }
+
+    /// Turns handshake validation on or off from now on (a test that then posts placeholder
+    /// or bare-openmls bytes, to test a client's own defences, turns it off).
+    pub fn set_validate_handshakes(&mut self, on: bool) {
+        self.handshakes = Handshakes::new(on);
     }
 
     /// The store (for set-up and assertions).
@@ -97,7 +112,7 @@ impl Relay {
         let Some(conn) = self.conns.get_mut(&slot) else {
             return Vec::new();
         };
-        let handled = conn.handle(self.store.as_ref(), body, now_ms);
+        let handled = conn.handle(self.store.as_ref(), &self.handshakes, body, now_ms);
         let answer = handled.answer;
         let mut out = vec![(
             slot,
@@ -138,7 +153,8 @@ impl Relay {
         &mut self,
         post: NewPost,
     ) -> (Result<cove_wire::Reply, cove_wire::ErrorReply>, Frames) {
-        let PostOutcome { reply, fanout } = cove_server::logic::append(self.store.as_ref(), post);
+        let PostOutcome { reply, fanout } =
+            cove_server::logic::append(self.store.as_ref(), &self.handshakes, post);
         let mut out = Vec::new();
         if let Some(fanout) = fanout {
             self.fan_out(fanout, &mut out);
@@ -308,13 +324,22 @@ mod tests {
     /// `BacklogDone`.
     #[test]
     fn posts_reach_online_members_and_the_backlog_of_offline_ones() {
-        let mut relay = Relay::new();
+        // Placeholder MLS bytes: this is about routing, so handshake validation is off.
+        let mut relay = Relay::configured(
+            std::sync::Arc::new(cove_server::store::MemoryStore::new()),
+            false,
+        );
         let mut alice = DeviceKeys::generate("alice");
         let mut bob = DeviceKeys::generate("bob");
         register(&mut relay, 0, &mut alice);
         register(&mut relay, 1, &mut bob);
         let group = random_group_id();
-        let frames = relay.handle(0, request(2, Request::CreateGroup { group }), 2);
+        let create = Request::CreateGroup {
+            group,
+            group_info: Payload::default(),
+            tree: Payload::default(),
+        };
+        let frames = relay.handle(0, request(2, create), 2);
         assert!(matches!(
             &frames[..],
             [(
@@ -333,6 +358,7 @@ mod tests {
                 added: vec![bob.id()].into(),
                 removed: Vec::new().into(),
                 welcome: Some(Payload(vec![9; 8])),
+                group_info: Payload::default(),
             },
             payload: Payload(vec![1; 8]),
         };

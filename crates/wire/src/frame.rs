@@ -75,10 +75,17 @@ pub enum Request {
     },
     /// Asks how many normal KeyPackages this device has left.
     KeyPackageStock,
-    /// Creates a group whose first member is this device.
+    /// Creates a group whose first member is this device. A relay that validates handshakes
+    /// (the default) starts the group's public MLS state from `group_info` and `tree` and
+    /// refuses the request with `InvalidCommit` when they do not verify, are not at epoch 0,
+    /// are of another group, or do not hold exactly this device's leaf.
     CreateGroup {
         /// The new group's id (the MLS group id).
         group: GroupId,
+        /// The creator's GroupInfo at epoch 0 (MLSMessage encoding), signed by the creator.
+        group_info: Payload,
+        /// The group's ratchet tree at epoch 0 (TLS encoding of the MLS `RatchetTree`).
+        tree: Payload,
     },
     /// Appends an MLS message to a group's log.
     Post {
@@ -153,6 +160,14 @@ pub enum Request {
     /// with [`Reply::OwnDevices`]. There is no way to ask this of another user: last-seen
     /// times never leave the relay for anyone but the devices' own user.
     ListOwnDevices,
+    /// Asks for a group's latest public MLS state (members only; appended): answered with
+    /// [`Reply::GroupState`]. A member that cannot process a logged commit rejoins from it
+    /// by an external commit. `NotMember`; `InvalidRequest` if the relay keeps no state for
+    /// the group; `TooLarge` if it does not fit a frame.
+    FetchGroupState {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -172,6 +187,9 @@ pub enum PostKind {
         removed: BoundedVec<DeviceId>,
         /// The Welcome for the added devices.
         welcome: Option<Payload>,
+        /// The GroupInfo of the epoch this commit starts (MLSMessage encoding), signed by the
+        /// committer: the relay checks it against the commit and keeps the latest one.
+        group_info: Payload,
     },
 }
 
@@ -312,6 +330,15 @@ pub enum Reply {
     OwnDevices {
         /// The devices.
         devices: BoundedVec<OwnDevice>,
+    },
+    /// A group's latest public MLS state (answer to `FetchGroupState`; appended).
+    GroupState {
+        /// The group.
+        group: GroupId,
+        /// The latest GroupInfo (MLSMessage encoding), signed by the last committer.
+        group_info: Payload,
+        /// The ratchet tree of the same epoch (TLS encoding).
+        tree: Payload,
     },
 }
 
@@ -550,4 +577,9 @@ pub enum ErrorCode {
     /// unrevoked device: the user's identity must sign (and a device publish) its `Add`
     /// entry first.
     NotInDeviceList,
+    // --- handshake validation (appended) ---
+    /// A handshake the relay's public MLS state refuses: not a PublicMessage, a bad
+    /// signature, a non-member committer, a GroupInfo that does not match the commit, or
+    /// `added`/`removed` lists that disagree with the commit's proposals. Nothing was stored.
+    InvalidCommit,
 }

@@ -65,6 +65,10 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
     config.limits.group_post_burst = u32::MAX;
     config.limits.group_bytes_per_minute = u64::MAX;
     config.limits.group_byte_burst = u64::MAX;
+    // The group is set up with placeholder commits (one per 1000 receivers), so handshake
+    // validation is off; what is measured is application messages, which the relay never
+    // parses with validation on either.
+    config.validate_handshakes = false;
     // Spawned on the server runtime so the relay's threads (post writer, blocking pool)
     // are created there and inherit its CPU pinning.
     let handle = rt
@@ -77,7 +81,12 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
     let mut sender = Device::register(addr, &tls, "fanout-sender").await?;
     let receivers = load::relay_devices(n, "fanout-r", addr, tls.clone()).await?;
     let group = GroupId(rand::random());
-    match sender.request(Request::CreateGroup { group }).await? {
+    let create = Request::CreateGroup {
+        group,
+        group_info: Payload::default(),
+        tree: Payload::default(),
+    };
+    match sender.request(create).await? {
         Reply::GroupCreated => {}
         other => bail!("expected GroupCreated, got {other:?}"),
     }
@@ -88,6 +97,7 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
             added: BoundedVec(chunk.to_vec()),
             removed: BoundedVec(Vec::new()),
             welcome: Some(Payload(vec![0x77; 512])),
+            group_info: Payload::default(),
         };
         let post = Request::Post {
             group,

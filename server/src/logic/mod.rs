@@ -24,13 +24,15 @@
 mod auth;
 mod backlog;
 mod device_lists;
+pub mod handshake;
 mod posts;
 mod quotas;
 mod requests;
 
 pub use auth::Auth;
 pub use backlog::{Backlog, BacklogStep};
-pub use posts::{Fanout, PostOutcome, append, posted};
+pub use handshake::{HandshakeError, Handshakes, PostError};
+pub use posts::{Fanout, PostOutcome, append, append_posts, posted};
 pub use quotas::{MAX_TRACKED_BUCKETS, QuotaLimits, Quotas, SWEEP_INTERVAL_MS, Ticket};
 pub(crate) use requests::ENTRY_OVERHEAD_BYTES;
 pub use requests::{acked, request};
@@ -211,6 +213,7 @@ impl Connection {
                 kind,
                 payload: payload.into_vec(),
                 now_ms,
+                public_state: None,
             }),
             (Request::Ack { stream, seq }, Some(device)) => Route::Ack {
                 device,
@@ -225,12 +228,18 @@ impl Connection {
     /// Handles one request to the end, synchronously, with the store: authentication, the
     /// request, or a post appended on its own. What the relay does with the request, minus
     /// rate limits, batching and back-pressure (the connection layer's), and without TURN.
-    pub fn handle(&mut self, store: &dyn RelayStore, body: Request, now_ms: u64) -> Handled {
+    pub fn handle(
+        &mut self,
+        store: &dyn RelayStore,
+        handshakes: &Handshakes,
+        body: Request,
+        now_ms: u64,
+    ) -> Handled {
         let (answer, fanout) = match self.route(body, now_ms) {
             Route::Answer(reply) => (Answer::reply(reply), None),
             Route::Authenticate(auth) => (self.authenticate(store, auth, now_ms), None),
             Route::Post(post) => {
-                let outcome = append(store, post);
+                let outcome = append(store, handshakes, post);
                 (Answer::reply(outcome.reply), outcome.fanout)
             }
             Route::Ack {
@@ -241,7 +250,7 @@ impl Connection {
             Route::TurnCredentials(_) => (Answer::reply(no_turn()), None),
             Route::Link(_) => (Answer::reply(no_link()), None),
             Route::Request(device, body) => (
-                Answer::reply(request(store, device, body, DEFAULT_READ_BYTES)),
+                Answer::reply(request(store, handshakes, device, body, DEFAULT_READ_BYTES)),
                 None,
             ),
         };
@@ -281,6 +290,7 @@ mod tests {
             ("auth.rs", include_str!("auth.rs")),
             ("backlog.rs", include_str!("backlog.rs")),
             ("device_lists.rs", include_str!("device_lists.rs")),
+            ("handshake.rs", include_str!("handshake.rs")),
             ("posts.rs", include_str!("posts.rs")),
             ("quotas.rs", include_str!("quotas.rs")),
             ("requests.rs", include_str!("requests.rs")),

@@ -323,6 +323,7 @@ mod tests {
             kind: PostKind::Application,
             payload: vec![0; len],
             now_ms,
+            public_state: None,
         }
     }
 
@@ -398,6 +399,7 @@ mod tests {
             added: vec![].into(),
             removed: vec![DeviceId(2)].into(),
             welcome: None,
+            group_info: Payload::default(),
         };
         assert_eq!(send(&mut q, &remove), Ok(()));
         let mut add = post(1, 1, 10, 0);
@@ -405,6 +407,7 @@ mod tests {
             added: vec![DeviceId(3)].into(),
             removed: vec![].into(),
             welcome: Some(Payload::from(&b"w"[..])),
+            group_info: Payload::default(),
         };
         // Other commits are refused, and the removal put the sender one post in debt.
         assert_eq!(

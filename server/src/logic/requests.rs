@@ -22,6 +22,7 @@ pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 1024;
 /// `Fetch` reads at most `read_bytes` of payload from the store (at least one entry).
 pub fn request(
     store: &dyn RelayStore,
+    handshakes: &super::Handshakes,
     device: DeviceId,
     body: Request,
     read_bytes: usize,
@@ -85,9 +86,42 @@ pub fn request(
                 has_last_resort: stock.has_last_resort,
             })
         }
-        Request::CreateGroup { group } => {
-            store.create_group(group, device).map_err(stored)?;
+        Request::CreateGroup {
+            group,
+            group_info,
+            tree,
+        } => {
+            // The id first, so a taken id answers GroupExists whatever the state.
+            if store.public_state(group).is_ok() {
+                return Err(stored(StoreError::GroupExists));
+            }
+            let state = handshakes
+                .check_create(store, group, device, group_info.as_bytes(), tree.as_bytes())
+                .map_err(|e| e.reply())?;
+            store
+                .create_group_with_state(group, device, state)
+                .map_err(stored)?;
             Ok(Reply::GroupCreated)
+        }
+        Request::FetchGroupState { group } => {
+            if !store.is_member(group, device).map_err(stored)? {
+                return Err(stored(StoreError::NotMember));
+            }
+            let state = store
+                .public_state(group)
+                .map_err(stored)?
+                .ok_or_else(|| invalid("the relay keeps no public MLS state for this group"))?;
+            if state.group_info.len() + state.tree.len() + ENTRY_OVERHEAD_BYTES > MAX_FRAME_BYTES {
+                return Err(ErrorReply::new(
+                    ErrorCode::TooLarge,
+                    "the group's state does not fit a frame",
+                ));
+            }
+            Ok(Reply::GroupState {
+                group,
+                group_info: Payload(state.group_info),
+                tree: Payload(state.tree),
+            })
         }
         Request::Fetch {
             group,

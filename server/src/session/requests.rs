@@ -157,11 +157,14 @@ impl Session {
                         e.retry_after_ms = Some(retry_after_ms);
                         Err(e)
                     }
-                    _ => blocking(&self.shared, move |s| {
-                        Ok(logic::request(s, device, body, read_bytes))
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(store_error_reply(&e))),
+                    _ => {
+                        let handshakes = std::sync::Arc::clone(&self.shared.handshakes);
+                        blocking(&self.shared, move |s| {
+                            Ok(logic::request(s, &handshakes, device, body, read_bytes))
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(store_error_reply(&e)))
+                    }
                 }
             }
         };

@@ -40,7 +40,7 @@ use cove_wire::{
     Stream, UserName,
 };
 
-use super::{Appended, NewPost, Pruned, RelayStore, Stock, StoreError};
+use super::{Appended, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError};
 
 /// Expands to a module `$name` with one `#[test]` per conformance case, each run on a fresh
 /// store made by `$make`, a closure (or function) returning `(guard, store)` where `store`
@@ -88,6 +88,7 @@ macro_rules! relay_store_conformance {
             last_seen_moves_forward_per_device,
             acknowledged_entries_are_pruned,
             expired_entries_are_pruned_even_if_unacknowledged,
+            public_state_is_replaced_only_by_an_accepted_post,
         );
     };
     (@cases $name:ident, $make:expr; $($case:ident),* $(,)?) => {
@@ -1821,6 +1822,44 @@ fn sorted(mut v: Vec<DeviceId>) -> Vec<DeviceId> {
     v
 }
 
+/// A group's public state is what its creation stored, then what the last accepted post
+/// carrying one stored, in the same transaction as that post: a refused post (stale epoch)
+/// and a post without one leave it as it was.
+pub fn public_state_is_replaced_only_by_an_accepted_post(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let state = |tag: u8| PublicGroupState {
+        group_info: vec![tag; 3],
+        tree: vec![tag, tag],
+    };
+    store.create_group(gid(1), a).unwrap();
+    assert_eq!(store.public_state(gid(1)).unwrap(), None);
+    store
+        .create_group_with_state(gid(2), a, Some(state(1)))
+        .unwrap();
+    assert_eq!(store.public_state(gid(2)).unwrap(), Some(state(1)));
+    assert!(matches!(
+        store.create_group_with_state(gid(2), a, Some(state(9))),
+        Err(StoreError::GroupExists)
+    ));
+    assert_eq!(store.public_state(gid(2)).unwrap(), Some(state(1)));
+    let with = |epoch: u64, tag: u8| NewPost {
+        public_state: Some(state(tag)),
+        ..commit(gid(2), a, epoch, &[], &[], None)
+    };
+    one(store, with(0, 2)).unwrap();
+    assert_eq!(store.public_state(gid(2)).unwrap(), Some(state(2)));
+    assert!(matches!(
+        one(store, with(0, 3)),
+        Err(StoreError::StaleEpoch { current: Epoch(1) })
+    ));
+    one(store, commit(gid(2), a, 1, &[], &[], None)).unwrap();
+    assert_eq!(store.public_state(gid(2)).unwrap(), Some(state(2)));
+    assert!(matches!(
+        store.public_state(gid(9)),
+        Err(StoreError::UnknownGroup)
+    ));
+}
+
 /// Registers a user with one device.
 pub fn device(store: &dyn RelayStore, name: &str, k: u8) -> DeviceId {
     store.register_user(&user(name), &key(k)).unwrap()
@@ -1835,6 +1874,7 @@ pub fn app(group: GroupId, sender: DeviceId, epoch: u64, payload: &[u8]) -> NewP
         kind: PostKind::Application,
         payload: payload.to_vec(),
         now_ms: 1_000,
+        public_state: None,
     }
 }
 
@@ -1852,6 +1892,7 @@ pub fn commit(
             added: added.to_vec().into(),
             removed: removed.to_vec().into(),
             welcome: welcome.map(Payload::from),
+            group_info: Payload::default(),
         },
         ..app(group, sender, epoch, b"commit")
     }
@@ -2044,10 +2085,12 @@ mod differential {
                                     1 => Some(Payload(vec![tag, 0xee])),
                                     _ => (!p.added.is_empty()).then(|| Payload(vec![tag, 0xee])),
                                 },
+                                group_info: Payload::default(),
                             },
                         },
                         payload: vec![tag; 3],
                         now_ms: step as u64,
+                        public_state: None,
                     })
                     .collect();
                 store

@@ -13,8 +13,8 @@ use cove_wire::{
 
 use super::rules::{self, GroupState};
 use super::{
-    Appended, NewPost, Pruned, RelayStore, Stock, StoreError, Welcome, check_list_append,
-    revoked_keys,
+    Appended, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError, Welcome,
+    check_list_append, revoked_keys,
 };
 
 /// The in-memory relay store. Same semantics as the SQLite one, minus durability.
@@ -71,6 +71,8 @@ struct Group {
     joined: HashMap<DeviceId, Seq>,
     /// Removed devices that have not acked their removal: (cursor, removal commit seq).
     departed: HashMap<DeviceId, (Seq, Seq)>,
+    /// The latest public MLS state (opaque).
+    public_state: Option<PublicGroupState>,
 }
 
 impl Inner {
@@ -119,6 +121,9 @@ impl Inner {
             .state
             .check(&post, &mut |d| Ok(devices.contains_key(&d)))?;
         group.state.apply(&post, checked);
+        if let Some(state) = &post.public_state {
+            group.public_state = Some(state.clone());
+        }
         let seq = checked.seq;
         let entry = rules::entry_of(post.group, seq, &post);
         group.log.push(entry.clone());
@@ -133,6 +138,7 @@ impl Inner {
             added,
             removed,
             welcome,
+            ..
         } = post.kind
         {
             for d in removed.iter() {
@@ -332,7 +338,12 @@ impl RelayStore for MemoryStore {
         Ok(stock_of(inner.device(device)?))
     }
 
-    fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
+    fn create_group_with_state(
+        &self,
+        group: GroupId,
+        creator: DeviceId,
+        state: Option<PublicGroupState>,
+    ) -> Result<(), StoreError> {
         let mut inner = self.lock()?;
         inner.device(creator)?;
         if inner.groups.contains_key(&group) {
@@ -347,9 +358,16 @@ impl RelayStore for MemoryStore {
                 cursors: HashMap::from([(creator, Seq(0))]),
                 joined: HashMap::from([(creator, Seq(0))]),
                 departed: HashMap::new(),
+                public_state: state,
             },
         );
         Ok(())
+    }
+
+    fn public_state(&self, group: GroupId) -> Result<Option<PublicGroupState>, StoreError> {
+        let inner = self.lock()?;
+        let group = inner.groups.get(&group).ok_or(StoreError::UnknownGroup)?;
+        Ok(group.public_state.clone())
     }
 
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {

@@ -102,6 +102,33 @@ pub struct NewPost {
     pub payload: Vec<u8>,
     /// Relay time, milliseconds since the Unix epoch.
     pub now_ms: u64,
+    /// For a commit the relay validated: the group's public MLS state after it, stored in
+    /// place of the previous one in the same transaction as the commit. The store does not
+    /// interpret it. `None` leaves the stored state as it is.
+    pub public_state: Option<PublicGroupState>,
+}
+
+/// A group's latest public MLS state as the relay keeps it: opaque bytes to the store (the
+/// relay logic writes and reads them, see `logic/handshake.rs`). Public by construction: a
+/// GroupInfo and a ratchet tree hold no secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicGroupState {
+    /// The latest GroupInfo (MLSMessage encoding).
+    pub group_info: Vec<u8>,
+    /// The ratchet tree of the same epoch (TLS encoding).
+    pub tree: Vec<u8>,
+}
+
+/// Prints only the lengths.
+impl std::fmt::Debug for PublicGroupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PublicGroupState(group_info: {} bytes, tree: {} bytes)",
+            self.group_info.len(),
+            self.tree.len()
+        )
+    }
 }
 
 /// What an accepted post did.
@@ -210,8 +237,22 @@ pub trait RelayStore: Send + Sync + 'static {
     /// A device's stock.
     fn key_package_stock(&self, device: DeviceId) -> Result<Stock, StoreError>;
 
-    /// Creates a group at epoch 0 whose only member is `creator`.
-    fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError>;
+    /// Creates a group at epoch 0 whose only member is `creator`, without a public state.
+    fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
+        self.create_group_with_state(group, creator, None)
+    }
+    /// Creates a group at epoch 0 whose only member is `creator`, and stores `state` as its
+    /// public state (see [`RelayStore::public_state`]) in the same transaction. GroupExists
+    /// if the id is taken (then nothing is stored).
+    fn create_group_with_state(
+        &self,
+        group: GroupId,
+        creator: DeviceId,
+        state: Option<PublicGroupState>,
+    ) -> Result<(), StoreError>;
+    /// The group's latest public state: the one stored at creation or with the last accepted
+    /// post that carried one (`None` if none ever did). UnknownGroup if no such group.
+    fn public_state(&self, group: GroupId) -> Result<Option<PublicGroupState>, StoreError>;
     /// Whether `device` is a current member of `group` (UnknownGroup if no such group).
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError>;
     /// The groups `device` is a member of, with their current epochs, ordered by group id.
@@ -242,8 +283,9 @@ pub trait RelayStore: Send + Sync + 'static {
     ///
     /// An accepted commit advances the epoch, applies the membership change, sets each added
     /// device's cursor in the group to the commit's seq, and puts the Welcome in each added
-    /// device's inbox (`InboxKind::Welcome`), all in the same transaction; a refused commit
-    /// changes nothing. Each added device's join seq (see [`RelayStore::joined`]) is the
+    /// device's inbox (`InboxKind::Welcome`), and replaces the group's public state with the
+    /// post's [`NewPost::public_state`] if it has one, all in the same transaction; a refused
+    /// commit changes nothing. Each added device's join seq (see [`RelayStore::joined`]) is the
     /// commit's seq. Removed devices stop being members but keep their cursor in a
     /// *departure* record (device, group, removal commit seq) until they acknowledge the
     /// removal commit (see [`RelayStore::departures`]). Re-adding a device keeps its

@@ -133,6 +133,7 @@ impl GroupState {
                 added,
                 removed,
                 welcome,
+                ..
             } => {
                 if post.epoch != self.epoch {
                     return Err(stale);

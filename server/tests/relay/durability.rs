@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use cove_test_utils::{DeviceKeys, SpawnedRelay, TestRelay};
+use cove_test_utils::{SpawnedRelay, TestRelay};
 use cove_wire::{Epoch, ErrorCode, PostKind, Reply, Request};
 
+use crate::validation::Member;
 use crate::{assert_in_order, group_entry, inbox_entry};
 
 fn binary() -> &'static Path {
@@ -20,26 +21,20 @@ async fn kill_9_and_restart_lose_no_acknowledged_post() {
     let data = cove_test_utils::temp_dir();
     let relay = SpawnedRelay::spawn(binary(), data.path(), &[]).unwrap();
 
-    let mut alice_keys = DeviceKeys::generate("alice");
-    let mut alice = relay.connect().await.unwrap();
-    alice.register(&mut alice_keys).await.unwrap();
-    let mut bob_keys = DeviceKeys::generate("bob");
-    let mut bob = relay.connect().await.unwrap();
-    bob.register(&mut bob_keys).await.unwrap();
-    bob.close().await;
-    let group = cove_test_utils::random_group_id();
-    alice.create_group(group).await.unwrap();
+    // Real MLS members: the binary validates handshakes.
+    let mut alice = Member::new(relay.connect().await.unwrap(), "alice").await;
+    let bob = Member::new(relay.connect().await.unwrap(), "bob").await;
+    let bob_kp = bob.key_package();
+    let (bob_client, bob_keys) = (bob.client, bob.keys);
+    bob_client.close().await;
+    let group = alice.create().await;
+    let add = alice.add(&[bob_kp]);
     alice
-        .commit(
-            group,
-            Epoch(0),
-            vec![bob_keys.id()],
-            vec![],
-            Some(b"welcome"),
-            b"add bob",
-        )
+        .post(group, &add, &[bob_keys.id()], &[])
         .await
         .unwrap();
+    alice.merge();
+    let (mut alice, alice_keys) = (alice.client, alice.keys);
 
     // Many posts in flight at once (so the relay batches them), then SIGKILL right after
     // the last acknowledgement.
@@ -68,7 +63,7 @@ async fn kill_9_and_restart_lose_no_acknowledged_post() {
     bob.authenticate(&bob_keys).await.unwrap();
     let backlog = bob.backlog().await.unwrap();
     let welcome = inbox_entry(backlog[0].clone());
-    assert_eq!(welcome.payload.as_bytes(), b"welcome");
+    assert_eq!(Some(welcome.payload.0), add.welcome);
     let entries: Vec<_> = backlog.into_iter().skip(1).map(group_entry).collect();
     assert_eq!(entries.len(), n, "every acknowledged post survived");
     assert_in_order(&entries);
@@ -124,12 +119,10 @@ async fn graceful_shutdown_tells_connected_devices() {
 async fn sigterm_shuts_the_binary_down_cleanly() {
     let data = cove_test_utils::temp_dir();
     let relay = SpawnedRelay::spawn(binary(), data.path(), &[]).unwrap();
-    let mut keys = DeviceKeys::generate("alice");
-    let mut alice = relay.connect().await.unwrap();
-    alice.register(&mut keys).await.unwrap();
-    alice.backlog().await.unwrap();
-    let group = cove_test_utils::random_group_id();
-    alice.create_group(group).await.unwrap();
+    let mut alice = Member::new(relay.connect().await.unwrap(), "alice").await;
+    alice.client.backlog().await.unwrap();
+    let group = alice.create().await;
+    let (mut alice, keys) = (alice.client, alice.keys);
     let first = alice.post_app(group, Epoch(0), b"one").await.unwrap();
     alice.post_app(group, Epoch(0), b"two").await.unwrap();
     // Acks may be buffered by the store; a graceful shutdown writes them.
@@ -215,13 +208,11 @@ async fn a_post_is_synced_to_disk_before_posted_is_sent() {
     // The relay is strace's only child; this guard kills it if the test fails midway.
     let relay = TracedRelay::child_of(strace.pid());
 
-    let mut keys = DeviceKeys::generate("alice");
-    let mut setup = strace.connect().await.unwrap();
-    setup.register(&mut keys).await.unwrap();
-    setup.backlog().await.unwrap();
-    let group = cove_test_utils::random_group_id();
-    setup.create_group(group).await.unwrap();
-    setup.close().await;
+    let mut setup = Member::new(strace.connect().await.unwrap(), "alice").await;
+    setup.client.backlog().await.unwrap();
+    let group = setup.create().await;
+    let keys = setup.keys;
+    setup.client.close().await;
 
     let mut alice = strace.connect().await.unwrap();
     alice.authenticate(&keys).await.unwrap();

@@ -31,6 +31,7 @@ async fn two_concurrent_commits_for_one_epoch_exactly_one_wins() {
             added: vec![].into(),
             removed: vec![].into(),
             welcome: None,
+            group_info: Default::default(),
         },
         payload: payload.into(),
     };

@@ -19,6 +19,7 @@ mod resources;
 mod retention;
 mod slow_reader;
 mod turn;
+mod validation;
 
 use std::future::Future;
 use std::task::{Context, Poll, Waker};

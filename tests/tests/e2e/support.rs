@@ -23,14 +23,22 @@ pub struct Net {
 }
 
 impl Net {
-    /// An in-process relay with the SQLite store.
+    /// An in-process relay with the SQLite store, validating handshakes as in production.
     pub async fn sqlite() -> Net {
-        Net::start(TestRelay::sqlite().await)
+        Net::with_limits(cove_test_utils::test_limits()).await
     }
 
-    /// An in-process relay with the SQLite store and these limits.
+    /// An in-process relay with the SQLite store and these limits, validating handshakes as
+    /// in production.
     pub async fn with_limits(limits: cove_server::Limits) -> Net {
-        Net::start(TestRelay::start(cove_server::StoreKind::Sqlite, limits).await)
+        Net::start(
+            TestRelay::configured(|c| {
+                c.store = cove_server::StoreKind::Sqlite;
+                c.limits = limits;
+                c.validate_handshakes = true;
+            })
+            .await,
+        )
     }
 
     fn start(relay: TestRelay) -> Net {

@@ -11,9 +11,12 @@ use cove_wire::{
     BoundedVec, ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, Epoch, ErrorCode, ErrorReply,
     GroupId, Payload, PostKind, Reply, Request, Stream, UserName,
 };
+use openmls::messages::group_info::GroupInfo;
+use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::{
     Extension, Extensions, GroupId as MlsGroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters,
-    MlsGroup, MlsGroupCreateConfig, UnknownExtension,
+    MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsMessageOut,
+    OpenMlsProvider as _, UnknownExtension,
 };
 
 use super::context::Cx;
@@ -53,6 +56,10 @@ struct Creation {
     name: String,
     /// `CreateGroup` was sent on this connection.
     requested: bool,
+    /// The MLS group, made before asking the relay (whose `CreateGroup` carries its
+    /// GroupInfo and ratchet tree); stored, but without a group record until the relay
+    /// created the group, and deleted if it refuses.
+    mls: Option<MlsGroup>,
 }
 
 /// What a change is for.
@@ -137,6 +144,7 @@ impl Changes {
                 group,
                 name,
                 requested: false,
+                mls: None,
             },
         );
         self.drive(op, cx, fx);
@@ -298,29 +306,63 @@ impl Changes {
             return Ok(());
         };
         let (group, name) = (creation.group, creation.name.clone());
+        let Some(mut mls) = self.creating.get_mut(&op).and_then(|c| c.mls.take()) else {
+            return Ok(());
+        };
+        let store = cx.provider.store();
         match result {
             Ok(Reply::GroupCreated) => {}
-            Ok(_) => {
-                let to = "group creation";
-                self.finish(op, Err(OpError::UnexpectedReply { to }), fx);
-                return Ok(());
-            }
-            Err(e) => {
-                self.finish(op, Err(OpError::Relay(e)), fx);
+            other => {
+                // The relay did not create it: the MLS group made for it goes.
+                store.begin()?;
+                if let Err(e) = mls.delete(store).and_then(|()| store.commit()) {
+                    let _ = store.rollback();
+                    return Err(e.into());
+                }
+                let why = match other {
+                    Err(e) => OpError::Relay(e),
+                    Ok(_) => OpError::UnexpectedReply {
+                        to: "group creation",
+                    },
+                };
+                self.finish(op, Err(why), fx);
                 return Ok(());
             }
         }
-        let Some(device) = cx.me.device() else {
-            let why = NotApplicable::NotRegistered;
-            self.finish(op, Err(OpError::NotApplicable(why)), fx);
-            return Ok(());
+        let record = GroupRecord {
+            id: group,
+            name,
+            membership: Membership::Active,
+            joined_at_ms: now_ms,
         };
+        store.begin()?;
+        if let Err(e) = store.put_group(&record).and_then(|_| store.commit()) {
+            let _ = store.rollback();
+            return Err(e.into());
+        }
+        cx.groups.insert(record, mls);
+        // Our own other devices join at once (first commit); the creation command
+        // completes when that is done.
+        self.creating.remove(&op);
+        self.start(op, group, Goal::OwnDevices, cx, fx);
+        Ok(())
+    }
+
+    /// Makes the MLS group of a creation (stored, without a group record yet) and its
+    /// GroupInfo and ratchet tree for the relay.
+    fn build_group<S: Store>(
+        cx: &Cx<'_, S>,
+        group: GroupId,
+        name: &str,
+    ) -> Result<(MlsGroup, Vec<u8>, Vec<u8>), OpError> {
+        let device = cx
+            .me
+            .device()
+            .ok_or(OpError::NotApplicable(NotApplicable::NotRegistered))?;
         // The creator's leaf carries this device's certificate, as its KeyPackages do.
-        let Some(cert) = own_list::certificate(cx.provider.store(), cx.me)? else {
-            let why = NotApplicable::NoCertificate;
-            self.finish(op, Err(OpError::NotApplicable(why)), fx);
-            return Ok(());
-        };
+        let cert = own_list::certificate(cx.provider.store(), cx.me)
+            .map_err(|e| OpError::Storage(Shared::new(e)))?
+            .ok_or(OpError::NotApplicable(NotApplicable::NoCertificate))?;
         let config = (|| -> Result<MlsGroupCreateConfig, MlsStepError> {
             let ext = Extensions::single(Extension::Unknown(
                 GROUP_NAME_EXTENSION,
@@ -328,6 +370,8 @@ impl Changes {
             ))?;
             Ok(MlsGroupCreateConfig::builder()
                 .ciphersuite(CIPHERSUITE)
+                // Handshakes as PublicMessage: the relay validates them.
+                .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
                 .use_ratchet_tree_extension(true)
                 .max_past_epochs(MAX_PAST_EPOCHS)
                 .padding_size(PADDING_BUCKET)
@@ -335,47 +379,31 @@ impl Changes {
                 .with_group_context_extensions(ext)
                 .with_leaf_node_extensions(certificate_extensions(&cert)?)?
                 .build())
-        })();
-        let config = match config {
-            Ok(config) => config,
-            Err(e) => {
-                self.finish(op, Err(mls_failure(e)), fx);
-                return Ok(());
-            }
-        };
+        })()
+        .map_err(mls_failure)?;
         let store = cx.provider.store();
-        store.begin()?;
-        let created = MlsGroup::new_with_group_id(
-            cx.provider,
-            &cx.me.signer,
-            &config,
-            MlsGroupId::from_slice(&group.0),
-            cx.me.credential_with_key(device),
-        );
-        match created {
-            Ok(mls) => {
-                let record = GroupRecord {
-                    id: group,
-                    name,
-                    membership: Membership::Active,
-                    joined_at_ms: now_ms,
-                };
-                if let Err(e) = store.put_group(&record).and_then(|_| store.commit()) {
-                    let _ = store.rollback();
-                    return Err(e.into());
-                }
-                cx.groups.insert(record, mls);
-                // Our own other devices join at once (first commit); the creation command
-                // completes when that is done.
-                self.creating.remove(&op);
-                self.start(op, group, Goal::OwnDevices, cx, fx);
-            }
-            Err(e) => {
-                let _ = store.rollback();
-                self.finish(op, Err(mls_failure(e)), fx);
-            }
-        }
-        Ok(())
+        store
+            .begin()
+            .map_err(|e| OpError::Storage(Shared::new(e)))?;
+        let built = (|| -> Result<(MlsGroup, Vec<u8>, Vec<u8>), MlsStepError> {
+            let mls = MlsGroup::new_with_group_id(
+                cx.provider,
+                &cx.me.signer,
+                &config,
+                MlsGroupId::from_slice(&group.0),
+                cx.me.credential_with_key(device),
+            )?;
+            let group_info = mls
+                .export_group_info(cx.provider.crypto(), &cx.me.signer, false)?
+                .to_bytes()?;
+            let tree = mls.export_ratchet_tree().tls_serialize_detached()?;
+            store.commit()?;
+            Ok((mls, group_info, tree))
+        })();
+        built.map_err(|e| {
+            let _ = store.rollback();
+            mls_failure(e)
+        })
     }
 
     /// The relay's answer to a directory look-up or a KeyPackage claim for `user`.
@@ -700,11 +728,29 @@ impl Changes {
         let ready = cx.ready;
         if let Some(c) = self.creating.get_mut(&op) {
             if ready && !c.requested {
-                c.requested = true;
-                fx.request(
-                    Request::CreateGroup { group: c.group },
-                    Pending::CreateGroup { op },
-                );
+                // Made once; a CreateGroup resent on a later connection carries the same.
+                let built = match c.mls.as_ref() {
+                    Some(mls) => export_state(&cx, mls).map(|(gi, tree)| (None, gi, tree)),
+                    None => Self::build_group(&cx, c.group, &c.name)
+                        .map(|(mls, gi, tree)| (Some(mls), gi, tree)),
+                };
+                match built {
+                    Ok((mls, group_info, tree)) => {
+                        if mls.is_some() {
+                            c.mls = mls;
+                        }
+                        c.requested = true;
+                        fx.request(
+                            Request::CreateGroup {
+                                group: c.group,
+                                group_info: Payload(group_info),
+                                tree: Payload(tree),
+                            },
+                            Pending::CreateGroup { op },
+                        );
+                    }
+                    Err(e) => self.finish(op, Err(e), fx),
+                }
             }
             return;
         }
@@ -898,24 +944,35 @@ impl Changes {
             self.finish(op, Err(OpError::Storage(Shared::new(e))), fx);
             return;
         }
-        let built = (|| -> Result<(Vec<u8>, Option<Vec<u8>>), CommitBuildError> {
+        // Every commit carries the GroupInfo of the epoch it starts, for the relay.
+        let group_info_bytes = |gi: Option<GroupInfo>| -> Result<Vec<u8>, CommitBuildError> {
+            let gi = gi.ok_or(CommitBuildError::NoGroupInfo)?;
+            Ok(MlsMessageOut::from(gi).to_bytes()?)
+        };
+        type Built = (Vec<u8>, Option<Vec<u8>>, Vec<u8>);
+        let built = (|| -> Result<Built, CommitBuildError> {
             if !to_add.is_empty() {
                 let kps: Vec<KeyPackage> = to_add.iter().map(|(_, kp)| kp.clone()).collect();
-                let (commit, welcome, _) = mls
+                let (commit, welcome, gi) = mls
                     .add_members(cx.provider, &cx.me.signer, &kps)
                     .map_err(CommitBuildError::Add)?;
-                Ok((commit.to_bytes()?, Some(welcome.to_bytes()?)))
+                Ok((
+                    commit.to_bytes()?,
+                    Some(welcome.to_bytes()?),
+                    group_info_bytes(gi)?,
+                ))
             } else if !to_remove.is_empty() {
                 let leaves: Vec<LeafNodeIndex> = to_remove.iter().map(|(i, _)| *i).collect();
-                let (commit, _, _) = mls
+                let (commit, _, gi) = mls
                     .remove_members(cx.provider, &cx.me.signer, &leaves)
                     .map_err(CommitBuildError::Remove)?;
-                Ok((commit.to_bytes()?, None))
+                Ok((commit.to_bytes()?, None, group_info_bytes(gi)?))
             } else {
                 let bundle = mls
                     .self_update(cx.provider, &cx.me.signer, LeafNodeParameters::default())
                     .map_err(CommitBuildError::SelfUpdate)?;
-                Ok((bundle.commit().to_bytes()?, None))
+                let gi = bundle.group_info().cloned();
+                Ok((bundle.commit().to_bytes()?, None, group_info_bytes(gi)?))
             }
         })();
         let committed = match built {
@@ -925,7 +982,7 @@ impl Changes {
                 .map_err(|e| OpError::Storage(Shared::new(e))),
             Err(e) => Err(mls_failure(e)),
         };
-        let (commit, welcome) = match committed {
+        let (commit, welcome, group_info) = match committed {
             Ok(built) => built,
             Err(failure) => {
                 let _ = store.rollback();
@@ -938,6 +995,7 @@ impl Changes {
             added: BoundedVec(to_add.iter().map(|(d, _)| *d).collect()),
             removed: BoundedVec(to_remove.iter().map(|(_, d)| *d).collect()),
             welcome: welcome.map(Payload),
+            group_info: Payload(group_info),
         };
         c.stage = ChangeStage::Posting;
         c.posted = Some((epoch, kind.clone(), commit.clone()));
@@ -982,6 +1040,18 @@ pub(super) fn commits_leave(mls: &MlsGroup, leaver: DeviceId) -> bool {
         .map(|m| m.index)
         .min();
     first == Some(mls.own_leaf_index())
+}
+
+/// The GroupInfo and ratchet tree of a group just made (for `CreateGroup`).
+fn export_state<S: Store>(cx: &Cx<'_, S>, mls: &MlsGroup) -> Result<(Vec<u8>, Vec<u8>), OpError> {
+    (|| -> Result<(Vec<u8>, Vec<u8>), MlsStepError> {
+        let group_info = mls
+            .export_group_info(cx.provider.crypto(), &cx.me.signer, false)?
+            .to_bytes()?;
+        let tree = mls.export_ratchet_tree().tls_serialize_detached()?;
+        Ok((group_info, tree))
+    })()
+    .map_err(mls_failure)
 }
 
 /// A failed MLS step of a command.

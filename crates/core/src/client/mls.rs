@@ -7,7 +7,7 @@ use cove_wire::identity::DeviceCertificate;
 use cove_wire::{DeviceId, UserName};
 use openmls::prelude::{
     BasicCredential, Capabilities, Ciphersuite, Credential, Extension, ExtensionType, Extensions,
-    LeafNode, Member, MlsGroupJoinConfig, UnknownExtension,
+    LeafNode, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, Member, MlsGroupJoinConfig, UnknownExtension,
 };
 
 use crate::error::{CredentialError, LeafExtensionError};
@@ -114,9 +114,12 @@ pub(super) fn leaf_certificate(leaf: &LeafNode) -> Result<DeviceCertificate, Lea
     cove_wire::decode(&ext.0).map_err(|_| LeafRefusal::Undecodable)
 }
 
-/// How a device joins a group from a Welcome.
+/// How a device joins a group from a Welcome. Handshakes go out as MLS `PublicMessage`
+/// (the relay validates them against the group's public state); application messages stay
+/// `PrivateMessage`.
 pub(super) fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
         .max_past_epochs(MAX_PAST_EPOCHS)
         .padding_size(PADDING_BUCKET)

@@ -1573,6 +1573,10 @@ mod mallory {
                 panic!("not a Welcome")
             };
             let cfg = MlsGroupJoinConfig::builder()
+                // Handshakes as PublicMessage, as Cove clients send them: the relay validates
+                // her commits like anyone's (and takes the ghost add: its leaf is a registered
+                // device of alice with its own key; only the members' certificate check stops it).
+                .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
                 .use_ratchet_tree_extension(true)
                 .build();
             let g = StagedWelcome::new_from_welcome(&self.provider, &cfg, w, None)
@@ -1647,6 +1651,7 @@ mod mallory {
                 added: BoundedVec(added),
                 removed: BoundedVec(Vec::new()),
                 welcome: Some(Payload(welcome.to_bytes().unwrap())),
+                group_info: Payload::default(),
             };
             let now = net.now_ms;
             let frames =
@@ -1689,12 +1694,14 @@ mod mallory {
             assert_eq!(kps.len(), devices.len(), "a KeyPackage for every device");
             let mls = self.group.as_mut().unwrap();
             let group = GroupId(mls.group_id().as_slice().try_into().unwrap());
-            let (commit, welcome, _) = mls.add_members(&self.provider, &self.signer, &kps).unwrap();
+            let (commit, welcome, gi) =
+                mls.add_members(&self.provider, &self.signer, &kps).unwrap();
             mls.merge_pending_commit(&self.provider).unwrap();
             let kind = PostKind::Commit {
                 added: BoundedVec(devices.to_vec()),
                 removed: BoundedVec(Vec::new()),
                 welcome: Some(Payload(welcome.to_bytes().unwrap())),
+                group_info: Payload(MlsMessageOut::from(gi.unwrap()).to_bytes().unwrap()),
             };
             let now = net.now_ms;
             let frames =

@@ -21,6 +21,7 @@ fn add_without_welcome(
         added: BoundedVec(vec![victim]),
         removed: BoundedVec(Vec::new()),
         welcome: Some(cove_wire::Payload(vec![0x77; 64])),
+        group_info: cove_wire::Payload::default(),
     };
     let now = net.now_ms;
     let frames = net

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cove_core::cove_store::Store;
 use cove_core::{Client, Event, Output};
-use cove_server::store::{Appended, MemoryStore, NewPost, RelayStore, Stock, StoreError};
+use cove_server::store::{
+    Appended, MemoryStore, NewPost, PublicGroupState, RelayStore, Stock, StoreError,
+};
 use cove_test_utils::sim;
 use cove_wire::limits::MAX_FETCH_ENTRIES;
 use cove_wire::{
@@ -96,8 +98,16 @@ impl RelayStore for Counting {
     fn key_package_stock(&self, device: DeviceId) -> Result<Stock, StoreError> {
         self.inner.key_package_stock(device)
     }
-    fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
-        self.inner.create_group(group, creator)
+    fn create_group_with_state(
+        &self,
+        group: GroupId,
+        creator: DeviceId,
+        state: Option<PublicGroupState>,
+    ) -> Result<(), StoreError> {
+        self.inner.create_group_with_state(group, creator, state)
+    }
+    fn public_state(&self, group: GroupId) -> Result<Option<PublicGroupState>, StoreError> {
+        self.inner.public_state(group)
     }
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {
         self.inner.is_member(group, device)
@@ -443,7 +453,13 @@ impl Relay {
 
     /// Creates `group` at the relay with `creator` as its only member (a member driven by
     /// bare openmls in tests).
+    ///
+    /// Such a group has no public MLS state at the relay, and the hostile posts that follow
+    /// ([`Relay::post_raw`]) are bytes a validating relay would refuse: this turns the
+    /// relay's handshake validation off, as these tests are about the clients' own defences
+    /// (against a relay that does not validate, or a member it could not judge).
     pub fn create_group_raw(&mut self, group: GroupId, creator: DeviceId) {
+        self.sim.set_validate_handshakes(false);
         self.store()
             .create_group(group, creator)
             .expect("create the group");
@@ -474,6 +490,7 @@ impl Relay {
             kind,
             payload,
             now_ms,
+            public_state: None,
         });
         self.count();
         assert!(
@@ -508,6 +525,7 @@ impl Relay {
             kind: PostKind::Application,
             payload,
             now_ms,
+            public_state: None,
         });
         self.count();
         assert!(

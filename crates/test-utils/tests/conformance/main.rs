@@ -11,7 +11,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 
 use cove_server::store::{
-    Appended, MemoryStore, NewPost, RelayStore, SqliteStore, Stock, StoreError, conformance,
+    Appended, MemoryStore, NewPost, PublicGroupState, RelayStore, SqliteStore, Stock, StoreError,
+    conformance,
 };
 use cove_wire::identity::ListEntry;
 use cove_wire::{
@@ -82,8 +83,16 @@ impl RelayStore for BackwardsCursors {
     fn key_package_stock(&self, device: DeviceId) -> Result<Stock, StoreError> {
         self.inner.key_package_stock(device)
     }
-    fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
-        self.inner.create_group(group, creator)
+    fn create_group_with_state(
+        &self,
+        group: GroupId,
+        creator: DeviceId,
+        state: Option<PublicGroupState>,
+    ) -> Result<(), StoreError> {
+        self.inner.create_group_with_state(group, creator, state)
+    }
+    fn public_state(&self, group: GroupId) -> Result<Option<PublicGroupState>, StoreError> {
+        self.inner.public_state(group)
     }
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {
         self.inner.is_member(group, device)

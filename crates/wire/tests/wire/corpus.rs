@@ -267,6 +267,7 @@ pub fn generated() -> Vec<Case> {
                     added: vec![DeviceId(5), DeviceId(300)].into(),
                     removed: vec![DeviceId(1)].into(),
                     welcome: Some(Payload::from(&b"welcome"[..])),
+                    group_info: Payload::from(&b"group info"[..]),
                 },
                 payload: Payload::from(&b"mls commit"[..]),
             },
@@ -531,6 +532,7 @@ pub fn generated() -> Vec<Case> {
                 added: vec![DeviceId(2)].into(),
                 removed: vec![].into(),
                 welcome: Some(Payload(register.clone())),
+                group_info: Payload(register.clone()),
             },
             payload: Payload(register.clone()),
         },
@@ -590,6 +592,46 @@ pub fn generated() -> Vec<Case> {
             result: Err(ErrorReply {
                 current_epoch: Some(Epoch(42)),
                 ..ErrorReply::new(ErrorCode::StaleEpoch, "stale epoch")
+            }),
+        }),
+    );
+    add(
+        Server,
+        "ok-response-invalid-commit",
+        enc(&ServerFrame::Response {
+            id: RequestId(4),
+            result: Err(ErrorReply::new(
+                ErrorCode::InvalidCommit,
+                "the commit's added devices do not match its proposals",
+            )),
+        }),
+    );
+    add(
+        Client,
+        "ok-create-group",
+        client(
+            12,
+            Request::CreateGroup {
+                group: group(),
+                group_info: Payload::from(&b"group info"[..]),
+                tree: Payload::from(&b"ratchet tree"[..]),
+            },
+        ),
+    );
+    add(
+        Client,
+        "ok-fetch-group-state",
+        client(13, Request::FetchGroupState { group: group() }),
+    );
+    add(
+        Server,
+        "ok-response-group-state",
+        enc(&ServerFrame::Response {
+            id: RequestId(13),
+            result: Ok(Reply::GroupState {
+                group: group(),
+                group_info: Payload::from(&b"group info"[..]),
+                tree: Payload::from(&b"ratchet tree"[..]),
             }),
         }),
     );

@@ -59,12 +59,14 @@ pub fn post_kind() -> impl Strategy<Value = PostKind> {
         (
             bounded(device_id()),
             bounded(device_id()),
-            proptest::option::of(payload())
+            proptest::option::of(payload()),
+            payload()
         )
-            .prop_map(|(added, removed, welcome)| PostKind::Commit {
+            .prop_map(|(added, removed, welcome, group_info)| PostKind::Commit {
                 added,
                 removed,
-                welcome
+                welcome,
+                group_info
             }),
     ]
 }
@@ -114,7 +116,13 @@ pub fn request() -> impl Strategy<Value = Request> {
         ),
         user_name().prop_map(|user| Request::ClaimKeyPackages { user }),
         Just(Request::KeyPackageStock),
-        group_id().prop_map(|group| Request::CreateGroup { group }),
+        (group_id(), payload(), payload()).prop_map(|(group, group_info, tree)| {
+            Request::CreateGroup {
+                group,
+                group_info,
+                tree,
+            }
+        }),
         (group_id(), epoch(), post_kind(), payload()).prop_map(|(group, epoch, kind, payload)| {
             Request::Post {
                 group,

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::directory::existing_device;
 use super::rows::{group_id, to_u64};
-use crate::store::StoreError;
+use crate::store::{PublicGroupState, StoreError};
 
 /// Writes a new group at epoch 0 with `creator` as its only member (see
 /// `RelayStore::create_group`); the caller commits and updates the group cache.
@@ -24,6 +24,39 @@ pub(super) fn create(
     tx.prepare_cached("INSERT INTO members (group_id, device, cursor) VALUES (?1, ?2, 0)")?
         .execute(params![group.0.as_slice(), creator_id])?;
     Ok(())
+}
+
+/// Replaces the group's public state (see `RelayStore::public_state`); the caller commits.
+pub(super) fn put_public_state(
+    tx: &Transaction<'_>,
+    group: GroupId,
+    state: &PublicGroupState,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO group_public_state (group_id, group_info, tree)
+         VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![group.0.as_slice(), state.group_info, state.tree])?;
+    Ok(())
+}
+
+/// The group's public state (see `RelayStore::public_state`).
+pub(super) fn public_state(
+    conn: &Connection,
+    group: GroupId,
+) -> Result<Option<PublicGroupState>, StoreError> {
+    if group_epoch(conn, group)?.is_none() {
+        return Err(StoreError::UnknownGroup);
+    }
+    Ok(conn
+        .prepare_cached("SELECT group_info, tree FROM group_public_state WHERE group_id = ?1")?
+        .query_row(params![group.0.as_slice()], |r| {
+            Ok(PublicGroupState {
+                group_info: r.get(0)?,
+                tree: r.get(1)?,
+            })
+        })
+        .optional()?)
 }
 
 /// The groups `device` is a member of, ordered by group id (see `RelayStore::groups_of`).

@@ -169,10 +169,14 @@ fn write_post(
     let mut welcomes = Vec::new();
     let mut shared_welcome = None;
     let mut removed_devices = Vec::new();
+    if let Some(state) = &post.public_state {
+        super::groups::put_public_state(tx, post.group, state)?;
+    }
     if let PostKind::Commit {
         added,
         removed,
         welcome,
+        ..
     } = &post.kind
     {
         tx.prepare_cached("UPDATE groups SET epoch = ?2 WHERE id = ?1")?

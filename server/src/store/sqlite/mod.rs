@@ -68,7 +68,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use self::acks::PendingAcks;
 use super::rules::GroupState;
-use super::{Appended, NewPost, Pruned, RelayStore, Stock, StoreError};
+use super::{Appended, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError};
 
 pub use self::acks::{ACK_FLUSH_AGE, ACK_FLUSH_ENTRIES};
 pub use self::schema::{SqliteOptions, Synchronous};
@@ -276,13 +276,28 @@ impl RelayStore for SqliteStore {
         self.read(|conn| key_packages::device_stock(conn, device))
     }
 
-    fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
-        self.write(|tx| groups::create(tx, group, creator))?;
+    fn create_group_with_state(
+        &self,
+        group: GroupId,
+        creator: DeviceId,
+        state: Option<PublicGroupState>,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            groups::create(tx, group, creator)?;
+            match &state {
+                Some(state) => groups::put_public_state(tx, group, state),
+                None => Ok(()),
+            }
+        })?;
         self.groups
             .write()
             .map_err(|_| StoreError::Backend("group cache lock poisoned".into()))?
             .insert(group, GroupState::new(creator));
         Ok(())
+    }
+
+    fn public_state(&self, group: GroupId) -> Result<Option<PublicGroupState>, StoreError> {
+        self.read(|conn| groups::public_state(conn, group))
     }
 
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {

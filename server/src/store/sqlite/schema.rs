@@ -133,6 +133,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE groups ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN inbox_pruned_through INTEGER NOT NULL DEFAULT 0;
     ",
+    // Version 6: each group's latest public MLS state (GroupInfo and ratchet tree, opaque to
+    // the store), replaced with every validated commit.
+    "
+    CREATE TABLE group_public_state (
+        group_id BLOB PRIMARY KEY NOT NULL REFERENCES groups(id),
+        group_info BLOB NOT NULL,
+        tree BLOB NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.
