@@ -153,6 +153,16 @@ pub enum Request {
     /// with [`Reply::OwnDevices`]. There is no way to ask this of another user: last-seen
     /// times never leave the relay for anyone but the devices' own user.
     ListOwnDevices,
+    /// Leaves a group at the relay, without MLS: for a device that was added to the group but
+    /// holds no MLS state for it (it refused or lost the Welcome), so it cannot send the
+    /// leave request members would commit. The device stops being a member at once (nothing
+    /// more is delivered; it can no longer read or post); it stays a leaf of the group's MLS
+    /// tree until a member's commit removes it. Answered [`Reply::Left`]; `NotMember` if it
+    /// is not a member.
+    LeaveGroup {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -313,6 +323,8 @@ pub enum Reply {
         /// The devices.
         devices: BoundedVec<OwnDevice>,
     },
+    /// The device left the group (answer to `LeaveGroup`).
+    Left,
 }
 
 /// Why a link slot closed (in [`ServerFrame::LinkClosed`]).

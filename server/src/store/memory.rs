@@ -118,6 +118,15 @@ impl Inner {
         let checked = group
             .state
             .check(&post, &mut |d| Ok(devices.contains_key(&d)))?;
+        // Removed devices that had left (no MLS state): nothing to deliver, no record.
+        let had_left: Vec<DeviceId> = match &post.kind {
+            PostKind::Commit { removed, .. } => removed
+                .iter()
+                .copied()
+                .filter(|d| group.state.has_left(*d))
+                .collect(),
+            _ => Vec::new(),
+        };
         group.state.apply(&post, checked);
         let seq = checked.seq;
         let entry = rules::entry_of(post.group, seq, &post);
@@ -135,7 +144,7 @@ impl Inner {
             welcome,
         } = post.kind
         {
-            for d in removed.iter() {
+            for d in removed.iter().filter(|d| !had_left.contains(d)) {
                 let cursor = group.cursors.remove(d).unwrap_or_default();
                 group.joined.remove(d);
                 group.departed.insert(*d, (cursor, seq));
@@ -170,6 +179,7 @@ impl Inner {
                 appended.welcome = Some(welcome);
             }
             appended.removed = removed.0;
+            appended.removed.retain(|d| !had_left.contains(d));
         }
         Ok(appended)
     }
@@ -349,6 +359,20 @@ impl RelayStore for MemoryStore {
                 departed: HashMap::new(),
             },
         );
+        Ok(())
+    }
+
+    fn leave_group(&self, group: GroupId, device: DeviceId) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        inner.device(device)?;
+        let grp = inner
+            .groups
+            .get_mut(&group)
+            .ok_or(StoreError::UnknownGroup)?;
+        grp.state.leave(device)?;
+        grp.cursors.remove(&device);
+        grp.joined.remove(&device);
+        inner.device_mut(device)?.groups.remove(&group);
         Ok(())
     }
 

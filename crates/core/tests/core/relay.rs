@@ -99,6 +99,9 @@ impl RelayStore for Counting {
     fn create_group(&self, group: GroupId, creator: DeviceId) -> Result<(), StoreError> {
         self.inner.create_group(group, creator)
     }
+    fn leave_group(&self, group: GroupId, device: DeviceId) -> Result<(), StoreError> {
+        self.inner.leave_group(group, device)
+    }
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {
         self.inner.is_member(group, device)
     }

@@ -133,6 +133,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE groups ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN inbox_pruned_through INTEGER NOT NULL DEFAULT 0;
     ",
+    // Version 6: devices that left a group without MLS state (`RelayStore::leave_group`):
+    // no longer members, still MLS leaves until a commit removes them.
+    "
+    CREATE TABLE group_left (
+        group_id BLOB NOT NULL REFERENCES groups(id),
+        device INTEGER NOT NULL REFERENCES devices(id),
+        PRIMARY KEY (group_id, device)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.
