@@ -168,6 +168,16 @@ pub enum Request {
         /// The group.
         group: GroupId,
     },
+    /// Leaves a group at the relay, without MLS: for a device that was added to the group but
+    /// holds no MLS state for it (it refused or lost the Welcome), so it cannot send the
+    /// leave request members would commit. The device stops being a member at once (nothing
+    /// more is delivered; it can no longer read or post); it stays a leaf of the group's MLS
+    /// tree until a member's commit removes it. Answered [`Reply::Left`]; `NotMember` if it
+    /// is not a member.
+    LeaveGroup {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -340,6 +350,8 @@ pub enum Reply {
         /// The ratchet tree of the same epoch (TLS encoding).
         tree: Payload,
     },
+    /// The device left the group (answer to `LeaveGroup`).
+    Left,
 }
 
 /// Why a link slot closed (in [`ServerFrame::LinkClosed`]).

@@ -143,6 +143,10 @@ pub fn request(
             })
         }
         Request::Ack { stream, seq } => acked(store.ack(device, stream, seq)),
+        Request::LeaveGroup { group } => {
+            store.leave_group(group, device).map_err(stored)?;
+            Ok(Reply::Left)
+        }
         Request::ListGroups => {
             let mut groups = store.groups_of(device).map_err(stored)?;
             groups.truncate(MAX_VEC_ITEMS);

@@ -89,6 +89,7 @@ macro_rules! relay_store_conformance {
             acknowledged_entries_are_pruned,
             expired_entries_are_pruned_even_if_unacknowledged,
             public_state_is_replaced_only_by_an_accepted_post,
+            a_device_leaves_without_mls_state,
         );
     };
     (@cases $name:ident, $make:expr; $($case:ident),* $(,)?) => {
@@ -1098,6 +1099,61 @@ pub fn commit_removes_members(store: &dyn RelayStore) {
     // A committer may remove itself (e.g. leaving); it is told like any removed device.
     let left = one(store, commit(g, a, 3, &[], &[a], None)).unwrap();
     assert_eq!((left.members, left.removed), (vec![b], vec![a]));
+}
+
+/// A device leaves a group at the relay (no MLS state, no commit): it is no member at once
+/// (reads, posts and a second leave are NotMember), the group's posts no longer go to it,
+/// a later commit may still name it among the removed devices (a no-op: no departure
+/// record, not among `removed`), another commit may then not remove it again, and a commit
+/// may add it back. Survives a reopen where the backend has one (checked by the SQLite
+/// tests through the cache-less paths: `joined`, `groups_of`).
+pub fn a_device_leaves_without_mls_state(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let c = device(store, "carol", 3);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    one(store, commit(g, a, 0, &[b, c], &[], Some(b"w"))).unwrap();
+    store.leave_group(g, b).unwrap();
+    assert!(!store.is_member(g, b).unwrap());
+    assert_eq!(store.joined(g, b).unwrap(), None);
+    assert!(store.groups_of(b).unwrap().is_empty());
+    assert!(matches!(
+        store.leave_group(g, b),
+        Err(StoreError::NotMember)
+    ));
+    assert!(matches!(
+        store.fetch(g, b, Seq(0), 10, usize::MAX),
+        Err(StoreError::NotMember)
+    ));
+    assert!(matches!(
+        one(store, app(g, b, 1, b"x")),
+        Err(StoreError::NotMember)
+    ));
+    let after = one(store, app(g, c, 1, b"hello")).unwrap();
+    assert!(!after.members.contains(&b), "{:?}", after.members);
+    // A commit removing bob's leaf: accepted, nothing for bob.
+    let removal = one(store, commit(g, c, 1, &[], &[b], None)).unwrap();
+    assert!(removal.removed.is_empty());
+    assert!(store.departures(b).unwrap().is_empty());
+    // Now bob is neither member nor left: removing him again is Invalid.
+    assert!(matches!(
+        one(store, commit(g, c, 2, &[], &[b], None)),
+        Err(StoreError::Invalid(_))
+    ));
+    // And he can be added back.
+    let again = one(store, commit(g, c, 2, &[b], &[], Some(b"w2"))).unwrap();
+    assert!(store.is_member(g, b).unwrap());
+    assert_eq!(store.joined(g, b).unwrap(), Some(again.entry.seq));
+    // Unknown group, unknown device.
+    assert!(matches!(
+        store.leave_group(gid(9), b),
+        Err(StoreError::UnknownGroup)
+    ));
+    assert!(matches!(
+        store.leave_group(g, DeviceId(999)),
+        Err(StoreError::UnknownDevice)
+    ));
 }
 
 /// Bad membership changes are Invalid / UnknownDevice and change nothing.

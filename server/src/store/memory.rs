@@ -120,6 +120,15 @@ impl Inner {
         let checked = group
             .state
             .check(&post, &mut |d| Ok(devices.contains_key(&d)))?;
+        // Removed devices that had left (no MLS state): nothing to deliver, no record.
+        let had_left: Vec<DeviceId> = match &post.kind {
+            PostKind::Commit { removed, .. } => removed
+                .iter()
+                .copied()
+                .filter(|d| group.state.has_left(*d))
+                .collect(),
+            _ => Vec::new(),
+        };
         group.state.apply(&post, checked);
         if let Some(state) = &post.public_state {
             group.public_state = Some(state.clone());
@@ -141,7 +150,7 @@ impl Inner {
             ..
         } = post.kind
         {
-            for d in removed.iter() {
+            for d in removed.iter().filter(|d| !had_left.contains(d)) {
                 let cursor = group.cursors.remove(d).unwrap_or_default();
                 group.joined.remove(d);
                 group.departed.insert(*d, (cursor, seq));
@@ -176,6 +185,7 @@ impl Inner {
                 appended.welcome = Some(welcome);
             }
             appended.removed = removed.0;
+            appended.removed.retain(|d| !had_left.contains(d));
         }
         Ok(appended)
     }
@@ -368,6 +378,20 @@ impl RelayStore for MemoryStore {
         let inner = self.lock()?;
         let group = inner.groups.get(&group).ok_or(StoreError::UnknownGroup)?;
         Ok(group.public_state.clone())
+    }
+
+    fn leave_group(&self, group: GroupId, device: DeviceId) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        inner.device(device)?;
+        let grp = inner
+            .groups
+            .get_mut(&group)
+            .ok_or(StoreError::UnknownGroup)?;
+        grp.state.leave(device)?;
+        grp.cursors.remove(&device);
+        grp.joined.remove(&device);
+        inner.device_mut(device)?.groups.remove(&group);
+        Ok(())
     }
 
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {

@@ -253,6 +253,16 @@ pub trait RelayStore: Send + Sync + 'static {
     /// The group's latest public state: the one stored at creation or with the last accepted
     /// post that carried one (`None` if none ever did). UnknownGroup if no such group.
     fn public_state(&self, group: GroupId) -> Result<Option<PublicGroupState>, StoreError>;
+    /// `device` leaves `group` at the relay, without an MLS commit: for a device that was
+    /// added but has no MLS state for the group (it refused or lost the Welcome), which
+    /// therefore cannot send the leave request members would commit. It stops being a
+    /// member at once (no more deliveries, reads or posts; its cursor and inbox Welcome stay
+    /// as they are) but stays a leaf of the MLS tree until a member's commit removes it, so
+    /// the group's rules let such a commit name it among the removed devices (a no-op here:
+    /// no departure record, nothing delivered to it). A commit may also add it again.
+    /// NotMember if it is not a current member, UnknownGroup/UnknownDevice as usual.
+    /// Durable when it returns.
+    fn leave_group(&self, group: GroupId, device: DeviceId) -> Result<(), StoreError>;
     /// Whether `device` is a current member of `group` (UnknownGroup if no such group).
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError>;
     /// The groups `device` is a member of, with their current epochs, ordered by group id.

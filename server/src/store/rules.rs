@@ -41,6 +41,11 @@ pub(crate) struct GroupState {
     pub last_seq: Seq,
     /// Current members, sorted and without duplicates.
     pub members: Vec<DeviceId>,
+    /// Devices that left the group at the relay without MLS state (`LeaveGroup`), sorted:
+    /// no longer members (nothing is delivered to them, they cannot read or post), but
+    /// still leaves of the MLS tree until a member's commit removes them, so such a commit
+    /// may name them among its removed devices (their removal is then a no-op here).
+    pub left: Vec<DeviceId>,
     /// The group's last [`RECENT_POSTS`] application messages and proposals, oldest first,
     /// for the duplicate check.
     pub recent: VecDeque<RecentPost>,
@@ -64,8 +69,27 @@ impl GroupState {
             epoch: Epoch(0),
             last_seq: Seq(0),
             members: vec![creator],
+            left: Vec::new(),
             recent: VecDeque::new(),
         }
+    }
+
+    /// Whether `device` left the group without MLS state and no commit has removed it yet.
+    pub fn has_left(&self, device: DeviceId) -> bool {
+        self.left.binary_search(&device).is_ok()
+    }
+
+    /// Records that `device`, a current member, left without MLS state.
+    pub fn leave(&mut self, device: DeviceId) -> Result<(), StoreError> {
+        let at = self
+            .members
+            .binary_search(&device)
+            .map_err(|_| StoreError::NotMember)?;
+        self.members.remove(at);
+        if let Err(at) = self.left.binary_search(&device) {
+            self.left.insert(at, device);
+        }
+        Ok(())
     }
 
     /// Remembers an application message or proposal for the duplicate check.
@@ -153,7 +177,10 @@ impl GroupState {
                 if added.iter().any(|d| removed.contains(d)) {
                     return Err(StoreError::Invalid("device both added and removed"));
                 }
-                if removed.iter().any(|d| !self.is_member(*d)) {
+                if removed
+                    .iter()
+                    .any(|d| !self.is_member(*d) && !self.has_left(*d))
+                {
                     return Err(StoreError::Invalid(
                         "removing a device that is not a member",
                     ));
@@ -175,7 +202,8 @@ impl GroupState {
                     }
                     _ => {}
                 }
-                let size = self.members.len() - removed.len() + added.len();
+                let removed_members = removed.iter().filter(|d| self.is_member(**d)).count();
+                let size = self.members.len() - removed_members + added.len();
                 if size > MAX_GROUP_DEVICES {
                     return Err(StoreError::Invalid("group would exceed its size cap"));
                 }
@@ -206,6 +234,8 @@ impl GroupState {
         }
         if let PostKind::Commit { added, removed, .. } = &post.kind {
             self.members.retain(|d| !removed.contains(d));
+            self.left
+                .retain(|d| !removed.contains(d) && !added.contains(d));
             self.members.extend(added.iter().copied());
             self.members.sort_unstable();
             self.members.dedup();

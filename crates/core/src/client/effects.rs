@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use cove_wire::{Request, Seq, Stream, UserName};
+use cove_wire::{GroupId, Request, Seq, Stream, UserName};
 
 use crate::error::Warning;
 use crate::types::{Event, OpError, OpId};
@@ -44,6 +44,9 @@ pub(super) enum Pending {
     PublishList { len: u64 },
     /// Fetching `user`'s device list to pin (or check) it, outside any command.
     ObserveList { user: UserName },
+    /// Leaving a group at the relay without MLS state (a Welcome not taken, or a group
+    /// never joined).
+    LeaveGroup,
 }
 
 impl Pending {
@@ -63,6 +66,7 @@ impl Pending {
             Pending::External => "a request of the shell",
             Pending::PublishList { .. } => "publishing the device list",
             Pending::ObserveList { .. } => "fetching a device list",
+            Pending::LeaveGroup => "leaving a group at the relay",
         }
     }
 }
@@ -132,6 +136,13 @@ impl Effects {
     /// A command finished.
     pub(super) fn op_done(&mut self, op: OpId, result: Result<(), OpError>) {
         self.event(Event::OpDone { op, result });
+    }
+
+    /// Leaves `group` at the relay: this device was added to it but holds no MLS state for
+    /// it (it did not take the Welcome, or none came), so it cannot ask the members to
+    /// remove it; the relay stops sending it the group's traffic.
+    pub(super) fn leave_group(&mut self, group: GroupId) {
+        self.request(Request::LeaveGroup { group }, Pending::LeaveGroup);
     }
 
     /// Acknowledges `seq` of `stream`.

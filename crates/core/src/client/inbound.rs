@@ -34,7 +34,8 @@ pub const MAX_PARKED_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How long entries of a group this device never joined (no Welcome came, and no record of
 /// the group exists) stay parked, counted from the first backlog end that found them
-/// (on this run of the client), before they are dropped and acknowledged.
+/// (on this run of the client), before they are dropped and acknowledged, and the device
+/// leaves the group at the relay (`LeaveGroup`) so nothing more of it arrives.
 pub const UNJOINED_PARK_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// The parking area's bookkeeping (the parked entries themselves are in the store).
@@ -240,6 +241,7 @@ impl Inbound {
                     if let Some((last, _)) = pending.last() {
                         fx.ack(Stream::Group(group), *last);
                     }
+                    fx.leave_group(group);
                     fx.warn(Warning::UnjoinedDropped {
                         group,
                         count: parked,

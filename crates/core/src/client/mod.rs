@@ -1011,6 +1011,9 @@ impl<S: Store> Client<S> {
                 Ok(())
             }
             (Pending::Ack, Ok(_)) => Ok(()),
+            // Already gone (e.g. a member's commit removed it first): the same outcome.
+            (Pending::LeaveGroup, Ok(Reply::Left)) => Ok(()),
+            (Pending::LeaveGroup, Err(e)) if e.code == ErrorCode::NotMember => Ok(()),
             (Pending::Ack, Err(e)) => {
                 // Acks for entries of groups we were removed from are refused; harmless.
                 if e.code != ErrorCode::NotMember {

@@ -101,6 +101,7 @@ pub(super) fn on_inbox_entry<S: Store>(
                 cx.groups.restore(store, &group);
                 return Err(e.into());
             }
+            fx.leave_group(group);
             Ok(Inboxed::AdderRefused(group, adder))
         }
         Ok(JoinOutcome::Joined(events, refused)) => {
@@ -126,6 +127,12 @@ pub(super) fn on_inbox_entry<S: Store>(
                 group,
                 reason: Shared::new(reason),
             });
+            // Without the Welcome this device has no state for the group: unless it is an
+            // active member from before (a Welcome for a group it is in), it leaves at the
+            // relay.
+            if cx.groups.membership(&group) != Some(Membership::Active) {
+                fx.leave_group(group);
+            }
             Ok(Inboxed::Skipped)
         }
     }

@@ -2546,8 +2546,9 @@ fn refusals(events: &[Event]) -> Vec<(GroupId, String, cove_wire::DeviceId, Leaf
 /// and carol, with a text of hers in it: each refused her leaf once for `reason` and did not
 /// take her Welcome. No `Joined` into the group (so none naming `claimed` as the adder),
 /// none of her messages, no warning but `expected_warnings`; the group is kept only as a left record without its name
-/// (nothing of it is shown), nothing of its log waits (after a reconnection nothing more is
-/// reported), and a later text of mallory's in it is ignored without a word. Then a real
+/// (nothing of it is shown), each left the group at the relay (no state, so no leave request
+/// to commit), nothing of its log waits (after a reconnection nothing more is reported), and
+/// a later text of mallory's in it is ignored without a word. Then a real
 /// user can still put bob and carol in a group of their own: carol's `Joined` names bob.
 fn assert_forged_welcome_refused(
     net: &mut Net<MemoryStore>,
@@ -2594,6 +2595,15 @@ fn assert_forged_welcome_refused(
         net.relay.store().is_member(group, mallory.device).unwrap(),
         "nobody joined, so nobody removed her"
     );
+    // Without the Welcome they hold no state for the group, so each left it at the relay:
+    // nothing more of it is delivered to them.
+    for slot in [bob, carol] {
+        let me = net.client(slot).device().unwrap();
+        assert!(
+            !net.relay.store().is_member(group, me).unwrap(),
+            "slot {slot} still a relay member"
+        );
+    }
     mallory.send_text(net, "still alice");
     net.run();
     for slot in [bob, carol] {

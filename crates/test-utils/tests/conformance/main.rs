@@ -94,6 +94,9 @@ impl RelayStore for BackwardsCursors {
     fn public_state(&self, group: GroupId) -> Result<Option<PublicGroupState>, StoreError> {
         self.inner.public_state(group)
     }
+    fn leave_group(&self, group: GroupId, device: DeviceId) -> Result<(), StoreError> {
+        self.inner.leave_group(group, device)
+    }
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {
         self.inner.is_member(group, device)
     }

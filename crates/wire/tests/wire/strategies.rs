@@ -146,6 +146,7 @@ pub fn request() -> impl Strategy<Value = Request> {
         any::<u32>().prop_map(|nameplate| Request::JoinLink { nameplate }),
         payload().prop_map(|bytes| Request::LinkSend { bytes }),
         Just(Request::ListOwnDevices),
+        any::<[u8; 16]>().prop_map(|g| Request::LeaveGroup { group: GroupId(g) }),
     ]
 }
 
@@ -354,6 +355,7 @@ pub fn reply() -> impl Strategy<Value = Reply> {
                 })
         )
         .prop_map(|devices| Reply::OwnDevices { devices }),
+        Just(Reply::Left),
     ]
 }
 

@@ -59,6 +59,28 @@ pub(super) fn public_state(
         .optional()?)
 }
 
+/// Takes `device` out of `group`'s members and records that it left without MLS state (see
+/// `RelayStore::leave_group`); the caller commits and refreshes the group cache.
+pub(super) fn leave(
+    tx: &Transaction<'_>,
+    group: GroupId,
+    device: DeviceId,
+) -> Result<(), StoreError> {
+    let id = existing_device(tx, device)?;
+    if group_epoch(tx, group)?.is_none() {
+        return Err(StoreError::UnknownGroup);
+    }
+    let was_member = tx
+        .prepare_cached("DELETE FROM members WHERE group_id = ?1 AND device = ?2")?
+        .execute(params![group.0.as_slice(), id])?;
+    if was_member == 0 {
+        return Err(StoreError::NotMember);
+    }
+    tx.prepare_cached("INSERT OR IGNORE INTO group_left (group_id, device) VALUES (?1, ?2)")?
+        .execute(params![group.0.as_slice(), id])?;
+    Ok(())
+}
+
 /// The groups `device` is a member of, ordered by group id (see `RelayStore::groups_of`).
 pub(super) fn groups_of(
     conn: &Connection,

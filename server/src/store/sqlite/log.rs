@@ -188,11 +188,20 @@ fn write_post(
         )?;
         let mut delete =
             tx.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND device = ?2")?;
+        let mut unleave =
+            tx.prepare_cached("DELETE FROM group_left WHERE group_id = ?1 AND device = ?2")?;
         for d in removed.iter() {
+            // A device that had left (no MLS state): its removal only ends that record.
+            if unleave.execute(params![group.as_slice(), to_i64(d.0)?])? > 0 {
+                continue;
+            }
             depart.execute(params![group.as_slice(), to_i64(d.0)?, to_i64(seq.0)?])?;
             delete.execute(params![group.as_slice(), to_i64(d.0)?])?;
+            removed_devices.push(*d);
         }
-        removed_devices = removed.0.clone();
+        for d in added.iter() {
+            unleave.execute(params![group.as_slice(), to_i64(d.0)?])?;
+        }
         if let Some(welcome) = welcome {
             tx.prepare_cached("INSERT INTO inbox_payloads (data) VALUES (?1)")?
                 .execute(params![welcome.as_bytes()])?;
@@ -265,10 +274,19 @@ pub(super) fn load_group(
     }
     members.sort_unstable();
     members.dedup();
+    let mut left = Vec::new();
+    let mut stmt = conn.prepare_cached("SELECT device FROM group_left WHERE group_id = ?1")?;
+    let mut rows = stmt.query(params![group.0.as_slice()])?;
+    while let Some(r) = rows.next()? {
+        left.push(device_id(r.get(0)?)?);
+    }
+    left.sort_unstable();
+    left.dedup();
     let mut state = GroupState {
         epoch,
         last_seq: Seq(to_u64(last_seq)?),
         members,
+        left,
         recent: std::collections::VecDeque::new(),
     };
     // The duplicate check's window: the latest application messages and proposals.

@@ -300,6 +300,21 @@ impl RelayStore for SqliteStore {
         self.read(|conn| groups::public_state(conn, group))
     }
 
+    fn leave_group(&self, group: GroupId, device: DeviceId) -> Result<(), StoreError> {
+        // Under the writer lock until the cache holds the new state, as `append_batch` does,
+        // so no batch checks a post against the state from before the leave.
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        groups::leave(&tx, group, device)?;
+        let state = log::load_group(&tx, group)?.ok_or(StoreError::UnknownGroup)?;
+        tx.commit()?;
+        self.groups
+            .write()
+            .map_err(|_| StoreError::Backend("group cache lock poisoned".into()))?
+            .insert(group, state);
+        Ok(())
+    }
+
     fn is_member(&self, group: GroupId, device: DeviceId) -> Result<bool, StoreError> {
         self.with_group(group, |state| state.is_member(device))
     }

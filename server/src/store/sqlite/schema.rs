@@ -142,6 +142,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
         tree BLOB NOT NULL
     ) WITHOUT ROWID;
     ",
+    // Version 7: devices that left a group without MLS state (`RelayStore::leave_group`):
+    // no longer members, still MLS leaves until a commit removes them.
+    "
+    CREATE TABLE group_left (
+        group_id BLOB NOT NULL REFERENCES groups(id),
+        device INTEGER NOT NULL REFERENCES devices(id),
+        PRIMARY KEY (group_id, device)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -588,3 +588,26 @@ fn prune_covers_groups_across_transactions() {
         );
     }
 }
+
+/// A device that left a group without MLS state is still recorded as such after a reopen:
+/// not a member, and a commit naming it among the removed devices is accepted as a no-op.
+#[test]
+fn a_left_device_stays_left_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    let (a, b, g) = {
+        let store = SqliteStore::open(&path).unwrap();
+        let a = device(&store, "alice", 1);
+        let b = device(&store, "bob", 2);
+        let g = gid(1);
+        store.create_group(g, a).unwrap();
+        one(&store, commit(g, a, 0, &[b], &[], Some(b"welcome"))).unwrap();
+        store.leave_group(g, b).unwrap();
+        (a, b, g)
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(!store.is_member(g, b).unwrap());
+    let removal = one(&store, commit(g, a, 1, &[], &[b], None)).unwrap();
+    assert!(removal.removed.is_empty());
+    assert_eq!(removal.members, vec![a]);
+}
