@@ -38,6 +38,8 @@ mod call_signal;
 mod client;
 pub mod content;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod link;
 pub mod provider;
