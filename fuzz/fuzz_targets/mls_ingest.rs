@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 
 use cove_core::fuzzing::{FixtureRelay, MlsIngest};
 use cove_test_utils::sim;
+use cove_wire::sign::ChannelBinding;
 use cove_wire::{ClientFrame, ServerFrame};
 
 struct Sim(sim::Relay);
@@ -14,6 +15,9 @@ struct Sim(sim::Relay);
 impl FixtureRelay for Sim {
     fn connect(&mut self, slot: usize) -> ServerFrame {
         self.0.connect(slot)
+    }
+    fn channel(&self, slot: usize) -> Option<ChannelBinding> {
+        self.0.channel(slot)
     }
     fn handle(
         &mut self,

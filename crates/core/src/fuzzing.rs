@@ -9,6 +9,7 @@
 //!   of a group.
 
 use cove_store::{MemoryStore, StoreError};
+use cove_wire::sign::ChannelBinding;
 use cove_wire::{
     ClientFrame, Delivery, DeviceId, EntryKind, Epoch, GroupEntry, GroupId, InboxEntry, InboxKind,
     Payload, PostKind, Reply, Request, Seq, ServerFrame, UserName,
@@ -100,6 +101,8 @@ pub fn attachment_decrypt(data: &[u8]) {
 pub trait FixtureRelay {
     /// A connection opens in `slot`: its `Challenge`.
     fn connect(&mut self, slot: usize) -> ServerFrame;
+    /// The channel binding of the connection last opened in `slot`.
+    fn channel(&self, slot: usize) -> Option<ChannelBinding>;
     /// One frame from the connection in `slot`: the frames the relay sends, by slot.
     fn handle(&mut self, slot: usize, frame: ClientFrame, now_ms: u64)
     -> Vec<(usize, ServerFrame)>;
@@ -181,8 +184,11 @@ impl MlsIngest {
             seen: Seen::default(),
         };
         for slot in [ALICE, BOB] {
-            net.clients[slot].handle_connected(NOW_MS);
             let challenge = relay.connect(slot);
+            let channel = relay
+                .channel(slot)
+                .ok_or(FixtureError::Step("no channel binding"))?;
+            net.clients[slot].handle_connected(NOW_MS, channel);
             net.clients[slot].handle_frame(NOW_MS, challenge)?;
         }
         net.run(relay)?;
@@ -299,7 +305,13 @@ impl MlsIngest {
 
     /// Reconnects bob: challenge, his answer, `Authenticated`.
     fn authenticate(&self, bob: &mut Client<MemoryStore>) -> bool {
-        bob.handle_connected(NOW_MS);
+        bob.handle_connected(
+            NOW_MS,
+            ChannelBinding {
+                exporter: [8; 32],
+                relay_certificate: [7; 32],
+            },
+        );
         let challenge = ServerFrame::Challenge {
             version: cove_wire::PROTOCOL_VERSION,
             nonce: [9; 32],

@@ -32,6 +32,7 @@ pub use posts::{Fanout, PostOutcome, append, posted};
 pub(crate) use requests::ENTRY_OVERHEAD_BYTES;
 pub use requests::{acked, request};
 
+use cove_wire::sign::ChannelBinding;
 use cove_wire::{
     DeviceId, ErrorCode, ErrorReply, PROTOCOL_VERSION, Reply, Request, Seq, ServerFrame, Stream,
 };
@@ -44,6 +45,8 @@ use crate::store::{DEFAULT_READ_BYTES, NewPost, RelayStore};
 pub struct Connection {
     /// The challenge; `None` once used (authenticated, or a signature failed).
     nonce: Option<[u8; 32]>,
+    /// The TLS connection and relay certificate the challenge answer must be bound to.
+    channel: ChannelBinding,
     /// The authenticated device.
     device: Option<DeviceId>,
 }
@@ -113,10 +116,13 @@ pub struct Handled {
 }
 
 impl Connection {
-    /// A fresh connection whose challenge is `nonce` (random, from the caller).
-    pub fn new(nonce: [u8; 32]) -> Self {
+    /// A fresh connection whose challenge is `nonce` (random, from the caller), on the TLS
+    /// connection and with the relay certificate `channel` (the challenge answer must sign
+    /// both).
+    pub fn new(nonce: [u8; 32], channel: ChannelBinding) -> Self {
         Connection {
             nonce: Some(nonce),
+            channel,
             device: None,
         }
     }

@@ -10,6 +10,7 @@ use cove_core::content::ENVELOPE_VERSION;
 use cove_core::fuzzing::{self, FixtureRelay, MlsIngest};
 use cove_core::{Content, Envelope, Event};
 use cove_test_utils::sim;
+use cove_wire::sign::ChannelBinding;
 use cove_wire::{ClientFrame, ServerFrame};
 
 /// The relay core of cove-server, as the fixture's relay.
@@ -18,6 +19,9 @@ struct Sim(sim::Relay);
 impl FixtureRelay for Sim {
     fn connect(&mut self, slot: usize) -> ServerFrame {
         self.0.connect(slot)
+    }
+    fn channel(&self, slot: usize) -> Option<ChannelBinding> {
+        self.0.channel(slot)
     }
     fn handle(
         &mut self,
