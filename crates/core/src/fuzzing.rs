@@ -162,6 +162,8 @@ pub const INGEST_COMMIT_REMOVING: u8 = 3;
 pub const INGEST_WELCOME: u8 = 4;
 /// Input tag: a Welcome into another group in bob's inbox.
 pub const INGEST_WELCOME_ELSEWHERE: u8 = 5;
+/// Input tags 6, 7, 8: patches to sample 0, 1, 2 (see [`MlsIngest::ingest`]).
+pub const INGEST_PATCHED_SAMPLE: u8 = 6;
 
 const NOW_MS: u64 = 1_700_000_000_000;
 const ALICE: usize = 0;
@@ -236,13 +238,32 @@ impl MlsIngest {
         &self.samples
     }
 
-    /// Feeds `data` to bob. Byte 0 is a tag (`INGEST_*`, taken modulo their count), the rest
-    /// the payload of a group entry from alice at bob's epoch and next position, or of a
-    /// Welcome in bob's inbox. Bob may refuse it; nothing may panic. Returns the events bob
-    /// reported for it.
+    /// Feeds `data` to bob. Byte 0 is a tag (taken modulo 9): for `INGEST_*` (0..=5) the rest
+    /// is the payload of a group entry from alice at bob's epoch and next position, or of a
+    /// Welcome in bob's inbox; for [`INGEST_PATCHED_SAMPLE`] + k (k < 3) it is a list of
+    /// 3-byte patches (offset u16 BE modulo the length, byte XORed in) applied to sample k of
+    /// this fixture, delivered as that sample's kind. The fixture's MLS messages differ from
+    /// one process to the next (openmls draws some values outside the seeded provider), so
+    /// patched samples are how a fuzzer reaches deep into valid-looking MLS messages. Bob may
+    /// refuse the input; nothing may panic. Returns the events bob reported for it.
     pub fn ingest(&self, data: &[u8]) -> Vec<Event> {
-        let Some((&tag, payload)) = data.split_first() else {
+        let Some((&tag, rest)) = data.split_first() else {
             return Vec::new();
+        };
+        let patched;
+        let (tag, payload) = match tag % 9 {
+            t if t >= INGEST_PATCHED_SAMPLE => {
+                let Some((&sample_tag, sample)) = self
+                    .samples
+                    .get(usize::from(t - INGEST_PATCHED_SAMPLE))
+                    .and_then(|s| s.split_first())
+                else {
+                    return Vec::new();
+                };
+                patched = patch(sample, rest);
+                (sample_tag, patched.as_slice())
+            }
+            t => (t, rest),
         };
         let Ok(store) = self.store.snapshot() else {
             return Vec::new();
@@ -342,6 +363,24 @@ impl MlsIngest {
         while bob.poll_output().is_some() {}
         ok
     }
+}
+
+/// `sample` with `patches` (3 bytes each: offset u16 BE modulo the length, byte XORed in).
+fn patch(sample: &[u8], patches: &[u8]) -> Vec<u8> {
+    let mut out = sample.to_vec();
+    let len = out.len();
+    for p in patches.chunks_exact(3) {
+        let &[hi, lo, x] = p else {
+            continue;
+        };
+        if let Some(b) = usize::from(u16::from_be_bytes([hi, lo]))
+            .checked_rem(len)
+            .and_then(|at| out.get_mut(at))
+        {
+            *b ^= x;
+        }
+    }
+    out
 }
 
 /// What bob received and what alice posted while building the fixture.

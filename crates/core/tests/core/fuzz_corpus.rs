@@ -114,22 +114,31 @@ fn attachment_decrypt_corpus_replays() {
     }
 }
 
-/// The fixture is a real member: alice's text, unseen by bob, reaches him as a message; the
-/// corpus replays without a panic.
+/// The fixture is a real member: alice's text, unseen by bob, reaches him as a message (also
+/// through the patch path without patches), and not once one of its bytes is flipped; the corpus replays without a panic.
 #[test]
 fn mls_ingest_corpus_replays() {
     let fixture = MlsIngest::build(&mut Sim(sim::Relay::new())).unwrap();
     let samples = fixture.samples();
     assert_eq!(samples.len(), 3, "text, key update, Welcome");
     let events = fixture.ingest(&samples[0]);
+    assert_eq!(
+        fixture.ingest(&[fuzzing::INGEST_PATCHED_SAMPLE]),
+        events,
+        "sample 0 without patches is sample 0"
+    );
     assert!(
         events
             .iter()
             .any(|e| matches!(e, Event::Message(m) if m.text == "hello bob")),
         "{events:?}"
     );
-    write_seeds("mls_ingest", samples);
-    for input in corpus("mls_ingest", 3) {
+    // Seeds: the samples as they are (valid for the fixture that made them only), and
+    // each sample through the patch path with one flipped byte.
+    let mut seeds = samples.to_vec();
+    seeds.extend((0..3).map(|k| vec![fuzzing::INGEST_PATCHED_SAMPLE + k, 0, 40, 1]));
+    write_seeds("mls_ingest", &seeds);
+    for input in corpus("mls_ingest", 6) {
         fixture.ingest(&input);
     }
 }
