@@ -87,8 +87,9 @@ impl Me {
         ))
     }
 
-    /// The answer to the relay's challenge `nonce` on the connection `channel`: registration (first device, or a further
-    /// device with its stored authorisation) or authentication, and whether it registers.
+    /// The answer to the relay's challenge `nonce` on the connection `channel`: registration
+    /// (first device, or a further device with its stored authorisation) or authentication,
+    /// and whether it registers.
     pub(super) fn answer_challenge<S: Store>(
         &self,
         store: &S,

@@ -115,7 +115,8 @@ fn attachment_decrypt_corpus_replays() {
 }
 
 /// The fixture is a real member: alice's text, unseen by bob, reaches him as a message (also
-/// through the patch path without patches), and not once one of its bytes is flipped; the corpus replays without a panic.
+/// through the patch path without patches), and not once one of its bytes is flipped; the
+/// corpus replays without a panic.
 #[test]
 fn mls_ingest_corpus_replays() {
     let fixture = MlsIngest::build(&mut Sim(sim::Relay::new())).unwrap();
