@@ -31,9 +31,9 @@ pub const FUZZ_REALM: &str = "cove";
 pub const FUZZ_NOW_SECS: u64 = 1_700_000_000;
 
 /// One datagram from a client, as the relay's TURN socket receives it: judged by a fresh
-/// [`Gate`] (default peer policy, [`FUZZ_SECRET`], at [`FUZZ_NOW_SECS`]), then seen as the
-/// server's own answer (`observe_outgoing`), and decoded as `ChannelData` as the `turn`
-/// crate decodes a non-STUN datagram. A refusal the gate answers must be a well-formed STUN
+/// gate (`crate::gate`, default peer policy, [`FUZZ_SECRET`], at [`FUZZ_NOW_SECS`]), then
+/// seen as the server's own answer (`observe_outgoing`), and decoded as `ChannelData` as the
+/// `turn` crate decodes a non-STUN datagram. A refusal the gate answers must be a well-formed STUN
 /// error response carrying an error code.
 pub fn stun_turn(data: &[u8]) {
     let gate = Gate::new(FUZZ_REALM, FUZZ_SECRET, PeerPolicy::default());
