@@ -67,6 +67,11 @@ impl RawConnection {
         .map_err(|_| RawError::Timeout)?
     }
 
+    /// The connection's channel binding (what the challenge answer signs with the nonce).
+    pub fn channel_binding(&self) -> cove_wire::sign::ChannelBinding {
+        self.conn.channel_binding()
+    }
+
     /// Authenticates (or registers) with `body`.
     pub async fn authenticate(&mut self, body: Request) -> Result<DeviceId, RawError> {
         match self.request(body).await? {

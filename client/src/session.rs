@@ -3,7 +3,7 @@
 //! ```text
 //! loop {
 //!     connect (TLS + WebSocket) ─ fail → back off (commands still run) → retry
-//!     client.handle_connected(now)
+//!     client.handle_connected(now, tls_channel_binding)
 //!     select {
 //!         frame from socket → client.handle_frame(now, frame)
 //!         command from a [`Session`] handle → run it against &mut client
@@ -461,7 +461,8 @@ impl<S: Store + 'static> Pump<S> {
     async fn serve(&mut self, mut conn: Connection) -> Ended<S> {
         self.link.send_replace(LinkState::Up);
         let _ = self.events.send(SessionEvent::Connected);
-        self.client.handle_connected(now_ms());
+        self.client
+            .handle_connected(now_ms(), conn.channel_binding());
         let ended = loop {
             if let Err(e) = self.drain(&mut conn).await {
                 break Ended::Lost(e.to_string());

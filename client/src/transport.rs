@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use cove_wire::limits::MAX_FRAME_BYTES;
+use cove_wire::sign::{ChannelBinding, TLS_EXPORTER_LABEL};
 use cove_wire::{ClientFrame, ServerFrame, WS_PATH};
 
 /// How long the TCP connect, TLS handshake and WebSocket upgrade may take together.
@@ -56,6 +58,10 @@ pub enum TransportError {
     /// The handshake did not finish within [`HANDSHAKE_TIMEOUT`].
     #[error("connecting to {0} timed out")]
     Timeout(String),
+    /// The connection has no TLS exporter value or relay certificate to bind the
+    /// authentication to (not TLS, or the handshake did not complete).
+    #[error("connection to {0} has no TLS channel binding")]
+    NoChannelBinding(String),
     /// The TCP, TLS or WebSocket layer failed.
     #[error("connection to {url} failed: {source}")]
     Connect {
@@ -140,9 +146,28 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Transport
     Ok(certs)
 }
 
+/// The channel binding of a TLS WebSocket as the client sees it: the exporter value for
+/// [`TLS_EXPORTER_LABEL`] and the SHA-256 of the relay's end-entity certificate.
+fn channel_binding(ws: &WebSocketStream<MaybeTlsStream<TcpStream>>) -> Option<ChannelBinding> {
+    let MaybeTlsStream::Rustls(tls) = ws.get_ref() else {
+        return None;
+    };
+    let conn = tls.get_ref().1;
+    let exporter = conn
+        .export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, None)
+        .ok()?;
+    let leaf = conn.peer_certificates()?.first()?;
+    Some(ChannelBinding {
+        exporter,
+        relay_certificate: Sha256::digest(leaf.as_ref()).into(),
+    })
+}
+
 /// A connected, not yet authenticated WebSocket to the relay.
 pub struct Connection {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// This connection's TLS exporter value and the relay's certificate hash.
+    channel: ChannelBinding,
 }
 
 impl Connection {
@@ -175,8 +200,17 @@ impl Connection {
                 url,
                 source: Box::new(e),
             }),
-            Ok(Ok((ws, _response))) => Ok(Connection { ws }),
+            Ok(Ok((ws, _response))) => {
+                let channel = channel_binding(&ws).ok_or(TransportError::NoChannelBinding(url))?;
+                Ok(Connection { ws, channel })
+            }
         }
+    }
+
+    /// The connection's channel binding: what the answer to the relay's challenge signs with
+    /// its nonce (see `PROTOCOL.md`, "Authentication").
+    pub fn channel_binding(&self) -> ChannelBinding {
+        self.channel
     }
 
     /// Sends one frame.

@@ -61,6 +61,11 @@ pub(crate) async fn serve(
             return;
         }
     };
+    let Some(channel) = crate::tls::channel_binding(tls.get_ref().1, shared.relay_certificate)
+    else {
+        debug!(%peer, "no TLS exporter after the handshake");
+        return;
+    };
 
     let slot: UpgradeSlot = Arc::new(Mutex::new(None));
     let service = {
@@ -119,7 +124,7 @@ pub(crate) async fn serve(
         Some(shared.ws_config),
     )
     .await;
-    crate::session::run(ws, shared, peer).await;
+    crate::session::run(ws, shared, peer, channel).await;
 }
 
 async fn route(

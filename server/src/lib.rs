@@ -44,6 +44,11 @@
 mod admission;
 pub mod blob;
 pub mod config;
+/// Fuzz entry points (the targets in `fuzz/`, replayed by this crate's tests). Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::blob::auth::fuzzing::{NOW_MS, blob_request, device_key, samples};
+}
 mod http;
 mod hub;
 mod idle;

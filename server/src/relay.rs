@@ -176,6 +176,7 @@ impl Relay {
             acks,
             limits,
             blob,
+            relay_certificate: tls::certificate_sha256(&identity.cert_der),
             tls: identity.server_config,
             ws_config,
             shutdown: shutdown_rx,

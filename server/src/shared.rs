@@ -26,6 +26,9 @@ pub(crate) struct Shared {
     pub limits: Limits,
     pub blob: BlobService,
     pub tls: Arc<rustls::ServerConfig>,
+    /// SHA-256 of the relay's end-entity certificate (DER): part of every connection's
+    /// channel binding (see `crate::tls::channel_binding`).
+    pub relay_certificate: [u8; 32],
     pub ws_config: WebSocketConfig,
     pub shutdown: watch::Receiver<bool>,
     pub turn: Option<Arc<crate::turn::TurnService>>,

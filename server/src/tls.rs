@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cove_wire::sign::{ChannelBinding, TLS_EXPORTER_LABEL};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
@@ -106,6 +107,27 @@ pub(crate) fn load(
         cert_der: leaf,
         cert_path,
         created,
+    })
+}
+
+/// SHA-256 of a DER certificate (the relay's half of [`ChannelBinding`]).
+pub(crate) fn certificate_sha256(cert_der: &[u8]) -> [u8; 32] {
+    Sha256::digest(cert_der).into()
+}
+
+/// The channel binding of an accepted TLS connection: its exporter value for
+/// [`TLS_EXPORTER_LABEL`] and the relay's certificate hash. `None` if the handshake did not
+/// complete (rustls exports only after it).
+pub(crate) fn channel_binding(
+    conn: &rustls::ServerConnection,
+    relay_certificate: [u8; 32],
+) -> Option<ChannelBinding> {
+    let exporter = conn
+        .export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, None)
+        .ok()?;
+    Some(ChannelBinding {
+        exporter,
+        relay_certificate,
     })
 }
 

@@ -73,9 +73,10 @@ impl Device {
         self.device.ok_or(DeviceError::NotRegistered)?;
         let tls = Arc::new(transport::client_config(&self.home.trust(&self.config))?);
         let (mut raw, nonce) = RawConnection::open(&self.config.server, tls).await?;
+        let channel = raw.channel_binding();
         let authenticate = self
             .session
-            .call(move |c| c.side_authentication(&nonce))
+            .call(move |c| c.side_authentication(&nonce, &channel))
             .await?
             .ok_or(DeviceError::NotRegistered)?;
         raw.authenticate(authenticate).await?;

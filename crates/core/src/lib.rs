@@ -18,7 +18,7 @@
 //! ```text
 //! let mut client = Client::open(store, seed_from_os_rng)?;
 //! loop {
-//!     connect();                                    client.handle_connected(now_ms());
+//!     let channel = connect();                      client.handle_connected(now_ms(), channel);
 //!     while let Some(frame) = receive() {           client.handle_frame(now_ms(), frame)?;
 //!         while let Some(out) = client.poll_output() {
 //!             match out { Output::Send(f) => send(f), Output::Event(e) => show(e) }
@@ -38,6 +38,8 @@ mod call_signal;
 mod client;
 pub mod content;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod link;
 pub mod provider;

@@ -28,6 +28,21 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// A separate store holding a copy of everything committed in this one (fixtures that
+    /// restart from one state, e.g. `cove_core::fuzzing`). Refused inside a transaction.
+    pub fn snapshot(&self) -> Result<MemoryStore, StoreError> {
+        let inner = self.lock()?;
+        if inner.journal.is_some() {
+            return Err(StoreError::Transaction("snapshot inside a transaction"));
+        }
+        Ok(MemoryStore {
+            inner: Mutex::new(Inner {
+                map: inner.map.clone(),
+                journal: None,
+            }),
+        })
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
         self.inner
             .lock()

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use cove_server::{Limits, Relay, RelayConfig, RelayHandle, StoreKind};
+use cove_wire::sign::{ChannelBinding, TLS_EXPORTER_LABEL};
 use cove_wire::{
     ClientFrame, DecodeError, Delivery, DeviceId, DeviceKey, EncodeError, Epoch, ErrorCode,
     ErrorReply, GroupId, Payload, PostKind, Reply, Request, RequestId, Seq, ServerFrame, Signature,
@@ -42,6 +43,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use futures_util::{SinkExt, StreamExt};
 use rand::RngCore;
 use rustls::pki_types::{CertificateDer, ServerName};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -126,10 +128,11 @@ impl DeviceKeys {
         self.signing.to_bytes()
     }
 
-    /// Signs a connection challenge.
-    pub fn sign_challenge(&self, nonce: &[u8; 32]) -> Signature {
+    /// Signs a connection challenge: `nonce` on the connection `channel` (see
+    /// [`TestClient::channel`], `sim::Relay::channel`).
+    pub fn sign_challenge(&self, nonce: &[u8; 32], channel: &ChannelBinding) -> Signature {
         let message =
-            cove_wire::sign::auth_challenge_message(nonce, &self.user, &self.public_key());
+            cove_wire::sign::auth_challenge_message(nonce, channel, &self.user, &self.public_key());
         Signature(self.signing.sign(&message).to_bytes())
     }
 
@@ -149,6 +152,30 @@ impl DeviceKeys {
         #[allow(clippy::expect_used)]
         self.device.expect("device is registered")
     }
+}
+
+/// The channel binding of a TLS WebSocket as the client sees it: the TLS exporter value for
+/// [`TLS_EXPORTER_LABEL`] and the SHA-256 of the relay's end-entity certificate.
+pub fn channel_binding(ws: &Ws) -> Result<ChannelBinding, ClientError> {
+    let MaybeTlsStream::Rustls(tls) = ws.get_ref() else {
+        return Err(ClientError::Unexpected("not a TLS connection".into()));
+    };
+    tls_channel_binding(tls.get_ref().1)
+}
+
+/// The channel binding of a client TLS connection (see [`channel_binding`]).
+pub fn tls_channel_binding(conn: &rustls::ClientConnection) -> Result<ChannelBinding, ClientError> {
+    let exporter = conn
+        .export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, None)
+        .map_err(|e| ClientError::Unexpected(format!("TLS exporter: {e}")))?;
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| ClientError::Unexpected("no relay certificate".into()))?;
+    Ok(ChannelBinding {
+        exporter,
+        relay_certificate: Sha256::digest(leaf.as_ref()).into(),
+    })
 }
 
 /// A random group id.
@@ -419,6 +446,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct TestClient {
     ws: Ws,
     nonce: [u8; 32],
+    /// The TLS exporter value and the relay's certificate hash of this connection.
+    channel: ChannelBinding,
     next_id: u32,
     responses: HashMap<RequestId, Result<Reply, ErrorReply>>,
     deliveries: VecDeque<Delivery>,
@@ -436,9 +465,11 @@ impl TestClient {
     /// Connects over TLS to `url` and reads the relay's challenge.
     pub async fn connect(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self, ClientError> {
         let ws = Self::connect_ws(url, tls).await?;
+        let channel = channel_binding(&ws)?;
         let mut client = TestClient {
             ws,
             nonce: [0; 32],
+            channel,
             next_id: 0,
             responses: HashMap::new(),
             deliveries: VecDeque::new(),
@@ -487,6 +518,12 @@ impl TestClient {
     /// The challenge nonce of this connection.
     pub fn nonce(&self) -> [u8; 32] {
         self.nonce
+    }
+
+    /// The channel binding of this connection (what a challenge answer signs with the
+    /// nonce), computed from the client's side of the TLS connection.
+    pub fn channel(&self) -> ChannelBinding {
+        self.channel
     }
 
     /// The `Closing` code the relay sent, if any.
@@ -546,7 +583,7 @@ impl TestClient {
         let body = Request::Register {
             user: keys.user.clone(),
             key: keys.public_key(),
-            signature: keys.sign_challenge(&self.nonce),
+            signature: keys.sign_challenge(&self.nonce, &self.channel),
         };
         let device = self.expect_authenticated(body).await?;
         keys.device = Some(device);
@@ -562,7 +599,7 @@ impl TestClient {
         let body = Request::RegisterDevice {
             user: keys.user.clone(),
             key: keys.public_key(),
-            signature: keys.sign_challenge(&self.nonce),
+            signature: keys.sign_challenge(&self.nonce, &self.channel),
             authorizer: authorizer.id(),
             authorization: authorizer.authorize_device(&keys.public_key()),
         };
@@ -576,7 +613,7 @@ impl TestClient {
         let body = Request::Authenticate {
             user: keys.user.clone(),
             device: keys.id(),
-            signature: keys.sign_challenge(&self.nonce),
+            signature: keys.sign_challenge(&self.nonce, &self.channel),
         };
         self.expect_authenticated(body).await
     }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use cove_server::logic::{Backlog, BacklogStep, Connection, Fanout, Handshakes, PostOutcome};
 use cove_server::store::{MemoryStore, NewPost, RelayStore};
+use cove_wire::sign::ChannelBinding;
 use cove_wire::{ClientFrame, Delivery, DeviceId, ErrorCode, ServerFrame};
 
 /// Frames for connection slots, in the order they are sent.
@@ -32,6 +33,21 @@ pub struct Relay {
     online: HashMap<DeviceId, usize>,
     /// Connections opened so far (each gets its own challenge).
     opened: u64,
+    /// The channel binding of the connection last opened in each slot.
+    channels: HashMap<usize, ChannelBinding>,
+}
+
+/// The relay "certificate hash" of every sim connection's [`ChannelBinding`].
+pub const SIM_RELAY_CERTIFICATE: [u8; 32] = [0x5c; 32];
+
+/// The stand-in channel binding of the `opened`-th sim connection.
+fn sim_channel(opened: u64) -> ChannelBinding {
+    let mut exporter = [0xe0; 32];
+    exporter[..8].copy_from_slice(&opened.to_le_bytes());
+    ChannelBinding {
+        exporter,
+        relay_certificate: SIM_RELAY_CERTIFICATE,
+    }
 }
 
 impl Default for Relay {
@@ -60,6 +76,7 @@ impl Relay {
             conns: BTreeMap::new(),
             online: HashMap::new(),
             opened: 0,
+            channels: HashMap::new(),
         }
     }
 
@@ -75,18 +92,28 @@ impl Relay {
     }
 
     /// A connection opens in `slot` (closing one still open there): returns its challenge.
-    /// Each connection gets a different nonce.
+    /// Each connection gets a different nonce and a different [`ChannelBinding`] (there is no
+    /// TLS here: a fixed value per connection stands in for the exporter, and
+    /// [`SIM_RELAY_CERTIFICATE`] for the relay's certificate hash); see [`Relay::channel`].
     pub fn connect(&mut self, slot: usize) -> ServerFrame {
         self.disconnect(slot);
         self.opened += 1;
         let mut nonce = [0x5a; 32];
         nonce[..8].copy_from_slice(&self.opened.to_le_bytes());
-        let conn = Connection::new(nonce);
+        let channel = sim_channel(self.opened);
+        self.channels.insert(slot, channel);
+        let conn = Connection::new(nonce, channel);
         self.conns.insert(slot, conn);
         ServerFrame::Challenge {
             version: cove_wire::PROTOCOL_VERSION,
             nonce,
         }
+    }
+
+    /// The channel binding of the connection last opened in `slot` (what its device signs
+    /// with the nonce).
+    pub fn channel(&self, slot: usize) -> Option<ChannelBinding> {
+        self.channels.get(&slot).copied()
     }
 
     /// The connection in `slot` closes.
@@ -248,7 +275,7 @@ mod tests {
         let body = Request::Register {
             user: keys.user.clone(),
             key: keys.public_key(),
-            signature: keys.sign_challenge(&nonce(&challenge)),
+            signature: keys.sign_challenge(&nonce(&challenge), &relay.channel(slot).unwrap()),
         };
         let frames = relay.handle(slot, request(1, body), 1);
         match &frames[0] {
@@ -269,7 +296,7 @@ mod tests {
         let body = Request::Authenticate {
             user: keys.user.clone(),
             device: keys.id(),
-            signature: keys.sign_challenge(&nonce(&challenge)),
+            signature: keys.sign_challenge(&nonce(&challenge), &relay.channel(slot).unwrap()),
         };
         relay.handle(slot, request(1, body), 1)
     }
@@ -413,6 +440,30 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["response", "welcome", "entry 2", "done"]);
+    }
+
+    /// The relay core checks the channel binding: each connection has its own, and an
+    /// answer signed with another connection's binding is refused `AuthenticationFailed`.
+    #[test]
+    fn an_answer_signed_for_another_channel_is_refused() {
+        let mut relay = Relay::new();
+        let mut alice = DeviceKeys::generate("alice");
+        register(&mut relay, 0, &mut alice);
+        relay.connect(1);
+        let challenge = relay.connect(2);
+        let (one, two) = (relay.channel(1).unwrap(), relay.channel(2).unwrap());
+        assert_ne!(one, two);
+        let body = Request::Authenticate {
+            user: alice.user.clone(),
+            device: alice.id(),
+            signature: alice.sign_challenge(&nonce(&challenge), &one),
+        };
+        let frames = relay.handle(2, request(1, body), 1);
+        assert!(
+            matches!(&frames[0], (2, ServerFrame::Response { result: Err(e), .. }) if e.code == ErrorCode::AuthenticationFailed),
+            "{frames:?}"
+        );
+        assert_eq!(relay.device(2), None);
     }
 
     /// A second connection of the same device displaces the first.

@@ -107,7 +107,7 @@ pub(crate) struct Gate {
     permissions_after_expiry: AtomicU64,
 }
 
-enum Verdict {
+pub(crate) enum Verdict {
     Pass,
     Refuse(Vec<u8>),
 }
@@ -152,7 +152,7 @@ impl Gate {
 
     /// Decides on one datagram from `src`. Anything that is not an authenticated STUN request
     /// passes unchanged (the crate answers unauthenticated requests with its nonce challenge).
-    fn inspect(&self, packet: &[u8], src: SocketAddr, now: SystemTime) -> Verdict {
+    pub(crate) fn inspect(&self, packet: &[u8], src: SocketAddr, now: SystemTime) -> Verdict {
         if !is_message(packet) {
             return Verdict::Pass;
         }
@@ -363,7 +363,7 @@ impl Gate {
     }
 
     /// Notes the server's answer to a renewal let through after its credential expired.
-    fn observe_outgoing(&self, packet: &[u8]) {
+    pub(crate) fn observe_outgoing(&self, packet: &[u8]) {
         if (lock(&self.renewals).is_empty() && lock(&self.pending_allocations).is_empty())
             || !is_message(packet)
         {

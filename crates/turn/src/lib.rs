@@ -28,6 +28,8 @@
 #![deny(missing_docs)]
 
 pub mod credentials;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gate;
 pub mod peers;
 pub mod server;

@@ -26,6 +26,8 @@
 pub mod call;
 mod codec;
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 mod ids;
 pub mod limits;

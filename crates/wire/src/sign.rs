@@ -10,12 +10,37 @@ pub const AUTH_LABEL: &[u8] = b"cove/v1/auth-challenge\0";
 /// Label for authorising a further device of a user.
 pub const ADD_DEVICE_LABEL: &[u8] = b"cove/v1/add-device\0";
 
+/// The TLS exporter label (RFC 8446 §7.5, no context, 32 bytes) of
+/// [`ChannelBinding::exporter`].
+pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-cove-auth-v1";
+
+/// What ties a challenge answer to one TLS connection with one relay: both ends compute it
+/// from their side of the connection, and the device signs it with the nonce. A relay that
+/// forwards the answer over another TLS connection (a man in the middle, or another relay the
+/// user also logs into) has another exporter value, or another certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChannelBinding {
+    /// The connection's TLS exporter value for [`TLS_EXPORTER_LABEL`] (32 bytes, no context).
+    pub exporter: [u8; 32],
+    /// SHA-256 of the relay's end-entity certificate (DER), as the device saw it / as the
+    /// relay serves it.
+    pub relay_certificate: [u8; 32],
+}
+
 /// What a device signs to answer a connection challenge: it binds the relay's fresh nonce,
-/// the claimed user and the device key, so a response is good for one connection only.
-pub fn auth_challenge_message(nonce: &[u8; 32], user: &UserName, key: &DeviceKey) -> Vec<u8> {
-    let mut m = Vec::with_capacity(AUTH_LABEL.len() + 32 + 1 + user.as_str().len() + 32);
+/// the TLS connection and the relay's certificate it was sent on (`channel`), the claimed user
+/// and the device key, so a response is good for one connection to one relay only.
+pub fn auth_challenge_message(
+    nonce: &[u8; 32],
+    channel: &ChannelBinding,
+    user: &UserName,
+    key: &DeviceKey,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(AUTH_LABEL.len() + 32 + 64 + 1 + user.as_str().len() + 32);
     m.extend_from_slice(AUTH_LABEL);
     m.extend_from_slice(nonce);
+    m.extend_from_slice(&channel.exporter);
+    m.extend_from_slice(&channel.relay_certificate);
     m.push(user.as_str().len() as u8); // at most 32, see limits::USER_NAME_LEN
     m.extend_from_slice(user.as_str().as_bytes());
     m.extend_from_slice(&key.0);
@@ -49,4 +74,52 @@ pub fn blob_request_message(method: &str, path: &str, timestamp_ms: u64, value: 
     m.extend_from_slice(&timestamp_ms.to_be_bytes());
     m.extend_from_slice(&value.to_be_bytes());
     m
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The challenge answer covers each of its inputs: changing any one of nonce, exporter,
+    /// relay certificate, user or key changes the signed bytes.
+    #[test]
+    fn auth_challenge_message_changes_with_each_input() {
+        let nonce = [1; 32];
+        let channel = ChannelBinding {
+            exporter: [2; 32],
+            relay_certificate: [3; 32],
+        };
+        let user = UserName::new("alice").unwrap();
+        let key = DeviceKey([4; 32]);
+        let base = auth_challenge_message(&nonce, &channel, &user, &key);
+        let variants = [
+            auth_challenge_message(&[9; 32], &channel, &user, &key),
+            auth_challenge_message(
+                &nonce,
+                &ChannelBinding {
+                    exporter: [9; 32],
+                    ..channel
+                },
+                &user,
+                &key,
+            ),
+            auth_challenge_message(
+                &nonce,
+                &ChannelBinding {
+                    relay_certificate: [9; 32],
+                    ..channel
+                },
+                &user,
+                &key,
+            ),
+            auth_challenge_message(&nonce, &channel, &UserName::new("alicf").unwrap(), &key),
+            auth_challenge_message(&nonce, &channel, &user, &DeviceKey([9; 32])),
+        ];
+        for (n, v) in variants.iter().enumerate() {
+            assert_ne!(*v, base, "input {n} is not covered");
+        }
+        assert!(base.starts_with(AUTH_LABEL));
+    }
 }

@@ -153,7 +153,8 @@ impl Device {
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
         let user = UserName::new(user)?;
         let public = DeviceKey(key.verifying_key().to_bytes());
-        let msg = cove_wire::sign::auth_challenge_message(&nonce, &user, &public);
+        let channel = cove_test_utils::channel_binding(&ws).map_err(|e| anyhow!("{e}"))?;
+        let msg = cove_wire::sign::auth_challenge_message(&nonce, &channel, &user, &public);
         let signature = Signature(key.sign(&msg).to_bytes());
         let mut dev = Device {
             ws,

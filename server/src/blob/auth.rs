@@ -137,6 +137,142 @@ fn prune(seen: &mut HashMap<[u8; 64], u64>, now_ms: u64) {
     seen.retain(|_, ts| ts.saturating_add(MAX_SKEW_MS) >= now_ms);
 }
 
+/// The fuzz entry point `cove_server::fuzzing::blob_request` (the `blob_request` target in
+/// `fuzz/`, replayed over `fuzz/corpus/blob_request/` by this crate's tests). `data` is a
+/// request head as text, `METHOD PATH` then `Name: value` lines. What the relay does with a
+/// request before it touches storage runs on it: the path's blob id, the signed value
+/// (`Upload-Length` of a `POST /v1/blobs`, `Upload-Offset` of a `PATCH`, else 0), the
+/// signature headers, the signature under [`fuzzing::device_key`] at [`fuzzing::NOW_MS`], and
+/// the replay guard. A request that verifies must be admitted once, refused as a replay the
+/// second time, and not verify for another value or path.
+pub mod fuzzing {
+    use ed25519_dalek::{Signer, SigningKey};
+    use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+
+    use super::{Replay, ReplayGuard, SignedHeaders};
+    use cove_wire::{BlobId, DeviceKey};
+
+    /// The relay's clock for fuzzed requests (ms since the Unix epoch).
+    pub const NOW_MS: u64 = 1_700_000_000_000;
+    /// The seed of the device key fuzzed requests are checked against.
+    const DEVICE_SEED: [u8; 32] = [0x11; 32];
+
+    /// The device key fuzzed requests are checked against.
+    pub fn device_key() -> DeviceKey {
+        DeviceKey(
+            SigningKey::from_bytes(&DEVICE_SEED)
+                .verifying_key()
+                .to_bytes(),
+        )
+    }
+
+    /// See the module documentation. True when the request's signature verified.
+    pub fn blob_request(data: &[u8]) -> bool {
+        let Some((method, uri, headers)) = parse_head(data) else {
+            return false;
+        };
+        let path = uri.path();
+        let header_u64 =
+            |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+        let value = if path == "/v1/blobs" || path == "/v1/blobs/" {
+            match header_u64("upload-length") {
+                Some(v) if method == Method::POST => v,
+                _ => return false,
+            }
+        } else if let Some(id) = path.strip_prefix("/v1/blobs/") {
+            if BlobId::from_hex(id).is_err() {
+                return false;
+            }
+            if method == Method::PATCH {
+                match header_u64("upload-offset") {
+                    Some(v) => v,
+                    None => return false,
+                }
+            } else {
+                0
+            }
+        } else {
+            let _ = path.strip_prefix("/s/").map(BlobId::from_hex);
+            return false;
+        };
+        let Ok(signed) = SignedHeaders::parse(&headers) else {
+            return false;
+        };
+        let key = device_key();
+        if signed
+            .verify(method.as_str(), path, value, &key, NOW_MS)
+            .is_err()
+        {
+            return false;
+        }
+        assert!(
+            signed
+                .verify(method.as_str(), path, value ^ 1, &key, NOW_MS)
+                .is_err()
+                && signed
+                    .verify(method.as_str(), "/v1/blobs/x", value, &key, NOW_MS)
+                    .is_err(),
+            "a blob request signature verified for another request"
+        );
+        let guard = ReplayGuard::default();
+        let first = guard.admit(signed.signature(), signed.timestamp_ms(), NOW_MS);
+        let second = guard.admit(signed.signature(), signed.timestamp_ms(), NOW_MS);
+        assert!(
+            first.is_ok() && second == Err(Replay::Seen),
+            "the replay guard let a signature through twice: {first:?} {second:?}"
+        );
+        true
+    }
+
+    /// Requests signed with [`device_key`] at [`NOW_MS`], for a seed corpus: create, append,
+    /// status, delete, and a signature for one value sent with another.
+    pub fn samples() -> Vec<Vec<u8>> {
+        let key = SigningKey::from_bytes(&DEVICE_SEED);
+        let blob = "/v1/blobs/00112233445566778899aabbccddeeff";
+        let sign = |method: &str, path: &str, value: u64, extra: &str| {
+            let msg = cove_wire::sign::blob_request_message(method, path, NOW_MS, value);
+            let signature = hex::encode(key.sign(&msg).to_bytes());
+            format!(
+                "{method} {path} HTTP/1.1\r\nCove-Device: 7\r\nCove-Timestamp: {NOW_MS}\r\n\
+                 Cove-Signature: {signature}\r\n{extra}\r\n"
+            )
+            .into_bytes()
+        };
+        vec![
+            sign("POST", "/v1/blobs", 1000, "Upload-Length: 1000\r\n"),
+            sign("PATCH", blob, 64, "Upload-Offset: 64\r\n"),
+            sign("HEAD", blob, 0, ""),
+            sign("DELETE", blob, 0, ""),
+            sign("PATCH", blob, 64, "Upload-Offset: 65\r\n"),
+            b"GET /s/00112233445566778899aabbccddeeff HTTP/1.1\r\nRange: bytes=0-9\r\n\r\n"
+                .to_vec(),
+        ]
+    }
+
+    /// `METHOD PATH [VERSION]` then header lines up to an empty line; lines that are not a
+    /// valid header are skipped (hyper would refuse the request; here the rest still runs).
+    fn parse_head(data: &[u8]) -> Option<(Method, Uri, HeaderMap)> {
+        let text = std::str::from_utf8(data).ok()?;
+        let mut lines = text.split('\n').map(|l| l.trim_end_matches('\r'));
+        let mut request_line = lines.next()?.split(' ');
+        let method = Method::from_bytes(request_line.next()?.as_bytes()).ok()?;
+        let uri: Uri = request_line.next()?.parse().ok()?;
+        let mut headers = HeaderMap::new();
+        for line in lines.take_while(|l| !l.is_empty()) {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.trim().as_bytes()),
+                HeaderValue::from_str(value.trim()),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        Some((method, uri, headers))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

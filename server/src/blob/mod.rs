@@ -29,7 +29,7 @@
 //! incomplete uploads after [`BlobConfig::incomplete_retention`], complete blobs after
 //! [`BlobConfig::retention`]; a blob with an append running is left to the next sweep.
 
-mod auth;
+pub(crate) mod auth;
 mod body;
 mod share;
 pub mod store;

@@ -1,5 +1,6 @@
 //! Registration and challenge-response authentication (Ed25519 device keys).
 
+use cove_wire::sign::ChannelBinding;
 use cove_wire::{DeviceId, DeviceKey, ErrorCode, ErrorReply, Reply, Signature, UserName};
 use ed25519_dalek::VerifyingKey;
 use tracing::{debug, info, warn};
@@ -59,12 +60,16 @@ impl Connection {
                 "challenge already used; reconnect",
             )));
         };
+        let challenge = Challenge {
+            nonce,
+            channel: self.channel,
+        };
         let result = match auth {
             Auth::Register {
                 user,
                 key,
                 signature,
-            } => register(store, &nonce, user, key, signature),
+            } => register(store, &challenge, user, key, signature),
             Auth::RegisterDevice {
                 user,
                 key,
@@ -73,7 +78,7 @@ impl Connection {
                 authorization,
             } => register_device(
                 store,
-                &nonce,
+                &challenge,
                 user,
                 key,
                 signature,
@@ -84,7 +89,7 @@ impl Connection {
                 user,
                 device,
                 signature,
-            } => authenticate(store, &nonce, user, device, signature),
+            } => authenticate(store, &challenge, user, device, signature),
         };
         match result {
             Ok(device) => {
@@ -131,14 +136,27 @@ impl From<crate::store::StoreError> for Refused {
     }
 }
 
+/// This connection's challenge: the nonce and the channel binding an answer signs.
+struct Challenge {
+    nonce: [u8; 32],
+    channel: ChannelBinding,
+}
+
+impl Challenge {
+    /// What the device signs to answer it as `user` with `key`.
+    fn message(&self, user: &UserName, key: &DeviceKey) -> Vec<u8> {
+        cove_wire::sign::auth_challenge_message(&self.nonce, &self.channel, user, key)
+    }
+}
+
 fn register(
     store: &dyn RelayStore,
-    nonce: &[u8; 32],
+    challenge: &Challenge,
     user: UserName,
     key: DeviceKey,
     signature: Signature,
 ) -> Result<DeviceId, Refused> {
-    let message = cove_wire::sign::auth_challenge_message(nonce, &user, &key);
+    let message = challenge.message(&user, &key);
     if !verify(&key, &message, &signature) {
         return Err(Refused::BadSignature("register"));
     }
@@ -149,14 +167,14 @@ fn register(
 
 fn register_device(
     store: &dyn RelayStore,
-    nonce: &[u8; 32],
+    challenge: &Challenge,
     user: UserName,
     key: DeviceKey,
     signature: Signature,
     authorizer: DeviceId,
     authorization: Signature,
 ) -> Result<DeviceId, Refused> {
-    let message = cove_wire::sign::auth_challenge_message(nonce, &user, &key);
+    let message = challenge.message(&user, &key);
     if !verify(&key, &message, &signature) {
         return Err(Refused::BadSignature("register device"));
     }
@@ -183,7 +201,7 @@ fn register_device(
 
 fn authenticate(
     store: &dyn RelayStore,
-    nonce: &[u8; 32],
+    challenge: &Challenge,
     user: UserName,
     device: DeviceId,
     signature: Signature,
@@ -197,7 +215,7 @@ fn authenticate(
             )));
         }
     };
-    let message = cove_wire::sign::auth_challenge_message(nonce, &user, &key);
+    let message = challenge.message(&user, &key);
     if !verify(&key, &message, &signature) {
         return Err(Refused::BadSignature("authenticate"));
     }

@@ -37,6 +37,7 @@ pub use quotas::{MAX_TRACKED_BUCKETS, QuotaLimits, Quotas, SWEEP_INTERVAL_MS, Ti
 pub(crate) use requests::ENTRY_OVERHEAD_BYTES;
 pub use requests::{acked, request};
 
+use cove_wire::sign::ChannelBinding;
 use cove_wire::{
     DeviceId, ErrorCode, ErrorReply, PROTOCOL_VERSION, Reply, Request, Seq, ServerFrame, Stream,
 };
@@ -49,6 +50,8 @@ use crate::store::{DEFAULT_READ_BYTES, NewPost, RelayStore};
 pub struct Connection {
     /// The challenge; `None` once used (authenticated, or a signature failed).
     nonce: Option<[u8; 32]>,
+    /// The TLS connection and relay certificate the challenge answer must be bound to.
+    channel: ChannelBinding,
     /// The authenticated device.
     device: Option<DeviceId>,
 }
@@ -118,10 +121,13 @@ pub struct Handled {
 }
 
 impl Connection {
-    /// A fresh connection whose challenge is `nonce` (random, from the caller).
-    pub fn new(nonce: [u8; 32]) -> Self {
+    /// A fresh connection whose challenge is `nonce` (random, from the caller), on the TLS
+    /// connection and with the relay certificate `channel` (the challenge answer must sign
+    /// both).
+    pub fn new(nonce: [u8; 32], channel: ChannelBinding) -> Self {
         Connection {
             nonce: Some(nonce),
+            channel,
             device: None,
         }
     }

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
+use cove_wire::sign::ChannelBinding;
 use cove_wire::{ClientFrame, DecodeError, ErrorCode};
 use futures_util::StreamExt;
 use rand::RngCore;
@@ -50,9 +51,14 @@ use self::writer::write_loop;
 const PREAUTH_RATE: f64 = 5.0;
 const PREAUTH_BURST: f64 = 10.0;
 
-/// Serves one upgraded WebSocket until it closes.
-pub(crate) async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>, peer: SocketAddr)
-where
+/// Serves one upgraded WebSocket until it closes. `channel` binds its challenge to the TLS
+/// connection it runs on.
+pub(crate) async fn run<S>(
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    channel: ChannelBinding,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn_id = shared.hub.next_conn_id();
@@ -74,7 +80,7 @@ where
 
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let conn = Connection::new(nonce);
+    let conn = Connection::new(nonce, channel);
     if let Some(frame) = conn.challenge().as_ref().and_then(encode_frame) {
         outbox.push(frame);
     }

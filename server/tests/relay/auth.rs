@@ -44,7 +44,7 @@ async fn a_bad_signature_is_refused_and_the_connection_closed() {
     let body = Request::Register {
         user: alice.user.clone(),
         key: alice.public_key(),
-        signature: mallory.sign_challenge(&client.nonce()),
+        signature: mallory.sign_challenge(&client.nonce(), &client.channel()),
     };
     let err = client.call(body).await.err().unwrap();
     assert_eq!(err.code(), Some(ErrorCode::AuthenticationFailed));
@@ -63,7 +63,7 @@ async fn a_signature_over_the_wrong_nonce_is_refused() {
     let body = Request::Authenticate {
         user: alice.user.clone(),
         device: alice.id(),
-        signature: alice.sign_challenge(&[7u8; 32]),
+        signature: alice.sign_challenge(&[7u8; 32], &client.channel()),
     };
     let err = client.call(body).await.err().unwrap();
     assert_eq!(err.code(), Some(ErrorCode::AuthenticationFailed));
@@ -79,7 +79,7 @@ async fn a_replayed_challenge_response_is_refused() {
     let response = Request::Authenticate {
         user: alice.user.clone(),
         device: alice.id(),
-        signature: alice.sign_challenge(&a.nonce()),
+        signature: alice.sign_challenge(&a.nonce(), &a.channel()),
     };
     // ...replayed on connection B, whose challenge differs.
     let mut b = relay.connect().await.unwrap();
@@ -96,6 +96,53 @@ async fn a_replayed_challenge_response_is_refused() {
     assert_eq!(err.code(), Some(ErrorCode::AlreadyAuthenticated));
 }
 
+/// The answer to a challenge signs the TLS connection and the relay's certificate too: the
+/// right nonce signed with another connection's exporter value (what a relay in the middle
+/// would forward), or with another relay certificate, is refused `AuthenticationFailed` and
+/// the connection closed with it; the same key signing its own connection's binding gets in.
+#[tokio::test]
+async fn a_challenge_answer_bound_to_another_tls_channel_is_refused() {
+    let relay = relay().await;
+    let (first, alice) = relay.register("alice").await.unwrap();
+    first.close().await;
+    let authenticate = |signature| Request::Authenticate {
+        user: alice.user.clone(),
+        device: alice.id(),
+        signature,
+    };
+
+    let other = relay.connect().await.unwrap();
+    let mut client = relay.connect().await.unwrap();
+    assert_ne!(other.channel().exporter, client.channel().exporter);
+    assert_eq!(
+        other.channel().relay_certificate,
+        client.channel().relay_certificate
+    );
+    let forwarded = alice.sign_challenge(&client.nonce(), &other.channel());
+    let err = client.call(authenticate(forwarded)).await.err().unwrap();
+    assert_eq!(err.code(), Some(ErrorCode::AuthenticationFailed));
+    let (_, closing) = client.read_until_closed().await;
+    assert_eq!(closing, Some(ErrorCode::AuthenticationFailed));
+
+    let mut client = relay.connect().await.unwrap();
+    let another_relay = cove_wire::sign::ChannelBinding {
+        relay_certificate: [0xaa; 32],
+        ..client.channel()
+    };
+    let signature = alice.sign_challenge(&client.nonce(), &another_relay);
+    let err = client.call(authenticate(signature)).await.err().unwrap();
+    assert_eq!(err.code(), Some(ErrorCode::AuthenticationFailed));
+    let (_, closing) = client.read_until_closed().await;
+    assert_eq!(closing, Some(ErrorCode::AuthenticationFailed));
+
+    let mut client = relay.connect().await.unwrap();
+    let own = alice.sign_challenge(&client.nonce(), &client.channel());
+    assert_eq!(
+        client.call(authenticate(own)).await.unwrap(),
+        Reply::Authenticated { device: alice.id() }
+    );
+}
+
 #[tokio::test]
 async fn an_unknown_device_is_refused() {
     let relay = relay().await;
@@ -107,7 +154,7 @@ async fn an_unknown_device_is_refused() {
     let body = Request::Authenticate {
         user: alice.user.clone(),
         device: DeviceId(9_999_999),
-        signature: alice.sign_challenge(&client.nonce()),
+        signature: alice.sign_challenge(&client.nonce(), &client.channel()),
     };
     assert_eq!(
         client.call(body).await.err().unwrap().code(),
@@ -119,7 +166,7 @@ async fn an_unknown_device_is_refused() {
     let body = Request::Authenticate {
         user: alice.user.clone(),
         device: bob.id(),
-        signature: bob.sign_challenge(&client.nonce()),
+        signature: bob.sign_challenge(&client.nonce(), &client.channel()),
     };
     assert_eq!(
         client.call(body).await.err().unwrap().code(),
@@ -144,7 +191,7 @@ async fn a_second_device_needs_a_valid_authorization() {
     let body = Request::RegisterDevice {
         user: laptop.user.clone(),
         key: laptop.public_key(),
-        signature: laptop.sign_challenge(&client.nonce()),
+        signature: laptop.sign_challenge(&client.nonce(), &client.channel()),
         authorizer: alice.id(),
         authorization: stranger.authorize_device(&laptop.public_key()),
     };
@@ -156,7 +203,7 @@ async fn a_second_device_needs_a_valid_authorization() {
     let body = Request::RegisterDevice {
         user: laptop.user.clone(),
         key: laptop.public_key(),
-        signature: laptop.sign_challenge(&client.nonce()),
+        signature: laptop.sign_challenge(&client.nonce(), &client.channel()),
         authorizer: bob.id(),
         authorization: bob.authorize_device(&laptop.public_key()),
     };

@@ -417,7 +417,10 @@ async fn a_silent_connection_is_closed_as_idle() {
         body: Request::Register {
             user: keys.user.clone(),
             key: keys.public_key(),
-            signature: keys.sign_challenge(&nonce),
+            signature: keys.sign_challenge(
+                &nonce,
+                &cove_test_utils::tls_channel_binding(silent.tls.get_ref().1).unwrap(),
+            ),
         },
     };
     silent.send(&cove_wire::encode(&register).unwrap()).await;

@@ -13,7 +13,7 @@ async fn payloads_nonces_and_signatures_never_reach_the_logs() {
     let mut alice_keys = DeviceKeys::generate("alice");
     let mut alice = relay.connect().await.unwrap();
     let nonce = alice.nonce();
-    let signature = alice_keys.sign_challenge(&nonce);
+    let signature = alice_keys.sign_challenge(&nonce, &alice.channel());
     alice.register(&mut alice_keys).await.unwrap();
     let (mut bob, bob_keys) = relay.register("bob").await.unwrap();
 
@@ -50,7 +50,7 @@ async fn payloads_nonces_and_signatures_never_reach_the_logs() {
     let bad = Request::Authenticate {
         user: alice_keys.user.clone(),
         device: alice_keys.id(),
-        signature: bob_keys.sign_challenge(&mallory.nonce()),
+        signature: bob_keys.sign_challenge(&mallory.nonce(), &mallory.channel()),
     };
     let refused = mallory.call(bad).await.err().unwrap();
     assert_eq!(

@@ -6,6 +6,7 @@
 mod auth;
 mod device_lists;
 mod durability;
+mod fuzz_corpus;
 mod groups;
 mod hostile;
 mod keypackages;

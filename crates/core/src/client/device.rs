@@ -87,15 +87,18 @@ impl Me {
         ))
     }
 
-    /// The answer to the relay's challenge `nonce`: registration (first device, or a further
-    /// device with its stored authorisation) or authentication, and whether it registers.
+    /// The answer to the relay's challenge `nonce` on the connection `channel`: registration
+    /// (first device, or a further device with its stored authorisation) or authentication,
+    /// and whether it registers.
     pub(super) fn answer_challenge<S: Store>(
         &self,
         store: &S,
         nonce: &[u8; 32],
+        channel: &cove_wire::sign::ChannelBinding,
     ) -> (Request, bool) {
         let msg = cove_wire::sign::auth_challenge_message(
             nonce,
+            channel,
             &self.identity.user,
             &self.identity.public_key,
         );

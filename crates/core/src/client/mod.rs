@@ -48,6 +48,7 @@ mod welcome;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use cove_store::{Identity, Membership, Store, StoreError};
+use cove_wire::sign::ChannelBinding;
 use cove_wire::{
     ClientFrame, Delivery, DeviceId, DeviceKey, ErrorCode, ErrorReply, GroupEntry, GroupId,
     InboxEntry, Reply, Request, RequestId, Seq, ServerFrame, Signature, Stream, UserName,
@@ -89,6 +90,9 @@ pub struct Client<S: Store> {
     me: Me,
     /// The connection's state.
     conn: Conn,
+    /// The current connection's channel binding (set by [`Client::handle_connected`]): the
+    /// challenge answer signs it.
+    channel: Option<ChannelBinding>,
     /// The id of the next request.
     next_request: u32,
     /// Requests in flight on this connection, by id.
@@ -201,6 +205,7 @@ impl<S: Store> Client<S> {
             provider,
             me: Me::new(identity),
             conn: Conn::Disconnected,
+            channel: None,
             next_request: 1,
             requests: HashMap::new(),
             next_op: 1,
@@ -509,10 +514,18 @@ impl<S: Store> Client<S> {
     }
 
     /// The `Authenticate` request answering challenge `nonce` on a side connection (one
-    /// the shell opens beside the session, e.g. to probe what the relay allows), once this
-    /// device is registered. The core signs; the shell never handles the device key.
-    pub fn side_authentication(&self, nonce: &[u8; 32]) -> Option<cove_wire::Request> {
-        match self.me.answer_challenge(self.provider.store(), nonce) {
+    /// the shell opens beside the session, e.g. to probe what the relay allows) whose channel
+    /// binding is `channel`, once this device is registered. The core signs; the shell never
+    /// handles the device key.
+    pub fn side_authentication(
+        &self,
+        nonce: &[u8; 32],
+        channel: &ChannelBinding,
+    ) -> Option<cove_wire::Request> {
+        match self
+            .me
+            .answer_challenge(self.provider.store(), nonce, channel)
+        {
             (request @ cove_wire::Request::Authenticate { .. }, false) => Some(request),
             _ => None,
         }
@@ -607,8 +620,12 @@ impl<S: Store> Client<S> {
     // Connection inputs
     // ----------------------------------------------------------------------------------
 
-    /// A fresh connection is up; the relay's `Challenge` comes next.
-    pub fn handle_connected(&mut self, _now_ms: u64) {
+    /// A fresh connection is up; the relay's `Challenge` comes next. `channel` is the
+    /// connection's TLS exporter value and the relay's certificate hash, as the shell's TLS
+    /// stack reports them: the answer to the challenge signs them (see `PROTOCOL.md`,
+    /// "Authentication").
+    pub fn handle_connected(&mut self, _now_ms: u64, channel: ChannelBinding) {
+        self.channel = Some(channel);
         self.requests.clear();
         self.key_packages.reset();
         self.leaves.reset();
@@ -622,6 +639,7 @@ impl<S: Store> Client<S> {
     /// restart their current step.
     pub fn handle_disconnected(&mut self) {
         self.conn = Conn::Disconnected;
+        self.channel = None;
         self.requests.clear();
         // The whole outbox goes out again after the next backlog: no timers meanwhile.
         self.outbox.disconnected();
@@ -863,12 +881,14 @@ impl<S: Store> Client<S> {
     // ----------------------------------------------------------------------------------
 
     fn on_challenge(&mut self, now_ms: u64, nonce: &[u8; 32]) -> Result<(), HandleError> {
-        if self.conn != Conn::AwaitChallenge {
+        let (Conn::AwaitChallenge, Some(channel)) = (self.conn, self.channel) else {
             return Err(HandleError::Protocol(
                 ProtocolViolation::UnexpectedChallenge,
             ));
-        }
-        let (body, registered) = self.me.answer_challenge(self.provider.store(), nonce);
+        };
+        let (body, registered) = self
+            .me
+            .answer_challenge(self.provider.store(), nonce, &channel);
         if matches!(body, Request::Register { .. }) {
             // The user's first device: its identity exists before the relay knows the user.
             own_list::ensure(self.provider.store(), self.provider.rng(), &self.me, now_ms)?;

@@ -22,6 +22,7 @@ use cove_server::store::{
 };
 use cove_test_utils::sim;
 use cove_wire::limits::MAX_FETCH_ENTRIES;
+use cove_wire::sign::ChannelBinding;
 use cove_wire::{
     ClaimedKeyPackage, ClientFrame, DeviceId, DeviceInfo, DeviceKey, Epoch, ErrorCode, ErrorReply,
     GroupEntry, GroupId, GroupSummary, InboxEntry, Payload, PostKind, Reply, Request, Seq,
@@ -257,6 +258,13 @@ impl Relay {
     /// A connection opens in `slot`: returns the challenge.
     pub fn connect(&mut self, slot: usize) -> ServerFrame {
         self.sim.connect(slot)
+    }
+
+    /// The channel binding of the connection last opened in `slot`.
+    pub fn channel(&self, slot: usize) -> ChannelBinding {
+        self.sim
+            .channel(slot)
+            .expect("a connection was opened in this slot")
     }
 
     pub fn disconnect(&mut self, slot: usize) {
@@ -587,11 +595,12 @@ impl<S: Store> Net<S> {
 
     pub fn connect(&mut self, slot: usize) {
         let ch = self.relay.connect(slot);
+        let channel = self.relay.channel(slot);
         let node = &mut self.nodes[slot];
         node.connected = true;
         node.inbound.clear();
         if let Some(c) = node.client.as_mut() {
-            c.handle_connected(self.now_ms);
+            c.handle_connected(self.now_ms, channel);
         }
         node.inbound.push_back(ch);
     }

@@ -8,6 +8,7 @@
 
 mod alloc;
 mod corpus;
+mod fuzz_corpus;
 mod hostile;
 mod roundtrip;
 mod splice;
