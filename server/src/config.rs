@@ -114,6 +114,16 @@ pub struct Limits {
     pub registrations_per_minute: u32,
     /// Burst of registrations from one client address.
     pub registration_burst: u32,
+    /// Sustained password-login attempts (`AccountLoginStart`) per minute for one user
+    /// name, known or not; over it they are refused with `RateLimited`.
+    pub logins_per_minute_per_user: u32,
+    /// Burst of login attempts for one user name.
+    pub login_burst_per_user: u32,
+    /// Sustained password-login attempts per minute from one client address (IPv4
+    /// address or IPv6 /64).
+    pub logins_per_minute_per_address: u32,
+    /// Burst of login attempts from one client address.
+    pub login_burst_per_address: u32,
     /// Interval of WebSocket pings, in milliseconds.
     pub ping_interval_ms: u64,
     /// A connection with no traffic (not even a pong) for this long after a ping is closed
@@ -195,6 +205,10 @@ impl Default for Limits {
             http_body_idle_ms: 30_000,
             registrations_per_minute: 10,
             registration_burst: 20,
+            logins_per_minute_per_user: 10,
+            login_burst_per_user: 10,
+            logins_per_minute_per_address: 30,
+            login_burst_per_address: 30,
             ping_interval_ms: 30_000,
             pong_timeout_ms: 30_000,
             outgoing_queue_frames: cove_wire::limits::OUTGOING_QUEUE_FRAMES,
@@ -280,7 +294,7 @@ impl Limits {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let message_bytes = u64::try_from(self.message_bytes()).unwrap_or(u64::MAX);
-        let checks: [(&str, bool); 17] = [
+        let checks: [(&str, bool); 18] = [
             (
                 "max_connections_per_ip must be at least 1",
                 self.max_connections_per_ip >= 1,
@@ -292,6 +306,14 @@ impl Limits {
             (
                 "registrations_per_minute and registration_burst must be at least 1",
                 self.registrations_per_minute >= 1 && self.registration_burst >= 1,
+            ),
+            (
+                "logins_per_minute_per_user, login_burst_per_user, \
+                 logins_per_minute_per_address and login_burst_per_address must be at least 1",
+                self.logins_per_minute_per_user >= 1
+                    && self.login_burst_per_user >= 1
+                    && self.logins_per_minute_per_address >= 1
+                    && self.login_burst_per_address >= 1,
             ),
             (
                 "sender_posts_per_minute, sender_post_burst, group_posts_per_minute and \
@@ -380,6 +402,10 @@ impl Limits {
 /// http_body_idle_ms = 30000        # a blob transfer that moves no byte this long is cut
 /// registrations_per_minute = 10    # Register + RegisterDevice per client address
 /// registration_burst = 20
+/// logins_per_minute_per_user = 10  # AccountLoginStart per user name (known or not)
+/// login_burst_per_user = 10
+/// logins_per_minute_per_address = 30  # AccountLoginStart per client address
+/// login_burst_per_address = 30
 /// sender_posts_per_minute = 120     # per device and group; see PROTOCOL.md "Quotas"
 /// retention_max_age_ms = 2592000000 # 30 days: older entries are pruned even if unread
 ///
@@ -610,6 +636,10 @@ mod tests {
             "http_body_idle_ms",
             "registrations_per_minute",
             "registration_burst",
+            "logins_per_minute_per_user",
+            "login_burst_per_user",
+            "logins_per_minute_per_address",
+            "login_burst_per_address",
         ] {
             let f = ConfigFile::parse(&format!("[limits]\n{zero} = 0\n")).unwrap_or_default();
             assert!(

@@ -21,6 +21,7 @@
 //! to the end synchronously (what the simulation uses), built from the same parts the
 //! connection layer calls one by one ([`Connection::authenticate`], [`request`], [`posted`]).
 
+mod accounts;
 mod auth;
 mod backlog;
 mod device_lists;
@@ -28,6 +29,7 @@ mod posts;
 mod quotas;
 mod requests;
 
+pub use accounts::{AccountSession, fetch_recovery_bundle};
 pub use auth::Auth;
 pub use backlog::{Backlog, BacklogStep};
 pub use posts::{Fanout, PostOutcome, append, posted};
@@ -76,6 +78,10 @@ pub enum Route {
     TurnCredentials(DeviceId),
     /// Any other request of an authenticated device: [`request`].
     Request(DeviceId, Request),
+    /// A password-account request: `AccountLoginStart`, `AccountLoginFinish` and
+    /// `FetchRecoveryBundle` of any connection, `AccountRegisterStart` and
+    /// `AccountRegisterFinish` of an authenticated one (its device given): [`account`].
+    Account(Option<DeviceId>, Request),
     /// A link rendezvous request (`OpenLink` of an authenticated device, `JoinLink` and
     /// `LinkSend` of any connection): answered by the relay's rendezvous, or by [`no_link`]
     /// where it runs none.
@@ -122,6 +128,12 @@ impl Connection {
             nonce: Some(nonce),
             device: None,
         }
+    }
+
+    /// Uses up the connection's challenge (for a recovery-bundle fetch): it serves one
+    /// signature check, whatever its purpose.
+    pub fn take_challenge(&mut self) -> Option<[u8; 32]> {
+        self.nonce.take()
     }
 
     /// The first frame of the connection: the challenge.
@@ -191,6 +203,17 @@ impl Connection {
                 "already authenticated",
             ))),
             (body @ (Request::JoinLink { .. } | Request::LinkSend { .. }), _) => Route::Link(body),
+            (
+                body @ (Request::AccountLoginStart { .. }
+                | Request::AccountLoginFinish { .. }
+                | Request::FetchRecoveryBundle { .. }),
+                device,
+            ) => Route::Account(device, body),
+            (
+                body @ (Request::AccountRegisterStart { .. }
+                | Request::AccountRegisterFinish { .. }),
+                Some(device),
+            ) => Route::Account(Some(device), body),
             (body @ Request::OpenLink, Some(_)) => Route::Link(body),
             (_, None) => Route::Answer(Err(ErrorReply::new(
                 ErrorCode::Unauthenticated,
@@ -240,6 +263,7 @@ impl Connection {
             } => (Answer::reply(acked(store.ack(device, stream, seq))), None),
             Route::TurnCredentials(_) => (Answer::reply(no_turn()), None),
             Route::Link(_) => (Answer::reply(no_link()), None),
+            Route::Account(..) => (Answer::reply(no_accounts()), None),
             Route::Request(device, body) => (
                 Answer::reply(request(store, device, body, DEFAULT_READ_BYTES)),
                 None,
@@ -265,6 +289,70 @@ pub fn no_link() -> Result<Reply, ErrorReply> {
     ))
 }
 
+/// The answer to an account request where the relay keeps no OPAQUE secrets (the
+/// simulation).
+pub fn no_accounts() -> Result<Reply, ErrorReply> {
+    Err(ErrorReply::new(
+        ErrorCode::InvalidRequest,
+        "this relay keeps no accounts",
+    ))
+}
+
+/// Answers a password-account request (routed as [`Route::Account`]) with the connection's
+/// account state, the store and the relay's OPAQUE secrets. `device` is the connection's
+/// authenticated device; `challenge` the connection's challenge, which the caller used up
+/// for a `FetchRecoveryBundle` (and passes `None` otherwise).
+pub fn account(
+    session: &mut AccountSession,
+    store: &dyn RelayStore,
+    secrets: &cove_account::ServerSecrets,
+    device: Option<DeviceId>,
+    challenge: Option<[u8; 32]>,
+    body: Request,
+) -> Result<Reply, ErrorReply> {
+    let own_user = |device: Option<DeviceId>| match device {
+        None => Err(ErrorReply::new(
+            ErrorCode::Unauthenticated,
+            "authenticate first",
+        )),
+        Some(device) => match store.device(device) {
+            Ok(Some((user, _))) => Ok(user),
+            Ok(None) => Err(ErrorReply::new(ErrorCode::UnknownDevice, "unknown device")),
+            Err(e) => Err(crate::reply::store_error_reply(&e)),
+        },
+    };
+    match body {
+        Request::AccountRegisterStart { request } => {
+            let user = own_user(device)?;
+            session.register_start(store, secrets, user, &request)
+        }
+        Request::AccountRegisterFinish {
+            upload,
+            password_bundle,
+            recovery_bundle,
+            recovery_key,
+        } => {
+            let user = own_user(device)?;
+            session.register_finish(
+                store,
+                user,
+                &upload,
+                password_bundle,
+                recovery_bundle,
+                recovery_key,
+            )
+        }
+        Request::AccountLoginStart { user, request } => {
+            session.login_start(store, secrets, user, &request)
+        }
+        Request::AccountLoginFinish { finalization } => session.login_finish(&finalization),
+        Request::FetchRecoveryBundle { user, signature } => {
+            fetch_recovery_bundle(store, challenge, &user, &signature)
+        }
+        _ => Err(ErrorReply::new(ErrorCode::Internal, "internal error")),
+    }
+}
+
 /// The store answered a batch with the wrong number of results.
 pub(crate) fn wrong_count() -> crate::store::StoreError {
     crate::store::StoreError::Backend("wrong number of results".into())
@@ -278,6 +366,7 @@ mod tests {
     fn the_core_does_no_io_and_knows_nothing_of_its_drivers() {
         let files = [
             ("mod.rs", include_str!("mod.rs")),
+            ("accounts.rs", include_str!("accounts.rs")),
             ("auth.rs", include_str!("auth.rs")),
             ("backlog.rs", include_str!("backlog.rs")),
             ("device_lists.rs", include_str!("device_lists.rs")),

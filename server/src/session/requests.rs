@@ -105,6 +105,7 @@ impl Session {
                     "relay is shutting down",
                 ))
             }
+            Route::Account(device, body) => self.account(device, body).await,
             Route::Link(body) => {
                 let links = &self.shared.links;
                 match body {
@@ -194,6 +195,39 @@ impl Session {
             self.start_backlog = true;
         }
         answer.reply
+    }
+
+    /// A password-account request: the login rate limits, then the core's
+    /// [`logic::account`] on the blocking pool with this connection's account state.
+    async fn account(
+        &mut self,
+        device: Option<cove_wire::DeviceId>,
+        body: Request,
+    ) -> Result<Reply, ErrorReply> {
+        if let Request::AccountLoginStart { user, .. } = &body
+            && let Err((what, retry_after_ms)) =
+                self.shared.logins.take(user, self.peer, Instant::now())
+        {
+            info!(conn = self.outbox.conn_id, "login refused: {what}");
+            let mut e = ErrorReply::new(ErrorCode::RateLimited, what);
+            e.retry_after_ms = Some(retry_after_ms);
+            return Err(e);
+        }
+        // A recovery-bundle fetch uses up the challenge, like an authentication.
+        let challenge = match &body {
+            Request::FetchRecoveryBundle { .. } => self.conn.take_challenge(),
+            _ => None,
+        };
+        let mut account = std::mem::take(&mut self.account);
+        let secrets = Arc::clone(&self.shared.opaque);
+        let done = blocking(&self.shared, move |s| {
+            let answer = logic::account(&mut account, s, &secrets, device, challenge, body);
+            Ok((account, answer))
+        })
+        .await;
+        let (account, answer) = done.map_err(|e| store_error_reply(&e))?;
+        self.account = account;
+        answer
     }
 
     pub(super) async fn post(&self, id: RequestId, post: NewPost) -> Result<(), ErrorReply> {

@@ -133,6 +133,18 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE groups ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN inbox_pruned_through INTEGER NOT NULL DEFAULT 0;
     ",
+    // Version 6: password accounts (the OPAQUE record, the KSF version, the two wrapped
+    // bundles and the recovery public key), one row per user that registered a password.
+    "
+    CREATE TABLE accounts (
+        user TEXT PRIMARY KEY NOT NULL REFERENCES users(name),
+        record BLOB NOT NULL,
+        ksf_version INTEGER NOT NULL,
+        password_bundle BLOB NOT NULL,
+        recovery_bundle BLOB NOT NULL,
+        recovery_key BLOB NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.
