@@ -650,6 +650,34 @@ mod tests {
     }
 
     #[test]
+    fn login_limits_are_read_and_default_to_ten_per_user_and_thirty_per_address() {
+        let text = "[limits]\nlogins_per_minute_per_user = 2\nlogin_burst_per_user = 3\n\
+                    logins_per_minute_per_address = 4\nlogin_burst_per_address = 5\n";
+        let f = ConfigFile::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = f.into_config().unwrap_or_else(|e| panic!("{e}"));
+        let l = &cfg.limits;
+        assert_eq!(
+            (
+                l.logins_per_minute_per_user,
+                l.login_burst_per_user,
+                l.logins_per_minute_per_address,
+                l.login_burst_per_address
+            ),
+            (2, 3, 4, 5)
+        );
+        let d = Limits::default();
+        assert_eq!(
+            (
+                d.logins_per_minute_per_user,
+                d.login_burst_per_user,
+                d.logins_per_minute_per_address,
+                d.login_burst_per_address
+            ),
+            (10, 10, 30, 30)
+        );
+    }
+
+    #[test]
     fn turn_credential_ttl_defaults_to_ten_minutes_and_is_bounded() {
         let ttl = |text: &str| {
             ConfigFile::parse(text)

@@ -34,6 +34,17 @@ pub enum Auth {
         /// Signature by `authorizer` over the add-device message.
         authorization: Signature,
     },
+    /// A further device of an existing user, registered on a connection logged in as the
+    /// user with the password: the user's signed list must add its key (as for
+    /// `RegisterDevice`), and no device's authorisation is needed.
+    RegisterListed {
+        /// The logged-in user.
+        user: UserName,
+        /// The new device's public key.
+        key: DeviceKey,
+        /// Signature by `key` over the challenge.
+        signature: Signature,
+    },
     /// A registered device.
     Authenticate {
         /// The device's user.
@@ -80,6 +91,11 @@ impl Connection {
                 authorizer,
                 authorization,
             ),
+            Auth::RegisterListed {
+                user,
+                key,
+                signature,
+            } => register_listed(store, &nonce, user, key, signature),
             Auth::Authenticate {
                 user,
                 device,
@@ -178,6 +194,26 @@ fn register_device(
     refuse_unlisted(store, &user, &key)?;
     let device = store.add_device(&user, &key)?;
     info!(%device, %user, %authorizer, "registered device");
+    Ok(device)
+}
+
+fn register_listed(
+    store: &dyn RelayStore,
+    nonce: &[u8; 32],
+    user: UserName,
+    key: DeviceKey,
+    signature: Signature,
+) -> Result<DeviceId, Refused> {
+    let message = cove_wire::sign::auth_challenge_message(nonce, &user, &key);
+    if !verify(&key, &message, &signature) {
+        return Err(Refused::BadSignature(
+            "register device after a password login",
+        ));
+    }
+    refuse_revoked(store, &user, &key)?;
+    refuse_unlisted(store, &user, &key)?;
+    let device = store.add_device(&user, &key)?;
+    info!(%device, %user, "registered device after a password login");
     Ok(device)
 }
 

@@ -39,6 +39,7 @@ pub use requests::{acked, request};
 
 use cove_wire::{
     DeviceId, ErrorCode, ErrorReply, PROTOCOL_VERSION, Reply, Request, Seq, ServerFrame, Stream,
+    UserName,
 };
 
 use crate::store::{DEFAULT_READ_BYTES, NewPost, RelayStore};
@@ -147,6 +148,41 @@ impl Connection {
     /// The device this connection authenticated as.
     pub fn device(&self) -> Option<DeviceId> {
         self.device
+    }
+
+    /// Where a request goes on a connection that may be logged in as `logged_in` with the
+    /// password ([`AccountSession::logged_in`]) and has no device yet: then
+    /// `RegisterDevice` for that user needs no authorizer ([`Auth::RegisterListed`]), and
+    /// `PublishDeviceList` and `FetchDeviceList` are answered by [`account`]. Otherwise
+    /// as [`Connection::route`].
+    pub fn route_logged_in(
+        &self,
+        logged_in: Option<&UserName>,
+        body: Request,
+        now_ms: u64,
+    ) -> Route {
+        match (logged_in, self.device, body) {
+            (
+                Some(me),
+                None,
+                Request::RegisterDevice {
+                    user,
+                    key,
+                    signature,
+                    ..
+                },
+            ) if &user == me => Route::Authenticate(Auth::RegisterListed {
+                user,
+                key,
+                signature,
+            }),
+            (
+                Some(_),
+                None,
+                body @ (Request::PublishDeviceList { .. } | Request::FetchDeviceList { .. }),
+            ) => Route::Account(None, body),
+            (_, _, body) => self.route(body, now_ms),
+        }
     }
 
     /// Where a request goes. `now_ms` stamps a post.
@@ -349,6 +385,20 @@ pub fn account(
         Request::FetchRecoveryBundle { user, signature } => {
             fetch_recovery_bundle(store, challenge, &user, &signature)
         }
+        Request::PublishDeviceList { entries } => match session.logged_in() {
+            Some(user) => device_lists::publish_logged_in(store, user, entries.0),
+            None => Err(ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                "authenticate first",
+            )),
+        },
+        Request::FetchDeviceList { user } => match session.logged_in() {
+            Some(_) => device_lists::fetch(store, &user),
+            None => Err(ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                "authenticate first",
+            )),
+        },
         _ => Err(ErrorReply::new(ErrorCode::Internal, "internal error")),
     }
 }

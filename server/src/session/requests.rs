@@ -33,10 +33,18 @@ impl Session {
             self.answer(id, Err(e));
             return;
         }
-        let result = match self.conn.route(body, now_ms()) {
+        let route = self
+            .conn
+            .route_logged_in(self.account.logged_in(), body, now_ms());
+        let result = match route {
             Route::Answer(result) => result,
             Route::Authenticate(auth) => {
-                let registers = matches!(auth, Auth::Register { .. } | Auth::RegisterDevice { .. });
+                let registers = matches!(
+                    auth,
+                    Auth::Register { .. }
+                        | Auth::RegisterDevice { .. }
+                        | Auth::RegisterListed { .. }
+                );
                 let limited = registers
                     .then(|| self.shared.registrations.take(self.peer, Instant::now()))
                     .and_then(Result::err);

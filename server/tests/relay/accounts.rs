@@ -483,3 +483,122 @@ async fn the_recovery_bundle_needs_the_recovery_keys_signature_over_the_challeng
     let replay = c.request(fetch).await.unwrap();
     assert_eq!(code(&replay), Some(ErrorCode::AuthenticationFailed));
 }
+
+/// A new machine that logged in with the password (no device yet) unwraps the identity
+/// key, signs an `Add` entry for its own key, publishes it and registers the device, with
+/// no other device's authorisation; a connection that did not log in may do neither, and
+/// the login does not stand for another user.
+#[tokio::test]
+async fn a_password_login_lets_a_new_machine_list_and_register_its_device() {
+    use cove_identity::IdentitySigner;
+    use cove_wire::BoundedVec;
+    use cove_wire::identity::DeviceName;
+
+    let relay = TestRelay::memory().await;
+    let (mut alice, alice_keys) = relay.register("alice").await.unwrap();
+    let (_bob, _bob_keys) = relay.register("bob").await.unwrap();
+    let reg = register_account(&mut alice, "alice", b"pw").await;
+    let signer = IdentitySigner::new(name("alice"), &reg.bundle.identity_key);
+    let list = signer
+        .create(
+            alice_keys.public_key(),
+            DeviceName::new("phone").unwrap(),
+            1,
+        )
+        .unwrap();
+    alice
+        .call(Request::PublishDeviceList {
+            entries: BoundedVec(list.entries().to_vec()),
+        })
+        .await
+        .unwrap();
+
+    // Not logged in: neither a publish nor an unauthorised registration.
+    let mut anonymous = relay.connect().await.unwrap();
+    let mut laptop = cove_test_utils::DeviceKeys::generate("alice");
+    let publish = |entries: Vec<cove_wire::identity::ListEntry>| Request::PublishDeviceList {
+        entries: BoundedVec(entries),
+    };
+    let refused = anonymous.request(publish(vec![])).await.unwrap();
+    assert_eq!(code(&refused), Some(ErrorCode::Unauthenticated));
+
+    // Logged in: fetch the list, extend it with the identity key from the bundle, publish.
+    let mut machine = relay.connect().await.unwrap();
+    let (export_key, answer) = login(&mut machine, "alice", b"pw").await;
+    let Ok(Reply::AccountLoggedIn { password_bundle }) = answer else {
+        panic!("{answer:?}")
+    };
+    let bundle = AccountBundle::unwrap(
+        password_bundle.as_bytes(),
+        "alice",
+        WrapKind::Password,
+        export_key.unwrap().as_bytes(),
+    )
+    .unwrap();
+    let Reply::DeviceList { entries } = machine
+        .call(Request::FetchDeviceList {
+            user: name("alice"),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("no list")
+    };
+    let mut stored = cove_identity::DeviceList::verify(&name("alice"), &entries.0).unwrap();
+    let signer = IdentitySigner::new(name("alice"), &bundle.identity_key);
+    let cert = signer
+        .add(
+            &mut stored,
+            laptop.public_key(),
+            DeviceName::new("laptop").unwrap(),
+            2,
+        )
+        .unwrap();
+    let reply = machine.call(publish(vec![cert.entry])).await.unwrap();
+    assert!(matches!(reply, Reply::DeviceListHead { .. }), "{reply:?}");
+
+    // Without the login, the listed key with a zero authorisation is refused.
+    let unauthorised = anonymous
+        .request(Request::RegisterDevice {
+            user: name("alice"),
+            key: laptop.public_key(),
+            signature: laptop.sign_challenge(&anonymous.nonce()),
+            authorizer: alice_keys.id(),
+            authorization: Signature([0u8; 64]),
+        })
+        .await
+        .unwrap();
+    assert_eq!(code(&unauthorised), Some(ErrorCode::AuthenticationFailed));
+
+    // The login is alice's: registering a device of bob still needs bob's authorizer.
+    let bob_laptop = cove_test_utils::DeviceKeys::generate("bob");
+    let as_bob = machine
+        .request(Request::RegisterDevice {
+            user: name("bob"),
+            key: bob_laptop.public_key(),
+            signature: bob_laptop.sign_challenge(&machine.nonce()),
+            authorizer: alice_keys.id(),
+            authorization: Signature([0u8; 64]),
+        })
+        .await
+        .unwrap();
+    assert_eq!(code(&as_bob), Some(ErrorCode::UnknownDevice));
+
+    // Registering the listed key needs no device's authorisation (a zero one is ignored).
+    let reply = machine
+        .call(Request::RegisterDevice {
+            user: name("alice"),
+            key: laptop.public_key(),
+            signature: laptop.sign_challenge(&machine.nonce()),
+            authorizer: alice_keys.id(),
+            authorization: Signature([0u8; 64]),
+        })
+        .await
+        .unwrap();
+    let Reply::Authenticated { device } = reply else {
+        panic!("{reply:?}")
+    };
+    laptop.device = Some(device);
+    let mut again = relay.login(&laptop).await.unwrap();
+    assert_eq!(again.call(Request::Ping).await.unwrap(), Reply::Pong);
+}
