@@ -602,3 +602,36 @@ async fn a_password_login_lets_a_new_machine_list_and_register_its_device() {
     let mut again = relay.login(&laptop).await.unwrap();
     assert_eq!(again.call(Request::Ping).await.unwrap(), Reply::Pong);
 }
+
+/// OPAQUE messages over `MAX_ACCOUNT_MESSAGE_BYTES` are refused `TooLarge` before any
+/// parsing; bytes within the bound that are not an OPAQUE message are `InvalidRequest`.
+#[tokio::test]
+async fn oversized_and_garbage_opaque_messages_are_refused() {
+    use cove_wire::limits::MAX_ACCOUNT_MESSAGE_BYTES;
+    let relay = TestRelay::memory().await;
+    let (mut alice, _keys) = relay.register("alice").await.unwrap();
+    let mut c = relay.connect().await.unwrap();
+    for (len, expected) in [
+        (MAX_ACCOUNT_MESSAGE_BYTES + 1, ErrorCode::TooLarge),
+        (MAX_ACCOUNT_MESSAGE_BYTES, ErrorCode::InvalidRequest),
+        (3, ErrorCode::InvalidRequest),
+    ] {
+        let login = login_start(&mut c, "alice", vec![0xff; len]).await;
+        assert_eq!(
+            login.unwrap_err().code,
+            expected,
+            "login start of {len} bytes"
+        );
+        let register = alice
+            .request(Request::AccountRegisterStart {
+                request: vec![0xff; len].into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            code(&register),
+            Some(expected),
+            "register start of {len} bytes"
+        );
+    }
+}
