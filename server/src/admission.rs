@@ -133,6 +133,69 @@ impl RegistrationsPerAddress {
     }
 }
 
+/// Token buckets by key (a user name, an address), at most [`MAX_TRACKED_ADDRESSES`] of
+/// them: full buckets are forgotten when the table is full, and a key that finds no room
+/// is refused for one interval.
+pub(crate) struct KeyedBuckets<K> {
+    buckets: Mutex<HashMap<K, TokenBucket>>,
+    per_second: f64,
+    burst: f64,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> KeyedBuckets<K> {
+    pub(crate) fn new(per_minute: u32, burst: u32) -> Self {
+        KeyedBuckets {
+            buckets: Mutex::new(HashMap::new()),
+            per_second: f64::from(per_minute) / 60.0,
+            burst: f64::from(burst),
+        }
+    }
+
+    /// Takes a token of `key`'s bucket, or says in how many ms to retry.
+    pub(crate) fn take(&self, key: &K, now: Instant) -> Result<(), u32> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bucket) = buckets.get_mut(key) {
+            return bucket.take(now);
+        }
+        if buckets.len() >= MAX_TRACKED_ADDRESSES {
+            buckets.retain(|_, bucket| !bucket.is_full(now));
+            if buckets.len() >= MAX_TRACKED_ADDRESSES {
+                let interval = Duration::from_secs_f64((1.0 / self.per_second).min(3600.0));
+                return Err(u32::try_from(interval.as_millis()).unwrap_or(u32::MAX));
+            }
+        }
+        let mut bucket = TokenBucket::new(self.per_second, self.burst, now);
+        let taken = bucket.take(now);
+        buckets.insert(key.clone(), bucket);
+        taken
+    }
+}
+
+/// Password-login attempts (`AccountLoginStart`): a bucket per user name (known or not, so
+/// probing cannot tell them apart) and one per client address.
+pub(crate) struct LoginLimits {
+    pub(crate) users: KeyedBuckets<cove_wire::UserName>,
+    pub(crate) addresses: KeyedBuckets<IpAddr>,
+}
+
+impl LoginLimits {
+    /// Takes a token of the address's bucket, then of the user's; the error names which
+    /// refused and when to retry.
+    pub(crate) fn take(
+        &self,
+        user: &cove_wire::UserName,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<(), (&'static str, u32)> {
+        self.addresses
+            .take(&address_key(ip), now)
+            .map_err(|retry| ("too many login attempts from this address", retry))?;
+        self.users
+            .take(user, now)
+            .map_err(|retry| ("too many login attempts for this user", retry))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

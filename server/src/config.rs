@@ -119,6 +119,16 @@ pub struct Limits {
     pub registrations_per_minute: u32,
     /// Burst of registrations from one client address.
     pub registration_burst: u32,
+    /// Sustained password-login attempts (`AccountLoginStart`) per minute for one user
+    /// name, known or not; over it they are refused with `RateLimited`.
+    pub logins_per_minute_per_user: u32,
+    /// Burst of login attempts for one user name.
+    pub login_burst_per_user: u32,
+    /// Sustained password-login attempts per minute from one client address (IPv4
+    /// address or IPv6 /64).
+    pub logins_per_minute_per_address: u32,
+    /// Burst of login attempts from one client address.
+    pub login_burst_per_address: u32,
     /// Interval of WebSocket pings, in milliseconds.
     pub ping_interval_ms: u64,
     /// A connection with no traffic (not even a pong) for this long after a ping is closed
@@ -200,6 +210,10 @@ impl Default for Limits {
             http_body_idle_ms: 30_000,
             registrations_per_minute: 10,
             registration_burst: 20,
+            logins_per_minute_per_user: 10,
+            login_burst_per_user: 10,
+            logins_per_minute_per_address: 30,
+            login_burst_per_address: 30,
             ping_interval_ms: 30_000,
             pong_timeout_ms: 30_000,
             outgoing_queue_frames: cove_wire::limits::OUTGOING_QUEUE_FRAMES,
@@ -285,7 +299,7 @@ impl Limits {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let message_bytes = u64::try_from(self.message_bytes()).unwrap_or(u64::MAX);
-        let checks: [(&str, bool); 17] = [
+        let checks: [(&str, bool); 18] = [
             (
                 "max_connections_per_ip must be at least 1",
                 self.max_connections_per_ip >= 1,
@@ -297,6 +311,14 @@ impl Limits {
             (
                 "registrations_per_minute and registration_burst must be at least 1",
                 self.registrations_per_minute >= 1 && self.registration_burst >= 1,
+            ),
+            (
+                "logins_per_minute_per_user, login_burst_per_user, \
+                 logins_per_minute_per_address and login_burst_per_address must be at least 1",
+                self.logins_per_minute_per_user >= 1
+                    && self.login_burst_per_user >= 1
+                    && self.logins_per_minute_per_address >= 1
+                    && self.login_burst_per_address >= 1,
             ),
             (
                 "sender_posts_per_minute, sender_post_burst, group_posts_per_minute and \
@@ -385,6 +407,10 @@ impl Limits {
 /// http_body_idle_ms = 30000        # a blob transfer that moves no byte this long is cut
 /// registrations_per_minute = 10    # Register + RegisterDevice per client address
 /// registration_burst = 20
+/// logins_per_minute_per_user = 10  # AccountLoginStart per user name (known or not)
+/// login_burst_per_user = 10
+/// logins_per_minute_per_address = 30  # AccountLoginStart per client address
+/// login_burst_per_address = 30
 /// sender_posts_per_minute = 120     # per device and group; see PROTOCOL.md "Quotas"
 /// retention_max_age_ms = 2592000000 # 30 days: older entries are pruned even if unread
 ///
@@ -616,6 +642,10 @@ mod tests {
             "http_body_idle_ms",
             "registrations_per_minute",
             "registration_burst",
+            "logins_per_minute_per_user",
+            "login_burst_per_user",
+            "logins_per_minute_per_address",
+            "login_burst_per_address",
         ] {
             let f = ConfigFile::parse(&format!("[limits]\n{zero} = 0\n")).unwrap_or_default();
             assert!(
@@ -623,6 +653,34 @@ mod tests {
                 "{zero} = 0 accepted"
             );
         }
+    }
+
+    #[test]
+    fn login_limits_are_read_and_default_to_ten_per_user_and_thirty_per_address() {
+        let text = "[limits]\nlogins_per_minute_per_user = 2\nlogin_burst_per_user = 3\n\
+                    logins_per_minute_per_address = 4\nlogin_burst_per_address = 5\n";
+        let f = ConfigFile::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = f.into_config().unwrap_or_else(|e| panic!("{e}"));
+        let l = &cfg.limits;
+        assert_eq!(
+            (
+                l.logins_per_minute_per_user,
+                l.login_burst_per_user,
+                l.logins_per_minute_per_address,
+                l.login_burst_per_address
+            ),
+            (2, 3, 4, 5)
+        );
+        let d = Limits::default();
+        assert_eq!(
+            (
+                d.logins_per_minute_per_user,
+                d.login_burst_per_user,
+                d.logins_per_minute_per_address,
+                d.login_burst_per_address
+            ),
+            (10, 10, 30, 30)
+        );
     }
 
     #[test]

@@ -55,6 +55,7 @@ mod idle;
 mod links;
 mod logging;
 pub mod logic;
+mod opaque_key;
 mod pipeline;
 mod relay;
 pub mod rendezvous;

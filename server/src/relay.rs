@@ -65,6 +65,14 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The OPAQUE secrets (`opaque.key`) could not be read or created.
+    #[error("cannot load the OPAQUE secrets {path}: {source}")]
+    OpaqueKey {
+        /// The file (`opaque.key` in the data directory).
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The post writer thread could not be started.
     #[error("cannot start the post writer: {0}")]
     Thread(std::io::Error),
@@ -108,6 +116,7 @@ impl Relay {
         })?;
         let identity = tls::load(&tls_source, &data_dir, local_addr)?;
         let fingerprint = tls::fingerprint(&identity.cert_der);
+        let opaque = crate::opaque_key::load(&data_dir)?;
 
         let turn = match turn_listen {
             Some(addr) => Some(
@@ -153,6 +162,16 @@ impl Relay {
             limits.registrations_per_minute,
             limits.registration_burst,
         );
+        let logins = crate::admission::LoginLimits {
+            users: crate::admission::KeyedBuckets::new(
+                limits.logins_per_minute_per_user,
+                limits.login_burst_per_user,
+            ),
+            addresses: crate::admission::KeyedBuckets::new(
+                limits.logins_per_minute_per_address,
+                limits.login_burst_per_address,
+            ),
+        };
         let connections = ConnectionsPerAddress::new(limits.max_connections_per_ip);
         let retention = Retention {
             store: Arc::clone(&store),
@@ -183,6 +202,8 @@ impl Relay {
             turn: turn.map(Arc::new),
             links,
             registrations,
+            logins,
+            opaque: Arc::new(opaque),
         });
         let turn_handle = shared.turn.clone();
         info!(

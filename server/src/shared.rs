@@ -36,6 +36,10 @@ pub(crate) struct Shared {
     pub links: Arc<crate::links::Links>,
     /// Registrations per client address (a token bucket each).
     pub registrations: crate::admission::RegistrationsPerAddress,
+    /// Password-login attempts per user name and per client address.
+    pub logins: crate::admission::LoginLimits,
+    /// The relay's OPAQUE secrets (`opaque.key` in the data directory).
+    pub opaque: Arc<cove_account::ServerSecrets>,
 }
 
 /// Resolves once shutdown was requested (or the relay handle is gone).

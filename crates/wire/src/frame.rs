@@ -178,6 +178,53 @@ pub enum Request {
         /// The group.
         group: GroupId,
     },
+    /// Starts registering a password for this connection's own user (authenticated
+    /// connections only, for a user with no account yet): `request` is OPAQUE's
+    /// registration request. Answered with [`Reply::AccountRegisterResponse`]. At most
+    /// [`crate::limits::MAX_ACCOUNT_MESSAGE_BYTES`] bytes.
+    AccountRegisterStart {
+        /// OPAQUE's `RegistrationRequest`.
+        request: Payload,
+    },
+    /// Finishes the registration started on this connection: the relay stores the record
+    /// made from `upload`, the KSF version and the two wrapped bundles, atomically.
+    /// Answered with [`Reply::AccountRegistered`].
+    AccountRegisterFinish {
+        /// OPAQUE's `RegistrationUpload`.
+        upload: Payload,
+        /// The account bundle wrapped under the export key (`bundle::WRAPPED_LEN` bytes).
+        password_bundle: Payload,
+        /// The account bundle wrapped under the recovery key (`bundle::WRAPPED_LEN` bytes).
+        recovery_bundle: Payload,
+        /// The Ed25519 public key of the recovery key's auth key.
+        recovery_key: [u8; 32],
+    },
+    /// Starts a password login as `user` (allowed before authentication): `request` is
+    /// OPAQUE's credential request. Answered with [`Reply::AccountLoginResponse`], a fake
+    /// but indistinguishable one for a user without an account. Rate limited per user name
+    /// and per client address.
+    AccountLoginStart {
+        /// Who logs in.
+        user: UserName,
+        /// OPAQUE's `CredentialRequest`.
+        request: Payload,
+    },
+    /// Finishes the login started on this connection. Answered with
+    /// [`Reply::AccountLoggedIn`], or `LoginFailed` (wrong password, unknown user: the same).
+    AccountLoginFinish {
+        /// OPAQUE's `CredentialFinalization`.
+        finalization: Payload,
+    },
+    /// Fetches `user`'s bundle wrapped under the recovery key (allowed before
+    /// authentication): `signature` signs [`crate::sign::recovery_fetch_message`] over this
+    /// connection's challenge with the recovery auth key. Uses the challenge. Answered with
+    /// [`Reply::RecoveryBundle`], or `LoginFailed`.
+    FetchRecoveryBundle {
+        /// Whose bundle.
+        user: UserName,
+        /// Signature by the recovery auth key.
+        signature: Signature,
+    },
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -352,6 +399,31 @@ pub enum Reply {
     },
     /// The device left the group (answer to `LeaveGroup`).
     Left,
+    /// OPAQUE's registration response (answer to `AccountRegisterStart`).
+    AccountRegisterResponse {
+        /// OPAQUE's `RegistrationResponse`.
+        response: Payload,
+    },
+    /// The account is stored (answer to `AccountRegisterFinish`).
+    AccountRegistered,
+    /// OPAQUE's credential response (answer to `AccountLoginStart`).
+    AccountLoginResponse {
+        /// OPAQUE's `CredentialResponse`.
+        response: Payload,
+        /// The version of the key-stretching parameters the record was made with.
+        ksf_version: u8,
+    },
+    /// The login succeeded (answer to `AccountLoginFinish`): the bundle wrapped under the
+    /// export key.
+    AccountLoggedIn {
+        /// The wrapped bundle.
+        password_bundle: Payload,
+    },
+    /// The bundle wrapped under the recovery key (answer to `FetchRecoveryBundle`).
+    RecoveryBundle {
+        /// The wrapped bundle.
+        recovery_bundle: Payload,
+    },
 }
 
 /// Why a link slot closed (in [`ServerFrame::LinkClosed`]).
@@ -594,4 +666,7 @@ pub enum ErrorCode {
     /// signature, a non-member committer, a GroupInfo that does not match the commit, or
     /// `added`/`removed` lists that disagree with the commit's proposals. Nothing was stored.
     InvalidCommit,
+    // --- accounts (appended) ---
+    /// A password login failed: wrong password, or no such account (the same code for both).
+    LoginFailed,
 }

@@ -38,3 +38,7 @@ pub const MAX_DEVICE_LIST_ENTRIES: usize = 1024;
 /// Largest message passed through a link slot (`LinkSend`): a sealed channel message of
 /// 512 KiB plaintext with its tag and room to spare.
 pub const MAX_LINK_MESSAGE_BYTES: usize = 512 * 1024 + 64;
+
+/// Most bytes of one OPAQUE message or wrapped account bundle in an account request (the
+/// real ones are at most a few hundred bytes).
+pub const MAX_ACCOUNT_MESSAGE_BYTES: usize = 1024;

@@ -35,6 +35,17 @@ pub enum Auth {
         /// Signature by `authorizer` over the add-device message.
         authorization: Signature,
     },
+    /// A further device of an existing user, registered on a connection logged in as the
+    /// user with the password: the user's signed list must add its key (as for
+    /// `RegisterDevice`), and no device's authorisation is needed.
+    RegisterListed {
+        /// The logged-in user.
+        user: UserName,
+        /// The new device's public key.
+        key: DeviceKey,
+        /// Signature by `key` over the challenge.
+        signature: Signature,
+    },
     /// A registered device.
     Authenticate {
         /// The device's user.
@@ -85,6 +96,11 @@ impl Connection {
                 authorizer,
                 authorization,
             ),
+            Auth::RegisterListed {
+                user,
+                key,
+                signature,
+            } => register_listed(store, &challenge, user, key, signature),
             Auth::Authenticate {
                 user,
                 device,
@@ -196,6 +212,26 @@ fn register_device(
     refuse_unlisted(store, &user, &key)?;
     let device = store.add_device(&user, &key)?;
     info!(%device, %user, %authorizer, "registered device");
+    Ok(device)
+}
+
+fn register_listed(
+    store: &dyn RelayStore,
+    challenge: &Challenge,
+    user: UserName,
+    key: DeviceKey,
+    signature: Signature,
+) -> Result<DeviceId, Refused> {
+    let message = challenge.message(&user, &key);
+    if !verify(&key, &message, &signature) {
+        return Err(Refused::BadSignature(
+            "register device after a password login",
+        ));
+    }
+    refuse_revoked(store, &user, &key)?;
+    refuse_unlisted(store, &user, &key)?;
+    let device = store.add_device(&user, &key)?;
+    info!(%device, %user, "registered device after a password login");
     Ok(device)
 }
 

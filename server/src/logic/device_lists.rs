@@ -42,10 +42,47 @@ pub fn publish(
         .device(device)
         .map_err(stored_err)?
         .ok_or_else(|| invalid("device list refused: this device no longer exists"))?;
+    publish_for(store, &user, Some(&key), entries)
+}
+
+/// Verifies and stores `entries` published on a connection logged in as `user` with the
+/// password (no device yet): only appends to a stored list, under the same rules as a
+/// device's later publish (every entry signed by the stored list's identity key).
+pub fn publish_logged_in(
+    store: &dyn RelayStore,
+    user: &UserName,
+    entries: Vec<ListEntry>,
+) -> Result<Reply, ErrorReply> {
+    if entries.is_empty() {
+        return Err(invalid("device list refused: no entries to publish"));
+    }
+    if entries.len() > MAX_DEVICE_LIST_ENTRIES {
+        return Err(invalid(&format!(
+            "device list refused: more than {MAX_DEVICE_LIST_ENTRIES} entries"
+        )));
+    }
+    publish_for(store, user, None, entries)
+}
+
+/// The publish rules for `user`'s list; `key` is the publishing device's (`None` on a
+/// password-logged-in connection, which may not create a list).
+fn publish_for(
+    store: &dyn RelayStore,
+    user: &UserName,
+    key: Option<&cove_wire::DeviceKey>,
+    entries: Vec<ListEntry>,
+) -> Result<Reply, ErrorReply> {
+    let stored_err = |e| store_error_reply(&e);
+    let user = user.clone();
     let stored = store.device_list(&user).map_err(stored_err)?;
     let list = if stored.is_empty() {
+        let Some(key) = key else {
+            return Err(invalid(
+                "device list refused: a connection without a device can only extend a list",
+            ));
+        };
         let list = DeviceList::verify(&user, &entries).map_err(|e| refused(&e, false))?;
-        if !list.is_listed(&key) {
+        if !list.is_listed(key) {
             return Err(invalid(
                 "device list refused: it does not list the publishing device",
             ));

@@ -21,6 +21,7 @@
 //! to the end synchronously (what the simulation uses), built from the same parts the
 //! connection layer calls one by one ([`Connection::authenticate`], [`request`], [`posted`]).
 
+mod accounts;
 mod auth;
 mod backlog;
 mod device_lists;
@@ -29,6 +30,7 @@ mod posts;
 mod quotas;
 mod requests;
 
+pub use accounts::{AccountSession, fetch_recovery_bundle};
 pub use auth::Auth;
 pub use backlog::{Backlog, BacklogStep};
 pub use handshake::{HandshakeError, Handshakes, PostError};
@@ -40,6 +42,7 @@ pub use requests::{acked, request};
 use cove_wire::sign::ChannelBinding;
 use cove_wire::{
     DeviceId, ErrorCode, ErrorReply, PROTOCOL_VERSION, Reply, Request, Seq, ServerFrame, Stream,
+    UserName,
 };
 
 use crate::store::{DEFAULT_READ_BYTES, NewPost, RelayStore};
@@ -81,6 +84,10 @@ pub enum Route {
     TurnCredentials(DeviceId),
     /// Any other request of an authenticated device: [`request`].
     Request(DeviceId, Request),
+    /// A password-account request: `AccountLoginStart`, `AccountLoginFinish` and
+    /// `FetchRecoveryBundle` of any connection, `AccountRegisterStart` and
+    /// `AccountRegisterFinish` of an authenticated one (its device given): [`account`].
+    Account(Option<DeviceId>, Request),
     /// A link rendezvous request (`OpenLink` of an authenticated device, `JoinLink` and
     /// `LinkSend` of any connection): answered by the relay's rendezvous, or by [`no_link`]
     /// where it runs none.
@@ -132,6 +139,12 @@ impl Connection {
         }
     }
 
+    /// Uses up the connection's challenge (for a recovery-bundle fetch): it serves one
+    /// signature check, whatever its purpose.
+    pub fn take_challenge(&mut self) -> Option<[u8; 32]> {
+        self.nonce.take()
+    }
+
     /// The first frame of the connection: the challenge.
     pub fn challenge(&self) -> Option<ServerFrame> {
         self.nonce.map(|nonce| ServerFrame::Challenge {
@@ -143,6 +156,41 @@ impl Connection {
     /// The device this connection authenticated as.
     pub fn device(&self) -> Option<DeviceId> {
         self.device
+    }
+
+    /// Where a request goes on a connection that may be logged in as `logged_in` with the
+    /// password ([`AccountSession::logged_in`]) and has no device yet: then
+    /// `RegisterDevice` for that user needs no authorizer ([`Auth::RegisterListed`]), and
+    /// `PublishDeviceList` and `FetchDeviceList` are answered by [`account`]. Otherwise
+    /// as [`Connection::route`].
+    pub fn route_logged_in(
+        &self,
+        logged_in: Option<&UserName>,
+        body: Request,
+        now_ms: u64,
+    ) -> Route {
+        match (logged_in, self.device, body) {
+            (
+                Some(me),
+                None,
+                Request::RegisterDevice {
+                    user,
+                    key,
+                    signature,
+                    ..
+                },
+            ) if &user == me => Route::Authenticate(Auth::RegisterListed {
+                user,
+                key,
+                signature,
+            }),
+            (
+                Some(_),
+                None,
+                body @ (Request::PublishDeviceList { .. } | Request::FetchDeviceList { .. }),
+            ) => Route::Account(None, body),
+            (_, _, body) => self.route(body, now_ms),
+        }
     }
 
     /// Where a request goes. `now_ms` stamps a post.
@@ -199,6 +247,17 @@ impl Connection {
                 "already authenticated",
             ))),
             (body @ (Request::JoinLink { .. } | Request::LinkSend { .. }), _) => Route::Link(body),
+            (
+                body @ (Request::AccountLoginStart { .. }
+                | Request::AccountLoginFinish { .. }
+                | Request::FetchRecoveryBundle { .. }),
+                device,
+            ) => Route::Account(device, body),
+            (
+                body @ (Request::AccountRegisterStart { .. }
+                | Request::AccountRegisterFinish { .. }),
+                Some(device),
+            ) => Route::Account(Some(device), body),
             (body @ Request::OpenLink, Some(_)) => Route::Link(body),
             (_, None) => Route::Answer(Err(ErrorReply::new(
                 ErrorCode::Unauthenticated,
@@ -255,6 +314,7 @@ impl Connection {
             } => (Answer::reply(acked(store.ack(device, stream, seq))), None),
             Route::TurnCredentials(_) => (Answer::reply(no_turn()), None),
             Route::Link(_) => (Answer::reply(no_link()), None),
+            Route::Account(..) => (Answer::reply(no_accounts()), None),
             Route::Request(device, body) => (
                 Answer::reply(request(store, handshakes, device, body, DEFAULT_READ_BYTES)),
                 None,
@@ -280,6 +340,84 @@ pub fn no_link() -> Result<Reply, ErrorReply> {
     ))
 }
 
+/// The answer to an account request where the relay keeps no OPAQUE secrets (the
+/// simulation).
+pub fn no_accounts() -> Result<Reply, ErrorReply> {
+    Err(ErrorReply::new(
+        ErrorCode::InvalidRequest,
+        "this relay keeps no accounts",
+    ))
+}
+
+/// Answers a password-account request (routed as [`Route::Account`]) with the connection's
+/// account state, the store and the relay's OPAQUE secrets. `device` is the connection's
+/// authenticated device; `challenge` the connection's challenge, which the caller used up
+/// for a `FetchRecoveryBundle` (and passes `None` otherwise).
+pub fn account(
+    session: &mut AccountSession,
+    store: &dyn RelayStore,
+    secrets: &cove_account::ServerSecrets,
+    device: Option<DeviceId>,
+    challenge: Option<[u8; 32]>,
+    body: Request,
+) -> Result<Reply, ErrorReply> {
+    let own_user = |device: Option<DeviceId>| match device {
+        None => Err(ErrorReply::new(
+            ErrorCode::Unauthenticated,
+            "authenticate first",
+        )),
+        Some(device) => match store.device(device) {
+            Ok(Some((user, _))) => Ok(user),
+            Ok(None) => Err(ErrorReply::new(ErrorCode::UnknownDevice, "unknown device")),
+            Err(e) => Err(crate::reply::store_error_reply(&e)),
+        },
+    };
+    match body {
+        Request::AccountRegisterStart { request } => {
+            let user = own_user(device)?;
+            session.register_start(store, secrets, user, &request)
+        }
+        Request::AccountRegisterFinish {
+            upload,
+            password_bundle,
+            recovery_bundle,
+            recovery_key,
+        } => {
+            let user = own_user(device)?;
+            session.register_finish(
+                store,
+                user,
+                &upload,
+                password_bundle,
+                recovery_bundle,
+                recovery_key,
+            )
+        }
+        Request::AccountLoginStart { user, request } => {
+            session.login_start(store, secrets, user, &request)
+        }
+        Request::AccountLoginFinish { finalization } => session.login_finish(&finalization),
+        Request::FetchRecoveryBundle { user, signature } => {
+            fetch_recovery_bundle(store, challenge, &user, &signature)
+        }
+        Request::PublishDeviceList { entries } => match session.logged_in() {
+            Some(user) => device_lists::publish_logged_in(store, user, entries.0),
+            None => Err(ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                "authenticate first",
+            )),
+        },
+        Request::FetchDeviceList { user } => match session.logged_in() {
+            Some(_) => device_lists::fetch(store, &user),
+            None => Err(ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                "authenticate first",
+            )),
+        },
+        _ => Err(ErrorReply::new(ErrorCode::Internal, "internal error")),
+    }
+}
+
 /// The store answered a batch with the wrong number of results.
 pub(crate) fn wrong_count() -> crate::store::StoreError {
     crate::store::StoreError::Backend("wrong number of results".into())
@@ -293,6 +431,7 @@ mod tests {
     fn the_core_does_no_io_and_knows_nothing_of_its_drivers() {
         let files = [
             ("mod.rs", include_str!("mod.rs")),
+            ("accounts.rs", include_str!("accounts.rs")),
             ("auth.rs", include_str!("auth.rs")),
             ("backlog.rs", include_str!("backlog.rs")),
             ("device_lists.rs", include_str!("device_lists.rs")),

@@ -166,7 +166,12 @@ pub fn request(
         | Request::TurnCredentials
         | Request::OpenLink
         | Request::JoinLink { .. }
-        | Request::LinkSend { .. } => {
+        | Request::LinkSend { .. }
+        | Request::AccountRegisterStart { .. }
+        | Request::AccountRegisterFinish { .. }
+        | Request::AccountLoginStart { .. }
+        | Request::AccountLoginFinish { .. }
+        | Request::FetchRecoveryBundle { .. } => {
             error!("request routed to the wrong handler");
             Err(ErrorReply::new(ErrorCode::Internal, "internal error"))
         }

@@ -88,6 +88,7 @@ pub(crate) async fn run<S>(
         shared: Arc::clone(&shared),
         outbox: Arc::clone(&outbox),
         conn,
+        account: crate::logic::AccountSession::default(),
         preauth: TokenBucket::new(PREAUTH_RATE, PREAUTH_BURST, Instant::now()),
         peer: peer.ip(),
         backlog: None,

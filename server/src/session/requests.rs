@@ -33,10 +33,18 @@ impl Session {
             self.answer(id, Err(e));
             return;
         }
-        let result = match self.conn.route(body, now_ms()) {
+        let route = self
+            .conn
+            .route_logged_in(self.account.logged_in(), body, now_ms());
+        let result = match route {
             Route::Answer(result) => result,
             Route::Authenticate(auth) => {
-                let registers = matches!(auth, Auth::Register { .. } | Auth::RegisterDevice { .. });
+                let registers = matches!(
+                    auth,
+                    Auth::Register { .. }
+                        | Auth::RegisterDevice { .. }
+                        | Auth::RegisterListed { .. }
+                );
                 let limited = registers
                     .then(|| self.shared.registrations.take(self.peer, Instant::now()))
                     .and_then(Result::err);
@@ -105,6 +113,7 @@ impl Session {
                     "relay is shutting down",
                 ))
             }
+            Route::Account(device, body) => self.account(device, body).await,
             Route::Link(body) => {
                 let links = &self.shared.links;
                 match body {
@@ -197,6 +206,39 @@ impl Session {
             self.start_backlog = true;
         }
         answer.reply
+    }
+
+    /// A password-account request: the login rate limits, then the core's
+    /// [`logic::account`] on the blocking pool with this connection's account state.
+    async fn account(
+        &mut self,
+        device: Option<cove_wire::DeviceId>,
+        body: Request,
+    ) -> Result<Reply, ErrorReply> {
+        if let Request::AccountLoginStart { user, .. } = &body
+            && let Err((what, retry_after_ms)) =
+                self.shared.logins.take(user, self.peer, Instant::now())
+        {
+            info!(conn = self.outbox.conn_id, "login refused: {what}");
+            let mut e = ErrorReply::new(ErrorCode::RateLimited, what);
+            e.retry_after_ms = Some(retry_after_ms);
+            return Err(e);
+        }
+        // A recovery-bundle fetch uses up the challenge, like an authentication.
+        let challenge = match &body {
+            Request::FetchRecoveryBundle { .. } => self.conn.take_challenge(),
+            _ => None,
+        };
+        let mut account = std::mem::take(&mut self.account);
+        let secrets = Arc::clone(&self.shared.opaque);
+        let done = blocking(&self.shared, move |s| {
+            let answer = logic::account(&mut account, s, &secrets, device, challenge, body);
+            Ok((account, answer))
+        })
+        .await;
+        let (account, answer) = done.map_err(|e| store_error_reply(&e))?;
+        self.account = account;
+        answer
     }
 
     pub(super) async fn post(&self, id: RequestId, post: NewPost) -> Result<(), ErrorReply> {

@@ -8,7 +8,7 @@ use cove_wire::ErrorCode;
 use tokio::task::JoinHandle;
 
 use crate::hub::{Outbox, TokenBucket};
-use crate::logic::Connection;
+use crate::logic::{AccountSession, Connection};
 use crate::shared::Shared;
 
 /// One connection's state, read and changed by the request handling.
@@ -19,6 +19,8 @@ pub(super) struct Session {
     pub(super) outbox: Arc<Outbox>,
     /// The relay core's state of this connection: the challenge, then the device.
     pub(super) conn: Connection,
+    /// The connection's password-account state (OPAQUE between start and finish).
+    pub(super) account: AccountSession,
     /// Request rate limit before authentication.
     pub(super) preauth: TokenBucket,
     /// The client's address (registrations are rate limited per address).

@@ -40,7 +40,7 @@ use cove_wire::{
     Stream, UserName,
 };
 
-use super::{Appended, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError};
+use super::{Account, Appended, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError};
 
 /// Expands to a module `$name` with one `#[test]` per conformance case, each run on a fresh
 /// store made by `$make`, a closure (or function) returning `(guard, store)` where `store`
@@ -90,6 +90,8 @@ macro_rules! relay_store_conformance {
             expired_entries_are_pruned_even_if_unacknowledged,
             public_state_is_replaced_only_by_an_accepted_post,
             a_device_leaves_without_mls_state,
+            accounts_are_stored_once_and_read_back,
+            concurrent_account_creations_exactly_one_wins,
         );
     };
     (@cases $name:ident, $make:expr; $($case:ident),* $(,)?) => {
@@ -105,6 +107,77 @@ macro_rules! relay_store_conformance {
             )*
         }
     };
+}
+
+// ---------------------------------------------------------------------------------------
+// Accounts.
+
+/// An account whose fields are all made from `tag` (the store keeps bytes, it checks none).
+pub fn account(tag: u8) -> Account {
+    Account {
+        record: vec![tag; 192],
+        ksf_version: tag,
+        password_bundle: vec![tag.wrapping_add(1); 95],
+        recovery_bundle: vec![tag.wrapping_add(2); 95],
+        recovery_key: [tag.wrapping_add(3); 32],
+    }
+}
+
+/// No user has an account until one is created; it reads back field for field, per user;
+/// a second creation is `Invalid` and changes nothing; an unknown user has no account and
+/// cannot get one (UnknownUser).
+pub fn accounts_are_stored_once_and_read_back(store: &dyn RelayStore) {
+    device(store, "alice", 1);
+    device(store, "bob", 2);
+    assert_eq!(store.account(&user("alice")).unwrap(), None);
+    assert_eq!(store.account(&user("nobody")).unwrap(), None);
+    assert!(matches!(
+        store.create_account(&user("nobody"), account(9)),
+        Err(StoreError::UnknownUser)
+    ));
+    assert_eq!(store.account(&user("nobody")).unwrap(), None);
+    store.create_account(&user("alice"), account(1)).unwrap();
+    assert_eq!(store.account(&user("alice")).unwrap(), Some(account(1)));
+    assert_eq!(store.account(&user("bob")).unwrap(), None);
+    assert!(matches!(
+        store.create_account(&user("alice"), account(2)),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.account(&user("alice")).unwrap(), Some(account(1)));
+    store.create_account(&user("bob"), account(5)).unwrap();
+    assert_eq!(store.account(&user("bob")).unwrap(), Some(account(5)));
+    assert_eq!(store.account(&user("alice")).unwrap(), Some(account(1)));
+}
+
+/// Eight threads create an account for the same user at once: exactly one wins, and the
+/// stored account is the winner's whole (no field from another).
+pub fn concurrent_account_creations_exactly_one_wins(store: &dyn RelayStore) {
+    const N: u8 = 8;
+    device(store, "alice", 1);
+    let alice = user("alice");
+    let barrier = Barrier::new(usize::from(N));
+    let results: Vec<(u8, Result<(), StoreError>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let (barrier, alice) = (&barrier, &alice);
+                s.spawn(move || {
+                    barrier.wait();
+                    (10 + i, store.create_account(alice, account(10 + i)))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<u8> = results
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(tag, _)| *tag)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one creation accepted");
+    for (_, r) in results.iter().filter(|(_, r)| r.is_err()) {
+        assert!(matches!(r, Err(StoreError::Invalid(_))));
+    }
+    assert_eq!(store.account(&alice).unwrap(), Some(account(winners[0])));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ use cove_wire::{
 
 use super::rules::{self, GroupState};
 use super::{
-    Appended, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError, Welcome,
+    Account, Appended, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError, Welcome,
     check_list_append, revoked_keys,
 };
 
@@ -44,6 +44,8 @@ struct Inner {
     groups: HashMap<GroupId, Group>,
     /// Device lists by user (only users that published one).
     device_lists: HashMap<UserName, Vec<ListEntry>>,
+    /// Password accounts by user.
+    accounts: HashMap<UserName, Account>,
 }
 
 struct Device {
@@ -221,6 +223,22 @@ impl RelayStore for MemoryStore {
         let id = inner.new_device(user, key)?;
         inner.users.entry(user.clone()).or_default().push(id);
         Ok(id)
+    }
+
+    fn create_account(&self, user: &UserName, account: Account) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if !inner.users.contains_key(user) {
+            return Err(StoreError::UnknownUser);
+        }
+        if inner.accounts.contains_key(user) {
+            return Err(StoreError::Invalid("the user already has an account"));
+        }
+        inner.accounts.insert(user.clone(), account);
+        Ok(())
+    }
+
+    fn account(&self, user: &UserName) -> Result<Option<Account>, StoreError> {
+        Ok(self.lock()?.accounts.get(user).cloned())
     }
 
     fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {

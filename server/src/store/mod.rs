@@ -87,6 +87,30 @@ pub enum StoreError {
     },
 }
 
+/// A user's password account as the relay keeps it: nothing in it checks a password guess
+/// without the relay's OPAQUE secrets, and nothing in it opens the bundles.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The OPAQUE registration record (`ServerRegistration`, serialized).
+    pub record: Vec<u8>,
+    /// The version of the key-stretching parameters the record was made with.
+    pub ksf_version: u8,
+    /// The account bundle wrapped under the OPAQUE export key.
+    pub password_bundle: Vec<u8>,
+    /// The account bundle wrapped under the recovery key.
+    pub recovery_bundle: Vec<u8>,
+    /// The Ed25519 public key that signs recovery requests.
+    pub recovery_key: [u8; 32],
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("ksf_version", &self.ksf_version)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A post to append to a group log.
 #[derive(Clone, Debug)]
 pub struct NewPost {
@@ -397,6 +421,13 @@ pub trait RelayStore: Send + Sync + 'static {
         expected_len: u64,
         entries: Vec<ListEntry>,
     ) -> Result<u64, StoreError>;
+
+    /// Stores `user`'s password account, atomically (record, KSF version, both wrapped
+    /// bundles, recovery key), durable when it returns. UnknownUser if no such user;
+    /// `Invalid` if the user already has an account (nothing changes).
+    fn create_account(&self, user: &UserName, account: Account) -> Result<(), StoreError>;
+    /// `user`'s password account; `None` for a user without one and for an unknown user.
+    fn account(&self, user: &UserName) -> Result<Option<Account>, StoreError>;
 
     /// Retention: removes
     /// - from each group log, the entries every reader has acknowledged: those at or below

@@ -39,6 +39,16 @@ struct BackwardsCursors {
 }
 
 impl RelayStore for BackwardsCursors {
+    fn create_account(
+        &self,
+        user: &UserName,
+        account: cove_server::store::Account,
+    ) -> Result<(), StoreError> {
+        self.inner.create_account(user, account)
+    }
+    fn account(&self, user: &UserName) -> Result<Option<cove_server::store::Account>, StoreError> {
+        self.inner.account(user)
+    }
     fn register_user(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
         self.inner.register_user(user, key)
     }

@@ -147,6 +147,22 @@ pub fn request() -> impl Strategy<Value = Request> {
         payload().prop_map(|bytes| Request::LinkSend { bytes }),
         Just(Request::ListOwnDevices),
         any::<[u8; 16]>().prop_map(|g| Request::LeaveGroup { group: GroupId(g) }),
+        payload().prop_map(|request| Request::AccountRegisterStart { request }),
+        (payload(), payload(), payload(), any::<[u8; 32]>()).prop_map(
+            |(upload, password_bundle, recovery_bundle, recovery_key)| {
+                Request::AccountRegisterFinish {
+                    upload,
+                    password_bundle,
+                    recovery_bundle,
+                    recovery_key,
+                }
+            }
+        ),
+        (user_name(), payload())
+            .prop_map(|(user, request)| Request::AccountLoginStart { user, request }),
+        payload().prop_map(|finalization| Request::AccountLoginFinish { finalization }),
+        (user_name(), signature())
+            .prop_map(|(user, signature)| Request::FetchRecoveryBundle { user, signature }),
     ]
 }
 
@@ -213,6 +229,7 @@ pub fn error_code() -> impl Strategy<Value = ErrorCode> {
         LinkTaken,
         LinkExpired,
         NotInDeviceList,
+        LoginFailed,
     ])
 }
 
@@ -356,6 +373,14 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         )
         .prop_map(|devices| Reply::OwnDevices { devices }),
         Just(Reply::Left),
+        payload().prop_map(|response| Reply::AccountRegisterResponse { response }),
+        Just(Reply::AccountRegistered),
+        (payload(), any::<u8>()).prop_map(|(response, ksf_version)| Reply::AccountLoginResponse {
+            response,
+            ksf_version
+        }),
+        payload().prop_map(|password_bundle| Reply::AccountLoggedIn { password_bundle }),
+        payload().prop_map(|recovery_bundle| Reply::RecoveryBundle { recovery_bundle }),
     ]
 }
 

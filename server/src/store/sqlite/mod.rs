@@ -39,6 +39,7 @@
 //! only downward (`log` uses `groups`, `inbox` and `directory`; all use `rows`, the column
 //! conversions).
 
+mod accounts;
 mod acks;
 mod cursors;
 mod device_lists;
@@ -68,7 +69,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use self::acks::PendingAcks;
 use super::rules::GroupState;
-use super::{Appended, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError};
+use super::{Account, Appended, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError};
 
 pub use self::acks::{ACK_FLUSH_AGE, ACK_FLUSH_ENTRIES};
 pub use self::schema::{SqliteOptions, Synchronous};
@@ -244,6 +245,14 @@ impl RelayStore for SqliteStore {
 
     fn last_seen(&self, user: &UserName) -> Result<Vec<(DeviceId, Option<u64>)>, StoreError> {
         self.read(|conn| directory::last_seen(conn, user))
+    }
+
+    fn create_account(&self, user: &UserName, account: Account) -> Result<(), StoreError> {
+        self.write(|tx| accounts::create(tx, user, &account))
+    }
+
+    fn account(&self, user: &UserName) -> Result<Option<Account>, StoreError> {
+        self.read(|conn| accounts::read(conn, user))
     }
 
     fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {

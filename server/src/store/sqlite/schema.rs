@@ -151,6 +151,18 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (group_id, device)
     ) WITHOUT ROWID;
     ",
+    // Version 8: password accounts (the OPAQUE record, the KSF version, the two wrapped
+    // bundles and the recovery public key), one row per user that registered a password.
+    "
+    CREATE TABLE accounts (
+        user TEXT PRIMARY KEY NOT NULL REFERENCES users(name),
+        record BLOB NOT NULL,
+        ksf_version INTEGER NOT NULL,
+        password_bundle BLOB NOT NULL,
+        recovery_bundle BLOB NOT NULL,
+        recovery_key BLOB NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

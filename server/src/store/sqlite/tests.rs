@@ -611,3 +611,40 @@ fn a_left_device_stays_left_after_reopening() {
     assert!(removal.removed.is_empty());
     assert_eq!(removal.members, vec![a]);
 }
+
+/// A stored account survives a reopen; a corrupt account row (a recovery key of the wrong
+/// length, a KSF version out of range) is a backend error, not a panic or a wrong account.
+#[test]
+fn accounts_survive_reopening_and_corrupt_rows_are_backend_errors() {
+    use crate::store::conformance::account;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        device(&store, "alice", 1);
+        device(&store, "bob", 2);
+        store.create_account(&user("alice"), account(1)).unwrap();
+        store.create_account(&user("bob"), account(2)).unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.account(&user("alice")).unwrap(), Some(account(1)));
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute(
+        "UPDATE accounts SET recovery_key = x'0102' WHERE user = 'alice'",
+        [],
+    )
+    .unwrap();
+    raw.execute(
+        "UPDATE accounts SET ksf_version = 300 WHERE user = 'bob'",
+        [],
+    )
+    .unwrap();
+    assert!(matches!(
+        store.account(&user("alice")),
+        Err(StoreError::Backend(_))
+    ));
+    assert!(matches!(
+        store.account(&user("bob")),
+        Err(StoreError::Backend(_))
+    ));
+}

@@ -1,0 +1,232 @@
+//! Password accounts: OPAQUE registration and login, the wrapped bundles, the recovery-key
+//! fetch. The relay runs only OPAQUE's server half (`cove-account`): it stores the record
+//! and the two wrapped bundles and never sees the password, the export key or the bundle's
+//! contents.
+//!
+//! The OPAQUE state between a start and its finish lives in the connection's
+//! [`AccountSession`], never in the store. A login for a user without an account is answered
+//! with opaque-ke's fake response and finishes with the same `LoginFailed` as a wrong
+//! password. Rate limits are the connection layer's.
+
+use cove_account::bundle::WRAPPED_LEN;
+use cove_account::opaque::{self, ServerLoginState};
+use cove_account::{AccountError, KSF_VERSION, ServerSecrets};
+use cove_wire::limits::MAX_ACCOUNT_MESSAGE_BYTES;
+use cove_wire::{ErrorCode, ErrorReply, Payload, Reply, Signature, UserName};
+use ed25519_dalek::VerifyingKey;
+use tracing::{debug, info};
+
+use crate::reply::{invalid, store_error_reply};
+use crate::store::{Account, RelayStore, StoreError};
+
+/// A login between its start and its finish.
+struct PendingLogin {
+    user: UserName,
+    state: ServerLoginState,
+    /// The wrapped bundle, sent after a successful finish; `None` for a user without an
+    /// account (whose fake login cannot succeed).
+    password_bundle: Option<Vec<u8>>,
+}
+
+/// One connection's account state.
+#[derive(Default)]
+pub struct AccountSession {
+    /// A registration was started on this connection for its own user.
+    registering: Option<UserName>,
+    /// A login in progress.
+    login: Option<PendingLogin>,
+    /// The user this connection logged in as with a password.
+    logged_in: Option<UserName>,
+}
+
+impl std::fmt::Debug for AccountSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountSession")
+            .field("registering", &self.registering)
+            .field("logging_in", &self.login.as_ref().map(|l| &l.user))
+            .field("logged_in", &self.logged_in)
+            .finish()
+    }
+}
+
+fn login_failed() -> ErrorReply {
+    ErrorReply::new(ErrorCode::LoginFailed, "wrong user name or password")
+}
+
+fn too_large(what: &Payload) -> Result<(), ErrorReply> {
+    if what.len() > MAX_ACCOUNT_MESSAGE_BYTES {
+        return Err(ErrorReply::new(
+            ErrorCode::TooLarge,
+            "account message too large",
+        ));
+    }
+    Ok(())
+}
+
+fn malformed(e: &AccountError) -> ErrorReply {
+    debug!(error = %e, "account message refused");
+    ErrorReply::new(ErrorCode::InvalidRequest, "malformed account message")
+}
+
+impl AccountSession {
+    /// The user this connection logged in as with a password, if any.
+    pub fn logged_in(&self) -> Option<&UserName> {
+        self.logged_in.as_ref()
+    }
+
+    /// `AccountRegisterStart` of the authenticated connection of `user`: the registration
+    /// response, if the user has no account yet.
+    pub fn register_start(
+        &mut self,
+        store: &dyn RelayStore,
+        secrets: &ServerSecrets,
+        user: UserName,
+        request: &Payload,
+    ) -> Result<Reply, ErrorReply> {
+        too_large(request)?;
+        if store
+            .account(&user)
+            .map_err(|e| store_error_reply(&e))?
+            .is_some()
+        {
+            return Err(invalid("the user already has an account"));
+        }
+        let response = opaque::server_register_start(secrets, user.as_str(), request.as_bytes())
+            .map_err(|e| malformed(&e))?;
+        self.registering = Some(user);
+        Ok(Reply::AccountRegisterResponse {
+            response: Payload(response),
+        })
+    }
+
+    /// `AccountRegisterFinish` of the authenticated connection of `user`: stores the record,
+    /// the KSF version, both wrapped bundles and the recovery key, atomically.
+    pub fn register_finish(
+        &mut self,
+        store: &dyn RelayStore,
+        user: UserName,
+        upload: &Payload,
+        password_bundle: Payload,
+        recovery_bundle: Payload,
+        recovery_key: [u8; 32],
+    ) -> Result<Reply, ErrorReply> {
+        too_large(upload)?;
+        if self.registering.take().as_ref() != Some(&user) {
+            return Err(invalid("no registration started on this connection"));
+        }
+        if password_bundle.len() != WRAPPED_LEN || recovery_bundle.len() != WRAPPED_LEN {
+            return Err(invalid("a wrapped bundle of the wrong length"));
+        }
+        if VerifyingKey::from_bytes(&recovery_key).is_err() {
+            return Err(invalid("the recovery key is not an Ed25519 public key"));
+        }
+        let record =
+            opaque::server_register_finish(upload.as_bytes()).map_err(|e| malformed(&e))?;
+        let account = Account {
+            record,
+            ksf_version: KSF_VERSION,
+            password_bundle: password_bundle.into_vec(),
+            recovery_bundle: recovery_bundle.into_vec(),
+            recovery_key,
+        };
+        store
+            .create_account(&user, account)
+            .map_err(|e| store_error_reply(&e))?;
+        info!(%user, "account registered");
+        Ok(Reply::AccountRegistered)
+    }
+
+    /// `AccountLoginStart`: the credential response, a fake one for a user without an
+    /// account (the same length and shape), and the KSF version.
+    pub fn login_start(
+        &mut self,
+        store: &dyn RelayStore,
+        secrets: &ServerSecrets,
+        user: UserName,
+        request: &Payload,
+    ) -> Result<Reply, ErrorReply> {
+        too_large(request)?;
+        self.login = None;
+        let account = store.account(&user).map_err(|e| store_error_reply(&e))?;
+        let record = account.as_ref().map(|a| a.record.as_slice());
+        let (state, response) =
+            opaque::server_login_start(secrets, user.as_str(), record, request.as_bytes())
+                .map_err(|e| malformed(&e))?;
+        let ksf_version = account.as_ref().map_or(KSF_VERSION, |a| a.ksf_version);
+        self.login = Some(PendingLogin {
+            user,
+            state,
+            password_bundle: account.map(|a| a.password_bundle),
+        });
+        Ok(Reply::AccountLoginResponse {
+            response: Payload(response),
+            ksf_version,
+        })
+    }
+
+    /// `AccountLoginFinish`: the password-wrapped bundle if the client proved the password;
+    /// `LoginFailed` otherwise, and for a user without an account. On success the
+    /// connection is logged in as the user.
+    pub fn login_finish(&mut self, finalization: &Payload) -> Result<Reply, ErrorReply> {
+        too_large(finalization)?;
+        let Some(pending) = self.login.take() else {
+            return Err(invalid("no login started on this connection"));
+        };
+        let verified = opaque::server_login_finish(
+            pending.state,
+            pending.user.as_str(),
+            finalization.as_bytes(),
+        );
+        match (verified, pending.password_bundle) {
+            (Ok(_session_key), Some(bundle)) => {
+                info!(user = %pending.user, "password login");
+                self.logged_in = Some(pending.user);
+                Ok(Reply::AccountLoggedIn {
+                    password_bundle: Payload(bundle),
+                })
+            }
+            _ => {
+                info!(user = %pending.user, "password login failed");
+                Err(login_failed())
+            }
+        }
+    }
+}
+
+/// `FetchRecoveryBundle`: the recovery-wrapped bundle if `signature` verifies with the
+/// user's recovery key over [`cove_wire::sign::recovery_fetch_message`] of `nonce` (the
+/// connection's challenge, which the caller has used up); `LoginFailed` otherwise,
+/// including for a user without an account.
+pub fn fetch_recovery_bundle(
+    store: &dyn RelayStore,
+    nonce: Option<[u8; 32]>,
+    user: &UserName,
+    signature: &Signature,
+) -> Result<Reply, ErrorReply> {
+    let Some(nonce) = nonce else {
+        return Err(ErrorReply::new(
+            ErrorCode::AuthenticationFailed,
+            "challenge already used; reconnect",
+        ));
+    };
+    let account = match store.account(user) {
+        Ok(account) => account,
+        Err(StoreError::UnknownUser) => None,
+        Err(e) => return Err(store_error_reply(&e)),
+    };
+    let Some(account) = account else {
+        return Err(login_failed());
+    };
+    let Ok(key) = VerifyingKey::from_bytes(&account.recovery_key) else {
+        return Err(login_failed());
+    };
+    let message = cove_wire::sign::recovery_fetch_message(&nonce, user);
+    let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
+    if key.verify_strict(&message, &signature).is_err() {
+        info!(%user, "recovery bundle fetch refused: bad signature");
+        return Err(login_failed());
+    }
+    Ok(Reply::RecoveryBundle {
+        recovery_bundle: Payload(account.recovery_bundle),
+    })
+}

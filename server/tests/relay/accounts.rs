@@ -1,0 +1,637 @@
+//! Password accounts over the wire (real relay, real TLS): OPAQUE registration and login,
+//! the wrapped bundle sent only after a successful login, `LoginFailed` alike for a wrong
+//! password and an unknown user, login rate limits, records across a restart, what the data
+//! directory holds, and the recovery-bundle fetch.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cove_account::opaque::{
+    client_login_finish, client_login_start, client_register_finish, client_register_start,
+};
+use cove_account::{AccountBundle, ExportKey, KSF_VERSION, RecoveryKey, WrapKind};
+use cove_server::{Limits, Relay, RelayConfig, RelayHandle, StoreKind};
+use cove_test_utils::{TestClient, TestRelay, client_tls_config, test_limits, ws_url};
+use cove_wire::{ErrorCode, ErrorReply, Payload, Reply, Request, Signature, UserName};
+use ed25519_dalek::Signer as _;
+
+fn name(user: &str) -> UserName {
+    UserName::new(user).unwrap()
+}
+
+/// What registering an account leaves the client with.
+struct Registered {
+    export_key: ExportKey,
+    bundle: AccountBundle,
+    recovery: RecoveryKey,
+    password_bundle: Vec<u8>,
+}
+
+/// Registers a password for the authenticated `client`'s user `user`.
+async fn register_account(client: &mut TestClient, user: &str, password: &[u8]) -> Registered {
+    let (state, request) = client_register_start(password).unwrap();
+    let response = match client
+        .call(Request::AccountRegisterStart {
+            request: request.into(),
+        })
+        .await
+        .unwrap()
+    {
+        Reply::AccountRegisterResponse { response } => response,
+        other => panic!("unexpected {other:?}"),
+    };
+    let (upload, export_key) = client_register_finish(state, user, response.as_bytes()).unwrap();
+    let bundle = AccountBundle::new(rand_seed());
+    let recovery = RecoveryKey::generate();
+    let password_bundle = bundle
+        .wrap(user, WrapKind::Password, export_key.as_bytes())
+        .unwrap();
+    let recovery_bundle = bundle
+        .wrap(user, WrapKind::Recovery, recovery.as_bytes())
+        .unwrap();
+    let recovery_key = recovery.auth_key().unwrap().verifying_key().to_bytes();
+    let reply = client
+        .call(Request::AccountRegisterFinish {
+            upload: upload.into(),
+            password_bundle: password_bundle.clone().into(),
+            recovery_bundle: recovery_bundle.into(),
+            recovery_key,
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply, Reply::AccountRegistered);
+    Registered {
+        export_key,
+        bundle,
+        recovery,
+        password_bundle,
+    }
+}
+
+fn rand_seed() -> [u8; 32] {
+    rand::random()
+}
+
+/// The relay's answer to a login start: (response, ksf_version).
+async fn login_start(
+    client: &mut TestClient,
+    user: &str,
+    request: Vec<u8>,
+) -> Result<(Payload, u8), ErrorReply> {
+    client
+        .request(Request::AccountLoginStart {
+            user: name(user),
+            request: request.into(),
+        })
+        .await
+        .unwrap()
+        .map(|reply| match reply {
+            Reply::AccountLoginResponse {
+                response,
+                ksf_version,
+            } => (response, ksf_version),
+            other => panic!("unexpected {other:?}"),
+        })
+}
+
+/// A whole password login on `client`: the client's export key and the relay's answer to
+/// the finish, or the error code where it stopped (`LoginFailed` from the client's own
+/// check is sent on as a garbage finalization, as a client that goes on would).
+async fn login(
+    client: &mut TestClient,
+    user: &str,
+    password: &[u8],
+) -> (Option<ExportKey>, Result<Reply, ErrorReply>) {
+    let (state, request) = client_login_start(password).unwrap();
+    let (response, ksf_version) = match login_start(client, user, request).await {
+        Ok(x) => x,
+        Err(e) => return (None, Err(e)),
+    };
+    let (finalization, export_key) =
+        match client_login_finish(state, user, ksf_version, response.as_bytes()) {
+            Ok(done) => (done.finalization, Some(done.export_key)),
+            Err(_) => (vec![0u8; 64], None),
+        };
+    let answer = client
+        .request(Request::AccountLoginFinish {
+            finalization: finalization.into(),
+        })
+        .await
+        .unwrap();
+    (export_key, answer)
+}
+
+fn code(result: &Result<Reply, ErrorReply>) -> Option<ErrorCode> {
+    result.as_ref().err().map(|e| e.code)
+}
+
+#[tokio::test]
+async fn register_then_log_in_from_a_fresh_connection_unwraps_the_same_identity_key() {
+    let relay = TestRelay::memory().await;
+    let (mut alice, _keys) = relay.register("alice").await.unwrap();
+    let reg = register_account(&mut alice, "alice", b"correct horse").await;
+
+    let mut fresh = relay.connect().await.unwrap();
+    let (export_key, answer) = login(&mut fresh, "alice", b"correct horse").await;
+    let export_key = export_key.expect("the client's login check passed");
+    assert_eq!(export_key.as_bytes(), reg.export_key.as_bytes());
+    let wrapped = match answer.unwrap() {
+        Reply::AccountLoggedIn { password_bundle } => password_bundle,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(wrapped.as_bytes(), reg.password_bundle.as_slice());
+    let bundle = AccountBundle::unwrap(
+        wrapped.as_bytes(),
+        "alice",
+        WrapKind::Password,
+        export_key.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(bundle.identity_key, reg.bundle.identity_key);
+    assert_eq!(bundle.backup_key, reg.bundle.backup_key);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_with_login_failed() {
+    let relay = TestRelay::memory().await;
+    let (mut alice, _keys) = relay.register("alice").await.unwrap();
+    register_account(&mut alice, "alice", b"right").await;
+    let mut fresh = relay.connect().await.unwrap();
+    let (export_key, answer) = login(&mut fresh, "alice", b"wrong").await;
+    assert!(export_key.is_none());
+    assert_eq!(code(&answer), Some(ErrorCode::LoginFailed));
+}
+
+#[tokio::test]
+async fn an_unknown_user_and_a_user_without_an_account_fail_like_a_wrong_password() {
+    let relay = TestRelay::memory().await;
+    let (mut alice, _keys) = relay.register("alice").await.unwrap();
+    register_account(&mut alice, "alice", b"pw").await;
+    let (_bob, _bob_keys) = relay.register("bob").await.unwrap();
+
+    let (_, request) = client_login_start(b"pw").unwrap();
+    let mut c = relay.connect().await.unwrap();
+    let (real, real_ksf) = login_start(&mut c, "alice", request.clone()).await.unwrap();
+    for user in ["nobody", "bob"] {
+        let mut c = relay.connect().await.unwrap();
+        let (fake, ksf) = login_start(&mut c, user, request.clone()).await.unwrap();
+        assert_eq!(fake.len(), real.len(), "{user}");
+        assert_eq!(ksf, real_ksf, "{user}");
+        assert_eq!(ksf, KSF_VERSION);
+        let (export_key, answer) = login(&mut c, user, b"pw").await;
+        assert!(export_key.is_none(), "{user}");
+        assert_eq!(code(&answer), Some(ErrorCode::LoginFailed), "{user}");
+    }
+}
+
+#[tokio::test]
+async fn the_bundle_is_sent_only_after_a_successful_finish() {
+    let relay = TestRelay::memory().await;
+    let (mut alice, _keys) = relay.register("alice").await.unwrap();
+    let reg = register_account(&mut alice, "alice", b"pw").await;
+    let contains = |hay: &[u8]| {
+        hay.windows(reg.password_bundle.len())
+            .any(|w| w == reg.password_bundle)
+    };
+
+    let mut c = relay.connect().await.unwrap();
+    // A finish with no login started is refused, bundle-less.
+    let early = c
+        .request(Request::AccountLoginFinish {
+            finalization: vec![0u8; 64].into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(code(&early), Some(ErrorCode::InvalidRequest));
+    // The login response carries no part of the bundle.
+    let (state, request) = client_login_start(b"wrong").unwrap();
+    let (response, ksf) = login_start(&mut c, "alice", request).await.unwrap();
+    let encoded = cove_wire::encode(&Reply::AccountLoginResponse {
+        response: response.clone(),
+        ksf_version: ksf,
+    })
+    .unwrap();
+    assert!(!contains(&encoded));
+    assert!(client_login_finish(state, "alice", ksf, response.as_bytes()).is_err());
+    // A failed finish: LoginFailed; the state is gone, a second finish is refused too.
+    for expected in [ErrorCode::LoginFailed, ErrorCode::InvalidRequest] {
+        let answer = c
+            .request(Request::AccountLoginFinish {
+                finalization: vec![7u8; 64].into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(code(&answer), Some(expected));
+    }
+}
+
+#[tokio::test]
+async fn registration_needs_an_authenticated_connection_and_happens_once() {
+    let relay = TestRelay::memory().await;
+    let mut anonymous = relay.connect().await.unwrap();
+    let (_, request) = client_register_start(b"pw").unwrap();
+    let refused = anonymous
+        .request(Request::AccountRegisterStart {
+            request: request.clone().into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(code(&refused), Some(ErrorCode::Unauthenticated));
+
+    let (mut alice, _keys) = relay.register("alice").await.unwrap();
+    // A finish without a start.
+    let finish = |bundle_len: usize| Request::AccountRegisterFinish {
+        upload: vec![0u8; 192].into(),
+        password_bundle: vec![0u8; bundle_len].into(),
+        recovery_bundle: vec![0u8; bundle_len].into(),
+        recovery_key: [0u8; 32],
+    };
+    let wrapped_len = cove_account::bundle::WRAPPED_LEN;
+    let no_start = alice.request(finish(wrapped_len)).await.unwrap();
+    assert_eq!(code(&no_start), Some(ErrorCode::InvalidRequest));
+    // Bundles of the wrong length.
+    alice
+        .call(Request::AccountRegisterStart {
+            request: request.clone().into(),
+        })
+        .await
+        .unwrap();
+    let short = alice.request(finish(wrapped_len - 1)).await.unwrap();
+    assert_eq!(code(&short), Some(ErrorCode::InvalidRequest));
+
+    register_account(&mut alice, "alice", b"pw").await;
+    let again = alice
+        .request(Request::AccountRegisterStart {
+            request: request.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(code(&again), Some(ErrorCode::InvalidRequest));
+}
+
+#[tokio::test]
+async fn login_attempts_past_the_user_bucket_are_rate_limited_known_or_not() {
+    let relay = TestRelay::start(
+        StoreKind::Memory,
+        Limits {
+            logins_per_minute_per_user: 1,
+            login_burst_per_user: 3,
+            ..test_limits()
+        },
+    )
+    .await;
+    let (mut alice, _keys) = relay.register("alice").await.unwrap();
+    register_account(&mut alice, "alice", b"pw").await;
+    let mut c = relay.connect().await.unwrap();
+    for user in ["alice", "nobody"] {
+        for _ in 0..3 {
+            let (_, request) = client_login_start(b"pw").unwrap();
+            login_start(&mut c, user, request).await.unwrap();
+        }
+        let (_, request) = client_login_start(b"pw").unwrap();
+        let refused = login_start(&mut c, user, request).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::RateLimited, "{user}");
+        assert!(refused.retry_after_ms.is_some_and(|ms| ms > 0), "{user}");
+    }
+    // Another name is not limited by those two.
+    let (_, request) = client_login_start(b"pw").unwrap();
+    login_start(&mut c, "carol", request).await.unwrap();
+}
+
+#[tokio::test]
+async fn login_attempts_past_the_address_bucket_are_rate_limited() {
+    let relay = TestRelay::start(
+        StoreKind::Memory,
+        Limits {
+            logins_per_minute_per_address: 1,
+            login_burst_per_address: 4,
+            ..test_limits()
+        },
+    )
+    .await;
+    for i in 0..4 {
+        let mut c = relay.connect().await.unwrap();
+        let (_, request) = client_login_start(b"pw").unwrap();
+        login_start(&mut c, &format!("user{i}"), request)
+            .await
+            .unwrap();
+    }
+    let mut c = relay.connect().await.unwrap();
+    let (_, request) = client_login_start(b"pw").unwrap();
+    let refused = login_start(&mut c, "user9", request).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::RateLimited);
+    assert!(refused.retry_after_ms.is_some_and(|ms| ms > 0));
+}
+
+async fn start_sqlite(dir: &Path) -> (RelayHandle, Arc<rustls::ClientConfig>) {
+    let mut config = RelayConfig::new(([127, 0, 0, 1], 0).into(), dir);
+    config.store = StoreKind::Sqlite;
+    config.limits = test_limits();
+    let handle = Relay::start(config).await.unwrap();
+    let tls = client_tls_config(handle.cert_der()).unwrap();
+    (handle, tls)
+}
+
+/// Every file under `dir`, recursively, as bytes.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path.display().to_string(), bytes));
+        }
+    }
+    out
+}
+
+/// No file under `dir` holds any of `secrets`; one does hold `stored` (so the scan sees
+/// what the store wrote).
+fn assert_holds_none(dir: &Path, secrets: &[(&str, &[u8])], stored: &[u8]) {
+    let all = files(dir);
+    assert!(all.iter().any(|(p, _)| p.ends_with("opaque.key")));
+    assert!(
+        all.iter()
+            .any(|(_, bytes)| bytes.windows(stored.len()).any(|w| w == stored)),
+        "the scan found not even the stored wrapped bundle"
+    );
+    for (path, bytes) in &all {
+        for (what, secret) in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == *secret),
+                "{path} holds the {what}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn records_survive_a_restart_and_the_data_dir_holds_no_password_or_key() {
+    let dir = cove_test_utils::temp_dir();
+    let password = b"a password nobody would store 7f3c";
+    let (relay, tls) = start_sqlite(dir.path()).await;
+    let mut alice = TestClient::connect(&ws_url(relay.local_addr()), Arc::clone(&tls))
+        .await
+        .unwrap();
+    let mut keys = cove_test_utils::DeviceKeys::generate("alice");
+    alice.register(&mut keys).await.unwrap();
+    let reg = register_account(&mut alice, "alice", password).await;
+    let key_path = dir.path().join("opaque.key");
+    let opaque_key = std::fs::read(&key_path).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let mut c = TestClient::connect(&ws_url(relay.local_addr()), Arc::clone(&tls))
+        .await
+        .unwrap();
+    let (export_key, answer) = login(&mut c, "alice", password).await;
+    assert!(matches!(answer, Ok(Reply::AccountLoggedIn { .. })));
+    assert!(export_key.is_some());
+    let secrets: [(&str, &[u8]); 4] = [
+        ("password", password),
+        ("export key", reg.export_key.as_bytes()),
+        ("identity key", &reg.bundle.identity_key),
+        ("backup key", &reg.bundle.backup_key),
+    ];
+    // While running (WAL and all), then after shutdown.
+    assert_holds_none(dir.path(), &secrets, &reg.password_bundle);
+    alice.close().await;
+    c.close().await;
+    relay.shutdown().await;
+    assert_holds_none(dir.path(), &secrets, &reg.password_bundle);
+
+    let (relay, tls) = start_sqlite(dir.path()).await;
+    assert_eq!(
+        std::fs::read(&key_path).unwrap(),
+        opaque_key,
+        "opaque.key reloaded"
+    );
+    let mut c = TestClient::connect(&ws_url(relay.local_addr()), tls)
+        .await
+        .unwrap();
+    let (export_key, answer) = login(&mut c, "alice", password).await;
+    let wrapped = match answer.unwrap() {
+        Reply::AccountLoggedIn { password_bundle } => password_bundle,
+        other => panic!("unexpected {other:?}"),
+    };
+    let bundle = AccountBundle::unwrap(
+        wrapped.as_bytes(),
+        "alice",
+        WrapKind::Password,
+        export_key.unwrap().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(bundle.identity_key, reg.bundle.identity_key);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_recovery_bundle_needs_the_recovery_keys_signature_over_the_challenge() {
+    let relay = TestRelay::memory().await;
+    let (mut alice, _keys) = relay.register("alice").await.unwrap();
+    let reg = register_account(&mut alice, "alice", b"pw").await;
+    let auth = reg.recovery.auth_key().unwrap();
+    let sign = |key: &ed25519_dalek::SigningKey, nonce: &[u8; 32], user: &str| {
+        let message = cove_wire::sign::recovery_fetch_message(nonce, &name(user));
+        Signature(key.sign(&message).to_bytes())
+    };
+
+    // Signed by another key, over another connection's challenge, for an unknown user:
+    // each on a fresh connection.
+    let other = RecoveryKey::generate().auth_key().unwrap();
+    let other_conn = relay.connect().await.unwrap();
+    for case in ["wrong key", "wrong challenge", "unknown user"] {
+        let mut c = relay.connect().await.unwrap();
+        let (user, signature) = match case {
+            "wrong key" => ("alice", sign(&other, &c.nonce(), "alice")),
+            "wrong challenge" => ("alice", sign(&auth, &other_conn.nonce(), "alice")),
+            _ => ("nobody", sign(&auth, &c.nonce(), "nobody")),
+        };
+        let refused = c
+            .request(Request::FetchRecoveryBundle {
+                user: name(user),
+                signature,
+            })
+            .await
+            .unwrap();
+        assert_eq!(code(&refused), Some(ErrorCode::LoginFailed), "{case}");
+    }
+
+    let mut c = relay.connect().await.unwrap();
+    // The right signature on this connection's challenge: the bundle, once.
+    let signature = sign(&auth, &c.nonce(), "alice");
+    let fetch = Request::FetchRecoveryBundle {
+        user: name("alice"),
+        signature,
+    };
+    let wrapped = match c.call(fetch.clone()).await.unwrap() {
+        Reply::RecoveryBundle { recovery_bundle } => recovery_bundle,
+        other => panic!("unexpected {other:?}"),
+    };
+    let bundle = AccountBundle::unwrap(
+        wrapped.as_bytes(),
+        "alice",
+        WrapKind::Recovery,
+        reg.recovery.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(bundle.identity_key, reg.bundle.identity_key);
+    let replay = c.request(fetch).await.unwrap();
+    assert_eq!(code(&replay), Some(ErrorCode::AuthenticationFailed));
+}
+
+/// A new machine that logged in with the password (no device yet) unwraps the identity
+/// key, signs an `Add` entry for its own key, publishes it and registers the device, with
+/// no other device's authorisation; a connection that did not log in may do neither, and
+/// the login does not stand for another user.
+#[tokio::test]
+async fn a_password_login_lets_a_new_machine_list_and_register_its_device() {
+    use cove_identity::IdentitySigner;
+    use cove_wire::BoundedVec;
+    use cove_wire::identity::DeviceName;
+
+    let relay = TestRelay::memory().await;
+    let (mut alice, alice_keys) = relay.register("alice").await.unwrap();
+    let (_bob, _bob_keys) = relay.register("bob").await.unwrap();
+    let reg = register_account(&mut alice, "alice", b"pw").await;
+    let signer = IdentitySigner::new(name("alice"), &reg.bundle.identity_key);
+    let list = signer
+        .create(
+            alice_keys.public_key(),
+            DeviceName::new("phone").unwrap(),
+            1,
+        )
+        .unwrap();
+    alice
+        .call(Request::PublishDeviceList {
+            entries: BoundedVec(list.entries().to_vec()),
+        })
+        .await
+        .unwrap();
+
+    // Not logged in: neither a publish nor an unauthorised registration.
+    let mut anonymous = relay.connect().await.unwrap();
+    let mut laptop = cove_test_utils::DeviceKeys::generate("alice");
+    let publish = |entries: Vec<cove_wire::identity::ListEntry>| Request::PublishDeviceList {
+        entries: BoundedVec(entries),
+    };
+    let refused = anonymous.request(publish(vec![])).await.unwrap();
+    assert_eq!(code(&refused), Some(ErrorCode::Unauthenticated));
+
+    // Logged in: fetch the list, extend it with the identity key from the bundle, publish.
+    let mut machine = relay.connect().await.unwrap();
+    let (export_key, answer) = login(&mut machine, "alice", b"pw").await;
+    let Ok(Reply::AccountLoggedIn { password_bundle }) = answer else {
+        panic!("{answer:?}")
+    };
+    let bundle = AccountBundle::unwrap(
+        password_bundle.as_bytes(),
+        "alice",
+        WrapKind::Password,
+        export_key.unwrap().as_bytes(),
+    )
+    .unwrap();
+    let Reply::DeviceList { entries } = machine
+        .call(Request::FetchDeviceList {
+            user: name("alice"),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("no list")
+    };
+    let mut stored = cove_identity::DeviceList::verify(&name("alice"), &entries.0).unwrap();
+    let signer = IdentitySigner::new(name("alice"), &bundle.identity_key);
+    let cert = signer
+        .add(
+            &mut stored,
+            laptop.public_key(),
+            DeviceName::new("laptop").unwrap(),
+            2,
+        )
+        .unwrap();
+    let reply = machine.call(publish(vec![cert.entry])).await.unwrap();
+    assert!(matches!(reply, Reply::DeviceListHead { .. }), "{reply:?}");
+
+    // Without the login, the listed key with a zero authorisation is refused.
+    let unauthorised = anonymous
+        .request(Request::RegisterDevice {
+            user: name("alice"),
+            key: laptop.public_key(),
+            signature: laptop.sign_challenge(&anonymous.nonce(), &anonymous.channel()),
+            authorizer: alice_keys.id(),
+            authorization: Signature([0u8; 64]),
+        })
+        .await
+        .unwrap();
+    assert_eq!(code(&unauthorised), Some(ErrorCode::AuthenticationFailed));
+
+    // The login is alice's: registering a device of bob still needs bob's authorizer.
+    let bob_laptop = cove_test_utils::DeviceKeys::generate("bob");
+    let as_bob = machine
+        .request(Request::RegisterDevice {
+            user: name("bob"),
+            key: bob_laptop.public_key(),
+            signature: bob_laptop.sign_challenge(&machine.nonce(), &machine.channel()),
+            authorizer: alice_keys.id(),
+            authorization: Signature([0u8; 64]),
+        })
+        .await
+        .unwrap();
+    assert_eq!(code(&as_bob), Some(ErrorCode::UnknownDevice));
+
+    // Registering the listed key needs no device's authorisation (a zero one is ignored).
+    let reply = machine
+        .call(Request::RegisterDevice {
+            user: name("alice"),
+            key: laptop.public_key(),
+            signature: laptop.sign_challenge(&machine.nonce(), &machine.channel()),
+            authorizer: alice_keys.id(),
+            authorization: Signature([0u8; 64]),
+        })
+        .await
+        .unwrap();
+    let Reply::Authenticated { device } = reply else {
+        panic!("{reply:?}")
+    };
+    laptop.device = Some(device);
+    let mut again = relay.login(&laptop).await.unwrap();
+    assert_eq!(again.call(Request::Ping).await.unwrap(), Reply::Pong);
+}
+
+/// OPAQUE messages over `MAX_ACCOUNT_MESSAGE_BYTES` are refused `TooLarge` before any
+/// parsing; bytes within the bound that are not an OPAQUE message are `InvalidRequest`.
+#[tokio::test]
+async fn oversized_and_garbage_opaque_messages_are_refused() {
+    use cove_wire::limits::MAX_ACCOUNT_MESSAGE_BYTES;
+    let relay = TestRelay::memory().await;
+    let (mut alice, _keys) = relay.register("alice").await.unwrap();
+    let mut c = relay.connect().await.unwrap();
+    for (len, expected) in [
+        (MAX_ACCOUNT_MESSAGE_BYTES + 1, ErrorCode::TooLarge),
+        (MAX_ACCOUNT_MESSAGE_BYTES, ErrorCode::InvalidRequest),
+        (3, ErrorCode::InvalidRequest),
+    ] {
+        let login = login_start(&mut c, "alice", vec![0xff; len]).await;
+        assert_eq!(
+            login.unwrap_err().code,
+            expected,
+            "login start of {len} bytes"
+        );
+        let register = alice
+            .request(Request::AccountRegisterStart {
+                request: vec![0xff; len].into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            code(&register),
+            Some(expected),
+            "register start of {len} bytes"
+        );
+    }
+}
