@@ -97,6 +97,7 @@ pub(crate) struct CallInner {
     /// Where received audio is played (`CallConfig::audio_out`).
     player: Mutex<Option<Player>>,
     /// A small number per peer for the playback mixer (assigned on first audio).
+    #[cfg_attr(not(feature = "devices"), allow(dead_code))]
     player_slots: Mutex<HashMap<String, u8>>,
 }
 
