@@ -26,6 +26,10 @@ use webrtc_util::Conn;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Calls between real audio devices (PulseAudio null sinks through ALSA).
+#[cfg(feature = "devices")]
+mod devices;
+
 fn key(epoch: u64, byte: u8) -> EpochKey {
     EpochKey::new(epoch, &[byte; 32]).unwrap()
 }
