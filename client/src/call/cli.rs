@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use cove_media::source::{AudioInput, AudioOutput};
 
 use crate::config::Home;
 use crate::device::Device;
@@ -105,13 +106,20 @@ pub struct AnswerArgs {
 }
 
 fn options(media: &MediaArgs, ring: u64) -> anyhow::Result<CallOptions> {
-    let audio = media
+    let audio: AudioInput = media
         .audio_in
         .parse()
         .map_err(|e| anyhow::anyhow!("--audio-in {}: {e}", media.audio_in))?;
-    let audio_out = media
+    let audio_out: AudioOutput = media
         .audio_out
         .parse()
+        .map_err(|e| anyhow::anyhow!("--audio-out {}: {e}", media.audio_out))?;
+    // An unknown device fails now, listing the available ones, not when a call rings.
+    audio
+        .check()
+        .map_err(|e| anyhow::anyhow!("--audio-in {}: {e}", media.audio_in))?;
+    audio_out
+        .check()
         .map_err(|e| anyhow::anyhow!("--audio-out {}: {e}", media.audio_out))?;
     let video = match &media.video_in {
         Some(v) => Some(

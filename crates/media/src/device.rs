@@ -150,6 +150,11 @@ fn find_device(name: &str, input: bool) -> Result<cpal::Device, MediaIoError> {
     })
 }
 
+/// Checks that `name` resolves to an input (or output) device, without opening a stream.
+pub fn check_device(name: &str, input: bool) -> Result<(), MediaIoError> {
+    find_device(name, input).map(|_| ())
+}
+
 /// Picks a stream configuration: 48 kHz if the device offers it, else its default rate.
 fn pick_config(
     device: &cpal::Device,

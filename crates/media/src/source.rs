@@ -71,6 +71,26 @@ impl AudioInput {
             Self::Device(name) => open_capture_device(name)?,
         })
     }
+
+    /// Checks, without opening it, that a device input names an existing capture device
+    /// (fails with [`MediaIoError::UnknownDevice`] listing the available ones, or
+    /// [`MediaIoError::DevicesUnavailable`] without the `devices` feature). Other inputs pass.
+    pub fn check(&self) -> Result<(), MediaIoError> {
+        match self {
+            Self::Device(name) => check_device(name, true),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(feature = "devices")]
+fn check_device(name: &str, input: bool) -> Result<(), MediaIoError> {
+    crate::device::check_device(name, input)
+}
+
+#[cfg(not(feature = "devices"))]
+fn check_device(_name: &str, _input: bool) -> Result<(), MediaIoError> {
+    Err(MediaIoError::DevicesUnavailable)
 }
 
 #[cfg(feature = "devices")]
@@ -109,6 +129,17 @@ impl std::str::FromStr for AudioOutput {
             return Ok(Self::Wav(PathBuf::from(s)));
         }
         Ok(Self::Device(s.to_owned()))
+    }
+}
+
+impl AudioOutput {
+    /// Checks, without opening it, that a device output names an existing playback device
+    /// (see [`AudioInput::check`]). Other outputs pass.
+    pub fn check(&self) -> Result<(), MediaIoError> {
+        match self {
+            Self::Device(name) => check_device(name, false),
+            _ => Ok(()),
+        }
     }
 }
 
