@@ -14,7 +14,6 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample, StreamConfig};
@@ -203,8 +202,24 @@ pub struct DeviceSource {
     pub description: String,
 }
 
-/// Keeps a cpal stream alive; dropping it stops the stream.
-struct StreamHolder(#[allow(dead_code)] Arc<Mutex<cpal::Stream>>);
+/// Keeps a cpal stream alive; dropping it stops the stream on a thread of its own.
+///
+/// Stopping joins cpal's device thread, and that can hang: the ALSA PulseAudio plugin
+/// deadlocks when the sound server went away under an open stream (seen in the device test).
+/// The holder is dropped by the media engine (a Tokio task), which must never block on a
+/// device, so the stream is dropped on a detached thread.
+struct StreamHolder(Option<cpal::Stream>);
+
+impl Drop for StreamHolder {
+    fn drop(&mut self) {
+        if let Some(stream) = self.0.take() {
+            // If no thread can be spawned, the closure (and the stream) is dropped here.
+            let _ = std::thread::Builder::new()
+                .name("cove-audio-stop".into())
+                .spawn(move || drop(stream));
+        }
+    }
+}
 
 /// Opens a capture device by name (see [`find_device`] rules; `default` for the default).
 pub fn open_input(name: &str) -> Result<DeviceSource, MediaIoError> {
@@ -228,7 +243,7 @@ pub fn open_input(name: &str) -> Result<DeviceSource, MediaIoError> {
     Ok(DeviceSource {
         rx,
         backlog: VecDeque::with_capacity(MAX_CAPTURE_BACKLOG + AUDIO_FRAME_SAMPLES),
-        _stream: StreamHolder(Arc::new(Mutex::new(stream))),
+        _stream: StreamHolder(Some(stream)),
         description,
     })
 }
@@ -327,7 +342,7 @@ pub fn open_output(name: &str) -> Result<DevicePlayback, MediaIoError> {
     stream.play().map_err(device_error)?;
     Ok(DevicePlayback {
         tx,
-        _stream: StreamHolder(Arc::new(Mutex::new(stream))),
+        _stream: StreamHolder(Some(stream)),
         description,
     })
 }
