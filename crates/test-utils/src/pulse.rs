@@ -276,14 +276,15 @@ impl Drop for Recorder {
     }
 }
 
-/// Start of the first second (50 chunks of 20 ms, chunk-aligned) in which every 20 ms
-/// peaks above 1000 (of 32767), if any.
+/// Start of the first second (50 chunks of 20 ms, chunk-aligned) in which at least 45 of the
+/// 20 ms chunks peak above 1000 (of 32767), if any: sound that has settled (the start can be a
+/// short burst and a gap), tolerating a few dropouts on a loaded machine.
 pub fn steady_second(s: &[i16]) -> Option<usize> {
     let loud: Vec<bool> = s
         .chunks_exact(960)
         .map(|c| c.iter().any(|x| x.unsigned_abs() > 1000))
         .collect();
     loud.windows(50)
-        .position(|w| w.iter().all(|&l| l))
+        .position(|w| w.iter().filter(|&&l| l).count() >= 45)
         .map(|i| i * 960)
 }
