@@ -221,7 +221,9 @@ impl Drop for StreamHolder {
     }
 }
 
-/// Opens a capture device by name (see [`find_device`] rules; `default` for the default).
+/// Opens a capture device by name: `default` (or empty) for the default, else the ALSA name
+/// (`cove_a`), the full id (`alsa:cove_a`) or the description; unknown names fail with
+/// [`MediaIoError::UnknownDevice`] listing the available ones.
 pub fn open_input(name: &str) -> Result<DeviceSource, MediaIoError> {
     let device = find_device(name, true)?;
     let (config, format) = pick_config(&device, true)?;
