@@ -2,6 +2,7 @@
 //! `Args` struct (clap derive, with an `after_help` example) and an `async fn run`, then one
 //! variant in [`Command`] and one arm in [`run`].
 
+mod audio;
 pub(crate) mod device;
 mod files;
 mod group;
@@ -88,6 +89,8 @@ pub enum Command {
     Call(cove::call::cli::CallArgs),
     /// Wait for an incoming call and answer it.
     Answer(cove::call::cli::AnswerArgs),
+    /// List the audio devices calls can use (`--audio-in`, `--audio-out`).
+    Devices(audio::DevicesArgs),
 }
 
 /// Runs one command.
@@ -129,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fetch(args) => files::run_fetch(resolve_home(home).ok(), args).await,
         Command::Call(args) => cove::call::cli::run_call(resolve_home(home)?, args).await,
         Command::Answer(args) => cove::call::cli::run_answer(resolve_home(home)?, args).await,
+        Command::Devices(args) => audio::run(args),
     }
 }
 

@@ -957,3 +957,36 @@ async fn listen_json_prints_an_identity_change_as_it_happens() {
     .unwrap();
     relay.shutdown().await;
 }
+
+/// An unknown audio device fails `cove call`/`cove answer` before anything connects, naming
+/// the device and listing the available ones; `cove devices` lists inputs and outputs (ALSA's
+/// `null` PCM exists wherever alsa-lib is installed).
+#[test]
+fn unknown_audio_devices_fail_early_and_devices_are_listed() {
+    let home = tempfile::tempdir().unwrap();
+    let err = fails(home.path(), &["call", "talk", "--audio-in", "no-such-mic"]);
+    let expected = "--audio-in no-such-mic: no audio input device `no-such-mic`; available: ";
+    let listed = err
+        .split_once(expected)
+        .unwrap_or_else(|| panic!("{err}"))
+        .1;
+    assert!(listed.contains("null"), "{err}");
+    let err = fails(
+        home.path(),
+        &["answer", "--wait", "1", "--audio-out", "no-such-speaker"],
+    );
+    assert!(
+        err.contains(
+            "--audio-out no-such-speaker: no audio output device `no-such-speaker`; available: "
+        ),
+        "{err}"
+    );
+    // Nothing was created in the home: the check ran before the device was opened.
+    assert_eq!(std::fs::read_dir(home.path()).unwrap().count(), 0);
+
+    let out = ok(home.path(), &["devices"]);
+    let (inputs, outputs) = out.split_once("outputs (--audio-out):").unwrap();
+    assert!(inputs.starts_with("inputs (--audio-in):"), "{out}");
+    assert!(inputs.contains(" null "), "{out}");
+    assert!(outputs.contains(" null "), "{out}");
+}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use cove_media::source::{AudioInput, AudioOutput};
 
 use crate::config::Home;
 use crate::device::Device;
@@ -15,6 +16,8 @@ Examples:
   cove call friends                                  # 440 Hz tone for 5 s to every member
   cove call friends --audio-in voice.wav --video-in pattern --record ./rec --duration 30
   cove call friends --relay-only                     # media only through the relay's TURN server
+  cove call friends --audio-in default --audio-out default --duration 0   # microphone and speaker
+  cove devices                                       # the audio devices --audio-in/--audio-out take
 
 Every other member device of the group rings (a full mesh of up to 6 participants). The
 offer, answer and ICE candidates travel inside the group's MLS messages, so the relay can
@@ -36,9 +39,23 @@ Ctrl-C hangs up cleanly (the others are told; recordings and stats.json are fini
 /// Options shared by `cove call` and `cove answer`.
 #[derive(Debug, Args)]
 pub struct MediaArgs {
-    /// Audio to send: `tone:HZ`, `silence` or a WAV file (16-bit PCM, 48 kHz).
-    #[arg(long, value_name = "WAV|tone:HZ", default_value = "tone:440")]
+    /// Audio to send: `default` (the default microphone), a capture device name (see
+    /// `cove devices`), `tone` (440 Hz), `tone:HZ`, `silence` or a WAV file (16-bit PCM,
+    /// 48 kHz; a name ending in `.wav`, containing `/`, or an existing file).
+    #[arg(
+        long,
+        value_name = "default|DEVICE|tone[:HZ]|FILE.wav",
+        default_value = "tone:440"
+    )]
     pub audio_in: String,
+    /// Where to play received audio: `default` (the default speaker), a playback device name
+    /// (see `cove devices`), `none`, or a WAV file (a name ending in `.wav` or containing `/`).
+    #[arg(
+        long,
+        value_name = "default|DEVICE|none|FILE.wav",
+        default_value = "none"
+    )]
+    pub audio_out: String,
     /// Video to send: `pattern`, `pattern:WxH` or a Y4M file (no video by default).
     #[arg(long, value_name = "pattern|FILE.y4m")]
     pub video_in: Option<String>,
@@ -89,10 +106,21 @@ pub struct AnswerArgs {
 }
 
 fn options(media: &MediaArgs, ring: u64) -> anyhow::Result<CallOptions> {
-    let audio = media
+    let audio: AudioInput = media
         .audio_in
         .parse()
         .map_err(|e| anyhow::anyhow!("--audio-in {}: {e}", media.audio_in))?;
+    let audio_out: AudioOutput = media
+        .audio_out
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--audio-out {}: {e}", media.audio_out))?;
+    // An unknown device fails now, listing the available ones, not when a call rings.
+    audio
+        .check()
+        .map_err(|e| anyhow::anyhow!("--audio-in {}: {e}", media.audio_in))?;
+    audio_out
+        .check()
+        .map_err(|e| anyhow::anyhow!("--audio-out {}: {e}", media.audio_out))?;
     let video = match &media.video_in {
         Some(v) => Some(
             v.parse()
@@ -102,6 +130,7 @@ fn options(media: &MediaArgs, ring: u64) -> anyhow::Result<CallOptions> {
     };
     Ok(CallOptions {
         audio: Some(audio),
+        audio_out: Some(audio_out),
         video,
         record: media.record.clone(),
         duration: (media.duration > 0).then(|| Duration::from_secs(media.duration)),

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use cove_core::call::{CallAction, CallId, CallMessage, CallSignal, Calls, GroupMember, Peer};
 use cove_core::{Content, Event};
 use cove_media::sframe::{EXPORTER_LABEL, EpochKey};
-use cove_media::source::{AudioInput, VideoInput};
+use cove_media::source::{AudioInput, AudioOutput, VideoInput};
 use cove_media::{Call, CallConfig, CallEvent, CallStats, IceServer, PeerStats};
 use cove_wire::{ErrorCode, GroupId, Reply, Request};
 use rand::RngCore;
@@ -38,8 +38,10 @@ use crate::session::{self, SessionEvent};
 /// How a call is made (from the CLI flags).
 #[derive(Clone, Debug)]
 pub struct CallOptions {
-    /// Outgoing audio (`tone:HZ`, a WAV file, `silence`).
+    /// Outgoing audio (`tone:HZ`, a WAV file, `silence`, a capture device).
     pub audio: Option<AudioInput>,
+    /// Where received audio is played (`None`: nowhere; a WAV file or a playback device).
+    pub audio_out: Option<AudioOutput>,
     /// Outgoing video (`pattern`, a Y4M file).
     pub video: Option<VideoInput>,
     /// Where to record what is received (`audio-<user>.wav`, `video-<user>/`, `stats.json`).
@@ -60,6 +62,7 @@ impl Default for CallOptions {
     fn default() -> Self {
         CallOptions {
             audio: Some(AudioInput::Tone(440.0)),
+            audio_out: None,
             video: None,
             record: None,
             duration: Some(Duration::from_secs(5)),
@@ -403,6 +406,7 @@ impl Driver {
             ice_servers: ice,
             relay_only: options.relay_only,
             audio: options.audio.clone(),
+            audio_out: options.audio_out.clone(),
             video: options.video.clone(),
             receive_only: true,
             record_dir: options.record.clone(),

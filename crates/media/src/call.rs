@@ -21,7 +21,7 @@ use crate::session::{
     CallHost, ControlMessage, IceCandidate, PeerSession, SessionDescription, SessionError,
 };
 use crate::sframe::{EpochKey, SframeError, SframeKeyring, SframeSender};
-use crate::source::{WavSink, write_ppm};
+use crate::source::{AudioOutput, WavSink, write_ppm};
 
 /// Most participants in one mesh call (including the local one).
 pub const MAX_PARTICIPANTS: usize = 6;
@@ -94,6 +94,33 @@ pub(crate) struct CallInner {
     /// Trickled candidates that arrived before their session's remote description.
     pending: Mutex<HashMap<String, Vec<IceCandidate>>>,
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Where received audio is played (`CallConfig::audio_out`).
+    player: Mutex<Option<Player>>,
+    /// A small number per peer for the playback mixer (assigned on first audio).
+    #[cfg_attr(not(feature = "devices"), allow(dead_code))]
+    player_slots: Mutex<HashMap<String, u8>>,
+}
+
+/// The open audio output of a call.
+enum Player {
+    Wav(WavSink),
+    #[cfg(feature = "devices")]
+    Device(crate::device::DevicePlayback),
+}
+
+impl Player {
+    fn open(out: Option<&AudioOutput>) -> Result<Option<Self>, crate::MediaIoError> {
+        Ok(match out {
+            None | Some(AudioOutput::None) => None,
+            Some(AudioOutput::Wav(path)) => Some(Self::Wav(WavSink::create(path)?)),
+            #[cfg(feature = "devices")]
+            Some(AudioOutput::Device(name)) => {
+                Some(Self::Device(crate::device::open_output(name)?))
+            }
+            #[cfg(not(feature = "devices"))]
+            Some(AudioOutput::Device(_)) => return Err(crate::MediaIoError::DevicesUnavailable),
+        })
+    }
 }
 
 struct Recorder {
@@ -124,6 +151,7 @@ impl Call {
         if let Some(dir) = &config.record_dir {
             std::fs::create_dir_all(dir).map_err(|e| SessionError::Io(e.into()))?;
         }
+        let player = Player::open(config.audio_out.as_ref())?;
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let inner = Arc::new(CallInner {
             config,
@@ -134,6 +162,8 @@ impl Call {
             recorders: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             pumps: Mutex::new(Vec::new()),
+            player: Mutex::new(player),
+            player_slots: Mutex::new(HashMap::new()),
         });
         let call = Self { inner };
         call.start_pumps()?;
@@ -343,6 +373,10 @@ impl Call {
             if let Some(a) = r.audio {
                 let _ = a.finish();
             }
+        }
+        let player = self.inner.player.lock().ok().and_then(|mut p| p.take());
+        if let Some(Player::Wav(w)) = player {
+            let _ = w.finish();
         }
         if let Some(dir) = &self.inner.config.record_dir {
             let _ = write_stats(dir, &stats);
@@ -575,6 +609,40 @@ impl CallInner {
         }
     }
 
+    pub(crate) fn play_audio(&self, peer: &str, seq: u16, pcm: &[i16]) {
+        let Ok(mut player) = self.player.lock() else {
+            return;
+        };
+        match player.as_mut() {
+            None => {}
+            Some(Player::Wav(w)) => {
+                let _ = w.write(pcm);
+            }
+            #[cfg(feature = "devices")]
+            Some(Player::Device(d)) => {
+                let slot = match self.player_slots.lock() {
+                    Ok(mut slots) => {
+                        let n = slots.len();
+                        match slots.get(peer) {
+                            Some(s) => *s,
+                            None if n < usize::from(u8::MAX) => {
+                                let s = n as u8;
+                                slots.insert(peer.to_owned(), s);
+                                s
+                            }
+                            None => return,
+                        }
+                    }
+                    Err(_) => return,
+                };
+                // Never blocks: a full queue (device not pulling) drops the frame.
+                d.push(slot, seq, pcm);
+            }
+        }
+        #[cfg(not(feature = "devices"))]
+        let _ = (peer, seq);
+    }
+
     pub(crate) fn record_video(&self, peer: &str, n: u64, picture: &I420Frame) {
         let every = self.config.record_every_nth_frame.max(1);
         if !n.is_multiple_of(every) {
@@ -610,6 +678,10 @@ impl CallHost for CallInner {
 
     fn record_audio(&self, peer: &str, pcm: &[i16]) {
         CallInner::record_audio(self, peer, pcm);
+    }
+
+    fn play_audio(&self, peer: &str, seq: u16, pcm: &[i16]) {
+        CallInner::play_audio(self, peer, seq, pcm);
     }
 
     fn record_video(&self, peer: &str, n: u64, picture: &I420Frame) {

@@ -8,6 +8,8 @@
 //! - [`sframe`]: RFC 9605 SFrame encryption of encoded frames (AES_128_GCM_SHA256_128).
 //! - [`codec`]: Opus (48 kHz mono, 20 ms) and VP8 (libvpx) encoders and decoders.
 //! - [`source`]: headless media sources and sinks: WAV files, tones, a test pattern, Y4M.
+//! - [`audio`]: resampler, jitter buffer and down-mixing for real devices; `device` (feature
+//!   `devices`): microphone and speaker through cpal/ALSA.
 //! - [`session`]: one webrtc-rs peer connection with SFrame-protected audio/video tracks, a
 //!   control data channel, DTLS fingerprint pinning, relay-only mode and stats.
 //! - [`call`]: a call of up to 6 participants as a full mesh of sessions sharing one SFrame
@@ -30,8 +32,11 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod audio;
 pub mod call;
 pub mod codec;
+#[cfg(feature = "devices")]
+pub mod device;
 pub mod session;
 pub mod sframe;
 pub mod source;
@@ -77,7 +82,20 @@ pub enum MediaIoError {
     /// Real devices need the `devices` cargo feature (off by default).
     #[error("microphone/camera support is not built in (enable the `devices` feature)")]
     DevicesUnavailable,
-    /// The `devices` feature is on, but device capture is not implemented yet.
-    #[error("microphone/camera capture is not implemented yet; use WAV/tone/pattern/Y4M inputs")]
+    /// The `devices` feature is on, but camera capture is not implemented.
+    #[error("camera capture is not implemented; use the test pattern or a Y4M file")]
     DeviceNotImplemented,
+    /// No audio device of that name.
+    #[error("no audio {kind} device `{name}`; available: {available}")]
+    UnknownDevice {
+        /// `input` or `output`.
+        kind: &'static str,
+        /// The name asked for.
+        name: String,
+        /// The names that exist, comma-separated.
+        available: String,
+    },
+    /// The audio device failed (opening, configuring or starting its stream).
+    #[error("audio device: {0}")]
+    Device(String),
 }

@@ -89,6 +89,8 @@ pub(crate) trait CallHost: Send + Sync {
     fn open_frame(&self, session: &PeerSession, ct: &[u8]) -> Option<Vec<u8>>;
     /// Records decoded audio from `peer` (if recording).
     fn record_audio(&self, peer: &str, pcm: &[i16]);
+    /// Plays decoded audio from `peer` (RTP sequence number `seq`) on the call's audio output.
+    fn play_audio(&self, peer: &str, seq: u16, pcm: &[i16]);
     /// Records the `n`th decoded video frame from `peer` (if recording).
     fn record_video(&self, peer: &str, n: u64, picture: &crate::codec::I420Frame);
 }
@@ -809,6 +811,7 @@ async fn receive_audio(
                     });
                 }
                 call.record_audio(&session.peer, pcm);
+                call.play_audio(&session.peer, pkt.header.sequence_number, pcm);
             }
             Err(_) => {
                 session

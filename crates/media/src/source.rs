@@ -1,5 +1,6 @@
 //! Headless media sources and sinks: tones, WAV files, a generated test pattern, Y4M files,
-//! PPM frame dumps. Real devices sit behind the `devices` feature ([`open_microphone`]).
+//! PPM frame dumps. Real audio devices sit behind the `devices` feature
+//! ([`AudioInput::Device`], [`AudioOutput::Device`], [`open_microphone`]).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -17,12 +18,30 @@ pub enum AudioInput {
     Wav(PathBuf),
     /// Digital silence.
     Silence,
+    /// A capture device (`default` or a device name; needs the `devices` feature).
+    Device(String),
+}
+
+/// True if `s` names a WAV file rather than a device: it ends in `.wav`, contains a path
+/// separator, or is an existing file.
+fn looks_like_file(s: &str) -> bool {
+    s.to_ascii_lowercase().ends_with(".wav")
+        || s.contains(std::path::MAIN_SEPARATOR)
+        || s.contains('/')
+        || Path::new(s).is_file()
 }
 
 impl std::str::FromStr for AudioInput {
     type Err = MediaIoError;
-    /// Parses the CLI syntax `tone:HZ`, `silence` or a WAV path.
+    /// Parses the CLI syntax `tone` (440 Hz), `tone:HZ`, `silence`, `default` (the default
+    /// capture device), a WAV path (ends in `.wav`, contains `/` or exists) or a device name.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "tone" {
+            return Ok(Self::Tone(440.0));
+        }
+        if s.is_empty() {
+            return Err(MediaIoError::Format("empty audio input"));
+        }
         if let Some(hz) = s.strip_prefix("tone:") {
             let hz: f32 = hz
                 .parse()
@@ -35,7 +54,10 @@ impl std::str::FromStr for AudioInput {
         if s == "silence" {
             return Ok(Self::Silence);
         }
-        Ok(Self::Wav(PathBuf::from(s)))
+        if looks_like_file(s) {
+            return Ok(Self::Wav(PathBuf::from(s)));
+        }
+        Ok(Self::Device(s.to_owned()))
     }
 }
 
@@ -46,7 +68,78 @@ impl AudioInput {
             Self::Tone(hz) => Box::new(ToneSource::new(*hz, 0.5)),
             Self::Wav(p) => Box::new(WavSource::open(p)?),
             Self::Silence => Box::new(ToneSource::new(0.0, 0.0)),
+            Self::Device(name) => open_capture_device(name)?,
         })
+    }
+
+    /// Checks, without opening it, that a device input names an existing capture device
+    /// (fails with [`MediaIoError::UnknownDevice`] listing the available ones, or
+    /// [`MediaIoError::DevicesUnavailable`] without the `devices` feature). Other inputs pass.
+    pub fn check(&self) -> Result<(), MediaIoError> {
+        match self {
+            Self::Device(name) => check_device(name, true),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(feature = "devices")]
+fn check_device(name: &str, input: bool) -> Result<(), MediaIoError> {
+    crate::device::check_device(name, input)
+}
+
+#[cfg(not(feature = "devices"))]
+fn check_device(_name: &str, _input: bool) -> Result<(), MediaIoError> {
+    Err(MediaIoError::DevicesUnavailable)
+}
+
+#[cfg(feature = "devices")]
+fn open_capture_device(name: &str) -> Result<Box<dyn AudioSource>, MediaIoError> {
+    Ok(Box::new(crate::device::open_input(name)?))
+}
+
+#[cfg(not(feature = "devices"))]
+fn open_capture_device(_name: &str) -> Result<Box<dyn AudioSource>, MediaIoError> {
+    Err(MediaIoError::DevicesUnavailable)
+}
+
+/// Where a call's received audio goes (besides `--record`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum AudioOutput {
+    /// Nowhere.
+    None,
+    /// A 16-bit 48 kHz mono WAV file with every peer's decoded audio as it arrives.
+    Wav(PathBuf),
+    /// A playback device (`default` or a device name; needs the `devices` feature), fed
+    /// through a jitter buffer per peer.
+    Device(String),
+}
+
+impl std::str::FromStr for AudioOutput {
+    type Err = MediaIoError;
+    /// Parses `none`, `default`, a WAV path (ends in `.wav` or contains `/`) or a device name.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(MediaIoError::Format("empty audio output"));
+        }
+        if s == "none" {
+            return Ok(Self::None);
+        }
+        if s.to_ascii_lowercase().ends_with(".wav") || s.contains('/') {
+            return Ok(Self::Wav(PathBuf::from(s)));
+        }
+        Ok(Self::Device(s.to_owned()))
+    }
+}
+
+impl AudioOutput {
+    /// Checks, without opening it, that a device output names an existing playback device
+    /// (see [`AudioInput::check`]). Other outputs pass.
+    pub fn check(&self) -> Result<(), MediaIoError> {
+        match self {
+            Self::Device(name) => check_device(name, false),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -497,7 +590,7 @@ pub fn write_ppm(path: &Path, f: &I420Frame) -> Result<(), MediaIoError> {
 
 /// Opens the default microphone. Needs the `devices` feature; without it, a clear error.
 pub fn open_microphone() -> Result<Box<dyn AudioSource>, MediaIoError> {
-    Err(devices_error())
+    open_capture_device("default")
 }
 
 /// Opens the default camera. Needs the `devices` feature; without it, a clear error.

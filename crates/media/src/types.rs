@@ -10,7 +10,7 @@ use std::time::Duration;
 use cove_wire::call::CallSignal;
 use serde::{Deserialize, Serialize};
 
-use crate::source::{AudioInput, VideoInput};
+use crate::source::{AudioInput, AudioOutput, VideoInput};
 
 /// How a call is set up. Plain data: the CLI fills it from its flags and the relay's TURN
 /// credentials.
@@ -34,6 +34,9 @@ pub struct CallConfig {
     pub audio: Option<AudioInput>,
     /// Outgoing video (`None`: no video track unless `receive_only`).
     pub video: Option<VideoInput>,
+    /// Where received audio is played (`None`: nowhere; `--record` still records it).
+    #[serde(default)]
+    pub audio_out: Option<AudioOutput>,
     /// Negotiate audio and video tracks even when sending nothing.
     pub receive_only: bool,
     /// Video frame rate.
@@ -67,6 +70,7 @@ impl Default for CallConfig {
             trickle_ice: false,
             audio: Some(AudioInput::Tone(440.0)),
             video: None,
+            audio_out: None,
             receive_only: true,
             video_fps: 15,
             video_kbps: 500,

@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod pulse;
 pub mod sim;
 
 use std::collections::{HashMap, VecDeque};

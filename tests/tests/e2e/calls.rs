@@ -1059,3 +1059,134 @@ async fn cove_call_and_cove_answer_binaries() {
     assert!(text(&bad).contains("no group named"), "{}", text(&bad));
     relay.shutdown().await;
 }
+
+/// `cove call` and `cove answer` with real audio devices, through a real relay: a private
+/// PulseAudio daemon (`cove_test_utils::pulse`) plays a 440 Hz tone into sink A, whose monitor
+/// is alice's `--audio-in`; bob's `--audio-out` is sink B, whose monitor is recorded and holds
+/// the tone; sink C, unused, stays silent. Both commands end cleanly after Ctrl-C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cove_call_and_cove_answer_with_real_audio_devices() {
+    use cove_test_utils::pulse::{PulseFixture, steady_second};
+    let Some(pulse) = PulseFixture::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with_turn(dir.path()).await;
+    let server = format!("wss://{}", relay.local_addr());
+    let (alice, bob) = pair(dir.path(), &server, relay.cert_path()).await;
+    alice.close().await;
+    bob.close().await;
+    let cove = workspace_binary("cove-cli", "cove");
+    let _tone = pulse.play_tone("cove_a");
+    let at_b = pulse.record("cove_b.monitor");
+    let at_c = pulse.record("cove_c.monitor");
+    let run = |home: &str, args: &[&str]| {
+        std::process::Command::new(&cove)
+            .arg("--home")
+            .arg(dir.path().join(home))
+            .args(args)
+            .env("ALSA_CONFIG_PATH", pulse.alsa_config_path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A call placed up to a minute before `cove answer` starts also rings, so no ordering.
+    let answering = run(
+        "bob",
+        &[
+            "answer",
+            "talk",
+            "--wait",
+            "60",
+            "--duration",
+            "0",
+            "--audio-in",
+            "silence",
+            "--audio-out",
+            "cove_b",
+        ],
+    );
+    let calling = run(
+        "alice",
+        &[
+            "call",
+            "talk",
+            "--duration",
+            "0",
+            "--ring-timeout",
+            "60",
+            "--audio-in",
+            "cove_a_mon",
+        ],
+    );
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // Wait (bounded) for a steady second on sink B; if a command ends or the bound passes,
+    // fail with what both printed.
+    let (mut calling, mut answering) = (calling, answering);
+    let deadline = tokio::time::Instant::now() + cove_test_utils::pulse::DEVICE_WAIT;
+    let b = loop {
+        let b = at_b.snapshot();
+        if steady_second(&b).is_some() {
+            break b;
+        }
+        let ended =
+            calling.try_wait().unwrap().is_some() || answering.try_wait().unwrap().is_some();
+        if ended || tokio::time::Instant::now() > deadline {
+            let _ = calling.kill();
+            let _ = answering.kill();
+            panic!(
+                "no steady sound on sink B ({} samples; a command ended: {ended})\n\
+                 cove call: {}\ncove answer: {}",
+                b.len(),
+                text(&calling.wait_with_output().unwrap()),
+                text(&answering.wait_with_output().unwrap())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let start = steady_second(&b).unwrap();
+    let (f, share) = dominant_frequency(&b[start..start + 48_000], &CANDIDATES).unwrap();
+    assert_eq!(f, 440.0, "sink B's dominant frequency");
+    assert!(
+        share > 0.9,
+        "440 Hz carries only {share} of sink B's energy"
+    );
+    let c = at_c
+        .wait_for("1 s recorded on sink C", |s| s.len() >= 48_000)
+        .await;
+    let peak = c.iter().map(|x| x.unsigned_abs()).max().unwrap_or(0);
+    assert!(peak < 64, "sink C (unused) has sound: peak {peak}");
+
+    // Ctrl-C on the caller ends both commands cleanly.
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &calling.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let wait = |child: std::process::Child| {
+        tokio::time::timeout(
+            WAIT,
+            tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()),
+        )
+    };
+    let call = wait(calling).await.expect("cove call did not end").unwrap();
+    let answered = wait(answering)
+        .await
+        .expect("cove answer did not end")
+        .unwrap();
+    assert!(call.status.success(), "cove call: {}", text(&call));
+    assert!(
+        answered.status.success(),
+        "cove answer: {}",
+        text(&answered)
+    );
+    assert!(text(&call).contains("bob answered"), "{}", text(&call));
+    relay.shutdown().await;
+}

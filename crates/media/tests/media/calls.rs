@@ -14,7 +14,9 @@ use cove_media::IceServer;
 use cove_media::call::{Call, CallConfig, CallEvent};
 use cove_media::session::ControlMessage;
 use cove_media::sframe::EpochKey;
-use cove_media::source::{AudioInput, VideoInput, dominant_frequency, pattern_bar_match};
+use cove_media::source::{
+    AudioInput, AudioOutput, VideoInput, dominant_frequency, pattern_bar_match,
+};
 use cove_turn::{
     REASON_BAD_CREDENTIALS, REASON_EXPIRED, TurnCredentials, TurnStats, start_turn_server,
     turn_credentials,
@@ -25,6 +27,10 @@ use turn::client::{Client as TurnClient, ClientConfig as TurnClientConfig};
 use webrtc_util::Conn;
 
 const WAIT: Duration = Duration::from_secs(30);
+
+/// Calls between real audio devices (PulseAudio null sinks through ALSA).
+#[cfg(feature = "devices")]
+mod devices;
 
 fn key(epoch: u64, byte: u8) -> EpochKey {
     EpochKey::new(epoch, &[byte; 32]).unwrap()
@@ -157,10 +163,15 @@ async fn audio_call_records_the_440_hz_tone() {
     let dir = tempfile::tempdir().unwrap();
     let mut mesh = Mesh::new();
     let alice = mesh.add("alice", 0, audio_config(440.0, None), key(1, 7), &[0, 1]);
+    // Bob also plays what he receives into a WAV file (`--audio-out FILE.wav`).
+    let bob_out = dir.path().join("bob-out.wav");
     let bob = mesh.add(
         "bob",
         1,
-        audio_config(660.0, Some(dir.path())),
+        CallConfig {
+            audio_out: Some(AudioOutput::Wav(bob_out.clone())),
+            ..audio_config(660.0, Some(dir.path()))
+        },
         key(1, 7),
         &[0, 1],
     );
@@ -208,6 +219,20 @@ async fn audio_call_records_the_440_hz_tone() {
         good * 100 >= frames.len() * 95,
         "{good} of {} frames at 440 Hz",
         frames.len()
+    );
+
+    // The audio output got the same decoded audio.
+    let played = read_wav(&bob_out);
+    assert!(
+        played.len() as u64 >= received * 960,
+        "{} samples played",
+        played.len()
+    );
+    let (f, share) = dominant_frequency(&played[9600..], &CANDIDATES).unwrap();
+    assert_eq!(f, 440.0);
+    assert!(
+        share > 0.9,
+        "440 Hz carries only {share} of the played energy"
     );
 
     let text = std::fs::read_to_string(dir.path().join("stats.json")).unwrap();

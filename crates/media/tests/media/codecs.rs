@@ -105,10 +105,67 @@ fn wav_and_y4m_files_round_trip() {
     assert!(WavSource::open(&dir.path().join("bad.wav")).is_err());
 }
 
+/// Without the `devices` feature, device inputs fail with `DevicesUnavailable`; with it, the
+/// camera fails with `DeviceNotImplemented` and an unknown audio device with `UnknownDevice`.
 #[test]
 fn devices_are_behind_a_feature() {
-    assert!(cove_media::source::open_microphone().is_err());
-    assert!(cove_media::source::open_camera().is_err());
+    use cove_media::MediaIoError;
+    use cove_media::source::{AudioInput, AudioOutput};
+    let mic = AudioInput::Device("no-such-device-xyz".into()).open().err();
+    if cfg!(feature = "devices") {
+        assert!(matches!(
+            cove_media::source::open_camera().err(),
+            Some(MediaIoError::DeviceNotImplemented)
+        ));
+        assert!(
+            matches!(&mic, Some(MediaIoError::UnknownDevice { kind: "input", name, .. }) if name == "no-such-device-xyz"),
+            "{mic:?}"
+        );
+    } else {
+        assert!(matches!(
+            cove_media::source::open_microphone().err(),
+            Some(MediaIoError::DevicesUnavailable)
+        ));
+        assert!(matches!(
+            cove_media::source::open_camera().err(),
+            Some(MediaIoError::DevicesUnavailable)
+        ));
+        assert!(matches!(mic, Some(MediaIoError::DevicesUnavailable)));
+    }
+    // The CLI syntax: devices, files, tones.
+    assert_eq!(
+        "default".parse::<AudioInput>().unwrap(),
+        AudioInput::Device("default".into())
+    );
+    assert_eq!(
+        "mic".parse::<AudioInput>().unwrap(),
+        AudioInput::Device("mic".into())
+    );
+    assert_eq!(
+        "tone".parse::<AudioInput>().unwrap(),
+        AudioInput::Tone(440.0)
+    );
+    assert_eq!(
+        "tone:660".parse::<AudioInput>().unwrap(),
+        AudioInput::Tone(660.0)
+    );
+    assert_eq!(
+        "voice.wav".parse::<AudioInput>().unwrap(),
+        AudioInput::Wav("voice.wav".into())
+    );
+    assert_eq!(
+        "./voice".parse::<AudioInput>().unwrap(),
+        AudioInput::Wav("./voice".into())
+    );
+    assert_eq!("none".parse::<AudioOutput>().unwrap(), AudioOutput::None);
+    assert_eq!(
+        "out.wav".parse::<AudioOutput>().unwrap(),
+        AudioOutput::Wav("out.wav".into())
+    );
+    assert_eq!(
+        "cove_b".parse::<AudioOutput>().unwrap(),
+        AudioOutput::Device("cove_b".into())
+    );
 }
 
 /// Call signals round-trip through the wire codec the core carries them with (inside MLS);
