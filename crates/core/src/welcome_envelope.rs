@@ -14,13 +14,17 @@
 //! posting it, the joiner from the group it builds out of the MLS Welcome
 //! (`MlsGroup::export_secret`). Every length is bounded while reading; nothing here panics on
 //! what a peer sent.
+//!
+//! A leaf module: it imports only [`crate::error`] and other crates.
 
 use cove_wire::GroupId;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
-use crate::client::MAX_GROUP_NAME;
 use crate::error::WelcomeEnvelopeError;
 
+/// Longest group name, bytes. The name travels sealed in the Welcome envelope, never in the
+/// group context (which the relay sees in every GroupInfo).
+pub const MAX_GROUP_NAME: usize = 128;
 /// The first two bytes of every Welcome envelope.
 pub const WELCOME_MAGIC: [u8; 2] = *b"CW";
 /// The envelope format version this core writes and reads.

@@ -20,9 +20,7 @@ pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_
 /// [`DeviceCertificate`]): in every KeyPackage's leaf and in a group creator's leaf, kept on
 /// updates. Every member checks it against the user's pinned identity and device list.
 pub const DEVICE_CERTIFICATE_EXTENSION: u16 = 0xf0c1;
-/// Longest group name, bytes (the name travels sealed in the Welcome envelope, never in
-/// the group context: see [`crate::welcome_envelope`]).
-pub const MAX_GROUP_NAME: usize = 128;
+pub use crate::welcome_envelope::MAX_GROUP_NAME;
 /// Past epochs whose keys are kept to decrypt late application messages.
 pub const MAX_PAST_EPOCHS: usize = 8;
 /// MLS padding bucket, bytes: every `PrivateMessage` (application messages) is padded so that
