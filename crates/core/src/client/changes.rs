@@ -936,8 +936,11 @@ impl Changes {
             return;
         }
         let epoch = Epoch(mls.epoch().as_u64());
+        // The name sealed into an add's Welcome envelope (the group's current one).
         let name = cx.groups.name(&group);
         let Some(mls) = cx.groups.get_mut(&group) else {
+            let why = NotApplicable::NotMember;
+            self.finish(op, Err(OpError::NotApplicable(why)), fx);
             return;
         };
         let store = cx.provider.store();
