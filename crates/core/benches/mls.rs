@@ -20,10 +20,7 @@ mod relay;
 use std::time::{Duration, Instant};
 
 use cove_core::cove_store::{Durability, MemoryStore, SqliteStore, Store};
-use cove_core::{
-    CIPHERSUITE, Client, DEVICE_CERTIFICATE_EXTENSION, Event, GROUP_NAME_EXTENSION,
-    credential_identity,
-};
+use cove_core::{CIPHERSUITE, Client, DEVICE_CERTIFICATE_EXTENSION, Event, credential_identity};
 use cove_wire::{DeviceKey, UserName};
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
@@ -198,10 +195,7 @@ fn cove_group<S: Store>(mut net: Net<S>, make: &mut dyn FnMut(&str) -> S, n: usi
     let caps = Capabilities::new(
         None,
         Some(&[CIPHERSUITE]),
-        Some(&[
-            ExtensionType::Unknown(GROUP_NAME_EXTENSION),
-            ExtensionType::Unknown(DEVICE_CERTIFICATE_EXTENSION),
-        ]),
+        Some(&[ExtensionType::Unknown(DEVICE_CERTIFICATE_EXTENSION)]),
         None,
         None,
     );

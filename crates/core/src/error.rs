@@ -16,10 +16,10 @@ use cove_wire::DeviceId;
 
 use openmls::framing::errors::{MlsMessageError, ProtocolMessageError};
 use openmls::prelude::{
-    AddMembersError, BasicCredentialError, InvalidExtensionError, KeyPackageNewError,
-    KeyPackageVerifyError, MergeCommitError, MergePendingCommitError, NewGroupError,
-    ProcessMessageError, RemoveMembersError, SelfUpdateError, WelcomeError as MlsWelcomeError,
-    tls_codec,
+    AddMembersError, BasicCredentialError, ExportSecretError, InvalidExtensionError,
+    KeyPackageNewError, KeyPackageVerifyError, MergeCommitError, MergePendingCommitError,
+    NewGroupError, ProcessMessageError, RemoveMembersError, SelfUpdateError,
+    WelcomeError as MlsWelcomeError, tls_codec,
 };
 
 use crate::content::ContentError;
@@ -121,9 +121,51 @@ pub enum WelcomeError {
     /// The relay: the device it names as the sender is not in the group.
     #[error("the Welcome's sender is not a member")]
     SenderNotMember,
+    /// The sender: the Cove Welcome envelope does not parse, or the group name sealed in it
+    /// does not open (altered, or sealed under another key or for another group).
+    #[error("Welcome envelope: {0}")]
+    Envelope(#[from] WelcomeEnvelopeError),
+    /// This device: the key of the sealed group name could not be exported from the group.
+    #[error("group-name key: {0}")]
+    NameKey(ExportSecretError),
     /// This device: storage failed.
     #[error("{0}")]
     Store(#[from] StoreError),
+}
+
+/// Why a Cove Welcome envelope ([`crate::welcome_envelope`]) could not be read or its group
+/// name not opened (the sender is at fault), or not sealed (this device).
+#[derive(Debug, thiserror::Error)]
+pub enum WelcomeEnvelopeError {
+    /// Shorter than its header, or its Welcome length runs past the end.
+    #[error("truncated")]
+    Truncated,
+    /// It does not start with the envelope's magic bytes.
+    #[error("not a Cove Welcome envelope")]
+    NotAnEnvelope,
+    /// An envelope version this device does not read.
+    #[error("unknown version {0:?}")]
+    Version(Option<u8>),
+    /// The sealed name is shorter than a nonce and a tag, or longer than the longest name
+    /// sealed (trailing bytes included).
+    #[error("sealed name of {0} bytes")]
+    SealedNameLength(usize),
+    /// The sealed name does not open: altered, or sealed under another key or for another
+    /// group.
+    #[error("the sealed group name does not open")]
+    NameNotOpened,
+    /// The opened name is not UTF-8.
+    #[error("the group name is not UTF-8")]
+    NameNotUtf8,
+    /// The name is longer than [`crate::MAX_GROUP_NAME`] bytes.
+    #[error("group name of {0} bytes")]
+    NameTooLong(usize),
+    /// This device: the Welcome is too large for the envelope's length field.
+    #[error("Welcome too large")]
+    WelcomeTooLarge,
+    /// The key is not a 32-byte AES-256-GCM key.
+    #[error("bad group-name key")]
+    Key,
 }
 
 /// Why an entry of a group log was skipped.
@@ -213,12 +255,24 @@ pub enum CommitBuildError {
     /// openmls made no GroupInfo for the commit (the relay needs one with every commit).
     #[error("the commit has no GroupInfo")]
     NoGroupInfo,
+    /// The key of the group name could not be exported from the pending commit.
+    #[error("group-name key: {0}")]
+    NameKey(ExportSecretError),
+    /// The group name could not be sealed into the Welcome envelope.
+    #[error("sealing the group name: {0}")]
+    SealName(WelcomeEnvelopeError),
+    /// openmls left no pending commit after building an add (an internal bug).
+    #[error("no pending commit after the add")]
+    NoPendingCommit,
+    /// No randomness for the sealed name's nonce.
+    #[error("no randomness")]
+    Rng,
 }
 
 /// Why the MLS step of a command failed on this device ([`crate::OpError::Mls`]).
 #[derive(Debug, thiserror::Error)]
 pub enum MlsStepError {
-    /// The group name does not fit in its group context extension.
+    /// openmls refused the group's configuration (the creator's leaf extensions).
     #[error("{0}")]
     GroupConfig(#[from] InvalidExtensionError),
     /// openmls could not create the group.

@@ -14,17 +14,17 @@ use cove_wire::{
 use openmls::messages::group_info::GroupInfo;
 use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::{
-    Extension, Extensions, GroupId as MlsGroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters,
+    GroupId as MlsGroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters,
     MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsMessageOut,
-    OpenMlsProvider as _, UnknownExtension,
+    OpenMlsProvider as _,
 };
 
 use super::context::Cx;
 use super::effects::{Effects, Lookup, Pending};
 use super::key_packages::validate_key_package;
 use super::mls::{
-    CIPHERSUITE, GROUP_NAME_EXTENSION, MAX_PAST_EPOCHS, MemberId, PADDING_BUCKET, capabilities,
-    certificate_extensions, member_id, parse_credential,
+    CIPHERSUITE, MAX_PAST_EPOCHS, MemberId, PADDING_BUCKET, capabilities, certificate_extensions,
+    member_id, parse_credential,
 };
 use super::own_list;
 use super::trust::{self, Pin};
@@ -353,7 +353,6 @@ impl Changes {
     fn build_group<S: Store>(
         cx: &Cx<'_, S>,
         group: GroupId,
-        name: &str,
     ) -> Result<(MlsGroup, Vec<u8>, Vec<u8>), OpError> {
         let device = cx
             .me
@@ -363,11 +362,9 @@ impl Changes {
         let cert = own_list::certificate(cx.provider.store(), cx.me)
             .map_err(|e| OpError::Storage(Shared::new(e)))?
             .ok_or(OpError::NotApplicable(NotApplicable::NoCertificate))?;
+        // The group context carries no name: the relay sees every GroupInfo. The name goes
+        // to joiners sealed in the Welcome envelope (`crate::welcome_envelope`).
         let config = (|| -> Result<MlsGroupCreateConfig, MlsStepError> {
-            let ext = Extensions::single(Extension::Unknown(
-                GROUP_NAME_EXTENSION,
-                UnknownExtension(name.as_bytes().to_vec()),
-            ))?;
             Ok(MlsGroupCreateConfig::builder()
                 .ciphersuite(CIPHERSUITE)
                 // Handshakes as PublicMessage: the relay validates them.
@@ -376,7 +373,6 @@ impl Changes {
                 .max_past_epochs(MAX_PAST_EPOCHS)
                 .padding_size(PADDING_BUCKET)
                 .capabilities(capabilities())
-                .with_group_context_extensions(ext)
                 .with_leaf_node_extensions(certificate_extensions(&cert)?)?
                 .build())
         })()
@@ -731,8 +727,9 @@ impl Changes {
                 // Made once; a CreateGroup resent on a later connection carries the same.
                 let built = match c.mls.as_ref() {
                     Some(mls) => export_state(&cx, mls).map(|(gi, tree)| (None, gi, tree)),
-                    None => Self::build_group(&cx, c.group, &c.name)
-                        .map(|(mls, gi, tree)| (Some(mls), gi, tree)),
+                    None => {
+                        Self::build_group(&cx, c.group).map(|(mls, gi, tree)| (Some(mls), gi, tree))
+                    }
                 };
                 match built {
                     Ok((mls, group_info, tree)) => {
@@ -939,6 +936,13 @@ impl Changes {
             return;
         }
         let epoch = Epoch(mls.epoch().as_u64());
+        // The name sealed into an add's Welcome envelope (the group's current one).
+        let name = cx.groups.name(&group);
+        let Some(mls) = cx.groups.get_mut(&group) else {
+            let why = NotApplicable::NotMember;
+            self.finish(op, Err(OpError::NotApplicable(why)), fx);
+            return;
+        };
         let store = cx.provider.store();
         if let Err(e) = store.begin() {
             self.finish(op, Err(OpError::Storage(Shared::new(e))), fx);
@@ -956,11 +960,8 @@ impl Changes {
                 let (commit, welcome, gi) = mls
                     .add_members(cx.provider, &cx.me.signer, &kps)
                     .map_err(CommitBuildError::Add)?;
-                Ok((
-                    commit.to_bytes()?,
-                    Some(welcome.to_bytes()?),
-                    group_info_bytes(gi)?,
-                ))
+                let welcome = welcome_envelope(cx.provider, mls, &group, &name, &welcome)?;
+                Ok((commit.to_bytes()?, Some(welcome), group_info_bytes(gi)?))
             } else if !to_remove.is_empty() {
                 let leaves: Vec<LeafNodeIndex> = to_remove.iter().map(|(i, _)| *i).collect();
                 let (commit, _, gi) = mls
@@ -1077,4 +1078,45 @@ fn post_commit(
         },
         Pending::PostCommit { op },
     );
+}
+
+/// The Welcome of an add as a Cove Welcome envelope (`crate::welcome_envelope`): the MLS
+/// Welcome and the group's `name` sealed under the group-name key of the epoch `mls`'s
+/// pending commit creates (never in the group context, which the relay sees).
+fn welcome_envelope<S: Store>(
+    provider: &crate::provider::CoveProvider<S>,
+    mls: &MlsGroup,
+    group: &GroupId,
+    name: &str,
+    welcome: &MlsMessageOut,
+) -> Result<Vec<u8>, CommitBuildError> {
+    use crate::welcome_envelope::{
+        GROUP_NAME_KEY_LEN, GROUP_NAME_LABEL, NAME_NONCE_LEN, WelcomeEnvelope, seal_name,
+    };
+    let staged = mls
+        .pending_commit()
+        .ok_or(CommitBuildError::NoPendingCommit)?;
+    let key = zeroize::Zeroizing::new(
+        staged
+            .export_secret(
+                provider.crypto(),
+                GROUP_NAME_LABEL,
+                &group.0,
+                GROUP_NAME_KEY_LEN,
+            )
+            .map_err(CommitBuildError::NameKey)?,
+    );
+    let mut nonce = [0u8; NAME_NONCE_LEN];
+    provider
+        .rng()
+        .fill(&mut nonce)
+        .map_err(|_| CommitBuildError::Rng)?;
+    let sealed_name = seal_name(&key, nonce, group, name).map_err(CommitBuildError::SealName)?;
+    let welcome = welcome.to_bytes()?;
+    WelcomeEnvelope {
+        welcome: &welcome,
+        sealed_name: &sealed_name,
+    }
+    .encode()
+    .map_err(CommitBuildError::SealName)
 }

@@ -1,5 +1,5 @@
-//! Cove's MLS parameters and credentials: the ciphersuite, the group-name extension, the
-//! device-certificate leaf extension, the capabilities and join configuration every group
+//! Cove's MLS parameters and credentials: the ciphersuite, the device-certificate leaf
+//! extension, the capabilities and join configuration every group
 //! uses, and the `cove:<user>:<device id>` credential format with its parser. A leaf: it
 //! knows nothing of the client's state.
 
@@ -15,15 +15,12 @@ use crate::identity::LeafRefusal;
 
 /// The one ciphersuite Cove uses.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-/// Private-use group context extension carrying the group name (UTF-8).
-pub const GROUP_NAME_EXTENSION: u16 = 0xf0c0;
 /// Private-use leaf-node extension carrying the device's certificate (its user's identity
 /// key and the signed `Add` entry of the device, a postcard-encoded
 /// [`DeviceCertificate`]): in every KeyPackage's leaf and in a group creator's leaf, kept on
 /// updates. Every member checks it against the user's pinned identity and device list.
 pub const DEVICE_CERTIFICATE_EXTENSION: u16 = 0xf0c1;
-/// Longest group name, bytes.
-pub const MAX_GROUP_NAME: usize = 128;
+pub use crate::welcome_envelope::MAX_GROUP_NAME;
 /// Past epochs whose keys are kept to decrypt late application messages.
 pub const MAX_PAST_EPOCHS: usize = 8;
 /// MLS padding bucket, bytes: every `PrivateMessage` (application messages) is padded so that
@@ -85,7 +82,6 @@ pub(super) fn capabilities() -> Capabilities {
         // A KeyPackage's own extensions must be listed too: the last-resort one is, or
         // every last-resort KeyPackage is refused by the members that claim it.
         Some(&[
-            ExtensionType::Unknown(GROUP_NAME_EXTENSION),
             ExtensionType::Unknown(DEVICE_CERTIFICATE_EXTENSION),
             ExtensionType::LastResort,
         ]),

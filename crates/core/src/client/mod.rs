@@ -76,8 +76,8 @@ pub use self::changes::MAX_COMMIT_RETRIES;
 pub use self::inbound::{MAX_PARKED_BYTES, MAX_PENDING_PER_GROUP, UNJOINED_PARK_MS};
 pub use self::key_packages::{KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW_WATER};
 pub use self::mls::{
-    CIPHERSUITE, DEVICE_CERTIFICATE_EXTENSION, GROUP_NAME_EXTENSION, MAX_GROUP_NAME,
-    MAX_PAST_EPOCHS, PADDING_BUCKET, credential_identity,
+    CIPHERSUITE, DEVICE_CERTIFICATE_EXTENSION, MAX_GROUP_NAME, MAX_PAST_EPOCHS, PADDING_BUCKET,
+    credential_identity,
 };
 pub use self::outbox::{MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS};
 pub use self::trust::safety_number;

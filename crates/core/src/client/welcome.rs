@@ -10,15 +10,17 @@ use std::collections::BTreeSet;
 use cove_store::{GroupRecord, Membership, Store};
 use cove_wire::{DeviceId, GroupId, InboxEntry, InboxKind, Seq, Stream, UserName};
 use openmls::prelude::tls_codec::Deserialize as _;
-use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, StagedWelcome};
+use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider as _, StagedWelcome};
+use zeroize::Zeroizing;
 
 use super::context::Cx;
 use super::effects::Effects;
 use super::leaves::{self, LeafCheckError, RefusedLeaf};
-use super::mls::{GROUP_NAME_EXTENSION, join_config, member_id, parse_credential};
+use super::mls::{join_config, member_id, parse_credential};
 use super::trust::{self, Trust};
 use crate::error::{Shared, Warning, WelcomeError};
 use crate::types::{Event, HandleError};
+use crate::welcome_envelope::{GROUP_NAME_KEY_LEN, GROUP_NAME_LABEL, WelcomeEnvelope, open_name};
 
 /// What became of an inbox entry.
 pub(super) enum Inboxed {
@@ -171,8 +173,11 @@ fn join<S: Store>(
     sender: DeviceId,
     answered: &BTreeSet<UserName>,
 ) -> Result<JoinOutcome, WelcomeError> {
-    let msg = MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
-        .map_err(WelcomeError::Undecodable)?;
+    // A Cove Welcome envelope: the MLS Welcome and the group name sealed under a key of
+    // the epoch it joins (the relay never sees the name).
+    let envelope = WelcomeEnvelope::decode(entry.payload.as_bytes())?;
+    let msg =
+        MlsMessageIn::tls_deserialize_exact(envelope.welcome).map_err(WelcomeError::Undecodable)?;
     let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
         return Err(WelcomeError::NotWelcome);
     };
@@ -214,6 +219,18 @@ fn join<S: Store>(
     let adder_key = adder.signature_key().as_slice().to_vec();
     let adder_user = parse_credential(adder.credential())?.user;
     let mls = staged.into_group(cx.provider).map_err(WelcomeError::Join)?;
+    // The name opens only with the key of the epoch joined, for this group (inside the
+    // caller's transaction: a name that does not open leaves nothing joined).
+    let key = Zeroizing::new(
+        mls.export_secret(
+            cx.provider.crypto(),
+            GROUP_NAME_LABEL,
+            &group.0,
+            GROUP_NAME_KEY_LEN,
+        )
+        .map_err(WelcomeError::NameKey)?,
+    );
+    let name = open_name(&key, &group, envelope.sealed_name)?;
     // Every member's leaf but our own carries a certificate of its user's identity.
     let own = mls.own_leaf_index();
     let others: Vec<&openmls::prelude::LeafNode> = mls
@@ -259,11 +276,6 @@ fn join<S: Store>(
         return Err(WelcomeError::SenderNotMember);
     }
     let by = adder_user;
-    let name = mls
-        .extensions()
-        .unknown(GROUP_NAME_EXTENSION)
-        .and_then(|e| String::from_utf8(e.0.clone()).ok())
-        .unwrap_or_default();
     let record = GroupRecord {
         id: group,
         name: name.clone(),

@@ -8,6 +8,7 @@ mod link_history;
 mod outbox;
 mod parked;
 mod relay;
+mod welcome_name;
 
 use cove_core::cove_store::{MemoryStore, SqliteStore, Store};
 use cove_core::error::OwnIdentityError;
@@ -1441,9 +1442,10 @@ fn keys_first_seen_in_a_welcome_are_checked_against_the_directory() {
 /// A member driven by bare openmls, which can send whatever it likes inside MLS.
 mod mallory {
     use cove_core::cove_identity::IdentitySigner;
-    use cove_core::{
-        CIPHERSUITE, DEVICE_CERTIFICATE_EXTENSION, GROUP_NAME_EXTENSION, credential_identity,
+    use cove_core::welcome_envelope::{
+        GROUP_NAME_KEY_LEN, GROUP_NAME_LABEL, WelcomeEnvelope, seal_name,
     };
+    use cove_core::{CIPHERSUITE, DEVICE_CERTIFICATE_EXTENSION, credential_identity};
     use cove_wire::identity::{DeviceCertificate, DeviceName};
     use cove_wire::{BoundedVec, DeviceId, DeviceKey, GroupId, Payload, PostKind, UserName};
     use openmls::prelude::tls_codec::Deserialize as _;
@@ -1458,6 +1460,8 @@ mod mallory {
         pub signer: SignatureKeyPair,
         pub device: DeviceId,
         pub group: Option<MlsGroup>,
+        /// The name of her group, sealed into the Welcomes she sends.
+        pub group_name: String,
         /// The certificate of her own device in her own (published) list, if she has one.
         pub certificate: Option<DeviceCertificate>,
     }
@@ -1467,10 +1471,7 @@ mod mallory {
         Capabilities::new(
             None,
             Some(&[CIPHERSUITE]),
-            Some(&[
-                ExtensionType::Unknown(GROUP_NAME_EXTENSION),
-                ExtensionType::Unknown(DEVICE_CERTIFICATE_EXTENSION),
-            ]),
+            Some(&[ExtensionType::Unknown(DEVICE_CERTIFICATE_EXTENSION)]),
             None,
             None,
         )
@@ -1532,6 +1533,7 @@ mod mallory {
                 signer,
                 device,
                 group: None,
+                group_name: String::new(),
                 certificate: None,
             }
         }
@@ -1566,8 +1568,9 @@ mod mallory {
 
         pub fn join(&mut self, relay: &Relay) {
             let entry = relay.inbox_of(self.device).pop().unwrap();
+            let envelope = WelcomeEnvelope::decode(entry.payload.as_bytes()).unwrap();
             let MlsMessageBodyIn::Welcome(w) =
-                MlsMessageIn::tls_deserialize_exact(entry.payload.as_bytes())
+                MlsMessageIn::tls_deserialize_exact(envelope.welcome)
                     .unwrap()
                     .extract()
             else {
@@ -1604,13 +1607,6 @@ mod mallory {
                 .ciphersuite(CIPHERSUITE)
                 .use_ratchet_tree_extension(true)
                 .capabilities(capabilities())
-                .with_group_context_extensions(
-                    Extensions::single(Extension::Unknown(
-                        GROUP_NAME_EXTENSION,
-                        UnknownExtension(name.as_bytes().to_vec()),
-                    ))
-                    .unwrap(),
-                )
                 .with_leaf_node_extensions(leaf_extensions(cert))
                 .unwrap()
                 .build();
@@ -1647,11 +1643,13 @@ mod mallory {
                 }
             }
             let (commit, welcome, _) = mls.add_members(&self.provider, &self.signer, &kps).unwrap();
+            self.group_name = name.to_string();
+            let welcome = self.envelope(&mls, group, &welcome);
             mls.merge_pending_commit(&self.provider).unwrap();
             let kind = PostKind::Commit {
                 added: BoundedVec(added),
                 removed: BoundedVec(Vec::new()),
-                welcome: Some(Payload(welcome.to_bytes().unwrap())),
+                welcome: Some(Payload(welcome)),
                 group_info: Payload::default(),
             };
             let now = net.now_ms;
@@ -1697,11 +1695,14 @@ mod mallory {
             let group = GroupId(mls.group_id().as_slice().try_into().unwrap());
             let (commit, welcome, gi) =
                 mls.add_members(&self.provider, &self.signer, &kps).unwrap();
+            let mut mls = self.group.take().unwrap();
+            let welcome = self.envelope(&mls, group, &welcome);
             mls.merge_pending_commit(&self.provider).unwrap();
+            self.group = Some(mls);
             let kind = PostKind::Commit {
                 added: BoundedVec(devices.to_vec()),
                 removed: BoundedVec(Vec::new()),
-                welcome: Some(Payload(welcome.to_bytes().unwrap())),
+                welcome: Some(Payload(welcome)),
                 group_info: Payload(MlsMessageOut::from(gi.unwrap()).to_bytes().unwrap()),
             };
             let now = net.now_ms;
@@ -1709,6 +1710,28 @@ mod mallory {
                 net.relay
                     .post_raw(group, self.device, kind, commit.to_bytes().unwrap(), now);
             net.deliver(frames);
+        }
+
+        /// The Cove Welcome envelope of `welcome`: her group's name sealed under the
+        /// group-name key of the epoch her pending commit in `mls` creates.
+        fn envelope(&self, mls: &MlsGroup, group: GroupId, welcome: &MlsMessageOut) -> Vec<u8> {
+            let key = mls
+                .pending_commit()
+                .unwrap()
+                .export_secret(
+                    self.provider.crypto(),
+                    GROUP_NAME_LABEL,
+                    &group.0,
+                    GROUP_NAME_KEY_LEN,
+                )
+                .unwrap();
+            let sealed_name = seal_name(&key, [0x6d; 12], &group, &self.group_name).unwrap();
+            WelcomeEnvelope {
+                welcome: &welcome.to_bytes().unwrap(),
+                sealed_name: &sealed_name,
+            }
+            .encode()
+            .unwrap()
         }
 
         /// Encrypts arbitrary plaintext as an application message.
