@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use cove_wire::{Request, Seq, Stream, UserName};
+use cove_wire::{GroupId, Request, Seq, Stream, UserName};
 
 use crate::error::Warning;
 use crate::types::{Event, OpError, OpId};
@@ -44,6 +44,10 @@ pub(super) enum Pending {
     PublishList { len: u64 },
     /// Fetching `user`'s device list to pin (or check) it, outside any command.
     ObserveList { user: UserName },
+    /// A rejoin's fetch of the group's public state.
+    FetchGroupState { group: GroupId },
+    /// A rejoin's external commit.
+    PostRejoin { group: GroupId },
 }
 
 impl Pending {
@@ -63,6 +67,8 @@ impl Pending {
             Pending::External => "a request of the shell",
             Pending::PublishList { .. } => "publishing the device list",
             Pending::ObserveList { .. } => "fetching a device list",
+            Pending::FetchGroupState { .. } => "fetching a group's public state",
+            Pending::PostRejoin { .. } => "a rejoin's external commit",
         }
     }
 }

@@ -6,6 +6,7 @@
 mod link_history;
 mod outbox;
 mod parked;
+mod rejoin;
 mod relay;
 
 use cove_core::cove_store::{MemoryStore, SqliteStore, Store};

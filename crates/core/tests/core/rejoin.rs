@@ -1,0 +1,141 @@
+//! A member that cannot process a commit of its group's log rejoins by an external commit
+//! from the relay's public state (issue 10).
+
+use cove_core::cove_store::{MemoryStore, StorageProvider};
+use cove_core::error::Warning;
+use cove_core::{Client, Event};
+use cove_wire::GroupId;
+use openmls::prelude::{GroupEpoch, GroupId as MlsGroupId};
+
+use super::relay::Net;
+use super::{device, group_of, op_result, texts};
+
+/// Damages `slot`'s state of `group`: deletes the private keys of its leaf for the current
+/// epoch, so that it cannot process the next commit (whose path secret is encrypted to
+/// them), as a device whose stored state no longer matches the group's.
+fn lose_epoch_keys(client: &Client<MemoryStore>, group: GroupId) {
+    let epoch = client.epoch(&group).unwrap();
+    let leaf = client.own_leaf_index(&group).unwrap();
+    client
+        .store()
+        .delete_encryption_epoch_key_pairs(
+            &MlsGroupId::from_slice(&group.0),
+            &GroupEpoch::from(epoch),
+            leaf,
+        )
+        .unwrap();
+}
+
+fn rejoined(events: &[Event], group: GroupId) -> Vec<usize> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Rejoined {
+                group: g,
+                unreadable,
+            } if *g == group => Some(*unreadable),
+            _ => None,
+        })
+        .collect()
+}
+
+fn send(net: &mut Net<MemoryStore>, slot: usize, text: &str) {
+    let now = net.now_ms;
+    let op = net.client(slot).send_text(now, "friends", text).unwrap();
+    op_result(net, slot, op).unwrap();
+}
+
+/// Bob cannot process alice's key update (his keys of the epoch are gone): he skips it,
+/// rejoins by himself (one `Rejoined`, nothing unreadable), alice takes his external commit,
+/// both end in the same epoch with the same authenticator and two members (bob's old leaf
+/// removed), and messages flow both ways.
+#[test]
+fn a_member_that_cannot_process_a_commit_rejoins_by_itself() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(alice);
+    net.take_events(bob);
+    let start = net.client(alice).epoch(&group).unwrap();
+
+    lose_epoch_keys(net.client(bob), group);
+    let now = net.now_ms;
+    let op = net.client(alice).update_keys(now, "friends").unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    net.run();
+
+    let events = net.take_events(bob);
+    assert_eq!(rejoined(&events, group), vec![0], "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Warning(Warning::EntrySkipped { group: g, .. }) if *g == group
+        )),
+        "the commit bob could not process is reported: {events:?}"
+    );
+    // alice's update, then bob's external commit.
+    assert_eq!(net.client(alice).epoch(&group), Some(start + 2));
+    assert_eq!(net.client(bob).epoch(&group), Some(start + 2));
+    assert_eq!(
+        net.client(alice).epoch_authenticator(&group),
+        net.client(bob).epoch_authenticator(&group)
+    );
+    assert_eq!(net.client(alice).group_members(&group).len(), 2);
+    let alice_events = net.take_events(alice);
+    assert!(
+        !alice_events.iter().any(|e| matches!(e, Event::Warning(_))),
+        "alice takes bob's rejoin without warnings: {alice_events:?}"
+    );
+
+    send(&mut net, alice, "welcome back");
+    net.run();
+    assert_eq!(texts(&net.take_events(bob)), vec!["welcome back"]);
+    net.take_events(alice);
+    send(&mut net, bob, "thanks");
+    net.run();
+    assert_eq!(texts(&net.take_events(alice)), vec!["thanks"]);
+}
+
+/// While bob's frames wait, alice updates her keys (bob cannot process it), sends a message
+/// and updates again: bob rejoins at the relay's latest epoch, and the message and the
+/// second commit, of the epoch he skipped, are dropped and reported as 2 unreadable entries
+/// (in the `Rejoined` event and a warning). What alice sends afterwards reaches him.
+#[test]
+fn a_rejoin_drops_and_reports_the_entries_of_the_skipped_epochs() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(alice);
+    net.take_events(bob);
+
+    lose_epoch_keys(net.client(bob), group);
+    net.nodes[bob].hold = true;
+    let now = net.now_ms;
+    let op = net.client(alice).update_keys(now, "friends").unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    send(&mut net, alice, "lost");
+    let op = net.client(alice).update_keys(now, "friends").unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    net.nodes[bob].hold = false;
+    net.run();
+
+    let events = net.take_events(bob);
+    assert_eq!(rejoined(&events, group), vec![2], "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Warning(Warning::RejoinDropped { group: g, count: 2 }) if *g == group
+        )),
+        "{events:?}"
+    );
+    assert!(texts(&events).is_empty(), "{events:?}");
+    assert_eq!(
+        net.client(alice).epoch_authenticator(&group),
+        net.client(bob).epoch_authenticator(&group)
+    );
+    send(&mut net, alice, "after");
+    net.run();
+    assert_eq!(texts(&net.take_events(bob)), vec!["after"]);
+}
