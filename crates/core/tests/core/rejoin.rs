@@ -4,7 +4,7 @@
 use cove_core::cove_store::{MemoryStore, StorageProvider};
 use cove_core::error::Warning;
 use cove_core::{Client, Event};
-use cove_wire::GroupId;
+use cove_wire::{GroupId, Reply, ServerFrame};
 use openmls::prelude::{GroupEpoch, GroupId as MlsGroupId};
 
 use super::relay::Net;
@@ -138,4 +138,56 @@ fn a_rejoin_drops_and_reports_the_entries_of_the_skipped_epochs() {
     send(&mut net, alice, "after");
     net.run();
     assert_eq!(texts(&net.take_events(bob)), vec!["after"]);
+}
+
+/// Alice commits again after bob fetched the group's state and before his external commit
+/// reaches the relay: the relay refuses it `StaleEpoch`, bob throws that state away, fetches
+/// again and rejoins at the newer epoch (one `Rejoined`; alice's second commit, of the epoch
+/// he skipped, is the one unreadable entry); both end in the same epoch.
+#[test]
+fn a_rejoin_that_loses_a_race_fetches_the_state_again() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(alice);
+    net.take_events(bob);
+    let start = net.client(alice).epoch(&group).unwrap();
+
+    lose_epoch_keys(net.client(bob), group);
+    let now = net.now_ms;
+    net.client(alice).update_keys(now, "friends").unwrap();
+    // Until the relay's answer to bob's FetchGroupState waits in his inbound.
+    let state_served = |net: &Net<MemoryStore>| {
+        net.nodes[bob].inbound.iter().any(|f| {
+            matches!(
+                f,
+                ServerFrame::Response {
+                    result: Ok(Reply::GroupState { .. }),
+                    ..
+                }
+            )
+        })
+    };
+    while !state_served(&net) {
+        assert!(net.step(), "bob never fetched the group's state");
+    }
+    net.nodes[bob].hold = true;
+    let stale_before = net.relay.stale_rejections;
+    let op = net.client(alice).update_keys(now, "friends").unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    net.nodes[bob].hold = false;
+    net.run();
+
+    assert_eq!(net.relay.stale_rejections, stale_before + 1);
+    let events = net.take_events(bob);
+    assert_eq!(rejoined(&events, group), vec![1], "{events:?}");
+    assert_eq!(net.client(alice).epoch(&group), Some(start + 3));
+    assert_eq!(
+        net.client(alice).epoch_authenticator(&group),
+        net.client(bob).epoch_authenticator(&group)
+    );
+    send(&mut net, bob, "back");
+    net.run();
+    assert!(texts(&net.take_events(alice)).contains(&"back".to_string()));
 }
