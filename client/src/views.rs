@@ -415,6 +415,20 @@ mod tests {
             "refused a member of friends claiming to be alice (device 7): it is certified by \
              another identity than the user's; its messages are not shown"
         );
+        let rejoined = IdentityView::Rejoined {
+            group: "friends".into(),
+            group_id: "00".repeat(16),
+            unreadable: 3,
+        };
+        assert_eq!(
+            json(&rejoined),
+            serde_json::json!({"identity": "rejoined", "group": "friends",
+                "group_id": "00".repeat(16), "unreadable": 3})
+        );
+        assert_eq!(
+            rejoined.line(),
+            "rejoined friends (3 messages could not be read)"
+        );
     }
 
     #[test]
