@@ -1,14 +1,14 @@
 //! A member that cannot process a commit of its group's log rejoins by an external commit
 //! from the relay's public state (issue 10).
 
-use cove_core::cove_store::{MemoryStore, StorageProvider};
+use cove_core::cove_store::{MemoryStore, SqliteStore, StorageProvider, Store};
 use cove_core::error::Warning;
 use cove_core::{Client, Event};
 use cove_wire::{GroupId, Reply, ServerFrame};
-use openmls::prelude::{GroupEpoch, GroupId as MlsGroupId};
+use openmls::prelude::{GroupEpoch, GroupId as MlsGroupId, MlsGroup};
 
 use super::relay::Net;
-use super::{device, group_of, op_result, texts};
+use super::{device, group_of, op_result, seed, texts, user};
 
 /// Damages `slot`'s state of `group`: deletes the private keys of its leaf for the current
 /// epoch, so that it cannot process the next commit (whose path secret is encrypted to
@@ -39,7 +39,7 @@ fn rejoined(events: &[Event], group: GroupId) -> Vec<usize> {
         .collect()
 }
 
-fn send(net: &mut Net<MemoryStore>, slot: usize, text: &str) {
+fn send<S: Store>(net: &mut Net<S>, slot: usize, text: &str) {
     let now = net.now_ms;
     let op = net.client(slot).send_text(now, "friends", text).unwrap();
     op_result(net, slot, op).unwrap();
@@ -190,4 +190,66 @@ fn a_rejoin_that_loses_a_race_fetches_the_state_again() {
     send(&mut net, bob, "back");
     net.run();
     assert!(texts(&net.take_events(alice)).contains(&"back".to_string()));
+}
+
+/// Bob's client is closed, and its stored MLS state of the group lost; alice writes
+/// meanwhile. Reopened, bob holds the group's record but no state: after the backlog he
+/// rejoins by himself, alice's message of the epoch he lost is the one unreadable entry, and
+/// messages flow both ways again.
+#[test]
+fn a_device_whose_group_state_is_missing_rejoins_after_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bob.db");
+    let mut net: Net<SqliteStore> = Net::new();
+    let alice = net.add(
+        Client::init(
+            SqliteStore::open(dir.path().join("alice.db")).unwrap(),
+            user("alice"),
+            seed(1),
+        )
+        .unwrap(),
+    );
+    net.run();
+    let bob =
+        net.add(Client::init(SqliteStore::open(&path).unwrap(), user("bob"), seed(2)).unwrap());
+    net.run();
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+
+    net.nodes[bob].client = None;
+    net.disconnect(bob);
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        let mut state = MlsGroup::load(&store, &MlsGroupId::from_slice(&group.0))
+            .unwrap()
+            .unwrap();
+        state.delete(&store).unwrap();
+    }
+    send(&mut net, alice, "while you were away");
+    net.take_events(alice);
+
+    let reopened = Client::open(SqliteStore::open(&path).unwrap(), seed(3)).unwrap();
+    assert_eq!(
+        reopened.epoch(&group),
+        None,
+        "bob holds no state of the group"
+    );
+    net.nodes[bob].client = Some(reopened);
+    net.connect(bob);
+    net.run();
+
+    let events = net.take_events(bob);
+    assert_eq!(rejoined(&events, group), vec![1], "{events:?}");
+    assert!(texts(&events).is_empty(), "{events:?}");
+    assert_eq!(
+        net.client(alice).epoch_authenticator(&group),
+        net.client(bob).epoch_authenticator(&group)
+    );
+    send(&mut net, alice, "welcome back");
+    net.run();
+    assert_eq!(texts(&net.take_events(bob)), vec!["welcome back"]);
+    net.take_events(alice);
+    send(&mut net, bob, "thanks");
+    net.run();
+    assert_eq!(texts(&net.take_events(alice)), vec!["thanks"]);
 }
