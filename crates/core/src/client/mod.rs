@@ -1025,7 +1025,7 @@ impl<S: Store> Client<S> {
             }
             (Pending::PostRejoin { group }, r) => {
                 match self.rejoins.on_posted(cx!(self), group, r, fx)? {
-                    Some(unreadable) => {
+                    Some((unreadable, refused)) => {
                         if unreadable > 0 {
                             fx.warn(Warning::RejoinDropped {
                                 group,
@@ -1033,6 +1033,7 @@ impl<S: Store> Client<S> {
                             });
                         }
                         fx.event(Event::Rejoined { group, unreadable });
+                        self.refuse_leaves(group, refused);
                         self.after_epoch_change(now_ms, group)
                     }
                     None => Ok(()),

@@ -27,6 +27,7 @@ use openmls_traits::OpenMlsProvider as _;
 
 use super::context::Cx;
 use super::effects::{Effects, Pending};
+use super::leaves::{self, LeafCheckError, RefusedLeaf};
 use super::mls::{capabilities, certificate_extensions, join_config};
 use super::own_list;
 use crate::error::{RejoinError, Shared, Warning};
@@ -127,14 +128,17 @@ impl Rejoins {
 
     /// The answer to the external commit of `group`. `Some` when the relay accepted it:
     /// the new state is loaded, the parked entries of earlier epochs are dropped and
-    /// acknowledged, and the number of them other devices sent (unread) is returned.
+    /// acknowledged; returned are the number of them other devices sent (unread) and the
+    /// leaves of the group (served by the relay, not by a member's Welcome) that this
+    /// device refuses, to report and remove as after a Welcome. A leaf whose user's list
+    /// this device does not hold is not held up for: its messages are checked as they come.
     pub(super) fn on_posted<S: Store>(
         &mut self,
         cx: Cx<'_, S>,
         group: GroupId,
         result: Result<Reply, ErrorReply>,
         fx: &mut Effects,
-    ) -> Result<Option<usize>, HandleError> {
+    ) -> Result<Option<(usize, Vec<RefusedLeaf>)>, HandleError> {
         let store = cx.provider.store();
         match result {
             Ok(Reply::Posted { .. }) => {
@@ -144,7 +148,23 @@ impl Rejoins {
                     return Ok(None);
                 };
                 let unreadable = drop_skipped(store, cx.me, group, epoch, fx)?;
-                Ok(Some(unreadable))
+                let refused = match cx.groups.get(&group) {
+                    Some(mls) => {
+                        let own = mls.own_leaf_index();
+                        let others = mls
+                            .members()
+                            .filter(|m| m.index != own)
+                            .filter_map(|m| mls.public_group().leaf(m.index));
+                        match leaves::check_all(store, others, &Default::default()) {
+                            Ok((_, refused)) => refused,
+                            Err(LeafCheckError::Store(e)) => return Err(e.into()),
+                            // Not a Cove credential: its messages are refused as they come.
+                            Err(LeafCheckError::Credential(_)) => Vec::new(),
+                        }
+                    }
+                    None => Vec::new(),
+                };
+                Ok(Some((unreadable, refused)))
             }
             Err(e) => {
                 delete_state(store, group)?;

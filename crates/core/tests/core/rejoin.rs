@@ -3,7 +3,7 @@
 
 use cove_core::cove_store::{MemoryStore, SqliteStore, StorageProvider, Store};
 use cove_core::error::Warning;
-use cove_core::{Client, Event};
+use cove_core::{Client, Event, IdentityEvent};
 use cove_wire::{GroupId, Reply, ServerFrame};
 use openmls::prelude::{GroupEpoch, GroupId as MlsGroupId, MlsGroup};
 
@@ -73,6 +73,12 @@ fn a_member_that_cannot_process_a_commit_rejoins_by_itself() {
             Event::Warning(Warning::EntrySkipped { group: g, .. }) if *g == group
         )),
         "the commit bob could not process is reported: {events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Identity(IdentityEvent::LeafRefused { .. }))),
+        "alice's leaf in the relay's tree is trusted: {events:?}"
     );
     // alice's update, then bob's external commit.
     assert_eq!(net.client(alice).epoch(&group), Some(start + 2));
