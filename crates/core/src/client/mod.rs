@@ -718,11 +718,15 @@ impl<S: Store> Client<S> {
             ServerFrame::BacklogDone => {
                 self.on_backlog_done()?;
                 let store = self.provider.store();
-                // Not what waits for device lists (applied when they arrive, in a moment).
+                // Not what waits for device lists (applied when they arrive, in a moment),
+                // nor a group being rejoined (its entries are dealt with then).
                 let leaves = &self.leaves;
                 let groups = &self.groups;
+                let rejoins = &self.rejoins;
                 let waiting = |g: &GroupId| {
-                    leaves.holds_group(g) || (leaves.holds_inbox() && !groups.holds(g))
+                    leaves.holds_group(g)
+                        || (leaves.holds_inbox() && !groups.holds(g))
+                        || rejoins.is_rejoining(g)
                 };
                 self.inbound
                     .report_parked(store, &self.groups, now_ms, waiting, &mut self.fx)?;

@@ -51,6 +51,11 @@ struct Rejoin {
 }
 
 impl Rejoins {
+    /// Whether `group` is being rejoined.
+    pub(super) fn is_rejoining(&self, group: &GroupId) -> bool {
+        self.active.contains_key(group)
+    }
+
     /// Starts rejoining `group`, unless that is under way already.
     pub(super) fn start(&mut self, group: GroupId, fx: &mut Effects) {
         if self.active.contains_key(&group) {

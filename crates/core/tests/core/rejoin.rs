@@ -247,6 +247,12 @@ fn a_device_whose_group_state_is_missing_rejoins_after_the_backlog() {
     let events = net.take_events(bob);
     assert_eq!(rejoined(&events, group), vec![1], "{events:?}");
     assert!(texts(&events).is_empty(), "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Warning(Warning::EntriesKept { .. }))),
+        "the entries of a group being rejoined are not reported as kept: {events:?}"
+    );
     assert_eq!(
         net.client(alice).epoch_authenticator(&group),
         net.client(bob).epoch_authenticator(&group)
