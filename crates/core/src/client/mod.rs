@@ -635,7 +635,6 @@ impl<S: Store> Client<S> {
         self.key_packages.reset();
         self.leaves.reset();
         self.changes.disconnected();
-        self.rejoins.disconnected();
     }
 
     /// The next thing to do: a frame to send or an event for the user.
@@ -936,8 +935,9 @@ impl<S: Store> Client<S> {
         )?;
         // Restart commands.
         self.changes.restart(cx!(self), &mut self.fx);
-        // An active group whose MLS state is missing (lost, or an interrupted rejoin) is
-        // rejoined.
+        // Rejoins cut off by the disconnect start over; an active group whose MLS state is
+        // missing (lost) is rejoined.
+        self.rejoins.restart(&mut self.fx);
         let lost: Vec<GroupId> = self
             .groups
             .ids()

@@ -65,11 +65,14 @@ impl Rejoins {
         fetch(group, fx);
     }
 
-    /// The connection is gone: the requests in flight are lost. A rejoin whose commit may
-    /// have been accepted leaves the group without loaded state; it is started again after
-    /// the next backlog (which shows whether it was).
-    pub(super) fn disconnected(&mut self) {
-        self.active.clear();
+    /// After the backlog of a new connection: the requests of the rejoins in progress were
+    /// lost with the old one, so each starts over with a fresh fetch (one whose commit was
+    /// accepted meanwhile rejoins once more; its earlier leaf, with the same key, is removed
+    /// in the same commit).
+    pub(super) fn restart(&mut self, fx: &mut Effects) {
+        for group in self.active.keys() {
+            fetch(*group, fx);
+        }
     }
 
     /// The relay's public state of `group`: deletes this device's state of the group,

@@ -265,3 +265,48 @@ fn a_device_whose_group_state_is_missing_rejoins_after_the_backlog() {
     net.run();
     assert_eq!(texts(&net.take_events(alice)), vec!["thanks"]);
 }
+
+/// Bob's connection drops while his `FetchGroupState` is answered (the answer is lost with
+/// it): after reconnecting he fetches again and rejoins; both end in the same epoch.
+#[test]
+fn a_rejoin_cut_off_by_a_disconnect_starts_over_after_reconnecting() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(alice);
+    net.take_events(bob);
+
+    lose_epoch_keys(net.client(bob), group);
+    let now = net.now_ms;
+    net.client(alice).update_keys(now, "friends").unwrap();
+    let state_served = |net: &Net<MemoryStore>| {
+        net.nodes[bob].inbound.iter().any(|f| {
+            matches!(
+                f,
+                ServerFrame::Response {
+                    result: Ok(Reply::GroupState { .. }),
+                    ..
+                }
+            )
+        })
+    };
+    while !state_served(&net) {
+        assert!(net.step(), "bob never fetched the group's state");
+    }
+    net.disconnect(bob);
+    net.run();
+    assert!(rejoined(&net.nodes[bob].events, group).is_empty());
+    net.connect(bob);
+    net.run();
+
+    let events = net.take_events(bob);
+    assert_eq!(rejoined(&events, group), vec![0], "{events:?}");
+    assert_eq!(
+        net.client(alice).epoch_authenticator(&group),
+        net.client(bob).epoch_authenticator(&group)
+    );
+    send(&mut net, alice, "welcome back");
+    net.run();
+    assert_eq!(texts(&net.take_events(bob)), vec!["welcome back"]);
+}
