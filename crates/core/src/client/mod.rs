@@ -635,6 +635,7 @@ impl<S: Store> Client<S> {
         self.key_packages.reset();
         self.leaves.reset();
         self.changes.disconnected();
+        self.rejoins.disconnected();
     }
 
     /// The next thing to do: a frame to send or an event for the user.

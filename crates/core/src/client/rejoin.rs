@@ -48,6 +48,9 @@ pub(super) struct Rejoins {
 struct Rejoin {
     /// External commits posted so far.
     attempts: u32,
+    /// Its request in flight was lost with the connection: it starts over after the next
+    /// backlog.
+    cut_off: bool,
 }
 
 impl Rejoins {
@@ -65,12 +68,20 @@ impl Rejoins {
         fetch(group, fx);
     }
 
-    /// After the backlog of a new connection: the requests of the rejoins in progress were
-    /// lost with the old one, so each starts over with a fresh fetch (one whose commit was
-    /// accepted meanwhile rejoins once more; its earlier leaf, with the same key, is removed
-    /// in the same commit).
+    /// The connection is gone, and with it the request of every rejoin in progress.
+    pub(super) fn disconnected(&mut self) {
+        for r in self.active.values_mut() {
+            r.cut_off = true;
+        }
+    }
+
+    /// After the backlog of a new connection: the rejoins cut off by the old one start over
+    /// with a fresh fetch (one whose commit was accepted meanwhile rejoins once more; its
+    /// earlier leaf, with the same key, is removed in the same commit). Those started on
+    /// this connection are left alone.
     pub(super) fn restart(&mut self, fx: &mut Effects) {
-        for group in self.active.keys() {
+        for (group, r) in self.active.iter_mut().filter(|(_, r)| r.cut_off) {
+            r.cut_off = false;
             fetch(*group, fx);
         }
     }

@@ -310,3 +310,35 @@ fn a_rejoin_cut_off_by_a_disconnect_starts_over_after_reconnecting() {
     net.run();
     assert_eq!(texts(&net.take_events(bob)), vec!["welcome back"]);
 }
+
+/// Bob is offline when alice's key update, which he cannot process, is logged: he meets it
+/// in his backlog and rejoins exactly once (one external commit, none refused as stale),
+/// ending in alice's epoch.
+#[test]
+fn a_commit_met_in_the_backlog_starts_exactly_one_rejoin() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(alice);
+    net.take_events(bob);
+    let start = net.client(alice).epoch(&group).unwrap();
+
+    net.disconnect(bob);
+    lose_epoch_keys(net.client(bob), group);
+    let now = net.now_ms;
+    let op = net.client(alice).update_keys(now, "friends").unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    let stale_before = net.relay.stale_rejections;
+    net.connect(bob);
+    net.run();
+
+    let events = net.take_events(bob);
+    assert_eq!(rejoined(&events, group), vec![0], "{events:?}");
+    assert_eq!(net.relay.stale_rejections, stale_before);
+    assert_eq!(net.client(alice).epoch(&group), Some(start + 2));
+    assert_eq!(
+        net.client(alice).epoch_authenticator(&group),
+        net.client(bob).epoch_authenticator(&group)
+    );
+}
