@@ -582,6 +582,18 @@ async fn a_member_that_lost_its_epoch_keys_rejoins_by_itself() {
         |e| matches!(e, Event::Rejoined { group: g, unreadable: 0 } if *g == group),
     )
     .await;
+    // Alice takes bob's external commit before she writes (a message of the epoch before
+    // it is one bob never had the keys of).
+    let rejoined_epoch = bob.epoch_state(group).await.unwrap().unwrap().0;
+    assert_eq!(rejoined_epoch, epoch + 2);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while alice.epoch_state(group).await.unwrap().unwrap().0 != rejoined_epoch {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice did not take bob's rejoin in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     alice.send_text("g", "welcome back").await.unwrap();
     let shown = until(
         &mut bob,
