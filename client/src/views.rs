@@ -80,9 +80,10 @@ fn needs_escape(c: char) -> bool {
 }
 
 /// What the user is told about another user's identity or devices, or a refused member
-/// (the core's `Event::Identity`). `--json` prints it as one object whose `identity` field
-/// names the kind (`device_added`, `device_revoked`, `identity_changed`, `leaf_refused`),
-/// with the fields below; the names are stable.
+/// (the core's `Event::Identity`), or that this device rejoined a group it could not follow
+/// (the core's `Event::Rejoined`). `--json` prints it as one object whose `identity` field
+/// names the kind (`device_added`, `device_revoked`, `identity_changed`, `leaf_refused`,
+/// `rejoined`), with the fields below; the names are stable.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "identity", rename_all = "snake_case")]
 pub enum IdentityView {
@@ -122,6 +123,16 @@ pub enum IdentityView {
         device: u64,
         /// Why it was refused.
         reason: String,
+    },
+    /// This device could not process a commit of `group` and rejoined it by an external
+    /// commit: it is live again; `unreadable` messages of the epochs it skipped are lost.
+    Rejoined {
+        /// The group's name.
+        group: String,
+        /// The group's id (hex).
+        group_id: String,
+        /// Entries of the skipped epochs that could not be read.
+        unreadable: usize,
     },
 }
 
@@ -171,6 +182,12 @@ impl IdentityView {
                 escape(group),
                 escape(user),
                 escape(reason)
+            ),
+            IdentityView::Rejoined {
+                group, unreadable, ..
+            } => format!(
+                "rejoined {} ({unreadable} messages could not be read)",
+                escape(group)
             ),
         }
     }
@@ -397,6 +414,20 @@ mod tests {
             refused.line(),
             "refused a member of friends claiming to be alice (device 7): it is certified by \
              another identity than the user's; its messages are not shown"
+        );
+        let rejoined = IdentityView::Rejoined {
+            group: "friends".into(),
+            group_id: "00".repeat(16),
+            unreadable: 3,
+        };
+        assert_eq!(
+            json(&rejoined),
+            serde_json::json!({"identity": "rejoined", "group": "friends",
+                "group_id": "00".repeat(16), "unreadable": 3})
+        );
+        assert_eq!(
+            rejoined.line(),
+            "rejoined friends (3 messages could not be read)"
         );
     }
 

@@ -36,9 +36,11 @@ Prints `group <from> text` per message, or with --json one object per line:
   {\"group\":\"friends\",\"from\":\"alice\",\"text\":\"hi\",\"id\":\"..\",\"sent_at\":1700000000000}
 Warnings (an entry that could not be read, a member's device their signed list does not name,
 ...) go to stderr as `warning: ...`, or with --json as {\"warning\":\"...\"} lines. Identity
-events (a contact added or revoked a device, changed identity key, a refused member) print as
-`-- ...` lines, or with --json as {\"identity\":\"device_added\",\"user\":\"alice\",...} lines (kinds:
-device_added, device_revoked, identity_changed, leaf_refused).")]
+events (a contact added or revoked a device, changed identity key, a refused member) and a
+rejoin (this device could not follow a group and rejoined it: `-- rejoined GROUP (N messages
+could not be read)`) print as `-- ...` lines, or with --json as
+{\"identity\":\"device_added\",\"user\":\"alice\",...} lines (kinds: device_added,
+device_revoked, identity_changed, leaf_refused, rejoined).")]
 pub struct SyncArgs {
     /// One JSON object per line (group, group_id, from, device, text, id, sent_at).
     #[arg(long)]

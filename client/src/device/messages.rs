@@ -200,6 +200,15 @@ impl Device {
                     self.unprinted.push_back(Incoming::Identity(view));
                     None
                 }
+                SessionEvent::Core(Event::Rejoined { group, unreadable }) => {
+                    let view = IdentityView::Rejoined {
+                        group: self.group_name(group).await,
+                        group_id: group.to_hex(),
+                        unreadable,
+                    };
+                    self.unprinted.push_back(Incoming::Identity(view));
+                    None
+                }
                 SessionEvent::Core(Event::KeyChanged { user, .. }) => Some(format!(
                     "WARNING: a device key of {user} changed; compare `cove safety-number {user}` with them"
                 )),

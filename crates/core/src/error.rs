@@ -228,6 +228,10 @@ pub enum EntryError {
         /// Why it was refused.
         reason: crate::identity::LeafRefusal,
     },
+    /// The sender: an external commit (a member rejoining) that removes a leaf other than
+    /// the joiner's own old one.
+    #[error("an external commit removes a leaf other than the joiner's own")]
+    ExternalRemovesOthers,
     /// The sender: a standalone proposal (Cove commits proposals at once).
     #[error("proposals are not used by Cove")]
     Proposal,
@@ -623,6 +627,53 @@ pub enum Warning {
         /// Why.
         reason: Shared<EntryError>,
     },
+    /// This device rejoined a group by an external commit (it could not process a commit
+    /// of its log): the entries of the epochs it skipped cannot be read and were dropped.
+    #[error(
+        "rejoined group {group}: {count} entries of the epochs this device could not follow \
+         cannot be read and were dropped"
+    )]
+    RejoinDropped {
+        /// The group.
+        group: cove_wire::GroupId,
+        /// How many entries were dropped.
+        count: usize,
+    },
+    /// A rejoin of a group by an external commit failed (retried when a later commit of
+    /// the group cannot be processed, or at the next connection).
+    #[error("could not rejoin group {group}: {reason}")]
+    RejoinFailed {
+        /// The group.
+        group: cove_wire::GroupId,
+        /// Why.
+        reason: Shared<RejoinError>,
+    },
+}
+
+/// Why a rejoin by an external commit failed ([`Warning::RejoinFailed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RejoinError {
+    /// The relay refused to serve the group's public state, or the rejoin commit.
+    #[error("the relay refused: {0}")]
+    Refused(cove_wire::ErrorReply),
+    /// The relay answered with something else than expected.
+    #[error("unexpected reply {0:?}")]
+    UnexpectedReply(cove_wire::Reply),
+    /// The relay's GroupInfo or ratchet tree does not decode.
+    #[error("the group's public state does not decode: {0}")]
+    Undecodable(String),
+    /// This device has no certificate (or is not registered) to put in its new leaf.
+    #[error("this device has no device certificate yet")]
+    NoCertificate,
+    /// openmls could not build the external commit.
+    #[error("building the external commit failed: {0}")]
+    Build(String),
+    /// Other members committed every time this device tried.
+    #[error("other members committed first {0} times in a row")]
+    TooManyRaces(u32),
+    /// This device: storage failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
 }
 
 /// Why entries of a group wait unprocessed ([`Warning::EntriesKept`]).

@@ -83,6 +83,15 @@ pub enum Event {
         /// The group.
         group: GroupId,
     },
+    /// This device could not process a commit of a group's log and rejoined the group by
+    /// an external commit from the relay's public state: it is live again at a new epoch;
+    /// the `unreadable` entries of the epochs it skipped were dropped.
+    Rejoined {
+        /// The group.
+        group: GroupId,
+        /// Entries of the skipped epochs that could not be read.
+        unreadable: usize,
+    },
     /// A device key of `user` differs from the key pinned on first sight. The new key is
     /// not trusted until the user accepts it (`Client::accept_key_change`).
     KeyChanged {

@@ -527,3 +527,90 @@ async fn a_revoked_laptop_is_removed_from_its_groups_and_others_are_told() {
         d.close().await;
     }
 }
+
+/// Through the real relay and bob's real (encrypted SQLite) store: while bob's client is
+/// closed, his keys of the group's current epoch are lost from his store; alice updates her
+/// keys. Bob's reopened client cannot process that commit, rejoins by itself (`Rejoined`,
+/// nothing unreadable), both end in the same epoch with equal authenticators, and messages
+/// flow both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lost_its_epoch_keys_rejoins_by_itself() {
+    use cove_core::cove_store::StorageProvider as _;
+    use openmls::prelude::GroupEpoch;
+
+    let net = Net::sqlite().await;
+    let mut alice = net.user("alice").await;
+    let mut bob = net.user("bob").await;
+    alice.create_group("g").await.unwrap();
+    alice.add_users("g", &names(&["bob"])).await.unwrap();
+    joined(&mut bob).await;
+    bob.settle().await.unwrap();
+    let group = group_id(&alice, "g").await;
+    let (epoch, _) = bob.epoch_state(group).await.unwrap().unwrap();
+
+    bob.close().await;
+    {
+        let key = database_key(&net.home("bob"));
+        let store = SqliteStore::open_encrypted(
+            net.home("bob").database_path(),
+            &key,
+            cove_core::cove_store::Durability::Process,
+        )
+        .unwrap();
+        let mls_id = MlsGroupId::from_slice(&group.0);
+        let state = MlsGroup::load(&store, &mls_id).unwrap().unwrap();
+        assert_eq!(state.epoch().as_u64(), epoch);
+        store
+            .delete_encryption_epoch_key_pairs(
+                &mls_id,
+                &GroupEpoch::from(epoch),
+                state.own_leaf_index().u32(),
+            )
+            .unwrap();
+    }
+    alice
+        .session()
+        .op(WAIT, |c| c.update_keys(cove::session::now_ms(), "g"))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut bob = Device::open(&net.home("bob")).await.unwrap();
+    until(
+        &mut bob,
+        "the rejoin",
+        |e| matches!(e, Event::Rejoined { group: g, unreadable: 0 } if *g == group),
+    )
+    .await;
+    // Alice takes bob's external commit before she writes (a message of the epoch before
+    // it is one bob never had the keys of).
+    let rejoined_epoch = bob.epoch_state(group).await.unwrap().unwrap().0;
+    assert_eq!(rejoined_epoch, epoch + 2);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while alice.epoch_state(group).await.unwrap().unwrap().0 != rejoined_epoch {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice did not take bob's rejoin in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    alice.send_text("g", "welcome back").await.unwrap();
+    let shown = until(
+        &mut bob,
+        "alice's message",
+        |e| matches!(e, Event::Message(m) if m.text == "welcome back"),
+    )
+    .await;
+    assert_eq!(texts(&shown), ["welcome back"]);
+    bob.send_text("g", "thanks").await.unwrap();
+    until(
+        &mut alice,
+        "bob's message",
+        |e| matches!(e, Event::Message(m) if m.text == "thanks"),
+    )
+    .await;
+    let (a_epoch, a_auth) = alice.epoch_state(group).await.unwrap().unwrap();
+    let (b_epoch, b_auth) = bob.epoch_state(group).await.unwrap().unwrap();
+    assert_eq!(a_epoch, epoch + 2);
+    assert_eq!((a_epoch, a_auth), (b_epoch, b_auth));
+}

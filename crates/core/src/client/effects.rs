@@ -47,6 +47,10 @@ pub(super) enum Pending {
     /// Leaving a group at the relay without MLS state (a Welcome not taken, or a group
     /// never joined).
     LeaveGroup,
+    /// A rejoin's fetch of the group's public state.
+    FetchGroupState { group: GroupId },
+    /// A rejoin's external commit.
+    PostRejoin { group: GroupId },
 }
 
 impl Pending {
@@ -67,6 +71,8 @@ impl Pending {
             Pending::PublishList { .. } => "publishing the device list",
             Pending::ObserveList { .. } => "fetching a device list",
             Pending::LeaveGroup => "leaving a group at the relay",
+            Pending::FetchGroupState { .. } => "fetching a group's public state",
+            Pending::PostRejoin { .. } => "a rejoin's external commit",
         }
     }
 }

@@ -87,6 +87,9 @@ pub(super) struct Applied {
     pub(super) refresh: BTreeSet<UserName>,
     /// The key of the sender's leaf of a message, found trusted.
     pub(super) trusted_sender: Option<cove_wire::DeviceKey>,
+    /// A commit at this device's current epoch that MLS could not process: this device's
+    /// state no longer matches the group's (it rejoins).
+    pub(super) unprocessable_commit: bool,
 }
 
 impl Inbound {
@@ -280,6 +283,7 @@ pub(super) fn apply<S: Store>(
 ) -> Result<Applied, HandleError> {
     let group = entry.group;
     let stream = Stream::Group(group);
+    let epoch_before = cx.groups.epoch(&group);
     cx.provider.store().begin()?;
     let result = apply_in_tx(cx.reborrow(), trust, now_ms, entry, leaves);
     let store = cx.provider.store();
@@ -312,7 +316,13 @@ pub(super) fn apply<S: Store>(
             let _ = store.rollback();
             cx.groups.reload(store, &group);
             store.transaction(advance)?;
-            let mut applied = Applied::default();
+            let mut applied = Applied {
+                unprocessable_commit: matches!(entry.kind, EntryKind::Commit { .. })
+                    && matches!(reason, EntryError::Process(_))
+                    && !cx.me.is(entry.sender)
+                    && epoch_before == Some(entry.epoch.0),
+                ..Applied::default()
+            };
             if let EntryError::RefusedSender {
                 user,
                 device,
@@ -403,13 +413,24 @@ fn apply_in_tx<S: Store>(
     let processed = mls
         .process_message(cx.provider, protocol)
         .map_err(EntryError::Process)?;
-    let (sender_leaf, sender_id) = match processed.sender() {
-        Sender::Member(idx) => (
+    let external = matches!(processed.sender(), Sender::NewMemberCommit);
+    let (sender_leaf, sender_id) = match (processed.sender(), processed.content()) {
+        (Sender::Member(idx), _) => (
             idx.u32(),
             mls.member_at(*idx)
                 .and_then(|m| member_id(&m).ok())
                 .ok_or(EntryError::UnknownSender)?,
         ),
+        // A member rejoining by an external commit: the joiner is its new leaf, checked
+        // below like every leaf a commit brings in.
+        (Sender::NewMemberCommit, ProcessedMessageContent::StagedCommitMessage(staged)) => {
+            let leaf = staged
+                .update_path_leaf_node()
+                .ok_or(EntryError::UnknownSender)?;
+            let mut id = parse_credential(leaf.credential())?;
+            id.key = leaf.signature_key().as_slice().to_vec();
+            (u32::MAX, id)
+        }
         _ => return Err(EntryError::NotFromMember),
     };
     if sender_id.device != entry.sender {
@@ -510,6 +531,14 @@ fn apply_in_tx<S: Store>(
                 .filter_map(|p| mls.member_at(p.remove_proposal().removed()))
                 .filter_map(|m| member_id(&m).ok())
                 .collect();
+            // A rejoin removes at most the joiner's own old leaf.
+            if external
+                && removed
+                    .iter()
+                    .any(|m| m.device != sender_id.device || m.user != sender_id.user)
+            {
+                return Err(EntryError::ExternalRemovesOthers);
+            }
             // A committer's new leaf (update path) must keep its credential and key.
             let updated = match staged.update_path_leaf_node() {
                 Some(leaf) => {
@@ -543,7 +572,7 @@ fn apply_in_tx<S: Store>(
             out.refused = refused;
             out.refresh = removed
                 .iter()
-                .filter(|m| !cx.me.is(m.device))
+                .filter(|m| !cx.me.is(m.device) && !external)
                 .map(|m| m.user.clone())
                 .collect();
             mls.merge_staged_commit(cx.provider, *staged)
@@ -584,7 +613,8 @@ fn apply_in_tx<S: Store>(
                 .filter(|id| !leaves.was_refused(group, &id.key))
                 .cloned()
                 .collect();
-            if !trusted_added.is_empty() || !trusted_removed.is_empty() {
+            // A rejoin changes no membership: the same device has a new leaf.
+            if !external && (!trusted_added.is_empty() || !trusted_removed.is_empty()) {
                 events.push(Event::MembersChanged {
                     group,
                     by: sender_id.user.clone(),

@@ -26,6 +26,7 @@
 //!               commits and commit races, leave requests of others
 //! welcome       Welcomes: joining a group from the inbox
 //! inbound       Inbound: group log entries: route, park, apply
+//! rejoin        Rejoins: rejoining a group this device cannot follow, by external commit
 //! mod           Client: the dispatcher and the public API
 //! ```
 
@@ -42,6 +43,7 @@ mod link_history;
 mod mls;
 mod outbox;
 mod own_list;
+mod rejoin;
 mod trust;
 mod welcome;
 
@@ -65,6 +67,7 @@ use self::inbound::{Inbound, Route};
 use self::key_packages::KeyPackages;
 use self::leaves::{Leaves, RefusedLeaf};
 use self::outbox::Outbox;
+use self::rejoin::Rejoins;
 use self::trust::Trust;
 use self::welcome::Inboxed;
 use crate::content::{Content, MAX_TEXT_BYTES};
@@ -80,6 +83,7 @@ pub use self::mls::{
     credential_identity,
 };
 pub use self::outbox::{MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS};
+pub use self::rejoin::MAX_REJOIN_ATTEMPTS;
 pub use self::trust::safety_number;
 
 /// A Cove device: the sans-IO client core. See the crate docs for the main loop.
@@ -117,6 +121,8 @@ pub struct Client<S: Store> {
     key_packages: KeyPackages,
     /// Leaf checks: what waits for device lists, refusals reported.
     leaves: Leaves,
+    /// Groups being rejoined by an external commit.
+    rejoins: Rejoins,
     /// A linked device whose user's list does not certify it yet (the authorising device's
     /// publication may be on its way): when to fetch the list again.
     certificate_retry: Option<CertificateRetry>,
@@ -218,6 +224,7 @@ impl<S: Store> Client<S> {
             trust: Trust::default(),
             key_packages: KeyPackages::default(),
             leaves: Leaves::default(),
+            rejoins: Rejoins::default(),
             certificate_retry: None,
         })
     }
@@ -646,6 +653,7 @@ impl<S: Store> Client<S> {
         self.key_packages.reset();
         self.leaves.reset();
         self.changes.disconnected();
+        self.rejoins.disconnected();
     }
 
     /// The next thing to do: a frame to send or an event for the user.
@@ -728,11 +736,15 @@ impl<S: Store> Client<S> {
             ServerFrame::BacklogDone => {
                 self.on_backlog_done()?;
                 let store = self.provider.store();
-                // Not what waits for device lists (applied when they arrive, in a moment).
+                // Not what waits for device lists (applied when they arrive, in a moment),
+                // nor a group being rejoined (its entries are dealt with then).
                 let leaves = &self.leaves;
                 let groups = &self.groups;
+                let rejoins = &self.rejoins;
                 let waiting = |g: &GroupId| {
-                    leaves.holds_group(g) || (leaves.holds_inbox() && !groups.holds(g))
+                    leaves.holds_group(g)
+                        || (leaves.holds_inbox() && !groups.holds(g))
+                        || rejoins.is_rejoining(g)
                 };
                 self.inbound
                     .report_parked(store, &self.groups, now_ms, waiting, &mut self.fx)?;
@@ -944,6 +956,19 @@ impl<S: Store> Client<S> {
         )?;
         // Restart commands.
         self.changes.restart(cx!(self), &mut self.fx);
+        // Rejoins cut off by the disconnect start over; an active group whose MLS state is
+        // missing (lost) is rejoined.
+        self.rejoins.restart(&mut self.fx);
+        let lost: Vec<GroupId> = self
+            .groups
+            .ids()
+            .filter(|g| {
+                self.groups.membership(g) == Some(Membership::Active) && !self.groups.holds(g)
+            })
+            .collect();
+        for group in lost {
+            self.rejoins.start(group, &mut self.fx);
+        }
         Ok(())
     }
 
@@ -1017,6 +1042,25 @@ impl<S: Store> Client<S> {
             (Pending::PostCommit { op }, r) => {
                 match self.changes.on_commit_posted(op, r, cx!(self), fx)? {
                     Some(group) => self.after_epoch_change(now_ms, group),
+                    None => Ok(()),
+                }
+            }
+            (Pending::FetchGroupState { group }, r) => {
+                self.rejoins.on_state(cx!(self), group, r, fx)
+            }
+            (Pending::PostRejoin { group }, r) => {
+                match self.rejoins.on_posted(cx!(self), group, r, fx)? {
+                    Some((unreadable, refused)) => {
+                        if unreadable > 0 {
+                            fx.warn(Warning::RejoinDropped {
+                                group,
+                                count: unreadable,
+                            });
+                        }
+                        fx.event(Event::Rejoined { group, unreadable });
+                        self.refuse_leaves(group, refused);
+                        self.after_epoch_change(now_ms, group)
+                    }
                     None => Ok(()),
                 }
             }
@@ -1224,6 +1268,9 @@ impl<S: Store> Client<S> {
         }
         if let Some(key) = applied.trusted_sender {
             self.leaves.trusted(group, key);
+        }
+        if applied.unprocessable_commit && self.conn == Conn::Ready {
+            self.rejoins.start(group, &mut self.fx);
         }
         if !applied.removed && !applied.left {
             self.refuse_leaves(group, applied.refused);
@@ -1487,7 +1534,7 @@ impl<S: Store> Client<S> {
 #[cfg(test)]
 mod tests {
     /// The parts in their documented order (see the module docs and ARCHITECTURE.md).
-    const PARTS: [(&str, &str); 14] = [
+    const PARTS: [(&str, &str); 15] = [
         ("effects", include_str!("effects.rs")),
         ("mls", include_str!("mls.rs")),
         ("device", include_str!("device.rs")),
@@ -1502,6 +1549,7 @@ mod tests {
         ("changes", include_str!("changes.rs")),
         ("welcome", include_str!("welcome.rs")),
         ("inbound", include_str!("inbound.rs")),
+        ("rejoin", include_str!("rejoin.rs")),
     ];
 
     /// Each part imports only parts listed before it, so there are no import cycles among

@@ -7,6 +7,7 @@ mod fuzz_corpus;
 mod link_history;
 mod outbox;
 mod parked;
+mod rejoin;
 mod relay;
 mod welcome_name;
 
