@@ -45,18 +45,35 @@ fn send<S: Store>(net: &mut Net<S>, slot: usize, text: &str) {
     op_result(net, slot, op).unwrap();
 }
 
-/// Bob cannot process alice's key update (his keys of the epoch are gone): he skips it,
-/// rejoins by himself (one `Rejoined`, nothing unreadable), alice takes his external commit,
-/// both end in the same epoch with the same authenticator and two members (bob's old leaf
-/// removed), and messages flow both ways.
-#[test]
-fn a_member_that_cannot_process_a_commit_rejoins_by_itself() {
+/// alice and bob in alice's group "friends", their events so far taken.
+fn alice_and_bob() -> (Net<MemoryStore>, usize, usize, GroupId) {
     let mut net = Net::new();
     let alice = device(&mut net, "alice");
     let bob = device(&mut net, "bob");
     let group = group_of(&mut net, alice, &["bob"]);
     net.take_events(alice);
     net.take_events(bob);
+    (net, alice, bob, group)
+}
+
+/// alice's next text reaches bob, and bob's answer reaches alice.
+fn messages_flow_both_ways<S: Store>(net: &mut Net<S>, alice: usize, bob: usize) {
+    send(net, alice, "welcome back");
+    net.run();
+    assert_eq!(texts(&net.take_events(bob)), vec!["welcome back"]);
+    net.take_events(alice);
+    send(net, bob, "thanks");
+    net.run();
+    assert_eq!(texts(&net.take_events(alice)), vec!["thanks"]);
+}
+
+/// Bob cannot process alice's key update (his keys of the epoch are gone): he skips it,
+/// rejoins by himself (one `Rejoined`, nothing unreadable), alice takes his external commit,
+/// both end in the same epoch with the same authenticator and two members (bob's old leaf
+/// removed), and messages flow both ways.
+#[test]
+fn a_member_that_cannot_process_a_commit_rejoins_by_itself() {
+    let (mut net, alice, bob, group) = alice_and_bob();
     let start = net.client(alice).epoch(&group).unwrap();
 
     lose_epoch_keys(net.client(bob), group);
@@ -94,13 +111,7 @@ fn a_member_that_cannot_process_a_commit_rejoins_by_itself() {
         "alice takes bob's rejoin without warnings: {alice_events:?}"
     );
 
-    send(&mut net, alice, "welcome back");
-    net.run();
-    assert_eq!(texts(&net.take_events(bob)), vec!["welcome back"]);
-    net.take_events(alice);
-    send(&mut net, bob, "thanks");
-    net.run();
-    assert_eq!(texts(&net.take_events(alice)), vec!["thanks"]);
+    messages_flow_both_ways(&mut net, alice, bob);
 }
 
 /// While bob's frames wait, alice updates her keys (bob cannot process it), sends a message
@@ -109,12 +120,7 @@ fn a_member_that_cannot_process_a_commit_rejoins_by_itself() {
 /// (in the `Rejoined` event and a warning). What alice sends afterwards reaches him.
 #[test]
 fn a_rejoin_drops_and_reports_the_entries_of_the_skipped_epochs() {
-    let mut net = Net::new();
-    let alice = device(&mut net, "alice");
-    let bob = device(&mut net, "bob");
-    let group = group_of(&mut net, alice, &["bob"]);
-    net.take_events(alice);
-    net.take_events(bob);
+    let (mut net, alice, bob, group) = alice_and_bob();
 
     lose_epoch_keys(net.client(bob), group);
     net.nodes[bob].hold = true;
@@ -152,12 +158,7 @@ fn a_rejoin_drops_and_reports_the_entries_of_the_skipped_epochs() {
 /// he skipped, is the one unreadable entry); both end in the same epoch.
 #[test]
 fn a_rejoin_that_loses_a_race_fetches_the_state_again() {
-    let mut net = Net::new();
-    let alice = device(&mut net, "alice");
-    let bob = device(&mut net, "bob");
-    let group = group_of(&mut net, alice, &["bob"]);
-    net.take_events(alice);
-    net.take_events(bob);
+    let (mut net, alice, bob, group) = alice_and_bob();
     let start = net.client(alice).epoch(&group).unwrap();
 
     lose_epoch_keys(net.client(bob), group);
@@ -257,25 +258,14 @@ fn a_device_whose_group_state_is_missing_rejoins_after_the_backlog() {
         net.client(alice).epoch_authenticator(&group),
         net.client(bob).epoch_authenticator(&group)
     );
-    send(&mut net, alice, "welcome back");
-    net.run();
-    assert_eq!(texts(&net.take_events(bob)), vec!["welcome back"]);
-    net.take_events(alice);
-    send(&mut net, bob, "thanks");
-    net.run();
-    assert_eq!(texts(&net.take_events(alice)), vec!["thanks"]);
+    messages_flow_both_ways(&mut net, alice, bob);
 }
 
 /// Bob's connection drops while his `FetchGroupState` is answered (the answer is lost with
 /// it): after reconnecting he fetches again and rejoins; both end in the same epoch.
 #[test]
 fn a_rejoin_cut_off_by_a_disconnect_starts_over_after_reconnecting() {
-    let mut net = Net::new();
-    let alice = device(&mut net, "alice");
-    let bob = device(&mut net, "bob");
-    let group = group_of(&mut net, alice, &["bob"]);
-    net.take_events(alice);
-    net.take_events(bob);
+    let (mut net, alice, bob, group) = alice_and_bob();
 
     lose_epoch_keys(net.client(bob), group);
     let now = net.now_ms;
@@ -316,12 +306,7 @@ fn a_rejoin_cut_off_by_a_disconnect_starts_over_after_reconnecting() {
 /// ending in alice's epoch.
 #[test]
 fn a_commit_met_in_the_backlog_starts_exactly_one_rejoin() {
-    let mut net = Net::new();
-    let alice = device(&mut net, "alice");
-    let bob = device(&mut net, "bob");
-    let group = group_of(&mut net, alice, &["bob"]);
-    net.take_events(alice);
-    net.take_events(bob);
+    let (mut net, alice, bob, group) = alice_and_bob();
     let start = net.client(alice).epoch(&group).unwrap();
 
     net.disconnect(bob);
