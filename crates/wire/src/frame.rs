@@ -217,7 +217,7 @@ pub enum Request {
     },
     /// Fetches `user`'s bundle wrapped under the recovery key (allowed before
     /// authentication): `signature` signs [`crate::sign::recovery_fetch_message`] over this
-    /// connection's challenge with the recovery auth key. Uses the challenge. Answered with
+    /// connection's challenge and channel binding with the recovery auth key. Uses the challenge. Answered with
     /// [`Reply::RecoveryBundle`], or `LoginFailed`.
     FetchRecoveryBundle {
         /// Whose bundle.

@@ -80,11 +80,19 @@ pub fn blob_request_message(method: &str, path: &str, timestamp_ms: u64, value: 
 pub const RECOVERY_FETCH_LABEL: &[u8] = b"cove/v1/recovery-fetch\0";
 
 /// What the recovery auth key signs to fetch `user`'s recovery-wrapped bundle: the relay's
-/// fresh nonce of this connection and the user, so a signature is good for one connection.
-pub fn recovery_fetch_message(nonce: &[u8; 32], user: &UserName) -> Vec<u8> {
-    let mut m = Vec::with_capacity(RECOVERY_FETCH_LABEL.len() + 32 + 1 + user.as_str().len());
+/// fresh nonce of this connection, the connection's channel binding (as in
+/// [`auth_challenge_message`]) and the user, so a signature is good for one connection to
+/// one relay and cannot be forwarded.
+pub fn recovery_fetch_message(
+    nonce: &[u8; 32],
+    channel: &ChannelBinding,
+    user: &UserName,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(RECOVERY_FETCH_LABEL.len() + 96 + 1 + user.as_str().len());
     m.extend_from_slice(RECOVERY_FETCH_LABEL);
     m.extend_from_slice(nonce);
+    m.extend_from_slice(&channel.exporter);
+    m.extend_from_slice(&channel.relay_certificate);
     m.push(user.as_str().len() as u8); // at most 32, see limits::USER_NAME_LEN
     m.extend_from_slice(user.as_str().as_bytes());
     m

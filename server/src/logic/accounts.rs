@@ -194,16 +194,16 @@ impl AccountSession {
 }
 
 /// `FetchRecoveryBundle`: the recovery-wrapped bundle if `signature` verifies with the
-/// user's recovery key over [`cove_wire::sign::recovery_fetch_message`] of `nonce` (the
-/// connection's challenge, which the caller has used up); `LoginFailed` otherwise,
-/// including for a user without an account.
+/// user's recovery key over [`cove_wire::sign::recovery_fetch_message`] of the connection's
+/// challenge (used up by the caller) and channel binding (TLS exporter, relay certificate);
+/// `LoginFailed` otherwise, including for a user without an account.
 pub fn fetch_recovery_bundle(
     store: &dyn RelayStore,
-    nonce: Option<[u8; 32]>,
+    challenge: Option<([u8; 32], cove_wire::sign::ChannelBinding)>,
     user: &UserName,
     signature: &Signature,
 ) -> Result<Reply, ErrorReply> {
-    let Some(nonce) = nonce else {
+    let Some((nonce, channel)) = challenge else {
         return Err(ErrorReply::new(
             ErrorCode::AuthenticationFailed,
             "challenge already used; reconnect",
@@ -220,7 +220,7 @@ pub fn fetch_recovery_bundle(
     let Ok(key) = VerifyingKey::from_bytes(&account.recovery_key) else {
         return Err(login_failed());
     };
-    let message = cove_wire::sign::recovery_fetch_message(&nonce, user);
+    let message = cove_wire::sign::recovery_fetch_message(&nonce, &channel, user);
     let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
     if key.verify_strict(&message, &signature).is_err() {
         info!(%user, "recovery bundle fetch refused: bad signature");

@@ -140,9 +140,10 @@ impl Connection {
     }
 
     /// Uses up the connection's challenge (for a recovery-bundle fetch): it serves one
-    /// signature check, whatever its purpose.
-    pub fn take_challenge(&mut self) -> Option<[u8; 32]> {
-        self.nonce.take()
+    /// signature check, whatever its purpose. Returned with the connection's channel
+    /// binding, which the signature covers too.
+    pub fn take_challenge(&mut self) -> Option<([u8; 32], ChannelBinding)> {
+        self.nonce.take().map(|nonce| (nonce, self.channel))
     }
 
     /// The first frame of the connection: the challenge.
@@ -358,7 +359,7 @@ pub fn account(
     store: &dyn RelayStore,
     secrets: &cove_account::ServerSecrets,
     device: Option<DeviceId>,
-    challenge: Option<[u8; 32]>,
+    challenge: Option<([u8; 32], ChannelBinding)>,
     body: Request,
 ) -> Result<Reply, ErrorReply> {
     let own_user = |device: Option<DeviceId>| match device {

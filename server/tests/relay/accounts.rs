@@ -435,8 +435,18 @@ async fn the_recovery_bundle_needs_the_recovery_keys_signature_over_the_challeng
     let (mut alice, _keys) = relay.register("alice").await.unwrap();
     let reg = register_account(&mut alice, "alice", b"pw").await;
     let auth = reg.recovery.auth_key().unwrap();
-    let sign = |key: &ed25519_dalek::SigningKey, nonce: &[u8; 32], user: &str| {
-        let message = cove_wire::sign::recovery_fetch_message(nonce, &name(user));
+    let sign = |key: &ed25519_dalek::SigningKey, c: &cove_test_utils::TestClient, user: &str| {
+        let message =
+            cove_wire::sign::recovery_fetch_message(&c.nonce(), &c.channel(), &name(user));
+        Signature(key.sign(&message).to_bytes())
+    };
+    // The right key and user over this connection's nonce, but another connection's channel
+    // binding (a signature forwarded from another TLS connection).
+    let forwarded = |key: &ed25519_dalek::SigningKey,
+                     c: &cove_test_utils::TestClient,
+                     other: &cove_test_utils::TestClient| {
+        let message =
+            cove_wire::sign::recovery_fetch_message(&c.nonce(), &other.channel(), &name("alice"));
         Signature(key.sign(&message).to_bytes())
     };
 
@@ -444,12 +454,18 @@ async fn the_recovery_bundle_needs_the_recovery_keys_signature_over_the_challeng
     // each on a fresh connection.
     let other = RecoveryKey::generate().auth_key().unwrap();
     let other_conn = relay.connect().await.unwrap();
-    for case in ["wrong key", "wrong challenge", "unknown user"] {
+    for case in [
+        "wrong key",
+        "wrong challenge",
+        "wrong channel",
+        "unknown user",
+    ] {
         let mut c = relay.connect().await.unwrap();
         let (user, signature) = match case {
-            "wrong key" => ("alice", sign(&other, &c.nonce(), "alice")),
-            "wrong challenge" => ("alice", sign(&auth, &other_conn.nonce(), "alice")),
-            _ => ("nobody", sign(&auth, &c.nonce(), "nobody")),
+            "wrong key" => ("alice", sign(&other, &c, "alice")),
+            "wrong challenge" => ("alice", sign(&auth, &other_conn, "alice")),
+            "wrong channel" => ("alice", forwarded(&auth, &c, &other_conn)),
+            _ => ("nobody", sign(&auth, &c, "nobody")),
         };
         let refused = c
             .request(Request::FetchRecoveryBundle {
@@ -463,7 +479,7 @@ async fn the_recovery_bundle_needs_the_recovery_keys_signature_over_the_challeng
 
     let mut c = relay.connect().await.unwrap();
     // The right signature on this connection's challenge: the bundle, once.
-    let signature = sign(&auth, &c.nonce(), "alice");
+    let signature = sign(&auth, &c, "alice");
     let fetch = Request::FetchRecoveryBundle {
         user: name("alice"),
         signature,
