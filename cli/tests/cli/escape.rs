@@ -1,7 +1,6 @@
 //! What other users wrote prints escaped on one line (issue 10 item 5), and `cove group info`
 //! shows the same epoch and authenticator on every member.
 
-use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 
 use super::{init, ok, relay};
@@ -37,20 +36,10 @@ async fn a_hostile_message_prints_escaped_on_one_line_in_sync_history_and_listen
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        for stream in [
-            Box::new(listen.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        let rx = crate::lines_of(vec![
+            Box::new(listen.stdout.take().unwrap()),
             Box::new(listen.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stream).lines() {
-                    if tx.send(line.unwrap()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        ]);
         // A generous deadline per line, only against a hang.
         let next = || rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap();
         let mut seen = Vec::new();

@@ -2,7 +2,6 @@
 //! existing home prints a code and waits; `cove device join CODE --server .. --ca ..` on a
 //! home that shares no files with it (only the printed code and the relay's CA path pass).
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -28,16 +27,7 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = crate::lines_of(vec![Box::new(child.stdout.take().unwrap())]);
         Running {
             child,
             lines,

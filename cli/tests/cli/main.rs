@@ -23,6 +23,25 @@ fn cove(home: &Path, args: &[&str]) -> Output {
         .expect("running cove")
 }
 
+/// The lines of `streams` (a child's stdout and/or stderr), as they come, on one channel: one
+/// reader thread per stream, each ending at end of file or when the receiver is gone.
+fn lines_of(streams: Vec<Box<dyn std::io::Read + Send>>) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for stream in streams {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
 /// Runs `cove` and returns its stdout, failing the test with its stderr if it failed.
 fn ok(home: &Path, args: &[&str]) -> String {
     let out = cove(home, args);
@@ -676,7 +695,6 @@ async fn one_last_resort_key_package_serves_two_joins_and_both_groups_work() {
 /// that is no MLS message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_prints_the_cores_warnings_as_they_happen() {
-    use std::io::BufRead as _;
     use std::process::Stdio;
 
     let dir = tempfile::tempdir().unwrap();
@@ -698,15 +716,7 @@ async fn listen_prints_the_cores_warnings_as_they_happen() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = listen.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                if tx.send(line.unwrap()).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = lines_of(vec![Box::new(listen.stderr.take().unwrap())]);
         // A generous deadline per line, only against a hang.
         let next = || rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap();
         let mut seen = Vec::new();
@@ -890,7 +900,6 @@ async fn verify_shows_the_number_and_a_changed_identity_blocks_sending_until_ver
 /// "verified":false}`; her sends to bob are not blocked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_json_prints_an_identity_change_as_it_happens() {
-    use std::io::BufRead as _;
     use std::process::Stdio;
 
     let dir = tempfile::tempdir().unwrap();
@@ -916,15 +925,7 @@ async fn listen_json_prints_an_identity_change_as_it_happens() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = listen.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                if tx.send(line.unwrap()).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = lines_of(vec![Box::new(listen.stdout.take().unwrap())]);
         rewrite_list_at_relay(&d.join("relay"), "bob", 78);
         // A commit removing bob's leaf makes alice fetch his list again.
         ok(&carol, &["group", "remove", "club", "bob"]);
