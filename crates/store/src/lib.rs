@@ -102,6 +102,12 @@ pub enum Namespace {
     DeviceList = 13,
     /// Changed identity keys of other users not verified yet: user.
     IdentityChange = 14,
+    /// The account secrets (one record; issue 11).
+    Account = 15,
+    /// The encrypted history backup's local state (issue 11).
+    Backup = 16,
+    /// The daemon's local state (issue 12).
+    Daemon = 17,
 }
 
 /// A key and its value, as returned by [`Kv::kv_scan`].
@@ -186,6 +192,19 @@ pub trait Store: Kv + StorageProvider<CURRENT_VERSION, Error = StoreError> + Sen
     /// Stores the user's identity secret.
     fn set_user_identity(&self, identity: &UserIdentity) -> Result<(), StoreError> {
         put_record(self, Namespace::UserIdentity, b"user-identity", identity)
+    }
+
+    /// The account secrets, if this device's user has a password account.
+    fn account_secrets(&self) -> Result<Option<AccountSecrets>, StoreError> {
+        get_record(self, Namespace::Account, b"account")
+    }
+    /// Stores the account secrets.
+    fn set_account_secrets(&self, secrets: &AccountSecrets) -> Result<(), StoreError> {
+        put_record(self, Namespace::Account, b"account", secrets)
+    }
+    /// Forgets the account secrets (the account was deleted).
+    fn remove_account_secrets(&self) -> Result<(), StoreError> {
+        self.kv_delete(Namespace::Account, b"account")
     }
 
     /// The identity key pinned for `user`, with the device-list head seen last.

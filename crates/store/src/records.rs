@@ -54,6 +54,26 @@ impl fmt::Debug for UserIdentity {
     }
 }
 
+/// The account secrets a device keeps once its user has a password account (issue 11): the
+/// key the history backup is encrypted with. Written by `cove init` with a password (the
+/// bundle it registers) and by `cove login` (the bundle it unwrapped).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AccountSecrets {
+    /// Whose account.
+    pub user: UserName,
+    /// The history backup key (from the account bundle). Never logged.
+    pub backup_key: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for AccountSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountSecrets")
+            .field("user", &self.user)
+            .field("backup_key", &"<redacted>")
+            .finish()
+    }
+}
+
 /// A user's identity key as pinned on first sight (or as last accepted), and the newest
 /// device-list head verified for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
