@@ -317,6 +317,32 @@ impl Home {
         }
     }
 
+    /// Locks the home's database key under `new_password` instead of the password it is
+    /// locked with now (this home's, [`Home::with_password`]): after a password change, so
+    /// the home keeps opening with the account's password. The locked key is replaced
+    /// atomically (a new file renamed over the old one). Returns whether the home was
+    /// locked (a home that is not does not change).
+    pub fn relock(&self, new_password: &str) -> Result<bool, ConfigError> {
+        if !self.is_locked() {
+            return Ok(false);
+        }
+        let key = self
+            .read_key()?
+            .ok_or_else(|| ConfigError::PasswordNeeded(self.dir.clone()))?;
+        let path = self.locked_key_path();
+        let locked = cove_account::home_key::lock(new_password.as_bytes(), key.as_bytes())
+            .map_err(|e| ConfigError::LockedKey {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut fresh = path.clone().into_os_string();
+        fresh.push(".new");
+        let fresh = PathBuf::from(fresh);
+        self.write_private(&fresh, &locked)?;
+        std::fs::rename(&fresh, &path).map_err(|e| self.io(&path, e))?;
+        Ok(true)
+    }
+
     /// Path of the database key file.
     pub fn key_path(&self) -> PathBuf {
         self.dir.join(KEY_FILE)

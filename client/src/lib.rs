@@ -12,6 +12,7 @@
 //! [`Device`] is the API the CLI, the demo, the tests and the benchmark use: open a home,
 //! run a command, wait for its completion, read messages.
 
+pub mod account;
 pub mod call;
 pub mod config;
 mod device;
@@ -25,7 +26,7 @@ pub use cove_core::{ChatMessage, Event};
 pub use cove_wire::{DeviceId, GroupId, UserName};
 pub use device::{
     DEFAULT_TIMEOUT, Device, DeviceError, DeviceListView, Incoming, LinkFailure, LinkProgress,
-    ListedDeviceView, RevokedDeviceView, Sent, message_view,
+    ListedDeviceView, RevokedDeviceView, Sent, message_view, remove_deleted_home,
 };
 pub use session::{Session, SessionError, SessionEvent};
 pub use views::{

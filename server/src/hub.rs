@@ -313,6 +313,13 @@ impl Hub {
         self.online().len()
     }
 
+    /// Closes `device`'s authenticated connection, if it has one, with `code`.
+    pub fn close_device(&self, device: DeviceId, code: ErrorCode) {
+        if let Some(presence) = self.online().get(&device) {
+            presence.outbox().close(CloseReason::Code(code));
+        }
+    }
+
     /// Closes every authenticated connection with `code`.
     pub fn close_all(&self, code: ErrorCode) {
         for presence in self.online().values() {

@@ -2,6 +2,7 @@
 //! `Args` struct (clap derive, with an `after_help` example) and an `async fn run`, then one
 //! variant in [`Command`] and one arm in [`run`].
 
+mod account;
 mod audio;
 pub(crate) mod device;
 mod files;
@@ -27,9 +28,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "COVE_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
 
-    /// Read the home's password from this file (its first line) instead of asking; for
-    /// scripts and tests. `COVE_PASSWORD` gives the password itself. Only a home created with
-    /// `cove init --lock` has a password.
+    /// Read the password from this file (its first line) instead of asking; for scripts
+    /// and tests. `COVE_PASSWORD` gives the password itself. It is the account's password
+    /// (`cove init`, `recovery-key show`, `password change`, `account delete`) and a locked
+    /// home's (`cove init --lock`).
     #[arg(long, global = true, env = "COVE_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 
@@ -46,6 +48,7 @@ const EXAMPLES: &str = "\
 Examples:
   cove demo                                     # everything in-process: relay, alice, bob, carol
   cove init --server wss://127.0.0.1:7443 --user alice --ca cove-data/tls/cert.pem
+  cove recovery-key show                        # the password account's recovery key
   cove group create friends && cove group add friends bob
   cove send friends 'hello'
   cove listen";
@@ -91,6 +94,15 @@ pub enum Command {
     Answer(cove::call::cli::AnswerArgs),
     /// List the audio devices calls can use (`--audio-in`, `--audio-out`).
     Devices(audio::DevicesArgs),
+    /// Show the password account's recovery key again.
+    #[command(subcommand)]
+    RecoveryKey(account::RecoveryKeyCommand),
+    /// Change the account's password, or reset a forgotten one with the recovery key.
+    #[command(subcommand)]
+    Password(account::PasswordCommand),
+    /// Delete the password account, every device of it and its data at the relay.
+    #[command(subcommand)]
+    Account(account::AccountCommand),
 }
 
 /// Runs one command.
@@ -109,12 +121,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => {
             let home = resolve_home(home)?;
-            let home = if args.lock {
-                home.locked_with(passwords.new_password()?)
+            let password = if args.lock || !args.no_account {
+                Some(passwords.new_password(init::why_password(&args))?)
             } else {
-                home
+                None
             };
-            init::run(home, args).await
+            let home = match (&password, args.lock) {
+                (Some(password), true) => home.locked_with(password.clone()),
+                _ => home,
+            };
+            let account = password.filter(|_| !args.no_account);
+            init::run(home, args, account).await
         }
         Command::Group(cmd) => group::run(resolve_home(home)?, cmd).await,
         Command::Groups(args) => group::run_groups(resolve_home(home)?, args).await,
@@ -133,20 +150,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Call(args) => cove::call::cli::run_call(resolve_home(home)?, args).await,
         Command::Answer(args) => cove::call::cli::run_answer(resolve_home(home)?, args).await,
         Command::Devices(args) => audio::run(args),
+        // These read only the home's configuration (a locked home's password is not
+        // needed for it): the account's password is what they ask for.
+        Command::RecoveryKey(cmd) => {
+            account::run_recovery_key(self::resolve_home(home)?, &passwords, cmd).await
+        }
+        Command::Password(cmd) => {
+            account::run_password(self::resolve_home(home).ok(), &passwords, cmd).await
+        }
+        Command::Account(cmd) => {
+            account::run_account(self::resolve_home(home)?, &passwords, cmd).await
+        }
     }
 }
 
-mod password {
+pub(crate) mod password {
     //! Where a home's password comes from: `--password-file`, `COVE_PASSWORD`, or the
     //! terminal (without echo).
 
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use anyhow::{Context as _, bail};
     use zeroize::Zeroizing;
-
-    /// Why `init --lock` asks.
-    const WHY_NEW: &str = "--lock needs a password for the new home";
 
     /// The longest password file read (a password is one line).
     const MAX_PASSWORD_FILE: u64 = 4096;
@@ -164,17 +189,7 @@ mod password {
         /// The password, from the file, the environment or the terminal.
         pub fn get(&self, prompt: &str, why: &str) -> anyhow::Result<Zeroizing<String>> {
             if let Some(path) = &self.file {
-                let meta = std::fs::metadata(path)
-                    .with_context(|| format!("reading the password file {}", path.display()))?;
-                if meta.len() > MAX_PASSWORD_FILE {
-                    bail!("{} is not a password file (over 4 KiB)", path.display());
-                }
-                let text =
-                    Zeroizing::new(std::fs::read_to_string(path).with_context(|| {
-                        format!("reading the password file {}", path.display())
-                    })?);
-                let line = text.lines().next().unwrap_or("");
-                return non_empty(Zeroizing::new(line.to_owned()));
+                return read_file(path);
             }
             if let Ok(password) = std::env::var("COVE_PASSWORD") {
                 return non_empty(Zeroizing::new(password));
@@ -189,17 +204,72 @@ mod password {
         }
 
         /// A new password: from the file or the environment as given, or typed twice.
-        pub fn new_password(&self) -> anyhow::Result<Zeroizing<String>> {
+        /// `why` says what it is for, in the error when there is no source.
+        pub fn new_password(&self, why: &str) -> anyhow::Result<Zeroizing<String>> {
             if self.file.is_some() || std::env::var_os("COVE_PASSWORD").is_some() {
-                return self.get("", WHY_NEW);
+                return self.get("", why);
             }
-            let first = self.get("new password for this Cove home: ", WHY_NEW)?;
-            let second = self.get("the same password again: ", WHY_NEW)?;
+            let first = self.get("new password: ", why)?;
+            let second = self.get("the same password again: ", why)?;
             if first != second {
                 bail!("the two passwords differ; nothing was created");
             }
             Ok(first)
         }
+    }
+
+    impl Source {
+        /// A new password for an account (a change or a reset): from `new_file`, else
+        /// `COVE_NEW_PASSWORD`, else (when `or_current`, for a reset, which asks no other
+        /// password) the ordinary source's file or `COVE_PASSWORD`, else typed twice.
+        pub fn new_account_password(
+            &self,
+            new_file: Option<&Path>,
+            or_current: bool,
+            why: &str,
+        ) -> anyhow::Result<Zeroizing<String>> {
+            if let Some(path) = new_file {
+                return read_file(path);
+            }
+            if let Ok(password) = std::env::var("COVE_NEW_PASSWORD") {
+                return non_empty(Zeroizing::new(password));
+            }
+            if or_current {
+                return self.new_password(why);
+            }
+            Source { file: None }.typed_twice(why)
+        }
+
+        fn typed_twice(&self, why: &str) -> anyhow::Result<Zeroizing<String>> {
+            if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                bail!(
+                    "{why}: set COVE_NEW_PASSWORD or pass --new-password-file FILE (there is no terminal to ask on)"
+                );
+            }
+            let first = non_empty(Zeroizing::new(rpassword::prompt_password(
+                "new password: ",
+            )?))?;
+            let second = Zeroizing::new(rpassword::prompt_password("the same password again: ")?);
+            if first != second {
+                bail!("the two passwords differ; nothing was changed");
+            }
+            Ok(first)
+        }
+    }
+
+    /// The first line of a password file.
+    fn read_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("reading the password file {}", path.display()))?;
+        if meta.len() > MAX_PASSWORD_FILE {
+            bail!("{} is not a password file (over 4 KiB)", path.display());
+        }
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the password file {}", path.display()))?,
+        );
+        let line = text.lines().next().unwrap_or("");
+        non_empty(Zeroizing::new(line.to_owned()))
     }
 
     fn non_empty(password: Zeroizing<String>) -> anyhow::Result<Zeroizing<String>> {

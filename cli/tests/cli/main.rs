@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod accounts;
 mod escape;
 mod files;
 mod link;
@@ -74,12 +75,30 @@ async fn init_create_add_send_sync_with_json() {
         let (alice, bob) = (alice2.as_path(), bob2.as_path());
         let out = ok(
             alice,
-            &["init", "--server", &server, "--user", "alice", "--ca", &ca],
+            &[
+                "init",
+                "--no-account",
+                "--server",
+                &server,
+                "--user",
+                "alice",
+                "--ca",
+                &ca,
+            ],
         );
         assert!(out.contains("alice"), "{out}");
         ok(
             bob,
-            &["init", "--server", &server, "--user", "bob", "--ca", &ca],
+            &[
+                "init",
+                "--no-account",
+                "--server",
+                &server,
+                "--user",
+                "bob",
+                "--ca",
+                &ca,
+            ],
         );
         // bob's second device, linked from the first.
         let out = ok(
@@ -154,7 +173,14 @@ fn errors_are_one_line_with_a_non_zero_exit() {
 
     let err = fails(
         &home,
-        &["init", "--server", "http://x:1", "--user", "alice"],
+        &[
+            "init",
+            "--no-account",
+            "--server",
+            "http://x:1",
+            "--user",
+            "alice",
+        ],
     );
     assert!(
         err.starts_with("error: ") && err.contains("wss://"),
@@ -173,6 +199,7 @@ fn errors_are_one_line_with_a_non_zero_exit() {
         &home,
         &[
             "init",
+            "--no-account",
             "--server",
             &format!("wss://127.0.0.1:{port}"),
             "--user",
@@ -238,6 +265,10 @@ fn every_command_has_help_with_an_example() {
         &["device", "join"],
         &["device", "revoke"],
         &["demo"],
+        &["recovery-key", "show"],
+        &["password", "change"],
+        &["password", "reset"],
+        &["account", "delete"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
@@ -262,7 +293,16 @@ async fn relay(dir: &Path) -> (cove_server::RelayHandle, String, String) {
 fn init(home: &Path, server: &str, ca: &str, user: &str) {
     ok(
         home,
-        &["init", "--server", server, "--user", user, "--ca", ca],
+        &[
+            "init",
+            "--no-account",
+            "--server",
+            server,
+            "--user",
+            user,
+            "--ca",
+            ca,
+        ],
     );
 }
 
@@ -521,7 +561,16 @@ async fn send_file_on_a_directory_and_a_taken_user_name_fail_with_the_reason() {
         let other = d.join("other-alice");
         let err = fails(
             &other,
-            &["init", "--server", &server, "--user", "alice", "--ca", &ca],
+            &[
+                "init",
+                "--no-account",
+                "--server",
+                &server,
+                "--user",
+                "alice",
+                "--ca",
+                &ca,
+            ],
         );
         assert!(err.starts_with("error: "), "{err}");
         assert!(err.contains("user name taken"), "{err}");

@@ -50,4 +50,8 @@ pub enum DeviceError {
     /// Linking a machine by a code failed.
     #[error(transparent)]
     Link(#[from] super::link_code::LinkFailure),
+    /// A password-account operation failed: a wrong password (`LoginFailed`, also for a
+    /// user without an account), a mistyped recovery key, a bundle that does not open.
+    #[error(transparent)]
+    Account(#[from] cove_account::AccountError),
 }

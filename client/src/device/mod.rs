@@ -15,7 +15,9 @@
 //! - `queries`: groups, history, safety numbers, epochs.
 //! - `groups`: group commands (create, add, remove, leave).
 //! - `attachments`: the glue for [`crate::transfer`].
+//! - `account`: registering the user's password account ([`crate::account`]).
 
+mod account;
 mod attachments;
 mod close;
 mod error;
@@ -28,6 +30,7 @@ mod messages;
 mod open;
 mod queries;
 
+pub use account::remove_deleted_home;
 pub use error::DeviceError;
 pub use handle::{DEFAULT_TIMEOUT, Device};
 pub use inbox::{Incoming, message_view};

@@ -1,19 +1,21 @@
 //! The account bundle: what a user needs on a new machine besides the password, wrapped so
 //! the relay can store it and learn nothing from it.
 //!
-//! The bundle holds the user's identity key (the Ed25519 seed that signs the device list)
-//! and the history backup key. It is wrapped twice, and the relay keeps both copies:
+//! The bundle holds the user's identity key (the Ed25519 seed that signs the device list),
+//! the history backup key and the recovery key (so any device that knows the password can
+//! show the recovery key again: `cove recovery-key show`). It is wrapped twice, and the relay keeps both copies:
 //! - under a key derived from OPAQUE's export key ([`WrapKind::Password`]), fetched only
 //!   after a successful login, so only someone who knows the password can unwrap it and the
 //!   relay cannot test a guess against it;
 //! - under a key derived from the recovery key ([`WrapKind::Recovery`]), 256 random bits
 //!   nobody can guess.
 //!
-//! Wrapped format, version 1:
+//! Wrapped format, version 2 (127 bytes; version 1, without the recovery key, was never
+//! stored by a released relay and is refused as [`AccountError::UnsupportedVersion`]):
 //!
 //! ```text
-//! version (1) = 1 | kind (1) | nonce (12) | ChaCha20-Poly1305(key, nonce, plaintext, aad)
-//! plaintext   = version (1) = 1 | identity key seed (32) | backup key (32)
+//! version (1) = 2 | kind (1) | nonce (12) | ChaCha20-Poly1305(key, nonce, plaintext, aad)
+//! plaintext   = version (1) = 2 | identity key seed (32) | backup key (32) | recovery key (32)
 //! key         = HKDF-SHA256(salt = "cove/v1/bundle-key", ikm = export key or recovery key,
 //!                           info = kind label | len(user) (1) | user)
 //! aad         = "cove/v1/account-bundle" | version | kind | len(user) (1) | user
@@ -30,15 +32,15 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::AccountError;
+use crate::{AccountError, RecoveryKey};
 
 /// The wrapped format's version.
-pub const BUNDLE_VERSION: u8 = 1;
+pub const BUNDLE_VERSION: u8 = 2;
 
-/// The length of a wrapped bundle of version 1.
+/// The length of a wrapped bundle of version 2.
 pub const WRAPPED_LEN: usize = 2 + 12 + PLAINTEXT_LEN + 16;
 
-const PLAINTEXT_LEN: usize = 1 + 32 + 32;
+const PLAINTEXT_LEN: usize = 1 + 32 + 32 + 32;
 const KEY_SALT: &[u8] = b"cove/v1/bundle-key";
 const AAD_LABEL: &[u8] = b"cove/v1/account-bundle";
 
@@ -74,6 +76,8 @@ pub struct AccountBundle {
     pub identity_key: [u8; 32],
     /// The key the history backup is encrypted with.
     pub backup_key: [u8; 32],
+    /// The recovery key's 32 bytes ([`AccountBundle::recovery_key`]).
+    pub recovery_key: [u8; 32],
 }
 
 impl std::fmt::Debug for AccountBundle {
@@ -83,14 +87,20 @@ impl std::fmt::Debug for AccountBundle {
 }
 
 impl AccountBundle {
-    /// A bundle for `identity_key` with a fresh random backup key.
+    /// A bundle for `identity_key` with a fresh random backup key and a fresh recovery key.
     pub fn new(identity_key: [u8; 32]) -> AccountBundle {
         let mut backup_key = [0u8; 32];
         OsRng.fill_bytes(&mut backup_key);
         AccountBundle {
             identity_key,
             backup_key,
+            recovery_key: *RecoveryKey::generate().as_bytes(),
         }
+    }
+
+    /// The recovery key the bundle carries.
+    pub fn recovery_key(&self) -> RecoveryKey {
+        RecoveryKey::from_bytes(self.recovery_key)
     }
 
     /// Wraps the bundle for `user` under `secret` (the export key's 64 bytes or the recovery
@@ -103,6 +113,7 @@ impl AccountBundle {
         data.push(BUNDLE_VERSION);
         data.extend_from_slice(&self.identity_key);
         data.extend_from_slice(&self.backup_key);
+        data.extend_from_slice(&self.recovery_key);
         key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(aad(user, kind)?),
@@ -151,9 +162,11 @@ impl AccountBundle {
         let mut bundle = AccountBundle {
             identity_key: [0; 32],
             backup_key: [0; 32],
+            recovery_key: [0; 32],
         };
         bundle.identity_key.copy_from_slice(&plain[1..33]);
         bundle.backup_key.copy_from_slice(&plain[33..65]);
+        bundle.recovery_key.copy_from_slice(&plain[65..97]);
         Ok(bundle)
     }
 }

@@ -39,6 +39,12 @@ impl RecoveryKey {
         RecoveryKey(key)
     }
 
+    /// The key of these 32 secret bytes (as [`RecoveryKey::as_bytes`] gave them, e.g. from
+    /// an unwrapped account bundle).
+    pub fn from_bytes(bytes: [u8; 32]) -> RecoveryKey {
+        RecoveryKey(bytes)
+    }
+
     /// The 32 secret bytes (the bundle's wrapping secret).
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

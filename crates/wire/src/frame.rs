@@ -225,6 +225,36 @@ pub enum Request {
         /// Signature by the recovery auth key.
         signature: Signature,
     },
+    /// Starts replacing the password of the user this connection proved itself to be on
+    /// this connection: by a successful `AccountLoginFinish` (a password change: the current
+    /// password) or a successful `FetchRecoveryBundle` (a reset: the recovery key). `request`
+    /// is OPAQUE's registration request for the new password. Answered with
+    /// [`Reply::AccountRegisterResponse`]; `Unauthenticated` without such a proof.
+    AccountPasswordStart {
+        /// OPAQUE's `RegistrationRequest`.
+        request: Payload,
+    },
+    /// Finishes the replacement started on this connection: the relay replaces the record,
+    /// the KSF version and the password-wrapped bundle in one transaction (the recovery
+    /// bundle stays). After a recovery fetch (a reset) `reset_signature` must be the
+    /// recovery auth key's signature over [`crate::sign::password_reset_message`]; after a
+    /// login it must be `None`. Uses up the proof. Answered with
+    /// [`Reply::AccountPasswordChanged`].
+    AccountPasswordFinish {
+        /// OPAQUE's `RegistrationUpload` for the new password.
+        upload: Payload,
+        /// The account bundle wrapped under the new export key (`bundle::WRAPPED_LEN` bytes).
+        password_bundle: Payload,
+        /// For a reset: the recovery auth key's signature binding the upload and bundle to
+        /// this connection.
+        reset_signature: Option<Signature>,
+    },
+    /// Deletes the account of the user this connection logged in as with the password
+    /// (`AccountLoginFinish` on this connection): the record, both bundles, the device
+    /// list, every device of the user (KeyPackages, inboxes, group memberships, sessions)
+    /// and the blobs they uploaded; the name is free again. Answered with
+    /// [`Reply::AccountDeleted`]; `Unauthenticated` without the login.
+    AccountDelete,
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -424,6 +454,10 @@ pub enum Reply {
         /// The wrapped bundle.
         recovery_bundle: Payload,
     },
+    /// The new password is stored (answer to `AccountPasswordFinish`).
+    AccountPasswordChanged,
+    /// The user and everything of it is gone from the relay (answer to `AccountDelete`).
+    AccountDeleted,
 }
 
 /// Why a link slot closed (in [`ServerFrame::LinkClosed`]).

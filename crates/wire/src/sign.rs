@@ -98,6 +98,45 @@ pub fn recovery_fetch_message(
     m
 }
 
+/// Label for resetting a password with the recovery key.
+pub const PASSWORD_RESET_LABEL: &[u8] = b"cove/v1/password-reset\0";
+
+/// What the recovery auth key signs to reset `user`'s password on a connection that fetched
+/// the recovery bundle with `nonce` and `channel` (as [`recovery_fetch_message`], under
+/// another label): the new OPAQUE `upload` and the new `password_bundle` in full, each
+/// after its length (2 bytes, big-endian; both are bounded far below 64 KiB by
+/// `limits::MAX_ACCOUNT_MESSAGE_BYTES`). A signature is good for this connection, relay,
+/// user, record and bundle only: it cannot be forwarded, replayed or put on other bytes.
+pub fn password_reset_message(
+    nonce: &[u8; 32],
+    channel: &ChannelBinding,
+    user: &UserName,
+    upload: &[u8],
+    password_bundle: &[u8],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(
+        PASSWORD_RESET_LABEL.len()
+            + 96
+            + 1
+            + user.as_str().len()
+            + 4
+            + upload.len()
+            + password_bundle.len(),
+    );
+    m.extend_from_slice(PASSWORD_RESET_LABEL);
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(&channel.exporter);
+    m.extend_from_slice(&channel.relay_certificate);
+    m.push(user.as_str().len() as u8); // at most 32, see limits::USER_NAME_LEN
+    m.extend_from_slice(user.as_str().as_bytes());
+    for part in [upload, password_bundle] {
+        let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
+        m.extend_from_slice(&len.to_be_bytes());
+        m.extend_from_slice(part);
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

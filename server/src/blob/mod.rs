@@ -152,6 +152,12 @@ impl BlobService {
         sweep(&self.inner)
     }
 
+    /// Deletes every blob `owner` uploaded (see [`BlobStore::delete_owner`]); returns how
+    /// many. Blocks on disk.
+    pub fn delete_owner(&self, owner: &UserName) -> Result<usize, BlobStoreError> {
+        self.inner.blobs.delete_owner(owner)
+    }
+
     /// The blob-store backend.
     pub fn blobs(&self) -> &Arc<dyn BlobStore> {
         &self.inner.blobs

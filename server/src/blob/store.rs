@@ -113,6 +113,10 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Deletes every blob whose expiry is at or before `now_ms`, except those with an append
     /// running (a later sweep gets them); returns how many were deleted.
     fn sweep(&self, now_ms: u64) -> Result<usize, BlobStoreError>;
+    /// Deletes every blob `owner` created (its account is being deleted); one with an
+    /// append running is made to expire now instead, so the next sweep deletes it. Returns
+    /// how many were deleted now.
+    fn delete_owner(&self, owner: &UserName) -> Result<usize, BlobStoreError>;
 }
 
 /// Blob files under a directory, metadata in a SQLite file beside them.
@@ -324,6 +328,32 @@ impl BlobStore for FsBlobStore {
             .execute("DELETE FROM blobs WHERE id = ?1", params![id.0.as_slice()])?;
         drop(writing);
         Ok(())
+    }
+
+    fn delete_owner(&self, owner: &UserName) -> Result<usize, BlobStoreError> {
+        let owned: Vec<Vec<u8>> = {
+            let db = self.db()?;
+            let mut stmt = db.prepare("SELECT id FROM blobs WHERE owner = ?1")?;
+            let rows = stmt.query_map(params![owner.as_str()], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut n = 0;
+        for raw in owned {
+            let Ok(arr) = <[u8; 16]>::try_from(raw.as_slice()) else {
+                continue;
+            };
+            match self.delete(&BlobId(arr)) {
+                Ok(()) => n += 1,
+                Err(BlobStoreError::Busy) => {
+                    self.db()?.execute(
+                        "UPDATE blobs SET expires_ms = 0 WHERE id = ?1",
+                        params![raw.as_slice()],
+                    )?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
     }
 
     fn sweep(&self, now_ms: u64) -> Result<usize, BlobStoreError> {

@@ -28,6 +28,23 @@ struct PendingLogin {
     password_bundle: Option<Vec<u8>>,
 }
 
+/// A recovery-bundle fetch that succeeded on this connection: what a reset's signature
+/// must cover.
+struct Recovered {
+    user: UserName,
+    nonce: [u8; 32],
+    channel: cove_wire::sign::ChannelBinding,
+    key: VerifyingKey,
+}
+
+/// A password replacement between its start and its finish.
+struct Replacing {
+    user: UserName,
+    /// For a reset: the recovery proof the finish's signature is checked against; `None`
+    /// for a change after a password login.
+    reset: Option<Recovered>,
+}
+
 /// One connection's account state.
 #[derive(Default)]
 pub struct AccountSession {
@@ -37,6 +54,14 @@ pub struct AccountSession {
     login: Option<PendingLogin>,
     /// The user this connection logged in as with a password.
     logged_in: Option<UserName>,
+    /// The user whose recovery bundle this connection fetched (the recovery key's proof).
+    recovered: Option<Recovered>,
+    /// A password change or reset in progress.
+    replacing: Option<Replacing>,
+    /// The devices of the user this connection just deleted, for the connection layer to
+    /// disconnect (and their user, whose blobs it removes); taken with
+    /// [`AccountSession::take_deleted`].
+    deleted: Option<(UserName, Vec<cove_wire::DeviceId>)>,
 }
 
 impl std::fmt::Debug for AccountSession {
@@ -72,6 +97,150 @@ impl AccountSession {
     /// The user this connection logged in as with a password, if any.
     pub fn logged_in(&self) -> Option<&UserName> {
         self.logged_in.as_ref()
+    }
+
+    /// The user an `AccountDelete` on this connection just deleted, with its devices (to
+    /// disconnect); `None` otherwise.
+    pub fn take_deleted(&mut self) -> Option<(UserName, Vec<cove_wire::DeviceId>)> {
+        self.deleted.take()
+    }
+
+    /// `AccountPasswordStart`: the registration response for the new password of the user
+    /// this connection proved itself to be, by the recovery key (a fetch: a reset) or else
+    /// by the password (a login: a change). Uses the proof up.
+    pub fn password_start(
+        &mut self,
+        store: &dyn RelayStore,
+        secrets: &ServerSecrets,
+        request: &Payload,
+    ) -> Result<Reply, ErrorReply> {
+        too_large(request)?;
+        self.replacing = None;
+        let replacing = if let Some(recovered) = self.recovered.take() {
+            Replacing {
+                user: recovered.user.clone(),
+                reset: Some(recovered),
+            }
+        } else if let Some(user) = self.logged_in.take() {
+            Replacing { user, reset: None }
+        } else {
+            return Err(ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                "log in with the password or fetch the recovery bundle first",
+            ));
+        };
+        if store
+            .account(&replacing.user)
+            .map_err(|e| store_error_reply(&e))?
+            .is_none()
+        {
+            return Err(login_failed());
+        }
+        let response =
+            opaque::server_register_start(secrets, replacing.user.as_str(), request.as_bytes())
+                .map_err(|e| malformed(&e))?;
+        self.replacing = Some(replacing);
+        Ok(Reply::AccountRegisterResponse {
+            response: Payload(response),
+        })
+    }
+
+    /// `AccountPasswordFinish`: replaces the record, the KSF version and the password
+    /// bundle atomically. A reset needs the recovery key's signature over
+    /// [`cove_wire::sign::password_reset_message`] (`LoginFailed` otherwise); a change must
+    /// carry none.
+    pub fn password_finish(
+        &mut self,
+        store: &dyn RelayStore,
+        upload: &Payload,
+        password_bundle: Payload,
+        reset_signature: Option<Signature>,
+    ) -> Result<Reply, ErrorReply> {
+        too_large(upload)?;
+        let Some(replacing) = self.replacing.take() else {
+            return Err(invalid("no password change started on this connection"));
+        };
+        if password_bundle.len() != WRAPPED_LEN {
+            return Err(invalid("a wrapped bundle of the wrong length"));
+        }
+        match (&replacing.reset, reset_signature) {
+            (Some(proof), Some(signature)) => {
+                let message = cove_wire::sign::password_reset_message(
+                    &proof.nonce,
+                    &proof.channel,
+                    &proof.user,
+                    upload.as_bytes(),
+                    password_bundle.as_bytes(),
+                );
+                let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
+                if proof.key.verify_strict(&message, &signature).is_err() {
+                    info!(user = %proof.user, "password reset refused: bad signature");
+                    return Err(login_failed());
+                }
+            }
+            (Some(_), None) => return Err(invalid("a reset needs the recovery key's signature")),
+            (None, Some(_)) => return Err(invalid("a password change carries no signature")),
+            (None, None) => {}
+        }
+        let record =
+            opaque::server_register_finish(upload.as_bytes()).map_err(|e| malformed(&e))?;
+        store
+            .replace_password(
+                &replacing.user,
+                record,
+                KSF_VERSION,
+                password_bundle.into_vec(),
+            )
+            .map_err(|e| store_error_reply(&e))?;
+        let how = if replacing.reset.is_some() {
+            "reset with the recovery key"
+        } else {
+            "changed"
+        };
+        info!(user = %replacing.user, "password {how}");
+        Ok(Reply::AccountPasswordChanged)
+    }
+
+    /// `AccountDelete`: deletes the user this connection logged in as with the password, and
+    /// everything of it ([`RelayStore::delete_user`]). Uses the login up.
+    pub fn delete(&mut self, store: &dyn RelayStore) -> Result<Reply, ErrorReply> {
+        let Some(user) = self.logged_in.take() else {
+            return Err(ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                "log in with the password first",
+            ));
+        };
+        let devices = store
+            .delete_user(&user)
+            .map_err(|e| store_error_reply(&e))?;
+        info!(%user, devices = devices.len(), "account deleted");
+        self.deleted = Some((user, devices));
+        Ok(Reply::AccountDeleted)
+    }
+
+    /// `FetchRecoveryBundle` ([`fetch_recovery_bundle`]); on success the connection holds
+    /// the recovery key's proof for a reset.
+    pub fn fetch_recovery(
+        &mut self,
+        store: &dyn RelayStore,
+        challenge: Option<([u8; 32], cove_wire::sign::ChannelBinding)>,
+        user: &UserName,
+        signature: &Signature,
+    ) -> Result<Reply, ErrorReply> {
+        self.recovered = None;
+        let reply = fetch_recovery_bundle(store, challenge, user, signature)?;
+        // The fetch verified: the proof is the challenge it used and the key it checked.
+        if let (Some((nonce, channel)), Ok(Some(account))) = (challenge, store.account(user))
+            && let Ok(key) = VerifyingKey::from_bytes(&account.recovery_key)
+        {
+            self.recovered = Some(Recovered {
+                user: user.clone(),
+                nonce,
+                channel,
+                key,
+            });
+        }
+        Ok(reply)
     }
 
     /// `AccountRegisterStart` of the authenticated connection of `user`: the registration

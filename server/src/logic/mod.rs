@@ -84,8 +84,9 @@ pub enum Route {
     TurnCredentials(DeviceId),
     /// Any other request of an authenticated device: [`request`].
     Request(DeviceId, Request),
-    /// A password-account request: `AccountLoginStart`, `AccountLoginFinish` and
-    /// `FetchRecoveryBundle` of any connection, `AccountRegisterStart` and
+    /// A password-account request: `AccountLoginStart`, `AccountLoginFinish`,
+    /// `FetchRecoveryBundle`, `AccountPasswordStart`, `AccountPasswordFinish` and
+    /// `AccountDelete` of any connection, `AccountRegisterStart` and
     /// `AccountRegisterFinish` of an authenticated one (its device given): [`account`].
     Account(Option<DeviceId>, Request),
     /// A link rendezvous request (`OpenLink` of an authenticated device, `JoinLink` and
@@ -251,7 +252,10 @@ impl Connection {
             (
                 body @ (Request::AccountLoginStart { .. }
                 | Request::AccountLoginFinish { .. }
-                | Request::FetchRecoveryBundle { .. }),
+                | Request::FetchRecoveryBundle { .. }
+                | Request::AccountPasswordStart { .. }
+                | Request::AccountPasswordFinish { .. }
+                | Request::AccountDelete),
                 device,
             ) => Route::Account(device, body),
             (
@@ -399,8 +403,17 @@ pub fn account(
         }
         Request::AccountLoginFinish { finalization } => session.login_finish(&finalization),
         Request::FetchRecoveryBundle { user, signature } => {
-            fetch_recovery_bundle(store, challenge, &user, &signature)
+            session.fetch_recovery(store, challenge, &user, &signature)
         }
+        Request::AccountPasswordStart { request } => {
+            session.password_start(store, secrets, &request)
+        }
+        Request::AccountPasswordFinish {
+            upload,
+            password_bundle,
+            reset_signature,
+        } => session.password_finish(store, &upload, password_bundle, reset_signature),
+        Request::AccountDelete => session.delete(store),
         Request::PublishDeviceList { entries } => match session.logged_in() {
             Some(user) => device_lists::publish_logged_in(store, user, entries.0),
             None => Err(ErrorReply::new(

@@ -171,7 +171,10 @@ pub fn request(
         | Request::AccountRegisterFinish { .. }
         | Request::AccountLoginStart { .. }
         | Request::AccountLoginFinish { .. }
-        | Request::FetchRecoveryBundle { .. } => {
+        | Request::FetchRecoveryBundle { .. }
+        | Request::AccountPasswordStart { .. }
+        | Request::AccountPasswordFinish { .. }
+        | Request::AccountDelete => {
             error!("request routed to the wrong handler");
             Err(ErrorReply::new(ErrorCode::Internal, "internal error"))
         }

@@ -238,7 +238,31 @@ impl Session {
         .await;
         let (account, answer) = done.map_err(|e| store_error_reply(&e))?;
         self.account = account;
+        if let Some((user, devices)) = self.account.take_deleted() {
+            self.deleted(user, devices).await;
+        }
         answer
+    }
+
+    /// After an account deletion: closes the deleted devices' connections (this one after
+    /// its answer, if it is one of them) and deletes the user's blobs before answering.
+    async fn deleted(&mut self, user: cove_wire::UserName, devices: Vec<cove_wire::DeviceId>) {
+        for device in &devices {
+            if self.conn.device() == Some(*device) {
+                self.close_after_answer = Some(ErrorCode::UnknownDevice);
+            } else {
+                self.shared
+                    .hub
+                    .close_device(*device, ErrorCode::UnknownDevice);
+            }
+        }
+        let shared = Arc::clone(&self.shared);
+        let done = tokio::task::spawn_blocking(move || shared.blob.delete_owner(&user)).await;
+        match done {
+            Ok(Ok(n)) => info!(blobs = n, "deleted the user's blobs"),
+            Ok(Err(e)) => tracing::error!(error = %e, "could not delete a deleted user's blobs"),
+            Err(e) => tracing::error!(error = %e, "blob deletion task failed"),
+        }
     }
 
     pub(super) async fn post(&self, id: RequestId, post: NewPost) -> Result<(), ErrorReply> {

@@ -92,6 +92,8 @@ macro_rules! relay_store_conformance {
             a_device_leaves_without_mls_state,
             accounts_are_stored_once_and_read_back,
             concurrent_account_creations_exactly_one_wins,
+            a_password_replacement_changes_the_record_and_password_bundle_only,
+            deleting_a_user_removes_everything_of_it_and_frees_the_name,
         );
     };
     (@cases $name:ident, $make:expr; $($case:ident),* $(,)?) => {
@@ -147,6 +149,134 @@ pub fn accounts_are_stored_once_and_read_back(store: &dyn RelayStore) {
     store.create_account(&user("bob"), account(5)).unwrap();
     assert_eq!(store.account(&user("bob")).unwrap(), Some(account(5)));
     assert_eq!(store.account(&user("alice")).unwrap(), Some(account(1)));
+}
+
+/// `replace_password` replaces the record, KSF version and password bundle and keeps the
+/// recovery bundle and key; another user's account is untouched; a user without an account
+/// is `Invalid` and an unknown one `UnknownUser`, neither changing anything.
+pub fn a_password_replacement_changes_the_record_and_password_bundle_only(store: &dyn RelayStore) {
+    device(store, "alice", 1);
+    device(store, "bob", 2);
+    device(store, "carol", 3);
+    store.create_account(&user("alice"), account(1)).unwrap();
+    store.create_account(&user("bob"), account(5)).unwrap();
+    store
+        .replace_password(&user("alice"), vec![40; 192], 7, vec![41; 127])
+        .unwrap();
+    let changed = store.account(&user("alice")).unwrap().unwrap();
+    assert_eq!(changed.record, vec![40; 192]);
+    assert_eq!(changed.ksf_version, 7);
+    assert_eq!(changed.password_bundle, vec![41; 127]);
+    assert_eq!(changed.recovery_bundle, account(1).recovery_bundle);
+    assert_eq!(changed.recovery_key, account(1).recovery_key);
+    assert_eq!(store.account(&user("bob")).unwrap(), Some(account(5)));
+    assert!(matches!(
+        store.replace_password(&user("carol"), vec![1], 1, vec![1]),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.account(&user("carol")).unwrap(), None);
+    assert!(matches!(
+        store.replace_password(&user("nobody"), vec![1], 1, vec![1]),
+        Err(StoreError::UnknownUser)
+    ));
+}
+
+/// `delete_user` removes the user's account, device list and devices (their KeyPackages,
+/// inbox and memberships: a member becomes a left leaf that a commit may still remove),
+/// returns the devices, frees the name (a new registration gets a fresh device id and
+/// nothing of the old user), and leaves another user's data as it was.
+pub fn deleting_a_user_removes_everything_of_it_and_frees_the_name(store: &dyn RelayStore) {
+    let a1 = device(store, "alice", 1);
+    let a2 = store.add_device(&user("alice"), &key(2)).unwrap();
+    let b = device(store, "bob", 3);
+    store
+        .append_device_list(&user("alice"), 0, vec![list_entry("alice", 0, 1)])
+        .unwrap();
+    store
+        .append_device_list(&user("bob"), 0, vec![list_entry("bob", 0, 3)])
+        .unwrap();
+    store.create_account(&user("alice"), account(1)).unwrap();
+    store.create_account(&user("bob"), account(5)).unwrap();
+    store
+        .upload_key_packages(a1, vec![b"kp-a1".to_vec()], Some(b"lr-a1".to_vec()))
+        .unwrap();
+    store
+        .upload_key_packages(b, vec![b"kp-b".to_vec()], None)
+        .unwrap();
+    // bob's group with both of alice's devices (Welcomes in their inboxes); a second one
+    // that a2 was removed from (a departure record).
+    let g = gid(1);
+    let h = gid(2);
+    store.create_group(g, b).unwrap();
+    one(store, commit(g, b, 0, &[a1, a2], &[], Some(b"w"))).unwrap();
+    store.create_group(h, b).unwrap();
+    one(store, commit(h, b, 0, &[a2], &[], Some(b"w"))).unwrap();
+    one(store, commit(h, b, 1, &[], &[a2], None)).unwrap();
+
+    assert!(matches!(
+        store.delete_user(&user("nobody")),
+        Err(StoreError::UnknownUser)
+    ));
+    assert_eq!(store.delete_user(&user("alice")).unwrap(), vec![a1, a2]);
+
+    assert!(matches!(
+        store.devices(&user("alice")),
+        Err(StoreError::UnknownUser)
+    ));
+    assert!(store.device(a1).unwrap().is_none());
+    assert!(store.device(a2).unwrap().is_none());
+    assert_eq!(store.account(&user("alice")).unwrap(), None);
+    assert!(matches!(
+        store.device_list(&user("alice")),
+        Err(StoreError::UnknownUser)
+    ));
+    assert!(matches!(
+        store.claim_key_packages(&user("alice")),
+        Err(StoreError::UnknownUser)
+    ));
+    assert!(!store.is_member(g, a1).unwrap());
+    assert!(!store.is_member(g, a2).unwrap());
+    assert!(matches!(
+        store.joined(g, a1),
+        Err(StoreError::UnknownDevice)
+    ));
+    // Nothing goes to them any more; bob posts on.
+    let after = one(store, app(g, b, 1, b"hello")).unwrap();
+    assert_eq!(after.members, vec![b]);
+    // Their leaves can still be removed by a commit (nothing delivered to them).
+    let removal = one(store, commit(g, b, 1, &[], &[a1, a2], None)).unwrap();
+    assert!(removal.removed.is_empty(), "{:?}", removal.removed);
+    assert_eq!(removal.members, vec![b]);
+
+    // bob is untouched.
+    assert_eq!(store.account(&user("bob")).unwrap(), Some(account(5)));
+    assert_eq!(store.devices(&user("bob")).unwrap().len(), 1);
+    assert_eq!(store.device_list(&user("bob")).unwrap().len(), 1);
+    assert_eq!(store.groups_of(b).unwrap().len(), 2);
+    assert_eq!(store.claim_key_packages(&user("bob")).unwrap().len(), 1);
+
+    // The name is free; the new alice has nothing of the old one.
+    let new = store.register_user(&user("alice"), &key(9)).unwrap();
+    assert!(new > a2, "{new:?} reuses an id");
+    assert_eq!(store.account(&user("alice")).unwrap(), None);
+    assert!(store.device_list(&user("alice")).unwrap().is_empty());
+    assert!(store.claim_key_packages(&user("alice")).unwrap().is_empty());
+    assert!(
+        store
+            .read_inbox(new, Seq(0), 10, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.groups_of(new).unwrap().is_empty());
+    assert_eq!(
+        store
+            .devices(&user("alice"))
+            .unwrap()
+            .iter()
+            .map(|d| d.device)
+            .collect::<Vec<_>>(),
+        vec![new]
+    );
 }
 
 /// Eight threads create an account for the same user at once: exactly one wins, and the

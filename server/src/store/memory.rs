@@ -241,6 +241,64 @@ impl RelayStore for MemoryStore {
         Ok(self.lock()?.accounts.get(user).cloned())
     }
 
+    fn replace_password(
+        &self,
+        user: &UserName,
+        record: Vec<u8>,
+        ksf_version: u8,
+        password_bundle: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if !inner.users.contains_key(user) {
+            return Err(StoreError::UnknownUser);
+        }
+        let account = inner
+            .accounts
+            .get_mut(user)
+            .ok_or(StoreError::Invalid("the user has no account"))?;
+        account.record = record;
+        account.ksf_version = ksf_version;
+        account.password_bundle = password_bundle;
+        Ok(())
+    }
+
+    fn delete_user(&self, user: &UserName) -> Result<Vec<DeviceId>, StoreError> {
+        let mut inner = self.lock()?;
+        let Inner {
+            users,
+            devices,
+            groups,
+            device_lists,
+            accounts,
+            ..
+        } = &mut *inner;
+        let mut deleted = users.remove(user).ok_or(StoreError::UnknownUser)?;
+        deleted.sort();
+        device_lists.remove(user);
+        accounts.remove(user);
+        for id in &deleted {
+            let Some(device) = devices.remove(id) else {
+                continue;
+            };
+            for g in &device.groups {
+                if let Some(group) = groups.get_mut(g) {
+                    // A member: becomes a left leaf (as `leave_group`).
+                    if group.state.is_member(*id) {
+                        group.state.leave(*id)?;
+                    }
+                    group.cursors.remove(id);
+                    group.joined.remove(id);
+                }
+            }
+            for g in &device.departing {
+                if let Some(group) = groups.get_mut(g) {
+                    group.departed.remove(id);
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {
         let inner = self.lock()?;
         if !inner.users.contains_key(user) {

@@ -428,6 +428,26 @@ pub trait RelayStore: Send + Sync + 'static {
     fn create_account(&self, user: &UserName, account: Account) -> Result<(), StoreError>;
     /// `user`'s password account; `None` for a user without one and for an unknown user.
     fn account(&self, user: &UserName) -> Result<Option<Account>, StoreError>;
+    /// Replaces `user`'s password: the OPAQUE record, the KSF version and the
+    /// password-wrapped bundle, in one transaction; the recovery bundle and recovery key stay.
+    /// UnknownUser if no such user; `Invalid` if the user has no account (nothing changes).
+    /// Durable when it returns.
+    fn replace_password(
+        &self,
+        user: &UserName,
+        record: Vec<u8>,
+        ksf_version: u8,
+        password_bundle: Vec<u8>,
+    ) -> Result<(), StoreError>;
+    /// Deletes `user` and everything the relay keeps of it, in one transaction: its account,
+    /// its device list and every device of it with the device's KeyPackages (normal and
+    /// last-resort), inbox, cursors and departure records. Each group membership of those
+    /// devices ends as with [`RelayStore::leave_group`]: the device is no longer a member
+    /// (nothing is delivered to it) but stays a left leaf, so a member's commit may still
+    /// name it among its removed devices. The name is free afterwards (`register_user` of it
+    /// succeeds, for anyone); device ids are never reused. Returns the deleted devices,
+    /// ordered by id. UnknownUser if no such user. Durable when it returns.
+    fn delete_user(&self, user: &UserName) -> Result<Vec<DeviceId>, StoreError>;
 
     /// Retention: removes
     /// - from each group log, the entries every reader has acknowledged: those at or below

@@ -651,3 +651,405 @@ async fn oversized_and_garbage_opaque_messages_are_refused() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Password change, reset and account deletion.
+
+/// Starts a password replacement for `new` on `client` and builds its finish: the relay's
+/// answer to the start, or the upload and the bundle wrapped under the new export key.
+async fn password_start(
+    client: &mut TestClient,
+    user: &str,
+    bundle: &AccountBundle,
+    new: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>, ExportKey), ErrorReply> {
+    let (state, request) = client_register_start(new).unwrap();
+    let response = match client
+        .request(Request::AccountPasswordStart {
+            request: request.into(),
+        })
+        .await
+        .unwrap()?
+    {
+        Reply::AccountRegisterResponse { response } => response,
+        other => panic!("unexpected {other:?}"),
+    };
+    let (upload, export_key) = client_register_finish(state, user, response.as_bytes()).unwrap();
+    let password_bundle = bundle
+        .wrap(user, WrapKind::Password, export_key.as_bytes())
+        .unwrap();
+    Ok((upload, password_bundle, export_key))
+}
+
+fn finish(upload: &[u8], password_bundle: &[u8], signature: Option<Signature>) -> Request {
+    Request::AccountPasswordFinish {
+        upload: upload.to_vec().into(),
+        password_bundle: password_bundle.to_vec().into(),
+        reset_signature: signature,
+    }
+}
+
+/// A fresh connection's login: the bundle it unwraps, or the error code.
+async fn fresh_login(
+    relay: &TestRelay,
+    user: &str,
+    password: &[u8],
+) -> Result<AccountBundle, ErrorCode> {
+    let mut c = relay.connect().await.unwrap();
+    let (export_key, answer) = login(&mut c, user, password).await;
+    match answer {
+        Ok(Reply::AccountLoggedIn { password_bundle }) => Ok(AccountBundle::unwrap(
+            password_bundle.as_bytes(),
+            user,
+            WrapKind::Password,
+            export_key.unwrap().as_bytes(),
+        )
+        .unwrap()),
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(e) => Err(e.code),
+    }
+}
+
+/// Signs a recovery-bundle fetch of `user` on `c` with the recovery auth key.
+fn fetch_signature(key: &ed25519_dalek::SigningKey, c: &TestClient, user: &str) -> Signature {
+    let message = cove_wire::sign::recovery_fetch_message(&c.nonce(), &c.channel(), &name(user));
+    Signature(key.sign(&message).to_bytes())
+}
+
+/// Signs a reset on connection `c` (its nonce and channel) of `upload` and `bundle`.
+fn reset_signature(
+    key: &ed25519_dalek::SigningKey,
+    c: &TestClient,
+    user: &str,
+    upload: &[u8],
+    bundle: &[u8],
+) -> Signature {
+    let message = cove_wire::sign::password_reset_message(
+        &c.nonce(),
+        &c.channel(),
+        &name(user),
+        upload,
+        bundle,
+    );
+    Signature(key.sign(&message).to_bytes())
+}
+
+/// A password change needs a successful login on the same connection (none, or a failed
+/// one: `Unauthenticated`), replaces the record and the password bundle (the old password
+/// then fails with `LoginFailed`, the new one unwraps the same identity key), keeps the
+/// recovery bundle, uses the login up, refuses a signature, and leaves the user's device
+/// able to authenticate.
+#[tokio::test]
+async fn a_password_change_needs_a_fresh_login_and_replaces_record_and_bundle() {
+    let relay = TestRelay::memory().await;
+    let (mut alice, alice_keys) = relay.register("alice").await.unwrap();
+    let reg = register_account(&mut alice, "alice", b"old password").await;
+
+    // No login, or a failed one: no change.
+    let mut anonymous = relay.connect().await.unwrap();
+    let refused = password_start(&mut anonymous, "alice", &reg.bundle, b"x").await;
+    assert_eq!(
+        refused.err().map(|e| e.code),
+        Some(ErrorCode::Unauthenticated)
+    );
+    let mut failed = relay.connect().await.unwrap();
+    let (_, answer) = login(&mut failed, "alice", b"wrong").await;
+    assert_eq!(code(&answer), Some(ErrorCode::LoginFailed));
+    let refused = password_start(&mut failed, "alice", &reg.bundle, b"x").await;
+    assert_eq!(
+        refused.err().map(|e| e.code),
+        Some(ErrorCode::Unauthenticated)
+    );
+    // An authenticated device without a password login: no change either.
+    let refused = password_start(&mut alice, "alice", &reg.bundle, b"x").await;
+    assert_eq!(
+        refused.err().map(|e| e.code),
+        Some(ErrorCode::Unauthenticated)
+    );
+
+    // A change carrying a reset signature is refused (and uses the start up).
+    let mut c = relay.connect().await.unwrap();
+    let (_, answer) = login(&mut c, "alice", b"old password").await;
+    assert!(
+        matches!(answer, Ok(Reply::AccountLoggedIn { .. })),
+        "{answer:?}"
+    );
+    let (upload, bundle, _) = password_start(&mut c, "alice", &reg.bundle, b"new password")
+        .await
+        .unwrap();
+    let signed = c
+        .request(finish(&upload, &bundle, Some(Signature([1; 64]))))
+        .await
+        .unwrap();
+    assert_eq!(code(&signed), Some(ErrorCode::InvalidRequest));
+    assert_eq!(
+        fresh_login(&relay, "alice", b"new password").await.err(),
+        Some(ErrorCode::LoginFailed)
+    );
+
+    let mut c = relay.connect().await.unwrap();
+    let (_, answer) = login(&mut c, "alice", b"old password").await;
+    assert!(
+        matches!(answer, Ok(Reply::AccountLoggedIn { .. })),
+        "{answer:?}"
+    );
+    let (upload, bundle, _) = password_start(&mut c, "alice", &reg.bundle, b"new password")
+        .await
+        .unwrap();
+    let done = c.request(finish(&upload, &bundle, None)).await.unwrap();
+    assert_eq!(done, Ok(Reply::AccountPasswordChanged));
+    // The login and the start are used up.
+    let again = c.request(finish(&upload, &bundle, None)).await.unwrap();
+    assert_eq!(code(&again), Some(ErrorCode::InvalidRequest));
+    let again = password_start(&mut c, "alice", &reg.bundle, b"third").await;
+    assert_eq!(
+        again.err().map(|e| e.code),
+        Some(ErrorCode::Unauthenticated)
+    );
+
+    assert_eq!(
+        fresh_login(&relay, "alice", b"old password").await.err(),
+        Some(ErrorCode::LoginFailed)
+    );
+    let opened = fresh_login(&relay, "alice", b"new password").await.unwrap();
+    assert_eq!(opened, reg.bundle);
+    // The recovery bundle is the one registered.
+    let auth = reg.recovery.auth_key().unwrap();
+    let mut r = relay.connect().await.unwrap();
+    let signature = fetch_signature(&auth, &r, "alice");
+    let Reply::RecoveryBundle { recovery_bundle } = r
+        .call(Request::FetchRecoveryBundle {
+            user: name("alice"),
+            signature,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("no recovery bundle")
+    };
+    let recovered = AccountBundle::unwrap(
+        recovery_bundle.as_bytes(),
+        "alice",
+        WrapKind::Recovery,
+        reg.recovery.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(recovered, reg.bundle);
+    // The device still authenticates.
+    relay.login(&alice_keys).await.unwrap();
+}
+
+/// A reset needs a successful recovery-bundle fetch on the same connection (a wrong
+/// recovery key: `LoginFailed`, then `Unauthenticated`), and a signature by the recovery
+/// key over this connection and the new upload and bundle: none is `InvalidRequest`; one
+/// made on another connection (forwarded) or over other bytes is `LoginFailed`; the same
+/// finish replayed on its connection is `InvalidRequest` and on another connection
+/// `LoginFailed`. Afterwards the new password logs in and the forgotten one fails.
+#[tokio::test]
+async fn a_reset_needs_the_recovery_key_and_a_signature_bound_to_connection_and_upload() {
+    let relay = TestRelay::memory().await;
+    let (mut alice, _keys) = relay.register("alice").await.unwrap();
+    let reg = register_account(&mut alice, "alice", b"forgotten").await;
+    let auth = reg.recovery.auth_key().unwrap();
+
+    // A wrong recovery key: no bundle, no reset.
+    let other = RecoveryKey::generate().auth_key().unwrap();
+    let mut c = relay.connect().await.unwrap();
+    let signature = fetch_signature(&other, &c, "alice");
+    let refused = c
+        .request(Request::FetchRecoveryBundle {
+            user: name("alice"),
+            signature,
+        })
+        .await
+        .unwrap();
+    assert_eq!(code(&refused), Some(ErrorCode::LoginFailed));
+    let refused = password_start(&mut c, "alice", &reg.bundle, b"x").await;
+    assert_eq!(
+        refused.err().map(|e| e.code),
+        Some(ErrorCode::Unauthenticated)
+    );
+
+    // A connection that fetched with the right key, its finish signed in various ways.
+    async fn fetched(relay: &TestRelay, auth: &ed25519_dalek::SigningKey) -> TestClient {
+        let mut c = relay.connect().await.unwrap();
+        let signature = fetch_signature(auth, &c, "alice");
+        let reply = c
+            .call(Request::FetchRecoveryBundle {
+                user: name("alice"),
+                signature,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(reply, Reply::RecoveryBundle { .. }));
+        c
+    }
+    let elsewhere = relay.connect().await.unwrap();
+    for case in ["unsigned", "forwarded", "other bytes"] {
+        let mut c = fetched(&relay, &auth).await;
+        let (upload, bundle, _) = password_start(&mut c, "alice", &reg.bundle, b"new")
+            .await
+            .unwrap();
+        let (signature, want) = match case {
+            "unsigned" => (None, ErrorCode::InvalidRequest),
+            "forwarded" => (
+                Some(reset_signature(
+                    &auth, &elsewhere, "alice", &upload, &bundle,
+                )),
+                ErrorCode::LoginFailed,
+            ),
+            _ => {
+                let mut other_upload = upload.clone();
+                other_upload[0] ^= 1;
+                (
+                    Some(reset_signature(&auth, &c, "alice", &other_upload, &bundle)),
+                    ErrorCode::LoginFailed,
+                )
+            }
+        };
+        let refused = c
+            .request(finish(&upload, &bundle, signature))
+            .await
+            .unwrap();
+        assert_eq!(code(&refused), Some(want), "{case}");
+    }
+    assert_eq!(
+        fresh_login(&relay, "alice", b"new").await.err(),
+        Some(ErrorCode::LoginFailed)
+    );
+
+    let mut c = fetched(&relay, &auth).await;
+    let (upload, bundle, _) = password_start(&mut c, "alice", &reg.bundle, b"new")
+        .await
+        .unwrap();
+    let signature = reset_signature(&auth, &c, "alice", &upload, &bundle);
+    let request = finish(&upload, &bundle, Some(signature));
+    assert_eq!(
+        c.request(request.clone()).await.unwrap(),
+        Ok(Reply::AccountPasswordChanged)
+    );
+    // Replayed on its connection (the proof is used up) and on another one that fetched.
+    let replay = c.request(request.clone()).await.unwrap();
+    assert_eq!(code(&replay), Some(ErrorCode::InvalidRequest));
+    let mut d = fetched(&relay, &auth).await;
+    let (_, _, _) = password_start(&mut d, "alice", &reg.bundle, b"third")
+        .await
+        .unwrap();
+    let replay = d.request(request).await.unwrap();
+    assert_eq!(code(&replay), Some(ErrorCode::LoginFailed));
+
+    assert_eq!(
+        fresh_login(&relay, "alice", b"forgotten").await.err(),
+        Some(ErrorCode::LoginFailed)
+    );
+    assert_eq!(
+        fresh_login(&relay, "alice", b"new").await.unwrap(),
+        reg.bundle
+    );
+}
+
+/// Whether a file named `name` is anywhere under `dir`.
+fn holds_file(dir: &Path, name: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|entry| {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if path.is_dir() {
+            holds_file(&path, name)
+        } else {
+            entry.file_name().to_string_lossy() == name
+        }
+    })
+}
+
+/// Deleting an account needs a password login on the same connection; it closes the
+/// user's connected devices (`UnknownDevice`), removes the user (directory, device list,
+/// account, KeyPackages) and its blobs, ends its group memberships (a member's commit may
+/// still remove its leaf), refuses its old device's login, and frees the name for someone
+/// else; another user's account, devices and blobs stay.
+#[tokio::test]
+async fn deleting_an_account_removes_the_user_its_devices_and_blobs_and_frees_the_name() {
+    let relay = TestRelay::sqlite().await;
+    let (mut alice, alice_keys) = relay.register("alice").await.unwrap();
+    let (mut bob, bob_keys) = relay.register("bob").await.unwrap();
+    register_account(&mut alice, "alice", b"alice pw").await;
+    register_account(&mut bob, "bob", b"bob pw").await;
+    let alice_blob = crate::resources::upload(&relay, &alice_keys, b"alice's file").await;
+    let bob_blob = crate::resources::upload(&relay, &bob_keys, b"bob's file").await;
+    assert!(holds_file(relay.data_dir(), &alice_blob));
+    let group = crate::group_with(&mut bob, &mut [(&mut alice, &alice_keys)]).await;
+
+    // Without a login, or after a failed one: refused.
+    let mut c = relay.connect().await.unwrap();
+    let refused = c.request(Request::AccountDelete).await.unwrap();
+    assert_eq!(code(&refused), Some(ErrorCode::Unauthenticated));
+    let (_, answer) = login(&mut c, "alice", b"wrong").await;
+    assert_eq!(code(&answer), Some(ErrorCode::LoginFailed));
+    let refused = c.request(Request::AccountDelete).await.unwrap();
+    assert_eq!(code(&refused), Some(ErrorCode::Unauthenticated));
+
+    let (_, answer) = login(&mut c, "alice", b"alice pw").await;
+    assert!(
+        matches!(answer, Ok(Reply::AccountLoggedIn { .. })),
+        "{answer:?}"
+    );
+    assert_eq!(
+        c.request(Request::AccountDelete).await.unwrap(),
+        Ok(Reply::AccountDeleted)
+    );
+    // The login is used up.
+    let again = c.request(Request::AccountDelete).await.unwrap();
+    assert_eq!(code(&again), Some(ErrorCode::Unauthenticated));
+
+    // alice's connected device is closed; her old device cannot log in again.
+    let (_, closing) = alice.read_until_closed().await;
+    assert_eq!(closing, Some(ErrorCode::UnknownDevice));
+    let err = relay.login(&alice_keys).await.err().expect("refused");
+    assert_eq!(err.code(), Some(ErrorCode::UnknownDevice));
+    // Gone from the directory, the lists, the accounts and the blobs.
+    let gone = bob
+        .request(Request::ListDevices {
+            user: name("alice"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(code(&gone), Some(ErrorCode::UnknownUser));
+    let gone = bob
+        .request(Request::FetchDeviceList {
+            user: name("alice"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(code(&gone), Some(ErrorCode::UnknownUser));
+    assert_eq!(
+        fresh_login(&relay, "alice", b"alice pw").await.err(),
+        Some(ErrorCode::LoginFailed)
+    );
+    assert!(!holds_file(relay.data_dir(), &alice_blob));
+    // bob's group goes on without her: a post, and a commit removing her leaf.
+    bob.post_app(group, cove_wire::Epoch(1), b"still here")
+        .await
+        .unwrap();
+    bob.commit(
+        group,
+        cove_wire::Epoch(1),
+        vec![],
+        vec![alice_keys.id()],
+        None,
+        b"commit-remove",
+    )
+    .await
+    .unwrap();
+
+    // bob is untouched.
+    assert!(holds_file(relay.data_dir(), &bob_blob));
+    assert!(fresh_login(&relay, "bob", b"bob pw").await.is_ok());
+    relay.login(&bob_keys).await.unwrap();
+
+    // The name is free: someone else registers it, with a new device id and no account.
+    let (_mallory, mallory_keys) = relay.register("alice").await.unwrap();
+    assert!(mallory_keys.id() > alice_keys.id());
+    assert_eq!(
+        fresh_login(&relay, "alice", b"alice pw").await.err(),
+        Some(ErrorCode::LoginFailed)
+    );
+}

@@ -268,7 +268,7 @@ async fn create(relay: &TestRelay, keys: &DeviceKeys, len: usize) -> String {
 }
 
 /// Uploads `data` as a blob of `keys`' user (create, then one append); returns its id (hex).
-async fn upload(relay: &TestRelay, keys: &DeviceKeys, data: &[u8]) -> String {
+pub(crate) async fn upload(relay: &TestRelay, keys: &DeviceKeys, data: &[u8]) -> String {
     let len = data.len();
     let path = create(relay, keys, len).await;
     let id = path.strip_prefix("/v1/blobs/").unwrap().to_owned();

@@ -60,6 +60,19 @@ impl RelayStore for Counting {
     fn account(&self, user: &UserName) -> Result<Option<cove_server::store::Account>, StoreError> {
         self.inner.account(user)
     }
+    fn replace_password(
+        &self,
+        user: &UserName,
+        record: Vec<u8>,
+        ksf_version: u8,
+        password_bundle: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .replace_password(user, record, ksf_version, password_bundle)
+    }
+    fn delete_user(&self, user: &UserName) -> Result<Vec<DeviceId>, StoreError> {
+        self.inner.delete_user(user)
+    }
     fn register_user(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
         self.inner.register_user(user, key)
     }

@@ -163,6 +163,15 @@ pub fn request() -> impl Strategy<Value = Request> {
         payload().prop_map(|finalization| Request::AccountLoginFinish { finalization }),
         (user_name(), signature())
             .prop_map(|(user, signature)| Request::FetchRecoveryBundle { user, signature }),
+        payload().prop_map(|request| Request::AccountPasswordStart { request }),
+        (payload(), payload(), proptest::option::of(signature())).prop_map(
+            |(upload, password_bundle, reset_signature)| Request::AccountPasswordFinish {
+                upload,
+                password_bundle,
+                reset_signature,
+            }
+        ),
+        Just(Request::AccountDelete),
     ]
 }
 
@@ -381,6 +390,8 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         }),
         payload().prop_map(|password_bundle| Reply::AccountLoggedIn { password_bundle }),
         payload().prop_map(|recovery_bundle| Reply::RecoveryBundle { recovery_bundle }),
+        Just(Reply::AccountPasswordChanged),
+        Just(Reply::AccountDeleted),
     ]
 }
 

@@ -255,6 +255,41 @@ impl RelayStore for SqliteStore {
         self.read(|conn| accounts::read(conn, user))
     }
 
+    fn replace_password(
+        &self,
+        user: &UserName,
+        record: Vec<u8>,
+        ksf_version: u8,
+        password_bundle: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            accounts::replace_password(tx, user, &record, ksf_version, &password_bundle)
+        })
+    }
+
+    fn delete_user(&self, user: &UserName) -> Result<Vec<DeviceId>, StoreError> {
+        // Buffered acks first, so none is written for a deleted device afterwards.
+        self.flush_acks()?;
+        // Under the writer lock until the cache holds the new states, as `leave_group`.
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (devices, groups) = accounts::delete_user(&tx, user)?;
+        let mut states = Vec::with_capacity(groups.len());
+        for group in groups {
+            let state = log::load_group(&tx, group)?.ok_or(StoreError::UnknownGroup)?;
+            states.push((group, state));
+        }
+        tx.commit()?;
+        let mut cache = self
+            .groups
+            .write()
+            .map_err(|_| StoreError::Backend("group cache lock poisoned".into()))?;
+        for (group, state) in states {
+            cache.insert(group, state);
+        }
+        Ok(devices)
+    }
+
     fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {
         self.read(|conn| device_lists::read(conn, user))
     }

@@ -163,6 +163,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
         recovery_key BLOB NOT NULL
     ) WITHOUT ROWID;
     ",
+    // Version 9: account deletion. A deleted user's devices are gone but stay left leaves
+    // of their groups (`RelayStore::delete_user`), so `group_left.device` no longer
+    // references `devices`.
+    "
+    CREATE TABLE group_left_v9 (
+        group_id BLOB NOT NULL REFERENCES groups(id),
+        device INTEGER NOT NULL,
+        PRIMARY KEY (group_id, device)
+    ) WITHOUT ROWID;
+    INSERT INTO group_left_v9 (group_id, device) SELECT group_id, device FROM group_left;
+    DROP TABLE group_left;
+    ALTER TABLE group_left_v9 RENAME TO group_left;
+    ",
 ];
 
 /// The schema version this build writes.
