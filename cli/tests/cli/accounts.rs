@@ -243,3 +243,44 @@ async fn account_delete_removes_the_account_and_the_home_and_frees_the_name() {
     .unwrap();
     relay.shutdown().await;
 }
+
+/// `init --lock` locks the home with the account's password; after `password change` the
+/// home opens with the new password and refuses the old one ("wrong password").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_locks_a_locked_home_again_under_the_new_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let carol = d.join("carol");
+        let old = password_file(&d, "old.txt", "old password");
+        let new = password_file(&d, "new.txt", "new password");
+        ok(
+            &carol,
+            Some(&old),
+            &[
+                "init", "--lock", "--server", &server, "--user", "carol", "--ca", &ca,
+            ],
+        );
+        assert!(carol.join("db.key.locked").exists());
+        ok(&carol, Some(&old), &["groups"]);
+        let out = ok(
+            &carol,
+            Some(&old),
+            &[
+                "password",
+                "change",
+                "--new-password-file",
+                new.to_str().unwrap(),
+            ],
+        );
+        assert!(out.contains("now locked with the new password"), "{out}");
+        let err = fails(&carol, Some(&old), &["groups"]);
+        assert!(err.contains("wrong password"), "{err}");
+        ok(&carol, Some(&new), &["groups"]);
+        assert!(!carol.join("db.key").exists());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}

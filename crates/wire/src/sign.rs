@@ -143,6 +143,45 @@ mod tests {
 
     use super::*;
 
+    /// The reset signature covers each of its inputs, and the upload and bundle are
+    /// delimited: moving a byte from one to the other changes the signed bytes.
+    #[test]
+    fn password_reset_message_changes_with_each_input_and_delimits_its_parts() {
+        let nonce = [1; 32];
+        let channel = ChannelBinding {
+            exporter: [2; 32],
+            relay_certificate: [3; 32],
+        };
+        let alice = UserName::new("alice").unwrap();
+        let bob = UserName::new("bob").unwrap();
+        let m = |n: &[u8; 32], c: &ChannelBinding, u: &UserName, up: &[u8], b: &[u8]| {
+            password_reset_message(n, c, u, up, b)
+        };
+        let base = m(&nonce, &channel, &alice, b"upload", b"bundle");
+        assert!(base.starts_with(PASSWORD_RESET_LABEL));
+        let other_exporter = ChannelBinding {
+            exporter: [9; 32],
+            ..channel
+        };
+        let other_certificate = ChannelBinding {
+            relay_certificate: [9; 32],
+            ..channel
+        };
+        for variant in [
+            m(&[9; 32], &channel, &alice, b"upload", b"bundle"),
+            m(&nonce, &other_exporter, &alice, b"upload", b"bundle"),
+            m(&nonce, &other_certificate, &alice, b"upload", b"bundle"),
+            m(&nonce, &channel, &bob, b"upload", b"bundle"),
+            m(&nonce, &channel, &alice, b"uploaD", b"bundle"),
+            m(&nonce, &channel, &alice, b"upload", b"bundlE"),
+            m(&nonce, &channel, &alice, b"uploadb", b"undle"),
+        ] {
+            assert_ne!(variant, base);
+        }
+        // Not the recovery fetch's bytes either (another label).
+        assert!(!base.starts_with(RECOVERY_FETCH_LABEL));
+    }
+
     /// The challenge answer covers each of its inputs: changing any one of nonce, exporter,
     /// relay certificate, user or key changes the signed bytes.
     #[test]

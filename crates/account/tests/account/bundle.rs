@@ -101,3 +101,38 @@ fn the_recovery_copy_opens_with_the_key_as_the_user_typed_it() {
     assert_eq!(opened, bundle);
     assert_eq!(format!("{bundle:?}"), "AccountBundle(..)");
 }
+
+/// Version 2 carries the recovery key: a bundle unwrapped with the password yields the
+/// recovery key that unwraps its recovery copy; `new` makes a fresh one each time; a
+/// version 1 bundle (no recovery key) is refused as unsupported.
+#[test]
+fn the_bundle_carries_its_recovery_key_and_version_1_is_refused() {
+    let secret = [5u8; 64];
+    let bundle = AccountBundle::new([4; 32]);
+    assert_ne!(
+        AccountBundle::new([4; 32]).recovery_key,
+        bundle.recovery_key,
+        "a fresh recovery key per bundle"
+    );
+    let recovery = bundle.recovery_key();
+    let by_password = bundle
+        .wrap("alice", WrapKind::Password, &secret)
+        .expect("wrap");
+    let by_recovery = bundle
+        .wrap("alice", WrapKind::Recovery, recovery.as_bytes())
+        .expect("wrap");
+    assert_eq!(by_password.len(), 127);
+    let opened =
+        AccountBundle::unwrap(&by_password, "alice", WrapKind::Password, &secret).expect("unwrap");
+    let shown = opened.recovery_key();
+    assert_eq!(shown.display(), recovery.display());
+    let again = AccountBundle::unwrap(&by_recovery, "alice", WrapKind::Recovery, shown.as_bytes())
+        .expect("unwrap");
+    assert_eq!(again, bundle);
+    let mut v1 = by_password.clone();
+    v1[0] = 1;
+    assert_eq!(
+        AccountBundle::unwrap(&v1, "alice", WrapKind::Password, &secret).err(),
+        Some(AccountError::UnsupportedVersion(1))
+    );
+}
