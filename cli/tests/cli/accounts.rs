@@ -64,6 +64,37 @@ fn recovery_key(out: &str) -> String {
     line.to_owned()
 }
 
+/// The backup key `home`'s store keeps for its account (its user checked), and the one in
+/// the account bundle a fresh OPAQUE login with `password` unwraps. Runs from a blocking
+/// thread of the test's runtime; no `cove` process may hold `home` meanwhile.
+fn backup_keys(home: &Path, server: &str, ca: &str, password: &str) -> ([u8; 32], [u8; 32]) {
+    use cove_store::Store as _;
+    tokio::runtime::Handle::current().block_on(async {
+        let device = cove::Device::open_offline(&cove::config::Home::new(home.to_owned()))
+            .await
+            .unwrap();
+        let user = device.user().clone();
+        let secrets = device
+            .session()
+            .call(|c| c.store().account_secrets())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the home keeps account secrets");
+        device.close_now().await;
+        assert_eq!(secrets.user, user);
+        let account = cove::account::AccountServer::new(server, Some(Path::new(ca))).unwrap();
+        let (mut conn, _) = cove::raw::RawConnection::open(&account.server, account.tls.clone())
+            .await
+            .unwrap();
+        let bundle = cove::account::login(&mut conn, &user, password.as_bytes())
+            .await
+            .unwrap();
+        conn.close().await;
+        (*secrets.backup_key, bundle.backup_key)
+    })
+}
+
 fn password_file(dir: &Path, name: &str, password: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, format!("{password}\n")).unwrap();
@@ -113,6 +144,9 @@ async fn init_registers_an_account_whose_password_changes_and_resets_with_the_re
         let key = recovery_key(&out);
         let shown = ok(&alice, Some(&first), &["recovery-key", "show"]);
         assert_eq!(recovery_key(&shown), key);
+        // The home keeps the account's backup key: the one in the bundle a login unwraps.
+        let (stored, unwrapped) = backup_keys(&alice, &server, &ca, "first password");
+        assert_eq!(stored, unwrapped);
 
         // Change: the old password fails, the new one shows the same key.
         let out = ok(
