@@ -1053,3 +1053,72 @@ async fn deleting_an_account_removes_the_user_its_devices_and_blobs_and_frees_th
         Some(ErrorCode::LoginFailed)
     );
 }
+
+/// Hostile password replacements change nothing: an oversized start is `TooLarge`, a
+/// garbage one `InvalidRequest`; a finish with an oversized upload is `TooLarge`, with a
+/// garbage upload or a bundle of the wrong length `InvalidRequest`; afterwards the old
+/// password still logs in and unwraps the registered bundle.
+#[tokio::test]
+async fn hostile_password_replacements_are_refused_and_change_nothing() {
+    use cove_wire::limits::MAX_ACCOUNT_MESSAGE_BYTES;
+    let relay = TestRelay::memory().await;
+    let (mut alice, _keys) = relay.register("alice").await.unwrap();
+    let reg = register_account(&mut alice, "alice", b"pw").await;
+    async fn logged_in(relay: &TestRelay) -> TestClient {
+        let mut c = relay.connect().await.unwrap();
+        let (_, answer) = login(&mut c, "alice", b"pw").await;
+        assert!(
+            matches!(answer, Ok(Reply::AccountLoggedIn { .. })),
+            "{answer:?}"
+        );
+        c
+    }
+    for (len, expected) in [
+        (MAX_ACCOUNT_MESSAGE_BYTES + 1, ErrorCode::TooLarge),
+        (3, ErrorCode::InvalidRequest),
+    ] {
+        let mut c = logged_in(&relay).await;
+        let refused = c
+            .request(Request::AccountPasswordStart {
+                request: vec![0xff; len].into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(code(&refused), Some(expected), "start of {len} bytes");
+    }
+    let good_len = cove_account::bundle::WRAPPED_LEN;
+    for (upload, bundle_len, expected) in [
+        (None, good_len - 1, ErrorCode::InvalidRequest),
+        (None, good_len + 1, ErrorCode::InvalidRequest),
+        (
+            Some(vec![0xff; MAX_ACCOUNT_MESSAGE_BYTES + 1]),
+            good_len,
+            ErrorCode::TooLarge,
+        ),
+        (Some(vec![0xff; 64]), good_len, ErrorCode::InvalidRequest),
+    ] {
+        let mut c = logged_in(&relay).await;
+        let (real_upload, _, _) = password_start(&mut c, "alice", &reg.bundle, b"new")
+            .await
+            .unwrap();
+        let upload = upload.unwrap_or(real_upload);
+        let refused = c
+            .request(finish(&upload, &vec![7; bundle_len], None))
+            .await
+            .unwrap();
+        assert_eq!(
+            code(&refused),
+            Some(expected),
+            "upload of {} bytes, bundle of {bundle_len}",
+            upload.len()
+        );
+    }
+    assert_eq!(
+        fresh_login(&relay, "alice", b"new").await.err(),
+        Some(ErrorCode::LoginFailed)
+    );
+    assert_eq!(
+        fresh_login(&relay, "alice", b"pw").await.unwrap(),
+        reg.bundle
+    );
+}
