@@ -648,3 +648,58 @@ fn accounts_survive_reopening_and_corrupt_rows_are_backend_errors() {
         Err(StoreError::Backend(_))
     ));
 }
+
+/// A file from before the account-deletion migration (version 9 when written; the last one)
+/// migrates keeping its left devices (`group_left`, rebuilt without the foreign key to
+/// `devices`): a left device's user can then be deleted, its
+/// left leaf stays, and a member's commit removing it is accepted with nothing delivered
+/// to it; the deletion survives a reopen.
+#[test]
+fn migration_9_keeps_left_devices_and_lets_their_user_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    let (a, b, g) = {
+        let store = SqliteStore::open(&path).unwrap();
+        let a = device(&store, "alice", 1);
+        let b = device(&store, "bob", 2);
+        let g = gid(1);
+        store.create_group(g, a).unwrap();
+        one(&store, commit(g, a, 0, &[b], &[], Some(b"w"))).unwrap();
+        store.leave_group(g, b).unwrap();
+        (a, b, g)
+    };
+    // Back to the version before: `group_left` as it was, with its rows.
+    let before = i64::from(SqliteStore::schema_version()) - 1;
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE keep AS SELECT group_id, device FROM group_left;
+         DROP TABLE group_left;
+         CREATE TABLE group_left (
+             group_id BLOB NOT NULL REFERENCES groups(id),
+             device INTEGER NOT NULL REFERENCES devices(id),
+             PRIMARY KEY (group_id, device)
+         ) WITHOUT ROWID;
+         INSERT INTO group_left (group_id, device) SELECT group_id, device FROM keep;
+         DROP TABLE keep;",
+    )
+    .unwrap();
+    raw.execute("UPDATE schema_version SET version = ?1", [before])
+        .unwrap();
+    drop(raw);
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(!store.is_member(g, b).unwrap());
+        assert_eq!(store.delete_user(&user("bob")).unwrap(), vec![b]);
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(store.device(b).unwrap().is_none());
+    let removal = one(&store, commit(g, a, 1, &[], &[b], None)).unwrap();
+    assert!(removal.removed.is_empty(), "{:?}", removal.removed);
+    assert_eq!(removal.members, vec![a]);
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, before + 1);
+}
