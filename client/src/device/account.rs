@@ -26,7 +26,7 @@ pub fn remove_deleted_home(home: &Home) -> Result<bool, DeviceError> {
 
 impl Device {
     /// Registers a password account for this device's user on a connection authenticated
-    /// as this device ([`account::register`]: OPAQUE, the account bundle with the user's
+    /// as this device (`account::register`: OPAQUE, the account bundle with the user's
     /// identity key from this device's store, a fresh backup key and a fresh recovery key,
     /// wrapped under the password's export key and under the recovery key). Stores the
     /// backup key in the device's store ([`AccountSecrets`]) and returns the recovery key,
