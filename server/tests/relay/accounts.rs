@@ -1122,3 +1122,23 @@ async fn hostile_password_replacements_are_refused_and_change_nothing() {
         reg.bundle
     );
 }
+
+/// A device that logs in with the password on its own authenticated connection and deletes
+/// its account gets the answer first, then its connection closes with `UnknownDevice`.
+#[tokio::test]
+async fn a_device_deleting_its_own_account_is_answered_then_closed() {
+    let relay = TestRelay::memory().await;
+    let (mut alice, _keys) = relay.register("alice").await.unwrap();
+    register_account(&mut alice, "alice", b"pw").await;
+    let (_, answer) = login(&mut alice, "alice", b"pw").await;
+    assert!(
+        matches!(answer, Ok(Reply::AccountLoggedIn { .. })),
+        "{answer:?}"
+    );
+    assert_eq!(
+        alice.request(Request::AccountDelete).await.unwrap(),
+        Ok(Reply::AccountDeleted)
+    );
+    let (_, closing) = alice.read_until_closed().await;
+    assert_eq!(closing, Some(ErrorCode::UnknownDevice));
+}
