@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use cove_server::{Relay, RelayConfig, StoreKind};
+
 use crate::{cove, fails, init, lines_of, ok, relay};
 
 /// Only stops a hung test; nothing waits this long when things work.
@@ -305,6 +307,94 @@ async fn the_socket_speaks_json_rpc_and_refuses_bad_lines() {
         assert_eq!(rpc.ok("shutdown", json!({})), json!({}));
         assert!(daemon.child.wait().unwrap().success());
         assert!(!daemon.socket.exists());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// Polls `done` until it holds (panics at the deadline).
+fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `cove send` while the relay is down is queued by the daemon (`pending`, shown so in
+/// `history`); it survives a restart of the daemon (still pending while the relay is down)
+/// and goes out once the relay is back: bob receives it exactly once, before a sentinel
+/// sent afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_while_the_relay_is_down_is_delivered_once_after_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let addr = relay.local_addr();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (a, b, s, c) = (alice.clone(), bob.clone(), server.clone(), ca.clone());
+    let daemon = tokio::task::spawn_blocking(move || {
+        init(&a, &s, &c, "alice");
+        init(&b, &s, &c, "bob");
+        ok(&a, &["group", "create", "friends"]);
+        ok(&a, &["group", "add", "friends", "bob"]);
+        let daemon = Daemon::start(&a);
+        assert_eq!(
+            ok(&a, &["send", "friends", "before"]).trim(),
+            "sent to friends"
+        );
+        daemon
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+
+    let a = alice.clone();
+    let daemon = tokio::task::spawn_blocking(move || {
+        let mut rpc = Rpc::connect(&daemon.socket);
+        until("the daemon notices the relay is gone", || {
+            rpc.ok("status", json!({}))["connected"] == false
+        });
+        let out = ok(&a, &["send", "friends", "queued"]);
+        assert!(out.starts_with("queued for friends"), "{out}");
+        let history = ok(&a, &["history", "friends"]);
+        assert_eq!(
+            history.trim(),
+            "friends <alice> before\nfriends <alice> queued (pending)"
+        );
+        assert_eq!(rpc.ok("status", json!({}))["pending"], 1);
+        assert!(daemon.terminate().success());
+        // Restarted while the relay is still down: the message is still pending.
+        let daemon = Daemon::start(&a);
+        let mut rpc = Rpc::connect(&daemon.socket);
+        let status = rpc.ok("status", json!({}));
+        assert_eq!(
+            (status["pending"].clone(), status["connected"].clone()),
+            (json!(1), json!(false))
+        );
+        daemon
+    })
+    .await
+    .unwrap();
+
+    // The relay comes back on the same address, with its data.
+    let mut config = RelayConfig::new(addr, dir.path().join("relay"));
+    config.store = StoreKind::Sqlite;
+    let relay = Relay::start(config).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut rpc = Rpc::connect(&daemon.socket);
+        until("the queued message went out", || {
+            let s = rpc.ok("status", json!({}));
+            s["connected"] == true && s["pending"] == 0
+        });
+        assert_eq!(
+            ok(&alice, &["send", "friends", "sentinel"]).trim(),
+            "sent to friends"
+        );
+        let all = "friends <alice> before\nfriends <alice> queued\nfriends <alice> sentinel";
+        assert_eq!(ok(&bob, &["sync"]).trim(), all);
+        assert_eq!(ok(&alice, &["history", "friends"]).trim(), all);
+        assert!(daemon.terminate().success());
     })
     .await
     .unwrap();
