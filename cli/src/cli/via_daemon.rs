@@ -162,7 +162,12 @@ pub async fn try_run(home: &Home, command: &Command) -> anyhow::Result<bool> {
             call(
                 &mut d,
                 "answer",
-                json!({ "call": id, "duration": args.media.duration }),
+                json!({
+                    "call": id,
+                    "duration": args.media.duration,
+                    "audio_in": args.media.audio_in,
+                    "audio_out": args.media.audio_out,
+                }),
             )
             .await?;
             follow_call(&mut d, &id).await?;

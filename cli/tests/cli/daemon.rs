@@ -400,3 +400,114 @@ async fn a_message_sent_while_the_relay_is_down_is_delivered_once_after_restarts
     .unwrap();
     relay.shutdown().await;
 }
+
+/// An incoming call rings every client of bob's daemon: a JSON-RPC client gets
+/// `incoming_call` and `cove listen` prints it. Declined from the JSON-RPC client, alice's
+/// `cove call` fails saying so; the next call, answered by `cove answer` from another
+/// process through the daemon, connects on both sides and ends cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_ring_every_client_and_any_can_answer_or_decline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    tokio::task::spawn_blocking(move || {
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        ok(&alice, &["group", "create", "talk"]);
+        ok(&alice, &["group", "add", "talk", "bob"]);
+        let daemon = Daemon::start(&bob);
+        let mut rpc = Rpc::connect(&daemon.socket);
+        rpc.ok("subscribe", json!({}));
+        let mut listen = Command::new(env!("CARGO_BIN_EXE_cove"))
+            .arg("--home")
+            .arg(&bob)
+            .arg("listen")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let listened = lines_of(vec![
+            Box::new(listen.stdout.take().unwrap()),
+            Box::new(listen.stderr.take().unwrap()),
+        ]);
+        wait_line(&listened, |l| l.contains("through the cove daemon"));
+
+        let place = |alice: &Path| {
+            Command::new(env!("CARGO_BIN_EXE_cove"))
+                .arg("--home")
+                .arg(alice)
+                .args(["call", "talk", "--duration", "1", "--ring-timeout", "60"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let incoming = |rpc: &mut Rpc| loop {
+            let v = rpc.read().expect("a notification");
+            if v["method"] == "incoming_call" {
+                return v["params"].clone();
+            }
+        };
+
+        // Declined from the JSON-RPC client.
+        let caller = place(&alice);
+        let ring = incoming(&mut rpc);
+        assert_eq!(
+            (ring["from"].clone(), ring["group_name"].clone()),
+            (json!("alice"), json!("talk"))
+        );
+        let call = ring["call"].as_str().unwrap().to_owned();
+        wait_line(&listened, |l| {
+            l.starts_with("-- incoming call from alice in talk") && l.contains(&call[..8])
+        });
+        assert_eq!(rpc.ok("decline", json!({ "call": call })), json!({}));
+        let out = caller.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("the call was declined by bob"), "{err}");
+
+        // Answered by `cove answer` in another process, through the daemon.
+        let caller = place(&alice);
+        let ring = incoming(&mut rpc);
+        let answer = cove(&bob, &["answer", "--duration", "1"]);
+        let answered = String::from_utf8_lossy(&answer.stdout);
+        assert!(
+            answer.status.success(),
+            "{answered} {}",
+            String::from_utf8_lossy(&answer.stderr)
+        );
+        let call = ring["call"].as_str().unwrap();
+        assert!(
+            answered.contains("connected")
+                && answered.contains(&format!("call {} ended", &call[..8])),
+            "{answered}"
+        );
+        let out = caller.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains("bob answered") && said.contains("connected to bob"),
+            "{said}"
+        );
+        // The JSON-RPC client saw the call connect and end.
+        let mut states = Vec::new();
+        while !states.contains(&"ended".to_owned()) {
+            let v = rpc.read().expect("call states");
+            if v["method"] == "call_state" && v["params"]["call"] == call {
+                states.push(v["params"]["state"].as_str().unwrap().to_owned());
+            }
+        }
+        assert!(states.contains(&"connected".to_owned()), "{states:?}");
+
+        let _ = listen.kill();
+        let _ = listen.wait();
+        assert!(daemon.terminate().success());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}

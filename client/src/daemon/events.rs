@@ -22,6 +22,7 @@ pub(super) async fn pump(daemon: Arc<Daemon>, mut events: mpsc::UnboundedReceive
 }
 
 async fn on_event(daemon: &Arc<Daemon>, event: SessionEvent) {
+    daemon.calls.on_event(daemon, &event).await;
     match event {
         SessionEvent::Connected => {}
         SessionEvent::Disconnected(_) => {
@@ -129,9 +130,6 @@ async fn on_core(daemon: &Arc<Daemon>, event: Event) {
                 }),
             );
         }
-        Event::Content(received) => daemon.calls.on_content(daemon, received).await,
-        Event::Reply { id, result } => daemon.calls.on_reply(id, result),
-        Event::BacklogDone | Event::OpDone { .. } => daemon.calls.on_other(daemon).await,
         _ => {}
     }
 }

@@ -23,7 +23,7 @@ pub const API_VERSION: &str = "1";
 
 /// Runs one method.
 pub(super) async fn dispatch(
-    daemon: &Daemon,
+    daemon: &std::sync::Arc<Daemon>,
     method: &str,
     params: &Value,
 ) -> Result<Value, RpcError> {

@@ -166,7 +166,7 @@ pub async fn run(home: &Home, ready: impl FnOnce(&Path)) -> Result<(), DaemonErr
     let result = serve(&daemon, listener).await;
     let _ = std::fs::remove_file(&path);
     pump.abort();
-    daemon.calls.hang_up_all(&daemon).await;
+    daemon.calls.hang_up_all(FLUSH_ON_CLOSE).await;
     let device = daemon.device.read().await;
     let _ = device.session().stop().await;
     result

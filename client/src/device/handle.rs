@@ -123,6 +123,18 @@ impl Device {
         std::mem::replace(&mut self.events, empty)
     }
 
+    /// Gives the event stream back (see [`Device::take_events`]).
+    pub fn restore_events(&mut self, events: mpsc::UnboundedReceiver<SessionEvent>) {
+        self.events = events;
+    }
+
+    /// Like [`Device::settle`], for a shared handle (the device id is not refreshed).
+    pub async fn settle_shared(&self) -> Result<(), DeviceError> {
+        self.reachable().await?;
+        self.session.settled(self.timeout).await?;
+        Ok(())
+    }
+
     /// Waits until connected, caught up and quiet (no request or command outstanding).
     pub async fn settle(&mut self) -> Result<(), DeviceError> {
         self.reachable().await?;
