@@ -252,7 +252,7 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
 /// unknown method -32601; bad params -32602; a Cove error -32000 with its kind; a line over
 /// 1 MiB gets -32600 and its connection is closed while others keep working; a socket left
 /// by a killed daemon is replaced by the next one; `shutdown` answers, then the daemon
-/// exits and removes its socket.
+/// exits and removes its socket; `cove daemon --detach` returns once its daemon serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_speaks_json_rpc_and_refuses_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
@@ -307,6 +307,20 @@ async fn the_socket_speaks_json_rpc_and_refuses_bad_lines() {
         assert_eq!(rpc.ok("shutdown", json!({})), json!({}));
         assert!(daemon.child.wait().unwrap().success());
         assert!(!daemon.socket.exists());
+
+        // `--detach` returns once the background daemon serves.
+        let out = ok(&alice, &["daemon", "--detach"]);
+        let pid: u64 = out
+            .trim()
+            .strip_prefix("cove daemon ")
+            .and_then(|r| r.strip_suffix(" started"))
+            .unwrap_or_else(|| panic!("{out}"))
+            .parse()
+            .unwrap();
+        let mut rpc = Rpc::connect(&alice.join("daemon.sock"));
+        assert_eq!(rpc.ok("status", json!({}))["pid"], pid);
+        assert_eq!(rpc.ok("shutdown", json!({})), json!({}));
+        assert!(rpc.read().is_none(), "the daemon closed the connection");
     })
     .await
     .unwrap();
