@@ -418,7 +418,8 @@ async fn a_message_sent_while_the_relay_is_down_is_delivered_once_after_restarts
 /// An incoming call rings every client of bob's daemon: a JSON-RPC client gets
 /// `incoming_call` and `cove listen` prints it. Declined from the JSON-RPC client, alice's
 /// `cove call` fails saying so; the next call, answered by `cove answer` from another
-/// process through the daemon, connects on both sides and ends cleanly.
+/// process through the daemon, connects on both sides and ends cleanly. Both calls are
+/// recorded in bob's history of the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_ring_every_client_and_any_can_answer_or_decline() {
     let dir = tempfile::tempdir().unwrap();
@@ -516,6 +517,18 @@ async fn calls_ring_every_client_and_any_can_answer_or_decline() {
             }
         }
         assert!(states.contains(&"connected".to_owned()), "{states:?}");
+        // Both calls are recorded in bob's history of the group.
+        let history = ok(&bob, &["history", "talk"]);
+        let calls: Vec<&str> = history
+            .lines()
+            .filter(|l| l.starts_with("talk -- "))
+            .collect();
+        assert_eq!(calls.len(), 2, "{history}");
+        assert_eq!(calls[0], "talk -- declined call from alice");
+        assert!(
+            calls[1].starts_with("talk -- call with alice, "),
+            "{history}"
+        );
 
         let _ = listen.kill();
         let _ = listen.wait();

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use cove_core::identity::Verification;
 use cove_core::{CommandError, Content, Envelope, OpError, QueryError};
-use cove_store::{Store, StoreError};
+use cove_store::{Kv as _, Namespace, Store, StoreError};
 use cove_wire::{Seq, UserName};
 
 use super::events::message_json;
@@ -247,6 +247,19 @@ async fn history(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
                     "text": text,
                     "pending": true,
                 }));
+            }
+            // Call records (missed, declined, held), by time among the messages.
+            let prefix = super::calls::record_prefix(&id);
+            for (_, value) in c.store().kv_scan(Namespace::Daemon, prefix.as_bytes())? {
+                let Ok(record) = serde_json::from_slice::<Value>(&value) else {
+                    continue;
+                };
+                let at = record["sent_at_ms"].as_u64().unwrap_or(0);
+                let pos = out
+                    .iter()
+                    .position(|m| m["sent_at_ms"].as_u64().unwrap_or(0) > at)
+                    .unwrap_or(out.len());
+                out.insert(pos, super::calls::call_message(&record, &id, &name));
             }
             Ok(out)
         })
