@@ -170,8 +170,8 @@ for line in f:
 "#;
 
 /// While `cove daemon` runs on alice's home, `cove group create/add`, `send`, `groups`,
-/// `history` and `sync` from other processes succeed on the same home through it, and bob
-/// receives; a second daemon on the home is refused; a Python bot on the socket answers
+/// `history`, `sync`, `send-file` and `download` from other processes succeed on the same
+/// home through it, and bob receives; a second daemon on the home is refused; a Python bot on the socket answers
 /// bob's message and bob gets the answer; SIGTERM stops the daemon and removes its socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_and_a_python_bot_go_through_the_daemon() {
@@ -236,6 +236,47 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
         assert!(again.status.success());
         assert_eq!(String::from_utf8_lossy(&again.stdout), "");
         assert!(String::from_utf8_lossy(&again.stderr).contains("nothing new"));
+
+        // A file through the daemon: sent (relative path, from this process's directory),
+        // received by bob, and downloaded back by alice by its number in the group.
+        let work = alice.parent().unwrap().to_owned();
+        std::fs::write(work.join("notes.txt"), b"file through the daemon").unwrap();
+        let sent = Command::new(env!("CARGO_BIN_EXE_cove"))
+            .current_dir(&work)
+            .arg("--home")
+            .arg(&alice)
+            .args(["send-file", "friends", "notes.txt"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&sent.stdout);
+        assert!(
+            sent.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sent.stderr)
+        );
+        assert!(
+            said.starts_with("sent notes.txt (") && said.contains(" to friends [attachment "),
+            "{said}"
+        );
+        assert!(
+            ok(&bob, &["sync"])
+                .trim()
+                .starts_with("friends <alice> [file] notes.txt (")
+        );
+        let got = work.join("got");
+        std::fs::create_dir(&got).unwrap();
+        let saved = ok(
+            &alice,
+            &["download", "friends", "1", "-o", got.to_str().unwrap()],
+        );
+        assert_eq!(
+            saved.trim(),
+            format!("saved {}", got.join("notes.txt").display())
+        );
+        assert_eq!(
+            std::fs::read(got.join("notes.txt")).unwrap(),
+            b"file through the daemon"
+        );
 
         let socket = daemon.socket.clone();
         assert!(daemon.terminate().success());
