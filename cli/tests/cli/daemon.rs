@@ -314,7 +314,8 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
 /// unknown method -32601; bad params -32602; a Cove error -32000 with its kind; a line over
 /// 1 MiB gets -32600 and its connection is closed while others keep working; a socket left
 /// by a killed daemon is replaced by the next one; `shutdown` answers, then the daemon
-/// exits and removes its socket; `cove daemon --detach` returns once its daemon serves.
+/// exits and removes its socket; `cove daemon --detach` returns once its daemon serves; a
+/// command the daemon does not serve fails saying a daemon holds the home.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_speaks_json_rpc_and_refuses_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
@@ -333,6 +334,14 @@ async fn the_socket_speaks_json_rpc_and_refuses_bad_lines() {
         assert_eq!(status["user"], "alice");
         assert_eq!(status["version"], "1");
         assert_eq!(status["pending"], 0);
+
+        // A command the daemon does not serve says that a daemon holds the home.
+        let err = fails(&alice, &["device", "list"]);
+        assert!(
+            err.contains(&format!("a cove daemon {} serves", status["pid"]))
+                && err.contains("does not go through it"),
+            "{err}"
+        );
 
         let v = rpc.call("no_such_method", json!({}));
         assert_eq!(v["error"]["code"], -32601, "{v}");
