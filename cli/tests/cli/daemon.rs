@@ -490,7 +490,8 @@ async fn a_message_sent_while_the_relay_is_down_is_delivered_once_after_restarts
 /// `incoming_call` and `cove listen` prints it. Declined from the JSON-RPC client, alice's
 /// `cove call` fails saying so; the next call, answered by `cove answer` from another
 /// process through the daemon, connects on both sides and ends cleanly. Both calls are
-/// recorded in bob's history of the group.
+/// recorded in bob's history of the group. A call placed through alice's daemon (`cove call`
+/// while it runs) and answered by bob's JSON-RPC client connects and ends cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_ring_every_client_and_any_can_answer_or_decline() {
     let dir = tempfile::tempdir().unwrap();
@@ -600,6 +601,31 @@ async fn calls_ring_every_client_and_any_can_answer_or_decline() {
             calls[1].starts_with("talk -- call with alice, "),
             "{history}"
         );
+
+        // alice calls through her own daemon; bob's JSON-RPC client answers.
+        let alice_daemon = Daemon::start(&alice);
+        let caller = place(&alice);
+        let ring = incoming(&mut rpc);
+        let call = ring["call"].as_str().unwrap().to_owned();
+        let answered = rpc.ok(
+            "answer",
+            json!({"call": call, "audio_in": "tone:660", "audio_out": "none"}),
+        );
+        assert_eq!(answered["call"], call.as_str());
+        let out = caller.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains(&format!("calling talk (call {})", &call[..8]))
+                && said.contains("connected")
+                && said.contains(&format!("call {} ended", &call[..8])),
+            "{said}"
+        );
+        assert!(alice_daemon.terminate().success());
 
         let _ = listen.kill();
         let _ = listen.wait();
