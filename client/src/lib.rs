@@ -15,6 +15,7 @@
 pub mod account;
 pub mod call;
 pub mod config;
+pub mod daemon;
 mod device;
 pub mod raw;
 pub mod session;

@@ -4,6 +4,7 @@
 
 mod account;
 mod audio;
+mod daemon;
 pub(crate) mod device;
 mod files;
 mod group;
@@ -11,6 +12,7 @@ mod init;
 mod messages;
 mod safety;
 mod verify;
+mod via_daemon;
 
 use std::path::PathBuf;
 
@@ -51,7 +53,8 @@ Examples:
   cove recovery-key show                        # the password account's recovery key
   cove group create friends && cove group add friends bob
   cove send friends 'hello'
-  cove listen";
+  cove listen
+  cove daemon --detach                          # one process owns the home; commands use it";
 
 /// The commands.
 #[derive(Debug, Subcommand)]
@@ -103,10 +106,21 @@ pub enum Command {
     /// Delete the password account, every device of it and its data at the relay.
     #[command(subcommand)]
     Account(account::AccountCommand),
+    /// Run the daemon: own this home's connection, database and calls, and serve JSON-RPC on
+    /// HOME/daemon.sock; other commands then go through it.
+    Daemon(daemon::DaemonArgs),
 }
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // A running daemon serves most commands (before any password is asked: it holds the
+    // home open already).
+    if let Ok(plain) = resolve_home(cli.home.clone())
+        && via_daemon::try_run(&plain, &cli.command).await?
+    {
+        return Ok(());
+    }
+    let password_file = cli.password_file.clone();
     let passwords = password::Source::new(cli.password_file);
     let resolve_home = |home: Option<PathBuf>| -> anyhow::Result<Home> {
         let home = resolve_home(home)?;
@@ -118,7 +132,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let home = cli.home;
-    match cli.command {
+    let plain_home = resolve_home(home.clone()).ok();
+    let result = match cli.command {
         Command::Init(args) => {
             let home = resolve_home(home)?;
             let password = if args.lock || !args.no_account {
@@ -161,7 +176,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Account(cmd) => {
             account::run_account(self::resolve_home(home)?, &passwords, cmd).await
         }
+        Command::Daemon(args) => daemon::run(resolve_home(home)?, args, password_file).await,
+    };
+    match (result, plain_home) {
+        (Err(e), Some(home)) if busy(&e) => Err(daemon_hint(e, &home).await),
+        (result, _) => result,
     }
+}
+
+/// Whether the home's lock was taken by another process.
+fn busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<cove::config::ConfigError>(),
+            Some(cove::config::ConfigError::Busy(_))
+        ) || matches!(
+            c.downcast_ref::<cove::DeviceError>(),
+            Some(cove::DeviceError::Config(cove::config::ConfigError::Busy(
+                _
+            )))
+        )
+    })
+}
+
+/// When a daemon holds the home, says so: this command does not go through it.
+async fn daemon_hint(e: anyhow::Error, home: &Home) -> anyhow::Error {
+    let Ok(Some(mut client)) = cove::daemon::client::DaemonClient::connect(home).await else {
+        return e;
+    };
+    let pid = client
+        .call("status", serde_json::json!({}))
+        .await
+        .ok()
+        .and_then(|s| s["pid"].as_u64());
+    let pid = pid.map(|p| format!(" {p}")).unwrap_or_default();
+    anyhow::anyhow!(
+        "a cove daemon{pid} serves {} and this command does not go through it; stop the daemon \
+         (`kill{pid}`) to run it",
+        home.dir().display()
+    )
 }
 
 pub(crate) mod password {
