@@ -225,6 +225,10 @@ pub enum Request {
         /// Signature by the recovery auth key.
         signature: Signature,
     },
+    /// Lists the groups in which a current member device belongs to this device's own
+    /// user (this device included): a user's new device joins them by external commits.
+    /// Answered with [`Reply::UserGroups`].
+    UserGroups,
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -423,6 +427,12 @@ pub enum Reply {
     RecoveryBundle {
         /// The wrapped bundle.
         recovery_bundle: Payload,
+    },
+    /// The groups with a current member device of this device's user, by id (answer to
+    /// `UserGroups`).
+    UserGroups {
+        /// The groups, ordered by id.
+        groups: BoundedVec<GroupId>,
     },
 }
 

@@ -163,6 +163,7 @@ pub fn request() -> impl Strategy<Value = Request> {
         payload().prop_map(|finalization| Request::AccountLoginFinish { finalization }),
         (user_name(), signature())
             .prop_map(|(user, signature)| Request::FetchRecoveryBundle { user, signature }),
+        Just(Request::UserGroups),
     ]
 }
 
@@ -381,6 +382,7 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         }),
         payload().prop_map(|password_bundle| Reply::AccountLoggedIn { password_bundle }),
         payload().prop_map(|recovery_bundle| Reply::RecoveryBundle { recovery_bundle }),
+        bounded(group_id()).prop_map(|groups| Reply::UserGroups { groups }),
     ]
 }
 
