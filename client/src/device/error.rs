@@ -50,4 +50,18 @@ pub enum DeviceError {
     /// Linking a machine by a code failed.
     #[error(transparent)]
     Link(#[from] super::link_code::LinkFailure),
+    /// The password login failed: a wrong user name or password (the relay does not tell
+    /// them apart, and neither does this).
+    #[error("login failed: wrong user name or password")]
+    LoginFailed,
+    /// The account's data did not check out (a refused bundle, an unsupported version).
+    #[error("account: {0}")]
+    Account(cove_account::AccountError),
+    /// The user's identity or device list could not be taken over (e.g. the list is signed
+    /// by another identity key than the account's).
+    #[error(transparent)]
+    OwnIdentity(#[from] cove_core::error::OwnIdentityError),
+    /// The core could not record the relay's answer (storage).
+    #[error(transparent)]
+    Handle(#[from] cove_core::HandleError),
 }

@@ -716,6 +716,10 @@ pub enum OwnIdentityError {
     /// A device cannot revoke itself.
     #[error("a device cannot revoke itself")]
     RevokeSelf,
+    /// The user's device list (from the relay) is signed by another identity key than the
+    /// one the account bundle holds.
+    #[error("the user's device list is signed by another identity key than the account's")]
+    OtherIdentity,
 }
 
 #[cfg(test)]
