@@ -1469,6 +1469,13 @@ impl<S: Store> Client<S> {
                 let store = self.provider.store();
                 match crate::identity::observe_list(store, &user, &entries.0, now_ms) {
                     Ok(verdict) => {
+                        if own {
+                            // The relay has all of what it served: on a device that holds
+                            // the identity, nothing of it is to be published again (another
+                            // holder, e.g. a device logged in with the password, may have
+                            // extended the list).
+                            own_list::served(store, &self.me, entries.0.len() as u64)?;
+                        }
                         if let crate::identity::ListVerdict::NewIdentity { .. } = verdict {
                             self.fx.event(crate::identity::changed_event(&user, false));
                         }

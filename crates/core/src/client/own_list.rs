@@ -209,6 +209,25 @@ pub(super) fn published<S: Store>(store: &S, len: u64) -> Result<(), StoreError>
     store.set_config(PUBLISHED_KEY, &len.to_string())
 }
 
+/// The relay served the own list with `len` entries (and this device stored it): on a
+/// device that holds the user's identity, those entries count as published.
+pub(super) fn served<S: Store>(store: &S, me: &Me, len: u64) -> Result<(), StoreError> {
+    if store.user_identity()?.is_none() {
+        return Ok(());
+    }
+    let stored = store
+        .device_list(me.user())?
+        .map_or(0, |entries| entries.len() as u64);
+    let published: u64 = store
+        .config(PUBLISHED_KEY)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if len > published && len <= stored {
+        store.set_config(PUBLISHED_KEY, &len.to_string())?;
+    }
+    Ok(())
+}
+
 /// The own verified list, if this device holds the user's identity.
 pub(super) fn own_list<S: Store>(store: &S, me: &Me) -> Result<Option<DeviceList>, StoreError> {
     if store.user_identity()?.is_none() {
