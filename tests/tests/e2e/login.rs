@@ -61,7 +61,8 @@ async fn login(net: &Net, home: &str, user: &str, password: &[u8]) -> Result<Dev
 /// groups (same ids, placeholder names, both users as members); bob sees "alice added a
 /// device" (`DeviceAdded` for alice) and the safety number he sees for alice is unchanged;
 /// the new device reads bob's new messages in both groups, and bob reads its messages as
-/// alice's, from the new device.
+/// alice's, from the new device. The new device holds the identity key (it links a further
+/// device) and a group's placeholder name can be set locally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_on_a_new_machine_joins_the_users_groups_as_a_new_device() {
     let net = Net::sqlite().await;
@@ -137,8 +138,35 @@ async fn login_on_a_new_machine_joins_the_users_groups_as_a_new_device() {
         assert_eq!(last.from_device, laptop.device_id().unwrap());
         assert_eq!(last.group, id);
     }
-    laptop.close().await;
-    bob.close().await;
+
+    // The laptop holds the identity key: it links a further device (signing its list entry)
+    // and names a group joined under a placeholder.
+    let tablet = Device::link(&laptop, &net.home("alice-tablet"))
+        .await
+        .unwrap();
+    assert_eq!(tablet.user().as_str(), "alice");
+    let friends = group_id(&bob, "friends").await.to_hex();
+    let named = friends.clone();
+    laptop
+        .session()
+        .call(move |c| c.set_group_name(&named, "friends"))
+        .await
+        .unwrap()
+        .unwrap();
+    let names_now: Vec<(String, String)> = laptop
+        .groups()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.id, g.name))
+        .collect();
+    assert!(
+        names_now.contains(&(friends, "friends".to_owned())),
+        "{names_now:?}"
+    );
+    for d in [tablet, laptop, bob] {
+        d.close().await;
+    }
 }
 
 /// A wrong password fails with `LoginFailed` and leaves no home behind (the directory is
