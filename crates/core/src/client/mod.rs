@@ -12,8 +12,8 @@
 //! effects       Effect, Pending: what the parts ask the dispatcher to do
 //! mls           ciphersuite, group-name extension, Cove credentials
 //! device        Me: this device's keys, challenge answers, device authorisations
-//! own_list      the user's identity key and signed device list (first device), publishing;
-//!               this device's certificate
+//! own_list      the user's identity key and signed device list (first device, or taken
+//!               over at a password login), publishing; this device's certificate
 //! leaves        Leaves: leaf certificates checked; Welcomes and group logs held until the
 //!               device lists they need are in; refused leaves reported once
 //! groups        Groups: loaded MLS groups and group records; name resolution, queries
@@ -26,7 +26,8 @@
 //!               commits and commit races, leave requests of others
 //! welcome       Welcomes: joining a group from the inbox
 //! inbound       Inbound: group log entries: route, park, apply
-//! rejoin        Rejoins: rejoining a group this device cannot follow, by external commit
+//! rejoin        Rejoins: rejoining a group this device cannot follow, by external commit;
+//!               joining the user's groups the same way after a password login
 //! mod           Client: the dispatcher and the public API
 //! ```
 

@@ -164,6 +164,11 @@ impl Rejoins {
         };
         let store = cx.provider.store();
         let joining = self.active.get(&group).is_some_and(|r| r.joining);
+        if joining && cx.groups.membership(&group).is_some() {
+            // Another device of the user added this one (a Welcome) meanwhile: joined.
+            self.active.remove(&group);
+            return Ok(());
+        }
         let added: Vec<DeviceId> = match (joining, cx.me.device()) {
             (true, Some(me)) => vec![me],
             _ => Vec::new(),
@@ -270,6 +275,13 @@ impl Rejoins {
                 }))
             }
             Err(e) => {
+                let joining = self.active.get(&group).is_some_and(|r| r.joining);
+                if joining && cx.groups.membership(&group).is_some() {
+                    // A Welcome from another device of the user made this one a member
+                    // meanwhile (its commit won the epoch): joined, and that state is kept.
+                    self.active.remove(&group);
+                    return Ok(None);
+                }
                 delete_state(store, group)?;
                 let attempts = self.active.get(&group).map_or(0, |r| r.attempts);
                 if e.code == ErrorCode::StaleEpoch && attempts < MAX_REJOIN_ATTEMPTS {
