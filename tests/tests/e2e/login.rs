@@ -202,3 +202,48 @@ async fn a_wrong_password_fails_with_login_failed_and_leaves_no_home() {
     laptop.close().await;
     bob.close().await;
 }
+
+/// With alice's first device online while she logs in on a new machine: the first device
+/// sees its user's list gain the laptop and the laptop's external joins, and whichever way
+/// the laptop ends up in the groups (its own join, or the first device's add), it is in
+/// both, and a message from the laptop reaches both bob and alice's first device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_while_the_first_device_is_online_ends_in_every_group() {
+    let net = Net::sqlite().await;
+    let alice = net.user("alice").await;
+    let mut bob = net.user("bob").await;
+    for g in ["friends", "work"] {
+        alice.create_group(g).await.unwrap();
+        alice.add_users(g, &names(&["bob"])).await.unwrap();
+        joined(&mut bob).await;
+    }
+    let friends = group_id(&alice, "friends").await;
+    alice.close().await;
+    give_account(&net, "alice", PASSWORD).await;
+    let mut alice = Device::open(&net.home("alice")).await.unwrap();
+    alice.settle().await.unwrap();
+
+    let laptop = login(&net, "alice-laptop", "alice", PASSWORD)
+        .await
+        .unwrap();
+    assert_eq!(laptop.groups().await.unwrap().len(), 2);
+    laptop
+        .send_text(&friends.to_hex(), "from the laptop")
+        .await
+        .unwrap();
+    for d in [&mut bob, &mut alice] {
+        let seen = until(
+            d,
+            "the laptop's message",
+            |e| matches!(e, Event::Message(m) if m.text == "from the laptop"),
+        )
+        .await;
+        assert_eq!(
+            seen.last().unwrap().from_device,
+            laptop.device_id().unwrap()
+        );
+    }
+    for d in [laptop, alice, bob] {
+        d.close().await;
+    }
+}
