@@ -48,10 +48,11 @@ fn group_ids(groups: &str) -> Vec<String> {
     ids
 }
 
-/// `cove login --password-file` on a fresh home: a wrong password fails with the
+/// `cove login --lock --password-file` on a fresh home: a wrong password fails with the
 /// `LoginFailed` message and a non-zero exit, leaving no home; the right one makes a device
-/// of alice whose `cove groups` lists alice's two groups (same ids, both members), and
-/// whose `cove send` reaches bob, who also sees "alice added a device".
+/// of alice in a home locked with the same password, whose `cove groups` lists alice's two
+/// groups (same ids, both members), and whose `cove send` reaches bob, who also sees "alice
+/// added a device".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_with_a_password_file_joins_the_groups_and_sends_to_bob() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,6 +85,7 @@ async fn login_with_a_password_file_joins_the_groups_and_sends_to_bob() {
             "--password-file",
             file.to_str().unwrap(),
             "login",
+            "--lock",
             "--server",
             &server,
             "--user",
@@ -95,7 +97,7 @@ async fn login_with_a_password_file_joins_the_groups_and_sends_to_bob() {
         .to_vec()
     };
     let (wrong_args, right_args) = (args(&wrong), args(&pw));
-    let (l, b) = (laptop.clone(), bob.clone());
+    let (l, b, p) = (laptop.clone(), bob.clone(), pw.clone());
     tokio::task::spawn_blocking(move || {
         let wrong_args: Vec<&str> = wrong_args.iter().map(String::as_str).collect();
         let err = fails(&l, &wrong_args);
@@ -108,7 +110,10 @@ async fn login_with_a_password_file_joins_the_groups_and_sends_to_bob() {
         let right_args: Vec<&str> = right_args.iter().map(String::as_str).collect();
         let out = ok(&l, &right_args);
         assert!(out.contains("joined 2 group(s)"), "{out}");
-        let groups = ok(&l, &["groups"]);
+        // --lock: the new home's database key is kept only under the password.
+        assert!(l.join("db.key.locked").exists() && !l.join("db.key").exists());
+        let p = p.to_str().unwrap();
+        let groups = ok(&l, &["--password-file", p, "groups"]);
         assert_eq!(group_ids(&groups), group_ids(&alice_groups), "{groups}");
         assert_eq!(groups.matches("members: alice, bob").count(), 2, "{groups}");
         let friends = alice_groups
@@ -117,7 +122,16 @@ async fn login_with_a_password_file_joins_the_groups_and_sends_to_bob() {
             .and_then(|l| l.split("  ").nth(1))
             .unwrap()
             .to_owned();
-        ok(&l, &["send", &friends, "hello from alice's laptop"]);
+        ok(
+            &l,
+            &[
+                "--password-file",
+                p,
+                "send",
+                &friends,
+                "hello from alice's laptop",
+            ],
+        );
         let seen = ok(&b, &["sync"]);
         assert!(
             seen.contains("alice added a device (safety number unchanged)"),
