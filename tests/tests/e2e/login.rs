@@ -62,7 +62,8 @@ async fn login(net: &Net, home: &str, user: &str, password: &[u8]) -> Result<Dev
 /// device" (`DeviceAdded` for alice) and the safety number he sees for alice is unchanged;
 /// the new device reads bob's new messages in both groups, and bob reads its messages as
 /// alice's, from the new device. The new device holds the identity key (it links a further
-/// device) and a group's placeholder name can be set locally.
+/// device) and a group's placeholder name can be set locally (not to another group's name,
+/// nor empty).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_on_a_new_machine_joins_the_users_groups_as_a_new_device() {
     let net = Net::sqlite().await;
@@ -164,6 +165,23 @@ async fn login_on_a_new_machine_joins_the_users_groups_as_a_new_device() {
         names_now.contains(&(friends, "friends".to_owned())),
         "{names_now:?}"
     );
+    // Another group cannot take the same name, and a name is 1..=MAX_GROUP_NAME bytes.
+    let work = group_id(&bob, "work").await.to_hex();
+    for (name, refused) in [("friends", "duplicate"), ("", "empty")] {
+        let work = work.clone();
+        let result = laptop
+            .session()
+            .call(move |c| c.set_group_name(&work, name))
+            .await
+            .unwrap();
+        match (refused, result) {
+            ("duplicate", Err(cove_core::CommandError::DuplicateGroupName(n))) => {
+                assert_eq!(n, "friends")
+            }
+            ("empty", Err(cove_core::CommandError::Invalid(_))) => {}
+            (_, other) => panic!("{refused} name: {other:?}"),
+        }
+    }
     for d in [tablet, laptop, bob] {
         d.close().await;
     }
