@@ -59,7 +59,9 @@ async fn login(net: &Net, home: &str, user: &str, password: &[u8]) -> Result<Dev
 /// Alice (first device, with a password account) and bob share two groups; alice's first
 /// device is offline. `login` as alice on a fresh home makes a device that is in both
 /// groups (same ids, placeholder names, both users as members); bob sees "alice added a
-/// device" (`DeviceAdded` for alice) and the safety number he sees for alice is unchanged;
+/// device" (`DeviceAdded` for alice) and, up to the laptop's last message, no membership
+/// change, key or identity change, refused leaf or unlisted-device warning; the safety
+/// number he sees for alice is unchanged;
 /// the new device reads bob's new messages in both groups, and bob reads its messages as
 /// alice's, from the new device. The new device holds the identity key (it links a further
 /// device) and a group's placeholder name can be set locally (not to another group's name,
@@ -101,7 +103,23 @@ async fn login_on_a_new_machine_joins_the_users_groups_as_a_new_device() {
         assert_eq!(g.members, ["alice", "bob"]);
     }
 
+    // Everything bob's device reports from here to the laptop's last message (which comes
+    // after both joins in the groups' logs): the joins are a device added, nothing else.
+    let mut unexpected: Vec<Event> = Vec::new();
+    let mut note = |e: &Event| {
+        if matches!(
+            e,
+            Event::MembersChanged { .. }
+                | Event::KeyChanged { .. }
+                | Event::Identity(IdentityEvent::IdentityChanged { .. })
+                | Event::Identity(IdentityEvent::LeafRefused { .. })
+                | Event::Warning(cove_core::error::Warning::NewDevice { .. })
+        ) {
+            unexpected.push(e.clone());
+        }
+    };
     until(&mut bob, "alice added a device", |e| {
+        note(e);
         matches!(e, Event::Identity(IdentityEvent::DeviceAdded { user, .. }) if user.as_str() == "alice")
     })
     .await;
@@ -128,17 +146,20 @@ async fn login_on_a_new_machine_joins_the_users_groups_as_a_new_device() {
             .send_text(&id.to_hex(), &format!("from the laptop {i}"))
             .await
             .unwrap();
-        let seen = until(
-            &mut bob,
-            "the laptop's message",
-            |e| matches!(e, Event::Message(m) if m.text == format!("from the laptop {i}")),
-        )
+        let seen = until(&mut bob, "the laptop's message", |e| {
+            note(e);
+            matches!(e, Event::Message(m) if m.text == format!("from the laptop {i}"))
+        })
         .await;
         let last = seen.last().unwrap();
         assert_eq!(last.from.as_str(), "alice");
         assert_eq!(last.from_device, laptop.device_id().unwrap());
         assert_eq!(last.group, id);
     }
+    assert!(
+        unexpected.is_empty(),
+        "bob saw more than a device added: {unexpected:?}"
+    );
 
     // The laptop holds the identity key: it links a further device (signing its list entry)
     // and names a group joined under a placeholder.
