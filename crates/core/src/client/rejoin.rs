@@ -65,6 +65,11 @@ struct Rejoin {
     cut_off: bool,
     /// A first join of a group this device was never in (not a rejoin).
     joining: bool,
+    /// A first join whose commit the relay refused as `InvalidCommit`: another device of
+    /// the user may have added this one meanwhile (its Welcome still on the way), so it
+    /// joins once more as a member would rejoin (`added` empty; openmls removes the leaf
+    /// the other device added, which has the same key).
+    as_member: bool,
 }
 
 /// What an accepted (re)join did, for the dispatcher to report.
@@ -169,7 +174,8 @@ impl Rejoins {
             self.active.remove(&group);
             return Ok(());
         }
-        let added: Vec<DeviceId> = match (joining, cx.me.device()) {
+        let as_member = self.active.get(&group).is_some_and(|r| r.as_member);
+        let added: Vec<DeviceId> = match (joining && !as_member, cx.me.device()) {
             (true, Some(me)) => vec![me],
             _ => Vec::new(),
         };
@@ -284,6 +290,16 @@ impl Rejoins {
                 }
                 delete_state(store, group)?;
                 let attempts = self.active.get(&group).map_or(0, |r| r.attempts);
+                if let Some(r) = self.active.get_mut(&group)
+                    && r.joining
+                    && !r.as_member
+                    && e.code == ErrorCode::InvalidCommit
+                    && attempts < MAX_REJOIN_ATTEMPTS
+                {
+                    r.as_member = true;
+                    fetch(group, fx);
+                    return Ok(None);
+                }
                 if e.code == ErrorCode::StaleEpoch && attempts < MAX_REJOIN_ATTEMPTS {
                     // Another member committed first: start over from the new state.
                     fetch(group, fx);
