@@ -403,7 +403,8 @@ impl<S: Store> Client<S> {
         }
     }
 
-    /// On the user's first device (the one holding the user's identity key): authorises
+    /// On a device holding the user's identity key (the user's first device, or one logged
+    /// in with the password): authorises
     /// `new_key` as a further device of this user (the new device shows its key; this device
     /// signs it) and adds it to the signed device list, which is published now (or at the
     /// next connection), so that the relay registers it and other users' clients add it to
@@ -629,9 +630,9 @@ impl<S: Store> Client<S> {
             .and_then(|entries| cove_identity::DeviceList::verify(user, &entries).ok()))
     }
 
-    /// Whether this device holds its user's identity key (it is the user's first device):
-    /// only such a device signs device-list entries, so only it can link (authorise) or
-    /// revoke devices.
+    /// Whether this device holds its user's identity key (it is the user's first device, or
+    /// it logged in with the password): only such a device signs device-list entries, so
+    /// only it can link (authorise) or revoke devices.
     pub fn holds_user_identity(&self) -> Result<bool, StoreError> {
         Ok(self.provider.store().user_identity()?.is_some())
     }
@@ -661,7 +662,8 @@ impl<S: Store> Client<S> {
     }
 
     /// This user's verified device list, on a device that holds the user's identity (the
-    /// first device): its identity key, devices and head.
+    /// first device, or one logged in with the password): its identity key, devices and
+    /// head.
     pub fn own_device_list(&self) -> Result<Option<cove_identity::DeviceList>, StoreError> {
         own_list::own_list(self.provider.store(), &self.me)
     }
