@@ -58,7 +58,8 @@ prefix), its relay id, its name, when it was added, when it last logged in to th
 Offline, the list this device last verified is shown, with ids and last seen unknown.")]
     List,
     /// Revoke a device of this user for good (lost or stolen): signs a revoke entry with the
-    /// user's identity key (only the user's first device holds it) and publishes it.
+    /// user's identity key (held by the user's first device and by devices logged in with
+    /// the password) and publishes it.
     #[command(after_help = "\
 Examples:
   cove device revoke 9f8e7d6c      # by key prefix

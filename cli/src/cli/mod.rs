@@ -9,6 +9,7 @@ pub(crate) mod device;
 mod files;
 mod group;
 mod init;
+mod login;
 mod messages;
 mod safety;
 mod verify;
@@ -51,6 +52,7 @@ Examples:
   cove demo                                     # everything in-process: relay, alice, bob, carol
   cove init --server wss://127.0.0.1:7443 --user alice --ca cove-data/tls/cert.pem
   cove recovery-key show                        # the password account's recovery key
+  cove login --server wss://127.0.0.1:7443 --user alice --ca cove-data/tls/cert.pem   # a second machine
   cove group create friends && cove group add friends bob
   cove send friends 'hello'
   cove listen
@@ -61,6 +63,8 @@ Examples:
 pub enum Command {
     /// Create this device's identity and register it with a relay.
     Init(init::InitArgs),
+    /// Make this machine a new device of an existing user, with the user's password.
+    Login(login::LoginArgs),
     /// Create, change or leave a group.
     #[command(subcommand)]
     Group(group::GroupCommand),
@@ -147,6 +151,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let account = password.filter(|_| !args.no_account);
             init::run(home, args, account).await
+        }
+        Command::Login(args) => {
+            // A new home: never locked yet, so no password is asked for it.
+            let home = crate::cli::resolve_home(home)?;
+            let why = format!("logging in as {}", args.user);
+            let password = passwords.get(&format!("password of {}: ", args.user), &why)?;
+            let home = if args.lock {
+                home.locked_with(password.clone())
+            } else {
+                home
+            };
+            login::run(home, args, password.as_bytes()).await
         }
         Command::Group(cmd) => group::run(resolve_home(home)?, cmd).await,
         Command::Groups(args) => group::run_groups(resolve_home(home)?, args).await,

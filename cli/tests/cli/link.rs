@@ -290,8 +290,8 @@ async fn a_linked_device_refuses_to_link_before_showing_a_code() {
     let ca = relay.cert_path().to_str().unwrap().to_owned();
     let d = dir.path().to_owned();
     tokio::task::spawn_blocking(move || {
-        let reason = "only the user's first device (which holds the identity key) can link new \
-                      devices";
+        let reason = "only the user's first device or a device logged in with the password \
+                      (which hold the identity key) can link new devices";
         let (bob, laptop, tablet) = (d.join("bob"), d.join("laptop"), d.join("tablet"));
         init(&bob, &server, &ca, "bob");
         ok(

@@ -9,6 +9,7 @@ mod escape;
 mod files;
 mod link;
 mod locked;
+mod login;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -250,6 +251,7 @@ fn every_command_has_help_with_an_example() {
     let dir = tempfile::tempdir().unwrap();
     for cmd in [
         &["init"][..],
+        &["login"],
         &["group", "create"],
         &["group", "add"],
         &["group", "remove"],

@@ -54,4 +54,15 @@ pub enum DeviceError {
     /// user without an account), a mistyped recovery key, a bundle that does not open.
     #[error(transparent)]
     Account(#[from] cove_account::AccountError),
+    /// The password login failed: a wrong user name or password (the relay does not tell
+    /// them apart, and neither does this).
+    #[error("login failed: wrong user name or password")]
+    LoginFailed,
+    /// The user's identity or device list could not be taken over (e.g. the list is signed
+    /// by another identity key than the account's).
+    #[error(transparent)]
+    OwnIdentity(#[from] cove_core::error::OwnIdentityError),
+    /// The core could not record the relay's answer (storage).
+    #[error(transparent)]
+    Handle(#[from] cove_core::HandleError),
 }

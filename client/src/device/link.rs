@@ -242,9 +242,10 @@ impl Device {
     }
 
     /// Revokes the device of this user whose relay id `key_prefix` is (a decimal number that
-    /// is an id), or else whose key starts with the hex digits `key_prefix`, on the user's
-    /// first device (which holds the identity key), and waits until the relay has the signed
-    /// entry. Returns the revoked key (hex).
+    /// is an id), or else whose key starts with the hex digits `key_prefix`, on a device
+    /// that holds the identity key (the user's first device, or one logged in with the
+    /// password), and waits until the relay has the signed entry. Returns the revoked key
+    /// (hex).
     pub async fn revoke_device(&mut self, key_prefix: &str) -> Result<String, DeviceError> {
         let prefix = key_prefix.trim().to_ascii_lowercase();
         // A number may be a relay id (`cove device list` shows them): ask the relay then.

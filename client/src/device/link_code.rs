@@ -262,7 +262,8 @@ impl Device {
     /// ([`Device::join_by_code`] there), authorises it, adds it to every group this device
     /// is in and hands over the message history. Returns the new device's id.
     ///
-    /// Only the user's first device, which holds the identity key, can link: on any other
+    /// Only a device that holds the identity key (the user's first device, or one logged in
+    /// with the password) can link: on any other
     /// this fails at once, before a code is shown
     /// ([`OwnIdentityError::NotIdentityHolder`](cove_core::error::OwnIdentityError)),
     /// rather than letting the new machine fail to register.

@@ -12,6 +12,7 @@
 //! - `open`: initialising (registering) and opening a home.
 //! - `link`: linking a further device, and probing the relay on a side connection.
 //! - `link_code`: linking any machine by a short code (host and joiner).
+//! - `login`: a new device of a user, by the user's password (`cove login`).
 //! - `queries`: groups, history, safety numbers, epochs.
 //! - `groups`: group commands (create, add, remove, leave).
 //! - `attachments`: the glue for [`crate::transfer`].
@@ -26,6 +27,7 @@ mod handle;
 mod inbox;
 mod link;
 mod link_code;
+mod login;
 mod messages;
 mod open;
 mod queries;

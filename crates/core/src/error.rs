@@ -705,17 +705,22 @@ pub enum OwnIdentityError {
     /// A device name outside the rules.
     #[error(transparent)]
     Name(#[from] cove_wire::identity::DeviceNameError),
-    /// This device does not hold the user's identity key (only the user's first device
-    /// does): it cannot sign device-list entries, so it can neither link (authorise) nor
-    /// revoke devices.
+    /// This device does not hold the user's identity key (only the user's first device and
+    /// devices logged in with the password do): it cannot sign device-list entries, so it
+    /// can neither link (authorise) nor revoke devices.
     #[error(
         "this device does not hold the user's identity key: only the user's first device \
-         (which holds the identity key) can link new devices or revoke devices"
+         or a device logged in with the password (which hold the identity key) can link new \
+         devices or revoke devices"
     )]
     NotIdentityHolder,
     /// A device cannot revoke itself.
     #[error("a device cannot revoke itself")]
     RevokeSelf,
+    /// The user's device list (from the relay) is signed by another identity key than the
+    /// one the account bundle holds.
+    #[error("the user's device list is signed by another identity key than the account's")]
+    OtherIdentity,
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ pub use client::{
     CIPHERSUITE, Client, DEVICE_CERTIFICATE_EXTENSION, KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW_WATER,
     MAX_COMMIT_RETRIES, MAX_GROUP_NAME, MAX_PARKED_BYTES, MAX_PAST_EPOCHS, MAX_PENDING_PER_GROUP,
     MAX_REJOIN_ATTEMPTS, MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS, PADDING_BUCKET, UNJOINED_PARK_MS,
-    credential_identity, safety_number,
+    credential_identity, placeholder_name, safety_number,
 };
 pub use content::{Content, Envelope};
 pub use cove_identity;

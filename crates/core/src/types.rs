@@ -301,6 +301,13 @@ pub enum OpError {
     /// Retried too often because of concurrent commits.
     #[error("gave up after {0} commit races")]
     TooManyRetries(u32),
+    /// Joining the user's groups by external commits left some out (each reported with a
+    /// `RejoinFailed` warning).
+    #[error("could not join {groups} of the user's groups")]
+    NotJoined {
+        /// How many.
+        groups: usize,
+    },
 }
 
 /// Why a command could not even be queued (caller error or local failure).

@@ -179,6 +179,59 @@ pub fn tls_channel_binding(conn: &rustls::ClientConnection) -> Result<ChannelBin
     })
 }
 
+/// Registers a password account for the user of the authenticated `client`, as `cove init`
+/// with a password does: OPAQUE registration (`AccountRegisterStart`/`Finish`) with
+/// `cove-account`'s client functions, the account bundle (the identity key seed
+/// `identity_seed`, e.g. the first device's `Store::user_identity`, and a fresh history
+/// backup key) wrapped under the export key and under a fresh recovery key.
+pub async fn register_account(
+    client: &mut TestClient,
+    user: &UserName,
+    password: &[u8],
+    identity_seed: [u8; 32],
+) -> Result<(), ClientError> {
+    use cove_account::opaque::{client_register_finish, client_register_start};
+    use cove_account::{AccountBundle, RecoveryKey, WrapKind};
+    let account = |e: cove_account::AccountError| ClientError::Unexpected(e.to_string());
+    let (state, request) = client_register_start(password).map_err(account)?;
+    let response = match client
+        .call(Request::AccountRegisterStart {
+            request: Payload(request),
+        })
+        .await?
+    {
+        Reply::AccountRegisterResponse { response } => response,
+        other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+    };
+    let (upload, export_key) =
+        client_register_finish(state, user.as_str(), response.as_bytes()).map_err(account)?;
+    let bundle = AccountBundle::new(identity_seed);
+    let recovery = RecoveryKey::generate();
+    let password_bundle = bundle
+        .wrap(user.as_str(), WrapKind::Password, export_key.as_bytes())
+        .map_err(account)?;
+    let recovery_bundle = bundle
+        .wrap(user.as_str(), WrapKind::Recovery, recovery.as_bytes())
+        .map_err(account)?;
+    let recovery_key = recovery
+        .auth_key()
+        .map_err(account)?
+        .verifying_key()
+        .to_bytes();
+    match client
+        .call(Request::AccountRegisterFinish {
+            upload: Payload(upload),
+            password_bundle: Payload(password_bundle),
+            recovery_bundle: Payload(recovery_bundle),
+            recovery_key,
+        })
+        .await?
+    {
+        Reply::AccountRegistered => Ok(()),
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
 /// A random group id.
 pub fn random_group_id() -> GroupId {
     let mut id = [0u8; 16];

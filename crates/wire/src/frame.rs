@@ -255,6 +255,10 @@ pub enum Request {
     /// and the blobs they uploaded; the name is free again. Answered with
     /// [`Reply::AccountDeleted`]; `Unauthenticated` without the login.
     AccountDelete,
+    /// Lists the groups in which a current member device belongs to this device's own
+    /// user (this device included): a user's new device joins them by external commits.
+    /// Answered with [`Reply::UserGroups`].
+    UserGroups,
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -458,6 +462,12 @@ pub enum Reply {
     AccountPasswordChanged,
     /// The user and everything of it is gone from the relay (answer to `AccountDelete`).
     AccountDeleted,
+    /// The groups with a current member device of this device's user, by id (answer to
+    /// `UserGroups`).
+    UserGroups {
+        /// The groups, ordered by id.
+        groups: BoundedVec<GroupId>,
+    },
 }
 
 /// Why a link slot closed (in [`ServerFrame::LinkClosed`]).

@@ -13,10 +13,11 @@
 //!   user, with the registered key as signature key); and the GroupInfo it carries must be of
 //!   the epoch it starts, carry an `external_pub`, be signed by the committer, and rebuild
 //!   the very state the relay merged (same confirmation tag and group context);
-//! - an external commit is accepted only as a member's rejoin: its joiner leaf is the
-//!   posting device (a current member, with its registered key), it adds no one and removes
-//!   at most that device's own old leaves, and its lists are empty (membership does not
-//!   change); members fetch the state to rejoin from with `FetchGroupState`;
+//! - an external commit is accepted only as a member's rejoin or as a new device of a user
+//!   who has a member device in the group joining: its joiner leaf is the posting device
+//!   (with its registered key), it adds no one and removes at most that device's own old
+//!   leaves; a rejoin's lists are empty (membership does not change), a join's `added` is
+//!   exactly the posting device; both fetch the state to join from with `FetchGroupState`;
 //! - proposals are not accepted on their own (clients commit them inline);
 //! - application messages are not parsed (the fan-out hot path).
 //!
@@ -63,10 +64,12 @@ pub enum HandshakeError {
     /// A standalone proposal: not accepted (commit proposals inline).
     #[error("standalone proposals are not accepted; commit them inline")]
     Proposal,
-    /// An external commit that is not the posting member rejoining (it adds someone, or
-    /// removes another device's leaf).
+    /// An external commit that is neither the posting member rejoining nor a new device of
+    /// a user with a member device joining (it adds someone, removes another device's leaf,
+    /// or comes from a device of a user with no member device in the group).
     #[error(
-        "an external commit may only rejoin the posting device, removing only its own old leaves"
+        "an external commit may only rejoin the posting device, or join a new device of a user \
+         who has a member device, removing only its own old leaves"
     )]
     External,
     /// openmls refused the commit (signature, epoch, sender, proposals).
@@ -229,8 +232,16 @@ impl Handshakes {
             PostKind::Proposal => return Err(HandshakeError::Proposal.into()),
             PostKind::Commit { group_info, .. } => group_info,
         };
+        // A non-member may post only a new device's external join (checked below), and
+        // only when a device of its user is a member: another user's is `InvalidCommit`,
+        // whatever its epoch.
         if !store.is_member(post.group, post.sender)? {
-            return Err(StoreError::NotMember.into());
+            if !is_join_shaped(post) {
+                return Err(StoreError::NotMember.into());
+            }
+            if !super::requests::user_has_member(store, post.group, post.sender)? {
+                return Err(HandshakeError::External.into());
+            }
         }
         let mut groups = self.lock()?;
         let tracked = match groups.remove(&post.group) {
@@ -284,6 +295,16 @@ impl Handshakes {
             keep(&mut groups, prepared.group, prepared.tracked);
         }
     }
+}
+
+/// Whether `post` has the shape of a new device's external join: a commit adding exactly
+/// its sender, removing no one, with no Welcome (the MLS checks come after).
+fn is_join_shaped(post: &NewPost) -> bool {
+    matches!(
+        &post.kind,
+        PostKind::Commit { added, removed, welcome: None, .. }
+            if added.as_slice() == [post.sender] && removed.is_empty()
+    )
 }
 
 /// Puts a group's state in the cache, dropping another group's if it is full.
@@ -356,7 +377,12 @@ fn validate_commit(
     };
     // The leaf that signs the GroupInfo: the committer's after the commit (an update path
     // may replace it), which must be the posting device with its registered key.
+    let member = store
+        .is_member(post.group, post.sender)
+        .map_err(|e| HandshakeError::Internal(e.to_string()))?;
     let signer: LeafNode = match sender {
+        // Only a member commits as a member (a device that left is still a leaf).
+        Sender::Member(_) if !member => return Err(HandshakeError::NotPoster),
         Sender::Member(index) => {
             let committer = pg.leaf(index).ok_or(HandshakeError::NotPoster)?;
             if registered_device(store, committer)? != post.sender {
@@ -383,10 +409,15 @@ fn validate_commit(
             }
             staged.update_path_leaf_node().unwrap_or(committer).clone()
         }
-        // A rejoin: a member that lost its group state joins again from the relay's
-        // GroupInfo. openmls authorizes no external commit (RFC 9420 12.4.3.2), so the
-        // relay does: the joiner is the posting device (a member, checked before), it adds
-        // no one, and it removes at most its own old leaves; membership does not change.
+        // An external commit. openmls authorizes none (RFC 9420 12.4.3.2), so the relay
+        // does. Either a rejoin: a member that lost its group state joins again from the
+        // relay's GroupInfo (the posting device is a member; its lists are empty, so
+        // membership does not change); or a new device of a user who has a member device
+        // in the group joins (the posting device is not a member, its user has a member
+        // device, checked before; `added` is exactly the posting device, `removed` empty).
+        // Either way the joiner leaf is the posting device with its registered key
+        // (checked below as the signer), it adds no one, and it removes at most the posting
+        // device's own old leaves.
         Sender::NewMemberCommit => {
             let joiner = staged
                 .update_path_leaf_node()
@@ -402,8 +433,12 @@ fn validate_commit(
                     return Err(HandshakeError::External);
                 }
             }
-            if !added.is_empty() || !removed.is_empty() {
+            if !removed.is_empty() {
                 return Err(HandshakeError::RemovedMismatch);
+            }
+            let expected: &[DeviceId] = if member { &[] } else { &[post.sender] };
+            if added.as_slice() != expected {
+                return Err(HandshakeError::AddedMismatch);
             }
             joiner.clone()
         }

@@ -104,7 +104,11 @@ pub fn request(
             Ok(Reply::GroupCreated)
         }
         Request::FetchGroupState { group } => {
-            if !store.is_member(group, device).map_err(stored)? {
+            // A member, or a device of a user with a member device in the group: the
+            // user's new device joins from this state by an external commit.
+            if !store.is_member(group, device).map_err(stored)?
+                && !user_has_member(store, group, device).map_err(stored)?
+            {
                 return Err(stored(StoreError::NotMember));
             }
             let state = store
@@ -154,6 +158,13 @@ pub fn request(
                 groups: BoundedVec(groups),
             })
         }
+        Request::UserGroups => {
+            let mut groups = user_groups(store, device).map_err(stored)?;
+            groups.truncate(MAX_VEC_ITEMS);
+            Ok(Reply::UserGroups {
+                groups: BoundedVec(groups),
+            })
+        }
         Request::Ping => Ok(Reply::Pong),
         Request::PublishDeviceList { entries } => {
             super::device_lists::publish(store, device, entries.0)
@@ -179,6 +190,53 @@ pub fn request(
             Err(ErrorReply::new(ErrorCode::Internal, "internal error"))
         }
     }
+}
+
+/// The current devices (registered, not revoked in the signed list) of `device`'s user.
+fn current_devices_of_user(
+    store: &dyn RelayStore,
+    device: DeviceId,
+) -> Result<Vec<DeviceId>, StoreError> {
+    let (user, _) = store.device(device)?.ok_or(StoreError::UnknownDevice)?;
+    let list = match store.device_list(&user) {
+        Ok(list) => list,
+        Err(StoreError::UnknownUser) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(store
+        .devices(&user)?
+        .into_iter()
+        .filter(|d| !cove_identity::revokes(&list, &d.key))
+        .map(|d| d.device)
+        .collect())
+}
+
+/// Whether a current device of `device`'s user is a current member of `group`
+/// (`UnknownGroup` if there is no such group).
+pub(crate) fn user_has_member(
+    store: &dyn RelayStore,
+    group: cove_wire::GroupId,
+    device: DeviceId,
+) -> Result<bool, StoreError> {
+    for d in current_devices_of_user(store, device)? {
+        if store.is_member(group, d)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The groups in which a current device of `device`'s user is a current member, ordered
+/// by id without repeats (`UserGroups`).
+fn user_groups(
+    store: &dyn RelayStore,
+    device: DeviceId,
+) -> Result<Vec<cove_wire::GroupId>, StoreError> {
+    let mut groups = std::collections::BTreeSet::new();
+    for d in current_devices_of_user(store, device)? {
+        groups.extend(store.groups_of(d)?.into_iter().map(|g| g.group));
+    }
+    Ok(groups.into_iter().collect())
 }
 
 /// The devices of `device`'s own user with their last-seen times and whether the user's

@@ -94,6 +94,7 @@ macro_rules! relay_store_conformance {
             concurrent_account_creations_exactly_one_wins,
             a_password_replacement_changes_the_record_and_password_bundle_only,
             deleting_a_user_removes_everything_of_it_and_frees_the_name,
+            an_external_join_adds_its_poster_only_with_a_validated_state,
         );
     };
     (@cases $name:ident, $make:expr; $($case:ident),* $(,)?) => {
@@ -2116,6 +2117,62 @@ pub fn public_state_is_replaced_only_by_an_accepted_post(store: &dyn RelayStore)
     assert!(matches!(
         store.public_state(gid(9)),
         Err(StoreError::UnknownGroup)
+    ));
+}
+
+/// A non-member's commit that adds exactly itself without a Welcome (a user's new device
+/// joining by an external commit) is taken only with a validated public state (the relay's
+/// handshake validation checked it): without one it is `Invalid` and changes nothing; for a
+/// past epoch it is `StaleEpoch` like any commit; accepted, the poster is a member from
+/// that commit on (join seq and cursor), with nothing in its inbox. A non-member's commit of
+/// any other shape is `NotMember`.
+pub fn an_external_join_adds_its_poster_only_with_a_validated_state(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let n = store.add_device(&user("alice"), &key(2)).unwrap();
+    let state = PublicGroupState {
+        group_info: vec![1; 3],
+        tree: vec![2; 2],
+    };
+    store
+        .create_group_with_state(gid(1), a, Some(state.clone()))
+        .unwrap();
+    let join = |epoch: u64, validated: bool| NewPost {
+        public_state: validated.then(|| state.clone()),
+        ..commit(gid(1), n, epoch, &[n], &[], None)
+    };
+    assert!(matches!(
+        one(store, join(0, false)),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(!store.is_member(gid(1), n).unwrap());
+    assert!(matches!(
+        one(store, commit(gid(1), n, 0, &[], &[], None)),
+        Err(StoreError::NotMember)
+    ));
+    assert!(matches!(
+        one(store, commit(gid(1), n, 0, &[n], &[], Some(b"welcome"))),
+        Err(StoreError::NotMember)
+    ));
+    one(store, app(gid(1), a, 0, b"before")).unwrap();
+    let joined = one(store, join(0, true)).unwrap();
+    assert!(joined.welcomes.is_empty() && joined.welcome.is_none());
+    assert_eq!(sorted(joined.members.clone()), sorted(vec![a, n]));
+    assert!(store.is_member(gid(1), n).unwrap());
+    assert_eq!(store.joined(gid(1), n).unwrap(), Some(joined.entry.seq));
+    assert_eq!(
+        store.cursor(n, Stream::Group(gid(1))).unwrap(),
+        joined.entry.seq
+    );
+    assert_eq!(inbox_seqs(store, n), Vec::<u64>::new());
+    assert_eq!(store.groups_of(n).unwrap().len(), 1);
+    // A second join at the old epoch is stale; the member's own join shape is no longer one.
+    assert!(matches!(
+        one(store, join(0, true)),
+        Err(StoreError::StaleEpoch { current: Epoch(1) })
+    ));
+    assert!(matches!(
+        one(store, join(1, true)),
+        Err(StoreError::Invalid(_))
     ));
 }
 

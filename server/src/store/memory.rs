@@ -161,6 +161,7 @@ impl Inner {
                     dev.departing.insert(post.group);
                 }
             }
+            let has_welcome = welcome.is_some();
             let welcome = Welcome {
                 kind: InboxKind::Welcome {
                     group: post.group,
@@ -177,13 +178,17 @@ impl Inner {
                 // device still receives the commit that removed it.
                 if let Some(dev) = self.devices.get_mut(d) {
                     dev.groups.insert(post.group);
+                    if !has_welcome {
+                        // A new device's external join: no Welcome to deliver.
+                        continue;
+                    }
                     let inbox_seq = Seq(dev.inbox_end.0.saturating_add(1));
                     dev.inbox_end = inbox_seq;
                     dev.inbox.push((inbox_seq, welcome.clone()));
                     appended.welcomes.push((*d, inbox_seq));
                 }
             }
-            if !added.is_empty() {
+            if has_welcome {
                 appended.welcome = Some(welcome);
             }
             appended.removed = removed.0;

@@ -112,7 +112,13 @@ impl GroupState {
         post: &NewPost,
         device_exists: &mut dyn FnMut(DeviceId) -> Result<bool, StoreError>,
     ) -> Result<Checked, StoreError> {
-        if !self.is_member(post.sender) {
+        // A non-member's post is refused, except a new device's external join: a commit
+        // adding exactly its sender, with no Welcome, taken only from the relay's handshake
+        // validation (which checked the MLS external commit and that a device of the
+        // sender's user is a member), i.e. with a public state (below, after the epoch
+        // rule, so that a join that lost a race gets `StaleEpoch` like any commit).
+        let joining = !self.is_member(post.sender) && is_join(post);
+        if !self.is_member(post.sender) && !joining {
             return Err(StoreError::NotMember);
         }
         if post.payload.len() > MAX_PAYLOAD_BYTES {
@@ -162,6 +168,11 @@ impl GroupState {
                 if post.epoch != self.epoch {
                     return Err(stale);
                 }
+                if joining && post.public_state.is_none() {
+                    return Err(StoreError::Invalid(
+                        "an external join is taken only from a validated commit",
+                    ));
+                }
                 let epoch_after = self
                     .epoch
                     .0
@@ -191,6 +202,7 @@ impl GroupState {
                     ));
                 }
                 match (welcome, added.is_empty()) {
+                    (None, false) if joining => {}
                     (Some(_), true) => {
                         return Err(StoreError::Invalid("welcome without added devices"));
                     }
@@ -241,6 +253,16 @@ impl GroupState {
             self.members.dedup();
         }
     }
+}
+
+/// Whether `post` is shaped as a new device's external join: a commit adding exactly its
+/// sender, removing no one, with no Welcome.
+fn is_join(post: &NewPost) -> bool {
+    matches!(
+        &post.kind,
+        PostKind::Commit { added, removed, welcome: None, .. }
+            if added.len() == 1 && added.first() == Some(&post.sender) && removed.is_empty()
+    )
 }
 
 /// The duplicate check's digest of a payload: the first 16 bytes of its SHA-256.

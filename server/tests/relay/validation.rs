@@ -809,3 +809,131 @@ async fn a_member_rejoins_by_an_external_commit_from_the_relays_state() {
     bob.send_text(group, b"thanks").await;
     assert_eq!(alice.receive_text(group).await, b"thanks");
 }
+
+/// Alice's second device `laptop`: listed in alice's signed list (published by her first
+/// device) and registered, on its own connection, as an MLS member-to-be without a group.
+async fn alices_new_device(relay: &TestRelay, alice: &mut Member) -> Member {
+    let mut laptop = DeviceKeys::generate("alice");
+    crate::device_lists::publish_signed_list(
+        &mut alice.client,
+        &alice.keys,
+        &[laptop.public_key()],
+    )
+    .await;
+    let mut client = relay.connect().await.unwrap();
+    client
+        .register_device(&mut laptop, &alice.keys)
+        .await
+        .unwrap();
+    Member::with(client, laptop)
+}
+
+/// The group ids `UserGroups` answers to `member`.
+async fn user_groups(member: &mut Member) -> Vec<GroupId> {
+    match member.client.call(Request::UserGroups).await.unwrap() {
+        Reply::UserGroups { groups } => groups.0,
+        other => panic!("expected UserGroups: {other:?}"),
+    }
+}
+
+/// A new device of a user who has a member device in a group (alice's laptop) learns the
+/// group from `UserGroups` (another user's device does not), fetches its public state
+/// (another user's device is `NotMember`), and joins by an external commit whose `added`
+/// is exactly itself: the relay makes it a member at that commit (`ListGroups`), both
+/// members process the commit into the same epoch, and messages go both ways.
+#[tokio::test]
+async fn a_users_new_device_joins_its_groups_by_external_commits() {
+    let relay = validating_relay().await;
+    let (mut alice, mut bob, group) = alice_and_bob(&relay).await;
+    let mut eve = Member::new(relay.connect().await.unwrap(), "eve").await;
+    let mut laptop = alices_new_device(&relay, &mut alice).await;
+
+    assert_eq!(user_groups(&mut laptop).await, vec![group]);
+    assert_eq!(user_groups(&mut bob).await, vec![group]);
+    assert_eq!(user_groups(&mut eve).await, Vec::<GroupId>::new());
+    assert_eq!(
+        eve.fetch_state(group).await.unwrap_err().code(),
+        Some(ErrorCode::NotMember)
+    );
+    let state = laptop.fetch_state(group).await.unwrap();
+    let (mls, join) = laptop.external_commit(&laptop.provider, &laptop.signer, &state);
+    assert_eq!(join.epoch, Epoch(1));
+    let seq = laptop
+        .post(group, &join, &[laptop.keys.id()], &[])
+        .await
+        .unwrap();
+    laptop.mls = Some(mls);
+    match laptop.client.call(Request::ListGroups).await.unwrap() {
+        Reply::Groups { groups } => {
+            assert_eq!(groups.0.len(), 1);
+            assert_eq!(groups.0[0].group, group);
+            assert_eq!(groups.0[0].epoch, Epoch(2));
+        }
+        other => panic!("expected Groups: {other:?}"),
+    }
+    assert_eq!(alice.apply_next_commit(group).await, seq);
+    assert_eq!(bob.apply_next_commit(group).await, seq);
+    assert_eq!(bob.mls().members().count(), 3, "alice, bob, alice's laptop");
+    assert_eq!(
+        bob.mls().epoch_authenticator().as_slice(),
+        laptop.mls().epoch_authenticator().as_slice()
+    );
+
+    bob.send_text(group, b"hello laptop").await;
+    assert_eq!(laptop.receive_text(group).await, b"hello laptop");
+    laptop.send_text(group, b"hello bob").await;
+    assert_eq!(bob.receive_text(group).await, b"hello bob");
+}
+
+/// External joins that are not a listed user's new device joining are refused and change
+/// nothing: by a device of a user with no member device in the group (`InvalidCommit`), with
+/// a leaf whose signature key is not the posting device's registered key (`InvalidCommit`),
+/// posted without naming the joiner in `added` (`NotMember`: a non-member's commit that is
+/// no join), or posted by another device (`InvalidCommit`). The real join is then accepted
+/// at the same epoch.
+#[tokio::test]
+async fn external_joins_of_foreign_users_or_foreign_keys_are_refused() {
+    let relay = validating_relay().await;
+    let (mut alice, mut bob, group) = alice_and_bob(&relay).await;
+    let mut eve = Member::new(relay.connect().await.unwrap(), "eve").await;
+    let mut laptop = alices_new_device(&relay, &mut alice).await;
+    let state = laptop.fetch_state(group).await.unwrap();
+
+    // Eve builds an external commit from the state (she cannot fetch it herself).
+    let (_, eves) = eve.external_commit(&eve.provider, &eve.signer, &state);
+    assert_eq!(
+        refused(eve.post(group, &eves, &[eve.keys.id()], &[]).await),
+        ErrorCode::InvalidCommit
+    );
+    // The laptop's credential with another signature key.
+    let forged_signer = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+    let (_, forged) = laptop.external_commit(&OpenMlsRustCrypto::default(), &forged_signer, &state);
+    assert_eq!(
+        refused(laptop.post(group, &forged, &[laptop.keys.id()], &[]).await),
+        ErrorCode::InvalidCommit
+    );
+    // The real join without itself in `added`, or posted by another device.
+    let (mls, join) = laptop.external_commit(&laptop.provider, &laptop.signer, &state);
+    assert_eq!(
+        refused(laptop.post(group, &join, &[], &[]).await),
+        ErrorCode::NotMember
+    );
+    assert_eq!(
+        refused(alice.post(group, &join, &[laptop.keys.id()], &[]).await),
+        ErrorCode::InvalidCommit,
+        "another device cannot post the laptop's join"
+    );
+    assert_eq!(user_groups(&mut eve).await, Vec::<GroupId>::new());
+
+    let seq = laptop
+        .post(group, &join, &[laptop.keys.id()], &[])
+        .await
+        .unwrap();
+    laptop.mls = Some(mls);
+    assert_eq!(bob.apply_next_commit(group).await, seq);
+    assert_eq!(
+        bob.mls().epoch().as_u64(),
+        2,
+        "only the real join moved the group"
+    );
+}

@@ -9,6 +9,7 @@ mod chaos;
 mod chat;
 mod durability;
 mod groups;
+mod login;
 mod outbox;
 mod privacy;
 mod support;

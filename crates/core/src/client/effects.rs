@@ -51,6 +51,8 @@ pub(super) enum Pending {
     FetchGroupState { group: GroupId },
     /// A rejoin's external commit.
     PostRejoin { group: GroupId },
+    /// The user-groups join's `UserGroups` (see `Client::join_user_groups`).
+    UserGroups { op: OpId },
 }
 
 impl Pending {
@@ -73,6 +75,7 @@ impl Pending {
             Pending::LeaveGroup => "leaving a group at the relay",
             Pending::FetchGroupState { .. } => "fetching a group's public state",
             Pending::PostRejoin { .. } => "a rejoin's external commit",
+            Pending::UserGroups { .. } => "listing the user's groups",
         }
     }
 }

@@ -12,8 +12,8 @@
 //! effects       Effect, Pending: what the parts ask the dispatcher to do
 //! mls           ciphersuite, group-name extension, Cove credentials
 //! device        Me: this device's keys, challenge answers, device authorisations
-//! own_list      the user's identity key and signed device list (first device), publishing;
-//!               this device's certificate
+//! own_list      the user's identity key and signed device list (first device, or taken
+//!               over at a password login), publishing; this device's certificate
 //! leaves        Leaves: leaf certificates checked; Welcomes and group logs held until the
 //!               device lists they need are in; refused leaves reported once
 //! groups        Groups: loaded MLS groups and group records; name resolution, queries
@@ -26,7 +26,8 @@
 //!               commits and commit races, leave requests of others
 //! welcome       Welcomes: joining a group from the inbox
 //! inbound       Inbound: group log entries: route, park, apply
-//! rejoin        Rejoins: rejoining a group this device cannot follow, by external commit
+//! rejoin        Rejoins: rejoining a group this device cannot follow, by external commit;
+//!               joining the user's groups the same way after a password login
 //! mod           Client: the dispatcher and the public API
 //! ```
 
@@ -83,7 +84,7 @@ pub use self::mls::{
     credential_identity,
 };
 pub use self::outbox::{MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS};
-pub use self::rejoin::MAX_REJOIN_ATTEMPTS;
+pub use self::rejoin::{MAX_REJOIN_ATTEMPTS, placeholder_name};
 pub use self::trust::safety_number;
 
 /// A Cove device: the sans-IO client core. See the crate docs for the main loop.
@@ -126,6 +127,18 @@ pub struct Client<S: Store> {
     /// A linked device whose user's list does not certify it yet (the authorising device's
     /// publication may be on its way): when to fetch the list again.
     certificate_retry: Option<CertificateRetry>,
+    /// Joining the groups of this device's user ([`Client::join_user_groups`]), if asked.
+    user_join: Option<UserJoin>,
+}
+
+/// Joining the user's groups by external commits: the command and the groups started.
+#[derive(Debug)]
+struct UserJoin {
+    /// The command.
+    op: OpId,
+    /// The groups being joined, once the relay listed them (`None` while `UserGroups` is
+    /// to be sent or in flight).
+    groups: Option<Vec<GroupId>>,
 }
 
 /// Fetching this device's own list again until it certifies the device.
@@ -226,6 +239,7 @@ impl<S: Store> Client<S> {
             leaves: Leaves::default(),
             rejoins: Rejoins::default(),
             certificate_retry: None,
+            user_join: None,
         })
     }
 
@@ -389,7 +403,8 @@ impl<S: Store> Client<S> {
         }
     }
 
-    /// On the user's first device (the one holding the user's identity key): authorises
+    /// On a device holding the user's identity key (the user's first device, or one logged
+    /// in with the password): authorises
     /// `new_key` as a further device of this user (the new device shows its key; this device
     /// signs it) and adds it to the signed device list, which is published now (or at the
     /// next connection), so that the relay registers it and other users' clients add it to
@@ -460,6 +475,138 @@ impl<S: Store> Client<S> {
             .collect())
     }
 
+    /// On a new device of a user who logged in with the password (`cove login`), before it
+    /// registers: takes the user's identity key (`identity_secret`) and history backup key
+    /// (`backup_key`), both from the unwrapped account bundle, and the user's signed device
+    /// list as the relay serves it (`list`: it must verify and be signed by that identity
+    /// key, else [`OwnIdentityError::OtherIdentity`](crate::error::OwnIdentityError) or a
+    /// list error). Adds this device's key to the list (an `Add` entry signed with the
+    /// identity key) and stores the identity key, the list, the own pin and the account
+    /// secrets. From then on this device holds the identity like the user's first device
+    /// (it can link and revoke devices). Returns the `PublishDeviceList` request of the new
+    /// entry (`None` if the relay's list has this device already); once the relay answers
+    /// `DeviceListHead`, call [`Client::own_list_confirmed`], then register with
+    /// [`Client::login_registration`] on the same (logged-in) connection.
+    pub fn adopt_user_identity(
+        &mut self,
+        now_ms: u64,
+        identity_secret: &Zeroizing<[u8; 32]>,
+        backup_key: &Zeroizing<[u8; 32]>,
+        list: &[cove_wire::identity::ListEntry],
+    ) -> Result<Option<Request>, crate::error::OwnIdentityError> {
+        let store = self.provider.store();
+        let publish = own_list::adopt(store, &self.me, identity_secret, list, now_ms)?;
+        store.set_account_secrets(&cove_store::AccountSecrets {
+            user: self.me.user().clone(),
+            backup_key: backup_key.clone(),
+        })?;
+        Ok(publish.map(|(request, _)| request))
+    }
+
+    /// The relay confirmed the whole own device list (its answer to the publish that
+    /// [`Client::adopt_user_identity`] returned): it is not published again.
+    pub fn own_list_confirmed(&mut self) -> Result<(), StoreError> {
+        let len = self
+            .provider
+            .store()
+            .device_list(self.me.user())?
+            .map_or(0, |entries| entries.len() as u64);
+        own_list::published(self.provider.store(), len)
+    }
+
+    /// The `RegisterDevice` request answering challenge `nonce` on a connection (binding
+    /// `channel`) that is logged in as this device's user with the password: the relay
+    /// then checks only this device's signature and that the user's signed list adds its
+    /// key, not another device's authorisation, so `authorizer` and `authorization` are
+    /// zero (see `PROTOCOL.md`, "Password accounts"). `None` once registered. Give the
+    /// relay's answer to [`Client::registered_as`].
+    pub fn login_registration(
+        &self,
+        nonce: &[u8; 32],
+        channel: &ChannelBinding,
+    ) -> Option<cove_wire::Request> {
+        if self.me.device().is_some() {
+            return None;
+        }
+        match self
+            .me
+            .answer_challenge(self.provider.store(), nonce, channel)
+        {
+            (
+                Request::Register {
+                    user,
+                    key,
+                    signature,
+                },
+                _,
+            ) => Some(Request::RegisterDevice {
+                user,
+                key,
+                signature,
+                authorizer: DeviceId(0),
+                authorization: Signature([0; 64]),
+            }),
+            (request @ Request::RegisterDevice { .. }, _) => Some(request),
+            _ => None,
+        }
+    }
+
+    /// The relay registered this device as `device` (on a side connection, e.g. after
+    /// [`Client::login_registration`]): remembered, so that the next connection
+    /// authenticates with it.
+    pub fn registered_as(&mut self, device: DeviceId) -> Result<(), HandleError> {
+        self.me.authenticated(self.provider.store(), device)
+    }
+
+    /// Joins every group in which another device of this user is a member and this device
+    /// is not (`cove login` on a new machine): asks the relay for them (`UserGroups`) and
+    /// joins each by an external commit from the relay's public state (see the rejoin
+    /// part), which the relay takes from a new device of a user with a member device.
+    /// Members accept the new leaf because its certificate chains to the user's pinned
+    /// identity and the user's signed list names the device. A group joined this way has
+    /// a placeholder name ([`placeholder_name`]) until [`Client::set_group_name`] sets it.
+    /// Each joined group is reported as [`Event::Joined`] (`by` this device's user); the
+    /// command completes with [`Event::OpDone`] once every group is joined, or with
+    /// [`OpError::NotJoined`] naming how many could not be (each with a `RejoinFailed`
+    /// warning). Needs the device registered with its certificate (after the first
+    /// connection's backlog).
+    pub fn join_user_groups(&mut self, _now_ms: u64) -> Result<OpId, CommandError> {
+        if self.me.device().is_none() {
+            return Err(CommandError::NotRegistered);
+        }
+        let op = self.new_op();
+        self.user_join = Some(UserJoin { op, groups: None });
+        if self.conn == Conn::Ready {
+            self.send(Request::UserGroups, Pending::UserGroups { op });
+        }
+        Ok(op)
+    }
+
+    /// Sets the local name of `group` (a group id, or a name or prefix as the commands take
+    /// it): for a group joined by an external commit, which carries no name, once the real
+    /// name is known (e.g. from the history backup). Local only: nothing is sent. Refused
+    /// for an empty name or one longer than [`MAX_GROUP_NAME`], and for a name another
+    /// active group of this device has.
+    pub fn set_group_name(&mut self, group: &str, name: &str) -> Result<(), CommandError> {
+        if name.is_empty() || name.len() > MAX_GROUP_NAME {
+            return Err(CommandError::Invalid(InvalidArgument::GroupNameLength {
+                max: MAX_GROUP_NAME,
+            }));
+        }
+        let id = self.groups.resolve(group)?;
+        if self.groups.name(&id) != name && self.groups.name_in_use(name) {
+            return Err(CommandError::DuplicateGroupName(name.to_owned()));
+        }
+        let store = self.provider.store();
+        let Some(mut record) = store.group(&id)? else {
+            return Err(CommandError::UnknownGroup(group.to_owned()));
+        };
+        record.name = name.to_owned();
+        store.put_group(&record)?;
+        self.groups.insert_record(record);
+        Ok(())
+    }
+
     /// Publishes the entries of the own list the relay does not have yet, if connected
     /// (otherwise at the next authentication).
     fn publish_own_list(&mut self) -> Result<(), StoreError> {
@@ -483,9 +630,9 @@ impl<S: Store> Client<S> {
             .and_then(|entries| cove_identity::DeviceList::verify(user, &entries).ok()))
     }
 
-    /// Whether this device holds its user's identity key (it is the user's first device):
-    /// only such a device signs device-list entries, so only it can link (authorise) or
-    /// revoke devices.
+    /// Whether this device holds its user's identity key (it is the user's first device, or
+    /// it logged in with the password): only such a device signs device-list entries, so
+    /// only it can link (authorise) or revoke devices.
     pub fn holds_user_identity(&self) -> Result<bool, StoreError> {
         Ok(self.provider.store().user_identity()?.is_some())
     }
@@ -515,7 +662,8 @@ impl<S: Store> Client<S> {
     }
 
     /// This user's verified device list, on a device that holds the user's identity (the
-    /// first device): its identity key, devices and head.
+    /// first device, or one logged in with the password): its identity key, devices and
+    /// head.
     pub fn own_device_list(&self) -> Result<Option<cove_identity::DeviceList>, StoreError> {
         own_list::own_list(self.provider.store(), &self.me)
     }
@@ -959,6 +1107,13 @@ impl<S: Store> Client<S> {
         // Rejoins cut off by the disconnect start over; an active group whose MLS state is
         // missing (lost) is rejoined.
         self.rejoins.restart(&mut self.fx);
+        // Joining the user's groups: ask for them (again, if cut off before the answer).
+        if let Some(join) = &self.user_join
+            && join.groups.is_none()
+        {
+            let op = join.op;
+            self.send(Request::UserGroups, Pending::UserGroups { op });
+        }
         let lost: Vec<GroupId> = self
             .groups
             .ids()
@@ -1046,23 +1201,41 @@ impl<S: Store> Client<S> {
                 }
             }
             (Pending::FetchGroupState { group }, r) => {
-                self.rejoins.on_state(cx!(self), group, r, fx)
+                let result = self.rejoins.on_state(cx!(self), group, r, fx);
+                self.check_user_join();
+                result
             }
             (Pending::PostRejoin { group }, r) => {
-                match self.rejoins.on_posted(cx!(self), group, r, fx)? {
-                    Some((unreadable, refused)) => {
-                        if unreadable > 0 {
+                let result = match self.rejoins.on_posted(cx!(self), group, now_ms, r, fx)? {
+                    Some(done) => {
+                        if done.unreadable > 0 {
                             fx.warn(Warning::RejoinDropped {
                                 group,
-                                count: unreadable,
+                                count: done.unreadable,
                             });
                         }
-                        fx.event(Event::Rejoined { group, unreadable });
-                        self.refuse_leaves(group, refused);
+                        match done.joined {
+                            Some(name) => fx.event(Event::Joined {
+                                group,
+                                name,
+                                by: self.me.user().clone(),
+                            }),
+                            None => fx.event(Event::Rejoined {
+                                group,
+                                unreadable: done.unreadable,
+                            }),
+                        }
+                        self.refuse_leaves(group, done.refused);
                         self.after_epoch_change(now_ms, group)
                     }
                     None => Ok(()),
-                }
+                };
+                self.check_user_join();
+                result
+            }
+            (Pending::UserGroups { op }, r) => {
+                self.on_user_groups(op, r);
+                Ok(())
             }
             (Pending::Fetch, Ok(Reply::Entries { entries })) => {
                 for e in entries {
@@ -1299,6 +1472,13 @@ impl<S: Store> Client<S> {
                 let store = self.provider.store();
                 match crate::identity::observe_list(store, &user, &entries.0, now_ms) {
                     Ok(verdict) => {
+                        if own {
+                            // The relay has all of what it served: on a device that holds
+                            // the identity, nothing of it is to be published again (another
+                            // holder, e.g. a device logged in with the password, may have
+                            // extended the list).
+                            own_list::served(store, &self.me, entries.0.len() as u64)?;
+                        }
                         if let crate::identity::ListVerdict::NewIdentity { .. } = verdict {
                             self.fx.event(crate::identity::changed_event(&user, false));
                         }
@@ -1464,6 +1644,61 @@ impl<S: Store> Client<S> {
     // ----------------------------------------------------------------------------------
     // Helpers
     // ----------------------------------------------------------------------------------
+
+    /// The relay's answer to `UserGroups` for the user-groups join `op`: starts joining
+    /// each listed group this device has no record of.
+    fn on_user_groups(&mut self, op: OpId, result: Result<Reply, ErrorReply>) {
+        let Some(join) = self.user_join.as_mut().filter(|j| j.op == op) else {
+            return;
+        };
+        let listed = match result {
+            Ok(Reply::UserGroups { groups }) => groups.0,
+            Ok(_) => {
+                self.user_join = None;
+                self.fx
+                    .op_done(op, Err(OpError::UnexpectedReply { to: "user groups" }));
+                return;
+            }
+            Err(e) => {
+                self.user_join = None;
+                self.fx.op_done(op, Err(OpError::Relay(e)));
+                return;
+            }
+        };
+        let new: Vec<GroupId> = listed
+            .into_iter()
+            .filter(|g| self.groups.membership(g).is_none())
+            .collect();
+        join.groups = Some(new.clone());
+        for group in new {
+            self.rejoins.start_join(group, &mut self.fx);
+        }
+        self.check_user_join();
+    }
+
+    /// Completes the user-groups join once no join is under way: `OpDone`, failed with the
+    /// number of listed groups this device does not hold.
+    fn check_user_join(&mut self) {
+        let Some(UserJoin {
+            op,
+            groups: Some(groups),
+        }) = &self.user_join
+        else {
+            return;
+        };
+        if self.rejoins.joining() {
+            return;
+        }
+        let op = *op;
+        let missing = groups.iter().filter(|g| !self.groups.holds(g)).count();
+        self.user_join = None;
+        let result = if missing == 0 {
+            Ok(())
+        } else {
+            Err(OpError::NotJoined { groups: missing })
+        };
+        self.fx.op_done(op, result);
+    }
 
     fn new_op(&mut self) -> OpId {
         let id = OpId(self.next_op);

@@ -6,8 +6,10 @@
 //! without one. After every authentication, the entries the relay does not have yet are
 //! published (`PublishDeviceList`); the relay verifies them (`cove-identity`) and stores
 //! them; any device can fetch them to check this user's devices. Authorising a further
-//! device adds it ([`add_device`]); a lost one is revoked ([`revoke_device`]). Only this
-//! first device holds the identity key, so only it signs entries.
+//! device adds it ([`add_device`]); a lost one is revoked ([`revoke_device`]). Only a device
+//! that holds the identity key signs entries: the first device, and a device that logged
+//! in with the user's password, which takes the identity key from the account bundle and
+//! adds itself to the list ([`adopt`]).
 //!
 //! Every device's **certificate** (the identity key and the signed `Add` entry of its key,
 //! which travels in its MLS leaves) comes from this list: the first device takes it from the
@@ -66,6 +68,52 @@ pub(super) fn ensure<S: Store>(
         s.set_config(PUBLISHED_KEY, "0")
     })?;
     Ok(())
+}
+
+/// On a new device of a user who logged in with a password (`cove login`): takes the
+/// user's identity key (`secret`, from the unwrapped account bundle) and the user's list as
+/// the relay serves it (`entries`), which must verify and be signed by that identity key;
+/// adds this device's key to it (an `Add` entry signed now, named "device N") unless it is
+/// listed already, and stores, in one transaction, the identity key, the extended list and
+/// the own pin (verified: this device holds the identity). From then on this device is an
+/// identity holder like the user's first device. Returns the request that publishes the new
+/// entry and the list length it brings the relay to (`None` when nothing is new);
+/// [`published`] records the relay's confirmation.
+pub(super) fn adopt<S: Store>(
+    store: &S,
+    me: &Me,
+    secret: &Zeroizing<[u8; 32]>,
+    entries: &[ListEntry],
+    now_ms: u64,
+) -> Result<Option<(Request, u64)>, OwnIdentityError> {
+    let user = me.user().clone();
+    let mut list = DeviceList::verify(&user, entries)?;
+    let signer = IdentitySigner::new(user.clone(), secret);
+    if list.identity() != signer.identity() {
+        return Err(OwnIdentityError::OtherIdentity);
+    }
+    let stored_len = list.entries().len();
+    if !list.is_listed(&me.key()) {
+        let name = DeviceName::new(format!("device {stored_len}"))?;
+        signer.add(&mut list, me.key(), name, now_ms)?;
+    }
+    store.transaction(|s: &S| -> Result<(), StoreError> {
+        s.set_user_identity(&UserIdentity {
+            user: user.clone(),
+            identity: signer.identity(),
+            secret_key: secret.clone(),
+        })?;
+        s.set_device_list(&user, list.entries())?;
+        s.set_identity_pin(&PinnedIdentity {
+            user: user.clone(),
+            identity: signer.identity(),
+            head: Some(list.head()),
+            verified: true,
+            pinned_at_ms: now_ms,
+        })?;
+        s.set_config(PUBLISHED_KEY, &stored_len.to_string())
+    })?;
+    Ok(unpublished(store, me)?)
 }
 
 /// Adds `device` to the own list (when this device holds the user's identity); the name is
@@ -159,6 +207,25 @@ pub(super) fn unpublished<S: Store>(
 /// The relay confirmed the own list up to `len` entries.
 pub(super) fn published<S: Store>(store: &S, len: u64) -> Result<(), StoreError> {
     store.set_config(PUBLISHED_KEY, &len.to_string())
+}
+
+/// The relay served the own list with `len` entries (and this device stored it): on a
+/// device that holds the user's identity, those entries count as published.
+pub(super) fn served<S: Store>(store: &S, me: &Me, len: u64) -> Result<(), StoreError> {
+    if store.user_identity()?.is_none() {
+        return Ok(());
+    }
+    let stored = store
+        .device_list(me.user())?
+        .map_or(0, |entries| entries.len() as u64);
+    let published: u64 = store
+        .config(PUBLISHED_KEY)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if len > published && len <= stored {
+        store.set_config(PUBLISHED_KEY, &len.to_string())?;
+    }
+    Ok(())
 }
 
 /// The own verified list, if this device holds the user's identity.

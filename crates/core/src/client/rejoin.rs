@@ -10,6 +10,15 @@
 //! acknowledged (the caller reports how many). When another member committed first
 //! (`StaleEpoch`) the new state is thrown away and the public state fetched again, up to
 //! [`MAX_REJOIN_ATTEMPTS`] times. One rejoin at a time per group.
+//!
+//! The same path **joins** a group this device was never in (`cove login` on a new machine,
+//! [`Rejoins::start_join`]): a group where another device of its user is a member (the
+//! relay lists them, `UserGroups`, and serves their public state to the user's devices). The
+//! commit is posted with `added: [this device]`, which the relay takes only from a new
+//! device of a user that has a member device. Once `Posted`, the group gets a record with a
+//! placeholder name ([`placeholder_name`]: an external join carries no name; the history
+//! backup's restore, or the user, sets the real one with `Client::set_group_name`), its
+//! cursor is the commit's seq, and it is live like any group.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +33,9 @@ use openmls::prelude::{
     MlsMessageOut, RatchetTreeIn,
 };
 use openmls_traits::OpenMlsProvider as _;
+
+use cove_store::{GroupRecord, Membership};
+use cove_wire::DeviceId;
 
 use super::context::Cx;
 use super::effects::{Effects, Pending};
@@ -51,6 +63,30 @@ struct Rejoin {
     /// Its request in flight was lost with the connection: it starts over after the next
     /// backlog.
     cut_off: bool,
+    /// A first join of a group this device was never in (not a rejoin).
+    joining: bool,
+    /// A first join whose commit the relay refused as `InvalidCommit`: another device of
+    /// the user may have added this one meanwhile (its Welcome still on the way), so it
+    /// joins once more as a member would rejoin (`added` empty; openmls removes the leaf
+    /// the other device added, which has the same key).
+    as_member: bool,
+}
+
+/// What an accepted (re)join did, for the dispatcher to report.
+pub(super) struct JoinedAgain {
+    /// Entries of skipped epochs that other devices sent (unreadable).
+    pub(super) unreadable: usize,
+    /// Leaves of the relay's tree this device refuses.
+    pub(super) refused: Vec<RefusedLeaf>,
+    /// A first join (`Some` with the group's placeholder name), not a rejoin.
+    pub(super) joined: Option<String>,
+}
+
+/// The name a group joined by an external commit gets until the real one is known: the
+/// first 8 hex digits of its id, e.g. `group-1a2b3c4d`.
+pub fn placeholder_name(group: &GroupId) -> String {
+    let hex = group.to_hex();
+    format!("group-{}", hex.get(..8).unwrap_or(&hex))
 }
 
 impl Rejoins {
@@ -66,6 +102,27 @@ impl Rejoins {
         }
         self.active.insert(group, Rejoin::default());
         fetch(group, fx);
+    }
+
+    /// Starts joining `group`, which this device was never in, by an external commit (a new
+    /// device of a user with a member device there), unless a (re)join is under way.
+    pub(super) fn start_join(&mut self, group: GroupId, fx: &mut Effects) {
+        if self.active.contains_key(&group) {
+            return;
+        }
+        self.active.insert(
+            group,
+            Rejoin {
+                joining: true,
+                ..Rejoin::default()
+            },
+        );
+        fetch(group, fx);
+    }
+
+    /// Whether any first join is under way.
+    pub(super) fn joining(&self) -> bool {
+        self.active.values().any(|r| r.joining)
     }
 
     /// The connection is gone, and with it the request of every rejoin in progress.
@@ -111,6 +168,17 @@ impl Rejoins {
             }
         };
         let store = cx.provider.store();
+        let joining = self.active.get(&group).is_some_and(|r| r.joining);
+        if joining && cx.groups.membership(&group).is_some() {
+            // Another device of the user added this one (a Welcome) meanwhile: joined.
+            self.active.remove(&group);
+            return Ok(());
+        }
+        let as_member = self.active.get(&group).is_some_and(|r| r.as_member);
+        let added: Vec<DeviceId> = match (joining && !as_member, cx.me.device()) {
+            (true, Some(me)) => vec![me],
+            _ => Vec::new(),
+        };
         store.begin()?;
         match build(cx.reborrow(), group, &group_info.0, &tree.0) {
             Ok((epoch, commit, info)) => {
@@ -125,7 +193,7 @@ impl Rejoins {
                         group,
                         epoch: Epoch(epoch),
                         kind: PostKind::Commit {
-                            added: BoundedVec::default(),
+                            added: BoundedVec(added),
                             removed: BoundedVec::default(),
                             welcome: None,
                             group_info: Payload(info),
@@ -155,13 +223,36 @@ impl Rejoins {
         &mut self,
         cx: Cx<'_, S>,
         group: GroupId,
+        now_ms: u64,
         result: Result<Reply, ErrorReply>,
         fx: &mut Effects,
-    ) -> Result<Option<(usize, Vec<RefusedLeaf>)>, HandleError> {
+    ) -> Result<Option<JoinedAgain>, HandleError> {
         let store = cx.provider.store();
         match result {
-            Ok(Reply::Posted { .. }) => {
-                self.active.remove(&group);
+            Ok(Reply::Posted { seq }) => {
+                let joining = self.active.remove(&group).is_some_and(|r| r.joining);
+                let joined = if joining {
+                    // A first join: the group's record (no name travels with an external
+                    // join) and its cursor at the commit, which this device made.
+                    let name = placeholder_name(&group);
+                    let record = GroupRecord {
+                        id: group,
+                        name: name.clone(),
+                        membership: Membership::Active,
+                        joined_at_ms: now_ms,
+                    };
+                    store.transaction(|s| -> Result<(), StoreError> {
+                        s.put_group(&record)?;
+                        if seq > s.cursor(&Stream::Group(group))? {
+                            s.set_cursor(&Stream::Group(group), seq)?;
+                        }
+                        Ok(())
+                    })?;
+                    cx.groups.insert_record(record);
+                    Some(name)
+                } else {
+                    None
+                };
                 cx.groups.reload(store, &group);
                 let Some(epoch) = cx.groups.epoch(&group) else {
                     return Ok(None);
@@ -183,11 +274,32 @@ impl Rejoins {
                     }
                     None => Vec::new(),
                 };
-                Ok(Some((unreadable, refused)))
+                Ok(Some(JoinedAgain {
+                    unreadable,
+                    refused,
+                    joined,
+                }))
             }
             Err(e) => {
+                let joining = self.active.get(&group).is_some_and(|r| r.joining);
+                if joining && cx.groups.membership(&group).is_some() {
+                    // A Welcome from another device of the user made this one a member
+                    // meanwhile (its commit won the epoch): joined, and that state is kept.
+                    self.active.remove(&group);
+                    return Ok(None);
+                }
                 delete_state(store, group)?;
                 let attempts = self.active.get(&group).map_or(0, |r| r.attempts);
+                if let Some(r) = self.active.get_mut(&group)
+                    && r.joining
+                    && !r.as_member
+                    && e.code == ErrorCode::InvalidCommit
+                    && attempts < MAX_REJOIN_ATTEMPTS
+                {
+                    r.as_member = true;
+                    fetch(group, fx);
+                    return Ok(None);
+                }
                 if e.code == ErrorCode::StaleEpoch && attempts < MAX_REJOIN_ATTEMPTS {
                     // Another member committed first: start over from the new state.
                     fetch(group, fx);

@@ -9,6 +9,7 @@ mod outbox;
 mod parked;
 mod rejoin;
 mod relay;
+mod user_join;
 mod welcome_name;
 
 use cove_core::cove_store::{MemoryStore, SqliteStore, Store};

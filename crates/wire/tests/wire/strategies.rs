@@ -172,6 +172,7 @@ pub fn request() -> impl Strategy<Value = Request> {
             }
         ),
         Just(Request::AccountDelete),
+        Just(Request::UserGroups),
     ]
 }
 
@@ -392,6 +393,7 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         payload().prop_map(|recovery_bundle| Reply::RecoveryBundle { recovery_bundle }),
         Just(Reply::AccountPasswordChanged),
         Just(Reply::AccountDeleted),
+        bounded(group_id()).prop_map(|groups| Reply::UserGroups { groups }),
     ]
 }
 

@@ -202,6 +202,16 @@ fn write_post(
         for d in added.iter() {
             unleave.execute(params![group.as_slice(), to_i64(d.0)?])?;
         }
+        if welcome.is_none() {
+            // A new device's external join (the only commit that adds without a Welcome):
+            // a member from this commit on, with nothing in its inbox.
+            let mut add_member = tx.prepare_cached(
+                "INSERT INTO members (group_id, device, cursor, joined) VALUES (?1, ?2, ?3, ?3)",
+            )?;
+            for d in added.iter() {
+                add_member.execute(params![group.as_slice(), to_i64(d.0)?, to_i64(seq.0)?])?;
+            }
+        }
         if let Some(welcome) = welcome {
             tx.prepare_cached("INSERT INTO inbox_payloads (data) VALUES (?1)")?
                 .execute(params![welcome.as_bytes()])?;

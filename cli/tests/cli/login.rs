@@ -1,0 +1,148 @@
+//! `cove login` through the binary: a second machine of a user with a password account.
+
+use std::path::{Path, PathBuf};
+
+use cove::Device;
+use cove::config::Home;
+use cove_store::Store as _;
+use cove_test_utils::{TestClient, client_tls_config_from_pem_file, register_account};
+
+use crate::{fails, ok, relay};
+
+/// Registers a password account for the user of the (closed) first device in `home` over a
+/// raw connection authenticated as it, with the identity key its store holds.
+async fn give_account(home: &Path, server: &str, ca: &str, password: &[u8]) {
+    let device = Device::open_offline(&Home::new(home)).await.unwrap();
+    let seed = device
+        .session()
+        .call(|c| c.store().user_identity())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the first device holds the identity key");
+    let tls = client_tls_config_from_pem_file(Path::new(ca)).unwrap();
+    let url = format!("{server}{}", cove_wire::WS_PATH);
+    let mut raw = TestClient::connect(&url, tls).await.unwrap();
+    let (nonce, channel) = (raw.nonce(), raw.channel());
+    let auth = device
+        .session()
+        .call(move |c| c.side_authentication(&nonce, &channel))
+        .await
+        .unwrap()
+        .expect("registered");
+    raw.call(auth).await.unwrap();
+    register_account(&mut raw, device.user(), password, *seed.secret_key)
+        .await
+        .unwrap();
+    raw.close().await;
+    device.close().await;
+}
+
+/// The group ids (hex) in `cove groups` output, sorted.
+fn group_ids(groups: &str) -> Vec<String> {
+    let mut ids: Vec<String> = groups
+        .lines()
+        .filter_map(|l| l.split("  ").nth(1).map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// `cove login --lock --password-file` on a fresh home: a wrong password fails with the
+/// `LoginFailed` message and a non-zero exit, leaving no home; the right one makes a device
+/// of alice in a home locked with the same password, whose `cove groups` lists alice's two
+/// groups (same ids, both members), and whose `cove send` reaches bob, who also sees "alice
+/// added a device".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_with_a_password_file_joins_the_groups_and_sends_to_bob() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let alice = dir.path().join("alice");
+    let bob = dir.path().join("bob");
+    let laptop = dir.path().join("alice-laptop");
+    let pw = dir.path().join("pw.txt");
+    let wrong = dir.path().join("wrong.txt");
+    std::fs::write(&pw, "correct horse battery staple\n").unwrap();
+    std::fs::write(&wrong, "correct horse battery stapler\n").unwrap();
+
+    let (a, b, s, c) = (alice.clone(), bob.clone(), server.clone(), ca.clone());
+    let alice_groups = tokio::task::spawn_blocking(move || {
+        ok(&a, &["init", "--server", &s, "--user", "alice", "--ca", &c]);
+        ok(&b, &["init", "--server", &s, "--user", "bob", "--ca", &c]);
+        for g in ["friends", "work"] {
+            ok(&a, &["group", "create", g]);
+            ok(&a, &["group", "add", g, "bob"]);
+        }
+        ok(&b, &["sync"]);
+        ok(&a, &["groups"])
+    })
+    .await
+    .unwrap();
+    give_account(&alice, &server, &ca, b"correct horse battery staple").await;
+
+    let args = |file: &PathBuf| -> Vec<String> {
+        [
+            "--password-file",
+            file.to_str().unwrap(),
+            "login",
+            "--lock",
+            "--server",
+            &server,
+            "--user",
+            "alice",
+            "--ca",
+            &ca,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let (wrong_args, right_args) = (args(&wrong), args(&pw));
+    let (l, b, p) = (laptop.clone(), bob.clone(), pw.clone());
+    tokio::task::spawn_blocking(move || {
+        let wrong_args: Vec<&str> = wrong_args.iter().map(String::as_str).collect();
+        let err = fails(&l, &wrong_args);
+        assert!(
+            err.contains("login failed: wrong user name or password"),
+            "{err}"
+        );
+        assert!(!l.exists(), "a failed login leaves no home");
+
+        let right_args: Vec<&str> = right_args.iter().map(String::as_str).collect();
+        let out = ok(&l, &right_args);
+        assert!(out.contains("joined 2 group(s)"), "{out}");
+        // --lock: the new home's database key is kept only under the password.
+        assert!(l.join("db.key.locked").exists() && !l.join("db.key").exists());
+        let p = p.to_str().unwrap();
+        let groups = ok(&l, &["--password-file", p, "groups"]);
+        assert_eq!(group_ids(&groups), group_ids(&alice_groups), "{groups}");
+        assert_eq!(groups.matches("members: alice, bob").count(), 2, "{groups}");
+        let friends = alice_groups
+            .lines()
+            .find(|l| l.starts_with("friends"))
+            .and_then(|l| l.split("  ").nth(1))
+            .unwrap()
+            .to_owned();
+        ok(
+            &l,
+            &[
+                "--password-file",
+                p,
+                "send",
+                &friends,
+                "hello from alice's laptop",
+            ],
+        );
+        let seen = ok(&b, &["sync"]);
+        assert!(
+            seen.contains("alice added a device (safety number unchanged)"),
+            "{seen}"
+        );
+        assert!(
+            seen.contains("friends <alice> hello from alice's laptop"),
+            "{seen}"
+        );
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
