@@ -1,42 +1,8 @@
 //! `cove login` through the binary: a second machine of a user with a password account.
 
-use std::path::{Path, PathBuf};
-
-use cove::Device;
-use cove::config::Home;
-use cove_store::Store as _;
-use cove_test_utils::{TestClient, client_tls_config_from_pem_file, register_account};
+use std::path::PathBuf;
 
 use crate::{fails, ok, relay};
-
-/// Registers a password account for the user of the (closed) first device in `home` over a
-/// raw connection authenticated as it, with the identity key its store holds.
-async fn give_account(home: &Path, server: &str, ca: &str, password: &[u8]) {
-    let device = Device::open_offline(&Home::new(home)).await.unwrap();
-    let seed = device
-        .session()
-        .call(|c| c.store().user_identity())
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the first device holds the identity key");
-    let tls = client_tls_config_from_pem_file(Path::new(ca)).unwrap();
-    let url = format!("{server}{}", cove_wire::WS_PATH);
-    let mut raw = TestClient::connect(&url, tls).await.unwrap();
-    let (nonce, channel) = (raw.nonce(), raw.channel());
-    let auth = device
-        .session()
-        .call(move |c| c.side_authentication(&nonce, &channel))
-        .await
-        .unwrap()
-        .expect("registered");
-    raw.call(auth).await.unwrap();
-    register_account(&mut raw, device.user(), password, *seed.secret_key)
-        .await
-        .unwrap();
-    raw.close().await;
-    device.close().await;
-}
 
 /// The group ids (hex) in `cove groups` output, sorted.
 fn group_ids(groups: &str) -> Vec<String> {
@@ -65,10 +31,44 @@ async fn login_with_a_password_file_joins_the_groups_and_sends_to_bob() {
     std::fs::write(&pw, "correct horse battery staple\n").unwrap();
     std::fs::write(&wrong, "correct horse battery stapler\n").unwrap();
 
-    let (a, b, s, c) = (alice.clone(), bob.clone(), server.clone(), ca.clone());
+    let (a, b, s, c, p) = (
+        alice.clone(),
+        bob.clone(),
+        server.clone(),
+        ca.clone(),
+        pw.clone(),
+    );
     let alice_groups = tokio::task::spawn_blocking(move || {
-        ok(&a, &["init", "--server", &s, "--user", "alice", "--ca", &c]);
-        ok(&b, &["init", "--server", &s, "--user", "bob", "--ca", &c]);
+        // alice's first device registers her password account (`cove init`, the real flow).
+        let p = p.to_str().unwrap();
+        let init = ok(
+            &a,
+            &[
+                "--password-file",
+                p,
+                "init",
+                "--server",
+                &s,
+                "--user",
+                "alice",
+                "--ca",
+                &c,
+            ],
+        );
+        assert!(init.contains("recovery key: "), "{init}");
+        ok(
+            &b,
+            &[
+                "init",
+                "--no-account",
+                "--server",
+                &s,
+                "--user",
+                "bob",
+                "--ca",
+                &c,
+            ],
+        );
         for g in ["friends", "work"] {
             ok(&a, &["group", "create", g]);
             ok(&a, &["group", "add", g, "bob"]);
@@ -78,7 +78,6 @@ async fn login_with_a_password_file_joins_the_groups_and_sends_to_bob() {
     })
     .await
     .unwrap();
-    give_account(&alice, &server, &ca, b"correct horse battery staple").await;
 
     let args = |file: &PathBuf| -> Vec<String> {
         [
