@@ -548,7 +548,21 @@ async fn fetch_log(member: &Device, group: GroupId) -> Vec<GroupEntry> {
             after,
             limit: 500,
         };
-        let entries = match member.probe(fetch).await.unwrap().unwrap() {
+        // The probe's connection and the member's own session displace each other (one
+        // connection per device): the session reconnects by itself and may push the probe
+        // off before it is answered. A fetch is a read, so it is simply sent again.
+        let mut attempts = 0;
+        let reply = loop {
+            match member.probe(fetch.clone()).await {
+                Ok(reply) => break reply.unwrap(),
+                Err(e) if attempts < 20 && format!("{e:?}").contains("Displaced") => {
+                    attempts += 1;
+                    eprintln!("fetch_log: probe displaced ({e}), again");
+                }
+                Err(e) => panic!("the probe failed {attempts} times: {e}"),
+            }
+        };
+        let entries = match reply {
             Reply::Entries { entries } => entries.0,
             other => panic!("unexpected {other:?}"),
         };
