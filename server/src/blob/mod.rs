@@ -554,7 +554,15 @@ impl Drop for WriterSlot {
 }
 
 fn sweep(inner: &Inner) -> usize {
-    match inner.blobs.sweep(now_ms()) {
+    // A blob in its owner's history-backup index stays while it is indexed (kept too when
+    // the index cannot be read: a later sweep decides).
+    let relay = &inner.relay;
+    let keep = |meta: &BlobMeta| {
+        relay
+            .backup_holds_blob(&meta.owner, &meta.id)
+            .unwrap_or(true)
+    };
+    match inner.blobs.sweep_keeping(now_ms(), &keep) {
         Ok(0) => 0,
         Ok(n) => {
             info!(deleted = n, "expired blobs deleted");

@@ -163,6 +163,18 @@ pub(super) const MIGRATIONS: &[&str] = &[
         recovery_key BLOB NOT NULL
     ) WITHOUT ROWID;
     ",
+    // Version 9: the history-backup index, per user: position, blob, size, opaque entry.
+    "
+    CREATE TABLE backup_segments (
+        user TEXT NOT NULL REFERENCES users(name),
+        position INTEGER NOT NULL,
+        blob BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        entry BLOB NOT NULL,
+        PRIMARY KEY (user, position)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX backup_segments_blob ON backup_segments(user, blob);
+    ",
 ];
 
 /// The schema version this build writes.
