@@ -12,6 +12,7 @@
 //! [`Device`] is the API the CLI, the demo, the tests and the benchmark use: open a home,
 //! run a command, wait for its completion, read messages.
 
+pub mod backup;
 pub mod call;
 pub mod config;
 mod device;

@@ -3,6 +3,7 @@
 //! variant in [`Command`] and one arm in [`run`].
 
 mod audio;
+mod backup;
 pub(crate) mod device;
 mod files;
 mod group;
@@ -91,6 +92,10 @@ pub enum Command {
     Answer(cove::call::cli::AnswerArgs),
     /// List the audio devices calls can use (`--audio-in`, `--audio-out`).
     Devices(audio::DevicesArgs),
+    /// Upload the messages stored since the last backup to the encrypted history backup.
+    Backup(backup::BackupArgs),
+    /// Restore the encrypted history backup on this device.
+    RestoreHistory(backup::RestoreHistoryArgs),
 }
 
 /// Runs one command.
@@ -133,6 +138,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Call(args) => cove::call::cli::run_call(resolve_home(home)?, args).await,
         Command::Answer(args) => cove::call::cli::run_answer(resolve_home(home)?, args).await,
         Command::Devices(args) => audio::run(args),
+        Command::Backup(args) => backup::run_backup(resolve_home(home)?, args).await,
+        Command::RestoreHistory(args) => backup::run_restore(resolve_home(home)?, args).await,
     }
 }
 
