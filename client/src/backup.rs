@@ -151,12 +151,14 @@ pub async fn backup_if_due(
 ) -> Result<Option<BackupReport>, BackupError> {
     let due = device
         .session()
-        .call(|c| -> Result<Option<usize>, cove_core::cove_store::StoreError> {
-            if c.store().account_secrets()?.is_none() {
-                return Ok(None);
-            }
-            Ok(Some(backup::pending(c.store())?))
-        })
+        .call(
+            |c| -> Result<Option<usize>, cove_core::cove_store::StoreError> {
+                if c.store().account_secrets()?.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some(backup::pending(c.store())?))
+            },
+        )
         .await
         .map_err(DeviceError::from)??;
     match due {

@@ -304,7 +304,9 @@ impl BlobClient {
         let mut offset = 0u64;
         let mut retries = 0;
         loop {
-            let start = usize::try_from(offset).unwrap_or(data.len()).min(data.len());
+            let start = usize::try_from(offset)
+                .unwrap_or(data.len())
+                .min(data.len());
             match conn
                 .append_bytes(blob_id, offset, total, data.slice(start..))
                 .await
