@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod backup;
 mod escape;
 mod files;
 mod link;
@@ -238,6 +239,8 @@ fn every_command_has_help_with_an_example() {
         &["device", "join"],
         &["device", "revoke"],
         &["demo"],
+        &["backup"],
+        &["restore-history"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");

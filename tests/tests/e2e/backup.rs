@@ -227,7 +227,7 @@ async fn tampered_foreign_and_reordered_segments_are_refused() {
 
 /// bob's device cannot list or append to alice's index (`NotOwner`), nor index alice's
 /// blob in his own (`InvalidRequest`), nor a blob under a wrong size; a device without
-/// account secrets makes no backup.
+/// account secrets makes no backup; a round backs up only once its batch waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_device_cannot_use_alices_index() {
     let net = Net::sqlite().await;
@@ -238,7 +238,11 @@ async fn another_users_device_cannot_use_alices_index() {
     ));
     assert!(index(&mut alice).await.is_empty());
     set_secrets(&alice, 7).await;
-    backup::backup(&mut alice).await.unwrap();
+    // A sync round backs up only once a batch waits: 5 rows are not one of 100.
+    assert_eq!(backup::backup_if_due(&mut alice, 100).await.unwrap(), None);
+    assert!(index(&mut alice).await.is_empty());
+    let due = backup::backup_if_due(&mut alice, 5).await.unwrap().unwrap();
+    assert_eq!((due.segments, due.messages), (1, 5));
     let alices = index(&mut alice).await;
     assert_eq!(alices.len(), 1);
     let alice_name = UserName::new("alice").unwrap();
