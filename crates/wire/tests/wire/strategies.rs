@@ -3,6 +3,7 @@
 use cove_wire::identity::{
     DeviceName, EntryBody, EntryHash, IdentityKey, ListEntry, ListHead, ListOp,
 };
+use cove_wire::{BackupSegment, BlobId, NewBackupSegment};
 use cove_wire::{
     BoundedVec, ClaimedKeyPackage, ClientFrame, Delivery, DeviceId, DeviceInfo, DeviceKey,
     EntryKind, Epoch, ErrorCode, ErrorReply, GroupEntry, GroupId, GroupSummary, InboxEntry,
@@ -163,6 +164,18 @@ pub fn request() -> impl Strategy<Value = Request> {
         payload().prop_map(|finalization| Request::AccountLoginFinish { finalization }),
         (user_name(), signature())
             .prop_map(|(user, signature)| Request::FetchRecoveryBundle { user, signature }),
+        (user_name(), any::<[u8; 16]>(), any::<u64>(), payload()).prop_map(
+            |(user, blob, size, entry)| Request::AppendBackupSegment {
+                user,
+                segment: NewBackupSegment {
+                    blob: BlobId(blob),
+                    size,
+                    entry,
+                },
+            }
+        ),
+        (user_name(), any::<u64>())
+            .prop_map(|(user, after)| Request::ListBackupSegments { user, after }),
     ]
 }
 
@@ -230,6 +243,8 @@ pub fn error_code() -> impl Strategy<Value = ErrorCode> {
         LinkExpired,
         NotInDeviceList,
         LoginFailed,
+        NotOwner,
+        BackupFull,
     ])
 }
 
@@ -381,6 +396,21 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         }),
         payload().prop_map(|password_bundle| Reply::AccountLoggedIn { password_bundle }),
         payload().prop_map(|recovery_bundle| Reply::RecoveryBundle { recovery_bundle }),
+        any::<u64>().prop_map(|position| Reply::BackupSegmentAppended { position }),
+        (
+            bounded(
+                (any::<u64>(), any::<[u8; 16]>(), any::<u64>(), payload()).prop_map(
+                    |(position, blob, size, entry)| BackupSegment {
+                        position,
+                        blob: BlobId(blob),
+                        size,
+                        entry,
+                    }
+                )
+            ),
+            any::<bool>()
+        )
+            .prop_map(|(segments, more)| Reply::BackupSegments { segments, more }),
     ]
 }
 
