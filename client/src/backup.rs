@@ -27,6 +27,9 @@ use crate::transfer::{BlobClient, TransferError};
 /// (fewer wait for the next round or for `cove backup`).
 pub const BACKUP_BATCH: usize = 100;
 
+/// Segments a restore downloads and opens ahead of the one it imports.
+const PREFETCH: usize = 4;
+
 /// Why a backup or a restore failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -194,9 +197,33 @@ pub async fn restore_history(device: &mut Device) -> Result<RestoreReport, Backu
             return Err(BackupError::Unexpected);
         }
         after = last;
-        for listed in segments {
-            let position = listed.position;
-            match fetch_and_open(&client, &key, &user, &mut order, listed).await {
+        // Downloads and opens run ahead of the imports (up to `PREFETCH` segments), so the
+        // network and the decryption overlap the database writes; the order check runs in
+        // index order before a download starts.
+        let mut ahead = std::collections::VecDeque::new();
+        let mut listed = segments.into_iter();
+        loop {
+            while ahead.len() < PREFETCH {
+                let Some(segment) = listed.next() else { break };
+                let position = segment.position;
+                let checked = SegmentEntry::decode(segment.entry.as_bytes())
+                    .and_then(|entry| order.accept(&entry).map(|()| entry));
+                let (client, key, user) = (client.clone(), key.clone(), user.clone());
+                ahead.push_back((
+                    position,
+                    tokio::spawn(async move {
+                        let entry = checked.map_err(|e| e.to_string())?;
+                        fetch_and_open(&client, &key, &user, &entry, segment).await
+                    }),
+                ));
+            }
+            let Some((position, task)) = ahead.pop_front() else {
+                break;
+            };
+            let opened = task
+                .await
+                .unwrap_or_else(|_| Err("the download task failed".to_owned()));
+            match opened {
                 Ok(segment) => {
                     let imported = device
                         .session()
@@ -221,21 +248,19 @@ pub async fn restore_history(device: &mut Device) -> Result<RestoreReport, Backu
     Ok(report)
 }
 
-/// Checks one index entry, downloads its blob and opens it; the reason on refusal.
+/// Downloads the blob of a checked index entry and opens it; the reason on refusal.
 async fn fetch_and_open(
     client: &BlobClient,
     key: &BackupKey,
     user: &UserName,
-    order: &mut OrderCheck,
+    entry: &SegmentEntry,
     listed: BackupSegment,
 ) -> Result<backup::Segment, String> {
-    let entry = SegmentEntry::decode(listed.entry.as_bytes()).map_err(|e| e.to_string())?;
-    order.accept(&entry).map_err(|e| e.to_string())?;
     let sealed = client
         .download_bytes(listed.blob, MAX_SEALED_SEGMENT as u64)
         .await
         .map_err(|e| e.to_string())?;
-    backup::open(key, user, &entry, &sealed).map_err(|e| e.to_string())
+    backup::open(key, user, entry, &sealed).map_err(|e| e.to_string())
 }
 
 /// The user and the backup key, from the device's account secrets.
