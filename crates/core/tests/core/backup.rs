@@ -328,3 +328,41 @@ fn import_dedups_never_overwrites_and_names_groups() {
     assert_eq!((again.messages, again.duplicates), (0, 6));
     assert_eq!(backup::pending(&target).unwrap(), 0);
 }
+
+/// The persisted formats are pinned: an index entry's bytes, and the SHA-256 of a segment
+/// sealed with a fixed key and nonce source (a change to the key derivation, the AAD, the
+/// header or the plaintext encoding changes it). Changing a format is a decision: bump
+/// `BACKUP_VERSION` and update these.
+#[test]
+fn the_entry_and_segment_formats_are_pinned() {
+    use sha2::Digest as _;
+    let id = SegmentId {
+        device: DeviceId(3),
+        counter: 7,
+    };
+    let entry = SegmentEntry {
+        version: backup::BACKUP_VERSION,
+        id,
+    };
+    assert_eq!(entry.encode(), vec![1, 3, 7]);
+    let segment = Segment {
+        version: backup::BACKUP_VERSION,
+        user: user("alice"),
+        id,
+        groups: cove_wire::BoundedVec(vec![backup::GroupName {
+            group: GroupId([1; 16]),
+            name: "friends".into(),
+        }]),
+        messages: cove_wire::BoundedVec(vec![cove_core::link::HistoryMessage::from(row(
+            GroupId([1; 16]),
+            4,
+            "hi",
+        ))]),
+    };
+    let sealed = backup::seal(&key(1), &segment, &mut ChaCha20Rng::seed_from_u64(5)).unwrap();
+    assert_eq!(&sealed[..5], b"covh\x01");
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&sealed)),
+        "594a98c74a2b3aa0aa8106e71a683a4bb89bda435cb1d962d5acb1cfe356dda0"
+    );
+}
