@@ -13,6 +13,7 @@
 //! run a command, wait for its completion, read messages.
 
 pub mod account;
+pub mod backup;
 pub mod call;
 pub mod config;
 pub mod daemon;

@@ -47,6 +47,10 @@ pub(crate) fn store_error_reply(e: &StoreError) -> ErrorReply {
             ErrorCode::InvalidRequest,
             "device list refused: the stored list changed meanwhile; fetch it and publish again",
         ),
+        StoreError::BackupFull => (
+            ErrorCode::BackupFull,
+            "the history backup index is full (segments or bytes)",
+        ),
         StoreError::Backend(details) => {
             error!(error = %details, "store failed");
             (ErrorCode::Internal, "internal error")

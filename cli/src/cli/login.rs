@@ -21,8 +21,9 @@ Logs in with the account's password (OPAQUE: the relay never sees it), unwraps t
 bundle (the user's identity key), adds a fresh device key to the user's signed device list,
 registers it and joins every group of the user by an external commit; the other members see
 \"alice added a device\" and the same safety number. Groups joined this way are shown under a
-placeholder name (group-XXXXXXXX) until their name is known. History from before the login is
-not copied (that is the history backup's job). A failed login leaves no home behind.
+placeholder name (group-XXXXXXXX) until their name is known. Then the encrypted history backup
+is restored: the messages from before this device existed, and the groups' names. A failed
+login leaves no home behind.
 
 The password is asked on the terminal, or read from COVE_PASSWORD / --password-file. With
 --lock the new home's database key is also locked with it.")]
@@ -46,6 +47,10 @@ pub struct LoginArgs {
 pub async fn run(home: Home, args: LoginArgs, password: &[u8]) -> anyhow::Result<()> {
     let device =
         Device::login(&home, &args.server, args.user, password, args.ca.as_deref()).await?;
+    let mut device = device;
+    // The history from before this device existed, from the encrypted backup (it also
+    // names the groups joined by external commits). The login stands if this fails.
+    let restored = cove::backup::restore_history(&mut device).await;
     let groups = device.groups().await?;
     println!(
         "logged in {} as {} (device {}) on {}; joined {} group(s)",
@@ -60,6 +65,25 @@ pub async fn run(home: Home, args: LoginArgs, password: &[u8]) -> anyhow::Result
     );
     for g in &groups {
         println!("  {} ({})", g.name, g.id);
+    }
+    match restored {
+        Ok(report) => {
+            println!(
+                "restored {} message(s) of history from {} backup segment(s)",
+                report.messages, report.segments
+            );
+            for refused in &report.refused {
+                eprintln!(
+                    "warning: history segment {} refused, not imported: {}",
+                    refused.position,
+                    cove::escape(&refused.reason)
+                );
+            }
+        }
+        Err(e) => eprintln!(
+            "warning: the history backup was not restored ({}); run `cove restore-history` later",
+            crate::cli::one_line(&anyhow::Error::from(e))
+        ),
     }
     device.close().await;
     Ok(())

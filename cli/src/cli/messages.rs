@@ -114,6 +114,7 @@ pub async fn run_sync(home: Home, args: SyncArgs) -> anyhow::Result<()> {
             Incoming::Notice(_) => {}
         }
     }
+    super::backup::after_round(&mut device, super::backup::SYNC_THRESHOLD).await;
     device.close().await;
     if !args.json && messages == 0 {
         eprintln!("nothing new");
@@ -143,6 +144,10 @@ pub async fn run_listen(home: Home, args: ListenArgs) -> anyhow::Result<()> {
             },
         }
     };
+    // At close: whatever waits goes into the backup.
+    if result.is_ok() {
+        super::backup::after_round(&mut device, 1).await;
+    }
     device.close().await;
     Ok(result?)
 }

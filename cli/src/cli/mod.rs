@@ -4,6 +4,7 @@
 
 mod account;
 mod audio;
+mod backup;
 mod daemon;
 pub(crate) mod device;
 mod files;
@@ -113,6 +114,10 @@ pub enum Command {
     /// Run the daemon: own this home's connection, database and calls, and serve JSON-RPC on
     /// HOME/daemon.sock; other commands then go through it.
     Daemon(daemon::DaemonArgs),
+    /// Upload the messages stored since the last backup to the encrypted history backup.
+    Backup(backup::BackupArgs),
+    /// Restore the encrypted history backup on this device.
+    RestoreHistory(backup::RestoreHistoryArgs),
 }
 
 /// Runs one command.
@@ -193,6 +198,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             account::run_account(self::resolve_home(home)?, &passwords, cmd).await
         }
         Command::Daemon(args) => daemon::run(resolve_home(home)?, args, password_file).await,
+        Command::Backup(args) => backup::run_backup(resolve_home(home)?, args).await,
+        Command::RestoreHistory(args) => backup::run_restore(resolve_home(home)?, args).await,
     };
     match (result, plain_home) {
         (Err(e), Some(home)) if busy(&e) => Err(daemon_hint(e, &home).await),

@@ -16,11 +16,12 @@ fn group_ids(groups: &str) -> Vec<String> {
 
 /// `cove login --lock --password-file` on a fresh home: a wrong password fails with the
 /// `LoginFailed` message and a non-zero exit, leaving no home; the right one makes a device
-/// of alice in a home locked with the same password, whose `cove groups` lists alice's two
-/// groups (same ids, both members), and whose `cove send` reaches bob, who also sees "alice
-/// added a device".
+/// of alice in a home locked with the same password, restores the history alice's first
+/// device backed up (`cove history` shows messages from before the login, the groups carry
+/// their names), whose `cove groups` lists alice's two groups (same ids, both members), and
+/// whose `cove send` reaches bob, who also sees "alice added a device".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_with_a_password_file_joins_the_groups_and_sends_to_bob() {
+async fn login_with_a_password_file_restores_the_history_joins_the_groups_and_sends_to_bob() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, server, ca) = relay(dir.path()).await;
     let alice = dir.path().join("alice");
@@ -74,6 +75,12 @@ async fn login_with_a_password_file_joins_the_groups_and_sends_to_bob() {
             ok(&a, &["group", "add", g, "bob"]);
         }
         ok(&b, &["sync"]);
+        // History from before the laptop exists, backed up by alice's first device.
+        ok(&b, &["send", "friends", "bob before the laptop"]);
+        ok(&a, &["sync"]);
+        ok(&a, &["send", "work", "alice before the laptop"]);
+        let backup = ok(&a, &["backup"]);
+        assert!(backup.contains("backed up"), "{backup}");
         ok(&a, &["groups"])
     })
     .await
@@ -109,12 +116,23 @@ async fn login_with_a_password_file_joins_the_groups_and_sends_to_bob() {
         let right_args: Vec<&str> = right_args.iter().map(String::as_str).collect();
         let out = ok(&l, &right_args);
         assert!(out.contains("joined 2 group(s)"), "{out}");
+        assert!(out.contains("restored 2 message(s) of history"), "{out}");
         // --lock: the new home's database key is kept only under the password.
         assert!(l.join("db.key.locked").exists() && !l.join("db.key").exists());
         let p = p.to_str().unwrap();
         let groups = ok(&l, &["--password-file", p, "groups"]);
         assert_eq!(group_ids(&groups), group_ids(&alice_groups), "{groups}");
         assert_eq!(groups.matches("members: alice, bob").count(), 2, "{groups}");
+        // The backup named the groups joined by external commits, and holds their past.
+        assert!(
+            groups.lines().any(|g| g.starts_with("friends"))
+                && groups.lines().any(|g| g.starts_with("work")),
+            "{groups}"
+        );
+        let past = ok(&l, &["--password-file", p, "history", "friends"]);
+        assert!(past.contains("<bob> bob before the laptop"), "{past}");
+        let past = ok(&l, &["--password-file", p, "history", "work"]);
+        assert!(past.contains("<alice> alice before the laptop"), "{past}");
         let friends = alice_groups
             .lines()
             .find(|l| l.starts_with("friends"))

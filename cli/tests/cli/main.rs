@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod accounts;
+mod backup;
 mod daemon;
 mod escape;
 mod files;
@@ -272,6 +273,8 @@ fn every_command_has_help_with_an_example() {
         &["password", "change"],
         &["password", "reset"],
         &["account", "delete"],
+        &["backup"],
+        &["restore-history"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");

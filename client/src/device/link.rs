@@ -12,7 +12,7 @@ use super::handle::{Device, seed};
 use super::open::remove_home;
 use crate::config::{ConfigError, Home};
 use crate::raw::RawConnection;
-use crate::session::SessionEvent;
+use crate::session::{SessionError, SessionEvent};
 use crate::transport;
 
 impl Device {
@@ -199,6 +199,40 @@ impl Device {
             revoked,
             from_relay: false,
         }))
+    }
+
+    /// Sends `body` on this device's session and waits (up to the device's timeout) for the
+    /// relay's answer. Session events that arrive meanwhile are dropped (as while linking):
+    /// received messages stay stored and are shown by a later `sync`.
+    pub async fn relay_request(
+        &mut self,
+        body: Request,
+    ) -> Result<Result<Reply, ErrorReply>, DeviceError> {
+        self.reachable().await?;
+        let id = self
+            .session
+            .call(|c| c.send_request(body))
+            .await?
+            .ok_or_else(|| SessionError::Stopped(Some("not connected to the relay".into())))?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Err(SessionError::Stopped(None).into()),
+                Err(_) => {
+                    return Err(SessionError::Timeout {
+                        secs: self.timeout.as_secs(),
+                        state: None,
+                    }
+                    .into());
+                }
+            };
+            if let SessionEvent::Core(Event::Reply { id: got, result }) = event
+                && got == id
+            {
+                return Ok(result);
+            }
+        }
     }
 
     /// The relay's answer to `ListOwnDevices` on this device's session, or `None` when not

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use cove_wire::{BlobId, DeviceId};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use indicatif::ProgressBar;
@@ -144,6 +144,33 @@ impl<'a> Conn<'a> {
             ));
         }
         produced.map_err(|_| TransferError::Network("upload task failed".into()))?
+    }
+
+    /// Sends `rest`, the bytes of a blob of `total` bytes from `offset` on, in one request.
+    pub(crate) async fn append_bytes(
+        &self,
+        id: BlobId,
+        offset: u64,
+        total: u64,
+        rest: Bytes,
+    ) -> Result<(), TransferError> {
+        let path = format!("/v1/blobs/{id}");
+        let req = self
+            .signed(Method::PATCH, &path, offset)?
+            .header("upload-offset", offset)
+            .header(header::CONTENT_TYPE, "application/offset+octet-stream")
+            .header(header::CONTENT_LENGTH, rest.len());
+        let body = Full::new(rest).map_err(|never| match never {}).boxed();
+        let resp = self.send(req, body).await?;
+        if resp.status() != StatusCode::NO_CONTENT {
+            return Err(refused(resp).await);
+        }
+        if header_u64(&resp, "upload-offset") != Some(total) {
+            return Err(TransferError::Network(
+                "the relay did not store every byte".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Streams blob bytes from `from` into `tx`; returns how many were forwarded, also on

@@ -79,6 +79,12 @@ pub enum TransferError {
     /// The local device could not be used.
     #[error(transparent)]
     Device(#[from] crate::DeviceError),
+    /// A blob was longer than the caller accepts (nothing of it was used).
+    #[error("the blob is longer than {limit} bytes")]
+    BlobTooLarge {
+        /// The most bytes accepted.
+        limit: u64,
+    },
     /// No message with that id has an attachment.
     #[error("no attachment with id {0} in this group (run `cove sync` to receive new messages)")]
     NoSuchAttachment(String),
@@ -326,6 +332,86 @@ impl BlobClient {
             media_type: media_type(path).to_owned(),
             chunk_size,
         })
+    }
+
+    /// Uploads `data` (already encrypted: a sealed history-backup segment) as a new blob,
+    /// resuming after cuts; returns its id.
+    pub async fn upload_bytes(&self, data: Vec<u8>) -> Result<BlobId, TransferError> {
+        let data = Bytes::from(data);
+        let total = data.len() as u64;
+        let conn = http::Conn::new(self);
+        let blob_id = conn.create(total).await?;
+        let mut offset = 0u64;
+        let mut retries = 0;
+        loop {
+            let start = usize::try_from(offset)
+                .unwrap_or(data.len())
+                .min(data.len());
+            match conn
+                .append_bytes(blob_id, offset, total, data.slice(start..))
+                .await
+            {
+                Ok(()) => break,
+                Err(
+                    e @ (TransferError::Network(_) | TransferError::Refused { status: 409, .. }),
+                ) => {
+                    retries += 1;
+                    if retries > MAX_RETRIES {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(backoff(retries)).await;
+                    match conn.offset(blob_id).await {
+                        // Everything is stored but the answer was lost.
+                        Ok(stored) if stored == total => break,
+                        Ok(stored) => offset = stored,
+                        Err(TransferError::Network(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(blob_id)
+    }
+
+    /// Downloads blob `id` whole into memory (a sealed history-backup segment), resuming
+    /// after cuts; refuses a blob longer than `limit` bytes.
+    pub async fn download_bytes(&self, id: BlobId, limit: u64) -> Result<Vec<u8>, TransferError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let collect = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(data) = rx.recv().await {
+                if (out.len() + data.len()) as u64 > limit {
+                    return Err(TransferError::BlobTooLarge { limit });
+                }
+                out.extend_from_slice(&data);
+            }
+            Ok(out)
+        });
+        let conn = http::Conn::new(self);
+        let bar = ProgressBar::hidden();
+        let mut received = 0u64;
+        let mut retries = 0;
+        let fetched = loop {
+            match conn.fetch(id, received, &tx, &bar).await {
+                Ok(_) => break Ok(()),
+                Err((n, e @ TransferError::Network(_))) => {
+                    received += n;
+                    retries = if n > 0 { 1 } else { retries + 1 };
+                    if retries > MAX_RETRIES {
+                        break Err(e);
+                    }
+                    tokio::time::sleep(backoff(retries)).await;
+                }
+                Err((_, e)) => break Err(e),
+            }
+        };
+        drop(tx);
+        let collected = collect
+            .await
+            .map_err(|_| TransferError::Network("download task failed".into()))?;
+        fetched?;
+        collected
     }
 
     /// Uploads `path` and returns its share link.

@@ -5,6 +5,8 @@
 //!
 //! - [`content_envelope`]: the envelope decoder of [`crate::content`];
 //! - [`attachment_decrypt`]: the attachment [`Decryptor`] under [`FUZZ_FILE_KEY`];
+//! - [`backup_segment`]: a history-backup index entry and segment under
+//!   [`FUZZ_BACKUP_KEY`];
 //! - [`MlsIngest`]: a group-log entry or an inbox Welcome fed to a [`Client`] that is a member
 //!   of a group.
 
@@ -29,6 +31,49 @@ pub fn content_envelope(data: &[u8]) {
     assert!(
         matches!(&again, Ok(Ok(e)) if *e == envelope),
         "a decoded envelope does not round-trip: {envelope:?} -> {again:?}"
+    );
+}
+
+/// The backup key every [`backup_segment`] input is opened with (for user
+/// [`FUZZ_BACKUP_USER`]).
+pub const FUZZ_BACKUP_KEY: [u8; 32] = [0x24; 32];
+/// The user every [`backup_segment`] input is opened for.
+pub const FUZZ_BACKUP_USER: &str = "alice";
+
+/// Opens a history-backup segment. Layout: byte 0 is the length `n` of the index entry in
+/// bytes 1..1+n, the rest is the sealed segment. An entry that does not decode is replaced
+/// by device 1, counter 0. A segment that opens must be this user's and the entry's, within
+/// the bounds, and seal again to bytes that open to itself.
+pub fn backup_segment(data: &[u8]) {
+    use crate::backup::{self, BackupKey, SegmentEntry, SegmentId};
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((entry, sealed)) = rest.split_at_checked(usize::from(n)) else {
+        return;
+    };
+    let entry = SegmentEntry::decode(entry).unwrap_or(SegmentEntry {
+        version: backup::BACKUP_VERSION,
+        id: SegmentId {
+            device: DeviceId(1),
+            counter: 0,
+        },
+    });
+    let Ok(user) = UserName::new(FUZZ_BACKUP_USER) else {
+        return;
+    };
+    let key = BackupKey::new(FUZZ_BACKUP_KEY.into());
+    let Ok(segment) = backup::open(&key, &user, &entry, sealed) else {
+        return;
+    };
+    assert!(segment.user == user && segment.id == entry.id);
+    assert!(segment.messages.len() <= backup::MAX_SEGMENT_MESSAGES);
+    let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed([9; 32]);
+    let again = backup::seal(&key, &segment, &mut rng)
+        .map(|bytes| backup::open(&key, &user, &entry, &bytes));
+    assert!(
+        matches!(&again, Ok(Ok(s)) if *s == segment),
+        "an opened segment does not seal back to itself"
     );
 }
 

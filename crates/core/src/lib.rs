@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod attachment;
+pub mod backup;
 pub mod call;
 mod call_signal;
 mod client;

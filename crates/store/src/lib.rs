@@ -327,6 +327,10 @@ pub trait Store: Kv + StorageProvider<CURRENT_VERSION, Error = StoreError> + Sen
             message,
         )
     }
+    /// The message stored at log position `seq` of `group`, if any.
+    fn message(&self, group: &GroupId, seq: Seq) -> Result<Option<StoredMessage>, StoreError> {
+        get_record(self, Namespace::Message, &group_seq_key(group, seq))
+    }
     /// The history of a group in log order.
     fn messages(&self, group: &GroupId) -> Result<Vec<StoredMessage>, StoreError> {
         self.kv_scan(Namespace::Message, &group.0)?

@@ -259,6 +259,26 @@ pub enum Request {
     /// user (this device included): a user's new device joins them by external commits.
     /// Answered with [`Reply::UserGroups`].
     UserGroups,
+    /// Appends a segment of the encrypted history backup to `user`'s backup index
+    /// (`user` must be the authenticated device's own user, else `NotOwner`). The blob must
+    /// be a complete blob of that user; the relay keeps it while it is indexed. Answered
+    /// [`Reply::BackupSegmentAppended`]; `BackupFull` past the per-user caps
+    /// ([`crate::limits::MAX_BACKUP_SEGMENTS`], [`crate::limits::MAX_BACKUP_BYTES`]).
+    AppendBackupSegment {
+        /// Whose index (the requester's own user).
+        user: UserName,
+        /// The segment: its blob, size and the opaque entry.
+        segment: NewBackupSegment,
+    },
+    /// Lists `user`'s backup index after position `after` (0: from the start), at most
+    /// [`crate::limits::MAX_BACKUP_LIST`] entries a reply. Own user only (`NotOwner`).
+    /// Answered [`Reply::BackupSegments`].
+    ListBackupSegments {
+        /// Whose index (the requester's own user).
+        user: UserName,
+        /// The last position already read.
+        after: u64,
+    },
 }
 
 /// The kind of a group post, as MLS exposes it in clear.
@@ -468,6 +488,44 @@ pub enum Reply {
         /// The groups, ordered by id.
         groups: BoundedVec<GroupId>,
     },
+    /// The segment is indexed (answer to `AppendBackupSegment`).
+    BackupSegmentAppended {
+        /// Its position in the user's index (from 1, in append order, never reused).
+        position: u64,
+    },
+    /// Entries of the user's backup index (answer to `ListBackupSegments`), in position
+    /// order.
+    BackupSegments {
+        /// The entries after the requested position.
+        segments: BoundedVec<BackupSegment>,
+        /// Whether more entries follow the last one here.
+        more: bool,
+    },
+}
+
+/// A history-backup segment to index (in [`Request::AppendBackupSegment`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewBackupSegment {
+    /// The blob holding the sealed segment.
+    pub blob: crate::BlobId,
+    /// The blob's length in bytes (checked against the stored blob).
+    pub size: u64,
+    /// The client's opaque description of the segment (at most
+    /// [`crate::limits::MAX_BACKUP_ENTRY_BYTES`]); the relay stores and returns it as is.
+    pub entry: Payload,
+}
+
+/// An entry of a user's backup index (in [`Reply::BackupSegments`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSegment {
+    /// Its position in the index.
+    pub position: u64,
+    /// The blob holding the sealed segment.
+    pub blob: crate::BlobId,
+    /// The blob's length in bytes.
+    pub size: u64,
+    /// The opaque entry, as appended.
+    pub entry: Payload,
 }
 
 /// Why a link slot closed (in [`ServerFrame::LinkClosed`]).
@@ -712,5 +770,9 @@ pub enum ErrorCode {
     InvalidCommit,
     // --- accounts (appended) ---
     /// A password login failed: wrong password, or no such account (the same code for both).
-    LoginFailed,
+    LoginFailed, // --- history backup (appended) ---
+    /// The request names another user's resource (e.g. another user's backup index).
+    NotOwner,
+    /// The user's backup index is at its cap of segments or bytes; nothing was indexed.
+    BackupFull,
 }

@@ -42,3 +42,12 @@ pub const MAX_LINK_MESSAGE_BYTES: usize = 512 * 1024 + 64;
 /// Most bytes of one OPAQUE message or wrapped account bundle in an account request (the
 /// real ones are at most a few hundred bytes).
 pub const MAX_ACCOUNT_MESSAGE_BYTES: usize = 1024;
+
+/// Largest opaque entry of a history-backup segment in the relay's index.
+pub const MAX_BACKUP_ENTRY_BYTES: usize = 512;
+/// Most segments in one user's history-backup index.
+pub const MAX_BACKUP_SEGMENTS: u64 = 100_000;
+/// Most bytes (total of the indexed blobs' sizes) in one user's history-backup index: 8 GiB.
+pub const MAX_BACKUP_BYTES: u64 = 8 << 30;
+/// Most index entries in one `BackupSegments` reply.
+pub const MAX_BACKUP_LIST: usize = 1000;

@@ -560,7 +560,15 @@ impl Drop for WriterSlot {
 }
 
 fn sweep(inner: &Inner) -> usize {
-    match inner.blobs.sweep(now_ms()) {
+    // A blob in its owner's history-backup index stays while it is indexed (kept too when
+    // the index cannot be read: a later sweep decides).
+    let relay = &inner.relay;
+    let keep = |meta: &BlobMeta| {
+        relay
+            .backup_holds_blob(&meta.owner, &meta.id)
+            .unwrap_or(true)
+    };
+    match inner.blobs.sweep_keeping(now_ms(), &keep) {
         Ok(0) => 0,
         Ok(n) => {
             info!(deleted = n, "expired blobs deleted");
@@ -671,4 +679,56 @@ fn method_not_allowed(allow: &str) -> Response<BlobBody> {
 fn internal(e: &BlobStoreError) -> Response<BlobBody> {
     warn!(error = %e, "blob store failure");
     text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::{BackupCaps, MemoryStore};
+
+    /// An expired blob that its owner's history-backup index holds survives the sweep while
+    /// indexed (another user's index naming it does not count) and goes at the first sweep
+    /// after the index is deleted; an expired blob no index holds goes at once.
+    #[test]
+    fn the_sweep_keeps_blobs_while_their_owners_backup_index_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs: Arc<dyn BlobStore> = Arc::new(FsBlobStore::open(dir.path()).unwrap());
+        let relay = Arc::new(MemoryStore::new());
+        let (alice, bob) = (
+            UserName::new("alice").unwrap(),
+            UserName::new("bob").unwrap(),
+        );
+        relay
+            .register_user(&alice, &cove_wire::DeviceKey([1; 32]))
+            .unwrap();
+        relay
+            .register_user(&bob, &cove_wire::DeviceKey([2; 32]))
+            .unwrap();
+        let (indexed, foreign, loose) = (BlobId([1; 16]), BlobId([2; 16]), BlobId([3; 16]));
+        for id in [indexed, foreign, loose] {
+            // Expired long ago (expiry 10 ms after the Unix epoch).
+            blobs.create(id, &alice, 0, 1 << 20, 0, 10).unwrap();
+        }
+        let segment = |blob| cove_wire::NewBackupSegment {
+            blob,
+            size: 0,
+            entry: cove_wire::Payload(vec![1]),
+        };
+        relay
+            .append_backup_segment(&alice, segment(indexed), BackupCaps::default())
+            .unwrap();
+        relay
+            .append_backup_segment(&bob, segment(foreign), BackupCaps::default())
+            .unwrap();
+        let relay_dyn: Arc<dyn RelayStore> = relay.clone();
+        let service = BlobService::with_store(Arc::clone(&blobs), BlobConfig::default(), relay_dyn);
+        assert_eq!(service.sweep_now(), 2);
+        assert!(blobs.meta(&indexed).unwrap().is_some());
+        assert!(blobs.meta(&foreign).unwrap().is_none());
+        assert!(blobs.meta(&loose).unwrap().is_none());
+        assert_eq!(relay.delete_backup_index(&alice).unwrap(), vec![indexed]);
+        assert_eq!(service.sweep_now(), 1);
+        assert!(blobs.meta(&indexed).unwrap().is_none());
+    }
 }

@@ -112,7 +112,16 @@ pub trait BlobStore: Send + Sync + 'static {
     fn delete(&self, id: &BlobId) -> Result<(), BlobStoreError>;
     /// Deletes every blob whose expiry is at or before `now_ms`, except those with an append
     /// running (a later sweep gets them); returns how many were deleted.
-    fn sweep(&self, now_ms: u64) -> Result<usize, BlobStoreError>;
+    fn sweep(&self, now_ms: u64) -> Result<usize, BlobStoreError> {
+        self.sweep_keeping(now_ms, &|_| false)
+    }
+    /// [`BlobStore::sweep`], but also keeps the expired blobs for which `keep` says so (the
+    /// relay keeps the blobs a user's history-backup index holds).
+    fn sweep_keeping(
+        &self,
+        now_ms: u64,
+        keep: &dyn Fn(&BlobMeta) -> bool,
+    ) -> Result<usize, BlobStoreError>;
     /// Deletes every blob `owner` created (its account is being deleted); one with an
     /// append running is made to expire now instead, so the next sweep deletes it. Returns
     /// how many were deleted now.
@@ -356,23 +365,29 @@ impl BlobStore for FsBlobStore {
         Ok(n)
     }
 
-    fn sweep(&self, now_ms: u64) -> Result<usize, BlobStoreError> {
-        let expired: Vec<Vec<u8>> = {
+    fn sweep_keeping(
+        &self,
+        now_ms: u64,
+        keep: &dyn Fn(&BlobMeta) -> bool,
+    ) -> Result<usize, BlobStoreError> {
+        let expired: Vec<BlobMeta> = {
             let db = self.db()?;
-            let mut stmt = db.prepare("SELECT id FROM blobs WHERE expires_ms <= ?1")?;
-            let rows = stmt.query_map(params![to_i64(now_ms)?], |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
+            let mut stmt = db.prepare(&format!("{SELECT} WHERE expires_ms <= ?1"))?;
+            let rows = stmt.query_map(params![to_i64(now_ms)?], row_meta)?;
+            let raw: Vec<_> = rows.collect::<Result<_, _>>()?;
+            raw.into_iter().map(parse_meta).collect::<Result<_, _>>()?
         };
         let mut n = 0;
-        for raw in expired {
-            if let Ok(arr) = <[u8; 16]>::try_from(raw.as_slice()) {
-                match self.delete(&BlobId(arr)) {
-                    Ok(()) => n += 1,
-                    // An append is running: the next sweep deletes it if it is still
-                    // expired then (a completed upload gets a new expiry).
-                    Err(BlobStoreError::Busy) => {}
-                    Err(e) => return Err(e),
-                }
+        for meta in expired {
+            if keep(&meta) {
+                continue;
+            }
+            match self.delete(&meta.id) {
+                Ok(()) => n += 1,
+                // An append is running: the next sweep deletes it if it is still
+                // expired then (a completed upload gets a new expiry).
+                Err(BlobStoreError::Busy) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(n)

@@ -24,6 +24,7 @@
 mod accounts;
 mod auth;
 mod backlog;
+pub mod backup;
 mod device_lists;
 pub mod handshake;
 mod posts;
@@ -448,6 +449,7 @@ mod tests {
             ("accounts.rs", include_str!("accounts.rs")),
             ("auth.rs", include_str!("auth.rs")),
             ("backlog.rs", include_str!("backlog.rs")),
+            ("backup.rs", include_str!("backup.rs")),
             ("device_lists.rs", include_str!("device_lists.rs")),
             ("handshake.rs", include_str!("handshake.rs")),
             ("posts.rs", include_str!("posts.rs")),

@@ -170,6 +170,12 @@ pub fn request(
             super::device_lists::publish(store, device, entries.0)
         }
         Request::FetchDeviceList { user } => super::device_lists::fetch(store, &user),
+        Request::ListBackupSegments { user, after } => {
+            super::backup::list(store, device, &user, after)
+        }
+        // The relay's connection layer answers it with the blob store's facts
+        // (`backup::append`); here (the simulation) there is no blob store.
+        Request::AppendBackupSegment { .. } => Err(invalid("this relay keeps no blobs")),
         Request::Post { .. }
         | Request::Register { .. }
         | Request::RegisterDevice { .. }

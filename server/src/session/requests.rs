@@ -138,6 +138,30 @@ impl Session {
                 },
                 None => logic::no_turn(),
             },
+            Route::Request(device, Request::AppendBackupSegment { user, segment }) => {
+                // The blob's facts come from the blob store; the decision is the core's.
+                let blobs = Arc::clone(self.shared.blob.blobs());
+                blocking(&self.shared, move |s| {
+                    let blob = blobs
+                        .meta(&segment.blob)
+                        .map_err(|e| crate::store::StoreError::Backend(e.to_string()))?
+                        .map(|m| logic::backup::BlobFacts {
+                            complete: m.complete(),
+                            owner: m.owner,
+                            length: m.length,
+                        });
+                    Ok(logic::backup::append(
+                        s,
+                        device,
+                        &user,
+                        segment,
+                        blob,
+                        crate::store::BackupCaps::default(),
+                    ))
+                })
+                .await
+                .unwrap_or_else(|e| Err(store_error_reply(&e)))
+            }
             Route::Request(device, body) => {
                 // Costly requests share the claim bucket: a KeyPackage claim hands out a
                 // KeyPackage, a device-list publish verifies up to a whole list's signatures.

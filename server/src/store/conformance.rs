@@ -40,7 +40,9 @@ use cove_wire::{
     Stream, UserName,
 };
 
-use super::{Account, Appended, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError};
+use super::{
+    Account, Appended, BackupCaps, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError,
+};
 
 /// Expands to a module `$name` with one `#[test]` per conformance case, each run on a fresh
 /// store made by `$make`, a closure (or function) returning `(guard, store)` where `store`
@@ -95,6 +97,9 @@ macro_rules! relay_store_conformance {
             a_password_replacement_changes_the_record_and_password_bundle_only,
             deleting_a_user_removes_everything_of_it_and_frees_the_name,
             an_external_join_adds_its_poster_only_with_a_validated_state,
+            backup_index_appends_lists_and_deletes,
+            backup_index_caps_segments_and_bytes,
+            concurrent_backup_appends_get_distinct_positions,
         );
     };
     (@cases $name:ident, $make:expr; $($case:ident),* $(,)?) => {
@@ -110,6 +115,166 @@ macro_rules! relay_store_conformance {
             )*
         }
     };
+}
+
+// ---------------------------------------------------------------------------------------
+// The history-backup index.
+
+/// A backup segment whose blob id and entry are made from `tag`, of `size` bytes.
+pub fn backup_segment(tag: u8, size: u64) -> cove_wire::NewBackupSegment {
+    cove_wire::NewBackupSegment {
+        blob: cove_wire::BlobId([tag; 16]),
+        size,
+        entry: Payload(vec![tag; 40]),
+    }
+}
+
+/// Segments get positions 1, 2, 3 per user; a list pages after a position; another user's
+/// index is apart; a blob is indexed once; an oversized entry and an unknown user are
+/// refused; deleting the index returns its blobs and leaves it empty.
+pub fn backup_index_appends_lists_and_deletes(store: &dyn RelayStore) {
+    device(store, "alice", 1);
+    device(store, "bob", 2);
+    let (alice, bob) = (user("alice"), user("bob"));
+    let caps = BackupCaps::default();
+    for (i, tag) in [1u8, 2, 3].into_iter().enumerate() {
+        let position = store
+            .append_backup_segment(&alice, backup_segment(tag, 100), caps)
+            .unwrap();
+        assert_eq!(position, i as u64 + 1);
+    }
+    assert_eq!(
+        store
+            .append_backup_segment(&bob, backup_segment(9, 100), caps)
+            .unwrap(),
+        1
+    );
+    let all = store.backup_segments(&alice, 0, 100).unwrap();
+    assert_eq!(
+        all.iter().map(|s| s.position).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(all[1].blob, cove_wire::BlobId([2; 16]));
+    assert_eq!(all[1].entry, Payload(vec![2; 40]));
+    assert_eq!(all[1].size, 100);
+    let page = store.backup_segments(&alice, 1, 1).unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].position, 2);
+    assert!(store.backup_segments(&alice, 3, 100).unwrap().is_empty());
+    assert!(
+        store
+            .backup_segments(&user("nobody"), 0, 100)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .backup_holds_blob(&alice, &cove_wire::BlobId([2; 16]))
+            .unwrap()
+    );
+    assert!(
+        !store
+            .backup_holds_blob(&alice, &cove_wire::BlobId([9; 16]))
+            .unwrap()
+    );
+    assert!(
+        store
+            .backup_holds_blob(&bob, &cove_wire::BlobId([9; 16]))
+            .unwrap()
+    );
+    assert!(matches!(
+        store.append_backup_segment(&alice, backup_segment(2, 100), caps),
+        Err(StoreError::Invalid(_))
+    ));
+    let mut big = backup_segment(7, 100);
+    big.entry = Payload(vec![7; cove_wire::limits::MAX_BACKUP_ENTRY_BYTES + 1]);
+    assert!(matches!(
+        store.append_backup_segment(&alice, big, caps),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.append_backup_segment(&user("nobody"), backup_segment(8, 1), caps),
+        Err(StoreError::UnknownUser)
+    ));
+    assert_eq!(store.backup_segments(&alice, 0, 100).unwrap().len(), 3);
+    assert_eq!(
+        store.delete_backup_index(&alice).unwrap(),
+        vec![
+            cove_wire::BlobId([1; 16]),
+            cove_wire::BlobId([2; 16]),
+            cove_wire::BlobId([3; 16])
+        ]
+    );
+    assert!(store.backup_segments(&alice, 0, 100).unwrap().is_empty());
+    assert!(
+        !store
+            .backup_holds_blob(&alice, &cove_wire::BlobId([1; 16]))
+            .unwrap()
+    );
+    assert_eq!(store.backup_segments(&bob, 0, 100).unwrap().len(), 1);
+}
+
+/// The per-user caps: a segment past the count cap or past the byte cap is refused with
+/// `BackupFull` and nothing is indexed; another user's index is not affected.
+pub fn backup_index_caps_segments_and_bytes(store: &dyn RelayStore) {
+    device(store, "alice", 1);
+    device(store, "bob", 2);
+    let (alice, bob) = (user("alice"), user("bob"));
+    let caps = BackupCaps {
+        segments: 2,
+        bytes: 1000,
+    };
+    store
+        .append_backup_segment(&alice, backup_segment(1, 600), caps)
+        .unwrap();
+    assert!(matches!(
+        store.append_backup_segment(&alice, backup_segment(2, 401), caps),
+        Err(StoreError::BackupFull)
+    ));
+    store
+        .append_backup_segment(&alice, backup_segment(3, 400), caps)
+        .unwrap();
+    assert!(matches!(
+        store.append_backup_segment(&alice, backup_segment(4, 0), caps),
+        Err(StoreError::BackupFull)
+    ));
+    assert_eq!(store.backup_segments(&alice, 0, 100).unwrap().len(), 2);
+    assert!(
+        !store
+            .backup_holds_blob(&alice, &cove_wire::BlobId([2; 16]))
+            .unwrap()
+    );
+    store
+        .append_backup_segment(&bob, backup_segment(5, 1000), caps)
+        .unwrap();
+}
+
+/// Eight threads append to one user's index at once: every append succeeds with its own
+/// position, and the positions are exactly 1..=8.
+pub fn concurrent_backup_appends_get_distinct_positions(store: &dyn RelayStore) {
+    device(store, "alice", 1);
+    let alice = user("alice");
+    let barrier = Barrier::new(8);
+    let mut positions: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8u8)
+            .map(|i| {
+                let (barrier, alice) = (&barrier, &alice);
+                s.spawn(move || {
+                    barrier.wait();
+                    store
+                        .append_backup_segment(
+                            alice,
+                            backup_segment(i + 1, 10),
+                            BackupCaps::default(),
+                        )
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=8).collect::<Vec<u64>>());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -213,6 +378,14 @@ pub fn deleting_a_user_removes_everything_of_it_and_frees_the_name(store: &dyn R
     store.create_group(h, b).unwrap();
     one(store, commit(h, b, 0, &[a2], &[], Some(b"w"))).unwrap();
     one(store, commit(h, b, 1, &[], &[a2], None)).unwrap();
+    // Both keep a history backup.
+    let caps = BackupCaps::default();
+    store
+        .append_backup_segment(&user("alice"), backup_segment(1, 100), caps)
+        .unwrap();
+    store
+        .append_backup_segment(&user("bob"), backup_segment(2, 100), caps)
+        .unwrap();
 
     assert!(matches!(
         store.delete_user(&user("nobody")),
@@ -249,8 +422,17 @@ pub fn deleting_a_user_removes_everything_of_it_and_frees_the_name(store: &dyn R
     assert!(removal.removed.is_empty(), "{:?}", removal.removed);
     assert_eq!(removal.members, vec![b]);
 
+    // alice's backup index is gone with her.
+    assert!(
+        store
+            .backup_segments(&user("alice"), 0, 10)
+            .unwrap()
+            .is_empty()
+    );
+
     // bob is untouched.
     assert_eq!(store.account(&user("bob")).unwrap(), Some(account(5)));
+    assert_eq!(store.backup_segments(&user("bob"), 0, 10).unwrap().len(), 1);
     assert_eq!(store.devices(&user("bob")).unwrap().len(), 1);
     assert_eq!(store.device_list(&user("bob")).unwrap().len(), 1);
     assert_eq!(store.groups_of(b).unwrap().len(), 2);

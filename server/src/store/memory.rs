@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cove_wire::identity::ListEntry;
 use cove_wire::limits::MAX_DEVICES_PER_USER;
 use cove_wire::{
-    ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, GroupEntry, GroupId, GroupSummary,
-    InboxEntry, InboxKind, Payload, PostKind, Seq, Stream, UserName,
+    BackupSegment, BlobId, ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, GroupEntry, GroupId,
+    GroupSummary, InboxEntry, InboxKind, NewBackupSegment, Payload, PostKind, Seq, Stream,
+    UserName,
 };
 
 use super::rules::{self, GroupState};
 use super::{
-    Account, Appended, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError, Welcome,
-    check_list_append, revoked_keys,
+    Account, Appended, BackupCaps, NewPost, Pruned, PublicGroupState, RelayStore, Stock,
+    StoreError, Welcome, backup_fits, check_backup_entry, check_list_append, revoked_keys,
 };
 
 /// The in-memory relay store. Same semantics as the SQLite one, minus durability.
@@ -46,6 +47,8 @@ struct Inner {
     device_lists: HashMap<UserName, Vec<ListEntry>>,
     /// Password accounts by user.
     accounts: HashMap<UserName, Account>,
+    /// History-backup indexes by user, in position order.
+    backups: HashMap<UserName, Vec<BackupSegment>>,
 }
 
 struct Device {
@@ -275,12 +278,14 @@ impl RelayStore for MemoryStore {
             groups,
             device_lists,
             accounts,
+            backups,
             ..
         } = &mut *inner;
         let mut deleted = users.remove(user).ok_or(StoreError::UnknownUser)?;
         deleted.sort();
         device_lists.remove(user);
         accounts.remove(user);
+        backups.remove(user);
         for id in &deleted {
             let Some(device) = devices.remove(id) else {
                 continue;
@@ -302,6 +307,76 @@ impl RelayStore for MemoryStore {
             }
         }
         Ok(deleted)
+    }
+
+    fn append_backup_segment(
+        &self,
+        user: &UserName,
+        segment: NewBackupSegment,
+        caps: BackupCaps,
+    ) -> Result<u64, StoreError> {
+        check_backup_entry(&segment)?;
+        let mut inner = self.lock()?;
+        if !inner.users.contains_key(user) {
+            return Err(StoreError::UnknownUser);
+        }
+        let index = inner.backups.entry(user.clone()).or_default();
+        if index.iter().any(|s| s.blob == segment.blob) {
+            return Err(StoreError::Invalid(
+                "the blob is already in the backup index",
+            ));
+        }
+        let count = u64::try_from(index.len()).unwrap_or(u64::MAX);
+        let bytes = index.iter().fold(0u64, |b, s| b.saturating_add(s.size));
+        if !backup_fits(caps, count, bytes, segment.size) {
+            return Err(StoreError::BackupFull);
+        }
+        let position = index.last().map_or(1, |s| s.position.saturating_add(1));
+        index.push(BackupSegment {
+            position,
+            blob: segment.blob,
+            size: segment.size,
+            entry: segment.entry,
+        });
+        Ok(position)
+    }
+
+    fn backup_segments(
+        &self,
+        user: &UserName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<BackupSegment>, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner
+            .backups
+            .get(user)
+            .map(|index| {
+                index
+                    .iter()
+                    .filter(|s| s.position > after)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn backup_holds_blob(&self, user: &UserName, blob: &BlobId) -> Result<bool, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner
+            .backups
+            .get(user)
+            .is_some_and(|index| index.iter().any(|s| &s.blob == blob)))
+    }
+
+    fn delete_backup_index(&self, user: &UserName) -> Result<Vec<BlobId>, StoreError> {
+        let mut inner = self.lock()?;
+        Ok(inner
+            .backups
+            .remove(user)
+            .map(|index| index.into_iter().map(|s| s.blob).collect())
+            .unwrap_or_default())
     }
 
     fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {

@@ -26,8 +26,9 @@ use std::sync::Arc;
 
 use cove_wire::identity::ListEntry;
 use cove_wire::{
-    ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, Epoch, GroupEntry, GroupId, GroupSummary,
-    InboxEntry, InboxKind, Payload, PostKind, Seq, Stream, UserName,
+    BackupSegment, BlobId, ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, Epoch, GroupEntry,
+    GroupId, GroupSummary, InboxEntry, InboxKind, NewBackupSegment, Payload, PostKind, Seq, Stream,
+    UserName,
 };
 
 /// Why a store operation failed.
@@ -85,6 +86,28 @@ pub enum StoreError {
         /// How many entries the stored list has.
         stored: u64,
     },
+    /// The user's history-backup index is at one of its caps ([`BackupCaps`]): nothing was
+    /// indexed.
+    #[error("the backup index is full")]
+    BackupFull,
+}
+
+/// The per-user caps of the history-backup index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupCaps {
+    /// Most segments indexed.
+    pub segments: u64,
+    /// Most bytes (the sum of the indexed segments' sizes).
+    pub bytes: u64,
+}
+
+impl Default for BackupCaps {
+    fn default() -> Self {
+        BackupCaps {
+            segments: cove_wire::limits::MAX_BACKUP_SEGMENTS,
+            bytes: cove_wire::limits::MAX_BACKUP_BYTES,
+        }
+    }
 }
 
 /// A user's password account as the relay keeps it: nothing in it checks a password guess
@@ -449,6 +472,33 @@ pub trait RelayStore: Send + Sync + 'static {
     /// ordered by id. UnknownUser if no such user. Durable when it returns.
     fn delete_user(&self, user: &UserName) -> Result<Vec<DeviceId>, StoreError>;
 
+    /// Appends `segment` to `user`'s history-backup index and returns its position: 1 for
+    /// the first, then one more than the last position (in append order). The store does
+    /// not check the blob (the caller does); it checks: UnknownUser; Invalid for an entry
+    /// over `limits::MAX_BACKUP_ENTRY_BYTES` or a blob already in the user's index;
+    /// BackupFull when the index would exceed `caps` (segments, or total bytes). Nothing is
+    /// stored on error; durable when it returns.
+    fn append_backup_segment(
+        &self,
+        user: &UserName,
+        segment: NewBackupSegment,
+        caps: BackupCaps,
+    ) -> Result<u64, StoreError>;
+    /// `user`'s index entries with position > `after`, at most `limit`, in position order
+    /// (empty for an unknown user or an empty index).
+    fn backup_segments(
+        &self,
+        user: &UserName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<BackupSegment>, StoreError>;
+    /// Whether `user`'s backup index holds `blob` (the blob sweep keeps such blobs).
+    fn backup_holds_blob(&self, user: &UserName, blob: &BlobId) -> Result<bool, StoreError>;
+    /// Deletes `user`'s whole backup index (for account deletion) and returns the blobs it
+    /// held, so the caller can delete them. Empty for an unknown user. Durable when it
+    /// returns.
+    fn delete_backup_index(&self, user: &UserName) -> Result<Vec<BlobId>, StoreError>;
+
     /// Retention: removes
     /// - from each group log, the entries every reader has acknowledged: those at or below
     ///   the lowest cursor of its members and of its departure records (the whole log when
@@ -516,4 +566,17 @@ pub(crate) fn check_list_append(
         }
     }
     Ok(())
+}
+
+/// The shape checks of [`RelayStore::append_backup_segment`] that need no stored state.
+pub(crate) fn check_backup_entry(segment: &NewBackupSegment) -> Result<(), StoreError> {
+    if segment.entry.len() > cove_wire::limits::MAX_BACKUP_ENTRY_BYTES {
+        return Err(StoreError::Invalid("backup entry too large"));
+    }
+    Ok(())
+}
+
+/// Whether an index of `segments` segments and `bytes` bytes may take one more of `size`.
+pub(crate) fn backup_fits(caps: BackupCaps, segments: u64, bytes: u64, size: u64) -> bool {
+    segments < caps.segments && bytes.checked_add(size).is_some_and(|b| b <= caps.bytes)
 }

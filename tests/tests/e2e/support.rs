@@ -52,6 +52,11 @@ impl Net {
         }
     }
 
+    /// The relay's data directory (`relay.db`, `blobs/`).
+    pub fn relay_data(&self) -> &Path {
+        self._relay.data_dir()
+    }
+
     /// The home of `name`.
     pub fn home(&self, name: &str) -> Home {
         Home::new(self.dir.path().join(name))

@@ -661,6 +661,20 @@ impl<S: Store> Client<S> {
         link_history::import(self.provider.store(), chunk)
     }
 
+    /// Imports an opened history-backup segment ([`crate::backup::import`]: rows not seen
+    /// before, group names) and shows its groups at once.
+    pub fn import_backup_segment(
+        &mut self,
+        now_ms: u64,
+        segment: crate::backup::Segment,
+    ) -> Result<crate::backup::Imported, StoreError> {
+        let (imported, records) = crate::backup::import(self.provider.store(), segment, now_ms)?;
+        for record in records {
+            self.groups.insert_record(record);
+        }
+        Ok(imported)
+    }
+
     /// This user's verified device list, on a device that holds the user's identity (the
     /// first device, or one logged in with the password): its identity key, devices and
     /// head.

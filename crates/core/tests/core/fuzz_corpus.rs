@@ -114,6 +114,64 @@ fn attachment_decrypt_corpus_replays() {
     }
 }
 
+/// A real segment (and its entry) under the fuzz key opens; the corpus replays without a
+/// panic.
+#[test]
+fn backup_segment_corpus_replays() {
+    use cove_core::backup::{self, BackupKey, Segment, SegmentEntry, SegmentId};
+    use cove_core::link::HistoryMessage;
+    use cove_wire::{BoundedVec, DeviceId, GroupId, Payload, Seq, UserName};
+    use rand::SeedableRng;
+    let user = UserName::new(fuzzing::FUZZ_BACKUP_USER).unwrap();
+    let id = SegmentId {
+        device: DeviceId(3),
+        counter: 7,
+    };
+    let segment = Segment {
+        version: backup::BACKUP_VERSION,
+        user: user.clone(),
+        id,
+        groups: BoundedVec(vec![backup::GroupName {
+            group: GroupId([1; 16]),
+            name: "friends".into(),
+        }]),
+        messages: BoundedVec(vec![HistoryMessage {
+            group: GroupId([1; 16]),
+            seq: Seq(4),
+            from: UserName::new("bob").unwrap(),
+            from_device: DeviceId(2),
+            message_id: [5; 16],
+            sent_at_ms: 1_700_000_000_000,
+            content: Payload(b"hi".to_vec()),
+        }]),
+    };
+    let key = BackupKey::new(fuzzing::FUZZ_BACKUP_KEY.into());
+    let sealed = backup::seal(
+        &key,
+        &segment,
+        &mut rand_chacha::ChaCha20Rng::seed_from_u64(1),
+    )
+    .unwrap();
+    let entry = SegmentEntry {
+        version: backup::BACKUP_VERSION,
+        id,
+    }
+    .encode();
+    assert_eq!(
+        backup::open(&key, &user, &SegmentEntry::decode(&entry).unwrap(), &sealed).unwrap(),
+        segment
+    );
+    let n = u8::try_from(entry.len()).unwrap();
+    let seeds = vec![
+        [&[n][..], &entry, &sealed].concat(),
+        [&[0][..], &sealed].concat(),
+    ];
+    write_seeds("backup_segment", &seeds);
+    for input in corpus("backup_segment", 2) {
+        fuzzing::backup_segment(&input);
+    }
+}
+
 /// The fixture is a real member: alice's text, unseen by bob, reaches him as a message (also
 /// through the patch path without patches), and not once one of its bytes is flipped; the
 /// corpus replays without a panic.

@@ -73,6 +73,32 @@ impl RelayStore for Counting {
     fn delete_user(&self, user: &UserName) -> Result<Vec<DeviceId>, StoreError> {
         self.inner.delete_user(user)
     }
+    fn append_backup_segment(
+        &self,
+        user: &UserName,
+        segment: cove_wire::NewBackupSegment,
+        caps: cove_server::store::BackupCaps,
+    ) -> Result<u64, StoreError> {
+        self.inner.append_backup_segment(user, segment, caps)
+    }
+    fn backup_segments(
+        &self,
+        user: &UserName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<cove_wire::BackupSegment>, StoreError> {
+        self.inner.backup_segments(user, after, limit)
+    }
+    fn backup_holds_blob(
+        &self,
+        user: &UserName,
+        blob: &cove_wire::BlobId,
+    ) -> Result<bool, StoreError> {
+        self.inner.backup_holds_blob(user, blob)
+    }
+    fn delete_backup_index(&self, user: &UserName) -> Result<Vec<cove_wire::BlobId>, StoreError> {
+        self.inner.delete_backup_index(user)
+    }
     fn register_user(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
         self.inner.register_user(user, key)
     }

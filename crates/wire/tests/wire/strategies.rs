@@ -3,6 +3,7 @@
 use cove_wire::identity::{
     DeviceName, EntryBody, EntryHash, IdentityKey, ListEntry, ListHead, ListOp,
 };
+use cove_wire::{BackupSegment, BlobId, NewBackupSegment};
 use cove_wire::{
     BoundedVec, ClaimedKeyPackage, ClientFrame, Delivery, DeviceId, DeviceInfo, DeviceKey,
     EntryKind, Epoch, ErrorCode, ErrorReply, GroupEntry, GroupId, GroupSummary, InboxEntry,
@@ -173,6 +174,18 @@ pub fn request() -> impl Strategy<Value = Request> {
         ),
         Just(Request::AccountDelete),
         Just(Request::UserGroups),
+        (user_name(), any::<[u8; 16]>(), any::<u64>(), payload()).prop_map(
+            |(user, blob, size, entry)| Request::AppendBackupSegment {
+                user,
+                segment: NewBackupSegment {
+                    blob: BlobId(blob),
+                    size,
+                    entry,
+                },
+            }
+        ),
+        (user_name(), any::<u64>())
+            .prop_map(|(user, after)| Request::ListBackupSegments { user, after }),
     ]
 }
 
@@ -240,6 +253,8 @@ pub fn error_code() -> impl Strategy<Value = ErrorCode> {
         LinkExpired,
         NotInDeviceList,
         LoginFailed,
+        NotOwner,
+        BackupFull,
     ])
 }
 
@@ -394,6 +409,21 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         Just(Reply::AccountPasswordChanged),
         Just(Reply::AccountDeleted),
         bounded(group_id()).prop_map(|groups| Reply::UserGroups { groups }),
+        any::<u64>().prop_map(|position| Reply::BackupSegmentAppended { position }),
+        (
+            bounded(
+                (any::<u64>(), any::<[u8; 16]>(), any::<u64>(), payload()).prop_map(
+                    |(position, blob, size, entry)| BackupSegment {
+                        position,
+                        blob: BlobId(blob),
+                        size,
+                        entry,
+                    }
+                )
+            ),
+            any::<bool>()
+        )
+            .prop_map(|(segments, more)| Reply::BackupSegments { segments, more }),
     ]
 }
 

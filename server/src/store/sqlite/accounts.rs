@@ -150,6 +150,7 @@ pub(super) fn delete_user(
         "DELETE FROM devices WHERE user = ?1",
         "DELETE FROM device_lists WHERE user = ?1",
         "DELETE FROM accounts WHERE user = ?1",
+        "DELETE FROM backup_segments WHERE user = ?1",
         "DELETE FROM users WHERE name = ?1",
     ] {
         tx.prepare_cached(sql)?.execute(params![user.as_str()])?;

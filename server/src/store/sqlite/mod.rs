@@ -41,6 +41,7 @@
 
 mod accounts;
 mod acks;
+mod backups;
 mod cursors;
 mod device_lists;
 mod directory;
@@ -288,6 +289,37 @@ impl RelayStore for SqliteStore {
             cache.insert(group, state);
         }
         Ok(devices)
+    }
+
+    fn append_backup_segment(
+        &self,
+        user: &UserName,
+        segment: cove_wire::NewBackupSegment,
+        caps: super::BackupCaps,
+    ) -> Result<u64, StoreError> {
+        super::check_backup_entry(&segment)?;
+        self.write(|tx| backups::append(tx, user, &segment, caps))
+    }
+
+    fn backup_segments(
+        &self,
+        user: &UserName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<cove_wire::BackupSegment>, StoreError> {
+        self.read(|conn| backups::list(conn, user, after, limit))
+    }
+
+    fn backup_holds_blob(
+        &self,
+        user: &UserName,
+        blob: &cove_wire::BlobId,
+    ) -> Result<bool, StoreError> {
+        self.read(|conn| backups::holds(conn, user, blob))
+    }
+
+    fn delete_backup_index(&self, user: &UserName) -> Result<Vec<cove_wire::BlobId>, StoreError> {
+        self.write(|tx| backups::delete(tx, user))
     }
 
     fn device_list(&self, user: &UserName) -> Result<Vec<ListEntry>, StoreError> {

@@ -163,18 +163,30 @@ pub(super) const MIGRATIONS: &[&str] = &[
         recovery_key BLOB NOT NULL
     ) WITHOUT ROWID;
     ",
-    // Version 9: account deletion. A deleted user's devices are gone but stay left leaves
+    // Version 9: the history-backup index, per user: position, blob, size, opaque entry.
+    "
+    CREATE TABLE backup_segments (
+        user TEXT NOT NULL REFERENCES users(name),
+        position INTEGER NOT NULL,
+        blob BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        entry BLOB NOT NULL,
+        PRIMARY KEY (user, position)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX backup_segments_blob ON backup_segments(user, blob);
+    ",
+    // Version 10: account deletion. A deleted user's devices are gone but stay left leaves
     // of their groups (`RelayStore::delete_user`), so `group_left.device` no longer
     // references `devices`.
     "
-    CREATE TABLE group_left_v9 (
+    CREATE TABLE group_left_v10 (
         group_id BLOB NOT NULL REFERENCES groups(id),
         device INTEGER NOT NULL,
         PRIMARY KEY (group_id, device)
     ) WITHOUT ROWID;
-    INSERT INTO group_left_v9 (group_id, device) SELECT group_id, device FROM group_left;
+    INSERT INTO group_left_v10 (group_id, device) SELECT group_id, device FROM group_left;
     DROP TABLE group_left;
-    ALTER TABLE group_left_v9 RENAME TO group_left;
+    ALTER TABLE group_left_v10 RENAME TO group_left;
     ",
 ];
 

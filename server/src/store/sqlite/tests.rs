@@ -649,13 +649,13 @@ fn accounts_survive_reopening_and_corrupt_rows_are_backend_errors() {
     ));
 }
 
-/// A file from before the account-deletion migration (version 9 when written; the last one)
+/// A file from before the account-deletion migration (version 10; the last one)
 /// migrates keeping its left devices (`group_left`, rebuilt without the foreign key to
 /// `devices`): a left device's user can then be deleted, its
 /// left leaf stays, and a member's commit removing it is accepted with nothing delivered
 /// to it; the deletion survives a reopen.
 #[test]
-fn migration_9_keeps_left_devices_and_lets_their_user_be_deleted() {
+fn migration_10_keeps_left_devices_and_lets_their_user_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.db");
     let (a, b, g) = {
