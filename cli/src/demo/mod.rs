@@ -6,6 +6,7 @@
 //! large) and append it to [`STEPS`]; [`Demo::expect`] and [`Demo::say`] do the waiting and
 //! printing.
 
+mod account;
 mod call;
 mod chat;
 mod devices;
@@ -33,7 +34,8 @@ Example:
 
 Starts a relay on 127.0.0.1 (a free port, a temporary data directory, a self-signed
 certificate) and three users with their own homes; they chat over TLS, bob goes offline and
-catches up, carol is removed, bob links a laptop by a code and revokes it, alice calls
+catches up, carol logs in on a new laptop with her password and gets her history back from
+the encrypted backup, carol is removed, bob links a laptop by a code and revokes it, alice calls
 bob. Everything is deleted at the end.")]
 pub struct DemoArgs {
     /// Keep the temporary directory (relay data and the three homes) and print its path.
@@ -54,6 +56,10 @@ pub const STEPS: &[Step] = &[
         chat::register,
     ),
     (
+        "carol gives her user a password and a recovery key",
+        account::carol_password,
+    ),
+    (
         "alice creates the group \"friends\" and adds bob and carol",
         chat::create_group,
     ),
@@ -63,6 +69,10 @@ pub const STEPS: &[Step] = &[
         chat::bob_offline,
     ),
     ("bob comes back and catches up", chat::bob_returns),
+    (
+        "carol logs in on a new laptop with her password; her history comes back",
+        account::carol_logs_in,
+    ),
     ("alice removes carol", chat::remove_carol),
     (
         "alice sends bob a file and shares a link",
