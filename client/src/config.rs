@@ -343,6 +343,12 @@ impl Home {
         Ok(true)
     }
 
+    /// Checks that the home's database key can be read: for a locked home, that the
+    /// password given ([`Home::with_password`]) unwraps it (`WrongPassword` otherwise).
+    pub fn check_key(&self) -> Result<(), ConfigError> {
+        self.read_key().map(drop)
+    }
+
     /// Path of the database key file.
     pub fn key_path(&self) -> PathBuf {
         self.dir.join(KEY_FILE)

@@ -114,6 +114,9 @@ pub enum Command {
     /// Run the daemon: own this home's connection, database and calls, and serve JSON-RPC on
     /// HOME/daemon.sock; other commands then go through it.
     Daemon(daemon::DaemonArgs),
+    /// Unlock a locked home for a while: start the daemon in the background with the
+    /// password typed once; other commands then need no password while it runs.
+    Unlock(daemon::UnlockArgs),
     /// Upload the messages stored since the last backup to the encrypted history backup.
     Backup(backup::BackupArgs),
     /// Restore the encrypted history backup on this device.
@@ -129,7 +132,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    let password_file = cli.password_file.clone();
     let passwords = password::Source::new(cli.password_file);
     let resolve_home = |home: Option<PathBuf>| -> anyhow::Result<Home> {
         let home = resolve_home(home)?;
@@ -141,7 +143,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let home = cli.home;
-    let plain_home = resolve_home(home.clone()).ok();
+    // Only the directory (for the daemon hint): never asks for a password.
+    let plain_home = self::resolve_home(home.clone()).ok();
     let result = match cli.command {
         Command::Init(args) => {
             let home = resolve_home(home)?;
@@ -197,7 +200,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Account(cmd) => {
             account::run_account(self::resolve_home(home)?, &passwords, cmd).await
         }
-        Command::Daemon(args) => daemon::run(resolve_home(home)?, args, password_file).await,
+        Command::Daemon(args) => {
+            let home = self::resolve_home(home)?;
+            // A locked home's password is asked once, here, and kept by the daemon.
+            let password = if home.is_locked() {
+                let why = format!("{} is locked with a password", home.dir().display());
+                Some(passwords.get("password for this Cove home: ", &why)?)
+            } else {
+                None
+            };
+            daemon::run(home, args, password).await
+        }
+        Command::Unlock(args) => {
+            let home = self::resolve_home(home)?;
+            daemon::unlock(home, args, &passwords).await
+        }
         Command::Backup(args) => backup::run_backup(resolve_home(home)?, args).await,
         Command::RestoreHistory(args) => backup::run_restore(resolve_home(home)?, args).await,
     };

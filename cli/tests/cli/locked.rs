@@ -97,3 +97,121 @@ async fn a_locked_home_needs_its_password_and_holds_no_key() {
         }
     }
 }
+
+/// Asks the daemon serving `home` to shut down (JSON-RPC `shutdown` over its socket) and
+/// waits until its socket is gone.
+fn shutdown_daemon(home: &Path) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let socket = home.join("daemon.sock");
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("the daemon socket");
+    stream
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"shutdown\"}\n")
+        .unwrap();
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).unwrap();
+    assert!(answer.contains("\"result\""), "{answer}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not stop"
+        );
+        // Poll interval only: the socket's removal decides.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `cove unlock` on a locked home: a wrong password is refused at once (no daemon starts);
+/// the right one starts the daemon in the background, and then commands with no password
+/// at all work through it (create a group, send, list); a second `unlock` says it is
+/// unlocked already; once the daemon stops, the home asks for its password again. An
+/// unlocked (plain) home is refused with "not locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_serves_a_locked_home_without_its_password_until_the_daemon_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_relay, server, ca) = relay(dir.path()).await;
+    let (alice, plain) = (dir.path().join("alice"), dir.path().join("plain"));
+    let pw = dir.path().join("pw.txt");
+    let wrong = dir.path().join("wrong.txt");
+    std::fs::write(&pw, "correct horse battery staple\n").unwrap();
+    std::fs::write(&wrong, "correct horse battery stapler\n").unwrap();
+    tokio::task::spawn_blocking(move || {
+        let (alice, plain, pw, wrong) = (
+            alice.as_path(),
+            plain.as_path(),
+            pw.as_path(),
+            wrong.as_path(),
+        );
+        let out = cove_with(
+            alice,
+            Some(pw),
+            &[
+                "init", "--lock", "--server", &server, "--user", "alice", "--ca", &ca,
+            ],
+        );
+        assert!(out.status.success(), "init: {}", stderr(&out));
+
+        let out = cove_with(alice, Some(wrong), &["unlock"]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("wrong password"), "{}", stderr(&out));
+        assert!(
+            !alice.join("daemon.sock").exists(),
+            "no daemon after a wrong password"
+        );
+
+        let out = cove_with(alice, Some(pw), &["unlock"]);
+        assert!(out.status.success(), "unlock: {}", stderr(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("is unlocked while the daemon runs"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for args in [
+            &["group", "create", "notes"][..],
+            &["send", "notes", "no password asked"][..],
+        ] {
+            let out = cove_with(alice, None, args);
+            assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        }
+        let out = cove_with(alice, None, &["history", "notes"]);
+        assert!(out.status.success(), "history: {}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("no password asked"));
+        let out = cove_with(alice, None, &["unlock"]);
+        assert!(out.status.success(), "unlock again: {}", stderr(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("is unlocked already"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+
+        shutdown_daemon(alice);
+        let out = cove_with(alice, None, &["groups"]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("locked with a password"),
+            "{}",
+            stderr(&out)
+        );
+
+        let out = cove_with(
+            plain,
+            None,
+            &[
+                "init",
+                "--no-account",
+                "--server",
+                &server,
+                "--user",
+                "plain",
+                "--ca",
+                &ca,
+            ],
+        );
+        assert!(out.status.success(), "init: {}", stderr(&out));
+        let out = cove_with(plain, None, &["unlock"]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("is not locked"), "{}", stderr(&out));
+    })
+    .await
+    .unwrap();
+}

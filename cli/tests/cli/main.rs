@@ -275,6 +275,8 @@ fn every_command_has_help_with_an_example() {
         &["account", "delete"],
         &["backup"],
         &["restore-history"],
+        &["daemon"],
+        &["unlock"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
