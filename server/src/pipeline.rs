@@ -1,8 +1,11 @@
 //! The post pipeline: the relay's hot path. The relay core ([`crate::logic::posted`])
 //! decides each post's reply and recipients; the pipeline batches, encodes and delivers.
 //!
-//! Connections hand posts to one writer thread through a channel. The thread takes
-//! everything queued (up to `post_batch_max`), appends it with [`logic::append_posts`] (one
+//! Connections hand posts to one writer thread through a channel, as batches: a connection
+//! collects the posts it decodes from what its socket has ready and submits them as one job
+//! once no further frame is ready (see [`crate::session`]), so a burst of posts is woken,
+//! stored and fanned out together. The thread takes everything queued (up to
+//! `post_batch_max` posts), appends it with [`logic::append_posts`] (one
 //! [`RelayStore::append_batch`] call for application messages, group commit: one
 //! transaction, one sync for the whole batch; each handshake validated and appended on its
 //! own), and encodes each post's reply and each accepted entry's `Deliver` frame once.
@@ -51,9 +54,10 @@ pub(crate) struct PostJob {
 
 /// The sending side of the pipeline, held by connections.
 pub(crate) struct Pipeline {
-    jobs: mpsc::UnboundedSender<PostJob>,
+    jobs: mpsc::UnboundedSender<Vec<PostJob>>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
+    batch_max: usize,
 }
 
 impl Pipeline {
@@ -68,9 +72,10 @@ impl Pipeline {
     ) -> std::io::Result<(Pipeline, JoinHandle<()>)> {
         let (jobs, rx) = mpsc::unbounded_channel();
         let (done, done_rx) = mpsc::unbounded_channel();
+        let batch_max = batch_max.max(1);
         let thread = std::thread::Builder::new()
             .name("cove-post-writer".into())
-            .spawn(move || writer_thread(store, &handshakes, rx, done, batch_max.max(1), quotas))?;
+            .spawn(move || writer_thread(store, &handshakes, rx, done, batch_max, quotas))?;
         tokio::spawn(fanout_task(hub, done_rx));
         let budget_bytes = budget_bytes.min(Semaphore::MAX_PERMITS);
         let budget = Arc::new(Semaphore::new(budget_bytes));
@@ -79,30 +84,47 @@ impl Pipeline {
                 jobs,
                 budget,
                 budget_bytes,
+                batch_max,
             },
             thread,
         ))
     }
 
-    /// Reserves budget for a post of `payload_len` bytes (waits while the store is behind).
-    pub async fn reserve(&self, payload_len: usize) -> Option<OwnedSemaphorePermit> {
+    fn budget_for(&self, payload_len: usize) -> u32 {
         let want = payload_len
             .saturating_add(POST_OVERHEAD_BYTES)
             .min(self.budget_bytes);
-        let want = u32::try_from(want).unwrap_or(u32::MAX);
+        u32::try_from(want).unwrap_or(u32::MAX)
+    }
+
+    /// Reserves budget for a post of `payload_len` bytes if there is room now.
+    pub fn try_reserve(&self, payload_len: usize) -> Option<OwnedSemaphorePermit> {
+        let want = self.budget_for(payload_len);
+        Arc::clone(&self.budget).try_acquire_many_owned(want).ok()
+    }
+
+    /// Reserves budget for a post of `payload_len` bytes (waits while the store is behind).
+    /// A caller holding reserved posts it has not submitted must submit them first.
+    pub async fn reserve(&self, payload_len: usize) -> Option<OwnedSemaphorePermit> {
+        let want = self.budget_for(payload_len);
         Arc::clone(&self.budget).acquire_many_owned(want).await.ok()
     }
 
-    /// Queues a post. False if the writer has stopped.
-    pub fn submit(&self, job: PostJob) -> bool {
-        self.jobs.send(job).is_ok()
+    /// Most posts a connection should gather before it submits them.
+    pub fn batch_max(&self) -> usize {
+        self.batch_max
+    }
+
+    /// Queues a batch of posts (in order). If the writer has stopped, the posts come back.
+    pub fn submit(&self, jobs: Vec<PostJob>) -> Result<(), Vec<PostJob>> {
+        self.jobs.send(jobs).map_err(|e| e.0)
     }
 }
 
 fn writer_thread(
     store: Arc<dyn RelayStore>,
     handshakes: &Handshakes,
-    mut rx: mpsc::UnboundedReceiver<PostJob>,
+    mut rx: mpsc::UnboundedReceiver<Vec<PostJob>>,
     done: mpsc::UnboundedSender<Vec<Outcome>>,
     batch_max: usize,
     limits: QuotaLimits,
@@ -110,12 +132,28 @@ fn writer_thread(
     // The quotas live here: this thread sees every post, in order.
     let mut quotas = Quotas::new(limits);
     let mut jobs: Vec<PostJob> = Vec::with_capacity(batch_max);
-    while let Some(first) = rx.blocking_recv() {
-        jobs.push(first);
-        while jobs.len() < batch_max {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+    // What did not fit in the last batch (the rest of a connection's job): it goes first.
+    let mut carry: Vec<PostJob> = Vec::new();
+    loop {
+        let first = if carry.is_empty() {
+            match rx.blocking_recv() {
+                Some(first) => first,
+                None => break,
+            }
+        } else {
+            std::mem::take(&mut carry)
+        };
+        let mut next = Some(first);
+        while let Some(mut more) = next.take() {
+            let room = batch_max.saturating_sub(jobs.len());
+            if more.len() > room {
+                carry = more.split_off(room);
+                jobs.append(&mut more);
+                break;
+            }
+            jobs.append(&mut more);
+            if jobs.len() < batch_max {
+                next = rx.try_recv().ok();
             }
         }
         // Posts over quota are answered without reaching the store; the others keep their

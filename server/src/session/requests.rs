@@ -23,6 +23,10 @@ impl Session {
     /// Handles one request; answers it unless it is a post or a lane ack (answered when
     /// durable / applied).
     pub(super) async fn request(&mut self, id: RequestId, body: Request, frame_len: usize) {
+        // Posts gathered so far reach the pipeline before any other request is handled.
+        if !matches!(body, Request::Post { .. }) {
+            self.submit_posts();
+        }
         let limited = match self.conn.device() {
             Some(device) => self.shared.hub.take_request(device),
             None => self.preauth.take(Instant::now()),
@@ -241,24 +245,46 @@ impl Session {
         answer
     }
 
-    pub(super) async fn post(&self, id: RequestId, post: NewPost) -> Result<(), ErrorReply> {
-        let unavailable = || ErrorReply::new(ErrorCode::Unavailable, "relay is shutting down");
-        let permit = self
-            .shared
-            .pipeline
-            .reserve(post.payload.len())
-            .await
-            .ok_or_else(unavailable)?;
-        let job = PostJob {
+    /// Reserves the post's share of the pipeline's budget and adds it to the posts gathered
+    /// for the pipeline (submitted by [`Session::submit_posts`]).
+    pub(super) async fn post(&mut self, id: RequestId, post: NewPost) -> Result<(), ErrorReply> {
+        let len = post.payload.len();
+        let permit = match self.shared.pipeline.try_reserve(len) {
+            Some(permit) => permit,
+            None => {
+                // The budget is held by posts waiting for the store, maybe gathered here:
+                // hand those over before waiting for room.
+                self.submit_posts();
+                self.shared
+                    .pipeline
+                    .reserve(len)
+                    .await
+                    .ok_or_else(unavailable)?
+            }
+        };
+        self.posts.push(PostJob {
             post,
             request: id,
             reply_to: Arc::clone(&self.outbox),
             permit,
-        };
-        if self.shared.pipeline.submit(job) {
-            Ok(())
-        } else {
-            Err(unavailable())
+        });
+        if self.posts.len() >= self.shared.pipeline.batch_max() {
+            self.submit_posts();
+        }
+        Ok(())
+    }
+
+    /// Hands the gathered posts to the pipeline as one job; if it has stopped, each is
+    /// answered `Unavailable`.
+    pub(super) fn submit_posts(&mut self) {
+        if self.posts.is_empty() {
+            return;
+        }
+        let posts = std::mem::take(&mut self.posts);
+        if let Err(refused) = self.shared.pipeline.submit(posts) {
+            for job in refused {
+                self.answer(job.request, Err(unavailable()));
+            }
         }
     }
 
@@ -279,6 +305,10 @@ impl Session {
             self.backlog = Some(tokio::spawn(push_backlog(shared, outbox, device)));
         }
     }
+}
+
+fn unavailable() -> ErrorReply {
+    ErrorReply::new(ErrorCode::Unavailable, "relay is shutting down")
 }
 
 fn now_ms() -> u64 {
