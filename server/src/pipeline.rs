@@ -32,7 +32,7 @@ use cove_wire::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, error, warn};
 
-use crate::hub::{CloseReason, Hub, Outbox};
+use crate::hub::{self, CloseReason, Hub, Outbox};
 use crate::logic::{self, Fanout, Handshakes, PostError, PostOutcome, QuotaLimits, Quotas};
 use crate::reply::{encode_frame, response};
 use crate::store::{Appended, NewPost, RelayStore, Welcome};
@@ -305,21 +305,86 @@ fn encode_welcome(welcome: &Welcome, seq: Seq) -> Option<Bytes> {
 async fn fanout_task(hub: Arc<Hub>, mut done: mpsc::UnboundedReceiver<Vec<Outcome>>) {
     while let Some(outcomes) = done.recv().await {
         let mut fanout = hub.fanout();
-        for outcome in outcomes {
-            match outcome.reply {
-                Some(frame) => {
-                    outcome.reply_to.push(frame);
+        let mut rest = outcomes.as_slice();
+        while !rest.is_empty() {
+            let run = run_len(rest);
+            let (now, later) = rest.split_at(run);
+            rest = later;
+            if run >= 2 {
+                deliver_run(&mut fanout, now);
+            } else {
+                for outcome in now {
+                    deliver_one(&mut fanout, outcome, None);
                 }
-                None => outcome
-                    .reply_to
-                    .close(CloseReason::Code(ErrorCode::Internal)),
-            }
-            let Some(a) = outcome.accepted else { continue };
-            fanout.deliver(&a.recipients, Stream::Group(a.group), a.seq, &a.frame);
-            for (device, seq, frame) in &a.welcomes {
-                fanout.deliver(&[*device], Stream::Inbox, *seq, frame);
             }
         }
+    }
+}
+
+/// The poster's reply, then the entry to its recipients (all of them, or only `only`),
+/// then the commit's Welcomes.
+fn deliver_one(fanout: &mut hub::Fanout<'_>, outcome: &Outcome, only: Option<&[DeviceId]>) {
+    match &outcome.reply {
+        Some(frame) => {
+            outcome.reply_to.push(frame.clone());
+        }
+        None => outcome
+            .reply_to
+            .close(CloseReason::Code(ErrorCode::Internal)),
+    }
+    let Some(a) = &outcome.accepted else { return };
+    let recipients = only.unwrap_or(&a.recipients);
+    fanout.deliver(recipients, Stream::Group(a.group), a.seq, &a.frame);
+    if only.is_none() {
+        for (device, seq, frame) in &a.welcomes {
+            fanout.deliver(&[*device], Stream::Inbox, *seq, frame);
+        }
+    }
+}
+
+/// How many outcomes from the first form a run: accepted entries of one group, with the
+/// same recipients and no Welcome (a burst of application messages). 1 if none.
+fn run_len(outcomes: &[Outcome]) -> usize {
+    fn key(o: &Outcome) -> Option<(GroupId, &[DeviceId])> {
+        o.accepted
+            .as_ref()
+            .filter(|a| a.welcomes.is_empty())
+            .map(|a| (a.group, a.recipients.as_slice()))
+    }
+    let Some(first) = outcomes.first().and_then(key) else {
+        return 1;
+    };
+    1 + outcomes
+        .iter()
+        .skip(1)
+        .take_while(|o| key(o) == Some(first))
+        .count()
+}
+
+/// Delivers a run (see [`run_len`]) as one shared list of frames per recipient. The posters
+/// of the run that are also recipients get their replies and the entries one at a time, in
+/// the order of the posts, as outside a run.
+fn deliver_run(fanout: &mut hub::Fanout<'_>, run: &[Outcome]) {
+    let accepted: Vec<&Accepted> = run.iter().filter_map(|o| o.accepted.as_ref()).collect();
+    let Some(first) = accepted.first() else {
+        return;
+    };
+    let frames: Arc<[Bytes]> = accepted.iter().map(|a| a.frame.clone()).collect();
+    let seqs: Vec<Seq> = accepted.iter().map(|a| a.seq).collect();
+    let len = frames.iter().map(Bytes::len).sum();
+    let mut posters: Vec<u64> = run.iter().map(|o| o.reply_to.conn_id).collect();
+    posters.sort_unstable();
+    posters.dedup();
+    let skipped = fanout.deliver_run(
+        &first.recipients,
+        Stream::Group(first.group),
+        &seqs,
+        &frames,
+        len,
+        &posters,
+    );
+    for outcome in run {
+        deliver_one(fanout, outcome, Some(&skipped));
     }
 }
 
