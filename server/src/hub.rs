@@ -654,6 +654,65 @@ mod tests {
         assert_eq!(got, vec![3, 4, 5]);
     }
 
+    /// A run reaches a live device as one queue entry holding every frame in order, a
+    /// syncing device entry by entry (filtered against its backlog on going live), and a
+    /// device whose connection is in the skip list not at all: it is returned instead.
+    #[test]
+    fn a_run_is_one_entry_for_live_devices_and_skips_the_posters() {
+        let hub = Hub::new(
+            8,
+            Rates {
+                requests_per_second: 1.0,
+                request_burst: 1.0,
+                claims_per_second: 1.0,
+                claim_burst: 1.0,
+                target_claims_per_second: 1.0,
+                target_claim_burst: 1.0,
+            },
+        );
+        let g = Stream::Group(cove_wire::GroupId([2; 16]));
+        let (live, mut live_rx) = Outbox::new(1, 16, 1024);
+        let (syncing, mut syncing_rx) = Outbox::new(2, 16, 1024);
+        let (poster, mut poster_rx) = Outbox::new(3, 16, 1024);
+        hub.register(DeviceId(1), live);
+        hub.go_live(DeviceId(1), 1, &HashMap::new());
+        hub.register(DeviceId(2), syncing);
+        hub.register(DeviceId(3), poster);
+        hub.go_live(DeviceId(3), 3, &HashMap::new());
+        let frames: Arc<[Bytes]> = (1..=3u8).map(|b| Bytes::from(vec![b; 2])).collect();
+        let seqs = [Seq(1), Seq(2), Seq(3)];
+        let skipped = hub.fanout().deliver_run(
+            &[DeviceId(1), DeviceId(2), DeviceId(3), DeviceId(4)],
+            g,
+            &seqs,
+            &frames,
+            6,
+            &[3],
+        );
+        assert_eq!(skipped, vec![DeviceId(3)]);
+        match live_rx.frames.try_recv() {
+            Ok(Queued::Run(run)) => assert_eq!(run.as_ref(), frames.as_ref()),
+            other => panic!("expected the run as one entry, got {other:?}"),
+        }
+        assert!(live_rx.frames.try_recv().is_err(), "one entry only");
+        assert_eq!(
+            live_rx.bytes.available_permits(),
+            1024 - 6,
+            "the run's bytes are reserved"
+        );
+        assert!(
+            poster_rx.frames.try_recv().is_err(),
+            "the poster is skipped"
+        );
+        // The backlog already sent seq 1: the syncing device gets 2 and 3, one by one.
+        hub.go_live(DeviceId(2), 2, &HashMap::from([(g, Seq(1))]));
+        let mut got = Vec::new();
+        while let Ok(Queued::One(f)) = syncing_rx.frames.try_recv() {
+            got.push(f);
+        }
+        assert_eq!(got, frames[1..].to_vec());
+    }
+
     #[test]
     fn second_connection_displaces_the_first() {
         let rates = Rates {
