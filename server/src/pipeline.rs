@@ -402,6 +402,8 @@ pub(crate) struct AckJob {
     pub reply_to: Arc<Outbox>,
     /// The connection's count of acks in the lane, decremented once this one is answered.
     pub in_lane: Arc<AtomicUsize>,
+    /// A `QuietAck`: answered only if refused.
+    pub quiet: bool,
 }
 
 /// Acks are frequent (every device acks what it receives), tiny and cheap for the store
@@ -422,7 +424,9 @@ impl AckLane {
             .spawn(move || {
                 while let Some(job) = rx.blocking_recv() {
                     let result = logic::acked(store.ack(job.device, job.stream, job.seq));
-                    reply(&job.reply_to, job.request, result);
+                    if !(job.quiet && result.is_ok()) {
+                        reply(&job.reply_to, job.request, result);
+                    }
                     job.in_lane.fetch_sub(1, Ordering::AcqRel);
                 }
                 if let Err(e) = store.flush() {

@@ -87,6 +87,7 @@ impl Session {
                 device,
                 stream,
                 seq,
+                quiet,
             } => {
                 // Inline when the store can apply it without I/O and no earlier ack of this
                 // connection is still in the lane (replies keep request order). The `Acked`
@@ -94,7 +95,10 @@ impl Session {
                 if self.acks_in_lane.load(Ordering::Acquire) == 0
                     && let Some(result) = self.shared.store.try_ack_buffered(device, stream, seq)
                 {
-                    self.answer(id, logic::acked(result));
+                    let reply = logic::acked(result);
+                    if !(quiet && reply.is_ok()) {
+                        self.answer(id, reply);
+                    }
                     return;
                 }
                 let reply_to = Arc::clone(&self.outbox);
@@ -106,6 +110,7 @@ impl Session {
                     request: id,
                     reply_to,
                     in_lane: Arc::clone(&self.acks_in_lane),
+                    quiet,
                 };
                 if self.shared.acks.submit(job).await {
                     return;
