@@ -228,7 +228,7 @@ pub async fn relay_devices(
 /// Spawns the read loop of a receiving device: every application entry of the group is
 /// counted; every `ack_every` group entries (and every inbox entry) it acks cumulatively
 /// (`ack_every == 0`: group entries are never acked), group entries with `QuietAck` if
-/// `quiet` (as `cove-core` does).
+/// `quiet`.
 pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, ack_every: u64, quiet: bool) {
     tokio::spawn(async move {
         let mut ws = dev.ws;

@@ -1,8 +1,8 @@
 //! Cove's relay under the same load: durable storage (SQLite in a temp dir unless
 //! `FANOUT_STORE=memory`), N receiving devices registered (one user each) and added to one
 //! group by a commit of the sending device, the sender posting `Application` entries, the
-//! receivers acking cumulatively every `ack_every` entries (group entries with `QuietAck`, as
-//! `cove-core` does, unless `FANOUT_ACK=answered`).
+//! receivers acking cumulatively every `ack_every` entries (with `Ack`, as `cove-core` does;
+//! group entries with `QuietAck` if `FANOUT_ACK=quiet`).
 //!
 //! The only limit changed from the defaults is the per-device request rate (the sender
 //! posts tens of thousands of messages a second; a real device would be limited to 200/s).

@@ -86,10 +86,6 @@ pub use self::outbox::{MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS};
 pub use self::rejoin::MAX_REJOIN_ATTEMPTS;
 pub use self::trust::safety_number;
 
-/// How many `QuietAck` ids a connection remembers (a refusal of an older one is reported
-/// as an unknown response).
-const MAX_QUIET_ACKS: usize = 256;
-
 /// A Cove device: the sans-IO client core. See the crate docs for the main loop.
 pub struct Client<S: Store> {
     /// Store, crypto and the injected randomness.
@@ -105,9 +101,6 @@ pub struct Client<S: Store> {
     next_request: u32,
     /// Requests in flight on this connection, by id.
     requests: HashMap<RequestId, Pending>,
-    /// The ids of the latest group acks sent as `QuietAck` on this connection (answered
-    /// only if refused), so that a refusal is recognised; bounded, oldest dropped.
-    quiet_acks: VecDeque<RequestId>,
     /// The id of the next command.
     next_op: u64,
     /// What the shell is to do next.
@@ -221,7 +214,6 @@ impl<S: Store> Client<S> {
             channel: None,
             next_request: 1,
             requests: HashMap::new(),
-            quiet_acks: VecDeque::new(),
             next_op: 1,
             outputs: VecDeque::new(),
             fx: Effects::default(),
@@ -642,7 +634,6 @@ impl<S: Store> Client<S> {
     pub fn handle_connected(&mut self, _now_ms: u64, channel: ChannelBinding) {
         self.channel = Some(channel);
         self.requests.clear();
-        self.quiet_acks.clear();
         self.key_packages.reset();
         self.leaves.reset();
         self.certificate_retry = None;
@@ -657,7 +648,6 @@ impl<S: Store> Client<S> {
         self.conn = Conn::Disconnected;
         self.channel = None;
         self.requests.clear();
-        self.quiet_acks.clear();
         // The whole outbox goes out again after the next backlog: no timers meanwhile.
         self.outbox.disconnected();
         self.key_packages.reset();
@@ -988,19 +978,9 @@ impl<S: Store> Client<S> {
         id: RequestId,
         result: Result<Reply, ErrorReply>,
     ) -> Result<(), HandleError> {
-        let pending = match self.requests.remove(&id) {
-            Some(pending) => pending,
-            None => match self.quiet_acks.iter().position(|q| *q == id) {
-                // A refused `QuietAck`: handled as a refused `Ack`.
-                Some(at) => {
-                    self.quiet_acks.remove(at);
-                    Pending::Ack
-                }
-                None => {
-                    self.fx.warn(Warning::UnknownResponse(id));
-                    return Ok(());
-                }
-            },
+        let Some(pending) = self.requests.remove(&id) else {
+            self.fx.warn(Warning::UnknownResponse(id));
+            return Ok(());
         };
         let fx = &mut self.fx;
         match (pending, result) {
@@ -1533,30 +1513,11 @@ impl<S: Store> Client<S> {
                 Effect::Event(event) => self.outputs.push_back(Output::Event(event)),
                 Effect::Ack(stream, seq) => {
                     if self.conn == Conn::Ready {
-                        self.send_ack(stream, seq);
+                        self.send(Request::Ack { stream, seq }, Pending::Ack);
                     }
                 }
             }
         }
-    }
-
-    /// Acknowledges `stream` up to `seq`: group acks (one per entry processed) as
-    /// `QuietAck`, which the relay answers only if it refuses it; inbox acks as `Ack`.
-    fn send_ack(&mut self, stream: Stream, seq: Seq) {
-        if matches!(stream, Stream::Inbox) {
-            self.send(Request::Ack { stream, seq }, Pending::Ack);
-            return;
-        }
-        let id = RequestId(self.next_request);
-        self.next_request = self.next_request.wrapping_add(1).max(1);
-        if self.quiet_acks.len() >= MAX_QUIET_ACKS {
-            self.quiet_acks.pop_front();
-        }
-        self.quiet_acks.push_back(id);
-        self.outputs.push_back(Output::Send(ClientFrame::Request {
-            id,
-            body: Request::QuietAck { stream, seq },
-        }));
     }
 
     /// Sends a request now.

@@ -1278,44 +1278,6 @@ fn texts_of_different_lengths_reach_the_relay_padded_to_one_bucket() {
     );
 }
 
-/// Group acks go out as `QuietAck` (the relay answers them only when it refuses one), not
-/// as answered `Ack`s, and they still move the device's cursor at the relay.
-#[test]
-fn group_acks_are_quiet_and_move_the_cursor() {
-    let mut net = Net::new();
-    let alice = device(&mut net, "alice");
-    let bob = device(&mut net, "bob");
-    let group = group_of(&mut net, alice, &["bob"]);
-    net.take_events(bob);
-    let quiet_before = net.relay.quiet_acks;
-    for text in ["one", "two"] {
-        send(&mut net, alice, text);
-        net.run();
-    }
-    let events = net.take_events(bob);
-    assert_eq!(texts(&events), vec!["one".to_string(), "two".to_string()]);
-    assert_eq!(warnings(&events), Vec::<String>::new());
-    assert_eq!(
-        net.relay.answered_group_acks, 0,
-        "no group ack is an answered Ack"
-    );
-    assert!(net.relay.quiet_acks > quiet_before, "bob acked quietly");
-    let last = net
-        .relay
-        .store()
-        .read_group(group, cove_wire::Seq(0), 100, usize::MAX)
-        .unwrap()
-        .last()
-        .map(|e| e.seq)
-        .unwrap();
-    let bob_id = net.client(bob).device().unwrap();
-    assert_eq!(
-        net.relay.cursor(bob_id, cove_wire::Stream::Group(group)),
-        last,
-        "bob's cursor is at the last entry"
-    );
-}
-
 #[test]
 fn a_key_update_keeps_everyone_in_step() {
     let mut net = Net::new();

@@ -240,10 +240,6 @@ pub struct Relay {
     /// Application posts and proposals the relay refused with StaleEpoch (an application
     /// message is accepted in the group's current epoch or the one just before it).
     pub stale_app_rejections: usize,
-    /// Group acks received as answered `Ack`s.
-    pub answered_group_acks: usize,
-    /// Acks received as `QuietAck`s.
-    pub quiet_acks: usize,
 }
 
 impl Default for Relay {
@@ -264,8 +260,6 @@ impl Default for Relay {
             rate_limit_retry_ms: None,
             app_posts: 0,
             stale_app_rejections: 0,
-            answered_group_acks: 0,
-            quiet_acks: 0,
         }
     }
 }
@@ -306,14 +300,6 @@ impl Relay {
         now_ms: u64,
     ) -> Vec<(usize, ServerFrame)> {
         let ClientFrame::Request { id, body } = &frame;
-        match body {
-            Request::Ack {
-                stream: Stream::Group(_),
-                ..
-            } => self.answered_group_acks += 1,
-            Request::QuietAck { .. } => self.quiet_acks += 1,
-            _ => {}
-        }
         if let Request::Post {
             group,
             kind: PostKind::Application,
