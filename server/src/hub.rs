@@ -6,7 +6,10 @@
 //! entries wait in a bounded pending list) and then *live* (entries go straight into its
 //! queue). The post writer fans each accepted entry out through [`Hub::fanout`], holding
 //! the hub's lock once per batch; the frame is encoded once and shared (`Bytes`), so a
-//! delivery to one more device costs a map look-up and a queue push.
+//! delivery to one more device costs a map look-up and a queue push. A run of entries that
+//! go to the same devices (a burst of posts to one group) is queued as one shared list of
+//! frames ([`Queued::Run`]): one look-up, one byte reservation and one queue push per device
+//! for the whole run.
 //!
 //! A full queue means the device does not read fast enough: the connection is closed with
 //! `Closing { SlowReader }` and its entries stay in the store for the next connection.
@@ -30,13 +33,34 @@ pub(crate) enum CloseReason {
     Quiet,
 }
 
+/// What a connection's queue holds: one encoded frame, or a run of frames shared by every
+/// device that gets them (written in order).
+#[derive(Clone, Debug)]
+pub(crate) enum Queued {
+    /// One frame (an empty one only wakes the writer).
+    One(Bytes),
+    /// Frames written one after the other.
+    Run(Arc<[Bytes]>),
+}
+
+impl Queued {
+    /// The bytes the frames hold (what the queue's byte budget counts).
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Queued::One(frame) => frame.len(),
+            Queued::Run(frames) => frames.iter().map(Bytes::len).sum(),
+        }
+    }
+}
+
 /// One connection's outgoing side, shared by its tasks, the hub and the post writer. The
-/// queue is bounded twice: in frames (the channel) and in bytes (a semaphore of bytes whose
-/// permits the writer task gives back as it takes frames out).
+/// queue is bounded twice: in entries (the channel; a run of frames is one entry) and in
+/// bytes (a semaphore of bytes whose permits the writer task gives back as it takes frames
+/// out).
 pub(crate) struct Outbox {
     /// Unique per connection (displacement and unregistering compare it).
     pub conn_id: u64,
-    queue: mpsc::Sender<Bytes>,
+    queue: mpsc::Sender<Queued>,
     bytes: Arc<Semaphore>,
     close: watch::Sender<Option<CloseReason>>,
 }
@@ -44,7 +68,7 @@ pub(crate) struct Outbox {
 /// The writer task's end of an [`Outbox`].
 pub(crate) struct OutboxReceiver {
     /// Queued frames.
-    pub frames: mpsc::Receiver<Bytes>,
+    pub frames: mpsc::Receiver<Queued>,
     /// Byte budget to give back as frames are taken out (the writer adds each frame's length back).
     pub bytes: Arc<Semaphore>,
     /// The close signal.
@@ -74,7 +98,17 @@ impl Outbox {
     /// Queues a frame without waiting. A full queue (frames or bytes) closes the connection
     /// as a slow reader (and returns false); so does a connection already closing.
     pub fn push(&self, frame: Bytes) -> bool {
-        let Ok(len) = u32::try_from(frame.len()) else {
+        let len = frame.len();
+        self.push_queued(Queued::One(frame), len)
+    }
+
+    /// Queues a run of frames holding `len` bytes in all, like [`Outbox::push`].
+    pub fn push_run(&self, frames: &Arc<[Bytes]>, len: usize) -> bool {
+        self.push_queued(Queued::Run(Arc::clone(frames)), len)
+    }
+
+    fn push_queued(&self, queued: Queued, len: usize) -> bool {
+        let Ok(len) = u32::try_from(len) else {
             return false;
         };
         match self.bytes.try_acquire_many(len) {
@@ -84,10 +118,10 @@ impl Outbox {
                 return false;
             }
         }
-        match self.queue.try_send(frame) {
+        match self.queue.try_send(queued) {
             Ok(()) => true,
             Err(e) => {
-                self.bytes.add_permits(e.into_inner().len());
+                self.bytes.add_permits(e.into_inner().byte_len());
                 if !self.queue.is_closed() {
                     self.close(CloseReason::Code(ErrorCode::SlowReader));
                 }
@@ -108,8 +142,8 @@ impl Outbox {
         };
         let queued = async {
             self.bytes.acquire_many(len).await.map_err(|_| ())?.forget();
-            if let Err(e) = self.queue.send(frame).await {
-                self.bytes.add_permits(e.0.len());
+            if let Err(e) = self.queue.send(Queued::One(frame)).await {
+                self.bytes.add_permits(e.0.byte_len());
                 return Err(());
             }
             Ok(())
@@ -134,7 +168,7 @@ impl Outbox {
             // Wake an idle writer through its queue (an empty frame is never written), so its
             // idle wait need not watch the close signal. A full queue means it is busy and
             // checks the signal before its next batch.
-            let _ = self.queue.try_send(Bytes::new());
+            let _ = self.queue.try_send(Queued::One(Bytes::new()));
         }
     }
 
@@ -426,6 +460,56 @@ impl Fanout<'_> {
     }
 }
 
+impl Fanout<'_> {
+    /// Delivers a run of encoded entries of one `stream` (`seqs[i]` is `frames[i]`'s seq,
+    /// `len` their bytes in all) to every online device in `recipients` except those whose
+    /// connection is in `skip`: a live device gets the whole run as one queue entry. Returns
+    /// the recipients skipped, for the caller to serve one entry at a time.
+    pub fn deliver_run(
+        &mut self,
+        recipients: &[DeviceId],
+        stream: Stream,
+        seqs: &[Seq],
+        frames: &Arc<[Bytes]>,
+        len: usize,
+        skip: &[u64],
+    ) -> Vec<DeviceId> {
+        let mut skipped = Vec::new();
+        for device in recipients {
+            let Some(presence) = self.online.get_mut(device) else {
+                continue;
+            };
+            if skip.contains(&presence.outbox().conn_id) {
+                skipped.push(*device);
+                continue;
+            }
+            match presence {
+                Presence::Live { outbox } => {
+                    outbox.push_run(frames, len);
+                }
+                Presence::Syncing { outbox, pending } => {
+                    if outbox.is_closing() {
+                        continue;
+                    }
+                    for (seq, frame) in seqs.iter().zip(frames.iter()) {
+                        if pending.len() >= self.pending_cap {
+                            outbox.close(CloseReason::Code(ErrorCode::SlowReader));
+                            pending.clear();
+                            break;
+                        }
+                        pending.push(Pending {
+                            stream,
+                            seq: *seq,
+                            frame: frame.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        skipped
+    }
+}
+
 /// A token bucket: `burst` tokens, refilled at `rate` per second.
 pub(crate) struct TokenBucket {
     tokens: f64,
@@ -521,8 +605,8 @@ mod tests {
         );
         let (outbox, mut rx2) = Outbox::new(2, 100, 10);
         assert!(outbox.push(Bytes::from_static(b"123456")));
-        let taken = rx2.frames.try_recv().unwrap_or_default();
-        rx2.bytes.add_permits(taken.len());
+        let taken = rx2.frames.try_recv().unwrap_or(Queued::One(Bytes::new()));
+        rx2.bytes.add_permits(taken.byte_len());
         assert!(
             outbox.push(Bytes::from_static(b"123456")),
             "budget was given back"
@@ -571,10 +655,69 @@ mod tests {
         hub.fanout()
             .deliver(&[d], g, Seq(5), &Bytes::from_static(&[5]));
         let mut got = Vec::new();
-        while let Ok(f) = rx.frames.try_recv() {
+        while let Ok(Queued::One(f)) = rx.frames.try_recv() {
             got.extend_from_slice(&f);
         }
         assert_eq!(got, vec![3, 4, 5]);
+    }
+
+    /// A run reaches a live device as one queue entry holding every frame in order, a
+    /// syncing device entry by entry (filtered against its backlog on going live), and a
+    /// device whose connection is in the skip list not at all: it is returned instead.
+    #[test]
+    fn a_run_is_one_entry_for_live_devices_and_skips_the_posters() {
+        let hub = Hub::new(
+            8,
+            Rates {
+                requests_per_second: 1.0,
+                request_burst: 1.0,
+                claims_per_second: 1.0,
+                claim_burst: 1.0,
+                target_claims_per_second: 1.0,
+                target_claim_burst: 1.0,
+            },
+        );
+        let g = Stream::Group(cove_wire::GroupId([2; 16]));
+        let (live, mut live_rx) = Outbox::new(1, 16, 1024);
+        let (syncing, mut syncing_rx) = Outbox::new(2, 16, 1024);
+        let (poster, mut poster_rx) = Outbox::new(3, 16, 1024);
+        hub.register(DeviceId(1), live);
+        hub.go_live(DeviceId(1), 1, &HashMap::new());
+        hub.register(DeviceId(2), syncing);
+        hub.register(DeviceId(3), poster);
+        hub.go_live(DeviceId(3), 3, &HashMap::new());
+        let frames: Arc<[Bytes]> = (1..=3u8).map(|b| Bytes::from(vec![b; 2])).collect();
+        let seqs = [Seq(1), Seq(2), Seq(3)];
+        let skipped = hub.fanout().deliver_run(
+            &[DeviceId(1), DeviceId(2), DeviceId(3), DeviceId(4)],
+            g,
+            &seqs,
+            &frames,
+            6,
+            &[3],
+        );
+        assert_eq!(skipped, vec![DeviceId(3)]);
+        match live_rx.frames.try_recv() {
+            Ok(Queued::Run(run)) => assert_eq!(run.as_ref(), frames.as_ref()),
+            other => panic!("expected the run as one entry, got {other:?}"),
+        }
+        assert!(live_rx.frames.try_recv().is_err(), "one entry only");
+        assert_eq!(
+            live_rx.bytes.available_permits(),
+            1024 - 6,
+            "the run's bytes are reserved"
+        );
+        assert!(
+            poster_rx.frames.try_recv().is_err(),
+            "the poster is skipped"
+        );
+        // The backlog already sent seq 1: the syncing device gets 2 and 3, one by one.
+        hub.go_live(DeviceId(2), 2, &HashMap::from([(g, Seq(1))]));
+        let mut got = Vec::new();
+        while let Ok(Queued::One(f)) = syncing_rx.frames.try_recv() {
+            got.push(f);
+        }
+        assert_eq!(got, frames[1..].to_vec());
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The post pipeline: the relay's hot path. The relay core ([`crate::logic::posted`])
 //! decides each post's reply and recipients; the pipeline batches, encodes and delivers.
 //!
-//! Connections hand posts to one writer thread through a channel. The thread takes
-//! everything queued (up to `post_batch_max`), appends it with [`logic::append_posts`] (one
+//! Connections hand posts to one writer thread through a channel, as batches: a connection
+//! collects the posts it decodes from what its socket has ready and submits them as one job
+//! once no further frame is ready (see [`crate::session`]), so a burst of posts is woken,
+//! stored and fanned out together. The thread takes everything queued (up to
+//! `post_batch_max` posts), appends it with [`logic::append_posts`] (one
 //! [`RelayStore::append_batch`] call for application messages, group commit: one
 //! transaction, one sync for the whole batch; each handshake validated and appended on its
 //! own), and encodes each post's reply and each accepted entry's `Deliver` frame once.
@@ -29,7 +32,7 @@ use cove_wire::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, error, warn};
 
-use crate::hub::{CloseReason, Hub, Outbox};
+use crate::hub::{self, CloseReason, Hub, Outbox};
 use crate::logic::{self, Fanout, Handshakes, PostError, PostOutcome, QuotaLimits, Quotas};
 use crate::reply::{encode_frame, response};
 use crate::store::{Appended, NewPost, RelayStore, Welcome};
@@ -51,9 +54,10 @@ pub(crate) struct PostJob {
 
 /// The sending side of the pipeline, held by connections.
 pub(crate) struct Pipeline {
-    jobs: mpsc::UnboundedSender<PostJob>,
+    jobs: mpsc::UnboundedSender<Vec<PostJob>>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
+    batch_max: usize,
 }
 
 impl Pipeline {
@@ -68,9 +72,10 @@ impl Pipeline {
     ) -> std::io::Result<(Pipeline, JoinHandle<()>)> {
         let (jobs, rx) = mpsc::unbounded_channel();
         let (done, done_rx) = mpsc::unbounded_channel();
+        let batch_max = batch_max.max(1);
         let thread = std::thread::Builder::new()
             .name("cove-post-writer".into())
-            .spawn(move || writer_thread(store, &handshakes, rx, done, batch_max.max(1), quotas))?;
+            .spawn(move || writer_thread(store, &handshakes, rx, done, batch_max, quotas))?;
         tokio::spawn(fanout_task(hub, done_rx));
         let budget_bytes = budget_bytes.min(Semaphore::MAX_PERMITS);
         let budget = Arc::new(Semaphore::new(budget_bytes));
@@ -79,30 +84,47 @@ impl Pipeline {
                 jobs,
                 budget,
                 budget_bytes,
+                batch_max,
             },
             thread,
         ))
     }
 
-    /// Reserves budget for a post of `payload_len` bytes (waits while the store is behind).
-    pub async fn reserve(&self, payload_len: usize) -> Option<OwnedSemaphorePermit> {
+    fn budget_for(&self, payload_len: usize) -> u32 {
         let want = payload_len
             .saturating_add(POST_OVERHEAD_BYTES)
             .min(self.budget_bytes);
-        let want = u32::try_from(want).unwrap_or(u32::MAX);
+        u32::try_from(want).unwrap_or(u32::MAX)
+    }
+
+    /// Reserves budget for a post of `payload_len` bytes if there is room now.
+    pub fn try_reserve(&self, payload_len: usize) -> Option<OwnedSemaphorePermit> {
+        let want = self.budget_for(payload_len);
+        Arc::clone(&self.budget).try_acquire_many_owned(want).ok()
+    }
+
+    /// Reserves budget for a post of `payload_len` bytes (waits while the store is behind).
+    /// A caller holding reserved posts it has not submitted must submit them first.
+    pub async fn reserve(&self, payload_len: usize) -> Option<OwnedSemaphorePermit> {
+        let want = self.budget_for(payload_len);
         Arc::clone(&self.budget).acquire_many_owned(want).await.ok()
     }
 
-    /// Queues a post. False if the writer has stopped.
-    pub fn submit(&self, job: PostJob) -> bool {
-        self.jobs.send(job).is_ok()
+    /// Most posts a connection should gather before it submits them.
+    pub fn batch_max(&self) -> usize {
+        self.batch_max
+    }
+
+    /// Queues a batch of posts (in order). If the writer has stopped, the posts come back.
+    pub fn submit(&self, jobs: Vec<PostJob>) -> Result<(), Vec<PostJob>> {
+        self.jobs.send(jobs).map_err(|e| e.0)
     }
 }
 
 fn writer_thread(
     store: Arc<dyn RelayStore>,
     handshakes: &Handshakes,
-    mut rx: mpsc::UnboundedReceiver<PostJob>,
+    mut rx: mpsc::UnboundedReceiver<Vec<PostJob>>,
     done: mpsc::UnboundedSender<Vec<Outcome>>,
     batch_max: usize,
     limits: QuotaLimits,
@@ -110,12 +132,28 @@ fn writer_thread(
     // The quotas live here: this thread sees every post, in order.
     let mut quotas = Quotas::new(limits);
     let mut jobs: Vec<PostJob> = Vec::with_capacity(batch_max);
-    while let Some(first) = rx.blocking_recv() {
-        jobs.push(first);
-        while jobs.len() < batch_max {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+    // What did not fit in the last batch (the rest of a connection's job): it goes first.
+    let mut carry: Vec<PostJob> = Vec::new();
+    loop {
+        let first = if carry.is_empty() {
+            match rx.blocking_recv() {
+                Some(first) => first,
+                None => break,
+            }
+        } else {
+            std::mem::take(&mut carry)
+        };
+        let mut next = Some(first);
+        while let Some(mut more) = next.take() {
+            let room = batch_max.saturating_sub(jobs.len());
+            if more.len() > room {
+                carry = more.split_off(room);
+                jobs.append(&mut more);
+                break;
+            }
+            jobs.append(&mut more);
+            if jobs.len() < batch_max {
+                next = rx.try_recv().ok();
             }
         }
         // Posts over quota are answered without reaching the store; the others keep their
@@ -267,21 +305,86 @@ fn encode_welcome(welcome: &Welcome, seq: Seq) -> Option<Bytes> {
 async fn fanout_task(hub: Arc<Hub>, mut done: mpsc::UnboundedReceiver<Vec<Outcome>>) {
     while let Some(outcomes) = done.recv().await {
         let mut fanout = hub.fanout();
-        for outcome in outcomes {
-            match outcome.reply {
-                Some(frame) => {
-                    outcome.reply_to.push(frame);
+        let mut rest = outcomes.as_slice();
+        while !rest.is_empty() {
+            let run = run_len(rest);
+            let (now, later) = rest.split_at(run);
+            rest = later;
+            if run >= 2 {
+                deliver_run(&mut fanout, now);
+            } else {
+                for outcome in now {
+                    deliver_one(&mut fanout, outcome, None);
                 }
-                None => outcome
-                    .reply_to
-                    .close(CloseReason::Code(ErrorCode::Internal)),
-            }
-            let Some(a) = outcome.accepted else { continue };
-            fanout.deliver(&a.recipients, Stream::Group(a.group), a.seq, &a.frame);
-            for (device, seq, frame) in &a.welcomes {
-                fanout.deliver(&[*device], Stream::Inbox, *seq, frame);
             }
         }
+    }
+}
+
+/// The poster's reply, then the entry to its recipients (all of them, or only `only`),
+/// then the commit's Welcomes.
+fn deliver_one(fanout: &mut hub::Fanout<'_>, outcome: &Outcome, only: Option<&[DeviceId]>) {
+    match &outcome.reply {
+        Some(frame) => {
+            outcome.reply_to.push(frame.clone());
+        }
+        None => outcome
+            .reply_to
+            .close(CloseReason::Code(ErrorCode::Internal)),
+    }
+    let Some(a) = &outcome.accepted else { return };
+    let recipients = only.unwrap_or(&a.recipients);
+    fanout.deliver(recipients, Stream::Group(a.group), a.seq, &a.frame);
+    if only.is_none() {
+        for (device, seq, frame) in &a.welcomes {
+            fanout.deliver(&[*device], Stream::Inbox, *seq, frame);
+        }
+    }
+}
+
+/// How many outcomes from the first form a run: accepted entries of one group, with the
+/// same recipients and no Welcome (a burst of application messages). 1 if none.
+fn run_len(outcomes: &[Outcome]) -> usize {
+    fn key(o: &Outcome) -> Option<(GroupId, &[DeviceId])> {
+        o.accepted
+            .as_ref()
+            .filter(|a| a.welcomes.is_empty())
+            .map(|a| (a.group, a.recipients.as_slice()))
+    }
+    let Some(first) = outcomes.first().and_then(key) else {
+        return 1;
+    };
+    1 + outcomes
+        .iter()
+        .skip(1)
+        .take_while(|o| key(o) == Some(first))
+        .count()
+}
+
+/// Delivers a run (see [`run_len`]) as one shared list of frames per recipient. The posters
+/// of the run that are also recipients get their replies and the entries one at a time, in
+/// the order of the posts, as outside a run.
+fn deliver_run(fanout: &mut hub::Fanout<'_>, run: &[Outcome]) {
+    let accepted: Vec<&Accepted> = run.iter().filter_map(|o| o.accepted.as_ref()).collect();
+    let Some(first) = accepted.first() else {
+        return;
+    };
+    let frames: Arc<[Bytes]> = accepted.iter().map(|a| a.frame.clone()).collect();
+    let seqs: Vec<Seq> = accepted.iter().map(|a| a.seq).collect();
+    let len = frames.iter().map(Bytes::len).sum();
+    let mut posters: Vec<u64> = run.iter().map(|o| o.reply_to.conn_id).collect();
+    posters.sort_unstable();
+    posters.dedup();
+    let skipped = fanout.deliver_run(
+        &first.recipients,
+        Stream::Group(first.group),
+        &seqs,
+        &frames,
+        len,
+        &posters,
+    );
+    for outcome in run {
+        deliver_one(fanout, outcome, Some(&skipped));
     }
 }
 
@@ -299,6 +402,8 @@ pub(crate) struct AckJob {
     pub reply_to: Arc<Outbox>,
     /// The connection's count of acks in the lane, decremented once this one is answered.
     pub in_lane: Arc<AtomicUsize>,
+    /// A `QuietAck`: answered only if refused.
+    pub quiet: bool,
 }
 
 /// Acks are frequent (every device acks what it receives), tiny and cheap for the store
@@ -319,7 +424,9 @@ impl AckLane {
             .spawn(move || {
                 while let Some(job) = rx.blocking_recv() {
                     let result = logic::acked(store.ack(job.device, job.stream, job.seq));
-                    reply(&job.reply_to, job.request, result);
+                    if !(job.quiet && result.is_ok()) {
+                        reply(&job.reply_to, job.request, result);
+                    }
                     job.in_lane.fetch_sub(1, Ordering::AcqRel);
                 }
                 if let Err(e) = store.flush() {

@@ -618,6 +618,11 @@ impl TestClient {
         }
     }
 
+    /// The response to `id` if it has already been read (buffered), without waiting.
+    pub fn take_response(&mut self, id: RequestId) -> Option<Result<Reply, ErrorReply>> {
+        self.responses.remove(&id)
+    }
+
     /// Sends a request and waits for its response.
     pub async fn request(
         &mut self,

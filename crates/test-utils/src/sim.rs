@@ -141,13 +141,16 @@ impl Relay {
         };
         let handled = conn.handle(self.store.as_ref(), &self.handshakes, body, now_ms);
         let answer = handled.answer;
-        let mut out = vec![(
-            slot,
-            ServerFrame::Response {
-                id,
-                result: answer.reply,
-            },
-        )];
+        let mut out = Vec::new();
+        if !answer.quiet {
+            out.push((
+                slot,
+                ServerFrame::Response {
+                    id,
+                    result: answer.reply,
+                },
+            ));
+        }
         if let Some(code) = answer.close {
             out.push((slot, ServerFrame::Closing { code }));
             self.disconnect(slot);

@@ -279,6 +279,15 @@ pub enum Request {
         /// The last position already read.
         after: u64,
     },
+    /// [`Request::Ack`] without the `Acked` reply: the relay answers only when it refuses
+    /// the ack (with the error `Ack` would get, under this request's id). Cheaper for both
+    /// sides when acks are frequent.
+    QuietAck {
+        /// Which log.
+        stream: Stream,
+        /// The last entry processed.
+        seq: Seq,
+    },
 }
 
 /// The kind of a group post, as MLS exposes it in clear.

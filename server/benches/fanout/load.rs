@@ -227,8 +227,9 @@ pub async fn relay_devices(
 
 /// Spawns the read loop of a receiving device: every application entry of the group is
 /// counted; every `ack_every` group entries (and every inbox entry) it acks cumulatively
-/// (`ack_every == 0`: group entries are never acked).
-pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, ack_every: u64) {
+/// (`ack_every == 0`: group entries are never acked), group entries with `QuietAck` if
+/// `quiet`.
+pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, ack_every: u64, quiet: bool) {
     tokio::spawn(async move {
         let mut ws = dev.ws;
         let mut next_request = dev.next_request;
@@ -260,7 +261,10 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, ack_every: u64) 
                 unacked = 0;
                 let id = RequestId(next_request);
                 next_request = next_request.wrapping_add(1);
-                let body = Request::Ack { stream, seq };
+                let body = match stream {
+                    WireStream::Group(_) if quiet => Request::QuietAck { stream, seq },
+                    _ => Request::Ack { stream, seq },
+                };
                 let Ok(bytes) = cove_wire::encode(&ClientFrame::Request { id, body }) else {
                     break;
                 };
@@ -274,12 +278,13 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, ack_every: u64) 
 
 /// Turns a registered device into the benchmark sender: a task reads its frames (counting
 /// refused posts, acking its own pushed entries), and the returned [`Sender`] posts.
-pub fn relay_sender(dev: Device, group: GroupId, epoch: Epoch) -> Sender {
+pub fn relay_sender(dev: Device, group: GroupId, epoch: Epoch, quiet_acks: bool) -> Sender {
     let stats = Arc::new(SenderStats::default());
     let (sink, stream) = dev.ws.split();
     tokio::spawn(read_sender_frames(stream, stats.clone()));
     let mut s = Sender::new(sink, Proto::Relay { group, epoch }, stats);
     s.next_request = dev.next_request;
+    s.quiet_acks = quiet_acks;
     s
 }
 
@@ -338,6 +343,7 @@ pub struct Sender {
     /// Replies seen by the reader task.
     pub stats: Arc<SenderStats>,
     acked_own: u64,
+    quiet_acks: bool,
 }
 
 /// Outcome of one load phase.
@@ -357,6 +363,7 @@ impl Sender {
             sent: 0,
             stats,
             acked_own: 0,
+            quiet_acks: false,
         }
     }
 
@@ -392,9 +399,12 @@ impl Sender {
             self.acked_own = seq;
             let id = RequestId(self.next_request);
             self.next_request = self.next_request.wrapping_add(1);
-            let body = Request::Ack {
-                stream: WireStream::Group(group),
-                seq: cove_wire::Seq(seq),
+            let stream = WireStream::Group(group);
+            let seq = cove_wire::Seq(seq);
+            let body = if self.quiet_acks {
+                Request::QuietAck { stream, seq }
+            } else {
+                Request::Ack { stream, seq }
             };
             self.sink
                 .feed(Message::binary(cove_wire::encode(&ClientFrame::Request {

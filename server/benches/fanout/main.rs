@@ -21,7 +21,7 @@
 //! Settings (environment): `FANOUT_N` (list, default `100,1000`), `FANOUT_SIZES` (payload
 //! bytes, default `256,4096`), `FANOUT_SECS` (closed-loop measurement, default 4),
 //! `FANOUT_OPEN_SECS` (open loop, default 4), `FANOUT_WARMUP_SECS` (default 1),
-//! `FANOUT_WINDOW` (default 64 at N >= 1000, 64,000 ÷ N below), `FANOUT_LOAD` (default 0.1), `FANOUT_ACK_EVERY` (default 64; 0 = receivers never ack, a diagnostic),
+//! `FANOUT_WINDOW` (default 64 at N >= 1000, 64,000 ÷ N below), `FANOUT_LOAD` (default 0.1), `FANOUT_ACK_EVERY` (default 64; 0 = receivers never ack, a diagnostic), `FANOUT_ACK` (`answered`: `Ack`s answered with `Acked`, as `cove-core` sends them; `quiet`: group acks as `QuietAck`s, answered only if refused),
 //! `FANOUT_REPS` (default 1), `FANOUT_SERVERS` (`bare,relay`), `FANOUT_STORE` (`sqlite` or
 //! `memory`), `FANOUT_PIN` (`1`; `0` leaves scheduling to the OS).
 
@@ -79,6 +79,9 @@ struct Config {
     window: Option<u64>,
     load: f64,
     ack_every: u64,
+    /// Group acks as `QuietAck` (answered only if refused) instead of answered `Ack`s
+    /// (what `cove-core` sends today).
+    quiet_acks: bool,
     reps: usize,
     bare: bool,
     relay: bool,
@@ -110,6 +113,7 @@ impl Config {
             },
             load: env_parse("FANOUT_LOAD", 0.1)?,
             ack_every: env_parse("FANOUT_ACK_EVERY", 64)?,
+            quiet_acks: env_str("FANOUT_ACK", "answered") == "quiet",
             reps: env_parse("FANOUT_REPS", 1)?,
             bare: servers.split(',').any(|s| s.trim() == "bare"),
             relay: servers.split(',').any(|s| s.trim() == "relay"),

@@ -1,7 +1,8 @@
 //! Cove's relay under the same load: durable storage (SQLite in a temp dir unless
 //! `FANOUT_STORE=memory`), N receiving devices registered (one user each) and added to one
 //! group by a commit of the sending device, the sender posting `Application` entries, the
-//! receivers acking cumulatively every `ack_every` entries as real clients do.
+//! receivers acking cumulatively every `ack_every` entries (with `Ack`, as `cove-core` does;
+//! group entries with `QuietAck` if `FANOUT_ACK=quiet`).
 //!
 //! The only limit changed from the defaults is the per-device request rate (the sender
 //! posts tens of thousands of messages a second; a real device would be limited to 200/s).
@@ -113,7 +114,7 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
 
     let tracker = Arc::new(Tracker::new(u32::try_from(n)?));
     for dev in receivers {
-        load::spawn_relay_receiver(dev, tracker.clone(), cfg.ack_every);
+        load::spawn_relay_receiver(dev, tracker.clone(), cfg.ack_every, cfg.quiet_acks);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while handle.online_count() < n + 1 {
@@ -126,7 +127,7 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let sender = load::relay_sender(sender, group, epoch);
+    let sender = load::relay_sender(sender, group, epoch, cfg.quiet_acks);
     Ok(RelayTarget {
         target: Target { sender, tracker },
         handle,

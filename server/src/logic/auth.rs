@@ -118,6 +118,7 @@ impl Connection {
                     reply: Ok(Reply::Authenticated { device }),
                     close: None,
                     authenticated: Some(device),
+                    quiet: false,
                 }
             }
             Err(Refused::Reply(reply)) => Answer::reply(Err(reply)),
@@ -132,6 +133,7 @@ impl Connection {
                     )),
                     close: Some(ErrorCode::AuthenticationFailed),
                     authenticated: None,
+                    quiet: false,
                 }
             }
         }

@@ -71,7 +71,7 @@ pub enum Route {
     /// in a batch), then answer and fan out what [`posted`] says.
     Post(NewPost),
     /// An acknowledgement by the connection's device: [`RelayStore::ack`], answered by
-    /// [`acked`].
+    /// [`acked`] (a quiet one only if refused).
     Ack {
         /// The acking device.
         device: DeviceId,
@@ -79,6 +79,8 @@ pub enum Route {
         stream: Stream,
         /// Up to which entry.
         seq: Seq,
+        /// A `QuietAck`: no reply when it succeeds.
+        quiet: bool,
     },
     /// TURN credentials for the device: answered by the relay's TURN service, or by
     /// [`no_turn`] when it runs none.
@@ -107,6 +109,8 @@ pub struct Answer {
     /// backlog ([`Backlog`]), then `BacklogDone`, then deliver live. An older connection
     /// of the same device is displaced.
     pub authenticated: Option<DeviceId>,
+    /// Send no reply at all (a `QuietAck` that succeeded).
+    pub quiet: bool,
 }
 
 impl Answer {
@@ -116,6 +120,7 @@ impl Answer {
             reply,
             close: None,
             authenticated: None,
+            quiet: false,
         }
     }
 }
@@ -290,6 +295,13 @@ impl Connection {
                 device,
                 stream,
                 seq,
+                quiet: false,
+            },
+            (Request::QuietAck { stream, seq }, Some(device)) => Route::Ack {
+                device,
+                stream,
+                seq,
+                quiet: true,
             },
             (Request::TurnCredentials, Some(device)) => Route::TurnCredentials(device),
             (body, Some(device)) => Route::Request(device, body),
@@ -317,7 +329,18 @@ impl Connection {
                 device,
                 stream,
                 seq,
-            } => (Answer::reply(acked(store.ack(device, stream, seq))), None),
+                quiet,
+            } => {
+                let reply = acked(store.ack(device, stream, seq));
+                let quiet = quiet && reply.is_ok();
+                (
+                    Answer {
+                        quiet,
+                        ..Answer::reply(reply)
+                    },
+                    None,
+                )
+            }
             Route::TurnCredentials(_) => (Answer::reply(no_turn()), None),
             Route::Link(_) => (Answer::reply(no_link()), None),
             Route::Account(..) => (Answer::reply(no_accounts()), None),

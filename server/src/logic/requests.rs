@@ -146,7 +146,9 @@ pub fn request(
                 entries: BoundedVec(fit_in_frame(entries)),
             })
         }
-        Request::Ack { stream, seq } => acked(store.ack(device, stream, seq)),
+        Request::Ack { stream, seq } | Request::QuietAck { stream, seq } => {
+            acked(store.ack(device, stream, seq))
+        }
         Request::LeaveGroup { group } => {
             store.leave_group(group, device).map_err(stored)?;
             Ok(Reply::Left)

@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use cove_wire::sign::ChannelBinding;
 use cove_wire::{ClientFrame, DecodeError, ErrorCode};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
@@ -95,6 +95,7 @@ pub(crate) async fn run<S>(
         start_backlog: false,
         close_after_answer: None,
         acks_in_lane: Arc::new(AtomicUsize::new(0)),
+        posts: Vec::new(),
     };
     let mut closing = close_rx;
     let mut shutdown = shared.shutdown.clone();
@@ -116,7 +117,24 @@ pub(crate) async fn run<S>(
             outbox.close(CloseReason::Code(ErrorCode::Unavailable));
             break;
         }
-        let next = tokio::select! {
+        // Posts decoded from what the socket had ready are gathered; once no further frame
+        // is ready they go to the pipeline as one job (one wake-up of the post writer, one
+        // store batch, one fan-out for the burst).
+        let ready = if session.posts.is_empty() {
+            None
+        } else {
+            match stream.next().now_or_never() {
+                Some(next) => Some(next),
+                None => {
+                    session.submit_posts();
+                    None
+                }
+            }
+        };
+        let next = if let Some(next) = ready {
+            Ok(next)
+        } else {
+            tokio::select! {
             biased;
             next = stream.next() => Ok(next),
             () = &mut timer => Err(()),
@@ -124,6 +142,7 @@ pub(crate) async fn run<S>(
             () = stopped(&mut shutdown) => {
                 outbox.close(CloseReason::Code(ErrorCode::Unavailable));
                 break;
+            }
             }
         };
         if next.is_err() && session.conn.device().is_some() && std::mem::take(&mut heard) {
@@ -199,6 +218,9 @@ pub(crate) async fn run<S>(
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
+    // Posts read before the connection ended are stored as before; their replies may not
+    // reach the device any more.
+    session.submit_posts();
     shared.links.close(conn_id);
     if let Some(backlog) = session.backlog.take() {
         backlog.abort();

@@ -23,6 +23,10 @@ impl Session {
     /// Handles one request; answers it unless it is a post or a lane ack (answered when
     /// durable / applied).
     pub(super) async fn request(&mut self, id: RequestId, body: Request, frame_len: usize) {
+        // Posts gathered so far reach the pipeline before any other request is handled.
+        if !matches!(body, Request::Post { .. }) {
+            self.submit_posts();
+        }
         let limited = match self.conn.device() {
             Some(device) => self.shared.hub.take_request(device),
             None => self.preauth.take(Instant::now()),
@@ -83,6 +87,7 @@ impl Session {
                 device,
                 stream,
                 seq,
+                quiet,
             } => {
                 // Inline when the store can apply it without I/O and no earlier ack of this
                 // connection is still in the lane (replies keep request order). The `Acked`
@@ -90,7 +95,10 @@ impl Session {
                 if self.acks_in_lane.load(Ordering::Acquire) == 0
                     && let Some(result) = self.shared.store.try_ack_buffered(device, stream, seq)
                 {
-                    self.answer(id, logic::acked(result));
+                    let reply = logic::acked(result);
+                    if !(quiet && reply.is_ok()) {
+                        self.answer(id, reply);
+                    }
                     return;
                 }
                 let reply_to = Arc::clone(&self.outbox);
@@ -102,6 +110,7 @@ impl Session {
                     request: id,
                     reply_to,
                     in_lane: Arc::clone(&self.acks_in_lane),
+                    quiet,
                 };
                 if self.shared.acks.submit(job).await {
                     return;
@@ -289,24 +298,46 @@ impl Session {
         }
     }
 
-    pub(super) async fn post(&self, id: RequestId, post: NewPost) -> Result<(), ErrorReply> {
-        let unavailable = || ErrorReply::new(ErrorCode::Unavailable, "relay is shutting down");
-        let permit = self
-            .shared
-            .pipeline
-            .reserve(post.payload.len())
-            .await
-            .ok_or_else(unavailable)?;
-        let job = PostJob {
+    /// Reserves the post's share of the pipeline's budget and adds it to the posts gathered
+    /// for the pipeline (submitted by [`Session::submit_posts`]).
+    pub(super) async fn post(&mut self, id: RequestId, post: NewPost) -> Result<(), ErrorReply> {
+        let len = post.payload.len();
+        let permit = match self.shared.pipeline.try_reserve(len) {
+            Some(permit) => permit,
+            None => {
+                // The budget is held by posts waiting for the store, maybe gathered here:
+                // hand those over before waiting for room.
+                self.submit_posts();
+                self.shared
+                    .pipeline
+                    .reserve(len)
+                    .await
+                    .ok_or_else(unavailable)?
+            }
+        };
+        self.posts.push(PostJob {
             post,
             request: id,
             reply_to: Arc::clone(&self.outbox),
             permit,
-        };
-        if self.shared.pipeline.submit(job) {
-            Ok(())
-        } else {
-            Err(unavailable())
+        });
+        if self.posts.len() >= self.shared.pipeline.batch_max() {
+            self.submit_posts();
+        }
+        Ok(())
+    }
+
+    /// Hands the gathered posts to the pipeline as one job; if it has stopped, each is
+    /// answered `Unavailable`.
+    pub(super) fn submit_posts(&mut self) {
+        if self.posts.is_empty() {
+            return;
+        }
+        let posts = std::mem::take(&mut self.posts);
+        if let Err(refused) = self.shared.pipeline.submit(posts) {
+            for job in refused {
+                self.answer(job.request, Err(unavailable()));
+            }
         }
     }
 
@@ -327,6 +358,10 @@ impl Session {
             self.backlog = Some(tokio::spawn(push_backlog(shared, outbox, device)));
         }
     }
+}
+
+fn unavailable() -> ErrorReply {
+    ErrorReply::new(ErrorCode::Unavailable, "relay is shutting down")
 }
 
 fn now_ms() -> u64 {

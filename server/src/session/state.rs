@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 
 use crate::hub::{Outbox, TokenBucket};
 use crate::logic::{AccountSession, Connection};
+use crate::pipeline::PostJob;
 use crate::shared::Shared;
 
 /// One connection's state, read and changed by the request handling.
@@ -33,4 +34,7 @@ pub(super) struct Session {
     pub(super) close_after_answer: Option<ErrorCode>,
     /// This connection's acks waiting in or applied by the ack lane, not yet answered.
     pub(super) acks_in_lane: Arc<AtomicUsize>,
+    /// Posts decoded from what the socket had ready, not yet handed to the pipeline: they
+    /// go as one job once no further frame is ready (or before any other request).
+    pub(super) posts: Vec<PostJob>,
 }

@@ -11,10 +11,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::debug;
 
-use crate::hub::{CloseReason, OutboxReceiver};
+use crate::hub::{CloseReason, OutboxReceiver, Queued};
 use crate::reply::encode_frame;
 
-/// Most frames the writer feeds before it flushes.
+/// Most queue entries the writer takes before it flushes.
 const COALESCE_FRAMES: usize = 512;
 
 /// Drains the outgoing queue into the socket, coalescing writes; pings; closes.
@@ -51,25 +51,39 @@ pub(super) async fn write_loop<S>(
         }
         tokio::select! {
             biased;
-            frame = queue.recv() => {
-                let Some(frame) = frame else {
+            queued = queue.recv() => {
+                let Some(queued) = queued else {
                     // The connection is over; a close reason set before still counts.
                     break (*close.borrow()).unwrap_or(CloseReason::Quiet);
                 };
-                if frame.is_empty() {
+                if matches!(&queued, Queued::One(frame) if frame.is_empty()) {
                     continue;
                 }
                 let io = async {
                     // Give the byte budget back once per batch (one semaphore release).
-                    let mut taken = frame.len();
-                    sink.feed(Message::Binary(frame)).await?;
-                    for _ in 1..COALESCE_FRAMES {
-                        match queue.try_recv() {
-                            Ok(frame) if frame.is_empty() => break,
-                            Ok(frame) => {
+                    let mut taken = 0;
+                    let mut queued = queued;
+                    let mut entries = 0;
+                    loop {
+                        match queued {
+                            Queued::One(frame) if frame.is_empty() => break,
+                            Queued::One(frame) => {
                                 taken += frame.len();
                                 sink.feed(Message::Binary(frame)).await?;
                             }
+                            Queued::Run(frames) => {
+                                for frame in frames.iter() {
+                                    taken += frame.len();
+                                    sink.feed(Message::Binary(frame.clone())).await?;
+                                }
+                            }
+                        }
+                        entries += 1;
+                        if entries >= COALESCE_FRAMES {
+                            break;
+                        }
+                        match queue.try_recv() {
+                            Ok(more) => queued = more,
                             Err(_) => break,
                         }
                     }
@@ -90,9 +104,18 @@ pub(super) async fn write_loop<S>(
         if let CloseReason::Code(code) = reason {
             if code != ErrorCode::SlowReader {
                 // Frames already queued (e.g. the reply explaining the close) go first.
-                while let Ok(frame) = queue.try_recv() {
-                    if !frame.is_empty() {
-                        sink.feed(Message::Binary(frame)).await?;
+                while let Ok(queued) = queue.try_recv() {
+                    match queued {
+                        Queued::One(frame) => {
+                            if !frame.is_empty() {
+                                sink.feed(Message::Binary(frame)).await?;
+                            }
+                        }
+                        Queued::Run(frames) => {
+                            for frame in frames.iter() {
+                                sink.feed(Message::Binary(frame.clone())).await?;
+                            }
+                        }
                     }
                 }
             }

@@ -292,6 +292,67 @@ async fn an_offline_device_gets_its_backlog_in_order_after_reconnecting() {
     assert!(live.seq > again[9].seq);
 }
 
+/// A `QuietAck` moves the cursor like `Ack` but is answered only when refused: a
+/// successful one gets no response (an `Ack` sent after it is answered, and acks are
+/// answered in request order, so a reply to the quiet one would have come first), and one
+/// past the end of the log gets `InvalidRequest` under its own id.
+#[tokio::test]
+async fn a_quiet_ack_moves_the_cursor_and_is_answered_only_when_refused() {
+    let relay = relay().await;
+    let (mut alice, _) = relay.register("alice").await.unwrap();
+    let (mut bob, bob_keys) = relay.register("bob").await.unwrap();
+    let group = group_with(&mut alice, &mut [(&mut bob, &bob_keys)]).await;
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        let text = format!("m{i}");
+        seqs.push(
+            alice
+                .post_app(group, Epoch(1), text.as_bytes())
+                .await
+                .unwrap(),
+        );
+        let got = group_entry(bob.next_delivery().await.unwrap());
+        assert_eq!(got.payload.as_bytes(), text.as_bytes());
+    }
+    let quiet = bob
+        .send_request(Request::QuietAck {
+            stream: Stream::Group(group),
+            seq: seqs[1],
+        })
+        .await
+        .unwrap();
+    // The sentinel: an answered ack of the same entry, sent after it.
+    bob.ack(Stream::Group(group), seqs[1]).await.unwrap();
+    assert_eq!(
+        bob.take_response(quiet),
+        None,
+        "a successful QuietAck is not answered"
+    );
+
+    let past_end = bob
+        .send_request(Request::QuietAck {
+            stream: Stream::Group(group),
+            seq: Seq(seqs[2].0 + 100),
+        })
+        .await
+        .unwrap();
+    let refused = bob.response(past_end).await.unwrap().unwrap_err();
+    assert_eq!(refused.code, ErrorCode::InvalidRequest);
+
+    // The cursor moved: a new connection gets only the entry after seqs[1].
+    bob.close().await;
+    let mut bob = relay.login(&bob_keys).await.unwrap();
+    let backlog: Vec<_> = bob
+        .backlog()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(group_entry)
+        .collect();
+    assert_eq!(backlog.len(), 1);
+    assert_eq!(backlog[0].seq, seqs[2]);
+}
+
 #[tokio::test]
 async fn the_inbox_backlog_comes_first_and_an_added_device_reads_from_its_commit() {
     let relay = relay().await;
