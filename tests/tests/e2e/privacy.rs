@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 
 use cove::config::{ConfigError, Home};
-use cove::{Device, DeviceError};
+use cove::{Device, DeviceError, UserName};
 use cove_server::{Relay, RelayConfig, StoreKind};
 
 use crate::support::*;
@@ -153,4 +153,95 @@ async fn a_client_home_is_private_and_its_database_encrypted() {
     let history = reopened.history(group_name).await.unwrap();
     assert_eq!(history.len(), sent.len());
     reopened.close().await;
+}
+
+/// A password account's life at a real relay process logging everything (`RUST_LOG=trace`):
+/// registration (`register_account`), a wrong-password login and a right one
+/// (`Device::login`, a new device), a backup. Afterwards neither the relay's log nor any file
+/// of its data directory holds the password, the recovery key (written or raw), the backup
+/// key or the identity key's seed; the log does name the user (so the scan can find things).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_log_and_data_hold_no_password_or_account_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    let log = dir.path().join("relay.log");
+    let relay = RelayProcess::spawn_logging(&data, "127.0.0.1:0", &[], Some(&log));
+    let server = format!("wss://{}", relay.addr);
+    let ca = data.join("tls").join("cert.pem");
+    let home = |n: &str| Home::new(dir.path().join(n));
+    let password = b"PASSWORD-CANARY correct horse battery staple";
+
+    let alice = register(&home("alice"), &server, "alice", &ca).await;
+    let recovery = alice.register_account(password).await.unwrap();
+    let mut alice = Device::open(&home("alice")).await.unwrap();
+    alice.create_group("notes").await.unwrap();
+    alice.send_text("notes", "BACKED-UP-CANARY").await.unwrap();
+    cove::backup::backup(&mut alice).await.unwrap();
+    let (seed, backup_key) = alice
+        .session()
+        .call(|c| {
+            use cove_core::cove_store::Store as _;
+            let store = c.store();
+            (
+                store.user_identity().unwrap().unwrap().secret_key,
+                store.account_secrets().unwrap().unwrap().backup_key,
+            )
+        })
+        .await
+        .unwrap();
+    alice.close().await;
+
+    let wrong = Device::login(
+        &home("laptop"),
+        &server,
+        UserName::new("alice").unwrap(),
+        b"PASSWORD-CANARY but wrong",
+        Some(&ca),
+    )
+    .await;
+    assert!(
+        matches!(wrong, Err(DeviceError::LoginFailed)),
+        "{:?}",
+        wrong.err()
+    );
+    let mut laptop = Device::login(
+        &home("laptop"),
+        &server,
+        UserName::new("alice").unwrap(),
+        password,
+        Some(&ca),
+    )
+    .await
+    .unwrap();
+    let restored = cove::backup::restore_history(&mut laptop).await.unwrap();
+    assert_eq!(restored.messages, 1);
+    laptop.close().await;
+    relay.kill9();
+
+    let logged = std::fs::read(&log).unwrap();
+    assert!(
+        contains(&logged, b"alice"),
+        "scan sanity check: the trace log names no user"
+    );
+    let mut files = vec![log.clone()];
+    walk(&data, &mut files);
+    let written = recovery.display();
+    let secrets: [(&str, &[u8]); 6] = [
+        ("password", password),
+        ("password canary", b"PASSWORD-CANARY"),
+        ("written recovery key", written.as_bytes()),
+        ("recovery key", recovery.as_bytes()),
+        ("backup key", &backup_key[..]),
+        ("identity seed", &seed[..]),
+    ];
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        for (what, secret) in secrets {
+            assert!(
+                !contains(&bytes, secret),
+                "{} holds the {what}",
+                f.display()
+            );
+        }
+    }
 }

@@ -209,16 +209,32 @@ impl RelayProcess {
 
     /// [`RelayProcess::spawn`] with extra command-line arguments (e.g. `--config FILE`).
     pub fn spawn_with(data: &Path, listen: &str, extra: &[&std::ffi::OsStr]) -> RelayProcess {
+        Self::spawn_logging(data, listen, extra, None)
+    }
+
+    /// [`RelayProcess::spawn_with`], its log (stderr, at `RUST_LOG=trace`) written to `log`
+    /// when given.
+    pub fn spawn_logging(
+        data: &Path,
+        listen: &str,
+        extra: &[&std::ffi::OsStr],
+        log: Option<&Path>,
+    ) -> RelayProcess {
         use std::io::{BufRead, BufReader};
         let binary = workspace_binary("cove-server", "cove-server");
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["--listen", listen, "--data"])
             .arg(data)
             .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning cove-server");
+            .stdout(Stdio::piped());
+        match log {
+            Some(log) => command
+                .env("RUST_LOG", "trace")
+                .stderr(std::fs::File::create(log).expect("creating the relay log")),
+            None => command.stderr(Stdio::null()),
+        };
+        let mut child = command.spawn().expect("spawning cove-server");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {
