@@ -91,6 +91,8 @@ pub enum Command {
     Answer(cove::call::cli::AnswerArgs),
     /// List the audio devices calls can use (`--audio-in`, `--audio-out`).
     Devices(audio::DevicesArgs),
+    /// The terminal UI: groups, messages, files and calls, on the home's daemon.
+    Tui(crate::tui::TuiArgs),
 }
 
 /// Runs one command.
@@ -133,6 +135,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Call(args) => cove::call::cli::run_call(resolve_home(home)?, args).await,
         Command::Answer(args) => cove::call::cli::run_answer(resolve_home(home)?, args).await,
         Command::Devices(args) => audio::run(args),
+        Command::Tui(args) => {
+            // The password is asked for only if a daemon must be started (for it).
+            let dir = self::resolve_home(home)?.dir().to_owned();
+            let password = || -> anyhow::Result<_> {
+                if !Home::new(&dir).is_locked() {
+                    return Ok(None);
+                }
+                let why = format!("{} is locked with a password", dir.display());
+                Ok(Some(passwords.get("password for this Cove home: ", &why)?))
+            };
+            crate::tui::run(&dir, password, args).await
+        }
     }
 }
 

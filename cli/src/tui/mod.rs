@@ -1,0 +1,230 @@
+//! `cove tui`: a terminal UI on the home's daemon (`cove daemon`, started if none runs).
+//!
+//! Three parts, so the logic is testable without a terminal or a daemon:
+//! - [`app`]: the state and `update(now, event) -> actions`, no I/O;
+//! - [`view`]: `render(&App, frame)`, a pure drawing of the state;
+//! - this module and [`rpc`]: the thin loop that feeds it key presses, resizes and the
+//!   daemon's lines, draws, and carries out the actions.
+//!
+//! ```text
+//! keys (thread: crossterm::event::read) ─┐
+//! daemon socket (task: rpc::connection) ─┴─> channel -> app.update -> draw
+//!                                                  actions -> requests to the socket, bell, quit
+//! ```
+
+/// The commands and keys, for the help screen and `cove tui --help`.
+macro_rules! keys_help {
+    () => {
+        "\
+Commands (in the input line):
+  /file PATH           send a file to this group
+  /download N          save attachment #N of this group
+  /call                call this group
+  /answer  /decline    the ringing call (or Alt-A / Alt-D)
+  /hangup              end the call
+  /add USER...         add users to this group
+  /remove USER...      remove users from this group
+  /leave               leave this group
+  /create NAME [USER...]  create a group
+  /verify USER [yes]   show the safety number; yes: verified
+  /help  /quit         this help; exit (or Ctrl-C)
+Keys:
+  Tab Ctrl-N Alt-Down  next group
+  S-Tab Ctrl-P Alt-Up  previous group
+  PgUp PgDn            scroll messages
+  Alt-A Alt-D          answer / decline a call
+  Esc F1               close / open this help"
+    };
+}
+
+pub mod app;
+pub mod rpc;
+pub mod view;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use ratatui::crossterm::event::{self as term, KeyEventKind};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use zeroize::Zeroizing;
+
+use app::{Action, App, Event};
+
+/// How long `cove tui` waits for a daemon it started to open its socket.
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Arguments of `cove tui`.
+#[derive(Debug, Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct TuiArgs {}
+
+const AFTER_HELP: &str = concat!(
+    "\
+Example:
+  cove tui            # in the home of `cove init`; starts `cove daemon` if none runs
+
+The left column lists the groups with their unread counts, the right one the shown group's
+messages (local times), attachments as [name size #N], membership changes, calls, warnings
+and identity changes. Type a message and press Enter to send it; `//text` sends `/text`.
+An incoming call shows a red banner and rings the terminal bell. The daemon keeps running
+after the UI exits.
+
+",
+    keys_help!()
+);
+
+/// The daemon's socket in `home`.
+pub fn socket_path(home: &Path) -> PathBuf {
+    home.join("daemon.sock")
+}
+
+/// Runs `cove tui` on the home in `home`. `password` gives the home's password (if it is
+/// locked) for a daemon this starts.
+pub async fn run(
+    home: &Path,
+    password: impl FnOnce() -> anyhow::Result<Option<Zeroizing<String>>>,
+    _args: TuiArgs,
+) -> anyhow::Result<()> {
+    let socket = socket_path(home);
+    if tokio::net::UnixStream::connect(&socket).await.is_err() {
+        start_daemon(home, &socket, password()?).await?;
+    }
+    let size = ratatui::crossterm::terminal::size().context("reading the terminal size")?;
+    let app = App::new(jiff::tz::TimeZone::system(), size);
+    // `init` enters the alternate screen and raw mode and restores both on a panic too.
+    let mut terminal = ratatui::init();
+    let result = event_loop(&mut terminal, app, socket).await;
+    ratatui::restore();
+    result
+}
+
+/// Starts `cove daemon` for `home` in the background (its own process group, so Ctrl-C in
+/// this terminal does not stop it; stderr to `daemon.log` in the home) and waits for its
+/// socket.
+async fn start_daemon(
+    home: &Path,
+    socket: &Path,
+    password: Option<Zeroizing<String>>,
+) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    if !home.join("config.toml").exists() {
+        bail!(
+            "{} is not initialised: run `cove init` first",
+            home.display()
+        );
+    }
+    let exe = std::env::current_exe().context("finding the cove executable")?;
+    let log_path = home.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("--home")
+        .arg(home)
+        .arg("daemon")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0);
+    if let Some(password) = &password {
+        command.env("COVE_PASSWORD", password.as_str());
+    }
+    let mut child = command.spawn().context("starting `cove daemon`")?;
+    let deadline = Instant::now() + DAEMON_START_TIMEOUT;
+    loop {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait().context("waiting for `cove daemon`")? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = log.lines().last().unwrap_or("no output");
+            bail!(
+                "`cove daemon` exited ({status}): {} (see {})",
+                cove::escape(last),
+                log_path.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "`cove daemon` did not open {} within {} s (see {})",
+                socket.display(),
+                DAEMON_START_TIMEOUT.as_secs(),
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    mut app: App,
+    socket: PathBuf,
+) -> anyhow::Result<()> {
+    let (events, mut incoming) = unbounded_channel();
+    let keys = events.clone();
+    std::thread::spawn(move || read_terminal(keys));
+    let (requests, outgoing) = unbounded_channel();
+    tokio::spawn(rpc::connection(socket, events, outgoing));
+    loop {
+        terminal
+            .draw(|frame| view::render(&app, frame))
+            .context("drawing")?;
+        let Some(event) = incoming.recv().await else {
+            return Ok(());
+        };
+        let mut actions = app.update(now_ms(), event);
+        // Apply whatever else is ready before drawing again.
+        while let Ok(event) = incoming.try_recv() {
+            actions.extend(app.update(now_ms(), event));
+        }
+        if perform(actions, &requests) {
+            return Ok(());
+        }
+    }
+}
+
+/// Carries out `actions`; true to quit.
+fn perform(actions: Vec<Action>, requests: &UnboundedSender<String>) -> bool {
+    for action in actions {
+        match action {
+            Action::Request { id, method, params } => {
+                // The connection task is gone only when the loop ends.
+                let _ = requests.send(rpc::request_line(id, method, params));
+            }
+            Action::Bell => {
+                let mut out = std::io::stdout();
+                let _ = out.write_all(b"\x07").and_then(|()| out.flush());
+            }
+            Action::Quit => return true,
+        }
+    }
+    false
+}
+
+/// Forwards key presses and resizes until the UI is gone.
+fn read_terminal(events: UnboundedSender<Event>) {
+    loop {
+        let event = match term::read() {
+            Ok(term::Event::Key(key)) if key.kind != KeyEventKind::Release => Event::Key(key),
+            Ok(term::Event::Resize(w, h)) => Event::Resize(w, h),
+            Ok(_) => continue,
+            Err(_) => return,
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
