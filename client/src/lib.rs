@@ -14,6 +14,7 @@
 
 pub mod call;
 pub mod config;
+pub mod daemon;
 mod device;
 pub mod raw;
 pub mod session;

@@ -158,7 +158,7 @@ pub async fn run_history(home: Home, args: HistoryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_message(m: &MessageView, json: bool) -> anyhow::Result<()> {
+pub(super) fn print_message(m: &MessageView, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, m).context("writing JSON")?;
@@ -187,7 +187,7 @@ fn print_identity(event: &IdentityView, json: bool) -> anyhow::Result<()> {
 
 /// A warning from the core: `warning: ...` on stderr, or with `--json` one
 /// `{"warning": "..."}` object on stdout among the messages.
-fn print_warning(text: &str, json: bool) -> anyhow::Result<()> {
+pub(super) fn print_warning(text: &str, json: bool) -> anyhow::Result<()> {
     if json {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, &serde_json::json!({ "warning": text }))

@@ -3,6 +3,7 @@
 //! variant in [`Command`] and one arm in [`run`].
 
 mod audio;
+mod daemon;
 pub(crate) mod device;
 mod files;
 mod group;
@@ -10,6 +11,7 @@ mod init;
 mod messages;
 mod safety;
 mod verify;
+mod via_daemon;
 
 use std::path::PathBuf;
 
@@ -48,7 +50,8 @@ Examples:
   cove init --server wss://127.0.0.1:7443 --user alice --ca cove-data/tls/cert.pem
   cove group create friends && cove group add friends bob
   cove send friends 'hello'
-  cove listen";
+  cove listen
+  cove daemon --detach                          # one process owns the home; commands use it";
 
 /// The commands.
 #[derive(Debug, Subcommand)]
@@ -91,12 +94,22 @@ pub enum Command {
     Answer(cove::call::cli::AnswerArgs),
     /// List the audio devices calls can use (`--audio-in`, `--audio-out`).
     Devices(audio::DevicesArgs),
+    /// Run the daemon: own this home's connection, database and calls, and serve JSON-RPC on
+    /// HOME/daemon.sock; other commands then go through it.
+    Daemon(daemon::DaemonArgs),
     /// The terminal UI: groups, messages, files and calls, on the home's daemon.
     Tui(crate::tui::TuiArgs),
 }
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // A running daemon serves most commands (before any password is asked: it holds the
+    // home open already).
+    if let Ok(plain) = resolve_home(cli.home.clone())
+        && via_daemon::try_run(&plain, &cli.command).await?
+    {
+        return Ok(());
+    }
     let passwords = password::Source::new(cli.password_file);
     let resolve_home = |home: Option<PathBuf>| -> anyhow::Result<Home> {
         let home = resolve_home(home)?;
@@ -135,6 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Call(args) => cove::call::cli::run_call(resolve_home(home)?, args).await,
         Command::Answer(args) => cove::call::cli::run_answer(resolve_home(home)?, args).await,
         Command::Devices(args) => audio::run(args),
+        Command::Daemon(args) => daemon::run(resolve_home(home)?, args).await,
         Command::Tui(args) => {
             // The password is asked for only if a daemon must be started (for it).
             let dir = self::resolve_home(home)?.dir().to_owned();

@@ -180,8 +180,11 @@ pub(crate) enum EntryKind {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub(crate) struct FileRef {
     pub(crate) name: String,
+    #[serde(default)]
     pub(crate) size: u64,
-    pub(crate) index: u64,
+    /// Its number among the group's files (what `/download N` takes).
+    #[serde(default)]
+    pub(crate) index: Option<u64>,
 }
 
 /// A call.

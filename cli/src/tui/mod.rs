@@ -43,7 +43,6 @@ pub mod view;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -52,9 +51,6 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use zeroize::Zeroizing;
 
 use app::{Action, App, Event};
-
-/// How long `cove tui` waits for a daemon it started to open its socket.
-const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Arguments of `cove tui`.
 #[derive(Debug, Args)]
@@ -90,7 +86,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let socket = socket_path(home);
     if tokio::net::UnixStream::connect(&socket).await.is_err() {
-        start_daemon(home, &socket, password()?).await?;
+        start_daemon(home, password()?).await?;
     }
     let size = ratatui::crossterm::terminal::size().context("reading the terminal size")?;
     let app = App::new(jiff::tz::TimeZone::system(), size);
@@ -101,15 +97,10 @@ pub async fn run(
     result
 }
 
-/// Starts `cove daemon` for `home` in the background (its own process group, so Ctrl-C in
-/// this terminal does not stop it; stderr to `daemon.log` in the home) and waits for its
-/// socket.
-async fn start_daemon(
-    home: &Path,
-    socket: &Path,
-    password: Option<Zeroizing<String>>,
-) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt as _;
+/// Starts the home's daemon with `cove daemon --detach` (its own process group, so Ctrl-C in
+/// this terminal does not stop it; output to `daemon.log` in the home), which returns once
+/// the socket answers.
+async fn start_daemon(home: &Path, password: Option<Zeroizing<String>>) -> anyhow::Result<()> {
     if !home.join("config.toml").exists() {
         bail!(
             "{} is not initialised: run `cove init` first",
@@ -117,49 +108,25 @@ async fn start_daemon(
         );
     }
     let exe = std::env::current_exe().context("finding the cove executable")?;
-    let log_path = home.join("daemon.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
     let mut command = std::process::Command::new(exe);
     command
         .arg("--home")
         .arg(home)
-        .arg("daemon")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .process_group(0);
+        .args(["daemon", "--detach"])
+        .stdin(std::process::Stdio::null());
     if let Some(password) = &password {
         command.env("COVE_PASSWORD", password.as_str());
     }
-    let mut child = command.spawn().context("starting `cove daemon`")?;
-    let deadline = Instant::now() + DAEMON_START_TIMEOUT;
-    loop {
-        if tokio::net::UnixStream::connect(socket).await.is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait().context("waiting for `cove daemon`")? {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let last = log.lines().last().unwrap_or("no output");
-            bail!(
-                "`cove daemon` exited ({status}): {} (see {})",
-                cove::escape(last),
-                log_path.display()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "`cove daemon` did not open {} within {} s (see {})",
-                socket.display(),
-                DAEMON_START_TIMEOUT.as_secs(),
-                log_path.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .context("starting `cove daemon`")?
+        .context("starting `cove daemon`")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err = err.trim().trim_start_matches("error: ");
+        bail!("`cove daemon --detach` failed: {}", cove::escape(err));
     }
+    Ok(())
 }
 
 async fn event_loop(

@@ -180,13 +180,11 @@ fn entry_line(e: &Entry, time: &str, me: Option<&str>) -> Line<'static> {
             spans.push(Span::styled(format!("<{sender}> "), style));
             match &e.file {
                 Some(f) => {
+                    let index = f.index.map(|i| format!(" #{i}")).unwrap_or_default();
                     spans.push(Span::styled(
-                        format!("[{} {} #{}]", f.name, cove::human_size(f.size), f.index),
+                        format!("[{} {}{index}]", f.name, cove::human_size(f.size)),
                         Style::new().cyan(),
                     ));
-                    if !e.text.is_empty() && e.text != f.name {
-                        spans.push(Span::raw(format!(" {}", e.text)));
-                    }
                 }
                 None => spans.push(Span::raw(e.text.clone())),
             }

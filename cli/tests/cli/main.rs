@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod daemon;
 mod escape;
 mod files;
 mod link;
 mod locked;
+mod tui;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -21,6 +21,7 @@ pub mod cli;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cove_core::call::{CallAction, CallId, CallMessage, CallSignal, Calls, GroupMember, Peer};
@@ -30,7 +31,7 @@ use cove_media::source::{AudioInput, AudioOutput, VideoInput};
 use cove_media::{Call, CallConfig, CallEvent, CallStats, IceServer, PeerStats};
 use cove_wire::{ErrorCode, GroupId, Reply, Request};
 use rand::RngCore;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::device::{Device, DeviceError};
 use crate::session::{self, SessionEvent};
@@ -132,18 +133,82 @@ pub enum CallError {
     Stopped,
 }
 
-/// Session events read while waiting for something else, handed out again first.
-#[derive(Default)]
+/// The session events a call reads (the device's own stream, or what the daemon forwards),
+/// with those read while waiting for something else handed out again first.
 pub struct Inbox {
     held: VecDeque<SessionEvent>,
+    feed: mpsc::UnboundedReceiver<SessionEvent>,
 }
 
 impl Inbox {
-    /// The next event: held ones first, then the device's.
-    pub async fn next(&mut self, device: &mut Device) -> Option<SessionEvent> {
+    /// An inbox reading `feed`.
+    pub fn new(feed: mpsc::UnboundedReceiver<SessionEvent>) -> Inbox {
+        Inbox {
+            held: VecDeque::new(),
+            feed,
+        }
+    }
+
+    /// The next event: held ones first, then the feed's.
+    pub async fn next(&mut self) -> Option<SessionEvent> {
         match self.held.pop_front() {
             Some(e) => Some(e),
-            None => device.next_event().await,
+            None => self.feed.recv().await,
+        }
+    }
+
+    /// The feed, to give back to the device.
+    pub fn into_feed(self) -> mpsc::UnboundedReceiver<SessionEvent> {
+        self.feed
+    }
+}
+
+/// What a call reports as it goes, besides its progress lines (for the daemon).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallNote {
+    /// A callee answered.
+    Answered {
+        /// Who.
+        peer: String,
+    },
+    /// Media flows with a peer.
+    Connected {
+        /// Who.
+        peer: String,
+    },
+    /// A peer left, declined or was busy (`reason`: `hung up`, `declined`, `busy`).
+    PeerLeft {
+        /// Who.
+        peer: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// How a call is driven from outside: an observer of its progress, a hang-up trigger,
+/// whether Ctrl-C hangs up.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Told of the call's progress.
+    pub observer: Option<Arc<dyn Fn(CallNote) + Send + Sync>>,
+    /// Hangs the call up when notified.
+    pub stop: Option<Arc<Notify>>,
+    /// Whether Ctrl-C (SIGINT) hangs up (the CLI's calls).
+    pub ctrl_c: bool,
+}
+
+impl Hooks {
+    /// The CLI's: Ctrl-C hangs up.
+    pub fn cli() -> Hooks {
+        Hooks {
+            ctrl_c: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn note(&self, note: CallNote) {
+        if let Some(observer) = &self.observer {
+            observer(note);
         }
     }
 }
@@ -154,10 +219,10 @@ const TURN_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Asks the relay for TURN credentials on the device's session (after settling). `None`
 /// if the relay runs no TURN server. Other events read meanwhile are kept in `inbox`.
 pub async fn turn_servers(
-    device: &mut Device,
+    device: &Device,
     inbox: &mut Inbox,
 ) -> Result<Option<IceServer>, CallError> {
-    device.settle().await?;
+    device.settle_shared().await?;
     let id = device
         .session()
         .call(|c| c.send_request(Request::TurnCredentials))
@@ -166,7 +231,7 @@ pub async fn turn_servers(
         .ok_or(CallError::Stopped)?;
     let deadline = tokio::time::Instant::now() + TURN_REPLY_TIMEOUT;
     let result = loop {
-        let event = tokio::time::timeout_at(deadline, device.next_event())
+        let event = tokio::time::timeout_at(deadline, inbox.feed.recv())
             .await
             .map_err(|_| CallError::Media("the relay did not answer the TURN request".into()))?
             .ok_or(CallError::Stopped)?;
@@ -198,8 +263,33 @@ pub async fn place(
     group: &str,
     options: &CallOptions,
 ) -> Result<CallReport, CallError> {
-    let mut inbox = Inbox::default();
-    let ice = ice_servers(device, &mut inbox, options).await?;
+    let mut call_id = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut call_id);
+    let mut inbox = Inbox::new(device.take_events());
+    let result = place_on(
+        device,
+        &mut inbox,
+        group,
+        CallId(call_id),
+        options,
+        Hooks::cli(),
+    )
+    .await;
+    device.restore_events(inbox.into_feed());
+    result
+}
+
+/// Calls every other member device of `group` as call `call_id`, reading session events
+/// from `inbox` (see the module docs).
+pub async fn place_on(
+    device: &Device,
+    inbox: &mut Inbox,
+    group: &str,
+    call_id: CallId,
+    options: &CallOptions,
+    hooks: Hooks,
+) -> Result<CallReport, CallError> {
+    let ice = ice_servers(device, inbox, options).await?;
     let name = group.to_owned();
     let group = device
         .session()
@@ -207,14 +297,11 @@ pub async fn place(
         .await
         .map_err(DeviceError::from)?
         .map_err(DeviceError::from)?;
-    let mut call_id = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut call_id);
-    let call_id = CallId(call_id);
     let me = device.device_id().ok_or(DeviceError::NotRegistered)?;
     let mut calls = Calls::new(me);
     let state = group_state(device, group, call_id).await?;
     let actions = calls.dial(call_id, group, &state.members)?;
-    let mut driver = Driver::new(options, ice, group, call_id, calls, state, inbox)?;
+    let mut driver = Driver::new(options, ice, group, call_id, calls, state, inbox, hooks)?;
     driver.say(format!(
         "calling {} (call {})",
         actions
@@ -238,8 +325,21 @@ pub async fn answer(
     group: Option<&str>,
     options: &CallOptions,
 ) -> Result<CallReport, CallError> {
-    let mut inbox = Inbox::default();
-    let ice = ice_servers(device, &mut inbox, options).await?;
+    let mut inbox = Inbox::new(device.take_events());
+    let result = answer_on(device, &mut inbox, group, options, Hooks::cli()).await;
+    device.restore_events(inbox.into_feed());
+    result
+}
+
+/// Waits for an incoming call (in `group`, if given) on `inbox`, answers it and runs it.
+pub async fn answer_on(
+    device: &Device,
+    inbox: &mut Inbox,
+    group: Option<&str>,
+    options: &CallOptions,
+    hooks: Hooks,
+) -> Result<CallReport, CallError> {
+    let ice = ice_servers(device, inbox, options).await?;
     let only: Option<GroupId> = match group {
         Some(name) => {
             let name = name.to_owned();
@@ -258,7 +358,7 @@ pub async fn answer(
     let mut calls = Calls::new(me);
     let deadline = tokio::time::Instant::now() + options.ring_timeout;
     let (call_id, group, from) = loop {
-        let event = tokio::time::timeout_at(deadline, inbox.next(device))
+        let event = tokio::time::timeout_at(deadline, inbox.next())
             .await
             .map_err(|_| CallError::NoIncomingCall(options.ring_timeout.as_secs()))?
             .ok_or(CallError::Stopped)?;
@@ -290,9 +390,47 @@ pub async fn answer(
             break found;
         }
     };
+    answer_with(
+        device, inbox, ice, calls, call_id, group, &from.name, options, hooks,
+    )
+    .await
+}
+
+/// Answers call `call_id` of `group` from `from`, which `calls` has ringing (the daemon
+/// rings first and answers when a client asks), and runs it.
+#[allow(clippy::too_many_arguments)]
+pub async fn answer_ringing(
+    device: &Device,
+    inbox: &mut Inbox,
+    calls: Calls,
+    call_id: CallId,
+    group: GroupId,
+    from: &str,
+    options: &CallOptions,
+    hooks: Hooks,
+) -> Result<CallReport, CallError> {
+    let ice = ice_servers(device, inbox, options).await?;
+    answer_with(
+        device, inbox, ice, calls, call_id, group, from, options, hooks,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn answer_with(
+    device: &Device,
+    inbox: &mut Inbox,
+    ice: Vec<IceServer>,
+    calls: Calls,
+    call_id: CallId,
+    group: GroupId,
+    from: &str,
+    options: &CallOptions,
+    hooks: Hooks,
+) -> Result<CallReport, CallError> {
     let state = group_state(device, group, call_id).await?;
-    let mut driver = Driver::new(options, ice, group, call_id, calls, state, inbox)?;
-    driver.say(format!("incoming call from {}: answering", from.name));
+    let mut driver = Driver::new(options, ice, group, call_id, calls, state, inbox, hooks)?;
+    driver.say(format!("incoming call from {from}: answering"));
     let actions = driver.calls.answer(call_id)?;
     driver.answered = true;
     driver.active_since = Some(Instant::now());
@@ -301,7 +439,7 @@ pub async fn answer(
 }
 
 async fn ice_servers(
-    device: &mut Device,
+    device: &Device,
     inbox: &mut Inbox,
     options: &CallOptions,
 ) -> Result<Vec<IceServer>, CallError> {
@@ -367,7 +505,7 @@ async fn send(device: &Device, group: GroupId, message: CallMessage) -> Result<(
     Ok(())
 }
 
-struct Driver {
+struct Driver<'a> {
     call: Call,
     events: mpsc::Receiver<CallEvent>,
     calls: Calls,
@@ -386,11 +524,13 @@ struct Driver {
     used_turn: bool,
     record: Option<PathBuf>,
     rejections: Vec<String>,
-    inbox: Inbox,
+    inbox: &'a mut Inbox,
     departed: Vec<PeerStats>,
+    hooks: Hooks,
 }
 
-impl Driver {
+impl<'a> Driver<'a> {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         options: &CallOptions,
         ice: Vec<IceServer>,
@@ -398,7 +538,8 @@ impl Driver {
         call_id: CallId,
         calls: Calls,
         state: GroupState,
-        inbox: Inbox,
+        inbox: &'a mut Inbox,
+        hooks: Hooks,
     ) -> Result<Self, CallError> {
         let used_turn = !ice.is_empty();
         let config = CallConfig {
@@ -436,6 +577,7 @@ impl Driver {
             rejections: Vec::new(),
             inbox,
             departed: Vec::new(),
+            hooks,
         })
     }
 
@@ -445,7 +587,7 @@ impl Driver {
         }
     }
 
-    async fn run(mut self, device: &mut Device) -> Result<CallReport, CallError> {
+    async fn run(mut self, device: &Device) -> Result<CallReport, CallError> {
         let result = self.event_loop(device).await;
         // Leave cleanly: tell the others, close the sessions, finish the recordings.
         for action in self.calls.hang_up(self.call_id) {
@@ -472,10 +614,25 @@ impl Driver {
         })
     }
 
-    async fn event_loop(&mut self, device: &mut Device) -> Result<(), CallError> {
+    async fn event_loop(&mut self, device: &Device) -> Result<(), CallError> {
         // Created once, so a Ctrl-C that arrives while an event is being handled is not lost.
-        let interrupt = tokio::signal::ctrl_c();
+        let ctrl_c = self.hooks.ctrl_c;
+        let interrupt = async move {
+            if ctrl_c {
+                tokio::signal::ctrl_c().await
+            } else {
+                std::future::pending().await
+            }
+        };
         tokio::pin!(interrupt);
+        let stop = self.hooks.stop.clone();
+        let stopped = async move {
+            match stop {
+                Some(stop) => stop.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stopped);
         loop {
             let now = Instant::now();
             let until_ring = self
@@ -496,7 +653,11 @@ impl Driver {
                     Some(event) => self.on_media(device, event).await?,
                     None => return Err(CallError::Media("media engine stopped".into())),
                 },
-                event = self.inbox.next(device) => match event {
+                () = &mut stopped => {
+                    self.say("hanging up".into());
+                    return Ok(());
+                }
+                event = self.inbox.next() => match event {
                     Some(event) => {
                         if self.on_session(device, event).await? {
                             return Ok(());
@@ -539,6 +700,7 @@ impl Driver {
             }
             CallEvent::Connected { peer } => {
                 self.say(format!("connected to {peer}"));
+                self.hooks.note(CallNote::Connected { peer: peer.clone() });
                 if self.active_since.is_none() {
                     self.active_since = Some(Instant::now());
                 }
@@ -564,7 +726,7 @@ impl Driver {
     /// Returns true when the call is over.
     async fn on_session(
         &mut self,
-        device: &mut Device,
+        device: &Device,
         event: SessionEvent,
     ) -> Result<bool, CallError> {
         match event {
@@ -593,7 +755,7 @@ impl Driver {
     }
 
     /// Installs the key of the group's current epoch if it moved; drops removed members.
-    async fn rekey(&mut self, device: &mut Device) -> Result<(), CallError> {
+    async fn rekey(&mut self, device: &Device) -> Result<(), CallError> {
         let state = group_state(device, self.group, self.call_id).await?;
         if state.epoch == self.epoch {
             return Ok(());
@@ -653,6 +815,9 @@ impl Driver {
                 }
                 CallAction::Answered { peer, .. } => {
                     self.answered = true;
+                    self.hooks.note(CallNote::Answered {
+                        peer: peer.name.clone(),
+                    });
                     self.say(format!("{} answered", peer.name));
                 }
                 CallAction::PeerLeft { peer, reason, .. } => {
@@ -662,6 +827,10 @@ impl Driver {
                         _ => "hung up",
                     };
                     self.say(format!("{} {what}", peer.name));
+                    self.hooks.note(CallNote::PeerLeft {
+                        peer: peer.name.clone(),
+                        reason: what,
+                    });
                     if !matches!(reason, CallSignal::HangUp) {
                         self.rejections.push(format!("{what} by {}", peer.name));
                     }

@@ -105,6 +105,36 @@ impl Device {
         &self.session
     }
 
+    /// The home this device lives in.
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    /// How long commands wait for the relay.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Takes the session's event stream away from this handle, for a shell that routes the
+    /// events itself (the daemon). Afterwards [`Device::next_event`], [`Device::next_incoming`]
+    /// and the commands that read events (`device_list`'s relay part) see no events.
+    pub fn take_events(&mut self) -> mpsc::UnboundedReceiver<SessionEvent> {
+        let (_closed, empty) = mpsc::unbounded_channel();
+        std::mem::replace(&mut self.events, empty)
+    }
+
+    /// Gives the event stream back (see [`Device::take_events`]).
+    pub fn restore_events(&mut self, events: mpsc::UnboundedReceiver<SessionEvent>) {
+        self.events = events;
+    }
+
+    /// Like [`Device::settle`], for a shared handle (the device id is not refreshed).
+    pub async fn settle_shared(&self) -> Result<(), DeviceError> {
+        self.reachable().await?;
+        self.session.settled(self.timeout).await?;
+        Ok(())
+    }
+
     /// Waits until connected, caught up and quiet (no request or command outstanding).
     pub async fn settle(&mut self) -> Result<(), DeviceError> {
         self.reachable().await?;

@@ -6,7 +6,7 @@ use crate::views::{IdentityView, MessageView};
 
 /// Store config key prefix for the last printed log position per group (see
 /// [`Device::next_message`](super::Device::next_message)).
-pub(super) const PRINTED_KEY: &str = "cli.printed.";
+pub(crate) const PRINTED_KEY: &str = "cli.printed.";
 
 /// What [`Device::next_incoming`](super::Device::next_incoming) returns.
 #[derive(Clone, Debug, PartialEq, Eq)]

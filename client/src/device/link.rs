@@ -163,7 +163,7 @@ impl Device {
     }
 
     /// The signed device list alone, as this device verified it (no relay round trip).
-    async fn signed_device_list(&self) -> Result<Option<DeviceListView>, DeviceError> {
+    pub async fn signed_device_list(&self) -> Result<Option<DeviceListView>, DeviceError> {
         let user = self.config.user.clone();
         let (list, me) = self
             .session

@@ -31,6 +31,7 @@ mod queries;
 pub use error::DeviceError;
 pub use handle::{DEFAULT_TIMEOUT, Device};
 pub use inbox::{Incoming, message_view};
+pub(crate) use inbox::{PRINTED_KEY, identity_view};
 pub use link::{DeviceListView, ListedDeviceView, RevokedDeviceView};
 pub use link_code::{LinkFailure, LinkProgress};
 pub use messages::Sent;

@@ -1,0 +1,465 @@
+//! The commands a running daemon serves: when `HOME/daemon.sock` answers, they are sent to
+//! it (through `cove::daemon::client`) instead of opening the home, with the same output.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use cove::config::Home;
+use cove::daemon::client::{ClientError, DaemonClient, Notification};
+use cove::transfer::AttachmentView;
+use cove::{MessageView, escape};
+
+use super::Command;
+use super::group::GroupCommand;
+use super::messages::{print_message, print_warning};
+
+/// Runs `command` through the daemon of `home` if one runs and serves it; `Ok(false)` when
+/// it must run as usual.
+pub async fn try_run(home: &Home, command: &Command) -> anyhow::Result<bool> {
+    if !serves(command) {
+        return Ok(false);
+    }
+    let Some(mut d) = DaemonClient::connect(home).await? else {
+        return Ok(false);
+    };
+    match command {
+        Command::Send(args) => {
+            let r = call(
+                &mut d,
+                "send",
+                json!({ "group": args.name, "text": args.text }),
+            )
+            .await?;
+            if r["pending"].as_bool() == Some(true) {
+                println!(
+                    "queued for {}: the relay is not reachable; the daemon sends it once it is back",
+                    escape(&args.name)
+                );
+            } else {
+                println!("sent to {}", escape(&args.name));
+            }
+        }
+        Command::Groups(_) => {
+            let groups = call(&mut d, "groups", json!({})).await?;
+            let groups = groups.as_array().cloned().unwrap_or_default();
+            if groups.is_empty() {
+                println!(
+                    "no groups yet (cove group create NAME, or ask someone to add you and run cove sync)"
+                );
+            }
+            for g in groups {
+                let members: Vec<String> =
+                    strings(&g["members"]).iter().map(|m| escape(m)).collect();
+                println!(
+                    "{}  {}  epoch {}  members: {}",
+                    escape(str_of(&g["name"])),
+                    str_of(&g["group"]),
+                    g["epoch"].as_u64().unwrap_or(0),
+                    members.join(", ")
+                );
+            }
+        }
+        Command::History(args) => {
+            let messages = call(
+                &mut d,
+                "history",
+                json!({ "group": args.name, "limit": 1000 }),
+            )
+            .await?;
+            for m in messages.as_array().into_iter().flatten() {
+                print_daemon_message(m, args.json)?;
+            }
+        }
+        Command::Group(cmd) => match cmd {
+            GroupCommand::Create { name } => {
+                let g = call(
+                    &mut d,
+                    "group_create",
+                    json!({ "name": name, "members": [] }),
+                )
+                .await?;
+                println!(
+                    "created group {} ({})",
+                    escape(str_of(&g["name"])),
+                    str_of(&g["group"])
+                );
+            }
+            GroupCommand::Add { name, users } => {
+                call(
+                    &mut d,
+                    "group_add",
+                    json!({ "group": name, "users": users }),
+                )
+                .await?;
+                println!("added {} to {}", join(users), escape(name));
+            }
+            GroupCommand::Remove { name, users } => {
+                call(
+                    &mut d,
+                    "group_remove",
+                    json!({ "group": name, "users": users }),
+                )
+                .await?;
+                println!("removed {} from {}", join(users), escape(name));
+            }
+            GroupCommand::Leave { name } => {
+                call(&mut d, "group_leave", json!({ "group": name })).await?;
+                println!("left {}", escape(name));
+            }
+            GroupCommand::Info { .. } => return Ok(false),
+        },
+        Command::SendFile(args) => {
+            let path = absolute(&args.path)?;
+            let r = call(
+                &mut d,
+                "send_file",
+                json!({ "group": args.group, "path": path.display().to_string() }),
+            )
+            .await?;
+            println!(
+                "sent {} ({}) to {} [attachment {}]",
+                escape(str_of(&r["name"])),
+                cove::human_size(r["size"].as_u64().unwrap_or(0)),
+                escape(&args.group),
+                str_of(&r["id"])
+            );
+        }
+        Command::Download(args) => {
+            let out = absolute(args.output.as_deref().unwrap_or(Path::new(".")))?;
+            let r = call(
+                &mut d,
+                "download",
+                json!({ "group": args.group, "file": args.id, "out": out.display().to_string() }),
+            )
+            .await?;
+            println!("saved {}", escape(str_of(&r["path"])));
+        }
+        Command::Sync(args) => sync(&mut d, args.json).await?,
+        Command::Listen(args) => listen(&mut d, args.json).await?,
+        Command::Call(args) => {
+            let params = json!({
+                "group": args.group,
+                "audio_in": args.media.audio_in,
+                "audio_out": args.media.audio_out,
+                "video": args.media.video_in.is_some(),
+                "duration": args.media.duration,
+                "ring_timeout": args.ring_timeout,
+            });
+            call(&mut d, "subscribe", json!({})).await?;
+            let r = call(&mut d, "call", params).await?;
+            let id = str_of(&r["call"]).to_owned();
+            println!("calling {} (call {})", escape(&args.group), short(&id));
+            follow_call(&mut d, &id).await?;
+        }
+        Command::Answer(args) => {
+            call(&mut d, "subscribe", json!({})).await?;
+            println!("waiting for a call...");
+            let id = wait_for_call(&mut d, args.group.as_deref(), args.wait).await?;
+            call(
+                &mut d,
+                "answer",
+                json!({
+                    "call": id,
+                    "duration": args.media.duration,
+                    "audio_in": args.media.audio_in,
+                    "audio_out": args.media.audio_out,
+                }),
+            )
+            .await?;
+            follow_call(&mut d, &id).await?;
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Whether the daemon serves this command.
+fn serves(command: &Command) -> bool {
+    match command {
+        Command::Group(cmd) => !matches!(cmd, GroupCommand::Info { .. }),
+        Command::Send(_)
+        | Command::Groups(_)
+        | Command::History(_)
+        | Command::SendFile(_)
+        | Command::Download(_)
+        | Command::Sync(_)
+        | Command::Listen(_)
+        | Command::Call(_)
+        | Command::Answer(_) => true,
+        _ => false,
+    }
+}
+
+/// Calls a method; a daemon error becomes this command's error (its message as the daemon
+/// gave it, already escaped).
+async fn call(d: &mut DaemonClient, method: &str, params: Value) -> anyhow::Result<Value> {
+    d.call(method, params).await.map_err(|e| match e {
+        ClientError::Rpc(e) => anyhow::anyhow!("{}", e.message),
+        other => anyhow::Error::new(other),
+    })
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn join(users: &[cove::UserName]) -> String {
+    users
+        .iter()
+        .map(|u| escape(u.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_owned());
+    }
+    Ok(std::env::current_dir()
+        .context("the current directory")?
+        .join(path))
+}
+
+/// The daemon's message object as the CLI's view of a message.
+fn view(m: &Value) -> MessageView {
+    MessageView {
+        group: str_of(&m["group_name"]).to_owned(),
+        group_id: str_of(&m["group"]).to_owned(),
+        from: str_of(&m["sender"]).to_owned(),
+        device: m["device"].as_u64().unwrap_or(0),
+        text: str_of(&m["text"]).to_owned(),
+        id: str_of(&m["id"]).to_owned(),
+        sent_at: m["sent_at_ms"].as_u64().unwrap_or(0),
+        seq: m["seq"].as_u64().unwrap_or(0),
+        attachment: m
+            .get("file")
+            .filter(|f| f.is_object())
+            .map(|f| AttachmentView {
+                id: str_of(&f["id"]).to_owned(),
+                name: str_of(&f["name"]).to_owned(),
+                size: f["size"].as_u64().unwrap_or(0),
+                media_type: str_of(&f["type"]).to_owned(),
+            }),
+    }
+}
+
+/// Prints a message as `cove history` does; a queued one (`pending`) is marked so.
+fn print_daemon_message(m: &Value, json: bool) -> anyhow::Result<()> {
+    let pending = m["pending"].as_bool() == Some(true);
+    if !pending {
+        return print_message(&view(m), json);
+    }
+    if json {
+        let mut v = serde_json::to_value(view(m))?;
+        v["pending"] = true.into();
+        println!("{v}");
+    } else {
+        println!("{} (pending)", view(m).line());
+    }
+    Ok(())
+}
+
+/// `cove sync` through the daemon: what it holds unread, then marked read.
+async fn sync(d: &mut DaemonClient, json: bool) -> anyhow::Result<()> {
+    let unread = call(d, "unread", json!({})).await?;
+    let unread = unread.as_array().cloned().unwrap_or_default();
+    for m in &unread {
+        print_message(&view(m), json)?;
+    }
+    mark_read(d, &unread).await?;
+    if !json && unread.is_empty() {
+        eprintln!("nothing new");
+    }
+    Ok(())
+}
+
+/// Marks each group read up to its last message in `messages`.
+async fn mark_read(d: &mut DaemonClient, messages: &[Value]) -> anyhow::Result<()> {
+    let mut last: Vec<(String, String)> = Vec::new();
+    for m in messages {
+        let (g, id) = (str_of(&m["group"]).to_owned(), str_of(&m["id"]).to_owned());
+        match last.iter_mut().find(|(group, _)| *group == g) {
+            Some(entry) => entry.1 = id,
+            None => last.push((g, id)),
+        }
+    }
+    for (group, id) in last {
+        call(d, "mark_read", json!({ "group": group, "up_to": id })).await?;
+    }
+    Ok(())
+}
+
+/// `cove listen` through the daemon: subscribes, prints what is unread, then everything
+/// as it happens, until Ctrl-C or the daemon stops.
+async fn listen(d: &mut DaemonClient, json: bool) -> anyhow::Result<()> {
+    let status = call(d, "status", json!({})).await?;
+    let (me, my_device) = (
+        str_of(&status["user"]).to_owned(),
+        status["device"].as_u64(),
+    );
+    call(d, "subscribe", json!({})).await?;
+    if !json {
+        eprintln!(
+            "listening as {} on {} through the cove daemon (Ctrl-C to stop)",
+            escape(&me),
+            escape(str_of(&status["server"]))
+        );
+    }
+    let mut printed = HashSet::new();
+    let unread = call(d, "unread", json!({})).await?;
+    for m in unread.as_array().into_iter().flatten() {
+        printed.insert(str_of(&m["id"]).to_owned());
+        print_message(&view(m), json)?;
+        mark_read(d, std::slice::from_ref(m)).await?;
+    }
+    loop {
+        let next = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            next = d.next_notification() => next?,
+        };
+        let Some(Notification { method, params: p }) = next else {
+            bail!("the cove daemon stopped");
+        };
+        match method.as_str() {
+            "message" => {
+                let own = str_of(&p["sender"]) == me && p["device"].as_u64() == my_device;
+                if own || !printed.insert(str_of(&p["id"]).to_owned()) {
+                    continue;
+                }
+                print_message(&view(&p), json)?;
+                mark_read(d, std::slice::from_ref(&p)).await?;
+            }
+            "membership" => {
+                let (group, by) = (str_of(&p["group_name"]), str_of(&p["by"]));
+                let users = strings(&p["users"]).join(", ");
+                let line = match str_of(&p["kind"]) {
+                    "joined" => format!("joined {group} (added by {by})"),
+                    "added" => format!("{by} added {users} to {group}"),
+                    "removed" if users == me => format!("you were removed from {group}"),
+                    "removed" => format!("{by} removed {users} from {group}"),
+                    other => format!("{other} {users} in {group}"),
+                };
+                eprintln!("-- {}", escape(&line));
+            }
+            "warning" => print_warning(str_of(&p["text"]), json)?,
+            "identity" => {
+                if json {
+                    println!("{p}");
+                } else {
+                    println!("-- {}", escape(str_of(&p["text"])));
+                }
+            }
+            "incoming_call" => eprintln!(
+                "-- incoming call from {} in {} (call {}): `cove answer` answers it",
+                escape(str_of(&p["from"])),
+                escape(str_of(&p["group_name"])),
+                short(str_of(&p["call"]))
+            ),
+            "call_state" => eprintln!(
+                "-- call {} {}{}",
+                short(str_of(&p["call"])),
+                str_of(&p["state"]),
+                p["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({})", escape(r)))
+                    .unwrap_or_default()
+            ),
+            "connection" => {
+                if p["connected"].as_bool() == Some(true) {
+                    eprintln!("-- connected to the relay");
+                } else {
+                    eprintln!("-- connection to the relay lost; reconnecting");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Waits for a ringing call (in `group` if given): one already ringing, or the next
+/// `incoming_call` within `wait` seconds.
+async fn wait_for_call(
+    d: &mut DaemonClient,
+    group: Option<&str>,
+    wait: u64,
+) -> anyhow::Result<String> {
+    let matches =
+        |c: &Value| group.is_none_or(|g| str_of(&c["group"]) == g || str_of(&c["group_name"]) == g);
+    let calls = call(d, "calls", json!({})).await?;
+    if let Some(c) =
+        calls.as_array().into_iter().flatten().find(|c| {
+            str_of(&c["state"]) == "ringing" && str_of(&c["direction"]) == "in" && matches(c)
+        })
+    {
+        return Ok(str_of(&c["call"]).to_owned());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.max(1));
+    loop {
+        let next = tokio::time::timeout_at(deadline, d.next_notification())
+            .await
+            .map_err(|_| anyhow::anyhow!("no incoming call within {wait} s"))??;
+        let Some(n) = next else {
+            bail!("the cove daemon stopped");
+        };
+        if n.method == "incoming_call" && matches(&n.params) {
+            println!(
+                "incoming call from {}: answering",
+                escape(str_of(&n.params["from"]))
+            );
+            return Ok(str_of(&n.params["call"]).to_owned());
+        }
+    }
+}
+
+/// Prints a call's state changes until it ends; an error if it ended without connecting
+/// (declined, busy, nobody answered).
+async fn follow_call(d: &mut DaemonClient, id: &str) -> anyhow::Result<()> {
+    let mut connected = false;
+    loop {
+        let next = tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                call(d, "hangup", json!({ "call": id })).await?;
+                println!("hanging up");
+                continue;
+            }
+            next = d.next_notification() => next?,
+        };
+        let Some(n) = next else {
+            bail!("the cove daemon stopped");
+        };
+        if n.method != "call_state" || str_of(&n.params["call"]) != id {
+            continue;
+        }
+        let reason = n.params["reason"].as_str().map(escape);
+        match str_of(&n.params["state"]) {
+            "connected" if !connected => {
+                connected = true;
+                println!("connected");
+            }
+            "ended" => {
+                if !connected {
+                    bail!("the call {}", reason.unwrap_or_else(|| "ended".into()));
+                }
+                println!("call {} ended", short(id));
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+}

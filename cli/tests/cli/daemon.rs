@@ -1,0 +1,513 @@
+//! `cove daemon`: one process owns a home and serves JSON-RPC on `HOME/daemon.sock`; the
+//! CLI's other commands (other processes, as from other terminals) and a Python bot use it.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use cove_server::{Relay, RelayConfig, StoreKind};
+
+use crate::{cove, fails, init, lines_of, ok, relay};
+
+/// Only stops a hung test; nothing waits this long when things work.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A `cove daemon` child process.
+struct Daemon {
+    child: Child,
+    /// Keeps the output readers (and so the child's pipes) open.
+    _lines: Receiver<String>,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `cove daemon` on `home` and waits until it says it listens.
+    fn start(home: &Path) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cove"))
+            .arg("--home")
+            .arg(home)
+            .arg("daemon")
+            .env_remove("COVE_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting cove daemon");
+        let lines = lines_of(vec![
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ]);
+        let seen = wait_line(&lines, |l| l.contains("listening on"));
+        let socket = PathBuf::from(seen.rsplit("listening on ").next().unwrap());
+        assert_eq!(socket, home.join("daemon.sock"));
+        Daemon {
+            child,
+            _lines: lines,
+            socket,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let killed = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first line of `lines` that `want` accepts (panics with what came instead at the
+/// deadline).
+fn wait_line(lines: &Receiver<String>, want: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if want(&line) => return line,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no expected line ({e}); saw {seen:#?}"),
+        }
+    }
+}
+
+/// A raw JSON-RPC connection to a daemon socket.
+struct Rpc {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next: u64,
+}
+
+impl Rpc {
+    fn connect(socket: &Path) -> Rpc {
+        let stream = UnixStream::connect(socket).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        Rpc {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            next: 1,
+        }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// The next line as JSON (`None` at end of stream).
+    fn read(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).unwrap();
+        (n > 0).then(|| serde_json::from_str(&line).unwrap())
+    }
+
+    /// Calls `method`; the whole response (skipping notifications).
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next;
+        self.next += 1;
+        let line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.send_raw(format!("{line}\n").as_bytes());
+        loop {
+            let v = self.read().expect("a response");
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+
+    /// The result of a call that must succeed.
+    fn ok(&mut self, method: &str, params: Value) -> Value {
+        let v = self.call(method, params);
+        assert!(v.get("error").is_none(), "{method}: {v}");
+        v["result"].clone()
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The Python bot: subscribes, answers the first message of someone else with
+/// `echo: TEXT` in the same group, prints the `send` result and exits.
+const BOT: &str = r#"
+import json, socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect(sys.argv[1])
+f = sock.makefile("rw", encoding="utf-8")
+def call(id, method, params):
+    f.write(json.dumps({"jsonrpc": "2.0", "id": id, "method": method, "params": params}) + "\n")
+    f.flush()
+call(1, "status", {})
+call(2, "subscribe", {})
+me = None
+for line in f:
+    msg = json.loads(line)
+    if msg.get("id") == 1:
+        me = msg["result"]["user"]
+    elif msg.get("id") == 2:
+        print("subscribed", flush=True)
+    elif msg.get("method") == "message" and msg["params"]["sender"] != me:
+        p = msg["params"]
+        call(3, "send", {"group": p["group"], "text": "echo: " + p["text"]})
+    elif msg.get("id") == 3:
+        print("replied", json.dumps(msg["result"]), flush=True)
+        break
+"#;
+
+/// While `cove daemon` runs on alice's home, `cove group create/add`, `send`, `groups`,
+/// `history` and `sync` from other processes succeed on the same home through it, and bob
+/// receives; a second daemon on the home is refused; a Python bot on the socket answers
+/// bob's message and bob gets the answer; SIGTERM stops the daemon and removes its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_and_a_python_bot_go_through_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    tokio::task::spawn_blocking(move || {
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        let daemon = Daemon::start(&alice);
+        assert_eq!(mode(&daemon.socket), 0o600);
+
+        let err = fails(&alice, &["daemon"]);
+        assert!(err.contains("already running"), "{err}");
+
+        let out = ok(&alice, &["group", "create", "friends"]);
+        assert!(out.starts_with("created group friends ("), "{out}");
+        assert_eq!(
+            ok(&alice, &["group", "add", "friends", "bob"]).trim(),
+            "added bob to friends"
+        );
+        assert_eq!(
+            ok(&alice, &["send", "friends", "hello bob"]).trim(),
+            "sent to friends"
+        );
+        let groups = ok(&alice, &["groups"]);
+        assert!(
+            groups.starts_with("friends  ") && groups.contains("members: alice, bob"),
+            "{groups}"
+        );
+        assert_eq!(ok(&bob, &["sync"]).trim(), "friends <alice> hello bob");
+
+        // The bot answers bob through alice's daemon.
+        let mut bot = Command::new("python3")
+            .arg("-c")
+            .arg(BOT)
+            .arg(&daemon.socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let bot_lines = lines_of(vec![
+            Box::new(bot.stdout.take().unwrap()),
+            Box::new(bot.stderr.take().unwrap()),
+        ]);
+        wait_line(&bot_lines, |l| l == "subscribed");
+        ok(&bob, &["send", "friends", "ping"]);
+        let replied = wait_line(&bot_lines, |l| l.starts_with("replied "));
+        let result: Value = serde_json::from_str(&replied["replied ".len()..]).unwrap();
+        assert_eq!(result["pending"], false, "{replied}");
+        assert_eq!(result["id"].as_str().unwrap().len(), 32, "{replied}");
+        assert!(bot.wait().unwrap().success());
+        assert_eq!(ok(&bob, &["sync"]).trim(), "friends <alice> echo: ping");
+
+        // alice's own history through the daemon, and what it holds unread for her.
+        assert_eq!(
+            ok(&alice, &["history", "friends"]).trim(),
+            "friends <alice> hello bob\nfriends <bob> ping\nfriends <alice> echo: ping"
+        );
+        assert_eq!(ok(&alice, &["sync"]).trim(), "friends <bob> ping");
+        let again = cove(&alice, &["sync"]);
+        assert!(again.status.success());
+        assert_eq!(String::from_utf8_lossy(&again.stdout), "");
+        assert!(String::from_utf8_lossy(&again.stderr).contains("nothing new"));
+
+        let socket = daemon.socket.clone();
+        assert!(daemon.terminate().success());
+        assert!(!socket.exists(), "the socket is removed on SIGTERM");
+        // Without a daemon, commands open the home themselves again.
+        assert!(ok(&alice, &["groups"]).contains("friends"));
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// The JSON-RPC framing: a malformed line gets -32700 and the connection keeps serving; an
+/// unknown method -32601; bad params -32602; a Cove error -32000 with its kind; a line over
+/// 1 MiB gets -32600 and its connection is closed while others keep working; a socket left
+/// by a killed daemon is replaced by the next one; `shutdown` answers, then the daemon
+/// exits and removes its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_speaks_json_rpc_and_refuses_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let alice = dir.path().join("alice");
+    tokio::task::spawn_blocking(move || {
+        init(&alice, &server, &ca, "alice");
+        let mut daemon = Daemon::start(&alice);
+        let mut rpc = Rpc::connect(&daemon.socket);
+
+        rpc.send_raw(b"{this is not json\n");
+        let v = rpc.read().unwrap();
+        assert_eq!(v["error"]["code"], -32700, "{v}");
+        assert_eq!(v["id"], Value::Null);
+        let status = rpc.ok("status", json!({}));
+        assert_eq!(status["user"], "alice");
+        assert_eq!(status["version"], "1");
+        assert_eq!(status["pending"], 0);
+
+        let v = rpc.call("no_such_method", json!({}));
+        assert_eq!(v["error"]["code"], -32601, "{v}");
+        rpc.send_raw(b"{\"jsonrpc\":\"2.0\",\"id\":\"x\",\"method\":\"send\"}\n");
+        let v = rpc.read().unwrap();
+        assert_eq!(
+            (v["id"].clone(), v["error"]["code"].clone()),
+            (json!("x"), json!(-32602))
+        );
+        rpc.send_raw(b"[1,2]\n");
+        assert_eq!(rpc.read().unwrap()["error"]["code"], -32600);
+        let v = rpc.call("history", json!({"group": "nowhere"}));
+        assert_eq!(v["error"]["code"], -32000, "{v}");
+        assert_eq!(v["error"]["data"]["code"], "NoSuchGroup", "{v}");
+
+        // Over-long: refused, and that connection closed; another one still served.
+        let mut long = Rpc::connect(&daemon.socket);
+        let mut line = vec![b'x'; (1 << 20) + 1];
+        line.push(b'\n');
+        // The daemon may close before reading everything: a write error is fine.
+        let _ = long.writer.write_all(&line);
+        let v = long.read().expect("an error response");
+        assert_eq!(v["error"]["code"], -32600, "{v}");
+        assert!(long.read().is_none(), "the connection is closed");
+        assert_eq!(rpc.ok("status", json!({}))["user"], "alice");
+
+        // A killed daemon leaves its socket; the next daemon replaces it.
+        daemon.child.kill().unwrap();
+        daemon.child.wait().unwrap();
+        assert!(daemon.socket.exists());
+        drop(daemon);
+        let mut daemon = Daemon::start(&alice);
+        let mut rpc = Rpc::connect(&daemon.socket);
+        assert_eq!(rpc.ok("shutdown", json!({})), json!({}));
+        assert!(daemon.child.wait().unwrap().success());
+        assert!(!daemon.socket.exists());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// Polls `done` until it holds (panics at the deadline).
+fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `cove send` while the relay is down is queued by the daemon (`pending`, shown so in
+/// `history`); it survives a restart of the daemon (still pending while the relay is down)
+/// and goes out once the relay is back: bob receives it exactly once, before a sentinel
+/// sent afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_while_the_relay_is_down_is_delivered_once_after_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let addr = relay.local_addr();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (a, b, s, c) = (alice.clone(), bob.clone(), server.clone(), ca.clone());
+    let daemon = tokio::task::spawn_blocking(move || {
+        init(&a, &s, &c, "alice");
+        init(&b, &s, &c, "bob");
+        ok(&a, &["group", "create", "friends"]);
+        ok(&a, &["group", "add", "friends", "bob"]);
+        let daemon = Daemon::start(&a);
+        assert_eq!(
+            ok(&a, &["send", "friends", "before"]).trim(),
+            "sent to friends"
+        );
+        daemon
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+
+    let a = alice.clone();
+    let daemon = tokio::task::spawn_blocking(move || {
+        let mut rpc = Rpc::connect(&daemon.socket);
+        until("the daemon notices the relay is gone", || {
+            rpc.ok("status", json!({}))["connected"] == false
+        });
+        let out = ok(&a, &["send", "friends", "queued"]);
+        assert!(out.starts_with("queued for friends"), "{out}");
+        let history = ok(&a, &["history", "friends"]);
+        assert_eq!(
+            history.trim(),
+            "friends <alice> before\nfriends <alice> queued (pending)"
+        );
+        assert_eq!(rpc.ok("status", json!({}))["pending"], 1);
+        assert!(daemon.terminate().success());
+        // Restarted while the relay is still down: the message is still pending.
+        let daemon = Daemon::start(&a);
+        let mut rpc = Rpc::connect(&daemon.socket);
+        let status = rpc.ok("status", json!({}));
+        assert_eq!(
+            (status["pending"].clone(), status["connected"].clone()),
+            (json!(1), json!(false))
+        );
+        daemon
+    })
+    .await
+    .unwrap();
+
+    // The relay comes back on the same address, with its data.
+    let mut config = RelayConfig::new(addr, dir.path().join("relay"));
+    config.store = StoreKind::Sqlite;
+    let relay = Relay::start(config).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut rpc = Rpc::connect(&daemon.socket);
+        until("the queued message went out", || {
+            let s = rpc.ok("status", json!({}));
+            s["connected"] == true && s["pending"] == 0
+        });
+        assert_eq!(
+            ok(&alice, &["send", "friends", "sentinel"]).trim(),
+            "sent to friends"
+        );
+        let all = "friends <alice> before\nfriends <alice> queued\nfriends <alice> sentinel";
+        assert_eq!(ok(&bob, &["sync"]).trim(), all);
+        assert_eq!(ok(&alice, &["history", "friends"]).trim(), all);
+        assert!(daemon.terminate().success());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// An incoming call rings every client of bob's daemon: a JSON-RPC client gets
+/// `incoming_call` and `cove listen` prints it. Declined from the JSON-RPC client, alice's
+/// `cove call` fails saying so; the next call, answered by `cove answer` from another
+/// process through the daemon, connects on both sides and ends cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_ring_every_client_and_any_can_answer_or_decline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    tokio::task::spawn_blocking(move || {
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        ok(&alice, &["group", "create", "talk"]);
+        ok(&alice, &["group", "add", "talk", "bob"]);
+        let daemon = Daemon::start(&bob);
+        let mut rpc = Rpc::connect(&daemon.socket);
+        rpc.ok("subscribe", json!({}));
+        let mut listen = Command::new(env!("CARGO_BIN_EXE_cove"))
+            .arg("--home")
+            .arg(&bob)
+            .arg("listen")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let listened = lines_of(vec![
+            Box::new(listen.stdout.take().unwrap()),
+            Box::new(listen.stderr.take().unwrap()),
+        ]);
+        wait_line(&listened, |l| l.contains("through the cove daemon"));
+
+        let place = |alice: &Path| {
+            Command::new(env!("CARGO_BIN_EXE_cove"))
+                .arg("--home")
+                .arg(alice)
+                .args(["call", "talk", "--duration", "1", "--ring-timeout", "60"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let incoming = |rpc: &mut Rpc| loop {
+            let v = rpc.read().expect("a notification");
+            if v["method"] == "incoming_call" {
+                return v["params"].clone();
+            }
+        };
+
+        // Declined from the JSON-RPC client.
+        let caller = place(&alice);
+        let ring = incoming(&mut rpc);
+        assert_eq!(
+            (ring["from"].clone(), ring["group_name"].clone()),
+            (json!("alice"), json!("talk"))
+        );
+        let call = ring["call"].as_str().unwrap().to_owned();
+        wait_line(&listened, |l| {
+            l.starts_with("-- incoming call from alice in talk") && l.contains(&call[..8])
+        });
+        assert_eq!(rpc.ok("decline", json!({ "call": call })), json!({}));
+        let out = caller.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("the call was declined by bob"), "{err}");
+
+        // Answered by `cove answer` in another process, through the daemon.
+        let caller = place(&alice);
+        let ring = incoming(&mut rpc);
+        let answer = cove(&bob, &["answer", "--duration", "1"]);
+        let answered = String::from_utf8_lossy(&answer.stdout);
+        assert!(
+            answer.status.success(),
+            "{answered} {}",
+            String::from_utf8_lossy(&answer.stderr)
+        );
+        let call = ring["call"].as_str().unwrap();
+        assert!(
+            answered.contains("connected")
+                && answered.contains(&format!("call {} ended", &call[..8])),
+            "{answered}"
+        );
+        let out = caller.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains("bob answered") && said.contains("connected to bob"),
+            "{said}"
+        );
+        // The JSON-RPC client saw the call connect and end.
+        let mut states = Vec::new();
+        while !states.contains(&"ended".to_owned()) {
+            let v = rpc.read().expect("call states");
+            if v["method"] == "call_state" && v["params"]["call"] == call {
+                states.push(v["params"]["state"].as_str().unwrap().to_owned());
+            }
+        }
+        assert!(states.contains(&"connected".to_owned()), "{states:?}");
+
+        let _ = listen.kill();
+        let _ = listen.wait();
+        assert!(daemon.terminate().success());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}

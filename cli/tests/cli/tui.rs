@@ -1,0 +1,187 @@
+//! `cove tui` in a real terminal: tmux runs it in a detached 80x24 session (keys in with
+//! `send-keys`, the screen out with `capture-pane`) against a real relay, with bob on the CLI.
+
+use std::io::Write as _;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::{init, ok, relay};
+
+/// Only stops a hung test; nothing waits this long when things work.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A tmux server of its own (its socket in the test's directory) with one 80x24 session
+/// running `sh`; killed on drop, with the daemon `cove tui` started in `home`.
+struct Tmux {
+    socket: PathBuf,
+    home: PathBuf,
+}
+
+impl Tmux {
+    fn start(dir: &Path, home: &Path) -> Tmux {
+        let tmux = Tmux {
+            socket: dir.join("tmux.sock"),
+            home: home.to_owned(),
+        };
+        let out = tmux
+            .command()
+            .args([
+                "new-session",
+                "-d",
+                "-x",
+                "80",
+                "-y",
+                "24",
+                "-s",
+                "tui",
+                "sh",
+            ])
+            .env_remove("COVE_HOME")
+            .env_remove("TMUX")
+            .output()
+            .expect("running tmux (install it: .ci/install-deps)");
+        assert!(
+            out.status.success(),
+            "tmux: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tmux
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.arg("-S").arg(&self.socket);
+        c
+    }
+
+    /// Types `text` literally, then presses Enter.
+    fn type_line(&self, text: &str) {
+        let status = self
+            .command()
+            .args(["send-keys", "-t", "tui", "-l", text])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = self
+            .command()
+            .args(["send-keys", "-t", "tui", "Enter"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn screen(&self) -> String {
+        let out = self
+            .command()
+            .args(["capture-pane", "-p", "-t", "tui"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The screen once `want` accepts it (polling; panics with the last screen at the
+    /// deadline).
+    fn wait_for(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let screen = self.screen();
+            if want(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < end, "no {what} on the screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.command().arg("kill-server").status();
+        // The daemon `cove tui` started keeps running after the UI: stop it.
+        if let Ok(mut s) = UnixStream::connect(self.home.join("daemon.sock")) {
+            let _ = s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"shutdown\"}\n");
+            let _ = std::io::Read::read(&mut s, &mut [0u8; 256]);
+        }
+    }
+}
+
+/// alice runs `cove tui` (which starts her daemon) in an 80x24 terminal; bob, on the CLI,
+/// sends her a message, which her screen shows with its sender; she types a reply, which
+/// bob's `cove sync` prints; `/quit` leaves the UI and gives the shell back (exit code 0,
+/// the UI's screen gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tui_shows_bobs_message_and_sends_alices_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let dir_path = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        ok(&alice, &["group", "create", "friends"]);
+        ok(&alice, &["group", "add", "friends", "bob"]);
+        // bob joins (the welcome).
+        ok(&bob, &["sync"]);
+
+        let tmux = Tmux::start(&dir_path, &alice);
+        let line = format!(
+            "{} --home {} tui; echo TUI-EXIT=$?",
+            env!("CARGO_BIN_EXE_cove"),
+            alice.display()
+        );
+        tmux.type_line(&line);
+        let screen = tmux.wait_for("group list and status line", |s| {
+            s.contains("> friends") && s.contains("alice @ wss://") && s.contains("│ connected")
+        });
+        assert!(screen.contains(" friends · alice, bob"), "{screen}");
+        assert_eq!(screen.lines().count(), 24, "{screen}");
+
+        ok(&bob, &["send", "friends", "hello alice, from bob"]);
+        tmux.wait_for("bob's message", |s| {
+            s.lines()
+                .any(|l| l.contains("<bob> hello alice, from bob") && has_time(l))
+        });
+
+        tmux.type_line("hi bob, typed in the tui");
+        tmux.wait_for("alice's reply in her pane", |s| {
+            s.contains("<alice> hi bob, typed in the tui")
+        });
+        let end = Instant::now() + DEADLINE;
+        let mut synced = String::new();
+        while !synced.contains("friends <alice> hi bob, typed in the tui") {
+            assert!(Instant::now() < end, "bob never got the reply: {synced}");
+            synced.push_str(&ok(&bob, &["sync"]));
+        }
+
+        tmux.type_line("/quit");
+        let screen = tmux.wait_for("the shell after the UI", |s| s.contains("TUI-EXIT=0"));
+        assert!(
+            !screen.contains("F1 help"),
+            "the UI's screen stayed:\n{screen}"
+        );
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// Whether a pane line shows an `HH:MM ` time before the message.
+fn has_time(line: &str) -> bool {
+    line.split('│').any(|part| {
+        let b = part.as_bytes();
+        b.len() > 6
+            && b[0].is_ascii_digit()
+            && b[1].is_ascii_digit()
+            && b[2] == b':'
+            && b[3].is_ascii_digit()
+            && b[4].is_ascii_digit()
+            && b[5] == b' '
+    })
+}
