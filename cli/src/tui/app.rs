@@ -112,6 +112,8 @@ pub struct App {
     pub(crate) tz: jiff::tz::TimeZone,
     /// The terminal size (columns, rows).
     pub(crate) size: (u16, u16),
+    /// `audio_in` / `audio_out` for `call` and `answer` (empty: the daemon's default).
+    audio: serde_json::Map<String, Value>,
     /// The next request id.
     next_id: u64,
     /// What each request in flight was for.
@@ -273,9 +275,30 @@ impl App {
             help: false,
             tz,
             size,
+            audio: serde_json::Map::new(),
             next_id: 1,
             waiting: HashMap::new(),
         }
+    }
+
+    /// The audio devices (or sources) calls made or answered here use; `None`: the daemon's
+    /// default.
+    pub fn set_audio(&mut self, input: Option<String>, output: Option<String>) {
+        self.audio.clear();
+        if let Some(input) = input {
+            self.audio.insert("audio_in".into(), input.into());
+        }
+        if let Some(output) = output {
+            self.audio.insert("audio_out".into(), output.into());
+        }
+    }
+
+    /// `params` with the audio choice added.
+    fn with_audio(&self, mut params: Value) -> Value {
+        if let Some(map) = params.as_object_mut() {
+            map.extend(self.audio.clone());
+        }
+        params
     }
 
     /// Applies one event at `now_ms` (ms since the Unix epoch) and returns what to do.
@@ -558,12 +581,10 @@ impl App {
                     Purpose::Download { group: gid },
                 );
             }
-            ("call", []) => self.request(
-                out,
-                "call",
-                json!({ "group": gid }),
-                Purpose::Call { group: gname },
-            ),
+            ("call", []) => {
+                let params = self.with_audio(json!({ "group": gid }));
+                self.request(out, "call", params, Purpose::Call { group: gname })
+            }
             ("answer", []) => self.answer(now_ms, out),
             ("decline", []) => self.decline(now_ms, out),
             ("hangup", []) => {
@@ -656,7 +677,8 @@ impl App {
             self.note(now_ms, None, "no incoming call to answer".into());
             return;
         };
-        self.request(out, "answer", json!({ "call": call }), Purpose::Answer);
+        let params = self.with_audio(json!({ "call": call }));
+        self.request(out, "answer", params, Purpose::Answer);
     }
 
     fn decline(&mut self, now_ms: u64, out: &mut Vec<Action>) {

@@ -55,7 +55,17 @@ use app::{Action, App, Event};
 /// Arguments of `cove tui`.
 #[derive(Debug, Args)]
 #[command(after_help = AFTER_HELP)]
-pub struct TuiArgs {}
+pub struct TuiArgs {
+    /// The microphone for calls made or answered here: `default`, a device from
+    /// `cove devices`, `tone`, `tone:HZ`, `silence` or a WAV file. Without it, the daemon's
+    /// choice (the default device if there is one).
+    #[arg(long, value_name = "INPUT")]
+    pub audio_in: Option<String>,
+    /// The speaker for calls: `default`, a device from `cove devices`, `none` or a WAV file to
+    /// record into. Without it, the daemon's choice.
+    #[arg(long, value_name = "OUTPUT")]
+    pub audio_out: Option<String>,
+}
 
 const AFTER_HELP: &str = concat!(
     "\
@@ -82,14 +92,15 @@ pub fn socket_path(home: &Path) -> PathBuf {
 pub async fn run(
     home: &Path,
     password: impl FnOnce() -> anyhow::Result<Option<Zeroizing<String>>>,
-    _args: TuiArgs,
+    args: TuiArgs,
 ) -> anyhow::Result<()> {
     let socket = socket_path(home);
     if tokio::net::UnixStream::connect(&socket).await.is_err() {
         start_daemon(home, password()?).await?;
     }
     let size = ratatui::crossterm::terminal::size().context("reading the terminal size")?;
-    let app = App::new(jiff::tz::TimeZone::system(), size);
+    let mut app = App::new(jiff::tz::TimeZone::system(), size);
+    app.set_audio(args.audio_in, args.audio_out);
     // `init` enters the alternate screen and raw mode and restores both on a panic too.
     let mut terminal = ratatui::init();
     let result = event_loop(&mut terminal, app, socket).await;

@@ -706,8 +706,16 @@ mod tests {
         assert!(rows[23].contains("call: ringing"), "{rows:#?}");
         assert!(shows(&app, "00:13 -- incoming call from bob"));
 
+        // `cove tui --audio-in tone --audio-out none` answers with those.
+        app.set_audio(Some("tone".into()), Some("none".into()));
         let actions = app.update(T0, with(KeyCode::Char('a'), KeyModifiers::ALT));
-        assert_eq!(requests(&actions), [("answer", json!({ "call": "c1" }))]);
+        assert_eq!(
+            requests(&actions),
+            [(
+                "answer",
+                json!({ "call": "c1", "audio_in": "tone", "audio_out": "none" })
+            )]
+        );
         serve(&mut app, actions, &daemon);
         assert_eq!(
             screen(&app)[21].trim_end(),

@@ -240,6 +240,7 @@ fn every_command_has_help_with_an_example() {
         &["device", "join"],
         &["device", "revoke"],
         &["demo"],
+        &["tui"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");

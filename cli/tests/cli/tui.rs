@@ -72,6 +72,31 @@ impl Tmux {
         assert!(status.success());
     }
 
+    /// Presses one key (tmux's name for it, e.g. `M-a`).
+    fn key(&self, key: &str) {
+        let status = self
+            .command()
+            .args(["send-keys", "-t", "tui", key])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Runs `cove tui` for the home in the shell and waits for its first screen (the group
+    /// list, connected); prints the exit code when it ends.
+    fn run_tui(&self) -> String {
+        // A tone and no playback: the test machine may have no sound card.
+        let line = format!(
+            "{} --home {} tui --audio-in tone --audio-out none; echo TUI-EXIT=$?",
+            env!("CARGO_BIN_EXE_cove"),
+            self.home.display()
+        );
+        self.type_line(&line);
+        self.wait_for("group list and status line", |s| {
+            s.contains("> friends") && s.contains("alice @ wss://") && s.contains("│ connected")
+        })
+    }
+
     fn screen(&self) -> String {
         let out = self
             .command()
@@ -113,9 +138,10 @@ impl Drop for Tmux {
 }
 
 /// alice runs `cove tui` (which starts her daemon) in an 80x24 terminal; bob, on the CLI,
-/// sends her a message, which her screen shows with its sender; she types a reply, which
-/// bob's `cove sync` prints; `/quit` leaves the UI and gives the shell back (exit code 0,
-/// the UI's screen gone).
+/// sends her a message, which her screen shows with its time and sender; she types a reply,
+/// which bob's `cove sync` prints; bob's file shows as `[notes.txt 17 bytes #1]` and
+/// `/download 1` saves it; `/quit` leaves the UI and gives the shell back (exit code 0, the
+/// UI's screen gone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tui_shows_bobs_message_and_sends_alices_reply() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,23 +149,10 @@ async fn the_tui_shows_bobs_message_and_sends_alices_reply() {
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
     let dir_path = dir.path().to_owned();
     tokio::task::spawn_blocking(move || {
-        init(&alice, &server, &ca, "alice");
-        init(&bob, &server, &ca, "bob");
-        ok(&alice, &["group", "create", "friends"]);
-        ok(&alice, &["group", "add", "friends", "bob"]);
-        // bob joins (the welcome).
-        ok(&bob, &["sync"]);
+        friends(&alice, &bob, &server, &ca);
 
         let tmux = Tmux::start(&dir_path, &alice);
-        let line = format!(
-            "{} --home {} tui; echo TUI-EXIT=$?",
-            env!("CARGO_BIN_EXE_cove"),
-            alice.display()
-        );
-        tmux.type_line(&line);
-        let screen = tmux.wait_for("group list and status line", |s| {
-            s.contains("> friends") && s.contains("alice @ wss://") && s.contains("│ connected")
-        });
+        let screen = tmux.run_tui();
         assert!(screen.contains(" friends · alice, bob"), "{screen}");
         assert_eq!(screen.lines().count(), 24, "{screen}");
 
@@ -160,6 +173,18 @@ async fn the_tui_shows_bobs_message_and_sends_alices_reply() {
             synced.push_str(&ok(&bob, &["sync"]));
         }
 
+        // A file from bob shows as `[name size #N]`; `/download N` saves it.
+        let notes = dir_path.join("notes.txt");
+        std::fs::write(&notes, "seventeen bytes!\n").unwrap();
+        ok(&bob, &["send-file", "friends", notes.to_str().unwrap()]);
+        tmux.wait_for("bob's file", |s| {
+            s.contains("<bob> [notes.txt 17 bytes #1]")
+        });
+        tmux.type_line("/download 1");
+        let saved = alice.join("downloads").join("notes.txt");
+        tmux.wait_for("the saved file", |s| s.contains("* saved "));
+        assert_eq!(std::fs::read(&saved).unwrap(), b"seventeen bytes!\n");
+
         tmux.type_line("/quit");
         let screen = tmux.wait_for("the shell after the UI", |s| s.contains("TUI-EXIT=0"));
         assert!(
@@ -170,6 +195,61 @@ async fn the_tui_shows_bobs_message_and_sends_alices_reply() {
     .await
     .unwrap();
     relay.shutdown().await;
+}
+
+/// bob calls the group from the CLI: alice's TUI shows the incoming-call banner, Alt-A
+/// answers, bob's side connects, and alice's pane records the end of the call when bob's
+/// one-second call hangs up; the banner is gone then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tui_shows_an_incoming_call_and_alt_a_answers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let dir_path = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        friends(&alice, &bob, &server, &ca);
+        let tmux = Tmux::start(&dir_path, &alice);
+        tmux.run_tui();
+        let caller = Command::new(env!("CARGO_BIN_EXE_cove"))
+            .arg("--home")
+            .arg(&bob)
+            .args(["call", "friends", "--duration", "1", "--ring-timeout", "60"])
+            .env_remove("COVE_HOME")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let screen = tmux.wait_for("the call banner", |s| {
+            s.contains("INCOMING CALL from bob in friends: Alt-A or /answer, Alt-D or /decline")
+        });
+        assert!(screen.contains("call: ringing"), "{screen}");
+        tmux.key("M-a");
+        let out = caller.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("connected to alice"), "{said}");
+        let screen = tmux.wait_for("the call's end", |s| s.contains("-- call ended"));
+        assert!(!screen.contains("INCOMING CALL"), "{screen}");
+        tmux.type_line("/quit");
+        tmux.wait_for("the shell after the UI", |s| s.contains("TUI-EXIT=0"));
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// alice and bob with a group `friends` that bob has joined.
+fn friends(alice: &Path, bob: &Path, server: &str, ca: &str) {
+    init(alice, server, ca, "alice");
+    init(bob, server, ca, "bob");
+    ok(alice, &["group", "create", "friends"]);
+    ok(alice, &["group", "add", "friends", "bob"]);
+    // bob joins (the welcome).
+    ok(bob, &["sync"]);
 }
 
 /// Whether a pane line shows an `HH:MM ` time before the message.
