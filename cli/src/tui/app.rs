@@ -1086,6 +1086,12 @@ impl App {
                 if let Some(connected) = connected {
                     self.relay_connected = connected;
                     self.request(out, "status", json!({}), Purpose::Status);
+                    // Back online: queued messages go out; show them as sent.
+                    if connected && let Some(g) = self.current().filter(|g| g.loaded) {
+                        let group = g.id.clone();
+                        let params = json!({ "group": group, "limit": HISTORY_LIMIT });
+                        self.request(out, "history", params, Purpose::History { group });
+                    }
                 }
             }
             _ => {}

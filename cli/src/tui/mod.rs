@@ -94,6 +94,9 @@ pub async fn run(
     password: impl FnOnce() -> anyhow::Result<Option<Zeroizing<String>>>,
     args: TuiArgs,
 ) -> anyhow::Result<()> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        bail!("cove tui needs a terminal (use `cove listen` or `cove daemon` in scripts)");
+    }
     let socket = socket_path(home);
     if tokio::net::UnixStream::connect(&socket).await.is_err() {
         start_daemon(home, password()?).await?;
@@ -101,8 +104,14 @@ pub async fn run(
     let size = ratatui::crossterm::terminal::size().context("reading the terminal size")?;
     let mut app = App::new(jiff::tz::TimeZone::system(), size);
     app.set_audio(args.audio_in, args.audio_out);
-    // `init` enters the alternate screen and raw mode and restores both on a panic too.
-    let mut terminal = ratatui::init();
+    // `try_init` enters the alternate screen and raw mode, and restores both on a panic too.
+    let mut terminal = match ratatui::try_init() {
+        Ok(terminal) => terminal,
+        Err(e) => {
+            ratatui::restore();
+            return Err(e).context("setting up the terminal");
+        }
+    };
     let result = event_loop(&mut terminal, app, socket).await;
     ratatui::restore();
     result

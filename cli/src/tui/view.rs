@@ -617,6 +617,37 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_message_shows_pending_until_the_relay_is_back() {
+        let mut app = connected((80, 24));
+        notify(&mut app, "connection", json!({ "connected": false }));
+        assert!(screen(&app)[23].contains("│ offline │"));
+        let actions = enter(&mut app, "while offline");
+        serve(&mut app, actions, &|_, _| {
+            Ok(json!({ "id": "q1", "pending": true }))
+        });
+        assert!(shows(&app, "<alice> while offline (pending)"));
+        assert!(screen(&app)[23].contains("│ 1 pending │"));
+
+        // Back online: the status and the shown group's history are asked for again.
+        let actions = notify(&mut app, "connection", json!({ "connected": true }));
+        let seen = serve(&mut app, actions, &|method, params| match method {
+            "history" => Ok(json!([message(
+                "q1",
+                FRIENDS,
+                "alice",
+                T0,
+                "while offline"
+            )])),
+            _ => daemon(method, params),
+        });
+        let methods: Vec<_> = seen.iter().map(|(m, _)| *m).collect();
+        assert_eq!(methods, ["status", "history"]);
+        assert!(shows(&app, "<alice> while offline"));
+        assert!(!shows(&app, "(pending)"));
+        assert!(screen(&app)[23].contains("│ connected │ F1 help"));
+    }
+
+    #[test]
     fn commands_become_their_requests() {
         let mut app = connected((80, 24));
         let cases: [(&str, (&str, Value)); 9] = [

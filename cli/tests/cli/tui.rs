@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{init, ok, relay};
+use crate::{fails, init, ok, relay};
 
 /// Only stops a hung test; nothing waits this long when things work.
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -22,7 +22,10 @@ struct Tmux {
 impl Tmux {
     fn start(dir: &Path, home: &Path) -> Tmux {
         let tmux = Tmux {
-            socket: dir.join("tmux.sock"),
+            socket: dir.join(format!(
+                "tmux-{}.sock",
+                home.file_name().unwrap().to_str().unwrap()
+            )),
             home: home.to_owned(),
         };
         let out = tmux
@@ -85,6 +88,14 @@ impl Tmux {
     /// Runs `cove tui` for the home in the shell and waits for its first screen (the group
     /// list, connected); prints the exit code when it ends.
     fn run_tui(&self) -> String {
+        self.start_tui();
+        self.wait_for("group list and status line", |s| {
+            s.contains("> friends") && s.contains(" @ wss://") && s.contains("│ connected")
+        })
+    }
+
+    /// Runs `cove tui` for the home in the shell; prints the exit code when it ends.
+    fn start_tui(&self) {
         // A tone and no playback: the test machine may have no sound card.
         let line = format!(
             "{} --home {} tui --audio-in tone --audio-out none; echo TUI-EXIT=$?",
@@ -92,9 +103,6 @@ impl Tmux {
             self.home.display()
         );
         self.type_line(&line);
-        self.wait_for("group list and status line", |s| {
-            s.contains("> friends") && s.contains("alice @ wss://") && s.contains("│ connected")
-        })
     }
 
     fn screen(&self) -> String {
@@ -240,6 +248,52 @@ async fn the_tui_shows_an_incoming_call_and_alt_a_answers_it() {
     .await
     .unwrap();
     relay.shutdown().await;
+}
+
+/// Two TUIs: alice creates a group with bob by typing `/create weekend bob`; bob's UI lists
+/// it as soon as his daemon joins, and what bob types there shows on alice's screen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_created_in_one_tui_appears_in_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let dir_path = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        let (a, b) = (Tmux::start(&dir_path, &alice), Tmux::start(&dir_path, &bob));
+        a.start_tui();
+        b.start_tui();
+        let connected = |s: &str| s.contains("No groups yet") && s.contains("│ connected");
+        a.wait_for("alice's empty UI", connected);
+        b.wait_for("bob's empty UI", connected);
+
+        a.type_line("/create weekend bob");
+        a.wait_for("the new group in alice's list", |s| {
+            s.contains("> weekend") && s.contains("weekend · alice, bob")
+        });
+        b.wait_for("the group in bob's list", |s| s.contains("> weekend"));
+        b.type_line("hello alice");
+        a.wait_for("bob's message", |s| s.contains("<bob> hello alice"));
+        a.type_line("/quit");
+        b.type_line("/quit");
+        a.wait_for("alice's shell", |s| s.contains("TUI-EXIT=0"));
+        b.wait_for("bob's shell", |s| s.contains("TUI-EXIT=0"));
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// Without a terminal (output to a pipe), `cove tui` fails at once, in one line, saying why.
+#[test]
+fn the_tui_without_a_terminal_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = fails(dir.path(), &["tui"]);
+    assert_eq!(
+        err.trim_end(),
+        "error: cove tui needs a terminal (use `cove listen` or `cove daemon` in scripts)"
+    );
 }
 
 /// alice and bob with a group `friends` that bob has joined.
