@@ -1,6 +1,7 @@
 //! `cove daemon`: runs the daemon (the logic is in `cove::daemon`; this only starts it).
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -22,7 +23,8 @@ JSON-RPC 2.0 on HOME/daemon.sock (mode 0600, one JSON object per line; see API.m
 it runs, `cove send`, `send-file`, `download`, `groups`, `history`, `group create|add|remove|
 leave`, `sync`, `listen`, `call` and `answer` talk to it instead of opening the home
 themselves. Messages sent while the relay is unreachable are queued (`pending`) and go out
-when it is back, also after a restart of the daemon.")]
+when it is back, also after a restart of the daemon. A home locked with a password: give it
+by COVE_PASSWORD or --password-file for --detach (the background process cannot ask).")]
 pub struct DaemonArgs {
     /// Run in the background (output to HOME/daemon.log); returns once the socket answers.
     #[arg(long)]
@@ -33,9 +35,13 @@ pub struct DaemonArgs {
 const DETACH_WAIT: Duration = Duration::from_secs(60);
 
 /// Runs `cove daemon`.
-pub async fn run(home: Home, args: DaemonArgs) -> anyhow::Result<()> {
+pub async fn run(
+    home: Home,
+    args: DaemonArgs,
+    password_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
     if args.detach {
-        return detach(&home).await;
+        return detach(&home, password_file).await;
     }
     cove::daemon::run(&home, |path| {
         let mut out = std::io::stdout().lock();
@@ -54,7 +60,7 @@ pub async fn run(home: Home, args: DaemonArgs) -> anyhow::Result<()> {
 
 /// Starts `cove daemon` in the background, in its own process group, and waits until its
 /// socket answers (or it exits).
-async fn detach(home: &Home) -> anyhow::Result<()> {
+async fn detach(home: &Home, password_file: Option<PathBuf>) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt as _;
     let exe = std::env::current_exe().context("finding the cove binary")?;
     let log_path = home.dir().join("daemon.log");
@@ -63,9 +69,16 @@ async fn detach(home: &Home) -> anyhow::Result<()> {
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let mut child = std::process::Command::new(exe)
-        .arg("--home")
-        .arg(home.dir())
+    let mut command = std::process::Command::new(exe);
+    command.arg("--home").arg(home.dir());
+    if let Some(file) = password_file {
+        // A locked home: the background daemon reads the same password file (a password
+        // typed here cannot be handed over; use COVE_PASSWORD or --password-file).
+        command
+            .arg("--password-file")
+            .arg(std::path::absolute(file)?);
+    }
+    let mut child = command
         .arg("daemon")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)

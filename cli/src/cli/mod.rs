@@ -110,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         return Ok(());
     }
+    let password_file = cli.password_file.clone();
     let passwords = password::Source::new(cli.password_file);
     let resolve_home = |home: Option<PathBuf>| -> anyhow::Result<Home> {
         let home = resolve_home(home)?;
@@ -148,7 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Call(args) => cove::call::cli::run_call(resolve_home(home)?, args).await,
         Command::Answer(args) => cove::call::cli::run_answer(resolve_home(home)?, args).await,
         Command::Devices(args) => audio::run(args),
-        Command::Daemon(args) => daemon::run(resolve_home(home)?, args).await,
+        Command::Daemon(args) => daemon::run(resolve_home(home)?, args, password_file).await,
         Command::Tui(args) => {
             // The password is asked for only if a daemon must be started (for it).
             let dir = self::resolve_home(home)?.dir().to_owned();

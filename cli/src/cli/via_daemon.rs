@@ -261,6 +261,18 @@ fn view(m: &Value) -> MessageView {
 
 /// Prints a message as `cove history` does; a queued one (`pending`) is marked so.
 fn print_daemon_message(m: &Value, json: bool) -> anyhow::Result<()> {
+    if m["kind"] == "call" {
+        if json {
+            println!("{m}");
+        } else {
+            println!(
+                "{} -- {}",
+                escape(str_of(&m["group_name"])),
+                escape(str_of(&m["text"]))
+            );
+        }
+        return Ok(());
+    }
     let pending = m["pending"].as_bool() == Some(true);
     if !pending {
         return print_message(&view(m), json);
@@ -337,6 +349,13 @@ async fn listen(d: &mut DaemonClient, json: bool) -> anyhow::Result<()> {
             bail!("the cove daemon stopped");
         };
         match method.as_str() {
+            "message" if p["kind"] == "call" => {
+                eprintln!(
+                    "-- {}: {}",
+                    escape(str_of(&p["group_name"])),
+                    escape(str_of(&p["text"]))
+                );
+            }
             "message" => {
                 let own = str_of(&p["sender"]) == me && p["device"].as_u64() == my_device;
                 if own || !printed.insert(str_of(&p["id"]).to_owned()) {

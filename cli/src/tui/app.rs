@@ -102,6 +102,8 @@ pub struct App {
     pub(crate) input: Input,
     /// The call in progress or ringing.
     pub(crate) call: Option<Call>,
+    /// The last call that ended (a late reply to `call` must not bring it back).
+    ended_call: Option<String>,
     /// Transfers in progress, oldest first.
     pub(crate) transfers: Vec<Transfer>,
     /// Notes shown while there is no group to show them in.
@@ -270,6 +272,7 @@ impl App {
             selected: 0,
             input: Input::default(),
             call: None,
+            ended_call: None,
             transfers: Vec::new(),
             lobby: Vec::new(),
             help: false,
@@ -820,7 +823,11 @@ impl App {
                 self.note(now_ms, Some(&group), text);
             }
             Purpose::Call { group } => {
-                if let Some(id) = value.get("call").and_then(Value::as_str) {
+                // A `call_state` may have come first: keep what it said.
+                if let Some(id) = value.get("call").and_then(Value::as_str)
+                    && self.call.as_ref().is_none_or(|c| c.id != id)
+                    && self.ended_call.as_deref() != Some(id)
+                {
                     self.call = Some(Call {
                         id: id.to_owned(),
                         group,
@@ -833,7 +840,9 @@ impl App {
             Purpose::Answer => {
                 if let Some(c) = &mut self.call {
                     c.ringing = false;
-                    c.state = "connecting".into();
+                    if c.state == "ringing" {
+                        c.state = "connecting".into();
+                    }
                 }
             }
             Purpose::SafetyNumber { user, confirm } => {
@@ -1045,13 +1054,14 @@ impl App {
                     if self.call.as_ref().is_some_and(|c| c.id == s.call) {
                         self.call = None;
                     }
+                    self.ended_call = Some(s.call.clone());
                     let reason = s.reason.map(|r| format!(" ({})", cove::escape(&r)));
                     let text = format!("call ended{}", reason.unwrap_or_default());
                     if let Some(i) = self.group_index(&s.group) {
                         self.add_message(i, event_entry(now_ms, EntryKind::Call, text));
                     }
                 } else if let Some(c) = self.call.as_mut().filter(|c| c.id == s.call) {
-                    c.state = cove::escape(&s.state);
+                    c.state = cove::escape(&s.state.replace('_', " "));
                     c.ringing = c.ringing && s.state == "ringing";
                 } else if self.call.is_none() {
                     let group = self
@@ -1062,7 +1072,7 @@ impl App {
                         id: s.call,
                         group,
                         from: None,
-                        state: cove::escape(&s.state),
+                        state: cove::escape(&s.state.replace('_', " ")),
                         ringing: false,
                     });
                 }

@@ -770,6 +770,57 @@ mod tests {
     }
 
     #[test]
+    fn an_outgoing_call_follows_the_daemons_call_states() {
+        let mut app = connected((80, 24));
+        let actions = enter(&mut app, "/call");
+        let Some(Action::Request { id, .. }) = actions.first().cloned() else {
+            panic!("no request: {actions:?}");
+        };
+        // The daemon announces the call before it answers the request.
+        notify(
+            &mut app,
+            "call_state",
+            json!({ "call": "c3", "group": FRIENDS, "state": "ringing" }),
+        );
+        let reply = |app: &mut App| {
+            let result = Ok(json!({ "call": "c3" }));
+            app.update(T0, Event::Daemon(DaemonEvent::Reply { id, result }))
+        };
+        reply(&mut app);
+        assert_eq!(
+            screen(&app)[21].trim_end(),
+            " Call in friends: ringing. /hangup ends it"
+        );
+        notify(
+            &mut app,
+            "call_state",
+            json!({ "call": "c3", "group": FRIENDS, "state": "peer_left" }),
+        );
+        assert!(screen(&app)[23].contains("call: peer left"));
+        notify(
+            &mut app,
+            "call_state",
+            json!({ "call": "c3", "group": FRIENDS, "state": "ended", "reason": "no answer" }),
+        );
+        assert!(shows(&app, "-- call ended (no answer)"));
+        assert!(!screen(&app)[23].contains("call:"));
+        // A late answer to `call` does not bring the ended call back.
+        let mut late = connected((80, 24));
+        let actions = enter(&mut late, "/call");
+        let Some(Action::Request { id, .. }) = actions.first().cloned() else {
+            panic!("no request: {actions:?}");
+        };
+        notify(
+            &mut late,
+            "call_state",
+            json!({ "call": "c4", "group": FRIENDS, "state": "ended" }),
+        );
+        let result = Ok(json!({ "call": "c4" }));
+        late.update(T0, Event::Daemon(DaemonEvent::Reply { id, result }));
+        assert!(!shows(&late, "Call in friends"));
+    }
+
+    #[test]
     fn an_incoming_call_is_declined_with_slash_decline() {
         let mut app = connected((80, 24));
         notify(

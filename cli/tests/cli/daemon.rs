@@ -170,8 +170,8 @@ for line in f:
 "#;
 
 /// While `cove daemon` runs on alice's home, `cove group create/add`, `send`, `groups`,
-/// `history` and `sync` from other processes succeed on the same home through it, and bob
-/// receives; a second daemon on the home is refused; a Python bot on the socket answers
+/// `history`, `sync`, `send-file` and `download` from other processes succeed on the same
+/// home through it, and bob receives; a second daemon on the home is refused; a Python bot on the socket answers
 /// bob's message and bob gets the answer; SIGTERM stops the daemon and removes its socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_and_a_python_bot_go_through_the_daemon() {
@@ -237,6 +237,47 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
         assert_eq!(String::from_utf8_lossy(&again.stdout), "");
         assert!(String::from_utf8_lossy(&again.stderr).contains("nothing new"));
 
+        // A file through the daemon: sent (relative path, from this process's directory),
+        // received by bob, and downloaded back by alice by its number in the group.
+        let work = alice.parent().unwrap().to_owned();
+        std::fs::write(work.join("notes.txt"), b"file through the daemon").unwrap();
+        let sent = Command::new(env!("CARGO_BIN_EXE_cove"))
+            .current_dir(&work)
+            .arg("--home")
+            .arg(&alice)
+            .args(["send-file", "friends", "notes.txt"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&sent.stdout);
+        assert!(
+            sent.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sent.stderr)
+        );
+        assert!(
+            said.starts_with("sent notes.txt (") && said.contains(" to friends [attachment "),
+            "{said}"
+        );
+        assert!(
+            ok(&bob, &["sync"])
+                .trim()
+                .starts_with("friends <alice> [file] notes.txt (")
+        );
+        let got = work.join("got");
+        std::fs::create_dir(&got).unwrap();
+        let saved = ok(
+            &alice,
+            &["download", "friends", "1", "-o", got.to_str().unwrap()],
+        );
+        assert_eq!(
+            saved.trim(),
+            format!("saved {}", got.join("notes.txt").display())
+        );
+        assert_eq!(
+            std::fs::read(got.join("notes.txt")).unwrap(),
+            b"file through the daemon"
+        );
+
         let socket = daemon.socket.clone();
         assert!(daemon.terminate().success());
         assert!(!socket.exists(), "the socket is removed on SIGTERM");
@@ -252,7 +293,7 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
 /// unknown method -32601; bad params -32602; a Cove error -32000 with its kind; a line over
 /// 1 MiB gets -32600 and its connection is closed while others keep working; a socket left
 /// by a killed daemon is replaced by the next one; `shutdown` answers, then the daemon
-/// exits and removes its socket.
+/// exits and removes its socket; `cove daemon --detach` returns once its daemon serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_speaks_json_rpc_and_refuses_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
@@ -307,6 +348,20 @@ async fn the_socket_speaks_json_rpc_and_refuses_bad_lines() {
         assert_eq!(rpc.ok("shutdown", json!({})), json!({}));
         assert!(daemon.child.wait().unwrap().success());
         assert!(!daemon.socket.exists());
+
+        // `--detach` returns once the background daemon serves.
+        let out = ok(&alice, &["daemon", "--detach"]);
+        let pid: u64 = out
+            .trim()
+            .strip_prefix("cove daemon ")
+            .and_then(|r| r.strip_suffix(" started"))
+            .unwrap_or_else(|| panic!("{out}"))
+            .parse()
+            .unwrap();
+        let mut rpc = Rpc::connect(&alice.join("daemon.sock"));
+        assert_eq!(rpc.ok("status", json!({}))["pid"], pid);
+        assert_eq!(rpc.ok("shutdown", json!({})), json!({}));
+        assert!(rpc.read().is_none(), "the daemon closed the connection");
     })
     .await
     .unwrap();
@@ -404,7 +459,8 @@ async fn a_message_sent_while_the_relay_is_down_is_delivered_once_after_restarts
 /// An incoming call rings every client of bob's daemon: a JSON-RPC client gets
 /// `incoming_call` and `cove listen` prints it. Declined from the JSON-RPC client, alice's
 /// `cove call` fails saying so; the next call, answered by `cove answer` from another
-/// process through the daemon, connects on both sides and ends cleanly.
+/// process through the daemon, connects on both sides and ends cleanly. Both calls are
+/// recorded in bob's history of the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_ring_every_client_and_any_can_answer_or_decline() {
     let dir = tempfile::tempdir().unwrap();
@@ -502,6 +558,18 @@ async fn calls_ring_every_client_and_any_can_answer_or_decline() {
             }
         }
         assert!(states.contains(&"connected".to_owned()), "{states:?}");
+        // Both calls are recorded in bob's history of the group.
+        let history = ok(&bob, &["history", "talk"]);
+        let calls: Vec<&str> = history
+            .lines()
+            .filter(|l| l.starts_with("talk -- "))
+            .collect();
+        assert_eq!(calls.len(), 2, "{history}");
+        assert_eq!(calls[0], "talk -- declined call from alice");
+        assert!(
+            calls[1].starts_with("talk -- call with alice, "),
+            "{history}"
+        );
 
         let _ = listen.kill();
         let _ = listen.wait();

@@ -13,6 +13,7 @@ use tokio::sync::{Notify, mpsc};
 use cove_core::call::{CallAction, CallId, Calls};
 use cove_core::{Content, Event};
 use cove_media::source::{AudioInput, AudioOutput};
+use cove_store::{Kv as _, Namespace};
 use cove_wire::GroupId;
 
 use super::events::group_name;
@@ -52,6 +53,9 @@ struct Active {
     id: CallId,
     group: GroupId,
     outgoing: bool,
+    /// The caller (incoming) or the group's name (outgoing), for the call's record.
+    with: String,
+    connected_at: Option<Instant>,
     state: &'static str,
     feed: mpsc::UnboundedSender<SessionEvent>,
     stop: Arc<Notify>,
@@ -131,6 +135,8 @@ impl CallManager {
                         pos.map(|p| inner.ringing.remove(p))
                     };
                     if let Some(r) = gone {
+                        let text = format!("missed call from {}", r.from);
+                        record(daemon, r.group, r.id, &r.from, &text).await;
                         state(daemon, r.id, r.group, "ended", Some("missed"));
                     }
                 }
@@ -195,7 +201,8 @@ impl CallManager {
                 .map_err(|e| super::methods::device_error(e.into()))?
         };
         let id = CallId(rand::random());
-        let (_feed, inbox) = self.start(id, group, true)?;
+        let with = group_name(daemon, group).await;
+        let (_feed, inbox) = self.start(id, group, true, with)?;
         state(daemon, id, group, "ringing", None);
         let daemon = Arc::clone(daemon);
         tokio::spawn(async move {
@@ -207,7 +214,8 @@ impl CallManager {
             };
             daemon
                 .calls
-                .finished(&daemon, id, group, result.map(|_| ()));
+                .finished(&daemon, id, group, result.map(|_| ()))
+                .await;
         });
         Ok(json!({ "call": id.to_hex() }))
     }
@@ -235,7 +243,7 @@ impl CallManager {
             return Err(RpcError::cove("NoSuchCall", "no call is ringing"));
         };
         let (id, group, from) = (ringing.id, ringing.group, ringing.from);
-        let (_feed, inbox) = self.start(id, group, false)?;
+        let (_feed, inbox) = self.start(id, group, false, from.clone())?;
         state(daemon, id, group, "connecting", None);
         let daemon = Arc::clone(daemon);
         tokio::spawn(async move {
@@ -250,7 +258,8 @@ impl CallManager {
             };
             daemon
                 .calls
-                .finished(&daemon, id, group, result.map(|_| ()));
+                .finished(&daemon, id, group, result.map(|_| ()))
+                .await;
         });
         Ok(json!({ "call": id.to_hex() }))
     }
@@ -278,6 +287,8 @@ impl CallManager {
                 send(daemon, group, message).await;
             }
         }
+        let text = format!("declined call from {}", ringing.from);
+        record(daemon, ringing.group, ringing.id, &ringing.from, &text).await;
         state(daemon, ringing.id, ringing.group, "ended", Some("declined"));
         Ok(json!({}))
     }
@@ -316,6 +327,7 @@ impl CallManager {
         id: CallId,
         group: GroupId,
         outgoing: bool,
+        with: String,
     ) -> Result<(mpsc::UnboundedSender<SessionEvent>, Inbox), RpcError> {
         let mut inner = self.lock();
         if inner.active.is_some() {
@@ -326,6 +338,8 @@ impl CallManager {
             id,
             group,
             outgoing,
+            with,
+            connected_at: None,
             state: if outgoing { "ringing" } else { "connecting" },
             feed: feed.clone(),
             stop: Arc::new(Notify::new()),
@@ -360,6 +374,9 @@ impl CallManager {
                     match inner.active.as_mut() {
                         Some(a) if a.id == id && a.state != new_state => {
                             a.state = new_state;
+                            if new_state == "connected" {
+                                a.connected_at.get_or_insert_with(Instant::now);
+                            }
                             true
                         }
                         _ => false,
@@ -374,21 +391,99 @@ impl CallManager {
         }
     }
 
-    fn finished(&self, daemon: &Daemon, id: CallId, group: GroupId, result: Result<(), CallError>) {
-        {
+    async fn finished(
+        &self,
+        daemon: &Daemon,
+        id: CallId,
+        group: GroupId,
+        result: Result<(), CallError>,
+    ) {
+        let ended = {
             let mut inner = self.lock();
-            if inner.active.as_ref().is_some_and(|a| a.id == id) {
-                inner.active = None;
+            match inner.active.take() {
+                Some(a) if a.id == id => Some(a),
+                other => {
+                    inner.active = other;
+                    None
+                }
             }
-        }
-        let reason = match result {
+        };
+        let reason = match &result {
             Ok(()) => "hung up".to_owned(),
             Err(CallError::NoAnswer(_)) => "no answer".to_owned(),
-            Err(CallError::Rejected(why)) => why,
+            Err(CallError::Rejected(why)) => why.clone(),
             Err(e) => e.to_string(),
         };
+        // The record first: a client told the call ended finds it in the history.
+        if let Some(a) = ended {
+            self.record_ended(daemon, group, id, a, &reason).await;
+        }
         state(daemon, id, group, "ended", Some(&reason));
     }
+
+    async fn record_ended(
+        &self,
+        daemon: &Daemon,
+        group: GroupId,
+        id: CallId,
+        a: Active,
+        reason: &str,
+    ) {
+        let text = match (a.connected_at, a.outgoing) {
+            (Some(at), _) => format!("call with {}, {}", a.with, duration(at.elapsed())),
+            (None, true) => format!("call to {}: {reason}", a.with),
+            (None, false) => format!("call from {} did not connect: {reason}", a.with),
+        };
+        let from = if a.outgoing {
+            daemon
+                .session
+                .call(|c| c.user().to_string())
+                .await
+                .unwrap_or_default()
+        } else {
+            a.with.clone()
+        };
+        record(daemon, group, id, &from, &text).await;
+    }
+}
+
+/// `3 min`, `42 s`.
+fn duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{} min", (s + 30) / 60)
+    } else {
+        format!("{s} s")
+    }
+}
+
+/// The key prefix of a group's call records in the store's `Daemon` namespace.
+pub(super) fn record_prefix(group: &GroupId) -> String {
+    format!("call/{}/", group.to_hex())
+}
+
+/// Keeps a call record in the group's history (the store's `Daemon` namespace) and
+/// announces it as a `message` of kind `call`.
+async fn record(daemon: &Daemon, group: GroupId, id: CallId, from: &str, text: &str) {
+    let now = session::now_ms();
+    let key = format!("{}{now:020}/{}", record_prefix(&group), id.to_hex());
+    let value = json!({ "call": id.to_hex(), "from": from, "text": text, "sent_at_ms": now });
+    let bytes = value.to_string().into_bytes();
+    let _ = daemon
+        .session
+        .call(move |c| c.store().kv_put(Namespace::Daemon, key.as_bytes(), &bytes))
+        .await;
+    let name = group_name(daemon, group).await;
+    daemon.notify("message", call_message(&value, &group, &name));
+}
+
+/// A call record as a message object (kind `call`).
+pub(super) fn call_message(record: &Value, group: &GroupId, group_name: &str) -> Value {
+    json!({
+        "id": record["call"], "group": group.to_hex(), "group_name": group_name,
+        "sender": record["from"], "sent_at_ms": record["sent_at_ms"], "kind": "call",
+        "text": record["text"], "pending": false,
+    })
 }
 
 fn find_ringing(ringing: &[Ringing], wanted: Option<&str>) -> Result<usize, RpcError> {

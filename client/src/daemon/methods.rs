@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use cove_core::identity::Verification;
 use cove_core::{CommandError, Content, Envelope, OpError, QueryError};
-use cove_store::{Store, StoreError};
+use cove_store::{Kv as _, Namespace, Store, StoreError};
 use cove_wire::{Seq, UserName};
 
 use super::events::message_json;
@@ -248,6 +248,19 @@ async fn history(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
                     "pending": true,
                 }));
             }
+            // Call records (missed, declined, held), by time among the messages.
+            let prefix = super::calls::record_prefix(&id);
+            for (_, value) in c.store().kv_scan(Namespace::Daemon, prefix.as_bytes())? {
+                let Ok(record) = serde_json::from_slice::<Value>(&value) else {
+                    continue;
+                };
+                let at = record["sent_at_ms"].as_u64().unwrap_or(0);
+                let pos = out
+                    .iter()
+                    .position(|m| m["sent_at_ms"].as_u64().unwrap_or(0) > at)
+                    .unwrap_or(out.len());
+                out.insert(pos, super::calls::call_message(&record, &id, &name));
+            }
             Ok(out)
         })
         .await
@@ -336,7 +349,10 @@ async fn send_file(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
     let device = daemon.device.read().await;
     let pointer = crate::transfer::send_file(&device, &group, &path, false)
         .await
-        .map_err(|e| RpcError::cove("TransferFailed", &e.to_string()))?;
+        .map_err(|e| match e {
+            crate::transfer::TransferError::Device(e) => device_error(e),
+            e => RpcError::cove("TransferFailed", &e.to_string()),
+        })?;
     daemon.notify("transfer", progress(pointer.size));
     Ok(json!({
         "id": pointer.blob_id.to_hex(),
@@ -410,6 +426,16 @@ async fn download(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
             dir
         }
     };
+    let total = device
+        .attachment(&group, &id)
+        .await
+        .ok()
+        .flatten()
+        .map_or(0, |p| p.size);
+    let gid = resolve(daemon, &group).await?;
+    let transfer = hex::encode(rand::random::<[u8; 8]>());
+    let progress = |done: u64| json!({ "id": transfer, "group": gid, "direction": "down", "done": done, "total": total });
+    daemon.notify("transfer", progress(0));
     let path = crate::transfer::download(&device, &group, &id, &out, false)
         .await
         .map_err(|e| {
@@ -420,7 +446,8 @@ async fn download(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
             RpcError::cove(kind, &e.to_string())
         })?;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    Ok(json!({ "path": path.display().to_string(), "size": size }))
+    daemon.notify("transfer", progress(size));
+    Ok(json!({ "path": path.display().to_string(), "size": size, "transfer": transfer }))
 }
 
 enum FileRef {

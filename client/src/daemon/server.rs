@@ -62,30 +62,20 @@ struct Subscriber {
     kill: Arc<Notify>,
 }
 
-/// The daemon's state, shared by the connections, the event pump and the calls.
-pub struct Daemon {
-    /// The device (a write lock only for the few commands that need `&mut Device`).
-    pub(super) device: RwLock<Device>,
-    /// Its session (to run queries without the lock).
-    pub(super) session: Session<SqliteStore>,
-    /// Whether the relay connection is authenticated.
-    pub(super) connected: AtomicBool,
-    /// Calls.
-    pub(super) calls: CallManager,
+/// The subscribed connections and the fan-out to them.
+#[derive(Default)]
+pub(super) struct Fanout {
     subscribers: Mutex<Vec<Subscriber>>,
-    shutdown: Notify,
-    next_conn: AtomicU64,
 }
 
-impl Daemon {
-    /// Sends a notification to every subscribed client; a client whose queue is full is
-    /// disconnected.
-    pub(super) fn notify(&self, method: &str, params: Value) {
-        let line: Arc<str> = rpc::notification(method, params).into();
+impl Fanout {
+    /// Queues `line` for every subscriber; one whose queue is full is told to disconnect
+    /// (`kill`) and dropped, so a slow client never holds the daemon or the others up.
+    fn send(&self, line: &Arc<str>) {
         let Ok(mut subs) = self.subscribers.lock() else {
             return;
         };
-        subs.retain(|s| match s.tx.try_send(Out::Line(Arc::clone(&line))) {
+        subs.retain(|s| match s.tx.try_send(Out::Line(Arc::clone(line))) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 debug!(conn = s.conn, "client too slow: disconnecting it");
@@ -96,12 +86,7 @@ impl Daemon {
         });
     }
 
-    /// Asks the daemon to stop.
-    pub(super) fn stop(&self) {
-        self.shutdown.notify_one();
-    }
-
-    fn subscribe(&self, conn: u64, tx: &mpsc::Sender<Out>, kill: &Arc<Notify>) {
+    fn add(&self, conn: u64, tx: &mpsc::Sender<Out>, kill: &Arc<Notify>) {
         if let Ok(mut subs) = self.subscribers.lock()
             && !subs.iter().any(|s| s.conn == conn)
         {
@@ -113,10 +98,47 @@ impl Daemon {
         }
     }
 
-    fn unsubscribe(&self, conn: u64) {
+    fn remove(&self, conn: u64) {
         if let Ok(mut subs) = self.subscribers.lock() {
             subs.retain(|s| s.conn != conn);
         }
+    }
+}
+
+/// The daemon's state, shared by the connections, the event pump and the calls.
+pub struct Daemon {
+    /// The device (a write lock only for the few commands that need `&mut Device`).
+    pub(super) device: RwLock<Device>,
+    /// Its session (to run queries without the lock).
+    pub(super) session: Session<SqliteStore>,
+    /// Whether the relay connection is authenticated.
+    pub(super) connected: AtomicBool,
+    /// Calls.
+    pub(super) calls: CallManager,
+    subscribers: Fanout,
+    shutdown: Notify,
+    next_conn: AtomicU64,
+}
+
+impl Daemon {
+    /// Sends a notification to every subscribed client; a client whose queue is full is
+    /// disconnected.
+    pub(super) fn notify(&self, method: &str, params: Value) {
+        self.subscribers
+            .send(&rpc::notification(method, params).into());
+    }
+
+    /// Asks the daemon to stop.
+    pub(super) fn stop(&self) {
+        self.shutdown.notify_one();
+    }
+
+    fn subscribe(&self, conn: u64, tx: &mpsc::Sender<Out>, kill: &Arc<Notify>) {
+        self.subscribers.add(conn, tx, kill);
+    }
+
+    fn unsubscribe(&self, conn: u64) {
+        self.subscribers.remove(conn);
     }
 }
 
@@ -157,7 +179,7 @@ pub async fn run(home: &Home, ready: impl FnOnce(&Path)) -> Result<(), DaemonErr
         session,
         connected: AtomicBool::new(false),
         calls: CallManager::default(),
-        subscribers: Mutex::new(Vec::new()),
+        subscribers: Fanout::default(),
         shutdown: Notify::new(),
         next_conn: AtomicU64::new(1),
     });
@@ -326,5 +348,42 @@ async fn request(
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn line(n: usize) -> Arc<str> {
+        format!("{n}\n").into()
+    }
+
+    /// A subscriber that does not read is disconnected once its queue is full, without
+    /// blocking the fan-out; a subscriber that reads gets every line, in order.
+    #[tokio::test]
+    async fn a_slow_subscriber_is_dropped_and_the_others_get_everything() {
+        let fanout = Fanout::default();
+        let (slow_tx, _slow_rx) = mpsc::channel(4);
+        let slow_kill = Arc::new(Notify::new());
+        let (fast_tx, mut fast_rx) = mpsc::channel(4);
+        let fast_kill = Arc::new(Notify::new());
+        fanout.add(1, &slow_tx, &slow_kill);
+        fanout.add(2, &fast_tx, &fast_kill);
+        let mut got = Vec::new();
+        for n in 0..10 {
+            fanout.send(&line(n));
+            while let Ok(Out::Line(l)) = fast_rx.try_recv() {
+                got.push(l.to_string());
+            }
+        }
+        let expected: Vec<String> = (0..10).map(|n| format!("{n}\n")).collect();
+        assert_eq!(got, expected);
+        // The slow one was told to go (the permit is stored) and is no longer subscribed.
+        slow_kill.notified().await;
+        let subs = fanout.subscribers.lock().unwrap();
+        assert_eq!(subs.iter().map(|s| s.conn).collect::<Vec<_>>(), vec![2]);
     }
 }
