@@ -144,6 +144,8 @@ pub(crate) struct Group {
     pub(crate) entries: Vec<Entry>,
     /// Whether its history was asked for.
     pub(crate) loaded: bool,
+    /// Whether the oldest message is held (a history answer had fewer than asked for).
+    pub(crate) complete: bool,
     /// How many rendered lines the pane is scrolled up from the bottom.
     pub(crate) scroll: usize,
 }
@@ -231,6 +233,8 @@ enum Purpose {
     History {
         group: String,
     },
+    /// Older messages of this group (PgUp at the top).
+    Older(String),
     Send {
         group: String,
         text: String,
@@ -415,10 +419,16 @@ impl App {
             KeyCode::End => self.input.cursor = self.input.text.chars().count(),
             KeyCode::PageUp => {
                 let page = self.page();
+                let pane = crate::tui::view::layout(self, self.area()).pane;
+                let top = crate::tui::view::max_scroll(self, pane);
                 if let Some(g) = self.current_mut() {
+                    let at_top = g.scroll >= top;
                     g.scroll = g.scroll.saturating_add(page);
+                    self.clamp_scroll();
+                    if at_top {
+                        self.older(out);
+                    }
                 }
-                self.clamp_scroll();
             }
             KeyCode::PageDown => {
                 let page = self.page();
@@ -497,6 +507,28 @@ impl App {
             g.unread = 0;
             self.request(out, "mark_read", json!({ "group": id }), Purpose::MarkRead);
         }
+    }
+
+    /// Asks for the shown group's messages before the oldest one held, unless the daemon
+    /// said there are none or a request is on its way.
+    fn older(&mut self, out: &mut Vec<Action>) {
+        let Some(g) = self.current() else {
+            return;
+        };
+        if g.complete
+            || self
+                .waiting
+                .values()
+                .any(|p| p == &Purpose::Older(g.id.clone()))
+        {
+            return;
+        }
+        let Some(oldest) = g.entries.iter().find_map(|e| e.id.clone()) else {
+            return;
+        };
+        let group = g.id.clone();
+        let params = json!({ "group": group, "limit": HISTORY_LIMIT, "before": oldest });
+        self.request(out, "history", params, Purpose::Older(group));
     }
 
     fn submit(&mut self, now_ms: u64, line: String, out: &mut Vec<Action>) {
@@ -731,7 +763,9 @@ impl App {
                         }
                         (Some(group.clone()), "not sent")
                     }
-                    Purpose::History { group } => (Some(group.clone()), "history"),
+                    Purpose::History { group } | Purpose::Older(group) => {
+                        (Some(group.clone()), "history")
+                    }
                     Purpose::Download { group } => (Some(group.clone()), "download failed"),
                     Purpose::Command { group, .. } => (group.clone(), "failed"),
                     Purpose::Call { .. } => (None, "call failed"),
@@ -767,6 +801,21 @@ impl App {
                     self.set_groups(list, out);
                 }
             }
+            Purpose::Older(group) => {
+                let Ok(items) = serde_json::from_value::<Vec<MessageItem>>(value) else {
+                    return;
+                };
+                let Some(i) = self.group_index(&group) else {
+                    return;
+                };
+                let complete = items.len() < usize::try_from(HISTORY_LIMIT).unwrap_or(0);
+                for m in items {
+                    self.add_message(i, m.into_entry());
+                }
+                if let Some(g) = self.groups.get_mut(i) {
+                    g.complete = complete;
+                }
+            }
             Purpose::History { group } => {
                 let Ok(items) = serde_json::from_value::<Vec<MessageItem>>(value) else {
                     return;
@@ -774,6 +823,11 @@ impl App {
                 let Some(i) = self.group_index(&group) else {
                     return;
                 };
+                if items.len() < usize::try_from(HISTORY_LIMIT).unwrap_or(0)
+                    && let Some(g) = self.groups.get_mut(i)
+                {
+                    g.complete = true;
+                }
                 for m in items {
                     self.add_message(i, m.into_entry());
                 }
@@ -886,6 +940,7 @@ impl App {
                 unread: 0,
                 entries: Vec::new(),
                 loaded: false,
+                complete: false,
                 scroll: 0,
             });
             g.name = cove::escape(&item.name);

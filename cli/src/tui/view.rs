@@ -917,6 +917,61 @@ mod tests {
     }
 
     #[test]
+    fn page_up_at_the_top_fetches_older_messages_until_there_are_none() {
+        let tz = jiff::tz::TimeZone::UTC;
+        let mut app = App::new(tz, (80, 24));
+        // A full first page of history (200): there may be more.
+        let full = |method: &str, params: &Value| match method {
+            "history" if params.get("before").is_none() => Ok(Value::Array(
+                (0..200u64)
+                    .map(|i| message(&format!("h{i}"), FRIENDS, "bob", T0 + i, &format!("h{i}")))
+                    .collect(),
+            )),
+            _ => daemon(method, params),
+        };
+        let actions = app.update(T0, Event::Daemon(DaemonEvent::Connected));
+        serve(&mut app, actions, &full);
+        let mut older = Vec::new();
+        for _ in 0..20 {
+            older.extend(requests(&app.update(T0, key(KeyCode::PageUp))));
+        }
+        // One request: not again while it is on its way.
+        assert_eq!(
+            older,
+            [(
+                "history",
+                json!({ "group": FRIENDS, "limit": 200, "before": "h0" })
+            )]
+        );
+        // Answered with two older messages (fewer than asked for: that was all), they show
+        // at the top, and PgUp there asks for nothing more.
+        let mut app2 = App::new(jiff::tz::TimeZone::UTC, (80, 24));
+        let actions = app2.update(T0, Event::Daemon(DaemonEvent::Connected));
+        serve(&mut app2, actions, &full);
+        let mut asked = Vec::new();
+        for _ in 0..20 {
+            asked.extend(app2.update(T0, key(KeyCode::PageUp)));
+        }
+        serve(&mut app2, asked, &|_, _| {
+            Ok(json!([
+                message("o1", FRIENDS, "carol", T0 - 2_000, "the very first"),
+                message("o2", FRIENDS, "carol", T0 - 1_000, "the second"),
+            ]))
+        });
+        for _ in 0..5 {
+            app2.update(T0, key(KeyCode::PageUp));
+        }
+        assert!(
+            shows(&app2, "<carol> the very first"),
+            "{:#?}",
+            screen(&app2)
+        );
+        for _ in 0..5 {
+            assert_eq!(requests(&app2.update(T0, key(KeyCode::PageUp))), []);
+        }
+    }
+
+    #[test]
     fn transfers_membership_warnings_and_identity_changes_are_shown() {
         let mut app = connected((80, 24));
         notify(
