@@ -1076,7 +1076,12 @@ impl App {
                 let user = params.get("user").and_then(Value::as_str).unwrap_or("");
                 let text = params.get("text").and_then(Value::as_str).unwrap_or("");
                 let entry = event_entry(now_ms, EntryKind::Identity, cove::escape(text));
-                self.broadcast(entry, Some(&cove::escape(user)));
+                // About one group (a refused member), or every group with the user.
+                let group = params.get("group").and_then(Value::as_str);
+                match group.and_then(|g| self.group_index(g)) {
+                    Some(i) => self.add_message(i, entry),
+                    None => self.broadcast(entry, Some(&cove::escape(user))),
+                }
             }
             "incoming_call" => {
                 let Ok(c) = serde_json::from_value::<IncomingCall>(params) else {

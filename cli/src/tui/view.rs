@@ -1009,6 +1009,19 @@ mod tests {
             json!({ "user": "bob", "kind": "changed", "text": "bob's identity key changed" }),
         );
         assert!(shows(&app, "00:13 !! bob's identity key changed"));
+        // One about a group shows there only (friends is shown: not here).
+        let refused = "a device of dave was refused in work";
+        notify(
+            &mut app,
+            "identity",
+            json!({ "user": "dave", "kind": "leaf_refused", "text": refused, "group": WORK }),
+        );
+        assert!(!shows(&app, refused));
+        app.update(T0, key(KeyCode::Tab));
+        assert!(shows(&app, "> work"));
+        assert!(shows(&app, refused));
+        // bob's change shows in the groups with bob only.
+        assert!(!shows(&app, "identity key changed"));
     }
 
     #[test]
