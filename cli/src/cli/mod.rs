@@ -122,7 +122,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let home = cli.home;
-    match cli.command {
+    let plain_home = resolve_home(home.clone()).ok();
+    let result = match cli.command {
         Command::Init(args) => {
             let home = resolve_home(home)?;
             let home = if args.lock {
@@ -162,7 +163,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             crate::tui::run(&dir, password, args).await
         }
+    };
+    match (result, plain_home) {
+        (Err(e), Some(home)) if busy(&e) => Err(daemon_hint(e, &home).await),
+        (result, _) => result,
     }
+}
+
+/// Whether the home's lock was taken by another process.
+fn busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<cove::config::ConfigError>(),
+            Some(cove::config::ConfigError::Busy(_))
+        ) || matches!(
+            c.downcast_ref::<cove::DeviceError>(),
+            Some(cove::DeviceError::Config(cove::config::ConfigError::Busy(
+                _
+            )))
+        )
+    })
+}
+
+/// When a daemon holds the home, says so: this command does not go through it.
+async fn daemon_hint(e: anyhow::Error, home: &Home) -> anyhow::Error {
+    let Ok(Some(mut client)) = cove::daemon::client::DaemonClient::connect(home).await else {
+        return e;
+    };
+    let pid = client
+        .call("status", serde_json::json!({}))
+        .await
+        .ok()
+        .and_then(|s| s["pid"].as_u64());
+    let pid = pid.map(|p| format!(" {p}")).unwrap_or_default();
+    anyhow::anyhow!(
+        "a cove daemon{pid} serves {} and this command does not go through it; stop the daemon \
+         (`kill{pid}`) to run it",
+        home.dir().display()
+    )
 }
 
 mod password {

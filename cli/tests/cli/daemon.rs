@@ -171,8 +171,9 @@ for line in f:
 
 /// While `cove daemon` runs on alice's home, `cove group create/add`, `send`, `groups`,
 /// `history`, `sync`, `send-file` and `download` from other processes succeed on the same
-/// home through it, and bob receives; a second daemon on the home is refused; a Python bot on the socket answers
-/// bob's message and bob gets the answer; SIGTERM stops the daemon and removes its socket.
+/// home through it, and bob receives; a second daemon on the home is refused; a Python bot on
+/// the socket answers bob's message and bob gets the answer; safety numbers, `verify` and
+/// `devices` work on the socket; SIGTERM stops the daemon and removes its socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_and_a_python_bot_go_through_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
@@ -278,6 +279,26 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
             b"file through the daemon"
         );
 
+        // Safety numbers and verifying through the socket; this device in the device list.
+        let mut rpc = Rpc::connect(&daemon.socket);
+        let number = rpc.ok("safety_number", json!({"user": "bob"}));
+        assert_eq!(number["verified"], false);
+        let number = number["number"].as_str().unwrap().to_owned();
+        assert_eq!(number, ok(&bob, &["safety-number", "alice"]).trim());
+        let v = rpc.call("verify", json!({"user": "bob", "number": "12345"}));
+        assert_eq!(v["error"]["data"]["code"], "NumberMismatch", "{v}");
+        assert_eq!(
+            rpc.ok("verify", json!({"user": "bob", "number": number})),
+            json!({"verified": true})
+        );
+        assert_eq!(
+            rpc.ok("safety_number", json!({"user": "bob"}))["verified"],
+            true
+        );
+        let devices = rpc.ok("devices", json!({}));
+        assert_eq!(devices.as_array().unwrap().len(), 1, "{devices}");
+        assert_eq!(devices[0]["current"], true);
+
         let socket = daemon.socket.clone();
         assert!(daemon.terminate().success());
         assert!(!socket.exists(), "the socket is removed on SIGTERM");
@@ -293,7 +314,8 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
 /// unknown method -32601; bad params -32602; a Cove error -32000 with its kind; a line over
 /// 1 MiB gets -32600 and its connection is closed while others keep working; a socket left
 /// by a killed daemon is replaced by the next one; `shutdown` answers, then the daemon
-/// exits and removes its socket; `cove daemon --detach` returns once its daemon serves.
+/// exits and removes its socket; `cove daemon --detach` returns once its daemon serves; a
+/// command the daemon does not serve fails saying a daemon holds the home.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_speaks_json_rpc_and_refuses_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
@@ -312,6 +334,14 @@ async fn the_socket_speaks_json_rpc_and_refuses_bad_lines() {
         assert_eq!(status["user"], "alice");
         assert_eq!(status["version"], "1");
         assert_eq!(status["pending"], 0);
+
+        // A command the daemon does not serve says that a daemon holds the home.
+        let err = fails(&alice, &["device", "list"]);
+        assert!(
+            err.contains(&format!("a cove daemon {} serves", status["pid"]))
+                && err.contains("does not go through it"),
+            "{err}"
+        );
 
         let v = rpc.call("no_such_method", json!({}));
         assert_eq!(v["error"]["code"], -32601, "{v}");

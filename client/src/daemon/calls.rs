@@ -84,7 +84,7 @@ impl CallManager {
         if !matches!(received.content, Content::Call(_)) {
             return;
         }
-        let Some(me) = daemon.device.read().await.device_id() else {
+        let Some(me) = daemon.device.device_id() else {
             return;
         };
         let group = received.group;
@@ -209,8 +209,8 @@ impl CallManager {
             let mut inbox = inbox;
             let hooks = daemon.calls.hooks(&daemon, id, group);
             let result = {
-                let device = daemon.device.read().await;
-                call::place_on(&device, &mut inbox, &group_param, id, &options, hooks).await
+                let device = &daemon.device;
+                call::place_on(device, &mut inbox, &group_param, id, &options, hooks).await
             };
             daemon
                 .calls
@@ -250,11 +250,9 @@ impl CallManager {
             let mut inbox = inbox;
             let hooks = daemon.calls.hooks(&daemon, id, group);
             let result = {
-                let device = daemon.device.read().await;
-                call::answer_ringing(
-                    &device, &mut inbox, calls, id, group, &from, &options, hooks,
-                )
-                .await
+                let device = &daemon.device;
+                call::answer_ringing(device, &mut inbox, calls, id, group, &from, &options, hooks)
+                    .await
             };
             daemon
                 .calls

@@ -40,7 +40,7 @@ pub(super) async fn dispatch(
         "group_add" | "group_remove" => {
             let group = str_param(params, "group")?;
             let users = users(params)?;
-            let device = daemon.device.read().await;
+            let device = &daemon.device;
             if method == "group_add" {
                 device.add_users(group, &users).await
             } else {
@@ -51,13 +51,14 @@ pub(super) async fn dispatch(
         }
         "group_leave" => {
             let group = str_param(params, "group")?;
-            daemon
-                .device
-                .read()
-                .await
-                .leave(group)
-                .await
-                .map_err(device_error)?;
+            let id = resolve_id(daemon, group).await?;
+            let name = super::events::group_name(daemon, id).await;
+            daemon.device.leave(group).await.map_err(device_error)?;
+            let me = daemon.device.user().to_string();
+            daemon.notify(
+                "membership",
+                json!({ "group": id.to_hex(), "group_name": name, "kind": "left", "users": [me] }),
+            );
             Ok(json!({}))
         }
         "safety_number" => safety_number(daemon, params).await,
@@ -140,7 +141,7 @@ async fn status(daemon: &Daemon) -> Result<Value, RpcError> {
         })
         .await
         .map_err(session_error)?;
-    let server = daemon.device.read().await.server().to_owned();
+    let server = daemon.device.server().to_owned();
     Ok(json!({
         "user": user,
         "device": device,
@@ -295,7 +296,7 @@ pub(super) async fn send_text(
     text: String,
 ) -> Result<(String, bool), DeviceError> {
     let session = &daemon.session;
-    let timeout = daemon.device.read().await.timeout();
+    let timeout = daemon.device.timeout();
     let connected = matches!(session.link(), LinkState::Up | LinkState::CaughtUp);
     if connected {
         // Made at the group's current epoch (see `Device::caught_up_for_sending`).
@@ -346,8 +347,8 @@ async fn send_file(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
     let transfer = hex::encode(rand::random::<[u8; 8]>());
     let progress = |done: u64| json!({ "id": transfer, "group": gid, "direction": "up", "done": done, "total": total });
     daemon.notify("transfer", progress(0));
-    let device = daemon.device.read().await;
-    let pointer = crate::transfer::send_file(&device, &group, &path, false)
+    let device = &daemon.device;
+    let pointer = crate::transfer::send_file(device, &group, &path, false)
         .await
         .map_err(|e| match e {
             crate::transfer::TransferError::Device(e) => device_error(e),
@@ -363,14 +364,17 @@ async fn send_file(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
 }
 
 async fn resolve(daemon: &Daemon, group: &str) -> Result<String, RpcError> {
+    Ok(resolve_id(daemon, group).await?.to_hex())
+}
+
+async fn resolve_id(daemon: &Daemon, group: &str) -> Result<cove_wire::GroupId, RpcError> {
     let group = group.to_owned();
-    Ok(daemon
+    daemon
         .session
         .call(move |c| c.resolve(&group))
         .await
         .map_err(session_error)?
-        .map_err(|e| device_error(e.into()))?
-        .to_hex())
+        .map_err(|e| device_error(e.into()))
 }
 
 /// Downloads an attachment: `file` is its 1-based index among the group's files, or its
@@ -393,7 +397,7 @@ async fn download(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
             ));
         }
     };
-    let device = daemon.device.read().await;
+    let device = &daemon.device;
     let id = match file {
         FileRef::Id(id) => id,
         FileRef::Index(n) => {
@@ -436,7 +440,7 @@ async fn download(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
     let transfer = hex::encode(rand::random::<[u8; 8]>());
     let progress = |done: u64| json!({ "id": transfer, "group": gid, "direction": "down", "done": done, "total": total });
     daemon.notify("transfer", progress(0));
-    let path = crate::transfer::download(&device, &group, &id, &out, false)
+    let path = crate::transfer::download(device, &group, &id, &out, false)
         .await
         .map_err(|e| {
             let kind = match e {
@@ -524,7 +528,7 @@ async fn group_create(daemon: &Daemon, params: &Value) -> Result<Value, RpcError
             users(&p)?
         }
     };
-    let device = daemon.device.read().await;
+    let device = &daemon.device;
     let group = device.create_group(name).await.map_err(device_error)?;
     if !members.is_empty() {
         device
@@ -563,11 +567,29 @@ async fn verify(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
     let user = user_param(params)?;
     let number = str_param(params, "number")?;
     let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
-    let mut device = daemon.device.write().await;
-    let state = device
-        .identity(&user)
+    let device = &daemon.device;
+    // As `Device::identity`: fetch the user's signed list first when online, so a change at
+    // the relay shows now.
+    if matches!(daemon.session.link(), LinkState::Up | LinkState::CaughtUp) {
+        device.settle_shared().await.map_err(device_error)?;
+        let who = user.clone();
+        if daemon
+            .session
+            .call(move |c| c.refresh_identity(&who))
+            .await
+            .map_err(session_error)?
+        {
+            daemon.session.call(|_| ()).await.map_err(session_error)?;
+            device.settle_shared().await.map_err(device_error)?;
+        }
+    }
+    let who = user.clone();
+    let state = daemon
+        .session
+        .call(move |c| c.identity_state(&who))
         .await
-        .map_err(device_error)?
+        .map_err(session_error)?
+        .map_err(|e| device_error(e.into()))?
         .ok_or_else(|| {
             RpcError::cove("UnknownUser", &format!("no identity key known for {user}"))
         })?;
@@ -588,12 +610,16 @@ async fn verify(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
             .verify_user(&user, state.identity)
             .await
             .map_err(device_error)?;
+        daemon.notify(
+            "identity",
+            json!({ "user": user.as_str(), "kind": "verified", "text": format!("{user} is verified") }),
+        );
     }
     Ok(json!({ "verified": true }))
 }
 
 async fn devices(daemon: &Daemon) -> Result<Value, RpcError> {
-    let device = daemon.device.read().await;
+    let device = &daemon.device;
     let me = device.device_id().map(|d| d.0);
     let list = device.signed_device_list().await.map_err(device_error)?;
     let Some(list) = list else {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Notify, RwLock, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, warn};
 
 use cove_store::SqliteStore;
@@ -23,6 +23,9 @@ use crate::session::Session;
 /// How many lines (responses and notifications) may wait for a client; a client that lets
 /// more pile up is disconnected, so a slow client never holds the daemon up.
 pub const CLIENT_QUEUE: usize = 1024;
+
+/// How many clients may be connected at once; a further one is closed at once.
+pub const MAX_CLIENTS: usize = 64;
 
 /// How long a closing connection may take to write what is queued for it.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
@@ -107,8 +110,8 @@ impl Fanout {
 
 /// The daemon's state, shared by the connections, the event pump and the calls.
 pub struct Daemon {
-    /// The device (a write lock only for the few commands that need `&mut Device`).
-    pub(super) device: RwLock<Device>,
+    /// The device (shared: every command the daemon runs takes `&Device`).
+    pub(super) device: Device,
     /// Its session (to run queries without the lock).
     pub(super) session: Session<SqliteStore>,
     /// Whether the relay connection is authenticated.
@@ -175,7 +178,7 @@ pub async fn run(home: &Home, ready: impl FnOnce(&Path)) -> Result<(), DaemonErr
     let events = device.take_events();
     let session = device.session().clone();
     let daemon = Arc::new(Daemon {
-        device: RwLock::new(device),
+        device,
         session,
         connected: AtomicBool::new(false),
         calls: CallManager::default(),
@@ -189,7 +192,7 @@ pub async fn run(home: &Home, ready: impl FnOnce(&Path)) -> Result<(), DaemonErr
     let _ = std::fs::remove_file(&path);
     pump.abort();
     daemon.calls.hang_up_all(FLUSH_ON_CLOSE).await;
-    let device = daemon.device.read().await;
+    let device = &daemon.device;
     let _ = device.session().stop().await;
     result
 }
@@ -220,6 +223,7 @@ async fn serve(daemon: &Arc<Daemon>, listener: UnixListener) -> Result<(), Daemo
     };
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
@@ -227,8 +231,17 @@ async fn serve(daemon: &Arc<Daemon>, listener: UnixListener) -> Result<(), Daemo
             () = daemon.shutdown.notified() => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        warn!("{MAX_CLIENTS} daemon clients connected: refusing another");
+                        drop(stream);
+                        continue;
+                    };
                     let conn = daemon.next_conn.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(connection(Arc::clone(daemon), stream, conn));
+                    let daemon = Arc::clone(daemon);
+                    tokio::spawn(async move {
+                        connection(daemon, stream, conn).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => warn!(error = %e, "accepting a daemon client failed"),
             },
