@@ -105,6 +105,24 @@ impl Tmux {
         self.type_line(&line);
     }
 
+    /// Runs a tmux command on the session and returns its output.
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = self.command().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Whether the window rang the bell (tmux flags it; nothing is attached to clear it).
+    fn bell(&self) -> bool {
+        self.tmux(&["display-message", "-p", "-t", "tui", "#{window_bell_flag}"])
+            .trim()
+            == "1"
+    }
+
     fn screen(&self) -> String {
         let out = self
             .command()
@@ -146,7 +164,8 @@ impl Drop for Tmux {
 }
 
 /// alice runs `cove tui` (which starts her daemon) in an 80x24 terminal; bob, on the CLI,
-/// sends her a message, which her screen shows with its time and sender; she types a reply,
+/// sends her a message, which her screen shows with its time and sender; the UI redraws to a
+/// resized terminal; she types a reply,
 /// which bob's `cove sync` prints; bob's file shows as `[notes.txt 17 bytes #1]` and
 /// `/download 1` saves it; `/quit` leaves the UI and gives the shell back (exit code 0, the
 /// UI's screen gone).
@@ -168,6 +187,16 @@ async fn the_tui_shows_bobs_message_and_sends_alices_reply() {
         tmux.wait_for("bob's message", |s| {
             s.lines()
                 .any(|l| l.contains("<bob> hello alice, from bob") && has_time(l))
+        });
+
+        // A bigger terminal: the UI redraws to fill it (the status line on the last row).
+        tmux.tmux(&["resize-window", "-t", "tui", "-x", "100", "-y", "30"]);
+        tmux.wait_for("the UI at 100x30", |s| {
+            let rows: Vec<&str> = s.lines().collect();
+            rows.len() == 30
+                && rows[29].contains("F1 help")
+                && rows[28].starts_with('>')
+                && rows[2].contains("<bob> hello alice, from bob")
         });
 
         tmux.type_line("hi bob, typed in the tui");
@@ -205,7 +234,8 @@ async fn the_tui_shows_bobs_message_and_sends_alices_reply() {
     relay.shutdown().await;
 }
 
-/// bob calls the group from the CLI: alice's TUI shows the incoming-call banner, Alt-A
+/// bob calls the group from the CLI: alice's TUI shows the incoming-call banner and rings
+/// the terminal bell, Alt-A
 /// answers, bob's side connects, and alice's pane records the end of the call when bob's
 /// one-second call hangs up; the banner is gone then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +248,7 @@ async fn the_tui_shows_an_incoming_call_and_alt_a_answers_it() {
         friends(&alice, &bob, &server, &ca);
         let tmux = Tmux::start(&dir_path, &alice);
         tmux.run_tui();
-        let caller = Command::new(env!("CARGO_BIN_EXE_cove"))
+        let mut caller = Command::new(env!("CARGO_BIN_EXE_cove"))
             .arg("--home")
             .arg(&bob)
             .args(["call", "friends", "--duration", "1", "--ring-timeout", "60"])
@@ -227,18 +257,20 @@ async fn the_tui_shows_an_incoming_call_and_alt_a_answers_it() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // Stops bob's call if the test fails before it ends.
+        let mut stdout = caller.stdout.take().unwrap();
+        let caller = KillOnDrop(caller);
+        assert!(!tmux.bell(), "a bell before the call");
         let screen = tmux.wait_for("the call banner", |s| {
             s.contains("INCOMING CALL from bob in friends: Alt-A or /answer, Alt-D or /decline")
         });
         assert!(screen.contains("call: ringing"), "{screen}");
+        assert!(tmux.bell(), "no bell for the call");
         tmux.key("M-a");
-        let out = caller.wait_with_output().unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{said} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut said = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut said).unwrap();
+        let status = caller.wait();
+        assert!(status.success(), "bob's call failed: {said}");
         assert!(said.contains("connected to alice"), "{said}");
         let screen = tmux.wait_for("the call's end", |s| s.contains("-- call ended"));
         assert!(!screen.contains("INCOMING CALL"), "{screen}");
@@ -294,6 +326,22 @@ fn the_tui_without_a_terminal_fails_with_the_reason() {
         err.trim_end(),
         "error: cove tui needs a terminal (use `cove listen` or `cove daemon` in scripts)"
     );
+}
+
+/// A child process killed (if still running) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn wait(mut self) -> std::process::ExitStatus {
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// alice and bob with a group `friends` that bob has joined.
