@@ -122,7 +122,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let home = cli.home;
-    let plain_home = resolve_home(home.clone()).ok();
+    // Without asking for a password: only to find a running daemon if the home is busy.
+    let plain_home = self::resolve_home(home.clone()).ok();
     let result = match cli.command {
         Command::Init(args) => {
             let home = resolve_home(home)?;

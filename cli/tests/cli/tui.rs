@@ -328,6 +328,58 @@ fn the_tui_without_a_terminal_fails_with_the_reason() {
     );
 }
 
+/// A home locked with a password: `cove tui` asks for it once, on the terminal, and starts
+/// the daemon with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tui_of_a_locked_home_asks_for_the_password_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let alice = dir.path().join("alice");
+    let dir_path = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_cove"))
+            .arg("--home")
+            .arg(&alice)
+            .args([
+                "init", "--lock", "--server", &server, "--user", "alice", "--ca", &ca,
+            ])
+            .env_remove("COVE_HOME")
+            .env_remove("COVE_PASSWORD_FILE")
+            .env("COVE_PASSWORD", "correct horse")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tmux = Tmux::start(&dir_path, &alice);
+        tmux.type_line(&format!(
+            "env -u COVE_PASSWORD -u COVE_PASSWORD_FILE {} --home {} tui; echo TUI-EXIT=$?",
+            env!("CARGO_BIN_EXE_cove"),
+            alice.display()
+        ));
+        tmux.wait_for("the password prompt", |s| {
+            s.lines()
+                .any(|l| l.trim_end() == "password for this Cove home:")
+        });
+        tmux.type_line("correct horse");
+        tmux.wait_for("the UI", |s| {
+            s.contains("No groups yet") && s.contains("│ connected")
+        });
+        tmux.type_line("/quit");
+        let screen = tmux.wait_for("the shell after the UI", |s| s.contains("TUI-EXIT=0"));
+        assert_eq!(
+            screen.matches("password for this Cove home:").count(),
+            1,
+            "{screen}"
+        );
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
 /// A child process killed (if still running) when dropped.
 struct KillOnDrop(std::process::Child);
 
