@@ -379,7 +379,16 @@ async fn listen(d: &mut DaemonClient, json: bool) -> anyhow::Result<()> {
             "warning" => print_warning(str_of(&p["text"]), json)?,
             "identity" => {
                 if json {
-                    println!("{p}");
+                    // As `cove listen --json` prints identity events without a daemon.
+                    let kind = match str_of(&p["kind"]) {
+                        "changed" => "identity_changed",
+                        other => other,
+                    };
+                    let mut v = json!({ "identity": kind, "user": p["user"], "text": p["text"] });
+                    if let Some(g) = p.get("group") {
+                        v["group_id"] = g.clone();
+                    }
+                    println!("{v}");
                 } else {
                     println!("-- {}", escape(str_of(&p["text"])));
                 }

@@ -172,8 +172,9 @@ for line in f:
 /// While `cove daemon` runs on alice's home, `cove group create/add`, `send`, `groups`,
 /// `history`, `sync`, `send-file` and `download` from other processes succeed on the same
 /// home through it, and bob receives; a second daemon on the home is refused; a Python bot on
-/// the socket answers bob's message and bob gets the answer; safety numbers, `verify` and
-/// `devices` work on the socket; SIGTERM stops the daemon and removes its socket.
+/// the socket answers bob's message and bob gets the answer; a subscribed client gets
+/// `transfer` notifications from start to done for the upload and the download; safety
+/// numbers, `verify` and `devices` work on the socket; SIGTERM stops the daemon and removes its socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_and_a_python_bot_go_through_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
@@ -242,6 +243,22 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
         // received by bob, and downloaded back by alice by its number in the group.
         let work = alice.parent().unwrap().to_owned();
         std::fs::write(work.join("notes.txt"), b"file through the daemon").unwrap();
+        let mut watcher = Rpc::connect(&daemon.socket);
+        watcher.ok("subscribe", json!({}));
+        // The `transfer` notifications of one direction, up to the one that says it is done.
+        let mut transfers = |direction: &str| {
+            let mut seen = Vec::new();
+            loop {
+                let v = watcher.read().expect("notifications");
+                if v["method"] == "transfer" && v["params"]["direction"] == direction {
+                    let p = &v["params"];
+                    seen.push((p["done"].as_u64().unwrap(), p["total"].as_u64().unwrap()));
+                    if p["done"] == p["total"] {
+                        return seen;
+                    }
+                }
+            }
+        };
         let sent = Command::new(env!("CARGO_BIN_EXE_cove"))
             .current_dir(&work)
             .arg("--home")
@@ -264,6 +281,8 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
                 .trim()
                 .starts_with("friends <alice> [file] notes.txt (")
         );
+        let up = transfers("up");
+        assert_eq!((up[0], *up.last().unwrap()), ((0, 23), (23, 23)), "{up:?}");
         let got = work.join("got");
         std::fs::create_dir(&got).unwrap();
         let saved = ok(
@@ -277,6 +296,12 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
         assert_eq!(
             std::fs::read(got.join("notes.txt")).unwrap(),
             b"file through the daemon"
+        );
+        let down = transfers("down");
+        assert_eq!(
+            (down[0], *down.last().unwrap()),
+            ((0, 23), (23, 23)),
+            "{down:?}"
         );
 
         // Safety numbers and verifying through the socket; this device in the device list.
@@ -490,7 +515,8 @@ async fn a_message_sent_while_the_relay_is_down_is_delivered_once_after_restarts
 /// `incoming_call` and `cove listen` prints it. Declined from the JSON-RPC client, alice's
 /// `cove call` fails saying so; the next call, answered by `cove answer` from another
 /// process through the daemon, connects on both sides and ends cleanly. Both calls are
-/// recorded in bob's history of the group.
+/// recorded in bob's history of the group. A call placed through alice's daemon (`cove call`
+/// while it runs) and answered by bob's JSON-RPC client connects and ends cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_ring_every_client_and_any_can_answer_or_decline() {
     let dir = tempfile::tempdir().unwrap();
@@ -600,6 +626,31 @@ async fn calls_ring_every_client_and_any_can_answer_or_decline() {
             calls[1].starts_with("talk -- call with alice, "),
             "{history}"
         );
+
+        // alice calls through her own daemon; bob's JSON-RPC client answers.
+        let alice_daemon = Daemon::start(&alice);
+        let caller = place(&alice);
+        let ring = incoming(&mut rpc);
+        let call = ring["call"].as_str().unwrap().to_owned();
+        let answered = rpc.ok(
+            "answer",
+            json!({"call": call, "audio_in": "tone:660", "audio_out": "none"}),
+        );
+        assert_eq!(answered["call"], call.as_str());
+        let out = caller.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains(&format!("calling talk (call {})", &call[..8]))
+                && said.contains("connected")
+                && said.contains(&format!("call {} ended", &call[..8])),
+            "{said}"
+        );
+        assert!(alice_daemon.terminate().success());
 
         let _ = listen.kill();
         let _ = listen.wait();

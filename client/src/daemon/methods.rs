@@ -348,12 +348,17 @@ async fn send_file(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
     let progress = |done: u64| json!({ "id": transfer, "group": gid, "direction": "up", "done": done, "total": total });
     daemon.notify("transfer", progress(0));
     let device = &daemon.device;
-    let pointer = crate::transfer::send_file(device, &group, &path, false)
-        .await
-        .map_err(|e| match e {
-            crate::transfer::TransferError::Device(e) => device_error(e),
-            e => RpcError::cove("TransferFailed", &e.to_string()),
-        })?;
+    let bar = indicatif::ProgressBar::hidden();
+    let upload =
+        crate::transfer::send_file_watched(device, &group, &path, false, Some(bar.clone()));
+    let pointer = watch(upload, &bar, total, |done| {
+        daemon.notify("transfer", progress(done))
+    })
+    .await
+    .map_err(|e| match e {
+        crate::transfer::TransferError::Device(e) => device_error(e),
+        e => RpcError::cove("TransferFailed", &e.to_string()),
+    })?;
     daemon.notify("transfer", progress(pointer.size));
     Ok(json!({
         "id": pointer.blob_id.to_hex(),
@@ -440,18 +445,58 @@ async fn download(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
     let transfer = hex::encode(rand::random::<[u8; 8]>());
     let progress = |done: u64| json!({ "id": transfer, "group": gid, "direction": "down", "done": done, "total": total });
     daemon.notify("transfer", progress(0));
-    let path = crate::transfer::download(device, &group, &id, &out, false)
-        .await
-        .map_err(|e| {
-            let kind = match e {
-                crate::transfer::TransferError::NoSuchAttachment(_) => "NoSuchAttachment",
-                _ => "TransferFailed",
-            };
-            RpcError::cove(kind, &e.to_string())
-        })?;
+    let bar = indicatif::ProgressBar::hidden();
+    let fetch =
+        crate::transfer::download_watched(device, &group, &id, &out, false, Some(bar.clone()));
+    let path = watch(fetch, &bar, total, |done| {
+        daemon.notify("transfer", progress(done))
+    })
+    .await
+    .map_err(|e| {
+        let kind = match e {
+            crate::transfer::TransferError::NoSuchAttachment(_) => "NoSuchAttachment",
+            _ => "TransferFailed",
+        };
+        RpcError::cove(kind, &e.to_string())
+    })?;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     daemon.notify("transfer", progress(size));
     Ok(json!({ "path": path.display().to_string(), "size": size, "transfer": transfer }))
+}
+
+/// How often a transfer's progress is looked at.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs `transfer`, reporting its progress on `bar` (bytes on the wire) as plaintext bytes of
+/// `total` through `report`, when it moved, every [`PROGRESS_EVERY`] (not at the end: the
+/// caller reports completion).
+async fn watch<T>(
+    transfer: impl std::future::Future<Output = T>,
+    bar: &indicatif::ProgressBar,
+    total: u64,
+    report: impl Fn(u64),
+) -> T {
+    tokio::pin!(transfer);
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = 0;
+    loop {
+        tokio::select! {
+            out = &mut transfer => return out,
+            _ = tick.tick() => {
+                let (position, len) = (bar.position(), bar.length().unwrap_or(0));
+                if len == 0 {
+                    continue;
+                }
+                let done = u64::try_from(u128::from(position.min(len)) * u128::from(total) / u128::from(len))
+                    .unwrap_or(total);
+                if done > last && done < total {
+                    last = done;
+                    report(done);
+                }
+            }
+        }
+    }
 }
 
 enum FileRef {

@@ -239,3 +239,76 @@ pub fn strings_param(params: &Value, name: &str) -> Result<Vec<String>, RpcError
         .map(|v| v.as_str().map(str::to_owned).ok_or_else(err))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn code(line: &str) -> (Value, i64) {
+        let (id, e) = parse(line.as_bytes()).unwrap_err();
+        (id, e.code)
+    }
+
+    #[test]
+    fn requests_parse_and_bad_ones_get_their_error_code() {
+        let r = parse(br#"{"jsonrpc":"2.0","id":7,"method":"send","params":{"a":1}}"#).unwrap();
+        assert_eq!(
+            (r.id, r.method.as_str(), r.params),
+            (Some(json!(7)), "send", json!({"a": 1}))
+        );
+        let r = parse(br#"{"jsonrpc":"2.0","method":"subscribe"}"#).unwrap();
+        assert_eq!((r.id, r.params), (None, json!({})));
+        assert_eq!(code("{nope"), (Value::Null, PARSE_ERROR));
+        assert_eq!(code("[1]"), (Value::Null, INVALID_REQUEST));
+        assert_eq!(
+            code(r#"{"id":1,"method":"x"}"#),
+            (json!(1), INVALID_REQUEST)
+        );
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","id":"a"}"#),
+            (json!("a"), INVALID_REQUEST)
+        );
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#),
+            (Value::Null, INVALID_REQUEST)
+        );
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","id":2,"method":"x","params":[1]}"#),
+            (json!(2), INVALID_PARAMS)
+        );
+    }
+
+    #[tokio::test]
+    async fn lines_are_read_up_to_the_limit() {
+        let input: &[u8] = b"abc\n0123456789\nlast";
+        let mut reader = tokio::io::BufReader::with_capacity(4, input);
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_line(&mut reader, &mut buf, 8).await.unwrap(),
+            Line::Line
+        );
+        assert_eq!(buf, b"abc");
+        assert_eq!(
+            read_line(&mut reader, &mut buf, 8).await.unwrap(),
+            Line::TooLong
+        );
+        assert!(buf.len() <= 8);
+        let mut reader = tokio::io::BufReader::with_capacity(4, &b"12345678\nlast"[..]);
+        assert_eq!(
+            read_line(&mut reader, &mut buf, 8).await.unwrap(),
+            Line::Line
+        );
+        assert_eq!(buf, b"12345678");
+        assert_eq!(
+            read_line(&mut reader, &mut buf, 8).await.unwrap(),
+            Line::Line
+        );
+        assert_eq!(buf, b"last");
+        assert_eq!(
+            read_line(&mut reader, &mut buf, 8).await.unwrap(),
+            Line::Eof
+        );
+    }
+}

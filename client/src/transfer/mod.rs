@@ -116,11 +116,25 @@ pub async fn send_file(
     path: &Path,
     progress: bool,
 ) -> Result<AttachmentPointer, TransferError> {
+    send_file_watched(device, group, path, progress, None).await
+}
+
+/// [`send_file`], reporting the upload's progress on `watched` if given.
+pub async fn send_file_watched(
+    device: &crate::Device,
+    group: &str,
+    path: &Path,
+    progress: bool,
+    watched: Option<ProgressBar>,
+) -> Result<AttachmentPointer, TransferError> {
     // Nothing is uploaded for a message that would be refused.
     device.check_can_send(group).await?;
-    let client = BlobClient::for_device(device)
+    let mut client = BlobClient::for_device(device)
         .await?
         .with_progress(progress);
+    if let Some(bar) = watched {
+        client = client.with_watched_bar(bar);
+    }
     let pointer = client.upload_file(path).await?;
     device.send_attachment(group, pointer.clone()).await?;
     Ok(pointer)
@@ -134,13 +148,28 @@ pub async fn download(
     out: &Path,
     progress: bool,
 ) -> Result<PathBuf, TransferError> {
+    download_watched(device, group, id, out, progress, None).await
+}
+
+/// [`download`], reporting its progress on `watched` if given.
+pub async fn download_watched(
+    device: &crate::Device,
+    group: &str,
+    id: &str,
+    out: &Path,
+    progress: bool,
+    watched: Option<ProgressBar>,
+) -> Result<PathBuf, TransferError> {
     let pointer = device
         .attachment(group, id)
         .await?
         .ok_or_else(|| TransferError::NoSuchAttachment(id.to_owned()))?;
-    let client = BlobClient::for_device(device)
+    let mut client = BlobClient::for_device(device)
         .await?
         .with_progress(progress);
+    if let Some(bar) = watched {
+        client = client.with_watched_bar(bar);
+    }
     client.download(&pointer, out).await
 }
 
@@ -164,6 +193,9 @@ pub struct BlobClient {
     tls: Arc<rustls::ClientConfig>,
     signer: Option<RequestSigner>,
     progress: bool,
+    /// A bar the caller watches (the daemon's `transfer` notifications), used instead of one
+    /// of its own.
+    watched: Option<ProgressBar>,
 }
 
 impl BlobClient {
@@ -176,6 +208,7 @@ impl BlobClient {
             tls,
             signer: None,
             progress: false,
+            watched: None,
         })
     }
 
@@ -196,6 +229,13 @@ impl BlobClient {
     /// Shows progress bars on stderr when it is a terminal.
     pub fn with_progress(mut self, on: bool) -> Self {
         self.progress = on && std::io::stderr().is_terminal();
+        self
+    }
+
+    /// Reports progress on `bar` (length and position in bytes; a hidden bar draws nothing),
+    /// for a caller that watches it.
+    pub fn with_watched_bar(mut self, bar: ProgressBar) -> Self {
+        self.watched = Some(bar);
         self
     }
 
@@ -383,6 +423,11 @@ impl BlobClient {
     }
 
     fn bar(&self, len: u64, what: &str) -> ProgressBar {
+        if let Some(bar) = &self.watched {
+            bar.set_length(len);
+            bar.set_position(0);
+            return bar.clone();
+        }
         if !self.progress {
             return ProgressBar::hidden();
         }
