@@ -152,3 +152,118 @@ pub fn parse(line: &[u8]) -> Option<DaemonEvent> {
         result: Ok(v.get("result").cloned().unwrap_or(Value::Null)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    use super::*;
+
+    #[test]
+    fn lines_become_replies_errors_and_notifications_and_anything_else_is_dropped() {
+        assert_eq!(
+            parse(br#"{"jsonrpc":"2.0","id":7,"result":{"subscribed":true}}"#),
+            Some(DaemonEvent::Reply {
+                id: 7,
+                result: Ok(json!({ "subscribed": true }))
+            })
+        );
+        let error = br#"{"jsonrpc":"2.0","id":8,"error":{"code":-32000,"message":"cove error",
+            "data":{"code":"NoSuchGroup","message":"no group named \"x\""}}}"#;
+        assert_eq!(
+            parse(error),
+            Some(DaemonEvent::Reply {
+                id: 8,
+                result: Err(RpcError {
+                    code: -32000,
+                    message: "no group named \"x\"".into(),
+                    kind: Some("NoSuchGroup".into()),
+                })
+            })
+        );
+        assert_eq!(
+            parse(br#"{"jsonrpc":"2.0","method":"connection","params":{"connected":false}}"#),
+            Some(DaemonEvent::Notification {
+                method: "connection".into(),
+                params: json!({ "connected": false })
+            })
+        );
+        for garbage in [
+            &b"not json"[..],
+            b"[1,2]",
+            br#"{"id":"seven","result":1}"#,
+            br#"{"method":7}"#,
+            b"",
+        ] {
+            assert_eq!(parse(garbage), None, "{}", String::from_utf8_lossy(garbage));
+        }
+    }
+
+    #[test]
+    fn a_request_is_one_json_rpc_line() {
+        let line = request_line(3, "send", json!({ "group": "g", "text": "a\nb" }));
+        assert!(
+            line.ends_with('\n') && line.matches('\n').count() == 1,
+            "{line}"
+        );
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v,
+            json!({ "jsonrpc": "2.0", "id": 3, "method": "send",
+                    "params": { "group": "g", "text": "a\nb" } })
+        );
+    }
+
+    /// Through a real socket: the connection reports itself, writes requests, delivers a
+    /// reply split over two writes, and reports a line over 1 MiB as the connection's loss.
+    #[tokio::test]
+    async fn the_connection_delivers_lines_and_gives_up_on_an_overlong_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (events, mut incoming) = unbounded_channel();
+        let (requests, outgoing) = unbounded_channel();
+        let task = tokio::spawn(connection(path, events, outgoing));
+        let (mut daemon, _) = listener.accept().await.unwrap();
+        assert_eq!(
+            incoming.recv().await,
+            Some(Event::Daemon(DaemonEvent::Connected))
+        );
+
+        requests.send(request_line(1, "status", json!({}))).unwrap();
+        let mut reader = BufReader::new(&mut daemon);
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&line).unwrap()["method"],
+            "status"
+        );
+        daemon
+            .write_all(br#"{"jsonrpc":"2.0","id":1,"#)
+            .await
+            .unwrap();
+        daemon.write_all(b"\"result\":{}}\n").await.unwrap();
+        assert_eq!(
+            incoming.recv().await,
+            Some(Event::Daemon(DaemonEvent::Reply {
+                id: 1,
+                result: Ok(json!({}))
+            }))
+        );
+
+        // (The UI may close the socket before the last bytes are written.)
+        let _ = daemon.write_all(&vec![b'x'; MAX_LINE + 2]).await;
+        assert_eq!(
+            incoming.recv().await,
+            Some(Event::Daemon(DaemonEvent::Lost(
+                "the daemon sent a line over 1 MiB".into()
+            )))
+        );
+        drop(requests);
+        task.abort();
+    }
+}
