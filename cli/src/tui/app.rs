@@ -388,35 +388,15 @@ impl App {
         }
         match key.code {
             KeyCode::Char('c') if ctrl => out.push(Action::Quit),
-            KeyCode::Char('n') if ctrl => self.select_step(1, out),
-            KeyCode::Char('p') if ctrl => self.select_step(-1, out),
-            KeyCode::Down if alt => self.select_step(1, out),
-            KeyCode::Up if alt => self.select_step(-1, out),
-            KeyCode::Tab => self.select_step(1, out),
-            KeyCode::BackTab => self.select_step(-1, out),
+            KeyCode::Char('n') if ctrl => self.select_step(true, out),
+            KeyCode::Char('p') if ctrl => self.select_step(false, out),
+            KeyCode::Down if alt => self.select_step(true, out),
+            KeyCode::Up if alt => self.select_step(false, out),
+            KeyCode::Tab => self.select_step(true, out),
+            KeyCode::BackTab => self.select_step(false, out),
             KeyCode::Char('a') if alt => self.answer(now_ms, out),
             KeyCode::Char('d') if alt => self.decline(now_ms, out),
-            KeyCode::Char('u') if ctrl => {
-                let rest: String = self.input.text.chars().skip(self.input.cursor).collect();
-                self.input = Input {
-                    text: rest,
-                    cursor: 0,
-                };
-            }
-            KeyCode::Char('a') if ctrl => self.input.cursor = 0,
-            KeyCode::Char('e') if ctrl => self.input.cursor = self.input.text.chars().count(),
-            KeyCode::Char(c) if !ctrl && !alt => self.insert(c),
-            KeyCode::Backspace if self.input.cursor > 0 => {
-                self.input.cursor -= 1;
-                self.remove_at(self.input.cursor);
-            }
-            KeyCode::Delete => self.remove_at(self.input.cursor),
-            KeyCode::Left => self.input.cursor = self.input.cursor.saturating_sub(1),
-            KeyCode::Right => {
-                self.input.cursor = (self.input.cursor + 1).min(self.input.text.chars().count())
-            }
-            KeyCode::Home => self.input.cursor = 0,
-            KeyCode::End => self.input.cursor = self.input.text.chars().count(),
+            _ if self.input.edit(key.code, ctrl, alt) => {}
             KeyCode::PageUp => {
                 let page = self.page();
                 let pane = crate::tui::view::layout(self, self.area()).pane;
@@ -446,22 +426,6 @@ impl App {
         }
     }
 
-    fn insert(&mut self, c: char) {
-        if self.input.text.len() + c.len_utf8() > MAX_INPUT {
-            return;
-        }
-        let at = byte_at(&self.input.text, self.input.cursor);
-        self.input.text.insert(at, c);
-        self.input.cursor += 1;
-    }
-
-    fn remove_at(&mut self, cursor: usize) {
-        let at = byte_at(&self.input.text, cursor);
-        if at < self.input.text.len() {
-            self.input.text.remove(at);
-        }
-    }
-
     /// A page: the message pane's height less one line of overlap.
     fn page(&self) -> usize {
         let pane = crate::tui::view::layout(self, self.area()).pane;
@@ -480,13 +444,19 @@ impl App {
         }
     }
 
-    fn select_step(&mut self, step: isize, out: &mut Vec<Action>) {
+    /// Shows the next group (or the previous one), wrapping around.
+    fn select_step(&mut self, forward: bool, out: &mut Vec<Action>) {
         let n = self.groups.len();
         if n == 0 {
             return;
         }
-        let next = (self.selected as isize + step).rem_euclid(n as isize);
-        self.select(usize::try_from(next).unwrap_or(0), out);
+        let current = self.selected.min(n - 1);
+        let next = if forward {
+            (current + 1) % n
+        } else {
+            (current + n - 1) % n
+        };
+        self.select(next, out);
     }
 
     fn select(&mut self, index: usize, out: &mut Vec<Action>) {
@@ -1187,6 +1157,47 @@ impl App {
             self.add_message(self.selected, entry);
         } else {
             self.lobby.push(entry);
+        }
+    }
+}
+
+impl Input {
+    /// Applies an editing key (typing, deleting, moving the cursor); false if `code` is none.
+    fn edit(&mut self, code: KeyCode, ctrl: bool, alt: bool) -> bool {
+        let len = self.text.chars().count();
+        match code {
+            KeyCode::Char('u') if ctrl => {
+                self.text = self.text.chars().skip(self.cursor).collect();
+                self.cursor = 0;
+            }
+            KeyCode::Char('a') if ctrl => self.cursor = 0,
+            KeyCode::Char('e') if ctrl => self.cursor = len,
+            KeyCode::Char(c) if !ctrl && !alt => {
+                if self.text.len() + c.len_utf8() <= MAX_INPUT {
+                    self.text.insert(byte_at(&self.text, self.cursor), c);
+                    self.cursor += 1;
+                }
+            }
+            KeyCode::Backspace => {
+                if self.cursor > 0 {
+                    self.cursor -= 1;
+                    self.remove_at_cursor();
+                }
+            }
+            KeyCode::Delete => self.remove_at_cursor(),
+            KeyCode::Left => self.cursor = self.cursor.saturating_sub(1),
+            KeyCode::Right => self.cursor = (self.cursor + 1).min(len),
+            KeyCode::Home => self.cursor = 0,
+            KeyCode::End => self.cursor = len,
+            _ => return false,
+        }
+        true
+    }
+
+    fn remove_at_cursor(&mut self) {
+        let at = byte_at(&self.text, self.cursor);
+        if at < self.text.len() {
+            self.text.remove(at);
         }
     }
 }

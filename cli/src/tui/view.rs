@@ -890,6 +890,39 @@ mod tests {
     }
 
     #[test]
+    fn the_input_line_edits_at_the_cursor() {
+        let mut app = connected((80, 24));
+        let input = |app: &App| screen(app)[22].trim_end().to_owned();
+        for c in "helo wrld".chars() {
+            app.update(T0, key(KeyCode::Char(c)));
+        }
+        for _ in 0..3 {
+            app.update(T0, key(KeyCode::Left));
+        }
+        app.update(T0, key(KeyCode::Char('o')));
+        app.update(T0, key(KeyCode::Home));
+        for _ in 0..3 {
+            app.update(T0, key(KeyCode::Right));
+        }
+        app.update(T0, key(KeyCode::Char('l')));
+        assert_eq!(input(&app), "> hello world");
+        app.update(T0, key(KeyCode::Home));
+        app.update(T0, key(KeyCode::Delete));
+        app.update(T0, with(KeyCode::Char('e'), KeyModifiers::CONTROL));
+        app.update(T0, key(KeyCode::Backspace));
+        assert_eq!(input(&app), "> ello worl");
+        app.update(T0, with(KeyCode::Char('a'), KeyModifiers::CONTROL));
+        for _ in 0..4 {
+            app.update(T0, key(KeyCode::Right));
+        }
+        app.update(T0, with(KeyCode::Char('u'), KeyModifiers::CONTROL));
+        assert_eq!(input(&app), ">  worl");
+        app.update(T0, key(KeyCode::End));
+        app.update(T0, with(KeyCode::Char('u'), KeyModifiers::CONTROL));
+        assert_eq!(input(&app), ">");
+    }
+
+    #[test]
     fn page_up_shows_older_messages_and_page_down_returns() {
         let mut app = connected((80, 24));
         for i in 0..40u64 {
