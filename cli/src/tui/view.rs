@@ -923,6 +923,29 @@ mod tests {
     }
 
     #[test]
+    fn tiny_terminals_draw_without_panicking() {
+        let mut app = connected((80, 24));
+        notify(
+            &mut app,
+            "incoming_call",
+            json!({ "call": "c1", "group": FRIENDS, "from": "bob", "video": false }),
+        );
+        notify(
+            &mut app,
+            "transfer",
+            json!({ "id": "t1", "group": FRIENDS, "direction": "down", "done": 1, "total": 2 }),
+        );
+        for (w, h) in [(1, 1), (2, 2), (10, 3), (20, 5), (13, 24), (80, 4), (0, 0)] {
+            app.update(T0, Event::Resize(w, h));
+            app.update(T0, key(KeyCode::PageUp));
+            app.update(T0, key(KeyCode::F(1)));
+            assert!(app.help);
+            let rows = screen(&app);
+            assert_eq!(rows.len(), usize::from(h));
+        }
+    }
+
+    #[test]
     fn page_up_shows_older_messages_and_page_down_returns() {
         let mut app = connected((80, 24));
         for i in 0..40u64 {
