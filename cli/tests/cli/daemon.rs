@@ -516,17 +516,22 @@ async fn a_message_sent_while_the_relay_is_down_is_delivered_once_after_restarts
 /// `cove call` fails saying so; the next call, answered by `cove answer` from another
 /// process through the daemon, connects on both sides and ends cleanly. Both calls are
 /// recorded in bob's history of the group. A call placed through alice's daemon (`cove call`
-/// while it runs) and answered by bob's JSON-RPC client connects and ends cleanly.
+/// while it runs) and answered by bob's JSON-RPC client connects; carol calling bob meanwhile
+/// is told he is busy; bob's `hangup` ends the call on alice's side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_ring_every_client_and_any_can_answer_or_decline() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, server, ca) = relay(dir.path()).await;
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let carol = dir.path().join("carol");
     tokio::task::spawn_blocking(move || {
         init(&alice, &server, &ca, "alice");
         init(&bob, &server, &ca, "bob");
+        init(&carol, &server, &ca, "carol");
         ok(&alice, &["group", "create", "talk"]);
         ok(&alice, &["group", "add", "talk", "bob"]);
+        ok(&carol, &["group", "create", "other"]);
+        ok(&carol, &["group", "add", "other", "bob"]);
         let daemon = Daemon::start(&bob);
         let mut rpc = Rpc::connect(&daemon.socket);
         rpc.ok("subscribe", json!({}));
@@ -627,9 +632,17 @@ async fn calls_ring_every_client_and_any_can_answer_or_decline() {
             "{history}"
         );
 
-        // alice calls through her own daemon; bob's JSON-RPC client answers.
+        // alice calls through her own daemon; bob's JSON-RPC client answers; carol, calling
+        // bob meanwhile, hears that he is busy; bob hangs up from the JSON-RPC client.
         let alice_daemon = Daemon::start(&alice);
-        let caller = place(&alice);
+        let caller = Command::new(env!("CARGO_BIN_EXE_cove"))
+            .arg("--home")
+            .arg(&alice)
+            .args(["call", "talk", "--duration", "0", "--ring-timeout", "60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let ring = incoming(&mut rpc);
         let call = ring["call"].as_str().unwrap().to_owned();
         let answered = rpc.ok(
@@ -637,6 +650,18 @@ async fn calls_ring_every_client_and_any_can_answer_or_decline() {
             json!({"call": call, "audio_in": "tone:660", "audio_out": "none"}),
         );
         assert_eq!(answered["call"], call.as_str());
+        loop {
+            let v = rpc.read().expect("call states");
+            if v["method"] == "call_state" && v["params"]["call"] == call.as_str() {
+                if v["params"]["state"] == "connected" {
+                    break;
+                }
+                assert_ne!(v["params"]["state"], "ended", "{v}");
+            }
+        }
+        let err = fails(&carol, &["call", "other", "--ring-timeout", "60"]);
+        assert!(err.contains("the call was busy by bob"), "{err}");
+        assert_eq!(rpc.ok("hangup", json!({ "call": call })), json!({}));
         let out = caller.wait_with_output().unwrap();
         let said = String::from_utf8_lossy(&out.stdout);
         assert!(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
-use cove_core::call::{CallAction, CallId, Calls};
+use cove_core::call::{CallAction, CallId, CallMessage, CallSignal, Calls, MAX_SIGNAL_AGE_MS};
 use cove_core::{Content, Event};
 use cove_media::source::{AudioInput, AudioOutput};
 use cove_store::{Kv as _, Namespace};
@@ -71,12 +71,19 @@ impl CallManager {
     /// Every session event: to the running call, or (call signalling) to the ringing state
     /// machine.
     pub(super) async fn on_event(&self, daemon: &Arc<Daemon>, event: &SessionEvent) {
-        {
+        let busy_with = {
             let inner = self.lock();
-            if let Some(active) = &inner.active {
-                let _ = active.feed.send(event.clone());
-                return;
+            match &inner.active {
+                Some(active) => {
+                    let _ = active.feed.send(event.clone());
+                    Some(active.id)
+                }
+                None => None,
             }
+        };
+        if let Some(active) = busy_with {
+            self.busy(daemon, active, event).await;
+            return;
         }
         let SessionEvent::Core(Event::Content(received)) = event else {
             return;
@@ -143,6 +150,35 @@ impl CallManager {
                 _ => {}
             }
         }
+    }
+
+    /// While call `active` runs: an offer of another call to this device is answered
+    /// `Busy` (the caller hears "busy by USER"), and announced as a `call_state` `ended`
+    /// with reason `busy`.
+    async fn busy(&self, daemon: &Daemon, active: CallId, event: &SessionEvent) {
+        let SessionEvent::Core(Event::Content(received)) = event else {
+            return;
+        };
+        let Content::Call(msg) = &received.content else {
+            return;
+        };
+        let me = daemon.device.device_id();
+        let fresh = session::now_ms().saturating_sub(received.sent_at_ms) <= MAX_SIGNAL_AGE_MS;
+        if msg.call_id == active
+            || !matches!(msg.signal, CallSignal::Offer { .. })
+            || msg.to.is_some_and(|d| Some(d) != me)
+            || Some(received.from_device) == me
+            || !fresh
+        {
+            return;
+        }
+        let busy = CallMessage {
+            call_id: msg.call_id,
+            to: Some(received.from_device),
+            signal: CallSignal::Busy,
+        };
+        send(daemon, received.group, busy).await;
+        state(daemon, msg.call_id, received.group, "ended", Some("busy"));
     }
 
     /// Ends the running call, if any (the daemon stops), and waits (up to `timeout`) until
