@@ -71,6 +71,7 @@ const AFTER_HELP: &str = concat!(
     "\
 Example:
   cove tui            # in the home of `cove init`; starts `cove daemon` if none runs
+  cove tui --audio-in tone --audio-out none    # calls on a machine without sound devices
 
 The left column lists the groups with their unread counts, the right one the shown group's
 messages (local times), attachments as [name size #N], membership changes, calls, warnings

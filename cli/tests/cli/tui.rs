@@ -317,6 +317,32 @@ async fn a_group_created_in_one_tui_appears_in_the_other() {
     relay.shutdown().await;
 }
 
+/// `cove tui --help` lists the commands and the keys.
+#[test]
+fn the_tui_help_lists_its_commands_and_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = ok(dir.path(), &["tui", "--help"]);
+    for needle in [
+        "/file PATH",
+        "/download N",
+        "/call",
+        "/answer  /decline",
+        "/hangup",
+        "/add USER...",
+        "/remove USER...",
+        "/leave",
+        "/verify USER [yes]",
+        "/help  /quit",
+        "Tab Ctrl-N Alt-Down",
+        "S-Tab Ctrl-P Alt-Up",
+        "PgUp PgDn",
+        "Alt-A Alt-D",
+        "--audio-in",
+    ] {
+        assert!(help.contains(needle), "{needle} is missing:\n{help}");
+    }
+}
+
 /// Without a terminal (output to a pipe), `cove tui` fails at once, in one line, saying why.
 #[test]
 fn the_tui_without_a_terminal_fails_with_the_reason() {
