@@ -1045,7 +1045,12 @@ impl App {
             "identity" => {
                 let user = params.get("user").and_then(Value::as_str).unwrap_or("");
                 let text = params.get("text").and_then(Value::as_str).unwrap_or("");
-                let entry = event_entry(now_ms, EntryKind::Identity, cove::escape(text));
+                // A user verified is news, not a warning.
+                let kind = match params.get("kind").and_then(Value::as_str) {
+                    Some("verified") => EntryKind::Notice,
+                    _ => EntryKind::Identity,
+                };
+                let entry = event_entry(now_ms, kind, cove::escape(text));
                 // About one group (a refused member), or every group with the user.
                 let group = params.get("group").and_then(Value::as_str);
                 match group.and_then(|g| self.group_index(g)) {

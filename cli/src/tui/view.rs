@@ -1065,6 +1065,12 @@ mod tests {
             json!({ "user": "bob", "kind": "changed", "text": "bob's identity key changed" }),
         );
         assert!(shows(&app, "00:13 !! bob's identity key changed"));
+        notify(
+            &mut app,
+            "identity",
+            json!({ "user": "bob", "kind": "verified", "text": "bob is verified" }),
+        );
+        assert!(shows(&app, "00:13 * bob is verified"));
         // One about a group shows there only (friends is shown: not here).
         let refused = "a device of dave was refused in work";
         notify(
