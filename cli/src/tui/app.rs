@@ -230,6 +230,8 @@ enum Purpose {
     Status,
     Subscribe,
     Groups,
+    /// The groups, then this note in the shown group.
+    GroupsThen(String),
     History {
         group: String,
     },
@@ -771,6 +773,12 @@ impl App {
                     self.set_groups(list, out);
                 }
             }
+            Purpose::GroupsThen(note) => {
+                if let Ok(list) = serde_json::from_value::<Vec<GroupItem>>(value) {
+                    self.set_groups(list, out);
+                }
+                self.note(now_ms, None, note);
+            }
             Purpose::Older(group) => {
                 let Ok(items) = serde_json::from_value::<Vec<MessageItem>>(value) else {
                     return;
@@ -836,10 +844,15 @@ impl App {
                     self.pending += 1;
                 }
             }
-            Purpose::Command { group, done } => {
-                self.note(now_ms, group.as_deref(), done);
-                self.request(out, "groups", json!({}), Purpose::Groups);
-            }
+            Purpose::Command { group, done } => match group {
+                Some(group) => {
+                    self.note(now_ms, Some(&group), done);
+                    self.request(out, "groups", json!({}), Purpose::Groups);
+                }
+                // The groups change (left, created): the note goes where the list shows
+                // once it is fresh.
+                None => self.request(out, "groups", json!({}), Purpose::GroupsThen(done)),
+            },
             Purpose::Download { group } => {
                 let path = value.get("path").and_then(Value::as_str).unwrap_or("?");
                 let size = value.get("size").and_then(Value::as_u64).unwrap_or(0);

@@ -705,6 +705,21 @@ mod tests {
             ("verify", json!({ "user": "bob", "number": "12345 67890" }))
         );
         assert!(shows(&app, "* bob is verified"));
+        // Leaving the shown group: the note shows in the group shown next.
+        let actions = enter(&mut app, "/leave");
+        serve(&mut app, actions, &|method, params| match method {
+            "groups" => Ok(json!([
+                { "group": WORK, "name": "work", "members": ["alice", "carol"], "unread": 0 },
+            ])),
+            _ => daemon(method, params),
+        });
+        assert!(shows(&app, "> work"));
+        let list: Vec<String> = screen(&app)
+            .iter()
+            .map(|r| r.chars().take(19).collect())
+            .collect();
+        assert!(!list.iter().any(|r| r.contains("friends")), "{list:#?}");
+        assert!(shows(&app, "* left friends"));
         // Mistakes are explained, not sent.
         assert_eq!(requests(&enter(&mut app, "/download")), []);
         assert!(shows(&app, "* usage: /download N"));
