@@ -6,6 +6,7 @@
 
 mod cli;
 mod demo;
+mod tui;
 
 use std::process::ExitCode;
 

@@ -121,6 +121,8 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Restore the encrypted history backup on this device.
     RestoreHistory(backup::RestoreHistoryArgs),
+    /// The terminal UI: groups, messages, files and calls, on the home's daemon.
+    Tui(crate::tui::TuiArgs),
 }
 
 /// Runs one command.
@@ -217,6 +219,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Backup(args) => backup::run_backup(resolve_home(home)?, args).await,
         Command::RestoreHistory(args) => backup::run_restore(resolve_home(home)?, args).await,
+        Command::Tui(args) => {
+            // The password is asked for only if a daemon must be started (for it).
+            let dir = self::resolve_home(home)?.dir().to_owned();
+            let password = || -> anyhow::Result<_> {
+                if !Home::new(&dir).is_locked() {
+                    return Ok(None);
+                }
+                let why = format!("{} is locked with a password", dir.display());
+                Ok(Some(passwords.get("password for this Cove home: ", &why)?))
+            };
+            crate::tui::run(&dir, password, args).await
+        }
     };
     match (result, plain_home) {
         (Err(e), Some(home)) if busy(&e) => Err(daemon_hint(e, &home).await),

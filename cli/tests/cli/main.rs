@@ -11,6 +11,7 @@ mod files;
 mod link;
 mod locked;
 mod login;
+mod tui;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -277,6 +278,7 @@ fn every_command_has_help_with_an_example() {
         &["restore-history"],
         &["daemon"],
         &["unlock"],
+        &["tui"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
