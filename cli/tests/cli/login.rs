@@ -19,7 +19,8 @@ fn group_ids(groups: &str) -> Vec<String> {
 /// of alice in a home locked with the same password, restores the history alice's first
 /// device backed up (`cove history` shows messages from before the login, the groups carry
 /// their names), whose `cove groups` lists alice's two groups (same ids, both members), and
-/// whose `cove send` reaches bob, who also sees "alice added a device".
+/// whose `cove send` reaches bob, who also sees "alice added a device". A password change
+/// on the first device then keeps both devices sending, and a login needs the new password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_with_a_password_file_restores_the_history_joins_the_groups_and_sends_to_bob() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,6 +105,7 @@ async fn login_with_a_password_file_restores_the_history_joins_the_groups_and_se
     };
     let (wrong_args, right_args) = (args(&wrong), args(&pw));
     let (l, b, p) = (laptop.clone(), bob.clone(), pw.clone());
+    let (server, ca) = (server.clone(), ca.clone());
     tokio::task::spawn_blocking(move || {
         let wrong_args: Vec<&str> = wrong_args.iter().map(String::as_str).collect();
         let err = fails(&l, &wrong_args);
@@ -158,6 +160,79 @@ async fn login_with_a_password_file_restores_the_history_joins_the_groups_and_se
             seen.contains("friends <alice> hello from alice's laptop"),
             "{seen}"
         );
+
+        // A password change on the first device keeps every device working: both still
+        // send (the laptop's home stays locked with what it was locked with), and the next
+        // login needs the new password.
+        let new_pw = l.parent().unwrap().join("new-pw.txt");
+        std::fs::write(&new_pw, "a brand new passphrase\n").unwrap();
+        let a = l.parent().unwrap().join("alice");
+        let out = ok(
+            &a,
+            &[
+                "--password-file",
+                p,
+                "password",
+                "change",
+                "--new-password-file",
+                new_pw.to_str().unwrap(),
+            ],
+        );
+        assert!(out.contains("changed the password of alice"), "{out}");
+        ok(
+            &a,
+            &["send", "friends", "after the change, from the first device"],
+        );
+        ok(
+            &l,
+            &[
+                "--password-file",
+                p,
+                "send",
+                &friends,
+                "after the change, from the laptop",
+            ],
+        );
+        let seen = ok(&b, &["sync"]);
+        assert!(
+            seen.contains("after the change, from the first device")
+                && seen.contains("after the change, from the laptop"),
+            "{seen}"
+        );
+        let tablet = l.parent().unwrap().join("alice-tablet");
+        let err = fails(
+            &tablet,
+            &[
+                "--password-file",
+                p,
+                "login",
+                "--server",
+                &server,
+                "--user",
+                "alice",
+                "--ca",
+                &ca,
+            ],
+        );
+        assert!(
+            err.contains("login failed: wrong user name or password"),
+            "{err}"
+        );
+        let out = ok(
+            &tablet,
+            &[
+                "--password-file",
+                new_pw.to_str().unwrap(),
+                "login",
+                "--server",
+                &server,
+                "--user",
+                "alice",
+                "--ca",
+                &ca,
+            ],
+        );
+        assert!(out.contains("joined 2 group(s)"), "{out}");
     })
     .await
     .unwrap();
