@@ -54,6 +54,28 @@ impl AccountServer {
     }
 }
 
+/// One OPAQUE registration round on `conn` for `password` (the start request made by
+/// `start`: a first registration or a replacement), then `bundle` wrapped under the new
+/// export key. Returns the registration upload and the password-wrapped bundle.
+async fn opaque_registration(
+    conn: &mut RawConnection,
+    user: &UserName,
+    bundle: &AccountBundle,
+    password: &[u8],
+    start: impl FnOnce(Payload) -> Request,
+) -> Result<(Vec<u8>, Vec<u8>), DeviceError> {
+    let (state, request) = opaque::client_register_start(password)?;
+    let response = match answer(conn.request(start(Payload(request))).await)? {
+        Reply::AccountRegisterResponse { response } => response,
+        other => return Err(unexpected(&other)),
+    };
+    let name = user.as_str().to_owned();
+    let (upload, export_key) =
+        blocking(move || opaque::client_register_finish(state, &name, response.as_bytes())).await?;
+    let password_bundle = bundle.wrap(user.as_str(), WrapKind::Password, export_key.as_bytes())?;
+    Ok((upload, password_bundle))
+}
+
 /// Registers `password` for `user` on `conn`, authenticated as one of the user's devices:
 /// OPAQUE registration, then the account bundle (`identity_seed`, a fresh backup key, a
 /// fresh recovery key) wrapped under the export key and under the recovery key. Returns the
@@ -66,20 +88,10 @@ pub(crate) async fn register(
 ) -> Result<AccountBundle, DeviceError> {
     let bundle = AccountBundle::new(identity_seed);
     let recovery = bundle.recovery_key();
-    let (state, request) = opaque::client_register_start(password)?;
-    let response = match answer(
-        conn.request(Request::AccountRegisterStart {
-            request: Payload(request),
-        })
-        .await,
-    )? {
-        Reply::AccountRegisterResponse { response } => response,
-        other => return Err(unexpected(&other)),
-    };
-    let name = user.as_str().to_owned();
-    let (upload, export_key) =
-        blocking(move || opaque::client_register_finish(state, &name, response.as_bytes())).await?;
-    let password_bundle = bundle.wrap(user.as_str(), WrapKind::Password, export_key.as_bytes())?;
+    let (upload, password_bundle) = opaque_registration(conn, user, &bundle, password, |request| {
+        Request::AccountRegisterStart { request }
+    })
+    .await?;
     let recovery_bundle = bundle.wrap(user.as_str(), WrapKind::Recovery, recovery.as_bytes())?;
     let recovery_key = recovery.auth_key()?.verifying_key().to_bytes();
     match answer(
@@ -245,20 +257,10 @@ async fn replace_password(
     new: &[u8],
     reset: Option<ResetProof<'_>>,
 ) -> Result<(), DeviceError> {
-    let (state, request) = opaque::client_register_start(new)?;
-    let response = match answer(
-        conn.request(Request::AccountPasswordStart {
-            request: Payload(request),
-        })
-        .await,
-    )? {
-        Reply::AccountRegisterResponse { response } => response,
-        other => return Err(unexpected(&other)),
-    };
-    let name = user.as_str().to_owned();
-    let (upload, export_key) =
-        blocking(move || opaque::client_register_finish(state, &name, response.as_bytes())).await?;
-    let password_bundle = bundle.wrap(user.as_str(), WrapKind::Password, export_key.as_bytes())?;
+    let (upload, password_bundle) = opaque_registration(conn, user, bundle, new, |request| {
+        Request::AccountPasswordStart { request }
+    })
+    .await?;
     let reset_signature = reset.map(|proof| {
         let message = password_reset_message(
             &proof.nonce,

@@ -390,22 +390,7 @@ impl BlobClient {
         });
         let conn = http::Conn::new(self);
         let bar = ProgressBar::hidden();
-        let mut received = 0u64;
-        let mut retries = 0;
-        let fetched = loop {
-            match conn.fetch(id, received, &tx, &bar).await {
-                Ok(_) => break Ok(()),
-                Err((n, e @ TransferError::Network(_))) => {
-                    received += n;
-                    retries = if n > 0 { 1 } else { retries + 1 };
-                    if retries > MAX_RETRIES {
-                        break Err(e);
-                    }
-                    tokio::time::sleep(backoff(retries)).await;
-                }
-                Err((_, e)) => break Err(e),
-            }
-        };
+        let fetched = fetch_resuming(&conn, id, &tx, &bar).await;
         drop(tx);
         let collected = collect
             .await
@@ -471,22 +456,7 @@ impl BlobClient {
         let sink = tokio::task::spawn_blocking(move || decrypt_to(rx, temp, key, expected));
         let conn = http::Conn::new(self);
         let bar = self.bar(total.unwrap_or(0), "download");
-        let mut received = 0u64;
-        let mut retries = 0;
-        let fetched = loop {
-            match conn.fetch(id, received, &tx, &bar).await {
-                Ok(_) => break Ok(()),
-                Err((n, e @ TransferError::Network(_))) => {
-                    received += n;
-                    retries = if n > 0 { 1 } else { retries + 1 };
-                    if retries > MAX_RETRIES {
-                        break Err(e);
-                    }
-                    tokio::time::sleep(backoff(retries)).await;
-                }
-                Err((_, e)) => break Err(e),
-            }
-        };
+        let fetched = fetch_resuming(&conn, id, &tx, &bar).await;
         drop(tx);
         let sunk = sink
             .await
@@ -793,5 +763,32 @@ pub fn media_type(path: &Path) -> &'static str {
         "mp4" => "video/mp4",
         "webm" => "video/webm",
         _ => "application/octet-stream",
+    }
+}
+
+/// Fetches blob `id` into `tx` on `conn`, resuming after a network failure from the bytes
+/// already received (up to [`MAX_RETRIES`] failures in a row without progress, with
+/// [`backoff`] between them).
+async fn fetch_resuming(
+    conn: &http::Conn<'_>,
+    id: BlobId,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    bar: &ProgressBar,
+) -> Result<(), TransferError> {
+    let mut received = 0u64;
+    let mut retries = 0;
+    loop {
+        match conn.fetch(id, received, tx, bar).await {
+            Ok(_) => return Ok(()),
+            Err((n, e @ TransferError::Network(_))) => {
+                received += n;
+                retries = if n > 0 { 1 } else { retries + 1 };
+                if retries > MAX_RETRIES {
+                    return Err(e);
+                }
+                tokio::time::sleep(backoff(retries)).await;
+            }
+            Err((_, e)) => return Err(e),
+        }
     }
 }

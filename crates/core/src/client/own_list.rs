@@ -50,6 +50,23 @@ pub(super) fn ensure<S: Store>(
     let signer = IdentitySigner::new(user.clone(), &secret);
     let name = DeviceName::new(FIRST_DEVICE_NAME)?;
     let list = signer.create(me.key(), name, now_ms)?;
+    // Our own identity is pinned and verified: we made it.
+    store_identity(store, &signer, &secret, &list, 0, now_ms)?;
+    Ok(())
+}
+
+/// Stores, in one transaction, the user's identity key (`secret`, whose signer is
+/// `signer`), its device list, the own pin (verified: this device holds the identity) and
+/// how many of the list's entries the relay has (`published`).
+fn store_identity<S: Store>(
+    store: &S,
+    signer: &IdentitySigner,
+    secret: &Zeroizing<[u8; 32]>,
+    list: &DeviceList,
+    published: usize,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let user = list.user().clone();
     store.transaction(|s: &S| -> Result<(), StoreError> {
         s.set_user_identity(&UserIdentity {
             user: user.clone(),
@@ -57,7 +74,6 @@ pub(super) fn ensure<S: Store>(
             secret_key: secret.clone(),
         })?;
         s.set_device_list(&user, list.entries())?;
-        // Our own identity is pinned and verified: we made it.
         s.set_identity_pin(&PinnedIdentity {
             user: user.clone(),
             identity: signer.identity(),
@@ -65,9 +81,8 @@ pub(super) fn ensure<S: Store>(
             verified: true,
             pinned_at_ms: now_ms,
         })?;
-        s.set_config(PUBLISHED_KEY, "0")
-    })?;
-    Ok(())
+        s.set_config(PUBLISHED_KEY, &published.to_string())
+    })
 }
 
 /// On a new device of a user who logged in with a password (`cove login`): takes the
@@ -97,22 +112,7 @@ pub(super) fn adopt<S: Store>(
         let name = DeviceName::new(format!("device {stored_len}"))?;
         signer.add(&mut list, me.key(), name, now_ms)?;
     }
-    store.transaction(|s: &S| -> Result<(), StoreError> {
-        s.set_user_identity(&UserIdentity {
-            user: user.clone(),
-            identity: signer.identity(),
-            secret_key: secret.clone(),
-        })?;
-        s.set_device_list(&user, list.entries())?;
-        s.set_identity_pin(&PinnedIdentity {
-            user: user.clone(),
-            identity: signer.identity(),
-            head: Some(list.head()),
-            verified: true,
-            pinned_at_ms: now_ms,
-        })?;
-        s.set_config(PUBLISHED_KEY, &stored_len.to_string())
-    })?;
+    store_identity(store, &signer, secret, &list, stored_len, now_ms)?;
     Ok(unpublished(store, me)?)
 }
 
