@@ -798,3 +798,67 @@ async fn the_daemon_backs_up_history_and_a_login_restores_it() {
     .unwrap();
     relay.shutdown().await;
 }
+
+/// Once `BACKUP_BATCH` (100) messages wait, alice's daemon backs up by itself: bob sends 100
+/// messages (through his own daemon's `send`), alice's subscribed client gets all 100
+/// `message` notifications in order and then a `backup` notification for 100 messages,
+/// without anyone asking; a `cove backup` after it has nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_backs_up_by_itself_once_a_batch_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let pw = dir.path().join("pw.txt");
+    std::fs::write(&pw, "correct horse battery staple\n").unwrap();
+    tokio::task::spawn_blocking(move || {
+        let p = pw.to_str().unwrap();
+        ok(
+            &alice,
+            &[
+                "--password-file",
+                p,
+                "init",
+                "--server",
+                &server,
+                "--user",
+                "alice",
+                "--ca",
+                &ca,
+            ],
+        );
+        init(&bob, &server, &ca, "bob");
+        let daemon = Daemon::start(&alice);
+        ok(&alice, &["group", "create", "friends"]);
+        ok(&alice, &["group", "add", "friends", "bob"]);
+        ok(&bob, &["sync"]);
+        let bobs = Daemon::start(&bob);
+        let mut watcher = Rpc::connect(&daemon.socket);
+        watcher.ok("subscribe", json!({}));
+        let mut sender = Rpc::connect(&bobs.socket);
+        until("bob's daemon is connected", || {
+            sender.ok("status", json!({}))["connected"] == true
+        });
+        let texts: Vec<String> = (1..=cove::backup::BACKUP_BATCH)
+            .map(|n| format!("bob {n}"))
+            .collect();
+        for t in &texts {
+            let r = sender.ok("send", json!({ "group": "friends", "text": t }));
+            assert_eq!(r["pending"], false, "{r}");
+        }
+        messages_until(&mut watcher, "bob", &texts);
+        loop {
+            let v = watcher.read().expect("notifications");
+            assert_ne!(v["method"], "message", "{v}");
+            if v["method"] == "backup" {
+                assert_eq!(v["params"]["messages"], texts.len(), "{v}");
+                break;
+            }
+        }
+        assert_eq!(ok(&alice, &["backup"]).trim(), "nothing new to back up");
+        assert!(bobs.terminate().success());
+        assert!(daemon.terminate().success());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
