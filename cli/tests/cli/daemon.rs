@@ -449,6 +449,11 @@ async fn a_message_sent_while_the_relay_is_down_is_delivered_once_after_restarts
         ok(&a, &["group", "create", "friends"]);
         ok(&a, &["group", "add", "friends", "bob"]);
         let daemon = Daemon::start(&a);
+        // Connected first: a send before that is queued (`pending`), not what this checks.
+        let mut rpc = Rpc::connect(&daemon.socket);
+        until("the daemon is connected", || {
+            rpc.ok("status", json!({}))["connected"] == true
+        });
         assert_eq!(
             ok(&a, &["send", "friends", "before"]).trim(),
             "sent to friends"
