@@ -94,14 +94,48 @@ pub struct RestoreReport {
     pub refused: Vec<RefusedSegment>,
 }
 
+/// The way a backup or a restore reaches the relay: the device, and a request/reply path on
+/// its session. A [`Device`] that owns its event stream reads the replies from it; the
+/// daemon, whose event pump owns the stream, routes the replies of these requests here.
+#[allow(async_fn_in_trait)]
+pub trait RelayLink {
+    /// The device (its session, its relay, its blob access).
+    fn device(&self) -> &Device;
+    /// Sends `body` on the device's session and returns the relay's answer.
+    async fn relay_request(
+        &mut self,
+        body: Request,
+    ) -> Result<Result<Reply, ErrorReply>, DeviceError>;
+}
+
+impl RelayLink for Device {
+    fn device(&self) -> &Device {
+        self
+    }
+
+    async fn relay_request(
+        &mut self,
+        body: Request,
+    ) -> Result<Result<Reply, ErrorReply>, DeviceError> {
+        Device::relay_request(self, body).await
+    }
+}
+
 /// Backs up the rows stored since the last backup (see the module doc): `NoAccount` on a
 /// device without account secrets. Segments go one by one; each one's marks are recorded
 /// once the relay indexed it, so a failure leaves the rest for the next backup.
-pub async fn backup(device: &mut Device) -> Result<BackupReport, BackupError> {
-    let (user, key) = secrets(device).await?;
-    let me = device.device_id().ok_or(DeviceError::NotRegistered)?;
+pub async fn backup(link: &mut impl RelayLink) -> Result<BackupReport, BackupError> {
+    let (user, key) = secrets(link.device()).await?;
+    let me = link
+        .device()
+        .session()
+        .call(|c| c.device())
+        .await
+        .map_err(DeviceError::from)?
+        .ok_or(DeviceError::NotRegistered)?;
     let planner = user.clone();
-    let planned = device
+    let planned = link
+        .device()
         .session()
         .call(move |c| backup::plan(c.store(), &planner, me))
         .await
@@ -110,7 +144,7 @@ pub async fn backup(device: &mut Device) -> Result<BackupReport, BackupError> {
     if planned.is_empty() {
         return Ok(report);
     }
-    let client = BlobClient::for_device(device).await?;
+    let client = BlobClient::for_device(link.device()).await?;
     for p in planned {
         let sealed =
             backup::seal(&key, &p.segment, &mut rand::rngs::OsRng).map_err(BackupError::Seal)?;
@@ -128,13 +162,13 @@ pub async fn backup(device: &mut Device) -> Result<BackupReport, BackupError> {
                 entry: Payload(entry.encode()),
             },
         };
-        match device.relay_request(body).await? {
+        match link.relay_request(body).await? {
             Ok(Reply::BackupSegmentAppended { .. }) => {}
             Ok(_) => return Err(BackupError::Unexpected),
             Err(e) => return Err(BackupError::Refused(e)),
         }
         let marks = p.marks;
-        device
+        link.device()
             .session()
             .call(move |c| backup::commit_marks(c.store(), &marks))
             .await
@@ -149,10 +183,11 @@ pub async fn backup(device: &mut Device) -> Result<BackupReport, BackupError> {
 /// Backs up when at least `threshold` rows wait (after a `sync`/`listen` round; `1` at
 /// close): `None` when nothing was due or the device has no account secrets.
 pub async fn backup_if_due(
-    device: &mut Device,
+    link: &mut impl RelayLink,
     threshold: usize,
 ) -> Result<Option<BackupReport>, BackupError> {
-    let due = device
+    let due = link
+        .device()
         .session()
         .call(
             |c| -> Result<Option<usize>, cove_core::cove_store::StoreError> {
@@ -165,7 +200,7 @@ pub async fn backup_if_due(
         .await
         .map_err(DeviceError::from)??;
     match due {
-        Some(n) if n >= threshold.max(1) => Ok(Some(backup(device).await?)),
+        Some(n) if n >= threshold.max(1) => Ok(Some(backup(link).await?)),
         _ => Ok(None),
     }
 }
@@ -173,9 +208,9 @@ pub async fn backup_if_due(
 /// Restores the user's backup on this device (see the module doc): every indexed segment
 /// that opens as this user's is imported; the others are reported in
 /// [`RestoreReport::refused`] and never imported.
-pub async fn restore_history(device: &mut Device) -> Result<RestoreReport, BackupError> {
-    let (user, key) = secrets(device).await?;
-    let client = BlobClient::for_device(device).await?;
+pub async fn restore_history(link: &mut impl RelayLink) -> Result<RestoreReport, BackupError> {
+    let (user, key) = secrets(link.device()).await?;
+    let client = BlobClient::for_device(link.device()).await?;
     let mut report = RestoreReport::default();
     let mut order = OrderCheck::default();
     let mut after = 0u64;
@@ -184,7 +219,7 @@ pub async fn restore_history(device: &mut Device) -> Result<RestoreReport, Backu
             user: user.clone(),
             after,
         };
-        let (segments, more) = match device.relay_request(body).await? {
+        let (segments, more) = match link.relay_request(body).await? {
             Ok(Reply::BackupSegments { segments, more }) => (segments.0, more),
             Ok(_) => return Err(BackupError::Unexpected),
             Err(e) => return Err(BackupError::Refused(e)),
@@ -225,7 +260,8 @@ pub async fn restore_history(device: &mut Device) -> Result<RestoreReport, Backu
                 .unwrap_or_else(|_| Err("the download task failed".to_owned()));
             match opened {
                 Ok(segment) => {
-                    let imported = device
+                    let imported = link
+                        .device()
                         .session()
                         .call(move |c| c.import_backup_segment(now_ms(), segment))
                         .await

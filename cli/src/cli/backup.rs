@@ -16,8 +16,9 @@ Example:
 Receives what is pending, then encrypts the messages stored since the last backup with the
 account's backup key and uploads them to the relay as history segments. Prints
 `backed up N messages in S segments (B bytes)` or `nothing new to back up`. `cove sync`
-backs up by itself once 100 messages wait, `cove listen` when it stops. Needs a password
-account (the backup key comes with it).")]
+backs up by itself once 100 messages wait, `cove listen` when it stops, a running
+`cove daemon` once 100 wait, every 5 minutes and when it stops (then `cove backup` goes
+through it). Needs a password account (the backup key comes with it).")]
 pub struct BackupArgs {}
 
 /// Arguments of `cove restore-history`.

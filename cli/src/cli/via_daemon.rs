@@ -172,6 +172,39 @@ pub async fn try_run(home: &Home, command: &Command) -> anyhow::Result<bool> {
             .await?;
             follow_call(&mut d, &id).await?;
         }
+        Command::Backup(_) => {
+            let r = call(&mut d, "backup", json!({})).await?;
+            let count = |k: &str| r[k].as_u64().unwrap_or(0);
+            if count("segments") == 0 {
+                println!("nothing new to back up");
+            } else {
+                println!(
+                    "backed up {} messages in {} segments ({} bytes)",
+                    count("messages"),
+                    count("segments"),
+                    count("bytes")
+                );
+            }
+        }
+        Command::RestoreHistory(_) => {
+            let r = call(&mut d, "restore_history", json!({})).await?;
+            let refused = r["refused"].as_array().cloned().unwrap_or_default();
+            for s in &refused {
+                eprintln!(
+                    "warning: history segment {} refused, not imported: {}",
+                    s["position"].as_u64().unwrap_or(0),
+                    escape(str_of(&s["reason"]))
+                );
+            }
+            let count = |k: &str| r[k].as_u64().unwrap_or(0);
+            println!(
+                "restored {} messages from {} segments ({} already here, {} refused)",
+                count("messages"),
+                count("segments"),
+                count("duplicates"),
+                refused.len()
+            );
+        }
         _ => return Ok(false),
     }
     Ok(true)
@@ -189,7 +222,9 @@ fn serves(command: &Command) -> bool {
         | Command::Sync(_)
         | Command::Listen(_)
         | Command::Call(_)
-        | Command::Answer(_) => true,
+        | Command::Answer(_)
+        | Command::Backup(_)
+        | Command::RestoreHistory(_) => true,
         _ => false,
     }
 }

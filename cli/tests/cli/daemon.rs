@@ -449,6 +449,11 @@ async fn a_message_sent_while_the_relay_is_down_is_delivered_once_after_restarts
         ok(&a, &["group", "create", "friends"]);
         ok(&a, &["group", "add", "friends", "bob"]);
         let daemon = Daemon::start(&a);
+        // Connected first: a send before that is queued (`pending`), not what this checks.
+        let mut rpc = Rpc::connect(&daemon.socket);
+        until("the daemon is connected", || {
+            rpc.ok("status", json!({}))["connected"] == true
+        });
         assert_eq!(
             ok(&a, &["send", "friends", "before"]).trim(),
             "sent to friends"
@@ -679,6 +684,183 @@ async fn calls_ring_every_client_and_any_can_answer_or_decline() {
 
         let _ = listen.kill();
         let _ = listen.wait();
+        assert!(daemon.terminate().success());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// Reads `watcher`'s notifications until the `message` ones from `sender` were exactly
+/// `expected`, in order (panics on one that is not the next expected text).
+fn messages_until(watcher: &mut Rpc, sender: &str, expected: &[String]) {
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() {
+        let v = watcher.read().expect("notifications");
+        if v["method"] == "message" && v["params"]["sender"] == sender {
+            seen.push(v["params"]["text"].as_str().unwrap().to_owned());
+            assert_eq!(seen[..], expected[..seen.len()], "{v}");
+        }
+    }
+}
+
+/// With alice's daemon running on her password account, bob's messages all show as
+/// `message` notifications (in order, none missing) while `cove backup` and
+/// `cove restore-history` go through the daemon (its `backup` and `restore_history`
+/// methods, whose relay replies the daemon routes to them): the backup uploads bob's five
+/// messages and says so in a `backup` notification, a second one has nothing new, the
+/// restore finds all five already here; a message after that still shows, and the daemon
+/// backs it up when it stops (SIGTERM); `cove login` on a fresh home then restores all six
+/// and `cove history` there shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_backs_up_history_and_a_login_restores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let laptop = dir.path().join("alice-laptop");
+    let pw = dir.path().join("pw.txt");
+    std::fs::write(&pw, "correct horse battery staple\n").unwrap();
+    tokio::task::spawn_blocking(move || {
+        let p = pw.to_str().unwrap();
+        let out = ok(
+            &alice,
+            &[
+                "--password-file",
+                p,
+                "init",
+                "--server",
+                &server,
+                "--user",
+                "alice",
+                "--ca",
+                &ca,
+            ],
+        );
+        assert!(out.contains("recovery key: "), "{out}");
+        init(&bob, &server, &ca, "bob");
+        let daemon = Daemon::start(&alice);
+        ok(&alice, &["group", "create", "friends"]);
+        ok(&alice, &["group", "add", "friends", "bob"]);
+        ok(&bob, &["sync"]);
+        let mut watcher = Rpc::connect(&daemon.socket);
+        watcher.ok("subscribe", json!({}));
+
+        let texts: Vec<String> = (1..=5).map(|n| format!("bob {n}")).collect();
+        for t in &texts {
+            ok(&bob, &["send", "friends", t]);
+        }
+        messages_until(&mut watcher, "bob", &texts);
+
+        let out = ok(&alice, &["backup"]);
+        assert!(
+            out.starts_with("backed up 5 messages in 1 segments ("),
+            "{out}"
+        );
+        loop {
+            let v = watcher.read().expect("notifications");
+            if v["method"] == "backup" {
+                assert_eq!(v["params"]["messages"], 5, "{v}");
+                assert_eq!(v["params"]["segments"], 1, "{v}");
+                break;
+            }
+        }
+        assert_eq!(ok(&alice, &["backup"]).trim(), "nothing new to back up");
+        assert_eq!(
+            ok(&alice, &["restore-history"]).trim(),
+            "restored 0 messages from 1 segments (5 already here, 0 refused)"
+        );
+        // Notifications still flow after the backup's requests.
+        let after = vec!["bob after the backup".to_owned()];
+        ok(&bob, &["send", "friends", &after[0]]);
+        messages_until(&mut watcher, "bob", &after);
+        // Stopping backs up what waits.
+        assert!(daemon.terminate().success());
+
+        let out = ok(
+            &laptop,
+            &[
+                "--password-file",
+                p,
+                "login",
+                "--server",
+                &server,
+                "--user",
+                "alice",
+                "--ca",
+                &ca,
+            ],
+        );
+        assert!(out.contains("restored 6 message(s) of history"), "{out}");
+        let past = ok(&laptop, &["--password-file", p, "history", "friends"]);
+        let expected: String = texts
+            .iter()
+            .chain(&after)
+            .map(|t| format!("friends <bob> {t}\n"))
+            .collect();
+        assert_eq!(past, expected);
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// Once `BACKUP_BATCH` (100) messages wait, alice's daemon backs up by itself: bob sends 100
+/// messages (through his own daemon's `send`), alice's subscribed client gets all 100
+/// `message` notifications in order and then a `backup` notification for 100 messages,
+/// without anyone asking; a `cove backup` after it has nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_backs_up_by_itself_once_a_batch_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let pw = dir.path().join("pw.txt");
+    std::fs::write(&pw, "correct horse battery staple\n").unwrap();
+    tokio::task::spawn_blocking(move || {
+        let p = pw.to_str().unwrap();
+        ok(
+            &alice,
+            &[
+                "--password-file",
+                p,
+                "init",
+                "--server",
+                &server,
+                "--user",
+                "alice",
+                "--ca",
+                &ca,
+            ],
+        );
+        init(&bob, &server, &ca, "bob");
+        let daemon = Daemon::start(&alice);
+        ok(&alice, &["group", "create", "friends"]);
+        ok(&alice, &["group", "add", "friends", "bob"]);
+        ok(&bob, &["sync"]);
+        let bobs = Daemon::start(&bob);
+        let mut watcher = Rpc::connect(&daemon.socket);
+        watcher.ok("subscribe", json!({}));
+        let mut sender = Rpc::connect(&bobs.socket);
+        until("bob's daemon is connected", || {
+            sender.ok("status", json!({}))["connected"] == true
+        });
+        let texts: Vec<String> = (1..=cove::backup::BACKUP_BATCH)
+            .map(|n| format!("bob {n}"))
+            .collect();
+        for t in &texts {
+            let r = sender.ok("send", json!({ "group": "friends", "text": t }));
+            assert_eq!(r["pending"], false, "{r}");
+        }
+        messages_until(&mut watcher, "bob", &texts);
+        loop {
+            let v = watcher.read().expect("notifications");
+            assert_ne!(v["method"], "message", "{v}");
+            if v["method"] == "backup" {
+                assert_eq!(v["params"]["messages"], texts.len(), "{v}");
+                break;
+            }
+        }
+        assert_eq!(ok(&alice, &["backup"]).trim(), "nothing new to back up");
+        assert!(bobs.terminate().success());
         assert!(daemon.terminate().success());
     })
     .await

@@ -22,6 +22,14 @@ pub(super) async fn pump(daemon: Arc<Daemon>, mut events: mpsc::UnboundedReceive
 }
 
 async fn on_event(daemon: &Arc<Daemon>, event: SessionEvent) {
+    // The replies to the backup's requests go to it; every other event goes on.
+    let event = match event {
+        SessionEvent::Core(Event::Reply { id, result }) => match daemon.backups.route(id, result) {
+            None => return,
+            Some(result) => SessionEvent::Core(Event::Reply { id, result }),
+        },
+        event => event,
+    };
     daemon.calls.on_event(daemon, &event).await;
     match event {
         SessionEvent::Connected => {}
@@ -40,6 +48,7 @@ async fn on_core(daemon: &Arc<Daemon>, event: Event) {
             daemon.notify("connection", json!({ "connected": true }));
         }
         Event::Message(m) => {
+            daemon.backups.stored();
             let index = attachment_index(daemon, &m).await;
             daemon.notify("message", message_json(&m, index, false));
         }

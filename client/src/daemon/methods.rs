@@ -69,6 +69,8 @@ pub(super) async fn dispatch(
         "decline" => daemon.calls.decline(daemon, params).await,
         "hangup" => daemon.calls.hangup(daemon, params).await,
         "calls" => Ok(daemon.calls.list()),
+        "backup" => super::backup::backup_method(daemon).await,
+        "restore_history" => super::backup::restore_method(daemon).await,
         _ => Err(RpcError::new(
             rpc::METHOD_NOT_FOUND,
             format!("method not found: {}", crate::escape(method)),

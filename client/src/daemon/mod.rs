@@ -12,9 +12,11 @@
 //! - `rpc`: JSON-RPC framing and error objects.
 //! - `methods`: the methods.
 //! - `events`: session events to notifications.
+//! - `backup`: the history backup (its own replies, batches, the timer, at shutdown).
 //! - `calls`: calls through the daemon (ringing every client, answer/decline from any).
 //! - [`client`]: the client side, for the CLI.
 
+mod backup;
 mod calls;
 pub mod client;
 mod events;
@@ -22,6 +24,7 @@ mod methods;
 pub mod rpc;
 mod server;
 
+pub use backup::BACKUP_EVERY;
 pub use methods::API_VERSION;
 pub use server::{CLIENT_QUEUE, Daemon, DaemonError, run, socket_path};
 

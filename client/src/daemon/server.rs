@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use cove_store::SqliteStore;
 
 use super::rpc::{self, Line, RpcError};
-use super::{SOCKET_FILE, calls::CallManager};
+use super::{SOCKET_FILE, backup::Backups, calls::CallManager};
 use crate::config::{ConfigError, Home};
 use crate::device::{Device, DeviceError};
 use crate::session::Session;
@@ -118,6 +118,8 @@ pub struct Daemon {
     pub(super) connected: AtomicBool,
     /// Calls.
     pub(super) calls: CallManager,
+    /// The history backup.
+    pub(super) backups: Backups,
     subscribers: Fanout,
     shutdown: Notify,
     next_conn: AtomicU64,
@@ -182,16 +184,26 @@ pub async fn run(home: &Home, ready: impl FnOnce(&Path)) -> Result<(), DaemonErr
         session,
         connected: AtomicBool::new(false),
         calls: CallManager::default(),
+        backups: Backups::default(),
         subscribers: Fanout::default(),
         shutdown: Notify::new(),
         next_conn: AtomicU64::new(1),
     });
     let pump = tokio::spawn(super::events::pump(Arc::clone(&daemon), events));
+    let backups = tokio::spawn(super::backup::run(Arc::clone(&daemon)));
     ready(&path);
     let result = serve(&daemon, listener).await;
     let _ = std::fs::remove_file(&path);
-    pump.abort();
     daemon.calls.hang_up_all(FLUSH_ON_CLOSE).await;
+    // What waits is backed up before the session stops (the pump still routes the replies).
+    backups.abort();
+    let last = super::backup::backup_if_due(&daemon, 1);
+    match tokio::time::timeout(daemon.device.timeout(), last).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(error = %e, "history backup at shutdown failed (retried later)"),
+        Err(_) => warn!("history backup at shutdown timed out (retried later)"),
+    }
+    pump.abort();
     let device = &daemon.device;
     let _ = device.session().stop().await;
     result
