@@ -284,7 +284,16 @@ async fn run(bursts: usize) {
         for (home, user) in [(&a, "alice"), (&b, "bob")] {
             cove(
                 home,
-                &["init", "--server", &relay_url, "--user", user, "--ca", &ca],
+                &[
+                    "init",
+                    "--server",
+                    &relay_url,
+                    "--user",
+                    user,
+                    "--ca",
+                    &ca,
+                    "--no-account",
+                ],
             );
         }
         cove(&a, &["group", "create", "talk"]);
@@ -307,7 +316,7 @@ async fn run(bursts: usize) {
     let at_a = record(&server, "cove_a.monitor");
     let at_b = record(&server, "cove_b.monitor");
     let at_c = record(&server, "cove_c.monitor");
-    let _bursts = play_bursts(&server, "cove_a");
+    let bursts_player = play_bursts(&server, "cove_a");
 
     let spawn = |home: &Path, args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_cove"))
@@ -444,6 +453,20 @@ async fn run(bursts: usize) {
             );
         }
     }
+    println!(
+        "configured in cove: Opus frames of {frame} ms (capture waits for a whole frame), the \
+         send pump's {frame} ms tick, a jitter buffer that starts playing at {target} frames \
+         ({jb} ms), a playback mixer that renders whole {frame} ms periods, capture backlog cap \
+         {backlog} ms",
+        frame = cove_media::codec::AUDIO_FRAME_DURATION.as_millis(),
+        target = cove_media::audio::JITTER_TARGET_FRAMES,
+        jb = cove_media::audio::JITTER_TARGET_FRAMES as u128
+            * cove_media::codec::AUDIO_FRAME_DURATION.as_millis(),
+        backlog = cove_media::device::MAX_CAPTURE_BACKLOG / (RATE / 1000),
+    );
+    // Stop the players and recorders before their sound server.
+    drop(bursts_player);
+    drop((at_a, at_b, at_c));
     drop(pulse);
     relay.shutdown().await;
 }
