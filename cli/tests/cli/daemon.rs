@@ -28,11 +28,17 @@ struct Daemon {
 impl Daemon {
     /// Starts `cove daemon` on `home` and waits until it says it listens.
     fn start(home: &Path) -> Daemon {
+        Daemon::start_with_env(home, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    fn start_with_env(home: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cove"))
             .arg("--home")
             .arg(home)
             .arg("daemon")
             .env_remove("COVE_HOME")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -861,6 +867,87 @@ async fn the_daemon_backs_up_by_itself_once_a_batch_waits() {
         }
         assert_eq!(ok(&alice, &["backup"]).trim(), "nothing new to back up");
         assert!(bobs.terminate().success());
+        assert!(daemon.terminate().success());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// A daemon whose default audio device is listed but cannot be opened (an ALSA `default` PCM
+/// on a sound card that does not exist) answers a call without audio options: instead of the
+/// call ending with "audio device: ...", the JSON-RPC client gets one `warning` per direction
+/// (input: silence is sent; output: nothing is played), the call connects, and it stays
+/// connected until the client hangs up (the caller then ends cleanly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_audio_device_that_fails_to_open_falls_back_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let asound = dir.path().join("asound.conf");
+    std::fs::write(&asound, "pcm.!default { type hw; card 99; device 0 }\n").unwrap();
+    let alsa = format!("/usr/share/alsa/alsa.conf:{}", asound.display());
+    tokio::task::spawn_blocking(move || {
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        ok(&alice, &["group", "create", "talk"]);
+        ok(&alice, &["group", "add", "talk", "bob"]);
+        let daemon = Daemon::start_with_env(&bob, &[("ALSA_CONFIG_PATH", &alsa)]);
+        let mut rpc = Rpc::connect(&daemon.socket);
+        rpc.ok("subscribe", json!({}));
+        let caller = Command::new(env!("CARGO_BIN_EXE_cove"))
+            .arg("--home")
+            .arg(&alice)
+            .args(["call", "talk", "--duration", "0", "--ring-timeout", "60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let call = loop {
+            let v = rpc.read().expect("a notification");
+            if v["method"] == "incoming_call" {
+                break v["params"]["call"].as_str().unwrap().to_owned();
+            }
+        };
+        // No audio options: the daemon picks the default devices.
+        let answered = rpc.ok("answer", json!({ "call": call }));
+        assert_eq!(answered["call"], call.as_str());
+        let mut warnings = Vec::new();
+        let mut connected = false;
+        while !connected || warnings.len() < 2 {
+            let v = rpc.read().expect("call notifications");
+            if v["method"] == "warning" {
+                assert_eq!(v["params"]["call"], call.as_str(), "{v}");
+                warnings.push(v["params"]["text"].as_str().unwrap().to_owned());
+            }
+            if v["method"] == "call_state" && v["params"]["call"] == call.as_str() {
+                assert_ne!(v["params"]["state"], "ended", "{v}");
+                connected |= v["params"]["state"] == "connected";
+            }
+        }
+        warnings.sort();
+        assert!(
+            warnings[0].starts_with("audio input default failed to open (")
+                && warnings[0].ends_with("): sending silence"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].starts_with("audio output default failed to open (")
+                && warnings[1].ends_with("): not playing the call"),
+            "{warnings:?}"
+        );
+        assert_eq!(rpc.ok("hangup", json!({ "call": call })), json!({}));
+        let out = caller.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains("connected") && said.contains(&format!("call {} ended", &call[..8])),
+            "{said}"
+        );
         assert!(daemon.terminate().success());
     })
     .await

@@ -142,6 +142,7 @@ fn options(media: &MediaArgs, ring: u64) -> anyhow::Result<CallOptions> {
             media.bind.clone()
         },
         verbose: !media.json,
+        device_fallback: false,
     })
 }
 

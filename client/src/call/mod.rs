@@ -57,6 +57,10 @@ pub struct CallOptions {
     pub bind: Vec<String>,
     /// Print progress lines to stdout.
     pub verbose: bool,
+    /// Go on without an audio device that fails to open (silence in, no playback) with a
+    /// [`CallNote::DeviceFallback`] and a printed warning, instead of failing the call. The
+    /// daemon sets it when it picks a default device itself (no `audio_in` or `audio_out`).
+    pub device_fallback: bool,
 }
 
 impl Default for CallOptions {
@@ -71,6 +75,7 @@ impl Default for CallOptions {
             ring_timeout: Duration::from_secs(30),
             bind: vec!["127.0.0.1:0".into()],
             verbose: false,
+            device_fallback: false,
         }
     }
 }
@@ -182,6 +187,12 @@ pub enum CallNote {
         peer: String,
         /// Why.
         reason: &'static str,
+    },
+    /// An audio device failed to open; the call goes on without it (see
+    /// [`CallOptions::device_fallback`]).
+    DeviceFallback {
+        /// What the user is told, e.g. `audio input default failed to open (...): sending silence`.
+        warning: String,
     },
 }
 
@@ -551,6 +562,7 @@ impl<'a> Driver<'a> {
             video: options.video.clone(),
             receive_only: true,
             record_dir: options.record.clone(),
+            device_fallback: options.device_fallback,
             ..CallConfig::default()
         };
         let leaves: Vec<u32> = state.members.iter().map(|m| m.leaf).collect();
@@ -719,6 +731,21 @@ impl<'a> Driver<'a> {
                 self.say(format!("connection with {peer} failed: {reason}"));
             }
             CallEvent::Closed { peer } => self.say(format!("{peer} closed")),
+            CallEvent::DeviceFallback {
+                direction,
+                device,
+                reason,
+            } => {
+                let instead = if direction == "input" {
+                    "sending silence"
+                } else {
+                    "not playing the call"
+                };
+                let warning =
+                    format!("audio {direction} {device} failed to open ({reason}): {instead}");
+                self.say(format!("warning: {warning}"));
+                self.hooks.note(CallNote::DeviceFallback { warning });
+            }
         }
         Ok(())
     }

@@ -392,6 +392,13 @@ impl CallManager {
                 let (new_state, reason) = match note {
                     CallNote::Answered { .. } => ("connecting", None),
                     CallNote::Connected { .. } => ("connected", None),
+                    CallNote::DeviceFallback { warning } => {
+                        daemon.notify(
+                            "warning",
+                            json!({ "text": warning, "call": id.to_hex(), "group": group.to_hex() }),
+                        );
+                        return;
+                    }
                     CallNote::PeerLeft { peer, reason } => {
                         daemon.notify(
                             "call_state",
@@ -548,6 +555,11 @@ async fn send(daemon: &Daemon, group: GroupId, message: cove_core::call::CallMes
 /// The media options of `call` and `answer`: the default microphone and speaker when this
 /// machine has them, else a 440 Hz tone and no playback.
 fn options(params: &Value, ring: u64) -> Result<CallOptions, RpcError> {
+    // The devices picked here (no `audio_in`/`audio_out` given) may be listed but fail to
+    // open (a busy or broken sound server): the call then goes on without them, with a
+    // `warning`, rather than ending.
+    let device_fallback = opt_str_param(params, "audio_in")?.is_none()
+        || opt_str_param(params, "audio_out")?.is_none();
     let audio_in = match opt_str_param(params, "audio_in")? {
         Some(a) => parse_checked::<AudioInput>(a, "audio_in", AudioInput::check)?,
         None => parse_checked::<AudioInput>("default", "audio_in", AudioInput::check)
@@ -580,6 +592,7 @@ fn options(params: &Value, ring: u64) -> Result<CallOptions, RpcError> {
             None => vec!["127.0.0.1:0".into()],
         },
         verbose: false,
+        device_fallback,
     })
 }
 

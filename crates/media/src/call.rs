@@ -21,7 +21,7 @@ use crate::session::{
     CallHost, ControlMessage, IceCandidate, PeerSession, SessionDescription, SessionError,
 };
 use crate::sframe::{EpochKey, SframeError, SframeKeyring, SframeSender};
-use crate::source::{AudioOutput, WavSink, write_ppm};
+use crate::source::{AudioInput, AudioOutput, WavSink, write_ppm};
 
 /// Most participants in one mesh call (including the local one).
 pub const MAX_PARTICIPANTS: usize = 6;
@@ -151,8 +151,26 @@ impl Call {
         if let Some(dir) = &config.record_dir {
             std::fs::create_dir_all(dir).map_err(|e| SessionError::Io(e.into()))?;
         }
-        let player = Player::open(config.audio_out.as_ref())?;
+        let mut fallbacks = Vec::new();
+        let player = match Player::open(config.audio_out.as_ref()) {
+            Ok(p) => p,
+            Err(e) => match (&config.audio_out, config.device_fallback) {
+                (Some(AudioOutput::Device(name)), true) => {
+                    fallbacks.push(CallEvent::DeviceFallback {
+                        direction: "output",
+                        device: name.clone(),
+                        reason: e.to_string(),
+                    });
+                    None
+                }
+                _ => return Err(e.into()),
+            },
+        };
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        for event in fallbacks {
+            // The queue is new and far larger than two events.
+            let _ = tx.try_send(event);
+        }
         let inner = Arc::new(CallInner {
             config,
             events: tx,
@@ -466,7 +484,18 @@ impl Call {
     fn start_pumps(&self) -> Result<(), SessionError> {
         let mut handles = Vec::new();
         if let Some(input) = &self.inner.config.audio {
-            let mut source = input.open()?;
+            let mut source = match (input.open(), input) {
+                (Ok(s), _) => s,
+                (Err(e), AudioInput::Device(name)) if self.inner.config.device_fallback => {
+                    self.inner.emit(CallEvent::DeviceFallback {
+                        direction: "input",
+                        device: name.clone(),
+                        reason: e.to_string(),
+                    });
+                    AudioInput::Silence.open()?
+                }
+                (Err(e), _) => return Err(e.into()),
+            };
             let mut encoder = OpusEncoder::new(32_000)?;
             let weak = Arc::downgrade(&self.inner);
             handles.push(tokio::spawn(async move {

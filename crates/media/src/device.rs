@@ -154,6 +154,31 @@ pub fn check_device(name: &str, input: bool) -> Result<(), MediaIoError> {
     find_device(name, input).map(|_| ())
 }
 
+/// A stream error callback that logs the first error and then at most one line every
+/// [`ERROR_LOG_INTERVAL`] with the number suppressed: a device in trouble can report an error
+/// on every callback (hundreds in a millisecond were seen through the PulseAudio plug-in).
+fn rate_limited_warning(what: &'static str) -> impl FnMut(cpal::Error) + Send + 'static {
+    let mut last: Option<std::time::Instant> = None;
+    let mut suppressed: u64 = 0;
+    move |e| {
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < ERROR_LOG_INTERVAL) {
+            suppressed += 1;
+            return;
+        }
+        if suppressed > 0 {
+            tracing::warn!("{what}: {e} ({suppressed} more errors since the last report)");
+        } else {
+            tracing::warn!("{what}: {e}");
+        }
+        last = Some(now);
+        suppressed = 0;
+    }
+}
+
+/// Shortest interval between two logged errors of one stream.
+pub const ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Picks a stream configuration: 48 kHz if the device offers it, else its default rate.
 fn pick_config(
     device: &cpal::Device,
@@ -278,7 +303,7 @@ where
                     Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
                 }
             },
-            |e| tracing::warn!("audio capture: {e}"),
+            rate_limited_warning("audio capture"),
             None,
         )
         .map_err(device_error)
@@ -426,7 +451,7 @@ where
                     }
                 }
             },
-            |e| tracing::warn!("audio playback: {e}"),
+            rate_limited_warning("audio playback"),
             None,
         )
         .map_err(device_error)

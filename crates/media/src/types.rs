@@ -59,6 +59,11 @@ pub struct CallConfig {
     /// keep NAT mappings warm; tests use them to watch refreshes happen.
     #[serde(default)]
     pub turn_refresh_interval: Option<Duration>,
+    /// When a capture or playback DEVICE fails to open, go on without it (silence as input,
+    /// no playback) and report [`CallEvent::DeviceFallback`] instead of failing the call.
+    /// Files and tones still fail. Off by default: a device the user named must work.
+    #[serde(default)]
+    pub device_fallback: bool,
 }
 
 impl Default for CallConfig {
@@ -80,6 +85,7 @@ impl Default for CallConfig {
             sframe_grace: crate::sframe::DEFAULT_GRACE,
             ice_check_interval: Duration::from_millis(50),
             turn_refresh_interval: None,
+            device_fallback: false,
         }
     }
 }
@@ -136,6 +142,17 @@ pub enum CallEvent {
     Closed {
         /// The remote participant.
         peer: String,
+    },
+    /// An audio device failed to open and the call goes on without it
+    /// ([`CallConfig::device_fallback`]): `input` (silence is sent) or `output` (nothing is
+    /// played).
+    DeviceFallback {
+        /// `input` or `output`.
+        direction: &'static str,
+        /// The device's name as configured.
+        device: String,
+        /// Why it could not be opened.
+        reason: String,
     },
 }
 

@@ -130,6 +130,11 @@ impl PulseFixture {
         Some(fixture)
     }
 
+    /// The daemon's address, for `pactl`/`pacat`/`parec --server`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
     /// The value for `ALSA_CONFIG_PATH` that makes the PCMs `cove_a`, `cove_a_mon`, `cove_b`,
     /// `cove_b_mon`, `cove_c`, `cove_c_mon` exist (alsa-lib reads it once per process).
     pub fn alsa_config_path(&self) -> String {
