@@ -39,16 +39,27 @@ impl PendingAcks {
         self.len() == 0
     }
 
-    /// A copy of the pending cursors, to write in a transaction.
+    /// Whether the buffer is due to be written: [`ACK_FLUSH_ENTRIES`] cursors pending, or
+    /// the oldest unwritten one [`ACK_FLUSH_AGE`] old.
+    pub(super) fn due(&self) -> bool {
+        self.len() >= ACK_FLUSH_ENTRIES || self.since.is_some_and(|t| t.elapsed() >= ACK_FLUSH_AGE)
+    }
+
+    /// A copy of the pending cursors, to write in a transaction; `since` of the copy is the
+    /// moment it was taken. Every entry left after [`PendingAcks::written`] was acked at or
+    /// after that moment (entries are only dropped once written).
     pub(super) fn snapshot(&self) -> PendingAcks {
         PendingAcks {
             group: self.group.clone(),
             inbox: self.inbox.clone(),
-            since: None,
+            since: Some(Instant::now()),
         }
     }
 
-    /// Drops the entries a committed transaction wrote (unless acked further since).
+    /// Drops the entries a committed transaction wrote (unless acked further since). What is
+    /// left was acked after `done` was taken, so its age counts from then: a stream of acks
+    /// arriving while a flush runs does not leave the buffer looking old (which made every
+    /// later ack flush the buffer on its own).
     pub(super) fn written(&mut self, done: &PendingAcks) {
         for (k, seq) in &done.group {
             if self.group.get(k).is_some_and(|s| s <= seq) {
@@ -60,9 +71,11 @@ impl PendingAcks {
                 self.inbox.remove(k);
             }
         }
-        if self.is_empty() {
-            self.since = None;
-        }
+        self.since = if self.is_empty() {
+            None
+        } else {
+            done.since.or(self.since)
+        };
     }
 }
 
@@ -78,15 +91,24 @@ pub(super) fn write_acks(tx: &Transaction<'_>, acks: &PendingAcks) -> Result<(),
     for ((g, d), seq) in &acks.group {
         group.execute(params![g.0.as_slice(), to_i64(d.0)?, to_i64(seq.0)?])?;
     }
-    let mut departed = tx.prepare_cached(
-        "UPDATE departures SET cursor = MAX(cursor, ?3) WHERE group_id = ?1 AND device = ?2",
-    )?;
-    let mut done = tx.prepare_cached(
-        "DELETE FROM departures WHERE group_id = ?1 AND device = ?2 AND cursor >= removed_at",
-    )?;
-    for ((g, d), seq) in &acks.group {
-        departed.execute(params![g.0.as_slice(), to_i64(d.0)?, to_i64(seq.0)?])?;
-        done.execute(params![g.0.as_slice(), to_i64(d.0)?])?;
+    // A member with a departure record in the same group (removed, then added again) moves
+    // that record too. Departure records are rare: with none, that is one query, not two
+    // statements per cursor.
+    let any_departures: bool = !acks.group.is_empty()
+        && tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM departures)")?
+            .query_row([], |r| r.get(0))?;
+    if any_departures {
+        let mut departed = tx.prepare_cached(
+            "UPDATE departures SET cursor = MAX(cursor, ?3) WHERE group_id = ?1 AND device = ?2",
+        )?;
+        let mut done = tx.prepare_cached(
+            "DELETE FROM departures WHERE group_id = ?1 AND device = ?2 AND cursor >= removed_at",
+        )?;
+        for ((g, d), seq) in &acks.group {
+            departed.execute(params![g.0.as_slice(), to_i64(d.0)?, to_i64(seq.0)?])?;
+            done.execute(params![g.0.as_slice(), to_i64(d.0)?])?;
+        }
     }
     let mut inbox =
         tx.prepare_cached("UPDATE devices SET inbox_cursor = MAX(inbox_cursor, ?2) WHERE id = ?1")?;

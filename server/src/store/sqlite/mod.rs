@@ -202,8 +202,21 @@ impl SqliteStore {
 
     /// Writes the buffered acknowledgements now.
     fn flush_acks(&self) -> Result<(), StoreError> {
+        self.write_pending_acks(false)
+    }
+
+    /// Writes the buffered acks; with `only_if_due`, only if they are still due once the
+    /// write connection is ours (acks that found the buffer due while another flush was
+    /// writing it do not each write it again).
+    fn write_pending_acks(&self, only_if_due: bool) -> Result<(), StoreError> {
         let mut conn = self.writer()?;
-        let pending = self.acks()?.snapshot();
+        let pending = {
+            let acks = self.acks()?;
+            if only_if_due && !acks.due() {
+                return Ok(());
+            }
+            acks.snapshot()
+        };
         if pending.is_empty() {
             return Ok(());
         }
@@ -541,11 +554,11 @@ impl RelayStore for SqliteStore {
                 Stream::Group(g) => acks.group.entry((g, device)).or_default(),
             };
             *slot = (*slot).max(seq);
-            let since = *acks.since.get_or_insert_with(Instant::now);
-            acks.len() >= ACK_FLUSH_ENTRIES || since.elapsed() >= ACK_FLUSH_AGE
+            acks.since.get_or_insert_with(Instant::now);
+            acks.due()
         };
         if flush_now {
-            self.flush_acks()?;
+            self.write_pending_acks(true)?;
         }
         Ok(())
     }

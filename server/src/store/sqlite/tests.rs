@@ -703,3 +703,67 @@ fn migration_10_keeps_left_devices_and_lets_their_user_be_deleted() {
         .unwrap();
     assert_eq!(version, before + 1);
 }
+
+/// Cursors acked further while a flush was writing the buffer stay buffered, aged from the
+/// flush's snapshot rather than from the first ack before it: the buffer is not left looking
+/// due, which sent every later ack off the runtime to write the buffer on its own.
+#[test]
+fn acks_left_after_a_flush_are_aged_from_its_snapshot() {
+    use super::acks::PendingAcks;
+    let mut pending = PendingAcks::default();
+    let moved = (gid(1), DeviceId(7));
+    let unchanged = (gid(1), DeviceId(8));
+    pending.group.insert(moved, Seq(1));
+    pending.group.insert(unchanged, Seq(1));
+    let old = std::time::Instant::now()
+        .checked_sub(super::ACK_FLUSH_AGE * 2)
+        .unwrap();
+    pending.since = Some(old);
+    assert!(pending.due());
+    let snapshot = pending.snapshot();
+    // Acked further while the snapshot is being written.
+    pending.group.insert(moved, Seq(2));
+    pending.written(&snapshot);
+    assert_eq!(pending.group.get(&moved), Some(&Seq(2)));
+    assert_eq!(pending.group.get(&unchanged), None);
+    let since = pending.since.unwrap();
+    assert!(since > old);
+    assert_eq!(Some(since), snapshot.since);
+    // Written again: nothing left, nothing aging.
+    let snapshot = pending.snapshot();
+    pending.written(&snapshot);
+    assert!(pending.is_empty());
+    assert_eq!(pending.since, None);
+}
+
+/// An ack that found the buffer due but reaches the write connection after another flush
+/// wrote it does not write it again (it stays buffered).
+#[test]
+fn an_ack_does_not_flush_a_buffer_no_longer_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let a = device(&store, "alice", 1);
+    let b = device(&store, "bob", 2);
+    let g = gid(1);
+    store.create_group(g, a).unwrap();
+    one(&store, commit(g, a, 0, &[b], &[], Some(b"w"))).unwrap();
+    for i in 0..3u8 {
+        one(&store, app(g, a, 1, &[b'm', i])).unwrap();
+    }
+    store.ack(b, Stream::Group(g), Seq(2)).unwrap();
+    store.write_pending_acks(true).unwrap();
+    assert!(!store.acks().unwrap().is_empty(), "not due: still buffered");
+    store.acks().unwrap().since = std::time::Instant::now().checked_sub(super::ACK_FLUSH_AGE);
+    store.write_pending_acks(true).unwrap();
+    assert!(store.acks().unwrap().is_empty(), "due: written");
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let on_disk: i64 = raw
+        .query_row(
+            "SELECT cursor FROM members WHERE group_id = ?1 AND device = ?2",
+            rusqlite::params![g.0.as_slice(), b.0 as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(on_disk, 2);
+}
