@@ -64,11 +64,29 @@ async fn run(idle: u64, rounds: u64, sends: u64) {
     tokio::task::spawn_blocking(move || {
         cove(
             &a,
-            &["init", "--server", &server, "--user", "alice", "--ca", &ca],
+            &[
+                "init",
+                "--no-account",
+                "--server",
+                &server,
+                "--user",
+                "alice",
+                "--ca",
+                &ca,
+            ],
         );
         cove(
             &b,
-            &["init", "--server", &server, "--user", "bob", "--ca", &ca],
+            &[
+                "init",
+                "--no-account",
+                "--server",
+                &server,
+                "--user",
+                "bob",
+                "--ca",
+                &ca,
+            ],
         );
         cove(&a, &["group", "create", "bench"]);
         cove(&a, &["group", "add", "bench", "bob"]);
