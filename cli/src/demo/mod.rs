@@ -261,7 +261,7 @@ impl Demo {
 fn show(user: &str, me: Option<cove::DeviceId>, event: &Event, seen: &mut Vec<ChatMessage>) {
     match event {
         Event::Message(m) => {
-            seen.push(m.clone());
+            seen.push((**m).clone());
             if Some(m.from_device) != me {
                 println!("[{user}] {}", cove::message_view(m).line());
             }

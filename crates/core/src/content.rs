@@ -50,7 +50,77 @@ pub enum Content {
     /// Call signalling (offer, answer, ICE candidate, hang-up, busy, decline) for one call;
     /// see [`crate::call`] and `PROTOCOL.md`, "Calls".
     Call(crate::call_signal::CallMessage),
+    /// A reply to an earlier message of the group (issue 13): the id of the message replied
+    /// to, a short quote of it (at most [`MAX_QUOTE_CHARS`] characters, as the sender saw it)
+    /// and the reply's text.
+    Reply {
+        /// The message replied to.
+        to: [u8; 16],
+        /// A short quote of it (shown when the receiver does not hold it).
+        quote: String,
+        /// The reply (UTF-8, at most [`MAX_TEXT_BYTES`]).
+        text: String,
+    },
+    /// Adds or removes the sender's emoji reaction on a message.
+    Reaction {
+        /// The message reacted to.
+        to: [u8; 16],
+        /// The emoji (at most [`MAX_EMOJI_BYTES`] bytes of UTF-8, no control characters).
+        emoji: String,
+        /// True to take the sender's reaction back.
+        remove: bool,
+    },
+    /// New text for one of the sender's own messages (a text or a reply); receivers keep the
+    /// earlier texts as the edit history. Only the author's edits are applied.
+    Edit {
+        /// The message edited.
+        to: [u8; 16],
+        /// Its new text (at most [`MAX_TEXT_BYTES`]).
+        text: String,
+    },
+    /// Deletes a message for everyone: the sender's own, or any message when the sender is
+    /// an admin of the group. Receivers erase its text (and its edits) from their databases.
+    Delete {
+        /// The message deleted.
+        to: [u8; 16],
+    },
+    /// The sender's user has read the group up to (and including) this message. Sent at
+    /// most once every few seconds per group (batched).
+    ReadReceipt {
+        /// The newest message read.
+        up_to: [u8; 16],
+    },
+    /// The sender is typing (or stopped). Ephemeral: never stored, never retried.
+    Typing {
+        /// Typing now.
+        active: bool,
+    },
+    /// The group's disappearing-messages timer: messages sent after it expire that long after
+    /// they were received, on every device. `None` turns it off.
+    Disappearing {
+        /// The timer in seconds.
+        timer_secs: Option<u32>,
+    },
+    /// The group's profile (replaces [`Content::GroupInfo`] for new clients): name,
+    /// description and avatar (an attachment). Only admins' changes are applied.
+    GroupProfile {
+        /// The group's name (at most 256 bytes).
+        name: String,
+        /// A description (at most [`MAX_DESCRIPTION_BYTES`]).
+        description: String,
+        /// The avatar picture, as an attachment.
+        avatar: Option<AttachmentPointer>,
+    },
 }
+
+/// Longest quote carried by a [`Content::Reply`] (characters).
+pub const MAX_QUOTE_CHARS: usize = 120;
+
+/// Longest reaction emoji (bytes of UTF-8).
+pub const MAX_EMOJI_BYTES: usize = 32;
+
+/// Longest group description (bytes of UTF-8).
+pub const MAX_DESCRIPTION_BYTES: usize = 2048;
 
 /// Why an envelope could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

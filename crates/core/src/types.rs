@@ -57,7 +57,7 @@ pub enum Event {
     /// The relay pushed the whole backlog; what follows is live.
     BacklogDone,
     /// A message in a group (also this device's own, once the relay accepted it).
-    Message(ChatMessage),
+    Message(Box<ChatMessage>),
     /// This device was added to a group.
     Joined {
         /// The group.
@@ -127,6 +127,74 @@ pub enum Event {
         id: cove_wire::RequestId,
         /// The answer.
         result: Result<cove_wire::Reply, cove_wire::ErrorReply>,
+    },
+    /// A member reacted to a message, or took a reaction back (issue 13). Also for this
+    /// device's own, once the relay accepted it.
+    Reacted {
+        /// The group.
+        group: GroupId,
+        /// Who reacted.
+        by: UserName,
+        /// The message reacted to.
+        to: MessageId,
+        /// The emoji.
+        emoji: String,
+        /// True when the reaction was taken back.
+        removed: bool,
+    },
+    /// A message was edited by its author.
+    Edited {
+        /// The group.
+        group: GroupId,
+        /// The author.
+        by: UserName,
+        /// The message edited.
+        to: MessageId,
+        /// Its new text.
+        text: String,
+    },
+    /// A message was deleted for everyone (by its author or an admin).
+    Deleted {
+        /// The group.
+        group: GroupId,
+        /// Who deleted it.
+        by: UserName,
+        /// The message deleted.
+        to: MessageId,
+    },
+    /// A member's read receipt: they read the group up to this message.
+    ReadUpTo {
+        /// The group.
+        group: GroupId,
+        /// The reader.
+        by: UserName,
+        /// The newest message they read.
+        up_to: MessageId,
+    },
+    /// A member started or stopped typing (ephemeral).
+    Typing {
+        /// The group.
+        group: GroupId,
+        /// Who.
+        from: UserName,
+        /// Typing now.
+        active: bool,
+    },
+    /// A group's settings changed (profile, disappearing timer, admins).
+    GroupChanged {
+        /// The group.
+        group: GroupId,
+        /// Who changed them.
+        by: UserName,
+        /// What changed.
+        change: GroupChange,
+    },
+    /// Messages disappeared from this device (their timer expired).
+    Expired {
+        /// The group.
+        group: GroupId,
+        /// The messages.
+        ids: Vec<MessageId>,
     },
     /// A push of the relay's link rendezvous on this connection (after an `OpenLink` the
     /// shell sent with `Client::send_request`, for linking a new machine by a code).
@@ -212,6 +280,61 @@ pub struct ChatMessage {
     pub attachment: Option<crate::attachment::AttachmentPointer>,
     /// Position in the group log: every member sees the same order.
     pub seq: Seq,
+    /// The message this one replies to (issue 13).
+    pub reply_to: Option<Quote>,
+    /// Reactions on it: each emoji with the users who reacted with it (in first-reaction
+    /// order).
+    pub reactions: Vec<Reaction>,
+    /// Its earlier texts, oldest first (empty if never edited); `text` is the newest.
+    pub edits: Vec<String>,
+    /// Deleted for everyone: `text` and `edits` are empty and `attachment` is `None`.
+    pub deleted: bool,
+    /// A content type this client does not know (from a newer client): shown as
+    /// "unsupported message", never dropped. Holds the content's type number.
+    pub unsupported: Option<u32>,
+    /// The users (other than the sender) whose read receipts cover it.
+    pub read_by: Vec<UserName>,
+    /// When it disappears from this device (local clock, ms since the Unix epoch), if the
+    /// group's disappearing-messages timer was on when it arrived.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// What a reply quotes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quote {
+    /// The message replied to.
+    pub id: MessageId,
+    /// Its author, when this device holds it.
+    pub from: Option<UserName>,
+    /// The quote the reply carries (or the message's current text when this device holds it).
+    pub text: String,
+}
+
+/// One emoji on a message and who reacted with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reaction {
+    /// The emoji.
+    pub emoji: String,
+    /// The users who reacted with it.
+    pub users: Vec<UserName>,
+}
+
+/// A change of a group's settings (see [`Event::GroupChanged`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupChange {
+    /// The group's name, description or avatar changed.
+    Profile {
+        /// The new name.
+        name: String,
+        /// The new description.
+        description: String,
+        /// Whether it has an avatar.
+        avatar: bool,
+    },
+    /// The disappearing-messages timer changed (`None`: off).
+    Disappearing(Option<u32>),
+    /// The group's admins changed (the new set).
+    Admins(Vec<UserName>),
 }
 
 /// Non-text application content received in a group (see [`Event::Content`]).
@@ -248,6 +371,17 @@ pub struct GroupInfo {
     pub members: Vec<UserName>,
     /// Whether this device is still a member.
     pub active: bool,
+    /// Its description (issue 13; empty if none).
+    pub description: String,
+    /// Its admins (users). A group made before admins existed has none recorded: then
+    /// every member may do what admins do.
+    pub admins: Vec<UserName>,
+    /// The disappearing-messages timer, in seconds.
+    pub disappearing_secs: Option<u32>,
+    /// Messages of others not read yet on this device.
+    pub unread: u32,
+    /// Muted until (local clock, ms since the Unix epoch; `u64::MAX` = for ever).
+    pub muted_until_ms: Option<u64>,
 }
 
 /// Why a command failed (reported in [`Event::OpDone`]).
@@ -343,6 +477,17 @@ pub enum CommandError {
     /// The device has no identity / is not registered yet.
     #[error("the device is not registered yet; connect to the relay first")]
     NotRegistered,
+    /// The message named does not exist in the group (or is not one this command applies
+    /// to) (issue 13).
+    #[error("no such message: {0}")]
+    UnknownMessage(String),
+    /// Only a message's author may do this (edit it).
+    #[error("only the author of a message can edit it")]
+    NotAuthor,
+    /// Only an admin of the group may do this (add, remove, rename, delete others' messages,
+    /// promote, demote).
+    #[error("only an admin of group {0:?} can do that")]
+    NotAdmin(String),
     /// Local storage failed.
     #[error(transparent)]
     Store(#[from] cove_store::StoreError),
@@ -424,6 +569,12 @@ pub enum QueryError {
     /// No pinned keys for that user yet (share a group first).
     #[error("no keys known for user {0}")]
     UnknownUser(UserName),
+    /// No message of the group has an id starting with this (issue 13).
+    #[error("no message with id {0:?} in this group")]
+    UnknownMessage(String),
+    /// Several messages of the group have ids starting with this: give more of the id.
+    #[error("several messages have ids starting with {0:?}; give more of the id")]
+    AmbiguousMessage(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] cove_store::StoreError),

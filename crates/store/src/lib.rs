@@ -145,6 +145,37 @@ pub trait Kv {
     fn rollback(&self) -> Result<(), StoreError>;
     /// Whether a transaction is open.
     fn in_transaction(&self) -> bool;
+    /// Indexes `text` as the searchable text of message `seq` of `group`, replacing any
+    /// earlier text of it (issue 13: full-text search over the local history). Part of the
+    /// open transaction, if any.
+    fn text_index(&self, group: &GroupId, seq: Seq, text: &str) -> Result<(), StoreError> {
+        let _ = (group, seq, text);
+        Ok(())
+    }
+    /// Removes message `seq` of `group` from the search index (no error if absent).
+    fn text_unindex(&self, group: &GroupId, seq: Seq) -> Result<(), StoreError> {
+        let _ = (group, seq);
+        Ok(())
+    }
+    /// The messages whose indexed text matches `query` (words; every word must match, as a
+    /// prefix), newest first (highest seq first within a group), at most `limit`, in every
+    /// group or in `group` only. The query is plain words, never the backend's query syntax.
+    fn text_search(
+        &self,
+        query: &str,
+        group: Option<&GroupId>,
+        limit: usize,
+    ) -> Result<Vec<(GroupId, Seq)>, StoreError> {
+        let _ = (query, group, limit);
+        Ok(Vec::new())
+    }
+    /// Makes deleted data unrecoverable from the backend's files (after messages were
+    /// deleted for everyone or disappeared): merges the search index, checkpoints and
+    /// truncates the write-ahead log; freed pages are zeroed (`secure_delete`). Outside a
+    /// transaction.
+    fn scrub(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A Cove client store: the typed client state on top of [`Kv`], and openmls's storage.

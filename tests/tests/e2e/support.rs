@@ -95,7 +95,7 @@ pub async fn until(
             .unwrap_or_else(|| panic!("{}'s session stopped before {what}", device.user()));
         if let SessionEvent::Core(event) = event {
             if let Event::Message(m) = &event {
-                messages.push(m.clone());
+                messages.push((**m).clone());
             }
             if done(&event) {
                 return messages;

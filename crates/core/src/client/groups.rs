@@ -200,6 +200,11 @@ impl Groups {
                     epoch,
                     members,
                     active: r.membership == Membership::Active,
+                    description: String::new(),
+                    admins: Vec::new(),
+                    disappearing_secs: None,
+                    unread: 0,
+                    muted_until_ms: None,
                 }
             })
             .collect()

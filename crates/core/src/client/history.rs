@@ -33,7 +33,7 @@ pub(super) fn stored_chat_event(groups: &Groups, m: &StoredMessage) -> Option<Ev
 /// The Message event for stored message `m` with its (already decoded) content, if that
 /// content is shown to the user.
 pub(super) fn chat_event(groups: &Groups, m: &StoredMessage, content: Content) -> Option<Event> {
-    chat_message(m, groups.name(&m.group), content).map(Event::Message)
+    chat_message(m, groups.name(&m.group), content).map(|m| Event::Message(Box::new(m)))
 }
 
 pub(super) fn chat_message(
@@ -52,5 +52,12 @@ pub(super) fn chat_message(
         text,
         attachment,
         seq: m.seq,
+        reply_to: None,
+        reactions: Vec::new(),
+        edits: Vec::new(),
+        deleted: false,
+        unsupported: None,
+        read_by: Vec::new(),
+        expires_at_ms: None,
     })
 }

@@ -503,7 +503,7 @@ fn apply_in_tx<S: Store>(
             let group_name = record.as_ref().map(|r| r.name.clone()).unwrap_or_default();
             let shown = history::chat_message(&stored, group_name, env.content.clone());
             events.push(match shown {
-                Some(m) => Event::Message(m),
+                Some(m) => Event::Message(Box::new(m)),
                 None => Event::Content(ReceivedContent {
                     group,
                     from: sender_id.user,

@@ -31,7 +31,9 @@
 //! mod           Client: the dispatcher and the public API
 //! ```
 
+mod admins;
 mod changes;
+mod chat;
 mod context;
 mod device;
 mod effects;
@@ -45,6 +47,8 @@ mod mls;
 mod outbox;
 mod own_list;
 mod rejoin;
+mod search;
+mod settings;
 mod trust;
 mod welcome;
 
