@@ -99,6 +99,18 @@ impl AccountSession {
         self.logged_in.as_ref()
     }
 
+    /// Whether an account operation is under way on this connection: a login between its
+    /// start and finish, a password or recovery proof not used yet, or a password change or
+    /// reset between its start and finish. Each step ahead of the client runs Argon2id, which
+    /// may take seconds on a slow machine, so such a connection is not closed for not
+    /// authenticating as a device (the idle timeout still applies).
+    pub fn in_progress(&self) -> bool {
+        self.login.is_some()
+            || self.logged_in.is_some()
+            || self.recovered.is_some()
+            || self.replacing.is_some()
+    }
+
     /// The user an `AccountDelete` on this connection just deleted, with its devices (to
     /// disconnect); `None` otherwise.
     pub fn take_deleted(&mut self) -> Option<(UserName, Vec<cove_wire::DeviceId>)> {

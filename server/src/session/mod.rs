@@ -149,6 +149,17 @@ pub(crate) async fn run<S>(
             timer.as_mut().reset(tokio::time::Instant::now() + idle);
             continue;
         }
+        // Nor is one in the middle of a password login, change or reset: the client runs
+        // Argon2id between the steps. It is closed once a whole idle period passes in
+        // silence, like an authenticated one.
+        if next.is_err()
+            && session.conn.device().is_none()
+            && session.account.in_progress()
+            && std::mem::take(&mut heard)
+        {
+            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            continue;
+        }
         // A new machine linking by a code stays unauthenticated while in its link slot
         // (bounded by the slot's lifetime); it is not closed for not authenticating.
         if next.is_err() && session.conn.device().is_none() && shared.links.is_linked(conn_id) {

@@ -1145,3 +1145,48 @@ async fn a_device_deleting_its_own_account_is_answered_then_closed() {
     let (_, closing) = alice.read_until_closed().await;
     assert_eq!(closing, Some(ErrorCode::UnknownDevice));
 }
+
+/// A password login and a password change whose client pauses between every step for
+/// longer than the authentication deadline (as Argon2id does on a slow machine) complete on
+/// one unauthenticated connection; a connection that started no account operation is still
+/// closed at the deadline (`Unauthenticated`).
+#[tokio::test]
+async fn slow_steps_of_a_login_and_a_password_change_outlive_the_authentication_deadline() {
+    let relay = TestRelay::start(
+        StoreKind::Memory,
+        Limits {
+            handshake_timeout_ms: 300,
+            ..test_limits()
+        },
+    )
+    .await;
+    let (mut alice, _) = relay.register("alice").await.unwrap();
+    let reg = register_account(&mut alice, "alice", b"old password").await;
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(700));
+
+    let mut c = relay.connect().await.unwrap();
+    let (state, request) = client_login_start(b"old password").unwrap();
+    let (response, ksf_version) = login_start(&mut c, "alice", request).await.unwrap();
+    pause().await;
+    let done = client_login_finish(state, "alice", ksf_version, response.as_bytes()).unwrap();
+    let answer = c
+        .request(Request::AccountLoginFinish {
+            finalization: done.finalization.into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(answer, Ok(Reply::AccountLoggedIn { .. })));
+    pause().await;
+    let (upload, bundle, _) = password_start(&mut c, "alice", &reg.bundle, b"new password")
+        .await
+        .unwrap();
+    pause().await;
+    let reply = c.request(finish(&upload, &bundle, None)).await.unwrap();
+    assert_eq!(reply, Ok(Reply::AccountPasswordChanged));
+    assert!(fresh_login(&relay, "alice", b"new password").await.is_ok());
+
+    let mut idle = relay.connect().await.unwrap();
+    let (_, code) = idle.read_until_closed().await;
+    assert_eq!(code, Some(ErrorCode::Unauthenticated));
+    relay.shutdown().await;
+}
