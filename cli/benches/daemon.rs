@@ -11,6 +11,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod support;
+
+use support::cove;
+
 use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -35,21 +39,6 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(run(idle, rounds, sends));
-}
-
-fn cove(home: &Path, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cove"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("COVE_HOME")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cove {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn run(idle: u64, rounds: u64, sends: u64) {

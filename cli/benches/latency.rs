@@ -20,6 +20,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod support;
+
+use support::cove;
+
 use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -68,21 +72,6 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(run(bursts));
-}
-
-fn cove(home: &Path, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cove"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("COVE_HOME")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cove {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Samples recorded so far, and (samples so far, time) after every read.
