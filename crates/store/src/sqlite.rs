@@ -472,6 +472,9 @@ impl Kv for SqliteStore {
             return Ok(Vec::new());
         }
         let fts = fts_query(&words);
+        // CROSS JOIN keeps the FTS table the outer loop: the matches are found once, then
+        // their rows looked up by id (the other way round, SQLite walks a group's rows and
+        // runs the full-text query once per row: minutes on a large history).
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let s = self.lock()?;
         let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?));
@@ -479,7 +482,7 @@ impl Kv for SqliteStore {
             Some(g) => s
                 .conn
                 .prepare_cached(
-                    "SELECT r.grp, r.seq FROM text_fts JOIN text_rows r ON r.id = text_fts.rowid \
+                    "SELECT r.grp, r.seq FROM text_fts CROSS JOIN text_rows r ON r.id = text_fts.rowid \
                      WHERE text_fts MATCH ?1 AND r.grp = ?2 ORDER BY r.seq DESC LIMIT ?3",
                 )
                 .map_err(backend)?
@@ -490,7 +493,7 @@ impl Kv for SqliteStore {
             None => s
                 .conn
                 .prepare_cached(
-                    "SELECT r.grp, r.seq FROM text_fts JOIN text_rows r ON r.id = text_fts.rowid \
+                    "SELECT r.grp, r.seq FROM text_fts CROSS JOIN text_rows r ON r.id = text_fts.rowid \
                      WHERE text_fts MATCH ?1 ORDER BY r.seq DESC, r.grp DESC LIMIT ?2",
                 )
                 .map_err(backend)?

@@ -453,3 +453,54 @@ fn without_scrub_the_deleted_record_is_zeroed_at_checkpoint() {
     drop(s);
     assert!(!contains(&store_files(&path), full.as_bytes()));
 }
+
+/// Not a pass/fail test: the time to index 100,000 messages (eight words each, ten groups)
+/// and to search them, printed. Run with
+/// `cargo test -p cove-store --test store search_100k -- --ignored --nocapture`
+/// (add `--release` for real numbers).
+#[test]
+#[ignore = "benchmark; run on demand"]
+fn search_100k_benchmark() {
+    const WORDS: [&str; 20] = [
+        "apple", "banana", "cherry", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+        "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra",
+        "tango",
+    ];
+    let d = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(d.path().join("cove.db")).unwrap();
+    let started = std::time::Instant::now();
+    let mut x: u64 = 1;
+    s.begin().unwrap();
+    for i in 0..100_000u64 {
+        let mut text = String::new();
+        for _ in 0..8 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            text.push_str(&format!(
+                "{}{} ",
+                WORDS[(x >> 33) as usize % 20],
+                (x >> 40) % 1000
+            ));
+        }
+        s.text_index(&GroupId([(i % 10) as u8; 16]), Seq(i), &text)
+            .unwrap();
+    }
+    s.commit().unwrap();
+    eprintln!("indexed 100,000 messages in {:?}", started.elapsed());
+    for q in ["apple123", "apple1 banana", "zulu", "ap", "tango999 sierra"] {
+        let t = std::time::Instant::now();
+        let all = s.text_search(q, None, 20).unwrap().len();
+        let all_time = t.elapsed();
+        let t = std::time::Instant::now();
+        let one = s.text_search(q, Some(&GroupId([3; 16])), 20).unwrap().len();
+        eprintln!(
+            "{q:?}: {all} hits in all groups in {all_time:?}; {one} in one group in {:?}",
+            t.elapsed()
+        );
+    }
+    let t = std::time::Instant::now();
+    s.text_unindex(&GroupId([3; 16]), Seq(3)).unwrap();
+    s.scrub().unwrap();
+    eprintln!("unindex and scrub: {:?}", t.elapsed());
+}
