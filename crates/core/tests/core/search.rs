@@ -342,3 +342,47 @@ fn history_imported_from_a_backup_is_indexed() {
             .is_empty()
     );
 }
+
+/// The same on a real SQLite file: a device whose store predates the index (its index
+/// emptied and the flag removed while it is closed) finds its history after reopening.
+#[test]
+fn a_sqlite_store_from_before_the_index_is_backfilled_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bob.db");
+    let mut net: Net<SqliteStore> = Net::new();
+    let alice = net.add(
+        Client::init(
+            SqliteStore::open(dir.path().join("alice.db")).unwrap(),
+            user("alice"),
+            seed(1),
+        )
+        .unwrap(),
+    );
+    net.run();
+    let bob =
+        net.add(Client::init(SqliteStore::open(&path).unwrap(), user("bob"), seed(2)).unwrap());
+    net.run();
+    group_of(&mut net, alice, &["bob"]);
+    let op = send(&mut net, alice, "the walrus sings");
+    op_result(&mut net, alice, op).unwrap();
+    net.run();
+    assert_eq!(net.client(bob).search("walr", None, 10).unwrap().len(), 1);
+    net.nodes[bob].client = None;
+    net.disconnect(bob);
+    {
+        let old = SqliteStore::open(&path).unwrap();
+        for group in old.groups().unwrap() {
+            for m in old.messages(&group.id).unwrap() {
+                old.text_unindex(&m.group, m.seq).unwrap();
+            }
+        }
+        old.kv_delete(Namespace::Config, b"\0search_indexed")
+            .unwrap();
+        assert!(old.text_search("walr", None, 10).unwrap().is_empty());
+    }
+    let reopened = Client::open(SqliteStore::open(&path).unwrap(), seed(3)).unwrap();
+    assert_eq!(
+        found(&reopened.search("walr", None, 10).unwrap()),
+        vec![pair("alice", "the walrus sings")]
+    );
+}
