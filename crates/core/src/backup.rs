@@ -444,7 +444,9 @@ pub fn import<S: Store>(
                 continue;
             }
             let (group, id) = (m.group, m.message_id);
-            s.put_message(&StoredMessage::from(m))?;
+            let m = StoredMessage::from(m);
+            s.put_message(&m)?;
+            crate::client::index_message(s, &m)?;
             s.mark_seen(&group, &id)?;
             imported.messages += 1;
         }

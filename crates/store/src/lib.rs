@@ -55,6 +55,10 @@ pub enum StoreError {
     /// The database key does not open the database file (or the file is not a database).
     #[error("the database key does not open this database (wrong key, or not a Cove database)")]
     WrongKey,
+    /// A search query over the limits ([`MAX_SEARCH_QUERY_BYTES`], [`MAX_SEARCH_WORDS`]);
+    /// refused rather than shortened, since a shortened query would match more.
+    #[error("invalid search query: {0}")]
+    InvalidSearch(String),
 }
 
 impl From<serde_json::Error> for StoreError {
@@ -108,6 +112,42 @@ pub enum Namespace {
     Backup = 16,
     /// The daemon's local state (issue 12).
     Daemon = 17,
+    /// The search index of [`MemoryStore`] (issue 13): group id ‖ seq (big endian) → the
+    /// indexed text. [`SqliteStore`] keeps its index in FTS5 tables instead.
+    TextIndex = 21,
+}
+
+/// The longest search query [`Kv::text_search`] accepts, in bytes.
+pub const MAX_SEARCH_QUERY_BYTES: usize = 1024;
+/// The most words a search query may have.
+pub const MAX_SEARCH_WORDS: usize = 16;
+
+/// The words of `text` as the search index sees them: maximal runs of alphanumeric
+/// characters (letters, digits, in any script), lowercased. Everything else (spaces,
+/// punctuation, quotes, `*`, `:`, parentheses) separates words, so no word can carry query
+/// syntax.
+pub fn search_words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// The words of a search query, checked against the limits.
+pub(crate) fn query_words(query: &str) -> Result<Vec<String>, StoreError> {
+    if query.len() > MAX_SEARCH_QUERY_BYTES {
+        return Err(StoreError::InvalidSearch(format!(
+            "{} bytes (at most {MAX_SEARCH_QUERY_BYTES})",
+            query.len()
+        )));
+    }
+    let words: Vec<String> = search_words(query).collect();
+    if words.len() > MAX_SEARCH_WORDS {
+        return Err(StoreError::InvalidSearch(format!(
+            "{} words (at most {MAX_SEARCH_WORDS})",
+            words.len()
+        )));
+    }
+    Ok(words)
 }
 
 /// A key and its value, as returned by [`Kv::kv_scan`].
@@ -159,7 +199,12 @@ pub trait Kv {
     }
     /// The messages whose indexed text matches `query` (words; every word must match, as a
     /// prefix), newest first (highest seq first within a group), at most `limit`, in every
-    /// group or in `group` only. The query is plain words, never the backend's query syntax.
+    /// group or in `group` only. The query is plain words, never the backend's query syntax
+    /// (see [`search_words`]); a query without words matches nothing; a query over
+    /// [`MAX_SEARCH_QUERY_BYTES`] or [`MAX_SEARCH_WORDS`] is [`StoreError::InvalidSearch`].
+    /// Across groups the order is by seq, then group id (descending): seqs of different
+    /// groups say nothing about time, so a caller wanting the newest messages of all groups
+    /// merges per-group results by their send time (as `Client::search` does).
     fn text_search(
         &self,
         query: &str,

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::{Kv, KvPair, Namespace, StoreError};
+use cove_wire::{GroupId, Seq};
+
+use crate::{Kv, KvPair, Namespace, StoreError, query_words, search_words};
 
 type Key = (Namespace, Vec<u8>);
 
@@ -148,6 +150,67 @@ impl Kv for MemoryStore {
     fn in_transaction(&self) -> bool {
         self.lock().map(|i| i.journal.is_some()).unwrap_or(false)
     }
+
+    // The search index is a namespace like any other (so transactions and snapshots cover
+    // it): group ‖ seq → text, matched by scanning. Same words as the SQLite backend (see
+    // `search_words`), without its folding of diacritics.
+
+    fn text_index(&self, group: &GroupId, seq: Seq, text: &str) -> Result<(), StoreError> {
+        self.kv_put(Namespace::TextIndex, &text_key(group, seq), text.as_bytes())
+    }
+
+    fn text_unindex(&self, group: &GroupId, seq: Seq) -> Result<(), StoreError> {
+        self.kv_delete(Namespace::TextIndex, &text_key(group, seq))
+    }
+
+    fn text_search(
+        &self,
+        query: &str,
+        group: Option<&GroupId>,
+        limit: usize,
+    ) -> Result<Vec<(GroupId, Seq)>, StoreError> {
+        let words = query_words(query)?;
+        if words.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix: &[u8] = group.map(|g| &g.0[..]).unwrap_or(&[]);
+        let mut hits = Vec::new();
+        for (key, text) in self.kv_scan(Namespace::TextIndex, prefix)? {
+            let (Some(g), Some(s)) = (key.get(..16), key.get(16..24)) else {
+                return Err(StoreError::Corrupt("text index key".into()));
+            };
+            let text = String::from_utf8_lossy(&text);
+            let tokens: Vec<String> = search_words(&text).collect();
+            if words
+                .iter()
+                .all(|w| tokens.iter().any(|t| t.starts_with(w.as_str())))
+            {
+                let g: [u8; 16] = g
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("text index key".into()))?;
+                let s: [u8; 8] = s
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("text index key".into()))?;
+                hits.push((GroupId(g), Seq(u64::from_be_bytes(s))));
+            }
+        }
+        hits.sort_by_key(|h| std::cmp::Reverse((h.1, h.0)));
+        hits.truncate(limit);
+        Ok(hits)
+    }
+
+    fn scrub(&self) -> Result<(), StoreError> {
+        if self.in_transaction() {
+            return Err(StoreError::Transaction("scrub inside a transaction"));
+        }
+        Ok(())
+    }
+}
+
+fn text_key(group: &GroupId, seq: Seq) -> Vec<u8> {
+    let mut k = group.0.to_vec();
+    k.extend_from_slice(&seq.0.to_be_bytes());
+    k
 }
 
 crate::impl_mls_storage!(MemoryStore);

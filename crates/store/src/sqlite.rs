@@ -1,4 +1,6 @@
-//! The SQLite backend: one file (WAL mode), one table `kv(ns, key, value)`.
+//! The SQLite backend: one file (WAL mode), one table `kv(ns, key, value)`, and the search
+//! index (FTS5: `text_rows(id, grp, seq)` and the contentless `text_fts(body)` with the
+//! same rowids).
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -6,7 +8,9 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
-use crate::{Kv, KvPair, Namespace, StoreError};
+use cove_wire::{GroupId, Seq};
+
+use crate::{Kv, KvPair, Namespace, StoreError, query_words};
 
 /// How hard a commit waits for the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -174,6 +178,7 @@ impl SqliteStore {
              ) WITHOUT ROWID;",
         )
         .map_err(backend)?;
+        migrate(&conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(State { conn, in_tx: false }),
         })
@@ -184,6 +189,90 @@ impl SqliteStore {
             .lock()
             .map_err(|_| StoreError::Backend("sqlite store lock poisoned".into()))
     }
+}
+
+/// Brings the schema from the file's `PRAGMA user_version` up to the newest, one step per
+/// version, each in one transaction with its version bump. Version 0 is the `kv` table alone
+/// (created by `setup`, as before versions existed); 1 adds the search index. A file from a
+/// newer Cove is left as it is.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    if version < 1 {
+        // The search index (issue 13). Contentless (the text is in the message records
+        // already; only the tokens are here) with deletes, `secure-delete` so a delete
+        // removes the tokens from the index pages at once, and words folded to lowercase
+        // without diacritics. `text_rows` maps a rowid to its message.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS text_rows (
+                 id INTEGER PRIMARY KEY,
+                 grp BLOB NOT NULL,
+                 seq BLOB NOT NULL,
+                 UNIQUE (grp, seq)
+             );
+             CREATE VIRTUAL TABLE IF NOT EXISTS text_fts USING fts5(
+                 body,
+                 content = '',
+                 contentless_delete = 1,
+                 tokenize = 'unicode61 remove_diacritics 2'
+             );
+             INSERT INTO text_fts (text_fts, rank) VALUES ('secure-delete', 1);
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            backend(e)
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs `f` inside a savepoint: its writes land together or not at all, inside or outside
+/// an open transaction.
+fn atomically<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT cove_text").map_err(backend)?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE cove_text").map_err(backend)?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO cove_text; RELEASE cove_text");
+            Err(e)
+        }
+    }
+}
+
+/// The FTS5 query for `words` (from [`query_words`]): each word a quoted string with a
+/// prefix star, all of them required. The words hold letters and digits only, but the
+/// quoting does not rely on it.
+fn fts_query(words: &[String]) -> String {
+    let mut q = String::new();
+    for w in words {
+        if !q.is_empty() {
+            q.push_str(" AND ");
+        }
+        q.push('"');
+        q.push_str(&w.replace('"', "\"\""));
+        q.push_str("\"*");
+    }
+    q
+}
+
+fn text_row(conn: &Connection, group: &GroupId, seq: Seq) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT id FROM text_rows WHERE grp = ?1 AND seq = ?2")
+        .map_err(backend)?
+        .query_row(params![&group.0[..], &seq.0.to_be_bytes()[..]], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(backend)
 }
 
 /// Keys `conn` and checks the key opens it (SQLCipher only reports a wrong key at the first
@@ -326,6 +415,127 @@ impl Kv for SqliteStore {
 
     fn in_transaction(&self) -> bool {
         self.lock().map(|s| s.in_tx).unwrap_or(false)
+    }
+
+    fn text_index(&self, group: &GroupId, seq: Seq, text: &str) -> Result<(), StoreError> {
+        let s = self.lock()?;
+        atomically(&s.conn, |conn| {
+            let id = match text_row(conn, group, seq)? {
+                Some(id) => {
+                    conn.prepare_cached("DELETE FROM text_fts WHERE rowid = ?1")
+                        .map_err(backend)?
+                        .execute(params![id])
+                        .map_err(backend)?;
+                    id
+                }
+                None => {
+                    conn.prepare_cached("INSERT INTO text_rows (grp, seq) VALUES (?1, ?2)")
+                        .map_err(backend)?
+                        .execute(params![&group.0[..], &seq.0.to_be_bytes()[..]])
+                        .map_err(backend)?;
+                    conn.last_insert_rowid()
+                }
+            };
+            conn.prepare_cached("INSERT INTO text_fts (rowid, body) VALUES (?1, ?2)")
+                .map_err(backend)?
+                .execute(params![id, text])
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn text_unindex(&self, group: &GroupId, seq: Seq) -> Result<(), StoreError> {
+        let s = self.lock()?;
+        atomically(&s.conn, |conn| {
+            if let Some(id) = text_row(conn, group, seq)? {
+                conn.prepare_cached("DELETE FROM text_fts WHERE rowid = ?1")
+                    .map_err(backend)?
+                    .execute(params![id])
+                    .map_err(backend)?;
+                conn.prepare_cached("DELETE FROM text_rows WHERE id = ?1")
+                    .map_err(backend)?
+                    .execute(params![id])
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn text_search(
+        &self,
+        query: &str,
+        group: Option<&GroupId>,
+        limit: usize,
+    ) -> Result<Vec<(GroupId, Seq)>, StoreError> {
+        let words = query_words(query)?;
+        if words.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let fts = fts_query(&words);
+        // CROSS JOIN keeps the FTS table the outer loop: the matches are found once, then
+        // their rows looked up by id (the other way round, SQLite walks a group's rows and
+        // runs the full-text query once per row: minutes on a large history).
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let s = self.lock()?;
+        let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?));
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = match group {
+            Some(g) => s
+                .conn
+                .prepare_cached(
+                    "SELECT r.grp, r.seq FROM text_fts CROSS JOIN text_rows r ON r.id = text_fts.rowid \
+                     WHERE text_fts MATCH ?1 AND r.grp = ?2 ORDER BY r.seq DESC LIMIT ?3",
+                )
+                .map_err(backend)?
+                .query_map(params![fts, &g.0[..], limit], map)
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?,
+            None => s
+                .conn
+                .prepare_cached(
+                    "SELECT r.grp, r.seq FROM text_fts CROSS JOIN text_rows r ON r.id = text_fts.rowid \
+                     WHERE text_fts MATCH ?1 ORDER BY r.seq DESC, r.grp DESC LIMIT ?2",
+                )
+                .map_err(backend)?
+                .query_map(params![fts, limit], map)
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?,
+        };
+        rows.into_iter()
+            .map(|(g, seq)| {
+                let g: [u8; 16] = g
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("text index group".into()))?;
+                let seq: [u8; 8] = seq
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("text index seq".into()))?;
+                Ok((GroupId(g), Seq(u64::from_be_bytes(seq))))
+            })
+            .collect()
+    }
+
+    fn scrub(&self) -> Result<(), StoreError> {
+        let s = self.lock()?;
+        if s.in_tx {
+            return Err(StoreError::Transaction("scrub inside a transaction"));
+        }
+        // Merge the index into one segment: the old segments (and their term lists) go,
+        // their pages zeroed by secure_delete.
+        s.conn
+            .execute_batch("INSERT INTO text_fts (text_fts) VALUES ('optimize')")
+            .map_err(backend)?;
+        // Copy the WAL into the file and truncate it, so the old page images it holds go.
+        let busy: i64 = s
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(backend)?;
+        if busy != 0 {
+            return Err(StoreError::Backend(
+                "the write-ahead log could not be truncated: another connection is reading".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

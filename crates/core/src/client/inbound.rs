@@ -498,6 +498,7 @@ fn apply_in_tx<S: Store>(
                 content: bytes,
             };
             store.put_message(&stored)?;
+            super::search::index_message(store, &stored)?;
             // What the user sees (text, attachments) is a Message; anything else goes to
             // the module that handles it as Content.
             let group_name = record.as_ref().map(|r| r.name.clone()).unwrap_or_default();

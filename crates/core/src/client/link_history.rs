@@ -85,7 +85,9 @@ pub(super) fn import<S: Store>(
                 continue;
             }
             let (group, id) = (m.group, m.message_id);
-            s.put_message(&StoredMessage::from(m))?;
+            let m = StoredMessage::from(m);
+            s.put_message(&m)?;
+            super::search::index_message(s, &m)?;
             s.mark_seen(&group, &id)?;
             stored += 1;
         }

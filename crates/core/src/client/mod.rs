@@ -89,6 +89,7 @@ pub use self::mls::{
 };
 pub use self::outbox::{MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS};
 pub use self::rejoin::{MAX_REJOIN_ATTEMPTS, placeholder_name};
+pub(crate) use self::search::index_message;
 pub use self::trust::safety_number;
 
 /// A Cove device: the sans-IO client core. See the crate docs for the main loop.
@@ -213,12 +214,16 @@ impl<S: Store> Client<S> {
             public_key: DeviceKey(signing_key.verifying_key().to_bytes()),
         };
         provider.store().set_identity(&identity)?;
+        // A new store has no history to index.
+        provider.store().set_config(search::INDEXED_KEY, "1")?;
         Self::from_parts(provider, identity)
     }
 
     /// Opens an initialised device: loads its identity and groups.
     pub fn open(store: S, rng_seed: [u8; 32]) -> Result<Self, OpenError> {
         let identity = store.identity()?.ok_or(OpenError::NoIdentity)?;
+        // History stored before the search index existed gets indexed, once.
+        search::backfill(&store)?;
         Self::from_parts(CoveProvider::new(store, rng_seed), identity)
     }
 

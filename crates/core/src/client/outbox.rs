@@ -476,6 +476,7 @@ pub(super) fn record_own(
     msg: &StoredMessage,
 ) -> Result<(), StoreError> {
     store.put_message(msg)?;
+    super::search::index_message(store, msg)?;
     store.mark_seen(&item.group, &item.message_id)?;
     store.delete_outbox(item.local_id)
 }

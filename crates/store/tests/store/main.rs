@@ -9,6 +9,8 @@ use cove_store::{
 };
 use cove_wire::{DeviceId, DeviceKey, Epoch, GroupId, Seq, Stream, UserName};
 
+mod search;
+
 fn user(n: &str) -> UserName {
     UserName::new(n).unwrap()
 }
