@@ -15,9 +15,11 @@
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod memory;
+pub mod postgres;
 mod rules;
 pub mod sqlite;
 
+pub use self::postgres::{PostgresOptions, PostgresStore};
 pub use memory::MemoryStore;
 pub use rules::DEFAULT_READ_BYTES;
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
