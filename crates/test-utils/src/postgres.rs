@@ -192,6 +192,8 @@ impl PgCluster {
 
     /// Starts a detached shell that stops the cluster and removes its directory once the
     /// process `pid` has exited.
+    // The watchdog outlives this process on purpose: nothing waits for it.
+    #[allow(clippy::zombie_processes)]
     fn watch(&self, pid: u32) {
         let stop = format!(
             "{} -D {} -m immediate stop",

@@ -94,13 +94,12 @@ pub(super) fn append_one(
     touched: &mut HashMap<GroupId, GroupState>,
     post: NewPost,
 ) -> R<Appended> {
-    if !touched.contains_key(&post.group) {
-        let state = load_group(tx, post.group, true)?.ok_or(StoreError::UnknownGroup)?;
-        touched.insert(post.group, state);
-    }
-    let state = touched
-        .get_mut(&post.group)
-        .ok_or(StoreError::UnknownGroup)?;
+    let state = match touched.entry(post.group) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(load_group(tx, post.group, true)?.ok_or(StoreError::UnknownGroup)?)
+        }
+    };
     let mut exists = |d: DeviceId| -> Result<bool, StoreError> {
         device_exists(tx, d).map_err(PgError::into_store)
     };
