@@ -56,6 +56,18 @@ pub fn pg_bin() -> Option<PathBuf> {
     Path::new(path.trim()).parent().map(Path::to_path_buf)
 }
 
+/// `found` (what [`pg_bin`] found), or a panic saying PostgreSQL is not installed and how
+/// to install it.
+pub fn require_pg_bin(found: Option<PathBuf>) -> PathBuf {
+    found.unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL is not installed (no initdb in $COVE_PG_BIN, \
+             /usr/lib/postgresql/*/bin or the PATH): run .ci/install-deps, \
+             which installs Debian's `postgresql`"
+        )
+    })
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -87,13 +99,7 @@ impl PgCluster {
     }
 
     fn start_in(dir: PathBuf) -> Self {
-        let bin = pg_bin().unwrap_or_else(|| {
-            panic!(
-                "PostgreSQL is not installed (no initdb in $COVE_PG_BIN, \
-                 /usr/lib/postgresql/*/bin or the PATH): run .ci/install-deps, \
-                 which installs Debian's `postgresql`"
-            )
-        });
+        let bin = require_pg_bin(pg_bin());
         let as_postgres = is_root();
         #[cfg(unix)]
         {

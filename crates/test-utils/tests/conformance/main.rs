@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod postgres_nodes;
+
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
