@@ -208,6 +208,24 @@ impl PostgresStore {
     }
 }
 
+/// Closing a connection blocks on the connection's own runtime, which must not happen on an
+/// async task's thread: dropped there (the relay's last handle may go on one), the pool is
+/// closed on a thread of its own.
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        let pool = std::mem::take(&mut self.pool);
+        if tokio::runtime::Handle::try_current().is_err() {
+            return drop(pool);
+        }
+        let closer = std::thread::Builder::new()
+            .name("cove-pg-close".into())
+            .spawn(move || drop(pool));
+        if let Err(e) = closer {
+            tracing::error!(error = %e, "relay store: could not close the PostgreSQL pool");
+        }
+    }
+}
+
 impl RelayStore for PostgresStore {
     fn register_user(&self, user: &UserName, key: &DeviceKey) -> Result<DeviceId, StoreError> {
         self.write(|tx| directory::register_user(tx, user, key))
