@@ -16,7 +16,7 @@
 //! The API is synchronous (the relay calls stores from blocking threads): the `postgres`
 //! crate runs each connection's `tokio-postgres` client on a small runtime of its own, so
 //! a call must not come from inside an async task (the relay's are on `spawn_blocking` or
-//! its writer thread). Each connection keeps its prepared statements ([`rows::Tx`]).
+//! its writer thread). Each connection keeps its prepared statements (`rows::Tx`).
 //!
 //! Layout as the SQLite backend: this file owns the pool and the transactions and
 //! implements [`RelayStore`] by calling the table modules, which hold the SQL: `schema`,
