@@ -234,24 +234,58 @@ impl PgCluster {
         format!("postgresql://cove@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Creates a fresh, empty database and returns its URL.
-    pub fn database(&self) -> String {
+    /// Creates a fresh, empty database; it is dropped when the returned guard is.
+    pub fn database(&self) -> PgDatabase<'_> {
         let n = self.next_db.fetch_add(1, Ordering::Relaxed);
         let name = format!("cove_{}_{n}", std::process::id());
         self.run_ok(
             Command::new(self.bin.join("createdb"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "cove",
-                ])
+                .args(self.client_args())
                 .arg(&name),
             "createdb",
         );
-        self.url(&name)
+        PgDatabase {
+            url: self.url(&name),
+            name,
+            cluster: self,
+        }
+    }
+
+    fn client_args(&self) -> [String; 6] {
+        [
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.port.to_string(),
+            "-U".into(),
+            "cove".into(),
+        ]
+    }
+}
+
+/// A database of a [`PgCluster`], dropped (with `--force`, closing what is still
+/// connected) when this guard is, so a long test run does not fill the disk.
+pub struct PgDatabase<'a> {
+    url: String,
+    name: String,
+    cluster: &'a PgCluster,
+}
+
+impl PgDatabase<'_> {
+    /// Its URL, as the user `cove`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for PgDatabase<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(self.cluster.bin.join("dropdb"))
+            .args(self.cluster.client_args())
+            .args(["--force", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

@@ -17,9 +17,9 @@ async fn node(url: &str) -> TestRelay {
 
 #[tokio::test]
 async fn two_nodes_on_one_database_register_post_and_serve_the_backlog() {
-    let url = PgCluster::shared().database();
-    let a = node(&url).await;
-    let b = node(&url).await;
+    let db = PgCluster::shared().database();
+    let a = node(db.url()).await;
+    let b = node(db.url()).await;
 
     // Alice on node A, Bob on node B.
     let (mut alice, _alice_keys) = a.register("alice").await.unwrap();

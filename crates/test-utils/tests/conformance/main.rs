@@ -18,6 +18,7 @@ use cove_server::store::{
     Appended, MemoryStore, NewPost, PostgresStore, PublicGroupState, RelayStore, SqliteStore,
     Stock, StoreError, conformance,
 };
+use cove_test_utils::postgres::{PgCluster, PgDatabase};
 use cove_wire::identity::ListEntry;
 use cove_wire::{
     ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, GroupEntry, GroupId, GroupSummary,
@@ -34,11 +35,12 @@ fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
 cove_server::relay_store_conformance!(memory, || ((), MemoryStore::new()));
 cove_server::relay_store_conformance!(sqlite, sqlite_store);
 
-/// A PostgreSQL store on a fresh database of this process's throwaway cluster (started on
-/// first use, stopped when the process ends).
-fn postgres_store() -> ((), PostgresStore) {
-    let url = cove_test_utils::postgres::PgCluster::shared().database();
-    ((), PostgresStore::connect(&url).unwrap())
+/// A PostgreSQL store on a fresh database (dropped after the test) of this process's
+/// throwaway cluster (started on first use, stopped when the process ends).
+fn postgres_store() -> (PgDatabase<'static>, PostgresStore) {
+    let db = PgCluster::shared().database();
+    let store = PostgresStore::connect(db.url()).unwrap();
+    (db, store)
 }
 
 cove_server::relay_store_conformance!(postgres, postgres_store);

@@ -10,7 +10,7 @@ use cove_server::store::{
     Account, Appended, BackupCaps, NewPost, PostgresStore, Pruned, PublicGroupState, RelayStore,
     Stock, StoreError, conformance,
 };
-use cove_test_utils::postgres::{PgCluster, require_pg_bin};
+use cove_test_utils::postgres::{PgCluster, PgDatabase, require_pg_bin};
 use cove_wire::identity::ListEntry;
 use cove_wire::{
     BackupSegment, BlobId, ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, GroupEntry, GroupId,
@@ -29,14 +29,14 @@ impl TwoNodes {
     }
 }
 
-fn two_nodes() -> ((), TwoNodes) {
-    let url = PgCluster::shared().database();
+fn two_nodes() -> (PgDatabase<'static>, TwoNodes) {
+    let db = PgCluster::shared().database();
     let nodes = [
-        PostgresStore::connect(&url).unwrap(),
-        PostgresStore::connect(&url).unwrap(),
+        PostgresStore::connect(db.url()).unwrap(),
+        PostgresStore::connect(db.url()).unwrap(),
     ];
     (
-        (),
+        db,
         TwoNodes {
             nodes,
             turn: AtomicUsize::new(0),
@@ -225,12 +225,13 @@ fn psql(url: &str, sql: &str) {
 /// `Backend` naming both versions; this build's own version opens, with its data.
 #[test]
 fn a_database_of_a_newer_schema_is_refused_and_a_reopen_keeps_the_data() {
-    let url = PgCluster::shared().database();
+    let db = PgCluster::shared().database();
+    let url = db.url();
     let alice = {
-        let store = PostgresStore::connect(&url).unwrap();
+        let store = PostgresStore::connect(url).unwrap();
         conformance::device(&store, "alice", 1)
     };
-    let store = PostgresStore::connect(&url).unwrap();
+    let store = PostgresStore::connect(url).unwrap();
     assert_eq!(
         store.device(alice).unwrap(),
         Some((conformance::user("alice"), conformance::key(1)))
@@ -238,10 +239,10 @@ fn a_database_of_a_newer_schema_is_refused_and_a_reopen_keeps_the_data() {
     drop(store);
     let ours = PostgresStore::schema_version();
     psql(
-        &url,
+        url,
         &format!("UPDATE schema_version SET version = {}", ours + 1),
     );
-    match PostgresStore::connect(&url) {
+    match PostgresStore::connect(url) {
         Err(StoreError::Backend(msg)) => assert_eq!(
             msg,
             format!(
