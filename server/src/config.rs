@@ -80,13 +80,36 @@ pub enum TlsSource {
 }
 
 /// The storage backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// In memory: nothing survives a restart (tests, demos).
     Memory,
     /// SQLite in WAL mode at `DATA/relay.db` (the default).
     Sqlite,
+    /// PostgreSQL at this URL (`postgresql://user[:password]@host:port/database`), which
+    /// several relay nodes may share (`store::PostgresStore`). In the config file:
+    /// `[store]` with `postgres = "..."`.
+    Postgres(String),
+}
+
+/// Prints the PostgreSQL URL without what follows `//` up to `@` (a password).
+impl std::fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreKind::Memory => f.write_str("Memory"),
+            StoreKind::Sqlite => f.write_str("Sqlite"),
+            StoreKind::Postgres(url) => {
+                let shown = match (url.find("//"), url.rfind('@')) {
+                    (Some(start), Some(at)) if at > start => {
+                        format!("{}//…@{}", &url[..start], &url[at + 1..])
+                    }
+                    _ => url.clone(),
+                };
+                write!(f, "Postgres({shown:?})")
+            }
+        }
+    }
 }
 
 /// Every limit of the relay. Defaults follow `DESIGN.md`; all can be set in the `[limits]`
@@ -398,7 +421,7 @@ impl Limits {
 /// data = "/var/lib/cove"
 /// cert = "/etc/cove/cert.pem"   # with key; omit both for a self-signed certificate
 /// key = "/etc/cove/key.pem"
-/// store = "sqlite"              # or "memory"
+/// store = "sqlite"              # or "memory", or the [store] table below
 ///
 /// [limits]
 /// requests_per_second = 200
@@ -423,6 +446,10 @@ impl Limits {
 /// [blob]
 /// max_blob_bytes = 2147483648
 /// quota_bytes_per_user = 10737418240
+///
+/// # instead of `store = "..."`: the store on PostgreSQL, shared by several relay nodes
+/// [store]
+/// postgres = "postgresql://cove@127.0.0.1:5432/cove"
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -598,6 +625,23 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(cfg.store, StoreKind::Sqlite);
         assert!(matches!(cfg.tls, TlsSource::SelfSigned));
+    }
+
+    /// `store = "sqlite"`, `store = "memory"` and a `[store]` table with `postgres` are read;
+    /// another key in the table is refused; the Debug form hides a password in the URL.
+    #[test]
+    fn the_store_is_sqlite_memory_or_postgres() {
+        let kind = |text: &str| ConfigFile::parse(text).map(|f| f.store);
+        assert_eq!(kind("store = \"sqlite\"\n"), Ok(Some(StoreKind::Sqlite)));
+        assert_eq!(kind("store = \"memory\"\n"), Ok(Some(StoreKind::Memory)));
+        let url = "postgresql://cove:secret@10.0.0.5:5432/cove";
+        let pg = kind(&format!("[store]\npostgres = \"{url}\"\n"));
+        assert_eq!(pg, Ok(Some(StoreKind::Postgres(url.to_string()))));
+        assert!(kind("[store]\nmysql = \"x\"\n").is_err());
+        assert_eq!(
+            format!("{:?}", StoreKind::Postgres(url.to_string())),
+            "Postgres(\"postgresql://…@10.0.0.5:5432/cove\")"
+        );
     }
 
     #[test]

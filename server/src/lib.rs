@@ -15,7 +15,8 @@
 //! - the hot path (`pipeline.rs`): one writer thread appends queued posts in batches (one
 //!   sync per batch) and fans each entry out, encoded once, to every online member's bounded
 //!   queue (`hub.rs`);
-//! - durable state behind [`store::RelayStore`] (SQLite or memory) and blobs ([`blob`]).
+//! - durable state behind [`store::RelayStore`] (SQLite, memory or PostgreSQL) and blobs
+//!   ([`blob`]).
 //!
 //! Start a relay in-process:
 //!

@@ -31,7 +31,7 @@ use crate::config::{ConfigError, RelayConfig, StoreKind};
 use crate::hub::{Hub, Rates};
 use crate::pipeline::{AckLane, Pipeline};
 use crate::shared::{Shared, stopped};
-use crate::store::{MemoryStore, Pruned, RelayStore, SqliteStore, StoreError};
+use crate::store::{MemoryStore, PostgresStore, Pruned, RelayStore, SqliteStore, StoreError};
 use crate::tls::{self, TlsError};
 
 /// Most bytes tungstenite reads from a connection at once. It zeroes this much before every
@@ -132,7 +132,7 @@ impl Relay {
             None => None,
         };
         let turn_addr = turn.as_ref().map(|t| t.local_addr());
-        let store = open_store(store_kind, &data_dir)?;
+        let store = open_store(store_kind.clone(), &data_dir).await?;
         let blob = BlobService::open(&data_dir, blob, Arc::clone(&store))?;
         let hub = Arc::new(Hub::new(
             limits.outgoing_queue_frames,
@@ -457,7 +457,7 @@ async fn prune_loop(
 }
 
 /// Opens the configured store.
-fn open_store(
+async fn open_store(
     kind: StoreKind,
     data_dir: &std::path::Path,
 ) -> Result<Arc<dyn RelayStore>, StartError> {
@@ -466,6 +466,13 @@ fn open_store(
         StoreKind::Sqlite => {
             let path = data_dir.join("relay.db");
             Ok(Arc::new(SqliteStore::open(&path)?))
+        }
+        // The PostgreSQL client blocks on a runtime of its own: connected off this one.
+        StoreKind::Postgres(url) => {
+            let store = tokio::task::spawn_blocking(move || PostgresStore::connect(&url))
+                .await
+                .map_err(|e| StoreError::Backend(format!("connecting to PostgreSQL: {e}")))??;
+            Ok(Arc::new(store))
         }
     }
 }

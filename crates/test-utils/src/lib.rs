@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod postgres;
 pub mod pulse;
 pub mod sim;
 

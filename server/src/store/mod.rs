@@ -1,6 +1,7 @@
 //! The relay's durable state behind one trait, [`RelayStore`], with a SQLite backend (the
-//! embedded default, WAL mode, in the data directory) and an in-memory one. Both pass the
-//! same conformance suite (`conformance.rs`, also built for other crates with the
+//! embedded default, WAL mode, in the data directory), an in-memory one, and a PostgreSQL
+//! one that several relay nodes share ([`PostgresStore`]). All pass the same conformance
+//! suite (`conformance.rs`, also built for other crates with the
 //! `conformance` feature, so a backend in another crate runs it too).
 //!
 //! The relay stores only what it must to route ciphertext: user names, device public keys,
@@ -15,9 +16,11 @@
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod memory;
+pub mod postgres;
 mod rules;
 pub mod sqlite;
 
+pub use self::postgres::{PostgresOptions, PostgresStore};
 pub use memory::MemoryStore;
 pub use rules::DEFAULT_READ_BYTES;
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};

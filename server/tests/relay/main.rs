@@ -16,6 +16,7 @@ mod limits;
 mod link;
 mod logs;
 mod membership;
+mod postgres;
 mod quotas;
 mod resources;
 mod retention;

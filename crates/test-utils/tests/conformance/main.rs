@@ -1,19 +1,24 @@
 //! The `RelayStore` conformance suite run from outside `cove-server`, through its
 //! `conformance` feature, the way a backend in another crate runs it: once against the
-//! in-memory store and once against the SQLite store in a temporary directory. Each case is
-//! a `#[test]` named `memory::<case>` or `sqlite::<case>`. A deliberately broken backend
+//! in-memory store, once against the SQLite store in a temporary directory and once against
+//! the PostgreSQL store on a database of its own in a throwaway cluster
+//! (`cove_test_utils::postgres`). Each case is a `#[test]` named `memory::<case>`,
+//! `sqlite::<case>` or `postgres::<case>`. A deliberately broken backend
 //! shows that the exposed suite can fail.
 
 #![allow(clippy::unwrap_used)]
+
+mod postgres_nodes;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 
 use cove_server::store::{
-    Appended, MemoryStore, NewPost, PublicGroupState, RelayStore, SqliteStore, Stock, StoreError,
-    conformance,
+    Appended, MemoryStore, NewPost, PostgresStore, PublicGroupState, RelayStore, SqliteStore,
+    Stock, StoreError, conformance,
 };
+use cove_test_utils::postgres::{PgCluster, PgDatabase};
 use cove_wire::identity::ListEntry;
 use cove_wire::{
     ClaimedKeyPackage, DeviceId, DeviceInfo, DeviceKey, GroupEntry, GroupId, GroupSummary,
@@ -29,6 +34,16 @@ fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
 
 cove_server::relay_store_conformance!(memory, || ((), MemoryStore::new()));
 cove_server::relay_store_conformance!(sqlite, sqlite_store);
+
+/// A PostgreSQL store on a fresh database (dropped after the test) of this process's
+/// throwaway cluster (started on first use, stopped when the process ends).
+fn postgres_store() -> (PgDatabase<'static>, PostgresStore) {
+    let db = PgCluster::shared().database();
+    let store = PostgresStore::connect(db.url()).unwrap();
+    (db, store)
+}
+
+cove_server::relay_store_conformance!(postgres, postgres_store);
 
 /// A backend that breaks one rule of the trait: an ack sets the cursor even when it is
 /// older than the current one (the rule is "never backwards"). Everything else is the
