@@ -344,6 +344,10 @@ pub enum InvalidArgument {
     /// A command that adds or removes users was given none.
     #[error("no users given")]
     NoUsers,
+    /// A reaction must be 1-32 bytes (`MAX_EMOJI_BYTES`) without control characters or
+    /// whitespace (issue 13).
+    #[error("a reaction is one emoji: 1-32 bytes, no spaces or control characters")]
+    Emoji,
 }
 
 /// How the relay violated the protocol ([`crate::HandleError::Protocol`]).

@@ -108,6 +108,10 @@ pub enum Namespace {
     Backup = 16,
     /// The daemon's local state (issue 12).
     Daemon = 17,
+    /// The chat log's references (issue 13): group ‖ `i` ‖ message id → seq of each shown
+    /// message; group ‖ `r` ‖ message id ‖ seq → kind and flags of each reply, reaction,
+    /// edit and delete of that message.
+    Chat = 18,
 }
 
 /// A key and its value, as returned by [`Kv::kv_scan`].
