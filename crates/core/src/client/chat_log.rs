@@ -349,11 +349,11 @@ pub(super) fn render(
 
 /// What recording a message asks of the caller.
 #[derive(Default)]
-pub(super) struct Recorded {
+pub(crate) struct Recorded {
     /// The events to report once the transaction committed.
-    pub(super) events: Vec<Event>,
+    pub(crate) events: Vec<Event>,
     /// Something was erased: scrub the store once the transaction committed.
-    pub(super) scrub: bool,
+    pub(crate) scrub: bool,
 }
 
 /// Records message `m` (just stored, inside the caller's transaction) in the chat log:
@@ -363,7 +363,7 @@ pub(super) struct Recorded {
 /// at once). Returns the events: a shown message's [`Event::Message`], and
 /// [`Event::Reacted`], [`Event::Edited`] or [`Event::Deleted`] when one applied to a held
 /// message.
-pub(super) fn record(
+pub(crate) fn record(
     store: &impl Store,
     m: &StoredMessage,
     group_name: &str,

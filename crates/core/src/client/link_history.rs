@@ -85,8 +85,11 @@ pub(super) fn import<S: Store>(
                 continue;
             }
             let (group, id) = (m.group, m.message_id);
-            s.put_message(&StoredMessage::from(m))?;
+            let m = StoredMessage::from(m);
+            s.put_message(&m)?;
             s.mark_seen(&group, &id)?;
+            // Into the chat log (its events are not reported: this is history).
+            super::chat_log::record(s, &m, "", false)?;
             stored += 1;
         }
         Ok(stored)

@@ -36,7 +36,7 @@
 mod admins;
 mod changes;
 mod chat;
-mod chat_log;
+pub(crate) mod chat_log;
 mod context;
 mod device;
 mod effects;
