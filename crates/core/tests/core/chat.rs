@@ -667,3 +667,76 @@ fn an_unknown_content_kind_shows_as_unsupported_and_ids_are_found_by_prefix() {
         }]
     );
 }
+
+/// alice's history with a reply, a reaction, an edit and a delete, handed to her newly
+/// linked device in reverse log order (every reference before the message it names):
+/// the linked device renders the same history as alice, and keeps no text of the deleted
+/// message.
+#[test]
+fn an_imported_history_in_any_order_renders_the_same() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    let op = send(&mut net, alice, "first");
+    op_result(&mut net, alice, op).unwrap();
+    let op = send(&mut net, alice, "gone soon");
+    op_result(&mut net, alice, op).unwrap();
+    net.run();
+    let first = id_of(&mut net, bob, "first");
+    let gone = id_of(&mut net, bob, "gone soon");
+    let now = net.now_ms;
+    let op = net
+        .client(bob)
+        .react(now, "friends", first, "👀", false)
+        .unwrap();
+    op_result(&mut net, bob, op).unwrap();
+    let op = net
+        .client(bob)
+        .send_reply(now, "friends", first, "re")
+        .unwrap();
+    op_result(&mut net, bob, op).unwrap();
+    let op = net
+        .client(alice)
+        .edit(now, "friends", first, "first!")
+        .unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    let op = net
+        .client(alice)
+        .delete_message(now, "friends", gone)
+        .unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    net.run();
+    let alice2 = super::linked_device(&mut net, alice, "alice", 42);
+    let op = net
+        .client(alice)
+        .add_users(now, "friends", &[user("alice")])
+        .unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    net.run();
+
+    let mut chunks = net.client(alice).export_history().unwrap();
+    chunks.reverse();
+    for chunk in &mut chunks {
+        chunk.messages.0.reverse();
+    }
+    for chunk in chunks {
+        net.client(alice2).import_history(chunk).unwrap();
+    }
+    let expected = history(&mut net, alice);
+    assert_eq!(expected.len(), 3, "{expected:#?}");
+    assert_eq!(expected[0].text, "first!");
+    assert!(expected[1].deleted);
+    let imported: Vec<ChatMessage> = history(&mut net, alice2)
+        .into_iter()
+        .map(|mut m| {
+            m.group_name = expected[0].group_name.clone();
+            m
+        })
+        .collect();
+    assert_eq!(imported, expected);
+    assert!(!contains(
+        &stored_bytes(&mut net, alice2, group),
+        "gone soon"
+    ));
+}
