@@ -19,9 +19,18 @@ pub(super) fn chat_messages(
     let name = groups.name(&group);
     let mut out = Vec::new();
     for m in &stored {
-        if let Some(shown) = chat_log::render(store, name.clone(), m)? {
+        if let Some(shown) = chat_message(store, name.clone(), m)? {
             out.push(shown);
         }
     }
     Ok(out)
+}
+
+/// Stored message `m` as the user sees it (`None`: not a shown message), e.g. a search hit.
+pub(super) fn chat_message(
+    store: &impl Store,
+    group_name: String,
+    m: &StoredMessage,
+) -> Result<Option<ChatMessage>, StoreError> {
+    chat_log::render(store, group_name, m)
 }
