@@ -740,3 +740,71 @@ fn an_imported_history_in_any_order_renders_the_same() {
         "gone soon"
     ));
 }
+
+/// carol is offline while alice posts, bob reacts and replies, and alice edits and deletes:
+/// her backlog is applied in log order (each message, then the reaction, the edit and the
+/// delete as events), and afterwards she renders the same history as alice and bob.
+#[test]
+fn an_offline_member_converges_after_her_backlog() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let carol = device(&mut net, "carol");
+    group_of(&mut net, alice, &["bob", "carol"]);
+    net.take_events(carol);
+    net.disconnect(carol);
+    let op = send(&mut net, alice, "one");
+    op_result(&mut net, alice, op).unwrap();
+    let op = send(&mut net, alice, "two");
+    op_result(&mut net, alice, op).unwrap();
+    net.run();
+    let (one, two) = (id_of(&mut net, bob, "one"), id_of(&mut net, bob, "two"));
+    let now = net.now_ms;
+    let op = net
+        .client(bob)
+        .react(now, "friends", one, "✅", false)
+        .unwrap();
+    op_result(&mut net, bob, op).unwrap();
+    let op = net
+        .client(bob)
+        .send_reply(now, "friends", two, "ok")
+        .unwrap();
+    op_result(&mut net, bob, op).unwrap();
+    let op = net.client(alice).edit(now, "friends", one, "one.").unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    let op = net
+        .client(alice)
+        .delete_message(now, "friends", two)
+        .unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    net.run();
+
+    net.connect(carol);
+    net.run();
+    let events = net.take_events(carol);
+    let seen: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(format!("message {}", m.text)),
+            Event::Reacted { to, emoji, .. } if *to == one => Some(format!("reacted {emoji}")),
+            Event::Edited { to, text, .. } if *to == one => Some(format!("edited {text}")),
+            Event::Deleted { to, .. } if *to == two => Some("deleted two".to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "message one",
+            "message two",
+            "reacted ✅",
+            "message ok",
+            "edited one.",
+            "deleted two"
+        ],
+        "{events:?}"
+    );
+    let rendered = histories_equal(&mut net, &[alice, bob, carol]);
+    assert_eq!(rendered[0].text, "one.");
+    assert!(rendered[1].deleted);
+}
