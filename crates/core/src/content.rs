@@ -240,8 +240,9 @@ fn valid_quote(quote: &str) -> bool {
 }
 
 impl Content {
-    /// Checks the bounds of the chat kinds a receiver must enforce (texts of texts, replies
-    /// and edits, quotes, emoji): an invalid one is dropped with a warning.
+    /// Checks the bounds a receiver enforces (texts of texts, replies and edits, quotes,
+    /// emoji, a group profile's name and description): an invalid one is dropped with a
+    /// warning.
     pub fn validate(&self) -> Result<(), ContentError> {
         let text_ok = |t: &str| t.len() <= MAX_TEXT_BYTES;
         match self {
@@ -259,6 +260,14 @@ impl Content {
             }
             Content::Reaction { emoji, .. } if !valid_emoji(emoji) => {
                 Err(ContentError::Invalid("not a valid reaction emoji"))
+            }
+            Content::GroupProfile { name, .. } if name.len() > crate::MAX_GROUP_NAME => {
+                Err(ContentError::Invalid("group name too long"))
+            }
+            Content::GroupProfile { description, .. }
+                if description.len() > MAX_DESCRIPTION_BYTES =>
+            {
+                Err(ContentError::Invalid("group description too long"))
             }
             _ => Ok(()),
         }
@@ -370,6 +379,23 @@ mod tests {
             text: long,
         };
         assert_eq!(edit.validate(), Err(ContentError::Invalid("text too long")));
+        let profile = |name: usize, description: usize| Content::GroupProfile {
+            name: "n".repeat(name),
+            description: "d".repeat(description),
+            avatar: None,
+        };
+        assert_eq!(
+            profile(crate::MAX_GROUP_NAME, MAX_DESCRIPTION_BYTES).validate(),
+            Ok(())
+        );
+        assert_eq!(
+            profile(crate::MAX_GROUP_NAME + 1, 0).validate(),
+            Err(ContentError::Invalid("group name too long"))
+        );
+        assert_eq!(
+            profile(1, MAX_DESCRIPTION_BYTES + 1).validate(),
+            Err(ContentError::Invalid("group description too long"))
+        );
         for bad in ["", "a b", "\u{7}", "\n", &"👍".repeat(9)] {
             assert!(!valid_emoji(bad), "{bad:?}");
         }
