@@ -309,11 +309,15 @@ pub(super) fn apply<S: Store>(
                 cx.groups.reload(store, &group);
                 return Err(e.into());
             }
-            if applied.scrub {
-                store.scrub()?;
-            }
             for e in events {
                 fx.event(e);
+            }
+            if applied.scrub
+                && let Err(e) = store.scrub()
+            {
+                // Committed: what was erased is gone from the records, not yet from the
+                // files.
+                fx.warn(Warning::ScrubFailed(Shared::new(e)));
             }
             Ok(applied)
         }

@@ -312,8 +312,10 @@ impl Outbox {
                 for ev in recorded.events {
                     fx.event(ev);
                 }
-                if recorded.scrub {
-                    store.scrub()?;
+                if recorded.scrub
+                    && let Err(e) = store.scrub()
+                {
+                    fx.warn(Warning::ScrubFailed(Shared::new(e)));
                 }
                 if is_leave_request(&item) {
                     out.forget = Some((item.group, Membership::Left));
