@@ -446,8 +446,9 @@ pub fn import<S: Store>(
             let (group, id) = (m.group, m.message_id);
             let m = StoredMessage::from(m);
             s.put_message(&m)?;
-            crate::client::index_message(s, &m)?;
             s.mark_seen(&group, &id)?;
+            // Into the chat log (its events are not reported: this is history).
+            crate::client::chat_log::record(s, &m, "", false)?;
             imported.messages += 1;
         }
         let marks: Vec<(GroupId, Seq)> = marks.into_iter().collect();

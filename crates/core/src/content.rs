@@ -141,6 +141,32 @@ pub enum ContentError {
     /// An envelope version this client does not know.
     #[error("unknown envelope version {0}")]
     UnknownVersion(u8),
+    /// A known content kind whose fields break its bounds (a text too long, a quote too
+    /// long, an emoji that is not 1-[`MAX_EMOJI_BYTES`] bytes without control characters or
+    /// whitespace, a message that refers to itself): the sender is at fault.
+    #[error("invalid application content: {0}")]
+    Invalid(&'static str),
+}
+
+/// How many content kinds this client knows: [`Content`]'s variant indexes are
+/// `0..KNOWN_CONTENT_KINDS`. A valid envelope with a higher index is from a newer client.
+pub const KNOWN_CONTENT_KINDS: u32 = 13;
+
+/// An envelope as [`Envelope::decode_lenient`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A content kind this client knows.
+    Known(Envelope),
+    /// A well-formed envelope header (version, id, time) whose content kind is beyond the
+    /// ones this client knows (a newer client's): shown as "unsupported message".
+    Unsupported {
+        /// The message id.
+        id: [u8; 16],
+        /// The sender's clock at sending, ms since the Unix epoch.
+        sent_at_ms: u64,
+        /// The content's variant index (at least [`KNOWN_CONTENT_KINDS`]).
+        kind: u32,
+    },
 }
 
 impl Envelope {
@@ -168,17 +194,82 @@ impl Envelope {
         }
         Ok(env)
     }
+
+    /// Decodes an envelope like [`Envelope::decode`], but tells an envelope of a newer
+    /// client (a valid header, then a content variant index this client does not know) from
+    /// garbage: the former is [`Decoded::Unsupported`], the latter an error.
+    pub fn decode_lenient(bytes: &[u8]) -> Result<Decoded, ContentError> {
+        match Self::decode(bytes) {
+            Ok(env) => Ok(Decoded::Known(env)),
+            Err(e @ (ContentError::Malformed(_) | ContentError::TrailingBytes)) => {
+                unknown_kind(bytes).ok_or(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The header of an envelope whose content variant is beyond the known ones (postcard: the
+/// version byte, the 16 id bytes, the time as a varint, the variant index as a varint).
+fn unknown_kind(bytes: &[u8]) -> Option<Decoded> {
+    let (&version, rest) = bytes.split_first()?;
+    if version != ENVELOPE_VERSION {
+        return None;
+    }
+    let id: [u8; 16] = rest.get(..16)?.try_into().ok()?;
+    let rest = rest.get(16..)?;
+    let (sent_at_ms, rest) = postcard::take_from_bytes::<u64>(rest).ok()?;
+    let (kind, _) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    (kind >= KNOWN_CONTENT_KINDS).then_some(Decoded::Unsupported {
+        id,
+        sent_at_ms,
+        kind,
+    })
+}
+
+/// Whether `emoji` is a valid reaction: 1 to [`MAX_EMOJI_BYTES`] bytes of UTF-8, no control
+/// characters, no whitespace.
+pub fn valid_emoji(emoji: &str) -> bool {
+    (1..=MAX_EMOJI_BYTES).contains(&emoji.len())
+        && !emoji.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// Whether `quote` fits a reply ([`MAX_QUOTE_CHARS`] characters at most).
+fn valid_quote(quote: &str) -> bool {
+    quote.chars().nth(MAX_QUOTE_CHARS).is_none()
 }
 
 impl Content {
-    /// The parts of a content that is a chat message: its text (empty for a file: how a file
-    /// is described is the shell's business) and, for a file, its pointer. `None` for content
-    /// that is not a chat message (group renames, leave requests, call signalling).
-    pub(crate) fn into_chat_parts(self) -> Option<(String, Option<AttachmentPointer>)> {
+    /// Checks the bounds a receiver enforces (texts of texts, replies and edits, quotes,
+    /// emoji, a group profile's name and description): an invalid one is dropped with a
+    /// warning.
+    pub fn validate(&self) -> Result<(), ContentError> {
+        let text_ok = |t: &str| t.len() <= MAX_TEXT_BYTES;
         match self {
-            Content::Text { text } => Some((text, None)),
-            Content::Attachment(p) => Some((String::new(), Some(p))),
-            _ => None,
+            Content::Text { text } | Content::Edit { text, .. } if !text_ok(text) => {
+                Err(ContentError::Invalid("text too long"))
+            }
+            Content::Reply { quote, text, .. } => {
+                if !text_ok(text) {
+                    Err(ContentError::Invalid("text too long"))
+                } else if !valid_quote(quote) {
+                    Err(ContentError::Invalid("quote too long"))
+                } else {
+                    Ok(())
+                }
+            }
+            Content::Reaction { emoji, .. } if !valid_emoji(emoji) => {
+                Err(ContentError::Invalid("not a valid reaction emoji"))
+            }
+            Content::GroupProfile { name, .. } if name.len() > crate::MAX_GROUP_NAME => {
+                Err(ContentError::Invalid("group name too long"))
+            }
+            Content::GroupProfile { description, .. }
+                if description.len() > MAX_DESCRIPTION_BYTES =>
+            {
+                Err(ContentError::Invalid("group description too long"))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -208,5 +299,108 @@ mod tests {
             Envelope::decode(&vec![0; cove_wire::limits::MAX_APPLICATION_PLAINTEXT + 1]),
             Err(ContentError::TooLarge(_))
         ));
+    }
+
+    /// A newer client's envelope (valid header, variant index beyond the known ones, any
+    /// body) is `Unsupported` with its id, time and kind; a known variant with a broken
+    /// body, a short header or another version stays an error.
+    #[test]
+    fn lenient_decoding_tells_newer_kinds_from_garbage() {
+        let mut newer = vec![ENVELOPE_VERSION];
+        newer.extend_from_slice(&[7; 16]);
+        newer.extend(postcard::to_stdvec(&300_000u64).unwrap_or_default());
+        newer.extend(postcard::to_stdvec(&(KNOWN_CONTENT_KINDS + 4)).unwrap_or_default());
+        newer.extend_from_slice(b"whatever a newer client puts here");
+        assert_eq!(
+            Envelope::decode_lenient(&newer),
+            Ok(Decoded::Unsupported {
+                id: [7; 16],
+                sent_at_ms: 300_000,
+                kind: KNOWN_CONTENT_KINDS + 4,
+            })
+        );
+        // The last known kind with a broken body is garbage.
+        let mut broken = newer[..17].to_vec();
+        broken.extend(postcard::to_stdvec(&300_000u64).unwrap_or_default());
+        broken.extend(postcard::to_stdvec(&(KNOWN_CONTENT_KINDS - 1)).unwrap_or_default());
+        broken.push(0xff);
+        assert!(matches!(
+            Envelope::decode_lenient(&broken),
+            Err(ContentError::Malformed(_))
+        ));
+        assert!(matches!(
+            Envelope::decode_lenient(&newer[..10]),
+            Err(ContentError::Malformed(_))
+        ));
+        let mut other_version = newer.clone();
+        other_version[0] = ENVELOPE_VERSION + 1;
+        assert!(matches!(
+            Envelope::decode_lenient(&other_version),
+            Err(ContentError::Malformed(_))
+        ));
+        // Every kind this client knows has an index below KNOWN_CONTENT_KINDS.
+        let last = Envelope {
+            version: ENVELOPE_VERSION,
+            id: [1; 16],
+            sent_at_ms: 5,
+            content: Content::GroupProfile {
+                name: "n".into(),
+                description: String::new(),
+                avatar: None,
+            },
+        };
+        let bytes = last.encode().unwrap_or_default();
+        assert_eq!(bytes.get(18), Some(&((KNOWN_CONTENT_KINDS - 1) as u8)));
+        assert_eq!(Envelope::decode_lenient(&bytes), Ok(Decoded::Known(last)));
+    }
+
+    #[test]
+    fn chat_kinds_are_validated() {
+        let long = "x".repeat(MAX_TEXT_BYTES + 1);
+        let reply = |quote: String, text: String| Content::Reply {
+            to: [0; 16],
+            quote,
+            text,
+        };
+        assert_eq!(
+            reply("q".repeat(MAX_QUOTE_CHARS), "t".into()).validate(),
+            Ok(())
+        );
+        assert_eq!(
+            reply("é".repeat(MAX_QUOTE_CHARS + 1), "t".into()).validate(),
+            Err(ContentError::Invalid("quote too long"))
+        );
+        assert_eq!(
+            reply(String::new(), long.clone()).validate(),
+            Err(ContentError::Invalid("text too long"))
+        );
+        let edit = Content::Edit {
+            to: [0; 16],
+            text: long,
+        };
+        assert_eq!(edit.validate(), Err(ContentError::Invalid("text too long")));
+        let profile = |name: usize, description: usize| Content::GroupProfile {
+            name: "n".repeat(name),
+            description: "d".repeat(description),
+            avatar: None,
+        };
+        assert_eq!(
+            profile(crate::MAX_GROUP_NAME, MAX_DESCRIPTION_BYTES).validate(),
+            Ok(())
+        );
+        assert_eq!(
+            profile(crate::MAX_GROUP_NAME + 1, 0).validate(),
+            Err(ContentError::Invalid("group name too long"))
+        );
+        assert_eq!(
+            profile(1, MAX_DESCRIPTION_BYTES + 1).validate(),
+            Err(ContentError::Invalid("group description too long"))
+        );
+        for bad in ["", "a b", "\u{7}", "\n", &"👍".repeat(9)] {
+            assert!(!valid_emoji(bad), "{bad:?}");
+        }
+        for good in ["👍", "🏳️‍🌈", "+1"] {
+            assert!(valid_emoji(good), "{good:?}");
+        }
     }
 }

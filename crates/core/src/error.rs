@@ -344,6 +344,10 @@ pub enum InvalidArgument {
     /// A command that adds or removes users was given none.
     #[error("no users given")]
     NoUsers,
+    /// A reaction must be 1-32 bytes (`MAX_EMOJI_BYTES`) without control characters or
+    /// whitespace (issue 13).
+    #[error("a reaction is one emoji: 1-32 bytes, no spaces or control characters")]
+    Emoji,
 }
 
 /// How the relay violated the protocol ([`crate::HandleError::Protocol`]).
@@ -481,6 +485,11 @@ pub enum Warning {
     /// The relay refused a queued message for good.
     #[error("a queued message was refused by the relay: {0}")]
     QueuedRefused(cove_wire::ErrorReply),
+    /// A message was deleted for everyone and erased from the history, but scrubbing the
+    /// database files afterwards (`Kv::scrub`) failed: freed space or the write-ahead log
+    /// may still hold its text until the next scrub (issue 13).
+    #[error("the database could not be scrubbed after a delete: {0}")]
+    ScrubFailed(Shared<cove_store::StoreError>),
     /// The relay answered a post with something else than `Posted`.
     #[error("unexpected reply to a post: {0:?}")]
     UnexpectedPostReply(cove_wire::Reply),

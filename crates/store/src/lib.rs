@@ -112,6 +112,10 @@ pub enum Namespace {
     Backup = 16,
     /// The daemon's local state (issue 12).
     Daemon = 17,
+    /// The chat log's references (issue 13): group ‖ `i` ‖ message id → seq of each shown
+    /// message; group ‖ `r` ‖ message id ‖ seq → kind and flags of each reply, reaction,
+    /// edit and delete of that message.
+    Chat = 18,
     /// The search index of [`MemoryStore`] (issue 13): group id ‖ seq (big endian) → the
     /// indexed text. [`SqliteStore`] keeps its index in FTS5 tables instead.
     TextIndex = 21,

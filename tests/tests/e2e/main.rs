@@ -11,6 +11,7 @@ mod chat;
 mod durability;
 mod groups;
 mod login;
+mod messaging;
 mod outbox;
 mod privacy;
 mod support;

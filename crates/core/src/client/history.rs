@@ -1,63 +1,36 @@
-//! What the user sees of stored messages: [`ChatMessage`]s (texts and attachments) built from
-//! the history, for the history queries and the [`Event::Message`] events. Stateless.
+//! What the user sees of stored messages: [`ChatMessage`]s (texts, files, replies, deleted
+//! and unsupported messages, with their reactions and edits applied: see `chat_log`) built
+//! from the history, for the history queries.
 
-use cove_store::StoredMessage;
+use cove_store::{Store, StoreError, StoredMessage};
 use cove_wire::GroupId;
 
+use super::chat_log;
 use super::groups::Groups;
-use crate::content::{Content, Envelope};
-use crate::types::{ChatMessage, Event, MessageId};
+use crate::types::ChatMessage;
 
 /// The chat messages among `stored` (messages of `group`), in order.
 pub(super) fn chat_messages(
+    store: &impl Store,
     groups: &Groups,
     group: GroupId,
     stored: Vec<StoredMessage>,
-) -> Vec<ChatMessage> {
+) -> Result<Vec<ChatMessage>, StoreError> {
     let name = groups.name(&group);
-    stored
-        .into_iter()
-        .filter_map(|m| {
-            let content = Envelope::decode(&m.content).ok()?.content;
-            chat_message(&m, name.clone(), content)
-        })
-        .collect()
+    let mut out = Vec::new();
+    for m in &stored {
+        if let Some(shown) = chat_message(store, name.clone(), m)? {
+            out.push(shown);
+        }
+    }
+    Ok(out)
 }
 
-/// The Message event for stored message `m`, if its content is shown to the user.
-pub(super) fn stored_chat_event(groups: &Groups, m: &StoredMessage) -> Option<Event> {
-    let env = Envelope::decode(&m.content).ok()?;
-    chat_event(groups, m, env.content)
-}
-
-/// The Message event for stored message `m` with its (already decoded) content, if that
-/// content is shown to the user.
-pub(super) fn chat_event(groups: &Groups, m: &StoredMessage, content: Content) -> Option<Event> {
-    chat_message(m, groups.name(&m.group), content).map(|m| Event::Message(Box::new(m)))
-}
-
+/// Stored message `m` as the user sees it (`None`: not a shown message), e.g. a search hit.
 pub(super) fn chat_message(
-    m: &StoredMessage,
+    store: &impl Store,
     group_name: String,
-    content: Content,
-) -> Option<ChatMessage> {
-    let (text, attachment) = content.into_chat_parts()?;
-    Some(ChatMessage {
-        group: m.group,
-        group_name,
-        from: m.from.clone(),
-        from_device: m.from_device,
-        id: MessageId(m.message_id),
-        sent_at_ms: m.sent_at_ms,
-        text,
-        attachment,
-        seq: m.seq,
-        reply_to: None,
-        reactions: Vec::new(),
-        edits: Vec::new(),
-        deleted: false,
-        unsupported: None,
-        read_by: Vec::new(),
-        expires_at_ms: None,
-    })
+    m: &StoredMessage,
+) -> Result<Option<ChatMessage>, StoreError> {
+    chat_log::render(store, group_name, m)
 }

@@ -14,15 +14,15 @@ use cove_wire::{DeviceId, EntryKind, GroupEntry, GroupId, Stream, UserName};
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{LeafNode, MlsMessageIn, ProcessedMessageContent, Sender};
 
+use super::chat_log;
 use super::context::Cx;
 use super::effects::Effects;
 use super::groups::Groups;
-use super::history;
 use super::leaves::{self, LeafCheck, LeafCheckError, Leaves, RefusedLeaf};
 use super::mls::{MAX_GROUP_NAME, MemberId, member_id, parse_credential, users_of};
-use super::outbox::{is_leave_request, own_message, record_own};
+use super::outbox::{is_leave_request, own_delete_by_admin, own_message, record_own};
 use super::trust::{self, Trust};
-use crate::content::{Content, Envelope};
+use crate::content::{Content, ContentError, Decoded, Envelope};
 use crate::error::{EntryError, KeptBecause, Shared, Warning};
 use crate::types::{Event, HandleError, MessageId, ReceivedContent};
 
@@ -90,6 +90,8 @@ pub(super) struct Applied {
     /// A commit at this device's current epoch that MLS could not process: this device's
     /// state no longer matches the group's (it rejoins).
     pub(super) unprocessable_commit: bool,
+    /// A message was deleted for everyone: the store is scrubbed after the transaction.
+    pub(super) scrub: bool,
 }
 
 impl Inbound {
@@ -310,6 +312,13 @@ pub(super) fn apply<S: Store>(
             for e in events {
                 fx.event(e);
             }
+            if applied.scrub
+                && let Err(e) = store.scrub()
+            {
+                // Committed: what was erased is gone from the records, not yet from the
+                // files.
+                fx.warn(Warning::ScrubFailed(Shared::new(e)));
+            }
             Ok(applied)
         }
         Err(reason) => {
@@ -389,8 +398,11 @@ fn apply_in_tx<S: Store>(
                     .find(|item| item.group == group && item.payload == entry.payload.as_bytes());
                 if let Some(item) = echoed {
                     let msg = own_message(cx.me, entry.sender, entry.seq, &item);
-                    record_own(store, &item, &msg)?;
-                    events.extend(history::stored_chat_event(cx.groups, &msg));
+                    let name = record.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+                    let by_admin = own_delete_by_admin(Some(&*mls), cx.me, &item);
+                    let recorded = record_own(store, &item, &msg, &name, by_admin)?;
+                    events.extend(recorded.events);
+                    out.scrub = recorded.scrub;
                     out.own_message = Some(item.local_id);
                     out.left = is_leave_request(&item);
                 }
@@ -471,13 +483,24 @@ fn apply_in_tx<S: Store>(
                 }
             }
             let bytes = app.into_bytes();
-            let env = Envelope::decode(&bytes)?;
-            if store.is_seen(&group, &env.id)? {
+            // A content kind of a newer client is stored and shown as unsupported; garbage
+            // and invalid known kinds are skipped with a warning.
+            let (id, sent_at_ms, content) = match Envelope::decode_lenient(&bytes)? {
+                Decoded::Known(env) => {
+                    env.content.validate()?;
+                    if chat_log::target_of(&env.content) == Some(env.id) {
+                        return Err(ContentError::Invalid("refers to itself").into());
+                    }
+                    (env.id, env.sent_at_ms, Some(env.content))
+                }
+                Decoded::Unsupported { id, sent_at_ms, .. } => (id, sent_at_ms, None),
+            };
+            if store.is_seen(&group, &id)? {
                 return Err(EntryError::Duplicate);
             }
-            store.mark_seen(&group, &env.id)?;
-            match &env.content {
-                Content::GroupInfo { name } => {
+            store.mark_seen(&group, &id)?;
+            match &content {
+                Some(Content::GroupInfo { name }) => {
                     if let Some(r) = record.as_deref_mut()
                         && name.len() <= MAX_GROUP_NAME
                     {
@@ -485,7 +508,7 @@ fn apply_in_tx<S: Store>(
                         store.put_group(r)?;
                     }
                 }
-                Content::LeaveRequest => out.leave_requests.push(sender_id.device),
+                Some(Content::LeaveRequest) => out.leave_requests.push(sender_id.device),
                 _ => {} // texts, attachments, calls, ...: reported below
             }
             let stored = StoredMessage {
@@ -493,29 +516,36 @@ fn apply_in_tx<S: Store>(
                 seq: entry.seq,
                 from: sender_id.user.clone(),
                 from_device: sender_id.device,
-                message_id: env.id,
-                sent_at_ms: env.sent_at_ms,
+                message_id: id,
+                sent_at_ms,
                 content: bytes,
             };
             store.put_message(&stored)?;
-            super::search::index_message(store, &stored)?;
-            // What the user sees (text, attachments) is a Message; anything else goes to
-            // the module that handles it as Content.
-            let group_name = record.as_ref().map(|r| r.name.clone()).unwrap_or_default();
-            let shown = history::chat_message(&stored, group_name, env.content.clone());
-            events.push(match shown {
-                Some(m) => Event::Message(Box::new(m)),
-                None => Event::Content(ReceivedContent {
-                    group,
-                    from: sender_id.user,
-                    from_device: sender_id.device,
-                    sender_leaf,
-                    id: MessageId(env.id),
-                    sent_at_ms: env.sent_at_ms,
-                    seq: entry.seq,
-                    content: env.content,
-                }),
-            });
+            // The chat (texts, files, replies, reactions, edits, deletes, unsupported kinds)
+            // goes through the chat log; anything else goes to the module that handles it
+            // as Content.
+            match content {
+                Some(content) if !chat_log::is_chat(&content) => {
+                    events.push(Event::Content(ReceivedContent {
+                        group,
+                        from: sender_id.user,
+                        from_device: sender_id.device,
+                        sender_leaf,
+                        id: MessageId(id),
+                        sent_at_ms,
+                        seq: entry.seq,
+                        content,
+                    }));
+                }
+                content => {
+                    let by_admin = matches!(content, Some(Content::Delete { .. }))
+                        && super::admins::is_admin(mls, &sender_id.user);
+                    let name = record.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+                    let recorded = chat_log::record(store, &stored, &name, by_admin)?;
+                    events.extend(recorded.events);
+                    out.scrub = recorded.scrub;
+                }
+            }
         }
         ProcessedMessageContent::StagedCommitMessage(staged) => {
             let removed_self = staged.self_removed();

@@ -87,8 +87,9 @@ pub(super) fn import<S: Store>(
             let (group, id) = (m.group, m.message_id);
             let m = StoredMessage::from(m);
             s.put_message(&m)?;
-            super::search::index_message(s, &m)?;
             s.mark_seen(&group, &id)?;
+            // Into the chat log (its events are not reported: this is history).
+            super::chat_log::record(s, &m, "", false)?;
             stored += 1;
         }
         Ok(stored)

@@ -18,6 +18,8 @@
 //!               device lists they need are in; refused leaves reported once
 //! groups        Groups: loaded MLS groups and group records; name resolution, queries
 //! context       Cx: provider + Me + Groups + readiness, lent to one step of a part
+//! chat_log      replies, reactions, edits, deletes: references kept in the store,
+//!               applied in log order, deletes erasing; one message rendered
 //! history       chat messages from stored messages
 //! trust         Trust: key pinning, key changes, directory checks, safety numbers
 //! key_packages  KeyPackages: stock check and top-up; validation of claimed KeyPackages
@@ -34,6 +36,7 @@
 mod admins;
 mod changes;
 mod chat;
+pub(crate) mod chat_log;
 mod context;
 mod device;
 mod effects;
@@ -89,7 +92,6 @@ pub use self::mls::{
 };
 pub use self::outbox::{MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS};
 pub use self::rejoin::{MAX_REJOIN_ATTEMPTS, placeholder_name};
-pub(crate) use self::search::index_message;
 pub use self::trust::safety_number;
 
 /// A Cove device: the sans-IO client core. See the crate docs for the main loop.
@@ -297,8 +299,9 @@ impl<S: Store> Client<S> {
             CommandError::AmbiguousGroup(g) => QueryError::AmbiguousGroup(g),
             _ => QueryError::UnknownGroup(group.to_string()),
         })?;
-        let stored = self.provider.store().messages(&id)?;
-        Ok(history::chat_messages(&self.groups, id, stored))
+        let store = self.provider.store();
+        let stored = store.messages(&id)?;
+        Ok(history::chat_messages(store, &self.groups, id, stored)?)
     }
 
     /// The messages of `group` stored after log position `after`, in log order. Reads only
@@ -309,8 +312,9 @@ impl<S: Store> Client<S> {
         group: &GroupId,
         after: Seq,
     ) -> Result<Vec<ChatMessage>, QueryError> {
-        let stored = self.provider.store().messages_after(group, after)?;
-        Ok(history::chat_messages(&self.groups, *group, stored))
+        let store = self.provider.store();
+        let stored = store.messages_after(group, after)?;
+        Ok(history::chat_messages(store, &self.groups, *group, stored)?)
     }
 
     /// The safety number between this user and `user`: 12 groups of 5 digits, identical on
@@ -1792,7 +1796,7 @@ impl<S: Store> Client<S> {
 #[cfg(test)]
 mod tests {
     /// The parts in their documented order (see the module docs and ARCHITECTURE.md).
-    const PARTS: [(&str, &str); 15] = [
+    const PARTS: [(&str, &str); 16] = [
         ("effects", include_str!("effects.rs")),
         ("mls", include_str!("mls.rs")),
         ("device", include_str!("device.rs")),
@@ -1800,6 +1804,7 @@ mod tests {
         ("leaves", include_str!("leaves.rs")),
         ("groups", include_str!("groups.rs")),
         ("context", include_str!("context.rs")),
+        ("chat_log", include_str!("chat_log.rs")),
         ("history", include_str!("history.rs")),
         ("trust", include_str!("trust.rs")),
         ("key_packages", include_str!("key_packages.rs")),

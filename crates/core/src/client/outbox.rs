@@ -10,10 +10,10 @@ use cove_wire::{
     DeviceId, Epoch, ErrorCode, ErrorReply, GroupId, Payload, PostKind, Reply, Request, Seq,
 };
 
+use super::chat_log::{self, Recorded};
 use super::context::Cx;
 use super::device::Me;
 use super::effects::{Effects, Pending};
-use super::history;
 use crate::content::{Content, ENVELOPE_VERSION, Envelope};
 use crate::error::{ProtocolViolation, Shared, Warning};
 use crate::types::{CommandError, Event, HandleError, OpError, OpId};
@@ -305,9 +305,17 @@ impl Outbox {
                     ));
                 };
                 let msg = own_message(cx.me, device, seq, &item);
-                store.transaction(|store| record_own(store, &item, &msg))?;
-                if let Some(ev) = history::stored_chat_event(cx.groups, &msg) {
+                let name = cx.groups.name(&item.group);
+                let by_admin = own_delete_by_admin(cx.groups.get(&item.group), cx.me, &item);
+                let recorded =
+                    store.transaction(|store| record_own(store, &item, &msg, &name, by_admin))?;
+                for ev in recorded.events {
                     fx.event(ev);
+                }
+                if recorded.scrub
+                    && let Err(e) = store.scrub()
+                {
+                    fx.warn(Warning::ScrubFailed(Shared::new(e)));
                 }
                 if is_leave_request(&item) {
                     out.forget = Some((item.group, Membership::Left));
@@ -469,14 +477,31 @@ pub(super) fn own_message(me: &Me, device: DeviceId, seq: Seq, item: &OutboxItem
     }
 }
 
-/// Moves our own message from the outbox to the history (inside the caller's transaction).
+/// Moves our own message from the outbox to the history (inside the caller's transaction)
+/// and records it in the chat log (see [`chat_log::record`]; `by_admin`: see
+/// [`own_delete_by_admin`]).
 pub(super) fn record_own(
     store: &impl Store,
     item: &OutboxItem,
     msg: &StoredMessage,
-) -> Result<(), StoreError> {
+    group_name: &str,
+    by_admin: bool,
+) -> Result<Recorded, StoreError> {
     store.put_message(msg)?;
-    super::search::index_message(store, msg)?;
     store.mark_seen(&item.group, &item.message_id)?;
-    store.delete_outbox(item.local_id)
+    store.delete_outbox(item.local_id)?;
+    chat_log::record(store, msg, group_name, by_admin)
+}
+
+/// Whether our own outbox item is a delete sent as an admin of its group (`mls`).
+pub(super) fn own_delete_by_admin(
+    mls: Option<&openmls::group::MlsGroup>,
+    me: &Me,
+    item: &OutboxItem,
+) -> bool {
+    let is_delete = matches!(
+        Envelope::decode(&item.content).map(|e| e.content),
+        Ok(Content::Delete { .. })
+    );
+    is_delete && mls.is_some_and(|mls| super::admins::is_admin(mls, me.user()))
 }

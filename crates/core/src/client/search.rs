@@ -110,8 +110,7 @@ impl<S: Store> Client<S> {
                     continue; // a stale index entry
                 };
                 found.extend(
-                    history::chat_messages(&self.groups, *g, vec![m])
-                        .into_iter()
+                    history::chat_message(store, self.groups.name(g), &m)?
                         .filter(|m| !m.deleted),
                 );
             }

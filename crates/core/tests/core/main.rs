@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod backup;
+mod chat;
 mod fuzz_corpus;
 mod link_history;
 mod outbox;
@@ -1862,7 +1863,7 @@ fn hostile_plaintexts_from_a_member_are_skipped_and_duplicate_ids_dropped() {
             },
         })
         .unwrap(),
-        unknown_variant, // unknown content kind
+        unknown_variant, // unknown content kind: shown as unsupported (issue 13)
         {
             let mut e = envelope(4, "v".into());
             e[0] = 9; // unknown envelope version
@@ -1882,12 +1883,28 @@ fn hostile_plaintexts_from_a_member_are_skipped_and_duplicate_ids_dropped() {
         let events = net.take_events(slot);
         assert_eq!(
             texts(&events),
-            vec!["hello from mallory".to_string(), "still fine".to_string()],
+            vec![
+                "hello from mallory".to_string(),
+                String::new(),
+                "still fine".to_string()
+            ],
             "slot {slot}"
+        );
+        let unsupported: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(m) => Some((m.id.0, m.unsupported)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            unsupported,
+            vec![([2; 16], None), ([1; 16], Some(200)), ([5; 16], None)],
+            "slot {slot}: the newer client's kind is shown as unsupported"
         );
         assert_eq!(
             warnings(&events).len(),
-            6,
+            5,
             "slot {slot}: {:?}",
             warnings(&events)
         );
