@@ -327,6 +327,45 @@ impl Kv for SqliteStore {
     fn in_transaction(&self) -> bool {
         self.lock().map(|s| s.in_tx).unwrap_or(false)
     }
+
+    fn kv_first(&self, ns: Namespace, prefix: &[u8]) -> Result<Option<KvPair>, StoreError> {
+        let s = self.lock()?;
+        let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?));
+        match prefix_end(prefix) {
+            Some(end) => s
+                .conn
+                .prepare_cached(
+                    "SELECT key, value FROM kv WHERE ns = ?1 AND key >= ?2 AND key < ?3 \
+                     ORDER BY key LIMIT 1",
+                )
+                .map_err(backend)?
+                .query_row(params![ns as u8, prefix, end], map)
+                .optional()
+                .map_err(backend),
+            None => s
+                .conn
+                .prepare_cached(
+                    "SELECT key, value FROM kv WHERE ns = ?1 AND key >= ?2 ORDER BY key LIMIT 1",
+                )
+                .map_err(backend)?
+                .query_row(params![ns as u8, prefix], map)
+                .optional()
+                .map_err(backend),
+        }
+    }
+
+    // Until the search index lands (its merge belongs here too): deleted rows are zeroed
+    // in the database file (`secure_delete`, set at open); the write-ahead log, which still
+    // holds the pages as they were, is checkpointed into it and truncated.
+    fn scrub(&self) -> Result<(), StoreError> {
+        let s = self.lock()?;
+        if s.in_tx {
+            return Err(StoreError::Transaction("scrub inside a transaction"));
+        }
+        s.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(backend)
+    }
 }
 
 crate::impl_mls_storage!(SqliteStore);

@@ -16,6 +16,7 @@ use openmls::prelude::{LeafNode, MlsMessageIn, ProcessedMessageContent, Sender};
 
 use super::context::Cx;
 use super::effects::Effects;
+use super::group_settings;
 use super::groups::Groups;
 use super::history;
 use super::leaves::{self, LeafCheck, LeafCheckError, Leaves, RefusedLeaf};
@@ -389,7 +390,7 @@ fn apply_in_tx<S: Store>(
                     .find(|item| item.group == group && item.payload == entry.payload.as_bytes());
                 if let Some(item) = echoed {
                     let msg = own_message(cx.me, entry.sender, entry.seq, &item);
-                    record_own(store, &item, &msg)?;
+                    record_own(store, &item, &msg, now_ms)?;
                     events.extend(history::stored_chat_event(cx.groups, &msg));
                     out.own_message = Some(item.local_id);
                     out.left = is_leave_request(&item);
@@ -476,17 +477,23 @@ fn apply_in_tx<S: Store>(
                 return Err(EntryError::Duplicate);
             }
             store.mark_seen(&group, &env.id)?;
-            match &env.content {
-                Content::GroupInfo { name } => {
-                    if let Some(r) = record.as_deref_mut()
-                        && name.len() <= MAX_GROUP_NAME
-                    {
-                        r.name = name.clone();
-                        store.put_group(r)?;
-                    }
-                }
-                Content::LeaveRequest => out.leave_requests.push(sender_id.device),
-                _ => {} // texts, attachments, calls, ...: reported below
+            // Receipts, typing, the timer, the profile and renames (admins only).
+            let settings = group_settings::on_received(
+                store,
+                group,
+                &sender_id.user,
+                super::admins::is_admin(mls, &sender_id.user),
+                cx.me.user(),
+                &env,
+                now_ms,
+                MAX_GROUP_NAME,
+            )?;
+            if let (Some(name), Some(r)) = (&settings.rename, record.as_deref_mut()) {
+                r.name = name.clone();
+                store.put_group(r)?;
+            }
+            if let Content::LeaveRequest = &env.content {
+                out.leave_requests.push(sender_id.device);
             }
             let stored = StoredMessage {
                 group,
@@ -497,13 +504,24 @@ fn apply_in_tx<S: Store>(
                 sent_at_ms: env.sent_at_ms,
                 content: bytes,
             };
-            store.put_message(&stored)?;
+            let mut expires_at_ms = None;
+            if settings.store {
+                store.put_message(&stored)?;
+                expires_at_ms = group_settings::schedule_expiry(store, &stored, now_ms)?;
+            }
+            events.extend(settings.events);
+            if settings.handled {
+                return Ok((out, events));
+            }
             // What the user sees (text, attachments) is a Message; anything else goes to
             // the module that handles it as Content.
             let group_name = record.as_ref().map(|r| r.name.clone()).unwrap_or_default();
             let shown = history::chat_message(&stored, group_name, env.content.clone());
             events.push(match shown {
-                Some(m) => Event::Message(Box::new(m)),
+                Some(mut m) => {
+                    m.expires_at_ms = expires_at_ms;
+                    Event::Message(Box::new(m))
+                }
                 None => Event::Content(ReceivedContent {
                     group,
                     from: sender_id.user,

@@ -13,6 +13,7 @@ use cove_wire::{
 use super::context::Cx;
 use super::device::Me;
 use super::effects::{Effects, Pending};
+use super::group_settings;
 use super::history;
 use crate::content::{Content, ENVELOPE_VERSION, Envelope};
 use crate::error::{ProtocolViolation, Shared, Warning};
@@ -305,7 +306,7 @@ impl Outbox {
                     ));
                 };
                 let msg = own_message(cx.me, device, seq, &item);
-                store.transaction(|store| record_own(store, &item, &msg))?;
+                store.transaction(|store| record_own(store, &item, &msg, now_ms))?;
                 if let Some(ev) = history::stored_chat_event(cx.groups, &msg) {
                     fx.event(ev);
                 }
@@ -469,13 +470,23 @@ pub(super) fn own_message(me: &Me, device: DeviceId, seq: Seq, item: &OutboxItem
     }
 }
 
-/// Moves our own message from the outbox to the history (inside the caller's transaction).
+/// Moves our own message from the outbox to the history (inside the caller's transaction):
+/// read receipts are not kept in the history; a message of a group whose disappearing
+/// timer is on expires that long after `now_ms`.
 pub(super) fn record_own(
     store: &impl Store,
     item: &OutboxItem,
     msg: &StoredMessage,
+    now_ms: u64,
 ) -> Result<(), StoreError> {
-    store.put_message(msg)?;
+    let receipt = matches!(
+        Envelope::decode(&item.content).map(|e| e.content),
+        Ok(Content::ReadReceipt { .. } | Content::Typing { .. })
+    );
+    if !receipt {
+        store.put_message(msg)?;
+        group_settings::schedule_expiry(store, msg, now_ms)?;
+    }
     store.mark_seen(&item.group, &item.message_id)?;
     store.delete_outbox(item.local_id)
 }

@@ -10,6 +10,7 @@ mod outbox;
 mod parked;
 mod rejoin;
 mod relay;
+mod settings;
 mod user_join;
 mod welcome_name;
 
