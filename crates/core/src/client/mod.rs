@@ -19,6 +19,7 @@
 //! groups        Groups: loaded MLS groups and group records; name resolution, queries
 //! context       Cx: provider + Me + Groups + readiness, lent to one step of a part
 //! history       chat messages from stored messages
+//! group_settings per-group settings, read receipts, the expiry index (issue 13)
 //! trust         Trust: key pinning, key changes, directory checks, safety numbers
 //! key_packages  KeyPackages: stock check and top-up; validation of claimed KeyPackages
 //! outbox        Outbox: sealing, posting, retries with backoff, resealing stale posts
