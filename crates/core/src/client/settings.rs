@@ -82,6 +82,9 @@ impl<S: Store> Client<S> {
             })
             .copied()
             .collect();
+        // Each due receipt leaves the queue, sent or not (a newer mark_read queues again):
+        // a receipt that cannot be sealed does not keep the timer due.
+        let mut result = Ok(());
         for group in due {
             let Some(up_to) = self.receipts.queued.remove(&group) else {
                 continue;
@@ -90,9 +93,11 @@ impl<S: Store> Client<S> {
                 continue;
             }
             self.receipts.last_sent.insert(group, now_ms);
-            self.send_content(now_ms, group, Content::ReadReceipt { up_to })?;
+            if let Err(e) = self.send_content(now_ms, group, Content::ReadReceipt { up_to }) {
+                result = Err(e);
+            }
         }
-        Ok(())
+        result
     }
 
     /// Tells the group this user is typing (or stopped). Ephemeral: not stored, not
@@ -269,8 +274,9 @@ impl<S: Store> Client<S> {
 
     /// The settings' timers: the next receipt due, the next message to expire.
     pub(super) fn settings_timeout(&self) -> Option<u64> {
-        // A store that cannot be read now is retried at once: handle_timeout reports it.
-        let expiry = group_settings::next_expiry(self.provider.store()).unwrap_or(Some(0));
+        // A store that cannot be read now: no expiry is scheduled until the next input
+        // (never a deadline that stays due, which a shell would spin on).
+        let expiry = group_settings::next_expiry(self.provider.store()).unwrap_or(None);
         match (self.receipts.next_due(), expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

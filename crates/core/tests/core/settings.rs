@@ -260,8 +260,8 @@ fn typing_is_reported_and_never_stored() {
 /// The timer is bounded; once set, every device's copy of a message (the sender's too)
 /// expires the timer after it was stored: `expires_at_ms` says when, `poll_timeout`
 /// includes it, and `handle_timeout` then deletes it with the edit of it, reports
-/// `Event::Expired`, and no namespace of any store holds its text or the edit's any more.
-/// Messages from before the timer stay.
+/// `Event::Expired`, and no namespace of any store holds its text or the edit's any more
+/// (also on a device that is offline then). Messages from before the timer stay.
 #[test]
 fn disappearing_messages_expire_on_every_device() {
     let mut net = Net::new();
@@ -330,6 +330,9 @@ fn disappearing_messages_expire_on_every_device() {
         assert!(next <= at);
         deadlines.push(at);
     }
+    // Carol is offline when hers expires: it goes all the same.
+    net.disconnect(carol);
+    assert!(net.client(carol).poll_timeout().is_some(), "offline too");
     for (slot, at) in [alice, bob, carol].into_iter().zip(deadlines) {
         net.client(slot).handle_timeout(at - 1).unwrap();
         assert!(history(&mut net, slot, group).iter().any(|m| m.id == id));
@@ -350,6 +353,9 @@ fn disappearing_messages_expire_on_every_device() {
         assert!(!store_holds(store, secret.as_bytes()), "slot {slot}");
         assert!(!store_holds(store, edit.as_bytes()), "slot {slot}");
     }
+
+    net.connect(carol);
+    net.run();
 
     // Off again: new messages stay.
     let now = net.now_ms;
