@@ -426,8 +426,9 @@ pub(super) fn on_received(
             }
         }
         Content::GroupInfo { name } => {
-            // The older rename: the same rule; reported as before (as `Content`).
-            out.handled = false;
+            // The older rename: the same rule; reported as before (as `Content`) when
+            // applied, not at all when refused.
+            out.handled = !admin;
             if !admin {
                 out.events.push(refuse("a rename", "not an admin"));
             } else if name.len() <= max_name {

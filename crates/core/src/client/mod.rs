@@ -860,7 +860,9 @@ impl<S: Store> Client<S> {
     }
 
     /// Time has reached `now_ms`: resends the posts whose retry delay is over (and fetches
-    /// the own list again when that is due). Calling it early or more than once is harmless.
+    /// the own list again when that is due); connected or not, sends the read receipts
+    /// whose interval is over and deletes the disappearing messages whose time is up
+    /// ([`Event::Expired`]). Calling it early or more than once is harmless.
     pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), HandleError> {
         let settings = self.settings_on_timeout(now_ms);
         self.apply_effects();
