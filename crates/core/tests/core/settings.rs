@@ -431,3 +431,90 @@ fn the_group_profile_reaches_every_member_and_muting_stays_local() {
     net.client(bob).mute("renamed", None).unwrap();
     assert_eq!(net.client(bob).groups()[0].muted_until_ms, None);
 }
+
+/// Settings a hostile (or buggy) member sends past its own client's checks: an
+/// out-of-bounds timer or profile is skipped with `Warning::SettingRefused` and changes
+/// nothing; a receipt naming a message nobody holds is reported to nobody and kept nowhere.
+#[test]
+fn out_of_bounds_settings_and_receipts_for_unknown_messages_change_nothing() {
+    use cove_core::error::Warning;
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    say(&mut net, alice, group, "hello");
+    net.take_events(bob);
+    let settings_before = snapshot(net.client(bob).store(), &[])
+        .into_iter()
+        .filter(|(ns, _, _)| *ns == Namespace::GroupSettings)
+        .collect::<Vec<_>>();
+    let hostile = [
+        (
+            Content::Disappearing {
+                timer_secs: Some(0),
+            },
+            "a disappearing timer",
+        ),
+        (
+            Content::Disappearing {
+                timer_secs: Some(cove_core::MAX_DISAPPEARING_SECS + 1),
+            },
+            "a disappearing timer",
+        ),
+        (
+            Content::GroupProfile {
+                name: String::new(),
+                description: String::new(),
+                avatar: None,
+            },
+            "a profile",
+        ),
+        (
+            Content::GroupProfile {
+                name: "ok".into(),
+                description: "d".repeat(cove_core::content::MAX_DESCRIPTION_BYTES + 1),
+                avatar: None,
+            },
+            "a profile",
+        ),
+    ];
+    for (content, what) in hostile {
+        let now = net.now_ms;
+        let op = net.client(alice).send_content(now, group, content).unwrap();
+        op_result(&mut net, alice, op).unwrap();
+        net.run();
+        let events = net.take_events(bob);
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                Event::Warning(Warning::SettingRefused { what: w, why: "out of bounds", from, .. })
+                    if *w == what && from.as_str() == "alice"
+            )),
+            "{what}: {events:?}"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::GroupChanged { .. })),
+            "{events:?}"
+        );
+    }
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .send_content(now, group, Content::ReadReceipt { up_to: [9; 16] })
+        .unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    net.run();
+    let events = net.take_events(bob);
+    assert!(receipts(&events).is_empty(), "{events:?}");
+    let info = &net.client(bob).groups()[0];
+    assert_eq!(info.name, "friends");
+    assert_eq!(info.description, "");
+    assert_eq!(info.disappearing_secs, None);
+    let settings_after = snapshot(net.client(bob).store(), &[])
+        .into_iter()
+        .filter(|(ns, _, _)| *ns == Namespace::GroupSettings)
+        .collect::<Vec<_>>();
+    assert_eq!(settings_after, settings_before, "bob's settings changed");
+}
