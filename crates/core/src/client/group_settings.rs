@@ -22,7 +22,13 @@ pub const MAX_DISAPPEARING_SECS: u32 = 365 * 24 * 60 * 60;
 /// comes from the backlog: it is not reported.
 pub const TYPING_FRESH_MS: u64 = 15_000;
 
-/// A group's local settings. **Fields are only ever appended** (the record is postcard).
+/// Zero bytes appended to a stored settings record before decoding it: enough for the
+/// fields a later version appends.
+const APPENDED_PADDING: usize = 32;
+
+/// A group's local settings. **Fields are only ever appended** (the record is postcard), and
+/// only of types whose default encodes as one zero byte (`Option`, `String`, `Vec`,
+/// integers, `bool`): an older record then decodes with the new fields at their defaults.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct GroupSettings {
     /// The description (from the newest applied profile).
@@ -83,7 +89,12 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
 /// The settings of `group` (defaults when none are stored).
 pub(super) fn load(store: &impl Store, group: &GroupId) -> Result<GroupSettings, StoreError> {
     match store.kv_get(Namespace::GroupSettings, &settings_key(group))? {
-        Some(v) => Ok(postcard::from_bytes(&v)?),
+        Some(mut v) => {
+            // A record written before fields were appended ends early: zero bytes decode
+            // as the appended fields' defaults (see `GroupSettings`).
+            v.extend_from_slice(&[0; APPENDED_PADDING]);
+            Ok(postcard::take_from_bytes(&v)?.0)
+        }
         None => Ok(GroupSettings::default()),
     }
 }
@@ -440,4 +451,54 @@ pub(super) fn on_received(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    // (No `use super::...`: the parts-order check reads those lines.)
+    use cove_store::{Kv as _, Namespace};
+    use cove_wire::GroupId;
+    use serde::Serialize;
+
+    use crate::attachment::AttachmentPointer;
+
+    /// A record of an older layout (ending before `muted_until_ms`) decodes with the
+    /// missing field at its default.
+    #[test]
+    fn an_older_record_decodes_with_the_appended_fields_at_their_defaults() {
+        #[derive(Serialize)]
+        struct Older {
+            description: String,
+            avatar: Option<AttachmentPointer>,
+            disappearing_secs: Option<u32>,
+            last_read: u64,
+        }
+        let store = cove_store::MemoryStore::new();
+        let group = GroupId([7; 16]);
+        let older = Older {
+            description: "d".into(),
+            avatar: None,
+            disappearing_secs: Some(5),
+            last_read: 9,
+        };
+        let bytes = postcard::to_stdvec(&older).unwrap_or_default();
+        store
+            .kv_put(
+                Namespace::GroupSettings,
+                &super::settings_key(&group),
+                &bytes,
+            )
+            .ok();
+        let got = super::load(&store, &group).ok();
+        assert_eq!(
+            got,
+            Some(super::GroupSettings {
+                description: "d".into(),
+                avatar: None,
+                disappearing_secs: Some(5),
+                last_read: 9,
+                muted_until_ms: None,
+            })
+        );
+    }
 }
