@@ -376,15 +376,34 @@ impl<S: Store + 'static> Pump<S> {
     /// Serves commands without a connection.
     async fn run_offline(&mut self) -> Option<oneshot::Sender<Client<S>>> {
         loop {
-            match self.commands.recv().await {
-                None => return None,
-                Some(Command::Stop(reply)) => return Some(reply),
-                Some(Command::Run(job)) => {
-                    job(&mut self.client, &mut self.waiters);
-                    self.drain_offline();
-                }
+            tokio::select! {
+                () = sleep_until_some(self.local_deadline()) => self.on_local_timer(),
+                cmd = self.commands.recv() => match cmd {
+                    None => return None,
+                    Some(Command::Stop(reply)) => return Some(reply),
+                    Some(Command::Run(job)) => {
+                        job(&mut self.client, &mut self.waiters);
+                        self.drain_offline();
+                    }
+                },
             }
         }
+    }
+
+    /// The core's next deadline while not connected (read receipts to send, disappearing
+    /// messages to delete), on the tokio clock.
+    fn local_deadline(&self) -> Option<tokio::time::Instant> {
+        self.client.poll_timeout().map(|at| {
+            tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
+        })
+    }
+
+    /// That deadline came while not connected.
+    fn on_local_timer(&mut self) {
+        if let Err(e) = self.client.handle_timeout(now_ms()) {
+            warn!(error = %e, "timer not processed while offline");
+        }
+        self.drain_offline();
     }
 
     async fn run_online(&mut self, endpoint: Endpoint) -> Option<oneshot::Sender<Client<S>>> {
@@ -396,6 +415,7 @@ impl<S: Store + 'static> Pump<S> {
             let connected = loop {
                 tokio::select! {
                     c = &mut connect => break c,
+                    () = sleep_until_some(self.local_deadline()) => self.on_local_timer(),
                     cmd = self.commands.recv() => match cmd {
                         None => return None,
                         Some(Command::Stop(reply)) => return Some(reply),
@@ -444,6 +464,7 @@ impl<S: Store + 'static> Pump<S> {
             loop {
                 tokio::select! {
                     () = &mut sleep => break,
+                    () = sleep_until_some(self.local_deadline()) => self.on_local_timer(),
                     cmd = self.commands.recv() => match cmd {
                         None => return None,
                         Some(Command::Stop(reply)) => return Some(reply),

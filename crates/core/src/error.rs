@@ -348,6 +348,15 @@ pub enum InvalidArgument {
     /// whitespace (issue 13).
     #[error("a reaction is one emoji: 1-32 bytes, no spaces or control characters")]
     Emoji,
+    /// A disappearing-messages timer outside 1 second ..= 365 days (issue 13).
+    #[error("disappearing-messages timers are 1 second to 365 days")]
+    Timer,
+    /// A group description longer than `max` bytes (issue 13).
+    #[error("group descriptions are at most {max} bytes")]
+    DescriptionLength {
+        /// The longest description allowed ([`crate::content::MAX_DESCRIPTION_BYTES`]).
+        max: usize,
+    },
 }
 
 /// How the relay violated the protocol ([`crate::HandleError::Protocol`]).
@@ -623,6 +632,19 @@ pub enum Warning {
         count: usize,
         /// Why they wait.
         why: KeptBecause,
+    },
+    /// A group setting (rename, profile, disappearing timer) from a member who is not an
+    /// admin of the group, or out of bounds: not applied (issue 13).
+    #[error("group {group}: {what} from {from} not applied ({why})")]
+    SettingRefused {
+        /// The group.
+        group: cove_wire::GroupId,
+        /// The sender.
+        from: cove_wire::UserName,
+        /// What it was ("a rename", "a profile", "a disappearing timer").
+        what: &'static str,
+        /// Why: "not an admin" or "out of bounds".
+        why: &'static str,
     },
     /// An entry of a group log was skipped.
     #[error("skipped entry {seq} of group {group} from device {sender}: {reason}")]

@@ -53,6 +53,7 @@ pub use client::{
     MAX_REJOIN_ATTEMPTS, MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS, PADDING_BUCKET, UNJOINED_PARK_MS,
     credential_identity, placeholder_name, safety_number,
 };
+pub use client::{MAX_DISAPPEARING_SECS, RECEIPT_INTERVAL_MS, TYPING_FRESH_MS};
 pub use content::{Content, Envelope};
 pub use cove_identity;
 pub use cove_store;

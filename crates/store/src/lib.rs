@@ -116,6 +116,12 @@ pub enum Namespace {
     /// message; group ‖ `r` ‖ message id ‖ seq → kind and flags of each reply, reaction,
     /// edit and delete of that message.
     Chat = 18,
+    /// Per-group local settings (issue 13): group ‖ `s` (description, avatar, disappearing
+    /// timer, last-read seq, muted-until), group ‖ `r` ‖ user (each user's newest read
+    /// receipt), group ‖ `e` ‖ seq (when a message expires).
+    GroupSettings = 19,
+    /// Disappearing messages' expiry index: expires-at (ms, big endian) ‖ group ‖ seq.
+    Expiry = 20,
     /// The search index of [`MemoryStore`] (issue 13): group id ‖ seq (big endian) → the
     /// indexed text. [`SqliteStore`] keeps its index in FTS5 tables instead.
     TextIndex = 21,
@@ -179,6 +185,11 @@ pub trait Kv {
     /// All entries whose key starts with `prefix`, in key order.
     fn kv_scan(&self, ns: Namespace, prefix: &[u8]) -> Result<Vec<KvPair>, StoreError> {
         self.kv_scan_from(ns, prefix, prefix)
+    }
+    /// The first entry (in key order) whose key starts with `prefix`, if any: what a
+    /// backend answers without reading the rest (the earliest expiry, issue 13).
+    fn kv_first(&self, ns: Namespace, prefix: &[u8]) -> Result<Option<KvPair>, StoreError> {
+        Ok(self.kv_scan(ns, prefix)?.into_iter().next())
     }
     /// Starts a transaction. Transactions do not nest.
     fn begin(&self) -> Result<(), StoreError>;
@@ -410,6 +421,11 @@ pub trait Store: Kv + StorageProvider<CURRENT_VERSION, Error = StoreError> + Sen
     /// The message stored at log position `seq` of `group`, if any.
     fn message(&self, group: &GroupId, seq: Seq) -> Result<Option<StoredMessage>, StoreError> {
         get_record(self, Namespace::Message, &group_seq_key(group, seq))
+    }
+    /// Deletes the message stored at log position `seq` of `group` (no error if absent): a
+    /// message that disappeared (issue 13).
+    fn delete_message(&self, group: &GroupId, seq: Seq) -> Result<(), StoreError> {
+        self.kv_delete(Namespace::Message, &group_seq_key(group, seq))
     }
     /// The history of a group in log order.
     fn messages(&self, group: &GroupId) -> Result<Vec<StoredMessage>, StoreError> {

@@ -515,6 +515,32 @@ impl Kv for SqliteStore {
             .collect()
     }
 
+    fn kv_first(&self, ns: Namespace, prefix: &[u8]) -> Result<Option<KvPair>, StoreError> {
+        let s = self.lock()?;
+        let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?));
+        match prefix_end(prefix) {
+            Some(end) => s
+                .conn
+                .prepare_cached(
+                    "SELECT key, value FROM kv WHERE ns = ?1 AND key >= ?2 AND key < ?3 \
+                     ORDER BY key LIMIT 1",
+                )
+                .map_err(backend)?
+                .query_row(params![ns as u8, prefix, end], map)
+                .optional()
+                .map_err(backend),
+            None => s
+                .conn
+                .prepare_cached(
+                    "SELECT key, value FROM kv WHERE ns = ?1 AND key >= ?2 ORDER BY key LIMIT 1",
+                )
+                .map_err(backend)?
+                .query_row(params![ns as u8, prefix], map)
+                .optional()
+                .map_err(backend),
+        }
+    }
+
     fn scrub(&self) -> Result<(), StoreError> {
         let s = self.lock()?;
         if s.in_tx {

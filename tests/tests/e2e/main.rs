@@ -8,6 +8,7 @@ mod backup;
 mod calls;
 mod chaos;
 mod chat;
+mod disappearing;
 mod durability;
 mod groups;
 mod login;

@@ -52,6 +52,11 @@ impl Net {
         }
     }
 
+    /// The relay (to prune it now, issue 13).
+    pub fn relay(&self) -> &TestRelay {
+        &self._relay
+    }
+
     /// The relay's data directory (`relay.db`, `blobs/`).
     pub fn relay_data(&self) -> &Path {
         self._relay.data_dir()

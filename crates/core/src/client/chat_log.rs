@@ -168,6 +168,24 @@ fn refs(
         .collect())
 }
 
+/// Forgets message `m` (about to be deleted from the history: it disappeared): its id entry,
+/// the references to it, and the reference it makes to another message. Inside the caller's
+/// transaction.
+pub(super) fn forget(store: &impl Store, m: &StoredMessage) -> Result<(), StoreError> {
+    store.kv_delete(Namespace::Chat, &id_key(&m.group, &m.message_id))?;
+    for (k, _) in store.kv_scan(Namespace::Chat, &ref_prefix(&m.group, &m.message_id))? {
+        store.kv_delete(Namespace::Chat, &k)?;
+    }
+    if let Ok(Decoded::Known(env)) = Envelope::decode_lenient(&m.content)
+        && let Some(to) = target_of(&env.content)
+    {
+        let mut k = ref_prefix(&m.group, &to);
+        k.extend_from_slice(&m.seq.0.to_be_bytes());
+        store.kv_delete(Namespace::Chat, &k)?;
+    }
+    Ok(())
+}
+
 /// The shown message `id` of `group`, if this device holds it.
 pub(super) fn held(
     store: &impl Store,

@@ -53,6 +53,8 @@ pub(super) enum Pending {
     PostRejoin { group: GroupId },
     /// The user-groups join's `UserGroups` (see `Client::join_user_groups`).
     UserGroups { op: OpId },
+    /// An ephemeral post (typing, issue 13): not in the outbox, never retried.
+    Ephemeral { op: OpId },
 }
 
 impl Pending {
@@ -73,6 +75,7 @@ impl Pending {
             Pending::PublishList { .. } => "publishing the device list",
             Pending::ObserveList { .. } => "fetching a device list",
             Pending::LeaveGroup => "leaving a group at the relay",
+            Pending::Ephemeral { .. } => "an ephemeral post",
             Pending::FetchGroupState { .. } => "fetching a group's public state",
             Pending::PostRejoin { .. } => "a rejoin's external commit",
             Pending::UserGroups { .. } => "listing the user's groups",

@@ -17,6 +17,7 @@ use openmls::prelude::{LeafNode, MlsMessageIn, ProcessedMessageContent, Sender};
 use super::chat_log;
 use super::context::Cx;
 use super::effects::Effects;
+use super::group_settings;
 use super::groups::Groups;
 use super::leaves::{self, LeafCheck, LeafCheckError, Leaves, RefusedLeaf};
 use super::mls::{MAX_GROUP_NAME, MemberId, member_id, parse_credential, users_of};
@@ -400,7 +401,7 @@ fn apply_in_tx<S: Store>(
                     let msg = own_message(cx.me, entry.sender, entry.seq, &item);
                     let name = record.as_ref().map(|r| r.name.clone()).unwrap_or_default();
                     let by_admin = own_delete_by_admin(Some(&*mls), cx.me, &item);
-                    let recorded = record_own(store, &item, &msg, &name, by_admin)?;
+                    let recorded = record_own(store, &item, &msg, &name, by_admin, now_ms)?;
                     events.extend(recorded.events);
                     out.scrub = recorded.scrub;
                     out.own_message = Some(item.local_id);
@@ -499,17 +500,27 @@ fn apply_in_tx<S: Store>(
                 return Err(EntryError::Duplicate);
             }
             store.mark_seen(&group, &id)?;
-            match &content {
-                Some(Content::GroupInfo { name }) => {
-                    if let Some(r) = record.as_deref_mut()
-                        && name.len() <= MAX_GROUP_NAME
-                    {
-                        r.name = name.clone();
-                        store.put_group(r)?;
-                    }
-                }
-                Some(Content::LeaveRequest) => out.leave_requests.push(sender_id.device),
-                _ => {} // texts, attachments, calls, ...: reported below
+            // Receipts, typing, the timer, the profile and renames (admins only).
+            let settings = match &content {
+                Some(content) => group_settings::on_received(
+                    store,
+                    group,
+                    &sender_id.user,
+                    super::admins::is_admin(mls, &sender_id.user),
+                    cx.me.user(),
+                    content,
+                    sent_at_ms,
+                    now_ms,
+                    MAX_GROUP_NAME,
+                )?,
+                None => group_settings::Received::unhandled(),
+            };
+            if let (Some(name), Some(r)) = (&settings.rename, record.as_deref_mut()) {
+                r.name = name.clone();
+                store.put_group(r)?;
+            }
+            if let Some(Content::LeaveRequest) = &content {
+                out.leave_requests.push(sender_id.device);
             }
             let stored = StoredMessage {
                 group,
@@ -520,7 +531,15 @@ fn apply_in_tx<S: Store>(
                 sent_at_ms,
                 content: bytes,
             };
-            store.put_message(&stored)?;
+            let mut expires_at_ms = None;
+            if settings.store {
+                store.put_message(&stored)?;
+                expires_at_ms = group_settings::schedule_expiry(store, &stored, now_ms)?;
+            }
+            events.extend(settings.events);
+            if settings.handled {
+                return Ok((out, events));
+            }
             // The chat (texts, files, replies, reactions, edits, deletes, unsupported kinds)
             // goes through the chat log; anything else goes to the module that handles it
             // as Content.
@@ -541,7 +560,8 @@ fn apply_in_tx<S: Store>(
                     let by_admin = matches!(content, Some(Content::Delete { .. }))
                         && super::admins::is_admin(mls, &sender_id.user);
                     let name = record.as_ref().map(|r| r.name.clone()).unwrap_or_default();
-                    let recorded = chat_log::record(store, &stored, &name, by_admin)?;
+                    let mut recorded = chat_log::record(store, &stored, &name, by_admin)?;
+                    group_settings::mark_expiry(&mut recorded.events, stored.seq, expires_at_ms);
                     events.extend(recorded.events);
                     out.scrub = recorded.scrub;
                 }

@@ -21,6 +21,7 @@
 //! chat_log      replies, reactions, edits, deletes: references kept in the store,
 //!               applied in log order, deletes erasing; one message rendered
 //! history       chat messages from stored messages
+//! group_settings per-group settings, read receipts, the expiry index (issue 13)
 //! trust         Trust: key pinning, key changes, directory checks, safety numbers
 //! key_packages  KeyPackages: stock check and top-up; validation of claimed KeyPackages
 //! outbox        Outbox: sealing, posting, retries with backoff, resealing stale posts
@@ -40,6 +41,7 @@ pub(crate) mod chat_log;
 mod context;
 mod device;
 mod effects;
+mod group_settings;
 mod groups;
 mod history;
 mod inbound;
@@ -92,6 +94,7 @@ pub use self::mls::{
 };
 pub use self::outbox::{MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS};
 pub use self::rejoin::{MAX_REJOIN_ATTEMPTS, placeholder_name};
+pub use self::settings::{MAX_DISAPPEARING_SECS, RECEIPT_INTERVAL_MS, TYPING_FRESH_MS};
 pub use self::trust::safety_number;
 
 /// A Cove device: the sans-IO client core. See the crate docs for the main loop.
@@ -136,6 +139,8 @@ pub struct Client<S: Store> {
     certificate_retry: Option<CertificateRetry>,
     /// Joining the groups of this device's user ([`Client::join_user_groups`]), if asked.
     user_join: Option<UserJoin>,
+    /// Read receipts waiting to go out (issue 13).
+    receipts: settings::Receipts,
 }
 
 /// Joining the user's groups by external commits: the command and the groups started.
@@ -251,6 +256,7 @@ impl<S: Store> Client<S> {
             rejoins: Rejoins::default(),
             certificate_retry: None,
             user_join: None,
+            receipts: settings::Receipts::default(),
         })
     }
 
@@ -290,7 +296,10 @@ impl<S: Store> Client<S> {
 
     /// The groups this device is or was in.
     pub fn groups(&self) -> Vec<GroupInfo> {
-        self.groups.infos()
+        let mut infos = self.groups.infos();
+        // Unread counts and settings are left at their defaults if the store fails.
+        let _ = self.with_settings(&mut infos);
+        infos
     }
 
     /// The history of a group (name or hex id), in log order.
@@ -301,7 +310,9 @@ impl<S: Store> Client<S> {
         })?;
         let store = self.provider.store();
         let stored = store.messages(&id)?;
-        Ok(history::chat_messages(store, &self.groups, id, stored)?)
+        let mut messages = history::chat_messages(store, &self.groups, id, stored)?;
+        group_settings::decorate(store, &id, &mut messages)?;
+        Ok(messages)
     }
 
     /// The messages of `group` stored after log position `after`, in log order. Reads only
@@ -314,7 +325,9 @@ impl<S: Store> Client<S> {
     ) -> Result<Vec<ChatMessage>, QueryError> {
         let store = self.provider.store();
         let stored = store.messages_after(group, after)?;
-        Ok(history::chat_messages(store, &self.groups, *group, stored)?)
+        let mut messages = history::chat_messages(store, &self.groups, *group, stored)?;
+        group_settings::decorate(store, group, &mut messages)?;
+        Ok(messages)
     }
 
     /// The safety number between this user and `user`: 12 groups of 5 digits, identical on
@@ -839,21 +852,30 @@ impl<S: Store> Client<S> {
     /// The next deadline (ms, same clock as `now_ms`) at which the shell must call
     /// [`Client::handle_timeout`]; `None` when nothing is scheduled. Today: resending posts
     /// the relay refused as retryable (`RateLimited`, `Unavailable`, `Internal`), and, on a
-    /// linked device its user's list does not certify yet, fetching that list again.
+    /// linked device its user's list does not certify yet, fetching that list again; and,
+    /// connected or not, the next batched read receipt and the next disappearing message
+    /// to delete.
     pub fn poll_timeout(&self) -> Option<u64> {
+        // Receipts and disappearing messages, connected or not.
+        let local = self.settings_timeout();
         if self.conn != Conn::Ready {
-            return None;
+            return local;
         }
         let certificate = self.certificate_retry.and_then(|r| r.at_ms);
-        match (self.outbox.next_retry(), certificate) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.outbox.next_retry(), certificate, local]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Time has reached `now_ms`: resends the posts whose retry delay is over (and fetches
-    /// the own list again when that is due). Calling it early or more than once is harmless.
+    /// the own list again when that is due); connected or not, sends the read receipts
+    /// whose interval is over and deletes the disappearing messages whose time is up
+    /// ([`Event::Expired`]). Calling it early or more than once is harmless.
     pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), HandleError> {
+        let settings = self.settings_on_timeout(now_ms);
+        self.apply_effects();
+        settings?;
         if self.conn != Conn::Ready {
             return Ok(());
         }
@@ -1275,6 +1297,14 @@ impl<S: Store> Client<S> {
                 Ok(())
             }
             (Pending::Ack, Ok(_)) => Ok(()),
+            (Pending::Ephemeral { op }, Ok(_)) => {
+                fx.op_done(op, Ok(()));
+                Ok(())
+            }
+            (Pending::Ephemeral { op }, Err(e)) => {
+                fx.op_done(op, Err(OpError::Relay(e)));
+                Ok(())
+            }
             // Already gone (e.g. a member's commit removed it first): the same outcome.
             (Pending::LeaveGroup, Ok(Reply::Left)) => Ok(()),
             (Pending::LeaveGroup, Err(e)) if e.code == ErrorCode::NotMember => Ok(()),
@@ -1796,7 +1826,7 @@ impl<S: Store> Client<S> {
 #[cfg(test)]
 mod tests {
     /// The parts in their documented order (see the module docs and ARCHITECTURE.md).
-    const PARTS: [(&str, &str); 16] = [
+    const PARTS: [(&str, &str); 17] = [
         ("effects", include_str!("effects.rs")),
         ("mls", include_str!("mls.rs")),
         ("device", include_str!("device.rs")),
@@ -1806,6 +1836,7 @@ mod tests {
         ("context", include_str!("context.rs")),
         ("chat_log", include_str!("chat_log.rs")),
         ("history", include_str!("history.rs")),
+        ("group_settings", include_str!("group_settings.rs")),
         ("trust", include_str!("trust.rs")),
         ("key_packages", include_str!("key_packages.rs")),
         ("outbox", include_str!("outbox.rs")),

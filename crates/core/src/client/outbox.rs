@@ -14,6 +14,7 @@ use super::chat_log::{self, Recorded};
 use super::context::Cx;
 use super::device::Me;
 use super::effects::{Effects, Pending};
+use super::group_settings;
 use crate::content::{Content, ENVELOPE_VERSION, Envelope};
 use crate::error::{ProtocolViolation, Shared, Warning};
 use crate::types::{CommandError, Event, HandleError, OpError, OpId};
@@ -307,8 +308,8 @@ impl Outbox {
                 let msg = own_message(cx.me, device, seq, &item);
                 let name = cx.groups.name(&item.group);
                 let by_admin = own_delete_by_admin(cx.groups.get(&item.group), cx.me, &item);
-                let recorded =
-                    store.transaction(|store| record_own(store, &item, &msg, &name, by_admin))?;
+                let recorded = store
+                    .transaction(|store| record_own(store, &item, &msg, &name, by_admin, now_ms))?;
                 for ev in recorded.events {
                     fx.event(ev);
                 }
@@ -479,18 +480,32 @@ pub(super) fn own_message(me: &Me, device: DeviceId, seq: Seq, item: &OutboxItem
 
 /// Moves our own message from the outbox to the history (inside the caller's transaction)
 /// and records it in the chat log (see [`chat_log::record`]; `by_admin`: see
-/// [`own_delete_by_admin`]).
+/// [`own_delete_by_admin`]). Read receipts and typing are not kept in the history; a
+/// message of a group whose disappearing timer is on expires that long after `now_ms`.
 pub(super) fn record_own(
     store: &impl Store,
     item: &OutboxItem,
     msg: &StoredMessage,
     group_name: &str,
     by_admin: bool,
+    now_ms: u64,
 ) -> Result<Recorded, StoreError> {
+    let ephemeral = matches!(
+        Envelope::decode(&item.content).map(|e| e.content),
+        Ok(Content::ReadReceipt { .. } | Content::Typing { .. })
+    );
+    if ephemeral {
+        store.mark_seen(&item.group, &item.message_id)?;
+        store.delete_outbox(item.local_id)?;
+        return Ok(Recorded::default());
+    }
     store.put_message(msg)?;
+    let expires_at_ms = group_settings::schedule_expiry(store, msg, now_ms)?;
     store.mark_seen(&item.group, &item.message_id)?;
     store.delete_outbox(item.local_id)?;
-    chat_log::record(store, msg, group_name, by_admin)
+    let mut recorded = chat_log::record(store, msg, group_name, by_admin)?;
+    group_settings::mark_expiry(&mut recorded.events, msg.seq, expires_at_ms);
+    Ok(recorded)
 }
 
 /// Whether our own outbox item is a delete sent as an admin of its group (`mls`).

@@ -110,8 +110,7 @@ impl<S: Store> Client<S> {
                     continue; // a stale index entry
                 };
                 found.extend(
-                    history::chat_message(store, self.groups.name(g), &m)?
-                        .filter(|m| !m.deleted),
+                    history::chat_message(store, self.groups.name(g), &m)?.filter(|m| !m.deleted),
                 );
             }
             if found.len() >= limit || hits.len() < want {

@@ -12,6 +12,7 @@ mod parked;
 mod rejoin;
 mod relay;
 mod search;
+mod settings;
 mod user_join;
 mod welcome_name;
 

@@ -6,7 +6,7 @@
 use cove_core::backup;
 use cove_core::content::ENVELOPE_VERSION;
 use cove_core::cove_store::{GroupRecord, Kv, Membership, Namespace, StoredMessage};
-use cove_core::{ChatMessage, Content, Envelope, MessageId, QueryError};
+use cove_core::{ChatMessage, Content, Envelope, QueryError};
 use cove_wire::{DeviceId, Seq};
 
 use super::*;
@@ -167,15 +167,11 @@ fn replies_are_indexed_as_they_arrive() {
     let alice = device(&mut net, "alice");
     let bob = device(&mut net, "bob");
     let friends = group_of(&mut net, alice, &["bob"]);
+    let toast = super::settings::say(&mut net, bob, friends, "toast anyone?");
     let now = net.now_ms;
     let op = net
         .client(alice)
-        .send_reply(
-            now,
-            "friends",
-            MessageId([9; 16]),
-            "replying with marmalade",
-        )
+        .send_reply(now, "friends", toast, "replying with marmalade")
         .unwrap();
     op_result(&mut net, alice, op).unwrap();
     net.run();

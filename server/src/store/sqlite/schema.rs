@@ -195,7 +195,8 @@ pub(super) fn version() -> u32 {
     u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX)
 }
 
-/// Sets a connection's pragmas: WAL mode, the sync level, foreign keys, a busy timeout.
+/// Sets a connection's pragmas: WAL mode, the sync level, foreign keys, secure delete, a
+/// busy timeout.
 pub(super) fn configure(conn: &Connection, options: SqliteOptions) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -210,6 +211,9 @@ pub(super) fn configure(conn: &Connection, options: SqliteOptions) -> Result<(),
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Pruned entries (ciphertext, issue 13: a disappearing message's copy) are overwritten
+    // with zeros, not left in the file's free pages.
+    conn.pragma_update(None, "secure_delete", true)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
