@@ -1,40 +1,115 @@
 //! Group admins (issue 13): roles in a group-context extension; only admins add, remove,
 //! rename, delete others' messages, promote and demote.
+//!
+//! The roles are the group context's [`cove_wire::roles::ROLES_EXTENSION`]: the admins' user
+//! names. A group made by this version names its creator's user; a group without the
+//! extension (made before roles existed) lets every member do what admins do. Promoting and
+//! demoting are commits changing the extension (`changes::Goal::{Promote, Demote}`), built
+//! from the current epoch's roles, so a commit rebuilt after a lost race starts from the
+//! winner's. Every receiver checks each commit against the roles of the epoch it starts from
+//! ([`check_commit`]), and the relay does the same (`server/src/logic/handshake.rs`).
+
+use std::collections::BTreeSet;
 
 use cove_store::Store;
-use cove_wire::{GroupId, UserName};
+use cove_wire::{DeviceId, GroupId, UserName};
+use openmls::group::MlsGroup;
+use openmls::prelude::{Extensions, GroupContext};
 
 use super::Client;
-use crate::types::{CommandError, OpId};
+use super::changes::Goal;
+use super::mls::{MemberId, member_id, roles_of};
+use crate::error::EntryError;
+use crate::types::{CommandError, Event, GroupChange, OpId};
 
 impl<S: Store> Client<S> {
     /// The admins of `group` (users). Empty for a group made before admins existed (then
     /// every member may do what admins do).
     pub fn group_admins(&self, group: &GroupId) -> Vec<UserName> {
-        let _ = group;
-        Vec::new()
+        self.groups
+            .get(group)
+            .and_then(|mls| roles_of(mls.extensions()))
+            .unwrap_or_default()
     }
 
-    /// Makes `user` (a member) an admin of `group` (admins only): a commit.
+    /// Makes `user` (a member) an admin of `group` (admins only): a commit. Completes at
+    /// once (no commit) when the user already is one. Refused with
+    /// [`CommandError::NotAdmin`] when this device's user is not an admin, and
+    /// [`CommandError::NotGroupMember`] when `user` is not a member.
     pub fn promote(
         &mut self,
-        now_ms: u64,
+        _now_ms: u64,
         group: &str,
         user: &UserName,
     ) -> Result<OpId, CommandError> {
-        let _ = (now_ms, user);
-        Err(CommandError::NotAdmin(group.to_string()))
+        let id = self.require_admin(group)?;
+        let member = self.groups.get(&id).is_some_and(|mls| {
+            mls.members()
+                .any(|m| member_id(&m).is_ok_and(|m| &m.user == user))
+        });
+        if !member {
+            return Err(CommandError::NotGroupMember(user.clone()));
+        }
+        Ok(self.start_change(id, Goal::Promote(user.clone())))
     }
 
-    /// Takes admin away from `user` in `group` (admins only): a commit.
+    /// Takes admin away from `user` in `group` (admins only): a commit. Completes at once
+    /// when the user is no admin. Refused with [`CommandError::NotAdmin`] when this
+    /// device's user is not an admin, and [`CommandError::LastAdmin`] when `user` is the
+    /// group's only admin.
     pub fn demote(
         &mut self,
-        now_ms: u64,
+        _now_ms: u64,
         group: &str,
         user: &UserName,
     ) -> Result<OpId, CommandError> {
-        let _ = (now_ms, user);
-        Err(CommandError::NotAdmin(group.to_string()))
+        let id = self.require_admin(group)?;
+        if self.group_admins(&id).as_slice() == std::slice::from_ref(user) {
+            return Err(CommandError::LastAdmin(group.to_string()));
+        }
+        Ok(self.start_change(id, Goal::Demote(user.clone())))
+    }
+
+    /// The group `group` names, of which this device is an active member and its user an
+    /// admin ([`CommandError::NotAdmin`] otherwise): what every admin-only command checks.
+    pub(super) fn require_admin(&self, group: &str) -> Result<GroupId, CommandError> {
+        let id = self.groups.active(group)?;
+        match self.groups.get(&id) {
+            Some(mls) if is_admin(mls, self.me.user()) => Ok(id),
+            _ => Err(CommandError::NotAdmin(group.to_string())),
+        }
+    }
+
+    /// Whether this device's user may add or remove the devices of `users` in `group`:
+    /// an admin may, anyone may for their own user only.
+    pub(super) fn may_change_users(&self, group: &GroupId, users: &[UserName]) -> bool {
+        let me = self.me.user();
+        users.iter().all(|u| u == me) || self.groups.get(group).is_some_and(|mls| is_admin(mls, me))
+    }
+
+    /// The user this device's user hands admin to before leaving `group` as its last admin:
+    /// the longest-standing other member (the lowest leaf index of another user's device).
+    /// `None` when this user is not the only admin, has other devices in the group, or no
+    /// other user is a member.
+    pub(super) fn successor(&self, group: &GroupId) -> Option<UserName> {
+        let mls = self.groups.get(group)?;
+        let me = self.me.user();
+        let admins = roles_of(mls.extensions())?;
+        if admins.as_slice() != std::slice::from_ref(me) {
+            return None;
+        }
+        let own_devices = mls
+            .members()
+            .filter(|m| member_id(m).is_ok_and(|id| &id.user == me))
+            .count();
+        if own_devices > 1 {
+            return None;
+        }
+        mls.members()
+            .filter_map(|m| member_id(&m).ok().map(|id| (m.index, id.user)))
+            .filter(|(_, u)| u != me)
+            .min_by_key(|(i, _)| *i)
+            .map(|(_, u)| u)
     }
 }
 
@@ -42,7 +117,75 @@ impl<S: Store> Client<S> {
 /// roles (group-context extension), or any member when the group records no roles (made
 /// before admins existed). What every receiver checks before applying an admin-only
 /// content (rename, profile, timer, deleting another's message).
-pub(super) fn is_admin(mls: &openmls::group::MlsGroup, user: &UserName) -> bool {
-    let _ = (mls, user);
-    true
+pub(super) fn is_admin(mls: &MlsGroup, user: &UserName) -> bool {
+    admin_in(mls.extensions(), user)
+}
+
+/// Whether `user` is an admin by the roles in `extensions` (a group context's).
+fn admin_in(extensions: &Extensions<GroupContext>, user: &UserName) -> bool {
+    match roles_of(extensions) {
+        None => true,
+        Some(admins) => admins.contains(user),
+    }
+}
+
+/// Checks a commit by a member (`committer`, its user) against the policy of the roles of
+/// `mls`'s current epoch (the one the commit starts from): an admin may do anything a
+/// commit does, but new roles must be well-formed and name an admin; anyone else may add
+/// and remove only devices of its own user, remove devices that asked to leave
+/// (`asked_to_leave`), and not change the roles. `added` and `removed` are the devices the
+/// commit adds and removes; `after` the group context extensions of the epoch it starts.
+pub(super) fn check_commit(
+    mls: &MlsGroup,
+    committer: &UserName,
+    added: &[MemberId],
+    removed: &[MemberId],
+    asked_to_leave: &BTreeSet<DeviceId>,
+    after: &Extensions<GroupContext>,
+) -> Result<(), EntryError> {
+    let before = mls.extensions();
+    let roles_changed =
+        before.unknown(super::mls::ROLES_EXTENSION) != after.unknown(super::mls::ROLES_EXTENSION);
+    let refuse = |what: &'static str| EntryError::NotAdmin {
+        user: committer.clone(),
+        what,
+    };
+    if admin_in(before, committer) {
+        if roles_changed {
+            let data = after
+                .unknown(super::mls::ROLES_EXTENSION)
+                .ok_or(EntryError::BadRoles(cove_wire::roles::RolesError::Empty))?;
+            cove_wire::roles::decode_roles(&data.0).map_err(EntryError::BadRoles)?;
+        }
+        return Ok(());
+    }
+    if roles_changed {
+        return Err(refuse("change the admins"));
+    }
+    if added.iter().any(|m| &m.user != committer) {
+        return Err(refuse("add another user's devices"));
+    }
+    if removed
+        .iter()
+        .any(|m| &m.user != committer && !asked_to_leave.contains(&m.device))
+    {
+        return Err(refuse("remove another user's devices"));
+    }
+    Ok(())
+}
+
+/// The event of a roles change between the extensions `before` and those of `mls` now
+/// (after a merge), made by `by`: `None` when the roles did not change.
+pub(super) fn roles_event(
+    before: Option<Vec<UserName>>,
+    mls: &MlsGroup,
+    group: GroupId,
+    by: &UserName,
+) -> Option<Event> {
+    let now = roles_of(mls.extensions());
+    (now != before).then(|| Event::GroupChanged {
+        group,
+        by: by.clone(),
+        change: GroupChange::Admins(now.unwrap_or_default()),
+    })
 }

@@ -1000,6 +1000,11 @@ impl<S: Store> Client<S> {
     /// then forgets the group's keys. Completes when the relay accepted the request.
     pub fn leave(&mut self, now_ms: u64, group: &str) -> Result<OpId, CommandError> {
         let id = self.groups.active(group)?;
+        // The last admin's user hands admin on first, so that the group keeps one (the
+        // commit is posted before the leave request, and the relay keeps their order).
+        if let Some(successor) = self.successor(&id) {
+            self.start_change(id, Goal::Promote(successor));
+        }
         self.send_content(now_ms, id, Content::LeaveRequest)
     }
 
@@ -1442,6 +1447,9 @@ impl<S: Store> Client<S> {
         }
         if applied.left {
             self.forget_group(group, Membership::Left)?;
+            // Out of the relay's members at once: a member that is no admin may then
+            // commit our leaf's removal (see PROTOCOL.md, "Admins").
+            self.fx.leave_group(group);
         }
         if applied.removed {
             // Forget the group's keys: nothing later can be decrypted anyway, and a later
@@ -1449,6 +1457,7 @@ impl<S: Store> Client<S> {
             self.forget_group(group, Membership::Removed)?;
         }
         for leaver in applied.leave_requests {
+            self.leaves.asked_to_leave(group, leaver);
             if self
                 .groups
                 .get(&group)
@@ -1734,6 +1743,9 @@ impl<S: Store> Client<S> {
         let id = self.groups.active(group)?;
         if users.is_empty() {
             return Err(CommandError::Invalid(InvalidArgument::NoUsers));
+        }
+        if !self.may_change_users(&id, users) {
+            return Err(CommandError::NotAdmin(group.to_string()));
         }
         Ok(self.start_change(id, goal(users.to_vec())))
     }
