@@ -87,29 +87,22 @@ impl<S: Store> Client<S> {
         users.iter().all(|u| u == me) || self.groups.get(group).is_some_and(|mls| is_admin(mls, me))
     }
 
-    /// The user this device's user hands admin to before leaving `group` as its last admin:
-    /// the longest-standing other member (the lowest leaf index of another user's device).
-    /// `None` when this user is not the only admin, has other devices in the group, or no
-    /// other user is a member.
-    pub(super) fn successor(&self, group: &GroupId) -> Option<UserName> {
-        let mls = self.groups.get(group)?;
+    /// Whether this device, leaving `group`, first takes its user out of the admins
+    /// (`Goal::HandOver`): its user is an admin, it is its user's only device in the group,
+    /// and another user is a member (who becomes the admin if no other is left).
+    pub(super) fn hands_over(&self, group: &GroupId) -> bool {
+        let Some(mls) = self.groups.get(group) else {
+            return false;
+        };
         let me = self.me.user();
-        let admins = roles_of(mls.extensions())?;
-        if admins.as_slice() != std::slice::from_ref(me) {
-            return None;
+        if !roles_of(mls.extensions()).is_some_and(|admins| admins.contains(me)) {
+            return false;
         }
-        let own_devices = mls
+        let users: Vec<UserName> = mls
             .members()
-            .filter(|m| member_id(m).is_ok_and(|id| &id.user == me))
-            .count();
-        if own_devices > 1 {
-            return None;
-        }
-        mls.members()
-            .filter_map(|m| member_id(&m).ok().map(|id| (m.index, id.user)))
-            .filter(|(_, u)| u != me)
-            .min_by_key(|(i, _)| *i)
-            .map(|(_, u)| u)
+            .filter_map(|m| member_id(&m).ok().map(|id| id.user))
+            .collect();
+        users.iter().filter(|u| *u == me).count() == 1 && users.iter().any(|u| u != me)
     }
 }
 

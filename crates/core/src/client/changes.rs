@@ -82,6 +82,9 @@ pub(super) enum Goal {
     Promote(UserName),
     /// Take admin away from this user (a roles change).
     Demote(UserName),
+    /// Before leaving: take admin away from our own user, handing it to the
+    /// longest-standing other member (lowest leaf index) if no admin would be left.
+    HandOver,
 }
 
 /// An add / remove / key update in progress.
@@ -947,7 +950,7 @@ impl Changes {
         // A roles change: the admins after it, from the roles of the current epoch (so a
         // rebuilt commit after a lost race starts from the winner's roles).
         let roles = match &c.goal {
-            Goal::Promote(user) | Goal::Demote(user) => {
+            Goal::Promote(_) | Goal::Demote(_) | Goal::HandOver => {
                 let me = cx.me.user();
                 if !super::admins::is_admin(mls, me) {
                     let why = NotApplicable::NotAdmin;
@@ -959,7 +962,11 @@ impl Changes {
                     let ids: Vec<MemberId> = members.iter().map(|(_, m)| m.clone()).collect();
                     super::mls::users_of(&ids)
                 });
-                let promote = matches!(c.goal, Goal::Promote(_));
+                let (user, promote) = match &c.goal {
+                    Goal::Promote(user) => (user, true),
+                    Goal::Demote(user) => (user, false),
+                    _ => (me, false),
+                };
                 if admins.contains(user) == promote {
                     self.finish(op, Ok(()), fx); // already so
                     return;
@@ -968,6 +975,16 @@ impl Changes {
                     admins.push(user.clone());
                 } else {
                     admins.retain(|a| a != user);
+                }
+                if admins.is_empty() && c.goal == Goal::HandOver {
+                    // The longest-standing other member's user.
+                    if let Some((_, m)) = members
+                        .iter()
+                        .filter(|(_, m)| &m.user != me)
+                        .min_by_key(|(i, _)| *i)
+                    {
+                        admins.push(m.user.clone());
+                    }
                 }
                 if admins.is_empty() {
                     let why = NotApplicable::LastAdmin;

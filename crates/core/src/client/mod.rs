@@ -1000,10 +1000,11 @@ impl<S: Store> Client<S> {
     /// then forgets the group's keys. Completes when the relay accepted the request.
     pub fn leave(&mut self, now_ms: u64, group: &str) -> Result<OpId, CommandError> {
         let id = self.groups.active(group)?;
-        // The last admin's user hands admin on first, so that the group keeps one (the
-        // commit is posted before the leave request, and the relay keeps their order).
-        if let Some(successor) = self.successor(&id) {
-            self.start_change(id, Goal::Promote(successor));
+        // An admin's user leaving (with its last device) leaves the admins first, handing
+        // admin to the longest-standing member if it was the last one, so that the group
+        // keeps an admin (the commit is posted before the leave request, in that order).
+        if self.hands_over(&id) {
+            self.start_change(id, Goal::HandOver);
         }
         self.send_content(now_ms, id, Content::LeaveRequest)
     }
