@@ -18,6 +18,11 @@
 //!   (with its registered key), it adds no one and removes at most that device's own old
 //!   leaves; a rejoin's lists are empty (membership does not change), a join's `added` is
 //!   exactly the posting device; both fetch the state to join from with `FetchGroupState`;
+//! - a member's commit is checked against the group's roles (issue 13, the admins in the
+//!   pre-commit group context's `cove_wire::roles::ROLES_EXTENSION`): a committer whose user
+//!   is no admin may add only its own user's devices, remove only its own user's devices and
+//!   devices that are no longer members here, and not change the roles; an admin's new roles
+//!   must be well-formed and name an admin; joins and rejoins never change them;
 //! - proposals are not accepted on their own (clients commit them inline);
 //! - application messages are not parsed (the fan-out hot path).
 //!

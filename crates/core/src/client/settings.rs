@@ -35,7 +35,7 @@ impl<S: Store> Client<S> {
         group: &str,
         timer_secs: Option<u32>,
     ) -> Result<OpId, CommandError> {
-        let id = self.groups.active(group)?;
+        let id = self.require_admin(group)?;
         self.send_content(now_ms, id, Content::Disappearing { timer_secs })
     }
 
@@ -48,7 +48,7 @@ impl<S: Store> Client<S> {
         description: &str,
         avatar: Option<AttachmentPointer>,
     ) -> Result<OpId, CommandError> {
-        let id = self.groups.active(group)?;
+        let id = self.require_admin(group)?;
         let content = Content::GroupProfile {
             name: name.to_string(),
             description: description.to_string(),
