@@ -679,8 +679,7 @@ impl Changes {
                         Ok(()) => {
                             store.commit()?;
                             let me = cx.me.user();
-                            if let Some(e) =
-                                super::admins::roles_event(roles_before, mls, group, me)
+                            if let Some(e) = super::roles::roles_event(roles_before, mls, group, me)
                             {
                                 fx.event(e);
                             }
@@ -952,7 +951,7 @@ impl Changes {
         let roles = match &c.goal {
             Goal::Promote(_) | Goal::Demote(_) | Goal::HandOver => {
                 let me = cx.me.user();
-                if !super::admins::is_admin(mls, me) {
+                if !super::roles::is_admin(mls, me) {
                     let why = NotApplicable::NotAdmin;
                     self.finish(op, Err(OpError::NotApplicable(why)), fx);
                     return;
@@ -997,7 +996,7 @@ impl Changes {
         };
         // Only an admin adds or removes other users' devices: a member that is not one
         // removes only its own user's devices and devices that asked to leave (issue 13).
-        let to_remove = if super::admins::is_admin(mls, cx.me.user()) {
+        let to_remove = if super::roles::is_admin(mls, cx.me.user()) {
             to_remove
         } else {
             let mine: BTreeSet<DeviceId> = members
@@ -1015,7 +1014,7 @@ impl Changes {
                 .collect()
         };
         if !to_add.is_empty()
-            && !super::admins::is_admin(mls, cx.me.user())
+            && !super::roles::is_admin(mls, cx.me.user())
             && c.key_packages.iter().any(|(u, _, _)| u != cx.me.user())
         {
             let why = NotApplicable::NotAdmin;
@@ -1143,7 +1142,7 @@ pub(super) fn commits_leave(mls: &MlsGroup, leaver: DeviceId) -> bool {
         .collect();
     let admin = remaining
         .iter()
-        .filter(|(_, u)| super::admins::is_admin(mls, u))
+        .filter(|(_, u)| super::roles::is_admin(mls, u))
         .map(|(i, _)| *i)
         .min();
     let first = admin.or_else(|| remaining.iter().map(|(i, _)| *i).min());

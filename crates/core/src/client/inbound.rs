@@ -14,7 +14,6 @@ use cove_wire::{DeviceId, EntryKind, GroupEntry, GroupId, Stream, UserName};
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{LeafNode, MlsMessageIn, ProcessedMessageContent, Sender};
 
-use super::admins;
 use super::context::Cx;
 use super::effects::Effects;
 use super::groups::Groups;
@@ -22,6 +21,7 @@ use super::history;
 use super::leaves::{self, LeafCheck, LeafCheckError, Leaves, RefusedLeaf};
 use super::mls::{MAX_GROUP_NAME, MemberId, member_id, parse_credential, roles_of, users_of};
 use super::outbox::{is_leave_request, own_message, record_own};
+use super::roles;
 use super::trust::{self, Trust};
 use crate::content::{Content, Envelope};
 use crate::error::{EntryError, KeptBecause, Shared, Warning};
@@ -376,7 +376,7 @@ fn apply_in_tx<S: Store>(
                     let roles_before = roles_of(mls.extensions());
                     mls.merge_pending_commit(cx.provider)
                         .map_err(EntryError::MergePending)?;
-                    events.extend(admins::roles_event(roles_before, mls, group, cx.me.user()));
+                    events.extend(roles::roles_event(roles_before, mls, group, cx.me.user()));
                     out.merged = true;
                     // The Posted (or StaleEpoch, after a resend) reply, if it still comes,
                     // finds the command finished and is ignored.
@@ -483,7 +483,7 @@ fn apply_in_tx<S: Store>(
                 Content::GroupInfo { name } => {
                     if let Some(r) = record.as_deref_mut()
                         && name.len() <= MAX_GROUP_NAME
-                        && admins::is_admin(mls, &sender_id.user)
+                        && roles::is_admin(mls, &sender_id.user)
                     {
                         r.name = name.clone();
                         store.put_group(r)?;
@@ -545,7 +545,7 @@ fn apply_in_tx<S: Store>(
             }
             // Only admins add or remove other users' devices or change the roles (issue 13),
             // by the roles of the epoch the commit starts from.
-            admins::check_commit(
+            roles::check_commit(
                 mls,
                 &sender_id.user,
                 &added,
@@ -593,7 +593,7 @@ fn apply_in_tx<S: Store>(
             mls.merge_staged_commit(cx.provider, *staged)
                 .map_err(EntryError::Merge)?;
             out.merged = true;
-            events.extend(admins::roles_event(
+            events.extend(roles::roles_event(
                 roles_before,
                 mls,
                 group,

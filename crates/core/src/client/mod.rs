@@ -22,6 +22,7 @@
 //! trust         Trust: key pinning, key changes, directory checks, safety numbers
 //! key_packages  KeyPackages: stock check and top-up; validation of claimed KeyPackages
 //! outbox        Outbox: sealing, posting, retries with backoff, resealing stale posts
+//! roles         group roles (admins): who is one, the commit policy, roles-change events
 //! changes       Changes: group creation, add/remove (directory, claims), key updates,
 //!               commits and commit races, leave requests of others
 //! welcome       Welcomes: joining a group from the inbox
@@ -47,6 +48,7 @@ mod mls;
 mod outbox;
 mod own_list;
 mod rejoin;
+mod roles;
 mod search;
 mod settings;
 mod trust;
@@ -1800,7 +1802,7 @@ impl<S: Store> Client<S> {
 #[cfg(test)]
 mod tests {
     /// The parts in their documented order (see the module docs and ARCHITECTURE.md).
-    const PARTS: [(&str, &str); 15] = [
+    const PARTS: [(&str, &str); 16] = [
         ("effects", include_str!("effects.rs")),
         ("mls", include_str!("mls.rs")),
         ("device", include_str!("device.rs")),
@@ -1812,6 +1814,7 @@ mod tests {
         ("trust", include_str!("trust.rs")),
         ("key_packages", include_str!("key_packages.rs")),
         ("outbox", include_str!("outbox.rs")),
+        ("roles", include_str!("roles.rs")),
         ("changes", include_str!("changes.rs")),
         ("welcome", include_str!("welcome.rs")),
         ("inbound", include_str!("inbound.rs")),
