@@ -19,6 +19,7 @@
 //! - `account`: registering the user's password account ([`crate::account`]).
 
 mod account;
+mod admins;
 mod attachments;
 mod close;
 mod error;

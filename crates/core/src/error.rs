@@ -232,6 +232,18 @@ pub enum EntryError {
     /// the joiner's own old one.
     #[error("an external commit removes a leaf other than the joiner's own")]
     ExternalRemovesOthers,
+    /// The sender: a commit only an admin may make (adding or removing another user's
+    /// devices, changing the roles) by a member whose user is not an admin (issue 13).
+    #[error("{user} is not an admin of the group and may not {what}")]
+    NotAdmin {
+        /// The committer's user.
+        user: cove_wire::UserName,
+        /// What the commit does that needs an admin.
+        what: &'static str,
+    },
+    /// The sender: a commit whose new roles are malformed or name no admin.
+    #[error("the commit's new roles are not acceptable: {0}")]
+    BadRoles(cove_wire::roles::RolesError),
     /// The sender: a standalone proposal (Cove commits proposals at once).
     #[error("proposals are not used by Cove")]
     Proposal,
@@ -271,6 +283,23 @@ pub enum CommitBuildError {
     /// No randomness for the sealed name's nonce.
     #[error("no randomness")]
     Rng,
+    /// openmls could not build a change of the group roles (admins).
+    #[error("{0}")]
+    Roles(openmls::prelude::CreateGroupContextExtProposalError<StoreError>),
+    /// The new roles could not be made into group-context extensions.
+    #[error(transparent)]
+    RolesExtension(#[from] RolesExtensionError),
+}
+
+/// Why the roles (admins) could not be made into group-context extensions.
+#[derive(Debug, thiserror::Error)]
+pub enum RolesExtensionError {
+    /// The roles are not acceptable (none, or too many).
+    #[error(transparent)]
+    Value(#[from] cove_wire::roles::RolesError),
+    /// openmls refused the extensions.
+    #[error("{0}")]
+    Extension(#[from] InvalidExtensionError),
 }
 
 /// Why the MLS step of a command failed on this device ([`crate::OpError::Mls`]).
@@ -306,6 +335,9 @@ pub enum MlsStepError {
     /// The group's MLS state could not be stored or deleted.
     #[error("{0}")]
     Storage(#[from] StoreError),
+    /// The group's first roles (its creator as admin) are not acceptable.
+    #[error(transparent)]
+    Roles(#[from] RolesExtensionError),
 }
 
 /// Why a command no longer applies ([`crate::OpError::NotApplicable`]).
@@ -330,6 +362,12 @@ pub enum NotApplicable {
     /// been fetched and verified, or does not list it), so it cannot make its MLS leaf.
     #[error("this device has no device certificate yet")]
     NoCertificate,
+    /// This device's user is not (any more) an admin of the group (issue 13).
+    #[error("not an admin of the group")]
+    NotAdmin,
+    /// The change would leave the group without an admin.
+    #[error("the group would have no admin left")]
+    LastAdmin,
 }
 
 /// A bad argument to a command ([`crate::CommandError::Invalid`]). The caller is at fault.

@@ -488,6 +488,12 @@ pub enum CommandError {
     /// promote, demote).
     #[error("only an admin of group {0:?} can do that")]
     NotAdmin(String),
+    /// The user named is not a member of the group (issue 13: promote).
+    #[error("{0} is not a member of the group")]
+    NotGroupMember(UserName),
+    /// The change would leave the group without an admin (demoting its only admin).
+    #[error("that would leave group {0:?} without an admin; promote someone first")]
+    LastAdmin(String),
     /// Local storage failed.
     #[error(transparent)]
     Store(#[from] cove_store::StoreError),

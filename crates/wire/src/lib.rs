@@ -32,6 +32,7 @@ pub mod identity;
 mod ids;
 pub mod limits;
 mod payload;
+pub mod roles;
 pub mod sign;
 mod splice;
 

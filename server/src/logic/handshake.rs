@@ -18,6 +18,11 @@
 //!   (with its registered key), it adds no one and removes at most that device's own old
 //!   leaves; a rejoin's lists are empty (membership does not change), a join's `added` is
 //!   exactly the posting device; both fetch the state to join from with `FetchGroupState`;
+//! - a member's commit is checked against the group's roles (issue 13, the admins in the
+//!   pre-commit group context's `cove_wire::roles::ROLES_EXTENSION`): a committer whose user
+//!   is no admin may add only its own user's devices, remove only its own user's devices and
+//!   devices that are no longer members here, and not change the roles; an admin's new roles
+//!   must be well-formed and name an admin; joins and rejoins never change them;
 //! - proposals are not accepted on their own (clients commit them inline);
 //! - application messages are not parsed (the fan-out hot path).
 //!
@@ -33,13 +38,15 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
+use cove_wire::roles::{ROLES_EXTENSION, RolesError, decode_roles};
 use cove_wire::{DeviceId, Epoch, ErrorCode, ErrorReply, GroupId, PostKind, UserName};
 use openmls::messages::group_info::{GroupInfo, VerifiableGroupInfo};
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, ContentType, Credential, LeafNode, LeafNodeIndex, MlsMessageBodyIn,
-    MlsMessageIn, OpenMlsProvider as _, OpenMlsSignaturePublicKey, ProcessedMessageContent,
-    ProposalStore, PublicGroup, RatchetTreeIn, Sender, Verifiable as _, WireFormat,
+    BasicCredential, ContentType, Credential, Extensions, GroupContext, LeafNode, LeafNodeIndex,
+    MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider as _, OpenMlsSignaturePublicKey,
+    ProcessedMessageContent, ProposalStore, PublicGroup, RatchetTreeIn, Sender, Verifiable as _,
+    WireFormat,
 };
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
@@ -93,6 +100,13 @@ pub enum HandshakeError {
     /// The GroupInfo the commit carries is not the one of the epoch it starts.
     #[error("the commit's GroupInfo {0}")]
     GroupInfo(&'static str),
+    /// A member whose user is not an admin of the group (by the roles of the epoch the
+    /// commit starts from) committed what only an admin may (issue 13).
+    #[error("only an admin of the group may {0}")]
+    NotAdmin(&'static str),
+    /// The roles a commit (or a group's creation) sets are malformed or name no admin.
+    #[error("the group's roles are not acceptable: {0}")]
+    Roles(#[from] cove_wire::roles::RolesError),
     /// A group's creation state is not acceptable.
     #[error("the group's initial state {0}")]
     Create(String),
@@ -211,6 +225,9 @@ impl Handshakes {
             return Err(HandshakeError::Create(
                 "must hold the creating device's leaf".into(),
             ));
+        }
+        if let Some(data) = roles_of(pg.group_context().extensions()) {
+            decode_roles(data)?;
         }
         Ok(Some(state))
     }
@@ -388,19 +405,34 @@ fn validate_commit(
             if registered_device(store, committer)? != post.sender {
                 return Err(HandshakeError::NotPoster);
             }
+            let committer_user = credential_device(committer.credential())?.0;
             let mut derived_added = Vec::new();
+            let mut added_users = Vec::new();
             for add in staged.add_proposals() {
                 let leaf = add.add_proposal().key_package().leaf_node();
                 derived_added.push(registered_device(store, leaf)?);
+                added_users.push(credential_device(leaf.credential())?.0);
             }
             let mut derived_removed = Vec::new();
+            let mut removed_leaves = Vec::new();
             for remove in staged.remove_proposals() {
                 // The leaf as it is before the merge.
                 let leaf = pg
                     .leaf(remove.remove_proposal().removed())
                     .ok_or(HandshakeError::RemovedMismatch)?;
-                derived_removed.push(credential_device(leaf.credential())?.1);
+                let (user, device) = credential_device(leaf.credential())?;
+                derived_removed.push(device);
+                removed_leaves.push((user, device));
             }
+            check_roles(
+                store,
+                post.group,
+                pg.group_context().extensions(),
+                staged.group_context().extensions(),
+                &committer_user,
+                &added_users,
+                &removed_leaves,
+            )?;
             if !same_set(derived_added, added) {
                 return Err(HandshakeError::AddedMismatch);
             }
@@ -436,6 +468,12 @@ fn validate_commit(
             if !removed.is_empty() {
                 return Err(HandshakeError::RemovedMismatch);
             }
+            // A join or rejoin never changes the roles.
+            if roles_of(pg.group_context().extensions())
+                != roles_of(staged.group_context().extensions())
+            {
+                return Err(HandshakeError::NotAdmin("change the admins"));
+            }
             let expected: &[DeviceId] = if member { &[] } else { &[post.sender] };
             if added.as_slice() != expected {
                 return Err(HandshakeError::AddedMismatch);
@@ -464,6 +502,59 @@ fn validate_commit(
         .verify(crypto, &key)
         .map_err(|_| HandshakeError::GroupInfo("is not signed by the committer"))?;
     Ok(staged)
+}
+
+/// The roles data of a group context's extensions (`None`: the group has no roles).
+fn roles_of(extensions: &Extensions<GroupContext>) -> Option<&[u8]> {
+    extensions
+        .unknown(ROLES_EXTENSION)
+        .map(|ext| ext.0.as_slice())
+}
+
+/// Checks a member's commit against the roles of the epoch it starts from (`before`; a
+/// group without roles lets everyone do what admins do): an admin may make any commit, but
+/// roles it changes must stay well-formed and name an admin (`after`); any other member
+/// may add only its own user's devices, remove only its own user's devices and devices
+/// that are no longer members here (they left with `LeaveGroup`), and not change the roles.
+fn check_roles(
+    store: &dyn RelayStore,
+    group: GroupId,
+    before: &Extensions<GroupContext>,
+    after: &Extensions<GroupContext>,
+    committer: &UserName,
+    added: &[UserName],
+    removed: &[(UserName, DeviceId)],
+) -> Result<(), HandshakeError> {
+    let changed = roles_of(before) != roles_of(after);
+    let admin = match roles_of(before) {
+        None => true,
+        Some(data) => decode_roles(data).is_ok_and(|admins| admins.contains(committer)),
+    };
+    if admin {
+        if changed {
+            let data = roles_of(after).ok_or(RolesError::Empty)?;
+            decode_roles(data)?;
+        }
+        return Ok(());
+    }
+    if changed {
+        return Err(HandshakeError::NotAdmin("change the admins"));
+    }
+    if added.iter().any(|u| u != committer) {
+        return Err(HandshakeError::NotAdmin("add another user's devices"));
+    }
+    for (user, device) in removed {
+        if user == committer {
+            continue;
+        }
+        let member = store
+            .is_member(group, *device)
+            .map_err(|e| HandshakeError::Internal(e.to_string()))?;
+        if member {
+            return Err(HandshakeError::NotAdmin("remove another user's devices"));
+        }
+    }
+    Ok(())
 }
 
 /// Merges a validated commit and checks that the stored bytes rebuild exactly the merged

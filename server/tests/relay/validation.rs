@@ -23,7 +23,7 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 const SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
 /// A relay on the memory store with handshake validation on.
-async fn validating_relay() -> TestRelay {
+pub(crate) async fn validating_relay() -> TestRelay {
     TestRelay::configured(|c| c.validate_handshakes = true).await
 }
 
@@ -33,9 +33,9 @@ pub struct Member {
     pub client: TestClient,
     /// Its keys (the MLS signature key is the device key).
     pub keys: DeviceKeys,
-    provider: OpenMlsRustCrypto,
-    signer: SignatureKeyPair,
-    mls: Option<MlsGroup>,
+    pub(crate) provider: OpenMlsRustCrypto,
+    pub(crate) signer: SignatureKeyPair,
+    pub(crate) mls: Option<MlsGroup>,
 }
 
 /// A commit as a client posts it.
@@ -70,7 +70,7 @@ impl Member {
         }
     }
 
-    fn credential(&self) -> CredentialWithKey {
+    pub(crate) fn credential(&self) -> CredentialWithKey {
         let identity = format!("cove:{}:{}", self.keys.user, self.keys.id().0);
         CredentialWithKey {
             credential: BasicCredential::new(identity.into_bytes()).into(),
@@ -141,7 +141,7 @@ impl Member {
     }
 
     /// A commit removing the leaves at `leaves`.
-    fn remove(&mut self, leaves: &[u32]) -> Commit {
+    pub(crate) fn remove(&mut self, leaves: &[u32]) -> Commit {
         let (provider, signer) = (&self.provider, &self.signer);
         let mls = self.mls.as_mut().unwrap();
         let epoch = Epoch(mls.epoch().as_u64());
@@ -213,7 +213,7 @@ impl Member {
     }
 
     /// Drops this member's own pending commit (the relay refused it).
-    fn discard(&mut self) {
+    pub(crate) fn discard(&mut self) {
         let provider = &self.provider;
         self.mls
             .as_mut()
@@ -223,7 +223,7 @@ impl Member {
     }
 
     /// Joins from the Welcome in this device's inbox.
-    async fn join(&mut self) {
+    pub(crate) async fn join(&mut self) {
         let entry = match self.client.next_delivery().await.unwrap() {
             Delivery::Inbox(e) => e,
             Delivery::Group(e) => panic!("expected a Welcome, got group entry {}", e.seq),
@@ -244,7 +244,7 @@ impl Member {
 
     /// Reads the next entry of `group` another device posted and processes it as a commit
     /// (merging it).
-    async fn apply_next_commit(&mut self, group: GroupId) -> Seq {
+    pub(crate) async fn apply_next_commit(&mut self, group: GroupId) -> Seq {
         let me = self.keys.id();
         let entry = loop {
             match self.client.next_delivery().await.unwrap() {
@@ -304,7 +304,7 @@ async fn alice_and_bob(relay: &TestRelay) -> (Member, Member, GroupId) {
     (alice, bob, group)
 }
 
-fn refused(result: Result<Seq, ClientError>) -> ErrorCode {
+pub(crate) fn refused(result: Result<Seq, ClientError>) -> ErrorCode {
     match result {
         Err(e) => e.code().unwrap_or_else(|| panic!("not a refusal: {e}")),
         Ok(seq) => panic!("accepted at {seq}"),

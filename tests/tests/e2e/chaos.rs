@@ -87,6 +87,10 @@ async fn chaos() {
         .add_users(SHARED, &names(&["bob", "carol"]))
         .await
         .unwrap();
+    // Every user adds and removes at random: all are admins (issue 13).
+    for u in ["bob", "carol"] {
+        devices[0].promote(SHARED, &names(&[u])[0]).await.unwrap();
+    }
 
     // The chaos: a killer and three users, until the deadline.
     let end = Instant::now() + Duration::from_secs(secs);

@@ -42,6 +42,17 @@ async fn concurrent_membership_changes_each_commit_once_and_members_converge() {
         .unwrap();
     joined(&mut bob).await;
     joined(&mut carol).await;
+    // bob and carol commit adds and removals below: only admins may (issue 13).
+    for u in ["bob", "carol"] {
+        alice.promote("g", &names(&[u])[0]).await.unwrap();
+    }
+    let all = names(&["alice", "bob", "carol"]);
+    for member in [&mut bob, &mut carol] {
+        until(member, "the admins", |e| {
+            matches!(e, Event::GroupChanged { change: cove_core::GroupChange::Admins(a), .. } if *a == all)
+        })
+        .await;
+    }
     bob.settle().await.unwrap();
     let group = group_id(&alice, "g").await;
 
@@ -108,8 +119,8 @@ async fn concurrent_membership_changes_each_commit_once_and_members_converge() {
         // Poll interval only: the condition above decides.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    // 2 (create + first add) + 2 per round: six commits after the first add.
-    assert_eq!(states[0].0, 7, "epoch after seven commits");
+    // 2 (create + first add) + 2 promotions + 2 per round: six commits after those.
+    assert_eq!(states[0].0, 9, "epoch after nine commits");
     for (i, s) in states.iter().enumerate() {
         assert_eq!(s, &states[0], "member {i} differs from alice");
     }
@@ -130,7 +141,7 @@ async fn concurrent_membership_changes_each_commit_once_and_members_converge() {
         .filter(|e| matches!(e.kind, EntryKind::Commit { .. }))
         .map(|e| e.epoch.0)
         .collect();
-    assert_eq!(commit_epochs, (0..7).collect::<Vec<_>>());
+    assert_eq!(commit_epochs, (0..9).collect::<Vec<_>>());
 
     // The group still works for everyone.
     alice.send_text("g", "all in sync").await.unwrap();

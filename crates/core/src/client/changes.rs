@@ -24,7 +24,7 @@ use super::effects::{Effects, Lookup, Pending};
 use super::key_packages::validate_key_package;
 use super::mls::{
     CIPHERSUITE, MAX_PAST_EPOCHS, MemberId, PADDING_BUCKET, capabilities, certificate_extensions,
-    member_id, parse_credential,
+    member_id, parse_credential, roles_extensions, roles_of,
 };
 use super::own_list;
 use super::trust::{self, Pin};
@@ -78,6 +78,13 @@ pub(super) enum Goal {
     RemoveKeys(Vec<DeviceKey>),
     /// A key update (self-update commit).
     UpdateKeys,
+    /// Make this user an admin (a roles change, issue 13).
+    Promote(UserName),
+    /// Take admin away from this user (a roles change).
+    Demote(UserName),
+    /// Before leaving: take admin away from our own user, handing it to the
+    /// longest-standing other member (lowest leaf index) if no admin would be left.
+    HandOver,
 }
 
 /// An add / remove / key update in progress.
@@ -374,6 +381,10 @@ impl Changes {
                 .padding_size(PADDING_BUCKET)
                 .capabilities(capabilities())
                 .with_leaf_node_extensions(certificate_extensions(&cert)?)?
+                // The creator's user is the group's first and only admin.
+                .with_group_context_extensions(roles_extensions(std::slice::from_ref(
+                    cx.me.user(),
+                ))?)
                 .build())
         })()
         .map_err(mls_failure)?;
@@ -662,9 +673,17 @@ impl Changes {
                     && mls.pending_commit().is_some()
                 {
                     let store = cx.provider.store();
+                    let roles_before = roles_of(mls.extensions());
                     store.begin()?;
                     match mls.merge_pending_commit(cx.provider) {
-                        Ok(()) => store.commit()?,
+                        Ok(()) => {
+                            store.commit()?;
+                            let me = cx.me.user();
+                            if let Some(e) = super::roles::roles_event(roles_before, mls, group, me)
+                            {
+                                fx.event(e);
+                            }
+                        }
                         Err(e) => {
                             let _ = store.rollback();
                             cx.groups.reload(store, &group);
@@ -927,7 +946,82 @@ impl Changes {
             .map(|(i, m)| (*i, m.device))
             .collect();
         let update_keys = c.goal == Goal::UpdateKeys;
-        if to_add.is_empty() && to_remove.is_empty() && !update_keys {
+        // A roles change: the admins after it, from the roles of the current epoch (so a
+        // rebuilt commit after a lost race starts from the winner's roles).
+        let roles = match &c.goal {
+            Goal::Promote(_) | Goal::Demote(_) | Goal::HandOver => {
+                let me = cx.me.user();
+                if !super::roles::is_admin(mls, me) {
+                    let why = NotApplicable::NotAdmin;
+                    self.finish(op, Err(OpError::NotApplicable(why)), fx);
+                    return;
+                }
+                // A group without roles (made before them): everyone was an admin.
+                let mut admins = roles_of(mls.extensions()).unwrap_or_else(|| {
+                    let ids: Vec<MemberId> = members.iter().map(|(_, m)| m.clone()).collect();
+                    super::mls::users_of(&ids)
+                });
+                let (user, promote) = match &c.goal {
+                    Goal::Promote(user) => (user, true),
+                    Goal::Demote(user) => (user, false),
+                    _ => (me, false),
+                };
+                if admins.contains(user) == promote {
+                    self.finish(op, Ok(()), fx); // already so
+                    return;
+                }
+                if promote {
+                    admins.push(user.clone());
+                } else {
+                    admins.retain(|a| a != user);
+                }
+                if admins.is_empty() && c.goal == Goal::HandOver {
+                    // The longest-standing other member's user.
+                    if let Some((_, m)) = members
+                        .iter()
+                        .filter(|(_, m)| &m.user != me)
+                        .min_by_key(|(i, _)| *i)
+                    {
+                        admins.push(m.user.clone());
+                    }
+                }
+                if admins.is_empty() {
+                    let why = NotApplicable::LastAdmin;
+                    self.finish(op, Err(OpError::NotApplicable(why)), fx);
+                    return;
+                }
+                Some(admins)
+            }
+            _ => None,
+        };
+        // Only an admin adds or removes other users' devices: a member that is not one
+        // removes only its own user's devices and devices that asked to leave (issue 13).
+        let to_remove = if super::roles::is_admin(mls, cx.me.user()) {
+            to_remove
+        } else {
+            let mine: BTreeSet<DeviceId> = members
+                .iter()
+                .filter(|(_, m)| &m.user == cx.me.user())
+                .map(|(_, m)| m.device)
+                .collect();
+            let leaving = match &c.goal {
+                Goal::RemoveDevices(devices) => devices.clone(),
+                _ => Vec::new(),
+            };
+            to_remove
+                .into_iter()
+                .filter(|(_, d)| mine.contains(d) || leaving.contains(d))
+                .collect()
+        };
+        if !to_add.is_empty()
+            && !super::roles::is_admin(mls, cx.me.user())
+            && c.key_packages.iter().any(|(u, _, _)| u != cx.me.user())
+        {
+            let why = NotApplicable::NotAdmin;
+            self.finish(op, Err(OpError::NotApplicable(why)), fx);
+            return;
+        }
+        if to_add.is_empty() && to_remove.is_empty() && !update_keys && roles.is_none() {
             let result = match c.goal {
                 Goal::Remove(_) => Err(OpError::NotApplicable(NotApplicable::NoneAreMembers)),
                 _ => Ok(()),
@@ -955,7 +1049,13 @@ impl Changes {
         };
         type Built = (Vec<u8>, Option<Vec<u8>>, Vec<u8>);
         let built = (|| -> Result<Built, CommitBuildError> {
-            if !to_add.is_empty() {
+            if let Some(admins) = &roles {
+                let extensions = roles_extensions(admins)?;
+                let (commit, _, gi) = mls
+                    .update_group_context_extensions(cx.provider, extensions, &cx.me.signer)
+                    .map_err(CommitBuildError::Roles)?;
+                Ok((commit.to_bytes()?, None, group_info_bytes(gi)?))
+            } else if !to_add.is_empty() {
                 let kps: Vec<KeyPackage> = to_add.iter().map(|(_, kp)| kp.clone()).collect();
                 let (commit, welcome, gi) = mls
                     .add_members(cx.provider, &cx.me.signer, &kps)
@@ -1028,18 +1128,24 @@ impl Goal {
 }
 
 /// Whether this device is the one to commit the removal of `leaver` from `mls` (after its
-/// leave request): the remaining member with the lowest leaf index does; the others would
-/// only lose the commit race.
+/// leave request): the remaining admin device with the lowest leaf index does (any
+/// remaining member's when no admin remains); the others would only lose the commit race.
 pub(super) fn commits_leave(mls: &MlsGroup, leaver: DeviceId) -> bool {
-    let first = mls
+    let remaining: Vec<(LeafNodeIndex, UserName)> = mls
         .members()
-        .filter(|m| {
+        .filter_map(|m| {
             parse_credential(&m.credential)
-                .map(|c| c.device != leaver)
-                .unwrap_or(false)
+                .ok()
+                .filter(|c| c.device != leaver)
+                .map(|c| (m.index, c.user))
         })
-        .map(|m| m.index)
+        .collect();
+    let admin = remaining
+        .iter()
+        .filter(|(_, u)| super::roles::is_admin(mls, u))
+        .map(|(i, _)| *i)
         .min();
+    let first = admin.or_else(|| remaining.iter().map(|(i, _)| *i).min());
     first == Some(mls.own_leaf_index())
 }
 

@@ -201,7 +201,11 @@ impl Groups {
                     members,
                     active: r.membership == Membership::Active,
                     description: String::new(),
-                    admins: Vec::new(),
+                    admins: self
+                        .mls
+                        .get(&r.id)
+                        .and_then(|g| super::mls::roles_of(g.extensions()))
+                        .unwrap_or_default(),
                     disappearing_secs: None,
                     unread: 0,
                     muted_until_ms: None,

@@ -20,8 +20,9 @@ use super::effects::Effects;
 use super::group_settings;
 use super::groups::Groups;
 use super::leaves::{self, LeafCheck, LeafCheckError, Leaves, RefusedLeaf};
-use super::mls::{MAX_GROUP_NAME, MemberId, member_id, parse_credential, users_of};
+use super::mls::{MAX_GROUP_NAME, MemberId, member_id, parse_credential, roles_of, users_of};
 use super::outbox::{is_leave_request, own_delete_by_admin, own_message, record_own};
+use super::roles;
 use super::trust::{self, Trust};
 use crate::content::{Content, ContentError, Decoded, Envelope};
 use crate::error::{EntryError, KeptBecause, Shared, Warning};
@@ -382,8 +383,10 @@ fn apply_in_tx<S: Store>(
             EntryKind::Commit { .. } => {
                 if mls.pending_commit().is_some() && entry.epoch.0 == our_epoch {
                     // Our own commit, accepted (its Posted reply may be lost or later).
+                    let roles_before = roles_of(mls.extensions());
                     mls.merge_pending_commit(cx.provider)
                         .map_err(EntryError::MergePending)?;
+                    events.extend(roles::roles_event(roles_before, mls, group, cx.me.user()));
                     out.merged = true;
                     // The Posted (or StaleEpoch, after a resend) reply, if it still comes,
                     // finds the command finished and is ignored.
@@ -590,6 +593,17 @@ fn apply_in_tx<S: Store>(
             {
                 return Err(EntryError::ExternalRemovesOthers);
             }
+            // Only admins add or remove other users' devices or change the roles (issue 13),
+            // by the roles of the epoch the commit starts from.
+            roles::check_commit(
+                mls,
+                &sender_id.user,
+                &added,
+                &removed,
+                &leaves.leavers(&group),
+                staged.group_context().extensions(),
+            )?;
+            let roles_before = roles_of(mls.extensions());
             // A committer's new leaf (update path) must keep its credential and key.
             let updated = match staged.update_path_leaf_node() {
                 Some(leaf) => {
@@ -629,6 +643,12 @@ fn apply_in_tx<S: Store>(
             mls.merge_staged_commit(cx.provider, *staged)
                 .map_err(EntryError::Merge)?;
             out.merged = true;
+            events.extend(roles::roles_event(
+                roles_before,
+                mls,
+                group,
+                &sender_id.user,
+            ));
             if removed_self {
                 out.removed = true;
                 if let Some(r) = record {

@@ -129,6 +129,9 @@ pub(super) struct Leaves {
     /// Senders found trusted, by group and key, until a device list changes (so that a
     /// message costs no list verification).
     trusted: BTreeSet<(GroupId, DeviceKey)>,
+    /// Devices whose leave request this device saw, by group: a member that is no admin
+    /// may commit their removal (issue 13). Kept for this run of the client.
+    asked_to_leave: BTreeMap<GroupId, BTreeSet<DeviceId>>,
 }
 
 /// What an answered list releases.
@@ -141,6 +144,16 @@ pub(super) struct Released {
 }
 
 impl Leaves {
+    /// `device` asked to leave `group` (its leave request was applied).
+    pub(super) fn asked_to_leave(&mut self, group: GroupId, device: DeviceId) {
+        self.asked_to_leave.entry(group).or_default().insert(device);
+    }
+
+    /// The devices that asked to leave `group`.
+    pub(super) fn leavers(&self, group: &GroupId) -> BTreeSet<DeviceId> {
+        self.asked_to_leave.get(group).cloned().unwrap_or_default()
+    }
+
     /// The connection is gone: nothing held stays held (the entries were not acknowledged,
     /// so the relay delivers them again, and they are checked again).
     pub(super) fn reset(&mut self) {

@@ -7,7 +7,8 @@ use cove_wire::identity::DeviceCertificate;
 use cove_wire::{DeviceId, UserName};
 use openmls::prelude::{
     BasicCredential, Capabilities, Ciphersuite, Credential, Extension, ExtensionType, Extensions,
-    LeafNode, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, Member, MlsGroupJoinConfig, UnknownExtension,
+    GroupContext, LeafNode, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, Member, MlsGroupJoinConfig,
+    RequiredCapabilitiesExtension, UnknownExtension,
 };
 
 use crate::error::{CredentialError, LeafExtensionError};
@@ -21,6 +22,7 @@ pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_
 /// updates. Every member checks it against the user's pinned identity and device list.
 pub const DEVICE_CERTIFICATE_EXTENSION: u16 = 0xf0c1;
 pub use crate::welcome_envelope::MAX_GROUP_NAME;
+pub use cove_wire::roles::ROLES_EXTENSION;
 /// Past epochs whose keys are kept to decrypt late application messages.
 pub const MAX_PAST_EPOCHS: usize = 8;
 /// MLS padding bucket, bytes: every `PrivateMessage` (application messages) is padded so that
@@ -84,10 +86,35 @@ pub(super) fn capabilities() -> Capabilities {
         Some(&[
             ExtensionType::Unknown(DEVICE_CERTIFICATE_EXTENSION),
             ExtensionType::LastResort,
+            // The group roles (admins) in the group context.
+            ExtensionType::Unknown(ROLES_EXTENSION),
         ]),
         None,
         None,
     )
+}
+
+/// The group-context extensions naming `admins` as the group's admins: the roles
+/// ([`ROLES_EXTENSION`]) and the required capabilities that let the group carry them
+/// (every leaf must list the roles type, as every Cove leaf does).
+pub(super) fn roles_extensions(
+    admins: &[UserName],
+) -> Result<Extensions<GroupContext>, crate::error::RolesExtensionError> {
+    let data = cove_wire::roles::encode_roles(admins)?;
+    let required =
+        RequiredCapabilitiesExtension::new(&[ExtensionType::Unknown(ROLES_EXTENSION)], &[], &[]);
+    Ok(Extensions::from_vec(vec![
+        Extension::RequiredCapabilities(required),
+        Extension::Unknown(ROLES_EXTENSION, UnknownExtension(data)),
+    ])?)
+}
+
+/// The admins a group context's extensions name: `None` for a group without roles
+/// (made before roles existed), `Some(empty)` for roles that do not decode.
+pub(super) fn roles_of(extensions: &Extensions<GroupContext>) -> Option<Vec<UserName>> {
+    extensions
+        .unknown(ROLES_EXTENSION)
+        .map(|ext| cove_wire::roles::decode_roles(&ext.0).unwrap_or_default())
 }
 
 /// The leaf-node extensions of this device: its certificate.

@@ -25,6 +25,7 @@
 //! trust         Trust: key pinning, key changes, directory checks, safety numbers
 //! key_packages  KeyPackages: stock check and top-up; validation of claimed KeyPackages
 //! outbox        Outbox: sealing, posting, retries with backoff, resealing stale posts
+//! roles         group roles (admins): who is one, the commit policy, roles-change events
 //! changes       Changes: group creation, add/remove (directory, claims), key updates,
 //!               commits and commit races, leave requests of others
 //! welcome       Welcomes: joining a group from the inbox
@@ -52,6 +53,7 @@ mod mls;
 mod outbox;
 mod own_list;
 mod rejoin;
+mod roles;
 mod search;
 mod settings;
 mod trust;
@@ -1031,6 +1033,12 @@ impl<S: Store> Client<S> {
     /// then forgets the group's keys. Completes when the relay accepted the request.
     pub fn leave(&mut self, now_ms: u64, group: &str) -> Result<OpId, CommandError> {
         let id = self.groups.active(group)?;
+        // An admin's user leaving (with its last device) leaves the admins first, handing
+        // admin to the longest-standing member if it was the last one, so that the group
+        // keeps an admin (the commit is posted before the leave request, in that order).
+        if self.hands_over(&id) {
+            self.start_change(id, Goal::HandOver);
+        }
         self.send_content(now_ms, id, Content::LeaveRequest)
     }
 
@@ -1481,6 +1489,9 @@ impl<S: Store> Client<S> {
         }
         if applied.left {
             self.forget_group(group, Membership::Left)?;
+            // Out of the relay's members at once: a member that is no admin may then
+            // commit our leaf's removal (see PROTOCOL.md, "Admins").
+            self.fx.leave_group(group);
         }
         if applied.removed {
             // Forget the group's keys: nothing later can be decrypted anyway, and a later
@@ -1488,6 +1499,7 @@ impl<S: Store> Client<S> {
             self.forget_group(group, Membership::Removed)?;
         }
         for leaver in applied.leave_requests {
+            self.leaves.asked_to_leave(group, leaver);
             if self
                 .groups
                 .get(&group)
@@ -1774,6 +1786,9 @@ impl<S: Store> Client<S> {
         if users.is_empty() {
             return Err(CommandError::Invalid(InvalidArgument::NoUsers));
         }
+        if !self.may_change_users(&id, users) {
+            return Err(CommandError::NotAdmin(group.to_string()));
+        }
         Ok(self.start_change(id, goal(users.to_vec())))
     }
 
@@ -1826,7 +1841,7 @@ impl<S: Store> Client<S> {
 #[cfg(test)]
 mod tests {
     /// The parts in their documented order (see the module docs and ARCHITECTURE.md).
-    const PARTS: [(&str, &str); 17] = [
+    const PARTS: [(&str, &str); 18] = [
         ("effects", include_str!("effects.rs")),
         ("mls", include_str!("mls.rs")),
         ("device", include_str!("device.rs")),
@@ -1840,6 +1855,7 @@ mod tests {
         ("trust", include_str!("trust.rs")),
         ("key_packages", include_str!("key_packages.rs")),
         ("outbox", include_str!("outbox.rs")),
+        ("roles", include_str!("roles.rs")),
         ("changes", include_str!("changes.rs")),
         ("welcome", include_str!("welcome.rs")),
         ("inbound", include_str!("inbound.rs")),

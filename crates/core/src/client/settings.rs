@@ -166,11 +166,10 @@ impl<S: Store> Client<S> {
         group: &str,
         timer_secs: Option<u32>,
     ) -> Result<OpId, CommandError> {
-        let id = self.groups.active(group)?;
         if timer_secs.is_some_and(|t| t == 0 || t > MAX_DISAPPEARING_SECS) {
             return Err(CommandError::Invalid(InvalidArgument::Timer));
         }
-        self.require_admin(&id, group)?;
+        let id = self.require_admin(group)?;
         let op = self.send_content(now_ms, id, Content::Disappearing { timer_secs })?;
         let store = self.provider.store();
         let mut settings = group_settings::load(store, &id)?;
@@ -195,7 +194,6 @@ impl<S: Store> Client<S> {
         description: &str,
         avatar: Option<AttachmentPointer>,
     ) -> Result<OpId, CommandError> {
-        let id = self.groups.active(group)?;
         if name.is_empty() || name.len() > super::MAX_GROUP_NAME {
             return Err(CommandError::Invalid(InvalidArgument::GroupNameLength {
                 max: super::MAX_GROUP_NAME,
@@ -206,7 +204,7 @@ impl<S: Store> Client<S> {
                 max: MAX_DESCRIPTION_BYTES,
             }));
         }
-        self.require_admin(&id, group)?;
+        let id = self.require_admin(group)?;
         let content = Content::GroupProfile {
             name: name.to_string(),
             description: description.to_string(),
@@ -244,19 +242,6 @@ impl<S: Store> Client<S> {
         settings.muted_until_ms = until_ms;
         group_settings::save(store, &id, &settings)?;
         Ok(())
-    }
-
-    /// `NotAdmin` unless this device's user is an admin of `id`.
-    fn require_admin(&self, id: &GroupId, group: &str) -> Result<(), CommandError> {
-        let mls = self
-            .groups
-            .get(id)
-            .ok_or_else(|| CommandError::NotMember(group.to_string()))?;
-        if super::admins::is_admin(mls, self.me.user()) {
-            Ok(())
-        } else {
-            Err(CommandError::NotAdmin(group.to_string()))
-        }
     }
 
     /// Fills the settings' fields of the group list (description, timer, unread, mute).

@@ -328,9 +328,10 @@ fn an_edit_by_another_user_is_ignored_by_every_receiver() {
     assert!(rendered[0].edits.is_empty());
 }
 
-/// The creator (an admin under every rule) deletes another member's message: it is deleted
-/// on every member. bob deleting carol's message: with `admins::is_admin` still a stub
-/// (every member an admin) it applies too.
+/// The creator (an admin) deletes another member's message: it is deleted on every member.
+/// bob (not an admin) cannot delete carol's message: `delete_message` refuses with
+/// `NotAdmin`, and the delete sent anyway is ignored by every receiver (carol's message stays,
+/// no `Deleted` event).
 #[test]
 fn deletes_of_others_messages_follow_the_admin_rule() {
     let mut net = Net::new();
@@ -351,17 +352,28 @@ fn deletes_of_others_messages_follow_the_admin_rule() {
         .delete_message(now, "friends", bobs)
         .unwrap();
     op_result(&mut net, alice, op).unwrap();
-    // TODO(lead): once `admins::is_admin` is filled in, bob is not an admin of alice's
-    // group: `delete_message` must refuse with `NotAdmin("friends")`, and the delete sent
-    // anyway (`send_raw`) must be ignored by every receiver (carol's message not deleted,
-    // no `Deleted` event). With the stub every member is an admin, so it applies.
+    net.run();
+    for slot in [alice, bob, carol] {
+        net.take_events(slot);
+    }
+    let now = net.now_ms;
+    assert!(matches!(
+        net.client(bob).delete_message(now, "friends", carols),
+        Err(CommandError::NotAdmin(g)) if g == "friends"
+    ));
     send_raw(&mut net, bob, group, Content::Delete { to: carols.0 });
     net.run();
+    for slot in [alice, bob, carol] {
+        let events = net.take_events(slot);
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Deleted { .. })),
+            "slot {slot}: {events:?}"
+        );
+    }
     let rendered = histories_equal(&mut net, &[alice, bob, carol]);
     assert_eq!(rendered.len(), 2);
     assert!(rendered[0].deleted && rendered[0].id == bobs);
-    assert!(rendered[1].deleted && rendered[1].id == carols);
-    let _ = group;
+    assert!(!rendered[1].deleted && rendered[1].id == carols && rendered[1].text == "carol's");
 }
 
 /// A member whose client picks its own ids (mallory) posts a reaction, an edit and a delete

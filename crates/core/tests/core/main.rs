@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod admins;
 mod backup;
 mod chat;
 mod fuzz_corpus;
@@ -172,6 +173,8 @@ fn concurrent_commits_one_wins_the_other_retries_and_everyone_agrees() {
     let dave = device(&mut net, "dave");
     let erin = device(&mut net, "erin");
     let group = group_of(&mut net, alice, &["bob", "carol", "dave"]);
+    // bob and dave commit removals and adds below: only admins may (issue 13).
+    admins::promote(&mut net, alice, "friends", &["bob", "dave"]);
     let start = net.client(alice).epoch(&group).unwrap();
 
     // Three commits at the same epoch before the relay sees any of them.
@@ -1477,7 +1480,10 @@ mod mallory {
         Capabilities::new(
             None,
             Some(&[CIPHERSUITE]),
-            Some(&[ExtensionType::Unknown(DEVICE_CERTIFICATE_EXTENSION)]),
+            Some(&[
+                ExtensionType::Unknown(DEVICE_CERTIFICATE_EXTENSION),
+                ExtensionType::Unknown(cove_wire::roles::ROLES_EXTENSION),
+            ]),
             None,
             None,
         )
@@ -1667,6 +1673,34 @@ mod mallory {
             group
         }
 
+        /// Processes and merges the commits of her group's log she has not merged yet (by
+        /// their epoch), as a Cove member would.
+        pub fn apply_commits(&mut self, relay: &Relay) {
+            let mls = self.group.as_mut().unwrap();
+            let group = GroupId(mls.group_id().as_slice().try_into().unwrap());
+            let entries = relay
+                .store()
+                .fetch(group, self.device, cove_wire::Seq(0), 1000, usize::MAX)
+                .unwrap();
+            for e in entries {
+                if !matches!(e.kind, cove_wire::EntryKind::Commit { .. })
+                    || e.epoch.0 != mls.epoch().as_u64()
+                    || e.sender == self.device
+                {
+                    continue;
+                }
+                let message = MlsMessageIn::tls_deserialize_exact(e.payload.as_bytes()).unwrap();
+                let processed = mls
+                    .process_message(&self.provider, message.try_into_protocol_message().unwrap())
+                    .unwrap();
+                let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content()
+                else {
+                    panic!("not a commit");
+                };
+                mls.merge_staged_commit(&self.provider, *staged).unwrap();
+            }
+        }
+
         /// Commits, in her group, the add of `devices` of `user` (their KeyPackages claimed
         /// from the relay) and posts it with its Welcome; the online members receive it.
         pub fn add_devices(
@@ -1793,6 +1827,10 @@ fn a_refused_leaf_added_by_a_commit_is_reported_once_without_a_new_device_warnin
     let mut mallory = mallory::Mallory::register(&mut net.relay, "mallory");
     let group = group_of(&mut net, alice, &["bob", "mallory"]);
     mallory.join(&net.relay);
+    // Only an admin may add another user's device (issue 13): the leaf check is what is
+    // tested here.
+    admins::promote(&mut net, alice, "friends", &["mallory"]);
+    mallory.apply_commits(&net.relay);
     let ghost = mallory::Mallory::ghost_of(&mut net.relay, "alice");
     for slot in [alice, bob] {
         net.take_events(slot);
@@ -2836,7 +2874,9 @@ fn a_revoked_device_leaves_every_group_in_the_next_epoch_and_is_not_added_again(
     assert_eq!(texts(&net.take_events(alice)), ["after the revocation"]);
     assert!(texts(&net.take_events(laptop)).is_empty());
 
-    // Never added again: not by bob adding alice, not by alice adding her own devices.
+    // Never added again: not by bob adding alice (an admin: issue 13), not by alice adding
+    // her own devices.
+    admins::promote(&mut net, alice, "one", &["bob"]);
     let op = net
         .client(bob)
         .add_users(now, "one", &[user("alice")])

@@ -511,6 +511,12 @@ impl Relay {
             .expect("append to the device list");
     }
 
+    /// Turns the relay's handshake validation on or off (off: the tests are about what the
+    /// clients themselves refuse, as against a relay that does not validate).
+    pub fn set_validate_handshakes(&mut self, on: bool) {
+        self.sim.set_validate_handshakes(on);
+    }
+
     /// Creates `group` at the relay with `creator` as its only member (a member driven by
     /// bare openmls in tests).
     ///
