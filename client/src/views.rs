@@ -88,7 +88,11 @@ impl MessageView {
         let mut out = String::new();
         if let Some(q) = &self.reply_to {
             let quote: String = q.text.chars().take(40).collect();
-            let ellipsis = if q.text.chars().count() > 40 { "…" } else { "" };
+            let ellipsis = if q.text.chars().count() > 40 {
+                "…"
+            } else {
+                ""
+            };
             match &q.from {
                 Some(from) => out.push_str(&format!(
                     "[↪ {}: {}{ellipsis}] ",
@@ -154,7 +158,7 @@ pub fn parse_duration(text: &str) -> Option<u32> {
 /// A duration in seconds as [`parse_duration`] reads it: `90s`, `5m`, `1h`, `7d`.
 pub fn format_duration(secs: u32) -> String {
     for (unit, size) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs >= size && secs % size == 0 {
+        if secs >= size && secs.is_multiple_of(size) {
             return format!("{}{unit}", secs / size);
         }
     }
@@ -547,7 +551,11 @@ impl UpdateView {
                 )
             }
             UpdateView::Edit {
-                group, by, to, text, ..
+                group,
+                by,
+                to,
+                text,
+                ..
             } => format!(
                 "{}: {} edited {}: {}",
                 escape(group),
@@ -555,12 +563,9 @@ impl UpdateView {
                 short_id(to),
                 escape(text)
             ),
-            UpdateView::Delete { group, by, to, .. } => format!(
-                "{}: {} deleted {}",
-                escape(group),
-                escape(by),
-                short_id(to)
-            ),
+            UpdateView::Delete { group, by, to, .. } => {
+                format!("{}: {} deleted {}", escape(group), escape(by), short_id(to))
+            }
             UpdateView::Read {
                 group, by, up_to, ..
             } => format!(
@@ -599,10 +604,7 @@ impl UpdateView {
                         escape(description.as_deref().unwrap_or(""))
                     ),
                     "disappearing" => match timer_secs.flatten() {
-                        Some(t) => format!(
-                            "set disappearing messages to {}",
-                            format_duration(t)
-                        ),
+                        Some(t) => format!("set disappearing messages to {}", format_duration(t)),
                         None => "turned disappearing messages off".to_owned(),
                     },
                     _ => format!(

@@ -153,10 +153,9 @@ fn parse_mute(text: &str) -> anyhow::Result<Option<u64>> {
 pub(super) fn muted(until_ms: Option<u64>) -> Option<String> {
     match until_ms {
         Some(u64::MAX) => Some("muted".to_owned()),
-        Some(until) if until > cove::session::now_ms() => Some(format!(
-            "muted until {}",
-            super::messages::stamp(until)
-        )),
+        Some(until) if until > cove::session::now_ms() => {
+            Some(format!("muted until {}", super::messages::stamp(until)))
+        }
         _ => None,
     }
 }

@@ -347,26 +347,26 @@ pub async fn try_run(home: &Home, command: &Command) -> anyhow::Result<bool> {
 
 /// Whether the daemon serves this command.
 fn serves(command: &Command) -> bool {
-    match command {
+    matches!(
+        command,
         Command::Group(_)
-        | Command::Reply(_)
-        | Command::React(_)
-        | Command::Edit(_)
-        | Command::Delete(_)
-        | Command::Search(_)
-        | Command::Send(_)
-        | Command::Groups(_)
-        | Command::History(_)
-        | Command::SendFile(_)
-        | Command::Download(_)
-        | Command::Sync(_)
-        | Command::Listen(_)
-        | Command::Call(_)
-        | Command::Answer(_)
-        | Command::Backup(_)
-        | Command::RestoreHistory(_) => true,
-        _ => false,
-    }
+            | Command::Reply(_)
+            | Command::React(_)
+            | Command::Edit(_)
+            | Command::Delete(_)
+            | Command::Search(_)
+            | Command::Send(_)
+            | Command::Groups(_)
+            | Command::History(_)
+            | Command::SendFile(_)
+            | Command::Download(_)
+            | Command::Sync(_)
+            | Command::Listen(_)
+            | Command::Call(_)
+            | Command::Answer(_)
+            | Command::Backup(_)
+            | Command::RestoreHistory(_)
+    )
 }
 
 /// Calls a method; a daemon error becomes this command's error (its message as the daemon
