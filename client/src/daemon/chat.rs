@@ -1,6 +1,6 @@
 //! Issue 13's methods: `reply`, `react`, `edit`, `delete`, `group_rename`,
 //! `group_describe`, `group_info`, `group_admin`, `group_mute`, `group_disappearing`,
-//! `search` (see `API.md`, "Messaging").
+//! `search`, `typing` (see `API.md`, "Messaging").
 
 use serde_json::{Value, json};
 
@@ -113,6 +113,22 @@ pub(super) async fn dispatch(
             }
         }
         "search" => return Some(search(daemon, params).await),
+        "typing" => {
+            let group = match str_param(params, "group") {
+                Ok(g) => g.to_owned(),
+                Err(e) => return Some(Err(e)),
+            };
+            let active = params["active"].as_bool().unwrap_or(true);
+            let sent = daemon
+                .session
+                .call(move |c| c.set_typing(session::now_ms(), &group, active))
+                .await;
+            match sent {
+                Ok(Ok(op)) => Ok(json!({ "sent": op.is_some() })),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            }
+        }
         _ => return None,
     };
     Some(result.map_err(device_error))
