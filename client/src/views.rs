@@ -907,6 +907,174 @@ mod tests {
         );
     }
 
+    /// A reply's quote, `(edited)`, `(deleted)`, `[unsupported message]` and reaction
+    /// counts in a message's line, with what others wrote escaped.
+    #[test]
+    fn a_message_line_shows_replies_edits_deletes_and_reactions() {
+        let base = MessageView {
+            group: "friends".into(),
+            group_id: "00".repeat(16),
+            from: "bob".into(),
+            device: 1,
+            text: "yes\u{1b}".into(),
+            id: "3c9a0b1d".repeat(4),
+            sent_at: 0,
+            seq: 2,
+            attachment: None,
+            reply_to: Some(super::QuoteView {
+                id: "11".repeat(16),
+                from: Some("alice".into()),
+                text: "dinner\nat 8?".into(),
+            }),
+            reactions: vec![
+                super::ReactionView {
+                    emoji: "👍".into(),
+                    users: vec!["alice".into(), "carol".into()],
+                },
+                super::ReactionView {
+                    emoji: "❤️".into(),
+                    users: vec!["alice".into()],
+                },
+            ],
+            edited: true,
+            deleted: false,
+            unsupported: false,
+        };
+        assert_eq!(
+            base.line(),
+            "friends <bob> [↪ alice: dinner\\nat 8?] yes\\u{1b} (edited)  👍 2 ❤️ 1"
+        );
+        assert_eq!(base.short_id(), "3c9a0b1d");
+        let deleted = MessageView {
+            text: String::new(),
+            reply_to: None,
+            reactions: Vec::new(),
+            deleted: true,
+            ..base.clone()
+        };
+        assert_eq!(deleted.line(), "friends <bob> (deleted)");
+        let unknown = MessageView {
+            reply_to: None,
+            reactions: Vec::new(),
+            edited: false,
+            unsupported: true,
+            ..base.clone()
+        };
+        assert_eq!(unknown.line(), "friends <bob> [unsupported message]");
+        let json = serde_json::to_value(&deleted).unwrap_or_default();
+        assert_eq!(json["deleted"], true);
+        assert!(json.get("reply_to").is_none() && json.get("unsupported").is_none());
+    }
+
+    #[test]
+    fn durations_and_emoji_are_checked() {
+        use super::{format_duration, parse_duration, valid_emoji};
+        assert_eq!(parse_duration("30s"), Some(30));
+        assert_eq!(parse_duration("5m"), Some(300));
+        assert_eq!(parse_duration("1h"), Some(3600));
+        assert_eq!(parse_duration("7d"), Some(604_800));
+        assert_eq!(parse_duration("2w"), Some(1_209_600));
+        assert_eq!(parse_duration("90"), Some(90));
+        for bad in [
+            "",
+            "0s",
+            "h",
+            "1x",
+            "-1h",
+            "1.5h",
+            "soon",
+            "1 h",
+            "99999999999d",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        assert_eq!(format_duration(3600), "1h");
+        assert_eq!(format_duration(90), "90s");
+        assert_eq!(format_duration(604_800), "1w");
+        assert_eq!(format_duration(86_400 * 3), "3d");
+        for good in ["👍", "❤️", "🎉", "👩‍👩‍👧"] {
+            assert!(valid_emoji(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "ok",
+            "thumbsup",
+            "👍 ",
+            "\u{1b}",
+            "\u{202e}👍",
+            &"👍".repeat(9),
+        ] {
+            assert!(!valid_emoji(bad), "{bad:?}");
+        }
+    }
+
+    /// The JSON of the update events: the `event` field names the kind, the names are the
+    /// documented ones.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn update_events_have_stable_json_and_lines() {
+        use super::UpdateView;
+        let reaction = UpdateView::Reaction {
+            group: "friends".into(),
+            group_id: "00".repeat(16),
+            by: "bob".into(),
+            to: "3c9a0b1d".repeat(4),
+            emoji: "👍".into(),
+            removed: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&reaction).unwrap(),
+            serde_json::json!({"event": "reaction", "group": "friends",
+                "group_id": "00".repeat(16), "by": "bob", "to": "3c9a0b1d".repeat(4),
+                "emoji": "👍", "removed": false})
+        );
+        assert_eq!(reaction.line(), "friends: bob reacted 👍 to 3c9a0b1d");
+        let typing = UpdateView::Typing {
+            group: "friends".into(),
+            group_id: "00".repeat(16),
+            from: "bob".into(),
+            active: true,
+        };
+        assert_eq!(typing.line(), "friends: bob is typing…");
+        let timer = UpdateView::GroupChanged {
+            group: "friends".into(),
+            group_id: "00".repeat(16),
+            by: "alice".into(),
+            change: "disappearing".into(),
+            name: None,
+            description: None,
+            timer_secs: Some(None),
+            admins: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&timer).unwrap(),
+            serde_json::json!({"event": "group_changed", "group": "friends",
+                "group_id": "00".repeat(16), "by": "alice", "change": "disappearing",
+                "timer_secs": null})
+        );
+        assert_eq!(
+            timer.line(),
+            "friends: alice turned disappearing messages off"
+        );
+        let expired = UpdateView::Expired {
+            group: "friends".into(),
+            group_id: "00".repeat(16),
+            ids: vec!["aa".repeat(16), "bb".repeat(16)],
+        };
+        assert_eq!(expired.line(), "friends: 2 messages disappeared");
+        let edit = UpdateView::Edit {
+            group: "friends".into(),
+            group_id: "00".repeat(16),
+            by: "alice".into(),
+            to: "3c9a0b1d".repeat(4),
+            text: "at 9\nfriends <bob> fake".into(),
+        };
+        assert_eq!(
+            edit.line(),
+            "friends: alice edited 3c9a0b1d: at 9\\nfriends <bob> fake"
+        );
+    }
+
     #[test]
     fn sizes_read_as_people_write_them() {
         assert_eq!(human_size(0), "0 bytes");
