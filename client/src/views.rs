@@ -157,7 +157,7 @@ pub fn parse_duration(text: &str) -> Option<u32> {
 
 /// A duration in seconds as [`parse_duration`] reads it: `90s`, `5m`, `1h`, `7d`.
 pub fn format_duration(secs: u32) -> String {
-    for (unit, size) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
         if secs >= size && secs.is_multiple_of(size) {
             return format!("{}{unit}", secs / size);
         }
@@ -990,7 +990,7 @@ mod tests {
         }
         assert_eq!(format_duration(3600), "1h");
         assert_eq!(format_duration(90), "90s");
-        assert_eq!(format_duration(604_800), "1w");
+        assert_eq!(format_duration(604_800), "7d");
         assert_eq!(format_duration(86_400 * 3), "3d");
         for good in ["👍", "❤️", "🎉", "👩‍👩‍👧"] {
             assert!(valid_emoji(good), "{good:?}");
