@@ -260,7 +260,7 @@ async fn group_settings_through_the_cli() {
         assert!(groups.trim_end().ends_with("  (2 unread)"), "{groups}");
         assert_eq!(
             plain(&ok(&alice, &["sync"])),
-            "friends <bob> three\nfriends <bob> four\n"
+            "old friends <bob> three\nold friends <bob> four\n"
         );
         let groups = ok(&alice, &["groups"]);
         assert!(!groups.contains("unread"), "{groups}");
