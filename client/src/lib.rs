@@ -32,5 +32,7 @@ pub use device::{
 };
 pub use session::{Session, SessionError, SessionEvent};
 pub use views::{
-    GroupInfoView, GroupView, IdentityView, MemberView, MessageView, escape, file_line, human_size,
+    GroupInfoView, GroupView, IdentityView, MemberView, MessageView, QuoteView, ReactionView,
+    UpdateView, escape, file_line, format_duration, human_size, parse_duration, short_id,
+    valid_emoji,
 };

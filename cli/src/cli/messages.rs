@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use cove::config::Home;
-use cove::{Device, IdentityView, Incoming, MessageView, Sent};
+use cove::{Device, IdentityView, Incoming, MessageView, Sent, UpdateView};
 
 /// Arguments of `cove send`.
 #[derive(Debug, Args)]
@@ -32,8 +32,15 @@ Examples:
   cove sync
   cove sync --json | jq .text
 
-Prints `group <from> text` per message, or with --json one object per line:
+Prints `TIME ID group <from> text` per message (TIME is HH:MM today, else the date and time,
+in local time; ID is the message's short id, which `cove reply`, `react`, `edit` and `delete`
+take), with `[↪ alice: quote]` before a reply, `(edited)`, `(deleted)`,
+`[unsupported message]` and reactions (`👍 2`). With --json one object per line:
   {\"group\":\"friends\",\"from\":\"alice\",\"text\":\"hi\",\"id\":\"..\",\"sent_at\":1700000000000}
+(plus `reply_to`, `reactions`, `edited`, `deleted`, `unsupported` when they apply).
+Reactions, edits, deletes, read receipts, group changes and expired messages print as `-- ...`
+lines, or with --json as {\"event\":\"reaction\",...} lines (kinds: reaction, edit, delete,
+read, group_changed, expired; see API.md).
 Warnings (an entry that could not be read, a member's device their signed list does not name,
 ...) go to stderr as `warning: ...`, or with --json as {\"warning\":\"...\"} lines. Identity
 events (a contact added or revoked a device, changed identity key, a refused member) and a
@@ -54,9 +61,11 @@ Examples:
   cove listen
   cove listen --json
 
-Stays connected (reconnecting when the relay goes away) until Ctrl-C. Prints messages and
-identity events (`-- ...` lines, or with --json {\"identity\":\"identity_changed\",...}) as in
-`cove sync`; other notices go to stderr as `-- ...`.")]
+Stays connected (reconnecting when the relay goes away) until Ctrl-C. Prints messages,
+identity events (`-- ...` lines, or with --json {\"identity\":\"identity_changed\",...}) and
+reactions, edits, deletes, receipts, group changes and expiries as in `cove sync`, and who is
+typing (`-- friends: bob is typing…`, or {\"event\":\"typing\",...}); other notices go to
+stderr as `-- ...`.")]
 pub struct ListenArgs {
     /// One JSON object per line (group, group_id, from, device, text, id, sent_at).
     #[arg(long)]
@@ -65,7 +74,13 @@ pub struct ListenArgs {
 
 /// Arguments of `cove history`.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  cove history friends\n  cove history friends --json")]
+#[command(after_help = "\
+Examples:
+  cove history friends
+  cove history friends --json
+
+One line per message as `cove sync` prints them: `TIME ID friends <alice> text`, with the
+short ID that `cove reply`, `react`, `edit` and `delete` take.")]
 pub struct HistoryArgs {
     /// The group.
     pub name: String,
@@ -102,17 +117,27 @@ pub async fn run_sync(home: Home, args: SyncArgs) -> anyhow::Result<()> {
         }
     };
     let mut messages = 0;
+    let mut read = Vec::new();
     for i in &incoming {
         match i {
             Incoming::Message(m) => {
                 print_message(m, args.json)?;
                 device.mark_shown(m).await?;
                 messages += 1;
+                if !read.contains(&m.group_id) {
+                    read.push(m.group_id.clone());
+                }
             }
             Incoming::Warning(text) => print_warning(text, args.json)?,
             Incoming::Identity(event) => print_identity(event, args.json)?,
+            Incoming::Update(update) => print_update(update, args.json)?,
             Incoming::Notice(_) => {}
         }
+    }
+    // What was shown is read: the groups' unread counts go to zero (and receipts go out).
+    for group in &read {
+        // A failure leaves the count up; the messages were shown all the same.
+        let _ = device.mark_read(group).await;
     }
     super::backup::after_round(&mut device, super::backup::SYNC_THRESHOLD).await;
     device.close().await;
@@ -136,10 +161,15 @@ pub async fn run_listen(home: Home, args: ListenArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break Ok(()),
             next = device.next_incoming() => match next {
-                Ok(Incoming::Message(m)) => print_message(&m, args.json)?,
+                Ok(Incoming::Message(m)) => {
+                    print_message(&m, args.json)?;
+                    // As in `sync`: a failure only leaves the unread count up.
+                    let _ = device.mark_read(&m.group_id).await;
+                }
                 Ok(Incoming::Notice(text)) => eprintln!("-- {}", cove::escape(&text)),
                 Ok(Incoming::Warning(text)) => print_warning(&text, args.json)?,
                 Ok(Incoming::Identity(event)) => print_identity(&event, args.json)?,
+                Ok(Incoming::Update(update)) => print_update(&update, args.json)?,
                 Err(e) => break Err(e),
             },
         }
@@ -169,7 +199,40 @@ pub(super) fn print_message(m: &MessageView, json: bool) -> anyhow::Result<()> {
         serde_json::to_writer(&mut out, m).context("writing JSON")?;
         writeln!(out)?;
     } else {
-        writeln!(out, "{}", m.line())?;
+        writeln!(out, "{}", line(m))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// A message's human form: `TIME ID group <from> text` (see [`stamp`]).
+pub(super) fn line(m: &MessageView) -> String {
+    format!("{} {} {}", stamp(m.sent_at), m.short_id(), m.line())
+}
+
+/// A moment (ms since the Unix epoch) in local time: `HH:MM` today, else
+/// `YYYY-MM-DD HH:MM`.
+pub(super) fn stamp(ms: u64) -> String {
+    let tz = jiff::tz::TimeZone::system();
+    let at = jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX))
+        .unwrap_or(jiff::Timestamp::MAX)
+        .to_zoned(tz.clone());
+    if at.date() == jiff::Timestamp::now().to_zoned(tz).date() {
+        at.strftime("%H:%M").to_string()
+    } else {
+        at.strftime("%Y-%m-%d %H:%M").to_string()
+    }
+}
+
+/// A reaction, edit, delete, receipt, typing, group change or expiry: `-- LINE` on stdout,
+/// or with `--json` one object whose `event` field names the kind.
+pub(super) fn print_update(update: &UpdateView, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, update).context("writing JSON")?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "-- {}", update.line())?;
     }
     out.flush()?;
     Ok(())

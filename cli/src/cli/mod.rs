@@ -5,6 +5,7 @@
 mod account;
 mod audio;
 mod backup;
+mod chat;
 mod daemon;
 pub(crate) mod device;
 mod files;
@@ -56,6 +57,9 @@ Examples:
   cove login --server wss://127.0.0.1:7443 --user alice --ca cove-data/tls/cert.pem   # a second machine
   cove group create friends && cove group add friends bob
   cove send friends 'hello'
+  cove history friends                          # each message with its short id
+  cove reply friends 1a2b3c4d 'yes!' && cove react friends 1a2b3c4d 👍
+  cove search pizza
   cove listen
   cove daemon --detach                          # one process owns the home; commands use it";
 
@@ -79,6 +83,16 @@ pub enum Command {
     Listen(messages::ListenArgs),
     /// Print a group's stored messages.
     History(messages::HistoryArgs),
+    /// Reply to a message of a group (quoting it).
+    Reply(chat::ReplyArgs),
+    /// React to a message with an emoji (or take the reaction back).
+    React(chat::ReactArgs),
+    /// Change the text of one of your messages.
+    Edit(chat::EditArgs),
+    /// Delete a message for everyone (your own, or any as an admin).
+    Delete(chat::DeleteArgs),
+    /// Search this device's decrypted history.
+    Search(chat::SearchArgs),
     /// Show the safety number to compare with another user out of band.
     SafetyNumber(safety::SafetyNumberArgs),
     /// Compare safety numbers with a user and mark them verified (or list contacts).
@@ -180,6 +194,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync(args) => messages::run_sync(resolve_home(home)?, args).await,
         Command::Listen(args) => messages::run_listen(resolve_home(home)?, args).await,
         Command::History(args) => messages::run_history(resolve_home(home)?, args).await,
+        Command::Reply(args) => chat::run_reply(resolve_home(home)?, args).await,
+        Command::React(args) => chat::run_react(resolve_home(home)?, args).await,
+        Command::Edit(args) => chat::run_edit(resolve_home(home)?, args).await,
+        Command::Delete(args) => chat::run_delete(resolve_home(home)?, args).await,
+        Command::Search(args) => chat::run_search(resolve_home(home)?, args).await,
         Command::SafetyNumber(args) => safety::run(resolve_home(home)?, args).await,
         Command::Verify(args) => verify::run(resolve_home(home)?, args).await,
         Command::Device(cmd) => device::run(resolve_home(home)?, cmd).await,

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use cove::config::Home;
 use cove::daemon::client::{ClientError, DaemonClient, Notification};
 use cove::transfer::AttachmentView;
-use cove::{MessageView, escape};
+use cove::{MessageView, QuoteView, ReactionView, escape};
 
 use super::Command;
 use super::group::GroupCommand;
@@ -55,11 +55,15 @@ pub async fn try_run(home: &Home, command: &Command) -> anyhow::Result<bool> {
                 let members: Vec<String> =
                     strings(&g["members"]).iter().map(|m| escape(m)).collect();
                 println!(
-                    "{}  {}  epoch {}  members: {}",
+                    "{}  {}  epoch {}  members: {}{}",
                     escape(str_of(&g["name"])),
                     str_of(&g["group"]),
                     g["epoch"].as_u64().unwrap_or(0),
-                    members.join(", ")
+                    members.join(", "),
+                    super::group::group_marks(
+                        g["unread"].as_u64().unwrap_or(0),
+                        g["muted_until_ms"].as_u64()
+                    )
                 );
             }
         }
@@ -110,8 +114,139 @@ pub async fn try_run(home: &Home, command: &Command) -> anyhow::Result<bool> {
                 call(&mut d, "group_leave", json!({ "group": name })).await?;
                 println!("left {}", escape(name));
             }
-            GroupCommand::Info { .. } => return Ok(false),
+            GroupCommand::Info { name, json } => {
+                let info = call(&mut d, "group_info", json!({ "group": name })).await?;
+                if *json {
+                    println!("{info}");
+                } else {
+                    let info: cove::GroupInfoView = group_info_view(&info);
+                    for line in info.lines(super::messages::stamp) {
+                        println!("{line}");
+                    }
+                }
+            }
+            GroupCommand::Rename { name, new_name } => {
+                let r = call(
+                    &mut d,
+                    "group_rename",
+                    json!({ "group": name, "name": new_name }),
+                )
+                .await?;
+                report(&r, "renamed", name);
+            }
+            GroupCommand::Describe { name, text } => {
+                let r = call(
+                    &mut d,
+                    "group_describe",
+                    json!({ "group": name, "description": text }),
+                )
+                .await?;
+                report(&r, "set the description of", name);
+            }
+            GroupCommand::Admin { name, user, remove } => {
+                call(
+                    &mut d,
+                    "group_admin",
+                    json!({ "group": name, "user": user, "remove": remove }),
+                )
+                .await?;
+                if *remove {
+                    println!("{} is no longer an admin of {}", user, escape(name));
+                } else {
+                    println!("{} is an admin of {}", user, escape(name));
+                }
+            }
+            GroupCommand::Mute { name, duration } => {
+                let r = call(
+                    &mut d,
+                    "group_mute",
+                    json!({ "group": name, "until": duration }),
+                )
+                .await?;
+                match super::group::muted(r["muted_until_ms"].as_u64()) {
+                    Some(m) => println!("{} is {m}", escape(name)),
+                    None => println!("{} is no longer muted", escape(name)),
+                }
+            }
+            GroupCommand::Disappearing { name, timer } => {
+                let secs = super::group::parse_timer(timer)?;
+                let r = call(
+                    &mut d,
+                    "group_disappearing",
+                    json!({ "group": name, "timer": timer }),
+                )
+                .await?;
+                if r["pending"].as_bool() == Some(true) {
+                    report(&r, "", name);
+                } else {
+                    match secs {
+                        Some(t) => println!(
+                            "set disappearing messages to {} in {}",
+                            cove::format_duration(t),
+                            escape(name)
+                        ),
+                        None => println!("turned disappearing messages off in {}", escape(name)),
+                    }
+                }
+            }
         },
+        Command::Reply(args) => {
+            let r = call(
+                &mut d,
+                "reply",
+                json!({ "group": args.group, "to": args.id, "text": args.text }),
+            )
+            .await?;
+            report(&r, "replied in", &args.group);
+        }
+        Command::React(args) => {
+            let r = call(
+                &mut d,
+                "react",
+                json!({ "group": args.group, "to": args.id, "emoji": args.emoji, "remove": args.remove }),
+            )
+            .await?;
+            let what = if args.remove {
+                "took back the reaction in"
+            } else {
+                "reacted in"
+            };
+            report(&r, what, &args.group);
+        }
+        Command::Edit(args) => {
+            let r = call(
+                &mut d,
+                "edit",
+                json!({ "group": args.group, "to": args.id, "text": args.text }),
+            )
+            .await?;
+            report(&r, "edited in", &args.group);
+        }
+        Command::Delete(args) => {
+            let r = call(
+                &mut d,
+                "delete",
+                json!({ "group": args.group, "to": args.id }),
+            )
+            .await?;
+            report(&r, "deleted in", &args.group);
+        }
+        Command::Search(args) => {
+            super::chat::check_limit(args.limit)?;
+            let found = call(
+                &mut d,
+                "search",
+                json!({ "query": args.text, "group": args.group, "limit": args.limit }),
+            )
+            .await?;
+            let found = found.as_array().cloned().unwrap_or_default();
+            if found.is_empty() && !args.json {
+                eprintln!("nothing found");
+            }
+            for m in &found {
+                print_message(&view(m), args.json)?;
+            }
+        }
         Command::SendFile(args) => {
             let path = absolute(&args.path)?;
             let r = call(
@@ -212,21 +347,26 @@ pub async fn try_run(home: &Home, command: &Command) -> anyhow::Result<bool> {
 
 /// Whether the daemon serves this command.
 fn serves(command: &Command) -> bool {
-    match command {
-        Command::Group(cmd) => !matches!(cmd, GroupCommand::Info { .. }),
-        Command::Send(_)
-        | Command::Groups(_)
-        | Command::History(_)
-        | Command::SendFile(_)
-        | Command::Download(_)
-        | Command::Sync(_)
-        | Command::Listen(_)
-        | Command::Call(_)
-        | Command::Answer(_)
-        | Command::Backup(_)
-        | Command::RestoreHistory(_) => true,
-        _ => false,
-    }
+    matches!(
+        command,
+        Command::Group(_)
+            | Command::Reply(_)
+            | Command::React(_)
+            | Command::Edit(_)
+            | Command::Delete(_)
+            | Command::Search(_)
+            | Command::Send(_)
+            | Command::Groups(_)
+            | Command::History(_)
+            | Command::SendFile(_)
+            | Command::Download(_)
+            | Command::Sync(_)
+            | Command::Listen(_)
+            | Command::Call(_)
+            | Command::Answer(_)
+            | Command::Backup(_)
+            | Command::RestoreHistory(_)
+    )
 }
 
 /// Calls a method; a daemon error becomes this command's error (its message as the daemon
@@ -236,6 +376,48 @@ async fn call(d: &mut DaemonClient, method: &str, params: Value) -> anyhow::Resu
         ClientError::Rpc(e) => anyhow::anyhow!("{}", e.message),
         other => anyhow::Error::new(other),
     })
+}
+
+/// `WHAT GROUP` for a command the relay stored, or that it is queued (`pending`).
+fn report(r: &Value, what: &str, group: &str) {
+    if r["pending"].as_bool() == Some(true) {
+        println!(
+            "queued for {}: the relay is not reachable; the daemon sends it once it is back",
+            escape(group)
+        );
+    } else {
+        println!("{what} {}", escape(group));
+    }
+}
+
+/// The daemon's `group_info` object as the CLI's view.
+fn group_info_view(v: &Value) -> cove::GroupInfoView {
+    cove::GroupInfoView {
+        name: str_of(&v["name"]).to_owned(),
+        id: str_of(&v["id"]).to_owned(),
+        epoch: v["epoch"].as_u64().unwrap_or(0),
+        epoch_authenticator: str_of(&v["epoch_authenticator"]).to_owned(),
+        members: v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| cove::MemberView {
+                user: str_of(&m["user"]).to_owned(),
+                device: m["device"].as_u64().unwrap_or(0),
+                key: str_of(&m["key"]).to_owned(),
+            })
+            .collect(),
+        description: str_of(&v["description"]).to_owned(),
+        admins: strings(&v["admins"]),
+        disappearing_secs: v["disappearing_secs"]
+            .as_u64()
+            .and_then(|t| u32::try_from(t).ok()),
+        unread: v["unread"]
+            .as_u64()
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(0),
+        muted_until_ms: v["muted_until_ms"].as_u64(),
+    }
 }
 
 fn str_of(v: &Value) -> &str {
@@ -291,6 +473,26 @@ fn view(m: &Value) -> MessageView {
                 size: f["size"].as_u64().unwrap_or(0),
                 media_type: str_of(&f["type"]).to_owned(),
             }),
+        reply_to: m
+            .get("reply_to")
+            .filter(|q| q.is_object())
+            .map(|q| QuoteView {
+                id: str_of(&q["id"]).to_owned(),
+                from: q["from"].as_str().map(str::to_owned),
+                text: str_of(&q["text"]).to_owned(),
+            }),
+        reactions: m["reactions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| ReactionView {
+                emoji: str_of(&r["emoji"]).to_owned(),
+                users: strings(&r["users"]),
+            })
+            .collect(),
+        edited: m["edited"].as_bool() == Some(true),
+        deleted: m["deleted"].as_bool() == Some(true),
+        unsupported: m["unsupported"].as_bool() == Some(true),
     }
 }
 
@@ -317,7 +519,7 @@ fn print_daemon_message(m: &Value, json: bool) -> anyhow::Result<()> {
         v["pending"] = true.into();
         println!("{v}");
     } else {
-        println!("{} (pending)", view(m).line());
+        println!("{} (pending)", super::messages::line(&view(m)));
     }
     Ok(())
 }
@@ -412,6 +614,24 @@ async fn listen(d: &mut DaemonClient, json: bool) -> anyhow::Result<()> {
                 eprintln!("-- {}", escape(&line));
             }
             "warning" => print_warning(str_of(&p["text"]), json)?,
+            "update" => {
+                if json {
+                    // As `cove listen --json` prints them without a daemon.
+                    let mut v = p.clone();
+                    if let Some(o) = v.as_object_mut() {
+                        let id = o.remove("group").unwrap_or_default();
+                        let name = o.remove("group_name").unwrap_or_default();
+                        let kind = o.remove("kind").unwrap_or_default();
+                        o.remove("text");
+                        o.insert("event".into(), kind);
+                        o.insert("group".into(), name);
+                        o.insert("group_id".into(), id);
+                    }
+                    println!("{v}");
+                } else {
+                    println!("-- {}", escape(str_of(&p["text"])));
+                }
+            }
             "identity" => {
                 if json {
                     // As `cove listen --json` prints identity events without a daemon.

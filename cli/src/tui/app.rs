@@ -148,6 +148,8 @@ pub(crate) struct Group {
     pub(crate) complete: bool,
     /// How many rendered lines the pane is scrolled up from the bottom.
     pub(crate) scroll: usize,
+    /// Who is typing in it now (escaped).
+    pub(crate) typing: Vec<String>,
 }
 
 /// One line of a group's pane.
@@ -167,6 +169,10 @@ pub(crate) struct Entry {
     pub(crate) file: Option<FileRef>,
     /// Queued, not yet accepted by the relay.
     pub(crate) pending: bool,
+    /// What a reply quotes (`↪ alice: quote`, escaped), for replies.
+    pub(crate) reply: Option<String>,
+    /// What follows the text: ` (edited)` and the reactions (`  👍 2`), escaped.
+    pub(crate) marks: String,
 }
 
 /// The kinds of pane lines.
@@ -549,7 +555,17 @@ impl App {
         let group = self.current().map(|g| (g.id.clone(), g.name.clone()));
         let needs_group = matches!(
             name,
-            "file" | "download" | "call" | "add" | "remove" | "leave"
+            "file"
+                | "download"
+                | "call"
+                | "add"
+                | "remove"
+                | "leave"
+                | "reply"
+                | "react"
+                | "unreact"
+                | "edit"
+                | "delete"
         );
         if needs_group && group.is_none() {
             self.note(
@@ -657,6 +673,55 @@ impl App {
                     },
                 );
             }
+            ("reply" | "edit", [id, _, ..]) => {
+                let text = rest.get(id.len()..).unwrap_or_default().trim();
+                let (method, done) = if name == "reply" {
+                    ("reply", "replied")
+                } else {
+                    ("edit", "edited")
+                };
+                self.request(
+                    out,
+                    method,
+                    json!({ "group": gid, "to": id, "text": text }),
+                    Purpose::Command {
+                        group: Some(gid.clone()),
+                        done: done.into(),
+                    },
+                );
+            }
+            ("react" | "unreact", [id, emoji]) => {
+                let remove = name == "unreact";
+                self.request(
+                    out,
+                    "react",
+                    json!({ "group": gid, "to": id, "emoji": emoji, "remove": remove }),
+                    Purpose::Command {
+                        group: Some(gid.clone()),
+                        done: if remove {
+                            "reaction taken back"
+                        } else {
+                            "reacted"
+                        }
+                        .into(),
+                    },
+                );
+            }
+            ("delete", [id]) => self.request(
+                out,
+                "delete",
+                json!({ "group": gid, "to": id }),
+                Purpose::Command {
+                    group: Some(gid.clone()),
+                    done: "deleted".into(),
+                },
+            ),
+            ("reply", _) => self.note(now_ms, None, usage("/reply ID TEXT")),
+            ("edit", _) => self.note(now_ms, None, usage("/edit ID TEXT")),
+            ("react" | "unreact", _) => {
+                self.note(now_ms, None, usage(&format!("/{name} ID EMOJI")))
+            }
+            ("delete", _) => self.note(now_ms, None, usage("/delete ID")),
             ("file", _) => self.note(now_ms, None, usage("/file PATH")),
             ("download", _) => self.note(now_ms, None, usage("/download N")),
             ("add", _) => self.note(now_ms, None, usage("/add USER...")),
@@ -834,6 +899,8 @@ impl App {
                             text: cove::escape(&text),
                             file: None,
                             pending: sent.pending,
+                            reply: None,
+                            marks: String::new(),
                         },
                     );
                     if let Some(g) = self.groups.get_mut(i) {
@@ -925,6 +992,7 @@ impl App {
                 loaded: false,
                 complete: false,
                 scroll: 0,
+                typing: Vec::new(),
             });
             g.name = cove::escape(&item.name);
             g.members = item.members.iter().map(|m| cove::escape(m)).collect();
@@ -946,6 +1014,13 @@ impl App {
             && let Some(e) = g.entries.iter_mut().find(|e| e.id.as_ref() == Some(id))
         {
             e.pending = entry.pending;
+            // The daemon's newer view of it (edited, deleted, reacted to).
+            if matches!(entry.kind, EntryKind::Text | EntryKind::File) && !entry.pending {
+                e.text = entry.text;
+                e.file = entry.file;
+                e.reply = entry.reply;
+                e.marks = entry.marks;
+            }
             return;
         }
         let at = g
@@ -973,6 +1048,8 @@ impl App {
             text,
             file: None,
             pending: false,
+            reply: None,
+            marks: String::new(),
         };
         let index = group
             .and_then(|g| self.group_index(g))
@@ -985,6 +1062,48 @@ impl App {
                     self.lobby.remove(0);
                 }
             }
+        }
+    }
+
+    /// An `update` notification: typing changes the group's title; a reaction, edit or
+    /// delete reloads the group's recent messages (their entries are updated in place);
+    /// expired messages leave the pane.
+    fn group_update(&mut self, params: Value, out: &mut Vec<Action>) {
+        let group = params["group"].as_str().unwrap_or_default().to_owned();
+        let Some(i) = self.group_index(&group) else {
+            return;
+        };
+        match params["kind"].as_str().unwrap_or_default() {
+            "typing" => {
+                let from = cove::escape(params["from"].as_str().unwrap_or_default());
+                let me = self.me.as_ref().map(|m| cove::escape(&m.user));
+                if let Some(g) = self.groups.get_mut(i)
+                    && Some(&from) != me.as_ref()
+                {
+                    g.typing.retain(|t| *t != from);
+                    if params["active"].as_bool() == Some(true) {
+                        g.typing.push(from);
+                    }
+                }
+            }
+            "reaction" | "edit" | "delete" if self.groups.get(i).is_some_and(|g| g.loaded) => {
+                let params = json!({ "group": group, "limit": HISTORY_LIMIT });
+                self.request(out, "history", params, Purpose::History { group });
+            }
+            "expired" => {
+                let ids: Vec<&str> = params["ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                if let Some(g) = self.groups.get_mut(i) {
+                    g.entries
+                        .retain(|e| !e.id.as_deref().is_some_and(|id| ids.contains(&id)));
+                }
+            }
+            "group_changed" => self.request(out, "groups", json!({}), Purpose::Groups),
+            _ => {}
         }
     }
 
@@ -1002,6 +1121,10 @@ impl App {
                     return;
                 };
                 let id = m.id.clone();
+                if let Some(g) = self.groups.get_mut(i) {
+                    let sender = cove::escape(&m.sender);
+                    g.typing.retain(|t| *t != sender);
+                }
                 let is_new = self
                     .groups
                     .get(i)
@@ -1022,6 +1145,7 @@ impl App {
                     g.unread += 1;
                 }
             }
+            "update" => self.group_update(params, out),
             "membership" => {
                 let Ok(m) = serde_json::from_value::<MembershipNote>(params) else {
                     return;
@@ -1229,6 +1353,8 @@ fn event_entry(now_ms: u64, kind: EntryKind, text: String) -> Entry {
         text,
         file: None,
         pending: false,
+        reply: None,
+        marks: String::new(),
     }
 }
 
@@ -1287,6 +1413,31 @@ struct MessageItem {
     file: Option<FileRef>,
     #[serde(default)]
     pending: bool,
+    #[serde(default)]
+    reply_to: Option<QuoteItem>,
+    #[serde(default)]
+    reactions: Vec<ReactionItem>,
+    #[serde(default)]
+    edited: bool,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    unsupported: bool,
+}
+
+#[derive(Deserialize)]
+struct QuoteItem {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct ReactionItem {
+    emoji: String,
+    #[serde(default)]
+    users: Vec<String>,
 }
 
 impl MessageItem {
@@ -1301,17 +1452,43 @@ impl MessageItem {
         };
         let sender =
             matches!(kind, EntryKind::Text | EntryKind::File).then(|| cove::escape(&self.sender));
+        let reply = self.reply_to.map(|q| {
+            let quote: String = q.text.chars().take(40).collect();
+            match q.from {
+                Some(from) => format!("↪ {}: {}", cove::escape(&from), cove::escape(&quote)),
+                None => format!("↪ {}", cove::escape(&quote)),
+            }
+        });
+        let mut marks = String::new();
+        if self.edited && !self.deleted {
+            marks.push_str(" (edited)");
+        }
+        if !self.reactions.is_empty() {
+            marks.push(' ');
+        }
+        for r in &self.reactions {
+            marks.push_str(&format!(" {} {}", cove::escape(&r.emoji), r.users.len()));
+        }
+        let (text, file) = if self.deleted {
+            ("(deleted)".to_owned(), None)
+        } else if self.unsupported {
+            ("[unsupported message]".to_owned(), None)
+        } else {
+            (cove::escape(&self.text), self.file)
+        };
         Entry {
             id: Some(self.id),
             at_ms: self.sent_at_ms,
             sender,
             kind,
-            text: cove::escape(&self.text),
-            file: self.file.map(|f| FileRef {
+            text,
+            file: file.map(|f| FileRef {
                 name: cove::escape(&f.name),
                 ..f
             }),
             pending: self.pending,
+            reply,
+            marks,
         }
     }
 }

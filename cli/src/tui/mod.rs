@@ -27,6 +27,10 @@ Commands (in the input line):
   /leave               leave this group
   /create NAME [USER...]  create a group
   /verify USER [yes]   show the safety number; yes: verified
+  /reply ID TEXT       reply to message ID (the dim id after each message)
+  /react ID EMOJI      react to message ID (/unreact ID EMOJI takes it back)
+  /edit ID TEXT        change your message ID
+  /delete ID           delete message ID for everyone
   /help  /quit         this help; exit (or Ctrl-C)
 Keys:
   Tab Ctrl-N Alt-Down  next group

@@ -122,6 +122,12 @@ fn render_groups(app: &App, frame: &mut Frame, area: Rect) {
 fn render_pane(app: &App, frame: &mut Frame, area: Rect) {
     let [title, body] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
     let title_text = match app.current() {
+        Some(g) if !g.typing.is_empty() => format!(
+            " {} · {} · {} typing…",
+            g.name,
+            g.members.join(", "),
+            g.typing.join(", ")
+        ),
         Some(g) => format!(" {} · {}", g.name, g.members.join(", ")),
         None => " Cove".to_owned(),
     };
@@ -178,6 +184,12 @@ fn entry_line(e: &Entry, time: &str, me: Option<&str>) -> Line<'static> {
                 style = style.bold();
             }
             spans.push(Span::styled(format!("<{sender}> "), style));
+            if let Some(reply) = &e.reply {
+                spans.push(Span::styled(
+                    format!("[{reply}] "),
+                    Style::new().dark_gray().italic(),
+                ));
+            }
             match &e.file {
                 Some(f) => {
                     let index = f.index.map(|i| format!(" #{i}")).unwrap_or_default();
@@ -188,10 +200,20 @@ fn entry_line(e: &Entry, time: &str, me: Option<&str>) -> Line<'static> {
                 }
                 None => spans.push(Span::raw(e.text.clone())),
             }
+            if !e.marks.is_empty() {
+                spans.push(Span::styled(e.marks.clone(), Style::new().yellow()));
+            }
             if e.pending {
                 spans.push(Span::styled(
                     " (pending)",
                     Style::new().dark_gray().italic(),
+                ));
+            }
+            // The short id that /reply, /react, /edit and /delete take.
+            if let Some(id) = &e.id {
+                spans.push(Span::styled(
+                    format!("  {}", cove::short_id(id)),
+                    Style::new().dark_gray(),
                 ));
             }
         }
@@ -510,6 +532,83 @@ mod tests {
             T0,
             Event::Daemon(DaemonEvent::Notification { method, params }),
         )
+    }
+
+    /// Issue 13 in the pane: short ids, a reply's quote, reactions, `(edited)`,
+    /// `(deleted)`, `[unsupported message]`; who is typing in the title; a reaction update
+    /// reloads the group; `/reply`, `/react`, `/unreact`, `/edit`, `/delete` call the daemon.
+    #[test]
+    fn the_pane_shows_replies_reactions_edits_deletes_and_typing() {
+        let mut app = connected((100, 24));
+        let mut reply = message("abcdef0123456789", FRIENDS, "bob", T0 + 120_000, "yes");
+        reply["reply_to"] = json!({ "id": "m1", "from": "alice", "text": "dinner?" });
+        reply["reactions"] = json!([{ "emoji": "👍", "users": ["alice", "carol"] }]);
+        reply["edited"] = json!(true);
+        notify(&mut app, "message", reply);
+        let mut gone = message("fedcba9876543210", FRIENDS, "bob", T0 + 180_000, "");
+        gone["deleted"] = json!(true);
+        notify(&mut app, "message", gone);
+        let mut new = message("0011223344556677", FRIENDS, "bob", T0 + 240_000, "");
+        new["unsupported"] = json!(true);
+        notify(&mut app, "message", new);
+        let row = row_with(&app, "00:15 <bob> [↪ alice: dinner?] yes (edited)");
+        assert!(row.contains(" 2  abcdef01"), "{row}");
+        assert!(row.contains("👍"), "{row}");
+        assert!(shows(&app, "00:16 <bob> (deleted)  fedcba98"));
+        assert!(shows(&app, "00:17 <bob> [unsupported message]  00112233"));
+
+        let typing = json!({ "group": FRIENDS, "group_name": "friends", "kind": "typing",
+                             "from": "bob", "active": true });
+        notify(&mut app, "update", typing);
+        assert!(screen(&app)[0].contains(" friends · alice, bob · bob typing…"));
+        notify(
+            &mut app,
+            "message",
+            message("m9", FRIENDS, "bob", T0, "there"),
+        );
+        assert!(!screen(&app)[0].contains("typing"));
+
+        let reacted = json!({ "group": FRIENDS, "group_name": "friends", "kind": "reaction",
+                              "by": "carol", "to": "abcdef0123456789", "emoji": "👍",
+                              "removed": false });
+        let actions = notify(&mut app, "update", reacted);
+        assert_eq!(
+            requests(&actions),
+            [("history", json!({ "group": FRIENDS, "limit": 200 }))]
+        );
+
+        for (line, method, params) in [
+            (
+                "/reply abcdef01 see you",
+                "reply",
+                json!({ "group": FRIENDS, "to": "abcdef01", "text": "see you" }),
+            ),
+            (
+                "/react abcdef01 🎉",
+                "react",
+                json!({ "group": FRIENDS, "to": "abcdef01", "emoji": "🎉", "remove": false }),
+            ),
+            (
+                "/unreact abcdef01 🎉",
+                "react",
+                json!({ "group": FRIENDS, "to": "abcdef01", "emoji": "🎉", "remove": true }),
+            ),
+            (
+                "/edit abcdef01 see you at 9",
+                "edit",
+                json!({ "group": FRIENDS, "to": "abcdef01", "text": "see you at 9" }),
+            ),
+            (
+                "/delete abcdef01",
+                "delete",
+                json!({ "group": FRIENDS, "to": "abcdef01" }),
+            ),
+        ] {
+            let actions = enter(&mut app, line);
+            assert_eq!(requests(&actions), [(method, params)], "{line}");
+        }
+        assert_eq!(requests(&enter(&mut app, "/react abcdef01")), []);
+        assert!(shows(&app, "usage: /react ID EMOJI"));
     }
 
     #[test]

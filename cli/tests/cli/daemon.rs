@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use cove_server::{Relay, RelayConfig, StoreKind};
 
-use crate::{cove, fails, init, lines_of, ok, relay};
+use crate::{cove, fails, init, lines_of, ok, plain, relay};
 
 /// Only stops a hung test; nothing waits this long when things work.
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -210,7 +210,10 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
             groups.starts_with("friends  ") && groups.contains("members: alice, bob"),
             "{groups}"
         );
-        assert_eq!(ok(&bob, &["sync"]).trim(), "friends <alice> hello bob");
+        assert_eq!(
+            plain(&ok(&bob, &["sync"])).trim(),
+            "friends <alice> hello bob"
+        );
 
         // The bot answers bob through alice's daemon.
         let mut bot = Command::new("python3")
@@ -232,14 +235,17 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
         assert_eq!(result["pending"], false, "{replied}");
         assert_eq!(result["id"].as_str().unwrap().len(), 32, "{replied}");
         assert!(bot.wait().unwrap().success());
-        assert_eq!(ok(&bob, &["sync"]).trim(), "friends <alice> echo: ping");
+        assert_eq!(
+            plain(&ok(&bob, &["sync"])).trim(),
+            "friends <alice> echo: ping"
+        );
 
         // alice's own history through the daemon, and what it holds unread for her.
         assert_eq!(
-            ok(&alice, &["history", "friends"]).trim(),
+            plain(&ok(&alice, &["history", "friends"])).trim(),
             "friends <alice> hello bob\nfriends <bob> ping\nfriends <alice> echo: ping"
         );
-        assert_eq!(ok(&alice, &["sync"]).trim(), "friends <bob> ping");
+        assert_eq!(plain(&ok(&alice, &["sync"])).trim(), "friends <bob> ping");
         let again = cove(&alice, &["sync"]);
         assert!(again.status.success());
         assert_eq!(String::from_utf8_lossy(&again.stdout), "");
@@ -283,7 +289,7 @@ async fn commands_and_a_python_bot_go_through_the_daemon() {
             "{said}"
         );
         assert!(
-            ok(&bob, &["sync"])
+            plain(&ok(&bob, &["sync"]))
                 .trim()
                 .starts_with("friends <alice> [file] notes.txt (")
         );
@@ -478,7 +484,7 @@ async fn a_message_sent_while_the_relay_is_down_is_delivered_once_after_restarts
         });
         let out = ok(&a, &["send", "friends", "queued"]);
         assert!(out.starts_with("queued for friends"), "{out}");
-        let history = ok(&a, &["history", "friends"]);
+        let history = plain(&ok(&a, &["history", "friends"]));
         assert_eq!(
             history.trim(),
             "friends <alice> before\nfriends <alice> queued (pending)"
@@ -513,8 +519,8 @@ async fn a_message_sent_while_the_relay_is_down_is_delivered_once_after_restarts
             "sent to friends"
         );
         let all = "friends <alice> before\nfriends <alice> queued\nfriends <alice> sentinel";
-        assert_eq!(ok(&bob, &["sync"]).trim(), all);
-        assert_eq!(ok(&alice, &["history", "friends"]).trim(), all);
+        assert_eq!(plain(&ok(&bob, &["sync"])).trim(), all);
+        assert_eq!(plain(&ok(&alice, &["history", "friends"])).trim(), all);
         assert!(daemon.terminate().success());
     })
     .await
@@ -797,7 +803,7 @@ async fn the_daemon_backs_up_history_and_a_login_restores_it() {
             ],
         );
         assert!(out.contains("restored 6 message(s) of history"), "{out}");
-        let past = ok(&laptop, &["--password-file", p, "history", "friends"]);
+        let past = plain(&ok(&laptop, &["--password-file", p, "history", "friends"]));
         let expected: String = texts
             .iter()
             .chain(&after)
@@ -948,6 +954,140 @@ async fn a_default_audio_device_that_fails_to_open_falls_back_with_a_warning() {
             said.contains("connected") && said.contains(&format!("call {} ended", &call[..8])),
             "{said}"
         );
+        assert!(daemon.terminate().success());
+    })
+    .await
+    .unwrap();
+    relay.shutdown().await;
+}
+
+/// Issue 13's methods on the socket and the CLI's commands through the daemon: `reply`,
+/// `react`, `edit`, `delete`, `group_rename`, `group_describe`, `group_admin`, `group_mute`,
+/// `group_disappearing`, `group_info` and `search`, each error with its Cove code
+/// (`NoSuchMessage`, `NotAuthor`, `InvalidArgument`) or invalid params; a subscribed client
+/// gets an `update` notification for another member's reaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_messaging_methods_go_through_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, server, ca) = relay(dir.path()).await;
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    tokio::task::spawn_blocking(move || {
+        init(&alice, &server, &ca, "alice");
+        init(&bob, &server, &ca, "bob");
+        let daemon = Daemon::start(&alice);
+        let mut rpc = Rpc::connect(&daemon.socket);
+        ok(&alice, &["group", "create", "friends"]);
+        ok(&alice, &["group", "add", "friends", "bob"]);
+        ok(&alice, &["send", "friends", "pizza tonight?"]);
+        ok(&bob, &["sync"]);
+        ok(&bob, &["send", "friends", "bob's own words"]);
+        let history = rpc.ok("history", json!({ "group": "friends" }));
+        let id_of = |text: &str| {
+            history
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["text"] == text)
+                .map(|m| m["id"].as_str().unwrap()[..8].to_owned())
+                .unwrap_or_else(|| panic!("no {text:?} in {history}"))
+        };
+        let (mine, bobs) = (id_of("pizza tonight?"), id_of("bob's own words"));
+
+        // The CLI through the daemon.
+        assert_eq!(
+            ok(&alice, &["reply", "friends", &bobs, "sure"]).trim(),
+            "replied in friends"
+        );
+        assert_eq!(
+            ok(&alice, &["edit", "friends", &mine, "pizza at 8?"]).trim(),
+            "edited in friends"
+        );
+        assert_eq!(
+            ok(&alice, &["group", "describe", "friends", "food"]).trim(),
+            "set the description of friends"
+        );
+        assert_eq!(
+            ok(&alice, &["group", "disappearing", "friends", "7d"]).trim(),
+            "set disappearing messages to 7d in friends"
+        );
+        assert_eq!(
+            ok(&alice, &["group", "mute", "friends"]).trim(),
+            "friends is muted"
+        );
+        let info = ok(&alice, &["group", "info", "friends"]);
+        for want in [
+            "description: food",
+            "disappearing messages: 7d",
+            "muted: for ever",
+        ] {
+            assert!(info.contains(want), "{want:?} in {info}");
+        }
+        let history = plain(&ok(&alice, &["history", "friends"]));
+        assert_eq!(
+            history,
+            "friends <alice> pizza at 8? (edited)\nfriends <bob> bob's own words\n\
+             friends <alice> [↪ bob: bob's own words] sure\n"
+        );
+        assert_eq!(
+            plain(&ok(&alice, &["search", "pizza"])),
+            "friends <alice> pizza at 8? (edited)\n"
+        );
+
+        // Bad input, with its code.
+        let code = |v: &Value| v["error"]["data"]["code"].as_str().unwrap_or("").to_owned();
+        let v = rpc.call(
+            "reply",
+            json!({ "group": "friends", "to": "0000ffff", "text": "x" }),
+        );
+        assert_eq!(code(&v), "NoSuchMessage", "{v}");
+        let v = rpc.call(
+            "edit",
+            json!({ "group": "friends", "to": bobs, "text": "x" }),
+        );
+        assert_eq!(code(&v), "NotAuthor", "{v}");
+        let v = rpc.call(
+            "react",
+            json!({ "group": "friends", "to": mine, "emoji": "ok" }),
+        );
+        assert_eq!(code(&v), "InvalidArgument", "{v}");
+        let v = rpc.call("group_mute", json!({ "group": "friends", "until": "soon" }));
+        assert_eq!(code(&v), "InvalidArgument", "{v}");
+        let v = rpc.call("search", json!({ "query": "pizza", "limit": 0 }));
+        assert_eq!(v["error"]["code"], -32602, "{v}");
+        let err = fails(&alice, &["react", "friends", &mine, "ok"]);
+        assert!(
+            err.starts_with("error: invalid argument: \"ok\" is not an emoji"),
+            "{err}"
+        );
+
+        // Another member's reaction comes as an `update`.
+        rpc.ok("subscribe", json!({}));
+        ok(&bob, &["react", "friends", &mine, "🍕"]);
+        let update = loop {
+            let v = rpc.read().expect("a notification");
+            if v["method"] == "update" {
+                break v["params"].clone();
+            }
+        };
+        assert_eq!(update["kind"], "reaction", "{update}");
+        assert_eq!(
+            (update["by"].clone(), update["emoji"].clone()),
+            (json!("bob"), json!("🍕"))
+        );
+        assert!(
+            update["to"].as_str().unwrap().starts_with(&mine),
+            "{update}"
+        );
+        assert_eq!(update["group_name"], "friends");
+        assert_eq!(
+            rpc.ok("group_info", json!({ "group": "friends" }))["description"],
+            "food"
+        );
+        assert_eq!(
+            ok(&alice, &["delete", "friends", &mine]).trim(),
+            "deleted in friends"
+        );
+        assert!(ok(&alice, &["search", "pizza"]).is_empty());
         assert!(daemon.terminate().success());
     })
     .await

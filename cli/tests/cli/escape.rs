@@ -56,6 +56,11 @@ async fn a_hostile_message_prints_escaped_on_one_line_in_sync_history_and_listen
         let mut printed = Vec::new();
         loop {
             let line = next();
+            let line = if line.starts_with("listening") || line.starts_with("-- ") {
+                line
+            } else {
+                crate::strip_stamp(&line).to_owned()
+            };
             if line.starts_with("friends <alice> ") {
                 printed.push(line.clone());
             }
@@ -72,9 +77,9 @@ async fn a_hostile_message_prints_escaped_on_one_line_in_sync_history_and_listen
             "listen, after {seen:?}"
         );
 
-        let sync = ok(&carol, &["sync"]);
+        let sync = crate::plain(&ok(&carol, &["sync"]));
         assert_eq!(sync, format!("{SHOWN}\nfriends <alice> sentinel\n"), "sync");
-        let history = ok(&carol, &["history", "friends"]);
+        let history = crate::plain(&ok(&carol, &["history", "friends"]));
         assert_eq!(
             history,
             format!("{SHOWN}\nfriends <alice> sentinel\n"),

@@ -137,7 +137,7 @@ async fn a_machine_linked_by_code_has_the_groups_the_history_and_new_messages() 
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let synced = String::from_utf8(out.stdout).unwrap();
+        let synced = crate::plain(&String::from_utf8(out.stdout).unwrap());
         assert_eq!(
             synced.lines().collect::<Vec<_>>(),
             [

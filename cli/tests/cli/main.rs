@@ -11,6 +11,7 @@ mod files;
 mod link;
 mod locked;
 mod login;
+mod messaging;
 mod tui;
 
 use std::path::Path;
@@ -56,6 +57,37 @@ fn ok(home: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// `out` with the time and short id that start every message line taken off, after checking
+/// that they are there: `HH:MM` (or `YYYY-MM-DD HH:MM`), then 8 hex digits. Other lines
+/// (`-- ...` events) stay as they are.
+fn plain(out: &str) -> String {
+    out.split_inclusive('\n').map(strip_stamp).collect()
+}
+
+/// One line of [`plain`].
+fn strip_stamp(line: &str) -> &str {
+    if line.starts_with("-- ") || line.trim().is_empty() {
+        return line;
+    }
+    let mut rest = line;
+    let (first, after) = rest.split_once(' ').unwrap_or((rest, ""));
+    if first.len() == 10 && first.as_bytes()[4] == b'-' && first.as_bytes()[7] == b'-' {
+        rest = after;
+    }
+    let (time, after) = rest.split_once(' ').unwrap_or((rest, ""));
+    let t = time.as_bytes();
+    assert!(
+        t.len() == 5 && t[2] == b':' && [0, 1, 3, 4].iter().all(|&i| t[i].is_ascii_digit()),
+        "no time at the start of {line:?}"
+    );
+    let (id, after) = after.split_once(' ').unwrap_or((after, ""));
+    assert!(
+        id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "no short id in {line:?}"
+    );
+    after
 }
 
 /// Runs `cove`, expects a failure, and returns its stderr.
@@ -132,7 +164,7 @@ async fn init_create_add_send_sync_with_json() {
         // A second sync shows nothing new; bob answers; alice sees only bob's message.
         assert_eq!(ok(bob, &["sync", "--json"]), "");
         ok(bob, &["send", "friends", "hi alice"]);
-        let out = ok(alice, &["sync"]);
+        let out = plain(&ok(alice, &["sync"]));
         assert_eq!(out.trim(), "friends <bob> hi alice");
         let groups = ok(bob, &["groups"]);
         assert!(
@@ -259,7 +291,17 @@ fn every_command_has_help_with_an_example() {
         &["group", "remove"],
         &["group", "leave"],
         &["group", "info"],
+        &["group", "rename"],
+        &["group", "describe"],
+        &["group", "admin"],
+        &["group", "mute"],
+        &["group", "disappearing"],
         &["groups"],
+        &["reply"],
+        &["react"],
+        &["edit"],
+        &["delete"],
+        &["search"],
         &["send"],
         &["sync"],
         &["listen"],
@@ -608,7 +650,7 @@ async fn a_member_removed_and_re_added_while_offline_reads_and_sends_again() {
         ok(&alice, &["group", "create", "friends"]);
         ok(&alice, &["group", "add", "friends", "bob"]);
         ok(&alice, &["send", "friends", "first"]);
-        assert_eq!(ok(&bob, &["sync"]).trim(), "friends <alice> first");
+        assert_eq!(plain(&ok(&bob, &["sync"])).trim(), "friends <alice> first");
 
         ok(&alice, &["send", "friends", "before the removal"]);
         ok(&alice, &["group", "remove", "friends", "bob"]);
@@ -618,13 +660,13 @@ async fn a_member_removed_and_re_added_while_offline_reads_and_sends_again() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
         assert_eq!(
-            String::from_utf8(out.stdout).unwrap(),
+            plain(&String::from_utf8(out.stdout).unwrap()),
             "friends <alice> before the removal\nfriends <alice> welcome back\n"
         );
         assert!(!stderr.contains("warning:"), "{stderr}");
         ok(&bob, &["send", "friends", "glad to be back"]);
         assert_eq!(
-            ok(&alice, &["sync"]).trim(),
+            plain(&ok(&alice, &["sync"])).trim(),
             "friends <bob> glad to be back"
         );
         let alice_groups = ok(&alice, &["groups"]);

@@ -129,6 +129,28 @@ async fn on_core(daemon: &Arc<Daemon>, event: Event) {
                 "text": format!("a device key of {user} changed; compare `cove safety-number {user}` with them"),
             }),
         ),
+        event @ (Event::Reacted { .. }
+        | Event::Edited { .. }
+        | Event::Deleted { .. }
+        | Event::ReadUpTo { .. }
+        | Event::Typing { .. }
+        | Event::GroupChanged { .. }
+        | Event::Expired { .. }) => {
+            let group = match &event {
+                Event::Reacted { group, .. }
+                | Event::Edited { group, .. }
+                | Event::Deleted { group, .. }
+                | Event::ReadUpTo { group, .. }
+                | Event::Typing { group, .. }
+                | Event::GroupChanged { group, .. }
+                | Event::Expired { group, .. } => *group,
+                _ => return,
+            };
+            let name = group_name(daemon, group).await;
+            if let Some(view) = crate::views::UpdateView::of(&event, || name) {
+                daemon.notify("update", update_json(&view));
+            }
+        }
         Event::Rejoined { group, unreadable } => {
             let name = group_name(daemon, group).await;
             daemon.notify(
@@ -141,6 +163,23 @@ async fn on_core(daemon: &Arc<Daemon>, event: Event) {
         }
         _ => {}
     }
+}
+
+/// An `update` notification's params (see `API.md`): the view's fields, with the group's
+/// id as `group` and its name as `group_name` (as in `message`), the kind as `kind`, and
+/// the view's line as `text`.
+pub(super) fn update_json(view: &crate::views::UpdateView) -> Value {
+    let mut v = serde_json::to_value(view).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        let name = o.remove("group").unwrap_or_default();
+        let id = o.remove("group_id").unwrap_or_default();
+        let kind = o.remove("event").unwrap_or_default();
+        o.insert("group".into(), id);
+        o.insert("group_name".into(), name);
+        o.insert("kind".into(), kind);
+        o.insert("text".into(), view.line().into());
+    }
+    v
 }
 
 fn names(users: &[UserName]) -> Vec<String> {
@@ -194,6 +233,11 @@ pub(super) fn message_json(m: &ChatMessage, file_index: Option<usize>, pending: 
         "kind": if m.attachment.is_some() { "file" } else { "text" },
         "text": view.text,
         "pending": pending,
+        "reply_to": view.reply_to,
+        "reactions": view.reactions,
+        "edited": view.edited,
+        "deleted": view.deleted,
+        "unsupported": view.unsupported,
     });
     if let Some(a) = &view.attachment {
         v["file"] = json!({

@@ -71,10 +71,13 @@ pub(super) async fn dispatch(
         "calls" => Ok(daemon.calls.list()),
         "backup" => super::backup::backup_method(daemon).await,
         "restore_history" => super::backup::restore_method(daemon).await,
-        _ => Err(RpcError::new(
-            rpc::METHOD_NOT_FOUND,
-            format!("method not found: {}", crate::escape(method)),
-        )),
+        _ => match super::chat::dispatch(daemon, method, params).await {
+            Some(result) => result,
+            None => Err(RpcError::new(
+                rpc::METHOD_NOT_FOUND,
+                format!("method not found: {}", crate::escape(method)),
+            )),
+        },
     }
 }
 
@@ -85,6 +88,9 @@ pub(super) fn device_error(e: DeviceError) -> RpcError {
         DeviceError::Query(QueryError::UnknownGroup(_)) => "NoSuchGroup",
         DeviceError::Query(QueryError::AmbiguousGroup(_)) => "AmbiguousGroup",
         DeviceError::Query(QueryError::UnknownUser(_)) => "UnknownUser",
+        DeviceError::Query(QueryError::UnknownMessage(_)) => "NoSuchMessage",
+        DeviceError::Query(QueryError::AmbiguousMessage(_)) => "AmbiguousMessage",
+        DeviceError::InvalidArgument(_) => "InvalidArgument",
         DeviceError::Session(SessionError::Timeout { .. }) => "Timeout",
         DeviceError::Session(SessionError::Stopped(_)) => "Stopped",
         DeviceError::Session(SessionError::Op(OpError::Relay(reply))) => {
@@ -109,6 +115,9 @@ fn command_kind(e: &CommandError) -> &'static str {
         CommandError::TooLarge(..) => "TooLarge",
         CommandError::Invalid(_) | CommandError::Content(_) => "InvalidArgument",
         CommandError::NotRegistered => "NotRegistered",
+        CommandError::UnknownMessage(_) => "NoSuchMessage",
+        CommandError::NotAuthor => "NotAuthor",
+        CommandError::NotAdmin(_) => "NotAdmin",
         _ => "Failed",
     }
 }
@@ -127,7 +136,7 @@ fn store_error(e: StoreError) -> RpcError {
     device_error(DeviceError::Store(e))
 }
 
-fn session_error(e: SessionError) -> RpcError {
+pub(super) fn session_error(e: SessionError) -> RpcError {
     device_error(DeviceError::Session(e))
 }
 
@@ -155,26 +164,20 @@ async fn status(daemon: &Daemon) -> Result<Value, RpcError> {
     }))
 }
 
-/// The last shown position of every group (`cove sync`'s marks) and the messages of others
-/// after it.
+/// The groups this device is a member of, with the core's unread counts (what
+/// [`mark_read`] resets) and mute state.
 async fn groups(daemon: &Daemon) -> Result<Value, RpcError> {
     let list = daemon
         .session
         .call(|c| -> Result<Vec<Value>, DeviceError> {
-            let me = c.device();
             let mut out = Vec::new();
             for g in c.groups().into_iter().filter(|g| g.active) {
-                let mark = shown_mark(c.store(), &g.id.to_hex())?;
-                let unread = c
-                    .history_after(&g.id, Seq(mark))?
-                    .iter()
-                    .filter(|m| Some(m.from_device) != me)
-                    .count();
                 out.push(json!({
                     "group": g.id.to_hex(),
                     "name": g.name,
                     "members": g.members.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
-                    "unread": unread,
+                    "unread": g.unread,
+                    "muted_until_ms": g.muted_until_ms,
                     "epoch": g.epoch,
                 }));
             }
@@ -506,7 +509,9 @@ enum FileRef {
     Id(String),
 }
 
-/// Marks a group's messages read up to `up_to` (a message id), or all of them.
+/// Marks a group's messages read up to `up_to` (a message id), or all of them: the
+/// daemon's shown mark (what `unread` lists) and, when that reaches the group's newest
+/// message, the core's read state (unread count, read receipt).
 async fn mark_read(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
     let group = str_param(params, "group")?.to_owned();
     let up_to = opt_str_param(params, "up_to")?.map(str::to_ascii_lowercase);
@@ -533,6 +538,10 @@ async fn mark_read(daemon: &Daemon, params: &Value) -> Result<Value, RpcError> {
                 c.store()
                     .set_config(&format!("{PRINTED_KEY}{hex}"), &seq.to_string())
                     .map_err(store_error)?;
+            }
+            if history.last().is_none_or(|m| m.seq.0 <= seq) {
+                c.mark_read(session::now_ms(), &group)
+                    .map_err(|e| device_error(e.into()))?;
             }
             Ok(())
         })

@@ -11,6 +11,7 @@
 //! - `server`: the lock, the socket, connections, fan-out, stopping.
 //! - `rpc`: JSON-RPC framing and error objects.
 //! - `methods`: the methods.
+//! - `chat`: issue 13's methods (replies, reactions, edits, deletes, group settings, search).
 //! - `events`: session events to notifications.
 //! - `backup`: the history backup (its own replies, batches, the timer, at shutdown).
 //! - `calls`: calls through the daemon (ringing every client, answer/decline from any).
@@ -18,6 +19,7 @@
 
 mod backup;
 mod calls;
+mod chat;
 pub mod client;
 mod events;
 mod methods;

@@ -62,6 +62,9 @@ pub enum DeviceError {
     /// by another identity key than the account's).
     #[error(transparent)]
     OwnIdentity(#[from] cove_core::error::OwnIdentityError),
+    /// A bad argument caught before the core (e.g. a reaction that is not an emoji).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// The core could not record the relay's answer (storage).
     #[error(transparent)]
     Handle(#[from] cove_core::HandleError),

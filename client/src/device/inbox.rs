@@ -2,7 +2,7 @@
 
 use cove_core::{ChatMessage, IdentityEvent};
 
-use crate::views::{IdentityView, MessageView};
+use crate::views::{IdentityView, MessageView, QuoteView, ReactionView, UpdateView};
 
 /// Store config key prefix for the last printed log position per group (see
 /// [`Device::next_message`](super::Device::next_message)).
@@ -21,6 +21,9 @@ pub enum Incoming {
     /// Something went wrong that the user must hear about (an entry skipped, a device not
     /// in the directory, ...): the core's [`Event::Warning`](cove_core::Event::Warning), as one line of text.
     Warning(String),
+    /// A reaction, edit, delete, read receipt, typing, a group's settings changed, messages
+    /// disappeared (issue 13).
+    Update(UpdateView),
 }
 
 /// The view of a core message.
@@ -31,8 +34,8 @@ pub fn message_view(m: &ChatMessage) -> MessageView {
         from: m.from.to_string(),
         device: m.from_device.0,
         text: match &m.attachment {
-            Some(p) => crate::views::file_line(p),
-            None => m.text.clone(),
+            Some(p) if !m.deleted => crate::views::file_line(p),
+            _ => m.text.clone(),
         },
         id: m.id.to_hex(),
         sent_at: m.sent_at_ms,
@@ -41,6 +44,22 @@ pub fn message_view(m: &ChatMessage) -> MessageView {
             .attachment
             .as_ref()
             .map(crate::transfer::AttachmentView::from),
+        reply_to: m.reply_to.as_ref().map(|q| QuoteView {
+            id: q.id.to_hex(),
+            from: q.from.as_ref().map(|u| u.to_string()),
+            text: q.text.clone(),
+        }),
+        reactions: m
+            .reactions
+            .iter()
+            .map(|r| ReactionView {
+                emoji: r.emoji.clone(),
+                users: r.users.iter().map(|u| u.to_string()).collect(),
+            })
+            .collect(),
+        edited: !m.edits.is_empty(),
+        deleted: m.deleted,
+        unsupported: m.unsupported.is_some(),
     }
 }
 

@@ -8,7 +8,7 @@ use super::error::DeviceError;
 use super::handle::Device;
 use super::inbox::{Incoming, PRINTED_KEY, identity_view, message_view};
 use crate::session::{self, LinkState, SessionError, SessionEvent};
-use crate::views::{IdentityView, MessageView};
+use crate::views::{IdentityView, MessageView, UpdateView};
 
 /// What became of a message handed to [`Device::send_text`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,14 +66,18 @@ impl Device {
             .into_iter()
             .filter_map(|i| match i {
                 Incoming::Message(m) => Some(m),
-                Incoming::Notice(_) | Incoming::Warning(_) | Incoming::Identity(_) => None,
+                Incoming::Notice(_)
+                | Incoming::Warning(_)
+                | Incoming::Identity(_)
+                | Incoming::Update(_) => None,
             })
             .collect())
     }
 
     /// Like [`Device::sync`], and also returns every warning and identity event the core
     /// raised meanwhile (as [`Incoming::Warning`] and [`Incoming::Identity`], before the
-    /// messages); other notices are left out.
+    /// messages) and the reactions, edits, deletes, receipts, settings changes and expiries
+    /// (as [`Incoming::Update`], after them; typing is left out); other notices are left out.
     pub async fn sync_incoming(&mut self) -> Result<Vec<Incoming>, DeviceError> {
         self.settle().await?;
         // Everything the core said while catching up is in the channel by now (the session
@@ -84,6 +88,7 @@ impl Device {
             events.push(event);
         }
         let mut warnings = Vec::new();
+        let mut updates = Vec::new();
         for event in events {
             match event {
                 SessionEvent::Core(Event::Warning(warning)) => {
@@ -91,6 +96,13 @@ impl Device {
                 }
                 SessionEvent::Core(Event::Identity(event)) => {
                     warnings.push(Incoming::Identity(self.identity_view(&event).await));
+                }
+                // Typing is live only: a sync shows what happened, not who was typing.
+                SessionEvent::Core(Event::Typing { .. }) => {}
+                SessionEvent::Core(event) => {
+                    if let Some(view) = self.update_view(&event).await {
+                        updates.push(Incoming::Update(view));
+                    }
                 }
                 _ => {}
             }
@@ -101,10 +113,12 @@ impl Device {
             match i {
                 Incoming::Message(_) => messages.push(i),
                 Incoming::Warning(_) | Incoming::Identity(_) => warnings.push(i),
+                Incoming::Update(_) => updates.push(i),
                 Incoming::Notice(_) => {}
             }
         }
         warnings.extend(messages);
+        warnings.extend(updates);
         Ok(warnings)
     }
 
@@ -209,6 +223,20 @@ impl Device {
                     self.unprinted.push_back(Incoming::Identity(view));
                     None
                 }
+                SessionEvent::Core(
+                    event @ (Event::Reacted { .. }
+                    | Event::Edited { .. }
+                    | Event::Deleted { .. }
+                    | Event::ReadUpTo { .. }
+                    | Event::Typing { .. }
+                    | Event::GroupChanged { .. }
+                    | Event::Expired { .. }),
+                ) => {
+                    if let Some(view) = self.update_view(&event).await {
+                        self.unprinted.push_back(Incoming::Update(view));
+                    }
+                    None
+                }
                 SessionEvent::Core(Event::KeyChanged { user, .. }) => Some(format!(
                     "WARNING: a device key of {user} changed; compare `cove safety-number {user}` with them"
                 )),
@@ -242,6 +270,23 @@ impl Device {
             _ => String::new(),
         };
         identity_view(event, || name)
+    }
+
+    /// The view of a reaction, edit, delete, receipt, typing, settings change or expiry
+    /// (`None` for other events).
+    async fn update_view(&self, event: &Event) -> Option<UpdateView> {
+        let group = match event {
+            Event::Reacted { group, .. }
+            | Event::Edited { group, .. }
+            | Event::Deleted { group, .. }
+            | Event::ReadUpTo { group, .. }
+            | Event::Typing { group, .. }
+            | Event::GroupChanged { group, .. }
+            | Event::Expired { group, .. } => *group,
+            _ => return None,
+        };
+        let name = self.group_name(group).await;
+        UpdateView::of(event, || name)
     }
 
     /// The group's name, or its id (hex) when it has none here (a group whose Welcome was

@@ -15,12 +15,14 @@
 //! - `login`: a new device of a user, by the user's password (`cove login`).
 //! - `queries`: groups, history, safety numbers, epochs.
 //! - `groups`: group commands (create, add, remove, leave).
+//! - `chat`: replies, reactions, edits, deletes, group settings, admins, muting, search.
 //! - `attachments`: the glue for [`crate::transfer`].
 //! - `account`: registering the user's password account ([`crate::account`]).
 
 mod account;
 mod admins;
 mod attachments;
+mod chat;
 mod close;
 mod error;
 mod groups;

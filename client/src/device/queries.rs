@@ -122,6 +122,11 @@ impl Device {
                     epoch,
                     epoch_authenticator: hex::encode(auth),
                     members,
+                    description: info.description,
+                    admins: info.admins.iter().map(|u| u.to_string()).collect(),
+                    disappearing_secs: info.disappearing_secs,
+                    unread: info.unread,
+                    muted_until_ms: info.muted_until_ms,
                 }))
             })
             .await??;
@@ -135,5 +140,7 @@ fn group_view(g: GroupInfo) -> GroupView {
         id: g.id.to_hex(),
         epoch: g.epoch,
         members: g.members.iter().map(|u| u.to_string()).collect(),
+        unread: g.unread,
+        muted_until_ms: g.muted_until_ms,
     }
 }
