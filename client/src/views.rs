@@ -169,11 +169,10 @@ pub fn format_duration(secs: u32) -> String {
 /// [`MAX_EMOJI_BYTES`](cove_core::content::MAX_EMOJI_BYTES) bytes, no control characters,
 /// whitespace, letters or digits (a word such as `thumbsup` is refused, not sent as text).
 pub fn valid_emoji(emoji: &str) -> bool {
-    !emoji.is_empty()
-        && emoji.len() <= cove_core::content::MAX_EMOJI_BYTES
-        && !emoji.chars().any(|c| {
-            c.is_control() || c.is_whitespace() || c.is_ascii_alphanumeric() || needs_escape(c)
-        })
+    cove_core::content::valid_emoji(emoji)
+        && !emoji
+            .chars()
+            .any(|c| c.is_ascii_alphanumeric() || needs_escape(c))
 }
 
 /// Makes text another user wrote safe to print on a terminal, on one line: control

@@ -10,6 +10,7 @@ impl Device {
     /// Makes `user` an admin of `group` (admins only).
     pub async fn promote(&self, group: &str, user: &UserName) -> Result<(), DeviceError> {
         self.reachable().await?;
+        self.caught_up_for_sending().await;
         let (group, user) = (group.to_owned(), user.clone());
         self.session
             .op(self.timeout, move |c| {
@@ -22,6 +23,7 @@ impl Device {
     /// Takes admin away from `user` in `group` (admins only; never the last admin).
     pub async fn demote(&self, group: &str, user: &UserName) -> Result<(), DeviceError> {
         self.reachable().await?;
+        self.caught_up_for_sending().await;
         let (group, user) = (group.to_owned(), user.clone());
         self.session
             .op(self.timeout, move |c| {

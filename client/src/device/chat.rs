@@ -116,19 +116,11 @@ impl Device {
         user: &UserName,
         remove: bool,
     ) -> Result<(), DeviceError> {
-        self.reachable().await?;
-        self.caught_up_for_sending().await;
-        let (group, user) = (group.to_owned(), user.clone());
-        self.session
-            .op(self.timeout, move |c| {
-                if remove {
-                    c.demote(session::now_ms(), &group, &user)
-                } else {
-                    c.promote(session::now_ms(), &group, &user)
-                }
-            })
-            .await??;
-        Ok(())
+        if remove {
+            self.demote(group, user).await
+        } else {
+            self.promote(group, user).await
+        }
     }
 
     /// Sets the group's disappearing-messages timer (`None`: off).
