@@ -38,9 +38,9 @@ take), with `[↪ alice: quote]` before a reply, `(edited)`, `(deleted)`,
 `[unsupported message]` and reactions (`👍 2`). With --json one object per line:
   {\"group\":\"friends\",\"from\":\"alice\",\"text\":\"hi\",\"id\":\"..\",\"sent_at\":1700000000000}
 (plus `reply_to`, `reactions`, `edited`, `deleted`, `unsupported` when they apply).
-Reactions, edits, deletes, read receipts, group changes and expired messages print as `-- ...`
-lines, or with --json as {\"event\":\"reaction\",...} lines (kinds: reaction, edit, delete,
-read, group_changed, expired; see API.md).
+Reactions, edits, deletes, group changes and expired messages print as `-- ...` lines, or
+with --json as {\"event\":\"reaction\",...} lines (kinds: reaction, edit, delete,
+group_changed, expired; see API.md). Read receipts and typing show only in `cove listen`.
 Warnings (an entry that could not be read, a member's device their signed list does not name,
 ...) go to stderr as `warning: ...`, or with --json as {\"warning\":\"...\"} lines. Identity
 events (a contact added or revoked a device, changed identity key, a refused member) and a
@@ -63,8 +63,8 @@ Examples:
 
 Stays connected (reconnecting when the relay goes away) until Ctrl-C. Prints messages,
 identity events (`-- ...` lines, or with --json {\"identity\":\"identity_changed\",...}) and
-reactions, edits, deletes, receipts, group changes and expiries as in `cove sync`, and who is
-typing (`-- friends: bob is typing…`, or {\"event\":\"typing\",...}); other notices go to
+reactions, edits, deletes, group changes and expiries as in `cove sync`, read receipts
+(`-- friends: bob read up to ID`, {\"event\":\"read\",...}) and who is typing (`-- friends: bob is typing…`, or {\"event\":\"typing\",...}); other notices go to
 stderr as `-- ...`.")]
 pub struct ListenArgs {
     /// One JSON object per line (group, group_id, from, device, text, id, sent_at).

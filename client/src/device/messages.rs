@@ -97,8 +97,10 @@ impl Device {
                 SessionEvent::Core(Event::Identity(event)) => {
                     warnings.push(Incoming::Identity(self.identity_view(&event).await));
                 }
-                // Typing is live only: a sync shows what happened, not who was typing.
-                SessionEvent::Core(Event::Typing { .. }) => {}
+                // Typing and read receipts are live only (`listen`): a sync shows what was
+                // said and done, not who was typing or reading (a message's readers are in
+                // `history --json`, its `read_by`).
+                SessionEvent::Core(Event::Typing { .. } | Event::ReadUpTo { .. }) => {}
                 SessionEvent::Core(event) => {
                     if let Some(view) = self.update_view(&event).await {
                         updates.push(Incoming::Update(view));
