@@ -11,6 +11,7 @@ mod call;
 mod chat;
 mod devices;
 mod files;
+mod messaging;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -36,7 +37,8 @@ Starts a relay on 127.0.0.1 (a free port, a temporary data directory, a self-sig
 certificate) and three users with their own homes; they chat over TLS, bob goes offline and
 catches up, carol logs in on a new laptop with her password and gets her history back from
 the encrypted backup, carol is removed, bob links a laptop by a code and revokes it, alice calls
-bob. Everything is deleted at the end.")]
+bob. On the way they reply, react, edit, delete a message for everyone and let one
+disappear. Everything is deleted at the end.")]
 pub struct DemoArgs {
     /// Keep the temporary directory (relay data and the three homes) and print its path.
     #[arg(long)]
@@ -64,6 +66,14 @@ pub const STEPS: &[Step] = &[
         chat::create_group,
     ),
     ("everyone chats", chat::chat),
+    (
+        "a reply, a reaction, an edit and a delete for everyone",
+        messaging::react_edit_delete,
+    ),
+    (
+        "alice turns on disappearing messages; one disappears everywhere",
+        messaging::disappearing,
+    ),
     (
         "bob goes offline; alice and carol keep talking",
         chat::bob_offline,
@@ -297,6 +307,16 @@ fn show(user: &str, me: Option<cove::DeviceId>, event: &Event, seen: &mut Vec<Ch
             }
         }
         Event::RemovedFromGroup { .. } => println!("[{user}] was removed from the group"),
+        Event::Reacted { .. }
+        | Event::Edited { .. }
+        | Event::Deleted { .. }
+        | Event::GroupChanged { .. }
+        | Event::Expired { .. } => {
+            // Every group of the demo is "friends".
+            if let Some(view) = cove::UpdateView::of(event, || "friends".into()) {
+                println!("[{user}] -- {}", view.line());
+            }
+        }
         Event::KeyChanged { user: who, .. } => {
             println!(
                 "[{user}] WARNING: the key of {} changed",
