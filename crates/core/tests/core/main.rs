@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod acks;
 mod backup;
 mod fuzz_corpus;
 mod link_history;
