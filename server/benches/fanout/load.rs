@@ -245,7 +245,16 @@ pub enum AckMode {
     /// unsettled quiet ones), inbox acks as `Ack`. The core's 100 ms timer is left out: here
     /// every burst ends.
     Burst,
+    /// An experiment (not what `cove-core` does): as [`AckMode::Burst`], but a burst that
+    /// leaves fewer than [`THRESHOLD`] entries unacked waits for more or for
+    /// [`ACK_DELAY`] (100 ms, `cove-core`'s timer).
+    BurstOrTimer,
 }
+
+/// [`AckMode::BurstOrTimer`]: entries that are acked at the end of their burst.
+const THRESHOLD: u64 = 64;
+/// [`AckMode::BurstOrTimer`]: the longest an ack waits.
+const ACK_DELAY: Duration = Duration::from_millis(100);
 
 /// Most frames one burst reads (as `cove`'s session does).
 const BURST_FRAMES: usize = 256;
@@ -262,8 +271,24 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
         let mut group_acks = 0u64;
         // Burst mode: the highest seq per stream seen in this burst.
         let mut burst: Vec<(WireStream, cove_wire::Seq)> = Vec::new();
-        'read: while let Some(Ok(msg)) = ws.next().await {
-            let mut next = Some(msg);
+        // Threshold mode: entries in `burst` not acked yet, and when they are due.
+        let mut held = 0u64;
+        let mut due: Option<tokio::time::Instant> = None;
+        'read: loop {
+            // `None`: the timer fired (what was held goes out now).
+            let first = match due {
+                None => match ws.next().await {
+                    Some(Ok(msg)) => Some(msg),
+                    _ => break,
+                },
+                Some(at) => match tokio::time::timeout_at(at, ws.next()).await {
+                    Ok(Some(Ok(msg))) => Some(msg),
+                    Ok(_) => break,
+                    Err(_) => None,
+                },
+            };
+            let fired = first.is_none();
+            let mut next = first;
             let mut frames = 0;
             let mut to_send: Vec<(WireStream, cove_wire::Seq)> = Vec::new();
             while let Some(msg) = next.take() {
@@ -292,7 +317,8 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
                     };
                     match (acks, seen) {
                         (_, None) => {}
-                        (AckMode::Burst, Some((stream, seq))) => {
+                        (AckMode::Burst | AckMode::BurstOrTimer, Some((stream, seq))) => {
+                            held += 1;
                             match burst.iter_mut().find(|(s, _)| *s == stream) {
                                 Some((_, at)) => *at = (*at).max(seq),
                                 None => burst.push((stream, seq)),
@@ -311,7 +337,7 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
                         }
                     }
                 }
-                if acks == AckMode::Burst && frames < BURST_FRAMES {
+                if matches!(acks, AckMode::Burst | AckMode::BurstOrTimer) && frames < BURST_FRAMES {
                     // What the socket has ready now, without waiting.
                     match ws.next().now_or_never() {
                         None => {}
@@ -320,7 +346,14 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
                     }
                 }
             }
-            to_send.append(&mut burst);
+            if acks == AckMode::BurstOrTimer && held > 0 && held < THRESHOLD && !fired {
+                // A small burst waits for more, or for the timer.
+                due.get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
+            } else {
+                held = 0;
+                due = None;
+                to_send.append(&mut burst);
+            }
             if to_send.is_empty() {
                 continue;
             }

@@ -24,7 +24,8 @@
 //! `FANOUT_WINDOW` (default 64 at N >= 1000, 64,000 ÷ N below), `FANOUT_LOAD` (default 0.1), `FANOUT_ACK` (`burst`, the default: one cumulative ack per stream per read burst,
 //! group acks as `QuietAck`s, as `cove-core` acks; `answered`: an `Ack` answered with `Acked`
 //! every `FANOUT_ACK_EVERY` group entries, as `cove-core` acked before; `quiet`: the same as
-//! `QuietAck`s), `FANOUT_ACK_EVERY` (default 64; 0 = receivers never ack, a diagnostic),
+//! `QuietAck`s; `burst-timer`: an experiment, bursts of fewer than 64 entries wait for the
+//! 100 ms timer), `FANOUT_ACK_EVERY` (default 64; 0 = receivers never ack, a diagnostic),
 //! `FANOUT_REPS` (default 1), `FANOUT_SERVERS` (`bare,relay`), `FANOUT_STORE` (`sqlite` or
 //! `memory`), `FANOUT_PIN` (`1`; `0` leaves scheduling to the OS).
 
@@ -143,6 +144,7 @@ fn ack_mode(mode: &str, every: u64) -> Result<load::AckMode> {
     Ok(match (mode, every) {
         (_, 0) => load::AckMode::Never,
         ("burst", _) => load::AckMode::Burst,
+        ("burst-timer", _) => load::AckMode::BurstOrTimer,
         ("answered", n) => load::AckMode::Every { n, quiet: false },
         ("quiet", n) => load::AckMode::Every { n, quiet: true },
         (other, _) => {

@@ -129,7 +129,9 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
     }
     let quiet = matches!(
         cfg.acks,
-        load::AckMode::Burst | load::AckMode::Every { quiet: true, .. }
+        load::AckMode::Burst
+            | load::AckMode::BurstOrTimer
+            | load::AckMode::Every { quiet: true, .. }
     );
     let sender = load::relay_sender(sender, group, epoch, quiet);
     Ok(RelayTarget {
