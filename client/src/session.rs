@@ -5,7 +5,8 @@
 //!     connect (TLS + WebSocket) ─ fail → back off (commands still run) → retry
 //!     client.handle_connected(now, tls_channel_binding)
 //!     select {
-//!         frame from socket → client.handle_frame(now, frame)
+//!         frame from socket → client.handle_frame(now, frame), and the frames already
+//!             waiting behind it; then client.flush_acks() (the burst's acks)
 //!         command from a [`Session`] handle → run it against &mut client
 //!         client.poll_timeout() reached → client.handle_timeout(now)
 //!     }
@@ -27,7 +28,8 @@ use tracing::{debug, warn};
 
 use cove_core::{Client, Event, HandleError, OpError, OpId, Output};
 use cove_store::Store;
-use cove_wire::{ClientFrame, RequestId, ServerFrame};
+use cove_wire::{ClientFrame, Request, RequestId, ServerFrame};
+use futures_util::FutureExt as _;
 
 use crate::transport::{Connection, TransportError};
 
@@ -35,6 +37,9 @@ use crate::transport::{Connection, TransportError};
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Most frames handled in one burst before the core is told it ended (and acks it).
+const MAX_BURST_FRAMES: usize = 256;
 
 /// Milliseconds since the Unix epoch: the shell's clock for the core.
 pub fn now_ms() -> u64 {
@@ -488,7 +493,8 @@ impl<S: Store + 'static> Pump<S> {
             if let Err(e) = self.drain(&mut conn).await {
                 break Ended::Lost(e.to_string());
             }
-            // The core's next deadline (resending refused posts), on the tokio clock.
+            // The core's next deadline (acks not sent yet, resending refused posts), on the
+            // tokio clock.
             let deadline = self.client.poll_timeout().map(|at| {
                 let wait = Duration::from_millis(at.saturating_sub(now_ms()));
                 tokio::time::Instant::now() + wait
@@ -502,22 +508,12 @@ impl<S: Store + 'static> Pump<S> {
                 }
                 frame = conn.recv() => match frame {
                     Ok(Some(frame)) => {
-                        if let ServerFrame::Response { id, .. } = &frame {
-                            self.in_flight.remove(id);
+                        if let Some(ended) = self.on_frame(frame) {
+                            break ended;
                         }
-                        if let Err(e) = self.client.handle_frame(now_ms(), frame) {
-                            match e {
-                                HandleError::Closing(code) => {
-                                    break Ended::Lost(format!("the relay closed the connection ({code:?})"));
-                                }
-                                refused @ HandleError::AuthRefused(_) => {
-                                    break Ended::Fatal(refused.to_string());
-                                }
-                                other => {
-                                    warn!(error = %other, "frame not processed; reconnecting");
-                                    break Ended::Lost(other.to_string());
-                                }
-                            }
+                        // The rest of what the connection has ready, then the burst's acks.
+                        if let Some(ended) = self.rest_of_burst(&mut conn) {
+                            break ended;
                         }
                     }
                     Ok(None) => break Ended::Lost("the relay closed the connection".into()),
@@ -526,7 +522,9 @@ impl<S: Store + 'static> Pump<S> {
                 cmd = self.commands.recv() => match cmd {
                     None => break Ended::Orphaned,
                     Some(Command::Stop(reply)) => {
-                        // Flush what the last commands queued before closing.
+                        // Flush what the last commands queued, and the acks of what was
+                        // processed, before closing.
+                        self.client.flush_acks();
                         let _ = self.drain(&mut conn).await;
                         break Ended::Stop(reply);
                     }
@@ -539,6 +537,47 @@ impl<S: Store + 'static> Pump<S> {
         self.drain_offline();
         conn.close().await;
         ended
+    }
+
+    /// Hands one frame to the core; what ends the connection, if it does.
+    fn on_frame(&mut self, frame: ServerFrame) -> Option<Ended<S>> {
+        if let ServerFrame::Response { id, .. } = &frame {
+            self.in_flight.remove(id);
+        }
+        match self.client.handle_frame(now_ms(), frame) {
+            Ok(()) => None,
+            Err(HandleError::Closing(code)) => Some(Ended::Lost(format!(
+                "the relay closed the connection ({code:?})"
+            ))),
+            Err(refused @ HandleError::AuthRefused(_)) => Some(Ended::Fatal(refused.to_string())),
+            Err(other) => {
+                warn!(error = %other, "frame not processed; reconnecting");
+                Some(Ended::Lost(other.to_string()))
+            }
+        }
+    }
+
+    /// Handles the frames the connection has ready now (at most [`MAX_BURST_FRAMES`]),
+    /// without waiting, then tells the core the burst ended so that it acks it (one ack
+    /// per stream instead of one per entry).
+    fn rest_of_burst(&mut self, conn: &mut Connection) -> Option<Ended<S>> {
+        for _ in 0..MAX_BURST_FRAMES {
+            // `recv` is cancel-safe: a frame not ready now is read by the next call.
+            match conn.recv().now_or_never() {
+                None => break,
+                Some(Ok(Some(frame))) => {
+                    if let Some(ended) = self.on_frame(frame) {
+                        return Some(ended);
+                    }
+                }
+                Some(Ok(None)) => {
+                    return Some(Ended::Lost("the relay closed the connection".into()));
+                }
+                Some(Err(e)) => return Some(Ended::Lost(e.to_string())),
+            }
+        }
+        self.client.flush_acks();
+        None
     }
 
     /// Drains the core's outputs onto the connection.
@@ -591,8 +630,6 @@ impl<S: Store + 'static> Pump<S> {
     }
 }
 
-/// The id of a request frame (every client frame today; future kinds may have none).
-#[allow(irrefutable_let_patterns, unreachable_patterns)]
 /// Sleeps until `deadline`, or forever when there is none.
 async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -601,7 +638,14 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// The id of a request frame whose answer the session waits for (not a `QuietAck`: the
+/// relay answers it only if it refuses it).
 fn request_id(frame: &ClientFrame) -> Option<RequestId> {
-    let ClientFrame::Request { id, .. } = frame;
-    Some(*id)
+    match frame {
+        ClientFrame::Request {
+            body: Request::QuietAck { .. },
+            ..
+        } => None,
+        ClientFrame::Request { id, .. } => Some(*id),
+    }
 }

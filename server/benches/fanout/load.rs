@@ -1,7 +1,8 @@
 //! The load generator: N receiving connections and one sending connection, all over
 //! loopback TLS, on the load runtime. It speaks either the bare broadcast protocol or Cove's
 //! wire protocol (as a real device would: challenge-response registration, `Post`s of
-//! opaque application payloads, cumulative `Ack`s every `ack_every` entries).
+//! opaque application payloads, cumulative acks as [`AckMode`] says: by default per read
+//! burst, as `cove-core` acks).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use cove_wire::{
 };
 use ed25519_dalek::{Signer, SigningKey};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt as _, SinkExt, StreamExt};
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -225,52 +226,162 @@ pub async fn relay_devices(
         .collect()
 }
 
+/// How the receiving devices acknowledge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    /// Never (group entries; inbox entries are acked): a diagnostic.
+    Never,
+    /// Cumulatively every `n` group entries, with `QuietAck` if `quiet`, else with `Ack`
+    /// (answered; what `cove-core` did before it acked per burst).
+    Every {
+        /// Group entries per ack.
+        n: u64,
+        /// `QuietAck` instead of `Ack`.
+        quiet: bool,
+    },
+    /// As `cove-core` does: after a frame, the frames already waiting behind it (up to
+    /// [`BURST_FRAMES`]) are read too, then one cumulative ack per stream goes out, group
+    /// acks as `QuietAck` except every [`ANSWERED_EVERY`]th (the core answers one after 64
+    /// unsettled quiet ones), inbox acks as `Ack`. The core's 100 ms timer is left out: here
+    /// every burst ends.
+    Burst,
+    /// An experiment (not what `cove-core` does): as [`AckMode::Burst`], but a burst that
+    /// leaves fewer than [`THRESHOLD`] entries unacked waits for more or for
+    /// [`ACK_DELAY`] (100 ms, `cove-core`'s timer).
+    BurstOrTimer,
+}
+
+/// [`AckMode::BurstOrTimer`]: entries that are acked at the end of their burst.
+const THRESHOLD: u64 = 64;
+/// [`AckMode::BurstOrTimer`]: the longest an ack waits.
+const ACK_DELAY: Duration = Duration::from_millis(100);
+
+/// Most frames one burst reads (as `cove`'s session does).
+const BURST_FRAMES: usize = 256;
+/// One group ack in this many is answered in [`AckMode::Burst`].
+const ANSWERED_EVERY: u64 = 65;
+
 /// Spawns the read loop of a receiving device: every application entry of the group is
-/// counted; every `ack_every` group entries (and every inbox entry) it acks cumulatively
-/// (`ack_every == 0`: group entries are never acked), group entries with `QuietAck` if
-/// `quiet`.
-pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, ack_every: u64, quiet: bool) {
+/// counted and acknowledged as `acks` says.
+pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
     tokio::spawn(async move {
         let mut ws = dev.ws;
         let mut next_request = dev.next_request;
         let mut unacked = 0u64;
-        while let Some(Ok(msg)) = ws.next().await {
-            let Message::Binary(b) = msg else { continue };
-            let ack = match cove_wire::decode::<ServerFrame>(&b) {
-                Ok(ServerFrame::Deliver(Delivery::Group(e))) => {
-                    if e.kind == EntryKind::Application {
-                        match stats::parse(e.payload.as_bytes()) {
-                            Some((id, ts)) => tracker.on_delivery(id, ts),
-                            None => {
-                                tracker.bad_frames.fetch_add(1, Ordering::Relaxed);
+        let mut group_acks = 0u64;
+        // Burst mode: the highest seq per stream seen in this burst.
+        let mut burst: Vec<(WireStream, cove_wire::Seq)> = Vec::new();
+        // Threshold mode: entries in `burst` not acked yet, and when they are due.
+        let mut held = 0u64;
+        let mut due: Option<tokio::time::Instant> = None;
+        'read: loop {
+            // `None`: the timer fired (what was held goes out now).
+            let first = match due {
+                None => match ws.next().await {
+                    Some(Ok(msg)) => Some(msg),
+                    _ => break,
+                },
+                Some(at) => match tokio::time::timeout_at(at, ws.next()).await {
+                    Ok(Some(Ok(msg))) => Some(msg),
+                    Ok(_) => break,
+                    Err(_) => None,
+                },
+            };
+            let fired = first.is_none();
+            let mut next = first;
+            let mut frames = 0;
+            let mut to_send: Vec<(WireStream, cove_wire::Seq)> = Vec::new();
+            while let Some(msg) = next.take() {
+                frames += 1;
+                if let Message::Binary(b) = msg {
+                    let seen = match cove_wire::decode::<ServerFrame>(&b) {
+                        Ok(ServerFrame::Deliver(Delivery::Group(e))) => {
+                            if e.kind == EntryKind::Application {
+                                match stats::parse(e.payload.as_bytes()) {
+                                    Some((id, ts)) => tracker.on_delivery(id, ts),
+                                    None => {
+                                        tracker.bad_frames.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                            }
+                            Some((WireStream::Group(e.group), e.seq))
+                        }
+                        Ok(ServerFrame::Deliver(Delivery::Inbox(e))) => {
+                            Some((WireStream::Inbox, e.seq))
+                        }
+                        Ok(ServerFrame::Response { result: Err(_), .. }) | Err(_) => {
+                            tracker.bad_frames.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                        Ok(_) => None,
+                    };
+                    match (acks, seen) {
+                        (_, None) => {}
+                        (AckMode::Burst | AckMode::BurstOrTimer, Some((stream, seq))) => {
+                            held += 1;
+                            match burst.iter_mut().find(|(s, _)| *s == stream) {
+                                Some((_, at)) => *at = (*at).max(seq),
+                                None => burst.push((stream, seq)),
+                            }
+                        }
+                        (_, Some((WireStream::Inbox, seq))) => {
+                            to_send.push((WireStream::Inbox, seq))
+                        }
+                        (AckMode::Never, Some(_)) => {}
+                        (AckMode::Every { n, .. }, Some(group)) => {
+                            unacked += 1;
+                            if unacked >= n {
+                                unacked = 0;
+                                to_send.push(group);
                             }
                         }
                     }
-                    unacked += 1;
-                    (ack_every > 0 && unacked >= ack_every)
-                        .then_some((WireStream::Group(e.group), e.seq))
                 }
-                Ok(ServerFrame::Deliver(Delivery::Inbox(e))) => Some((WireStream::Inbox, e.seq)),
-                Ok(ServerFrame::Response { result: Err(_), .. }) | Err(_) => {
-                    tracker.bad_frames.fetch_add(1, Ordering::Relaxed);
-                    None
+                if matches!(acks, AckMode::Burst | AckMode::BurstOrTimer) && frames < BURST_FRAMES {
+                    // What the socket has ready now, without waiting.
+                    match ws.next().now_or_never() {
+                        None => {}
+                        Some(Some(Ok(msg))) => next = Some(msg),
+                        Some(_) => break 'read,
+                    }
                 }
-                Ok(_) => None,
-            };
-            if let Some((stream, seq)) = ack {
-                unacked = 0;
+            }
+            if acks == AckMode::BurstOrTimer && held > 0 && held < THRESHOLD && !fired {
+                // A small burst waits for more, or for the timer.
+                due.get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
+            } else {
+                held = 0;
+                due = None;
+                to_send.append(&mut burst);
+            }
+            if to_send.is_empty() {
+                continue;
+            }
+            for (stream, seq) in to_send {
                 let id = RequestId(next_request);
                 next_request = next_request.wrapping_add(1);
-                let body = match stream {
-                    WireStream::Group(_) if quiet => Request::QuietAck { stream, seq },
-                    _ => Request::Ack { stream, seq },
+                let quiet = match (acks, stream) {
+                    (_, WireStream::Inbox) => false,
+                    (AckMode::Every { quiet, .. }, _) => quiet,
+                    _ => {
+                        group_acks += 1;
+                        !group_acks.is_multiple_of(ANSWERED_EVERY)
+                    }
+                };
+                let body = if quiet {
+                    Request::QuietAck { stream, seq }
+                } else {
+                    Request::Ack { stream, seq }
                 };
                 let Ok(bytes) = cove_wire::encode(&ClientFrame::Request { id, body }) else {
-                    break;
+                    break 'read;
                 };
-                if ws.send(Message::binary(bytes)).await.is_err() {
-                    break;
+                if ws.feed(Message::binary(bytes)).await.is_err() {
+                    break 'read;
                 }
+            }
+            if ws.flush().await.is_err() {
+                break;
             }
         }
     });

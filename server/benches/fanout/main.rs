@@ -3,7 +3,7 @@
 //! One sender posts to one group of N receiving devices over loopback TLS. The same load
 //! generator drives, back to back in one run, the bare tokio-tungstenite broadcast server
 //! (`bare.rs`, the "physical limit") and Cove's relay (durable SQLite storage in a temp dir,
-//! devices registered and members of one group, receivers acking every `ack_every` entries).
+//! devices registered and members of one group, receivers acking as `FANOUT_ACK` says).
 //!
 //! For each N and payload size, and each server:
 //! 1. closed loop: the sender keeps `window` messages in flight, a message leaving the window
@@ -21,7 +21,11 @@
 //! Settings (environment): `FANOUT_N` (list, default `100,1000`), `FANOUT_SIZES` (payload
 //! bytes, default `256,4096`), `FANOUT_SECS` (closed-loop measurement, default 4),
 //! `FANOUT_OPEN_SECS` (open loop, default 4), `FANOUT_WARMUP_SECS` (default 1),
-//! `FANOUT_WINDOW` (default 64 at N >= 1000, 64,000 ÷ N below), `FANOUT_LOAD` (default 0.1), `FANOUT_ACK_EVERY` (default 64; 0 = receivers never ack, a diagnostic), `FANOUT_ACK` (`answered`: `Ack`s answered with `Acked`, as `cove-core` sends them; `quiet`: group acks as `QuietAck`s, answered only if refused),
+//! `FANOUT_WINDOW` (default 64 at N >= 1000, 64,000 ÷ N below), `FANOUT_LOAD` (default 0.1), `FANOUT_ACK` (`burst`, the default: one cumulative ack per stream per read burst,
+//! group acks as `QuietAck`s, as `cove-core` acks; `answered`: an `Ack` answered with `Acked`
+//! every `FANOUT_ACK_EVERY` group entries, as `cove-core` acked before; `quiet`: the same as
+//! `QuietAck`s; `burst-timer`: an experiment, bursts of fewer than 64 entries wait for the
+//! 100 ms timer), `FANOUT_ACK_EVERY` (default 64; 0 = receivers never ack, a diagnostic),
 //! `FANOUT_REPS` (default 1), `FANOUT_SERVERS` (`bare,relay`), `FANOUT_STORE` (`sqlite` or
 //! `memory`), `FANOUT_PIN` (`1`; `0` leaves scheduling to the OS).
 
@@ -78,10 +82,8 @@ struct Config {
     /// N so that 64,000 deliveries are in flight (else the loop measures round trips).
     window: Option<u64>,
     load: f64,
-    ack_every: u64,
-    /// Group acks as `QuietAck` (answered only if refused) instead of answered `Ack`s
-    /// (what `cove-core` sends today).
-    quiet_acks: bool,
+    /// How receivers ack (`FANOUT_ACK`, `FANOUT_ACK_EVERY`).
+    acks: load::AckMode,
     reps: usize,
     bare: bool,
     relay: bool,
@@ -112,8 +114,10 @@ impl Config {
                 Err(_) => None,
             },
             load: env_parse("FANOUT_LOAD", 0.1)?,
-            ack_every: env_parse("FANOUT_ACK_EVERY", 64)?,
-            quiet_acks: env_str("FANOUT_ACK", "answered") == "quiet",
+            acks: ack_mode(
+                &env_str("FANOUT_ACK", "burst"),
+                env_parse("FANOUT_ACK_EVERY", 64)?,
+            )?,
             reps: env_parse("FANOUT_REPS", 1)?,
             bare: servers.split(',').any(|s| s.trim() == "bare"),
             relay: servers.split(',').any(|s| s.trim() == "relay"),
@@ -131,6 +135,24 @@ impl Config {
         }
         Ok(cfg)
     }
+}
+
+/// The receivers' ack mode: `FANOUT_ACK` is `burst` (as `cove-core`), `answered` or `quiet`
+/// (cumulative every `every` group entries, with `Ack` or `QuietAck`); `FANOUT_ACK_EVERY=0`
+/// means never.
+fn ack_mode(mode: &str, every: u64) -> Result<load::AckMode> {
+    Ok(match (mode, every) {
+        (_, 0) => load::AckMode::Never,
+        ("burst", _) => load::AckMode::Burst,
+        ("burst-timer", _) => load::AckMode::BurstOrTimer,
+        ("answered", n) => load::AckMode::Every { n, quiet: false },
+        ("quiet", n) => load::AckMode::Every { n, quiet: true },
+        (other, _) => {
+            return Err(anyhow!(
+                "FANOUT_ACK={other:?}: use burst, answered or quiet"
+            ));
+        }
+    })
 }
 
 fn env_str(key: &str, default: &str) -> String {

@@ -1,8 +1,8 @@
 //! Cove's relay under the same load: durable storage (SQLite in a temp dir unless
 //! `FANOUT_STORE=memory`), N receiving devices registered (one user each) and added to one
 //! group by a commit of the sending device, the sender posting `Application` entries, the
-//! receivers acking cumulatively every `ack_every` entries (with `Ack`, as `cove-core` does;
-//! group entries with `QuietAck` if `FANOUT_ACK=quiet`).
+//! receivers acking as `cove-core` does (one cumulative `QuietAck` per read burst) or, with
+//! `FANOUT_ACK=answered|quiet`, every `FANOUT_ACK_EVERY` entries (see [`load::AckMode`]).
 //!
 //! The only limit changed from the defaults is the per-device request rate (the sender
 //! posts tens of thousands of messages a second; a real device would be limited to 200/s).
@@ -114,7 +114,7 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
 
     let tracker = Arc::new(Tracker::new(u32::try_from(n)?));
     for dev in receivers {
-        load::spawn_relay_receiver(dev, tracker.clone(), cfg.ack_every, cfg.quiet_acks);
+        load::spawn_relay_receiver(dev, tracker.clone(), cfg.acks);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while handle.online_count() < n + 1 {
@@ -127,7 +127,13 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let sender = load::relay_sender(sender, group, epoch, cfg.quiet_acks);
+    let quiet = matches!(
+        cfg.acks,
+        load::AckMode::Burst
+            | load::AckMode::BurstOrTimer
+            | load::AckMode::Every { quiet: true, .. }
+    );
+    let sender = load::relay_sender(sender, group, epoch, quiet);
     Ok(RelayTarget {
         target: Target { sender, tracker },
         handle,

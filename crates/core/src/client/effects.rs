@@ -36,8 +36,11 @@ pub(super) enum Pending {
     PostCommit { op: OpId },
     /// A fetch of missed log entries.
     Fetch,
-    /// An acknowledgement.
-    Ack,
+    /// An answered acknowledgement; its answer settles the quiet acks sent before it
+    /// (those with an ordinal below `confirms`, see `acks`).
+    Ack { confirms: u64 },
+    /// A quiet acknowledgement (`QuietAck`), recognised by its id when the relay refuses it.
+    QuietAck,
     /// A request of the shell (`Client::send_request`); its answer is an event.
     External,
     /// Publishing the own device list, bringing the relay's copy to `len` entries.
@@ -70,7 +73,8 @@ impl Pending {
             Pending::PostApplication { .. } => "a message post",
             Pending::PostCommit { .. } => "a commit post",
             Pending::Fetch => "a fetch",
-            Pending::Ack => "an ack",
+            Pending::Ack { .. } => "an ack",
+            Pending::QuietAck => "a quiet ack",
             Pending::External => "a request of the shell",
             Pending::PublishList { .. } => "publishing the device list",
             Pending::ObserveList { .. } => "fetching a device list",

@@ -10,6 +10,7 @@
 //!
 //! ```text
 //! effects       Effect, Pending: what the parts ask the dispatcher to do
+//! acks          Acks: cumulative acks per stream, sent per burst, mostly unanswered
 //! mls           ciphersuite, group-name extension, Cove credentials
 //! device        Me: this device's keys, challenge answers, device authorisations
 //! own_list      the user's identity key and signed device list (first device, or taken
@@ -35,6 +36,7 @@
 //! mod           Client: the dispatcher and the public API
 //! ```
 
+mod acks;
 mod admins;
 mod changes;
 mod chat;
@@ -70,6 +72,7 @@ use cove_wire::{
 use ed25519_dalek::SigningKey;
 use zeroize::Zeroizing;
 
+use self::acks::{AckKind, Acks};
 use self::changes::{Changes, Goal};
 use self::context::Cx;
 use self::device::Me;
@@ -87,6 +90,7 @@ use crate::error::{InvalidArgument, NotApplicable, ProtocolViolation, Shared, Wa
 use crate::provider::CoveProvider;
 use crate::types::*;
 
+pub use self::acks::{ACK_DELAY_MS, MAX_UNCONFIRMED_QUIET_ACKS};
 pub use self::changes::MAX_COMMIT_RETRIES;
 pub use self::inbound::{MAX_PARKED_BYTES, MAX_PENDING_PER_GROUP, UNJOINED_PARK_MS};
 pub use self::key_packages::{KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW_WATER};
@@ -120,6 +124,11 @@ pub struct Client<S: Store> {
     outputs: VecDeque<Output>,
     /// Effects the parts asked for and not yet applied (empty between inputs).
     fx: Effects,
+    /// Acks processed and not sent yet, and quiet acks whose refusal could still come.
+    acks: Acks,
+    /// The time of the latest input that carried one (when acks asked for meanwhile are
+    /// due).
+    now_ms: u64,
     /// The groups.
     groups: Groups,
     /// Group creations, membership changes, key updates.
@@ -248,6 +257,8 @@ impl<S: Store> Client<S> {
             next_op: 1,
             outputs: VecDeque::new(),
             fx: Effects::default(),
+            acks: Acks::default(),
+            now_ms: 0,
             groups,
             changes: Changes::default(),
             outbox: Outbox::default(),
@@ -821,9 +832,11 @@ impl<S: Store> Client<S> {
     /// connection's TLS exporter value and the relay's certificate hash, as the shell's TLS
     /// stack reports them: the answer to the challenge signs them (see `PROTOCOL.md`,
     /// "Authentication").
-    pub fn handle_connected(&mut self, _now_ms: u64, channel: ChannelBinding) {
+    pub fn handle_connected(&mut self, now_ms: u64, channel: ChannelBinding) {
+        self.now_ms = now_ms;
         self.channel = Some(channel);
         self.requests.clear();
+        self.acks.reset();
         self.key_packages.reset();
         self.leaves.reset();
         self.certificate_retry = None;
@@ -838,6 +851,9 @@ impl<S: Store> Client<S> {
         self.conn = Conn::Disconnected;
         self.channel = None;
         self.requests.clear();
+        // Acks not sent are lost with the connection: the relay delivers those entries
+        // again, and the store's cursor makes them acks only.
+        self.acks.reset();
         // The whole outbox goes out again after the next backlog: no timers meanwhile.
         self.outbox.disconnected();
         self.key_packages.reset();
@@ -852,11 +868,12 @@ impl<S: Store> Client<S> {
     }
 
     /// The next deadline (ms, same clock as `now_ms`) at which the shell must call
-    /// [`Client::handle_timeout`]; `None` when nothing is scheduled. Today: resending posts
-    /// the relay refused as retryable (`RateLimited`, `Unavailable`, `Internal`), and, on a
-    /// linked device its user's list does not certify yet, fetching that list again; and,
-    /// connected or not, the next batched read receipt and the next disappearing message
-    /// to delete.
+    /// [`Client::handle_timeout`]; `None` when nothing is scheduled. Today: sending the acks
+    /// of entries processed since the last [`Client::flush_acks`] ([`ACK_DELAY_MS`] after
+    /// the first of them), resending posts the relay refused as retryable (`RateLimited`,
+    /// `Unavailable`, `Internal`), and, on a linked device its user's list does not certify
+    /// yet, fetching that list again; and, connected or not, the next batched read receipt
+    /// and the next disappearing message to delete.
     pub fn poll_timeout(&self) -> Option<u64> {
         // Receipts and disappearing messages, connected or not.
         let local = self.settings_timeout();
@@ -864,22 +881,31 @@ impl<S: Store> Client<S> {
             return local;
         }
         let certificate = self.certificate_retry.and_then(|r| r.at_ms);
-        [self.outbox.next_retry(), certificate, local]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.outbox.next_retry(),
+            certificate,
+            local,
+            self.acks.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Time has reached `now_ms`: resends the posts whose retry delay is over (and fetches
-    /// the own list again when that is due); connected or not, sends the read receipts
-    /// whose interval is over and deletes the disappearing messages whose time is up
-    /// ([`Event::Expired`]). Calling it early or more than once is harmless.
+    /// Time has reached `now_ms`: sends the acks that are due, resends the posts whose retry
+    /// delay is over (and fetches the own list again when that is due); connected or not,
+    /// sends the read receipts whose interval is over and deletes the disappearing messages
+    /// whose time is up ([`Event::Expired`]). Calling it early or more than once is harmless.
     pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), HandleError> {
+        self.now_ms = now_ms;
         let settings = self.settings_on_timeout(now_ms);
         self.apply_effects();
         settings?;
         if self.conn != Conn::Ready {
             return Ok(());
+        }
+        if self.acks.deadline().is_some_and(|at| at <= now_ms) {
+            self.send_acks();
         }
         let result = self
             .outbox
@@ -898,11 +924,23 @@ impl<S: Store> Client<S> {
         result
     }
 
+    /// The shell has handled every frame its connection had ready (the end of a burst):
+    /// acknowledges what was processed, one cumulative ack per stream (group acks as
+    /// `QuietAck`, see `PROTOCOL.md` "Quiet acknowledgements"). Shells call it whenever a
+    /// read from the connection finds nothing more waiting, and before closing the
+    /// connection politely; acks left unsent go out at the deadline of
+    /// [`Client::poll_timeout`] anyway. Calling it with nothing to ack does nothing.
+    pub fn flush_acks(&mut self) {
+        self.send_acks();
+    }
+
     /// Handles one frame from the relay. Never panics on hostile input: a bad entry is
     /// skipped (acknowledged) with an [`Event::Warning`]; an error return means the frame
     /// was not processed and will come again (storage failure) or the connection should
     /// be dropped (protocol violation, `Closing`).
     pub fn handle_frame(&mut self, now_ms: u64, frame: ServerFrame) -> Result<(), HandleError> {
+        self.now_ms = now_ms;
+        let backlog_done = matches!(frame, ServerFrame::BacklogDone);
         let result = self.dispatch(now_ms, frame);
         self.apply_effects();
         // Device lists the look-ups of changes verified: devices added and revoked.
@@ -922,6 +960,10 @@ impl<S: Store> Client<S> {
                     Pending::Verify { user },
                 );
             }
+        }
+        if backlog_done {
+            // The backlog is in: ack it now rather than at the end of the burst.
+            self.send_acks();
         }
         result
     }
@@ -1190,9 +1232,14 @@ impl<S: Store> Client<S> {
         id: RequestId,
         result: Result<Reply, ErrorReply>,
     ) -> Result<(), HandleError> {
-        let Some(pending) = self.requests.remove(&id) else {
-            self.fx.warn(Warning::UnknownResponse(id));
-            return Ok(());
+        let pending = match self.requests.remove(&id) {
+            Some(pending) => pending,
+            // A quiet ack is answered only when refused.
+            None if self.acks.answered_quietly(id) => Pending::QuietAck,
+            None => {
+                self.fx.warn(Warning::UnknownResponse(id));
+                return Ok(());
+            }
         };
         let fx = &mut self.fx;
         match (pending, result) {
@@ -1304,7 +1351,10 @@ impl<S: Store> Client<S> {
                 fx.event(Event::Reply { id, result });
                 Ok(())
             }
-            (Pending::Ack, Ok(_)) => Ok(()),
+            (Pending::Ack { confirms }, Ok(_)) => {
+                self.acks.confirmed(confirms);
+                Ok(())
+            }
             (Pending::Ephemeral { op }, Ok(_)) => {
                 fx.op_done(op, Ok(()));
                 Ok(())
@@ -1316,8 +1366,16 @@ impl<S: Store> Client<S> {
             // Already gone (e.g. a member's commit removed it first): the same outcome.
             (Pending::LeaveGroup, Ok(Reply::Left)) => Ok(()),
             (Pending::LeaveGroup, Err(e)) if e.code == ErrorCode::NotMember => Ok(()),
-            (Pending::Ack, Err(e)) => {
+            (Pending::Ack { confirms }, Err(e)) => {
+                self.acks.confirmed(confirms);
                 // Acks for entries of groups we were removed from are refused; harmless.
+                if e.code != ErrorCode::NotMember {
+                    fx.warn(Warning::AckRefused(e));
+                }
+                Ok(())
+            }
+            (Pending::QuietAck, Err(e)) => {
+                // The same refusals as an answered ack.
                 if e.code != ErrorCode::NotMember {
                     fx.warn(Warning::AckRefused(e));
                 }
@@ -1819,18 +1877,51 @@ impl<S: Store> Client<S> {
                 }
                 Effect::Event(event) => self.outputs.push_back(Output::Event(event)),
                 Effect::Ack(stream, seq) => {
+                    // Sent at the end of the burst (`flush_acks`), at `BacklogDone` or on
+                    // the timer; an ack asked for off a ready connection is dropped (the
+                    // entry comes again on the next one).
                     if self.conn == Conn::Ready {
-                        self.send(Request::Ack { stream, seq }, Pending::Ack);
+                        self.acks.processed(self.now_ms, stream, seq);
                     }
                 }
             }
         }
     }
 
-    /// Sends a request now.
-    fn send(&mut self, body: Request, pending: Pending) -> RequestId {
+    /// Sends the acks not sent yet: one per stream, its highest processed seq; group acks
+    /// quiet (some answered, see `acks`), inbox acks answered.
+    fn send_acks(&mut self) {
+        let unsent = self.acks.take();
+        if self.conn != Conn::Ready {
+            return;
+        }
+        for (stream, seq) in unsent {
+            match self.acks.kind(stream) {
+                AckKind::Quiet => {
+                    let id = self.next_request_id();
+                    self.outputs.push_back(Output::Send(ClientFrame::Request {
+                        id,
+                        body: Request::QuietAck { stream, seq },
+                    }));
+                    self.acks.sent_quietly(id);
+                }
+                AckKind::Answered { confirms } => {
+                    self.send(Request::Ack { stream, seq }, Pending::Ack { confirms });
+                }
+            }
+        }
+    }
+
+    /// The id of the next request.
+    fn next_request_id(&mut self) -> RequestId {
         let id = RequestId(self.next_request);
         self.next_request = self.next_request.wrapping_add(1).max(1);
+        id
+    }
+
+    /// Sends a request now.
+    fn send(&mut self, body: Request, pending: Pending) -> RequestId {
+        let id = self.next_request_id();
         self.requests.insert(id, pending);
         self.outputs
             .push_back(Output::Send(ClientFrame::Request { id, body }));
@@ -1841,8 +1932,9 @@ impl<S: Store> Client<S> {
 #[cfg(test)]
 mod tests {
     /// The parts in their documented order (see the module docs and ARCHITECTURE.md).
-    const PARTS: [(&str, &str); 18] = [
+    const PARTS: [(&str, &str); 19] = [
         ("effects", include_str!("effects.rs")),
+        ("acks", include_str!("acks.rs")),
         ("mls", include_str!("mls.rs")),
         ("device", include_str!("device.rs")),
         ("own_list", include_str!("own_list.rs")),

@@ -279,6 +279,9 @@ pub struct Relay {
     /// Application posts and proposals the relay refused with StaleEpoch (an application
     /// message is accepted in the group's current epoch or the one just before it).
     pub stale_app_rejections: usize,
+    /// Every group ack received, in order: the sender's slot and whether it was a
+    /// `QuietAck` (else an answered `Ack`).
+    pub group_acks: Vec<(usize, bool)>,
 }
 
 impl Default for Relay {
@@ -299,6 +302,7 @@ impl Default for Relay {
             rate_limit_retry_ms: None,
             app_posts: 0,
             stale_app_rejections: 0,
+            group_acks: Vec::new(),
         }
     }
 }
@@ -339,6 +343,17 @@ impl Relay {
         now_ms: u64,
     ) -> Vec<(usize, ServerFrame)> {
         let ClientFrame::Request { id, body } = &frame;
+        match body {
+            Request::Ack {
+                stream: Stream::Group(_),
+                ..
+            } => self.group_acks.push((slot, false)),
+            Request::QuietAck {
+                stream: Stream::Group(_),
+                ..
+            } => self.group_acks.push((slot, true)),
+            _ => {}
+        }
         if let Request::Post {
             group,
             kind: PostKind::Application,
@@ -480,6 +495,13 @@ impl Relay {
             .unwrap_or(0)
     }
 
+    /// The group acks `slot` sent so far: (quiet, answered).
+    pub fn group_acks_of(&self, slot: usize) -> (usize, usize) {
+        let mine = self.group_acks.iter().filter(|(s, _)| *s == slot);
+        let quiet = mine.clone().filter(|(_, quiet)| *quiet).count();
+        (quiet, mine.count() - quiet)
+    }
+
     /// The cursor of a device in a stream (for assertions).
     pub fn cursor(&self, device: DeviceId, stream: Stream) -> Seq {
         self.store().cursor(device, stream).unwrap_or_default()
@@ -610,6 +632,9 @@ pub struct Node<S: Store> {
     pub connected: bool,
     /// While true, inbound frames are kept, not handed to the client.
     pub hold: bool,
+    /// While true, the end of a burst of inbound frames is not reported to the client
+    /// (`Client::flush_acks`): its acks wait for the timer.
+    pub hold_acks: bool,
     /// Errors of `Client::handle_frame`, collected when `expect_handle_errors` is set (a
     /// test that provokes them); otherwise the first one stops the test.
     pub handle_errors: Vec<String>,
@@ -640,6 +665,7 @@ impl<S: Store> Net<S> {
             events: Vec::new(),
             connected: false,
             hold: false,
+            hold_acks: false,
             handle_errors: Vec::new(),
             expect_handle_errors: false,
         });
@@ -703,6 +729,11 @@ impl<S: Store> Net<S> {
                         assert!(node.expect_handle_errors, "slot {slot}: handle error: {e}");
                         node.handle_errors.push(e.to_string());
                     }
+                }
+                // Every frame this node had is handled: the end of its burst, as a shell
+                // reports it.
+                if !node.hold_acks {
+                    client.flush_acks();
                 }
             }
             let mut sends = Vec::new();

@@ -1,0 +1,305 @@
+//! Acknowledgements: one cumulative `QuietAck` per stream per burst of frames, on a timer
+//! when no burst end is reported, answered now and then to bound what a connection keeps;
+//! an entry processed and not acked yet when the connection drops comes again and is only
+//! acked again.
+
+use cove_core::error::Warning;
+use cove_core::{ACK_DELAY_MS, MAX_UNCONFIRMED_QUIET_ACKS, Output};
+use cove_wire::{ErrorCode, Seq, Stream};
+
+use super::*;
+
+/// The seq of the last entry of `group` at the relay.
+fn last_seq(net: &Net<MemoryStore>, group: GroupId) -> Seq {
+    net.relay
+        .store()
+        .read_group(group, Seq(0), 1000, usize::MAX)
+        .unwrap()
+        .last()
+        .map(|e| e.seq)
+        .unwrap()
+}
+
+/// Sends `text` from `slot` to the group named `group`.
+fn send_to(net: &mut Net<MemoryStore>, slot: usize, group: &str, text: &str) {
+    let now = net.now_ms;
+    net.client(slot).send_text(now, group, text).unwrap();
+}
+
+/// The acks among `slot`'s outputs, taken now (events are kept as the network would).
+fn take_acks(net: &mut Net<MemoryStore>, slot: usize) -> Vec<(RequestId, Request)> {
+    let mut acks = Vec::new();
+    while let Some(output) = net.client(slot).poll_output() {
+        match output {
+            Output::Send(ClientFrame::Request { id, body }) => {
+                assert!(
+                    matches!(body, Request::Ack { .. } | Request::QuietAck { .. }),
+                    "only acks go out here: {body:?}"
+                );
+                acks.push((id, body));
+            }
+            Output::Event(e) => net.nodes[slot].events.push(e),
+        }
+    }
+    acks
+}
+
+/// Five entries handed to bob in one burst are acknowledged with one `QuietAck` of the last
+/// one (no answered `Ack`), and that moves bob's cursor at the relay to the end of the log.
+#[test]
+fn a_burst_of_entries_is_acked_once_quietly_and_moves_the_cursor() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    let before = net.relay.group_acks_of(bob);
+    net.nodes[bob].hold = true;
+    let sent: Vec<String> = (1..=5).map(|i| format!("m{i}")).collect();
+    for text in &sent {
+        send(&mut net, alice, text);
+    }
+    net.run();
+    net.nodes[bob].hold = false;
+    net.run();
+    let events = net.take_events(bob);
+    assert_eq!(texts(&events), sent);
+    assert_eq!(warnings(&events), Vec::<String>::new());
+    let after = net.relay.group_acks_of(bob);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 0),
+        "one quiet ack, no answered one"
+    );
+    let bob_id = net.client(bob).device().unwrap();
+    assert_eq!(
+        net.relay.cursor(bob_id, Stream::Group(group)),
+        last_seq(&net, group)
+    );
+}
+
+/// bob processes two entries (stored, shown) but his connection drops before the end of
+/// the burst, so no ack leaves: the relay's cursor stays behind, the next connection's
+/// backlog delivers both again, and bob drops them as seen (no event, no warning, each once
+/// in the history) and acks them.
+#[test]
+fn entries_processed_but_not_acked_before_a_disconnect_come_again_and_are_dropped() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    let bob_id = net.client(bob).device().unwrap();
+    let cursor_before = net.relay.cursor(bob_id, Stream::Group(group));
+
+    net.nodes[bob].hold = true;
+    send(&mut net, alice, "m1");
+    send(&mut net, alice, "m2");
+    net.run();
+    let frames: Vec<ServerFrame> = net.nodes[bob].inbound.drain(..).collect();
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    let now = net.now_ms;
+    for frame in frames {
+        net.client(bob).handle_frame(now, frame).unwrap();
+    }
+    assert_eq!(
+        take_acks(&mut net, bob),
+        Vec::new(),
+        "no ack before the burst ends"
+    );
+    assert_eq!(texts(&net.take_events(bob)), vec!["m1", "m2"]);
+    net.disconnect(bob);
+    assert_eq!(
+        net.relay.cursor(bob_id, Stream::Group(group)),
+        cursor_before,
+        "nothing was acked"
+    );
+
+    net.nodes[bob].hold = false;
+    net.connect(bob);
+    net.run();
+    let events = net.take_events(bob);
+    assert_eq!(texts(&events), Vec::<String>::new(), "nothing shown twice");
+    assert_eq!(warnings(&events), Vec::<String>::new());
+    let history: Vec<String> = net
+        .client(bob)
+        .history("friends")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(history, vec!["m1", "m2"]);
+    assert_eq!(
+        net.relay.cursor(bob_id, Stream::Group(group)),
+        last_seq(&net, group),
+        "acked again after the redelivery"
+    );
+}
+
+/// Without a reported burst end, bob's ack is due [`ACK_DELAY_MS`] after he processed the
+/// entry: `poll_timeout` says when, a timeout before it sends nothing, the one at it sends
+/// the `QuietAck`, and nothing is due after.
+#[test]
+fn an_ack_without_a_burst_end_goes_out_on_the_timer() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    assert_eq!(net.client(bob).poll_timeout(), None);
+    net.nodes[bob].hold_acks = true;
+    let before = net.relay.group_acks_of(bob);
+    send(&mut net, alice, "m1");
+    let sent_at = net.now_ms;
+    net.run();
+    assert_eq!(texts(&net.take_events(bob)), vec!["m1"]);
+    assert_eq!(net.relay.group_acks_of(bob), before, "not acked yet");
+
+    let due = net
+        .client(bob)
+        .poll_timeout()
+        .expect("the ack is scheduled");
+    assert!(
+        due > sent_at && due <= net.now_ms + ACK_DELAY_MS,
+        "due at {due}, processed after {sent_at}, now {}",
+        net.now_ms
+    );
+    net.client(bob).handle_timeout(due - 1).unwrap();
+    assert_eq!(take_acks(&mut net, bob), Vec::new(), "not due yet");
+    net.client(bob).handle_timeout(due).unwrap();
+    let last = last_seq(&net, group);
+    let acks = take_acks(&mut net, bob);
+    assert!(
+        matches!(
+            acks.as_slice(),
+            [(_, Request::QuietAck { stream: Stream::Group(g), seq })] if *g == group && *seq == last
+        ),
+        "{acks:?}"
+    );
+    assert_eq!(net.client(bob).poll_timeout(), None);
+    let (id, body) = acks.into_iter().next().unwrap();
+    let now = net.now_ms;
+    let answer = net
+        .relay
+        .handle(bob, ClientFrame::Request { id, body }, now);
+    assert!(answer.is_empty(), "a quiet ack is not answered: {answer:?}");
+    let bob_id = net.client(bob).device().unwrap();
+    assert_eq!(net.relay.cursor(bob_id, Stream::Group(group)), last);
+}
+
+/// The relay refuses two of bob's quiet acks (altered on their way: one past the end of the
+/// log, answered `InvalidRequest`; one for a group bob is not in, `NotMember`): bob
+/// recognises both by their ids, reports the first as [`Warning::AckRefused`] and takes the
+/// second silently, as for an answered `Ack`. A second answer under an id already answered
+/// is an unknown response.
+#[test]
+fn a_refused_quiet_ack_is_recognised_by_its_id() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    let now = net.now_ms;
+    let op = net.client(alice).create_group(now, "alone").unwrap();
+    op_result(&mut net, alice, op).unwrap();
+    let alone = net.client(alice).resolve("alone").unwrap();
+    net.take_events(bob);
+    net.nodes[bob].hold_acks = true;
+
+    let refuse = |net: &mut Net<MemoryStore>, text: &str, stream: Stream, seq: Seq| {
+        send_to(net, alice, "friends", text);
+        net.run();
+        net.client(bob).flush_acks();
+        let acks = take_acks(net, bob);
+        let [(id, Request::QuietAck { stream: s, .. })] = acks.as_slice() else {
+            panic!("one quiet ack: {acks:?}");
+        };
+        assert_eq!(*s, Stream::Group(group));
+        let now = net.now_ms;
+        let body = Request::QuietAck { stream, seq };
+        let frames = net
+            .relay
+            .handle(bob, ClientFrame::Request { id: *id, body }, now);
+        let code = match frames.as_slice() {
+            [
+                (
+                    _,
+                    ServerFrame::Response {
+                        id: r,
+                        result: Err(e),
+                    },
+                ),
+            ] if r == id => e.code,
+            other => panic!("one refusal: {other:?}"),
+        };
+        net.deliver(frames.clone());
+        net.run();
+        (code, frames)
+    };
+
+    let (code, frames) = refuse(&mut net, "m1", Stream::Group(group), Seq(1000));
+    assert_eq!(code, ErrorCode::InvalidRequest);
+    let events = net.take_events(bob);
+    let refused: Vec<ErrorCode> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Warning(Warning::AckRefused(e)) => Some(e.code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, vec![ErrorCode::InvalidRequest]);
+    assert_eq!(warnings(&events).len(), 1, "{:?}", warnings(&events));
+
+    let (code, _) = refuse(&mut net, "m2", Stream::Group(alone), Seq(1));
+    assert_eq!(code, ErrorCode::NotMember);
+    let events = net.take_events(bob);
+    assert_eq!(warnings(&events), Vec::<String>::new());
+
+    // The first refusal again: its id is forgotten.
+    net.deliver(frames);
+    net.run();
+    let events = net.take_events(bob);
+    assert!(
+        matches!(
+            events.as_slice(),
+            [Event::Warning(Warning::UnknownResponse(_))]
+        ),
+        "{events:?}"
+    );
+}
+
+/// Quiet acks whose refusal could still come are bounded: after
+/// [`MAX_UNCONFIRMED_QUIET_ACKS`] of them, bob's next group ack is an answered `Ack` (its
+/// answer settles them), so over `2 × MAX + 2` bursts exactly `MAX` quiet acks separate
+/// the two answered ones.
+#[test]
+fn an_answered_ack_follows_every_max_unconfirmed_quiet_acks() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    let skip = net.relay.group_acks.len();
+    let bursts = 2 * MAX_UNCONFIRMED_QUIET_ACKS + 2;
+    for i in 0..bursts {
+        send(&mut net, alice, &format!("m{i}"));
+        net.run();
+    }
+    let kinds: Vec<bool> = net.relay.group_acks[skip..]
+        .iter()
+        .filter(|(slot, _)| *slot == bob)
+        .map(|(_, quiet)| *quiet)
+        .collect();
+    assert_eq!(kinds.len(), bursts, "one ack per burst");
+    let answered: Vec<usize> = kinds
+        .iter()
+        .enumerate()
+        .filter_map(|(i, quiet)| (!quiet).then_some(i))
+        .collect();
+    assert!(
+        answered.len() == 2
+            && answered[0] <= MAX_UNCONFIRMED_QUIET_ACKS
+            && answered[1] == answered[0] + MAX_UNCONFIRMED_QUIET_ACKS + 1,
+        "answered acks at {answered:?}"
+    );
+    assert_eq!(warnings(&net.take_events(bob)), Vec::<String>::new());
+}
