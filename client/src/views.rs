@@ -661,6 +661,8 @@ pub struct GroupInfoView {
     pub members: Vec<MemberView>,
     /// The group's description (empty if none).
     pub description: String,
+    /// Its avatar picture, as `name (size)` (null if none).
+    pub avatar: Option<String>,
     /// Its admins (empty for a group made before admins existed: every member may).
     pub admins: Vec<String>,
     /// The disappearing-messages timer in seconds (null: off).
@@ -699,6 +701,9 @@ impl GroupInfoView {
         ];
         if !self.description.is_empty() {
             out.push(format!("description: {}", escape(&self.description)));
+        }
+        if let Some(avatar) = &self.avatar {
+            out.push(format!("avatar: {}", escape(avatar)));
         }
         let admins: Vec<String> = self.admins.iter().map(|a| escape(a)).collect();
         out.push(if admins.is_empty() {

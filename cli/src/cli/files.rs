@@ -29,16 +29,18 @@ pub struct SendFileArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
-  cove history friends --json | jq -c 'select(.attachment)'
-  cove download friends 3f2a...c9            # the attachment id (or the message id)
-  cove download friends 3f2a...c9 -o ~/Downloads/
+  cove history friends                       # 18:02 3c9a0b1d friends <alice> [file] ...
+  cove download friends 3c9a0b1d             # the message's short id
+  cove download friends 3c9a0b1d -o ~/Downloads/
+  cove history friends --json | jq -c 'select(.attachment)'   # full ids
 
 Verifies the file (every chunk and the whole blob's digest) before it appears; a failed
 download leaves nothing behind.")]
 pub struct DownloadArgs {
     /// The group.
     pub group: String,
-    /// The attachment id (`attachment.id` in `--json` output) or the message id.
+    /// The message id or the attachment id (`attachment.id` in `--json` output), or the
+    /// start of either (at least 4 hex digits, e.g. the short id `cove history` shows).
     pub id: String,
     /// Where to write the file (a file name, or a directory; default: the current
     /// directory and the sender's file name).

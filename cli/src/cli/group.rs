@@ -73,6 +73,23 @@ With --json one object: {\"name\",\"id\",\"epoch\",\"epoch_authenticator\",
         /// The description ('' clears it).
         text: String,
     },
+    /// Set a group's avatar picture (admins only): it is encrypted and uploaded like a file
+    /// sent to the group, and every member sees it in `cove group info`. --remove takes it
+    /// away. At most 5 MiB.
+    #[command(after_help = "\
+Examples:
+  cove group avatar friends ~/Pictures/beach.jpg
+  cove group avatar friends --remove")]
+    Avatar {
+        /// The group (name or hex id).
+        name: String,
+        /// The picture.
+        #[arg(required_unless_present = "remove", conflicts_with = "remove")]
+        file: Option<std::path::PathBuf>,
+        /// Remove the avatar instead.
+        #[arg(long)]
+        remove: bool,
+    },
     /// Make a member an admin of a group, or with --remove no longer one (admins only).
     /// Admins add, remove, rename, delete anyone's messages, promote and demote.
     #[command(after_help = "\
@@ -114,6 +131,23 @@ Examples:
         /// The timer (30s, 5m, 1h, 7d) or `off`.
         timer: String,
     },
+}
+
+/// The largest avatar picture `cove group avatar` uploads.
+pub(super) const MAX_AVATAR_BYTES: u64 = 5 * 1024 * 1024;
+
+/// Refuses what is not a picture-sized file before anything is uploaded.
+pub(super) fn check_avatar(path: &std::path::Path) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    anyhow::ensure!(meta.is_file(), "{} is not a file", path.display());
+    anyhow::ensure!(
+        meta.len() <= MAX_AVATAR_BYTES,
+        "{} is {} bytes; an avatar is at most 5 MiB",
+        path.display(),
+        meta.len()
+    );
+    Ok(())
 }
 
 /// The timer of `cove group disappearing` (`None`: off).
@@ -216,6 +250,25 @@ pub async fn run(home: Home, cmd: GroupCommand) -> anyhow::Result<()> {
             .describe_group(&name, &text)
             .await
             .map(|sent| super::chat::report(sent, "set the description of", &name)),
+        GroupCommand::Avatar { name, file, .. } => {
+            let avatar = match file {
+                Some(path) => {
+                    check_avatar(&path)?;
+                    let blobs = cove::transfer::BlobClient::for_device(&device).await?;
+                    Some(blobs.upload_file(&path).await?)
+                }
+                None => None,
+            };
+            let what = if avatar.is_some() {
+                "set the avatar of"
+            } else {
+                "removed the avatar of"
+            };
+            device
+                .set_group_avatar(&name, avatar)
+                .await
+                .map(|sent| super::chat::report(sent, what, &name))
+        }
         GroupCommand::Admin { name, user, remove } => {
             device.set_admin(&name, &user, remove).await.map(|()| {
                 if remove {

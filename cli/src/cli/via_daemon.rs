@@ -143,6 +143,28 @@ pub async fn try_run(home: &Home, command: &Command) -> anyhow::Result<bool> {
                 .await?;
                 report(&r, "set the description of", name);
             }
+            GroupCommand::Avatar { name, file, .. } => {
+                let path = match file {
+                    Some(path) => {
+                        super::group::check_avatar(path)?;
+                        let path = std::path::absolute(path)?;
+                        Some(path.to_string_lossy().into_owned())
+                    }
+                    None => None,
+                };
+                let what = if path.is_some() {
+                    "set the avatar of"
+                } else {
+                    "removed the avatar of"
+                };
+                let r = call(
+                    &mut d,
+                    "group_avatar",
+                    json!({ "group": name, "path": path }),
+                )
+                .await?;
+                report(&r, what, name);
+            }
             GroupCommand::Admin { name, user, remove } => {
                 call(
                     &mut d,
@@ -408,6 +430,7 @@ fn group_info_view(v: &Value) -> cove::GroupInfoView {
             })
             .collect(),
         description: str_of(&v["description"]).to_owned(),
+        avatar: v["avatar"].as_str().map(str::to_owned),
         admins: strings(&v["admins"]),
         disappearing_secs: v["disappearing_secs"]
             .as_u64()

@@ -962,8 +962,8 @@ async fn a_default_audio_device_that_fails_to_open_falls_back_with_a_warning() {
 }
 
 /// Issue 13's methods on the socket and the CLI's commands through the daemon: `reply`,
-/// `react`, `edit`, `delete`, `group_rename`, `group_describe`, `group_admin`, `group_mute`,
-/// `group_disappearing`, `group_info` and `search`, each error with its Cove code
+/// `react`, `edit`, `delete`, `group_rename`, `group_describe`, `group_avatar`, `group_admin`,
+/// `group_mute`, `group_disappearing`, `group_info` and `search`, each error with its Cove code
 /// (`NoSuchMessage`, `NotAuthor`, `InvalidArgument`) or invalid params; a subscribed client
 /// gets an `update` notification for another member's reaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1014,8 +1014,19 @@ async fn the_messaging_methods_go_through_the_daemon() {
             ok(&alice, &["group", "mute", "friends"]).trim(),
             "friends is muted"
         );
+        let picture = alice.join("pizza.png");
+        std::fs::write(&picture, [1u8; 64]).unwrap();
+        assert_eq!(
+            ok(
+                &alice,
+                &["group", "avatar", "friends", picture.to_str().unwrap()]
+            )
+            .trim(),
+            "set the avatar of friends"
+        );
         let info = ok(&alice, &["group", "info", "friends"]);
         for want in [
+            "avatar: [file] pizza.png (64 bytes, image/png)",
             "description: food",
             "disappearing messages: 7d",
             "muted: for ever",

@@ -55,8 +55,16 @@ async fn send_file_download_share_and_fetch_through_the_cli() {
         &["download", "team", &id, "-o", out.to_str().unwrap()],
     );
     assert!(stderr.contains("already exists"), "{stderr}");
-    let stderr = fails(&bob, &["download", "team", "00ff"]);
+    let stderr = fails(&bob, &["download", "team", "0000000000000000"]);
     assert!(stderr.starts_with("error: no attachment"), "{stderr}");
+    // The message's short id (as `cove history` shows it) names the file too.
+    let short = &v["id"].as_str().unwrap()[..8];
+    let by_short = work.join("by-short-id.pdf");
+    ok(
+        &bob,
+        &["download", "team", short, "-o", by_short.to_str().unwrap()],
+    );
+    assert!(std::fs::read(&by_short).unwrap() == content);
 
     let link = ok(&alice, &["share", file.to_str().unwrap()]);
     let link = link.trim();

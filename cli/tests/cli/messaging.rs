@@ -198,6 +198,29 @@ async fn group_settings_through_the_cli() {
             ok(&alice, &["group", "describe", "friends", "dinner plans"]).trim(),
             "set the description of friends"
         );
+        // An avatar: uploaded encrypted like a file; a later rename keeps it.
+        let picture = d.join("beach.png");
+        std::fs::write(&picture, [7u8; 100]).unwrap();
+        let picture = picture.to_str().unwrap();
+        assert_eq!(
+            ok(&alice, &["group", "avatar", "friends", picture]).trim(),
+            "set the avatar of friends"
+        );
+        let huge = d.join("huge.png");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(5 * 1024 * 1024 + 1)
+            .unwrap();
+        let err = fails(
+            &alice,
+            &["group", "avatar", "friends", huge.to_str().unwrap()],
+        );
+        assert!(err.contains("an avatar is at most 5 MiB"), "{err}");
+        let err = fails(&carol, &["group", "avatar", "friends", "--remove"]);
+        assert_eq!(
+            err.trim(),
+            "error: only an admin of group \"friends\" can do that"
+        );
         assert_eq!(
             ok(&alice, &["group", "disappearing", "friends", "1h"]).trim(),
             "set disappearing messages to 1h in friends"
@@ -225,6 +248,10 @@ async fn group_settings_through_the_cli() {
             serde_json::from_str(&ok(&carol, &["group", "info", "old friends", "--json"])).unwrap();
         assert_eq!(info["name"], "old friends");
         assert_eq!(info["description"], "dinner plans");
+        assert!(
+            info["avatar"].as_str() == Some("[file] beach.png (100 bytes, image/png)"),
+            "{info}"
+        );
         let mut admins = crate::messaging::strings(&info["admins"]);
         admins.sort();
         assert_eq!(admins, ["alice", "bob"]);
@@ -234,6 +261,7 @@ async fn group_settings_through_the_cli() {
         for want in [
             "group old friends (",
             "description: dinner plans",
+            "avatar: [file] beach.png (100 bytes, image/png)",
             "disappearing messages: 1h",
             "muted: until ",
             "unread: 0",

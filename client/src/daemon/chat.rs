@@ -84,6 +84,31 @@ pub(super) async fn dispatch(
                 .await
                 .map(|()| json!({}))
         }
+        "group_avatar" => {
+            let group = match str_param(params, "group") {
+                Ok(g) => g,
+                Err(e) => return Some(Err(e)),
+            };
+            let avatar = match params["path"].as_str() {
+                Some(path) => {
+                    let uploaded = match crate::transfer::BlobClient::for_device(device).await {
+                        Ok(blobs) => blobs.upload_file(std::path::Path::new(path)).await,
+                        Err(e) => Err(e),
+                    };
+                    match uploaded {
+                        Ok(pointer) => Some(pointer),
+                        Err(crate::transfer::TransferError::Device(e)) => {
+                            return Some(Err(super::methods::device_error(e)));
+                        }
+                        Err(e) => {
+                            return Some(Err(RpcError::cove("TransferFailed", &e.to_string())));
+                        }
+                    }
+                }
+                None => None,
+            };
+            device.set_group_avatar(group, avatar).await.map(sent)
+        }
         "group_mute" => return Some(mute(daemon, params).await),
         "group_disappearing" => {
             let (group, timer, _) = match three(params, "timer", "timer") {

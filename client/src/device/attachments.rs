@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use cove_core::CommandError;
 use cove_core::attachment::{AttachmentPointer, BlobRequestSigner};
+use cove_core::{CommandError, QueryError};
 
 use super::error::DeviceError;
 use super::handle::Device;
@@ -46,7 +46,9 @@ impl Device {
             .await?
     }
 
-    /// The attachment of a stored message of `group`, by message id or blob id (hex).
+    /// The attachment of a stored message of `group`, by message id or blob id (hex), or the
+    /// start of either (at least 4 hex digits, as `cove history` shows a message's short id).
+    /// `AmbiguousMessage` when several files match.
     pub async fn attachment(
         &self,
         group: &str,
@@ -54,12 +56,23 @@ impl Device {
     ) -> Result<Option<AttachmentPointer>, DeviceError> {
         let (group, id) = (group.to_owned(), id.trim().to_ascii_lowercase());
         let messages = self.session.call(move |c| c.history(&group)).await??;
-        Ok(messages.into_iter().find_map(|m| {
-            let blob = m.attachment.as_ref().map(|p| p.blob_id.to_hex());
-            (m.id.to_hex() == id || blob.as_deref() == Some(id.as_str()))
-                .then_some(m.attachment)
-                .flatten()
-        }))
+        if id.len() < 4 {
+            return Ok(None);
+        }
+        let mut found: Vec<AttachmentPointer> = messages
+            .into_iter()
+            .filter_map(|m| {
+                let pointer = m.attachment?;
+                let hit =
+                    m.id.to_hex().starts_with(&id) || pointer.blob_id.to_hex().starts_with(&id);
+                hit.then_some(pointer)
+            })
+            .collect();
+        found.dedup_by(|a, b| a.blob_id == b.blob_id);
+        match found.len() {
+            0 | 1 => Ok(found.pop()),
+            _ => Err(QueryError::AmbiguousMessage(id).into()),
+        }
     }
 
     /// The signer for blob-store uploads and the relay's TLS trust (see [`crate::transfer`]).

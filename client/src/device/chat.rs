@@ -2,7 +2,8 @@
 //! an id prefix), the group's profile, admins, muting, disappearing messages, read marks
 //! and search.
 
-use cove_core::{Client, OpId};
+use cove_core::attachment::AttachmentPointer;
+use cove_core::{Client, CommandError, OpId};
 use cove_store::SqliteStore;
 use cove_wire::UserName;
 
@@ -77,34 +78,55 @@ impl Device {
         .await
     }
 
-    /// Renames the group (admins only), keeping its description.
+    /// Renames the group (admins only), keeping its description and avatar.
     pub async fn rename_group(&self, group: &str, name: &str) -> Result<Sent, DeviceError> {
-        let (group, name, _) = owned3(group, name, "");
-        self.content_op(move |c| {
-            let id = c.resolve(&group)?;
-            let description = c
-                .groups()
-                .into_iter()
-                .find(|g| g.id == id)
-                .map(|g| g.description)
-                .unwrap_or_default();
-            Ok(c.set_group_profile(session::now_ms(), &group, &name, &description, None)?)
-        })
-        .await
+        let name = name.to_owned();
+        self.profile_op(group, move |p| p.name = name).await
     }
 
-    /// Sets the group's description (admins only), keeping its name.
+    /// Sets the group's description (admins only), keeping its name and avatar.
     pub async fn describe_group(&self, group: &str, text: &str) -> Result<Sent, DeviceError> {
-        let (group, text, _) = owned3(group, text, "");
+        let text = text.to_owned();
+        self.profile_op(group, move |p| p.description = text).await
+    }
+
+    /// Sets the group's avatar (an uploaded picture: [`crate::transfer::BlobClient::upload_file`])
+    /// or with `None` removes it (admins only), keeping its name and description.
+    pub async fn set_group_avatar(
+        &self,
+        group: &str,
+        avatar: Option<AttachmentPointer>,
+    ) -> Result<Sent, DeviceError> {
+        self.profile_op(group, move |p| p.avatar = avatar).await
+    }
+
+    /// Sends the group's profile as it is now, changed by `change`.
+    async fn profile_op(
+        &self,
+        group: &str,
+        change: impl FnOnce(&mut Profile) + Send + 'static,
+    ) -> Result<Sent, DeviceError> {
+        let group = group.to_owned();
         self.content_op(move |c| {
             let id = c.resolve(&group)?;
-            let name = c
+            let mut profile = c
                 .groups()
                 .into_iter()
                 .find(|g| g.id == id)
-                .map(|g| g.name)
-                .unwrap_or_default();
-            Ok(c.set_group_profile(session::now_ms(), &group, &name, &text, None)?)
+                .map(|g| Profile {
+                    name: g.name,
+                    description: g.description,
+                    avatar: g.avatar,
+                })
+                .ok_or_else(|| CommandError::UnknownGroup(group.clone()))?;
+            change(&mut profile);
+            Ok(c.set_group_profile(
+                session::now_ms(),
+                &group,
+                &profile.name,
+                &profile.description,
+                profile.avatar,
+            )?)
         })
         .await
     }
@@ -184,6 +206,13 @@ impl Device {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A group's profile, as [`Device::profile_op`] changes it.
+struct Profile {
+    name: String,
+    description: String,
+    avatar: Option<AttachmentPointer>,
 }
 
 fn owned3(a: &str, b: &str, c: &str) -> (String, String, String) {

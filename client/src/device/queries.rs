@@ -123,6 +123,7 @@ impl Device {
                     epoch_authenticator: hex::encode(auth),
                     members,
                     description: info.description,
+                    avatar: info.avatar.as_ref().map(crate::views::file_line),
                     admins: info.admins.iter().map(|u| u.to_string()).collect(),
                     disappearing_secs: info.disappearing_secs,
                     unread: info.unread,

@@ -373,6 +373,8 @@ pub struct GroupInfo {
     pub active: bool,
     /// Its description (issue 13; empty if none).
     pub description: String,
+    /// Its avatar picture (an attachment, like a file sent to the group), if one was set.
+    pub avatar: Option<crate::attachment::AttachmentPointer>,
     /// Its admins (users). A group made before admins existed has none recorded: then
     /// every member may do what admins do.
     pub admins: Vec<UserName>,

@@ -201,6 +201,7 @@ impl Groups {
                     members,
                     active: r.membership == Membership::Active,
                     description: String::new(),
+                    avatar: None,
                     admins: self
                         .mls
                         .get(&r.id)

@@ -251,6 +251,7 @@ impl<S: Store> Client<S> {
             let s = group_settings::load(store, &info.id)?;
             info.unread = group_settings::unread(store, &info.id, s.last_read, self.me.user())?;
             info.description = s.description;
+            info.avatar = s.avatar;
             info.disappearing_secs = s.disappearing_secs;
             info.muted_until_ms = s.muted_until_ms;
         }
