@@ -3,10 +3,9 @@
 //! and, after retention, from the relay's; read receipts, unread counts and typing
 //! round-trip, and typing is not stored.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use aes::cipher::{BlockDecrypt, KeyInit, generic_array::GenericArray};
 use cove::session::now_ms;
 use cove::{Device, Event};
 use cove_core::cove_store::Store as _;
@@ -14,40 +13,6 @@ use cove_core::{Content, Envelope, GroupChange, MessageId};
 use cove_wire::{GroupId, Reply, Request, Seq};
 
 use crate::support::*;
-
-/// SQLCipher 4's page layout: 4096-byte pages ending in a 16-byte IV and a 64-byte HMAC;
-/// page 1 starts with the 16-byte salt.
-const PAGE: usize = 4096;
-const RESERVE: usize = 80;
-
-/// The plaintext of every page of an SQLCipher file (`cove.db`) or of every frame of its
-/// write-ahead log (`-wal`), decrypted with the home's raw key (AES-256-CBC per page): what
-/// a thief holding `db.key` and the files reads, deleted-but-not-overwritten bytes included.
-fn decrypted(path: &Path, key: &[u8; 32]) -> Vec<u8> {
-    let data = std::fs::read(path).unwrap_or_default();
-    let wal = path.to_string_lossy().ends_with("-wal");
-    let cipher = aes::Aes256::new(GenericArray::from_slice(key));
-    let mut out = Vec::new();
-    let (mut at, stride, skip) = if wal {
-        (32, 24 + PAGE, 24)
-    } else {
-        (0, PAGE, 0)
-    };
-    while at + stride <= data.len() {
-        let page = &data[at + skip..at + stride];
-        let iv = &page[PAGE - RESERVE..PAGE - RESERVE + 16];
-        let body = &page[..PAGE - RESERVE];
-        let mut prev: [u8; 16] = iv.try_into().unwrap();
-        for block in body.chunks_exact(16) {
-            let mut b = GenericArray::clone_from_slice(block);
-            cipher.decrypt_block(&mut b);
-            out.extend(b.iter().zip(prev).map(|(x, p)| x ^ p));
-            prev = block.try_into().unwrap();
-        }
-        at += stride;
-    }
-    out
-}
 
 /// Whether `home`'s database or its write-ahead log, decrypted, holds `needle`.
 fn home_holds(home: &cove::config::Home, needle: &[u8]) -> bool {
@@ -57,18 +22,7 @@ fn home_holds(home: &cove::config::Home, needle: &[u8]) -> bool {
     wal.push("-wal");
     [db, PathBuf::from(wal)]
         .iter()
-        .any(|f| contains(&decrypted(f, key.as_bytes()), needle))
-}
-
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files_under(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
+        .any(|f| contains(&sqlcipher_plaintext(f, key.as_bytes()), needle))
 }
 
 /// `device`'s unread count of its (only) group.
@@ -204,8 +158,7 @@ async fn a_disappearing_message_vanishes_from_every_device_and_the_relay() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut files = Vec::new();
-    files_under(net.relay_data(), &mut files);
+    let files = files_under(net.relay_data());
     let probe = &ciphertext[ciphertext.len() / 2..ciphertext.len() / 2 + 32];
     for f in &files {
         let bytes = std::fs::read(f).unwrap_or_default();

@@ -2,8 +2,6 @@
 //! relay over TLS: every kind round-trips, every member renders the same history, and a
 //! deleted message's texts are gone from the members' database files.
 
-use std::path::Path;
-
 use cove::{ChatMessage, Device, Event};
 use cove_core::{MessageId, Quote, Reaction};
 
@@ -45,35 +43,6 @@ async fn id_of(device: &Device, text: &str) -> MessageId {
         .find(|m| m.text == text)
         .unwrap_or_else(|| panic!("{} holds no {text:?}", device.user()))
         .id
-}
-
-/// The decrypted pages of SQLCipher 4 database `path` (raw 32-byte `key`; 4096-byte pages
-/// ending in 80 reserved bytes: the IV, then the HMAC; page 1 starts with the 16-byte
-/// salt), every page, the free ones included, and not authenticated: what someone with
-/// the key reads in the file, deleted-but-not-overwritten data included.
-fn decrypted_pages(path: &Path, key: &[u8; 32]) -> Vec<u8> {
-    use aes::cipher::generic_array::GenericArray;
-    use aes::cipher::{BlockDecrypt, KeyInit};
-    const PAGE: usize = 4096;
-    const RESERVE: usize = 80;
-    let data = std::fs::read(path).unwrap();
-    assert_eq!(data.len() % PAGE, 0, "{} is whole pages", path.display());
-    let aes = aes::Aes256::new(GenericArray::from_slice(key));
-    let mut out = Vec::with_capacity(data.len());
-    for (i, page) in data.chunks(PAGE).enumerate() {
-        let (start, end) = (if i == 0 { 16 } else { 0 }, PAGE - RESERVE);
-        let mut prev: [u8; 16] = page[end..end + 16].try_into().unwrap();
-        for block in page[start..end].chunks(16) {
-            let mut b = GenericArray::clone_from_slice(block);
-            aes.decrypt_block(&mut b);
-            for (x, p) in b.iter_mut().zip(prev) {
-                *x ^= p;
-            }
-            out.extend_from_slice(&b);
-            prev = block.try_into().unwrap();
-        }
-    }
-    out
 }
 
 /// alice, bob and carol: a reply, a reaction, an edit, a second message edited, replied to
@@ -217,7 +186,7 @@ async fn every_chat_kind_round_trips_renders_the_same_and_a_delete_leaves_no_tex
             std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
             "{who}'s WAL is checkpointed at close"
         );
-        let pages = decrypted_pages(&home.database_path(), &key);
+        let pages = sqlcipher_plaintext(&home.database_path(), &key);
         assert!(
             contains(&pages, b"KEEP-CANARY hello, edited"),
             "{who}: the scan reads the database (a kept text is found)"
@@ -227,9 +196,7 @@ async fn every_chat_kind_round_trips_renders_the_same_and_a_delete_leaves_no_tex
             "{who}'s database still holds a text of the deleted message"
         );
     }
-    let mut relay_files = Vec::new();
-    walk(net.relay_data(), &mut relay_files);
-    for f in relay_files {
+    for f in files_under(net.relay_data()) {
         let data = std::fs::read(&f).unwrap();
         for needle in ["CANARY", "🎉", "about that"] {
             assert!(
@@ -237,17 +204,6 @@ async fn every_chat_kind_round_trips_renders_the_same_and_a_delete_leaves_no_tex
                 "{needle:?} in the relay's {}",
                 f.display()
             );
-        }
-    }
-}
-
-fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            walk(&path, out);
-        } else {
-            out.push(path);
         }
     }
 }

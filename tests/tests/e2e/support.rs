@@ -280,3 +280,58 @@ pub fn database_key(home: &Home) -> cove_core::cove_store::DatabaseKey {
     let bytes: [u8; 32] = hex::decode(text.trim()).unwrap().try_into().unwrap();
     cove_core::cove_store::DatabaseKey::from_bytes(bytes)
 }
+
+/// The plaintext of every page of an SQLCipher 4 file (`cove.db`), or of every frame of its
+/// write-ahead log (a path ending in `-wal`), decrypted with the home's raw `key`
+/// (AES-256-CBC per page; 4096-byte pages ending in 80 reserved bytes, the IV then the HMAC;
+/// page 1 starts with the 16-byte salt), not authenticated: what someone holding `db.key`
+/// and the files reads, free pages and deleted-but-not-overwritten bytes included.
+pub fn sqlcipher_plaintext(path: &Path, key: &[u8; 32]) -> Vec<u8> {
+    use aes::cipher::generic_array::GenericArray;
+    use aes::cipher::{BlockDecrypt, KeyInit};
+    const PAGE: usize = 4096;
+    const RESERVE: usize = 80;
+    let data = std::fs::read(path).unwrap_or_default();
+    let wal = path.to_string_lossy().ends_with("-wal");
+    // A WAL: a 32-byte header, then frames of a 24-byte header (page number first) and a page.
+    let (mut at, header) = if wal { (32, 24) } else { (0, 0) };
+    let aes = aes::Aes256::new(GenericArray::from_slice(key));
+    let mut out = Vec::with_capacity(data.len());
+    let mut index = 0u32;
+    while at + header + PAGE <= data.len() {
+        index += 1;
+        let page_no = if wal {
+            u32::from_be_bytes(data[at..at + 4].try_into().unwrap())
+        } else {
+            index
+        };
+        let page = &data[at + header..at + header + PAGE];
+        let (start, end) = (if page_no == 1 { 16 } else { 0 }, PAGE - RESERVE);
+        let mut prev: [u8; 16] = page[end..end + 16].try_into().unwrap();
+        for block in page[start..end].chunks_exact(16) {
+            let mut b = GenericArray::clone_from_slice(block);
+            aes.decrypt_block(&mut b);
+            out.extend(b.iter().zip(prev).map(|(x, p)| x ^ p));
+            prev = block.try_into().unwrap();
+        }
+        at += header + PAGE;
+    }
+    out
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
