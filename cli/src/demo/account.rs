@@ -82,7 +82,7 @@ pub fn carol_logs_in(d: &mut Demo) -> StepFuture<'_> {
             println!("[{LAPTOP}] {GROUP} (from before the laptop) {}", m.line());
         }
         ensure!(
-            history.iter().any(|m| m.text == "hello friends!"),
+            history.iter().any(|m| m.text == "hi alice, hi carol"),
             "the laptop did not restore carol's history"
         );
         d.users.insert(LAPTOP, laptop);

@@ -58,7 +58,7 @@ pub fn link_laptop(d: &mut Demo) -> StepFuture<'_> {
             history.first().map(|m| m.line()).unwrap_or_default()
         );
         ensure!(
-            history.iter().any(|m| m.text == "hello friends!"),
+            history.iter().any(|m| m.text == "hi alice, hi carol"),
             "the laptop did not get the group's history"
         );
         d.users.insert(LAPTOP, laptop);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 
-use cove::{Event, escape, short_id};
+use cove::{Event, short_id};
 
 use super::{Demo, StepFuture};
 
@@ -15,19 +15,22 @@ const GROUP: &str = "friends";
 /// How long the demo's disappearing message lives.
 const TIMER: Duration = Duration::from_secs(3);
 
-/// The id (hex) of the message `user` saw with exactly `text`.
-fn id_seen(d: &Demo, user: &str, text: &str) -> anyhow::Result<String> {
-    d.seen
-        .get(user)
-        .and_then(|seen| seen.iter().rev().find(|m| m.text == text))
-        .map(|m| m.id.to_hex())
-        .with_context(|| format!("{user} has not seen {text:?}"))
+/// The id (hex) of the newest message in `user`'s history with exactly `text`.
+async fn id_of(d: &Demo, user: &str, text: &str) -> anyhow::Result<String> {
+    d.user(user)?
+        .history(GROUP)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|m| m.text == text)
+        .map(|m| m.id)
+        .with_context(|| format!("{user} holds no message {text:?}"))
 }
 
 pub fn react_edit_delete(d: &mut Demo) -> StepFuture<'_> {
     Box::pin(async move {
         // bob replies to alice's first message.
-        let hello = id_seen(d, "bob", "hello friends!")?;
+        let hello = id_of(d, "bob", "hello friends!").await?;
         let reply = "hi! are we still on for saturday?";
         d.user("bob")?.reply(GROUP, &hello, reply).await?;
         println!("[bob] -> replies to {}: {reply}", short_id(&hello));
@@ -42,7 +45,7 @@ pub fn react_edit_delete(d: &mut Demo) -> StepFuture<'_> {
         }
 
         // carol reacts to it.
-        let reply_id = id_seen(d, "carol", reply)?;
+        let reply_id = id_of(d, "carol", reply).await?;
         d.user("carol")?
             .react(GROUP, &reply_id, "🎉", false)
             .await?;
@@ -58,7 +61,7 @@ pub fn react_edit_delete(d: &mut Demo) -> StepFuture<'_> {
         }
 
         // alice edits her first message.
-        let hello = id_seen(d, "alice", "hello friends!")?;
+        let hello = id_of(d, "alice", "hello friends!").await?;
         let edited = "hello friends! (now with an edit)";
         d.user("alice")?.edit(GROUP, &hello, edited).await?;
         println!("[alice] -> edits {}: {edited}", short_id(&hello));
@@ -76,7 +79,7 @@ pub fn react_edit_delete(d: &mut Demo) -> StepFuture<'_> {
         let oops = "oops, that was meant for my sister";
         d.say("carol", GROUP, oops).await?;
         d.expect_text(&["alice", "bob"], oops).await?;
-        let oops_id = id_seen(d, "carol", oops)?;
+        let oops_id = id_of(d, "carol", oops).await?;
         d.user("carol")?.delete_message(GROUP, &oops_id).await?;
         println!("[carol] -> deletes {} for everyone", short_id(&oops_id));
         for user in ["alice", "bob"] {
@@ -129,6 +132,13 @@ pub fn disappearing(d: &mut Demo) -> StepFuture<'_> {
                 !left.iter().any(|m| m.text == text),
                 "{user} still holds the disappeared message"
             );
+            ensure!(
+                d.user(user)?
+                    .search("disappears", Some(GROUP), 10)
+                    .await?
+                    .is_empty(),
+                "{user}'s search still finds the disappeared message"
+            );
         }
         d.user("alice")?.set_disappearing(GROUP, None).await?;
         println!("[alice] -> disappearing messages: off");
@@ -140,9 +150,8 @@ pub fn disappearing(d: &mut Demo) -> StepFuture<'_> {
         }
         d.sent.push(text.into());
         d.summary.push(format!(
-            "a message disappeared from all three devices {} s after it arrived ({})",
-            secs,
-            escape("history and search no longer find it")
+            "a message disappeared from all three devices {secs} s after it arrived (history \
+             and search no longer find it)"
         ));
         Ok(())
     })

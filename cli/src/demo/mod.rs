@@ -307,6 +307,12 @@ fn show(user: &str, me: Option<cove::DeviceId>, event: &Event, seen: &mut Vec<Ch
             }
         }
         Event::RemovedFromGroup { .. } => println!("[{user}] was removed from the group"),
+        // What the user did themself was printed when they did it.
+        Event::Reacted { by, .. }
+        | Event::Edited { by, .. }
+        | Event::Deleted { by, .. }
+        | Event::GroupChanged { by, .. }
+            if by.as_str() == user => {}
         Event::Reacted { .. }
         | Event::Edited { .. }
         | Event::Deleted { .. }
