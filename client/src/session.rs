@@ -6,7 +6,7 @@
 //!     client.handle_connected(now, tls_channel_binding)
 //!     select {
 //!         frame from socket → client.handle_frame(now, frame), and the frames already
-//!             waiting behind it; then client.flush_acks() (the burst's acks)
+//!             waiting behind it; then client.end_of_burst() (acks, once enough are unacked)
 //!         command from a [`Session`] handle → run it against &mut client
 //!         client.poll_timeout() reached → client.handle_timeout(now)
 //!     }
@@ -511,7 +511,8 @@ impl<S: Store + 'static> Pump<S> {
                         if let Some(ended) = self.on_frame(frame) {
                             break ended;
                         }
-                        // The rest of what the connection has ready, then the burst's acks.
+                        // The rest of what the connection has ready, then the end of the
+                        // burst (acks once enough are unacked; else the core's timers).
                         if let Some(ended) = self.rest_of_burst(&mut conn) {
                             break ended;
                         }
@@ -558,8 +559,8 @@ impl<S: Store + 'static> Pump<S> {
     }
 
     /// Handles the frames the connection has ready now (at most [`MAX_BURST_FRAMES`]),
-    /// without waiting, then tells the core the burst ended so that it acks it (one ack
-    /// per stream instead of one per entry).
+    /// without waiting, then tells the core the burst ended, which acks once enough entries
+    /// are unacked (one ack per stream, not one per entry; fewer wait for the core's timers).
     fn rest_of_burst(&mut self, conn: &mut Connection) -> Option<Ended<S>> {
         for _ in 0..MAX_BURST_FRAMES {
             // `recv` is cancel-safe: a frame not ready now is read by the next call.
@@ -576,7 +577,7 @@ impl<S: Store + 'static> Pump<S> {
                 Some(Err(e)) => return Some(Ended::Lost(e.to_string())),
             }
         }
-        self.client.flush_acks();
+        self.client.end_of_burst();
         None
     }
 

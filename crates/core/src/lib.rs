@@ -20,13 +20,14 @@
 //! loop {
 //!     let channel = connect();                      client.handle_connected(now_ms(), channel);
 //!     while let Some(frame) = receive() {           client.handle_frame(now_ms(), frame)?;
-//!         if nothing_more_ready() {                 client.flush_acks();   // end of a burst
+//!         if nothing_more_ready() {                 client.end_of_burst(); // acks, by count
 //!         }
 //!         // and at client.poll_timeout():          client.handle_timeout(now_ms())?;
 //!         while let Some(out) = client.poll_output() {
 //!             match out { Output::Send(f) => send(f), Output::Event(e) => show(e) }
 //!         }
 //!     }
+//!     // a polite close:                            client.flush_acks(); then send, close
 //!     client.handle_disconnected();                 // requests in flight are retried later
 //! }
 //! // Commands (create_group, add_users, send_text, ...) may be called at any time; they
@@ -51,11 +52,11 @@ mod types;
 pub mod welcome_envelope;
 
 pub use client::{
-    ACK_DELAY_MS, CIPHERSUITE, Client, DEVICE_CERTIFICATE_EXTENSION, KEY_PACKAGE_BATCH,
-    KEY_PACKAGE_LOW_WATER, MAX_COMMIT_RETRIES, MAX_GROUP_NAME, MAX_PARKED_BYTES, MAX_PAST_EPOCHS,
-    MAX_PENDING_PER_GROUP, MAX_REJOIN_ATTEMPTS, MAX_RETRY_DELAY_MS, MAX_UNCONFIRMED_QUIET_ACKS,
-    MIN_RETRY_DELAY_MS, PADDING_BUCKET, UNJOINED_PARK_MS, credential_identity, placeholder_name,
-    safety_number,
+    ACK_BATCH, ACK_DELAY_MS, ACK_IDLE_MS, CIPHERSUITE, Client, DEVICE_CERTIFICATE_EXTENSION,
+    KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW_WATER, MAX_COMMIT_RETRIES, MAX_GROUP_NAME, MAX_PARKED_BYTES,
+    MAX_PAST_EPOCHS, MAX_PENDING_PER_GROUP, MAX_REJOIN_ATTEMPTS, MAX_RETRY_DELAY_MS,
+    MAX_UNCONFIRMED_QUIET_ACKS, MIN_RETRY_DELAY_MS, PADDING_BUCKET, UNJOINED_PARK_MS,
+    credential_identity, placeholder_name, safety_number,
 };
 pub use client::{MAX_DISAPPEARING_SECS, RECEIPT_INTERVAL_MS, TYPING_FRESH_MS};
 pub use content::{Content, Envelope};

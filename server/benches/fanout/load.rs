@@ -1,8 +1,8 @@
 //! The load generator: N receiving connections and one sending connection, all over
 //! loopback TLS, on the load runtime. It speaks either the bare broadcast protocol or Cove's
 //! wire protocol (as a real device would: challenge-response registration, `Post`s of
-//! opaque application payloads, cumulative acks as [`AckMode`] says: by default per read
-//! burst, as `cove-core` acks).
+//! opaque application payloads, cumulative acks as [`AckMode`] says: by default by count
+//! and timers, as `cove-core` acks).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -239,22 +239,32 @@ pub enum AckMode {
         /// `QuietAck` instead of `Ack`.
         quiet: bool,
     },
-    /// As `cove-core` does: after a frame, the frames already waiting behind it (up to
-    /// [`BURST_FRAMES`]) are read too, then one cumulative ack per stream goes out, group
-    /// acks as `QuietAck` except every [`ANSWERED_EVERY`]th (the core answers one after 64
-    /// unsettled quiet ones), inbox acks as `Ack`. The core's 100 ms timer is left out: here
-    /// every burst ends.
+    /// As `cove-core` did before it acked by count: after a frame, the frames already
+    /// waiting behind it (up to [`BURST_FRAMES`]) are read too, then one cumulative ack per
+    /// stream goes out, group acks as `QuietAck` except every [`ANSWERED_EVERY`]th (the
+    /// core answers one after 64 unsettled quiet ones), inbox acks as `Ack`. The core's
+    /// 100 ms timer is left out: here every burst ends.
     Burst,
-    /// An experiment (not what `cove-core` does): as [`AckMode::Burst`], but a burst that
-    /// leaves fewer than [`THRESHOLD`] entries unacked waits for more or for
-    /// [`ACK_DELAY`] (100 ms, `cove-core`'s timer).
-    BurstOrTimer,
+    /// As `cove-core` does: bursts as in [`AckMode::Burst`], but the end of a burst sends
+    /// the acks only once [`ACK_BATCH`] entries are unacked (or an inbox entry is); fewer
+    /// wait for more, or for the device to be idle for its stretch of [`ACK_IDLE`], or for
+    /// its stretch of [`ACK_DELAY`] after the first of them (the core's constants; the
+    /// stretch, 0 to 100% per device, from the device id as the core computes it).
+    Count,
 }
 
-/// [`AckMode::BurstOrTimer`]: entries that are acked at the end of their burst.
-const THRESHOLD: u64 = 64;
-/// [`AckMode::BurstOrTimer`]: the longest an ack waits.
-const ACK_DELAY: Duration = Duration::from_millis(100);
+/// [`AckMode::Count`]: entries that are acked at the end of their burst (`ACK_BATCH`).
+const ACK_BATCH: u64 = 64;
+/// [`AckMode::Count`]: the longest an ack waits after the first entry (`ACK_DELAY_MS`).
+const ACK_DELAY: Duration = Duration::from_millis(1_000);
+/// [`AckMode::Count`]: idle time after which the acks go out (`ACK_IDLE_MS`).
+const ACK_IDLE: Duration = Duration::from_millis(250);
+
+/// `base` stretched by device `id`'s fraction, as `cove-core`'s `Acks::set_device` does.
+fn stretched(base: Duration, id: DeviceId) -> Duration {
+    let thousandths = (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 1_000;
+    base + base * thousandths as u32 / 1_000
+}
 
 /// Most frames one burst reads (as `cove`'s session does).
 const BURST_FRAMES: usize = 256;
@@ -271,9 +281,13 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
         let mut group_acks = 0u64;
         // Burst mode: the highest seq per stream seen in this burst.
         let mut burst: Vec<(WireStream, cove_wire::Seq)> = Vec::new();
-        // Threshold mode: entries in `burst` not acked yet, and when they are due.
+        // Count mode: entries in `burst` not acked yet (an inbox one among them), when
+        // the first came and when they are due.
         let mut held = 0u64;
+        let mut urgent = false;
+        let mut first_at: Option<tokio::time::Instant> = None;
         let mut due: Option<tokio::time::Instant> = None;
+        let (idle, delay) = (stretched(ACK_IDLE, dev.id), stretched(ACK_DELAY, dev.id));
         'read: loop {
             // `None`: the timer fired (what was held goes out now).
             let first = match due {
@@ -317,8 +331,9 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
                     };
                     match (acks, seen) {
                         (_, None) => {}
-                        (AckMode::Burst | AckMode::BurstOrTimer, Some((stream, seq))) => {
+                        (AckMode::Burst | AckMode::Count, Some((stream, seq))) => {
                             held += 1;
+                            urgent |= stream == WireStream::Inbox;
                             match burst.iter_mut().find(|(s, _)| *s == stream) {
                                 Some((_, at)) => *at = (*at).max(seq),
                                 None => burst.push((stream, seq)),
@@ -337,7 +352,7 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
                         }
                     }
                 }
-                if matches!(acks, AckMode::Burst | AckMode::BurstOrTimer) && frames < BURST_FRAMES {
+                if matches!(acks, AckMode::Burst | AckMode::Count) && frames < BURST_FRAMES {
                     // What the socket has ready now, without waiting.
                     match ws.next().now_or_never() {
                         None => {}
@@ -346,11 +361,16 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
                     }
                 }
             }
-            if acks == AckMode::BurstOrTimer && held > 0 && held < THRESHOLD && !fired {
-                // A small burst waits for more, or for the timer.
-                due.get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
+            if acks == AckMode::Count && held > 0 && held < ACK_BATCH && !urgent && !fired {
+                // Fewer than the count wait for more, for the device to be idle, or for
+                // the delay after the first of them.
+                let now = tokio::time::Instant::now();
+                let first = *first_at.get_or_insert(now);
+                due = Some((now + idle).min(first + delay));
             } else {
                 held = 0;
+                urgent = false;
+                first_at = None;
                 due = None;
                 to_send.append(&mut burst);
             }

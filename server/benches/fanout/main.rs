@@ -21,11 +21,12 @@
 //! Settings (environment): `FANOUT_N` (list, default `100,1000`), `FANOUT_SIZES` (payload
 //! bytes, default `256,4096`), `FANOUT_SECS` (closed-loop measurement, default 4),
 //! `FANOUT_OPEN_SECS` (open loop, default 4), `FANOUT_WARMUP_SECS` (default 1),
-//! `FANOUT_WINDOW` (default 64 at N >= 1000, 64,000 ÷ N below), `FANOUT_LOAD` (default 0.1), `FANOUT_ACK` (`burst`, the default: one cumulative ack per stream per read burst,
-//! group acks as `QuietAck`s, as `cove-core` acks; `answered`: an `Ack` answered with `Acked`
-//! every `FANOUT_ACK_EVERY` group entries, as `cove-core` acked before; `quiet`: the same as
-//! `QuietAck`s; `burst-timer`: an experiment, bursts of fewer than 64 entries wait for the
-//! 100 ms timer), `FANOUT_ACK_EVERY` (default 64; 0 = receivers never ack, a diagnostic),
+//! `FANOUT_WINDOW` (default 64 at N >= 1000, 64,000 ÷ N below), `FANOUT_LOAD` (default 0.1), `FANOUT_ACK` (`count`, the default, as `cove-core` acks: one cumulative
+//! ack per stream at the end of a read burst once 64 entries are unacked, else when the
+//! device is idle 250-500 ms or 1-2 s after the first, group acks as `QuietAck`s; `burst`:
+//! one per read burst, as `cove-core` acked before; `answered`: an `Ack` answered with
+//! `Acked` every `FANOUT_ACK_EVERY` group entries, as it acked before that; `quiet`: the same
+//! as `QuietAck`s), `FANOUT_ACK_EVERY` (default 64; 0 = receivers never ack, a diagnostic),
 //! `FANOUT_REPS` (default 1), `FANOUT_SERVERS` (`bare,relay`), `FANOUT_STORE` (`sqlite` or
 //! `memory`), `FANOUT_PIN` (`1`; `0` leaves scheduling to the OS).
 
@@ -115,7 +116,7 @@ impl Config {
             },
             load: env_parse("FANOUT_LOAD", 0.1)?,
             acks: ack_mode(
-                &env_str("FANOUT_ACK", "burst"),
+                &env_str("FANOUT_ACK", "count"),
                 env_parse("FANOUT_ACK_EVERY", 64)?,
             )?,
             reps: env_parse("FANOUT_REPS", 1)?,
@@ -137,19 +138,19 @@ impl Config {
     }
 }
 
-/// The receivers' ack mode: `FANOUT_ACK` is `burst` (as `cove-core`), `answered` or `quiet`
-/// (cumulative every `every` group entries, with `Ack` or `QuietAck`); `FANOUT_ACK_EVERY=0`
-/// means never.
+/// The receivers' ack mode: `FANOUT_ACK` is `count` (as `cove-core`), `burst` (as it acked
+/// before), `answered` or `quiet` (cumulative every `every` group entries, with `Ack` or
+/// `QuietAck`); `FANOUT_ACK_EVERY=0` means never.
 fn ack_mode(mode: &str, every: u64) -> Result<load::AckMode> {
     Ok(match (mode, every) {
         (_, 0) => load::AckMode::Never,
         ("burst", _) => load::AckMode::Burst,
-        ("burst-timer", _) => load::AckMode::BurstOrTimer,
+        ("count", _) => load::AckMode::Count,
         ("answered", n) => load::AckMode::Every { n, quiet: false },
         ("quiet", n) => load::AckMode::Every { n, quiet: true },
         (other, _) => {
             return Err(anyhow!(
-                "FANOUT_ACK={other:?}: use burst, answered or quiet"
+                "FANOUT_ACK={other:?}: use count, burst, answered or quiet"
             ));
         }
     })

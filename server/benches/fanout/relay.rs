@@ -1,8 +1,8 @@
 //! Cove's relay under the same load: durable storage (SQLite in a temp dir unless
 //! `FANOUT_STORE=memory`), N receiving devices registered (one user each) and added to one
 //! group by a commit of the sending device, the sender posting `Application` entries, the
-//! receivers acking as `cove-core` does (one cumulative `QuietAck` per read burst) or, with
-//! `FANOUT_ACK=answered|quiet`, every `FANOUT_ACK_EVERY` entries (see [`load::AckMode`]).
+//! receivers acking as `cove-core` does (cumulative `QuietAck`s by count and timers) or, with
+//! `FANOUT_ACK=burst` once per read burst, with `FANOUT_ACK=answered|quiet` every `FANOUT_ACK_EVERY` entries (see [`load::AckMode`]).
 //!
 //! The only limit changed from the defaults is the per-device request rate (the sender
 //! posts tens of thousands of messages a second; a real device would be limited to 200/s).
@@ -129,9 +129,7 @@ pub async fn start(rt: &tokio::runtime::Runtime, n: usize, cfg: &Config) -> Resu
     }
     let quiet = matches!(
         cfg.acks,
-        load::AckMode::Burst
-            | load::AckMode::BurstOrTimer
-            | load::AckMode::Every { quiet: true, .. }
+        load::AckMode::Burst | load::AckMode::Count | load::AckMode::Every { quiet: true, .. }
     );
     let sender = load::relay_sender(sender, group, epoch, quiet);
     Ok(RelayTarget {

@@ -1,40 +1,77 @@
-//! Acknowledgements: cumulative, sent once per burst of frames, mostly unanswered.
+//! Acknowledgements: cumulative, sent by count rather than by clock, mostly unanswered.
 //!
 //! The relay acknowledges everything up to an acked seq (`Ack { stream, seq }`, never
 //! backwards), and each ack request costs it a wake-up, a TLS record read and, answered, a
-//! record and a `writev` back. So the client does not ack each entry it processes: it keeps
-//! the highest processed seq per stream and sends it when the shell reports the end of a
-//! burst ([`super::Client::flush_acks`]: every frame the connection had ready is handled),
-//! at `BacklogDone`, or [`ACK_DELAY_MS`] after the first unsent one, whichever comes first.
+//! record and a `writev` back. So the client does not ack each entry it processes, nor each
+//! burst of frames (at low load a burst is one entry: one ack per entry per receiver). It
+//! keeps the highest processed seq per stream and counts the entries processed since the
+//! last acks went out; they go out, one per stream:
+//!
+//! - at the end of a burst ([`super::Client::end_of_burst`]: every frame the connection had
+//!   ready is handled) once [`ACK_BATCH`] entries are unacked, or when one of them is
+//!   urgent (below);
+//! - at `BacklogDone`, and when the shell flushes them ([`super::Client::flush_acks`], before
+//!   it closes the connection politely);
+//! - otherwise on a timer ([`Acks::deadline`]): when the connection has been idle (no entry
+//!   processed) for [`ACK_IDLE_MS`], or [`ACK_DELAY_MS`] after the first unsent one,
+//!   whichever comes first. Both are stretched per device by up to 100% ([`Acks::set_device`]),
+//!   so that the receivers of one busy group, who all get each entry at the same moment, do
+//!   not all ack at the same moment.
+//!
+//! Urgent: inbox acks (Welcomes, rare) and the acks of a group this device holds no state of
+//! any more (it was removed or left, or the entries were dropped): the relay keeps a removed
+//! device's cursor, and delivers the entries up to its removal again on every connection,
+//! until that device acks the removal commit.
 //!
 //! Group acks go out as `QuietAck`, which the relay answers only when it refuses one (under
 //! its id). Their ids are kept until an answered `Ack` sent after them is answered (the
 //! relay keeps a connection's acks in request order, so a refusal of an earlier quiet ack
 //! would have come before); once [`MAX_UNCONFIRMED_QUIET_ACKS`] are kept, the next group
-//! ack is sent answered, which bounds the ids kept. Inbox acks (rare) are always answered.
+//! ack is sent answered, which bounds the ids kept. Inbox acks are always answered.
 //!
 //! An entry processed and not acked yet when the connection drops is delivered again on
-//! the next connection; the store's cursor (advanced in the transaction that applied the
-//! entry) recognises it and it is only acked again. A leaf: it imports no other part.
+//! the next connection (at most [`ACK_BATCH`] entries per stream plus what arrived within
+//! the timers); the store's cursor (advanced in the transaction that applied the entry)
+//! recognises it and it is only acked again. A leaf: it imports no other part.
 
 use std::collections::VecDeque;
 
 use cove_wire::{RequestId, Seq, Stream};
 
-/// Longest time an ack waits for the end of its burst (ms).
-pub const ACK_DELAY_MS: u64 = 100;
+/// Entries processed and not acked at which the end of a burst sends their acks (a burst
+/// with fewer leaves them to the timers).
+pub const ACK_BATCH: usize = 64;
+
+/// Longest time an ack waits after the first unsent entry was processed (ms), before the
+/// per-device stretch (up to twice this).
+pub const ACK_DELAY_MS: u64 = 1_000;
+
+/// Time without a processed entry after which the unsent acks go out (ms), before the
+/// per-device stretch (up to twice this).
+pub const ACK_IDLE_MS: u64 = 250;
 
 /// Quiet acks whose refusal could still come, at most, before a group ack is sent answered
 /// (whose answer settles them).
 pub const MAX_UNCONFIRMED_QUIET_ACKS: usize = 64;
+
+/// The per-device stretch of the timers, in thousandths (`0..STRETCH_SCALE`).
+const STRETCH_SCALE: u64 = 1_000;
 
 /// Acks to send and quiet acks whose refusal could still come.
 #[derive(Debug, Default)]
 pub(super) struct Acks {
     /// The highest processed seq per stream, not sent yet (few streams per burst).
     unsent: Vec<(Stream, Seq)>,
-    /// When the unsent acks go out at the latest.
-    deadline_ms: Option<u64>,
+    /// Entries processed since the acks last went out.
+    count: usize,
+    /// One of the unsent acks should go out at the end of the burst.
+    urgent: bool,
+    /// When the first unsent entry was processed.
+    first_ms: Option<u64>,
+    /// When the last unsent entry was processed.
+    last_ms: u64,
+    /// This device's stretch of the timers, in thousandths (kept across connections).
+    stretch: u64,
     /// Quiet acks sent on this connection that no answered ack settled yet: their ordinal
     /// (in sending order) and request id.
     unconfirmed: VecDeque<(u64, RequestId)>,
@@ -55,26 +92,55 @@ pub(super) enum AckKind {
 }
 
 impl Acks {
-    /// `stream` was processed up to `seq` (at `now_ms`).
-    pub(super) fn processed(&mut self, now_ms: u64, stream: Stream, seq: Seq) {
+    /// The timers' stretch of this device (`device`, its relay id): a fixed fraction from
+    /// 0 to almost 1 of [`ACK_DELAY_MS`] and [`ACK_IDLE_MS`] added to them, spread evenly
+    /// over consecutive ids.
+    pub(super) fn set_device(&mut self, device: u64) {
+        // A Fibonacci hash: consecutive ids land far apart.
+        let mixed = device.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.stretch = (mixed >> 32) % STRETCH_SCALE;
+    }
+
+    /// `stream` was processed up to `seq` (at `now_ms`); `urgent`: its ack should not wait
+    /// for more entries (see the module).
+    pub(super) fn processed(&mut self, now_ms: u64, stream: Stream, seq: Seq, urgent: bool) {
         match self.unsent.iter_mut().find(|(s, _)| *s == stream) {
             Some((_, at)) => *at = (*at).max(seq),
             None => self.unsent.push((stream, seq)),
         }
-        if self.deadline_ms.is_none() {
-            self.deadline_ms = Some(now_ms.saturating_add(ACK_DELAY_MS));
-        }
+        self.count = self.count.saturating_add(1);
+        self.urgent |= urgent;
+        self.first_ms.get_or_insert(now_ms);
+        self.last_ms = now_ms;
     }
 
-    /// When the unsent acks are due (`None`: there are none).
+    /// `base` stretched by this device's fraction.
+    fn stretched(&self, base: u64) -> u64 {
+        base + base * self.stretch / STRETCH_SCALE
+    }
+
+    /// When the unsent acks are due (`None`: there are none): after the connection was idle
+    /// for the stretched [`ACK_IDLE_MS`], or the stretched [`ACK_DELAY_MS`] after the first
+    /// of them, whichever comes first.
     pub(super) fn deadline(&self) -> Option<u64> {
-        self.deadline_ms
+        let first = self.first_ms?;
+        let idle = self.last_ms.saturating_add(self.stretched(ACK_IDLE_MS));
+        let delay = first.saturating_add(self.stretched(ACK_DELAY_MS));
+        Some(idle.min(delay))
+    }
+
+    /// Whether the end of a burst should send the unsent acks: [`ACK_BATCH`] entries are
+    /// unacked, or one of them is urgent.
+    pub(super) fn due_at_burst_end(&self) -> bool {
+        !self.unsent.is_empty() && (self.count >= ACK_BATCH || self.urgent)
     }
 
     /// The acks to send now (the highest seq per stream), in the order their streams were
     /// first processed.
     pub(super) fn take(&mut self) -> Vec<(Stream, Seq)> {
-        self.deadline_ms = None;
+        self.count = 0;
+        self.urgent = false;
+        self.first_ms = None;
         std::mem::take(&mut self.unsent)
     }
 
@@ -129,6 +195,9 @@ impl Acks {
     /// A connection began or ended: nothing unsent is sent on it (the relay delivers the
     /// unacked entries again, and they are acked again), nothing quiet is answered.
     pub(super) fn reset(&mut self) {
-        *self = Acks::default();
+        *self = Acks {
+            stretch: self.stretch,
+            ..Acks::default()
+        };
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! effects       Effect, Pending: what the parts ask the dispatcher to do
-//! acks          Acks: cumulative acks per stream, sent per burst, mostly unanswered
+//! acks          Acks: cumulative acks per stream, sent by count or timer, mostly unanswered
 //! mls           ciphersuite, group-name extension, Cove credentials
 //! device        Me: this device's keys, challenge answers, device authorisations
 //! own_list      the user's identity key and signed device list (first device, or taken
@@ -90,7 +90,7 @@ use crate::error::{InvalidArgument, NotApplicable, ProtocolViolation, Shared, Wa
 use crate::provider::CoveProvider;
 use crate::types::*;
 
-pub use self::acks::{ACK_DELAY_MS, MAX_UNCONFIRMED_QUIET_ACKS};
+pub use self::acks::{ACK_BATCH, ACK_DELAY_MS, ACK_IDLE_MS, MAX_UNCONFIRMED_QUIET_ACKS};
 pub use self::changes::MAX_COMMIT_RETRIES;
 pub use self::inbound::{MAX_PARKED_BYTES, MAX_PENDING_PER_GROUP, UNJOINED_PARK_MS};
 pub use self::key_packages::{KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW_WATER};
@@ -869,8 +869,9 @@ impl<S: Store> Client<S> {
 
     /// The next deadline (ms, same clock as `now_ms`) at which the shell must call
     /// [`Client::handle_timeout`]; `None` when nothing is scheduled. Today: sending the acks
-    /// of entries processed since the last [`Client::flush_acks`] ([`ACK_DELAY_MS`] after
-    /// the first of them), resending posts the relay refused as retryable (`RateLimited`,
+    /// of entries processed and not acked yet (when the connection was idle for
+    /// [`ACK_IDLE_MS`], at the latest [`ACK_DELAY_MS`] after the first of them, both
+    /// stretched per device by up to 100%), resending posts the relay refused as retryable (`RateLimited`,
     /// `Unavailable`, `Internal`), and, on a linked device its user's list does not certify
     /// yet, fetching that list again; and, connected or not, the next batched read receipt
     /// and the next disappearing message to delete.
@@ -926,10 +927,22 @@ impl<S: Store> Client<S> {
 
     /// The shell has handled every frame its connection had ready (the end of a burst):
     /// acknowledges what was processed, one cumulative ack per stream (group acks as
-    /// `QuietAck`, see `PROTOCOL.md` "Quiet acknowledgements"). Shells call it whenever a
-    /// read from the connection finds nothing more waiting, and before closing the
-    /// connection politely; acks left unsent go out at the deadline of
-    /// [`Client::poll_timeout`] anyway. Calling it with nothing to ack does nothing.
+    /// `QuietAck`, see `PROTOCOL.md` "Quiet acknowledgements"), if [`ACK_BATCH`] entries
+    /// are unacked or one of the acks is urgent (an inbox entry, a group this device left);
+    /// otherwise they wait for the deadline of [`Client::poll_timeout`] (the connection
+    /// idle for [`ACK_IDLE_MS`], or [`ACK_DELAY_MS`] after the first, both stretched per
+    /// device) or for more entries. Shells call it whenever a read from the connection
+    /// finds nothing more waiting. Calling it with nothing to ack does nothing.
+    pub fn end_of_burst(&mut self) {
+        if self.acks.due_at_burst_end() {
+            self.send_acks();
+        }
+    }
+
+    /// Acknowledges everything processed now, whatever the count: one cumulative ack per
+    /// stream (as [`Client::end_of_burst`] does once enough are unacked). Shells call it
+    /// before closing the connection politely, so that the relay does not deliver those
+    /// entries again on the next one. Calling it with nothing to ack does nothing.
     pub fn flush_acks(&mut self) {
         self.send_acks();
     }
@@ -1160,6 +1173,7 @@ impl<S: Store> Client<S> {
     fn on_authenticated(&mut self, device: DeviceId, registered: bool) -> Result<(), HandleError> {
         self.me.authenticated(self.provider.store(), device)?;
         self.conn = Conn::Ready;
+        self.acks.set_device(device.0);
         self.fx.event(Event::Authenticated { device, registered });
         // KeyPackages: check the stock (uploads when low).
         self.key_packages.check(&mut self.fx);
@@ -1877,11 +1891,17 @@ impl<S: Store> Client<S> {
                 }
                 Effect::Event(event) => self.outputs.push_back(Output::Event(event)),
                 Effect::Ack(stream, seq) => {
-                    // Sent at the end of the burst (`flush_acks`), at `BacklogDone` or on
-                    // the timer; an ack asked for off a ready connection is dropped (the
-                    // entry comes again on the next one).
+                    // Sent by count at the end of a burst (`end_of_burst`), at
+                    // `BacklogDone`, by `flush_acks` or on the timers; an ack asked for off
+                    // a ready connection is dropped (the entry comes again on the next one).
+                    // Urgent: inbox acks, and those of a group this device no longer holds
+                    // (the relay redelivers up to a removal until it is acked).
                     if self.conn == Conn::Ready {
-                        self.acks.processed(self.now_ms, stream, seq);
+                        let urgent = match stream {
+                            Stream::Inbox => true,
+                            Stream::Group(group) => !self.groups.holds(&group),
+                        };
+                        self.acks.processed(self.now_ms, stream, seq, urgent);
                     }
                 }
             }

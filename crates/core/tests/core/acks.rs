@@ -1,10 +1,11 @@
-//! Acknowledgements: one cumulative `QuietAck` per stream per burst of frames, on a timer
-//! when no burst end is reported, answered now and then to bound what a connection keeps;
-//! an entry processed and not acked yet when the connection drops comes again and is only
-//! acked again.
+//! Acknowledgements: one cumulative `QuietAck` per stream once enough entries are unacked
+//! at the end of a burst, else when the device is idle or on a per-device stretched timer,
+//! at once at `BacklogDone` and for a group the device left; answered now and then to bound
+//! what a connection keeps; an entry processed and not acked yet when the connection drops
+//! comes again and is only acked again.
 
 use cove_core::error::Warning;
-use cove_core::{ACK_DELAY_MS, MAX_UNCONFIRMED_QUIET_ACKS, Output};
+use cove_core::{ACK_BATCH, ACK_DELAY_MS, ACK_IDLE_MS, MAX_UNCONFIRMED_QUIET_ACKS, Output};
 use cove_wire::{ErrorCode, Seq, Stream};
 
 use super::*;
@@ -136,8 +137,8 @@ fn entries_processed_but_not_acked_before_a_disconnect_come_again_and_are_droppe
     );
 }
 
-/// Without a reported burst end, bob's ack is due [`ACK_DELAY_MS`] after he processed the
-/// entry: `poll_timeout` says when, a timeout before it sends nothing, the one at it sends
+/// Without a reported burst end, bob's ack is due at the latest [`ACK_DELAY_MS`] after he
+/// processed the entry (here: idle for his stretch of [`ACK_IDLE_MS`]): `poll_timeout` says when, a timeout before it sends nothing, the one at it sends
 /// the `QuietAck`, and nothing is due after.
 #[test]
 fn an_ack_without_a_burst_end_goes_out_on_the_timer() {
@@ -302,4 +303,230 @@ fn an_answered_ack_follows_every_max_unconfirmed_quiet_acks() {
         "answered acks at {answered:?}"
     );
     assert_eq!(warnings(&net.take_events(bob)), Vec::<String>::new());
+}
+
+/// `frames` held for `slot`, taken from its inbound queue.
+fn held_frames(net: &mut Net<MemoryStore>, slot: usize) -> Vec<ServerFrame> {
+    net.nodes[slot].inbound.drain(..).collect()
+}
+
+/// The one `QuietAck` among `acks`: its stream and seq.
+fn one_quiet_ack(acks: &[(RequestId, Request)]) -> (Stream, Seq) {
+    match acks {
+        [(_, Request::QuietAck { stream, seq })] => (*stream, *seq),
+        other => panic!("one quiet ack: {other:?}"),
+    }
+}
+
+/// bob is handed [`ACK_BATCH`] − 1 entries and told each time that his burst ended: no ack
+/// leaves (the count is not reached); the next entry's burst end sends one `QuietAck` of
+/// the last seq, which moves his cursor at the relay there.
+#[test]
+fn a_burst_end_acks_only_once_ack_batch_entries_are_unacked() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    net.nodes[bob].hold = true;
+    for i in 0..ACK_BATCH {
+        send(&mut net, alice, &format!("m{i}"));
+    }
+    net.run();
+    let frames = held_frames(&mut net, bob);
+    assert_eq!(frames.len(), ACK_BATCH, "one frame per message");
+    let mut frames = frames.into_iter();
+    for frame in frames.by_ref().take(ACK_BATCH - 1) {
+        let now = net.now_ms;
+        net.client(bob).handle_frame(now, frame).unwrap();
+        net.client(bob).end_of_burst();
+        assert_eq!(take_acks(&mut net, bob), Vec::new(), "below the count");
+    }
+    let last = frames.next().unwrap();
+    let now = net.now_ms;
+    net.client(bob).handle_frame(now, last).unwrap();
+    net.client(bob).end_of_burst();
+    let acks = take_acks(&mut net, bob);
+    let expected = last_seq(&net, group);
+    assert_eq!(one_quiet_ack(&acks), (Stream::Group(group), expected));
+    assert_eq!(net.client(bob).poll_timeout(), None, "nothing left to ack");
+    let (id, body) = acks.into_iter().next().unwrap();
+    let answer = net
+        .relay
+        .handle(bob, ClientFrame::Request { id, body }, now);
+    assert!(answer.is_empty(), "a quiet ack is not answered: {answer:?}");
+    let bob_id = net.client(bob).device().unwrap();
+    assert_eq!(net.relay.cursor(bob_id, Stream::Group(group)), expected);
+    assert_eq!(texts(&net.take_events(bob)).len(), ACK_BATCH);
+}
+
+/// Entries that keep coming faster than the idle time (every `ACK_IDLE_MS / 2`) do not
+/// postpone bob's ack for ever: it is due between [`ACK_DELAY_MS`] and twice that after the
+/// first of them, not before, and covers every entry processed by then.
+#[test]
+fn under_steady_traffic_an_ack_waits_at_most_the_stretched_delay() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    net.nodes[bob].hold = true;
+    let count = 2 * ACK_DELAY_MS / (ACK_IDLE_MS / 2) + 2;
+    for i in 0..count {
+        send(&mut net, alice, &format!("m{i}"));
+    }
+    net.run();
+    let frames = held_frames(&mut net, bob);
+    assert_eq!(frames.len() as u64, count);
+    let seqs: Vec<Seq> = frames
+        .iter()
+        .map(|f| match f {
+            ServerFrame::Deliver(cove_wire::Delivery::Group(e)) => e.seq,
+            other => panic!("a group entry: {other:?}"),
+        })
+        .collect();
+    let first_at = net.now_ms;
+    let mut acked = None;
+    for (i, frame) in frames.into_iter().enumerate() {
+        let at = first_at + i as u64 * (ACK_IDLE_MS / 2);
+        if let Some(due) = net.client(bob).poll_timeout()
+            && due <= at
+        {
+            net.client(bob).handle_timeout(due).unwrap();
+            let acks = take_acks(&mut net, bob);
+            acked = Some((due, one_quiet_ack(&acks), seqs[i - 1]));
+            break;
+        }
+        net.client(bob).handle_frame(at, frame).unwrap();
+        net.client(bob).end_of_burst();
+        assert_eq!(take_acks(&mut net, bob), Vec::new(), "below the count");
+    }
+    let (due, ack, processed) = acked.expect("the ack went out on the timer");
+    assert!(
+        due >= first_at + ACK_DELAY_MS && due < first_at + 2 * ACK_DELAY_MS,
+        "due {} ms after the first entry",
+        due - first_at
+    );
+    assert_eq!(ack, (Stream::Group(group), processed));
+}
+
+/// Four receivers of one group get the same entry at the same moment: their acks are due
+/// at four different times, each between [`ACK_IDLE_MS`] and twice that later (a stretch per
+/// device), so a large group's receivers do not all ack at once.
+#[test]
+fn the_receivers_of_one_entry_are_due_to_ack_at_different_times() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let names = ["bob", "carol", "dave", "erin"];
+    let slots: Vec<usize> = names.iter().map(|n| device(&mut net, n)).collect();
+    group_of(&mut net, alice, &names);
+    for &slot in &slots {
+        net.take_events(slot);
+        net.nodes[slot].hold = true;
+    }
+    send(&mut net, alice, "to all");
+    net.run();
+    let at = net.now_ms;
+    let mut dues = Vec::new();
+    for &slot in &slots {
+        let frames = held_frames(&mut net, slot);
+        assert_eq!(frames.len(), 1);
+        for frame in frames {
+            net.client(slot).handle_frame(at, frame).unwrap();
+        }
+        net.client(slot).end_of_burst();
+        assert_eq!(take_acks(&mut net, slot), Vec::new());
+        let due = net
+            .client(slot)
+            .poll_timeout()
+            .expect("an ack is scheduled");
+        assert!(
+            due >= at + ACK_IDLE_MS && due < at + 2 * ACK_IDLE_MS,
+            "due {} ms after the entry",
+            due - at
+        );
+        dues.push(due);
+    }
+    let distinct: std::collections::BTreeSet<u64> = dues.iter().copied().collect();
+    assert_eq!(distinct.len(), slots.len(), "due at {dues:?}");
+}
+
+/// bob holds his acks back (no burst end, no idle reported): what he processed live is not
+/// acked, and after a reconnection its backlog is acked at `BacklogDone` although it is far
+/// below [`ACK_BATCH`] entries, moving his cursor to the end of the log.
+#[test]
+fn a_backlog_is_acked_at_backlog_done_whatever_its_size() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    net.nodes[bob].hold_acks = true;
+    let bob_id = net.client(bob).device().unwrap();
+    let before = net.relay.cursor(bob_id, Stream::Group(group));
+    send(&mut net, alice, "m1");
+    send(&mut net, alice, "m2");
+    net.run();
+    assert_eq!(texts(&net.take_events(bob)), vec!["m1", "m2"]);
+    assert_eq!(net.relay.cursor(bob_id, Stream::Group(group)), before);
+    net.disconnect(bob);
+    net.connect(bob);
+    net.run();
+    let events = net.take_events(bob);
+    assert!(events.iter().any(|e| matches!(e, Event::BacklogDone)));
+    assert_eq!(texts(&events), Vec::<String>::new(), "nothing shown twice");
+    assert_eq!(
+        net.relay.cursor(bob_id, Stream::Group(group)),
+        last_seq(&net, group)
+    );
+}
+
+/// carol is removed: the removal commit is her group's last entry, and its ack goes out at
+/// the end of that burst although it is one entry (the relay redelivers everything up to a
+/// removal until it is acked), and the relay takes it: her departure record is closed.
+#[test]
+fn a_removal_is_acked_at_the_end_of_its_burst() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let carol = device(&mut net, "carol");
+    let group = group_of(&mut net, alice, &["carol"]);
+    net.take_events(carol);
+    net.nodes[carol].hold = true;
+    let now = net.now_ms;
+    let op = net
+        .client(alice)
+        .remove_users(now, "friends", &[user("carol")])
+        .unwrap();
+    assert_eq!(op_result(&mut net, alice, op), Ok(()));
+    let frames = held_frames(&mut net, carol);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    let now = net.now_ms;
+    for frame in frames {
+        net.client(carol).handle_frame(now, frame).unwrap();
+    }
+    net.client(carol).end_of_burst();
+    let acks = take_acks(&mut net, carol);
+    let removal = last_seq(&net, group);
+    assert_eq!(one_quiet_ack(&acks), (Stream::Group(group), removal));
+    let carol_id = net.client(carol).device().unwrap();
+    assert_eq!(
+        net.relay.store().departures(carol_id).unwrap(),
+        vec![(group, removal)],
+        "the relay keeps her departure until she acks it"
+    );
+    let (id, body) = acks.into_iter().next().unwrap();
+    let answer = net
+        .relay
+        .handle(carol, ClientFrame::Request { id, body }, now);
+    assert!(answer.is_empty(), "accepted: {answer:?}");
+    assert_eq!(
+        net.relay.store().departures(carol_id).unwrap(),
+        Vec::new(),
+        "the departure is closed"
+    );
+    assert!(
+        net.take_events(carol)
+            .iter()
+            .any(|e| matches!(e, Event::RemovedFromGroup { group: g } if *g == group))
+    );
 }

@@ -632,8 +632,9 @@ pub struct Node<S: Store> {
     pub connected: bool,
     /// While true, inbound frames are kept, not handed to the client.
     pub hold: bool,
-    /// While true, the end of a burst of inbound frames is not reported to the client
-    /// (`Client::flush_acks`): its acks wait for the timer.
+    /// While true, neither the end of a burst of inbound frames (`Client::end_of_burst`)
+    /// nor the network going idle (`Client::flush_acks`) is reported to the client: its
+    /// acks wait for the timer.
     pub hold_acks: bool,
     /// Errors of `Client::handle_frame`, collected when `expect_handle_errors` is set (a
     /// test that provokes them); otherwise the first one stops the test.
@@ -700,14 +701,30 @@ impl<S: Store> Net<S> {
         self.nodes[slot].client.as_mut().expect("client present")
     }
 
-    /// Runs until nothing moves.
+    /// Runs until nothing moves. Each time the network settles, the connected devices
+    /// are idle and send the acks they hold back (`Client::flush_acks`, standing in for
+    /// the core's idle timer, which would fire a moment later), then it runs on.
     pub fn run(&mut self) {
         for _ in 0..100_000 {
-            if !self.step() {
+            if !self.step() && !self.idle() {
                 return;
             }
         }
         panic!("network did not settle");
+    }
+
+    /// The network settled: every connected device that is not holding its frames or its
+    /// acks sends the acks it holds back; then one step. Whether anything moved.
+    pub fn idle(&mut self) -> bool {
+        for node in &mut self.nodes {
+            if node.hold || node.hold_acks || !node.connected {
+                continue;
+            }
+            if let Some(client) = node.client.as_mut() {
+                client.flush_acks();
+            }
+        }
+        self.step()
     }
 
     /// One round: every node handles its inbound frames, its outputs go to the relay.
@@ -731,9 +748,9 @@ impl<S: Store> Net<S> {
                     }
                 }
                 // Every frame this node had is handled: the end of its burst, as a shell
-                // reports it.
+                // reports it (acks once enough are unacked).
                 if !node.hold_acks {
-                    client.flush_acks();
+                    client.end_of_burst();
                 }
             }
             let mut sends = Vec::new();
