@@ -219,6 +219,9 @@ pub struct Limits {
     /// How often the relay prunes acknowledged and expired entries, in milliseconds
     /// (default 10 minutes).
     pub prune_interval_ms: u64,
+    /// Whether `GET /metrics` answers clients on any address. By default (false) only
+    /// loopback clients get the metrics; others get `404`, as for an unknown path.
+    pub metrics_public: bool,
 }
 
 impl Default for Limits {
@@ -263,6 +266,7 @@ impl Default for Limits {
             group_byte_burst: 64 * 1024 * 1024,
             retention_max_age_ms: 30 * 24 * 60 * 60 * 1000,
             prune_interval_ms: 10 * 60 * 1000,
+            metrics_public: false,
         }
     }
 }

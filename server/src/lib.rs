@@ -56,6 +56,7 @@ mod idle;
 mod links;
 mod logging;
 pub mod logic;
+mod metrics;
 mod opaque_key;
 mod pipeline;
 mod relay;
