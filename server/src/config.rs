@@ -438,6 +438,7 @@ impl Limits {
 /// login_burst_per_user = 10
 /// logins_per_minute_per_address = 30  # AccountLoginStart per client address
 /// login_burst_per_address = 30
+/// metrics_public = false           # GET /metrics for loopback clients only
 /// sender_posts_per_minute = 120     # per device and group; see PROTOCOL.md "Quotas"
 /// retention_max_age_ms = 2592000000 # 30 days: older entries are pruned even if unread
 ///
@@ -657,6 +658,14 @@ mod tests {
         assert!(ConfigFile::parse("[limits]\nno_such_limit = 1\n").is_err());
         let bad = ConfigFile::parse("[limits]\nmax_connections = 0\n").unwrap_or_default();
         assert!(bad.into_config().is_err());
+    }
+
+    #[test]
+    fn metrics_are_loopback_only_unless_public() {
+        assert!(!Limits::default().metrics_public);
+        let f = ConfigFile::parse("[limits]\nmetrics_public = true\n");
+        let f = f.unwrap_or_else(|e| panic!("{e}"));
+        assert!(f.limits.metrics_public);
     }
 
     #[test]

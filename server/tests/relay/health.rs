@@ -224,3 +224,25 @@ async fn metrics_parse_and_move_after_register_post_delivery_and_ack() {
         sample(&after, "cove_relay_uptime_seconds") >= sample(&before, "cove_relay_uptime_seconds")
     );
 }
+
+/// A 3000-byte blob uploaded and then downloaded whole moves
+/// `cove_relay_blob_bytes_total` by exactly 3000 each way.
+#[tokio::test]
+async fn metrics_count_blob_bytes_up_and_down() {
+    let relay = relay().await;
+    let (_alice, keys) = relay.register("alice").await.unwrap();
+    let data = vec![b'x'; 3000];
+    let id = crate::resources::upload(&relay, &keys, &data).await;
+    let r = get(&relay, &format!("/v1/blobs/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.body.as_bytes(), data.as_slice());
+    let m = scrape(&relay).await;
+    assert_eq!(
+        sample(&m, "cove_relay_blob_bytes_total{direction=\"up\"}"),
+        3000.0
+    );
+    assert_eq!(
+        sample(&m, "cove_relay_blob_bytes_total{direction=\"down\"}"),
+        3000.0
+    );
+}
