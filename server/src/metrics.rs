@@ -7,6 +7,7 @@
 //! Gauges (connections, devices online, outbound queue bytes) are read when scraped.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,9 @@ pub(crate) struct Metrics {
     /// `Ack` and `QuietAck` requests received.
     pub acks: AtomicU64,
     batch: Histogram,
-    probes: Semaphore,
+    /// `/health` store probes running (a permit is held until the store call returns, even
+    /// after the request gave up waiting, so a hung store holds at most this many threads).
+    probes: Arc<Semaphore>,
 }
 
 impl Metrics {
@@ -46,7 +49,7 @@ impl Metrics {
             posts_accepted: AtomicU64::new(0),
             acks: AtomicU64::new(0),
             batch: Histogram::new(),
-            probes: Semaphore::new(HEALTH_PROBES_AT_ONCE),
+            probes: Arc::new(Semaphore::new(HEALTH_PROBES_AT_ONCE)),
         }
     }
 
@@ -125,10 +128,13 @@ pub(crate) async fn health(shared: &Shared) -> Result<(), Unhealthy> {
     if *shared.shutdown.borrow() {
         return Err(Unhealthy::ShuttingDown);
     }
-    let Ok(_probe) = shared.metrics.probes.try_acquire() else {
+    let Ok(permit) = Arc::clone(&shared.metrics.probes).try_acquire_owned() else {
         return Err(Unhealthy::Busy);
     };
-    let probe = crate::shared::blocking(shared, |store| store.device(DeviceId(0)).map(|_| ()));
+    let probe = crate::shared::blocking(shared, move |store| {
+        let _permit = permit;
+        store.device(DeviceId(0)).map(|_| ())
+    });
     match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, probe).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
