@@ -155,15 +155,6 @@ async fn health_is_200_ok_json_and_unknown_paths_stay_404() {
     assert_eq!(r.status, 404, "{}", r.head);
 }
 
-/// `/health` on the SQLite store probes the real database: `200` as well.
-#[tokio::test]
-async fn health_is_200_on_sqlite() {
-    let relay = TestRelay::sqlite().await;
-    let r = get(&relay, "/health").await;
-    assert_eq!(r.status, 200, "{}", r.head);
-    assert_eq!(r.body, r#"{"status":"ok"}"#);
-}
-
 /// `/metrics` parses as Prometheus text; after two registrations, a group commit with a
 /// Welcome, an application post delivered to the other member and two acks, the counters
 /// moved by exactly what happened (posts, acks), deliveries by at least the Welcome and
@@ -244,5 +235,29 @@ async fn metrics_count_blob_bytes_up_and_down() {
     assert_eq!(
         sample(&m, "cove_relay_blob_bytes_total{direction=\"down\"}"),
         3000.0
+    );
+}
+
+/// On the SQLite store `/health` is `200`; once the store fails (here: the table the probe
+/// reads was dropped behind the relay's back) it answers `503` with the reason
+/// `store failed`.
+#[tokio::test]
+async fn health_is_503_store_failed_when_the_store_fails() {
+    let relay = TestRelay::sqlite().await;
+    let r = get(&relay, "/health").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let db = rusqlite::Connection::open(relay.data_dir().join("relay.db")).unwrap();
+    db.execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE devices;")
+        .unwrap();
+    let r = get(&relay, "/health").await;
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert!(
+        r.head.contains("\r\ncontent-type: application/json"),
+        "{}",
+        r.head
+    );
+    assert_eq!(
+        r.body,
+        r#"{"status":"unavailable","reason":"store failed"}"#
     );
 }
