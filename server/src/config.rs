@@ -219,6 +219,9 @@ pub struct Limits {
     /// How often the relay prunes acknowledged and expired entries, in milliseconds
     /// (default 10 minutes).
     pub prune_interval_ms: u64,
+    /// Whether `GET /metrics` answers clients on any address. By default (false) only
+    /// loopback clients get the metrics; others get `404`, as for an unknown path.
+    pub metrics_public: bool,
 }
 
 impl Default for Limits {
@@ -263,6 +266,7 @@ impl Default for Limits {
             group_byte_burst: 64 * 1024 * 1024,
             retention_max_age_ms: 30 * 24 * 60 * 60 * 1000,
             prune_interval_ms: 10 * 60 * 1000,
+            metrics_public: false,
         }
     }
 }
@@ -434,6 +438,7 @@ impl Limits {
 /// login_burst_per_user = 10
 /// logins_per_minute_per_address = 30  # AccountLoginStart per client address
 /// login_burst_per_address = 30
+/// metrics_public = false           # GET /metrics for loopback clients only
 /// sender_posts_per_minute = 120     # per device and group; see PROTOCOL.md "Quotas"
 /// retention_max_age_ms = 2592000000 # 30 days: older entries are pruned even if unread
 ///
@@ -653,6 +658,14 @@ mod tests {
         assert!(ConfigFile::parse("[limits]\nno_such_limit = 1\n").is_err());
         let bad = ConfigFile::parse("[limits]\nmax_connections = 0\n").unwrap_or_default();
         assert!(bad.into_config().is_err());
+    }
+
+    #[test]
+    fn metrics_are_loopback_only_unless_public() {
+        assert!(!Limits::default().metrics_public);
+        let f = ConfigFile::parse("[limits]\nmetrics_public = true\n");
+        let f = f.unwrap_or_else(|e| panic!("{e}"));
+        assert!(f.limits.metrics_public);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! idle bound in the blob service.
 //!
 //! Routes: `/v1/ws` (WebSocket, protocol v1), `/v1/blobs...` and `/s/...` (the blob service),
-//! `/` (a short text page), anything else 404.
+//! `/health` and `/metrics` ([`crate::metrics`]; `/metrics` to loopback clients unless
+//! `metrics_public`), `/` (a short text page), anything else 404.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -71,7 +72,9 @@ pub(crate) async fn serve(
     let service = {
         let shared = Arc::clone(&shared);
         let slot = Arc::clone(&slot);
-        hyper::service::service_fn(move |req| route(req, Arc::clone(&shared), Arc::clone(&slot)))
+        hyper::service::service_fn(move |req| {
+            route(req, Arc::clone(&shared), Arc::clone(&slot), peer)
+        })
     };
     let header_timeout = deadline.saturating_duration_since(Instant::now());
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -131,6 +134,7 @@ async fn route(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     slot: UpgradeSlot,
+    peer: SocketAddr,
 ) -> Result<Response<BlobBody>, Infallible> {
     let path = req.uri().path();
     if path == cove_wire::WS_PATH {
@@ -142,7 +146,25 @@ async fn route(
             .handle(req, shared.limits.http_body_idle())
             .await);
     }
-    if path == "/" && (req.method() == Method::GET || req.method() == Method::HEAD) {
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    if path == "/health" && get {
+        return Ok(match crate::metrics::health(&shared).await {
+            Ok(()) => json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
+            Err(why) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(r#"{{"status":"unavailable","reason":"{why}"}}"#),
+            ),
+        });
+    }
+    if path == "/metrics" && get && (shared.limits.metrics_public || peer.ip().is_loopback()) {
+        let mut resp = owned_text(StatusCode::OK, crate::metrics::render(&shared));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return Ok(resp);
+    }
+    if path == "/" && get {
         return Ok(text(StatusCode::OK, INDEX_PAGE));
     }
     Ok(text(StatusCode::NOT_FOUND, "not found\n"))
@@ -213,6 +235,32 @@ fn text(status: StatusCode, body: &'static str) -> Response<BlobBody> {
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn owned_text(status: StatusCode, body: String) -> Response<BlobBody> {
+    let body = Full::new(Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json(status: StatusCode, body: String) -> Response<BlobBody> {
+    let mut resp = owned_text(status, body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
     );
     resp
 }

@@ -62,6 +62,8 @@ pub(crate) struct Outbox {
     pub conn_id: u64,
     queue: mpsc::Sender<Queued>,
     bytes: Arc<Semaphore>,
+    /// The byte budget when empty.
+    capacity: usize,
     close: watch::Sender<Option<CloseReason>>,
 }
 
@@ -80,11 +82,13 @@ impl Outbox {
     pub fn new(conn_id: u64, frames: usize, bytes: usize) -> (Arc<Outbox>, OutboxReceiver) {
         let (queue, rx) = mpsc::channel(frames.max(1));
         let (close, close_rx) = watch::channel(None);
-        let budget = Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS)));
+        let capacity = bytes.min(Semaphore::MAX_PERMITS);
+        let budget = Arc::new(Semaphore::new(capacity));
         let outbox = Outbox {
             conn_id,
             queue,
             bytes: Arc::clone(&budget),
+            capacity,
             close,
         };
         let receiver = OutboxReceiver {
@@ -93,6 +97,11 @@ impl Outbox {
             close: close_rx,
         };
         (Arc::new(outbox), receiver)
+    }
+
+    /// Bytes queued and not yet taken out by the writer task.
+    pub fn queued_bytes(&self) -> usize {
+        self.capacity.saturating_sub(self.bytes.available_permits())
     }
 
     /// Queues a frame without waiting. A full queue (frames or bytes) closes the connection
@@ -234,6 +243,8 @@ pub(crate) struct Hub {
     next_conn: AtomicU64,
     pending_cap: usize,
     rates: Rates,
+    /// Entries queued to device connections (`/metrics`), added once per fan-out batch.
+    deliveries: AtomicU64,
 }
 
 /// Token-bucket parameters.
@@ -272,7 +283,26 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             pending_cap: pending_cap.max(1),
             rates,
+            deliveries: AtomicU64::new(0),
         }
+    }
+
+    /// Entries queued to device connections so far (live fan-out and backlog).
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` entries queued to a device connection outside [`Hub::fanout`].
+    pub fn count_deliveries(&self, n: u64) {
+        self.deliveries.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes queued to the online devices' connections and not yet taken by their writers.
+    pub fn queued_bytes(&self) -> u64 {
+        self.online()
+            .values()
+            .map(|p| p.outbox().queued_bytes() as u64)
+            .sum()
     }
 
     /// A fresh connection id.
@@ -317,12 +347,18 @@ impl Hub {
             return;
         }
         let outbox = Arc::clone(outbox);
+        let mut queued = 0;
         for p in std::mem::take(pending) {
             let already = sent.get(&p.stream).is_some_and(|last| p.seq <= *last);
-            if !already && !outbox.push(p.frame) {
+            if already {
+                continue;
+            }
+            if !outbox.push(p.frame) {
                 break;
             }
+            queued += 1;
         }
+        self.count_deliveries(queued);
         *presence = Presence::Live { outbox };
     }
 
@@ -366,6 +402,8 @@ impl Hub {
         Fanout {
             online: self.online(),
             pending_cap: self.pending_cap,
+            deliveries: &self.deliveries,
+            queued: 0,
         }
     }
 
@@ -427,6 +465,18 @@ impl Hub {
 pub(crate) struct Fanout<'a> {
     online: MutexGuard<'a, IdMap<Presence>>,
     pending_cap: usize,
+    /// The hub's delivery counter, added to once when the batch ends.
+    deliveries: &'a AtomicU64,
+    /// Entries queued to live connections in this batch.
+    queued: u64,
+}
+
+impl Drop for Fanout<'_> {
+    fn drop(&mut self) {
+        if self.queued > 0 {
+            self.deliveries.fetch_add(self.queued, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Fanout<'_> {
@@ -438,7 +488,9 @@ impl Fanout<'_> {
             };
             match presence {
                 Presence::Live { outbox } => {
-                    outbox.push(frame.clone());
+                    if outbox.push(frame.clone()) {
+                        self.queued += 1;
+                    }
                 }
                 Presence::Syncing { outbox, pending } => {
                     if outbox.is_closing() {
@@ -485,7 +537,9 @@ impl Fanout<'_> {
             }
             match presence {
                 Presence::Live { outbox } => {
-                    outbox.push_run(frames, len);
+                    if outbox.push_run(frames, len) {
+                        self.queued += seqs.len() as u64;
+                    }
                 }
                 Presence::Syncing { outbox, pending } => {
                     if outbox.is_closing() {

@@ -16,7 +16,9 @@
 //!   sync per batch) and fans each entry out, encoded once, to every online member's bounded
 //!   queue (`hub.rs`);
 //! - durable state behind [`store::RelayStore`] (SQLite, memory or PostgreSQL) and blobs
-//!   ([`blob`]).
+//!   ([`blob`]);
+//! - operations (`metrics.rs`): `GET /health` for load balancers and `GET /metrics`
+//!   (Prometheus text) on the same HTTPS listener, fed by lock-free counters.
 //!
 //! Start a relay in-process:
 //!
@@ -56,6 +58,7 @@ mod idle;
 mod links;
 mod logging;
 pub mod logic;
+mod metrics;
 mod opaque_key;
 mod pipeline;
 mod relay;

@@ -24,6 +24,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use bytes::Bytes;
 use cove_wire::{
@@ -34,6 +35,7 @@ use tracing::{debug, error, warn};
 
 use crate::hub::{self, CloseReason, Hub, Outbox};
 use crate::logic::{self, Fanout, Handshakes, PostError, PostOutcome, QuotaLimits, Quotas};
+use crate::metrics::Metrics;
 use crate::reply::{encode_frame, response};
 use crate::store::{Appended, NewPost, RelayStore, Welcome};
 
@@ -69,13 +71,16 @@ impl Pipeline {
         budget_bytes: usize,
         batch_max: usize,
         quotas: QuotaLimits,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<(Pipeline, JoinHandle<()>)> {
         let (jobs, rx) = mpsc::unbounded_channel();
         let (done, done_rx) = mpsc::unbounded_channel();
         let batch_max = batch_max.max(1);
         let thread = std::thread::Builder::new()
             .name("cove-post-writer".into())
-            .spawn(move || writer_thread(store, &handshakes, rx, done, batch_max, quotas))?;
+            .spawn(move || {
+                writer_thread(store, &handshakes, rx, done, batch_max, quotas, &metrics)
+            })?;
         tokio::spawn(fanout_task(hub, done_rx));
         let budget_bytes = budget_bytes.min(Semaphore::MAX_PERMITS);
         let budget = Arc::new(Semaphore::new(budget_bytes));
@@ -128,6 +133,7 @@ fn writer_thread(
     done: mpsc::UnboundedSender<Vec<Outcome>>,
     batch_max: usize,
     limits: QuotaLimits,
+    metrics: &Metrics,
 ) {
     // The quotas live here: this thread sees every post, in order.
     let mut quotas = Quotas::new(limits);
@@ -189,7 +195,14 @@ fn writer_thread(
         let results = if count == 0 {
             Vec::new()
         } else {
-            logic::append_posts(store.as_ref(), handshakes, posts)
+            let started = Instant::now();
+            let results = logic::append_posts(store.as_ref(), handshakes, posts);
+            metrics.observe_batch(started.elapsed());
+            let accepted = results.iter().filter(|r| r.is_ok()).count();
+            metrics
+                .posts_accepted
+                .fetch_add(accepted as u64, Ordering::Relaxed);
+            results
         };
         let results: Vec<Result<Appended, PostError>> = if results.len() == count {
             debug!(batch = count, "appended post batch");

@@ -146,6 +146,7 @@ impl Relay {
             },
         ));
         let handshakes = Arc::new(crate::logic::Handshakes::new(validate_handshakes));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let (pipeline, writer) = Pipeline::start(
             Arc::clone(&store),
             Arc::clone(&handshakes),
@@ -153,6 +154,7 @@ impl Relay {
             limits.post_queue_bytes,
             limits.post_batch_max,
             limits.quotas(),
+            Arc::clone(&metrics),
         )
         .map_err(StartError::Thread)?;
         let (acks, ack_thread) = AckLane::start(Arc::clone(&store)).map_err(StartError::Thread)?;
@@ -210,6 +212,8 @@ impl Relay {
             registrations,
             logins,
             opaque: Arc::new(opaque),
+            metrics,
+            connections: Arc::clone(&connections),
         });
         let turn_handle = shared.turn.clone();
         info!(
@@ -218,7 +222,7 @@ impl Relay {
             data = %data_dir.display(),
             "relay started"
         );
-        let accept = tokio::spawn(accept_loop(listener, shared, Arc::clone(&connections)));
+        let accept = tokio::spawn(accept_loop(listener, shared));
         Ok(RelayHandle {
             local_addr,
             cert_pem: identity.cert_pem,
@@ -347,11 +351,8 @@ impl Drop for RelayHandle {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    per_address: Arc<ConnectionsPerAddress>,
-) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let per_address = Arc::clone(&shared.connections);
     let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
     let mut shutdown = shared.shutdown.clone();
     let mut tasks = JoinSet::new();

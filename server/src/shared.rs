@@ -40,6 +40,10 @@ pub(crate) struct Shared {
     pub logins: crate::admission::LoginLimits,
     /// The relay's OPAQUE secrets (`opaque.key` in the data directory).
     pub opaque: Arc<cove_account::ServerSecrets>,
+    /// The counters behind `/metrics`, and the `/health` probe's bound.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Open connections per client address (and in all).
+    pub connections: Arc<crate::admission::ConnectionsPerAddress>,
 }
 
 /// Resolves once shutdown was requested (or the relay handle is gone).

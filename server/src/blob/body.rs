@@ -2,7 +2,8 @@
 
 use std::io::Read;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -40,6 +41,8 @@ pub(crate) struct ReaderBody {
     state: State,
     remaining: u64,
     chunk: usize,
+    /// The service's count of bytes sent, added to per chunk.
+    sent: Arc<AtomicU64>,
 }
 
 enum State {
@@ -52,11 +55,12 @@ enum State {
 
 impl ReaderBody {
     /// Streams `len` bytes of `reader` in chunks of at most `chunk` bytes.
-    pub(crate) fn new(reader: Reader, len: u64, chunk: usize) -> Self {
+    pub(crate) fn new(reader: Reader, len: u64, chunk: usize, sent: Arc<AtomicU64>) -> Self {
         ReaderBody {
             state: State::Idle(Mutex::new(reader)),
             remaining: len,
             chunk: chunk.max(1),
+            sent,
         }
     }
 
@@ -116,6 +120,7 @@ impl Body for ReaderBody {
                         Err(e) => return Poll::Ready(Some(Err(e))),
                     };
                     this.remaining = this.remaining.saturating_sub(buf.len() as u64);
+                    this.sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
                     // Read ahead one chunk while the connection sends this one.
                     this.state = match this.remaining {
                         0 => State::Done,

@@ -35,6 +35,7 @@ mod share;
 pub mod store;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -105,6 +106,10 @@ struct Inner {
     share: share::SharePage,
     /// Signatures already used (a second use is refused as a replay).
     replay: auth::ReplayGuard,
+    /// Blob bytes received from clients (`/metrics`).
+    bytes_up: AtomicU64,
+    /// Blob bytes handed to clients' connections (`/metrics`).
+    bytes_down: Arc<AtomicU64>,
 }
 
 /// Bytes read from disk per download step, and collected from the network before an
@@ -143,6 +148,8 @@ impl BlobService {
                 config,
                 share: share::SharePage::new(),
                 replay: auth::ReplayGuard::default(),
+                bytes_up: AtomicU64::new(0),
+                bytes_down: Arc::new(AtomicU64::new(0)),
             }),
         }
     }
@@ -156,6 +163,14 @@ impl BlobService {
     /// many. Blocks on disk.
     pub fn delete_owner(&self, owner: &UserName) -> Result<usize, BlobStoreError> {
         self.inner.blobs.delete_owner(owner)
+    }
+
+    /// Blob bytes received from and sent to clients so far: `(up, down)`.
+    pub(crate) fn transferred(&self) -> (u64, u64) {
+        (
+            self.inner.bytes_up.load(Ordering::Relaxed),
+            self.inner.bytes_down.load(Ordering::Relaxed),
+        )
     }
 
     /// The blob-store backend.
@@ -412,6 +427,8 @@ impl Inner {
             };
             let last = frame.is_none();
             if let Some(data) = frame {
+                self.bytes_up
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 pending_bytes += data.len();
                 pending.push(data);
             }
@@ -511,7 +528,7 @@ impl Inner {
                 Ok(r) => r,
                 Err(e) => return internal(&e),
             };
-            body::ReaderBody::new(reader, len, TRANSFER_CHUNK).boxed()
+            body::ReaderBody::new(reader, len, TRANSFER_CHUNK, Arc::clone(&self.bytes_down)).boxed()
         };
         let mut r = Response::new(body);
         *r.status_mut() = status;

@@ -41,6 +41,7 @@ pub(super) async fn push_backlog(shared: Arc<Shared>, outbox: Arc<Outbox>, devic
                     if !outbox.send(frame).await {
                         return;
                     }
+                    shared.hub.count_deliveries(1);
                 }
             }
             Ok(BacklogStep::Done(sent)) => {

@@ -89,6 +89,10 @@ impl Session {
                 seq,
                 quiet,
             } => {
+                self.shared
+                    .metrics
+                    .acks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Inline when the store can apply it without I/O and no earlier ack of this
                 // connection is still in the lane (replies keep request order). The `Acked`
                 // reply joins the outbox like any frame, so it shares the writer's batch.

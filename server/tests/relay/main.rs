@@ -10,6 +10,7 @@ mod device_lists;
 mod durability;
 mod fuzz_corpus;
 mod groups;
+mod health;
 mod hostile;
 mod keypackages;
 mod last_seen;
