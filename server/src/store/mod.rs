@@ -13,6 +13,7 @@
 //! [`RelayStore::append_batch`] is durable when it returns: the relay acknowledges a post
 //! only after that. Batching many posts into one call is how the relay coalesces fsyncs.
 
+mod columns;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod memory;

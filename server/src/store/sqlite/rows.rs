@@ -2,8 +2,6 @@
 //! checked integer conversions, ids, device-id lists, and the [`StoreError`] a corrupt row
 //! or a failed SQLite call becomes. Uses nothing else of the backend.
 
-use cove_wire::{DeviceId, DeviceKey, GroupId};
-
 use crate::store::StoreError;
 
 impl From<rusqlite::Error> for StoreError {
@@ -13,51 +11,7 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-pub(super) fn corrupt(what: &str) -> StoreError {
-    tracing::error!(what, "relay store: corrupt row");
-    StoreError::Backend(format!("corrupt {what} in the database"))
-}
-
-pub(super) fn to_u64(v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| corrupt("negative number"))
-}
-
-pub(super) fn to_i64(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Invalid("number out of range"))
-}
-
-pub(super) fn clamp_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(super) fn device_id(v: i64) -> Result<DeviceId, StoreError> {
-    Ok(DeviceId(to_u64(v)?))
-}
-
-pub(super) fn device_key(bytes: &[u8]) -> Result<DeviceKey, StoreError> {
-    Ok(DeviceKey(
-        bytes.try_into().map_err(|_| corrupt("device key"))?,
-    ))
-}
-
-pub(super) fn group_id(bytes: &[u8]) -> Result<GroupId, StoreError> {
-    Ok(GroupId(bytes.try_into().map_err(|_| corrupt("group id"))?))
-}
-
-pub(super) fn id_list_to_blob(ids: &[DeviceId]) -> Vec<u8> {
-    ids.iter().flat_map(|d| d.0.to_be_bytes()).collect()
-}
-
-pub(super) fn id_list_from_blob(blob: Option<Vec<u8>>) -> Result<Vec<DeviceId>, StoreError> {
-    let blob = blob.unwrap_or_default();
-    let chunks = blob.chunks_exact(8);
-    if !chunks.remainder().is_empty() {
-        return Err(corrupt("device id list"));
-    }
-    chunks
-        .map(|c| {
-            let bytes: [u8; 8] = c.try_into().map_err(|_| corrupt("device id list"))?;
-            Ok(DeviceId(u64::from_be_bytes(bytes)))
-        })
-        .collect()
-}
+pub(super) use crate::store::columns::{
+    clamp_i64, corrupt, device_id, device_key, group_id, id_list_from_blob, id_list_to_blob,
+    to_i64, to_u64,
+};
