@@ -45,6 +45,102 @@ pub struct RelayConfig {
     /// on by default and always on from the config file. Only tests that post placeholder
     /// MLS bytes (about storage, backlog or fan-out) turn it off.
     pub validate_handshakes: bool,
+    /// The bus between relay nodes (`[bus]` in the config file): `None` (the default) for a
+    /// single node. With it, the node publishes each accepted entry's notice on NATS and
+    /// delivers the other nodes' entries to its own devices (`crate::bus`).
+    pub bus: Option<BusConfig>,
+    /// Where blob contents live (`[blobs]` in the config file): the filesystem under
+    /// `DATA/blobs` (the default) or an S3-compatible object store several nodes share.
+    pub blob_backend: BlobBackend,
+    /// The secrets every node of a cluster must share (`[secrets]`): by default the files
+    /// `DATA/opaque.key` and `DATA/turn.secret`, created on the first start.
+    pub secrets: SecretFiles,
+}
+
+/// The `[bus]` table: NATS between relay nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    pub nats: String,
+    /// This node's name, unique in the cluster (notices it published come back to it and
+    /// are recognised by it). A random one when absent.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// How often the node compares its devices' positions with the store's heads, closing
+    /// any gap a lost notice left (milliseconds; 2000 when absent).
+    #[serde(default = "default_catch_up_ms")]
+    pub catch_up_ms: u64,
+}
+
+fn default_catch_up_ms() -> u64 {
+    2000
+}
+
+/// Where blob contents live.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BlobBackend {
+    /// Files under `DATA/blobs` (the default).
+    #[default]
+    Filesystem,
+    /// An S3-compatible object store.
+    S3(S3Config),
+}
+
+/// The `[blobs.s3]` table: an S3-compatible object store.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The endpoint, e.g. `http://127.0.0.1:9000` (path-style requests).
+    pub endpoint: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The region (`us-east-1` when absent).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key (never logged).
+    pub secret_key: String,
+    /// Objects are named below this prefix (none when absent).
+    #[serde(default)]
+    pub prefix: String,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// Prints everything but the secret key.
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `[blobs]` table of the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobsFile {
+    /// An S3-compatible store instead of the filesystem.
+    pub s3: Option<S3Config>,
+}
+
+/// The `[secrets]` table: files holding the secrets the nodes of a cluster share (each is
+/// created, mode 0600, if absent; give every node the same files).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretFiles {
+    /// The OPAQUE server secrets (`DATA/opaque.key` when absent).
+    pub opaque_key: Option<PathBuf>,
+    /// The TURN shared secret (`DATA/turn.secret` when absent).
+    pub turn_secret: Option<PathBuf>,
 }
 
 impl RelayConfig {
@@ -61,6 +157,9 @@ impl RelayConfig {
             turn_credential_ttl: crate::turn::CREDENTIAL_TTL,
             turn_peers: cove_turn::PeerPolicy::default(),
             validate_handshakes: true,
+            bus: None,
+            blob_backend: BlobBackend::Filesystem,
+            secrets: SecretFiles::default(),
         }
     }
 }
@@ -455,6 +554,23 @@ impl Limits {
 /// # instead of `store = "..."`: the store on PostgreSQL, shared by several relay nodes
 /// [store]
 /// postgres = "postgresql://cove@127.0.0.1:5432/cove"
+///
+/// # a cluster: NATS between the nodes, blobs in S3, the secrets every node shares
+/// [bus]
+/// nats = "nats://127.0.0.1:4222"
+/// node = "relay-1"                 # unique per node; random when absent
+/// catch_up_ms = 2000
+///
+/// [blobs.s3]
+/// endpoint = "http://127.0.0.1:9000"
+/// bucket = "cove-blobs"
+/// region = "us-east-1"
+/// access_key = "..."
+/// secret_key = "..."
+///
+/// [secrets]
+/// opaque_key = "/etc/cove/opaque.key"
+/// turn_secret = "/etc/cove/turn.secret"
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -485,6 +601,12 @@ pub struct ConfigFile {
     pub turn_max_allocations_per_credential: Option<usize>,
     /// Most TURN allocations one user's credentials hold at once (32 when absent).
     pub turn_max_allocations_per_user: Option<usize>,
+    /// NATS between relay nodes (a single node when absent).
+    pub bus: Option<BusConfig>,
+    /// Where blob contents live (the filesystem when absent).
+    pub blobs: BlobsFile,
+    /// Secret files every node of a cluster shares.
+    pub secrets: SecretFiles,
 }
 
 /// The `[blob]` table of the config file.
@@ -601,6 +723,12 @@ impl ConfigFile {
                 }
                 peers
             },
+            bus: self.bus,
+            blob_backend: match self.blobs.s3 {
+                Some(s3) => BlobBackend::S3(s3),
+                None => BlobBackend::Filesystem,
+            },
+            secrets: self.secrets,
         };
         validate(&config)?;
         Ok(config)
@@ -616,12 +744,66 @@ pub fn validate(config: &RelayConfig) -> Result<(), ConfigError> {
             "turn_credential_ttl must be between 1 second and 24 hours",
         ));
     }
+    if let Some(bus) = &config.bus {
+        if !matches!(config.store, StoreKind::Postgres(_)) {
+            return Err(ConfigError::Invalid(
+                "[bus] joins relay nodes that share one store: set [store] postgres too",
+            ));
+        }
+        if !(100..=600_000).contains(&bus.catch_up_ms) {
+            return Err(ConfigError::Invalid(
+                "[bus] catch_up_ms must be between 100 and 600000",
+            ));
+        }
+    }
     config.limits.validate()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[bus]`, `[blobs.s3]` and `[secrets]` are read; a bus without a shared store is
+    /// refused; the S3 secret key is never printed.
+    #[test]
+    fn cluster_tables_are_read_and_checked() {
+        let text = r#"
+            [store]
+            postgres = "postgresql://cove@127.0.0.1:5432/cove"
+            [bus]
+            nats = "nats://127.0.0.1:4222"
+            node = "relay-2"
+            [blobs.s3]
+            endpoint = "http://127.0.0.1:9000"
+            bucket = "cove"
+            access_key = "K"
+            secret_key = "very-secret"
+            [secrets]
+            opaque_key = "/etc/cove/opaque.key"
+            turn_secret = "/etc/cove/turn.secret"
+        "#;
+        let cfg = ConfigFile::parse(text)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_config()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bus = cfg.bus.clone().unwrap_or_else(|| panic!("no bus"));
+        assert_eq!(bus.nats, "nats://127.0.0.1:4222");
+        assert_eq!(bus.node.as_deref(), Some("relay-2"));
+        assert_eq!(bus.catch_up_ms, 2000);
+        let BlobBackend::S3(s3) = &cfg.blob_backend else {
+            panic!("not S3: {:?}", cfg.blob_backend)
+        };
+        assert_eq!((s3.region.as_str(), s3.prefix.as_str()), ("us-east-1", ""));
+        assert!(!format!("{cfg:?}").contains("very-secret"));
+        assert_eq!(
+            cfg.secrets.turn_secret.as_deref(),
+            Some(Path::new("/etc/cove/turn.secret"))
+        );
+        let lone = "[bus]\nnats = \"nats://127.0.0.1:4222\"\n";
+        let refused = ConfigFile::parse(lone).map(ConfigFile::into_config);
+        assert!(matches!(refused, Ok(Err(ConfigError::Invalid(_)))));
+        assert!(ConfigFile::parse("[blobs.s3]\nendpoint = \"x\"\n").is_err());
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

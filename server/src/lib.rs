@@ -70,7 +70,10 @@ pub mod store;
 mod tls;
 mod turn;
 
-pub use config::{ConfigFile, Limits, RelayConfig, StoreKind, TlsSource};
+pub use config::{
+    BlobBackend, BusConfig, ConfigFile, Limits, RelayConfig, S3Config, SecretFiles, StoreKind,
+    TlsSource,
+};
 pub use logging::log_filter;
 pub use relay::{Relay, RelayHandle, StartError};
 pub use tls::{TlsError, fingerprint};

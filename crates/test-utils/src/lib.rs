@@ -9,6 +9,7 @@
 //!   responses by id, collects deliveries, and acks.
 //! - [`sim::Relay`]: the relay core without sockets, driven frame by frame over a store
 //!   (the in-memory one by default); `cove-core`'s tests run their clients through it.
+//! - [`engines`]: throwaway `nats-server` and `s3s-fs` (S3) processes for the cluster tests.
 //! - [`LogCapture`]: a global tracing subscriber that records every log line, so tests can
 //!   assert that secrets never reach the logs.
 //!
@@ -22,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod engines;
 pub mod postgres;
 pub mod pulse;
 pub mod sim;
