@@ -22,6 +22,7 @@ mod postgres;
 mod quotas;
 mod resources;
 mod retention;
+mod secrets;
 mod slow_reader;
 mod turn;
 mod validation;
