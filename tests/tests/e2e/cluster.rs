@@ -6,8 +6,39 @@
 //! The nodes run the built `cove-server` binary: after changing the relay, run
 //! `cargo build -p cove-server` before `cargo test -p cove-e2e --test e2e cluster`.
 
+use std::path::PathBuf;
+
+use cove::Device;
+use cove::config::Home;
+use cove_core::cove_wire::{EntryKind, GroupEntry, Reply, Request, Seq};
 use cove_test_utils::cluster::{Cluster, ClusterOptions};
 use cove_test_utils::{DeviceKeys, TestClient, ws_url};
+
+use crate::support::*;
+
+/// Homes of the test's users, and the cluster's certificate they trust.
+struct Users {
+    dir: tempfile::TempDir,
+    ca: PathBuf,
+}
+
+impl Users {
+    fn of(cluster: &Cluster) -> Users {
+        Users {
+            dir: tempfile::tempdir().unwrap(),
+            ca: cluster.cert_path().to_owned(),
+        }
+    }
+
+    fn home(&self, name: &str) -> Home {
+        Home::new(self.dir.path().join(name))
+    }
+
+    /// Registers `name` against `server` (the balancer's URL or a node's).
+    async fn user(&self, name: &str, server: &str) -> Device {
+        register(&self.home(name), server, name, &self.ca).await
+    }
+}
 
 /// The harness itself, with PostgreSQL only (no bus, no S3): the balancer hands new
 /// connections to the nodes in turn, a user registered through one node authenticates
@@ -72,4 +103,164 @@ async fn the_balancer_spreads_connections_skips_a_killed_node_and_uses_it_again_
         vec![2, 3],
         "the restarted node is used again"
     );
+}
+
+/// Closes `device` and opens its home again: a reconnection, which reads the backlog from
+/// the store (how a node without the bus learns what other nodes took).
+async fn reopen(device: Device) -> Device {
+    let home = device.home().clone();
+    device.close().await;
+    Device::open(&home).await.unwrap()
+}
+
+/// alice (on node 1) and bob (on node 2) rotate their keys at the same moment, each commit
+/// built for the same epoch: the database takes exactly one commit at that epoch, the other
+/// is refused as stale through its node and rebuilt for the next epoch (the log holds one
+/// commit per epoch, one from each of them), and every member ends in the same epoch with
+/// equal epoch authenticators and the same members. Repeated until the two commits collided
+/// (at most five times). With `live` the nodes deliver each other's entries (the bus);
+/// without, members reconnect to read them (before each attempt and at the end).
+async fn epoch_race_across_two_nodes(cluster: &Cluster, live: bool) {
+    let users = Users::of(cluster);
+    let mut alice = users.user("alice", &cluster.node_url(0)).await;
+    let mut bob = users.user("bob", &cluster.node_url(1)).await;
+    // carol reads the log (a probe displaces the prober's session, so not the racers).
+    let mut carol = users.user("carol", &cluster.node_url(1)).await;
+    alice.create_group("g").await.unwrap();
+    alice
+        .add_users("g", &names(&["bob", "carol"]))
+        .await
+        .unwrap();
+    if !live {
+        bob = reopen(bob).await;
+        carol = reopen(carol).await;
+    }
+    joined(&mut bob).await;
+    joined(&mut carol).await;
+    carol.settle().await.unwrap();
+    let group = group_id(&alice, "g").await;
+    let devices = [alice.device_id().unwrap(), bob.device_id().unwrap()];
+
+    /// Starts a key update and returns the epoch its commit was built for.
+    async fn update(device: &Device, group: cove::GroupId) -> u64 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        device
+            .session()
+            .op(WAIT, move |c| {
+                assert!(
+                    c.is_ready() && !c.has_pending_ops(),
+                    "the commit would not be built at once (ready {}, pending ops {})",
+                    c.is_ready(),
+                    c.has_pending_ops()
+                );
+                let _ = tx.send(c.epoch(&group).unwrap());
+                c.update_keys(cove::session::now_ms(), "g")
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        rx.await.unwrap()
+    }
+    async fn log_after(carol: &Device, group: cove::GroupId, after: Seq) -> Vec<GroupEntry> {
+        match carol
+            .probe(Request::Fetch {
+                group,
+                after,
+                limit: 500,
+            })
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Reply::Entries { entries } => entries.0,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    let mut raced = false;
+    for _attempt in 0..5 {
+        let after = log_after(&carol, group, Seq(0))
+            .await
+            .last()
+            .map_or(Seq(0), |e| e.seq);
+        if !live {
+            alice = reopen(alice).await;
+            bob = reopen(bob).await;
+        }
+        for d in [&mut alice, &mut bob] {
+            d.settle().await.unwrap();
+        }
+        let (built_a, built_b) = tokio::join!(update(&alice, group), update(&bob, group));
+        let entries = log_after(&carol, group, after).await;
+        let commits: Vec<_> = entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::Commit { .. }))
+            .map(|e| (e.sender, e.epoch.0))
+            .collect();
+        assert_eq!(commits.len(), 2, "one accepted commit each: {commits:?}");
+        let mut senders: Vec<_> = commits.iter().map(|c| c.0).collect();
+        senders.sort();
+        let mut expected = devices.to_vec();
+        expected.sort();
+        assert_eq!(senders, expected);
+        let start = built_a.min(built_b);
+        assert_eq!(
+            commits.iter().map(|c| c.1).collect::<Vec<_>>(),
+            [start, start + 1],
+            "one commit per epoch"
+        );
+        if built_a == built_b {
+            // Both built for `start` on different nodes, yet one sits at `start + 1`.
+            raced = true;
+            break;
+        }
+    }
+    assert!(raced, "the two commits never collided in five attempts");
+
+    if !live {
+        alice = reopen(alice).await;
+        bob = reopen(bob).await;
+        carol = reopen(carol).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut states = Vec::new();
+        for d in [&alice, &bob, &carol] {
+            d.session().settled(WAIT).await.unwrap();
+            states.push(d.epoch_state(group).await.unwrap().unwrap());
+        }
+        if states.iter().all(|s| s == &states[0]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "members differ: {:?}",
+            states.iter().map(|s| s.0).collect::<Vec<_>>()
+        );
+        // Poll interval only: the condition above decides.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for d in [&alice, &bob, &carol] {
+        let info = d.groups().await.unwrap();
+        assert_eq!(info[0].members, ["alice", "bob", "carol"]);
+    }
+    for d in [alice, bob, carol] {
+        d.close().await;
+    }
+}
+
+/// [`epoch_race_across_two_nodes`] on two nodes sharing only PostgreSQL (no bus): the
+/// database alone decides which commit wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_database_race_on_one_epoch_exactly_one_commit_wins_and_members_converge()
+{
+    let cluster = Cluster::start_with(
+        2,
+        ClusterOptions {
+            bus: false,
+            s3: false,
+            ..ClusterOptions::default()
+        },
+    );
+    epoch_race_across_two_nodes(&cluster, false).await;
 }
