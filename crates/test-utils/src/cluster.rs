@@ -360,11 +360,12 @@ impl Cluster {
 
     /// Connections the balancer has passed on to each node so far (by node index).
     pub fn balanced(&self) -> Vec<usize> {
-        self.balancer
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect()
+        self.balancer.balanced()
+    }
+
+    /// Connections through the balancer open now, per node (by node index).
+    pub fn open_through_balancer(&self) -> Vec<usize> {
+        self.balancer.open_now()
     }
 }
 
@@ -430,6 +431,8 @@ pub struct Balancer {
     /// Both ends of every connection it carries, to cut them when it stops.
     open: Arc<Mutex<Vec<TcpStream>>>,
     counts: Arc<Vec<AtomicUsize>>,
+    /// Connections open now, per backend.
+    live: Arc<Vec<AtomicUsize>>,
     accept: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -442,10 +445,17 @@ impl Balancer {
         let addr = listener.local_addr().expect("the balancer's address");
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Mutex::new(Vec::new()));
-        let counts: Arc<Vec<AtomicUsize>> =
-            Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect());
+        let zeros = || -> Arc<Vec<AtomicUsize>> {
+            Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect())
+        };
+        let (counts, live) = (zeros(), zeros());
         let accept = {
-            let (stop, open, counts) = (Arc::clone(&stop), Arc::clone(&open), Arc::clone(&counts));
+            let (stop, open, counts, live) = (
+                Arc::clone(&stop),
+                Arc::clone(&open),
+                Arc::clone(&counts),
+                Arc::clone(&live),
+            );
             std::thread::spawn(move || {
                 let mut next = 0usize;
                 for client in listener.incoming() {
@@ -469,7 +479,13 @@ impl Balancer {
                     };
                     next = i + 1;
                     counts[i].fetch_add(1, Ordering::Relaxed);
-                    pipe(client, server, &open);
+                    live[i].fetch_add(1, Ordering::SeqCst);
+                    let ended = Ended {
+                        live: Arc::clone(&live),
+                        backend: i,
+                        once: Arc::new(AtomicBool::new(false)),
+                    };
+                    pipe(client, server, &open, ended);
                 }
             })
         };
@@ -478,6 +494,7 @@ impl Balancer {
             stop,
             open,
             counts,
+            live,
             accept: Some(accept),
         }
     }
@@ -485,6 +502,19 @@ impl Balancer {
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections passed on to each backend so far.
+    pub fn balanced(&self) -> Vec<usize> {
+        self.counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Connections open now, per backend.
+    pub fn open_now(&self) -> Vec<usize> {
+        self.live.iter().map(|c| c.load(Ordering::SeqCst)).collect()
     }
 
     /// Stops accepting and cuts every connection it carries.
@@ -509,10 +539,27 @@ impl Drop for Balancer {
     }
 }
 
+/// Counts a carried connection out of its backend's live count once, when the first of its
+/// two copying threads ends.
+#[derive(Clone)]
+struct Ended {
+    live: Arc<Vec<AtomicUsize>>,
+    backend: usize,
+    once: Arc<AtomicBool>,
+}
+
+impl Ended {
+    fn mark(&self) {
+        if !self.once.swap(true, Ordering::SeqCst) {
+            self.live[self.backend].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Copies bytes both ways between `client` and `server` in two threads. When one side ends
 /// (EOF or an error, e.g. a killed node's reset), both connections are shut down, so the
 /// other side sees the connection end too.
-fn pipe(client: TcpStream, server: TcpStream, open: &Arc<Mutex<Vec<TcpStream>>>) {
+fn pipe(client: TcpStream, server: TcpStream, open: &Arc<Mutex<Vec<TcpStream>>>, ended: Ended) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
@@ -526,11 +573,12 @@ fn pipe(client: TcpStream, server: TcpStream, open: &Arc<Mutex<Vec<TcpStream>>>)
             open.push(s);
         }
     }
-    std::thread::spawn(move || copy_then_cut(client, server));
-    std::thread::spawn(move || copy_then_cut(server2, client2));
+    let ended2 = ended.clone();
+    std::thread::spawn(move || copy_then_cut(client, server, &ended));
+    std::thread::spawn(move || copy_then_cut(server2, client2, &ended2));
 }
 
-fn copy_then_cut(mut from: TcpStream, mut to: TcpStream) {
+fn copy_then_cut(mut from: TcpStream, mut to: TcpStream, ended: &Ended) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf) {
@@ -544,6 +592,7 @@ fn copy_then_cut(mut from: TcpStream, mut to: TcpStream) {
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+    ended.mark();
 }
 
 #[cfg(test)]
@@ -582,15 +631,18 @@ mod tests {
             seen.push(reply[1]);
         }
         assert_eq!(seen, b"ABAB");
-        assert_eq!(
-            balancer
-                .counts
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .collect::<Vec<_>>(),
-            vec![2, 0, 2]
-        );
+        assert_eq!(balancer.balanced(), vec![2, 0, 2]);
         ta.join().unwrap();
         tb.join().unwrap();
+        // Every connection ended (the backends closed them), so none is counted open.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while balancer.open_now() != vec![0, 0, 0] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                balancer.open_now()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }

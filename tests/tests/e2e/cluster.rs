@@ -124,7 +124,6 @@ async fn epoch_race_across_two_nodes(cluster: &Cluster, live: bool) {
     let users = Users::of(cluster);
     let mut alice = users.user("alice", &cluster.node_url(0)).await;
     let mut bob = users.user("bob", &cluster.node_url(1)).await;
-    // carol reads the log (a probe displaces the prober's session, so not the racers).
     let mut carol = users.user("carol", &cluster.node_url(1)).await;
     alice.create_group("g").await.unwrap();
     alice
@@ -140,6 +139,11 @@ async fn epoch_race_across_two_nodes(cluster: &Cluster, live: bool) {
     carol.settle().await.unwrap();
     let group = group_id(&alice, "g").await;
     let devices = [alice.device_id().unwrap(), bob.device_id().unwrap()];
+    // carol reads the log with probes from her home opened offline: no session of hers
+    // competes with (and displaces) the probe's connection.
+    let carol_home = carol.home().clone();
+    carol.close().await;
+    let prober = Device::open_offline(&carol_home).await.unwrap();
 
     /// Starts a key update and returns the epoch its commit was built for.
     async fn update(device: &Device, group: cove::GroupId) -> u64 {
@@ -161,8 +165,8 @@ async fn epoch_race_across_two_nodes(cluster: &Cluster, live: bool) {
             .unwrap();
         rx.await.unwrap()
     }
-    async fn log_after(carol: &Device, group: cove::GroupId, after: Seq) -> Vec<GroupEntry> {
-        match carol
+    async fn log_after(prober: &Device, group: cove::GroupId, after: Seq) -> Vec<GroupEntry> {
+        match prober
             .probe(Request::Fetch {
                 group,
                 after,
@@ -179,7 +183,7 @@ async fn epoch_race_across_two_nodes(cluster: &Cluster, live: bool) {
 
     let mut raced = false;
     for _attempt in 0..5 {
-        let after = log_after(&carol, group, Seq(0))
+        let after = log_after(&prober, group, Seq(0))
             .await
             .last()
             .map_or(Seq(0), |e| e.seq);
@@ -191,7 +195,7 @@ async fn epoch_race_across_two_nodes(cluster: &Cluster, live: bool) {
             d.settle().await.unwrap();
         }
         let (built_a, built_b) = tokio::join!(update(&alice, group), update(&bob, group));
-        let entries = log_after(&carol, group, after).await;
+        let entries = log_after(&prober, group, after).await;
         let commits: Vec<_> = entries
             .iter()
             .filter(|e| matches!(e.kind, EntryKind::Commit { .. }))
@@ -217,10 +221,11 @@ async fn epoch_race_across_two_nodes(cluster: &Cluster, live: bool) {
     }
     assert!(raced, "the two commits never collided in five attempts");
 
+    prober.close().await;
+    let carol = Device::open(&carol_home).await.unwrap();
     if !live {
         alice = reopen(alice).await;
         bob = reopen(bob).await;
-        carol = reopen(carol).await;
     }
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
