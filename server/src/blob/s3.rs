@@ -78,6 +78,9 @@ pub const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How long a creation waits for its owner's lease (held by a creation on another node).
 const OWNER_LEASE_WAIT: Duration = Duration::from_secs(5);
 
+/// Largest metadata or lease object read back.
+const MAX_SMALL_OBJECT: u64 = 1 << 20;
+
 /// Compare-and-swap attempts on a metadata object before giving up (`Busy`).
 const CAS_ATTEMPTS: usize = 16;
 
@@ -362,8 +365,8 @@ impl Ctx {
             e_tag: got.meta.e_tag.clone(),
             version: got.meta.version.clone(),
         };
-        // A metadata object is small; a huge one is not ours.
-        if got.meta.size > 64 * 1024 {
+        // A metadata object is small (10,000 part ETags at most); a huge one is not ours.
+        if got.meta.size > MAX_SMALL_OBJECT {
             return Err(corrupt());
         }
         let body = got.bytes().await.map_err(s3_err)?;
@@ -456,13 +459,26 @@ impl Ctx {
                 e_tag: got.meta.e_tag.clone(),
                 version: got.meta.version.clone(),
             };
+            if got.meta.size > MAX_SMALL_OBJECT {
+                return Err(corrupt());
+            }
             let held: Option<LeaseBody> = got
                 .bytes()
                 .await
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
-            if held.is_some_and(|h| h.expires_ms > now) {
-                return Err(BlobStoreError::Busy);
+            match held {
+                // Our own create, retried by the client after its answer was lost.
+                Some(h) if h.token == token => {
+                    return Ok(Lease {
+                        path: path.clone(),
+                        token: token.clone(),
+                        version,
+                        renew_at_ms: now,
+                    });
+                }
+                Some(h) if h.expires_ms > now => return Err(BlobStoreError::Busy),
+                _ => {}
             }
             debug!(lease = %path, "taking over an expired lease");
             match self
@@ -517,13 +533,13 @@ impl Ctx {
     /// taken over, which this leaves alone).
     async fn release(&self, lease: Lease) {
         let ours = match self.s3.get(&lease.path).await {
-            Ok(got) => got
+            Ok(got) if got.meta.size <= MAX_SMALL_OBJECT => got
                 .bytes()
                 .await
                 .ok()
                 .and_then(|b| serde_json::from_slice::<LeaseBody>(&b).ok())
                 .is_some_and(|h| h.token == lease.token),
-            Err(_) => false,
+            _ => false,
         };
         if ours && let Err(e) = self.s3.delete(&lease.path).await {
             warn!(lease = %lease.path, error = %e, "cannot release a blob lease");
@@ -712,6 +728,9 @@ impl BlobStore for S3BlobStore {
                         .get(&ctx.tail_key(&id, meta.stored))
                         .await
                         .map_err(s3_err)?;
+                    if got.meta.size != tail_len {
+                        return Err(corrupt());
+                    }
                     let bytes = got.bytes().await.map_err(s3_err)?;
                     if bytes.len() as u64 != tail_len {
                         return Err(corrupt());
@@ -986,7 +1005,9 @@ impl Ctx {
         let base = s.base_stored;
         s.meta = self
             .update_meta(&s.id, |m| {
-                if m.stored != base || (m.upload.is_some() && m.upload != mine.upload) {
+                let done = m.stored == mine.stored && m.upload == mine.upload;
+                if !done && (m.stored != base || (m.upload.is_some() && m.upload != mine.upload)) {
+                    // Another writer (this one's lease was taken over).
                     return Err(BlobStoreError::Busy);
                 }
                 m.stored = mine.stored;
@@ -1060,6 +1081,11 @@ impl Ctx {
             let upload = s.meta.upload.clone();
             s.meta = self
                 .update_meta(&id, |m| {
+                    let done = m.stored == m.length && m.upload.is_none();
+                    if done {
+                        // Recorded by this very update, retried after its answer was lost.
+                        return Ok(());
+                    }
                     if m.stored != base || m.upload != upload {
                         return Err(BlobStoreError::Busy);
                     }
