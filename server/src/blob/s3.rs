@@ -721,7 +721,7 @@ impl BlobStore for S3BlobStore {
                     });
                 }
                 let tail_len = meta.tail_len()?;
-                let mut buf = Vec::with_capacity(PART_SIZE);
+                let mut buf = Vec::new();
                 if tail_len > 0 {
                     let got = ctx
                         .s3
@@ -979,7 +979,7 @@ impl Ctx {
                 upload
             }
         };
-        let part = std::mem::replace(&mut s.buf, Vec::with_capacity(PART_SIZE));
+        let part = std::mem::take(&mut s.buf);
         let idx = s.meta.parts.len();
         let id = self
             .s3

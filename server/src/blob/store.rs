@@ -108,7 +108,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Starts an append at `offset`, which must equal the stored length. One writer per blob
     /// at a time (`Busy` otherwise).
     fn writer(&self, id: &BlobId, offset: u64) -> Result<Box<dyn BlobWriter>, BlobStoreError>;
-    /// Reads the stored bytes from `start`.
+    /// Reads the stored bytes from `start`. The service reads complete blobs only; the S3
+    /// store serves nothing else (`NotFound` before completion, as its parts are assembled
+    /// then).
     fn reader(&self, id: &BlobId, start: u64) -> Result<Box<dyn Read + Send>, BlobStoreError>;
     /// Bytes charged to `owner` (declared lengths of all its blobs).
     fn usage(&self, owner: &UserName) -> Result<u64, BlobStoreError>;

@@ -93,6 +93,15 @@ async fn patch(
     http(relay, &head, data).await.0
 }
 
+async fn head_request(relay: &TestRelay, keys: &DeviceKeys, path: &str) -> String {
+    let head = format!(
+        "HEAD {path} HTTP/1.1\r\n{}{}\r\n",
+        host(relay.addr()),
+        blob_signature_headers(keys, "HEAD", path, 0)
+    );
+    http(relay, &head, &[]).await.0
+}
+
 async fn get(relay: &TestRelay, path: &str, range: Option<&str>) -> (String, Vec<u8>) {
     let range = range.map_or(String::new(), |r| format!("range: {r}\r\n"));
     let head = format!("GET {path} HTTP/1.1\r\n{}{range}\r\n", host(relay.addr()));
@@ -113,10 +122,11 @@ fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Alice (registered on node A) encrypts an 11 MiB file with the client's attachment
-/// format; she uploads 6 MiB of the ciphertext (one 5 MiB part and a tail) through A and
-/// the rest through B, after B told her the stored offset (and refused an append at 0 with
-/// 409 and that offset). Before completion neither node serves it or its share page; after,
+/// Alice (registered on node A) encrypts a 14 MiB file with the client's attachment
+/// format; she uploads 6 MiB of the ciphertext (one 5 MiB part and a tail) through A, then
+/// 5 MiB more through A in a request she cuts off before its announced end (A keeps what
+/// arrived and answers 400 with the new offset; B sees it), then the rest through B, after B told her the stored offset (and refused an
+/// append at 0 with 409 and that offset). Before completion neither node serves it or its share page; after,
 /// A serves it whole and a range across the first part boundary byte-identical, and B
 /// serves its share page. No file s3s-fs keeps contains the plaintext marker, and one
 /// holds exactly the ciphertext.
@@ -130,9 +140,9 @@ async fn s3_blob_uploaded_through_one_node_resumes_and_downloads_through_the_oth
     let (alice, keys) = a.register("alice").await.unwrap();
     alice.close().await;
 
-    let mut plaintext = Vec::with_capacity(11 << 20);
+    let mut plaintext = Vec::with_capacity(14 << 20);
     let mut n = 0u32;
-    while plaintext.len() < 11 << 20 {
+    while plaintext.len() < 14 << 20 {
         plaintext.extend_from_slice(MARKER);
         plaintext.extend_from_slice(&n.to_le_bytes());
         n += 1;
@@ -155,13 +165,39 @@ async fn s3_blob_uploaded_through_one_node_resumes_and_downloads_through_the_oth
         Some(first.to_string().as_str())
     );
 
-    // Node B knows how far it got.
-    let head_req = format!(
-        "HEAD {path} HTTP/1.1\r\n{}{}\r\n",
-        host(b.addr()),
-        blob_signature_headers(&keys, "HEAD", &path, 0)
+    // A request announcing the rest that ends after 5 MiB (the client goes).
+    let cut = first + (5 << 20);
+    let mut tls = connect_tls(a.addr(), a.tls()).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\n{}upload-offset: {first}\r\ncontent-length: {}\r\n{}\r\n",
+        host(a.addr()),
+        len - first,
+        blob_signature_headers(&keys, "PATCH", &path, first as u64)
     );
-    let (head, _) = http(&b, &head_req, &[]).await;
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&ciphertext[first..cut]).await.unwrap();
+    tls.shutdown().await.unwrap();
+    // A answers once it recorded what arrived: 400 with the stored offset. (Read until it
+    // closes: closing first, with unread data such as TLS session tickets, would reset the
+    // connection and lose bytes still in flight.)
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tls.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the relay answers the cut request")
+    .unwrap();
+    let answer = String::from_utf8(answer).unwrap().to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 400"), "{answer}");
+    assert_eq!(
+        header(&answer, "upload-offset"),
+        Some(cut.to_string().as_str())
+    );
+    let first = cut;
+
+    // Node B knows how far it got.
+    let head = head_request(&b, &keys, &path).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(
         header(&head, "upload-offset"),
