@@ -129,6 +129,9 @@ impl Meta {
 
     /// Bytes held in the tail object (past the recorded parts); none once complete.
     fn tail_len(&self) -> Result<u64, BlobStoreError> {
+        if self.upload.is_none() && !self.parts.is_empty() {
+            return Err(corrupt());
+        }
         if self.stored == self.length && self.upload.is_none() {
             return Ok(0);
         }
