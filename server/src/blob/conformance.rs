@@ -468,3 +468,25 @@ fn s3_open_checks_the_endpoint_and_the_keys() {
     );
     assert!(err.to_string().contains("error sending request"), "{err}");
 }
+
+/// Two stores on one bucket under different prefixes are two separate blob stores (their
+/// objects under `<prefix>/blobs/`), and one with the same prefix sees the same blobs.
+#[test]
+fn s3_prefixes_keep_relays_apart() {
+    let server = S3Server::start();
+    let (one, other) = (s3_store(&server, "one"), s3_store(&server, "/other/"));
+    let id = BlobId([50; 16]);
+    one.create(id, &user("alice"), 3, 100, 0, 50).unwrap();
+    append(&one, &id, 0, b"abc", 3);
+    assert_eq!(other.meta(&id).unwrap(), None);
+    assert_eq!(other.usage(&user("alice")).unwrap(), 0);
+    assert_eq!(other.delete_owner(&user("alice")).unwrap(), 0);
+    assert_eq!(other.sweep(u64::MAX).unwrap(), 0);
+    let again = s3_store(&server, "one");
+    assert_eq!(read_all(&again, &id, 0), b"abc");
+    let data = server
+        .dir()
+        .join("cove-blobs/one/blobs/data")
+        .join(id.to_hex());
+    assert_eq!(std::fs::read(data).unwrap(), b"abc");
+}
