@@ -845,9 +845,17 @@ impl BlobStore for S3BlobStore {
         let name = owner.as_str().to_owned();
         let owned = self.ctx.run(async move { ctx.owned(&name).await })??;
         let mut n = 0;
-        for (id, _) in owned {
+        for (id, length) in owned {
             match self.delete(&id) {
-                Ok(()) => n += 1,
+                Ok(()) => {
+                    // Also an entry whose creation died before its metadata was written.
+                    let ctx = Arc::clone(&self.ctx);
+                    let owner = owner.as_str().to_owned();
+                    self.ctx.run(async move {
+                        ctx.delete_quiet(&ctx.owner_key(&owner, &id, length)).await
+                    })??;
+                    n += 1;
+                }
                 Err(BlobStoreError::Busy) => {
                     let ctx = Arc::clone(&self.ctx);
                     let expired = self.ctx.run(async move {
