@@ -12,7 +12,10 @@ use cove::Device;
 use cove::config::Home;
 use cove_core::cove_wire::{EntryKind, GroupEntry, Reply, Request, Seq};
 use cove_test_utils::cluster::{Cluster, ClusterOptions};
-use cove_test_utils::{DeviceKeys, TestClient, ws_url};
+use cove_test_utils::{
+    DeviceKeys, TestClient, blob_signature_headers, connect_tls, read_response_head, ws_url,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
@@ -268,4 +271,152 @@ async fn two_nodes_on_one_database_race_on_one_epoch_exactly_one_commit_wins_and
         },
     );
     epoch_race_across_two_nodes(&cluster, false).await;
+}
+
+/// One HTTPS request to `addr` (the request head without `host` and `connection`, and a
+/// body); returns the response head (lower case) and body.
+async fn https(
+    cluster: &Cluster,
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+) -> (String, Vec<u8>) {
+    let mut tls = connect_tls(addr, cluster.tls()).await.unwrap();
+    let request = format!("{head}host: {addr}\r\nconnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    tls.write_all(body).await.unwrap();
+    tls.flush().await.unwrap();
+    let head = read_response_head(&mut tls)
+        .await
+        .unwrap()
+        .to_ascii_lowercase();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, tls.read_to_end(&mut rest))
+        .await
+        .expect("the response body")
+        .unwrap();
+    (head, rest)
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        l.strip_prefix(&format!("{name}: "))
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+/// A resumable upload across nodes: created and partly written through node 1, its
+/// offset read and the rest written through node 2, then downloaded through node 3 (whole
+/// and as a range) with exactly the bytes written, and node 1 reports it complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_started_on_one_node_resumes_on_a_second_and_downloads_from_a_third() {
+    // Blobs in S3; no bus: nothing here is delivered.
+    let cluster = Cluster::start_with(
+        3,
+        ClusterOptions {
+            bus: false,
+            ..ClusterOptions::default()
+        },
+    );
+    let (one, two, three) = (
+        cluster.node_addr(0),
+        cluster.node_addr(1),
+        cluster.node_addr(2),
+    );
+    let mut keys = DeviceKeys::generate("alice");
+    let mut client = TestClient::connect(&ws_url(one), cluster.tls())
+        .await
+        .unwrap();
+    client.register(&mut keys).await.unwrap();
+
+    // Stands for ciphertext: the relay stores bytes as they come. More than one S3 part.
+    let data: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let total = data.len() as u64;
+    let (head, _) = https(
+        &cluster,
+        one,
+        &format!(
+            "POST /v1/blobs HTTP/1.1\r\nupload-length: {total}\r\ncontent-length: 0\r\n{}",
+            blob_signature_headers(&keys, "POST", "/v1/blobs", total)
+        ),
+        &[],
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 201"), "{head}");
+    let path = header(&head, "location").expect("a location");
+
+    // The first part through node 1.
+    let part = 7usize << 20;
+    let (head, _) = https(
+        &cluster,
+        one,
+        &format!(
+            "PATCH {path} HTTP/1.1\r\nupload-offset: 0\r\ncontent-length: {part}\r\n{}",
+            blob_signature_headers(&keys, "PATCH", &path, 0)
+        ),
+        &data[..part],
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 204"), "{head}");
+    assert_eq!(header(&head, "upload-offset"), Some(part.to_string()));
+
+    // Node 2 knows where it stopped, and takes the rest.
+    let (head, _) = https(
+        &cluster,
+        two,
+        &format!(
+            "HEAD {path} HTTP/1.1\r\n{}",
+            blob_signature_headers(&keys, "HEAD", &path, 0)
+        ),
+        &[],
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(header(&head, "upload-offset"), Some(part.to_string()));
+    assert_eq!(header(&head, "upload-length"), Some(total.to_string()));
+    let rest = data.len() - part;
+    let (head, _) = https(
+        &cluster,
+        two,
+        &format!(
+            "PATCH {path} HTTP/1.1\r\nupload-offset: {part}\r\ncontent-length: {rest}\r\n{}",
+            blob_signature_headers(&keys, "PATCH", &path, part as u64)
+        ),
+        &data[part..],
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 204"), "{head}");
+    assert_eq!(header(&head, "upload-offset"), Some(total.to_string()));
+
+    // Node 3 serves it, whole and in part.
+    let (head, body) = https(&cluster, three, &format!("GET {path} HTTP/1.1\r\n"), &[]).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        body == data,
+        "node 3 served other bytes ({} bytes)",
+        body.len()
+    );
+    let (from, to) = (part - 10, part + 9);
+    let (head, body) = https(
+        &cluster,
+        three,
+        &format!("GET {path} HTTP/1.1\r\nrange: bytes={from}-{to}\r\n"),
+        &[],
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    assert_eq!(body, &data[from..=to]);
+    // And node 1, where it started, sees it complete.
+    let (head, _) = https(
+        &cluster,
+        one,
+        &format!(
+            "HEAD {path} HTTP/1.1\r\n{}",
+            blob_signature_headers(&keys, "HEAD", &path, 0)
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(header(&head, "upload-offset"), Some(total.to_string()));
+    client.close().await;
 }
