@@ -13,6 +13,16 @@
 //!
 //! A full queue means the device does not read fast enough: the connection is closed with
 //! `Closing { SlowReader }` and its entries stay in the store for the next connection.
+//!
+//! **Cluster mode** (a bus between relay nodes, [`crate::bus`]): entries reach a node from
+//! its own post writer and from other nodes' notices, in no guaranteed order between the
+//! two, and a notice can be lost. A live device then remembers the last seq pushed per
+//! stream (its *positions*, from the backlog's `sent`). An entry at or below it is skipped,
+//! the next one is pushed, and anything else (a gap, a stream it has no position for, an
+//! entry announced without its frame) puts the device back to syncing with the entry
+//! pending and asks for its backlog to be read again ([`ClusterLink::resync`]); that
+//! backlog ends in [`Hub::go_live`] as the first one does. A single node keeps the plain
+//! path: no positions, no checks.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -191,8 +201,13 @@ impl Outbox {
 struct Pending {
     stream: Stream,
     seq: Seq,
-    frame: Bytes,
+    /// `None` for an entry another node announced without its frame (cluster mode): the
+    /// device's backlog must read it.
+    frame: Option<Bytes>,
 }
+
+/// The last seq pushed to a live device per stream (cluster mode; empty otherwise).
+type Positions = HashMap<Stream, Seq>;
 
 enum Presence {
     Syncing {
@@ -201,14 +216,42 @@ enum Presence {
     },
     Live {
         outbox: Arc<Outbox>,
+        positions: Positions,
     },
 }
 
 impl Presence {
     fn outbox(&self) -> &Arc<Outbox> {
         match self {
-            Presence::Syncing { outbox, .. } | Presence::Live { outbox } => outbox,
+            Presence::Syncing { outbox, .. } | Presence::Live { outbox, .. } => outbox,
         }
+    }
+}
+
+/// What the hub needs in cluster mode (see the module docs).
+pub(crate) struct ClusterLink {
+    /// Devices (and the connection) whose backlog must be read again; the bus's resync
+    /// task reads them.
+    pub resync: mpsc::UnboundedSender<(DeviceId, Arc<Outbox>)>,
+    /// Where closes that other nodes must apply too are published.
+    pub publisher: crate::bus::Publisher,
+}
+
+/// Where an entry stands against a live device's position in its stream.
+enum Admit {
+    /// At or below the position: already pushed.
+    Skip,
+    /// The next one.
+    Next,
+    /// Past the next one, or a stream without a position.
+    Gap,
+}
+
+fn admit(positions: &Positions, stream: Stream, seq: Seq) -> Admit {
+    match positions.get(&stream) {
+        Some(last) if seq <= *last => Admit::Skip,
+        Some(last) if last.0.checked_add(1) == Some(seq.0) => Admit::Next,
+        _ => Admit::Gap,
     }
 }
 
@@ -245,6 +288,10 @@ pub(crate) struct Hub {
     rates: Rates,
     /// Entries queued to device connections (`/metrics`), added once per fan-out batch.
     deliveries: AtomicU64,
+    /// Cluster mode: ordering and gap repair, closes published to other nodes.
+    cluster: Option<ClusterLink>,
+    /// Backlog re-reads asked for (`/metrics`, cluster mode).
+    resyncs: AtomicU64,
 }
 
 /// Token-bucket parameters.
@@ -284,7 +331,30 @@ impl Hub {
             pending_cap: pending_cap.max(1),
             rates,
             deliveries: AtomicU64::new(0),
+            cluster: None,
+            resyncs: AtomicU64::new(0),
         }
+    }
+
+    /// The hub of a relay node in a cluster (see the module docs).
+    pub fn with_cluster(mut self, link: ClusterLink) -> Self {
+        self.cluster = Some(link);
+        self
+    }
+
+    /// Whether the hub orders deliveries per device (cluster mode).
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Cluster mode: where notices for the other nodes go.
+    pub fn publisher(&self) -> Option<&crate::bus::Publisher> {
+        self.cluster.as_ref().map(|c| &c.publisher)
+    }
+
+    /// Backlog re-reads asked for so far (cluster mode).
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs.load(Ordering::Relaxed)
     }
 
     /// Entries queued to device connections so far (live fan-out and backlog).
@@ -319,7 +389,7 @@ impl Hub {
     }
 
     /// Registers an authenticated device as syncing. An older connection of the same device
-    /// is closed with `Displaced`.
+    /// is closed with `Displaced` (in cluster mode on the other nodes too).
     pub fn register(&self, device: DeviceId, outbox: Arc<Outbox>) {
         let old = self.online().insert(
             device,
@@ -330,6 +400,9 @@ impl Hub {
         );
         if let Some(old) = old {
             old.outbox().close(CloseReason::Code(ErrorCode::Displaced));
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.publisher.close(device, ErrorCode::Displaced);
         }
     }
 
@@ -348,18 +421,51 @@ impl Hub {
         }
         let outbox = Arc::clone(outbox);
         let mut queued = 0;
+        if let Some(cluster) = &self.cluster {
+            let mut positions = sent.clone();
+            let mut rest = std::mem::take(pending).into_iter();
+            while let Some(p) = rest.next() {
+                match (admit(&positions, p.stream, p.seq), &p.frame) {
+                    (Admit::Skip, _) => continue,
+                    (Admit::Next, Some(frame)) => {
+                        if !outbox.push(frame.clone()) {
+                            break;
+                        }
+                        positions.insert(p.stream, p.seq);
+                        queued += 1;
+                    }
+                    // A gap, a stream the backlog did not cover, an entry without its
+                    // frame: read the backlog again, the rest stays pending.
+                    _ => {
+                        pending.push(p);
+                        pending.extend(rest);
+                        self.count_deliveries(queued);
+                        self.resyncs.fetch_add(1, Ordering::Relaxed);
+                        let _ = cluster.resync.send((device, outbox));
+                        return;
+                    }
+                }
+            }
+            self.count_deliveries(queued);
+            *presence = Presence::Live { outbox, positions };
+            return;
+        }
         for p in std::mem::take(pending) {
             let already = sent.get(&p.stream).is_some_and(|last| p.seq <= *last);
             if already {
                 continue;
             }
-            if !outbox.push(p.frame) {
+            let Some(frame) = p.frame else { continue };
+            if !outbox.push(frame) {
                 break;
             }
             queued += 1;
         }
         self.count_deliveries(queued);
-        *presence = Presence::Live { outbox };
+        *presence = Presence::Live {
+            outbox,
+            positions: Positions::new(),
+        };
     }
 
     /// Removes a connection's device from the online map (if it is still that connection).
@@ -383,11 +489,106 @@ impl Hub {
         self.online().len()
     }
 
-    /// Closes `device`'s authenticated connection, if it has one, with `code`.
+    /// Closes `device`'s authenticated connection, if it has one, with `code` (in cluster
+    /// mode on every node).
     pub fn close_device(&self, device: DeviceId, code: ErrorCode) {
+        self.close_here(device, code);
+        if let Some(cluster) = &self.cluster {
+            cluster.publisher.close(device, code);
+        }
+    }
+
+    /// Closes `device`'s authenticated connection on this node only (another node's
+    /// close, received on the bus).
+    pub fn close_here(&self, device: DeviceId, code: ErrorCode) {
         if let Some(presence) = self.online().get(&device) {
             presence.outbox().close(CloseReason::Code(code));
         }
+    }
+
+    /// Cluster mode: the live devices and every group stream they have a position in (for
+    /// the catch-up to read the heads of).
+    pub fn live_streams(&self) -> (Vec<DeviceId>, Vec<cove_wire::GroupId>) {
+        let online = self.online();
+        let mut devices = Vec::new();
+        let mut groups = std::collections::HashSet::new();
+        for (device, presence) in online.iter() {
+            if let Presence::Live { positions, .. } = presence {
+                devices.push(*device);
+                groups.extend(positions.keys().filter_map(|s| match s {
+                    Stream::Group(g) => Some(*g),
+                    Stream::Inbox => None,
+                }));
+            }
+        }
+        (devices, groups.into_iter().collect())
+    }
+
+    /// Cluster mode: the live devices behind `heads` (a position in a stream below its
+    /// head), each with the first such stream and its head.
+    pub fn behind(
+        &self,
+        heads: &HashMap<Stream, Seq>,
+        inboxes: &HashMap<DeviceId, Seq>,
+    ) -> Vec<(DeviceId, Stream, Seq)> {
+        let online = self.online();
+        let mut out = Vec::new();
+        for (device, presence) in online.iter() {
+            let Presence::Live { positions, .. } = presence else {
+                continue;
+            };
+            let inbox = inboxes
+                .get(device)
+                .filter(|head| positions.get(&Stream::Inbox).is_none_or(|p| p < *head))
+                .map(|head| (Stream::Inbox, *head));
+            let group = positions.iter().find_map(|(stream, pos)| {
+                heads
+                    .get(stream)
+                    .filter(|head| pos < *head)
+                    .map(|head| (*stream, *head))
+            });
+            if let Some((stream, head)) = inbox.or(group) {
+                out.push((*device, stream, head));
+            }
+        }
+        out
+    }
+
+    /// Cluster mode: `device`'s backlog is read again if it is live and still behind
+    /// `head` in `stream`; true if so. A stream it is no longer in (`forget`) is dropped
+    /// from its positions instead.
+    pub fn resync_if_behind(
+        &self,
+        device: DeviceId,
+        stream: Stream,
+        head: Seq,
+        forget: bool,
+    ) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        let mut online = self.online();
+        let Some(presence) = online.get_mut(&device) else {
+            return false;
+        };
+        let Presence::Live { outbox, positions } = presence else {
+            return false;
+        };
+        if positions.get(&stream).is_some_and(|p| *p >= head) {
+            return false;
+        }
+        if forget {
+            positions.remove(&stream);
+            return false;
+        }
+        let outbox = Arc::clone(outbox);
+        *presence = Presence::Syncing {
+            outbox: Arc::clone(&outbox),
+            pending: Vec::new(),
+        };
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
+        let _ = cluster.resync.send((device, outbox));
+        true
     }
 
     /// Closes every authenticated connection with `code`.
@@ -404,6 +605,8 @@ impl Hub {
             pending_cap: self.pending_cap,
             deliveries: &self.deliveries,
             queued: 0,
+            cluster: self.cluster.as_ref(),
+            resyncs: &self.resyncs,
         }
     }
 
@@ -469,6 +672,10 @@ pub(crate) struct Fanout<'a> {
     deliveries: &'a AtomicU64,
     /// Entries queued to live connections in this batch.
     queued: u64,
+    /// Cluster mode: deliveries are ordered per device (see the module docs).
+    cluster: Option<&'a ClusterLink>,
+    /// The hub's resync counter.
+    resyncs: &'a AtomicU64,
 }
 
 impl Drop for Fanout<'_> {
@@ -480,36 +687,110 @@ impl Drop for Fanout<'_> {
 }
 
 impl Fanout<'_> {
+    /// Whether deliveries are ordered per device (cluster mode): then runs are not used.
+    pub fn is_ordered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     /// Delivers one encoded entry (`stream`, `seq`) to every online device in `recipients`.
     pub fn deliver(&mut self, recipients: &[DeviceId], stream: Stream, seq: Seq, frame: &Bytes) {
+        if self.cluster.is_some() {
+            self.deliver_ordered(recipients, stream, seq, Some(frame));
+            return;
+        }
         for device in recipients {
             let Some(presence) = self.online.get_mut(device) else {
                 continue;
             };
             match presence {
-                Presence::Live { outbox } => {
+                Presence::Live { outbox, .. } => {
                     if outbox.push(frame.clone()) {
                         self.queued += 1;
                     }
                 }
                 Presence::Syncing { outbox, pending } => {
-                    if outbox.is_closing() {
-                        continue;
-                    }
-                    if pending.len() >= self.pending_cap {
-                        outbox.close(CloseReason::Code(ErrorCode::SlowReader));
-                        pending.clear();
-                        continue;
-                    }
-                    pending.push(Pending {
-                        stream,
-                        seq,
-                        frame: frame.clone(),
-                    });
+                    hold(outbox, pending, self.pending_cap, stream, seq, Some(frame));
                 }
             }
         }
     }
+
+    /// Cluster mode: delivers an entry (`stream`, `seq`; its frame, or `None` when another
+    /// node announced it without) to every online device in `recipients`, in order per
+    /// device (see the module docs).
+    pub fn deliver_ordered(
+        &mut self,
+        recipients: &[DeviceId],
+        stream: Stream,
+        seq: Seq,
+        frame: Option<&Bytes>,
+    ) {
+        let Some(cluster) = self.cluster else {
+            if let Some(frame) = frame {
+                self.deliver(recipients, stream, seq, frame);
+            }
+            return;
+        };
+        for device in recipients {
+            let Some(presence) = self.online.get_mut(device) else {
+                continue;
+            };
+            match presence {
+                Presence::Live { outbox, positions } => {
+                    match (admit(positions, stream, seq), frame) {
+                        (Admit::Skip, _) => {}
+                        (Admit::Next, Some(frame)) => {
+                            if outbox.push(frame.clone()) {
+                                positions.insert(stream, seq);
+                                self.queued += 1;
+                            }
+                        }
+                        _ => {
+                            let outbox = Arc::clone(outbox);
+                            *presence = Presence::Syncing {
+                                outbox: Arc::clone(&outbox),
+                                pending: vec![Pending {
+                                    stream,
+                                    seq,
+                                    frame: frame.cloned(),
+                                }],
+                            };
+                            self.resyncs.fetch_add(1, Ordering::Relaxed);
+                            let _ = cluster.resync.send((*device, outbox));
+                        }
+                    }
+                }
+                Presence::Syncing { outbox, pending } => {
+                    hold(outbox, pending, self.pending_cap, stream, seq, frame);
+                }
+            }
+        }
+    }
+}
+
+/// Keeps an entry for a syncing device until its backlog is done (closing it as a slow
+/// reader when too many wait).
+fn hold(
+    outbox: &Outbox,
+    pending: &mut Vec<Pending>,
+    cap: usize,
+    stream: Stream,
+    seq: Seq,
+    frame: Option<&Bytes>,
+) {
+    if outbox.is_closing() {
+        return;
+    }
+    if pending.len() >= cap {
+        outbox.close(CloseReason::Code(ErrorCode::SlowReader));
+        pending.clear();
+        return;
+    }
+    pending.push(Pending {
+        stream,
+        seq,
+        frame: frame.cloned(),
+    });
 }
 
 impl Fanout<'_> {
@@ -536,7 +817,7 @@ impl Fanout<'_> {
                 continue;
             }
             match presence {
-                Presence::Live { outbox } => {
+                Presence::Live { outbox, .. } => {
                     if outbox.push_run(frames, len) {
                         self.queued += seqs.len() as u64;
                     }
@@ -554,7 +835,7 @@ impl Fanout<'_> {
                         pending.push(Pending {
                             stream,
                             seq: *seq,
-                            frame: frame.clone(),
+                            frame: Some(frame.clone()),
                         });
                     }
                 }

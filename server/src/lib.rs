@@ -46,6 +46,7 @@
 
 mod admission;
 pub mod blob;
+mod bus;
 pub mod config;
 /// Fuzz entry points (the targets in `fuzz/`, replayed by this crate's tests). Not an API.
 #[doc(hidden)]

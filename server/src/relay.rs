@@ -109,11 +109,9 @@ impl Relay {
             blob_backend,
             secrets,
         } = config;
-        // Filled in by the bus, S3 and shared-secrets work (issue 15).
-        if bus.is_some() || blob_backend != crate::config::BlobBackend::Filesystem {
-            return Err(
-                crate::config::ConfigError::Invalid("[bus] and [blobs] are not built yet").into(),
-            );
+        // Filled in by the S3 and shared-secrets work (issue 15).
+        if blob_backend != crate::config::BlobBackend::Filesystem {
+            return Err(crate::config::ConfigError::Invalid("[blobs] s3 is not built yet").into());
         }
         let _ = secrets;
         std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
@@ -144,7 +142,8 @@ impl Relay {
         let turn_addr = turn.as_ref().map(|t| t.local_addr());
         let store = open_store(store_kind.clone(), &data_dir).await?;
         let blob = BlobService::open(&data_dir, blob, Arc::clone(&store))?;
-        let hub = Arc::new(Hub::new(
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let hub = Hub::new(
             limits.outgoing_queue_frames,
             Rates {
                 requests_per_second: f64::from(limits.requests_per_second),
@@ -154,9 +153,17 @@ impl Relay {
                 target_claims_per_second: f64::from(limits.target_claims_per_minute) / 60.0,
                 target_claim_burst: f64::from(limits.target_claim_burst),
             },
-        ));
+        );
+        // A node of a cluster: the bus to the other nodes, and the hub's end of it.
+        let (bus, hub) = match &bus {
+            Some(config) => {
+                let (bus, link) = crate::bus::Bus::new(config, Arc::clone(&metrics));
+                (Some(bus), hub.with_cluster(link))
+            }
+            None => (None, hub),
+        };
+        let hub = Arc::new(hub);
         let handshakes = Arc::new(crate::logic::Handshakes::new(validate_handshakes));
-        let metrics = Arc::new(crate::metrics::Metrics::new());
         let (pipeline, writer) = Pipeline::start(
             Arc::clone(&store),
             Arc::clone(&handshakes),
@@ -226,6 +233,9 @@ impl Relay {
             connections: Arc::clone(&connections),
         });
         let turn_handle = shared.turn.clone();
+        if let Some(bus) = bus {
+            bus.spawn(Arc::clone(&shared));
+        }
         info!(
             addr = %local_addr,
             store = ?store_kind,

@@ -6,6 +6,7 @@
 mod accounts;
 mod admins;
 mod auth;
+mod cluster;
 mod device_lists;
 mod durability;
 mod fuzz_corpus;
