@@ -1055,6 +1055,75 @@ mod tests {
         assert_eq!(got, frames[1..].to_vec());
     }
 
+    /// Cluster mode: a live device takes the next seq of a stream, skips one it has, and on
+    /// a gap (or an entry without its frame) goes back to syncing with the entry pending
+    /// while its backlog is read again; going live after that backlog pushes the pending
+    /// entries above it, then ordering goes on from there.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn clustered_deliveries_skip_duplicates_and_resync_on_a_gap() {
+        let rates = Rates {
+            requests_per_second: 1.0,
+            request_burst: 1.0,
+            claims_per_second: 1.0,
+            claim_burst: 1.0,
+            target_claims_per_second: 1.0,
+            target_claim_burst: 1.0,
+        };
+        let config = crate::config::BusConfig {
+            nats: "nats://127.0.0.1:1".into(),
+            node: Some("test".into()),
+            catch_up_ms: 1000,
+        };
+        let (_bus, link) = crate::bus::Bus::new(&config, Arc::new(crate::metrics::Metrics::new()));
+        let (_bus, mut resyncs) = _bus.into_resyncs();
+        let hub = Hub::new(8, rates).with_cluster(link);
+        let d = DeviceId(1);
+        let g = Stream::Group(cove_wire::GroupId([3; 16]));
+        let (outbox, mut rx) = Outbox::new(7, 16, 1024);
+        hub.register(d, outbox);
+        hub.go_live(d, 7, &HashMap::from([(g, Seq(2)), (Stream::Inbox, Seq(0))]));
+        let frame = |n: u8| Bytes::from(vec![n]);
+        let mut got = || {
+            let mut out = Vec::new();
+            while let Ok(q) = rx.frames.try_recv() {
+                if let Queued::One(f) = q {
+                    out.extend_from_slice(&f);
+                }
+            }
+            out
+        };
+        hub.fanout().deliver(&[d], g, Seq(3), &frame(3));
+        hub.fanout().deliver(&[d], g, Seq(3), &frame(3));
+        hub.fanout().deliver(&[d], g, Seq(2), &frame(2));
+        assert_eq!(got(), vec![3], "the next one once; nothing at or below it");
+        assert!(resyncs.try_recv().is_err());
+
+        // Seq 4 is missing: 5 waits, the backlog is asked for.
+        hub.fanout().deliver(&[d], g, Seq(5), &frame(5));
+        assert_eq!(
+            resyncs.try_recv().map(|(dev, o)| (dev, o.conn_id)).ok(),
+            Some((d, 7))
+        );
+        hub.fanout().deliver(&[d], g, Seq(6), &frame(6));
+        assert!(got().is_empty(), "nothing while syncing");
+        // The backlog sent up to 5: 6 follows from the pending entries.
+        hub.go_live(d, 7, &HashMap::from([(g, Seq(5)), (Stream::Inbox, Seq(0))]));
+        assert_eq!(got(), vec![6]);
+        hub.fanout().deliver(&[d], g, Seq(7), &frame(7));
+        assert_eq!(got(), vec![7]);
+
+        // An entry announced without its frame, and a stream without a position: resync.
+        hub.fanout().deliver_ordered(&[d], g, Seq(8), None);
+        assert!(resyncs.try_recv().is_ok());
+        hub.go_live(d, 7, &HashMap::from([(g, Seq(8)), (Stream::Inbox, Seq(0))]));
+        let other = Stream::Group(cove_wire::GroupId([4; 16]));
+        hub.fanout().deliver(&[d], other, Seq(2), &frame(2));
+        assert!(resyncs.try_recv().is_ok());
+        assert_eq!(hub.resyncs(), 3);
+        assert!(got().is_empty());
+    }
+
     #[test]
     fn second_connection_displaces_the_first() {
         let rates = Rates {

@@ -234,7 +234,7 @@ impl Relay {
         });
         let turn_handle = shared.turn.clone();
         if let Some(bus) = bus {
-            bus.spawn(Arc::clone(&shared));
+            bus.start(Arc::clone(&shared)).await;
         }
         info!(
             addr = %local_addr,

@@ -53,6 +53,9 @@ const PUBLISH_QUEUE: usize = 16 * 1024;
 /// The subscription every node makes.
 const SUBSCRIPTION: &str = "cove.>";
 
+/// How long a starting node waits for its subscription before it starts without.
+const START_WAIT: Duration = Duration::from_secs(2);
+
 /// Longest wait between two reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
@@ -143,10 +146,13 @@ impl Bus {
         (bus, link)
     }
 
-    /// Starts the bus's tasks: the NATS connection (in the background: the node starts
-    /// whether NATS is up or not), the publisher, the subscriber, the resync and the
-    /// catch-up tasks. They end at shutdown.
-    pub fn spawn(self, shared: Arc<Shared>) {
+    /// Starts the bus: connects to NATS and subscribes, waiting up to
+    /// [`START_WAIT`] for the subscription to be in place (so that a node is subscribed
+    /// when its start returns, whenever NATS is up); if NATS does not answer by then, the
+    /// node starts anyway and the connection keeps being retried in the background (the
+    /// catch-up after it connects delivers what it missed). Then spawns the publisher,
+    /// subscriber, resync and catch-up tasks; they end at shutdown.
+    pub async fn start(self, shared: Arc<Shared>) {
         let Bus {
             node,
             url,
@@ -161,22 +167,38 @@ impl Bus {
             catch_up,
             Arc::clone(&reconnected),
         ));
-        tokio::spawn(async move {
-            let mut shutdown = shared.shutdown.clone();
-            let connecting = connect(&url, &node, Arc::clone(&reconnected));
-            let client = tokio::select! {
-                client = connecting => client,
-                () = stopped(&mut shutdown) => return,
-            };
-            let Some(client) = client else { return };
-            tokio::spawn(publish_loop(
-                client.clone(),
-                queue,
-                Arc::clone(&shared.metrics),
-                shared.shutdown.clone(),
-            ));
-            receive_loop(client, node, shared).await;
-        });
+        let Some(client) = connect(&url, &node, reconnected).await else {
+            return;
+        };
+        let subscriber = match client.subscribe(SUBSCRIPTION).await {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                tracing::error!(error = %e, "bus: cannot subscribe; the bus is off");
+                return;
+            }
+        };
+        match tokio::time::timeout(START_WAIT, client.flush()).await {
+            Ok(Ok(())) => info!(node = %node, "bus: subscribed"),
+            Ok(Err(e)) => warn!(error = %e, "bus: NATS is not reachable yet; retrying"),
+            Err(_) => warn!("bus: NATS is not reachable yet; starting anyway and retrying"),
+        }
+        tokio::spawn(publish_loop(
+            client,
+            queue,
+            Arc::clone(&shared.metrics),
+            shared.shutdown.clone(),
+        ));
+        tokio::spawn(receive_loop(subscriber, node, shared));
+    }
+}
+
+#[cfg(test)]
+impl Bus {
+    /// Takes the resync receiver out (unit tests of the hub read what it asks for).
+    pub fn into_resyncs(mut self) -> (Bus, mpsc::UnboundedReceiver<(DeviceId, Arc<Outbox>)>) {
+        let (_, empty) = mpsc::unbounded_channel();
+        let resyncs = std::mem::replace(&mut self.resync, empty);
+        (self, resyncs)
     }
 }
 
@@ -259,20 +281,9 @@ async fn publish_loop(
     }
 }
 
-/// Subscribes and delivers other nodes' notices until shutdown.
-async fn receive_loop(client: async_nats::Client, node: Arc<str>, shared: Arc<Shared>) {
+/// Delivers other nodes' notices until shutdown.
+async fn receive_loop(mut subscriber: async_nats::Subscriber, node: Arc<str>, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
-    let subscribing = client.subscribe(SUBSCRIPTION);
-    let mut subscriber = tokio::select! {
-        s = subscribing => match s {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "bus: cannot subscribe; the bus is off");
-                return;
-            }
-        },
-        () = stopped(&mut shutdown) => return,
-    };
     loop {
         let message = tokio::select! {
             m = subscriber.next() => m,
