@@ -19,6 +19,7 @@ use cove_test_utils::{DeviceKeys, TestClient, TestRelay};
 use cove_wire::{Delivery, Epoch, ErrorCode, GroupId, Seq, Stream};
 
 use crate::group_with;
+use crate::health::{sample, scrape};
 use crate::validation::Member;
 
 /// A node on the database at `db` and the NATS server at `nats`, validation as given.
@@ -88,7 +89,8 @@ fn start_at(group: GroupId, joined: Seq) -> Applied {
 }
 
 /// An entry posted on node A reaches a device on node B exactly once: the Welcome, then
-/// the entry, then a sentinel, with nothing else in between (not even a re-sent entry).
+/// the entry, then a sentinel, with nothing else in between (not even a re-sent entry);
+/// both nodes' `/metrics` count the notices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_posted_on_a_reaches_a_device_on_b_exactly_once() {
     let db = PgCluster::shared().database();
@@ -123,6 +125,23 @@ async fn an_entry_posted_on_a_reaches_a_device_on_b_exactly_once() {
         ]
     );
     assert!(bob.take_buffered().is_empty());
+
+    // A published a notice per entry and Welcome; B received them (the Welcome, the two
+    // posts) and nothing was dropped or malformed.
+    let on_a = scrape(&a).await;
+    let on_b = scrape(&b).await;
+    let notices = |m: &HashMap<String, f64>, what: &str| {
+        sample(
+            m,
+            &format!("cove_relay_bus_notices_total{{what=\"{what}\"}}"),
+        )
+    };
+    assert!(notices(&on_a, "published") >= 4.0, "{on_a:?}");
+    assert!(notices(&on_b, "received") >= 3.0, "{on_b:?}");
+    for m in [&on_a, &on_b] {
+        assert_eq!(notices(m, "dropped"), 0.0);
+        assert_eq!(notices(m, "malformed"), 0.0);
+    }
 
     bob.close().await;
     alice.close().await;
@@ -234,6 +253,34 @@ async fn entries_posted_while_nats_is_down_arrive_once_it_is_back() {
     expected.push(sentinel);
     assert_eq!(seqs, expected);
     assert_eq!(applied.taken[3].2, b"while down 2".to_vec());
+
+    bob.close().await;
+    alice.close().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Both nodes start while NATS is down (each waits for it a bounded time, then starts);
+/// once NATS is up, an entry posted on A reaches Bob on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_start_while_nats_is_down_and_join_once_it_is_up() {
+    let db = PgCluster::shared().database();
+    let mut nats = NatsServer::start();
+    nats.stop();
+    let a = node(db.url(), &nats.url(), "a", false).await;
+    let b = node(db.url(), &nats.url(), "b", false).await;
+    let (mut alice, _) = a.register("alice").await.unwrap();
+    alice.backlog().await.unwrap();
+    let (mut bob, bob_keys) = b.register("bob").await.unwrap();
+    bob.backlog().await.unwrap();
+    nats.start_again();
+    // Bob's Welcome reaches him on B through the bus or, if it was posted before the nodes
+    // connected, through the catch-up.
+    let group = group_with(&mut alice, &mut [(&mut bob, &bob_keys)]).await;
+    let seq = alice.post_app(group, Epoch(1), b"after").await.unwrap();
+    let mut applied = start_at(group, Seq(1));
+    applied.read_until(&mut bob, group, seq).await;
+    assert_eq!(applied.taken, vec![(group, seq, b"after".to_vec())]);
 
     bob.close().await;
     alice.close().await;
