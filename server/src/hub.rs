@@ -479,6 +479,12 @@ impl Hub {
         }
     }
 
+    /// Whether any of `devices` has an authenticated connection here.
+    pub fn any_online(&self, devices: &[DeviceId]) -> bool {
+        let online = self.online();
+        devices.iter().any(|d| online.contains_key(d))
+    }
+
     /// Whether `device` has an authenticated connection.
     pub fn is_online(&self, device: DeviceId) -> bool {
         self.online().contains_key(&device)

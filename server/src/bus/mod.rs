@@ -307,9 +307,12 @@ async fn receive_loop(mut subscriber: async_nats::Subscriber, node: Arc<str>, sh
     let _ = subscriber.unsubscribe().await;
 }
 
-/// Delivers another node's notice to this node's devices.
+/// Delivers another node's notice to this node's devices (a notice none of whose
+/// recipients is connected here costs a map look-up per recipient, nothing more).
 fn apply(shared: &Shared, body: Body) {
     match body {
+        Body::Entry { ref recipients, .. } if !shared.hub.any_online(recipients) => {}
+        Body::Welcome { device, .. } if !shared.hub.is_online(device) => {}
         Body::Entry {
             group,
             seq,
