@@ -10,7 +10,9 @@
 //! gone the post writer drains its queue and the store is dropped (closed) last.
 //!
 //! Beside them a task prunes the store every `prune_interval_ms` ([`RelayStore::prune`]:
-//! acknowledged entries, and entries older than `retention_max_age_ms`).
+//! acknowledged entries, and entries older than `retention_max_age_ms`). With `[bus]`, the
+//! bus to the other relay nodes ([`crate::bus`]) starts before the accept loop (waiting a
+//! bounded time for its NATS subscription) and its tasks end with the shutdown signal.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
