@@ -16,8 +16,9 @@ use cove_server::config::BusConfig;
 use cove_test_utils::engines::NatsServer;
 use cove_test_utils::postgres::PgCluster;
 use cove_test_utils::{DeviceKeys, TestClient, TestRelay};
-use cove_wire::{Delivery, Epoch, ErrorCode, GroupId, Seq, Stream};
+use cove_wire::{Delivery, Epoch, ErrorCode, GroupId, Reply, Request, Seq, Stream};
 
+use crate::accounts::{login, register_account};
 use crate::group_with;
 use crate::health::{sample, scrape};
 use crate::validation::Member;
@@ -284,6 +285,41 @@ async fn nodes_start_while_nats_is_down_and_join_once_it_is_up() {
 
     bob.close().await;
     alice.close().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Alice deletes her account through her first device on A: her laptop, connected on B,
+/// is closed with `UnknownDevice` (the close reaches B through the bus).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_account_on_a_closes_its_devices_on_b() {
+    let db = PgCluster::shared().database();
+    let nats = NatsServer::start();
+    let a = node(db.url(), &nats.url(), "a", false).await;
+    let b = node(db.url(), &nats.url(), "b", false).await;
+    let (mut alice, alice_keys) = a.register("alice").await.unwrap();
+    alice.backlog().await.unwrap();
+    let mut laptop_keys = DeviceKeys::generate("alice");
+    crate::device_lists::publish_signed_list(&mut alice, &alice_keys, &[laptop_keys.public_key()])
+        .await;
+    let mut laptop = b.connect().await.unwrap();
+    laptop
+        .register_device(&mut laptop_keys, &alice_keys)
+        .await
+        .unwrap();
+    laptop.backlog().await.unwrap();
+    register_account(&mut alice, "alice", b"pw").await;
+    let (_, answer) = login(&mut alice, "alice", b"pw").await;
+    assert!(
+        matches!(answer, Ok(Reply::AccountLoggedIn { .. })),
+        "{answer:?}"
+    );
+    assert_eq!(
+        alice.request(Request::AccountDelete).await.unwrap(),
+        Ok(Reply::AccountDeleted)
+    );
+    let (_, code) = laptop.read_until_closed().await;
+    assert_eq!(code, Some(ErrorCode::UnknownDevice));
     a.shutdown().await;
     b.shutdown().await;
 }
