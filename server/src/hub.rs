@@ -70,6 +70,9 @@ impl Queued {
 pub(crate) struct Outbox {
     /// Unique per connection (displacement and unregistering compare it).
     pub conn_id: u64,
+    /// When it was opened (ms since the Unix epoch): a displacement from another relay node
+    /// closes only connections opened at or before the displacing one.
+    pub opened_ms: u64,
     queue: mpsc::Sender<Queued>,
     bytes: Arc<Semaphore>,
     /// The byte budget when empty.
@@ -94,8 +97,13 @@ impl Outbox {
         let (close, close_rx) = watch::channel(None);
         let capacity = bytes.min(Semaphore::MAX_PERMITS);
         let budget = Arc::new(Semaphore::new(capacity));
+        let opened_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
         let outbox = Outbox {
             conn_id,
+            opened_ms,
             queue,
             bytes: Arc::clone(&budget),
             capacity,
@@ -391,6 +399,7 @@ impl Hub {
     /// Registers an authenticated device as syncing. An older connection of the same device
     /// is closed with `Displaced` (in cluster mode on the other nodes too).
     pub fn register(&self, device: DeviceId, outbox: Arc<Outbox>) {
+        let opened_ms = outbox.opened_ms;
         let old = self.online().insert(
             device,
             Presence::Syncing {
@@ -402,7 +411,9 @@ impl Hub {
             old.outbox().close(CloseReason::Code(ErrorCode::Displaced));
         }
         if let Some(cluster) = &self.cluster {
-            cluster.publisher.close(device, ErrorCode::Displaced);
+            cluster
+                .publisher
+                .close(device, ErrorCode::Displaced, opened_ms);
         }
     }
 
@@ -498,16 +509,18 @@ impl Hub {
     /// Closes `device`'s authenticated connection, if it has one, with `code` (in cluster
     /// mode on every node).
     pub fn close_device(&self, device: DeviceId, code: ErrorCode) {
-        self.close_here(device, code);
+        self.close_here(device, code, u64::MAX);
         if let Some(cluster) = &self.cluster {
-            cluster.publisher.close(device, code);
+            cluster.publisher.close(device, code, u64::MAX);
         }
     }
 
-    /// Closes `device`'s authenticated connection on this node only (another node's
-    /// close, received on the bus).
-    pub fn close_here(&self, device: DeviceId, code: ErrorCode) {
-        if let Some(presence) = self.online().get(&device) {
+    /// Closes `device`'s authenticated connection on this node only, if it was opened at
+    /// or before `opened_before_ms` (another node's close, received on the bus).
+    pub fn close_here(&self, device: DeviceId, code: ErrorCode, opened_before_ms: u64) {
+        if let Some(presence) = self.online().get(&device)
+            && presence.outbox().opened_ms <= opened_before_ms
+        {
             presence.outbox().close(CloseReason::Code(code));
         }
     }
@@ -1128,6 +1141,40 @@ mod tests {
         assert!(resyncs.try_recv().is_ok());
         assert_eq!(hub.resyncs(), 3);
         assert!(got().is_empty());
+    }
+
+    /// Another node's displacement closes a connection opened at or before the displacing
+    /// one, never a newer one; a close for any connection (`u64::MAX`) closes it.
+    #[test]
+    fn a_remote_displacement_spares_a_newer_connection() {
+        let rates = Rates {
+            requests_per_second: 1.0,
+            request_burst: 1.0,
+            claims_per_second: 1.0,
+            claim_burst: 1.0,
+            target_claims_per_second: 1.0,
+            target_claim_burst: 1.0,
+        };
+        let hub = Hub::new(8, rates);
+        let (outbox, rx) = Outbox::new(1, 4, 1024);
+        let opened = outbox.opened_ms;
+        let close = rx.close.clone();
+        hub.register(DeviceId(9), outbox);
+        hub.close_here(DeviceId(9), ErrorCode::Displaced, opened - 1);
+        assert_eq!(*close.borrow(), None);
+        hub.close_here(DeviceId(9), ErrorCode::Displaced, opened);
+        assert_eq!(
+            *close.borrow(),
+            Some(CloseReason::Code(ErrorCode::Displaced))
+        );
+        let (outbox, rx) = Outbox::new(2, 4, 1024);
+        let close = rx.close.clone();
+        hub.register(DeviceId(10), outbox);
+        hub.close_here(DeviceId(10), ErrorCode::UnknownDevice, u64::MAX);
+        assert_eq!(
+            *close.borrow(),
+            Some(CloseReason::Code(ErrorCode::UnknownDevice))
+        );
     }
 
     #[test]

@@ -93,9 +93,17 @@ impl Publisher {
         );
     }
 
-    /// Asks the other nodes to close `device`'s connection with `code`.
-    pub fn close(&self, device: DeviceId, code: ErrorCode) {
-        self.send(device_subject(device), Body::Close { device, code });
+    /// Asks the other nodes to close `device`'s connection with `code` if it was opened
+    /// at or before `opened_before_ms` (`u64::MAX`: whenever).
+    pub fn close(&self, device: DeviceId, code: ErrorCode, opened_before_ms: u64) {
+        self.send(
+            device_subject(device),
+            Body::Close {
+                device,
+                opened_before_ms,
+                code,
+            },
+        );
     }
 
     fn send(&self, subject: String, body: Body) {
@@ -334,7 +342,11 @@ fn apply(shared: &Shared, body: Body) {
                 .fanout()
                 .deliver_ordered(&[device], Stream::Inbox, seq, frame.as_ref());
         }
-        Body::Close { device, code } => shared.hub.close_here(device, code),
+        Body::Close {
+            device,
+            opened_before_ms,
+            code,
+        } => shared.hub.close_here(device, code, opened_before_ms),
     }
 }
 

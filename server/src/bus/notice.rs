@@ -6,7 +6,8 @@
 //! version u8 = 1 | kind u8 | node: len u8 (1..=64), bytes | body
 //! kind 1, entry:   group [16] | seq u64 | recipients: count u32 (<= 6000), u64 each | frame
 //! kind 2, welcome: device u64 | seq u64 | frame
-//! kind 3, close:   device u64 | code: len u8 (1..=16), the wire encoding of an ErrorCode
+//! kind 3, close:   device u64 | opened_before_ms u64 | code: len u8 (1..=16), the wire
+//!                  encoding of an ErrorCode
 //! frame: 0 (absent: read the entry from the store) | 1, len u32 (<= 64 KiB), bytes
 //! ```
 //!
@@ -70,6 +71,10 @@ pub enum Body {
     Close {
         /// The device.
         device: DeviceId,
+        /// Only a connection opened at or before this time (ms since the Unix epoch) is
+        /// closed: a device's new connection displaces older ones, never a newer one on
+        /// another node (`u64::MAX`: any connection).
+        opened_before_ms: u64,
         /// The code to close it with.
         code: ErrorCode,
     },
@@ -133,8 +138,13 @@ impl Notice {
                 out.extend_from_slice(&seq.0.to_be_bytes());
                 put_frame(&mut out, frame.as_ref());
             }
-            Body::Close { device, code } => {
+            Body::Close {
+                device,
+                opened_before_ms,
+                code,
+            } => {
                 out.extend_from_slice(&device.0.to_be_bytes());
+                out.extend_from_slice(&opened_before_ms.to_be_bytes());
                 let code = cove_wire::encode(code).unwrap_or_default();
                 out.push(u8::try_from(code.len()).unwrap_or(u8::MAX));
                 out.extend_from_slice(&code);
@@ -190,13 +200,18 @@ impl Notice {
             },
             KIND_CLOSE => {
                 let device = DeviceId(r.u64()?);
+                let opened_before_ms = r.u64()?;
                 let len = usize::from(r.u8()?);
                 if len == 0 || len > MAX_CODE_BYTES {
                     return Err(NoticeError::Bounds("close code length"));
                 }
                 let code = cove_wire::decode::<ErrorCode>(r.take(len)?)
                     .map_err(|_| NoticeError::Bounds("close code"))?;
-                Body::Close { device, code }
+                Body::Close {
+                    device,
+                    opened_before_ms,
+                    code,
+                }
             }
             other => return Err(NoticeError::Kind(other)),
         };
@@ -303,6 +318,7 @@ mod tests {
                 node: "d".into(),
                 body: Body::Close {
                     device: DeviceId(5),
+                    opened_before_ms: 1_700_000_000_000,
                     code: ErrorCode::Displaced,
                 },
             },
