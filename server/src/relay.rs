@@ -10,7 +10,9 @@
 //! gone the post writer drains its queue and the store is dropped (closed) last.
 //!
 //! Beside them a task prunes the store every `prune_interval_ms` ([`RelayStore::prune`]:
-//! acknowledged entries, and entries older than `retention_max_age_ms`).
+//! acknowledged entries, and entries older than `retention_max_age_ms`). With `[bus]`, the
+//! bus to the other relay nodes ([`crate::bus`]) starts before the accept loop (waiting a
+//! bounded time for its NATS subscription) and its tasks end with the shutdown signal.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,10 +111,6 @@ impl Relay {
             blob_backend,
             secrets,
         } = config;
-        // Filled in by the bus and shared-secrets work (issue 15).
-        if bus.is_some() {
-            return Err(crate::config::ConfigError::Invalid("[bus] is not built yet").into());
-        }
         std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
             source,
@@ -162,7 +160,8 @@ impl Relay {
                     )))
                 })??
         };
-        let hub = Arc::new(Hub::new(
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let hub = Hub::new(
             limits.outgoing_queue_frames,
             Rates {
                 requests_per_second: f64::from(limits.requests_per_second),
@@ -172,9 +171,17 @@ impl Relay {
                 target_claims_per_second: f64::from(limits.target_claims_per_minute) / 60.0,
                 target_claim_burst: f64::from(limits.target_claim_burst),
             },
-        ));
+        );
+        // A node of a cluster: the bus to the other nodes, and the hub's end of it.
+        let (bus, hub) = match &bus {
+            Some(config) => {
+                let (bus, link) = crate::bus::Bus::new(config, Arc::clone(&metrics));
+                (Some(bus), hub.with_cluster(link))
+            }
+            None => (None, hub),
+        };
+        let hub = Arc::new(hub);
         let handshakes = Arc::new(crate::logic::Handshakes::new(validate_handshakes));
-        let metrics = Arc::new(crate::metrics::Metrics::new());
         let (pipeline, writer) = Pipeline::start(
             Arc::clone(&store),
             Arc::clone(&handshakes),
@@ -244,6 +251,9 @@ impl Relay {
             connections: Arc::clone(&connections),
         });
         let turn_handle = shared.turn.clone();
+        if let Some(bus) = bus {
+            bus.start(Arc::clone(&shared)).await;
+        }
         info!(
             addr = %local_addr,
             store = ?store_kind,
