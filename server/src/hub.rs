@@ -215,7 +215,7 @@ struct Pending {
 }
 
 /// The last seq pushed to a live device per stream (cluster mode; empty otherwise).
-type Positions = HashMap<Stream, Seq>;
+pub(crate) type Positions = HashMap<Stream, Seq>;
 
 enum Presence {
     Syncing {
@@ -238,12 +238,16 @@ impl Presence {
 
 /// What the hub needs in cluster mode (see the module docs).
 pub(crate) struct ClusterLink {
-    /// Devices (and the connection) whose backlog must be read again; the bus's resync
-    /// task reads them.
-    pub resync: mpsc::UnboundedSender<(DeviceId, Arc<Outbox>)>,
+    /// Devices (and the connection, and the positions it already has) whose backlog must
+    /// be read again, from those positions; the bus's resync task reads them.
+    pub resync: mpsc::UnboundedSender<Resync>,
     /// Where closes that other nodes must apply too are published.
     pub publisher: crate::bus::Publisher,
 }
+
+/// A device whose backlog must be read again: its connection, and the last seq that
+/// connection was sent per stream (the re-read starts after it, so nothing is sent twice).
+pub(crate) type Resync = (DeviceId, Arc<Outbox>, Positions);
 
 /// Where an entry stands against a live device's position in its stream.
 enum Admit {
@@ -452,7 +456,7 @@ impl Hub {
                         pending.extend(rest);
                         self.count_deliveries(queued);
                         self.resyncs.fetch_add(1, Ordering::Relaxed);
-                        let _ = cluster.resync.send((device, outbox));
+                        let _ = cluster.resync.send((device, outbox, positions));
                         return;
                     }
                 }
@@ -601,12 +605,13 @@ impl Hub {
             return false;
         }
         let outbox = Arc::clone(outbox);
+        let positions = std::mem::take(positions);
         *presence = Presence::Syncing {
             outbox: Arc::clone(&outbox),
             pending: Vec::new(),
         };
         self.resyncs.fetch_add(1, Ordering::Relaxed);
-        let _ = cluster.resync.send((device, outbox));
+        let _ = cluster.resync.send((device, outbox, positions));
         true
     }
 
@@ -766,6 +771,7 @@ impl Fanout<'_> {
                         }
                         _ => {
                             let outbox = Arc::clone(outbox);
+                            let positions = std::mem::take(positions);
                             *presence = Presence::Syncing {
                                 outbox: Arc::clone(&outbox),
                                 pending: vec![Pending {
@@ -775,7 +781,7 @@ impl Fanout<'_> {
                                 }],
                             };
                             self.resyncs.fetch_add(1, Ordering::Relaxed);
-                            let _ = cluster.resync.send((*device, outbox));
+                            let _ = cluster.resync.send((*device, outbox, positions));
                         }
                     }
                 }
@@ -1118,11 +1124,15 @@ mod tests {
         assert_eq!(got(), vec![3], "the next one once; nothing at or below it");
         assert!(resyncs.try_recv().is_err());
 
-        // Seq 4 is missing: 5 waits, the backlog is asked for.
+        // Seq 4 is missing: 5 waits, the backlog is asked for, to be read after what the
+        // connection already has (3 in the group, 0 in the inbox).
         hub.fanout().deliver(&[d], g, Seq(5), &frame(5));
         assert_eq!(
-            resyncs.try_recv().map(|(dev, o)| (dev, o.conn_id)).ok(),
-            Some((d, 7))
+            resyncs
+                .try_recv()
+                .map(|(dev, o, resume)| (dev, o.conn_id, resume))
+                .ok(),
+            Some((d, 7, HashMap::from([(g, Seq(3)), (Stream::Inbox, Seq(0))])))
         );
         hub.fanout().deliver(&[d], g, Seq(6), &frame(6));
         assert!(got().is_empty(), "nothing while syncing");
@@ -1138,7 +1148,10 @@ mod tests {
         hub.go_live(d, 7, &HashMap::from([(g, Seq(8)), (Stream::Inbox, Seq(0))]));
         let other = Stream::Group(cove_wire::GroupId([4; 16]));
         hub.fanout().deliver(&[d], other, Seq(2), &frame(2));
-        assert!(resyncs.try_recv().is_ok());
+        assert_eq!(
+            resyncs.try_recv().map(|(_, _, resume)| resume).ok(),
+            Some(HashMap::from([(g, Seq(8)), (Stream::Inbox, Seq(0))]))
+        );
         assert_eq!(hub.resyncs(), 3);
         assert!(got().is_empty());
     }

@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 
 use self::notice::{Body, Notice};
 use crate::config::BusConfig;
-use crate::hub::{ClusterLink, Outbox};
+use crate::hub::ClusterLink;
 use crate::metrics::Metrics;
 use crate::shared::{Shared, blocking, stopped};
 
@@ -124,7 +124,7 @@ pub(crate) struct Bus {
     url: String,
     catch_up: Duration,
     queue: mpsc::Receiver<(String, Bytes)>,
-    resync: mpsc::UnboundedReceiver<(DeviceId, Arc<Outbox>)>,
+    resync: mpsc::UnboundedReceiver<crate::hub::Resync>,
 }
 
 impl Bus {
@@ -203,7 +203,7 @@ impl Bus {
 #[cfg(test)]
 impl Bus {
     /// Takes the resync receiver out (unit tests of the hub read what it asks for).
-    pub fn into_resyncs(mut self) -> (Bus, mpsc::UnboundedReceiver<(DeviceId, Arc<Outbox>)>) {
+    pub fn into_resyncs(mut self) -> (Bus, mpsc::UnboundedReceiver<crate::hub::Resync>) {
         let (_, empty) = mpsc::unbounded_channel();
         let resyncs = std::mem::replace(&mut self.resync, empty);
         (self, resyncs)
@@ -367,19 +367,23 @@ fn frame_matches(frame: &[u8], stream: Stream, seq: Seq) -> bool {
 }
 
 /// Re-reads the backlog of each device the hub asks for.
-async fn resync_loop(
-    shared: Arc<Shared>,
-    mut asks: mpsc::UnboundedReceiver<(DeviceId, Arc<Outbox>)>,
-) {
+async fn resync_loop(shared: Arc<Shared>, mut asks: mpsc::UnboundedReceiver<crate::hub::Resync>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let ask = tokio::select! {
             ask = asks.recv() => ask,
             () = stopped(&mut shutdown) => break,
         };
-        let Some((device, outbox)) = ask else { break };
+        let Some((device, outbox, resume)) = ask else {
+            break;
+        };
         debug!(%device, "bus: reading a device's backlog again");
-        tokio::spawn(crate::session::resync(Arc::clone(&shared), outbox, device));
+        tokio::spawn(crate::session::resync(
+            Arc::clone(&shared),
+            outbox,
+            device,
+            resume,
+        ));
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Backlog {
     sent: HashMap<Stream, Seq>,
     /// Payload bytes read from the store per step (the first entry of a step always is).
     read_bytes: usize,
+    /// Where to start each stream at the latest: after what this connection was already
+    /// sent (a re-read in cluster mode), if past the device's ack cursor.
+    resume: HashMap<Stream, Seq>,
 }
 
 /// What to do after one step.
@@ -75,7 +78,23 @@ impl Backlog {
             members: Vec::new(),
             sent: HashMap::new(),
             read_bytes,
+            resume: HashMap::new(),
         }
+    }
+
+    /// This backlog read again for a connection that was already sent each stream up to
+    /// `resume` (in order, without a gap): every stream starts after the later of the
+    /// device's ack cursor and that position, so nothing the connection has is sent again.
+    pub fn resuming(mut self, resume: HashMap<Stream, Seq>) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// `cursor`, or the position the connection already has in `stream` if later.
+    fn start_after(&self, stream: Stream, cursor: Seq) -> Seq {
+        self.resume
+            .get(&stream)
+            .map_or(cursor, |sent| cursor.max(*sent))
     }
 
     /// Reads the next step from the store. After `Done`, every step is `Done` with nothing
@@ -104,7 +123,7 @@ impl Backlog {
                             match store.departure_cursor(device, group)? {
                                 Some(after) => Reading {
                                     group,
-                                    after,
+                                    after: self.start_after(Stream::Group(group), after),
                                     removed_at: Some(removed_at),
                                 },
                                 // The removal was acked meanwhile.
@@ -133,7 +152,9 @@ impl Backlog {
                 Phase::Inbox(after) => {
                     let after = match after {
                         Some(after) => after,
-                        None => store.cursor(device, Stream::Inbox)?,
+                        None => {
+                            self.start_after(Stream::Inbox, store.cursor(device, Stream::Inbox)?)
+                        }
                     };
                     let entries = store.read_inbox(device, after, STEP, self.read_bytes)?;
                     let Some(last) = entries.last() else {
@@ -161,7 +182,7 @@ impl Backlog {
                             match store.cursor(device, stream) {
                                 Ok(after) => Reading {
                                     group,
-                                    after,
+                                    after: self.start_after(stream, after),
                                     removed_at: None,
                                 },
                                 // Removed (and told, live) or left meanwhile.
@@ -281,6 +302,56 @@ mod tests {
             .map(|i| (Seq(u64::from(i) + 2), i.to_be_bytes().to_vec()))
             .collect();
         assert_eq!(group, expected);
+    }
+
+    /// A backlog read again for a connection that already has the group up to seq 5 and
+    /// the inbox up to its Welcome (cluster mode) starts after those positions, not at the
+    /// ack cursors: entries 6..=8 only, and `Done` reports the new positions. A position
+    /// behind the ack cursor changes nothing.
+    #[test]
+    fn a_resumed_backlog_starts_after_what_the_connection_has() {
+        use std::collections::HashMap;
+
+        use cove_wire::Stream;
+
+        let store = MemoryStore::new();
+        let a = device(&store, "alice", 1);
+        let b = device(&store, "bob", 2);
+        let g = gid(1);
+        store.create_group(g, a).unwrap();
+        one(&store, commit(g, a, 0, &[b], &[], Some(b"welcome"))).unwrap();
+        let posts = (0..7u8).map(|i| app(g, a, 1, &[i])).collect();
+        assert!(store.append_batch(posts).iter().all(Result::is_ok));
+        store.ack(b, Stream::Group(g), Seq(3)).unwrap();
+
+        let read = |resume: HashMap<Stream, Seq>| {
+            let mut backlog = Backlog::new(b).resuming(resume);
+            let mut got = Vec::new();
+            loop {
+                match backlog.step(&store).unwrap() {
+                    BacklogStep::Deliver(d) => got.extend(d),
+                    BacklogStep::Done(sent) => return (got, sent),
+                }
+            }
+        };
+        let (got, sent) = read(HashMap::from([
+            (Stream::Group(g), Seq(5)),
+            (Stream::Inbox, Seq(1)),
+        ]));
+        let seqs: Vec<Seq> = got
+            .iter()
+            .map(|d| match d {
+                Delivery::Group(e) => e.seq,
+                Delivery::Inbox(e) => panic!("inbox entry {} sent again", e.seq),
+            })
+            .collect();
+        assert_eq!(seqs, vec![Seq(6), Seq(7), Seq(8)]);
+        assert_eq!(sent.get(&Stream::Group(g)), Some(&Seq(8)));
+        assert_eq!(sent.get(&Stream::Inbox), Some(&Seq(1)));
+
+        // Behind the ack cursor: from the cursor, as a first backlog (Welcome, then 4..=8).
+        let (got, _) = read(HashMap::from([(Stream::Group(g), Seq(1))]));
+        assert_eq!(got.len(), 1 + 5);
     }
 
     #[test]

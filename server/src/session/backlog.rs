@@ -6,21 +6,24 @@ use std::sync::Arc;
 use cove_wire::{DeviceId, ErrorCode, ServerFrame};
 use tracing::error;
 
-use crate::hub::{CloseReason, Outbox};
+use crate::hub::{CloseReason, Outbox, Positions};
 use crate::logic::{Backlog, BacklogStep};
 use crate::reply::encode_frame;
 use crate::shared::{Shared, blocking};
 
 /// Pushes the device's backlog (see [`Backlog`]), waiting for room in its queue, then
 /// `BacklogDone` (the first time: `announce`; not when the hub re-reads a live device's
-/// backlog in cluster mode), then makes the device live in the hub.
+/// backlog in cluster mode, which starts each stream after what the connection was already
+/// sent, `resume`), then makes the device live in the hub.
 pub(super) async fn push_backlog(
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
     device: DeviceId,
     announce: bool,
+    resume: Positions,
 ) {
-    let mut backlog = Backlog::with_read_bytes(device, shared.limits.max_read_bytes);
+    let mut backlog =
+        Backlog::with_read_bytes(device, shared.limits.max_read_bytes).resuming(resume);
     loop {
         let stepped = blocking(&shared, move |s| {
             let step = backlog.step(s);

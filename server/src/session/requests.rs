@@ -359,7 +359,13 @@ impl Session {
         {
             let shared = Arc::clone(&self.shared);
             let outbox = Arc::clone(&self.outbox);
-            self.backlog = Some(tokio::spawn(push_backlog(shared, outbox, device, true)));
+            self.backlog = Some(tokio::spawn(push_backlog(
+                shared,
+                outbox,
+                device,
+                true,
+                Default::default(),
+            )));
         }
     }
 }
