@@ -251,11 +251,12 @@ fn env_list(key: &str, default: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// Pins the calling thread to `core` (best effort).
+/// Pins the calling thread to CPU `core` (best effort). The id is absolute:
+/// `core_affinity::get_core_ids` lists only the CPUs the calling thread may already run on,
+/// so after `pin(1)` its `nth(0)` was CPU 1 again, and every thread, server ones included,
+/// ran on CPU 1 (until session 7).
 fn pin(core: usize) {
-    if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().nth(core)) {
-        core_affinity::set_for_current(id);
-    }
+    core_affinity::set_for_current(core_affinity::CoreId { id: core });
 }
 
 fn load_average() -> String {
