@@ -755,6 +755,17 @@ pub fn validate(config: &RelayConfig) -> Result<(), ConfigError> {
                 "[bus] catch_up_ms must be between 100 and 600000",
             ));
         }
+        if let Some(node) = &bus.node
+            && (node.is_empty()
+                || node.len() > 64
+                || !node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return Err(ConfigError::Invalid(
+                "[bus] node must be 1 to 64 letters, digits, '-' or '_'",
+            ));
+        }
     }
     config.limits.validate()
 }

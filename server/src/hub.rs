@@ -13,6 +13,16 @@
 //!
 //! A full queue means the device does not read fast enough: the connection is closed with
 //! `Closing { SlowReader }` and its entries stay in the store for the next connection.
+//!
+//! **Cluster mode** (a bus between relay nodes, [`crate::bus`]): entries reach a node from
+//! its own post writer and from other nodes' notices, in no guaranteed order between the
+//! two, and a notice can be lost. A live device then remembers the last seq pushed per
+//! stream (its *positions*, from the backlog's `sent`). An entry at or below it is skipped,
+//! the next one is pushed, and anything else (a gap, a stream it has no position for, an
+//! entry announced without its frame) puts the device back to syncing with the entry
+//! pending and asks for its backlog to be read again ([`ClusterLink::resync`]); that
+//! backlog ends in [`Hub::go_live`] as the first one does. A single node keeps the plain
+//! path: no positions, no checks.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -60,6 +70,9 @@ impl Queued {
 pub(crate) struct Outbox {
     /// Unique per connection (displacement and unregistering compare it).
     pub conn_id: u64,
+    /// When it was opened (ms since the Unix epoch): a displacement from another relay node
+    /// closes only connections opened at or before the displacing one.
+    pub opened_ms: u64,
     queue: mpsc::Sender<Queued>,
     bytes: Arc<Semaphore>,
     /// The byte budget when empty.
@@ -84,8 +97,13 @@ impl Outbox {
         let (close, close_rx) = watch::channel(None);
         let capacity = bytes.min(Semaphore::MAX_PERMITS);
         let budget = Arc::new(Semaphore::new(capacity));
+        let opened_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
         let outbox = Outbox {
             conn_id,
+            opened_ms,
             queue,
             bytes: Arc::clone(&budget),
             capacity,
@@ -191,8 +209,13 @@ impl Outbox {
 struct Pending {
     stream: Stream,
     seq: Seq,
-    frame: Bytes,
+    /// `None` for an entry another node announced without its frame (cluster mode): the
+    /// device's backlog must read it.
+    frame: Option<Bytes>,
 }
+
+/// The last seq pushed to a live device per stream (cluster mode; empty otherwise).
+type Positions = HashMap<Stream, Seq>;
 
 enum Presence {
     Syncing {
@@ -201,14 +224,42 @@ enum Presence {
     },
     Live {
         outbox: Arc<Outbox>,
+        positions: Positions,
     },
 }
 
 impl Presence {
     fn outbox(&self) -> &Arc<Outbox> {
         match self {
-            Presence::Syncing { outbox, .. } | Presence::Live { outbox } => outbox,
+            Presence::Syncing { outbox, .. } | Presence::Live { outbox, .. } => outbox,
         }
+    }
+}
+
+/// What the hub needs in cluster mode (see the module docs).
+pub(crate) struct ClusterLink {
+    /// Devices (and the connection) whose backlog must be read again; the bus's resync
+    /// task reads them.
+    pub resync: mpsc::UnboundedSender<(DeviceId, Arc<Outbox>)>,
+    /// Where closes that other nodes must apply too are published.
+    pub publisher: crate::bus::Publisher,
+}
+
+/// Where an entry stands against a live device's position in its stream.
+enum Admit {
+    /// At or below the position: already pushed.
+    Skip,
+    /// The next one.
+    Next,
+    /// Past the next one, or a stream without a position.
+    Gap,
+}
+
+fn admit(positions: &Positions, stream: Stream, seq: Seq) -> Admit {
+    match positions.get(&stream) {
+        Some(last) if seq <= *last => Admit::Skip,
+        Some(last) if last.0.checked_add(1) == Some(seq.0) => Admit::Next,
+        _ => Admit::Gap,
     }
 }
 
@@ -245,6 +296,10 @@ pub(crate) struct Hub {
     rates: Rates,
     /// Entries queued to device connections (`/metrics`), added once per fan-out batch.
     deliveries: AtomicU64,
+    /// Cluster mode: ordering and gap repair, closes published to other nodes.
+    cluster: Option<ClusterLink>,
+    /// Backlog re-reads asked for (`/metrics`, cluster mode).
+    resyncs: AtomicU64,
 }
 
 /// Token-bucket parameters.
@@ -284,7 +339,30 @@ impl Hub {
             pending_cap: pending_cap.max(1),
             rates,
             deliveries: AtomicU64::new(0),
+            cluster: None,
+            resyncs: AtomicU64::new(0),
         }
+    }
+
+    /// The hub of a relay node in a cluster (see the module docs).
+    pub fn with_cluster(mut self, link: ClusterLink) -> Self {
+        self.cluster = Some(link);
+        self
+    }
+
+    /// Whether the hub orders deliveries per device (cluster mode).
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Cluster mode: where notices for the other nodes go.
+    pub fn publisher(&self) -> Option<&crate::bus::Publisher> {
+        self.cluster.as_ref().map(|c| &c.publisher)
+    }
+
+    /// Backlog re-reads asked for so far (cluster mode).
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs.load(Ordering::Relaxed)
     }
 
     /// Entries queued to device connections so far (live fan-out and backlog).
@@ -319,8 +397,9 @@ impl Hub {
     }
 
     /// Registers an authenticated device as syncing. An older connection of the same device
-    /// is closed with `Displaced`.
+    /// is closed with `Displaced` (in cluster mode on the other nodes too).
     pub fn register(&self, device: DeviceId, outbox: Arc<Outbox>) {
+        let opened_ms = outbox.opened_ms;
         let old = self.online().insert(
             device,
             Presence::Syncing {
@@ -330,6 +409,11 @@ impl Hub {
         );
         if let Some(old) = old {
             old.outbox().close(CloseReason::Code(ErrorCode::Displaced));
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .publisher
+                .close(device, ErrorCode::Displaced, opened_ms);
         }
     }
 
@@ -348,18 +432,51 @@ impl Hub {
         }
         let outbox = Arc::clone(outbox);
         let mut queued = 0;
+        if let Some(cluster) = &self.cluster {
+            let mut positions = sent.clone();
+            let mut rest = std::mem::take(pending).into_iter();
+            while let Some(p) = rest.next() {
+                match (admit(&positions, p.stream, p.seq), &p.frame) {
+                    (Admit::Skip, _) => continue,
+                    (Admit::Next, Some(frame)) => {
+                        if !outbox.push(frame.clone()) {
+                            break;
+                        }
+                        positions.insert(p.stream, p.seq);
+                        queued += 1;
+                    }
+                    // A gap, a stream the backlog did not cover, an entry without its
+                    // frame: read the backlog again, the rest stays pending.
+                    _ => {
+                        pending.push(p);
+                        pending.extend(rest);
+                        self.count_deliveries(queued);
+                        self.resyncs.fetch_add(1, Ordering::Relaxed);
+                        let _ = cluster.resync.send((device, outbox));
+                        return;
+                    }
+                }
+            }
+            self.count_deliveries(queued);
+            *presence = Presence::Live { outbox, positions };
+            return;
+        }
         for p in std::mem::take(pending) {
             let already = sent.get(&p.stream).is_some_and(|last| p.seq <= *last);
             if already {
                 continue;
             }
-            if !outbox.push(p.frame) {
+            let Some(frame) = p.frame else { continue };
+            if !outbox.push(frame) {
                 break;
             }
             queued += 1;
         }
         self.count_deliveries(queued);
-        *presence = Presence::Live { outbox };
+        *presence = Presence::Live {
+            outbox,
+            positions: Positions::new(),
+        };
     }
 
     /// Removes a connection's device from the online map (if it is still that connection).
@@ -373,6 +490,12 @@ impl Hub {
         }
     }
 
+    /// Whether any of `devices` has an authenticated connection here.
+    pub fn any_online(&self, devices: &[DeviceId]) -> bool {
+        let online = self.online();
+        devices.iter().any(|d| online.contains_key(d))
+    }
+
     /// Whether `device` has an authenticated connection.
     pub fn is_online(&self, device: DeviceId) -> bool {
         self.online().contains_key(&device)
@@ -383,11 +506,108 @@ impl Hub {
         self.online().len()
     }
 
-    /// Closes `device`'s authenticated connection, if it has one, with `code`.
+    /// Closes `device`'s authenticated connection, if it has one, with `code` (in cluster
+    /// mode on every node).
     pub fn close_device(&self, device: DeviceId, code: ErrorCode) {
-        if let Some(presence) = self.online().get(&device) {
+        self.close_here(device, code, u64::MAX);
+        if let Some(cluster) = &self.cluster {
+            cluster.publisher.close(device, code, u64::MAX);
+        }
+    }
+
+    /// Closes `device`'s authenticated connection on this node only, if it was opened at
+    /// or before `opened_before_ms` (another node's close, received on the bus).
+    pub fn close_here(&self, device: DeviceId, code: ErrorCode, opened_before_ms: u64) {
+        if let Some(presence) = self.online().get(&device)
+            && presence.outbox().opened_ms <= opened_before_ms
+        {
             presence.outbox().close(CloseReason::Code(code));
         }
+    }
+
+    /// Cluster mode: the live devices and every group stream they have a position in (for
+    /// the catch-up to read the heads of).
+    pub fn live_streams(&self) -> (Vec<DeviceId>, Vec<cove_wire::GroupId>) {
+        let online = self.online();
+        let mut devices = Vec::new();
+        let mut groups = std::collections::HashSet::new();
+        for (device, presence) in online.iter() {
+            if let Presence::Live { positions, .. } = presence {
+                devices.push(*device);
+                groups.extend(positions.keys().filter_map(|s| match s {
+                    Stream::Group(g) => Some(*g),
+                    Stream::Inbox => None,
+                }));
+            }
+        }
+        (devices, groups.into_iter().collect())
+    }
+
+    /// Cluster mode: the live devices behind `heads` (a position in a stream below its
+    /// head), each with the first such stream and its head.
+    pub fn behind(
+        &self,
+        heads: &HashMap<Stream, Seq>,
+        inboxes: &HashMap<DeviceId, Seq>,
+    ) -> Vec<(DeviceId, Stream, Seq)> {
+        let online = self.online();
+        let mut out = Vec::new();
+        for (device, presence) in online.iter() {
+            let Presence::Live { positions, .. } = presence else {
+                continue;
+            };
+            let inbox = inboxes
+                .get(device)
+                .filter(|head| positions.get(&Stream::Inbox).is_none_or(|p| p < *head))
+                .map(|head| (Stream::Inbox, *head));
+            let group = positions.iter().find_map(|(stream, pos)| {
+                heads
+                    .get(stream)
+                    .filter(|head| pos < *head)
+                    .map(|head| (*stream, *head))
+            });
+            if let Some((stream, head)) = inbox.or(group) {
+                out.push((*device, stream, head));
+            }
+        }
+        out
+    }
+
+    /// Cluster mode: `device`'s backlog is read again if it is live and still behind
+    /// `head` in `stream`; true if so. A stream it is no longer in (`forget`) is dropped
+    /// from its positions instead.
+    pub fn resync_if_behind(
+        &self,
+        device: DeviceId,
+        stream: Stream,
+        head: Seq,
+        forget: bool,
+    ) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        let mut online = self.online();
+        let Some(presence) = online.get_mut(&device) else {
+            return false;
+        };
+        let Presence::Live { outbox, positions } = presence else {
+            return false;
+        };
+        if positions.get(&stream).is_some_and(|p| *p >= head) {
+            return false;
+        }
+        if forget {
+            positions.remove(&stream);
+            return false;
+        }
+        let outbox = Arc::clone(outbox);
+        *presence = Presence::Syncing {
+            outbox: Arc::clone(&outbox),
+            pending: Vec::new(),
+        };
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
+        let _ = cluster.resync.send((device, outbox));
+        true
     }
 
     /// Closes every authenticated connection with `code`.
@@ -404,6 +624,8 @@ impl Hub {
             pending_cap: self.pending_cap,
             deliveries: &self.deliveries,
             queued: 0,
+            cluster: self.cluster.as_ref(),
+            resyncs: &self.resyncs,
         }
     }
 
@@ -469,6 +691,10 @@ pub(crate) struct Fanout<'a> {
     deliveries: &'a AtomicU64,
     /// Entries queued to live connections in this batch.
     queued: u64,
+    /// Cluster mode: deliveries are ordered per device (see the module docs).
+    cluster: Option<&'a ClusterLink>,
+    /// The hub's resync counter.
+    resyncs: &'a AtomicU64,
 }
 
 impl Drop for Fanout<'_> {
@@ -480,36 +706,110 @@ impl Drop for Fanout<'_> {
 }
 
 impl Fanout<'_> {
+    /// Whether deliveries are ordered per device (cluster mode): then runs are not used.
+    pub fn is_ordered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     /// Delivers one encoded entry (`stream`, `seq`) to every online device in `recipients`.
     pub fn deliver(&mut self, recipients: &[DeviceId], stream: Stream, seq: Seq, frame: &Bytes) {
+        if self.cluster.is_some() {
+            self.deliver_ordered(recipients, stream, seq, Some(frame));
+            return;
+        }
         for device in recipients {
             let Some(presence) = self.online.get_mut(device) else {
                 continue;
             };
             match presence {
-                Presence::Live { outbox } => {
+                Presence::Live { outbox, .. } => {
                     if outbox.push(frame.clone()) {
                         self.queued += 1;
                     }
                 }
                 Presence::Syncing { outbox, pending } => {
-                    if outbox.is_closing() {
-                        continue;
-                    }
-                    if pending.len() >= self.pending_cap {
-                        outbox.close(CloseReason::Code(ErrorCode::SlowReader));
-                        pending.clear();
-                        continue;
-                    }
-                    pending.push(Pending {
-                        stream,
-                        seq,
-                        frame: frame.clone(),
-                    });
+                    hold(outbox, pending, self.pending_cap, stream, seq, Some(frame));
                 }
             }
         }
     }
+
+    /// Cluster mode: delivers an entry (`stream`, `seq`; its frame, or `None` when another
+    /// node announced it without) to every online device in `recipients`, in order per
+    /// device (see the module docs).
+    pub fn deliver_ordered(
+        &mut self,
+        recipients: &[DeviceId],
+        stream: Stream,
+        seq: Seq,
+        frame: Option<&Bytes>,
+    ) {
+        let Some(cluster) = self.cluster else {
+            if let Some(frame) = frame {
+                self.deliver(recipients, stream, seq, frame);
+            }
+            return;
+        };
+        for device in recipients {
+            let Some(presence) = self.online.get_mut(device) else {
+                continue;
+            };
+            match presence {
+                Presence::Live { outbox, positions } => {
+                    match (admit(positions, stream, seq), frame) {
+                        (Admit::Skip, _) => {}
+                        (Admit::Next, Some(frame)) => {
+                            if outbox.push(frame.clone()) {
+                                positions.insert(stream, seq);
+                                self.queued += 1;
+                            }
+                        }
+                        _ => {
+                            let outbox = Arc::clone(outbox);
+                            *presence = Presence::Syncing {
+                                outbox: Arc::clone(&outbox),
+                                pending: vec![Pending {
+                                    stream,
+                                    seq,
+                                    frame: frame.cloned(),
+                                }],
+                            };
+                            self.resyncs.fetch_add(1, Ordering::Relaxed);
+                            let _ = cluster.resync.send((*device, outbox));
+                        }
+                    }
+                }
+                Presence::Syncing { outbox, pending } => {
+                    hold(outbox, pending, self.pending_cap, stream, seq, frame);
+                }
+            }
+        }
+    }
+}
+
+/// Keeps an entry for a syncing device until its backlog is done (closing it as a slow
+/// reader when too many wait).
+fn hold(
+    outbox: &Outbox,
+    pending: &mut Vec<Pending>,
+    cap: usize,
+    stream: Stream,
+    seq: Seq,
+    frame: Option<&Bytes>,
+) {
+    if outbox.is_closing() {
+        return;
+    }
+    if pending.len() >= cap {
+        outbox.close(CloseReason::Code(ErrorCode::SlowReader));
+        pending.clear();
+        return;
+    }
+    pending.push(Pending {
+        stream,
+        seq,
+        frame: frame.cloned(),
+    });
 }
 
 impl Fanout<'_> {
@@ -536,7 +836,7 @@ impl Fanout<'_> {
                 continue;
             }
             match presence {
-                Presence::Live { outbox } => {
+                Presence::Live { outbox, .. } => {
                     if outbox.push_run(frames, len) {
                         self.queued += seqs.len() as u64;
                     }
@@ -554,7 +854,7 @@ impl Fanout<'_> {
                         pending.push(Pending {
                             stream,
                             seq: *seq,
-                            frame: frame.clone(),
+                            frame: Some(frame.clone()),
                         });
                     }
                 }
@@ -772,6 +1072,109 @@ mod tests {
             got.push(f);
         }
         assert_eq!(got, frames[1..].to_vec());
+    }
+
+    /// Cluster mode: a live device takes the next seq of a stream, skips one it has, and on
+    /// a gap (or an entry without its frame) goes back to syncing with the entry pending
+    /// while its backlog is read again; going live after that backlog pushes the pending
+    /// entries above it, then ordering goes on from there.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn clustered_deliveries_skip_duplicates_and_resync_on_a_gap() {
+        let rates = Rates {
+            requests_per_second: 1.0,
+            request_burst: 1.0,
+            claims_per_second: 1.0,
+            claim_burst: 1.0,
+            target_claims_per_second: 1.0,
+            target_claim_burst: 1.0,
+        };
+        let config = crate::config::BusConfig {
+            nats: "nats://127.0.0.1:1".into(),
+            node: Some("test".into()),
+            catch_up_ms: 1000,
+        };
+        let (_bus, link) = crate::bus::Bus::new(&config, Arc::new(crate::metrics::Metrics::new()));
+        let (_bus, mut resyncs) = _bus.into_resyncs();
+        let hub = Hub::new(8, rates).with_cluster(link);
+        let d = DeviceId(1);
+        let g = Stream::Group(cove_wire::GroupId([3; 16]));
+        let (outbox, mut rx) = Outbox::new(7, 16, 1024);
+        hub.register(d, outbox);
+        hub.go_live(d, 7, &HashMap::from([(g, Seq(2)), (Stream::Inbox, Seq(0))]));
+        let frame = |n: u8| Bytes::from(vec![n]);
+        let mut got = || {
+            let mut out = Vec::new();
+            while let Ok(q) = rx.frames.try_recv() {
+                if let Queued::One(f) = q {
+                    out.extend_from_slice(&f);
+                }
+            }
+            out
+        };
+        hub.fanout().deliver(&[d], g, Seq(3), &frame(3));
+        hub.fanout().deliver(&[d], g, Seq(3), &frame(3));
+        hub.fanout().deliver(&[d], g, Seq(2), &frame(2));
+        assert_eq!(got(), vec![3], "the next one once; nothing at or below it");
+        assert!(resyncs.try_recv().is_err());
+
+        // Seq 4 is missing: 5 waits, the backlog is asked for.
+        hub.fanout().deliver(&[d], g, Seq(5), &frame(5));
+        assert_eq!(
+            resyncs.try_recv().map(|(dev, o)| (dev, o.conn_id)).ok(),
+            Some((d, 7))
+        );
+        hub.fanout().deliver(&[d], g, Seq(6), &frame(6));
+        assert!(got().is_empty(), "nothing while syncing");
+        // The backlog sent up to 5: 6 follows from the pending entries.
+        hub.go_live(d, 7, &HashMap::from([(g, Seq(5)), (Stream::Inbox, Seq(0))]));
+        assert_eq!(got(), vec![6]);
+        hub.fanout().deliver(&[d], g, Seq(7), &frame(7));
+        assert_eq!(got(), vec![7]);
+
+        // An entry announced without its frame, and a stream without a position: resync.
+        hub.fanout().deliver_ordered(&[d], g, Seq(8), None);
+        assert!(resyncs.try_recv().is_ok());
+        hub.go_live(d, 7, &HashMap::from([(g, Seq(8)), (Stream::Inbox, Seq(0))]));
+        let other = Stream::Group(cove_wire::GroupId([4; 16]));
+        hub.fanout().deliver(&[d], other, Seq(2), &frame(2));
+        assert!(resyncs.try_recv().is_ok());
+        assert_eq!(hub.resyncs(), 3);
+        assert!(got().is_empty());
+    }
+
+    /// Another node's displacement closes a connection opened at or before the displacing
+    /// one, never a newer one; a close for any connection (`u64::MAX`) closes it.
+    #[test]
+    fn a_remote_displacement_spares_a_newer_connection() {
+        let rates = Rates {
+            requests_per_second: 1.0,
+            request_burst: 1.0,
+            claims_per_second: 1.0,
+            claim_burst: 1.0,
+            target_claims_per_second: 1.0,
+            target_claim_burst: 1.0,
+        };
+        let hub = Hub::new(8, rates);
+        let (outbox, rx) = Outbox::new(1, 4, 1024);
+        let opened = outbox.opened_ms;
+        let close = rx.close.clone();
+        hub.register(DeviceId(9), outbox);
+        hub.close_here(DeviceId(9), ErrorCode::Displaced, opened - 1);
+        assert_eq!(*close.borrow(), None);
+        hub.close_here(DeviceId(9), ErrorCode::Displaced, opened);
+        assert_eq!(
+            *close.borrow(),
+            Some(CloseReason::Code(ErrorCode::Displaced))
+        );
+        let (outbox, rx) = Outbox::new(2, 4, 1024);
+        let close = rx.close.clone();
+        hub.register(DeviceId(10), outbox);
+        hub.close_here(DeviceId(10), ErrorCode::UnknownDevice, u64::MAX);
+        assert_eq!(
+            *close.borrow(),
+            Some(CloseReason::Code(ErrorCode::UnknownDevice))
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //!   queue (`hub.rs`);
 //! - durable state behind [`store::RelayStore`] (SQLite, memory or PostgreSQL) and blobs
 //!   ([`blob`]);
+//! - the bus between relay nodes on one PostgreSQL store (`bus/`, `[bus]` in the config):
+//!   notices through NATS so every node delivers every node's entries, ordered per device
+//!   with gap repair in the hub and a periodic catch-up against the store's heads;
 //! - operations (`metrics.rs`): `GET /health` for load balancers and `GET /metrics`
 //!   (Prometheus text) on the same HTTPS listener, fed by lock-free counters.
 //!
@@ -46,6 +49,7 @@
 
 mod admission;
 pub mod blob;
+mod bus;
 pub mod config;
 /// Fuzz entry points (the targets in `fuzz/`, replayed by this crate's tests). Not an API.
 #[doc(hidden)]

@@ -35,6 +35,14 @@ pub(crate) struct Metrics {
     pub posts_accepted: AtomicU64,
     /// `Ack` and `QuietAck` requests received.
     pub acks: AtomicU64,
+    /// Bus notices published (cluster mode).
+    pub bus_published: AtomicU64,
+    /// Other nodes' bus notices received.
+    pub bus_received: AtomicU64,
+    /// Bus notices not published (the queue to the publisher was full, or NATS refused).
+    pub bus_dropped: AtomicU64,
+    /// Bus notices received that did not decode.
+    pub bus_malformed: AtomicU64,
     batch: Histogram,
     /// `/health` store probes running (a permit is held until the store call returns, even
     /// after the request gave up waiting, so a hung store holds at most this many threads).
@@ -48,6 +56,10 @@ impl Metrics {
             started: Instant::now(),
             posts_accepted: AtomicU64::new(0),
             acks: AtomicU64::new(0),
+            bus_published: AtomicU64::new(0),
+            bus_received: AtomicU64::new(0),
+            bus_dropped: AtomicU64::new(0),
+            bus_malformed: AtomicU64::new(0),
             batch: Histogram::new(),
             probes: Arc::new(Semaphore::new(HEALTH_PROBES_AT_ONCE)),
         }
@@ -196,6 +208,34 @@ pub(crate) fn render(shared: &Shared) -> String {
         "Bytes queued to authenticated connections and not yet written to their sockets.",
         shared.hub.queued_bytes().to_string(),
     );
+    if shared.hub.is_clustered() {
+        let _ = writeln!(
+            out,
+            "# HELP cove_relay_bus_notices_total Bus notices between relay nodes: published, \
+             received from other nodes, dropped before publishing, malformed on receipt."
+        );
+        let _ = writeln!(out, "# TYPE cove_relay_bus_notices_total counter");
+        for (what, counter) in [
+            ("published", &m.bus_published),
+            ("received", &m.bus_received),
+            ("dropped", &m.bus_dropped),
+            ("malformed", &m.bus_malformed),
+        ] {
+            let n = counter.load(Ordering::Relaxed);
+            let _ = writeln!(out, "cove_relay_bus_notices_total{{what=\"{what}\"}} {n}");
+        }
+        let mut one = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        };
+        one(
+            "cove_relay_resyncs_total",
+            "counter",
+            "Backlog re-reads of live devices (a gap, a lost notice, a large entry).",
+            shared.hub.resyncs().to_string(),
+        );
+    }
     let (up, down) = shared.blob.transferred();
     let _ = writeln!(
         out,

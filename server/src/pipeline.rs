@@ -318,9 +318,11 @@ fn encode_welcome(welcome: &Welcome, seq: Seq) -> Option<Bytes> {
 async fn fanout_task(hub: Arc<Hub>, mut done: mpsc::UnboundedReceiver<Vec<Outcome>>) {
     while let Some(outcomes) = done.recv().await {
         let mut fanout = hub.fanout();
+        // Cluster mode orders each device's deliveries entry by entry: no runs.
+        let runs = !fanout.is_ordered();
         let mut rest = outcomes.as_slice();
         while !rest.is_empty() {
-            let run = run_len(rest);
+            let run = if runs { run_len(rest) } else { 1 };
             let (now, later) = rest.split_at(run);
             rest = later;
             if run >= 2 {
@@ -328,6 +330,16 @@ async fn fanout_task(hub: Arc<Hub>, mut done: mpsc::UnboundedReceiver<Vec<Outcom
             } else {
                 for outcome in now {
                     deliver_one(&mut fanout, outcome, None);
+                }
+            }
+        }
+        drop(fanout);
+        // Then the other nodes (cluster mode), without waiting on the bus.
+        if let Some(publisher) = hub.publisher() {
+            for a in outcomes.iter().filter_map(|o| o.accepted.as_ref()) {
+                publisher.entry(a.group, a.seq, &a.recipients, &a.frame);
+                for (device, seq, frame) in &a.welcomes {
+                    publisher.welcome(*device, *seq, frame);
                 }
             }
         }

@@ -10,7 +10,9 @@
 //! gone the post writer drains its queue and the store is dropped (closed) last.
 //!
 //! Beside them a task prunes the store every `prune_interval_ms` ([`RelayStore::prune`]:
-//! acknowledged entries, and entries older than `retention_max_age_ms`).
+//! acknowledged entries, and entries older than `retention_max_age_ms`). With `[bus]`, the
+//! bus to the other relay nodes ([`crate::bus`]) starts before the accept loop (waiting a
+//! bounded time for its NATS subscription) and its tasks end with the shutdown signal.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,12 +111,7 @@ impl Relay {
             blob_backend,
             secrets,
         } = config;
-        // Filled in by the bus, S3 and shared-secrets work (issue 15).
-        if bus.is_some() || blob_backend != crate::config::BlobBackend::Filesystem {
-            return Err(
-                crate::config::ConfigError::Invalid("[bus] and [blobs] are not built yet").into(),
-            );
-        }
+        // Filled in by the shared-secrets work (issue 15).
         let _ = secrets;
         std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
@@ -143,8 +140,19 @@ impl Relay {
         };
         let turn_addr = turn.as_ref().map(|t| t.local_addr());
         let store = open_store(store_kind.clone(), &data_dir).await?;
-        let blob = BlobService::open(&data_dir, blob, Arc::clone(&store))?;
-        let hub = Arc::new(Hub::new(
+        // Opening an S3 store probes the bucket over the network: off the async workers.
+        let blob = {
+            let (dir, store) = (data_dir.clone(), Arc::clone(&store));
+            tokio::task::spawn_blocking(move || BlobService::open(&dir, &blob_backend, blob, store))
+                .await
+                .map_err(|e| {
+                    BlobError::Io(std::io::Error::other(format!(
+                        "blob store opening failed: {e}"
+                    )))
+                })??
+        };
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let hub = Hub::new(
             limits.outgoing_queue_frames,
             Rates {
                 requests_per_second: f64::from(limits.requests_per_second),
@@ -154,9 +162,17 @@ impl Relay {
                 target_claims_per_second: f64::from(limits.target_claims_per_minute) / 60.0,
                 target_claim_burst: f64::from(limits.target_claim_burst),
             },
-        ));
+        );
+        // A node of a cluster: the bus to the other nodes, and the hub's end of it.
+        let (bus, hub) = match &bus {
+            Some(config) => {
+                let (bus, link) = crate::bus::Bus::new(config, Arc::clone(&metrics));
+                (Some(bus), hub.with_cluster(link))
+            }
+            None => (None, hub),
+        };
+        let hub = Arc::new(hub);
         let handshakes = Arc::new(crate::logic::Handshakes::new(validate_handshakes));
-        let metrics = Arc::new(crate::metrics::Metrics::new());
         let (pipeline, writer) = Pipeline::start(
             Arc::clone(&store),
             Arc::clone(&handshakes),
@@ -226,6 +242,9 @@ impl Relay {
             connections: Arc::clone(&connections),
         });
         let turn_handle = shared.turn.clone();
+        if let Some(bus) = bus {
+            bus.start(Arc::clone(&shared)).await;
+        }
         info!(
             addr = %local_addr,
             store = ?store_kind,

@@ -31,6 +31,9 @@
 
 pub(crate) mod auth;
 mod body;
+#[cfg(test)]
+mod conformance;
+pub mod s3;
 mod share;
 pub mod store;
 
@@ -48,7 +51,9 @@ use hyper::body::Incoming;
 use rand::RngCore;
 use tracing::{debug, info, warn};
 
+use crate::config::BlobBackend;
 use crate::store::RelayStore;
+pub use s3::S3BlobStore;
 pub use store::{BlobMeta, BlobStore, BlobStoreError, BlobWriter, FsBlobStore};
 
 /// The response body type of the blob service.
@@ -92,6 +97,17 @@ pub enum BlobError {
     /// The blob store could not be opened.
     #[error("blob store: {0}")]
     Store(#[from] BlobStoreError),
+    /// The S3-compatible store is unreachable or refuses the configured bucket or keys (a
+    /// probe object could not be written, read back and deleted).
+    #[error("S3 blob store at {endpoint}, bucket {bucket:?}: {source}")]
+    S3 {
+        /// The configured endpoint.
+        endpoint: String,
+        /// The configured bucket.
+        bucket: String,
+        /// What failed.
+        source: BlobStoreError,
+    },
 }
 
 /// Serves blob upload/download and share pages.
@@ -117,14 +133,25 @@ struct Inner {
 pub const TRANSFER_CHUNK: usize = 128 * 1024;
 
 impl BlobService {
-    /// Opens the blob store under `data_dir/blobs` and starts its sweep thread (which ends
-    /// when the service is dropped).
+    /// Opens the blob store (`backend`: files under `data_dir/blobs`, or an S3-compatible
+    /// bucket, checked with a probe object) and starts its sweep thread (which ends when the
+    /// service is dropped). Blocks on disk or network.
     pub fn open(
         data_dir: &Path,
+        backend: &BlobBackend,
         config: BlobConfig,
         store: Arc<dyn RelayStore>,
     ) -> Result<Self, BlobError> {
-        let blobs: Arc<dyn BlobStore> = Arc::new(FsBlobStore::open(&data_dir.join("blobs"))?);
+        let blobs: Arc<dyn BlobStore> = match backend {
+            BlobBackend::Filesystem => Arc::new(FsBlobStore::open(&data_dir.join("blobs"))?),
+            BlobBackend::S3(s3) => {
+                Arc::new(S3BlobStore::open(s3).map_err(|source| BlobError::S3 {
+                    endpoint: s3.endpoint.clone(),
+                    bucket: s3.bucket.clone(),
+                    source,
+                })?)
+            }
+        };
         let service = Self::with_store(blobs, config, store);
         service.sweep_now();
         let weak = Arc::downgrade(&service.inner);

@@ -1,6 +1,7 @@
 //! Where blob bytes and their metadata live: the [`BlobStore`] trait and its embedded
 //! backend, [`FsBlobStore`] (one file per blob under `DATA/blobs/`, metadata in
-//! `DATA/blobs/meta.sqlite`). An S3-compatible backend implements the same trait later.
+//! `DATA/blobs/meta.sqlite`). [`super::s3::S3BlobStore`] implements it on an S3-compatible
+//! object store that several relay nodes share.
 //!
 //! Calls block on disk; the service calls them from `spawn_blocking`.
 
@@ -74,6 +75,9 @@ pub enum BlobStoreError {
     /// Database failure.
     #[error("blob metadata database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The S3-compatible object store failed or refused a request.
+    #[error("object store: {0}")]
+    ObjectStore(object_store::Error),
 }
 
 /// An append in progress; bytes become durable and count as stored at [`BlobWriter::commit`].
@@ -104,7 +108,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Starts an append at `offset`, which must equal the stored length. One writer per blob
     /// at a time (`Busy` otherwise).
     fn writer(&self, id: &BlobId, offset: u64) -> Result<Box<dyn BlobWriter>, BlobStoreError>;
-    /// Reads the stored bytes from `start`.
+    /// Reads the stored bytes from `start`. The service reads complete blobs only; the S3
+    /// store serves nothing else (`NotFound` before completion, as its parts are assembled
+    /// then).
     fn reader(&self, id: &BlobId, start: u64) -> Result<Box<dyn Read + Send>, BlobStoreError>;
     /// Bytes charged to `owner` (declared lengths of all its blobs).
     fn usage(&self, owner: &UserName) -> Result<u64, BlobStoreError>;
@@ -443,24 +449,29 @@ impl FsWriter {
         self.file.get_ref().sync_data()?;
         let mut meta = self.meta.clone();
         meta.offset += self.written;
-        if meta.complete() {
-            meta.expires_ms = complete_expires_ms;
-        }
         let db = self
             .db
             .lock()
             .map_err(|_| BlobStoreError::Io(io::Error::other("metadata lock poisoned")))?;
-        let updated = db.execute(
-            "UPDATE blobs SET stored = ?2, expires_ms = ?3 WHERE id = ?1",
-            params![
-                meta.id.0.as_slice(),
-                to_i64(meta.offset)?,
-                to_i64(meta.expires_ms)?
-            ],
-        )?;
-        if updated == 0 {
-            return Err(BlobStoreError::NotFound);
-        }
+        // A complete blob gets its new expiry, unless `delete_owner` made it expire now
+        // (zero) while this append ran: it stays doomed.
+        let expires: Option<i64> = db
+            .query_row(
+                "UPDATE blobs SET stored = ?2,
+                     expires_ms = CASE WHEN expires_ms = 0 THEN 0
+                                       WHEN ?4 THEN ?3 ELSE expires_ms END
+                 WHERE id = ?1 RETURNING expires_ms",
+                params![
+                    meta.id.0.as_slice(),
+                    to_i64(meta.offset)?,
+                    to_i64(complete_expires_ms)?,
+                    meta.complete()
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let expires = expires.ok_or(BlobStoreError::NotFound)?;
+        meta.expires_ms = u64::try_from(expires).unwrap_or(0);
         Ok(meta)
     }
 }

@@ -261,7 +261,12 @@ impl Handshakes {
             }
         }
         let mut groups = self.lock()?;
-        let tracked = match groups.remove(&post.group) {
+        // A cached state behind the post's epoch may be stale: another relay node on the
+        // same store may have committed since (issue 15). The store's is the truth then.
+        let cached = groups
+            .remove(&post.group)
+            .filter(|t| t.group.group_context().epoch().as_u64() >= post.epoch.0);
+        let tracked = match cached {
             Some(tracked) => tracked,
             None => {
                 let state = store

@@ -12,8 +12,14 @@ use crate::reply::encode_frame;
 use crate::shared::{Shared, blocking};
 
 /// Pushes the device's backlog (see [`Backlog`]), waiting for room in its queue, then
-/// `BacklogDone`, then makes the device live in the hub.
-pub(super) async fn push_backlog(shared: Arc<Shared>, outbox: Arc<Outbox>, device: DeviceId) {
+/// `BacklogDone` (the first time: `announce`; not when the hub re-reads a live device's
+/// backlog in cluster mode), then makes the device live in the hub.
+pub(super) async fn push_backlog(
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+    device: DeviceId,
+    announce: bool,
+) {
     let mut backlog = Backlog::with_read_bytes(device, shared.limits.max_read_bytes);
     loop {
         let stepped = blocking(&shared, move |s| {
@@ -45,7 +51,9 @@ pub(super) async fn push_backlog(shared: Arc<Shared>, outbox: Arc<Outbox>, devic
                 }
             }
             Ok(BacklogStep::Done(sent)) => {
-                if let Some(frame) = encode_frame(&ServerFrame::BacklogDone)
+                if !announce {
+                    shared.hub.go_live(device, outbox.conn_id, &sent);
+                } else if let Some(frame) = encode_frame(&ServerFrame::BacklogDone)
                     && outbox.send(frame).await
                 {
                     shared.hub.go_live(device, outbox.conn_id, &sent);

@@ -51,6 +51,12 @@ use self::writer::write_loop;
 const PREAUTH_RATE: f64 = 5.0;
 const PREAUTH_BURST: f64 = 10.0;
 
+/// Reads a live device's backlog again and makes it live once more (cluster mode: the hub
+/// found a gap, see [`crate::hub`]); no second `BacklogDone`.
+pub(crate) async fn resync(shared: Arc<Shared>, outbox: Arc<Outbox>, device: cove_wire::DeviceId) {
+    backlog::push_backlog(shared, outbox, device, false).await;
+}
+
 /// Serves one upgraded WebSocket until it closes. `channel` binds its challenge to the TLS
 /// connection it runs on.
 pub(crate) async fn run<S>(

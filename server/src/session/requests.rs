@@ -359,7 +359,7 @@ impl Session {
         {
             let shared = Arc::clone(&self.shared);
             let outbox = Arc::clone(&self.outbox);
-            self.backlog = Some(tokio::spawn(push_backlog(shared, outbox, device)));
+            self.backlog = Some(tokio::spawn(push_backlog(shared, outbox, device, true)));
         }
     }
 }

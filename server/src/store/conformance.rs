@@ -41,7 +41,8 @@ use cove_wire::{
 };
 
 use super::{
-    Account, Appended, BackupCaps, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError,
+    Account, Appended, BackupCaps, Heads, NewPost, Pruned, PublicGroupState, RelayStore, Stock,
+    StoreError,
 };
 
 /// Expands to a module `$name` with one `#[test]` per conformance case, each run on a fresh
@@ -90,6 +91,7 @@ macro_rules! relay_store_conformance {
             a_revoke_withdraws_the_devices_key_packages,
             last_seen_moves_forward_per_device,
             acknowledged_entries_are_pruned,
+            heads_are_the_last_seqs_ever_made,
             expired_entries_are_pruned_even_if_unacknowledged,
             public_state_is_replaced_only_by_an_accepted_post,
             a_device_leaves_without_mls_state,
@@ -2190,6 +2192,34 @@ fn inbox_seqs(store: &dyn RelayStore, device: DeviceId) -> Vec<u64> {
         .iter()
         .map(|e| e.seq.0)
         .collect()
+}
+
+/// `heads` gives each known group's last log seq and each known device's last inbox seq,
+/// in the order asked, leaving unknown ones out; pruning an acknowledged log or inbox
+/// empty does not move a head back.
+pub fn heads_are_the_last_seqs_ever_made(store: &dyn RelayStore) {
+    let a = device(store, "alice", 1);
+    let b = device(store, "bob", 2);
+    let (g, h, unknown) = (gid(1), gid(2), gid(3));
+    store.create_group(g, a).unwrap();
+    store.create_group(h, a).unwrap();
+    one(store, commit(g, a, 0, &[b], &[], Some(b"welcome"))).unwrap();
+    one(store, app(g, a, 1, b"m2")).unwrap();
+    let nobody = DeviceId(9_999);
+    let heads = store.heads(&[h, unknown, g], &[b, nobody, a]).unwrap();
+    assert_eq!(heads.groups, vec![(h, Seq(0)), (g, Seq(2))]);
+    assert_eq!(heads.inboxes, vec![(b, Seq(1)), (a, Seq(0))]);
+    assert_eq!(store.heads(&[], &[]).unwrap(), Heads::default());
+    // Everything acknowledged and pruned: the heads stay.
+    store.ack(a, Stream::Group(g), Seq(2)).unwrap();
+    store.ack(b, Stream::Group(g), Seq(2)).unwrap();
+    store.ack(b, Stream::Inbox, Seq(1)).unwrap();
+    store.flush().unwrap();
+    store.prune(10_000, u64::MAX).unwrap();
+    assert!(log_seqs(store, g).is_empty());
+    let heads = store.heads(&[g], &[b]).unwrap();
+    assert_eq!(heads.groups, vec![(g, Seq(2))]);
+    assert_eq!(heads.inboxes, vec![(b, Seq(1))]);
 }
 
 /// Pruning removes the group-log entries every member and every departing device has

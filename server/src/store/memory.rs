@@ -14,7 +14,7 @@ use cove_wire::{
 
 use super::rules::{self, GroupState};
 use super::{
-    Account, Appended, BackupCaps, NewPost, Pruned, PublicGroupState, RelayStore, Stock,
+    Account, Appended, BackupCaps, Heads, NewPost, Pruned, PublicGroupState, RelayStore, Stock,
     StoreError, Welcome, backup_fits, check_backup_entry, check_list_append, revoked_keys,
 };
 
@@ -619,6 +619,20 @@ impl RelayStore for MemoryStore {
             .map(|(seq, welcome)| welcome.entry(seq))
             .collect(),
         )
+    }
+
+    fn heads(&self, groups: &[GroupId], devices: &[DeviceId]) -> Result<Heads, StoreError> {
+        let inner = self.lock()?;
+        Ok(Heads {
+            groups: groups
+                .iter()
+                .filter_map(|g| inner.groups.get(g).map(|grp| (*g, grp.state.last_seq)))
+                .collect(),
+            inboxes: devices
+                .iter()
+                .filter_map(|d| inner.devices.get(d).map(|dev| (*d, dev.inbox_end)))
+                .collect(),
+        })
     }
 
     fn joined(&self, group: GroupId, device: DeviceId) -> Result<Option<Seq>, StoreError> {

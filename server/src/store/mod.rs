@@ -182,6 +182,15 @@ impl std::fmt::Debug for PublicGroupState {
     }
 }
 
+/// The heads of logs (see [`RelayStore::heads`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Heads {
+    /// Each known group asked for, with the seq of the last entry ever appended to its log.
+    pub groups: Vec<(GroupId, Seq)>,
+    /// Each known device asked for, with the seq of the last entry ever put in its inbox.
+    pub inboxes: Vec<(DeviceId, Seq)>,
+}
+
 /// What an accepted post did.
 #[derive(Clone, Debug)]
 pub struct Appended {
@@ -428,6 +437,13 @@ pub trait RelayStore: Send + Sync + 'static {
     ) -> Option<Result<(), StoreError>> {
         None
     }
+
+    /// The heads of some logs, for a relay node's catch-up (see `crate::bus`): for each of
+    /// `groups` that exists, the seq of the last entry ever appended to its log (0 for a
+    /// log that never had one; pruning does not move it back), and for each of `devices`
+    /// that exists, the same for its inbox. Unknown groups and devices are left out; the
+    /// rest come in the order asked. One consistent read.
+    fn heads(&self, groups: &[GroupId], devices: &[DeviceId]) -> Result<Heads, StoreError>;
 
     /// A user's device list as stored, from entry 0 (empty if the user published none).
     /// UnknownUser if no such user.

@@ -20,7 +20,7 @@ fn name(user: &str) -> UserName {
 }
 
 /// What registering an account leaves the client with.
-struct Registered {
+pub(crate) struct Registered {
     export_key: ExportKey,
     bundle: AccountBundle,
     recovery: RecoveryKey,
@@ -28,7 +28,11 @@ struct Registered {
 }
 
 /// Registers a password for the authenticated `client`'s user `user`.
-async fn register_account(client: &mut TestClient, user: &str, password: &[u8]) -> Registered {
+pub(crate) async fn register_account(
+    client: &mut TestClient,
+    user: &str,
+    password: &[u8],
+) -> Registered {
     let (state, request) = client_register_start(password).unwrap();
     let response = match client
         .call(Request::AccountRegisterStart {
@@ -97,7 +101,7 @@ async fn login_start(
 /// A whole password login on `client`: the client's export key and the relay's answer to
 /// the finish, or the error code where it stopped (`LoginFailed` from the client's own
 /// check is sent on as a garbage finalization, as a client that goes on would).
-async fn login(
+pub(crate) async fn login(
     client: &mut TestClient,
     user: &str,
     password: &[u8],

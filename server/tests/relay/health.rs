@@ -117,7 +117,7 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
     samples
 }
 
-async fn scrape(relay: &TestRelay) -> HashMap<String, f64> {
+pub(crate) async fn scrape(relay: &TestRelay) -> HashMap<String, f64> {
     let r = get(relay, "/metrics").await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert!(
@@ -129,7 +129,7 @@ async fn scrape(relay: &TestRelay) -> HashMap<String, f64> {
     parse_prometheus(&r.body)
 }
 
-fn sample(samples: &HashMap<String, f64>, series: &str) -> f64 {
+pub(crate) fn sample(samples: &HashMap<String, f64>, series: &str) -> f64 {
     *samples
         .get(series)
         .unwrap_or_else(|| panic!("no sample {series} in {samples:?}"))

@@ -6,6 +6,8 @@
 mod accounts;
 mod admins;
 mod auth;
+mod blobs_s3;
+mod cluster;
 mod device_lists;
 mod durability;
 mod fuzz_corpus;

@@ -156,7 +156,7 @@ impl Member {
     }
 
     /// A key-update commit.
-    fn update(&mut self) -> Commit {
+    pub(crate) fn update(&mut self) -> Commit {
         let (provider, signer) = (&self.provider, &self.signer);
         let mls = self.mls.as_mut().unwrap();
         let epoch = Epoch(mls.epoch().as_u64());

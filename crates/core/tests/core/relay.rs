@@ -209,6 +209,13 @@ impl RelayStore for Counting {
     ) -> Result<Vec<GroupEntry>, StoreError> {
         self.inner.fetch(group, device, after, limit, max_bytes)
     }
+    fn heads(
+        &self,
+        groups: &[GroupId],
+        devices: &[DeviceId],
+    ) -> Result<cove_server::store::Heads, StoreError> {
+        self.inner.heads(groups, devices)
+    }
     fn departures(&self, device: DeviceId) -> Result<Vec<(GroupId, Seq)>, StoreError> {
         self.inner.departures(device)
     }

@@ -182,6 +182,13 @@ impl RelayStore for BackwardsCursors {
     fn joined(&self, group: GroupId, device: DeviceId) -> Result<Option<Seq>, StoreError> {
         self.inner.joined(group, device)
     }
+    fn heads(
+        &self,
+        groups: &[GroupId],
+        devices: &[DeviceId],
+    ) -> Result<cove_server::store::Heads, StoreError> {
+        self.inner.heads(groups, devices)
+    }
     fn departures(&self, device: DeviceId) -> Result<Vec<(GroupId, Seq)>, StoreError> {
         self.inner.departures(device)
     }

@@ -125,6 +125,13 @@ impl RelayStore for TwoNodes {
     ) -> Result<Vec<GroupEntry>, StoreError> {
         self.node().fetch(group, device, after, limit, max_bytes)
     }
+    fn heads(
+        &self,
+        groups: &[GroupId],
+        devices: &[DeviceId],
+    ) -> Result<cove_server::store::Heads, StoreError> {
+        self.node().heads(groups, devices)
+    }
     fn departures(&self, device: DeviceId) -> Result<Vec<(GroupId, Seq)>, StoreError> {
         self.node().departures(device)
     }

@@ -1,11 +1,11 @@
 //! Device inboxes (`inbox`, `inbox_payloads`): reading a device's inbox and its end.
 //! Welcomes are written by the commit that carries them (`log.rs`), the payload once.
 
-use cove_wire::{DeviceId, InboxEntry, InboxKind, Payload, Seq};
+use cove_wire::{DeviceId, GroupId, InboxEntry, InboxKind, Payload, Seq};
 
 use super::directory::existing_device;
 use super::rows::{R, Tx, corrupt, device_id, group_id, to_u64};
-use crate::store::rules;
+use crate::store::{Heads, rules};
 
 /// `inbox.kind` of a Welcome (with `group_id`, `commit_seq` and `sender` set).
 pub(super) const INBOX_WELCOME: i64 = 0;
@@ -89,4 +89,49 @@ pub(super) fn end_of(tx: &mut Tx<'_>, id: i64) -> R<Seq> {
         )?
         .try_get(0)?;
     Ok(Seq(to_u64(end)?))
+}
+
+/// The heads of `groups`' logs and `devices`' inboxes (see `RelayStore::heads`): one query
+/// each, in the order asked.
+pub(super) fn heads(tx: &mut Tx<'_>, groups: &[GroupId], devices: &[DeviceId]) -> R<Heads> {
+    let mut heads = Heads::default();
+    if !groups.is_empty() {
+        let ids: Vec<&[u8]> = groups.iter().map(|g| g.0.as_slice()).collect();
+        let rows = tx.rows(
+            "SELECT g.id, GREATEST(COALESCE((SELECT MAX(seq) FROM group_log l
+                                             WHERE l.group_id = g.id), 0), g.pruned_through)
+             FROM groups g WHERE g.id = ANY($1)",
+            &[&ids],
+        )?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for r in rows {
+            let id: &[u8] = r.try_get(0)?;
+            found.insert(group_id(id)?, Seq(to_u64(r.try_get(1)?)?));
+        }
+        heads.groups = groups
+            .iter()
+            .filter_map(|g| found.get(g).map(|seq| (*g, *seq)))
+            .collect();
+    }
+    if !devices.is_empty() {
+        let ids: Vec<i64> = devices
+            .iter()
+            .filter_map(|d| i64::try_from(d.0).ok())
+            .collect();
+        let rows = tx.rows(
+            "SELECT d.id, GREATEST(COALESCE((SELECT MAX(seq) FROM inbox i
+                                             WHERE i.device = d.id), 0), d.inbox_pruned_through)
+             FROM devices d WHERE d.id = ANY($1)",
+            &[&ids],
+        )?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for r in rows {
+            found.insert(device_id(r.try_get(0)?)?, Seq(to_u64(r.try_get(1)?)?));
+        }
+        heads.inboxes = devices
+            .iter()
+            .filter_map(|d| found.get(d).map(|seq| (*d, *seq)))
+            .collect();
+    }
+    Ok(heads)
 }

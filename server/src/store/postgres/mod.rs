@@ -51,7 +51,8 @@ use postgres::{Client, IsolationLevel, NoTls, Statement};
 
 use self::rows::{PgError, R, Tx};
 use super::{
-    Account, Appended, BackupCaps, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError,
+    Account, Appended, BackupCaps, Heads, NewPost, Pruned, PublicGroupState, RelayStore, Stock,
+    StoreError,
 };
 
 /// How many times a transaction that lost a race is run again before the call fails with
@@ -366,6 +367,10 @@ impl RelayStore for PostgresStore {
             let joined = groups::joined(tx, group, device)?.ok_or(StoreError::NotMember)?;
             log::read(tx, group, after.max(joined), limit, max_bytes)
         })
+    }
+
+    fn heads(&self, groups: &[GroupId], devices: &[DeviceId]) -> Result<Heads, StoreError> {
+        self.read(|tx| inbox::heads(tx, groups, devices))
     }
 
     fn departures(&self, device: DeviceId) -> Result<Vec<(GroupId, Seq)>, StoreError> {

@@ -1,13 +1,13 @@
 //! Device inboxes (`inbox`, `inbox_payloads`): reading a device's inbox and its end. Welcomes
 //! are written by the commit that carries them (`log.rs`), with the payload stored once.
 
-use cove_wire::{DeviceId, InboxEntry, InboxKind, Payload, Seq};
+use cove_wire::{DeviceId, GroupId, InboxEntry, InboxKind, Payload, Seq};
 use rusqlite::{Connection, params};
 
 use super::directory::existing_device;
 use super::rows::{corrupt, device_id, group_id, to_u64};
-use crate::store::StoreError;
 use crate::store::rules;
+use crate::store::{Heads, StoreError};
 
 /// The seq of the last entry ever made in the inbox of device `?1`: pruning may have
 /// emptied it, then it is the highest seq pruned.
@@ -73,4 +73,39 @@ pub(super) fn end(conn: &Connection, device: DeviceId) -> Result<Seq, StoreError
         .prepare_cached(END_SQL)?
         .query_row(params![id], |r| r.get(0))?;
     Ok(Seq(to_u64(end)?))
+}
+
+/// The heads of `groups`' logs and `devices`' inboxes (see `RelayStore::heads`).
+pub(super) fn heads(
+    conn: &Connection,
+    groups: &[GroupId],
+    devices: &[DeviceId],
+) -> Result<Heads, StoreError> {
+    let mut heads = Heads::default();
+    let mut stmt = conn.prepare_cached(
+        "SELECT MAX(COALESCE((SELECT MAX(seq) FROM group_log WHERE group_id = ?1), 0),
+                    pruned_through)
+         FROM groups WHERE id = ?1",
+    )?;
+    for group in groups {
+        let mut rows = stmt.query(params![group.0.as_slice()])?;
+        if let Some(r) = rows.next()? {
+            heads.groups.push((*group, Seq(to_u64(r.get(0)?)?)));
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT MAX(COALESCE((SELECT MAX(seq) FROM inbox WHERE device = ?1), 0),
+                    inbox_pruned_through)
+         FROM devices WHERE id = ?1",
+    )?;
+    for device in devices {
+        let Ok(id) = i64::try_from(device.0) else {
+            continue;
+        };
+        let mut rows = stmt.query(params![id])?;
+        if let Some(r) = rows.next()? {
+            heads.inboxes.push((*device, Seq(to_u64(r.get(0)?)?)));
+        }
+    }
+    Ok(heads)
 }

@@ -70,7 +70,9 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use self::acks::PendingAcks;
 use super::rules::GroupState;
-use super::{Account, Appended, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError};
+use super::{
+    Account, Appended, Heads, NewPost, Pruned, PublicGroupState, RelayStore, Stock, StoreError,
+};
 
 pub use self::acks::{ACK_FLUSH_AGE, ACK_FLUSH_ENTRIES};
 pub use self::schema::{SqliteOptions, Synchronous};
@@ -482,6 +484,10 @@ impl RelayStore for SqliteStore {
         max_bytes: usize,
     ) -> Result<Vec<InboxEntry>, StoreError> {
         self.read(|conn| inbox::read(conn, device, after, limit, max_bytes))
+    }
+
+    fn heads(&self, groups: &[GroupId], devices: &[DeviceId]) -> Result<Heads, StoreError> {
+        self.read(|conn| inbox::heads(conn, groups, devices))
     }
 
     fn joined(&self, group: GroupId, device: DeviceId) -> Result<Option<Seq>, StoreError> {
