@@ -290,6 +290,8 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
         let mut first_at: Option<tokio::time::Instant> = None;
         let mut due: Option<tokio::time::Instant> = None;
         let (idle, delay) = (stretched(ACK_IDLE, dev.id), stretched(ACK_DELAY, dev.id));
+        // The highest group seq delivered (one group).
+        let mut last_seq = 0u64;
         'read: loop {
             // `None`: the timer fired (what was held goes out now).
             let first = match due {
@@ -311,7 +313,13 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
                 frames += 1;
                 if let Message::Binary(b) = msg {
                     let seen = match cove_wire::decode::<ServerFrame>(&b) {
+                        Ok(ServerFrame::Deliver(Delivery::Group(e))) if e.seq.0 <= last_seq => {
+                            // Delivered again or out of order: counted, not a delivery.
+                            tracker.repeated.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
                         Ok(ServerFrame::Deliver(Delivery::Group(e))) => {
+                            last_seq = e.seq.0;
                             if e.kind == EntryKind::Application {
                                 match stats::parse(e.payload.as_bytes()) {
                                     Some((id, ts)) => tracker.on_delivery(id, ts),
@@ -614,7 +622,7 @@ impl Sender {
         let start = Instant::now();
         while start.elapsed() < duration {
             let done = tracker.done.load(Ordering::Acquire);
-            let in_flight = self.sent - done;
+            let in_flight = self.sent.saturating_sub(done);
             if in_flight < window {
                 for _ in in_flight..window {
                     self.feed(size, tracker).await?;
@@ -625,12 +633,13 @@ impl Sender {
                 .is_err()
             {
                 bail!(
-                    "closed loop stalled: {} of {} messages complete; {} posts acknowledged, {} refused (last error {:?})",
+                    "closed loop stalled: {} of {} messages complete; {} posts acknowledged, {} refused (last error {:?}); {} group entries delivered again or out of order",
                     done,
                     self.sent,
                     self.posted(),
                     self.refused(),
-                    self.last_error()
+                    self.last_error(),
+                    tracker.repeated.load(Ordering::Relaxed)
                 );
             }
         }

@@ -599,7 +599,7 @@ async fn measure(
     closed.posts = t.sender.sent - sent0;
     if !tracker.drain(t.sender.sent, drain).await {
         return Err(anyhow!(
-            "{server:?}: deliveries stalled after the closed loop: {} of {} messages complete; {} posts acknowledged, {} refused (last error {:?}), {} bad frames",
+            "{server:?}: deliveries stalled after the closed loop: {} of {} messages complete; {} posts acknowledged, {} refused (last error {:?}), {} bad frames, {} repeated entries",
             tracker.done.load(std::sync::atomic::Ordering::Acquire),
             t.sender.sent,
             t.sender.posted(),
@@ -608,6 +608,7 @@ async fn measure(
             tracker
                 .bad_frames
                 .load(std::sync::atomic::Ordering::Relaxed),
+            tracker.repeated.load(std::sync::atomic::Ordering::Relaxed),
         ));
     }
     // Open loop at `load` of the bare server's saturation (the relay reuses the bare rate).
@@ -634,7 +635,7 @@ async fn measure(
     open.posts = t.sender.sent - sent1;
     if !tracker.drain(t.sender.sent, drain).await {
         return Err(anyhow!(
-            "{server:?}: deliveries stalled after the open loop: {} of {} messages complete; {} posts acknowledged, {} refused (last error {:?}), {} bad frames",
+            "{server:?}: deliveries stalled after the open loop: {} of {} messages complete; {} posts acknowledged, {} refused (last error {:?}), {} bad frames, {} repeated entries",
             tracker.done.load(std::sync::atomic::Ordering::Acquire),
             t.sender.sent,
             t.sender.posted(),
@@ -643,6 +644,7 @@ async fn measure(
             tracker
                 .bad_frames
                 .load(std::sync::atomic::Ordering::Relaxed),
+            tracker.repeated.load(std::sync::atomic::Ordering::Relaxed),
         ));
     }
     let bad = tracker
@@ -654,6 +656,12 @@ async fn measure(
         eprintln!(
             "fanout: note: {} of {} posts acknowledged as durable so far",
             posted, t.sender.sent
+        );
+    }
+    let repeated = tracker.repeated.load(std::sync::atomic::Ordering::Relaxed);
+    if repeated > 0 {
+        eprintln!(
+            "fanout: WARNING {server:?}: {repeated} group entries delivered again or out of order so far (not counted as deliveries)"
         );
     }
     if bad > 0 || refused > 0 {
