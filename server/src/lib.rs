@@ -68,6 +68,7 @@ mod pipeline;
 mod relay;
 pub mod rendezvous;
 mod reply;
+mod secret_file;
 mod session;
 mod shared;
 pub mod store;

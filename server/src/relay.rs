@@ -76,7 +76,7 @@ pub enum StartError {
     /// The OPAQUE secrets (`opaque.key`) could not be read or created.
     #[error("cannot load the OPAQUE secrets {path}: {source}")]
     OpaqueKey {
-        /// The file (`opaque.key` in the data directory).
+        /// The file (`opaque.key` in the data directory, or `[secrets] opaque_key`).
         path: PathBuf,
         /// Why.
         source: std::io::Error,
@@ -111,8 +111,6 @@ impl Relay {
             blob_backend,
             secrets,
         } = config;
-        // Filled in by the shared-secrets work (issue 15).
-        let _ = secrets;
         std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
             source,
@@ -129,12 +127,23 @@ impl Relay {
         })?;
         let identity = tls::load(&tls_source, &data_dir, local_addr)?;
         let fingerprint = tls::fingerprint(&identity.cert_der);
-        let opaque = crate::opaque_key::load(&data_dir)?;
+        let opaque_path = secrets
+            .opaque_key
+            .unwrap_or_else(|| data_dir.join(crate::opaque_key::FILE));
+        let opaque = crate::opaque_key::load(&opaque_path)?;
+        let turn_secret = secrets
+            .turn_secret
+            .unwrap_or_else(|| data_dir.join(crate::turn::SECRET_FILE));
 
         let turn = match turn_listen {
             Some(addr) => Some(
-                crate::turn::TurnService::start(addr, &data_dir, turn_credential_ttl, turn_peers)
-                    .await?,
+                crate::turn::TurnService::start(
+                    addr,
+                    &turn_secret,
+                    turn_credential_ttl,
+                    turn_peers,
+                )
+                .await?,
             ),
             None => None,
         };

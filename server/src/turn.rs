@@ -13,7 +13,9 @@
 //! user (the user part before the `/`).
 //!
 //! The shared secret is 32 random bytes created once per data directory
-//! (`DATA/turn.secret`, mode 0600) and never logged. The TURN server derives the password
+//! (`DATA/turn.secret`, mode 0600), or in the file `[secrets] turn_secret` names, which every
+//! node of a cluster shares so that a credential minted by one node is accepted by the TURN
+//! server of any other; it is never logged. The TURN server derives the password
 //! itself from the username, so it keeps no per-device state. An expired credential cannot make
 //! a new allocation but still renews the allocation made with it (see `cove-turn`), so a call
 //! outlives its credential. The relay only relays UDP datagrams for calls; what it relays is
@@ -62,15 +64,15 @@ pub(crate) struct TurnService {
 }
 
 impl TurnService {
-    /// Loads (or creates) the secret in `data_dir` and starts the server on `listen`; the
-    /// credentials it hands out are valid for `ttl`.
+    /// Loads (or creates) the secret file `secret_path` and starts the server on `listen`;
+    /// the credentials it hands out are valid for `ttl`.
     pub(crate) async fn start(
         listen: SocketAddr,
-        data_dir: &Path,
+        secret_path: &Path,
         ttl: Duration,
         peers: cove_turn::PeerPolicy,
     ) -> Result<Self, TurnError> {
-        let secret = load_secret(data_dir)?;
+        let secret = load_secret(secret_path)?;
         let server = cove_turn::start_turn_server(listen, REALM, &secret.0, peers).await?;
         Ok(TurnService {
             server,
@@ -118,37 +120,25 @@ impl TurnService {
     }
 }
 
-fn load_secret(data_dir: &Path) -> Result<Secret, TurnError> {
-    let path = data_dir.join(SECRET_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) if bytes.len() == 32 => return Ok(Secret(bytes)),
-        Ok(_) => {
-            return Err(TurnError::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} is not 32 bytes", path.display()),
-            )));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
+/// Loads the secret from `path`, creating it with 32 random bytes if absent (two nodes
+/// creating it at once agree: see [`crate::secret_file`]). A file of another length is an
+/// error.
+fn load_secret(path: &Path) -> Result<Secret, TurnError> {
+    let bytes = Secret(
+        crate::secret_file::load_or_create(path, || {
+            let mut bytes = vec![0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            bytes
+        })
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?,
+    );
+    if bytes.0.len() != 32 {
+        return Err(TurnError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not 32 bytes", path.display()),
+        )));
     }
-    let mut bytes = vec![0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let tmp = data_dir.join(format!("{SECRET_FILE}.tmp"));
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    Ok(Secret(bytes))
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -159,21 +149,22 @@ mod tests {
     #[test]
     fn secret_is_created_once_and_private() {
         let dir = tempfile::tempdir().unwrap();
-        let a = load_secret(dir.path()).unwrap();
-        let b = load_secret(dir.path()).unwrap();
+        let path = dir.path().join(SECRET_FILE);
+        let a = load_secret(&path).unwrap();
+        let b = load_secret(&path).unwrap();
         assert_eq!(a.0, b.0);
         assert_eq!(a.0.len(), 32);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(SECRET_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0);
         }
-        std::fs::write(dir.path().join(SECRET_FILE), b"short").unwrap();
-        assert!(load_secret(dir.path()).is_err());
+        std::fs::write(&path, b"short").unwrap();
+        assert!(matches!(
+            load_secret(&path),
+            Err(TurnError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData
+        ));
     }
 
     /// The credentials the relay hands out carry the user and device and the configured
@@ -184,7 +175,7 @@ mod tests {
         let ttl = Duration::from_secs(90);
         let turn = TurnService::start(
             "127.0.0.1:0".parse().unwrap(),
-            dir.path(),
+            &dir.path().join(SECRET_FILE),
             ttl,
             cove_turn::PeerPolicy::default(),
         )
@@ -212,7 +203,7 @@ mod tests {
             .unwrap()
             .as_secs();
         assert!((now_secs + 89..=now_secs + 91).contains(&expires_at));
-        let secret = load_secret(dir.path()).unwrap();
+        let secret = load_secret(&dir.path().join(SECRET_FILE)).unwrap();
         assert_eq!(
             cove_turn::verify_turn_credentials(&secret.0, &username, &password, before),
             Some("alice/d7".to_owned())

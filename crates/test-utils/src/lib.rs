@@ -10,6 +10,8 @@
 //! - [`sim::Relay`]: the relay core without sockets, driven frame by frame over a store
 //!   (the in-memory one by default); `cove-core`'s tests run their clients through it.
 //! - [`engines`]: throwaway `nats-server` and `s3s-fs` (S3) processes for the cluster tests.
+//! - [`cluster::Cluster`]: `n` real `cove-server` processes on one PostgreSQL database, one
+//!   NATS and one S3 server, behind a TCP load balancer (the end-to-end cluster tests).
 //! - [`LogCapture`]: a global tracing subscriber that records every log line, so tests can
 //!   assert that secrets never reach the logs.
 //!
@@ -23,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cluster;
 pub mod engines;
 pub mod postgres;
 pub mod pulse;

@@ -21,10 +21,10 @@ fn name(user: &str) -> UserName {
 
 /// What registering an account leaves the client with.
 pub(crate) struct Registered {
-    export_key: ExportKey,
+    pub(crate) export_key: ExportKey,
     bundle: AccountBundle,
     recovery: RecoveryKey,
-    password_bundle: Vec<u8>,
+    pub(crate) password_bundle: Vec<u8>,
 }
 
 /// Registers a password for the authenticated `client`'s user `user`.

@@ -24,6 +24,7 @@ mod postgres;
 mod quotas;
 mod resources;
 mod retention;
+mod secrets;
 mod slow_reader;
 mod turn;
 mod validation;

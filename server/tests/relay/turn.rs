@@ -42,7 +42,7 @@ fn unix_now() -> u64 {
 }
 
 /// A TURN client speaking raw STUN from its own UDP socket (one 5-tuple, one allocation).
-struct RawTurn {
+pub(crate) struct RawTurn {
     socket: UdpSocket,
     server: SocketAddr,
     username: String,
@@ -53,13 +53,13 @@ struct RawTurn {
 
 /// The server's answer to one request: its class, and its error code and reason if any.
 #[derive(Debug, PartialEq, Eq)]
-struct Answer {
+pub(crate) struct Answer {
     class: MessageClass,
     error: Option<(u16, String)>,
 }
 
 impl RawTurn {
-    async fn new(server: SocketAddr, username: &str, password: &str) -> Self {
+    pub(crate) async fn new(server: SocketAddr, username: &str, password: &str) -> Self {
         RawTurn {
             socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
             server,
@@ -136,7 +136,7 @@ impl RawTurn {
         self.transact(&request).await
     }
 
-    async fn allocate(&mut self) -> Message {
+    pub(crate) async fn allocate(&mut self) -> Message {
         let transport = RequestedTransport {
             protocol: PROTO_UDP,
         };
@@ -189,7 +189,7 @@ impl RawTurn {
 }
 
 /// TURN credentials the relay hands to a freshly registered device of `user`.
-async fn credentials_of(relay: &TestRelay, user: &str) -> (String, String) {
+pub(crate) async fn credentials_of(relay: &TestRelay, user: &str) -> (String, String) {
     let (mut client, _) = relay.register(user).await.unwrap();
     let Reply::TurnCredentials {
         username, password, ..
@@ -209,21 +209,21 @@ fn error_of(m: &Message) -> Option<(u16, String)> {
     ))
 }
 
-fn answer(m: &Message) -> Answer {
+pub(crate) fn answer(m: &Message) -> Answer {
     Answer {
         class: m.typ.class,
         error: error_of(m),
     }
 }
 
-fn success() -> Answer {
+pub(crate) fn success() -> Answer {
     Answer {
         class: CLASS_SUCCESS_RESPONSE,
         error: None,
     }
 }
 
-fn unauthorized(reason: &str) -> Answer {
+pub(crate) fn unauthorized(reason: &str) -> Answer {
     Answer {
         class: CLASS_ERROR_RESPONSE,
         error: Some((CODE_UNAUTHORIZED.0, reason.to_owned())),

@@ -45,7 +45,7 @@ async fn pair(dir: &Path, server: &str, ca: &Path) -> (Device, Device) {
 
 /// A call sending a `tone`, recording into `record`, with no time limit: the calls of these
 /// tests end when the test hangs up, once what it waits for has happened.
-fn options(tone: f32, record: Option<&Path>) -> CallOptions {
+pub(crate) fn options(tone: f32, record: Option<&Path>) -> CallOptions {
     CallOptions {
         audio: Some(AudioInput::Tone(tone)),
         record: record.map(Path::to_owned),
@@ -58,7 +58,7 @@ fn options(tone: f32, record: Option<&Path>) -> CallOptions {
 /// Bob answers in the background and alice calls, both with no time limit, until
 /// `recorded` holds for the recordings (checked every 50 ms, up to [`WAIT`]); then the
 /// test hangs up for bob and for alice (see [`hang_up_as`]) and both drivers finish.
-async fn call_and_answer(
+pub(crate) async fn call_and_answer(
     alice: Device,
     bob: Device,
     caller: CallOptions,
@@ -118,7 +118,7 @@ async fn wait_for(what: &str, done: impl Fn() -> bool) {
 
 /// Audio frames in a recording so far: 20 ms of 48 kHz mono 16-bit PCM is 1920 bytes,
 /// after the 44-byte WAV header (the writer buffers, so this trails by a few frames).
-fn recorded_frames(path: &Path) -> u64 {
+pub(crate) fn recorded_frames(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len().saturating_sub(44) / 1920)
 }
 
@@ -174,7 +174,7 @@ fn read_wav(path: &Path) -> Vec<i16> {
 
 /// Bob's recording of alice is a 440 Hz tone in at least 95% of its 20 ms frames, and bob
 /// decoded at least 95% of the frames alice sent him.
-fn assert_tone_received(placed: &CallReport, answered: &CallReport, record: &Path) {
+pub(crate) fn assert_tone_received(placed: &CallReport, answered: &CallReport, record: &Path) {
     let sent = placed.stats.peers[0].audio_frames_sent;
     let received = answered.stats.peers[0].audio_frames_received;
     assert!(sent >= 50, "alice sent only {sent} frames");

@@ -9,6 +9,7 @@ mod backup;
 mod calls;
 mod chaos;
 mod chat;
+mod cluster;
 mod disappearing;
 mod durability;
 mod groups;

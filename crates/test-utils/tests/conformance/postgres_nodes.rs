@@ -228,6 +228,32 @@ fn psql(url: &str, sql: &str) {
     );
 }
 
+/// Nodes starting together on an empty database (a cluster's first start) all open it: one
+/// migrates, the others wait for it and then find the schema current (before the fix, the
+/// waiting nodes' serialisable snapshot, taken before the lock, did not see the new tables and
+/// `CREATE TABLE` failed). Every node then sees the others' writes.
+#[test]
+fn nodes_starting_together_on_an_empty_database_all_open_it() {
+    let db = PgCluster::shared().database();
+    let url = db.url();
+    let stores: Vec<PostgresStore> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(move || PostgresStore::connect(url)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap_or_else(|e| panic!("connect: {e}")))
+            .collect()
+    });
+    let alice = conformance::device(&stores[0], "alice", 1);
+    for store in &stores {
+        assert_eq!(
+            store.device(alice).unwrap(),
+            Some((conformance::user("alice"), conformance::key(1)))
+        );
+    }
+}
+
 /// A database migrated by a newer relay (a higher schema version) is refused with
 /// `Backend` naming both versions; this build's own version opens, with its data.
 #[test]

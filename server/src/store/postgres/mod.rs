@@ -106,7 +106,7 @@ impl PostgresStore {
     }
 
     /// Connects with `options` and migrates the schema (in one transaction, under an
-    /// advisory lock, so nodes starting together migrate once). Fails if the database was
+    /// advisory lock taken before it, so nodes starting together migrate once). Fails if the database was
     /// written by a newer relay. Must not be called from inside an async task.
     pub fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         let config = postgres::Config::from_str(url).map_err(backend)?;
@@ -122,8 +122,39 @@ impl PostgresStore {
             pool,
             next: AtomicUsize::new(0),
         };
-        store.write(schema::migrate)?;
+        store.migrate()?;
         Ok(store)
+    }
+
+    /// Migrates the schema while holding the migration advisory lock at session level.
+    ///
+    /// The lock is taken before the migration's transaction starts, not inside it: a
+    /// serialisable transaction's snapshot is taken at its first statement, so a node that
+    /// waited for the lock inside its transaction would not see the tables the winner just
+    /// created, and its `CREATE TABLE` would fail. Taken first, the waiting node's
+    /// transaction starts after the winner's commit and finds the schema current.
+    fn migrate(&self) -> Result<(), StoreError> {
+        // Lock and unlock on the first connection (one session); the migration runs on
+        // whichever connection is free, which does not matter to a session-level lock.
+        let on_first = |sql: &str| -> Result<(), StoreError> {
+            let first = self
+                .pool
+                .first()
+                .ok_or_else(|| StoreError::Backend("no connection".into()))?;
+            let mut conn = first
+                .lock()
+                .map_err(|_| StoreError::Backend("connection lock poisoned".into()))?;
+            conn.client
+                .execute(sql, &[&schema::MIGRATION_LOCK])
+                .map(|_| ())
+                .map_err(backend)
+        };
+        on_first("SELECT pg_advisory_lock($1)")?;
+        let migrated = self.write(schema::migrate);
+        // On an error the store is dropped, closing the session, which releases it too.
+        let unlocked = on_first("SELECT pg_advisory_unlock($1)");
+        migrated?;
+        unlocked
     }
 
     /// The schema version this build writes.

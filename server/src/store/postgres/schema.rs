@@ -1,12 +1,13 @@
 //! The PostgreSQL schema and its migrations: a versioned list, append only, applied in one
-//! transaction under an advisory lock (so nodes starting together migrate once), with the
-//! same rule as SQLite's: a database written by a newer relay is refused.
+//! transaction under an advisory lock the caller holds (`PostgresStore::migrate`, so nodes
+//! starting together migrate once), with the same rule as SQLite's: a database written by a
+//! newer relay is refused.
 
 use super::rows::{R, Tx, corrupt};
 use crate::store::StoreError;
 
 /// Any constant: the advisory lock key that serialises migrations across nodes.
-const MIGRATION_LOCK: i64 = 0x636f_7665_7067;
+pub(super) const MIGRATION_LOCK: i64 = 0x636f_7665_7067;
 
 /// The schema, one entry per version; entry `i` migrates from version `i` to `i + 1`.
 /// Append only: a released migration is never edited.
@@ -134,9 +135,9 @@ pub(super) fn version() -> u32 {
 }
 
 /// Migrates the schema to this build's version in `tx`; refuses a database written by a
-/// newer relay.
+/// newer relay. The caller holds the advisory lock [`MIGRATION_LOCK`] since before `tx`
+/// started.
 pub(super) fn migrate(tx: &mut Tx<'_>) -> R<()> {
-    tx.exec("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
     tx.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
     let version: Option<i64> = tx
         .one("SELECT MAX(version) FROM schema_version", &[])?
