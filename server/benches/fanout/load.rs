@@ -120,11 +120,13 @@ pub async fn bare_sender(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> R
     let mut ws = connect(addr, "/", tls).await?;
     ws.send(Message::text("send")).await?;
     let (sink, _stream) = ws.split();
-    Ok(Sender::new(
+    let conn = Conn {
         sink,
-        Proto::Bare,
-        Arc::new(SenderStats::default()),
-    ))
+        next_request: 1,
+        acked_own: 0,
+        stats: Arc::new(SenderStats::default()),
+    };
+    Ok(Sender::new(vec![conn], Proto::Bare))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -288,6 +290,8 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
         let mut first_at: Option<tokio::time::Instant> = None;
         let mut due: Option<tokio::time::Instant> = None;
         let (idle, delay) = (stretched(ACK_IDLE, dev.id), stretched(ACK_DELAY, dev.id));
+        // The highest group seq delivered (one group).
+        let mut last_seq = 0u64;
         'read: loop {
             // `None`: the timer fired (what was held goes out now).
             let first = match due {
@@ -309,7 +313,13 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
                 frames += 1;
                 if let Message::Binary(b) = msg {
                     let seen = match cove_wire::decode::<ServerFrame>(&b) {
+                        Ok(ServerFrame::Deliver(Delivery::Group(e))) if e.seq.0 <= last_seq => {
+                            // Delivered again or out of order: counted, not a delivery.
+                            tracker.repeated.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
                         Ok(ServerFrame::Deliver(Delivery::Group(e))) => {
+                            last_seq = e.seq.0;
                             if e.kind == EntryKind::Application {
                                 match stats::parse(e.payload.as_bytes()) {
                                     Some((id, ts)) => tracker.on_delivery(id, ts),
@@ -407,14 +417,25 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
     });
 }
 
-/// Turns a registered device into the benchmark sender: a task reads its frames (counting
-/// refused posts, acking its own pushed entries), and the returned [`Sender`] posts.
-pub fn relay_sender(dev: Device, group: GroupId, epoch: Epoch, quiet_acks: bool) -> Sender {
-    let stats = Arc::new(SenderStats::default());
-    let (sink, stream) = dev.ws.split();
-    tokio::spawn(read_sender_frames(stream, stats.clone()));
-    let mut s = Sender::new(sink, Proto::Relay { group, epoch }, stats);
-    s.next_request = dev.next_request;
+/// Turns registered devices into the benchmark sender: a task per device reads its frames
+/// (counting refused posts, acking its own pushed entries), and the returned [`Sender`]
+/// posts through the first of them (or through all, round-robin: [`Sender::set_active`]).
+pub fn relay_sender(devs: Vec<Device>, group: GroupId, epoch: Epoch, quiet_acks: bool) -> Sender {
+    let conns = devs
+        .into_iter()
+        .map(|dev| {
+            let stats = Arc::new(SenderStats::default());
+            let (sink, stream) = dev.ws.split();
+            tokio::spawn(read_sender_frames(stream, stats.clone()));
+            Conn {
+                sink,
+                next_request: dev.next_request,
+                acked_own: 0,
+                stats,
+            }
+        })
+        .collect();
+    let mut s = Sender::new(conns, Proto::Relay { group, epoch });
     s.quiet_acks = quiet_acks;
     s
 }
@@ -464,16 +485,22 @@ pub struct SenderStats {
     pub last_error: std::sync::Mutex<Option<String>>,
 }
 
-/// The one sending connection.
-pub struct Sender {
+/// One sending connection.
+struct Conn {
     sink: SplitSink<Ws, Message>,
-    proto: Proto,
     next_request: u32,
+    acked_own: u64,
+    /// Replies seen by this connection's reader task.
+    stats: Arc<SenderStats>,
+}
+
+/// The sending connections: posts go through the first `active` of them, round-robin.
+pub struct Sender {
+    conns: Vec<Conn>,
+    active: usize,
+    proto: Proto,
     /// Messages sent so far (ids are 0..sent).
     pub sent: u64,
-    /// Replies seen by the reader task.
-    pub stats: Arc<SenderStats>,
-    acked_own: u64,
     quiet_acks: bool,
 }
 
@@ -486,26 +513,58 @@ pub struct PhaseResult {
 }
 
 impl Sender {
-    fn new(sink: SplitSink<Ws, Message>, proto: Proto, stats: Arc<SenderStats>) -> Self {
+    fn new(conns: Vec<Conn>, proto: Proto) -> Self {
         Sender {
-            sink,
+            conns,
+            active: 1,
             proto,
-            next_request: 1,
             sent: 0,
-            stats,
-            acked_own: 0,
             quiet_acks: false,
         }
     }
 
-    /// Queues message number `self.sent` (not flushed).
+    /// Posts go through the first `k` connections (at least 1, at most all), round-robin.
+    pub fn set_active(&mut self, k: usize) {
+        self.active = k.clamp(1, self.conns.len().max(1));
+    }
+
+    /// Posts acknowledged as durable, over every connection.
+    pub fn posted(&self) -> u64 {
+        self.conns
+            .iter()
+            .map(|c| c.stats.posted.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Posts refused, over every connection.
+    pub fn refused(&self) -> u64 {
+        self.conns
+            .iter()
+            .map(|c| c.stats.refused.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The last refusal or close reason of any connection.
+    pub fn last_error(&self) -> Option<String> {
+        self.conns
+            .iter()
+            .find_map(|c| c.stats.last_error.lock().ok().and_then(|l| l.clone()))
+    }
+
+    /// Queues message number `self.sent` (not flushed) on its connection.
     async fn feed(&mut self, size: usize, tracker: &Tracker) -> Result<()> {
         let payload = stats::payload(size, self.sent, tracker.now_ns());
-        let msg = match self.proto {
+        let k = (self.sent % self.active as u64) as usize;
+        let proto = self.proto;
+        let conn = self
+            .conns
+            .get_mut(k)
+            .ok_or_else(|| anyhow!("no sending connection {k}"))?;
+        let msg = match proto {
             Proto::Bare => Message::binary(payload),
             Proto::Relay { group, epoch } => {
-                let id = RequestId(self.next_request);
-                self.next_request = self.next_request.wrapping_add(1);
+                let id = RequestId(conn.next_request);
+                conn.next_request = conn.next_request.wrapping_add(1);
                 let body = Request::Post {
                     group,
                     epoch,
@@ -516,33 +575,37 @@ impl Sender {
             }
         };
         self.sent += 1;
-        self.sink.feed(msg).await?;
+        conn.sink.feed(msg).await?;
         Ok(())
     }
 
-    /// Acks the entries pushed back to the sender itself, every 64 of them.
-    async fn ack_own(&mut self) -> Result<()> {
-        let Proto::Relay { group, .. } = self.proto else {
-            return Ok(());
-        };
-        let seq = self.stats.own_seq.load(Ordering::Relaxed);
-        if seq >= self.acked_own + 64 {
-            self.acked_own = seq;
-            let id = RequestId(self.next_request);
-            self.next_request = self.next_request.wrapping_add(1);
-            let stream = WireStream::Group(group);
-            let seq = cove_wire::Seq(seq);
-            let body = if self.quiet_acks {
-                Request::QuietAck { stream, seq }
-            } else {
-                Request::Ack { stream, seq }
-            };
-            self.sink
-                .feed(Message::binary(cove_wire::encode(&ClientFrame::Request {
-                    id,
-                    body,
-                })?))
-                .await?;
+    /// Acks the entries pushed back to each sending device, every 64 of them, and flushes
+    /// every connection.
+    async fn ack_own_and_flush(&mut self) -> Result<()> {
+        let quiet_acks = self.quiet_acks;
+        for conn in &mut self.conns {
+            if let Proto::Relay { group, .. } = self.proto {
+                let seq = conn.stats.own_seq.load(Ordering::Relaxed);
+                if seq >= conn.acked_own + 64 {
+                    conn.acked_own = seq;
+                    let id = RequestId(conn.next_request);
+                    conn.next_request = conn.next_request.wrapping_add(1);
+                    let stream = WireStream::Group(group);
+                    let seq = cove_wire::Seq(seq);
+                    let body = if quiet_acks {
+                        Request::QuietAck { stream, seq }
+                    } else {
+                        Request::Ack { stream, seq }
+                    };
+                    conn.sink
+                        .feed(Message::binary(cove_wire::encode(&ClientFrame::Request {
+                            id,
+                            body,
+                        })?))
+                        .await?;
+                }
+            }
+            conn.sink.flush().await?;
         }
         Ok(())
     }
@@ -559,21 +622,24 @@ impl Sender {
         let start = Instant::now();
         while start.elapsed() < duration {
             let done = tracker.done.load(Ordering::Acquire);
-            let in_flight = self.sent - done;
+            let in_flight = self.sent.saturating_sub(done);
             if in_flight < window {
                 for _ in in_flight..window {
                     self.feed(size, tracker).await?;
                 }
-                self.ack_own().await?;
-                self.sink.flush().await?;
+                self.ack_own_and_flush().await?;
             } else if tokio::time::timeout(Duration::from_secs(10), tracker.notify.notified())
                 .await
                 .is_err()
             {
                 bail!(
-                    "closed loop stalled: {} of {} messages complete",
+                    "closed loop stalled: {} of {} messages complete; {} posts acknowledged, {} refused (last error {:?}); {} group entries delivered again or out of order",
                     done,
-                    self.sent
+                    self.sent,
+                    self.posted(),
+                    self.refused(),
+                    self.last_error(),
+                    tracker.repeated.load(Ordering::Relaxed)
                 );
             }
         }
@@ -610,8 +676,7 @@ impl Sender {
                     break;
                 }
             }
-            self.ack_own().await?;
-            self.sink.flush().await?;
+            self.ack_own_and_flush().await?;
         }
         Ok(PhaseResult {
             elapsed: start.elapsed(),

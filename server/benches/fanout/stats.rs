@@ -43,6 +43,9 @@ pub struct Tracker {
     pub deliveries: AtomicU64,
     /// Frames a receiver could not interpret (should stay 0).
     pub bad_frames: AtomicU64,
+    /// Group entries a receiver got at or below a seq it already had (a duplicate or an
+    /// out-of-order delivery; should stay 0). Not counted as deliveries.
+    pub repeated: AtomicU64,
     recording: AtomicBool,
     /// Latency histogram in nanoseconds.
     pub hist: Histogram,
@@ -59,6 +62,7 @@ impl Tracker {
             notify: Notify::new(),
             deliveries: AtomicU64::new(0),
             bad_frames: AtomicU64::new(0),
+            repeated: AtomicU64::new(0),
             recording: AtomicBool::new(false),
             hist: Histogram::new(),
         }

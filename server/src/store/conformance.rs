@@ -76,6 +76,7 @@ macro_rules! relay_store_conformance {
             readers_never_see_part_of_a_batch,
             group_size_is_capped,
             cursors_move_forward_only,
+            acks_while_posting_to_one_group_never_fail_a_post,
             inbox_cursor_and_reads,
             reads_are_bounded,
             reads_are_bounded_in_bytes,
@@ -1899,6 +1900,92 @@ pub fn cursors_move_forward_only(store: &dyn RelayStore) {
         store.cursor(DeviceId(9_999), s),
         Err(StoreError::UnknownDevice)
     ));
+}
+
+/// Eight members ack up to the head of a group's log, without pause, while its poster
+/// appends batches of application posts: every post is accepted (an ack never makes a
+/// post fail, on PostgreSQL neither by a serialisation conflict past the retries), the
+/// log is complete and in order, and each member's cursor ends at its last ack.
+pub fn acks_while_posting_to_one_group_never_fail_a_post(store: &dyn RelayStore) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const MEMBERS: u8 = 8;
+    const BATCHES: u64 = 4;
+    const BATCH: u64 = 500;
+    let g = gid(1);
+    let poster = device(store, "poster", 200);
+    let members: Vec<DeviceId> = (0..MEMBERS)
+        .map(|i| device(store, &format!("m{i}"), i))
+        .collect();
+    store.create_group(g, poster).unwrap();
+    let head = one(store, commit(g, poster, 0, &members, &[], Some(b"w")))
+        .unwrap()
+        .entry
+        .seq;
+    let head = AtomicU64::new(head.0);
+    let done = AtomicBool::new(false);
+    let (failed, last_acks) = std::thread::scope(|s| {
+        let ackers: Vec<_> = members
+            .iter()
+            .map(|&m| {
+                let (head, done) = (&head, &done);
+                s.spawn(move || {
+                    // Acks (again, if the head has not moved) while a batch is being
+                    // written, then once more at the final head.
+                    loop {
+                        let finished = done.load(Ordering::Acquire);
+                        let to = head.load(Ordering::Acquire);
+                        store.ack(m, Stream::Group(g), Seq(to)).unwrap();
+                        if finished {
+                            return (m, to);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for b in 0..BATCHES {
+            let posts = (0..BATCH)
+                .map(|i| app(g, poster, 1, &(b * BATCH + i).to_le_bytes()))
+                .collect();
+            for r in store.append_batch(posts) {
+                match r {
+                    Ok(a) => head.fetch_max(a.entry.seq.0, Ordering::AcqRel),
+                    Err(e) => {
+                        failed.push(e);
+                        0
+                    }
+                };
+            }
+        }
+        done.store(true, Ordering::Release);
+        let last_acks: Vec<(DeviceId, u64)> =
+            ackers.into_iter().map(|h| h.join().unwrap()).collect();
+        (failed, last_acks)
+    });
+    assert!(failed.is_empty(), "posts failed: {failed:?}");
+    let last = head.load(Ordering::Acquire);
+    assert_eq!(last, 1 + BATCHES * BATCH, "the commit, then every post");
+    // The log after the commit, read in capped pages.
+    let mut payloads: Vec<Vec<u8>> = Vec::new();
+    let mut after = Seq(1);
+    loop {
+        let page = store
+            .read_group(g, after, MAX_FETCH_ENTRIES, usize::MAX)
+            .unwrap();
+        let Some(end) = page.last().map(|e| e.seq) else {
+            break;
+        };
+        payloads.extend(page.iter().map(|e| e.payload.as_bytes().to_vec()));
+        after = end;
+    }
+    let expected: Vec<Vec<u8>> = (0..BATCHES * BATCH)
+        .map(|i| i.to_le_bytes().to_vec())
+        .collect();
+    assert_eq!(payloads, expected);
+    for (m, acked) in last_acks {
+        assert_eq!(acked, last);
+        assert_eq!(store.cursor(m, Stream::Group(g)).unwrap(), Seq(last));
+    }
 }
 
 /// The inbox: ordered reads after a cursor, forward-only ack, Invalid past the end.
