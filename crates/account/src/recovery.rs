@@ -1,5 +1,6 @@
 //! The recovery key: 256 random bits shown to the user once, as 55 characters of base32 in
-//! groups of five, with a 16-bit checksum so a mistyped key is told apart from a wrong one.
+//! groups of five, with a 16-bit checksum so a mistyped key is told apart from a wrong one (all
+//! but about 1 in 65,536 mistypes; one that passes is then refused as a wrong key).
 //!
 //! It does two jobs. It unwraps the recovery copy of the account bundle
 //! ([`crate::bundle::WrapKind::Recovery`]), and it derives an Ed25519 key
