@@ -38,6 +38,23 @@ async fn node(db: &str, nats: &str, name: &str, validate: bool) -> TestRelay {
     .await
 }
 
+/// One fresh database, a NATS server and nodes "a" and "b" on both (the database guard and
+/// the server must outlive the test's nodes).
+async fn two_nodes(
+    validate: bool,
+) -> (
+    cove_test_utils::postgres::PgDatabase<'static>,
+    NatsServer,
+    TestRelay,
+    TestRelay,
+) {
+    let db = PgCluster::shared().database();
+    let nats = NatsServer::start();
+    let a = node(db.url(), &nats.url(), "a", validate).await;
+    let b = node(db.url(), &nats.url(), "b", validate).await;
+    (db, nats, a, b)
+}
+
 /// What a client has of each stream, applying the client's rule (see the module docs).
 #[derive(Default)]
 struct Applied {
@@ -94,10 +111,7 @@ fn start_at(group: GroupId, joined: Seq) -> Applied {
 /// both nodes' `/metrics` count the notices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_posted_on_a_reaches_a_device_on_b_exactly_once() {
-    let db = PgCluster::shared().database();
-    let nats = NatsServer::start();
-    let a = node(db.url(), &nats.url(), "a", false).await;
-    let b = node(db.url(), &nats.url(), "b", false).await;
+    let (_db, _nats, a, b) = two_nodes(false).await;
     let (mut alice, _) = a.register("alice").await.unwrap();
     alice.backlog().await.unwrap();
     let (mut bob, bob_keys) = b.register("bob").await.unwrap();
@@ -156,10 +170,7 @@ async fn an_entry_posted_on_a_reaches_a_device_on_b_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_posters_on_two_nodes_every_device_sees_every_seq_in_order() {
     const EACH: usize = 40;
-    let db = PgCluster::shared().database();
-    let nats = NatsServer::start();
-    let a = node(db.url(), &nats.url(), "a", false).await;
-    let b = node(db.url(), &nats.url(), "b", false).await;
+    let (_db, _nats, a, b) = two_nodes(false).await;
     let mut clients = Vec::new();
     for (i, relay) in [&a, &b, &a, &b].into_iter().enumerate() {
         let (mut client, keys) = relay.register(&format!("user{i}")).await.unwrap();
@@ -228,10 +239,7 @@ async fn post_all(client: &mut TestClient, group: GroupId, tag: &str, n: usize) 
 /// backlog), then the sentinel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_posted_while_nats_is_down_arrive_once_it_is_back() {
-    let db = PgCluster::shared().database();
-    let mut nats = NatsServer::start();
-    let a = node(db.url(), &nats.url(), "a", false).await;
-    let b = node(db.url(), &nats.url(), "b", false).await;
+    let (_db, mut nats, a, b) = two_nodes(false).await;
     let (mut alice, _) = a.register("alice").await.unwrap();
     alice.backlog().await.unwrap();
     let (mut bob, bob_keys) = b.register("bob").await.unwrap();
@@ -300,10 +308,7 @@ async fn nodes_start_while_nats_is_down_and_join_once_it_is_up() {
 /// is closed with `UnknownDevice` (the close reaches B through the bus).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_account_on_a_closes_its_devices_on_b() {
-    let db = PgCluster::shared().database();
-    let nats = NatsServer::start();
-    let a = node(db.url(), &nats.url(), "a", false).await;
-    let b = node(db.url(), &nats.url(), "b", false).await;
+    let (_db, _nats, a, b) = two_nodes(false).await;
     let (mut alice, alice_keys) = a.register("alice").await.unwrap();
     alice.backlog().await.unwrap();
     let mut laptop_keys = DeviceKeys::generate("alice");
@@ -335,10 +340,7 @@ async fn deleting_an_account_on_a_closes_its_devices_on_b() {
 /// `Closing { Displaced }`, and his connection on B goes on receiving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_connecting_on_b_displaces_its_connection_on_a() {
-    let db = PgCluster::shared().database();
-    let nats = NatsServer::start();
-    let a = node(db.url(), &nats.url(), "a", false).await;
-    let b = node(db.url(), &nats.url(), "b", false).await;
+    let (_db, _nats, a, b) = two_nodes(false).await;
     let (mut alice, _) = a.register("alice").await.unwrap();
     alice.backlog().await.unwrap();
     let (mut bob_on_a, bob_keys) = a.register("bob").await.unwrap();
@@ -369,10 +371,7 @@ async fn a_device_connecting_on_b_displaces_its_connection_on_a() {
 /// the first thing Bob receives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbled_notices_on_the_bus_are_ignored() {
-    let db = PgCluster::shared().database();
-    let nats = NatsServer::start();
-    let a = node(db.url(), &nats.url(), "a", false).await;
-    let b = node(db.url(), &nats.url(), "b", false).await;
+    let (_db, nats, a, b) = two_nodes(false).await;
     let (mut alice, _) = a.register("alice").await.unwrap();
     alice.backlog().await.unwrap();
     let (mut bob, bob_keys) = b.register("bob").await.unwrap();
@@ -436,10 +435,7 @@ async fn garbled_notices_on_the_bus_are_ignored() {
 /// accepts the commit, and Bob on B processes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_through_a_then_the_next_through_b_then_a_are_accepted() {
-    let db = PgCluster::shared().database();
-    let nats = NatsServer::start();
-    let a = node(db.url(), &nats.url(), "a", true).await;
-    let b = node(db.url(), &nats.url(), "b", true).await;
+    let (_db, _nats, a, b) = two_nodes(true).await;
     let mut alice = Member::new(a.connect().await.unwrap(), "alice").await;
     let mut bob = Member::new(b.connect().await.unwrap(), "bob").await;
     let group = alice.create().await;
