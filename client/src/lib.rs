@@ -18,6 +18,7 @@ pub mod call;
 pub mod config;
 pub mod daemon;
 mod device;
+pub mod drive;
 pub mod raw;
 pub mod session;
 pub mod transfer;

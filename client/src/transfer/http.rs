@@ -91,6 +91,17 @@ impl<'a> Conn<'a> {
             .map_err(|_| TransferError::Network("the relay returned a malformed blob id".into()))
     }
 
+    /// Deletes a blob of this user.
+    pub(crate) async fn delete(&self, id: BlobId) -> Result<(), TransferError> {
+        let path = format!("/v1/blobs/{id}");
+        let req = self.signed(Method::DELETE, &path, 0)?;
+        let resp = self.send(req, empty()).await?;
+        if resp.status() != StatusCode::NO_CONTENT && resp.status() != StatusCode::NOT_FOUND {
+            return Err(refused(resp).await);
+        }
+        Ok(())
+    }
+
     /// The relay's stored offset of an upload.
     pub(crate) async fn offset(&self, id: BlobId) -> Result<u64, TransferError> {
         let path = format!("/v1/blobs/{id}");
@@ -264,12 +275,16 @@ impl<'a> Conn<'a> {
         let ts = signing_timestamp();
         let msg = cove_wire::sign::blob_request_message(method.as_str(), path, ts, value);
         let sig = (signer.sign)(&msg);
-        Ok(Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("cove-device", signer.device.0)
             .header("cove-timestamp", ts)
-            .header("cove-signature", hex::encode(sig)))
+            .header("cove-signature", hex::encode(sig));
+        if let Some(retention) = self.client.retention.header() {
+            req = req.header("cove-retention", retention);
+        }
+        Ok(req)
     }
 
     async fn send(

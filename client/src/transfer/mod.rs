@@ -202,6 +202,32 @@ pub struct BlobClient {
     /// A bar the caller watches (the daemon's `transfer` notifications), used instead of one
     /// of its own.
     watched: Option<ProgressBar>,
+    /// How long the relay keeps the blobs this client uploads.
+    retention: Retention,
+}
+
+/// How long the relay keeps an uploaded blob once it is complete (header `Cove-Retention`
+/// on the upload's requests; see `PROTOCOL.md`, "Blob retention").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Retention {
+    /// The relay's attachment retention (30 days by default).
+    #[default]
+    Default,
+    /// Until its owner deletes it (Cove Drive contents, snapshots and links).
+    Keep,
+    /// This many seconds after completion (a link with `--expire`).
+    ExpiresIn(u64),
+}
+
+impl Retention {
+    /// The `Cove-Retention` header value, `None` for the default.
+    pub fn header(self) -> Option<String> {
+        match self {
+            Retention::Default => None,
+            Retention::Keep => Some("keep".into()),
+            Retention::ExpiresIn(secs) => Some(secs.to_string()),
+        }
+    }
 }
 
 impl BlobClient {
@@ -215,7 +241,19 @@ impl BlobClient {
             signer: None,
             progress: false,
             watched: None,
+            retention: Retention::Default,
         })
+    }
+
+    /// Uploads with this retention (see [`Retention`]).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Deletes blob `id` (this user's): Cove Drive's emptied trash, a revoked link.
+    pub async fn delete_blob(&self, id: BlobId) -> Result<(), TransferError> {
+        http::Conn::new(self).delete(id).await
     }
 
     /// A client for `device`'s relay, signing uploads with its key.

@@ -111,6 +111,8 @@ pub enum Content {
         /// The avatar picture, as an attachment.
         avatar: Option<AttachmentPointer>,
     },
+    /// A Cove Drive tree operation (issue 14; only in drive groups, see [`crate::drive`]).
+    Drive(Box<crate::drive::DriveOp>),
 }
 
 /// Longest quote carried by a [`Content::Reply`] (characters).
@@ -150,7 +152,7 @@ pub enum ContentError {
 
 /// How many content kinds this client knows: [`Content`]'s variant indexes are
 /// `0..KNOWN_CONTENT_KINDS`. A valid envelope with a higher index is from a newer client.
-pub const KNOWN_CONTENT_KINDS: u32 = 13;
+pub const KNOWN_CONTENT_KINDS: u32 = 14;
 
 /// An envelope as [`Envelope::decode_lenient`] reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,6 +271,9 @@ impl Content {
             {
                 Err(ContentError::Invalid("group description too long"))
             }
+            Content::Drive(op) => op
+                .validate()
+                .map_err(|_| ContentError::Invalid("invalid drive operation")),
             _ => Ok(()),
         }
     }
@@ -343,11 +348,7 @@ mod tests {
             version: ENVELOPE_VERSION,
             id: [1; 16],
             sent_at_ms: 5,
-            content: Content::GroupProfile {
-                name: "n".into(),
-                description: String::new(),
-                avatar: None,
-            },
+            content: Content::Drive(Box::new(crate::drive::DriveOp::SnapshotRequest)),
         };
         let bytes = last.encode().unwrap_or_default();
         assert_eq!(bytes.get(18), Some(&((KNOWN_CONTENT_KINDS - 1) as u8)));

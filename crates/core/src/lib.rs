@@ -42,6 +42,7 @@ pub mod call;
 mod call_signal;
 mod client;
 pub mod content;
+pub mod drive;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
