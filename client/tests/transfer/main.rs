@@ -5,9 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod browser;
+mod drive;
 mod limits;
 mod proxy;
 mod raw;
+mod retention;
 mod share_page;
 mod signatures;
 
