@@ -405,12 +405,18 @@ impl Tree {
         Some(path)
     }
 
+    /// A live node other than the root as listings show it, its path absolute (`/a/b.txt`).
+    pub fn entry(&self, id: &NodeId) -> Option<Entry> {
+        let path = self.path(id).filter(|_| *id != ROOT)?;
+        self.make_entry(id, path)
+    }
+
     /// The live entries of a folder, by name (paths are the names).
     pub fn list(&self, folder: &NodeId) -> Result<Vec<Entry>, TreeError> {
         let index = self.live_folder(folder)?;
         Ok(index
             .iter()
-            .filter_map(|(name, id)| self.entry(id, name.to_string()))
+            .filter_map(|(name, id)| self.make_entry(id, name.to_string()))
             .collect())
     }
 
@@ -437,7 +443,7 @@ impl Tree {
             if let Some(index) = self.children.get(&id) {
                 stack.extend(index.values().rev().map(|child| (*child, path.clone())));
             }
-            if let Some(entry) = self.entry(&id, path) {
+            if let Some(entry) = self.make_entry(&id, path) {
                 out.push(entry);
             }
         }
@@ -450,7 +456,7 @@ impl Tree {
         let mut out: Vec<Entry> = self
             .trash
             .iter()
-            .filter_map(|(id, path)| self.entry(id, path.clone()))
+            .filter_map(|(id, path)| self.make_entry(id, path.clone()))
             .collect();
         out.sort_by(|a, b| (&a.path, a.id).cmp(&(&b.path, b.id)));
         out
@@ -506,6 +512,8 @@ impl Tree {
     }
 
     /// The live links: the node, the link's sealed blob, its expiry (ms) if any; by blob id.
+    /// A link outlives a change to its node (it shows the node as it was when made), even
+    /// its purge, until it is unlinked.
     pub fn links(&self) -> Vec<(NodeId, &super::op::SealedBlob, Option<u64>)> {
         self.links
             .values()
@@ -857,7 +865,7 @@ impl Tree {
         max
     }
 
-    fn entry(&self, id: &NodeId, path: String) -> Option<Entry> {
+    fn make_entry(&self, id: &NodeId, path: String) -> Option<Entry> {
         let node = self.nodes.get(id)?;
         let (size, modified_ms) = match &node.kind {
             NodeKind::File { versions } => {
