@@ -8,6 +8,7 @@ mod admins;
 mod backup;
 mod chat;
 mod drive;
+mod drive_chunk;
 mod fuzz_corpus;
 mod link_history;
 mod outbox;
