@@ -1,0 +1,1 @@
+//! The drive commands (see [`super::device`]).
