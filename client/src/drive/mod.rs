@@ -2,7 +2,7 @@
 //! ([`content`]), the drive commands over a [`crate::Device`] (`device`), public links
 //! ([`link`]). The tree and the formats are cove-core's [`cove_core::drive`].
 
-mod commands;
+pub mod commands;
 pub mod content;
 mod device;
 
