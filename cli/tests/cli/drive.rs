@@ -86,3 +86,48 @@ async fn a_read_only_share_through_the_cli() {
     );
     assert!(refused.contains("read-only"), "{refused}");
 }
+
+/// A machine linked by a code (`device link` / `device join`) has the drive: the linking
+/// device adds it to the drive group and hands over the history, which holds the tree's
+/// operations, so `drive ls` and `drive get` work on it at once; `drive usage` counts the
+/// files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_linked_by_code_has_the_drive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_relay, server, ca) = relay(dir.path()).await;
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let carla = d.join("carla");
+        init(&carla, &server, &ca, "carla");
+        let file = d.join("hello.txt");
+        std::fs::write(&file, b"hello from the first machine\n").unwrap();
+        ok(&carla, &["drive", "put", file.to_str().unwrap()]);
+        let laptop = d.join("laptop");
+        let mut host = super::link::Running::start(&carla, &["device", "link"]);
+        let code = host.line_starting("link code: ");
+        ok(
+            &laptop,
+            &["device", "join", &code, "--server", &server, "--ca", &ca],
+        );
+        let (success, lines, stderr) = host.finish();
+        assert!(success, "{lines:?} {stderr}");
+        assert_eq!(ok(&laptop, &["drive", "ls"]), "hello.txt\n");
+        let out = d.join("on-laptop.txt");
+        ok(
+            &laptop,
+            &["drive", "get", "/hello.txt", out.to_str().unwrap()],
+        );
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            b"hello from the first machine\n"
+        );
+        let usage = ok(&laptop, &["drive", "usage"]);
+        assert!(usage.starts_with("relay: "), "{usage}");
+        assert!(
+            usage.contains("Drive: 1 file(s), 0 folder(s), 29 bytes"),
+            "{usage}"
+        );
+    })
+    .await
+    .unwrap();
+}
