@@ -34,6 +34,28 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Waits until `device` received a drive snapshot (a device that joined a drive reads its
+/// tree from it); a snapshot received before the call counts (events are queued).
+async fn snapshot_arrived(device: &mut Device) {
+    until(device, "a drive snapshot", |e| {
+        matches!(
+            e,
+            cove::Event::Content(c)
+                if matches!(&c.content, Content::Drive(op) if matches!(**op, DriveOp::Snapshot { .. }))
+        )
+    })
+    .await;
+}
+
+/// Waits until `device` received another device's drive operation that `what` matches
+/// (a device reads what reached it; one arrived earlier counts: events are queued).
+async fn op_arrived(device: &mut Device, name: &str, what: impl Fn(&DriveOp) -> bool) {
+    until(device, name, |e| {
+        matches!(e, cove::Event::Content(c) if matches!(&c.content, Content::Drive(op) if what(op)))
+    })
+    .await;
+}
+
 fn names(entries: &[Entry]) -> Vec<String> {
     entries.iter().map(|e| e.name.clone()).collect()
 }
@@ -59,7 +81,7 @@ fn sample() -> Vec<(&'static str, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_of_one_user_see_the_same_drive() {
     let net = Net::sqlite().await;
-    let alice = net.user("alice").await;
+    let mut alice = net.user("alice").await;
     let local = scratch();
     let src = local.path().join("tree");
     write_tree(&src, &sample());
@@ -67,9 +89,11 @@ async fn two_devices_of_one_user_see_the_same_drive() {
     assert_eq!(put.files, 4);
     assert_eq!(put.folders, 3); // tree, a, a/b
 
-    let laptop = Device::link(&alice, &net.home("alice-laptop"))
+    let mut laptop = Device::link(&alice, &net.home("alice-laptop"))
         .await
         .unwrap();
+    joined(&mut laptop).await;
+    snapshot_arrived(&mut laptop).await;
     assert_eq!(names(&laptop.drive_ls("/").await.unwrap()), ["tree"]);
     assert_eq!(
         names(&laptop.drive_ls("/tree").await.unwrap()),
@@ -92,6 +116,10 @@ async fn two_devices_of_one_user_see_the_same_drive() {
         .drive_mv("/tree/top.txt", "/tree/a/renamed.txt")
         .await
         .unwrap();
+    op_arrived(&mut alice, "the move", |op| {
+        matches!(op, DriveOp::Move { .. })
+    })
+    .await;
     assert_eq!(
         names(&alice.drive_ls("/tree/a").await.unwrap()),
         ["b", "renamed.txt", "x.txt"]
@@ -100,6 +128,10 @@ async fn two_devices_of_one_user_see_the_same_drive() {
 
     // rm to the trash on one device, restore on the other.
     alice.drive_rm("/tree/a/x.txt").await.unwrap();
+    op_arrived(&mut laptop, "the trash", |op| {
+        matches!(op, DriveOp::Trash { .. })
+    })
+    .await;
     assert_eq!(
         names(&laptop.drive_ls("/tree/a").await.unwrap()),
         ["b", "renamed.txt"]
@@ -116,6 +148,10 @@ async fn two_devices_of_one_user_see_the_same_drive() {
         laptop.drive_restore("/tree/a/x.txt").await.unwrap(),
         "/tree/a/x.txt"
     );
+    op_arrived(&mut alice, "the restore", |op| {
+        matches!(op, DriveOp::Restore { .. })
+    })
+    .await;
     assert_eq!(
         names(&alice.drive_ls("/tree/a").await.unwrap()),
         ["b", "renamed.txt", "x.txt"]
@@ -126,6 +162,12 @@ async fn two_devices_of_one_user_see_the_same_drive() {
     let edited = local.path().join("x.txt");
     std::fs::write(&edited, b"x moved a little\n").unwrap();
     alice.drive_put(&edited, "/tree/a/", false).await.unwrap();
+    op_arrived(
+        &mut laptop,
+        "the new version",
+        |op| matches!(op, DriveOp::PutVersion { version, .. } if version.size == 17),
+    )
+    .await;
     let versions = laptop.drive_versions("/tree/a/x.txt").await.unwrap();
     assert_eq!(versions.len(), 2);
     assert_eq!(versions[1].size, 17);
@@ -153,7 +195,7 @@ async fn two_devices_of_one_user_see_the_same_drive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_shared_with_bob_read_only_then_unshared() {
     let net = Net::sqlite().await;
-    let alice = net.user("alice").await;
+    let mut alice = net.user("alice").await;
     let mut bob = net.user("bob").await;
     let local = scratch();
     let src = local.path().join("trip");
@@ -169,6 +211,7 @@ async fn a_folder_shared_with_bob_read_only_then_unshared() {
     let shared = alice.drive_share("/trip", &bob_name, true).await.unwrap();
     assert_eq!(shared, "alice:trip");
     joined(&mut bob).await;
+    snapshot_arrived(&mut bob).await;
     // alice sees the folder through its mount in her drive.
     let mount = alice.drive_ls("/").await.unwrap();
     assert_eq!(names(&mount), ["trip"]);
@@ -225,6 +268,10 @@ async fn a_folder_shared_with_bob_read_only_then_unshared() {
         .await
         .unwrap()
         .unwrap();
+    op_arrived(&mut alice, "bob's forced op", |op| {
+        matches!(op, DriveOp::Mkdir { .. })
+    })
+    .await;
     let sentinel = local.path().join("sentinel.txt");
     std::fs::write(&sentinel, b"after bob's op").unwrap();
     alice.drive_put(&sentinel, "/trip/", false).await.unwrap();
@@ -233,18 +280,35 @@ async fn a_folder_shared_with_bob_read_only_then_unshared() {
         ["photos", "plan.txt", "sentinel.txt"]
     );
     // bob's own tree ignores it too (every member applies the same rules).
+    op_arrived(
+        &mut bob,
+        "the sentinel",
+        |op| matches!(op, DriveOp::PutVersion { name, .. } if name == "sentinel.txt"),
+    )
+    .await;
     assert_eq!(
         names(&bob.drive_ls("alice:trip").await.unwrap()),
         ["photos", "plan.txt", "sentinel.txt"]
     );
 
     // A device bob links now asks for the tree; alice's next drive command answers.
-    let bob_laptop = Device::link(&bob, &net.home("bob-laptop")).await.unwrap();
+    let mut bob_laptop = Device::link(&bob, &net.home("bob-laptop")).await.unwrap();
+    joined(&mut bob_laptop).await;
     assert!(matches!(
         bob_laptop.drive_ls("alice:trip").await,
         Err(DriveError::NoSnapshot(_))
     ));
+    // alice answers once she has the request (her next drive command).
+    until(&mut alice, "the laptop's snapshot request", |e| {
+        matches!(
+            e,
+            cove::Event::Content(c)
+                if matches!(&c.content, Content::Drive(op) if matches!(**op, DriveOp::SnapshotRequest))
+        )
+    })
+    .await;
     alice.drive_ls("/trip").await.unwrap();
+    snapshot_arrived(&mut bob_laptop).await;
     assert_eq!(
         names(&bob_laptop.drive_ls("alice:trip").await.unwrap()),
         ["photos", "plan.txt", "sentinel.txt"]
@@ -264,7 +328,13 @@ async fn a_folder_shared_with_bob_read_only_then_unshared() {
             "sentinel.txt"
         ]
     );
-    for device in [&bob, &bob_laptop] {
+    for device in [&mut bob, &mut bob_laptop] {
+        until(
+            device,
+            "the removal",
+            |e| matches!(e, cove::Event::RemovedFromGroup { group: g, .. } if *g == group),
+        )
+        .await;
         device.settle_shared().await.unwrap();
         assert!(device.drive_shared().await.unwrap().is_empty());
         let ops = device
@@ -357,6 +427,7 @@ async fn the_relay_data_holds_no_drive_name_or_content() {
         .await
         .unwrap();
     joined(&mut bob).await;
+    snapshot_arrived(&mut bob).await;
     assert_eq!(
         names(&bob.drive_ls("alice:canary-folder-name").await.unwrap()),
         ["canary-file-name.txt", "canary-sub-folder"]
