@@ -5,6 +5,7 @@
 pub mod content;
 mod device;
 pub mod link;
+pub mod sync;
 
 use std::path::PathBuf;
 
