@@ -8,6 +8,7 @@ mod backup;
 mod chat;
 mod daemon;
 pub(crate) mod device;
+mod drive;
 mod files;
 mod group;
 mod init;
@@ -61,7 +62,8 @@ Examples:
   cove reply friends 1a2b3c4d 'yes!' && cove react friends 1a2b3c4d 👍
   cove search pizza
   cove listen
-  cove daemon --detach                          # one process owns the home; commands use it";
+  cove daemon --detach                          # one process owns the home; commands use it
+  cove drive put ./photos / && cove drive share /photos bob   # Cove Drive";
 
 /// The commands.
 #[derive(Debug, Subcommand)]
@@ -137,6 +139,9 @@ pub enum Command {
     RestoreHistory(backup::RestoreHistoryArgs),
     /// The terminal UI: groups, messages, files and calls, on the home's daemon.
     Tui(crate::tui::TuiArgs),
+    /// Cove Drive: encrypted files synced across your devices, folders shared with people.
+    #[command(subcommand, after_help = drive::HELP)]
+    Drive(drive::DriveCommand),
 }
 
 /// Runs one command.
@@ -236,6 +241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let home = self::resolve_home(home)?;
             daemon::unlock(home, args, &passwords).await
         }
+        Command::Drive(cmd) => drive::run(resolve_home(home)?, cmd).await,
         Command::Backup(args) => backup::run_backup(resolve_home(home)?, args).await,
         Command::RestoreHistory(args) => backup::run_restore(resolve_home(home)?, args).await,
         Command::Tui(args) => {

@@ -144,7 +144,7 @@ impl Device {
     }
 
     /// Fails fast with the connection error if the relay cannot be reached at all.
-    pub(super) async fn reachable(&self) -> Result<(), DeviceError> {
+    pub(crate) async fn reachable(&self) -> Result<(), DeviceError> {
         if self.online {
             self.session
                 .connected(CONNECT_TIMEOUT.min(self.timeout))

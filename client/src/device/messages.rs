@@ -28,7 +28,7 @@ impl Device {
     /// older epoch is still accepted by the relay, but a device added by a commit since
     /// (e.g. a just linked device) cannot read it. If the backlog does not arrive in time,
     /// the message is sent anyway.
-    pub(super) async fn caught_up_for_sending(&self) {
+    pub(crate) async fn caught_up_for_sending(&self) {
         if self.online {
             let _ = self.session.caught_up(self.timeout).await;
         }

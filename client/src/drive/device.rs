@@ -1,14 +1,33 @@
 //! The drive commands over a [`crate::Device`]: `cove drive ls/put/get/mkdir/mv/rm/restore/
 //! empty-trash/versions/share/unshare/shared/link/usage`. The methods below are the seam the
-//! CLI and the sync engine (`sync`) build on.
-#![allow(clippy::todo)] // contract stubs (issue 14); the helper filling them removes this
+//! CLI and the sync engine (`sync`) build on; the commands are in `commands`.
+//!
+//! How a device gets a drive's tree: it replays the drive group's stored operations
+//! ([`cove_core::Client::drive_ops`]) into a [`Tree`], starting from the newest
+//! [`DriveOp::Snapshot`] posted by the drive's owner (the user named in the group name) when
+//! there is one, else from the log's start (its `Init`). A device with neither (it joined
+//! after the tree began) posts a [`DriveOp::SnapshotRequest`] and gets
+//! [`DriveError::NoSnapshot`]; any device of the owner that opens the drive later answers an
+//! unanswered request with a snapshot.
+//!
+//! The personal drive is the group `drive/<user>` (see
+//! [`cove_core::drive::personal_drive_name`]), created with its `Init` by the user's first
+//! drive command on any device; its other devices are added by the group creation. If two
+//! devices raced and created two, the one with the smaller group id is the drive.
 
-use cove_core::drive::{DriveOp, Tree};
-use cove_wire::GroupId;
+use cove_core::drive::op::SealedBlob;
+use cove_core::drive::seal::SNAPSHOT_AAD;
+use cove_core::drive::{DRIVE_GROUP_PREFIX, DriveOp, Tree, is_drive_group};
+use cove_core::{Content, GroupInfo};
+use cove_wire::{GroupId, UserName};
 
 use super::DriveError;
 use crate::device::Device;
-use crate::transfer::BlobClient;
+use crate::session;
+use crate::transfer::{BlobClient, Retention};
+
+/// Largest snapshot blob a device fetches (a tree state of about a million entries).
+pub const MAX_SNAPSHOT_BYTES: u64 = 512 * 1024 * 1024;
 
 /// A drive as this device sees it.
 #[derive(Clone, Debug)]
@@ -21,34 +40,341 @@ pub struct DriveHandle {
     pub tree: Tree,
 }
 
+/// A device-level error as a drive error.
+pub(super) fn de<E>(e: E) -> DriveError
+where
+    crate::device::DeviceError: From<E>,
+{
+    DriveError::Device(crate::device::DeviceError::from(e))
+}
+
+/// The owner a drive group's name names: `drive/<owner>` or `drive/<owner>/<tag>`.
+pub(super) fn owner_of(group_name: &str) -> Option<UserName> {
+    let rest = group_name.strip_prefix(DRIVE_GROUP_PREFIX)?;
+    let owner = rest.split('/').next()?;
+    UserName::new(owner).ok()
+}
+
+/// The tree replayed from `ops` (the whole log of a drive, in order) starting at `start`
+/// (a snapshot's decoded tree) or empty.
+fn replay(start: Option<Tree>, ops: &[(u64, UserName, DriveOp)]) -> Tree {
+    let mut tree = start.unwrap_or_default();
+    for (seq, author, op) in ops {
+        // Refused operations change nothing, on every member alike; stale ones were in the
+        // snapshot.
+        let _ = tree.apply(*seq, author, op);
+    }
+    tree
+}
+
+/// The newest snapshot posted by `owner` among `ops`: its log position and its blob.
+fn newest_snapshot<'a>(
+    ops: &'a [(u64, UserName, DriveOp)],
+    owner: Option<&UserName>,
+) -> Option<(u64, &'a SealedBlob)> {
+    ops.iter().rev().find_map(|(seq, author, op)| match op {
+        DriveOp::Snapshot { blob, .. } if Some(author) == owner => Some((*seq, blob)),
+        _ => None,
+    })
+}
+
 impl Device {
     /// Opens a drive: `""` is this user's personal drive (created, with its `Init`, when the
     /// user has none yet), `OWNER:FOLDER` a shared folder by its owner and display name.
     /// Receives what is pending first. [`DriveError::NoSnapshot`] when this device joined
     /// after the tree began and no snapshot is here yet (a request for one is posted).
-    pub async fn drive_open(&self, _drive: &str) -> Result<DriveHandle, DriveError> {
-        todo!("shell")
+    pub async fn drive_open(&self, drive: &str) -> Result<DriveHandle, DriveError> {
+        self.settle_shared().await.map_err(de)?;
+        if drive.is_empty() {
+            return self.personal_drive().await;
+        }
+        let Some((owner, folder)) = drive.split_once(':') else {
+            return Err(DriveError::Invalid(format!(
+                "{drive:?}: a shared folder is OWNER:FOLDER"
+            )));
+        };
+        let owner = UserName::new(owner)
+            .map_err(|_| DriveError::Invalid(format!("{owner:?} is not a user name")))?;
+        let prefix = format!("{DRIVE_GROUP_PREFIX}{owner}/");
+        let mut found = Vec::new();
+        let mut waiting = false;
+        for g in self.drive_groups().await? {
+            if !g.name.starts_with(&prefix) {
+                continue;
+            }
+            match self.drive_handle(g.id, g.name.clone()).await {
+                Ok(h) if h.tree.info().is_some_and(|(n, _)| n == folder) => found.push(h),
+                Ok(_) => {}
+                Err(DriveError::NoSnapshot(_)) => waiting = true,
+                Err(e) => return Err(e),
+            }
+        }
+        match found.len() {
+            1 => {
+                let handle = found.remove(0);
+                self.answer_snapshot_requests(&handle).await?;
+                Ok(handle)
+            }
+            0 if waiting => Err(DriveError::NoSnapshot(drive.to_owned())),
+            0 => Err(DriveError::NoDrive(format!(
+                "no shared folder {drive:?} here (see `cove drive shared`)"
+            ))),
+            _ => Err(DriveError::NoDrive(format!(
+                "several shared folders are {drive:?}: {}",
+                found
+                    .iter()
+                    .map(|h| h.group.to_hex())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Opens the drive of group `group` (a shared folder a `Mount` node points at, or any
+    /// drive group of this device) and answers snapshot requests like
+    /// [`Device::drive_open`].
+    pub async fn drive_open_group(&self, group: GroupId) -> Result<DriveHandle, DriveError> {
+        let info = self
+            .drive_groups()
+            .await?
+            .into_iter()
+            .find(|g| g.id == group)
+            .ok_or_else(|| {
+                DriveError::NoDrive(format!(
+                    "this device is not in the shared folder {}",
+                    group.to_hex()
+                ))
+            })?;
+        let handle = self.drive_handle(group, info.name).await?;
+        self.answer_snapshot_requests(&handle).await?;
+        Ok(handle)
     }
 
     /// Receives what is pending and applies the drive's new operations to `handle.tree`.
-    pub async fn drive_refresh(&self, _handle: &mut DriveHandle) -> Result<(), DriveError> {
-        todo!("shell")
+    pub async fn drive_refresh(&self, handle: &mut DriveHandle) -> Result<(), DriveError> {
+        self.settle_shared().await.map_err(de)?;
+        let (group, after) = (handle.group, handle.tree.applied());
+        let ops = self
+            .session()
+            .call(move |c| c.drive_ops(&group, after))
+            .await
+            .map_err(de)?
+            .map_err(de)?;
+        for (seq, author, op) in &ops {
+            let _ = handle.tree.apply(*seq, author, op);
+        }
+        Ok(())
     }
 
     /// Posts operations to a drive, in order, and waits until the relay stored them (they
     /// are then in this device's log, so a refresh applies them). Refused with
     /// [`DriveError::ReadOnly`] when this user may not write.
-    pub async fn drive_post(&self, _group: GroupId, _ops: Vec<DriveOp>) -> Result<(), DriveError> {
-        todo!("shell")
+    pub async fn drive_post(&self, group: GroupId, ops: Vec<DriveOp>) -> Result<(), DriveError> {
+        let needs_write = ops.iter().any(|op| {
+            !matches!(
+                op,
+                DriveOp::SnapshotRequest | DriveOp::Snapshot { .. } | DriveOp::Init { .. }
+            )
+        });
+        if needs_write {
+            let name = self.drive_group_name(group).await?;
+            let handle = self.drive_handle(group, name).await?;
+            if !handle.tree.can_write(self.user()) {
+                return Err(DriveError::ReadOnly);
+            }
+        }
+        self.drive_post_unchecked(group, ops).await
     }
 
     /// A blob client for drive contents: signed as this device, blobs kept until deleted.
     pub async fn drive_blobs(&self) -> Result<BlobClient, DriveError> {
-        todo!("shell")
+        Ok(BlobClient::for_device(self)
+            .await?
+            .with_retention(Retention::Keep))
     }
 
     /// This device's name as drive versions and conflict copies show it.
     pub fn drive_device_name(&self) -> String {
-        todo!("shell")
+        match self.device_id() {
+            Some(id) => format!("{} device {}", self.user(), id.0),
+            None => format!("{} device", self.user()),
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+
+    /// The drive groups this device is an active member of (chat listings leave them out).
+    pub async fn drive_groups(&self) -> Result<Vec<GroupInfo>, DriveError> {
+        let groups = self.session().call(|c| c.groups()).await.map_err(de)?;
+        Ok(groups
+            .into_iter()
+            .filter(|g| g.active && is_drive_group(&g.name))
+            .collect())
+    }
+
+    async fn drive_group_name(&self, group: GroupId) -> Result<String, DriveError> {
+        self.drive_groups()
+            .await?
+            .into_iter()
+            .find(|g| g.id == group)
+            .map(|g| g.name)
+            .ok_or_else(|| DriveError::NoDrive(format!("no drive {}", group.to_hex())))
+    }
+
+    /// Posts without the write check (snapshots and requests, which read-only members
+    /// and joiners post too).
+    pub(super) async fn drive_post_unchecked(
+        &self,
+        group: GroupId,
+        ops: Vec<DriveOp>,
+    ) -> Result<(), DriveError> {
+        self.reachable().await.map_err(de)?;
+        self.caught_up_for_sending().await;
+        for op in ops {
+            self.session()
+                .op(self.timeout(), move |c| {
+                    c.send_content(session::now_ms(), group, Content::Drive(Box::new(op)))
+                })
+                .await
+                .map_err(de)?
+                .map_err(de)?;
+        }
+        Ok(())
+    }
+
+    /// The tree of drive `group` from this device's log (see the module documentation);
+    /// [`DriveError::NoSnapshot`] (after posting a request, once) when there is none.
+    pub(super) async fn drive_handle(
+        &self,
+        group: GroupId,
+        group_name: String,
+    ) -> Result<DriveHandle, DriveError> {
+        let ops = self
+            .session()
+            .call(move |c| c.drive_ops(&group, 0))
+            .await
+            .map_err(de)?
+            .map_err(de)?;
+        let owner = owner_of(&group_name);
+        let start = match newest_snapshot(&ops, owner.as_ref()) {
+            Some((_, sealed)) => {
+                let blobs = self.drive_blobs().await?;
+                let bytes =
+                    super::content::get_sealed(&blobs, sealed, SNAPSHOT_AAD, MAX_SNAPSHOT_BYTES)
+                        .await?;
+                Some(Tree::decode_state(&bytes)?)
+            }
+            None => None,
+        };
+        let has_init = ops
+            .iter()
+            .any(|(_, _, op)| matches!(op, DriveOp::Init { .. }));
+        if start.is_none() && !has_init {
+            let me = self.user().clone();
+            let asked = ops
+                .iter()
+                .any(|(_, a, op)| *a == me && matches!(op, DriveOp::SnapshotRequest));
+            if !asked {
+                self.drive_post_unchecked(group, vec![DriveOp::SnapshotRequest])
+                    .await?;
+            }
+            return Err(DriveError::NoSnapshot(group_name));
+        }
+        let tree = replay(start, &ops);
+        Ok(DriveHandle {
+            group,
+            group_name,
+            tree,
+        })
+    }
+
+    /// Answers a snapshot request posted after the newest snapshot, when this device's user
+    /// owns the drive (only the owner's snapshots are trusted).
+    pub(super) async fn answer_snapshot_requests(
+        &self,
+        handle: &DriveHandle,
+    ) -> Result<(), DriveError> {
+        if owner_of(&handle.group_name).as_ref() != Some(self.user()) {
+            return Ok(());
+        }
+        let group = handle.group;
+        let ops = self
+            .session()
+            .call(move |c| c.drive_ops(&group, 0))
+            .await
+            .map_err(de)?
+            .map_err(de)?;
+        let last_snapshot = ops
+            .iter()
+            .rev()
+            .find_map(|(seq, _, op)| matches!(op, DriveOp::Snapshot { .. }).then_some(*seq))
+            .unwrap_or(0);
+        let asked = ops
+            .iter()
+            .any(|(seq, _, op)| *seq > last_snapshot && matches!(op, DriveOp::SnapshotRequest));
+        if asked {
+            self.drive_post_snapshot(handle).await?;
+        }
+        Ok(())
+    }
+
+    /// Posts a snapshot of `handle.tree` (covering what it applied).
+    pub(super) async fn drive_post_snapshot(&self, handle: &DriveHandle) -> Result<(), DriveError> {
+        let blobs = self.drive_blobs().await?;
+        let sealed =
+            super::content::put_sealed(&blobs, SNAPSHOT_AAD, &handle.tree.encode_state()).await?;
+        self.drive_post_unchecked(
+            handle.group,
+            vec![DriveOp::Snapshot {
+                covers: handle.tree.applied(),
+                blob: sealed,
+            }],
+        )
+        .await
+    }
+
+    /// This user's personal drive, created with its `Init` when there is none.
+    async fn personal_drive(&self) -> Result<DriveHandle, DriveError> {
+        let name = cove_core::drive::personal_drive_name(self.user());
+        let existing = self.smallest_group_named(&name).await?;
+        let group = match existing {
+            Some(g) => g,
+            None => {
+                self.reachable().await.map_err(de)?;
+                let owned = name.clone();
+                self.session()
+                    .op(self.timeout(), move |c| {
+                        c.create_drive_group(session::now_ms(), &owned)
+                    })
+                    .await
+                    .map_err(de)?
+                    .map_err(de)?;
+                let group = self.smallest_group_named(&name).await?.ok_or_else(|| {
+                    DriveError::NoDrive("the personal drive was not created".into())
+                })?;
+                self.drive_post_unchecked(
+                    group,
+                    vec![DriveOp::Init {
+                        name: "Drive".into(),
+                        owner: self.user().clone(),
+                    }],
+                )
+                .await?;
+                group
+            }
+        };
+        let handle = self.drive_handle(group, name).await?;
+        self.answer_snapshot_requests(&handle).await?;
+        Ok(handle)
+    }
+
+    async fn smallest_group_named(&self, name: &str) -> Result<Option<GroupId>, DriveError> {
+        Ok(self
+            .drive_groups()
+            .await?
+            .into_iter()
+            .filter(|g| g.name == name)
+            .map(|g| g.id)
+            .min_by_key(|g| g.0))
     }
 }

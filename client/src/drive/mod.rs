@@ -2,8 +2,11 @@
 //! ([`content`]), the drive commands over a [`crate::Device`] (`device`), public links
 //! ([`link`]). The tree and the formats are cove-core's [`cove_core::drive`].
 
+pub mod commands;
 pub mod content;
 mod device;
+
+pub use device::DriveHandle;
 pub mod link;
 pub mod sync;
 

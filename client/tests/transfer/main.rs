@@ -8,6 +8,7 @@ mod browser;
 mod limits;
 mod proxy;
 mod raw;
+mod retention;
 mod share_page;
 mod signatures;
 

@@ -395,6 +395,16 @@ pub enum InvalidArgument {
         /// The longest description allowed ([`crate::content::MAX_DESCRIPTION_BYTES`]).
         max: usize,
     },
+    /// A chat group name starting with `drive/`: reserved for Cove Drive groups (issue 14).
+    #[error("group names starting with \"drive/\" are reserved for Cove Drive")]
+    ReservedName,
+    /// A drive group name that does not start with `drive/` (issue 14).
+    #[error("Cove Drive group names start with \"drive/\"")]
+    NotADriveName,
+    /// A chat command (send, reply, react, rename, timer, typing) on a Cove Drive group:
+    /// its log carries tree operations only (issue 14).
+    #[error("this is a Cove Drive group, not a chat: use `cove drive`")]
+    DriveGroup,
 }
 
 /// How the relay violated the protocol ([`crate::HandleError::Protocol`]).

@@ -51,7 +51,7 @@ impl<S: Store> Client<S> {
         if text.len() > MAX_TEXT_BYTES {
             return Err(CommandError::TooLarge(text.len(), MAX_TEXT_BYTES));
         }
-        let id = self.groups.active(group)?;
+        let id = self.groups.chat(group)?;
         self.check_identities(&id)?;
         let target = self.target(&id, to)?;
         let quote = chat_log::rendered(self.provider.store(), &target, false)?
@@ -77,7 +77,7 @@ impl<S: Store> Client<S> {
         if !valid_emoji(emoji) {
             return Err(CommandError::Invalid(InvalidArgument::Emoji));
         }
-        let id = self.groups.active(group)?;
+        let id = self.groups.chat(group)?;
         self.check_identities(&id)?;
         self.target(&id, to)?;
         let content = Content::Reaction {
@@ -100,7 +100,7 @@ impl<S: Store> Client<S> {
         if text.len() > MAX_TEXT_BYTES {
             return Err(CommandError::TooLarge(text.len(), MAX_TEXT_BYTES));
         }
-        let id = self.groups.active(group)?;
+        let id = self.groups.chat(group)?;
         self.check_identities(&id)?;
         let target = self.target(&id, to)?;
         if &target.from != self.me.user() {
@@ -127,7 +127,7 @@ impl<S: Store> Client<S> {
         group: &str,
         to: MessageId,
     ) -> Result<OpId, CommandError> {
-        let id = self.groups.active(group)?;
+        let id = self.groups.chat(group)?;
         let target = self.target(&id, to)?;
         let deleted =
             chat_log::rendered(self.provider.store(), &target, false)?.is_some_and(|r| r.deleted);

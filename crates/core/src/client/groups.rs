@@ -301,6 +301,25 @@ impl Groups {
         }
     }
 
+    /// Resolves a chat group of which this device is an active member: a drive group
+    /// (issue 14) is refused with [`crate::error::InvalidArgument::DriveGroup`].
+    pub(super) fn chat(&self, group: &str) -> Result<GroupId, CommandError> {
+        let id = self.active(group)?;
+        if self.is_drive(&id) {
+            return Err(CommandError::Invalid(
+                crate::error::InvalidArgument::DriveGroup,
+            ));
+        }
+        Ok(id)
+    }
+
+    /// Whether a group is a Cove Drive group (by its name, see [`crate::drive`]).
+    pub(super) fn is_drive(&self, group: &GroupId) -> bool {
+        self.records
+            .get(group)
+            .is_some_and(|r| crate::drive::is_drive_group(&r.name))
+    }
+
     /// Resolves a group of which this device is an active member.
     pub(super) fn active(&self, group: &str) -> Result<GroupId, CommandError> {
         let id = self.resolve(group)?;

@@ -504,7 +504,27 @@ fn apply_in_tx<S: Store>(
             }
             store.mark_seen(&group, &id)?;
             // Receipts, typing, the timer, the profile and renames (admins only).
+            // A drive group (issue 14) has no name to change and no timer: its log is the
+            // tree's, and a timer would delete the operations.
+            let drive = record
+                .as_deref()
+                .is_some_and(|r| crate::drive::is_drive_group(&r.name));
             let settings = match &content {
+                Some(
+                    Content::GroupInfo { .. }
+                    | Content::GroupProfile { .. }
+                    | Content::Disappearing { .. },
+                ) if drive => group_settings::Received {
+                    store: true,
+                    handled: true,
+                    rename: None,
+                    events: vec![Event::Warning(crate::error::Warning::SettingRefused {
+                        group,
+                        from: sender_id.user.clone(),
+                        what: "a rename, profile or timer",
+                        why: "a Cove Drive group",
+                    })],
+                },
                 Some(content) => group_settings::on_received(
                     store,
                     group,

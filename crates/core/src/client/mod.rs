@@ -43,6 +43,7 @@ mod chat;
 pub(crate) mod chat_log;
 mod context;
 mod device;
+mod drive;
 mod effects;
 mod group_settings;
 mod groups;
@@ -633,6 +634,9 @@ impl<S: Store> Client<S> {
             }));
         }
         let id = self.groups.resolve(group)?;
+        if crate::drive::is_drive_group(name) || self.groups.is_drive(&id) {
+            return Err(CommandError::Invalid(InvalidArgument::ReservedName));
+        }
         if self.groups.name(&id) != name && self.groups.name_in_use(name) {
             return Err(CommandError::DuplicateGroupName(name.to_owned()));
         }
@@ -1035,7 +1039,29 @@ impl<S: Store> Client<S> {
     /// there is a warning, the group exists). Refused with
     /// [`CommandError::DuplicateGroupName`] when this device is already in (or creating) a
     /// group of that name.
-    pub fn create_group(&mut self, _now_ms: u64, name: &str) -> Result<OpId, CommandError> {
+    /// Names starting with [`crate::drive::DRIVE_GROUP_PREFIX`] are refused
+    /// ([`InvalidArgument::ReservedName`]): drives are made by
+    /// [`Client::create_drive_group`].
+    pub fn create_group(&mut self, now_ms: u64, name: &str) -> Result<OpId, CommandError> {
+        if crate::drive::is_drive_group(name) {
+            return Err(CommandError::Invalid(InvalidArgument::ReservedName));
+        }
+        self.create_named(now_ms, name)
+    }
+
+    /// Creates a Cove Drive group (a personal drive or a shared folder, issue 14) like
+    /// [`Client::create_group`]: `name` must start with
+    /// [`crate::drive::DRIVE_GROUP_PREFIX`] ([`InvalidArgument::NotADriveName`] otherwise).
+    /// Its log carries tree operations ([`Content::Drive`], read with
+    /// [`Client::drive_ops`]); chat commands, renames and timers do not apply to it.
+    pub fn create_drive_group(&mut self, now_ms: u64, name: &str) -> Result<OpId, CommandError> {
+        if !crate::drive::is_drive_group(name) {
+            return Err(CommandError::Invalid(InvalidArgument::NotADriveName));
+        }
+        self.create_named(now_ms, name)
+    }
+
+    fn create_named(&mut self, _now_ms: u64, name: &str) -> Result<OpId, CommandError> {
         if name.is_empty() || name.len() > MAX_GROUP_NAME {
             return Err(CommandError::Invalid(InvalidArgument::GroupNameLength {
                 max: MAX_GROUP_NAME,
@@ -1105,7 +1131,7 @@ impl<S: Store> Client<S> {
         group: &str,
         pointer: crate::attachment::AttachmentPointer,
     ) -> Result<OpId, CommandError> {
-        let id = self.groups.active(group)?;
+        let id = self.groups.chat(group)?;
         self.check_identities(&id)?;
         self.send_content(now_ms, id, Content::Attachment(pointer))
     }
@@ -1123,7 +1149,7 @@ impl<S: Store> Client<S> {
         if text.len() > MAX_TEXT_BYTES {
             return Err(CommandError::TooLarge(text.len(), MAX_TEXT_BYTES));
         }
-        let id = self.groups.active(group)?;
+        let id = self.groups.chat(group)?;
         self.check_identities(&id)?;
         let text = text.to_string();
         self.send_content(now_ms, id, Content::Text { text })

@@ -108,7 +108,7 @@ impl<S: Store> Client<S> {
         group: &str,
         active: bool,
     ) -> Result<Option<OpId>, CommandError> {
-        let id = self.groups.active(group)?;
+        let id = self.groups.chat(group)?;
         if self.conn != Conn::Ready || self.leaves.holds_group(&id) {
             return Ok(None);
         }
@@ -169,6 +169,7 @@ impl<S: Store> Client<S> {
         if timer_secs.is_some_and(|t| t == 0 || t > MAX_DISAPPEARING_SECS) {
             return Err(CommandError::Invalid(InvalidArgument::Timer));
         }
+        self.groups.chat(group)?;
         let id = self.require_admin(group)?;
         let op = self.send_content(now_ms, id, Content::Disappearing { timer_secs })?;
         let store = self.provider.store();
@@ -204,6 +205,7 @@ impl<S: Store> Client<S> {
                 max: MAX_DESCRIPTION_BYTES,
             }));
         }
+        self.groups.chat(group)?;
         let id = self.require_admin(group)?;
         let content = Content::GroupProfile {
             name: name.to_string(),
