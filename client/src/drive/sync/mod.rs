@@ -118,19 +118,6 @@ impl std::fmt::Debug for Syncer<'_> {
     }
 }
 
-/// Splits a `cove drive` path into the drive (`""` for the personal drive, `OWNER:FOLDER`
-/// for a shared folder) and the path inside it.
-pub fn split_remote(remote: &str) -> (String, String) {
-    if let Some((owner, rest)) = remote.split_once(':')
-        && !owner.contains('/')
-        && !owner.is_empty()
-    {
-        let (folder, path) = rest.split_once('/').unwrap_or((rest, ""));
-        return (format!("{owner}:{folder}"), format!("/{path}"));
-    }
-    (String::new(), remote.to_owned())
-}
-
 impl<'a> Syncer<'a> {
     /// Opens the sync of `local` (created when missing) with `remote` (a `cove drive` path;
     /// the folder is created in the drive when missing) on `device`. `log` gets a line per
@@ -149,8 +136,13 @@ impl<'a> Syncer<'a> {
             path: local.to_owned(),
             source,
         })?;
-        let (drive, folder_path) = split_remote(remote);
-        let handle = device.drive_open(&drive).await?;
+        let (drive, folder_path) = super::commands::split_spec(remote);
+        let folder_path = if folder_path.is_empty() {
+            "/".to_owned()
+        } else {
+            folder_path.to_owned()
+        };
+        let handle = device.drive_open(drive).await?;
         let blobs = device.drive_blobs().await?;
         let mut id = Sha256::new();
         id.update(b"cove/drive-sync/v1\0");
@@ -271,6 +263,9 @@ impl<'a> Syncer<'a> {
         tokio::pin!(stop);
         loop {
             let report = self.pass().await?;
+            for s in &report.skipped {
+                (self.log)(&format!("not synced: {}: {}", s.path.display(), s.reason));
+            }
             if report.changed() {
                 (self.log)(&summary(&report));
             }
@@ -776,19 +771,5 @@ mod tests {
         assert_eq!(civil_date(0), "1970-01-01");
         assert_eq!(civil_date(19_723), "2024-01-01");
         assert_eq!(civil_date(20_792), "2026-12-05");
-    }
-
-    #[test]
-    fn remote_paths_split_into_drive_and_path() {
-        assert_eq!(split_remote("/"), (String::new(), "/".to_owned()));
-        assert_eq!(split_remote("/a/b"), (String::new(), "/a/b".to_owned()));
-        assert_eq!(
-            split_remote("alice:Photos/2026"),
-            ("alice:Photos".to_owned(), "/2026".to_owned())
-        );
-        assert_eq!(
-            split_remote("alice:Photos"),
-            ("alice:Photos".to_owned(), "/".to_owned())
-        );
     }
 }
