@@ -17,9 +17,12 @@ use super::state::Known;
 pub const IGNORE_FILE: &str = ".coveignore";
 
 /// Whether a file name belongs to the engine or to transfers in progress (never synced):
-/// the ignore file, and names starting with `.cove` (download temp files, conflict work).
+/// the ignore file, names starting with `.cove`, and downloads in progress
+/// (`.NAME.cove-part` and its sidecar, see [`crate::drive::content::PART_SUFFIX`]).
 pub fn engine_file(name: &str) -> bool {
-    name == IGNORE_FILE || name.starts_with(".cove")
+    name == IGNORE_FILE
+        || name.starts_with(".cove")
+        || name.contains(crate::drive::content::PART_SUFFIX)
 }
 
 /// `.coveignore` patterns, gitignore-like: one glob a line, `#` comments; a pattern without
@@ -306,7 +309,9 @@ mod tests {
         );
         assert!(!ig.ignored("notes.txt", false));
         assert!(ig.ignored(".coveignore", false));
-        assert!(ig.ignored("d/.cove-part-123", false));
+        assert!(ig.ignored("d/.cove-x", false));
+        assert!(ig.ignored("d/.big.bin.cove-part", false));
+        assert!(!ig.ignored("d/big.bin", false));
     }
 
     #[test]
