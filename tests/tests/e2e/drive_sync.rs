@@ -348,13 +348,17 @@ async fn a_sync_killed_during_an_upload_and_a_download_resumes_without_duplicate
     p.laptop.close().await;
     p.desk.close().await;
 
-    // The upload: killed once its journal holds something (chunks are on the relay).
+    // The upload: killed once its journal records uploaded chunks (`chunks`: 52 bytes a
+    // chunk, see `cove::drive::content`).
     let sync_dir = laptop_home.join("drive-sync");
     let journaled = || {
         std::fs::read_dir(&sync_dir).is_ok_and(|rd| {
-            rd.flatten().any(|e| {
-                e.file_name().to_string_lossy().ends_with(".journal") && bytes_under(&e.path()) > 0
-            })
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".journal"))
+                .flat_map(|j| std::fs::read_dir(j.path()).into_iter().flatten().flatten())
+                .any(|upload| {
+                    std::fs::metadata(upload.path().join("chunks")).is_ok_and(|m| m.len() >= 8 * 52)
+                })
         })
     };
     let killed = killed_in_the_middle(&laptop_home, &p.a, journaled);
@@ -366,13 +370,11 @@ async fn a_sync_killed_during_an_upload_and_a_download_resumes_without_duplicate
         "the resumed upload sent {sent} B, a full redo is {SIZE}"
     );
 
-    // The download: killed once the temporary file beside the target has data.
-    let b = p.b.clone();
+    // The download: killed once the sidecar of its part file records verified chunks (a
+    // 48-byte header, then 4 bytes a chunk, see `cove::drive::content`).
+    let sidecar = p.b.join(".big.bin.cove-part.done");
     let killed = killed_in_the_middle(&desk_home, &p.b, || {
-        std::fs::read_dir(&b).is_ok_and(|rd| {
-            rd.flatten()
-                .any(|e| e.file_name() != "big.bin" && e.metadata().is_ok_and(|m| m.len() > 0))
-        })
+        std::fs::metadata(&sidecar).is_ok_and(|m| m.len() >= 48 + 8 * 4)
     });
     assert!(killed, "the download finished before it could be killed");
     let out = sync_once(&desk_home, &p.b);
