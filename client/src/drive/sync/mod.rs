@@ -509,7 +509,7 @@ impl<'a> Syncer<'a> {
                     journal,
                 }) => {
                     lines.push(format!("uploaded {path} ({bytes} B sent)"));
-                    ops.push(op);
+                    ops.push(*op);
                     changes.push(StateChange::Put(path, known));
                     journals.push(journal);
                     report.uploaded += 1;
@@ -580,12 +580,12 @@ impl<'a> Syncer<'a> {
                 };
                 Ok(Done::Uploaded {
                     path: path.clone(),
-                    op: DriveOp::PutVersion {
+                    op: Box::new(DriveOp::PutVersion {
                         id,
                         parent,
                         name: name.to_owned(),
                         version: up.version,
-                    },
+                    }),
                     known,
                     bytes: up.bytes_sent,
                     journal,
@@ -648,7 +648,7 @@ impl<'a> Syncer<'a> {
 enum Done {
     Uploaded {
         path: String,
-        op: DriveOp,
+        op: Box<DriveOp>,
         known: Known,
         bytes: u64,
         journal: PathBuf,
@@ -763,6 +763,7 @@ fn civil_date(days: u64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

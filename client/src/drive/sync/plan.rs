@@ -300,10 +300,8 @@ pub fn plan(
         {
             // A file on one side and a folder on the other: left alone (reported by the
             // caller as nothing to do; the user resolves it).
-            if let Some(l) = l {
-                if l.dir {
-                    kept_dirs.insert(p.clone());
-                }
+            if l.is_some_and(|l| l.dir) {
+                kept_dirs.insert(p.clone());
             }
             continue;
         }
@@ -326,7 +324,7 @@ pub fn plan(
                 if r.latest.as_ref().map(|v| v.sha256) == l.sha256 {
                     records.push(record(p, l, r));
                 } else {
-                    conflict(p, r, &ctx, &mut taken, &mut conflicts, &mut transfers);
+                    conflict(p, r, ctx, &mut taken, &mut conflicts, &mut transfers);
                 }
             }
             (Some(k), Some(l), Some(r)) if r_same => {
@@ -348,7 +346,7 @@ pub fn plan(
                         if r.latest.as_ref().map(|v| v.sha256) == l.sha256 {
                             records.push(record(p, l, r));
                         } else {
-                            conflict(p, r, &ctx, &mut taken, &mut conflicts, &mut transfers);
+                            conflict(p, r, ctx, &mut taken, &mut conflicts, &mut transfers);
                         }
                     }
                 }
@@ -356,7 +354,7 @@ pub fn plan(
             (Some(k), Some(l), Some(r)) => {
                 // Another node holds the name in the drive now.
                 if local_changed(k, l) {
-                    conflict(p, r, &ctx, &mut taken, &mut conflicts, &mut transfers);
+                    conflict(p, r, ctx, &mut taken, &mut conflicts, &mut transfers);
                 } else {
                     transfers.push(download(p, r));
                 }
@@ -609,4 +607,5 @@ fn action_path(a: &Action) -> &str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -280,6 +280,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
