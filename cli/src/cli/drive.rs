@@ -521,7 +521,12 @@ async fn run_on(device: &Device, cmd: DriveCommand) -> anyhow::Result<()> {
         }
         DriveCommand::Sync(args) => sync(device, args).await?,
         DriveCommand::Usage(_) => {
-            // RELAY-USAGE
+            let relay = device.drive_blobs().await?.usage().await?;
+            println!(
+                "relay: {} used of {}",
+                human_size(relay.used),
+                human_size(relay.quota)
+            );
             for (name, (files, folders, latest, all)) in device.drive_tree_usage().await?.drives {
                 println!(
                     "{}: {files} file(s), {folders} folder(s), {} (all versions and trash: {})",

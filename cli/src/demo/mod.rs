@@ -10,6 +10,7 @@ mod account;
 mod call;
 mod chat;
 mod devices;
+mod drive;
 mod files;
 mod messaging;
 
@@ -37,7 +38,8 @@ Starts a relay on 127.0.0.1 (a free port, a temporary data directory, a self-sig
 certificate) and three users with their own homes; they chat over TLS, bob goes offline and
 catches up, carol logs in on a new laptop with her password and gets her history back from
 the encrypted backup, carol is removed, bob links a laptop by a code and revokes it, alice calls
-bob. On the way they reply, react, edit, delete a message for everyone and let one
+bob. alice puts a folder in her Cove Drive, her laptop gets it, she shares it with bob. On
+the way they reply, react, edit, delete a message for everyone and let one
 disappear. Everything is deleted at the end.")]
 pub struct DemoArgs {
     /// Keep the temporary directory (relay data and the three homes) and print its path.
@@ -95,6 +97,10 @@ pub const STEPS: &[Step] = &[
     (
         "bob revokes the laptop: out of the group, locked out",
         devices::revoke_laptop,
+    ),
+    (
+        "alice puts a folder in her drive; her laptop gets it; she shares it with bob",
+        drive::drive,
     ),
     ("the relay never saw a plaintext", chat::scan_relay),
     ("alice calls bob (2 s of audio)", call::call),

@@ -10,14 +10,14 @@ use std::time::Duration;
 use super::{cove, fails, init, ok, relay};
 
 /// A running `cove` whose stdout lines arrive on a channel.
-struct Running {
+pub(super) struct Running {
     child: Child,
     lines: Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Running {
-    fn start(home: &Path, args: &[&str]) -> Running {
+    pub(super) fn start(home: &Path, args: &[&str]) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cove"))
             .arg("--home")
             .arg(home)
@@ -37,7 +37,7 @@ impl Running {
 
     /// Reads lines until one starts with `prefix`; returns the rest of it. A generous
     /// deadline per line, only against a hang.
-    fn line_starting(&mut self, prefix: &str) -> String {
+    pub(super) fn line_starting(&mut self, prefix: &str) -> String {
         loop {
             let line = self
                 .lines
@@ -51,7 +51,7 @@ impl Running {
     }
 
     /// Waits for the exit; returns success, all stdout lines and stderr.
-    fn finish(mut self) -> (bool, Vec<String>, String) {
+    pub(super) fn finish(mut self) -> (bool, Vec<String>, String) {
         let out = {
             let mut stderr = String::new();
             use std::io::Read as _;

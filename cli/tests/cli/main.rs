@@ -6,6 +6,7 @@
 mod accounts;
 mod backup;
 mod daemon;
+mod drive;
 mod escape;
 mod files;
 mod link;
@@ -321,6 +322,21 @@ fn every_command_has_help_with_an_example() {
         &["daemon"],
         &["unlock"],
         &["tui"],
+        &["drive"],
+        &["drive", "ls"],
+        &["drive", "put"],
+        &["drive", "get"],
+        &["drive", "mkdir"],
+        &["drive", "mv"],
+        &["drive", "rm"],
+        &["drive", "restore"],
+        &["drive", "empty-trash"],
+        &["drive", "versions"],
+        &["drive", "share"],
+        &["drive", "unshare"],
+        &["drive", "shared"],
+        &["drive", "link"],
+        &["drive", "usage"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");

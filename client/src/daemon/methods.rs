@@ -171,7 +171,12 @@ async fn groups(daemon: &Daemon) -> Result<Value, RpcError> {
         .session
         .call(|c| -> Result<Vec<Value>, DeviceError> {
             let mut out = Vec::new();
-            for g in c.groups().into_iter().filter(|g| g.active) {
+            // Cove Drive groups are not chats (`cove drive` lists them).
+            for g in c
+                .groups()
+                .into_iter()
+                .filter(|g| g.active && !cove_core::drive::is_drive_group(&g.name))
+            {
                 out.push(json!({
                     "group": g.id.to_hex(),
                     "name": g.name,

@@ -63,7 +63,11 @@ impl Device {
             }
         };
         let device = Self::start(home, config, client, Some(lock))?;
-        device.registered_or_removed(home).await
+        let device = device.registered_or_removed(home).await?;
+        // Cove Drive: the new device joins the user's drives (with a snapshot of each tree
+        // the user owns); a drive not done is caught up by the snapshot request path.
+        existing.drive_welcome_own_devices().await;
+        Ok(device)
     }
 
     /// Sends one request to the relay on a separate connection authenticated as this

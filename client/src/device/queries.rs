@@ -11,12 +11,13 @@ use super::inbox::message_view;
 use crate::views::{GroupInfoView, GroupView, MemberView, MessageView};
 
 impl Device {
-    /// The groups this device is or was in.
+    /// The chat groups this device is a member of (Cove Drive groups are left out: see
+    /// `Device::drive_groups`).
     pub async fn groups(&self) -> Result<Vec<GroupView>, DeviceError> {
         let groups = self.session.call(|c| c.groups()).await?;
         Ok(groups
             .into_iter()
-            .filter(|g| g.active)
+            .filter(|g| g.active && !cove_core::drive::is_drive_group(&g.name))
             .map(group_view)
             .collect())
     }

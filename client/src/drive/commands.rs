@@ -163,6 +163,10 @@ fn local_walk(dir: &Path) -> Result<Vec<(Vec<String>, bool)>, DriveError> {
     Ok(out)
 }
 
+/// A file `put` uploads: local path, parent folder, name, the existing file and its latest
+/// version (a new version then).
+type PutFile = (PathBuf, NodeId, String, Option<NodeId>, Option<FileVersion>);
+
 impl Device {
     /// The node at `spec`; with `enter_last`, a mount found there is entered (its drive's
     /// root is returned).
@@ -269,9 +273,7 @@ impl Device {
         let device = self.drive_device_name();
         let blobs = self.drive_blobs().await?;
         let me = self.user().clone();
-        // (local path, parent id, name, existing file id, its latest version)
-        let mut files: Vec<(PathBuf, NodeId, String, Option<NodeId>, Option<FileVersion>)> =
-            Vec::new();
+        let mut files: Vec<PutFile> = Vec::new();
         let mut mkdirs = Vec::new();
         if meta.is_file() {
             let existing = at.handle.tree.child(&at.node, &name);

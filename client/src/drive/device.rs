@@ -333,6 +333,46 @@ impl Device {
         .await
     }
 
+    /// Adds this user's devices that a drive group lacks (a device linked since) to every
+    /// drive group this device is in, and, in the drives this user owns, posts a snapshot
+    /// after the add so that the new device has the tree (it cannot read the operations
+    /// from before its add). In shared folders of other owners, the new device asks for a
+    /// snapshot itself. Failures are per drive and reported as the number of drives not
+    /// done. Called by [`Device::link`].
+    pub async fn drive_welcome_own_devices(&self) -> usize {
+        let Ok(groups) = self.drive_groups().await else {
+            return 0;
+        };
+        let mut failed = 0;
+        for g in groups {
+            let (hex, me) = (g.id.to_hex(), vec![self.user().clone()]);
+            let added = self
+                .session()
+                .op(self.timeout(), move |c| {
+                    c.add_users(session::now_ms(), &hex, &me)
+                })
+                .await;
+            // "Nothing to add" (the core added them already on seeing the user's list
+            // grow) is not a failure here: the snapshot below is what the new device needs.
+            let added = matches!(added, Ok(Ok(())));
+            if owner_of(&g.name).as_ref() != Some(self.user()) {
+                failed += usize::from(!added);
+                continue;
+            }
+            let posted = match self.drive_handle(g.id, g.name).await {
+                Ok(mut h) => match self.drive_refresh(&mut h).await {
+                    Ok(()) => self.drive_post_snapshot(&h).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            if posted.is_err() || !added {
+                failed += 1;
+            }
+        }
+        failed
+    }
+
     /// This user's personal drive, created with its `Init` when there is none.
     async fn personal_drive(&self) -> Result<DriveHandle, DriveError> {
         let name = cove_core::drive::personal_drive_name(self.user());

@@ -11,6 +11,7 @@ mod chaos;
 mod chat;
 mod cluster;
 mod disappearing;
+mod drive;
 mod drive_sync;
 mod durability;
 mod groups;

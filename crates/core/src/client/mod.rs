@@ -634,7 +634,10 @@ impl<S: Store> Client<S> {
             }));
         }
         let id = self.groups.resolve(group)?;
-        if crate::drive::is_drive_group(name) || self.groups.is_drive(&id) {
+        // A drive group keeps its name; a drive name is given only to a group joined by an
+        // external commit (still under its placeholder), which may be a drive.
+        let placeholder = self.groups.name(&id) == rejoin::placeholder_name(&id);
+        if self.groups.is_drive(&id) || (crate::drive::is_drive_group(name) && !placeholder) {
             return Err(CommandError::Invalid(InvalidArgument::ReservedName));
         }
         if self.groups.name(&id) != name && self.groups.name_in_use(name) {
