@@ -307,23 +307,6 @@ fn sync_once(home: &Path, dir: &Path) -> String {
     stdout
 }
 
-/// Bytes of regular files under `dir`.
-fn bytes_under(dir: &Path) -> u64 {
-    let mut n = 0;
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => n += bytes_under(&p),
-            Ok(m) => n += m.len(),
-            Err(_) => {}
-        }
-    }
-    n
-}
-
 /// The number in `… (N B sent)` / `… (N B fetched)` on the line about `name`.
 fn bytes_of(stdout: &str, verb: &str, name: &str) -> u64 {
     let line = stdout
