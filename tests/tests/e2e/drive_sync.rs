@@ -388,3 +388,60 @@ async fn a_sync_killed_during_an_upload_and_a_download_resumes_without_duplicate
     let out = sync_once(&laptop_home, &p.a);
     assert!(out.contains("0 uploaded, 0 downloaded"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_sync_uploads_local_changes_and_downloads_the_other_devices() {
+    use std::io::{BufRead, BufReader};
+    let p = pair().await;
+    let laptop_home = p.net.home("alice").dir().to_owned();
+    p.laptop.close().await;
+    let cove = workspace_binary("cove-cli", "cove");
+    let mut child = Command::new(cove)
+        .arg("--home")
+        .arg(&laptop_home)
+        .env_remove("COVE_HOME")
+        .args(["drive", "sync"])
+        .arg(&p.a)
+        .args(["/", "--interval", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |want: &str| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with(want) => return,
+                Ok(_) => {}
+                Err(_) => panic!("the running sync did not print {want:?} in time"),
+            }
+        }
+    };
+    // A file written while it runs is uploaded (a change notification, or the rescan).
+    write(&p.a, "live/hello.txt", b"written while syncing");
+    wait_for("uploaded live/hello.txt");
+    pass(&p.desk, &p.b).await;
+    assert_eq!(
+        std::fs::read(p.b.join("live/hello.txt")).unwrap(),
+        b"written while syncing"
+    );
+    // A file from the other device arrives without a local change.
+    write(&p.b, "from-desk.txt", b"hello from the desk");
+    let r = pass(&p.desk, &p.b).await;
+    assert_eq!(r.uploaded, 1);
+    wait_for("downloaded from-desk.txt");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        std::fs::read(p.a.join("from-desk.txt")).unwrap(),
+        b"hello from the desk"
+    );
+}
