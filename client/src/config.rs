@@ -414,6 +414,12 @@ impl Home {
         Ok(store)
     }
 
+    /// The key of the home's database (`None` for a home without one yet): the drive sync
+    /// engine encrypts its own state files under the home with it.
+    pub fn database_key(&self) -> Result<Option<DatabaseKey>, ConfigError> {
+        self.read_key()
+    }
+
     /// What `cove.db` is, from its first bytes.
     fn database_state(&self, db: &Path) -> Result<DatabaseState, ConfigError> {
         let mut file = match std::fs::File::open(db) {

@@ -54,6 +54,35 @@ pub enum DriveCommand {
     Link(LinkArgs),
     /// How much the relay stores for you, and what your drives hold.
     Usage(UsageArgs),
+    /// Keep a local folder and a drive folder in sync, both ways.
+    Sync(SyncArgs),
+}
+
+/// `cove drive sync`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  cove drive sync ~/Drive                    # your whole drive, until Ctrl-C
+  cove drive sync ~/Work /work --once        # one pass (scripts, cron)
+  cove drive sync ~/Trip alice:Trip          # a folder alice shared with you
+
+Local changes are picked up as they happen (and by a rescan every --interval seconds, which
+is also how changes from your other devices arrive). A file changed on both sides is kept
+twice: the drive's version at its name, yours as `name (conflict from DEVICE DATE).ext`.
+Deletes go to the drive's trash (`cove drive restore`), never further. Patterns in
+LOCAL_DIR/.coveignore (gitignore-like) are never synced. Interrupted transfers resume.")]
+pub struct SyncArgs {
+    /// The local folder (created when missing).
+    pub local: PathBuf,
+    /// The drive folder (created when missing).
+    #[arg(default_value = "/")]
+    pub remote: String,
+    /// One pass, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Seconds between rescans (and checks for changes from other devices).
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub interval: u64,
 }
 
 /// `cove drive ls`.
@@ -297,6 +326,40 @@ fn line(e: &Entry, long: bool) -> String {
     )
 }
 
+/// `cove drive sync`: a line per action on stdout, a summary per pass that changed
+/// something, what could not be synced on stderr.
+async fn sync(device: &Device, args: SyncArgs) -> anyhow::Result<()> {
+    use cove::drive::sync::{Syncer, summary};
+    let log = Box::new(|line: &str| println!("{}", escape(line)));
+    let mut syncer = Syncer::open(device, &args.local, &args.remote, log)
+        .await
+        .with_context(|| format!("syncing {}", args.local.display()))?;
+    if args.once {
+        let report = syncer.pass().await?;
+        for s in &report.skipped {
+            eprintln!(
+                "not synced: {}: {}",
+                escape(&s.path.display().to_string()),
+                s.reason
+            );
+        }
+        println!("{}", summary(&report));
+        return Ok(());
+    }
+    eprintln!(
+        "syncing {} with {} (Ctrl-C stops)",
+        syncer.root().display(),
+        escape(&args.remote)
+    );
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    syncer
+        .run(std::time::Duration::from_secs(args.interval.max(1)), stop)
+        .await?;
+    Ok(())
+}
+
 /// Runs a `cove drive` command.
 pub async fn run(home: Home, cmd: DriveCommand) -> anyhow::Result<()> {
     let device = Device::open(&home).await?;
@@ -456,6 +519,7 @@ async fn run_on(device: &Device, cmd: DriveCommand) -> anyhow::Result<()> {
             };
             println!("{}", device.drive_link(&args.path, expire).await?);
         }
+        DriveCommand::Sync(args) => sync(device, args).await?,
         DriveCommand::Usage(_) => {
             let relay = device.drive_blobs().await?.usage().await?;
             println!(

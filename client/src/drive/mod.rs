@@ -8,6 +8,7 @@ mod device;
 
 pub use device::DriveHandle;
 pub mod link;
+pub mod sync;
 
 use std::path::PathBuf;
 

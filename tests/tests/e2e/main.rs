@@ -12,6 +12,7 @@ mod chat;
 mod cluster;
 mod disappearing;
 mod drive;
+mod drive_sync;
 mod durability;
 mod groups;
 mod login;
