@@ -2,49 +2,65 @@
 //! external resources) served under a Content-Security-Policy that allows exactly its own
 //! script and style (by SHA-256 hash), fetches from this origin only and images from `blob:`.
 //! The page reads the key from the URL fragment, which browsers never send to the server.
+//!
+//! A link whose blob is not here (never uploaded, expired and swept, or revoked: deleted by
+//! its owner) gets `gone.html`, a styled static page (style only, no script) with status
+//! 404 that says the link has expired or was revoked. The relay keeps no record of deleted
+//! blobs, so it does not tell those cases apart.
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use sha2::{Digest, Sha256};
 
-use super::{BlobBody, body, set, text};
+use super::{BlobBody, body, set};
 
 const PAGE: &str = include_str!("share.html");
+const GONE: &str = include_str!("gone.html");
 
 pub(crate) struct SharePage {
     csp: String,
+    gone_csp: String,
+}
+
+/// `'sha256-...'` of the text between the first `open` and the next `close` in `page`.
+fn hash(page: &str, open: &str, close: &str) -> String {
+    let inner = page
+        .split_once(open)
+        .and_then(|(_, rest)| rest.split_once(close))
+        .map(|(inner, _)| inner)
+        .unwrap_or_default();
+    format!("'sha256-{}'", base64_std(&Sha256::digest(inner.as_bytes())))
 }
 
 impl SharePage {
     pub(crate) fn new() -> Self {
-        let hash = |open: &str, close: &str| -> String {
-            let inner = PAGE
-                .split_once(open)
-                .and_then(|(_, rest)| rest.split_once(close))
-                .map(|(inner, _)| inner)
-                .unwrap_or_default();
-            format!("'sha256-{}'", base64_std(&Sha256::digest(inner.as_bytes())))
-        };
         let csp = format!(
             "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
              img-src blob:; media-src blob:; base-uri 'none'; form-action 'none'; \
              frame-ancestors 'none'",
-            hash("<script>", "</script>"),
-            hash("<style>", "</style>"),
+            hash(PAGE, "<script>", "</script>"),
+            hash(PAGE, "<style>", "</style>"),
         );
-        SharePage { csp }
+        let gone_csp = format!(
+            "default-src 'none'; style-src {}; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+            hash(GONE, "<style>", "</style>"),
+        );
+        SharePage { csp, gone_csp }
     }
 
     pub(crate) fn response(&self, exists: bool) -> Response<BlobBody> {
+        let (page, csp) = if exists {
+            (PAGE, &self.csp)
+        } else {
+            (GONE, &self.gone_csp)
+        };
+        let mut r = Response::new(body::full(Bytes::from_static(page.as_bytes())));
         if !exists {
-            return text(
-                StatusCode::NOT_FOUND,
-                "This shared file does not exist or has expired.",
-            );
+            *r.status_mut() = StatusCode::NOT_FOUND;
         }
-        let mut r = Response::new(body::full(Bytes::from_static(PAGE.as_bytes())));
         set(&mut r, header::CONTENT_TYPE, "text/html; charset=utf-8");
-        set(&mut r, header::CONTENT_SECURITY_POLICY, &self.csp);
+        set(&mut r, header::CONTENT_SECURITY_POLICY, csp);
         set(&mut r, header::REFERRER_POLICY, "no-referrer");
         set(&mut r, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
         set(&mut r, header::X_FRAME_OPTIONS, "DENY");
@@ -74,6 +90,39 @@ fn base64_std(data: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// The `hidden` attribute wins over the page's own `display` rules (the Save link is
+    /// `display: inline-block`, which without this rule shows it, dead, while hidden).
+    #[test]
+    fn the_share_pages_stylesheet_lets_hidden_hide() {
+        let style = super::PAGE
+            .split_once("<style>")
+            .and_then(|(_, rest)| rest.split_once("</style>"))
+            .map(|(style, _)| style)
+            .unwrap_or_default();
+        assert!(
+            style.contains("[hidden] { display: none !important; }"),
+            "{style}"
+        );
+    }
+
+    /// The pages' CSP hashes cover their whole inline style and script.
+    #[test]
+    fn csp_hashes_name_the_inline_blocks() {
+        let page = super::SharePage::new();
+        for (csp, html) in [(&page.csp, super::PAGE), (&page.gone_csp, super::GONE)] {
+            assert!(
+                csp.contains(&super::hash(html, "<style>", "</style>")),
+                "{csp}"
+            );
+            assert!(!super::hash(html, "<style>", "</style>").contains("47DEQpj8"));
+        }
+        assert!(
+            page.csp
+                .contains(&super::hash(super::PAGE, "<script>", "</script>"))
+        );
+        assert!(!super::GONE.contains("<script"));
+    }
+
     #[test]
     fn base64_matches_rfc4648() {
         assert_eq!(super::base64_std(b""), "");
