@@ -12,9 +12,12 @@
 //! fixed nonce is never reused for two plaintexts, and a re-upload of a chunk is byte for
 //! byte the same blob. Ids are keyed by the file's secret: the same plaintext in two files
 //! (two secrets) gives unrelated ids, keys and blobs.
-#![allow(clippy::todo)] // contract stubs (issue 14); the helper filling them removes this
-
 use std::fmt;
+use std::io::Read;
+
+use fastcdc::v2020::StreamCDC;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::{hkdf, hmac};
 
 use cove_wire::BlobId;
 use rand::{CryptoRng, RngCore};
@@ -83,43 +86,157 @@ pub enum ChunkError {
     InvalidManifest,
 }
 
+/// Info string of the id key's HKDF.
+const ID_KEY_INFO: &[u8] = b"cove/drive/v1/chunk-id";
+/// Info string of a chunk key's HKDF.
+const CHUNK_KEY_INFO: &[u8] = b"cove/drive/v1/chunk-key";
+
 /// The FastCDC cut points of a stream: yields `(offset, plaintext)` per chunk with the
 /// sizes above. Reads `source` in bounded buffers (memory is O([`MAX_CHUNK`])).
-pub struct Chunker<R> {
-    _source: R,
+///
+/// FastCDC 2020 (`fastcdc::v2020::StreamCDC`, normalization level 1, gear seed 0) with
+/// [`MIN_CHUNK`], [`AVG_CHUNK`] and [`MAX_CHUNK`]: the cut points depend on the content
+/// only, so an edit moves at most the chunks around it. An empty source yields nothing.
+/// After an I/O error the iterator ends.
+pub struct Chunker<R: Read> {
+    inner: StreamCDC<Retry<R>>,
+    done: bool,
 }
 
-impl<R: std::io::Read> Chunker<R> {
+/// A reader that retries reads interrupted by a signal (`StreamCDC` would report them).
+struct Retry<R>(R);
+
+impl<R: Read> Read for Retry<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<R: Read> Chunker<R> {
     /// Chunks `source`.
     pub fn new(source: R) -> Self {
-        Chunker { _source: source }
+        Chunker {
+            inner: StreamCDC::new(Retry(source), MIN_CHUNK, AVG_CHUNK, MAX_CHUNK),
+            done: false,
+        }
     }
 }
 
-impl<R: std::io::Read> Iterator for Chunker<R> {
+impl<R: Read> Iterator for Chunker<R> {
     type Item = std::io::Result<(u64, Vec<u8>)>;
     fn next(&mut self) -> Option<Self::Item> {
-        todo!("drive-chunks")
+        if self.done {
+            return None;
+        }
+        match self.inner.next()? {
+            Ok(c) => Some(Ok((c.offset, c.data))),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e.into()))
+            }
+        }
     }
+}
+
+/// A [`hkdf::KeyType`] of 32 bytes.
+struct Len32;
+
+impl hkdf::KeyType for Len32 {
+    fn len(&self) -> usize {
+        32
+    }
+}
+
+/// HKDF-SHA256(ikm, salt, info) to 32 bytes.
+fn hkdf32(ikm: &[u8], salt: &[u8], info: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let infos = [info];
+    // Expanding to 32 bytes (<= 255 * 32) and filling 32 bytes cannot fail.
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
+    if let Ok(okm) = prk.expand(&infos, Len32) {
+        let _ = okm.fill(&mut out);
+    }
+    out
+}
+
+/// The key chunk ids are HMACs under.
+fn id_key(secret: &FileSecret) -> hmac::Key {
+    let mut k = hkdf32(&secret.0, b"", ID_KEY_INFO);
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &k);
+    k.zeroize();
+    key
+}
+
+/// The AEAD key of the chunk with id `id`.
+fn chunk_key(secret: &FileSecret, id: &[u8; 32]) -> LessSafeKey {
+    let mut k = hkdf32(&secret.0, id, CHUNK_KEY_INFO);
+    let key = aead_key(&k);
+    k.zeroize();
+    key
+}
+
+/// An AES-256-GCM key.
+pub(crate) fn aead_key(k: &[u8; 32]) -> LessSafeKey {
+    // A 32-byte key is always a valid AES-256 key.
+    #[allow(clippy::expect_used)]
+    let unbound = UnboundKey::new(&AES_256_GCM, k).expect("32-byte AES-256 key");
+    LessSafeKey::new(unbound)
+}
+
+/// The fixed all-zero nonce (each key seals exactly one plaintext).
+pub(crate) fn zero_nonce() -> Nonce {
+    Nonce::assume_unique_for_key([0u8; 12])
 }
 
 /// A chunk's id under `secret`.
-pub fn chunk_id(_secret: &FileSecret, _plaintext: &[u8]) -> [u8; 32] {
-    todo!("drive-chunks")
+pub fn chunk_id(secret: &FileSecret, plaintext: &[u8]) -> [u8; 32] {
+    let tag = hmac::sign(&id_key(secret), plaintext);
+    let mut id = [0u8; 32];
+    id.copy_from_slice(tag.as_ref());
+    id
 }
 
 /// Seals a chunk: its id and the blob bytes.
-pub fn seal_chunk(_secret: &FileSecret, _plaintext: &[u8]) -> ([u8; 32], Vec<u8>) {
-    todo!("drive-chunks")
+pub fn seal_chunk(secret: &FileSecret, plaintext: &[u8]) -> ([u8; 32], Vec<u8>) {
+    let id = chunk_id(secret, plaintext);
+    let key = chunk_key(secret, &id);
+    let mut blob = Vec::with_capacity(plaintext.len() + CHUNK_OVERHEAD as usize);
+    blob.extend_from_slice(plaintext);
+    // Sealing fails only for plaintexts beyond GCM's limit (~64 GiB), far above MAX_CHUNK.
+    #[allow(clippy::expect_used)]
+    key.seal_in_place_append_tag(zero_nonce(), Aad::from(&id[..]), &mut blob)
+        .expect("chunk within the AES-GCM length limit");
+    (id, blob)
 }
 
 /// Opens a chunk's blob, checking its id and length against `chunk`.
 pub fn open_chunk(
-    _secret: &FileSecret,
-    _chunk: &ChunkRef,
-    _blob: &[u8],
+    secret: &FileSecret,
+    chunk: &ChunkRef,
+    blob: &[u8],
 ) -> Result<Vec<u8>, ChunkError> {
-    todo!("drive-chunks")
+    if chunk.len > MAX_CHUNK {
+        return Err(ChunkError::InvalidManifest);
+    }
+    if blob.len() as u64 != u64::from(chunk.len) + CHUNK_OVERHEAD {
+        return Err(ChunkError::Tampered);
+    }
+    let key = chunk_key(secret, &chunk.id);
+    let mut buf = blob.to_vec();
+    let n = key
+        .open_in_place(zero_nonce(), Aad::from(&chunk.id[..]), &mut buf)
+        .map_err(|_| ChunkError::Tampered)?
+        .len();
+    buf.truncate(n);
+    if n != chunk.len as usize || chunk_id(secret, &buf) != chunk.id {
+        return Err(ChunkError::Mismatch);
+    }
+    Ok(buf)
 }
 
 impl Manifest {

@@ -7,6 +7,7 @@ mod acks;
 mod admins;
 mod backup;
 mod chat;
+mod drive_chunk;
 mod fuzz_corpus;
 mod link_history;
 mod outbox;
