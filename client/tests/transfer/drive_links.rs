@@ -1,0 +1,342 @@
+//! Cove Drive links (issue 14 item 5) in headless Chromium: a folder of three files uploaded
+//! with `content::upload_file` into a tree built directly from operations (no MLS), linked
+//! with `link::create`, listed and downloaded by the share page; a tampered chunk, a
+//! revoked link and an expired one; and the single-file page's Save link while loading.
+
+use cove::drive::content;
+use cove::drive::link::{self, Created};
+use cove_core::drive::{DriveOp, FileVersion, ManifestRef, NodeId, ROOT, Tree};
+use cove_server::blob::{BlobConfig, BlobStore, FsBlobStore};
+use cove_wire::UserName;
+use http::{Method, Request};
+use sha2::{Digest, Sha256};
+
+use super::{Env, browser, random_bytes};
+
+const PHOTOS: NodeId = [1; 16];
+const YEAR: NodeId = [2; 16];
+const BIG: NodeId = [3; 16];
+const NOTES: NodeId = [4; 16];
+const ODD: NodeId = [5; 16];
+/// A file name that is HTML if the page ever inserted names as markup.
+const ODD_NAME: &str = "<img src=x onerror=alert(1)>.txt";
+
+/// The linked folder: `Photos/` with `big.bin` (3 MiB, more than two chunks),
+/// `notes.txt`, and `2026/` holding the oddly named file.
+struct Folder {
+    env: Env,
+    tree: Tree,
+    big: Vec<u8>,
+    big_version: FileVersion,
+}
+
+async fn upload(env: &Env, name: &str, content: &[u8]) -> FileVersion {
+    let path = env.file(name.replace(['<', '>', ' ', '='], "_").as_str(), content);
+    content::upload_file(&env.client, &path, None, "laptop", None)
+        .await
+        .unwrap()
+        .version
+}
+
+async fn folder() -> Folder {
+    let env = Env::start(BlobConfig::default()).await;
+    let alice = UserName::new("alice").unwrap();
+    let big = random_bytes(3 << 20, 14);
+    let big_version = upload(&env, "big.bin", &big).await;
+    let notes = upload(&env, "notes.txt", b"remember the milk\n").await;
+    let odd = upload(&env, ODD_NAME, b"not markup\n").await;
+    let mut tree = Tree::new();
+    let ops = [
+        DriveOp::Init {
+            name: "Drive".into(),
+            owner: alice.clone(),
+        },
+        DriveOp::Mkdir {
+            id: PHOTOS,
+            parent: ROOT,
+            name: "Photos".into(),
+        },
+        DriveOp::Mkdir {
+            id: YEAR,
+            parent: PHOTOS,
+            name: "2026".into(),
+        },
+        DriveOp::PutVersion {
+            id: BIG,
+            parent: PHOTOS,
+            name: "big.bin".into(),
+            version: big_version.clone(),
+        },
+        DriveOp::PutVersion {
+            id: NOTES,
+            parent: PHOTOS,
+            name: "notes.txt".into(),
+            version: notes,
+        },
+        DriveOp::PutVersion {
+            id: ODD,
+            parent: YEAR,
+            name: ODD_NAME.into(),
+            version: odd,
+        },
+    ];
+    for (seq, op) in ops.iter().enumerate() {
+        tree.apply(seq as u64 + 1, &alice, op).unwrap();
+    }
+    Folder {
+        env,
+        tree,
+        big,
+        big_version,
+    }
+}
+
+/// The link's URL opening the file at `path` (relative to the linked folder) at once.
+fn file_url(link: &Created, path: &str) -> String {
+    format!("{}.{}", link.url, b64url(path.as_bytes()))
+}
+
+fn b64url(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=c.len() {
+            out.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+fn chunks(version: &FileVersion) -> Vec<cove_core::drive::ChunkRef> {
+    match &version.manifest {
+        ManifestRef::Inline(m) => m.chunks.clone(),
+        ManifestRef::Blob(_) => panic!("a 3 MiB file's manifest is inline"),
+    }
+}
+
+/// The page ended in `error` showing `message` (its status line), with nothing offered for
+/// saving.
+#[track_caller]
+fn assert_refused(dom: &str, message: &str) {
+    assert!(dom.contains("data-state=\"error\""), "not refused: {dom}");
+    assert!(
+        dom.contains(&format!("<p id=\"status\">{message}</p>")),
+        "expected {message:?}: {dom}"
+    );
+    assert!(!dom.contains("blob:"), "a download offered: {dom}");
+    assert!(!dom.contains("class=\"get\""), "a save link: {dom}");
+}
+
+/// The gone page: styled, no script, says expired or revoked.
+#[track_caller]
+fn assert_gone(dom: &str) {
+    assert!(dom.contains("data-state=\"gone\""), "{dom}");
+    assert!(
+        dom.contains("<h1>This link has expired or was revoked</h1>"),
+        "{dom}"
+    );
+    assert!(!dom.contains("Drive") && !dom.contains("big.bin"), "{dom}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_link_lists_the_tree_and_downloads_the_big_file_with_its_sha256() {
+    let f = folder().await;
+    assert!(chunks(&f.big_version).len() > 2, "{:?}", f.big_version);
+    let link = link::create(&f.env.client, &f.tree, &PHOTOS, None)
+        .await
+        .unwrap();
+    assert!(link.url.starts_with(&format!(
+        "{}/s/{}#drive.",
+        f.env.client.origin(),
+        link.sealed.blob.to_hex()
+    )));
+    assert_eq!(link::url(&f.env.client, &link.sealed), link.url);
+
+    // The listing: every folder and file by name, with sizes; the odd name as text.
+    let Some(dom) = browser::dump_dom(&link.url).await else {
+        return;
+    };
+    assert!(dom.contains("data-state=\"done\""), "{dom}");
+    assert!(
+        dom.contains("<p id=\"status\">Choose a file to download.</p>"),
+        "{dom}"
+    );
+    assert!(dom.contains("<h1 id=\"name\">Photos</h1>"), "{dom}");
+    assert!(
+        dom.contains("3 files in 1 folder · 3.0 MiB (3145757 bytes)"),
+        "{dom}"
+    );
+    for name in ["2026/", "big.bin", "notes.txt"] {
+        assert!(
+            dom.contains(&format!("<span class=\"fname\">{name}</span>")),
+            "{name}: {dom}"
+        );
+    }
+    assert!(
+        dom.contains("<span class=\"fname\">&lt;img src=x onerror=alert(1)&gt;.txt</span>"),
+        "{dom}"
+    );
+    // (An element would serialise with quoted attributes.)
+    assert!(
+        !dom.contains("<img src=\"x\""),
+        "a name became markup: {dom}"
+    );
+    assert!(
+        dom.contains("<span class=\"fsize\">3.0 MiB (3145728 bytes)</span>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<span class=\"fsize\">18 bytes</span>"),
+        "{dom}"
+    );
+    assert!(!dom.contains("blob:"), "{dom}");
+
+    // The big file, fetched chunk by chunk, decrypted and verified by the page: the SHA-256
+    // it computed over what it produced is the original's.
+    let dom = browser::dump_dom(&file_url(&link, "big.bin"))
+        .await
+        .unwrap();
+    let sha = hex::encode(Sha256::digest(&f.big));
+    assert!(
+        dom.contains(&format!(
+            "Decrypted and verified (3.0 MiB (3145728 bytes), SHA-256 {sha})."
+        )),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<p id=\"status\">Decrypted and verified: big.bin.</p>"),
+        "{dom}"
+    );
+    assert!(dom.contains("download=\"big.bin\""), "{dom}");
+    assert!(dom.contains("href=\"blob:"), "{dom}");
+
+    // A file in a subfolder, by its path.
+    let dom = browser::dump_dom(&file_url(&link, &format!("2026/{ODD_NAME}")))
+        .await
+        .unwrap();
+    assert!(
+        dom.contains("<p id=\"status\">Decrypted and verified: 2026/&lt;img src=x onerror=alert(1)&gt;.txt.</p>"),
+        "{dom}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_chunk_is_refused_and_nothing_is_offered() {
+    let f = folder().await;
+    let link = link::create(&f.env.client, &f.tree, &PHOTOS, None)
+        .await
+        .unwrap();
+    let second = &chunks(&f.big_version)[1];
+    let path = f.env.blob_path(&second.blob);
+    let mut blob = std::fs::read(&path).unwrap();
+    blob[100] ^= 1;
+    std::fs::write(&path, &blob).unwrap();
+    let Some(dom) = browser::dump_dom(&file_url(&link, "big.bin")).await else {
+        return;
+    };
+    assert_refused(
+        &dom,
+        "Part 1 of the file failed verification: it was modified, or the link is wrong. Nothing was saved.",
+    );
+    assert!(
+        dom.contains("<li class=\"file\" data-path=\"big.bin\" data-state=\"error\">"),
+        "{dom}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_link_shows_the_gone_page() {
+    let f = folder().await;
+    let link = link::create(&f.env.client, &f.tree, &PHOTOS, None)
+        .await
+        .unwrap();
+    f.env.client.delete_blob(link.sealed.blob).await.unwrap();
+    let page = f
+        .env
+        .send(
+            Request::builder()
+                .method(Method::GET)
+                .uri(format!("/s/{}", link.sealed.blob.to_hex())),
+            vec![],
+        )
+        .await;
+    assert_eq!(page.status, 404, "{page:?}");
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'; style-src 'sha256-"),
+        "{csp}"
+    );
+    assert!(!csp.contains("script-src"), "{csp}");
+    let Some(dom) = browser::dump_dom(&link.url).await else {
+        return;
+    };
+    assert_gone(&dom);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_link_lists_until_the_sweep_after_its_expiry_then_shows_the_gone_page() {
+    let f = folder().await;
+    let link = link::create(&f.env.client, &f.tree, &PHOTOS, Some(3600))
+        .await
+        .unwrap();
+    let store = FsBlobStore::open(&f.env.data.path().join("blobs")).unwrap();
+    let meta = store.meta(&link.sealed.blob).unwrap().unwrap();
+    assert_eq!(meta.expires_ms - meta.created_ms, 3_600_000);
+    assert_eq!(store.sweep(meta.expires_ms - 1).unwrap(), 0);
+    let Some(dom) = browser::dump_dom(&link.url).await else {
+        return;
+    };
+    assert!(dom.contains("<h1 id=\"name\">Photos</h1>"), "{dom}");
+    // The files' chunks are kept (Retention::Keep): only the link goes.
+    assert_eq!(store.sweep(meta.expires_ms).unwrap(), 1);
+    assert!(store.meta(&link.sealed.blob).unwrap().is_none());
+    let dom = browser::dump_dom(&link.url).await.unwrap();
+    assert_gone(&dom);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_link_lists_its_one_file() {
+    let f = folder().await;
+    let link = link::create(&f.env.client, &f.tree, &NOTES, None)
+        .await
+        .unwrap();
+    let Some(dom) = browser::dump_dom(&file_url(&link, "notes.txt")).await else {
+        return;
+    };
+    assert!(dom.contains("<h1 id=\"name\">notes.txt</h1>"), "{dom}");
+    assert!(
+        dom.contains("<p id=\"status\">Decrypted and verified: notes.txt.</p>"),
+        "{dom}"
+    );
+    let sha = hex::encode(Sha256::digest(b"remember the milk\n"));
+    assert!(dom.contains(&sha), "{dom}");
+}
+
+/// The single-file share page as served (its state while loading, before any script ran)
+/// offers no Save link: the element is hidden and has no target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_share_pages_save_link_is_hidden_and_dead_while_loading() {
+    let env = Env::start(BlobConfig::default()).await;
+    let p = env
+        .client
+        .upload_file(&env.file("a.txt", b"hello"))
+        .await
+        .unwrap();
+    let page = env
+        .send(
+            Request::builder()
+                .method(Method::GET)
+                .uri(format!("/s/{}", p.blob_id.to_hex())),
+            vec![],
+        )
+        .await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("<body data-state=\"loading\">"));
+    assert!(page.body.contains("<a id=\"save\" hidden>Save file</a>"));
+    assert_eq!(page.body.matches("id=\"save\"").count(), 1);
+    assert!(page.body.contains("[hidden] { display: none !important; }"));
+}
