@@ -4,7 +4,8 @@
 //! `http_body_idle_ms` end the connection ([`crate::idle`]); upload bodies have the same
 //! idle bound in the blob service.
 //!
-//! Routes: `/v1/ws` (WebSocket, protocol v1), `/v1/blobs...` and `/s/...` (the blob service),
+//! Routes: `/v1/ws` (WebSocket, protocol v1), `/v1/blobs...`, `/v1/usage` and `/s/...` (the
+//! blob service),
 //! `/health` and `/metrics` ([`crate::metrics`]; `/metrics` to loopback clients unless
 //! `metrics_public`), `/` (a short text page), anything else 404.
 
@@ -140,7 +141,7 @@ async fn route(
     if path == cove_wire::WS_PATH {
         return Ok(websocket_upgrade(req, &slot));
     }
-    if path.starts_with("/v1/blobs") || path.starts_with("/s/") {
+    if path.starts_with("/v1/blobs") || path.starts_with("/s/") || path == crate::blob::USAGE_PATH {
         return Ok(shared
             .blob
             .handle(req, shared.limits.http_body_idle())

@@ -102,6 +102,24 @@ impl<'a> Conn<'a> {
         Ok(())
     }
 
+    /// This user's storage usage (`GET /v1/usage`): `(used, quota)` in bytes.
+    pub(crate) async fn usage(&self) -> Result<(u64, u64), TransferError> {
+        let req = self.signed(Method::GET, "/v1/usage", 0)?;
+        let resp = self.send(req, empty()).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(refused(resp).await);
+        }
+        let body = read_text(resp.into_body()).await;
+        #[derive(serde::Deserialize)]
+        struct Usage {
+            used: u64,
+            quota: u64,
+        }
+        let u: Usage = serde_json::from_str(&body)
+            .map_err(|_| TransferError::Network("the relay sent a malformed usage".into()))?;
+        Ok((u.used, u.quota))
+    }
+
     /// The relay's stored offset of an upload.
     pub(crate) async fn offset(&self, id: BlobId) -> Result<u64, TransferError> {
         let path = format!("/v1/blobs/{id}");

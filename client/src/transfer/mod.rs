@@ -206,6 +206,15 @@ pub struct BlobClient {
     retention: Retention,
 }
 
+/// A user's storage on the relay, in bytes ([`BlobClient::usage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Bytes charged: the declared lengths of all the user's blobs, complete or not.
+    pub used: u64,
+    /// The most the relay lets the user store.
+    pub quota: u64,
+}
+
 /// How long the relay keeps an uploaded blob once it is complete (header `Cove-Retention`
 /// on the upload's requests; see `PROTOCOL.md`, "Blob retention").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -254,6 +263,13 @@ impl BlobClient {
     /// Deletes blob `id` (this user's): Cove Drive's emptied trash, a revoked link.
     pub async fn delete_blob(&self, id: BlobId) -> Result<(), TransferError> {
         http::Conn::new(self).delete(id).await
+    }
+
+    /// This user's storage on the relay (`GET /v1/usage`, signed): bytes charged (the
+    /// declared lengths of all its blobs, complete or not) and its quota.
+    pub async fn usage(&self) -> Result<Usage, TransferError> {
+        let (used, quota) = http::Conn::new(self).usage().await?;
+        Ok(Usage { used, quota })
     }
 
     /// A client for `device`'s relay, signing uploads with its key.

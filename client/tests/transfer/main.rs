@@ -9,6 +9,7 @@ mod drive_links;
 mod limits;
 mod proxy;
 mod raw;
+mod retention;
 mod share_page;
 mod signatures;
 

@@ -11,8 +11,13 @@
 //! PATCH  /v1/blobs/<id>     signed (owner), Upload-Offset  -> 204, Upload-Offset (409 mismatch)
 //! DELETE /v1/blobs/<id>     signed (owner)                 -> 204
 //! GET    /v1/blobs/<id>     public, Range                  -> 200/206 ciphertext
+//! GET    /v1/usage          signed (value 0)               -> 200 {"used":N,"quota":M}
 //! GET    /s/<id>            public                         -> the share page (HTML, strict CSP)
 //! ```
+//!
+//! A create or append may carry `Cove-Retention: keep | <secs>` (see [`Retention`]): read on
+//! the append that completes the blob, it sets how long the blob is kept (Cove Drive keeps
+//! its blobs until their owner deletes them); a malformed value is refused (`400`).
 //!
 //! Signed requests are refused (`401`) when a header is missing or malformed, the device is
 //! unknown, the signature does not verify, the timestamp is more than 5 minutes off, or the
@@ -55,6 +60,9 @@ use crate::config::BlobBackend;
 use crate::store::RelayStore;
 pub use s3::S3BlobStore;
 pub use store::{BlobMeta, BlobStore, BlobStoreError, BlobWriter, FsBlobStore};
+
+/// The path of the signed storage-usage request (`GET`, value 0).
+pub const USAGE_PATH: &str = "/v1/usage";
 
 /// The response body type of the blob service.
 pub type BlobBody = BoxBody<Bytes, std::io::Error>;
@@ -126,6 +134,69 @@ struct Inner {
     bytes_up: AtomicU64,
     /// Blob bytes handed to clients' connections (`/metrics`).
     bytes_down: Arc<AtomicU64>,
+}
+
+/// Expiry recorded for a blob kept until its owner deletes it (`Cove-Retention: keep`):
+/// the largest value every backend stores (SQLite integers are signed), never reached.
+pub const KEEP_EXPIRES_MS: u64 = i64::MAX as u64;
+
+/// Longest retention a client may ask for with `Cove-Retention: <secs>`: ten years of 365
+/// days.
+pub const MAX_RETENTION_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// How long a complete blob is kept, from the request header `Cove-Retention`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// No header: [`BlobConfig::retention`].
+    Default,
+    /// `keep`: until its owner deletes it (or the owner's account is deleted).
+    Keep,
+    /// `<secs>` (1..=[`MAX_RETENTION_SECS`]): this long after completion.
+    Secs(u64),
+}
+
+impl Retention {
+    /// Parses the header value; `None` when it is neither `keep` nor a number of seconds
+    /// in range.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim() {
+            "keep" => Some(Retention::Keep),
+            v if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=MAX_RETENTION_SECS).contains(s))
+                .map(Retention::Secs),
+            _ => None,
+        }
+    }
+
+    /// The expiry of a blob completed at `now_ms` (`default` for [`Retention::Default`]).
+    fn expires_ms(self, now_ms: u64, default: Duration) -> u64 {
+        match self {
+            Retention::Default => now_ms.saturating_add(millis(default)),
+            Retention::Keep => KEEP_EXPIRES_MS,
+            Retention::Secs(s) => now_ms.saturating_add(s.saturating_mul(1000)),
+        }
+    }
+}
+
+/// The request's `Cove-Retention` ([`Retention::Default`] without one); `None` when it is
+/// malformed (answer [`bad_retention`]).
+fn retention(req: &Request<Incoming>) -> Option<Retention> {
+    match req.headers().get("cove-retention") {
+        None => Some(Retention::Default),
+        Some(v) => v.to_str().ok().and_then(Retention::parse),
+    }
+}
+
+/// The `400` refusing a malformed `Cove-Retention`.
+fn bad_retention() -> Response<BlobBody> {
+    text(
+        StatusCode::BAD_REQUEST,
+        &format!(
+            "invalid Cove-Retention header (expected keep or 1..={MAX_RETENTION_SECS} seconds)"
+        ),
+    )
 }
 
 /// Bytes read from disk per download step, and collected from the network before an
@@ -205,12 +276,18 @@ impl BlobService {
         &self.inner.blobs
     }
 
-    /// Handles one HTTP request under `/v1/blobs` or `/s/`. An upload body that brings no
+    /// Handles one HTTP request under `/v1/blobs`, `/s/` or at [`USAGE_PATH`]. An upload body that brings no
     /// byte for `body_idle` is cut off.
     pub async fn handle(&self, req: Request<Incoming>, body_idle: Duration) -> Response<BlobBody> {
         let inner = &self.inner;
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
+        if path == USAGE_PATH {
+            return match method {
+                Method::GET => inner.usage(req).await,
+                _ => method_not_allowed("GET"),
+            };
+        }
         if path == "/v1/blobs" || path == "/v1/blobs/" {
             return match method {
                 Method::POST => inner.create(req).await,
@@ -321,6 +398,9 @@ impl Inner {
                 "missing or invalid Upload-Length header",
             );
         };
+        if retention(&req).is_none() {
+            return bad_retention();
+        }
         let user = match self.authenticate(&req, length).await {
             Ok(u) => u,
             Err(r) => return r,
@@ -358,6 +438,25 @@ impl Inner {
         }
     }
 
+    /// `GET /v1/usage`: the signing user's bytes charged (declared lengths of all its
+    /// blobs, complete or not) and quota, as JSON.
+    async fn usage(&self, req: Request<Incoming>) -> Response<BlobBody> {
+        let user = match self.authenticate(&req, 0).await {
+            Ok(u) => u,
+            Err(r) => return r,
+        };
+        let blobs = Arc::clone(&self.blobs);
+        let used = match blocking(move || blobs.usage(&user)).await {
+            Ok(n) => n,
+            Err(e) => return internal(&e),
+        };
+        let quota = self.config.quota_bytes_per_user;
+        let mut r = Response::new(body::full(format!("{{\"used\":{used},\"quota\":{quota}}}")));
+        set(&mut r, header::CONTENT_TYPE, "application/json");
+        set(&mut r, header::CACHE_CONTROL, "no-store");
+        r
+    }
+
     async fn head(&self, req: Request<Incoming>, id: BlobId) -> Response<BlobBody> {
         match self.owned(&req, id, 0).await {
             Ok(meta) => offsets(StatusCode::OK, &meta),
@@ -391,6 +490,9 @@ impl Inner {
                 StatusCode::BAD_REQUEST,
                 "missing or invalid Upload-Offset header",
             );
+        };
+        let Some(retention) = retention(&req) else {
+            return bad_retention();
         };
         let meta = match self.owned(&req, id, offset).await {
             Ok(m) => m,
@@ -489,7 +591,7 @@ impl Inner {
         };
         // Keep whatever arrived, even from a cut or overlong request: the client resumes
         // from the stored offset.
-        let expires = now_ms().saturating_add(millis(self.config.retention));
+        let expires = retention.expires_ms(now_ms(), self.config.retention);
         let meta = match blocking(move || writer.commit(expires)).await {
             Ok(m) => m,
             Err(BlobStoreError::NotFound) => return text(StatusCode::NOT_FOUND, "no such blob"),
