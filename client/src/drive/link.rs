@@ -22,6 +22,7 @@ use cove_core::drive::seal;
 use cove_core::drive::{
     FileSecret, FileVersion, ManifestRef, NodeId, NodeKind, ROOT, Tree, TreeError,
 };
+use cove_wire::BlobId;
 use serde::Serialize;
 
 use super::DriveError;
@@ -111,6 +112,13 @@ pub fn url(blobs: &BlobClient, sealed: &SealedBlob) -> String {
         sealed.blob.to_hex(),
         base64url(&sealed.key.0)
     )
+}
+
+/// Revokes a link: deletes its blob (`link`, from its `Link` operation), after which its
+/// page says the link has expired or was revoked. A blob already gone (expired, or revoked
+/// from another device) counts as revoked. The caller publishes the `Unlink` operation.
+pub async fn revoke(blobs: &BlobClient, link: BlobId) -> Result<(), DriveError> {
+    Ok(blobs.delete_blob(link).await?)
 }
 
 /// The link document of `node` (JSON bytes).

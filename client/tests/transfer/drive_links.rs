@@ -3,9 +3,10 @@
 //! with `link::create`, listed and downloaded by the share page; a tampered chunk, a
 //! revoked link and an expired one; and the single-file page's Save link while loading.
 
-use cove::drive::content;
 use cove::drive::link::{self, Created};
-use cove_core::drive::{DriveOp, FileVersion, ManifestRef, NodeId, ROOT, Tree};
+use cove::drive::{DriveError, content};
+use cove_core::drive::seal;
+use cove_core::drive::{DriveOp, FileVersion, ManifestRef, NodeId, ROOT, Tree, TreeError};
 use cove_server::blob::{BlobConfig, BlobStore, FsBlobStore};
 use cove_wire::UserName;
 use http::{Method, Request};
@@ -254,7 +255,9 @@ async fn a_revoked_link_shows_the_gone_page() {
     let link = link::create(&f.env.client, &f.tree, &PHOTOS, None)
         .await
         .unwrap();
-    f.env.client.delete_blob(link.sealed.blob).await.unwrap();
+    link::revoke(&f.env.client, link.sealed.blob).await.unwrap();
+    // Again (another device revoking it too, or after expiry): still fine.
+    link::revoke(&f.env.client, link.sealed.blob).await.unwrap();
     let page = f
         .env
         .send(
@@ -339,4 +342,90 @@ async fn the_share_pages_save_link_is_hidden_and_dead_while_loading() {
     assert!(page.body.contains("<a id=\"save\" hidden>Save file</a>"));
     assert_eq!(page.body.matches("id=\"save\"").count(), 1);
     assert!(page.body.contains("[hidden] { display: none !important; }"));
+}
+
+/// The link blob opens with the key from the URL into the documented JSON: the linked
+/// folder's name, its subfolder, each file's latest version with its secret and chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_document_holds_the_folder_as_documented() {
+    let mut f = folder().await;
+    let link = link::create(&f.env.client, &f.tree, &PHOTOS, None)
+        .await
+        .unwrap();
+    let sealed = f
+        .env
+        .client
+        .download_bytes(link.sealed.blob, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(sealed.len() as u64, link.sealed.len);
+    let key_part = link.url.split_once("#drive.").unwrap().1;
+    assert_eq!(key_part, b64url(&link.sealed.key.0));
+    let json = seal::open(&link.sealed.key, seal::LINK_AAD, &sealed).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(doc["v"], 1);
+    assert_eq!(doc["name"], "Photos");
+    assert_eq!(doc["kind"], "folder");
+    assert_eq!(doc["folders"], serde_json::json!(["2026"]));
+    let files = doc["files"].as_array().unwrap();
+    let mut paths: Vec<&str> = files.iter().map(|x| x["path"].as_str().unwrap()).collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [format!("2026/{ODD_NAME}").as_str(), "big.bin", "notes.txt"]
+    );
+    let big = files.iter().find(|x| x["path"] == "big.bin").unwrap();
+    let v = &f.big_version;
+    assert_eq!(big["size"], v.size);
+    assert_eq!(big["modified_ms"], v.modified_ms);
+    assert_eq!(big["sha256"], hex::encode(Sha256::digest(&f.big)));
+    assert_eq!(big["secret"], b64url(&v.secret.0));
+    let want: Vec<serde_json::Value> = chunks(v)
+        .iter()
+        .map(
+            |c| serde_json::json!({"id": hex::encode(c.id), "blob": c.blob.to_hex(), "len": c.len}),
+        )
+        .collect();
+    assert_eq!(big["chunks"], serde_json::Value::Array(want));
+    assert_eq!(
+        big.as_object().unwrap().len(),
+        6,
+        "undocumented fields: {big}"
+    );
+
+    // A file link: one file, its path its name, no folders.
+    let link = link::create(&f.env.client, &f.tree, &NOTES, None)
+        .await
+        .unwrap();
+    let sealed = f
+        .env
+        .client
+        .download_bytes(link.sealed.blob, 1 << 20)
+        .await
+        .unwrap();
+    let json = seal::open(&link.sealed.key, seal::LINK_AAD, &sealed).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(
+        (&doc["name"], &doc["kind"], &doc["folders"]),
+        (
+            &serde_json::json!("notes.txt"),
+            &serde_json::json!("file"),
+            &serde_json::json!([])
+        )
+    );
+    assert_eq!(doc["files"][0]["path"], "notes.txt");
+
+    // A trashed file cannot be linked.
+    let alice = UserName::new("alice").unwrap();
+    let next = f.tree.applied() + 1;
+    f.tree
+        .apply(next, &alice, &DriveOp::Trash { id: NOTES })
+        .unwrap();
+    let err = link::create(&f.env.client, &f.tree, &NOTES, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DriveError::Tree(TreeError::NotFound(_))),
+        "{err:?}"
+    );
 }
