@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod browser;
+mod drive;
 mod drive_links;
 mod limits;
 mod proxy;

@@ -245,6 +245,20 @@ impl Manifest {
         self.chunks.iter().map(|c| u64::from(c.len)).sum()
     }
 
+    /// The postcard encoding: the plaintext of a manifest blob
+    /// ([`super::seal::MANIFEST_AAD`]).
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain integers and byte arrays into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes a manifest blob's plaintext and checks its bounds ([`Self::validate`]).
+    pub fn decode(bytes: &[u8]) -> Result<Self, ChunkError> {
+        let m: Manifest = postcard::from_bytes(bytes).map_err(|_| ChunkError::InvalidManifest)?;
+        m.validate()?;
+        Ok(m)
+    }
+
     /// Checks the bounds: at most [`MAX_CHUNKS`] chunks of 1..=[`MAX_CHUNK`] bytes.
     pub fn validate(&self) -> Result<(), ChunkError> {
         let ok = self.chunks.len() <= MAX_CHUNKS
