@@ -204,7 +204,7 @@ async fn a_folder_link_lists_the_tree_and_downloads_the_big_file_with_its_sha256
     let sha = hex::encode(Sha256::digest(&f.big));
     assert!(
         dom.contains(&format!(
-            "Decrypted and verified (3.0 MiB (3145728 bytes), SHA-256 {sha})."
+            "<span class=\"fstatus\">Decrypted and verified: 3145728 bytes, SHA-256 {sha}.</span>"
         )),
         "{dom}"
     );
@@ -226,7 +226,7 @@ async fn a_folder_link_lists_the_tree_and_downloads_the_big_file_with_its_sha256
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tampered_chunk_is_refused_and_nothing_is_offered() {
+async fn a_tampered_chunk_or_link_blob_is_refused_and_nothing_is_offered() {
     let f = folder().await;
     let link = link::create(&f.env.client, &f.tree, &PHOTOS, None)
         .await
@@ -247,6 +247,18 @@ async fn a_tampered_chunk_is_refused_and_nothing_is_offered() {
         dom.contains("<li class=\"file\" data-path=\"big.bin\" data-state=\"error\">"),
         "{dom}"
     );
+
+    // The link blob itself modified: nothing is listed.
+    let path = f.env.blob_path(&link.sealed.blob);
+    let mut blob = std::fs::read(&path).unwrap();
+    blob[10] ^= 1;
+    std::fs::write(&path, &blob).unwrap();
+    let dom = browser::dump_dom(&link.url).await.unwrap();
+    assert_refused(
+        &dom,
+        "The link's index failed verification: it was modified, or the link is wrong.",
+    );
+    assert!(!dom.contains("big.bin"), "{dom}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
