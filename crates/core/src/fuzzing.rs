@@ -7,6 +7,7 @@
 //! - [`attachment_decrypt`]: the attachment [`Decryptor`] under [`FUZZ_FILE_KEY`];
 //! - [`backup_segment`]: a history-backup index entry and segment under
 //!   [`FUZZ_BACKUP_KEY`];
+//! - [`drive_state`]: a drive tree state ([`crate::drive::Tree::decode_state`]);
 //! - [`MlsIngest`]: a group-log entry or an inbox Welcome fed to a [`Client`] that is a member
 //!   of a group.
 
@@ -42,6 +43,32 @@ pub fn content_envelope(data: &[u8]) {
         matches!(&again, Ok(Ok(e)) if *e == envelope),
         "a decoded envelope does not round-trip: {envelope:?} -> {again:?}"
     );
+}
+
+/// Decodes `data` as a drive tree state (what a [`crate::drive::DriveOp::Snapshot`] carries,
+/// from another member). A state that decodes must encode to bytes that decode to itself,
+/// and every live entry must resolve by its path and be listed by its folder.
+pub fn drive_state(data: &[u8]) {
+    use crate::drive::{ROOT, Tree};
+    let Ok(tree) = Tree::decode_state(data) else {
+        return;
+    };
+    let again = Tree::decode_state(&tree.encode_state());
+    assert!(
+        again.as_ref() == Ok(&tree),
+        "a decoded drive state does not round-trip"
+    );
+    let Ok(entries) = tree.walk(&ROOT) else {
+        panic!("a decoded drive state has no root folder");
+    };
+    for entry in &entries {
+        assert_eq!(
+            tree.resolve(&entry.path),
+            Ok(entry.id),
+            "an entry does not resolve"
+        );
+    }
+    let _ = (tree.trash(), tree.usage(), tree.links());
 }
 
 /// The backup key every [`backup_segment`] input is opened with (for user
