@@ -300,7 +300,12 @@ async fn an_expired_link_lists_until_the_sweep_after_its_expiry_then_shows_the_g
         .unwrap();
     let store = FsBlobStore::open(&f.env.data.path().join("blobs")).unwrap();
     let meta = store.meta(&link.sealed.blob).unwrap().unwrap();
-    assert_eq!(meta.expires_ms - meta.created_ms, 3_600_000);
+    // An hour after the upload completed (after its creation, before now).
+    let now = super::raw::now_ms();
+    assert!(
+        (meta.created_ms + 3_600_000..=now + 3_600_000).contains(&meta.expires_ms),
+        "{meta:?} at {now}"
+    );
     assert_eq!(store.sweep(meta.expires_ms - 1).unwrap(), 0);
     let Some(dom) = browser::dump_dom(&link.url).await else {
         return;
