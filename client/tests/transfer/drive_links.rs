@@ -7,7 +7,7 @@ use cove::drive::link::{self, Created};
 use cove::drive::{DriveError, content};
 use cove_core::drive::seal;
 use cove_core::drive::{DriveOp, FileVersion, ManifestRef, NodeId, ROOT, Tree, TreeError};
-use cove_server::blob::{BlobConfig, BlobStore, FsBlobStore};
+use cove_server::blob::{BlobConfig, BlobStore, FsBlobStore, Gone, TOMBSTONE_RETENTION_MS};
 use cove_wire::UserName;
 use http::{Method, Request};
 use sha2::{Digest, Sha256};
@@ -132,15 +132,33 @@ fn assert_refused(dom: &str, message: &str) {
     assert!(!dom.contains("class=\"get\""), "a save link: {dom}");
 }
 
-/// The gone page: styled, no script, says expired or revoked.
+/// The gone page (styled, no script) in the wording for `state`, with `heading`.
 #[track_caller]
-fn assert_gone(dom: &str) {
-    assert!(dom.contains("data-state=\"gone\""), "{dom}");
+fn assert_gone(dom: &str, state: &str, heading: &str) {
     assert!(
-        dom.contains("<h1>This link has expired or was revoked</h1>"),
+        dom.contains(&format!("<body data-state=\"{state}\">")),
         "{dom}"
     );
-    assert!(!dom.contains("Drive") && !dom.contains("big.bin"), "{dom}");
+    assert!(dom.contains(&format!("<h1>{heading}</h1>")), "{dom}");
+    assert!(!dom.contains("<script"), "{dom}");
+    assert!(!dom.contains("Photos") && !dom.contains("big.bin"), "{dom}");
+}
+
+/// `GET /s/<id>` over raw HTTPS: the status, the CSP, the body.
+async fn share_page(env: &Env, id: &str) -> (u16, String, String) {
+    let r = env
+        .send(
+            Request::builder()
+                .method(Method::GET)
+                .uri(format!("/s/{id}")),
+            vec![],
+        )
+        .await;
+    let csp = r.headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (r.status, csp, r.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +280,7 @@ async fn a_tampered_chunk_or_link_blob_is_refused_and_nothing_is_offered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_link_shows_the_gone_page() {
+async fn a_revoked_link_shows_the_revoked_page_and_an_unknown_id_the_generic_one() {
     let f = folder().await;
     let link = link::create(&f.env.client, &f.tree, &PHOTOS, None)
         .await
@@ -270,30 +288,29 @@ async fn a_revoked_link_shows_the_gone_page() {
     link::revoke(&f.env.client, link.sealed.blob).await.unwrap();
     // Again (another device revoking it too, or after expiry): still fine.
     link::revoke(&f.env.client, link.sealed.blob).await.unwrap();
-    let page = f
-        .env
-        .send(
-            Request::builder()
-                .method(Method::GET)
-                .uri(format!("/s/{}", link.sealed.blob.to_hex())),
-            vec![],
-        )
-        .await;
-    assert_eq!(page.status, 404, "{page:?}");
-    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    let (status, csp, body) = share_page(&f.env, &link.sealed.blob.to_hex()).await;
+    assert_eq!(status, 404, "{body}");
     assert!(
         csp.starts_with("default-src 'none'; style-src 'sha256-"),
         "{csp}"
     );
     assert!(!csp.contains("script-src"), "{csp}");
+    // An id the relay never had: the page that cannot tell.
+    let (status, _, body) = share_page(&f.env, "00112233445566778899aabbccddeeff").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("<h1>This link has expired or was revoked</h1>"),
+        "{body}"
+    );
+    assert!(body.contains("<body data-state=\"gone\">"), "{body}");
     let Some(dom) = browser::dump_dom(&link.url).await else {
         return;
     };
-    assert_gone(&dom);
+    assert_gone(&dom, "revoked", "This link was revoked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_link_lists_until_the_sweep_after_its_expiry_then_shows_the_gone_page() {
+async fn an_expired_link_lists_until_the_sweep_after_its_expiry_then_shows_the_expired_page() {
     let f = folder().await;
     let link = link::create(&f.env.client, &f.tree, &PHOTOS, Some(3600))
         .await
@@ -314,8 +331,20 @@ async fn an_expired_link_lists_until_the_sweep_after_its_expiry_then_shows_the_g
     // The files' chunks are kept (Retention::Keep): only the link goes.
     assert_eq!(store.sweep(meta.expires_ms).unwrap(), 1);
     assert!(store.meta(&link.sealed.blob).unwrap().is_none());
+    assert_eq!(store.gone(&link.sealed.blob).unwrap(), Some(Gone::Expired));
     let dom = browser::dump_dom(&link.url).await.unwrap();
-    assert_gone(&dom);
+    assert_gone(&dom, "expired", "This link has expired");
+    // The tombstone is forgotten after 90 days: then the page cannot tell.
+    store
+        .sweep(meta.expires_ms + TOMBSTONE_RETENTION_MS + 1)
+        .unwrap();
+    assert_eq!(store.gone(&link.sealed.blob).unwrap(), None);
+    let (status, _, body) = share_page(&f.env, &link.sealed.blob.to_hex()).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("<h1>This link has expired or was revoked</h1>"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

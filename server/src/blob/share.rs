@@ -3,10 +3,11 @@
 //! script and style (by SHA-256 hash), fetches from this origin only and images from `blob:`.
 //! The page reads the key from the URL fragment, which browsers never send to the server.
 //!
-//! A link whose blob is not here (never uploaded, expired and swept, or revoked: deleted by
-//! its owner) gets `gone.html`, a styled static page (style only, no script) with status
-//! 404 that says the link has expired or was revoked. The relay keeps no record of deleted
-//! blobs, so it does not tell those cases apart.
+//! A link whose blob is not here gets `gone.html` (status 404), a styled static page (style
+//! only, no script) in one of three wordings: **expired** (swept after its expiry) or
+//! **revoked** (deleted by its owner) when the store kept a tombstone for it
+//! ([`super::BlobStore::gone`]: the file store does, for 90 days), else one that says it has
+//! expired or was revoked (or never existed).
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
@@ -20,6 +21,31 @@ const GONE: &str = include_str!("gone.html");
 pub(crate) struct SharePage {
     csp: String,
     gone_csp: String,
+    expired: String,
+    revoked: String,
+    unknown: String,
+}
+
+/// Which page `/s/<id>` gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Page {
+    /// The blob is here: the share page.
+    Share,
+    /// Swept after its expiry.
+    Expired,
+    /// Deleted by its owner.
+    Revoked,
+    /// Not here, and no tombstone says why.
+    Unknown,
+}
+
+/// The gone page in one wording (the texts are fixed ASCII, no markup).
+fn gone(state: &str, title: &str, heading: &str, status: &str, detail: &str) -> String {
+    GONE.replace("{{STATE}}", state)
+        .replace("{{TITLE}}", title)
+        .replace("{{HEADING}}", heading)
+        .replace("{{STATUS}}", status)
+        .replace("{{DETAIL}}", detail)
 }
 
 /// `'sha256-...'` of the text between the first `open` and the next `close` in `page`.
@@ -46,17 +72,43 @@ impl SharePage {
              frame-ancestors 'none'",
             hash(GONE, "<style>", "</style>"),
         );
-        SharePage { csp, gone_csp }
+        SharePage {
+            csp,
+            gone_csp,
+            expired: gone(
+                "expired",
+                "link expired",
+                "This link has expired",
+                "The file or folder it pointed to was kept for a limited time, which has passed.",
+                "Links made with an expiry stop working once it has passed, and a file shared \
+                 from a chat lasts as long as the server keeps attachments.",
+            ),
+            revoked: gone(
+                "revoked",
+                "link revoked",
+                "This link was revoked",
+                "Its owner deleted what it pointed to.",
+                "The owner of a link can revoke it at any time.",
+            ),
+            unknown: gone(
+                "gone",
+                "link expired or revoked",
+                "This link has expired or was revoked",
+                "The file or folder it pointed to is not on this server.",
+                "Links can expire or be revoked by their owner; this one may also be mistyped.",
+            ),
+        }
     }
 
-    pub(crate) fn response(&self, exists: bool) -> Response<BlobBody> {
-        let (page, csp) = if exists {
-            (PAGE, &self.csp)
-        } else {
-            (GONE, &self.gone_csp)
+    pub(crate) fn response(&self, page: Page) -> Response<BlobBody> {
+        let (html, csp) = match page {
+            Page::Share => (Bytes::from_static(PAGE.as_bytes()), &self.csp),
+            Page::Expired => (Bytes::from(self.expired.clone()), &self.gone_csp),
+            Page::Revoked => (Bytes::from(self.revoked.clone()), &self.gone_csp),
+            Page::Unknown => (Bytes::from(self.unknown.clone()), &self.gone_csp),
         };
-        let mut r = Response::new(body::full(Bytes::from_static(page.as_bytes())));
-        if !exists {
+        let mut r = Response::new(body::full(html));
+        if page != Page::Share {
             *r.status_mut() = StatusCode::NOT_FOUND;
         }
         set(&mut r, header::CONTENT_TYPE, "text/html; charset=utf-8");
@@ -121,6 +173,13 @@ mod tests {
                 .contains(&super::hash(super::PAGE, "<script>", "</script>"))
         );
         assert!(!super::GONE.contains("<script"));
+        for html in [&page.expired, &page.revoked, &page.unknown] {
+            assert!(!html.contains("{{"), "{html}");
+            assert_eq!(
+                super::hash(html, "<style>", "</style>"),
+                super::hash(super::GONE, "<style>", "</style>")
+            );
+        }
     }
 
     #[test]
