@@ -1,5 +1,9 @@
-//! HTTPS requests to the blob store: hyper 1 (HTTP/1.1) over tokio-rustls, one connection
-//! per request, signed where the relay asks for it.
+//! HTTPS requests to the blob store: hyper 1 (HTTP/1.1) over tokio-rustls, signed where the
+//! relay asks for it. Connections are kept alive and reused ([`Pool`], shared by the clones
+//! of a [`BlobClient`]): a connection goes back to the pool only once its response was read
+//! to the end, and one idle for longer than [`POOL_IDLE`] is not reused (the relay closes
+//! idle connections after its handshake timeout, 10 s by default). A request that a pooled
+//! connection could not send (it had just closed) is sent again on a new connection.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -68,6 +72,73 @@ pub(crate) fn authority(server: &str) -> Result<(String, u16), TransferError> {
     Ok((host.to_owned(), port))
 }
 
+/// Longest a pooled connection may have been idle to be reused.
+pub(crate) const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Most idle connections kept.
+const POOL_MAX: usize = 16;
+
+type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
+
+/// Idle keep-alive connections to the relay, most recently used last.
+#[derive(Clone, Default)]
+pub(crate) struct Pool(Arc<std::sync::Mutex<Vec<(Sender, std::time::Instant)>>>);
+
+impl Pool {
+    /// A connection ready for a request, if one is idle.
+    async fn take(&self) -> Option<Sender> {
+        loop {
+            let (mut sender, since) = self.0.lock().ok()?.pop()?;
+            if since.elapsed() > POOL_IDLE || sender.is_closed() {
+                continue;
+            }
+            // Its previous response was read to the end: ready at once, or closed.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn put(&self, sender: Sender) {
+        if let Ok(mut idle) = self.0.lock() {
+            idle.retain(|(s, since)| !s.is_closed() && since.elapsed() <= POOL_IDLE);
+            if idle.len() < POOL_MAX {
+                idle.push((sender, std::time::Instant::now()));
+            }
+        }
+    }
+}
+
+/// The connection a response came on: [`Lease::release`] it to the pool once the response
+/// body was read to the end (dropping it closes the connection when the body is done).
+pub(crate) struct Lease {
+    sender: Sender,
+    pool: Pool,
+}
+
+impl Lease {
+    pub(crate) fn release(self) {
+        self.pool.put(self.sender);
+    }
+}
+
+/// Reads a response body to its end (a small one: empty, or an id); true if it ended well.
+async fn drain(body: &mut Incoming) -> bool {
+    let mut n = 0usize;
+    loop {
+        match body.frame().await {
+            None => return true,
+            Some(Ok(f)) => {
+                n += f.data_ref().map_or(0, |d| d.len());
+                if n > MAX_ERROR_BODY {
+                    return false;
+                }
+            }
+            Some(Err(_)) => return false,
+        }
+    }
+}
+
 pub(crate) struct Conn<'a> {
     client: &'a BlobClient,
 }
@@ -82,12 +153,16 @@ impl<'a> Conn<'a> {
         let req = self
             .signed(Method::POST, "/v1/blobs", length)?
             .header("upload-length", length);
-        let resp = self.send(req, empty()).await?;
+        let (resp, lease) = self.send(req, empty()).await?;
         if resp.status() != StatusCode::CREATED {
             return Err(refused(resp).await);
         }
-        let body = read_text(resp.into_body()).await;
-        BlobId::from_hex(body.trim())
+        let mut body = resp.into_body();
+        let text = read_text(&mut body).await;
+        if body.is_end_stream() {
+            lease.release();
+        }
+        BlobId::from_hex(text.trim())
             .map_err(|_| TransferError::Network("the relay returned a malformed blob id".into()))
     }
 
@@ -95,9 +170,12 @@ impl<'a> Conn<'a> {
     pub(crate) async fn delete(&self, id: BlobId) -> Result<(), TransferError> {
         let path = format!("/v1/blobs/{id}");
         let req = self.signed(Method::DELETE, &path, 0)?;
-        let resp = self.send(req, empty()).await?;
+        let (resp, lease) = self.send(req, empty()).await?;
         if resp.status() != StatusCode::NO_CONTENT && resp.status() != StatusCode::NOT_FOUND {
             return Err(refused(resp).await);
+        }
+        if drain(&mut resp.into_body()).await {
+            lease.release();
         }
         Ok(())
     }
@@ -105,11 +183,15 @@ impl<'a> Conn<'a> {
     /// This user's storage usage (`GET /v1/usage`): `(used, quota)` in bytes.
     pub(crate) async fn usage(&self) -> Result<(u64, u64), TransferError> {
         let req = self.signed(Method::GET, "/v1/usage", 0)?;
-        let resp = self.send(req, empty()).await?;
+        let (resp, lease) = self.send(req, empty()).await?;
         if resp.status() != StatusCode::OK {
             return Err(refused(resp).await);
         }
-        let body = read_text(resp.into_body()).await;
+        let mut incoming = resp.into_body();
+        let body = read_text(&mut incoming).await;
+        if incoming.is_end_stream() {
+            lease.release();
+        }
         #[derive(serde::Deserialize)]
         struct Usage {
             used: u64,
@@ -124,10 +206,11 @@ impl<'a> Conn<'a> {
     pub(crate) async fn offset(&self, id: BlobId) -> Result<u64, TransferError> {
         let path = format!("/v1/blobs/{id}");
         let req = self.signed(Method::HEAD, &path, 0)?;
-        let resp = self.send(req, empty()).await?;
+        let (resp, lease) = self.send(req, empty()).await?;
         if resp.status() != StatusCode::OK {
             return Err(refused(resp).await);
         }
+        lease.release(); // a HEAD response has no body
         header_u64(&resp, "upload-offset")
             .ok_or_else(|| TransferError::Network("the relay sent no Upload-Offset".into()))
     }
@@ -163,7 +246,7 @@ impl<'a> Conn<'a> {
             Ok(Err(e)) if !matches!(e, TransferError::Network(_)) => return Err(e),
             other => other,
         };
-        let resp = resp?;
+        let (resp, lease) = resp?;
         if resp.status() != StatusCode::NO_CONTENT {
             return Err(refused(resp).await);
         }
@@ -171,6 +254,9 @@ impl<'a> Conn<'a> {
             return Err(TransferError::Network(
                 "the relay did not store every byte".into(),
             ));
+        }
+        if drain(&mut resp.into_body()).await {
+            lease.release();
         }
         produced.map_err(|_| TransferError::Network("upload task failed".into()))?
     }
@@ -190,7 +276,7 @@ impl<'a> Conn<'a> {
             .header(header::CONTENT_TYPE, "application/offset+octet-stream")
             .header(header::CONTENT_LENGTH, rest.len());
         let body = Full::new(rest).map_err(|never| match never {}).boxed();
-        let resp = self.send(req, body).await?;
+        let (resp, lease) = self.send(req, body).await?;
         if resp.status() != StatusCode::NO_CONTENT {
             return Err(refused(resp).await);
         }
@@ -198,6 +284,9 @@ impl<'a> Conn<'a> {
             return Err(TransferError::Network(
                 "the relay did not store every byte".into(),
             ));
+        }
+        if drain(&mut resp.into_body()).await {
+            lease.release();
         }
         Ok(())
     }
@@ -217,7 +306,7 @@ impl<'a> Conn<'a> {
         if from > 0 {
             req = req.header(header::RANGE, format!("bytes={from}-"));
         }
-        let resp = self.send(req, empty()).await.map_err(|e| (0, e))?;
+        let (resp, lease) = self.send(req, empty()).await.map_err(|e| (0, e))?;
         let ok = match resp.status() {
             StatusCode::OK => from == 0,
             StatusCode::PARTIAL_CONTENT => resp
@@ -270,7 +359,12 @@ impl<'a> Conn<'a> {
             if done {
                 return match failure {
                     Some(e) => Err((n, e)),
-                    None => Ok(n),
+                    None => {
+                        if body.is_end_stream() {
+                            lease.release();
+                        }
+                        Ok(n)
+                    }
                 };
             }
         }
@@ -305,21 +399,52 @@ impl<'a> Conn<'a> {
         Ok(req)
     }
 
+    /// Sends `req` on a pooled connection, or a new one; returns the response and the
+    /// connection's lease.
     async fn send(
         &self,
         req: http::request::Builder,
         body: ReqBody,
-    ) -> Result<Response<Incoming>, TransferError> {
+    ) -> Result<(Response<Incoming>, Lease), TransferError> {
         let c = self.client;
         let host_header = if c.host.contains(':') {
             format!("[{}]:{}", c.host, c.port)
         } else {
             format!("{}:{}", c.host, c.port)
         };
-        let req = req
+        let mut req = req
             .header(header::HOST, host_header)
             .body(body)
             .map_err(|e| TransferError::Network(e.to_string()))?;
+        let net = |e: &dyn std::fmt::Display| TransferError::Network(e.to_string());
+        if let Some(mut sender) = c.pool.take().await {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let lease = Lease {
+                        sender,
+                        pool: c.pool.clone(),
+                    };
+                    return Ok((resp, lease));
+                }
+                // Not sent (the connection had just closed): again on a new one.
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(net(e.error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let resp = sender.send_request(req).await.map_err(|e| net(&e))?;
+        let lease = Lease {
+            sender,
+            pool: c.pool.clone(),
+        };
+        Ok((resp, lease))
+    }
+
+    /// A new connection (TCP, TLS, HTTP/1.1 handshake).
+    async fn connect(&self) -> Result<Sender, TransferError> {
+        let c = self.client;
         let net = |e: &dyn std::fmt::Display| TransferError::Network(e.to_string());
         let tcp = TcpStream::connect((c.host.as_str(), c.port))
             .await
@@ -331,13 +456,13 @@ impl<'a> Conn<'a> {
             .connect(name, tcp)
             .await
             .map_err(|e| net(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| net(&e))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        sender.send_request(req).await.map_err(|e| net(&e))
+        Ok(sender)
     }
 }
 
@@ -369,7 +494,7 @@ fn header_u64(resp: &Response<Incoming>, name: &str) -> Option<u64> {
 }
 
 /// Reads at most [`MAX_ERROR_BODY`] bytes of a body as text.
-async fn read_text(mut body: Incoming) -> String {
+async fn read_text(body: &mut Incoming) -> String {
     let mut out = Vec::new();
     while out.len() < MAX_ERROR_BODY {
         match body.frame().await {
@@ -387,7 +512,7 @@ async fn read_text(mut body: Incoming) -> String {
 
 async fn refused(resp: Response<Incoming>) -> TransferError {
     let status = resp.status().as_u16();
-    let text = read_text(resp.into_body()).await;
+    let text = read_text(&mut resp.into_body()).await;
     let message = text.lines().next().unwrap_or_default().trim().to_owned();
     let message = if message.is_empty() {
         resp_reason(status)

@@ -204,6 +204,8 @@ pub struct BlobClient {
     watched: Option<ProgressBar>,
     /// How long the relay keeps the blobs this client uploads.
     retention: Retention,
+    /// Idle keep-alive connections to the relay, shared by clones.
+    pool: http::Pool,
 }
 
 /// A user's storage on the relay, in bytes ([`BlobClient::usage`]).
@@ -251,6 +253,7 @@ impl BlobClient {
             progress: false,
             watched: None,
             retention: Retention::Default,
+            pool: http::Pool::default(),
         })
     }
 

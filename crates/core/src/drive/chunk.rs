@@ -15,7 +15,6 @@
 use std::fmt;
 use std::io::Read;
 
-use fastcdc::v2020::StreamCDC;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::{hkdf, hmac};
 
@@ -94,36 +93,59 @@ const CHUNK_KEY_INFO: &[u8] = b"cove/drive/v1/chunk-key";
 /// The FastCDC cut points of a stream: yields `(offset, plaintext)` per chunk with the
 /// sizes above. Reads `source` in bounded buffers (memory is O([`MAX_CHUNK`])).
 ///
-/// FastCDC 2020 (`fastcdc::v2020::StreamCDC`, normalization level 1, gear seed 0) with
-/// [`MIN_CHUNK`], [`AVG_CHUNK`] and [`MAX_CHUNK`]: the cut points depend on the content
-/// only, so an edit moves at most the chunks around it. An empty source yields nothing.
-/// After an I/O error the iterator ends.
+/// FastCDC 2020 (`fastcdc::v2020`, normalization level 1, the crate's gear table, i.e. seed
+/// 0) with [`MIN_CHUNK`], [`AVG_CHUNK`] and [`MAX_CHUNK`]: the same cut points as
+/// `fastcdc::v2020::FastCDC` over the whole file, found in a window of [`MAX_CHUNK`] bytes.
+/// They depend on the content only, so an edit moves at most the chunks around it. An empty
+/// source yields nothing. After an I/O error the iterator ends.
 pub struct Chunker<R: Read> {
-    inner: StreamCDC<Retry<R>>,
+    source: R,
+    /// `buf[start..len]` are read and not yet cut.
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+    /// File offset of `buf[start]`.
+    offset: u64,
+    eof: bool,
     done: bool,
 }
 
-/// A reader that retries reads interrupted by a signal (`StreamCDC` would report them).
-struct Retry<R>(R);
-
-impl<R: Read> Read for Retry<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            match self.0.read(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
-        }
-    }
-}
+/// Masks of FastCDC 2020 at normalization level 1 for [`AVG_CHUNK`] (2^19): small chunks
+/// use 2^20's, large ones 2^18's.
+const MASK_S: u64 = fastcdc::v2020::MASKS[20];
+const MASK_L: u64 = fastcdc::v2020::MASKS[18];
 
 impl<R: Read> Chunker<R> {
     /// Chunks `source`.
     pub fn new(source: R) -> Self {
         Chunker {
-            inner: StreamCDC::new(Retry(source), MIN_CHUNK, AVG_CHUNK, MAX_CHUNK),
+            source,
+            buf: vec![0; MAX_CHUNK as usize],
+            start: 0,
+            len: 0,
+            offset: 0,
+            eof: false,
             done: false,
         }
+    }
+
+    /// Fills the window: moves the unread tail to the front and reads until it is full or
+    /// the source ends.
+    fn fill(&mut self) -> std::io::Result<()> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.len, 0);
+            self.len -= self.start;
+            self.start = 0;
+        }
+        while !self.eof && self.len < self.buf.len() {
+            match self.source.read(&mut self.buf[self.len..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -133,13 +155,31 @@ impl<R: Read> Iterator for Chunker<R> {
         if self.done {
             return None;
         }
-        match self.inner.next()? {
-            Ok(c) => Some(Ok((c.offset, c.data))),
-            Err(e) => {
-                self.done = true;
-                Some(Err(e.into()))
-            }
+        if let Err(e) = self.fill() {
+            self.done = true;
+            return Some(Err(e));
         }
+        let window = &self.buf[self.start..self.len];
+        if window.is_empty() {
+            self.done = true;
+            return None;
+        }
+        let (_, n) = fastcdc::v2020::cut(
+            window,
+            MIN_CHUNK as usize,
+            AVG_CHUNK as usize,
+            MAX_CHUNK as usize,
+            MASK_S,
+            MASK_L,
+            MASK_S << 1,
+            MASK_L << 1,
+        );
+        let n = n.clamp(1, window.len());
+        let chunk = window[..n].to_vec();
+        let at = self.offset;
+        self.start += n;
+        self.offset += n as u64;
+        Some(Ok((at, chunk)))
     }
 }
 

@@ -315,6 +315,14 @@ fn drive_chunker_is_deterministic_and_local() {
     );
     // Deterministic, whatever the reads look like.
     assert_eq!(chunks_of(&data), a);
+    // The cut points of fastcdc's own in-memory chunker over the whole file (FastCDC 2020,
+    // level 1, seed 0).
+    let reference: Vec<(u64, usize)> =
+        fastcdc::v2020::FastCDC::new(&data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+            .map(|c| (c.offset as u64, c.length))
+            .collect();
+    let ours: Vec<(u64, usize)> = a.iter().map(|(o, c)| (*o, c.len())).collect();
+    assert_eq!(ours, reference);
     let trickled: Vec<_> = Chunker::new(Trickle {
         data: &data,
         step: 100_003,
