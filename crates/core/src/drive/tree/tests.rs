@@ -1057,15 +1057,17 @@ fn pool_node(n: u8) -> NodeId {
 const NAMES: [&str; 6] = ["a", "a.txt", "a (2).txt", ".x", "b", "b.tar.gz"];
 
 fn arb_op() -> impl Strategy<Value = (u8, DriveOp)> {
-    let node = || (0u8..12).prop_map(pool_node);
+    // Node ids from a small pool (so operations meet), parents often the root.
+    let node = || prop_oneof![1 => Just(ROOT), 12 => (1u8..9).prop_map(pool_node)];
+    let parent = || prop_oneof![1 => Just(ROOT), 1 => (1u8..9).prop_map(pool_node)];
     let name = || proptest::sample::select(&NAMES[..]).prop_map(str::to_owned);
     let op = prop_oneof![
         1 => Just(DriveOp::Init { name: "Drive".to_owned(), owner: user("alice") }),
-        6 => (node(), node(), name()).prop_map(|(id, parent, name)| DriveOp::Mkdir { id, parent, name }),
-        6 => (node(), node(), name(), 0u8..4).prop_map(|(id, parent, name, tag)| DriveOp::PutVersion {
+        6 => (node(), parent(), name()).prop_map(|(id, parent, name)| DriveOp::Mkdir { id, parent, name }),
+        6 => (node(), parent(), name(), 0u8..4).prop_map(|(id, parent, name, tag)| DriveOp::PutVersion {
             id, parent, name, version: version(tag, u64::from(tag) * 100),
         }),
-        5 => (node(), node(), name()).prop_map(|(id, parent, name)| DriveOp::Move { id, parent, name }),
+        6 => (node(), parent(), name()).prop_map(|(id, parent, name)| DriveOp::Move { id, parent, name }),
         3 => node().prop_map(|id| DriveOp::Trash { id }),
         3 => node().prop_map(|id| DriveOp::Restore { id }),
         1 => proptest::collection::vec(node(), 0..4).prop_map(|ids| DriveOp::Purge { ids }),
@@ -1074,7 +1076,7 @@ fn arb_op() -> impl Strategy<Value = (u8, DriveOp)> {
         }),
         1 => (node(), 0u8..3).prop_map(|(node, tag)| DriveOp::Link { node, link: sealed(tag), expires_ms: None }),
         1 => (0u8..3).prop_map(|tag| DriveOp::Unlink { link: BlobId([tag; 16]) }),
-        1 => (node(), node(), name()).prop_map(|(id, parent, name)| DriveOp::Mount {
+        1 => (node(), parent(), name()).prop_map(|(id, parent, name)| DriveOp::Mount {
             id, parent, name, group: GroupId([9; 16]),
         }),
         1 => Just(DriveOp::SnapshotRequest),
@@ -1087,7 +1089,7 @@ fn arb_op() -> impl Strategy<Value = (u8, DriveOp)> {
 }
 
 fn arb_log() -> impl Strategy<Value = Vec<(u8, DriveOp)>> {
-    proptest::collection::vec(arb_op(), 0..80).prop_map(|mut ops| {
+    proptest::collection::vec(arb_op(), 0..120).prop_map(|mut ops| {
         ops.insert(
             0,
             (
