@@ -32,6 +32,9 @@ use crate::transfer::{BlobClient, Retention};
 /// 150 GiB of files at the average chunk size. The share page refuses a larger blob.
 pub const MAX_LINK_DOCUMENT: usize = 64 << 20;
 
+/// Longest expiry of a link (the relay's bound on `Cove-Retention`: ten years of 365 days).
+pub const MAX_EXPIRY_SECS: u64 = 315_360_000;
+
 /// Version of the link document format.
 pub const LINK_VERSION: u32 = 1;
 
@@ -76,14 +79,24 @@ struct LinkedChunk {
 /// `expires_in_secs` if given (else until revoked).
 ///
 /// Shared folders mounted below a linked folder are left out (their trees are other
-/// groups'); linking a mount itself is refused with [`DriveError::Invalid`], as is a
-/// document beyond [`MAX_LINK_DOCUMENT`].
+/// groups'); linking a mount itself is refused with [`DriveError::Invalid`], as are a
+/// document beyond [`MAX_LINK_DOCUMENT`] and an expiry outside 1..=[`MAX_EXPIRY_SECS`]
+/// (checked before anything is uploaded). A trashed or unknown node is
+/// [`TreeError::NotFound`].
 pub async fn create(
     blobs: &BlobClient,
     tree: &Tree,
     node: &NodeId,
     expires_in_secs: Option<u64>,
 ) -> Result<Created, DriveError> {
+    if let Some(secs) = expires_in_secs
+        && !(1..=MAX_EXPIRY_SECS).contains(&secs)
+    {
+        return Err(DriveError::Invalid(format!(
+            "a link expires after 1 second to {} days",
+            MAX_EXPIRY_SECS / 86_400
+        )));
+    }
     let json = document(blobs, tree, node).await?;
     let key = FileSecret::generate(&mut rand::rngs::OsRng);
     let sealed = seal::seal(&key, seal::LINK_AAD, &json);

@@ -391,7 +391,8 @@ async fn the_share_pages_save_link_is_hidden_and_dead_while_loading() {
 }
 
 /// The link blob opens with the key from the URL into the documented JSON: the linked
-/// folder's name, its subfolder, each file's latest version with its secret and chunks.
+/// folder's name, its subfolder, each file's latest version with its secret and chunks; a
+/// file link holds its one file; an out-of-range expiry and a trashed file are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_link_document_holds_the_folder_as_documented() {
     let mut f = folder().await;
@@ -460,6 +461,19 @@ async fn the_link_document_holds_the_folder_as_documented() {
         )
     );
     assert_eq!(doc["files"][0]["path"], "notes.txt");
+
+    // An expiry the relay would refuse is refused before anything is uploaded.
+    let before = super::blob_rows(&f.env);
+    for secs in [0, link::MAX_EXPIRY_SECS + 1] {
+        let err = link::create(&f.env.client, &f.tree, &NOTES, Some(secs))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DriveError::Invalid(m) if m == "a link expires after 1 second to 3650 days"),
+            "{err:?}"
+        );
+    }
+    assert_eq!(super::blob_rows(&f.env), before);
 
     // A trashed file cannot be linked.
     let alice = UserName::new("alice").unwrap();
