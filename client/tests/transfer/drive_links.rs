@@ -489,3 +489,49 @@ async fn the_link_document_holds_the_folder_as_documented() {
         "{err:?}"
     );
 }
+
+/// A link document that opens (its author holds the key) but breaks the format is refused
+/// with the field at fault, and nothing is listed: a path escaping with `..`, chunk lengths
+/// that do not add up to the size, an unknown version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_link_document_is_refused_with_its_reason() {
+    let env = Env::start(BlobConfig::default()).await;
+    let file = |path: &str, size: u64| {
+        serde_json::json!({"path": path, "size": size, "modified_ms": 0,
+            "sha256": hex::encode([0u8; 32]), "secret": b64url(&[1; 32]),
+            "chunks": [{"id": hex::encode([2u8; 32]), "blob": hex::encode([3u8; 16]), "len": 10}]})
+    };
+    let cases = [
+        (
+            serde_json::json!({"v": 1, "name": "x", "kind": "folder", "folders": [],
+                "files": [file("a/../secret.txt", 10)]}),
+            "file path",
+        ),
+        (
+            serde_json::json!({"v": 1, "name": "x", "kind": "folder", "folders": [],
+                "files": [file("a.txt", 11)]}),
+            "sizes",
+        ),
+        (
+            serde_json::json!({"v": 2, "name": "x", "kind": "folder", "folders": [],
+                "files": []}),
+            "version",
+        ),
+    ];
+    for (doc, reason) in cases {
+        let key = cove_core::drive::FileSecret([7; 32]);
+        let sealed = seal::seal(&key, seal::LINK_AAD, &serde_json::to_vec(&doc).unwrap());
+        let blob = env.client.upload_bytes(sealed).await.unwrap();
+        let url = format!(
+            "{}/s/{}#drive.{}",
+            env.client.origin(),
+            blob.to_hex(),
+            b64url(&key.0)
+        );
+        let Some(dom) = browser::dump_dom(&url).await else {
+            return;
+        };
+        assert_refused(&dom, &format!("The link's index is malformed ({reason})."));
+        assert!(dom.contains("<div id=\"tree\"></div>"), "{dom}");
+    }
+}
