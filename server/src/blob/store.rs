@@ -611,4 +611,33 @@ mod tests {
         assert!(store.meta(&done).unwrap().is_some_and(|m| m.complete()));
         assert_eq!(store.usage(&alice()).unwrap(), 2);
     }
+
+    /// A complete blob leaves a tombstone saying why it went (its owner's delete: revoked;
+    /// the sweep: expired), kept 90 days; an incomplete one, or one never here, leaves none.
+    #[test]
+    fn complete_blobs_leave_a_tombstone_saying_why_they_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let (revoked, expired, partial) = (BlobId([4; 16]), BlobId([5; 16]), BlobId([6; 16]));
+        for id in [revoked, expired, partial] {
+            store.create(id, &alice(), 2, 100, 0, 10).unwrap();
+        }
+        for id in [revoked, expired] {
+            let mut w = store.writer(&id, 0).unwrap();
+            w.write(b"ok").unwrap();
+            w.commit(500).unwrap();
+        }
+        store.delete(&revoked).unwrap();
+        store.delete(&partial).unwrap();
+        assert_eq!(store.sweep(500).unwrap(), 1);
+        assert_eq!(store.gone(&revoked).unwrap(), Some(Gone::Revoked));
+        assert_eq!(store.gone(&expired).unwrap(), Some(Gone::Expired));
+        assert_eq!(store.gone(&partial).unwrap(), None);
+        assert_eq!(store.gone(&BlobId([7; 16])).unwrap(), None);
+        // The expired one's tombstone (at 500) is kept 90 days, then forgotten.
+        store.sweep(500 + TOMBSTONE_RETENTION_MS).unwrap();
+        assert_eq!(store.gone(&expired).unwrap(), Some(Gone::Expired));
+        store.sweep(501 + TOMBSTONE_RETENTION_MS).unwrap();
+        assert_eq!(store.gone(&expired).unwrap(), None);
+    }
 }
