@@ -244,14 +244,22 @@ pub fn chunk_id(secret: &FileSecret, plaintext: &[u8]) -> [u8; 32] {
 /// Seals a chunk: its id and the blob bytes.
 pub fn seal_chunk(secret: &FileSecret, plaintext: &[u8]) -> ([u8; 32], Vec<u8>) {
     let id = chunk_id(secret, plaintext);
-    let key = chunk_key(secret, &id);
+    let blob = seal_chunk_with_id(secret, &id, plaintext);
+    (id, blob)
+}
+
+/// Seals a chunk whose id the caller already computed with [`chunk_id`] (an upload checks
+/// the id against the chunks it already has before sealing): the blob bytes, the same as
+/// [`seal_chunk`]'s. Given another id, the blob is one that [`open_chunk`] refuses.
+pub fn seal_chunk_with_id(secret: &FileSecret, id: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+    let key = chunk_key(secret, id);
     let mut blob = Vec::with_capacity(plaintext.len() + CHUNK_OVERHEAD as usize);
     blob.extend_from_slice(plaintext);
     // Sealing fails only for plaintexts beyond GCM's limit (~64 GiB), far above MAX_CHUNK.
     #[allow(clippy::expect_used)]
     key.seal_in_place_append_tag(zero_nonce(), Aad::from(&id[..]), &mut blob)
         .expect("chunk within the AES-GCM length limit");
-    (id, blob)
+    blob
 }
 
 /// Opens a chunk's blob, checking its id and length against `chunk`.

@@ -7,7 +7,7 @@ use std::io::Read;
 
 use cove_core::drive::chunk::{
     AVG_CHUNK, CHUNK_OVERHEAD, ChunkError, ChunkRef, Chunker, FileSecret, MAX_CHUNK, MAX_CHUNKS,
-    MIN_CHUNK, Manifest, chunk_id, open_chunk, seal_chunk,
+    MIN_CHUNK, Manifest, chunk_id, open_chunk, seal_chunk, seal_chunk_with_id,
 };
 use cove_core::drive::seal::{self, LINK_AAD, MANIFEST_AAD, SNAPSHOT_AAD, SealError};
 use cove_wire::BlobId;
@@ -129,6 +129,7 @@ fn drive_chunk_round_trips() {
         assert_eq!(open_chunk(&s, &r, &blob).unwrap(), pt);
         // Sealing is deterministic: a re-upload is the same blob.
         assert_eq!(seal_chunk(&s, &pt).1, blob);
+        assert_eq!(seal_chunk_with_id(&s, &r.id, &pt), blob);
     }
 }
 
@@ -165,6 +166,14 @@ fn drive_chunk_every_flipped_byte_and_truncation_is_refused() {
     let mut shorter = r.clone();
     shorter.len -= 1;
     assert_eq!(open_chunk(&s, &shorter, &blob), Err(ChunkError::Tampered));
+    // Sealed under another id than its own: refused.
+    let mut wrong = r.clone();
+    wrong.id[0] ^= 1;
+    let sealed_wrong = seal_chunk_with_id(&s, &wrong.id, &pt);
+    assert_eq!(
+        open_chunk(&s, &wrong, &sealed_wrong),
+        Err(ChunkError::Mismatch)
+    );
     // A length beyond MAX_CHUNK is refused before anything else.
     let mut huge = r.clone();
     huge.len = MAX_CHUNK + 1;
