@@ -725,6 +725,14 @@ fn paths_resolve_and_walk() {
         );
     }
     assert_eq!(log.tree.child(&id(1), "b"), Some(id(2)));
+    let entry = log.tree.entry(&id(3)).unwrap();
+    assert_eq!(
+        (entry.name.as_str(), entry.path.as_str(), entry.size),
+        ("z.txt", "/a/b/z.txt", 13)
+    );
+    assert_eq!(entry.author, user("alice"));
+    assert_eq!(log.tree.entry(&ROOT), None);
+    assert_eq!(log.tree.entry(&id(9)), None);
     assert_eq!(log.tree.path(&ROOT).as_deref(), Some("/"));
     assert_eq!(log.tree.path(&id(3)).as_deref(), Some("/a/b/z.txt"));
     let walk: Vec<(NodeId, String)> = log
