@@ -6,6 +6,7 @@
 
 mod browser;
 mod drive;
+mod drive_links;
 mod limits;
 mod proxy;
 mod raw;

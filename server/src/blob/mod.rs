@@ -59,7 +59,9 @@ use tracing::{debug, info, warn};
 use crate::config::BlobBackend;
 use crate::store::RelayStore;
 pub use s3::S3BlobStore;
-pub use store::{BlobMeta, BlobStore, BlobStoreError, BlobWriter, FsBlobStore};
+pub use store::{
+    BlobMeta, BlobStore, BlobStoreError, BlobWriter, FsBlobStore, Gone, TOMBSTONE_RETENTION_MS,
+};
 
 /// The path of the signed storage-usage request (`GET`, value 0).
 pub const USAGE_PATH: &str = "/v1/usage";
@@ -310,11 +312,21 @@ impl BlobService {
             if method != Method::GET && method != Method::HEAD {
                 return method_not_allowed("GET, HEAD");
             }
-            let exists = match BlobId::from_hex(id) {
-                Ok(id) => matches!(inner.meta(id).await, Ok(Some(m)) if m.complete()),
-                Err(_) => false,
+            let page = match BlobId::from_hex(id) {
+                Ok(id) => match inner.meta(id).await {
+                    Ok(Some(m)) if m.complete() => share::Page::Share,
+                    _ => {
+                        let blobs = Arc::clone(&inner.blobs);
+                        match blocking(move || blobs.gone(&id)).await {
+                            Ok(Some(Gone::Expired)) => share::Page::Expired,
+                            Ok(Some(Gone::Revoked)) => share::Page::Revoked,
+                            _ => share::Page::Unknown,
+                        }
+                    }
+                },
+                Err(_) => share::Page::Unknown,
             };
-            return inner.share.response(exists);
+            return inner.share.response(page);
         }
         text(StatusCode::NOT_FOUND, "not found")
     }

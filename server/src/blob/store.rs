@@ -38,6 +38,19 @@ impl BlobMeta {
     }
 }
 
+/// Why a complete blob that was here is gone (the share page says which).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gone {
+    /// Swept after its expiry.
+    Expired,
+    /// Deleted by its owner (a revoked drive link, emptied trash, a deleted account).
+    Revoked,
+}
+
+/// How long [`FsBlobStore`] remembers why a complete blob went (a tombstone: the blob's id,
+/// the reason and the time; nothing else).
+pub const TOMBSTONE_RETENTION_MS: u64 = 90 * 24 * 3600 * 1000;
+
 /// Why a blob-store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobStoreError {
@@ -132,6 +145,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// append running is made to expire now instead, so the next sweep deletes it. Returns
     /// how many were deleted now.
     fn delete_owner(&self, owner: &UserName) -> Result<usize, BlobStoreError>;
+    /// Why blob `id` went, when it was complete and went within [`TOMBSTONE_RETENTION_MS`];
+    /// `None` for a blob this store never had, forgot, or (the default, a store that keeps
+    /// no tombstones) cannot tell.
+    fn gone(&self, _id: &BlobId) -> Result<Option<Gone>, BlobStoreError> {
+        Ok(None)
+    }
 }
 
 /// Blob files under a directory, metadata in a SQLite file beside them.
@@ -159,13 +178,48 @@ impl FsBlobStore {
                  expires_ms INTEGER NOT NULL
              );
              CREATE INDEX IF NOT EXISTS blobs_owner ON blobs(owner);
-             CREATE INDEX IF NOT EXISTS blobs_expiry ON blobs(expires_ms);",
+             CREATE INDEX IF NOT EXISTS blobs_expiry ON blobs(expires_ms);
+             CREATE TABLE IF NOT EXISTS gone (
+                 id BLOB PRIMARY KEY,
+                 reason INTEGER NOT NULL,
+                 at_ms INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS gone_at ON gone(at_ms);",
         )?;
         Ok(FsBlobStore {
             dir: dir.to_owned(),
             db: Arc::new(Mutex::new(db)),
             writing: Arc::new(Mutex::new(HashSet::new())),
         })
+    }
+
+    /// Deletes a blob (no error if absent; `Busy` while an append runs); a complete one
+    /// leaves a tombstone saying why, at `now_ms`.
+    fn remove(&self, id: &BlobId, why: Gone, now_ms: u64) -> Result<(), BlobStoreError> {
+        // Held throughout, so that no append starts between the check and the removal.
+        let writing = self.writing()?;
+        if writing.contains(id) {
+            return Err(BlobStoreError::Busy);
+        }
+        let reason = match why {
+            Gone::Expired => 1,
+            Gone::Revoked => 2,
+        };
+        // The tombstone first: a crash before the removal leaves the blob served as before.
+        self.db()?.execute(
+            "INSERT OR REPLACE INTO gone (id, reason, at_ms)
+             SELECT id, ?2, ?3 FROM blobs WHERE id = ?1 AND stored = length",
+            params![id.0.as_slice(), reason, clamp_i64(now_ms)],
+        )?;
+        match std::fs::remove_file(self.path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.db()?
+            .execute("DELETE FROM blobs WHERE id = ?1", params![id.0.as_slice()])?;
+        drop(writing);
+        Ok(())
     }
 
     fn path(&self, id: &BlobId) -> PathBuf {
@@ -183,6 +237,17 @@ impl FsBlobStore {
             .lock()
             .map_err(|_| BlobStoreError::Io(io::Error::other("metadata lock poisoned")))
     }
+}
+
+/// Now, ms since the Unix epoch.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn to_i64(v: u64) -> Result<i64, BlobStoreError> {
@@ -329,20 +394,19 @@ impl BlobStore for FsBlobStore {
     }
 
     fn delete(&self, id: &BlobId) -> Result<(), BlobStoreError> {
-        // Held throughout, so that no append starts between the check and the removal.
-        let writing = self.writing()?;
-        if writing.contains(id) {
-            return Err(BlobStoreError::Busy);
-        }
-        match std::fs::remove_file(self.path(id)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        self.db()?
-            .execute("DELETE FROM blobs WHERE id = ?1", params![id.0.as_slice()])?;
-        drop(writing);
-        Ok(())
+        self.remove(id, Gone::Revoked, wall_ms())
+    }
+
+    fn gone(&self, id: &BlobId) -> Result<Option<Gone>, BlobStoreError> {
+        let reason: Option<i64> = self
+            .db()?
+            .query_row(
+                "SELECT reason FROM gone WHERE id = ?1",
+                params![id.0.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(reason.map(|r| if r == 1 { Gone::Expired } else { Gone::Revoked }))
     }
 
     fn delete_owner(&self, owner: &UserName) -> Result<usize, BlobStoreError> {
@@ -383,12 +447,16 @@ impl BlobStore for FsBlobStore {
             let raw: Vec<_> = rows.collect::<Result<_, _>>()?;
             raw.into_iter().map(parse_meta).collect::<Result<_, _>>()?
         };
+        self.db()?.execute(
+            "DELETE FROM gone WHERE at_ms < ?1",
+            params![clamp_i64(now_ms.saturating_sub(TOMBSTONE_RETENTION_MS))],
+        )?;
         let mut n = 0;
         for meta in expired {
             if keep(&meta) {
                 continue;
             }
-            match self.delete(&meta.id) {
+            match self.remove(&meta.id, Gone::Expired, now_ms) {
                 Ok(()) => n += 1,
                 // An append is running: the next sweep deletes it if it is still
                 // expired then (a completed upload gets a new expiry).
@@ -542,5 +610,34 @@ mod tests {
         assert!(!dir.path().join(stale.to_hex()).exists());
         assert!(store.meta(&done).unwrap().is_some_and(|m| m.complete()));
         assert_eq!(store.usage(&alice()).unwrap(), 2);
+    }
+
+    /// A complete blob leaves a tombstone saying why it went (its owner's delete: revoked;
+    /// the sweep: expired), kept 90 days; an incomplete one, or one never here, leaves none.
+    #[test]
+    fn complete_blobs_leave_a_tombstone_saying_why_they_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let (revoked, expired, partial) = (BlobId([4; 16]), BlobId([5; 16]), BlobId([6; 16]));
+        for id in [revoked, expired, partial] {
+            store.create(id, &alice(), 2, 100, 0, 10).unwrap();
+        }
+        for id in [revoked, expired] {
+            let mut w = store.writer(&id, 0).unwrap();
+            w.write(b"ok").unwrap();
+            w.commit(500).unwrap();
+        }
+        store.delete(&revoked).unwrap();
+        store.delete(&partial).unwrap();
+        assert_eq!(store.sweep(500).unwrap(), 1);
+        assert_eq!(store.gone(&revoked).unwrap(), Some(Gone::Revoked));
+        assert_eq!(store.gone(&expired).unwrap(), Some(Gone::Expired));
+        assert_eq!(store.gone(&partial).unwrap(), None);
+        assert_eq!(store.gone(&BlobId([7; 16])).unwrap(), None);
+        // The expired one's tombstone (at 500) is kept 90 days, then forgotten.
+        store.sweep(500 + TOMBSTONE_RETENTION_MS).unwrap();
+        assert_eq!(store.gone(&expired).unwrap(), Some(Gone::Expired));
+        store.sweep(501 + TOMBSTONE_RETENTION_MS).unwrap();
+        assert_eq!(store.gone(&expired).unwrap(), None);
     }
 }
