@@ -1201,3 +1201,42 @@ fn check_hostile(bytes: &[u8]) {
         let _ = (tree.trash(), tree.usage(), tree.links());
     }
 }
+
+proptest! {
+    /// The clash rule's fast path (one scan of the names sharing the stem) picks the same
+    /// name as probing number after number, on folders full of numbered names.
+    #[test]
+    fn free_name_scan_agrees_with_probing(
+        taken in proptest::collection::vec((0usize..4, 0u64..12, 0usize..3), 0..40),
+        wanted in (0usize..4, 0usize..3),
+    ) {
+        let stems = ["a", "a (2)", ".x", "b.tar"];
+        let exts = ["", ".txt", ".gz"];
+        let mut index = BTreeMap::new();
+        let make = |s: usize, n: u64, e: usize| match n {
+            0 => format!("{}{}", stems[s], exts[e]),
+            1 => format!("{} (0{}){}", stems[s], n, exts[e]),
+            _ => format!("{} ({n}){}", stems[s], exts[e]),
+        };
+        for (i, (s, n, e)) in taken.into_iter().enumerate() {
+            index.insert(Name::from(make(s, n, e)), id(i as u8));
+        }
+        let wanted = make(wanted.0, 0, wanted.1);
+        index.insert(Name::from(wanted.as_str()), id(200));
+        prop_assert_eq!(free_name(&index, &wanted), free_name_probing(&index, &wanted));
+    }
+}
+
+/// A folder of 3,000 same-named files: each new one gets the next number.
+#[test]
+fn many_clashes_get_consecutive_numbers() {
+    let mut index: BTreeMap<Name, NodeId> = BTreeMap::new();
+    index.insert("IMG.jpg".into(), id(1));
+    for n in 2..3_000u32 {
+        let name = free_name(&index, "IMG.jpg");
+        assert_eq!(&*name, format!("IMG ({n}).jpg"));
+        let mut node = [0u8; 16];
+        node[..4].copy_from_slice(&n.to_be_bytes());
+        index.insert(name, node);
+    }
+}
