@@ -1240,3 +1240,50 @@ fn many_clashes_get_consecutive_numbers() {
         index.insert(name, node);
     }
 }
+
+/// The state encoding is a format other members decode: these bytes change only on purpose
+/// (then a new `StateFormat` version is appended).
+#[test]
+fn state_encoding_is_stable() {
+    let mut log = Log::new();
+    log.mkdir(1, ROOT, "d").unwrap();
+    log.op(DriveOp::PutVersion {
+        id: id(2),
+        parent: id(1),
+        name: "f".to_owned(),
+        version: FileVersion {
+            version: [2; 16],
+            size: 3,
+            modified_ms: 4,
+            sha256: [5; 32],
+            secret: FileSecret([6; 32]),
+            manifest: ManifestRef::Inline(Manifest::default()),
+            device: "pc".to_owned(),
+        },
+    })
+    .unwrap();
+    log.put(3, ROOT, "t").unwrap();
+    log.op(DriveOp::Trash { id: id(3) }).unwrap();
+    log.op(DriveOp::SetAccess {
+        user: user("bob"),
+        read_only: true,
+    })
+    .unwrap();
+    // V1; applied 6; "Drive", owner alice; read-only [bob]; nodes by id (id, parent, name,
+    // kind, author); trash [(id 3, "/t")]; no links.
+    assert_eq!(
+        hex::encode(log.tree.encode_state()),
+        concat!(
+            "00060544726976650105616c6963650103626f6203010000000000000000000000000000aa000000",
+            "0000000000000000000000000001640005616c696365020000000000000000000000000000aa0100",
+            "00000000000000000000000000aa0166010102020202020202020202020202020202030405050505",
+            "05050505050505050505050505050505050505050505050505050505060606060606060606060606",
+            "0606060606060606060606060606060606060606000002706305616c696365030000000000000000",
+            "000000000000aa000000000000000000000000000000000174010103030303030303030303030303",
+            "0303030deb0703030303030303030303030303030303030303030303030303030303030303030707",
+            "07070707070707070707070707070707070707070707070707070707070700010303030303030303",
+            "03030303030303030303030303030303030303030303030303030303030303030303030303030303",
+            "01066c6170746f7005616c69636501030000000000000000000000000000aa022f7400",
+        )
+    );
+}
