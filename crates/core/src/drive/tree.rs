@@ -56,6 +56,7 @@ pub const MAX_NODES: usize = 2_000_000;
 pub const MAX_DEPTH: usize = 256;
 /// Most live links of one drive.
 pub const MAX_LINKS: usize = 100_000;
+
 /// What a node is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeKind {
