@@ -39,6 +39,7 @@
 //! path, so a tree of 100,000 entries stays in tens of MiB (`benches/drive_tree.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use cove_wire::{BlobId, GroupId, UserName};
@@ -405,12 +406,18 @@ impl Tree {
         Some(path)
     }
 
+    /// A live node other than the root as listings show it, its path absolute (`/a/b.txt`).
+    pub fn entry(&self, id: &NodeId) -> Option<Entry> {
+        let path = self.path(id).filter(|_| *id != ROOT)?;
+        self.make_entry(id, path)
+    }
+
     /// The live entries of a folder, by name (paths are the names).
     pub fn list(&self, folder: &NodeId) -> Result<Vec<Entry>, TreeError> {
         let index = self.live_folder(folder)?;
         Ok(index
             .iter()
-            .filter_map(|(name, id)| self.entry(id, name.to_string()))
+            .filter_map(|(name, id)| self.make_entry(id, name.to_string()))
             .collect())
     }
 
@@ -437,7 +444,7 @@ impl Tree {
             if let Some(index) = self.children.get(&id) {
                 stack.extend(index.values().rev().map(|child| (*child, path.clone())));
             }
-            if let Some(entry) = self.entry(&id, path) {
+            if let Some(entry) = self.make_entry(&id, path) {
                 out.push(entry);
             }
         }
@@ -450,7 +457,7 @@ impl Tree {
         let mut out: Vec<Entry> = self
             .trash
             .iter()
-            .filter_map(|(id, path)| self.entry(id, path.clone()))
+            .filter_map(|(id, path)| self.make_entry(id, path.clone()))
             .collect();
         out.sort_by(|a, b| (&a.path, a.id).cmp(&(&b.path, b.id)));
         out
@@ -506,6 +513,8 @@ impl Tree {
     }
 
     /// The live links: the node, the link's sealed blob, its expiry (ms) if any; by blob id.
+    /// A link outlives a change to its node (it shows the node as it was when made), even
+    /// its purge, until it is unlinked.
     pub fn links(&self) -> Vec<(NodeId, &super::op::SealedBlob, Option<u64>)> {
         self.links
             .values()
@@ -754,10 +763,46 @@ fn free_name(index: &BTreeMap<Name, NodeId>, wanted: &str) -> Name {
     if !index.contains_key(wanted) {
         return wanted.into();
     }
-    let (stem, ext) = match wanted.rfind('.') {
-        Some(dot) if dot > 0 => wanted.split_at(dot),
-        _ => (wanted, ""),
-    };
+    let (stem, ext) = split_ext(wanted);
+    // The answer is at most `index.len() + 2`: the candidates 2..=len+2 are distinct and
+    // `index` holds at most `len - 1` of them (it holds `wanted`, no candidate).
+    let most = index.len() + 2;
+    if stem.len() + format!(" ({most}){ext}").len() <= MAX_NAME_BYTES {
+        // No candidate up to `most` is cut, so each is exactly `stem (n)ext`: one scan of
+        // the names starting with `stem (` finds the numbers taken (linear in those
+        // names, not in the numbers times the folder).
+        let prefix = format!("{stem} (");
+        let mut taken: Vec<usize> = Vec::new();
+        let from = (Bound::Included(prefix.as_str()), Bound::Unbounded);
+        for key in index.range::<str, _>(from).map(|(key, _)| key) {
+            let Some(rest) = key.strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            let digits = rest.strip_suffix(ext).and_then(|r| r.strip_suffix(')'));
+            let n = digits
+                .filter(|d| !d.starts_with('0') && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<usize>().ok());
+            taken.extend(n);
+        }
+        taken.sort_unstable();
+        let mut n = 2;
+        for t in taken {
+            if t == n {
+                n += 1;
+            } else if t > n {
+                break;
+            }
+        }
+        // `n` is at most 2 + the candidates taken, so at most `most`: not cut.
+        return format!("{stem} ({n}){ext}").into();
+    }
+    free_name_probing(index, wanted)
+}
+
+/// [`free_name`] the slow way (one lookup per number), for names long enough that a
+/// candidate may be cut.
+fn free_name_probing(index: &BTreeMap<Name, NodeId>, wanted: &str) -> Name {
+    let (stem, ext) = split_ext(wanted);
     // Distinct numbers give distinct names (the number is the digits just before the
     // final ")"), so at most `index.len() + 1` numbers are tried.
     let mut n: u64 = 2;
@@ -769,6 +814,14 @@ fn free_name(index: &BTreeMap<Name, NodeId>, wanted: &str) -> Name {
             return candidate.into();
         }
         n += 1;
+    }
+}
+
+/// `(stem, ext)`: `ext` from the last dot on, none when that dot starts the name.
+fn split_ext(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(dot) if dot > 0 => name.split_at(dot),
+        _ => (name, ""),
     }
 }
 
@@ -857,7 +910,7 @@ impl Tree {
         max
     }
 
-    fn entry(&self, id: &NodeId, path: String) -> Option<Entry> {
+    fn make_entry(&self, id: &NodeId, path: String) -> Option<Entry> {
         let node = self.nodes.get(id)?;
         let (size, modified_ms) = match &node.kind {
             NodeKind::File { versions } => {
