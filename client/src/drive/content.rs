@@ -23,7 +23,7 @@ use std::time::UNIX_EPOCH;
 
 use cove_core::drive::chunk::{
     CHUNK_OVERHEAD, ChunkError, ChunkRef, Chunker, FileSecret, MAX_CHUNK, MAX_CHUNKS, chunk_id,
-    open_chunk, seal_chunk,
+    open_chunk, seal_chunk_with_id,
 };
 use cove_core::drive::op::{MAX_INLINE_CHUNKS, SealedBlob};
 use cove_core::drive::seal::{self, MANIFEST_AAD, SealError};
@@ -130,7 +130,7 @@ fn produce(
         let len = u32::try_from(data.len()).map_err(|_| ChunkError::InvalidManifest)?;
         let id = chunk_id(secret, &data);
         let blob = if seen.insert(id) {
-            Some(seal_chunk(secret, &data).1)
+            Some(seal_chunk_with_id(secret, &id, &data))
         } else {
             None
         };
