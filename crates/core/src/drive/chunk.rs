@@ -96,8 +96,10 @@ const CHUNK_KEY_INFO: &[u8] = b"cove/drive/v1/chunk-key";
 /// FastCDC 2020 (`fastcdc::v2020`, normalization level 1, the crate's gear table, i.e. seed
 /// 0) with [`MIN_CHUNK`], [`AVG_CHUNK`] and [`MAX_CHUNK`]: the same cut points as
 /// `fastcdc::v2020::FastCDC` over the whole file, found in a window of [`MAX_CHUNK`] bytes.
-/// They depend on the content only, so an edit moves at most the chunks around it. An empty
-/// source yields nothing. After an I/O error the iterator ends.
+/// They depend on the content only, so an edit moves at most the chunks around it. A
+/// source shorter than [`MAX_CHUNK`] is one chunk (a small file is one blob: its edits
+/// re-upload at most 2 MiB, and a tree of small files costs one blob each, not several).
+/// An empty source yields nothing. After an I/O error the iterator ends.
 pub struct Chunker<R: Read> {
     source: R,
     /// `buf[start..len]` are read and not yet cut.
@@ -174,7 +176,12 @@ impl<R: Read> Iterator for Chunker<R> {
             MASK_S << 1,
             MASK_L << 1,
         );
-        let n = n.clamp(1, window.len());
+        // A whole source shorter than the window is one chunk.
+        let n = if self.offset == 0 && self.eof {
+            window.len()
+        } else {
+            n.clamp(1, window.len())
+        };
         let chunk = window[..n].to_vec();
         let at = self.offset;
         self.start += n;

@@ -363,8 +363,14 @@ fn drive_chunker_edges() {
         let c = chunks_of(&data);
         check_tiling(&data, &c);
     }
-    // Small files are one chunk.
-    assert_eq!(chunks_of(&random(3, MIN_CHUNK as usize - 1)).len(), 1);
+    // A source shorter than MAX_CHUNK is one chunk (FastCDC would cut 1 MiB of random
+    // bytes); MAX_CHUNK + 1 bytes are cut by FastCDC.
+    for n in [MIN_CHUNK as usize - 1, 1 << 20, MAX_CHUNK as usize - 1] {
+        assert_eq!(chunks_of(&random(3, n)).len(), 1, "{n}");
+    }
+    let one_mib = random(3, 1 << 20);
+    assert!(fastcdc::v2020::FastCDC::new(&one_mib, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK).count() > 1);
+    assert!(chunks_of(&random(3, MAX_CHUNK as usize + 1)).len() >= 2);
     // An I/O error is reported once, then the iterator ends.
     struct Failing;
     impl Read for Failing {
