@@ -498,8 +498,8 @@ async fn run_on(device: &Device, cmd: DriveCommand) -> anyhow::Result<()> {
                         }
                     ),
                     None => println!(
-                        "(a folder of {} whose tree is not here yet: retry once one of its \
-                         devices was online)  members {}",
+                        "(a folder named as {}'s whose tree is not here yet: retry once one \
+                         of that user's devices was online)  members {}",
                         escape(&owner),
                         members.join(", ")
                     ),

@@ -682,7 +682,7 @@ impl Device {
         let group = match at.handle.tree.node(&at.node) {
             Some((_, _, NodeKind::Mount { group })) => *group,
             _ if at.node == ROOT
-                && at.handle.group_name != cove_core::drive::personal_drive_name(&me) =>
+                && !cove_core::drive::is_personal_drive(&at.handle.group_name, &me) =>
             {
                 at.handle.group
             }
@@ -803,10 +803,9 @@ impl Device {
     /// `shared`: the shared folders this device is in.
     pub async fn drive_shared(&self) -> Result<Vec<SharedView>, DriveError> {
         self.settle_shared().await.map_err(de)?;
-        let personal = cove_core::drive::personal_drive_name(self.user());
         let mut out = Vec::new();
         for g in self.drive_groups().await? {
-            if g.name == personal {
+            if cove_core::drive::is_personal_drive(&g.name, self.user()) {
                 continue;
             }
             let view = match self.drive_handle(g.id, g.name.clone()).await {
@@ -817,6 +816,12 @@ impl Device {
                     read_only: !h.tree.can_write(self.user()),
                     group: g.id.to_hex(),
                 },
+                // Named as this user's, yet no tree from this user's devices: not ours.
+                Err(DriveError::NoSnapshot(_))
+                    if owner_of(&g.name).as_ref() == Some(self.user()) =>
+                {
+                    continue;
+                }
                 Err(DriveError::NoSnapshot(_)) => SharedView {
                     name: None,
                     owner: owner_of(&g.name),
@@ -824,6 +829,8 @@ impl Device {
                     read_only: false,
                     group: g.id.to_hex(),
                 },
+                // A group passing itself off as another user's drive: not listed.
+                Err(DriveError::NoDrive(_)) => continue,
                 Err(e) => return Err(e),
             };
             out.push(view);

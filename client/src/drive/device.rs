@@ -10,8 +10,8 @@
 //! [`DriveError::NoSnapshot`]; any device of the owner that opens the drive later answers an
 //! unanswered request with a snapshot.
 //!
-//! The personal drive is the group `drive/<user>` (see
-//! [`cove_core::drive::personal_drive_name`]), created with its `Init` by the user's first
+//! The personal drive is the group `drive/<user>/home-<random tag>` (see
+//! [`cove_core::drive::personal_drive_name`]; its members are only the user's devices), created with its `Init` by the user's first
 //! drive command on any device; its other devices are added by the group creation. If two
 //! devices raced and created two, the one with the smaller group id is the drive.
 
@@ -106,6 +106,8 @@ impl Device {
                 Ok(h) if h.tree.info().is_some_and(|(n, _)| n == folder) => found.push(h),
                 Ok(_) => {}
                 Err(DriveError::NoSnapshot(_)) => waiting = true,
+                // Not a drive of the owner its name names: not a candidate.
+                Err(DriveError::NoDrive(_)) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -281,6 +283,14 @@ impl Device {
             return Err(DriveError::NoSnapshot(group_name));
         }
         let tree = replay(start, &ops);
+        // The tree's owner (its `Init`'s author, or what the owner's snapshot says) must be
+        // the user the group's name names: a member who made a group named after another
+        // user's drive cannot pass it off as that user's.
+        if tree.info().map(|(_, o)| o) != owner.as_ref() {
+            return Err(DriveError::NoDrive(format!(
+                "{group_name} is not a drive of its named owner (refused)"
+            )));
+        }
         Ok(DriveHandle {
             group,
             group_name,
@@ -375,12 +385,13 @@ impl Device {
 
     /// This user's personal drive, created with its `Init` when there is none.
     async fn personal_drive(&self) -> Result<DriveHandle, DriveError> {
-        let name = cove_core::drive::personal_drive_name(self.user());
-        let existing = self.smallest_group_named(&name).await?;
-        let group = match existing {
+        let group = match self.personal_drive_group().await? {
             Some(g) => g,
             None => {
                 self.reachable().await.map_err(de)?;
+                let mut tag = [0u8; 8];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut tag);
+                let name = cove_core::drive::personal_drive_name(self.user(), &hex::encode(tag));
                 let owned = name.clone();
                 self.session()
                     .op(self.timeout(), move |c| {
@@ -389,11 +400,16 @@ impl Device {
                     .await
                     .map_err(de)?
                     .map_err(de)?;
-                let group = self.smallest_group_named(&name).await?.ok_or_else(|| {
-                    DriveError::NoDrive("the personal drive was not created".into())
-                })?;
+                let group = self
+                    .drive_groups()
+                    .await?
+                    .into_iter()
+                    .find(|g| g.name == name)
+                    .ok_or_else(|| {
+                        DriveError::NoDrive("the personal drive was not created".into())
+                    })?;
                 self.drive_post_unchecked(
-                    group,
+                    group.id,
                     vec![DriveOp::Init {
                         name: "Drive".into(),
                         owner: self.user().clone(),
@@ -403,18 +419,24 @@ impl Device {
                 group
             }
         };
-        let handle = self.drive_handle(group, name).await?;
+        let handle = self.drive_handle(group.id, group.name).await?;
         self.answer_snapshot_requests(&handle).await?;
         Ok(handle)
     }
 
-    async fn smallest_group_named(&self, name: &str) -> Result<Option<GroupId>, DriveError> {
+    /// The personal drive among this device's groups: a personal-drive name of this user
+    /// and no other user in it (a hostile user can make a group of such a name and add us;
+    /// it is never ours); of several (two devices raced), the smallest group id.
+    async fn personal_drive_group(&self) -> Result<Option<GroupInfo>, DriveError> {
+        let me = self.user().clone();
         Ok(self
             .drive_groups()
             .await?
             .into_iter()
-            .filter(|g| g.name == name)
-            .map(|g| g.id)
-            .min_by_key(|g| g.0))
+            .filter(|g| {
+                cove_core::drive::is_personal_drive(&g.name, &me)
+                    && g.members.iter().all(|m| *m == me)
+            })
+            .min_by_key(|g| g.id.0))
     }
 }

@@ -478,3 +478,91 @@ async fn the_relay_data_holds_no_drive_name_or_content() {
         );
     }
 }
+
+/// A hostile user makes groups named like alice's drive (`drive/alice/home-00`) and after a shared
+/// folder of hers (`drive/alice/<tag>`, with an `Init` naming himself the owner), and adds
+/// her: her files still go to her own drive (a group holding another user is never her
+/// personal drive), his groups receive no file of hers, and the fake folder is neither
+/// listed, opened nor written as hers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_named_after_alices_drive_is_not_hers() {
+    let net = Net::sqlite().await;
+    let mut alice = net.user("alice").await;
+    let mallory = net.user("mallory").await;
+    let mut fakes = Vec::new();
+    for name in ["drive/alice/home-00", "drive/alice/0123abcd"] {
+        let owned = name.to_owned();
+        mallory
+            .session()
+            .op(mallory.timeout(), move |c| {
+                c.create_drive_group(cove::session::now_ms(), &owned)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let id = mallory
+            .drive_groups()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|g| g.name == name)
+            .unwrap()
+            .id;
+        let init = DriveOp::Init {
+            name: "Photos".into(),
+            owner: mallory.user().clone(),
+        };
+        mallory.drive_post(id, vec![init]).await.unwrap();
+        let (hex, users) = (id.to_hex(), crate::support::names(&["alice"]));
+        mallory
+            .session()
+            .op(mallory.timeout(), move |c| {
+                c.add_users(cove::session::now_ms(), &hex, &users)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        joined(&mut alice).await;
+        fakes.push(id);
+    }
+    let local = scratch();
+    let file = local.path().join("secret plan.txt");
+    std::fs::write(&file, b"alice's secret plan").unwrap();
+    alice.drive_put(&file, "/", false).await.unwrap();
+    let listed = alice.drive_ls("/").await.unwrap();
+    assert_eq!(names(&listed), ["secret plan.txt"]);
+    let mine = alice
+        .drive_groups()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|g| {
+            cove_core::drive::is_personal_drive(&g.name, alice.user())
+                && g.members == crate::support::names(&["alice"])
+        })
+        .count();
+    assert_eq!(mine, 1, "alice made her own personal drive");
+    // Nothing alice wrote reached mallory's groups (he reads his own logs).
+    for id in fakes {
+        let ops = mallory
+            .session()
+            .call(move |c| c.drive_ops(&id, 0))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            ops.iter().all(|(_, author, _)| author == mallory.user()),
+            "alice posted into mallory's group: {ops:?}"
+        );
+    }
+    assert!(alice.drive_shared().await.unwrap().is_empty());
+    // Opening it as hers is refused (it has no tree from her devices) and nothing can be
+    // put into it.
+    assert!(matches!(
+        alice.drive_ls("alice:Photos/").await,
+        Err(DriveError::NoDrive(_) | DriveError::NoSnapshot(_))
+    ));
+    assert!(alice.drive_put(&file, "alice:Photos/", false).await.is_err());
+    alice.close().await;
+    mallory.close().await;
+}

@@ -37,13 +37,24 @@ pub fn is_drive_group(name: &str) -> bool {
     name.starts_with(DRIVE_GROUP_PREFIX)
 }
 
-/// The group name of `user`'s personal drive.
-pub fn personal_drive_name(user: &cove_wire::UserName) -> String {
-    format!("{DRIVE_GROUP_PREFIX}{user}")
+/// The group name of `user`'s personal drive: `drive/<user>/home-<tag>`, `tag` random (hex).
+/// Random because a name is unique per device: anyone can make a group of a fixed name and
+/// add the user to it, which would stop the user's device from making its own drive.
+pub fn personal_drive_name(user: &cove_wire::UserName, tag: &str) -> String {
+    format!("{DRIVE_GROUP_PREFIX}{user}/home-{tag}")
 }
 
-/// The group name of a shared folder owned by `owner`: `tag` is random (hex), so two folders
-/// of one name get two groups.
+/// Whether `name` is the name of a personal drive of `user` (see [`personal_drive_name`]).
+/// Anyone can give a group such a name: a device also checks that every member is `user`
+/// and that the tree's owner is `user` before it takes one for its drive.
+pub fn is_personal_drive(name: &str, user: &cove_wire::UserName) -> bool {
+    name.strip_prefix(DRIVE_GROUP_PREFIX)
+        .and_then(|rest| rest.strip_prefix(user.as_str()))
+        .is_some_and(|rest| rest.starts_with("/home-"))
+}
+
+/// The group name of a shared folder owned by `owner`: `tag` is random (hex, never starting
+/// with `home-`), so two folders of one name get two groups.
 pub fn shared_folder_name(owner: &cove_wire::UserName, tag: &str) -> String {
     format!("{DRIVE_GROUP_PREFIX}{owner}/{tag}")
 }
