@@ -445,3 +445,24 @@ async fn a_running_sync_uploads_local_changes_and_downloads_the_other_devices() 
         b"hello from the desk"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mib_file_syncs_each_way() {
+    const SIZE: usize = 200 << 20;
+    let p = pair().await;
+    let from_laptop = random_bytes(SIZE, 1);
+    let from_desk = random_bytes(SIZE, 2);
+    write(&p.a, "laptop.bin", &from_laptop);
+    write(&p.b, "desk.bin", &from_desk);
+    let r = pass(&p.laptop, &p.a).await;
+    assert_eq!(r.uploaded, 1);
+    assert!(r.bytes_up >= SIZE as u64);
+    let r = pass(&p.desk, &p.b).await;
+    assert_eq!((r.uploaded, r.downloaded), (1, 1));
+    let r = pass(&p.laptop, &p.a).await;
+    assert_eq!(r.downloaded, 1);
+    for dir in [&p.a, &p.b] {
+        assert!(std::fs::read(dir.join("laptop.bin")).unwrap() == from_laptop);
+        assert!(std::fs::read(dir.join("desk.bin")).unwrap() == from_desk);
+    }
+}
