@@ -466,3 +466,36 @@ async fn a_200_mib_file_syncs_each_way() {
         assert!(std::fs::read(dir.join("desk.bin")).unwrap() == from_desk);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_into_a_missing_drive_folder_creates_it_and_moved_edited_files_follow() {
+    let p = pair().await;
+    let log = || Box::new(|_: &str| {});
+    write(&p.a, "a.txt", b"first");
+    let mut laptop = Syncer::open(&p.laptop, &p.a, "/projects/cove", log())
+        .await
+        .unwrap();
+    let r = laptop.pass().await.unwrap();
+    assert_eq!((r.uploaded, r.skipped.len()), (1, 0));
+    let ls = p.desk.drive_ls("/projects/cove").await.unwrap();
+    assert_eq!(
+        ls.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["a.txt"]
+    );
+    let mut desk = Syncer::open(&p.desk, &p.b, "/projects/cove", log())
+        .await
+        .unwrap();
+    assert_eq!(desk.pass().await.unwrap().downloaded, 1);
+
+    // Moved and edited on the desk in one pass: the laptop renames, then downloads.
+    std::fs::rename(p.b.join("a.txt"), p.b.join("b.txt")).unwrap();
+    let r = desk.pass().await.unwrap();
+    assert_eq!(r.moved, 1);
+    write(&p.b, "b.txt", b"second, longer");
+    let r = desk.pass().await.unwrap();
+    assert_eq!(r.uploaded, 1);
+    let r = laptop.pass().await.unwrap();
+    assert_eq!((r.moved, r.downloaded, r.skipped.len()), (1, 1, 0), "{r:?}");
+    assert_eq!(files(&p.a), files(&p.b));
+    assert_eq!(files(&p.a)["b.txt"], b"second, longer");
+}

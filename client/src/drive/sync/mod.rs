@@ -324,8 +324,14 @@ impl<'a> Syncer<'a> {
         dirs: &mut BTreeMap<String, NodeId>,
         report: &mut PassReport,
     ) -> Result<(), SyncError> {
+        // The scan as the actions leave it (a local move renames its entries), for the
+        // check that a download overwrites only what the scan saw.
+        let mut local = local.clone();
         let mut actions = actions.into_iter().peekable();
         while let Some(action) = actions.next() {
+            if let Action::LocalMove { from, to } = &action {
+                plan::rename_prefix(&mut local, from, to);
+            }
             if matches!(action, Action::Upload { .. } | Action::Download { .. }) {
                 let mut batch = vec![action];
                 while batch.len() < PARALLEL_TRANSFERS * 4
@@ -337,10 +343,10 @@ impl<'a> Syncer<'a> {
                         batch.push(a);
                     }
                 }
-                self.transfer_batch(batch, dirs, report).await?;
+                self.transfer_batch(batch, &local, dirs, report).await?;
                 continue;
             }
-            if let Err(e) = self.apply_one(action, local, dirs, report).await {
+            if let Err(e) = self.apply_one(action, dirs, report).await {
                 skip_or_fail(e, report)?;
             }
         }
@@ -350,11 +356,9 @@ impl<'a> Syncer<'a> {
     async fn apply_one(
         &mut self,
         action: Action,
-        local: &BTreeMap<String, Local>,
         dirs: &mut BTreeMap<String, NodeId>,
         report: &mut PassReport,
     ) -> Result<(), SyncError> {
-        let _ = local;
         match action {
             Action::LocalMove { from, to } => {
                 let (a, b) = (self.abs(&from), self.abs(&to));
@@ -482,6 +486,7 @@ impl<'a> Syncer<'a> {
     async fn transfer_batch(
         &mut self,
         batch: Vec<Action>,
+        local: &BTreeMap<String, Local>,
         dirs: &BTreeMap<String, NodeId>,
         report: &mut PassReport,
     ) -> Result<(), SyncError> {
@@ -489,7 +494,7 @@ impl<'a> Syncer<'a> {
         let this = &*self;
         let results: Vec<(Action, Result<Done, SyncError>)> =
             futures_util::stream::iter(batch.into_iter().map(|a| async move {
-                let r = this.transfer(&a, dirs).await;
+                let r = this.transfer(&a, local, dirs).await;
                 (a, r)
             }))
             .buffer_unordered(PARALLEL_TRANSFERS)
@@ -543,6 +548,7 @@ impl<'a> Syncer<'a> {
     async fn transfer(
         &self,
         action: &Action,
+        local: &BTreeMap<String, Local>,
         dirs: &BTreeMap<String, NodeId>,
     ) -> Result<Done, SyncError> {
         match action {
@@ -597,6 +603,19 @@ impl<'a> Syncer<'a> {
                 version,
             } => {
                 let abs = self.abs(path);
+                // A local file written since the scan is not overwritten: the next pass
+                // sees the change (and keeps both if the drive's changed too).
+                if let Ok(meta) = std::fs::symlink_metadata(&abs) {
+                    let scanned = local.get(path).filter(|l| !l.dir);
+                    if scanned
+                        .is_none_or(|l| l.size != meta.len() || l.mtime_ns != scan::mtime_ns(&meta))
+                    {
+                        return Err(SyncError::Io {
+                            path: abs,
+                            source: std::io::Error::other("changed during the pass; next pass"),
+                        });
+                    }
+                }
                 ensure_parent(&abs)?;
                 let bytes = content::download_file(&self.blobs, version, &abs, true).await?;
                 let modified = UNIX_EPOCH + Duration::from_millis(version.modified_ms);
