@@ -38,7 +38,9 @@
 //! Memory is one map entry per node plus one name index per folder: no node stores its
 //! path, so a tree of 100,000 entries stays in tens of MiB (`benches/drive_tree.rs`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use cove_wire::{BlobId, GroupId, UserName};
 use serde::{Deserialize, Serialize};
@@ -54,6 +56,7 @@ pub const MAX_NODES: usize = 2_000_000;
 pub const MAX_DEPTH: usize = 256;
 /// Most live links of one drive.
 pub const MAX_LINKS: usize = 100_000;
+
 /// What a node is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeKind {
@@ -128,7 +131,7 @@ pub enum TreeError {
 }
 
 /// A drive's tree.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Tree {
     /// The last log position applied (refused operations included).
     applied: u64,
@@ -138,14 +141,34 @@ pub struct Tree {
     read_only: BTreeSet<UserName>,
     /// Every node but the root, live and trashed.
     nodes: HashMap<NodeId, Node>,
-    /// Per folder (the root included, trashed folders too): its children by name. A trashed
-    /// top is in no index (it is out of its parent's).
-    children: HashMap<NodeId, BTreeMap<String, NodeId>>,
+    /// Per folder (the root included, trashed folders too): its children by name (the name
+    /// shared with the node's). A trashed top is in no index (it is out of its parent's).
+    children: HashMap<NodeId, BTreeMap<Name, NodeId>>,
     /// The trashed tops: the path each had when it was trashed.
     trash: BTreeMap<NodeId, String>,
     /// The live links by their blob: the node and the link's sealed blob and expiry.
     links: BTreeMap<BlobId, Link>,
+    /// Every author seen, so that nodes share one copy of each name (a cache: not part of
+    /// the state, never compared or encoded).
+    authors: HashSet<Arc<UserName>>,
 }
+
+/// A node's name, shared by the node and its folder's index.
+type Name = Arc<str>;
+
+impl PartialEq for Tree {
+    fn eq(&self, other: &Self) -> bool {
+        self.applied == other.applied
+            && self.info == other.info
+            && self.read_only == other.read_only
+            && self.nodes == other.nodes
+            && self.children == other.children
+            && self.trash == other.trash
+            && self.links == other.links
+    }
+}
+
+impl Eq for Tree {}
 
 /// One node (not the root).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,10 +176,10 @@ struct Node {
     /// Its folder; for a trashed top, the folder it was trashed from (which may be gone).
     parent: NodeId,
     /// Its name in that folder.
-    name: String,
+    name: Name,
     kind: NodeKind,
     /// Who last changed it.
-    author: UserName,
+    author: Arc<UserName>,
 }
 
 /// A live link.
@@ -181,6 +204,7 @@ impl Default for Tree {
             children: HashMap::from([(ROOT, BTreeMap::new())]),
             trash: BTreeMap::new(),
             links: BTreeMap::new(),
+            authors: HashSet::new(),
         }
     }
 }
@@ -236,6 +260,7 @@ impl Tree {
         if !self.can_write(author) {
             return Err(TreeError::NotAllowed(author.clone()));
         }
+        let author = &self.intern(author);
         match op {
             DriveOp::Mkdir { id, parent, name } => {
                 self.create(id, parent, name, NodeKind::Folder, author)
@@ -351,9 +376,7 @@ impl Tree {
         if *id == ROOT {
             return Some((ROOT, "", &ROOT_KIND));
         }
-        self.nodes
-            .get(id)
-            .map(|n| (n.parent, n.name.as_str(), &n.kind))
+        self.nodes.get(id).map(|n| (n.parent, &*n.name, &n.kind))
     }
 
     /// Whether a node is in the trash (itself or an ancestor). False for unknown ids.
@@ -370,7 +393,7 @@ impl Tree {
         let mut at = *id;
         while at != ROOT {
             let node = self.nodes.get(&at)?;
-            names.push(node.name.as_str());
+            names.push(&*node.name);
             at = node.parent;
         }
         if names.is_empty() {
@@ -384,12 +407,18 @@ impl Tree {
         Some(path)
     }
 
+    /// A live node other than the root as listings show it, its path absolute (`/a/b.txt`).
+    pub fn entry(&self, id: &NodeId) -> Option<Entry> {
+        let path = self.path(id).filter(|_| *id != ROOT)?;
+        self.make_entry(id, path)
+    }
+
     /// The live entries of a folder, by name (paths are the names).
     pub fn list(&self, folder: &NodeId) -> Result<Vec<Entry>, TreeError> {
         let index = self.live_folder(folder)?;
         Ok(index
             .iter()
-            .filter_map(|(name, id)| self.entry(id, name.clone()))
+            .filter_map(|(name, id)| self.make_entry(id, name.to_string()))
             .collect())
     }
 
@@ -409,14 +438,14 @@ impl Tree {
                 continue;
             };
             let path = if prefix.is_empty() {
-                node.name.clone()
+                node.name.to_string()
             } else {
                 format!("{prefix}/{}", node.name)
             };
             if let Some(index) = self.children.get(&id) {
                 stack.extend(index.values().rev().map(|child| (*child, path.clone())));
             }
-            if let Some(entry) = self.entry(&id, path) {
+            if let Some(entry) = self.make_entry(&id, path) {
                 out.push(entry);
             }
         }
@@ -429,7 +458,7 @@ impl Tree {
         let mut out: Vec<Entry> = self
             .trash
             .iter()
-            .filter_map(|(id, path)| self.entry(id, path.clone()))
+            .filter_map(|(id, path)| self.make_entry(id, path.clone()))
             .collect();
         out.sort_by(|a, b| (&a.path, a.id).cmp(&(&b.path, b.id)));
         out
@@ -443,7 +472,7 @@ impl Tree {
                 kind: NodeKind::File { versions },
                 ..
             }) => Ok(versions),
-            Some(node) => Err(TreeError::NotAFile(node.name.clone())),
+            Some(node) => Err(TreeError::NotAFile(node.name.to_string())),
         }
     }
 
@@ -485,6 +514,8 @@ impl Tree {
     }
 
     /// The live links: the node, the link's sealed blob, its expiry (ms) if any; by blob id.
+    /// A link outlives a change to its node (it shows the node as it was when made), even
+    /// its purge, until it is unlinked.
     pub fn links(&self) -> Vec<(NodeId, &super::op::SealedBlob, Option<u64>)> {
         self.links
             .values()
@@ -504,9 +535,9 @@ impl Tree {
                 self.nodes.get(id).map(|n| NodeRecord {
                     id: *id,
                     parent: n.parent,
-                    name: n.name.as_str(),
+                    name: &*n.name,
                     kind: &n.kind,
-                    author: &n.author,
+                    author: &*n.author,
                 })
             })
             .collect();
@@ -527,9 +558,12 @@ impl Tree {
                 .collect(),
             links: self.links.values().collect(),
         });
-        // Serializing owned, in-memory values to a Vec cannot fail (postcard fails only
-        // on a full fixed buffer or unsupported serde features, neither used here).
-        postcard::to_allocvec(&state).unwrap_or_default()
+        // Serializing in-memory values to a Vec cannot fail (postcard fails only on a full
+        // fixed buffer or unsupported serde features, neither used here). Sized first, so a
+        // large state is never copied while the buffer grows.
+        let size = postcard::serialize_with_flavor(&state, postcard::ser_flavors::Size::default())
+            .unwrap_or(0);
+        postcard::to_extend(&state, Vec::with_capacity(size)).unwrap_or_default()
     }
 
     /// A tree from [`Tree::encode_state`]'s bytes; [`TreeError::Invalid`] for anything that
@@ -564,13 +598,14 @@ impl Tree {
             if n.kind == NodeKind::Folder {
                 tree.children.insert(n.id, BTreeMap::new());
             }
+            let author = tree.intern(&n.author);
             tree.nodes.insert(
                 n.id,
                 Node {
                     parent: n.parent,
-                    name: n.name,
+                    name: n.name.into(),
                     kind: n.kind,
-                    author: n.author,
+                    author,
                 },
             );
         }
@@ -589,7 +624,7 @@ impl Tree {
                 .children
                 .get_mut(&node.parent)
                 .ok_or(TreeError::Invalid)?;
-            check(index.insert(node.name.clone(), *id).is_none())?;
+            check(index.insert(Arc::clone(&node.name), *id).is_none())?;
         }
         // Every node is reached from the root or a trashed top, within the depth: a cycle
         // (or a node hanging off one) is never reached.
@@ -640,6 +675,7 @@ impl Tree {
                     if node.parent == *folder {
                         node.parent = ROOT;
                     }
+                    node.author = tree.intern(&node.author);
                     if node.kind == NodeKind::Folder {
                         stack.push(*id);
                     }
@@ -724,14 +760,50 @@ fn valid_kind(kind: &NodeKind) -> bool {
 }
 
 /// `wanted`, or the first of `stem (2).ext`, `stem (3).ext`, ... that `index` does not hold.
-fn free_name(index: &BTreeMap<String, NodeId>, wanted: &str) -> String {
+fn free_name(index: &BTreeMap<Name, NodeId>, wanted: &str) -> Name {
     if !index.contains_key(wanted) {
-        return wanted.to_owned();
+        return wanted.into();
     }
-    let (stem, ext) = match wanted.rfind('.') {
-        Some(dot) if dot > 0 => wanted.split_at(dot),
-        _ => (wanted, ""),
-    };
+    let (stem, ext) = split_ext(wanted);
+    // The answer is at most `index.len() + 2`: the candidates 2..=len+2 are distinct and
+    // `index` holds at most `len - 1` of them (it holds `wanted`, no candidate).
+    let most = index.len() + 2;
+    if stem.len() + format!(" ({most}){ext}").len() <= MAX_NAME_BYTES {
+        // No candidate up to `most` is cut, so each is exactly `stem (n)ext`: one scan of
+        // the names starting with `stem (` finds the numbers taken (linear in those
+        // names, not in the numbers times the folder).
+        let prefix = format!("{stem} (");
+        let mut taken: Vec<usize> = Vec::new();
+        let from = (Bound::Included(prefix.as_str()), Bound::Unbounded);
+        for key in index.range::<str, _>(from).map(|(key, _)| key) {
+            let Some(rest) = key.strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            let digits = rest.strip_suffix(ext).and_then(|r| r.strip_suffix(')'));
+            let n = digits
+                .filter(|d| !d.starts_with('0') && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<usize>().ok());
+            taken.extend(n);
+        }
+        taken.sort_unstable();
+        let mut n = 2;
+        for t in taken {
+            if t == n {
+                n += 1;
+            } else if t > n {
+                break;
+            }
+        }
+        // `n` is at most 2 + the candidates taken, so at most `most`: not cut.
+        return format!("{stem} ({n}){ext}").into();
+    }
+    free_name_probing(index, wanted)
+}
+
+/// [`free_name`] the slow way (one lookup per number), for names long enough that a
+/// candidate may be cut.
+fn free_name_probing(index: &BTreeMap<Name, NodeId>, wanted: &str) -> Name {
+    let (stem, ext) = split_ext(wanted);
     // Distinct numbers give distinct names (the number is the digits just before the
     // final ")"), so at most `index.len() + 1` numbers are tried.
     let mut n: u64 = 2;
@@ -739,10 +811,18 @@ fn free_name(index: &BTreeMap<String, NodeId>, wanted: &str) -> String {
         let candidate = numbered(stem, ext, n)
             .or_else(|| numbered(wanted, "", n))
             .unwrap_or_default();
-        if !candidate.is_empty() && !index.contains_key(&candidate) {
-            return candidate;
+        if !candidate.is_empty() && !index.contains_key(candidate.as_str()) {
+            return candidate.into();
         }
         n += 1;
+    }
+}
+
+/// `(stem, ext)`: `ext` from the last dot on, none when that dot starts the name.
+fn split_ext(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(dot) if dot > 0 => name.split_at(dot),
+        _ => (name, ""),
     }
 }
 
@@ -764,6 +844,16 @@ fn numbered(stem: &str, ext: &str, n: u64) -> Option<String> {
 }
 
 impl Tree {
+    /// The shared copy of `user`'s name.
+    fn intern(&mut self, user: &UserName) -> Arc<UserName> {
+        if let Some(shared) = self.authors.get(user) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(user.clone());
+        self.authors.insert(Arc::clone(&shared));
+        shared
+    }
+
     /// Whether `id` is the root or a node whose ancestors up to the root are not trashed.
     fn is_live(&self, id: &NodeId) -> bool {
         self.depth(id).is_some()
@@ -785,7 +875,7 @@ impl Tree {
     }
 
     /// The name index of a live folder (the root included).
-    fn live_folder(&self, id: &NodeId) -> Result<&BTreeMap<String, NodeId>, TreeError> {
+    fn live_folder(&self, id: &NodeId) -> Result<&BTreeMap<Name, NodeId>, TreeError> {
         self.live_folder_depth(id).map(|(index, _)| index)
     }
 
@@ -794,7 +884,7 @@ impl Tree {
     fn live_folder_depth(
         &self,
         id: &NodeId,
-    ) -> Result<(&BTreeMap<String, NodeId>, usize), TreeError> {
+    ) -> Result<(&BTreeMap<Name, NodeId>, usize), TreeError> {
         let depth = self
             .depth(id)
             .ok_or_else(|| TreeError::NotFound(hex::encode(id)))?;
@@ -803,7 +893,7 @@ impl Tree {
             None => Err(TreeError::NotAFolder(
                 self.nodes
                     .get(id)
-                    .map_or_else(|| hex::encode(id), |n| n.name.clone()),
+                    .map_or_else(|| hex::encode(id), |n| n.name.to_string()),
             )),
         }
     }
@@ -821,7 +911,7 @@ impl Tree {
         max
     }
 
-    fn entry(&self, id: &NodeId, path: String) -> Option<Entry> {
+    fn make_entry(&self, id: &NodeId, path: String) -> Option<Entry> {
         let node = self.nodes.get(id)?;
         let (size, modified_ms) = match &node.kind {
             NodeKind::File { versions } => {
@@ -831,12 +921,12 @@ impl Tree {
         };
         Some(Entry {
             id: *id,
-            name: node.name.clone(),
+            name: node.name.to_string(),
             path,
             kind: node.kind.clone(),
             size,
             modified_ms,
-            author: node.author.clone(),
+            author: UserName::clone(&node.author),
         })
     }
 
@@ -847,7 +937,7 @@ impl Tree {
         parent: &NodeId,
         name: &str,
         kind: NodeKind,
-        author: &UserName,
+        author: &Arc<UserName>,
     ) -> Result<(), TreeError> {
         if self.nodes.contains_key(id) {
             return Err(TreeError::Duplicate);
@@ -863,14 +953,14 @@ impl Tree {
         self.children
             .entry(*parent)
             .or_default()
-            .insert(name.clone(), *id);
+            .insert(Arc::clone(&name), *id);
         self.nodes.insert(
             *id,
             Node {
                 parent: *parent,
                 name,
                 kind,
-                author: author.clone(),
+                author: Arc::clone(author),
             },
         );
         Ok(())
@@ -882,7 +972,7 @@ impl Tree {
         parent: &NodeId,
         name: &str,
         version: &FileVersion,
-        author: &UserName,
+        author: &Arc<UserName>,
     ) -> Result<(), TreeError> {
         if !self.nodes.contains_key(id) {
             let kind = NodeKind::File {
@@ -898,14 +988,14 @@ impl Tree {
             .get_mut(id)
             .ok_or_else(|| TreeError::NotFound(hex::encode(id)))?;
         let NodeKind::File { versions } = &mut node.kind else {
-            return Err(TreeError::NotAFile(node.name.clone()));
+            return Err(TreeError::NotAFile(node.name.to_string()));
         };
         versions.push(version.clone());
         if versions.len() > MAX_VERSIONS {
             let extra = versions.len() - MAX_VERSIONS;
             versions.drain(..extra);
         }
-        node.author = author.clone();
+        node.author = Arc::clone(author);
         Ok(())
     }
 
@@ -914,7 +1004,7 @@ impl Tree {
         id: &NodeId,
         parent: &NodeId,
         name: &str,
-        author: &UserName,
+        author: &Arc<UserName>,
     ) -> Result<(), TreeError> {
         let old_depth = self
             .depth(id)
@@ -932,44 +1022,44 @@ impl Tree {
             return Err(TreeError::NotFound(hex::encode(id)));
         };
         let old_parent = node.parent;
-        if old_parent == *parent && node.name == name {
+        if old_parent == *parent && *node.name == *name {
             return Ok(());
         }
         if parent_depth + 1 > old_depth && parent_depth + 1 + self.height(id) > MAX_DEPTH {
             return Err(TreeError::Full);
         }
-        let old_name = node.name.clone();
+        let old_name = Arc::clone(&node.name);
         if let Some(index) = self.children.get_mut(&old_parent) {
-            index.remove(&old_name);
+            index.remove(&*old_name);
         }
         let index = self.children.entry(*parent).or_default();
         let name = free_name(index, name);
-        index.insert(name.clone(), *id);
+        index.insert(Arc::clone(&name), *id);
         if let Some(node) = self.nodes.get_mut(id) {
             node.parent = *parent;
             node.name = name;
-            node.author = author.clone();
+            node.author = Arc::clone(author);
         }
         Ok(())
     }
 
-    fn trash_node(&mut self, id: &NodeId, author: &UserName) -> Result<(), TreeError> {
+    fn trash_node(&mut self, id: &NodeId, author: &Arc<UserName>) -> Result<(), TreeError> {
         let path = self
             .path(id)
             .ok_or_else(|| TreeError::NotFound(hex::encode(id)))?;
         let Some(node) = self.nodes.get_mut(id) else {
             return Err(TreeError::NotFound(hex::encode(id)));
         };
-        node.author = author.clone();
-        let (parent, name) = (node.parent, node.name.clone());
+        node.author = Arc::clone(author);
+        let (parent, name) = (node.parent, Arc::clone(&node.name));
         if let Some(index) = self.children.get_mut(&parent) {
-            index.remove(&name);
+            index.remove(&*name);
         }
         self.trash.insert(*id, path);
         Ok(())
     }
 
-    fn restore(&mut self, id: &NodeId, author: &UserName) -> Result<(), TreeError> {
+    fn restore(&mut self, id: &NodeId, author: &Arc<UserName>) -> Result<(), TreeError> {
         let Some(node) = self.nodes.get(id).filter(|_| self.trash.contains_key(id)) else {
             return Err(TreeError::NotFound(hex::encode(id)));
         };
@@ -980,15 +1070,15 @@ impl Tree {
         if depth + 1 + self.height(id) > MAX_DEPTH {
             return Err(TreeError::Full);
         }
-        let wanted = node.name.clone();
+        let wanted = Arc::clone(&node.name);
         self.trash.remove(id);
         let index = self.children.entry(parent).or_default();
         let name = free_name(index, &wanted);
-        index.insert(name.clone(), *id);
+        index.insert(Arc::clone(&name), *id);
         if let Some(node) = self.nodes.get_mut(id) {
             node.parent = parent;
             node.name = name;
-            node.author = author.clone();
+            node.author = Arc::clone(author);
         }
         Ok(())
     }

@@ -725,6 +725,14 @@ fn paths_resolve_and_walk() {
         );
     }
     assert_eq!(log.tree.child(&id(1), "b"), Some(id(2)));
+    let entry = log.tree.entry(&id(3)).unwrap();
+    assert_eq!(
+        (entry.name.as_str(), entry.path.as_str(), entry.size),
+        ("z.txt", "/a/b/z.txt", 13)
+    );
+    assert_eq!(entry.author, user("alice"));
+    assert_eq!(log.tree.entry(&ROOT), None);
+    assert_eq!(log.tree.entry(&id(9)), None);
     assert_eq!(log.tree.path(&ROOT).as_deref(), Some("/"));
     assert_eq!(log.tree.path(&id(3)).as_deref(), Some("/a/b/z.txt"));
     let walk: Vec<(NodeId, String)> = log
@@ -1192,4 +1200,90 @@ fn check_hostile(bytes: &[u8]) {
         }
         let _ = (tree.trash(), tree.usage(), tree.links());
     }
+}
+
+proptest! {
+    /// The clash rule's fast path (one scan of the names sharing the stem) picks the same
+    /// name as probing number after number, on folders full of numbered names.
+    #[test]
+    fn free_name_scan_agrees_with_probing(
+        taken in proptest::collection::vec((0usize..4, 0u64..12, 0usize..3), 0..40),
+        wanted in (0usize..4, 0usize..3),
+    ) {
+        let stems = ["a", "a (2)", ".x", "b.tar"];
+        let exts = ["", ".txt", ".gz"];
+        let mut index = BTreeMap::new();
+        let make = |s: usize, n: u64, e: usize| match n {
+            0 => format!("{}{}", stems[s], exts[e]),
+            1 => format!("{} (0{}){}", stems[s], n, exts[e]),
+            _ => format!("{} ({n}){}", stems[s], exts[e]),
+        };
+        for (i, (s, n, e)) in taken.into_iter().enumerate() {
+            index.insert(Name::from(make(s, n, e)), id(i as u8));
+        }
+        let wanted = make(wanted.0, 0, wanted.1);
+        index.insert(Name::from(wanted.as_str()), id(200));
+        prop_assert_eq!(free_name(&index, &wanted), free_name_probing(&index, &wanted));
+    }
+}
+
+/// A folder of 3,000 same-named files: each new one gets the next number.
+#[test]
+fn many_clashes_get_consecutive_numbers() {
+    let mut index: BTreeMap<Name, NodeId> = BTreeMap::new();
+    index.insert("IMG.jpg".into(), id(1));
+    for n in 2..3_000u32 {
+        let name = free_name(&index, "IMG.jpg");
+        assert_eq!(&*name, format!("IMG ({n}).jpg"));
+        let mut node = [0u8; 16];
+        node[..4].copy_from_slice(&n.to_be_bytes());
+        index.insert(name, node);
+    }
+}
+
+/// The state encoding is a format other members decode: these bytes change only on purpose
+/// (then a new `StateFormat` version is appended).
+#[test]
+fn state_encoding_is_stable() {
+    let mut log = Log::new();
+    log.mkdir(1, ROOT, "d").unwrap();
+    log.op(DriveOp::PutVersion {
+        id: id(2),
+        parent: id(1),
+        name: "f".to_owned(),
+        version: FileVersion {
+            version: [2; 16],
+            size: 3,
+            modified_ms: 4,
+            sha256: [5; 32],
+            secret: FileSecret([6; 32]),
+            manifest: ManifestRef::Inline(Manifest::default()),
+            device: "pc".to_owned(),
+        },
+    })
+    .unwrap();
+    log.put(3, ROOT, "t").unwrap();
+    log.op(DriveOp::Trash { id: id(3) }).unwrap();
+    log.op(DriveOp::SetAccess {
+        user: user("bob"),
+        read_only: true,
+    })
+    .unwrap();
+    // V1; applied 6; "Drive", owner alice; read-only [bob]; nodes by id (id, parent, name,
+    // kind, author); trash [(id 3, "/t")]; no links.
+    assert_eq!(
+        hex::encode(log.tree.encode_state()),
+        concat!(
+            "00060544726976650105616c6963650103626f6203010000000000000000000000000000aa000000",
+            "0000000000000000000000000001640005616c696365020000000000000000000000000000aa0100",
+            "00000000000000000000000000aa0166010102020202020202020202020202020202030405050505",
+            "05050505050505050505050505050505050505050505050505050505060606060606060606060606",
+            "0606060606060606060606060606060606060606000002706305616c696365030000000000000000",
+            "000000000000aa000000000000000000000000000000000174010103030303030303030303030303",
+            "0303030deb0703030303030303030303030303030303030303030303030303030303030303030707",
+            "07070707070707070707070707070707070707070707070707070707070700010303030303030303",
+            "03030303030303030303030303030303030303030303030303030303030303030303030303030303",
+            "01066c6170746f7005616c69636501030000000000000000000000000000aa022f7400",
+        )
+    );
 }
