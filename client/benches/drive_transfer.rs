@@ -98,7 +98,9 @@ async fn run(total: u64, files: u64) {
             let (_, data) = c.unwrap();
             h.update(&data);
             let id = cove_core::drive::chunk::chunk_id(&secret, &data);
-            std::hint::black_box((id, cove_core::drive::chunk::seal_chunk(&secret, &data)));
+            std::hint::black_box(cove_core::drive::chunk::seal_chunk_with_id(
+                &secret, &id, &data,
+            ));
         }
         std::hint::black_box(h.finalize());
     }

@@ -23,7 +23,7 @@ use std::time::UNIX_EPOCH;
 
 use cove_core::drive::chunk::{
     CHUNK_OVERHEAD, ChunkError, ChunkRef, Chunker, FileSecret, MAX_CHUNK, MAX_CHUNKS, chunk_id,
-    open_chunk, seal_chunk,
+    open_chunk, seal_chunk_with_id,
 };
 use cove_core::drive::op::{MAX_INLINE_CHUNKS, SealedBlob};
 use cove_core::drive::seal::{self, MANIFEST_AAD, SealError};
@@ -130,7 +130,7 @@ fn produce(
         let len = u32::try_from(data.len()).map_err(|_| ChunkError::InvalidManifest)?;
         let id = chunk_id(secret, &data);
         let blob = if seen.insert(id) {
-            Some(seal_chunk(secret, &data).1)
+            Some(seal_chunk_with_id(secret, &id, &data))
         } else {
             None
         };
@@ -563,19 +563,23 @@ pub async fn download_file(
     };
     let file = Arc::new(Mutex::new((file, side)));
 
+    // Every chunk in file order: fetched and verified (6 at once), or already in the part
+    // file; each hashed in order (the whole file's SHA-256, without reading it back) and
+    // the fetched ones written at their offsets.
     let mut offset = 0u64;
-    let mut todo = Vec::new();
+    let mut all = Vec::with_capacity(m.chunks.len());
     for (i, c) in m.chunks.iter().enumerate() {
-        if !verified.contains(&i) {
-            todo.push((i, offset, c.clone()));
-        }
+        all.push((i, offset, c.clone(), verified.contains(&i)));
         offset += u64::from(c.len);
     }
     let secret = version.secret.clone();
-    let mut fetches = futures_util::stream::iter(todo)
-        .map(|(i, at, c)| {
+    let mut chunks = futures_util::stream::iter(all)
+        .map(|(i, at, c, local)| {
             let (client, secret) = (blobs.clone(), secret.clone());
             async move {
+                if local {
+                    return Ok::<_, DriveError>((i, at, Got::Local(c.len), 0));
+                }
                 let blob = client
                     .download_bytes(c.blob, u64::from(c.len) + CHUNK_OVERHEAD)
                     .await
@@ -590,71 +594,93 @@ pub async fn download_file(
                 let data = tokio::task::spawn_blocking(move || open_chunk(&secret, &c, &blob))
                     .await
                     .map_err(|_| task_failed("verify"))??;
-                Ok::<_, DriveError>((i, at, data, n))
+                Ok((i, at, Got::Fetched(data), n))
             }
         })
-        .buffer_unordered(PARALLEL_TRANSFERS);
-    while let Some(done) = fetches.next().await {
-        let (i, at, data, n) = done?;
+        .buffered(PARALLEL_TRANSFERS);
+    let mut hasher = Some(Sha256::new());
+    while let Some(done) = chunks.next().await {
+        let (i, at, got, n) = done?;
         fetched += n;
         let file = Arc::clone(&file);
         let path = part.clone();
-        tokio::task::spawn_blocking(move || {
+        let mut h = hasher.take().ok_or_else(|| task_failed("write"))?;
+        let h = tokio::task::spawn_blocking(move || {
             let mut g = file
                 .lock()
                 .map_err(|_| std::io::Error::other("part lock"))?;
             let (f, side) = &mut *g;
             f.seek(SeekFrom::Start(at))?;
-            f.write_all(&data)?;
-            side.write_all(&(i as u32).to_le_bytes())
+            match got {
+                Got::Fetched(data) => {
+                    h.update(&data);
+                    f.write_all(&data)?;
+                    side.write_all(&(i as u32).to_le_bytes())?;
+                }
+                Got::Local(len) => {
+                    let mut data = vec![0u8; len as usize];
+                    f.read_exact(&mut data)?;
+                    h.update(&data);
+                }
+            }
+            Ok::<_, std::io::Error>(h)
         })
         .await
         .map_err(|_| task_failed("write"))?
         .map_err(io_err(&path))?;
+        hasher = Some(h);
     }
-    drop(fetches);
+    drop(chunks);
+    let digest: [u8; 32] = hasher
+        .ok_or_else(|| task_failed("write"))?
+        .finalize()
+        .into();
 
     let (target_owned, expected) = (target.to_owned(), version.sha256);
     tokio::task::spawn_blocking(move || {
-        finish(&file, &part, &sidecar, &target_owned, expected, overwrite)
+        finish(
+            &file,
+            &part,
+            &sidecar,
+            &target_owned,
+            digest == expected,
+            overwrite,
+        )
     })
     .await
     .map_err(|_| task_failed("download"))??;
     Ok(fetched)
 }
 
-/// Checks the part file's SHA-256, makes it durable and renames it over the target.
+/// A chunk of a download, in file order.
+enum Got {
+    /// Fetched and verified now.
+    Fetched(Vec<u8>),
+    /// Verified in the part file by an earlier run (its length).
+    Local(u32),
+}
+
+/// With the whole file's SHA-256 `matches`, makes the part file durable and renames it over
+/// the target.
 fn finish(
     file: &Mutex<(File, File)>,
     part: &Path,
     sidecar: &Path,
     target: &Path,
-    expected: [u8; 32],
+    matches: bool,
     overwrite: bool,
 ) -> Result<(), DriveError> {
-    let io = io_err(part);
-    let mut g = file
-        .lock()
-        .map_err(|_| io(std::io::Error::other("part lock")))?;
-    let (f, _) = &mut *g;
-    f.flush().map_err(&io)?;
-    f.seek(SeekFrom::Start(0)).map_err(&io)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(&io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    if <[u8; 32]>::from(hasher.finalize()) != expected {
+    if !matches {
         // Every chunk had its id but the whole does not match: a member published a
         // version whose digest is not its contents. Start over next time.
         let _ = std::fs::remove_file(sidecar);
         return Err(DriveError::Chunk(ChunkError::Mismatch));
     }
-    f.sync_all().map_err(&io)?;
+    let io = io_err(part);
+    let g = file
+        .lock()
+        .map_err(|_| io(std::io::Error::other("part lock")))?;
+    g.0.sync_all().map_err(&io)?;
     drop(g);
     if !overwrite && std::fs::symlink_metadata(target).is_ok() {
         return Err(DriveError::Exists(target.to_owned()));

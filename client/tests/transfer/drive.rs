@@ -202,6 +202,28 @@ async fn a_chunk_altered_on_the_relay_is_refused_and_nothing_is_written() {
     assert!(!target.exists());
 }
 
+/// A version whose chunks all verify but whose SHA-256 is not their concatenation's (a
+/// member published a wrong digest): `DriveError::Chunk(Mismatch)` and nothing at the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_with_a_wrong_digest_is_refused_and_nothing_is_written() {
+    let env = Env::start(BlobConfig::default()).await;
+    let path = env.file("w.bin", &random_bytes(MIB, 5));
+    let up = upload_file(&env.client, &path, None, "laptop", None)
+        .await
+        .unwrap();
+    let mut v = up.version.clone();
+    v.sha256[0] ^= 1;
+    let target = env.out_dir().join("w.bin");
+    let err = download_file(&env.client, &v, &target, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DriveError::Chunk(ChunkError::Mismatch)),
+        "{err}"
+    );
+    assert!(!target.exists());
+}
+
 /// An upload aborted after some chunks were journaled, re-run with the same journal: it
 /// sends only the chunks not journaled (the journaled ones count as reused), keeps the
 /// secret the first run drew, and the result downloads equal.

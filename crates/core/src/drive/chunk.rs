@@ -96,8 +96,10 @@ const CHUNK_KEY_INFO: &[u8] = b"cove/drive/v1/chunk-key";
 /// FastCDC 2020 (`fastcdc::v2020`, normalization level 1, the crate's gear table, i.e. seed
 /// 0) with [`MIN_CHUNK`], [`AVG_CHUNK`] and [`MAX_CHUNK`]: the same cut points as
 /// `fastcdc::v2020::FastCDC` over the whole file, found in a window of [`MAX_CHUNK`] bytes.
-/// They depend on the content only, so an edit moves at most the chunks around it. An empty
-/// source yields nothing. After an I/O error the iterator ends.
+/// They depend on the content only, so an edit moves at most the chunks around it. A
+/// source shorter than [`MAX_CHUNK`] is one chunk (a small file is one blob: its edits
+/// re-upload at most 2 MiB, and a tree of small files costs one blob each, not several).
+/// An empty source yields nothing. After an I/O error the iterator ends.
 pub struct Chunker<R: Read> {
     source: R,
     /// `buf[start..len]` are read and not yet cut.
@@ -174,7 +176,12 @@ impl<R: Read> Iterator for Chunker<R> {
             MASK_S << 1,
             MASK_L << 1,
         );
-        let n = n.clamp(1, window.len());
+        // A whole source shorter than the window is one chunk.
+        let n = if self.offset == 0 && self.eof {
+            window.len()
+        } else {
+            n.clamp(1, window.len())
+        };
         let chunk = window[..n].to_vec();
         let at = self.offset;
         self.start += n;
@@ -244,14 +251,22 @@ pub fn chunk_id(secret: &FileSecret, plaintext: &[u8]) -> [u8; 32] {
 /// Seals a chunk: its id and the blob bytes.
 pub fn seal_chunk(secret: &FileSecret, plaintext: &[u8]) -> ([u8; 32], Vec<u8>) {
     let id = chunk_id(secret, plaintext);
-    let key = chunk_key(secret, &id);
+    let blob = seal_chunk_with_id(secret, &id, plaintext);
+    (id, blob)
+}
+
+/// Seals a chunk whose id the caller already computed with [`chunk_id`] (an upload checks
+/// the id against the chunks it already has before sealing): the blob bytes, the same as
+/// [`seal_chunk`]'s. Given another id, the blob is one that [`open_chunk`] refuses.
+pub fn seal_chunk_with_id(secret: &FileSecret, id: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+    let key = chunk_key(secret, id);
     let mut blob = Vec::with_capacity(plaintext.len() + CHUNK_OVERHEAD as usize);
     blob.extend_from_slice(plaintext);
     // Sealing fails only for plaintexts beyond GCM's limit (~64 GiB), far above MAX_CHUNK.
     #[allow(clippy::expect_used)]
     key.seal_in_place_append_tag(zero_nonce(), Aad::from(&id[..]), &mut blob)
         .expect("chunk within the AES-GCM length limit");
-    (id, blob)
+    blob
 }
 
 /// Opens a chunk's blob, checking its id and length against `chunk`.

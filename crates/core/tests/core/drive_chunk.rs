@@ -7,7 +7,7 @@ use std::io::Read;
 
 use cove_core::drive::chunk::{
     AVG_CHUNK, CHUNK_OVERHEAD, ChunkError, ChunkRef, Chunker, FileSecret, MAX_CHUNK, MAX_CHUNKS,
-    MIN_CHUNK, Manifest, chunk_id, open_chunk, seal_chunk,
+    MIN_CHUNK, Manifest, chunk_id, open_chunk, seal_chunk, seal_chunk_with_id,
 };
 use cove_core::drive::seal::{self, LINK_AAD, MANIFEST_AAD, SNAPSHOT_AAD, SealError};
 use cove_wire::BlobId;
@@ -129,6 +129,7 @@ fn drive_chunk_round_trips() {
         assert_eq!(open_chunk(&s, &r, &blob).unwrap(), pt);
         // Sealing is deterministic: a re-upload is the same blob.
         assert_eq!(seal_chunk(&s, &pt).1, blob);
+        assert_eq!(seal_chunk_with_id(&s, &r.id, &pt), blob);
     }
 }
 
@@ -165,6 +166,14 @@ fn drive_chunk_every_flipped_byte_and_truncation_is_refused() {
     let mut shorter = r.clone();
     shorter.len -= 1;
     assert_eq!(open_chunk(&s, &shorter, &blob), Err(ChunkError::Tampered));
+    // Sealed under another id than its own: refused.
+    let mut wrong = r.clone();
+    wrong.id[0] ^= 1;
+    let sealed_wrong = seal_chunk_with_id(&s, &wrong.id, &pt);
+    assert_eq!(
+        open_chunk(&s, &wrong, &sealed_wrong),
+        Err(ChunkError::Mismatch)
+    );
     // A length beyond MAX_CHUNK is refused before anything else.
     let mut huge = r.clone();
     huge.len = MAX_CHUNK + 1;
@@ -354,8 +363,14 @@ fn drive_chunker_edges() {
         let c = chunks_of(&data);
         check_tiling(&data, &c);
     }
-    // Small files are one chunk.
-    assert_eq!(chunks_of(&random(3, MIN_CHUNK as usize - 1)).len(), 1);
+    // A source shorter than MAX_CHUNK is one chunk (FastCDC would cut 1 MiB of random
+    // bytes); MAX_CHUNK + 1 bytes are cut by FastCDC.
+    for n in [MIN_CHUNK as usize - 1, 1 << 20, MAX_CHUNK as usize - 1] {
+        assert_eq!(chunks_of(&random(3, n)).len(), 1, "{n}");
+    }
+    let one_mib = random(3, 1 << 20);
+    assert!(fastcdc::v2020::FastCDC::new(&one_mib, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK).count() > 1);
+    assert!(chunks_of(&random(3, MAX_CHUNK as usize + 1)).len() >= 2);
     // An I/O error is reported once, then the iterator ends.
     struct Failing;
     impl Read for Failing {
