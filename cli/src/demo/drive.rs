@@ -3,7 +3,9 @@
 
 use anyhow::{Context as _, ensure};
 
-use cove::{Device, UserName, escape};
+use cove::{Device, Event, UserName, escape};
+use cove_core::Content;
+use cove_core::drive::DriveOp;
 
 use super::{Demo, StepFuture};
 
@@ -24,6 +26,36 @@ fn names(entries: &[cove_core::drive::Entry]) -> String {
         .map(|e| escape(&e.name))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+const LAPTOP: &str = "alice-laptop";
+
+fn is_snapshot(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::Content(c)
+            if matches!(&c.content, Content::Drive(op) if matches!(**op, DriveOp::Snapshot { .. }))
+    )
+}
+
+async fn laptop_gets_the_drive(d: &mut Demo) -> anyhow::Result<()> {
+    d.expect(LAPTOP, "the drive's snapshot", is_snapshot)
+        .await?;
+    let laptop = d.user(LAPTOP)?;
+    let listed = laptop.drive_ls("/road-trip").await?;
+    println!("[alice's laptop] drive ls /road-trip: {}", names(&listed));
+    let out = d.root.path().join("alice-laptop-files");
+    std::fs::create_dir_all(&out)?;
+    let got = laptop.drive_get("/road-trip", &out, false).await?;
+    for (rel, text) in FILES {
+        let on_laptop = std::fs::read_to_string(out.join("road-trip").join(rel))?;
+        ensure!(on_laptop == text, "the laptop's {rel} differs");
+    }
+    println!(
+        "[alice's laptop] drive get /road-trip: {} files, identical to the originals",
+        got.files
+    );
+    Ok(())
 }
 
 pub fn drive(d: &mut Demo) -> StepFuture<'_> {
@@ -50,24 +82,13 @@ pub fn drive(d: &mut Demo) -> StepFuture<'_> {
         let laptop = Device::link(d.user("alice")?, &d.home("alice-laptop"))
             .await
             .context("linking alice's laptop")?;
-        let result = async {
-            let listed = laptop.drive_ls("/road-trip").await?;
-            println!("[alice's laptop] drive ls /road-trip: {}", names(&listed));
-            let out = d.root.path().join("alice-laptop-files");
-            std::fs::create_dir_all(&out)?;
-            let got = laptop.drive_get("/road-trip", &out, false).await?;
-            for (rel, text) in FILES {
-                let on_laptop = std::fs::read_to_string(out.join("road-trip").join(rel))?;
-                ensure!(on_laptop == text, "the laptop's {rel} differs");
-            }
-            println!(
-                "[alice's laptop] drive get /road-trip: {} files, identical to the originals",
-                got.files
-            );
-            Ok::<_, anyhow::Error>(())
+        // The laptop joins the drive's group and reads its tree from the snapshot alice's
+        // first device posts after adding it.
+        d.users.insert(LAPTOP, laptop);
+        let result = laptop_gets_the_drive(d).await;
+        if let Some(laptop) = d.users.remove(LAPTOP) {
+            laptop.close().await;
         }
-        .await;
-        laptop.close().await;
         result?;
 
         let bob = UserName::new("bob").context("bob's name")?;
@@ -77,6 +98,8 @@ pub fn drive(d: &mut Demo) -> StepFuture<'_> {
             .await
             .context("alice sharing the folder with bob")?;
         println!("[alice] drive share /road-trip bob: bob sees it as {shared}");
+        d.expect("bob", "the shared folder's snapshot", is_snapshot)
+            .await?;
         let on_bob = d.user("bob")?.drive_shared().await?;
         for s in &on_bob {
             println!(

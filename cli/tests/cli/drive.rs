@@ -5,7 +5,8 @@ use super::{fails, init, ok, relay};
 
 /// carla puts a folder (one name holds a bidi override), lists it long (escaped), gets a
 /// file back byte for byte; `cove groups` does not list the drive and `cove send` to it is
-/// refused; a path that does not exist is a one-line error.
+/// refused; a path that does not exist is a one-line error; mkdir -p, mv into a folder, rm
+/// and the trash listing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_ls_get_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
@@ -46,6 +47,16 @@ async fn put_ls_get_through_the_cli() {
         &["drive", "get", "/notes/sub/b.txt", out.to_str().unwrap()],
     );
     assert_eq!(std::fs::read(&out).unwrap(), b"beta\n");
+
+    ok(&carla, &["drive", "mkdir", "-p", "/x/y/z"]);
+    assert_eq!(ok(&carla, &["drive", "ls", "/x/y"]), "z/\n");
+    let exists = fails(&carla, &["drive", "mkdir", "/x"]);
+    assert!(exists.contains("exists"), "{exists}");
+    ok(&carla, &["drive", "mv", "/x/y/z", "/notes"]);
+    assert_eq!(ok(&carla, &["drive", "ls", "/x/y"]), "");
+    ok(&carla, &["drive", "rm", "/x"]);
+    assert_eq!(ok(&carla, &["drive", "ls"]), "notes/\n");
+    assert_eq!(ok(&carla, &["drive", "restore"]), "/x\n");
 
     let groups = ok(&carla, &["groups"]);
     assert!(!groups.contains("drive/"), "{groups}");

@@ -19,7 +19,9 @@ impl Device {
     /// Links a further device of `existing`'s user in `home`: a fresh device key,
     /// authorised by a signature of `existing` and registered with the relay
     /// (`RegisterDevice`), then connected like any device. Groups the user joins from now on
-    /// include it (users are added with all their devices). If the new device does not get
+    /// include it (users are added with all their devices), and `existing` adds it to the
+    /// user's Cove Drive groups at once, with a snapshot of each drive the user owns
+    /// (`Device::drive_welcome_own_devices`). If the new device does not get
     /// registered, it leaves no half-initialised home behind (as [`Device::init`]).
     ///
     /// The cores do the work: `existing`'s core signs the new key

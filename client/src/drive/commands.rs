@@ -272,7 +272,6 @@ impl Device {
         let mut report = PutReport::default();
         let device = self.drive_device_name();
         let blobs = self.drive_blobs().await?;
-        let me = self.user().clone();
         let mut files: Vec<PutFile> = Vec::new();
         let mut mkdirs = Vec::new();
         if meta.is_file() {
@@ -397,7 +396,6 @@ impl Device {
             self.drive_post_unchecked(at.handle.group, ops).await?;
         }
         self.drive_refresh(&mut at.handle).await?;
-        let _ = me;
         match failed {
             Some(e) => Err(e),
             None => Ok(report),

@@ -191,7 +191,7 @@ async fn two_devices_of_one_user_see_the_same_drive() {
 /// forces through `send_content` is ignored by alice's tree (a sentinel put by alice after
 /// it is there, bob's folder is not). A device bob links afterwards asks for a snapshot
 /// (`NoSnapshot` until then), which alice's next drive command answers. After unshare, a
-/// file alice puts never reaches bob.
+/// file alice puts never reaches bob. Sharing the shared folder with carol just adds her.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_shared_with_bob_read_only_then_unshared() {
     let net = Net::sqlite().await;
@@ -314,6 +314,28 @@ async fn a_folder_shared_with_bob_read_only_then_unshared() {
         ["photos", "plan.txt", "sentinel.txt"]
     );
 
+    // Sharing the shared folder again just adds: carol, read-write.
+    let mut carol = net.user("carol").await;
+    let carol_name = cove::UserName::new("carol").unwrap();
+    assert_eq!(
+        alice
+            .drive_share("/trip", &carol_name, false)
+            .await
+            .unwrap(),
+        "alice:trip"
+    );
+    joined(&mut carol).await;
+    snapshot_arrived(&mut carol).await;
+    let on_carol = carol.drive_shared().await.unwrap();
+    assert_eq!(on_carol.len(), 1);
+    assert_eq!(on_carol[0].group, group.to_hex());
+    assert!(!on_carol[0].read_only);
+    assert_eq!(
+        names(&carol.drive_ls("alice:trip").await.unwrap()),
+        ["photos", "plan.txt", "sentinel.txt"]
+    );
+    assert_eq!(names(&alice.drive_ls("/").await.unwrap()), ["trip"]);
+
     // Unshare: what alice puts afterwards never reaches bob.
     alice.drive_unshare("/trip", &bob_name).await.unwrap();
     let later = local.path().join("after-unshare-canary.txt");
@@ -349,7 +371,7 @@ async fn a_folder_shared_with_bob_read_only_then_unshared() {
             DriveOp::PutVersion { name, .. } if name == "after-unshare-canary.txt"
         )));
     }
-    for d in [alice, bob, bob_laptop] {
+    for d in [alice, bob, bob_laptop, carol] {
         d.close().await;
     }
 }
