@@ -237,7 +237,9 @@ impl<'a> Syncer<'a> {
     }
 
     /// Runs passes until `stop` completes: after local changes (debounced), and every
-    /// `interval` (remote changes, and the fallback rescan).
+    /// `interval` (remote changes, and the fallback rescan). A pass that fails on the
+    /// network or the drive is logged and tried again; a broken state file, home or
+    /// `.coveignore` ends the run.
     pub async fn run(
         &mut self,
         interval: Duration,
@@ -262,7 +264,18 @@ impl<'a> Syncer<'a> {
         }
         tokio::pin!(stop);
         loop {
-            let report = self.pass().await?;
+            // A failed pass (the relay unreachable, a refused operation) is logged and
+            // tried again after the interval: a long-running sync outlives outages.
+            let report = match self.pass().await {
+                Ok(r) => r,
+                Err(e @ (SyncError::State(_) | SyncError::Config(_) | SyncError::Ignore(_))) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    (self.log)(&format!("the pass failed ({e}); trying again"));
+                    PassReport::default()
+                }
+            };
             for s in &report.skipped {
                 (self.log)(&format!("not synced: {}: {}", s.path.display(), s.reason));
             }
