@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use cove::Device;
 use cove::drive::sync::{PassReport, Syncer};
 
-use crate::support::{Net, WAIT, joined, workspace_binary};
+use crate::support::{Net, WAIT, contains, joined, workspace_binary};
 
 /// alice's laptop (registered) and desk (linked), both in her personal drive, and a local
 /// folder for each.
@@ -154,6 +154,22 @@ async fn edits_on_both_sides_keep_both_as_a_conflict_copy() {
     // In the drive: two files, each with the versions it had.
     let ls = p.laptop.drive_ls("/notes").await.unwrap();
     assert_eq!(ls.len(), 2);
+    // The sync state is encrypted: no path in the clear in any file of it.
+    let state_dir = p.net.home("alice").dir().join("drive-sync");
+    let mut scanned = 0;
+    for e in std::fs::read_dir(&state_dir).unwrap().flatten() {
+        if e.path().is_file() {
+            let bytes = std::fs::read(e.path()).unwrap();
+            assert!(
+                !contains(&bytes, b"plan.txt"),
+                "{} holds a path",
+                e.path().display()
+            );
+            assert!(!bytes.starts_with(b"SQLite format 3"));
+            scanned += 1;
+        }
+    }
+    assert!(scanned >= 1, "no state file under {}", state_dir.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
