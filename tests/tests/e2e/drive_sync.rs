@@ -515,3 +515,21 @@ async fn a_sync_into_a_missing_drive_folder_creates_it_and_moved_edited_files_fo
     assert_eq!(files(&p.a), files(&p.b));
     assert_eq!(files(&p.a)["b.txt"], b"second, longer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_local_folder_trashes_nothing() {
+    let p = pair().await;
+    write(&p.a, "d/one.txt", b"1");
+    write(&p.a, "two.txt", b"2");
+    pass(&p.laptop, &p.a).await;
+    std::fs::remove_dir_all(&p.a).unwrap();
+    let mut syncer = Syncer::open(&p.laptop, &p.a, "/", Box::new(|_| {}))
+        .await
+        .unwrap();
+    match syncer.pass().await {
+        Err(cove::drive::sync::SyncError::EmptyFolder { synced, .. }) => assert_eq!(synced, 3),
+        other => panic!("expected EmptyFolder, got {other:?}"),
+    }
+    assert!(p.laptop.drive_trash("").await.unwrap().is_empty());
+    assert_eq!(p.laptop.drive_ls("/").await.unwrap().len(), 2);
+}

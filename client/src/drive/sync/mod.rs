@@ -63,6 +63,18 @@ pub enum SyncError {
     /// A bad argument.
     #[error("{0}")]
     Invalid(String),
+    /// The local folder is empty although entries were synced from it: it is not mounted,
+    /// or the wrong folder (to empty a drive folder, use `cove drive rm`).
+    #[error(
+        "{path} is empty but {synced} entries were synced from it: not syncing (is it mounted? \
+         `cove drive rm` empties the drive folder)"
+    )]
+    EmptyFolder {
+        /// The local folder.
+        path: PathBuf,
+        /// Entries the state holds.
+        synced: usize,
+    },
 }
 
 /// What a pass did.
@@ -226,6 +238,14 @@ impl<'a> Syncer<'a> {
                 .await
                 .map_err(|e| SyncError::Invalid(format!("the scan failed: {e}")))??;
         report.skipped.extend(skipped);
+        // An empty folder where files were synced is far more often an unmounted disk or a
+        // wrong path than a user deleting everything: nothing is trashed then.
+        if local.is_empty() && !known.is_empty() {
+            return Err(SyncError::EmptyFolder {
+                path: self.root.clone(),
+                synced: known.len(),
+            });
+        }
 
         let ctx = PlanContext {
             device: self.device_name.clone(),
