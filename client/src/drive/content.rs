@@ -358,36 +358,54 @@ pub async fn upload_file(
     let mut tasks: JoinSet<Result<ChunkRef, TransferError>> = JoinSet::new();
     let mut uploaded: Chunks = HashMap::new();
     let (mut bytes_sent, mut chunks_sent) = (0u64, 0usize);
-    let mut reading = true;
-    while reading || !tasks.is_empty() {
-        tokio::select! {
-            item = rx.recv(), if reading && tasks.len() < PARALLEL_TRANSFERS => match item {
-                None => reading = false,
-                Some(p) => {
-                    order.push((p.id, p.len));
-                    if let Some(blob) = p.blob {
-                        bytes_sent += blob.len() as u64;
-                        let (client, id, len) = (blobs.clone(), p.id, p.len);
-                        tasks.spawn(async move {
-                            let blob = client.upload_bytes(blob).await?;
-                            Ok(ChunkRef { id, blob, len })
-                        });
+    let outcome: Result<ReadDone, DriveError> = async {
+        let mut reading = true;
+        while reading || !tasks.is_empty() {
+            tokio::select! {
+                item = rx.recv(), if reading && tasks.len() < PARALLEL_TRANSFERS => match item {
+                    None => reading = false,
+                    Some(p) => {
+                        order.push((p.id, p.len));
+                        if let Some(blob) = p.blob {
+                            bytes_sent += blob.len() as u64;
+                            let (client, id, len) = (blobs.clone(), p.id, p.len);
+                            tasks.spawn(async move {
+                                let blob = client.upload_bytes(blob).await?;
+                                Ok(ChunkRef { id, blob, len })
+                            });
+                        }
                     }
+                },
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    let chunk = done.map_err(|_| task_failed("upload"))??;
+                    if let Some(j) = &journal {
+                        j.record(&chunk).await?;
+                    }
+                    chunks_sent += 1;
+                    uploaded.insert(chunk.id, chunk);
                 }
-            },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                let chunk = done.map_err(|_| task_failed("upload"))??;
-                if let Some(j) = &journal {
-                    j.record(&chunk).await?;
-                }
-                chunks_sent += 1;
-                uploaded.insert(chunk.id, chunk);
             }
         }
+        producer
+            .await
+            .map_err(|_| task_failed("reading"))??
+            .ok_or_else(|| task_failed("reading"))
     }
-    let read = producer.await.map_err(|_| task_failed("reading"))??;
-    let Some(read) = read else {
-        return Err(task_failed("reading"));
+    .await;
+    let read = match outcome {
+        Ok(read) => read,
+        Err(e) => {
+            // Without a journal nothing refers to the chunks sent: delete them (best effort;
+            // with one they are what a re-run reuses).
+            drop(rx);
+            tasks.shutdown().await;
+            if journal.is_none() {
+                for c in uploaded.values() {
+                    let _ = blobs.delete_blob(c.blob).await;
+                }
+            }
+            return Err(e);
+        }
     };
 
     let mut chunks = Vec::with_capacity(order.len());
