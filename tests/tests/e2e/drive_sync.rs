@@ -7,8 +7,10 @@ use std::process::{Command, Stdio};
 
 use cove::Device;
 use cove::drive::sync::{PassReport, Syncer};
+use cove_core::Content;
+use cove_core::drive::DriveOp;
 
-use crate::support::{Net, WAIT, contains, joined, workspace_binary};
+use crate::support::{Net, WAIT, contains, joined, until, workspace_binary};
 
 /// alice's laptop (registered) and desk (linked), both in her personal drive, and a local
 /// folder for each.
@@ -29,6 +31,15 @@ async fn pair() -> Pair {
     // The laptop creates the drive; the desk, already a device of alice, is added to it.
     laptop.drive_open("").await.unwrap();
     joined(&mut desk).await;
+    // The drive's `Init` reached the desk (else it would have no tree yet).
+    until(&mut desk, "the drive's Init", |e| {
+        matches!(
+            e,
+            cove::Event::Content(c)
+                if matches!(&c.content, Content::Drive(op) if matches!(**op, DriveOp::Init { .. }))
+        )
+    })
+    .await;
     desk.drive_open("").await.unwrap();
     let a = net.dir.path().join("laptop-files");
     let b = net.dir.path().join("desk-files");
