@@ -334,12 +334,15 @@ fn sync_once(home: &Path, dir: &Path) -> String {
     stdout
 }
 
-/// The number in `… (N B sent)` / `… (N B fetched)` on the line about `name`.
+/// The number in `… (N B sent)` / `… (N B fetched)` on the line about `name`; 0 when there
+/// is none (the killed run had finished the transfer and only its record was left to do).
 fn bytes_of(stdout: &str, verb: &str, name: &str) -> u64 {
-    let line = stdout
+    let Some(line) = stdout
         .lines()
         .find(|l| l.starts_with(&format!("{verb} {name} (")))
-        .unwrap_or_else(|| panic!("no `{verb} {name}` line in:\n{stdout}"));
+    else {
+        return 0;
+    };
     line.rsplit('(')
         .next()
         .and_then(|s| s.split(' ').next())
