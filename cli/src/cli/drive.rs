@@ -19,6 +19,7 @@ Examples:
   cove drive get /photos ~/Pictures/
   cove drive share /photos bob --read-only   # bob: cove drive ls alice:photos
   cove drive rm /old.txt && cove drive restore /old.txt
+  cove drive sync ~/Drive                    # both ways, until Ctrl-C (run it on each device)
 
 Paths: /a/b is in your drive (a shared folder in it is entered like a folder);
 OWNER:FOLDER/a/b is in a folder OWNER shared with you (see `cove drive shared`).";

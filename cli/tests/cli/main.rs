@@ -337,6 +337,7 @@ fn every_command_has_help_with_an_example() {
         &["drive", "shared"],
         &["drive", "link"],
         &["drive", "usage"],
+        &["drive", "sync"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");

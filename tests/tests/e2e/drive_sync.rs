@@ -7,8 +7,10 @@ use std::process::{Command, Stdio};
 
 use cove::Device;
 use cove::drive::sync::{PassReport, Syncer};
+use cove_core::Content;
+use cove_core::drive::DriveOp;
 
-use crate::support::{Net, WAIT, joined, workspace_binary};
+use crate::support::{Net, WAIT, contains, joined, until, workspace_binary};
 
 /// alice's laptop (registered) and desk (linked), both in her personal drive, and a local
 /// folder for each.
@@ -29,6 +31,15 @@ async fn pair() -> Pair {
     // The laptop creates the drive; the desk, already a device of alice, is added to it.
     laptop.drive_open("").await.unwrap();
     joined(&mut desk).await;
+    // The drive's `Init` reached the desk (else it would have no tree yet).
+    until(&mut desk, "the drive's Init", |e| {
+        matches!(
+            e,
+            cove::Event::Content(c)
+                if matches!(&c.content, Content::Drive(op) if matches!(**op, DriveOp::Init { .. }))
+        )
+    })
+    .await;
     desk.drive_open("").await.unwrap();
     let a = net.dir.path().join("laptop-files");
     let b = net.dir.path().join("desk-files");
@@ -154,6 +165,22 @@ async fn edits_on_both_sides_keep_both_as_a_conflict_copy() {
     // In the drive: two files, each with the versions it had.
     let ls = p.laptop.drive_ls("/notes").await.unwrap();
     assert_eq!(ls.len(), 2);
+    // The sync state is encrypted: no path in the clear in any file of it.
+    let state_dir = p.net.home("alice").dir().join("drive-sync");
+    let mut scanned = 0;
+    for e in std::fs::read_dir(&state_dir).unwrap().flatten() {
+        if e.path().is_file() {
+            let bytes = std::fs::read(e.path()).unwrap();
+            assert!(
+                !contains(&bytes, b"plan.txt"),
+                "{} holds a path",
+                e.path().display()
+            );
+            assert!(!bytes.starts_with(b"SQLite format 3"));
+            scanned += 1;
+        }
+    }
+    assert!(scanned >= 1, "no state file under {}", state_dir.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,12 +334,15 @@ fn sync_once(home: &Path, dir: &Path) -> String {
     stdout
 }
 
-/// The number in `… (N B sent)` / `… (N B fetched)` on the line about `name`.
+/// The number in `… (N B sent)` / `… (N B fetched)` on the line about `name`; 0 when there
+/// is none (the killed run had finished the transfer and only its record was left to do).
 fn bytes_of(stdout: &str, verb: &str, name: &str) -> u64 {
-    let line = stdout
+    let Some(line) = stdout
         .lines()
         .find(|l| l.starts_with(&format!("{verb} {name} (")))
-        .unwrap_or_else(|| panic!("no `{verb} {name}` line in:\n{stdout}"));
+    else {
+        return 0;
+    };
     line.rsplit('(')
         .next()
         .and_then(|s| s.split(' ').next())
@@ -444,4 +474,76 @@ async fn a_running_sync_uploads_local_changes_and_downloads_the_other_devices() 
         std::fs::read(p.a.join("from-desk.txt")).unwrap(),
         b"hello from the desk"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mib_file_syncs_each_way() {
+    const SIZE: usize = 200 << 20;
+    let p = pair().await;
+    let from_laptop = random_bytes(SIZE, 1);
+    let from_desk = random_bytes(SIZE, 2);
+    write(&p.a, "laptop.bin", &from_laptop);
+    write(&p.b, "desk.bin", &from_desk);
+    let r = pass(&p.laptop, &p.a).await;
+    assert_eq!(r.uploaded, 1);
+    assert!(r.bytes_up >= SIZE as u64);
+    let r = pass(&p.desk, &p.b).await;
+    assert_eq!((r.uploaded, r.downloaded), (1, 1));
+    let r = pass(&p.laptop, &p.a).await;
+    assert_eq!(r.downloaded, 1);
+    for dir in [&p.a, &p.b] {
+        assert!(std::fs::read(dir.join("laptop.bin")).unwrap() == from_laptop);
+        assert!(std::fs::read(dir.join("desk.bin")).unwrap() == from_desk);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_into_a_missing_drive_folder_creates_it_and_moved_edited_files_follow() {
+    let p = pair().await;
+    let log = || Box::new(|_: &str| {});
+    write(&p.a, "a.txt", b"first");
+    let mut laptop = Syncer::open(&p.laptop, &p.a, "/projects/cove", log())
+        .await
+        .unwrap();
+    let r = laptop.pass().await.unwrap();
+    assert_eq!((r.uploaded, r.skipped.len()), (1, 0));
+    let ls = p.desk.drive_ls("/projects/cove").await.unwrap();
+    assert_eq!(
+        ls.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["a.txt"]
+    );
+    let mut desk = Syncer::open(&p.desk, &p.b, "/projects/cove", log())
+        .await
+        .unwrap();
+    assert_eq!(desk.pass().await.unwrap().downloaded, 1);
+
+    // Moved and edited on the desk in one pass: the laptop renames, then downloads.
+    std::fs::rename(p.b.join("a.txt"), p.b.join("b.txt")).unwrap();
+    let r = desk.pass().await.unwrap();
+    assert_eq!(r.moved, 1);
+    write(&p.b, "b.txt", b"second, longer");
+    let r = desk.pass().await.unwrap();
+    assert_eq!(r.uploaded, 1);
+    let r = laptop.pass().await.unwrap();
+    assert_eq!((r.moved, r.downloaded, r.skipped.len()), (1, 1, 0), "{r:?}");
+    assert_eq!(files(&p.a), files(&p.b));
+    assert_eq!(files(&p.a)["b.txt"], b"second, longer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_local_folder_trashes_nothing() {
+    let p = pair().await;
+    write(&p.a, "d/one.txt", b"1");
+    write(&p.a, "two.txt", b"2");
+    pass(&p.laptop, &p.a).await;
+    std::fs::remove_dir_all(&p.a).unwrap();
+    let mut syncer = Syncer::open(&p.laptop, &p.a, "/", Box::new(|_| {}))
+        .await
+        .unwrap();
+    match syncer.pass().await {
+        Err(cove::drive::sync::SyncError::EmptyFolder { synced, .. }) => assert_eq!(synced, 3),
+        other => panic!("expected EmptyFolder, got {other:?}"),
+    }
+    assert!(p.laptop.drive_trash("").await.unwrap().is_empty());
+    assert_eq!(p.laptop.drive_ls("/").await.unwrap().len(), 2);
 }

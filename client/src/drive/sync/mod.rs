@@ -63,6 +63,18 @@ pub enum SyncError {
     /// A bad argument.
     #[error("{0}")]
     Invalid(String),
+    /// The local folder is empty although entries were synced from it: it is not mounted,
+    /// or the wrong folder (to empty a drive folder, use `cove drive rm`).
+    #[error(
+        "{path} is empty but {synced} entries were synced from it: not syncing (is it mounted? \
+         `cove drive rm` empties the drive folder)"
+    )]
+    EmptyFolder {
+        /// The local folder.
+        path: PathBuf,
+        /// Entries the state holds.
+        synced: usize,
+    },
 }
 
 /// What a pass did.
@@ -226,6 +238,14 @@ impl<'a> Syncer<'a> {
                 .await
                 .map_err(|e| SyncError::Invalid(format!("the scan failed: {e}")))??;
         report.skipped.extend(skipped);
+        // An empty folder where files were synced is far more often an unmounted disk or a
+        // wrong path than a user deleting everything: nothing is trashed then.
+        if local.is_empty() && !known.is_empty() {
+            return Err(SyncError::EmptyFolder {
+                path: self.root.clone(),
+                synced: known.len(),
+            });
+        }
 
         let ctx = PlanContext {
             device: self.device_name.clone(),
@@ -237,7 +257,9 @@ impl<'a> Syncer<'a> {
     }
 
     /// Runs passes until `stop` completes: after local changes (debounced), and every
-    /// `interval` (remote changes, and the fallback rescan).
+    /// `interval` (remote changes, and the fallback rescan). A pass that fails on the
+    /// network or the drive is logged and tried again; a broken state file, home or
+    /// `.coveignore` ends the run.
     pub async fn run(
         &mut self,
         interval: Duration,
@@ -262,7 +284,18 @@ impl<'a> Syncer<'a> {
         }
         tokio::pin!(stop);
         loop {
-            let report = self.pass().await?;
+            // A failed pass (the relay unreachable, a refused operation) is logged and
+            // tried again after the interval: a long-running sync outlives outages.
+            let report = match self.pass().await {
+                Ok(r) => r,
+                Err(e @ (SyncError::State(_) | SyncError::Config(_) | SyncError::Ignore(_))) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    (self.log)(&format!("the pass failed ({e}); trying again"));
+                    PassReport::default()
+                }
+            };
             for s in &report.skipped {
                 (self.log)(&format!("not synced: {}: {}", s.path.display(), s.reason));
             }
@@ -324,8 +357,14 @@ impl<'a> Syncer<'a> {
         dirs: &mut BTreeMap<String, NodeId>,
         report: &mut PassReport,
     ) -> Result<(), SyncError> {
+        // The scan as the actions leave it (a local move renames its entries), for the
+        // check that a download overwrites only what the scan saw.
+        let mut local = local.clone();
         let mut actions = actions.into_iter().peekable();
         while let Some(action) = actions.next() {
+            if let Action::LocalMove { from, to } = &action {
+                plan::rename_prefix(&mut local, from, to);
+            }
             if matches!(action, Action::Upload { .. } | Action::Download { .. }) {
                 let mut batch = vec![action];
                 while batch.len() < PARALLEL_TRANSFERS * 4
@@ -337,10 +376,10 @@ impl<'a> Syncer<'a> {
                         batch.push(a);
                     }
                 }
-                self.transfer_batch(batch, dirs, report).await?;
+                self.transfer_batch(batch, &local, dirs, report).await?;
                 continue;
             }
-            if let Err(e) = self.apply_one(action, local, dirs, report).await {
+            if let Err(e) = self.apply_one(action, dirs, report).await {
                 skip_or_fail(e, report)?;
             }
         }
@@ -350,11 +389,9 @@ impl<'a> Syncer<'a> {
     async fn apply_one(
         &mut self,
         action: Action,
-        local: &BTreeMap<String, Local>,
         dirs: &mut BTreeMap<String, NodeId>,
         report: &mut PassReport,
     ) -> Result<(), SyncError> {
-        let _ = local;
         match action {
             Action::LocalMove { from, to } => {
                 let (a, b) = (self.abs(&from), self.abs(&to));
@@ -482,6 +519,7 @@ impl<'a> Syncer<'a> {
     async fn transfer_batch(
         &mut self,
         batch: Vec<Action>,
+        local: &BTreeMap<String, Local>,
         dirs: &BTreeMap<String, NodeId>,
         report: &mut PassReport,
     ) -> Result<(), SyncError> {
@@ -489,7 +527,7 @@ impl<'a> Syncer<'a> {
         let this = &*self;
         let results: Vec<(Action, Result<Done, SyncError>)> =
             futures_util::stream::iter(batch.into_iter().map(|a| async move {
-                let r = this.transfer(&a, dirs).await;
+                let r = this.transfer(&a, local, dirs).await;
                 (a, r)
             }))
             .buffer_unordered(PARALLEL_TRANSFERS)
@@ -543,6 +581,7 @@ impl<'a> Syncer<'a> {
     async fn transfer(
         &self,
         action: &Action,
+        local: &BTreeMap<String, Local>,
         dirs: &BTreeMap<String, NodeId>,
     ) -> Result<Done, SyncError> {
         match action {
@@ -597,6 +636,19 @@ impl<'a> Syncer<'a> {
                 version,
             } => {
                 let abs = self.abs(path);
+                // A local file written since the scan is not overwritten: the next pass
+                // sees the change (and keeps both if the drive's changed too).
+                if let Ok(meta) = std::fs::symlink_metadata(&abs) {
+                    let scanned = local.get(path).filter(|l| !l.dir);
+                    if scanned
+                        .is_none_or(|l| l.size != meta.len() || l.mtime_ns != scan::mtime_ns(&meta))
+                    {
+                        return Err(SyncError::Io {
+                            path: abs,
+                            source: std::io::Error::other("changed during the pass; next pass"),
+                        });
+                    }
+                }
                 ensure_parent(&abs)?;
                 let bytes = content::download_file(&self.blobs, version, &abs, true).await?;
                 let modified = UNIX_EPOCH + Duration::from_millis(version.modified_ms);

@@ -574,7 +574,7 @@ fn subtree_unchanged(
     }) && !local.keys().any(|q| is_below(q, p))
 }
 
-fn rename_prefix<V>(map: &mut BTreeMap<String, V>, from: &str, to: &str) {
+pub(super) fn rename_prefix<V>(map: &mut BTreeMap<String, V>, from: &str, to: &str) {
     let keys: Vec<String> = map
         .keys()
         .filter(|k| *k == from || is_below(k, from))

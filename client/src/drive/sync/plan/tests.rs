@@ -405,3 +405,26 @@ fn gone_on_both_sides_is_forgotten_and_a_touched_file_only_records() {
     assert!(matches!(&a[0], Action::Forget { path } if path == "f"));
     assert!(matches!(&a[1], Action::Record { path, known } if path == "g" && known.mtime_ns == 99));
 }
+
+#[test]
+fn a_file_moved_and_edited_in_the_drive_is_renamed_then_downloaded() {
+    let a = run(
+        vec![("a.txt", known(2, 2, 2))],
+        vec![("a.txt", local(2))],
+        vec![("b.txt", remote(2, 3, 3))],
+    );
+    assert_eq!(
+        a,
+        vec![
+            Action::LocalMove {
+                from: "a.txt".into(),
+                to: "b.txt".into()
+            },
+            Action::Download {
+                path: "b.txt".into(),
+                node: [2; 16],
+                version: version(3, 3)
+            },
+        ]
+    );
+}
