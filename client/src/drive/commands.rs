@@ -1,5 +1,5 @@
 //! The drive commands on a [`Device`] (`cove drive ...`), built on the seam in
-//! [`super::device`]. Paths: `/a/b` in the personal drive (a shared folder mounted there is
+//! the `device` module. Paths: `/a/b` in the personal drive (a shared folder mounted there is
 //! entered transparently), `OWNER:FOLDER/a/b` in a shared folder (by its owner and display
 //! name).
 

@@ -562,7 +562,12 @@ async fn a_group_named_after_alices_drive_is_not_hers() {
         alice.drive_ls("alice:Photos/").await,
         Err(DriveError::NoDrive(_) | DriveError::NoSnapshot(_))
     ));
-    assert!(alice.drive_put(&file, "alice:Photos/", false).await.is_err());
+    assert!(
+        alice
+            .drive_put(&file, "alice:Photos/", false)
+            .await
+            .is_err()
+    );
     alice.close().await;
     mallory.close().await;
 }
