@@ -282,11 +282,14 @@ fn show(user: &str, me: Option<cove::DeviceId>, event: &Event, seen: &mut Vec<Ch
                 println!("[{user}] {}", cove::message_view(m).line());
             }
         }
-        Event::Joined { name, by, .. } => println!(
-            "[{user}] joined {} (added by {})",
-            escape(name),
-            escape(by.as_str())
-        ),
+        Event::Joined { name, by, .. } => {
+            let what = if cove_core::drive::is_drive_group(name) {
+                "a Cove Drive group (a drive or a shared folder)".to_owned()
+            } else {
+                escape(name)
+            };
+            println!("[{user}] joined {what} (added by {})", escape(by.as_str()))
+        }
         Event::MembersChanged {
             by, added, removed, ..
         } => {

@@ -547,3 +547,51 @@ async fn an_emptied_local_folder_trashes_nothing() {
     assert!(p.laptop.drive_trash("").await.unwrap().is_empty());
     assert_eq!(p.laptop.drive_ls("/").await.unwrap().len(), 2);
 }
+
+/// A folder alice shares with bob syncs to bob's device and back: bob's sync of
+/// `alice:trip` gets her files, a file bob adds reaches alice's sync of the same folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_folder_syncs_to_bobs_device_and_back() {
+    let net = Net::sqlite().await;
+    let alice = net.user("alice").await;
+    let mut bob = net.user("bob").await;
+    let a = net.dir.path().join("alice-trip");
+    let b = net.dir.path().join("bob-trip");
+    write(&a, "trip/plan.txt", b"day 1: the coast");
+    write(&a, "trip/maps/north.bin", &random_bytes(700_000, 5));
+    alice.drive_put(&a.join("trip"), "/", false).await.unwrap();
+    let bob_name = cove_wire::UserName::new("bob").unwrap();
+    let shared = alice.drive_share("/trip", &bob_name, false).await.unwrap();
+    assert_eq!(shared, "alice:trip");
+    until(&mut bob, "the shared folder's snapshot", |e| {
+        matches!(
+            e,
+            cove::Event::Content(c)
+                if matches!(&c.content, Content::Drive(op) if matches!(**op, DriveOp::Snapshot { .. }))
+        )
+    })
+    .await;
+    std::fs::create_dir_all(&b).unwrap();
+    let mut bobs = Syncer::open(&bob, &b, &shared, Box::new(|_| {}))
+        .await
+        .unwrap();
+    bobs.pass().await.unwrap();
+    assert_eq!(files(&b), files(&a.join("trip")));
+    write(&b, "from-bob.txt", b"bob's packing list");
+    bobs.pass().await.unwrap();
+    // alice syncs the shared folder itself (a folder mounted in her drive syncs on its own).
+    let a2 = net.dir.path().join("alice-trip-sync");
+    std::fs::create_dir_all(&a2).unwrap();
+    let mut alices = Syncer::open(&alice, &a2, &shared, Box::new(|_| {}))
+        .await
+        .unwrap();
+    alices.pass().await.unwrap();
+    assert_eq!(
+        std::fs::read(a2.join("from-bob.txt")).unwrap(),
+        b"bob's packing list"
+    );
+    assert_eq!(files(&a2), files(&b));
+    drop((alices, bobs));
+    alice.close().await;
+    bob.close().await;
+}
