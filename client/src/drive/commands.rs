@@ -689,34 +689,10 @@ impl Device {
             Some((parent, name, NodeKind::Folder)) => {
                 let (parent, name) = (parent, name.to_owned());
                 self.check_write(&at.handle)?;
-                let mut tag = [0u8; 8];
-                rand::rngs::OsRng.fill_bytes(&mut tag);
-                let group_name = shared_folder_name(&me, &hex::encode(tag));
-                let owned = group_name.clone();
-                self.session()
-                    .op(self.timeout(), move |c| {
-                        c.create_drive_group(session::now_ms(), &owned)
-                    })
-                    .await
-                    .map_err(de)?
-                    .map_err(de)?;
-                let group = self
-                    .drive_groups()
-                    .await?
-                    .into_iter()
-                    .find(|g| g.name == group_name)
-                    .map(|g| g.id)
-                    .ok_or_else(|| {
-                        DriveError::NoDrive("the shared folder was not created".into())
-                    })?;
-                self.drive_post_unchecked(
-                    group,
-                    vec![DriveOp::Init {
-                        name: name.clone(),
-                        owner: me.clone(),
-                    }],
-                )
-                .await?;
+                let created = self
+                    .create_drive(|tag| shared_folder_name(&me, tag), &name)
+                    .await?;
+                let (group, group_name) = (created.id, created.name);
                 let mut shared = DriveHandle {
                     group,
                     group_name,

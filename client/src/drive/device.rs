@@ -388,40 +388,52 @@ impl Device {
         let group = match self.personal_drive_group().await? {
             Some(g) => g,
             None => {
-                self.reachable().await.map_err(de)?;
-                let mut tag = [0u8; 8];
-                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut tag);
-                let name = cove_core::drive::personal_drive_name(self.user(), &hex::encode(tag));
-                let owned = name.clone();
-                self.session()
-                    .op(self.timeout(), move |c| {
-                        c.create_drive_group(session::now_ms(), &owned)
-                    })
-                    .await
-                    .map_err(de)?
-                    .map_err(de)?;
-                let group = self
-                    .drive_groups()
-                    .await?
-                    .into_iter()
-                    .find(|g| g.name == name)
-                    .ok_or_else(|| {
-                        DriveError::NoDrive("the personal drive was not created".into())
-                    })?;
-                self.drive_post_unchecked(
-                    group.id,
-                    vec![DriveOp::Init {
-                        name: "Drive".into(),
-                        owner: self.user().clone(),
-                    }],
+                self.create_drive(
+                    |tag| cove_core::drive::personal_drive_name(self.user(), tag),
+                    "Drive",
                 )
-                .await?;
-                group
+                .await?
             }
         };
         let handle = self.drive_handle(group.id, group.name).await?;
         self.answer_snapshot_requests(&handle).await?;
         Ok(handle)
+    }
+
+    /// Creates a drive group named `name(random tag)` (this user's other devices are added
+    /// with it) and posts its `Init` with display name `display`, this user the owner.
+    pub(super) async fn create_drive(
+        &self,
+        name: impl FnOnce(&str) -> String,
+        display: &str,
+    ) -> Result<GroupInfo, DriveError> {
+        self.reachable().await.map_err(de)?;
+        let mut tag = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut tag);
+        let name = name(&hex::encode(tag));
+        let owned = name.clone();
+        self.session()
+            .op(self.timeout(), move |c| {
+                c.create_drive_group(session::now_ms(), &owned)
+            })
+            .await
+            .map_err(de)?
+            .map_err(de)?;
+        let group = self
+            .drive_groups()
+            .await?
+            .into_iter()
+            .find(|g| g.name == name)
+            .ok_or_else(|| DriveError::NoDrive(format!("the drive group {name} was not made")))?;
+        self.drive_post_unchecked(
+            group.id,
+            vec![DriveOp::Init {
+                name: display.to_owned(),
+                owner: self.user().clone(),
+            }],
+        )
+        .await?;
+        Ok(group)
     }
 
     /// The personal drive among this device's groups: a personal-drive name of this user
