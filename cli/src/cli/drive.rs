@@ -71,10 +71,16 @@ Local changes are picked up as they happen (and by a rescan every --interval sec
 is also how changes from your other devices arrive). A file changed on both sides is kept
 twice: the drive's version at its name, yours as `name (conflict from DEVICE DATE).ext`.
 Deletes go to the drive's trash (`cove drive restore`), never further. Patterns in
-LOCAL_DIR/.coveignore (gitignore-like) are never synced. Interrupted transfers resume.")]
+LOCAL_DIR/.coveignore (gitignore-like) are never synced. Interrupted transfers resume.
+
+While `cove daemon` runs, the sync runs inside it: the command starts it and returns.
+  cove drive sync ~/Drive                    # started in the daemon
+  cove drive sync --status                   # what the daemon syncs, with its last lines
+  cove drive sync --stop ~/Drive             # stop it")]
 pub struct SyncArgs {
     /// The local folder (created when missing).
-    pub local: PathBuf,
+    #[arg(required_unless_present = "status")]
+    pub local: Option<PathBuf>,
     /// The drive folder (created when missing).
     #[arg(default_value = "/")]
     pub remote: String,
@@ -84,6 +90,12 @@ pub struct SyncArgs {
     /// Seconds between rescans (and checks for changes from other devices).
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub interval: u64,
+    /// Stop the daemon's sync of LOCAL_DIR.
+    #[arg(long, conflicts_with_all = ["once", "status"])]
+    pub stop: bool,
+    /// List the syncs the daemon runs.
+    #[arg(long, conflicts_with = "once")]
+    pub status: bool,
 }
 
 /// `cove drive ls`.
@@ -331,10 +343,16 @@ fn line(e: &Entry, long: bool) -> String {
 /// something, what could not be synced on stderr.
 async fn sync(device: &Device, args: SyncArgs) -> anyhow::Result<()> {
     use cove::drive::sync::{Syncer, summary};
+    if args.stop || args.status {
+        anyhow::bail!(
+            "no daemon runs for this home: --stop and --status are for a sync inside `cove daemon`"
+        );
+    }
+    let local = args.local.context("LOCAL_DIR is required")?;
     let log = Box::new(|line: &str| println!("{}", escape(line)));
-    let mut syncer = Syncer::open(device, &args.local, &args.remote, log)
+    let mut syncer = Syncer::open(device, &local, &args.remote, log)
         .await
-        .with_context(|| format!("syncing {}", args.local.display()))?;
+        .with_context(|| format!("syncing {}", local.display()))?;
     if args.once {
         let report = syncer.pass().await?;
         for s in &report.skipped {
@@ -361,8 +379,80 @@ async fn sync(device: &Device, args: SyncArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cove drive sync` while a daemon holds the home: the sync runs inside the daemon
+/// (`--once` excepted, which needs the home); `Ok(false)` when no daemon runs.
+async fn sync_in_daemon(home: &Home, args: &SyncArgs) -> anyhow::Result<bool> {
+    use cove::daemon::client::{ClientError, DaemonClient};
+    if args.once {
+        return Ok(false);
+    }
+    let Some(mut d) = DaemonClient::connect(home).await? else {
+        return Ok(false);
+    };
+    let rpc = |e: ClientError| match e {
+        ClientError::Rpc(e) => anyhow::anyhow!("{}", e.message),
+        other => anyhow::Error::new(other),
+    };
+    let absolute = |p: &PathBuf| -> anyhow::Result<String> {
+        let p = std::path::absolute(p).with_context(|| format!("{}", p.display()))?;
+        Ok(p.display().to_string())
+    };
+    if args.status {
+        let syncs = d
+            .call("drive_syncs", serde_json::json!({}))
+            .await
+            .map_err(rpc)?;
+        let syncs = syncs.as_array().cloned().unwrap_or_default();
+        if syncs.is_empty() {
+            println!("the daemon runs no sync");
+        }
+        for s in syncs {
+            println!(
+                "{} <-> {}{}",
+                escape(s["local"].as_str().unwrap_or("?")),
+                escape(s["remote"].as_str().unwrap_or("?")),
+                if s["running"].as_bool() == Some(true) {
+                    ""
+                } else {
+                    "  (stopped)"
+                }
+            );
+            for line in s["lines"].as_array().into_iter().flatten() {
+                println!("  {}", escape(line.as_str().unwrap_or("")));
+            }
+        }
+        return Ok(true);
+    }
+    let local = absolute(args.local.as_ref().context("LOCAL_DIR is required")?)?;
+    if args.stop {
+        d.call("drive_sync_stop", serde_json::json!({ "local": local }))
+            .await
+            .map_err(rpc)?;
+        println!("stopped syncing {}", escape(&local));
+        return Ok(true);
+    }
+    let r = d
+        .call(
+            "drive_sync_start",
+            serde_json::json!({ "local": local, "remote": args.remote, "interval": args.interval }),
+        )
+        .await
+        .map_err(rpc)?;
+    println!(
+        "the daemon now syncs {} with {} (cove drive sync --status; --stop to stop)",
+        escape(r["local"].as_str().unwrap_or(&local)),
+        escape(&args.remote)
+    );
+    Ok(true)
+}
+
 /// Runs a `cove drive` command.
 pub async fn run(home: Home, cmd: DriveCommand) -> anyhow::Result<()> {
+    if let DriveCommand::Sync(args) = &cmd
+        && sync_in_daemon(&home, args).await?
+    {
+        return Ok(());
+    }
     let device = Device::open(&home).await?;
     let result = run_on(&device, cmd).await;
     device.close().await;

@@ -1105,3 +1105,98 @@ async fn the_messaging_methods_go_through_the_daemon() {
     .unwrap();
     relay.shutdown().await;
 }
+
+/// Waits (polling, up to [`DEADLINE`]) until `check` holds; panics with `what` after.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < end, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `cove drive sync` while `cove daemon` runs (issue 14): the sync runs inside the daemon
+/// (the command returns at once), a file written in the folder reaches bob through the
+/// shared folder, a file bob puts there reaches the folder, `--status` lists the sync and
+/// `--stop` stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drive_sync_runs_inside_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_relay, server, ca) = relay(dir.path()).await;
+    let work = dir.path();
+    let (alice, bob) = (work.join("alice"), work.join("bob"));
+    init(&alice, &server, &ca, "alice");
+    init(&bob, &server, &ca, "bob");
+    let trip = work.join("trip");
+    std::fs::create_dir_all(&trip).unwrap();
+    std::fs::write(trip.join("plan.txt"), b"day 1").unwrap();
+    ok(&alice, &["drive", "put", trip.to_str().unwrap()]);
+    ok(&alice, &["drive", "share", "/trip", "bob"]);
+    assert!(ok(&bob, &["drive", "ls", "alice:trip"]).contains("plan.txt"));
+
+    let daemon = Daemon::start(&alice);
+    let local = work.join("alice-trip");
+    let started = ok(
+        &alice,
+        &[
+            "drive",
+            "sync",
+            local.to_str().unwrap(),
+            "alice:trip",
+            "--interval",
+            "1",
+        ],
+    );
+    assert!(started.contains("the daemon now syncs"), "{started}");
+    let again = fails(
+        &alice,
+        &["drive", "sync", local.to_str().unwrap(), "alice:trip"],
+    );
+    assert!(again.contains("already syncing"), "{again}");
+    eventually("the daemon's sync downloads plan.txt", || {
+        std::fs::read(local.join("plan.txt")).is_ok_and(|b| b == b"day 1")
+    });
+    std::fs::write(
+        local.join("from-alice.txt"),
+        b"written while the daemon syncs",
+    )
+    .unwrap();
+    eventually("alice's file reaches bob", || {
+        ok(&bob, &["drive", "ls", "alice:trip"]).contains("from-alice.txt")
+    });
+    let got = work.join("got.txt");
+    ok(
+        &bob,
+        &[
+            "drive",
+            "get",
+            "alice:trip/from-alice.txt",
+            got.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        b"written while the daemon syncs"
+    );
+    let bobs = work.join("from-bob.txt");
+    std::fs::write(&bobs, b"bob's note").unwrap();
+    ok(
+        &bob,
+        &["drive", "put", bobs.to_str().unwrap(), "alice:trip"],
+    );
+    eventually("bob's file reaches alice's folder", || {
+        std::fs::read(local.join("from-bob.txt")).is_ok_and(|b| b == b"bob's note")
+    });
+    let status = ok(&alice, &["drive", "sync", "--status"]);
+    assert!(status.contains("alice-trip <-> alice:trip"), "{status}");
+    let stopped = ok(
+        &alice,
+        &["drive", "sync", "--stop", local.to_str().unwrap()],
+    );
+    assert!(stopped.contains("stopped syncing"), "{stopped}");
+    assert_eq!(
+        ok(&alice, &["drive", "sync", "--status"]),
+        "the daemon runs no sync\n"
+    );
+    assert!(daemon.terminate().success());
+}

@@ -71,6 +71,9 @@ pub(super) async fn dispatch(
         "calls" => Ok(daemon.calls.list()),
         "backup" => super::backup::backup_method(daemon).await,
         "restore_history" => super::backup::restore_method(daemon).await,
+        "drive_sync_start" => super::drive::start(daemon, params).await,
+        "drive_sync_stop" => super::drive::stop(daemon, params).await,
+        "drive_syncs" => super::drive::list(daemon),
         _ => match super::chat::dispatch(daemon, method, params).await {
             Some(result) => result,
             None => Err(RpcError::new(

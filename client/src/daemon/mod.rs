@@ -21,6 +21,7 @@ mod backup;
 mod calls;
 mod chat;
 pub mod client;
+mod drive;
 mod events;
 mod methods;
 pub mod rpc;

@@ -120,6 +120,8 @@ pub struct Daemon {
     pub(super) calls: CallManager,
     /// The history backup.
     pub(super) backups: Backups,
+    /// `cove drive sync`s running in the daemon.
+    pub(super) drive_syncs: super::drive::DriveSyncs,
     subscribers: Fanout,
     shutdown: Notify,
     next_conn: AtomicU64,
@@ -185,6 +187,7 @@ pub async fn run(home: &Home, ready: impl FnOnce(&Path)) -> Result<(), DaemonErr
         connected: AtomicBool::new(false),
         calls: CallManager::default(),
         backups: Backups::default(),
+        drive_syncs: Default::default(),
         subscribers: Fanout::default(),
         shutdown: Notify::new(),
         next_conn: AtomicU64::new(1),
@@ -195,6 +198,7 @@ pub async fn run(home: &Home, ready: impl FnOnce(&Path)) -> Result<(), DaemonErr
     let result = serve(&daemon, listener).await;
     let _ = std::fs::remove_file(&path);
     daemon.calls.hang_up_all(FLUSH_ON_CLOSE).await;
+    super::drive::stop_all(&daemon).await;
     // What waits is backed up before the session stops (the pump still routes the replies).
     backups.abort();
     let last = super::backup::backup_if_due(&daemon, 1);
