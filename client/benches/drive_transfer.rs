@@ -8,8 +8,11 @@
 //! - **drive**: each file through `cove::drive::content::upload_file` (FastCDC, per-chunk
 //!   HMAC + AES-GCM, SHA-256, kept blobs) and `download_file` (verified, part file, rename).
 //!
-//! Both run [`PARALLEL_TRANSFERS`] files at once. Prints MB/s per phase and the ratio of
-//! drive to bare throughput (upload + download).
+//! - **sync**: the same files through `cove drive sync` (the engine) from one device of a
+//!   user to her second device (`COVE_BENCH_NO_SYNC` skips it).
+//!
+//! All run [`PARALLEL_TRANSFERS`] files at once. Prints MB/s per phase and the ratios of
+//! drive and sync to bare throughput (upload + download).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -222,7 +225,95 @@ async fn run(total: u64, files: u64) {
         bare_down.as_secs_f64() / drive_down.as_secs_f64(),
         bare / drive
     );
+
+    // Sync: the same tree through `cove drive sync` between two devices of one user (the
+    // engine end to end: scan, tree operations through MLS, transfers, state), beside the
+    // bare copy above.
+    if std::env::var("COVE_BENCH_NO_SYNC").is_err() {
+        let (sync_up, sync_down) = sync_phase(&relay, dir.path(), &src).await;
+        println!(
+            "sync  : upload {:7.1} MB/s ({:.2} s), download {:7.1} MB/s ({:.2} s) (two devices, cove drive sync)",
+            mbs(sync_up),
+            sync_up.as_secs_f64(),
+            mbs(sync_down),
+            sync_down.as_secs_f64()
+        );
+        println!(
+            "ratio sync/bare throughput: upload {:.2}x, download {:.2}x, round trip {:.2}x (goal >= 0.7x)",
+            bare_up.as_secs_f64() / sync_up.as_secs_f64(),
+            bare_down.as_secs_f64() / sync_down.as_secs_f64(),
+            bare / (sync_up + sync_down).as_secs_f64()
+        );
+    }
     relay.shutdown().await;
+}
+
+/// alice's laptop syncs `src` into her drive (`/bench`), then her desk (linked) syncs it
+/// into an empty folder; the time of each pass.
+async fn sync_phase(
+    relay: &cove_server::RelayHandle,
+    dir: &Path,
+    src: &Path,
+) -> (std::time::Duration, std::time::Duration) {
+    use cove::config::Home;
+    use cove::drive::sync::Syncer;
+    let server = format!("wss://{}", relay.local_addr());
+    let user = cove::UserName::new("alice").unwrap();
+    let laptop = cove::Device::init(
+        &Home::new(dir.join("laptop")),
+        &server,
+        user,
+        Some(relay.cert_path()),
+    )
+    .await
+    .unwrap();
+    let desk = cove::Device::link(&laptop, &Home::new(dir.join("desk")))
+        .await
+        .unwrap();
+    laptop.drive_open("").await.unwrap();
+    // The desk has the drive once its group's Init reached it.
+    let mut tries = 0;
+    while desk.drive_open("").await.is_err() {
+        tries += 1;
+        assert!(tries < 600, "the desk never got the drive");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let t = Instant::now();
+    let mut up = Syncer::open(&laptop, src, "/bench", Box::new(|_| {}))
+        .await
+        .unwrap();
+    let report = up.pass().await.unwrap();
+    let sync_up = t.elapsed();
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    drop(up);
+    let out = dir.join("desk-files");
+    let t = Instant::now();
+    let mut down = Syncer::open(&desk, &out, "/bench", Box::new(|_| {}))
+        .await
+        .unwrap();
+    let report = down.pass().await.unwrap();
+    let sync_down = t.elapsed();
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    drop(down);
+    let files: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(src)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    for p in &files {
+        let name = p.file_name().unwrap();
+        assert!(
+            std::fs::read(p).unwrap() == std::fs::read(out.join(name)).unwrap(),
+            "{} differs after the sync",
+            p.display()
+        );
+    }
+    laptop.close().await;
+    desk.close().await;
+    (sync_up, sync_down)
 }
 
 fn check_equal(paths: &[PathBuf], out: &Path) {
