@@ -232,14 +232,27 @@ impl Device {
     ) -> Result<(), DriveError> {
         self.reachable().await.map_err(de)?;
         self.caught_up_for_sending().await;
-        for op in ops {
-            self.session()
-                .op(self.timeout(), move |c| {
-                    c.send_content(session::now_ms(), group, Content::Drive(Box::new(op)))
-                })
-                .await
-                .map_err(de)?
-                .map_err(de)?;
+        let send = |op: DriveOp| {
+            self.session().op(self.timeout(), move |c| {
+                c.send_content(session::now_ms(), group, Content::Drive(Box::new(op)))
+            })
+        };
+        // Versions of files (a sync's or a put's batch) do not depend on each other: all are
+        // queued at once and waited for together, one round trip per batch. Anything else
+        // goes one at a time: the outbox posts in order, but a post it must reseal (the
+        // epoch moved) can go after a later one, and a folder must exist before what goes
+        // in it.
+        if ops
+            .iter()
+            .all(|op| matches!(op, DriveOp::PutVersion { .. }))
+        {
+            for sent in futures_util::future::join_all(ops.into_iter().map(send)).await {
+                sent.map_err(de)?.map_err(de)?;
+            }
+        } else {
+            for op in ops {
+                send(op).await.map_err(de)?.map_err(de)?;
+            }
         }
         Ok(())
     }
