@@ -78,6 +78,17 @@ fn newest_snapshot<'a>(
     })
 }
 
+/// Whether a snapshot request in `ops` (a drive's whole log) came after its newest snapshot.
+fn unanswered_request(ops: &[(u64, UserName, DriveOp)]) -> bool {
+    let last_snapshot = ops
+        .iter()
+        .rev()
+        .find_map(|(seq, _, op)| matches!(op, DriveOp::Snapshot { .. }).then_some(*seq))
+        .unwrap_or(0);
+    ops.iter()
+        .any(|(seq, _, op)| *seq > last_snapshot && matches!(op, DriveOp::SnapshotRequest))
+}
+
 impl Device {
     /// Opens a drive: `""` is this user's personal drive (created, with its `Init`, when the
     /// user has none yet), `OWNER:FOLDER` a shared folder by its owner and display name.
@@ -102,8 +113,8 @@ impl Device {
             if !g.name.starts_with(&prefix) {
                 continue;
             }
-            match self.drive_handle(g.id, g.name.clone()).await {
-                Ok(h) if h.tree.info().is_some_and(|(n, _)| n == folder) => found.push(h),
+            match self.drive_handle_asked(g.id, g.name.clone()).await {
+                Ok(h) if h.0.tree.info().is_some_and(|(n, _)| n == folder) => found.push(h),
                 Ok(_) => {}
                 Err(DriveError::NoSnapshot(_)) => waiting = true,
                 // Not a drive of the owner its name names: not a candidate.
@@ -113,8 +124,8 @@ impl Device {
         }
         match found.len() {
             1 => {
-                let handle = found.remove(0);
-                self.answer_snapshot_requests(&handle).await?;
+                let (handle, asked) = found.remove(0);
+                self.answer_snapshot_requests(&handle, asked).await?;
                 Ok(handle)
             }
             0 if waiting => Err(DriveError::NoSnapshot(drive.to_owned())),
@@ -125,7 +136,7 @@ impl Device {
                 "several shared folders are {drive:?}: {}",
                 found
                     .iter()
-                    .map(|h| h.group.to_hex())
+                    .map(|(h, _)| h.group.to_hex())
                     .collect::<Vec<_>>()
                     .join(", ")
             ))),
@@ -147,8 +158,8 @@ impl Device {
                     group.to_hex()
                 ))
             })?;
-        let handle = self.drive_handle(group, info.name).await?;
-        self.answer_snapshot_requests(&handle).await?;
+        let (handle, asked) = self.drive_handle_asked(group, info.name).await?;
+        self.answer_snapshot_requests(&handle, asked).await?;
         Ok(handle)
     }
 
@@ -181,11 +192,23 @@ impl Device {
         if needs_write {
             let name = self.drive_group_name(group).await?;
             let handle = self.drive_handle(group, name).await?;
-            if !handle.tree.can_write(self.user()) {
-                return Err(DriveError::ReadOnly);
-            }
+            return self.drive_post_to(&handle, ops).await;
         }
         self.drive_post_unchecked(group, ops).await
+    }
+
+    /// [`Device::drive_post`] to the drive of `handle`, checking write access against its
+    /// tree rather than the log read again (the sync engine holds a refreshed handle per
+    /// pass; a change of access since then is refused by every member's tree anyway).
+    pub async fn drive_post_to(
+        &self,
+        handle: &DriveHandle,
+        ops: Vec<DriveOp>,
+    ) -> Result<(), DriveError> {
+        if !handle.tree.can_write(self.user()) {
+            return Err(DriveError::ReadOnly);
+        }
+        self.drive_post_unchecked(handle.group, ops).await
     }
 
     /// A blob client for drive contents: signed as this device, blobs kept until deleted.
@@ -264,6 +287,16 @@ impl Device {
         group: GroupId,
         group_name: String,
     ) -> Result<DriveHandle, DriveError> {
+        Ok(self.drive_handle_asked(group, group_name).await?.0)
+    }
+
+    /// [`Device::drive_handle`], and whether a snapshot request in the log is unanswered
+    /// (read from the same log, for [`Device::answer_snapshot_requests`]).
+    async fn drive_handle_asked(
+        &self,
+        group: GroupId,
+        group_name: String,
+    ) -> Result<(DriveHandle, bool), DriveError> {
         let ops = self
             .session()
             .call(move |c| c.drive_ops(&group, 0))
@@ -304,38 +337,23 @@ impl Device {
                 "{group_name} is not a drive of its named owner (refused)"
             )));
         }
-        Ok(DriveHandle {
+        let handle = DriveHandle {
             group,
             group_name,
             tree,
-        })
+        };
+        Ok((handle, unanswered_request(&ops)))
     }
 
-    /// Answers a snapshot request posted after the newest snapshot, when this device's user
-    /// owns the drive (only the owner's snapshots are trusted).
-    pub(super) async fn answer_snapshot_requests(
+    /// Answers a snapshot request posted after the newest snapshot (`asked`, from
+    /// [`Device::drive_handle_asked`]), when this device's user owns the drive (only the
+    /// owner's snapshots are trusted).
+    async fn answer_snapshot_requests(
         &self,
         handle: &DriveHandle,
+        asked: bool,
     ) -> Result<(), DriveError> {
-        if owner_of(&handle.group_name).as_ref() != Some(self.user()) {
-            return Ok(());
-        }
-        let group = handle.group;
-        let ops = self
-            .session()
-            .call(move |c| c.drive_ops(&group, 0))
-            .await
-            .map_err(de)?
-            .map_err(de)?;
-        let last_snapshot = ops
-            .iter()
-            .rev()
-            .find_map(|(seq, _, op)| matches!(op, DriveOp::Snapshot { .. }).then_some(*seq))
-            .unwrap_or(0);
-        let asked = ops
-            .iter()
-            .any(|(seq, _, op)| *seq > last_snapshot && matches!(op, DriveOp::SnapshotRequest));
-        if asked {
+        if asked && owner_of(&handle.group_name).as_ref() == Some(self.user()) {
             self.drive_post_snapshot(handle).await?;
         }
         Ok(())
@@ -408,8 +426,8 @@ impl Device {
                 .await?
             }
         };
-        let handle = self.drive_handle(group.id, group.name).await?;
-        self.answer_snapshot_requests(&handle).await?;
+        let (handle, asked) = self.drive_handle_asked(group.id, group.name).await?;
+        self.answer_snapshot_requests(&handle, asked).await?;
         Ok(handle)
     }
 

@@ -243,24 +243,8 @@ async fn linked(
 
 /// base64url without padding (RFC 4648 §5), as the share page decodes it.
 fn base64url(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let b = [c.first().copied(), c.get(1).copied(), c.get(2).copied()];
-        let n = (u32::from(b[0].unwrap_or(0)) << 16)
-            | (u32::from(b[1].unwrap_or(0)) << 8)
-            | u32::from(b[2].unwrap_or(0));
-        let idx = |shift: u32| char::from(T[((n >> shift) & 63) as usize]);
-        out.push(idx(18));
-        out.push(idx(12));
-        if b[1].is_some() {
-            out.push(idx(6));
-        }
-        if b[2].is_some() {
-            out.push(idx(0));
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
 }
 
 #[cfg(test)]

@@ -124,20 +124,8 @@ impl SharePage {
 
 /// Standard base64 with padding (for CSP hash sources).
 fn base64_std(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let b = [c.first().copied(), c.get(1).copied(), c.get(2).copied()];
-        let n = (u32::from(b[0].unwrap_or(0)) << 16)
-            | (u32::from(b[1].unwrap_or(0)) << 8)
-            | u32::from(b[2].unwrap_or(0));
-        let idx = |shift: u32| char::from(T[((n >> shift) & 63) as usize]);
-        out.push(idx(18));
-        out.push(idx(12));
-        out.push(if b[1].is_some() { idx(6) } else { '=' });
-        out.push(if b[2].is_some() { idx(0) } else { '=' });
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 #[cfg(test)]

@@ -571,3 +571,83 @@ async fn a_group_named_after_alices_drive_is_not_hers() {
     alice.close().await;
     mallory.close().await;
 }
+
+/// A member who is not the owner posts a forged snapshot of a shared folder (a tree with a
+/// folder alice never made): a device that joins later, and alice's own, build the tree from
+/// the owner's snapshot only, so the forged folder appears nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_forged_snapshot_is_not_the_tree() {
+    use cove_core::drive::Tree;
+    use cove_core::drive::seal::SNAPSHOT_AAD;
+    let net = Net::sqlite().await;
+    let alice = net.user("alice").await;
+    let mut bob = net.user("bob").await;
+    let mut carol = net.user("carol").await;
+    let local = scratch();
+    write_tree(local.path(), &[("trip/plan.txt", b"day 1".to_vec())]);
+    alice
+        .drive_put(&local.path().join("trip"), "/", false)
+        .await
+        .unwrap();
+    let bob_name = cove_wire::UserName::new("bob").unwrap();
+    let shared = alice.drive_share("/trip", &bob_name, false).await.unwrap();
+    snapshot_arrived(&mut bob).await;
+    let carol_name = cove_wire::UserName::new("carol").unwrap();
+    alice
+        .drive_share("/trip", &carol_name, false)
+        .await
+        .unwrap();
+    snapshot_arrived(&mut carol).await;
+
+    // bob's forgery: a tree naming alice the owner, with a folder of his.
+    let group = bob.drive_open(&shared).await.unwrap().group;
+    let mut forged = Tree::new();
+    let owner = alice.user().clone();
+    let init = DriveOp::Init {
+        name: "trip".into(),
+        owner: owner.clone(),
+    };
+    forged.apply(1, &owner, &init).unwrap();
+    let mkdir = DriveOp::Mkdir {
+        id: [7; 16],
+        parent: cove_core::drive::ROOT,
+        name: "forged-by-bob".into(),
+    };
+    forged.apply(2, &owner, &mkdir).unwrap();
+    let blobs = bob.drive_blobs().await.unwrap();
+    let sealed = cove::drive::content::put_sealed(&blobs, SNAPSHOT_AAD, &forged.encode_state())
+        .await
+        .unwrap();
+    let snapshot = DriveOp::Snapshot {
+        covers: u64::MAX - 1,
+        blob: sealed,
+    };
+    bob.session()
+        .op(bob.timeout(), move |c| {
+            c.send_content(
+                cove::session::now_ms(),
+                group,
+                Content::Drive(Box::new(snapshot)),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    // carol has bob's snapshot in her log before she lists.
+    until(&mut carol, "bob's forged snapshot", |e| {
+        matches!(
+            e,
+            cove::Event::Content(c)
+                if c.from.as_str() == "bob"
+                    && matches!(&c.content, Content::Drive(op) if matches!(**op, DriveOp::Snapshot { .. }))
+        )
+    })
+    .await;
+    for device in [&carol, &alice] {
+        let listed = names(&device.drive_ls(&shared).await.unwrap());
+        assert_eq!(listed, ["plan.txt"], "{}", device.user());
+    }
+    alice.close().await;
+    bob.close().await;
+    carol.close().await;
+}

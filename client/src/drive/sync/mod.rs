@@ -333,8 +333,8 @@ impl<'a> Syncer<'a> {
                 None => {
                     let id = random_id();
                     self.device
-                        .drive_post(
-                            self.handle.group,
+                        .drive_post_to(
+                            &self.handle,
                             vec![DriveOp::Mkdir {
                                 id,
                                 parent: at,
@@ -417,8 +417,8 @@ impl<'a> Syncer<'a> {
                 let (parent, name) = self.parent_of(&path, dirs)?;
                 let id = random_id();
                 self.device
-                    .drive_post(
-                        self.handle.group,
+                    .drive_post_to(
+                        &self.handle,
                         vec![DriveOp::Mkdir {
                             id,
                             parent,
@@ -435,8 +435,8 @@ impl<'a> Syncer<'a> {
             Action::RemoteMove { from, to, node } => {
                 let (parent, name) = self.parent_of(&to, dirs)?;
                 self.device
-                    .drive_post(
-                        self.handle.group,
+                    .drive_post_to(
+                        &self.handle,
                         vec![DriveOp::Move {
                             id: node,
                             parent,
@@ -468,32 +468,20 @@ impl<'a> Syncer<'a> {
             }
             Action::RemoteTrash { path, node } => {
                 self.device
-                    .drive_post(self.handle.group, vec![DriveOp::Trash { id: node }])
+                    .drive_post_to(&self.handle, vec![DriveOp::Trash { id: node }])
                     .await?;
                 self.state.apply(&[StateChange::Remove(path.clone())])?;
                 report.deleted += 1;
                 (self.log)(&format!("trashed {path} (deleted locally)"));
             }
             Action::LocalRemove { path } => {
-                let abs = self.abs(&path);
-                match std::fs::remove_file(&abs) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => return Err(SyncError::Io { path: abs, source }),
-                }
-                self.state.apply(&[StateChange::Remove(path.clone())])?;
+                self.remove_local(&path, |p| std::fs::remove_file(p))?;
                 report.deleted += 1;
                 (self.log)(&format!("removed {path} (deleted in the drive)"));
             }
             Action::LocalRmdir { path } => {
-                let abs = self.abs(&path);
-                match std::fs::remove_dir(&abs) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    // Not empty (ignored files): kept, and tried again next pass.
-                    Err(source) => return Err(SyncError::Io { path: abs, source }),
-                }
-                self.state.apply(&[StateChange::Remove(path.clone())])?;
+                // Not empty (ignored files): an error, kept, and tried again next pass.
+                self.remove_local(&path, |p| std::fs::remove_dir(p))?;
                 report.deleted += 1;
                 (self.log)(&format!("removed {path}/ (deleted in the drive)"));
             }
@@ -566,7 +554,7 @@ impl<'a> Syncer<'a> {
             }
         }
         if !ops.is_empty() {
-            self.device.drive_post(self.handle.group, ops).await?;
+            self.device.drive_post_to(&self.handle, ops).await?;
         }
         self.state.apply(&changes)?;
         for j in journals {
@@ -674,6 +662,23 @@ impl<'a> Syncer<'a> {
             }
             _ => Err(SyncError::Invalid("not a transfer".into())),
         }
+    }
+
+    /// Removes the local file or folder at `path` with `remove` (gone already is fine) and
+    /// forgets it in the state.
+    fn remove_local(
+        &mut self,
+        path: &str,
+        remove: fn(&Path) -> std::io::Result<()>,
+    ) -> Result<(), SyncError> {
+        let abs = self.abs(path);
+        match remove(&abs) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SyncError::Io { path: abs, source }),
+        }
+        self.state.apply(&[StateChange::Remove(path.to_owned())])?;
+        Ok(())
     }
 
     fn abs(&self, path: &str) -> PathBuf {
