@@ -11,13 +11,14 @@
 //! - **sync**: the same files through `cove drive sync` (the engine) from one device of a
 //!   user to her second device (`COVE_BENCH_NO_SYNC` skips it).
 //!
-//! All run [`PARALLEL_TRANSFERS`] files at once. Prints MB/s per phase and the ratios of
+//! All run [`PARALLEL_TRANSFERS`] files at once. Each phase is timed until its data is on
+//! disk (`sync(1)` before it and at its end: see [`settle`]). Prints MB/s per phase and the ratios of
 //! drive and sync to bare throughput (upload + download).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cove::drive::PARALLEL_TRANSFERS;
 use cove::drive::content::{download_file, upload_file};
@@ -89,23 +90,29 @@ async fn run(total: u64, files: u64) {
         bytes as f64 / (1 << 20) as f64
     );
 
-    // The client's own work for the drive (no network): FastCDC, chunk ids, sealing and
-    // the SHA-256 of each file, one thread.
+    // The client's own work for the drive (no network), as an upload does it: FastCDC,
+    // each chunk's SHA-256 and id, sealing in place, and the whole file's SHA-256 (for a
+    // file under 2 MiB, one chunk, its chunk's), one thread.
     let t = Instant::now();
     let secret = cove_core::drive::FileSecret([9; 32]);
     for p in &paths {
+        use cove_core::drive::chunk::{
+            Chunker, MAX_CHUNK, chunk_digest, chunk_id_of_digest, seal_chunk_in_place,
+        };
         use sha2::Digest;
         let f = std::fs::File::open(p).unwrap();
-        let mut h = sha2::Sha256::new();
-        for c in cove_core::drive::chunk::Chunker::new(f) {
+        let mut whole =
+            (f.metadata().unwrap().len() >= u64::from(MAX_CHUNK)).then(sha2::Sha256::new);
+        for c in Chunker::new(f) {
             let (_, data) = c.unwrap();
-            h.update(&data);
-            let id = cove_core::drive::chunk::chunk_id(&secret, &data);
-            std::hint::black_box(cove_core::drive::chunk::seal_chunk_with_id(
-                &secret, &id, &data,
-            ));
+            let digest = chunk_digest(&data);
+            if let Some(h) = whole.as_mut() {
+                h.update(&data);
+            }
+            let id = chunk_id_of_digest(&secret, &digest);
+            std::hint::black_box(seal_chunk_in_place(&secret, &id, data));
         }
-        std::hint::black_box(h.finalize());
+        std::hint::black_box(whole.map(|h| h.finalize()));
     }
     let local = t.elapsed();
     if std::env::var("COVE_BENCH_PIECES").is_ok() {
@@ -126,10 +133,10 @@ async fn run(total: u64, files: u64) {
                 std::hint::black_box(c.unwrap());
             }
         });
-        time("chunk_id", &|d| {
+        time("chunk_id (its SHA-256, then an HMAC)", &|d| {
             std::hint::black_box(cove_core::drive::chunk::chunk_id(&secret, d));
         });
-        time("seal_chunk", &|d| {
+        time("seal_chunk (id and AES-GCM)", &|d| {
             std::hint::black_box(cove_core::drive::chunk::seal_chunk(&secret, d));
         });
         time("sha256", &|d| {
@@ -137,14 +144,103 @@ async fn run(total: u64, files: u64) {
         });
     }
     println!(
-        "local : chunk + id + seal + SHA-256, one thread: {:7.1} MB/s",
+        "local : chunk + SHA-256 + id + seal, one thread: {:7.1} MB/s",
         bytes as f64 / local.as_secs_f64() / 1e6
     );
 
+    let reps: usize = std::env::var("COVE_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let sync = std::env::var("COVE_BENCH_NO_SYNC").is_err();
+    let mbs = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
+    let mut ratios = Vec::new();
+    for rep in 0..reps {
+        let r = one_rep(&relay, &client, dir.path(), &src, &paths, each, sync, rep).await;
+        println!(
+            "rep {rep}: bare   upload {:7.1} MB/s ({:.2} s), download {:7.1} MB/s ({:.2} s)",
+            mbs(r.bare.0),
+            r.bare.0.as_secs_f64(),
+            mbs(r.bare.1),
+            r.bare.1.as_secs_f64()
+        );
+        println!(
+            "rep {rep}: drive  upload {:7.1} MB/s ({:.2} s), download {:7.1} MB/s ({:.2} s), chunks {}",
+            mbs(r.drive.0),
+            r.drive.0.as_secs_f64(),
+            mbs(r.drive.1),
+            r.drive.1.as_secs_f64(),
+            r.chunks
+        );
+        if let Some(s) = r.sync {
+            println!(
+                "rep {rep}: sync   upload {:7.1} MB/s ({:.2} s), download {:7.1} MB/s ({:.2} s) (two devices, cove drive sync)",
+                mbs(s.0),
+                s.0.as_secs_f64(),
+                mbs(s.1),
+                s.1.as_secs_f64()
+            );
+        }
+        let ratio = |x: (Duration, Duration)| {
+            [
+                r.bare.0.as_secs_f64() / x.0.as_secs_f64(),
+                r.bare.1.as_secs_f64() / x.1.as_secs_f64(),
+                (r.bare.0 + r.bare.1).as_secs_f64() / (x.0 + x.1).as_secs_f64(),
+            ]
+        };
+        ratios.push((ratio(r.drive), r.sync.map(ratio)));
+    }
+    // Medians over the repetitions (each ratio against the bare copy of its own rep).
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let report = |what: &str, pick: &dyn Fn(usize) -> Option<[f64; 3]>| {
+        let got: Vec<[f64; 3]> = (0..ratios.len()).filter_map(pick).collect();
+        if got.is_empty() {
+            return;
+        }
+        let col = |i: usize| median(got.iter().map(|r| r[i]).collect());
+        let all: Vec<String> = got.iter().map(|r| format!("{:.2}", r[2])).collect();
+        println!(
+            "ratio {what}/bare throughput, median of {}: upload {:.2}x, download {:.2}x, round trip {:.2}x (reps: {}) (goal >= 0.7x)",
+            got.len(),
+            col(0),
+            col(1),
+            col(2),
+            all.join(", ")
+        );
+    };
+    report("drive", &|i| Some(ratios[i].0));
+    report("sync", &|i| ratios[i].1);
+    relay.shutdown().await;
+}
+
+/// One repetition's times: bare, drive contents and (unless skipped) sync; each
+/// (upload, download).
+struct Rep {
+    bare: (Duration, Duration),
+    drive: (Duration, Duration),
+    chunks: usize,
+    sync: Option<(Duration, Duration)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn one_rep(
+    relay: &cove_server::RelayHandle,
+    client: &BlobClient,
+    dir: &Path,
+    src: &Path,
+    paths: &[PathBuf],
+    each: u64,
+    sync: bool,
+    rep: usize,
+) -> Rep {
     // Bare copy.
-    let out = dir.path().join("bare");
+    let out = dir.join(format!("bare-{rep}"));
     std::fs::create_dir_all(&out).unwrap();
-    let t = Instant::now();
+    let t = start();
     let ids: Vec<_> = futures_util::stream::iter(paths.iter().cloned())
         .map(|p| {
             let c = client.clone();
@@ -156,8 +252,8 @@ async fn run(total: u64, files: u64) {
         .buffered(PARALLEL_TRANSFERS)
         .collect()
         .await;
-    let bare_up = t.elapsed();
-    let t = Instant::now();
+    let bare_up = stop(t);
+    let t = start();
     futures_util::stream::iter(ids.iter().enumerate())
         .map(|(i, id)| {
             let (c, target) = (client.clone(), out.join(format!("f{i:05}")));
@@ -169,13 +265,13 @@ async fn run(total: u64, files: u64) {
         .buffer_unordered(PARALLEL_TRANSFERS)
         .collect::<Vec<()>>()
         .await;
-    let bare_down = t.elapsed();
+    let bare_down = stop(t);
     std::fs::remove_dir_all(&out).unwrap();
 
     // Drive.
-    let out = dir.path().join("drive");
+    let out = dir.join(format!("drive-{rep}"));
     std::fs::create_dir_all(&out).unwrap();
-    let t = Instant::now();
+    let t = start();
     let versions: Vec<_> = futures_util::stream::iter(paths.iter().cloned())
         .map(|p| {
             let c = client.clone();
@@ -184,8 +280,8 @@ async fn run(total: u64, files: u64) {
         .buffered(PARALLEL_TRANSFERS)
         .collect()
         .await;
-    let drive_up = t.elapsed();
-    let t = Instant::now();
+    let drive_up = stop(t);
+    let t = start();
     futures_util::stream::iter(versions.iter().enumerate())
         .map(|(i, up)| {
             let (c, target) = (client.clone(), out.join(format!("f{i:05}")));
@@ -198,67 +294,41 @@ async fn run(total: u64, files: u64) {
         .buffer_unordered(PARALLEL_TRANSFERS)
         .collect::<Vec<()>>()
         .await;
-    let drive_down = t.elapsed();
-    check_equal(&paths, &out);
+    let drive_down = stop(t);
+    check_equal(paths, &out);
     let chunks: usize = versions.iter().map(|u| u.chunks_sent).sum();
 
-    let mbs = |d: std::time::Duration| bytes as f64 / d.as_secs_f64() / 1e6;
-    println!(
-        "bare  : upload {:7.1} MB/s ({:.2} s), download {:7.1} MB/s ({:.2} s), blobs {files}",
-        mbs(bare_up),
-        bare_up.as_secs_f64(),
-        mbs(bare_down),
-        bare_down.as_secs_f64()
-    );
-    println!(
-        "drive : upload {:7.1} MB/s ({:.2} s), download {:7.1} MB/s ({:.2} s), chunks {chunks}",
-        mbs(drive_up),
-        drive_up.as_secs_f64(),
-        mbs(drive_down),
-        drive_down.as_secs_f64()
-    );
-    let bare = (bare_up + bare_down).as_secs_f64();
-    let drive = (drive_up + drive_down).as_secs_f64();
-    println!(
-        "ratio drive/bare throughput: upload {:.2}x, download {:.2}x, round trip {:.2}x (goal >= 0.7x)",
-        bare_up.as_secs_f64() / drive_up.as_secs_f64(),
-        bare_down.as_secs_f64() / drive_down.as_secs_f64(),
-        bare / drive
-    );
-
+    std::fs::remove_dir_all(&out).unwrap();
     // Sync: the same tree through `cove drive sync` between two devices of one user (the
-    // engine end to end: scan, tree operations through MLS, transfers, state), beside the
-    // bare copy above.
-    if std::env::var("COVE_BENCH_NO_SYNC").is_err() {
-        let (sync_up, sync_down) = sync_phase(&relay, dir.path(), &src).await;
-        println!(
-            "sync  : upload {:7.1} MB/s ({:.2} s), download {:7.1} MB/s ({:.2} s) (two devices, cove drive sync)",
-            mbs(sync_up),
-            sync_up.as_secs_f64(),
-            mbs(sync_down),
-            sync_down.as_secs_f64()
-        );
-        println!(
-            "ratio sync/bare throughput: upload {:.2}x, download {:.2}x, round trip {:.2}x (goal >= 0.7x)",
-            bare_up.as_secs_f64() / sync_up.as_secs_f64(),
-            bare_down.as_secs_f64() / sync_down.as_secs_f64(),
-            bare / (sync_up + sync_down).as_secs_f64()
-        );
+    // engine end to end: scan, tree operations through MLS, transfers, state).
+    let sync = if sync {
+        let at = dir.join(format!("sync-{rep}"));
+        let times = sync_phase(relay, &at, src, &format!("alice{rep}")).await;
+        std::fs::remove_dir_all(&at).unwrap();
+        Some(times)
+    } else {
+        None
+    };
+    Rep {
+        bare: (bare_up, bare_down),
+        drive: (drive_up, drive_down),
+        chunks,
+        sync,
     }
-    relay.shutdown().await;
 }
 
-/// alice's laptop syncs `src` into her drive (`/bench`), then her desk (linked) syncs it
+/// `user`'s laptop syncs `src` into her drive (`/bench`), then her desk (linked) syncs it
 /// into an empty folder; the time of each pass.
 async fn sync_phase(
     relay: &cove_server::RelayHandle,
     dir: &Path,
     src: &Path,
-) -> (std::time::Duration, std::time::Duration) {
+    user: &str,
+) -> (Duration, Duration) {
     use cove::config::Home;
     use cove::drive::sync::Syncer;
     let server = format!("wss://{}", relay.local_addr());
-    let user = cove::UserName::new("alice").unwrap();
+    let user = cove::UserName::new(user).unwrap();
     let laptop = cove::Device::init(
         &Home::new(dir.join("laptop")),
         &server,
@@ -278,21 +348,21 @@ async fn sync_phase(
         assert!(tries < 600, "the desk never got the drive");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let t = Instant::now();
+    let t = start();
     let mut up = Syncer::open(&laptop, src, "/bench", Box::new(|_| {}))
         .await
         .unwrap();
     let report = up.pass().await.unwrap();
-    let sync_up = t.elapsed();
+    let sync_up = stop(t);
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
     drop(up);
     let out = dir.join("desk-files");
-    let t = Instant::now();
+    let t = start();
     let mut down = Syncer::open(&desk, &out, "/bench", Box::new(|_| {}))
         .await
         .unwrap();
     let report = down.pass().await.unwrap();
-    let sync_down = t.elapsed();
+    let sync_down = stop(t);
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
     drop(down);
     let files: Vec<PathBuf> = {
@@ -314,6 +384,27 @@ async fn sync_phase(
     laptop.close().await;
     desk.close().await;
     (sync_up, sync_down)
+}
+
+/// [`settle`]s, then starts a phase's clock.
+fn start() -> Instant {
+    settle();
+    Instant::now()
+}
+
+/// A phase's time until its data is on disk.
+fn stop(t: Instant) -> Duration {
+    settle();
+    t.elapsed()
+}
+
+/// Flushes every dirty page to disk (`sync(1)`). Called before each phase (so none pays for
+/// the previous one's writeback) and at the end of each, inside its time (so each phase is
+/// timed until its files are on disk: the drive fsyncs each downloaded file before renaming
+/// it; the bare copy writes without fsync and would otherwise leave 1 GiB of dirty pages
+/// to whatever runs next).
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
 }
 
 fn check_equal(paths: &[PathBuf], out: &Path) {

@@ -260,20 +260,22 @@ impl Device {
                 c.send_content(session::now_ms(), group, Content::Drive(Box::new(op)))
             })
         };
-        // Versions of files (a sync's or a put's batch) do not depend on each other: all are
-        // queued at once and waited for together, one round trip per batch. Anything else
-        // goes one at a time: the outbox posts in order, but a post it must reseal (the
+        // File and folder changes go in batches (one message for up to ~48 KiB of them).
+        // Versions of files (a sync's or a put's) do not depend on each other: all their
+        // messages are queued at once and waited for together. Anything else goes one
+        // message at a time: the outbox posts in order, but a post it must reseal (the
         // epoch moved) can go after a later one, and a folder must exist before what goes
         // in it.
-        if ops
+        let independent = ops
             .iter()
-            .all(|op| matches!(op, DriveOp::PutVersion { .. }))
-        {
-            for sent in futures_util::future::join_all(ops.into_iter().map(send)).await {
+            .all(|op| matches!(op, DriveOp::PutVersion { .. }));
+        let messages = cove_core::drive::op::pack(ops);
+        if independent {
+            for sent in futures_util::future::join_all(messages.into_iter().map(send)).await {
                 sent.map_err(de)?.map_err(de)?;
             }
         } else {
-            for op in ops {
+            for op in messages {
                 send(op).await.map_err(de)?.map_err(de)?;
             }
         }

@@ -17,7 +17,7 @@ pub mod plan;
 pub mod scan;
 pub mod state;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -233,8 +233,14 @@ impl<'a> Syncer<'a> {
         let root = self.root.clone();
         let ignore2 = ignore.clone();
         let known2 = known.clone();
+        // A new local path is hashed only if it may be compared: with the drive file at its
+        // path, or as the rename of a synced file of the same size.
+        let remote_paths: HashSet<String> = remote.keys().cloned().collect();
+        let known_sizes: HashSet<u64> = known.values().filter(|k| !k.dir).map(|k| k.size).collect();
+        let compare =
+            move |path: &str, size: u64| remote_paths.contains(path) || known_sizes.contains(&size);
         let (local, skipped) =
-            tokio::task::spawn_blocking(move || scan::scan(&root, &ignore2, &known2))
+            tokio::task::spawn_blocking(move || scan::scan(&root, &ignore2, &known2, &compare))
                 .await
                 .map_err(|e| SyncError::Invalid(format!("the scan failed: {e}")))??;
         report.skipped.extend(skipped);
@@ -366,17 +372,14 @@ impl<'a> Syncer<'a> {
                 plan::rename_prefix(&mut local, from, to);
             }
             if matches!(action, Action::Upload { .. } | Action::Download { .. }) {
-                let mut batch = vec![action];
-                while batch.len() < PARALLEL_TRANSFERS * 4
-                    && actions.peek().is_some_and(|a| {
-                        matches!(a, Action::Upload { .. } | Action::Download { .. })
-                    })
+                // The whole run of transfers the plan put together.
+                let mut run = vec![action];
+                while let Some(a) = actions
+                    .next_if(|a| matches!(a, Action::Upload { .. } | Action::Download { .. }))
                 {
-                    if let Some(a) = actions.next() {
-                        batch.push(a);
-                    }
+                    run.push(a);
                 }
-                self.transfer_batch(batch, &local, dirs, report).await?;
+                self.transfer_run(run, &local, dirs, report).await?;
                 continue;
             }
             if let Err(e) = self.apply_one(action, dirs, report).await {
@@ -414,7 +417,7 @@ impl<'a> Syncer<'a> {
                 (self.log)(&format!("mkdir {path} (local)"));
             }
             Action::RemoteMkdir { path } => {
-                let (parent, name) = self.parent_of(&path, dirs)?;
+                let (parent, name) = parent_of(&path, dirs)?;
                 let id = random_id();
                 self.device
                     .drive_post_to(
@@ -433,7 +436,7 @@ impl<'a> Syncer<'a> {
                 (self.log)(&format!("mkdir {path} (drive)"));
             }
             Action::RemoteMove { from, to, node } => {
-                let (parent, name) = self.parent_of(&to, dirs)?;
+                let (parent, name) = parent_of(&to, dirs)?;
                 self.device
                     .drive_post_to(
                         &self.handle,
@@ -495,77 +498,146 @@ impl<'a> Syncer<'a> {
                 self.state.apply(&[StateChange::Remove(path)])?;
             }
             Action::Upload { .. } | Action::Download { .. } => {
-                unreachable!("transfers go through transfer_batch")
+                unreachable!("transfers go through transfer_run")
             }
         }
         Ok(())
     }
 
-    /// Runs uploads and downloads [`PARALLEL_TRANSFERS`] at a time, posts the uploads'
-    /// operations in one message batch, then records everything that completed in one
-    /// state transaction.
-    async fn transfer_batch(
+    /// Removes the local file or folder at `path` with `remove` (gone already is fine) and
+    /// forgets it in the state.
+    fn remove_local(
         &mut self,
-        batch: Vec<Action>,
+        path: &str,
+        remove: fn(&Path) -> std::io::Result<()>,
+    ) -> Result<(), SyncError> {
+        let abs = self.abs(path);
+        match remove(&abs) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SyncError::Io { path: abs, source }),
+        }
+        self.state.apply(&[StateChange::Remove(path.to_owned())])?;
+        Ok(())
+    }
+
+    fn abs(&self, path: &str) -> PathBuf {
+        abs_path(&self.root, path)
+    }
+
+    /// Runs a run of uploads and downloads [`PARALLEL_TRANSFERS`] at a time, without
+    /// pausing between them: while transfers go on, what has completed is recorded in
+    /// batches (the uploads' operations posted at once, then one state transaction), so a
+    /// round trip to the relay or a slow file never leaves the other transfers idle.
+    async fn transfer_run(
+        &mut self,
+        run: Vec<Action>,
         local: &BTreeMap<String, Local>,
         dirs: &BTreeMap<String, NodeId>,
         report: &mut PassReport,
     ) -> Result<(), SyncError> {
         use futures_util::StreamExt as _;
-        let this = &*self;
-        let results: Vec<(Action, Result<Done, SyncError>)> =
-            futures_util::stream::iter(batch.into_iter().map(|a| async move {
-                let r = this.transfer(&a, local, dirs).await;
-                (a, r)
-            }))
-            .buffer_unordered(PARALLEL_TRANSFERS)
-            .collect()
-            .await;
-        let mut ops = Vec::new();
-        let mut changes = Vec::new();
-        let mut lines = Vec::new();
-        let mut journals = Vec::new();
-        for (action, result) in results {
-            match result {
-                Ok(Done::Uploaded {
-                    path,
-                    op,
-                    known,
-                    bytes,
-                    journal,
-                }) => {
-                    lines.push(format!("uploaded {path} ({bytes} B sent)"));
-                    ops.push(*op);
-                    changes.push(StateChange::Put(path, known));
-                    journals.push(journal);
-                    report.uploaded += 1;
-                    report.bytes_up += bytes;
-                }
-                Ok(Done::Downloaded { path, known, bytes }) => {
-                    lines.push(format!("downloaded {path} ({bytes} B fetched)"));
-                    changes.push(StateChange::Put(path, known));
-                    report.downloaded += 1;
-                    report.bytes_down += bytes;
-                }
-                Err(e) => {
-                    let _ = action;
-                    skip_or_fail(e, report)?;
+        let transfers = Transfers {
+            root: &self.root,
+            blobs: &self.blobs,
+            journals: &self.journals,
+            device_name: &self.device_name,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let produce = async move {
+            let t = &transfers;
+            let mut done = futures_util::stream::iter(
+                run.into_iter()
+                    .map(|a| async move { t.transfer(&a, local, dirs).await }),
+            )
+            .buffer_unordered(PARALLEL_TRANSFERS);
+            while let Some(d) = done.next().await {
+                if tx.send(d).is_err() {
+                    break;
                 }
             }
-        }
-        if !ops.is_empty() {
-            self.device.drive_post_to(&self.handle, ops).await?;
-        }
-        self.state.apply(&changes)?;
-        for j in journals {
-            let _ = std::fs::remove_dir_all(j);
-        }
-        for line in lines {
-            (self.log)(&line);
-        }
+            Ok::<(), SyncError>(())
+        };
+        let (device, handle) = (self.device, &self.handle);
+        let (state, log) = (&mut self.state, &mut self.log);
+        let record = async move {
+            while let Some(first) = rx.recv().await {
+                // What completes within RECORD_WAIT of the first goes in the same batch
+                // (one message for many files), up to RECORD_BATCH.
+                let mut results = vec![first];
+                let deadline = tokio::time::Instant::now() + RECORD_WAIT;
+                while results.len() < RECORD_BATCH {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(r)) => results.push(r),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let mut ops = Vec::new();
+                let mut changes = Vec::new();
+                let mut lines = Vec::new();
+                let mut journals = Vec::new();
+                for result in results {
+                    match result {
+                        Ok(Done::Uploaded {
+                            path,
+                            op,
+                            known,
+                            bytes,
+                            journal,
+                        }) => {
+                            lines.push(format!("uploaded {path} ({bytes} B sent)"));
+                            ops.push(*op);
+                            changes.push(StateChange::Put(path, known));
+                            journals.push(journal);
+                            report.uploaded += 1;
+                            report.bytes_up += bytes;
+                        }
+                        Ok(Done::Downloaded { path, known, bytes }) => {
+                            lines.push(format!("downloaded {path} ({bytes} B fetched)"));
+                            changes.push(StateChange::Put(path, known));
+                            report.downloaded += 1;
+                            report.bytes_down += bytes;
+                        }
+                        Err(e) => skip_or_fail(e, report)?,
+                    }
+                }
+                if !ops.is_empty() {
+                    device.drive_post_to(handle, ops).await?;
+                }
+                state.apply(&changes)?;
+                for j in journals {
+                    let _ = std::fs::remove_dir_all(j);
+                }
+                for line in lines {
+                    log(&line);
+                }
+            }
+            Ok::<(), SyncError>(())
+        };
+        // An error that ends the pass (a refused post, a broken state) drops the transfers
+        // still running; what they uploaded is resumed from their journals next pass.
+        tokio::try_join!(produce, record)?;
         Ok(())
     }
+}
 
+/// Completed transfers recorded at once, at most (their operations in one message when
+/// they fit, and one state transaction).
+const RECORD_BATCH: usize = 64;
+
+/// How long completed transfers wait for others to be recorded with.
+const RECORD_WAIT: Duration = Duration::from_millis(250);
+
+/// What a transfer needs of the syncer (borrowed apart from its state, which records the
+/// completed transfers meanwhile).
+struct Transfers<'s> {
+    root: &'s Path,
+    blobs: &'s BlobClient,
+    journals: &'s Path,
+    device_name: &'s str,
+}
+
+impl Transfers<'_> {
     async fn transfer(
         &self,
         action: &Action,
@@ -578,7 +650,7 @@ impl<'a> Syncer<'a> {
                 node,
                 previous,
             } => {
-                let abs = self.abs(path);
+                let abs = abs_path(self.root, path);
                 let meta = std::fs::metadata(&abs).map_err(|source| SyncError::Io {
                     path: abs.clone(),
                     source,
@@ -588,14 +660,14 @@ impl<'a> Syncer<'a> {
                     .join(hex::encode(&Sha256::digest(path.as_bytes())[..16]));
                 create_private_dir(&journal)?;
                 let up = content::upload_file(
-                    &self.blobs,
+                    self.blobs,
                     &abs,
                     previous.as_ref(),
-                    &self.device_name,
+                    self.device_name,
                     Some(&journal),
                 )
                 .await?;
-                let (parent, name) = self.parent_of(path, dirs)?;
+                let (parent, name) = parent_of(path, dirs)?;
                 let id = node.unwrap_or_else(random_id);
                 let known = Known {
                     dir: false,
@@ -623,7 +695,7 @@ impl<'a> Syncer<'a> {
                 node,
                 version,
             } => {
-                let abs = self.abs(path);
+                let abs = abs_path(self.root, path);
                 // A local file written since the scan is not overwritten: the next pass
                 // sees the change (and keeps both if the drive's changed too).
                 if let Ok(meta) = std::fs::symlink_metadata(&abs) {
@@ -638,7 +710,7 @@ impl<'a> Syncer<'a> {
                     }
                 }
                 ensure_parent(&abs)?;
-                let bytes = content::download_file(&self.blobs, version, &abs, true).await?;
+                let bytes = content::download_file(self.blobs, version, &abs, true).await?;
                 let modified = UNIX_EPOCH + Duration::from_millis(version.modified_ms);
                 if let Ok(f) = std::fs::File::options().write(true).open(&abs) {
                     let _ = f.set_modified(modified);
@@ -663,42 +735,26 @@ impl<'a> Syncer<'a> {
             _ => Err(SyncError::Invalid("not a transfer".into())),
         }
     }
+}
 
-    /// Removes the local file or folder at `path` with `remove` (gone already is fine) and
-    /// forgets it in the state.
-    fn remove_local(
-        &mut self,
-        path: &str,
-        remove: fn(&Path) -> std::io::Result<()>,
-    ) -> Result<(), SyncError> {
-        let abs = self.abs(path);
-        match remove(&abs) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(SyncError::Io { path: abs, source }),
-        }
-        self.state.apply(&[StateChange::Remove(path.to_owned())])?;
-        Ok(())
-    }
+/// `path` (a drive path below the synced folder) below `root`.
+fn abs_path(root: &Path, path: &str) -> PathBuf {
+    let mut p = root.to_path_buf();
+    p.extend(path.split('/'));
+    p
+}
 
-    fn abs(&self, path: &str) -> PathBuf {
-        let mut p = self.root.clone();
-        p.extend(path.split('/'));
-        p
-    }
-
-    fn parent_of<'p>(
-        &self,
-        path: &'p str,
-        dirs: &BTreeMap<String, NodeId>,
-    ) -> Result<(NodeId, &'p str), SyncError> {
-        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-        let id = dirs
-            .get(parent)
-            .copied()
-            .ok_or_else(|| SyncError::Invalid(format!("{parent}: no such folder in the drive")))?;
-        Ok((id, name))
-    }
+/// The drive folder holding `path`, and its name there.
+fn parent_of<'p>(
+    path: &'p str,
+    dirs: &BTreeMap<String, NodeId>,
+) -> Result<(NodeId, &'p str), SyncError> {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let id = dirs
+        .get(parent)
+        .copied()
+        .ok_or_else(|| SyncError::Invalid(format!("{parent}: no such folder in the drive")))?;
+    Ok((id, name))
 }
 
 /// A completed transfer, to post and record.

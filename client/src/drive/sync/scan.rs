@@ -137,12 +137,17 @@ pub struct Skipped {
 }
 
 /// Walks `root`: every folder and regular file not ignored, by relative path. Files whose
-/// size and mtime equal `known`'s keep its SHA-256; the others are hashed. Symbolic links,
-/// names that are not UTF-8 or not valid drive names, and unreadable entries are skipped.
+/// size and mtime equal `known`'s keep its SHA-256; other known paths are hashed. A path
+/// `known` does not have is hashed only when `compare(path, size)` says its contents may
+/// be compared (a drive file at the same path, or a vanished file of the same size that it
+/// may be the rename of); else its SHA-256 is left `None` and the upload computes it while
+/// it reads the file, so a new file is read once, not twice. Symbolic links, names that are
+/// not UTF-8 or not valid drive names, and unreadable entries are skipped.
 pub fn scan(
     root: &Path,
     ignore: &Ignore,
     known: &BTreeMap<String, Known>,
+    compare: &dyn Fn(&str, u64) -> bool,
 ) -> Result<(BTreeMap<String, Local>, Vec<Skipped>), super::SyncError> {
     let mut out = BTreeMap::new();
     let mut skipped = Vec::new();
@@ -230,6 +235,7 @@ pub fn scan(
                 {
                     k.sha256
                 }
+                None if !compare(&path, size) => None,
                 _ => match hash_file(&abs) {
                     Ok(h) => Some(h),
                     Err(e) => {
@@ -323,7 +329,7 @@ mod tests {
         std::fs::write(dir.path().join("b.tmp"), b"x").unwrap();
         std::fs::write(dir.path().join(IGNORE_FILE), b"*.tmp\n").unwrap();
         let ignore = Ignore::load(dir.path()).unwrap();
-        let (found, skipped) = scan(dir.path(), &ignore, &BTreeMap::new()).unwrap();
+        let (found, skipped) = scan(dir.path(), &ignore, &BTreeMap::new(), &|_, _| true).unwrap();
         assert!(skipped.is_empty());
         assert_eq!(found.keys().collect::<Vec<_>>(), vec!["sub", "sub/a.txt"]);
         let a = &found["sub/a.txt"];
@@ -342,7 +348,40 @@ mod tests {
                 sha256: Some([7; 32]),
             },
         );
-        let (found, _) = scan(dir.path(), &ignore, &known).unwrap();
+        let (found, _) = scan(dir.path(), &ignore, &known, &|_, _| true).unwrap();
         assert_eq!(found["sub/a.txt"].sha256, Some([7; 32]));
+    }
+
+    #[test]
+    fn a_new_file_is_hashed_only_when_it_may_be_compared() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("new.bin"), b"new").unwrap();
+        std::fs::write(dir.path().join("twin.bin"), b"twin").unwrap();
+        std::fs::write(dir.path().join("known.bin"), b"edited").unwrap();
+        let ignore = Ignore::load(dir.path()).unwrap();
+        let mut known = BTreeMap::new();
+        known.insert(
+            "known.bin".to_owned(),
+            Known {
+                dir: false,
+                node: [1; 16],
+                version: Some([1; 16]),
+                size: 1,
+                mtime_ns: 0,
+                sha256: Some([7; 32]),
+            },
+        );
+        let compare = |path: &str, _size: u64| path == "twin.bin";
+        let (found, _) = scan(dir.path(), &ignore, &known, &compare).unwrap();
+        assert_eq!(found["new.bin"].sha256, None, "nothing to compare it with");
+        assert_eq!(
+            found["twin.bin"].sha256,
+            Some(Sha256::digest(b"twin").into())
+        );
+        assert_eq!(
+            found["known.bin"].sha256,
+            Some(Sha256::digest(b"edited").into()),
+            "a known path whose stamps changed is always hashed"
+        );
     }
 }

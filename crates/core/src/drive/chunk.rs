@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! id_key    = HKDF-SHA256(ikm = secret, salt = "", info = "cove/drive/v1/chunk-id"), 32 bytes
-//! chunk_id  = HMAC-SHA256(id_key, plaintext)
+//! chunk_id  = HMAC-SHA256(id_key, SHA-256(plaintext))
 //! chunk_key = HKDF-SHA256(ikm = secret, salt = chunk_id, info = "cove/drive/v1/chunk-key"), 32 bytes
 //! blob      = AES-256-GCM(chunk_key, nonce = 12 zero bytes, aad = chunk_id, plaintext) (ciphertext || tag)
 //! ```
@@ -12,11 +12,17 @@
 //! fixed nonce is never reused for two plaintexts, and a re-upload of a chunk is byte for
 //! byte the same blob. Ids are keyed by the file's secret: the same plaintext in two files
 //! (two secrets) gives unrelated ids, keys and blobs.
+//!
+//! The id is a MAC of the plaintext's SHA-256 (hash, then MAC) rather than of the plaintext
+//! itself: the plaintext is hashed once, and for a file of one chunk (every file under
+//! [`MAX_CHUNK`]) that hash is also the whole file's SHA-256, which versions carry. So an
+//! upload and a download hash each byte once, not twice. The MAC of a collision-resistant
+//! hash is as good an id (two plaintexts with one id would be a SHA-256 collision).
 use std::fmt;
 use std::io::Read;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use ring::{hkdf, hmac};
+use ring::{digest, hkdf, hmac};
 
 use cove_wire::BlobId;
 use rand::{CryptoRng, RngCore};
@@ -161,11 +167,23 @@ impl<R: Read> Iterator for Chunker<R> {
             self.done = true;
             return Some(Err(e));
         }
-        let window = &self.buf[self.start..self.len];
-        if window.is_empty() {
+        if self.start == self.len {
             self.done = true;
             return None;
         }
+        // A whole source shorter than the window is one chunk: no cut point to look for,
+        // and the window itself is handed over (a small one's spare room given back).
+        if self.offset == 0 && self.eof {
+            self.done = true;
+            let mut chunk = std::mem::take(&mut self.buf);
+            chunk.truncate(self.len);
+            if chunk.len() <= MIN_CHUNK as usize {
+                chunk.shrink_to_fit();
+            }
+            self.offset = chunk.len() as u64;
+            return Some(Ok((0, chunk)));
+        }
+        let window = &self.buf[self.start..self.len];
         let (_, n) = fastcdc::v2020::cut(
             window,
             MIN_CHUNK as usize,
@@ -176,12 +194,7 @@ impl<R: Read> Iterator for Chunker<R> {
             MASK_S << 1,
             MASK_L << 1,
         );
-        // A whole source shorter than the window is one chunk.
-        let n = if self.offset == 0 && self.eof {
-            window.len()
-        } else {
-            n.clamp(1, window.len())
-        };
+        let n = n.clamp(1, window.len());
         let chunk = window[..n].to_vec();
         let at = self.offset;
         self.start += n;
@@ -240,9 +253,22 @@ pub(crate) fn zero_nonce() -> Nonce {
     Nonce::assume_unique_for_key([0u8; 12])
 }
 
+/// The SHA-256 of a chunk's plaintext (what its id is a MAC of; for a file of one chunk,
+/// the file's SHA-256).
+pub fn chunk_digest(plaintext: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, plaintext).as_ref());
+    out
+}
+
 /// A chunk's id under `secret`.
 pub fn chunk_id(secret: &FileSecret, plaintext: &[u8]) -> [u8; 32] {
-    let tag = hmac::sign(&id_key(secret), plaintext);
+    chunk_id_of_digest(secret, &chunk_digest(plaintext))
+}
+
+/// A chunk's id under `secret` from its plaintext's [`chunk_digest`].
+pub fn chunk_id_of_digest(secret: &FileSecret, digest: &[u8; 32]) -> [u8; 32] {
+    let tag = hmac::sign(&id_key(secret), digest);
     let mut id = [0u8; 32];
     id.copy_from_slice(tag.as_ref());
     id
@@ -259,14 +285,19 @@ pub fn seal_chunk(secret: &FileSecret, plaintext: &[u8]) -> ([u8; 32], Vec<u8>) 
 /// the id against the chunks it already has before sealing): the blob bytes, the same as
 /// [`seal_chunk`]'s. Given another id, the blob is one that [`open_chunk`] refuses.
 pub fn seal_chunk_with_id(secret: &FileSecret, id: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
-    let key = chunk_key(secret, id);
     let mut blob = Vec::with_capacity(plaintext.len() + CHUNK_OVERHEAD as usize);
     blob.extend_from_slice(plaintext);
+    seal_chunk_in_place(secret, id, blob)
+}
+
+/// [`seal_chunk_with_id`] in the plaintext's own buffer (no copy): the blob bytes.
+pub fn seal_chunk_in_place(secret: &FileSecret, id: &[u8; 32], mut plaintext: Vec<u8>) -> Vec<u8> {
+    let key = chunk_key(secret, id);
     // Sealing fails only for plaintexts beyond GCM's limit (~64 GiB), far above MAX_CHUNK.
     #[allow(clippy::expect_used)]
-    key.seal_in_place_append_tag(zero_nonce(), Aad::from(&id[..]), &mut blob)
+    key.seal_in_place_append_tag(zero_nonce(), Aad::from(&id[..]), &mut plaintext)
         .expect("chunk within the AES-GCM length limit");
-    blob
+    plaintext
 }
 
 /// Opens a chunk's blob, checking its id and length against `chunk`.
@@ -275,6 +306,16 @@ pub fn open_chunk(
     chunk: &ChunkRef,
     blob: &[u8],
 ) -> Result<Vec<u8>, ChunkError> {
+    open_chunk_in_place(secret, chunk, blob.to_vec()).map(|(plaintext, _)| plaintext)
+}
+
+/// [`open_chunk`] in the blob's own buffer (no copy): the plaintext and its
+/// [`chunk_digest`] (checked against the id already, so a caller need not hash it again).
+pub fn open_chunk_in_place(
+    secret: &FileSecret,
+    chunk: &ChunkRef,
+    mut blob: Vec<u8>,
+) -> Result<(Vec<u8>, [u8; 32]), ChunkError> {
     if chunk.len > MAX_CHUNK {
         return Err(ChunkError::InvalidManifest);
     }
@@ -282,16 +323,19 @@ pub fn open_chunk(
         return Err(ChunkError::Tampered);
     }
     let key = chunk_key(secret, &chunk.id);
-    let mut buf = blob.to_vec();
     let n = key
-        .open_in_place(zero_nonce(), Aad::from(&chunk.id[..]), &mut buf)
+        .open_in_place(zero_nonce(), Aad::from(&chunk.id[..]), &mut blob)
         .map_err(|_| ChunkError::Tampered)?
         .len();
-    buf.truncate(n);
-    if n != chunk.len as usize || chunk_id(secret, &buf) != chunk.id {
+    blob.truncate(n);
+    if n != chunk.len as usize {
         return Err(ChunkError::Mismatch);
     }
-    Ok(buf)
+    let digest = chunk_digest(&blob);
+    if chunk_id_of_digest(secret, &digest) != chunk.id {
+        return Err(ChunkError::Mismatch);
+    }
+    Ok((blob, digest))
 }
 
 impl Manifest {

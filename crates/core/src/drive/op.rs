@@ -129,6 +129,57 @@ pub enum DriveOp {
         /// The link's blob.
         link: BlobId,
     },
+    /// Several operations in one message, applied in order as if each were its own (at one
+    /// log position): what a sync or a `put` of many files sends, so a thousand files are
+    /// a few messages, not a thousand. Only file and folder changes may be batched
+    /// ([`DriveOp::batchable`]), at most [`MAX_BATCH_OPS`]; the message bounds the bytes.
+    Batch {
+        /// The operations.
+        ops: Vec<DriveOp>,
+    },
+}
+
+/// Most operations in one [`DriveOp::Batch`].
+pub const MAX_BATCH_OPS: usize = 1024;
+
+/// Most bytes (encoded) of the operations [`pack`] puts in one batch: the message's
+/// envelope fits in the rest of [`cove_wire::limits::MAX_APPLICATION_PLAINTEXT`].
+pub const MAX_BATCH_BYTES: usize = 48 * 1024;
+
+/// `ops` as the operations to send, one message each, in the same order: every run of
+/// [`DriveOp::batchable`] operations packed into [`DriveOp::Batch`]es of at most
+/// [`MAX_BATCH_OPS`] operations and [`MAX_BATCH_BYTES`] bytes (a batch of one is sent as
+/// that operation), the others as they are.
+pub fn pack(ops: Vec<DriveOp>) -> Vec<DriveOp> {
+    fn flush(run: &mut Vec<DriveOp>, out: &mut Vec<DriveOp>) {
+        match run.len() {
+            0 => {}
+            1 => out.append(run),
+            _ => out.push(DriveOp::Batch {
+                ops: std::mem::take(run),
+            }),
+        }
+    }
+    let mut out = Vec::new();
+    let mut run = Vec::new();
+    let mut bytes = 0usize;
+    for op in ops {
+        if !op.batchable() {
+            flush(&mut run, &mut out);
+            out.push(op);
+            continue;
+        }
+        // Serializing an operation into a Vec cannot fail.
+        let len = postcard::to_allocvec(&op).map(|v| v.len()).unwrap_or(0);
+        if !run.is_empty() && (run.len() == MAX_BATCH_OPS || bytes + len > MAX_BATCH_BYTES) {
+            flush(&mut run, &mut out);
+            bytes = 0;
+        }
+        bytes += len;
+        run.push(op);
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// A blob sealed under a one-time key ([`super::seal`]): manifests too long to go inline,
@@ -187,6 +238,9 @@ pub enum OpInvalid {
     /// A device name that is empty or too long.
     #[error("invalid device name")]
     Device,
+    /// A batch that is empty or holds an operation that may not be batched.
+    #[error("invalid batch")]
+    Batch,
 }
 
 /// Whether `name` may name a file or folder: 1..=[`MAX_NAME_BYTES`] bytes, not `.` or `..`,
@@ -201,7 +255,23 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 impl DriveOp {
-    /// Checks the bounds a receiver enforces on an operation alone.
+    /// Whether the operation may go in a [`DriveOp::Batch`]: a change to files and folders
+    /// (`Mkdir`, `PutVersion`, `Move`, `Trash`, `Restore`). Everything that the shell acts
+    /// on by itself (snapshots, links, access, mounts) or that has its own list (`Purge`)
+    /// stays a message of its own.
+    pub fn batchable(&self) -> bool {
+        matches!(
+            self,
+            DriveOp::Mkdir { .. }
+                | DriveOp::PutVersion { .. }
+                | DriveOp::Move { .. }
+                | DriveOp::Trash { .. }
+                | DriveOp::Restore { .. }
+        )
+    }
+
+    /// Checks the bounds a receiver enforces on an operation alone (for a batch, on each of
+    /// its operations too).
     pub fn validate(&self) -> Result<(), OpInvalid> {
         let name = |n: &str| valid_name(n).then_some(()).ok_or(OpInvalid::Name);
         let not_root = |id: &NodeId| (*id != ROOT).then_some(()).ok_or(OpInvalid::Root);
@@ -246,6 +316,105 @@ impl DriveOp {
             | DriveOp::Snapshot { .. }
             | DriveOp::Unlink { .. } => Ok(()),
             DriveOp::Link { .. } => Ok(()),
+            DriveOp::Batch { ops } => {
+                if ops.is_empty() || !ops.iter().all(DriveOp::batchable) {
+                    return Err(OpInvalid::Batch);
+                }
+                if ops.len() > MAX_BATCH_OPS {
+                    return Err(OpInvalid::TooMany);
+                }
+                ops.iter().try_for_each(DriveOp::validate)
+            }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::drive::chunk::ChunkRef;
+
+    fn put(n: u32, chunks: usize) -> DriveOp {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&n.to_le_bytes());
+        id[15] = 1;
+        DriveOp::PutVersion {
+            id,
+            parent: ROOT,
+            name: format!("file {n}.bin"),
+            version: FileVersion {
+                version: id,
+                size: 1,
+                modified_ms: 1,
+                sha256: [1; 32],
+                secret: FileSecret([2; 32]),
+                manifest: ManifestRef::Inline(Manifest {
+                    chunks: (0..chunks)
+                        .map(|_| ChunkRef {
+                            id: [3; 32],
+                            blob: BlobId([4; 16]),
+                            len: 1,
+                        })
+                        .collect(),
+                }),
+                device: "alice device 1".to_owned(),
+            },
+        }
+    }
+
+    fn inner(op: &DriveOp) -> Vec<DriveOp> {
+        match op {
+            DriveOp::Batch { ops } => ops.clone(),
+            op => vec![op.clone()],
+        }
+    }
+
+    #[test]
+    fn pack_keeps_the_order_and_batches_only_runs_of_file_changes() {
+        let ops = vec![
+            put(1, 1),
+            put(2, 1),
+            DriveOp::SnapshotRequest,
+            put(3, 1),
+            DriveOp::Trash { id: [9; 16] },
+        ];
+        let packed = pack(ops.clone());
+        assert_eq!(packed.len(), 3);
+        assert!(matches!(&packed[0], DriveOp::Batch { ops } if ops.len() == 2));
+        assert_eq!(packed[1], DriveOp::SnapshotRequest);
+        assert!(matches!(&packed[2], DriveOp::Batch { ops } if ops.len() == 2));
+        let flat: Vec<DriveOp> = packed.iter().flat_map(inner).collect();
+        assert_eq!(flat, ops);
+        // A run of one is sent as itself.
+        assert_eq!(pack(vec![put(7, 1)]), vec![put(7, 1)]);
+        assert!(pack(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn every_packed_message_fits_the_application_limit() {
+        // Versions with the largest inline manifests (256 chunks, ~13 KiB each) and small
+        // ones, many of both.
+        let ops: Vec<DriveOp> = (0..3000)
+            .map(|n| put(n, if n % 7 == 0 { MAX_INLINE_CHUNKS } else { 1 }))
+            .collect();
+        let packed = pack(ops.clone());
+        assert!(packed.len() < 200, "{} messages", packed.len());
+        for op in &packed {
+            assert_eq!(op.validate(), Ok(()));
+            let envelope = crate::content::Envelope {
+                version: crate::content::ENVELOPE_VERSION,
+                id: [0xff; 16],
+                sent_at_ms: u64::MAX,
+                content: crate::content::Content::Drive(Box::new(op.clone())),
+            };
+            let bytes = envelope.encode().unwrap();
+            assert!(bytes.len() <= cove_wire::limits::MAX_APPLICATION_PLAINTEXT);
+            if let DriveOp::Batch { ops } = op {
+                assert!(ops.len() <= MAX_BATCH_OPS);
+            }
+        }
+        let flat: Vec<DriveOp> = packed.iter().flat_map(inner).collect();
+        assert_eq!(flat, ops);
     }
 }

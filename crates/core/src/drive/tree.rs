@@ -230,6 +230,24 @@ impl Tree {
         }
         self.applied = seq;
         op.validate().map_err(|_| TreeError::Invalid)?;
+        match op {
+            // Each operation of a batch as if it were its own message: one refused (a
+            // clash, a missing parent) changes nothing and the others still apply. The
+            // first refusal is returned.
+            DriveOp::Batch { ops } => {
+                let mut first = Ok(());
+                for op in ops {
+                    let r = self.apply_validated(author, op);
+                    first = first.and(r);
+                }
+                first
+            }
+            op => self.apply_validated(author, op),
+        }
+    }
+
+    /// [`Tree::apply`] of a validated operation, after its log position was taken.
+    fn apply_validated(&mut self, author: &UserName, op: &DriveOp) -> Result<(), TreeError> {
         let owner = match (&self.info, op) {
             (_, DriveOp::SnapshotRequest | DriveOp::Snapshot { .. }) => return Ok(()),
             (None, DriveOp::Init { name, owner }) => {
@@ -314,11 +332,13 @@ impl Tree {
                 Some(_) => Ok(()),
                 None => Err(TreeError::NotFound(link.to_hex())),
             },
-            // Handled above; listed so a new variant is a compile error here.
+            // Handled above (a batch by `apply`, which never nests them: `validate`);
+            // listed so a new variant is a compile error here.
             DriveOp::Init { .. }
             | DriveOp::SetAccess { .. }
             | DriveOp::SnapshotRequest
-            | DriveOp::Snapshot { .. } => Ok(()),
+            | DriveOp::Snapshot { .. }
+            | DriveOp::Batch { .. } => Ok(()),
         }
     }
 

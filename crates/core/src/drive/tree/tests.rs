@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::drive::chunk::{ChunkRef, FileSecret, Manifest};
-use crate::drive::op::SealedBlob;
+use crate::drive::op::{MAX_BATCH_OPS, OpInvalid, SealedBlob};
 
 fn user(name: &str) -> UserName {
     UserName::new(name).unwrap()
@@ -1163,6 +1163,37 @@ proptest! {
         prop_assert_eq!(resumed.encode_state(), a.encode_state());
     }
 
+    /// A batch leaves the tree its operations leave one message each: the same nodes,
+    /// names (clashes included), versions and refusals, at one log position.
+    #[test]
+    fn a_batch_applies_like_its_operations_one_by_one(
+        ops in arb_log(),
+        batch in proptest::collection::vec(arb_op(), 1..24),
+        who in 0u8..3,
+    ) {
+        let mut one_by_one = Tree::new();
+        replay(&mut one_by_one, 1, &ops);
+        let mut batched = one_by_one.clone();
+        // Valid operations (one invalid operation refuses its whole batch: another test).
+        let inner: Vec<DriveOp> = batch
+            .into_iter()
+            .map(|(_, op)| op)
+            .filter(|op| op.batchable() && op.validate().is_ok())
+            .collect();
+        prop_assume!(!inner.is_empty());
+        let first = ops.len() as u64 + 1;
+        let mut expected = Ok(());
+        for (seq, op) in (first..).zip(&inner) {
+            let r = one_by_one.apply(seq, &author(who), op);
+            expected = expected.and(r);
+        }
+        let got = batched.apply(first, &author(who), &DriveOp::Batch { ops: inner.clone() });
+        prop_assert_eq!(got, expected);
+        prop_assert_eq!(batched.applied(), first);
+        batched.applied = one_by_one.applied;
+        prop_assert_eq!(&batched, &one_by_one);
+    }
+
     /// Random bytes never panic the state decoder.
     #[test]
     fn random_state_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -1286,4 +1317,159 @@ fn state_encoding_is_stable() {
             "01066c6170746f7005616c69636501030000000000000000000000000000aa022f7400",
         )
     );
+}
+
+#[test]
+fn a_batch_holds_only_file_and_folder_changes() {
+    let put = |n: u8| DriveOp::PutVersion {
+        id: id(n),
+        parent: ROOT,
+        name: format!("f{n}"),
+        version: version(n, 1),
+    };
+    let ok = DriveOp::Batch {
+        ops: vec![
+            DriveOp::Mkdir {
+                id: id(1),
+                parent: ROOT,
+                name: "d".to_owned(),
+            },
+            put(2),
+            DriveOp::Move {
+                id: id(2),
+                parent: id(1),
+                name: "g".to_owned(),
+            },
+            DriveOp::Trash { id: id(2) },
+            DriveOp::Restore { id: id(2) },
+        ],
+    };
+    assert_eq!(ok.validate(), Ok(()));
+    let alice = user("alice");
+    for inner in [
+        DriveOp::Init {
+            name: "Drive".to_owned(),
+            owner: alice.clone(),
+        },
+        DriveOp::SetAccess {
+            user: user("bob"),
+            read_only: false,
+        },
+        DriveOp::SnapshotRequest,
+        DriveOp::Snapshot {
+            covers: 1,
+            blob: sealed(1),
+        },
+        DriveOp::Link {
+            node: id(2),
+            link: sealed(2),
+            expires_ms: None,
+        },
+        DriveOp::Unlink {
+            link: BlobId([1; 16]),
+        },
+        DriveOp::Mount {
+            id: id(3),
+            parent: ROOT,
+            name: "m".to_owned(),
+            group: GroupId([9; 16]),
+        },
+        DriveOp::Purge { ids: vec![id(2)] },
+        DriveOp::Batch { ops: vec![put(4)] },
+    ] {
+        let bad = DriveOp::Batch {
+            ops: vec![put(5), inner.clone()],
+        };
+        assert_eq!(bad.validate(), Err(OpInvalid::Batch), "{inner:?}");
+        // Refused whole by every tree: not even the valid operation applies.
+        let mut log = Log::new();
+        assert_eq!(log.by(&alice, bad), Err(TreeError::Invalid));
+        assert!(log.tree.entry(&id(5)).is_none());
+    }
+    assert_eq!(
+        DriveOp::Batch { ops: vec![] }.validate(),
+        Err(OpInvalid::Batch)
+    );
+    let too_many = DriveOp::Batch {
+        ops: (0..=MAX_BATCH_OPS)
+            .map(|i| put((i % 200) as u8 + 1))
+            .collect(),
+    };
+    assert_eq!(too_many.validate(), Err(OpInvalid::TooMany));
+    // One invalid operation inside (a bad name) refuses the batch.
+    let bad_name = DriveOp::Batch {
+        ops: vec![DriveOp::Mkdir {
+            id: id(6),
+            parent: ROOT,
+            name: "a/b".to_owned(),
+        }],
+    };
+    assert_eq!(bad_name.validate(), Err(OpInvalid::Name));
+}
+
+#[test]
+fn a_read_only_members_batch_changes_nothing() {
+    let mut log = Log::new();
+    let (alice, bob) = (log.alice.clone(), user("bob"));
+    log.by(
+        &alice,
+        DriveOp::SetAccess {
+            user: bob.clone(),
+            read_only: true,
+        },
+    )
+    .unwrap();
+    let batch = DriveOp::Batch {
+        ops: vec![
+            DriveOp::Mkdir {
+                id: id(1),
+                parent: ROOT,
+                name: "d".to_owned(),
+            },
+            DriveOp::PutVersion {
+                id: id(2),
+                parent: ROOT,
+                name: "f".to_owned(),
+                version: version(1, 1),
+            },
+        ],
+    };
+    assert_eq!(log.by(&bob, batch.clone()), Err(TreeError::NotAllowed(bob)));
+    assert!(log.tree.entry(&id(1)).is_none() && log.tree.entry(&id(2)).is_none());
+    // The owner's same batch applies whole, at one log position.
+    let seq = log.tree.applied() + 1;
+    log.by(&alice, batch).unwrap();
+    assert_eq!(log.tree.applied(), seq);
+    assert!(log.tree.entry(&id(1)).is_some() && log.tree.entry(&id(2)).is_some());
+}
+
+#[test]
+fn a_refused_operation_in_a_batch_leaves_the_others_applied() {
+    let mut log = Log::new();
+    let alice = log.alice.clone();
+    let seq = log.tree.applied() + 1;
+    let got = log.tree.apply(
+        seq,
+        &alice,
+        &DriveOp::Batch {
+            ops: vec![
+                // Into a folder that does not exist: refused.
+                DriveOp::PutVersion {
+                    id: id(1),
+                    parent: id(9),
+                    name: "lost".to_owned(),
+                    version: version(1, 1),
+                },
+                DriveOp::PutVersion {
+                    id: id(2),
+                    parent: ROOT,
+                    name: "kept".to_owned(),
+                    version: version(2, 1),
+                },
+            ],
+        },
+    );
+    assert!(got.is_err(), "the first refusal is reported");
+    assert!(log.tree.entry(&id(1)).is_none());
+    assert!(log.tree.entry(&id(2)).is_some());
 }

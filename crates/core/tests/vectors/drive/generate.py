@@ -16,7 +16,7 @@ def pattern(n, start=0):
 
 def chunk(name, secret, pt):
     id_key = hkdf(secret, b"", b"cove/drive/v1/chunk-id")
-    cid = hmac.new(id_key, pt, hashlib.sha256).digest()
+    cid = hmac.new(id_key, hashlib.sha256(pt).digest(), hashlib.sha256).digest()
     ckey = hkdf(secret, cid, b"cove/drive/v1/chunk-key")
     blob = AESGCM(ckey).encrypt(bytes(12), pt, cid)
     return {"name": name, "secret": secret.hex(), "plaintext": pt.hex(),
