@@ -178,7 +178,7 @@ impl<R: Read> Iterator for Chunker<R> {
             let mut chunk = std::mem::take(&mut self.buf);
             chunk.truncate(self.len);
             if chunk.len() <= MIN_CHUNK as usize {
-                chunk.shrink_to_fit();
+                chunk.shrink_to(chunk.len() + CHUNK_OVERHEAD as usize);
             }
             self.offset = chunk.len() as u64;
             return Some(Ok((0, chunk)));
@@ -195,7 +195,9 @@ impl<R: Read> Iterator for Chunker<R> {
             MASK_L << 1,
         );
         let n = n.clamp(1, window.len());
-        let chunk = window[..n].to_vec();
+        // Room for the tag, so that sealing in place does not move the chunk.
+        let mut chunk = Vec::with_capacity(n + CHUNK_OVERHEAD as usize);
+        chunk.extend_from_slice(&window[..n]);
         let at = self.offset;
         self.start += n;
         self.offset += n as u64;
