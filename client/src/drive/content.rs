@@ -120,8 +120,8 @@ fn produce(
     let mut seen = known;
     // A file shorter than MAX_CHUNK is one chunk, whose SHA-256 (hashed for its id) is the
     // file's: each byte is hashed once. A longer file's SHA-256 is hashed alongside.
-    let mut whole = (before.0 >= u64::from(MAX_CHUNK)).then(Sha256::new);
-    let mut one_chunk_digest = None;
+    let one_chunk = before.0 < u64::from(MAX_CHUNK);
+    let mut file_digest = FileDigest::new(one_chunk);
     let mut size = 0u64;
     let mut count = 0usize;
     for chunk in Chunker::new(&file) {
@@ -130,13 +130,11 @@ fn produce(
         if count > MAX_CHUNKS {
             return Err(DriveError::Chunk(ChunkError::InvalidManifest));
         }
-        let digest = chunk_digest(&data);
-        match whole.as_mut() {
-            Some(h) => h.update(&data),
-            // More than one chunk of a file that was shorter: it grew while read.
-            None if count > 1 => return Err(changed()),
-            None => one_chunk_digest = Some(digest),
+        if one_chunk && count > 1 {
+            return Err(changed()); // more than one chunk of a shorter file: it grew
         }
+        let digest = chunk_digest(&data);
+        file_digest.add(&data, digest);
         size += data.len() as u64;
         let len = u32::try_from(data.len()).map_err(|_| ChunkError::InvalidManifest)?;
         let id = chunk_id_of_digest(secret, &digest);
@@ -153,12 +151,10 @@ fn produce(
     if after != before || size != before.0 {
         return Err(changed());
     }
-    let sha256 = match (whole, one_chunk_digest) {
-        (Some(h), _) => h.finalize().into(),
-        (None, Some(d)) => d,
-        (None, None) => chunk_digest(b""), // empty
-    };
-    Ok(Some(ReadDone { size, sha256 }))
+    Ok(Some(ReadDone {
+        size,
+        sha256: file_digest.finish(),
+    }))
 }
 
 /// Chunks by id.
@@ -655,7 +651,7 @@ pub async fn download_file(
         .buffered(PARALLEL_TRANSFERS);
     // The whole file's SHA-256: hashed as the chunks come, or, for a file of one chunk,
     // that chunk's SHA-256 (already computed to check its id).
-    let mut digest = FileDigest::new(m.chunks.len());
+    let mut digest = FileDigest::new(m.chunks.len() == 1);
     while let Some(done) = chunks.next().await {
         let (i, at, got, n) = done?;
         fetched += n;
@@ -714,8 +710,9 @@ enum FileDigest {
 }
 
 impl FileDigest {
-    fn new(chunks: usize) -> Self {
-        if chunks == 1 {
+    /// For a file of one chunk (`one_chunk`), else of any number (none included).
+    fn new(one_chunk: bool) -> Self {
+        if one_chunk {
             FileDigest::One(None)
         } else {
             FileDigest::Many(Box::default())
@@ -732,7 +729,7 @@ impl FileDigest {
 
     fn finish(self) -> [u8; 32] {
         match self {
-            FileDigest::One(d) => d.unwrap_or_else(|| chunk_digest(b"")),
+            FileDigest::One(d) => d.unwrap_or_else(|| chunk_digest(b"")), // empty
             FileDigest::Many(h) => h.finalize().into(),
         }
     }

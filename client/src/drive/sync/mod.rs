@@ -234,8 +234,13 @@ impl<'a> Syncer<'a> {
         let ignore2 = ignore.clone();
         let known2 = known.clone();
         // A new local path is hashed only if it may be compared: with the drive file at its
-        // path, or as the rename of a synced file of the same size.
-        let remote_paths: HashSet<String> = remote.keys().cloned().collect();
+        // path, or as the rename of a synced file of the same size. (Only paths the state
+        // lacks are asked about: a steady drive copies no path here.)
+        let remote_paths: HashSet<String> = remote
+            .keys()
+            .filter(|p| !known.contains_key(*p))
+            .cloned()
+            .collect();
         let known_sizes: HashSet<u64> = known.values().filter(|k| !k.dir).map(|k| k.size).collect();
         let compare =
             move |path: &str, size: u64| remote_paths.contains(path) || known_sizes.contains(&size);
