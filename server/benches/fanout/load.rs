@@ -99,8 +99,20 @@ pub async fn bare_receivers(
     for ws in conns {
         let mut ws = ws?;
         let tracker = tracker.clone();
+        let ack_every = bare_ack_every();
         tokio::spawn(async move {
+            let mut since_ack = 0u64;
             while let Some(Ok(msg)) = ws.next().await {
+                if ack_every > 0 {
+                    since_ack += 1;
+                    if since_ack >= ack_every {
+                        since_ack = 0;
+                        tracker.acks.fetch_add(1, Ordering::Relaxed);
+                        if ws.send(Message::binary(vec![0u8; 40])).await.is_err() {
+                            break;
+                        }
+                    }
+                }
                 if let Message::Binary(b) = msg {
                     match stats::parse(&b) {
                         Some((id, ts)) => tracker.on_delivery(id, ts),
@@ -113,6 +125,16 @@ pub async fn bare_receivers(
         });
     }
     Ok(())
+}
+
+/// Diagnostics (`FANOUT_BARE_ACK_EVERY`, default 0 = never): bare receivers send a 40-byte
+/// message after every this many frames, which the bare server reads and drops, to price
+/// reading small client messages apart from what the relay does with them.
+fn bare_ack_every() -> u64 {
+    std::env::var("FANOUT_BARE_ACK_EVERY")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Connects the bare sender.
@@ -248,15 +270,19 @@ pub enum AckMode {
     /// 100 ms timer is left out: here every burst ends.
     Burst,
     /// As `cove-core` does: bursts as in [`AckMode::Burst`], but the end of a burst sends
-    /// the acks only once [`ACK_BATCH`] entries are unacked (or an inbox entry is); fewer
-    /// wait for more, or for the device to be idle for its stretch of [`ACK_IDLE`], or for
-    /// its stretch of [`ACK_DELAY`] after the first of them (the core's constants; the
-    /// stretch, 0 to 100% per device, from the device id as the core computes it).
+    /// the acks only once [`ACK_BATCH`] entries are unacked and its stretch of
+    /// [`ACK_INTERVAL`] passed since the count last sent acks (or an inbox entry is
+    /// unacked); the others wait for more, or for the device to be idle for its stretch of
+    /// [`ACK_IDLE`], or for its stretch of [`ACK_DELAY`] after the first of them (the core's
+    /// constants; the stretch, 0 to 100% per device, from the device id as the core
+    /// computes it).
     Count,
 }
 
 /// [`AckMode::Count`]: entries that are acked at the end of their burst (`ACK_BATCH`).
 const ACK_BATCH: u64 = 64;
+/// [`AckMode::Count`]: least time between two acks sent for their count (`ACK_INTERVAL_MS`).
+const ACK_INTERVAL: Duration = Duration::from_millis(500);
 /// [`AckMode::Count`]: the longest an ack waits after the first entry (`ACK_DELAY_MS`).
 const ACK_DELAY: Duration = Duration::from_millis(1_000);
 /// [`AckMode::Count`]: idle time after which the acks go out (`ACK_IDLE_MS`).
@@ -290,6 +316,9 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
         let mut first_at: Option<tokio::time::Instant> = None;
         let mut due: Option<tokio::time::Instant> = None;
         let (idle, delay) = (stretched(ACK_IDLE, dev.id), stretched(ACK_DELAY, dev.id));
+        let interval = stretched(ACK_INTERVAL, dev.id);
+        // When the count last sent acks (what paces the next ones).
+        let mut counted_at: Option<tokio::time::Instant> = None;
         // The highest group seq delivered (one group).
         let mut last_seq = 0u64;
         'read: loop {
@@ -371,13 +400,25 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
                     }
                 }
             }
-            if acks == AckMode::Count && held > 0 && held < ACK_BATCH && !urgent && !fired {
-                // Fewer than the count wait for more, for the device to be idle, or for
-                // the delay after the first of them.
-                let now = tokio::time::Instant::now();
+            if frames > 0 {
+                tracker.bursts.fetch_add(1, Ordering::Relaxed);
+            }
+            let now = tokio::time::Instant::now();
+            let paced = counted_at.is_none_or(|at| now >= at + interval);
+            if acks == AckMode::Count
+                && held > 0
+                && !urgent
+                && !fired
+                && (held < ACK_BATCH || !paced)
+            {
+                // Fewer than the count (or the count again within the interval) wait for
+                // more, for the device to be idle, or for the delay after the first of them.
                 let first = *first_at.get_or_insert(now);
                 due = Some((now + idle).min(first + delay));
             } else {
+                if acks == AckMode::Count && held >= ACK_BATCH && !urgent && !fired {
+                    counted_at = Some(now);
+                }
                 held = 0;
                 urgent = false;
                 first_at = None;
@@ -387,6 +428,7 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
             if to_send.is_empty() {
                 continue;
             }
+            tracker.acks.fetch_add(to_send.len() as u64, Ordering::Relaxed);
             for (stream, seq) in to_send {
                 let id = RequestId(next_request);
                 next_request = next_request.wrapping_add(1);

@@ -22,13 +22,16 @@
 //! bytes, default `256,4096`), `FANOUT_SECS` (closed-loop measurement, default 4),
 //! `FANOUT_OPEN_SECS` (open loop, default 4), `FANOUT_WARMUP_SECS` (default 1),
 //! `FANOUT_WINDOW` (default 64 at N >= 1000, 64,000 ÷ N below), `FANOUT_LOAD` (default 0.1), `FANOUT_ACK` (`count`, the default, as `cove-core` acks: one cumulative
-//! ack per stream at the end of a read burst once 64 entries are unacked, else when the
-//! device is idle 250-500 ms or 1-2 s after the first, group acks as `QuietAck`s; `burst`:
+//! ack per stream at the end of a read burst once 64 entries are unacked and 0.5-1 s passed
+//! since the count last sent acks, else when the device is idle 250-500 ms or 1-2 s after
+//! the first, group acks as `QuietAck`s; `burst`:
 //! one per read burst, as `cove-core` acked before; `answered`: an `Ack` answered with
 //! `Acked` every `FANOUT_ACK_EVERY` group entries, as it acked before that; `quiet`: the same
 //! as `QuietAck`s), `FANOUT_ACK_EVERY` (default 64; 0 = receivers never ack, a diagnostic),
 //! `FANOUT_REPS` (default 1), `FANOUT_SERVERS` (`bare,relay`), `FANOUT_STORE` (`sqlite` or
-//! `memory`), `FANOUT_PIN` (`1`; `0` leaves scheduling to the OS).
+//! `memory`), `FANOUT_PIN` (`1`; `0` leaves scheduling to the OS), `FANOUT_BARE_ACK_EVERY`
+//! (default 0; a diagnostic: bare receivers send a 40-byte message every that many frames,
+//! which the bare server reads and drops, to price reading acks apart from the relay).
 //!
 //! Scale-out (issue 15): `FANOUT_CLUSTER=3` (or `-- --cluster 3`) makes the default servers
 //! `bare,relay,postgres,cluster,spread`: besides the bare server and one node on SQLite,
@@ -318,6 +321,9 @@ struct Measured {
     max_lag: Duration,
     /// Messages posted in the phase.
     posts: u64,
+    /// Ack requests and read bursts of the receivers in the phase.
+    acks: u64,
+    bursts: u64,
     /// What PostgreSQL and NATS did meanwhile (PostgreSQL-backed targets).
     engines: Option<EngineSnapshot>,
 }
@@ -689,6 +695,8 @@ where
         None => None,
     };
     let (s0, l0) = stats::cpu_times();
+    let acks0 = tracker.acks.load(std::sync::atomic::Ordering::Relaxed);
+    let bursts0 = tracker.bursts.load(std::sync::atomic::Ordering::Relaxed);
     tracker.start_recording();
     let (elapsed, max_lag) = f.await?;
     // Deliveries still in flight at the end belong to this phase's latency but not to its
@@ -697,6 +705,8 @@ where
         .deliveries
         .load(std::sync::atomic::Ordering::Relaxed);
     let (s1, l1) = stats::cpu_times();
+    let acks = tracker.acks.load(std::sync::atomic::Ordering::Relaxed) - acks0;
+    let bursts = tracker.bursts.load(std::sync::atomic::Ordering::Relaxed) - bursts0;
     let engines = match (probe, e0) {
         (Some((e, db)), Some(e0)) => Some(e.snapshot(db)?.since(&e0)),
         _ => None,
@@ -712,6 +722,8 @@ where
         load_cpu: l1.saturating_sub(l0),
         max_lag,
         posts: 0,
+        acks,
+        bursts,
         engines,
     })
 }
@@ -722,7 +734,7 @@ fn ms(ns: u64) -> f64 {
 
 fn row_line(cfg: &Config, r: &Row) -> String {
     let mut line = format!(
-        "fanout: {} N={} {} B rep {}: closed {:.0} deliveries/s (server {:.0}% CPU, {:.2} µs/delivery; load gen {:.0}%), p50/p99 {:.2}/{:.2} ms | open {:.0} posts/s: p50/p99 {:.2}/{:.2} ms (server {:.2} µs/delivery, {:.0}% CPU; schedule lag max {:.1} ms)",
+        "fanout: {} N={} {} B rep {}: closed {:.0} deliveries/s (server {:.0}% CPU, {:.2} µs/delivery; load gen {:.0}%), p50/p99 {:.2}/{:.2} ms | open {:.0} posts/s: p50/p99 {:.2}/{:.2} ms (server {:.2} µs/delivery, {:.0}% CPU; schedule lag max {:.1} ms); receivers: {:.1} frames per read, {:.1} deliveries per ack",
         r.server.name(cfg),
         r.n,
         r.size,
@@ -739,6 +751,8 @@ fn row_line(cfg: &Config, r: &Row) -> String {
         r.open.server_us_per_delivery(),
         r.open.server_util() * 100.0,
         r.open.max_lag.as_secs_f64() * 1e3,
+        r.closed.deliveries as f64 / r.closed.bursts.max(1) as f64,
+        r.closed.deliveries as f64 / r.closed.acks.max(1) as f64,
     );
     if let Some(e) = r.closed.engines {
         let _ = write!(
@@ -814,7 +828,7 @@ fn report(cfg: &Config, rows: &[Row]) -> String {
     let _ = writeln!(out, "\n### Ratios relay ÷ bare (median over repetitions)\n");
     let _ = writeln!(
         out,
-        "| N | payload | deliveries/s ratio (goal ≥ 0.6) | CPU-normalised ratio (bare ÷ relay µs/delivery, saturated) | open p50 ratio | open p99 ratio (goal ≤ 2) | CPU/delivery ratio at open load | verdict |"
+        "| N | payload | deliveries/s ratio (goal ≥ 0.8) | CPU-normalised ratio (bare ÷ relay µs/delivery, saturated; goal ≥ 0.8) | open p50 ratio | open p99 ratio (goal ≤ 2) | CPU/delivery ratio at open load | verdict |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for &n in &cfg.ns {
@@ -866,8 +880,10 @@ fn report(cfg: &Config, rows: &[Row]) -> String {
                     })
                     .collect(),
             );
-            let verdict = match (thr >= 0.6, p99 <= 2.0) {
-                (true, true) => "meets both goals",
+            // Issue 8's goals: >= 0.8x bare in deliveries/s and CPU-normalised (R1 asked
+            // for 0.6x), p99 at 10% load <= 2x bare.
+            let verdict = match (thr >= 0.8 && cpu_sat >= 0.8, p99 <= 2.0) {
+                (true, true) => "meets the goals",
                 (false, true) => "throughput below goal",
                 (true, false) => "p99 above goal",
                 (false, false) => "misses both goals",

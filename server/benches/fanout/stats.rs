@@ -46,6 +46,10 @@ pub struct Tracker {
     /// Group entries a receiver got at or below a seq it already had (a duplicate or an
     /// out-of-order delivery; should stay 0). Not counted as deliveries.
     pub repeated: AtomicU64,
+    /// Ack requests the receivers sent (all phases).
+    pub acks: AtomicU64,
+    /// Read bursts of the receivers (a wake-up that found frames).
+    pub bursts: AtomicU64,
     recording: AtomicBool,
     /// Latency histogram in nanoseconds.
     pub hist: Histogram,
@@ -63,6 +67,8 @@ impl Tracker {
             deliveries: AtomicU64::new(0),
             bad_frames: AtomicU64::new(0),
             repeated: AtomicU64::new(0),
+            acks: AtomicU64::new(0),
+            bursts: AtomicU64::new(0),
             recording: AtomicBool::new(false),
             hist: Histogram::new(),
         }

@@ -8,8 +8,14 @@
 //! last acks went out; they go out, one per stream:
 //!
 //! - at the end of a burst ([`super::Client::end_of_burst`]: every frame the connection had
-//!   ready is handled) once [`ACK_BATCH`] entries are unacked, or when one of them is
-//!   urgent (below);
+//!   ready is handled) once [`ACK_BATCH`] entries are unacked and the last acks sent for
+//!   that count on the connection went out at least [`ACK_INTERVAL_MS`] (stretched per
+//!   device) before, or
+//!   when one of them is urgent (below). Under a steady stream the interval is what paces
+//!   the acks: a receiver of 1,000 entries a second sends about one every half second, not
+//!   one per 64 entries (each ack costs the relay a wake-up and a TLS read of a whole
+//!   record: the relay fan-out benchmark measures that one ack per 64 entries costs as much
+//!   CPU as the fan-out itself, in the relay and in a bare broadcast server alike);
 //! - at `BacklogDone`, and when the shell flushes them ([`super::Client::flush_acks`], before
 //!   it closes the connection politely);
 //! - otherwise on a timer ([`Acks::deadline`]): when the connection has been idle (no entry
@@ -30,7 +36,8 @@
 //! ack is sent answered, which bounds the ids kept. Inbox acks are always answered.
 //!
 //! An entry processed and not acked yet when the connection drops is delivered again on
-//! the next connection (at most [`ACK_BATCH`] entries per stream plus what arrived within
+//! the next connection (what arrived since the last acks: at most [`ACK_BATCH`] entries per
+//! stream, or the entries of one stretched [`ACK_INTERVAL_MS`], plus what arrived within
 //! the timers); the store's cursor (advanced in the transaction that applied the entry)
 //! recognises it and it is only acked again. A leaf: it imports no other part.
 
@@ -41,6 +48,11 @@ use cove_wire::{RequestId, Seq, Stream};
 /// Entries processed and not acked at which the end of a burst sends their acks (a burst
 /// with fewer leaves them to the timers).
 pub const ACK_BATCH: usize = 64;
+
+/// Least time between two end-of-burst acks of one connection (ms), before the per-device
+/// stretch (up to twice this): under a steady stream, acks go out about this often rather
+/// than every [`ACK_BATCH`] entries.
+pub const ACK_INTERVAL_MS: u64 = 500;
 
 /// Longest time an ack waits after the first unsent entry was processed (ms), before the
 /// per-device stretch (up to twice this).
@@ -70,6 +82,8 @@ pub(super) struct Acks {
     first_ms: Option<u64>,
     /// When the last unsent entry was processed.
     last_ms: u64,
+    /// When a burst end last sent acks for their count on this connection.
+    sent_ms: Option<u64>,
     /// This device's stretch of the timers, in thousandths (kept across connections).
     stretch: u64,
     /// Quiet acks sent on this connection that no answered ack settled yet: their ordinal
@@ -129,10 +143,25 @@ impl Acks {
         Some(idle.min(delay))
     }
 
-    /// Whether the end of a burst should send the unsent acks: [`ACK_BATCH`] entries are
-    /// unacked, or one of them is urgent.
-    pub(super) fn due_at_burst_end(&self) -> bool {
-        !self.unsent.is_empty() && (self.count >= ACK_BATCH || self.urgent)
+    /// The acks the end of a burst at `now_ms` sends (`None`: they wait): all of them when
+    /// one is urgent, or when [`ACK_BATCH`] entries are unacked and the last acks sent for
+    /// that count went out at least the stretched [`ACK_INTERVAL_MS`] before (or none did
+    /// on this connection yet).
+    pub(super) fn take_at_burst_end(&mut self, now_ms: u64) -> Option<Vec<(Stream, Seq)>> {
+        if self.unsent.is_empty() {
+            return None;
+        }
+        if self.urgent {
+            return Some(self.take());
+        }
+        let paced = self.sent_ms.is_none_or(|at| {
+            now_ms >= at.saturating_add(self.stretched(ACK_INTERVAL_MS))
+        });
+        if self.count >= ACK_BATCH && paced {
+            self.sent_ms = Some(now_ms);
+            return Some(self.take());
+        }
+        None
     }
 
     /// The acks to send now (the highest seq per stream), in the order their streams were

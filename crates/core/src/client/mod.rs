@@ -91,7 +91,9 @@ use crate::error::{InvalidArgument, NotApplicable, ProtocolViolation, Shared, Wa
 use crate::provider::CoveProvider;
 use crate::types::*;
 
-pub use self::acks::{ACK_BATCH, ACK_DELAY_MS, ACK_IDLE_MS, MAX_UNCONFIRMED_QUIET_ACKS};
+pub use self::acks::{
+    ACK_BATCH, ACK_DELAY_MS, ACK_IDLE_MS, ACK_INTERVAL_MS, MAX_UNCONFIRMED_QUIET_ACKS,
+};
 pub use self::changes::MAX_COMMIT_RETRIES;
 pub use self::inbound::{MAX_PARKED_BYTES, MAX_PENDING_PER_GROUP, UNJOINED_PARK_MS};
 pub use self::key_packages::{KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW_WATER};
@@ -935,14 +937,15 @@ impl<S: Store> Client<S> {
     /// The shell has handled every frame its connection had ready (the end of a burst):
     /// acknowledges what was processed, one cumulative ack per stream (group acks as
     /// `QuietAck`, see `PROTOCOL.md` "Quiet acknowledgements"), if [`ACK_BATCH`] entries
-    /// are unacked or one of the acks is urgent (an inbox entry, a group this device left);
+    /// are unacked and the last acks sent for that count went out at least
+    /// [`ACK_INTERVAL_MS`] (stretched per device) before, or if one of the acks is urgent (an inbox entry, a group this device left);
     /// otherwise they wait for the deadline of [`Client::poll_timeout`] (the connection
     /// idle for [`ACK_IDLE_MS`], or [`ACK_DELAY_MS`] after the first, both stretched per
     /// device) or for more entries. Shells call it whenever a read from the connection
     /// finds nothing more waiting. Calling it with nothing to ack does nothing.
     pub fn end_of_burst(&mut self) {
-        if self.acks.due_at_burst_end() {
-            self.send_acks();
+        if let Some(unsent) = self.acks.take_at_burst_end(self.now_ms) {
+            self.send_these_acks(unsent);
         }
     }
 
@@ -1941,6 +1944,11 @@ impl<S: Store> Client<S> {
     /// quiet (some answered, see `acks`), inbox acks answered.
     fn send_acks(&mut self) {
         let unsent = self.acks.take();
+        self.send_these_acks(unsent);
+    }
+
+    /// Sends the acks `unsent` (taken from [`Acks::take`]), if connected.
+    fn send_these_acks(&mut self, unsent: Vec<(Stream, Seq)>) {
         if self.conn != Conn::Ready {
             return;
         }

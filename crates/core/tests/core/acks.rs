@@ -5,7 +5,9 @@
 //! comes again and is only acked again.
 
 use cove_core::error::Warning;
-use cove_core::{ACK_BATCH, ACK_DELAY_MS, ACK_IDLE_MS, MAX_UNCONFIRMED_QUIET_ACKS, Output};
+use cove_core::{
+    ACK_BATCH, ACK_DELAY_MS, ACK_IDLE_MS, ACK_INTERVAL_MS, MAX_UNCONFIRMED_QUIET_ACKS, Output,
+};
 use cove_wire::{ErrorCode, Seq, Stream};
 
 use super::*;
@@ -358,6 +360,65 @@ fn a_burst_end_acks_only_once_ack_batch_entries_are_unacked() {
     let bob_id = net.client(bob).device().unwrap();
     assert_eq!(net.relay.cursor(bob_id, Stream::Group(group)), expected);
     assert_eq!(texts(&net.take_events(bob)).len(), ACK_BATCH);
+}
+
+/// Under a steady stream the acks are paced by time, not only by count: bob acks a first
+/// burst of [`ACK_BATCH`] entries at once, but a second full batch at the same moment waits
+/// (its burst end sends nothing); the first burst end at least twice [`ACK_INTERVAL_MS`]
+/// later (beyond any device's stretch) sends one `QuietAck` covering all of them.
+#[test]
+fn a_busy_stream_is_acked_at_most_once_per_interval() {
+    let mut net = Net::new();
+    let alice = device(&mut net, "alice");
+    let bob = device(&mut net, "bob");
+    let group = group_of(&mut net, alice, &["bob"]);
+    net.take_events(bob);
+    net.nodes[bob].hold = true;
+    for i in 0..=2 * ACK_BATCH {
+        send(&mut net, alice, &format!("m{i}"));
+    }
+    net.run();
+    let frames = held_frames(&mut net, bob);
+    assert_eq!(frames.len(), 2 * ACK_BATCH + 1, "one frame per message");
+    let seqs: Vec<Seq> = frames
+        .iter()
+        .map(|f| match f {
+            ServerFrame::Deliver(cove_wire::Delivery::Group(e)) => e.seq,
+            other => panic!("a group entry: {other:?}"),
+        })
+        .collect();
+    let mut frames = frames.into_iter();
+    let start = net.now_ms;
+    for frame in frames.by_ref().take(ACK_BATCH) {
+        net.client(bob).handle_frame(start, frame).unwrap();
+    }
+    net.client(bob).end_of_burst();
+    let first = take_acks(&mut net, bob);
+    assert_eq!(
+        one_quiet_ack(&first),
+        (Stream::Group(group), seqs[ACK_BATCH - 1]),
+        "the first full batch is acked at its burst end"
+    );
+    for frame in frames.by_ref().take(ACK_BATCH) {
+        net.client(bob).handle_frame(start, frame).unwrap();
+    }
+    net.client(bob).end_of_burst();
+    assert_eq!(
+        take_acks(&mut net, bob),
+        Vec::new(),
+        "a second full batch within the interval waits"
+    );
+    let later = start + 2 * ACK_INTERVAL_MS;
+    let last = frames.next().unwrap();
+    net.client(bob).handle_frame(later, last).unwrap();
+    net.client(bob).end_of_burst();
+    let acks = take_acks(&mut net, bob);
+    assert_eq!(
+        one_quiet_ack(&acks),
+        (Stream::Group(group), seqs[2 * ACK_BATCH]),
+        "the burst end after the interval acks everything processed"
+    );
+    assert_eq!(texts(&net.take_events(bob)).len(), 2 * ACK_BATCH + 1);
 }
 
 /// Entries that keep coming faster than the idle time (every `ACK_IDLE_MS / 2`) do not
