@@ -282,7 +282,7 @@ pub enum AckMode {
 /// [`AckMode::Count`]: entries that are acked at the end of their burst (`ACK_BATCH`).
 const ACK_BATCH: u64 = 64;
 /// [`AckMode::Count`]: least time between two acks sent for their count (`ACK_INTERVAL_MS`).
-const ACK_INTERVAL: Duration = Duration::from_millis(500);
+const ACK_INTERVAL: Duration = Duration::from_millis(1000);
 /// [`AckMode::Count`]: the longest an ack waits after the first entry (`ACK_DELAY_MS`).
 const ACK_DELAY: Duration = Duration::from_millis(1_000);
 /// [`AckMode::Count`]: idle time after which the acks go out (`ACK_IDLE_MS`).
@@ -428,7 +428,9 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
             if to_send.is_empty() {
                 continue;
             }
-            tracker.acks.fetch_add(to_send.len() as u64, Ordering::Relaxed);
+            tracker
+                .acks
+                .fetch_add(to_send.len() as u64, Ordering::Relaxed);
             for (stream, seq) in to_send {
                 let id = RequestId(next_request);
                 next_request = next_request.wrapping_add(1);

@@ -22,7 +22,7 @@
 //! bytes, default `256,4096`), `FANOUT_SECS` (closed-loop measurement, default 4),
 //! `FANOUT_OPEN_SECS` (open loop, default 4), `FANOUT_WARMUP_SECS` (default 1),
 //! `FANOUT_WINDOW` (default 64 at N >= 1000, 64,000 ÷ N below), `FANOUT_LOAD` (default 0.1), `FANOUT_ACK` (`count`, the default, as `cove-core` acks: one cumulative
-//! ack per stream at the end of a read burst once 64 entries are unacked and 0.5-1 s passed
+//! ack per stream at the end of a read burst once 64 entries are unacked and 1-2 s passed
 //! since the count last sent acks, else when the device is idle 250-500 ms or 1-2 s after
 //! the first, group acks as `QuietAck`s; `burst`:
 //! one per read burst, as `cove-core` acked before; `answered`: an `Ack` answered with
@@ -734,7 +734,7 @@ fn ms(ns: u64) -> f64 {
 
 fn row_line(cfg: &Config, r: &Row) -> String {
     let mut line = format!(
-        "fanout: {} N={} {} B rep {}: closed {:.0} deliveries/s (server {:.0}% CPU, {:.2} µs/delivery; load gen {:.0}%), p50/p99 {:.2}/{:.2} ms | open {:.0} posts/s: p50/p99 {:.2}/{:.2} ms (server {:.2} µs/delivery, {:.0}% CPU; schedule lag max {:.1} ms); receivers: {:.1} frames per read, {:.1} deliveries per ack",
+        "fanout: {} N={} {} B rep {}: closed {:.0} deliveries/s (server {:.0}% CPU, {:.2} µs/delivery; load gen {:.0}%), p50/p99 {:.2}/{:.2} ms | open {:.0} posts/s: p50/p99 {:.2}/{:.2} ms (server {:.2} µs/delivery, {:.0}% CPU; load gen {:.0}%; schedule lag max {:.1} ms); receivers: {:.1} frames per read, {:.1} deliveries per ack",
         r.server.name(cfg),
         r.n,
         r.size,
@@ -750,6 +750,7 @@ fn row_line(cfg: &Config, r: &Row) -> String {
         ms(r.open.p99_ns),
         r.open.server_us_per_delivery(),
         r.open.server_util() * 100.0,
+        r.open.load_util() * 100.0,
         r.open.max_lag.as_secs_f64() * 1e3,
         r.closed.deliveries as f64 / r.closed.bursts.max(1) as f64,
         r.closed.deliveries as f64 / r.closed.acks.max(1) as f64,

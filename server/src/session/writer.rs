@@ -38,8 +38,10 @@ pub(super) async fn write_loop<S>(
     let ping = tokio::time::sleep(ping_interval);
     tokio::pin!(ping);
     let reason = loop {
-        let requested = *close.borrow();
-        if let Some(reason) = requested {
+        // An atomic version check; the value (under its lock) only once it changed.
+        if close.has_changed().unwrap_or(true)
+            && let Some(reason) = *close.borrow_and_update()
+        {
             break reason;
         }
         if ping.is_elapsed() {
@@ -90,11 +92,24 @@ pub(super) async fn write_loop<S>(
                     bytes.add_permits(taken);
                     sink.flush().await
                 };
-                tokio::select! {
-                    biased;
-                    r = io => if r.is_err() { break CloseReason::Quiet },
-                    // A reader that stopped reading blocks the write: closing interrupts it.
-                    _ = close.changed() => {}
+                // Most batches go out at once; only a write that has to wait (a full
+                // socket) also watches the close signal.
+                let mut io = std::pin::pin!(io);
+                let r = match futures_util::poll!(io.as_mut()) {
+                    std::task::Poll::Ready(r) => r,
+                    std::task::Poll::Pending => tokio::select! {
+                        biased;
+                        r = &mut io => r,
+                        // A reader that stopped reading blocks the write: closing
+                        // interrupts it.
+                        _ = close.changed() => match *close.borrow() {
+                            Some(reason) => break reason,
+                            None => continue,
+                        },
+                    },
+                };
+                if r.is_err() {
+                    break CloseReason::Quiet;
                 }
             }
             () = &mut ping => {}

@@ -10,12 +10,11 @@
 //! - at the end of a burst ([`super::Client::end_of_burst`]: every frame the connection had
 //!   ready is handled) once [`ACK_BATCH`] entries are unacked and the last acks sent for
 //!   that count on the connection went out at least [`ACK_INTERVAL_MS`] (stretched per
-//!   device) before, or
-//!   when one of them is urgent (below). Under a steady stream the interval is what paces
-//!   the acks: a receiver of 1,000 entries a second sends about one every half second, not
-//!   one per 64 entries (each ack costs the relay a wake-up and a TLS read of a whole
-//!   record: the relay fan-out benchmark measures that one ack per 64 entries costs as much
-//!   CPU as the fan-out itself, in the relay and in a bare broadcast server alike);
+//!   device) before, or when one of them is urgent (below). Under a steady stream the
+//!   interval is what paces the acks: a receiver of 1,000 entries a second sends about one
+//!   every 1-2 s, not one per 64 entries (each ack costs the relay a wake-up and the read
+//!   of a TLS record: in the relay fan-out benchmark one ack per 64 entries raised the
+//!   relay's CPU per delivery by more than half, and a bare broadcast server's alike);
 //! - at `BacklogDone`, and when the shell flushes them ([`super::Client::flush_acks`], before
 //!   it closes the connection politely);
 //! - otherwise on a timer ([`Acks::deadline`]): when the connection has been idle (no entry
@@ -52,7 +51,7 @@ pub const ACK_BATCH: usize = 64;
 /// Least time between two end-of-burst acks of one connection (ms), before the per-device
 /// stretch (up to twice this): under a steady stream, acks go out about this often rather
 /// than every [`ACK_BATCH`] entries.
-pub const ACK_INTERVAL_MS: u64 = 500;
+pub const ACK_INTERVAL_MS: u64 = 1_000;
 
 /// Longest time an ack waits after the first unsent entry was processed (ms), before the
 /// per-device stretch (up to twice this).
@@ -154,9 +153,9 @@ impl Acks {
         if self.urgent {
             return Some(self.take());
         }
-        let paced = self.sent_ms.is_none_or(|at| {
-            now_ms >= at.saturating_add(self.stretched(ACK_INTERVAL_MS))
-        });
+        let paced = self
+            .sent_ms
+            .is_none_or(|at| now_ms >= at.saturating_add(self.stretched(ACK_INTERVAL_MS)));
         if self.count >= ACK_BATCH && paced {
             self.sent_ms = Some(now_ms);
             return Some(self.take());
