@@ -321,6 +321,14 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
         let mut counted_at: Option<tokio::time::Instant> = None;
         // The highest group seq delivered (one group).
         let mut last_seq = 0u64;
+        // One timer for the whole connection, armed lazily: it is moved only when the
+        // deadline comes earlier than it is set for; when it fires before a deadline that
+        // moved later meanwhile (the idle deadline moves with every entry), it is set again.
+        // (A `timeout_at` per read would register and cancel a timer per frame: load-
+        // generator work the bare receivers do not do.)
+        let timer = tokio::time::sleep(Duration::from_secs(86_400));
+        tokio::pin!(timer);
+        let mut armed: Option<tokio::time::Instant> = None;
         'read: loop {
             // `None`: the timer fired (what was held goes out now).
             let first = match due {
@@ -328,11 +336,26 @@ pub fn spawn_relay_receiver(dev: Device, tracker: Arc<Tracker>, acks: AckMode) {
                     Some(Ok(msg)) => Some(msg),
                     _ => break,
                 },
-                Some(at) => match tokio::time::timeout_at(at, ws.next()).await {
-                    Ok(Some(Ok(msg))) => Some(msg),
-                    Ok(_) => break,
-                    Err(_) => None,
-                },
+                Some(at) => {
+                    if armed.is_none_or(|a| a > at) {
+                        timer.as_mut().reset(at);
+                        armed = Some(at);
+                    }
+                    tokio::select! {
+                        biased;
+                        msg = ws.next() => match msg {
+                            Some(Ok(msg)) => Some(msg),
+                            _ => break,
+                        },
+                        () = &mut timer => {
+                            armed = None;
+                            if tokio::time::Instant::now() < at {
+                                continue 'read;
+                            }
+                            None
+                        }
+                    }
+                }
             };
             let fired = first.is_none();
             let mut next = first;

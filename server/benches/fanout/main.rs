@@ -732,9 +732,29 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
+/// What the relay's receivers did while saturated (the bare ones neither count bursts nor
+/// ack): frames per read burst and deliveries per ack.
+fn receivers_line(m: &Measured) -> String {
+    if m.bursts == 0 {
+        return String::new();
+    }
+    let per_ack = if m.acks == 0 {
+        "no acks".to_owned()
+    } else {
+        format!(
+            "{:.0} deliveries per ack",
+            m.deliveries as f64 / m.acks as f64
+        )
+    };
+    format!(
+        "; receivers: {:.1} frames per read, {per_ack}",
+        m.deliveries as f64 / m.bursts as f64
+    )
+}
+
 fn row_line(cfg: &Config, r: &Row) -> String {
     let mut line = format!(
-        "fanout: {} N={} {} B rep {}: closed {:.0} deliveries/s (server {:.0}% CPU, {:.2} µs/delivery; load gen {:.0}%), p50/p99 {:.2}/{:.2} ms | open {:.0} posts/s: p50/p99 {:.2}/{:.2} ms (server {:.2} µs/delivery, {:.0}% CPU; load gen {:.0}%; schedule lag max {:.1} ms); receivers: {:.1} frames per read, {:.1} deliveries per ack",
+        "fanout: {} N={} {} B rep {}: closed {:.0} deliveries/s (server {:.0}% CPU, {:.2} µs/delivery; load gen {:.0}%), p50/p99 {:.2}/{:.2} ms | open {:.0} posts/s: p50/p99 {:.2}/{:.2} ms (server {:.2} µs/delivery, {:.0}% CPU; load gen {:.0}%; schedule lag max {:.1} ms){}",
         r.server.name(cfg),
         r.n,
         r.size,
@@ -752,8 +772,7 @@ fn row_line(cfg: &Config, r: &Row) -> String {
         r.open.server_util() * 100.0,
         r.open.load_util() * 100.0,
         r.open.max_lag.as_secs_f64() * 1e3,
-        r.closed.deliveries as f64 / r.closed.bursts.max(1) as f64,
-        r.closed.deliveries as f64 / r.closed.acks.max(1) as f64,
+        receivers_line(&r.closed),
     );
     if let Some(e) = r.closed.engines {
         let _ = write!(
