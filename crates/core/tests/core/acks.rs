@@ -362,6 +362,33 @@ fn a_burst_end_acks_only_once_ack_batch_entries_are_unacked() {
     assert_eq!(texts(&net.take_events(bob)).len(), ACK_BATCH);
 }
 
+/// alice and bob in a group, bob holding his frames: alice sends `count` messages. Returns
+/// bob's slot, the group, his held frames (one per message) and their seqs.
+fn bob_holding(
+    net: &mut Net<MemoryStore>,
+    count: u64,
+) -> (usize, GroupId, Vec<ServerFrame>, Vec<Seq>) {
+    let alice = device(net, "alice");
+    let bob = device(net, "bob");
+    let group = group_of(net, alice, &["bob"]);
+    net.take_events(bob);
+    net.nodes[bob].hold = true;
+    for i in 0..count {
+        send(net, alice, &format!("m{i}"));
+    }
+    net.run();
+    let frames = held_frames(net, bob);
+    assert_eq!(frames.len() as u64, count, "one frame per message");
+    let seqs = frames
+        .iter()
+        .map(|f| match f {
+            ServerFrame::Deliver(cove_wire::Delivery::Group(e)) => e.seq,
+            other => panic!("a group entry: {other:?}"),
+        })
+        .collect();
+    (bob, group, frames, seqs)
+}
+
 /// Under a steady stream the acks are paced by time, not only by count: bob acks a first
 /// burst of [`ACK_BATCH`] entries at once, but a second full batch at the same moment waits
 /// (its burst end sends nothing); the first burst end at least twice [`ACK_INTERVAL_MS`]
@@ -369,24 +396,7 @@ fn a_burst_end_acks_only_once_ack_batch_entries_are_unacked() {
 #[test]
 fn a_busy_stream_is_acked_at_most_once_per_interval() {
     let mut net = Net::new();
-    let alice = device(&mut net, "alice");
-    let bob = device(&mut net, "bob");
-    let group = group_of(&mut net, alice, &["bob"]);
-    net.take_events(bob);
-    net.nodes[bob].hold = true;
-    for i in 0..=2 * ACK_BATCH {
-        send(&mut net, alice, &format!("m{i}"));
-    }
-    net.run();
-    let frames = held_frames(&mut net, bob);
-    assert_eq!(frames.len(), 2 * ACK_BATCH + 1, "one frame per message");
-    let seqs: Vec<Seq> = frames
-        .iter()
-        .map(|f| match f {
-            ServerFrame::Deliver(cove_wire::Delivery::Group(e)) => e.seq,
-            other => panic!("a group entry: {other:?}"),
-        })
-        .collect();
+    let (bob, group, frames, seqs) = bob_holding(&mut net, 2 * ACK_BATCH as u64 + 1);
     let mut frames = frames.into_iter();
     let start = net.now_ms;
     for frame in frames.by_ref().take(ACK_BATCH) {
@@ -427,25 +437,8 @@ fn a_busy_stream_is_acked_at_most_once_per_interval() {
 #[test]
 fn under_steady_traffic_an_ack_waits_at_most_the_stretched_delay() {
     let mut net = Net::new();
-    let alice = device(&mut net, "alice");
-    let bob = device(&mut net, "bob");
-    let group = group_of(&mut net, alice, &["bob"]);
-    net.take_events(bob);
-    net.nodes[bob].hold = true;
     let count = 2 * ACK_DELAY_MS / (ACK_IDLE_MS / 2) + 2;
-    for i in 0..count {
-        send(&mut net, alice, &format!("m{i}"));
-    }
-    net.run();
-    let frames = held_frames(&mut net, bob);
-    assert_eq!(frames.len() as u64, count);
-    let seqs: Vec<Seq> = frames
-        .iter()
-        .map(|f| match f {
-            ServerFrame::Deliver(cove_wire::Delivery::Group(e)) => e.seq,
-            other => panic!("a group entry: {other:?}"),
-        })
-        .collect();
+    let (bob, group, frames, seqs) = bob_holding(&mut net, count);
     let first_at = net.now_ms;
     let mut acked = None;
     for (i, frame) in frames.into_iter().enumerate() {
