@@ -6,7 +6,9 @@
 //! losing the last transactions on power loss (never on a process crash: in WAL mode a
 //! committed transaction has been written to the OS before `COMMIT` returns).
 //! [`RelayStore::append_batch`] writes all its posts in one transaction, so a batch costs one
-//! fsync however many posts it carries; that is how the relay coalesces writes.
+//! fsync however many posts it carries; that is how the relay coalesces writes. The sync is
+//! `fdatasync(2)` (the workspace's `.cargo/config.toml` builds the bundled SQLite with
+//! `HAVE_FDATASYNC`): the data and a changed size reach the disk, not the file's mtime.
 //!
 //! Hot path: each group's epoch, log head and member list are cached in memory (loaded on
 //! first use, replaced only after a transaction commits), so an application message costs
