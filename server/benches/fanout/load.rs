@@ -74,12 +74,16 @@ pub async fn connect(addr: SocketAddr, path: &str, tls: &Arc<rustls::ClientConfi
 // ---------------------------------------------------------------------------------------
 // Bare protocol
 
-/// Connects `n` bare receivers and spawns their read loops.
+/// Connects `n` bare receivers and spawns their read loops. With `ack_every` > 0 (a
+/// diagnostic, `FANOUT_BARE_ACK_EVERY`) each sends a 40-byte message after every that many
+/// frames, which the bare server reads and drops: what reading small client messages costs
+/// a server, apart from what the relay does with them.
 pub async fn bare_receivers(
     n: usize,
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     tracker: Arc<Tracker>,
+    ack_every: u64,
 ) -> Result<()> {
     let conns = futures_util::stream::iter(0..n)
         .map(|_| {
@@ -99,7 +103,6 @@ pub async fn bare_receivers(
     for ws in conns {
         let mut ws = ws?;
         let tracker = tracker.clone();
-        let ack_every = bare_ack_every();
         tokio::spawn(async move {
             let mut since_ack = 0u64;
             while let Some(Ok(msg)) = ws.next().await {
@@ -107,7 +110,6 @@ pub async fn bare_receivers(
                     since_ack += 1;
                     if since_ack >= ack_every {
                         since_ack = 0;
-                        tracker.acks.fetch_add(1, Ordering::Relaxed);
                         if ws.send(Message::binary(vec![0u8; 40])).await.is_err() {
                             break;
                         }
@@ -125,16 +127,6 @@ pub async fn bare_receivers(
         });
     }
     Ok(())
-}
-
-/// Diagnostics (`FANOUT_BARE_ACK_EVERY`, default 0 = never): bare receivers send a 40-byte
-/// message after every this many frames, which the bare server reads and drops, to price
-/// reading small client messages apart from what the relay does with them.
-fn bare_ack_every() -> u64 {
-    std::env::var("FANOUT_BARE_ACK_EVERY")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Connects the bare sender.
@@ -282,7 +274,7 @@ pub enum AckMode {
 /// [`AckMode::Count`]: entries that are acked at the end of their burst (`ACK_BATCH`).
 const ACK_BATCH: u64 = 64;
 /// [`AckMode::Count`]: least time between two acks sent for their count (`ACK_INTERVAL_MS`).
-const ACK_INTERVAL: Duration = Duration::from_millis(1000);
+const ACK_INTERVAL: Duration = Duration::from_millis(1_000);
 /// [`AckMode::Count`]: the longest an ack waits after the first entry (`ACK_DELAY_MS`).
 const ACK_DELAY: Duration = Duration::from_millis(1_000);
 /// [`AckMode::Count`]: idle time after which the acks go out (`ACK_IDLE_MS`).

@@ -118,6 +118,9 @@ struct Config {
     load: f64,
     /// How receivers ack (`FANOUT_ACK`, `FANOUT_ACK_EVERY`).
     acks: load::AckMode,
+    /// Bare receivers send a small message every this many frames (`FANOUT_BARE_ACK_EVERY`;
+    /// 0: never).
+    bare_ack_every: u64,
     reps: usize,
     bare: bool,
     relay: bool,
@@ -182,6 +185,7 @@ impl Config {
                 &env_str("FANOUT_ACK", "count"),
                 env_parse("FANOUT_ACK_EVERY", 64)?,
             )?,
+            bare_ack_every: env_parse("FANOUT_BARE_ACK_EVERY", 0)?,
             reps: env_parse("FANOUT_REPS", 1)?,
             bare: has("bare"),
             relay: has("relay"),
@@ -374,7 +378,7 @@ async fn run(cfg: Config) -> Result<Vec<Row>> {
         let mut bare = None;
         if cfg.bare {
             eprintln!("fanout: N={n}: starting the bare server and {n} receivers");
-            bare = Some(start_bare(&server_rt, n).await?);
+            bare = Some(start_bare(&server_rt, n, cfg.bare_ack_every).await?);
         }
         let mut relay = None;
         if cfg.relay {
@@ -550,13 +554,13 @@ fn bare_tls() -> Result<(Arc<rustls::ServerConfig>, CertificateDer<'static>)> {
     Ok((Arc::new(cfg), cert))
 }
 
-async fn start_bare(rt: &tokio::runtime::Runtime, n: usize) -> Result<Target> {
+async fn start_bare(rt: &tokio::runtime::Runtime, n: usize, ack_every: u64) -> Result<Target> {
     let (server_tls, cert) = bare_tls()?;
     // Spawned on the server runtime so every server thread is created there (and pinned).
     let addr = rt.spawn(bare::start(server_tls)).await??;
     let tls = load::client_tls(cert)?;
     let tracker = Arc::new(Tracker::new(u32::try_from(n)?));
-    load::bare_receivers(n, addr, tls.clone(), tracker.clone()).await?;
+    load::bare_receivers(n, addr, tls.clone(), tracker.clone(), ack_every).await?;
     let sender = load::bare_sender(addr, &tls).await?;
     Ok(Target { sender, tracker })
 }

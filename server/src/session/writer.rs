@@ -38,10 +38,8 @@ pub(super) async fn write_loop<S>(
     let ping = tokio::time::sleep(ping_interval);
     tokio::pin!(ping);
     let reason = loop {
-        // An atomic version check; the value (under its lock) only once it changed.
-        if close.has_changed().unwrap_or(true)
-            && let Some(reason) = *close.borrow_and_update()
-        {
+        let requested = *close.borrow();
+        if let Some(reason) = requested {
             break reason;
         }
         if ping.is_elapsed() {
@@ -92,24 +90,11 @@ pub(super) async fn write_loop<S>(
                     bytes.add_permits(taken);
                     sink.flush().await
                 };
-                // Most batches go out at once; only a write that has to wait (a full
-                // socket) also watches the close signal.
-                let mut io = std::pin::pin!(io);
-                let r = match futures_util::poll!(io.as_mut()) {
-                    std::task::Poll::Ready(r) => r,
-                    std::task::Poll::Pending => tokio::select! {
-                        biased;
-                        r = &mut io => r,
-                        // A reader that stopped reading blocks the write: closing
-                        // interrupts it.
-                        _ = close.changed() => match *close.borrow() {
-                            Some(reason) => break reason,
-                            None => continue,
-                        },
-                    },
-                };
-                if r.is_err() {
-                    break CloseReason::Quiet;
+                tokio::select! {
+                    biased;
+                    r = io => if r.is_err() { break CloseReason::Quiet },
+                    // A reader that stopped reading blocks the write: closing interrupts it.
+                    _ = close.changed() => {}
                 }
             }
             () = &mut ping => {}

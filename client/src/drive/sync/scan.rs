@@ -321,6 +321,18 @@ mod tests {
         assert!(!ig.ignored("d/big.bin", false));
     }
 
+    /// A synced file the state knows with this size and mtime, and digest `[7; 32]`.
+    fn synced_file(size: u64, mtime_ns: i64) -> Known {
+        Known {
+            dir: false,
+            node: [1; 16],
+            version: Some([1; 16]),
+            size,
+            mtime_ns,
+            sha256: Some([7; 32]),
+        }
+    }
+
     #[test]
     fn scan_hashes_only_files_whose_size_or_mtime_changed() {
         let dir = tempfile::tempdir().unwrap();
@@ -337,17 +349,7 @@ mod tests {
         // A state entry with the same size and mtime but another digest: the scan trusts it
         // (it does not read the file), which is what makes a no-change rescan cheap.
         let mut known = BTreeMap::new();
-        known.insert(
-            "sub/a.txt".to_owned(),
-            Known {
-                dir: false,
-                node: [1; 16],
-                version: Some([1; 16]),
-                size: a.size,
-                mtime_ns: a.mtime_ns,
-                sha256: Some([7; 32]),
-            },
-        );
+        known.insert("sub/a.txt".to_owned(), synced_file(a.size, a.mtime_ns));
         let (found, _) = scan(dir.path(), &ignore, &known, &|_, _| true).unwrap();
         assert_eq!(found["sub/a.txt"].sha256, Some([7; 32]));
     }
@@ -360,17 +362,7 @@ mod tests {
         std::fs::write(dir.path().join("known.bin"), b"edited").unwrap();
         let ignore = Ignore::load(dir.path()).unwrap();
         let mut known = BTreeMap::new();
-        known.insert(
-            "known.bin".to_owned(),
-            Known {
-                dir: false,
-                node: [1; 16],
-                version: Some([1; 16]),
-                size: 1,
-                mtime_ns: 0,
-                sha256: Some([7; 32]),
-            },
-        );
+        known.insert("known.bin".to_owned(), synced_file(1, 0));
         let compare = |path: &str, _size: u64| path == "twin.bin";
         let (found, _) = scan(dir.path(), &ignore, &known, &compare).unwrap();
         assert_eq!(found["new.bin"].sha256, None, "nothing to compare it with");

@@ -938,8 +938,8 @@ impl<S: Store> Client<S> {
     /// acknowledges what was processed, one cumulative ack per stream (group acks as
     /// `QuietAck`, see `PROTOCOL.md` "Quiet acknowledgements"), if [`ACK_BATCH`] entries
     /// are unacked and the last acks sent for that count went out at least
-    /// [`ACK_INTERVAL_MS`] (stretched per device) before, or if one of the acks is urgent (an inbox entry, a group this device left);
-    /// otherwise they wait for the deadline of [`Client::poll_timeout`] (the connection
+    /// [`ACK_INTERVAL_MS`] (stretched per device) before, or if one of the acks is urgent
+    /// (an inbox entry, a group this device left); otherwise they wait for the deadline of [`Client::poll_timeout`] (the connection
     /// idle for [`ACK_IDLE_MS`], or [`ACK_DELAY_MS`] after the first, both stretched per
     /// device) or for more entries. Shells call it whenever a read from the connection
     /// finds nothing more waiting. Calling it with nothing to ack does nothing.
